@@ -1,0 +1,2 @@
+"""mlmext: multilevel (mixed-effects) models for statsmodels."""
+__version__ = "0.1.0"

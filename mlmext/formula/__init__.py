@@ -1,0 +1,1 @@
+"""Formula front door: lme4-style formulas for mixed models."""
