@@ -1,0 +1,32 @@
+"""smf-style entry points: ``from mlmext.formula import api as mf``.
+
+>>> res = mf.lmer("Reaction ~ Days + (Days | Subject)", data=df).fit()
+"""
+from mlmext.lmm import LinearMixedModel
+
+
+def lmer(formula, data, weights=None, offset=None, subset=None, missing="drop", eval_env=0, **kwargs):
+    """Linear mixed model from an lme4-style formula (see :class:`mlmext.lmm.LinearMixedModel`).
+
+    Parameters
+    ----------
+    formula : str
+        ``"y ~ x + (x | g)"``; random-effects terms ``(expr | g)``,
+        ``(expr || g)``, ``(1 | a/b)``, ``(1 | a:b)``; ``offset(expr)``.
+    data : pandas.DataFrame
+    weights, offset : str or array_like, optional
+        Prior weights and a known offset (column names or arrays).
+    subset : array_like, optional
+    missing : {"drop", "raise"}
+        Rows with missing values are dropped and counted, or raise.
+
+    Returns
+    -------
+    LinearMixedModel
+        Call ``.fit(reml=True)`` on it.
+    """
+    return LinearMixedModel.from_formula(formula, data, weights=weights, offset=offset, subset=subset,
+                                         missing=missing, eval_env=eval_env + 1, **kwargs)
+
+
+__all__ = ["lmer"]

@@ -1,0 +1,388 @@
+"""Results of mixed-model fits: one class for LMMs, GLMMs and ordinal models.
+
+The fixed effects are the statsmodels ``params`` (so ``bse``, ``tvalues``,
+``pvalues``, ``conf_int``, ``t_test`` and ``wald_test`` work on them); the
+variance components, conditional modes and predictions follow lme4.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from statsmodels.base.model import LikelihoodModelResults
+from statsmodels.base.wrapper import populate_wrapper, union_dicts
+from statsmodels.base import wrapper as wrap
+from statsmodels.iolib.summary import Summary
+from statsmodels.iolib.table import SimpleTable
+from functools import cached_property as cache_readonly
+
+__all__ = ["MixedResults", "LMMResults", "MixedResultsWrapper"]
+
+
+def _fmt(x, digits=4):
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return ""
+    return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.1f}"
+
+
+class MixedResults(LikelihoodModelResults):
+    """Results of a mixed model fit.
+
+    Attributes
+    ----------
+    fe_params, bse_fe : pandas.Series
+        Fixed effects and their standard errors.
+    theta : numpy.ndarray
+        lme4's relative covariance parameters (``theta_names`` names them).
+    sigma : float
+        Residual standard deviation (1 for families without a scale).
+    llf, aic, bic, deviance : float
+        As lme4 reports them; for REML fits ``llf`` is the REML log-likelihood.
+    converged : bool
+    optim : scipy.optimize.OptimizeResult
+        What the optimizer did (``tried``: methods, success, evaluations).
+    """
+
+    _has_residual = True
+    _family_name = "Gaussian"
+
+    def __init__(self, model, fe_params, cov_fe, theta, u, sigma, criterion, optim,
+                 reml=False, **extra):
+        super().__init__(model, np.asarray(fe_params, dtype=float),
+                         normalized_cov_params=np.asarray(cov_fe, dtype=float), scale=1.0)
+        self.theta = np.asarray(theta, dtype=float)
+        self.theta_names = model.re_design.theta_names()
+        self._u = np.asarray(u, dtype=float)
+        self.sigma = float(sigma)
+        self.scale = 1.0
+        self.reml = bool(reml)
+        self.criterion = float(criterion)
+        self.optim = optim
+        self.converged = bool(getattr(optim, "success", True))
+        self.use_t = False
+        self.nobs = model.nobs
+        self.k_fe = model.k_fe
+        self.df_resid = self.nobs - self.k_fe
+        self.df_model = self.k_fe - 1
+        self.nrows_dropped = model.nrows_dropped
+        for k, v in extra.items():
+            setattr(self, k, v)
+
+    # ---------------------------------------------------------------- basic
+    @property
+    def fe_params(self):
+        return pd.Series(self.params, index=self.model.exog_names, name="fe_params")
+
+    @property
+    def bse_fe(self):
+        return pd.Series(np.sqrt(np.diag(self.cov_params())), index=self.model.exog_names,
+                         name="bse_fe")
+
+    @property
+    def k_params(self):
+        """Number of estimated parameters (fixed effects, theta and the scale)."""
+        return self.k_fe + len(self.theta) + int(self._has_residual)
+
+    @property
+    def df_modelwc(self):
+        return self.k_params
+
+    @cache_readonly
+    def llf(self):
+        return -0.5 * self.criterion
+
+    @cache_readonly
+    def aic(self):
+        return -2.0 * self.llf + 2.0 * self.k_params
+
+    @cache_readonly
+    def bic(self):
+        return -2.0 * self.llf + np.log(self.nobs) * self.k_params
+
+    @cache_readonly
+    def deviance(self):
+        """-2 log-likelihood (the REML criterion for REML fits)."""
+        return -2.0 * self.llf
+
+    def is_singular(self, tol=1e-4):
+        """True when a random-effects covariance is singular (lme4's ``isSingular``)."""
+        lower = self.model.re_design.lower
+        diag = np.isfinite(lower)
+        return bool(np.any(self.theta[diag] < tol))
+
+    # ------------------------------------------------- variance components
+    def _term_names(self):
+        """lme4's group labels: repeated grouping factors become g, g.1, ..."""
+        seen = {}
+        out = []
+        for t in self.model.re_design.terms:
+            k = seen.get(t.name, 0)
+            out.append(t.name if k == 0 else f"{t.name}.{k}")
+            seen[t.name] = k + 1
+        return out
+
+    def cov_re(self):
+        """Covariance matrix of each term's random effects (dict by group label)."""
+        des = self.model.re_design
+        out = {}
+        for label, t in zip(self._term_names(), des.terms):
+            out[label] = pd.DataFrame(self.sigma ** 2 * des.term_cov(self.theta, t),
+                                      index=t.colnames, columns=t.colnames)
+        return out
+
+    def varcorr(self):
+        """Variance components as lme4's ``as.data.frame(VarCorr(fit))``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``grp, var1, var2, vcov, sdcor``: for each term one row per
+            standard deviation, then one per correlation, then ``Residual``.
+        """
+        rows = []
+        for label, cov in self.cov_re().items():
+            names = list(cov.index)
+            C = cov.to_numpy()
+            sd = np.sqrt(np.diag(C))
+            for i, nm in enumerate(names):
+                rows.append((label, nm, "", C[i, i], sd[i]))
+            for j in range(len(names)):
+                for i in range(j + 1, len(names)):
+                    denom = sd[i] * sd[j]
+                    rows.append((label, names[j], names[i], C[i, j],
+                                 C[i, j] / denom if denom > 0 else np.nan))
+        if self._has_residual:
+            rows.append(("Residual", "", "", self.sigma ** 2, self.sigma))
+        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
+
+    # -------------------------------------------------- conditional modes
+    def _blocks_b(self):
+        """Conditional modes b = Lambda u per block, as (m, q) arrays (block order)."""
+        des = self.model.re_design
+        out = []
+        off = 0
+        for b, lam in zip(des.blocks, des.lambdas(self.theta)):
+            u = self._u[off:off + b.nre].reshape(b.m, b.q)
+            out.append(u @ lam.T)
+            off += b.nre
+        return out
+
+    def _block_condvar(self):
+        """Conditional covariance of b per block (m, q, q); set by the model's fit."""
+        raise NotImplementedError("conditional variances are not available for this model")
+
+    def ranef(self, condvar=False):
+        """Conditional modes of the random effects, one DataFrame per grouping factor.
+
+        Parameters
+        ----------
+        condvar : bool
+            Also compute conditional variances: each DataFrame then carries
+            ``attrs["condvar"]`` (levels x q x q array) and ``attrs["condsd"]``
+            (DataFrame of conditional standard deviations).
+
+        Returns
+        -------
+        dict of pandas.DataFrame
+            Keyed by grouping factor in lme4's order, rows = levels, columns =
+            the terms' column names.
+        """
+        des = self.model.re_design
+        bs = self._blocks_b()
+        cvs = self._block_condvar() if condvar else None
+        out = {}
+        order = []
+        for t in des.terms:                 # lme4's order of grouping factors
+            bi = next(i for i, b in enumerate(des.blocks) if t in b.terms)
+            if bi not in order:
+                order.append(bi)
+        for bi in order:
+            blk = des.blocks[bi]
+            cols = [c for t in blk.terms for c in t.colnames]
+            df = pd.DataFrame(bs[bi], index=pd.Index(blk.levels, name=blk.name), columns=cols)
+            if cvs is not None:
+                df.attrs["condvar"] = cvs[bi]
+                df.attrs["condsd"] = pd.DataFrame(
+                    np.sqrt(np.diagonal(cvs[bi], axis1=1, axis2=2)), index=df.index, columns=cols)
+            out[blk.name] = df
+        return out
+
+    @property
+    def random_effects(self):
+        """Conditional modes (statsmodels ``MixedLM`` name for ``ranef()``)."""
+        return self.ranef()
+
+    # -------------------------------------------------------- prediction
+    def _re_contribution(self, term_arrays):
+        """Sum of Z_t b_t over terms for (X_t, codes) pairs; code -1 contributes 0."""
+        des = self.model.re_design
+        bs = self._blocks_b()
+        total = 0.0
+        for t, (Zt, codes) in zip(des.terms, term_arrays):
+            bi = next(i for i, b in enumerate(des.blocks) if t in b.terms)
+            blk = des.blocks[bi]
+            off = sum(tt.q for tt in blk.terms[:blk.terms.index(t)])
+            bt = bs[bi][:, off:off + t.q]
+            ok = codes >= 0
+            contrib = np.zeros(Zt.shape[0])
+            contrib[ok] = np.einsum("ij,ij->i", Zt[ok], bt[codes[ok]])
+            total = total + contrib
+        return total
+
+    def linear_predictor(self, data=None, re=True):
+        """X beta (+ Z b when ``re``) + offset, for the fitted rows or new ``data``."""
+        model = self.model
+        if data is None:
+            eta = model.exog @ self.params + model.offset
+            if re:
+                eta = eta + self._re_contribution([(t.X, t.codes) for t in model.re_design.terms])
+            return eta
+        X, terms, off = model._new_design(data)
+        eta = X @ self.params + off
+        if re:
+            eta = eta + self._re_contribution(terms)
+        return eta
+
+    def predict(self, exog=None, data=None, re=True, which="mean", **kwargs):
+        """Predictions with (``re=True``) or without random effects.
+
+        Parameters
+        ----------
+        exog, data : pandas.DataFrame, optional
+            New data with the formula's columns (either name works); the
+            fitted rows when omitted.  Levels not seen in fitting get the
+            population value (random effect 0).
+        re : bool
+            Include the conditional modes of the random effects.
+        which : {"mean", "linear"}
+            Response scale or linear predictor (the same for an LMM).
+
+        Returns
+        -------
+        numpy.ndarray or pandas.Series
+        """
+        data = exog if data is None else data
+        eta = self.linear_predictor(data, re=re)
+        out = eta if which == "linear" else self._inverse_link(eta)
+        index = self.model.formula_info.get("row_labels") if data is None else getattr(data, "index", None)
+        if index is not None and len(index) == len(out):
+            return pd.Series(out, index=index, name="predicted")
+        return out
+
+    def _inverse_link(self, eta):
+        return eta
+
+    @cache_readonly
+    def fittedvalues(self):
+        return self.predict()
+
+    @cache_readonly
+    def resid(self):
+        return pd.Series(np.asarray(self.model.endog, dtype=float) - np.asarray(self.fittedvalues),
+                         index=self.fittedvalues.index, name="resid")
+
+    # ------------------------------------------------------------ summary
+    def _re_table(self):
+        vc = self.varcorr()
+        rows = []
+        for label, cov in self.cov_re().items():
+            names = list(cov.index)
+            C = cov.to_numpy()
+            sd = np.sqrt(np.diag(C))
+            for i, nm in enumerate(names):
+                corr = []
+                for j in range(i):
+                    d = sd[i] * sd[j]
+                    corr.append(f"{C[i, j] / d:.2f}" if d > 0 else "NaN")
+                rows.append([label if i == 0 else "", nm, _fmt(C[i, i]), _fmt(sd[i]), " ".join(corr)])
+        if self._has_residual:
+            rows.append(["Residual", "", _fmt(self.sigma ** 2), _fmt(self.sigma), ""])
+        del vc
+        return SimpleTable(rows, headers=["Groups", "Name", "Variance", "Std.Dev.", "Corr"],
+                           title="Random effects")
+
+    def _summary_top(self):
+        model = self.model
+        crit = [("Method:", ["REML" if self.reml else "ML"])]
+        return crit
+
+    def summary(self, alpha=0.05, title=None):
+        """Summary in lme4's layout built from statsmodels ``Summary`` tables."""
+        model = self.model
+        ngrps = ", ".join(f"{t.name}: {t.m}" for t in model.re_design.terms)
+        top_left = [("Model:", [type(model).__name__]),
+                    ("Dependent Variable:", [str(model.endog_names)]),
+                    ("Family:", [self._family_name])] + self._summary_top() + \
+                   [("No. Observations:", [str(int(self.nobs))]),
+                    ("Groups (levels):", [ngrps])]
+        if self.reml:
+            fit_stats = [("REML criterion:", [f"{self.criterion:.4f}"])]
+        else:
+            fit_stats = [("Log-Likelihood:", [f"{self.llf:.4f}"]),
+                         ("Deviance:", [f"{self.deviance:.4f}"])]
+        top_right = fit_stats + [("AIC:", [f"{self.aic:.4f}"]), ("BIC:", [f"{self.bic:.4f}"]),
+                                 ("Converged:", ["Yes" if self.converged else "No"])]
+        smry = Summary()
+        smry.add_table_2cols(self, gleft=top_left, gright=top_right,
+                             title=title or f"Mixed Model Results: {model.formula_info.get('formula', '')}")
+        sr = self._scaled_resid_quantiles()
+        if sr is not None:
+            smry.tables.append(SimpleTable([[_fmt(v) for v in sr]],
+                                           headers=["Min", "1Q", "Median", "3Q", "Max"],
+                                           title="Scaled residuals"))
+        smry.tables.append(self._re_table())
+        smry.add_table_params(self, alpha=alpha, use_t=self.use_t)
+        self._add_extra_tables(smry)
+        notes = []
+        if self.is_singular():
+            notes.append("Boundary (singular) fit: a random-effects covariance is singular "
+                         "(some variance estimated at zero).")
+        if self.nrows_dropped:
+            notes.append(f"{self.nrows_dropped} rows with missing values were dropped.")
+        if not self.converged:
+            notes.append(f"The optimizer did not converge: {self.optim.message} "
+                         f"(tried {self.optim.tried}).")
+        if notes:
+            smry.add_extra_txt(notes)
+        return smry
+
+    def _add_extra_tables(self, smry):
+        pass
+
+    def _scaled_resid_quantiles(self):
+        r = np.asarray(self.resid) * np.sqrt(self.model.weights) / self.sigma
+        return np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
+
+    def _repr_html_(self):
+        return self.summary().as_html()
+
+    def __repr__(self):
+        return (f"<{type(self).__name__}: {self.model.formula_info.get('formula', '')}, "
+                f"{'REML' if self.reml else 'ML'}, llf={self.llf:.4f}>")
+
+
+class LMMResults(MixedResults):
+    """Results of :class:`mlmext.lmm.LinearMixedModel` fits."""
+
+    @property
+    def reml_criterion(self):
+        return self.criterion if self.reml else None
+
+    def _block_condvar(self):
+        model = self.model
+        ch = model.chol.update(model.re_design.lambdas(self.theta))
+        cv = ch.condvar_u()
+        out = []
+        for blk, lam, c in zip(model.re_design.blocks, model.re_design.lambdas(self.theta), cv):
+            out.append(self.sigma ** 2 * np.einsum("ij,gjk,lk->gil", lam, c, lam))
+        return out
+
+
+class MixedResultsWrapper(wrap.ResultsWrapper):
+    _attrs = {"params": "columns", "bse": "columns", "tvalues": "columns", "pvalues": "columns"}
+    _wrap_attrs = union_dicts(_attrs, wrap.ResultsWrapper._wrap_attrs)
+    _methods = {"cov_params": "cov", "conf_int": "columns"}
+    _wrap_methods = union_dicts(_methods, wrap.ResultsWrapper._wrap_methods)
+
+
+populate_wrapper(MixedResultsWrapper, MixedResults)
