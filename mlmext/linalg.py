@@ -91,6 +91,17 @@ class _SchurProduct:
         col = (g * q1 + comp[e1]) * q1 + comp[e2]
         self.P = sparse.csc_matrix((val, (hi * r + lo, col)), shape=(r * r, m1 * q1 * q1))
 
+    def trace_weights(self, K):
+        """v with ``v . vec(B) = trace(K G(B))`` for symmetric K and B, shape (m1, q1, q1)."""
+        if self.P is not None:
+            Kw = 2.0 * K
+            Kw[np.diag_indices(self.r)] *= 0.5                 # off-diagonal pairs count twice
+            return (self.P.T @ Kw.ravel()).reshape(self.m1, self.q1, self.q1)
+        F = np.asarray(self.A_1r @ K)                    # (m1 q1) x r
+        D = self.A_1r.toarray()
+        V = np.einsum("gar,gbr->gab", F.reshape(self.m1, self.q1, -1), D.reshape(self.m1, self.q1, -1))
+        return V
+
     def subtract_from(self, S, B):
         """S -= G(B) on the lower triangle (full matrix in the fallback)."""
         if self.P is not None:
@@ -122,26 +133,40 @@ class BlockedCholesky:
     """
 
     def __init__(self, blocks, XY, weights=None):
-        n = XY.shape[0]
-        w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
         self.blocks = blocks
         b1 = blocks[0]
         self.m1, self.q1 = b1.m, b1.q
-        self.A11 = _block_cross(b1.X, b1.codes, b1.m, w)
         self.rest_sizes = [b.nre for b in blocks[1:]]
         self.rz = int(sum(self.rest_sizes))
         self.p = XY.shape[1] - 1
+        self.r = self.rz + self.p + 1
+        self._Zrest = sparse.hstack([b.Z() for b in blocks[1:]], format="csc") if self.rz else None
+        self._Z1 = b1.Z().tocsc()
+        self._scalar_rest = all(b.q == 1 for b in blocks[1:])
+        self._schur = None
+        self.set_data(XY, weights)
+
+    def set_data(self, XY, weights=None):
+        """(Re)compute the cross-products for new [X y] values and/or weights.
+
+        The random-effects structure is kept; a GLMM calls this once per
+        PIRLS iteration with its working weights and response.
+        """
+        n = XY.shape[0]
+        w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+        b1 = self.blocks[0]
+        self.A11 = _block_cross(b1.X, b1.codes, b1.m, w)
         sw = sparse.diags(np.sqrt(w))
-        Zr = sparse.hstack([b.Z() for b in blocks[1:]] + [sparse.csc_matrix(XY)], format="csc")
+        XYs = sparse.csc_matrix(XY)
+        Zr = XYs if self._Zrest is None else sparse.hstack([self._Zrest, XYs], format="csc")
         Zr = (sw @ Zr).tocsc()
-        Z1 = (sw @ b1.Z()).tocsc()
+        Z1 = (sw @ self._Z1).tocsc()
         self.A_r1 = (Zr.T @ Z1).tocsr()              # r x (m1 q1), sparse
         self.A_1r = self.A_r1.T.tocsr()
         self.A_rr = (Zr.T @ Zr).toarray()            # r x r, dense
-        self.r = self.A_rr.shape[0]
         self._schur = _SchurProduct(self.A_r1, self.m1, self.q1)
         self._S = np.empty_like(self.A_rr)
-        self._scalar_rest = all(b.q == 1 for b in blocks[1:])
+        return self
 
     # -- per-theta factorization -------------------------------------------------
     def _lambda_rest(self, lams):
@@ -167,13 +192,15 @@ class BlockedCholesky:
             self.M1 = d
             self.logdet1 = np.log(d).sum()
             B = t2 / d
+            self.M1inv = (1.0 / d)[:, None, None]
         else:
             M = np.einsum("ji,gjk,kl->gil", lam1, self.A11, lam1)
             M[:, np.arange(self.q1), np.arange(self.q1)] += 1.0
             self.M1 = M
             L11 = np.linalg.cholesky(M)
             self.logdet1 = 2.0 * np.log(np.diagonal(L11, axis1=1, axis2=2)).sum()
-            B = lam1 @ np.linalg.inv(M) @ lam1.T       # (m1, q1, q1)
+            self.M1inv = np.linalg.inv(M)
+            B = lam1 @ self.M1inv @ lam1.T             # (m1, q1, q1)
         S = self._S
         np.copyto(S, self.A_rr)
         self._schur.subtract_from(S, B)
@@ -289,4 +316,54 @@ class BlockedCholesky:
                 cols = P[:, off:off + b.nre].reshape(rz, b.m, b.q)
                 out.append(np.einsum("rgi,rgj->gij", cols, cols))
                 off += b.nre
+        return out
+
+    # -- pieces of the gradient of the profiled objective ---------------------------
+    def inverse_block_sums(self, k):
+        """Sum over levels of the diagonal blocks of Omega_P^-1, one (q, q) array per block.
+
+        Omega_P is the leading principal submatrix of the scaled system that
+        holds all random effects and the first ``k`` fixed effects (k = 0 for
+        the ML objective, k = p for REML).  With ``m I - S`` these give the
+        derivative of log det Omega_P (see :meth:`mlmext.lmm.LinearMixedModel.gradient`).
+        """
+        rz, r = self.rz, self.r
+        kk = rz + k
+        out = []
+        X = np.zeros((r, r))
+        if kk:
+            inv, info = linalg.lapack.dpotri(self.Lr[:kk, :kk], lower=1)
+            if info:
+                raise np.linalg.LinAlgError("singular factor in gradient")
+            inv = np.tril(inv) + np.tril(inv, -1).T
+            X[:kk, :kk] = inv
+        lr = self.lam_rest
+        if isinstance(lr, np.ndarray):
+            K = X * lr[:, None] * lr[None, :]
+        else:
+            K = np.asarray(lr @ np.asarray((lr @ X).T).T)     # Lambda_r X Lambda_r'
+        V = self._schur.trace_weights(K)
+        C = self.lam1 @ self.M1inv if self.q1 > 1 else self.lam1[0, 0] * self.M1inv
+        Vs = 0.5 * (V + np.swapaxes(V, 1, 2))
+        out.append(self.M1inv.sum(axis=0) + np.einsum("gia,gij,gjb->ab", C, Vs, C))
+        off = 0
+        for b in self.blocks[1:]:
+            idx = off + np.arange(b.m)[:, None] * b.q + np.arange(b.q)[None, :]
+            out.append(X[idx[:, :, None], idx[:, None, :]].sum(axis=0))
+            off += b.nre
+        return out
+
+    def ztres(self, u, beta, lams):
+        """Z' W (y - X beta - Z Lambda u) per block, as (m, q) arrays (no n-sized work)."""
+        m1, q1 = self.m1, self.q1
+        b1 = (u[:m1 * q1].reshape(m1, q1) @ lams[0].T)
+        b_rest = self._apply_lam_rest(np.concatenate([u[m1 * q1:], np.zeros(self.p + 1)]))[:self.rz]
+        c_r = np.concatenate([-b_rest, -np.asarray(beta, dtype=float), [1.0]])
+        w1 = -np.einsum("gij,gj->gi", self.A11, b1).ravel() + self.A_1r @ c_r
+        wr = -(self.A_r1[:self.rz] @ b1.ravel()) + self.A_rr[:self.rz] @ c_r
+        out = [w1.reshape(m1, q1)]
+        off = 0
+        for b in self.blocks[1:]:
+            out.append(wr[off:off + b.nre].reshape(b.m, b.q))
+            off += b.nre
         return out

@@ -37,13 +37,69 @@ class LinearMixedModel(MixedModel):
 
     def deviance_profiled(self, theta, reml=True):
         """-2 log-likelihood (or REML criterion) profiled over beta and sigma."""
-        ch = self.chol.update(self.re_design.lambdas(np.asarray(theta, dtype=float)))
+        try:
+            ch = self.chol.update(self.re_design.lambdas(np.asarray(theta, dtype=float)))
+        except np.linalg.LinAlgError:      # numerically indefinite: treat as infeasible
+            return np.inf
         n = self.nobs
         r2 = ch.r2
         if reml:
             nmp = n - self.k_fe
             return ch.logdet_zz + ch.logdet_xx + nmp * (1.0 + _LOG2PI + np.log(r2 / nmp)) - self._logw
         return ch.logdet_zz + n * (1.0 + _LOG2PI + np.log(r2 / n)) - self._logw
+
+    def deviance_and_gradient(self, theta, reml=True):
+        """Profiled deviance and its gradient in theta.
+
+        With ``Omega = Lambda' A Lambda + I`` restricted to the random effects
+        (ML) or to random and fixed effects (REML), and ``r2`` the penalized
+        residual sum of squares,
+
+        * d log det(Omega_P) / d theta_k = 2 [(m_b I - S_b) lambda_b^-1]_{ji}
+          where S_b sums the level-diagonal blocks of Omega_P^-1 for the block
+          holding theta_k at template position (i, j);
+        * d r2 / d theta_k = -2 sum_g [Z'W res]_{g,i} u_{g,j}.
+
+        Both come from the factor already computed plus one triangular
+        inversion of the dense part: no n-sized work.  Entries of a block
+        whose template has a (near) zero diagonal use a finite difference.
+        """
+        theta = np.asarray(theta, dtype=float)
+        des = self.re_design
+        lams = des.lambdas(theta)
+        try:
+            ch = self.chol.update(lams)
+        except np.linalg.LinAlgError:
+            return np.inf, np.zeros_like(theta)
+        n, p = self.nobs, self.k_fe
+        nu = n - p if reml else n
+        r2 = ch.r2
+        logdet = ch.logdet_zz + (ch.logdet_xx if reml else 0.0)
+        dev = logdet + nu * (1.0 + _LOG2PI + np.log(r2 / nu)) - self._logw
+        u, beta = ch.solve()
+        S = ch.inverse_block_sums(p if reml else 0)
+        W = ch.ztres(u, beta, lams)
+        grad = np.zeros_like(theta)
+        fd = []
+        off = 0
+        for blk, lam, Sb, Wb in zip(des.blocks, lams, S, W):
+            ub = u[off:off + blk.nre].reshape(blk.m, blk.q)
+            off += blk.nre
+            d = np.abs(np.diag(lam))
+            if d.min() <= 1e-6 * max(1.0, d.max()):
+                fd.extend(blk.t_idx)
+                continue
+            H = (blk.m * np.eye(blk.q) - Sb) @ np.linalg.inv(lam)
+            dr2 = -2.0 * (Wb[:, blk.t_rows] * ub[:, blk.t_cols]).sum(axis=0)
+            grad[blk.t_idx] = 2.0 * H[blk.t_cols, blk.t_rows] + nu * dr2 / r2
+        for k in fd:       # one-sided step away from the bound
+            h = 1e-6 * max(1.0, abs(theta[k]))
+            t2 = theta.copy()
+            t2[k] += h
+            grad[k] = (self.deviance_profiled(t2, reml=reml) - dev) / h
+        if fd:
+            self.chol.update(lams)
+        return dev, grad
 
     def loglike(self, params, reml=True):
         """Profiled log-likelihood at relative covariance parameters ``params`` (theta)."""
@@ -72,7 +128,8 @@ class LinearMixedModel(MixedModel):
         des = self.re_design
         start = des.theta_start if start_params is None else np.asarray(start_params, dtype=float)
         fun = lambda th: self.deviance_profiled(th, reml=reml)
-        opt = minimize_theta(fun, start, des.lower, method=method, maxiter=maxiter, tol=tol)
+        grad = lambda th: self.deviance_and_gradient(th, reml=reml)
+        opt = minimize_theta(fun, start, des.lower, method=method, maxiter=maxiter, tol=tol, grad=grad)
         theta = opt.x
         ch = self.chol.update(des.lambdas(theta))
         u, beta = ch.solve()

@@ -14,6 +14,7 @@ def _bounds(lower):
 
 
 def _run(method, fun, x0, lower, grad, maxiter, tol):
+    """One optimizer run; ``grad`` (if given) returns (value, gradient) in one call."""
     bounds = _bounds(lower)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -23,14 +24,17 @@ def _run(method, fun, x0, lower, grad, maxiter, tol):
                                      options={"maxfev": maxiter, "initial_tr_radius": 0.5 * scale,
                                               "final_tr_radius": tol ** 0.5 * 1e-2 * scale})
         if method == "L-BFGS-B":
-            return optimize.minimize(fun, x0, method="L-BFGS-B", jac=grad, bounds=bounds,
-                                     options={"maxiter": maxiter, "ftol": tol * 1e-3, "gtol": 1e-6})
+            return optimize.minimize(grad, x0, method="L-BFGS-B", jac=True, bounds=bounds,
+                                     options={"maxiter": maxiter, "maxfun": maxiter,
+                                              "ftol": tol * 1e-1, "gtol": 1e-5})
         if method == "Nelder-Mead":
             return optimize.minimize(fun, np.maximum(x0, np.where(np.isfinite(lower), lower, -np.inf)),
                                      method="Nelder-Mead", bounds=bounds,
                                      options={"maxfev": maxiter, "xatol": 1e-6, "fatol": tol})
-        return optimize.minimize(fun, x0, method=method, jac=grad, bounds=bounds,
-                                 options={"maxiter": maxiter})
+        if grad is not None:
+            return optimize.minimize(grad, x0, method=method, jac=True, bounds=bounds,
+                                     options={"maxiter": maxiter})
+        return optimize.minimize(fun, x0, method=method, bounds=bounds, options={"maxiter": maxiter})
 
 
 def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, grad=None):
@@ -50,7 +54,7 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         BOBYQA); if that fails, Nelder-Mead is tried from its last point.  Any
         other name is passed to :func:`scipy.optimize.minimize`.
     grad : callable, optional
-        Gradient of ``fun``.
+        Returns ``(fun(x), gradient)`` in one call.
 
     Returns
     -------

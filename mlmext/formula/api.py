@@ -30,3 +30,15 @@ def lmer(formula, data, weights=None, offset=None, subset=None, missing="drop", 
 
 
 __all__ = ["lmer"]
+
+
+def _not_yet(name, issue):
+    def f(*args, **kwargs):
+        raise NotImplementedError(f"mlmext.formula.api.{name} is not implemented yet ({issue})")
+    f.__name__ = name
+    return f
+
+
+glmer = _not_yet("glmer", "generalized linear mixed models")
+glmer_nb = _not_yet("glmer_nb", "negative binomial mixed models")
+clmm = _not_yet("clmm", "cumulative link mixed models")
