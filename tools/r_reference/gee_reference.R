@@ -1,0 +1,174 @@
+## geepack reference values for the mlmext GEE / QIC tests (tests/test_gee.py).
+##
+## Run from the repository root:   Rscript tools/r_reference/gee_reference.R
+##
+## Writes
+##   tests/data/NAME.csv, tests/data/NAME.levels.json   (ohio, respiratory, epil, cbpp_gee; dietox
+##                                                      is the copy of ../shared/data and only read)
+##   tests/reference/gee_CASE.json                      (one geeglm fit per working correlation)
+##
+## Every model is fitted on the data as read back from the CSV the Python side reads.
+## Fits use a tight convergence control, geese.control(epsilon = 1e-10, maxit = 200), so that the
+## stored values are those of the converged estimating equations and not of geepack's default
+## stopping rule (epsilon = 1e-4), except the case dietox_gaussian_default, which repeats
+## ../shared/reference/dietox_gee_qic.json (default control: its unstructured fit does not
+## converge and stops at geepack's 25th iterate).
+##
+## Besides geepack's own QIC() output (QIC, QICu, CIC, "Quasi Lik"), each structure stores
+## QuasiLik_pan / QIC_pan / QICu_pan: Pan's (2001) quasi-likelihood computed here from geepack's
+## fitted values and prior weights.  They equal geepack's values except where geepack's QIC()
+## departs from Pan: it ignores prior weights in the quasi-likelihood (binomial proportions with
+## weights) and uses -y/(mu - log(mu)) instead of -y/mu - log(mu) for the Gamma family.
+## The CIC (the trace term) is geepack's in every case.
+
+suppressPackageStartupMessages({
+  library(geepack)
+  library(MASS)       # epil; also makes QIC() use MASS::ginv as geepack does when MASS is loaded
+  library(jsonlite)
+})
+
+stopifnot(file.exists("tools/r_reference/gee_reference.R"))   # run from the repo root
+DATA_DIR <- "tests/data"
+REF_DIR <- "tests/reference"
+dir.create(DATA_DIR, recursive = TRUE, showWarnings = FALSE)
+dir.create(REF_DIR, recursive = TRUE, showWarnings = FALSE)
+
+R_VERSIONS <- list(
+  R = paste(R.version$major, R.version$minor, sep = "."),
+  geepack = packageDescription("geepack")$Version,
+  MASS = packageDescription("MASS")$Version,
+  jsonlite = packageDescription("jsonlite")$Version
+)
+CONTROL <- geese.control(epsilon = 1e-10, maxit = 200)
+
+write_json_file <- function(x, path, auto_unbox = TRUE) {
+  txt <- toJSON(x, digits = NA, auto_unbox = auto_unbox, pretty = TRUE, null = "null", na = "null")
+  writeLines(txt, path, useBytes = TRUE)
+}
+
+## ---- datasets ---------------------------------------------------------------------------
+## save_data() writes NAME.csv (+ NAME.levels.json for factor columns), reads it back, restores
+## the factors with R's level order and assigns the result to the global NAME used in r_call.
+save_data <- function(df, name) {
+  df <- as.data.frame(df)
+  rownames(df) <- NULL
+  csv <- file.path(DATA_DIR, paste0(name, ".csv"))
+  write.csv(df, csv, row.names = FALSE)
+  facs <- names(df)[vapply(df, is.factor, logical(1))]
+  lv <- lapply(facs, function(col) list(levels = levels(df[[col]]), ordered = is.ordered(df[[col]])))
+  names(lv) <- facs
+  if (length(facs)) write_json_file(lv, file.path(DATA_DIR, paste0(name, ".levels.json")), auto_unbox = FALSE)
+  read_data(name)
+}
+
+read_data <- function(name) {
+  back <- read.csv(file.path(DATA_DIR, paste0(name, ".csv")), stringsAsFactors = FALSE)
+  lv_path <- file.path(DATA_DIR, paste0(name, ".levels.json"))
+  if (file.exists(lv_path)) {
+    lv <- fromJSON(lv_path)
+    for (col in names(lv)) back[[col]] <- factor(as.character(back[[col]]), levels = lv[[col]]$levels,
+                                                 ordered = isTRUE(lv[[col]]$ordered))
+  }
+  assign(name, back, envir = globalenv())
+  invisible(back)
+}
+
+## geepack needs the rows of a cluster to be contiguous and in time order.
+data(ohio, package = "geepack")
+save_data(ohio[order(ohio$id, ohio$age), ], "ohio")
+
+data(respiratory, package = "geepack")
+respiratory$cid <- respiratory$center * 1000L + respiratory$id   # id repeats across the two centres
+save_data(respiratory[order(respiratory$cid, respiratory$visit), ], "respiratory")
+
+data(epil, package = "MASS")
+save_data(epil[order(epil$subject, epil$period), ], "epil")
+
+data(cbpp, package = "lme4")
+cbpp$herd_id <- as.integer(as.character(cbpp$herd))
+cbpp$time <- as.integer(as.character(cbpp$period))
+save_data(cbpp[order(cbpp$herd_id, cbpp$time), c("herd_id", "period", "time", "incidence", "size")], "cbpp_gee")
+
+read_data("dietox")                               # tests/data/dietox.csv, copied from ../shared/data
+stopifnot(!is.unsorted(as.integer(dietox$Pig)))   # sorted by pig, and by Time within pig
+
+## ---- Pan's quasi-likelihood -------------------------------------------------------------
+pan_quasi <- function(fit) {
+  y <- fit$y; mu <- fitted(fit); w <- fit$prior.weights
+  switch(family(fit)$family,
+         gaussian = -sum(w * (y - mu)^2) / 2,
+         binomial = sum(w * (y * log(mu / (1 - mu)) + log(1 - mu))),
+         poisson = sum(w * (y * log(mu) - mu)),
+         Gamma = sum(w * (-y / mu - log(mu))))
+}
+
+## ---- cases ------------------------------------------------------------------------------
+CS4 <- c("independence", "exchangeable", "ar1", "unstructured")
+cases <- list(
+  list(name = "dietox_gaussian", data = "dietox", call = "Weight ~ Time + Cu, id = Pig, family = gaussian",
+       groups = "Pig", time = "Time", family = "gaussian", corstrs = CS4),
+  list(name = "dietox_gaussian_default", data = "dietox", call = "Weight ~ Time + Cu, id = Pig, family = gaussian",
+       groups = "Pig", time = "Time", family = "gaussian", corstrs = CS4, control = "default"),
+  list(name = "dietox_gamma", data = "dietox", call = "Feed ~ Time + Cu, id = Pig, family = Gamma(link = 'log')",
+       groups = "Pig", time = "Time", family = "Gamma(log)", corstrs = CS4[1:3]),
+  list(name = "ohio", data = "ohio", call = "resp ~ age + smoke, id = id, family = binomial",
+       groups = "id", time = "age", family = "binomial", corstrs = CS4),
+  list(name = "ohio_weighted", data = "ohio",
+       call = "resp ~ age + smoke, id = id, weights = 1 + smoke, family = binomial",
+       groups = "id", time = "age", family = "binomial", corstrs = CS4[1:3]),
+  list(name = "respiratory", data = "respiratory",
+       call = "outcome ~ treat + sex + age + baseline, id = cid, family = binomial",
+       groups = "cid", time = "visit", family = "binomial", corstrs = CS4),
+  list(name = "epil", data = "epil", call = "y ~ lbase * trt + lage + V4, id = subject, family = poisson",
+       groups = "subject", time = "period", family = "poisson", corstrs = CS4),
+  list(name = "cbpp_weighted", data = "cbpp_gee",
+       call = "incidence / size ~ period, weights = size, id = herd_id, family = binomial",
+       groups = "herd_id", time = NULL, family = "binomial", corstrs = CS4[1])
+)
+
+## Pearson scale of a fit with the number of rows as divisor: sum(w r^2) / N.
+pearson_rows <- function(fit) {
+  mu <- fitted(fit)
+  sum(fit$prior.weights * (fit$y - mu)^2 / family(fit)$variance(mu)) / length(fit$y)
+}
+
+fit_case <- function(case) {
+  default_control <- identical(case$control, "default")
+  out <- list(name = paste0("gee_", case$name), data = paste0(case$data, ".csv"),
+              r_call = sprintf("geeglm(%s, data = %s, corstr = <each>%s); QIC()", case$call, case$data,
+                               if (default_control) "" else ", control = geese.control(epsilon = 1e-10, maxit = 200)"),
+              groups = case$groups, time = case$time, family = case$family,
+              r_versions = R_VERSIONS, structures = list())
+  for (cs in case$corstrs) {
+    txt <- sprintf("geeglm(%s, data = %s, corstr = '%s'%s)", case$call, case$data, cs,
+                   if (default_control) "" else ", control = CONTROL")
+    t0 <- proc.time()[["elapsed"]]
+    fit <- eval(parse(text = txt))
+    secs <- proc.time()[["elapsed"]] - t0
+    q <- QIC(fit)
+    qp <- pan_quasi(fit)
+    g <- fit$geese
+    if (cs == "independence") {   # the fit QIC() takes Omega_I from: its scale, and sum(w r^2) / N
+      out$indep_scale = unname(g$gamma)
+      out$indep_pearson_rows = pearson_rows(fit)
+    }
+    out$structures[[cs]] <- list(
+      coef = as.list(coef(fit)),
+      robust_se = sqrt(diag(g$vbeta)),
+      naive_se = sqrt(diag(g$vbeta.naiv)),
+      alpha = if (length(g$alpha)) as.list(g$alpha) else list(),
+      scale = unname(g$gamma),
+      QIC = unname(q["QIC"]), QICu = unname(q["QICu"]), CIC = unname(q["CIC"]),
+      QuasiLik = unname(q["Quasi Lik"]), params = unname(q["params"]),
+      QuasiLik_pan = qp, QIC_pan = -2 * qp + 2 * unname(q["CIC"]), QICu_pan = -2 * qp + 2 * unname(q["params"]),
+      nobs = length(fit$y), n_clusters = length(unique(fit$id)),
+      converged = g$error == 0, r_seconds = secs)
+  }
+  write_json_file(out, file.path(REF_DIR, paste0("gee_", case$name, ".json")))
+  cat(sprintf("%-16s %s\n", case$name,
+              paste(sprintf("%s QIC=%.4f CIC=%.4f", names(out$structures),
+                            vapply(out$structures, `[[`, 0, "QIC_pan"),
+                            vapply(out$structures, `[[`, 0, "CIC")), collapse = "; ")))
+}
+
+invisible(lapply(cases, fit_case))
