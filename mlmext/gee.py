@@ -25,8 +25,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import re
-import sys
 import warnings
 
 import numpy as np
@@ -41,6 +39,9 @@ from statsmodels.genmod.generalized_estimating_equations import GEE
 from statsmodels.genmod.generalized_linear_model import GLM
 from statsmodels.iolib.summary2 import Summary
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, IterationLimitWarning, SingularMatrixWarning
+
+from .base import _caller_namespace
+from .base import _eval as _eval_formula
 
 __all__ = [
     "qic",
@@ -579,14 +580,6 @@ def _converged(results, tol=1e-4):
     return bool(d_beta <= tol and d_alpha <= tol)
 
 
-def _caller_namespace(depth):
-    frame = sys._getframe(depth + 1)
-    ns = dict(frame.f_globals)
-    ns.update(frame.f_locals)
-    ns.setdefault("np", np)
-    return ns
-
-
 def _column(data, value, what):
     """A column of ``data`` given by name, or an array of the right length."""
     if value is None:
@@ -602,17 +595,8 @@ def _column(data, value, what):
 
 
 def _formula_rows(formula, data, eval_env, what):
-    """Row labels that the formula keeps (complete cases of the variables it uses), and the response."""
-    try:
-        mats = FormulaManager().get_matrices(formula, data, eval_env=eval_env, pandas=True, na_action="drop")
-    except Exception as exc:  # the engines raise their own error types
-        msg = str(exc)
-        m = re.search(r"name '([^']+)' is not defined", msg) or re.search(r"'([^']+)' is not present", msg)
-        if m:
-            raise ValueError(f"unknown column {m.group(1)!r} in {what} {formula!r}; the data has "
-                             f"columns {list(data.columns)}") from None
-        raise ValueError(f"could not evaluate {what} {formula!r}: {msg.splitlines()[0] if msg else exc!r}") from exc
-    return mats
+    """The formula's matrices on the complete cases of the variables it uses (row labels kept)."""
+    return _eval_formula(FormulaManager(), formula, data, eval_env, f"{what} {formula!r}")
 
 
 class GEESelection:
