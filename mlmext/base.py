@@ -267,20 +267,30 @@ class MixedModel(LikelihoodModel):
 
 
 def _drop_rank_deficient(X, tol=1e-7):
-    """Drop columns of a rank-deficient fixed-effects design, warning as lme4 does."""
-    from scipy.linalg import qr
+    """Drop columns of a rank-deficient fixed-effects design, warning as lme4 does.
+
+    Columns are taken in order and a column is dropped when it lies (to
+    ``tol``, relative to its norm) in the span of the columns kept before it,
+    so the later of two collinear columns goes, as in lme4.
+    """
     A = X.to_numpy(dtype=float)
     if A.shape[1] == 0:
         return X
     if not np.all(np.isfinite(A)):
         raise ValueError("the fixed-effects design has non-finite values")
-    _, R, piv = qr(A, mode="economic", pivoting=True)
-    d = np.abs(np.diag(R))
-    rank = int((d > tol * d[0]).sum()) if d.size and d[0] > 0 else 0
-    if rank == A.shape[1]:
+    Q = np.zeros((A.shape[0], 0))
+    keep = []
+    for j in range(A.shape[1]):
+        v = A[:, j].copy()
+        nv = np.linalg.norm(v)
+        for _ in range(2):                      # Gram-Schmidt with reorthogonalization
+            v -= Q @ (Q.T @ v)
+        if nv > 0 and np.linalg.norm(v) > tol * nv:
+            Q = np.column_stack([Q, v / np.linalg.norm(v)])
+            keep.append(j)
+    if len(keep) == A.shape[1]:
         return X
-    keep = np.sort(piv[:rank])
-    dropped = [X.columns[i] for i in range(A.shape[1]) if i not in set(keep)]
+    dropped = [X.columns[j] for j in range(A.shape[1]) if j not in keep]
     warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
                   f"column(s): {dropped}", UserWarning, stacklevel=4)
     return X.iloc[:, keep]

@@ -1,0 +1,233 @@
+"""Formula parsing, bad input, results API and predictions of the LMM front door."""
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+from mlmext import datasets
+from mlmext.formula import api as mf
+from mlmext.formula.terms import parse_formula
+
+# -- parser -----------------------------------------------------------------------
+
+
+def test_parse_correlated_and_fixed_part():
+    p = parse_formula("Reaction ~ Days + (Days | Subject)")
+    assert p.fixed_formula == "Reaction ~ Days"
+    assert [(b.lhs, b.name) for b in p.bars] == [("Days", "Subject")]
+
+
+def test_parse_double_bar_expands_like_lme4():
+    p = parse_formula("y ~ x + (1 + x + z || g)")
+    assert [(b.lhs, b.name) for b in p.bars] == [("1", "g"), ("0 + x", "g"), ("0 + z", "g")]
+    p = parse_formula("y ~ x + (0 + x || g)")
+    assert [b.lhs for b in p.bars] == ["0 + x"]
+
+
+def test_parse_nesting_names_as_lme4():
+    p = parse_formula("y ~ 1 + (1 | batch/cask)")
+    assert [(b.name, b.factors) for b in p.bars] == [("cask:batch", ("cask", "batch")),
+                                                    ("batch", ("batch",))]
+    p = parse_formula("y ~ x + (1 | a/b/c)")
+    assert [b.name for b in p.bars] == ["c:(b:a)", "b:a", "a"]
+    assert p.bars[0].factors == ("c", "b", "a")
+
+
+def test_parse_offset_interaction_and_r_power():
+    p = parse_formula("y ~ x + offset(np.log(t)) + (1 | a:b) + I(x^2)")
+    assert p.offsets == ["np.log(t)"]
+    assert p.bars[0].factors == ("a", "b")
+    assert "I(x**2)" in p.fixed_rhs and "offset" not in p.fixed_rhs
+
+
+@pytest.mark.parametrize("formula, msg", [
+    ("y ~ x + (1 | )", "no grouping variable"),
+    ("y ~ x + ( | g)", "nothing left of the bar"),
+    ("y ~ x + 1 | g", "parentheses"),
+    ("y ~ x + (1 | g", "unbalanced"),
+    ("~ x + (1 | g)", "no response"),
+])
+def test_parse_errors(formula, msg):
+    with pytest.raises(ValueError, match=msg):
+        parse_formula(formula)
+
+
+# -- bad input --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sleep():
+    return datasets.load("sleepstudy")
+
+
+def test_unknown_fixed_column(sleep):
+    with pytest.raises(ValueError, match="unknown column 'Dayz'"):
+        mf.lmer("Reaction ~ Dayz + (1 | Subject)", sleep)
+
+
+def test_unknown_grouping_column(sleep):
+    with pytest.raises(ValueError, match="unknown column 'Subj'"):
+        mf.lmer("Reaction ~ Days + (1 | Subj)", sleep)
+
+
+def test_unknown_slope_column(sleep):
+    with pytest.raises(ValueError, match="unknown column 'Dais'"):
+        mf.lmer("Reaction ~ Days + (Dais | Subject)", sleep)
+
+
+def test_one_level_grouping_factor(sleep):
+    d = sleep.assign(one="a")
+    with pytest.raises(ValueError, match="'one'.*1 level"):
+        mf.lmer("Reaction ~ Days + (1 | one)", d)
+
+
+def test_as_many_levels_as_rows(sleep):
+    d = sleep.assign(row=np.arange(len(sleep)).astype(str))
+    with pytest.raises(ValueError, match="'row' has 180 levels for 180 observations"):
+        mf.lmer("Reaction ~ Days + (1 | row)", d)
+
+
+def test_non_numeric_response(sleep):
+    d = sleep.assign(resp=np.where(sleep.Reaction > 300, "slow", "fast"))
+    with pytest.raises(ValueError, match="response 'resp' must be a single numeric column"):
+        mf.lmer("resp ~ Days + (1 | Subject)", d)
+
+
+def test_missing_rows_dropped_counted_and_reported(sleep):
+    d = sleep.copy()
+    d.loc[[0, 5], "Reaction"] = np.nan
+    d.loc[7, "Days"] = np.nan
+    d["Subject"] = d["Subject"].astype(object)
+    d.loc[9, "Subject"] = None
+    res = mf.lmer("Reaction ~ Days + (Days | Subject)", d).fit()
+    assert res.nobs == 176 and res.nrows_dropped == 4
+    assert "4 rows with missing values were dropped" in str(res.summary())
+    # the same fit as on the complete rows
+    ref = mf.lmer("Reaction ~ Days + (Days | Subject)", sleep.drop(index=[0, 5, 7, 9])).fit()
+    np.testing.assert_allclose(res.fe_params, ref.fe_params, rtol=1e-8)
+    assert list(res.fittedvalues.index) == [i for i in range(180) if i not in (0, 5, 7, 9)]
+    with pytest.raises(ValueError, match="4 rows have missing values"):
+        mf.lmer("Reaction ~ Days + (Days | Subject)", d, missing="raise")
+
+
+def test_rank_deficient_fixed_effects_warn_and_drop(sleep):
+    d = sleep.assign(Days2=2 * sleep.Days)
+    with pytest.warns(UserWarning, match=r"rank deficient so dropping 1 column\(s\): \['Days2'\]"):
+        res = mf.lmer("Reaction ~ Days + Days2 + (1 | Subject)", d).fit()
+    assert list(res.fe_params.index) == ["Intercept", "Days"]
+
+
+def test_bad_weights(sleep):
+    with pytest.raises(ValueError, match="non-negative"):
+        mf.lmer("Reaction ~ Days + (1 | Subject)", sleep, weights=-np.ones(180))
+    with pytest.raises(ValueError, match="unknown column 'ww'"):
+        mf.lmer("Reaction ~ Days + (1 | Subject)", sleep, weights="ww")
+
+
+# -- results API ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fit(sleep):
+    return mf.lmer("Reaction ~ Days + (Days | Subject)", sleep).fit()
+
+
+def test_statsmodels_inference_on_fixed_effects(fit):
+    # lme4: fixef 251.405105, 10.467286; SE 6.824597, 1.545790 (tests/reference/lmm/sleepstudy_reml.json)
+    assert isinstance(fit.params, pd.Series) and list(fit.params.index) == ["Intercept", "Days"]
+    np.testing.assert_allclose(fit.bse, [6.824597, 1.545790], rtol=2e-4)
+    tt = fit.t_test("Days = 10")
+    np.testing.assert_allclose(tt.effect, 10.467286, rtol=1e-6)
+    np.testing.assert_allclose(tt.sd, 1.545790, rtol=2e-4)
+    np.testing.assert_allclose(tt.tvalue, 0.467286 / 1.545790, rtol=2e-3)
+    wt = fit.wald_test("Days = 0, Intercept = 250", scalar=True)
+    assert wt.df_denom is None or np.isfinite(wt.statistic)
+    assert wt.statistic > 40
+    ci = fit.conf_int()
+    np.testing.assert_allclose(ci.loc["Days"], [10.467286 - 1.959964 * 1.545790,
+                                                10.467286 + 1.959964 * 1.545790], rtol=1e-4)
+    assert fit.cov_params().shape == (2, 2)
+
+
+def test_summary_has_lme4_content(fit):
+    s = str(fit.summary())
+    for piece in ["REML criterion", "1743.6283", "Subject: 18", "Scaled residuals",
+                  "Random effects", "Residual", "Intercept", "Days", "0.07"]:
+        assert piece in s, piece
+    html = fit._repr_html_()
+    assert "<table" in html and "Random effects" in html
+
+
+def test_fitted_resid_and_predictions(fit, sleep):
+    np.testing.assert_allclose(fit.fittedvalues + fit.resid, sleep.Reaction, rtol=1e-12)
+    # population predictions: X beta
+    pop = fit.predict(sleep.iloc[:3], re=False)
+    np.testing.assert_allclose(pop, 251.405105 + 10.467286 * np.arange(3), rtol=1e-6)
+    # conditional predictions on the fitted rows equal fittedvalues
+    np.testing.assert_allclose(fit.predict(sleep), fit.fittedvalues, rtol=1e-10)
+    # an unseen subject gets the population value
+    new = pd.DataFrame({"Days": [0.0, 5.0], "Subject": ["999", "308"]})
+    p = fit.predict(new)
+    re308 = fit.ranef()["Subject"].loc["308"]
+    np.testing.assert_allclose(p.iloc[0], 251.405105, rtol=1e-6)
+    np.testing.assert_allclose(p.iloc[1], 251.405105 + re308["Intercept"]
+                               + 5 * (10.467286 + re308["Days"]), rtol=1e-6)
+
+
+def test_weights_as_array_equal_column(sleep):
+    w = 1 + (sleep.Days % 3) / 2
+    a = mf.lmer("Reaction ~ Days + (Days | Subject)", sleep, weights=w.to_numpy()).fit()
+    b = mf.lmer("Reaction ~ Days + (Days | Subject)", sleep.assign(w=w), weights="w").fit()
+    np.testing.assert_allclose(a.fe_params, b.fe_params, rtol=1e-10)
+    assert a.llf == pytest.approx(b.llf, abs=1e-8)
+
+
+def test_offset_argument_equals_formula_offset(sleep):
+    d = sleep.assign(off=2.0 * sleep.Days)
+    a = mf.lmer("Reaction ~ Days + offset(off) + (1 | Subject)", d).fit()
+    b = mf.lmer("Reaction ~ Days + (1 | Subject)", d, offset="off").fit()
+    np.testing.assert_allclose(a.fe_params, b.fe_params, rtol=1e-10)
+    # an offset of 2*Days shifts the Days slope by exactly 2
+    c = mf.lmer("Reaction ~ Days + (1 | Subject)", d).fit()
+    np.testing.assert_allclose(a.fe_params["Days"], c.fe_params["Days"] - 2.0, rtol=1e-8)
+
+
+def test_singular_fit_flagged(sleep):
+    rng = np.random.default_rng(3)
+    d = pd.DataFrame({"y": rng.normal(size=60), "x": rng.normal(size=60),
+                      "g": np.repeat(list("abcdefghij"), 6)})
+    res = mf.lmer("y ~ x + (1 | g)", d).fit()
+    assert res.is_singular() and res.theta[0] == 0.0
+    assert "singular" in str(res.summary())
+    assert res.varcorr().loc[0, "sdcor"] == 0.0
+
+
+def test_formula_environment_variables(sleep):
+    scale = 2.0
+    res = mf.lmer("Reaction ~ I(Days * scale) + (1 | Subject)", sleep).fit()
+    ref = mf.lmer("Reaction ~ Days + (1 | Subject)", sleep).fit()
+    np.testing.assert_allclose(res.fe_params.iloc[1] * 2, ref.fe_params["Days"], rtol=1e-8)
+
+
+def test_formulaic_engine_gives_same_fit():
+    code = ("from mlmext import datasets; from mlmext.formula import api as mf;"
+            "r = mf.lmer('Reaction ~ Days + (Days | Subject)', datasets.load('sleepstudy')).fit();"
+            "print(repr(r.llf), list(r.fe_params.index))")
+    env = dict(os.environ, SM_FORMULA_ENGINE="formulaic")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    llf = float(out.stdout.split()[0])
+    assert llf == pytest.approx(-871.814135979976, abs=1e-5)
+    assert "'Intercept'" in out.stdout and "'Days'" in out.stdout
+
+
+def test_datasets_loader():
+    df = datasets.load("pastes")
+    assert list(df["batch"].cat.categories)[:3] == ["A", "B", "C"]
+    assert df.shape == (60, 4)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        datasets.load("nope")
