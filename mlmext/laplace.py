@@ -1,0 +1,522 @@
+"""Family-independent engine for non-Gaussian mixed models: PIRLS, Laplace and AGQ.
+
+The conditional distribution of the response given the linear predictor
+``eta = eta_fixed + Z Lambda(theta) u`` is described by an object following
+the :class:`ConditionalModel` protocol (GLM families and the negative
+binomial in :mod:`mlmext.glmm`, the cumulative-link model in the ordinal
+module).  This module only needs its per-observation log-likelihood and the
+first two derivatives in ``eta``; it never looks at the response itself.
+
+With ``u ~ N(0, I)`` (spherical random effects, ``b = Lambda u``) the
+marginal log-likelihood is
+
+    l(theta, beta) = log int prod_i p(y_i | eta_i(u)) phi(u) du.
+
+* :func:`pirls` finds the conditional modes ``u~`` by penalized iteratively
+  reweighted least squares (Newton / Fisher scoring on
+  ``sum_i log p(y_i | eta_i) - |u|^2 / 2`` with step halving).  Each step is
+  one weighted penalized least-squares problem solved with the shared
+  :class:`mlmext.linalg.BlockedCholesky` (the system
+  ``Lambda' Z' W Z Lambda + I`` for ``u`` alone, or with the fixed effects
+  when ``X`` is given: lme4's ``nAGQ = 0`` stage).
+* :func:`laplace_loglik` is the Laplace approximation
+  ``sum_i log p(y_i | eta~_i) - |u~|^2 / 2 - log|L|^2 / 2``, ``L L' =
+  Lambda' Z' W Z Lambda + I`` with ``W`` the weights at the modes; every
+  random-effects structure the factorization handles (crossed, nested,
+  correlated vector terms) is allowed.
+* :func:`agq_loglik` is adaptive Gauss-Hermite quadrature for a single
+  grouping factor: the integral factors over its levels, each one centred at
+  its conditional mode and scaled by its conditional covariance; a vector
+  term with up to three random effects per level uses the product grid.
+  Cost is O(n * nodes) (per-level sums by ``bincount``).
+* :func:`laplace_gradient` is the exact gradient of the Laplace
+  log-likelihood in ``theta``, ``beta`` and the conditional model's own
+  parameters (for conditional models that supply the optional third-order
+  pieces of the protocol), so that quasi-Newton optimizers need one
+  evaluation per step.
+
+All log-likelihoods are on the full scale (they include the constants of the
+conditional distribution), so Laplace and AGQ values compare with each other
+and with GLM fits.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .linalg import BlockedCholesky
+
+__all__ = ["ConditionalModel", "Modes", "PIRLSError", "make_chol", "pirls", "laplace_loglik",
+           "agq_loglik", "laplace_gradient", "gh_rule", "random_effects_linear"]
+
+
+class ConditionalModel:
+    """Protocol for the distribution of ``y`` given the linear predictor ``eta``.
+
+    Subclass it (or duck-type it).  Only :meth:`loglik_obs` and
+    :meth:`derivatives` are required.  The optional methods make analytic
+    gradients of the Laplace log-likelihood possible
+    (:func:`laplace_gradient`); without them callers fall back to finite
+    differences.
+
+    Prior weights are the conditional model's business: ``loglik_obs`` and
+    the derivatives must already include them.
+    """
+
+    #: number of parameters of the conditional model itself (e.g. log alpha of
+    #: the negative binomial, thresholds of an ordinal model)
+    k_extra = 0
+
+    def loglik_obs(self, eta):
+        """(n,) ``log p(y_i | eta_i)`` on the full scale (with all constants, prior weights applied)."""
+        raise NotImplementedError
+
+    def derivatives(self, eta):
+        """``(d1, w)``: ``d1 = d loglik_i / d eta_i`` and positive weights ``w``.
+
+        ``w`` is ``-d^2 loglik_i / d eta_i^2`` or its expectation (the GLM
+        working weights, Fisher scoring).  ``w`` enters the Laplace
+        determinant, so it defines which Laplace approximation is computed
+        (lme4 uses the expected information).
+        """
+        raise NotImplementedError
+
+    # -- optional --------------------------------------------------------------
+    # def hessian_terms(self, eta):
+    #     """``(h, dw)``: observed information ``h = -d^2 loglik_i / d eta_i^2``
+    #     and ``dw = d w_i / d eta_i`` for the ``w`` of :meth:`derivatives`."""
+    #
+    # def param_derivatives(self, eta):
+    #     """``(dl, dd1, dw)``, each (n, k_extra): derivatives of ``loglik_i``,
+    #     ``d1_i`` and ``w_i`` with respect to the model's own parameters."""
+
+
+class PIRLSError(RuntimeError):
+    """PIRLS did not find the conditional modes (divergence or non-finite values)."""
+
+
+@dataclass
+class Modes:
+    """Conditional modes and what PIRLS did to find them.
+
+    Attributes
+    ----------
+    u : ndarray
+        Spherical conditional modes (blocks in factorization order).
+    eta : ndarray
+        Linear predictor at the modes.
+    beta : ndarray or None
+        Fixed effects when they were updated inside PIRLS (``X`` given).
+    loglik_cond : float
+        ``sum_i log p(y_i | eta_i)`` at the modes.
+    sqr_u : float
+        ``|u|^2``.
+    logdet : float
+        ``log|L|^2`` for ``L L' = Lambda' Z' W Z Lambda + I`` at the modes.
+    converged : bool
+    niter, nhalf : int
+        PIRLS iterations and step halvings.
+    message : str
+    """
+
+    u: np.ndarray
+    eta: np.ndarray
+    beta: np.ndarray | None
+    loglik_cond: float
+    sqr_u: float
+    logdet: float
+    converged: bool
+    niter: int = 0
+    nhalf: int = 0
+    message: str = ""
+    decrement: float = np.nan
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def laplace(self):
+        """Laplace approximation of the marginal log-likelihood."""
+        return self.loglik_cond - 0.5 * self.sqr_u - 0.5 * self.logdet
+
+
+# ----------------------------------------------------------------------------- Z Lambda u
+class _ZOps:
+    """Products with ``Z Lambda`` for a design, with per-block arrays cached."""
+
+    def __init__(self, design):
+        self.blocks = design.blocks
+        self.n = self.blocks[0].X.shape[0]
+        self.offsets = np.concatenate([[0], np.cumsum([b.nre for b in self.blocks])]).astype(int)
+        self.scalar = [b.q == 1 for b in self.blocks]
+        self.x0 = [np.ascontiguousarray(b.X[:, 0]) if b.q == 1 else None for b in self.blocks]
+        self.all_ones = [bool(b.q == 1 and np.all(b.X[:, 0] == 1.0)) for b in self.blocks]
+
+    def zlam(self, u, lams):
+        """``Z Lambda u`` (n,)."""
+        out = np.zeros(self.n)
+        for k, (b, lam) in enumerate(zip(self.blocks, lams)):
+            ub = u[self.offsets[k]:self.offsets[k + 1]]
+            if self.scalar[k]:
+                v = (lam[0, 0] * ub)[b.codes]
+                out += v if self.all_ones[k] else v * self.x0[k]
+            else:
+                bb = ub.reshape(b.m, b.q) @ lam.T
+                out += np.einsum("ij,ij->i", b.X, bb[b.codes])
+        return out
+
+    def ztv(self, v, lams):
+        """``Lambda' Z' v`` (nre,) for an n-vector ``v``."""
+        out = np.empty(self.offsets[-1])
+        for k, (b, lam) in enumerate(zip(self.blocks, lams)):
+            sl = slice(self.offsets[k], self.offsets[k + 1])
+            if self.scalar[k]:
+                vv = v if self.all_ones[k] else v * self.x0[k]
+                out[sl] = lam[0, 0] * np.bincount(b.codes, weights=vv, minlength=b.m)
+            else:
+                s = np.empty((b.m, b.q))
+                for j in range(b.q):
+                    s[:, j] = np.bincount(b.codes, weights=v * b.X[:, j], minlength=b.m)
+                out[sl] = (s @ lam).ravel()
+        return out
+
+    def dtheta_cols(self, v, design, theta):
+        """(n, ntheta): column k is ``Z (d Lambda / d theta_k) v``."""
+        out = np.zeros((self.n, design.ntheta))
+        for k, b in enumerate(self.blocks):
+            vb = v[self.offsets[k]:self.offsets[k + 1]].reshape(b.m, b.q)
+            for r, c, t in zip(b.t_rows, b.t_cols, b.t_idx):
+                out[:, t] += b.X[:, r] * vb[b.codes, c]
+        return out
+
+
+_ZOPS = weakref.WeakKeyDictionary()
+
+
+def _zops(design):
+    ops = _ZOPS.get(design)
+    if ops is None:
+        ops = _ZOps(design)
+        _ZOPS[design] = ops
+    return ops
+
+
+def random_effects_linear(design, u, theta=None, lams=None):
+    """``Z Lambda(theta) u``: the random-effects part of the linear predictor."""
+    lams = design.lambdas(np.asarray(theta, dtype=float)) if lams is None else lams
+    return _zops(design).zlam(np.asarray(u, dtype=float), lams)
+
+
+def make_chol(design, n=None, X=None):
+    """A :class:`~mlmext.linalg.BlockedCholesky` for PIRLS.
+
+    With ``X=None`` the system is for ``u`` alone (``p = 0``); with a fixed
+    design ``X`` (n, p) it is the joint system of lme4's ``nAGQ = 0`` stage.
+    """
+    n = design.blocks[0].X.shape[0] if n is None else n
+    if X is None:
+        XY = np.ones((n, 1))
+    else:
+        XY = np.column_stack([np.asarray(X, dtype=float), np.ones(n)])
+    return BlockedCholesky(design.blocks, XY, np.ones(n))
+
+
+def _reweight(chol, XY, w):
+    """New working response and weights in the factorization (fast path when available)."""
+    f = getattr(chol, "reweight", None)
+    if f is not None:
+        f(XY, w)
+    else:
+        chol.set_data(XY, w)
+
+
+# ----------------------------------------------------------------------------- PIRLS
+def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol=1e-12,
+          maxiter=100, maxhalf=30, lams=None):
+    """Conditional modes of the random effects by penalized IRLS.
+
+    Maximizes ``sum_i loglik_i(eta_i) - |u|^2 / 2`` over ``u`` (and over
+    ``beta`` too when ``X`` is given) with Newton / Fisher-scoring steps and
+    step halving.  Each step solves
+    ``(Lambda' Z' W Z Lambda + I) u_new = Lambda' Z' W z`` with the working
+    response ``z = Z Lambda u + d1 / w`` through ``chol``.
+
+    Parameters
+    ----------
+    design : mlmext.design.RandomEffectsDesign
+    chol : mlmext.linalg.BlockedCholesky
+        Made by :func:`make_chol` (``p = 0``, or ``p = X.shape[1]`` with ``X``).
+        On return it holds the factor at the modes (weights ``w(eta~)``).
+    eta_fixed : ndarray
+        Fixed part of the linear predictor (``X beta + offset``; just the
+        offset when ``X`` is given).
+    cond : ConditionalModel
+    theta : ndarray
+        Relative covariance parameters.
+    u0, beta0 : ndarray, optional
+        Starting values (warm start); zeros / ``beta0`` required with ``X``.
+    X : ndarray, optional
+        Fixed-effects design to update ``beta`` inside PIRLS.
+    tol : float
+        Convergence when the squared Newton decrement
+        ``dlin' W dlin + |du|^2`` of the next step is below ``tol`` (the
+        penalized log-likelihood is then within ``tol / 2`` of its maximum).
+        The modes are not moved by that last step, so the factor, the weights
+        and the modes are consistent.
+    maxiter, maxhalf : int
+        Iteration and step-halving limits.
+    lams : list of ndarray, optional
+        ``design.lambdas(theta)`` if already computed.
+
+    Returns
+    -------
+    Modes
+        ``converged`` is False (with a ``message`` saying what was tried)
+        when the iterations diverged; no exception is raised.
+    """
+    theta = np.asarray(theta, dtype=float)
+    lams = design.lambdas(theta) if lams is None else lams
+    ops = _zops(design)
+    nre = ops.offsets[-1]
+    eta_fixed = np.asarray(eta_fixed, dtype=float)
+    has_x = X is not None
+    if has_x:
+        X = np.asarray(X, dtype=float)
+        beta = np.zeros(X.shape[1]) if beta0 is None else np.array(beta0, dtype=float)
+    else:
+        beta = None
+    u = np.zeros(nre) if u0 is None else np.array(u0, dtype=float)
+
+    def linear(u, beta):
+        lin = ops.zlam(u, lams)
+        if has_x:
+            lin = lin + X @ beta
+        return lin
+
+    def objective(lin, u):
+        with np.errstate(all="ignore"):
+            ll = float(np.sum(cond.loglik_obs(eta_fixed + lin)))
+        return ll, ll - 0.5 * float(u @ u)
+
+    lin = linear(u, beta)
+    ll, obj = objective(lin, u)
+    restarted = False
+    if not np.isfinite(obj) and (u0 is not None or beta0 is not None):
+        u = np.zeros(nre)
+        if has_x:
+            beta = np.zeros(X.shape[1])
+        lin = linear(u, beta)
+        ll, obj = objective(lin, u)
+        restarted = True
+    nhalf_total = 0
+    converged = False
+    message = ""
+    dec = np.nan
+    it = 0
+    for it in range(1, maxiter + 1):
+        with np.errstate(all="ignore"):
+            d1, w = cond.derivatives(eta_fixed + lin)
+        if not (np.all(np.isfinite(d1)) and np.all(np.isfinite(w))) or np.any(w < 0):
+            message = (f"non-finite or negative working weights at PIRLS iteration {it} "
+                       f"(max |eta| = {np.max(np.abs(eta_fixed + lin)):.3g})")
+            break
+        pos = w > 0
+        z = lin.copy()
+        z[pos] += d1[pos] / w[pos]
+        XY = np.column_stack([X, z]) if has_x else z[:, None]
+        _reweight(chol, XY, w)
+        try:
+            chol.update(lams)
+        except np.linalg.LinAlgError:
+            message = f"factorization failed at PIRLS iteration {it}"
+            break
+        u_new, b_new = chol.solve()
+        du = u_new - u
+        lin_new = linear(u_new, b_new if has_x else None)
+        dlin = lin_new - lin
+        dec = float(np.sum(w * dlin * dlin) + du @ du)
+        if not np.isfinite(dec):
+            message = f"non-finite PIRLS step at iteration {it}"
+            break
+        if dec < tol:
+            converged = True
+            break
+        db = (b_new - beta) if has_x else None
+        t = 1.0
+        accepted = False
+        for k in range(maxhalf + 1):
+            u_t = u + t * du
+            b_t = beta + t * db if has_x else None
+            lin_t = lin + t * dlin
+            ll_t, obj_t = objective(lin_t, u_t)
+            if np.isfinite(obj_t) and obj_t >= obj - 1e-10 * (1.0 + abs(obj)):
+                accepted = True
+                break
+            t *= 0.5
+            nhalf_total += 1
+        if not accepted:
+            if dec < 1e-6 * (1.0 + abs(obj)):       # at the floor of floating point
+                converged = True
+                message = "converged to rounding level (step halving could not improve further)"
+                break
+            message = (f"PIRLS step halving failed to increase the penalized log-likelihood at "
+                       f"iteration {it} after {maxhalf} halvings (decrement {dec:.3g})")
+            break
+        u, beta, lin, ll, obj = u_t, b_t, lin_t, ll_t, obj_t
+    else:
+        message = f"PIRLS did not converge in {maxiter} iterations (last decrement {dec:.3g})"
+    if not converged and not message:
+        message = "PIRLS failed"
+    if restarted:
+        message = ("restarted from u = 0 (non-finite start); " + message).rstrip("; ")
+    try:
+        logdet = float(chol.logdet_zz)
+    except Exception:  # noqa: BLE001
+        logdet = np.nan
+    return Modes(u=u, eta=eta_fixed + lin, beta=beta, loglik_cond=ll, sqr_u=float(u @ u),
+                 logdet=logdet, converged=converged, niter=it, nhalf=nhalf_total,
+                 message=message, decrement=dec)
+
+
+def laplace_loglik(design, chol, eta_fixed, cond, theta, u0=None, **kwargs):
+    """Laplace approximation to the marginal log-likelihood.
+
+    ``sum_i log p(y_i | eta~_i) - |u~|^2 / 2 - log|L|^2 / 2`` at the
+    conditional modes found by :func:`pirls` (same arguments; ``kwargs`` go
+    to it, e.g. ``X`` and ``beta0`` for lme4's ``nAGQ = 0`` stage, ``tol``,
+    ``lams``).
+
+    Returns
+    -------
+    llf : float
+        ``-inf`` when PIRLS failed.
+    modes : Modes
+    """
+    modes = pirls(design, chol, eta_fixed, cond, theta, u0=u0, **kwargs)
+    llf = modes.laplace if modes.converged and np.isfinite(modes.logdet) else -np.inf
+    return llf, modes
+
+
+# ----------------------------------------------------------------------------- AGQ
+def gh_rule(nagq, q=1):
+    """Gauss-Hermite nodes and weights for the standard normal in ``q`` dimensions.
+
+    Product grid of the one-dimensional ``nagq``-point rule (lme4's
+    ``GHrule``): ``sum_k w_k f(z_k) ~ E f(Z)``, ``Z ~ N(0, I_q)``.
+
+    Returns
+    -------
+    z : ndarray, shape (nagq**q, q)
+    w : ndarray, shape (nagq**q,)
+    """
+    from numpy.polynomial.hermite_e import hermegauss
+    nagq = int(nagq)
+    if nagq < 1:
+        raise ValueError("nagq must be a positive integer")
+    if nagq == 1:
+        return np.zeros((1, q)), np.ones(1)
+    x, w = hermegauss(nagq)
+    w = w / np.sqrt(2.0 * np.pi)
+    x[np.abs(x) < 1e-14] = 0.0
+    grids = np.meshgrid(*([x] * q), indexing="ij")
+    wgrids = np.meshgrid(*([w] * q), indexing="ij")
+    z = np.column_stack([g.ravel() for g in grids])
+    ww = np.prod(np.column_stack([g.ravel() for g in wgrids]), axis=1)
+    return z, ww
+
+
+def agq_loglik(design, chol, eta_fixed, cond, theta, nagq, u0=None, modes=None, **kwargs):
+    """Adaptive Gauss-Hermite approximation for a single grouping factor.
+
+    With one grouping factor the integral factors over its levels ``g``.
+    Each is centred at the conditional mode ``u~_g`` and scaled by
+    ``S_g`` with ``S_g S_g' = (Lambda' Z_g' W Z_g Lambda + I)^-1``:
+
+        l_g = -log|L_g|^2 / 2 + log sum_k w_k exp(sum_{i in g} loglik_i(eta~_i + x_i' Lambda S_g z_k)
+                                                 - |u~_g + S_g z_k|^2 / 2 + |z_k|^2 / 2)
+
+    with the standard-normal Gauss-Hermite rule (:func:`gh_rule`; a product
+    grid of ``nagq**q`` nodes for a term with ``q`` random effects).  With
+    ``nagq = 1`` this is the Laplace approximation.
+
+    Parameters
+    ----------
+    design, chol, eta_fixed, cond, theta, u0 :
+        As for :func:`pirls`.
+    nagq : int
+        Quadrature points per dimension.
+    modes : Modes, optional
+        Modes already found at this ``theta`` and ``eta_fixed`` (``chol`` must
+        still hold their factor); PIRLS is then skipped.
+
+    Returns
+    -------
+    llf : float
+        ``-inf`` when PIRLS failed.
+    modes : Modes
+    """
+    if len(design.blocks) != 1:
+        raise NotImplementedError("adaptive Gauss-Hermite quadrature (nagq > 1) needs a single "
+                                  "grouping factor; the model has "
+                                  f"{len(design.blocks)} ({', '.join(b.name for b in design.blocks)}). "
+                                  "Use the Laplace approximation (nagq=1).")
+    blk = design.blocks[0]
+    q = blk.q
+    if q > 3:
+        raise NotImplementedError(f"adaptive Gauss-Hermite quadrature supports up to 3 random "
+                                  f"effects per level; the term on {blk.name!r} has {q}")
+    theta = np.asarray(theta, dtype=float)
+    lams = kwargs.pop("lams", None)
+    lams = design.lambdas(theta) if lams is None else lams
+    if modes is None:
+        modes = pirls(design, chol, eta_fixed, cond, theta, u0=u0, lams=lams, **kwargs)
+    if not modes.converged or not np.isfinite(modes.logdet):
+        return -np.inf, modes
+    llf = _agq_from_modes(blk, chol, lams[0], cond, modes, nagq)
+    return llf, modes
+
+
+def _agq_from_modes(blk, chol, lam, cond, modes, nagq):
+    q, m, codes = blk.q, blk.m, blk.codes
+    z, wts = gh_rule(nagq, q)
+    u = modes.u.reshape(m, q)
+    M = np.asarray(chol.M1)
+    if q == 1:
+        M = M.reshape(m, 1, 1)
+    Lg = np.linalg.cholesky(M)                                   # M_g = L_g L_g'
+    logdet_g = 2.0 * np.log(np.diagonal(Lg, axis1=1, axis2=2)).sum(axis=1)
+    # S_g = L_g^-T, so S_g S_g' = M_g^-1
+    eye = np.broadcast_to(np.eye(q), Lg.shape)
+    S = np.swapaxes(np.linalg.solve(Lg, eye), 1, 2)              # (m, q, q)
+    R = np.einsum("ab,gbc->gac", lam, S)                         # Lambda S_g
+    XR = np.einsum("ia,iac->ic", blk.X, R[codes])                # x_i' Lambda S_g, (n, q)
+    eta0 = modes.eta
+    with np.errstate(all="ignore"):
+        l0 = np.bincount(codes, weights=cond.loglik_obs(eta0), minlength=m)
+    base = l0 - 0.5 * np.sum(u * u, axis=1)
+    K = z.shape[0]
+    A = np.empty((m, K))
+    for k in range(K):
+        zk = z[k]
+        if not np.any(zk):
+            A[:, k] = 0.0
+            continue
+        with np.errstate(all="ignore"):
+            lk = np.bincount(codes, weights=cond.loglik_obs(eta0 + XR @ zk), minlength=m)
+        uk = u + np.einsum("gab,b->ga", S, zk)
+        A[:, k] = lk - 0.5 * np.sum(uk * uk, axis=1) - base + 0.5 * (zk @ zk)
+    A[~np.isfinite(A)] = -np.inf
+    A += np.log(wts)[None, :]
+    amax = A.max(axis=1, keepdims=True)
+    lse = amax[:, 0] + np.log(np.exp(A - amax).sum(axis=1))
+    return float(np.sum(base + lse - 0.5 * logdet_g))
+
+
+# ----------------------------------------------------------------------------- gradient
+def laplace_gradient(design, chol, cond, theta, modes, X=None):
+    """Gradient of the Laplace log-likelihood at converged modes.
+
+    Implemented in a later step; callers use finite differences when this
+    raises ``NotImplementedError``.
+    """
+    raise NotImplementedError("analytic Laplace gradient not available")
