@@ -59,11 +59,20 @@ class _SchurProduct:
 
     max_pairs = 30_000_000
 
-    def __init__(self, A_r1, m1, q1):
+    def __init__(self, A_r1, m1, q1, refreshable=False):
         self.r = r = A_r1.shape[0]
         self.m1, self.q1 = m1, q1
-        A = A_r1.tocsc()
-        A.sort_indices()
+        self._plan = None
+        if refreshable:                                  # remember where each csc entry comes from
+            idx = A_r1.tocsr(copy=True)
+            idx.data = np.arange(idx.nnz, dtype=float)
+            A = idx.tocsc()
+            A.sort_indices()
+            perm = A.data.astype(np.int64)
+            A.data = np.asarray(A_r1.tocsr().data, dtype=float)[perm]
+        else:
+            A = A_r1.tocsc()
+            A.sort_indices()
         starts = A.indptr[0:m1 * q1 + 1:q1]             # entries of level g: starts[g]:starts[g+1]
         k = np.diff(starts)
         npairs = int((k.astype(np.int64) * (k + 1) // 2).sum())
@@ -82,14 +91,41 @@ class _SchurProduct:
             e1s.append((starts[lev][:, None] + a[None, :]).ravel())
             e2s.append((starts[lev][:, None] + b[None, :]).ravel())
             gs.append(np.repeat(lev, a.size))
+        if not e1s:
+            e1s, e2s, gs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
         e1, e2, g = (np.concatenate(x) for x in (e1s, e2s, gs))
         i, j = A.indices[e1], A.indices[e2]
         val = A.data[e1] * A.data[e2]
+        dbl = None
         if q1 > 1:   # same row, two components: the pair stands for both orders
-            val = np.where((i == j) & (e1 != e2), 2.0 * val, val)
+            dbl = (i == j) & (e1 != e2)
+            val = np.where(dbl, 2.0 * val, val)
         hi, lo = np.maximum(i, j), np.minimum(i, j)
         col = (g * q1 + comp[e1]) * q1 + comp[e2]
-        self.P = sparse.csc_matrix((val, (hi * r + lo, col)), shape=(r * r, m1 * q1 * q1))
+        if not refreshable:
+            self.P = sparse.csc_matrix((val, (hi * r + lo, col)), shape=(r * r, m1 * q1 * q1))
+            return
+        # same matrix, built so that new values for the same structure need one bincount
+        rr = r * r
+        key = col.astype(np.int64) * rr + (hi.astype(np.int64) * r + lo)
+        uniq, dest = np.unique(key, return_inverse=True)
+        indptr = np.searchsorted(uniq // rr, np.arange(m1 * q1 * q1 + 1))
+        data = np.bincount(dest, weights=val, minlength=uniq.size)
+        self.P = sparse.csc_matrix((data, uniq % rr, indptr), shape=(rr, m1 * q1 * q1))
+        self._plan = (perm, e1, e2, dbl, dest.ravel(), uniq.size)
+
+    def refresh(self, A_r1):
+        """New values of ``A_r1`` with the structure it had at construction (``refreshable=True``)."""
+        if self.P is None:
+            self.A_r1 = A_r1.tocsr()
+            self.A_1r = self.A_r1.T.tocsr()
+            return
+        perm, e1, e2, dbl, dest, nnz = self._plan
+        v = A_r1.data[perm]
+        val = v[e1] * v[e2]
+        if dbl is not None:
+            val[dbl] *= 2.0
+        self.P.data[:] = np.bincount(dest, weights=val, minlength=nnz)
 
     def trace_weights(self, K):
         """v with ``v . vec(B) = trace(K G(B))`` for symmetric K and B, shape (m1, q1, q1)."""
@@ -168,6 +204,101 @@ class BlockedCholesky:
         self._S = np.empty_like(self.A_rr)
         return self
 
+    # -- fast re-weighting (PIRLS) ----------------------------------------------------
+    def reweight(self, XY, weights=None):
+        """:meth:`set_data` for new ``[X y]`` values and weights, reusing the structure.
+
+        Gives the same cross-products as ``set_data`` (same blocks, same number
+        of columns in ``XY``).  The sparsity pattern of ``A_r1``, its transpose
+        and the Schur-product pairs are worked out on the first call; later
+        calls cost a few ``bincount`` passes over the rows and no sparse-matrix
+        construction.  This is the path for a GLMM's PIRLS iterations, where
+        only the working response and weights change.
+        """
+        XY = np.asarray(XY, dtype=float)
+        if XY.ndim != 2 or XY.shape[1] != self.p + 1:
+            raise ValueError(f"XY must have {self.p + 1} columns (the factorization was set up "
+                             f"with p = {self.p}); got shape {XY.shape}")
+        n = XY.shape[0]
+        w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+        plan = getattr(self, "_rw_plan", None)
+        if plan is None:
+            plan = self._rw_plan = self._make_reweight_plan()
+        b1 = self.blocks[0]
+        rz = self.rz
+        self.A11 = _block_cross(b1.X, b1.codes, b1.m, w)
+        A_r1, A_1r = plan["A_r1"], plan["A_1r"]
+        nnz1 = plan["nnz1"]
+        WXY = XY * w[:, None]
+        if nnz1:
+            A_r1.data[:nnz1] = np.bincount(plan["dest1"], weights=w[plan["row1"]] * plan["val1"],
+                                           minlength=nnz1)
+        A_r1.data[nnz1:] = np.asarray(plan["Z1T"] @ WXY).T.ravel()
+        A_1r.data[:] = A_r1.data[plan["tperm"]]
+        Arr = np.zeros((self.r, self.r))
+        if rz:
+            Arr.ravel()[plan["uniq_rr"]] = np.bincount(plan["dest_rr"], weights=w[plan["row_rr"]] * plan["val_rr"],
+                                                       minlength=plan["uniq_rr"].size)
+            ZtW = np.asarray(plan["ZrT"] @ WXY)
+            Arr[:rz, rz:] = ZtW
+            Arr[rz:, :rz] = ZtW.T
+        Arr[rz:, rz:] = XY.T @ WXY
+        self.A_r1, self.A_1r, self.A_rr = A_r1, A_1r, Arr
+        plan["schur"].refresh(A_r1)
+        self._schur = plan["schur"]
+        if self._S.shape != Arr.shape:
+            self._S = np.empty_like(Arr)
+        return self
+
+    def _make_reweight_plan(self):
+        b1 = self.blocks[0]
+        n = b1.X.shape[0]
+        q1, m1q1, rz, r, p1 = self.q1, self.m1 * self.q1, self.rz, self.r, self.p + 1
+        plan = {}
+        if rz:
+            Zr = self._Zrest.tocsr()
+            Zr.sort_indices()
+            cnt = np.diff(Zr.indptr)
+            rows = np.repeat(np.arange(n), cnt)
+            cols, vals = Zr.indices.astype(np.int64), Zr.data
+            comp = np.tile(np.arange(q1), rows.size)
+            row1 = np.repeat(rows, q1)
+            key = np.repeat(cols, q1) * m1q1 + b1.codes[row1] * q1 + comp
+            uniq1, dest1 = np.unique(key, return_inverse=True)
+            plan.update(row1=row1, val1=np.repeat(vals, q1) * b1.X[row1, comp], dest1=dest1.ravel())
+            # rest x rest: all ordered pairs of a row's entries
+            e1s, e2s = [], []
+            for kv in np.unique(cnt):
+                if kv == 0:
+                    continue
+                st = Zr.indptr[:-1][cnt == kv]
+                a, b = np.meshgrid(np.arange(kv), np.arange(kv), indexing="ij")
+                e1s.append((st[:, None] + a.ravel()[None, :]).ravel())
+                e2s.append((st[:, None] + b.ravel()[None, :]).ravel())
+            e1, e2 = np.concatenate(e1s), np.concatenate(e2s)
+            uniq_rr, dest_rr = np.unique(cols[e1] * r + cols[e2], return_inverse=True)
+            plan.update(row_rr=rows[e1], val_rr=vals[e1] * vals[e2], uniq_rr=uniq_rr,
+                        dest_rr=dest_rr.ravel(), ZrT=Zr.T.tocsr())
+        else:
+            uniq1 = np.zeros(0, dtype=np.int64)
+        plan["nnz1"] = nnz1 = uniq1.size
+        row_all = np.concatenate([uniq1 // m1q1, np.repeat(np.arange(rz, r), m1q1)])
+        col_all = np.concatenate([uniq1 % m1q1, np.tile(np.arange(m1q1), p1)])
+        indptr = np.searchsorted(row_all, np.arange(r + 1))
+        nnz = row_all.size
+        A_r1 = sparse.csr_matrix((np.zeros(nnz), col_all, indptr), shape=(r, m1q1))
+        idx = A_r1.copy()
+        idx.data = np.arange(1.0, nnz + 1.0)
+        T = idx.T.tocsr()
+        T.sort_indices()
+        plan["tperm"] = T.data.astype(np.int64) - 1
+        plan["A_1r"] = sparse.csr_matrix((np.zeros(nnz), T.indices, T.indptr), shape=(m1q1, r))
+        plan["A_r1"] = A_r1
+        plan["Z1T"] = self._Z1.T.tocsr()
+        plan["schur"] = _SchurProduct(A_r1, self.m1, q1, refreshable=True)
+        del nnz1
+        return plan
+
     # -- per-theta factorization -------------------------------------------------
     def _lambda_rest(self, lams):
         """Lambda on the rest (other RE blocks, then identity on X and y)."""
@@ -217,6 +348,7 @@ class BlockedCholesky:
         S[idx, idx] += 1.0
         self.Lr = linalg.cholesky(S, lower=True, overwrite_a=S is not self._S, check_finite=False)
         self.lam1 = lam1
+        self.lams = lams
         return self
 
     # -- quantities for the profiled objective -------------------------------------
@@ -367,3 +499,86 @@ class BlockedCholesky:
             out.append(wr[off:off + b.nre].reshape(b.m, b.q))
             off += b.nre
         return out
+
+    # -- pieces of the inverse for GLMM gradients (at the current factor) -----------------
+    def _lam_rest_T(self, v):
+        lr = self.lam_rest
+        return lr * v if isinstance(lr, np.ndarray) else lr.T @ v
+
+    def solve_re(self, v):
+        """Solve ``(Lambda' Z' W Z Lambda + I) x = v`` for the random effects.
+
+        ``v`` and ``x`` hold all random effects in block order (as ``u`` from
+        :meth:`solve`); the fixed-effects columns play no part.
+        """
+        v = np.asarray(v, dtype=float)
+        m1q1, rz = self.m1 * self.q1, self.rz
+        v1 = v[:m1q1]
+        y1 = self._solve_M1(v1)
+        if rz == 0:
+            return y1
+        full = np.zeros(self.r)
+        t = self.A_r1 @ self._apply_lam1(y1)
+        full[:rz] = t[:rz]
+        rhs = v[m1q1:] - self._lam_rest_T(full)[:rz]
+        Lzz = self.Lr[:rz, :rz]
+        xr = linalg.cho_solve((Lzz, True), rhs, check_finite=False)
+        full[:] = 0.0
+        full[:rz] = xr
+        x1 = self._solve_M1(v1 - self._apply_lam1T(self.A_1r @ self._apply_lam_rest(full)))
+        return np.concatenate([x1, xr])
+
+    def local_inverse(self):
+        """Row-wise pieces of ``M^-1``, ``M = Lambda' Z' W Z Lambda + I``, at the current factor.
+
+        For row i let ``t_i = Lambda' z_i`` (nonzero only at the row's own level
+        of each block) and ``rho_i = M^-1 t_i`` restricted to those positions.
+
+        Returns
+        -------
+        t, rho : list of ndarray
+            One (n, q_b) array per block.  ``sum_b (t_b * rho_b).sum(1)`` is the
+            leverage ``z_i' Lambda M^-1 Lambda' z_i``.  Cost: the dense inverse
+            of the (small) rest of the factor and O(n k^2) gathers for k random
+            effects per row outside the first block; nothing of size n^2.
+        """
+        b1 = self.blocks[0]
+        g = b1.codes
+        q1, m1, rz = self.q1, self.m1, self.rz
+        lams = self.lams
+        a = b1.X @ lams[0]                                 # row i: (Lambda_1' x_i)'
+        Minv = self.M1inv if self.q1 > 1 else (1.0 / self.M1)[:, None, None]
+        if rz == 0:
+            return [a], [np.einsum("iab,ib->ia", Minv[g], a)]
+        P_list, c_list = [], []
+        off = 0
+        for b, lam in zip(self.blocks[1:], lams[1:]):
+            P_list.append(off + b.codes[:, None] * b.q + np.arange(b.q)[None, :])
+            c_list.append(b.X @ lam)
+            off += b.nre
+        P = np.hstack(P_list)
+        c = np.hstack(c_list)
+        Lzz = self.Lr[:rz, :rz]
+        Linv = linalg.solve_triangular(Lzz, np.eye(rz), lower=True, check_finite=False)
+        G = Linv.T @ Linv
+        A1z = self.A_1r[:, :rz].toarray()
+        lr = self.lam_rest
+        if isinstance(lr, np.ndarray):
+            A1z *= lr[None, :rz]
+        else:
+            A1z = np.asarray(A1z @ lr[:rz, :rz].toarray())
+        C = np.einsum("ji,gjr->gir", lams[0], A1z.reshape(m1, q1, rz))
+        C = np.einsum("gab,gbr->gar", Minv, C)             # M11^-1 M_1r, (m1, q1, rz)
+        K = C @ G
+        J = np.einsum("gar,gbr->gab", K, C)
+        KP = K[g[:, None, None], np.arange(q1)[None, :, None], P[:, None, :]]     # (n, q1, k)
+        GPP = G[P[:, :, None], P[:, None, :]]                                    # (n, k, k)
+        rho1 = np.einsum("iab,ib->ia", Minv[g] + J[g], a) - np.einsum("iak,ik->ia", KP, c)
+        rhor = np.einsum("ikl,il->ik", GPP, c) - np.einsum("iak,ia->ik", KP, a)
+        t_out, rho_out = [a], [rho1]
+        off = 0
+        for b, cb in zip(self.blocks[1:], c_list):
+            t_out.append(cb)
+            rho_out.append(rhor[:, off:off + b.q])
+            off += b.q
+        return t_out, rho_out
