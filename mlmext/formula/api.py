@@ -2,6 +2,7 @@
 
 >>> res = mf.lmer("Reaction ~ Days + (Days | Subject)", data=df).fit()
 """
+from mlmext.gee import gee_select  # noqa: F401  (GEE working-correlation selection by QIC)
 from mlmext.lmm import LinearMixedModel
 
 
@@ -29,7 +30,7 @@ def lmer(formula, data, weights=None, offset=None, subset=None, missing="drop", 
                                          missing=missing, eval_env=eval_env + 1, **kwargs)
 
 
-__all__ = ["lmer"]
+__all__ = ["lmer", "glmer", "glmer_nb", "clmm", "gee_select"]
 
 
 def _not_yet(name, issue):
