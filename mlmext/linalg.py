@@ -148,6 +148,45 @@ class _SchurProduct:
         return S
 
 
+class _DenseSchur:
+    """``G = A_r1 blockdiag(B) A_1r`` with ``A_r1`` held dense (few rows, dense fill).
+
+    Same interface as :class:`_SchurProduct` (``P`` is None: full matrices);
+    used by :meth:`BlockedCholesky.reweight` when the dense product is cheaper
+    than enumerating the pairs, e.g. a large first factor crossed with a small one.
+    """
+
+    P = None
+
+    def __init__(self, A_r1, m1, q1):
+        self.r = A_r1.shape[0]
+        self.m1, self.q1 = m1, q1
+        A = A_r1.tocsr()
+        rows = np.repeat(np.arange(self.r), np.diff(A.indptr))
+        self._flat = rows * (m1 * q1) + A.indices
+        self.A = np.zeros((self.r, m1 * q1))
+        self.refresh(A)
+
+    def refresh(self, A_r1):
+        self.A.ravel()[self._flat] = A_r1.data
+
+    def subtract_from(self, S, B):
+        A = self.A
+        if self.q1 == 1:
+            S -= (A * B.reshape(1, -1)) @ A.T
+        else:
+            T = np.einsum("rga,gab->rgb", A.reshape(self.r, self.m1, self.q1),
+                          B.reshape(self.m1, self.q1, self.q1)).reshape(self.r, -1)
+            S -= T @ A.T
+        return S
+
+    def trace_weights(self, K):
+        A = self.A
+        F = K @ A
+        return np.einsum("iga,igb->gab", A.reshape(self.r, self.m1, self.q1),
+                         F.reshape(self.r, self.m1, self.q1))
+
+
 def _blockdiag_sparse(B):
     """(m, q, q) array -> sparse block-diagonal (m q) x (m q) matrix."""
     m, q, _ = B.shape
@@ -295,7 +334,14 @@ class BlockedCholesky:
         plan["A_1r"] = sparse.csr_matrix((np.zeros(nnz), T.indices, T.indptr), shape=(m1q1, r))
         plan["A_r1"] = A_r1
         plan["Z1T"] = self._Z1.T.tocsr()
-        plan["schur"] = _SchurProduct(A_r1, self.m1, q1, refreshable=True)
+        # dense Schur product when it costs less than the enumerated pairs
+        csc = A_r1.tocsc()
+        kk = np.diff(csc.indptr[0:m1q1 + 1:q1]).astype(np.int64)
+        npairs = int((kk * (kk + 1) // 2).sum()) * q1 * q1
+        if r * r * m1q1 <= 4 * npairs and r * m1q1 <= 50_000_000:
+            plan["schur"] = _DenseSchur(A_r1, self.m1, q1)
+        else:
+            plan["schur"] = _SchurProduct(A_r1, self.m1, q1, refreshable=True)
         del nnz1
         return plan
 
@@ -473,7 +519,7 @@ class BlockedCholesky:
         if isinstance(lr, np.ndarray):
             K = X * lr[:, None] * lr[None, :]
         else:
-            K = np.asarray(lr @ np.asarray((lr @ X).T).T)     # Lambda_r X Lambda_r'
+            K = np.asarray(lr @ np.asarray(lr @ X).T)         # Lambda_r X Lambda_r' (X symmetric)
         V = self._schur.trace_weights(K)
         C = self.lam1 @ self.M1inv if self.q1 > 1 else self.lam1[0, 0] * self.M1inv
         Vs = 0.5 * (V + np.swapaxes(V, 1, 2))
