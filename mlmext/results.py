@@ -16,6 +16,8 @@ from statsmodels.iolib.summary import Summary
 from statsmodels.iolib.table import SimpleTable
 from functools import cached_property as cache_readonly
 
+from .inference import InferenceMixin
+
 __all__ = ["MixedResults", "LMMResults", "MixedResultsWrapper"]
 
 
@@ -25,7 +27,7 @@ def _fmt(x, digits=4):
     return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.1f}"
 
 
-class MixedResults(LikelihoodModelResults):
+class MixedResults(InferenceMixin, LikelihoodModelResults):
     """Results of a mixed model fit.
 
     Attributes
@@ -306,8 +308,11 @@ class MixedResults(LikelihoodModelResults):
         crit = [("Method:", ["REML" if self.reml else "ML"])]
         return crit
 
-    def summary(self, alpha=0.05, title=None):
-        """Summary in lme4's layout built from statsmodels ``Summary`` tables."""
+    def summary(self, alpha=0.05, title=None, ddf=None):
+        """Summary in lme4's layout built from statsmodels ``Summary`` tables.
+
+        ``ddf="satterthwaite"`` (or ``"kenward-roger"``) shows t tests with those df (lmerTest).
+        """
         model = self.model
         ngrps = ", ".join(f"{t.name}: {t.m}" for t in model.re_design.terms)
         top_left = [("Model:", [type(model).__name__]),
@@ -331,7 +336,10 @@ class MixedResults(LikelihoodModelResults):
                                            headers=["Min", "1Q", "Median", "3Q", "Max"],
                                            title="Scaled residuals"))
         smry.tables.append(self._re_table())
-        smry.add_table_params(self, alpha=alpha, use_t=self.use_t)
+        if ddf is None:
+            smry.add_table_params(self, alpha=alpha, use_t=self.use_t)
+        else:
+            smry.tables.append(self._ddf_params_table(ddf, alpha))
         self._add_extra_tables(smry)
         notes = []
         if self.is_singular():
