@@ -42,4 +42,49 @@ def _not_yet(name, issue):
 
 glmer = _not_yet("glmer", "generalized linear mixed models")
 glmer_nb = _not_yet("glmer_nb", "negative binomial mixed models")
-clmm = _not_yet("clmm", "cumulative link mixed models")
+def clmm(formula, data, link="logit", threshold="flexible", levels=None, weights=None, offset=None,
+         subset=None, missing="drop", eval_env=0, **kwargs):
+    """Cumulative link mixed model for an ordinal response (R's ``ordinal::clmm``).
+
+    ``P(Y <= j | b) = F(theta_j - x' beta - z' b)`` with increasing
+    thresholds ``theta_1 < ... < theta_{K-1}`` (see
+    :class:`mlmext.ordinal.OrdinalMixedModel`).
+
+    The fixed part has **no intercept**: the thresholds carry it.  The
+    formula is written as usual (``"rating ~ temp + contact + (1 | judge)"``)
+    and its intercept column is dropped after the design is built, so
+    factors keep treatment contrasts (``temp[T.warm]``).  A formula without
+    an intercept (``0 + x``) is treated like one with it, with a warning,
+    as ``clmm`` does.
+
+    Parameters
+    ----------
+    formula : str
+        Response, fixed part and lme4-style random-effects terms:
+        ``(1 | g)``, ``(1 + x | g)``, ``(x || g)``, ``(1 | a/b)``,
+        ``(1 | a) + (1 | a:b)``, crossed terms; ``offset(expr)``.
+    data : pandas.DataFrame
+        The response must be a column: a pandas ordered ``Categorical``, or
+        integers (numeric order), or any values with ``levels``.  Unused
+        categories are dropped with a warning.
+    link : {"logit", "probit", "cloglog", "loglog", "cauchit"}
+    threshold : {"flexible", "equidistant", "symmetric"}
+        As ``clmm``'s ``threshold``.
+    levels : sequence, optional
+        Order of the response categories, lowest first (needed for a string
+        response or an unordered categorical).
+    weights, offset : str or array_like, optional
+        Prior (frequency) weights and a known offset added to ``x' beta``.
+    subset : array_like, optional
+    missing : {"drop", "raise"}
+
+    Returns
+    -------
+    mlmext.ordinal.OrdinalMixedModel
+        Call ``.fit()`` (Laplace) or ``.fit(nagq=10)`` (adaptive
+        Gauss-Hermite quadrature, single grouping factor).
+    """
+    from mlmext.ordinal import OrdinalMixedModel
+    return OrdinalMixedModel.from_formula(formula, data, link=link, threshold=threshold, levels=levels,
+                                          weights=weights, offset=offset, subset=subset,
+                                          missing=missing, eval_env=eval_env + 1, **kwargs)

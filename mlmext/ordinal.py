@@ -1,0 +1,1671 @@
+"""Cumulative link mixed models for ordinal responses (R's ``ordinal::clmm``).
+
+The model for an ordinal response ``Y`` with categories ``1 < 2 < ... < K`` is
+
+    P(Y <= j | b) = F(theta_j - x' beta - z' b),   j = 1, ..., K - 1,
+    b ~ N(0, Sigma(theta_re)),
+
+with ``F`` the inverse link (logistic, normal, complementary log-log, log-log
+or Cauchy distribution function) and increasing thresholds
+``theta_1 < ... < theta_{K-1}``.  The fixed part has no intercept: the
+thresholds carry it.
+
+This module supplies everything ordinal-specific:
+
+* the inverse links with their log-densities and tails (:data:`LINKS`),
+* threshold structures (flexible, equidistant, symmetric; increasing by
+  construction in the internal parameterization),
+* :class:`CumulativeLinkConditional`, the conditional distribution of ``y``
+  given the linear predictor (the :class:`mlmext.laplace.ConditionalModel`
+  protocol, including the optional third-order pieces for analytic
+  gradients),
+* a Newton fitter for the model without random effects (``clm``), used for
+  starting values,
+* :class:`OrdinalMixedModel` and :class:`OrdinalMixedResults`.
+
+The random-effects integration (conditional modes, Laplace approximation,
+adaptive Gauss-Hermite quadrature) is done by :mod:`mlmext.laplace` on the
+shared random-effects design and factorization.
+
+Probabilities of a category are differences ``F(u) - F(l)`` of the
+distribution function at ``u = theta_y - eta`` and ``l = theta_{y-1} - eta``.
+They are computed in logs, in the lower tail (``F``) when the interval lies
+below the median of ``F`` and in the upper tail (``1 - F``) otherwise, so
+there is no cancellation for large ``|eta|``.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import special
+
+__all__ = ["LINKS", "CumulativeLinkConditional", "Thresholds", "fit_clm"]
+
+_LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
+
+
+# ============================================================================ links
+class _CumulativeLink:
+    """Inverse link ``F`` of a cumulative link model, evaluated in logs.
+
+    Methods take arrays that may hold ``-inf`` / ``inf`` (the outer
+    thresholds).  ``dlogpdf`` is ``f'/f`` and ``d2pdf`` is ``f''/f``.
+    """
+
+    name = ""
+    median = 0.0
+
+    def logcdf(self, x):
+        raise NotImplementedError
+
+    def logsf(self, x):
+        raise NotImplementedError
+
+    def logpdf(self, x):
+        raise NotImplementedError
+
+    def dlogpdf(self, x):
+        raise NotImplementedError
+
+    def d2pdf(self, x):
+        raise NotImplementedError
+
+    def cdf(self, x):
+        return np.exp(self.logcdf(x))
+
+    def pdf(self, x):
+        return np.exp(self.logpdf(x))
+
+    def sf(self, x):
+        return np.exp(self.logsf(x))
+
+    def ppf(self, p):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<cumulative link {self.name!r}>"
+
+
+class _Logit(_CumulativeLink):
+    name = "logit"
+
+    def logcdf(self, x):
+        return special.log_expit(x)
+
+    def logsf(self, x):
+        return special.log_expit(-x)
+
+    def logpdf(self, x):
+        return special.log_expit(x) + special.log_expit(-x)
+
+    def dlogpdf(self, x):
+        return -np.tanh(0.5 * x)
+
+    def d2pdf(self, x):
+        t = np.tanh(0.5 * x)
+        return 1.5 * t * t - 0.5
+
+    def cdf(self, x):
+        return special.expit(x)
+
+    def sf(self, x):
+        return special.expit(-x)
+
+    def pdf(self, x):
+        return special.expit(x) * special.expit(-x)
+
+    def ppf(self, p):
+        return special.logit(p)
+
+
+class _Probit(_CumulativeLink):
+    name = "probit"
+
+    def logcdf(self, x):
+        return special.log_ndtr(x)
+
+    def logsf(self, x):
+        return special.log_ndtr(-x)
+
+    def logpdf(self, x):
+        return -0.5 * x * x - _LOG_SQRT_2PI
+
+    def dlogpdf(self, x):
+        return -x
+
+    def d2pdf(self, x):
+        return x * x - 1.0
+
+    def cdf(self, x):
+        return special.ndtr(x)
+
+    def sf(self, x):
+        return special.ndtr(-x)
+
+    def pdf(self, x):
+        return np.exp(-0.5 * x * x) * (1.0 / np.sqrt(2.0 * np.pi))
+
+    def ppf(self, p):
+        return special.ndtri(p)
+
+
+class _CLogLog(_CumulativeLink):
+    """``F(x) = 1 - exp(-exp(x))`` (Gumbel distribution of the minimum)."""
+
+    name = "cloglog"
+    median = float(np.log(np.log(2.0)))
+
+    def logcdf(self, x):
+        return np.log(-np.expm1(-np.exp(x)))
+
+    def logsf(self, x):
+        return -np.exp(x)
+
+    def logpdf(self, x):
+        return x - np.exp(x)
+
+    def dlogpdf(self, x):
+        return 1.0 - np.exp(x)
+
+    def d2pdf(self, x):
+        e = np.exp(x)
+        return (1.0 - e) ** 2 - e
+
+    def ppf(self, p):
+        return np.log(-np.log1p(-p))
+
+    def cdf(self, x):
+        return -np.expm1(-np.exp(x))
+
+    def sf(self, x):
+        return np.exp(-np.exp(x))
+
+
+class _LogLog(_CumulativeLink):
+    """``F(x) = exp(-exp(-x))`` (Gumbel distribution of the maximum)."""
+
+    name = "loglog"
+    median = float(-np.log(np.log(2.0)))
+
+    def logcdf(self, x):
+        return -np.exp(-x)
+
+    def logsf(self, x):
+        return np.log(-np.expm1(-np.exp(-x)))
+
+    def logpdf(self, x):
+        return -x - np.exp(-x)
+
+    def dlogpdf(self, x):
+        return np.exp(-x) - 1.0
+
+    def d2pdf(self, x):
+        e = np.exp(-x)
+        return (e - 1.0) ** 2 - e
+
+    def ppf(self, p):
+        return -np.log(-np.log(p))
+
+    def cdf(self, x):
+        return np.exp(-np.exp(-x))
+
+    def sf(self, x):
+        return -np.expm1(-np.exp(-x))
+
+
+class _Cauchit(_CumulativeLink):
+    """Standard Cauchy distribution function; its log-density is not concave."""
+
+    name = "cauchit"
+
+    def logcdf(self, x):
+        return np.log(np.arctan2(1.0, -x) / np.pi)
+
+    def logsf(self, x):
+        return np.log(np.arctan2(1.0, x) / np.pi)
+
+    def logpdf(self, x):
+        return -np.log(np.pi) - np.log1p(x * x)
+
+    def dlogpdf(self, x):
+        return -2.0 * x / (1.0 + x * x)
+
+    def d2pdf(self, x):
+        x2 = x * x
+        return (6.0 * x2 - 2.0) / (1.0 + x2) ** 2
+
+    def cdf(self, x):
+        return np.arctan2(1.0, -x) / np.pi
+
+    def sf(self, x):
+        return np.arctan2(1.0, x) / np.pi
+
+    def pdf(self, x):
+        return 1.0 / (np.pi * (1.0 + x * x))
+
+    def ppf(self, p):
+        return np.tan(np.pi * (p - 0.5))
+
+
+#: The available inverse links by name.
+LINKS = {c.name: c() for c in (_Logit, _Probit, _CLogLog, _LogLog, _Cauchit)}
+
+
+def get_link(link):
+    """The link object for a name (``"logit"``, ``"probit"``, ``"cloglog"``, ``"loglog"``, ``"cauchit"``)."""
+    if isinstance(link, _CumulativeLink):
+        return link
+    try:
+        return LINKS[str(link).lower()]
+    except KeyError:
+        raise ValueError(f"unknown link {link!r}; use one of {sorted(LINKS)}") from None
+
+
+def _interval_logprob(link, u, lo):
+    """``log(F(u) - F(lo))`` without cancellation (lower or upper tail by position)."""
+    upper = (u + lo) > 2.0 * link.median
+    lf_u, lf_l = link.logcdf(u), link.logcdf(lo)
+    ls_u, ls_l = link.logsf(u), link.logsf(lo)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low = lf_u + np.log(-np.expm1(lf_l - lf_u))
+        up = ls_l + np.log(-np.expm1(ls_u - ls_l))
+    return np.where(upper, up, low)
+
+
+# ============================================================================ thresholds
+class Thresholds:
+    """Threshold structure: ``theta = T alpha`` with ``alpha = g(psi)``, ``psi`` unconstrained.
+
+    ``alpha`` are R's threshold parameters (``coef`` of ``clmm``); ``T`` is
+    ordinal's ``tJac``.  The internal parameters ``psi`` make the thresholds
+    increasing by construction (positive spacings are ``exp`` of a
+    parameter).
+
+    Parameters
+    ----------
+    kind : {"flexible", "equidistant", "symmetric"}
+    levels : list of str
+        The response categories in order (``K`` of them).
+    """
+
+    def __init__(self, kind, levels):
+        kind = str(kind).lower()
+        self.kind = kind
+        self.levels = [str(v) for v in levels]
+        K = len(self.levels)
+        nt = K - 1
+        self.n_thresholds = nt
+        self.labels = [f"{a}|{b}" for a, b in zip(self.levels[:-1], self.levels[1:])]
+        if kind == "flexible":
+            T = np.eye(nt)
+            names = list(self.labels)
+        elif kind == "equidistant":
+            if nt < 2:
+                raise ValueError("equidistant thresholds need a response with 3 or more categories")
+            T = np.column_stack([np.ones(nt), np.arange(nt, dtype=float)])
+            names = ["threshold.1", "spacing"]
+        elif kind == "symmetric":
+            if nt < 2:
+                raise ValueError("symmetric thresholds need a response with 3 or more categories")
+            if nt % 2:          # odd: a central threshold and spacings out from it
+                h = (nt - 1) // 2
+                T = np.zeros((nt, h + 1))
+                T[:, 0] = 1.0
+                for k in range(1, h + 1):
+                    T[h - k, k] = -1.0
+                    T[h + k, k] = 1.0
+                names = ["central"] + [f"spacing.{k}" for k in range(1, h + 1)]
+            else:               # even: two central thresholds and spacings out from them
+                h = nt // 2
+                T = np.zeros((nt, h + 1))
+                T[:h, 0] = 1.0
+                T[h:, 1] = 1.0
+                for k in range(1, h):
+                    T[h - 1 - k, 1 + k] = -1.0
+                    T[h + k, 1 + k] = 1.0
+                names = ["central.1", "central.2"] + [f"spacing.{k}" for k in range(1, h)]
+        else:
+            raise ValueError(f"threshold must be 'flexible', 'equidistant' or 'symmetric', not {kind!r}")
+        self.T = T
+        self.names = names
+        self.k = T.shape[1]
+        # which alpha are built from exp() increments: (index, base index or -1)
+        self._odd = nt % 2 == 1
+
+    # alpha = g(psi) ----------------------------------------------------------------
+    def alpha(self, psi):
+        """R's threshold parameters from the internal ones."""
+        psi = np.asarray(psi, dtype=float)
+        if self.kind == "flexible":
+            a = np.empty_like(psi)
+            a[0] = psi[0]
+            a[1:] = psi[0] + np.cumsum(np.exp(psi[1:]))
+            return a
+        if self.kind == "equidistant":
+            return np.array([psi[0], np.exp(psi[1])])
+        if self._odd:
+            return np.concatenate([[psi[0]], np.cumsum(np.exp(psi[1:]))])
+        return np.concatenate([[psi[0], psi[0] + np.exp(psi[1])], np.cumsum(np.exp(psi[2:]))])
+
+    def jacobian(self, psi):
+        """``d alpha / d psi`` (k, k)."""
+        psi = np.asarray(psi, dtype=float)
+        k = self.k
+        J = np.zeros((k, k))
+        e = np.exp(psi)
+        if self.kind == "flexible":
+            J[:, 0] = 1.0
+            for j in range(1, k):
+                J[j:, j] = e[j]
+        elif self.kind == "equidistant":
+            J[0, 0] = 1.0
+            J[1, 1] = e[1]
+        elif self._odd:
+            J[0, 0] = 1.0
+            for j in range(1, k):
+                J[j:, j] = e[j]
+        else:
+            J[0, 0] = J[1, 0] = 1.0
+            J[1, 1] = e[1]
+            for j in range(2, k):
+                J[j:, j] = e[j]
+        return J
+
+    def psi(self, alpha):
+        """Internal parameters for R's threshold parameters (which must give increasing thresholds)."""
+        a = np.asarray(alpha, dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.kind == "flexible":
+                out = np.concatenate([[a[0]], np.log(np.diff(a))])
+            elif self.kind == "equidistant":
+                out = np.array([a[0], np.log(a[1])])
+            elif self._odd:
+                out = np.concatenate([[a[0]], np.log(np.diff(np.concatenate([[0.0], a[1:]])))])
+            else:
+                out = np.concatenate([[a[0], np.log(a[1] - a[0])],
+                                      np.log(np.diff(np.concatenate([[0.0], a[2:]])))])
+        if not np.all(np.isfinite(out)):
+            raise ValueError(f"threshold parameters {a} do not give increasing thresholds")
+        return out
+
+    def thresholds(self, alpha):
+        return self.T @ np.asarray(alpha, dtype=float)
+
+    def alpha_from_thresholds(self, th):
+        """Least-squares ``alpha`` for given thresholds (exact for flexible ones)."""
+        return np.linalg.lstsq(self.T, np.asarray(th, dtype=float), rcond=None)[0]
+
+
+# ============================================================================ conditional model
+class CumulativeLinkConditional:
+    """Distribution of an ordinal ``y`` given the linear predictor ``eta`` (ConditionalModel protocol).
+
+    ``log p(y_i | eta_i) = w_i log(F(theta_{y_i} - eta_i) - F(theta_{y_i - 1} - eta_i))``
+    with ``theta_0 = -inf`` and ``theta_K = inf``; ``w_i`` are prior weights.
+
+    Parameters
+    ----------
+    y : array_like of int
+        Category codes ``0, ..., K - 1``.
+    n_cat : int
+        Number of categories ``K``.
+    link : str or link object
+    weights : array_like, optional
+        Prior (frequency) weights, as in ``clmm``.
+    thresholds : array_like, optional
+        The ``K - 1`` thresholds; set later with :meth:`set_thresholds`.
+
+    Notes
+    -----
+    With ``u = theta_y - eta`` and ``l = theta_{y-1} - eta`` the probability
+    ``p = F(u) - F(l)`` is taken as ``(1 - F(l)) - (1 - F(u))`` when the
+    interval lies above the median of ``F`` (large ``eta``), so it never
+    suffers cancellation; where it underflows it is recomputed in logs.
+
+    :meth:`derivatives` returns the observed information
+    ``w = -d^2 log p / d eta^2``, which is what ``clmm``'s Laplace
+    approximation uses; it is positive for the log-concave links (logit,
+    probit, cloglog, loglog).  For the logit link ``d log p / d eta =
+    F(u) + F(l) - 1`` and ``w = f(u) + f(l)`` exactly.  The cauchit density is
+    not log-concave, so single observations can have ``w < 0``
+    (:attr:`allow_negative_weights`).  The optional protocol methods
+    :meth:`hessian_terms` and :meth:`param_derivatives` give the third-order
+    pieces for analytic gradients; the model's own parameters (``k_extra``)
+    are the ``K - 1`` thresholds.
+
+    Results are cached for the last ``eta`` array passed (by identity), so
+    callers must not modify an ``eta`` array in place between calls.
+    """
+
+    def __init__(self, y, n_cat, link="logit", weights=None, thresholds=None):
+        y = np.asarray(y)
+        self.y = y.astype(np.int64)
+        self.n_cat = int(n_cat)
+        if self.n_cat < 2:
+            raise ValueError("an ordinal response needs at least two categories")
+        self.link = get_link(link)
+        n = self.y.shape[0]
+        self.weights = None if weights is None else np.asarray(weights, dtype=float)
+        if self.weights is not None and np.all(self.weights == 1.0):
+            self.weights = None
+        self.k_extra = self.n_cat - 1
+        self.allow_negative_weights = self.link.name == "cauchit"
+        self.has_upper = self.y < self.n_cat - 1       # finite theta_y
+        self.has_lower = self.y > 0                    # finite theta_{y-1}
+        self._top = np.flatnonzero(~self.has_upper)    # u = +inf
+        self._bottom = np.flatnonzero(~self.has_lower)  # l = -inf
+        self._iu = np.minimum(self.y, self.n_cat - 2)
+        self._il = np.maximum(self.y - 1, 0)
+        k = self.n_cat - 1
+        self._Eu = np.zeros((n, k))
+        self._Eu[np.flatnonzero(self.has_upper), self._iu[self.has_upper]] = 1.0
+        self._El = np.zeros((n, k))
+        self._El[np.flatnonzero(self.has_lower), self._il[self.has_lower]] = 1.0
+        self._n = n
+        self._logit = self.link.name == "logit"
+        self._median2 = 2.0 * self.link.median
+        self._key = None
+        self._cache = {}
+        self.thresholds = None
+        if thresholds is not None:
+            self.set_thresholds(thresholds)
+
+    def set_thresholds(self, thresholds):
+        """Set the ``K - 1`` thresholds (must be increasing)."""
+        th = np.asarray(thresholds, dtype=float)
+        if th.shape != (self.n_cat - 1,):
+            raise ValueError(f"need {self.n_cat - 1} thresholds, got shape {th.shape}")
+        self.thresholds = th
+        full = np.concatenate([[-np.inf], th, [np.inf]])
+        self._th_up = full[self.y + 1]
+        self._th_lo = full[self.y]
+        self._key = None
+
+    # -- core evaluation -----------------------------------------------------------------
+    def _pieces(self, eta, level):
+        """Cached per-observation pieces at ``eta``.
+
+        level 0: ``p`` (and ``logp``); 1: adds ``ru = f(u)/p``, ``rl = f(l)/p``
+        and the derivative pieces; 2: adds ``f''/f`` terms.
+        """
+        if self._key is not None and self._key is eta:
+            c = self._cache
+            if c["level"] >= level:
+                return c
+        else:
+            c = self._cache = {"level": -1}
+            self._key = eta
+        link = self.link
+        if c["level"] < 0:
+            u = self._th_up - eta
+            lo = self._th_lo - eta
+            Fu, Su, Fl, Sl = link.cdf(u), link.sf(u), link.cdf(lo), link.sf(lo)
+            p = np.where(u + lo > self._median2, Sl - Su, Fu - Fl)
+            with np.errstate(divide="ignore"):
+                logp = np.log(p)
+            if not p.all():           # underflow far in a tail: redo those in logs
+                bad = p <= 0
+                with np.errstate(all="ignore"):
+                    logp[bad] = _interval_logprob(link, u[bad], lo[bad])
+                p = np.exp(logp)
+            c.update(u=u, lo=lo, Fu=Fu, Su=Su, Fl=Fl, Sl=Sl, p=p, logp=logp, level=0)
+        if level >= 1 and c["level"] < 1:
+            u, lo, p = c["u"], c["lo"], c["p"]
+            with np.errstate(all="ignore"):
+                fu, fl = link.pdf(u), link.pdf(lo)
+            fu[self._top] = 0.0
+            fl[self._bottom] = 0.0
+            with np.errstate(all="ignore"):
+                ru, rl = fu / p, fl / p
+                gu, gl = ru * link.dlogpdf(u), rl * link.dlogpdf(lo)
+            gu[self._top] = 0.0
+            gl[self._bottom] = 0.0
+            c.update(fu=fu, fl=fl, ru=ru, rl=rl, gu=gu, gl=gl, level=1)
+        if level >= 2 and c["level"] < 2:
+            with np.errstate(all="ignore"):
+                hu, hl = c["ru"] * link.d2pdf(c["u"]), c["rl"] * link.d2pdf(c["lo"])
+            hu[self._top] = 0.0
+            hl[self._bottom] = 0.0
+            c.update(hu=hu, hl=hl, level=2)
+        return c
+
+    def _w(self, v):
+        return v if self.weights is None else v * self.weights
+
+    def loglik_obs(self, eta):
+        """(n,) ``w_i log p(y_i | eta_i)``."""
+        return self._w(self._pieces(eta, 0)["logp"])
+
+    def derivatives(self, eta):
+        """``(d1, w)``: ``d log p / d eta`` and the observed information ``-d^2 log p / d eta^2``.
+
+        For links other than the logit, rounding can make ``w`` slightly
+        negative far in a tail where its true value is below rounding level;
+        it is then set to 0 (not for the cauchit link, whose ``w`` can be
+        genuinely negative).
+        """
+        c = self._pieces(eta, 1)
+        if self._logit:
+            return self._w(c["Fu"] + c["Fl"] - 1.0), self._w(c["fu"] + c["fl"])
+        D1 = c["ru"] - c["rl"]
+        w = D1 * D1 - (c["gu"] - c["gl"])
+        if not self.allow_negative_weights:
+            w = np.maximum(w, 0.0)
+        return self._w(-D1), self._w(w)
+
+    # -- optional protocol pieces ----------------------------------------------------------
+    def hessian_terms(self, eta):
+        """``(h, dw)``: observed information (the ``w`` of :meth:`derivatives`) and ``d w / d eta``."""
+        if self._logit:
+            c = self._pieces(eta, 1)
+            fu, fl = c["fu"], c["fl"]
+            dw = -(fu * (c["Su"] - c["Fu"]) + fl * (c["Sl"] - c["Fl"]))
+            return self._w(fu + fl), self._w(dw)
+        c = self._pieces(eta, 2)
+        D1 = c["ru"] - c["rl"]
+        G = c["gu"] - c["gl"]
+        H = c["hu"] - c["hl"]
+        return self.derivatives(eta)[1], self._w(2.0 * D1 ** 3 - 3.0 * D1 * G + H)
+
+    def _uv_derivatives(self, eta):
+        """Partial derivatives in ``u`` and ``l`` of (loglik, d1, w), unweighted."""
+        if self._logit:
+            c = self._pieces(eta, 1)
+            fu, fl = c["fu"], c["fl"]
+            return (c["ru"], -c["rl"], fu, fl, fu * (c["Su"] - c["Fu"]), fl * (c["Sl"] - c["Fl"]))
+        c = self._pieces(eta, 2)
+        ru, rl, gu, gl, hu, hl = c["ru"], c["rl"], c["gu"], c["gl"], c["hu"], c["hl"]
+        D1 = ru - rl
+        G = gu - gl
+        return (ru, -rl, ru * D1 - gu, gl - rl * D1,
+                2.0 * D1 * (gu - ru * D1) - (hu - ru * G),
+                2.0 * D1 * (rl * D1 - gl) - (rl * G - hl))
+
+    def param_derivatives(self, eta):
+        """``(dl, dd1, dw)``, each (n, K - 1): derivatives in the thresholds.
+
+        Observation ``i`` depends on ``theta_{y_i}`` (through ``u``) and on
+        ``theta_{y_i - 1}`` (through ``l``) only.
+        """
+        l_u, l_l, d_u, d_l, w_u, w_l = self._uv_derivatives(eta)
+        Eu, El = self._Eu, self._El
+        out = []
+        for a, b in ((l_u, l_l), (d_u, d_l), (w_u, w_l)):
+            a = self._w(a)
+            b = self._w(b)
+            out.append(Eu * a[:, None] + El * b[:, None])
+        return tuple(out)
+
+    # -- (u, l) second-order pieces for the fixed-effects Newton fit -------------------------
+    def interval_derivatives(self, eta):
+        """First and second derivatives of ``log p`` in ``u`` and ``l`` (weights applied)."""
+        c = self._pieces(eta, 1)
+        ru, rl, gu, gl = c["ru"], c["rl"], c["gu"], c["gl"]
+        return tuple(self._w(v) for v in (ru, -rl, gu - ru * ru, -gl - rl * rl, ru * rl))
+
+    def probabilities(self, eta):
+        """(n, K) category probabilities at ``eta``."""
+        return category_probabilities(self.link, self.thresholds, np.asarray(eta, dtype=float))
+
+
+def category_probabilities(link, thresholds, eta):
+    """(n, K) probabilities ``F(theta_j - eta) - F(theta_{j-1} - eta)``, computed in the better tail."""
+    link = get_link(link)
+    eta = np.asarray(eta, dtype=float)
+    full = np.concatenate([[-np.inf], np.asarray(thresholds, dtype=float), [np.inf]])
+    u = full[None, 1:] - eta[:, None]
+    lo = full[None, :-1] - eta[:, None]
+    with np.errstate(all="ignore"):
+        P = np.exp(_interval_logprob(link, u, lo))
+    return P
+
+
+# ============================================================================ clm (no random effects)
+def _jacobians(cond, T, X):
+    """Parameter Jacobians of ``u`` and ``l`` in (alpha, beta): each (n, k + p)."""
+    n = cond.y.shape[0]
+    Tu = np.where(cond.has_upper[:, None], T[cond._iu], 0.0)
+    Tl = np.where(cond.has_lower[:, None], T[cond._il], 0.0)
+    return np.hstack([Tu, -X]), np.hstack([Tl, -X])
+
+
+def fit_clm(cond, thr, X, offset=None, start=None, maxiter=100, tol=1e-10):
+    """Maximum likelihood fit of the cumulative link model without random effects.
+
+    Newton-Raphson in (alpha, beta) with step halving; the log-likelihood is
+    concave for the log-concave links.  Used for starting values of the
+    mixed model (as ``clmm`` does) and as the no-random-effects baseline.
+
+    Parameters
+    ----------
+    cond : CumulativeLinkConditional
+    thr : Thresholds
+    X : ndarray (n, p)
+        Fixed-effects design without intercept.
+    offset : ndarray, optional
+    start : ndarray, optional
+        Starting (alpha, beta).
+
+    Returns
+    -------
+    params : ndarray
+        (alpha, beta).
+    llf : float
+    hessian : ndarray
+        Hessian of the log-likelihood in (alpha, beta).
+    converged : bool
+    """
+    X = np.asarray(X, dtype=float)
+    n, p = X.shape
+    off = np.zeros(n) if offset is None else np.asarray(offset, dtype=float)
+    k = thr.k
+    if start is None:
+        # thresholds from the marginal cumulative proportions, beta = 0
+        w = np.ones(n) if cond.weights is None else cond.weights
+        counts = np.bincount(cond.y, weights=w, minlength=cond.n_cat)
+        cum = np.cumsum(counts)[:-1] / counts.sum()
+        cum = np.clip(cum, 1e-4, 1 - 1e-4)
+        th0 = cond.link.ppf(cum) + np.median(off)
+        th0 = np.maximum.accumulate(th0 + 1e-3 * np.arange(th0.size))
+        alpha = thr.alpha_from_thresholds(th0)
+        if thr.kind != "flexible":      # make sure the structure's thresholds are increasing
+            if thr.kind == "equidistant":
+                alpha[1] = max(alpha[1], 0.1)
+            else:
+                alpha = thr.alpha(thr.psi(alpha)) if _increasing(thr.thresholds(alpha)) else \
+                    _symmetric_default(thr, th0)
+        x = np.concatenate([alpha, np.zeros(p)])
+    else:
+        x = np.asarray(start, dtype=float).copy()
+    Ju, Jl = _jacobians(cond, thr.T, X)
+
+    def loglik(x):
+        th = thr.thresholds(x[:k])
+        if not _increasing(th):
+            return -np.inf, None
+        cond.set_thresholds(th)
+        eta = X @ x[k:] + off
+        ll = float(np.sum(cond.loglik_obs(eta)))
+        return ll, eta
+
+    ll, eta = loglik(x)
+    if not np.isfinite(ll):
+        raise ValueError("non-finite log-likelihood at the starting values of the fixed-effects fit")
+    converged = False
+    H = None
+    for it in range(maxiter):
+        lu, ll_, luu, lll, lul = cond.interval_derivatives(eta)
+        g = Ju.T @ lu + Jl.T @ ll_
+        H = (Ju.T * luu) @ Ju + (Jl.T * lll) @ Jl + (Ju.T * lul) @ Jl + (Jl.T * lul) @ Ju
+        try:
+            step = -np.linalg.solve(H, g)
+        except np.linalg.LinAlgError:
+            step = g * 1e-2
+        dec = float(g @ step)                    # = g' (-H)^-1 g > 0 for an ascent direction
+        if not np.isfinite(dec) or dec < 0:      # not an ascent direction (non-concave): gradient step
+            step = g / max(1.0, np.abs(g).max())
+            dec = float(g @ step)
+        if abs(dec) < tol:
+            converged = True
+            break
+        t = 1.0
+        for _ in range(40):
+            ll_new, eta_new = loglik(x + t * step)
+            if np.isfinite(ll_new) and ll_new >= ll - 1e-12 * abs(ll):
+                break
+            t *= 0.5
+        else:
+            break
+        x = x + t * step
+        ll, eta = ll_new, eta_new
+    cond.set_thresholds(thr.thresholds(x[:k]))
+    eta = X @ x[k:] + off
+    lu, ll_, luu, lll, lul = cond.interval_derivatives(eta)
+    H = (Ju.T * luu) @ Ju + (Jl.T * lll) @ Jl + (Ju.T * lul) @ Jl + (Jl.T * lul) @ Ju
+    return x, float(np.sum(cond.loglik_obs(eta))), H, converged
+
+
+def _increasing(th):
+    d = th[1:] - th[:-1]
+    return bool((d > 0).all()) and np.isfinite(th[0]) and np.isfinite(th[-1])
+
+
+def _symmetric_default(thr, th0):
+    """Increasing symmetric thresholds spread like ``th0``."""
+    nt = thr.n_thresholds
+    span = max(th0[-1] - th0[0], 1.0)
+    grid = np.linspace(-0.5, 0.5, nt) * span + np.mean(th0)
+    return thr.alpha_from_thresholds(grid)
+
+
+# ============================================================================ response
+def ordinal_response(values, levels=None, name="response"):
+    """Category codes and labels of an ordinal response.
+
+    Parameters
+    ----------
+    values : array_like
+        A pandas ordered ``Categorical`` (its category order is used), or
+        integers (sorted numerically unless ``levels`` is given), or strings
+        / an unordered categorical together with ``levels``.
+    levels : sequence, optional
+        The categories from lowest to highest.  Values not in ``levels``
+        are an error.
+    name : str
+        Used in messages.
+
+    Returns
+    -------
+    codes : ndarray of float
+        ``0, ..., K - 1`` with ``nan`` for missing values.
+    labels : list
+        The categories in order (all of them, used or not).
+    """
+    s = pd.Series(values)
+    if levels is not None:
+        levels = list(levels)
+        if len(set(map(str, levels))) != len(levels):
+            raise ValueError(f"levels for {name!r} has duplicates: {levels}")
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            s = s.astype(object)
+        present = s.dropna()
+        lut = {str(v): i for i, v in enumerate(levels)}
+        keys = present.map(str)
+        unknown = sorted(set(keys) - set(lut))
+        if unknown:
+            raise ValueError(f"response {name!r} has values {unknown[:10]} that are not in levels={levels}")
+        codes = np.full(len(s), np.nan)
+        codes[s.notna().to_numpy()] = keys.map(lut).to_numpy(dtype=float)
+        return codes, levels
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        if not s.cat.ordered:
+            raise ValueError(
+                f"the response {name!r} is an unordered categorical; declare the order of its "
+                f"categories, e.g. data[{name!r}] = data[{name!r}].cat.as_ordered() (to use the "
+                f"current category order {list(s.cat.categories)[:6]}) or pass levels=[lowest, ..., highest]")
+        codes = s.cat.codes.to_numpy().astype(float)
+        codes[codes < 0] = np.nan
+        return codes, list(s.cat.categories)
+    if pd.api.types.is_numeric_dtype(s.dtype):
+        present = s.dropna().to_numpy(dtype=float)
+        if present.size and not np.all(present == np.round(present)):
+            raise ValueError(f"the response {name!r} has non-integer numbers; an ordinal response "
+                             "must be an ordered categorical, integers, or values with levels=[...]")
+        uniq = np.unique(present)
+        labels = [int(v) for v in uniq]
+        codes = np.full(len(s), np.nan)
+        ok = s.notna().to_numpy()
+        codes[ok] = np.searchsorted(uniq, present)
+        return codes, labels
+    example = list(pd.unique(s.dropna()))[:4]
+    raise ValueError(
+        f"the response {name!r} holds unordered values such as {example}; an ordinal response needs "
+        f"an order: make it a pandas ordered Categorical, e.g. "
+        f"pd.Categorical(data[{name!r}], categories=[...], ordered=True), or pass levels=[lowest, ..., highest]")
+
+
+def _drop_unused_levels(codes, labels, name):
+    """Drop unused categories (with a warning); at least two must be observed."""
+    ok = ~np.isnan(codes)
+    used = np.unique(codes[ok]).astype(int)
+    if used.size < 2:
+        raise ValueError(f"the response {name!r} has {used.size} observed categor"
+                         f"{'y' if used.size == 1 else 'ies'}"
+                         f"{' (' + str(labels[used[0]]) + ')' if used.size == 1 else ''}; "
+                         "an ordinal model needs at least two")
+    if used.size < len(labels):
+        unused = [labels[i] for i in range(len(labels)) if i not in set(used)]
+        warnings.warn(f"response {name!r}: unused categories {unused} were dropped", UserWarning,
+                      stacklevel=4)
+        remap = np.full(len(labels), -1.0)
+        remap[used] = np.arange(used.size)
+        new = np.full_like(codes, np.nan)
+        new[ok] = remap[codes[ok].astype(int)]
+        return new, [labels[i] for i in used]
+    return codes, list(labels)
+
+
+# ============================================================================ model
+from statsmodels.tools.sm_exceptions import ConvergenceWarning  # noqa: E402
+
+from . import laplace as _laplace  # noqa: E402
+from .base import MixedModel, _drop_rank_deficient, _eval  # noqa: E402
+
+
+class OrdinalMixedModel(MixedModel):
+    """Cumulative link mixed model (``ordinal::clmm``).
+
+    ``P(Y <= j | b) = F(theta_j - x' beta - z' b)`` with increasing
+    thresholds ``theta_j`` and ``b ~ N(0, Sigma)``.  Usually created with
+    :func:`mlmext.formula.api.clmm`.
+
+    Parameters
+    ----------
+    endog : array_like
+        Ordinal response: an ordered ``Categorical``, integers, or values
+        with ``levels``.
+    exog : array_like
+        Fixed-effects design **without** an intercept column (the
+        thresholds carry the intercept).
+    re_design : RandomEffectsDesign
+    weights : array_like, optional
+        Prior (frequency) weights, as ``clmm``'s ``weights``.
+    offset : array_like, optional
+        Added to ``x' beta``.
+    link : {"logit", "probit", "cloglog", "loglog", "cauchit"}
+    threshold : {"flexible", "equidistant", "symmetric"}
+        Structure of the thresholds, as in ``clmm``.
+    levels : sequence, optional
+        Order of the response categories (lowest first).
+
+    Notes
+    -----
+    The random-effects integral is done by :mod:`mlmext.laplace`: Laplace
+    for any random-effects structure (crossed, nested, several and
+    vector-valued terms), adaptive Gauss-Hermite quadrature for a single
+    grouping factor.  The parameters are ordered as ``clmm``'s ``coef``:
+    threshold parameters first (``"1|2", "2|3", ...`` for flexible
+    thresholds; ``threshold.1, spacing`` or ``central..., spacing...``
+    otherwise), then the fixed effects.
+    """
+
+    _check_nlev_vs_nobs = False
+    _pirls_tol = 1e-20
+
+    def __init__(self, endog, exog, re_design, weights=None, offset=None, link="logit",
+                 threshold="flexible", levels=None, **kwargs):
+        info = kwargs.get("formula_info", {}) or {}
+        name = getattr(endog, "name", None) or "y"
+        if "y_levels" in info:
+            codes = np.asarray(endog, dtype=float)
+            labels = list(info["y_levels"])
+        else:
+            codes, labels = ordinal_response(endog, levels, name)
+            if np.isnan(codes).any():
+                raise ValueError(f"the response {name!r} has {int(np.isnan(codes).sum())} missing values; "
+                                 "drop those rows (from_formula / clmm do it for you)")
+            codes, labels = _drop_unused_levels(codes, labels, name)
+        index = getattr(endog, "index", None)
+        endog = pd.Series(codes, index=index, name=name) if index is not None else codes
+        super().__init__(endog, exog, re_design, weights=weights, offset=offset, **kwargs)
+        if self.k_fe and np.any(np.all(self.exog == self.exog[:1], axis=0)) and self.exog.shape[0] > 1:
+            raise ValueError("the fixed-effects design has a constant column; a cumulative link model "
+                             "has no intercept (the thresholds carry it): remove it")
+        self.link = get_link(link)
+        self.threshold = str(threshold).lower()
+        self.levels = labels
+        self.n_cat = len(labels)
+        self.thr = Thresholds(self.threshold, labels)
+        self.k_thresholds = self.thr.k
+        self.y_codes = np.asarray(codes, dtype=np.int64)
+        w = None if weights is None else self.weights
+        self.cond = CumulativeLinkConditional(self.y_codes, self.n_cat, self.link, weights=w)
+        self.exog_names_fe = list(self.exog_names) if self.k_fe else []
+        self.data.param_names = list(self.thr.names) + self.exog_names_fe
+        self.k_params_fe = self.thr.k + self.k_fe
+        self._chol = None
+        for t in self.re_design.terms:
+            if t.m * t.q >= self.endog.shape[0] and weights is None:
+                warnings.warn(f"no. random effects (={t.m * t.q}) >= no. observations "
+                              f"(={self.endog.shape[0]}) for term ({t.lhs} | {t.name})", UserWarning,
+                              stacklevel=2)
+
+    # ------------------------------------------------------------------ formula
+    @classmethod
+    def from_formula(cls, formula, data, subset=None, weights=None, offset=None, missing="drop",
+                     eval_env=0, link="logit", threshold="flexible", levels=None, **kwargs):
+        """Create a model from an lme4-style formula (see :func:`mlmext.formula.api.clmm`)."""
+        from .formula.terms import parse_formula
+        if not isinstance(data, pd.DataFrame):
+            data = pd.DataFrame(data)
+        resp = parse_formula(formula).response
+        if not resp:
+            raise ValueError("the formula needs a response: 'y ~ x + (1 | g)'")
+        if resp not in data.columns:
+            raise ValueError(f"the response {resp!r} must be a column of the data (the data has "
+                             f"columns {list(data.columns)})")
+        codes, labels = ordinal_response(data[resp], levels, resp)
+        data = data.copy(deep=False)
+        cat = pd.Categorical.from_codes(np.where(np.isnan(codes), -1, codes).astype(int),
+                                        categories=pd.Index(labels, dtype=object), ordered=True)
+        data[resp] = pd.Series(cat, index=data.index)
+        get_link(link)
+        return super().from_formula(formula, data, subset=subset, weights=weights, offset=offset,
+                                    missing=missing, eval_env=eval_env + 1 if isinstance(eval_env, int)
+                                    else eval_env, link=link, threshold=threshold, **kwargs)
+
+    @classmethod
+    def _fixed_matrices(cls, mgr, parsed, data, env):
+        resp = parsed.response
+        rhs = parsed.fixed_rhs.strip() or "1"
+        X_df = _eval(mgr, f"~ {rhs}", data, env, f"the fixed-effects formula {rhs!r}")
+        y_df = data[[resp]].dropna()
+        return y_df, X_df
+
+    @classmethod
+    def _prepare_endog_exog(cls, y, X, data, info):
+        resp = info["parsed"].response
+        col = y.iloc[:, 0]
+        labels = list(col.cat.categories)
+        codes = col.cat.codes.to_numpy().astype(float)
+        codes, labels = _drop_unused_levels(codes, labels, resp)
+        info["y_levels"] = labels
+        yser = pd.Series(codes, index=y.index, name=resp)
+        if "Intercept" in X.columns:
+            X = X.drop(columns="Intercept")
+        else:
+            warnings.warn("a cumulative link model needs an intercept and it is assumed (the "
+                          "thresholds carry it); columns that duplicate it are dropped", UserWarning,
+                          stacklevel=4)
+        if X.shape[1]:
+            # drop columns that are collinear with each other or with the (implicit) intercept
+            Xc = X - X.mean(axis=0)
+            kept = _drop_rank_deficient(Xc).columns
+            X = X.loc[:, kept]
+        return yser, X
+
+    # --------------------------------------------------------------- pieces
+    @property
+    def chol(self):
+        if self._chol is None:
+            self._chol = _laplace.make_chol(self.re_design)
+        return self._chol
+
+    def _split(self, x):
+        k, p = self.thr.k, self.k_fe
+        return x[:k], x[k:k + p], x[k + p:]
+
+    def loglike_parts(self, alpha, beta, theta, nagq=1, u0=None):
+        """Laplace (``nagq = 1``) or AGQ log-likelihood at R's parameters.
+
+        Parameters
+        ----------
+        alpha : array_like
+            Threshold parameters (``clmm``'s ``coef`` order).
+        beta : array_like
+            Fixed effects.
+        theta : array_like
+            Relative covariance parameters (lme4's ``theta``; with no
+            residual scale, ``Lambda(theta) Lambda(theta)'`` is the
+            random-effects covariance).
+        nagq : int
+        u0 : ndarray, optional
+            Warm start for the conditional modes.
+
+        Returns
+        -------
+        llf : float
+            ``-inf`` for non-increasing thresholds or failed inner iterations.
+        modes : mlmext.laplace.Modes or None
+        """
+        alpha = np.asarray(alpha, dtype=float)
+        th = self.thr.thresholds(alpha)
+        if not _increasing(th):
+            return -np.inf, None
+        self.cond.set_thresholds(th)
+        eta_fixed = self.offset + (self.exog @ np.asarray(beta, dtype=float) if self.k_fe else 0.0)
+        theta = np.asarray(theta, dtype=float)
+        # The Laplace value is not stationary in u (its log-determinant depends on the modes),
+        # so modes accurate to ~sqrt(tol) give errors ~sqrt(tol) in the value: a tight inner
+        # tolerance keeps finite differences of the log-likelihood clean (one Newton step more).
+        if nagq == 1:
+            return _laplace.laplace_loglik(self.re_design, self.chol, eta_fixed, self.cond, theta,
+                                           u0=u0, tol=self._pirls_tol)
+        return _laplace.agq_loglik(self.re_design, self.chol, eta_fixed, self.cond, theta, nagq,
+                                   u0=u0, tol=self._pirls_tol)
+
+    def loglike(self, params, nagq=1):
+        """Log-likelihood at ``params = (alpha, beta, theta)`` (R's threshold parameters)."""
+        params = np.asarray(params, dtype=float)
+        a, b, t = self._split(params)
+        return self.loglike_parts(a, b, t, nagq=nagq)[0]
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=True, **kwargs):
+        """Fit by maximum likelihood (Laplace approximation or adaptive Gauss-Hermite quadrature).
+
+        Parameters
+        ----------
+        nagq : int
+            1 (default): Laplace approximation, any random-effects
+            structure.  ``nagq > 1``: adaptive Gauss-Hermite quadrature with
+            ``nagq`` nodes per dimension; needs a single grouping factor
+            (a scalar term as ``clmm``, or a vector term with up to three
+            random effects on a product grid).
+        start_params : array_like, optional
+            Starting ``(alpha, beta, theta)``; default: the fit without
+            random effects (as ``clmm``) and ``theta = 1``.
+        maxiter : int
+            Iterations of the quasi-Newton optimizer.
+        gtol : float
+            Tolerance on the largest projected-gradient entry of the negative
+            log-likelihood.
+        hessian : bool
+            Compute the Hessian (and so the standard errors); ``clmm``'s
+            ``Hess``.
+
+        Returns
+        -------
+        OrdinalMixedResults
+        """
+        return _fit_clmm(self, nagq=nagq, start_params=start_params, maxiter=maxiter, gtol=gtol,
+                         hessian=hessian, **kwargs)
+
+
+# ============================================================================ fitting
+def _fd_hessian(fun, x, h, fx=None):
+    """Central second differences of a scalar function (R ordinal's ``deriv12`` scheme)."""
+    k = x.size
+    fx = fun(x) if fx is None else fx
+    H = np.empty((k, k))
+    g = np.empty(k)
+    for j in range(k):
+        e = np.zeros(k)
+        e[j] = h[j]
+        fp, fm = fun(x + e), fun(x - e)
+        H[j, j] = (fp - 2.0 * fx + fm) / h[j] ** 2
+        g[j] = (fp - fm) / (2.0 * h[j])
+        for i in range(j):
+            d = np.zeros(k)
+            d[i] = h[i]
+            H[i, j] = H[j, i] = (fun(x + e + d) - fun(x + e - d) - fun(x - e + d) + fun(x - e - d)) / \
+                (4.0 * h[i] * h[j])
+    return g, H
+
+
+def _qn_minimize(fg, x0, lower, B0=None, gtol=1e-6, maxiter=500, f0g0=None):
+    """Quasi-Newton (BFGS) minimization with lower bounds on some variables.
+
+    Projected BFGS with an active set: a variable at its bound whose gradient
+    points outwards is held there; the search direction solves the BFGS model
+    on the free variables; steps are projected onto the bounds with
+    backtracking (Armijo).  Small and dense: meant for the handful of
+    parameters of a mixed model, where the cost of an evaluation (inner
+    iterations for the conditional modes) dominates.
+
+    Parameters
+    ----------
+    fg : callable
+        ``x -> (f, g)``; ``f = inf`` marks an infeasible point.
+    x0 : ndarray
+    lower : ndarray
+        Lower bounds (``-inf`` for free variables).
+    B0 : ndarray, optional
+        Initial Hessian approximation (identity scaled after the first step
+        when not given).
+    gtol : float
+        Convergence when the largest projected gradient entry is below
+        ``gtol * max(1, |f|) ** 0.5``... see Notes.
+
+    Returns
+    -------
+    scipy.optimize.OptimizeResult
+        ``x, fun, jac, nit, nfev, success, message``.
+
+    Notes
+    -----
+    Convergence: the projected gradient's largest entry is below ``gtol``,
+    or the predicted decrease ``g' B^-1 g / 2`` of the last model step is
+    below ``1e-14 (1 + |f|)`` (at the floor of the evaluation's accuracy).
+    """
+    from scipy.optimize import OptimizeResult
+    lower = np.asarray(lower, dtype=float)
+    x = np.maximum(np.asarray(x0, dtype=float), lower)
+    f, g = fg(x) if f0g0 is None else f0g0
+    nfev = 1
+    if not np.isfinite(f):
+        return OptimizeResult(x=x, fun=f, jac=g, nit=0, nfev=nfev, success=False,
+                              message="non-finite objective at the starting point")
+    n = x.size
+    B = np.eye(n) if B0 is None else np.array(B0, dtype=float)
+    scaled = B0 is not None
+    bounded = np.isfinite(lower)
+    message = "maximum number of iterations reached"
+    success = False
+    it = 0
+    for it in range(1, maxiter + 1):
+        at_bound = bounded & (x <= lower)
+        active = at_bound & (g > 0)
+        free = ~active
+        pg = np.where(active, 0.0, g)
+        if np.max(np.abs(pg)) < gtol:
+            success, message = True, "projected gradient below tolerance"
+            break
+        Bf = B[np.ix_(free, free)]
+        d = np.zeros(n)
+        try:
+            d[free] = -np.linalg.solve(Bf, g[free])
+        except np.linalg.LinAlgError:
+            d[free] = -g[free]
+        slope = float(g @ d)
+        if not np.isfinite(slope) or slope >= 0:        # not a descent direction: reset
+            B = np.eye(n) * max(1.0, np.abs(np.diag(B)).max())
+            d = -pg / np.diag(B)
+            slope = float(g @ d)
+        if -0.5 * slope < 1e-14 * (1.0 + abs(f)):
+            success, message = True, "predicted decrease at rounding level"
+            break
+        t = 1.0
+        accepted = False
+        for _ in range(40):
+            xt = np.maximum(x + t * d, lower)
+            ft, gt = fg(xt)
+            nfev += 1
+            if np.isfinite(ft) and ft <= f + 1e-4 * float(g @ (xt - x)):
+                accepted = True
+                break
+            t *= 0.25 if not np.isfinite(ft) else 0.5
+        if not accepted:
+            message = "line search failed to decrease the objective"
+            success = bool(np.max(np.abs(pg)) < 1e3 * gtol)
+            break
+        s = xt - x
+        y = gt - g
+        sy = float(s @ y)
+        if not scaled and sy > 0:
+            B = np.eye(n) * (float(y @ y) / sy)
+            scaled = True
+        if sy > 1e-12 * np.sqrt(float(s @ s) * float(y @ y)):
+            Bs = B @ s
+            B = B + np.outer(y, y) / sy - np.outer(Bs, Bs) / float(s @ Bs)
+        x, f, g = xt, ft, gt
+    return OptimizeResult(x=x, fun=f, jac=g, nit=it, nfev=nfev, success=success, message=message)
+
+
+class _ClmmObjective:
+    """Negative log-likelihood of a clmm and its gradient, in internal or R coordinates.
+
+    Internal coordinates ``x = (psi, beta, theta)`` make the thresholds
+    increasing by construction; R coordinates ``z = (alpha, beta, theta)``
+    are ``clmm``'s.  Conditional modes are warm-started from the last
+    successful evaluation.
+    """
+
+    def __init__(self, model, nagq):
+        self.model = model
+        self.nagq = nagq
+        self.thr = model.thr
+        self.k, self.p = model.thr.k, model.k_fe
+        self.u = None
+        self.nfev = 0
+        self.ngev = 0
+        self.analytic = nagq == 1
+        self.X = model.exog if model.k_fe else None
+
+    def _eval(self, alpha, beta, theta):
+        ll, modes = self.model.loglike_parts(alpha, beta, theta, nagq=self.nagq, u0=self.u)
+        self.nfev += 1
+        if modes is not None and modes.converged and np.isfinite(ll):
+            self.u = modes.u
+            return -ll, modes
+        return np.inf, modes
+
+    def _grad_r(self, theta, modes):
+        """Gradient of -loglik in R coordinates at converged modes (analytic, Laplace)."""
+        model = self.model
+        factor = modes.extra.get("factor", model.chol) if modes.extra else model.chol
+        g_t, g_b, g_e = _laplace.laplace_gradient(model.re_design, factor, model.cond, theta, modes,
+                                                  X=self.X)
+        self.ngev += 1
+        g_a = self.thr.T.T @ g_e
+        g_b = np.zeros(0) if g_b is None else g_b
+        return -np.concatenate([g_a, g_b, g_t])
+
+    # R coordinates -----------------------------------------------------------------
+    def fun_r(self, z):
+        k, p = self.k, self.p
+        return self._eval(z[:k], z[k:k + p], z[k + p:])[0]
+
+    def fg_r(self, z):
+        k, p = self.k, self.p
+        f, modes = self._eval(z[:k], z[k:k + p], z[k + p:])
+        if not np.isfinite(f):
+            return f, np.zeros_like(z)
+        if self.analytic:
+            try:
+                return f, self._grad_r(z[k + p:], modes)
+            except NotImplementedError:
+                self.analytic = False
+        return f, self._fd_grad(self.fun_r, z, f)
+
+    # internal coordinates ----------------------------------------------------------
+    def to_r(self, x):
+        k = self.k
+        return np.concatenate([self.thr.alpha(x[:k]), x[k:]])
+
+    def fg_x(self, x):
+        k = self.k
+        z = self.to_r(x)
+        f, gz = self.fg_r(z)
+        if not np.isfinite(f):
+            return f, gz
+        gx = gz.copy()
+        gx[:k] = self.thr.jacobian(x[:k]).T @ gz[:k]
+        return f, gx
+
+    def _fd_grad(self, fun, z, f0):
+        u_keep = self.u
+        g = np.empty_like(z)
+        lower = self.lower_r
+        for i in range(z.size):
+            h = 1e-5 * max(1.0, abs(z[i]))
+            zp = z.copy()
+            zp[i] += h
+            fp = fun(zp)
+            self.u = u_keep
+            if z[i] - h < lower[i]:
+                g[i] = (fp - f0) / h
+            else:
+                zm = z.copy()
+                zm[i] -= h
+                fm = fun(zm)
+                self.u = u_keep
+                g[i] = (fp - fm) / (2.0 * h)
+        return g
+
+    def hessian_r(self, z, free):
+        """Hessian of -loglik in R coordinates over the ``free`` entries of ``z``.
+
+        Forward differences of the analytic gradient (Laplace), else central
+        second differences of the value (``clmm``'s scheme, step 1e-4).
+        """
+        u_keep = self.u
+        zf = z[free]
+        idx = np.flatnonzero(free)
+        if self.analytic:
+            f0, g0 = self.fg_r(z)
+            H = np.empty((idx.size, idx.size))
+            for a, i in enumerate(idx):
+                h = 1e-6 * max(1.0, abs(z[i]))
+                zp = z.copy()
+                zp[i] += h
+                self.u = u_keep
+                _, gp = self.fg_r(zp)
+                H[:, a] = (gp[idx] - g0[idx]) / h
+            self.u = u_keep
+            return 0.5 * (H + H.T)
+
+        def fun(v):
+            full = z.copy()
+            full[free] = v
+            self.u = u_keep
+            return self.fun_r(full)
+        _, H = _fd_hessian(fun, zf, np.full(zf.size, 1e-4))
+        self.u = u_keep
+        return H
+
+
+def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=True, **kwargs):
+    nagq = int(nagq)
+    if nagq < 1:
+        raise ValueError("nagq must be 1 (Laplace) or a number of quadrature nodes > 1; "
+                         "non-adaptive quadrature (clmm's nAGQ < 0) is not implemented")
+    des = model.re_design
+    if nagq > 1 and len(des.blocks) != 1:
+        raise NotImplementedError(
+            "adaptive Gauss-Hermite quadrature (nagq > 1) needs a single grouping factor; this model "
+            f"has {len(des.blocks)} ({', '.join(b.name for b in des.blocks)}); use nagq=1 (Laplace)")
+    if nagq > 1 and des.blocks[0].q > 3:
+        raise NotImplementedError("adaptive Gauss-Hermite quadrature supports up to 3 random effects "
+                                  f"per level; the term on {des.blocks[0].name!r} has {des.blocks[0].q}")
+    if kwargs:
+        raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+    thr = model.thr
+    k, p, nt = thr.k, model.k_fe, des.ntheta
+    lower_r = np.concatenate([np.full(k + p, -np.inf), des.lower])
+    # ---- starting values: the fit without random effects (as clmm), theta = 1
+    H_clm = None
+    ll_clm = None
+    if start_params is None:
+        x_clm, ll_clm, H_clm, _ = fit_clm(model.cond, thr, model.exog, model.offset)
+        alpha0, beta0 = x_clm[:k], x_clm[k:]
+        theta0 = des.theta_start.copy()
+    else:
+        sp = np.asarray(start_params, dtype=float)
+        if sp.size != k + p + nt:
+            raise ValueError(f"start_params needs {k + p + nt} values (threshold parameters {k}, fixed "
+                             f"effects {p}, theta {nt}); got {sp.size}")
+        alpha0, beta0, theta0 = sp[:k], sp[k:k + p], sp[k + p:]
+    x0 = np.concatenate([thr.psi(alpha0), beta0, theta0])
+    lower_x = lower_r
+    tried = []
+
+    # ---- Laplace fit (also the start of AGQ)
+    obj = _ClmmObjective(model, 1)
+    obj.lower_r = lower_r
+    f0, g0 = obj.fg_x(x0)
+    if not np.isfinite(f0):
+        raise ValueError("non-finite log-likelihood at the starting values (thresholds "
+                         f"{thr.thresholds(alpha0)}, fixed effects {beta0}, theta {theta0})")
+    B0 = _initial_hessian(obj, x0, g0, H_clm, k, p, nt)
+    opt = _qn_minimize(obj.fg_x, x0, lower_x, B0=B0, gtol=gtol, maxiter=maxiter, f0g0=(f0, g0))
+    tried.append(("BFGS (Laplace)", bool(opt.success), int(obj.nfev)))
+    x_hat = opt.x
+    if nagq > 1:
+        objq = _ClmmObjective(model, nagq)
+        objq.lower_r = lower_r
+        objq.u = obj.u
+        fq, gq = objq.fg_x(x_hat)
+        B1 = _bfgs_hessian_guess(obj, x_hat)
+        opt = _qn_minimize(objq.fg_x, x_hat, lower_x, B0=B1, gtol=gtol, maxiter=maxiter, f0g0=(fq, gq))
+        tried.append((f"BFGS (AGQ, {nagq} nodes)", bool(opt.success), int(objq.nfev)))
+        x_hat = opt.x
+        obj = objq
+    f_hat = opt.fun
+    # variance parameters that are practically zero are set to zero (clean singular fits)
+    for i in np.flatnonzero(np.isfinite(lower_x)):
+        if lower_x[i] < x_hat[i] < lower_x[i] + 1e-4:
+            trial = x_hat.copy()
+            trial[i] = lower_x[i]
+            ft, _ = obj.fg_x(trial)
+            if ft <= f_hat + 1e-8:
+                x_hat, f_hat = trial, ft
+    z_hat = obj.to_r(x_hat)
+    alpha, beta, theta = z_hat[:k], z_hat[k:k + p], z_hat[k + p:]
+    pg = np.where(np.isfinite(lower_x) & (x_hat <= lower_x) & (opt.jac > 0), 0.0, opt.jac)
+    max_grad = float(np.max(np.abs(pg))) if pg.size else 0.0
+    converged = bool(opt.success) or max_grad < 1e-3
+    # ---- Hessian in R coordinates, without variance parameters at zero (as clmm)
+    free = np.ones(z_hat.size, dtype=bool)
+    free[k + p:] = ~(np.isfinite(des.lower) & (theta <= des.lower + 1e-4))
+    cov_full = None
+    H = None
+    if hessian:
+        H = obj.hessian_r(z_hat, free)
+        try:
+            cov_free = np.linalg.inv(H)
+            if not np.all(np.isfinite(cov_free)) or np.any(np.diag(cov_free) <= 0):
+                raise np.linalg.LinAlgError
+        except np.linalg.LinAlgError:
+            warnings.warn("the Hessian of the negative log-likelihood is not positive definite at the "
+                          "optimum; standard errors are not available", ConvergenceWarning, stacklevel=3)
+            cov_free = np.full((free.sum(), free.sum()), np.nan)
+        cov_full = np.full((z_hat.size, z_hat.size), np.nan)
+        cov_full[np.ix_(free, free)] = cov_free
+    # ---- final state at the optimum (modes and factor)
+    llf, modes = model.loglike_parts(alpha, beta, theta, nagq=nagq, u0=obj.u)
+    if not converged:
+        warnings.warn(f"the optimizer did not converge: {opt.message} (tried {tried}; largest "
+                      f"projected gradient {max_grad:.3g})", ConvergenceWarning, stacklevel=3)
+    opt.tried = tried
+    opt.max_grad = max_grad
+    opt.nfev = sum(t[2] for t in tried)
+    cov_ab = cov_full[:k + p, :k + p] if cov_full is not None else np.full((k + p, k + p), np.nan)
+    res = OrdinalMixedResults(model, np.concatenate([alpha, beta]), cov_ab, theta=theta, u=modes.u,
+                              sigma=1.0, criterion=-2.0 * llf, optim=opt, nagq=nagq,
+                              cov_params_full=cov_full, hessian=H, hessian_free=free,
+                              llf_no_re=ll_clm, modes=modes, max_grad=max_grad)
+    from .results import MixedResultsWrapper
+    return MixedResultsWrapper(res)
+
+
+def _initial_hessian(obj, x0, g0, H_clm, k, p, nt):
+    """Starting BFGS matrix: the no-random-effects Hessian for (psi, beta), a column by
+    forward differences for each theta."""
+    n = k + p + nt
+    B = np.eye(n)
+    if H_clm is not None:
+        J = np.eye(k + p)
+        J[:k, :k] = obj.thr.jacobian(x0[:k])
+        Hab = -J.T @ H_clm @ J
+        try:
+            np.linalg.cholesky(Hab)
+            B[:k + p, :k + p] = Hab
+        except np.linalg.LinAlgError:
+            pass
+    if nt <= 4:
+        u_keep = obj.u
+        for j in range(nt):
+            i = k + p + j
+            h = 1e-4 * max(1.0, abs(x0[i]))
+            xp = x0.copy()
+            xp[i] += h
+            f, g = obj.fg_x(xp)
+            obj.u = u_keep
+            if np.isfinite(f):
+                col = (g - g0) / h
+                B[:, i] = col
+                B[i, :] = col
+        B[k + p:, k + p:] = 0.5 * (B[k + p:, k + p:] + B[k + p:, k + p:].T)
+        try:
+            np.linalg.cholesky(B)
+        except np.linalg.LinAlgError:
+            d = np.diag(B).copy()
+            B = np.diag(np.where(d > 0, d, 1.0))
+    return B
+
+
+def _bfgs_hessian_guess(obj, x):
+    """Hessian of the Laplace objective at x in internal coordinates (start for AGQ)."""
+    f0, g0 = obj.fg_x(x)
+    n = x.size
+    H = np.empty((n, n))
+    u_keep = obj.u
+    lower = obj.lower_r
+    for i in range(n):
+        h = 1e-5 * max(1.0, abs(x[i]))
+        xp = x.copy()
+        xp[i] += h
+        _, g = obj.fg_x(xp)
+        obj.u = u_keep
+        H[:, i] = (g - g0) / h
+    H = 0.5 * (H + H.T)
+    try:
+        np.linalg.cholesky(H)
+    except np.linalg.LinAlgError:
+        d = np.abs(np.diag(H))
+        H = np.diag(np.where(d > 0, d, 1.0))
+    del lower
+    return H
+
+
+# ============================================================================ results
+from .results import MixedResults, _fmt  # noqa: E402
+from statsmodels.iolib.summary import Summary, summary_params  # noqa: E402
+from statsmodels.iolib.table import SimpleTable  # noqa: E402
+
+
+class OrdinalMixedResults(MixedResults):
+    """Results of a cumulative link mixed model fit.
+
+    ``params`` are ``clmm``'s coefficients: the threshold parameters
+    (``"1|2", "2|3", ...`` for flexible thresholds) followed by the fixed
+    effects; ``cov_params()``, ``bse``, ``conf_int()``, ``t_test()`` refer to
+    them (the variance parameters are profiled out of that block of the
+    inverse Hessian).  ``fe_params`` / ``bse_fe`` are the fixed effects
+    alone and ``thresholds`` the ``K - 1`` thresholds.
+
+    Attributes
+    ----------
+    thresholds : pandas.Series
+        Indexed ``"1|2", "2|3", ...``.
+    llf, aic, bic : float
+        On ``clmm``'s scale (``bic`` with the sum of the prior weights as
+        the number of observations, as ``BIC(clmm)``).
+    nagq : int
+        1 for Laplace, else the number of quadrature nodes.
+    cov_params_full : ndarray
+        Inverse of the negative Hessian in (thresholds, fixed effects,
+        theta); rows of variance parameters at zero are ``nan``.
+    """
+
+    _has_residual = False
+
+    @property
+    def _family_name(self):
+        return f"ordinal ({self.model.link.name} link)"
+
+    def __init__(self, model, params, cov, **kwargs):
+        super().__init__(model, params, cov, reml=False, **kwargs)
+        self.nobs = float(np.sum(model.weights))
+        self.k_fe = model.k_fe
+        self.df_resid = self.nobs - self.k_params
+        self.df_model = model.k_fe
+
+    # ------------------------------------------------------------ parameters
+    @property
+    def k_params(self):
+        """Thresholds, fixed effects and variance parameters (``clmm``'s ``edf``)."""
+        return self.model.thr.k + self.model.k_fe + len(self.theta)
+
+    @property
+    def fe_params(self):
+        k = self.model.thr.k
+        return pd.Series(np.asarray(self.params)[k:], index=self.model.exog_names_fe, name="fe_params")
+
+    @property
+    def bse_fe(self):
+        k = self.model.thr.k
+        se = np.sqrt(np.diag(np.asarray(self.normalized_cov_params)))[k:]
+        return pd.Series(se, index=self.model.exog_names_fe, name="bse_fe")
+
+    @property
+    def threshold_params(self):
+        """The threshold parameters (``clmm``'s ``alpha``) as a Series."""
+        k = self.model.thr.k
+        return pd.Series(np.asarray(self.params)[:k], index=self.model.thr.names, name="alpha")
+
+    @property
+    def thresholds(self):
+        """The ``K - 1`` thresholds, indexed ``"1|2", "2|3", ...``."""
+        k = self.model.thr.k
+        th = self.model.thr.thresholds(np.asarray(self.params)[:k])
+        return pd.Series(th, index=self.model.thr.labels, name="thresholds")
+
+    @property
+    def bse_thresholds(self):
+        """Standard errors of the thresholds (delta method through ``theta = T alpha``)."""
+        k = self.model.thr.k
+        T = self.model.thr.T
+        C = np.asarray(self.normalized_cov_params)[:k, :k]
+        return pd.Series(np.sqrt(np.diag(T @ C @ T.T)), index=self.model.thr.labels, name="bse")
+
+    # ------------------------------------------------------------ random effects
+    def _block_condvar(self):
+        """Conditional covariance of b per block: ``Lambda (Lambda' Z' W Z Lambda + I)^-1 Lambda'`` blocks."""
+        model = self.model
+        lams = model.re_design.lambdas(self.theta)
+        ch = model.chol
+        cv = ch.condvar_u()
+        return [np.einsum("ij,gjk,lk->gil", lam, c, lam) for lam, c in zip(lams, cv)]
+
+    # ------------------------------------------------------------ prediction
+    def linear_predictor(self, data=None, re=True):
+        """``x' beta`` (+ ``z' b`` when ``re``) + offset, for the fitted rows or new ``data``."""
+        model = self.model
+        beta = np.asarray(self.fe_params)
+        if data is None:
+            eta = (model.exog @ beta if model.k_fe else 0.0) + model.offset
+            if re:
+                eta = eta + self._re_contribution([(t.X, t.codes) for t in model.re_design.terms])
+            return np.asarray(eta, dtype=float)
+        X, terms, off = model._new_design(data)
+        eta = (X @ beta if model.k_fe else 0.0) + off
+        if re:
+            eta = eta + self._re_contribution(terms)
+        return np.asarray(eta, dtype=float)
+
+    def predict(self, exog=None, data=None, re=True, which="prob", **kwargs):
+        """Category probabilities (or the linear predictor) with or without random effects.
+
+        Parameters
+        ----------
+        exog, data : pandas.DataFrame, optional
+            New data with the formula's columns (either name works); the
+            fitted rows when omitted.  Levels of a grouping factor not seen
+            in fitting get the population value (random effect 0).
+        re : bool
+            Include the conditional modes of the random effects
+            (``re=False``: ``b = 0``, the typical-group probabilities).
+        which : {"prob", "cumprob", "linear"}
+            ``"prob"``: (n, K) probabilities of each category (rows sum to
+            1); ``"cumprob"``: ``P(Y <= j)`` for ``j = 1, ..., K``;
+            ``"linear"``: ``x' beta + z' b``.
+
+        Returns
+        -------
+        pandas.DataFrame or pandas.Series
+            Columns are the response categories.
+        """
+        data = exog if data is None else data
+        eta = self.linear_predictor(data, re=re)
+        index = self.model.formula_info.get("row_labels") if data is None else getattr(data, "index", None)
+        if index is not None and len(index) != len(eta):
+            index = None
+        if which == "linear":
+            return pd.Series(eta, index=index, name="linear_predictor")
+        P = category_probabilities(self.model.link, np.asarray(self.thresholds), eta)
+        cols = pd.Index(self.model.levels, name=str(self.model.endog_names))
+        if which == "prob":
+            return pd.DataFrame(P, index=index, columns=cols)
+        if which == "cumprob":
+            return pd.DataFrame(np.minimum(np.cumsum(P, axis=1), 1.0), index=index, columns=cols)
+        raise ValueError("which must be 'prob', 'cumprob' or 'linear'")
+
+    @property
+    def fittedvalues(self):
+        """Fitted category probabilities (with the conditional modes)."""
+        return self.predict()
+
+    @property
+    def resid(self):
+        raise NotImplementedError("residuals are not defined for an ordinal response; see predict()")
+
+    def _scaled_resid_quantiles(self):
+        return None
+
+    # ------------------------------------------------------------ summary
+    def summary(self, alpha=0.05, title=None):
+        """Summary: fit information, random effects, coefficients and thresholds tables."""
+        model = self.model
+        ngrps = ", ".join(f"{t.name}: {t.m}" for t in model.re_design.terms)
+        method = "Laplace" if self.nagq == 1 else f"adaptive Gauss-Hermite ({self.nagq} nodes)"
+        top_left = [("Model:", ["Cumulative link mixed model"]),
+                    ("Dependent Variable:", [str(model.endog_names)]),
+                    ("Link:", [model.link.name]), ("Threshold:", [model.threshold]),
+                    ("Method:", [method]),
+                    ("No. Observations:", [str(int(round(self.nobs)))]),
+                    ("Groups (levels):", [ngrps])]
+        top_right = [("Log-Likelihood:", [f"{self.llf:.4f}"]), ("AIC:", [f"{self.aic:.4f}"]),
+                     ("BIC:", [f"{self.bic:.4f}"]), ("Parameters (edf):", [str(self.k_params)]),
+                     ("Converged:", ["Yes" if self.converged else "No"]),
+                     ("max |gradient|:", [f"{np.max(np.abs(getattr(self.optim, 'jac', [np.nan]))):.2e}"])]
+        smry = Summary()
+        smry.add_table_2cols(self, gleft=top_left, gright=top_right,
+                             title=title or f"Cumulative Link Mixed Model: {model.formula_info.get('formula', '')}")
+        smry.tables.append(self._re_table())
+        params = np.asarray(self.params)
+        bse = np.asarray(self.bse)
+        z = np.asarray(self.tvalues)
+        pv = np.asarray(self.pvalues)
+        ci = np.asarray(self.conf_int(alpha))
+        k = model.thr.k
+        if model.k_fe:
+            sl = slice(k, None)
+            smry.tables.append(summary_params((self, params[sl], bse[sl], z[sl], pv[sl], ci[sl]),
+                                              yname=str(model.endog_names), xname=model.exog_names_fe,
+                                              alpha=alpha, use_t=False, title="Coefficients"))
+        sl = slice(0, k)
+        smry.tables.append(summary_params((self, params[sl], bse[sl], z[sl], pv[sl], ci[sl]),
+                                          yname=str(model.endog_names), xname=list(model.thr.names),
+                                          alpha=alpha, use_t=False, title="Threshold coefficients"))
+        notes = []
+        if model.threshold != "flexible":
+            th = self.thresholds
+            notes.append("Thresholds: " + ", ".join(f"{i} {v:.4f}" for i, v in th.items()))
+        if self.is_singular():
+            notes.append("Boundary (singular) fit: a random-effects variance is estimated at zero; "
+                         "its parameter is left out of the Hessian (as clmm does).")
+        if model.nrows_dropped:
+            notes.append(f"{model.nrows_dropped} rows with missing values were dropped.")
+        if not self.converged:
+            notes.append(f"The optimizer did not converge: {self.optim.message} (tried {self.optim.tried}).")
+        if notes:
+            smry.add_extra_txt(notes)
+        return smry
+
+    def __repr__(self):
+        return (f"<{type(self).__name__}: {self.model.formula_info.get('formula', '')}, "
+                f"{self.model.link.name}, nagq={self.nagq}, llf={self.llf:.4f}>")
