@@ -101,6 +101,38 @@ class LinearMixedModel(MixedModel):
             self.chol.update(lams)
         return dev, grad
 
+    def _start_theta(self, reml):
+        """Starting theta: lme4's (1 on diagonals) for one grouping factor; with several,
+        each factor's entries come from a fit of the model with that factor alone.
+
+        The one-factor problems cost O(levels) per evaluation and put the start
+        close to the joint optimum, which halves the iterations on crossed data;
+        used when the dense part of the factorization is large (200+ rows).
+        """
+        des = self.re_design
+        start = des.theta_start.copy()
+        if len(des.blocks) < 2 or self.chol.r < 200:   # cheap evaluations: lme4's start is fine
+            return start
+        for blk in des.blocks:
+            ch = BlockedCholesky([blk], self._XY, self.weights)
+            idx = blk.t_idx
+
+            def dev(th_b, ch=ch, blk=blk, idx=idx):
+                th = start.copy()
+                th[idx] = th_b
+                try:
+                    c = ch.update([blk.lam(th)])
+                except np.linalg.LinAlgError:
+                    return np.inf
+                nu = self.nobs - (self.k_fe if reml else 0)
+                ld = c.logdet_zz + (c.logdet_xx if reml else 0.0)
+                return ld + nu * np.log(c.r2)
+
+            r = minimize_theta(dev, start[idx], des.lower[idx], method="Nelder-Mead", maxiter=200, tol=1e-3)
+            if np.all(np.isfinite(r.x)):
+                start[idx] = r.x
+        return start
+
     def loglike(self, params, reml=True):
         """Profiled log-likelihood at relative covariance parameters ``params`` (theta)."""
         return -0.5 * self.deviance_profiled(params, reml=reml)
@@ -126,7 +158,7 @@ class LinearMixedModel(MixedModel):
         """
         from .results import LMMResults, MixedResultsWrapper
         des = self.re_design
-        start = des.theta_start if start_params is None else np.asarray(start_params, dtype=float)
+        start = self._start_theta(reml) if start_params is None else np.asarray(start_params, dtype=float)
         fun = lambda th: self.deviance_profiled(th, reml=reml)
         grad = lambda th: self.deviance_and_gradient(th, reml=reml)
         opt = minimize_theta(fun, start, des.lower, method=method, maxiter=maxiter, tol=tol, grad=grad)

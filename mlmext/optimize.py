@@ -30,7 +30,7 @@ def _run(method, fun, x0, lower, grad, maxiter, tol):
         if method == "Nelder-Mead":
             return optimize.minimize(fun, np.maximum(x0, np.where(np.isfinite(lower), lower, -np.inf)),
                                      method="Nelder-Mead", bounds=bounds,
-                                     options={"maxfev": maxiter, "xatol": 1e-6, "fatol": tol})
+                                     options={"maxfev": maxiter, "xatol": max(1e-6, tol), "fatol": tol})
         if grad is not None:
             return optimize.minimize(grad, x0, method=method, jac=True, bounds=bounds,
                                      options={"maxiter": maxiter})
