@@ -82,18 +82,17 @@ class _SchurProduct:
             self.A_1r = self.A_r1.T.tocsr()
             return
         comp = np.repeat(np.arange(m1 * q1) % q1, np.diff(A.indptr))   # component of each entry
-        e1s, e2s, gs = [], [], []
-        for kv in np.unique(k):                          # unordered entry pairs, grouped by k
-            if kv == 0:
-                continue
-            lev = np.flatnonzero(k == kv)
-            a, b = np.tril_indices(kv)
-            e1s.append((starts[lev][:, None] + a[None, :]).ravel())
-            e2s.append((starts[lev][:, None] + b[None, :]).ravel())
-            gs.append(np.repeat(lev, a.size))
-        if not e1s:
-            e1s, e2s, gs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-        e1, e2, g = (np.concatenate(x) for x in (e1s, e2s, gs))
+        # unordered entry pairs (a >= b) of each level, in level order: pair l of a level
+        # with T = k(k+1)/2 pairs decodes as a = floor((sqrt(8 l + 1) - 1) / 2), b = l - a(a+1)/2
+        T = k.astype(np.int64) * (k + 1) // 2
+        g = np.repeat(np.arange(m1, dtype=np.int64), T)
+        l = np.arange(npairs, dtype=np.int64) - np.repeat(np.cumsum(T) - T, T)
+        a = ((np.sqrt(8.0 * l + 1.0) - 1.0) // 2).astype(np.int64)
+        a += (a + 1) * (a + 2) // 2 <= l                 # guard against rounding
+        a -= a * (a + 1) // 2 > l
+        base = starts[:-1].astype(np.int64)[g]
+        e1, e2 = base + a, base + (l - a * (a + 1) // 2)
+        del l, a, base
         i, j = A.indices[e1], A.indices[e2]
         val = A.data[e1] * A.data[e2]
         dbl = None
@@ -103,7 +102,12 @@ class _SchurProduct:
         hi, lo = np.maximum(i, j), np.minimum(i, j)
         col = (g * q1 + comp[e1]) * q1 + comp[e2]
         if not refreshable:
-            self.P = sparse.csc_matrix((val, (hi * r + lo, col)), shape=(r * r, m1 * q1 * q1))
+            rows = hi * r + lo
+            if q1 > 1:                                   # columns (g, a, b) must be grouped
+                order = np.argsort(col, kind="stable")
+                rows, val, col = rows[order], val[order], col[order]
+            indptr = np.searchsorted(col, np.arange(m1 * q1 * q1 + 1))
+            self.P = sparse.csc_matrix((val, rows, indptr), shape=(r * r, m1 * q1 * q1))
             return
         # same matrix, built so that new values for the same structure need one bincount
         rr = r * r
@@ -241,6 +245,7 @@ class BlockedCholesky:
         self.A_rr = (Zr.T @ Zr).toarray()            # r x r, dense
         self._schur = _SchurProduct(self.A_r1, self.m1, self.q1)
         self._S = np.empty_like(self.A_rr)
+        self._a1y = None
         return self
 
     # -- fast re-weighting (PIRLS) ----------------------------------------------------
@@ -264,21 +269,40 @@ class BlockedCholesky:
         if plan is None:
             plan = self._rw_plan = self._make_reweight_plan()
         b1 = self.blocks[0]
-        rz = self.rz
-        self.A11 = _block_cross(b1.X, b1.codes, b1.m, w)
+        rz, m1q1 = self.rz, self.m1 * self.q1
+        g1 = b1.codes
+        if plan["x1sq"] is not None:                     # scalar first block
+            x1sq = plan["x1sq"]
+            self.A11 = np.bincount(g1, weights=w if plan["x1"] is None else w * x1sq,
+                                   minlength=b1.m).reshape(-1, 1, 1)
+        else:
+            self.A11 = _block_cross(b1.X, b1.codes, b1.m, w)
         A_r1, A_1r = plan["A_r1"], plan["A_1r"]
         nnz1 = plan["nnz1"]
         WXY = XY * w[:, None]
         if nnz1:
-            A_r1.data[:nnz1] = np.bincount(plan["dest1"], weights=w[plan["row1"]] * plan["val1"],
-                                           minlength=nnz1)
-        A_r1.data[nnz1:] = np.asarray(plan["Z1T"] @ WXY).T.ravel()
+            wr = w if plan["row1"] is None else w[plan["row1"]]
+            A_r1.data[:nnz1] = np.bincount(plan["dest1"], weights=wr * plan["val1"], minlength=nnz1)
+        if plan["x1sq"] is not None:
+            x1 = plan["x1"]
+            tail = A_r1.data[nnz1:].reshape(self.p + 1, m1q1)
+            for j in range(self.p + 1):
+                tail[j] = np.bincount(g1, weights=WXY[:, j] if x1 is None else WXY[:, j] * x1,
+                                      minlength=m1q1)
+        else:
+            A_r1.data[nnz1:] = np.asarray(plan["Z1T"] @ WXY).T.ravel()
         A_1r.data[:] = A_r1.data[plan["tperm"]]
+        self._a1y = A_r1.data[A_r1.data.size - m1q1:].copy()      # A_1r[:, -1], for solve()
         Arr = np.zeros((self.r, self.r))
         if rz:
-            Arr.ravel()[plan["uniq_rr"]] = np.bincount(plan["dest_rr"], weights=w[plan["row_rr"]] * plan["val_rr"],
+            wr = w if plan["row_rr"] is None else w[plan["row_rr"]]
+            Arr.ravel()[plan["uniq_rr"]] = np.bincount(plan["dest_rr"], weights=wr * plan["val_rr"],
                                                        minlength=plan["uniq_rr"].size)
-            ZtW = np.asarray(plan["ZrT"] @ WXY)
+            ZtW = np.empty((rz, self.p + 1))
+            rows, cols, vals = plan["rest_nz"]
+            for j in range(self.p + 1):
+                ZtW[:, j] = np.bincount(cols, weights=vals * (WXY[:, j] if rows is None else WXY[rows, j]),
+                                        minlength=rz)
             Arr[:rz, rz:] = ZtW
             Arr[rz:, :rz] = ZtW.T
         Arr[rz:, rz:] = XY.T @ WXY
@@ -317,10 +341,22 @@ class BlockedCholesky:
             e1, e2 = np.concatenate(e1s), np.concatenate(e2s)
             uniq_rr, dest_rr = np.unique(cols[e1] * r + cols[e2], return_inverse=True)
             plan.update(row_rr=rows[e1], val_rr=vals[e1] * vals[e2], uniq_rr=uniq_rr,
-                        dest_rr=dest_rr.ravel(), ZrT=Zr.T.tocsr())
+                        dest_rr=dest_rr.ravel(), rest_nz=(rows, cols, vals))
+            ident = np.arange(n)
+            for key in ("row1", "row_rr"):                # skip the gather when it is the identity
+                if plan[key].size == n and np.array_equal(plan[key], ident):
+                    plan[key] = None
+            if rows.size == n and np.array_equal(rows, ident):
+                plan["rest_nz"] = (None, cols, vals)
         else:
             uniq1 = np.zeros(0, dtype=np.int64)
         plan["nnz1"] = nnz1 = uniq1.size
+        plan["x1sq"] = plan["x1"] = None
+        if q1 == 1:
+            x1 = b1.X[:, 0]
+            ones = bool(np.all(x1 == 1.0))
+            plan["x1"] = None if ones else x1.copy()
+            plan["x1sq"] = x1 * x1
         row_all = np.concatenate([uniq1 // m1q1, np.repeat(np.arange(rz, r), m1q1)])
         col_all = np.concatenate([uniq1 % m1q1, np.tile(np.arange(m1q1), p1)])
         indptr = np.searchsorted(row_all, np.arange(r + 1))
@@ -392,7 +428,13 @@ class BlockedCholesky:
             S = np.asarray((lr.T @ (lr.T @ S).T).T)
         idx = np.arange(self.rz)
         S[idx, idx] += 1.0
-        self.Lr = linalg.cholesky(S, lower=True, overwrite_a=S is not self._S, check_finite=False)
+        # In-place LAPACK on the transposed view: a C-ordered lower factor is a Fortran-ordered
+        # upper one, so nothing is copied.  Only the lower triangle of Lr is meaningful.
+        S = np.ascontiguousarray(S)
+        c, info = linalg.lapack.dpotrf(S.T, lower=0, clean=0, overwrite_a=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"{info}-th leading minor is not positive definite")
+        self.Lr = c.T
         self.lam1 = lam1
         self.lams = lams
         return self
@@ -442,7 +484,9 @@ class BlockedCholesky:
         v_rest = linalg.solve_triangular(Lv, l_rest, lower=True, trans="T", check_finite=False)
         full = np.append(v_rest, 0.0)
         t = self._apply_lam_rest(full)                 # Lambda_r v (y entry 0)
-        a1y = self.A_1r[:, r - 1].toarray().ravel()
+        a1y = getattr(self, "_a1y", None)
+        if a1y is None:
+            a1y = self.A_1r[:, r - 1].toarray().ravel()
         rhs = self._apply_lam1T(a1y - self.A_1r @ t)
         u1 = self._solve_M1(rhs)
         u = np.concatenate([u1, v_rest[:self.rz]])
@@ -508,27 +552,47 @@ class BlockedCholesky:
         rz, r = self.rz, self.r
         kk = rz + k
         out = []
-        X = np.zeros((r, r))
+        # inverse of the leading kk x kk block, embedded in an r x r array (zero elsewhere):
+        # factor diag(L_P, I) -> potri gives diag(Omega_P^-1, I) in place (lower triangle)
+        X = self.Lr.copy()
+        X[kk:, :] = 0.0
+        X[np.arange(kk, r), np.arange(kk, r)] = 1.0
         if kk:
-            inv, info = linalg.lapack.dpotri(self.Lr[:kk, :kk], lower=1)
+            _, info = linalg.lapack.dpotri(X.T, lower=0, overwrite_c=1)
             if info:
                 raise np.linalg.LinAlgError("singular factor in gradient")
-            inv = np.tril(inv) + np.tril(inv, -1).T
-            X[:kk, :kk] = inv
+        X[np.arange(kk, r), np.arange(kk, r)] = 0.0
+        X = np.tril(X) if not (isinstance(self.lam_rest, np.ndarray) and self._schur.P is not None) else X
+        diagX = np.diagonal(X).copy()
+        blocks_rest = []
+        off = 0
+        for b in self.blocks[1:]:
+            if b.q == 1:
+                blocks_rest.append(diagX[off:off + b.m].sum().reshape(1, 1))
+            else:
+                idx = off + np.arange(b.m)[:, None] * b.q + np.arange(b.q)[None, :]
+                low = np.tril(X[idx[:, :, None], idx[:, None, :]]).sum(axis=0)
+                blocks_rest.append(low + np.tril(low, -1).T)
+            off += b.nre
         lr = self.lam_rest
-        if isinstance(lr, np.ndarray):
-            K = X * lr[:, None] * lr[None, :]
+        if isinstance(lr, np.ndarray) and self._schur.P is not None:
+            # only the lower triangle is read: K = Lambda_r X Lambda_r', off-diagonal doubled
+            K = X
+            K *= (2.0 * lr)[:, None]
+            K *= lr[None, :]
+            K[np.diag_indices(r)] *= 0.5
+            V = (self._schur.P.T @ K.ravel()).reshape(self.m1, self.q1, self.q1)
         else:
-            K = np.asarray(lr @ np.asarray(lr @ X).T)         # Lambda_r X Lambda_r' (X symmetric)
-        V = self._schur.trace_weights(K)
+            X = X + np.tril(X, -1).T
+            if isinstance(lr, np.ndarray):
+                K = X * lr[:, None] * lr[None, :]
+            else:
+                K = np.asarray(lr @ np.asarray((lr @ X).T).T)     # Lambda_r X Lambda_r'
+            V = self._schur.trace_weights(K)
         C = self.lam1 @ self.M1inv if self.q1 > 1 else self.lam1[0, 0] * self.M1inv
         Vs = 0.5 * (V + np.swapaxes(V, 1, 2))
         out.append(self.M1inv.sum(axis=0) + np.einsum("gia,gij,gjb->ab", C, Vs, C))
-        off = 0
-        for b in self.blocks[1:]:
-            idx = off + np.arange(b.m)[:, None] * b.q + np.arange(b.q)[None, :]
-            out.append(X[idx[:, :, None], idx[:, None, :]].sum(axis=0))
-            off += b.nre
+        out.extend(blocks_rest)
         return out
 
     def ztres(self, u, beta, lams):
@@ -574,6 +638,18 @@ class BlockedCholesky:
         x1 = self._solve_M1(v1 - self._apply_lam1T(self.A_1r @ self._apply_lam_rest(full)))
         return np.concatenate([x1, xr])
 
+    def _a1z_index(self):
+        """Entries of ``A_1r`` in the random-effects columns of the rest: (positions, cols, indptr, rows)."""
+        A = self.A_1r
+        cache = getattr(self, "_a1z_cache", None)
+        if cache is None or cache[0] is not A.indices or cache[1] != A.nnz:
+            keep = np.flatnonzero(A.indices < self.rz)
+            rows = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))[keep]
+            indptr = np.searchsorted(rows, np.arange(A.shape[0] + 1))
+            cache = (A.indices, A.nnz, keep, A.indices[keep], indptr, rows)
+            self._a1z_cache = cache
+        return cache[2:]
+
     def local_inverse(self):
         """Row-wise pieces of ``M^-1``, ``M = Lambda' Z' W Z Lambda + I``, at the current factor.
 
@@ -585,8 +661,9 @@ class BlockedCholesky:
         t, rho : list of ndarray
             One (n, q_b) array per block.  ``sum_b (t_b * rho_b).sum(1)`` is the
             leverage ``z_i' Lambda M^-1 Lambda' z_i``.  Cost: the dense inverse
-            of the (small) rest of the factor and O(n k^2) gathers for k random
-            effects per row outside the first block; nothing of size n^2.
+            of the rest of the factor, a sparse-times-dense product with it and
+            O(n k^2) gathers for k random effects per row outside the first
+            block; nothing of size n^2.
         """
         b1 = self.blocks[0]
         g = b1.codes
@@ -604,23 +681,52 @@ class BlockedCholesky:
             off += b.nre
         P = np.hstack(P_list)
         c = np.hstack(c_list)
-        Lzz = self.Lr[:rz, :rz]
-        Linv = linalg.solve_triangular(Lzz, np.eye(rz), lower=True, check_finite=False)
-        G = Linv.T @ Linv
-        A1z = self.A_1r[:, :rz].toarray()
+        Ginv, info = linalg.lapack.dpotri(self.Lr[:rz, :rz], lower=1)
+        if info:
+            raise np.linalg.LinAlgError("singular factor in local_inverse")
+        G = np.tril(Ginv) + np.tril(Ginv, -1).T            # S^-1 (rest random effects)
         lr = self.lam_rest
+        if q1 == 1 and isinstance(lr, np.ndarray):        # scalar blocks: work on the arrays
+            A = self.A_1r
+            keep, cols, indptr, rows = self._a1z_index()
+            cdata = A.data[keep] * (lams[0][0, 0] * Minv[rows, 0, 0]) * lr[cols]
+            if m1 * rz <= 4_000_000:
+                Cd = np.zeros((m1, rz))
+                Cd[rows, cols] = cdata
+                K = Cd @ G
+            else:
+                K = np.asarray(sparse.csr_matrix((cdata, cols, indptr), shape=(m1, rz)) @ G)
+            J = np.bincount(rows, weights=cdata * K[rows, cols], minlength=m1)
+            base = Minv[:, 0, 0] + J
+            KP = K[g[:, None], P]                          # (n, k)
+            rho1 = (base[g] * a[:, 0] - np.einsum("ik,ik->i", KP, c))[:, None]
+            if P.shape[1] == 1:
+                rhor = G[P[:, 0], P[:, 0]][:, None] * c - KP * a
+            else:
+                GPP = G[P[:, :, None], P[:, None, :]]
+                rhor = np.einsum("ikl,il->ik", GPP, c) - KP * a
+            return self._split_local(a, rho1, c_list, rhor)
+        keep, cols, indptr, rows = self._a1z_index()
+        A1z = sparse.csr_matrix((self.A_1r.data[keep], cols, indptr), shape=(m1 * q1, rz))
         if isinstance(lr, np.ndarray):
-            A1z *= lr[None, :rz]
+            A1z = A1z @ sparse.diags(lr[:rz])
         else:
-            A1z = np.asarray(A1z @ lr[:rz, :rz].toarray())
-        C = np.einsum("ji,gjr->gir", lams[0], A1z.reshape(m1, q1, rz))
-        C = np.einsum("gab,gbr->gar", Minv, C)             # M11^-1 M_1r, (m1, q1, rz)
-        K = C @ G
-        J = np.einsum("gar,gbr->gab", K, C)
-        KP = K[g[:, None, None], np.arange(q1)[None, :, None], P[:, None, :]]     # (n, q1, k)
+            A1z = A1z @ lr[:rz, :rz]
+        A1z = sparse.csr_matrix(A1z)
+        # C = M11^-1 Lambda_1' A_1z Lambda_z (sparse, level blocks of rows)
+        C = _blockdiag_sparse(np.einsum("gab,cb->gac", Minv, lams[0])) @ A1z
+        C = sparse.csr_matrix(C)
+        K = np.asarray(C @ G)                              # (m1 q1) x rz, dense
+        Cd = C.toarray().reshape(m1, q1, rz)
+        K3 = K.reshape(m1, q1, rz)
+        J = np.einsum("gar,gbr->gab", K3, Cd)
+        KP = K3[g[:, None, None], np.arange(q1)[None, :, None], P[:, None, :]]     # (n, q1, k)
         GPP = G[P[:, :, None], P[:, None, :]]                                    # (n, k, k)
         rho1 = np.einsum("iab,ib->ia", Minv[g] + J[g], a) - np.einsum("iak,ik->ia", KP, c)
         rhor = np.einsum("ikl,il->ik", GPP, c) - np.einsum("iak,ia->ik", KP, a)
+        return self._split_local(a, rho1, c_list, rhor)
+
+    def _split_local(self, a, rho1, c_list, rhor):
         t_out, rho_out = [a], [rho1]
         off = 0
         for b, cb in zip(self.blocks[1:], c_list):
