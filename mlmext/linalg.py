@@ -587,7 +587,7 @@ class BlockedCholesky:
             if isinstance(lr, np.ndarray):
                 K = X * lr[:, None] * lr[None, :]
             else:
-                K = np.asarray(lr @ np.asarray((lr @ X).T).T)     # Lambda_r X Lambda_r'
+                K = np.asarray(lr @ np.asarray(lr @ X).T)         # Lambda_r X Lambda_r' (X symmetric)
             V = self._schur.trace_weights(K)
         C = self.lam1 @ self.M1inv if self.q1 > 1 else self.lam1[0, 0] * self.M1inv
         Vs = 0.5 * (V + np.swapaxes(V, 1, 2))
