@@ -66,7 +66,8 @@ def _is_lmm(res):
 def _require_lmm(res, what):
     if not _is_lmm(res):
         raise NotImplementedError(f"{what} is implemented for linear mixed models (lmer fits) only; "
-                                  f"this is a {type(_raw(res).model).__name__}")
+                                  f"this is a {type(_raw(res).model).__name__} (for intervals use "
+                                  "conf_int(method='boot') or the Wald intervals)")
 
 
 def _fe_names(res):
@@ -75,6 +76,13 @@ def _fe_names(res):
 
 def _params(res):
     return np.asarray(_raw(res).params, dtype=float)
+
+
+def _beta(res):
+    """The fixed effects (``fe_params``: ``params`` may also hold e.g. clmm's thresholds)."""
+    r = _raw(res)
+    fe = getattr(r, "fe_params", None)
+    return np.asarray(fe if fe is not None else r.params, dtype=float)
 
 
 class _Progress:
@@ -181,15 +189,21 @@ class _LMMObjective:
         return self.model.chol.update(self.des.lambdas(np.asarray(theta, dtype=float)))
 
     @staticmethod
-    def beta_hat(ch):
+    def _lxx(ch):
+        """L_XX, the fixed-effects block of the factor (only the lower triangle of ``Lr`` is set)."""
         rz, p = ch.rz, ch.p
-        return np.linalg.solve(ch.Lr[rz:rz + p, rz:rz + p].T, ch.Lr[-1, rz:rz + p])
+        return np.tril(ch.Lr[rz:rz + p, rz:rz + p])
 
-    @staticmethod
-    def cov_beta_unscaled(ch):
-        """(L_XX L_XX')^-1 (small dense inverse; cheaper than a triangular solve with I here)."""
+    @classmethod
+    def beta_hat(cls, ch):
+        """beta(theta) from L_XX' beta = l_yX (the last row of the factor)."""
         rz, p = ch.rz, ch.p
-        Li = np.linalg.inv(ch.Lr[rz:rz + p, rz:rz + p])
+        return np.linalg.solve(cls._lxx(ch).T, ch.Lr[-1, rz:rz + p])
+
+    @classmethod
+    def cov_beta_unscaled(cls, ch):
+        """(L_XX L_XX')^-1 (small dense inverse; cheaper than a triangular solve with I here)."""
+        Li = np.linalg.inv(cls._lxx(ch))
         return Li.T @ Li
 
     def dev_theta_sigma(self, theta, sigma, reml):
@@ -389,7 +403,7 @@ def _rebuild_model(model, endog=None, exog=None, keep=None, design=None):
 def _fit_kwargs(res):
     r = _raw(res)
     kw = {}
-    if hasattr(r, "reml"):
+    if _is_lmm(r):
         kw["reml"] = bool(r.reml)
     nagq = getattr(r, "nagq", None)
     if nagq is not None:
@@ -1142,6 +1156,7 @@ def conf_int_profile(res, alpha=0.05, cols=None, names="descriptive"):
     if pr.low_dev < -1e-6:
         warnings.warn(f"profiling found a deviance {-pr.low_dev:.3g} below the fit's: the fit had "
                       "not converged to the maximum", UserWarning, stacklevel=2)
+    pr.obj.factor(pr.res.theta)          # leave the shared factorization at the fit's theta
     labels = pr.lme4_names if names == "lme4" else pr.names
     out = pd.DataFrame(rows, index=[labels[w] for w in idx], columns=["lower", "upper"])
     out.attrs["boundary"] = boundary
@@ -1178,6 +1193,7 @@ def profile(res, cols=None, alpha=0.01, npoints=6, names="descriptive"):
             lim, _ = pr.limit(w, side, z)
             for x in np.linspace(pr.est[w], lim, npoints + 1)[1:]:
                 rows.append((labels[w], x, pr.zeta(w, x)))
+    pr.obj.factor(pr.res.theta)
     out = pd.DataFrame(rows, columns=["parameter", "value", "zeta"])
     return out.sort_values(["parameter", "value"], kind="stable").reset_index(drop=True)
 
@@ -1186,18 +1202,19 @@ def profile_zeta(res, param, values):
     """zeta of the profile of one parameter at given values (lme4's ``.zeta``)."""
     pr = _Profiler(res)
     w = _select(pr.names, param)[0] if not str(param).startswith(".") else _select(pr.lme4_names, param)[0]
-    return np.array([pr.zeta(w, float(x)) for x in np.atleast_1d(values)])
+    out = np.array([pr.zeta(w, float(x)) for x in np.atleast_1d(values)])
+    pr.obj.factor(pr.res.theta)
+    return out
 
 
 def _boot_statistic(r, names="descriptive"):
     r = _raw(r)
-    if _is_lmm(r):
-        obj = _LMMObjective(r.model)
+    obj = _LMMObjective(r.model)               # only its sd / correlation conversion is used
+    if getattr(r, "_has_residual", True):
         vp = np.append(obj.sdcor_from_theta(r.theta, r.sigma), r.sigma)
-    else:
-        vc = r.varcorr()
-        vp = vc["sdcor"].to_numpy(dtype=float)
-    return np.concatenate([vp, _params(r)])
+    else:                                       # GLMM: theta is on the random effects' own scale
+        vp = obj.sdcor_from_theta(r.theta, 1.0)
+    return np.concatenate([vp, _beta(r)])
 
 
 def bootstrap(res, func=None, nsim=100, seed=None, re=True, progress=False):
@@ -1232,8 +1249,8 @@ def bootstrap(res, func=None, nsim=100, seed=None, re=True, progress=False):
     fn = func if func is not None else _boot_statistic
     t0 = np.atleast_1d(np.asarray(fn(r), dtype=float))
     names = (varpar_names(r) + _fe_names(r)) if func is None else [f"t{i + 1}" for i in range(t0.size)]
-    if func is None and not _is_lmm(r):
-        names = [f"sdcor{i + 1}" for i in range(t0.size - r.k_fe)] + _fe_names(r)
+    if len(names) != t0.size:
+        names = [f"t{i + 1}" for i in range(t0.size)]
     ys = simulate(r, nsim=nsim, seed=rng, re=True, use_u=not re)
     bar = _Progress(nsim, progress, "bootstrap ")
     out = np.full((nsim, t0.size), np.nan)
@@ -1345,8 +1362,9 @@ def _distribution_variance(res):
     if fam is None:
         if _is_lmm(r) or getattr(r, "_has_residual", False):
             return r.sigma ** 2
-        # ordinal (clmm): latent logistic / normal
-        link = str(getattr(r.model, "link", "logit")).lower()
+        # ordinal (clmm): the latent variable's variance for the link
+        link = getattr(r.model, "link", "logit")
+        link = str(getattr(link, "name", link)).lower()
         return {"logit": np.pi ** 2 / 3, "probit": 1.0, "cloglog": np.pi ** 2 / 6}.get(link, np.pi ** 2 / 3)
     from statsmodels.genmod import families
     link = type(fam.link).__name__.lower()
@@ -1399,7 +1417,7 @@ def _variance_components(res):
     r = _raw(res)
     model = r.model
     X = np.asarray(model.exog, dtype=float)
-    eta = X @ _params(r)
+    eta = X @ _beta(r)
     var_fixed = float(np.var(eta, ddof=1)) if eta.size > 1 else 0.0
     des = model.re_design
     s2 = r.sigma ** 2 if getattr(r, "_has_residual", True) and _is_lmm(r) else 1.0
@@ -1530,7 +1548,7 @@ def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
     model = r.model
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     n = int(model.nobs)
-    beta = _params(r) if params is None else np.asarray(params, dtype=float)
+    beta = _beta(r) if params is None else np.asarray(params, dtype=float)
     eta = np.asarray(model.exog, dtype=float) @ beta + np.asarray(model.offset, dtype=float)
     eta = np.repeat(eta[:, None], nsim, axis=1)
     lmm = _is_lmm(r)
@@ -1556,15 +1574,16 @@ def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
     elif fam is not None:
         mu = fam.link.inverse(eta)
         name = type(fam).__name__
-        endog = np.asarray(model.endog, dtype=float)
         if name == "Poisson":
             y = rng.poisson(mu).astype(float)
-        elif name == "Binomial" and endog.ndim == 2 and endog.shape[1] == 2:
-            ntr = endog.sum(axis=1).astype(int)
-            succ = rng.binomial(ntr[:, None], mu).astype(float)
-            return [np.column_stack([succ[:, k], ntr - succ[:, k]]) for k in range(nsim)]
-        elif name == "Binomial" and np.all(np.isin(endog, (0.0, 1.0))):
-            y = rng.binomial(1, mu).astype(float)
+        elif name == "Binomial":
+            # the response is a proportion of `weights` trials (1 for 0/1 data), as glmer stores it
+            ntr = np.round(w).astype(np.int64)
+            if np.any(np.abs(w - ntr) > 1e-8):
+                raise NotImplementedError("simulating a binomial response needs integer trials "
+                                          "(weights)")
+            succ = rng.binomial(ntr[:, None], np.clip(mu, 0.0, 1.0)).astype(float)
+            y = np.divide(succ, ntr[:, None], out=np.zeros_like(succ), where=ntr[:, None] > 0)
         else:
             raise NotImplementedError(f"simulation from a {name} mixed model is not implemented")
     else:
@@ -1650,7 +1669,7 @@ def power_sim(res, term, effect=None, nsim=100, alpha=0.05, test="satterthwaite"
             raise ValueError("test must be 'satterthwaite', 'kenward-roger', 'z' or 'lrt'") from None
     if test in ("satterthwaite", "kenward-roger"):
         _require_lmm(r, f"the {test} test")
-    beta = _params(r).copy()
+    beta = _beta(r).copy()
     if effect is not None:
         beta[j] = float(effect)
     rng = np.random.default_rng(seed)
@@ -1670,9 +1689,9 @@ def power_sim(res, term, effect=None, nsim=100, alpha=0.05, test="satterthwaite"
                 pv[k] = stats.chi2.sf(max(0.0, 2 * (full.llf - red.llf)), 1)
             else:
                 fit = _refit(m, r)
-                est = _params(fit)[j]
+                est = _beta(fit)[j]
                 if test == "z":
-                    se = np.sqrt(np.asarray(fit.cov_params(), dtype=float)[j, j])
+                    se = float(np.asarray(fit.bse_fe, dtype=float)[j])
                     pv[k] = 2 * stats.norm.sf(abs(est / se))
                 elif test == "satterthwaite":
                     se = np.sqrt(np.asarray(fit.cov_params(), dtype=float)[j, j])

@@ -361,9 +361,60 @@ def test_anova_glmm_pair():
 def test_r2_glmm():
     _, g1 = _glmer_or_skip()
     r = ref("r2_cbpp")
-    out = g1.r2()
+    out, ic = g1.r2(), g1.icc()
+    assert out["var_residual"] == pytest.approx(np.pi ** 2 / 3, rel=1e-12)   # logit link
+    assert out["var_fixed"] == pytest.approx(r["var_fixed"], rel=2e-3)
+    assert out["var_random"] == pytest.approx(r["var_random"], rel=2e-3)
     assert out["marginal"] == pytest.approx(r["r2_marginal"], rel=2e-3)
     assert out["conditional"] == pytest.approx(r["r2_conditional"], rel=2e-3)
+    assert ic["adjusted"] == pytest.approx(r["icc_adjusted"], rel=2e-3)
+
+
+def test_glmm_simulate_and_bootstrap():
+    """Binomial simulation keeps the trials; refits of simulated data work for glmer fits."""
+    _, g1 = _glmer_or_skip()
+    w = np.asarray(g1.model.weights)
+    y = g1.simulate(nsim=400, seed=4).to_numpy()
+    succ = y * w[:, None]
+    np.testing.assert_allclose(succ, np.round(succ), atol=1e-9)
+    assert np.all((y >= 0) & (y <= 1))
+    b = g1.bootstrap(nsim=4, seed=2)
+    assert list(b.columns) == ["sd_Intercept|herd"] + list(g1.fe_params.index)
+    assert b.attrs["failed"] == 0 and np.all(np.isfinite(b.to_numpy()))
+
+
+def _clmm_or_skip():
+    try:
+        wine = read_data("wine.csv")
+        c0 = mf.clmm("rating ~ temp + (1 | judge)", wine).fit()
+        c1 = mf.clmm("rating ~ temp + contact + (1 | judge)", wine).fit()
+    except (NotImplementedError, FileNotFoundError) as exc:
+        pytest.skip(f"clmm not available: {exc}")
+    return c0, c1
+
+
+def test_anova_clmm_pair():
+    """ordinal's anova(clmm, clmm): same LR test (its table has no BIC / deviance columns)."""
+    c0, c1 = _clmm_or_skip()
+    r = ref("anova_wine_clmm")
+    tab = mlmext.anova(c0, c1, names=["c0", "c1"])
+    for name, row in r["table"].items():
+        assert int(tab.loc[name, "npar"]) == row["no.par"]
+        assert tab.loc[name, "logLik"] == pytest.approx(row["logLik"], abs=1e-3)
+        assert tab.loc[name, "logLik"] >= row["logLik"] - 1e-5
+        assert tab.loc[name, "AIC"] == pytest.approx(row["AIC"], abs=2e-3)
+    assert tab.loc["c1", "Chisq"] == pytest.approx(r["table"]["c1"]["LR.stat"], abs=4e-3)
+    assert tab.loc["c1", "Pr(>Chisq)"] == pytest.approx(r["table"]["c1"]["Pr(>Chisq)"], rel=1e-3)
+
+
+def test_r2_clmm():
+    _, c1 = _clmm_or_skip()
+    r = ref("r2_wine_clmm")
+    out, ic = c1.r2(), c1.icc()
+    assert out["var_residual"] == pytest.approx(np.pi ** 2 / 3, rel=1e-12)
+    assert out["marginal"] == pytest.approx(r["r2_marginal"], rel=2e-4)
+    assert out["conditional"] == pytest.approx(r["r2_conditional"], rel=2e-4)
+    assert ic["adjusted"] == pytest.approx(r["icc_adjusted"], rel=2e-4)
 
 
 # ------------------------------------------------------------------ R2 / ICC

@@ -75,7 +75,7 @@ hsb <- Hsb82[, c("school", "mAch", "meanses", "cses", "ses", "sector")]
 hsb$school <- factor(as.character(hsb$school), levels = levels(hsb$school))  # plain (unordered) factor
 hsb82 <- save_data(hsb, "hsb82")
 
-set.seed(2)      # correlation whose profile interval reaches +1 (see try in the README)
+set.seed(2)      # a correlation whose 95 % profile interval ends at +1 (one-sided)
 ng <- 12; nper <- 6
 g <- factor(rep(sprintf("g%02d", 1:ng), each = nper))
 x <- rep(seq(-1, 1, length.out = nper), ng)
@@ -180,6 +180,21 @@ if (file.exists(file.path(shared_data, "cbpp.csv"))) {
     "cbpp")
 }
 
+if (file.exists(file.path(shared_data, "wine.csv")) && requireNamespace("ordinal", quietly = TRUE)) {
+  suppressPackageStartupMessages(library(ordinal))
+  wine <- read.csv(file.path(shared_data, "wine.csv"), stringsAsFactors = FALSE)
+  lv <- fromJSON(file.path(shared_data, "wine.levels.json"))
+  for (col in names(lv)) wine[[col]] <- factor(as.character(wine[[col]]), levels = as.character(lv[[col]]$levels),
+                                               ordered = isTRUE(lv[[col]]$ordered[1]))
+  c0 <- clmm(rating ~ temp + (1 | judge), data = wine)
+  c1 <- clmm(rating ~ temp + contact + (1 | judge), data = wine)
+  tab <- as.data.frame(anova(c0, c1))
+  write_ref(list(name = "anova_wine_clmm", data = "wine.csv",
+                 calls = list(c0 = "ordinal::clmm(rating ~ temp + (1 | judge), data = wine)",
+                              c1 = "ordinal::clmm(rating ~ temp + contact + (1 | judge), data = wine)"),
+                 table = coef_table(tab), ordinal = packageDescription("ordinal")$Version), "anova_wine_clmm")
+}
+
 ## ---- 4. ICC and R2 (performance) and Snijders-Bosker R2 ------------------------------------
 r2_case <- function(name, call, data_name) {
   m <- eval(parse(text = call))
@@ -200,6 +215,14 @@ r2_case("r2_penicillin", "lme4::lmer(diameter ~ 1 + (1 | plate) + (1 | sample), 
         "penicillin")
 r2_case("r2_hsb82_ml", "lme4::lmer(mAch ~ meanses + sector + cses + (1 | school), data = hsb82, REML = FALSE)",
         "hsb82")
+if (exists("c1")) {
+  r2 <- suppressWarnings(performance::r2_nakagawa(c1)); ic <- suppressWarnings(performance::icc(c1))
+  v <- suppressWarnings(insight::get_variance(c1))
+  write_ref(list(name = "r2_wine_clmm", r_call = "ordinal::clmm(rating ~ temp + contact + (1 | judge), data = wine)",
+                 data = "wine.csv", r2_marginal = unname(r2$R2_marginal), r2_conditional = unname(r2$R2_conditional),
+                 icc_adjusted = ic$ICC_adjusted, icc_conditional = ic$ICC_conditional,
+                 var_fixed = v$var.fixed, var_random = v$var.random, var_residual = v$var.residual), "r2_wine_clmm")
+}
 if (exists("cbpp"))
   r2_case("r2_cbpp", "lme4::glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), data = cbpp, family = binomial)",
           "cbpp")
