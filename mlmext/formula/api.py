@@ -40,8 +40,57 @@ def _not_yet(name, issue):
     return f
 
 
-glmer = _not_yet("glmer", "generalized linear mixed models")
-glmer_nb = _not_yet("glmer_nb", "negative binomial mixed models")
+def glmer(formula, data, family=None, weights=None, offset=None, subset=None, missing="drop",
+          eval_env=0, **kwargs):
+    """Generalized linear mixed model from an lme4-style formula (lme4's ``glmer``).
+
+    Parameters
+    ----------
+    formula : str
+        ``"y ~ x + (1 | g)"``.  Binomial responses: 0/1 numbers, booleans, a
+        two-level categorical (first level = failure, as in R), proportions
+        with ``weights`` = number of trials, or ``cbind(successes, failures)``.
+        ``offset(np.log(t))`` adds a known offset.
+    data : pandas.DataFrame
+    family : statsmodels.genmod.families.Family
+        ``sm.families.Binomial()`` (default) or ``sm.families.Poisson()``,
+        with any link the family accepts.
+    weights, offset : str or array_like, optional
+        Prior weights (binomial proportions: trials) and a known offset.
+    subset : array_like, optional
+    missing : {"drop", "raise"}
+
+    Returns
+    -------
+    mlmext.glmm.GeneralizedLinearMixedModel
+        Call ``.fit()`` (Laplace) or ``.fit(nagq=25)`` (adaptive
+        Gauss-Hermite quadrature, single grouping factor, up to three random
+        effects per level).
+    """
+    from mlmext.glmm import GeneralizedLinearMixedModel
+    return GeneralizedLinearMixedModel.from_formula(formula, data, family=family, weights=weights,
+                                                    offset=offset, subset=subset, missing=missing,
+                                                    eval_env=eval_env + 1, **kwargs)
+
+
+def glmer_nb(formula, data, weights=None, offset=None, subset=None, missing="drop", eval_env=0,
+             **kwargs):
+    """Negative binomial (NB2, log link) mixed model (lme4's ``glmer.nb``).
+
+    ``Var(y | b) = mu + alpha mu^2``; ``alpha`` is estimated jointly with the
+    other parameters (results: ``.alpha``; lme4's theta is ``1 / alpha``).
+    Arguments as :func:`glmer`.
+
+    Returns
+    -------
+    mlmext.glmm.NegativeBinomialMixedModel
+    """
+    from mlmext.glmm import NegativeBinomialMixedModel
+    return NegativeBinomialMixedModel.from_formula(formula, data, weights=weights, offset=offset,
+                                                   subset=subset, missing=missing,
+                                                   eval_env=eval_env + 1, **kwargs)
+
+
 def clmm(formula, data, link="logit", threshold="flexible", levels=None, weights=None, offset=None,
          subset=None, missing="drop", eval_env=0, **kwargs):
     """Cumulative link mixed model for an ordinal response (R's ``ordinal::clmm``).
