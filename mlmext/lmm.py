@@ -1,7 +1,10 @@
 """Linear mixed models fitted by (RE)ML on the profiled objective (lme4's ``lmer``)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from .base import MixedModel
 from .linalg import BlockedCholesky
@@ -171,4 +174,12 @@ class LinearMixedModel(MixedModel):
         crit = self.deviance_profiled(theta, reml=reml)
         res = LMMResults(self, beta, cov_beta, theta=theta, u=u, sigma=np.sqrt(sigma2),
                          reml=reml, criterion=crit, optim=opt)
+        if not res.converged:
+            warnings.warn(f"the optimizer did not converge: {opt.message} (tried {opt.tried}, "
+                          f"{opt.nfev} evaluations); the estimates may be unreliable",
+                          ConvergenceWarning, stacklevel=2)
+        if res.is_singular():
+            warnings.warn("boundary (singular) fit: a random-effects covariance is singular "
+                          f"(theta = {np.round(theta, 6).tolist()}); see results.is_singular()",
+                          ConvergenceWarning, stacklevel=2)
         return MixedResultsWrapper(res)

@@ -199,7 +199,8 @@ def test_singular_fit_flagged(sleep):
     rng = np.random.default_rng(3)
     d = pd.DataFrame({"y": rng.normal(size=60), "x": rng.normal(size=60),
                       "g": np.repeat(list("abcdefghij"), 6)})
-    res = mf.lmer("y ~ x + (1 | g)", d).fit()
+    with pytest.warns(ConvergenceWarning, match="boundary \\(singular\\) fit"):
+        res = mf.lmer("y ~ x + (1 | g)", d).fit()
     assert res.is_singular() and res.theta[0] == 0.0
     assert "singular" in str(res.summary())
     assert res.varcorr().loc[0, "sdcor"] == 0.0
@@ -231,3 +232,10 @@ def test_datasets_loader():
     assert df.shape == (60, 4)
     with pytest.raises(ValueError, match="unknown dataset"):
         datasets.load("nope")
+
+
+def test_non_convergence_is_reported(sleep):
+    with pytest.warns(ConvergenceWarning, match="did not converge.*tried"):
+        res = mf.lmer("Reaction ~ Days + (Days | Subject)", sleep).fit(maxiter=2)
+    assert not res.converged
+    assert "did not converge" in str(res.summary())
