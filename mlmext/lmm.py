@@ -133,7 +133,8 @@ class LinearMixedModel(MixedModel):
 
             r = minimize_theta(dev, start[idx], des.lower[idx], method="Nelder-Mead", maxiter=200, tol=1e-3)
             if np.all(np.isfinite(r.x)):
-                start[idx] = r.x
+                # keep diagonals off the bound: the gradient vanishes there
+                start[idx] = np.where(np.isfinite(des.lower[idx]), np.maximum(r.x, 0.1), r.x)
         return start
 
     def loglike(self, params, reml=True):

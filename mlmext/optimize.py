@@ -84,6 +84,30 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
             break
     res.x = np.maximum(np.asarray(res.x, dtype=float), lower)
     res.fun = float(fun(res.x))
+    # A diagonal entry at its bound has zero gradient whether or not moving off the bound
+    # lowers the objective (the deviance is even in it), so a gradient method cannot leave
+    # it: probe off the bound and restart from a better point if there is one.
+    for _ in range(3):
+        best = None
+        for i in np.flatnonzero(np.isfinite(lower) & (res.x <= lower + 1e-10)):
+            for h in (1e-3, 1e-2, 1e-1):
+                trial = res.x.copy()
+                trial[i] = lower[i] + h
+                ft = float(fun(trial))
+                nfev += 1
+                if ft < res.fun - 1e-8 and (best is None or ft < best[1]):
+                    best = (trial, ft)
+        if best is None:
+            break
+        r = _run(methods[0], fun, best[0], lower, grad if methods[0] == "L-BFGS-B" else None, maxiter, tol)
+        nfev += int(getattr(r, "nfev", 0))
+        tried.append((methods[0] + " (restart off the bound)", bool(r.success), int(getattr(r, "nfev", 0))))
+        x = np.maximum(np.asarray(r.x, dtype=float), lower)
+        fx = float(fun(x))
+        if fx < res.fun:
+            res.x, res.fun, res.success, res.message = x, fx, r.success, r.message
+        else:
+            break
     # set entries at the bound exactly when the objective barely changes (clean singular fits)
     snapped = []
     for i in np.flatnonzero(np.isfinite(lower)):
@@ -98,5 +122,5 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     res.nfev = nfev
     res.tried = tried
     res.snapped = snapped
-    res.method = methods[0] if len(tried) == 1 else "+".join(m for m, _, _ in tried)
+    res.method = methods[0] if len(tried) == 1 else " + ".join(m for m, _, _ in tried)
     return res

@@ -239,3 +239,22 @@ def test_non_convergence_is_reported(sleep):
         res = mf.lmer("Reaction ~ Days + (Days | Subject)", sleep).fit(maxiter=2)
     assert not res.converged
     assert "did not converge" in str(res.summary())
+
+
+def test_optimizer_leaves_a_zero_start_on_the_bound():
+    # At theta_k = 0 the deviance's gradient in theta_k is exactly zero (it is even in
+    # theta_k), so a gradient method started there would stay.  1% of InstEval, where
+    # statsmodels MixedLM (single-group trick) finds REML llf -1244.085387 with the dept
+    # variance > 0 and the student variance at 0.
+    from refcases import read_data
+    ie = read_data("insteval.csv")
+    sub = ie.sample(frac=0.01, random_state=1).reset_index(drop=True)
+    for c in ("s", "d", "dept"):
+        sub[c] = sub[c].cat.remove_unused_categories()
+    model = mf.lmer("y ~ service + (1 | s) + (1 | d) + (1 | dept)", sub)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for start in (None, [0.0, 0.5, 0.0]):
+            res = model.fit(start_params=start)
+            assert res.llf == pytest.approx(-1244.085387, abs=2e-6)
+            np.testing.assert_allclose(res.theta, [0.0, 0.424342, 0.119228], atol=2e-5)
