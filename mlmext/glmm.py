@@ -194,10 +194,15 @@ class NegativeBinomialConditional(lp.ConditionalModel):
 
     k_extra = 1
 
-    def __init__(self, endog, prior_weights, alpha=1.0):
+    def __init__(self, endog, prior_weights, alpha=1.0, information="expected"):
+        if information not in ("expected", "observed"):
+            raise ValueError("information must be 'expected' (lme4) or 'observed' (glmmTMB)")
         self.y = np.asarray(endog, dtype=float)
         self.pw = np.asarray(prior_weights, dtype=float)
         self.lgy1 = special.gammaln(self.y + 1.0)
+        self.information = information
+        #: with the observed information as w, PIRLS is Newton's method and h = w
+        self.canonical = information == "observed"
         self.set_alpha(alpha)
 
     def set_alpha(self, alpha):
@@ -222,7 +227,10 @@ class NegativeBinomialConditional(lp.ConditionalModel):
         a, y = self.alpha, self.y
         mu = np.exp(np.asarray(eta, dtype=float))
         den = 1.0 + a * mu
-        return self.pw * (y - mu) / den, self.pw * mu / den
+        w = self.pw * mu / den
+        if self.canonical:
+            w = w * (1.0 + a * y) / den
+        return self.pw * (y - mu) / den, w
 
     def loglik_derivs(self, eta):
         a, y = self.alpha, self.y
@@ -231,14 +239,19 @@ class NegativeBinomialConditional(lp.ConditionalModel):
         am = a * mu
         den = 1.0 + am
         ll = self.pw * (self._lg + y * (np.log(a) + eta) - (y + self.r) * np.log1p(am))
-        pm = self.pw * mu / den
-        return ll, self.pw * (y - mu) / den, pm
+        w = self.pw * mu / den
+        if self.canonical:
+            w = w * (1.0 + a * y) / den
+        return ll, self.pw * (y - mu) / den, w
 
     def hessian_terms(self, eta):
         a, y = self.alpha, self.y
         mu = np.exp(np.asarray(eta, dtype=float))
         den = 1.0 + a * mu
-        return self.pw * mu * (1.0 + a * y) / den ** 2, self.pw * mu / den ** 2
+        h = self.pw * mu * (1.0 + a * y) / den ** 2
+        if self.canonical:                              # w = h: dw/deta = dh/deta
+            return h, self.pw * (1.0 + a * y) * mu * (1.0 - a * mu) / den ** 3
+        return h, self.pw * mu / den ** 2
 
     def param_derivatives(self, eta):
         """Derivatives of loglik, d1 and w in ``log alpha``."""
@@ -248,7 +261,10 @@ class NegativeBinomialConditional(lp.ConditionalModel):
         dl_da = -r * r * (special.digamma(y + r) - special.digamma(r) - np.log1p(a * mu)) \
             + y / a - (y + r) * mu / den
         dd1_da = -(y - mu) * mu / den ** 2
-        dw_da = -mu * mu / den ** 2
+        if self.canonical:
+            dw_da = mu * (y * den - 2.0 * mu * (1.0 + a * y)) / den ** 3
+        else:
+            dw_da = -mu * mu / den ** 2
         pa = self.pw * a
         return (pa * dl_da)[:, None], (pa * dd1_da)[:, None], (pa * dw_da)[:, None]
 
@@ -602,7 +618,8 @@ class GeneralizedLinearMixedModel(MixedModel):
         x1, f1, g1, qinfo = _quasi_newton(fg, x0, bounds, fd_idx, maxiter=maxiter, tol=1e-4)
         tried.append(("Laplace: quasi-Newton (exact gradient)", qinfo["converged"], qinfo["nfev"]))
         hess_fn = lambda x, g: _hessian_from_gradient(fg, x, g, bounds)
-        x, f, g, H, info = _newton(fg, x1, bounds, hess_fn, tol, fgx=(f1, g1))
+        x, f, g, H, info = _newton(fg, x1, bounds, hess_fn, tol, maxit=min(50, maxiter),
+                                   fgx=(f1, g1))
         tried.append(("Laplace: Newton (Hessian from gradient differences)", info["converged"],
                       info["nfev"]))
         converged = info["converged"]
@@ -616,7 +633,8 @@ class GeneralizedLinearMixedModel(MixedModel):
                           fga.nfev))
             hess_fn = lambda z, gz: _hessian_from_values(fa, z, bounds)
             fga.nfev = 0
-            x, f, g, H, info = _newton(fga, x1, bounds, hess_fn, tol, fgx=(f1, g1))
+            x, f, g, H, info = _newton(fga, x1, bounds, hess_fn, tol, maxit=min(50, maxiter),
+                                       fgx=(f1, g1))
             tried.append((f"AGQ({nagq}): Newton (Hessian from differences)", info["converged"],
                           fga.nfev + info["nfev"]))
             converged, message = info["converged"], info["message"]
@@ -1076,20 +1094,26 @@ class NegativeBinomialMixedModel(GeneralizedLinearMixedModel):
     ``1 / alpha``).
     """
 
-    def __init__(self, endog, exog, re_design, weights=None, offset=None, link=None, **kwargs):
+    def __init__(self, endog, exog, re_design, weights=None, offset=None, link=None,
+                 information="expected", **kwargs):
         kwargs.pop("family", None)
         if link is not None and type(link).__name__ != "Log":
             raise NotImplementedError("glmer_nb supports the log link only")
+        if information not in ("expected", "observed"):
+            raise ValueError("information must be 'expected' (lme4's Laplace) or 'observed' "
+                             "(glmmTMB's)")
         self.link_name = "log"
+        self.information = information
         super().__init__(endog, exog, re_design, family=families.Poisson(), weights=weights,
                          offset=offset, **kwargs)
-        self._init_keys = [k for k in self._init_keys if k != "family"]
+        self._init_keys = [k for k in self._init_keys if k != "family"] + ["information"]
 
     def _validate_family(self, family):
         pass
 
     def _make_conditional(self):
-        return NegativeBinomialConditional(self.endog, self.weights, alpha=1.0)
+        return NegativeBinomialConditional(self.endog, self.weights, alpha=1.0,
+                                           information=self.information)
 
     def _start_extra(self, modes):
         """log alpha from the Pearson dispersion of the stage-1 Poisson-scale fit."""

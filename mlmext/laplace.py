@@ -48,8 +48,9 @@ import numpy as np
 
 from .linalg import BlockedCholesky
 
-__all__ = ["ConditionalModel", "Modes", "PIRLSError", "make_chol", "pirls", "laplace_loglik",
-           "agq_loglik", "laplace_gradient", "gh_rule", "random_effects_linear", "predict_modes"]
+__all__ = ["ConditionalModel", "Modes", "PIRLSError", "ScalarFactor", "make_chol", "pirls",
+           "laplace_loglik", "agq_loglik", "laplace_gradient", "gh_rule", "random_effects_linear",
+           "predict_modes"]
 
 
 class ConditionalModel:
@@ -91,6 +92,11 @@ class ConditionalModel:
     # def param_derivatives(self, eta):
     #     """``(dl, dd1, dw)``, each (n, k_extra): derivatives of ``loglik_i``,
     #     ``d1_i`` and ``w_i`` with respect to the model's own parameters."""
+    #
+    # allow_negative_weights = False
+    #     """True when single observations may have ``w < 0`` (observed information
+    #     of a log-density that is not concave); only PIRLS' ``scalar_fast`` path
+    #     accepts them, as long as the penalized information stays positive."""
 
 
 class PIRLSError(RuntimeError):
@@ -237,7 +243,7 @@ def _reweight(chol, XY, w):
 
 # ----------------------------------------------------------------------------- PIRLS
 def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol=1e-12,
-          maxiter=100, maxhalf=30, lams=None, newton=None):
+          maxiter=100, maxhalf=30, lams=None, newton=None, scalar_fast=False):
     """Conditional modes of the random effects by penalized IRLS.
 
     Maximizes ``sum_i loglik_i(eta_i) - |u|^2 / 2`` over ``u`` (and over
@@ -278,6 +284,16 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
         quadratic instead of linear convergence for non-canonical links.  The
         factor left in ``chol`` (and ``logdet``) always uses ``w``.  Default:
         when ``cond`` has ``hessian_terms``.
+    scalar_fast : bool
+        Opt-in fast path for a single scalar random-effects term (one
+        grouping factor, one random effect per level) without ``X``: the
+        system is diagonal and the Newton steps are taken level by level
+        (:func:`_pirls_scalar`), without the blocked factorization.  ``chol``
+        is then not touched; the returned modes carry the diagonal factor as
+        ``modes.extra["factor"]`` (a :class:`ScalarFactor`), which
+        :func:`agq_loglik`, :func:`laplace_gradient` and
+        :func:`predict_modes` use in place of ``chol``.  Ignored for other
+        designs.
 
     Returns
     -------
@@ -287,6 +303,9 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
     """
     theta = np.asarray(theta, dtype=float)
     lams = design.lambdas(theta) if lams is None else lams
+    if scalar_fast and X is None and _is_scalar_design(design):
+        return _pirls_scalar(design, eta_fixed, cond, lams, u0=u0, tol=tol, maxiter=maxiter,
+                             maxhalf=maxhalf)
     ops = _zops(design)
     nre = ops.offsets[-1]
     eta_fixed = np.asarray(eta_fixed, dtype=float)
@@ -360,12 +379,18 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
                 factor_weights_are_w = False
         with np.errstate(divide="ignore", invalid="ignore"):
             z = lin + np.where(wt > 0, d1 / wt, 0.0)
+        exact = not np.any(z)                      # zero working response: nothing to move
+        if exact:                                  # any response outside the span gives the factor
+            z = np.random.default_rng(0).standard_normal(z.shape[0])
         XY = np.column_stack([X, z]) if has_x else z[:, None]
         _reweight(chol, XY, wt)
         try:
             chol.update(lams)
         except np.linalg.LinAlgError:
             message = f"factorization failed at PIRLS iteration {it}"
+            break
+        if exact:
+            converged, dec = True, 0.0
             break
         u_new, b_new = chol.solve()
         du = u_new - u
@@ -414,11 +439,18 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
     if restarted:
         message = ("restarted from u = 0 (non-finite start); " + message).rstrip("; ")
     if converged and not factor_weights_are_w:        # the Laplace factor uses w, not the Newton weights
-        XY = np.column_stack([X, lin]) if has_x else lin[:, None]
-        _reweight(chol, XY, w)
-        try:
-            chol.update(lams)
-        except np.linalg.LinAlgError:
+        # the response column does not enter log|L_ZZ|; it only has to be outside the span
+        with np.errstate(divide="ignore", invalid="ignore"):
+            zf = lin + np.where(w > 0, d1 / w, 0.0)
+        for resp in (zf, np.random.default_rng(0).standard_normal(lin.shape[0])):
+            XY = np.column_stack([X, resp]) if has_x else resp[:, None]
+            _reweight(chol, XY, w)
+            try:
+                chol.update(lams)
+                break
+            except np.linalg.LinAlgError:
+                continue
+        else:
             converged, message = False, "factorization with the working weights failed at the modes"
     logdet = np.nan
     if it:
@@ -431,7 +463,179 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
                  message=message, decrement=dec, d1=d1, w=w)
 
 
-def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None):
+# ----------------------------------------------------------------------------- one scalar term
+def _is_scalar_design(design):
+    return len(design.blocks) == 1 and design.blocks[0].q == 1
+
+
+class ScalarFactor:
+    """Factor of ``M = Lambda' Z' W Z Lambda + I`` for a single scalar random-effects term.
+
+    With one grouping factor and one random effect per level ``M`` is
+    diagonal, ``M_g = 1 + lambda^2 sum_{i in g} w_i z_i^2``.  The object
+    offers the parts of :class:`~mlmext.linalg.BlockedCholesky` that
+    :func:`agq_loglik`, :func:`laplace_gradient`, :func:`predict_modes` and
+    conditional variances use (``M1``, ``M1inv``, ``logdet_zz``, ``lams``,
+    ``solve_re``, ``local_inverse``, ``condvar_u``).
+    """
+
+    q1 = 1
+    rz = 0
+
+    def __init__(self, block, lams, M):
+        self.blocks = [block]
+        self.m1 = block.m
+        self.lams = lams
+        self.lam1 = lams[0]
+        self.M1 = M
+
+    @property
+    def M1inv(self):
+        return (1.0 / self.M1)[:, None, None]
+
+    @property
+    def logdet_zz(self):
+        return float(np.log(self.M1).sum())
+
+    def solve_re(self, v):
+        return np.asarray(v, dtype=float) / self.M1
+
+    def local_inverse(self):
+        b = self.blocks[0]
+        a = b.X * self.lam1[0, 0]                          # row i: Lambda' z_i
+        return [a], [a / self.M1[b.codes][:, None]]
+
+    def condvar_u(self):
+        return [self.M1inv]
+
+
+def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100, maxhalf=30):
+    """:func:`pirls` for a single scalar random-effects term: Newton steps level by level.
+
+    Same iteration, step halving, convergence test (``du' M du < tol``) and
+    return value as :func:`pirls`; the per-level sums are ``bincount``
+    passes, so an iteration costs a few O(n) vector operations.  A
+    conditional model with ``allow_negative_weights = True`` (a link whose
+    log-density is not concave) may have observations with ``w < 0`` as
+    long as every ``M_g`` stays positive.
+    """
+    ops = _zops(design)
+    blk = design.blocks[0]
+    codes, m = blk.codes, blk.m
+    lam = float(lams[0][0, 0])
+    ones = ops.all_ones[0]
+    zx = ops.x0[0]
+    lz = lam if ones else lam * zx
+    zx2 = None if ones else zx * zx
+    eta_fixed = np.asarray(eta_fixed, dtype=float)
+    neg_ok = bool(getattr(cond, "allow_negative_weights", False))
+    fused = getattr(cond, "loglik_derivs", None)
+
+    def evaluate(eta):
+        with np.errstate(all="ignore"):
+            if fused is not None:
+                lo, d1, w = fused(eta)
+                ll = float(lo.sum())
+            else:
+                ll = float(np.sum(cond.loglik_obs(eta)))
+                d1 = w = None
+                if np.isfinite(ll):
+                    d1, w = cond.derivatives(eta)
+        return ll, d1, w
+
+    u = np.zeros(m) if u0 is None else np.array(u0, dtype=float)
+    eta = eta_fixed + lz * u[codes]
+    ll, d1, w = evaluate(eta)
+    obj = ll - 0.5 * float(u @ u)
+    restarted = False
+    if not np.isfinite(obj) and u0 is not None:
+        u = np.zeros(m)
+        eta = eta_fixed.copy()
+        ll, d1, w = evaluate(eta)
+        obj = ll
+        restarted = True
+    converged = False
+    message = ""
+    dec = np.nan
+    nhalf_total = 0
+    M = None
+    it = 0
+    maxiter_run = maxiter if np.isfinite(obj) else 0
+    if not maxiter_run:
+        message = "the log-likelihood is not finite at the starting values"
+    for it in range(1, maxiter_run + 1):
+        if d1 is None or not (np.isfinite(d1.sum()) and np.isfinite(w.sum())) or \
+                (w.min() < 0 and not neg_ok):
+            message = (f"non-finite or negative working weights at PIRLS iteration {it} "
+                       f"(max |eta| = {np.max(np.abs(eta)):.3g})")
+            break
+        if ones:
+            g = lam * np.bincount(codes, weights=d1, minlength=m) - u
+            M = 1.0 + (lam * lam) * np.bincount(codes, weights=w, minlength=m)
+        else:
+            g = lam * np.bincount(codes, weights=d1 * zx, minlength=m) - u
+            M = 1.0 + (lam * lam) * np.bincount(codes, weights=w * zx2, minlength=m)
+        if M.min() <= 0:
+            message = f"the penalized information is not positive definite at PIRLS iteration {it}"
+            break
+        du = g / M
+        dec = float(du @ g)
+        if not np.isfinite(dec):
+            message = f"non-finite PIRLS step at iteration {it}"
+            break
+        if dec < tol:
+            converged = True
+            break
+        dlin = lz * du[codes]
+        t = 1.0
+        accepted = False
+        for _ in range(maxhalf + 1):
+            u_t = u + t * du
+            eta_t = eta + t * dlin
+            ll_t, d1_t, w_t = evaluate(eta_t)
+            obj_t = ll_t - 0.5 * float(u_t @ u_t)
+            if np.isfinite(obj_t) and obj_t >= obj - 1e-10 * (1.0 + abs(obj)):
+                accepted = True
+                break
+            t *= 0.5
+            nhalf_total += 1
+        if not accepted:
+            if dec < 1e-6 * (1.0 + abs(obj)):
+                converged = True
+                message = "converged to rounding level (step halving could not improve further)"
+                break
+            message = (f"PIRLS step halving failed to increase the penalized log-likelihood at "
+                       f"iteration {it} after {maxhalf} halvings (decrement {dec:.3g})")
+            break
+        u, eta, ll, obj, d1, w = u_t, eta_t, ll_t, obj_t, d1_t, w_t
+        if d1 is None:
+            with np.errstate(all="ignore"):
+                d1, w = cond.derivatives(eta)
+    else:
+        if maxiter_run:
+            message = f"PIRLS did not converge in {maxiter} iterations (last decrement {dec:.3g})"
+    if not converged and not message:
+        message = "PIRLS failed"
+    if restarted:
+        message = ("restarted from u = 0 (non-finite start); " + message).rstrip("; ")
+    extra = {}
+    logdet = np.nan
+    if M is not None:
+        fac = ScalarFactor(blk, lams, M)
+        extra["factor"] = fac
+        logdet = fac.logdet_zz
+    return Modes(u=u, eta=eta, beta=None, loglik_cond=ll, sqr_u=float(u @ u), logdet=logdet,
+                 converged=converged, niter=it, nhalf=nhalf_total, message=message, decrement=dec,
+                 extra=extra, d1=d1, w=w)
+
+
+def _factor(chol, modes):
+    """The factor at ``modes``: the one PIRLS' scalar fast path attached, else ``chol``."""
+    extra = getattr(modes, "extra", None)
+    return extra.get("factor", chol) if extra else chol
+
+
+def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None, dd1=None):
     """First-order prediction of the conditional modes after a change of the parameters.
 
     With ``chol`` still holding the factor at ``modes`` (weights ``w``), the
@@ -453,6 +657,10 @@ def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None):
         Change of the fixed part of the linear predictor.
     lams : list of ndarray, optional
         ``design.lambdas`` at the old theta.
+    dd1 : ndarray, optional
+        Change of ``d1`` at the modes caused by a change ``dpsi`` of the
+        conditional model's own parameters (``param_derivatives()[1] @ dpsi``);
+        it adds ``M^-1 Lambda' Z' dd1``.
 
     Returns
     -------
@@ -461,6 +669,7 @@ def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None):
     """
     if modes.d1 is None or modes.w is None:
         return modes.u
+    chol = _factor(chol, modes)
     ops = _zops(design)
     lams = getattr(chol, "lams", None) if lams is None else lams
     dl = design.lambdas(np.asarray(dtheta, dtype=float))
@@ -468,6 +677,8 @@ def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None):
     if deta_fixed is not None:
         v = v + deta_fixed
     rhs = ops.ztv(modes.d1, dl) - ops.ztv(modes.w * v, lams)
+    if dd1 is not None:
+        rhs += ops.ztv(dd1, lams)
     du = chol.solve_re(rhs)
     out = modes.u + du
     return out if np.all(np.isfinite(out)) else modes.u
@@ -567,7 +778,7 @@ def agq_loglik(design, chol, eta_fixed, cond, theta, nagq, u0=None, modes=None, 
         modes = pirls(design, chol, eta_fixed, cond, theta, u0=u0, lams=lams, **kwargs)
     if not modes.converged or not np.isfinite(modes.logdet):
         return -np.inf, modes
-    llf = _agq_from_modes(blk, chol, lams[0], cond, modes, nagq)
+    llf = _agq_from_modes(blk, _factor(chol, modes), lams[0], cond, modes, nagq)
     return llf, modes
 
 
@@ -674,6 +885,7 @@ def laplace_gradient(design, chol, cond, theta, modes, X=None):
     """
     if not hasattr(cond, "hessian_terms"):
         raise NotImplementedError("the conditional model has no hessian_terms(); use finite differences")
+    chol = _factor(chol, modes)
     theta = np.asarray(theta, dtype=float)
     lams = getattr(chol, "lams", None) or design.lambdas(theta)
     ops = _zops(design)
