@@ -48,7 +48,7 @@ def cases(quick):
     pen = read_data("penicillin.csv")
     pastes = read_data("pastes.csv")
     ie = read_data("insteval.csv")
-    sub = ie.sample(frac=0.02, random_state=1).reset_index(drop=True)
+    sub = ie.sample(frac=0.005, random_state=1).reset_index(drop=True)
     for c in ("s", "d", "dept"):
         sub[c] = sub[c].cat.remove_unused_categories()
     one = np.ones
@@ -64,7 +64,7 @@ def cases(quick):
          lambda d: mf.lmer("strength ~ 1 + (1 | batch/cask)", d).fit(),
          lambda d: smf.mixedlm("strength ~ 1", d, groups="batch", re_formula="1",
                                vc_formula={"cask": "0 + C(cask)"}).fit(reml=True)),
-        ("InstEval 2% crossed", None, sub,
+        ("InstEval 0.5% crossed", None, sub,
          lambda d: mf.lmer("y ~ service + (1 | s) + (1 | d) + (1 | dept)", d).fit(),
          lambda d: smf.mixedlm("y ~ service", d, groups=one(len(d)), re_formula="0",
                                vc_formula={"s": "0 + C(s)", "d": "0 + C(d)", "dept": "0 + C(dept)"}).fit(reml=True)),
