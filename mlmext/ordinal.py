@@ -331,6 +331,7 @@ class Thresholds:
         self.T = T
         self.names = names
         self.k = T.shape[1]
+        self._tril = np.tril(np.ones((self.k, self.k)))
         # which alpha are built from exp() increments: (index, base index or -1)
         self._odd = nt % 2 == 1
 
@@ -353,13 +354,13 @@ class Thresholds:
         """``d alpha / d psi`` (k, k)."""
         psi = np.asarray(psi, dtype=float)
         k = self.k
-        J = np.zeros((k, k))
         e = np.exp(psi)
         if self.kind == "flexible":
+            J = self._tril * e
             J[:, 0] = 1.0
-            for j in range(1, k):
-                J[j:, j] = e[j]
-        elif self.kind == "equidistant":
+            return J
+        J = np.zeros((k, k))
+        if self.kind == "equidistant":
             J[0, 0] = 1.0
             J[1, 1] = e[1]
         elif self._odd:
@@ -451,6 +452,9 @@ class CumulativeLinkConditional:
         if self.weights is not None and np.all(self.weights == 1.0):
             self.weights = None
         self.k_extra = self.n_cat - 1
+        # ``w`` is the observed information already (what the engine's ``canonical`` flag
+        # means: no separate Newton weights, ``hessian_terms()[0]`` is ``w``)
+        self.canonical = True
         self.allow_negative_weights = self.link.name == "cauchit"
         self.has_upper = self.y < self.n_cat - 1       # finite theta_y
         self.has_lower = self.y > 0                    # finite theta_{y-1}
@@ -467,7 +471,7 @@ class CumulativeLinkConditional:
         self._logit = self.link.name == "logit"
         self._median2 = 2.0 * self.link.median
         self._key = None
-        self._cache = {}
+        self._cache = {"level": -1}
         self.thresholds = None
         if thresholds is not None:
             self.set_thresholds(thresholds)
@@ -487,10 +491,17 @@ class CumulativeLinkConditional:
     def _pieces(self, eta, level):
         """Cached per-observation pieces at ``eta``.
 
-        level 0: ``p`` (and ``logp``); 1: adds ``ru = f(u)/p``, ``rl = f(l)/p``
-        and the derivative pieces; 2: adds ``f''/f`` terms.
+        level 0: ``p`` and ``logp``; 1: adds ``ru = f(u)/p``, ``rl = f(l)/p``
+        and ``gu = ru f'(u)/f(u)``, ``gl`` (not for the logit, which has
+        closed forms); 2: adds ``hu = ru f''(u)/f(u)``, ``hl``.
+
+        ``p = F(u) (1 - F(l)) - F(l) (1 - F(u))`` equals ``F(u) - F(l)`` and
+        is computed from the tails: it reduces to ``F(u) - F(l)`` below the
+        median and to ``(1 - F(l)) - (1 - F(u))`` above it, so there is no
+        cancellation for large ``|eta|``; where it underflows it is
+        recomputed in logs.
         """
-        if self._key is not None and self._key is eta:
+        if self._key is eta:
             c = self._cache
             if c["level"] >= level:
                 return c
@@ -502,37 +513,48 @@ class CumulativeLinkConditional:
             u = self._th_up - eta
             lo = self._th_lo - eta
             Fu, Su, Fl, Sl = link.cdf(u), link.sf(u), link.cdf(lo), link.sf(lo)
-            p = np.where(u + lo > self._median2, Sl - Su, Fu - Fl)
-            with np.errstate(divide="ignore"):
+            p = Fu * Sl - Fl * Su
+            if p.min() > 0.0:
                 logp = np.log(p)
-            if not p.all():           # underflow far in a tail: redo those in logs
-                bad = p <= 0
+            else:                     # underflow far in a tail (or rounding): in logs
                 with np.errstate(all="ignore"):
-                    logp[bad] = _interval_logprob(link, u[bad], lo[bad])
+                    logp = _interval_logprob(link, u, lo)
                 p = np.exp(logp)
             c.update(u=u, lo=lo, Fu=Fu, Su=Su, Fl=Fl, Sl=Sl, p=p, logp=logp, level=0)
         if level >= 1 and c["level"] < 1:
-            u, lo, p = c["u"], c["lo"], c["p"]
-            with np.errstate(all="ignore"):
-                fu, fl = link.pdf(u), link.pdf(lo)
-            fu[self._top] = 0.0
-            fl[self._bottom] = 0.0
-            with np.errstate(all="ignore"):
-                ru, rl = fu / p, fl / p
-                gu, gl = ru * link.dlogpdf(u), rl * link.dlogpdf(lo)
-            gu[self._top] = 0.0
-            gl[self._bottom] = 0.0
-            c.update(fu=fu, fl=fl, ru=ru, rl=rl, gu=gu, gl=gl, level=1)
+            p = c["p"]
+            if self._logit:
+                fu = c["Fu"] * c["Su"]
+                fl = c["Fl"] * c["Sl"]
+                c.update(fu=fu, fl=fl, ru=fu / p, rl=fl / p, level=1)
+            else:
+                u, lo = c["u"], c["lo"]
+                with np.errstate(all="ignore"):
+                    fu, fl = link.pdf(u), link.pdf(lo)
+                    fu[self._top] = 0.0
+                    fl[self._bottom] = 0.0
+                    ru, rl = fu / p, fl / p
+                    gu, gl = ru * link.dlogpdf(u), rl * link.dlogpdf(lo)
+                gu[self._top] = 0.0
+                gl[self._bottom] = 0.0
+                c.update(fu=fu, fl=fl, ru=ru, rl=rl, gu=gu, gl=gl, level=1)
         if level >= 2 and c["level"] < 2:
-            with np.errstate(all="ignore"):
-                hu, hl = c["ru"] * link.d2pdf(c["u"]), c["rl"] * link.d2pdf(c["lo"])
-            hu[self._top] = 0.0
-            hl[self._bottom] = 0.0
-            c.update(hu=hu, hl=hl, level=2)
+            if not self._logit:
+                with np.errstate(all="ignore"):
+                    hu, hl = c["ru"] * link.d2pdf(c["u"]), c["rl"] * link.d2pdf(c["lo"])
+                hu[self._top] = 0.0
+                hl[self._bottom] = 0.0
+                c.update(hu=hu, hl=hl)
+            c["level"] = 2
         return c
 
     def _w(self, v):
         return v if self.weights is None else v * self.weights
+
+    def loglik_derivs(self, eta):
+        """``(loglik_obs, d1, w)`` in one call (the engine's fused evaluation)."""
+        d1, w = self.derivatives(eta)
+        return self.loglik_obs(eta), d1, w
 
     def loglik_obs(self, eta):
         """(n,) ``w_i log p(y_i | eta_i)``."""
@@ -548,7 +570,10 @@ class CumulativeLinkConditional:
         """
         c = self._pieces(eta, 1)
         if self._logit:
-            return self._w(c["Fu"] + c["Fl"] - 1.0), self._w(c["fu"] + c["fl"])
+            if "d1" not in c:
+                c["d1"] = self._w(c["Fu"] + c["Fl"] - 1.0)
+                c["w"] = self._w(c["fu"] + c["fl"])
+            return c["d1"], c["w"]
         D1 = c["ru"] - c["rl"]
         w = D1 * D1 - (c["gu"] - c["gl"])
         if not self.allow_negative_weights:
@@ -559,10 +584,10 @@ class CumulativeLinkConditional:
     def hessian_terms(self, eta):
         """``(h, dw)``: observed information (the ``w`` of :meth:`derivatives`) and ``d w / d eta``."""
         if self._logit:
-            c = self._pieces(eta, 1)
-            fu, fl = c["fu"], c["fl"]
-            dw = -(fu * (c["Su"] - c["Fu"]) + fl * (c["Sl"] - c["Fl"]))
-            return self._w(fu + fl), self._w(dw)
+            d1, w = self.derivatives(eta)
+            c = self._cache
+            dw = -(c["fu"] * (c["Su"] - c["Fu"]) + c["fl"] * (c["Sl"] - c["Fl"]))
+            return w, self._w(dw)
         c = self._pieces(eta, 2)
         D1 = c["ru"] - c["rl"]
         G = c["gu"] - c["gl"]
@@ -589,6 +614,9 @@ class CumulativeLinkConditional:
         Observation ``i`` depends on ``theta_{y_i}`` (through ``u``) and on
         ``theta_{y_i - 1}`` (through ``l``) only.
         """
+        c = self._pieces(eta, 2 if not self._logit else 1)
+        if "pd" in c:
+            return c["pd"]
         l_u, l_l, d_u, d_l, w_u, w_l = self._uv_derivatives(eta)
         Eu, El = self._Eu, self._El
         out = []
@@ -596,13 +624,18 @@ class CumulativeLinkConditional:
             a = self._w(a)
             b = self._w(b)
             out.append(Eu * a[:, None] + El * b[:, None])
-        return tuple(out)
+        c["pd"] = tuple(out)
+        return c["pd"]
 
     # -- (u, l) second-order pieces for the fixed-effects Newton fit -------------------------
     def interval_derivatives(self, eta):
         """First and second derivatives of ``log p`` in ``u`` and ``l`` (weights applied)."""
         c = self._pieces(eta, 1)
-        ru, rl, gu, gl = c["ru"], c["rl"], c["gu"], c["gl"]
+        ru, rl = c["ru"], c["rl"]
+        if self._logit:       # f'/f = 1 - 2F = S - F
+            gu, gl = ru * (c["Su"] - c["Fu"]), rl * (c["Sl"] - c["Fl"])
+        else:
+            gu, gl = c["gu"], c["gl"]
         return tuple(self._w(v) for v in (ru, -rl, gu - ru * ru, -gl - rl * rl, ru * rl))
 
     def probabilities(self, eta):
@@ -709,7 +742,7 @@ def fit_clm(cond, thr, X, offset=None, start=None, maxiter=100, tol=1e-10):
             dec = float(g @ step)
         if abs(dec) < tol:
             converged = True
-            break
+            return x, ll, H, converged
         t = 1.0
         for _ in range(40):
             ll_new, eta_new = loglik(x + t * step)
@@ -977,7 +1010,7 @@ class OrdinalMixedModel(MixedModel):
         k, p = self.thr.k, self.k_fe
         return x[:k], x[k:k + p], x[k + p:]
 
-    def loglike_parts(self, alpha, beta, theta, nagq=1, u0=None):
+    def loglike_parts(self, alpha, beta, theta, nagq=1, u0=None, tol=None):
         """Laplace (``nagq = 1``) or AGQ log-likelihood at R's parameters.
 
         Parameters
@@ -993,6 +1026,8 @@ class OrdinalMixedModel(MixedModel):
         nagq : int
         u0 : ndarray, optional
             Warm start for the conditional modes.
+        tol : float, optional
+            PIRLS tolerance on the squared Newton decrement (default 1e-20).
 
         Returns
         -------
@@ -1010,11 +1045,12 @@ class OrdinalMixedModel(MixedModel):
         # The Laplace value is not stationary in u (its log-determinant depends on the modes),
         # so modes accurate to ~sqrt(tol) give errors ~sqrt(tol) in the value: a tight inner
         # tolerance keeps finite differences of the log-likelihood clean (one Newton step more).
+        tol = self._pirls_tol if tol is None else tol
         if nagq == 1:
             return _laplace.laplace_loglik(self.re_design, self.chol, eta_fixed, self.cond, theta,
-                                           u0=u0, tol=self._pirls_tol)
+                                           u0=u0, tol=tol, scalar_fast=True)
         return _laplace.agq_loglik(self.re_design, self.chol, eta_fixed, self.cond, theta, nagq,
-                                   u0=u0, tol=self._pirls_tol)
+                                   u0=u0, tol=tol, scalar_fast=True)
 
     def loglike(self, params, nagq=1):
         """Log-likelihood at ``params = (alpha, beta, theta)`` (R's threshold parameters)."""
@@ -1075,7 +1111,7 @@ def _fd_hessian(fun, x, h, fx=None):
     return g, H
 
 
-def _qn_minimize(fg, x0, lower, B0=None, gtol=1e-6, maxiter=500, f0g0=None):
+def _qn_minimize(fg, x0, lower, B0=None, gtol=1e-6, maxiter=500, f0g0=None, dec_tol=1e-10):
     """Quasi-Newton (BFGS) minimization with lower bounds on some variables.
 
     Projected BFGS with an active set: a variable at its bound whose gradient
@@ -1096,19 +1132,18 @@ def _qn_minimize(fg, x0, lower, B0=None, gtol=1e-6, maxiter=500, f0g0=None):
         Initial Hessian approximation (identity scaled after the first step
         when not given).
     gtol : float
-        Convergence when the largest projected gradient entry is below
-        ``gtol * max(1, |f|) ** 0.5``... see Notes.
+        Convergence when the largest projected-gradient entry is below it.
+    dec_tol : float
+        Convergence when the decrease the quasi-Newton model predicts for the
+        next step, ``g' B^-1 g / 2``, is below it (in units of the objective:
+        for a negative log-likelihood, 1e-10 puts the estimates within about
+        1e-5 standard errors of the optimum).
 
     Returns
     -------
     scipy.optimize.OptimizeResult
         ``x, fun, jac, nit, nfev, success, message``.
 
-    Notes
-    -----
-    Convergence: the projected gradient's largest entry is below ``gtol``,
-    or the predicted decrease ``g' B^-1 g / 2`` of the last model step is
-    below ``1e-14 (1 + |f|)`` (at the floor of the evaluation's accuracy).
     """
     from scipy.optimize import OptimizeResult
     lower = np.asarray(lower, dtype=float)
@@ -1133,10 +1168,12 @@ def _qn_minimize(fg, x0, lower, B0=None, gtol=1e-6, maxiter=500, f0g0=None):
         if np.max(np.abs(pg)) < gtol:
             success, message = True, "projected gradient below tolerance"
             break
-        Bf = B[np.ix_(free, free)]
         d = np.zeros(n)
         try:
-            d[free] = -np.linalg.solve(Bf, g[free])
+            if active.any():
+                d[free] = -np.linalg.solve(B[np.ix_(free, free)], g[free])
+            else:
+                d = -np.linalg.solve(B, g)
         except np.linalg.LinAlgError:
             d[free] = -g[free]
         slope = float(g @ d)
@@ -1144,8 +1181,8 @@ def _qn_minimize(fg, x0, lower, B0=None, gtol=1e-6, maxiter=500, f0g0=None):
             B = np.eye(n) * max(1.0, np.abs(np.diag(B)).max())
             d = -pg / np.diag(B)
             slope = float(g @ d)
-        if -0.5 * slope < 1e-14 * (1.0 + abs(f)):
-            success, message = True, "predicted decrease at rounding level"
+        if -0.5 * slope < dec_tol:
+            success, message = True, "predicted decrease below tolerance"
             break
         t = 1.0
         accepted = False
@@ -1179,8 +1216,10 @@ class _ClmmObjective:
 
     Internal coordinates ``x = (psi, beta, theta)`` make the thresholds
     increasing by construction; R coordinates ``z = (alpha, beta, theta)``
-    are ``clmm``'s.  Conditional modes are warm-started from the last
-    successful evaluation.
+    are ``clmm``'s.  The conditional modes of a new evaluation start from a
+    first-order prediction off the last converged one
+    (:func:`mlmext.laplace.predict_modes`), which leaves PIRLS an error of
+    second order in the change of the parameters.
     """
 
     def __init__(self, model, nagq):
@@ -1188,47 +1227,92 @@ class _ClmmObjective:
         self.nagq = nagq
         self.thr = model.thr
         self.k, self.p = model.thr.k, model.k_fe
-        self.u = None
+        self.base = None          # (z, modes) of the last converged evaluation
+        self._fresh = False       # does the model's factor still belong to base?
         self.nfev = 0
         self.ngev = 0
         self.analytic = nagq == 1
         self.X = model.exog if model.k_fe else None
+        self.tol = None           # PIRLS tolerance (None: the model's default)
+        self._dd1 = self._dd1_for = None
 
-    def _eval(self, alpha, beta, theta):
-        ll, modes = self.model.loglike_parts(alpha, beta, theta, nagq=self.nagq, u0=self.u)
+    @property
+    def u(self):
+        return None if self.base is None else self.base[1].u
+
+    def _start(self, z):
+        """Warm start for the modes at ``z``."""
+        if self.base is None:
+            return None
+        z0, modes = self.base[:2]
+        dz = z - z0
+        if not dz.any():
+            return modes.u
+        has_factor = bool(modes.extra) and "factor" in modes.extra
+        if not (has_factor or self._fresh) or np.abs(dz).max() > 1.0 or modes.d1 is None:
+            return modes.u
+        k, p = self.k, self.p
+        model = self.model
+        dth = self.thr.T @ dz[:k]
+        deta = self.X @ dz[k:k + p] if p and dz[k:k + p].any() else None
+        dd1 = None
+        if dth.any():
+            if self._dd1_for is not modes:
+                self._dd1 = model.cond.param_derivatives(modes.eta)[1]
+                self._dd1_for = modes
+            dd1 = self._dd1 @ dth
+        try:
+            return _laplace.predict_modes(model.re_design, model.chol, modes, dz[k + p:],
+                                          deta_fixed=deta, dd1=dd1)
+        except Exception:  # noqa: BLE001 - a warm start only
+            return modes.u
+
+    def _eval_z(self, z):
+        k, p = self.k, self.p
+        u0 = self._start(z)
+        ll, modes = self.model.loglike_parts(z[:k], z[k:k + p], z[k + p:], nagq=self.nagq, u0=u0,
+                                             tol=self.tol)
         self.nfev += 1
         if modes is not None and modes.converged and np.isfinite(ll):
-            self.u = modes.u
+            self.base = (z.copy(), modes, -ll)
+            self._fresh = True
             return -ll, modes
+        self._fresh = False
         return np.inf, modes
 
     def _grad_r(self, theta, modes):
         """Gradient of -loglik in R coordinates at converged modes (analytic, Laplace)."""
         model = self.model
-        factor = modes.extra.get("factor", model.chol) if modes.extra else model.chol
-        g_t, g_b, g_e = _laplace.laplace_gradient(model.re_design, factor, model.cond, theta, modes,
-                                                  X=self.X)
+        g_t, g_b, g_e = _laplace.laplace_gradient(model.re_design, model.chol, model.cond, theta,
+                                                  modes, X=self.X)
         self.ngev += 1
+        if self.k and modes.eta is model.cond._key:         # keep d d1 / d thresholds for warm starts
+            self._dd1 = model.cond.param_derivatives(modes.eta)[1]
+            self._dd1_for = modes
         g_a = self.thr.T.T @ g_e
         g_b = np.zeros(0) if g_b is None else g_b
         return -np.concatenate([g_a, g_b, g_t])
 
     # R coordinates -----------------------------------------------------------------
     def fun_r(self, z):
-        k, p = self.k, self.p
-        return self._eval(z[:k], z[k:k + p], z[k + p:])[0]
+        return self._eval_z(z)[0]
 
     def fg_r(self, z):
-        k, p = self.k, self.p
-        f, modes = self._eval(z[:k], z[k:k + p], z[k + p:])
+        f, modes = self._eval_z(z)
         if not np.isfinite(f):
             return f, np.zeros_like(z)
         if self.analytic:
             try:
-                return f, self._grad_r(z[k + p:], modes)
+                return f, self._grad_r(z[self.k + self.p:], modes)
             except NotImplementedError:
                 self.analytic = False
         return f, self._fd_grad(self.fun_r, z, f)
+
+    def llf_at_base(self, z):
+        """Log-likelihood and modes of the last converged evaluation if it was at ``z``."""
+        if self.base is not None and np.array_equal(self.base[0], z):
+            return -self.base[2], self.base[1]
+        return None
 
     # internal coordinates ----------------------------------------------------------
     def to_r(self, x):
@@ -1237,8 +1321,7 @@ class _ClmmObjective:
 
     def fg_x(self, x):
         k = self.k
-        z = self.to_r(x)
-        f, gz = self.fg_r(z)
+        f, gz = self.fg_r(self.to_r(x))
         if not np.isfinite(f):
             return f, gz
         gx = gz.copy()
@@ -1246,7 +1329,7 @@ class _ClmmObjective:
         return f, gx
 
     def _fd_grad(self, fun, z, f0):
-        u_keep = self.u
+        base, fresh = self.base, self._fresh
         g = np.empty_like(z)
         lower = self.lower_r
         for i in range(z.size):
@@ -1254,16 +1337,20 @@ class _ClmmObjective:
             zp = z.copy()
             zp[i] += h
             fp = fun(zp)
-            self.u = u_keep
+            self.base, self._fresh = base, fresh and self._scalar(base)
             if z[i] - h < lower[i]:
                 g[i] = (fp - f0) / h
             else:
                 zm = z.copy()
                 zm[i] -= h
                 fm = fun(zm)
-                self.u = u_keep
+                self.base, self._fresh = base, fresh and self._scalar(base)
                 g[i] = (fp - fm) / (2.0 * h)
         return g
+
+    @staticmethod
+    def _scalar(base):
+        return base is not None and bool(base[1].extra) and "factor" in base[1].extra
 
     def hessian_r(self, z, free):
         """Hessian of -loglik in R coordinates over the ``free`` entries of ``z``.
@@ -1271,30 +1358,38 @@ class _ClmmObjective:
         Forward differences of the analytic gradient (Laplace), else central
         second differences of the value (``clmm``'s scheme, step 1e-4).
         """
-        u_keep = self.u
-        zf = z[free]
         idx = np.flatnonzero(free)
         if self.analytic:
             f0, g0 = self.fg_r(z)
+            base = self.base
+            self.llf_at_hessian = (-f0, base[1])
             H = np.empty((idx.size, idx.size))
             for a, i in enumerate(idx):
                 h = 1e-6 * max(1.0, abs(z[i]))
                 zp = z.copy()
                 zp[i] += h
-                self.u = u_keep
+                self.base, self._fresh = base, self._scalar(base)
                 _, gp = self.fg_r(zp)
                 H[:, a] = (gp[idx] - g0[idx]) / h
-            self.u = u_keep
+            self.base, self._fresh = base, False
             return 0.5 * (H + H.T)
+        f0 = self.fun_r(z)
+        base = self.base
+        self.llf_at_hessian = (-f0, base[1])
 
         def fun(v):
             full = z.copy()
             full[free] = v
-            self.u = u_keep
+            self.base, self._fresh = base, self._scalar(base)
             return self.fun_r(full)
-        _, H = _fd_hessian(fun, zf, np.full(zf.size, 1e-4))
-        self.u = u_keep
+        _, H = _fd_hessian(fun, z[free], np.full(idx.size, 1e-4))
+        self.base, self._fresh = base, False
         return H
+
+
+# PIRLS tolerance while optimizing (first-order warm starts usually overshoot it by far); the
+# Hessian and the final values use the model's tighter default
+_OPT_PIRLS_TOL = 1e-14
 
 
 def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=True, **kwargs):
@@ -1340,16 +1435,20 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
         raise ValueError("non-finite log-likelihood at the starting values (thresholds "
                          f"{thr.thresholds(alpha0)}, fixed effects {beta0}, theta {theta0})")
     B0 = _initial_hessian(obj, x0, g0, H_clm, k, p, nt)
+    obj.tol = _OPT_PIRLS_TOL
     opt = _qn_minimize(obj.fg_x, x0, lower_x, B0=B0, gtol=gtol, maxiter=maxiter, f0g0=(f0, g0))
+    obj.tol = None
     tried.append(("BFGS (Laplace)", bool(opt.success), int(obj.nfev)))
     x_hat = opt.x
     if nagq > 1:
         objq = _ClmmObjective(model, nagq)
         objq.lower_r = lower_r
-        objq.u = obj.u
+        objq.base = obj.base
         fq, gq = objq.fg_x(x_hat)
         B1 = _bfgs_hessian_guess(obj, x_hat)
+        objq.tol = _OPT_PIRLS_TOL
         opt = _qn_minimize(objq.fg_x, x_hat, lower_x, B0=B1, gtol=gtol, maxiter=maxiter, f0g0=(fq, gq))
+        objq.tol = None
         tried.append((f"BFGS (AGQ, {nagq} nodes)", bool(opt.success), int(objq.nfev)))
         x_hat = opt.x
         obj = objq
@@ -1385,7 +1484,11 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
         cov_full = np.full((z_hat.size, z_hat.size), np.nan)
         cov_full[np.ix_(free, free)] = cov_free
     # ---- final state at the optimum (modes and factor)
-    llf, modes = model.loglike_parts(alpha, beta, theta, nagq=nagq, u0=obj.u)
+    if hessian:
+        llf, modes = obj.llf_at_hessian
+    else:
+        llf, modes = model.loglike_parts(alpha, beta, theta, nagq=nagq,
+                                         u0=None if obj.base is None else obj.base[1].u)
     if not converged:
         warnings.warn(f"the optimizer did not converge: {opt.message} (tried {tried}; largest "
                       f"projected gradient {max_grad:.3g})", ConvergenceWarning, stacklevel=3)
@@ -1416,14 +1519,14 @@ def _initial_hessian(obj, x0, g0, H_clm, k, p, nt):
         except np.linalg.LinAlgError:
             pass
     if nt <= 4:
-        u_keep = obj.u
+        base = obj.base
         for j in range(nt):
             i = k + p + j
             h = 1e-4 * max(1.0, abs(x0[i]))
             xp = x0.copy()
             xp[i] += h
+            obj.base, obj._fresh = base, obj._scalar(base)
             f, g = obj.fg_x(xp)
-            obj.u = u_keep
             if np.isfinite(f):
                 col = (g - g0) / h
                 B[:, i] = col
@@ -1442,15 +1545,16 @@ def _bfgs_hessian_guess(obj, x):
     f0, g0 = obj.fg_x(x)
     n = x.size
     H = np.empty((n, n))
-    u_keep = obj.u
+    base = obj.base
     lower = obj.lower_r
     for i in range(n):
         h = 1e-5 * max(1.0, abs(x[i]))
         xp = x.copy()
         xp[i] += h
+        obj.base, obj._fresh = base, obj._scalar(base)
         _, g = obj.fg_x(xp)
-        obj.u = u_keep
         H[:, i] = (g - g0) / h
+    obj.base, obj._fresh = base, False
     H = 0.5 * (H + H.T)
     try:
         np.linalg.cholesky(H)
@@ -1547,8 +1651,11 @@ class OrdinalMixedResults(MixedResults):
         """Conditional covariance of b per block: ``Lambda (Lambda' Z' W Z Lambda + I)^-1 Lambda'`` blocks."""
         model = self.model
         lams = model.re_design.lambdas(self.theta)
-        ch = model.chol
-        cv = ch.condvar_u()
+        k = model.thr.k
+        params = np.asarray(self.params)
+        # refresh the factor at the optimum (the model's factor may hold another evaluation)
+        _, modes = model.loglike_parts(params[:k], params[k:], self.theta, nagq=1, u0=self._u)
+        cv = _laplace._factor(model.chol, modes).condvar_u()
         return [np.einsum("ij,gjk,lk->gil", lam, c, lam) for lam, c in zip(lams, cv)]
 
     # ------------------------------------------------------------ prediction

@@ -18,15 +18,16 @@ from refcases import by_name, load_ref, read_data, ref_names
 CASES = ref_names("clmm")
 # n = 2,000 / 1,847 with two random terms or a vector term: a few seconds each
 SLOW = {"soup_nested", "ordsim_crossed", "ordsim_slope", "soup_agq10", "ordsim_agq10"}
-# cauchit: the log-density is not concave, single observations have negative observed
-# information; needs the engine to accept that (allow_negative_weights)
-XFAIL = {"wine_cauchit": "PIRLS in mlmext.laplace rejects negative observation weights"}
+# ordinal evaluates the outer thresholds as -1e5 / 1e5 instead of -inf / inf (clm.R, utils.R:
+# o1 <- 1e5 * ...).  With the Cauchy distribution's heavy tails that shifts the top and bottom
+# category probabilities by ~3e-6 and R's log-likelihood by ~1e-4 (checked: our Laplace value at
+# R's estimates moves from +3.3e-4 to +1.1e-4 of R's with the same sentinels); mlmext uses the
+# exact infinite thresholds, so the cauchit case gets wider tolerances.
+LOOSE = {"wine_cauchit": 0.02}
 
 
 def _param(c):
     marks = [pytest.mark.slow] if c in SLOW else []
-    if c in XFAIL:
-        marks.append(pytest.mark.xfail(reason=XFAIL[c], strict=False))
     return pytest.param(c, marks=marks)
 
 
@@ -56,6 +57,8 @@ def get_fit(fits, name):
 
 def se_tol(ref):
     """Estimates within this many standard errors of R's."""
+    if ref["name"] in LOOSE:
+        return LOOSE[ref["name"]]
     return 0.01 if ref.get("max_grad", 0.0) > 1e-3 else 0.002
 
 
@@ -97,7 +100,7 @@ def test_fixed_effects_and_se(fits, name):
 def test_loglik_aic_bic(fits, name):
     ref, res = get_fit(fits, name)
     assert res.llf >= ref["loglik"] - 1e-3
-    assert res.llf <= ref["loglik"] + 0.01
+    assert res.llf <= ref["loglik"] + (0.01 if ref["name"] not in LOOSE else 1e-3)
     gain = res.llf - ref["loglik"]
     assert abs(res.aic - ref["aic"]) < 2e-3 + 2 * abs(gain)
     assert abs(res.bic - ref["bic"]) < 2e-3 + 2 * abs(gain)
@@ -150,10 +153,11 @@ def test_conditional_modes_and_variances(fits, name):
         for j, c in enumerate(cols):
             r = np.array([row[c] for row in rows])
             mine = df.iloc[:, j].to_numpy()
-            np.testing.assert_allclose(mine, r, atol=5e-3 * max(1.0, np.abs(r).max()) * (5 if se_tol(ref) > 0.002 else 1))
+            loose = se_tol(ref) > 0.002
+            np.testing.assert_allclose(mine, r, atol=(5e-3 if loose else 1e-3) * max(1.0, np.abs(r).max()))
             rcv = np.asarray(ref["condvar"][g][j], dtype=float)
             cv = np.asarray(df.attrs["condvar"])[:, j, j]
-            np.testing.assert_allclose(cv, rcv, rtol=1e-2 * (5 if se_tol(ref) > 0.002 else 1), atol=1e-6)
+            np.testing.assert_allclose(cv, rcv, rtol=1e-2 if loose else 2e-3, atol=1e-6)
 
 
 def test_shared_cases_present():
