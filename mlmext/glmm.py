@@ -568,7 +568,7 @@ class GeneralizedLinearMixedModel(MixedModel):
         with _blas_single_thread(self):
             return self._fit(nagq, start_params, maxiter, tol, stage1)
 
-    def _fit(self, nagq, start_params, maxiter, tol, stage1, em_steps=3):
+    def _fit(self, nagq, start_params, maxiter, tol, stage1, em_steps=2):
         des = self.re_design
         nt, p, ke = des.ntheta, self.k_fe, self.k_extra
         tried = []
@@ -615,7 +615,7 @@ class GeneralizedLinearMixedModel(MixedModel):
         # ---- Laplace: all parameters jointly, exact gradient, then Newton with the Hessian
         fg = self._laplace_fg(tr)
         fd_idx = list(range(nt)) + list(range(nt + p, nt + p + ke))
-        x1, f1, g1, qinfo = _quasi_newton(fg, x0, bounds, fd_idx, maxiter=maxiter, tol=1e-4)
+        x1, f1, g1, qinfo = _quasi_newton(fg, x0, bounds, fd_idx, maxiter=maxiter, tol=1e-7)
         tried.append(("Laplace: quasi-Newton (exact gradient)", qinfo["converged"], qinfo["nfev"]))
         hess_fn = lambda x, g: _hessian_from_gradient(fg, x, g, bounds)
         x, f, g, H, info = _newton(fg, x1, bounds, hess_fn, tol, maxit=min(50, maxiter),

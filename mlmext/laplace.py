@@ -41,6 +41,7 @@ and with GLM fits.
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass, field
 
@@ -229,7 +230,10 @@ def make_chol(design, n=None, X=None):
         XY = np.ones((n, 1))
     else:
         XY = np.column_stack([np.asarray(X, dtype=float), np.ones(n)])
-    return BlockedCholesky(design.blocks, XY, np.ones(n))
+    try:
+        return BlockedCholesky(design.blocks, XY, np.ones(n), reweighting=True)
+    except TypeError:                      # a BlockedCholesky without the reweighting path
+        return BlockedCholesky(design.blocks, XY, np.ones(n))
 
 
 def _reweight(chol, XY, w):
@@ -715,10 +719,17 @@ def gh_rule(nagq, q=1):
     z : ndarray, shape (nagq**q, q)
     w : ndarray, shape (nagq**q,)
     """
-    from numpy.polynomial.hermite_e import hermegauss
     nagq = int(nagq)
     if nagq < 1:
         raise ValueError("nagq must be a positive integer")
+    z, ww = _gh_rule_cached(nagq, int(q))
+    return z.copy(), ww.copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _gh_rule_cached(nagq, q):
+    """:func:`gh_rule` without the copies (the rule is the same for every evaluation of a fit)."""
+    from numpy.polynomial.hermite_e import hermegauss
     if nagq == 1:
         return np.zeros((1, q)), np.ones(1)
     x, w = hermegauss(nagq)

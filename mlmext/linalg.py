@@ -209,9 +209,12 @@ class BlockedCholesky:
         (``p`` may be 0, as in the penalized least squares step of a GLMM).
     weights : ndarray, shape (n,), optional
         Prior (or working) weights.
+    reweighting : bool
+        Build only what :meth:`reweight` needs (its structure-reusing path),
+        not the general one of :meth:`set_data`.
     """
 
-    def __init__(self, blocks, XY, weights=None):
+    def __init__(self, blocks, XY, weights=None, reweighting=False):
         self.blocks = blocks
         b1 = blocks[0]
         self.m1, self.q1 = b1.m, b1.q
@@ -223,7 +226,10 @@ class BlockedCholesky:
         self._Z1 = b1.Z().tocsc()
         self._scalar_rest = all(b.q == 1 for b in blocks[1:])
         self._schur = None
-        self.set_data(XY, weights)
+        if reweighting:             # set up for repeated reweight() calls (GLMM PIRLS) only
+            self.reweight(XY, weights)
+        else:
+            self.set_data(XY, weights)
 
     def set_data(self, XY, weights=None):
         """(Re)compute the cross-products for new [X y] values and/or weights.
@@ -309,7 +315,7 @@ class BlockedCholesky:
         self.A_r1, self.A_1r, self.A_rr = A_r1, A_1r, Arr
         plan["schur"].refresh(A_r1)
         self._schur = plan["schur"]
-        if self._S.shape != Arr.shape:
+        if getattr(self, "_S", None) is None or self._S.shape != Arr.shape:
             self._S = np.empty_like(Arr)
         return self
 
