@@ -1,13 +1,16 @@
 """Cumulative link mixed model timings: mlmext vs R's ordinal::clmm, with statsmodels' OrderedModel
 (no random effects) as a floor.
 
-Run from the repository root:  python benchmarks/bench_clmm.py [--repeat 5] [--quick] [--blas-threads N]
+Run from the repository root:
+    python benchmarks/bench_clmm.py [--repeat 5] [--quick] [--blas-threads N] [--live-r]
 
 * ``mlmext fit`` is ``model.fit()`` (optimization, Hessian / standard errors, conditional modes);
   ``mlmext total`` adds building the model from the formula (patsy, about 5 ms on the wine data).
 * ``R clmm`` is R's own time for the whole ``clmm()`` call (formula to fitted object with the
   Hessian), stored with the reference fits (``r_seconds``, tests/reference/clmm/*.json; the
   wine Laplace case is the shared development value).
+* ``--live-r`` also times R's ``clmm()`` now (best of ``--repeat``), on the same machine under
+  the same load, since the shared machine's load changes the stored and the live times a lot.
 * ``OrderedModel`` fits the same fixed part without random effects (statsmodels, BFGS): a floor
   for what one ordinal likelihood evaluation costs in statsmodels.
 
@@ -55,7 +58,48 @@ CASES = [
 ]
 
 
-def run(repeat, quick):
+R_TIMER = r"""
+suppressPackageStartupMessages({library(ordinal); library(jsonlite)})
+args <- commandArgs(trailingOnly = TRUE)
+csv <- args[1]; formula <- args[2]; link <- args[3]; threshold <- args[4]; nagq <- as.integer(args[5])
+repeat_n <- as.integer(args[6])
+d <- read.csv(csv, stringsAsFactors = FALSE)
+lv <- sub("[.]csv$", ".levels.json", csv)
+if (file.exists(lv)) {
+  spec <- fromJSON(lv)
+  for (col in names(spec))
+    d[[col]] <- factor(as.character(d[[col]]), levels = spec[[col]]$levels, ordered = spec[[col]]$ordered)
+}
+f <- function() clmm(as.formula(formula), data = d, link = link, threshold = threshold, nAGQ = nagq)
+invisible(f())
+t <- sapply(seq_len(repeat_n), function(i) system.time(f())[["elapsed"]])
+cat(min(t), "\n")
+"""
+
+
+def live_r_seconds(ref, nagq, repeat):
+    """R's clmm() time measured now (best of ``repeat``), or nan without Rscript."""
+    import shutil
+    import subprocess
+    import tempfile
+    if shutil.which("Rscript") is None:
+        return np.nan
+    csv = os.path.join(ROOT, "tests", "data", ref["data"])
+    with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as fh:
+        fh.write(R_TIMER)
+        script = fh.name
+    try:
+        out = subprocess.run(["Rscript", script, csv, ref["formula"], ref.get("link", "logit"),
+                              ref.get("threshold", "flexible"), str(nagq), str(repeat)],
+                             capture_output=True, text=True, timeout=3600)
+        return float(out.stdout.split()[-1])
+    except Exception:  # noqa: BLE001
+        return np.nan
+    finally:
+        os.unlink(script)
+
+
+def run(repeat, quick, live_r=False):
     rows = []
     for label, name, nagq, is_quick in CASES:
         if quick and not is_quick:
@@ -75,8 +119,9 @@ def run(repeat, quick):
             om = lambda: OrderedModel(y, X, distr="logit" if kw["link"] == "logit" else "probit").fit(
                 method="bfgs", disp=False, maxiter=1000)
             t_om, _ = best_time(om, repeat)
+        r_now = live_r_seconds(ref, nagq, repeat) if live_r else np.nan
         rows.append(dict(label=label, fit=t_fit, total=t_total, r=float(ref["r_seconds"]), om=t_om,
-                         dll=res.llf - ref["loglik"]))
+                         dll=res.llf - ref["loglik"], r_now=r_now))
     return rows
 
 
@@ -86,6 +131,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="skip the crossed, slope and soup models")
     ap.add_argument("--blas-threads", type=int, default=1,
                     help="BLAS threads during the timings (0: leave the library default)")
+    ap.add_argument("--live-r", action="store_true",
+                    help="also time R's clmm() now, on the same machine and load (needs Rscript)")
     args = ap.parse_args()
     limiter = None
     if args.blas_threads > 0:
@@ -94,18 +141,21 @@ def main():
             limiter = threadpool_limits(args.blas_threads)
         except ImportError:
             print("threadpoolctl not installed: BLAS threads left at the default")
-    rows = run(args.repeat, args.quick)
+    rows = run(args.repeat, args.quick, args.live_r)
     if limiter is not None:
         limiter.restore_original_limits()
     print(f"best of {args.repeat}; BLAS threads: {args.blas_threads or 'default'}")
-    hdr = (f"| {'model':50s} | mlmext fit | mlmext total | R clmm | R / fit | R / total | "
-           f"OrderedModel (no RE) | fit / OrderedModel | llf - R |")
+    live = "| R now | R now / fit " if args.live_r else ""
+    hdr = (f"| {'model':50s} | mlmext fit | mlmext total | R clmm (stored) | R / fit | R / total "
+           f"{live}| OrderedModel (no RE) | fit / OrderedModel | llf - R |")
     print(hdr)
     print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
     for r in rows:
-        print(f"| {r['label']:50s} | {r['fit'] * 1e3:8.1f} ms | {r['total'] * 1e3:10.1f} ms | "
-              f"{r['r'] * 1e3:6.0f} ms | {r['r'] / r['fit']:6.1f}x | {r['r'] / r['total']:8.1f}x | "
-              f"{r['om'] * 1e3:17.1f} ms | {r['fit'] / r['om']:17.2f} | {r['dll']:+.1e} |")
+        lv = (f"| {r['r_now'] * 1e3:6.0f} ms | {r['r_now'] / r['fit']:10.1f}x "
+              if args.live_r else "")
+        print(f"| {r['label']:50s} | {r['fit'] * 1e3:7.1f} ms | {r['total'] * 1e3:9.1f} ms | "
+              f"{r['r'] * 1e3:12.0f} ms | {r['r'] / r['fit']:6.1f}x | {r['r'] / r['total']:8.1f}x "
+              f"{lv}| {r['om'] * 1e3:17.1f} ms | {r['fit'] / r['om']:17.2f} | {r['dll']:+.1e} |")
 
 
 if __name__ == "__main__":

@@ -1000,6 +1000,12 @@ class OrdinalMixedModel(MixedModel):
         return yser, X
 
     # --------------------------------------------------------------- pieces
+    def _jacobians(self):
+        """Jacobians of ``u = theta_y - eta`` and ``l = theta_{y-1} - eta`` in (alpha, beta)."""
+        if getattr(self, "_jac_cache", None) is None:
+            self._jac_cache = _jacobians(self.cond, self.thr.T, self.exog)
+        return self._jac_cache
+
     @property
     def chol(self):
         if self._chol is None:
@@ -1234,7 +1240,9 @@ class _ClmmObjective:
         self.analytic = nagq == 1
         self.X = model.exog if model.k_fe else None
         self.tol = None           # PIRLS tolerance (None: the model's default)
+        self._tight = model._pirls_tol
         self._dd1 = self._dd1_for = None
+        self._last_fg = None      # (z, (f, g), base, PIRLS decrement) of the last fg_r
 
     @property
     def u(self):
@@ -1298,15 +1306,23 @@ class _ClmmObjective:
         return self._eval_z(z)[0]
 
     def fg_r(self, z):
+        last = self._last_fg
+        if last is not None and last[2] is self.base and np.array_equal(last[0], z) and \
+                (self.tol is not None or last[3] <= self._tight):
+            return last[1]                       # same point, modes at least as accurate
         f, modes = self._eval_z(z)
         if not np.isfinite(f):
             return f, np.zeros_like(z)
         if self.analytic:
             try:
-                return f, self._grad_r(z[self.k + self.p:], modes)
+                out = f, self._grad_r(z[self.k + self.p:], modes)
             except NotImplementedError:
                 self.analytic = False
-        return f, self._fd_grad(self.fun_r, z, f)
+                out = f, self._fd_grad(self.fun_r, z, f)
+        else:
+            out = f, self._fd_grad(self.fun_r, z, f)
+        self._last_fg = (z.copy(), out, self.base, modes.decrement)
+        return out
 
     def llf_at_base(self, z):
         """Log-likelihood and modes of the last converged evaluation if it was at ``z``."""
@@ -1504,20 +1520,48 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
     return MixedResultsWrapper(res)
 
 
+def _profiled_hessian(model, modes, theta):
+    """Hessian in (alpha, beta) of the joint log-likelihood with the modes profiled out.
+
+    ``H_pp + H_pu M^-1 H_up`` at the modes: the second derivatives of
+    ``sum_i l_i`` in (alpha, beta) and in (alpha, beta) and ``u``, with
+    ``M = Lambda' Z' W Z Lambda + I``.  It leaves out the third-derivative
+    terms of the Laplace log-determinant, so it is a close (typically within
+    ~15 %) and cheap approximation of the Hessian of the Laplace
+    log-likelihood: a good starting matrix for the quasi-Newton iterations.
+    """
+    cond = model.cond
+    lu, ll_, luu, lll, lul = cond.interval_derivatives(modes.eta)
+    Ju, Jl = model._jacobians()
+    Hpp = (Ju.T * luu) @ Ju + (Jl.T * lll) @ Jl + (Ju.T * lul) @ Jl + (Jl.T * lul) @ Ju
+    # d d1_i / d(alpha, beta): d1 = -(l_u + l_l) and (u, l) move with Ju, Jl
+    C = -(Ju * (luu + lul)[:, None] + Jl * (lul + lll)[:, None])
+    ops = _laplace._zops(model.re_design)
+    lams = model.re_design.lambdas(np.asarray(theta, dtype=float))
+    fac = _laplace._factor(model.chol, modes)
+    Hup = np.column_stack([ops.ztv(C[:, j], lams) for j in range(C.shape[1])])
+    Minv_Hup = np.column_stack([fac.solve_re(Hup[:, j]) for j in range(C.shape[1])])
+    return Hpp + Hup.T @ Minv_Hup
+
+
 def _initial_hessian(obj, x0, g0, H_clm, k, p, nt):
-    """Starting BFGS matrix: the no-random-effects Hessian for (psi, beta), a column by
-    forward differences for each theta."""
+    """Starting BFGS matrix: the profiled Hessian (:func:`_profiled_hessian`) at the start,
+    else the no-random-effects Hessian, for (psi, beta); a column by forward differences for
+    each theta."""
     n = k + p + nt
     B = np.eye(n)
-    if H_clm is not None:
-        J = np.eye(k + p)
-        J[:k, :k] = obj.thr.jacobian(x0[:k])
-        Hab = -J.T @ H_clm @ J
+    J = np.eye(k + p)
+    J[:k, :k] = obj.thr.jacobian(x0[:k])
+    for H in (_try_profiled(obj, x0), H_clm):
+        if H is None:
+            continue
+        Hab = -J.T @ H @ J
         try:
             np.linalg.cholesky(Hab)
             B[:k + p, :k + p] = Hab
+            break
         except np.linalg.LinAlgError:
-            pass
+            continue
     if nt <= 4:
         base = obj.base
         for j in range(nt):
@@ -1538,6 +1582,18 @@ def _initial_hessian(obj, x0, g0, H_clm, k, p, nt):
             d = np.diag(B).copy()
             B = np.diag(np.where(d > 0, d, 1.0))
     return B
+
+
+def _try_profiled(obj, x0):
+    """The profiled Hessian at the start when the model's factor still holds its modes."""
+    if obj.base is None or not (obj._fresh or obj._scalar(obj.base)):
+        return None
+    z0, modes = obj.base[:2]
+    try:
+        H = _profiled_hessian(obj.model, modes, z0[obj.k + obj.p:])
+    except Exception:  # noqa: BLE001 - only a starting matrix
+        return None
+    return H if np.all(np.isfinite(H)) else None
 
 
 def _bfgs_hessian_guess(obj, x):
