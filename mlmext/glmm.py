@@ -462,8 +462,12 @@ class GeneralizedLinearMixedModel(MixedModel):
         last = self._last if warm else None
         if last is not None and u0 is not None:
             th0, ef0, m0, lams0, extra0 = last
-            if extra0 is None or np.array_equal(extra0, self._extra_now()):
-                u0 = lp.predict_modes(des, self.chol_u, m0, theta - th0, eta_f - ef0, lams=lams0)
+            dd1 = None
+            if extra0 is not None:                       # e.g. log alpha moved too
+                dx = self._extra_now() - extra0
+                if np.any(dx) and np.all(np.isfinite(dx)):
+                    dd1 = self.cond.param_derivatives(m0.eta)[1] @ dx
+            u0 = lp.predict_modes(des, self.chol_u, m0, theta - th0, eta_f - ef0, lams=lams0, dd1=dd1)
         modes = lp.pirls(des, self.chol_u, eta_f, self.cond, theta, u0=u0, tol=tol, lams=lams)
         if not modes.converged and u0 is not None:
             modes = lp.pirls(des, self.chol_u, eta_f, self.cond, theta, u0=None, tol=tol, lams=lams)
@@ -592,6 +596,11 @@ class GeneralizedLinearMixedModel(MixedModel):
                 raise lp.PIRLSError("PIRLS failed at the starting values (theta = "
                                     f"{np.round(theta0, 4).tolist()}, beta updated inside PIRLS "
                                     f"from 0, u from 0): {m1.message}")
+            if ke:                                        # alpha from the first stage's modes
+                extra0 = self._start_extra(m1)
+                self._set_extra(extra0)
+                _, m1b = self._stage1(theta0, m1.beta, m1.u)
+                m1 = m1b if m1b.converged else m1
             if stage1:
                 theta0, m1, nfev1 = self._optimize_stage1(theta0, m1)
                 tried.append(("stage 1 (theta; beta in PIRLS): Nelder-Mead", True, nfev1))
@@ -599,9 +608,6 @@ class GeneralizedLinearMixedModel(MixedModel):
                 theta0, m1, nem = self._em_start(theta0, m1, em_steps)
                 tried.append(("stage 1 (theta; beta in PIRLS): EM steps", True, nem))
             beta0 = m1.beta
-            if ke:
-                extra0 = self._start_extra(m1)
-                self._set_extra(extra0)
         # scale for beta: Cholesky factor of the stage-1 (X' V^-1 X)^-1
         cov0 = self.chol_x.cov_beta_unscaled() if (m1.converged and p) else np.eye(p)
         try:
@@ -807,11 +813,16 @@ class _blas_single_thread:
         self.limit = r < 1500
         self._ctx = None
 
+    _controller = None
+
     def __enter__(self):
         if self.limit:
             try:
-                from threadpoolctl import threadpool_limits
-                self._ctx = threadpool_limits(limits=1, user_api="blas")
+                cls = type(self)
+                if cls._controller is None:             # scanning the loaded libraries is slow
+                    from threadpoolctl import ThreadpoolController
+                    cls._controller = ThreadpoolController()
+                self._ctx = cls._controller.limit(limits=1, user_api="blas")
             except Exception:  # noqa: BLE001 - optional
                 self._ctx = None
         return self

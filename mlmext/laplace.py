@@ -375,7 +375,9 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
             break
         wt = w
         factor_weights_are_w = True
-        if newton:
+        # Newton weights far from the modes, the weights w once the last step was small: if
+        # that check converges, the factor is already the one the Laplace determinant needs
+        if newton and not dec < 1e-9:
             with np.errstate(all="ignore"):
                 hobs = cond.hessian_terms(eta)[0]
             if np.all(np.isfinite(hobs)) and hobs.min() > 0:
