@@ -833,30 +833,6 @@ class _blas_single_thread:
         return False
 
 
-def _lbfgsb(fg, x0, bounds, maxiter, gtol):
-    """L-BFGS-B on (value, gradient) with the best point kept."""
-    best = {"f": np.inf, "x": np.asarray(x0, dtype=float).copy(), "n": 0}
-
-    def wrapped(x):
-        f, g = fg(x)
-        best["n"] += 1
-        if f < best["f"]:
-            best["f"], best["x"] = f, x.copy()
-        if not np.isfinite(f):
-            return 1e100, np.zeros_like(x)
-        return f, g
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = optimize.minimize(wrapped, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                                options={"maxiter": maxiter, "maxfun": 3 * maxiter, "ftol": 1e-12,
-                                         "gtol": gtol, "maxcor": 20})
-    if best["f"] < res.fun:
-        res.x, res.fun = best["x"], best["f"]
-    res.nfev = best["n"]
-    return res
-
-
 def _quasi_newton(fg, x0, bounds, fd_idx, maxiter=200, tol=1e-4, curv=2.0, H0=None):
     """Damped BFGS started from a structured Hessian, until the Newton decrement is below ``tol``.
 

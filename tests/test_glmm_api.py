@@ -1,6 +1,4 @@
 """glmer / glmer_nb front door: response forms, offsets, results contract, bad input."""
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest

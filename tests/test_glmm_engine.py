@@ -15,7 +15,6 @@ from scipy import sparse, special
 
 from mlmext import laplace as lp
 from mlmext.formula import api as mf
-from mlmext.glmm import GLMConditional
 from mlmext.linalg import BlockedCholesky
 from mlmext.lmm import LinearMixedModel
 
