@@ -29,9 +29,18 @@ shared random-effects design and factorization.
 
 Probabilities of a category are differences ``F(u) - F(l)`` of the
 distribution function at ``u = theta_y - eta`` and ``l = theta_{y-1} - eta``.
-They are computed in logs, in the lower tail (``F``) when the interval lies
-below the median of ``F`` and in the upper tail (``1 - F``) otherwise, so
-there is no cancellation for large ``|eta|``.
+They are computed as ``F(u) (1 - F(l)) - F(l) (1 - F(u))``, which is the
+lower-tail difference below the median of ``F`` and the upper-tail
+difference ``(1 - F(l)) - (1 - F(u))`` above it, so there is no cancellation
+for large ``|eta|`` (and in logs where even that underflows).
+
+Fitting (:meth:`OrdinalMixedModel.fit`): starting values from the model
+without random effects, then a bounded quasi-Newton method on (thresholds,
+fixed effects, theta) with the exact gradient of the Laplace log-likelihood
+(:func:`mlmext.laplace.laplace_gradient`), started from the Hessian of the
+joint log-likelihood with the modes profiled out; conditional modes are
+warm-started from their first-order prediction.  Standard errors come from
+the Hessian of the log-likelihood in ``clmm``'s parameters.
 """
 from __future__ import annotations
 
@@ -40,8 +49,15 @@ import warnings
 import numpy as np
 import pandas as pd
 from scipy import special
+from statsmodels.iolib.summary import Summary, summary_params
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-__all__ = ["LINKS", "CumulativeLinkConditional", "Thresholds", "fit_clm"]
+from . import laplace as _laplace
+from .base import MixedModel, _drop_rank_deficient, _eval
+from .results import MixedResults, MixedResultsWrapper
+
+__all__ = ["LINKS", "get_link", "Thresholds", "CumulativeLinkConditional", "category_probabilities",
+           "fit_clm", "ordinal_response", "OrdinalMixedModel", "OrdinalMixedResults"]
 
 _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
 
@@ -861,10 +877,7 @@ def _drop_unused_levels(codes, labels, name):
 
 
 # ============================================================================ model
-from statsmodels.tools.sm_exceptions import ConvergenceWarning  # noqa: E402
 
-from . import laplace as _laplace  # noqa: E402
-from .base import MixedModel, _drop_rank_deficient, _eval  # noqa: E402
 
 
 class OrdinalMixedModel(MixedModel):
@@ -898,7 +911,8 @@ class OrdinalMixedModel(MixedModel):
     The random-effects integral is done by :mod:`mlmext.laplace`: Laplace
     for any random-effects structure (crossed, nested, several and
     vector-valued terms), adaptive Gauss-Hermite quadrature for a single
-    grouping factor.  The parameters are ordered as ``clmm``'s ``coef``:
+    grouping factor.  The Laplace approximation uses the observed
+    information, as ``clmm``.  The parameters are ordered as ``clmm``'s ``coef``:
     threshold parameters first (``"1|2", "2|3", ...`` for flexible
     thresholds; ``threshold.1, spacing`` or ``central..., spacing...``
     otherwise), then the fixed effects.
@@ -1324,12 +1338,6 @@ class _ClmmObjective:
         self._last_fg = (z.copy(), out, self.base, modes.decrement)
         return out
 
-    def llf_at_base(self, z):
-        """Log-likelihood and modes of the last converged evaluation if it was at ``z``."""
-        if self.base is not None and np.array_equal(self.base[0], z):
-            return -self.base[2], self.base[1]
-        return None
-
     # internal coordinates ----------------------------------------------------------
     def to_r(self, x):
         k = self.k
@@ -1516,7 +1524,6 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
                               sigma=1.0, criterion=-2.0 * llf, optim=opt, nagq=nagq,
                               cov_params_full=cov_full, hessian=H, hessian_free=free,
                               llf_no_re=ll_clm, modes=modes, max_grad=max_grad)
-    from .results import MixedResultsWrapper
     return MixedResultsWrapper(res)
 
 
@@ -1622,9 +1629,6 @@ def _bfgs_hessian_guess(obj, x):
 
 
 # ============================================================================ results
-from .results import MixedResults, _fmt  # noqa: E402
-from statsmodels.iolib.summary import Summary, summary_params  # noqa: E402
-from statsmodels.iolib.table import SimpleTable  # noqa: E402
 
 
 class OrdinalMixedResults(MixedResults):

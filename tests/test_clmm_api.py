@@ -372,3 +372,12 @@ def test_vector_agq_matches_brute_force_integration(wine):
     assert abs(lap - exact) > 1e-3
     r = m.fit(nagq=7, hessian=False)
     assert r.converged and r.nagq == 7 and np.isfinite(r.llf)
+
+
+def test_offset_shifts_the_thresholds(wine, wine_fit):
+    d = wine.copy()
+    d["off"] = 0.75
+    r = mf.clmm("rating ~ temp + contact + offset(off) + (1 | judge)", d).fit()
+    np.testing.assert_allclose(r.llf, wine_fit.llf, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(r.thresholds), np.asarray(wine_fit.thresholds) + 0.75, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(r.fe_params), np.asarray(wine_fit.fe_params), atol=1e-4)
