@@ -87,12 +87,15 @@ class _SchurProduct:
         T = k.astype(np.int64) * (k + 1) // 2
         g = np.repeat(np.arange(m1, dtype=np.int64), T)
         l = np.arange(npairs, dtype=np.int64) - np.repeat(np.cumsum(T) - T, T)
-        a = ((np.sqrt(8.0 * l + 1.0) - 1.0) // 2).astype(np.int64)
-        a += (a + 1) * (a + 2) // 2 <= l                 # guard against rounding
-        a -= a * (a + 1) // 2 > l
+        a = ((np.sqrt(8.0 * l + 1.0) - 1.0) * 0.5).astype(np.int64)
+        b = l - a * (a + 1) // 2
+        bad = np.flatnonzero((b < 0) | (b > a))          # rounding of the square root (rare)
+        if bad.size:
+            a[bad] += np.where(b[bad] > a[bad], 1, -1)
+            b[bad] = l[bad] - a[bad] * (a[bad] + 1) // 2
         base = starts[:-1].astype(np.int64)[g]
-        e1, e2 = base + a, base + (l - a * (a + 1) // 2)
-        del l, a, base
+        e1, e2 = base + a, base + b
+        del l, a, b, base
         i, j = A.indices[e1], A.indices[e2]
         val = A.data[e1] * A.data[e2]
         dbl = None
@@ -100,7 +103,7 @@ class _SchurProduct:
             dbl = (i == j) & (e1 != e2)
             val = np.where(dbl, 2.0 * val, val)
         hi, lo = np.maximum(i, j), np.minimum(i, j)
-        col = (g * q1 + comp[e1]) * q1 + comp[e2]
+        col = g if q1 == 1 else (g * q1 + comp[e1]) * q1 + comp[e2]
         if not refreshable:
             rows = hi * r + lo
             if q1 > 1:                                   # columns (g, a, b) must be grouped

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
+from ._blas import blas_threads
 from .base import MixedModel
 from .linalg import BlockedCholesky
 from .optimize import minimize_theta
@@ -44,12 +45,13 @@ class LinearMixedModel(MixedModel):
             ch = self.chol.update(self.re_design.lambdas(np.asarray(theta, dtype=float)))
         except np.linalg.LinAlgError:      # numerically indefinite: treat as infeasible
             return np.inf
-        n = self.nobs
-        r2 = ch.r2
-        if reml:
-            nmp = n - self.k_fe
-            return ch.logdet_zz + ch.logdet_xx + nmp * (1.0 + _LOG2PI + np.log(r2 / nmp)) - self._logw
-        return ch.logdet_zz + n * (1.0 + _LOG2PI + np.log(r2 / n)) - self._logw
+        return self._deviance_at(ch, reml)
+
+    def _deviance_at(self, ch, reml):
+        """The profiled deviance from a factor already updated to theta."""
+        nu = self.nobs - (self.k_fe if reml else 0)
+        logdet = ch.logdet_zz + (ch.logdet_xx if reml else 0.0)
+        return logdet + nu * (1.0 + _LOG2PI + np.log(ch.r2 / nu)) - self._logw
 
     def deviance_and_gradient(self, theta, reml=True):
         """Profiled deviance and its gradient in theta.
@@ -77,8 +79,7 @@ class LinearMixedModel(MixedModel):
         n, p = self.nobs, self.k_fe
         nu = n - p if reml else n
         r2 = ch.r2
-        logdet = ch.logdet_zz + (ch.logdet_xx if reml else 0.0)
-        dev = logdet + nu * (1.0 + _LOG2PI + np.log(r2 / nu)) - self._logw
+        dev = self._deviance_at(ch, reml)
         u, beta = ch.solve()
         S = ch.inverse_block_sums(p if reml else 0)
         W = ch.ztres(u, beta, lams)
@@ -162,17 +163,20 @@ class LinearMixedModel(MixedModel):
         """
         from .results import LMMResults, MixedResultsWrapper
         des = self.re_design
-        start = self._start_theta(reml) if start_params is None else np.asarray(start_params, dtype=float)
+        with blas_threads(self.chol.r):
+            start = self._start_theta(reml) if start_params is None else np.asarray(start_params, dtype=float)
         fun = lambda th: self.deviance_profiled(th, reml=reml)
         grad = lambda th: self.deviance_and_gradient(th, reml=reml)
-        opt = minimize_theta(fun, start, des.lower, method=method, maxiter=maxiter, tol=tol, grad=grad)
+        with blas_threads(self.chol.r):
+            opt = minimize_theta(fun, start, des.lower, method=method, maxiter=maxiter, tol=tol,
+                                 grad=grad)
         theta = opt.x
         ch = self.chol.update(des.lambdas(theta))
         u, beta = ch.solve()
         n, p = self.nobs, self.k_fe
         sigma2 = ch.r2 / (n - p if reml else n)
         cov_beta = sigma2 * ch.cov_beta_unscaled()
-        crit = self.deviance_profiled(theta, reml=reml)
+        crit = self._deviance_at(ch, reml)
         res = LMMResults(self, beta, cov_beta, theta=theta, u=u, sigma=np.sqrt(sigma2),
                          reml=reml, criterion=crit, optim=opt)
         if not res.converged:

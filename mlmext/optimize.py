@@ -82,8 +82,10 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         x = res.x
         if r.success:
             break
-    res.x = np.maximum(np.asarray(res.x, dtype=float), lower)
-    res.fun = float(fun(res.x))
+    x = np.maximum(np.asarray(res.x, dtype=float), lower)
+    if np.any(x != res.x):
+        res.fun = float(fun(x))
+    res.x, res.fun = x, float(res.fun)
     # A diagonal entry at its bound has zero gradient whether or not moving off the bound
     # lowers the objective (the deviance is even in it), so a gradient method cannot leave
     # it: probe off the bound and restart from a better point if there is one.
