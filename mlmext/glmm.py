@@ -43,6 +43,7 @@ from statsmodels.genmod import families
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from . import laplace as lp
+from ._blas import blas_threads
 from .base import MixedModel, _drop_rank_deficient
 from .results import MixedResults, MixedResultsWrapper
 
@@ -569,7 +570,9 @@ class GeneralizedLinearMixedModel(MixedModel):
                 raise NotImplementedError(
                     f"adaptive Gauss-Hermite quadrature supports at most 3 random effects per level; "
                     f"the term on {des.blocks[0].name!r} has {des.blocks[0].q}. Use nagq=1 (Laplace).")
-        with _blas_single_thread(self):
+        des = self.re_design
+        dense_rows = des.nre - des.blocks[0].nre + self.k_fe + 1
+        with blas_threads(dense_rows):
             return self._fit(nagq, start_params, maxiter, tol, stage1)
 
     def _fit(self, nagq, start_params, maxiter, tol, stage1, em_steps=2):
@@ -798,39 +801,6 @@ class GeneralizedLinearMixedModel(MixedModel):
         ch.reweight(np.column_stack([self.exog, z]), w)
         ch.update(lams)
         return ch.cov_beta_unscaled()
-
-
-class _blas_single_thread:
-    """One BLAS thread while fitting a model whose dense factor is small (threadpoolctl, if installed).
-
-    The dense part of the factorization is re-factored at every PIRLS step;
-    for small matrices OpenBLAS's threads only add synchronization, which on a
-    loaded machine costs far more than the work itself.
-    """
-
-    def __init__(self, model):
-        r = model.re_design.nre - model.re_design.blocks[0].nre + model.k_fe + 1
-        self.limit = r < 1500
-        self._ctx = None
-
-    _controller = None
-
-    def __enter__(self):
-        if self.limit:
-            try:
-                cls = type(self)
-                if cls._controller is None:             # scanning the loaded libraries is slow
-                    from threadpoolctl import ThreadpoolController
-                    cls._controller = ThreadpoolController()
-                self._ctx = cls._controller.limit(limits=1, user_api="blas")
-            except Exception:  # noqa: BLE001 - optional
-                self._ctx = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._ctx is not None:
-            self._ctx.restore_original_limits()
-        return False
 
 
 def _quasi_newton(fg, x0, bounds, fd_idx, maxiter=200, tol=1e-4, curv=2.0, H0=None):
