@@ -1089,7 +1089,8 @@ class OrdinalMixedModel(MixedModel):
             structure.  ``nagq > 1``: adaptive Gauss-Hermite quadrature with
             ``nagq`` nodes per dimension; needs a single grouping factor
             (a scalar term as ``clmm``, or a vector term with up to three
-            random effects on a product grid).
+            random effects on a product grid).  ``nagq < 0`` (``clmm``'s
+            non-adaptive quadrature) raises ``NotImplementedError``.
         start_params : array_like, optional
             Starting ``(alpha, beta, theta)``; default: the fit without
             random effects (as ``clmm``) and ``theta = 1``.
@@ -1418,9 +1419,13 @@ _OPT_PIRLS_TOL = 1e-14
 
 def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=True, **kwargs):
     nagq = int(nagq)
-    if nagq < 1:
-        raise ValueError("nagq must be 1 (Laplace) or a number of quadrature nodes > 1; "
-                         "non-adaptive quadrature (clmm's nAGQ < 0) is not implemented")
+    if nagq < 0:
+        raise NotImplementedError("non-adaptive Gauss-Hermite quadrature (clmm's nAGQ < 0) is not "
+                                  f"implemented; use nagq={-nagq} for adaptive quadrature with "
+                                  f"{-nagq} nodes, or nagq=1 for the Laplace approximation")
+    if nagq == 0:
+        raise ValueError("nagq must be 1 (Laplace approximation; clmm's nAGQ = 0 and 1 both mean "
+                         "Laplace) or a number of quadrature nodes > 1")
     des = model.re_design
     if nagq > 1 and len(des.blocks) != 1:
         raise NotImplementedError(
