@@ -53,6 +53,7 @@ from statsmodels.iolib.summary import Summary, summary_params
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from . import laplace as _laplace
+from ._blas import blas_threads
 from .base import MixedModel, _drop_rank_deficient, _eval
 from .results import MixedResults, MixedResultsWrapper
 
@@ -1107,8 +1108,12 @@ class OrdinalMixedModel(MixedModel):
         -------
         OrdinalMixedResults
         """
-        return _fit_clmm(self, nagq=nagq, start_params=start_params, maxiter=maxiter, gtol=gtol,
-                         hessian=hessian, **kwargs)
+        des = self.re_design
+        scalar = len(des.blocks) == 1 and des.blocks[0].q == 1
+        # one BLAS thread for moderate dense parts (the shared helper of the LMM / GLMM fits)
+        with blas_threads(0 if scalar else self.chol.r):
+            return _fit_clmm(self, nagq=nagq, start_params=start_params, maxiter=maxiter, gtol=gtol,
+                             hessian=hessian, **kwargs)
 
 
 # ============================================================================ fitting
