@@ -84,26 +84,39 @@ class _SchurProduct:
         comp = np.repeat(np.arange(m1 * q1) % q1, np.diff(A.indptr))   # component of each entry
         # unordered entry pairs (a >= b) of each level, in level order: pair l of a level
         # with T = k(k+1)/2 pairs decodes as a = floor((sqrt(8 l + 1) - 1) / 2), b = l - a(a+1)/2
+        it = np.int32 if max(npairs, A.nnz, r * r) < 2**31 - 1 else np.int64
         T = k.astype(np.int64) * (k + 1) // 2
-        g = np.repeat(np.arange(m1, dtype=np.int64), T)
-        l = np.arange(npairs, dtype=np.int64) - np.repeat(np.cumsum(T) - T, T)
-        a = ((np.sqrt(8.0 * l + 1.0) - 1.0) * 0.5).astype(np.int64)
+        g = np.repeat(np.arange(m1, dtype=it), T)
+        l = np.arange(npairs, dtype=it) - np.repeat((np.cumsum(T) - T).astype(it), T)
+        a = ((np.sqrt(8.0 * l + 1.0) - 1.0) * 0.5).astype(it)
         b = l - a * (a + 1) // 2
         bad = np.flatnonzero((b < 0) | (b > a))          # rounding of the square root (rare)
         if bad.size:
-            a[bad] += np.where(b[bad] > a[bad], 1, -1)
+            a[bad] += np.where(b[bad] > a[bad], 1, -1).astype(it)
             b[bad] = l[bad] - a[bad] * (a[bad] + 1) // 2
-        base = starts[:-1].astype(np.int64)[g]
-        e1, e2 = base + a, base + b
-        del l, a, b, base
-        i, j = A.indices[e1], A.indices[e2]
-        val = A.data[e1] * A.data[e2]
+        del l
+        base = starts[:-1].astype(it)[g]
+        a += base                                        # in place: large temporaries are costly
+        b += base
+        e1, e2 = a, b
+        del base
+        val = np.take(A.data, e1)
+        val *= np.take(A.data, e2)
+        i = np.take(A.indices.astype(it, copy=False), e1)
+        j = np.take(A.indices.astype(it, copy=False), e2)
+        if q1 == 1 and not refreshable:
+            # one component, sorted rows within a column: e1 >= e2 means i >= j
+            indptr = np.concatenate([[0], np.cumsum(T)])
+            i *= it(r)
+            i += j
+            self.P = sparse.csc_matrix((val, i, indptr), shape=(r * r, m1))
+            return
         dbl = None
         if q1 > 1:   # same row, two components: the pair stands for both orders
             dbl = (i == j) & (e1 != e2)
             val = np.where(dbl, 2.0 * val, val)
-        hi, lo = np.maximum(i, j), np.minimum(i, j)
-        col = g if q1 == 1 else (g * q1 + comp[e1]) * q1 + comp[e2]
+        hi, lo = np.maximum(i, j).astype(np.int64), np.minimum(i, j).astype(np.int64)
+        col = g if q1 == 1 else (g.astype(np.int64) * q1 + comp[e1]) * q1 + comp[e2]
         if not refreshable:
             rows = hi * r + lo
             if q1 > 1:                                   # columns (g, a, b) must be grouped
