@@ -5,20 +5,34 @@ matrices of a few hundred to a couple of thousand rows, OpenBLAS's threads mostl
 synchronization, and on a machine whose cores are busy with other work that costs far
 more than the arithmetic (measured here: an InstEval fit 1.2 s with one thread against
 1.8-37 s with two on a shared 2-core machine).  Fits therefore run with one BLAS thread
-unless the dense part is large enough for threads to pay.
+unless the dense part is large enough for threads to pay; the dense inverse of the
+gradient (``potri``, which does gain from threads from ~600 rows) asks for them back.
 """
 from __future__ import annotations
 
-__all__ = ["blas_threads"]
+__all__ = ["blas_threads", "THREADED_MIN_ROWS", "INVERSE_THREADED_MIN_ROWS"]
 
-_controller = None
+_state = {"controller": None, "default": None}
 
-#: dense parts with at least this many rows keep the library's thread count
+#: dense parts with at least this many rows keep the library's thread count during a fit
 THREADED_MIN_ROWS = 1500
+#: dense inverses with at least this many rows use the library's thread count
+INVERSE_THREADED_MIN_ROWS = 600
+
+
+def _controller():
+    if _state["controller"] is None:            # scanning the loaded libraries is slow: once
+        from threadpoolctl import ThreadpoolController
+        ctl = ThreadpoolController()
+        _state["controller"] = ctl
+        blas = [lib["num_threads"] for lib in ctl.info() if lib.get("user_api") == "blas"]
+        _state["default"] = max(blas) if blas else None
+    return _state["controller"]
 
 
 class blas_threads:
-    """Context manager: one BLAS thread when the dense part has fewer than ``THREADED_MIN_ROWS`` rows.
+    """Context manager: one BLAS thread for a dense part of fewer than ``min_rows`` rows,
+    the library's default number of threads otherwise.
 
     Uses threadpoolctl; does nothing if it is unavailable.
 
@@ -26,22 +40,22 @@ class blas_threads:
     ----------
     dense_rows : int
         Size of the dense part of the factorization.
+    min_rows : int
+        Threshold (default ``THREADED_MIN_ROWS``).
     """
 
-    def __init__(self, dense_rows):
-        self.limit = dense_rows < THREADED_MIN_ROWS
+    def __init__(self, dense_rows, min_rows=None):
+        self.small = dense_rows < (THREADED_MIN_ROWS if min_rows is None else min_rows)
         self._ctx = None
 
     def __enter__(self):
-        global _controller
-        if self.limit:
-            try:
-                if _controller is None:            # scanning the loaded libraries is slow: once
-                    from threadpoolctl import ThreadpoolController
-                    _controller = ThreadpoolController()
-                self._ctx = _controller.limit(limits=1, user_api="blas")
-            except Exception:  # noqa: BLE001 - threading is an optimization only
-                self._ctx = None
+        try:
+            ctl = _controller()
+            n = 1 if self.small else _state["default"]
+            if n is not None:
+                self._ctx = ctl.limit(limits=n, user_api="blas")
+        except Exception:  # noqa: BLE001 - threading is an optimization only
+            self._ctx = None
         return self
 
     def __exit__(self, *exc):

@@ -30,6 +30,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg, sparse
 
+from ._blas import INVERSE_THREADED_MIN_ROWS, blas_threads
+
 __all__ = ["BlockedCholesky"]
 
 
@@ -44,6 +46,34 @@ def _block_cross(X, codes, m, w):
             out[:, j, k] = v
             out[:, k, j] = v
     return out
+
+
+def _level_pairs(starts, T, it, chunk=1 << 18):
+    """Entry pairs (e1 >= e2) within each level, in level order, in chunks of levels.
+
+    Level g owns entries ``starts[g]:starts[g+1]`` and ``T[g] = k(k+1)/2`` pairs; pair l of a
+    level decodes as a = floor((sqrt(8 l + 1) - 1) / 2), b = l - a(a+1)/2.  Yields
+    ``(first level, end level, e1, e2)``.
+    """
+    m = T.size
+    cum = np.cumsum(T)
+    g0 = 0
+    while g0 < m:
+        g1 = int(np.searchsorted(cum, (cum[g0 - 1] if g0 else 0) + chunk, side="right"))
+        g1 = max(g1, g0 + 1)
+        Tc = T[g0:g1]
+        n = int(Tc.sum())
+        g = np.repeat(np.arange(g0, g1, dtype=it), Tc)
+        l = np.arange(n, dtype=it) - np.repeat((np.cumsum(Tc) - Tc).astype(it), Tc)
+        a = ((np.sqrt(8.0 * l + 1.0) - 1.0) * 0.5).astype(it)
+        b = l - a * (a + 1) // 2
+        bad = np.flatnonzero((b < 0) | (b > a))          # rounding of the square root (rare)
+        if bad.size:
+            a[bad] += np.where(b[bad] > a[bad], 1, -1).astype(it)
+            b[bad] = l[bad] - a[bad] * (a[bad] + 1) // 2
+        base = starts[g].astype(it)
+        yield g0, g1, a + base, b + base
+        g0 = g1
 
 
 class _SchurProduct:
@@ -82,35 +112,32 @@ class _SchurProduct:
             self.A_1r = self.A_r1.T.tocsr()
             return
         comp = np.repeat(np.arange(m1 * q1) % q1, np.diff(A.indptr))   # component of each entry
-        # unordered entry pairs (a >= b) of each level, in level order: pair l of a level
-        # with T = k(k+1)/2 pairs decodes as a = floor((sqrt(8 l + 1) - 1) / 2), b = l - a(a+1)/2
         it = np.int32 if max(npairs, A.nnz, r * r) < 2**31 - 1 else np.int64
         T = k.astype(np.int64) * (k + 1) // 2
+        indices = A.indices.astype(it, copy=False)
+        if q1 == 1 and not refreshable:
+            # one component, sorted rows within a column: e1 >= e2 means i >= j; filled in
+            # chunks of levels so the temporaries stay small (fresh large arrays page-fault)
+            val = np.empty(npairs)
+            rows = np.empty(npairs, dtype=it)
+            p1 = 0
+            for _, _, e1, e2 in _level_pairs(starts, T, it):
+                p0, p1 = p1, p1 + e1.size
+                np.take(A.data, e1, out=val[p0:p1])
+                val[p0:p1] *= np.take(A.data, e2)
+                np.take(indices, e1, out=rows[p0:p1])
+                rows[p0:p1] *= it(r)
+                rows[p0:p1] += np.take(indices, e2)
+            indptr = np.concatenate([[0], np.cumsum(T)])
+            self.P = sparse.csc_matrix((val, rows, indptr), shape=(r * r, m1))
+            return
+        chunks = list(_level_pairs(starts, T, it))
+        e1 = np.concatenate([c[2] for c in chunks])
+        e2 = np.concatenate([c[3] for c in chunks])
         g = np.repeat(np.arange(m1, dtype=it), T)
-        l = np.arange(npairs, dtype=it) - np.repeat((np.cumsum(T) - T).astype(it), T)
-        a = ((np.sqrt(8.0 * l + 1.0) - 1.0) * 0.5).astype(it)
-        b = l - a * (a + 1) // 2
-        bad = np.flatnonzero((b < 0) | (b > a))          # rounding of the square root (rare)
-        if bad.size:
-            a[bad] += np.where(b[bad] > a[bad], 1, -1).astype(it)
-            b[bad] = l[bad] - a[bad] * (a[bad] + 1) // 2
-        del l
-        base = starts[:-1].astype(it)[g]
-        a += base                                        # in place: large temporaries are costly
-        b += base
-        e1, e2 = a, b
-        del base
         val = np.take(A.data, e1)
         val *= np.take(A.data, e2)
-        i = np.take(A.indices.astype(it, copy=False), e1)
-        j = np.take(A.indices.astype(it, copy=False), e2)
-        if q1 == 1 and not refreshable:
-            # one component, sorted rows within a column: e1 >= e2 means i >= j
-            indptr = np.concatenate([[0], np.cumsum(T)])
-            i *= it(r)
-            i += j
-            self.P = sparse.csc_matrix((val, i, indptr), shape=(r * r, m1))
-            return
+        i, j = np.take(indices, e1), np.take(indices, e2)
         dbl = None
         if q1 > 1:   # same row, two components: the pair stands for both orders
             dbl = (i == j) & (e1 != e2)
@@ -580,7 +607,8 @@ class BlockedCholesky:
         X[kk:, :] = 0.0
         X[np.arange(kk, r), np.arange(kk, r)] = 1.0
         if kk:
-            _, info = linalg.lapack.dpotri(X.T, lower=0, overwrite_c=1)
+            with blas_threads(kk, INVERSE_THREADED_MIN_ROWS):
+                _, info = linalg.lapack.dpotri(X.T, lower=0, overwrite_c=1)
             if info:
                 raise np.linalg.LinAlgError("singular factor in gradient")
         X[np.arange(kk, r), np.arange(kk, r)] = 0.0
