@@ -106,17 +106,21 @@ class LinearMixedModel(MixedModel):
         return dev, grad
 
     def _start_theta(self, reml):
-        """Starting theta: lme4's (1 on diagonals) for one grouping factor; with several,
-        each factor's entries come from a fit of the model with that factor alone.
+        """Starting theta and a scale for each of its entries.
 
-        The one-factor problems cost O(levels) per evaluation and put the start
-        close to the joint optimum, which halves the iterations on crossed data;
-        used when the dense part of the factorization is large (200+ rows).
+        lme4's start (1 on diagonals) for one grouping factor or a small dense
+        part.  Otherwise each factor's entries come from a fit of the model with
+        that factor alone, and the scale is the square root of that one-factor
+        deviance's curvature: the one-factor problems cost O(levels) per
+        evaluation, and the start and scaling (the factors' curvatures differ by
+        orders of magnitude) cut the joint iterations from ~20 to ~7 on InstEval.
         """
         des = self.re_design
         start = des.theta_start.copy()
+        scale = np.ones_like(start)
         if len(des.blocks) < 2 or self.chol.r < 200:   # cheap evaluations: lme4's start is fine
-            return start
+            return start, scale
+        nu = self.nobs - (self.k_fe if reml else 0)
         for blk in des.blocks:
             ch = BlockedCholesky([blk], self._XY, self.weights)
             idx = blk.t_idx
@@ -128,15 +132,24 @@ class LinearMixedModel(MixedModel):
                     c = ch.update([blk.lam(th)])
                 except np.linalg.LinAlgError:
                     return np.inf
-                nu = self.nobs - (self.k_fe if reml else 0)
                 ld = c.logdet_zz + (c.logdet_xx if reml else 0.0)
                 return ld + nu * np.log(c.r2)
 
             r = minimize_theta(dev, start[idx], des.lower[idx], method="Nelder-Mead", maxiter=200, tol=1e-3)
-            if np.all(np.isfinite(r.x)):
-                # keep diagonals off the bound: the gradient vanishes there
-                start[idx] = np.where(np.isfinite(des.lower[idx]), np.maximum(r.x, 0.1), r.x)
-        return start
+            if not np.all(np.isfinite(r.x)):
+                continue
+            # keep diagonals off the bound: the gradient vanishes there
+            x = np.where(np.isfinite(des.lower[idx]), np.maximum(r.x, 0.1), r.x)
+            start[idx] = x
+            f0 = dev(x)
+            for k in range(idx.size):                    # curvature along each entry
+                h = 1e-3 * max(abs(x[k]), 0.1)
+                e = np.zeros(idx.size)
+                e[k] = h
+                c2 = (dev(x + e) - 2.0 * f0 + dev(x - e)) / h ** 2
+                if np.isfinite(c2) and c2 > 0:
+                    scale[idx[k]] = np.sqrt(c2)
+        return start, scale
 
     def loglike(self, params, reml=True):
         """Profiled log-likelihood at relative covariance parameters ``params`` (theta)."""
@@ -163,13 +176,15 @@ class LinearMixedModel(MixedModel):
         """
         from .results import LMMResults, MixedResultsWrapper
         des = self.re_design
-        with blas_threads(self.chol.r):
-            start = self._start_theta(reml) if start_params is None else np.asarray(start_params, dtype=float)
         fun = lambda th: self.deviance_profiled(th, reml=reml)
         grad = lambda th: self.deviance_and_gradient(th, reml=reml)
         with blas_threads(self.chol.r):
+            if start_params is None:
+                start, scale = self._start_theta(reml)
+            else:
+                start, scale = np.asarray(start_params, dtype=float), None
             opt = minimize_theta(fun, start, des.lower, method=method, maxiter=maxiter, tol=tol,
-                                 grad=grad)
+                                 grad=grad, scale=scale)
         theta = opt.x
         ch = self.chol.update(des.lambdas(theta))
         u, beta = ch.solve()

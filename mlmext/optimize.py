@@ -37,7 +37,7 @@ def _run(method, fun, x0, lower, grad, maxiter, tol):
         return optimize.minimize(fun, x0, method=method, bounds=bounds, options={"maxiter": maxiter})
 
 
-def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, grad=None):
+def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, grad=None, scale=None):
     """Minimize an objective of theta subject to ``theta >= lower``.
 
     Parameters
@@ -55,6 +55,9 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         other name is passed to :func:`scipy.optimize.minimize`.
     grad : callable, optional
         Returns ``(fun(x), gradient)`` in one call.
+    scale : ndarray, optional
+        Positive scale per entry: the optimizer works on ``x * scale`` (e.g. the
+        square root of the curvature, so that unit steps mean alike in every entry).
 
     Returns
     -------
@@ -64,6 +67,18 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     """
     start = np.asarray(start, dtype=float)
     lower = np.asarray(lower, dtype=float)
+    if scale is not None and not np.allclose(scale, 1.0):
+        s = np.asarray(scale, dtype=float)
+        fs = lambda x: fun(x / s)
+
+        def gs(x):
+            f, g = grad(x / s)
+            return f, g / s
+
+        res = minimize_theta(fs, start * s, lower * s, method=method, maxiter=maxiter, tol=tol,
+                             grad=None if grad is None else gs)
+        res.x = res.x / s
+        return res
     nfev = 0
     tried = []
     if method == "auto":
