@@ -335,7 +335,7 @@ def _varpar_kinds(res):
 # refitting and rebuilding models
 # =============================================================================================
 def _subset_design(des, keep):
-    from .design import RandomEffectsDesign, ReTerm
+    from ..design import RandomEffectsDesign, ReTerm
     terms = []
     for t in des.terms:
         codes = t.codes[keep]
@@ -1397,7 +1397,7 @@ def _null_model_fit(res, intercept_only_re=False):
     X0 = pd.DataFrame({"Intercept": np.ones(int(model.nobs))}, index=idx)
     des = None
     if intercept_only_re:
-        from .design import RandomEffectsDesign, ReTerm
+        from ..design import RandomEffectsDesign, ReTerm
         terms = []
         seen = set()
         for t in model.re_design.terms:
