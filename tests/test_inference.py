@@ -60,7 +60,7 @@ def test_satterthwaite_df_and_pvalues(case, formula, data):
     res = fit(formula, data)
     df = res.df_satterthwaite()
     assert isinstance(df, pd.Series) and list(df.index) == list(res.fe_params.index)
-    frame = inf._ddf_frame(res, "satterthwaite")
+    frame = inf.ddf._ddf_frame(res, "satterthwaite")
     for name, row in r["satterthwaite"].items():
         assert named(df, name) == pytest.approx(row["df"], rel=1e-3)
         assert named(frame["t"], name) == pytest.approx(row["t value"], rel=1e-4)
@@ -88,7 +88,7 @@ def test_kenward_roger(case, formula, data):
     df = res.df_kenward_roger()
     V = res.cov_params_kenward_roger().to_numpy()
     np.testing.assert_allclose(V, np.array(r["vcov_kr"]).reshape(V.shape), rtol=2e-4)
-    frame = inf._ddf_frame(res, "kenward-roger")
+    frame = inf.ddf._ddf_frame(res, "kenward-roger")
     for name, row in r["kenward_roger"].items():
         assert named(df, name) == pytest.approx(row["df"], rel=1e-3)
         assert named(frame["std err"], name) == pytest.approx(row["Std. Error"], rel=1e-4)

@@ -1,3 +1,38 @@
-"""Inference and model comparison for mixed models (being split into modules; see intervals.py)."""
-from .intervals import *  # noqa: F401,F403
-from .intervals import __all__, _ddf_frame, boot_ci, profile_zeta, satterthwaite_ftest  # noqa: F401
+"""Inference and model comparison for mixed models.
+
+Functions that take a fitted mixed-model result, by module, and :class:`InferenceMixin`,
+which puts them on the results class as methods:
+
+* :mod:`.anova` -- :func:`anova`, likelihood-ratio tests between nested models (lme4's ``anova``);
+* :mod:`.ddf` -- :func:`satterthwaite`, :func:`kenward_roger`: denominator degrees of freedom
+  for fixed effects and contrasts (lmerTest / pbkrtest), and t / F tests with them;
+* :mod:`.intervals` -- :func:`profile`, :func:`conf_int_profile` (lme4's ``profile`` /
+  ``confint(method = "profile")``), :func:`bootstrap`, :func:`conf_int_boot` (``bootMer``),
+  and the Wald intervals;
+* :mod:`.variance_explained` -- :func:`icc`, :func:`r2_nakagawa`, :func:`r2_snijders_bosker`;
+* :mod:`.simulation` -- :func:`simulate`, :func:`power_sim`: simulation from a fit and
+  simulation-based power;
+* :mod:`.diagnostics` -- :func:`influence`, :func:`cooks_distance` (group deletion, HLMdiag) and
+  :func:`check_convergence`, a scale-free gradient check of the optimum;
+* :mod:`.mixin` -- :class:`InferenceMixin`.
+
+Variance parameters are named as :func:`varpar_names` says (see :mod:`.intervals`).
+"""
+from .anova import AnovaTable, anova
+from .ddf import kenward_roger, satterthwaite
+from .diagnostics import ConvergenceCheck, check_convergence, cooks_distance, influence
+from .intervals import bootstrap, conf_int_boot, conf_int_profile, profile, varpar_names
+from .mixin import InferenceMixin
+from .simulation import PowerSimResults, power_sim, simulate
+from .variance_explained import icc, r2_nakagawa, r2_snijders_bosker
+
+# public too, though never in __all__
+from .ddf import satterthwaite_ftest  # noqa: F401
+from .intervals import boot_ci, profile_zeta  # noqa: F401
+
+__all__ = [
+    "anova", "AnovaTable", "satterthwaite", "kenward_roger", "profile", "conf_int_profile",
+    "bootstrap", "conf_int_boot", "icc", "r2_nakagawa", "r2_snijders_bosker", "simulate",
+    "power_sim", "PowerSimResults", "influence", "cooks_distance", "check_convergence",
+    "ConvergenceCheck", "varpar_names", "InferenceMixin",
+]

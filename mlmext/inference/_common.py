@@ -1,0 +1,116 @@
+"""Helpers the inference modules share: reading a fitted result, choosing rows, a progress bar."""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+
+def _raw(res):
+    """The results instance behind a statsmodels ``ResultsWrapper``."""
+    return getattr(res, "_results", res)
+
+
+def _cache(res):
+    res = _raw(res)
+    c = res.__dict__.get("_inference_cache")
+    if c is None:
+        c = {}
+        res.__dict__["_inference_cache"] = c
+    return c
+
+
+def _is_lmm(res):
+    m = _raw(res).model
+    return hasattr(m, "deviance_profiled") and hasattr(m, "chol")
+
+
+def _require_lmm(res, what):
+    if not _is_lmm(res):
+        raise NotImplementedError(f"{what} is implemented for linear mixed models (lmer fits) only; "
+                                  f"this is a {type(_raw(res).model).__name__} (for intervals use "
+                                  "conf_int(method='boot') or the Wald intervals)")
+
+
+def _fe_names(res):
+    return list(_raw(res).model.exog_names)
+
+
+def _params(res):
+    return np.asarray(_raw(res).params, dtype=float)
+
+
+def _beta(res):
+    """The fixed effects (``fe_params``: ``params`` may also hold e.g. clmm's thresholds)."""
+    r = _raw(res)
+    fe = getattr(r, "fe_params", None)
+    return np.asarray(fe if fe is not None else r.params, dtype=float)
+
+
+def _family(res):
+    """The model's statsmodels family (None for LMMs and clmm)."""
+    return getattr(_raw(res).model, "family", None)
+
+
+def _select(names, cols):
+    """Positions of ``cols`` (names or positions) in ``names``; all when None."""
+    if cols is None:
+        return list(range(len(names)))
+    if isinstance(cols, (str, int, np.integer)):
+        cols = [cols]
+    out = []
+    for c in cols:
+        if isinstance(c, (int, np.integer)):
+            out.append(int(c))
+        elif c in names:
+            out.append(names.index(c))
+        else:
+            raise ValueError(f"unknown parameter {c!r}; choose from {names}")
+    return out
+
+
+def _same_rows(a, b):
+    """(True, "") when two fits used the same rows and response, else (False, how they differ)."""
+    ra, rb = _raw(a), _raw(b)
+    if int(ra.nobs) != int(rb.nobs):
+        return False, f"{int(ra.nobs)} and {int(rb.nobs)} observations"
+    la = ra.model.formula_info.get("row_labels") if hasattr(ra.model, "formula_info") else None
+    lb = rb.model.formula_info.get("row_labels") if hasattr(rb.model, "formula_info") else None
+    if la is not None and lb is not None and not pd.Index(la).equals(pd.Index(lb)):
+        return False, "different rows of the data (row labels differ)"
+    ya = np.asarray(ra.model.endog, dtype=float)
+    yb = np.asarray(rb.model.endog, dtype=float)
+    if ya.shape != yb.shape or not np.allclose(ya, yb, rtol=1e-10, atol=0, equal_nan=True):
+        return False, "different responses"
+    return True, ""
+
+
+class _Progress:
+    """A plain-text progress bar on stderr (no dependency)."""
+
+    def __init__(self, total, enabled, label=""):
+        self.total, self.enabled, self.label = int(total), bool(enabled), label
+        self.t0 = time.time()
+        self.k = 0
+        self._last = -1.0
+
+    def step(self, k=1):
+        if not self.enabled:
+            return
+        self.k += k
+        now = time.time()
+        if self.k < self.total and now - self._last < 0.2:
+            return
+        self._last = now
+        width = 30
+        frac = self.k / max(self.total, 1)
+        bar = "#" * int(round(width * frac))
+        el = now - self.t0
+        eta = el / frac - el if frac > 0 else float("nan")
+        sys.stderr.write(f"\r{self.label}[{bar:<{width}}] {self.k}/{self.total} "
+                         f"{el:6.1f}s elapsed, ~{eta:5.1f}s left")
+        if self.k >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()

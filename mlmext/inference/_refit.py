@@ -1,0 +1,109 @@
+"""Rebuilding a fitted model with other data (response, fixed design, rows) and refitting it."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from ..design import RandomEffectsDesign, ReTerm
+from ._common import _cache, _is_lmm, _raw
+
+
+def _subset_design(des, keep):
+    terms = []
+    for t in des.terms:
+        codes = t.codes[keep]
+        used, newcodes = np.unique(codes, return_inverse=True)
+        nt = ReTerm(t.name, t.factors, t.lhs, t.X[keep], t.colnames, newcodes.astype(np.int64),
+                    [t.levels[i] for i in used])
+        if hasattr(t, "spec"):
+            nt.spec = t.spec
+        terms.append(nt)
+    return RandomEffectsDesign(terms)
+
+
+def _rebuild_model(model, endog=None, exog=None, keep=None, design=None):
+    """A new model of the same class with a new response, fixed design, or a subset of rows."""
+    data = getattr(model, "data", None)
+    y = getattr(data, "orig_endog", None)
+    if y is None:
+        y = model.endog
+    X = getattr(data, "orig_exog", None)
+    if X is None:
+        X = model.exog
+    if endog is not None:
+        endog = np.asarray(endog, dtype=float)
+        if isinstance(y, pd.Series) and endog.ndim == 1:
+            y = pd.Series(endog, index=y.index, name=y.name)
+        elif isinstance(y, pd.DataFrame):
+            y = pd.DataFrame(endog.reshape(y.shape), index=y.index, columns=y.columns)
+        else:
+            y = endog
+    if exog is not None:
+        X = exog
+    w = np.asarray(model.weights, dtype=float)
+    off = np.asarray(model.offset, dtype=float)
+    des = model.re_design if design is None else design
+    info = dict(getattr(model, "formula_info", {}))
+    if keep is not None:
+        keep = np.asarray(keep, dtype=bool)
+        y = y[keep] if not hasattr(y, "iloc") else y.iloc[np.flatnonzero(keep)]
+        X = X[keep] if not hasattr(X, "iloc") else X.iloc[np.flatnonzero(keep)]
+        w, off = w[keep], off[keep]
+        des = _subset_design(des, keep)
+        if info.get("row_labels") is not None:
+            info["row_labels"] = info["row_labels"][keep]
+        if isinstance(info.get("data"), pd.DataFrame):
+            info["data"] = info["data"].loc[keep].reset_index(drop=True)
+    kwargs = {}
+    try:
+        kwargs = dict(model._get_init_kwds())
+    except Exception:  # noqa: BLE001 - statsmodels models without init keys
+        pass
+    for k in ("weights", "offset", "formula_info", "missing"):
+        kwargs.pop(k, None)
+    for k in ("family",):
+        if hasattr(model, k) and k not in kwargs:
+            kwargs[k] = getattr(model, k)
+    try:
+        new = type(model)(y, X, des, weights=w, offset=off, formula_info=info, **kwargs)
+    except TypeError as exc:
+        raise NotImplementedError(f"cannot rebuild a {type(model).__name__} from arrays "
+                                  f"(needed to refit it): {exc}") from exc
+    new.formula = getattr(model, "formula", None)
+    return new
+
+
+def _fit_kwargs(res):
+    r = _raw(res)
+    kw = {}
+    if _is_lmm(r):
+        kw["reml"] = bool(r.reml)
+    nagq = getattr(r, "nagq", None)
+    if nagq is not None:
+        kw["nagq"] = nagq
+    return kw
+
+
+def _refit(model, res, start=True, **override):
+    kw = _fit_kwargs(res)
+    kw.update(override)
+    if start and _is_lmm(res):
+        kw.setdefault("start_params", _raw(res).theta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _raw(model.fit(**kw))
+
+
+def _ml_fit(res):
+    """The ML fit of a model (itself when it is not a REML fit); cached."""
+    r = _raw(res)
+    if not getattr(r, "reml", False):
+        return r
+    c = _cache(r)
+    if "ml_fit" not in c:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c["ml_fit"] = _raw(r.model.fit(reml=False, start_params=r.theta))
+    return c["ml_fit"]

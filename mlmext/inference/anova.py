@@ -1,0 +1,162 @@
+"""Likelihood-ratio tests between nested mixed models (lme4's ``anova``)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ._common import _fe_names, _raw, _same_rows
+from ._refit import _ml_fit
+
+
+class AnovaTable(pd.DataFrame):
+    """Likelihood-ratio table returned by :func:`anova` (a ``pandas.DataFrame``).
+
+    Columns ``npar, AIC, BIC, logLik, deviance, Chisq, Df, Pr(>Chisq)`` as lme4 prints them;
+    ``attrs["formulas"]`` holds the models' formulas and ``attrs["refitted_ml"]`` says
+    whether REML fits were refitted by maximum likelihood (shown in the printout).
+    """
+
+    @property
+    def _constructor(self):
+        return pd.DataFrame
+
+    def _header(self):
+        lines = []
+        if self.attrs.get("refitted_ml"):
+            lines.append("refitting model(s) with ML (instead of REML)")
+        forms = self.attrs.get("formulas", {})
+        if forms:
+            lines.append("Models:")
+            lines += [f"{k}: {v}" for k, v in forms.items()]
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return self._header() + "\n" + pd.DataFrame(self).to_string()
+
+    def __str__(self):
+        return self.__repr__()
+
+
+def _re_signature(res):
+    """{grouping factor: set of random-effect columns} of a mixed model."""
+    out = {}
+    model = _raw(res).model
+    des = getattr(model, "re_design", None)
+    if des is None:
+        return out
+    for t in des.terms:
+        out.setdefault(tuple(sorted(t.factors)), set()).update(t.colnames)
+    return out
+
+
+def _nested(small, large):
+    """Whether ``small``'s parameters look like a subset of ``large``'s (names only)."""
+    fs, fl = set(_fe_names(small)), set(_fe_names(large))
+    if not fs <= fl:
+        return False
+    rs, rl = _re_signature(small), _re_signature(large)
+    for g, cols in rs.items():
+        if g not in rl or not cols <= rl[g]:
+            return False
+    if type(_raw(small).model) is not type(_raw(large).model):
+        return False
+    return True
+
+
+def anova(*results, names=None, refit=True):
+    """Likelihood-ratio tests of nested mixed models (lme4's ``anova(m1, m2, ...)``).
+
+    Parameters
+    ----------
+    *results : MixedResults
+        Two or more fits (LMM, GLMM or clmm) of models to the same rows of the same data.
+    names : list of str, optional
+        Row labels; ``m1, m2, ...`` in the order given by default.
+    refit : bool
+        Refit REML fits by maximum likelihood first, as lme4 does (REML likelihoods of
+        models with different fixed effects are not comparable).
+
+    Returns
+    -------
+    AnovaTable
+        One row per model, ordered by number of parameters: ``npar, AIC, BIC, logLik,
+        deviance, Chisq, Df, Pr(>Chisq)``.  ``Chisq`` compares each model with the one
+        above it (``2 * max(0, difference in logLik)``) on ``Df`` = the difference in
+        the number of parameters.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two models, or models fitted to different rows or responses.
+
+    Warns
+    -----
+    UserWarning
+        When consecutive models are not nested in their parameters (fixed-effect names and
+        random-effect terms of the smaller model are not contained in the larger one's).
+    """
+    if len(results) == 1 and isinstance(results[0], (list, tuple)):
+        results = tuple(results[0])
+    if len(results) < 2:
+        raise ValueError("anova needs at least two fitted models to compare")
+    if names is None:
+        names = [f"m{i + 1}" for i in range(len(results))]
+    names = [str(n) for n in names]
+    if len(names) != len(results) or len(set(names)) != len(names):
+        raise ValueError("names must give one distinct name per model")
+    for r in results:
+        for attr in ("llf", "k_params", "nobs", "model"):
+            if not hasattr(r, attr):
+                raise ValueError(f"anova needs fitted model results; got {type(r).__name__} without {attr!r}")
+    for i in range(1, len(results)):
+        ok, why = _same_rows(results[0], results[i])
+        if not ok:
+            raise ValueError(f"models {names[0]!r} and {names[i]!r} were not fitted to the same data "
+                             f"({why}); likelihood-ratio tests need the same observations")
+    is_reml = [bool(getattr(_raw(r), "reml", False)) for r in results]
+    refitted = False
+    fits = [_raw(r) for r in results]
+    if any(is_reml):
+        if refit:
+            fits = [_ml_fit(r) if rm else r for r, rm in zip(fits, is_reml)]
+            refitted = True
+        else:
+            fe = {tuple(_fe_names(r)) for r in fits}
+            if len(fe) > 1:
+                warnings.warn("comparing REML fits of models with different fixed effects: their "
+                              "REML likelihoods are not comparable (use refit=True)", UserWarning,
+                              stacklevel=2)
+    npar = np.array([float(r.k_params) for r in fits])
+    order = np.argsort(npar, kind="stable")
+    rows = []
+    prev = None
+    for i in order:
+        r = fits[i]
+        llf, k, n = float(r.llf), float(r.k_params), float(r.nobs)
+        row = {"npar": int(k), "AIC": -2 * llf + 2 * k, "BIC": -2 * llf + np.log(n) * k,
+               "logLik": llf, "deviance": -2 * llf, "Chisq": np.nan, "Df": np.nan,
+               "Pr(>Chisq)": np.nan}
+        if prev is not None:
+            pr = fits[prev]
+            df = k - float(pr.k_params)
+            chisq = 2.0 * max(0.0, llf - float(pr.llf))
+            row["Chisq"] = chisq
+            row["Df"] = df
+            row["Pr(>Chisq)"] = float(stats.chi2.sf(chisq, df)) if df > 0 else np.nan
+            if not _nested(results[prev], results[i]):
+                warnings.warn(f"models {names[prev]!r} and {names[i]!r} do not look nested (the "
+                              f"parameters of {names[prev]!r} are not a subset of those of "
+                              f"{names[i]!r}); the likelihood-ratio test assumes nesting",
+                              UserWarning, stacklevel=2)
+        rows.append(row)
+        prev = i
+    tab = AnovaTable(rows, index=pd.Index([names[i] for i in order]))
+    tab["npar"] = tab["npar"].astype(int)
+    tab.attrs["refitted_ml"] = refitted
+    tab.attrs["formulas"] = {names[i]: _raw(results[i]).model.formula_info.get("formula", "")
+                             if hasattr(_raw(results[i]).model, "formula_info") else ""
+                             for i in order}
+    return tab

@@ -1,0 +1,355 @@
+"""Denominator degrees of freedom for fixed effects and contrasts, and t / F tests with them.
+
+Satterthwaite as lmerTest computes it, Kenward-Roger as pbkrtest does.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import linalg, sparse, stats
+from statsmodels.iolib.table import SimpleTable
+from statsmodels.stats.contrast import ContrastResults
+
+from ._common import _cache, _fe_names, _params, _raw, _require_lmm
+from ._numdiff import _hessian, _jacobian
+from ._objective import _LMMObjective
+
+
+def _satt_pieces(res):
+    """Asymptotic covariance of (theta, sigma) and the Jacobian of vcov(beta); cached (lmerTest)."""
+    _require_lmm(res, "Satterthwaite's degrees of freedom")
+    r = _raw(res)
+    c = _cache(r)
+    if "satt" in c:
+        return c["satt"]
+    obj = _LMMObjective(r.model)
+    reml = bool(r.reml)
+    vp = np.append(r.theta, r.sigma)
+    f = lambda x: obj.dev_theta_sigma(x[:-1], x[-1], reml)
+    H = _hessian(f, vp)
+    evals, evecs = np.linalg.eigh((H + H.T) / 2)
+    tol = 1e-8
+    if np.any(evals < -tol):
+        warnings.warn("the Hessian of the deviance in (theta, sigma) has negative eigenvalues "
+                      f"({evals[evals < -tol]}); the model may not have converged", UserWarning,
+                      stacklevel=3)
+    pos = evals > tol
+    A = 2.0 * (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
+    p = r.k_fe
+    J = _jacobian(lambda x: obj.cov_beta(x[:-1], x[-1]), vp)
+    jac = [J[:, i].reshape(p, p) for i in range(vp.size)]
+    obj.factor(r.theta)
+    c["satt"] = (A, jac, np.asarray(r.cov_params(), dtype=float))
+    return c["satt"]
+
+
+def _contrast_matrix(res, r_matrix):
+    from statsmodels.formula._manager import FormulaManager
+    names = list(_raw(res).model.data.cov_names) if hasattr(_raw(res).model, "data") else _fe_names(res)
+    if isinstance(r_matrix, str) or (isinstance(r_matrix, (list, tuple)) and r_matrix
+                                     and isinstance(r_matrix[0], str)):
+        lc = FormulaManager().get_linear_constraints(r_matrix, names)
+        L, q = np.asarray(lc.constraint_matrix, dtype=float), lc.constraint_values
+        q = np.zeros(L.shape[0]) if q is None else np.asarray(q, dtype=float).ravel()
+        return L, q
+    if isinstance(r_matrix, tuple) and len(r_matrix) == 2:
+        L, q = r_matrix
+        L = np.atleast_2d(np.asarray(L, dtype=float))
+        return L, np.broadcast_to(np.asarray(q, dtype=float).ravel(), (L.shape[0],)).copy()
+    L = np.atleast_2d(np.asarray(r_matrix, dtype=float))
+    if L.shape[1] != len(names):
+        raise ValueError(f"the contrast matrix has {L.shape[1]} columns for {len(names)} fixed effects")
+    return L, np.zeros(L.shape[0])
+
+
+def satterthwaite(res, L=None):
+    """Satterthwaite denominator degrees of freedom, as lmerTest computes them.
+
+    The asymptotic covariance A of (theta, sigma) is twice the (pseudo-)inverse of the
+    Hessian of the deviance (REML or ML, as fitted) in (theta, sigma) with beta profiled
+    out; J_i is the derivative of vcov(beta) = sigma^2 (X' V^-1 X)^-1 with respect to
+    parameter i.  For a contrast l: ``df = 2 (l' C l)^2 / (g' A g)`` with ``g_i = l' J_i l``.
+    Derivatives are central differences with Richardson extrapolation (as numDeriv).
+
+    Parameters
+    ----------
+    res : LMM results
+    L : array_like, optional
+        Contrasts (rows); the fixed effects one by one when omitted.
+
+    Returns
+    -------
+    numpy.ndarray
+        One df per row of ``L``.
+    """
+    r = _raw(res)
+    A, jac, C = _satt_pieces(r)
+    L = np.eye(r.k_fe) if L is None else np.atleast_2d(np.asarray(L, dtype=float))
+    out = np.empty(L.shape[0])
+    for k, l in enumerate(L):
+        var = l @ C @ l
+        g = np.array([l @ J @ l for J in jac])
+        den = g @ A @ g
+        out[k] = 2.0 * var ** 2 / den if den > 0 else np.inf
+    return out
+
+
+def satterthwaite_ftest(res, L, rhs=0.0):
+    """Satterthwaite F test of ``L beta = rhs`` (lmerTest's ``contestMD``).
+
+    Returns
+    -------
+    dict
+        ``F``, ``df_num``, ``df_denom``, ``pvalue``.
+    """
+    r = _raw(res)
+    A, jac, C = _satt_pieces(r)
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    beta = _params(r) - np.linalg.pinv(L) @ np.broadcast_to(np.asarray(rhs, float), (L.shape[0],))
+    VL = L @ C @ L.T
+    d, P = np.linalg.eigh(VL)
+    idx = np.argsort(d)[::-1]
+    d, P = d[idx], P[:, idx]
+    pos = d > max(np.sqrt(np.finfo(float).eps) * d[0], 0)
+    q = int(pos.sum())
+    PtL = (P.T @ L)[:q]
+    t2 = (PtL @ beta) ** 2 / d[:q]
+    F = t2.sum() / q
+    nu = []
+    for m in range(q):
+        g = np.array([PtL[m] @ J @ PtL[m] for J in jac])
+        nu.append(2 * d[m] ** 2 / (g @ A @ g))
+    nu = np.array(nu)
+    if q == 1:
+        ddf = nu[0]
+    elif np.all(np.abs(np.diff(nu)) < 1e-8):
+        ddf = nu.mean()
+    elif np.any(nu <= 2):
+        ddf = 2.0
+    else:
+        E = np.sum(nu / (nu - 2))
+        ddf = 2 * E / (E - q)
+    return {"F": F, "df_num": q, "df_denom": ddf, "pvalue": float(stats.f.sf(F, q, ddf))}
+
+
+def _kr_pieces(res):
+    """pbkrtest's adjusted covariance and its P, W pieces, computed in the random-effects space."""
+    _require_lmm(res, "Kenward-Roger's method")
+    r = _raw(res)
+    c = _cache(r)
+    if "kr" in c:
+        return c["kr"]
+    if not r.reml:
+        raise ValueError("Kenward-Roger's method is only available for REML fits (as in pbkrtest "
+                         "and lmerTest); refit with reml=True")
+    model = r.model
+    w = np.asarray(model.weights, dtype=float)
+    if not np.allclose(w, 1.0):
+        raise NotImplementedError("Kenward-Roger's method is not implemented for weighted models")
+    des = model.re_design
+    n = int(model.nobs)
+    Z = sparse.hstack([b.Z() for b in des.blocks], format="csc")
+    q = Z.shape[1]
+    if n * q > 8e7:
+        raise NotImplementedError(f"Kenward-Roger needs an n x q dense matrix ({n} x {q}); "
+                                  "too large here, use Satterthwaite")
+    lams = des.lambdas(r.theta)
+    Lam = sparse.block_diag([sparse.kron(sparse.identity(b.m), sparse.csr_matrix(lam))
+                             for b, lam in zip(des.blocks, lams)], format="csc")
+    X = np.asarray(model.exog, dtype=float)
+    s2 = r.sigma ** 2
+    ZL = (Z @ Lam).tocsc()
+    M = (ZL.T @ ZL).toarray() + np.eye(q)
+    Mc = linalg.cho_factor(M, lower=True)
+    Minv = linalg.cho_solve(Mc, np.eye(q))
+
+    def S(B):                                    # V^-1 B for dense B
+        B = np.asarray(B, dtype=float)
+        return (B - ZL @ linalg.cho_solve(Mc, np.asarray(ZL.T @ B))) / s2
+
+    SZ = S(Z.toarray())
+    SX = S(X)
+    W = np.asarray(Z.T @ SZ)
+    K = np.asarray(SZ.T @ X)
+    W2 = SZ.T @ SZ
+    K2 = SZ.T @ SX
+    XS2X = SX.T @ SX
+    XS3X = SX.T @ S(SX)
+    trS2 = (n - q + np.sum(Minv * Minv)) / s2 ** 2
+    # E_r: structure of each covariance parameter (per term, lower triangle), in block columns
+    E = []
+    off_blocks = np.cumsum([0] + [b.nre for b in des.blocks])
+    for bi, b in enumerate(des.blocks):
+        off = 0
+        for t in b.terms:
+            for j in range(t.q):
+                for i in range(j, t.q):
+                    e = np.zeros((b.q, b.q))
+                    e[off + i, off + j] = e[off + j, off + i] = 1.0
+                    Eb = sparse.kron(sparse.identity(b.m), sparse.csr_matrix(e), format="csr")
+                    full = sparse.block_diag([sparse.csr_matrix((off_blocks[k + 1] - off_blocks[k],) * 2)
+                                              if k != bi else Eb for k in range(len(des.blocks))],
+                                             format="csr")
+                    E.append(full)
+            off += t.q
+    ng = len(E) + 1                                # + residual
+    Phi = np.asarray(r.cov_params(), dtype=float)
+    PP = [np.asarray(-(K.T @ (Er @ K))) for Er in E] + [-XS2X]
+    EW = [np.asarray((Er @ W)) for Er in E]
+    EK = [np.asarray(Er @ K) for Er in E]
+
+    def QQ(a, b):
+        if a < ng - 1 and b < ng - 1:
+            return EK[a].T @ W @ EK[b]
+        if a < ng - 1:
+            return EK[a].T @ K2
+        if b < ng - 1:
+            return K2.T @ EK[b]
+        return XS3X
+
+    def Ktr(a, b):
+        if a < ng - 1 and b < ng - 1:
+            return np.sum(EW[a] * EW[b].T)
+        if a < ng - 1:
+            return float(E[a].multiply(W2).sum())          # tr(E_a W2), both symmetric
+        if b < ng - 1:
+            return float(E[b].multiply(W2).sum())
+        return trS2
+
+    IE2 = np.empty((ng, ng))
+    Q = {}
+    for a in range(ng):
+        PhiPa = Phi @ PP[a]
+        for b in range(a, ng):
+            Q[a, b] = QQ(a, b)
+            IE2[a, b] = IE2[b, a] = Ktr(a, b) - 2 * np.sum(Phi * Q[a, b]) + np.sum(PhiPa * (PP[b] @ Phi))
+    ev = np.linalg.eigvalsh(IE2)
+    WW = 2 * (np.linalg.inv(IE2) if np.min(np.abs(ev)) > 1e-10 else np.linalg.pinv(IE2))
+    UU = np.zeros_like(Phi)
+    for a in range(ng - 1):
+        for b in range(a + 1, ng):
+            UU += WW[a, b] * (Q[a, b] - PP[a] @ Phi @ PP[b])
+    UU = UU + UU.T
+    for a in range(ng):
+        UU += WW[a, a] * (Q[a, a] - PP[a] @ Phi @ PP[a])
+    PhiA = Phi + 2 * Phi @ UU @ Phi
+    c["kr"] = (PhiA, PP, WW, Phi)
+    return c["kr"]
+
+
+def _kr_ddf(L, V0, P, W):
+    """pbkrtest's ``Lb_ddf``: Kenward-Roger denominator df for the hypothesis L beta = 0."""
+    L = np.atleast_2d(L)
+    Theta = L.T @ np.linalg.solve(L @ V0 @ L.T, L)
+    TV = Theta @ V0
+    A1 = A2 = 0.0
+    g = len(P)
+    us = [TV @ P[i] @ V0 for i in range(g)]
+    for i in range(g):
+        for j in range(i, g):
+            e = 1.0 if i == j else 2.0
+            A1 += e * W[i, j] * np.trace(us[i]) * np.trace(us[j])
+            A2 += e * W[i, j] * np.sum(us[i] * us[j].T)
+    q = L.shape[0]
+    B = (A1 + 6 * A2) / (2 * q)
+    gg = ((q + 1) * A1 - (q + 4) * A2) / ((q + 2) * A2)
+    den = 3 * q + 2 * (1 - gg)
+    c1, c2, c3 = gg / den, (q - gg) / den, (q + 2 - gg) / den
+    V0_ = 1 + c1 * B
+    V1 = 1 - c2 * B
+    V2 = 1 - c3 * B
+    V0_ = 0.0 if abs(V0_) < 1e-10 else V0_
+    x = 1 - A2 / q
+    ratio = 1.0 if (abs(x) < 1e-14 and abs(V1) < 1e-14) else x / V1
+    rho = ratio ** 2 * V0_ / V2 / q
+    return 4 + (q + 2) / (q * rho - 1)
+
+
+def kenward_roger(res, L=None):
+    """Kenward-Roger adjusted covariance and denominator df (pbkrtest / lmerTest).
+
+    Parameters
+    ----------
+    res : LMM results fitted by REML (unweighted)
+    L : array_like, optional
+        Contrast rows; the fixed effects one by one when omitted.
+
+    Returns
+    -------
+    df : numpy.ndarray
+        One df per row of ``L``.
+    vcov_adj : numpy.ndarray
+        The adjusted covariance of the fixed effects (pbkrtest's ``vcovAdj``).
+    """
+    PhiA, P, W, Phi = _kr_pieces(res)
+    L = np.eye(Phi.shape[0]) if L is None else np.atleast_2d(np.asarray(L, dtype=float))
+    return np.array([_kr_ddf(l[None, :], Phi, P, W) for l in L]), PhiA
+
+
+def _ddf_frame(res, ddf, alpha=0.05):
+    r = _raw(res)
+    method = _ddf_method(ddf)
+    beta = _params(r)
+    if method == "satterthwaite":
+        df = satterthwaite(r)
+        se = np.sqrt(np.diag(np.asarray(r.cov_params(), dtype=float)))
+    else:
+        df, V = kenward_roger(r)
+        se = np.sqrt(np.diag(V))
+    t = beta / se
+    p = 2 * stats.t.sf(np.abs(t), df)
+    qq = stats.t.ppf(1 - alpha / 2, df)
+    return pd.DataFrame({"coef": beta, "std err": se, "df": df, "t": t, "P>|t|": p,
+                         f"[{alpha / 2:g}": beta - qq * se, f"{1 - alpha / 2:g}]": beta + qq * se},
+                        index=_fe_names(r))
+
+
+def _ddf_method(ddf):
+    d = str(ddf).lower().replace("_", "-").replace(" ", "-")
+    if d in ("satterthwaite", "satt"):
+        return "satterthwaite"
+    if d in ("kenward-roger", "kr", "kenwardroger"):
+        return "kenward-roger"
+    raise ValueError(f"unknown ddf method {ddf!r}; use 'satterthwaite' or 'kenward-roger'")
+
+
+def t_test_ddf(res, r_matrix, df):
+    """t tests of linear hypotheses ``R beta = q`` on Satterthwaite or Kenward-Roger df.
+
+    lmerTest's ``contest1D``: one df per row of ``R``; Kenward-Roger also uses the adjusted
+    covariance for the standard errors (as lmerTest).
+
+    Parameters
+    ----------
+    res : LMM results
+    r_matrix : array_like, str, or tuple
+        As in statsmodels' ``t_test`` (``"Days = 0"``, a matrix, or ``(R, q)``).
+    df : {"satterthwaite", "kenward-roger"}
+
+    Returns
+    -------
+    statsmodels.stats.contrast.ContrastResults
+    """
+    method = _ddf_method(df)
+    L, q = _contrast_matrix(res, r_matrix)
+    beta = _params(res)
+    if method == "satterthwaite":
+        dfs = satterthwaite(res, L)
+        V = np.asarray(res.cov_params(), dtype=float)
+    else:
+        dfs, V = kenward_roger(res, L)
+    effect = L @ beta
+    sd = np.sqrt(np.einsum("ij,jk,ik->i", L, V, L))
+    t = (effect - q) / sd
+    return ContrastResults(effect=effect, t=t, sd=sd, df_denom=dfs)
+
+
+def params_table_ddf(res, ddf, alpha=0.05):
+    """The fixed-effects table of ``summary(ddf=...)``: t tests on ``ddf`` degrees of freedom."""
+    fr = _ddf_frame(res, ddf, alpha)
+    data = [[f"{v:.4f}", f"{s:.3f}", f"{d:.2f}", f"{t:.3f}", f"{p:.3f}" if p >= 0.001 else f"{p:.2e}",
+             f"{lo:.3f}", f"{hi:.3f}"] for v, s, d, t, p, lo, hi in fr.to_numpy()]
+    return SimpleTable(data, headers=list(fr.columns), stubs=list(fr.index),
+                       title=f"Fixed effects (t tests, {_ddf_method(ddf).title()} df)")

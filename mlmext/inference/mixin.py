@@ -1,0 +1,181 @@
+"""``InferenceMixin``: the inference functions as methods of the mixed-model results class."""
+from __future__ import annotations
+
+import pandas as pd
+
+from ._common import _fe_names
+from .ddf import kenward_roger, params_table_ddf, satterthwaite, t_test_ddf
+from .diagnostics import check_convergence, cooks_distance, influence
+from .intervals import _wald_conf_int, bootstrap, conf_int_boot, conf_int_profile, profile
+from .simulation import power_sim, simulate
+from .variance_explained import icc, r2_nakagawa, r2_snijders_bosker
+
+
+class _UnwrappedMethod:
+    """A method that statsmodels' results wrapper must leave alone.
+
+    ``populate_wrapper`` wraps every method in ``_wrap_methods`` that the results class
+    has, reindexing its output by the parameter names.  ``conf_int`` with
+    ``method="profile"``/``"boot"`` returns extra rows (the variance parameters), so this
+    descriptor hides the method from that class-level lookup; the wrapper then forwards
+    the call to the results instance unchanged, and ``conf_int`` does the pandas labelling
+    of the Wald intervals itself (the same DataFrame the wrapper used to make).
+    """
+
+    def __init__(self, func):
+        self.func = func
+        self.__doc__ = func.__doc__
+        self.__name__ = func.__name__
+        self.__wrapped__ = func
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            raise AttributeError(self.__name__)
+        return self.func.__get__(obj, owner)
+
+
+class InferenceMixin:
+    """Inference methods of mixed-model results (first base class of ``MixedResults``)."""
+
+    def df_satterthwaite(self):
+        """Satterthwaite denominator df per fixed effect (lmerTest's ``summary`` df).
+
+        Returns
+        -------
+        pandas.Series
+            Indexed by the fixed-effect names.
+        """
+        return pd.Series(satterthwaite(self), index=_fe_names(self), name="df_satterthwaite")
+
+    def df_kenward_roger(self):
+        """Kenward-Roger denominator df per fixed effect (REML fits; pbkrtest / lmerTest).
+
+        Returns
+        -------
+        pandas.Series
+        """
+        return pd.Series(kenward_roger(self)[0], index=_fe_names(self), name="df_kenward_roger")
+
+    def cov_params_kenward_roger(self):
+        """pbkrtest's adjusted covariance of the fixed effects (``vcovAdj``)."""
+        V = kenward_roger(self)[1]
+        return pd.DataFrame(V, index=_fe_names(self), columns=_fe_names(self))
+
+    def t_test(self, r_matrix, cov_p=None, use_t=None, df=None):
+        """t tests of linear hypotheses ``R beta = q``, optionally with lmerTest's df.
+
+        Parameters
+        ----------
+        r_matrix : array_like, str, or tuple
+            As in statsmodels (``"Days = 0"``, a matrix, or ``(R, q)``).
+        cov_p, use_t
+            As in statsmodels (used when ``df`` is None).
+        df : {None, "satterthwaite", "kenward-roger"}
+            Denominator degrees of freedom per contrast.  Kenward-Roger also uses the
+            adjusted covariance for the standard errors (as lmerTest).
+
+        Returns
+        -------
+        statsmodels.stats.contrast.ContrastResults
+        """
+        if df is None:
+            return super().t_test(r_matrix, cov_p=cov_p, use_t=use_t)
+        return t_test_ddf(self, r_matrix, df)
+
+    def _conf_int(self, alpha=0.05, cols=None, method="wald", nsim=500, seed=None,
+                  boot_type="perc", progress=False, names="descriptive"):
+        """Confidence intervals for the fixed effects, and variance parameters.
+
+        Parameters
+        ----------
+        alpha : float
+            1 - confidence level.
+        cols : array_like, optional
+            ``method="wald"``: as statsmodels (positions of fixed effects).  Otherwise the
+            rows to compute (names or positions).
+        method : {"wald", "profile", "boot"}
+            ``"wald"``: statsmodels' normal intervals for the fixed effects (unchanged).
+            ``"profile"``: profile-likelihood intervals (lme4's
+            ``confint(method = "profile")``, see :func:`conf_int_profile`).
+            ``"boot"``: parametric bootstrap (:func:`conf_int_boot`).
+        nsim, seed, boot_type, progress
+            Bootstrap settings: replicates, seed, ``"perc"``/``"basic"``/``"norm"``,
+            progress bar.
+        names : {"descriptive", "lme4"}
+            Row names of the variance parameters: ``sd_Days|Subject``,
+            ``cor_Days.Intercept|Subject``, ``sigma`` -- or lme4's ``.sig01``, ``.sigma``.
+
+        Returns
+        -------
+        pandas.DataFrame or numpy.ndarray
+            Wald: what statsmodels returns.  Profile / boot: a DataFrame with columns
+            ``lower``, ``upper`` and rows for the variance parameters (sd / correlation
+            scale, then ``sigma``) and the fixed effects; one-sided intervals at a bound
+            are listed in ``attrs["boundary"]`` (profile).
+        """
+        m = str(method).lower()
+        if m == "wald":
+            ci = _wald_conf_int(self, alpha, cols)
+            return ci
+        if m == "profile":
+            return conf_int_profile(self, alpha=alpha, cols=cols, names=names)
+        if m in ("boot", "bootstrap"):
+            return conf_int_boot(self, alpha=alpha, cols=cols, nsim=nsim, seed=seed,
+                                 boot_type=boot_type, progress=progress, names=names)
+        raise ValueError(f"unknown method {method!r}; use 'wald', 'profile' or 'boot'")
+
+    conf_int = _UnwrappedMethod(_conf_int)
+
+    def profile(self, cols=None, alpha=0.01, npoints=6, names="descriptive"):
+        """Profile zeta traces; see :func:`mlmext.inference.profile`."""
+        return profile(self, cols=cols, alpha=alpha, npoints=npoints, names=names)
+
+    def bootstrap(self, func=None, nsim=100, seed=None, re=True, progress=False):
+        """Parametric bootstrap replicates; see :func:`mlmext.inference.bootstrap`."""
+        return bootstrap(self, func=func, nsim=nsim, seed=seed, re=re, progress=progress)
+
+    def icc(self):
+        """Adjusted and conditional ICC; see :func:`mlmext.inference.icc`."""
+        return icc(self)
+
+    def r2(self, method="nakagawa", **kwargs):
+        """R² of the model.
+
+        Parameters
+        ----------
+        method : {"nakagawa", "snijders-bosker"}
+            Nakagawa & Schielzeth marginal / conditional (:func:`r2_nakagawa`) or
+            Snijders & Bosker level-1 / level-2 (:func:`r2_snijders_bosker`).
+        """
+        m = method.lower().replace("_", "-")
+        if m == "nakagawa":
+            return r2_nakagawa(self)
+        if m in ("snijders-bosker", "sb"):
+            return r2_snijders_bosker(self, **kwargs)
+        raise ValueError("method must be 'nakagawa' or 'snijders-bosker'")
+
+    def simulate(self, nsim=1, seed=None, re=True, use_u=False):
+        """Simulated responses; see :func:`mlmext.inference.simulate`."""
+        return simulate(self, nsim=nsim, seed=seed, re=re, use_u=use_u)
+
+    def power_sim(self, term, effect=None, nsim=100, alpha=0.05, test="satterthwaite", seed=None,
+                  progress=False):
+        """Simulation-based power for a fixed effect; see :func:`mlmext.inference.power_sim`."""
+        return power_sim(self, term, effect=effect, nsim=nsim, alpha=alpha, test=test, seed=seed,
+                         progress=progress)
+
+    def influence(self, group=None, method="one-step"):
+        """Group-deletion influence; see :func:`mlmext.inference.influence`."""
+        return influence(self, group=group, method=method)
+
+    def cooks_distance(self, group=None, method="one-step"):
+        """Cook's distance per level; see :func:`mlmext.inference.cooks_distance`."""
+        return cooks_distance(self, group=group, method=method)
+
+    def check_convergence(self, tol=1e-5):
+        """Gradient check of the optimum; see :func:`mlmext.inference.check_convergence`."""
+        return check_convergence(self, tol=tol)
+
+    def _ddf_params_table(self, ddf, alpha=0.05):
+        """The fixed-effects table with t tests on ``ddf`` degrees of freedom (for ``summary``)."""
+        return params_table_ddf(self, ddf, alpha)

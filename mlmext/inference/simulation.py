@@ -1,0 +1,195 @@
+"""Simulating responses from a fit, and simulation-based power (lme4's ``simulate``, simr)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ._common import _Progress, _beta, _family, _fe_names, _is_lmm, _raw, _require_lmm
+from ._refit import _rebuild_model, _refit
+from .ddf import _ddf_method, kenward_roger, satterthwaite
+
+
+def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
+    """Simulate responses from a fitted model (lme4's ``simulate``).
+
+    Parameters
+    ----------
+    res : MixedResults
+    nsim : int
+    seed : int or numpy.random.Generator, optional
+    re : bool
+        Include random-effect variation.  ``re=True`` draws new random effects from their
+        fitted distribution (lme4's default); ``re=False`` sets them to zero (population
+        level plus residual noise).
+    use_u : bool
+        With ``re=True``, use the conditional modes instead of new draws (lme4's
+        ``use.u = TRUE``).
+    params : array_like, optional
+        Fixed effects to simulate with instead of the estimates.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One column per simulation (``sim_1``, ...), rows as the fitted data.
+    """
+    r = _raw(res)
+    model = r.model
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    n = int(model.nobs)
+    beta = _beta(r) if params is None else np.asarray(params, dtype=float)
+    eta = np.asarray(model.exog, dtype=float) @ beta + np.asarray(model.offset, dtype=float)
+    eta = np.repeat(eta[:, None], nsim, axis=1)
+    lmm = _is_lmm(r)
+    scale = r.sigma if lmm else 1.0
+    des = model.re_design
+    if re:
+        if use_u:
+            for blk, b in zip(des.blocks, r._blocks_b()):
+                eta += (blk.Z() @ b.reshape(-1))[:, None]
+        else:
+            for blk, lam in zip(des.blocks, des.lambdas(r.theta)):
+                u = rng.standard_normal((blk.m, blk.q, nsim))
+                b = np.einsum("ij,gjs->gis", lam, u).reshape(blk.m * blk.q, nsim) * scale
+                eta += blk.Z() @ b
+    fam = _family(r)
+    w = np.asarray(model.weights, dtype=float)
+    if lmm and (fam is None or type(fam).__name__ == "Gaussian"):
+        with np.errstate(divide="ignore"):
+            sd = np.where(w > 0, r.sigma / np.sqrt(w), 0.0)
+        y = eta + sd[:, None] * rng.standard_normal((n, nsim))
+    elif hasattr(r, "_simulate_response"):
+        y = r._simulate_response(eta, rng)
+    elif fam is not None:
+        mu = fam.link.inverse(eta)
+        name = type(fam).__name__
+        if name == "Poisson":
+            y = rng.poisson(mu).astype(float)
+        elif name == "Binomial":
+            # the response is a proportion of `weights` trials (1 for 0/1 data), as glmer stores it
+            ntr = np.round(w).astype(np.int64)
+            if np.any(np.abs(w - ntr) > 1e-8):
+                raise NotImplementedError("simulating a binomial response needs integer trials "
+                                          "(weights)")
+            succ = rng.binomial(ntr[:, None], np.clip(mu, 0.0, 1.0)).astype(float)
+            y = np.divide(succ, ntr[:, None], out=np.zeros_like(succ), where=ntr[:, None] > 0)
+        else:
+            raise NotImplementedError(f"simulation from a {name} mixed model is not implemented")
+    else:
+        raise NotImplementedError(f"simulation from a {type(model).__name__} is not implemented")
+    index = model.formula_info.get("row_labels") if hasattr(model, "formula_info") else None
+    return pd.DataFrame(y, index=index, columns=[f"sim_{k + 1}" for k in range(nsim)])
+
+
+class PowerSimResults:
+    """Result of :func:`power_sim` (simr's ``powerSim``).
+
+    Attributes
+    ----------
+    power : float
+        Fraction of simulations with p < alpha.
+    conf_int : tuple
+        Clopper-Pearson interval for the power (as simr, ``binom.test``).
+    successes, nsim, failed : int
+    pvalues : numpy.ndarray
+        One p-value per simulation (NaN for failed refits).
+    """
+
+    def __init__(self, term, effect, pvalues, alpha, test, conf_level):
+        self.term, self.effect, self.alpha, self.test = term, effect, alpha, test
+        self.pvalues = np.asarray(pvalues, dtype=float)
+        ok = np.isfinite(self.pvalues)
+        self.nsim = int(ok.sum())
+        self.failed = int((~ok).sum())
+        self.successes = int((self.pvalues[ok] < alpha).sum())
+        self.power = self.successes / self.nsim if self.nsim else np.nan
+        ci = stats.binomtest(self.successes, max(self.nsim, 1)).proportion_ci(conf_level, method="exact")
+        self.conf_int = (float(ci.low), float(ci.high))
+        self.conf_level = conf_level
+
+    def __repr__(self):
+        lo, hi = self.conf_int
+        return (f"Power for predictor {self.term!r} ({self.test} test, alpha = {self.alpha}, "
+                f"effect = {self.effect:g}), ({100 * self.conf_level:g}% confidence interval):\n"
+                f"      {100 * self.power:.2f}% ({100 * lo:.2f}, {100 * hi:.2f})\n"
+                f"Based on {self.nsim} simulations ({self.failed} failed).")
+
+
+def power_sim(res, term, effect=None, nsim=100, alpha=0.05, test="satterthwaite", seed=None,
+              conf_level=0.95, progress=False):
+    """Power to detect a fixed effect by simulate-and-refit (simr's ``powerSim``).
+
+    Responses are simulated from the fitted model (new random effects, the fitted variance
+    components), with the fixed effect ``term`` set to ``effect`` when given; the model is
+    refitted to each and the effect tested.
+
+    Parameters
+    ----------
+    res : MixedResults
+    term : str
+        A fixed-effect name (a column of the design, e.g. ``"x"`` or ``"f[T.b]"``).
+    effect : float, optional
+        The effect size to simulate with (the estimate by default).
+    nsim : int
+    alpha : float
+        Significance level of the test.
+    test : {"satterthwaite", "kenward-roger", "z", "lrt"}
+        t-test with Satterthwaite / Kenward-Roger df (LMM), Wald z-test, or likelihood-ratio
+        test against the model without the term (ML refits).
+    seed : int, optional
+    conf_level : float
+        Level of the Clopper-Pearson interval for the power.
+    progress : bool
+
+    Returns
+    -------
+    PowerSimResults
+    """
+    r = _raw(res)
+    names = _fe_names(r)
+    if term not in names:
+        raise ValueError(f"unknown fixed effect {term!r}; the fixed effects are {names}")
+    j = names.index(term)
+    test = str(test).lower()
+    if test not in ("z", "lrt"):
+        try:
+            test = _ddf_method(test)
+        except ValueError:
+            raise ValueError("test must be 'satterthwaite', 'kenward-roger', 'z' or 'lrt'") from None
+    if test in ("satterthwaite", "kenward-roger"):
+        _require_lmm(r, f"the {test} test")
+    beta = _beta(r).copy()
+    if effect is not None:
+        beta[j] = float(effect)
+    rng = np.random.default_rng(seed)
+    ys = simulate(r, nsim=nsim, seed=rng, params=beta)
+    bar = _Progress(nsim, progress, "power ")
+    pv = np.full(nsim, np.nan)
+    X = getattr(r.model.data, "orig_exog", None)
+    for k in range(nsim):
+        y = ys.iloc[:, k].to_numpy() if isinstance(ys, pd.DataFrame) else ys[k]
+        try:
+            m = _rebuild_model(r.model, endog=y)
+            if test == "lrt":
+                full = _refit(m, r, reml=False) if _is_lmm(r) else _refit(m, r)
+                Xr = X.drop(columns=[term]) if isinstance(X, pd.DataFrame) else np.delete(r.model.exog, j, axis=1)
+                red = _refit(_rebuild_model(m, exog=Xr), r, reml=False) if _is_lmm(r) else \
+                    _refit(_rebuild_model(m, exog=Xr), r)
+                pv[k] = stats.chi2.sf(max(0.0, 2 * (full.llf - red.llf)), 1)
+            else:
+                fit = _refit(m, r)
+                est = _beta(fit)[j]
+                if test == "z":
+                    se = float(np.asarray(fit.bse_fe, dtype=float)[j])
+                    pv[k] = 2 * stats.norm.sf(abs(est / se))
+                elif test == "satterthwaite":
+                    se = np.sqrt(np.asarray(fit.cov_params(), dtype=float)[j, j])
+                    df = satterthwaite(fit, np.eye(len(names))[j:j + 1])[0]
+                    pv[k] = 2 * stats.t.sf(abs(est / se), df)
+                else:
+                    df, V = kenward_roger(fit, np.eye(len(names))[j:j + 1])
+                    pv[k] = 2 * stats.t.sf(abs(est / np.sqrt(V[j, j])), df[0])
+        except (np.linalg.LinAlgError, ValueError, RuntimeError):
+            pass
+        bar.step()
+    return PowerSimResults(term, beta[j], pv, alpha, test, conf_level)
