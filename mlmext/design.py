@@ -166,6 +166,15 @@ class RandomEffectsDesign:
     def lambdas(self, theta):
         return [b.lam(theta) for b in self.blocks]
 
+    def Z(self, format="csc"):
+        """Sparse n x nre model matrix of all random effects, blocks in order."""
+        return sparse.hstack([b.Z() for b in self.blocks], format=format)
+
+    def Lambda(self, theta):
+        """Sparse nre x nre relative covariance factor (CSC): ``kron(I_m, lam)`` per block."""
+        return sparse.block_diag([sparse.kron(sparse.identity(b.m), sparse.csr_matrix(lam))
+                                  for b, lam in zip(self.blocks, self.lambdas(theta))], format="csc")
+
     def term_cov(self, theta, term):
         """Relative covariance Lambda Lambda' of one term (multiply by sigma^2)."""
         L = np.zeros((term.q, term.q))

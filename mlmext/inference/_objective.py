@@ -22,8 +22,6 @@ class _LMMObjective:
         self.des = model.re_design
         self.n = float(model.nobs)
         self.p = int(model.k_fe)
-        w = np.asarray(model.weights, dtype=float)
-        self.logw = float(np.log(w[w > 0]).sum())
 
     def factor(self, theta):
         return self.model.chol.update(self.des.lambdas(np.asarray(theta, dtype=float)))
@@ -36,13 +34,18 @@ class _LMMObjective:
 
     @classmethod
     def beta_hat(cls, ch):
-        """beta(theta) from L_XX' beta = l_yX (the last row of the factor)."""
+        """beta(theta) from L_XX' beta = l_yX (the last row of the factor).
+
+        Not ``BlockedCholesky.solve``: that also solves for the random effects, which costs
+        more than the factor update here, in the inner loop of the profiles.
+        """
         rz, p = ch.rz, ch.p
         return np.linalg.solve(cls._lxx(ch).T, ch.Lr[-1, rz:rz + p])
 
     @classmethod
     def cov_beta_unscaled(cls, ch):
-        """(L_XX L_XX')^-1 (small dense inverse; cheaper than a triangular solve with I here)."""
+        """(L_XX L_XX')^-1, as ``BlockedCholesky.cov_beta_unscaled``; a small dense inverse is
+        cheaper than its triangular solve with I, and this runs per profile evaluation."""
         Li = np.linalg.inv(cls._lxx(ch))
         return Li.T @ Li
 
@@ -53,7 +56,7 @@ class _LMMObjective:
         except np.linalg.LinAlgError:
             return np.inf
         s2 = sigma ** 2
-        dev = ch.logdet_zz + ch.r2 / s2 + self.n * (_LOG2PI + np.log(s2)) - self.logw
+        dev = ch.logdet_zz + ch.r2 / s2 + self.n * (_LOG2PI + np.log(s2)) - self.model._logw
         if reml:
             dev += ch.logdet_xx - self.p * (_LOG2PI + np.log(s2))
         return dev
@@ -115,7 +118,7 @@ class _LMMObjective:
         b = self.beta_hat(ch)
         cjj = self.cov_beta_unscaled(ch)[j, j]
         r2 = ch.r2 + (value - b[j]) ** 2 / cjj
-        return ch.logdet_zz + self.n * (1.0 + _LOG2PI + np.log(r2 / self.n)) - self.logw
+        return ch.logdet_zz + self.n * (1.0 + _LOG2PI + np.log(r2 / self.n)) - self.model._logw
 
 
 def _psd_chol(A):

@@ -150,14 +150,12 @@ def _kr_pieces(res):
         raise NotImplementedError("Kenward-Roger's method is not implemented for weighted models")
     des = model.re_design
     n = int(model.nobs)
-    Z = sparse.hstack([b.Z() for b in des.blocks], format="csc")
+    Z = des.Z()
     q = Z.shape[1]
     if n * q > 8e7:
         raise NotImplementedError(f"Kenward-Roger needs an n x q dense matrix ({n} x {q}); "
                                   "too large here, use Satterthwaite")
-    lams = des.lambdas(r.theta)
-    Lam = sparse.block_diag([sparse.kron(sparse.identity(b.m), sparse.csr_matrix(lam))
-                             for b, lam in zip(des.blocks, lams)], format="csc")
+    Lam = des.Lambda(r.theta)
     X = np.asarray(model.exog, dtype=float)
     s2 = r.sigma ** 2
     ZL = (Z @ Lam).tocsc()
@@ -294,7 +292,7 @@ def _ddf_frame(res, ddf, alpha=0.05):
     beta = _params(r)
     if method == "satterthwaite":
         df = satterthwaite(r)
-        se = np.sqrt(np.diag(np.asarray(r.cov_params(), dtype=float)))
+        se = r.bse_fe.to_numpy()
     else:
         df, V = kenward_roger(r)
         se = np.sqrt(np.diag(V))

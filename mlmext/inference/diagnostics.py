@@ -58,11 +58,8 @@ def influence(res, group=None, method="one-step"):
     if method == "one-step":
         des = model.re_design
         w = np.asarray(model.weights, dtype=float)
-        Z = sparse.hstack([b.Z() for b in des.blocks], format="csr")
-        Lam = sparse.block_diag([sparse.kron(sparse.identity(b.m), sparse.csr_matrix(lam))
-                                 for b, lam in zip(des.blocks, des.lambdas(r.theta))], format="csc")
         sw = np.sqrt(w)
-        ZL = sparse.diags(sw) @ (Z @ Lam)                     # W^1/2 Z Lambda
+        ZL = sparse.diags(sw) @ (des.Z("csr") @ des.Lambda(r.theta))   # W^1/2 Z Lambda
         ZL = ZL.tocsr()
         q = ZL.shape[1]
         M = (ZL.T @ ZL).toarray() + np.eye(q)

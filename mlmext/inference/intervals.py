@@ -113,7 +113,7 @@ class _Profiler:
         self.vp = np.append(self.obj.sdcor_from_theta(fit.theta, fit.sigma), fit.sigma)
         self.kinds = _varpar_kinds(fit) + ["sigma"]
         self.beta = _params(fit)
-        self.se_beta = np.sqrt(np.diag(np.asarray(fit.cov_params(), dtype=float)))
+        self.se_beta = fit.bse_fe.to_numpy()
         self.base = self.obj.dev_sdcor(self.vp)
         # the optimizer's own optimum may be a hair off: polish it on this scale
         f0, x0 = _bmin(self.obj.dev_sdcor, self.vp, self.lower_vp(), self.upper_vp(), self.scale_vp())

@@ -166,28 +166,27 @@ def power_sim(res, term, effect=None, nsim=100, alpha=0.05, test="satterthwaite"
     bar = _Progress(nsim, progress, "power ")
     pv = np.full(nsim, np.nan)
     X = getattr(r.model.data, "orig_exog", None)
+    ml = {"reml": False} if _is_lmm(r) else {}          # likelihood-ratio tests compare ML fits
+    contrast = np.eye(len(names))[j:j + 1]
     for k in range(nsim):
         y = ys.iloc[:, k].to_numpy() if isinstance(ys, pd.DataFrame) else ys[k]
         try:
             m = _rebuild_model(r.model, endog=y)
             if test == "lrt":
-                full = _refit(m, r, reml=False) if _is_lmm(r) else _refit(m, r)
+                full = _refit(m, r, **ml)
                 Xr = X.drop(columns=[term]) if isinstance(X, pd.DataFrame) else np.delete(r.model.exog, j, axis=1)
-                red = _refit(_rebuild_model(m, exog=Xr), r, reml=False) if _is_lmm(r) else \
-                    _refit(_rebuild_model(m, exog=Xr), r)
+                red = _refit(_rebuild_model(m, exog=Xr), r, **ml)
                 pv[k] = stats.chi2.sf(max(0.0, 2 * (full.llf - red.llf)), 1)
             else:
                 fit = _refit(m, r)
                 est = _beta(fit)[j]
                 if test == "z":
-                    se = float(np.asarray(fit.bse_fe, dtype=float)[j])
-                    pv[k] = 2 * stats.norm.sf(abs(est / se))
+                    pv[k] = 2 * stats.norm.sf(abs(est / fit.bse_fe.iloc[j]))
                 elif test == "satterthwaite":
-                    se = np.sqrt(np.asarray(fit.cov_params(), dtype=float)[j, j])
-                    df = satterthwaite(fit, np.eye(len(names))[j:j + 1])[0]
-                    pv[k] = 2 * stats.t.sf(abs(est / se), df)
+                    df = satterthwaite(fit, contrast)[0]
+                    pv[k] = 2 * stats.t.sf(abs(est / fit.bse_fe.iloc[j]), df)
                 else:
-                    df, V = kenward_roger(fit, np.eye(len(names))[j:j + 1])
+                    df, V = kenward_roger(fit, contrast)
                     pv[k] = 2 * stats.t.sf(abs(est / np.sqrt(V[j, j])), df[0])
         except (np.linalg.LinAlgError, ValueError, RuntimeError):
             pass

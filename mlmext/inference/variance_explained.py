@@ -5,10 +5,15 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from statsmodels.genmod import families
 
 from ..design import RandomEffectsDesign, ReTerm
 from ._common import _beta, _cache, _family, _fe_names, _is_lmm, _params, _raw, _require_lmm, _same_rows
 from ._refit import _rebuild_model, _refit
+
+# variance of the standard logistic, normal and Gumbel distributions: the residual variance on
+# the latent scale of a logit, probit and cloglog model
+_LATENT_VARIANCE = {"logit": np.pi ** 2 / 3, "probit": 1.0, "cloglog": np.pi ** 2 / 6}
 
 
 def _distribution_variance(res):
@@ -21,16 +26,14 @@ def _distribution_variance(res):
         # ordinal (clmm): the latent variable's variance for the link
         link = getattr(r.model, "link", "logit")
         link = str(getattr(link, "name", link)).lower()
-        return {"logit": np.pi ** 2 / 3, "probit": 1.0, "cloglog": np.pi ** 2 / 6}.get(link, np.pi ** 2 / 3)
-    from statsmodels.genmod import families
+        return _LATENT_VARIANCE.get(link, _LATENT_VARIANCE["logit"])
     link = type(fam.link).__name__.lower()
     if isinstance(fam, families.Gaussian):
         return r.sigma ** 2
     if isinstance(fam, families.Binomial):
-        table = {"logit": np.pi ** 2 / 3, "probit": 1.0, "cloglog": np.pi ** 2 / 6}
-        if link not in table:
+        if link not in _LATENT_VARIANCE:
             raise NotImplementedError(f"R2 for a binomial model with a {link} link")
-        return table[link]
+        return _LATENT_VARIANCE[link]
     if isinstance(fam, families.Poisson):
         if link != "log":
             raise NotImplementedError(f"R2 for a Poisson model with a {link} link")
