@@ -389,7 +389,9 @@ class LMMResults(MixedResults):
 class MixedResultsWrapper(wrap.ResultsWrapper):
     _attrs = {"params": "columns", "bse": "columns", "tvalues": "columns", "pvalues": "columns"}
     _wrap_attrs = union_dicts(_attrs, wrap.ResultsWrapper._wrap_attrs)
-    _methods = {"cov_params": "cov", "conf_int": "columns"}
+    # conf_int labels its own rows: the profile / bootstrap intervals add the variance
+    # parameters, which relabelling by the parameter names would drop
+    _methods = {"cov_params": "cov"}
     _wrap_methods = union_dicts(_methods, wrap.ResultsWrapper._wrap_methods)
 
 

@@ -483,7 +483,7 @@ def conf_int_boot(res, alpha=0.05, cols=None, nsim=500, seed=None, boot_type="pe
 
 
 def _wald_conf_int(res, alpha, cols):
-    """statsmodels' Wald interval, labelled as its results wrapper labels it."""
+    """statsmodels' Wald interval, with the parameter names as row labels for pandas data."""
     from statsmodels.base.model import LikelihoodModelResults
     from statsmodels.base.data import PandasData
     ci = np.asarray(LikelihoodModelResults.conf_int(_raw(res), alpha=alpha))

@@ -11,29 +11,6 @@ from .simulation import power_sim, simulate
 from .variance_explained import icc, r2_nakagawa, r2_snijders_bosker
 
 
-class _UnwrappedMethod:
-    """A method that statsmodels' results wrapper must leave alone.
-
-    ``populate_wrapper`` wraps every method in ``_wrap_methods`` that the results class
-    has, reindexing its output by the parameter names.  ``conf_int`` with
-    ``method="profile"``/``"boot"`` returns extra rows (the variance parameters), so this
-    descriptor hides the method from that class-level lookup; the wrapper then forwards
-    the call to the results instance unchanged, and ``conf_int`` does the pandas labelling
-    of the Wald intervals itself (the same DataFrame the wrapper used to make).
-    """
-
-    def __init__(self, func):
-        self.func = func
-        self.__doc__ = func.__doc__
-        self.__name__ = func.__name__
-        self.__wrapped__ = func
-
-    def __get__(self, obj, owner=None):
-        if obj is None:
-            raise AttributeError(self.__name__)
-        return self.func.__get__(obj, owner)
-
-
 class InferenceMixin:
     """Inference methods of mixed-model results (first base class of ``MixedResults``)."""
 
@@ -82,8 +59,8 @@ class InferenceMixin:
             return super().t_test(r_matrix, cov_p=cov_p, use_t=use_t)
         return t_test_ddf(self, r_matrix, df)
 
-    def _conf_int(self, alpha=0.05, cols=None, method="wald", nsim=500, seed=None,
-                  boot_type="perc", progress=False, names="descriptive"):
+    def conf_int(self, alpha=0.05, cols=None, method="wald", nsim=500, seed=None,
+                 boot_type="perc", progress=False, names="descriptive"):
         """Confidence intervals for the fixed effects, and variance parameters.
 
         Parameters
@@ -115,16 +92,13 @@ class InferenceMixin:
         """
         m = str(method).lower()
         if m == "wald":
-            ci = _wald_conf_int(self, alpha, cols)
-            return ci
+            return _wald_conf_int(self, alpha, cols)
         if m == "profile":
             return conf_int_profile(self, alpha=alpha, cols=cols, names=names)
         if m in ("boot", "bootstrap"):
             return conf_int_boot(self, alpha=alpha, cols=cols, nsim=nsim, seed=seed,
                                  boot_type=boot_type, progress=progress, names=names)
         raise ValueError(f"unknown method {method!r}; use 'wald', 'profile' or 'boot'")
-
-    conf_int = _UnwrappedMethod(_conf_int)
 
     def profile(self, cols=None, alpha=0.01, npoints=6, names="descriptive"):
         """Profile zeta traces; see :func:`mlmext.inference.profile`."""
