@@ -8,7 +8,6 @@ noisy, so read the ratios.  lme4 times are R's own fit times on this kind of mac
 the reference fits (tests/reference/lmm/*.json, ``r_seconds``).
 """
 import argparse
-import json
 import os
 import sys
 import time

@@ -1,3 +1,5 @@
 """mlmext: multilevel (mixed-effects) models for statsmodels."""
+from .inference import anova
+
 __version__ = "0.1.0"
-from .inference import anova  # noqa: E402,F401
+__all__ = ["anova", "__version__"]

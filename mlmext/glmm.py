@@ -1160,7 +1160,6 @@ class GLMMResults(MixedResults):
 
     def _block_condvar(self):
         model = self.model
-        des = model.re_design
         theta, beta = self.theta, self.params
         if model.k_extra:
             model.cond.set_params(np.array([np.log(self._alpha)]))

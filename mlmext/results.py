@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from statsmodels.base.model import LikelihoodModelResults
 from statsmodels.base.wrapper import populate_wrapper, union_dicts
 from statsmodels.base import wrapper as wrap
@@ -285,7 +284,6 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
 
     # ------------------------------------------------------------ summary
     def _re_table(self):
-        vc = self.varcorr()
         rows = []
         for label, cov in self.cov_re().items():
             names = list(cov.index)
@@ -299,14 +297,11 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
                 rows.append([label if i == 0 else "", nm, _fmt(C[i, i]), _fmt(sd[i]), " ".join(corr)])
         if self._has_residual:
             rows.append(["Residual", "", _fmt(self.sigma ** 2), _fmt(self.sigma), ""])
-        del vc
         return SimpleTable(rows, headers=["Groups", "Name", "Variance", "Std.Dev.", "Corr"],
                            title="Random effects")
 
     def _summary_top(self):
-        model = self.model
-        crit = [("Method:", ["REML" if self.reml else "ML"])]
-        return crit
+        return [("Method:", ["REML" if self.reml else "ML"])]
 
     def summary(self, alpha=0.05, title=None, ddf=None):
         """Summary in lme4's layout built from statsmodels ``Summary`` tables.

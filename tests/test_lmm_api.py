@@ -207,7 +207,7 @@ def test_singular_fit_flagged(sleep):
 
 
 def test_formula_environment_variables(sleep):
-    scale = 2.0
+    scale = 2.0  # noqa: F841 - used inside the formula string
     res = mf.lmer("Reaction ~ I(Days * scale) + (1 | Subject)", sleep).fit()
     ref = mf.lmer("Reaction ~ Days + (1 | Subject)", sleep).fit()
     np.testing.assert_allclose(res.fe_params.iloc[1] * 2, ref.fe_params["Days"], rtol=1e-8)
