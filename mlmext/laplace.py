@@ -42,6 +42,7 @@ and with GLM fits.
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 from dataclasses import dataclass, field
 
@@ -50,8 +51,8 @@ import numpy as np
 from .linalg import BlockedCholesky
 
 __all__ = ["ConditionalModel", "Modes", "PIRLSError", "ScalarFactor", "make_chol", "pirls",
-           "laplace_loglik", "agq_loglik", "laplace_gradient", "gh_rule", "random_effects_linear",
-           "predict_modes"]
+           "laplace_loglik", "agq_loglik", "laplace_gradient", "agq_loglik_gradient", "gh_rule",
+           "random_effects_linear", "predict_modes"]
 
 
 class ConditionalModel:
@@ -93,6 +94,13 @@ class ConditionalModel:
     # def param_derivatives(self, eta):
     #     """``(dl, dd1, dw)``, each (n, k_extra): derivatives of ``loglik_i``,
     #     ``d1_i`` and ``w_i`` with respect to the model's own parameters."""
+    #
+    # def param_loglik_derivatives(self, eta):
+    #     """``dl`` of :meth:`param_derivatives` alone (cheaper, at AGQ nodes)."""
+    #
+    # vectorized_eta = False
+    #     """True when the methods also take 2-D ``eta`` (nodes x n, each row a linear
+    #     predictor): AGQ then evaluates all quadrature nodes in one call."""
     #
     # allow_negative_weights = False
     #     """True when single observations may have ``w < 0`` (observed information
@@ -515,6 +523,7 @@ class ScalarFactor:
         return [self.M1inv]
 
 
+@np.errstate(all="ignore")     # failures are reported in the result, not as warnings
 def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100, maxhalf=30):
     """:func:`pirls` for a single scalar random-effects term: Newton steps level by level.
 
@@ -538,15 +547,14 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
     fused = getattr(cond, "loglik_derivs", None)
 
     def evaluate(eta):
-        with np.errstate(all="ignore"):
-            if fused is not None:
-                lo, d1, w = fused(eta)
-                ll = float(lo.sum())
-            else:
-                ll = float(np.sum(cond.loglik_obs(eta)))
-                d1 = w = None
-                if np.isfinite(ll):
-                    d1, w = cond.derivatives(eta)
+        if fused is not None:
+            lo, d1, w = fused(eta)
+            ll = float(lo.sum())
+        else:
+            ll = float(np.sum(cond.loglik_obs(eta)))
+            d1 = w = None
+            if math.isfinite(ll):
+                d1, w = cond.derivatives(eta)
         return ll, d1, w
 
     u = np.zeros(m) if u0 is None else np.array(u0, dtype=float)
@@ -554,7 +562,7 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
     ll, d1, w = evaluate(eta)
     obj = ll - 0.5 * float(u @ u)
     restarted = False
-    if not np.isfinite(obj) and u0 is not None:
+    if not math.isfinite(obj) and u0 is not None:
         u = np.zeros(m)
         eta = eta_fixed.copy()
         ll, d1, w = evaluate(eta)
@@ -566,12 +574,12 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
     nhalf_total = 0
     M = None
     it = 0
-    maxiter_run = maxiter if np.isfinite(obj) else 0
+    maxiter_run = maxiter if math.isfinite(obj) else 0
     if not maxiter_run:
         message = "the log-likelihood is not finite at the starting values"
     for it in range(1, maxiter_run + 1):
-        if d1 is None or not (np.isfinite(d1.sum()) and np.isfinite(w.sum())) or \
-                (w.min() < 0 and not neg_ok):
+        if d1 is None or not math.isfinite(float(d1.sum()) + float(w.sum())) or \
+                (not neg_ok and w.min() < 0):
             message = (f"non-finite or negative working weights at PIRLS iteration {it} "
                        f"(max |eta| = {np.max(np.abs(eta)):.3g})")
             break
@@ -586,7 +594,7 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
             break
         du = g / M
         dec = float(du @ g)
-        if not np.isfinite(dec):
+        if not math.isfinite(dec):
             message = f"non-finite PIRLS step at iteration {it}"
             break
         if dec < tol:
@@ -596,11 +604,11 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
         t = 1.0
         accepted = False
         for _ in range(maxhalf + 1):
-            u_t = u + t * du
-            eta_t = eta + t * dlin
+            u_t = u + du if t == 1.0 else u + t * du
+            eta_t = eta + dlin if t == 1.0 else eta + t * dlin
             ll_t, d1_t, w_t = evaluate(eta_t)
             obj_t = ll_t - 0.5 * float(u_t @ u_t)
-            if np.isfinite(obj_t) and obj_t >= obj - 1e-10 * (1.0 + abs(obj)):
+            if math.isfinite(obj_t) and obj_t >= obj - 1e-10 * (1.0 + abs(obj)):
                 accepted = True
                 break
             t *= 0.5
@@ -615,8 +623,7 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
             break
         u, eta, ll, obj, d1, w = u_t, eta_t, ll_t, obj_t, d1_t, w_t
         if d1 is None:
-            with np.errstate(all="ignore"):
-                d1, w = cond.derivatives(eta)
+            d1, w = cond.derivatives(eta)
     else:
         if maxiter_run:
             message = f"PIRLS did not converge in {maxiter} iterations (last decrement {dec:.3g})"
@@ -795,6 +802,28 @@ def agq_loglik(design, chol, eta_fixed, cond, theta, nagq, u0=None, modes=None, 
     return llf, modes
 
 
+def _node_values(cond, ETA, what):
+    """``what(cond, eta)`` for each row of ETA (nodes x n): in one call when the conditional
+    model takes 2-D ``eta`` (``vectorized_eta = True``), else row by row."""
+    with np.errstate(all="ignore"):
+        if getattr(cond, "vectorized_eta", False):
+            return what(cond, ETA)
+        return np.stack([what(cond, row) for row in ETA])
+
+
+def _node_chunks(K, n, size=1 << 20):
+    """Slices of the K nodes with about ``size`` node-observation pairs each (bounded memory)."""
+    step = max(1, size // max(n, 1))
+    return [slice(a, min(a + step, K)) for a in range(0, K, step)]
+
+
+def _level_node_sums(codes, m, V):
+    """(K, n) -> (K, m): per-level sums of each row."""
+    K = V.shape[0]
+    idx = (codes[None, :] + m * np.arange(K)[:, None]).ravel()
+    return np.bincount(idx, weights=V.ravel(), minlength=K * m).reshape(K, m)
+
+
 def _agq_from_modes(blk, chol, lam, cond, modes, nagq):
     q, m, codes = blk.q, blk.m, blk.codes
     z, wts = gh_rule(nagq, q)
@@ -813,22 +842,108 @@ def _agq_from_modes(blk, chol, lam, cond, modes, nagq):
     with np.errstate(all="ignore"):
         l0 = np.bincount(codes, weights=cond.loglik_obs(eta0), minlength=m)
     base = l0 - 0.5 * np.sum(u * u, axis=1)
-    K = z.shape[0]
-    A = np.empty((m, K))
-    for k in range(K):
-        zk = z[k]
-        if not np.any(zk):
-            A[:, k] = 0.0
-            continue
-        with np.errstate(all="ignore"):
-            lk = np.bincount(codes, weights=cond.loglik_obs(eta0 + XR @ zk), minlength=m)
-        uk = u + np.einsum("gab,b->ga", S, zk)
-        A[:, k] = lk - 0.5 * np.sum(uk * uk, axis=1) - base + 0.5 * (zk @ zk)
+    A = np.empty((m, z.shape[0]))
+    for sl in _node_chunks(z.shape[0], eta0.shape[0]):
+        zk = z[sl]
+        lk = _level_node_sums(codes, m, _node_values(cond, eta0 + zk @ XR.T, lambda c, e: c.loglik_obs(e)))
+        uk = u[None, :, :] + np.einsum("gab,kb->kga", S, zk)    # nodes in u: u~_g + S_g z_k
+        A[:, sl] = (lk - 0.5 * np.sum(uk * uk, axis=2) - base + 0.5 * np.sum(zk * zk, axis=1)[:, None]).T
     A[~np.isfinite(A)] = -np.inf
     A += np.log(wts)[None, :]
     amax = A.max(axis=1, keepdims=True)
     lse = amax[:, 0] + np.log(np.exp(A - amax).sum(axis=1))
     return float(np.sum(base + lse - 0.5 * logdet_g))
+
+
+def agq_loglik_gradient(design, chol, cond, theta, modes, nagq, X=None):
+    """AGQ log-likelihood and its exact gradient for a single scalar random-effects term.
+
+    Per level ``g`` the quadrature is ``l_g = log sum_k w_k exp(B_gk) - log M_g / 2`` with
+    ``B_gk = sum_{i in g} loglik_i(eta_ik) - v_gk^2 / 2 + t_k^2 / 2`` at the nodes ``v_gk =
+    u~_g + s_g t_k``, ``s_g = M_g^(-1/2)``, ``eta_ik = eta~_i + lambda z_i s_g t_k``.  A
+    parameter moves ``B_gk`` directly (``beta`` and the conditional model's own parameters
+    through ``loglik_i``, ``lambda`` through ``eta_ik``) and through the nodes, which follow
+    the mode ``u~_g`` and the scale ``s_g``: their derivatives come from the implicit function
+    theorem at the modes, as in :func:`laplace_gradient` (``d u~ = G_u. / H`` with the
+    observed information ``H``; ``dM`` from ``dw/deta`` and the model's ``dw/dpsi``).  One
+    pass over the nodes gives the value and the gradient (central differences need ``2 p``).
+
+    Parameters and returns as :func:`laplace_gradient` (``g_theta``, ``g_beta``,
+    ``g_extra``), preceded by the AGQ log-likelihood (``-inf`` when it is not finite).
+    The conditional model needs ``hessian_terms`` (and ``param_derivatives`` for ``g_extra``).
+    """
+    if not (_is_scalar_design(design) and hasattr(cond, "hessian_terms")):
+        raise NotImplementedError("the AGQ gradient needs a single scalar random-effects term and "
+                                  "hessian_terms(); use finite differences")
+    blk = design.blocks[0]
+    codes, m = blk.codes, blk.m
+    zx = np.asarray(blk.X[:, 0], dtype=float)
+    lam = float(np.asarray(theta, dtype=float)[blk.t_idx[0]])
+    M = np.asarray(_factor(chol, modes).M1, dtype=float).reshape(m)
+    eta, u = modes.eta, modes.u
+    n = eta.shape[0]
+    d1, w = (modes.d1, modes.w) if modes.d1 is not None else cond.derivatives(eta)
+    h, dw = cond.hessian_terms(eta)
+    if getattr(cond, "canonical", False):
+        h = w
+    kx = getattr(cond, "k_extra", 0) if hasattr(cond, "param_derivatives") else 0
+    Xf = np.zeros((n, 0)) if X is None else np.asarray(X, dtype=float)
+    p = Xf.shape[1]
+    # d u~ / dphi = G_uphi / H and d M / dphi for phi = (theta, beta, psi): per-level sums
+    cols = [zx * d1, h * zx * zx, w * zx * zx, dw * zx ** 3, (h * zx)[:, None] * Xf,
+            (dw * zx * zx)[:, None] * Xf]
+    if kx:
+        _, dd1, dwp = cond.param_derivatives(eta)
+        cols += [zx[:, None] * dd1, (zx * zx)[:, None] * dwp]
+    S = _level_col_sums(codes, m, np.column_stack(cols))
+    S_zd1, S_hz2, S_wz2, S_dwz3 = S[:, 0], S[:, 1], S[:, 2], S[:, 3]
+    S_hzX, S_dwz2X = S[:, 4:4 + p], S[:, 4 + p:4 + 2 * p]
+    G_u = [(S_zd1 - lam * S_hz2 * u)[:, None], -lam * S_hzX]
+    dM = [(2.0 * lam * S_wz2 + lam * lam * S_dwz3 * u)[:, None], lam * lam * S_dwz2X]
+    if kx:
+        G_u.append(lam * S[:, 4 + 2 * p:4 + 2 * p + kx])
+        dM.append(lam * lam * S[:, 4 + 2 * p + kx:])
+    du = np.hstack(G_u) / (1.0 + lam * lam * S_hz2)[:, None]
+    dM = np.hstack(dM) + (lam ** 3 * S_dwz3)[:, None] * du      # ... plus the move of eta~
+    # the nodes: value, d loglik / d eta and d loglik / d psi there
+    t, wts = gh_rule(nagq, 1)
+    t = t[:, 0]
+    s = 1.0 / np.sqrt(M)
+    v = u[None, :] + s[None, :] * t[:, None]                     # (K, m)
+    ETA = eta[None, :] + (lam * zx * s[codes])[None, :] * t[:, None]
+    Lsum = _level_node_sums(codes, m, _node_values(cond, ETA, lambda c, e: c.loglik_obs(e)))
+    D1 = _node_values(cond, ETA, lambda c, e: c.derivatives(e)[0])
+    Zl = _level_node_sums(codes, m, D1 * zx[None, :])
+    if kx:
+        dl_psi = getattr(cond, "param_loglik_derivatives", None) or (lambda e: cond.param_derivatives(e)[0])
+        LP = _node_values(cond, ETA, lambda c, e: dl_psi(e))
+    B = Lsum - 0.5 * v * v + 0.5 * (t * t)[:, None]
+    B[~np.isfinite(B)] = -np.inf
+    A = B + np.log(wts)[:, None]
+    amax = A.max(axis=0)
+    e = np.exp(A - amax)
+    tot = e.sum(axis=0)
+    llf = float(np.sum(amax + np.log(tot) - 0.5 * np.log(M)))
+    if not np.isfinite(llf):
+        return (-np.inf, np.full(1, np.nan), None if X is None else np.full(p, np.nan),
+                np.full(kx, np.nan) if kx else None)
+    pi = e / tot                                                 # (K, m) node weights per level
+    pi_obs = pi[:, codes]
+    # direct derivatives of sum_k pi_gk B_gk, then through the nodes v_gk = u~_g + s_g t_k
+    g = np.concatenate([[np.sum(pi * v * Zl)], Xf.T @ np.einsum("kn,kn->n", pi_obs, D1),
+                        np.einsum("kn,knx->x", pi_obs, LP) if kx else []])
+    a = lam * Zl - v                                             # d B_gk / d v_gk
+    A1 = np.sum(pi * a, axis=0)
+    A2 = np.sum(pi * a * t[:, None], axis=0)
+    g += A1 @ du - 0.5 * ((1.0 + A2 * s) / M) @ dM
+    return llf, g[:1], (None if X is None else g[1:1 + p]), (g[1 + p:] if kx else None)
+
+
+def _level_col_sums(codes, m, V):
+    """(n, c) -> (m, c): per-level sums of each column (one bincount)."""
+    c = V.shape[1]
+    idx = (codes[:, None] * c + np.arange(c)[None, :]).ravel()
+    return np.bincount(idx, weights=V.ravel(), minlength=m * c).reshape(m, c)
 
 
 # ----------------------------------------------------------------------------- gradient
