@@ -1701,9 +1701,10 @@ def _uses_scalar_laplace(model):
 def _laplace_by_newton(model, obj, z0, attenuate, maxiter, tried):
     """The Newton stage of the Laplace fit for a single scalar term (:func:`_laplace_newton`).
 
-    Returns its OptimizeResult with ``x``, ``jac`` and ``hess_x`` (the starting matrix for
-    AGQ) in internal coordinates besides ``x_r`` and ``hess`` in R's, and leaves the modes at
-    the optimum in ``obj`` for warm starts; None when Newton does not apply or cannot finish.
+    Returns its OptimizeResult; on success with ``x``, ``jac`` and ``hess_x`` (the starting
+    matrix for AGQ) in internal coordinates besides ``x_r`` and ``hess`` in R's, and the modes
+    at the optimum left in ``obj`` for warm starts; else ``x`` is the last iterate (R
+    coordinates).  None when Newton does not apply or fails at the start.
     """
     if not _uses_scalar_laplace(model):
         return None
@@ -1714,7 +1715,7 @@ def _laplace_by_newton(model, obj, z0, attenuate, maxiter, tried):
     opt = _laplace_newton(model, z0, maxiter=min(maxiter, 100))
     tried.append(("Newton (Laplace, exact Hessian)", bool(opt.success), int(opt.nfev)))
     if not opt.success:
-        return None
+        return opt if np.isfinite(opt.fun) else None
     z = opt.x
     x = np.concatenate([thr.psi(z[:k]), z[k:]])
     Jx = np.eye(z.size)                                          # d z / d x
@@ -1774,8 +1775,8 @@ def _laplace_newton(model, z0, maxiter=100, dec_tol=1e-12):
         ``x`` (R coordinates), ``fun`` (negative log-likelihood), ``jac``, ``hess`` (of the
         negative log-likelihood at ``x``), ``modes``, ``nit``, ``nfev``, ``success``.
         ``success`` is False when Newton cannot go on (a Hessian that is not positive
-        definite, theta near its bound, a failed line search); the caller then uses the
-        bounded quasi-Newton method, which also handles singular fits.
+        definite, theta heading for its bound, a failed line search); the caller then uses
+        the bounded quasi-Newton method, which also handles singular fits.
     """
     from scipy.optimize import OptimizeResult
     sl = model._scalar_laplace()
@@ -1793,6 +1794,7 @@ def _laplace_newton(model, z0, maxiter=100, dec_tol=1e-12):
     z = np.array(z0, dtype=float)
     f, modes = value(z, None)
     nfev, it, g, H = 1, 0, None, None
+    halvings = 0                    # consecutive steps that had to be cut to halve theta
     if not np.isfinite(f):
         return result(False, "non-finite log-likelihood at the starting values")
     for it in range(maxiter + 1):
@@ -1803,12 +1805,16 @@ def _laplace_newton(model, z0, maxiter=100, dec_tol=1e-12):
         d, tau = _newton_direction(H, g)
         if d is None:
             return result(False, "Hessian not positive definite")
-        theta_new = z[-1] + d[-1]
-        if theta_new <= 0.0:
-            return result(False, "Newton step to theta <= 0 (a singular fit?)")
-        if theta_new < 0.5 * z[-1]:         # theta at most halves per step: the log-likelihood
-            d *= -0.5 * z[-1] / d[-1]       # need not be concave in theta near 0
+        # theta at most halves per step (the log-likelihood is far from quadratic in theta
+        # below its optimum); three halvings in a row: theta is heading for its bound
+        if z[-1] + d[-1] < 0.5 * z[-1]:
+            halvings += 1
+            if halvings == 3:
+                return result(False, "theta heading for 0 (a singular fit?)")
+            d *= -0.5 * z[-1] / d[-1]
             tau = None
+        else:
+            halvings = 0
         slope = float(g @ d)
         if tau == 0.0 and -0.5 * slope < dec_tol:       # a full Newton step, H positive definite
             return result(True, "Newton decrement below tolerance")
@@ -1879,9 +1885,12 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
     obj.lower_r = lower_r
     exact = _laplace_by_newton(model, obj, np.concatenate([alpha0, beta0, theta0]),
                                attenuate=start_params is None, maxiter=maxiter, tried=tried)
-    if exact is not None:
+    if exact is not None and exact.success:
         opt, x_hat = exact, exact.x
     else:
+        if exact is not None:       # continue from where Newton stopped (it only went downhill)
+            alpha0, beta0, theta0 = exact.x[:k], exact.x[k:k + p], exact.x[k + p:]
+        exact = None
         x0 = np.concatenate([thr.psi(alpha0), beta0, theta0])
         f0, g0 = obj.fg_x(x0)
         if not np.isfinite(f0):

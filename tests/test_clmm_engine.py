@@ -4,6 +4,7 @@ differences and against the general (quasi-Newton, difference-Hessian) path."""
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mlmext import laplace, ordinal
@@ -194,6 +195,42 @@ def test_newton_fit_agrees_with_the_general_path(wine, link, nagq):
     np.testing.assert_allclose(np.asarray(fast.bse), se, rtol=1e-4)
     np.testing.assert_allclose(fast.theta, slow.theta, rtol=1e-4)
     np.testing.assert_allclose(fast.hessian, slow.hessian, rtol=1e-3, atol=1e-4 * np.abs(slow.hessian).max())
+
+
+def _small_variance_data(seed):
+    rng = np.random.default_rng(seed)
+    m, per = 12, 12
+    g = np.repeat(np.arange(m), per)
+    x = rng.normal(size=m * per)
+    eta = 0.8 * x + 0.4 * rng.normal(size=m)[g] + rng.logistic(size=m * per)
+    y = np.searchsorted(np.quantile(eta, [0.25, 0.5, 0.75]), eta)
+    return pd.DataFrame(dict(y=y, x=x, g=[f"g{v}" for v in g]))
+
+
+@pytest.mark.parametrize("seed", [4, 7])
+def test_newton_with_a_small_variance(seed):
+    """theta-hat ~ 0.2-0.35: from theta = 1 the first Newton steps aim below zero; cut to halve
+    theta, Newton still converges to the optimum the general path finds."""
+    m = mf.clmm("y ~ x + (1 | g)", _small_variance_data(seed))
+    fast, slow = _fit(m, 1, False), _fit(m, 1, True)
+    assert fast.optim.tried[0][1] and len(fast.optim.tried) == 1
+    assert 0.1 < fast.theta[0] < 0.5
+    assert fast.llf >= slow.llf - 1e-8
+    np.testing.assert_allclose(fast.theta, slow.theta, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(fast.bse), np.asarray(slow.bse), rtol=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_newton_hands_a_singular_fit_over_early(seed):
+    m = mf.clmm("y ~ x + (1 | g)", _small_variance_data(seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = m.fit()
+    assert r.is_singular() and r.converged
+    assert [t[0] for t in r.optim.tried] == ["Newton (Laplace, exact Hessian)", "BFGS (Laplace)"]
+    assert r.optim.tried[0][2] <= 4                     # evaluations spent by Newton
+    slow = _fit(m, 1, True)
+    assert abs(r.llf - slow.llf) < 1e-8
 
 
 def test_newton_hands_singular_fits_to_the_bounded_optimizer(wine):
