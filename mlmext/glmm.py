@@ -44,6 +44,7 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from . import laplace as lp
 from ._blas import blas_threads
+from .optimize import escape_bound
 from .base import MixedModel, _drop_rank_deficient
 from .results import MixedResults, MixedResultsWrapper
 
@@ -626,6 +627,15 @@ class GeneralizedLinearMixedModel(MixedModel):
         fd_idx = list(range(nt)) + list(range(nt + p, nt + p + ke))
         x1, f1, g1, qinfo = _quasi_newton(fg, x0, bounds, fd_idx, maxiter=maxiter, tol=1e-7)
         tried.append(("Laplace: quasi-Newton (exact gradient)", qinfo["converged"], qinfo["nfev"]))
+        lower_x = np.full(x1.size, -np.inf)           # only the variance parameters (theta)
+        lower_x[:nt] = [-np.inf if b[0] is None else b[0] for b in bounds[:nt]]
+        esc = escape_bound(fg, x1, f1, lower_x)
+        if esc is not None:          # a variance stuck at zero although the optimum is inside
+            x2, f2, g2, qinfo = _quasi_newton(fg, esc[0], bounds, fd_idx, maxiter=maxiter, tol=1e-7)
+            tried.append(("Laplace: quasi-Newton, restarted off the bound", qinfo["converged"],
+                          qinfo["nfev"]))
+            if f2 < f1:
+                x1, f1, g1 = x2, f2, g2
         hess_fn = lambda x, g: _hessian_from_gradient(fg, x, g, bounds)
         x, f, g, H, info = _newton(fg, x1, bounds, hess_fn, tol, maxit=min(50, maxiter),
                                    fgx=(f1, g1))

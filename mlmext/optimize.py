@@ -101,19 +101,9 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     if np.any(x != res.x):
         res.fun = float(fun(x))
     res.x, res.fun = x, float(res.fun)
-    # A diagonal entry at its bound has zero gradient whether or not moving off the bound
-    # lowers the objective (the deviance is even in it), so a gradient method cannot leave
-    # it: probe off the bound and restart from a better point if there is one.
     for _ in range(3):
-        best = None
-        for i in np.flatnonzero(np.isfinite(lower) & (res.x <= lower + 1e-10)):
-            for h in (1e-3, 1e-2, 1e-1):
-                trial = res.x.copy()
-                trial[i] = lower[i] + h
-                ft = float(fun(trial))
-                nfev += 1
-                if ft < res.fun - 1e-8 and (best is None or ft < best[1]):
-                    best = (trial, ft)
+        best = escape_bound(fun, res.x, res.fun, lower)
+        nfev += 3 * int(np.sum(np.isfinite(lower) & (res.x <= lower + 1e-10)))
         if best is None:
             break
         r = _run(methods[0], fun, best[0], lower, grad if methods[0] == "L-BFGS-B" else None, maxiter, tol)
@@ -141,3 +131,36 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     res.snapped = snapped
     res.method = methods[0] if len(tried) == 1 else " + ".join(m for m, _, _ in tried)
     return res
+
+
+def escape_bound(fun, x, fx, lower, steps=(1e-3, 1e-2, 1e-1), tol=1e-8):
+    """A better point off the lower bound for entries sitting on it, or None.
+
+    A variance parameter at zero has zero gradient whether or not moving off
+    zero lowers the objective (the deviance is even in it), so a gradient
+    method that reaches the bound (a projected step can land there) stays.
+    This probes each such entry at a few small positive offsets.
+
+    Parameters
+    ----------
+    fun : callable
+        Objective; may return ``(value, gradient)``.
+    x, fx : ndarray, float
+        The converged point and its value.
+    lower : ndarray
+        Lower bounds (-inf where there is none).
+
+    Returns
+    -------
+    (x_new, f_new) or None
+    """
+    best = None
+    for i in np.flatnonzero(np.isfinite(lower) & (x <= lower + 1e-10)):
+        for h in steps:
+            trial = np.array(x, dtype=float)
+            trial[i] = lower[i] + h
+            out = fun(trial)                   # a value, or (value, gradient)
+            ft = float(out[0] if isinstance(out, tuple) else out)
+            if ft < fx - tol and (best is None or ft < best[1]):
+                best = (trial, ft)
+    return best

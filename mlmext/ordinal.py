@@ -62,6 +62,7 @@ from scipy.linalg import lapack
 from statsmodels.iolib.summary import Summary, summary_params
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
+from .optimize import escape_bound
 from . import laplace as _laplace
 from ._blas import blas_threads
 from .base import MixedModel, _drop_rank_deficient, _eval
@@ -1899,8 +1900,16 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
         B0 = _initial_hessian(obj, x0, g0, H_clm, k, p, nt)
         obj.tol = _OPT_PIRLS_TOL
         opt = _qn_minimize(obj.fg_x, x0, lower_x, B0=B0, gtol=gtol, maxiter=maxiter, f0g0=(f0, g0))
-        obj.tol = None
         tried.append(("BFGS (Laplace)", bool(opt.success), int(obj.nfev)))
+        esc = escape_bound(obj.fg_x, opt.x, opt.fun, lower_x)
+        if esc is not None:          # a variance stuck at zero although the optimum is inside
+            f1, g1 = obj.fg_x(esc[0])
+            opt2 = _qn_minimize(obj.fg_x, esc[0], lower_x, B0=B0, gtol=gtol, maxiter=maxiter,
+                                f0g0=(f1, g1))
+            tried.append(("BFGS (Laplace), restarted off the bound", bool(opt2.success), int(obj.nfev)))
+            if opt2.fun < opt.fun:
+                opt = opt2
+        obj.tol = None
         x_hat = opt.x
     if nagq > 1:
         objq = _ClmmObjective(model, nagq)

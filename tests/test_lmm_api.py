@@ -258,3 +258,13 @@ def test_optimizer_leaves_a_zero_start_on_the_bound():
             res = model.fit(start_params=start)
             assert res.llf == pytest.approx(-1244.085387, abs=2e-6)
             np.testing.assert_allclose(res.theta, [0.0, 0.424342, 0.119228], atol=2e-5)
+
+
+def test_escape_bound_finds_the_interior_minimum():
+    from mlmext.optimize import escape_bound
+    f = lambda x: (x[0] ** 2 - 1.0) ** 2 + x[1] ** 2      # even in x0: zero gradient at x0 = 0
+    lower = np.array([0.0, -np.inf])
+    x, fx = escape_bound(f, np.array([0.0, 0.0]), 1.0, lower)
+    assert x[0] == pytest.approx(0.1) and fx < 1.0
+    # a true minimum on the bound stays
+    assert escape_bound(lambda x: x[0] ** 2 + 1.0, np.array([0.0]), 1.0, np.array([0.0])) is None
