@@ -254,6 +254,24 @@ def _reweight(chol, XY, w):
 
 
 # ----------------------------------------------------------------------------- PIRLS
+def _halving_step(evaluate, u_at, eta_at, obj, maxhalf):
+    """PIRLS line search: the first t in 1, 1/2, 1/4, ... whose penalized log-likelihood
+    ``loglik(eta_at(t)) - |u_at(t)|^2 / 2`` is not below ``obj`` (to rounding).
+
+    Returns ``(t, u, eta, loglik, objective, d1, w, failed trials)``; ``t`` is None (and the
+    rest is None too) when ``maxhalf`` halvings do not give such a step.
+    """
+    t = 1.0
+    for k in range(maxhalf + 1):
+        u_t, eta_t = u_at(t), eta_at(t)
+        ll_t, d1_t, w_t = evaluate(eta_t)
+        obj_t = ll_t - 0.5 * float(u_t @ u_t)
+        if math.isfinite(obj_t) and obj_t >= obj - 1e-10 * (1.0 + abs(obj)):
+            return t, u_t, eta_t, ll_t, obj_t, d1_t, w_t, k
+        t *= 0.5
+    return None, None, None, None, None, None, None, maxhalf + 1
+
+
 def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol=1e-12,
           maxiter=100, maxhalf=30, lams=None, newton=None, scalar_fast=False):
     """Conditional modes of the random effects by penalized IRLS.
@@ -418,20 +436,11 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
             converged = True
             break
         db = (b_new - beta) if has_x else None
-        t = 1.0
-        accepted = False
-        for k in range(maxhalf + 1):
-            lin_t = lin + t * dlin if t != 1.0 else lin + dlin
-            eta_t = eta_fixed + lin_t
-            u_t = u + t * du
-            ll_t, d1_t, w_t = evaluate(eta_t)
-            obj_t = ll_t - 0.5 * float(u_t @ u_t)
-            if np.isfinite(obj_t) and obj_t >= obj - 1e-10 * (1.0 + abs(obj)):
-                accepted = True
-                break
-            t *= 0.5
-            nhalf_total += 1
-        if not accepted:
+        lin_at = lambda t: lin + t * dlin if t != 1.0 else lin + dlin
+        t, u_t, eta_t, ll_t, obj_t, d1_t, w_t, nh = _halving_step(
+            evaluate, lambda t: u + t * du, lambda t: eta_fixed + lin_at(t), obj, maxhalf)
+        nhalf_total += nh
+        if t is None:
             if dec < 1e-6 * (1.0 + abs(obj)):       # at the floor of floating point
                 converged = True
                 message = "converged to rounding level (step halving could not improve further)"
@@ -439,7 +448,7 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
             message = (f"PIRLS step halving failed to increase the penalized log-likelihood at "
                        f"iteration {it} after {maxhalf} halvings (decrement {dec:.3g})")
             break
-        u, lin, eta, ll, obj, d1, w = u_t, lin_t, eta_t, ll_t, obj_t, d1_t, w_t
+        u, lin, eta, ll, obj, d1, w = u_t, lin_at(t), eta_t, ll_t, obj_t, d1_t, w_t
         if has_x:
             beta = beta + t * db
         if d1 is None:
@@ -601,19 +610,11 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
             converged = True
             break
         dlin = lz * du[codes]
-        t = 1.0
-        accepted = False
-        for _ in range(maxhalf + 1):
-            u_t = u + du if t == 1.0 else u + t * du
-            eta_t = eta + dlin if t == 1.0 else eta + t * dlin
-            ll_t, d1_t, w_t = evaluate(eta_t)
-            obj_t = ll_t - 0.5 * float(u_t @ u_t)
-            if math.isfinite(obj_t) and obj_t >= obj - 1e-10 * (1.0 + abs(obj)):
-                accepted = True
-                break
-            t *= 0.5
-            nhalf_total += 1
-        if not accepted:
+        t, u_t, eta_t, ll_t, obj_t, d1_t, w_t, nh = _halving_step(
+            evaluate, lambda t: u + du if t == 1.0 else u + t * du,
+            lambda t: eta + dlin if t == 1.0 else eta + t * dlin, obj, maxhalf)
+        nhalf_total += nh
+        if t is None:
             if dec < 1e-6 * (1.0 + abs(obj)):
                 converged = True
                 message = "converged to rounding level (step halving could not improve further)"
