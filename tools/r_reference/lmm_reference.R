@@ -34,10 +34,7 @@ R_VERSIONS <- list(
   jsonlite = packageDescription("jsonlite")$Version
 )
 
-write_json_file <- function(x, path, auto_unbox = TRUE) {
-  txt <- toJSON(x, digits = NA, auto_unbox = auto_unbox, pretty = TRUE, null = "null", na = "null")
-  writeLines(txt, path, useBytes = TRUE)
-}
+source("tools/r_reference/common.R")   # write_json_file()
 
 ## ---- datasets ---------------------------------------------------------------------------
 ## save_data() writes NAME.csv (+ NAME.levels.json for the factor columns), reads the CSV back,
