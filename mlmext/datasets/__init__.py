@@ -23,6 +23,8 @@ SOURCES = {
     "cbpp": "Contagious bovine pleuropneumonia incidence by herd and period (Lesnoff et al. 2004); lme4.",
     "grouseticks": "Ticks on red grouse chicks (Elston et al. 2001); lme4.",
     "wine": "Bitterness ratings of wine by judges (Randall 1989); R package ordinal.",
+    "hsb82": "High School and Beyond 1982: math achievement of 7185 students in 160 schools (Raudenbush & Bryk 2002); R package mlmRev.",
+    "dental": "Dental growth, distance at ages 8-14 of 27 children, wide layout as published (Potthoff & Roy 1964); R package nlme.",
     "dietox": "Pig weights over time with copper and vitamin E (Lauridsen et al. 1999); R package geepack.",
 }
 
