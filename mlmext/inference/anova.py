@@ -39,6 +39,13 @@ class AnovaTable(pd.DataFrame):
     def __str__(self):
         return self.__repr__()
 
+    def _repr_html_(self):
+        # Notebooks: the refit note and the model formulas above pandas' own HTML table.
+        import html
+        head = self._header()
+        pre = f"<pre>{html.escape(head)}</pre>" if head else ""
+        return pre + pd.DataFrame(self).to_html(float_format=lambda v: f"{v:.6g}", na_rep="")
+
 
 def _re_signature(res):
     """{grouping factor: set of random-effect columns} of a mixed model."""
