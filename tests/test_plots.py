@@ -1,0 +1,297 @@
+"""mlmext.plots: what each plot draws, checked against the fitted values."""
+import importlib
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+from scipy import stats
+from scipy.special import expit
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from mlmext import datasets, plots  # noqa: E402
+from mlmext.formula import api as mf  # noqa: E402
+
+Z95 = stats.norm.ppf(0.975)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def sleep():
+    return mf.lmer("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy")).fit()
+
+
+@pytest.fixture(scope="module")
+def cbpp():
+    return mf.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", datasets.load("cbpp"),
+                    family=sm.families.Binomial()).fit()
+
+
+@pytest.fixture(scope="module")
+def wine():
+    return mf.clmm("rating ~ temp + contact + (1 | judge)", datasets.load("wine")).fit()
+
+
+def band_limits(coll, x):
+    """(lower, upper) of a fill_between band at the grid value x."""
+    v = coll.get_paths()[0].vertices
+    y = v[np.isclose(v[:, 0], x), 1]
+    return y.min(), y.max()
+
+
+def delta_bounds(res, X):
+    """Hand-computed delta-method bounds of X beta."""
+    eta = X @ res.fe_params.to_numpy()
+    se = np.sqrt(np.diag(X @ np.asarray(res.cov_params()) @ X.T))
+    return eta, eta - Z95 * se, eta + Z95 * se
+
+
+# ------------------------------------------------------------------ matplotlib missing
+def test_missing_matplotlib_raises_helpful_import_error(monkeypatch, sleep):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    mod = importlib.reload(plots)           # importing the module itself needs no matplotlib
+    with pytest.raises(ImportError, match=r"pip install 'mlmext\[plots\]'"):
+        mod._pyplot()
+    with pytest.raises(ImportError, match="needs matplotlib"):
+        mod.caterpillar(sleep)
+
+
+# ------------------------------------------------------------------ caterpillar
+def test_caterpillar_sleepstudy_modes_intervals_and_labels(sleep):
+    fig = plots.caterpillar(sleep)
+    re = sleep.ranef(condvar=True)["Subject"]
+    sd = re.attrs["condsd"]
+    order = np.argsort(re["Intercept"].to_numpy(), kind="stable")
+    assert len(fig.axes) == 2
+    assert [ax.get_title() for ax in fig.axes] == ["Subject: (Intercept)", "Subject: Days"]
+    for ax, col in zip(fig.axes, ["Intercept", "Days"]):
+        cont = ax.containers[0]
+        pts = cont.lines[0]
+        mode = re[col].to_numpy()[order]
+        assert len(pts.get_xdata()) == 18
+        np.testing.assert_allclose(pts.get_xdata(), mode)
+        np.testing.assert_allclose(pts.get_ydata(), np.arange(18))
+        seg = np.array(cont.lines[2][0].get_segments())
+        np.testing.assert_allclose(seg[:, 0, 0], mode - Z95 * sd[col].to_numpy()[order])
+        np.testing.assert_allclose(seg[:, 1, 0], mode + Z95 * sd[col].to_numpy()[order])
+        assert any(list(line.get_xdata()) == [0, 0] for line in ax.lines)   # the zero line
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == [str(s) for s in re.index[order]]
+    assert np.all(np.diff(fig.axes[0].containers[0].lines[0].get_xdata()) >= 0)
+
+
+def test_caterpillar_group_level_sort_and_unknown_group(sleep):
+    fig = plots.caterpillar(sleep, group="Subject", level=0.5, sort=False)
+    re = sleep.ranef(condvar=True)["Subject"]
+    seg = np.array(fig.axes[0].containers[0].lines[2][0].get_segments())
+    np.testing.assert_allclose(seg[:, 1, 0] - seg[:, 0, 0],
+                               2 * stats.norm.ppf(0.75) * re.attrs["condsd"]["Intercept"])
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == list(re.index)
+    with pytest.raises(ValueError, match="Subject"):
+        plots.caterpillar(sleep, group="Days")
+
+
+@pytest.mark.parametrize("name", ["cbpp", "wine"])
+def test_caterpillar_glmm_and_clmm(name, request):
+    res = request.getfixturevalue(name)
+    (factor, re), = res.ranef(condvar=True).items()
+    fig = plots.caterpillar(res)
+    assert len(fig.axes) == 1 and fig.axes[0].get_title() == f"{factor}: (Intercept)"
+    pts = fig.axes[0].containers[0].lines[0]
+    np.testing.assert_allclose(pts.get_xdata(), np.sort(re["Intercept"].to_numpy()))
+
+
+# ------------------------------------------------------------------ residuals
+def test_resid_fitted_lmm_points_smoother_and_ax(sleep):
+    fig, ax = plt.subplots()
+    out = plots.resid_fitted(sleep, ax=ax)
+    assert out is fig
+    off = ax.collections[0].get_offsets()
+    np.testing.assert_allclose(off[:, 0], sleep.fittedvalues)
+    np.testing.assert_allclose(off[:, 1], sleep.resid)
+    assert ax.get_ylabel() == "Residuals" and ax.get_xlabel() == "Fitted values"
+    assert len(ax.lines) == 2               # zero line + lowess
+    assert len(plots.resid_fitted(sleep, lowess=False).axes[0].lines) == 1
+
+
+def test_resid_fitted_glmm_uses_pearson_residuals(cbpp):
+    ax = plots.resid_fitted(cbpp).axes[0]
+    off = ax.collections[0].get_offsets()
+    np.testing.assert_allclose(off[:, 0], cbpp.fittedvalues)
+    np.testing.assert_allclose(off[:, 1], cbpp.resid_pearson)
+    assert ax.get_ylabel() == "Pearson residuals"
+
+
+def test_resid_plots_not_for_clmm(wine):
+    with pytest.raises(NotImplementedError):
+        plots.resid_fitted(wine)
+
+
+def test_qqplot_resid_points_and_quartile_line(sleep):
+    ax = plots.qqplot_resid(sleep).axes[0]
+    pts = ax.lines[0]
+    n = len(sleep.resid)
+    np.testing.assert_allclose(pts.get_ydata(), np.sort(sleep.resid))
+    np.testing.assert_allclose(pts.get_xdata(), stats.norm.ppf((np.arange(1, n + 1) - 0.5) / n))
+    q1, q3 = np.quantile(sleep.resid, [0.25, 0.75])
+    ref = ax.lines[1]                       # the qqline passes through the quartiles
+    z1, z3 = stats.norm.ppf([0.25, 0.75])
+    assert ref.get_xy1() == pytest.approx((z1, q1))
+    assert ref.get_slope() == pytest.approx((q3 - q1) / (z3 - z1))
+
+
+def test_qqplot_ranef_one_panel_per_term(sleep):
+    fig = plots.qqplot_ranef(sleep)
+    re = sleep.ranef()["Subject"]
+    assert [ax.get_title() for ax in fig.axes] == ["Subject: (Intercept)", "Subject: Days"]
+    for ax, col in zip(fig.axes, re.columns):
+        np.testing.assert_allclose(ax.lines[0].get_ydata(), np.sort(re[col]))
+        np.testing.assert_allclose(ax.lines[0].get_xdata(),
+                                   stats.norm.ppf((np.arange(1, 19) - 0.5) / 18))
+
+
+# ------------------------------------------------------------------ effects
+def test_effects_lmm_line_and_delta_method_band(sleep):
+    ax = plots.effects(sleep, "Days", n=10).axes[0]
+    line = ax.lines[0]
+    x = np.linspace(0, 9, 10)
+    np.testing.assert_allclose(line.get_xdata(), x)
+    X = np.column_stack([np.ones_like(x), x])
+    fit, lo, hi = delta_bounds(sleep, X)
+    np.testing.assert_allclose(line.get_ydata(), fit)
+    np.testing.assert_allclose(line.get_ydata(), sleep.predict(data=pd.DataFrame(
+        {"Days": x, "Subject": "308"}), re=False))
+    band = ax.collections[0]
+    for i in (0, 4, 9):
+        np.testing.assert_allclose(band_limits(band, x[i]), (lo[i], hi[i]))
+    assert ax.get_xlabel() == "Days" and ax.get_ylabel() == "Reaction"
+
+
+def test_effects_uses_the_formula_for_transformed_terms():
+    res = mf.lmer("Reaction ~ Days + I(Days**2) + (1 | Subject)", datasets.load("sleepstudy")).fit()
+    line = plots.effects(res, "Days", n=7).axes[0].lines[0]
+    x = line.get_xdata()
+    b = res.fe_params.to_numpy()
+    np.testing.assert_allclose(line.get_ydata(), b[0] + b[1] * x + b[2] * x ** 2)
+
+
+def test_effects_binomial_glmm_categorical_focal(cbpp):
+    ax = plots.effects(cbpp, "period").axes[0]
+    cont = ax.containers[0]
+    X = np.column_stack([np.ones(4), np.vstack([np.zeros(3), np.eye(3)])])
+    eta, lo, hi = delta_bounds(cbpp, X)
+    y = cont.lines[0].get_ydata()
+    np.testing.assert_allclose(y, expit(eta))
+    assert np.all((y > 0) & (y < 1))
+    seg = np.array(cont.lines[2][0].get_segments())
+    np.testing.assert_allclose(seg[:, 0, 1], expit(lo))
+    np.testing.assert_allclose(seg[:, 1, 1], expit(hi))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "3", "4"]
+    assert ax.get_ylabel() == "Predicted probability"
+    link = plots.effects(cbpp, "period", scale="link").axes[0]
+    np.testing.assert_allclose(link.containers[0].lines[0].get_ydata(), eta)
+
+
+def test_effects_interaction_two_lines_inside_their_bands():
+    res = mf.lmer("mAch ~ cses * sector + (cses | school)", datasets.load("hsb82")).fit()
+    ax = plots.effects(res, "cses", by="sector", n=20).axes[0]
+    assert len(ax.lines) == 2 and len(ax.collections) == 2
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["sector = Public", "sector = Catholic"]
+    b = res.fe_params
+    slopes = [b["cses"], b["cses"] + b["cses:sector[T.Catholic]"]]
+    for line, band, slope in zip(ax.lines, ax.collections, slopes):
+        x, y = line.get_xdata(), line.get_ydata()
+        np.testing.assert_allclose(np.diff(y) / np.diff(x), slope)
+        for xi, yi in zip(x, y):
+            lo, hi = band_limits(band, xi)
+            assert lo < yi < hi
+    # a numeric `by` is drawn at its 10/50/90 % quantiles
+    ax = plots.effects(res, "sector", by="cses").axes[0]
+    q = np.quantile(res.model.formula_info["data"]["cses"], [0.1, 0.5, 0.9])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"cses = {v:.3g}" for v in q]
+
+
+def test_effects_clmm_category_probabilities(wine):
+    ax = plots.effects(wine, "temp").axes[0]
+    assert len(ax.lines) == 5 and ax.get_legend().get_title().get_text() == "rating"
+    P = np.column_stack([line.get_ydata() for line in ax.lines])
+    np.testing.assert_allclose(P.sum(axis=1), 1.0)
+    grid = pd.DataFrame({"temp": pd.Categorical(["cold", "warm"]), "contact": "no", "judge": "1"})
+    np.testing.assert_allclose(P, wine.predict(data=grid, re=False))
+    with pytest.raises(NotImplementedError, match="by="):
+        plots.effects(wine, "temp", by="contact")
+    link = plots.effects(wine, "temp", by="contact", scale="link").axes[0]
+    assert len(link.containers) == 2
+
+
+def test_effects_bad_arguments(sleep):
+    with pytest.raises(ValueError, match="not a column"):
+        plots.effects(sleep, "Nights")
+    with pytest.raises(ValueError, match="scale"):
+        plots.effects(sleep, "Days", scale="log")
+
+
+# ------------------------------------------------------------------ profile
+def test_profile_panels_zeta_zero_at_estimate_and_reference_lines():
+    res = mf.lmer("Yield ~ 1 + (1 | Batch)", datasets.load("dyestuff")).fit(reml=False)
+    prof = res.profile(npoints=3)
+    fig = plots.profile(prof)
+    names = list(pd.unique(prof["parameter"]))
+    assert [ax.get_title() for ax in fig.axes] == names
+    ax = fig.axes[names.index("Intercept")]
+    x, zeta = ax.lines[0].get_xdata(), ax.lines[0].get_ydata()
+    np.testing.assert_allclose(x[zeta == 0], res.fe_params["Intercept"])
+    assert np.all(np.diff(zeta) > 0)
+    hlines = sorted(line.get_ydata()[0] for line in ax.lines[1:])
+    np.testing.assert_allclose(hlines, [-Z95, 0.0, Z95])
+    one = plots.profile(res, params=["sigma"], npoints=2)   # computes the profile itself
+    assert [ax.get_title() for ax in one.axes] == ["sigma"]
+    x, zeta = one.axes[0].lines[0].get_xdata(), one.axes[0].lines[0].get_ydata()
+    assert len(x) == 5
+    np.testing.assert_allclose(x[zeta == 0], res.sigma, rtol=1e-6)
+
+
+def test_profile_not_implemented_for_glmm(cbpp):
+    with pytest.raises(NotImplementedError):
+        plots.profile(cbpp)
+
+
+# ------------------------------------------------------------------ qic
+def test_qic_markers_labels_best_and_flagged():
+    sel = mf.gee_select("Weight ~ Time + Cu", "Pig", datasets.load("dietox"), sm.families.Gaussian(),
+                        time="Time")
+    ax = plots.qic(sel).axes[0]
+    names = list(sel.table.index)
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    assert len(ax.collections) == 2
+    for coll, crit in zip(ax.collections, ["QIC", "QICu"]):
+        off = coll.get_offsets()
+        assert len(off) == len(names)
+        np.testing.assert_allclose(off[:, 1], sel.table[crit])
+        hollow = coll.get_facecolors()[:, 3] == 0
+        np.testing.assert_array_equal(hollow, (sel.table["flag"] != "").to_numpy())
+    bold = [t.get_text() for t in ax.get_xticklabels() if t.get_fontweight() == "bold"]
+    assert bold == [sel.best]
+    assert any(t.get_text() == "best" for t in ax.texts)
+
+
+def test_qic_failed_fit_left_out_with_note():
+    table = pd.DataFrame({"QIC": [10.0, np.nan, 12.0], "QICu": [9.0, np.nan, 11.5],
+                          "flag": ["", "fit failed", ""]}, index=["independence", "ar1", "exchangeable"])
+    ax = plots.qic(types.SimpleNamespace(table=table, best="independence"), criteria="QIC").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["independence", "exchangeable"]
+    assert len(ax.collections[0].get_offsets()) == 2
+    assert any("ar1" in t.get_text() for t in ax.texts)
+    with pytest.raises(ValueError, match="AIC"):
+        plots.qic(types.SimpleNamespace(table=table, best=None), criteria=("AIC",))
