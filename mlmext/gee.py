@@ -1,15 +1,15 @@
 """GEE working-correlation selection by QIC (Pan 2001), with geepack's conventions.
 
 :func:`qic` computes QIC, QICu, CIC and the quasi-likelihood of any fitted
-statsmodels ``GEEResults``.  :func:`gee_select` fits one GEE per candidate
+statsmodels ``GEEResults`` [1]_.  :func:`gee_select` fits one GEE per candidate
 working correlation on the same rows and tabulates the criteria, flagging fits
 that should not be ranked silently.
 
 The working correlations :class:`PairwiseExchangeable`, :class:`PairwiseAR1`
 and :class:`PairwiseUnstructured` estimate their parameters from the pairwise
 products of standardized Pearson residuals by (weighted) least squares, the
-moment estimators of geepack (Yan and Fine 2004), so that their fits agree with
-``geepack::geeglm``.
+moment estimators of geepack (Yan and Fine 2004 [2]_), so that their fits agree with
+``geepack::geeglm`` [3]_.
 
 References
 ----------
@@ -193,7 +193,7 @@ class PairwiseAR1(PairwiseCovStruct):
 
     The correlation of two observations of a cluster at times ``s`` and ``t``
     is ``alpha ** |s - t|``.  ``alpha`` minimizes the weighted least-squares
-    criterion
+    criterion::
 
         sum over within-cluster pairs of w_j w_k (z_jk - alpha ** |t_j - t_k|) ** 2
 
@@ -619,8 +619,12 @@ class GEESelection:
         The fitted statsmodels ``GEEResults`` by name (None for a failed fit).
     qic : dict
         The output of :func:`qic` by name.
-    nobs, n_groups, n_dropped : int
-        Rows used, clusters, and rows dropped for missing values.
+    nobs : int
+        Rows used.
+    n_groups : int
+        Clusters.
+    n_dropped : int
+        Rows dropped for missing values.
     """
 
     def __init__(self, table, results, qics, info):

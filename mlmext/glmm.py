@@ -1113,6 +1113,7 @@ class GLMMResults(MixedResults):
 
     @property
     def link_name(self):
+        """Name of the link function, lower case (``"logit"``, ``"log"``, ...)."""
         model = self.model
         if isinstance(model, NegativeBinomialMixedModel):
             return "log"
@@ -1120,6 +1121,7 @@ class GLMMResults(MixedResults):
 
     @property
     def family(self):
+        """The model's statsmodels family (Binomial or Poisson; for ``glmer_nb`` fits see ``alpha``)."""
         return self.model.family
 
     @property
@@ -1131,11 +1133,12 @@ class GLMMResults(MixedResults):
 
     @property
     def k_params(self):
+        """Number of estimated parameters (fixed effects, theta and, negative binomial, alpha)."""
         return self.k_fe + len(self.theta) + int(self.model.k_extra)
 
     @property
     def cov_fe_joint(self):
-        """Negative binomial: covariance of the fixed effects allowing for alpha's uncertainty.
+        """Covariance of the fixed effects allowing for alpha's uncertainty (negative binomial).
 
         ``cov_params()`` follows lme4's ``glmer.nb``, which treats alpha as
         known (the fixed-effects block of the inverse Hessian in (theta,
@@ -1187,6 +1190,7 @@ class GLMMResults(MixedResults):
 
     @property
     def resid_pearson(self):
+        """Pearson residuals with the conditional modes, a Series."""
         eta = self.linear_predictor()
         return pd.Series(self.model.cond.pearson_resid(eta),
                          index=self.model.formula_info.get("row_labels"), name="resid_pearson")

@@ -168,7 +168,10 @@ class LinearMixedModel(MixedModel):
         method : str
             ``"auto"`` (bounded quasi-Newton, with a derivative-free restart
             if it stalls), or any bounded method of ``scipy.optimize.minimize``.
-        maxiter, tol : optimizer settings.
+        maxiter : int
+            Iterations of the optimizer.
+        tol : float
+            Convergence tolerance of the optimizer.
 
         Returns
         -------

@@ -2096,9 +2096,13 @@ class OrdinalMixedResults(MixedResults):
     ----------
     thresholds : pandas.Series
         Indexed ``"1|2", "2|3", ...``.
-    llf, aic, bic : float
-        On ``clmm``'s scale (``bic`` with the sum of the prior weights as
-        the number of observations, as ``BIC(clmm)``).
+    llf : float
+        The log-likelihood (Laplace or AGQ) on ``clmm``'s scale.
+    aic : float
+        AIC with ``clmm``'s ``edf`` (``k_params``).
+    bic : float
+        BIC with the sum of the prior weights as the number of
+        observations, as ``BIC(clmm)``.
     nagq : int
         1 for Laplace, else the number of quadrature nodes.
     cov_params_full : ndarray
@@ -2127,11 +2131,13 @@ class OrdinalMixedResults(MixedResults):
 
     @property
     def fe_params(self):
+        """The fixed effects alone (without the threshold parameters), a Series."""
         k = self.model.thr.k
         return pd.Series(np.asarray(self.params)[k:], index=self.model.exog_names_fe, name="fe_params")
 
     @property
     def bse_fe(self):
+        """Standard errors of the fixed effects, a Series."""
         k = self.model.thr.k
         se = np.sqrt(np.diag(np.asarray(self.normalized_cov_params)))[k:]
         return pd.Series(se, index=self.model.exog_names_fe, name="bse_fe")

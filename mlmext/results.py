@@ -29,17 +29,26 @@ def _fmt(x, digits=4):
 class MixedResults(InferenceMixin, LikelihoodModelResults):
     """Results of a mixed model fit.
 
+    ``params``, ``bse``, ``cov_params()``, ``t_test()`` and ``wald_test()``
+    refer to the fixed effects (``fe_params``, ``bse_fe``); ``llf``, ``aic``,
+    ``bic`` and ``deviance`` are as lme4 reports them.
+
     Attributes
     ----------
-    fe_params, bse_fe : pandas.Series
-        Fixed effects and their standard errors.
     theta : numpy.ndarray
-        lme4's relative covariance parameters (``theta_names`` names them).
+        lme4's relative covariance parameters.
+    theta_names : list of str
+        Names of the entries of ``theta``.
     sigma : float
         Residual standard deviation (1 for families without a scale).
-    llf, aic, bic, deviance : float
-        As lme4 reports them; for REML fits ``llf`` is the REML log-likelihood.
+    reml : bool
+        Whether the model was fitted by REML.
+    nobs : float
+        Number of observations used.
+    nrows_dropped : int
+        Rows dropped for missing values.
     converged : bool
+        Whether the optimizer reported success.
     optim : scipy.optimize.OptimizeResult
         What the optimizer did (``tried``: methods, success, evaluations).
     """
@@ -72,10 +81,12 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     # ---------------------------------------------------------------- basic
     @property
     def fe_params(self):
+        """Fixed-effects estimates (lme4's ``fixef``), a Series named by the design columns."""
         return pd.Series(self.params, index=self.model.exog_names, name="fe_params")
 
     @property
     def bse_fe(self):
+        """Standard errors of the fixed effects, a Series."""
         return pd.Series(np.sqrt(np.diag(self.cov_params())), index=self.model.exog_names,
                          name="bse_fe")
 
@@ -90,14 +101,17 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
 
     @cache_readonly
     def llf(self):
+        """Log-likelihood (lme4's ``logLik``); the REML log-likelihood for REML fits."""
         return -0.5 * self.criterion
 
     @cache_readonly
     def aic(self):
+        """Akaike's information criterion, ``-2 llf + 2 k_params`` (REML fits too, as lme4)."""
         return -2.0 * self.llf + 2.0 * self.k_params
 
     @cache_readonly
     def bic(self):
+        """Bayesian information criterion, ``-2 llf + log(nobs) k_params``."""
         return -2.0 * self.llf + np.log(self.nobs) * self.k_params
 
     @cache_readonly
@@ -275,10 +289,12 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
 
     @cache_readonly
     def fittedvalues(self):
+        """Fitted values with the conditional modes (``predict()`` on the fitted rows)."""
         return self.predict()
 
     @cache_readonly
     def resid(self):
+        """Response residuals ``y - fittedvalues``, a Series indexed like the fitted rows."""
         return pd.Series(np.asarray(self.model.endog, dtype=float) - np.asarray(self.fittedvalues),
                          index=self.fittedvalues.index, name="resid")
 
@@ -369,6 +385,7 @@ class LMMResults(MixedResults):
 
     @property
     def reml_criterion(self):
+        """The REML criterion at the optimum (lme4's ``REMLcrit``); None for ML fits."""
         return self.criterion if self.reml else None
 
     def _block_condvar(self):

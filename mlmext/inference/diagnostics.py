@@ -119,8 +119,10 @@ class ConvergenceCheck:
     Attributes
     ----------
     converged : bool
-    gradient, hessian : numpy.ndarray
-        Derivatives of the profiled deviance with respect to theta at the estimate.
+    gradient : numpy.ndarray
+        Gradient of the profiled deviance with respect to theta at the estimate.
+    hessian : numpy.ndarray
+        Hessian of the profiled deviance with respect to theta at the estimate.
     newton_step : numpy.ndarray
         ``H^-1 g`` on the parameters not at a bound.
     decrement : float

@@ -90,7 +90,12 @@ class PowerSimResults:
         Fraction of simulations with p < alpha.
     conf_int : tuple
         Clopper-Pearson interval for the power (as simr, ``binom.test``).
-    successes, nsim, failed : int
+    successes : int
+        Simulations with p < alpha.
+    nsim : int
+        Simulations with a successful refit (the denominator of ``power``).
+    failed : int
+        Simulations whose refit failed.
     pvalues : numpy.ndarray
         One p-value per simulation (NaN for failed refits).
     """
