@@ -1,0 +1,94 @@
+"""Sphinx configuration for the mlmext documentation.
+
+Build (warnings are errors, as in CI)::
+
+    python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+Everything needed at build time is installed by ``pip install ".[docs]"``; the build needs no
+network (no intersphinx), and the tutorials run with matplotlib's Agg backend.
+"""
+import os
+import sys
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+
+# Document the checkout this directory belongs to, even if another mlmext is installed
+# (a copy of docs/ elsewhere, as the test suite makes, uses the installed package).
+_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+if os.path.isfile(os.path.join(_ROOT, "mlmext", "__init__.py")):
+    sys.path.insert(0, _ROOT)
+
+import mlmext  # noqa: E402
+
+# -- Project -------------------------------------------------------------------------------
+project = "mlmext"
+author = "mlmext developers"
+copyright = "mlmext developers, BSD-3-Clause"
+version = mlmext.__version__
+release = mlmext.__version__
+
+# -- General -------------------------------------------------------------------------------
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "myst_parser",
+    "sphinx_gallery.gen_gallery",
+]
+
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build", "tutorials", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints",
+                    "auto_tutorials/*.ipynb", "auto_tutorials/*.py", "auto_tutorials/*.zip"]
+templates_path = []
+
+# -- MyST (the user-guide pages are Markdown) ---------------------------------------------
+myst_heading_anchors = 3          # "[Validation](#validation)" links to headings in a page
+
+# -- autodoc / autosummary / napoleon ------------------------------------------------------
+autosummary_generate = False      # the API page documents every object itself (one place each)
+autodoc_member_order = "bysource"
+autodoc_typehints = "none"        # signatures only; types are in the numpydoc sections
+autodoc_default_options = {
+    "show-inheritance": True,
+}
+# Methods and properties that mlmext does not document itself must not pull in the
+# docstrings of statsmodels' base classes (their reST is written for statsmodels' own
+# numpydoc build and does not render cleanly here).
+autodoc_inherit_docstrings = False
+napoleon_google_docstring = False
+napoleon_numpy_docstring = True
+napoleon_use_rtype = False
+napoleon_use_ivar = True
+napoleon_preprocess_types = False
+
+# -- HTML ----------------------------------------------------------------------------------
+html_theme = "alabaster"
+html_title = f"mlmext {release}"
+html_show_sourcelink = False
+html_theme_options = {
+    "description": "Multilevel models for statsmodels",
+    "fixed_sidebar": False,
+    "page_width": "1100px",
+    "sidebar_width": "230px",
+}
+html_sidebars = {"**": ["about.html", "navigation.html", "searchbox.html"]}
+
+# -- Tutorials gallery (sphinx-gallery) ----------------------------------------------------
+sphinx_gallery_conf = {
+    "examples_dirs": "tutorials",
+    "gallery_dirs": "auto_tutorials",
+    "filename_pattern": r".*",                   # execute every script, not only plot_*
+    "abort_on_example_error": True,              # a failing tutorial fails the build
+    "capture_repr": ("_repr_html_", "__repr__"),  # results render as their HTML summaries
+    "within_subsection_order": "FileNameSortKey",  # plot_01_..., plot_02_..., ...
+    "image_scrapers": ("matplotlib",),
+    "download_all_examples": True,
+    "remove_config_comments": True,
+    "show_memory": False,
+    "plot_gallery": "True",
+}
