@@ -96,15 +96,14 @@ def _ppoints(n):
     return (np.arange(1, n + 1) - a) / (n + 1 - 2 * a)
 
 
-def _qq(ax, values, **kwargs):
+def _qq(ax, values):
     """Normal QQ points of ``values`` and R's ``qqline`` (through the quartiles)."""
     y = np.sort(np.asarray(values, dtype=float))
     x = stats.norm.ppf(_ppoints(y.size))
-    ax.plot(x, y, "o", ms=4, **kwargs)
+    ax.plot(x, y, "o", ms=4)
     q1, q3 = np.quantile(y, [0.25, 0.75])
     z1, z3 = stats.norm.ppf([0.25, 0.75])
-    slope = (q3 - q1) / (z3 - z1)
-    ax.axline((z1, q1), slope=slope if slope > 0 else 1e-12, color="0.4", lw=1, ls="--")
+    ax.axline((z1, q1), slope=(q3 - q1) / (z3 - z1), color="0.4", lw=1, ls="--")
     ax.set_xlabel("Standard normal quantiles")
 
 
@@ -305,11 +304,55 @@ def _new_frame(data, typical, columns):
     return pd.DataFrame(out)
 
 
-def _fe_cov(results):
-    """Covariance of ``fe_params`` (clmm: without the threshold rows)."""
+def _link_band(results, X, off, z):
+    """Linear predictor ``X beta + offset`` with its delta-method limits (``se^2 = x' V x``)."""
     V = np.asarray(results.cov_params(), dtype=float)
-    k = V.shape[0] - len(results.fe_params)
-    return V[k:, k:]
+    k = V.shape[0] - len(results.fe_params)        # clmm: skip the threshold rows
+    V = V[k:, k:]
+    eta = X @ np.asarray(results.fe_params, dtype=float) + off
+    se = np.sqrt(np.einsum("ij,jk,ik->i", X, V, X))
+    return eta, eta - z * se, eta + z * se
+
+
+def _prob_band(results, X, off, z):
+    """clmm category probabilities (n, K) with delta-method limits on the logit scale.
+
+    ``P_j = F(theta_j - eta) - F(theta_{j-1} - eta)`` with ``theta = T alpha``;
+    its gradient in (alpha, beta) is mapped through ``cov_params()``.  The
+    interval is built for ``logit(P_j)`` and transformed back, so it stays in (0, 1).
+    """
+    from .ordinal import category_probabilities
+    model = results.model
+    thr = model.thr
+    params = np.asarray(results.params, dtype=float)
+    C = np.asarray(results.cov_params(), dtype=float)
+    eta = X @ params[thr.k:] + off
+    P = category_probabilities(model.link, np.asarray(results.thresholds), eta)
+    # f(theta_j - eta) at the K - 1 finite thresholds, 0 at -inf and +inf
+    f = np.zeros((len(eta), thr.n_thresholds + 2))
+    f[:, 1:-1] = model.link.pdf(np.asarray(results.thresholds)[None, :] - eta[:, None])
+    T = np.vstack([np.zeros(thr.k), thr.T, np.zeros(thr.k)])
+    lo, hi = np.empty_like(P), np.empty_like(P)
+    for j in range(P.shape[1]):
+        up, dn = f[:, j + 1], f[:, j]
+        G = np.hstack([up[:, None] * T[j + 1] - dn[:, None] * T[j], -(up - dn)[:, None] * X])
+        se = np.sqrt(np.einsum("ij,jk,ik->i", G, C, G))
+        p = np.clip(P[:, j], 1e-300, 1 - 1e-16)
+        lg, se_lg = np.log(p / (1 - p)), se / (p * (1 - p))
+        lo[:, j] = 1 / (1 + np.exp(-(lg - z * se_lg)))
+        hi[:, j] = 1 / (1 + np.exp(-(lg + z * se_lg)))
+    return P, lo, hi
+
+
+def _draw_effect(ax, xs, categorical, fit, lo, hi, color, label, slot, nslots):
+    """One curve with band (numeric focal) or dodged points with error bars (categorical)."""
+    if categorical:
+        d = (slot - (nslots - 1) / 2) * min(0.12, 0.6 / nslots)
+        ax.errorbar(np.arange(len(xs)) + d, fit, yerr=[fit - lo, hi - fit], fmt="o", ms=5,
+                    capsize=3, color=color, label=label)
+    else:
+        ax.plot(xs, fit, color=color, label=label)
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.2, lw=0)
 
 
 def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=None, ax=None):
@@ -318,9 +361,10 @@ def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=No
     Predictions are made for a grid of the ``focal`` variable (``n`` points
     over its range if numeric, each level if categorical) with the other
     variables held at typical values: the mean of numeric variables and the
-    reference (first) level of categorical ones.  The design of the grid is
-    built with the model's own formula, so transformations (``I(x**2)``,
-    ``np.log(x)``, ``C(x)``) and interactions are respected.  Variables in an
+    reference (first) level of categorical ones (numeric variables used in
+    ``C()`` count as categorical).  The design of the grid is built with the
+    model's own formula, so transformations (``I(x**2)``, ``np.log(x)``,
+    ``C(x)``) and interactions are respected.  Variables in an
     ``offset(...)`` term are held at their typical value too.
 
     Confidence bands are pointwise normal intervals for the linear predictor
@@ -330,8 +374,11 @@ def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=No
     bands, a categorical one points with error bars.
 
     For ``clmm`` results, ``scale="response"`` draws the predicted
-    probability of each response category (one line per category, no bands);
-    ``scale="link"`` draws ``x' beta`` with its band.
+    probability of each response category (one curve per category), with
+    delta-method intervals (gradient in thresholds and fixed effects, built
+    on the logit of the probability); with ``by`` there is one panel per
+    value of ``by``.  ``scale="link"`` draws ``x' beta`` (relative to the
+    thresholds, so 0 at the reference levels) with its band.
 
     Parameters
     ----------
@@ -342,7 +389,6 @@ def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=No
     by : str, optional
         Second variable for a two-way interaction: one curve per level if
         categorical, or at its 10 %, 50 % and 90 % quantiles if numeric.
-        Not available for category probabilities of ``clmm`` results.
     scale : {"response", "link"}
         Response (mean) scale or linear predictor; the same for an LMM.
     level : float
@@ -353,7 +399,8 @@ def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=No
         Data giving the range of ``focal`` and the typical values (default:
         the rows used in the fit).  It needs every column the formula uses.
     ax : matplotlib.axes.Axes, optional
-        Draw into this axes.
+        Draw into this axes (not with ``by`` for ``clmm`` category
+        probabilities, which need one panel per value of ``by``).
 
     Returns
     -------
@@ -375,11 +422,11 @@ def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=No
             raise ValueError(f"{name!r} is not a column of the data; columns: {list(data.columns)}")
     if by is not None and by == focal:
         raise ValueError("by must differ from focal")
-    ordinal = _is_ordinal(results)
-    probs = ordinal and scale == "response"
-    if probs and by is not None:
-        raise NotImplementedError("effects: by= is not available for the category probabilities of a "
-                                  "clmm; use scale='link' or one plot per subset of the data")
+    glmm = _is_glmm(results)
+    probs = _is_ordinal(results) and scale == "response"
+    if probs and by is not None and ax is not None:
+        raise ValueError("clmm category probabilities with by= need one panel per value of by: "
+                         "leave ax=None")
     cats = _categorical_vars(results, data)
     typical = {c: (_levels(data[c])[0] if c in cats else float(data[c].mean())) for c in data.columns}
 
@@ -395,60 +442,61 @@ def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=No
         by_vals = list(np.unique(np.quantile(data[by].astype(float), [0.1, 0.5, 0.9])))
         by_labels = [f"{by} = {v:.3g}" for v in by_vals]
 
-    fig, ax = _axes(ax)
-    pos = np.arange(len(xs), dtype=float)
-    beta = np.asarray(results.fe_params, dtype=float)
-    V = None if probs else _fe_cov(results)
-    for i, (bv, blab) in enumerate(zip(by_vals, by_labels)):
+    if probs and by is not None:
+        fig, axes = _grid(len(by_vals), ncols=len(by_vals), panel=(3.6, 3.2))
+        for a in axes[1:]:
+            a.sharey(axes[0])
+    else:
+        fig, ax = _axes(ax)
+        axes = [ax] * len(by_vals)
+    resp = str(model.endog_names)
+    for i, (bv, blab, ax) in enumerate(zip(by_vals, by_labels, axes)):
         cols = {focal: list(xs)}
         if by is not None:
             cols[by] = [bv] * len(xs)
-        grid = _new_frame(data, typical, cols)
-        X, _, off = model._new_design(grid)
-        eta = X @ beta + off
-        if probs:
-            P = np.asarray(results.predict(data=grid, re=False))
+        X, _, off = model._new_design(_new_frame(data, typical, cols))
+        if probs:               # one curve per response category
+            P, lo, hi = _prob_band(results, X, off, z)
             for j, cat in enumerate(model.levels):
-                if focal_cat:           # thin lines only guide the eye between levels
-                    ax.plot(pos, P[:, j], "o--", ms=5, lw=0.8, label=str(cat))
-                else:
-                    ax.plot(xs, P[:, j], label=str(cat))
+                _draw_effect(ax, xs, focal_cat, P[:, j], lo[:, j], hi[:, j], f"C{j}", str(cat),
+                             j, len(model.levels))
+            if by is not None:
+                ax.set_title(blab, fontsize=10)
             continue
-        se = np.sqrt(np.einsum("ij,jk,ik->i", X, V, X))
-        fit, lo, hi = eta, eta - z * se, eta + z * se
-        if scale == "response" and _is_glmm(results):
+        fit, lo, hi = _link_band(results, X, off, z)
+        if scale == "response" and glmm:
             inv = results._inverse_link
             fit, a, b = inv(fit), inv(lo), inv(hi)
             lo, hi = np.minimum(a, b), np.maximum(a, b)     # a decreasing link swaps the ends
-        color = f"C{i}"
-        if focal_cat:
-            d = (i - (len(by_vals) - 1) / 2) * 0.12
-            ax.errorbar(pos + d, fit, yerr=[fit - lo, hi - fit], fmt="o", ms=5, capsize=3,
-                        color=color, label=blab)
-        else:
-            ax.plot(xs, fit, color=color, label=blab)
-            ax.fill_between(xs, lo, hi, color=color, alpha=0.2, lw=0)
+        _draw_effect(ax, xs, focal_cat, fit, lo, hi, f"C{i}", blab, i, len(by_vals))
 
-    if focal_cat:
-        ax.set_xticks(pos)
-        ax.set_xticklabels([str(v) for v in xs])
-    ax.set_xlabel(focal)
-    resp = str(model.endog_names)
+    for ax in dict.fromkeys(axes):      # each distinct axes once, in order
+        if focal_cat:
+            ax.set_xticks(np.arange(len(xs)))
+            ax.set_xticklabels([str(v) for v in xs])
+        ax.set_xlabel(focal)
+    ax0 = axes[0]
     if probs:
-        ax.set_ylabel(f"Probability of {resp} category")
-        ax.legend(title=resp, fontsize=8)
+        ax0.set_ylabel(f"Probability of {resp} category")
+        if by is None:
+            ax0.legend(title=resp, fontsize=8)
+        else:                   # outside the last panel: the panels are full of intervals
+            axes[-1].legend(title=resp, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     else:
-        if scale == "link" and (ordinal or _is_glmm(results)):
-            ylab = "Linear predictor" + (f" ({results.link_name} link)" if _is_glmm(results) else "")
-        elif _is_glmm(results):
+        if scale == "link" and (glmm or _is_ordinal(results)):
+            ylab = "Linear predictor" + (f" ({results.link_name} link)" if glmm else "")
+        elif glmm:
             binomial = type(getattr(model, "family", None)).__name__ == "Binomial"
             ylab = "Predicted probability" if binomial else f"Predicted mean of {resp}"
         else:
             ylab = resp
-        ax.set_ylabel(ylab)
+        ax0.set_ylabel(ylab)
         if by is not None:
-            ax.legend(fontsize=8)
-    ax.set_title(f"Effect of {focal}" + (f" by {by}" if by else ""), fontsize=10)
+            ax0.legend(fontsize=8)
+    if not (probs and by is not None):
+        ax0.set_title(f"Effect of {focal}" + (f" by {by}" if by else ""), fontsize=10)
+    else:
+        fig.suptitle(f"Effect of {focal} by {by}", fontsize=11)
     return fig
 
 
@@ -459,7 +507,9 @@ def profile(results, params=None, figsize=None, **profile_kwargs):
     ``zeta = sign(x - x_hat) sqrt(deviance(x) - deviance(x_hat))`` is drawn
     against the parameter value; it is 0 at the estimate, and a straight line
     means a quadratic log-likelihood.  Dashed lines at ``+-1.96`` mark where
-    the profile crosses the ends of the 95 % profile interval.
+    the profile crosses the ends of the 95 % profile interval.  As in lme4,
+    the profile is that of the maximum-likelihood fit (REML fits are refitted
+    by ML), so zeta is 0 at the ML estimates.
 
     Parameters
     ----------
@@ -581,6 +631,6 @@ def qic(selection, criteria=("QIC", "QICu"), ax=None):
                 color="0.35")
     ax.set_xlabel("Working correlation")
     ax.set_ylabel(" / ".join(criteria))
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8)
     ax.margins(x=0.15, y=0.15)
     return fig

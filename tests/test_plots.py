@@ -222,17 +222,41 @@ def test_effects_interaction_two_lines_inside_their_bands():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"cses = {v:.3g}" for v in q]
 
 
-def test_effects_clmm_category_probabilities(wine):
+def test_effects_clmm_category_probabilities_with_delta_intervals(wine):
+    from mlmext.ordinal import category_probabilities
     ax = plots.effects(wine, "temp").axes[0]
-    assert len(ax.lines) == 5 and ax.get_legend().get_title().get_text() == "rating"
-    P = np.column_stack([line.get_ydata() for line in ax.lines])
+    assert len(ax.containers) == 5 and ax.get_legend().get_title().get_text() == "rating"
+    P = np.column_stack([c.lines[0].get_ydata() for c in ax.containers])
     np.testing.assert_allclose(P.sum(axis=1), 1.0)
     grid = pd.DataFrame({"temp": pd.Categorical(["cold", "warm"]), "contact": "no", "judge": "1"})
     np.testing.assert_allclose(P, wine.predict(data=grid, re=False))
-    with pytest.raises(NotImplementedError, match="by="):
-        plots.effects(wine, "temp", by="contact")
-    link = plots.effects(wine, "temp", by="contact", scale="link").axes[0]
-    assert len(link.containers) == 2
+    # delta method on logit(P) with a numerical gradient in (thresholds, fixed effects)
+    X = np.array([[0.0, 0.0], [1.0, 0.0]])
+    k, link = wine.model.thr.k, wine.model.link
+
+    def logit_p(params):
+        p = category_probabilities(link, wine.model.thr.T @ params[:k], X @ params[k:])
+        return np.log(p / (1 - p))
+
+    x0 = np.asarray(wine.params)
+    G = np.stack([(logit_p(x0 + h) - logit_p(x0 - h)) / 2e-6 for h in 1e-6 * np.eye(x0.size)], axis=-1)
+    se = np.sqrt(np.einsum("ijk,kl,ijl->ij", G, np.asarray(wine.cov_params()), G))
+    for j, cont in enumerate(ax.containers):
+        seg = np.array(cont.lines[2][0].get_segments())
+        np.testing.assert_allclose(seg[:, 0, 1], expit(logit_p(x0)[:, j] - Z95 * se[:, j]), rtol=1e-5)
+        np.testing.assert_allclose(seg[:, 1, 1], expit(logit_p(x0)[:, j] + Z95 * se[:, j]), rtol=1e-5)
+    # by=: one panel per level; scale="link": x'beta with its band, one series per level
+    fig = plots.effects(wine, "temp", by="contact")
+    assert [a.get_title() for a in fig.axes] == ["contact = no", "contact = yes"]
+    np.testing.assert_allclose(fig.axes[1].containers[4].lines[0].get_ydata(),
+                               wine.predict(data=grid.assign(contact="yes"), re=False)["5"])
+    with pytest.raises(ValueError, match="ax=None"):
+        plots.effects(wine, "temp", by="contact", ax=fig.axes[0])
+    link_ax = plots.effects(wine, "temp", by="contact", scale="link").axes[0]
+    assert len(link_ax.containers) == 2
+    b = wine.fe_params
+    np.testing.assert_allclose(link_ax.containers[1].lines[0].get_ydata(),
+                               b["contact[T.yes]"] + np.array([0, b["temp[T.warm]"]]))
 
 
 def test_effects_bad_arguments(sleep):
