@@ -245,15 +245,24 @@ class MixedModel(LikelihoodModel):
         return y.iloc[:, 0], _drop_rank_deficient(X)
 
     # ------------------------------------------------------------- new data
-    def _new_design(self, data):
-        """Fixed design and per-term (X, codes into fitted levels, -1 if new) for new data."""
+    def _new_design(self, data, re=True):
+        """Fixed design and per-term (X, codes into fitted levels, -1 if new) for new data.
+
+        With ``re=False`` the random-effects terms are skipped, so population-level
+        predictions do not need the grouping columns (lme4's ``re.form = NA``).
+        """
         mgr = FormulaManager()
         data = pd.DataFrame(data).reset_index(drop=True)
         info = self.formula_info
         X = mgr.get_matrices(info["fixed_spec"], data, pandas=True)
         X = X.reindex(columns=self.exog_names).to_numpy(dtype=float)
         terms = []
-        for t in self.re_design.terms:
+        for t in (self.re_design.terms if re else []):
+            missing = [f for f in t.factors if f not in data.columns]
+            if missing:
+                raise ValueError(f"predicting with random effects needs the grouping column(s) "
+                                 f"{missing} in the new data; use re=False for population-level "
+                                 "predictions")
             Z = mgr.get_matrices(t.spec, data, pandas=True).to_numpy(dtype=float)
             codes, labels = grouping_factor(data, list(t.factors))
             lookup = {lev: i for i, lev in enumerate(t.levels)}

@@ -2185,7 +2185,7 @@ class OrdinalMixedResults(MixedResults):
             if re:
                 eta = eta + self._re_contribution([(t.X, t.codes) for t in model.re_design.terms])
             return np.asarray(eta, dtype=float)
-        X, terms, off = model._new_design(data)
+        X, terms, off = model._new_design(data, re=re)
         eta = (X @ beta if model.k_fe else 0.0) + off
         if re:
             eta = eta + self._re_contribution(terms)

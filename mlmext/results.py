@@ -252,7 +252,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
             if re:
                 eta = eta + self._re_contribution([(t.X, t.codes) for t in model.re_design.terms])
             return eta
-        X, terms, off = model._new_design(data)
+        X, terms, off = model._new_design(data, re=re)
         eta = X @ self.params + off
         if re:
             eta = eta + self._re_contribution(terms)

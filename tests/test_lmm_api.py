@@ -268,3 +268,14 @@ def test_escape_bound_finds_the_interior_minimum():
     assert x[0] == pytest.approx(0.1) and fx < 1.0
     # a true minimum on the bound stays
     assert escape_bound(lambda x: x[0] ** 2 + 1.0, np.array([0.0]), 1.0, np.array([0.0])) is None
+
+
+def test_population_predictions_need_no_grouping_column(fit, sleep):
+    new = sleep[["Days"]].iloc[:3]
+    np.testing.assert_allclose(fit.predict(new, re=False), 251.405105 + 10.467286 * np.arange(3), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"grouping column\(s\) \['Subject'\].*re=False"):
+        fit.predict(new)
+    wine = datasets.load("wine")
+    o = mf.clmm("rating ~ temp + contact + (1 | judge)", data=wine).fit()
+    new = wine[["temp", "contact"]]
+    np.testing.assert_allclose(o.predict(new, re=False), o.predict(wine, re=False), rtol=1e-12)

@@ -154,16 +154,14 @@ print(f"LR statistic = {lr:.2f} on 1 df: p = {stats.chi2.sf(lr, 1):.4f} (chi-squ
 # --------------------------------
 #
 # ``predict`` returns one column per rating category. ``re=False`` sets the
-# judge effect to 0, a typical judge. The grouping column must still be in
-# the new data; an unseen level (here ``"typical"``) gets a random effect of
-# 0 in any case.
+# judge effect to 0, a typical judge, so the new data need no ``judge``
+# column (with ``re=True`` a judge not seen in fitting would also get 0).
 
 grid = pd.DataFrame({
     "temp": pd.Categorical(["cold", "cold", "warm", "warm"],
                            categories=wine["temp"].cat.categories),
     "contact": pd.Categorical(["no", "yes", "no", "yes"],
                               categories=wine["contact"].cat.categories),
-    "judge": "typical",
 })
 probs = res_agq.predict(grid, re=False)
 probs.index = [f"{t}, contact {c}" for t, c in zip(grid["temp"], grid["contact"])]
