@@ -563,8 +563,9 @@ def qic(selection, criteria=("QIC", "QICu"), ax=None):
     """Dot plot of a GEE working-correlation selection (:func:`mlmext.gee.gee_select`).
 
     One marker per working correlation per criterion, structures on the x
-    axis.  The best structure (``selection.best``) is labelled "best" and its
-    tick label is bold; flagged fits (not converged, correlation outside
+    axis.  The best structure (``selection.best``, lowest QIC among unflagged
+    fits) is labelled "best by QIC", also when other criteria are drawn, and
+    its tick label is bold; flagged fits (not converged, correlation outside
     [-1, 1], ...) get hollow markers and grey tick labels; failed fits (no
     QIC) are left out and named in a note.
 
@@ -619,7 +620,7 @@ def qic(selection, criteria=("QIC", "QICu"), ax=None):
             lab.set_fontweight("bold")
     if selection.best in names:
         b = names.index(selection.best)
-        ax.annotate("best", (pos[b], vals.loc[ok, list(criteria)].iloc[b].min()),
+        ax.annotate("best by QIC", (pos[b], vals.loc[ok, list(criteria)].iloc[b].min()),
                     xytext=(0, -14), textcoords="offset points", ha="center", fontsize=9)
     notes = []
     if flagged.any():

@@ -307,7 +307,7 @@ def test_qic_markers_labels_best_and_flagged():
         np.testing.assert_array_equal(hollow, (sel.table["flag"] != "").to_numpy())
     bold = [t.get_text() for t in ax.get_xticklabels() if t.get_fontweight() == "bold"]
     assert bold == [sel.best]
-    assert any(t.get_text() == "best" for t in ax.texts)
+    assert any(t.get_text() == "best by QIC" for t in ax.texts)
 
 
 def test_qic_failed_fit_left_out_with_note():
