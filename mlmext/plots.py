@@ -612,7 +612,9 @@ def qic(selection, criteria=("QIC", "QICu"), ax=None):
         ax.scatter(pos + d, vals.loc[ok, crit], marker=markers[i % len(markers)], s=40,
                    facecolors=face, edgecolors=color, label=crit, zorder=3)
     ax.set_xticks(pos)
-    ax.set_xticklabels(names)
+    # long structure names collide side by side: slant them when there are several
+    slant = len(names) > 3 or max(map(len, names), default=0) * len(names) > 40
+    ax.set_xticklabels(names, rotation=20 if slant else 0, ha="right" if slant else "center")
     for lab, f, name in zip(ax.get_xticklabels(), flagged, names):
         if f:
             lab.set_color("0.5")
