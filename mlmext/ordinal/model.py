@@ -62,11 +62,11 @@ from scipy.linalg import lapack
 from statsmodels.iolib.summary import Summary, summary_params
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from .optimize import escape_bound
-from . import laplace as _laplace
-from ._blas import blas_threads
-from .base import MixedModel, _drop_rank_deficient, _eval
-from .results import MixedResults, MixedResultsWrapper
+from ..optimize import escape_bound
+from .. import laplace as _laplace
+from .._blas import blas_threads
+from ..base import MixedModel, _drop_rank_deficient, _eval
+from ..results import MixedResults, MixedResultsWrapper
 
 __all__ = ["LINKS", "get_link", "Thresholds", "CumulativeLinkConditional", "category_probabilities",
            "fit_clm", "ordinal_response", "OrdinalMixedModel", "OrdinalMixedResults"]
@@ -1085,7 +1085,7 @@ class OrdinalMixedModel(MixedModel):
     def from_formula(cls, formula, data, subset=None, weights=None, offset=None, missing="drop",
                      eval_env=0, link="logit", threshold="flexible", levels=None, **kwargs):
         """Create a model from an lme4-style formula (see :func:`mlmext.formula.api.clmm`)."""
-        from .formula.terms import parse_formula
+        from ..formula.terms import parse_formula
         if not isinstance(data, pd.DataFrame):
             data = pd.DataFrame(data)
         resp = parse_formula(formula).response
