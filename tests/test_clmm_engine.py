@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from mlmext import laplace, ordinal
-from mlmext.ordinal import model as ordinal_model
+from mlmext.ordinal import newton as ordinal_newton
 from mlmext.formula import api as mf
 
 from refcases import read_data
@@ -166,8 +166,8 @@ def _fit(model, nagq, general):
     if not general:
         return model.fit(nagq=nagq)
     # patched where it is looked up (a re-export in mlmext.ordinal would be patched in vain)
-    orig = ordinal_model._uses_scalar_laplace
-    ordinal_model._uses_scalar_laplace = lambda m: False
+    orig = ordinal_newton._uses_scalar_laplace
+    ordinal_newton._uses_scalar_laplace = lambda m: False
     try:
         obj_init = ordinal._ClmmObjective.__init__
 
@@ -181,7 +181,7 @@ def _fit(model, nagq, general):
         finally:
             ordinal._ClmmObjective.__init__ = obj_init
     finally:
-        ordinal_model._uses_scalar_laplace = orig
+        ordinal_newton._uses_scalar_laplace = orig
 
 
 @pytest.mark.parametrize("link,nagq", [("logit", 1), ("probit", 1), ("cloglog", 1), ("cauchit", 1),

@@ -1,0 +1,371 @@
+"""Maximum likelihood fit of a cumulative link mixed model (:meth:`OrdinalMixedModel.fit`).
+
+Starting values from the model without random effects.  With a single scalar random-effects
+term (``clmm``'s usual ``(1 | g)``) the Laplace log-likelihood is maximized by Newton's method
+with its exact Hessian (:mod:`mlmext.ordinal.newton`), which also gives the standard errors;
+otherwise, and where Newton cannot go on (theta heading for 0), by a bounded quasi-Newton method
+on (thresholds, fixed effects, theta) with the exact gradient
+(:func:`mlmext.laplace.laplace_gradient`), started from the Hessian of the joint log-likelihood
+with the modes profiled out.  Conditional modes are warm-started from their first-order
+prediction.  AGQ fits start from the Laplace optimum, with the exact AGQ gradient for a single
+scalar term (:func:`mlmext.laplace.agq_loglik_gradient`).  Standard errors come from the Hessian
+of the log-likelihood in ``clmm``'s parameters (forward differences of the gradient where it is
+not exact).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+from .. import laplace as _laplace
+from ..optimize import escape_bound
+from ..results import MixedResultsWrapper
+from .clm import fit_clm
+from .newton import _laplace_by_newton
+from .objective import _ClmmObjective
+from .results import OrdinalMixedResults
+
+
+def _qn_minimize(fg, x0, lower, B0=None, gtol=1e-6, maxiter=500, f0g0=None, dec_tol=1e-10):
+    """Quasi-Newton (BFGS) minimization with lower bounds on some variables.
+
+    Projected BFGS with an active set: a variable at its bound whose gradient
+    points outwards is held there; the search direction solves the BFGS model
+    on the free variables; steps are projected onto the bounds with
+    backtracking (Armijo).  Small and dense: meant for the handful of
+    parameters of a mixed model, where the cost of an evaluation (inner
+    iterations for the conditional modes) dominates.
+
+    Parameters
+    ----------
+    fg : callable
+        ``x -> (f, g)``; ``f = inf`` marks an infeasible point.
+    x0 : ndarray
+    lower : ndarray
+        Lower bounds (``-inf`` for free variables).
+    B0 : ndarray, optional
+        Initial Hessian approximation (identity scaled after the first step
+        when not given).
+    gtol : float
+        Convergence when the largest projected-gradient entry is below it.
+    dec_tol : float
+        Convergence when the decrease the quasi-Newton model predicts for the
+        next step, ``g' B^-1 g / 2``, is below it (in units of the objective:
+        for a negative log-likelihood, 1e-10 puts the estimates within about
+        1e-5 standard errors of the optimum).
+
+    Returns
+    -------
+    scipy.optimize.OptimizeResult
+        ``x, fun, jac, nit, nfev, success, message``.
+
+    """
+    from scipy.optimize import OptimizeResult
+    lower = np.asarray(lower, dtype=float)
+    x = np.maximum(np.asarray(x0, dtype=float), lower)
+    f, g = fg(x) if f0g0 is None else f0g0
+    nfev = 1
+    if not np.isfinite(f):
+        return OptimizeResult(x=x, fun=f, jac=g, nit=0, nfev=nfev, success=False,
+                              message="non-finite objective at the starting point")
+    n = x.size
+    B = np.eye(n) if B0 is None else np.array(B0, dtype=float)
+    scaled = B0 is not None
+    bounded = np.isfinite(lower)
+    message = "maximum number of iterations reached"
+    success = False
+    it = 0
+    for it in range(1, maxiter + 1):
+        at_bound = bounded & (x <= lower)
+        active = at_bound & (g > 0)
+        free = ~active
+        pg = np.where(active, 0.0, g)
+        if np.max(np.abs(pg)) < gtol:
+            success, message = True, "projected gradient below tolerance"
+            break
+        d = np.zeros(n)
+        try:
+            if active.any():
+                d[free] = -np.linalg.solve(B[np.ix_(free, free)], g[free])
+            else:
+                d = -np.linalg.solve(B, g)
+        except np.linalg.LinAlgError:
+            d[free] = -g[free]
+        slope = float(g @ d)
+        if not np.isfinite(slope) or slope >= 0:        # not a descent direction: reset
+            B = np.eye(n) * max(1.0, np.abs(np.diag(B)).max())
+            d = -pg / np.diag(B)
+            slope = float(g @ d)
+        if -0.5 * slope < dec_tol:
+            success, message = True, "predicted decrease below tolerance"
+            break
+        t = 1.0
+        accepted = False
+        for _ in range(40):
+            xt = np.maximum(x + t * d, lower)
+            ft, gt = fg(xt)
+            nfev += 1
+            if np.isfinite(ft) and ft <= f + 1e-4 * float(g @ (xt - x)):
+                accepted = True
+                break
+            t *= 0.25 if not np.isfinite(ft) else 0.5
+        if not accepted:
+            message = "line search failed to decrease the objective"
+            success = bool(np.max(np.abs(pg)) < 1e3 * gtol)
+            break
+        s = xt - x
+        y = gt - g
+        sy = float(s @ y)
+        if not scaled and sy > 0:
+            B = np.eye(n) * (float(y @ y) / sy)
+            scaled = True
+        if sy > 1e-12 * np.sqrt(float(s @ s) * float(y @ y)):
+            Bs = B @ s
+            B = B + np.outer(y, y) / sy - np.outer(Bs, Bs) / float(s @ Bs)
+        x, f, g = xt, ft, gt
+    return OptimizeResult(x=x, fun=f, jac=g, nit=it, nfev=nfev, success=success, message=message)
+
+
+# PIRLS tolerance while optimizing (first-order warm starts usually overshoot it by far); the
+# Hessian and the final values use the model's tighter default
+_OPT_PIRLS_TOL = 1e-14
+
+
+def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=True, **kwargs):
+    nagq = int(nagq)
+    if nagq < 0:
+        raise NotImplementedError("non-adaptive Gauss-Hermite quadrature (clmm's nAGQ < 0) is not "
+                                  f"implemented; use nagq={-nagq} for adaptive quadrature with "
+                                  f"{-nagq} nodes, or nagq=1 for the Laplace approximation")
+    if nagq == 0:
+        raise ValueError("nagq must be 1 (Laplace approximation; clmm's nAGQ = 0 and 1 both mean "
+                         "Laplace) or a number of quadrature nodes > 1")
+    des = model.re_design
+    if nagq > 1 and len(des.blocks) != 1:
+        raise NotImplementedError(
+            "adaptive Gauss-Hermite quadrature (nagq > 1) needs a single grouping factor; this model "
+            f"has {len(des.blocks)} ({', '.join(b.name for b in des.blocks)}); use nagq=1 (Laplace)")
+    if nagq > 1 and des.blocks[0].q > 3:
+        raise NotImplementedError("adaptive Gauss-Hermite quadrature supports up to 3 random effects "
+                                  f"per level; the term on {des.blocks[0].name!r} has {des.blocks[0].q}")
+    if kwargs:
+        raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+    thr = model.thr
+    k, p, nt = thr.k, model.k_fe, des.ntheta
+    lower_r = np.concatenate([np.full(k + p, -np.inf), des.lower])
+    # ---- starting values: the fit without random effects (as clmm), theta = 1
+    H_clm = None
+    ll_clm = None
+    if start_params is None:
+        x_clm, ll_clm, H_clm, _ = fit_clm(model.cond, thr, model.exog, model.offset,
+                                          jacobians=model._jacobians())
+        alpha0, beta0 = x_clm[:k], x_clm[k:]
+        theta0 = des.theta_start.copy()
+    else:
+        sp = np.asarray(start_params, dtype=float)
+        if sp.size != k + p + nt:
+            raise ValueError(f"start_params needs {k + p + nt} values (threshold parameters {k}, fixed "
+                             f"effects {p}, theta {nt}); got {sp.size}")
+        alpha0, beta0, theta0 = sp[:k], sp[k:k + p], sp[k + p:]
+    lower_x = lower_r
+    tried = []
+
+    # ---- Laplace fit (also the start of AGQ): Newton with the exact Hessian for a single
+    # scalar term, else (or when Newton cannot go on) bounded quasi-Newton
+    obj = _ClmmObjective(model, 1)
+    obj.lower_r = lower_r
+    exact = _laplace_by_newton(model, obj, np.concatenate([alpha0, beta0, theta0]),
+                               attenuate=start_params is None, maxiter=maxiter, tried=tried)
+    if exact is not None and exact.success:
+        opt, x_hat = exact, exact.x
+    else:
+        if exact is not None:       # continue from where Newton stopped (it only went downhill)
+            alpha0, beta0, theta0 = exact.x[:k], exact.x[k:k + p], exact.x[k + p:]
+        exact = None
+        x0 = np.concatenate([thr.psi(alpha0), beta0, theta0])
+        f0, g0 = obj.fg_x(x0)
+        if not np.isfinite(f0):
+            raise ValueError("non-finite log-likelihood at the starting values (thresholds "
+                             f"{thr.thresholds(alpha0)}, fixed effects {beta0}, theta {theta0})")
+        B0 = _initial_hessian(obj, x0, g0, H_clm, k, p, nt)
+        obj.tol = _OPT_PIRLS_TOL
+        opt = _qn_minimize(obj.fg_x, x0, lower_x, B0=B0, gtol=gtol, maxiter=maxiter, f0g0=(f0, g0))
+        tried.append(("BFGS (Laplace)", bool(opt.success), int(obj.nfev)))
+        esc = escape_bound(obj.fg_x, opt.x, opt.fun, lower_x)
+        if esc is not None:          # a variance stuck at zero although the optimum is inside
+            f1, g1 = obj.fg_x(esc[0])
+            opt2 = _qn_minimize(obj.fg_x, esc[0], lower_x, B0=B0, gtol=gtol, maxiter=maxiter,
+                                f0g0=(f1, g1))
+            tried.append(("BFGS (Laplace), restarted off the bound", bool(opt2.success), int(obj.nfev)))
+            if opt2.fun < opt.fun:
+                opt = opt2
+        obj.tol = None
+        x_hat = opt.x
+    if nagq > 1:
+        objq = _ClmmObjective(model, nagq)
+        objq.lower_r = lower_r
+        objq.base = obj.base
+        fq, gq = objq.fg_x(x_hat)
+        # the Laplace Hessian in internal coordinates as the starting matrix
+        B1 = exact.hess_x if exact is not None else _bfgs_hessian_guess(obj, x_hat)
+        objq.tol = _OPT_PIRLS_TOL
+        opt = _qn_minimize(objq.fg_x, x_hat, lower_x, B0=B1, gtol=gtol, maxiter=maxiter, f0g0=(fq, gq))
+        objq.tol = None
+        tried.append((f"BFGS (AGQ, {nagq} nodes)", bool(opt.success), int(objq.nfev)))
+        x_hat = opt.x
+        obj = objq
+        exact = None
+    f_hat = opt.fun
+    # variance parameters that are practically zero are set to zero (clean singular fits)
+    for i in np.flatnonzero(np.isfinite(lower_x)):
+        if lower_x[i] < x_hat[i] < lower_x[i] + 1e-4:
+            trial = x_hat.copy()
+            trial[i] = lower_x[i]
+            ft, _ = obj.fg_x(trial)
+            if ft <= f_hat + 1e-8:
+                x_hat, f_hat = trial, ft
+    z_hat = exact.x_r if exact is not None else obj.to_r(x_hat)
+    alpha, beta, theta = z_hat[:k], z_hat[k:k + p], z_hat[k + p:]
+    pg = np.where(np.isfinite(lower_x) & (x_hat <= lower_x) & (opt.jac > 0), 0.0, opt.jac)
+    max_grad = float(np.max(np.abs(pg))) if pg.size else 0.0
+    converged = bool(opt.success) or max_grad < 1e-3
+    # ---- Hessian in R coordinates, without variance parameters at zero (as clmm)
+    free = np.ones(z_hat.size, dtype=bool)
+    free[k + p:] = ~(np.isfinite(des.lower) & (theta <= des.lower + 1e-4))
+    cov_full = None
+    H = None
+    if hessian:
+        H = exact.hess if exact is not None else obj.hessian_r(z_hat, free)
+        try:
+            cov_free = np.linalg.inv(H)
+            if not np.all(np.isfinite(cov_free)) or np.any(np.diag(cov_free) <= 0):
+                raise np.linalg.LinAlgError
+        except np.linalg.LinAlgError:
+            warnings.warn("the Hessian of the negative log-likelihood is not positive definite at the "
+                          "optimum; standard errors are not available", ConvergenceWarning, stacklevel=3)
+            cov_free = np.full((free.sum(), free.sum()), np.nan)
+        cov_full = np.full((z_hat.size, z_hat.size), np.nan)
+        cov_full[np.ix_(free, free)] = cov_free
+    # ---- final state at the optimum (modes and factor)
+    if exact is not None:
+        llf, modes = -exact.fun, exact.modes
+    elif hessian:
+        llf, modes = obj.llf_at_hessian
+    else:
+        llf, modes = model.loglike_parts(alpha, beta, theta, nagq=nagq,
+                                         u0=None if obj.base is None else obj.base[1].u)
+    if not converged:
+        warnings.warn(f"the optimizer did not converge: {opt.message} (tried {tried}; largest "
+                      f"projected gradient {max_grad:.3g})", ConvergenceWarning, stacklevel=3)
+    opt.tried = tried
+    opt.max_grad = max_grad
+    opt.nfev = sum(t[2] for t in tried)
+    cov_ab = cov_full[:k + p, :k + p] if cov_full is not None else np.full((k + p, k + p), np.nan)
+    res = OrdinalMixedResults(model, np.concatenate([alpha, beta]), cov_ab, theta=theta, u=modes.u,
+                              sigma=1.0, criterion=-2.0 * llf, optim=opt, nagq=nagq,
+                              cov_params_full=cov_full, hessian=H, hessian_free=free,
+                              llf_no_re=ll_clm, modes=modes, max_grad=max_grad)
+    return MixedResultsWrapper(res)
+
+
+def _profiled_hessian(model, modes, theta):
+    """Hessian in (alpha, beta) of the joint log-likelihood with the modes profiled out.
+
+    ``H_pp + H_pu M^-1 H_up`` at the modes: the second derivatives of
+    ``sum_i l_i`` in (alpha, beta) and in (alpha, beta) and ``u``, with
+    ``M = Lambda' Z' W Z Lambda + I``.  It leaves out the third-derivative
+    terms of the Laplace log-determinant, so it is a close (typically within
+    ~15 %) and cheap approximation of the Hessian of the Laplace
+    log-likelihood: a good starting matrix for the quasi-Newton iterations.
+    """
+    cond = model.cond
+    lu, ll_, luu, lll, lul = cond.interval_derivatives(modes.eta)
+    Ju, Jl = model._jacobians()
+    Hpp = (Ju.T * luu) @ Ju + (Jl.T * lll) @ Jl + (Ju.T * lul) @ Jl + (Jl.T * lul) @ Ju
+    # d d1_i / d(alpha, beta): d1 = -(l_u + l_l) and (u, l) move with Ju, Jl
+    C = -(Ju * (luu + lul)[:, None] + Jl * (lul + lll)[:, None])
+    ops = _laplace._zops(model.re_design)
+    lams = model.re_design.lambdas(np.asarray(theta, dtype=float))
+    fac = _laplace._factor(model.chol, modes)
+    Hup = np.column_stack([ops.ztv(C[:, j], lams) for j in range(C.shape[1])])
+    Minv_Hup = np.column_stack([fac.solve_re(Hup[:, j]) for j in range(C.shape[1])])
+    return Hpp + Hup.T @ Minv_Hup
+
+
+def _initial_hessian(obj, x0, g0, H_clm, k, p, nt):
+    """Starting BFGS matrix: the profiled Hessian (:func:`_profiled_hessian`) at the start,
+    else the no-random-effects Hessian, for (psi, beta); a column by forward differences for
+    each theta."""
+    n = k + p + nt
+    B = np.eye(n)
+    J = np.eye(k + p)
+    J[:k, :k] = obj.thr.jacobian(x0[:k])
+    for H in (_try_profiled(obj, x0), H_clm):
+        if H is None:
+            continue
+        Hab = -J.T @ H @ J
+        try:
+            np.linalg.cholesky(Hab)
+            B[:k + p, :k + p] = Hab
+            break
+        except np.linalg.LinAlgError:
+            continue
+    if nt <= 4:
+        base = obj.base
+        for j in range(nt):
+            i = k + p + j
+            h = 1e-4 * max(1.0, abs(x0[i]))
+            xp = x0.copy()
+            xp[i] += h
+            obj.base, obj._fresh = base, obj._scalar(base)
+            f, g = obj.fg_x(xp)
+            if np.isfinite(f):
+                col = (g - g0) / h
+                B[:, i] = col
+                B[i, :] = col
+        B[k + p:, k + p:] = 0.5 * (B[k + p:, k + p:] + B[k + p:, k + p:].T)
+        try:
+            np.linalg.cholesky(B)
+        except np.linalg.LinAlgError:
+            d = np.diag(B).copy()
+            B = np.diag(np.where(d > 0, d, 1.0))
+    return B
+
+
+def _try_profiled(obj, x0):
+    """The profiled Hessian at the start when the model's factor still holds its modes."""
+    if obj.base is None or not (obj._fresh or obj._scalar(obj.base)):
+        return None
+    z0, modes = obj.base[:2]
+    try:
+        H = _profiled_hessian(obj.model, modes, z0[obj.k + obj.p:])
+    except Exception:  # noqa: BLE001 - only a starting matrix
+        return None
+    return H if np.all(np.isfinite(H)) else None
+
+
+def _bfgs_hessian_guess(obj, x):
+    """Hessian of the Laplace objective at x in internal coordinates (start for AGQ)."""
+    f0, g0 = obj.fg_x(x)
+    n = x.size
+    H = np.empty((n, n))
+    base = obj.base
+    lower = obj.lower_r
+    for i in range(n):
+        h = 1e-5 * max(1.0, abs(x[i]))
+        xp = x.copy()
+        xp[i] += h
+        obj.base, obj._fresh = base, obj._scalar(base)
+        _, g = obj.fg_x(xp)
+        H[:, i] = (g - g0) / h
+    obj.base, obj._fresh = base, False
+    H = 0.5 * (H + H.T)
+    try:
+        np.linalg.cholesky(H)
+    except np.linalg.LinAlgError:
+        d = np.abs(np.diag(H))
+        H = np.diag(np.where(d > 0, d, 1.0))
+    del lower
+    return H
