@@ -20,112 +20,12 @@ import numpy as np
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from .. import laplace as _laplace
-from ..optimize import escape_bound
+from ..optimize import escape_bound, minimize_bfgs
 from ..results import MixedResultsWrapper
 from .clm import fit_clm
 from .newton import _laplace_by_newton
 from .objective import _ClmmObjective
 from .results import OrdinalMixedResults
-
-
-def _qn_minimize(fg, x0, lower, B0=None, gtol=1e-6, maxiter=500, f0g0=None, dec_tol=1e-10):
-    """Quasi-Newton (BFGS) minimization with lower bounds on some variables.
-
-    Projected BFGS with an active set: a variable at its bound whose gradient
-    points outwards is held there; the search direction solves the BFGS model
-    on the free variables; steps are projected onto the bounds with
-    backtracking (Armijo).  Small and dense: meant for the handful of
-    parameters of a mixed model, where the cost of an evaluation (inner
-    iterations for the conditional modes) dominates.
-
-    Parameters
-    ----------
-    fg : callable
-        ``x -> (f, g)``; ``f = inf`` marks an infeasible point.
-    x0 : ndarray
-    lower : ndarray
-        Lower bounds (``-inf`` for free variables).
-    B0 : ndarray, optional
-        Initial Hessian approximation (identity scaled after the first step
-        when not given).
-    gtol : float
-        Convergence when the largest projected-gradient entry is below it.
-    dec_tol : float
-        Convergence when the decrease the quasi-Newton model predicts for the
-        next step, ``g' B^-1 g / 2``, is below it (in units of the objective:
-        for a negative log-likelihood, 1e-10 puts the estimates within about
-        1e-5 standard errors of the optimum).
-
-    Returns
-    -------
-    scipy.optimize.OptimizeResult
-        ``x, fun, jac, nit, nfev, success, message``.
-
-    """
-    from scipy.optimize import OptimizeResult
-    lower = np.asarray(lower, dtype=float)
-    x = np.maximum(np.asarray(x0, dtype=float), lower)
-    f, g = fg(x) if f0g0 is None else f0g0
-    nfev = 1
-    if not np.isfinite(f):
-        return OptimizeResult(x=x, fun=f, jac=g, nit=0, nfev=nfev, success=False,
-                              message="non-finite objective at the starting point")
-    n = x.size
-    B = np.eye(n) if B0 is None else np.array(B0, dtype=float)
-    scaled = B0 is not None
-    bounded = np.isfinite(lower)
-    message = "maximum number of iterations reached"
-    success = False
-    it = 0
-    for it in range(1, maxiter + 1):
-        at_bound = bounded & (x <= lower)
-        active = at_bound & (g > 0)
-        free = ~active
-        pg = np.where(active, 0.0, g)
-        if np.max(np.abs(pg)) < gtol:
-            success, message = True, "projected gradient below tolerance"
-            break
-        d = np.zeros(n)
-        try:
-            if active.any():
-                d[free] = -np.linalg.solve(B[np.ix_(free, free)], g[free])
-            else:
-                d = -np.linalg.solve(B, g)
-        except np.linalg.LinAlgError:
-            d[free] = -g[free]
-        slope = float(g @ d)
-        if not np.isfinite(slope) or slope >= 0:        # not a descent direction: reset
-            B = np.eye(n) * max(1.0, np.abs(np.diag(B)).max())
-            d = -pg / np.diag(B)
-            slope = float(g @ d)
-        if -0.5 * slope < dec_tol:
-            success, message = True, "predicted decrease below tolerance"
-            break
-        t = 1.0
-        accepted = False
-        for _ in range(40):
-            xt = np.maximum(x + t * d, lower)
-            ft, gt = fg(xt)
-            nfev += 1
-            if np.isfinite(ft) and ft <= f + 1e-4 * float(g @ (xt - x)):
-                accepted = True
-                break
-            t *= 0.25 if not np.isfinite(ft) else 0.5
-        if not accepted:
-            message = "line search failed to decrease the objective"
-            success = bool(np.max(np.abs(pg)) < 1e3 * gtol)
-            break
-        s = xt - x
-        y = gt - g
-        sy = float(s @ y)
-        if not scaled and sy > 0:
-            B = np.eye(n) * (float(y @ y) / sy)
-            scaled = True
-        if sy > 1e-12 * np.sqrt(float(s @ s) * float(y @ y)):
-            Bs = B @ s
-            B = B + np.outer(y, y) / sy - np.outer(Bs, Bs) / float(s @ Bs)
-        x, f, g = xt, ft, gt
-    return OptimizeResult(x=x, fun=f, jac=g, nit=it, nfev=nfev, success=success, message=message)
 
 
 # PIRLS tolerance while optimizing (first-order warm starts usually overshoot it by far); the
@@ -191,12 +91,12 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
                              f"{thr.thresholds(alpha0)}, fixed effects {beta0}, theta {theta0})")
         B0 = _initial_hessian(obj, x0, g0, H_clm, k, p, nt)
         obj.tol = _OPT_PIRLS_TOL
-        opt = _qn_minimize(obj.fg_x, x0, lower_x, B0=B0, gtol=gtol, maxiter=maxiter, f0g0=(f0, g0))
+        opt = minimize_bfgs(obj.fg_x, x0, lower_x, B0=B0, gtol=gtol, maxiter=maxiter, f0g0=(f0, g0))
         tried.append(("BFGS (Laplace)", bool(opt.success), int(obj.nfev)))
         esc = escape_bound(obj.fg_x, opt.x, opt.fun, lower_x)
         if esc is not None:          # a variance stuck at zero although the optimum is inside
             f1, g1 = obj.fg_x(esc[0])
-            opt2 = _qn_minimize(obj.fg_x, esc[0], lower_x, B0=B0, gtol=gtol, maxiter=maxiter,
+            opt2 = minimize_bfgs(obj.fg_x, esc[0], lower_x, B0=B0, gtol=gtol, maxiter=maxiter,
                                 f0g0=(f1, g1))
             tried.append(("BFGS (Laplace), restarted off the bound", bool(opt2.success), int(obj.nfev)))
             if opt2.fun < opt.fun:
@@ -211,7 +111,7 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
         # the Laplace Hessian in internal coordinates as the starting matrix
         B1 = exact.hess_x if exact is not None else _bfgs_hessian_guess(obj, x_hat)
         objq.tol = _OPT_PIRLS_TOL
-        opt = _qn_minimize(objq.fg_x, x_hat, lower_x, B0=B1, gtol=gtol, maxiter=maxiter, f0g0=(fq, gq))
+        opt = minimize_bfgs(objq.fg_x, x_hat, lower_x, B0=B1, gtol=gtol, maxiter=maxiter, f0g0=(fq, gq))
         objq.tol = None
         tried.append((f"BFGS (AGQ, {nagq} nodes)", bool(opt.success), int(objq.nfev)))
         x_hat = opt.x
