@@ -245,15 +245,17 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         return total
 
     def linear_predictor(self, data=None, re=True):
-        """X beta (+ Z b when ``re``) + offset, for the fitted rows or new ``data``."""
+        """X beta (+ Z b when ``re``) + offset, for the fitted rows or new ``data``; beta is
+        ``fe_params`` (for a clmm the fixed effects without the thresholds)."""
         model = self.model
+        beta = np.asarray(self.fe_params)
         if data is None:
-            eta = model.exog @ self.params + model.offset
+            eta = model.exog @ beta + model.offset
             if re:
                 eta = eta + self._re_contribution([(t.X, t.codes) for t in model.re_design.terms])
             return eta
         X, terms, off = model._new_design(data, re=re)
-        eta = X @ self.params + off
+        eta = X @ beta + off
         if re:
             eta = eta + self._re_contribution(terms)
         return eta

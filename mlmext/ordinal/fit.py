@@ -20,7 +20,7 @@ import numpy as np
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from .. import laplace as _laplace
-from ..optimize import escape_bound, minimize_bfgs
+from ..optimize import escape_bound, minimize_bfgs, snap_to_bound
 from ..results import MixedResultsWrapper
 from .clm import fit_clm
 from .newton import _laplace_by_newton
@@ -117,15 +117,8 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
         x_hat = opt.x
         obj = objq
         exact = None
-    f_hat = opt.fun
     # variance parameters that are practically zero are set to zero (clean singular fits)
-    for i in np.flatnonzero(np.isfinite(lower_x)):
-        if lower_x[i] < x_hat[i] < lower_x[i] + 1e-4:
-            trial = x_hat.copy()
-            trial[i] = lower_x[i]
-            ft, _ = obj.fg_x(trial)
-            if ft <= f_hat + 1e-8:
-                x_hat, f_hat = trial, ft
+    x_hat = snap_to_bound(obj.fg_x, x_hat, opt.fun, lower_x, 1e-8)[0]
     z_hat = exact.x_r if exact is not None else obj.to_r(x_hat)
     alpha, beta, theta = z_hat[:k], z_hat[k:k + p], z_hat[k + p:]
     pg = np.where(np.isfinite(lower_x) & (x_hat <= lower_x) & (opt.jac > 0), 0.0, opt.jac)
@@ -249,23 +242,11 @@ def _try_profiled(obj, x0):
 def _bfgs_hessian_guess(obj, x):
     """Hessian of the Laplace objective at x in internal coordinates (start for AGQ)."""
     f0, g0 = obj.fg_x(x)
-    n = x.size
-    H = np.empty((n, n))
-    base = obj.base
-    lower = obj.lower_r
-    for i in range(n):
-        h = 1e-5 * max(1.0, abs(x[i]))
-        xp = x.copy()
-        xp[i] += h
-        obj.base, obj._fresh = base, obj._scalar(base)
-        _, g = obj.fg_x(xp)
-        H[:, i] = (g - g0) / h
-    obj.base, obj._fresh = base, False
+    H = obj.gradient_differences(obj.fg_x, x, g0, range(x.size), 1e-5)
     H = 0.5 * (H + H.T)
     try:
         np.linalg.cholesky(H)
     except np.linalg.LinAlgError:
         d = np.abs(np.diag(H))
         H = np.diag(np.where(d > 0, d, 1.0))
-    del lower
     return H

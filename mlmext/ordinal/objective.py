@@ -199,6 +199,23 @@ class _ClmmObjective:
     def _scalar(base):
         return base is not None and bool(base[1].extra) and "factor" in base[1].extra
 
+    def gradient_differences(self, fg, z, g0, idx, rel):
+        """Forward differences ``(g(z + h e_i) - g0) / h`` of the gradient ``fg`` for ``i`` in
+        ``idx`` (columns), ``h = rel * max(1, |z_i|)``.
+
+        Every evaluation warm-starts from the modes at ``z``, and the state is left at ``z``.
+        """
+        base = self.base
+        D = np.empty((z.size, len(idx)))
+        for a, i in enumerate(idx):
+            h = rel * max(1.0, abs(z[i]))
+            zp = z.copy()
+            zp[i] += h
+            self.base, self._fresh = base, self._scalar(base)
+            D[:, a] = (fg(zp)[1] - g0) / h
+        self.base, self._fresh = base, False
+        return D
+
     def hessian_r(self, z, free):
         """Hessian of -loglik in R coordinates over the ``free`` entries of ``z``.
 
@@ -208,17 +225,8 @@ class _ClmmObjective:
         idx = np.flatnonzero(free)
         if self.analytic:
             f0, g0 = self.fg_r(z)
-            base = self.base
-            self.llf_at_hessian = (-f0, base[1])
-            H = np.empty((idx.size, idx.size))
-            for a, i in enumerate(idx):
-                h = 1e-6 * max(1.0, abs(z[i]))
-                zp = z.copy()
-                zp[i] += h
-                self.base, self._fresh = base, self._scalar(base)
-                _, gp = self.fg_r(zp)
-                H[:, a] = (gp[idx] - g0[idx]) / h
-            self.base, self._fresh = base, False
+            self.llf_at_hessian = (-f0, self.base[1])
+            H = self.gradient_differences(self.fg_r, z, g0, idx, 1e-6)[idx]
             return 0.5 * (H + H.T)
         f0 = self.fun_r(z)
         base = self.base

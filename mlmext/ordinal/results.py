@@ -106,21 +106,6 @@ class OrdinalMixedResults(MixedResults):
         return [np.einsum("ij,gjk,lk->gil", lam, c, lam) for lam, c in zip(lams, cv)]
 
     # ------------------------------------------------------------ prediction
-    def linear_predictor(self, data=None, re=True):
-        """``x' beta`` (+ ``z' b`` when ``re``) + offset, for the fitted rows or new ``data``."""
-        model = self.model
-        beta = np.asarray(self.fe_params)
-        if data is None:
-            eta = (model.exog @ beta if model.k_fe else 0.0) + model.offset
-            if re:
-                eta = eta + self._re_contribution([(t.X, t.codes) for t in model.re_design.terms])
-            return np.asarray(eta, dtype=float)
-        X, terms, off = model._new_design(data, re=re)
-        eta = (X @ beta if model.k_fe else 0.0) + off
-        if re:
-            eta = eta + self._re_contribution(terms)
-        return np.asarray(eta, dtype=float)
-
     def predict(self, exog=None, data=None, re=True, which="prob", **kwargs):
         """Category probabilities (or the linear predictor) with or without random effects.
 
