@@ -509,13 +509,14 @@ def profile(results, params=None, figsize=None, **profile_kwargs):
     means a quadratic log-likelihood.  Dashed lines at ``+-1.96`` mark where
     the profile crosses the ends of the 95 % profile interval.  As in lme4,
     the profile is that of the maximum-likelihood fit (REML fits are refitted
-    by ML), so zeta is 0 at the ML estimates.
+    by ML), so zeta is 0 at the ML estimates; a GLMM's is that of its own
+    deviance (Laplace or adaptive Gauss-Hermite, as fitted).
 
     Parameters
     ----------
     results : MixedResults or pandas.DataFrame
-        A fitted LMM (``results.profile()`` is called; other models raise
-        its ``NotImplementedError``), or a profile already computed: a
+        A fitted LMM or GLMM (``results.profile()`` is called; clmm fits
+        raise its ``NotImplementedError``), or a profile already computed: a
         DataFrame with columns ``parameter``, ``value``, ``zeta``.
     params : list of str, optional
         Parameters to show (names as in the profile, e.g. ``"Days"``,

@@ -286,9 +286,9 @@ def test_profile_panels_zeta_zero_at_estimate_and_reference_lines():
     np.testing.assert_allclose(x[zeta == 0], res.sigma, rtol=1e-6)
 
 
-def test_profile_not_implemented_for_glmm(cbpp):
-    with pytest.raises(NotImplementedError):
-        plots.profile(cbpp)
+def test_profile_not_implemented_for_clmm(wine):
+    with pytest.raises(NotImplementedError, match="linear and generalized linear mixed models"):
+        plots.profile(wine)
 
 
 # ------------------------------------------------------------------ qic

@@ -1,4 +1,5 @@
-"""The LMM deviance as a function of (theta, sigma), of (sd/cor, sigma) and of one fixed effect.
+"""The LMM deviance as a function of (theta, sigma), of (sd/cor, sigma) and of one fixed effect,
+and the map between theta and lme4's sd / correlation parameters (LMMs and GLMMs).
 
 The profiled deviance of :mod:`mlmext.lmm` eliminates sigma; Satterthwaite's df and the
 profile-likelihood intervals need it with sigma (and for the profiles one beta) held fixed.
@@ -66,43 +67,10 @@ class _LMMObjective:
 
     # ---- sd / correlation scale (lme4's profile parameterization) -----------------------
     def sdcor_from_theta(self, theta, sigma):
-        out = []
-        for t in self.des.terms:
-            C = sigma ** 2 * self.des.term_cov(theta, t)
-            sd = np.sqrt(np.clip(np.diag(C), 0, None))
-            for j in range(t.q):
-                for i in range(j, t.q):
-                    if i == j:
-                        out.append(sd[i])
-                    else:
-                        den = sd[i] * sd[j]
-                        out.append(C[i, j] / den if den > 0 else 0.0)
-        return np.array(out)
+        return sdcor_from_theta(self.des, theta, sigma)
 
     def theta_from_sdcor(self, v, sigma):
-        theta = np.empty(self.des.ntheta)
-        k = 0
-        for t in self.des.terms:
-            q = t.q
-            m = v[k:k + t.ntheta]
-            sd = np.zeros(q)
-            R = np.eye(q)
-            kk = 0
-            for j in range(q):
-                for i in range(j, q):
-                    if i == j:
-                        sd[i] = m[kk]
-                    else:
-                        R[i, j] = R[j, i] = m[kk]
-                    kk += 1
-            L = _psd_chol(R * np.outer(sd, sd) / sigma ** 2)
-            kk = 0
-            for j in range(q):
-                for i in range(j, q):
-                    theta[t.theta_index[kk]] = L[i, j]
-                    kk += 1
-            k += t.ntheta
-        return theta
+        return theta_from_sdcor(self.des, v, sigma)
 
     def dev_sdcor(self, vp):
         """ML deviance at (sd/cor parameters, sigma), beta profiled out (lme4's ``devfun2``)."""
@@ -119,6 +87,52 @@ class _LMMObjective:
         cjj = self.cov_beta_unscaled(ch)[j, j]
         r2 = ch.r2 + (value - b[j]) ** 2 / cjj
         return ch.logdet_zz + self.n * (1.0 + _LOG2PI + np.log(r2 / self.n)) - self.model._logw
+
+
+def sdcor_from_theta(des, theta, sigma=1.0):
+    """theta -> lme4's sd / correlation parameters (per term: lower triangle, column by column).
+
+    ``sigma`` scales theta to the response scale (LMMs); GLMMs use 1.
+    """
+    out = []
+    for t in des.terms:
+        C = sigma ** 2 * des.term_cov(theta, t)
+        sd = np.sqrt(np.clip(np.diag(C), 0, None))
+        for j in range(t.q):
+            for i in range(j, t.q):
+                if i == j:
+                    out.append(sd[i])
+                else:
+                    den = sd[i] * sd[j]
+                    out.append(C[i, j] / den if den > 0 else 0.0)
+    return np.array(out)
+
+
+def theta_from_sdcor(des, v, sigma=1.0):
+    """The inverse of :func:`sdcor_from_theta` (a PSD Cholesky factor per term)."""
+    theta = np.empty(des.ntheta)
+    k = 0
+    for t in des.terms:
+        q = t.q
+        m = v[k:k + t.ntheta]
+        sd = np.zeros(q)
+        R = np.eye(q)
+        kk = 0
+        for j in range(q):
+            for i in range(j, q):
+                if i == j:
+                    sd[i] = m[kk]
+                else:
+                    R[i, j] = R[j, i] = m[kk]
+                kk += 1
+        L = _psd_chol(R * np.outer(sd, sd) / sigma ** 2)
+        kk = 0
+        for j in range(q):
+            for i in range(j, q):
+                theta[t.theta_index[kk]] = L[i, j]
+                kk += 1
+        k += t.ntheta
+    return theta
 
 
 def _psd_chol(A):

@@ -73,7 +73,9 @@ class InferenceMixin:
         method : {"wald", "profile", "boot"}
             ``"wald"``: statsmodels' normal intervals for the fixed effects (unchanged).
             ``"profile"``: profile-likelihood intervals (lme4's
-            ``confint(method = "profile")``, see :func:`conf_int_profile`).
+            ``confint(method = "profile")``, see :func:`conf_int_profile`) for LMMs (the
+            profile of the ML fit) and GLMMs (the fit's own Laplace or adaptive
+            Gauss-Hermite deviance; ``glmer_nb``: alpha held at its estimate); not for clmm.
             ``"boot"``: parametric bootstrap (:func:`conf_int_boot`).
         nsim, seed, boot_type, progress
             Bootstrap settings: replicates, seed, ``"perc"``/``"basic"``/``"norm"``,
@@ -87,8 +89,9 @@ class InferenceMixin:
         pandas.DataFrame or numpy.ndarray
             Wald: what statsmodels returns.  Profile / boot: a DataFrame with columns
             ``lower``, ``upper`` and rows for the variance parameters (sd / correlation
-            scale, then ``sigma``) and the fixed effects; one-sided intervals at a bound
-            are listed in ``attrs["boundary"]`` (profile).
+            scale, then ``sigma`` for LMMs) and the fixed effects; one-sided intervals at
+            a bound (an SD whose profile stays above the cutoff down to 0 gets the lower
+            limit 0, as in lme4) are listed in ``attrs["boundary"]`` (profile).
         """
         m = str(method).lower()
         if m == "wald":
@@ -101,7 +104,24 @@ class InferenceMixin:
         raise ValueError(f"unknown method {method!r}; use 'wald', 'profile' or 'boot'")
 
     def profile(self, cols=None, alpha=0.01, npoints=6, names="descriptive"):
-        """Profile zeta traces; see :func:`mlmext.inference.profile`."""
+        """Profile zeta traces (lme4's ``profile``) for LMMs and GLMMs.
+
+        Parameters
+        ----------
+        cols : list, optional
+            Parameters (names or positions); all by default.
+        alpha : float
+            Each trace reaches the profile interval of level ``1 - alpha`` (or a bound).
+        npoints : int
+            Points per side.
+        names : {"descriptive", "lme4"}
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``parameter``, ``value``, ``zeta``; :func:`mlmext.plots.profile` draws it.
+            See :func:`mlmext.inference.profile`.
+        """
         return profile(self, cols=cols, alpha=alpha, npoints=npoints, names=names)
 
     def bootstrap(self, func=None, nsim=100, seed=None, re=True, progress=False):
