@@ -1,0 +1,218 @@
+"""The nested fast path of BlockedCholesky against its dense path.
+
+When every level of the first random-effects block lies in one level of the second
+(``(1 | school/cls)``), the second block is stored and factored block-diagonally
+(``BlockedCholesky.nested``); ``nested=False`` (or ``nested_default = False``) forces the
+general path that factors it densely.  Both must give the same numbers.
+"""
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+
+from mlmext.formula import api as mf
+from mlmext.linalg import BlockedCholesky
+from refcases import read_data
+
+RTOL = 1e-10
+
+
+def _synthetic(n_school=25, n_cls=4, n_pupil=5, n_item=7, seed=3):
+    """Pupils in classes in schools, a covariate and a factor crossed with the nesting."""
+    rng = np.random.default_rng(seed)
+    school = np.repeat(np.arange(n_school), n_cls * n_pupil)
+    cls = np.repeat(np.arange(n_school * n_cls), n_pupil)
+    n = school.size
+    x = rng.normal(size=n)
+    z = rng.uniform(-1.0, 1.0, size=n)
+    item = rng.integers(0, n_item, n)
+    y = (1.0 + 0.5 * x + rng.normal(scale=0.6, size=n_school)[school]
+         + rng.normal(scale=0.3, size=n_school)[school] * x
+         + rng.normal(scale=0.4, size=n_school * n_cls)[cls]
+         + rng.normal(scale=0.3, size=n_item)[item] + rng.normal(size=n))
+    return pd.DataFrame({"y": y, "x": x, "z": z, "b": (y > 1.0).astype(float),
+                         "school": pd.Categorical([f"s{i:02d}" for i in school]),
+                         "cls": pd.Categorical([f"c{i % n_cls}" for i in cls]),
+                         "item": pd.Categorical([f"i{i}" for i in item])})
+
+
+@pytest.fixture(scope="module")
+def syn():
+    return _synthetic()
+
+
+def _close(a, b, rtol=RTOL, what=""):
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    assert a.shape == b.shape, what
+    scale = max(np.max(np.abs(b)), 1e-300) if b.size else 1.0
+    err = np.max(np.abs(a - b), initial=0.0) / scale
+    assert err <= rtol, f"{what}: relative difference {err:.3g}"
+
+
+def _flat(arrs):
+    return np.concatenate([np.ravel(a) for a in arrs])
+
+
+def _factor_quantities(ch, lams, v):
+    ch.update(lams)
+    u, beta = ch.solve()
+    t, rho = ch.local_inverse()
+    return {
+        "logdet_zz": ch.logdet_zz, "logdet_xx": ch.logdet_xx, "r2": ch.r2, "u": u, "beta": beta,
+        "cov_beta": ch.cov_beta_unscaled(),
+        "ibs_ml": _flat(ch.inverse_block_sums(0)), "ibs_reml": _flat(ch.inverse_block_sums(ch.p)),
+        "condvar": _flat(ch.condvar_u()), "ztres": _flat(ch.ztres(u, beta, lams)),
+        "solve_re": ch.solve_re(v), "local_t": _flat(t), "local_rho": _flat(rho),
+    }
+
+
+DESIGNS = [
+    ("pastes", "strength ~ 1 + (1 | batch/cask)"),
+    ("nested3", "y ~ x + (1 | region/school/class)"),                       # block 3 stays dense
+    ("nested3", "y ~ x + (x | region:school) + (1 | region:school:class) + (1 | region)"),
+    ("syn", "y ~ x + (1 | school/cls)"),
+    ("syn", "y ~ x + (x | school) + (1 | school:cls)"),                     # q2 = 2
+    ("syn", "y ~ x + (1 | school) + (x | school:cls)"),                     # q1 = 2
+    ("syn", "y ~ x + (x | school) + (x | school:cls)"),
+    ("syn", "y ~ x + (x + z | school) + (z | school:cls)"),                 # q2 = 3 (general inverse)
+    ("syn", "y ~ x + (1 | school/cls) + (1 | item)"),                       # crossed third block
+    ("syn", "y ~ x + (1 | school/cls) + (x | item)"),
+]
+
+
+@pytest.mark.parametrize("reweighting", [False, True], ids=["set_data", "reweight"])
+@pytest.mark.parametrize("data,formula", DESIGNS)
+def test_factor_matches_dense(syn, data, formula, reweighting):
+    df = syn if data == "syn" else read_data(f"{data}.csv")
+    model = mf.lmer(formula, df)
+    des = model.re_design
+    rng = np.random.default_rng(7)
+    theta = des.theta_start + 0.4 * rng.random(des.ntheta)
+    lams = des.lambdas(theta)
+    w = rng.uniform(0.5, 2.0, model._XY.shape[0])
+    v = rng.normal(size=des.nre)
+    fast = BlockedCholesky(des.blocks, model._XY, w, reweighting=reweighting)
+    dense = BlockedCholesky(des.blocks, model._XY, w, reweighting=reweighting, nested=False)
+    assert fast.nested and not dense.nested
+    a, b = _factor_quantities(fast, lams, v), _factor_quantities(dense, lams, v)
+    for key in b:
+        _close(a[key], b[key], what=key)
+    if reweighting:                  # new weights and response through the reused structure
+        XY = model._XY.copy()
+        XY[:, -1] = rng.normal(size=XY.shape[0])
+        w2 = rng.uniform(0.2, 3.0, XY.shape[0])
+        fast.reweight(XY, w2)
+        ref = BlockedCholesky(des.blocks, XY, w2, nested=False)
+        a, b = _factor_quantities(fast, lams, v), _factor_quantities(ref, lams, v)
+        for key in b:
+            _close(a[key], b[key], what=key)
+
+
+def test_detection(syn):
+    des = mf.lmer("y ~ x + (1 | school/cls) + (1 | item)", syn).re_design
+    XY = np.column_stack([np.ones(len(syn)), syn["y"]])
+    ch = BlockedCholesky(des.blocks, XY)
+    assert ch.nested and ch.rz == des.blocks[2].nre and ch.r == ch.rz + 2
+    assert not BlockedCholesky(des.blocks, XY, nested=False).nested
+    crossed = mf.lmer("diameter ~ 1 + (1 | plate) + (1 | sample)", read_data("penicillin.csv"))
+    des = crossed.re_design
+    assert not BlockedCholesky(des.blocks, crossed._XY).nested
+    with pytest.raises(ValueError, match="not nested"):
+        BlockedCholesky(des.blocks, crossed._XY, nested=True)
+    single = mf.lmer("y ~ x + (x | school)", syn).re_design
+    assert not BlockedCholesky(single.blocks, XY).nested
+
+
+def test_infeasible_theta_raises(syn):
+    """A Lambda that makes the second block indefinite raises LinAlgError (the deviance is inf)."""
+    model = mf.lmer("y ~ x + (1 | school/cls)", syn)
+    ch = BlockedCholesky(model.re_design.blocks, model._XY)
+    ch.A22 = -ch.A22                                  # a broken cross-product: M2 not definite
+    with pytest.raises(np.linalg.LinAlgError):
+        ch.update(model.re_design.lambdas(np.array([1.0, 1.0])))
+
+
+@pytest.fixture
+def dense_default(monkeypatch):
+    def use_dense():
+        monkeypatch.setattr(BlockedCholesky, "nested_default", False)
+    return use_dense
+
+
+def _quiet(fn):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn()
+
+
+def _compare_fits(a, b, rtol, bse_rtol=None):
+    _close(a.llf, b.llf, rtol)
+    _close(a.theta, b.theta, rtol)
+    _close(a.fe_params, b.fe_params, rtol)
+    _close(a.bse_fe, b.bse_fe, bse_rtol or rtol)
+    ra, rb = a.ranef(condvar=True), b.ranef(condvar=True)
+    assert list(ra) == list(rb)
+    for key in rb:
+        _close(ra[key], rb[key], rtol)
+        _close(ra[key].attrs["condsd"], rb[key].attrs["condsd"], rtol)
+
+
+@pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])
+@pytest.mark.parametrize("data,formula", [("pastes", "strength ~ 1 + (1 | batch/cask)"),
+                                          ("syn", "y ~ x + (x | school) + (1 | school:cls)"),
+                                          ("syn", "y ~ x + (1 | school/cls) + (1 | item)")])
+def test_lmm_matches_dense(syn, dense_default, data, formula, reml):
+    df = syn if data == "syn" else read_data(f"{data}.csv")
+    fast = _quiet(lambda: mf.lmer(formula, df).fit(reml=reml))
+    assert fast.model.chol.nested
+    theta = fast.theta
+    dev_f, grad_f = fast.model.deviance_and_gradient(theta, reml=reml)
+    dense_default()
+    dense_model = mf.lmer(formula, df)
+    assert not dense_model.chol.nested
+    dev_d, grad_d = dense_model.deviance_and_gradient(theta, reml=reml)
+    _close(dev_f, dev_d)
+    _close(grad_f, grad_d, RTOL * max(1.0, abs(dev_d) / max(np.max(np.abs(grad_d)), 1e-300)))
+    dense = _quiet(lambda: dense_model.fit(reml=reml))
+    # separate optimizer runs on objectives equal to rounding: agree far below their tolerance
+    _compare_fits(fast, dense, 1e-8)
+
+
+def test_glmm_poisson_nested_matches_dense(dense_default):
+    df = read_data("pois_nested.csv")
+    fit = lambda: _quiet(lambda: mf.glmer("y ~ x + (1 | region/site)", df, family=sm.families.Poisson()).fit())
+    fast = fit()
+    assert fast.model.chol_u.nested
+    dense_default()
+    dense = fit()
+    assert not dense.model.chol_u.nested
+    # standard errors come from a finite-difference Hessian of the gradient: rounding x 1/step
+    _compare_fits(fast, dense, 1e-9, bse_rtol=1e-7)
+
+
+def test_glmm_binomial_nested_matches_dense(syn, dense_default):
+    fit = lambda: _quiet(lambda: mf.glmer("b ~ x + (1 | school/cls)", syn,
+                                          family=sm.families.Binomial()).fit())
+    fast = fit()
+    assert fast.model.chol_u.nested and fast.model.chol_x.nested
+    dense_default()
+    _compare_fits(fast, fit(), 1e-9, bse_rtol=1e-7)
+
+
+def test_clmm_nested_matches_dense(dense_default):
+    soup = read_data("soup.csv")
+    fit = lambda: _quiet(lambda: mf.clmm("SURENESS ~ PROD + (1 | RESP) + (1 | RESP:PROD)", soup).fit())
+    fast = fit()
+    assert fast.model.chol.nested
+    dense_default()
+    dense = fit()
+    assert not dense.model.chol.nested
+    _close(fast.llf, dense.llf, 1e-9)
+    _close(fast.params, dense.params, 1e-9)
+    _close(fast.bse, dense.bse, 1e-7)
+    ra, rb = fast.ranef(condvar=True), dense.ranef(condvar=True)
+    for key in rb:
+        _close(ra[key], rb[key], 1e-9)
+        _close(ra[key].attrs["condsd"], rb[key].attrs["condsd"], 1e-9)
