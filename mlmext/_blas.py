@@ -10,7 +10,9 @@ gradient (``potri``, which does gain from threads from ~600 rows) asks for them 
 """
 from __future__ import annotations
 
-__all__ = ["blas_threads", "THREADED_MIN_ROWS", "INVERSE_THREADED_MIN_ROWS"]
+import contextlib
+
+__all__ = ["blas_threads", "inverse_threads", "THREADED_MIN_ROWS", "INVERSE_THREADED_MIN_ROWS"]
 
 _state = {"controller": None, "default": None}
 
@@ -18,6 +20,8 @@ _state = {"controller": None, "default": None}
 THREADED_MIN_ROWS = 1500
 #: dense inverses with at least this many rows use the library's thread count
 INVERSE_THREADED_MIN_ROWS = 600
+#: dense inverses with fewer rows leave the thread setting alone (see :func:`inverse_threads`)
+TINY_ROWS = 64
 
 
 def _controller():
@@ -62,3 +66,12 @@ class blas_threads:
         if self._ctx is not None:
             self._ctx.restore_original_limits()
         return False
+
+
+def inverse_threads(rows):
+    """``blas_threads(rows, INVERSE_THREADED_MIN_ROWS)`` for a dense inverse, or nothing for one
+    of fewer than ``TINY_ROWS`` rows: OpenBLAS runs those on one thread anyway, and setting
+    the limit through threadpoolctl (~40 us) would cost more than the inverse."""
+    if rows < TINY_ROWS:
+        return contextlib.nullcontext()
+    return blas_threads(rows, INVERSE_THREADED_MIN_ROWS)

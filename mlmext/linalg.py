@@ -46,12 +46,28 @@ stay in the dense part.  ``nested=False`` (or the class attribute
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import linalg, sparse
 
-from ._blas import INVERSE_THREADED_MIN_ROWS, blas_threads
+from ._blas import inverse_threads
 
 __all__ = ["BlockedCholesky"]
+
+#: systems with ``A_r1`` (r x m1 q1) of at most this many entries hold it dense for the
+#: per-theta products (scipy.sparse's per-call overhead outweighs the arithmetic there)
+SMALL_DENSE = 20_000
+#: set_data forms the cross-products with dense matrices when that costs at most this many flops
+SMALL_DENSE_FLOPS = 2_000_000
+
+
+def _dense_Z(b):
+    """Dense n x (m q) model matrix of a block (as ``b.Z()``), for small systems."""
+    n, q = b.X.shape
+    Z = np.zeros((n, b.m * q))
+    Z[np.arange(n)[:, None], b.codes[:, None] * q + np.arange(q)[None, :]] = b.X
+    return Z
 
 
 def _block_cross(X, codes, m, w):
@@ -287,13 +303,13 @@ def _spd_inv_logdet(M):
     m, q, _ = M.shape
     if q == 1:
         d = M[:, 0, 0]
-        if not np.all(d > 0):
+        if not (d > 0).all():
             raise np.linalg.LinAlgError("block not positive definite")
         return (1.0 / d).reshape(m, 1, 1), float(np.log(d).sum())
     if q == 2:
         a, b, c = M[:, 0, 0], M[:, 1, 0], M[:, 1, 1]
         det = a * c - b * b
-        if not (np.all(a > 0) and np.all(det > 0)):
+        if not ((a > 0).all() and (det > 0).all()):
             raise np.linalg.LinAlgError("block not positive definite")
         inv = np.empty_like(M)
         inv[:, 0, 0] = c / det
@@ -307,11 +323,29 @@ def _spd_inv_logdet(M):
 
 def _tri_inv(L):
     """Inverse of the lower triangle of ``L`` (its strict upper triangle is ignored)."""
-    with blas_threads(L.shape[0], INVERSE_THREADED_MIN_ROWS):
+    with inverse_threads(L.shape[0]):
         Li, info = linalg.lapack.dtrtri(L, lower=1)
     if info:
         raise np.linalg.LinAlgError("singular triangular factor")
     return np.tril(Li)
+
+
+def _solve_lower_t(L, b):
+    """Solve ``L' x = b`` for lower-triangular ``L``: the LAPACK call ``solve_triangular`` makes
+    for a C-ordered ``L`` (``trtrs`` on its transpose), without that wrapper's ~20 us of checks."""
+    if L.shape[0] == 0:                          # LAPACK rejects empty systems
+        return np.zeros(0)
+    x, info = linalg.lapack.dtrtrs(L.T, b, lower=0, trans=0)
+    if info:
+        raise np.linalg.LinAlgError("singular triangular factor")
+    return x
+
+
+def _level_gram(E):
+    """``sum_g E_g E_g'`` for a stack E (m, q, k): ``np.tensordot(E, E, ([0, 2], [0, 2]))`` as
+    one matrix product, without tensordot's overhead."""
+    F = np.swapaxes(E, 0, 1).reshape(E.shape[1], -1)
+    return F @ F.T
 
 
 def _blockdiag_sparse(B):
@@ -366,14 +400,21 @@ class BlockedCholesky:
         self.rz = int(sum(self.rest_sizes))
         self.p = XY.shape[1] - 1
         self.r = self.rz + self.p + 1
-        self._Zrest = sparse.hstack([b.Z() for b in rest], format="csc") if self.rz else None
-        self._Z1 = b1.Z().tocsc()
         self._scalar_rest = all(b.q == 1 for b in rest)
         self._schur = None
         if reweighting:             # set up for repeated reweight() calls (GLMM PIRLS) only
             self.reweight(XY, weights)
         else:
             self.set_data(XY, weights)
+
+    # sparse model matrices, built when first needed (small systems' set_data does without them)
+    @functools.cached_property
+    def _Zrest(self):
+        return sparse.hstack([b.Z() for b in self._rest_blocks], format="csc") if self.rz else None
+
+    @functools.cached_property
+    def _Z1(self):
+        return self.blocks[0].Z().tocsc()
 
     def set_data(self, XY, weights=None):
         """(Re)compute the cross-products for new [X y] values and/or weights.
@@ -385,17 +426,29 @@ class BlockedCholesky:
         w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
         b1 = self.blocks[0]
         self.A11 = _block_cross(b1.X, b1.codes, b1.m, w)
-        sw = sparse.diags(np.sqrt(w))
-        XYs = sparse.csc_matrix(XY)
-        Zr = XYs if self._Zrest is None else sparse.hstack([self._Zrest, XYs], format="csc")
-        Zr = (sw @ Zr).tocsc()
-        Z1 = (sw @ self._Z1).tocsc()
-        self.A_r1 = (Zr.T @ Z1).tocsr()              # r x (m1 q1), sparse
+        m1q1 = self.m1 * self.q1
+        if n * (m1q1 + self.r) * self.r <= SMALL_DENSE_FLOPS:
+            # small: dense products (scipy.sparse construction would cost ~1 ms of overhead)
+            sw = np.sqrt(w)[:, None]
+            Zr = np.hstack([_dense_Z(b) for b in self._rest_blocks] + [XY]) * sw
+            self.A_r1 = sparse.csr_matrix(Zr.T @ (_dense_Z(b1) * sw))
+            self.A_rr = Zr.T @ Zr
+        else:
+            sw = sparse.diags(np.sqrt(w))
+            XYs = sparse.csc_matrix(XY)
+            Zr = XYs if self._Zrest is None else sparse.hstack([self._Zrest, XYs], format="csc")
+            Zr = (sw @ Zr).tocsc()
+            Z1 = (sw @ self._Z1).tocsc()
+            self.A_r1 = (Zr.T @ Z1).tocsr()          # r x (m1 q1), sparse
+            self.A_rr = (Zr.T @ Zr).toarray()        # r x r, dense
         self.A_1r = self.A_r1.T.tocsr()
-        self.A_rr = (Zr.T @ Zr).toarray()            # r x r, dense
-        self._schur = _SchurProduct(self.A_r1, self.m1, self.q1)
+        if self.r * m1q1 <= SMALL_DENSE:
+            self._schur = _DenseSchur(self.A_r1, self.m1, self.q1)
+        else:
+            self._schur = _SchurProduct(self.A_r1, self.m1, self.q1)
+        self._set_operators()
+        self._a1y = self.A_r1[self.r - 1].toarray().ravel()      # A_1r[:, -1], for solve()
         self._S = np.empty_like(self.A_rr)
-        self._a1y = None
         if self.nested:
             self._nested_cross(XY, w)
         return self
@@ -461,11 +514,22 @@ class BlockedCholesky:
         self.A_r1, self.A_1r, self.A_rr = A_r1, A_1r, Arr
         plan["schur"].refresh(A_r1)
         self._schur = plan["schur"]
+        self._set_operators()
         if getattr(self, "_S", None) is None or self._S.shape != Arr.shape:
             self._S = np.empty_like(Arr)
         if self.nested:
             self._nested_cross(XY, w)
         return self
+
+    def _set_operators(self):
+        """``_ar1`` / ``_a1r``: ``A_r1`` / ``A_1r`` for the per-theta products.  Small systems
+        keep them as dense arrays (the dense Schur product holds ``A_r1`` anyway): a numpy
+        product of a few hundred entries costs ~1 us, a scipy.sparse one ~20 us of overhead."""
+        schur = self._schur
+        if isinstance(schur, _DenseSchur) and schur.A.size <= SMALL_DENSE:
+            self._ar1, self._a1r = schur.A, schur.A.T
+        else:
+            self._ar1, self._a1r = self.A_r1, self.A_1r
 
     def _nested_cross(self, XY, w):
         """Cross-products with the second (nesting) block: ``A21`` per level of the first block
@@ -596,9 +660,7 @@ class BlockedCholesky:
             M = np.einsum("ji,gjk,kl->gil", lam1, self.A11, lam1)
             M[:, np.arange(self.q1), np.arange(self.q1)] += 1.0
             self.M1 = M
-            L11 = np.linalg.cholesky(M)
-            self.logdet1 = 2.0 * np.log(np.diagonal(L11, axis1=1, axis2=2)).sum()
-            self.M1inv = np.linalg.inv(M)
+            self.M1inv, self.logdet1 = _spd_inv_logdet(M)      # closed forms for q1 = 2
             B = lam1 @ self.M1inv @ lam1.T             # (m1, q1, q1)
         S = self._S
         np.copyto(S, self.A_rr)
@@ -645,7 +707,7 @@ class BlockedCholesky:
             W = (l1 * l2) * self.A21[:, 0, 0]
             K = W / self.M1
             d = l2 * l2 * self.A22[:, 0, 0] + 1.0 - self._sum_children(W * K)
-            if not np.all(d > 0):
+            if not (d > 0).all():
                 raise np.linalg.LinAlgError("second block not positive definite")
             self.K = K.reshape(m1, 1, 1)
             self.M2 = d.reshape(m2, 1, 1)
@@ -732,8 +794,8 @@ class BlockedCholesky:
         first two blocks' rows of the system times ``Kr`` (rest rows R = the first rows of the rest)."""
         nr, k = Kr.shape
         if nr < self.r:                                  # zero rows rather than a column slice
-            Kr = np.vstack([Kr, np.zeros((self.r - nr, k))])
-        F1 = np.asarray(self.A_1r @ Kr).reshape(self.m1, self.q1, k)
+            Kr = np.concatenate([Kr, np.zeros((self.r - nr, k))])
+        F1 = np.asarray(self._a1r @ Kr).reshape(self.m1, self.q1, k)
         F1 = self.lam1.T @ F1
         F2 = (self.A_r2.T @ Kr).reshape(self.m2, self.q2, k)
         F2 = self.lam2.T @ F2
@@ -764,8 +826,7 @@ class BlockedCholesky:
         """Solve (Lambda_1' A_11 Lambda_1 + I) x = rhs blockwise; rhs is (m1 q1,)."""
         if self.q1 == 1:
             return rhs / self.M1
-        x = np.linalg.solve(self.M1, rhs.reshape(self.m1, self.q1, 1))
-        return x.reshape(-1)
+        return (self.M1inv @ rhs.reshape(self.m1, self.q1, 1)).reshape(-1)
 
     def _apply_lam1T(self, v):
         return (v.reshape(self.m1, self.q1) @ self.lam1).reshape(-1)   # rows: Lambda_1' v_g
@@ -782,15 +843,11 @@ class BlockedCholesky:
         if self.nested:
             return self._nested_solve()
         r = self.r
-        Lv = self.Lr[:r - 1, :r - 1]
-        l_rest = self.Lr[r - 1, :r - 1]
-        v_rest = linalg.solve_triangular(Lv, l_rest, lower=True, trans="T", check_finite=False)
-        full = np.append(v_rest, 0.0)
+        v_rest = _solve_lower_t(self.Lr[:r - 1, :r - 1], self.Lr[r - 1, :r - 1])
+        full = np.zeros(r)
+        full[:r - 1] = v_rest
         t = self._apply_lam_rest(full)                 # Lambda_r v (y entry 0)
-        a1y = getattr(self, "_a1y", None)
-        if a1y is None:
-            a1y = self.A_1r[:, r - 1].toarray().ravel()
-        rhs = self._apply_lam1T(a1y - self.A_1r @ t)
+        rhs = self._apply_lam1T(self._a1y - self._a1r @ t)
         u1 = self._solve_M1(rhs)
         u = np.concatenate([u1, v_rest[:self.rz]])
         beta = v_rest[self.rz:]
@@ -865,12 +922,11 @@ class BlockedCholesky:
         X[kk:, :] = 0.0
         X[np.arange(kk, r), np.arange(kk, r)] = 1.0
         if kk:
-            with blas_threads(kk, INVERSE_THREADED_MIN_ROWS):
+            with inverse_threads(kk):
                 _, info = linalg.lapack.dpotri(X.T, lower=0, overwrite_c=1)
             if info:
                 raise np.linalg.LinAlgError("singular factor in gradient")
         X[np.arange(kk, r), np.arange(kk, r)] = 0.0
-        X = np.tril(X) if not (isinstance(self.lam_rest, np.ndarray) and self._schur.P is not None) else X
         diagX = np.diagonal(X).copy()
         blocks_rest = []
         off = 0
@@ -891,7 +947,8 @@ class BlockedCholesky:
             K[np.diag_indices(r)] *= 0.5
             V = (self._schur.P.T @ K.ravel()).reshape(self.m1, self.q1, self.q1)
         else:
-            X = X + np.tril(X, -1).T
+            # symmetric from the lower triangle (the upper one holds leftovers): one pass, no sums
+            X = np.where(np.tri(r, dtype=bool), X, X.T)
             if isinstance(lr, np.ndarray):
                 K = X * lr[:, None] * lr[None, :]
             else:
@@ -911,8 +968,9 @@ class BlockedCholesky:
         b1 = (u[:m1 * q1].reshape(m1, q1) @ lams[0].T)
         b_rest = self._apply_lam_rest(np.concatenate([u[m1 * q1:], np.zeros(self.p + 1)]))[:self.rz]
         c_r = np.concatenate([-b_rest, -np.asarray(beta, dtype=float), [1.0]])
-        w1 = -np.einsum("gij,gj->gi", self.A11, b1).ravel() + self.A_1r @ c_r
-        wr = -(self.A_r1[:self.rz] @ b1.ravel()) + self.A_rr[:self.rz] @ c_r
+        w1 = -np.einsum("gij,gj->gi", self.A11, b1).ravel() + self._a1r @ c_r
+        # all rows, then the first rz: a row slice of a sparse matrix costs more than p + 1 rows
+        wr = -(self._ar1 @ b1.ravel())[:self.rz] + self.A_rr[:self.rz] @ c_r
         out = [w1.reshape(m1, q1)]
         off = 0
         for b in self.blocks[1:]:
@@ -940,14 +998,14 @@ class BlockedCholesky:
         if rz == 0:
             return y1
         full = np.zeros(self.r)
-        t = self.A_r1 @ self._apply_lam1(y1)
+        t = self._ar1 @ self._apply_lam1(y1)
         full[:rz] = t[:rz]
         rhs = v[m1q1:] - self._lam_rest_T(full)[:rz]
         Lzz = self.Lr[:rz, :rz]
         xr = linalg.cho_solve((Lzz, True), rhs, check_finite=False)
         full[:] = 0.0
         full[:rz] = xr
-        x1 = self._solve_M1(v1 - self._apply_lam1T(self.A_1r @ self._apply_lam_rest(full)))
+        x1 = self._solve_M1(v1 - self._apply_lam1T(self._a1r @ self._apply_lam_rest(full)))
         return np.concatenate([x1, xr])
 
     def _a1z_index(self):
@@ -1059,14 +1117,9 @@ class BlockedCholesky:
 
     def _nested_solve(self):
         r, rz, m1, q1 = self.r, self.rz, self.m1, self.q1
-        Lv = self.Lr[:r - 1, :r - 1]
-        v_rest = linalg.solve_triangular(Lv, self.Lr[r - 1, :r - 1], lower=True, trans="T",
-                                         check_finite=False)
+        v_rest = _solve_lower_t(self.Lr[:r - 1, :r - 1], self.Lr[r - 1, :r - 1])
         t = self._apply_lam_rest(np.append(v_rest, 0.0))
-        a1y = getattr(self, "_a1y", None)
-        if a1y is None:
-            a1y = self.A_1r[:, r - 1].toarray().ravel()
-        c1 = self._apply_lam1T(a1y - self.A_1r @ t).reshape(m1, q1, 1)
+        c1 = self._apply_lam1T(self._a1y - self._a1r @ t).reshape(m1, q1, 1)
         c2 = ((self.A_r2[r - 1] - t @ self.A_r2).reshape(self.m2, self.q2) @ self.lam2).reshape(
             self.m2, self.q2, 1)
         x1, x2 = self._front_solve(c1, c2)
@@ -1101,8 +1154,8 @@ class BlockedCholesky:
             return out
         Linv = _tri_inv(self.Lr[:kk, :kk])
         E1, E2 = self._front_solve(*self._front_rest(self._rest_lam_cols(Linv, kk)))
-        s1 += np.tensordot(E1, E1, axes=([0, 2], [0, 2]))
-        s2 += np.tensordot(E2, E2, axes=([0, 2], [0, 2]))
+        s1 += _level_gram(E1)
+        s2 += _level_gram(E2)
         off = 0
         for b in self._rest_blocks:
             cols = Linv[:, off:off + b.nre].reshape(kk, b.m, b.q)
@@ -1119,12 +1172,12 @@ class BlockedCholesky:
         c_r = np.concatenate([-b_rest, -np.asarray(beta, dtype=float), [1.0]])
         A21 = self.A21
         w1 = (-np.einsum("gij,gj->gi", self.A11, b1) - np.einsum("gai,ga->gi", A21, b2[self.parent])
-              + (self.A_1r @ c_r).reshape(m1, q1))
+              + (self._a1r @ c_r).reshape(m1, q1))
         w2 = (-self._sum_children(np.einsum("gai,gi->ga", A21, b1))
               - np.einsum("hab,hb->ha", self.A22, b2) + (c_r @ self.A_r2).reshape(m2, q2))
         out = [w1, w2]
         if rz:
-            wr = (-(self.A_r1[:rz] @ b1.ravel()) - self.A_r2[:rz] @ b2.ravel()
+            wr = (-(self._ar1 @ b1.ravel())[:rz] - self.A_r2[:rz] @ b2.ravel()
                   + self.A_rr[:rz] @ c_r)
             off = 0
             for b in self._rest_blocks:
@@ -1140,14 +1193,14 @@ class BlockedCholesky:
         if rz == 0:
             return np.concatenate([y1.ravel(), y2.ravel()])
         full = np.zeros(self.r)
-        full[:rz] = (self.A_r1[:rz] @ self._apply_lam1(y1.ravel())
+        full[:rz] = ((self._ar1 @ self._apply_lam1(y1.ravel()))[:rz]
                      + self.A_r2[:rz] @ (y2.reshape(m2, q2) @ self.lam2.T).ravel())
         rhs = v[n1 + n2:] - self._lam_rest_T(full)[:rz]
         xr = linalg.cho_solve((self.Lr[:rz, :rz], True), rhs, check_finite=False)
         full[:] = 0.0
         full[:rz] = xr
         t = self._apply_lam_rest(full)
-        c1 = v1 - self._apply_lam1T(self.A_1r @ t).reshape(m1, q1, 1)
+        c1 = v1 - self._apply_lam1T(self._a1r @ t).reshape(m1, q1, 1)
         c2 = v2 - ((t @ self.A_r2).reshape(m2, q2) @ self.lam2).reshape(m2, q2, 1)
         x1, x2 = self._front_solve(c1, c2)
         return np.concatenate([x1.ravel(), x2.ravel(), xr])

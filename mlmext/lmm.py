@@ -93,7 +93,10 @@ class LinearMixedModel(MixedModel):
             if d.min() <= 1e-6 * max(1.0, d.max()):
                 fd.extend(blk.t_idx)
                 continue
-            H = (blk.m * np.eye(blk.q) - Sb) @ np.linalg.inv(lam)
+            if blk.q == 1:                    # scalar block: no 1 x 1 inverse (numpy overhead)
+                H = (blk.m - Sb) / lam[0, 0]
+            else:
+                H = (blk.m * np.eye(blk.q) - Sb) @ np.linalg.inv(lam)
             dr2 = -2.0 * (Wb[:, blk.t_rows] * ub[:, blk.t_cols]).sum(axis=0)
             grad[blk.t_idx] = 2.0 * H[blk.t_cols, blk.t_rows] + nu * dr2 / r2
         for k in fd:       # one-sided step away from the bound
