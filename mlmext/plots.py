@@ -454,7 +454,7 @@ def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=No
         cols = {focal: list(xs)}
         if by is not None:
             cols[by] = [bv] * len(xs)
-        X, _, off = model._new_design(_new_frame(data, typical, cols))
+        X, _, off = model._new_design(_new_frame(data, typical, cols), re=False)
         if probs:               # one curve per response category
             P, lo, hi = _prob_band(results, X, off, z)
             for j, cat in enumerate(model.levels):

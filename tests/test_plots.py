@@ -176,6 +176,10 @@ def test_effects_lmm_line_and_delta_method_band(sleep):
     for i in (0, 4, 9):
         np.testing.assert_allclose(band_limits(band, x[i]), (lo[i], hi[i]))
     assert ax.get_xlabel() == "Days" and ax.get_ylabel() == "Reaction"
+    # population-level: data without the grouping column give the same line
+    data = sleep.model.formula_info["data"][["Reaction", "Days"]]
+    line2 = plots.effects(sleep, "Days", n=10, data=data).axes[0].lines[0]
+    np.testing.assert_allclose(line2.get_ydata(), fit)
 
 
 def test_effects_uses_the_formula_for_transformed_terms():
