@@ -21,7 +21,6 @@ make small dense factorizations many times slower (R's reference BLAS is single-
 import argparse
 import os
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -36,14 +35,7 @@ from statsmodels.miscmodels.ordinal_model import OrderedModel  # noqa: E402
 from mlmext.formula import api as mf  # noqa: E402
 from refcases import load_ref, read_data  # noqa: E402
 
-
-def best_time(fn, repeat):
-    best, out = np.inf, None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+from _timing import best_time  # noqa: E402
 
 
 CASES = [

@@ -34,16 +34,9 @@ import statsmodels.api as sm  # noqa: E402
 from mlmext.formula import api as mf  # noqa: E402
 from refcases import load_ref, read_data  # noqa: E402
 
+from _timing import best_time  # noqa: E402
+
 VERBAGG = "r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)"
-
-
-def best_time(fn, repeat):
-    best, out = np.inf, None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def time_fit(build, repeat, **fit_kw):

@@ -15,7 +15,6 @@ before that path existed.
 import argparse
 import os
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -30,6 +29,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from mlmext.formula import api as mf  # noqa: E402
 from mlmext.linalg import BlockedCholesky  # noqa: E402
 from refcases import load_ref, read_data  # noqa: E402
+
+from _timing import best_time  # noqa: E402
 
 #: lme4 (R 4.2) on the data of ``schools_data()`` (written to csv, school and cls read as factors):
 #: ``system.time(lmer(y ~ x + (1 | school/cls), REML = TRUE))`` and the same for
@@ -55,15 +56,6 @@ def schools_data(n_school=1500, n_cls=4, n_pupil=10, seed=20240501):
     y = 1.0 + 0.5 * x + u_s[school] + s_s[school] * x + u_c[cls] + rng.normal(size=n)
     return pd.DataFrame({"y": y, "x": x, "school": [f"s{i:04d}" for i in school],
                          "cls": [f"c{i % n_cls}" for i in cls]})
-
-
-def best_time(fn, repeat):
-    best, out = np.inf, None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def r_seconds(name):
