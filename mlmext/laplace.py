@@ -272,6 +272,24 @@ def _halving_step(evaluate, u_at, eta_at, obj, maxhalf):
     return None, None, None, None, None, None, None, maxhalf + 1
 
 
+def _halving_failed(dec, obj, it, maxhalf):
+    """``(converged, message)`` of a PIRLS run whose line search found no better step: a
+    decrement already at the floor of floating point counts as convergence."""
+    if dec < 1e-6 * (1.0 + abs(obj)):
+        return True, "converged to rounding level (step halving could not improve further)"
+    return False, (f"PIRLS step halving failed to increase the penalized log-likelihood at "
+                   f"iteration {it} after {maxhalf} halvings (decrement {dec:.3g})")
+
+
+def _final_message(message, converged, restarted):
+    """The PIRLS message after the iterations (shared by :func:`pirls` and the scalar path)."""
+    if not converged and not message:
+        message = "PIRLS failed"
+    if restarted:
+        message = ("restarted from u = 0 (non-finite start); " + message).rstrip("; ")
+    return message
+
+
 def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol=1e-12,
           maxiter=100, maxhalf=30, lams=None, newton=None, scalar_fast=False):
     """Conditional modes of the random effects by penalized IRLS.
@@ -441,12 +459,7 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
             evaluate, lambda t: u + t * du, lambda t: eta_fixed + lin_at(t), obj, maxhalf)
         nhalf_total += nh
         if t is None:
-            if dec < 1e-6 * (1.0 + abs(obj)):       # at the floor of floating point
-                converged = True
-                message = "converged to rounding level (step halving could not improve further)"
-                break
-            message = (f"PIRLS step halving failed to increase the penalized log-likelihood at "
-                       f"iteration {it} after {maxhalf} halvings (decrement {dec:.3g})")
+            converged, message = _halving_failed(dec, obj, it, maxhalf)
             break
         u, lin, eta, ll, obj, d1, w = u_t, lin_at(t), eta_t, ll_t, obj_t, d1_t, w_t
         if has_x:
@@ -457,10 +470,7 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
     else:
         if maxiter_run:
             message = f"PIRLS did not converge in {maxiter} iterations (last decrement {dec:.3g})"
-    if not converged and not message:
-        message = "PIRLS failed"
-    if restarted:
-        message = ("restarted from u = 0 (non-finite start); " + message).rstrip("; ")
+    message = _final_message(message, converged, restarted)
     if converged and not factor_weights_are_w:        # the Laplace factor uses w, not the Newton weights
         # the response column does not enter log|L_ZZ|; it only has to be outside the span
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -615,12 +625,7 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
             lambda t: eta + dlin if t == 1.0 else eta + t * dlin, obj, maxhalf)
         nhalf_total += nh
         if t is None:
-            if dec < 1e-6 * (1.0 + abs(obj)):
-                converged = True
-                message = "converged to rounding level (step halving could not improve further)"
-                break
-            message = (f"PIRLS step halving failed to increase the penalized log-likelihood at "
-                       f"iteration {it} after {maxhalf} halvings (decrement {dec:.3g})")
+            converged, message = _halving_failed(dec, obj, it, maxhalf)
             break
         u, eta, ll, obj, d1, w = u_t, eta_t, ll_t, obj_t, d1_t, w_t
         if d1 is None:
@@ -628,10 +633,7 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
     else:
         if maxiter_run:
             message = f"PIRLS did not converge in {maxiter} iterations (last decrement {dec:.3g})"
-    if not converged and not message:
-        message = "PIRLS failed"
-    if restarted:
-        message = ("restarted from u = 0 (non-finite start); " + message).rstrip("; ")
+    message = _final_message(message, converged, restarted)
     extra = {}
     logdet = np.nan
     if M is not None:
