@@ -1131,16 +1131,23 @@ class BlockedCholesky:
         base1, base2 = self._front_diag(), self.M2inv.copy()
         out = [base1, base2]
         if rz:
-            Linv = _tri_inv(self.Lr[:rz, :rz])
-            E1, E2 = self._front_solve(*self._front_rest(self._rest_lam_cols(Linv, rz)))
+            E1, E2, cols = self._nested_rest_inverse(rz)
             base1 += np.einsum("gir,gjr->gij", E1, E1)
             base2 += np.einsum("gir,gjr->gij", E2, E2)
-            off = 0
-            for b in self._rest_blocks:
-                cols = Linv[:, off:off + b.nre].reshape(rz, b.m, b.q)
-                out.append(np.einsum("rgi,rgj->gij", cols, cols))
-                off += b.nre
+            out.extend(np.einsum("rgi,rgj->gij", c, c) for c in cols)
         return out
+
+    def _nested_rest_inverse(self, kk):
+        """The pieces of the inverse that the leading ``kk`` rows of the dense factor give:
+        ``E = M_F^-1 Omega_FP L_P^-T`` split into the front's two blocks, and ``L_P^-1``'s
+        columns for each further block, shaped (kk, m, q)."""
+        Linv = _tri_inv(self.Lr[:kk, :kk])
+        E1, E2 = self._front_solve(*self._front_rest(self._rest_lam_cols(Linv, kk)))
+        cols, off = [], 0
+        for b in self._rest_blocks:
+            cols.append(Linv[:, off:off + b.nre].reshape(kk, b.m, b.q))
+            off += b.nre
+        return E1, E2, cols
 
     def _nested_inverse_block_sums(self, k):
         """:meth:`inverse_block_sums` with the first two blocks as the (sparse) front F:
@@ -1152,15 +1159,10 @@ class BlockedCholesky:
         out = [s1, s2]
         if kk == 0:
             return out
-        Linv = _tri_inv(self.Lr[:kk, :kk])
-        E1, E2 = self._front_solve(*self._front_rest(self._rest_lam_cols(Linv, kk)))
+        E1, E2, cols = self._nested_rest_inverse(kk)
         s1 += _level_gram(E1)
         s2 += _level_gram(E2)
-        off = 0
-        for b in self._rest_blocks:
-            cols = Linv[:, off:off + b.nre].reshape(kk, b.m, b.q)
-            out.append(np.einsum("rgi,rgj->ij", cols, cols))
-            off += b.nre
+        out.extend(np.einsum("rgi,rgj->ij", c, c) for c in cols)
         return out
 
     def _nested_ztres(self, u, beta, lams):
