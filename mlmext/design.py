@@ -20,6 +20,11 @@ from scipy import sparse
 __all__ = ["ReTerm", "ReBlock", "RandomEffectsDesign", "grouping_factor"]
 
 
+def lower_tri(q):
+    """``(i, j)`` of a q x q lower triangle column by column: lme4's order of a term's theta."""
+    return [(i, j) for j in range(q) for i in range(j, q)]
+
+
 def _factor_codes(values):
     """Integer codes and level labels for one column, in R's level order."""
     s = pd.Series(values)
@@ -188,10 +193,9 @@ class RandomEffectsDesign:
     def theta_names(self):
         names = []
         for t in self.terms:
-            for j in range(t.q):
-                for i in range(j, t.q):
-                    if i == j:
-                        names.append(f"{t.name}.{t.colnames[i]}")
-                    else:
-                        names.append(f"{t.name}.{t.colnames[i]}.{t.colnames[j]}")
+            for i, j in lower_tri(t.q):
+                if i == j:
+                    names.append(f"{t.name}.{t.colnames[i]}")
+                else:
+                    names.append(f"{t.name}.{t.colnames[i]}.{t.colnames[j]}")
         return names

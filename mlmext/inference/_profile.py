@@ -24,6 +24,7 @@ import warnings
 import numpy as np
 from scipy import optimize
 
+from ..design import lower_tri
 from ._common import _beta, _fe_names, _is_lmm, _params, _raw
 from ._objective import _LMMObjective, sdcor_from_theta, theta_from_sdcor
 from ._refit import _ml_fit
@@ -44,12 +45,11 @@ def varpar_names(res, names="descriptive"):
     des = r.model.re_design
     out = []
     for label, t in zip(r._term_names(), des.terms):
-        for j in range(t.q):
-            for i in range(j, t.q):
-                if i == j:
-                    out.append(f"sd_{t.colnames[i]}|{label}")
-                else:
-                    out.append(f"cor_{t.colnames[i]}.{t.colnames[j]}|{label}")
+        for i, j in lower_tri(t.q):
+            if i == j:
+                out.append(f"sd_{t.colnames[i]}|{label}")
+            else:
+                out.append(f"cor_{t.colnames[i]}.{t.colnames[j]}|{label}")
     if names == "lme4":
         out = [f".sig{k + 1:02d}" for k in range(len(out))]
         return out + ([".sigma"] if r._has_residual else [])
@@ -60,12 +60,8 @@ def varpar_names(res, names="descriptive"):
 
 def _varpar_kinds(res):
     """'sd' or 'cor' per sd/cor parameter (theta order)."""
-    kinds = []
-    for t in _raw(res).model.re_design.terms:
-        for j in range(t.q):
-            for i in range(j, t.q):
-                kinds.append("sd" if i == j else "cor")
-    return kinds
+    return ["sd" if i == j else "cor"
+            for t in _raw(res).model.re_design.terms for i, j in lower_tri(t.q)]
 
 
 def _bmin(f, x0, lo, hi, scale):
