@@ -155,10 +155,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
             standard deviation, then one per correlation, then ``Residual``.
         """
         rows = []
-        for label, cov in self.cov_re().items():
-            names = list(cov.index)
-            C = cov.to_numpy()
-            sd = np.sqrt(np.diag(C))
+        for label, names, C, sd in self._re_cov_sd():
             for i, nm in enumerate(names):
                 rows.append((label, nm, "", C[i, i], sd[i]))
             for j in range(len(names)):
@@ -301,12 +298,16 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
                          index=self.fittedvalues.index, name="resid")
 
     # ------------------------------------------------------------ summary
+    def _re_cov_sd(self):
+        """``(label, names, covariance matrix, standard deviations)`` per random-effects term,
+        for :meth:`varcorr` and the summary's table."""
+        for label, cov in self.cov_re().items():
+            C = cov.to_numpy()
+            yield label, list(cov.index), C, np.sqrt(np.diag(C))
+
     def _re_table(self):
         rows = []
-        for label, cov in self.cov_re().items():
-            names = list(cov.index)
-            C = cov.to_numpy()
-            sd = np.sqrt(np.diag(C))
+        for label, names, C, sd in self._re_cov_sd():
             for i, nm in enumerate(names):
                 corr = []
                 for j in range(i):
