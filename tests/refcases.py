@@ -52,3 +52,47 @@ def by_name(series, ref):
 def group_key(grp):
     """lme4's g, g.1 labels and a:b orders compared alike."""
     return ":".join(sorted(re.sub(r"[()]", "", grp).split(":")))
+
+
+def case_params(names, slow=()):
+    """pytest parameters for the reference cases ``names``, the ones in ``slow`` marked slow."""
+    import pytest
+    return [pytest.param(c, marks=pytest.mark.slow) if c in slow else c for c in names]
+
+
+def ref_fits(subdir, fit_case):
+    """A module-scoped fixture ``fits``: ``fits(name)`` is ``(reference, fit_case(reference))``
+    for the stored case NAME of tests/reference/SUBDIR, each fitted once per test module."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def fits():
+        cache = {}
+
+        def get(name):
+            if name not in cache:
+                ref = load_ref(subdir, name)
+                cache[name] = (ref, fit_case(ref))
+            return cache[name]
+        return get
+    return fits
+
+
+def check_ranef(re, ref, scale=1.0):
+    """``ranef(condvar=True)`` against R's ``ref["ranef"]`` and ``ref["condsd"]`` (lme4's layout):
+    the same groups and levels, modes within 5e-3 of max(scale, largest |R mode|), conditional sds
+    within 0.5 % (+ 1e-6 scale).  ``scale``: the residual sd for an LMM, 1 for a GLMM."""
+    assert {group_key(k) for k in re} == {group_key(k) for k in ref["ranef"]}
+    lookup = {group_key(k): v for k, v in re.items()}
+    for g, rows in ref["ranef"].items():
+        df = lookup[group_key(g)]
+        assert [str(r[".level"]) for r in rows] == list(df.index)
+        cols = [k for k in rows[0] if k not in (".level", "_row")]
+        mycols = {norm(c): c for c in df.columns}
+        for j, c in enumerate(cols):
+            mine = df[mycols[norm(c)]].to_numpy()
+            theirs = np.array([r[c] for r in rows])
+            np.testing.assert_allclose(mine, theirs, atol=5e-3 * max(scale, np.abs(theirs).max()))
+            sd = np.asarray(ref["condsd"][g][j])
+            mysd = df.attrs["condsd"][mycols[norm(c)]].to_numpy()
+            np.testing.assert_allclose(mysd, sd, rtol=5e-3, atol=1e-6 * scale)

@@ -13,7 +13,7 @@ import pytest
 
 from mlmext.formula import api as mf
 
-from refcases import by_name, load_ref, read_data, ref_names
+from refcases import by_name, case_params, load_ref, read_data, ref_fits, ref_names
 
 CASES = ref_names("clmm")
 SLOW = set()          # every case fits in well under a second with single-threaded BLAS (below)
@@ -37,12 +37,7 @@ def single_threaded_blas():
 LOOSE = {"wine_cauchit": 0.02}
 
 
-def _param(c):
-    marks = [pytest.mark.slow] if c in SLOW else []
-    return pytest.param(c, marks=marks)
-
-
-PARAMS = [_param(c) for c in CASES]
+PARAMS = case_params(CASES, SLOW)
 
 
 def fit_case(ref):
@@ -54,16 +49,7 @@ def fit_case(ref):
         return model.fit(nagq=int(ref.get("nagq", 1)))
 
 
-@pytest.fixture(scope="module")
-def fits():
-    return {}
-
-
-def get_fit(fits, name):
-    if name not in fits:
-        ref = load_ref("clmm", name)
-        fits[name] = (ref, fit_case(ref))
-    return fits[name]
+fits = ref_fits("clmm", fit_case)
 
 
 def se_tol(ref):
@@ -81,7 +67,7 @@ def alpha_ref(ref):
 
 @pytest.mark.parametrize("name", PARAMS)
 def test_thresholds(fits, name):
-    ref, res = get_fit(fits, name)
+    ref, res = fits(name)
     th = res.thresholds
     assert list(th.index) == list(ref["thresholds"])              # "1|2", "2|3", ...
     assert np.all(np.diff(th.to_numpy()) > 0)
@@ -97,7 +83,7 @@ def test_thresholds(fits, name):
 
 @pytest.mark.parametrize("name", PARAMS)
 def test_fixed_effects_and_se(fits, name):
-    ref, res = get_fit(fits, name)
+    ref, res = fits(name)
     fe, rfe = by_name(res.fe_params, ref["fixef"])
     se, rse = by_name(res.bse_fe, {k: ref["se"][k] for k in ref["fixef"]})
     assert np.all(np.abs(fe - rfe) <= se_tol(ref) * rse), (fe, rfe)
@@ -109,7 +95,7 @@ def test_fixed_effects_and_se(fits, name):
 
 @pytest.mark.parametrize("name", PARAMS)
 def test_loglik_aic_bic(fits, name):
-    ref, res = get_fit(fits, name)
+    ref, res = fits(name)
     assert res.llf >= ref["loglik"] - 1e-3
     assert res.llf <= ref["loglik"] + (0.01 if ref["name"] not in LOOSE else 1e-3)
     gain = res.llf - ref["loglik"]
@@ -129,7 +115,7 @@ def _vc_rows(ref):
 
 @pytest.mark.parametrize("name", PARAMS)
 def test_variance_components(fits, name):
-    ref, res = get_fit(fits, name)
+    ref, res = fits(name)
     vc = res.varcorr()
     assert "Residual" not in set(vc["grp"])
     assert list(vc.columns) == ["grp", "var1", "var2", "vcov", "sdcor"]
@@ -149,12 +135,12 @@ def test_variance_components(fits, name):
             assert abs(float(sel.vcov.iloc[0]) - row["vcov"]) <= 5e-3 * row["vcov"] + (se_tol(ref) > 0.002) * 2e-3
 
 
-RANEF_CASES = [_param(c) for c in CASES if "ranef" in load_ref("clmm", c)]
+RANEF_CASES = case_params([c for c in CASES if "ranef" in load_ref("clmm", c)], SLOW)
 
 
 @pytest.mark.parametrize("name", RANEF_CASES)
 def test_conditional_modes_and_variances(fits, name):
-    ref, res = get_fit(fits, name)
+    ref, res = fits(name)
     re = res.ranef(condvar=True)
     for g, rows in ref["ranef"].items():
         df = re[g]
@@ -181,7 +167,7 @@ def test_shared_cases_present():
 
 def test_agq_and_laplace_differ_as_in_r(fits):
     """AGQ with 10 nodes is a different (more accurate) likelihood than Laplace, as in R."""
-    ref_l, lap = get_fit(fits, "wine_clmm_laplace")
-    ref_q, agq = get_fit(fits, "wine_clmm_agq10")
+    ref_l, lap = fits("wine_clmm_laplace")
+    ref_q, agq = fits("wine_clmm_agq10")
     assert agq.nagq == 10 and lap.nagq == 1
     assert abs((agq.llf - lap.llf) - (ref_q["loglik"] - ref_l["loglik"])) < 2e-4

@@ -14,7 +14,7 @@ import statsmodels.api as sm
 
 from mlmext.formula import api as mf
 
-from refcases import by_name, group_key, load_ref, norm, read_data, ref_names
+from refcases import by_name, check_ranef, group_key, load_ref, norm, read_data, ref_fits, ref_names
 
 CASES = ref_names("glmm")
 LINKS = {"logit": sm.families.links.Logit, "probit": sm.families.links.Probit,
@@ -41,16 +41,7 @@ def fit_case(ref):
         return mf.glmer(ref["formula"], data, family=fam(LINKS[ref["link"]]())).fit(nagq=nagq)
 
 
-@pytest.fixture(scope="module")
-def fits():
-    return {}
-
-
-def get_fit(fits, name):
-    if name not in fits:
-        ref = load_ref("glmm", name)
-        fits[name] = (ref, fit_case(ref))
-    return fits[name]
+fits = ref_fits("glmm", fit_case)
 
 
 def exact(ref):
@@ -67,7 +58,7 @@ def our_se(ref, res):
 
 @pytest.mark.parametrize("name", CASES)
 def test_fixed_effects_and_se(fits, name):
-    ref, res = get_fit(fits, name)
+    ref, res = fits(name)
     fe, rfe = by_name(res.fe_params, ref["fixef"])
     rse = np.array([ref["se"][k] for k in ref["fixef"]])
     assert np.all(np.abs(fe - rfe) <= 0.002 * rse), (fe, rfe)
@@ -88,7 +79,7 @@ def test_fixed_effects_and_se(fits, name):
 @pytest.mark.parametrize("name", CASES)
 def test_loglik_full_scale(fits, name):
     """llf is on the full scale; lme4's nAGQ > 1 value is llf - loglike_saturated."""
-    ref, res = get_fit(fits, name)
+    ref, res = fits(name)
     nagq = int(ref.get("nagq", 1))
     target = exact(ref)["loglik"]
     if "loglik_saturated" in ref:
@@ -110,7 +101,7 @@ def test_loglik_full_scale(fits, name):
 
 @pytest.mark.parametrize("name", CASES)
 def test_varcorr_theta_alpha(fits, name):
-    ref, res = get_fit(fits, name)
+    ref, res = fits(name)
     vc = res.varcorr()
     assert "Residual" not in set(vc["grp"])
     mine = {}
@@ -136,19 +127,5 @@ def test_varcorr_theta_alpha(fits, name):
 
 @pytest.mark.parametrize("name", [c for c in CASES if "ranef" in load_ref("glmm", c)])
 def test_ranef_and_condsd(fits, name):
-    ref, res = get_fit(fits, name)
-    re = res.ranef(condvar=True)
-    assert {group_key(k) for k in re} == {group_key(k) for k in ref["ranef"]}
-    lookup = {group_key(k): v for k, v in re.items()}
-    for g, rows in ref["ranef"].items():
-        df = lookup[group_key(g)]
-        assert [str(r[".level"]) for r in rows] == list(df.index)
-        cols = [k for k in rows[0] if k not in (".level", "_row")]
-        mycols = {norm(c): c for c in df.columns}
-        for j, c in enumerate(cols):
-            mine = df[mycols[norm(c)]].to_numpy()
-            theirs = np.array([r[c] for r in rows])
-            np.testing.assert_allclose(mine, theirs, atol=5e-3 * max(1.0, np.abs(theirs).max()))
-            sd = np.asarray(ref["condsd"][g][j])
-            mysd = df.attrs["condsd"][mycols[norm(c)]].to_numpy()
-            np.testing.assert_allclose(mysd, sd, rtol=5e-3, atol=1e-6)
+    ref, res = fits(name)
+    check_ranef(res.ranef(condvar=True), ref)

@@ -7,10 +7,12 @@ import pytest
 
 from mlmext.formula import api as mf
 
-from refcases import by_name, group_key, load_ref, norm, read_data, ref_names
+from refcases import (by_name, case_params, check_ranef, group_key, norm, read_data, ref_fits,
+                      ref_names)
 
 CASES = ref_names("lmm")
 SLOW = {"insteval_crossed"}
+PARAMS = case_params(CASES, SLOW)
 
 
 def fit_case(ref):
@@ -23,32 +25,21 @@ def fit_case(ref):
         return mf.lmer(ref["formula"], data, **kw).fit(reml=bool(ref["reml"]))
 
 
-@pytest.fixture(scope="module")
-def fits():
-    return {}
+fits = ref_fits("lmm", fit_case)
 
 
-def get_fit(fits, name):
-    if name not in fits:
-        ref = load_ref("lmm", name)
-        fits[name] = (ref, fit_case(ref))
-    return fits[name]
-
-
-@pytest.mark.parametrize("name", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c
-                                  for c in CASES])
+@pytest.mark.parametrize("name", PARAMS)
 def test_fixed_effects_and_se(fits, name):
-    ref, res = get_fit(fits, name)
+    ref, res = fits(name)
     fe, rfe = by_name(res.fe_params, ref["fixef"])
     se, rse = by_name(res.bse_fe, {k: ref["se"][k] for k in ref["fixef"]})
     assert np.all(np.abs(fe - rfe) <= 0.002 * rse), (fe, rfe)
     np.testing.assert_allclose(se, rse, rtol=2e-3)
 
 
-@pytest.mark.parametrize("name", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c
-                                  for c in CASES])
+@pytest.mark.parametrize("name", PARAMS)
 def test_likelihood_and_criteria(fits, name):
-    ref, res = get_fit(fits, name)
+    ref, res = fits(name)
     assert res.llf >= ref["loglik"] - 1e-3
     assert res.llf <= ref["loglik"] + 0.05          # a better optimum, not a different model
     assert abs(res.aic - ref["aic"]) < 2e-3 + 2 * (res.llf - ref["loglik"])
@@ -59,10 +50,9 @@ def test_likelihood_and_criteria(fits, name):
     assert abs(res.sigma - ref["sigma"]) <= 2e-3 * ref["sigma"]
 
 
-@pytest.mark.parametrize("name", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c
-                                  for c in CASES])
+@pytest.mark.parametrize("name", PARAMS)
 def test_varcorr_and_theta(fits, name):
-    ref, res = get_fit(fits, name)
+    ref, res = fits(name)
     vc = res.varcorr()
     mine = {}
     for _, r in vc.iterrows():
@@ -82,23 +72,7 @@ def test_varcorr_and_theta(fits, name):
     assert res.is_singular() == bool(ref.get("singular", False))
 
 
-@pytest.mark.parametrize("name", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c
-                                  for c in CASES])
+@pytest.mark.parametrize("name", PARAMS)
 def test_ranef_and_condsd(fits, name):
-    ref, res = get_fit(fits, name)
-    re = res.ranef(condvar=True)
-    assert {group_key(k) for k in re} == {group_key(k) for k in ref["ranef"]}
-    lookup = {group_key(k): v for k, v in re.items()}
-    sigma = ref["sigma"]
-    for g, rows in ref["ranef"].items():
-        df = lookup[group_key(g)]
-        assert [str(r[".level"]) for r in rows] == list(df.index)
-        cols = [k for k in rows[0] if k not in (".level", "_row")]
-        mycols = {norm(c): c for c in df.columns}
-        for j, c in enumerate(cols):
-            mine = df[mycols[norm(c)]].to_numpy()
-            theirs = np.array([r[c] for r in rows])
-            np.testing.assert_allclose(mine, theirs, atol=5e-3 * max(sigma, np.abs(theirs).max()))
-            sd = np.asarray(ref["condsd"][g][j])
-            mysd = df.attrs["condsd"][mycols[norm(c)]].to_numpy()
-            np.testing.assert_allclose(mysd, sd, rtol=5e-3, atol=1e-6 * sigma)
+    ref, res = fits(name)
+    check_ranef(res.ranef(condvar=True), ref, scale=ref["sigma"])
