@@ -15,42 +15,13 @@
 
 suppressPackageStartupMessages({
   library(ordinal)
-  library(jsonlite)
 })
 
-stopifnot(file.exists("tools/r_reference/clmm_reference.R"))   # run from the repo root
-DATA_DIR <- "tests/data"
+## save_data(), run_call(), ranef_with(), write_ref(), import_with_lines(), ...
+source("tools/r_reference/common.R")
 REF_DIR <- "tests/reference/clmm"
-dir.create(DATA_DIR, recursive = TRUE, showWarnings = FALSE)
-dir.create(REF_DIR, recursive = TRUE, showWarnings = FALSE)
-
-R_VERSIONS <- list(
-  R = paste(R.version$major, R.version$minor, sep = "."),
-  ordinal = packageDescription("ordinal")$Version,
-  ucminf = packageDescription("ucminf")$Version,
-  Matrix = packageDescription("Matrix")$Version,
-  jsonlite = packageDescription("jsonlite")$Version
-)
-
-source("tools/r_reference/common.R")   # write_json_file()
-
-## save_data(): NAME.csv (+ NAME.levels.json for the factor columns), read back, factors
-## restored with R's level order and orderedness, assigned to the global variable NAME.
-save_data <- function(df, name) {
-  df <- as.data.frame(df)
-  csv <- file.path(DATA_DIR, paste0(name, ".csv"))
-  write.csv(df, csv, row.names = FALSE)
-  facs <- names(df)[vapply(df, is.factor, logical(1))]
-  lv <- lapply(facs, function(col) list(levels = levels(df[[col]]), ordered = is.ordered(df[[col]])))
-  names(lv) <- facs
-  if (length(facs)) write_json_file(lv, file.path(DATA_DIR, paste0(name, ".levels.json")), auto_unbox = FALSE)
-  back <- read.csv(csv, stringsAsFactors = FALSE)
-  for (col in facs) back[[col]] <- factor(as.character(back[[col]]), levels = levels(df[[col]]),
-                                          ordered = is.ordered(df[[col]]))
-  stopifnot(identical(dim(back), dim(df)))
-  assign(name, back, envir = globalenv())
-  invisible(back)
-}
+start_script("clmm_reference.R", c(DATA_DIR, REF_DIR))
+R_VERSIONS <- r_versions(c("ordinal", "ucminf", "Matrix", "jsonlite"))
 
 ## ---- one reference case -------------------------------------------------------------------
 ## formula: the string the Python side passes (same syntax in R); link, threshold, nAGQ as in
@@ -69,10 +40,10 @@ ref_case <- function(name, formula, data, link = "logit", threshold = "flexible"
   warns <- character(0)
   times <- numeric(0)
   for (r in seq_len(reps)) {
-    t <- system.time(fit <- withCallingHandlers(
-      eval(parse(text = r_call), envir = globalenv()),
-      warning = function(w) { warns <<- unique(c(warns, conditionMessage(w))); invokeRestart("muffleWarning") }))
-    times <- c(times, t[["elapsed"]])
+    res <- run_call(r_call)
+    fit <- res$fit
+    warns <- unique(c(warns, res$warnings))
+    times <- c(times, res$seconds)
   }
   smry <- summary(fit)
   vc <- vcov(fit)
@@ -92,18 +63,11 @@ ref_case <- function(name, formula, data, link = "logit", threshold = "flexible"
       vc_rows[[length(vc_rows) + 1]] <- list(grp = g, var1 = nm[j], var2 = nm[i], vcov = V[i, j],
                                              sdcor = V[i, j] / (sds[i] * sds[j]))
   }
-  re <- ranef(fit, condVar = TRUE)
-  ranef_out <- list(); condvar_out <- list()
-  for (g in names(re)) {
-    df <- re[[g]]
-    ranef_out[[g]] <- lapply(seq_len(nrow(df)), function(i) {
-      row <- as.list(vapply(names(df), function(nm) df[[nm]][i], numeric(1)))
-      row[[".level"]] <- rownames(df)[i]
-      row
-    })
+  ## ranef and condvar: conditional variances as a list of term columns
+  re <- ranef_with(fit, "condvar", function(df) {
     cv <- attr(df, "condVar")
-    condvar_out[[g]] <- lapply(seq_len(ncol(cv)), function(k) cv[[k]])
-  }
+    lapply(seq_len(ncol(cv)), function(k) cv[[k]])
+  })
   th <- fit$Theta
   out <- list(
     name = name,
@@ -133,10 +97,10 @@ ref_case <- function(name, formula, data, link = "logit", threshold = "flexible"
     max_grad = max(abs(fit$gradient)),
     cond_hess = smry$condHess,
     niter = fit$info$niter,
-    ranef = ranef_out,
-    condvar = condvar_out
+    ranef = re$ranef,
+    condvar = re$condvar
   )
-  write_json_file(out, file.path(REF_DIR, paste0(name, ".json")))
+  write_ref(out, name, REF_DIR)
   cat(sprintf("%-26s %-50s %-7s %-11s nAGQ=%-2d logLik=%.4f  %.3fs  warnings=%d\n", name, formula, link,
               threshold, nAGQ, out$loglik, min(times), length(warns)))
   invisible(fit)
@@ -209,7 +173,7 @@ ref_case("ordsim_slope", "y ~ x1 + trt + (1 + x1 | g)", "ordsim", reps = 1L)
 ## ---- shared development set ------------------------------------------------------------------
 ## The two shared clmm cases get "formula", "link", "threshold", "nagq" and "r_versions" after
 ## their "data" line; every other byte stays.
-import_shared <- function(shared = Sys.getenv("MLMEXT_SHARED", "../shared")) {
+import_shared <- function(shared = shared_dir()) {
   if (!dir.exists(file.path(shared, "reference"))) {
     cat("shared reference set not found at", shared, "- import skipped\n")
     return(invisible(NULL))
@@ -217,19 +181,12 @@ import_shared <- function(shared = Sys.getenv("MLMEXT_SHARED", "../shared")) {
   cases <- list(wine_clmm_laplace = 1L, wine_clmm_agq10 = 10L)
   vers <- '  "r_versions": {"R": "4.2.2", "ordinal": "2022.11-16"},'
   for (nm in names(cases)) {
-    src <- readLines(file.path(shared, "reference", paste0(nm, ".json")))
-    i <- grep('^  "data": ', src)
-    stopifnot(length(i) == 1)
     add <- c(sprintf('  "formula": "%s",', WF), '  "link": "logit",', '  "threshold": "flexible",',
              sprintf('  "nagq": %d,', cases[[nm]]), vers)
-    writeLines(c(src[1:i], add, src[-(1:i)]), file.path(REF_DIR, paste0(nm, ".json")))
-    stopifnot(identical(fromJSON(file.path(REF_DIR, paste0(nm, ".json")))$nagq, cases[[nm]]))
+    stopifnot(identical(import_with_lines(nm, add, REF_DIR, shared)$nagq, cases[[nm]]))
   }
   ## every case here was fitted on tests/data/wine.csv written by save_data(): it must equal the shared copy
-  for (ext in c(".csv", ".levels.json"))
-    if (!identical(readLines(file.path(DATA_DIR, paste0("wine", ext))),
-                   readLines(file.path(shared, "data", paste0("wine", ext)))))
-      stop("tests/data/wine", ext, " differs from the shared copy")
+  check_same_as_shared("wine", shared)
   cat("imported", length(cases), "shared clmm cases\n")
 }
 import_shared()

@@ -24,52 +24,18 @@
 suppressPackageStartupMessages({
   library(geepack)
   library(MASS)       # epil; also makes QIC() use MASS::ginv as geepack does when MASS is loaded
-  library(jsonlite)
 })
 
-stopifnot(file.exists("tools/r_reference/gee_reference.R"))   # run from the repo root
-DATA_DIR <- "tests/data"
+## save_data(), read_data(), run_call(), write_ref(), ...
+source("tools/r_reference/common.R")
 REF_DIR <- "tests/reference"
-dir.create(DATA_DIR, recursive = TRUE, showWarnings = FALSE)
-dir.create(REF_DIR, recursive = TRUE, showWarnings = FALSE)
-
-R_VERSIONS <- list(
-  R = paste(R.version$major, R.version$minor, sep = "."),
-  geepack = packageDescription("geepack")$Version,
-  MASS = packageDescription("MASS")$Version,
-  jsonlite = packageDescription("jsonlite")$Version
-)
+start_script("gee_reference.R", c(DATA_DIR, REF_DIR))
+R_VERSIONS <- r_versions(c("geepack", "MASS", "jsonlite"))
 CONTROL <- geese.control(epsilon = 1e-10, maxit = 200)
 
-source("tools/r_reference/common.R")   # write_json_file()
-
 ## ---- datasets ---------------------------------------------------------------------------
-## save_data() writes NAME.csv (+ NAME.levels.json for factor columns), reads it back, restores
-## the factors with R's level order and assigns the result to the global NAME used in r_call.
-save_data <- function(df, name) {
-  df <- as.data.frame(df)
-  rownames(df) <- NULL
-  csv <- file.path(DATA_DIR, paste0(name, ".csv"))
-  write.csv(df, csv, row.names = FALSE)
-  facs <- names(df)[vapply(df, is.factor, logical(1))]
-  lv <- lapply(facs, function(col) list(levels = levels(df[[col]]), ordered = is.ordered(df[[col]])))
-  names(lv) <- facs
-  if (length(facs)) write_json_file(lv, file.path(DATA_DIR, paste0(name, ".levels.json")), auto_unbox = FALSE)
-  read_data(name)
-}
-
-read_data <- function(name) {
-  back <- read.csv(file.path(DATA_DIR, paste0(name, ".csv")), stringsAsFactors = FALSE)
-  lv_path <- file.path(DATA_DIR, paste0(name, ".levels.json"))
-  if (file.exists(lv_path)) {
-    lv <- fromJSON(lv_path)
-    for (col in names(lv)) back[[col]] <- factor(as.character(back[[col]]), levels = lv[[col]]$levels,
-                                                 ordered = isTRUE(lv[[col]]$ordered))
-  }
-  assign(name, back, envir = globalenv())
-  invisible(back)
-}
-
+## save_data() writes NAME.csv (+ NAME.levels.json), reads it back and assigns it to the global
+## NAME used in r_call (common.R).
 ## geepack needs the rows of a cluster to be contiguous and in time order.
 data(ohio, package = "geepack")
 save_data(ohio[order(ohio$id, ohio$age), ], "ohio")
@@ -139,9 +105,9 @@ fit_case <- function(case) {
   for (cs in case$corstrs) {
     txt <- sprintf("geeglm(%s, data = %s, corstr = '%s'%s)", case$call, case$data, cs,
                    if (default_control) "" else ", control = CONTROL")
-    t0 <- proc.time()[["elapsed"]]
-    fit <- eval(parse(text = txt))
-    secs <- proc.time()[["elapsed"]] - t0
+    res <- run_call(txt)
+    fit <- res$fit
+    secs <- res$seconds
     q <- QIC(fit)
     qp <- pan_quasi(fit)
     g <- fit$geese
@@ -161,7 +127,7 @@ fit_case <- function(case) {
       nobs = length(fit$y), n_clusters = length(unique(fit$id)),
       converged = g$error == 0, r_seconds = secs)
   }
-  write_json_file(out, file.path(REF_DIR, paste0("gee_", case$name, ".json")))
+  write_ref(out, paste0("gee_", case$name), REF_DIR)
   cat(sprintf("%-16s %s\n", case$name,
               paste(sprintf("%s QIC=%.4f CIC=%.4f", names(out$structures),
                             vapply(out$structures, `[[`, 0, "QIC_pan"),

@@ -46,14 +46,12 @@
 suppressPackageStartupMessages({
   library(lme4)
   library(MASS)
-  library(jsonlite)
 })
 
-stopifnot(file.exists("tools/r_reference/glmm_profile_reference.R"))   # run from the repo root
-source("tools/r_reference/common.R")   # write_json_file()
-DATA_DIR <- "tests/data"
-OUT_DIR <- "tests/reference/inference"
-dir.create(OUT_DIR, recursive = TRUE, showWarnings = FALSE)
+## save_data(), read_data(), capture_conditions(), ci_rows(), profile_points(), ... (DATA_DIR)
+source("tools/r_reference/common.R")
+REF_DIR <- "tests/reference/inference"
+start_script("glmm_profile_reference.R", REF_DIR)
 
 TOL_PWRSS <- 1e-12
 CONTROL_TXT <- sprintf("glmerControl(tolPwrss = %g, optimizer = \"bobyqa\", optCtrl = list(rhoend = 1e-10))",
@@ -67,43 +65,14 @@ SETTINGS <- list(
   exact_zeta = "devfun2() minimized over the other parameters by nlminb(rel.tol = 1e-15), 3 restarts"
 )
 
-R_VERSIONS <- list(
-  R = paste(R.version$major, R.version$minor, sep = "."),
-  lme4 = packageDescription("lme4")$Version,
-  Matrix = packageDescription("Matrix")$Version,
-  MASS = packageDescription("MASS")$Version,
-  minqa = packageDescription("minqa")$Version,
-  jsonlite = packageDescription("jsonlite")$Version
-)
+R_VERSIONS <- r_versions(c("lme4", "Matrix", "MASS", "minqa", "jsonlite"))
 
 ## the fix described above: every deviance function lme4 builds uses the tight PIRLS tolerance
 invisible(suppressMessages(trace("mkGlmerDevfun", tracer = bquote(control$tolPwrss <- .(TOL_PWRSS)),
                        where = asNamespace("lme4"), print = FALSE)))
 
-read_data <- function(name) {
-  df <- read.csv(file.path(DATA_DIR, paste0(name, ".csv")), stringsAsFactors = FALSE)
-  lvf <- file.path(DATA_DIR, paste0(name, ".levels.json"))
-  if (file.exists(lvf)) {
-    lv <- fromJSON(lvf)
-    for (col in names(lv))
-      df[[col]] <- factor(as.character(df[[col]]), levels = as.character(lv[[col]]$levels))
-  }
-  df
-}
-
-save_data <- function(df, name) {
-  write.csv(df, file.path(DATA_DIR, paste0(name, ".csv")), row.names = FALSE)
-  facs <- names(df)[vapply(df, is.factor, logical(1))]
-  lv <- lapply(facs, function(col) list(levels = levels(df[[col]]), ordered = is.ordered(df[[col]])))
-  names(lv) <- facs
-  write_json_file(lv, file.path(DATA_DIR, paste0(name, ".levels.json")), auto_unbox = FALSE)
-  read_data(name)
-}
-
 ## ---- data -------------------------------------------------------------------------------
-cbpp <- read_data("cbpp")
-grouseticks <- read_data("grouseticks")
-binslope <- read_data("binslope")
+for (nm in c("cbpp", "grouseticks", "binslope")) read_data(nm)
 
 set.seed(2)        # binbound: SD estimate 0.43, profile lower limit 0 (see the header)
 ng <- 15; nper <- 10
@@ -111,14 +80,14 @@ g <- factor(sprintf("g%02d", rep(seq_len(ng), each = nper)))
 x <- round(rnorm(ng * nper), 3)
 b <- rnorm(ng, sd = 0.4)
 y <- rbinom(ng * nper, 1, plogis(-0.3 + 0.5 * x + b[as.integer(g)]))
-binbound <- save_data(data.frame(y = y, x = x, g = g), "binbound")
+save_data(data.frame(y = y, x = x, g = g), "binbound")
 
 set.seed(5)        # binsing: no group effect, a singular fit (SD exactly 0)
 ng <- 12; nper <- 8
 g <- factor(sprintf("g%02d", rep(seq_len(ng), each = nper)))
 x <- round(rnorm(ng * nper), 3)
 y <- rbinom(ng * nper, 1, plogis(0.2 + 0.6 * x))
-binsing <- save_data(data.frame(y = y, x = x, g = g), "binsing")
+save_data(data.frame(y = y, x = x, g = g), "binsing")
 
 ## ---- helpers ----------------------------------------------------------------------------
 ## zeta at x for parameter w without lme4's spline: devfun2 minimized over the others
@@ -143,22 +112,17 @@ exact_zeta <- function(dd, w, x) {
 
 profile_case <- function(name, call, formula, data, family, nagq = 1L, extra = list()) {
   fit <- eval(parse(text = call))
-  warns <- character(0)
-  withCallingHandlers({
+  warns <- capture_conditions({
     secs <- system.time(pr <- profile(fit, signames = FALSE))[["elapsed"]]
     ci <- confint(pr)
     ci90 <- confint(pr, level = 0.90)
-  }, warning = function(w) { warns <<- c(warns, conditionMessage(w)); invokeRestart("muffleWarning") })
+  }, messages = FALSE)$warnings
   dd <- lme4:::devfun2(fit, useSc = FALSE, signames = FALSE)
   opt <- attr(dd, "optimum")
   stopifnot(abs(dd(opt) - attr(dd, "basedev")) < 1e-6)      # the tight deviance is in use
   ez <- lapply(seq_len(nrow(ci)), function(w) vapply(1:2, function(k) exact_zeta(dd, w, ci[w, k]), 0))
   names(ez) <- rownames(ci)
   err <- max(abs(abs(unlist(ez)) - qnorm(0.975))[as.vector(t(ci)) != 0])
-  pts <- lapply(split(as.data.frame(pr), pr$.par), function(d) {
-    p <- as.character(d$.par[1])
-    list(value = d[[p]], zeta = d$.zeta)
-  })
   cat(sprintf("%-16s profile %5.1f s; max |exact zeta - z| at the limits (bounds excluded) %.2g\n",
               name, secs, err))
   out <- c(list(
@@ -166,16 +130,13 @@ profile_case <- function(name, call, formula, data, family, nagq = 1L, extra = l
     nagq = nagq, settings = SETTINGS,
     fit = list(theta = unname(getME(fit, "theta")), fixef = as.list(fixef(fit)),
                loglik = as.numeric(logLik(fit)), sd = unname(opt[grepl("^sd_", names(opt))])),
-    confint = lapply(split(as.data.frame(ci), factor(rownames(ci), levels = rownames(ci))),
-                     function(r) unname(unlist(r))),
-    confint90 = lapply(split(as.data.frame(ci90), factor(rownames(ci90), levels = rownames(ci90))),
-                       function(r) unname(unlist(r))),
+    confint = ci_rows(ci), confint90 = ci_rows(ci90),
     rownames = rownames(ci),
     oldnames = c(sprintf(".sig%02d", seq_len(sum(grepl("^(sd|cor)_", rownames(ci))))),
                  rownames(ci)[!grepl("^(sd|cor)_", rownames(ci))]),
-    exact_zeta_at_limits = ez, profile = pts,
+    exact_zeta_at_limits = ez, profile = profile_points(pr),
     r_profile_seconds = secs, warnings = unique(warns)), extra, list(r_versions = R_VERSIONS))
-  write_json_file(out, file.path(OUT_DIR, paste0("glmm_profile_", name, ".json")))
+  write_ref(out, paste0("glmm_profile_", name), REF_DIR)
   invisible(out)
 }
 

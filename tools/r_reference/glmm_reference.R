@@ -22,46 +22,14 @@
 suppressPackageStartupMessages({
   library(lme4)
   library(glmmTMB)
-  library(jsonlite)
 })
 
-stopifnot(file.exists("tools/r_reference/glmm_reference.R"))   # run from the repo root
-DATA_DIR <- "tests/data"
+## save_data(), read_data(), run_call(), lme4_estimates(), lme4_ranef(), write_ref(), ...
+source("tools/r_reference/common.R")
 REF_DIR <- "tests/reference/glmm"
-dir.create(DATA_DIR, recursive = TRUE, showWarnings = FALSE)
-dir.create(REF_DIR, recursive = TRUE, showWarnings = FALSE)
+start_script("glmm_reference.R", c(DATA_DIR, REF_DIR))
+R_VERSIONS <- r_versions(c("lme4", "glmmTMB", "TMB", "Matrix", "jsonlite"))
 TIGHT <- "glmerControl(tolPwrss = 1e-12)"
-
-R_VERSIONS <- list(
-  R = paste(R.version$major, R.version$minor, sep = "."),
-  lme4 = packageDescription("lme4")$Version,
-  glmmTMB = packageDescription("glmmTMB")$Version,
-  TMB = packageDescription("TMB")$Version,
-  Matrix = packageDescription("Matrix")$Version,
-  jsonlite = packageDescription("jsonlite")$Version
-)
-
-source("tools/r_reference/common.R")   # write_json_file()
-
-## ---- datasets ---------------------------------------------------------------------------
-save_data <- function(df, name, gz = FALSE) {
-  df <- as.data.frame(df)
-  csv <- file.path(DATA_DIR, paste0(name, ".csv"))
-  write.csv(df, csv, row.names = FALSE)
-  facs <- names(df)[vapply(df, is.factor, logical(1))]
-  lv <- lapply(facs, function(col) list(levels = levels(df[[col]]), ordered = is.ordered(df[[col]])))
-  names(lv) <- facs
-  if (length(facs)) write_json_file(lv, file.path(DATA_DIR, paste0(name, ".levels.json")), auto_unbox = FALSE)
-  back <- read.csv(csv, stringsAsFactors = FALSE)
-  for (col in facs) back[[col]] <- factor(as.character(back[[col]]), levels = levels(df[[col]]),
-                                          ordered = is.ordered(df[[col]]))
-  stopifnot(identical(dim(back), dim(df)))
-  if (gz) {                       # deterministic gzip (no name, no time stamp)
-    system2("gzip", c("-9", "-n", "-f", csv))
-  }
-  assign(name, back, envir = globalenv())
-  invisible(back)
-}
 
 ## saturated log-likelihood of the response (mu = y) for the family of a fit
 loglik_saturated <- function(fit) {
@@ -73,51 +41,8 @@ loglik_saturated <- function(fit) {
   sum(w * dnbinom(y, size = th, mu = y, log = TRUE))
 }
 
-vc_rows_of <- function(fit) {
-  vc <- as.data.frame(VarCorr(fit), order = "cov.last")
-  lapply(seq_len(nrow(vc)), function(i) list(
-    grp = as.character(vc$grp[i]),
-    var1 = ifelse(is.na(vc$var1[i]), "", as.character(vc$var1[i])),
-    var2 = ifelse(is.na(vc$var2[i]), "", as.character(vc$var2[i])),
-    vcov = vc$vcov[i], sdcor = vc$sdcor[i]))
-}
-
-ranef_of <- function(fit) {
-  re <- ranef(fit, condVar = TRUE)
-  ranef_out <- list(); condsd_out <- list()
-  for (g in names(re)) {
-    df <- re[[g]]
-    lev <- rownames(df)
-    ranef_out[[g]] <- lapply(seq_len(nrow(df)), function(i) {
-      row <- as.list(vapply(names(df), function(nm) df[[nm]][i], numeric(1)))
-      row[[".level"]] <- lev[i]
-      row
-    })
-    pv <- attr(df, "postVar")
-    if (!is.list(pv)) pv <- list(pv)
-    sds <- list()
-    for (a in pv) for (k in seq_len(dim(a)[1])) sds[[length(sds) + 1]] <- sqrt(a[k, k, ])
-    condsd_out[[g]] <- sds
-  }
-  list(ranef = ranef_out, condsd = condsd_out)
-}
-
-run_call <- function(call_txt) {
-  warns <- character(0); msgs <- character(0)
-  t <- system.time(fit <- withCallingHandlers(
-    eval(parse(text = call_txt), envir = globalenv()),
-    warning = function(w) { warns <<- c(warns, conditionMessage(w)); invokeRestart("muffleWarning") },
-    message = function(m) { msgs <<- c(msgs, trimws(conditionMessage(m))); invokeRestart("muffleMessage") }
-  ))
-  list(fit = fit, warnings = warns, messages = msgs, seconds = t[["elapsed"]])
-}
-
-summary_of <- function(fit) {
-  list(fixef = as.list(fixef(fit)),
-       se = as.list(setNames(sqrt(diag(as.matrix(vcov(fit)))), names(fixef(fit)))),
-       theta = I(unname(getME(fit, "theta"))),
-       loglik = as.numeric(logLik(fit)))
-}
+## the estimates kept for the second lme4 fit of a case (lme4_default / lme4_tight)
+summary_of <- function(fit) lme4_estimates(fit, c("fixef", "se", "theta", "loglik"))
 
 ## ---- one lme4 case ------------------------------------------------------------------------
 ## formula: the string the Python side passes; r_formula: the same model in R syntax;
@@ -138,8 +63,7 @@ ref_case <- function(name, formula, data, family, link = NULL, nagq = 1, weights
   main <- run_call(make_call(TIGHT))
   dflt <- run_call(make_call(NULL))
   fit <- main$fit
-  ro <- ranef_of(fit)
-  out <- list(
+  out <- c(list(
     name = name,
     r_call = make_call(TIGHT),
     data = paste0(data, ".csv"),
@@ -153,28 +77,23 @@ ref_case <- function(name, formula, data, family, link = NULL, nagq = 1, weights
     r_versions = R_VERSIONS,
     warnings = I(main$warnings),
     messages = I(main$messages),
-    notes = I(as.character(note)),
-    fixef = as.list(fixef(fit)),
-    se = as.list(setNames(sqrt(diag(as.matrix(vcov(fit)))), names(fixef(fit)))),
-    varcorr = vc_rows_of(fit),
-    theta = I(unname(getME(fit, "theta"))),
-    theta_names = I(names(getME(fit, "theta"))),
-    loglik = as.numeric(logLik(fit)),
+    notes = I(as.character(note))),
+    lme4_estimates(fit),   # fixef, se, varcorr, theta, theta_names, loglik
+    list(
     loglik_saturated = loglik_saturated(fit),
     aic = AIC(fit),
     bic = BIC(fit),
     nobs = nobs(fit),
     ngrps = as.list(ngrps(fit)),
-    singular = isSingular(fit),
-    ranef = ro$ranef,
-    condsd = ro$condsd,
-    lme4_default = c(list(r_call = make_call(NULL), warnings = I(dflt$warnings)), summary_of(dflt$fit))
+    singular = isSingular(fit)),
+    lme4_ranef(fit),       # ranef, condsd
+    list(lme4_default = c(list(r_call = make_call(NULL), warnings = I(dflt$warnings)), summary_of(dflt$fit)))
   )
   if (family == "negbin") {
     out$nb_theta <- getME(fit, "glmer.nb.theta")
     out$lme4_default$nb_theta <- getME(dflt$fit, "glmer.nb.theta")
   }
-  write_json_file(out, file.path(REF_DIR, paste0(name, ".json")))
+  write_ref(out, name, REF_DIR)
   cat(sprintf("%-22s %-70s logLik=%.6f (default %.6f)\n", name, formula, out$loglik, out$lme4_default$loglik))
   invisible(fit)
 }
@@ -202,12 +121,10 @@ tmb_case <- function(name, formula, data, family, r_formula = formula, note = NU
     loglik = as.numeric(logLik(fit)), aic = AIC(fit), bic = BIC(fit), nobs = nobs(fit),
     nb_theta = if (grepl("nbinom2", family)) sigma(fit) else NULL
   )
-  write_json_file(out, file.path(REF_DIR, paste0(name, ".json")))
+  write_ref(out, name, REF_DIR)
   cat(sprintf("%-22s %-70s logLik=%.6f (glmmTMB)\n", name, formula, out$loglik))
   invisible(fit)
 }
-
-rnd <- function(x) round(x, 6)
 
 ## ---- datasets -------------------------------------------------------------------------------
 ## binary responses with a correlated random intercept and slope
@@ -252,21 +169,10 @@ va$mode <- factor(as.character(va$mode), levels = levels(va$mode))
 save_data(va, "verbagg", gz = TRUE)
 
 ## shared data sets (byte-identical copies, checked below)
-shared <- Sys.getenv("MLMEXT_SHARED", "../shared")
+shared <- shared_dir()
 for (nm in c("cbpp", "grouseticks")) {
-  for (ext in c(".csv", ".levels.json")) {
-    src <- file.path(shared, "data", paste0(nm, ext))
-    dst <- file.path(DATA_DIR, paste0(nm, ext))
-    if (file.exists(src)) {
-      if (file.exists(dst)) Sys.chmod(dst, "644")
-      file.copy(src, dst, overwrite = TRUE)
-      Sys.chmod(dst, "644")
-    }
-  }
-  df <- read.csv(file.path(DATA_DIR, paste0(nm, ".csv")), stringsAsFactors = FALSE)
-  lv <- fromJSON(file.path(DATA_DIR, paste0(nm, ".levels.json")))
-  for (col in names(lv)) df[[col]] <- factor(as.character(df[[col]]), levels = as.character(lv[[col]]$levels))
-  assign(nm, df, envir = globalenv())
+  copy_shared_data(nm, shared)
+  read_data(nm)
 }
 
 ## ---- cases ------------------------------------------------------------------------------------
@@ -323,7 +229,7 @@ import_shared <- function() {
                 lme4_tight = c(list(r_call = tight_txt), summary_of(tight)))
     if (cs$family == "negbin") add$lme4_tight$nb_theta <- getME(tight, "glmer.nb.theta")
     out <- c(ref[1:which(names(ref) == "data")], add, ref[-(1:which(names(ref) == "data"))])
-    write_json_file(out, file.path(REF_DIR, paste0(nm, ".json")))
+    write_ref(out, nm, REF_DIR)
     cat(sprintf("%-22s imported (logLik %.6f; tight %.6f)\n", nm, ref$loglik, as.numeric(logLik(tight))))
   }
 }

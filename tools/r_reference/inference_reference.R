@@ -20,50 +20,16 @@ suppressPackageStartupMessages({
   library(pbkrtest)
   library(performance)
   library(mlmRev)
-  library(jsonlite)
 })
 
-stopifnot(file.exists("tools/r_reference/inference_reference.R"))   # run from the repo root
-DATA_DIR <- "tests/data"
-OUT_DIR <- "tests/reference/inference"
-dir.create(OUT_DIR, recursive = TRUE, showWarnings = FALSE)
+## save_data(), read_data(), capture_conditions(), ci_rows(), profile_points(), ... (DATA_DIR)
+source("tools/r_reference/common.R")
+REF_DIR <- "tests/reference/inference"
+start_script("inference_reference.R", REF_DIR)
+R_VERSIONS <- r_versions(c("lme4", "lmerTest", "pbkrtest", "performance", "insight", "mlmRev"))
 
-R_VERSIONS <- list(
-  R = paste(R.version$major, R.version$minor, sep = "."),
-  lme4 = packageDescription("lme4")$Version,
-  lmerTest = packageDescription("lmerTest")$Version,
-  pbkrtest = packageDescription("pbkrtest")$Version,
-  performance = packageDescription("performance")$Version,
-  insight = packageDescription("insight")$Version,
-  mlmRev = packageDescription("mlmRev")$Version
-)
-
-write_ref <- function(x, name) {
-  x$r_versions <- R_VERSIONS
-  txt <- toJSON(x, digits = NA, auto_unbox = TRUE, pretty = TRUE, null = "null", na = "null")
-  writeLines(txt, file.path(OUT_DIR, paste0(name, ".json")), useBytes = TRUE)
-}
-
-## read tests/data/NAME.csv and restore factors from NAME.levels.json
-read_data <- function(name) {
-  df <- read.csv(file.path(DATA_DIR, paste0(name, ".csv")), stringsAsFactors = FALSE)
-  lvf <- file.path(DATA_DIR, paste0(name, ".levels.json"))
-  if (file.exists(lvf)) {
-    lv <- fromJSON(lvf)
-    for (col in names(lv))
-      df[[col]] <- factor(as.character(df[[col]]), levels = as.character(lv[[col]]$levels))
-  }
-  df
-}
-
-save_data <- function(df, name) {
-  write.csv(df, file.path(DATA_DIR, paste0(name, ".csv")), row.names = FALSE)
-  facs <- names(df)[vapply(df, is.factor, logical(1))]
-  lv <- lapply(facs, function(col) list(levels = levels(df[[col]]), ordered = is.ordered(df[[col]])))
-  names(lv) <- facs
-  writeLines(toJSON(lv, digits = NA, pretty = TRUE), file.path(DATA_DIR, paste0(name, ".levels.json")))
-  read_data(name)
-}
+## REF_DIR/NAME.json, with r_versions as its last key
+write_inference_ref <- function(x, name) write_ref(x, name, REF_DIR, versions = R_VERSIONS)
 
 coef_table <- function(tab) {
   tab <- as.data.frame(tab)
@@ -73,7 +39,7 @@ coef_table <- function(tab) {
 ## ---- data -------------------------------------------------------------------------------
 hsb <- Hsb82[, c("school", "mAch", "meanses", "cses", "ses", "sector")]
 hsb$school <- factor(as.character(hsb$school), levels = levels(hsb$school))  # plain (unordered) factor
-hsb82 <- save_data(hsb, "hsb82")
+save_data(hsb, "hsb82")
 
 set.seed(2)      # a correlation whose 95 % profile interval ends at +1 (one-sided)
 ng <- 12; nper <- 6
@@ -81,11 +47,9 @@ g <- factor(rep(sprintf("g%02d", 1:ng), each = nper))
 x <- rep(seq(-1, 1, length.out = nper), ng)
 b0 <- rnorm(ng, 0, 1); b1 <- 0.9 * b0 + rnorm(ng, 0, 0.1)
 y <- 1 + 0.5 * x + b0[g] + b1[g] * x + rnorm(ng * nper, 0, 0.5)
-corbound <- save_data(data.frame(y = round(y, 6), x = round(x, 6), g = g), "corbound")
+save_data(data.frame(y = round(y, 6), x = round(x, 6), g = g), "corbound")
 
-sleepstudy <- read_data("sleepstudy")
-penicillin <- read_data("penicillin")
-singular <- read_data("singular")
+for (nm in c("sleepstudy", "penicillin", "singular")) read_data(nm)
 
 fit_info <- function(m) list(fixef = as.list(fixef(m)), theta = unname(getME(m, "theta")),
                              sigma = sigma(m), loglik = as.numeric(logLik(m)))
@@ -104,7 +68,7 @@ ddf_case <- function(name, formula, data, contrasts = list(), contrasts_md = lis
     L = L,
     satterthwaite = as.list(contestMD(m, L, ddf = "Satterthwaite")),
     kenward_roger = as.list(contestMD(m, L, ddf = "Kenward-Roger"))))
-  write_ref(list(
+  write_inference_ref(list(
     name = name, r_call = call, data = paste0(data, ".csv"), formula = formula,
     fit = fit_info(m), fit_ml = fit_info(mml),
     satterthwaite = coef_table(summary(m)$coefficients),
@@ -124,25 +88,19 @@ ddf_case("ddf_penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", "penicil
 profile_case <- function(name, formula, data, reml = TRUE, level = 0.95) {
   call <- sprintf("lme4::lmer(%s, data = %s, REML = %s)", formula, data, reml)
   m <- eval(parse(text = call))
-  warns <- character(0)
-  withCallingHandlers({
+  warns <- capture_conditions({
     pr <- profile(m, signames = FALSE)
     ci <- confint(pr, level = level)
     ci90 <- confint(pr, level = 0.90)
-  }, warning = function(w) { warns <<- c(warns, conditionMessage(w)); invokeRestart("muffleWarning") })
+  }, messages = FALSE)$warnings
   ci_old <- suppressMessages(suppressWarnings(confint(m, method = "profile", oldNames = TRUE)))
   mml <- refitML(m)
-  pts <- lapply(split(as.data.frame(pr), pr$.par), function(d) {
-    p <- as.character(d$.par[1])
-    list(value = d[[p]], zeta = d$.zeta)
-  })
-  write_ref(list(
+  write_inference_ref(list(
     name = name, r_call = call, data = paste0(data, ".csv"), formula = formula, reml = reml,
     fit = fit_info(m), fit_ml = fit_info(mml), singular = isSingular(m),
-    confint = lapply(split(as.data.frame(ci), rownames(ci)), function(r) unname(unlist(r))),
-    confint90 = lapply(split(as.data.frame(ci90), rownames(ci90)), function(r) unname(unlist(r))),
+    confint = ci_rows(ci, sorted = TRUE), confint90 = ci_rows(ci90, sorted = TRUE),
     rownames = rownames(ci), oldnames = rownames(ci_old),
-    profile = pts, warnings = unique(warns)), name)
+    profile = profile_points(pr), warnings = unique(warns)), name)
 }
 profile_case("profile_sleepstudy", "Reaction ~ Days + (Days | Subject)", "sleepstudy")
 profile_case("profile_penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")
@@ -158,7 +116,7 @@ anova_case <- function(name, calls, data_name) {
                              message = function(m) { msgs <<- c(msgs, trimws(conditionMessage(m)));
                                                       invokeRestart("muffleMessage") })
   tab <- as.data.frame(tab)
-  write_ref(list(name = name, calls = as.list(calls), data = paste0(data_name, ".csv"),
+  write_inference_ref(list(name = name, calls = as.list(calls), data = paste0(data_name, ".csv"),
                  table = coef_table(tab), messages = msgs,
                  loglik = lapply(mods, function(m) as.numeric(logLik(m)))), name)
 }
@@ -171,9 +129,7 @@ anova_case("anova_sleepstudy_ml3", c(
   m1 = "lme4::lmer(Reaction ~ Days + (Days | Subject), data = sleepstudy, REML = FALSE)"), "sleepstudy")
 shared_data <- Sys.getenv("MLMEXT_SHARED_DATA", "../shared/data")
 if (file.exists(file.path(shared_data, "cbpp.csv"))) {
-  cbpp <- read.csv(file.path(shared_data, "cbpp.csv"), stringsAsFactors = FALSE)
-  lv <- fromJSON(file.path(shared_data, "cbpp.levels.json"))
-  for (col in names(lv)) cbpp[[col]] <- factor(as.character(cbpp[[col]]), levels = as.character(lv[[col]]$levels))
+  read_data("cbpp", shared_data)
   anova_case("anova_cbpp", c(
     g0 = "lme4::glmer(cbind(incidence, size - incidence) ~ 1 + (1 | herd), data = cbpp, family = binomial)",
     g1 = "lme4::glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), data = cbpp, family = binomial)"),
@@ -182,14 +138,11 @@ if (file.exists(file.path(shared_data, "cbpp.csv"))) {
 
 if (file.exists(file.path(shared_data, "wine.csv")) && requireNamespace("ordinal", quietly = TRUE)) {
   suppressPackageStartupMessages(library(ordinal))
-  wine <- read.csv(file.path(shared_data, "wine.csv"), stringsAsFactors = FALSE)
-  lv <- fromJSON(file.path(shared_data, "wine.levels.json"))
-  for (col in names(lv)) wine[[col]] <- factor(as.character(wine[[col]]), levels = as.character(lv[[col]]$levels),
-                                               ordered = isTRUE(lv[[col]]$ordered[1]))
+  read_data("wine", shared_data)
   c0 <- clmm(rating ~ temp + (1 | judge), data = wine)
   c1 <- clmm(rating ~ temp + contact + (1 | judge), data = wine)
   tab <- as.data.frame(anova(c0, c1))
-  write_ref(list(name = "anova_wine_clmm", data = "wine.csv",
+  write_inference_ref(list(name = "anova_wine_clmm", data = "wine.csv",
                  calls = list(c0 = "ordinal::clmm(rating ~ temp + (1 | judge), data = wine)",
                               c1 = "ordinal::clmm(rating ~ temp + contact + (1 | judge), data = wine)"),
                  table = coef_table(tab), ordinal = packageDescription("ordinal")$Version), "anova_wine_clmm")
@@ -201,7 +154,7 @@ r2_case <- function(name, call, data_name) {
   r2 <- suppressWarnings(performance::r2_nakagawa(m))
   ic <- suppressWarnings(performance::icc(m))
   v <- suppressWarnings(insight::get_variance(m))
-  write_ref(list(name = name, r_call = call, data = paste0(data_name, ".csv"),
+  write_inference_ref(list(name = name, r_call = call, data = paste0(data_name, ".csv"),
                  fit = if (isLMM(m)) fit_info(m) else list(fixef = as.list(fixef(m)),
                                                             theta = unname(getME(m, "theta"))),
                  r2_marginal = unname(r2$R2_marginal), r2_conditional = unname(r2$R2_conditional),
@@ -218,7 +171,7 @@ r2_case("r2_hsb82_ml", "lme4::lmer(mAch ~ meanses + sector + cses + (1 | school)
 if (exists("c1")) {
   r2 <- suppressWarnings(performance::r2_nakagawa(c1)); ic <- suppressWarnings(performance::icc(c1))
   v <- suppressWarnings(insight::get_variance(c1))
-  write_ref(list(name = "r2_wine_clmm", r_call = "ordinal::clmm(rating ~ temp + contact + (1 | judge), data = wine)",
+  write_inference_ref(list(name = "r2_wine_clmm", r_call = "ordinal::clmm(rating ~ temp + contact + (1 | judge), data = wine)",
                  data = "wine.csv", r2_marginal = unname(r2$R2_marginal), r2_conditional = unname(r2$R2_conditional),
                  icc_adjusted = ic$ICC_adjusted, icc_conditional = ic$ICC_conditional,
                  var_fixed = v$var.fixed, var_random = v$var.random, var_residual = v$var.residual), "r2_wine_clmm")
@@ -244,7 +197,7 @@ sb_case <- function(name, call, null_call, data_name, group) {
                       r2_level1 = unname(1 - (a["s2"] + a["t2"]) / (b["s2"] + b["t2"])),
                       r2_level2 = unname(1 - (a["s2"] / nbar + a["t2"]) / (b["s2"] / nbar + b["t2"])))
   }
-  write_ref(list(name = name, r_call = call, null_call = null_call, data = paste0(data_name, ".csv"),
+  write_inference_ref(list(name = name, r_call = call, null_call = null_call, data = paste0(data_name, ".csv"),
                  model_vc = as.list(a), null_vc = as.list(b), values = out), name)
 }
 sb_case("sb_hsb82", "lme4::lmer(mAch ~ meanses + cses + (1 | school), data = hsb82, REML = FALSE)",
@@ -285,7 +238,7 @@ refit_deletion <- function(model, data, group) {
 }
 infl_case <- function(name, call, data_name, group) {
   m <- eval(parse(text = call))
-  write_ref(list(name = name, r_call = call, data = paste0(data_name, ".csv"), group = group,
+  write_inference_ref(list(name = name, r_call = call, data = paste0(data_name, ".csv"), group = group,
                  fit = fit_info(m), fixef_names = names(fixef(m)),
                  hlmdiag = hlmdiag_cooks(m, group),
                  refit = refit_deletion(m, get(data_name), group)), name)
@@ -299,7 +252,7 @@ infl_case("influence_penicillin", "lme4::lmer(diameter ~ 1 + (1 | plate) + (1 | 
 conv_case <- function(name, call) {
   m <- eval(parse(text = call))
   d <- m@optinfo$derivs
-  write_ref(list(name = name, r_call = call, fit = fit_info(m), reml = isREML(m),
+  write_inference_ref(list(name = name, r_call = call, fit = fit_info(m), reml = isREML(m),
                  deviance = if (isREML(m)) REMLcrit(m) else deviance(m),
                  gradient = d$gradient, hessian = d$Hessian,
                  conv_messages = m@optinfo$conv$lme4$messages), name)
@@ -318,8 +271,8 @@ boot_case <- function(name, call, nsim, seed) {
                                 sdcor = as.data.frame(VarCorr(x))$sdcor), nsim = nsim)
   set.seed(seed)
   ci <- suppressMessages(confint(m, method = "boot", nsim = nsim, oldNames = FALSE, boot.type = "perc"))
-  write_ref(list(name = name, r_call = call, nsim = nsim, seed = seed,
-                 confint_perc = lapply(split(as.data.frame(ci), rownames(ci)), function(r) unname(unlist(r))),
+  write_inference_ref(list(name = name, r_call = call, nsim = nsim, seed = seed,
+                 confint_perc = ci_rows(ci, sorted = TRUE),
                  rownames = rownames(ci),
                  boot_mean = as.list(colMeans(b$t)), boot_sd = as.list(apply(b$t, 2, sd))), name)
 }
@@ -339,7 +292,7 @@ bci <- lapply(1:2, function(i) {
 })
 binom <- lapply(list(c(0, 20), c(7, 20), c(20, 20), c(83, 100)), function(kn)
   list(k = kn[1], n = kn[2], ci = unname(binom.test(kn[1], kn[2])$conf.int)))
-write_ref(list(name = "boot_formulas", conf = 0.9, stats = bci, binom = binom,
+write_inference_ref(list(name = "boot_formulas", conf = 0.9, stats = bci, binom = binom,
                boot_version = packageDescription("boot")$Version), "boot_formulas")
 
 cat("done\n")

@@ -15,46 +15,13 @@
 suppressPackageStartupMessages({
   library(lme4)
   library(lmerTest)   # only for as_lmerModLmerTest(); the fits themselves are lme4::lmer
-  library(jsonlite)
 })
 
-stopifnot(file.exists("tools/r_reference/lmm_reference.R"))   # run from the repo root
-DATA_DIR <- "tests/data"
+## save_data(), run_call(), lme4_estimates(), lme4_ranef(), write_ref(), import_with_lines(), ...
+source("tools/r_reference/common.R")
 REF_DIR <- "tests/reference/lmm"
-dir.create(DATA_DIR, recursive = TRUE, showWarnings = FALSE)
-dir.create(REF_DIR, recursive = TRUE, showWarnings = FALSE)
-
-R_VERSIONS <- list(
-  R = paste(R.version$major, R.version$minor, sep = "."),
-  lme4 = packageDescription("lme4")$Version,
-  lmerTest = packageDescription("lmerTest")$Version,
-  Matrix = packageDescription("Matrix")$Version,
-  nloptr = packageDescription("nloptr")$Version,
-  minqa = packageDescription("minqa")$Version,
-  jsonlite = packageDescription("jsonlite")$Version
-)
-
-source("tools/r_reference/common.R")   # write_json_file()
-
-## ---- datasets ---------------------------------------------------------------------------
-## save_data() writes NAME.csv (+ NAME.levels.json for the factor columns), reads the CSV back,
-## restores the factors with R's level order, and assigns the result to a global variable NAME
-## (the name that appears in each r_call).
-save_data <- function(df, name) {
-  df <- as.data.frame(df)
-  csv <- file.path(DATA_DIR, paste0(name, ".csv"))
-  write.csv(df, csv, row.names = FALSE)
-  facs <- names(df)[vapply(df, is.factor, logical(1))]
-  lv <- lapply(facs, function(col) list(levels = levels(df[[col]]), ordered = is.ordered(df[[col]])))
-  names(lv) <- facs
-  if (length(facs)) write_json_file(lv, file.path(DATA_DIR, paste0(name, ".levels.json")), auto_unbox = FALSE)
-  back <- read.csv(csv, stringsAsFactors = FALSE)
-  for (col in facs) back[[col]] <- factor(as.character(back[[col]]), levels = levels(df[[col]]),
-                                          ordered = is.ordered(df[[col]]))
-  stopifnot(identical(dim(back), dim(df)))
-  assign(name, back, envir = globalenv())
-  invisible(back)
-}
+start_script("lmm_reference.R", c(DATA_DIR, REF_DIR))
+R_VERSIONS <- r_versions(c("lme4", "lmerTest", "Matrix", "nloptr", "minqa", "jsonlite"))
 
 ## ---- one reference case -------------------------------------------------------------------
 ## name: case (file) name; formula: the string the Python side passes; r_formula: the same model
@@ -69,14 +36,9 @@ ref_case <- function(name, formula, data, reml = TRUE, weights = NULL, offset = 
     sprintf("lme4::lmer(%s, %s)", r_formula, paste(args, collapse = ", "))
   }
   run <- function(call_txt) {
-    warns <- character(0); msgs <- character(0)
-    t <- system.time(fit <- withCallingHandlers(
-      eval(parse(text = call_txt), envir = globalenv()),
-      warning = function(w) { warns <<- c(warns, conditionMessage(w)); invokeRestart("muffleWarning") },
-      message = function(m) { msgs <<- c(msgs, trimws(conditionMessage(m))); invokeRestart("muffleMessage") }
-    ))
-    list(fit = fit, warnings = warns, messages = msgs, seconds = t[["elapsed"]],
-         conv = fit@optinfo$conv$lme4$messages)
+    res <- run_call(call_txt)
+    res$conv <- res$fit@optinfo$conv$lme4$messages
+    res
   }
   r_call <- make_call(NULL)
   res <- run(r_call)
@@ -89,33 +51,7 @@ ref_case <- function(name, formula, data, reml = TRUE, weights = NULL, offset = 
   }
   fit <- res$fit
 
-  vc <- as.data.frame(VarCorr(fit), order = "cov.last")
-  vc_rows <- lapply(seq_len(nrow(vc)), function(i) list(
-    grp = as.character(vc$grp[i]),
-    var1 = ifelse(is.na(vc$var1[i]), "", as.character(vc$var1[i])),
-    var2 = ifelse(is.na(vc$var2[i]), "", as.character(vc$var2[i])),
-    vcov = vc$vcov[i], sdcor = vc$sdcor[i]))
-
-  re <- ranef(fit, condVar = TRUE)
-  ranef_out <- list(); condsd_out <- list()
-  for (g in names(re)) {
-    df <- re[[g]]
-    lev <- rownames(df)
-    ranef_out[[g]] <- lapply(seq_len(nrow(df)), function(i) {
-      row <- as.list(vapply(names(df), function(nm) df[[nm]][i], numeric(1)))
-      row[[".level"]] <- lev[i]
-      row
-    })
-    pv <- attr(df, "postVar")
-    if (!is.list(pv)) pv <- list(pv)   # several terms on one factor: one array per term
-    sds <- list()
-    for (a in pv) for (k in seq_len(dim(a)[1])) sds[[length(sds) + 1]] <- sqrt(a[k, k, ])
-    stopifnot(length(sds) == ncol(df))
-    condsd_out[[g]] <- sds
-  }
-
-  th <- getME(fit, "theta")
-  out <- list(
+  out <- c(list(
     name = name,
     r_call = r_call,
     data = paste0(data, ".csv"),
@@ -129,13 +65,9 @@ ref_case <- function(name, formula, data, reml = TRUE, weights = NULL, offset = 
     warnings = I(res$warnings),            # R warnings raised by lmer()
     messages = I(res$messages),            # R messages, e.g. lme4's "boundary (singular) fit"
     conv_messages = I(as.character(res$conv)),          # fit@optinfo$conv$lme4$messages
-    notes = I(c(notes, note)),
-    fixef = as.list(fixef(fit)),
-    se = as.list(setNames(sqrt(diag(as.matrix(vcov(fit)))), names(fixef(fit)))),
-    varcorr = vc_rows,
-    theta = I(unname(th)),
-    theta_names = I(names(th)),
-    loglik = as.numeric(logLik(fit)),
+    notes = I(c(notes, note))),
+    lme4_estimates(fit),   # fixef, se, varcorr, theta, theta_names, loglik
+    list(
     aic = AIC(fit),
     bic = BIC(fit),
     deviance = if (isREML(fit)) NA else deviance(fit),
@@ -143,9 +75,8 @@ ref_case <- function(name, formula, data, reml = TRUE, weights = NULL, offset = 
     nobs = nobs(fit),
     ngrps = as.list(ngrps(fit)),
     sigma = sigma(fit),
-    singular = isSingular(fit),
-    ranef = ranef_out,
-    condsd = condsd_out
+    singular = isSingular(fit)),
+    lme4_ranef(fit)        # ranef, condsd
   )
   if (reml) {
     lt <- withCallingHandlers(summary(lmerTest::as_lmerModLmerTest(fit))$coefficients,
@@ -154,7 +85,7 @@ ref_case <- function(name, formula, data, reml = TRUE, weights = NULL, offset = 
     out$satterthwaite_df <- as.list(lt[, "df"])
     out$p_values <- as.list(lt[, "Pr(>|t|)"])
   }
-  write_json_file(out, file.path(REF_DIR, paste0(name, ".json")))
+  write_ref(out, name, REF_DIR)
   cat(sprintf("%-28s %-55s %s  singular=%s  warnings=%d\n", name, formula, if (reml) "REML" else "ML  ",
               isSingular(fit), length(out$warnings)))
   invisible(fit)
@@ -171,8 +102,6 @@ save_data(lme4::Pastes, "pastes")
 mach <- as.data.frame(nlme::Machines)[, c("score", "Machine", "Worker")]
 mach$Worker <- factor(as.character(mach$Worker), levels = levels(mach$Worker))   # nlme's level order, unordered
 save_data(mach, "machines")
-
-rnd <- function(x) round(x, 6)
 
 ## three-level nesting; school and class labels repeat within their parent
 set.seed(20240501)
@@ -277,7 +206,7 @@ stopifnot(isSingular(fit))
 
 ## ---- import the shared development set --------------------------------------------------
 ## Text-level insertion after the "data" line, so every stored value stays byte-identical.
-import_shared <- function(shared = Sys.getenv("MLMEXT_SHARED", "../shared")) {
+import_shared <- function(shared = shared_dir()) {
   if (!dir.exists(file.path(shared, "reference"))) {
     cat("shared reference set not found at", shared, "- import skipped\n")
     return(invisible(NULL))
@@ -295,21 +224,12 @@ import_shared <- function(shared = Sys.getenv("MLMEXT_SHARED", "../shared")) {
   ## versions the shared set was made with (shared/README.md)
   vers <- '  "r_versions": {"R": "4.2.2", "lme4": "1.1-31", "lmerTest": "3.1-3"},'
   for (nm in names(cases)) {
-    src <- readLines(file.path(shared, "reference", paste0(nm, ".json")))
-    i <- grep('^  "data": ', src)
-    stopifnot(length(i) == 1)
     add <- c(sprintf('  "formula": "%s",', cases[[nm]][1]), sprintf('  "reml": %s,', cases[[nm]][2]), vers)
-    writeLines(c(src[1:i], add, src[-(1:i)]), file.path(REF_DIR, paste0(nm, ".json")))
-    stopifnot(identical(fromJSON(file.path(REF_DIR, paste0(nm, ".json")))$reml, cases[[nm]][2] == "true"))
+    stopifnot(identical(import_with_lines(nm, add, REF_DIR, shared)$reml, cases[[nm]][2] == "true"))
   }
   for (d in c("sleepstudy", "penicillin", "pastes", "dyestuff")) {
-    for (ext in c(".csv", ".levels.json")) {
-      mine <- file.path(DATA_DIR, paste0(d, ext))
-      # the cases above were fitted on the files written by save_data(): they must equal the shared ones
-      if (file.exists(mine) && !identical(readLines(mine), readLines(file.path(shared, "data", paste0(d, ext)))))
-        stop(mine, " differs from the shared copy")
-      file.copy(file.path(shared, "data", paste0(d, ext)), file.path(DATA_DIR, paste0(d, ext)), overwrite = TRUE, copy.mode = FALSE)
-    }
+    check_same_as_shared(d, shared)   # the cases above were fitted on the files save_data() wrote
+    copy_shared_data(d, shared)
   }
   file.copy(file.path(shared, "data", "insteval.levels.json"), file.path(DATA_DIR, "insteval.levels.json"), overwrite = TRUE, copy.mode = FALSE)
   ## gzip without name/timestamp so the archive is reproducible
