@@ -96,3 +96,21 @@ def check_ranef(re, ref, scale=1.0):
             sd = np.asarray(ref["condsd"][g][j])
             mysd = df.attrs["condsd"][mycols[norm(c)]].to_numpy()
             np.testing.assert_allclose(mysd, sd, rtol=5e-3, atol=1e-6 * scale)
+
+
+def check_varcorr(vc, ref, strip_ref_suffix=False):
+    """``varcorr()`` against R's ``as.data.frame(VarCorr(fit))`` rows in ``ref["varcorr"]``:
+    SDs within 0.2 % (+ 1e-6), correlations within 0.01.  lme4 names repeated grouping factors
+    ``g.1``, ``g.2`` (``(x || g)``); ``strip_ref_suffix`` drops that suffix from R's names."""
+    mine = {}
+    for _, r in vc.iterrows():
+        mine.setdefault((group_key(r["grp"].split(".")[0]), norm(r["var1"]), norm(r["var2"])), []).append(r["sdcor"])
+    for r in ref["varcorr"]:
+        grp = r["grp"].split(".")[0] if strip_ref_suffix and r["grp"][-2:-1] == "." else r["grp"]
+        key = (group_key(grp), norm(r["var1"]), norm(r["var2"]))
+        assert key in mine, (key, list(mine))
+        got = min(mine[key], key=lambda v: abs(v - r["sdcor"]))
+        if r["var2"]:
+            assert abs(got - r["sdcor"]) < 0.01
+        else:
+            assert abs(got - r["sdcor"]) <= 2e-3 * max(abs(r["sdcor"]), 1e-3) + 1e-6
