@@ -1,0 +1,63 @@
+"""Keyword arguments we do not read raise ``TypeError`` instead of being swallowed.
+
+statsmodels' ``Model.__init__`` stores unknown keyword arguments and many ``fit``
+methods take ``**kwargs``: an R habit (``REML=False``, ``nAGQ=25``,
+``newdata=``) or a typo (``weight=``) would then give a different model with
+no error.  Every public entry point that takes ``**kwargs`` passes what is left
+to :func:`reject_unknown`, which names the argument and the spelling that works.
+"""
+from __future__ import annotations
+
+import difflib
+
+__all__ = ["reject_unknown"]
+
+# R / lme4 / statsmodels spellings that mean something else here
+_HINTS = {
+    "REML": "the criterion is chosen when fitting: .fit(reml=False) for ML, .fit() for REML",
+    "nAGQ": "use .fit(nagq=...) (1 = Laplace, up to 100 quadrature nodes)",
+    "newdata": "pass the new rows as data= (or exog=)",
+    "new_data": "pass the new rows as data= (or exog=)",
+    "re_form": "use re=False for population-level predictions, re=True (default) with the "
+               "random effects",
+    "re.form": "use re=False for population-level predictions, re=True (default) with the "
+               "random effects",
+    "type": "use which='mean' (response scale) or which='linear' (link scale)",
+    "allow_new_levels": "levels not seen in fitting always get the population value "
+                        "(random effect 0)",
+    "weight": "did you mean weights=?",
+    "exposure": "give the log exposure as an offset: offset=np.log(exposure)",
+    "start": "use start_params=",
+    "control": "give the optimizer settings to fit() directly (maxiter=, tol=)",
+    "verbose": "use disp=",
+    "na_action": "use missing='drop' or missing='raise'",
+    "contrasts": "write contrasts in the formula, e.g. C(f, Sum)",
+}
+
+
+def reject_unknown(kwargs, where, accepted=(), hints=None):
+    """Raise ``TypeError`` when ``kwargs`` is not empty.
+
+    Parameters
+    ----------
+    kwargs : dict
+        The keyword arguments left over after the ones the function reads.
+    where : str
+        The function as the user called it (``"lmer()"``, ``"fit()"``).
+    accepted : sequence of str
+        The names the function does take, for a "did you mean" suggestion.
+    hints : dict, optional
+        Per-function hints overriding the shared ones.
+    """
+    if not kwargs:
+        return
+    msgs = []
+    for key in kwargs:
+        hint = (hints or {}).get(key) or _HINTS.get(key)
+        if hint is None:
+            close = difflib.get_close_matches(key, list(accepted), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}=?" if close else (
+                f"it takes {', '.join(sorted(accepted))}" if accepted else "")
+        msgs.append(f"{key!r}" + (f" ({hint})" if hint else ""))
+    word = "argument" if len(msgs) == 1 else "arguments"
+    raise TypeError(f"{where} got an unexpected keyword {word} " + "; ".join(msgs))

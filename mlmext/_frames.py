@@ -1,0 +1,78 @@
+"""Input tables -> a pandas DataFrame with NumPy-backed columns the formula engine reads.
+
+Users bring polars and pyarrow tables (statsmodels 0.15 accepts polars) and pandas
+columns with nullable dtypes (``Int64``, ``Float64``, ``boolean``, ``string``,
+pyarrow-backed) whose missing value is ``pd.NA``, which patsy cannot evaluate.
+:func:`as_dataframe` converts them once at the front door so that ``pd.NA``
+is an ordinary missing value (dropped and counted like NaN) and nothing later
+needs to know where the table came from.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["as_dataframe"]
+
+
+def as_dataframe(data, where="data"):
+    """``data`` as a pandas DataFrame with NumPy-backed columns.
+
+    Parameters
+    ----------
+    data : pandas.DataFrame, polars.DataFrame, pyarrow.Table, dict or structured array
+        Anything with named columns.  A plain 2-D array has no column names
+        for a formula to use and raises ``TypeError``.
+    where : str
+        The argument's name, for the error message.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``data`` itself when no column needed converting, else a shallow copy
+        with nullable and pyarrow-backed columns converted: numbers to
+        ``int64`` (no missing values) or ``float64`` with NaN, booleans to
+        ``bool`` or ``object`` with None, strings to ``object`` with None.
+    """
+    if isinstance(data, pd.DataFrame):
+        df = data
+    elif hasattr(data, "to_pandas") and callable(data.to_pandas):   # polars, pyarrow, narwhals
+        df = data.to_pandas()
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"{where}: {type(data).__name__}.to_pandas() did not give a DataFrame")
+    elif isinstance(data, dict) or (isinstance(data, np.ndarray) and data.dtype.names):
+        df = pd.DataFrame(data)
+    else:
+        raise TypeError(f"{where} must be a table with named columns (a pandas or polars DataFrame, "
+                        f"a pyarrow Table or a dict of columns); got {type(data).__name__}")
+    converted = {c: _numpy_backed(df[c]) for c in df.columns if _needs_conversion(df[c].dtype)}
+    if not converted:
+        return df
+    df = df.copy(deep=False)
+    for c, s in converted.items():
+        df[c] = s
+    return df
+
+
+def _needs_conversion(dtype):
+    if isinstance(dtype, (pd.CategoricalDtype, pd.DatetimeTZDtype, pd.PeriodDtype,
+                          pd.IntervalDtype, pd.SparseDtype)):
+        return False
+    if isinstance(dtype, pd.StringDtype):
+        return dtype.na_value is pd.NA        # pandas' default "str" dtype uses NaN: fine as is
+    return isinstance(dtype, pd.api.extensions.ExtensionDtype)
+
+
+def _numpy_backed(s):
+    """One nullable / pyarrow-backed column as a NumPy-backed Series (pd.NA -> NaN or None)."""
+    na = s.isna().to_numpy()
+    kind = getattr(s.dtype, "kind", "O")
+    if kind in "iu":
+        return s.astype("float64" if na.any() else "int64")
+    if kind == "f":
+        return s.astype("float64")
+    if kind == "b":
+        return s.astype(object).where(~na, None) if na.any() else s.astype(bool)
+    if kind == "M":
+        return pd.to_datetime(s)
+    return s.astype(object).where(~na, None)
