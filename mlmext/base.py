@@ -17,8 +17,9 @@ import pandas as pd
 from statsmodels.base.model import LikelihoodModel
 from statsmodels.formula._manager import FormulaManager
 
-from .design import RandomEffectsDesign, ReTerm, grouping_factor
-from .formula.terms import parse_formula
+from ._args import reject_unknown
+from .design import match_levels
+from .formula.frame import build_model_frame, display_name, evaluate
 
 __all__ = ["MixedModel", "cbind"]
 
@@ -38,24 +39,7 @@ def _caller_namespace(depth):
     return ns
 
 
-def _formula_error(exc, where, data):
-    """Turn a formula engine's error about a missing name into a ValueError naming the column."""
-    msg = str(exc)
-    import re
-    m = re.search(r"name '([^']+)' is not defined", msg) or re.search(r"'([^']+)' is not present", msg)
-    if m:
-        return ValueError(f"unknown column {m.group(1)!r} in {where}; the data has columns "
-                          f"{list(data.columns)}")
-    return ValueError(f"could not evaluate {where}: {msg.splitlines()[0] if msg else type(exc).__name__}")
-
-
-def _eval(mgr, formula, data, env, where):
-    try:
-        return mgr.get_matrices(formula, data, eval_env=env, pandas=True,
-                                na_action=mgr.get_na_action("drop"))
-    except Exception as exc:  # noqa: BLE001 - re-raised with the column name
-        raise _formula_error(exc, where, data) from exc
-
+_eval = evaluate     # the name the GLMM and ordinal models import
 
 class MixedModel(LikelihoodModel):
     """Base class of the mixed models: holds y, X, the random-effects design and row bookkeeping.
@@ -78,11 +62,16 @@ class MixedModel(LikelihoodModel):
 
     # lme4's checks on grouping factors; GLMMs allow as many levels as rows
     _check_nlev_vs_nobs = True
+    # the formula api function that builds the model, and hints for arguments it does not take
+    _api_name = "MixedModel"
+    _init_hints = {}
 
     def __init__(self, endog, exog, re_design, weights=None, offset=None, **kwargs):
         self.formula_info = kwargs.pop("formula_info", {})
         missing = kwargs.pop("missing", "none")
-        super().__init__(endog, exog, missing=missing, **kwargs)
+        reject_unknown(kwargs, f"{self._api_name}()", accepted=self._init_accepted(),
+                       hints=self._init_hints)
+        super().__init__(endog, exog, missing=missing)
         self.re_design = re_design
         n = self.endog.shape[0]
         self.weights = np.ones(n) if weights is None else np.asarray(weights, dtype=float).ravel()
@@ -93,7 +82,8 @@ class MixedModel(LikelihoodModel):
             raise ValueError("weights must be finite and non-negative")
         if np.any(~np.isfinite(self.offset)):
             raise ValueError("offset has non-finite values")
-        self.nobs = float(n)
+        # rows with zero weight carry no information: they are not observations (R's glm)
+        self.nobs = float(np.count_nonzero(self.weights))
         self.k_fe = self.exog.shape[1]
         self.nrows_dropped = self.formula_info.get("nrows_dropped", 0)
         self._check_design()
@@ -133,103 +123,25 @@ class MixedModel(LikelihoodModel):
         eval_env : int
             Frames above the caller whose variables formulas may use.
         """
-        if not isinstance(data, pd.DataFrame):
-            data = pd.DataFrame(data)
-        if subset is not None:
-            data = data.loc[subset]
-        if missing not in ("drop", "raise", "none"):
-            raise ValueError("missing must be 'drop' or 'raise'")
         env = _caller_namespace(eval_env + 1) if isinstance(eval_env, int) else eval_env
-        row_labels = data.index
-        data = data.reset_index(drop=True)
-        parsed = parse_formula(formula)
-        mgr = FormulaManager()
-
-        def column_or_array(v, what):
-            if v is None:
-                return None
-            if isinstance(v, str):
-                if v not in data.columns:
-                    raise ValueError(f"unknown column {v!r} given as {what}")
-                return pd.to_numeric(data[v], errors="coerce").to_numpy(dtype=float)
-            arr = np.asarray(v, dtype=float).ravel()
-            if arr.shape[0] != len(data):
-                raise ValueError(f"{what} has {arr.shape[0]} values for {len(data)} rows")
-            return arr
-
-        w_all = column_or_array(weights, "weights")
-        off_all = column_or_array(offset, "offset")
-
-        y_df, X_df = cls._fixed_matrices(mgr, parsed, data, env)
-        keep = pd.Index(y_df.index).intersection(X_df.index)
-        bad_cols = {}
-        lhs_frames = {}
-        for bar in parsed.bars:
-            for f in bar.factors:
-                if f not in data.columns:
-                    raise ValueError(f"unknown column {f!r} in random-effects term {bar.source}; "
-                                     f"the data has columns {list(data.columns)}")
-                na = data[f].isna()
-                if na.any():
-                    bad_cols[f] = int(na.sum())
-                    keep = keep.intersection(data.index[~na])
-            if bar.lhs not in lhs_frames:
-                Z = _eval(mgr, bar.lhs, data, env, f"random-effects term {bar.source}")
-                lhs_frames[bar.lhs] = (Z, mgr.get_model_spec(Z))
-                keep = keep.intersection(Z.index)
-        off_parts = []
-        for expr in parsed.offsets:
-            o = _eval(mgr, f"0 + {expr}", data, env, f"offset({expr})")
-            if o.shape[1] != 1:
-                raise ValueError(f"offset({expr}) must be a single numeric column")
-            off_parts.append(o.iloc[:, 0])
-            keep = keep.intersection(o.index)
-        for arr, what in ((w_all, "weights"), (off_all, "offset")):
-            if arr is not None:
-                ok = np.isfinite(arr)
-                if not ok.all():
-                    bad_cols[what] = int((~ok).sum())
-                    keep = keep.intersection(data.index[ok])
-        keep = keep.sort_values()
-        ndrop = len(data) - len(keep)
-        if ndrop and missing == "raise":
-            raise ValueError(f"{ndrop} rows have missing values (missing='raise'); "
-                             "use missing='drop' to drop them")
-        if len(keep) == 0:
-            raise ValueError("no rows left after dropping rows with missing values")
-        sub = data.loc[keep].reset_index(drop=True)
-        y = y_df.loc[keep]
-        X = X_df.loc[keep]
-        terms = []
-        for bar in parsed.bars:
-            Z, spec = lhs_frames[bar.lhs]
-            Zk = Z.loc[keep].to_numpy(dtype=float)
-            codes, levels = grouping_factor(sub, list(bar.factors))
-            t = ReTerm(bar.name, bar.factors, bar.lhs, Zk, list(Z.columns), codes, levels)
-            t.spec = spec
-            terms.append(t)
-        design = RandomEffectsDesign(terms)
-        off = np.zeros(len(keep))
-        for o in off_parts:
-            off += o.loc[keep].to_numpy(dtype=float)
-        if off_all is not None:
-            off += off_all[keep.to_numpy()]
-        w = None if w_all is None else w_all[keep.to_numpy()]
-        info = {
-            "formula": formula,
-            "parsed": parsed,
-            "fixed_spec": mgr.get_model_spec(X_df),
-            "nrows_dropped": ndrop,
-            "row_labels": row_labels[keep.to_numpy()],
-            "data": sub,
-            "eval_env": env,
-            "has_offset": bool(parsed.offsets) or off_all is not None,
-            "has_weights": w_all is not None,
-        }
-        y, X = cls._prepare_endog_exog(y, X, sub, info)
-        mod = cls(y, X, design, weights=w, offset=off, formula_info=info, **kwargs)
+        frame = build_model_frame(formula, data, subset=subset, weights=weights, offset=offset,
+                                  missing=missing, env=env, fixed_matrices=cls._fixed_matrices,
+                                  mgr=FormulaManager())
+        info = frame.info
+        y, X = cls._prepare_endog_exog(frame.y, frame.X, info["data"], info)
+        mod = cls(y, X, frame.design, weights=frame.weights, offset=frame.offset,
+                  formula_info=info, **kwargs)
         mod.formula = formula
         return mod
+
+    @classmethod
+    def _init_accepted(cls):
+        """Keyword arguments the model (and ``from_formula``) read, for "did you mean"."""
+        import inspect
+        names = set()
+        for f in (cls.__init__, cls.from_formula):
+            names |= {p for p in inspect.signature(f).parameters if p not in ("self", "cls", "kwargs")}
+        return sorted(names)
 
     @classmethod
     def _fixed_matrices(cls, mgr, parsed, data, env):
@@ -245,34 +157,152 @@ class MixedModel(LikelihoodModel):
         return y.iloc[:, 0], _drop_rank_deficient(X)
 
     # ------------------------------------------------------------- new data
-    def _new_design(self, data, re=True):
-        """Fixed design and per-term (X, codes into fitted levels, -1 if new) for new data.
+    def _new_design(self, data, re=True, offset=None):
+        """Fixed design, per-term (Z, codes into fitted levels, -1 if new) and offset for new data.
 
         With ``re=False`` the random-effects terms are skipped, so population-level
         predictions do not need the grouping columns (lme4's ``re.form = NA``).
+        Rows with a missing value in a variable used give NaN in the design (and
+        so a NaN prediction), as statsmodels and lme4 predict.
         """
+        from ._frames import as_dataframe
         mgr = FormulaManager()
-        data = pd.DataFrame(data).reset_index(drop=True)
+        data = as_dataframe(data, "new data").reset_index(drop=True)
+        n = len(data)
         info = self.formula_info
-        X = mgr.get_matrices(info["fixed_spec"], data, pandas=True)
+        env = info.get("eval_env")
+
+        def matrix(spec_or_formula, what):
+            try:
+                M = mgr.get_matrices(spec_or_formula, data, eval_env=env, pandas=True,
+                                     na_action=mgr.get_na_action("drop"))
+            except Exception as exc:  # noqa: BLE001 - re-raised naming the column
+                from .formula.frame import formula_error
+                raise formula_error(exc, what, data) from exc
+            M.columns = [display_name(c) for c in M.columns]
+            return M.reindex(index=range(n))            # dropped (incomplete) rows -> NaN
+
+        X = matrix(self._fixed_spec(), "the fixed-effects formula (new data)")
+        missing_cols = [c for c in self.exog_names if c not in X.columns]
+        if missing_cols:
+            raise ValueError(f"the new data give no column(s) {missing_cols} of the fitted design "
+                             "(a factor level not seen in fitting?)")
         X = X.reindex(columns=self.exog_names).to_numpy(dtype=float)
         terms = []
         for t in (self.re_design.terms if re else []):
-            missing = [f for f in t.factors if f not in data.columns]
-            if missing:
+            absent = [f for f in t.factors if f not in data.columns]
+            if absent:
                 raise ValueError(f"predicting with random effects needs the grouping column(s) "
-                                 f"{missing} in the new data; use re=False for population-level "
+                                 f"{absent} in the new data; use re=False for population-level "
                                  "predictions")
-            Z = mgr.get_matrices(t.spec, data, pandas=True).to_numpy(dtype=float)
-            codes, labels = grouping_factor(data, list(t.factors))
-            lookup = {lev: i for i, lev in enumerate(t.levels)}
-            newcodes = np.array([lookup.get(lab, -1) for lab in labels], dtype=np.int64)[codes]
-            terms.append((Z, newcodes))
-        off = np.zeros(len(data))
+            Z = matrix(self._term_spec(t), f"random-effects term ({t.lhs} | {t.name}) (new data)")
+            terms.append((Z.to_numpy(dtype=float), match_levels(data, t)))
+        off = np.zeros(n)
         for expr in info["parsed"].offsets:
-            off += mgr.get_matrices(f"0 + {expr}", data, eval_env=info["eval_env"],
-                                    pandas=True).iloc[:, 0].to_numpy(dtype=float)
+            off += matrix(f"0 + {expr}", f"offset({expr})").iloc[:, 0].to_numpy(dtype=float)
+        off += self._new_offset(data, offset)
         return X, terms, off
+
+    def _new_offset(self, data, offset):
+        """The ``offset=`` part of the offset for new data (the formula's offset() is separate)."""
+        how = self.formula_info.get("offset_arg")
+        if offset is not None:
+            arr = np.asarray(data[offset] if isinstance(offset, str) else offset, dtype=float).ravel()
+            if arr.shape[0] != len(data):
+                raise ValueError(f"offset has {arr.shape[0]} values for {len(data)} new rows")
+            return arr
+        if how is None:
+            return 0.0
+        if how == "array":
+            raise ValueError("the model was fitted with offset= given as an array: pass offset= "
+                             "(one value per new row) to predict")
+        if how not in data.columns:
+            raise ValueError(f"the model was fitted with offset={how!r}: the new data need that "
+                             "column (or pass offset=)")
+        return pd.to_numeric(data[how], errors="coerce").to_numpy(dtype=float)
+
+    # ------------------------------------------------ formula specs (rebuilt after unpickling)
+    def _fixed_spec(self):
+        if self.formula_info.get("fixed_spec") is None:
+            self._rebuild_specs()
+        return self.formula_info["fixed_spec"]
+
+    def _term_spec(self, term):
+        if getattr(term, "spec", None) is None:
+            self._rebuild_specs()
+        return term.spec
+
+    def _rebuild_specs(self):
+        """Evaluate the formula again on the stored model frame to recover the engine's specs.
+
+        patsy's specs cannot be pickled; they are dropped by ``__getstate__`` and
+        rebuilt here, from the same rows, so stateful transforms learn the same state.
+        """
+        info = self.formula_info
+        if "data" not in info or info.get("parsed") is None:
+            raise ValueError("this model has no formula and model frame to evaluate new data with")
+        mgr = FormulaManager()
+        env = info.get("eval_env")
+        _, X_df = self._fixed_matrices(mgr, info["parsed"], info["data"], env)
+        info["fixed_spec"] = mgr.get_model_spec(X_df)
+        for t in self.re_design.terms:
+            Z = evaluate(mgr, t.lhs, info["data"], env, f"random-effects term ({t.lhs} | {t.name})")
+            t.spec = mgr.get_model_spec(Z)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        info = dict(state.get("formula_info", {}))
+        info["fixed_spec"] = None
+        info["eval_env"] = _picklable_env(info.get("eval_env"), info.get("parsed"))
+        state["formula_info"] = info
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for t in self.re_design.terms:   # specs are rebuilt on first use (_rebuild_specs)
+            t.spec = None
+
+
+def _picklable_env(env, parsed):
+    """The part of a formula's namespace a pickle can carry: the names the formula uses.
+
+    Modules are stored by name and imported again; values that cannot be pickled
+    (a lambda, an open file) are left out: new data then need no such name, or
+    raise naming it.
+    """
+    import pickle
+    import types
+    out = {"np": _ModuleRef("numpy"), "cbind": cbind}
+    if not env:
+        return out
+    from .formula.frame import _names_in
+    exprs = []
+    if parsed is not None:
+        exprs = [parsed.fixed_formula] + [b.lhs for b in parsed.bars] + list(parsed.offsets)
+    for name in {n.split(".")[0] for e in exprs for n in _names_in(e)}:
+        if name not in env or name in out:
+            continue
+        v = env[name]
+        if isinstance(v, types.ModuleType):
+            out[name] = _ModuleRef(v.__name__)
+            continue
+        try:
+            pickle.dumps(v)
+        except Exception:  # noqa: BLE001 - anything that cannot be pickled is left out
+            continue
+        out[name] = v
+    return out
+
+
+class _ModuleRef:
+    """A module in a pickled formula namespace: pickled by name, imported again on load."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __reduce__(self):
+        import importlib
+        return (importlib.import_module, (self.name,))
 
 
 def _drop_rank_deficient(X, tol=1e-7):

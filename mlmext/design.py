@@ -13,11 +13,13 @@ Vocabulary (lme4 / MixedModels.jl):
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
-__all__ = ["ReTerm", "ReBlock", "RandomEffectsDesign", "grouping_factor"]
+__all__ = ["ReTerm", "ReBlock", "RandomEffectsDesign", "grouping_factor", "match_levels"]
 
 
 def lower_tri(q):
@@ -25,36 +27,147 @@ def lower_tri(q):
     return [(i, j) for j in range(q) for i in range(j, q)]
 
 
-def _factor_codes(values):
-    """Integer codes and level labels for one column, in R's level order."""
+def _is_missing(v):
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v)
+
+
+def _normalize_keys(values, name):
+    """Distinct values of one grouping column as keys that compare by value, and their kind.
+
+    Numbers become floats (``1``, ``1.0`` and ``np.int64(1)`` are one level, as in R),
+    strings stay strings, missing values become None.  A column that mixes numbers
+    and strings raises: ``1`` and ``"1"`` would otherwise be merged or split
+    depending on how they print.
+    """
+    out = np.empty(len(values), dtype=object)
+    kinds = set()
+    for i, v in enumerate(values):
+        if _is_missing(v):
+            out[i] = None
+        elif isinstance(v, (bool, np.bool_)):
+            out[i] = bool(v)
+            kinds.add("bool")
+        elif isinstance(v, numbers.Number):
+            out[i] = float(v)
+            kinds.add("number")
+        elif isinstance(v, str):
+            out[i] = v
+            kinds.add("string")
+        elif isinstance(v, (np.datetime64, pd.Timestamp)):
+            out[i] = pd.Timestamp(v)
+            kinds.add("time")
+        else:
+            out[i] = v
+            kinds.add("other")
+    if len(kinds) > 1:
+        raise ValueError(f"grouping column {name!r} mixes {' and '.join(sorted(kinds))} values "
+                         f"(e.g. 1 and '1'); convert it to one type, e.g. data[{name!r}].astype(str)")
+    return out, (kinds.pop() if kinds else "number")
+
+
+def _column_keys(values, name):
+    """``(codes, keys, kind)``: row i has key ``keys[codes[i]]`` (code -1: missing).
+
+    Only the distinct values are normalized, so a million-row column costs one hash pass.
+    """
     s = pd.Series(values)
     if isinstance(s.dtype, pd.CategoricalDtype):
-        cat = s.cat.remove_unused_categories()
-        return np.asarray(cat.cat.codes, dtype=np.int64), [str(c) for c in cat.cat.categories]
-    codes, uniq = pd.factorize(s, sort=True)
-    return codes.astype(np.int64), [str(u) for u in uniq]
+        keys, kind = _normalize_keys(s.cat.categories.to_numpy(dtype=object), name)
+        return np.asarray(s.cat.codes, dtype=np.int64), keys, kind
+    codes, uniq = pd.factorize(s, sort=False)
+    keys, kind = _normalize_keys(np.asarray(uniq, dtype=object), name)
+    return codes.astype(np.int64), keys, kind
+
+
+def _level_label(key):
+    """A level's label as R prints it: integral numbers without a decimal point."""
+    if isinstance(key, float):
+        return str(int(key)) if key.is_integer() and abs(key) < 1e15 else repr(key)
+    return str(key)
+
+
+def _factor_codes(values, name):
+    """Integer codes, level keys and kind for one grouping column, in R's level order."""
+    s = pd.Series(values)
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        s = s.cat.remove_unused_categories()
+    codes, keys, kind = _column_keys(s, name)
+    if not isinstance(s.dtype, pd.CategoricalDtype):
+        # merge keys that are equal by value (1 and 1.0 in one object column) and sort
+        merged, uniq = pd.factorize(pd.Series(keys, dtype=object), sort=True)
+        codes = np.where(codes >= 0, merged[np.maximum(codes, 0)], -1)
+        keys = np.asarray(uniq, dtype=object)
+    return codes.astype(np.int64), list(keys), kind
 
 
 def grouping_factor(data, factors):
     """Codes and labels of the interaction of ``factors`` (R's ``a:b``, unused levels dropped).
 
     The first factor varies slowest, as in R, and labels read ``"a1:b1"``.
+
+    Returns
+    -------
+    codes : ndarray of int64
+        Level of each row.
+    labels : list of str
+        Level labels.
+    keys : list of tuple
+        Per level, the value of each factor (as :func:`_normalize_keys` makes
+        them): new data are matched to levels by these, not by the labels.
+    kinds : tuple of str
+        Per factor, the kind of its values ("number", "string", ...).
     """
-    codes, labels = _factor_codes(data[factors[0]])
-    labels = np.asarray(labels, dtype=object)
+    codes, keys0, kind = _factor_codes(data[factors[0]], factors[0])
+    keys = [(k,) for k in keys0]
+    kinds = [kind]
     for f in factors[1:]:
-        c2, l2 = _factor_codes(data[f])
-        combined = codes * len(l2) + c2
+        c2, k2, kind2 = _factor_codes(data[f], f)
+        kinds.append(kind2)
+        combined = codes * len(k2) + c2
         uniq, codes = np.unique(combined, return_inverse=True)
-        l2 = np.asarray(l2, dtype=object)
-        labels = np.array([f"{labels[u // len(l2)]}:{l2[u % len(l2)]}" for u in uniq], dtype=object)
-    return codes.astype(np.int64), list(labels)
+        keys = [keys[u // len(k2)] + (k2[u % len(k2)],) for u in uniq]
+    labels = [":".join(_level_label(k) for k in key) for key in keys]
+    if len(set(labels)) < len(labels):
+        dup = next(lab for lab in labels if labels.count(lab) > 1)
+        raise ValueError(f"the grouping factor {':'.join(factors)} has two levels labelled {dup!r} "
+                         "(labels containing ':' are ambiguous in an interaction); replace ':' in "
+                         "the labels of " + ", ".join(repr(f) for f in factors))
+    return codes.astype(np.int64), labels, keys, tuple(kinds)
+
+
+def match_levels(data, term):
+    """Codes of ``term``'s fitted levels for the rows of new ``data`` (-1: not seen, or missing).
+
+    Values are compared as :func:`_normalize_keys` makes them, so a group stored as
+    int when fitting and as float in new data is the same group; a missing value
+    is an unseen level.  A column holding numbers when fitting and strings now
+    (or the reverse) raises rather than matching nothing.
+    """
+    combined = np.zeros(len(data), dtype=np.int64)
+    fitted = np.zeros(term.m, dtype=np.int64)
+    unseen = np.zeros(len(data), dtype=bool)
+    for j, (f, kind) in enumerate(zip(term.factors, term.kinds)):
+        codes, keys, new_kind = _column_keys(data[f], f)
+        if new_kind != kind and (codes >= 0).any() and "other" not in (kind, new_kind):
+            raise ValueError(f"grouping column {f!r} held {kind} values when the model was fitted "
+                             f"and holds {new_kind} values in the new data; convert it (levels "
+                             "are matched by value)")
+        levels_f = pd.Index(list(dict.fromkeys(k[j] for k in term.keys)), dtype=object)
+        pos = levels_f.get_indexer(pd.Index(keys, dtype=object)) if len(keys) else np.zeros(0, int)
+        row = np.where(codes >= 0, pos[np.maximum(codes, 0)] if len(pos) else -1, -1)
+        unseen |= row < 0
+        combined = combined * len(levels_f) + np.maximum(row, 0)
+        fitted = fitted * len(levels_f) + levels_f.get_indexer(
+            pd.Index([k[j] for k in term.keys], dtype=object))
+    out = pd.Index(fitted).get_indexer(combined).astype(np.int64)
+    out[unseen] = -1
+    return out
 
 
 class ReTerm:
     """One random-effects term: grouping factor, model matrix and theta slice."""
 
-    def __init__(self, name, factors, lhs, X, colnames, codes, levels):
+    def __init__(self, name, factors, lhs, X, colnames, codes, levels, keys=None, kinds=None):
         self.name = name
         self.factors = tuple(factors)
         self.lhs = lhs
@@ -62,6 +175,9 @@ class ReTerm:
         self.colnames = list(colnames)
         self.codes = codes
         self.levels = list(levels)
+        # per level, the value of each factor: new data are matched by value (match_levels)
+        self.keys = [(lab,) for lab in self.levels] if keys is None else list(keys)
+        self.kinds = tuple(kinds) if kinds is not None else ("string",) * len(self.factors)
         self.theta_index = None  # set by RandomEffectsDesign
 
     @property
@@ -78,6 +194,12 @@ class ReTerm:
 
     def __repr__(self):
         return f"ReTerm(({self.lhs} | {self.name}), q={self.q}, levels={self.m})"
+
+    def __getstate__(self):
+        # the formula engine's spec (patsy's DesignInfo) cannot be pickled; the model rebuilds it
+        state = self.__dict__.copy()
+        state["spec"] = None
+        return state
 
 
 class ReBlock:

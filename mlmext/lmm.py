@@ -7,7 +7,9 @@ import numpy as np
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from ._blas import blas_threads
+from ._args import reject_unknown
 from .base import MixedModel
+from .formula.frame import display_name
 from .linalg import BlockedCholesky
 from .optimize import minimize_theta
 
@@ -26,12 +28,42 @@ class LinearMixedModel(MixedModel):
     after the cross-products are formed once, an evaluation costs nothing of order n.
     """
 
+    _api_name = "lmer"
+    _init_hints = {
+        "family": "lmer fits a Gaussian linear mixed model; use glmer(..., family=...) for "
+                  "binomial or Poisson responses, glmer_nb for negative binomial counts",
+        "link": "lmer fits a Gaussian linear mixed model with the identity link",
+    }
+
     def __init__(self, endog, exog, re_design, weights=None, offset=None, **kwargs):
         super().__init__(endog, exog, re_design, weights=weights, offset=offset, **kwargs)
         y = np.asarray(self.endog, dtype=float) - self.offset
+        self._check_response(y)
         self._XY = np.column_stack([self.exog, y])
         self._chol = None
         self._logw = np.log(self.weights[self.weights > 0]).sum()
+
+    def _check_response(self, y):
+        """A response the fixed effects fit exactly leaves no residual variance to estimate."""
+        name = display_name(self.endog_names)
+        if not np.all(np.isfinite(y)):
+            raise ValueError(f"the response {name!r} has non-finite values")
+        w = self.weights
+        pos = w > 0
+        n, p = int(pos.sum()), self.exog.shape[1]
+        if n <= p:
+            raise ValueError(f"{n} observations for {p} fixed effects: a linear mixed model needs "
+                             "more observations than fixed effects")
+        yp = y[pos]
+        if np.ptp(yp) == 0:
+            raise ValueError(f"the response {name!r} is constant ({yp[0]:g}); there is nothing to model")
+        sw = np.sqrt(w[pos])
+        Xw, yw = self.exog[pos] * sw[:, None], yp * sw
+        coef = np.linalg.lstsq(Xw, yw, rcond=None)[0]
+        rss = np.sum((yw - Xw @ coef) ** 2)
+        if rss <= 1e-20 * max(np.sum(yw ** 2), 1e-300):
+            raise ValueError(f"the fixed effects fit the response {name!r} exactly (residual sum "
+                             "of squares 0); a mixed model needs residual variation")
 
     @property
     def chol(self):
@@ -180,6 +212,11 @@ class LinearMixedModel(MixedModel):
         -------
         LMMResults
         """
+        if isinstance(method, str) and method.upper() in ("ML", "REML"):
+            raise ValueError(f"method={method!r} names an optimizer here; choose the criterion with "
+                             f"reml={method.upper() == 'REML'}")
+        reject_unknown(kwargs, "fit()", accepted=["reml", "start_params", "method", "maxiter",
+                                                  "tol", "disp"])
         from .results import LMMResults, MixedResultsWrapper
         des = self.re_design
         fun = lambda th: self.deviance_profiled(th, reml=reml)

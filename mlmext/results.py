@@ -15,6 +15,7 @@ from statsmodels.iolib.summary import Summary
 from statsmodels.iolib.table import SimpleTable
 from functools import cached_property as cache_readonly
 
+from ._args import reject_unknown
 from .inference import InferenceMixin
 
 __all__ = ["MixedResults", "LMMResults", "MixedResultsWrapper"]
@@ -24,6 +25,13 @@ def _fmt(x, digits=4):
     if x is None or (isinstance(x, float) and not np.isfinite(x)):
         return ""
     return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.1f}"
+
+
+def _dropped_note(model):
+    """"3 rows with missing values and 2 rows with zero weights were dropped."."""
+    dropped = model.formula_info.get("dropped") or {"missing values": model.nrows_dropped}
+    parts = [f"{k} row{'s' if k != 1 else ''} with {why}" for why, k in dropped.items()]
+    return " and ".join(parts) + (" were" if model.nrows_dropped != 1 else " was") + " dropped."
 
 
 class MixedResults(InferenceMixin, LikelihoodModelResults):
@@ -241,47 +249,75 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
             total = total + contrib
         return total
 
-    def linear_predictor(self, data=None, re=True):
+    def linear_predictor(self, data=None, re=True, offset=None):
         """X beta (+ Z b when ``re``) + offset, for the fitted rows or new ``data``; beta is
         ``fe_params`` (for a clmm the fixed effects without the thresholds)."""
         model = self.model
         beta = np.asarray(self.fe_params)
         if data is None:
+            if offset is not None:
+                raise TypeError("offset= is for new data: the fitted rows use the fitted offset")
             eta = model.exog @ beta + model.offset
             if re:
                 eta = eta + self._re_contribution([(t.X, t.codes) for t in model.re_design.terms])
             return eta
-        X, terms, off = model._new_design(data, re=re)
+        X, terms, off = model._new_design(data, re=re, offset=offset)
         eta = X @ beta + off
         if re:
             eta = eta + self._re_contribution(terms)
         return eta
 
-    def predict(self, exog=None, data=None, re=True, which="mean", **kwargs):
+    _which = {"mean": "the response scale", "linear": "the linear predictor (link scale)"}
+    _which_hints = {"link": "linear", "response": "mean", "eta": "linear", "mu": "mean"}
+
+    def _predict_args(self, exog, data, re, which, kwargs):
+        """Check predict()'s arguments (nothing is silently ignored); return the new data."""
+        reject_unknown(kwargs, "predict()", accepted=["exog", "data", "re", "which", "offset"])
+        if exog is not None and data is not None:
+            raise TypeError("predict() takes the new rows as exog= or data=, not both")
+        if not isinstance(re, (bool, np.bool_)):
+            raise ValueError(f"re must be True (with the random effects) or False (population "
+                             f"level, lme4's re.form = NA); got {re!r}")
+        if which not in self._which:
+            hint = self._which_hints.get(str(which))
+            raise ValueError(f"which={which!r} is not one of {list(self._which)}"
+                             + (f"; use which={hint!r}" if hint else ""))
+        return exog if data is None else data
+
+    def predict(self, exog=None, data=None, re=True, which="mean", offset=None, **kwargs):
         """Predictions with (``re=True``) or without random effects.
 
         Parameters
         ----------
         exog, data : pandas.DataFrame, optional
             New data with the formula's columns (either name works); the
-            fitted rows when omitted.  Levels not seen in fitting get the
-            population value (random effect 0).
+            fitted rows when omitted.  Grouping levels are matched by value
+            (a group fitted as ``1`` is the group ``1.0``); levels not seen in
+            fitting, and missing grouping values, get the population value
+            (random effect 0).  A row with a missing predictor gets NaN.
         re : bool
             Include the conditional modes of the random effects.
         which : {"mean", "linear"}
             Response scale or linear predictor (the same for an LMM).
+        offset : str or array_like, optional
+            The ``offset=`` part of the offset for the new rows.  By default
+            the column the model was fitted with (when ``offset=`` named a
+            column); a model fitted with an array offset needs it here.
+            ``offset(...)`` terms in the formula are always evaluated on the
+            new data.
 
         Returns
         -------
-        numpy.ndarray or pandas.Series
+        pandas.Series
+            Indexed like the new data (or the fitted rows).
         """
-        data = exog if data is None else data
-        eta = self.linear_predictor(data, re=re)
+        data = self._predict_args(exog, data, re, which, kwargs)
+        eta = self.linear_predictor(data, re=bool(re), offset=offset)
         out = eta if which == "linear" else self._inverse_link(eta)
         index = self.model.formula_info.get("row_labels") if data is None else getattr(data, "index", None)
         if index is not None and len(index) == len(out):
             return pd.Series(out, index=index, name="predicted")
-        return out
+        return pd.Series(out, name="predicted")
 
     def _inverse_link(self, eta):
         return eta
@@ -360,7 +396,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
             notes.append("Boundary (singular) fit: a random-effects covariance is singular "
                          "(some variance estimated at zero).")
         if self.nrows_dropped:
-            notes.append(f"{self.nrows_dropped} rows with missing values were dropped.")
+            notes.append(_dropped_note(self.model))
         if not self.converged:
             notes.append(f"The optimizer did not converge: {self.optim.message} "
                          f"(tried {self.optim.tried}).")
