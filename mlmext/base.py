@@ -72,6 +72,8 @@ class MixedModel(LikelihoodModel):
         reject_unknown(kwargs, f"{self._api_name}()", accepted=self._init_accepted(),
                        hints=self._init_hints)
         super().__init__(endog, exog, missing=missing)
+        # kept apart from statsmodels' data object, which remove_data() empties
+        self._names = (self.data.ynames, list(self.data.xnames or []))
         self.re_design = re_design
         n = self.endog.shape[0]
         self.weights = np.ones(n) if weights is None else np.asarray(weights, dtype=float).ravel()
@@ -87,6 +89,16 @@ class MixedModel(LikelihoodModel):
         self.k_fe = self.exog.shape[1]
         self.nrows_dropped = self.formula_info.get("nrows_dropped", 0)
         self._check_design()
+
+    @property
+    def endog_names(self):
+        """Name of the response."""
+        return self._names[0]
+
+    @property
+    def exog_names(self):
+        """Names of the fixed-effects design columns."""
+        return list(self._names[1])
 
     def _check_design(self):
         n = self.endog.shape[0]
@@ -239,8 +251,9 @@ class MixedModel(LikelihoodModel):
         rebuilt here, from the same rows, so stateful transforms learn the same state.
         """
         info = self.formula_info
-        if "data" not in info or info.get("parsed") is None:
-            raise ValueError("this model has no formula and model frame to evaluate new data with")
+        if info.get("data") is None or info.get("parsed") is None:
+            raise ValueError("this model has no formula and model frame to evaluate new data with "
+                             "(a model built from arrays, or a result pickled after remove_data())")
         mgr = FormulaManager()
         env = info.get("eval_env")
         _, X_df = self._fixed_matrices(mgr, info["parsed"], info["data"], env)

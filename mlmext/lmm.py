@@ -207,6 +207,8 @@ class LinearMixedModel(MixedModel):
             Iterations of the optimizer.
         tol : float
             Convergence tolerance of the optimizer.
+        disp : bool
+            Print what the optimizer did (criterion, evaluations, methods tried).
 
         Returns
         -------
@@ -237,6 +239,9 @@ class LinearMixedModel(MixedModel):
         crit = self._deviance_at(ch, reml)
         res = LMMResults(self, beta, cov_beta, theta=theta, u=u, sigma=np.sqrt(sigma2),
                          reml=reml, criterion=crit, optim=opt)
+        if disp:
+            print(f"{'REML criterion' if reml else '-2 log-likelihood'} {crit:.6f} after "
+                  f"{opt.nfev} evaluations: {opt.message} (tried {opt.tried})")
         if not res.converged:
             warnings.warn(f"the optimizer did not converge: {opt.message} (tried {opt.tried}, "
                           f"{opt.nfev} evaluations); the estimates may be unreliable",

@@ -257,6 +257,8 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         if data is None:
             if offset is not None:
                 raise TypeError("offset= is for new data: the fitted rows use the fitted offset")
+            if model.exog is None:
+                raise ValueError("remove_data() removed the fitted rows: pass new data to predict")
             eta = model.exog @ beta + model.offset
             if re:
                 eta = eta + self._re_contribution([(t.X, t.codes) for t in model.re_design.terms])
@@ -322,6 +324,24 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     def _inverse_link(self, eta):
         return eta
 
+    def remove_data(self):
+        """Remove the data arrays (statsmodels' ``remove_data``), e.g. before pickling.
+
+        ``predict`` on new data keeps working in this session; the fitted values,
+        residuals and anything else that needs the fitted rows do not.  A result
+        pickled after ``remove_data()`` cannot evaluate the formula on new data
+        (the formula engine's state is rebuilt from the fitted rows when unpickling).
+        """
+        model = self.model
+        model._fixed_spec()
+        for t in model.re_design.terms:
+            model._term_spec(t)
+        self._kept_resid_quantiles = self._scaled_resid_quantiles()    # for summary()
+        super().remove_data()
+        model.formula_info["data"] = None
+        if getattr(model, "_chol", None) is not None:      # the factor holds the cross-products
+            model._XY = None
+
     @cache_readonly
     def fittedvalues(self):
         """Fitted values with the conditional modes (``predict()`` on the fitted rows)."""
@@ -380,7 +400,8 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         smry = Summary()
         smry.add_table_2cols(self, gleft=top_left, gright=top_right,
                              title=title or f"Mixed Model Results: {model.formula_info.get('formula', '')}")
-        sr = self._scaled_resid_quantiles()
+        sr = self.__dict__.get("_kept_resid_quantiles") if model.endog is None \
+            else self._scaled_resid_quantiles()
         if sr is not None:
             smry.tables.append(SimpleTable([[_fmt(v) for v in sr]],
                                            headers=["Min", "1Q", "Median", "3Q", "Max"],

@@ -120,7 +120,18 @@ def _names_in(expr):
     return list(dict.fromkeys(names))
 
 
-def formula_error(exc, where, data, env=None):
+def _resolves(dotted, env):
+    """Whether ``a.b.c`` is an attribute path in ``env`` (``np.log``), not a mistyped column."""
+    head, *rest = dotted.split(".")
+    obj = env.get(head)
+    for part in rest:
+        if obj is None or not part.isidentifier() or not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return obj is not None
+
+
+def formula_error(exc, where, data, env=None, formula=None):
     """A ValueError for a formula engine's failure, naming the unknown column if there is one."""
     msg = str(exc)
     m = re.search(r"name '([^']+)' is not defined", msg) or re.search(r"'([^']+)' is not present", msg)
@@ -139,6 +150,13 @@ def formula_error(exc, where, data, env=None):
     if re.search(r"syntax|tokeniz|unexpected", msg, re.I):
         hint = ("; column names that are not Python names (dots, spaces, keywords such as "
                 "'class') must be quoted, as Q(\"my name\") or `my name`")
+        env = env or {}
+        odd = [t for t in _names_in(formula or "") if ("." in t or keyword.iskeyword(t))
+               and t not in cols and not _resolves(t, env)]
+        if odd:
+            close = difflib.get_close_matches(odd[0], cols, n=1)
+            hint = (f"; {odd[0]!r} is not a column" + (f" (did you mean {close[0]!r}?)" if close
+                                                        else f" (the data has columns {cols})"))
     return ValueError(f"could not evaluate {where}: {first}{hint}")
 
 
@@ -148,7 +166,7 @@ def evaluate(mgr, formula, data, env, where):
         return mgr.get_matrices(formula, data, eval_env=env, pandas=True,
                                 na_action=mgr.get_na_action("drop"))
     except Exception as exc:  # noqa: BLE001 - re-raised with the column name
-        raise formula_error(exc, where, data, env) from exc
+        raise formula_error(exc, where, data, env, formula) from exc
 
 
 @dataclass
