@@ -25,6 +25,10 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import io
+import keyword
+import re
+import tokenize
 import warnings
 
 import numpy as np
@@ -38,10 +42,14 @@ from statsmodels.genmod import families
 from statsmodels.genmod.generalized_estimating_equations import GEE
 from statsmodels.genmod.generalized_linear_model import GLM
 from statsmodels.iolib.summary2 import Summary
-from statsmodels.tools.sm_exceptions import ConvergenceWarning, IterationLimitWarning, SingularMatrixWarning
+from statsmodels.tools.sm_exceptions import (ConvergenceWarning, IterationLimitWarning, PerfectSeparationWarning,
+                                             SingularMatrixWarning)
 
+from ._args import reject_unknown
+from ._frames import as_dataframe
 from .base import _caller_namespace
 from .base import _eval as _eval_formula
+from .design import _column_keys
 
 __all__ = [
     "qic",
@@ -79,7 +87,14 @@ class PairwiseCovStruct(sm_cov.CovStruct):
     inverted as it is (as geepack does) and a ``SingularMatrixWarning`` is
     issued.  :func:`gee_select` flags such fits.  Clusters observed at the same
     times share one inverse per update.
+
+    Structures whose correlation depends on time (AR(1), unstructured) need
+    distinct times within a cluster and raise ``ValueError`` otherwise; the
+    exchangeable correlation does not use time.
     """
+
+    # a pair at the same time has no lag (AR(1)) and no cell (unstructured)
+    _distinct_times = True
 
     def initialize(self, model):
         super().initialize(model)
@@ -95,7 +110,7 @@ class PairwiseCovStruct(sm_cov.CovStruct):
         self._pj = np.concatenate(pj).astype(np.intp)
         self._pk = np.concatenate(pk).astype(np.intp)
         tcat = np.concatenate(times)
-        if np.any(tcat[self._pj] == tcat[self._pk]):
+        if self._distinct_times and np.any(tcat[self._pj] == tcat[self._pk]):
             raise ValueError(f"{type(self).__name__}: repeated time values within a cluster; "
                              "pairs of observations must have distinct times")
         self._times = times
@@ -169,6 +184,8 @@ class PairwiseExchangeable(PairwiseCovStruct):
     fitted with ``ddof_scale=0``; otherwise it differs by its
     degrees-of-freedom corrections, and it weights clusters rather than pairs.
     """
+
+    _distinct_times = False
 
     def __init__(self):
         super().__init__()
@@ -475,6 +492,9 @@ def _parse_structures(cov_structs, ctx):
         cov_structs = ["independence", "exchangeable", "ar1", "unstructured"]
     if isinstance(cov_structs, (str, sm_cov.CovStruct)):
         cov_structs = [cov_structs]
+    if not isinstance(cov_structs, (list, tuple, dict, pd.Index, np.ndarray)):
+        raise ValueError("cov_structs must be a name, a CovStruct instance, a list of them or a dict "
+                         f"{{name: structure}}, got {cov_structs!r}")
     items = list(cov_structs.items()) if isinstance(cov_structs, dict) else [(None, c) for c in cov_structs]
     out, used, indep = [], set(), None
     for name, spec in items:
@@ -490,7 +510,9 @@ def _parse_structures(cov_structs, ctx):
             make = functools.partial(copy.deepcopy, spec)
             name, is_indep = name or type(spec).__name__.lower(), isinstance(spec, sm_cov.Independence)
         else:
-            raise ValueError(f"cov_structs entries must be names or CovStruct instances, got {spec!r}")
+            hint = (f"; write {spec.__name__}() with parentheses"
+                    if isinstance(spec, type) and issubclass(spec, sm_cov.CovStruct) else "")
+            raise ValueError(f"cov_structs entries must be names or CovStruct instances, got {spec!r}{hint}")
         base, k = name, 2
         while name in used:
             name, k = f"{base}_{k}", k + 1
@@ -580,23 +602,151 @@ def _converged(results, tol=1e-4):
     return bool(d_beta <= tol and d_alpha <= tol)
 
 
+def _label(value):
+    """How messages name an argument: its column name, or ``(array)``."""
+    return value if isinstance(value, str) else "(array)"
+
+
 def _column(data, value, what):
-    """A column of ``data`` given by name, or an array of the right length."""
+    """A column of ``data`` given by name, or values with one per row of ``data``, as a Series.
+
+    A pandas Series is matched to the rows of ``data`` by index label, not by
+    position: a column of another frame holding the same rows in another order
+    would otherwise be assigned to the wrong rows without an error.  Polars,
+    pyarrow and nullable values are converted as ``data`` is (``pd.NA`` becomes
+    a missing value).
+    """
     if value is None:
         return None
     if isinstance(value, str):
         if value not in data.columns:
             raise ValueError(f"unknown column {value!r} for {what}; the data has columns {list(data.columns)}")
         return data[value]
-    arr = np.asarray(value)
-    if arr.ndim != 1 or len(arr) != len(data):
-        raise ValueError(f"{what} must be a column name or an array with one value per row of data")
-    return pd.Series(arr, index=data.index)
+    if isinstance(value, (list, tuple)) and 1 < len(value) < len(data) and all(
+            isinstance(v, str) and v in data.columns for v in value):
+        raise ValueError(f"{what} takes one column, got {list(value)}; for clusters defined by several "
+                         "columns, combine them into one, e.g. "
+                         f"data[{value[0]!r}].astype(str) + ':' + data[{value[1]!r}].astype(str)")
+    if isinstance(value, pd.Series):
+        if not value.index.equals(data.index):
+            if not (len(value) == len(data) and value.index.is_unique and data.index.is_unique
+                    and value.index.isin(data.index).all()):
+                raise ValueError(f"{what} is a pandas Series whose index does not match the index of data; "
+                                 f"give a column name, or {what}=<series>.to_numpy() to match rows by position")
+            value = value.reindex(data.index)
+    else:
+        if hasattr(value, "to_pandas"):            # polars Series, pyarrow arrays
+            value = value.to_pandas()
+        if isinstance(value, (pd.Series, pd.Index)):
+            value = value.array
+        if np.ndim(value) != 1 or len(value) != len(data):
+            raise ValueError(f"{what} must be a column name or an array with one value per row of data "
+                             f"({len(data)} rows)")
+        value = pd.Series(value, index=data.index)
+    return as_dataframe(value.to_frame("v"))["v"]
+
+
+_TIME_KINDS = ("datetime64", "datetime", "date", "timedelta64", "timedelta", "period")
+
+
+def _numeric(s, what, label):
+    """``s`` as float (missing values NaN), or ``ValueError`` naming the column."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        s = s.astype(object)
+    kind = pd.api.types.infer_dtype(s, skipna=True)
+    if kind in _TIME_KINDS:
+        if what != "time":
+            raise ValueError(f"{what} {label!r} must be numeric; it holds {kind} values")
+        # A datetime has no unit a lag could be counted in (it would be nanoseconds, and an
+        # AR(1) over lags of 10**14 is meaningless), so the user chooses the unit.
+        if kind.startswith("timedelta"):
+            example = f"df[{label!r}].dt.days for days, df[{label!r}] / pd.Timedelta(weeks=1) for weeks"
+        else:
+            example = f"(df[{label!r}] - df[{label!r}].min()).dt.days for days"
+        raise ValueError(f"time {label!r} holds {kind} values; AR(1) lags and unstructured cells are "
+                         "differences of time in its own unit, which a date or duration does not have. "
+                         f"Give numeric time in the unit a lag should use, e.g. {example}, "
+                         "or visit numbers")
+    num = pd.to_numeric(s, errors="coerce")
+    bad = num.isna() & s.notna()
+    if bad.any():
+        hint = " (for dates, give numbers such as the days since the first date)" if what == "time" else ""
+        raise ValueError(f"{what} {label!r} must be numeric; it has values such as "
+                         f"{s[bad].iloc[0]!r}{hint}")
+    return num.astype(float)
+
+
+def _check_finite(values, what, labels):
+    """``ValueError`` if ``values`` (the rows used) has an infinite or undefined value."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(f"{what} has {int(bad.sum())} infinite or undefined values on the rows used "
+                         f"(first at row {labels[np.argmax(bad)]!r}); infinity is not a missing value: "
+                         "correct those rows, or set them to NaN to drop them")
+
+
+def _outside_arrays(formula, data, env):
+    """Names in ``formula`` that are not columns of ``data`` but arrays of its length in ``env``."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(formula).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return []
+    env = getattr(env, "namespace", env)        # a patsy EvalEnvironment
+    out = []
+    for i, tok in enumerate(tokens):
+        name = tok.string
+        attribute = i > 0 and tokens[i - 1].string == "."                       # np.log
+        argument = i + 1 < len(tokens) and tokens[i + 1].string == "="          # bs(x, df=3)
+        if (tok.type == tokenize.NAME and not keyword.iskeyword(name) and name not in data.columns
+                and name not in out and not attribute and not argument):
+            try:
+                obj = env[name]
+            except Exception:  # noqa: BLE001 - not a variable of the namespace
+                obj = None
+            if (isinstance(obj, (np.ndarray, pd.Series, pd.Index, pd.DataFrame, list, tuple,
+                                 pd.api.extensions.ExtensionArray))
+                    and np.ndim(obj) >= 1 and len(obj) == len(data)):
+                out.append(name)
+    return out
+
+
+def _aliased(X):
+    """Columns of ``X`` that are linear combinations of the columns before them (R's aliased)."""
+    X = np.asarray(X, dtype=float)
+    if X.shape[1] == 0:
+        return []
+    r = np.linalg.qr(X, mode="r")
+    dist = np.zeros(X.shape[1])            # distance of each column from the span of the earlier ones
+    k = min(r.shape)
+    dist[:k] = np.abs(np.diag(r)[:k])
+    return list(np.flatnonzero(dist <= 1e-7 * np.linalg.norm(X, axis=0)))
 
 
 def _formula_rows(formula, data, eval_env, what):
     """The formula's matrices on the complete cases of the variables it uses (row labels kept)."""
     return _eval_formula(FormulaManager(), formula, data, eval_env, f"{what} {formula!r}")
+
+
+_FAMILY_NAMES = {"gaussian": families.Gaussian, "binomial": families.Binomial,
+                 "poisson": families.Poisson, "gamma": families.Gamma}
+
+
+def _resolve_family(family):
+    """A family instance from an instance or one of the names in ``_FAMILY_NAMES``."""
+    if isinstance(family, str):
+        cls = _FAMILY_NAMES.get(family.strip().lower())
+        if cls is None:
+            raise ValueError(f"gee_select: unknown family {family!r}; give one of {list(_FAMILY_NAMES)} "
+                             "(default link) or a statsmodels family instance such as "
+                             "sm.families.Binomial(link=sm.families.links.Probit())")
+        return cls()
+    if isinstance(family, type) and issubclass(family, families.Family):
+        raise ValueError(f"gee_select: family must be a family instance: write "
+                         f"sm.families.{family.__name__}() with parentheses")
+    if not isinstance(family, _QIC_FAMILIES):
+        raise ValueError("gee_select: family must be a statsmodels Gaussian, Binomial, Poisson or "
+                         f"Gamma family instance (the families with a QIC), got {family!r}")
+    return family
 
 
 class GEESelection:
@@ -687,7 +837,23 @@ class GEESelection:
 
 
 _FIT_KEYS = set(inspect.signature(GEE.fit).parameters) - {"self"}
+_MODEL_KEYS = ("weights", "offset", "exposure", "dep_data", "eval_env", "missing")
 _FLAGGED_WARNINGS = (ConvergenceWarning, IterationLimitWarning, SingularMatrixWarning)
+# arguments of GEE / geepack that mean something else here, or that gee_select cannot honour
+_HINTS = {
+    "cov_struct": "did you mean cov_structs=? (a list of names or CovStruct instances)",
+    "corstr": "geepack's corstr: use cov_structs=['exchangeable', 'ar1', ...]",
+    "id": "geepack's id: use groups=",
+    "waves": "geepack's waves: use time=",
+    "subset": "select the rows first, data=df[mask]: rows are dropped and sorted before fitting, "
+              "so a subset would not line up with them",
+    "constraint": "QIC of a constrained GEE is not supported",
+    "update_dep": "gee_select compares estimated working correlations; without updates every "
+                  "structure would stay at its starting value",
+    "control": "give maxiter= and ctol= directly",
+    "verbose": "gee_select prints nothing; print(sel.summary()) shows the comparison",
+    "type": "the working correlations are chosen with cov_structs=",
+}
 
 
 def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwargs):
@@ -698,43 +864,77 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
     ----------
     formula : str
         The mean model, a statsmodels (patsy) formula, e.g. ``"y ~ x + C(g)"``.
+        Every variable it uses must be a column of ``data`` (rows are dropped
+        and sorted before fitting, so an array from outside would be misaligned;
+        such a name raises ``ValueError``).
     groups : str or array_like
-        The cluster column (or labels, one per row).
+        The cluster column (or labels, one per row).  Labels are values: a
+        column mixing numbers and strings (``1`` and ``"1"``) raises
+        ``ValueError`` rather than merging or splitting clusters.
     data : DataFrame
-        The data.
-    family : statsmodels family
-        A Gaussian, Binomial, Poisson or Gamma family instance (any link).
-    cov_structs : list or dict, optional
+        The data: a pandas or polars DataFrame, a pyarrow Table or a dict of
+        columns.  Nullable pandas columns (``Int64``, ``Float64``,
+        ``boolean``, ``string``) are read with ``pd.NA`` as a missing value.
+    family : statsmodels family or str
+        A Gaussian, Binomial, Poisson or Gamma family instance (any link), or
+        one of the names ``"gaussian"``, ``"binomial"``, ``"poisson"``,
+        ``"gamma"`` for the family with its default (canonical) link.
+    cov_structs : str, CovStruct, list or dict, optional
         Names among ``"independence"``, ``"exchangeable"``, ``"ar1"``,
         ``"unstructured"``, ``"stationary"`` and ``"nested"``, or statsmodels
         ``CovStruct`` instances (named by their lowercased class name), or a
         dict ``{name: structure}``.  Default: independence, exchangeable, ar1
         and unstructured.  Independence is always included.
     time : str or array_like, optional
-        The time of each observation: orders rows within clusters and defines
-        the lags of ``ar1`` and the cells of ``unstructured``.  Without it,
-        positions within the cluster are used (geepack's default ``waves``).
+        The time of each observation, numeric: orders rows within clusters and
+        defines the lags of ``ar1`` (``rho ** |t_j - t_k|``, in the unit of
+        ``time``) and the cells of ``unstructured``.  Dates and durations
+        (datetime64, timedelta64, Period, ``datetime.date``) raise
+        ``ValueError``: they have no unit for a lag, so give numbers in the unit
+        one lag should mean, e.g. ``(df.date - df.date.min()).dt.days``.  ``ar1``
+        and ``unstructured`` need distinct times within a cluster.  Without
+        ``time``, positions within the cluster are used (geepack's default
+        ``waves``).
     **kwargs
         Arguments of ``GEE.fit`` (``maxiter``, ``ctol``, ``scale``,
         ``ddof_scale``, ...) are passed to every fit; defaults here are
         ``maxiter=25`` and ``ddof_scale=0`` (geepack's iteration limit and
-        scale estimate).  Others go to ``GEE.from_formula``: ``weights``,
-        ``offset`` and ``exposure`` (column names or arrays), ``dep_data``
-        for ``nested`` (column names or a formula) and ``eval_env`` (as in
-        statsmodels; by default the caller's variables are visible to the
-        formula).
+        scale estimate).  ``weights``, ``offset`` and ``exposure`` (column
+        names or arrays), ``dep_data`` for ``nested`` (column names or a
+        formula) and ``eval_env`` (as in statsmodels; by default the caller's
+        variables and functions are visible to the formula) go to
+        ``GEE.from_formula``.  ``missing="drop"`` (default) drops incomplete
+        rows, ``missing="raise"`` raises ``ValueError`` if there are any.  Any
+        other name raises ``TypeError``.
 
     Returns
     -------
     GEESelection
         ``.table``, ``.best``, ``.results``, ``summary()``.
 
+    Raises
+    ------
+    ValueError
+        For input that cannot give a meaningful comparison, naming the column
+        or argument: unknown columns; non-numeric or infinite values in the
+        response, a predictor, ``weights``, ``offset``, ``exposure`` or
+        ``time`` (infinity is not a missing value); a constant response; a
+        response outside the family's range; negative weights, non-positive
+        exposure; a rank-deficient design (the aliased columns are named); fewer
+        than two clusters, or clusters of one observation only; repeated times
+        within a cluster for ``ar1`` or ``unstructured``; a model that predicts
+        every response exactly (perfect separation).
+    TypeError
+        For a keyword argument that is not read (a misspelling such as
+        ``weight=`` or ``cov_struct=``).
+
     Notes
     -----
-    Rows with a missing value in any column used (formula, groups, time,
-    weights, offset, exposure, dep_data) are dropped once, before any fit, and
-    counted in ``n_dropped``; rows are then sorted by cluster and time, so every
-    structure is fitted to the same rows in the same order.
+    Rows with a missing value (NaN, None, ``pd.NA``, NaT) in any column used
+    (formula, groups, time, weights, offset, exposure, dep_data) are dropped
+    once, before any fit, and counted in ``n_dropped``; rows are then sorted by
+    cluster and time, so every structure is fitted to the same rows in the
+    same order.
 
     ``exchangeable``, ``ar1`` and ``unstructured`` are
     :class:`PairwiseExchangeable`, :class:`PairwiseAR1` and
@@ -757,29 +957,42 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
     not settle stops at the same iterate as ``geeglm`` (dietox's unstructured
     fit, for one).
     """
-    if not isinstance(data, pd.DataFrame):
-        raise ValueError("gee_select: data must be a pandas DataFrame")
-    if not isinstance(family, _QIC_FAMILIES):
-        raise ValueError("gee_select: family must be a statsmodels Gaussian, Binomial, Poisson or "
-                         f"Gamma family instance (the families with a QIC), got {family!r}")
+    data = as_dataframe(data, "data")
+    if not isinstance(formula, str) or "~" not in formula:
+        raise ValueError(f"gee_select: formula must be a string with a response, such as 'y ~ x', "
+                         f"got {formula!r}")
+    if re.search(r"\boffset\s*\(", formula):
+        raise ValueError(f"formula {formula!r}: gee_select takes the offset as an argument, not in the "
+                         "formula: offset='column' or offset=<array>, or exposure='column' for log(exposure)")
+    family = _resolve_family(family)
     fit_kwargs = {"maxiter": 25, "ddof_scale": 0}
-    fit_kwargs.update({k: v for k, v in kwargs.items() if k in _FIT_KEYS})
-    model_kwargs = {k: v for k, v in kwargs.items() if k not in _FIT_KEYS}
+    fit_kwargs.update({k: kwargs.pop(k) for k in list(kwargs) if k in _FIT_KEYS})
+    model_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _MODEL_KEYS}
+    reject_unknown(kwargs, "gee_select()", hints=_HINTS,
+                   accepted=["formula", "groups", "data", "family", "cov_structs", "time",
+                             *_MODEL_KEYS, *_FIT_KEYS])
     eval_env = model_kwargs.pop("eval_env", 0)
     if isinstance(eval_env, int):    # statsmodels' meaning: 0 is the caller's namespace, -1 an empty one
         eval_env = {} if eval_env == -1 else _caller_namespace(1 + eval_env)
+    missing = model_kwargs.pop("missing", "drop")
+    if missing not in ("drop", "raise"):
+        raise ValueError(f"gee_select: missing must be 'drop' or 'raise', got {missing!r}")
+    if groups is None:
+        raise ValueError("gee_select: groups is required (the column that identifies the clusters, "
+                         "e.g. the subject)")
 
-    data = data.reset_index(drop=True)
+    # Arrays are matched to rows before the index is dropped; names for messages.
+    names = {"groups": _label(groups), "time": _label(time)}
     aux = {"groups": _column(data, groups, "groups"), "time": _column(data, time, "time")}
     if time is not None:
-        tnum = pd.to_numeric(pd.Series(np.asarray(aux["time"], dtype=object), index=data.index),
-                             errors="coerce")
-        if (tnum.isna() & aux["time"].notna()).any():
-            raise ValueError(f"time {time if isinstance(time, str) else '(array)'!r} must be numeric")
-        aux["time"] = tnum.astype(float)
+        aux["time"] = _numeric(aux["time"], "time", names["time"])
     for key in ("weights", "offset", "exposure"):
-        if key in model_kwargs:
-            aux[key] = _column(data, model_kwargs[key], key)
+        if model_kwargs.get(key) is not None:
+            names[key] = _label(model_kwargs[key])
+            aux[key] = _numeric(_column(data, model_kwargs[key], key), key, names[key])
+    row_labels = data.index
+    data = data.reset_index(drop=True)
+    aux = {k: (None if v is None else v.reset_index(drop=True)) for k, v in aux.items()}
     dep_data = model_kwargs.get("dep_data")
     if isinstance(dep_data, (list, tuple)) and all(isinstance(c, str) for c in dep_data):
         for col in dep_data:
@@ -787,24 +1000,64 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
     elif dep_data is not None and not isinstance(dep_data, str):
         raise ValueError("dep_data must be a list of column names or a formula such as '0 + classroom'")
 
-    y, _ = _formula_rows(formula, data, eval_env, "formula")
+    outside = _outside_arrays(formula, data, eval_env)
+    if outside:
+        raise ValueError(f"formula {formula!r} uses {', '.join(outside)}, not a column of data but an array "
+                         "from the calling code: gee_select drops incomplete rows and sorts them by "
+                         "cluster and time, so it would be misaligned. Add it to the data, e.g. "
+                         f"data.assign({outside[0]}={outside[0]})")
+    y, X = _formula_rows(formula, data, eval_env, "formula")
     if y.shape[1] != 1:
+        hint = ("; for successes out of trials, give the proportion with the trials as weights, "
+                "e.g. 'I(k / n) ~ x' with weights='n'" if isinstance(family, families.Binomial) else "")
         raise ValueError(f"the response of {formula!r} must be one numeric column "
-                         f"(got {list(y.columns)}); code it as 0/1 or a number")
+                         f"(got {list(y.columns)}); code it as 0/1 or a number{hint}")
     keep = data.index.isin(y.index)
-    for v in aux.values():
+    n_missing = {"formula": int((~keep).sum())}
+    for key, v in aux.items():
         if v is not None:
+            n_missing[key] = int(v.isna().sum())
             keep &= v.notna().to_numpy()
     if isinstance(dep_data, str):
-        keep &= data.index.isin(_formula_rows(dep_data, data, eval_env, "dep_data").index)
+        dep_keep = data.index.isin(_formula_rows(dep_data, data, eval_env, "dep_data").index)
     elif isinstance(dep_data, (list, tuple)):
-        keep &= data[list(dep_data)].notna().all(axis=1).to_numpy()
+        dep_keep = data[list(dep_data)].notna().all(axis=1).to_numpy()
+    else:
+        dep_keep = np.ones(len(data), dtype=bool)
+    n_missing["dep_data"] = int((~dep_keep).sum())
+    keep &= dep_keep
     n_dropped = int((~keep).sum())
     if not keep.any():
         raise ValueError("gee_select: no complete rows in the columns used")
+    if n_dropped and missing == "raise":
+        where = ", ".join(f"{k} {n}" for k, n in n_missing.items() if n)
+        raise ValueError(f"gee_select: {n_dropped} rows have missing values (rows missing in {where}); "
+                         "drop them first or use missing='drop'")
 
+    # Checks on the rows used.  inf is not missing: R's glm stops on "NA/NaN/Inf in 'y'".
+    labels = row_labels[keep]
     yname = y.columns[0]
-    yv = y[yname].to_numpy(dtype=float)
+    used = np.flatnonzero(keep)          # y and X are labelled by position in data
+    yv = y.loc[used, yname].to_numpy(dtype=float)
+    Xk = X.loc[used]
+    _check_finite(yv, f"response {yname!r}", labels)
+    for j in np.flatnonzero(~np.isfinite(Xk.to_numpy(dtype=float)).all(axis=0)):
+        _check_finite(Xk.iloc[:, j].to_numpy(dtype=float), f"predictor column {Xk.columns[j]!r} of the formula",
+                      labels)
+    for key in ("time", "weights", "offset", "exposure"):
+        if aux.get(key) is not None:
+            _check_finite(aux[key][keep].to_numpy(dtype=float), f"{key} {names[key]!r}", labels)
+    if "weights" in aux:
+        w = aux["weights"][keep].to_numpy(dtype=float)
+        if w.min() < 0 or w.max() == 0:
+            raise ValueError(f"weights {names['weights']!r} must be non-negative and not all zero "
+                             f"(smallest {w.min():g}, largest {w.max():g})")
+    if "exposure" in aux and aux["exposure"][keep].min() <= 0:
+        raise ValueError(f"exposure {names['exposure']!r} must be positive: it enters the model as "
+                         "log(exposure)")
+    if np.ptp(yv) == 0:
+        raise ValueError(f"response {yname!r} is constant ({yv[0]:g}) on the {len(yv)} rows used: "
+                         "there is nothing for the mean or the working correlation to fit")
     if isinstance(family, families.Binomial):
         if "weights" in aux:
             if yv.min() < 0 or yv.max() > 1:
@@ -817,16 +1070,39 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
         raise ValueError(f"response {yname!r} has negative values for the Poisson family")
     elif isinstance(family, families.Gamma) and yv.min() <= 0:
         raise ValueError(f"response {yname!r} must be positive for the Gamma family")
+    aliased = _aliased(Xk)
+    if aliased:
+        cols = ", ".join(repr(Xk.columns[j]) for j in aliased)
+        raise ValueError(f"the design of {formula!r} is rank deficient on the {len(Xk)} rows used: {cols} "
+                         f"{'is a linear combination' if len(aliased) == 1 else 'are linear combinations'} "
+                         "of the columns before it (R reports such coefficients as NA); remove "
+                         f"{'it' if len(aliased) == 1 else 'them'} from the formula (a constant predictor "
+                         "is collinear with the intercept)")
+    # Labels 1 and "1" would be merged or split depending on how they sort (design's rule for lmer).
+    _column_keys(aux["groups"][keep], names["groups"])
 
     # Same rows, same order, for every structure: complete cases sorted by cluster and time.
     frame = data.loc[keep].copy()
-    names = {"groups": "__gee_groups", "time": "__gee_time"}
+    cols = {"groups": "__gee_groups", "time": "__gee_time"}
     for key, v in aux.items():
         if v is not None:
-            frame[names.get(key, f"__gee_{key}")] = v[keep].to_numpy()
+            frame[cols.get(key, f"__gee_{key}")] = v[keep].to_numpy()
     order = ["__gee_groups"] + (["__gee_time"] if time is not None else [])
-    frame = frame.sort_values(order, kind="mergesort").reset_index(drop=True)
+    try:
+        frame = frame.sort_values(order, kind="mergesort").reset_index(drop=True)
+    except TypeError as exc:
+        raise ValueError(f"groups {names['groups']!r} has labels that cannot be ordered ({exc}); "
+                         f"convert them to strings, e.g. data[{names['groups']!r}].astype(str)") from exc
     gcol = frame["__gee_groups"].to_numpy()
+    sizes = frame.groupby("__gee_groups", sort=False).size()
+    if len(sizes) < 2:
+        raise ValueError(f"groups {names['groups']!r} has one cluster on the rows used: the robust "
+                         "covariance that QIC uses is estimated from the variation between clusters "
+                         "and needs several")
+    if sizes.max() == 1:
+        raise ValueError(f"every cluster of groups {names['groups']!r} has one observation: there are no "
+                         "within-cluster pairs to estimate a working correlation from. groups must "
+                         "identify the clusters (e.g. the subject), not the rows")
     tvals = None if time is None else frame["__gee_time"].to_numpy()
     if tvals is not None and np.all(tvals == np.round(tvals)):
         tvals = tvals.astype(np.int64)     # statsmodels' Unstructured wants integer times
@@ -835,6 +1111,16 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
             model_kwargs[key] = frame[f"__gee_{key}"].to_numpy(dtype=float)
     ctx = {"frame": frame, "has_time": time is not None, "time_name": time, "dep_data": dep_data}
     candidates = _parse_structures(cov_structs, ctx)
+    if time is not None:
+        need = [name for name, make in candidates if getattr(make(), "_distinct_times", False)]
+        dup = frame.duplicated(["__gee_groups", "__gee_time"], keep=False).to_numpy()
+        if need and dup.any():
+            g0, t0 = frame.loc[dup, "__gee_groups"].iloc[0], frame.loc[dup, "__gee_time"].iloc[0]
+            g0 = repr(g0) if isinstance(g0, str) else str(g0)
+            raise ValueError(f"time {names['time']!r} repeats within clusters of {names['groups']!r} "
+                             f"({int(dup.sum())} rows; cluster {g0} has time {t0:g} more than once), "
+                             f"and {', '.join(need)} pair observations by their times. Keep one row per "
+                             "cluster and time, or leave out time= to pair by position in the cluster")
 
     def fit(make):
         with warnings.catch_warnings(record=True) as caught:
@@ -842,12 +1128,13 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
             model = GEE.from_formula(formula, groups=gcol, data=frame, time=tvals, family=family,
                                      cov_struct=make(), eval_env=eval_env, **model_kwargs)
             res = model.fit(**fit_kwargs)
-        for w in caught:   # what the table's flags report is not repeated as a warning
-            if not issubclass(w.category, _FLAGGED_WARNINGS):
+        separated = any(issubclass(w.category, PerfectSeparationWarning) for w in caught)
+        for w in caught:   # what the table's flags (or the error on separation) report is not repeated
+            if not (separated or issubclass(w.category, _FLAGGED_WARNINGS)):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if res is None:
             raise RuntimeError(str(caught[-1].message) if caught else "GEE.fit returned None")
-        return res
+        return res, separated
 
     results, qics, rows, indep = {}, {}, [], None
     for name, make in candidates:
@@ -855,23 +1142,35 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
                "n_corr_params": np.nan, "working_corr": "", "scale": np.nan, "converged": False}
         flags = []
         try:
-            res = fit(make)
+            res, separated = fit(make)
         except Exception as exc:  # a failed candidate is reported in the table, not raised
             if indep is None:      # ... except the independence fit, which every QIC needs
                 raise
             res = None
             flags.append(f"fit failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}")
         if res is not None:
+            exact = (f"the mean model of {formula!r} predicts response {yname!r} exactly on the rows used "
+                     "(perfect separation, or an exact fit): the estimates are not identified and QIC "
+                     "is not defined; simplify the formula")
+            if indep is None and separated:     # every structure starts from this GLM fit
+                raise ValueError(exact)
+            with np.errstate(**({"divide": "ignore", "invalid": "ignore"} if indep is None else {})):
+                q = qics[name] = qic(res, independence=indep or res)
+            if indep is None and not q["scale"] > 0:      # Omega_I divides by this scale
+                raise ValueError(exact)
             indep = indep or res
-            q = qics[name] = qic(res, independence=indep)
             cs = res.cov_struct
             row.update(QIC=q["QIC"], QICu=q["QICu"], CIC=q["CIC"], QuasiLik=q["QuasiLik"],
                        n_params=int(q["n_params"]), n_corr_params=_n_corr_params(cs),
                        working_corr=_describe(cs), scale=float(res.scale), converged=_converged(res))
+            if separated:
+                flags.append("perfect separation or prediction")
             if not row["converged"]:
                 flags.append(f"not converged in {res.maxiter} iterations")
             if not np.all(np.isfinite(np.asarray(res.bse, dtype=float))):
                 flags.append("NaN standard errors")
+            if not np.isfinite(q["QIC"]):
+                flags.append("QIC not finite")
             flags.extend(_correlation_problems(res))
             if isinstance(cs, PairwiseCovStruct):
                 flags.extend(cs.problems())
@@ -888,6 +1187,5 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
     info = {"formula": formula, "family": f"{type(family).__name__} ({type(family.link).__name__} link)",
             "groups": groups if isinstance(groups, str) else "(array)",
             "time": time if isinstance(time, str) else (None if time is None else "(array)"),
-            "nobs": len(frame), "n_groups": len(pd.unique(gcol)), "n_dropped": n_dropped}
+            "nobs": len(frame), "n_groups": len(sizes), "n_dropped": n_dropped}
     return GEESelection(table, results, qics, info)
-
