@@ -32,6 +32,11 @@ _HINTS = {
     "verbose": "use disp=",
     "na_action": "use missing='drop' or missing='raise'",
     "contrasts": "write contrasts in the formula, e.g. C(f, Sum)",
+    # statsmodels MixedLM's arguments: here the random effects live in the formula
+    "groups": "write the grouping in the formula: 'y ~ x + (1 | g)'",
+    "re_formula": "write random effects in the formula: 'y ~ x + (1 + x | g)'",
+    "vc_formula": "write variance components as terms in the formula: '(1 | g) + (1 | g:h)'",
+    "exog_re": "write random effects in the formula: 'y ~ x + (1 + x | g)'",
 }
 
 

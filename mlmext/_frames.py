@@ -45,6 +45,9 @@ def as_dataframe(data, where="data"):
     else:
         raise TypeError(f"{where} must be a table with named columns (a pandas or polars DataFrame, "
                         f"a pyarrow Table or a dict of columns); got {type(data).__name__}")
+    dup = df.columns[df.columns.duplicated()].unique().tolist()
+    if dup:
+        raise ValueError(f"{where} has duplicated column names {dup}; a formula cannot tell them apart")
     converted = {c: _numpy_backed(df[c]) for c in df.columns if _needs_conversion(df[c].dtype)}
     if not converted:
         return df

@@ -135,6 +135,9 @@ class MixedModel(LikelihoodModel):
         eval_env : int
             Frames above the caller whose variables formulas may use.
         """
+        accepted = set(cls._init_accepted())       # fail before the (costly) frame is built
+        reject_unknown({k: v for k, v in kwargs.items() if k not in accepted},
+                       f"{cls._api_name}()", accepted=sorted(accepted), hints=cls._init_hints)
         env = _caller_namespace(eval_env + 1) if isinstance(eval_env, int) else eval_env
         frame = build_model_frame(formula, data, subset=subset, weights=weights, offset=offset,
                                   missing=missing, env=env, fixed_matrices=cls._fixed_matrices,
@@ -164,8 +167,12 @@ class MixedModel(LikelihoodModel):
     def _prepare_endog_exog(cls, y, X, data, info):
         """Hook for subclasses: check and transform the response (default: one numeric column)."""
         if y.shape[1] != 1:
-            raise ValueError(f"the response {info['parsed'].response!r} must be a single numeric "
-                             f"column; the formula engine made columns {list(y.columns)}")
+            name = display_name(info["parsed"].response)
+            kind = f" (it has dtype {data[name].dtype})" if name in data.columns else ""
+            cols = list(y.columns)
+            raise ValueError(f"the response {name!r} must be a single numeric column{kind}; the "
+                             f"formula engine made {len(cols)} columns {cols[:3]}"
+                             f"{' ...' if len(cols) > 3 else ''}")
         return y.iloc[:, 0], _drop_rank_deficient(X)
 
     # ------------------------------------------------------------- new data

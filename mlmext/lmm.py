@@ -219,6 +219,11 @@ class LinearMixedModel(MixedModel):
                              f"reml={method.upper() == 'REML'}")
         reject_unknown(kwargs, "fit()", accepted=["reml", "start_params", "method", "maxiter",
                                                   "tol", "disp"])
+        if not isinstance(reml, (bool, np.bool_)):
+            raise ValueError(f"reml must be True (REML) or False (ML); got {reml!r}")
+        if start_params is not None and np.size(start_params) != self.re_design.ntheta:
+            raise ValueError(f"start_params needs {self.re_design.ntheta} values (theta: "
+                             f"{self.re_design.theta_names()}); got {np.size(start_params)}")
         from .results import LMMResults, MixedResultsWrapper
         des = self.re_design
         fun = lambda th: self.deviance_profiled(th, reml=reml)

@@ -254,10 +254,48 @@ def test_bad_weights(d, weights, match):
     (lambda d: d, "y ~ x", r"no random-effects term"),
     (lambda d: d.assign(g=1), "y ~ x + (1 | g)", r"grouping factor 'g'.*1 level"),
     (lambda d: d.rename(columns={"x": "x.1"}), "y ~ x.2 + (1 | g)", r"'x.2' is not a column.*'x.1'"),
+    (lambda d: d.assign(f="a"), "y ~ x + f + (1 | g)", r"term 'f' .* single level 'a'"),
+    (lambda d: d.assign(f=pd.Categorical(np.where(d.x > 0, "a", None))), "y ~ f + (1 | g)",
+     r"term 'f' .* single level 'a' in the rows used"),
+    (lambda d: d.assign(y=d.y.astype(str)), "y ~ x + (1 | g)", r"'y' must be a single numeric .*dtype"),
+    (lambda d: d.assign(t=pd.date_range("2020-01-01", periods=len(d))), "y ~ t + (1 | g)",
+     r"column 't' holds dates"),
+    (lambda d: pd.concat([d, d[["x"]]], axis=1), "y ~ x + (1 | g)", r"duplicated column names \['x'\]"),
+    (lambda d: d, "y ~ . + (1 | g)", r"'\.' \(all other columns\) is not supported"),
+    (lambda d: d, "y ~ x + (1 | C(g))", r"grouping variable 'C\(g\)'.*must be a column name"),
 ])
 def test_bad_data_raise_clear_errors(d, setup, formula, match):
     with pytest.raises(ValueError, match=match):
         mf.lmer(formula, setup(d))
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"groups": "g"}, r"'groups'.*\(1 \| g\)"),
+    ({"re_formula": "~x"}, r"'re_formula'"),
+])
+def test_statsmodels_mixedlm_arguments_point_to_the_formula(d, kw, match):
+    with pytest.raises(TypeError, match=match):
+        mf.lmer("y ~ x", d, **kw)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"reml": "no"}, r"reml must be True \(REML\) or False \(ML\)"),
+    ({"start_params": [1.0, 2.0]}, r"start_params needs 1 values \(theta: \['g.Intercept'\]\)"),
+])
+def test_fit_argument_values(d, kw, match):
+    with pytest.raises(ValueError, match=match):
+        mf.lmer("y ~ x + (1 | g)", d).fit(**kw)
+
+
+def test_full_length_weights_are_subset_with_the_data(d):
+    """R's subset applies to weights too; a Series is aligned by index."""
+    keep = (d.x > 0).to_numpy()
+    r = _fit("y ~ x + (1 | g)", d, subset=keep, weights=d["w"].to_numpy())
+    _same_fit(r, _fit("y ~ x + (1 | g)", d[keep], weights=d["w"].to_numpy()[keep]))
+    shuffled = d["w"].sample(frac=1.0, random_state=3)
+    _same_fit(_fit("y ~ x + (1 | g)", d, weights=shuffled), _fit("y ~ x + (1 | g)", d, weights="w"))
+    with pytest.raises(ValueError, match=r"weights is a Series whose index lacks 1"):
+        mf.lmer("y ~ x + (1 | g)", d, weights=d["w"].iloc[1:])
 
 
 def test_missing_raise_and_bad_missing(d):

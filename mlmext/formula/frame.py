@@ -295,6 +295,56 @@ def _check_finite(y_df, X_df, lhs, parsed):
                              f"{bad_cols}; remove or recode them")
 
 
+def _check_terms_have_columns(mgr, spec, where, data):
+    """A term with no columns is a factor with one level in the rows used: R refuses it
+    ("contrasts can be applied only to factors with 2 or more levels"); dropping it
+    silently would fit a different model than the one written."""
+    try:
+        slices = mgr.get_term_name_slices(spec)
+    except Exception:  # noqa: BLE001 - an engine without term slices: nothing to check
+        return
+    for name, sl in slices.items():
+        if name in ("Intercept", "1") or sl.stop > sl.start:
+            continue
+        cols = [c for c in _names_in(name) if c in data.columns]
+        levels = ""
+        if cols:
+            vals = pd.unique(data[cols[0]].dropna())
+            levels = f": {cols[0]!r} has the single level {vals[0]!r} in the rows used" \
+                if len(vals) == 1 else ""
+        raise ValueError(f"term {display_name(name)!r} of {where} has no columns{levels}; a factor "
+                         "needs at least 2 levels (remove the term)")
+
+
+def _check_column_types(parsed, data):
+    """Columns the formula engine would read wrongly: a datetime becomes one level per date."""
+    exprs = [parsed.fixed_rhs] + [b.lhs for b in parsed.bars] + list(parsed.offsets)
+    for name in dict.fromkeys(n for e in exprs for n in _names_in(e)):
+        if name in data.columns and data[name].dtype.kind in "Mm":
+            raise ValueError(f"column {name!r} holds dates or times; a formula needs numbers: "
+                             f"convert it, e.g. (data[{name!r}] - data[{name!r}].min()).dt.days")
+
+
+def _aligned(v, data, original_index, what):
+    """A weights/offset array or Series as one value per row of ``data`` (after subset).
+
+    A Series is aligned by index, as pandas aligns; an array of the original data's
+    length is subset with the data (R's subset applies to weights too).
+    """
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, pd.Series):
+        missing = data.index.difference(v.index)
+        if len(missing):
+            raise ValueError(f"{what} is a Series whose index lacks {len(missing)} of the data's "
+                             f"row labels (e.g. {missing[0]!r}); give one value per row")
+        return v.reindex(data.index).to_numpy()
+    arr = np.asarray(v)
+    if arr.ndim == 1 and len(original_index) != len(data) and arr.shape[0] == len(original_index):
+        return pd.Series(arr, index=original_index).reindex(data.index).to_numpy()
+    return v
+
+
 def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, missing="drop",
                       env=None, fixed_matrices, mgr):
     """Evaluate an lme4-style formula on ``data``: the :class:`ModelFrame` of a mixed model.
@@ -318,7 +368,10 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     mgr : statsmodels FormulaManager
     """
     data = as_dataframe(data)
+    original_index = data.index
     data = apply_subset(data, subset)
+    weights = _aligned(weights, data, original_index, "weights")
+    offset = _aligned(offset, data, original_index, "offset")
     if missing not in ("drop", "raise", "none"):
         raise ValueError(f"missing must be 'drop' or 'raise', not {missing!r}")
     if len(data) == 0:
@@ -328,6 +381,7 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     engine = getattr(mgr, "engine", "patsy")
     formula_q = quote_names(formula, data.columns, engine)
     parsed = parse_formula(formula_q)
+    _check_column_types(parsed, data)
     for bar in parsed.bars:
         for f in bar.factors:
             if f not in data.columns:
@@ -379,6 +433,9 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         offs = [o.loc[keep] for o in offs]
         sub = data.loc[keep].reset_index(drop=True)
     _check_finite(y_df, X_df, lhs, parsed)
+    _check_terms_have_columns(mgr, fixed_spec, "the fixed effects", sub)
+    for bar in parsed.bars:
+        _check_terms_have_columns(mgr, lhs[bar.lhs][1], f"random-effects term {bar.source}", sub)
     y_df = y_df.reset_index(drop=True)
     X_df = X_df.reset_index(drop=True)
 

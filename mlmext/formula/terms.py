@@ -234,6 +234,9 @@ def parse_formula(formula):
             bars.extend(_expand_bar(stripped, body))
         elif re.match(r"^offset\s*\(", body) and body.endswith(")"):
             offsets.append(body[body.index("(") + 1:-1].strip())
+        elif body == ".":
+            raise ValueError("R's '.' (all other columns) is not supported in a formula: list "
+                             "the columns")
         elif _find_bar(body) is not None:
             raise ValueError(f"random-effects term {term!r} must be written in parentheses: ({body})")
         else:
