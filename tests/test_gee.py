@@ -84,6 +84,26 @@ def default_cic(ref, s):
 
 PAIRS = [(c, s) for c in CASES for s in load_ref(c)["structures"]]
 
+# Tolerances against geepack.  geepack stops when no mean or correlation parameter changed by more
+# than epsilon = 1e-4 in the last iteration (geese.control), or after 25 iterations; gee_select
+# runs the same iterations to statsmodels' ctol.  So the estimates agree to geepack's 1e-4 only
+# (and within the project's 0.002 SE), the correlation parameters to 1e-4.  What is computed from
+# them moves by less than the tolerances below when the estimates move by 1e-4 (measured by
+# stopping our iterations at the first change below 1e-4, every case: robust SEs, CIC and scale
+# <= 7e-5 relative; quasi-likelihood, QICu and QIC <= 1.1e-6).  dietox's unstructured fit does not
+# converge: its 25th iterate comes through working correlations that are not positive definite, and
+# changing the start by 1e-15 moves it by ~1e-7 (estimates) and ~1e-6 (SEs, CIC) -- rounding, which
+# differs between BLAS kernels, does the same; the same tolerances hold for it.
+GEEPACK_EPS = 1e-4
+SE_RTOL = 1e-4          # robust SEs, CIC, scale (relative)
+QL_RTOL = 1e-5          # quasi-likelihood, QICu, QIC (relative)
+
+
+def coef_close(mine, theirs, se):
+    """Estimates within geepack's epsilon and within 0.002 standard errors (the project's standard)."""
+    mine, theirs, se = (np.asarray(v, dtype=float) for v in (mine, theirs, se))
+    assert np.all(np.abs(mine - theirs) <= np.minimum(GEEPACK_EPS, 2e-3 * se)), (mine, theirs)
+
 
 # ---------------------------------------------------------------------------
 # Against geepack, case by case
@@ -95,8 +115,8 @@ def test_fit_and_qic_match_geepack(case, struct):
     sel = fitted(case)
     res, row = sel.results[struct], sel.table.loc[struct]
 
-    np.testing.assert_allclose(by_r_name(res.params, r["coef"]), list(r["coef"].values()), rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(by_r_name(res.bse, r["coef"]), r["robust_se"], rtol=1e-6)
+    coef_close(by_r_name(res.params, r["coef"]), list(r["coef"].values()), r["robust_se"])
+    np.testing.assert_allclose(by_r_name(res.bse, r["coef"]), r["robust_se"], rtol=SE_RTOL)
     assert res.model.nobs == r["nobs"] and sel.n_groups == r["n_clusters"]
     assert bool(row["converged"]) == r["converged"]
 
@@ -104,24 +124,23 @@ def test_fit_and_qic_match_geepack(case, struct):
     if struct == "unstructured":
         for key, val in r["alpha"].items():        # "alpha.1:2" -> times 1 and 2
             i, j = map(int, key.split(".")[1].split(":"))
-            assert alpha[i - 1, j - 1] == pytest.approx(val, abs=1e-7)
+            assert alpha[i - 1, j - 1] == pytest.approx(val, abs=GEEPACK_EPS)
     elif struct != "independence":
-        assert float(alpha) == pytest.approx(list(r["alpha"].values())[0], abs=1e-7)
+        assert float(alpha) == pytest.approx(list(r["alpha"].values())[0], abs=GEEPACK_EPS)
     if case.startswith("dietox"):                  # scale = geepack's (statsmodels fixes 1 for binomial, Poisson)
-        assert res.scale == pytest.approx(r["scale"], rel=1e-6)
+        assert res.scale == pytest.approx(r["scale"], rel=SE_RTOL)
 
-    # Pan's quasi-likelihood and QICu; the trace term with geepack's and with our default scale.
-    # (dietox_gaussian_default: geepack stopped at |change| <= 1e-4, agreement ~3e-8 only)
-    assert row["QuasiLik"] == pytest.approx(r["QuasiLik_pan"], rel=1e-7)
-    assert row["QICu"] == pytest.approx(r["QICu_pan"], rel=1e-7)
+    # Pan's quasi-likelihood and QICu; the trace term with geepack's and with our default scale
+    assert row["QuasiLik"] == pytest.approx(r["QuasiLik_pan"], rel=QL_RTOL)
+    assert row["QICu"] == pytest.approx(r["QICu_pan"], rel=QL_RTOL)
     assert row["n_params"] == r["params"]
     if case in WEIGHTED:
-        assert qic(res, scale=ref["indep_scale"])["CIC"] == pytest.approx(r["CIC"], rel=1e-6)
-        assert row["CIC"] == pytest.approx(default_cic(ref, r), rel=1e-6)
-        assert row["QIC"] == pytest.approx(-2 * r["QuasiLik_pan"] + 2 * default_cic(ref, r), rel=1e-7)
+        assert qic(res, scale=ref["indep_scale"])["CIC"] == pytest.approx(r["CIC"], rel=SE_RTOL)
+        assert row["CIC"] == pytest.approx(default_cic(ref, r), rel=SE_RTOL)
+        assert row["QIC"] == pytest.approx(-2 * r["QuasiLik_pan"] + 2 * default_cic(ref, r), rel=QL_RTOL)
     else:
-        assert row["CIC"] == pytest.approx(r["CIC"], rel=1e-6)
-        assert row["QIC"] == pytest.approx(r["QIC_pan"], rel=1e-7)
+        assert row["CIC"] == pytest.approx(r["CIC"], rel=SE_RTOL)
+        assert row["QIC"] == pytest.approx(r["QIC_pan"], rel=QL_RTOL)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -140,15 +159,17 @@ def test_dietox_as_refcheck():
     ref, sel = load_ref("dietox_gaussian_default"), fitted("dietox_gaussian_default")
     assert sel.best == "independence" and list(sel.table.index) == list(ref["structures"])
     un = ref["structures"]["unstructured"]
-    # geepack stops after 25 iterations without converging; so does gee_select (same iterations)
-    assert sel.table.loc["unstructured", "QIC"] == pytest.approx(un["QIC"], rel=1e-8)
-    assert sel.table.loc["unstructured", "QIC"] == pytest.approx(50526.6691986081, rel=1e-8)
+    # geepack stops after 25 iterations without converging; so does gee_select (same iterations),
+    # agreeing to what rounding leaves of that iterate (see GEEPACK_EPS above)
+    assert sel.table.loc["unstructured", "QIC"] == pytest.approx(un["QIC"], rel=QL_RTOL)
+    assert sel.table.loc["unstructured", "QIC"] == pytest.approx(50526.6691986081, rel=QL_RTOL)
     flag = sel.table.loc["unstructured", "flag"]
     assert "not converged in 25 iterations" in flag
     assert "outside [-1, 1] (72 of 72 clusters)" in flag
     assert "not positive definite (72 of 72 clusters)" in flag
     assert max(un["alpha"].values()) == pytest.approx(1.5145147970054)
-    assert sel.results["unstructured"].cov_struct.dep_params.max() == pytest.approx(1.5145147970054, rel=1e-7)
+    assert sel.results["unstructured"].cov_struct.dep_params.max() == pytest.approx(1.5145147970054,
+                                                                                   abs=GEEPACK_EPS)
 
 
 # ---------------------------------------------------------------------------
@@ -158,7 +179,7 @@ def test_statsmodels_qic_penalty_is_wrong_for_binomial():
     """ohio, binomial exchangeable: statsmodels' trace is 0.63, Pan's (geepack's) 4.795."""
     ref, sel = load_ref("ohio"), fitted("ohio")
     res = sel.results["exchangeable"]
-    assert sel.table.loc["exchangeable", "CIC"] == pytest.approx(4.7951419944511, rel=1e-6)
+    assert sel.table.loc["exchangeable", "CIC"] == pytest.approx(4.7951419944511, rel=SE_RTOL)
     assert ref["structures"]["exchangeable"]["CIC"] == pytest.approx(4.7951419944511)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -183,7 +204,7 @@ def test_statsmodels_qic_penalty_is_wrong_for_poisson():
         sm_qic, sm_qicu = res.qic(scale=res.scale)
     sm_trace = (sm_qic - sm_qicu) / 2 + len(res.params)
     assert abs(sm_trace - r["CIC"]) > 5            # statsmodels' own number is far from geepack's 10.478
-    assert qic(res)["CIC"] == pytest.approx(r["CIC"], rel=1e-6)
+    assert qic(res)["CIC"] == pytest.approx(r["CIC"], rel=SE_RTOL)
 
 
 def test_statsmodels_autoregressive_fails_where_ar1_works():
@@ -195,8 +216,8 @@ def test_statsmodels_autoregressive_fails_where_ar1_works():
     assert "unable to find right bracket" in sel.table.loc["sm_ar", "flag"]
     assert np.isnan(sel.table.loc["sm_ar", "QIC"]) and sel.results["sm_ar"] is None
     ar1 = load_ref("dietox_gaussian")["structures"]["ar1"]
-    assert float(sel.results["ar1"].cov_struct.dep_params) == pytest.approx(ar1["alpha"]["alpha"], abs=1e-7)
-    assert sel.table.loc["ar1", "QIC"] == pytest.approx(ar1["QIC"], rel=1e-8)
+    assert float(sel.results["ar1"].cov_struct.dep_params) == pytest.approx(ar1["alpha"]["alpha"], abs=GEEPACK_EPS)
+    assert sel.table.loc["ar1", "QIC"] == pytest.approx(ar1["QIC"], rel=QL_RTOL)
     assert sel.best == "independence"
 
 
@@ -205,7 +226,7 @@ def test_gamma_quasilikelihood_is_pan_not_geepack():
     r = load_ref("dietox_gamma")["structures"]["independence"]
     sel = fitted("dietox_gamma")
     assert sel.n_dropped == 72                    # Feed is missing at each pig's first weighing
-    assert sel.table.loc["independence", "QuasiLik"] == pytest.approx(r["QuasiLik_pan"], rel=1e-9)
+    assert sel.table.loc["independence", "QuasiLik"] == pytest.approx(r["QuasiLik_pan"], rel=QL_RTOL)
     assert r["QuasiLik_pan"] == pytest.approx(-4036.0643, abs=1e-3)
     assert r["QuasiLik"] == pytest.approx(-856.4118, abs=1e-3)   # geepack's own value
 
@@ -214,7 +235,7 @@ def test_weighted_proportions_quasilikelihood_uses_weights():
     """cbpp: incidence/size with weights=size; geepack's QIC() drops the weights from Q."""
     r = load_ref("cbpp_weighted")["structures"]["independence"]
     row = fitted("cbpp_weighted").table.loc["independence"]
-    assert row["QuasiLik"] == pytest.approx(r["QuasiLik_pan"], rel=1e-9)
+    assert row["QuasiLik"] == pytest.approx(r["QuasiLik_pan"], rel=QL_RTOL)
     assert r["QuasiLik"] == pytest.approx(-18.0822, abs=1e-3)      # geepack's, without the weights
     assert r["QuasiLik_pan"] == pytest.approx(-284.5049, abs=1e-3)
 
@@ -230,11 +251,11 @@ def test_qic_on_plain_statsmodels_fit():
                   cov_struct=PairwiseExchangeable()).fit()
     q = qic(fit)
     assert list(q.index) == ["QIC", "QICu", "CIC", "QuasiLik", "n_params", "scale"]
-    assert q["QIC"] == pytest.approx(r["exchangeable"]["QIC"], rel=1e-8)
-    assert q["CIC"] == pytest.approx(r["exchangeable"]["CIC"], rel=1e-6)
-    assert q["scale"] == pytest.approx(load_ref("epil")["indep_pearson_rows"], rel=1e-8)
+    assert q["QIC"] == pytest.approx(r["exchangeable"]["QIC"], rel=QL_RTOL)     # statsmodels' ctol, geepack's eps
+    assert q["CIC"] == pytest.approx(r["exchangeable"]["CIC"], rel=SE_RTOL)
+    assert q["scale"] == pytest.approx(load_ref("epil")["indep_pearson_rows"], rel=SE_RTOL)
     # Pan's choice for a Poisson without overdispersion: phi_I = 1 multiplies the trace by phi_hat
-    assert qic(fit, scale=1.0)["CIC"] == pytest.approx(r["exchangeable"]["CIC"] * q["scale"], rel=1e-6)
+    assert qic(fit, scale=1.0)["CIC"] == pytest.approx(r["exchangeable"]["CIC"] * q["scale"], rel=SE_RTOL)
     nb = smf.gee("y ~ lbase + trt", "subject", d, family=F.NegativeBinomial(alpha=1.0)).fit()
     with pytest.raises(ValueError, match="NegativeBinomial"):
         qic(nb)
@@ -246,7 +267,7 @@ def test_ar1_with_continuous_time():
     d["half"] = d["Time"] / 2.0
     sel = gee_select("Weight ~ Time + Cu", "Pig", d, F.Gaussian(), ["ar1"], time="half")
     alpha = load_ref("dietox_gaussian")["structures"]["ar1"]["alpha"]["alpha"]
-    assert float(sel.results["ar1"].cov_struct.dep_params) == pytest.approx(alpha ** 2, abs=1e-7)
+    assert float(sel.results["ar1"].cov_struct.dep_params) == pytest.approx(alpha ** 2, abs=GEEPACK_EPS)
 
 
 @pytest.mark.parametrize("family,y", [
@@ -313,7 +334,7 @@ def test_structure_forms_and_statsmodels_structures():
     assert list(sel.table.index) == ["independence", "exchangeable", "exchangeable_2", "stationary"]
     # statsmodels' Exchangeable with ddof_scale=0 is geepack's estimate too
     ex = load_ref("dietox_gaussian")["structures"]["exchangeable"]
-    assert sel.table.loc["exchangeable_2", "QIC"] == pytest.approx(ex["QIC"], rel=1e-8)
+    assert sel.table.loc["exchangeable_2", "QIC"] == pytest.approx(ex["QIC"], rel=QL_RTOL)
     assert sel.table.loc["stationary", "n_corr_params"] == 11
     assert sel.table.loc["stationary", "working_corr"].startswith("lag 1..11: 0.94")
     nested = gee_select("Weight ~ Time + Cu", "Litter", d, F.Gaussian(), ["nested"], dep_data=["Pig"])
