@@ -48,7 +48,7 @@ def as_dataframe(data, where="data"):
     dup = df.columns[df.columns.duplicated()].unique().tolist()
     if dup:
         raise ValueError(f"{where} has duplicated column names {dup}; a formula cannot tell them apart")
-    converted = {c: _numpy_backed(df[c]) for c in df.columns if _needs_conversion(df[c].dtype)}
+    converted = {c: _numpy_backed(df[c]) for c, dt in df.dtypes.items() if _needs_conversion(dt)}
     if not converted:
         return df
     df = df.copy(deep=False)

@@ -9,6 +9,8 @@ pieces and counts them, and runs lme4's sanity checks.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 import warnings
 
@@ -40,6 +42,14 @@ def _caller_namespace(depth):
 
 
 _eval = evaluate     # the name the GLMM and ordinal models import
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted_names(cls):
+    names = set()
+    for f in (cls.__init__, cls.from_formula):
+        names |= {p for p in inspect.signature(f).parameters if p not in ("self", "cls", "kwargs")}
+    return tuple(sorted(names))
 
 class MixedModel(LikelihoodModel):
     """Base class of the mixed models: holds y, X, the random-effects design and row bookkeeping.
@@ -152,11 +162,7 @@ class MixedModel(LikelihoodModel):
     @classmethod
     def _init_accepted(cls):
         """Keyword arguments the model (and ``from_formula``) read, for "did you mean"."""
-        import inspect
-        names = set()
-        for f in (cls.__init__, cls.from_formula):
-            names |= {p for p in inspect.signature(f).parameters if p not in ("self", "cls", "kwargs")}
-        return sorted(names)
+        return _accepted_names(cls)
 
     @classmethod
     def _fixed_matrices(cls, mgr, parsed, data, env):

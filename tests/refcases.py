@@ -98,15 +98,20 @@ def check_ranef(re, ref, scale=1.0):
             np.testing.assert_allclose(mysd, sd, rtol=5e-3, atol=1e-6 * scale)
 
 
+def _no_suffix(grp):
+    """lme4's label of a repeated grouping factor without its counter: g.1 -> g (not grp.id)."""
+    return re.sub(r"\.\d+$", "", grp)
+
+
 def check_varcorr(vc, ref, strip_ref_suffix=False):
     """``varcorr()`` against R's ``as.data.frame(VarCorr(fit))`` rows in ``ref["varcorr"]``:
     SDs within 0.2 % (+ 1e-6), correlations within 0.01.  lme4 names repeated grouping factors
     ``g.1``, ``g.2`` (``(x || g)``); ``strip_ref_suffix`` drops that suffix from R's names."""
     mine = {}
     for _, r in vc.iterrows():
-        mine.setdefault((group_key(r["grp"].split(".")[0]), norm(r["var1"]), norm(r["var2"])), []).append(r["sdcor"])
+        mine.setdefault((group_key(_no_suffix(r["grp"])), norm(r["var1"]), norm(r["var2"])), []).append(r["sdcor"])
     for r in ref["varcorr"]:
-        grp = r["grp"].split(".")[0] if strip_ref_suffix and r["grp"][-2:-1] == "." else r["grp"]
+        grp = _no_suffix(r["grp"]) if strip_ref_suffix else r["grp"]
         key = (group_key(grp), norm(r["var1"]), norm(r["var2"]))
         assert key in mine, (key, list(mine))
         got = min(mine[key], key=lambda v: abs(v - r["sdcor"]))
@@ -114,3 +119,37 @@ def check_varcorr(vc, ref, strip_ref_suffix=False):
             assert abs(got - r["sdcor"]) < 0.01
         else:
             assert abs(got - r["sdcor"]) <= 2e-3 * max(abs(r["sdcor"]), 1e-3) + 1e-6
+
+
+# ------------------------------------------------------------------ results of separate fits
+# A fit stops where its optimizer's convergence criterion is met, and rounding (the BLAS kernel,
+# the number of threads) can move that point anywhere the criterion allows: fitted results are
+# compared to what the criterion guarantees, not to one CPU's digits.  If a fit's deviance
+# D = -2 llf is within eps of its minimum, each estimate is within sqrt(eps) standard errors of
+# the optimum (Cauchy-Schwarz in the metric of the inverse covariance, Hessian(D) / 2): two such
+# fits differ by at most 2 sqrt(eps) SE and their log-likelihoods by eps / 2.
+
+#: GLMM fit: Newton decrement of D below tol = 1e-8, so D is within tol / 2 of its minimum; x10
+#: because the decrement uses a Hessian refreshed only while it is above 1e-4
+GLMM_EPS = 5e-8
+#: clmm fit: decrement of -llf below 1e-12 (Newton, one scalar term) or a predicted decrease below
+#: 1e-10 (bounded BFGS, else): 2e-10 in D, x10 for the quasi-Newton model's curvature
+CLMM_EPS = 2e-9
+
+
+def lmm_eps(res):
+    """Deviance bound of an LMM fit: L-BFGS-B stops when a step lowers D by less than ftol =
+    1e-10 relative (or the projected gradient is below 1e-5, which leaves less here); for a
+    quasi-Newton method converging superlinearly that last decrease bounds what is left.  A
+    theta set to its bound at the end (``optim.snapped``) may cost up to 1e-5 more."""
+    dev = -2.0 * float(res.llf)
+    snapped = len(getattr(res.optim, "snapped", []) or [])
+    return 1e-10 * max(1.0, abs(dev)) + (1e-5 if snapped else 0.0)
+
+
+def assert_fe_close(a, b, eps, shift=0.0):
+    """Fixed effects of two fits (``a - shift`` against ``b``) within 2 sqrt(eps) of b's standard
+    errors, for fits whose deviances are each within ``eps`` of the same minimum."""
+    fa = np.asarray(a.fe_params, dtype=float) - shift
+    fb, se = np.asarray(b.fe_params, dtype=float), np.asarray(b.bse_fe, dtype=float)
+    assert np.all(np.abs(fa - fb) <= 2.0 * np.sqrt(eps) * se), (fa, fb, se, eps)

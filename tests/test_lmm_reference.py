@@ -17,8 +17,9 @@ PARAMS = case_params(CASES, SLOW)
 def fit_case(ref):
     data = read_data(ref["data"])
     kw = {}
-    if ref.get("weights"):
-        kw["weights"] = ref["weights"]
+    for key in ("weights", "subset"):      # column name / an expression, as the user passes them
+        if ref.get(key):
+            kw[key] = ref[key]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return mf.lmer(ref["formula"], data, **kw).fit(reml=bool(ref["reml"]))

@@ -274,13 +274,13 @@ def _drop_unused_categories(df, keep_cols=()):
 
 def _check_finite(y_df, X_df, lhs, parsed):
     """Infinite values are not missing (R's lm: "NA/NaN/Inf in 'y'"): name where they are."""
-    for frame, what in ((y_df, f"the response {display_name(parsed.response)!r}"),):
-        num = frame.select_dtypes(include=[np.number])
-        bad = ~np.isfinite(num.to_numpy(dtype=float))
-        if bad.any():
-            raise ValueError(f"{what} has {int(bad.any(axis=1).sum())} infinite value(s) (first at "
-                             f"row {int(np.flatnonzero(bad.any(axis=1))[0])}); infinite values are "
-                             "not missing values: remove or recode them")
+    num = [c for c, dt in y_df.dtypes.items() if dt.kind in "iuf"]
+    bad = ~np.isfinite(y_df[num].to_numpy(dtype=float)) if num else np.zeros((0, 1), bool)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise ValueError(f"the response {display_name(parsed.response)!r} has {rows.size} infinite "
+                         f"value(s) (first at row {int(rows[0])}); infinite values are not missing "
+                         "values: remove or recode them")
     Xa = X_df.to_numpy(dtype=float)
     bad_cols = [display_name(c) for c, b in zip(X_df.columns, (~np.isfinite(Xa)).any(axis=0)) if b]
     if bad_cols:
@@ -410,9 +410,11 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         raise ValueError(f"no rows left to fit: {why}")
     # lme4's model frame: complete rows, unused levels dropped, then the matrices
     resp_col = (display_name(parsed.response),)
-    sub, changed = _drop_unused_categories(data.loc[keep].reset_index(drop=True), resp_col)
+    all_rows = len(keep) == len(data)
+    sub, changed = _drop_unused_categories(data if all_rows else
+                                           data.loc[keep].reset_index(drop=True), resp_col)
     kept_pos = keep.to_numpy()
-    second_pass = len(kept_pos) < len(data) or changed
+    second_pass = not all_rows or changed
     for _ in range(3):
         if not second_pass:
             break
@@ -427,11 +429,6 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     else:
         raise RuntimeError("the model frame did not settle after dropping incomplete rows")
     y_df, X_df, lhs, offs, fixed_spec = pieces
-    if not second_pass:                     # the first pass was final
-        y_df, X_df = y_df.loc[keep], X_df.loc[keep]
-        lhs = {k: (Z.loc[keep], s) for k, (Z, s) in lhs.items()}
-        offs = [o.loc[keep] for o in offs]
-        sub = data.loc[keep].reset_index(drop=True)
     _check_finite(y_df, X_df, lhs, parsed)
     _check_terms_have_columns(mgr, fixed_spec, "the fixed effects", sub)
     for bar in parsed.bars:
