@@ -29,7 +29,7 @@ from scipy import stats
 from mlmext import inference as inf
 from mlmext.formula import api as mf
 
-from refcases import load_ref, norm, read_data
+from refcases import GLMM_EPS, load_ref, norm, read_data
 
 Z = stats.norm.ppf(0.975)
 FAST = ["cbpp", "grouseticks", "grouseticks_nb", "binbound", "binsing", "binslope"]
@@ -134,7 +134,10 @@ def test_zeta_at_lme4_profile_points(case):
         np.testing.assert_allclose(mine[away], z[away], atol=5e-5, err_msg=rname)
         moved = np.abs(z) > 1e-3
         assert np.all(np.sign(mine[moved]) == np.sign(z[moved])), rname
-        assert np.all(np.abs(mine) <= np.abs(z) + 5e-5), rname
+        # zeta = sqrt(deviance difference): our inner minimizations stop with the deviance within
+        # 5e-10 of their minimum and the fit's own within 1.5e-9 (polished), so near zeta = 0 ours
+        # may be up to sqrt(2e-9) = 4.5e-5 above the exact value
+        assert np.all(np.abs(mine) <= np.abs(z) + 5e-5 + np.sqrt(2e-9)), rname
 
 
 # ------------------------------------------------------------------ boundaries
@@ -211,7 +214,9 @@ def test_negative_binomial_profile_holds_alpha_and_leaves_the_model_as_fitted():
     """glmer_nb: the dispersion is held at its estimate (as lme4 holds glmer.nb's theta)."""
     r = ref("grouseticks_nb")
     res = fit("grouseticks_nb")
-    assert res.alpha == pytest.approx(r["nb_alpha"], rel=2e-6)
+    # R's 1e-6 and our fit's criterion: log alpha within sqrt(GLMM_EPS) of its standard errors
+    se_log_alpha = np.sqrt(2.0 * np.linalg.inv(res.hessian)[-1, -1])
+    assert res.alpha == pytest.approx(r["nb_alpha"], rel=2e-6 + np.sqrt(GLMM_EPS) * se_log_alpha)
     assert "alpha" not in " ".join(conf_int("grouseticks_nb").index)
     params = np.concatenate([res.theta, res.fe_params.to_numpy(), [np.log(res.alpha)]])
     assert res.model.cond.alpha == res.alpha

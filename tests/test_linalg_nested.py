@@ -14,7 +14,7 @@ import statsmodels.api as sm
 
 from mlmext.formula import api as mf
 from mlmext.linalg import BlockedCholesky
-from refcases import read_data
+from refcases import CLMM_EPS, GLMM_EPS, lmm_eps, read_data
 
 RTOL = 1e-10
 
@@ -148,28 +148,11 @@ def _quiet(fn):
 
 
 # Fits on the two paths are separate optimizer runs: the objectives agree to rounding at a fixed
-# theta (above), but each run stops where its convergence criterion is met, and rounding can move
-# that point anywhere the criterion allows.  So fitted results are compared to what the criterion
-# guarantees, not to rounding.  If a fit's deviance D = -2 llf is within eps of its minimum, each
-# estimate is within sqrt(eps) standard errors of the optimum (Cauchy-Schwarz in the metric of
-# the inverse covariance, Hessian(D) / 2), and two such fits differ by at most 2 sqrt(eps) SE.
-# Standard errors, conditional modes and conditional SDs are smooth functions of the estimates;
-# they are held to the same number (relative, or in units of the conditional SD).
-def lmm_eps(dev):
-    """L-BFGS-B (LinearMixedModel.fit) stops when a step lowers D by less than ftol = 1e-10
-    relative (or the projected gradient is below 1e-5, which here leaves less): ten such steps,
-    1e-9 |D|, bound what is left of the decrease."""
-    return 1e-9 * max(1.0, abs(dev))
-
-
-#: GLMM fit: Newton decrement of D below tol = 1e-8, D within tol / 2 of its minimum; x10 because
-#: the decrement uses a Hessian refreshed only while it is above 1e-4
-GLMM_EPS = 5e-8
-#: clmm fit with two terms (bounded BFGS): predicted decrease of -llf below 1e-10, 2e-10 in D;
-#: x10 for the quasi-Newton model's curvature
-CLMM_EPS = 2e-9
-
-
+# theta (above), but each run stops where its convergence criterion is met.  Fitted results are
+# compared to what the criterion guarantees (refcases: lmm_eps, GLMM_EPS, CLMM_EPS): the
+# log-likelihoods to eps / 2, estimates to 2 sqrt(eps) standard errors.  Standard errors,
+# conditional modes and conditional SDs are smooth functions of the estimates and are held to
+# the same number (relative, or in units of the conditional SD).
 def _theta_se(res):
     """Standard errors of theta from the objective's Hessian at the estimate."""
     nt = len(res.theta)
@@ -215,7 +198,7 @@ def test_lmm_matches_dense(syn, dense_default, data, formula, reml):
     _close(dev_f, dev_d)
     _close(grad_f, grad_d, RTOL * max(1.0, abs(dev_d) / max(np.max(np.abs(grad_d)), 1e-300)))
     dense = _quiet(lambda: dense_model.fit(reml=reml))
-    _compare_fits(fast, dense, lmm_eps(dev_d))
+    _compare_fits(fast, dense, max(lmm_eps(fast), lmm_eps(dense)))
 
 
 def test_glmm_poisson_nested_matches_dense(dense_default):
