@@ -40,11 +40,12 @@ import numpy as np
 import pandas as pd
 from scipy import linalg, optimize, special
 from statsmodels.genmod import families
-from statsmodels.tools.sm_exceptions import ConvergenceWarning
+from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
 
 from . import laplace as lp
 from ._blas import blas_threads
 from .optimize import escape_bound
+from ._args import reject_unknown
 from .base import MixedModel, _drop_rank_deficient
 from .results import MixedResults, MixedResultsWrapper
 
@@ -107,6 +108,17 @@ class GLMConditional(lp.ConditionalModel):
             mu = np.maximum(mu, 1e-300)
         return mu
 
+    def _invalid(self, eta):
+        """Where the link gives a mean outside the family's range (R's ``validmu``): the
+        identity link's negative means, a binomial log link's means above 1.  The clipping
+        of :meth:`_mu` is only a guard against underflow, not a way into the range."""
+        with np.errstate(all="ignore"):
+            raw = self.link.inverse(eta)
+        bad = ~(raw >= 0)
+        if self.binomial:
+            bad |= raw > 1
+        return bad
+
     def loglik_obs(self, eta):
         eta = np.asarray(eta, dtype=float)
         if self.kind == "binomial-logit":
@@ -115,9 +127,11 @@ class GLMConditional(lp.ConditionalModel):
             return self.const + self.pw * (self.y * eta - np.exp(eta))
         mu = self._mu(eta)
         if self.binomial:
-            return (self.const + np.where(self.k > 0, self.k * np.log(mu), 0.0)
-                    + np.where(self.nk > 0, self.nk * np.log1p(-mu), 0.0))
-        return self.const + self.pw * (np.where(self.y > 0, self.y * np.log(mu), 0.0) - mu)
+            ll = (self.const + np.where(self.k > 0, self.k * np.log(mu), 0.0)
+                  + np.where(self.nk > 0, self.nk * np.log1p(-mu), 0.0))
+        else:
+            ll = self.const + self.pw * (np.where(self.y > 0, self.y * np.log(mu), 0.0) - mu)
+        return np.where(self._invalid(eta) & (self.pw > 0), -np.inf, ll)
 
     def loglik_derivs(self, eta):
         """``(loglik_obs, d1, w)`` in one pass."""
@@ -186,6 +200,23 @@ class GLMConditional(lp.ConditionalModel):
         return (self.y - mu) / np.sqrt(self.family.variance(mu) / np.where(self.pw > 0, self.pw, 1.0))
 
 
+def _lgamma_ratio(y, r):
+    """``lgamma(y + r) - lgamma(r) - y log(r)`` without cancellation for large ``r``.
+
+    For ``r = 1 / alpha`` large (little overdispersion: alpha heads for 0 on Poisson-like
+    data) the two log-gammas are ~``r log r`` and their difference loses ~``eps r log r``
+    (1e-7 per observation at r = 3e7), enough noise to stall the optimizer.  Stirling's series
+    gives ``(y + r - 1/2) log1p(y / r) - y`` plus corrections in ``1/r``; from ``r > 1000``
+    the omitted terms are below 1e-18.
+    """
+    y = np.asarray(y, dtype=float)
+    if r <= 1e3:
+        return special.gammaln(y + r) - special.gammaln(r) - y * np.log(r)
+    z = y + r
+    corr = (1.0 / (12.0 * z) - 1.0 / (12.0 * r)) - (1.0 / (360.0 * z ** 3) - 1.0 / (360.0 * r ** 3))
+    return (z - 0.5) * np.log1p(y / r) - y + corr
+
+
 class NegativeBinomialConditional(lp.ConditionalModel):
     """NB2 counts given eta (log link): ``Var = mu + alpha mu^2``, parameter ``log alpha``.
 
@@ -210,7 +241,9 @@ class NegativeBinomialConditional(lp.ConditionalModel):
     def set_alpha(self, alpha):
         self.alpha = float(alpha)
         self.r = 1.0 / self.alpha
-        self._lg = special.gammaln(self.y + self.r) - special.gammaln(self.r) - self.lgy1
+        # lgamma(y + r) - lgamma(r) - lgamma(y + 1) - y log r: the "- y log r" pairs with the
+        # "+ y log alpha" of the density, so neither is formed (see _lgamma_ratio)
+        self._lg = _lgamma_ratio(self.y, self.r) - self.lgy1
 
     def set_params(self, extra):
         self.set_alpha(float(np.exp(extra[0])))
@@ -223,7 +256,7 @@ class NegativeBinomialConditional(lp.ConditionalModel):
         eta = np.asarray(eta, dtype=float)
         mu = np.exp(eta)
         lam = np.log1p(a * mu)
-        return self.pw * (self._lg + y * (np.log(a) + eta) - (y + self.r) * lam)
+        return self.pw * (self._lg + y * eta - (y + self.r) * lam)
 
     def derivatives(self, eta):
         a, y = self.alpha, self.y
@@ -240,7 +273,7 @@ class NegativeBinomialConditional(lp.ConditionalModel):
         mu = np.exp(eta)
         am = a * mu
         den = 1.0 + am
-        ll = self.pw * (self._lg + y * (np.log(a) + eta) - (y + self.r) * np.log1p(am))
+        ll = self.pw * (self._lg + y * eta - (y + self.r) * np.log1p(am))
         w = self.pw * mu / den
         if self.canonical:
             w = w * (1.0 + a * y) / den
@@ -273,7 +306,7 @@ class NegativeBinomialConditional(lp.ConditionalModel):
     def loglike_saturated(self):
         y, a, r = self.y, self.alpha, self.r
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(y > 0, y * np.log(a * y) - (y + r) * np.log1p(a * y), 0.0)
+            t = np.where(y > 0, y * np.log(np.where(y > 0, y, 1.0)) - (y + r) * np.log1p(a * y), 0.0)
         return float(np.sum(self.pw * (self._lg + t)))
 
     def mean(self, eta):
@@ -309,14 +342,10 @@ def _response_from_frame(y, X, info):
     if y.shape[1] == 1:
         info["response_kind"] = "numeric"
         return y.iloc[:, 0], X
-    used = [c for c in y.columns if np.any(y[c].to_numpy() != 0)]
     levels = [str(c)[len(resp) + 1:-1] if str(c).startswith(resp + "[") else str(c) for c in y.columns]
-    if y.shape[1] > 2:
-        raise ValueError(f"the response {resp!r} is categorical with {y.shape[1]} levels {levels}; "
-                         "a binomial response needs two levels (first level = failure) or 0/1 values")
-    del used
     info["response_kind"] = "factor"
     info["response_levels"] = levels
+    # more than two levels: the model's family decides the message (_check_response_kind)
     return pd.Series(y.iloc[:, 1].to_numpy(dtype=float), index=y.index, name=resp), X
 
 
@@ -327,6 +356,59 @@ def _check_counts(y, name, what="counts"):
     if np.any(np.abs(y - np.round(y)) > 1e-8 * np.maximum(1.0, np.abs(y))):
         warnings.warn(f"the response {name!r} has non-integer values; the log-likelihood "
                       "uses the continuous extension (log-gamma)", UserWarning, stacklevel=4)
+
+
+# R's family names (and statsmodels' class names, any case; "." "_" " " ignored)
+_FAMILY_NAMES = {"binomial": families.Binomial, "poisson": families.Poisson}
+_FAMILY_OTHER = {
+    "gaussian": (NotImplementedError, "a Gaussian GLMM with an identity link is an LMM: use "
+                 "mlmext.formula.api.lmer"),
+    "normal": (NotImplementedError, "a Gaussian GLMM with an identity link is an LMM: use "
+               "mlmext.formula.api.lmer"),
+    "negativebinomial": (ValueError, "for the negative binomial use glmer_nb (alpha is estimated "
+                         "with the other parameters)"),
+    "negbin": (ValueError, "for the negative binomial use glmer_nb (alpha is estimated with the "
+               "other parameters)"),
+    "nb": (ValueError, "for the negative binomial use glmer_nb (alpha is estimated with the "
+           "other parameters)"),
+    "quasibinomial": (NotImplementedError, "quasi families have no likelihood to maximize (lme4 "
+                      "does not fit them either); for overdispersion add an observation-level "
+                      "random effect (1 | obs)"),
+    "quasipoisson": (NotImplementedError, "quasi families have no likelihood to maximize (lme4 "
+                     "does not fit them either); for overdispersed counts use glmer_nb or an "
+                     "observation-level random effect (1 | obs)"),
+}
+
+
+def _family_from_name(name):
+    """``"binomial"`` / ``"poisson"`` (R's names, any case) -> a statsmodels family instance."""
+    key = name.strip().lower().replace(".", "").replace("_", "").replace(" ", "")
+    if key.endswith("()"):
+        key = key[:-2]
+    if key in _FAMILY_NAMES:
+        return _FAMILY_NAMES[key]()
+    if key in _FAMILY_OTHER:
+        exc, msg = _FAMILY_OTHER[key]
+        raise exc(f"family={name!r}: {msg}")
+    if key in ("gamma", "inversegaussian", "tweedie"):
+        raise NotImplementedError(f"the {name} family (it has a scale parameter) is not "
+                                  "implemented; binomial, Poisson and negative binomial "
+                                  "(glmer_nb) are")
+    raise ValueError(f"unknown family {name!r}; use 'binomial' or 'poisson' (or "
+                     "sm.families.Binomial() / sm.families.Poisson() with any link), and "
+                     "glmer_nb for the negative binomial")
+
+
+# the keyword arguments of GeneralizedLinearMixedModel.fit, and hints for others
+_FIT_ARGS = ("nagq", "start_params", "maxiter", "tol", "stage1", "disp")
+_FIT_HINTS = {
+    "method": "the GLMM fit has one method (quasi-Newton with the exact Laplace gradient, then "
+              "Newton); remove method=",
+    "optimizer": "the GLMM fit has one method (quasi-Newton with the exact Laplace gradient, "
+                 "then Newton); remove optimizer=",
+    "REML": "GLMMs are fitted by maximum likelihood (there is no REML criterion)",
+    "reml": "GLMMs are fitted by maximum likelihood (there is no REML criterion)",
+}
 
 
 # ============================================================================ models
@@ -354,10 +436,8 @@ class GeneralizedLinearMixedModel(MixedModel):
     _check_nlev_vs_nobs = False
 
     def __init__(self, endog, exog, re_design, family=None, weights=None, offset=None, **kwargs):
-        family = families.Binomial() if family is None else family
-        if isinstance(family, type):
-            family = family()
-        self._validate_family(family)
+        self._reject_init_kwargs(kwargs)
+        family = self._resolve_family(family)
         info = kwargs.get("formula_info") or {}
         trials = info.pop("trials", None)
         kind = info.get("response_kind", "numeric")
@@ -372,15 +452,55 @@ class GeneralizedLinearMixedModel(MixedModel):
             raise ValueError(f"the response must be one column or (successes, failures); it has {y.shape[1]}")
         if trials is not None:
             weights = trials if weights is None else np.asarray(weights, dtype=float) * trials
-        self.family = family
+        self._set_family(family)
         self.response_kind = kind
+        self._check_response_kind(info)
         super().__init__(endog, exog, re_design, weights=weights, offset=offset, **kwargs)
         self._init_keys = list(getattr(self, "_init_keys", [])) + ["family"]
         self.endog = np.asarray(self.endog, dtype=float).ravel()
         self._check_response()
         self._setup()
 
-    # -- family and response checks
+    # -- arguments, family and response checks
+    _api_name = "glmer"
+    _init_hints = {
+        "link": "the link belongs in the family: family=sm.families.Binomial("
+                "link=sm.families.links.Probit()), or sm.families.Poisson("
+                "link=sm.families.links.Sqrt())",
+        "exposure": "give the log exposure as an offset: offset=np.log(exposure)",
+        "nAGQ": "the number of quadrature nodes is a fit() argument: .fit(nagq=...)",
+        "REML": "GLMMs are fitted by maximum likelihood (there is no REML criterion)",
+    }
+
+    def _reject_init_kwargs(self, kwargs):
+        """R / statsmodels spellings, rejected before the response is processed (the base
+        class rejects any other argument it does not read)."""
+        bad = {k: kwargs.pop(k) for k in list(kwargs) if k in self._init_hints}
+        reject_unknown(bad, f"{self._api_name}()", hints=self._init_hints)
+
+    def _set_family(self, family):
+        self.family = family
+
+    def _resolve_family(self, family):
+        """A statsmodels family instance from ``family`` (instance, class or R-style name)."""
+        if family is None:
+            return families.Binomial()
+        if isinstance(family, str):
+            family = _family_from_name(family)
+        elif isinstance(family, type) and issubclass(family, families.Family):
+            family = family()
+        if isinstance(family, families.links.Link) or (
+                isinstance(family, type) and issubclass(family, families.links.Link)):
+            raise TypeError(f"family={family!r} is a link, not a family; give the link to the "
+                            "family: family=sm.families.Binomial(link=sm.families.links."
+                            f"{getattr(family, '__name__', type(family).__name__)}())")
+        if not isinstance(family, families.Family):
+            raise TypeError(f"family must be a statsmodels family (sm.families.Binomial(), "
+                            f"sm.families.Poisson()) or its name ('binomial', 'poisson'); got "
+                            f"{family!r}")
+        self._validate_family(family)
+        return family
+
     def _validate_family(self, family):
         if isinstance(family, (families.Gaussian,)):
             raise NotImplementedError("a Gaussian GLMM with an identity link is an LMM: use "
@@ -397,6 +517,27 @@ class GeneralizedLinearMixedModel(MixedModel):
         return str(self.formula_info["parsed"].response) if "parsed" in self.formula_info \
             else str(getattr(self, "endog_names", "y"))
 
+    @property
+    def _family_label(self):
+        """The family as messages name it ("binomial", "Poisson", "negative binomial")."""
+        return "binomial" if isinstance(self.family, families.Binomial) else "Poisson"
+
+    def _check_response_kind(self, info):
+        """A categorical response: two levels for the binomial, never for count families."""
+        if self.response_kind != "factor":
+            return
+        name = str(info["parsed"].response) if "parsed" in info else "y"
+        levels = list(info.get("response_levels", []))
+        if isinstance(self.family, families.Binomial):
+            if len(levels) != 2:
+                raise ValueError(f"the response {name!r} is categorical with {len(levels)} levels "
+                                 f"{levels}; a binomial response needs two levels (first level = "
+                                 "failure) or 0/1 values")
+            return
+        raise ValueError(f"the response {name!r} is categorical (levels {levels[:6]}); the "
+                         f"{self._family_label} family needs numeric counts (convert the column "
+                         "with pd.to_numeric if it holds numbers as text)")
+
     def _check_response(self):
         y, name = self.endog, self._response_name()
         if not np.all(np.isfinite(y)):
@@ -406,16 +547,28 @@ class GeneralizedLinearMixedModel(MixedModel):
                 raise ValueError(f"the binomial response {name!r} must be 0/1, proportions in "
                                  f"[0, 1] (with weights = trials), cbind(successes, failures) or "
                                  f"a two-level factor; it has values in [{y.min():g}, {y.max():g}]")
+            pos = self.weights > 0
+            for v, what in ((0.0, "failures"), (1.0, "successes")):
+                if pos.any() and np.all(y[pos] == v):
+                    raise ValueError(
+                        f"the binomial response {name!r} is constant (all {what}): the fixed "
+                        f"effects have no finite estimates (the intercept goes to "
+                        f"{'-' if v == 0 else '+'}inf); lme4 stops with 'Response is constant' too")
             k = y * self.weights
             if np.any(np.abs(k - np.round(k)) > 1e-7 * np.maximum(1.0, k)):
                 warnings.warn(f"non-integer number of successes in the binomial response {name!r} "
                               "(proportion times weights); give weights = number of trials",
                               UserWarning, stacklevel=3)
         else:
-            if self.response_kind != "numeric":
-                raise ValueError(f"the response {name!r} is a {self.response_kind} response; the "
-                                 f"{type(self.family).__name__} family needs counts")
+            if self.response_kind == "cbind":
+                raise ValueError(f"the response {name!r} is cbind(successes, failures), a binomial "
+                                 f"response; the {self._family_label} family needs counts")
             _check_counts(y, name)
+            pos = self.weights > 0
+            if pos.any() and np.all(y[pos] == 0):
+                raise ValueError(f"the count response {name!r} is all zeros: the fixed effects "
+                                 "have no finite estimates (the intercept goes to -inf); lme4 "
+                                 "stops with 'Response is constant' too")
 
     @classmethod
     def _prepare_endog_exog(cls, y, X, data, info):
@@ -436,13 +589,13 @@ class GeneralizedLinearMixedModel(MixedModel):
     @property
     def chol_u(self):
         if self._chol_u is None:
-            self._chol_u = lp.make_chol(self.re_design, int(self.nobs))
+            self._chol_u = lp.make_chol(self.re_design, self.endog.shape[0])
         return self._chol_u
 
     @property
     def chol_x(self):
         if self._chol_x is None:
-            self._chol_x = lp.make_chol(self.re_design, int(self.nobs), X=self.exog)
+            self._chol_x = lp.make_chol(self.re_design, self.endog.shape[0], X=self.exog)
         return self._chol_x
 
     # -- parameters: (theta, beta, extra)
@@ -527,6 +680,32 @@ class GeneralizedLinearMixedModel(MixedModel):
     def _start_extra(self, beta):
         return np.zeros(0)
 
+    @property
+    def _link_label(self):
+        return type(self.family.link).__name__.lower()
+
+    def _start_mu(self):
+        """glm's ``mustart``: the response moved off the boundary of the mean's range."""
+        y, w = self.endog, self.weights
+        if isinstance(self.family, families.Binomial):
+            return (w * y + 0.5) / (w + 1.0)
+        return y + 0.1
+
+    def _start_beta(self):
+        """Fixed effects whose ``X beta + offset`` is closest to ``g(mustart)`` (weighted LS),
+        or None when that is not finite."""
+        p = self.k_fe
+        if not p:
+            return np.zeros(0)
+        with np.errstate(all="ignore"):
+            eta0 = np.asarray(self.family.link(self._start_mu()), dtype=float) - self.offset
+        sw = np.sqrt(np.where(self.weights > 0, self.weights, 0.0))
+        if not np.all(np.isfinite(eta0[sw > 0])):
+            return None
+        eta0 = np.where(sw > 0, eta0, 0.0)
+        beta = np.linalg.lstsq(self.exog * sw[:, None], eta0 * sw, rcond=None)[0]
+        return beta if np.all(np.isfinite(beta)) else None
+
     # -- fit
     def fit(self, nagq=1, start_params=None, maxiter=500, tol=1e-8, stage1=False, disp=False,
             **kwargs):
@@ -535,10 +714,11 @@ class GeneralizedLinearMixedModel(MixedModel):
         Parameters
         ----------
         nagq : int
-            1 (default): Laplace approximation.  ``> 1``: adaptive
-            Gauss-Hermite quadrature with ``nagq`` points per random effect
-            (a single grouping factor with at most 3 random effects per level;
-            the product grid has ``nagq**q`` nodes).
+            1 (default): Laplace approximation.  ``2`` to ``100`` (lme4's
+            limit): adaptive Gauss-Hermite quadrature with ``nagq`` points per
+            random effect (a single grouping factor with at most 3 random
+            effects per level; the product grid has ``nagq**q`` nodes).  A
+            whole number; ``2.5`` is an error.
         start_params : array_like, optional
             ``(theta, beta[, log alpha])`` to start from.
         maxiter : int
@@ -552,14 +732,32 @@ class GeneralizedLinearMixedModel(MixedModel):
             stage, derivative-free).  By default only one such PIRLS solve at
             the starting theta is done: it gives beta's starting values and
             scale, and the joint phase has exact gradients.
+        disp : bool
+            Accepted for statsmodels compatibility; nothing is printed.
+        **kwargs
+            Any other keyword argument (lme4's ``nAGQ=``, statsmodels'
+            ``method=``) raises ``TypeError`` naming it and the spelling
+            that works here.
 
         Returns
         -------
         GLMMResults
+
+        Raises
+        ------
+        TypeError
+            For a keyword argument the fit does not read.
+        ValueError
+            For ``nagq`` outside ``1 .. 100`` or not a whole number, and
+            ``start_params`` of the wrong length or not finite.
         """
-        nagq = int(nagq)
-        if nagq < 1:
-            raise ValueError("nagq must be a positive integer (1 = Laplace)")
+        reject_unknown(kwargs, "fit()", accepted=_FIT_ARGS, hints=_FIT_HINTS)
+        if nagq == 0:
+            raise ValueError("nagq must be at least 1: nagq=1 is the Laplace approximation "
+                             "(lme4's nAGQ = 0, beta estimated inside PIRLS, is only the first "
+                             "stage of the fit here: fit(stage1=True) runs it before the "
+                             "Laplace fit)")
+        nagq = lp.check_nagq(nagq)
         des = self.re_design
         if nagq > 1:
             if len(des.blocks) != 1:
@@ -584,10 +782,18 @@ class GeneralizedLinearMixedModel(MixedModel):
         self._last = None
         # ---- stage 1: beta inside PIRLS
         if start_params is not None:
-            sp = np.asarray(start_params, dtype=float)
+            sp = np.asarray(start_params, dtype=float).ravel()
             if sp.size != nt + p + ke:
-                raise ValueError(f"start_params needs {nt + p + ke} values (theta, beta"
-                                 f"{', log alpha' if ke else ''}); got {sp.size}")
+                raise ValueError(f"start_params needs {nt + p + ke} values (theta {nt}: "
+                                 f"{des.theta_names() if hasattr(des, 'theta_names') else ''}"
+                                 f", beta {p}: {list(self.exog_names)}"
+                                 f"{', log alpha 1' if ke else ''}); got {sp.size}")
+            if not np.all(np.isfinite(sp)):
+                raise ValueError(f"start_params has non-finite values: {sp.tolist()}")
+            if np.any(sp[:nt] < des.lower):
+                raise ValueError("start_params: theta must be >= its lower bounds "
+                                 f"{des.lower.tolist()} (standard deviations are >= 0); got "
+                                 f"{sp[:nt].tolist()}")
             theta0, beta0, extra0 = self._split(sp)
             self._set_extra(extra0)
             _, m1 = self._stage1(theta0, beta0)
@@ -595,11 +801,21 @@ class GeneralizedLinearMixedModel(MixedModel):
             theta0 = des.theta_start.copy()
             extra0 = self._start_extra(None)
             self._set_extra(extra0)
-            _, m1 = self._stage1(theta0, None)
-            if not m1.converged:
-                raise lp.PIRLSError("PIRLS failed at the starting values (theta = "
-                                    f"{np.round(theta0, 4).tolist()}, beta updated inside PIRLS "
-                                    f"from 0, u from 0): {m1.message}")
+            # beta from the GLM-style start (eta = g(y adjusted away from the boundary)) as glm
+            # and lme4 start; beta = 0 would put eta = 0 where the sqrt or identity link has
+            # mu = 0, and far from the data for large counts
+            fails = []
+            for what, b0 in (("the GLM-style start g(mu0)", self._start_beta()),
+                             ("beta = 0", None)):
+                _, m1 = self._stage1(theta0, b0)
+                if m1.converged:
+                    break
+                fails.append(f"from {what}: {m1.message}")
+            else:
+                raise lp.PIRLSError(
+                    f"PIRLS failed at the starting values (theta = {np.round(theta0, 4).tolist()}, "
+                    f"beta updated inside PIRLS, u from 0) of the {self._family_label} model "
+                    f"({self._link_label} link): " + "; ".join(fails))
             if ke:                                        # alpha from the first stage's modes
                 extra0 = self._start_extra(m1)
                 self._set_extra(extra0)
@@ -798,7 +1014,67 @@ class GeneralizedLinearMixedModel(MixedModel):
                           + "; ".join(f"{m} ({'ok' if ok else 'failed'}, {n} evaluations)"
                                       for m, ok, n in optim.tried) + ")",
                           ConvergenceWarning, stacklevel=3)
+        self._warn_separation(beta)
+        self._warn_link_not_monotone(modes.eta)
         return MixedResultsWrapper(res)
+
+    def _warn_separation(self, beta):
+        """Warn when the fixed effects run off to infinity: (quasi-)separated binary data, or
+        count data that are all zero where a fixed-effects direction points.
+
+        Checked only when the fixed part of the linear predictor is large (``|X beta| > 10``,
+        as such fits end up: the optimizer stops once ``exp(-|eta|)`` is negligible); the
+        linear program (:func:`mlmext.laplace.separation_direction`) then decides.
+        """
+        if not self.k_fe:
+            return
+        link = type(self.family.link).__name__
+        binomial = isinstance(self.family, families.Binomial)
+        if not ((binomial and link in ("Logit", "Probit", "CLogLog", "LogLog", "Cauchy"))
+                or (not binomial and link == "Log")):
+            return
+        X, beta = self.exog, np.asarray(beta, dtype=float)
+        if not np.max(np.abs(X @ beta)) > 10.0:
+            return
+        pw, y = self.weights, self.endog
+        if binomial:         # successes want x'd >= 0, failures x'd <= 0
+            k = pw * y
+            G, C = np.vstack([X[(k > 0) & (pw > 0)], -X[(pw - k > 0) & (pw > 0)]]), None
+        else:                # zero counts want x'd <= 0; positive counts x'd = 0
+            G = -X[(y == 0) & (pw > 0)]
+            Xp = X[(y > 0) & (pw > 0)]
+            C = np.vstack([Xp, -Xp])
+        d = lp.separation_direction(G, C)
+        if d is None:
+            return
+        names = list(self.exog_names)
+        cols = [n for n, v in zip(names, d) if v != 0]
+        big = max(cols, key=lambda n: abs(beta[names.index(n)]))
+        what = ("a combination of them predicts the successes and failures perfectly "
+                "((quasi-)complete separation)") if binomial else \
+            "the counts are all zero wherever a combination of them is not zero"
+        msg = (f"the fixed effects {cols} have no finite estimates: {what}, so the likelihood "
+               f"keeps increasing as they grow (the fit stopped at {big} = "
+               f"{beta[names.index(big)]:.4g}; their standard errors are meaningless). ")
+        msg += ("Fitted probabilities numerically 0 or 1 occurred (R's glm warns so; lme4 "
+                "does not check). " if binomial else "Fitted means numerically 0 occurred. ")
+        msg += "Remove or merge the columns (factor levels) involved, or use a penalized fit."
+        warnings.warn(msg, PerfectSeparationWarning, stacklevel=4)
+
+    def _warn_link_not_monotone(self, eta):
+        """Warn when the mean is not monotone in eta over the fitted linear predictors."""
+        if isinstance(self, NegativeBinomialMixedModel):
+            return
+        with np.errstate(all="ignore"):
+            d = np.asarray(self.family.link.inverse_deriv(np.asarray(eta, dtype=float)))
+        neg = int(np.sum(d < 0))
+        if neg and np.any(d > 0):
+            warnings.warn(
+                f"{neg} of {d.size} observations have a linear predictor where the "
+                f"{self._link_label} link's mean decreases in eta (eta < 0 for the sqrt link, "
+                "whose mean is eta^2): the conditional modes may be one of several local "
+                "maxima and the Laplace log-likelihood depends on which (lme4 can end at "
+                "another); a log link avoids this", UserWarning, stacklevel=4)
 
     def _cov_rx(self, theta, modes, lams):
         """lme4's RX-based covariance: (X' W X - ...)^-1 from the joint PIRLS system at the modes."""
@@ -809,7 +1085,19 @@ class GeneralizedLinearMixedModel(MixedModel):
         z[pos] += d1[pos] / w[pos]
         ch = self.chol_x
         ch.reweight(np.column_stack([self.exog, z]), w)
-        ch.update(lams)
+        try:
+            ch.update(lams)
+        except np.linalg.LinAlgError:
+            # z in the span of [Z Lambda, X] (an exact fit): the covariance does not depend on
+            # the response column, any column outside the span gives the factor
+            e = np.random.default_rng(0).standard_normal(z.shape[0])
+            ch.reweight(np.column_stack([self.exog, e]), w)
+            try:
+                ch.update(lams)
+            except np.linalg.LinAlgError:
+                # X' W X singular: the weights vanish (fitted probabilities 0 or 1, means 0),
+                # as in separated data; no standard errors (the separation check warns)
+                return np.full((self.k_fe, self.k_fe), np.nan)
         return ch.cov_beta_unscaled()
 
 
@@ -1053,6 +1341,22 @@ class _Transform:
         return lo + [(None, None)] * self.p + [(-25.0, 10.0)] * self.ke
 
 
+class _NBFamily(families.NegativeBinomial):
+    """statsmodels' NB2 family (log link) as the family of a :class:`NegativeBinomialMixedModel`.
+
+    Its own class so that a model rebuilt from a fitted one (which passes the old model's
+    ``family`` back) is told apart from a user's ``family=`` argument, which glmer_nb rejects.
+    """
+
+    def __init__(self, alpha=1.0):
+        super().__init__(link=families.links.Log(), alpha=alpha)
+
+
+# messages name families by their class name: this one is statsmodels' NegativeBinomial (the
+# qualified name stays, so instances pickle)
+_NBFamily.__name__ = "NegativeBinomial"
+
+
 class NegativeBinomialMixedModel(GeneralizedLinearMixedModel):
     """Negative binomial (NB2, log link) mixed model; alpha estimated with theta and beta.
 
@@ -1061,22 +1365,48 @@ class NegativeBinomialMixedModel(GeneralizedLinearMixedModel):
     ``1 / alpha``).
     """
 
+    _api_name = "glmer_nb"
+    _init_hints = {
+        **{k: v for k, v in GeneralizedLinearMixedModel._init_hints.items() if k != "link"},
+        "family": "glmer_nb's family is always the negative binomial (NB2, log link) with "
+                  "alpha estimated with the other parameters: remove family=; for binomial or "
+                  "Poisson models use glmer(..., family=...)",
+    }
+
     def __init__(self, endog, exog, re_design, weights=None, offset=None, link=None,
                  information="expected", **kwargs):
-        kwargs.pop("family", None)
-        if link is not None and type(link).__name__ != "Log":
-            raise NotImplementedError("glmer_nb supports the log link only")
+        family = kwargs.pop("family", None)
+        if family is not None and not isinstance(family, _NBFamily):
+            # (a model rebuilt from a fitted one passes its own family back: accepted)
+            reject_unknown({"family": family}, "glmer_nb()", hints=self._init_hints)
+        if link is not None and not (type(link).__name__ == "Log" or
+                                     (isinstance(link, str) and link.lower() == "log")):
+            raise NotImplementedError(f"glmer_nb supports the log link only (got link={link!r})")
         if information not in ("expected", "observed"):
             raise ValueError("information must be 'expected' (lme4's Laplace) or 'observed' "
                              "(glmmTMB's)")
         self.link_name = "log"
         self.information = information
-        super().__init__(endog, exog, re_design, family=families.Poisson(), weights=weights,
+        super().__init__(endog, exog, re_design, family=_NBFamily(), weights=weights,
                          offset=offset, **kwargs)
         self._init_keys = [k for k in self._init_keys if k != "family"] + ["information"]
 
-    def _validate_family(self, family):
+    _family_label = "negative binomial"
+
+    def _resolve_family(self, family):
+        return family
+
+    def _set_family(self, family):
         pass
+
+    @property
+    def family(self):
+        """statsmodels' ``NegativeBinomial`` family (log link) at the current alpha.
+
+        Read-only: ``alpha`` is estimated (results: ``.alpha``).
+        """
+        alpha = getattr(getattr(self, "cond", None), "alpha", 1.0)
+        return _NBFamily(alpha=alpha)
 
     def _make_conditional(self):
         return NegativeBinomialConditional(self.endog, self.weights, alpha=1.0,
@@ -1121,7 +1451,10 @@ class GLMMResults(MixedResults):
 
     @property
     def family(self):
-        """The model's statsmodels family (Binomial or Poisson; for ``glmer_nb`` fits see ``alpha``)."""
+        """The model's statsmodels family: Binomial or Poisson, for ``glmer_nb`` fits
+        ``NegativeBinomial`` with the estimated ``alpha``."""
+        if isinstance(self.model, NegativeBinomialMixedModel):
+            return _NBFamily(alpha=self.alpha)
         return self.model.family
 
     @property
@@ -1170,6 +1503,32 @@ class GLMMResults(MixedResults):
 
     def _inverse_link(self, eta):
         return self.model.cond.mean(eta)
+
+    def _simulate_response(self, eta, rng):
+        """Responses drawn given linear predictors ``eta`` (n, nsim), as lme4's ``simulate``.
+
+        Binomial: proportions of ``weights`` trials (integer trials needed); Poisson and the
+        negative binomial (gamma-Poisson with this fit's alpha) ignore prior weights with a
+        warning, as lme4 does.
+        """
+        model = self.model
+        w = np.asarray(model.weights, dtype=float)
+        if isinstance(model.family, families.Binomial):
+            mu = np.clip(model.family.link.inverse(eta), 0.0, 1.0)
+            ntr = np.round(w).astype(np.int64)
+            if np.any(np.abs(w - ntr) > 1e-8):
+                raise NotImplementedError("simulating a binomial response needs integer trials "
+                                          "(weights)")
+            succ = rng.binomial(ntr[:, None], mu).astype(float)
+            return np.divide(succ, ntr[:, None], out=np.zeros_like(succ), where=ntr[:, None] > 0)
+        if np.any(w != 1.0):
+            warnings.warn("ignoring prior weights when simulating counts (as lme4)", UserWarning,
+                          stacklevel=4)
+        if isinstance(model, NegativeBinomialMixedModel):
+            mu = np.exp(eta)
+            a = float(self.alpha)
+            return rng.poisson(rng.gamma(1.0 / a, a * mu)).astype(float)
+        return rng.poisson(model.family.link.inverse(eta)).astype(float)
 
     def _block_condvar(self):
         model = self.model

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import weakref
 from dataclasses import dataclass, field
 
@@ -52,7 +53,8 @@ from .linalg import BlockedCholesky
 
 __all__ = ["ConditionalModel", "Modes", "PIRLSError", "ScalarFactor", "make_chol", "pirls",
            "laplace_loglik", "agq_loglik", "laplace_gradient", "agq_loglik_gradient", "gh_rule",
-           "random_effects_linear", "predict_modes"]
+           "random_effects_linear", "predict_modes", "check_nagq", "MAX_NAGQ",
+           "separation_direction"]
 
 
 class ConditionalModel:
@@ -272,6 +274,44 @@ def _halving_step(evaluate, u_at, eta_at, obj, maxhalf):
     return None, None, None, None, None, None, None, maxhalf + 1
 
 
+#: relative size (to the penalized log-likelihood) below which a decrement that stopped
+#: decreasing is rounding noise
+_ROUNDING_RTOL = 1e-12
+
+
+def _at_rounding_floor(dec, dec_prev, obj):
+    """True when the PIRLS decrement stopped decreasing at the level of rounding.
+
+    The absolute ``tol`` on the decrement cannot be met when the penalized log-likelihood is
+    large (counts of 1e9: terms ~1e10, steps solved to ~1e-9 relative give decrements
+    ~1e-6): the iterations then hover.  Newton and Fisher scoring decrease the decrement
+    monotonically until rounding takes over, so a decrement that did not decrease and is
+    below ``_ROUNDING_RTOL * |obj|`` means converged; a slowly converging but still
+    decreasing run is not stopped.
+    """
+    return dec >= dec_prev and dec < _ROUNDING_RTOL * (1.0 + abs(obj))
+
+
+def _solve_in_span(chol, X, z, w, lams):
+    """PIRLS solution for a working response ``z`` whose factorization fails (see :func:`pirls`).
+
+    Returns ``(u, beta)`` or None when the factor itself (not just the response's pivot) is
+    not positive definite.  ``chol`` is left holding the factor with the auxiliary response.
+    """
+    e = np.random.default_rng(0).standard_normal(z.shape[0]) * (1.0 + np.max(np.abs(z)))
+    sols = []
+    for resp in (z + e, e):
+        XY = np.column_stack([X, resp]) if X is not None else resp[:, None]
+        _reweight(chol, XY, w)
+        try:
+            chol.update(lams)
+        except np.linalg.LinAlgError:
+            return None
+        sols.append(chol.solve())
+    (u1, b1), (u2, b2) = sols
+    return u1 - u2, (None if b1 is None or X is None else b1 - b2)
+
+
 def _halving_failed(dec, obj, it, maxhalf):
     """``(converged, message)`` of a PIRLS run whose line search found no better step: a
     decrement already at the floor of floating point counts as convergence."""
@@ -406,9 +446,11 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
     converged = False
     message = ""
     dec = np.nan
+    dec_prev = np.inf
     it = 0
     if not np.isfinite(obj):
-        message = "the log-likelihood is not finite at the starting values"
+        message = ("the log-likelihood is not finite at the starting values (before the "
+                   "first iteration)")
         maxiter_run = 0
     else:
         maxiter_run = maxiter
@@ -436,13 +478,19 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
         _reweight(chol, XY, wt)
         try:
             chol.update(lams)
+            solved = None
         except np.linalg.LinAlgError:
-            message = f"factorization failed at PIRLS iteration {it}"
-            break
+            # a working response in the span of [Z Lambda, X] (a constant response: the fit is
+            # exact) leaves no residual for the last pivot; the solution is linear in the
+            # response, so solve for z + e and for e (e outside the span) and subtract
+            solved = _solve_in_span(chol, X, z, wt, lams) if not exact else None
+            if solved is None:
+                message = f"factorization failed at PIRLS iteration {it}"
+                break
         if exact:
             converged, dec = True, 0.0
             break
-        u_new, b_new = chol.solve()
+        u_new, b_new = chol.solve() if solved is None else solved
         du = u_new - u
         dlin = linear(u_new, b_new if has_x else None)
         dlin -= lin
@@ -450,9 +498,10 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
         if not np.isfinite(dec):
             message = f"non-finite PIRLS step at iteration {it}"
             break
-        if dec < tol:
+        if dec < tol or _at_rounding_floor(dec, dec_prev, obj):
             converged = True
             break
+        dec_prev = dec
         db = (b_new - beta) if has_x else None
         lin_at = lambda t: lin + t * dlin if t != 1.0 else lin + dlin
         t, u_t, eta_t, ll_t, obj_t, d1_t, w_t, nh = _halving_step(
@@ -590,12 +639,14 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
     converged = False
     message = ""
     dec = np.nan
+    dec_prev = np.inf
     nhalf_total = 0
     M = None
     it = 0
     maxiter_run = maxiter if math.isfinite(obj) else 0
     if not maxiter_run:
-        message = "the log-likelihood is not finite at the starting values"
+        message = ("the log-likelihood is not finite at the starting values (before the "
+                   "first iteration)")
     for it in range(1, maxiter_run + 1):
         if d1 is None or not math.isfinite(float(d1.sum()) + float(w.sum())) or \
                 (not neg_ok and w.min() < 0):
@@ -616,9 +667,10 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
         if not math.isfinite(dec):
             message = f"non-finite PIRLS step at iteration {it}"
             break
-        if dec < tol:
+        if dec < tol or _at_rounding_floor(dec, dec_prev, obj):
             converged = True
             break
+        dec_prev = dec
         dlin = lz * du[codes]
         t, u_t, eta_t, ll_t, obj_t, d1_t, w_t, nh = _halving_step(
             evaluate, lambda t: u + du if t == 1.0 else u + t * du,
@@ -700,6 +752,56 @@ def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None, dd1=N
     return out if np.all(np.isfinite(out)) else modes.u
 
 
+# ----------------------------------------------------------------------------- separation
+def separation_direction(G, C=None, tol=1e-6):
+    """A direction of (quasi-)complete separation: ``d != 0`` with ``G d >= 0`` and ``C d >= 0``.
+
+    The log-likelihood of a binary or ordinal model keeps increasing along such a ``d`` (each
+    row of ``G`` is the direction in which one observation's probability grows), so the
+    maximum likelihood estimates are infinite in it: the data are separated (Albert and
+    Anderson 1984; the linear program of Konis 2007, as in R's ``detectseparation``).
+    Solved as ``max sum(G d)`` subject to the constraints and ``|d_j| <= 1``.
+
+    Parameters
+    ----------
+    G : ndarray (r, m)
+        One row per observation (its direction of improvement); duplicate rows are merged.
+    C : ndarray (c, m), optional
+        Further constraints that do not count in the objective (increasing thresholds).
+    tol : float
+        ``max(G d)`` above ``tol`` (columns scaled to unit maximum) means separation.
+
+    Returns
+    -------
+    ndarray or None
+        The direction (``|d_j| <= 1``, in the scaled columns: only its pattern of zeros and
+        signs is meaningful), or None when the data are not separated or the linear program
+        could not be solved.
+    """
+    from scipy.optimize import linprog
+    G = np.asarray(G, dtype=float)
+    if G.size == 0:
+        return None
+    scale = np.max(np.abs(G), axis=0)
+    if C is not None and len(C):
+        scale = np.maximum(scale, np.max(np.abs(C), axis=0))
+    scale[scale == 0] = 1.0
+    Gs = np.unique(G / scale, axis=0)
+    A = Gs if C is None or not len(C) else np.vstack([Gs, np.asarray(C, dtype=float) / scale])
+    try:
+        res = linprog(-Gs.sum(axis=0), A_ub=-A, b_ub=np.zeros(A.shape[0]),
+                      bounds=[(-1.0, 1.0)] * G.shape[1], method="highs")
+    except (ValueError, MemoryError):  # an LP the solver refuses: no verdict
+        return None
+    if res.status != 0 or res.x is None:
+        return None
+    d = res.x
+    if np.max(Gs @ d) <= tol or np.min(A @ d) < -tol:
+        return None
+    d[np.abs(d) < tol] = 0.0
+    return d
+
+
 def laplace_loglik(design, chol, eta_fixed, cond, theta, u0=None, **kwargs):
     """Laplace approximation to the marginal log-likelihood.
 
@@ -731,11 +833,44 @@ def gh_rule(nagq, q=1):
     z : ndarray, shape (nagq**q, q)
     w : ndarray, shape (nagq**q,)
     """
-    nagq = int(nagq)
-    if nagq < 1:
-        raise ValueError("nagq must be a positive integer")
+    nagq = check_nagq(nagq)
     z, ww = _gh_rule_cached(nagq, int(q))
     return z.copy(), ww.copy()
+
+
+#: most quadrature nodes per random effect: lme4's limit (``GHrule``: ``ord < 101``); numpy's
+#: Gauss-Hermite rule itself breaks down (overflow, NaN nodes) a few hundred nodes further on
+MAX_NAGQ = 100
+
+
+def check_nagq(nagq, allow=None):
+    """``nagq`` as an int in ``1 .. MAX_NAGQ``, else a ``ValueError`` saying what is allowed.
+
+    Parameters
+    ----------
+    nagq : int
+        Quadrature nodes per random effect (1 = Laplace).  Floats are accepted only when
+        they are whole numbers (``25.0``): ``2.5`` is an error, not silently 2.
+    allow : callable, optional
+        ``allow(n)`` is True for values below 1 that the caller handles itself (returned
+        unchanged).
+    """
+    try:
+        ok = isinstance(nagq, numbers.Real) and float(nagq) == int(nagq)
+    except (TypeError, ValueError, OverflowError):      # nan, inf
+        ok = False
+    if not ok or isinstance(nagq, (bool, np.bool_)):
+        raise ValueError(f"nagq must be a whole number of quadrature nodes (1 = Laplace, 2 to "
+                         f"{MAX_NAGQ} = adaptive Gauss-Hermite); got {nagq!r}")
+    n = int(nagq)
+    if n < 1 and not (allow is not None and allow(n)):
+        raise ValueError(f"nagq must be at least 1 (1 = Laplace, 2 to {MAX_NAGQ} = adaptive "
+                         f"Gauss-Hermite); got {n}")
+    if n > MAX_NAGQ:
+        raise ValueError(f"nagq={n} is more quadrature nodes than the {MAX_NAGQ} allowed (lme4's "
+                         "limit); the adaptive rule has converged long before: 25 nodes usually "
+                         "agree with 100 to many digits")
+    return n
 
 
 @functools.lru_cache(maxsize=64)
@@ -854,7 +989,9 @@ def _agq_from_modes(blk, chol, lam, cond, modes, nagq):
     A[~np.isfinite(A)] = -np.inf
     A += np.log(wts)[None, :]
     amax = A.max(axis=1, keepdims=True)
-    lse = amax[:, 0] + np.log(np.exp(A - amax).sum(axis=1))
+    amax[~np.isfinite(amax)] = 0.0      # a level impossible at every node: its sum is -inf
+    with np.errstate(divide="ignore"):
+        lse = amax[:, 0] + np.log(np.exp(A - amax).sum(axis=1))
     return float(np.sum(base + lse - 0.5 * logdet_g))
 
 
@@ -924,9 +1061,11 @@ def agq_loglik_gradient(design, chol, cond, theta, modes, nagq, X=None):
     B[~np.isfinite(B)] = -np.inf
     A = B + np.log(wts)[:, None]
     amax = A.max(axis=0)
+    amax[~np.isfinite(amax)] = 0.0      # a level impossible at every node: its sum is -inf
     e = np.exp(A - amax)
     tot = e.sum(axis=0)
-    llf = float(np.sum(amax + np.log(tot) - 0.5 * np.log(M)))
+    with np.errstate(divide="ignore"):
+        llf = float(np.sum(amax + np.log(tot) - 0.5 * np.log(M)))
     if not np.isfinite(llf):
         return (-np.inf, np.full(1, np.nan), None if X is None else np.full(p, np.nan),
                 np.full(kx, np.nan) if kx else None)

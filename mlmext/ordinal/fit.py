@@ -17,15 +17,17 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from statsmodels.tools.sm_exceptions import ConvergenceWarning
+from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
 
 from .. import laplace as _laplace
+from .._args import reject_unknown as _reject_unknown
 from ..optimize import escape_bound, minimize_bfgs, snap_to_bound
 from ..results import MixedResultsWrapper
 from .clm import fit_clm
 from .newton import _laplace_by_newton
 from .objective import _ClmmObjective
 from .results import OrdinalMixedResults
+from .thresholds import _increasing
 
 
 # PIRLS tolerance while optimizing (first-order warm starts usually overshoot it by far); the
@@ -33,8 +35,27 @@ from .results import OrdinalMixedResults
 _OPT_PIRLS_TOL = 1e-14
 
 
+# the keyword arguments of OrdinalMixedModel.fit, and hints for R's and glmer's spellings
+_FIT_ARGS = ("nagq", "start_params", "maxiter", "gtol", "hessian")
+_FIT_HINTS = {
+    "Hess": "use hessian=True/False",
+    "method": "the clmm fit has one method (Newton with the exact Hessian for a single scalar "
+              "term, else bounded quasi-Newton); remove method=",
+    "tol": "use gtol= (tolerance on the largest gradient entry)",
+    "REML": "cumulative link models are fitted by maximum likelihood (there is no REML criterion)",
+    "reml": "cumulative link models are fitted by maximum likelihood (there is no REML criterion)",
+    "link": "the link is chosen when the model is made: clmm(..., link='probit')",
+    "threshold": "the threshold structure is chosen when the model is made: "
+                 "clmm(..., threshold='equidistant')",
+}
+
+
 def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=True, **kwargs):
-    nagq = int(nagq)
+    _reject_unknown(kwargs, "fit()", accepted=_FIT_ARGS, hints=_FIT_HINTS)
+    # clmm's nAGQ < 0 (non-adaptive quadrature) and 0 have their own messages below
+    nagq = _laplace.check_nagq(nagq, allow=lambda n: n <= 0)
+    if nagq < -_laplace.MAX_NAGQ:
+        raise ValueError(f"nagq={nagq}: at most {_laplace.MAX_NAGQ} quadrature nodes")
     if nagq < 0:
         raise NotImplementedError("non-adaptive Gauss-Hermite quadrature (clmm's nAGQ < 0) is not "
                                   f"implemented; use nagq={-nagq} for adaptive quadrature with "
@@ -50,8 +71,6 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
     if nagq > 1 and des.blocks[0].q > 3:
         raise NotImplementedError("adaptive Gauss-Hermite quadrature supports up to 3 random effects "
                                   f"per level; the term on {des.blocks[0].name!r} has {des.blocks[0].q}")
-    if kwargs:
-        raise TypeError(f"unexpected arguments {sorted(kwargs)}")
     thr = model.thr
     k, p, nt = thr.k, model.k_fe, des.ntheta
     lower_r = np.concatenate([np.full(k + p, -np.inf), des.lower])
@@ -64,11 +83,22 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
         alpha0, beta0 = x_clm[:k], x_clm[k:]
         theta0 = des.theta_start.copy()
     else:
-        sp = np.asarray(start_params, dtype=float)
+        sp = np.asarray(start_params, dtype=float).ravel()
         if sp.size != k + p + nt:
-            raise ValueError(f"start_params needs {k + p + nt} values (threshold parameters {k}, fixed "
-                             f"effects {p}, theta {nt}); got {sp.size}")
+            raise ValueError(f"start_params needs {k + p + nt} values (threshold parameters {k}: "
+                             f"{list(thr.names)}, fixed effects {p}: {model.exog_names_fe}, theta "
+                             f"{nt}); got {sp.size}")
+        if not np.all(np.isfinite(sp)):
+            raise ValueError(f"start_params has non-finite values: {sp.tolist()}")
         alpha0, beta0, theta0 = sp[:k], sp[k:k + p], sp[k + p:]
+        if np.any(theta0 < des.lower):
+            raise ValueError("start_params: theta must be >= its lower bounds "
+                             f"{des.lower.tolist()} (standard deviations are >= 0); got "
+                             f"{theta0.tolist()}")
+        if not _increasing(thr.thresholds(alpha0)):
+            raise ValueError(f"start_params: the threshold parameters {alpha0.tolist()} give "
+                             f"thresholds {thr.thresholds(alpha0).tolist()}, which must be "
+                             "increasing")
     lower_x = lower_r
     tried = []
 
@@ -124,6 +154,7 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
     pg = np.where(np.isfinite(lower_x) & (x_hat <= lower_x) & (opt.jac > 0), 0.0, opt.jac)
     max_grad = float(np.max(np.abs(pg))) if pg.size else 0.0
     converged = bool(opt.success) or max_grad < 1e-3
+    separated = _separation_message(model, alpha, beta)
     # ---- Hessian in R coordinates, without variance parameters at zero (as clmm)
     free = np.ones(z_hat.size, dtype=bool)
     free[k + p:] = ~(np.isfinite(des.lower) & (theta <= des.lower + 1e-4))
@@ -136,8 +167,10 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
             if not np.all(np.isfinite(cov_free)) or np.any(np.diag(cov_free) <= 0):
                 raise np.linalg.LinAlgError
         except np.linalg.LinAlgError:
-            warnings.warn("the Hessian of the negative log-likelihood is not positive definite at the "
-                          "optimum; standard errors are not available", ConvergenceWarning, stacklevel=3)
+            if separated is None:      # (separated data: the warning below says why)
+                warnings.warn("the Hessian of the negative log-likelihood is not positive definite "
+                              "at the optimum; standard errors are not available",
+                              ConvergenceWarning, stacklevel=3)
             cov_free = np.full((free.sum(), free.sum()), np.nan)
         cov_full = np.full((z_hat.size, z_hat.size), np.nan)
         cov_full[np.ix_(free, free)] = cov_free
@@ -152,6 +185,8 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
     if not converged:
         warnings.warn(f"the optimizer did not converge: {opt.message} (tried {tried}; largest "
                       f"projected gradient {max_grad:.3g})", ConvergenceWarning, stacklevel=3)
+    if separated is not None:
+        warnings.warn(separated, PerfectSeparationWarning, stacklevel=3)
     opt.tried = tried
     opt.max_grad = max_grad
     opt.nfev = sum(t[2] for t in tried)
@@ -161,6 +196,44 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
                               cov_params_full=cov_full, hessian=H, hessian_free=free,
                               llf_no_re=ll_clm, modes=modes, max_grad=max_grad)
     return MixedResultsWrapper(res)
+
+
+def _separation_message(model, alpha, beta, big=10.0):
+    """The warning for (quasi-)completely separated data, or None.
+
+    Separated categories have no finite maximum likelihood estimates: along some direction
+    of (thresholds, fixed effects) every observation's interval probability grows, so the
+    optimizer ends wherever the gradient becomes negligible (estimates of 20 to thousands).
+    Checked when the estimates are that large (a threshold or ``|x' beta|`` above ``big``);
+    the linear program (:func:`mlmext.laplace.separation_direction`) decides.
+    """
+    thr, cond = model.thr, model.cond
+    th = thr.thresholds(alpha)
+    xb = model.exog @ beta if model.k_fe else np.zeros(1)
+    if not max(np.max(np.abs(th)), np.max(np.abs(xb))) > big:
+        return None
+    Ju, Jl = model._jacobians()                    # d(theta_y - eta), d(theta_{y-1} - eta)
+    w = cond.weights
+    pos = np.ones(Ju.shape[0], dtype=bool) if w is None else np.asarray(w) > 0
+    G = np.vstack([Ju[cond.has_upper & pos], -Jl[cond.has_lower & pos]])
+    T = thr.T                                      # thresholds stay increasing along d
+    C = np.hstack([np.diff(T, axis=0), np.zeros((T.shape[0] - 1, model.k_fe))])
+    d = _laplace.separation_direction(G, C if len(C) else None)
+    if d is None:
+        return None
+    names = list(thr.names) + list(model.exog_names_fe)
+    params = np.concatenate([alpha, beta])
+    involved = [n for n, v in zip(names, d) if v != 0]
+    fe = [n for n in involved if n in model.exog_names_fe]
+    big_name = max(involved, key=lambda n: abs(params[names.index(n)]))
+    return (f"the response categories are (quasi-)completely separated: a combination of "
+            f"{'the fixed effects ' + str(fe) if fe else 'the thresholds'}"
+            f"{' and the thresholds' if fe and len(fe) < len(involved) else ''} predicts the "
+            f"categories perfectly, so the maximum likelihood estimates of {involved} are "
+            f"infinite (the fit stopped at {big_name} = {params[names.index(big_name)]:.4g}; the "
+            "standard errors are meaningless). R's clm / clmm warn 'Hessian is numerically "
+            "singular: parameters are not uniquely determined'. Remove or merge the columns "
+            "(factor levels) or categories involved.")
 
 
 def _profiled_hessian(model, modes, theta):

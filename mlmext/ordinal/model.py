@@ -60,9 +60,22 @@ class OrdinalMixedModel(MixedModel):
 
     _check_nlev_vs_nobs = False
     _pirls_tol = 1e-20
+    _api_name = "clmm"
+    _init_hints = {
+        "family": "a cumulative link model has no family: choose the link with link='logit' "
+                  "(or 'probit', 'cloglog', 'loglog', 'cauchit')",
+        "exposure": "a cumulative link model has no exposure; a known shift of x'beta is "
+                    "offset=",
+        "nAGQ": "the number of quadrature nodes is a fit() argument: .fit(nagq=...)",
+        "Hess": "standard errors are a fit() argument: .fit(hessian=True)",
+    }
 
     def __init__(self, endog, exog, re_design, weights=None, offset=None, link="logit",
                  threshold="flexible", levels=None, **kwargs):
+        # arguments R users bring along are rejected before the data work (base rejects the rest)
+        from .._args import reject_unknown
+        reject_unknown({k: kwargs.pop(k) for k in list(kwargs) if k in self._init_hints},
+                       "clmm()", hints=self._init_hints)
         info = kwargs.get("formula_info", {}) or {}
         name = getattr(endog, "name", None) or "y"
         if "y_levels" in info:
@@ -74,6 +87,11 @@ class OrdinalMixedModel(MixedModel):
                 raise ValueError(f"the response {name!r} has {int(np.isnan(codes).sum())} missing values; "
                                  "drop those rows (from_formula / clmm do it for you)")
             codes, labels = _drop_unused_levels(codes, labels, name)
+        if weights is not None:
+            # a category whose rows all have zero weight is not observed (rows with zero
+            # weight carry no information): drop it as an unused one
+            codes, labels = _drop_unused_levels(codes, labels, name,
+                                                weights=np.asarray(weights, dtype=float).ravel())
         index = getattr(endog, "index", None)
         endog = pd.Series(codes, index=index, name=name) if index is not None else codes
         super().__init__(endog, exog, re_design, weights=weights, offset=offset, **kwargs)
@@ -232,11 +250,13 @@ class OrdinalMixedModel(MixedModel):
         ----------
         nagq : int
             1 (default): Laplace approximation, any random-effects
-            structure.  ``nagq > 1``: adaptive Gauss-Hermite quadrature with
-            ``nagq`` nodes per dimension; needs a single grouping factor
+            structure.  ``2`` to ``100``: adaptive Gauss-Hermite quadrature
+            with ``nagq`` nodes per dimension; needs a single grouping factor
             (a scalar term as ``clmm``, or a vector term with up to three
-            random effects on a product grid).  ``nagq < 0`` (``clmm``'s
-            non-adaptive quadrature) raises ``NotImplementedError``.
+            random effects on a product grid).  A whole number (``2.5`` is an
+            error); more than 100 nodes is an error (lme4's limit; ordinal's
+            own quadrature fails from about 60 nodes on).  ``nagq < 0``
+            (``clmm``'s non-adaptive quadrature) raises ``NotImplementedError``.
         start_params : array_like, optional
             Starting ``(alpha, beta, theta)``; default: the fit without
             random effects (as ``clmm``) and ``theta = 1``.
@@ -249,10 +269,22 @@ class OrdinalMixedModel(MixedModel):
         hessian : bool
             Compute the Hessian (and so the standard errors); ``clmm``'s
             ``Hess``.
+        **kwargs
+            Any other keyword argument (``Hess=``, ``nAGQ=``, ``method=``)
+            raises ``TypeError`` naming it and the spelling that works here.
 
         Returns
         -------
         OrdinalMixedResults
+
+        Warns
+        -----
+        statsmodels.tools.sm_exceptions.PerfectSeparationWarning
+            When the categories are (quasi-)completely separated, so that some
+            estimates are infinite (checked when the estimates are large).
+        ConvergenceWarning
+            When the optimizer did not converge or the Hessian is not positive
+            definite.
         """
         des = self.re_design
         scalar = len(des.blocks) == 1 and des.blocks[0].q == 1

@@ -1,6 +1,7 @@
 """Category codes and labels of an ordinal response."""
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import numpy as np
@@ -34,18 +35,32 @@ def ordinal_response(values, levels=None, name="response"):
     s = pd.Series(values)
     if levels is not None:
         levels = list(levels)
-        if len(set(map(str, levels))) != len(levels):
-            raise ValueError(f"levels for {name!r} has duplicates: {levels}")
         if isinstance(s.dtype, pd.CategoricalDtype):
             s = s.astype(object)
+        lut = {}
+        for i, v in enumerate(levels):
+            for key in _value_keys(v):
+                if lut.get(key, i) != i:
+                    raise ValueError(f"levels for {name!r} has duplicates: {levels} ({levels[lut[key]]!r} "
+                                     f"and {v!r} are the same value)")
+                lut[key] = i
         present = s.dropna()
-        lut = {str(v): i for i, v in enumerate(levels)}
-        keys = present.map(str)
-        unknown = sorted(set(keys) - set(lut))
+        uniq = pd.unique(present.to_numpy(dtype=object))
+        code_of = {}
+        unknown = []
+        for v in uniq:
+            hit = next((lut[k] for k in _value_keys(v) if k in lut), None)
+            if hit is None:
+                unknown.append(v)
+            code_of[_first_key(v)] = hit
         if unknown:
-            raise ValueError(f"response {name!r} has values {unknown[:10]} that are not in levels={levels}")
+            shown = sorted(map(repr, unknown))[:10]
+            raise ValueError(f"the response {name!r} has values {', '.join(shown)} that are not in "
+                             f"levels={levels!r}; its values are "
+                             f"{sorted(map(repr, uniq))[:10]} ({s.dtype} column): give levels as "
+                             "those values (numbers match numerically: level 1 matches 1.0)")
         codes = np.full(len(s), np.nan)
-        codes[s.notna().to_numpy()] = keys.map(lut).to_numpy(dtype=float)
+        codes[s.notna().to_numpy()] = [code_of[_first_key(v)] for v in present.to_numpy(dtype=object)]
         return codes, levels
     if isinstance(s.dtype, pd.CategoricalDtype):
         if not s.cat.ordered:
@@ -74,19 +89,65 @@ def ordinal_response(values, levels=None, name="response"):
         f"pd.Categorical(data[{name!r}], categories=[...], ordered=True), or pass levels=[lowest, ..., highest]")
 
 
-def _drop_unused_levels(codes, labels, name):
-    """Drop unused categories (with a warning); at least two must be observed."""
+def _value_keys(v):
+    """Keys under which a response value or a level matches: numbers by value (``1``, ``1.0``
+    and ``np.int64(1)`` are one category), strings as written, and a string that spells a
+    number also by that number (``"1"`` matches ``1``)."""
+    if isinstance(v, (bool, np.bool_)):
+        return [("bool", bool(v)), ("str", str(v))]
+    if isinstance(v, numbers.Number):
+        f = float(v)
+        keys = [("num", f)]
+        if f == int(f) if np.isfinite(f) else False:
+            keys.append(("str", str(int(f))))
+        return keys + [("str", str(v))]
+    keys = [("str", str(v))]
+    try:
+        keys.append(("num", float(str(v))))
+    except ValueError:
+        pass
+    return keys
+
+
+def _first_key(v):
+    return _value_keys(v)[0]
+
+
+def _drop_unused_levels(codes, labels, name, weights=None):
+    """Drop unused categories (with a warning); at least two must be observed.
+
+    With ``weights``, a category is used when its total weight is positive: rows of zero
+    weight carry no information (R's glm and clm drop them), so a category with only such
+    rows is as unused as an empty one.  Those rows are given the code of the nearest used
+    category below (or above), which changes nothing in the likelihood.
+    """
     ok = ~np.isnan(codes)
-    used = np.unique(codes[ok]).astype(int)
+    present = np.unique(codes[ok]).astype(int)
+    used = present
+    zero = []
+    if weights is not None and len(weights) == len(codes):
+        used = np.unique(codes[ok & (weights > 0)]).astype(int)
+        zero = [labels[i] for i in present if i not in set(used)]
     if used.size < 2:
         raise ValueError(f"the response {name!r} has {used.size} observed categor"
                          f"{'y' if used.size == 1 else 'ies'}"
-                         f"{' (' + str(labels[used[0]]) + ')' if used.size == 1 else ''}; "
+                         f"{' (' + str(labels[used[0]]) + ')' if used.size == 1 else ''}"
+                         f"{' with positive weight' if zero else ''}; "
                          "an ordinal model needs at least two")
+    if zero:
+        warnings.warn(f"response {name!r}: categories {zero} have only rows with zero weight "
+                      "and were dropped", UserWarning, stacklevel=4)
+        near = {}
+        for i in present:
+            below = used[used <= i]
+            near[int(i)] = int(below[-1]) if below.size else int(used[0])
+        codes = codes.copy()
+        codes[ok] = [near[int(c)] for c in codes[ok]]
     if used.size < len(labels):
-        unused = [labels[i] for i in range(len(labels)) if i not in set(used)]
-        warnings.warn(f"response {name!r}: unused categories {unused} were dropped", UserWarning,
-                      stacklevel=4)
+        unused = [labels[i] for i in range(len(labels)) if i not in set(used) and labels[i] not in zero]
+        if unused:
+            warnings.warn(f"response {name!r}: unused categories {unused} were dropped", UserWarning,
+                          stacklevel=4)
         remap = np.full(len(labels), -1.0)
         remap[used] = np.arange(used.size)
         new = np.full_like(codes, np.nan)
