@@ -684,6 +684,18 @@ class GeneralizedLinearMixedModel(MixedModel):
     def _link_label(self):
         return type(self.family.link).__name__.lower()
 
+    def _range_hint(self):
+        """Why PIRLS may fail with a link that does not keep the mean in the family's range."""
+        link = self._link_label
+        if isinstance(self.family, families.Binomial) and link in ("log", "identity"):
+            return (f". With the {link} link the mean must stay in [0, 1] (not guaranteed for "
+                    "every eta): the conditional modes may lie on that boundary, where PIRLS "
+                    "cannot converge; the logit, probit or cloglog link avoids this")
+        if isinstance(self.family, families.Poisson) and link == "identity":
+            return (". With the identity link the mean must stay positive (not guaranteed for "
+                    "every eta); the log link avoids this")
+        return ""
+
     def _start_mu(self):
         """glm's ``mustart``: the response moved off the boundary of the mean's range."""
         y, w = self.endog, self.weights
@@ -752,6 +764,8 @@ class GeneralizedLinearMixedModel(MixedModel):
             ``start_params`` of the wrong length or not finite.
         """
         reject_unknown(kwargs, "fit()", accepted=_FIT_ARGS, hints=_FIT_HINTS)
+        lp.check_positive(maxiter=maxiter, integer=True)
+        lp.check_positive(tol=tol)
         if nagq == 0:
             raise ValueError("nagq must be at least 1: nagq=1 is the Laplace approximation "
                              "(lme4's nAGQ = 0, beta estimated inside PIRLS, is only the first "
@@ -815,7 +829,7 @@ class GeneralizedLinearMixedModel(MixedModel):
                 raise lp.PIRLSError(
                     f"PIRLS failed at the starting values (theta = {np.round(theta0, 4).tolist()}, "
                     f"beta updated inside PIRLS, u from 0) of the {self._family_label} model "
-                    f"({self._link_label} link): " + "; ".join(fails))
+                    f"({self._link_label} link): " + "; ".join(fails) + self._range_hint())
             if ke:                                        # alpha from the first stage's modes
                 extra0 = self._start_extra(m1)
                 self._set_extra(extra0)
@@ -969,7 +983,8 @@ class GeneralizedLinearMixedModel(MixedModel):
         self._set_extra(extra)
         modes, lams = self._modes(theta, beta, tol=1e-20)
         if not modes.converged:
-            raise lp.PIRLSError(f"PIRLS failed at the estimates: {modes.message}")
+            raise lp.PIRLSError(f"PIRLS failed at the estimates: {modes.message}"
+                                + self._range_hint())
         if nagq == 1:
             llf = modes.laplace
         else:

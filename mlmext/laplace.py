@@ -53,7 +53,7 @@ from .linalg import BlockedCholesky
 
 __all__ = ["ConditionalModel", "Modes", "PIRLSError", "ScalarFactor", "make_chol", "pirls",
            "laplace_loglik", "agq_loglik", "laplace_gradient", "agq_loglik_gradient", "gh_rule",
-           "random_effects_linear", "predict_modes", "check_nagq", "MAX_NAGQ",
+           "random_effects_linear", "predict_modes", "check_nagq", "check_positive", "MAX_NAGQ",
            "separation_direction"]
 
 
@@ -841,6 +841,19 @@ def gh_rule(nagq, q=1):
 #: most quadrature nodes per random effect: lme4's limit (``GHrule``: ``ord < 101``); numpy's
 #: Gauss-Hermite rule itself breaks down (overflow, NaN nodes) a few hundred nodes further on
 MAX_NAGQ = 100
+
+
+def check_positive(integer=False, **kw):
+    """``ValueError`` unless the one keyword value is a positive number (whole, if ``integer``):
+    the fits' ``maxiter`` and tolerances (0 or a negative value would end the iterations at
+    once or never)."""
+    (name, v), = kw.items()
+    ok = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and v > 0
+    if ok and integer:
+        ok = float(v) == int(v)
+    if not ok:
+        raise ValueError(f"{name} must be a positive {'whole number' if integer else 'number'}; "
+                         f"got {v!r}")
 
 
 def check_nagq(nagq, allow=None):

@@ -79,6 +79,16 @@ def test_nagq_out_of_range(d, nagq, exc, match):
         mf.clmm("y ~ z + (1 | g)", d).fit(nagq=nagq)
 
 
+@pytest.mark.parametrize("kw, match", [
+    ({"maxiter": 0}, "maxiter must be a positive whole number; got 0"),
+    ({"gtol": 0.0}, "gtol must be a positive number"),
+    ({"gtol": -1e-6}, "gtol must be a positive number"),
+])
+def test_iteration_limits_and_tolerances(d, kw, match):
+    with pytest.raises(ValueError, match=match):
+        mf.clmm("y ~ z + (1 | g)", d).fit(**kw)
+
+
 def test_nagq_up_to_100_is_finite_and_converged(wine):
     # ordinal's own quadrature gives NA from about 60 nodes on (R 4.2.2, ordinal 2022.11-16);
     # the log-sum-exp here stays finite.  Measured llf: 10 -81.53246071154, 25 and 100

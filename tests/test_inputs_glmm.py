@@ -132,6 +132,18 @@ def test_nagq_out_of_range_is_a_value_error(cbpp, nagq, match):
         mod.fit(nagq=nagq)
 
 
+@pytest.mark.parametrize("kw, match", [
+    ({"maxiter": 0}, "maxiter must be a positive whole number; got 0"),
+    ({"maxiter": -1}, "maxiter must be a positive whole number"),
+    ({"maxiter": 2.5}, "maxiter must be a positive whole number"),
+    ({"tol": -1.0}, "tol must be a positive number; got -1.0"),
+    ({"tol": 0}, "tol must be a positive number"),
+])
+def test_iteration_limits_and_tolerances(d, kw, match):
+    with pytest.raises(ValueError, match=match):
+        mf.glmer("yc ~ x + (1 | g)", d, family=P()).fit(**kw)
+
+
 def test_nagq_25_50_100_agree_on_cbpp(cbpp):
     mod = mf.glmer(CBPP, cbpp, family=B())
     llf = {n: mod.fit(nagq=n).llf for n in (25, 50, 100)}
@@ -186,6 +198,13 @@ def test_sqrt_link_with_negative_eta_warns():
                                          "link's mean decreases"):
         res = mf.glmer("TICKS ~ YEAR + (1 | LOCATION)", gt, family=P(sm.families.links.Sqrt())).fit()
     assert np.isfinite(res.llf)
+
+
+def test_binomial_log_link_failure_says_why(d):
+    mod = mf.glmer("yb ~ x + (1 | g)", d, family=B(sm.families.links.Log()))
+    with pytest.raises(lp.PIRLSError, match=r"binomial model \(log link\).*mean must stay in "
+                                            r"\[0, 1\].*logit"):
+        mod.fit()
 
 
 def test_identity_link_means_below_zero_are_impossible(d):

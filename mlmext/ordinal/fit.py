@@ -52,6 +52,8 @@ _FIT_HINTS = {
 
 def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=True, **kwargs):
     _reject_unknown(kwargs, "fit()", accepted=_FIT_ARGS, hints=_FIT_HINTS)
+    _laplace.check_positive(maxiter=maxiter, integer=True)
+    _laplace.check_positive(gtol=gtol)
     # clmm's nAGQ < 0 (non-adaptive quadrature) and 0 have their own messages below
     nagq = _laplace.check_nagq(nagq, allow=lambda n: n <= 0)
     if nagq < -_laplace.MAX_NAGQ:
