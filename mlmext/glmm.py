@@ -783,6 +783,7 @@ class GeneralizedLinearMixedModel(MixedModel):
                 raise NotImplementedError(
                     f"adaptive Gauss-Hermite quadrature supports at most 3 random effects per level; "
                     f"the term on {des.blocks[0].name!r} has {des.blocks[0].q}. Use nagq=1 (Laplace).")
+            lp.check_agq_grid(nagq, des.blocks[0].q)
         des = self.re_design
         dense_rows = des.nre - des.blocks[0].nre + self.k_fe + 1
         with blas_threads(dense_rows):

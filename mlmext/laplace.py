@@ -53,8 +53,8 @@ from .linalg import BlockedCholesky
 
 __all__ = ["ConditionalModel", "Modes", "PIRLSError", "ScalarFactor", "make_chol", "pirls",
            "laplace_loglik", "agq_loglik", "laplace_gradient", "agq_loglik_gradient", "gh_rule",
-           "random_effects_linear", "predict_modes", "check_nagq", "check_positive", "MAX_NAGQ",
-           "separation_direction"]
+           "random_effects_linear", "predict_modes", "check_nagq", "check_positive", "check_agq_grid",
+           "MAX_NAGQ", "separation_direction"]
 
 
 class ConditionalModel:
@@ -841,6 +841,20 @@ def gh_rule(nagq, q=1):
 #: most quadrature nodes per random effect: lme4's limit (``GHrule``: ``ord < 101``); numpy's
 #: Gauss-Hermite rule itself breaks down (overflow, NaN nodes) a few hundred nodes further on
 MAX_NAGQ = 100
+
+
+#: most nodes of a product grid (``nagq**q``) per level: every node costs a pass over the data
+#: for each likelihood evaluation, and the fit needs hundreds of evaluations
+MAX_AGQ_GRID = 100_000
+
+
+def check_agq_grid(nagq, q):
+    """``ValueError`` when the product grid of ``nagq`` nodes in ``q`` dimensions is too large."""
+    if q > 1 and nagq ** q > MAX_AGQ_GRID:
+        top = int(math.floor(MAX_AGQ_GRID ** (1.0 / q) + 1e-9))
+        raise ValueError(f"nagq={nagq} with {q} random effects per level is a product grid of "
+                         f"{nagq ** q:,} nodes per level (at most {MAX_AGQ_GRID:,}: each node is a "
+                         f"pass over the data per likelihood evaluation); use nagq <= {top}")
 
 
 def check_positive(integer=False, **kw):

@@ -115,6 +115,12 @@ def test_agq_of_an_extreme_level_is_finite():
     assert res.model.loglike(at, nagq=100) == pytest.approx(res.model.loglike(at, nagq=50), abs=1e-9)
 
 
+def test_agq_product_grid_cap(wine):
+    mod = mf.clmm("rating ~ temp + contact + (1 + temp + contact | judge)", wine)
+    with pytest.raises(ValueError, match=r"product grid of 1,000,000 nodes.*use nagq <= 46"):
+        mod.fit(nagq=100)
+
+
 def test_agq_needs_one_grouping_factor(d):
     mod = mf.clmm("y ~ z + (1 | g) + (1 | h)", d.assign(h=(np.arange(len(d)) % 7).astype(str)))
     with pytest.raises(NotImplementedError, match=r"single grouping factor.*\(g, h\)"):

@@ -146,9 +146,14 @@ def test_iteration_limits_and_tolerances(d, kw, match):
 
 def test_nagq_25_50_100_agree_on_cbpp(cbpp):
     mod = mf.glmer(CBPP, cbpp, family=B())
-    llf = {n: mod.fit(nagq=n).llf for n in (25, 50, 100)}
+    fits = {n: mod.fit(nagq=n) for n in (25, 50, 100)}
+    llf = {n: f.llf for n, f in fits.items()}
     assert all(np.isfinite(v) for v in llf.values())
-    # measured: -91.98336903731058, ...054, ...052; lme4's nAGQ = 25 value is -50.00502 on its scale
+    # measured: -91.98336903731058, ...054, ...052; lme4 1.1-31 gives logLik -50.0050152701 at
+    # nAGQ = 25, 50 and 100 on its scale (without the saturated log-likelihood), and stops
+    # at nAGQ = 101 ("ord < 101L is not TRUE")
+    for f in fits.values():
+        assert f.llf_lme4 == pytest.approx(-50.0050152701, abs=1e-7)
     assert llf[50] == pytest.approx(llf[25], abs=1e-9)
     assert llf[100] == pytest.approx(llf[25], abs=1e-9)
     assert llf[25] == pytest.approx(-91.983369037, abs=1e-6)
@@ -162,6 +167,14 @@ def test_agq_needs_one_grouping_factor(d):
                 mf.glmer_nb("yc ~ x + (1 | g) + (1 | h)", crossed)):
         with pytest.raises(NotImplementedError, match="single grouping factor.*\\(g, h\\)"):
             mod.fit(nagq=5)
+
+
+def test_agq_product_grid_cap(d):
+    dd = d.assign(a=np.cos(np.arange(len(d))), b=np.sin(np.arange(len(d))))
+    mod = mf.glmer("yc ~ x + (1 + a + b | g)", dd, family=P())
+    with pytest.raises(ValueError, match=r"nagq=47 with 3 random effects per level is a product "
+                                         r"grid of 103,823 nodes.*use nagq <= 46"):
+        mod.fit(nagq=47)
 
 
 def test_gauss_hermite_rule_cap():

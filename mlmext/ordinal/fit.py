@@ -73,6 +73,8 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
     if nagq > 1 and des.blocks[0].q > 3:
         raise NotImplementedError("adaptive Gauss-Hermite quadrature supports up to 3 random effects "
                                   f"per level; the term on {des.blocks[0].name!r} has {des.blocks[0].q}")
+    if nagq > 1:
+        _laplace.check_agq_grid(nagq, des.blocks[0].q)
     thr = model.thr
     k, p, nt = thr.k, model.k_fe, des.ntheta
     lower_r = np.concatenate([np.full(k + p, -np.inf), des.lower])
