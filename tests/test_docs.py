@@ -102,7 +102,7 @@ def test_api_reference(built):
     assert not missing, missing
     assert any(i.startswith("mlmext.plots.") for i in ids), "mlmext.plots has no documented function"
     # statsmodels' own members are left to statsmodels' documentation
-    for name in ["bse", "pvalues", "wald_test", "initialize", "remove_data"]:
+    for name in ["bse", "pvalues", "wald_test", "initialize", "save"]:
         assert f"mlmext.results.MixedResults.{name}" not in ids, name
     assert "Generalized linear mixed model from an lme4-style formula" in text_of(api)
 

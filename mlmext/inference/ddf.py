@@ -149,7 +149,7 @@ def _kr_pieces(res):
     if not np.allclose(w, 1.0):
         raise NotImplementedError("Kenward-Roger's method is not implemented for weighted models")
     des = model.re_design
-    n = int(model.nobs)
+    n = model.exog.shape[0]          # rows (nobs leaves out zero-weight rows)
     Z = des.Z()
     q = Z.shape[1]
     if n * q > 8e7:

@@ -36,7 +36,7 @@ def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
     r = _raw(res)
     model = r.model
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    n = int(model.nobs)
+    n = model.exog.shape[0]          # rows (nobs leaves out zero-weight rows)
     beta = _beta(r) if params is None else np.asarray(params, dtype=float)
     eta = np.asarray(model.exog, dtype=float) @ beta + np.asarray(model.offset, dtype=float)
     eta = np.repeat(eta[:, None], nsim, axis=1)

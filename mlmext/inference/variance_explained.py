@@ -53,7 +53,7 @@ def _null_model_fit(res, intercept_only_re=False):
     model = r.model
     X = getattr(model.data, "orig_exog", None)
     idx = X.index if isinstance(X, pd.DataFrame) else None
-    X0 = pd.DataFrame({"Intercept": np.ones(int(model.nobs))}, index=idx)
+    X0 = pd.DataFrame({"Intercept": np.ones(model.exog.shape[0])}, index=idx)   # rows, not nobs
     des = None
     if intercept_only_re:
         terms = []
