@@ -242,3 +242,51 @@ def test_good_start_params_reach_the_same_fit(wine):
     ref = mf.clmm(WINE, wine).fit()
     res = mf.clmm(WINE, wine).fit(start_params=np.r_[ref.params, 0.5])
     assert res.llf == pytest.approx(ref.llf, abs=1e-7)
+
+
+# ----------------------------------------------------------------- prediction, names, containers
+@pytest.mark.parametrize("kw, exc, match", [
+    ({"newdata": "ND"}, TypeError, r"'newdata'.*data="),
+    ({"type": "prob"}, TypeError, r"'type'.*which="),
+    ({"which": "link"}, ValueError, r"which='linear'"),
+    ({"which": "mean"}, ValueError, r"which='prob'"),
+    ({"re": "no"}, ValueError, r"re must be True"),
+])
+def test_predict_rejects_what_it_does_not_read(wine, kw, exc, match):
+    res = mf.clmm(WINE, wine).fit()
+    kw = {k: (wine.head(3) if v == "ND" else v) for k, v in kw.items()}
+    with pytest.raises(exc, match=match):
+        res.predict(**kw)
+
+
+def test_predict_missing_judge_is_population_and_nan_predictor_is_nan(wine):
+    res = mf.clmm(WINE, wine).fit()
+    nd = wine.head(4).copy()
+    nd["judge"] = nd["judge"].astype(object)
+    nd.loc[nd.index[0], "judge"] = None
+    nd["temp"] = nd["temp"].astype(object)
+    nd.loc[nd.index[1], "temp"] = None
+    p, pop, full = res.predict(nd), res.predict(nd, re=False), res.predict(wine.head(4))
+    np.testing.assert_allclose(p.iloc[0], pop.iloc[0], rtol=1e-14)
+    assert np.abs(p.iloc[0] - full.iloc[0]).max() > 1e-3          # judge 1's effect is not zero
+    assert p.iloc[1].isna().all()
+    np.testing.assert_allclose(p.iloc[2:], full.iloc[2:], rtol=1e-14)
+
+
+def test_dotted_names_and_a_backticked_response(wine):
+    ref = mf.clmm(WINE, wine).fit()
+    w2 = wine.rename(columns={"rating": "rating.1", "temp": "temp.x", "judge": "judge id"})
+    r = mf.clmm("`rating.1` ~ temp.x + contact + (1 | `judge id`)", w2).fit()
+    np.testing.assert_array_equal(r.params.to_numpy(), ref.params.to_numpy())
+    assert "temp.x[T.warm]" in r.params.index and "judge id" in r.ranef()
+
+
+def test_pickle_and_polars(wine):
+    import pickle
+    res = mf.clmm(WINE, wine).fit()
+    r2 = pickle.loads(pickle.dumps(res))
+    np.testing.assert_array_equal(r2.predict(wine.head(5)), res.predict(wine.head(5)))
+    pl = pytest.importorskip("polars")
+    # polars has no ordered categoricals: the order of the ratings is given by levels=
+    r3 = mf.clmm(WINE, pl.from_pandas(wine), levels=["1", "2", "3", "4", "5"]).fit()
+    np.testing.assert_array_equal(r3.params.to_numpy(), res.params.to_numpy())

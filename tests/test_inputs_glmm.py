@@ -408,3 +408,31 @@ def test_negative_binomial_model_can_be_rebuilt():
     again = _rebuild_model(res.model)
     assert isinstance(again, NegativeBinomialMixedModel)
     assert again.fit().llf == pytest.approx(res.llf, abs=1e-6)
+
+
+# ----------------------------------------------------------------- prediction and pickling
+def test_predict_arguments_and_offsets(d):
+    """An offset column is read from new data; an array offset must be passed to predict."""
+    dd = d.assign(t=np.linspace(1.0, 3.0, len(d)))
+    col = mf.glmer("yc ~ x + (1 | g)", dd, family=sm.families.Poisson(), offset=np.log(dd["t"])).fit()
+    with pytest.raises(ValueError, match=r"pass offset="):
+        col.predict(dd.head(3))
+    np.testing.assert_allclose(col.predict(dd, offset=np.log(dd["t"])), col.fittedvalues, rtol=1e-12)
+    dd["lt"] = np.log(dd["t"])
+    named = mf.glmer("yc ~ x + (1 | g)", dd, family=sm.families.Poisson(), offset="lt").fit()
+    np.testing.assert_allclose(named.predict(dd), named.fittedvalues, rtol=1e-12)
+    np.testing.assert_allclose(named.predict(dd, which="linear"), np.log(named.fittedvalues), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"which='linear'"):
+        named.predict(dd, which="link")
+    with pytest.raises(TypeError, match=r"'re_form'.*re=False"):
+        named.predict(dd, re_form=False)
+
+
+def test_glmm_results_pickle(cbpp):
+    import copy
+    import pickle
+    res = mf.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp,
+                   family=sm.families.Binomial()).fit()
+    for r2 in (pickle.loads(pickle.dumps(res)), copy.deepcopy(res)):
+        np.testing.assert_array_equal(r2.params, res.params)
+        np.testing.assert_array_equal(r2.predict(cbpp.head(6)), res.predict(cbpp.head(6)))

@@ -8,7 +8,9 @@ import pandas as pd
 
 from .. import laplace as _laplace
 from .._blas import blas_threads
+from .._frames import as_dataframe
 from ..base import MixedModel, _drop_rank_deficient, _eval
+from ..formula.frame import display_name
 from .clm import _jacobians
 from .conditional import CumulativeLinkConditional
 from .fit import _fit_clmm
@@ -123,9 +125,8 @@ class OrdinalMixedModel(MixedModel):
                      eval_env=0, link="logit", threshold="flexible", levels=None, **kwargs):
         """Create a model from an lme4-style formula (see :func:`mlmext.formula.api.clmm`)."""
         from ..formula.terms import parse_formula
-        if not isinstance(data, pd.DataFrame):
-            data = pd.DataFrame(data)
-        resp = parse_formula(formula).response
+        data = as_dataframe(data)
+        resp = display_name(parse_formula(formula).response)
         if not resp:
             raise ValueError("the formula needs a response: 'y ~ x + (1 | g)'")
         if resp not in data.columns:
@@ -143,7 +144,7 @@ class OrdinalMixedModel(MixedModel):
 
     @classmethod
     def _fixed_matrices(cls, mgr, parsed, data, env):
-        resp = parsed.response
+        resp = display_name(parsed.response)       # the column, without the formula's quoting
         rhs = parsed.fixed_rhs.strip() or "1"
         X_df = _eval(mgr, f"~ {rhs}", data, env, f"the fixed-effects formula {rhs!r}")
         y_df = data[[resp]].dropna()
@@ -151,7 +152,7 @@ class OrdinalMixedModel(MixedModel):
 
     @classmethod
     def _prepare_endog_exog(cls, y, X, data, info):
-        resp = info["parsed"].response
+        resp = display_name(info["parsed"].response)
         col = y.iloc[:, 0]
         labels = list(col.cat.categories)
         codes = col.cat.codes.to_numpy().astype(float)

@@ -106,7 +106,11 @@ class OrdinalMixedResults(MixedResults):
         return [np.einsum("ij,gjk,lk->gil", lam, c, lam) for lam, c in zip(lams, cv)]
 
     # ------------------------------------------------------------ prediction
-    def predict(self, exog=None, data=None, re=True, which="prob", **kwargs):
+    _which = {"prob": "category probabilities", "cumprob": "cumulative probabilities",
+              "linear": "the linear predictor"}
+    _which_hints = {"link": "linear", "mean": "prob", "response": "prob", "class": "prob"}
+
+    def predict(self, exog=None, data=None, re=True, which="prob", offset=None, **kwargs):
         """Category probabilities (or the linear predictor) with or without random effects.
 
         Parameters
@@ -122,14 +126,17 @@ class OrdinalMixedResults(MixedResults):
             ``"prob"``: (n, K) probabilities of each category (rows sum to
             1); ``"cumprob"``: ``P(Y <= j)`` for ``j = 1, ..., K``;
             ``"linear"``: ``x' beta + z' b``.
+        offset : str or array_like, optional
+            The ``offset=`` part of the offset for new rows (see
+            :meth:`mlmext.results.MixedResults.predict`).
 
         Returns
         -------
         pandas.DataFrame or pandas.Series
             Columns are the response categories.
         """
-        data = exog if data is None else data
-        eta = self.linear_predictor(data, re=re)
+        data = self._predict_args(exog, data, re, which, kwargs)
+        eta = self.linear_predictor(data, re=bool(re), offset=offset)
         index = self.model.formula_info.get("row_labels") if data is None else getattr(data, "index", None)
         if index is not None and len(index) != len(eta):
             index = None
@@ -139,9 +146,7 @@ class OrdinalMixedResults(MixedResults):
         cols = pd.Index(self.model.levels, name=str(self.model.endog_names))
         if which == "prob":
             return pd.DataFrame(P, index=index, columns=cols)
-        if which == "cumprob":
-            return pd.DataFrame(np.minimum(np.cumsum(P, axis=1), 1.0), index=index, columns=cols)
-        raise ValueError("which must be 'prob', 'cumprob' or 'linear'")
+        return pd.DataFrame(np.minimum(np.cumsum(P, axis=1), 1.0), index=index, columns=cols)
 
     @property
     def fittedvalues(self):
