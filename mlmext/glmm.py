@@ -98,6 +98,7 @@ class GLMConditional(lp.ConditionalModel):
             self.const = special.gammaln(pw + 1) - special.gammaln(k + 1) - special.gammaln(pw - k + 1)
         else:
             self.const = -pw * special.gammaln(y + 1)
+        self.loglik_scale = float(np.sum(np.abs(self.const)))
 
     # -- pieces
     def _mu(self, eta):
@@ -233,6 +234,7 @@ class NegativeBinomialConditional(lp.ConditionalModel):
         self.y = np.asarray(endog, dtype=float)
         self.pw = np.asarray(prior_weights, dtype=float)
         self.lgy1 = special.gammaln(self.y + 1.0)
+        self.loglik_scale = float(np.sum(self.pw * self.lgy1))   # cancels in the sum (see laplace)
         self.information = information
         #: with the observed information as w, PIRLS is Newton's method and h = w
         self.canonical = information == "observed"
