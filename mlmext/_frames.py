@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["as_dataframe"]
+__all__ = ["as_dataframe", "as_series"]
 
 
 def as_dataframe(data, where="data"):
@@ -37,7 +37,13 @@ def as_dataframe(data, where="data"):
     if isinstance(data, pd.DataFrame):
         df = data
     elif hasattr(data, "to_pandas") and callable(data.to_pandas):   # polars, pyarrow, narwhals
-        df = data.to_pandas()
+        try:
+            df = data.to_pandas()
+        except ModuleNotFoundError:
+            # polars' to_pandas needs pyarrow; its columns as lists need nothing
+            if not hasattr(data, "to_dict"):
+                raise
+            df = pd.DataFrame(data.to_dict(as_series=False))
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"{where}: {type(data).__name__}.to_pandas() did not give a DataFrame")
     elif isinstance(data, dict) or (isinstance(data, np.ndarray) and data.dtype.names):
@@ -55,6 +61,16 @@ def as_dataframe(data, where="data"):
     for c, s in converted.items():
         df[c] = s
     return df
+
+
+def as_series(values):
+    """A polars / pyarrow column as a pandas Series (polars without pyarrow: through a list)."""
+    try:
+        return values.to_pandas()
+    except ModuleNotFoundError:
+        if not hasattr(values, "to_list"):
+            raise
+        return pd.Series(values.to_list(), name=getattr(values, "name", None))
 
 
 def _needs_conversion(dtype):

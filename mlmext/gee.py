@@ -46,7 +46,7 @@ from statsmodels.tools.sm_exceptions import (ConvergenceWarning, IterationLimitW
                                              SingularMatrixWarning)
 
 from ._args import reject_unknown
-from ._frames import as_dataframe
+from ._frames import as_dataframe, as_series
 from .base import _caller_namespace
 from .base import _eval as _eval_formula
 from .design import _column_keys
@@ -636,7 +636,7 @@ def _column(data, value, what):
             value = value.reindex(data.index)
     else:
         if hasattr(value, "to_pandas"):            # polars Series, pyarrow arrays
-            value = value.to_pandas()
+            value = as_series(value)
         if isinstance(value, (pd.Series, pd.Index)):
             value = value.array
         if np.ndim(value) != 1 or len(value) != len(data):

@@ -335,8 +335,20 @@ def test_pd_NA_in_nullable_columns_is_missing(d, dtype):
 
 def test_polars_frame_is_accepted(d):
     pl = pytest.importorskip("polars")
-    r = _fit("y ~ x + (1 | g)", pl.from_pandas(d))
+    r = _fit("y ~ x + (1 | g)", pl.DataFrame({c: d[c].tolist() for c in d.columns}))   # no pyarrow needed
     _same_fit(r, _fit("y ~ x + (1 | g)", d))
+
+
+def test_table_whose_to_pandas_needs_pyarrow(d):
+    """polars' to_pandas needs pyarrow: without it the columns are read as lists."""
+    class Table:
+        def to_pandas(self):
+            raise ModuleNotFoundError("No module named 'pyarrow'")
+
+        def to_dict(self, as_series=True):
+            assert not as_series
+            return {c: d[c].tolist() for c in d.columns}
+    _same_fit(_fit("y ~ x + (1 | g)", Table()), _fit("y ~ x + (1 | g)", d))
 
 
 def test_numpy_array_is_not_a_data_frame(d):
