@@ -198,12 +198,7 @@ class MixedModel(LikelihoodModel):
         env = info.get("eval_env")
 
         def matrix(spec_or_formula, what):
-            try:
-                M = mgr.get_matrices(spec_or_formula, data, eval_env=env, pandas=True,
-                                     na_action=mgr.get_na_action("drop"))
-            except Exception as exc:  # noqa: BLE001 - re-raised naming the column
-                from .formula.frame import formula_error
-                raise formula_error(exc, what, data) from exc
+            M = evaluate(mgr, spec_or_formula, data, env, what)
             M.columns = [display_name(c) for c in M.columns]
             return M.reindex(index=range(n))            # dropped (incomplete) rows -> NaN
 

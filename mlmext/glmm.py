@@ -775,18 +775,7 @@ class GeneralizedLinearMixedModel(MixedModel):
                              "Laplace fit)")
         nagq = lp.check_nagq(nagq)
         des = self.re_design
-        if nagq > 1:
-            if len(des.blocks) != 1:
-                raise NotImplementedError(
-                    "adaptive Gauss-Hermite quadrature (nagq > 1) needs a single grouping factor; "
-                    f"this model has {len(des.blocks)} ({', '.join(b.name for b in des.blocks)}). "
-                    "Use nagq=1 (Laplace).")
-            if des.blocks[0].q > 3:
-                raise NotImplementedError(
-                    f"adaptive Gauss-Hermite quadrature supports at most 3 random effects per level; "
-                    f"the term on {des.blocks[0].name!r} has {des.blocks[0].q}. Use nagq=1 (Laplace).")
-            lp.check_agq_grid(nagq, des.blocks[0].q)
-        des = self.re_design
+        lp.check_agq(des, nagq)
         dense_rows = des.nre - des.blocks[0].nre + self.k_fe + 1
         with blas_threads(dense_rows):
             return self._fit(nagq, start_params, maxiter, tol, stage1)

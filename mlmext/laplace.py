@@ -853,6 +853,27 @@ MAX_NAGQ = 100
 MAX_AGQ_GRID = 100_000
 
 
+def check_agq(design, nagq):
+    """Whether adaptive quadrature with ``nagq`` nodes applies to ``design`` (GLMM and clmm).
+
+    ``NotImplementedError`` unless there is a single grouping factor with at most three
+    random effects per level; ``ValueError`` when the product grid is too large.
+    """
+    if nagq <= 1:
+        return
+    if len(design.blocks) != 1:
+        raise NotImplementedError(
+            "adaptive Gauss-Hermite quadrature (nagq > 1) needs a single grouping factor; "
+            f"this model has {len(design.blocks)} ({', '.join(b.name for b in design.blocks)}). "
+            "Use nagq=1 (Laplace).")
+    q = design.blocks[0].q
+    if q > 3:
+        raise NotImplementedError(
+            f"adaptive Gauss-Hermite quadrature supports at most 3 random effects per level; "
+            f"the term on {design.blocks[0].name!r} has {q}. Use nagq=1 (Laplace).")
+    check_agq_grid(nagq, q)
+
+
 def check_agq_grid(nagq, q):
     """``ValueError`` when the product grid of ``nagq`` nodes in ``q`` dimensions is too large."""
     if q > 1 and nagq ** q > MAX_AGQ_GRID:

@@ -153,3 +153,11 @@ def assert_fe_close(a, b, eps, shift=0.0):
     fa = np.asarray(a.fe_params, dtype=float) - shift
     fb, se = np.asarray(b.fe_params, dtype=float), np.asarray(b.bse_fe, dtype=float)
     assert np.all(np.abs(fa - fb) <= 2.0 * np.sqrt(eps) * se), (fa, fb, se, eps)
+
+
+def no_warning(category, f):
+    """``f()`` with warnings of ``category`` turned into errors (a fit that must not warn)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", category)
+        return f()

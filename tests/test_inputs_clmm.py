@@ -11,6 +11,7 @@ from mlmext import datasets
 from mlmext import laplace as lp
 from mlmext.formula import api as mf
 from mlmext.ordinal import OrdinalMixedModel, ordinal_response
+from refcases import no_warning
 
 WINE = "rating ~ temp + contact + (1 | judge)"
 
@@ -33,12 +34,6 @@ def d():
 @pytest.fixture(scope="module")
 def d_fit(d):
     return mf.clmm("y ~ z + (1 | g)", d).fit()
-
-
-def _no_warning(category, f):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", category)
-        return f()
 
 
 # ------------------------------------------------------------------ keyword arguments
@@ -149,7 +144,7 @@ def test_quasi_separation_warns_instead_of_a_bare_hessian_warning(d):
 
 
 def test_ordinary_fits_do_not_warn(wine):
-    res = _no_warning(PerfectSeparationWarning, lambda: mf.clmm(WINE, wine).fit())
+    res = no_warning(PerfectSeparationWarning, lambda: mf.clmm(WINE, wine).fit())
     assert res.llf == pytest.approx(-81.56541, abs=1e-4)
 
 

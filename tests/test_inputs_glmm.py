@@ -1,7 +1,6 @@
 """glmer / glmer_nb with everyday mistakes: each input works (checked against a direct
 computation) or fails with a clear error naming what to write instead (issue 11)."""
 import pickle
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -14,6 +13,7 @@ from mlmext import datasets
 from mlmext import laplace as lp
 from mlmext.formula import api as mf
 from mlmext.glmm import NegativeBinomialMixedModel
+from refcases import no_warning
 
 B, P = sm.families.Binomial, sm.families.Poisson
 CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
@@ -41,12 +41,6 @@ def d():
 @pytest.fixture(scope="module")
 def pois_fit(d):
     return mf.glmer("yc ~ x + (1 | g)", d, family=P()).fit()
-
-
-def _no_warning(category, f):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", category)
-        return f()
 
 
 # ------------------------------------------------------------------ keyword arguments
@@ -194,7 +188,7 @@ def test_poisson_sqrt_link_matches_lme4():
     y = np.floor(mu + np.sqrt(mu) * np.sin(2.1 * i) + 0.5)
     assert y.sum() == 2416
     dd = pd.DataFrame({"y": y, "x": x, "g": g.astype(str)})
-    res = _no_warning(UserWarning, lambda: mf.glmer(
+    res = no_warning(UserWarning, lambda: mf.glmer(
         "y ~ x + (1 | g)", dd, family=P(sm.families.links.Sqrt())).fit())
     np.testing.assert_allclose(res.fe_params, [3.006741457253, 0.991146023657], atol=2e-6)
     np.testing.assert_allclose(res.theta, [0.139522653714], atol=2e-6)
@@ -235,7 +229,7 @@ def test_huge_counts_are_fitted_scale_free():
     fits = {}
     for c in (1e6, 1e9):
         dd = pd.DataFrame({"y": np.round(c * base), "x": x, "g": g.astype(str)})
-        fits[c] = _no_warning(Warning, lambda: mf.glmer("y ~ x + (1 | g)", dd, family=P()).fit())
+        fits[c] = no_warning(Warning, lambda: mf.glmer("y ~ x + (1 | g)", dd, family=P()).fit())
     a, b = fits[1e6], fits[1e9]
     assert b.fe_params["Intercept"] - a.fe_params["Intercept"] == pytest.approx(np.log(1e3), abs=1e-4)
     assert b.fe_params["x"] == pytest.approx(a.fe_params["x"], abs=1e-4)
@@ -263,7 +257,7 @@ def test_binomial_proportion_without_trials_warns(d):
     with pytest.warns(UserWarning, match="non-integer number of successes.*weights = number of trials"):
         mf.glmer("y ~ x + (1 | g)", d.assign(y=d.sc / d.tr), family=B())
     # with the trials as weights it is cbind(successes, failures)
-    a = _no_warning(UserWarning, lambda: mf.glmer("y ~ x + (1 | g)", d.assign(y=d.sc / d.tr),
+    a = no_warning(UserWarning, lambda: mf.glmer("y ~ x + (1 | g)", d.assign(y=d.sc / d.tr),
                                                   family=B(), weights="tr").fit())
     b = mf.glmer("cbind(sc, tr - sc) ~ x + (1 | g)", d, family=B()).fit()
     assert a.llf == pytest.approx(b.llf, abs=1e-8)
@@ -381,7 +375,7 @@ def test_counts_all_zero_at_a_factor_level_warn(d, nb):
 
 
 def test_no_separation_warning_for_ordinary_fits(cbpp):
-    res = _no_warning(PerfectSeparationWarning, lambda: mf.glmer(CBPP, cbpp, family=B()).fit())
+    res = no_warning(PerfectSeparationWarning, lambda: mf.glmer(CBPP, cbpp, family=B()).fit())
     assert res.converged
 
 

@@ -151,7 +151,8 @@ def formula_error(exc, where, data, env=None, formula=None):
         hint = ("; column names that are not Python names (dots, spaces, keywords such as "
                 "'class') must be quoted, as Q(\"my name\") or `my name`")
         env = env or {}
-        odd = [t for t in _names_in(formula or "") if ("." in t or keyword.iskeyword(t))
+        text = formula if isinstance(formula, str) else ""     # a stored spec has no text
+        odd = [t for t in _names_in(text) if ("." in t or keyword.iskeyword(t))
                and t not in cols and not _resolves(t, env)]
         if odd:
             close = difflib.get_close_matches(odd[0], cols, n=1)

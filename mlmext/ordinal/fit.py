@@ -66,15 +66,7 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
         raise ValueError("nagq must be 1 (Laplace approximation; clmm's nAGQ = 0 and 1 both mean "
                          "Laplace) or a number of quadrature nodes > 1")
     des = model.re_design
-    if nagq > 1 and len(des.blocks) != 1:
-        raise NotImplementedError(
-            "adaptive Gauss-Hermite quadrature (nagq > 1) needs a single grouping factor; this model "
-            f"has {len(des.blocks)} ({', '.join(b.name for b in des.blocks)}); use nagq=1 (Laplace)")
-    if nagq > 1 and des.blocks[0].q > 3:
-        raise NotImplementedError("adaptive Gauss-Hermite quadrature supports up to 3 random effects "
-                                  f"per level; the term on {des.blocks[0].name!r} has {des.blocks[0].q}")
-    if nagq > 1:
-        _laplace.check_agq_grid(nagq, des.blocks[0].q)
+    _laplace.check_agq(des, nagq)
     thr = model.thr
     k, p, nt = thr.k, model.k_fe, des.ntheta
     lower_r = np.concatenate([np.full(k + p, -np.inf), des.lower])
