@@ -747,7 +747,7 @@ class GeneralizedLinearMixedModel(MixedModel):
             the starting theta is done: it gives beta's starting values and
             scale, and the joint phase has exact gradients.
         disp : bool
-            Accepted for statsmodels compatibility; nothing is printed.
+            Print what the optimizer did (log-likelihood, phases tried).
         **kwargs
             Any other keyword argument (lme4's ``nAGQ=``, statsmodels'
             ``method=``) raises ``TypeError`` naming it and the spelling
@@ -778,7 +778,11 @@ class GeneralizedLinearMixedModel(MixedModel):
         lp.check_agq(des, nagq)
         dense_rows = des.nre - des.blocks[0].nre + self.k_fe + 1
         with blas_threads(dense_rows):
-            return self._fit(nagq, start_params, maxiter, tol, stage1)
+            res = self._fit(nagq, start_params, maxiter, tol, stage1)
+        if disp:
+            print(f"log-likelihood {res.llf:.6f} ({'Laplace' if nagq == 1 else f'AGQ, {nagq} nodes'}): "
+                  f"{res.optim.message} (tried {res.optim.tried})")
+        return res
 
     def _fit(self, nagq, start_params, maxiter, tol, stage1, em_steps=2):
         des = self.re_design

@@ -430,3 +430,11 @@ def test_glmm_results_pickle(cbpp):
     for r2 in (pickle.loads(pickle.dumps(res)), copy.deepcopy(res)):
         np.testing.assert_array_equal(r2.params, res.params)
         np.testing.assert_array_equal(r2.predict(cbpp.head(6)), res.predict(cbpp.head(6)))
+
+
+def test_disp_prints_what_the_optimizer_did(cbpp, capsys):
+    """disp is read, not swallowed: one line with the log-likelihood and the phases tried."""
+    res = mf.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp,
+                   family=sm.families.Binomial()).fit(disp=True)
+    out = capsys.readouterr().out
+    assert f"log-likelihood {res.llf:.6f} (Laplace)" in out and "tried" in out

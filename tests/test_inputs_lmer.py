@@ -414,3 +414,8 @@ def test_remove_data_keeps_prediction_and_summary(d):
     r2 = pickle.loads(pickle.dumps(r))
     with pytest.raises(ValueError, match=r"pickled after remove_data"):
         r2.predict(nd)
+
+
+def test_disp_prints_what_the_optimizer_did(d, capsys):
+    res = mf.lmer("y ~ x + (1 | g)", d).fit(disp=True)
+    assert f"REML criterion {res.criterion:.6f} after" in capsys.readouterr().out
