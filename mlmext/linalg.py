@@ -46,6 +46,7 @@ stay in the dense part.  ``nested=False`` (or the class attribute
 """
 from __future__ import annotations
 
+import copy
 import functools
 
 import numpy as np
@@ -452,6 +453,18 @@ class BlockedCholesky:
         if self.nested:
             self._nested_cross(XY, w)
         return self
+
+    def workspace(self):
+        """An independent factor over the same cross-products, for another thread or objective.
+
+        The cross-products (and the Schur plan) are shared read-only; everything
+        :meth:`update` writes (the factor, its scratch matrix) is the copy's own.
+        Not for :meth:`reweight`/:meth:`set_data`, which overwrite the shared
+        cross-products: a reweighting factor is built per objective instead.
+        """
+        new = copy.copy(self)
+        new._S = np.empty_like(self._S)
+        return new
 
     # -- fast re-weighting (PIRLS) ----------------------------------------------------
     def reweight(self, XY, weights=None):
