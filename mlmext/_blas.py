@@ -11,10 +11,11 @@ gradient (``potri``, which does gain from threads from ~600 rows) asks for them 
 from __future__ import annotations
 
 import contextlib
+import threading
 
 __all__ = ["blas_threads", "inverse_threads", "THREADED_MIN_ROWS", "INVERSE_THREADED_MIN_ROWS"]
 
-_state = {"controller": None, "default": None}
+_state = {"controller": None, "default": None, "original": None}
 
 #: dense parts with at least this many rows keep the library's thread count during a fit
 THREADED_MIN_ROWS = 1500
@@ -38,7 +39,10 @@ class blas_threads:
     """Context manager: one BLAS thread for a dense part of fewer than ``min_rows`` rows,
     the library's default number of threads otherwise.
 
-    Uses threadpoolctl; does nothing if it is unavailable.
+    Uses threadpoolctl; does nothing if it is unavailable.  The BLAS thread count
+    is process state: active contexts (of any thread) form a stack whose newest
+    entry is in force, and the library's own setting comes back when the last one
+    exits, whatever order threads leave in.
 
     Parameters
     ----------
@@ -50,22 +54,48 @@ class blas_threads:
 
     def __init__(self, dense_rows, min_rows=None):
         self.small = dense_rows < (THREADED_MIN_ROWS if min_rows is None else min_rows)
-        self._ctx = None
+        self._entry = None
 
     def __enter__(self):
         try:
             ctl = _controller()
             n = 1 if self.small else _state["default"]
-            if n is not None:
-                self._ctx = ctl.limit(limits=n, user_api="blas")
+            if n is None:
+                return self
+            with _lock:
+                self._entry = [n]                        # a fresh object: removed by identity
+                _active.append(self._entry)
+                _set_limit(ctl, n)
         except Exception:  # noqa: BLE001 - threading is an optimization only
-            self._ctx = None
+            self._entry = None
         return self
 
     def __exit__(self, *exc):
-        if self._ctx is not None:
-            self._ctx.restore_original_limits()
+        if self._entry is None:
+            return False
+        try:
+            with _lock:
+                _active[:] = [e for e in _active if e is not self._entry]
+                if _active:
+                    _set_limit(_state["controller"], _active[-1][0])
+                elif _state["original"] is not None:
+                    _state["original"].restore_original_limits()
+                    _state["original"] = None
+        except Exception:  # noqa: BLE001
+            pass
         return False
+
+
+_lock = threading.Lock()
+_active = []
+
+
+def _set_limit(ctl, n):
+    """Set the BLAS thread count; the first limit remembers the library's own setting."""
+    if _state["original"] is None:
+        _state["original"] = ctl.limit(limits=n, user_api="blas")
+    else:
+        ctl.limit(limits=n, user_api="blas")
 
 
 def inverse_threads(rows):

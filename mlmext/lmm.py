@@ -4,6 +4,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from statsmodels.tools.numdiff import approx_fprime
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from ._blas import blas_threads
@@ -11,7 +12,9 @@ from ._args import reject_unknown
 from .base import MixedModel
 from .formula.frame import display_name
 from .linalg import BlockedCholesky
+from .objective import LMMDeviance, MixedParams
 from .optimize import minimize_theta
+from .results import LMMResults, MixedResultsWrapper
 
 __all__ = ["LinearMixedModel"]
 
@@ -65,80 +68,64 @@ class LinearMixedModel(MixedModel):
             raise ValueError(f"the fixed effects fit the response {name!r} exactly (residual sum "
                              "of squares 0); a mixed model needs residual variation")
 
-    @property
-    def chol(self):
-        if self._chol is None:
-            self._chol = BlockedCholesky(self.re_design.blocks, self._XY, self.weights)
-        return self._chol
+    def _cross_products(self):
+        """The factorization set up with the model's cross-products, never updated itself:
+        each deviance takes its own :meth:`~mlmext.linalg.BlockedCholesky.workspace` of it."""
+        xp = self.__dict__.get("_xprod")
+        if xp is None:        # two threads may both build it: same value, either one is kept
+            xp = self._xprod = BlockedCholesky(self.re_design.blocks, self._XY, self.weights)
+        return xp
+
+    def deviance(self, reml=True):
+        """The profiled REML criterion (or -2 log-likelihood) as a function of theta.
+
+        Returns a fresh :class:`~mlmext.objective.LMMDeviance` with its own factor:
+        ``value(theta)``, ``value_and_grad(theta)``, ``at(theta)`` (the fit state),
+        and the deviance with sigma or a fixed effect held fixed.
+        """
+        return LMMDeviance(self, reml=reml)
 
     def deviance_profiled(self, theta, reml=True):
-        """-2 log-likelihood (or REML criterion) profiled over beta and sigma."""
-        try:
-            ch = self.chol.update(self.re_design.lambdas(np.asarray(theta, dtype=float)))
-        except np.linalg.LinAlgError:      # numerically indefinite: treat as infeasible
-            return np.inf
-        return self._deviance_at(ch, reml)
+        """-2 log-likelihood (or REML criterion) profiled over beta and sigma, at theta.
 
-    def _deviance_at(self, ch, reml):
-        """The profiled deviance from a factor already updated to theta."""
-        nu = self.nobs - (self.k_fe if reml else 0)
-        logdet = ch.logdet_zz + (ch.logdet_xx if reml else 0.0)
-        return logdet + nu * (1.0 + _LOG2PI + np.log(ch.r2 / nu)) - self._logw
+        A convenience for one evaluation; for many use :meth:`deviance`.
+        """
+        return self.deviance(reml).value(theta)
 
     def deviance_and_gradient(self, theta, reml=True):
-        """Profiled deviance and its gradient in theta.
+        """The profiled deviance and its gradient in theta (see :meth:`LMMDeviance.value_and_grad`)."""
+        return self.deviance(reml).value_and_grad(theta)
 
-        With ``Omega = Lambda' A Lambda + I`` restricted to the random effects
-        (ML) or to random and fixed effects (REML), and ``r2`` the penalized
-        residual sum of squares,
+    @property
+    def param_names(self):
+        """Names of the full parameter vector ``(beta, theta, sigma)`` that :meth:`loglike` takes."""
+        return list(self.exog_names) + self.re_design.theta_names() + ["sigma"]
 
-        * d log det(Omega_P) / d theta_k = 2 [(m_b I - S_b) lambda_b^-1]_{ji}
-          where S_b sums the level-diagonal blocks of Omega_P^-1 for the block
-          holding theta_k at template position (i, j);
-        * d r2 / d theta_k = -2 sum_g [Z'W res]_{g,i} u_{g,j}.
+    def _params(self, params):
+        return MixedParams.from_packed(params, self.k_fe, self.re_design.ntheta, 1)
 
-        Both come from the factor already computed plus one triangular
-        inversion of the dense part: no n-sized work.  Entries of a block
-        whose template has a (near) zero diagonal use a finite difference.
+    def loglike(self, params, reml=True):
+        """Log-likelihood at the full parameters ``(beta, theta, sigma)``.
+
+        Parameters
+        ----------
+        params : MixedParams or array_like
+            ``results.params_object``, or the packed vector in the order of
+            :attr:`param_names`.
+        reml : bool
+            The restricted log-likelihood (free of beta: the fixed effects are
+            integrated out), or the log-likelihood (``reml=False``).
         """
-        theta = np.asarray(theta, dtype=float)
-        des = self.re_design
-        lams = des.lambdas(theta)
-        try:
-            ch = self.chol.update(lams)
-        except np.linalg.LinAlgError:
-            return np.inf, np.zeros_like(theta)
-        n, p = self.nobs, self.k_fe
-        nu = n - p if reml else n
-        r2 = ch.r2
-        dev = self._deviance_at(ch, reml)
-        u, beta = ch.solve()
-        S = ch.inverse_block_sums(p if reml else 0)
-        W = ch.ztres(u, beta, lams)
-        grad = np.zeros_like(theta)
-        fd = []
-        off = 0
-        for blk, lam, Sb, Wb in zip(des.blocks, lams, S, W):
-            ub = u[off:off + blk.nre].reshape(blk.m, blk.q)
-            off += blk.nre
-            d = np.abs(np.diag(lam))
-            if d.min() <= 1e-6 * max(1.0, d.max()):
-                fd.extend(blk.t_idx)
-                continue
-            if blk.q == 1:                    # scalar block: no 1 x 1 inverse (numpy overhead)
-                H = (blk.m - Sb) / lam[0, 0]
-            else:
-                H = (blk.m * np.eye(blk.q) - Sb) @ np.linalg.inv(lam)
-            dr2 = -2.0 * (Wb[:, blk.t_rows] * ub[:, blk.t_cols]).sum(axis=0)
-            grad[blk.t_idx] = 2.0 * H[blk.t_cols, blk.t_rows] + nu * dr2 / r2
-        for k in fd:       # one-sided step away from the bound
-            h = 1e-6 * max(1.0, abs(theta[k]))
-            t2 = theta.copy()
-            t2[k] += h
-            grad[k] = (self.deviance_profiled(t2, reml=reml) - dev) / h
-        if fd:
-            self.chol.update(lams)
-        return dev, grad
+        pr = self._params(params)
+        sigma = float(pr.extra[0])
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive; got {sigma}")
+        return self.deviance(reml).loglike(pr.fe_params, pr.theta, sigma)
+
+    def score(self, params, reml=True):
+        """Gradient of :meth:`loglike` in the packed parameters (central differences)."""
+        x = self._params(params).get_packed()
+        return approx_fprime(x, lambda v: self.loglike(v, reml=reml), centered=True)
 
     def _start_theta(self, reml):
         """Starting theta and a scale for each of its entries.
@@ -153,7 +140,7 @@ class LinearMixedModel(MixedModel):
         des = self.re_design
         start = des.theta_start.copy()
         scale = np.ones_like(start)
-        if len(des.blocks) < 2 or self.chol.r < 200:   # cheap evaluations: lme4's start is fine
+        if len(des.blocks) < 2 or self._cross_products().r < 200:   # cheap evaluations: lme4's start is fine
             return start, scale
         nu = self.nobs - (self.k_fe if reml else 0)
         for blk in des.blocks:
@@ -185,10 +172,6 @@ class LinearMixedModel(MixedModel):
                 if np.isfinite(c2) and c2 > 0:
                     scale[idx[k]] = np.sqrt(c2)
         return start, scale
-
-    def loglike(self, params, reml=True):
-        """Profiled log-likelihood at relative covariance parameters ``params`` (theta)."""
-        return -0.5 * self.deviance_profiled(params, reml=reml)
 
     def fit(self, reml=True, start_params=None, method="auto", maxiter=2000, tol=1e-9,
             disp=False, **kwargs):
@@ -224,26 +207,17 @@ class LinearMixedModel(MixedModel):
         if start_params is not None and np.size(start_params) != self.re_design.ntheta:
             raise ValueError(f"start_params needs {self.re_design.ntheta} values (theta: "
                              f"{self.re_design.theta_names()}); got {np.size(start_params)}")
-        from .results import LMMResults, MixedResultsWrapper
-        des = self.re_design
-        fun = lambda th: self.deviance_profiled(th, reml=reml)
-        grad = lambda th: self.deviance_and_gradient(th, reml=reml)
-        with blas_threads(self.chol.r):
+        dev = self.deviance(reml)
+        with blas_threads(dev.size):
             if start_params is None:
                 start, scale = self._start_theta(reml)
             else:
                 start, scale = np.asarray(start_params, dtype=float), None
-            opt = minimize_theta(fun, start, des.lower, method=method, maxiter=maxiter, tol=tol,
-                                 grad=grad, scale=scale)
-        theta = opt.x
-        ch = self.chol.update(des.lambdas(theta))
-        u, beta = ch.solve()
-        n, p = self.nobs, self.k_fe
-        sigma2 = ch.r2 / (n - p if reml else n)
-        cov_beta = sigma2 * ch.cov_beta_unscaled()
-        crit = self._deviance_at(ch, reml)
-        res = LMMResults(self, beta, cov_beta, theta=theta, u=u, sigma=np.sqrt(sigma2),
-                         reml=reml, criterion=crit, optim=opt)
+            opt = minimize_theta(dev.value, start, dev.lower, method=method, maxiter=maxiter,
+                                 tol=tol, grad=dev.value_and_grad, scale=scale)
+            state = dev.at(opt.x)
+        theta, crit = state.theta, state.criterion
+        res = LMMResults(self, state, optim=opt)
         if disp:
             print(f"{'REML criterion' if reml else '-2 log-likelihood'} {crit:.6f} after "
                   f"{opt.nfev} evaluations: {opt.message} (tried {opt.tried})")

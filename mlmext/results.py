@@ -17,6 +17,7 @@ from functools import cached_property as cache_readonly
 
 from ._args import reject_unknown
 from .inference import InferenceMixin
+from .objective import MixedParams
 
 __all__ = ["MixedResults", "LMMResults", "MixedResultsWrapper"]
 
@@ -126,6 +127,21 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     def deviance(self):
         """-2 log-likelihood (the REML criterion for REML fits)."""
         return -2.0 * self.llf
+
+    def _extra_params(self):
+        """The family's parameters in the model's full parameter vector (see ``params_object``)."""
+        return []
+
+    @property
+    def params_object(self):
+        """All estimates, as :meth:`model.loglike` takes them (statsmodels' ``MixedLMParams``).
+
+        A :class:`~mlmext.objective.MixedParams`: ``fe_params`` (this result's
+        ``params``), ``theta`` and ``extra`` (``[sigma]`` for an LMM, ``[alpha]``
+        for the negative binomial); ``get_packed()`` gives the vector in the
+        order of ``model.param_names``.
+        """
+        return MixedParams(self.params, self.theta, self._extra_params())
 
     def is_singular(self, tol=1e-4):
         """True when a random-effects covariance is singular (lme4's ``isSingular``)."""
@@ -441,21 +457,37 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
 
 
 class LMMResults(MixedResults):
-    """Results of :class:`mlmext.lmm.LinearMixedModel` fits."""
+    """Results of :class:`mlmext.lmm.LinearMixedModel` fits.
+
+    Parameters
+    ----------
+    model : LinearMixedModel
+    state : mlmext.objective.LMMState
+        The model at the estimates (kept as ``state``).
+    optim : scipy.optimize.OptimizeResult
+        What the optimizer did.
+    """
+
+    def __init__(self, model, state, optim):
+        super().__init__(model, state.beta, state.cov_beta, theta=state.theta, u=state.u,
+                         sigma=state.sigma, criterion=state.criterion, optim=optim,
+                         reml=state.reml)
+        self.state = state
 
     @property
     def reml_criterion(self):
         """The REML criterion at the optimum (lme4's ``REMLcrit``); None for ML fits."""
         return self.criterion if self.reml else None
 
+    def _extra_params(self):
+        return [self.sigma]
+
+    @cache_readonly
+    def _condvar(self):
+        return self.model.deviance(self.reml).condvar(self.theta, self.sigma)
+
     def _block_condvar(self):
-        model = self.model
-        ch = model.chol.update(model.re_design.lambdas(self.theta))
-        cv = ch.condvar_u()
-        out = []
-        for blk, lam, c in zip(model.re_design.blocks, model.re_design.lambdas(self.theta), cv):
-            out.append(self.sigma ** 2 * np.einsum("ij,gjk,lk->gil", lam, c, lam))
-        return out
+        return self._condvar
 
 
 class MixedResultsWrapper(wrap.ResultsWrapper):

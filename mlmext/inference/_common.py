@@ -24,7 +24,7 @@ def _cache(res):
 
 def _is_lmm(res):
     m = _raw(res).model
-    return hasattr(m, "deviance_profiled") and hasattr(m, "chol")
+    return hasattr(m, "deviance_profiled")
 
 
 def _require_lmm(res, what):

@@ -26,7 +26,7 @@ from scipy import optimize
 
 from ..design import lower_tri
 from ._common import _beta, _fe_names, _is_lmm, _params, _raw
-from ._objective import _LMMObjective, sdcor_from_theta, theta_from_sdcor
+from ..objective import sdcor_from_theta, theta_from_sdcor
 from ._refit import _ml_fit
 
 
@@ -129,7 +129,7 @@ class _LMMProfile:
     def __init__(self, res):
         self.res = _raw(res)
         self.fit = _ml_fit(self.res)
-        self.obj = _LMMObjective(self.fit.model)
+        self.obj = self.fit.model.deviance(reml=False)
         fit = self.fit
         self.theta = fit.theta.copy()
         self.sigma = fit.sigma
@@ -142,10 +142,10 @@ class _LMMProfile:
                                       for k in self.kinds], np.full(beta.size, -np.inf)])
         self.upper = np.concatenate([[1.0 if k == "cor" else np.inf for k in self.kinds],
                                      np.full(beta.size, np.inf)])
-        self.base = self.obj.dev_sdcor(vp)
+        self.base = self.obj.value_sdcor(vp)
         # the optimizer's own optimum may be a hair off: polish it on this scale
         lo, hi = self.lower[:self.nvp], self.upper[:self.nvp]
-        f0, x0 = _bmin(self.obj.dev_sdcor, vp, lo, hi, self._scale_vp(vp))
+        f0, x0 = _bmin(self.obj.value_sdcor, vp, lo, hi, self._scale_vp(vp))
         if f0 < self.base:
             self.base, vp = f0, x0
         self.vp = vp
@@ -185,18 +185,17 @@ class _LMMProfile:
                 v = np.empty(self.nvp)
                 v[w] = x
                 v[others] = y
-                return obj.dev_sdcor(v)
+                return obj.value_sdcor(v)
         else:
             j = w - self.nvp
             lo = self.fit.model.re_design.lower
             hi = np.full(lo.size, np.inf)
             sc = np.maximum(np.abs(self.theta), 0.1)
-            f = lambda th: obj.dev_fixed(th, j, x)
+            f = lambda th: obj.value_fixed(th, j, x)
         return _bmin(f, _best_start(f, cands, lo, hi), lo, hi, sc)
 
     def restore(self):
-        """Leave the model's shared factorization at the fit's theta."""
-        self.obj.factor(self.res.theta)
+        """Nothing to restore: the deviance has its own factor."""
 
 
 class _GLMMProfile:

@@ -14,7 +14,6 @@ from statsmodels.stats.contrast import ContrastResults
 
 from ._common import _cache, _fe_names, _params, _raw, _require_lmm
 from ._numdiff import _hessian, _jacobian
-from ._objective import _LMMObjective
 
 
 def _satt_pieces(res):
@@ -24,10 +23,10 @@ def _satt_pieces(res):
     c = _cache(r)
     if "satt" in c:
         return c["satt"]
-    obj = _LMMObjective(r.model)
     reml = bool(r.reml)
+    obj = r.model.deviance(reml)
     vp = np.append(r.theta, r.sigma)
-    f = lambda x: obj.dev_theta_sigma(x[:-1], x[-1], reml)
+    f = lambda x: obj.value_sigma(x[:-1], x[-1])
     H = _hessian(f, vp)
     evals, evecs = np.linalg.eigh((H + H.T) / 2)
     tol = 1e-8
@@ -40,7 +39,6 @@ def _satt_pieces(res):
     p = r.k_fe
     J = _jacobian(lambda x: obj.cov_beta(x[:-1], x[-1]), vp)
     jac = [J[:, i].reshape(p, p) for i in range(vp.size)]
-    obj.factor(r.theta)
     c["satt"] = (A, jac, np.asarray(r.cov_params(), dtype=float))
     return c["satt"]
 

@@ -7,7 +7,6 @@ from scipy import linalg, sparse
 
 from ._common import _fe_names, _params, _raw, _require_lmm
 from ._numdiff import _hessian, _jacobian
-from ._objective import _LMMObjective
 from ._refit import _rebuild_model, _refit
 
 
@@ -169,13 +168,11 @@ def check_convergence(res, tol=1e-5):
     _require_lmm(res, "check_convergence")
     r = _raw(res)
     model = r.model
-    f = lambda th: model.deviance_profiled(th, reml=r.reml)
+    f = model.deviance(r.reml).value
     th = r.theta.copy()
     lower = model.re_design.lower
     g = _jacobian(lambda x: np.array([f(x)]), th)[0]
     H = _hessian(f, th)
-    obj = _LMMObjective(model)
-    obj.factor(r.theta)
     atb = np.isfinite(lower) & (th <= lower + 1e-10)
     free = ~(atb & (g >= 0))
     messages = []

@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from ._common import _Progress, _beta, _fe_names, _is_lmm, _raw, _select
-from ._objective import _LMMObjective
+from ..objective import sdcor_from_theta
 from ._profile import _Profiler, varpar_names
 from ._refit import _rebuild_model, _refit
 from .simulation import simulate
@@ -150,11 +150,10 @@ def profile_zeta(res, param, values):
 
 def _boot_statistic(r, names="descriptive"):
     r = _raw(r)
-    obj = _LMMObjective(r.model)               # only its sd / correlation conversion is used
     if getattr(r, "_has_residual", True):
-        vp = np.append(obj.sdcor_from_theta(r.theta, r.sigma), r.sigma)
+        vp = np.append(sdcor_from_theta(r.model.re_design, r.theta, r.sigma), r.sigma)
     else:                                       # GLMM: theta is on the random effects' own scale
-        vp = obj.sdcor_from_theta(r.theta, 1.0)
+        vp = sdcor_from_theta(r.model.re_design, r.theta, 1.0)
     return np.concatenate([vp, _beta(r)])
 
 

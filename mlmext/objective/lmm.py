@@ -1,0 +1,260 @@
+"""The profiled (RE)ML deviance of a linear mixed model, as an object (lme4's ``devfun``).
+
+:class:`LMMDeviance` is a function of theta: beta and sigma are profiled out in
+closed form from the blocked Cholesky factor of ``Lambda' [Z X y]' W [Z X y]
+Lambda + I`` (:mod:`mlmext.linalg`).  It owns a private workspace of the model's
+cross-products, so deviances of one model can be evaluated side by side (two
+fits, a fit and a profile, two threads); after the cross-products no evaluation
+touches anything of order n.  :meth:`LMMDeviance.at` gives the immutable
+:class:`LMMState` that the results keep.
+
+Besides the profiled deviance it has the pieces inference needs with sigma (and
+one fixed effect) held fixed: lmerTest's deviance in (theta, sigma), lme4's
+profile deviance in (sd/cor, sigma) and the deviance at a given fixed effect.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .params import sdcor_from_theta, theta_from_sdcor
+
+__all__ = ["LMMDeviance", "LMMState"]
+
+_LOG2PI = np.log(2.0 * np.pi)
+
+
+def _frozen(a):
+    a = np.array(a, dtype=float)
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True)
+class LMMState:
+    """A linear mixed model at one theta: everything the results read.
+
+    Attributes
+    ----------
+    theta, beta, u : ndarray
+        Relative covariance parameters, fixed effects, spherical random effects
+        (``b = Lambda u``), all read-only.
+    sigma : float
+        Residual standard deviation (REML or ML estimate at theta).
+    criterion : float
+        The REML criterion or -2 log-likelihood.
+    cov_beta : ndarray
+        Covariance of beta, ``sigma^2 (X' V^-1 X)^-1``.
+    reml : bool
+    """
+
+    theta: np.ndarray
+    beta: np.ndarray
+    u: np.ndarray
+    sigma: float
+    criterion: float
+    cov_beta: np.ndarray
+    reml: bool
+
+
+class LMMDeviance:
+    """The profiled REML criterion (or -2 log-likelihood) of an LMM as a function of theta.
+
+    Made by :meth:`mlmext.lmm.LinearMixedModel.deviance`.
+
+    Parameters
+    ----------
+    model : LinearMixedModel
+    reml : bool
+        REML criterion (default) or -2 log-likelihood.
+
+    Attributes
+    ----------
+    names : list of str
+        Names of the entries of theta.
+    lower : ndarray
+        Lower bounds of theta (0 on the diagonals of the templates).
+    """
+
+    def __init__(self, model, reml=True):
+        self.model = model
+        self.reml = bool(reml)
+        self.design = model.re_design
+        self.names = self.design.theta_names()
+        self.lower = self.design.lower
+        self.n = float(model.nobs)
+        self.p = int(model.k_fe)
+        self._logw = model._logw
+        self._factor = model._cross_products().workspace()
+
+    @property
+    def nparams(self):
+        return self.design.ntheta
+
+    @property
+    def size(self):
+        """Order of the dense part of the factor (what a BLAS call works on)."""
+        return self._factor.r
+
+    # ------------------------------------------------------------------ the criterion
+    def factor(self, theta):
+        """The factor updated to theta (LinAlgError where numerically indefinite)."""
+        return self._factor.update(self.design.lambdas(np.asarray(theta, dtype=float)))
+
+    def _from_factor(self, ch):
+        nu = self.n - (self.p if self.reml else 0)
+        logdet = ch.logdet_zz + (ch.logdet_xx if self.reml else 0.0)
+        return logdet + nu * (1.0 + _LOG2PI + np.log(ch.r2 / nu)) - self._logw
+
+    def value(self, theta):
+        """The criterion at theta (inf where the factor is numerically indefinite)."""
+        try:
+            ch = self.factor(theta)
+        except np.linalg.LinAlgError:
+            return np.inf
+        return self._from_factor(ch)
+
+    __call__ = value
+
+    def value_and_grad(self, theta):
+        """The criterion and its gradient in theta.
+
+        With ``Omega = Lambda' A Lambda + I`` restricted to the random effects
+        (ML) or to random and fixed effects (REML), and ``r2`` the penalized
+        residual sum of squares,
+
+        * d log det(Omega_P) / d theta_k = 2 [(m_b I - S_b) lambda_b^-1]_{ji}
+          where S_b sums the level-diagonal blocks of Omega_P^-1 for the block
+          holding theta_k at template position (i, j);
+        * d r2 / d theta_k = -2 sum_g [Z'W res]_{g,i} u_{g,j}.
+
+        Both come from the factor plus one triangular inversion of the dense
+        part: no n-sized work.  Entries of a block whose template has a (near)
+        zero diagonal use a one-sided finite difference away from the bound.
+        """
+        theta = np.asarray(theta, dtype=float)
+        des = self.design
+        lams = des.lambdas(theta)
+        try:
+            ch = self._factor.update(lams)
+        except np.linalg.LinAlgError:
+            return np.inf, np.zeros_like(theta)
+        nu = self.n - self.p if self.reml else self.n
+        r2 = ch.r2
+        dev = self._from_factor(ch)
+        u, beta = ch.solve()
+        S = ch.inverse_block_sums(self.p if self.reml else 0)
+        W = ch.ztres(u, beta, lams)
+        grad = np.zeros_like(theta)
+        fd = []
+        off = 0
+        for blk, lam, Sb, Wb in zip(des.blocks, lams, S, W):
+            ub = u[off:off + blk.nre].reshape(blk.m, blk.q)
+            off += blk.nre
+            d = np.abs(np.diag(lam))
+            if d.min() <= 1e-6 * max(1.0, d.max()):
+                fd.extend(blk.t_idx)
+                continue
+            if blk.q == 1:                    # scalar block: no 1 x 1 inverse (numpy overhead)
+                H = (blk.m - Sb) / lam[0, 0]
+            else:
+                H = (blk.m * np.eye(blk.q) - Sb) @ np.linalg.inv(lam)
+            dr2 = -2.0 * (Wb[:, blk.t_rows] * ub[:, blk.t_cols]).sum(axis=0)
+            grad[blk.t_idx] = 2.0 * H[blk.t_cols, blk.t_rows] + nu * dr2 / r2
+        for k in fd:
+            h = 1e-6 * max(1.0, abs(theta[k]))
+            t2 = theta.copy()
+            t2[k] += h
+            grad[k] = (self.value(t2) - dev) / h
+        return dev, grad
+
+    def at(self, theta):
+        """The model at theta: an immutable :class:`LMMState`."""
+        theta = np.asarray(theta, dtype=float)
+        ch = self.factor(theta)
+        u, beta = ch.solve()
+        sigma2 = ch.r2 / (self.n - self.p if self.reml else self.n)
+        return LMMState(theta=_frozen(theta), beta=_frozen(beta), u=_frozen(u),
+                        sigma=float(np.sqrt(sigma2)), criterion=float(self._from_factor(ch)),
+                        cov_beta=_frozen(sigma2 * ch.cov_beta_unscaled()), reml=self.reml)
+
+    def condvar(self, theta, sigma):
+        """Conditional covariances of b = Lambda u per block, (m, q, q) arrays (lme4's condVar)."""
+        lams = self.design.lambdas(np.asarray(theta, dtype=float))
+        cv = self._factor.update(lams).condvar_u()
+        return [sigma ** 2 * np.einsum("ij,gjk,lk->gil", lam, c, lam) for lam, c in zip(lams, cv)]
+
+    # ------------------------------------------------- with sigma or a fixed effect held fixed
+    def _lxx(self, ch):
+        """L_XX, the fixed-effects block of the factor (only the lower triangle of ``Lr`` is set)."""
+        rz, p = ch.rz, ch.p
+        return np.tril(ch.Lr[rz:rz + p, rz:rz + p])
+
+    def _beta_hat(self, ch):
+        """beta(theta) from L_XX' beta = l_yX (the last row of the factor): cheaper than
+        ``solve``, which also solves for the random effects (this runs per profile point)."""
+        rz, p = ch.rz, ch.p
+        return np.linalg.solve(self._lxx(ch).T, ch.Lr[-1, rz:rz + p])
+
+    def _cov_unscaled(self, ch):
+        """(L_XX L_XX')^-1; a small dense inverse is cheaper than its triangular solve with I."""
+        Li = np.linalg.inv(self._lxx(ch))
+        return Li.T @ Li
+
+    def value_sigma(self, theta, sigma, reml=None):
+        """-2 log-likelihood (REML: restricted) at (theta, sigma), beta profiled out (lmerTest)."""
+        try:
+            ch = self.factor(theta)
+        except np.linalg.LinAlgError:
+            return np.inf
+        return self._value_r2(ch, ch.r2, sigma, self.reml if reml is None else reml)
+
+    def cov_beta(self, theta, sigma):
+        """Covariance of beta at (theta, sigma)."""
+        return sigma ** 2 * self._cov_unscaled(self.factor(theta))
+
+    def sdcor_from_theta(self, theta, sigma):
+        return sdcor_from_theta(self.design, theta, sigma)
+
+    def theta_from_sdcor(self, v, sigma):
+        return theta_from_sdcor(self.design, v, sigma)
+
+    def value_sdcor(self, vp):
+        """ML deviance at (sd/cor parameters, sigma), beta profiled out (lme4's ``devfun2``)."""
+        sigma = vp[-1]
+        return self.value_sigma(self.theta_from_sdcor(vp[:-1], sigma), sigma, reml=False)
+
+    def value_fixed(self, theta, j, value):
+        """ML deviance, profiled over sigma and the other fixed effects, at beta_j = value."""
+        try:
+            ch = self.factor(theta)
+        except np.linalg.LinAlgError:
+            return np.inf
+        b = self._beta_hat(ch)
+        cjj = self._cov_unscaled(ch)[j, j]
+        r2 = ch.r2 + (value - b[j]) ** 2 / cjj
+        return ch.logdet_zz + self.n * (1.0 + _LOG2PI + np.log(r2 / self.n)) - self._logw
+
+    # ------------------------------------------------------------------ full parameters
+    def loglike(self, beta, theta, sigma):
+        """Log-likelihood at (beta, theta, sigma); the restricted one (free of beta) for REML."""
+        try:
+            ch = self.factor(theta)
+        except np.linalg.LinAlgError:
+            return -np.inf
+        b = self._beta_hat(ch)
+        d = np.asarray(beta, dtype=float) - b
+        r2 = ch.r2
+        if not self.reml and d.size:
+            Lxx = self._lxx(ch)              # r2(beta) = r2 + |L_XX' (beta - beta_hat)|^2
+            r2 = r2 + float(np.sum((Lxx.T @ d) ** 2))
+        return -0.5 * self._value_r2(ch, r2, sigma, self.reml)
+
+    def _value_r2(self, ch, r2, sigma, reml):
+        """The deviance at sigma for a penalized residual sum of squares r2."""
+        s2 = sigma ** 2
+        dev = ch.logdet_zz + r2 / s2 + self.n * (_LOG2PI + np.log(s2)) - self._logw
+        if reml:
+            dev += ch.logdet_xx - self.p * (_LOG2PI + np.log(s2))
+        return dev

@@ -1,0 +1,116 @@
+"""Parameter vectors of the mixed models, and lme4's sd / correlation scale of theta.
+
+Every model documents one full parameter vector, in the order
+
+    (results.params, theta, extra)
+
+``results.params`` are the fixed effects (for a clmm: thresholds, then the
+fixed effects), ``theta`` lme4's relative covariance parameters and ``extra``
+the family's own (the residual sd ``sigma`` of an LMM, the negative binomial's
+``alpha``; nothing for the binomial, Poisson and ordinal models).  As
+statsmodels' ``MixedLMParams``, :class:`MixedParams` holds the pieces and
+packs them; ``model.loglike`` and ``model.score`` take either.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..design import lower_tri
+
+__all__ = ["MixedParams", "sdcor_from_theta", "theta_from_sdcor"]
+
+
+@dataclass(frozen=True)
+class MixedParams:
+    """The parameters of a mixed model, by kind.
+
+    Attributes
+    ----------
+    fe_params : ndarray
+        The model's ``results.params``: fixed effects (clmm: thresholds, then
+        fixed effects).
+    theta : ndarray
+        Relative covariance parameters, lme4's order.
+    extra : ndarray
+        The family's parameters: ``[sigma]`` for an LMM, ``[alpha]`` for the
+        negative binomial, empty otherwise.
+    """
+
+    fe_params: np.ndarray
+    theta: np.ndarray
+    extra: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self):
+        for name in ("fe_params", "theta", "extra"):
+            v = np.array(getattr(self, name), dtype=float).ravel()
+            v.setflags(write=False)
+            object.__setattr__(self, name, v)
+
+    def get_packed(self):
+        """The full parameter vector ``(fe_params, theta, extra)``."""
+        return np.concatenate([self.fe_params, self.theta, self.extra])
+
+    @classmethod
+    def from_packed(cls, params, k_fe, k_theta, k_extra):
+        """Split a packed vector; ValueError naming the layout when its length is wrong."""
+        if isinstance(params, MixedParams):
+            return params
+        v = np.asarray(params, dtype=float).ravel()
+        k = k_fe + k_theta + k_extra
+        if v.size != k:
+            raise ValueError(f"the parameter vector needs {k} values (fixed effects: {k_fe}, "
+                             f"theta: {k_theta}, family: {k_extra}); got {v.size}")
+        return cls(v[:k_fe], v[k_fe:k_fe + k_theta], v[k_fe + k_theta:])
+
+
+def sdcor_from_theta(design, theta, sigma=1.0):
+    """theta -> lme4's sd / correlation parameters (per term: lower triangle, column by column).
+
+    ``sigma`` scales theta to the response scale (LMMs); GLMMs use 1.
+    """
+    out = []
+    for t in design.terms:
+        C = sigma ** 2 * design.term_cov(theta, t)
+        sd = np.sqrt(np.clip(np.diag(C), 0, None))
+        for i, j in lower_tri(t.q):
+            if i == j:
+                out.append(sd[i])
+            else:
+                den = sd[i] * sd[j]
+                out.append(C[i, j] / den if den > 0 else 0.0)
+    return np.array(out)
+
+
+def theta_from_sdcor(design, v, sigma=1.0):
+    """The inverse of :func:`sdcor_from_theta` (a PSD Cholesky factor per term)."""
+    theta = np.empty(design.ntheta)
+    k = 0
+    for t in design.terms:
+        tri = lower_tri(t.q)
+        vals = v[k:k + t.ntheta]
+        sd = np.array([vals[kk] for kk, (i, j) in enumerate(tri) if i == j])
+        R = np.eye(t.q)
+        for kk, (i, j) in enumerate(tri):
+            if i != j:
+                R[i, j] = R[j, i] = vals[kk]
+        L = _psd_chol(R * np.outer(sd, sd) / sigma ** 2)
+        theta[t.theta_index] = [L[i, j] for i, j in tri]
+        k += t.ntheta
+    return theta
+
+
+def _psd_chol(A):
+    """Lower Cholesky factor of a positive semi-definite matrix (zero columns where singular)."""
+    q = A.shape[0]
+    L = np.zeros_like(A, dtype=float)
+    scale = max(float(np.max(np.abs(np.diag(A)))), 1e-300)
+    for j in range(q):
+        d = A[j, j] - L[j, :j] @ L[j, :j]
+        if d <= 1e-13 * scale:
+            continue
+        L[j, j] = np.sqrt(d)
+        for i in range(j + 1, q):
+            L[i, j] = (A[i, j] - L[i, :j] @ L[j, :j]) / L[j, j]
+    return L
