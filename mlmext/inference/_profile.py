@@ -25,6 +25,7 @@ import numpy as np
 from scipy import optimize
 
 from ..design import lower_tri
+from ..optimize import escape_bound, quasi_newton, snap_to_bound
 from ._common import _beta, _fe_names, _is_lmm, _params, _raw
 from ..objective import sdcor_from_theta, theta_from_sdcor
 from ._refit import _ml_fit
@@ -207,10 +208,8 @@ class _GLMMProfile:
     """
 
     def __init__(self, res):
-        from ..glmm import _quasi_newton          # noqa: PLC0415 - glmm imports the results
-        from ..optimize import snap_to_bound      # noqa: PLC0415
 
-        self._quasi_newton = _quasi_newton
+        self.quasi_newton = quasi_newton
         r = _raw(res)
         self.res = r
         m = r.model
@@ -367,14 +366,13 @@ class _GLMMProfile:
         vector), from y0: damped BFGS from the curvature at the estimate, until the Newton
         decrement is below 1e-9 (the deviance is then within ~5e-10 of its minimum); an SD
         left at or near 0 is probed off the bound (the deviance is even in it)."""
-        from ..optimize import escape_bound       # noqa: PLC0415
         lo, hi = self.lower[free], self.upper[free]
         bounds = [(float(a) if np.isfinite(a) else None, float(b) if np.isfinite(b) else None)
                   for a, b in zip(lo, hi)]
         fg = lambda y: self.fg(put(y), free)
         H0 = self.H[np.ix_(free, free)]
         var_idx = [i for i, j in enumerate(free) if j < self.nvp]
-        y, fv, _, _ = self._quasi_newton(fg, np.clip(y0, lo, hi), bounds, var_idx, maxiter=200,
+        y, fv, _, _ = self.quasi_newton(fg, np.clip(y0, lo, hi), bounds, var_idx, maxiter=200,
                                          tol=1e-9, H0=H0)
         # an SD at or near 0: its gradient is ~0 there whether or not the deviance falls
         # further out (it is even in the SD of a scalar term), so probe from 0
@@ -384,7 +382,7 @@ class _GLMMProfile:
         y_at0 = np.where(near, 0.0, y)
         esc = escape_bound(lambda v: self.dev(put(v)), y_at0, fv, sd_lo) if near.any() else None
         if esc is not None:
-            y2, f2, _, _ = self._quasi_newton(fg, esc[0], bounds, var_idx, maxiter=200,
+            y2, f2, _, _ = self.quasi_newton(fg, esc[0], bounds, var_idx, maxiter=200,
                                               tol=1e-9, H0=H0)
             if f2 < fv:
                 y, fv = y2, f2

@@ -13,7 +13,7 @@ from statsmodels.iolib.table import SimpleTable
 from statsmodels.stats.contrast import ContrastResults
 
 from ._common import _cache, _fe_names, _params, _raw, _require_lmm
-from ._numdiff import _hessian, _jacobian
+from ..optimize import hessian, jacobian
 
 
 def _satt_pieces(res):
@@ -27,7 +27,7 @@ def _satt_pieces(res):
     obj = r.model.deviance(reml)
     vp = np.append(r.theta, r.sigma)
     f = lambda x: obj.value_sigma(x[:-1], x[-1])
-    H = _hessian(f, vp)
+    H = hessian(f, vp)
     evals, evecs = np.linalg.eigh((H + H.T) / 2)
     tol = 1e-8
     if np.any(evals < -tol):
@@ -37,7 +37,7 @@ def _satt_pieces(res):
     pos = evals > tol
     A = 2.0 * (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
     p = r.k_fe
-    J = _jacobian(lambda x: obj.cov_beta(x[:-1], x[-1]), vp)
+    J = jacobian(lambda x: obj.cov_beta(x[:-1], x[-1]), vp)
     jac = [J[:, i].reshape(p, p) for i in range(vp.size)]
     c["satt"] = (A, jac, np.asarray(r.cov_params(), dtype=float))
     return c["satt"]

@@ -6,7 +6,7 @@ import pandas as pd
 from scipy import linalg, sparse
 
 from ._common import _fe_names, _params, _raw, _require_lmm
-from ._numdiff import _hessian, _jacobian
+from ..optimize import hessian, jacobian
 from ._refit import _rebuild_model, _refit
 
 
@@ -171,8 +171,8 @@ def check_convergence(res, tol=1e-5):
     f = model.deviance(r.reml).value
     th = r.theta.copy()
     lower = model.re_design.lower
-    g = _jacobian(lambda x: np.array([f(x)]), th)[0]
-    H = _hessian(f, th)
+    g = jacobian(lambda x: np.array([f(x)]), th)[0]
+    H = hessian(f, th)
     atb = np.isfinite(lower) & (th <= lower + 1e-10)
     free = ~(atb & (g >= 0))
     messages = []

@@ -1,4 +1,5 @@
-"""Optimizers of the model fits: theta (bounded below on diagonals) and bounded BFGS."""
+"""Bounded minimizers of the deviances: theta (bounded below on the diagonals) and bounded BFGS,
+with the probes that move a fit off a bound or onto it."""
 from __future__ import annotations
 
 import warnings
@@ -217,7 +218,7 @@ def minimize_bfgs(fg, x0, lower, B0=None, gtol=1e-6, maxiter=500, f0g0=None, dec
 
     Notes
     -----
-    The clmm fit's minimizer.  The GLMM fit keeps its own (``mlmext.glmm._quasi_newton``:
+    The clmm fit's minimizer.  The GLMM fit keeps its own (``mlmext.optimize.quasi_newton``:
     Powell-damped updates, eigenvalue-modified directions, theta steps capped at 1): swapped,
     each reaches the same optima along other iterates, so merging would change fits.
     """

@@ -1,0 +1,15 @@
+"""Generalized linear mixed models (lme4's ``glmer`` and ``glmer.nb``).
+
+* :mod:`.conditional` -- ``y | eta`` for the binomial, Poisson and negative binomial;
+* :mod:`.response` -- response coercion and checks, family names;
+* :mod:`.model` -- :class:`GeneralizedLinearMixedModel` and its staged fit;
+* :mod:`.nb` -- :class:`NegativeBinomialMixedModel`;
+* :mod:`.results` -- :class:`GLMMResults`.
+"""
+from .conditional import GLMConditional, NegativeBinomialConditional
+from .model import GeneralizedLinearMixedModel
+from .nb import NegativeBinomialMixedModel
+from .results import GLMMResults
+
+__all__ = ["GeneralizedLinearMixedModel", "NegativeBinomialMixedModel", "GLMMResults",
+           "GLMConditional", "NegativeBinomialConditional"]

@@ -1,0 +1,163 @@
+"""Results of GLMM fits: family, alpha, saturated log-likelihood, lme4's logLik, simulation.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from statsmodels.genmod import families
+
+from ..results import MixedResults
+from .response import NBFamily
+
+
+# ============================================================================ results
+class GLMMResults(MixedResults):
+    """Results of a GLMM fit (:class:`GeneralizedLinearMixedModel`).
+
+    Besides :class:`~mlmext.results.MixedResults`: ``nagq``, ``family``,
+    ``alpha`` (negative binomial), ``loglike_saturated`` and ``llf_lme4``.
+    """
+
+    _has_residual = False
+
+    @property
+    def _family_name(self):
+        model = self.model
+        if isinstance(model.family, families.NegativeBinomial):
+            return f"Negative Binomial ({1.0 / self.alpha:.4g}) [alpha = {self.alpha:.4g}]"
+        return type(model.family).__name__
+
+    @property
+    def link_name(self):
+        """Name of the link function, lower case (``"logit"``, ``"log"``, ...)."""
+        model = self.model
+        if isinstance(model.family, families.NegativeBinomial):
+            return "log"
+        return type(model.family.link).__name__.lower()
+
+    @property
+    def family(self):
+        """The model's statsmodels family: Binomial or Poisson, for ``glmer_nb`` fits
+        ``NegativeBinomial`` with the estimated ``alpha``."""
+        if isinstance(self.model.family, families.NegativeBinomial):
+            return NBFamily(alpha=self.alpha)
+        return self.model.family
+
+    @property
+    def alpha(self):
+        """NB2 dispersion (``Var = mu + alpha mu^2``); None for other families."""
+        if isinstance(self.model.family, families.NegativeBinomial):
+            return float(self._alpha)
+        return None
+
+    @property
+    def k_params(self):
+        """Number of estimated parameters (fixed effects, theta and, negative binomial, alpha)."""
+        return self.k_fe + len(self.theta) + int(self.model.k_extra)
+
+    @property
+    def cov_fe_joint(self):
+        """Covariance of the fixed effects allowing for alpha's uncertainty (negative binomial).
+
+        ``cov_params()`` follows lme4's ``glmer.nb``, which treats alpha as
+        known (the fixed-effects block of the inverse Hessian in (theta,
+        beta)); this one inverts the Hessian in (theta, beta, log alpha), as
+        glmmTMB does.  None for other families or singular fits.
+        """
+        if self._cov_joint is None:
+            return None
+        names = self.model.exog_names
+        return pd.DataFrame(self._cov_joint, index=names, columns=names)
+
+    @property
+    def loglike_saturated(self):
+        """The family's saturated log-likelihood (at the estimates for the negative binomial)."""
+        cond = self.model.cond
+        if self.model.k_extra:
+            cond.set_params(np.array([np.log(self._alpha)]))
+        return cond.loglike_saturated()
+
+    @property
+    def llf_lme4(self):
+        """The log-likelihood lme4 prints for this fit.
+
+        Equal to ``llf`` for the Laplace approximation; for ``nagq > 1`` lme4
+        leaves out the saturated log-likelihood, so this is
+        ``llf - loglike_saturated``.
+        """
+        return self.llf if self.nagq == 1 else self.llf - self.loglike_saturated
+
+    def _inverse_link(self, eta):
+        return self.model.cond.mean(eta)
+
+    def _simulate_response(self, eta, rng):
+        """Responses drawn given linear predictors ``eta`` (n, nsim), as lme4's ``simulate``.
+
+        Binomial: proportions of ``weights`` trials (integer trials needed); Poisson and the
+        negative binomial (gamma-Poisson with this fit's alpha) ignore prior weights with a
+        warning, as lme4 does.
+        """
+        model = self.model
+        w = np.asarray(model.weights, dtype=float)
+        if isinstance(model.family, families.Binomial):
+            mu = np.clip(model.family.link.inverse(eta), 0.0, 1.0)
+            ntr = np.round(w).astype(np.int64)
+            if np.any(np.abs(w - ntr) > 1e-8):
+                raise NotImplementedError("simulating a binomial response needs integer trials "
+                                          "(weights)")
+            succ = rng.binomial(ntr[:, None], mu).astype(float)
+            return np.divide(succ, ntr[:, None], out=np.zeros_like(succ), where=ntr[:, None] > 0)
+        if np.any(w != 1.0):
+            warnings.warn("ignoring prior weights when simulating counts (as lme4)", UserWarning,
+                          stacklevel=4)
+        if isinstance(model.family, families.NegativeBinomial):
+            mu = np.exp(eta)
+            a = float(self.alpha)
+            return rng.poisson(rng.gamma(1.0 / a, a * mu)).astype(float)
+        return rng.poisson(model.family.link.inverse(eta)).astype(float)
+
+    def _block_condvar(self):
+        model = self.model
+        theta, beta = self.theta, self.params
+        if model.k_extra:
+            model.cond.set_params(np.array([np.log(self._alpha)]))
+        model._u_warm = self._u
+        modes, lams = model._modes(theta, beta, tol=1e-20)
+        cv = model.chol_u.condvar_u()
+        return [np.einsum("ij,gjk,lk->gil", lam, c, lam) for lam, c in zip(lams, cv)]
+
+    def _scaled_resid_quantiles(self):
+        eta = self.linear_predictor()
+        if self.model.k_extra:
+            self.model.cond.set_params(np.array([np.log(self._alpha)]))
+        r = self.model.cond.pearson_resid(eta)
+        return np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
+
+    @property
+    def resid_pearson(self):
+        """Pearson residuals with the conditional modes, a Series."""
+        eta = self.linear_predictor()
+        return pd.Series(self.model.cond.pearson_resid(eta),
+                         index=self.model.formula_info.get("row_labels"), name="resid_pearson")
+
+    def _summary_top(self):
+        method = "Laplace" if self.nagq == 1 else f"Adaptive Gauss-Hermite ({self.nagq} points)"
+        return [("Method:", [method]), ("Link:", [self.link_name])]
+
+    def _add_extra_tables(self, smry):
+        notes = []
+        if self.alpha is not None:
+            notes.append(f"Negative binomial dispersion alpha = {self.alpha:.5g} (Var = mu + alpha mu^2; "
+                         f"lme4's theta = 1/alpha = {1.0 / self.alpha:.5g}).")
+        if self.nagq > 1:
+            notes.append(f"Log-likelihood on the full scale; lme4's nAGQ > 1 value is llf - "
+                         f"loglike_saturated = {self.llf_lme4:.4f}.")
+        notes.append(f"Covariance of the fixed effects from the {self.optim.cov_method}"
+                     f"{' of the deviance' if self.optim.cov_method == 'Hessian' else ''}; z tests.")
+        smry.add_extra_txt(notes)
+
+    def __repr__(self):
+        return (f"<{type(self).__name__}: {self.model.formula_info.get('formula', '')}, "
+                f"{'Laplace' if self.nagq == 1 else f'AGQ({self.nagq})'}, llf={self.llf:.4f}>")

@@ -1,0 +1,169 @@
+"""Quasi-Newton and Newton minimization with an exact or differenced gradient (the GLMM fit).
+
+``quasi_newton`` runs L-BFGS-B on a (value, gradient) function with the finite-difference
+entries' noise in mind; ``newton`` polishes with a Hessian from ``hessian_fn`` until the Newton
+decrement is below ``tol``.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+from scipy import linalg
+
+from .numdiff import fd_steps
+
+__all__ = ["quasi_newton", "newton"]
+
+
+def quasi_newton(fg, x0, bounds, fd_idx, maxiter=200, tol=1e-4, curv=2.0, H0=None):
+    """Damped BFGS started from a structured Hessian, until the Newton decrement is below ``tol``.
+
+    The starting Hessian has finite-difference columns (of the exact gradient)
+    for the coordinates ``fd_idx`` (theta and the conditional model's own
+    parameters: few, strongly nonlinear) and ``curv * I`` for the others (the
+    fixed effects, already scaled so that their block is close to that).
+    Steps are modified-Newton directions (absolute eigenvalues) with an
+    Armijo line search; coordinates at a lower bound whose gradient pushes
+    outwards are held there.
+
+    Returns
+    -------
+    x, f, g, info
+    """
+    lo = np.array([b[0] if b[0] is not None else -np.inf for b in bounds])
+    hi = np.array([b[1] if b[1] is not None else np.inf for b in bounds])
+    x = np.clip(np.asarray(x0, dtype=float), lo, hi)
+    f, g = fg(x)
+    nfev = 1
+    info = {"converged": False, "message": "", "nfev": 0, "nit": 0}
+    if not np.isfinite(f):
+        info["message"] = "the deviance is not finite at the starting values"
+        return x, f, g, info
+    k = x.size
+    H = curv * np.eye(k) if H0 is None else np.array(H0, dtype=float)
+    h = fd_steps(x, bounds)
+    for i in (fd_idx if H0 is None else ()):
+        xi = x.copy()
+        xi[i] += h[i] if x[i] + h[i] <= hi[i] else -h[i]
+        fi, gi = fg(xi)
+        nfev += 1
+        if np.isfinite(fi):
+            col = (gi - g) / (xi[i] - x[i])
+            H[:, i] = col
+            H[i, :] = col
+    H = 0.5 * (H + H.T)
+    wv, V = np.linalg.eigh(H)                       # start positive definite (|eigenvalues|)
+    wv = np.maximum(np.abs(wv), 1e-6 * max(np.abs(wv).max(), 1e-12))
+    H = (V * wv) @ V.T
+    dec = np.inf
+    for it in range(maxiter):
+        info["nit"] = it + 1
+        free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0)))
+        Hf = H[np.ix_(free, free)]
+        wv, V = np.linalg.eigh(Hf)
+        wmax = max(np.abs(wv).max(), 1e-12)
+        wv = np.maximum(np.abs(wv), 1e-6 * wmax)
+        step = np.zeros(k)
+        step[free] = -(V @ ((V.T @ g[free]) / wv))
+        dec = float(-g @ step)
+        if dec < tol:
+            info["converged"] = True
+            info["message"] = f"Newton decrement {dec:.3g} < {tol:g}"
+            break
+        big = np.max(np.abs(step[fd_idx])) if len(fd_idx) else 0.0
+        if big > 1.0:                               # theta moves at most 1 per iteration
+            step /= big
+            dec = float(-g @ step)
+        t = 1.0
+        accepted = False
+        for _ in range(40):
+            xn = np.clip(x + t * step, lo, hi)
+            fn, gn = fg(xn)
+            nfev += 1
+            if np.isfinite(fn) and fn <= f + 1e-4 * float(g @ (xn - x)) + 1e-13 * abs(f):
+                accepted = True
+                break
+            t *= 0.5
+        if not accepted:
+            info["message"] = f"line search failed (decrement {dec:.3g})"
+            break
+        sv, yv = xn - x, gn - g
+        Hs = H @ sv
+        sHs = float(sv @ Hs)
+        sy = float(sv @ yv)
+        if sHs > 0:
+            if sy < 0.2 * sHs:                       # Powell damping keeps H positive definite
+                th = 0.8 * sHs / (sHs - sy)
+                yv = th * yv + (1.0 - th) * Hs
+                sy = float(sv @ yv)
+            if sy > 0:
+                H = H - np.outer(Hs, Hs) / sHs + np.outer(yv, yv) / sy
+        x, f, g = xn, fn, gn
+    else:
+        info["message"] = f"no convergence in {maxiter} iterations (decrement {dec:.3g})"
+    info["nfev"] = nfev
+    info["decrement"] = dec
+    return x, f, g, info
+
+
+
+def newton(fg, x, bounds, hess_fn, tol, maxit=20, fgx=None):
+    """Newton steps with backtracking on the deviance, parameters at a lower bound held there.
+
+    Returns ``x, f, g, H, info``; ``H`` is the Hessian at (or within one small
+    step of) ``x``, for the covariance.
+    """
+    lo = np.array([b[0] if b[0] is not None else -np.inf for b in bounds])
+    hi = np.array([b[1] if b[1] is not None else np.inf for b in bounds])
+    if fgx is None:
+        f, g = fg(x)
+        nfev = 1
+    else:
+        (f, g), nfev = fgx, 0
+    H, nh = hess_fn(x, g)
+    nfev += nh
+    info = {"converged": False, "message": "", "nfev": 0}
+    dec = np.inf
+    for it in range(maxit):
+        free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0)))
+        step = np.zeros_like(x)
+        Hf = H[np.ix_(free, free)]
+        try:
+            c = linalg.cho_factor(Hf)
+            step[free] = -linalg.cho_solve(c, g[free])
+        except (linalg.LinAlgError, ValueError):
+            w, V = np.linalg.eigh(Hf)
+            w = np.maximum(np.abs(w), 1e-8 * max(1.0, np.abs(w).max()))
+            step[free] = -(V @ ((V.T @ g[free]) / w))
+        dec = float(-g @ step)
+        if dec < tol:
+            info["converged"] = True
+            info["message"] = f"Newton decrement {dec:.3g} < tol"
+            break
+        t = 1.0
+        accepted = False
+        for _ in range(30):
+            xn = np.clip(x + t * step, lo, hi)
+            fn, gn = fg(xn)
+            nfev += 1
+            if np.isfinite(fn) and fn <= f - 1e-4 * t * dec + 1e-12 * abs(f):
+                accepted = True
+                break
+            t *= 0.5
+        if not accepted:
+            info["message"] = (f"Newton line search failed at decrement {dec:.3g} (the deviance "
+                               "could not be lowered along the Newton direction)")
+            info["converged"] = dec < 1e3 * tol
+            break
+        big = dec > 1e-4
+        x, f, g = xn, fn, gn
+        if big:                                     # far from the optimum: new curvature
+            H, nh = hess_fn(x, g)
+            nfev += nh
+    else:
+        info["message"] = f"Newton did not converge in {maxit} iterations (decrement {dec:.3g})"
+    info["nfev"] = nfev
+    info["decrement"] = dec
+    return x, f, g, H, info
+
+

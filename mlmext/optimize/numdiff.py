@@ -1,0 +1,136 @@
+"""Numerical derivatives, in one place.
+
+* :func:`jacobian`, :func:`hessian`: central differences refined by Richardson
+  extrapolation (as R's numDeriv; lmerTest's Satterthwaite df, diagnostics);
+* :func:`hessian_from_gradient`, :func:`central_gradient`, :func:`hessian_from_values`,
+  :class:`CountingGradient`: plain differences with steps ``base * max(1, |x|)`` for the
+  GLMM fit's Newton phase, where each evaluation solves PIRLS.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["jacobian", "hessian", "hessian_from_gradient", "central_gradient", "fd_steps",
+           "hessian_from_values", "CountingGradient"]
+
+
+
+def _relative_steps(x, d, eps=1e-4, zero_tol=1.781e-5):
+    x = np.asarray(x, dtype=float)
+    return np.abs(d * x) + eps * (np.abs(x) < zero_tol)
+
+
+def _richardson(est, r=4, v=2.0):
+    """Extrapolate estimates ``est(k)`` made with steps h / v**k (error in even powers of h)."""
+    a = [np.asarray(est(k), dtype=float) for k in range(r)]
+    for m in range(1, r):
+        fac = v ** (2 * m)
+        a = [(fac * a[k + 1] - a[k]) / (fac - 1.0) for k in range(len(a) - 1)]
+    return a[0]
+
+
+def jacobian(f, x, d=1e-4, r=4):
+    """d f / d x for vector- (or matrix-) valued f; returns (size of f, len(x))."""
+    x = np.asarray(x, dtype=float)
+    h0 = _relative_steps(x, d)
+
+    def est(k):
+        h = h0 / 2.0 ** k
+        cols = []
+        for i in range(x.size):
+            e = np.zeros(x.size)
+            e[i] = h[i]
+            cols.append((np.ravel(f(x + e)) - np.ravel(f(x - e))) / (2 * h[i]))
+        return np.column_stack(cols)
+    return _richardson(est, r)
+
+
+def hessian(f, x, d=0.1, r=4):
+    """Hessian of a scalar function; relative steps ``d`` refined by Richardson extrapolation."""
+    x = np.asarray(x, dtype=float)
+    k = x.size
+    h0 = _relative_steps(x, d)
+    f0 = f(x)
+
+    def est(level):
+        h = h0 / 2.0 ** level
+        H = np.empty((k, k))
+        for i in range(k):
+            e = np.zeros(k)
+            e[i] = h[i]
+            H[i, i] = (f(x + e) - 2 * f0 + f(x - e)) / h[i] ** 2
+            for j in range(i):
+                ej = np.zeros(k)
+                ej[j] = h[j]
+                H[i, j] = H[j, i] = (f(x + e + ej) - f(x + e - ej) - f(x - e + ej) + f(x - e - ej)) / (4 * h[i] * h[j])
+        return H
+    return _richardson(est, r)
+
+
+def fd_steps(x, bounds, base=1e-4):
+    return np.array([base * max(1.0, abs(v)) for v in x])
+
+
+def hessian_from_gradient(fg, x, g0, bounds):
+    """Forward differences of an exact gradient (one gradient per parameter); symmetrized."""
+    k = x.size
+    H = np.empty((k, k))
+    h = fd_steps(x, bounds)
+    for i in range(k):
+        xi = x.copy()
+        xi[i] += h[i]
+        _, gi = fg(xi)
+        H[:, i] = (gi - g0) / h[i]
+    return 0.5 * (H + H.T), k
+
+
+def central_gradient(f, x, bounds, base=1e-5):
+    f0 = f(x)
+    g = np.empty_like(x)
+    h = fd_steps(x, bounds, base)
+    for i in range(x.size):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h[i]
+        xm[i] -= h[i]
+        g[i] = (f(xp) - f(xm)) / (2 * h[i])
+    return f0, g
+
+
+class CountingGradient:
+    """(value, central-difference gradient) of a function, counting function evaluations."""
+
+    def __init__(self, f, bounds, base=1e-5):
+        self.f, self.bounds, self.base, self.nfev = f, bounds, base, 0
+
+    def __call__(self, x):
+        self.nfev += 2 * x.size + 1
+        return central_gradient(self.f, x, self.bounds, self.base)
+
+
+def hessian_from_values(f, x, bounds, base=1e-3):
+    """Central second differences of a function (2 k^2 evaluations)."""
+    k = x.size
+    h = fd_steps(x, bounds, base)
+    f0 = f(x)
+    H = np.empty((k, k))
+    n = 1
+    for i in range(k):
+        for j in range(i, k):
+            if i == j:
+                xp, xm = x.copy(), x.copy()
+                xp[i] += h[i]
+                xm[i] -= h[i]
+                H[i, i] = (f(xp) - 2.0 * f0 + f(xm)) / h[i] ** 2
+                n += 2
+            else:
+                v = []
+                for si, sj in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+                    z = x.copy()
+                    z[i] += si * h[i]
+                    z[j] += sj * h[j]
+                    v.append(f(z))
+                H[i, j] = H[j, i] = (v[0] - v[1] - v[2] + v[3]) / (4.0 * h[i] * h[j])
+                n += 4
+    return H, n
+
+
