@@ -102,7 +102,8 @@ class LinearMixedModel(MixedModel):
         return list(self.exog_names) + self.re_design.theta_names() + ["sigma"]
 
     def _params(self, params):
-        return MixedParams.from_packed(params, self.k_fe, self.re_design.ntheta, 1)
+        return MixedParams.from_packed(params, self.k_fe, self.re_design.ntheta, 1,
+                                       names=self.param_names)
 
     def loglike(self, params, reml=True):
         """Log-likelihood at the full parameters ``(beta, theta, sigma)``.

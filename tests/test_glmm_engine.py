@@ -123,10 +123,11 @@ def test_laplace_gradient_matches_differences(name, make):
     beta = np.zeros(mod.k_fe)
     beta[0] = {"binomial-logit": -1.4, "binomial-probit": -0.8, "poisson-sqrt": 1.5}.get(name, 0.5)
     x = np.concatenate([th, beta, [np.log(0.5)] * mod.k_extra])
-    ll, g, modes = mod.loglike_and_score(x)
+    dev = mod.deviance()
+    ll, g, modes = dev.loglike_and_score(x)
     assert modes.converged and np.isfinite(ll)
     h = 1e-5
-    gfd = np.array([(mod.loglike_and_score(x + h * e)[0] - mod.loglike_and_score(x - h * e)[0]) / (2 * h)
+    gfd = np.array([(dev.loglike_and_score(x + h * e)[0] - dev.loglike_and_score(x - h * e)[0]) / (2 * h)
                     for e in np.eye(x.size)])
     np.testing.assert_allclose(g, gfd, rtol=2e-6, atol=2e-5 * max(1.0, np.abs(gfd).max()) ** 0.5)
 
@@ -134,15 +135,16 @@ def test_laplace_gradient_matches_differences(name, make):
 def test_predict_modes_is_second_order():
     cb = read_data("cbpp.csv")
     mod = mf.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cb)
-    des, cond = mod.re_design, mod.cond
+    dev = mod.deviance()
+    des, cond = mod.re_design, dev.cond
     th, beta = np.array([0.6]), np.array([-1.4, -1.0, -1.1, -1.6])
-    m0 = lp.pirls(des, mod.chol_u, mod.exog @ beta, cond, th, tol=1e-20)
+    m0 = lp.pirls(des, dev.chol_u, mod.exog @ beta, cond, th, tol=1e-20)
     errs = []
     for step in (1e-2, 1e-3):
         dth, dbeta = np.array([step]), step * np.array([1.0, -0.5, 0.3, 0.2])
-        lp.pirls(des, mod.chol_u, mod.exog @ beta, cond, th, u0=m0.u, tol=1e-20)   # factor at m0
-        u_pred = lp.predict_modes(des, mod.chol_u, m0, dth, mod.exog @ dbeta)
-        m1 = lp.pirls(des, mod.chol_u, mod.exog @ (beta + dbeta), cond, th + dth, tol=1e-20)
+        lp.pirls(des, dev.chol_u, mod.exog @ beta, cond, th, u0=m0.u, tol=1e-20)   # factor at m0
+        u_pred = lp.predict_modes(des, dev.chol_u, m0, dth, mod.exog @ dbeta)
+        m1 = lp.pirls(des, dev.chol_u, mod.exog @ (beta + dbeta), cond, th + dth, tol=1e-20)
         errs.append((np.abs(u_pred - m1.u).max(), np.abs(m0.u - m1.u).max()))
     assert errs[0][0] < 0.05 * errs[0][1]
     assert errs[1][0] < 0.02 * errs[0][0]          # shrinks like step^2
@@ -173,7 +175,7 @@ def _vector_data(q, seed=11, ng=6, nper=10):
 
 def _brute_force(mod, theta, beta, npts):
     """log int prod_i p(y_i | u) phi(u) du by a tensor trapezoid grid in u (per level)."""
-    des, cond = mod.re_design, mod.cond
+    des, cond = mod.re_design, mod._make_conditional()
     blk = des.blocks[0]
     q = blk.q
     lam = des.lambdas(theta)[0]
@@ -203,12 +205,12 @@ def test_agq_converges_to_brute_force(q, npts):
     beta = np.array([0.2, 0.5])
     exact = _brute_force(mod, theta, beta, npts)
     chol = lp.make_chol(des)
-    lap, modes = lp.laplace_loglik(des, chol, mod.exog @ beta, mod.cond, theta, tol=1e-20)
-    a1, _ = lp.agq_loglik(des, chol, mod.exog @ beta, mod.cond, theta, 1, tol=1e-20)
+    lap, modes = lp.laplace_loglik(des, chol, mod.exog @ beta, mod._make_conditional(), theta, tol=1e-20)
+    a1, _ = lp.agq_loglik(des, chol, mod.exog @ beta, mod._make_conditional(), theta, 1, tol=1e-20)
     assert a1 == pytest.approx(lap, abs=1e-10)             # one node = Laplace
     errs = []
     for k in (2, 3, 5, 8, 12):
-        val, _ = lp.agq_loglik(des, chol, mod.exog @ beta, mod.cond, theta, k, tol=1e-20)
+        val, _ = lp.agq_loglik(des, chol, mod.exog @ beta, mod._make_conditional(), theta, k, tol=1e-20)
         errs.append(abs(val - exact))
     assert errs[-1] < 1e-6 * (1 if q < 3 else 50), errs
     assert errs[-1] < 0.01 * abs(lap - exact), (errs, lap - exact)

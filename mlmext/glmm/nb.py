@@ -55,12 +55,11 @@ class NegativeBinomialMixedModel(GeneralizedLinearMixedModel):
 
     @property
     def family(self):
-        """statsmodels' ``NegativeBinomial`` family (log link) at the current alpha.
+        """statsmodels' ``NegativeBinomial`` family (log link), alpha = 1.
 
-        Read-only: ``alpha`` is estimated (results: ``.alpha``).
+        Read-only: ``alpha`` is estimated; the results' ``family`` has the estimate.
         """
-        alpha = getattr(getattr(self, "cond", None), "alpha", 1.0)
-        return NBFamily(alpha=alpha)
+        return NBFamily(alpha=1.0)
 
     def _make_conditional(self):
         return NegativeBinomialConditional(self.endog, self.weights, alpha=1.0,

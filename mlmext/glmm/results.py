@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from functools import cached_property as cache_readonly
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,9 @@ class GLMMResults(MixedResults):
             return float(self._alpha)
         return None
 
+    def _extra_params(self):
+        return [self.alpha] if self.model.k_extra else []
+
     @property
     def k_params(self):
         """Number of estimated parameters (fixed effects, theta and, negative binomial, alpha)."""
@@ -74,10 +78,7 @@ class GLMMResults(MixedResults):
     @property
     def loglike_saturated(self):
         """The family's saturated log-likelihood (at the estimates for the negative binomial)."""
-        cond = self.model.cond
-        if self.model.k_extra:
-            cond.set_params(np.array([np.log(self._alpha)]))
-        return cond.loglike_saturated()
+        return self._cond.loglike_saturated()
 
     @property
     def llf_lme4(self):
@@ -90,7 +91,7 @@ class GLMMResults(MixedResults):
         return self.llf if self.nagq == 1 else self.llf - self.loglike_saturated
 
     def _inverse_link(self, eta):
-        return self.model.cond.mean(eta)
+        return self._cond.mean(eta)
 
     def _simulate_response(self, eta, rng):
         """Responses drawn given linear predictors ``eta`` (n, nsim), as lme4's ``simulate``.
@@ -118,28 +119,32 @@ class GLMMResults(MixedResults):
             return rng.poisson(rng.gamma(1.0 / a, a * mu)).astype(float)
         return rng.poisson(model.family.link.inverse(eta)).astype(float)
 
+    @cache_readonly
+    def _cond(self):
+        """The conditional distribution at this fit's estimates (its own copy: alpha)."""
+        cond = self.model._make_conditional()
+        if self.model.k_extra:
+            cond.set_params(np.array([np.log(self._alpha)]))
+        return cond
+
+    @cache_readonly
+    def _condvar(self):
+        extra = [np.log(self._alpha)] if self.model.k_extra else []
+        return self.model.deviance().condvar(self.theta, self.params, extra, self._u)
+
     def _block_condvar(self):
-        model = self.model
-        theta, beta = self.theta, self.params
-        if model.k_extra:
-            model.cond.set_params(np.array([np.log(self._alpha)]))
-        model._u_warm = self._u
-        modes, lams = model._modes(theta, beta, tol=1e-20)
-        cv = model.chol_u.condvar_u()
-        return [np.einsum("ij,gjk,lk->gil", lam, c, lam) for lam, c in zip(lams, cv)]
+        return self._condvar
 
     def _scaled_resid_quantiles(self):
         eta = self.linear_predictor()
-        if self.model.k_extra:
-            self.model.cond.set_params(np.array([np.log(self._alpha)]))
-        r = self.model.cond.pearson_resid(eta)
+        r = self._cond.pearson_resid(eta)
         return np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
 
     @property
     def resid_pearson(self):
         """Pearson residuals with the conditional modes, a Series."""
         eta = self.linear_predictor()
-        return pd.Series(self.model.cond.pearson_resid(eta),
+        return pd.Series(self._cond.pearson_resid(eta),
                          index=self.model.formula_info.get("row_labels"), name="resid_pearson")
 
     def _summary_top(self):

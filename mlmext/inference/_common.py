@@ -27,6 +27,11 @@ def _is_lmm(res):
     return hasattr(m, "deviance_profiled")
 
 
+def _is_glmm(res):
+    m = _raw(res).model
+    return hasattr(m, "family") and hasattr(m, "deviance")
+
+
 def _require_lmm(res, what):
     if not _is_lmm(res):
         raise NotImplementedError(f"{what} is implemented for linear mixed models (lmer fits) only; "

@@ -24,9 +24,11 @@ import warnings
 import numpy as np
 from scipy import optimize
 
+from .._blas import blas_threads
 from ..design import lower_tri
+from ..laplace import PIRLSError
 from ..optimize import escape_bound, quasi_newton, snap_to_bound
-from ._common import _beta, _fe_names, _is_lmm, _params, _raw
+from ._common import _beta, _fe_names, _is_glmm, _is_lmm, _params, _raw
 from ..objective import sdcor_from_theta, theta_from_sdcor
 from ._refit import _ml_fit
 
@@ -195,8 +197,6 @@ class _LMMProfile:
             f = lambda th: obj.value_fixed(th, j, x)
         return _bmin(f, _best_start(f, cands, lo, hi), lo, hi, sc)
 
-    def restore(self):
-        """Nothing to restore: the deviance has its own factor."""
 
 
 class _GLMMProfile:
@@ -208,12 +208,13 @@ class _GLMMProfile:
     """
 
     def __init__(self, res):
-
-        self.quasi_newton = quasi_newton
         r = _raw(res)
         self.res = r
         m = r.model
         self.model = m
+        # its own deviance: the profile's evaluations leave the model and the fit untouched
+        self.objective = m.deviance()
+        self.objective.warm_start = np.array(r._u, dtype=float)
         des = m.re_design
         self.des = des
         self.nagq = int(getattr(r, "nagq", 1) or 1)
@@ -254,7 +255,6 @@ class _GLMMProfile:
             self.se = np.full(self.est.size, np.nan)
 
     def context(self):
-        from .._blas import blas_threads          # noqa: PLC0415
         return blas_threads(self._dense_rows)
 
     # -- the deviance and its gradient on the (sd/cor, beta) scale
@@ -264,11 +264,10 @@ class _GLMMProfile:
 
     def dev(self, pv):
         """-2 log-likelihood (the model's, at its nagq) at (sd/cor, beta); alpha held fixed."""
-        from ..laplace import PIRLSError           # noqa: PLC0415
         self.nfev += 1
         try:
             with np.errstate(all="ignore"):
-                ll = self.model.loglike(self._model_params(pv), nagq=self.nagq)
+                ll = self.objective.loglike(self._model_params(pv), nagq=self.nagq)
         except (np.linalg.LinAlgError, FloatingPointError, PIRLSError):
             return np.inf
         return -2.0 * ll if np.isfinite(ll) else np.inf
@@ -300,11 +299,10 @@ class _GLMMProfile:
     def fg(self, pv, idx):
         """(deviance, its gradient in the coordinates idx)."""
         if self.nagq == 1:
-            from ..laplace import PIRLSError       # noqa: PLC0415
             self.nfev += 1
             try:
                 with np.errstate(all="ignore"):
-                    ll, g, _ = self.model.loglike_and_score(self._model_params(pv))
+                    ll, g, _ = self.objective.loglike_and_score(self._model_params(pv))
             except (np.linalg.LinAlgError, FloatingPointError, PIRLSError):
                 ll = -np.inf
             if not np.isfinite(ll):
@@ -372,7 +370,7 @@ class _GLMMProfile:
         fg = lambda y: self.fg(put(y), free)
         H0 = self.H[np.ix_(free, free)]
         var_idx = [i for i, j in enumerate(free) if j < self.nvp]
-        y, fv, _, _ = self.quasi_newton(fg, np.clip(y0, lo, hi), bounds, var_idx, maxiter=200,
+        y, fv, _, _ = quasi_newton(fg, np.clip(y0, lo, hi), bounds, var_idx, maxiter=200,
                                          tol=1e-9, H0=H0)
         # an SD at or near 0: its gradient is ~0 there whether or not the deviance falls
         # further out (it is even in the SD of a scalar term), so probe from 0
@@ -382,7 +380,7 @@ class _GLMMProfile:
         y_at0 = np.where(near, 0.0, y)
         esc = escape_bound(lambda v: self.dev(put(v)), y_at0, fv, sd_lo) if near.any() else None
         if esc is not None:
-            y2, f2, _, _ = self.quasi_newton(fg, esc[0], bounds, var_idx, maxiter=200,
+            y2, f2, _, _ = quasi_newton(fg, esc[0], bounds, var_idx, maxiter=200,
                                               tol=1e-9, H0=H0)
             if f2 < fv:
                 y, fv = y2, f2
@@ -414,14 +412,6 @@ class _GLMMProfile:
         y0 = _best_start(lambda y: self.dev(put(y)), cands, self.lower[free], self.upper[free])
         return self._descend(free, put, y0)
 
-    def restore(self):
-        """The model as the fit left it: alpha, warm start and factorization at the estimates."""
-        r, m = self.res, self.model
-        m._set_extra(self.extra)
-        m._u_warm = np.array(r._u, dtype=float)
-        m._last = None
-        with self.context():
-            m._modes(r.theta, _beta(r), tol=1e-20)
 
 
 def _profile_objective(res):
@@ -429,8 +419,7 @@ def _profile_objective(res):
     r = _raw(res)
     if _is_lmm(r):
         return _LMMProfile(r)
-    from ..glmm import GeneralizedLinearMixedModel   # noqa: PLC0415 - glmm imports the results
-    if isinstance(r.model, GeneralizedLinearMixedModel):
+    if _is_glmm(r):
         return _GLMMProfile(r)
     raise NotImplementedError(
         "profile likelihood (profile(), conf_int(method='profile')) is implemented for linear "
@@ -454,9 +443,6 @@ class _Profiler:
 
     def context(self):
         return self.obj.context()
-
-    def restore(self):
-        self.obj.restore()
 
     def bounds(self, w):
         return self.obj.lower[w], self.obj.upper[w]

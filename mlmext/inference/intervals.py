@@ -25,14 +25,10 @@ from .simulation import simulate
 
 @contextlib.contextmanager
 def _profiling(res):
-    """A profiler for ``res``, run with the fit's BLAS threading; the model is left as the
-    fit left it (shared factorization, warm starts) afterwards."""
+    """A profiler for ``res``, run with the fit's BLAS threading (it has its own deviance)."""
     pr = _Profiler(res)
-    try:
-        with pr.context():
-            yield pr
-    finally:
-        pr.restore()
+    with pr.context():
+        yield pr
 
 
 def conf_int_profile(res, alpha=0.05, cols=None, names="descriptive"):

@@ -53,15 +53,16 @@ class MixedParams:
         return np.concatenate([self.fe_params, self.theta, self.extra])
 
     @classmethod
-    def from_packed(cls, params, k_fe, k_theta, k_extra):
-        """Split a packed vector; ValueError naming the layout when its length is wrong."""
+    def from_packed(cls, params, k_fe, k_theta, k_extra, names=None, what="the parameter vector"):
+        """Split a packed vector; ValueError naming the layout (``names``) when its length is wrong."""
         if isinstance(params, MixedParams):
             return params
         v = np.asarray(params, dtype=float).ravel()
         k = k_fe + k_theta + k_extra
         if v.size != k:
-            raise ValueError(f"the parameter vector needs {k} values (fixed effects: {k_fe}, "
-                             f"theta: {k_theta}, family: {k_extra}); got {v.size}")
+            layout = (list(names) if names is not None else
+                      f"fixed effects: {k_fe}, theta: {k_theta}, family: {k_extra}")
+            raise ValueError(f"{what} needs {k} values ({layout}); got {v.size}")
         return cls(v[:k_fe], v[k_fe:k_fe + k_theta], v[k_fe + k_theta:])
 
 

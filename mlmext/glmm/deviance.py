@@ -1,0 +1,175 @@
+"""The Laplace / adaptive Gauss-Hermite log-likelihood of a GLMM, as an object.
+
+:class:`LaplaceDeviance` is what a GLMM fit optimizes.  It owns everything an
+evaluation writes: its own copy of the conditional distribution (the negative
+binomial's alpha), the PIRLS factorizations (``u`` alone, and lme4's first-stage
+system with ``beta`` inside PIRLS) and the warm start of the conditional modes.
+So fits, profiles and results of one model each work on their own deviance and
+never see each other's state (lme4's ``devfun`` environment, one per fit).
+
+Parameters are taken in the optimizer's order ``(theta, beta, extra)``, ``extra``
+being ``log alpha`` for the negative binomial; the model's ``loglike`` converts
+from its documented order ``(beta, theta[, alpha])``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import laplace as lp
+
+__all__ = ["LaplaceDeviance"]
+
+
+class LaplaceDeviance:
+    """The log-likelihood of a GLMM by Laplace or AGQ, with its own factor and warm start.
+
+    Made by :meth:`GeneralizedLinearMixedModel.deviance`.
+
+    Attributes
+    ----------
+    cond : mlmext.laplace.ConditionalModel
+        This deviance's conditional distribution (its own alpha).
+    warm_start : ndarray or None
+        Spherical modes to start the next PIRLS from.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.design = model.re_design
+        self.cond = model._make_conditional()
+        self.k_extra = int(getattr(self.cond, "k_extra", 0))
+        self.nt, self.p = self.design.ntheta, model.k_fe
+        self._chol_u = None
+        self._chol_x = None
+        self.warm_start = None
+        self._last = None
+
+    @property
+    def chol_u(self):
+        """The PIRLS factorization for ``u`` alone (at the last modes found)."""
+        if self._chol_u is None:
+            self._chol_u = lp.make_chol(self.design, self.model.endog.shape[0])
+        return self._chol_u
+
+    @property
+    def chol_x(self):
+        """The PIRLS factorization of lme4's first stage (``beta`` inside PIRLS)."""
+        if self._chol_x is None:
+            m = self.model
+            self._chol_x = lp.make_chol(self.design, m.endog.shape[0], X=m.exog)
+        return self._chol_x
+
+    # -- parameters: (theta, beta, extra)
+    def split(self, params):
+        params = np.asarray(params, dtype=float)
+        nt, p = self.nt, self.p
+        return params[:nt], params[nt:nt + p], params[nt + p:]
+
+    def set_extra(self, extra):
+        """Set the conditional distribution's own parameters (log alpha)."""
+        if self.k_extra:
+            self.cond.set_params(extra)
+
+    def _extra_now(self):
+        return self.cond.get_params().copy() if self.k_extra else None
+
+    # -- the conditional modes
+    def modes(self, theta, beta, tol=1e-14, warm=True, lams=None):
+        """Conditional modes at (theta, beta) and the current extra; ``(Modes, lams)``.
+
+        Starts from the modes of the previous evaluation moved to first order
+        (:func:`mlmext.laplace.predict_modes`), and from ``u = 0`` if that fails.
+        """
+        des, m = self.design, self.model
+        lams = des.lambdas(theta) if lams is None else lams
+        eta_f = m.exog @ beta + m.offset
+        u0 = self.warm_start if warm else None
+        last = self._last if warm else None
+        if last is not None and u0 is not None:
+            th0, ef0, m0, lams0, extra0 = last
+            dd1 = None
+            if extra0 is not None:                       # e.g. log alpha moved too
+                dx = self._extra_now() - extra0
+                if np.any(dx) and np.all(np.isfinite(dx)):
+                    dd1 = self.cond.param_derivatives(m0.eta)[1] @ dx
+            u0 = lp.predict_modes(des, self.chol_u, m0, theta - th0, eta_f - ef0, lams=lams0, dd1=dd1)
+        modes = lp.pirls(des, self.chol_u, eta_f, self.cond, theta, u0=u0, tol=tol, lams=lams)
+        if not modes.converged and u0 is not None:
+            modes = lp.pirls(des, self.chol_u, eta_f, self.cond, theta, u0=None, tol=tol, lams=lams)
+            modes.message = "retried from u = 0; " + modes.message
+        if modes.converged:
+            self.warm_start = modes.u
+            self._last = (np.array(theta, dtype=float), eta_f, modes, lams, self._extra_now())
+        else:
+            self._last = None
+        return modes, lams
+
+    # -- the objective
+    def loglike(self, params, nagq=1):
+        """Laplace (``nagq = 1``) or AGQ log-likelihood at ``params = (theta, beta[, log alpha])``."""
+        theta, beta, extra = self.split(params)
+        self.set_extra(extra)
+        modes, lams = self.modes(theta, beta)
+        if not modes.converged:
+            return -np.inf
+        if nagq == 1:
+            return modes.laplace
+        llf, _ = lp.agq_loglik(self.design, self.chol_u, None, self.cond, theta, nagq,
+                               modes=modes, lams=lams)
+        return llf
+
+    def loglike_and_score(self, params):
+        """Laplace log-likelihood, its exact gradient in ``(theta, beta[, log alpha])``, the modes."""
+        theta, beta, extra = self.split(params)
+        self.set_extra(extra)
+        modes, lams = self.modes(theta, beta)
+        if not modes.converged:
+            return -np.inf, np.zeros(len(params)), modes
+        gt, gb, ge = lp.laplace_gradient(self.design, self.chol_u, self.cond, theta, modes,
+                                         X=self.model.exog)
+        g = np.concatenate([gt, gb] + ([ge] if self.k_extra else []))
+        return modes.laplace, g, modes
+
+    def stage1(self, theta, beta, u=None):
+        """lme4's nAGQ = 0 objective at theta: beta inside PIRLS. Returns (deviance, modes)."""
+        des, m = self.design, self.model
+        modes = lp.pirls(des, self.chol_x, m.offset, self.cond, theta, u0=u, X=m.exog,
+                         beta0=beta, tol=1e-10)
+        if not modes.converged and (u is not None):
+            modes = lp.pirls(des, self.chol_x, m.offset, self.cond, theta, X=m.exog,
+                             beta0=None, tol=1e-10)
+        value = -2.0 * modes.laplace if modes.converged else np.inf
+        return value, modes
+
+    # -- quantities at the estimates
+    def condvar(self, theta, beta, extra, u):
+        """Conditional covariances of b = Lambda u per block, (m, q, q) arrays, at the modes."""
+        self.set_extra(extra)
+        self.warm_start = np.asarray(u, dtype=float)
+        _, lams = self.modes(np.asarray(theta, dtype=float), np.asarray(beta, dtype=float), tol=1e-20)
+        cv = self.chol_u.condvar_u()
+        return [np.einsum("ij,gjk,lk->gil", lam, c, lam) for lam, c in zip(lams, cv)]
+
+    def cov_rx(self, theta, modes, lams):
+        """lme4's RX-based covariance: (X' W X - ...)^-1 from the joint PIRLS system at the modes."""
+        m = self.model
+        d1, w = self.cond.derivatives(modes.eta)
+        z = modes.eta - m.offset
+        pos = w > 0
+        z[pos] += d1[pos] / w[pos]
+        ch = self.chol_x
+        ch.reweight(np.column_stack([m.exog, z]), w)
+        try:
+            ch.update(lams)
+        except np.linalg.LinAlgError:
+            # z in the span of [Z Lambda, X] (an exact fit): the covariance does not depend on
+            # the response column, any column outside the span gives the factor
+            e = np.random.default_rng(0).standard_normal(z.shape[0])
+            ch.reweight(np.column_stack([m.exog, e]), w)
+            try:
+                ch.update(lams)
+            except np.linalg.LinAlgError:
+                # X' W X singular: the weights vanish (fitted probabilities 0 or 1, means 0),
+                # as in separated data; no standard errors (the separation check warns)
+                return np.full((m.k_fe, m.k_fe), np.nan)
+        return ch.cov_beta_unscaled()

@@ -1,0 +1,295 @@
+"""The staged GLMM fit: lme4's first stage, the joint Laplace fit, AGQ, the covariance.
+
+1. lme4's first stage (``nAGQ = 0``): theta with beta updated inside PIRLS; it
+   gives starting values and the scale of beta (a few EM steps by default).
+2. theta, beta (and log alpha) jointly on the Laplace log-likelihood: quasi-Newton
+   with the exact gradient, a probe off the variance bounds, then Newton with the
+   Hessian from gradient differences.
+3. For ``nagq > 1``: the AGQ log-likelihood from the Laplace estimates.
+
+Everything runs on one :class:`~mlmext.glmm.deviance.LaplaceDeviance`; the model
+only supplies data, starting values and warnings.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import optimize
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+from .. import laplace as lp
+from ..optimize import (CountingGradient, escape_bound, hessian_from_gradient, hessian_from_values,
+                        newton, quasi_newton)
+from ..results import MixedResultsWrapper
+from .results import GLMMResults
+
+__all__ = ["fit_glmm"]
+
+
+def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
+    """The staged fit (see the package docstring); a GLMMResults wrapper."""
+    des = dev.design
+    nt, p, ke = des.ntheta, model.k_fe, dev.k_extra
+    tried = []
+    dev.warm_start = None
+    # ---- stage 1: beta inside PIRLS
+    if start_params is not None:
+        sp = np.asarray(start_params, dtype=float).ravel()
+        if sp.size != nt + p + ke:
+            raise ValueError(f"start_params needs {nt + p + ke} values (theta {nt}: "
+                             f"{des.theta_names() if hasattr(des, 'theta_names') else ''}"
+                             f", beta {p}: {list(model.exog_names)}"
+                             f"{', log alpha 1' if ke else ''}); got {sp.size}")
+        if not np.all(np.isfinite(sp)):
+            raise ValueError(f"start_params has non-finite values: {sp.tolist()}")
+        if np.any(sp[:nt] < des.lower):
+            raise ValueError("start_params: theta must be >= its lower bounds "
+                             f"{des.lower.tolist()} (standard deviations are >= 0); got "
+                             f"{sp[:nt].tolist()}")
+        theta0, beta0, extra0 = dev.split(sp)
+        dev.set_extra(extra0)
+        _, m1 = dev.stage1(theta0, beta0)
+    else:
+        theta0 = des.theta_start.copy()
+        extra0 = model._start_extra(None)
+        dev.set_extra(extra0)
+        # beta from the GLM-style start (eta = g(y adjusted away from the boundary)) as glm
+        # and lme4 start; beta = 0 would put eta = 0 where the sqrt or identity link has
+        # mu = 0, and far from the data for large counts
+        fails = []
+        for what, b0 in (("the GLM-style start g(mu0)", model._start_beta()),
+                         ("beta = 0", None)):
+            _, m1 = dev.stage1(theta0, b0)
+            if m1.converged:
+                break
+            fails.append(f"from {what}: {m1.message}")
+        else:
+            raise lp.PIRLSError(
+                f"PIRLS failed at the starting values (theta = {np.round(theta0, 4).tolist()}, "
+                f"beta updated inside PIRLS, u from 0) of the {model._family_label} model "
+                f"({model._link_label} link): " + "; ".join(fails) + model._range_hint())
+        if ke:                                        # alpha from the first stage's modes
+            extra0 = model._start_extra(m1)
+            dev.set_extra(extra0)
+            _, m1b = dev.stage1(theta0, m1.beta, m1.u)
+            m1 = m1b if m1b.converged else m1
+        if stage1:
+            theta0, m1, nfev1 = _optimize_stage1(dev, theta0, m1)
+            tried.append(("stage 1 (theta; beta in PIRLS): Nelder-Mead", True, nfev1))
+        elif em_steps:
+            theta0, m1, nem = _em_start(dev, theta0, m1, em_steps)
+            tried.append(("stage 1 (theta; beta in PIRLS): EM steps", True, nem))
+        beta0 = m1.beta
+    # scale for beta: Cholesky factor of the stage-1 (X' V^-1 X)^-1
+    cov0 = dev.chol_x.cov_beta_unscaled() if (m1.converged and p) else np.eye(p)
+    try:
+        R = np.linalg.cholesky(cov0) if p else np.zeros((0, 0))
+    except np.linalg.LinAlgError:
+        R = np.diag(np.sqrt(np.maximum(np.diag(cov0), 1e-8)))
+    dev.warm_start = m1.u if m1.converged else None
+    tr = _Transform(nt, p, ke, beta0, R)
+    x0 = np.concatenate([theta0, np.zeros(p), extra0])
+    bounds = tr.bounds(des.lower)
+    # ---- Laplace: all parameters jointly, exact gradient, then Newton with the Hessian
+    fg = _laplace_fg(dev, tr)
+    fd_idx = list(range(nt)) + list(range(nt + p, nt + p + ke))
+    x1, f1, g1, qinfo = quasi_newton(fg, x0, bounds, fd_idx, maxiter=maxiter, tol=1e-7)
+    tried.append(("Laplace: quasi-Newton (exact gradient)", qinfo["converged"], qinfo["nfev"]))
+    lower_x = np.full(x1.size, -np.inf)           # only the variance parameters (theta)
+    lower_x[:nt] = [-np.inf if b[0] is None else b[0] for b in bounds[:nt]]
+    esc = escape_bound(fg, x1, f1, lower_x)
+    if esc is not None:          # a variance stuck at zero although the optimum is inside
+        x2, f2, g2, qinfo = quasi_newton(fg, esc[0], bounds, fd_idx, maxiter=maxiter, tol=1e-7)
+        tried.append(("Laplace: quasi-Newton, restarted off the bound", qinfo["converged"],
+                      qinfo["nfev"]))
+        if f2 < f1:
+            x1, f1, g1 = x2, f2, g2
+    hess_fn = lambda x, g: hessian_from_gradient(fg, x, g, bounds)
+    x, f, g, H, info = newton(fg, x1, bounds, hess_fn, tol, maxit=min(50, maxiter),
+                               fgx=(f1, g1))
+    tried.append(("Laplace: Newton (Hessian from gradient differences)", info["converged"],
+                  info["nfev"]))
+    converged = info["converged"]
+    message = info["message"]
+    if nagq > 1:
+        # from the Laplace estimates, with the Laplace Hessian as the first curvature
+        fa = _agq_f(dev, tr, nagq)
+        fga = CountingGradient(fa, bounds)
+        x1, f1, g1, qinfo = quasi_newton(fga, x, bounds, [], maxiter=maxiter, tol=1e-6, H0=H)
+        tried.append((f"AGQ({nagq}): quasi-Newton (gradient by differences)", qinfo["converged"],
+                      fga.nfev))
+        hess_fn = lambda z, gz: hessian_from_values(fa, z, bounds)
+        fga.nfev = 0
+        x, f, g, H, info = newton(fga, x1, bounds, hess_fn, tol, maxit=min(50, maxiter),
+                                   fgx=(f1, g1))
+        tried.append((f"AGQ({nagq}): Newton (Hessian from differences)", info["converged"],
+                      fga.nfev + info["nfev"]))
+        converged, message = info["converged"], info["message"]
+    optim = optimize.OptimizeResult(x=x, fun=f, jac=g, success=converged, message=message,
+                                    tried=tried, nfev=sum(t[2] for t in tried),
+                                    method="L-BFGS-B + Newton")
+    return _finish(model, dev, tr, x, nagq, optim, H)
+
+def _laplace_fg(dev, tr):
+    def fg(x):
+        ll, g, _ = dev.loglike_and_score(tr.params(x))
+        if not np.isfinite(ll):
+            return np.inf, np.zeros_like(x)
+        return -2.0 * ll, -2.0 * tr.grad(g)
+    return fg
+
+def _agq_f(dev, tr, nagq):
+    def f(x):
+        ll = dev.loglike(tr.params(x), nagq=nagq)
+        return -2.0 * ll if np.isfinite(ll) else np.inf
+    return f
+
+def _em_start(dev, theta, m1, nsteps):
+    """A few Laplace-EM updates of theta on lme4's first-stage system (beta inside PIRLS).
+
+    For each term, ``Sigma_new = Lambda (U'U + S) Lambda' / m`` with ``U``
+    the conditional modes and ``S`` the summed conditional covariances of
+    the spherical effects; theta is the Cholesky factor of ``Sigma_new``.
+    A cheap way to start the joint optimization near the optimum.
+    """
+    des = dev.design
+    done = 0
+    for _ in range(nsteps):
+        ch = dev.chol_x
+        try:
+            S = ch.inverse_block_sums(0)
+        except np.linalg.LinAlgError:
+            break
+        lams = des.lambdas(theta)
+        new = theta.copy()
+        off = 0
+        for blk, lam, Sb in zip(des.blocks, lams, S):
+            U = m1.u[off:off + blk.nre].reshape(blk.m, blk.q)
+            off += blk.nre
+            C = lam @ (U.T @ U + Sb) @ lam.T / blk.m
+            start = 0
+            for t in blk.terms:
+                Ct = C[start:start + t.q, start:start + t.q]
+                start += t.q
+                try:
+                    Lt = np.linalg.cholesky(Ct + 1e-12 * np.eye(t.q))
+                except np.linalg.LinAlgError:
+                    Lt = np.diag(np.sqrt(np.maximum(np.diag(Ct), 0.0)))
+                new[t.theta_index] = Lt.T[np.triu_indices(t.q)]   # column-major lower triangle
+        _, m_new = dev.stage1(new, m1.beta, m1.u)
+        done += 1
+        if not m_new.converged or m_new.laplace < m1.laplace - 1.0:
+            dev.stage1(theta, m1.beta, m1.u)       # keep the previous point (and its factor)
+            break
+        theta, m1 = new, m_new
+    return theta, m1, done
+
+def _optimize_stage1(dev, theta0, m1):
+    des = dev.design
+    state = {"modes": m1, "nfev": 0}
+
+    def f(th):
+        th = np.where(np.isfinite(des.lower), np.maximum(th, des.lower), th)
+        m = state["modes"]
+        value, mm = dev.stage1(th, m.beta, m.u)
+        state["nfev"] += 1
+        if mm.converged:
+            if dev <= state.get("best", np.inf):
+                state["best"], state["modes"], state["theta"] = dev, mm, th.copy()
+            return dev
+        return 1e100
+
+    state["best"] = -2.0 * m1.laplace
+    state["theta"] = theta0.copy()
+    nt = len(theta0)
+    simplex = np.vstack([theta0] + [theta0 + 0.5 * np.eye(nt)[i] * (-1 if theta0[i] > 0.5 else 1)
+                                    for i in range(nt)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        optimize.minimize(f, theta0, method="Nelder-Mead",
+                          options={"initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-4,
+                                   "maxfev": 200 * nt})
+    # the stage-1 system at the best theta (for the scale of beta)
+    best = state["modes"]
+    dev.stage1(state["theta"], best.beta, best.u)
+    return state["theta"], best, state["nfev"]
+
+def _finish(model, dev, tr, x, nagq, optim, H):
+    des = dev.design
+    params = tr.params(x)
+    theta, beta, extra = dev.split(params)
+    dev.set_extra(extra)
+    modes, lams = dev.modes(theta, beta, tol=1e-20)
+    if not modes.converged:
+        raise lp.PIRLSError(f"PIRLS failed at the estimates: {modes.message}"
+                            + model._range_hint())
+    if nagq == 1:
+        llf = modes.laplace
+    else:
+        llf, _ = lp.agq_loglik(des, dev.chol_u, None, dev.cond, theta, nagq, modes=modes, lams=lams)
+    # covariance of beta as lme4: inverse Hessian of the deviance in (theta, beta), or RX
+    # when the fit is singular (lme4 does not compute the Hessian then)
+    nt, p = des.ntheta, model.k_fe
+    singular = bool(np.any(theta[np.isfinite(des.lower)] < 1e-4))
+    cov_method = "RX"
+    cov = None
+    cov_joint = None
+    if not singular and H is not None and np.all(np.isfinite(H)):
+        # lme4 (glmer.nb too) holds the negative binomial's alpha fixed here; the
+        # covariance that also allows for alpha's uncertainty is kept as cov_fe_joint
+        for k_h, name in ((nt + p, "cov"), (H.shape[0], "joint")):
+            try:
+                Hi = np.linalg.inv(H[:k_h, :k_h])
+            except np.linalg.LinAlgError:
+                continue
+            Vt = 2.0 * Hi[nt:nt + p, nt:nt + p]
+            Vt = 0.5 * (Vt + Vt.T)
+            if p and not np.all(np.linalg.eigvalsh(Vt) > 0):
+                continue
+            if name == "cov":
+                cov = tr.R @ Vt @ tr.R.T
+                cov_method = "Hessian"
+            elif dev.k_extra:
+                cov_joint = tr.R @ Vt @ tr.R.T
+    if cov is None:
+        cov = dev.cov_rx(theta, modes, lams)
+        dev.modes(theta, beta, tol=1e-20)          # factor at the modes again
+    optim.cov_method = cov_method
+    extra_kw = {}
+    if dev.k_extra:
+        extra_kw["_alpha"] = float(np.exp(extra[0]))
+    res = GLMMResults(model, beta, cov, theta=theta, u=modes.u, sigma=1.0,
+                      criterion=-2.0 * llf, optim=optim, reml=False, nagq=nagq,
+                      pirls=modes, hessian=H, _transform=tr, _cov_joint=cov_joint,
+                      **extra_kw)
+    if not optim.success:
+        warnings.warn(f"the optimizer did not converge: {optim.message} (tried: "
+                      + "; ".join(f"{m} ({'ok' if ok else 'failed'}, {n} evaluations)"
+                                  for m, ok, n in optim.tried) + ")",
+                      ConvergenceWarning, stacklevel=3)
+    model._warn_separation(beta)
+    model._warn_link_not_monotone(modes.eta)
+    return MixedResultsWrapper(res)
+
+
+class _Transform:
+    """Optimizer coordinates: beta = beta0 + R b (R from the stage-1 covariance)."""
+
+    def __init__(self, nt, p, ke, beta0, R):
+        self.nt, self.p, self.ke = nt, p, ke
+        self.beta0 = np.asarray(beta0, dtype=float)
+        self.R = R
+
+    def params(self, x):
+        x = np.asarray(x, dtype=float)
+        nt, p = self.nt, self.p
+        return np.concatenate([x[:nt], self.beta0 + self.R @ x[nt:nt + p], x[nt + p:]])
+
+    def grad(self, g):
+        nt, p = self.nt, self.p
+        return np.concatenate([g[:nt], self.R.T @ g[nt:nt + p], g[nt + p:]])
+
+    def bounds(self, lower):
+        lo = [(float(l), None) if np.isfinite(l) else (None, None) for l in lower]
+        return lo + [(None, None)] * self.p + [(-25.0, 10.0)] * self.ke
