@@ -47,10 +47,10 @@ from statsmodels.iolib.summary2 import Summary
 from statsmodels.tools.sm_exceptions import (ConvergenceWarning, IterationLimitWarning, PerfectSeparationWarning,
                                              SingularMatrixWarning)
 
-from ._args import reject_unknown
-from ._frames import as_dataframe, as_series
-from .base import cbind
-from .formula.frame import evaluate
+from .._args import reject_unknown
+from .._frames import as_dataframe, as_series
+from ..base import cbind
+from ..formula.frame import evaluate
 
 __all__ = [
     "qic",
