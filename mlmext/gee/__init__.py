@@ -22,15 +22,12 @@ References
 """
 from __future__ import annotations
 
-import copy
-import functools
 import inspect
 import re
 import warnings
 
 import numpy as np
 import pandas as pd
-from statsmodels.genmod import cov_struct as sm_cov
 from statsmodels.genmod import families
 from statsmodels.genmod.generalized_estimating_equations import GEE
 from statsmodels.iolib.summary2 import Summary
@@ -40,7 +37,9 @@ from statsmodels.tools.sm_exceptions import (ConvergenceWarning, IterationLimitW
 from .._args import reject_unknown
 from .._frames import as_dataframe
 from .covstructs import PairwiseAR1, PairwiseCovStruct, PairwiseExchangeable, PairwiseUnstructured
+from .candidates import _parse_structures
 from .criteria import qic
+from .diagnostics import _converged, _correlation_problems, _describe, _n_corr_params
 from .inputs import (_aliased, _caller_namespace, _check_finite, _check_label_kinds, _column,
                      _formula_rows, _label, _numeric, _outside_arrays, _resolve_family)
 
@@ -53,154 +52,6 @@ __all__ = [
     "PairwiseAR1",
     "PairwiseUnstructured",
 ]
-
-
-# ---------------------------------------------------------------------------
-# Selection
-# ---------------------------------------------------------------------------
-_STRUCTURES = {
-    "independence": lambda ctx: sm_cov.Independence(),
-    "exchangeable": lambda ctx: PairwiseExchangeable(),
-    "ar1": lambda ctx: PairwiseAR1(),
-    "unstructured": lambda ctx: PairwiseUnstructured(),
-    "stationary": lambda ctx: _make_stationary(ctx),
-    "nested": lambda ctx: _make_nested(ctx),
-}
-
-
-def _make_stationary(ctx):
-    """statsmodels' Stationary with every lag the data have."""
-    frame = ctx["frame"]
-    if not ctx["has_time"]:
-        return sm_cov.Stationary(max_lag=int(frame.groupby("__gee_groups").size().max()) - 1, grid=True)
-    t = frame["__gee_time"].to_numpy(dtype=float)
-    if not np.allclose(t, np.round(t)):
-        raise ValueError(f"'stationary' needs integer values of time {ctx['time_name']!r}")
-    span = frame.groupby("__gee_groups")["__gee_time"].agg(lambda s: s.max() - s.min()).max()
-    return sm_cov.Stationary(max_lag=int(span), grid=False)
-
-
-def _make_nested(ctx):
-    if ctx["dep_data"] is None:
-        raise ValueError("'nested' needs dep_data= (the nested grouping columns, e.g. "
-                         "['classroom'] or '0 + classroom')")
-    return sm_cov.Nested()
-
-
-def _parse_structures(cov_structs, ctx):
-    """[(name, factory)], independence first; each factory returns a fresh CovStruct."""
-    if cov_structs is None:
-        cov_structs = ["independence", "exchangeable", "ar1", "unstructured"]
-    if isinstance(cov_structs, (str, sm_cov.CovStruct)):
-        cov_structs = [cov_structs]
-    if not isinstance(cov_structs, (list, tuple, dict, pd.Index, np.ndarray)):
-        raise ValueError("cov_structs must be a name, a CovStruct instance, a list of them or a dict "
-                         f"{{name: structure}}, got {cov_structs!r}")
-    items = list(cov_structs.items()) if isinstance(cov_structs, dict) else [(None, c) for c in cov_structs]
-    out, used, indep = [], set(), None
-    for name, spec in items:
-        if isinstance(spec, str):
-            key = spec.lower()
-            if key not in _STRUCTURES:
-                raise ValueError(f"unknown working correlation {spec!r}; use one of "
-                                 f"{list(_STRUCTURES)} or a statsmodels CovStruct instance")
-            make = functools.partial(_STRUCTURES[key], ctx)
-            make()   # a structure that cannot apply to these data raises here, before any fit
-            name, is_indep = name or key, key == "independence"
-        elif isinstance(spec, sm_cov.CovStruct):
-            make = functools.partial(copy.deepcopy, spec)
-            name, is_indep = name or type(spec).__name__.lower(), isinstance(spec, sm_cov.Independence)
-        else:
-            hint = (f"; write {spec.__name__}() with parentheses"
-                    if isinstance(spec, type) and issubclass(spec, sm_cov.CovStruct) else "")
-            raise ValueError(f"cov_structs entries must be names or CovStruct instances, got {spec!r}{hint}")
-        base, k = name, 2
-        while name in used:
-            name, k = f"{base}_{k}", k + 1
-        used.add(name)
-        if is_indep and indep is None:
-            indep = (name, make)
-        else:
-            out.append((name, make))
-    return [indep or ("independence", functools.partial(_STRUCTURES["independence"], ctx))] + out
-
-
-def _describe(cs):
-    """The working-correlation estimate in a few words."""
-    dp = cs.dep_params
-    if isinstance(cs, sm_cov.Independence):
-        return "independent"
-    if isinstance(cs, (PairwiseExchangeable, sm_cov.Exchangeable)):
-        return f"exchangeable, rho = {float(dp):.3f}"
-    if isinstance(cs, (PairwiseAR1, sm_cov.Autoregressive)):
-        return f"rho^|lag|, rho = {float(dp):.3f}"
-    if isinstance(cs, (PairwiseUnstructured, sm_cov.Unstructured)):
-        vals = cs.correlations() if isinstance(cs, PairwiseUnstructured) else dp[np.triu_indices(len(dp), 1)]
-        return f"{len(vals)} correlations in [{vals.min():.2f}, {vals.max():.2f}]" if len(vals) else "none"
-    if isinstance(cs, sm_cov.Stationary):
-        lags = ", ".join(f"{v:.2f}" for v in np.asarray(dp)[1:4])
-        more = ", ..." if len(dp) > 4 else ""
-        return f"lag 1..{len(dp) - 1}: {lags}{more}"
-    if isinstance(cs, sm_cov.Nested):
-        return "variance components " + ", ".join(f"{v:.3g}" for v in np.atleast_1d(dp))
-    vals = np.atleast_1d(np.asarray(dp, dtype=float)) if dp is not None else np.zeros(0)
-    return f"{type(cs).__name__}: " + ", ".join(f"{v:.3g}" for v in vals.ravel()[:4])
-
-
-def _n_corr_params(cs):
-    if isinstance(cs, PairwiseCovStruct):
-        return cs.n_params
-    if isinstance(cs, sm_cov.Independence):
-        return 0
-    if isinstance(cs, sm_cov.Unstructured):
-        q = len(cs.dep_params)
-        return q * (q - 1) // 2
-    if isinstance(cs, sm_cov.Stationary):
-        return cs.max_lag
-    dp = cs.dep_params
-    return 0 if dp is None else int(np.size(dp))
-
-
-def _correlation_problems(results):
-    """Working matrices that are not positive definite or have correlations outside [-1, 1]."""
-    model, cs = results.model, results.cov_struct
-    seen, not_pd, outside = {}, 0, 0
-    for i in range(model.num_group):
-        mat, is_cor = cs.covariance_matrix(model.cached_means[i][0], i)
-        mat = np.asarray(mat, dtype=float)
-        key = (mat.shape, mat.tobytes())
-        if key not in seen:
-            bad_pd = mat.size > 0 and (not np.all(np.isfinite(mat))
-                                       or np.linalg.eigvalsh(mat).min() <= 1e-10 * max(1.0, np.abs(mat).max()))
-            off = mat[~np.eye(len(mat), dtype=bool)]
-            bad_range = bool(is_cor and off.size and np.abs(off).max() > 1.0 + 1e-12)
-            seen[key] = (bad_pd, bad_range)
-        not_pd += seen[key][0]
-        outside += seen[key][1]
-    out = []
-    if outside:
-        out.append(f"correlation estimates outside [-1, 1] ({outside} of {model.num_group} clusters)")
-    if not_pd:
-        out.append(f"working correlation not positive definite ({not_pd} of {model.num_group} clusters)")
-    adjusted = sum(np.sum(a) for a in results.fit_history.get("cov_adjust", []) if np.size(a))
-    if adjusted:
-        out.append("working correlation projected to positive definite during the fit")
-    return out
-
-
-def _converged(results, tol=1e-4):
-    """statsmodels' criterion (score norm below ``ctol``) or geepack's: in the last iteration no
-    mean or working-correlation parameter changed by more than ``tol`` (geese.control's epsilon)."""
-    if results.converged:
-        return True
-    hist = results.fit_history
-    if len(hist["params"]) < 2 or not hist["dep_params"]:
-        return False
-    d_beta = np.abs(hist["params"][-1] - hist["params"][-2]).max()
-    last = hist["dep_params"][-1]
-    now = results.cov_struct.dep_params
-    d_alpha = 0.0 if last is None or now is None else np.abs(np.asarray(now) - np.asarray(last)).max()
-    return bool(d_beta <= tol and d_alpha <= tol)
 
 
 class GEESelection:
