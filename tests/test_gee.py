@@ -275,7 +275,7 @@ def test_ar1_with_continuous_time():
     (F.Poisson(), [0.0, 2.0, 7.0]), (F.Gamma(), [0.5, 2.0, 7.0])])
 def test_quasilikelihood_derivative(family, y):
     """dQ/dmu = w (y - mu) / V(mu), the defining property of the quasi-likelihood."""
-    from mlmext.gee import _quasi_likelihood
+    from mlmext.gee.criteria import _quasi_likelihood
     y, w = np.array(y), np.array([1.0, 2.0, 3.0])
     mu = np.array([0.3, 0.6, 0.8]) if isinstance(family, F.Binomial) else np.array([1.1, 2.5, 3.0])
     for k in range(3):
