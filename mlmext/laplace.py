@@ -76,9 +76,13 @@ class ConditionalModel:
     #: size of the terms that cancel in the summed log-likelihood (e.g. the log-factorials of
     #: large counts): the level below which PIRLS's decrement is rounding
     loglik_scale = 0.0
+    #: the summed log-likelihood is ``sum(loglik_obs(eta)) + loglik_const``: a model may leave
+    #: a large constant out of ``loglik_obs`` (the saturated log-likelihood of large counts),
+    #: so that what is optimized is not a small difference of large numbers
+    loglik_const = 0.0
 
     def loglik_obs(self, eta):
-        """(n,) ``log p(y_i | eta_i)`` on the full scale (with all constants, prior weights applied)."""
+        """(n,) ``log p(y_i | eta_i)`` (prior weights applied), less its share of ``loglik_const``."""
         raise NotImplementedError
 
     def derivatives(self, eta):
@@ -818,7 +822,7 @@ def laplace_loglik(design, chol, eta_fixed, cond, theta, u0=None, **kwargs):
     Returns
     -------
     llf : float
-        ``-inf`` when PIRLS failed.
+        ``-inf`` when PIRLS failed; less ``cond.loglik_const`` (as ``loglik_obs``).
     modes : Modes
     """
     modes = pirls(design, chol, eta_fixed, cond, theta, u0=u0, **kwargs)
@@ -969,7 +973,7 @@ def agq_loglik(design, chol, eta_fixed, cond, theta, nagq, u0=None, modes=None, 
     Returns
     -------
     llf : float
-        ``-inf`` when PIRLS failed.
+        ``-inf`` when PIRLS failed. Less ``cond.loglik_const`` (as ``loglik_obs``).
     modes : Modes
     """
     if len(design.blocks) != 1:

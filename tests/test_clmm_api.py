@@ -318,9 +318,9 @@ def test_laplace_and_agq_one_node_agree(wine):
     m = mf.clmm(WINE_F, wine)
     r = m.fit()
     a, b, t = (np.asarray(r.params)[:4], np.asarray(r.params)[4:], r.theta)
-    l1, _ = m.loglike_parts(a, b, t, nagq=1)
+    l1, _ = m.deviance().loglike_parts(a, b, t, nagq=1)
     np.testing.assert_allclose(l1, r.llf, atol=1e-9)
-    lq, _ = m.loglike_parts(a, b, t, nagq=25)
+    lq, _ = m.deviance().loglike_parts(a, b, t, nagq=25)
     assert abs(lq - l1) < 0.1
 
 
@@ -336,7 +336,7 @@ def _brute_force_loglik(model, alpha, beta, theta, npts=161, width=8.0):
     grids = np.meshgrid(*([g1] * q), indexing="ij")
     U = np.column_stack([g.ravel() for g in grids])                 # (G, q) spherical u
     logphi = -0.5 * (U * U).sum(1) - 0.5 * q * np.log(2 * np.pi)
-    cond = model.cond
+    cond = model._make_conditional()
     cond.set_thresholds(model.thr.thresholds(alpha))
     eta_f = model.exog @ beta + model.offset
     total = 0.0
@@ -362,8 +362,8 @@ def test_scalar_agq_matches_brute_force_integration(wine, link):
     beta = np.array([3.0, 1.8])
     theta = np.array([1.3])
     exact = _brute_force_loglik(m, alpha, beta, theta, npts=2001, width=10.0)
-    agq, _ = m.loglike_parts(alpha, beta, theta, nagq=25)
-    lap, _ = m.loglike_parts(alpha, beta, theta, nagq=1)
+    agq, _ = m.deviance().loglike_parts(alpha, beta, theta, nagq=25)
+    lap, _ = m.deviance().loglike_parts(alpha, beta, theta, nagq=1)
     assert abs(agq - exact) < 1e-7
     assert abs(lap - exact) > 1e-3          # the Laplace approximation is visibly different
 
@@ -375,8 +375,8 @@ def test_vector_agq_matches_brute_force_integration(wine):
     beta = np.array([3.0, 1.8])
     theta = np.array([1.2, -0.4, 0.6])
     exact = _brute_force_loglik(m, alpha, beta, theta, npts=241, width=8.0)
-    agq, _ = m.loglike_parts(alpha, beta, theta, nagq=12)
-    lap, _ = m.loglike_parts(alpha, beta, theta, nagq=1)
+    agq, _ = m.deviance().loglike_parts(alpha, beta, theta, nagq=12)
+    lap, _ = m.deviance().loglike_parts(alpha, beta, theta, nagq=1)
     assert abs(agq - exact) < 1e-5
     assert abs(lap - exact) > 1e-3
     r = m.fit(nagq=7, hessian=False)

@@ -37,7 +37,7 @@ def _model(wine, link, formula, kw):
     kw = dict(kw)
     if "weights" in kw:
         kw["weights"] = wine[kw["weights"]].to_numpy()
-    return mf.clmm(formula, wine, link=link, **kw)
+    return mf.clmm(formula, wine, link=link, **kw).deviance()
 
 
 def _point(m, theta):
@@ -145,7 +145,7 @@ def test_exact_agq_gradient_matches_finite_differences(wine, link, design):
 
 def test_agq_nodes_row_by_row_and_vectorized_agree(wine):
     """Conditional models without 2-D eta (``vectorized_eta``) get the same quadrature row by row."""
-    m = mf.clmm("rating ~ temp + contact + (1 + contact | judge)", wine)
+    m = mf.clmm("rating ~ temp + contact + (1 + contact | judge)", wine).deviance()
     a, b, t = np.array([-1.5, 1.4, 4.1, 6.0]), np.array([3.0, 1.8]), np.array([1.2, -0.4, 0.6])
     vec, _ = m.loglike_parts(a, b, t, nagq=7)
     m.cond.vectorized_eta = False
@@ -154,7 +154,7 @@ def test_agq_nodes_row_by_row_and_vectorized_agree(wine):
 
 
 def test_level_sums_with_empty_levels(wine):
-    sl = mf.clmm(WINE_F, wine)._scalar_laplace()
+    sl = mf.clmm(WINE_F, wine).deviance()._scalar_laplace()
     arr = np.random.default_rng(2).normal(size=(3, 4, sl.codes.size))
     fast = sl._level_sums(arr)
     sl._reduceat = False

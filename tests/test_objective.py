@@ -104,3 +104,105 @@ def test_lmm_results_do_not_share_state(sleep_model):
     assert r_ml.state.theta.flags.writeable is False
     with pytest.raises(ValueError):
         r_ml.state.theta[0] = 0.0
+
+
+# ----------------------------------------------------------------------------- GLMM
+CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+GT = "TICKS ~ YEAR + cHEIGHT + (1 | LOCATION)"
+
+
+@pytest.fixture(scope="module")
+def cbpp_model():
+    return mf.glmer(CBPP, read_data("cbpp.csv"), family="binomial")
+
+
+@pytest.fixture(scope="module")
+def nb_model():
+    return mf.glmer_nb(GT, read_data("grouseticks.csv"))
+
+
+@pytest.mark.parametrize("nagq", [1, 5])
+def test_glmm_loglike_round_trip(cbpp_model, nagq):
+    res = cbpp_model.fit(nagq=nagq)
+    po = res.params_object
+    assert len(po.get_packed()) == len(cbpp_model.param_names) == 4 + 1
+    assert cbpp_model.loglike(po, nagq=nagq) == pytest.approx(res.llf, abs=1e-8)
+    assert cbpp_model.loglike(po.get_packed(), nagq=nagq) == pytest.approx(res.llf, abs=1e-8)
+    if nagq == 1:   # the exact score vanishes at the optimum (to the fit's Newton tolerance)
+        assert np.abs(cbpp_model.score(po)).max() < 1e-3
+
+
+def test_nb_loglike_round_trip_and_score(nb_model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = nb_model.fit()
+    po = res.params_object
+    assert nb_model.param_names[-1] == "alpha" and po.extra[0] == pytest.approx(res.alpha)
+    assert nb_model.loglike(po) == pytest.approx(res.llf, abs=1e-8)
+    g = nb_model.score(po)
+    x = po.get_packed()
+    k = len(x) - 1                      # d/d alpha by differences matches the exact score
+    h = 1e-6 * x[k]
+    fd = (nb_model.loglike(x + h * np.eye(len(x))[k]) - nb_model.loglike(x - h * np.eye(len(x))[k])) / (2 * h)
+    assert g[k] == pytest.approx(fd, rel=1e-4, abs=1e-4)
+
+
+def test_glmm_fits_in_threads_equal_serial(cbpp_model):
+    serial = [cbpp_model.fit(), cbpp_model.fit(nagq=9)]
+    threaded = _fit_in_threads([cbpp_model.fit, lambda: cbpp_model.fit(nagq=9)] * 3)
+    for k, r in enumerate(threaded):
+        _same_fit(r, serial[k % 2])
+
+
+def test_nb_results_do_not_share_state(nb_model):
+    """Two glmer_nb fits of one model: reading one never changes the other (alpha, modes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r1, r9 = nb_model.fit(), nb_model.fit(nagq=9)
+    p1 = r1.resid_pearson.to_numpy().copy()
+    cv1 = r1.ranef(condvar=True)["LOCATION"].attrs["condvar"].copy()
+    r9.resid_pearson, r9.ranef(condvar=True), r9.loglike_saturated
+    np.testing.assert_array_equal(r1.resid_pearson.to_numpy(), p1)
+    np.testing.assert_array_equal(r1.ranef(condvar=True)["LOCATION"].attrs["condvar"], cv1)
+    assert r1.alpha != r9.alpha
+    assert r1.family.alpha == r1.alpha and r9.family.alpha == r9.alpha
+
+
+def test_glmm_profile_leaves_the_result_unchanged(cbpp_model):
+    res = cbpp_model.fit()
+    before = (res.llf, np.asarray(res.params).copy(), res.ranef(condvar=True)["herd"].attrs["condvar"].copy())
+    res.conf_int(method="profile")
+    after_cv = res.ranef(condvar=True)["herd"].attrs["condvar"]
+    assert res.llf == before[0]
+    np.testing.assert_array_equal(np.asarray(res.params), before[1])
+    np.testing.assert_array_equal(after_cv, before[2])
+
+
+# ----------------------------------------------------------------------------- clmm
+WINE = "rating ~ temp + contact + (1 | judge)"
+
+
+@pytest.fixture(scope="module")
+def wine_model():
+    return mf.clmm(WINE, read_data("wine.csv"))
+
+
+@pytest.mark.parametrize("nagq", [1, 7])
+def test_clmm_loglike_round_trip(wine_model, nagq):
+    res = wine_model.fit(nagq=nagq)
+    po = res.params_object
+    assert len(po.get_packed()) == len(wine_model.param_names) == 4 + 2 + 1
+    assert wine_model.param_names[:4] == list(res.params.index[:4])
+    assert wine_model.loglike(po, nagq=nagq) == pytest.approx(res.llf, abs=1e-9)
+    assert wine_model.loglike(po.get_packed(), nagq=nagq) == pytest.approx(res.llf, abs=1e-9)
+
+
+def test_clmm_fits_in_threads_equal_serial(wine_model):
+    serial = [wine_model.fit(), wine_model.fit(nagq=7)]
+    threaded = _fit_in_threads([wine_model.fit, lambda: wine_model.fit(nagq=7)] * 2)
+    for k, r in enumerate(threaded):
+        _same_fit(r, serial[k % 2])
+    crossed = mf.clmm("rating ~ temp + contact + (1 | judge) + (1 | bottle)", read_data("wine.csv"))
+    one = crossed.fit()
+    for r in _fit_in_threads([crossed.fit] * 3):
+        _same_fit(r, one)

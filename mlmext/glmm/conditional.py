@@ -61,6 +61,14 @@ class GLMConditional(lp.ConditionalModel):
         else:
             self.const = -pw * special.gammaln(y + 1)
         self.loglik_scale = float(np.sum(np.abs(self.const)))
+        if self.kind == "poisson-log":
+            # loglik_obs is relative to the saturated model: y log(mu / y) - (mu - y) with
+            # delta = eta - log y is y (delta - expm1(delta)), of the size of the deviance, not
+            # of y log y (2e10 for counts of 1e9, whose rounding would be the optimizer's noise)
+            pos = y > 0
+            self._logy = np.where(pos, np.log(np.where(pos, y, 1.0)), 0.0)
+            self._pwy = pw * y
+            self.loglik_const = float(np.sum(self.const + np.where(pos, self._pwy * (self._logy - 1.0), 0.0)))
 
     # -- pieces
     def _mu(self, eta):
@@ -87,7 +95,7 @@ class GLMConditional(lp.ConditionalModel):
         if self.kind == "binomial-logit":
             return self.const + self.k * eta - self.pw * np.logaddexp(0.0, eta)
         if self.kind == "poisson-log":
-            return self.const + self.pw * (self.y * eta - np.exp(eta))
+            return self._poisson_rel(eta)
         mu = self._mu(eta)
         if self.binomial:
             ll = (self.const + np.where(self.k > 0, self.k * np.log(mu), 0.0)
@@ -95,6 +103,11 @@ class GLMConditional(lp.ConditionalModel):
         else:
             ll = self.const + self.pw * (np.where(self.y > 0, self.y * np.log(mu), 0.0) - mu)
         return np.where(self._invalid(eta) & (self.pw > 0), -np.inf, ll)
+
+    def _poisson_rel(self, eta):
+        """Poisson log link: the log-likelihood minus the saturated one, per observation."""
+        d = eta - self._logy
+        return np.where(self.y > 0, self._pwy * (d - np.expm1(d)), -self.pw * np.exp(eta))
 
     def loglik_derivs(self, eta):
         """``(loglik_obs, d1, w)`` in one pass."""
@@ -106,9 +119,8 @@ class GLMConditional(lp.ConditionalModel):
             ll = self.const + self.k * eta - self.pw * (np.maximum(eta, 0.0) + np.log1p(a))
             return ll, self.k - self.pw * mu, self.pw * (a * inv * inv)
         if self.kind == "poisson-log":
-            mu = np.exp(eta)
-            pmu = self.pw * mu
-            return self.const + self.pw * self.y * eta - pmu, self.pw * self.y - pmu, pmu
+            pmu = self.pw * np.exp(eta)
+            return self._poisson_rel(eta), self._pwy - pmu, pmu
         d1, w = self.derivatives(eta)
         return self.loglik_obs(eta), d1, w
 

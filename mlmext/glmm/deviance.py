@@ -106,7 +106,8 @@ class LaplaceDeviance:
 
     # -- the objective
     def loglike(self, params, nagq=1):
-        """Laplace (``nagq = 1``) or AGQ log-likelihood at ``params = (theta, beta[, log alpha])``."""
+        """Laplace (``nagq = 1``) or AGQ log-likelihood at ``params = (theta, beta[, log alpha])``,
+        less the constant ``cond.loglik_const`` (what the optimizer works on)."""
         theta, beta, extra = self.split(params)
         self.set_extra(extra)
         modes, lams = self.modes(theta, beta)

@@ -225,9 +225,10 @@ def _finish(model, dev, tr, x, nagq, optim, H):
         raise lp.PIRLSError(f"PIRLS failed at the estimates: {modes.message}"
                             + model._range_hint())
     if nagq == 1:
-        llf = modes.laplace
+        llf = modes.laplace + dev.cond.loglik_const
     else:
         llf, _ = lp.agq_loglik(des, dev.chol_u, None, dev.cond, theta, nagq, modes=modes, lams=lams)
+        llf += dev.cond.loglik_const
     # covariance of beta as lme4: inverse Hessian of the deviance in (theta, beta), or RX
     # when the fit is singular (lme4 does not compute the Hessian then)
     nt, p = des.ntheta, model.k_fe

@@ -268,7 +268,8 @@ class GeneralizedLinearMixedModel(MixedModel):
         """
         nagq = lp.check_nagq(nagq)
         lp.check_agq(self.re_design, nagq)
-        return self.deviance().loglike(self._internal(params), nagq=nagq)
+        dev = self.deviance()
+        return dev.loglike(self._internal(params), nagq=nagq) + dev.cond.loglik_const
 
     def score(self, params):
         """Gradient of the Laplace :meth:`loglike` in ``(beta, theta[, alpha])`` (exact)."""

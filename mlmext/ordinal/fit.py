@@ -187,7 +187,7 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
     opt.max_grad = max_grad
     opt.nfev = sum(t[2] for t in tried)
     cov_ab = cov_full[:k + p, :k + p] if cov_full is not None else np.full((k + p, k + p), np.nan)
-    res = OrdinalMixedResults(model, np.concatenate([alpha, beta]), cov_ab, theta=theta, u=modes.u,
+    res = OrdinalMixedResults(model.model, np.concatenate([alpha, beta]), cov_ab, theta=theta, u=modes.u,
                               sigma=1.0, criterion=-2.0 * llf, optim=opt, nagq=nagq,
                               cov_params_full=cov_full, hessian=H, hessian_free=free,
                               llf_no_re=ll_clm, modes=modes, max_grad=max_grad)

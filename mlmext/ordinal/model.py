@@ -11,11 +11,12 @@ from .._blas import blas_threads
 from .._frames import as_dataframe
 from ..base import MixedModel, _drop_rank_deficient, _eval
 from ..formula.frame import display_name
+from ..objective import MixedParams
 from .clm import _jacobians
 from .conditional import CumulativeLinkConditional
 from .fit import _fit_clmm
 from .links import get_link
-from .newton import _ScalarLaplace
+from .deviance import OrdinalDeviance
 from .response import _drop_unused_levels, ordinal_response
 from .thresholds import Thresholds, _increasing
 
@@ -107,12 +108,12 @@ class OrdinalMixedModel(MixedModel):
         self.thr = Thresholds(self.threshold, labels)
         self.k_thresholds = self.thr.k
         self.y_codes = np.asarray(codes, dtype=np.int64)
-        w = None if weights is None else self.weights
-        self.cond = CumulativeLinkConditional(self.y_codes, self.n_cat, self.link, weights=w)
+        self._weighted = weights is not None
+        # the model's own conditional is read for structure only (evaluations use a deviance's)
+        self.cond = self._make_conditional()
         self.exog_names_fe = list(self.exog_names) if self.k_fe else []
         self.data.param_names = list(self.thr.names) + self.exog_names_fe
         self.k_params_fe = self.thr.k + self.k_fe
-        self._chol = None
         for t in self.re_design.terms:
             if t.m * t.q >= self.endog.shape[0] and weights is None:
                 warnings.warn(f"no. random effects (={t.m * t.q}) >= no. observations "
@@ -179,69 +180,41 @@ class OrdinalMixedModel(MixedModel):
             self._jac_cache = _jacobians(self.cond, self.thr.T, self.exog)
         return self._jac_cache
 
-    def _scalar_laplace(self):
-        """The exact-Hessian evaluator for a single scalar term (built once)."""
-        if getattr(self, "_scalar_lap", None) is None:
-            self._scalar_lap = _ScalarLaplace(self)
-        return self._scalar_lap
+    def _make_conditional(self):
+        w = self.weights if self._weighted else None
+        return CumulativeLinkConditional(self.y_codes, self.n_cat, self.link, weights=w)
 
-    @property
-    def chol(self):
-        if self._chol is None:
-            self._chol = _laplace.make_chol(self.re_design)
-        return self._chol
+    def deviance(self):
+        """A fresh :class:`~mlmext.ordinal.deviance.OrdinalDeviance`: the log-likelihood with
+        its own thresholds, factorization and workspace (fits never write to the model)."""
+        return OrdinalDeviance(self)
 
     def _split(self, x):
         k, p = self.thr.k, self.k_fe
         return x[:k], x[k:k + p], x[k + p:]
 
-    def loglike_parts(self, alpha, beta, theta, nagq=1, u0=None, tol=None):
-        """Laplace (``nagq = 1``) or AGQ log-likelihood at R's parameters.
+    @property
+    def param_names(self):
+        """Names of the full parameter vector ``(alpha, beta, theta)`` :meth:`loglike` takes."""
+        return list(self.thr.names) + self.exog_names_fe + self.re_design.theta_names()
+
+    def loglike(self, params, nagq=1):
+        """Log-likelihood at the full parameters ``(alpha, beta, theta)``.
 
         Parameters
         ----------
-        alpha : array_like
-            Threshold parameters (``clmm``'s ``coef`` order).
-        beta : array_like
-            Fixed effects.
-        theta : array_like
-            Relative covariance parameters (lme4's ``theta``; with no
-            residual scale, ``Lambda(theta) Lambda(theta)'`` is the
-            random-effects covariance).
+        params : MixedParams or array_like
+            ``results.params_object``, or the vector of threshold parameters
+            (``clmm``'s ``coef`` order), fixed effects and theta, in the order
+            of :attr:`param_names`.
         nagq : int
-        u0 : ndarray, optional
-            Warm start for the conditional modes.
-        tol : float, optional
-            PIRLS tolerance on the squared Newton decrement (default 1e-20).
-
-        Returns
-        -------
-        llf : float
-            ``-inf`` for non-increasing thresholds or failed inner iterations.
-        modes : mlmext.laplace.Modes or None
+            Quadrature points per random effect (1: Laplace).
         """
-        alpha = np.asarray(alpha, dtype=float)
-        th = self.thr.thresholds(alpha)
-        if not _increasing(th):
-            return -np.inf, None
-        self.cond.set_thresholds(th)
-        eta_fixed = self.offset + (self.exog @ np.asarray(beta, dtype=float) if self.k_fe else 0.0)
-        theta = np.asarray(theta, dtype=float)
-        # The Laplace value is not stationary in u (its log-determinant depends on the modes),
-        # so modes accurate to ~sqrt(tol) give errors ~sqrt(tol) in the value: a tight inner
-        # tolerance keeps finite differences of the log-likelihood clean (one Newton step more).
-        tol = self._pirls_tol if tol is None else tol
-        if nagq == 1:
-            return _laplace.laplace_loglik(self.re_design, self.chol, eta_fixed, self.cond, theta,
-                                           u0=u0, tol=tol, scalar_fast=True)
-        return _laplace.agq_loglik(self.re_design, self.chol, eta_fixed, self.cond, theta, nagq,
-                                   u0=u0, tol=tol, scalar_fast=True)
-
-    def loglike(self, params, nagq=1):
-        """Log-likelihood at ``params = (alpha, beta, theta)`` (R's threshold parameters)."""
-        params = np.asarray(params, dtype=float)
-        a, b, t = self._split(params)
-        return self.loglike_parts(a, b, t, nagq=nagq)[0]
+        pr = MixedParams.from_packed(params, self.k_params_fe, self.re_design.ntheta, 0,
+                                     names=self.param_names)
+        k = self.thr.k
+        return self.deviance().loglike_parts(pr.fe_params[:k], pr.fe_params[k:], pr.theta,
+                                             nagq=nagq)[0]
 
     # ------------------------------------------------------------------ fit
     def fit(self, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=True, **kwargs):
@@ -290,6 +263,7 @@ class OrdinalMixedModel(MixedModel):
         des = self.re_design
         scalar = len(des.blocks) == 1 and des.blocks[0].q == 1
         # one BLAS thread for moderate dense parts (the shared helper of the LMM / GLMM fits)
-        with blas_threads(0 if scalar else self.chol.r):
-            return _fit_clmm(self, nagq=nagq, start_params=start_params, maxiter=maxiter, gtol=gtol,
+        dev = self.deviance()
+        with blas_threads(0 if scalar else dev.chol.r):
+            return _fit_clmm(dev, nagq=nagq, start_params=start_params, maxiter=maxiter, gtol=gtol,
                              hessian=hessian, **kwargs)

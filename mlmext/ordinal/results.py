@@ -100,9 +100,9 @@ class OrdinalMixedResults(MixedResults):
         lams = model.re_design.lambdas(self.theta)
         k = model.thr.k
         params = np.asarray(self.params)
-        # refresh the factor at the optimum (the model's factor may hold another evaluation)
-        _, modes = model.loglike_parts(params[:k], params[k:], self.theta, nagq=1, u0=self._u)
-        cv = _laplace._factor(model.chol, modes).condvar_u()
+        dev = model.deviance()            # its own factor, at the optimum
+        _, modes = dev.loglike_parts(params[:k], params[k:], self.theta, nagq=1, u0=self._u)
+        cv = _laplace._factor(dev.chol, modes).condvar_u()
         return [np.einsum("ij,gjk,lk->gil", lam, c, lam) for lam, c in zip(lams, cv)]
 
     # ------------------------------------------------------------ prediction
