@@ -17,13 +17,12 @@ import warnings
 import numpy as np
 import pandas as pd
 from statsmodels.base.model import LikelihoodModel
-from statsmodels.formula._manager import FormulaManager
 
 from ._args import reject_unknown
 from .design import match_levels
-from .formula.frame import build_model_frame, display_name, evaluate
+from .frame import build_model_frame, display_name, evaluate, formula_manager, names_in
 
-__all__ = ["MixedModel", "cbind"]
+__all__ = ["MixedModel", "cbind", "drop_rank_deficient"]
 
 
 def cbind(*cols):
@@ -31,7 +30,7 @@ def cbind(*cols):
     return np.column_stack([np.asarray(c, dtype=float) for c in cols])
 
 
-def _caller_namespace(depth):
+def caller_namespace(depth):
     """Variables visible ``depth`` frames up, plus the formula helpers, for formula evaluation."""
     frame = sys._getframe(depth + 1)
     ns = dict(frame.f_globals)
@@ -39,9 +38,6 @@ def _caller_namespace(depth):
     ns.setdefault("np", np)
     ns["cbind"] = cbind
     return ns
-
-
-_eval = evaluate     # the name the GLMM and ordinal models import
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,10 +144,10 @@ class MixedModel(LikelihoodModel):
         accepted = set(cls._init_accepted())       # fail before the (costly) frame is built
         reject_unknown({k: v for k, v in kwargs.items() if k not in accepted},
                        f"{cls._api_name}()", accepted=sorted(accepted), hints=cls._init_hints)
-        env = _caller_namespace(eval_env + 1) if isinstance(eval_env, int) else eval_env
+        env = caller_namespace(eval_env + 1) if isinstance(eval_env, int) else eval_env
         frame = build_model_frame(formula, data, subset=subset, weights=weights, offset=offset,
                                   missing=missing, env=env, fixed_matrices=cls._fixed_matrices,
-                                  mgr=FormulaManager())
+                                  mgr=formula_manager())
         info = frame.info
         y, X = cls._prepare_endog_exog(frame.y, frame.X, info["data"], info)
         mod = cls(y, X, frame.design, weights=frame.weights, offset=frame.offset,
@@ -166,7 +162,7 @@ class MixedModel(LikelihoodModel):
 
     @classmethod
     def _fixed_matrices(cls, mgr, parsed, data, env):
-        y_df, X_df = _eval(mgr, parsed.fixed_formula, data, env, f"the fixed-effects formula {parsed.fixed_formula!r}")
+        y_df, X_df = evaluate(mgr, parsed.fixed_formula, data, env, f"the fixed-effects formula {parsed.fixed_formula!r}")
         return y_df, X_df
 
     @classmethod
@@ -179,7 +175,7 @@ class MixedModel(LikelihoodModel):
             raise ValueError(f"the response {name!r} must be a single numeric column{kind}; the "
                              f"formula engine made {len(cols)} columns {cols[:3]}"
                              f"{' ...' if len(cols) > 3 else ''}")
-        return y.iloc[:, 0], _drop_rank_deficient(X)
+        return y.iloc[:, 0], drop_rank_deficient(X)
 
     # ------------------------------------------------------------- new data
     def _new_design(self, data, re=True, offset=None):
@@ -191,7 +187,7 @@ class MixedModel(LikelihoodModel):
         so a NaN prediction), as statsmodels and lme4 predict.
         """
         from ._frames import as_dataframe
-        mgr = FormulaManager()
+        mgr = formula_manager()
         data = as_dataframe(data, "new data").reset_index(drop=True)
         n = len(data)
         info = self.formula_info
@@ -262,7 +258,7 @@ class MixedModel(LikelihoodModel):
         if info.get("data") is None or info.get("parsed") is None:
             raise ValueError("this model has no formula and model frame to evaluate new data with "
                              "(a model built from arrays, or a result pickled after remove_data())")
-        mgr = FormulaManager()
+        mgr = formula_manager()
         env = info.get("eval_env")
         _, X_df = self._fixed_matrices(mgr, info["parsed"], info["data"], env)
         info["fixed_spec"] = mgr.get_model_spec(X_df)
@@ -296,11 +292,10 @@ def _picklable_env(env, parsed):
     out = {"np": _ModuleRef("numpy"), "cbind": cbind}
     if not env:
         return out
-    from .formula.frame import _names_in
     exprs = []
     if parsed is not None:
         exprs = [parsed.fixed_formula] + [b.lhs for b in parsed.bars] + list(parsed.offsets)
-    for name in {n.split(".")[0] for e in exprs for n in _names_in(e)}:
+    for name in {n.split(".")[0] for e in exprs for n in names_in(e)}:
         if name not in env or name in out:
             continue
         v = env[name]
@@ -326,7 +321,7 @@ class _ModuleRef:
         return (importlib.import_module, (self.name,))
 
 
-def _drop_rank_deficient(X, tol=1e-7):
+def drop_rank_deficient(X, tol=1e-7):
     """Drop columns of a rank-deficient fixed-effects design, warning as lme4 does.
 
     Columns are taken in order and a column is dropped when it lies (to

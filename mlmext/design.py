@@ -65,7 +65,7 @@ def _normalize_keys(values, name):
     return out, (kinds.pop() if kinds else "number")
 
 
-def _column_keys(values, name):
+def column_keys(values, name):
     """``(codes, keys, kind)``: row i has key ``keys[codes[i]]`` (code -1: missing).
 
     Only the distinct values are normalized, so a million-row column costs one hash pass.
@@ -91,7 +91,7 @@ def _factor_codes(values, name):
     s = pd.Series(values)
     if isinstance(s.dtype, pd.CategoricalDtype):
         s = s.cat.remove_unused_categories()
-    codes, keys, kind = _column_keys(s, name)
+    codes, keys, kind = column_keys(s, name)
     if not isinstance(s.dtype, pd.CategoricalDtype):
         # merge keys that are equal by value (1 and 1.0 in one object column) and sort
         merged, uniq = pd.factorize(pd.Series(keys, dtype=object), sort=True)
@@ -147,7 +147,7 @@ def match_levels(data, term):
     fitted = np.zeros(term.m, dtype=np.int64)
     unseen = np.zeros(len(data), dtype=bool)
     for j, (f, kind) in enumerate(zip(term.factors, term.kinds)):
-        codes, keys, new_kind = _column_keys(data[f], f)
+        codes, keys, new_kind = column_keys(data[f], f)
         if new_kind != kind and (codes >= 0).any() and "other" not in (kind, new_kind):
             raise ValueError(f"grouping column {f!r} held {kind} values when the model was fitted "
                              f"and holds {new_kind} values in the new data; convert it (levels "

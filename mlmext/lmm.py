@@ -10,7 +10,7 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning
 from ._blas import blas_threads
 from ._args import reject_unknown
 from .base import MixedModel
-from .formula.frame import display_name
+from .frame import display_name
 from .linalg import BlockedCholesky
 from .objective import LMMDeviance, MixedParams
 from .optimize import minimize_theta

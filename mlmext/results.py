@@ -28,7 +28,7 @@ def _fmt(x, digits=4):
     return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.1f}"
 
 
-def _dropped_note(model):
+def dropped_note(model):
     """"3 rows with missing values and 2 rows with zero weights were dropped."."""
     dropped = model.formula_info.get("dropped") or {"missing values": model.nrows_dropped}
     parts = [f"{k} row{'s' if k != 1 else ''} with {why}" for why, k in dropped.items()]
@@ -433,7 +433,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
             notes.append("Boundary (singular) fit: a random-effects covariance is singular "
                          "(some variance estimated at zero).")
         if self.nrows_dropped:
-            notes.append(_dropped_note(self.model))
+            notes.append(dropped_note(self.model))
         if not self.converged:
             notes.append(f"The optimizer did not converge: {self.optim.message} "
                          f"(tried {self.optim.tried}).")

@@ -11,7 +11,7 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from mlmext import datasets
 from mlmext.formula import api as mf
-from mlmext.formula.terms import parse_formula
+from mlmext.frame import parse_formula
 
 from refcases import assert_fe_close, lmm_eps
 

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import io
 import keyword
-import numbers
-import sys
 import tokenize
 
 import numpy as np
 import pandas as pd
-from statsmodels.formula._manager import FormulaManager
 from statsmodels.genmod import families
 
 from .._frames import as_dataframe, as_series
-from ..base import cbind
-from ..formula.frame import evaluate
+from ..design import column_keys
+from ..frame import evaluate, formula_manager
 from .criteria import _QIC_FAMILIES
 
 
@@ -145,52 +142,13 @@ def _aliased(X):
 
 def _formula_rows(formula, data, eval_env, what):
     """The formula's matrices on the complete cases of the variables it uses (row labels kept)."""
-    return evaluate(FormulaManager(), formula, data, eval_env, f"{what} {formula!r}")
-
-
-def _caller_namespace(depth):
-    """Variables visible ``depth`` frames up, plus ``np`` and ``cbind``, for formula evaluation.
-
-    The namespace the mixed models' formulas see (``eval_env=0``), so that a formula means the
-    same in ``gee_select`` as in ``lmer``.
-    """
-    frame = sys._getframe(depth + 1)
-    ns = dict(frame.f_globals)
-    ns.update(frame.f_locals)
-    ns.setdefault("np", np)
-    ns["cbind"] = cbind
-    return ns
+    return evaluate(formula_manager(), formula, data, eval_env, f"{what} {formula!r}")
 
 
 def _check_label_kinds(values, name):
-    """``ValueError`` if the labels ``values`` mix numbers, strings, ... (e.g. ``1`` and ``"1"``).
-
-    Such labels would be merged or split depending on how they sort.  This is the rule the
-    mixed models apply to their grouping columns (:mod:`mlmext.design`): every category of a
-    categorical counts, missing values do not, and ``True``/``False`` are their own kind.
-    """
-    s = pd.Series(values)
-    if isinstance(s.dtype, pd.CategoricalDtype):
-        uniq = s.cat.categories.to_numpy(dtype=object)
-    else:
-        uniq = np.asarray(pd.factorize(s, sort=False)[1], dtype=object)
-    kinds = set()
-    for v in uniq:
-        if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v):
-            continue
-        if isinstance(v, (bool, np.bool_)):
-            kinds.add("bool")
-        elif isinstance(v, numbers.Number):
-            kinds.add("number")
-        elif isinstance(v, str):
-            kinds.add("string")
-        elif isinstance(v, (np.datetime64, pd.Timestamp)):
-            kinds.add("time")
-        else:
-            kinds.add("other")
-    if len(kinds) > 1:
-        raise ValueError(f"grouping column {name!r} mixes {' and '.join(sorted(kinds))} values "
-                         f"(e.g. 1 and '1'); convert it to one type, e.g. data[{name!r}].astype(str)")
+    """``ValueError`` if the labels ``values`` mix numbers, strings, ... (e.g. ``1`` and ``"1"``):
+    the rule the mixed models apply to their grouping columns (:func:`mlmext.design.column_keys`)."""
+    column_keys(values, name)
 
 
 _FAMILY_NAMES = {"gaussian": families.Gaussian, "binomial": families.Binomial,

@@ -20,11 +20,12 @@ from statsmodels.tools.sm_exceptions import (ConvergenceWarning, IterationLimitW
 
 from .._args import reject_unknown
 from .._frames import as_dataframe
+from ..base import caller_namespace
 from .candidates import _parse_structures
 from .covstructs import PairwiseCovStruct
 from .criteria import qic
 from .diagnostics import _converged, _correlation_problems, _describe, _n_corr_params
-from .inputs import (_aliased, _caller_namespace, _check_finite, _check_label_kinds, _column,
+from .inputs import (_aliased, _check_finite, _check_label_kinds, _column,
                      _formula_rows, _label, _numeric, _outside_arrays, _resolve_family)
 from .results import GEESelection
 
@@ -168,7 +169,7 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
                              *_MODEL_KEYS, *_FIT_KEYS])
     eval_env = model_kwargs.pop("eval_env", 0)
     if isinstance(eval_env, int):    # statsmodels' meaning: 0 is the caller's namespace, -1 an empty one
-        eval_env = {} if eval_env == -1 else _caller_namespace(1 + eval_env)
+        eval_env = {} if eval_env == -1 else caller_namespace(1 + eval_env)
     missing = model_kwargs.pop("missing", "drop")
     if missing not in ("drop", "raise"):
         raise ValueError(f"gee_select: missing must be 'drop' or 'raise', got {missing!r}")

@@ -43,7 +43,7 @@ from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
 from .. import laplace as lp
 from .._args import reject_unknown
 from .._blas import blas_threads
-from ..base import MixedModel, _drop_rank_deficient
+from ..base import MixedModel, drop_rank_deficient
 from ..objective import MixedParams
 from .conditional import GLMConditional
 from .response import _check_counts, _family_from_name, _response_from_frame
@@ -225,7 +225,7 @@ class GeneralizedLinearMixedModel(MixedModel):
     @classmethod
     def _prepare_endog_exog(cls, y, X, data, info):
         y, X = _response_from_frame(y, X, info)
-        return y, _drop_rank_deficient(X)
+        return y, drop_rank_deficient(X)
 
     def _make_conditional(self):
         return GLMConditional(self.family, self.endog, self.weights)

@@ -13,6 +13,7 @@ from statsmodels.iolib.table import SimpleTable
 from statsmodels.stats.contrast import ContrastResults
 
 from ._common import _cache, _fe_names, _params, _raw, _require_lmm
+from ..frame import formula_manager
 from ..optimize import hessian, jacobian
 
 
@@ -44,11 +45,10 @@ def _satt_pieces(res):
 
 
 def _contrast_matrix(res, r_matrix):
-    from statsmodels.formula._manager import FormulaManager
     names = list(_raw(res).model.data.cov_names) if hasattr(_raw(res).model, "data") else _fe_names(res)
     if isinstance(r_matrix, str) or (isinstance(r_matrix, (list, tuple)) and r_matrix
                                      and isinstance(r_matrix[0], str)):
-        lc = FormulaManager().get_linear_constraints(r_matrix, names)
+        lc = formula_manager().get_linear_constraints(r_matrix, names)
         L, q = np.asarray(lc.constraint_matrix, dtype=float), lc.constraint_values
         q = np.zeros(L.shape[0]) if q is None else np.asarray(q, dtype=float).ravel()
         return L, q

@@ -6,11 +6,10 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .. import laplace as _laplace
 from .._blas import blas_threads
 from .._frames import as_dataframe
-from ..base import MixedModel, _drop_rank_deficient, _eval
-from ..formula.frame import display_name
+from ..base import MixedModel, drop_rank_deficient
+from ..frame import display_name, evaluate, parse_formula
 from ..objective import MixedParams
 from .clm import _jacobians
 from .conditional import CumulativeLinkConditional
@@ -18,7 +17,7 @@ from .fit import _fit_clmm
 from .links import get_link
 from .deviance import OrdinalDeviance
 from .response import _drop_unused_levels, ordinal_response
-from .thresholds import Thresholds, _increasing
+from .thresholds import Thresholds
 
 __all__ = ["OrdinalMixedModel"]
 
@@ -125,7 +124,6 @@ class OrdinalMixedModel(MixedModel):
     def from_formula(cls, formula, data, subset=None, weights=None, offset=None, missing="drop",
                      eval_env=0, link="logit", threshold="flexible", levels=None, **kwargs):
         """Create a model from an lme4-style formula (see :func:`mlmext.formula.api.clmm`)."""
-        from ..formula.terms import parse_formula
         data = as_dataframe(data)
         resp = display_name(parse_formula(formula).response)
         if not resp:
@@ -147,7 +145,7 @@ class OrdinalMixedModel(MixedModel):
     def _fixed_matrices(cls, mgr, parsed, data, env):
         resp = display_name(parsed.response)       # the column, without the formula's quoting
         rhs = parsed.fixed_rhs.strip() or "1"
-        X_df = _eval(mgr, f"~ {rhs}", data, env, f"the fixed-effects formula {rhs!r}")
+        X_df = evaluate(mgr, f"~ {rhs}", data, env, f"the fixed-effects formula {rhs!r}")
         y_df = data[[resp]].dropna()
         return y_df, X_df
 
@@ -169,7 +167,7 @@ class OrdinalMixedModel(MixedModel):
         if X.shape[1]:
             # drop columns that are collinear with each other or with the (implicit) intercept
             Xc = X - X.mean(axis=0)
-            kept = _drop_rank_deficient(Xc).columns
+            kept = drop_rank_deficient(Xc).columns
             X = X.loc[:, kept]
         return yser, X
 

@@ -6,7 +6,7 @@ import pandas as pd
 from statsmodels.iolib.summary import Summary, summary_params
 
 from .. import laplace as _laplace
-from ..results import MixedResults, _dropped_note
+from ..results import MixedResults, dropped_note
 from .links import category_probabilities
 
 __all__ = ["OrdinalMixedResults"]
@@ -203,7 +203,7 @@ class OrdinalMixedResults(MixedResults):
             notes.append("Boundary (singular) fit: a random-effects variance is estimated at zero; "
                          "its parameter is left out of the Hessian (as clmm does).")
         if model.nrows_dropped:
-            notes.append(_dropped_note(model))
+            notes.append(dropped_note(model))
         if not self.converged:
             notes.append(f"The optimizer did not converge: {self.optim.message} (tried {self.optim.tried}).")
         if notes:

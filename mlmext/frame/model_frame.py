@@ -23,12 +23,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+# statsmodels' formula engine (patsy, or formulaic when SM_FORMULA_ENGINE says so) sits behind a
+# private module: this is the one place in mlmext that imports it
+from statsmodels.formula._manager import FormulaManager
+
 from .._frames import as_dataframe
 from ..design import RandomEffectsDesign, ReTerm, grouping_factor
 from .terms import parse_formula
 
 __all__ = ["ModelFrame", "build_model_frame", "quote_names", "display_name", "apply_subset",
-           "evaluate", "formula_error"]
+           "evaluate", "formula_error", "formula_manager"]
+
+
+def formula_manager():
+    """A fresh statsmodels ``FormulaManager`` (the formula engine statsmodels is set to use)."""
+    return FormulaManager()
+
 
 _IDENT_RUN = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
 
@@ -112,7 +122,7 @@ def apply_subset(data, subset):
         raise ValueError(f"subset has labels that are not in the data's index: {exc}") from exc
 
 
-def _names_in(expr):
+def names_in(expr):
     """Identifiers an expression uses (quoted names included), in order."""
     names = [m.group(2) or m.group(3) for m in _QUOTED.finditer(expr)]
     stripped = _QUOTED.sub(" ", re.sub(r"(['\"]).*?\1", " ", expr))
@@ -152,7 +162,7 @@ def formula_error(exc, where, data, env=None, formula=None):
                 "'class') must be quoted, as Q(\"my name\") or `my name`")
         env = env or {}
         text = formula if isinstance(formula, str) else ""     # a stored spec has no text
-        odd = [t for t in _names_in(text) if ("." in t or keyword.iskeyword(t))
+        odd = [t for t in names_in(text) if ("." in t or keyword.iskeyword(t))
                and t not in cols and not _resolves(t, env)]
         if odd:
             close = difflib.get_close_matches(odd[0], cols, n=1)
@@ -307,7 +317,7 @@ def _check_terms_have_columns(mgr, spec, where, data):
     for name, sl in slices.items():
         if name in ("Intercept", "1") or sl.stop > sl.start:
             continue
-        cols = [c for c in _names_in(name) if c in data.columns]
+        cols = [c for c in names_in(name) if c in data.columns]
         levels = ""
         if cols:
             vals = pd.unique(data[cols[0]].dropna())
@@ -320,7 +330,7 @@ def _check_terms_have_columns(mgr, spec, where, data):
 def _check_column_types(parsed, data):
     """Columns the formula engine would read wrongly: a datetime becomes one level per date."""
     exprs = [parsed.fixed_rhs] + [b.lhs for b in parsed.bars] + list(parsed.offsets)
-    for name in dict.fromkeys(n for e in exprs for n in _names_in(e)):
+    for name in dict.fromkeys(n for e in exprs for n in names_in(e)):
         if name in data.columns and data[name].dtype.kind in "Mm":
             raise ValueError(f"column {name!r} holds dates or times; a formula needs numbers: "
                              f"convert it, e.g. (data[{name!r}] - data[{name!r}].min()).dt.days")
