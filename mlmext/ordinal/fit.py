@@ -250,7 +250,7 @@ def _profiled_hessian(model, modes, theta):
     C = -(Ju * (luu + lul)[:, None] + Jl * (lul + lll)[:, None])
     ops = _laplace._zops(model.re_design)
     lams = model.re_design.lambdas(np.asarray(theta, dtype=float))
-    fac = _laplace._factor(model.chol, modes)
+    fac = _laplace.factor_at(model.chol, modes)
     Hup = np.column_stack([ops.ztv(C[:, j], lams) for j in range(C.shape[1])])
     Minv_Hup = np.column_stack([fac.solve_re(Hup[:, j]) for j in range(C.shape[1])])
     return Hpp + Hup.T @ Minv_Hup

@@ -102,7 +102,7 @@ class OrdinalMixedResults(MixedResults):
         params = np.asarray(self.params)
         dev = model.deviance()            # its own factor, at the optimum
         _, modes = dev.loglike_parts(params[:k], params[k:], self.theta, nagq=1, u0=self._u)
-        cv = _laplace._factor(dev.chol, modes).condvar_u()
+        cv = _laplace.factor_at(dev.chol, modes).condvar_u()
         return [np.einsum("ij,gjk,lk->gil", lam, c, lam) for lam, c in zip(lams, cv)]
 
     # ------------------------------------------------------------ prediction

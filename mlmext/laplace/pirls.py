@@ -1,0 +1,299 @@
+"""Penalized IRLS for the conditional modes, their first-order prediction, the Laplace value."""
+from __future__ import annotations
+
+import numpy as np
+
+from .protocol import Modes
+from .scalar import _is_scalar_design, _pirls_scalar
+from .steps import _at_rounding_floor, _final_message, _halving_failed, _halving_step, _solve_in_span
+from .zops import _reweight, _zops
+
+
+# ----------------------------------------------------------------------------- PIRLS
+def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol=1e-12,
+          maxiter=100, maxhalf=30, lams=None, newton=None, scalar_fast=False):
+    """Conditional modes of the random effects by penalized IRLS.
+
+    Maximizes ``sum_i loglik_i(eta_i) - |u|^2 / 2`` over ``u`` (and over
+    ``beta`` too when ``X`` is given) with Newton / Fisher-scoring steps and
+    step halving.  Each step solves
+    ``(Lambda' Z' W Z Lambda + I) u_new = Lambda' Z' W z`` with the working
+    response ``z = Z Lambda u + d1 / w`` through ``chol``.
+
+    Parameters
+    ----------
+    design : mlmext.design.RandomEffectsDesign
+    chol : mlmext.linalg.BlockedCholesky
+        Made by :func:`make_chol` (``p = 0``, or ``p = X.shape[1]`` with ``X``).
+        On return it holds the factor at the modes (weights ``w(eta~)``).
+    eta_fixed : ndarray
+        Fixed part of the linear predictor (``X beta + offset``; just the
+        offset when ``X`` is given).
+    cond : ConditionalModel
+    theta : ndarray
+        Relative covariance parameters.
+    u0, beta0 : ndarray, optional
+        Starting values (warm start); zeros / ``beta0`` required with ``X``.
+    X : ndarray, optional
+        Fixed-effects design to update ``beta`` inside PIRLS.
+    tol : float
+        Convergence when the squared Newton decrement
+        ``dlin' W dlin + |du|^2`` of the next step is below ``tol`` (the
+        penalized log-likelihood is then within ``tol / 2`` of its maximum).
+        The modes are not moved by that last step, so the factor, the weights
+        and the modes are consistent.
+    maxiter, maxhalf : int
+        Iteration and step-halving limits.
+    lams : list of ndarray, optional
+        ``design.lambdas(theta)`` if already computed.
+    newton : bool, optional
+        Iterate with the observed information (``cond.hessian_terms``, when
+        it is positive) instead of the weights ``w`` of ``cond.derivatives``:
+        quadratic instead of linear convergence for non-canonical links.  The
+        factor left in ``chol`` (and ``logdet``) always uses ``w``.  Default:
+        when ``cond`` has ``hessian_terms``.
+    scalar_fast : bool
+        Opt-in fast path for a single scalar random-effects term (one
+        grouping factor, one random effect per level) without ``X``: the
+        system is diagonal and the Newton steps are taken level by level
+        (:func:`_pirls_scalar`), without the blocked factorization.  ``chol``
+        is then not touched; the returned modes carry the diagonal factor as
+        ``modes.extra["factor"]`` (a :class:`ScalarFactor`), which
+        :func:`agq_loglik`, :func:`laplace_gradient` and
+        :func:`predict_modes` use in place of ``chol``.  Ignored for other
+        designs.
+
+    Returns
+    -------
+    Modes
+        ``converged`` is False (with a ``message`` saying what was tried)
+        when the iterations diverged; no exception is raised.
+    """
+    theta = np.asarray(theta, dtype=float)
+    lams = design.lambdas(theta) if lams is None else lams
+    if scalar_fast and X is None and _is_scalar_design(design):
+        return _pirls_scalar(design, eta_fixed, cond, lams, u0=u0, tol=tol, maxiter=maxiter,
+                             maxhalf=maxhalf)
+    ops = _zops(design)
+    nre = ops.offsets[-1]
+    eta_fixed = np.asarray(eta_fixed, dtype=float)
+    has_x = X is not None
+    if has_x:
+        X = np.asarray(X, dtype=float)
+        beta = np.zeros(X.shape[1]) if beta0 is None else np.array(beta0, dtype=float)
+    else:
+        beta = None
+    u = np.zeros(nre) if u0 is None else np.array(u0, dtype=float)
+    if newton is None:
+        newton = hasattr(cond, "hessian_terms") and not getattr(cond, "canonical", False)
+    fused = getattr(cond, "loglik_derivs", None)
+
+    def linear(u, beta):
+        lin = ops.zlam(u, lams)
+        if has_x:
+            lin += X @ beta
+        return lin
+
+    def evaluate(eta):
+        """(sum loglik, d1, w) at eta; d1, w are None when the value is not finite."""
+        with np.errstate(all="ignore"):
+            if fused is not None:
+                lo, d1, w = fused(eta)
+                ll = float(np.sum(lo))
+            else:
+                ll = float(np.sum(cond.loglik_obs(eta)))
+                d1 = w = None
+                if np.isfinite(ll):
+                    d1, w = cond.derivatives(eta)
+        return ll, d1, w
+
+    lin = linear(u, beta)
+    eta = eta_fixed + lin
+    ll, d1, w = evaluate(eta)
+    obj = ll - 0.5 * float(u @ u)
+    restarted = False
+    if not np.isfinite(obj) and (u0 is not None or beta0 is not None):
+        u = np.zeros(nre)
+        if has_x:
+            beta = np.zeros(X.shape[1])
+        lin = linear(u, beta)
+        eta = eta_fixed + lin
+        ll, d1, w = evaluate(eta)
+        obj = ll - 0.5 * float(u @ u)
+        restarted = True
+    factor_weights_are_w = True
+    nhalf_total = 0
+    converged = False
+    message = ""
+    dec = np.nan
+    dec_prev = np.inf
+    it = 0
+    if not np.isfinite(obj):
+        message = ("the log-likelihood is not finite at the starting values (before the "
+                   "first iteration)")
+        maxiter_run = 0
+    else:
+        maxiter_run = maxiter
+    for it in range(1, maxiter_run + 1):
+        if d1 is None or not (np.isfinite(d1.sum()) and np.isfinite(w.sum())) or w.min() < 0:
+            message = (f"non-finite or negative working weights at PIRLS iteration {it} "
+                       f"(max |eta| = {np.max(np.abs(eta)):.3g})")
+            break
+        wt = w
+        factor_weights_are_w = True
+        # Newton weights far from the modes, the weights w once the last step was small: if
+        # that check converges, the factor is already the one the Laplace determinant needs
+        if newton and not dec < 1e-9:
+            with np.errstate(all="ignore"):
+                hobs = cond.hessian_terms(eta)[0]
+            if np.all(np.isfinite(hobs)) and hobs.min() > 0:
+                wt = hobs
+                factor_weights_are_w = False
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = lin + np.where(wt > 0, d1 / wt, 0.0)
+        exact = not np.any(z)                      # zero working response: nothing to move
+        if exact:                                  # any response outside the span gives the factor
+            z = np.random.default_rng(0).standard_normal(z.shape[0])
+        XY = np.column_stack([X, z]) if has_x else z[:, None]
+        _reweight(chol, XY, wt)
+        try:
+            chol.update(lams)
+            solved = None
+        except np.linalg.LinAlgError:
+            # a working response in the span of [Z Lambda, X] (a constant response: the fit is
+            # exact) leaves no residual for the last pivot; the solution is linear in the
+            # response, so solve for z + e and for e (e outside the span) and subtract
+            solved = _solve_in_span(chol, X, z, wt, lams) if not exact else None
+            if solved is None:
+                message = f"factorization failed at PIRLS iteration {it}"
+                break
+        if exact:
+            converged, dec = True, 0.0
+            break
+        u_new, b_new = chol.solve() if solved is None else solved
+        du = u_new - u
+        dlin = linear(u_new, b_new if has_x else None)
+        dlin -= lin
+        dec = float(wt @ (dlin * dlin) + du @ du)
+        if not np.isfinite(dec):
+            message = f"non-finite PIRLS step at iteration {it}"
+            break
+        if dec < tol or _at_rounding_floor(dec, dec_prev, obj, getattr(cond, "loglik_scale", 0.0)):
+            converged = True
+            break
+        dec_prev = dec
+        db = (b_new - beta) if has_x else None
+        lin_at = lambda t: lin + t * dlin if t != 1.0 else lin + dlin
+        t, u_t, eta_t, ll_t, obj_t, d1_t, w_t, nh = _halving_step(
+            evaluate, lambda t: u + t * du, lambda t: eta_fixed + lin_at(t), obj, maxhalf)
+        nhalf_total += nh
+        if t is None:
+            converged, message = _halving_failed(dec, obj, it, maxhalf)
+            break
+        u, lin, eta, ll, obj, d1, w = u_t, lin_at(t), eta_t, ll_t, obj_t, d1_t, w_t
+        if has_x:
+            beta = beta + t * db
+        if d1 is None:
+            with np.errstate(all="ignore"):
+                d1, w = cond.derivatives(eta)
+    else:
+        if maxiter_run:
+            message = f"PIRLS did not converge in {maxiter} iterations (last decrement {dec:.3g})"
+    message = _final_message(message, converged, restarted)
+    if converged and not factor_weights_are_w:        # the Laplace factor uses w, not the Newton weights
+        # the response column does not enter log|L_ZZ|; it only has to be outside the span
+        with np.errstate(divide="ignore", invalid="ignore"):
+            zf = lin + np.where(w > 0, d1 / w, 0.0)
+        for resp in (zf, np.random.default_rng(0).standard_normal(lin.shape[0])):
+            XY = np.column_stack([X, resp]) if has_x else resp[:, None]
+            _reweight(chol, XY, w)
+            try:
+                chol.update(lams)
+                break
+            except np.linalg.LinAlgError:
+                continue
+        else:
+            converged, message = False, "factorization with the working weights failed at the modes"
+    logdet = np.nan
+    if it:
+        try:
+            logdet = float(chol.logdet_zz)
+        except Exception:  # noqa: BLE001
+            logdet = np.nan
+    return Modes(u=u, eta=eta, beta=beta, loglik_cond=ll, sqr_u=float(u @ u),
+                 logdet=logdet, converged=converged, niter=it, nhalf=nhalf_total,
+                 message=message, decrement=dec, d1=d1, w=w)
+
+
+def factor_at(chol, modes):
+    """The factor at ``modes``: the one PIRLS' scalar fast path attached, else ``chol``."""
+    extra = getattr(modes, "extra", None)
+    return extra.get("factor", chol) if extra else chol
+
+
+def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None, dd1=None):
+    """First-order prediction of the conditional modes after a change of the parameters.
+
+    With ``chol`` still holding the factor at ``modes`` (weights ``w``), the
+    implicit-function derivative of ``u~`` gives
+
+        du = M^-1 [Lambda(dtheta)' Z' d1 - Lambda' Z' W (deta_fixed + Z Lambda(dtheta) u~)]
+
+    (``Lambda`` is linear in theta).  Used as a warm start it leaves PIRLS
+    an error of second order in the change, typically saving one iteration.
+
+    Parameters
+    ----------
+    design, chol : as for :func:`pirls`
+    modes : Modes
+        Converged modes (with ``d1`` and ``w``) at the old parameters.
+    dtheta : ndarray
+        Change of theta.
+    deta_fixed : ndarray, optional
+        Change of the fixed part of the linear predictor.
+    lams : list of ndarray, optional
+        ``design.lambdas`` at the old theta.
+    dd1 : ndarray, optional
+        Change of ``d1`` at the modes caused by a change ``dpsi`` of the
+        conditional model's own parameters (``param_derivatives()[1] @ dpsi``);
+        it adds ``M^-1 Lambda' Z' dd1``.
+
+    Returns
+    -------
+    ndarray
+        Predicted ``u``.
+    """
+    if modes.d1 is None or modes.w is None:
+        return modes.u
+    chol = factor_at(chol, modes)
+    ops = _zops(design)
+    lams = getattr(chol, "lams", None) if lams is None else lams
+    dl = design.lambdas(np.asarray(dtheta, dtype=float))
+    v = ops.zlam(modes.u, dl)
+    if deta_fixed is not None:
+        v = v + deta_fixed
+    rhs = ops.ztv(modes.d1, dl) - ops.ztv(modes.w * v, lams)
+    if dd1 is not None:
+        rhs += ops.ztv(dd1, lams)
+    du = chol.solve_re(rhs)
+    out = modes.u + du
+    return out if np.all(np.isfinite(out)) else modes.u
+
+
+def laplace_loglik(design, chol, eta_fixed, cond, theta, u0=None, **kwargs):
+    """Laplace approximation to the marginal log-likelihood.
+
+    ``sum_i log p(y_i | eta~_i) - |u~|^2 / 2 - log|L|^2 / 2`` at the
+    conditional modes found by :func:`pirls` (same arguments; ``kwargs`` go
+    to it, e.g. ``X`` and ``beta0`` for lme4's ``nAGQ = 0`` stage, ``tol``,
+    ``lams``).
+
+    Returns
+    -------
+    llf : float
+        ``-inf`` when PIRLS failed; less ``cond.loglik_const`` (as ``loglik_obs``).
+    modes : Modes
+    """
+    modes = pirls(design, chol, eta_fixed, cond, theta, u0=u0, **kwargs)
+    llf = modes.laplace if modes.converged and np.isfinite(modes.logdet) else -np.inf
+    return llf, modes

@@ -1,0 +1,104 @@
+"""``Z Lambda u`` for a design, and the PIRLS factorization (:func:`make_chol`)."""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from ..linalg import BlockedCholesky
+
+
+# ----------------------------------------------------------------------------- Z Lambda u
+class _ZOps:
+    """Products with ``Z Lambda`` for a design, with per-block arrays cached."""
+
+    def __init__(self, design):
+        self.blocks = design.blocks
+        self.n = self.blocks[0].X.shape[0]
+        self.offsets = np.concatenate([[0], np.cumsum([b.nre for b in self.blocks])]).astype(int)
+        self.scalar = [b.q == 1 for b in self.blocks]
+        self.x0 = [np.ascontiguousarray(b.X[:, 0]) if b.q == 1 else None for b in self.blocks]
+        self.all_ones = [bool(b.q == 1 and np.all(b.X[:, 0] == 1.0)) for b in self.blocks]
+
+    def zlam(self, u, lams):
+        """``Z Lambda u`` (n,)."""
+        out = np.zeros(self.n)
+        for k, (b, lam) in enumerate(zip(self.blocks, lams)):
+            ub = u[self.offsets[k]:self.offsets[k + 1]]
+            if self.scalar[k]:
+                v = (lam[0, 0] * ub)[b.codes]
+                out += v if self.all_ones[k] else v * self.x0[k]
+            else:
+                bb = ub.reshape(b.m, b.q) @ lam.T
+                out += np.einsum("ij,ij->i", b.X, bb[b.codes])
+        return out
+
+    def ztv(self, v, lams):
+        """``Lambda' Z' v`` (nre,) for an n-vector ``v``."""
+        out = np.empty(self.offsets[-1])
+        for k, (b, lam) in enumerate(zip(self.blocks, lams)):
+            sl = slice(self.offsets[k], self.offsets[k + 1])
+            if self.scalar[k]:
+                vv = v if self.all_ones[k] else v * self.x0[k]
+                out[sl] = lam[0, 0] * np.bincount(b.codes, weights=vv, minlength=b.m)
+            else:
+                s = np.empty((b.m, b.q))
+                for j in range(b.q):
+                    s[:, j] = np.bincount(b.codes, weights=v * b.X[:, j], minlength=b.m)
+                out[sl] = (s @ lam).ravel()
+        return out
+
+    def dtheta_cols(self, v, design, theta):
+        """(n, ntheta): column k is ``Z (d Lambda / d theta_k) v``."""
+        out = np.zeros((self.n, design.ntheta))
+        for k, b in enumerate(self.blocks):
+            vb = v[self.offsets[k]:self.offsets[k + 1]].reshape(b.m, b.q)
+            if self.all_ones[k]:
+                out[:, b.t_idx[0]] += vb[b.codes, 0]
+                continue
+            for r, c, t in zip(b.t_rows, b.t_cols, b.t_idx):
+                out[:, t] += b.X[:, r] * vb[b.codes, c]
+        return out
+
+
+_ZOPS = weakref.WeakKeyDictionary()
+
+
+def _zops(design):
+    ops = _ZOPS.get(design)
+    if ops is None:
+        ops = _ZOps(design)
+        _ZOPS[design] = ops
+    return ops
+
+
+def random_effects_linear(design, u, theta=None, lams=None):
+    """``Z Lambda(theta) u``: the random-effects part of the linear predictor."""
+    lams = design.lambdas(np.asarray(theta, dtype=float)) if lams is None else lams
+    return _zops(design).zlam(np.asarray(u, dtype=float), lams)
+
+
+def make_chol(design, n=None, X=None):
+    """A :class:`~mlmext.linalg.BlockedCholesky` for PIRLS.
+
+    With ``X=None`` the system is for ``u`` alone (``p = 0``); with a fixed
+    design ``X`` (n, p) it is the joint system of lme4's ``nAGQ = 0`` stage.
+    """
+    n = design.blocks[0].X.shape[0] if n is None else n
+    if X is None:
+        XY = np.ones((n, 1))
+    else:
+        XY = np.column_stack([np.asarray(X, dtype=float), np.ones(n)])
+    try:
+        return BlockedCholesky(design.blocks, XY, np.ones(n), reweighting=True)
+    except TypeError:                      # a BlockedCholesky without the reweighting path
+        return BlockedCholesky(design.blocks, XY, np.ones(n))
+
+
+def _reweight(chol, XY, w):
+    """New working response and weights in the factorization (fast path when available)."""
+    f = getattr(chol, "reweight", None)
+    if f is not None:
+        f(XY, w)
+    else:
+        chol.set_data(XY, w)
