@@ -60,9 +60,11 @@ def delta_bounds(res, X):
 def test_missing_matplotlib_raises_helpful_import_error(monkeypatch, sleep):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    mod = importlib.reload(plots)           # importing the module itself needs no matplotlib
+    for name in [m for m in sys.modules if m.startswith("mlmext.plots")]:
+        monkeypatch.delitem(sys.modules, name)    # importing the package itself needs no matplotlib
+    mod = importlib.import_module("mlmext.plots")
     with pytest.raises(ImportError, match=r"pip install 'mlmext\[plots\]'"):
-        mod._pyplot()
+        importlib.import_module("mlmext.plots._common")._pyplot()
     with pytest.raises(ImportError, match="needs matplotlib"):
         mod.caterpillar(sleep)
 
