@@ -13,7 +13,7 @@ from .base import MixedModel
 from .frame import display_name
 from .linalg import BlockedCholesky
 from .objective import LMMDeviance, MixedParams
-from .optimize import minimize_theta
+from .optimize import OptSummary, minimize_theta
 from .results import LMMResults, MixedResultsWrapper
 
 __all__ = ["LinearMixedModel"]
@@ -218,6 +218,7 @@ class LinearMixedModel(MixedModel):
                                  tol=tol, grad=dev.value_and_grad, scale=scale)
             state = dev.at(opt.x)
         theta, crit = state.theta, state.criterion
+        opt = OptSummary.from_result(opt, initial=start)
         res = LMMResults(self, state, optim=opt)
         if disp:
             print(f"{'REML criterion' if reml else '-2 log-likelihood'} {crit:.6f} after "

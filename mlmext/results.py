@@ -28,6 +28,12 @@ def _fmt(x, digits=4):
     return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.1f}"
 
 
+def add_notes(smry, notes):
+    """Append lines to a statsmodels ``Summary``'s notes (``add_extra_txt`` replaces them)."""
+    old = getattr(smry, "extra_txt", None)
+    smry.add_extra_txt(([old] if old else []) + list(notes))
+
+
 def dropped_note(model):
     """"3 rows with missing values and 2 rows with zero weights were dropped."."""
     dropped = model.formula_info.get("dropped") or {"missing values": model.nrows_dropped}
@@ -58,8 +64,9 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         Rows dropped for missing values.
     converged : bool
         Whether the optimizer reported success.
-    optim : scipy.optimize.OptimizeResult
-        What the optimizer did (``tried``: methods, success, evaluations).
+    optim : mlmext.optimize.OptSummary
+        What the optimizer did: start, end, evaluations, the methods tried,
+        the convergence checks.
     """
 
     _has_residual = True
@@ -434,11 +441,8 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
                          "(some variance estimated at zero).")
         if self.nrows_dropped:
             notes.append(dropped_note(self.model))
-        if not self.converged:
-            notes.append(f"The optimizer did not converge: {self.optim.message} "
-                         f"(tried {self.optim.tried}).")
-        if notes:
-            smry.add_extra_txt(notes)
+        notes.append(self.optim.describe())
+        add_notes(smry, notes)
         return smry
 
     def _add_extra_tables(self, smry):

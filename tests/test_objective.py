@@ -206,3 +206,26 @@ def test_clmm_fits_in_threads_equal_serial(wine_model):
     one = crossed.fit()
     for r in _fit_in_threads([crossed.fit] * 3):
         _same_fit(r, one)
+
+
+# ----------------------------------------------------------------------------- optimizer summary
+def test_every_fit_keeps_an_opt_summary(sleep_model, cbpp_model, wine_model):
+    import pickle
+    from mlmext.optimize import OptSummary
+    fits = [sleep_model.fit(), cbpp_model.fit(), wine_model.fit()]
+    for res in fits:
+        o = res.optim
+        assert isinstance(o, OptSummary)
+        assert o.converged is res.converged is True
+        assert o.feval >= sum(n for _, _, n in o.tried) > 0
+        assert o.initial.size == o.final.size and not o.final.flags.writeable
+        assert o.describe() in str(res.summary())
+        back = pickle.loads(pickle.dumps(o))
+        assert (back.fmin, back.tried, back.message) == (o.fmin, o.tried, o.message)
+        with pytest.raises(Exception):
+            o.fmin = 0.0
+    lmm, glmm, clmm = (r.optim for r in fits)
+    assert lmm.fmin == pytest.approx(fits[0].criterion, abs=1e-8)       # the REML criterion
+    np.testing.assert_allclose(lmm.final, fits[0].theta, rtol=1e-12)
+    assert glmm.cov_method == "Hessian" and glmm.fmin == pytest.approx(-2 * fits[1].llf, abs=1e-6)
+    assert clmm.extras["max_grad"] < 1e-3

@@ -19,8 +19,8 @@ from scipy import optimize
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from .. import laplace as lp
-from ..optimize import (CountingGradient, escape_bound, hessian_from_gradient, hessian_from_values,
-                        newton, quasi_newton)
+from ..optimize import (CountingGradient, OptSummary, escape_bound, hessian_from_gradient,
+                        hessian_from_values, newton, quasi_newton)
 from ..results import MixedResultsWrapper
 from .results import GLMMResults
 
@@ -129,6 +129,7 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
     optim = optimize.OptimizeResult(x=x, fun=f, jac=g, success=converged, message=message,
                                     tried=tried, nfev=sum(t[2] for t in tried),
                                     method="L-BFGS-B + Newton")
+    optim.initial = tr.params(x0)
     return _finish(model, dev, tr, x, nagq, optim, H)
 
 def _laplace_fg(dev, tr):
@@ -256,7 +257,7 @@ def _finish(model, dev, tr, x, nagq, optim, H):
     if cov is None:
         cov = dev.cov_rx(theta, modes, lams)
         dev.modes(theta, beta, tol=1e-20)          # factor at the modes again
-    optim.cov_method = cov_method
+    optim = OptSummary.from_result(optim, initial=optim.pop("initial"), cov_method=cov_method)
     extra_kw = {}
     if dev.k_extra:
         extra_kw["_alpha"] = float(np.exp(extra[0]))

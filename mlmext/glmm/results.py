@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from statsmodels.genmod import families
 
-from ..results import MixedResults
+from ..results import MixedResults, add_notes
 from .response import NBFamily
 
 
@@ -161,7 +161,7 @@ class GLMMResults(MixedResults):
                          f"loglike_saturated = {self.llf_lme4:.4f}.")
         notes.append(f"Covariance of the fixed effects from the {self.optim.cov_method}"
                      f"{' of the deviance' if self.optim.cov_method == 'Hessian' else ''}; z tests.")
-        smry.add_extra_txt(notes)
+        add_notes(smry, notes)
 
     def __repr__(self):
         return (f"<{type(self).__name__}: {self.model.formula_info.get('formula', '')}, "

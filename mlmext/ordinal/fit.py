@@ -21,7 +21,7 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparatio
 
 from .. import laplace as _laplace
 from .._args import reject_unknown as _reject_unknown
-from ..optimize import escape_bound, minimize_bfgs, snap_to_bound
+from ..optimize import OptSummary, escape_bound, minimize_bfgs, snap_to_bound
 from ..results import MixedResultsWrapper
 from .clm import fit_clm
 from .newton import _laplace_by_newton
@@ -96,6 +96,7 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
                              f"thresholds {thr.thresholds(alpha0).tolist()}, which must be "
                              "increasing")
     lower_x = lower_r
+    z_start = np.concatenate([alpha0, beta0, theta0])
     tried = []
 
     # ---- Laplace fit (also the start of AGQ): Newton with the exact Hessian for a single
@@ -187,6 +188,7 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
     opt.max_grad = max_grad
     opt.nfev = sum(t[2] for t in tried)
     cov_ab = cov_full[:k + p, :k + p] if cov_full is not None else np.full((k + p, k + p), np.nan)
+    opt = OptSummary.from_result(opt, initial=z_start)
     res = OrdinalMixedResults(model.model, np.concatenate([alpha, beta]), cov_ab, theta=theta, u=modes.u,
                               sigma=1.0, criterion=-2.0 * llf, optim=opt, nagq=nagq,
                               cov_params_full=cov_full, hessian=H, hessian_free=free,

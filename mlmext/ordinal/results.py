@@ -6,7 +6,7 @@ import pandas as pd
 from statsmodels.iolib.summary import Summary, summary_params
 
 from .. import laplace as _laplace
-from ..results import MixedResults, dropped_note
+from ..results import MixedResults, add_notes, dropped_note
 from .links import category_probabilities
 
 __all__ = ["OrdinalMixedResults"]
@@ -204,10 +204,8 @@ class OrdinalMixedResults(MixedResults):
                          "its parameter is left out of the Hessian (as clmm does).")
         if model.nrows_dropped:
             notes.append(dropped_note(model))
-        if not self.converged:
-            notes.append(f"The optimizer did not converge: {self.optim.message} (tried {self.optim.tried}).")
-        if notes:
-            smry.add_extra_txt(notes)
+        notes.append(self.optim.describe())
+        add_notes(smry, notes)
         return smry
 
     def __repr__(self):
