@@ -3,15 +3,17 @@
 * :mod:`.theta` -- bounded minimization of a deviance in theta (LMM), bounded BFGS,
   probes off and onto bounds;
 * :mod:`.newton` -- quasi-Newton and Newton with exact or differenced gradients (GLMM);
+* :mod:`.linesearch` -- the backtracking line search of every Newton-type loop;
 * :mod:`.numdiff` -- numerical derivatives;
 * :mod:`.summary` -- :class:`OptSummary`, what a fit's optimization did.
 """
+from .linesearch import backtrack
 from .newton import newton, quasi_newton
 from .numdiff import (CountingGradient, central_gradient, hessian, hessian_from_gradient,
                       hessian_from_values, jacobian)
 from .summary import OptSummary
 from .theta import escape_bound, minimize_bfgs, minimize_theta, snap_to_bound
 
-__all__ = ["minimize_theta", "minimize_bfgs", "escape_bound", "snap_to_bound", "quasi_newton",
+__all__ = ["backtrack", "minimize_theta", "minimize_bfgs", "escape_bound", "snap_to_bound", "quasi_newton",
            "newton", "jacobian", "hessian", "hessian_from_gradient", "central_gradient",
            "hessian_from_values", "CountingGradient", "OptSummary"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg
 
+from .linesearch import backtrack
 from .numdiff import fd_steps
 
 __all__ = ["quasi_newton", "newton"]
@@ -74,19 +75,13 @@ def quasi_newton(fg, x0, bounds, fd_idx, maxiter=200, tol=1e-4, curv=2.0, H0=Non
         if big > 1.0:                               # theta moves at most 1 per iteration
             step /= big
             dec = float(-g @ step)
-        t = 1.0
-        accepted = False
-        for _ in range(40):
-            xn = np.clip(x + t * step, lo, hi)
-            fn, gn = fg(xn)
-            nfev += 1
-            if np.isfinite(fn) and fn <= f + 1e-4 * float(g @ (xn - x)) + 1e-13 * abs(f):
-                accepted = True
-                break
-            t *= 0.5
-        if not accepted:
+        ls = backtrack(lambda t: _trial(fg, np.clip(x + t * step, lo, hi)),
+                       lambda t, fn, p: fn <= f + 1e-4 * float(g @ (p[0] - x)) + 1e-13 * abs(f))
+        nfev += ls.evaluations
+        if ls.t is None:
             info["message"] = f"line search failed (decrement {dec:.3g})"
             break
+        fn, (xn, gn) = ls.value, ls.payload
         sv, yv = xn - x, gn - g
         Hs = H @ sv
         sHs = float(sv @ Hs)
@@ -140,17 +135,12 @@ def newton(fg, x, bounds, hess_fn, tol, maxit=20, fgx=None):
             info["converged"] = True
             info["message"] = f"Newton decrement {dec:.3g} < tol"
             break
-        t = 1.0
-        accepted = False
-        for _ in range(30):
-            xn = np.clip(x + t * step, lo, hi)
-            fn, gn = fg(xn)
-            nfev += 1
-            if np.isfinite(fn) and fn <= f - 1e-4 * t * dec + 1e-12 * abs(f):
-                accepted = True
-                break
-            t *= 0.5
-        if not accepted:
+        ls = backtrack(lambda t: _trial(fg, np.clip(x + t * step, lo, hi)),
+                       lambda t, fn, p: fn <= f - 1e-4 * t * dec + 1e-12 * abs(f), maxtries=30)
+        nfev += ls.evaluations
+        if ls.t is not None:
+            fn, (xn, gn) = ls.value, ls.payload
+        else:
             info["message"] = (f"Newton line search failed at decrement {dec:.3g} (the deviance "
                                "could not be lowered along the Newton direction)")
             info["converged"] = dec < 1e3 * tol
@@ -167,3 +157,7 @@ def newton(fg, x, bounds, hess_fn, tol, maxit=20, fgx=None):
     return x, f, g, H, info
 
 
+def _trial(fg, x):
+    """A line-search trial of a (value, gradient) function: ``(value, (x, gradient))``."""
+    f, g = fg(x)
+    return f, (x, g)

@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 from scipy import optimize
 
+from .linesearch import backtrack
+
 __all__ = ["minimize_theta", "minimize_bfgs"]
 
 
@@ -260,17 +262,16 @@ def minimize_bfgs(fg, x0, lower, B0=None, gtol=1e-6, maxiter=500, f0g0=None, dec
         if -0.5 * slope < dec_tol:
             success, message = True, "predicted decrease below tolerance"
             break
-        t = 1.0
-        accepted = False
-        for _ in range(40):
+        def trial(t):
             xt = np.maximum(x + t * d, lower)
             ft, gt = fg(xt)
-            nfev += 1
-            if np.isfinite(ft) and ft <= f + 1e-4 * float(g @ (xt - x)):
-                accepted = True
-                break
-            t *= 0.25 if not np.isfinite(ft) else 0.5
-        if not accepted:
+            return ft, (xt, gt)
+
+        ls = backtrack(trial, lambda t, ft, p: ft <= f + 1e-4 * float(g @ (p[0] - x)),
+                       nonfinite_shrink=0.25)
+        nfev += ls.evaluations
+        ft, (xt, gt) = ls.value, ls.payload
+        if ls.t is None:
             message = "line search failed to decrease the objective"
             success = bool(np.max(np.abs(pg)) < 1e3 * gtol)
             break

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import lapack
 
+from ..optimize import backtrack
+
 from .thresholds import _increasing
 
 __all__ = ["fit_clm"]
@@ -103,16 +105,12 @@ def fit_clm(cond, thr, X, offset=None, start=None, maxiter=100, tol=1e-10, jacob
         if abs(dec) < tol:
             converged = True
             return x, ll, H, converged
-        t = 1.0
-        for _ in range(40):
-            ll_new, eta_new = loglik(x + t * step)
-            if np.isfinite(ll_new) and ll_new >= ll - 1e-12 * abs(ll):
-                break
-            t *= 0.5
-        else:
+        ls = backtrack(lambda t: loglik(x + t * step),
+                       lambda t, ll_new, eta_new: ll_new >= ll - 1e-12 * abs(ll))
+        if ls.t is None:
             break
-        x = x + t * step
-        ll, eta = ll_new, eta_new
+        x = x + ls.t * step
+        ll, eta = ls.value, ls.payload
     cond.set_thresholds(thr.thresholds(x[:k]))
     eta = X @ x[k:] + off
     H = grad_hess(eta)[1]

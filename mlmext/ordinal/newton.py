@@ -10,6 +10,7 @@ from math import comb
 
 import numpy as np
 
+from ..optimize import backtrack
 from .clm import _spd_solve
 from .conditional import _log_interval_derivatives
 from .links import _CumulativeLink
@@ -252,16 +253,16 @@ def _laplace_newton(model, z0, maxiter=100, dec_tol=1e-12):
             return result(True, "Newton decrement below tolerance")
         if it == maxiter:
             break
-        t = 1.0
-        for _ in range(40):
+        def trial(t):
             zt = z + t * d
-            if zt[-1] > 0.0:
-                ft, mt = value(zt, modes.u + U @ (zt - z))
-                nfev += 1
-                if ft <= f + 1e-4 * t * slope:
-                    break
-            t *= 0.5
-        else:
+            if zt[-1] <= 0.0:                       # theta must stay positive: not evaluated
+                return None
+            ft, mt = value(zt, modes.u + U @ (zt - z))
+            return ft, (zt, mt)
+
+        ls = backtrack(trial, lambda t, ft, p: ft <= f + 1e-4 * t * slope)
+        nfev += ls.evaluations
+        if ls.t is None:
             return result(False, "line search failed to decrease the objective")
-        z, f, modes = zt, ft, mt
+        f, (z, modes) = ls.value, ls.payload
     return result(False, "maximum number of iterations reached")
