@@ -216,13 +216,10 @@ class ReBlock:
         rows, cols, idx = [], [], []
         off = 0
         for t in self.terms:
-            k = 0
-            for j in range(t.q):          # column-major lower triangle, as lme4
-                for i in range(j, t.q):
-                    rows.append(off + i)
-                    cols.append(off + j)
-                    idx.append(t.theta_index[k])
-                    k += 1
+            for k, (i, j) in enumerate(lower_tri(t.q)):
+                rows.append(off + i)
+                cols.append(off + j)
+                idx.append(t.theta_index[k])
             off += t.q
         self.t_rows = np.array(rows, dtype=np.int64)
         self.t_cols = np.array(cols, dtype=np.int64)
@@ -276,13 +273,10 @@ class RandomEffectsDesign:
         lower = np.full(self.ntheta, -np.inf)
         start = np.zeros(self.ntheta)
         for t in self.terms:
-            k = 0
-            for j in range(t.q):
-                for i in range(j, t.q):
-                    if i == j:
-                        lower[t.theta_index[k]] = 0.0
-                        start[t.theta_index[k]] = 1.0
-                    k += 1
+            for k, (i, j) in enumerate(lower_tri(t.q)):
+                if i == j:               # diagonals of the templates: standard deviations
+                    lower[t.theta_index[k]] = 0.0
+                    start[t.theta_index[k]] = 1.0
         self.lower = lower
         self.theta_start = start
 
@@ -305,11 +299,8 @@ class RandomEffectsDesign:
     def term_cov(self, theta, term):
         """Relative covariance Lambda Lambda' of one term (multiply by sigma^2)."""
         L = np.zeros((term.q, term.q))
-        k = 0
-        for j in range(term.q):
-            for i in range(j, term.q):
-                L[i, j] = theta[term.theta_index[k]]
-                k += 1
+        for k, (i, j) in enumerate(lower_tri(term.q)):
+            L[i, j] = theta[term.theta_index[k]]
         return L @ L.T
 
     def theta_names(self):

@@ -19,6 +19,7 @@ from scipy import optimize
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from .. import laplace as lp
+from ..design import lower_tri
 from ..optimize import (CountingGradient, OptSummary, escape_bound, hessian_from_gradient,
                         hessian_from_values, newton, quasi_newton)
 from ..results import MixedResultsWrapper
@@ -177,7 +178,7 @@ def _em_start(dev, theta, m1, nsteps):
                     Lt = np.linalg.cholesky(Ct + 1e-12 * np.eye(t.q))
                 except np.linalg.LinAlgError:
                     Lt = np.diag(np.sqrt(np.maximum(np.diag(Ct), 0.0)))
-                new[t.theta_index] = Lt.T[np.triu_indices(t.q)]   # column-major lower triangle
+                new[t.theta_index] = [Lt[i, j] for i, j in lower_tri(t.q)]
         _, m_new = dev.stage1(new, m1.beta, m1.u)
         done += 1
         if not m_new.converged or m_new.laplace < m1.laplace - 1.0:

@@ -12,9 +12,10 @@ from scipy import linalg, sparse, stats
 from statsmodels.iolib.table import SimpleTable
 from statsmodels.stats.contrast import ContrastResults
 
-from ._common import _cache, _fe_names, _params, _raw, _require_lmm
+from ..design import lower_tri
 from ..frame import formula_manager
 from ..optimize import hessian, jacobian
+from ._common import _cache, _fe_names, _params, _raw, _require_lmm
 
 
 def _satt_pieces(res):
@@ -180,15 +181,14 @@ def _kr_pieces(res):
     for bi, b in enumerate(des.blocks):
         off = 0
         for t in b.terms:
-            for j in range(t.q):
-                for i in range(j, t.q):
-                    e = np.zeros((b.q, b.q))
-                    e[off + i, off + j] = e[off + j, off + i] = 1.0
-                    Eb = sparse.kron(sparse.identity(b.m), sparse.csr_matrix(e), format="csr")
-                    full = sparse.block_diag([sparse.csr_matrix((off_blocks[k + 1] - off_blocks[k],) * 2)
-                                              if k != bi else Eb for k in range(len(des.blocks))],
-                                             format="csr")
-                    E.append(full)
+            for i, j in lower_tri(t.q):
+                e = np.zeros((b.q, b.q))
+                e[off + i, off + j] = e[off + j, off + i] = 1.0
+                Eb = sparse.kron(sparse.identity(b.m), sparse.csr_matrix(e), format="csr")
+                full = sparse.block_diag([sparse.csr_matrix((off_blocks[k + 1] - off_blocks[k],) * 2)
+                                          if k != bi else Eb for k in range(len(des.blocks))],
+                                         format="csr")
+                E.append(full)
             off += t.q
     ng = len(E) + 1                                # + residual
     Phi = np.asarray(r.cov_params(), dtype=float)
