@@ -142,6 +142,38 @@ def test_no_private_names_across_packages():
     assert bad == []
 
 
+def _module_aliases(name, tree):
+    """{local name: mlmext module} for modules imported as names (``from .. import laplace as lp``)."""
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            target = _resolve(name, node.level, node.module)
+            for a in node.names:
+                sub = f"{target}.{a.name}"
+                if sub in MODULES:
+                    out[a.asname or a.name] = sub
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in MODULES and a.asname:
+                    out[a.asname] = a.name
+    return out
+
+
+def test_no_private_attributes_of_other_packages():
+    """``lp._factor`` is as private as ``from laplace import _factor``."""
+    bad = []
+    for name in MODULES:
+        tree = ast.parse(open(MODULES[name], encoding="utf-8").read())
+        aliases = _module_aliases(name, tree)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and node.attr.startswith("_")
+                    and not node.attr.startswith("__")
+                    and _package(aliases[node.value.id]) != _package(name)):
+                bad.append(f"{name}:{node.lineno} uses {node.value.id}.{node.attr}")
+    assert bad == []
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_modules_stay_small_or_say_why(name):
     src = open(MODULES[name], encoding="utf-8").read()

@@ -53,9 +53,9 @@ from .pirls import factor_at, laplace_loglik, pirls, predict_modes
 from .protocol import ConditionalModel, Modes, PIRLSError
 from .scalar import ScalarFactor
 from .separation import separation_direction
-from .zops import make_chol, random_effects_linear
+from .zops import make_chol, random_effects_linear, random_effects_transpose
 
 __all__ = ["ConditionalModel", "Modes", "PIRLSError", "ScalarFactor", "make_chol", "pirls",
            "laplace_loglik", "agq_loglik", "laplace_gradient", "agq_loglik_gradient", "gh_rule",
-           "random_effects_linear", "predict_modes", "check_nagq", "check_positive", "check_agq",
+           "random_effects_linear", "random_effects_transpose", "predict_modes", "check_nagq", "check_positive", "check_agq",
            "check_agq_grid", "MAX_NAGQ", "MAX_AGQ_GRID", "separation_direction", "factor_at"]

@@ -72,6 +72,11 @@ def _zops(design):
     return ops
 
 
+def random_effects_transpose(design, v, lams):
+    """``Lambda' Z' v``: an n-vector taken to the spherical random effects."""
+    return _zops(design).ztv(np.asarray(v, dtype=float), lams)
+
+
 def random_effects_linear(design, u, theta=None, lams=None):
     """``Z Lambda(theta) u``: the random-effects part of the linear predictor."""
     lams = design.lambdas(np.asarray(theta, dtype=float)) if lams is None else lams

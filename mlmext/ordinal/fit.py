@@ -250,10 +250,10 @@ def _profiled_hessian(model, modes, theta):
     Hpp = (Ju.T * luu) @ Ju + (Jl.T * lll) @ Jl + (Ju.T * lul) @ Jl + (Jl.T * lul) @ Ju
     # d d1_i / d(alpha, beta): d1 = -(l_u + l_l) and (u, l) move with Ju, Jl
     C = -(Ju * (luu + lul)[:, None] + Jl * (lul + lll)[:, None])
-    ops = _laplace._zops(model.re_design)
     lams = model.re_design.lambdas(np.asarray(theta, dtype=float))
     fac = _laplace.factor_at(model.chol, modes)
-    Hup = np.column_stack([ops.ztv(C[:, j], lams) for j in range(C.shape[1])])
+    Hup = np.column_stack([_laplace.random_effects_transpose(model.re_design, C[:, j], lams)
+                           for j in range(C.shape[1])])
     Minv_Hup = np.column_stack([fac.solve_re(Hup[:, j]) for j in range(C.shape[1])])
     return Hpp + Hup.T @ Minv_Hup
 
