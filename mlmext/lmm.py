@@ -4,7 +4,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from statsmodels.tools.numdiff import approx_fprime
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from ._blas import blas_threads
@@ -13,7 +12,7 @@ from .base import MixedModel
 from .frame import display_name
 from .linalg import BlockedCholesky
 from .objective import LMMDeviance, MixedParams
-from .optimize import OptSummary, minimize_theta
+from .optimize import OptSummary, jacobian, minimize_theta
 from .results import LMMResults, MixedResultsWrapper
 
 __all__ = ["LinearMixedModel"]
@@ -124,9 +123,9 @@ class LinearMixedModel(MixedModel):
         return self.deviance(reml).loglike(pr.fe_params, pr.theta, sigma)
 
     def score(self, params, reml=True):
-        """Gradient of :meth:`loglike` in the packed parameters (central differences)."""
+        """Gradient of :meth:`loglike` in the packed parameters (Richardson-refined differences)."""
         x = self._params(params).get_packed()
-        return approx_fprime(x, lambda v: self.loglike(v, reml=reml), centered=True)
+        return jacobian(lambda v: np.array([self.loglike(v, reml=reml)]), x)[0]
 
     def _start_theta(self, reml):
         """Starting theta and a scale for each of its entries.

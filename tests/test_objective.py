@@ -195,6 +195,7 @@ def test_clmm_loglike_round_trip(wine_model, nagq):
     assert wine_model.param_names[:4] == list(res.params.index[:4])
     assert wine_model.loglike(po, nagq=nagq) == pytest.approx(res.llf, abs=1e-9)
     assert wine_model.loglike(po.get_packed(), nagq=nagq) == pytest.approx(res.llf, abs=1e-9)
+    assert np.abs(wine_model.score(po, nagq=nagq)).max() < 1e-3     # the fit's gtol is 1e-6
 
 
 def test_clmm_fits_in_threads_equal_serial(wine_model):

@@ -11,11 +11,12 @@ from .._frames import as_dataframe
 from ..base import MixedModel, drop_rank_deficient
 from ..frame import display_name, evaluate, parse_formula
 from ..objective import MixedParams
+from ..optimize import jacobian
 from .clm import _jacobians
 from .conditional import CumulativeLinkConditional
+from .deviance import OrdinalDeviance
 from .fit import _fit_clmm
 from .links import get_link
-from .deviance import OrdinalDeviance
 from .response import _drop_unused_levels, ordinal_response
 from .thresholds import Thresholds
 
@@ -213,6 +214,17 @@ class OrdinalMixedModel(MixedModel):
         k = self.thr.k
         return self.deviance().loglike_parts(pr.fe_params[:k], pr.fe_params[k:], pr.theta,
                                              nagq=nagq)[0]
+
+    def score(self, params, nagq=1):
+        """Gradient of :meth:`loglike` in ``(alpha, beta, theta)`` (Richardson-refined differences)."""
+        x = MixedParams.from_packed(params, self.k_params_fe, self.re_design.ntheta, 0,
+                                    names=self.param_names).get_packed()
+        dev = self.deviance()
+        k, p = self.thr.k, self.k_fe
+
+        def f(v):
+            return np.array([dev.loglike_parts(v[:k], v[k:k + p], v[k + p:], nagq=nagq)[0]])
+        return jacobian(f, x)[0]
 
     # ------------------------------------------------------------------ fit
     def fit(self, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=True, **kwargs):
