@@ -24,10 +24,12 @@ import sys
 import warnings
 
 import numpy as np
+import pandas as pd
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+# MLMEXT_CODE: time another checkout's mlmext with these cases (compare_revisions.py)
+sys.path.insert(0, os.environ.get("MLMEXT_CODE", ROOT))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from statsmodels.miscmodels.ordinal_model import OrderedModel  # noqa: E402
@@ -125,6 +127,7 @@ def main():
                     help="BLAS threads during the timings (0: leave the library default)")
     ap.add_argument("--live-r", action="store_true",
                     help="also time R's clmm() now, on the same machine and load (needs Rscript)")
+    ap.add_argument("--csv", help="also write mlmext's fit times (case, seconds) to this file")
     args = ap.parse_args()
     limiter = None
     if args.blas_threads > 0:
@@ -136,6 +139,9 @@ def main():
     rows = run(args.repeat, args.quick, args.live_r)
     if limiter is not None:
         limiter.restore_original_limits()
+    if args.csv:
+        pd.DataFrame({"case": [r["label"] for r in rows],
+                      "seconds": [r["fit"] for r in rows]}).to_csv(args.csv, index=False)
     print(f"best of {args.repeat}; BLAS threads: {args.blas_threads or 'default'}")
     live = "| R now | R now / fit " if args.live_r else ""
     hdr = (f"| {'model':50s} | mlmext fit | mlmext total | R clmm (stored) | R / fit | R / total "

@@ -26,7 +26,8 @@ import pandas as pd
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+# MLMEXT_CODE: time another checkout's mlmext with these cases (compare_revisions.py)
+sys.path.insert(0, os.environ.get("MLMEXT_CODE", ROOT))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import statsmodels.api as sm  # noqa: E402
@@ -94,6 +95,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="skip the statsmodels Bayes fits")
+    ap.add_argument("--csv", help="also write mlmext's fit times (case, seconds) to this file")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     try:
@@ -139,6 +141,10 @@ def main(argv=None):
         nb_rows.append((label, tp, tn, tn / tp))
 
     tab = pd.DataFrame(rows, columns=["data", "fit", "build_s", "fit_s", "llf", "lme4_s"])
+    if args.csv:
+        ours = tab[tab["fit"].str.startswith("mlmext")]
+        pd.DataFrame({"case": ours["data"] + ", " + ours["fit"], "seconds": ours["fit_s"]}).to_csv(
+            args.csv, index=False)
     with pd.option_context("display.width", 160, "display.max_colwidth", 48):
         print(tab.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print()

@@ -23,7 +23,8 @@ import statsmodels.formula.api as smf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+# MLMEXT_CODE: time another checkout's mlmext with these cases (compare_revisions.py)
+sys.path.insert(0, os.environ.get("MLMEXT_CODE", ROOT))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from mlmext.formula import api as mf  # noqa: E402
@@ -108,6 +109,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="skip the InstEval models")
     ap.add_argument("--dense-second-block", action="store_true",
                     help="factor the second random-effects block densely even when nested (the old path)")
+    ap.add_argument("--csv", help="also write mlmext's fit times (case, seconds) to this file")
     args = ap.parse_args()
     if args.dense_second_block:
         BlockedCholesky.nested_default = False
@@ -126,6 +128,8 @@ def main():
                      "statsmodels/mlmext": t_sm / t_ours, "lme4_s": r, "lme4/mlmext": r / t_ours,
                      "llf(mlmext)-llf(sm)": dllf})
     df = pd.DataFrame(rows).set_index("model")
+    if args.csv:
+        df["mlmext_s"].rename("seconds").rename_axis("case").to_csv(args.csv)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(df)
     print("\nInstEval reference points (DESIGN.md, best of 3 on this kind of machine): "
