@@ -18,7 +18,8 @@ from scipy import stats
 
 from ._common import _Progress, _beta, _fe_names, _is_lmm, _raw, _select
 from ..objective import sdcor_from_theta
-from ._profile import _Profiler, varpar_names
+from ._profile import _Profiler
+from ._profile_common import varpar_names
 from ._refit import _rebuild_model, _refit
 from .simulation import simulate
 

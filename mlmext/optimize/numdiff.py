@@ -4,14 +4,15 @@
   extrapolation (as R's numDeriv; lmerTest's Satterthwaite df, diagnostics);
 * :func:`hessian_from_gradient`, :func:`central_gradient`, :func:`hessian_from_values`,
   :class:`CountingGradient`: plain differences with steps ``base * max(1, |x|)`` for the
-  GLMM fit's Newton phase, where each evaluation solves PIRLS.
+  GLMM fit's Newton phase, where each evaluation solves PIRLS;
+* :func:`gradient_hessian`: R ordinal's ``deriv12`` (the clmm Hessian).
 """
 from __future__ import annotations
 
 import numpy as np
 
 __all__ = ["jacobian", "hessian", "hessian_from_gradient", "central_gradient", "fd_steps",
-           "hessian_from_values", "CountingGradient"]
+           "hessian_from_values", "CountingGradient", "gradient_hessian"]
 
 
 
@@ -134,3 +135,22 @@ def hessian_from_values(f, x, bounds, base=1e-3):
     return H, n
 
 
+def gradient_hessian(fun, x, h, fx=None):
+    """(gradient, Hessian) of a scalar function by central differences with steps ``h``
+    (R ordinal's ``deriv12`` scheme; clmm's Hessian)."""
+    k = x.size
+    fx = fun(x) if fx is None else fx
+    H = np.empty((k, k))
+    g = np.empty(k)
+    for j in range(k):
+        e = np.zeros(k)
+        e[j] = h[j]
+        fp, fm = fun(x + e), fun(x - e)
+        H[j, j] = (fp - 2.0 * fx + fm) / h[j] ** 2
+        g[j] = (fp - fm) / (2.0 * h[j])
+        for i in range(j):
+            d = np.zeros(k)
+            d[i] = h[i]
+            H[i, j] = H[j, i] = (fun(x + e + d) - fun(x + e - d) - fun(x - e + d) + fun(x - e - d)) / \
+                (4.0 * h[i] * h[j])
+    return g, H

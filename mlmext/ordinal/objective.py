@@ -4,26 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import laplace as _laplace
-
-
-def _fd_hessian(fun, x, h, fx=None):
-    """Central second differences of a scalar function (R ordinal's ``deriv12`` scheme)."""
-    k = x.size
-    fx = fun(x) if fx is None else fx
-    H = np.empty((k, k))
-    g = np.empty(k)
-    for j in range(k):
-        e = np.zeros(k)
-        e[j] = h[j]
-        fp, fm = fun(x + e), fun(x - e)
-        H[j, j] = (fp - 2.0 * fx + fm) / h[j] ** 2
-        g[j] = (fp - fm) / (2.0 * h[j])
-        for i in range(j):
-            d = np.zeros(k)
-            d[i] = h[i]
-            H[i, j] = H[j, i] = (fun(x + e + d) - fun(x + e - d) - fun(x - e + d) + fun(x - e - d)) / \
-                (4.0 * h[i] * h[j])
-    return g, H
+from ..optimize import gradient_hessian
 
 
 class _ClmmObjective:
@@ -237,6 +218,6 @@ class _ClmmObjective:
             full[free] = v
             self.base, self._fresh = base, self._scalar(base)
             return self.fun_r(full)
-        _, H = _fd_hessian(fun, z[free], np.full(idx.size, 1e-4))
+        _, H = gradient_hessian(fun, z[free], np.full(idx.size, 1e-4))
         self.base, self._fresh = base, False
         return H
