@@ -16,8 +16,9 @@ One interface, one implementation per storage (:class:`~mlmext.linalg.base.Facto
 * :class:`DenseFactor` -- the first block block-diagonal (one q x q factor per level: it never
   fills), every later block, X and y in one dense factor ``Lr``.  Crossed factors, and the
   reference path for nested ones (``nested=False``).
-* :class:`NestedFactor` -- the first block nested in the second (``(1 | school/cls)``): both
-  block-diagonal, the rest dense.
+* :class:`NestedFactor` -- a chain of nested blocks, each nested in the next (``(1 | a/b/c)``,
+  ``(x | school) + (1 | school:cls)``): every block of the chain block-diagonal (its off-diagonal
+  blocks one block per level), the remaining crossed blocks, X and y dense.
 
 :func:`BlockedCholesky` picks the storage for a model's blocks.  Modules: ``base`` (the
 interface), ``_lead`` (cross-products and the elimination of the first block, shared by the
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 from .base import Factor
 from .dense import DenseFactor
-from .nested import NestedFactor, nesting_parent
+from .nested import NestedFactor, nesting_chain
 
 __all__ = ["BlockedCholesky", "Factor", "DenseFactor", "NestedFactor"]
 
@@ -50,8 +51,9 @@ def BlockedCholesky(blocks, XY, weights=None, reweighting=False, nested=None):
         Build only what ``reweight`` needs (its structure-reusing path),
         not the general one of ``set_data``.
     nested : bool, optional
-        Keep the second block block-diagonal when the first block's factor is
-        nested in it (attribute ``nested`` says whether it is).  None (default):
+        Keep the leading run of nested blocks block-diagonal (block 0 nested in
+        block 1, block 1 in block 2, ...; attribute ``nested`` says whether the
+        factor does, ``depth`` how many blocks the run has).  None (default):
         ``BlockedCholesky.nested_default``, i.e. whenever the levels are nested;
         False: the dense path always; True: require nesting (ValueError otherwise).
 
@@ -60,13 +62,13 @@ def BlockedCholesky(blocks, XY, weights=None, reweighting=False, nested=None):
     Factor
         A :class:`NestedFactor` or a :class:`DenseFactor`.
     """
-    parent = None
+    parents = []
     if (BlockedCholesky.nested_default if nested is None else nested) and len(blocks) > 1:
-        parent = nesting_parent(blocks[0], blocks[1])
-    if nested and parent is None and len(blocks) > 1:
+        parents = nesting_chain(blocks)
+    if nested and not parents and len(blocks) > 1:
         raise ValueError(f"the levels of {blocks[0].name!r} are not nested in those of {blocks[1].name!r}")
-    if parent is not None:
-        return NestedFactor(blocks, XY, weights, reweighting, parent=parent)
+    if parents:
+        return NestedFactor(blocks, XY, weights, reweighting, parents=parents)
     return DenseFactor(blocks, XY, weights, reweighting)
 
 
