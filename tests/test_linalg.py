@@ -3,9 +3,10 @@
 Every quantity of the factor interface (log-determinants, r2, solve, cov_beta_unscaled,
 condvar_u, inverse_block_sums, ztres, solve_re, local_inverse) is computed three ways at a fixed
 theta: by the storage the factory picks (a chain of nested blocks kept block-diagonal, at depths
-2 to 4, q = 1 to 3 per block, with and without crossed factors after the chain), by the general
-dense path (``nested=False``), and directly from the dense matrix ``Lambda' [Z X y]' W [Z X y]
-Lambda + I``.  Deterministic, so the tolerance is tight.
+2 to 4, q = 1 to 3 per block, with and without crossed factors after the chain; the diagonal
+storage of a single scalar block), by the general dense path (``nested=False``), and directly
+from the dense matrix ``Lambda' [Z X y]' W [Z X y] Lambda + I``.  Deterministic, so the
+tolerance is tight.
 """
 import concurrent.futures
 
@@ -15,7 +16,7 @@ import pytest
 from scipy import sparse
 
 from mlmext.formula import api as mf
-from mlmext.linalg import BlockedCholesky, DenseFactor, NestedFactor
+from mlmext.linalg import BlockedCholesky, DenseFactor, NestedFactor, ScalarFactor
 
 RTOL = 1e-10
 
@@ -184,6 +185,31 @@ def test_random_effects_only_system(data, formula):
     _assert_same(_factor_quantities(fast, lams, v), _dense_reference(des, XY, w, lams, v), "p = 0")
 
 
+@pytest.mark.parametrize("reweighting", [False, True], ids=["set_data", "reweight"])
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | a:b:c)", "y ~ x + (0 + z | a:b)"])
+def test_scalar_factor_matches_dense(data, formula, reweighting):
+    model, des, lams, w, v, rng = _setup(data, formula)
+    fast = BlockedCholesky(des.blocks, model._XY, w, reweighting=reweighting)
+    dense = BlockedCholesky(des.blocks, model._XY, w, reweighting=reweighting, nested=False)
+    assert isinstance(fast, ScalarFactor) and isinstance(dense, DenseFactor)
+    ref = _dense_reference(des, model._XY, w, lams, v)
+    _assert_same(_factor_quantities(fast, lams, v), ref, "scalar")
+    _assert_same(_factor_quantities(dense, lams, v), ref, "dense")
+    XY = rng.normal(size=(model._XY.shape[0], 1))          # p = 0, as PIRLS's system
+    fast = BlockedCholesky(des.blocks, np.ones_like(XY), reweighting=reweighting).reweight(XY, w)
+    _assert_same(_factor_quantities(fast, lams, v), _dense_reference(des, XY, w, lams, v), "scalar, p = 0")
+    # the factor PIRLS's scalar path wraps around its own diagonal gives the same pieces
+    diag = ScalarFactor.from_diagonal(des.blocks[0], lams, fast.M1)
+    t, rho = diag.local_inverse()
+    t0, rho0 = fast.local_inverse()
+    _assert_same({"logdet_zz": diag.logdet_zz, "solve_re": diag.solve_re(v), "condvar": _flat(diag.condvar_u()),
+                  "ibs": _flat(diag.inverse_block_sums(0)), "t": t[0], "rho": rho[0]},
+                 {"logdet_zz": fast.logdet_zz, "solve_re": fast.solve_re(v), "condvar": _flat(fast.condvar_u()),
+                  "ibs": _flat(fast.inverse_block_sums(0)), "t": t0[0], "rho": rho0[0]}, "from_diagonal")
+    with pytest.raises(RuntimeError, match="cross-products"):
+        diag.solve()
+
+
 def test_chain_detection(data):
     des = mf.lmer("y ~ x + (1 | a/b/c/d) + (1 | item)", data).re_design
     XY = np.column_stack([np.ones(len(data)), data["y"]])
@@ -199,7 +225,8 @@ def test_chain_detection(data):
 
 @pytest.mark.parametrize("formula", ["y ~ x + (1 | a/b/c) + (1 | item)",          # nested chain
                                      "y ~ x + (x | a:b:c) + (1 | a:b) + (x | a)",
-                                     "y ~ x + (1 | item) + (x | a)"])              # dense storage
+                                     "y ~ x + (1 | item) + (x | a)",               # dense storage
+                                     "y ~ x + (1 | a:b)"])                          # diagonal
 def test_workspaces_are_independent(data, formula):
     """Two workspaces updated at different theta keep their own factor (and leave the original's)."""
     model, des, lams0, w, v, rng = _setup(data, formula, seed=5)

@@ -19,10 +19,12 @@ One interface, one implementation per storage (:class:`~mlmext.linalg.base.Facto
 * :class:`NestedFactor` -- a chain of nested blocks, each nested in the next (``(1 | a/b/c)``,
   ``(x | school) + (1 | school:cls)``): every block of the chain block-diagonal (its off-diagonal
   blocks one block per level), the remaining crossed blocks, X and y dense.
+* :class:`ScalarFactor` -- one scalar block: ``M`` diagonal, the remainder X and y.  The GLMM /
+  ordinal PIRLS fast path wraps the diagonal it computes itself (``ScalarFactor.from_diagonal``).
 
 :func:`BlockedCholesky` picks the storage for a model's blocks.  Modules: ``base`` (the
 interface), ``_lead`` (cross-products and the elimination of the first block, shared by the
-factors with a dense remainder), ``dense``, ``nested``, ``_schur`` (the Schur-complement
+factors with a dense remainder), ``dense``, ``nested``, ``scalar``, ``_schur`` (the Schur-complement
 product of the first block), ``_stacks`` (kernels on stacks of per-level blocks).
 """
 from __future__ import annotations
@@ -30,8 +32,9 @@ from __future__ import annotations
 from .base import Factor
 from .dense import DenseFactor
 from .nested import NestedFactor, nesting_chain
+from .scalar import ScalarFactor
 
-__all__ = ["BlockedCholesky", "Factor", "DenseFactor", "NestedFactor"]
+__all__ = ["BlockedCholesky", "Factor", "DenseFactor", "NestedFactor", "ScalarFactor"]
 
 
 def BlockedCholesky(blocks, XY, weights=None, reweighting=False, nested=None):
@@ -55,12 +58,14 @@ def BlockedCholesky(blocks, XY, weights=None, reweighting=False, nested=None):
         block 1, block 1 in block 2, ...; attribute ``nested`` says whether the
         factor does, ``depth`` how many blocks the run has).  None (default):
         ``BlockedCholesky.nested_default``, i.e. whenever the levels are nested;
-        False: the dense path always; True: require nesting (ValueError otherwise).
+        False: the general dense path (:class:`DenseFactor`) always; True: require
+        nesting (ValueError otherwise).
 
     Returns
     -------
     Factor
-        A :class:`NestedFactor` or a :class:`DenseFactor`.
+        A :class:`NestedFactor` for a chain of nested blocks, a :class:`ScalarFactor` for
+        one scalar block, else a :class:`DenseFactor`.
     """
     parents = []
     if (BlockedCholesky.nested_default if nested is None else nested) and len(blocks) > 1:
@@ -69,6 +74,8 @@ def BlockedCholesky(blocks, XY, weights=None, reweighting=False, nested=None):
         raise ValueError(f"the levels of {blocks[0].name!r} are not nested in those of {blocks[1].name!r}")
     if parents:
         return NestedFactor(blocks, XY, weights, reweighting, parents=parents)
+    if nested is not False and len(blocks) == 1 and blocks[0].q == 1:
+        return ScalarFactor(blocks, XY, weights, reweighting)
     return DenseFactor(blocks, XY, weights, reweighting)
 
 
