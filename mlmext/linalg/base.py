@@ -121,7 +121,8 @@ class Factor(abc.ABC):
 
         ``Omega_P`` is the leading principal submatrix holding all random effects and the first
         ``k`` fixed effects (k = 0 for the ML objective, p for REML); with ``m I - S`` these
-        give the derivative of ``log det Omega_P`` (:meth:`LinearMixedModel.gradient`).
+        give the derivative of ``log det Omega_P``
+        (:meth:`mlmext.lmm.LinearMixedModel.deviance_and_gradient`).
         """
 
     @abc.abstractmethod

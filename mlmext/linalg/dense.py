@@ -103,7 +103,7 @@ class DenseFactor(LeadBlockFactor):
         Omega_P is the leading principal submatrix of the scaled system that
         holds all random effects and the first ``k`` fixed effects (k = 0 for
         the ML objective, k = p for REML).  With ``m I - S`` these give the
-        derivative of log det Omega_P (see :meth:`mlmext.lmm.LinearMixedModel.gradient`).
+        derivative of log det Omega_P (see :meth:`mlmext.lmm.LinearMixedModel.deviance_and_gradient`).
         """
         rz, r = self.rz, self.r
         kk = rz + k

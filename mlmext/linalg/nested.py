@@ -282,10 +282,10 @@ class NestedFactor(LeadBlockFactor):
         nr, ncol = Kr.shape
         if nr < self.r:                                  # zero rows rather than a column slice
             Kr = np.concatenate([Kr, np.zeros((self.r - nr, ncol))])
-        F = [self.lam1.T @ np.asarray(self._a1r @ Kr).reshape(self.m1, self.q1, ncol)]
+        F = [lmul(self.lam1.T, np.asarray(self._a1r @ Kr).reshape(self.m1, self.q1, ncol))]
         for k in range(1, self.depth):
             b = self.blocks[k]
-            F.append(self.lams[k].T @ (self.A_R[k].T @ Kr).reshape(b.m, b.q, ncol))
+            F.append(lmul(self.lams[k].T, (self.A_R[k].T @ Kr).reshape(b.m, b.q, ncol)))
         return F
 
     def _rest_lam_cols(self, Linv, nr):
