@@ -161,7 +161,7 @@ class LevelMap:
         self._mat = None
 
     def take(self, X):
-        return np.take(X, self.idx, axis=0)          # ~10 times faster than X[idx] for small rows
+        return X.take(self.idx, axis=0)              # ~10 times faster than X[idx] for small rows
 
     def sum(self, X):
         """(m_fine, ...) -> (m, ...): sums over the fine levels within each coarse level."""

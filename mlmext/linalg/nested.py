@@ -81,6 +81,7 @@ class NestedFactor(LeadBlockFactor):
             for k in range(i + 2, D):
                 up[i, k] = up[i, k - 1].then(up[k - 1, k])
         self._up = up
+        self._mq = [(b.m, b.q) for b in blocks[:D]]      # (levels, effects per level) of the chain
         self._rest_plans = {}
         super().__init__(blocks, XY, weights, reweighting, depth=D)
 
@@ -164,8 +165,8 @@ class NestedFactor(LeadBlockFactor):
         U, K = {}, {}
         Q = [None]                                       # A_rk Lambda_k - sum_i Q_i K_ki, (r, m_k q_k)
         for k in range(1, D):
-            lk, bk = lams[k], self.blocks[k]
-            m, q = bk.m, bk.q
+            lk = lams[k]
+            m, q = self._mq[k]
             for i in range(k):
                 Uki = sandwich(self.A_off[k, i], lk, lams[i])
                 for j in range(i):
@@ -218,7 +219,7 @@ class NestedFactor(LeadBlockFactor):
         """``A_r1 Lambda_1 K_k0`` summed into block k's columns, (r, m_k q_k): one bincount over
         the entries of ``A_r1`` (each level of block 0 has its one block at its ancestor)."""
         _, _, cols, dest = self._ar1_dest
-        mk, qk = self.blocks[k].m, self.blocks[k].q
+        mk, qk = self._mq[k]
         if self.q1 == 1:
             Dk = (lam1[0, 0] * Kk0).reshape(-1, qk)
         else:
@@ -284,8 +285,8 @@ class NestedFactor(LeadBlockFactor):
             Kr = np.concatenate([Kr, np.zeros((self.r - nr, ncol))])
         F = [lmul(self.lam1.T, np.asarray(self._a1r @ Kr).reshape(self.m1, self.q1, ncol))]
         for k in range(1, self.depth):
-            b = self.blocks[k]
-            F.append(lmul(self.lams[k].T, (self.A_R[k].T @ Kr).reshape(b.m, b.q, ncol)))
+            m, q = self._mq[k]
+            F.append(lmul(self.lams[k].T, (self.A_R[k].T @ Kr).reshape(m, q, ncol)))
         return F
 
     def _rest_lam_cols(self, Linv, nr):
@@ -310,9 +311,9 @@ class NestedFactor(LeadBlockFactor):
     def _split(self, v):
         """A vector over the chain's random effects -> per block (m_k, q_k, 1), and the rest."""
         out, off = [], 0
-        for b in self.blocks[:self.depth]:
-            out.append(v[off:off + b.nre].reshape(b.m, b.q, 1))
-            off += b.nre
+        for m, q in self._mq:
+            out.append(v[off:off + m * q].reshape(m, q, 1))
+            off += m * q
         return out, v[off:]
 
     # -- the interface --------------------------------------------------------------------
@@ -323,8 +324,8 @@ class NestedFactor(LeadBlockFactor):
         t = self._apply_lam_rest(np.append(v_rest, 0.0))
         c = [self._apply_lam1T(self._a1y - self._a1r @ t).reshape(m1, q1, 1)]
         for k in range(1, self.depth):
-            b, A = self.blocks[k], self.A_R[k]
-            c.append(((A[r - 1] - t @ A).reshape(b.m, b.q) @ self.lams[k]).reshape(b.m, b.q, 1))
+            (m, q), A = self._mq[k], self.A_R[k]
+            c.append(((A[r - 1] - t @ A).reshape(m, q) @ self.lams[k]).reshape(m, q, 1))
         x = self._chain_solve(c)
         return np.concatenate([xk.ravel() for xk in x] + [v_rest[:rz]]), v_rest[rz:]
 
@@ -359,17 +360,17 @@ class NestedFactor(LeadBlockFactor):
         c_r = np.concatenate([-b_rest, -np.asarray(beta, dtype=float), [1.0]])
         out = []
         for k in range(D):
-            bk = self.blocks[k]
+            m, q = self._mq[k]
             if k == 0:
-                w = (self._a1r @ c_r).reshape(bk.m, bk.q, 1)
+                w = (self._a1r @ c_r).reshape(m, q, 1)
             else:
-                w = (c_r @ self.A_R[k]).reshape(bk.m, bk.q, 1)
+                w = (c_r @ self.A_R[k]).reshape(m, q, 1)
             w -= bmm(self.A_diag[k], b[k])
             for j in range(k):                           # finer blocks: sums into level k
                 w -= up[j, k].sum(bmm(self.A_off[k, j], b[j]))
             for j in range(k + 1, D):                    # coarser blocks: their ancestor's value
                 w -= bmm(tr(self.A_off[j, k]), up[k, j].take(b[j]))
-            out.append(w.reshape(bk.m, bk.q))
+            out.append(w.reshape(m, q))
         if rz:
             wr = -(self._ar1 @ b[0].ravel())[:rz] + self.A_rr[:rz] @ c_r
             for k in range(1, D):
@@ -391,8 +392,8 @@ class NestedFactor(LeadBlockFactor):
         full = np.zeros(r)
         full[:rz] = (self._ar1 @ self._apply_lam1(y[0].ravel()))[:rz]
         for k in range(1, self.depth):
-            b = self.blocks[k]
-            full[:rz] += self.A_R[k][:rz] @ (y[k].reshape(b.m, b.q) @ self.lams[k].T).ravel()
+            m, q = self._mq[k]
+            full[:rz] += self.A_R[k][:rz] @ (y[k].reshape(m, q) @ self.lams[k].T).ravel()
         rhs = v_rest - self._lam_rest_T(full)[:rz]
         xr = linalg.cho_solve((self.Lr[:rz, :rz], True), rhs, check_finite=False)
         full[:] = 0.0
@@ -400,8 +401,8 @@ class NestedFactor(LeadBlockFactor):
         t = self._apply_lam_rest(full)
         c = [vc[0] - self._apply_lam1T(self._a1r @ t).reshape(self.m1, self.q1, 1)]
         for k in range(1, self.depth):
-            b = self.blocks[k]
-            c.append(vc[k] - ((t @ self.A_R[k]).reshape(b.m, b.q) @ self.lams[k]).reshape(b.m, b.q, 1))
+            m, q = self._mq[k]
+            c.append(vc[k] - ((t @ self.A_R[k]).reshape(m, q) @ self.lams[k]).reshape(m, q, 1))
         x = self._chain_solve(c)
         return np.concatenate([xk.ravel() for xk in x] + [xr])
 
