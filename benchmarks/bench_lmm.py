@@ -8,9 +8,9 @@ noisy, so read the ratios.  lme4 times are R's own fit times on this kind of mac
 the reference fits (tests/reference/lmm/*.json, ``r_seconds``), or below (``LME4_SCHOOLS_S``) for
 the synthetic nested data set, which has no reference fit.
 
-``--dense-second-block`` turns off the nested fast path of the factorization (the second
-random-effects block stored block-diagonally when the first factor nests in it): the timings
-before that path existed.
+``--dense-second-block`` turns off the nested fast path of the factorization (the blocks of a
+chain of nested factors stored block-diagonally, :class:`mlmext.linalg.NestedFactor`): every
+block after the first is then dense, the timings before that path existed.
 """
 import argparse
 import os
@@ -108,7 +108,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="skip the InstEval models")
     ap.add_argument("--dense-second-block", action="store_true",
-                    help="factor the second random-effects block densely even when nested (the old path)")
+                    help="factor the blocks after the first densely even when nested (the old path)")
     ap.add_argument("--csv", help="also write mlmext's fit times (case, seconds) to this file")
     args = ap.parse_args()
     if args.dense_second_block:

@@ -1,9 +1,10 @@
 """The nested fast path of BlockedCholesky against its dense path.
 
 When every level of the first random-effects block lies in one level of the second
-(``(1 | school/cls)``), the second block is stored and factored block-diagonally
-(``BlockedCholesky.nested``); ``nested=False`` (or ``nested_default = False``) forces the
-general path that factors it densely.  Both must give the same numbers.
+(``(1 | school/cls)``), the blocks of the nested chain are stored and factored block-diagonally
+(``BlockedCholesky.nested``, :class:`mlmext.linalg.NestedFactor`); ``nested=False`` (or
+``nested_default = False``) forces the general path that factors them densely.  Both must give
+the same numbers (tests/test_linalg.py checks deeper chains against dense algebra too).
 """
 import warnings
 
@@ -70,7 +71,7 @@ def _factor_quantities(ch, lams, v):
 
 DESIGNS = [
     ("pastes", "strength ~ 1 + (1 | batch/cask)"),
-    ("nested3", "y ~ x + (1 | region/school/class)"),                       # block 3 stays dense
+    ("nested3", "y ~ x + (1 | region/school/class)"),                       # a chain of three
     ("nested3", "y ~ x + (x | region:school) + (1 | region:school:class) + (1 | region)"),
     ("syn", "y ~ x + (1 | school/cls)"),
     ("syn", "y ~ x + (x | school) + (1 | school:cls)"),                     # q2 = 2
@@ -129,7 +130,7 @@ def test_infeasible_theta_raises(syn):
     """A Lambda that makes the second block indefinite raises LinAlgError (the deviance is inf)."""
     model = mf.lmer("y ~ x + (1 | school/cls)", syn)
     ch = BlockedCholesky(model.re_design.blocks, model._XY)
-    ch.A22 = -ch.A22                                  # a broken cross-product: M2 not definite
+    ch.A_diag = [ch.A_diag[0], -ch.A_diag[1]]         # a broken cross-product: M2 not definite
     with pytest.raises(np.linalg.LinAlgError):
         ch.update(model.re_design.lambdas(np.array([1.0, 1.0])))
 

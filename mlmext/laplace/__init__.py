@@ -42,20 +42,22 @@ with each other and with GLM fits.
 
 Modules: :mod:`.protocol` (the conditional-model protocol, modes), :mod:`.zops`
 (``Z Lambda u`` and the PIRLS factorization), :mod:`.pirls`, :mod:`.scalar`
-(one scalar term without the blocked factor), :mod:`.agq`, :mod:`.gradient`,
+(one scalar term, level by level), :mod:`.agq`, :mod:`.gradient`,
 :mod:`.separation`.
 """
 from __future__ import annotations
+
+from ..linalg import ScalarFactor
 from .agq import (MAX_AGQ_GRID, MAX_NAGQ, agq_loglik, agq_loglik_gradient, check_agq, check_agq_grid,
                   check_nagq, check_positive, gh_rule)
 from .gradient import laplace_gradient
 from .pirls import factor_at, laplace_loglik, pirls, predict_modes
 from .protocol import ConditionalModel, Modes, PIRLSError
-from .scalar import ScalarFactor
 from .separation import separation_direction
 from .zops import make_chol, random_effects_linear, random_effects_transpose
 
 __all__ = ["ConditionalModel", "Modes", "PIRLSError", "ScalarFactor", "make_chol", "pirls",
            "laplace_loglik", "agq_loglik", "laplace_gradient", "agq_loglik_gradient", "gh_rule",
-           "random_effects_linear", "random_effects_transpose", "predict_modes", "check_nagq", "check_positive", "check_agq",
+           "random_effects_linear", "random_effects_transpose", "predict_modes", "check_nagq",
+           "check_positive", "check_agq",
            "check_agq_grid", "MAX_NAGQ", "MAX_AGQ_GRID", "separation_direction", "factor_at"]

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from ..linalg import ScalarFactor
 from .protocol import Modes
 from .steps import _at_rounding_floor, _final_message, _halving_failed, _halving_step
 from .zops import _zops
@@ -13,47 +14,6 @@ from .zops import _zops
 # ----------------------------------------------------------------------------- one scalar term
 def _is_scalar_design(design):
     return len(design.blocks) == 1 and design.blocks[0].q == 1
-
-
-class ScalarFactor:
-    """Factor of ``M = Lambda' Z' W Z Lambda + I`` for a single scalar random-effects term.
-
-    With one grouping factor and one random effect per level ``M`` is
-    diagonal, ``M_g = 1 + lambda^2 sum_{i in g} w_i z_i^2``.  The object
-    offers the parts of :class:`~mlmext.linalg.BlockedCholesky` that
-    :func:`agq_loglik`, :func:`laplace_gradient`, :func:`predict_modes` and
-    conditional variances use (``M1``, ``M1inv``, ``logdet_zz``, ``lams``,
-    ``solve_re``, ``local_inverse``, ``condvar_u``).
-    """
-
-    q1 = 1
-    rz = 0
-
-    def __init__(self, block, lams, M):
-        self.blocks = [block]
-        self.m1 = block.m
-        self.lams = lams
-        self.lam1 = lams[0]
-        self.M1 = M
-
-    @property
-    def M1inv(self):
-        return (1.0 / self.M1)[:, None, None]
-
-    @property
-    def logdet_zz(self):
-        return float(np.log(self.M1).sum())
-
-    def solve_re(self, v):
-        return np.asarray(v, dtype=float) / self.M1
-
-    def local_inverse(self):
-        b = self.blocks[0]
-        a = b.X * self.lam1[0, 0]                          # row i: Lambda' z_i
-        return [a], [a / self.M1[b.codes][:, None]]
-
-    def condvar_u(self):
-        return [self.M1inv]
 
 
 @np.errstate(all="ignore")     # failures are reported in the result, not as warnings
@@ -154,7 +114,7 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
     extra = {}
     logdet = np.nan
     if M is not None:
-        fac = ScalarFactor(blk, lams, M)
+        fac = ScalarFactor.from_diagonal(blk, lams, M)
         extra["factor"] = fac
         logdet = fac.logdet_zz
     return Modes(u=u, eta=eta, beta=None, loglik_cond=ll, sqr_u=float(u @ u), logdet=logdet,

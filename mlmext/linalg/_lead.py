@@ -1,0 +1,344 @@
+"""Machinery shared by the factors whose first block is block-diagonal and whose rest is dense.
+
+The first random-effects block (the one with the most random effects) is never filled: its part of
+the factor is one ``q1 x q1`` block per level, ``M1_g = Lambda_1' A11_g Lambda_1 + I``.
+Eliminating it leaves the Schur complement
+
+    S = Lambda_r' (A_rr - A_r1 B A_1r) Lambda_r,   B = Lambda_1 M1^-1 Lambda_1'
+
+on the remainder (the blocks stored densely, then X and y), which the factors reduce further (the
+nested chain) and factor densely into ``Lr``.  :class:`LeadBlockFactor` holds the cross-products
+``A11``, ``A_r1`` (sparse, r x m1 q1) and ``A_rr`` (dense), forms them (:meth:`set_data`, or
+:meth:`reweight` through a plan reused between PIRLS steps), and computes ``M1`` and ``S`` at a
+theta; which blocks belong to the dense remainder is the subclass's choice (``depth``).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from scipy import linalg, sparse
+
+from ._schur import SMALL_DENSE, DenseSchur, SchurProduct
+from ._stacks import block_cross, dense_Z, spd_inv_logdet
+from .base import Factor
+
+#: set_data forms the cross-products with dense matrices when that costs at most this many flops
+SMALL_DENSE_FLOPS = 2_000_000
+
+
+class LeadBlockFactor(Factor):
+    """Base of the factors with a block-diagonal first block and a dense remainder.
+
+    Parameters
+    ----------
+    blocks : list of ReBlock
+        Random-effects blocks, the first one with the most random effects.
+    XY : ndarray, shape (n, p + 1)
+        Fixed-effects design with the response as its last column
+        (``p`` may be 0, as in the penalized least squares step of a GLMM).
+    weights : ndarray, shape (n,), optional
+        Prior (or working) weights.
+    reweighting : bool
+        Build only what :meth:`reweight` needs (its structure-reusing path),
+        not the general one of :meth:`set_data`.
+    depth : int
+        Number of leading blocks the subclass keeps out of the dense remainder.
+    """
+
+    _scratch = ("_S",)
+
+    def __init__(self, blocks, XY, weights=None, reweighting=False, depth=1):
+        self.blocks = blocks
+        b1 = blocks[0]
+        self.m1, self.q1 = b1.m, b1.q
+        self._k0 = depth                                 # index of the first densely stored block
+        rest = blocks[depth:]
+        self._rest_blocks = rest
+        self.rest_sizes = [b.nre for b in rest]
+        self.rz = int(sum(self.rest_sizes))
+        self.p = XY.shape[1] - 1
+        self.r = self.rz + self.p + 1
+        self._scalar_rest = all(b.q == 1 for b in rest)
+        self._schur = None
+        if reweighting:             # set up for repeated reweight() calls (GLMM PIRLS) only
+            self.reweight(XY, weights)
+        else:
+            self.set_data(XY, weights)
+
+    # sparse model matrices, built when first needed (small systems' set_data does without them)
+    @functools.cached_property
+    def _Zrest(self):
+        return sparse.hstack([b.Z() for b in self._rest_blocks], format="csc") if self.rz else None
+
+    @functools.cached_property
+    def _Z1(self):
+        return self.blocks[0].Z().tocsc()
+
+    def set_data(self, XY, weights=None):
+        """(Re)compute the cross-products for new [X y] values and/or weights.
+
+        The random-effects structure is kept; a GLMM calls this once per
+        PIRLS iteration with its working weights and response.
+        """
+        n = XY.shape[0]
+        w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+        b1 = self.blocks[0]
+        self.A11 = block_cross(b1.X, b1.codes, b1.m, w)
+        m1q1 = self.m1 * self.q1
+        if n * (m1q1 + self.r) * self.r <= SMALL_DENSE_FLOPS:
+            # small: dense products (scipy.sparse construction would cost ~1 ms of overhead)
+            sw = np.sqrt(w)[:, None]
+            Zr = np.hstack([dense_Z(b) for b in self._rest_blocks] + [XY]) * sw
+            self.A_r1 = sparse.csr_matrix(Zr.T @ (dense_Z(b1) * sw))
+            self.A_rr = Zr.T @ Zr
+        else:
+            sw = sparse.diags(np.sqrt(w))
+            XYs = sparse.csc_matrix(XY)
+            Zr = XYs if self._Zrest is None else sparse.hstack([self._Zrest, XYs], format="csc")
+            Zr = (sw @ Zr).tocsc()
+            Z1 = (sw @ self._Z1).tocsc()
+            self.A_r1 = (Zr.T @ Z1).tocsr()          # r x (m1 q1), sparse
+            self.A_rr = (Zr.T @ Zr).toarray()        # r x r, dense
+        self.A_1r = self.A_r1.T.tocsr()
+        if self.r * m1q1 <= SMALL_DENSE:
+            self._schur = DenseSchur(self.A_r1, self.m1, self.q1)
+        else:
+            self._schur = SchurProduct(self.A_r1, self.m1, self.q1)
+        self._set_operators()
+        self._a1y = self.A_r1[self.r - 1].toarray().ravel()      # A_1r[:, -1], for solve()
+        self._S = np.empty_like(self.A_rr)
+        return self
+
+    # -- fast re-weighting (PIRLS) ----------------------------------------------------
+    def reweight(self, XY, weights=None):
+        """:meth:`set_data` for new ``[X y]`` values and weights, reusing the structure.
+
+        Gives the same cross-products as ``set_data`` (same blocks, same number
+        of columns in ``XY``).  The sparsity pattern of ``A_r1``, its transpose
+        and the Schur-product pairs are worked out on the first call; later
+        calls cost a few ``bincount`` passes over the rows and no sparse-matrix
+        construction.  This is the path for a GLMM's PIRLS iterations, where
+        only the working response and weights change.
+        """
+        XY = np.asarray(XY, dtype=float)
+        if XY.ndim != 2 or XY.shape[1] != self.p + 1:
+            raise ValueError(f"XY must have {self.p + 1} columns (the factorization was set up "
+                             f"with p = {self.p}); got shape {XY.shape}")
+        n = XY.shape[0]
+        w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+        plan = getattr(self, "_rw_plan", None)
+        if plan is None:
+            plan = self._rw_plan = self._make_reweight_plan()
+        b1 = self.blocks[0]
+        rz, m1q1 = self.rz, self.m1 * self.q1
+        g1 = b1.codes
+        if plan["x1sq"] is not None:                     # scalar first block
+            x1sq = plan["x1sq"]
+            self.A11 = np.bincount(g1, weights=w if plan["x1"] is None else w * x1sq,
+                                   minlength=b1.m).reshape(-1, 1, 1)
+        else:
+            self.A11 = block_cross(b1.X, b1.codes, b1.m, w)
+        A_r1, A_1r = plan["A_r1"], plan["A_1r"]
+        nnz1 = plan["nnz1"]
+        WXY = XY * w[:, None]
+        if nnz1:
+            wr = w if plan["row1"] is None else w[plan["row1"]]
+            A_r1.data[:nnz1] = np.bincount(plan["dest1"], weights=wr * plan["val1"], minlength=nnz1)
+        if plan["x1sq"] is not None:
+            x1 = plan["x1"]
+            tail = A_r1.data[nnz1:].reshape(self.p + 1, m1q1)
+            for j in range(self.p + 1):
+                tail[j] = np.bincount(g1, weights=WXY[:, j] if x1 is None else WXY[:, j] * x1,
+                                      minlength=m1q1)
+        else:
+            A_r1.data[nnz1:] = np.asarray(plan["Z1T"] @ WXY).T.ravel()
+        A_1r.data[:] = A_r1.data[plan["tperm"]]
+        self._a1y = A_r1.data[A_r1.data.size - m1q1:].copy()      # A_1r[:, -1], for solve()
+        Arr = np.zeros((self.r, self.r))
+        if rz:
+            wr = w if plan["row_rr"] is None else w[plan["row_rr"]]
+            Arr.ravel()[plan["uniq_rr"]] = np.bincount(plan["dest_rr"], weights=wr * plan["val_rr"],
+                                                       minlength=plan["uniq_rr"].size)
+            ZtW = np.empty((rz, self.p + 1))
+            rows, cols, vals = plan["rest_nz"]
+            for j in range(self.p + 1):
+                ZtW[:, j] = np.bincount(cols, weights=vals * (WXY[:, j] if rows is None else WXY[rows, j]),
+                                        minlength=rz)
+            Arr[:rz, rz:] = ZtW
+            Arr[rz:, :rz] = ZtW.T
+        Arr[rz:, rz:] = XY.T @ WXY
+        self.A_r1, self.A_1r, self.A_rr = A_r1, A_1r, Arr
+        plan["schur"].refresh(A_r1)
+        self._schur = plan["schur"]
+        self._set_operators()
+        if getattr(self, "_S", None) is None or self._S.shape != Arr.shape:
+            self._S = np.empty_like(Arr)
+        return self
+
+    def _set_operators(self):
+        """``_ar1`` / ``_a1r``: ``A_r1`` / ``A_1r`` for the per-theta products.  Small systems
+        keep them as dense arrays (the dense Schur product holds ``A_r1`` anyway): a numpy
+        product of a few hundred entries costs ~1 us, a scipy.sparse one ~20 us of overhead."""
+        schur = self._schur
+        if isinstance(schur, DenseSchur) and schur.A.size <= SMALL_DENSE:
+            self._ar1, self._a1r = schur.A, schur.A.T
+        else:
+            self._ar1, self._a1r = self.A_r1, self.A_1r
+
+
+    def _make_reweight_plan(self):
+        b1 = self.blocks[0]
+        n = b1.X.shape[0]
+        q1, m1q1, rz, r, p1 = self.q1, self.m1 * self.q1, self.rz, self.r, self.p + 1
+        plan = {}
+        if rz:
+            Zr = self._Zrest.tocsr()
+            Zr.sort_indices()
+            cnt = np.diff(Zr.indptr)
+            rows = np.repeat(np.arange(n), cnt)
+            cols, vals = Zr.indices.astype(np.int64), Zr.data
+            comp = np.tile(np.arange(q1), rows.size)
+            row1 = np.repeat(rows, q1)
+            key = np.repeat(cols, q1) * m1q1 + b1.codes[row1] * q1 + comp
+            uniq1, dest1 = np.unique(key, return_inverse=True)
+            plan.update(row1=row1, val1=np.repeat(vals, q1) * b1.X[row1, comp], dest1=dest1.ravel())
+            # rest x rest: all ordered pairs of a row's entries
+            e1s, e2s = [], []
+            for kv in np.unique(cnt):
+                if kv == 0:
+                    continue
+                st = Zr.indptr[:-1][cnt == kv]
+                a, b = np.meshgrid(np.arange(kv), np.arange(kv), indexing="ij")
+                e1s.append((st[:, None] + a.ravel()[None, :]).ravel())
+                e2s.append((st[:, None] + b.ravel()[None, :]).ravel())
+            e1, e2 = np.concatenate(e1s), np.concatenate(e2s)
+            uniq_rr, dest_rr = np.unique(cols[e1] * r + cols[e2], return_inverse=True)
+            plan.update(row_rr=rows[e1], val_rr=vals[e1] * vals[e2], uniq_rr=uniq_rr,
+                        dest_rr=dest_rr.ravel(), rest_nz=(rows, cols, vals))
+            ident = np.arange(n)
+            for key in ("row1", "row_rr"):                # skip the gather when it is the identity
+                if plan[key].size == n and np.array_equal(plan[key], ident):
+                    plan[key] = None
+            if rows.size == n and np.array_equal(rows, ident):
+                plan["rest_nz"] = (None, cols, vals)
+        else:
+            uniq1 = np.zeros(0, dtype=np.int64)
+        plan["nnz1"] = nnz1 = uniq1.size
+        plan["x1sq"] = plan["x1"] = None
+        if q1 == 1:
+            x1 = b1.X[:, 0]
+            ones = bool(np.all(x1 == 1.0))
+            plan["x1"] = None if ones else x1.copy()
+            plan["x1sq"] = x1 * x1
+        row_all = np.concatenate([uniq1 // m1q1, np.repeat(np.arange(rz, r), m1q1)])
+        col_all = np.concatenate([uniq1 % m1q1, np.tile(np.arange(m1q1), p1)])
+        indptr = np.searchsorted(row_all, np.arange(r + 1))
+        nnz = row_all.size
+        A_r1 = sparse.csr_matrix((np.zeros(nnz), col_all, indptr), shape=(r, m1q1))
+        idx = A_r1.copy()
+        idx.data = np.arange(1.0, nnz + 1.0)
+        T = idx.T.tocsr()
+        T.sort_indices()
+        plan["tperm"] = T.data.astype(np.int64) - 1
+        plan["A_1r"] = sparse.csr_matrix((np.zeros(nnz), T.indices, T.indptr), shape=(m1q1, r))
+        plan["A_r1"] = A_r1
+        plan["Z1T"] = self._Z1.T.tocsr()
+        # dense Schur product when it costs less than the enumerated pairs
+        csc = A_r1.tocsc()
+        kk = np.diff(csc.indptr[0:m1q1 + 1:q1]).astype(np.int64)
+        npairs = int((kk * (kk + 1) // 2).sum()) * q1 * q1
+        if r * r * m1q1 <= 4 * npairs and r * m1q1 <= 50_000_000:
+            plan["schur"] = DenseSchur(A_r1, self.m1, q1)
+        else:
+            plan["schur"] = SchurProduct(A_r1, self.m1, q1, refreshable=True)
+        del nnz1
+        return plan
+
+    # -- per-theta factorization -------------------------------------------------
+    def _lambda_rest(self, lams):
+        """Lambda on the rest (other RE blocks, then identity on X and y)."""
+        if self._scalar_rest:
+            d = np.ones(self.r)
+            off = 0
+            for b, lam in zip(self._rest_blocks, lams[self._k0:]):
+                d[off:off + b.nre] = lam[0, 0]
+                off += b.nre
+            return d
+        mats = [sparse.kron(sparse.identity(b.m), sparse.csr_matrix(lam))
+                for b, lam in zip(self._rest_blocks, lams[self._k0:])]
+        mats.append(sparse.identity(self.p + 1))
+        return sparse.block_diag(mats, format="csr")
+
+
+    def _eliminate_first(self, lams):
+        """``M1`` (and its inverse and log-determinant) at ``lams``, and the Schur complement
+        ``S = Lambda_r' (A_rr - A_r1 B A_1r) Lambda_r`` in the scratch matrix (lower triangle at
+        least; the full matrix when Lambda_r is not diagonal)."""
+        lam1 = lams[0]
+        if self.q1 == 1:
+            t2 = lam1[0, 0] ** 2
+            d = t2 * self.A11[:, 0, 0] + 1.0
+            self.M1 = d
+            self.logdet1 = np.log(d).sum()
+            B = t2 / d
+            self.M1inv = (1.0 / d)[:, None, None]
+        else:
+            M = np.einsum("ji,gjk,kl->gil", lam1, self.A11, lam1)
+            M[:, np.arange(self.q1), np.arange(self.q1)] += 1.0
+            self.M1 = M
+            self.M1inv, self.logdet1 = spd_inv_logdet(M)       # closed forms for q1 = 2
+            B = lam1 @ self.M1inv @ lam1.T             # (m1, q1, q1)
+        self.lam1 = lam1
+        S = self._S
+        np.copyto(S, self.A_rr)
+        self._schur.subtract_from(S, B)
+        lr = self._lambda_rest(lams)
+        self.lam_rest = lr
+        if isinstance(lr, np.ndarray):
+            S *= lr[:, None]
+            S *= lr[None, :]
+        else:
+            if self._schur.P is not None:                # only the lower triangle is current
+                S = np.tril(S) + np.tril(S, -1).T
+            S = np.asarray((lr.T @ (lr.T @ S).T).T)
+        return S
+
+    def _factor_rest(self, S):
+        """``Lr``: the dense Cholesky factor of ``S + I_z`` (S is overwritten)."""
+        idx = np.arange(self.rz)
+        S[idx, idx] += 1.0
+        # In-place LAPACK on the transposed view: a C-ordered lower factor is a Fortran-ordered
+        # upper one, so nothing is copied.  Only the lower triangle of Lr is meaningful.
+        S = np.ascontiguousarray(S)
+        c, info = linalg.lapack.dpotrf(S.T, lower=0, clean=0, overwrite_a=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"{info}-th leading minor is not positive definite")
+        self.Lr = c.T
+
+    @property
+    def diag_rest(self):
+        return np.diagonal(self.Lr)
+
+    # -- solutions at the current theta -------------------------------------------
+    def _solve_M1(self, rhs):
+        """Solve (Lambda_1' A_11 Lambda_1 + I) x = rhs blockwise; rhs is (m1 q1,)."""
+        if self.q1 == 1:
+            return rhs / self.M1
+        return (self.M1inv @ rhs.reshape(self.m1, self.q1, 1)).reshape(-1)
+
+    def _apply_lam1T(self, v):
+        return (v.reshape(self.m1, self.q1) @ self.lam1).reshape(-1)   # rows: Lambda_1' v_g
+
+    def _apply_lam1(self, v):
+        return (v.reshape(self.m1, self.q1) @ self.lam1.T).reshape(-1)
+
+    def _apply_lam_rest(self, v):
+        lr = self.lam_rest
+        return lr * v if isinstance(lr, np.ndarray) else lr @ v
+
+
+    def _lam_rest_T(self, v):
+        lr = self.lam_rest
+        return lr * v if isinstance(lr, np.ndarray) else lr.T @ v
+

@@ -1,0 +1,206 @@
+"""The Schur-complement product of the first random-effects block: ``A_r1 blockdiag(B) A_1r``.
+
+Eliminating the first (block-diagonal) block from the system subtracts ``A_r1 B A_1r`` from the
+dense remainder, ``B = Lambda_1 M_1^-1 Lambda_1'`` one ``q1 x q1`` block per level.  The product is
+needed at every theta with the same ``A_r1``; two classes precompute what does not change:
+
+* :class:`SchurProduct` enumerates, once, the pairs of nonzeros of ``A_r1`` that share a level,
+  so that a theta costs one sparse matrix-vector product (large, sparse systems: InstEval);
+* :class:`DenseSchur` holds ``A_r1`` dense (few rows, or a first factor crossed with a small one).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+from ._stacks import blockdiag_sparse
+
+#: systems with ``A_r1`` (r x m1 q1) of at most this many entries hold it dense for the
+#: per-theta products (scipy.sparse's per-call overhead outweighs the arithmetic there)
+SMALL_DENSE = 20_000
+
+
+def _level_pairs(starts, T, it, chunk=1 << 18):
+    """Entry pairs (e1 >= e2) within each level, in level order, in chunks of levels.
+
+    Level g owns entries ``starts[g]:starts[g+1]`` and ``T[g] = k(k+1)/2`` pairs; pair l of a
+    level decodes as a = floor((sqrt(8 l + 1) - 1) / 2), b = l - a(a+1)/2.  Yields
+    ``(first level, end level, e1, e2)``.
+    """
+    m = T.size
+    cum = np.cumsum(T)
+    g0 = 0
+    while g0 < m:
+        g1 = int(np.searchsorted(cum, (cum[g0 - 1] if g0 else 0) + chunk, side="right"))
+        g1 = max(g1, g0 + 1)
+        Tc = T[g0:g1]
+        n = int(Tc.sum())
+        g = np.repeat(np.arange(g0, g1, dtype=it), Tc)
+        l = np.arange(n, dtype=it) - np.repeat((np.cumsum(Tc) - Tc).astype(it), Tc)
+        a = ((np.sqrt(8.0 * l + 1.0) - 1.0) * 0.5).astype(it)
+        b = l - a * (a + 1) // 2
+        bad = np.flatnonzero((b < 0) | (b > a))          # rounding of the square root (rare)
+        if bad.size:
+            a[bad] += np.where(b[bad] > a[bad], 1, -1).astype(it)
+            b[bad] = l[bad] - a[bad] * (a[bad] + 1) // 2
+        base = starts[g].astype(it)
+        yield g0, g1, a + base, b + base
+        g0 = g1
+
+
+class SchurProduct:
+    """Computes the lower triangle of ``G = A_r1 blockdiag(B) A_1r`` for many B.
+
+    For each level g of the first block, every pair of nonzeros of
+    ``A_r1[:, g-columns]`` contributes ``A[i, (g,a)] B_g[a, b] A[j, (g, b)]`` to
+    ``G[i, j]``.  The pairs are enumerated once into a sparse matrix P (rows:
+    positions ``i*r + j`` with i >= j, columns: (g, a, b)), so each theta costs
+    one sparse matrix-vector product ``P @ B.ravel()``.  When P would be too
+    large (levels touching very many rows) the product is formed directly.
+    """
+
+    max_pairs = 30_000_000
+
+    def __init__(self, A_r1, m1, q1, refreshable=False):
+        self.r = r = A_r1.shape[0]
+        self.m1, self.q1 = m1, q1
+        self._plan = None
+        if refreshable:                                  # remember where each csc entry comes from
+            idx = A_r1.tocsr(copy=True)
+            idx.data = np.arange(idx.nnz, dtype=float)
+            A = idx.tocsc()
+            A.sort_indices()
+            perm = A.data.astype(np.int64)
+            A.data = np.asarray(A_r1.tocsr().data, dtype=float)[perm]
+        else:
+            A = A_r1.tocsc()
+            A.sort_indices()
+        starts = A.indptr[0:m1 * q1 + 1:q1]             # entries of level g: starts[g]:starts[g+1]
+        k = np.diff(starts)
+        npairs = int((k.astype(np.int64) * (k + 1) // 2).sum())
+        self.P = None
+        if npairs > self.max_pairs:
+            self.A_r1 = A_r1.tocsr()
+            self.A_1r = self.A_r1.T.tocsr()
+            return
+        comp = np.repeat(np.arange(m1 * q1) % q1, np.diff(A.indptr))   # component of each entry
+        it = np.int32 if max(npairs, A.nnz, r * r) < 2**31 - 1 else np.int64
+        T = k.astype(np.int64) * (k + 1) // 2
+        indices = A.indices.astype(it, copy=False)
+        if q1 == 1 and not refreshable:
+            # one component, sorted rows within a column: e1 >= e2 means i >= j; filled in
+            # chunks of levels so the temporaries stay small (fresh large arrays page-fault)
+            val = np.empty(npairs)
+            rows = np.empty(npairs, dtype=it)
+            p1 = 0
+            for _, _, e1, e2 in _level_pairs(starts, T, it):
+                p0, p1 = p1, p1 + e1.size
+                np.take(A.data, e1, out=val[p0:p1])
+                val[p0:p1] *= np.take(A.data, e2)
+                np.take(indices, e1, out=rows[p0:p1])
+                rows[p0:p1] *= it(r)
+                rows[p0:p1] += np.take(indices, e2)
+            indptr = np.concatenate([[0], np.cumsum(T)])
+            self.P = sparse.csc_matrix((val, rows, indptr), shape=(r * r, m1))
+            return
+        chunks = list(_level_pairs(starts, T, it))
+        e1 = np.concatenate([c[2] for c in chunks])
+        e2 = np.concatenate([c[3] for c in chunks])
+        g = np.repeat(np.arange(m1, dtype=it), T)
+        val = np.take(A.data, e1)
+        val *= np.take(A.data, e2)
+        i, j = np.take(indices, e1), np.take(indices, e2)
+        dbl = None
+        if q1 > 1:   # same row, two components: the pair stands for both orders
+            dbl = (i == j) & (e1 != e2)
+            val = np.where(dbl, 2.0 * val, val)
+        hi, lo = np.maximum(i, j).astype(np.int64), np.minimum(i, j).astype(np.int64)
+        col = g if q1 == 1 else (g.astype(np.int64) * q1 + comp[e1]) * q1 + comp[e2]
+        if not refreshable:
+            rows = hi * r + lo
+            if q1 > 1:                                   # columns (g, a, b) must be grouped
+                order = np.argsort(col, kind="stable")
+                rows, val, col = rows[order], val[order], col[order]
+            indptr = np.searchsorted(col, np.arange(m1 * q1 * q1 + 1))
+            self.P = sparse.csc_matrix((val, rows, indptr), shape=(r * r, m1 * q1 * q1))
+            return
+        # same matrix, built so that new values for the same structure need one bincount
+        rr = r * r
+        key = col.astype(np.int64) * rr + (hi.astype(np.int64) * r + lo)
+        uniq, dest = np.unique(key, return_inverse=True)
+        indptr = np.searchsorted(uniq // rr, np.arange(m1 * q1 * q1 + 1))
+        data = np.bincount(dest, weights=val, minlength=uniq.size)
+        self.P = sparse.csc_matrix((data, uniq % rr, indptr), shape=(rr, m1 * q1 * q1))
+        self._plan = (perm, e1, e2, dbl, dest.ravel(), uniq.size)
+
+    def refresh(self, A_r1):
+        """New values of ``A_r1`` with the structure it had at construction (``refreshable=True``)."""
+        if self.P is None:
+            self.A_r1 = A_r1.tocsr()
+            self.A_1r = self.A_r1.T.tocsr()
+            return
+        perm, e1, e2, dbl, dest, nnz = self._plan
+        v = A_r1.data[perm]
+        val = v[e1] * v[e2]
+        if dbl is not None:
+            val[dbl] *= 2.0
+        self.P.data[:] = np.bincount(dest, weights=val, minlength=nnz)
+
+    def trace_weights(self, K):
+        """v with ``v . vec(B) = trace(K G(B))`` for symmetric K and B, shape (m1, q1, q1)."""
+        if self.P is not None:
+            Kw = 2.0 * K
+            Kw[np.diag_indices(self.r)] *= 0.5                 # off-diagonal pairs count twice
+            return (self.P.T @ Kw.ravel()).reshape(self.m1, self.q1, self.q1)
+        F = np.asarray(self.A_1r @ K)                    # (m1 q1) x r
+        D = self.A_1r.toarray()
+        V = np.einsum("gar,gbr->gab", F.reshape(self.m1, self.q1, -1), D.reshape(self.m1, self.q1, -1))
+        return V
+
+    def subtract_from(self, S, B):
+        """S -= G(B) on the lower triangle (full matrix in the fallback)."""
+        if self.P is not None:
+            S.ravel()[:] -= self.P @ B.ravel()
+        else:
+            G = self.A_r1 @ blockdiag_sparse(B.reshape(self.m1, self.q1, self.q1)) @ self.A_1r
+            S -= G.toarray()
+        return S
+
+
+class DenseSchur:
+    """``G = A_r1 blockdiag(B) A_1r`` with ``A_r1`` held dense (few rows, dense fill).
+
+    Same interface as :class:`SchurProduct` (``P`` is None: full matrices);
+    used by the reweighting path of the factors when the dense product is cheaper
+    than enumerating the pairs, e.g. a large first factor crossed with a small one.
+    """
+
+    P = None
+
+    def __init__(self, A_r1, m1, q1):
+        self.r = A_r1.shape[0]
+        self.m1, self.q1 = m1, q1
+        A = A_r1.tocsr()
+        rows = np.repeat(np.arange(self.r), np.diff(A.indptr))
+        self._flat = rows * (m1 * q1) + A.indices
+        self.A = np.zeros((self.r, m1 * q1))
+        self.refresh(A)
+
+    def refresh(self, A_r1):
+        self.A.ravel()[self._flat] = A_r1.data
+
+    def subtract_from(self, S, B):
+        A = self.A
+        if self.q1 == 1:
+            S -= (A * B.reshape(1, -1)) @ A.T
+        else:
+            T = np.einsum("rga,gab->rgb", A.reshape(self.r, self.m1, self.q1),
+                          B.reshape(self.m1, self.q1, self.q1)).reshape(self.r, -1)
+            S -= T @ A.T
+        return S
+
+    def trace_weights(self, K):
+        A = self.A
+        F = K @ A
+        return np.einsum("iga,igb->gab", A.reshape(self.r, self.m1, self.q1),
+                         F.reshape(self.r, self.m1, self.q1))

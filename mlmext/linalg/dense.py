@@ -1,0 +1,290 @@
+"""The general storage: the first block block-diagonal, every other block dense.
+
+This is the factor for crossed grouping factors (and the reference path for nested ones,
+``nested=False``): the first block's part of ``L`` is one ``q1 x q1`` block per level, and the
+remaining random-effects blocks, X and y share one dense factor ``Lr`` of the Schur complement
+(:class:`~mlmext.linalg._lead.LeadBlockFactor`).  The gradient pieces avoid forming the
+``(m1 q1) x r`` off-diagonal part of the inverse where they can: :meth:`inverse_block_sums`
+reduces it through the enumerated pairs of the Schur product, :meth:`local_inverse` works on the
+scalar arrays when every block is scalar.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import linalg, sparse
+
+from .._blas import inverse_threads
+from ._lead import LeadBlockFactor
+from ._stacks import blockdiag_sparse, solve_lower_t
+
+__all__ = ["DenseFactor"]
+
+
+class DenseFactor(LeadBlockFactor):
+    """Blocked Cholesky factor with the first block block-diagonal and the rest dense.
+
+    ``DenseFactor(blocks, XY, weights=None, reweighting=False)``; see
+    :class:`~mlmext.linalg._lead.LeadBlockFactor` for the parameters and
+    :class:`~mlmext.linalg.base.Factor` for the interface.
+    """
+
+    def __init__(self, blocks, XY, weights=None, reweighting=False):
+        super().__init__(blocks, XY, weights, reweighting, depth=1)
+
+    def update(self, lams):
+        """Factor for the block templates ``lams`` (from ``design.lambdas(theta)``)."""
+        self._factor_rest(self._eliminate_first(lams))
+        self.lams = lams
+        return self
+
+    @property
+    def logdet_zz(self):
+        """log |L_ZZ|^2 = log det(Lambda' Z' W Z Lambda + I)."""
+        return self.logdet1 + 2.0 * np.log(self.diag_rest[:self.rz]).sum()
+
+    def solve(self):
+        """Spherical modes ``u`` (all blocks, in block order) and fixed effects ``beta``."""
+        r = self.r
+        v_rest = solve_lower_t(self.Lr[:r - 1, :r - 1], self.Lr[r - 1, :r - 1])
+        full = np.zeros(r)
+        full[:r - 1] = v_rest
+        t = self._apply_lam_rest(full)                 # Lambda_r v (y entry 0)
+        rhs = self._apply_lam1T(self._a1y - self._a1r @ t)
+        u1 = self._solve_M1(rhs)
+        u = np.concatenate([u1, v_rest[:self.rz]])
+        beta = v_rest[self.rz:]
+        return u, beta
+
+    def condvar_u(self):
+        """Diagonal blocks of (L_ZZ L_ZZ')^-1, per block as (m, q, q) arrays.
+
+        This is lme4's conditional variance of the spherical random effects
+        given beta, before scaling by sigma^2 and Lambda.
+        """
+        rz = self.rz
+        out = []
+        # first block: M1^-1 + E'E with E = Lzz^-1 Lambda_rz' A_rz,1 Lambda_1 M1^-1
+        if rz:
+            Lzz = self.Lr[:rz, :rz]
+            Linv = linalg.solve_triangular(Lzz, np.eye(rz), lower=True, check_finite=False)
+        if self.q1 == 1:
+            base = (1.0 / self.M1)[:, None, None]
+        else:
+            base = np.linalg.inv(self.M1)
+        if rz:
+            lr = self.lam_rest
+            if isinstance(lr, np.ndarray):
+                K = Linv * lr[:rz][None, :]
+            else:
+                K = np.asarray((lr[:rz, :rz] @ Linv.T).T)
+            # (m1 q1) x rz, then right-multiply by K' -> rows = columns of A_1,rz Lambda_rz Lzz^-T
+            F = np.asarray(self.A_1r[:, :rz] @ K.T)     # (m1 q1) x rz
+            F = F.reshape(self.m1, self.q1, rz)
+            F = np.einsum("ji,gjr->gir", self.lam1, F)   # Lambda_1' applied per level
+            if self.q1 == 1:
+                E = F / self.M1[:, None, None]
+            else:
+                E = np.linalg.solve(self.M1, F)
+            base = base + np.einsum("gir,gjr->gij", E, E)
+        out.append(base)
+        if rz:
+            off = 0
+            P = Linv
+            for b in self.blocks[1:]:
+                cols = P[:, off:off + b.nre].reshape(rz, b.m, b.q)
+                out.append(np.einsum("rgi,rgj->gij", cols, cols))
+                off += b.nre
+        return out
+
+    # -- pieces of the gradient of the profiled objective ---------------------------
+    def inverse_block_sums(self, k):
+        """Sum over levels of the diagonal blocks of Omega_P^-1, one (q, q) array per block.
+
+        Omega_P is the leading principal submatrix of the scaled system that
+        holds all random effects and the first ``k`` fixed effects (k = 0 for
+        the ML objective, k = p for REML).  With ``m I - S`` these give the
+        derivative of log det Omega_P (see :meth:`mlmext.lmm.LinearMixedModel.deviance_and_gradient`).
+        """
+        rz, r = self.rz, self.r
+        kk = rz + k
+        out = []
+        # inverse of the leading kk x kk block, embedded in an r x r array (zero elsewhere):
+        # factor diag(L_P, I) -> potri gives diag(Omega_P^-1, I) in place (lower triangle)
+        X = self.Lr.copy()
+        X[kk:, :] = 0.0
+        X[np.arange(kk, r), np.arange(kk, r)] = 1.0
+        if kk:
+            with inverse_threads(kk):
+                _, info = linalg.lapack.dpotri(X.T, lower=0, overwrite_c=1)
+            if info:
+                raise np.linalg.LinAlgError("singular factor in gradient")
+        X[np.arange(kk, r), np.arange(kk, r)] = 0.0
+        diagX = np.diagonal(X).copy()
+        blocks_rest = []
+        off = 0
+        for b in self.blocks[1:]:
+            if b.q == 1:
+                blocks_rest.append(diagX[off:off + b.m].sum().reshape(1, 1))
+            else:
+                idx = off + np.arange(b.m)[:, None] * b.q + np.arange(b.q)[None, :]
+                low = np.tril(X[idx[:, :, None], idx[:, None, :]]).sum(axis=0)
+                blocks_rest.append(low + np.tril(low, -1).T)
+            off += b.nre
+        lr = self.lam_rest
+        if isinstance(lr, np.ndarray) and self._schur.P is not None:
+            # only the lower triangle is read: K = Lambda_r X Lambda_r', off-diagonal doubled
+            K = X
+            K *= (2.0 * lr)[:, None]
+            K *= lr[None, :]
+            K[np.diag_indices(r)] *= 0.5
+            V = (self._schur.P.T @ K.ravel()).reshape(self.m1, self.q1, self.q1)
+        else:
+            # symmetric from the lower triangle (the upper one holds leftovers): one pass, no sums
+            X = np.where(np.tri(r, dtype=bool), X, X.T)
+            if isinstance(lr, np.ndarray):
+                K = X * lr[:, None] * lr[None, :]
+            else:
+                K = np.asarray(lr @ np.asarray(lr @ X).T)         # Lambda_r X Lambda_r' (X symmetric)
+            V = self._schur.trace_weights(K)
+        C = self.lam1 @ self.M1inv if self.q1 > 1 else self.lam1[0, 0] * self.M1inv
+        Vs = 0.5 * (V + np.swapaxes(V, 1, 2))
+        out.append(self.M1inv.sum(axis=0) + np.einsum("gia,gij,gjb->ab", C, Vs, C))
+        out.extend(blocks_rest)
+        return out
+
+    def ztres(self, u, beta, lams):
+        """Z' W (y - X beta - Z Lambda u) per block, as (m, q) arrays (no n-sized work)."""
+        m1, q1 = self.m1, self.q1
+        b1 = (u[:m1 * q1].reshape(m1, q1) @ lams[0].T)
+        b_rest = self._apply_lam_rest(np.concatenate([u[m1 * q1:], np.zeros(self.p + 1)]))[:self.rz]
+        c_r = np.concatenate([-b_rest, -np.asarray(beta, dtype=float), [1.0]])
+        w1 = -np.einsum("gij,gj->gi", self.A11, b1).ravel() + self._a1r @ c_r
+        # all rows, then the first rz: a row slice of a sparse matrix costs more than p + 1 rows
+        wr = -(self._ar1 @ b1.ravel())[:self.rz] + self.A_rr[:self.rz] @ c_r
+        out = [w1.reshape(m1, q1)]
+        off = 0
+        for b in self.blocks[1:]:
+            out.append(wr[off:off + b.nre].reshape(b.m, b.q))
+            off += b.nre
+        return out
+
+    # -- pieces of the inverse for GLMM gradients (at the current factor) -----------------
+    def solve_re(self, v):
+        """Solve ``(Lambda' Z' W Z Lambda + I) x = v`` for the random effects.
+
+        ``v`` and ``x`` hold all random effects in block order (as ``u`` from
+        :meth:`solve`); the fixed-effects columns play no part.
+        """
+        v = np.asarray(v, dtype=float)
+        m1q1, rz = self.m1 * self.q1, self.rz
+        v1 = v[:m1q1]
+        y1 = self._solve_M1(v1)
+        if rz == 0:
+            return y1
+        full = np.zeros(self.r)
+        t = self._ar1 @ self._apply_lam1(y1)
+        full[:rz] = t[:rz]
+        rhs = v[m1q1:] - self._lam_rest_T(full)[:rz]
+        Lzz = self.Lr[:rz, :rz]
+        xr = linalg.cho_solve((Lzz, True), rhs, check_finite=False)
+        full[:] = 0.0
+        full[:rz] = xr
+        x1 = self._solve_M1(v1 - self._apply_lam1T(self._a1r @ self._apply_lam_rest(full)))
+        return np.concatenate([x1, xr])
+
+    def _a1z_index(self):
+        """Entries of ``A_1r`` in the random-effects columns of the rest: (positions, cols, indptr, rows)."""
+        A = self.A_1r
+        cache = getattr(self, "_a1z_cache", None)
+        if cache is None or cache[0] is not A.indices or cache[1] != A.nnz:
+            keep = np.flatnonzero(A.indices < self.rz)
+            rows = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))[keep]
+            indptr = np.searchsorted(rows, np.arange(A.shape[0] + 1))
+            cache = (A.indices, A.nnz, keep, A.indices[keep], indptr, rows)
+            self._a1z_cache = cache
+        return cache[2:]
+
+    def local_inverse(self):
+        """Row-wise pieces of ``M^-1``, ``M = Lambda' Z' W Z Lambda + I``, at the current factor.
+
+        For row i let ``t_i = Lambda' z_i`` (nonzero only at the row's own level
+        of each block) and ``rho_i = M^-1 t_i`` restricted to those positions.
+
+        Returns
+        -------
+        t, rho : list of ndarray
+            One (n, q_b) array per block.  ``sum_b (t_b * rho_b).sum(1)`` is the
+            leverage ``z_i' Lambda M^-1 Lambda' z_i``.  Cost: the dense inverse
+            of the rest of the factor, a sparse-times-dense product with it and
+            O(n k^2) gathers for k random effects per row outside the first
+            block; nothing of size n^2.
+        """
+        b1 = self.blocks[0]
+        g = b1.codes
+        q1, m1, rz = self.q1, self.m1, self.rz
+        lams = self.lams
+        a = b1.X @ lams[0]                                 # row i: (Lambda_1' x_i)'
+        Minv = self.M1inv if self.q1 > 1 else (1.0 / self.M1)[:, None, None]
+        if rz == 0:
+            return [a], [np.einsum("iab,ib->ia", Minv[g], a)]
+        P_list, c_list = [], []
+        off = 0
+        for b, lam in zip(self.blocks[1:], lams[1:]):
+            P_list.append(off + b.codes[:, None] * b.q + np.arange(b.q)[None, :])
+            c_list.append(b.X @ lam)
+            off += b.nre
+        P = np.hstack(P_list)
+        c = np.hstack(c_list)
+        Ginv, info = linalg.lapack.dpotri(self.Lr[:rz, :rz], lower=1)
+        if info:
+            raise np.linalg.LinAlgError("singular factor in local_inverse")
+        G = np.tril(Ginv) + np.tril(Ginv, -1).T            # S^-1 (rest random effects)
+        lr = self.lam_rest
+        if q1 == 1 and isinstance(lr, np.ndarray):        # scalar blocks: work on the arrays
+            A = self.A_1r
+            keep, cols, indptr, rows = self._a1z_index()
+            cdata = A.data[keep] * (lams[0][0, 0] * Minv[rows, 0, 0]) * lr[cols]
+            if m1 * rz <= 4_000_000:
+                Cd = np.zeros((m1, rz))
+                Cd[rows, cols] = cdata
+                K = Cd @ G
+            else:
+                K = np.asarray(sparse.csr_matrix((cdata, cols, indptr), shape=(m1, rz)) @ G)
+            J = np.bincount(rows, weights=cdata * K[rows, cols], minlength=m1)
+            base = Minv[:, 0, 0] + J
+            KP = K[g[:, None], P]                          # (n, k)
+            rho1 = (base[g] * a[:, 0] - np.einsum("ik,ik->i", KP, c))[:, None]
+            if P.shape[1] == 1:
+                rhor = G[P[:, 0], P[:, 0]][:, None] * c - KP * a
+            else:
+                GPP = G[P[:, :, None], P[:, None, :]]
+                rhor = np.einsum("ikl,il->ik", GPP, c) - KP * a
+            return self._split_local(a, rho1, c_list, rhor)
+        keep, cols, indptr, rows = self._a1z_index()
+        A1z = sparse.csr_matrix((self.A_1r.data[keep], cols, indptr), shape=(m1 * q1, rz))
+        if isinstance(lr, np.ndarray):
+            A1z = A1z @ sparse.diags(lr[:rz])
+        else:
+            A1z = A1z @ lr[:rz, :rz]
+        A1z = sparse.csr_matrix(A1z)
+        # C = M11^-1 Lambda_1' A_1z Lambda_z (sparse, level blocks of rows)
+        C = blockdiag_sparse(np.einsum("gab,cb->gac", Minv, lams[0])) @ A1z
+        C = sparse.csr_matrix(C)
+        K = np.asarray(C @ G)                              # (m1 q1) x rz, dense
+        Cd = C.toarray().reshape(m1, q1, rz)
+        K3 = K.reshape(m1, q1, rz)
+        J = np.einsum("gar,gbr->gab", K3, Cd)
+        KP = K3[g[:, None, None], np.arange(q1)[None, :, None], P[:, None, :]]     # (n, q1, k)
+        GPP = G[P[:, :, None], P[:, None, :]]                                    # (n, k, k)
+        rho1 = np.einsum("iab,ib->ia", Minv[g] + J[g], a) - np.einsum("iak,ik->ia", KP, c)
+        rhor = np.einsum("ikl,il->ik", GPP, c) - np.einsum("iak,ia->ik", KP, a)
+        return self._split_local(a, rho1, c_list, rhor)
+
+    def _split_local(self, a, rho1, c_list, rhor):
+        t_out, rho_out = [a], [rho1]
+        off = 0
+        for b, cb in zip(self.blocks[1:], c_list):
+            t_out.append(cb)
+            rho_out.append(rhor[:, off:off + b.q])
+            off += b.q
+        return t_out, rho_out

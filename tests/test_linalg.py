@@ -1,0 +1,270 @@
+"""The factor storages of mlmext.linalg against each other and against dense algebra.
+
+Every quantity of the factor interface (log-determinants, r2, solve, cov_beta_unscaled,
+condvar_u, inverse_block_sums, ztres, solve_re, local_inverse) is computed three ways at a fixed
+theta: by the storage the factory picks (a chain of nested blocks kept block-diagonal, at depths
+2 to 4, q = 1 to 3 per block, with and without crossed factors after the chain; the diagonal
+storage of a single scalar block), by the general dense path (``nested=False``), and directly
+from the dense matrix ``Lambda' [Z X y]' W [Z X y] Lambda + I``.  Deterministic, so the
+tolerance is tight.
+"""
+import concurrent.futures
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+from mlmext.formula import api as mf
+from mlmext.linalg import BlockedCholesky, DenseFactor, NestedFactor, ScalarFactor
+
+RTOL = 1e-10
+
+
+def _chain_data(seed=11, n_a=4, n_b=3, n_c=3, n_d=2, per=4, n_item=3):
+    """Rows in d within c within b within a (every level nested in the next), a crossed item."""
+    rng = np.random.default_rng(seed)
+    n_cells = n_a * n_b * n_c * n_d
+    cell = np.repeat(np.arange(n_cells), per)
+    d = cell
+    c = d // n_d
+    b = c // n_c
+    a = b // n_b
+    n = cell.size
+    x, z = rng.normal(size=n), rng.uniform(-1.0, 1.0, n)
+    item = rng.integers(0, n_item, n)
+    y = (1.0 + 0.5 * x + rng.normal(size=n_a)[a] + 0.4 * rng.normal(size=n_a)[a] * x
+         + 0.6 * rng.normal(size=a.max() * n_b + n_b)[b] + 0.5 * rng.normal(size=c.max() + 1)[c]
+         + 0.4 * rng.normal(size=d.max() + 1)[d] + 0.3 * rng.normal(size=n_item)[item]
+         + rng.normal(size=n))
+    lab = lambda v, p: pd.Categorical([f"{p}{i}" for i in v])  # noqa: E731
+    # labels repeat across parents (b0 in every a), as in data where nesting is implicit
+    return pd.DataFrame({"y": y, "x": x, "z": z, "a": lab(a, "a"), "b": lab(b % n_b, "b"),
+                         "c": lab(c % n_c, "c"), "d": lab(d % n_d, "d"), "item": lab(item, "i")})
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _chain_data()
+
+
+# (formula, depth of the nested chain the factory should keep block-diagonal)
+DESIGNS = [
+    ("y ~ x + (1 | a/b)", 2),
+    ("y ~ x + (x | a) + (1 | a:b)", 2),                              # q2 = 2
+    ("y ~ x + (x | a:b) + (1 | a)", 2),                              # q1 = 2
+    ("y ~ x + (x + z | a) + (z | a:b)", 2),                          # q2 = 3 (general inverse)
+    ("y ~ x + (1 | a/b/c)", 3),
+    ("y ~ x + (1 | a/b/c/d)", 4),
+    ("y ~ x + (x | a:b) + (1 | a:b:c) + (x | a)", 3),                # vector blocks in the chain
+    ("y ~ x + (x | a:b:c) + (1 | a:b) + (x | a)", 3),                # q1 = 2, q3 = 2
+    ("y ~ x + (1 | a/b/c) + (1 | item)", 3),                         # crossed block after the chain
+    ("y ~ x + (x | a:b:c) + (1 | a:b) + (x | a) + (x | item)", 3),   # crossed vector block
+    ("y ~ x + (1 | a/b/c) + (x | item)", 2),                         # crossed block breaks the chain
+]
+
+
+def _lam_full(des, lams):
+    return sparse.block_diag([sparse.kron(sparse.identity(b.m), lam) for b, lam in
+                              zip(des.blocks, lams)]).toarray()
+
+
+def _dense_reference(des, XY, w, lams, v):
+    """Every quantity of the interface from the dense matrix Lambda' [Z X y]' W [Z X y] Lambda + I."""
+    Z = des.Z().toarray()
+    nre, p = Z.shape[1], XY.shape[1] - 1
+    G = np.hstack([Z @ _lam_full(des, lams), XY])
+    Om = G.T @ (w[:, None] * G)
+    Om[:nre, :nre] += np.eye(nre)
+    L = np.linalg.cholesky(Om)
+    d = np.diag(L)
+    sol = np.linalg.solve(Om[:-1, :-1], Om[:-1, -1])
+    u, beta = sol[:nre], sol[nre:]
+    Minv = np.linalg.inv(Om[:nre, :nre])
+
+    def per_block(Ainv, summed):
+        out, off = [], 0
+        for b in des.blocks:
+            idx = off + np.arange(b.m)[:, None] * b.q + np.arange(b.q)[None, :]
+            blocks = Ainv[idx[:, :, None], idx[:, None, :]]
+            out.append(blocks.sum(axis=0) if summed else blocks)
+            off += b.nre
+        return out
+
+    res = XY[:, -1] - XY[:, :-1] @ beta - G[:, :nre] @ u
+    ztr = Z.T @ (w * res)
+    ztres, off = [], 0
+    for b in des.blocks:
+        ztres.append(ztr[off:off + b.nre].reshape(b.m, b.q))
+        off += b.nre
+    # local pieces: t_i = Lambda' z_i at the row's positions, rho_i = (M^-1 t_i) there
+    pos, t, off = [], [], 0
+    for b, lam in zip(des.blocks, lams):
+        pos.append(off + b.codes[:, None] * b.q + np.arange(b.q)[None, :])
+        t.append(b.X @ lam)
+        off += b.nre
+    P, T = np.hstack(pos), np.hstack(t)
+    rho = np.einsum("ikl,il->ik", Minv[P[:, :, None], P[:, None, :]], T)
+    return {
+        "logdet_zz": 2.0 * np.log(d[:nre]).sum(), "logdet_xx": 2.0 * np.log(d[nre:nre + p]).sum(),
+        "r2": d[-1] ** 2, "u": u, "beta": beta, "cov_beta": np.linalg.inv(Om[:-1, :-1])[nre:, nre:],
+        "ibs_ml": _flat(per_block(Minv, True)),
+        "ibs_reml": _flat(per_block(np.linalg.inv(Om[:nre + p, :nre + p]), True)),
+        "condvar": _flat(per_block(Minv, False)), "ztres": _flat(ztres), "solve_re": Minv @ v,
+        "local_t": T.ravel(), "local_rho": rho.ravel(),
+    }
+
+
+def _flat(arrs):
+    return np.concatenate([np.ravel(a) for a in arrs])
+
+
+def _factor_quantities(ch, lams, v):
+    ch.update(lams)
+    u, beta = ch.solve()
+    t, rho = ch.local_inverse()
+    return {
+        "logdet_zz": ch.logdet_zz, "logdet_xx": ch.logdet_xx, "r2": ch.r2, "u": u, "beta": beta,
+        "cov_beta": ch.cov_beta_unscaled(),
+        "ibs_ml": _flat(ch.inverse_block_sums(0)), "ibs_reml": _flat(ch.inverse_block_sums(ch.p)),
+        "condvar": _flat(ch.condvar_u()), "ztres": _flat(ch.ztres(u, beta, lams)),
+        "solve_re": ch.solve_re(v), "local_t": np.hstack(t).ravel(), "local_rho": np.hstack(rho).ravel(),
+    }
+
+
+def _assert_same(got, ref, what):
+    for key in ref:
+        a, b = np.asarray(got[key], dtype=float), np.asarray(ref[key], dtype=float)
+        assert a.shape == b.shape, (what, key)
+        scale = max(np.max(np.abs(b), initial=0.0), 1e-300)
+        err = np.max(np.abs(a - b), initial=0.0) / scale
+        assert err <= RTOL, f"{what}: {key} differs by {err:.3g} (relative)"
+
+
+def _setup(data, formula, seed=7):
+    model = mf.lmer(formula, data)
+    des = model.re_design
+    rng = np.random.default_rng(seed)
+    theta = des.theta_start + 0.4 * rng.random(des.ntheta)
+    w = rng.uniform(0.5, 2.0, model._XY.shape[0])
+    v = rng.normal(size=des.nre)
+    return model, des, des.lambdas(theta), w, v, rng
+
+
+@pytest.mark.parametrize("reweighting", [False, True], ids=["set_data", "reweight"])
+@pytest.mark.parametrize("formula,depth", DESIGNS)
+def test_nested_chain_matches_dense(data, formula, depth, reweighting):
+    model, des, lams, w, v, rng = _setup(data, formula)
+    fast = BlockedCholesky(des.blocks, model._XY, w, reweighting=reweighting)
+    dense = BlockedCholesky(des.blocks, model._XY, w, reweighting=reweighting, nested=False)
+    assert isinstance(fast, NestedFactor) and fast.nested and fast.depth == depth
+    assert isinstance(dense, DenseFactor) and not dense.nested
+    assert fast.rz == sum(b.nre for b in des.blocks[depth:])
+    ref = _dense_reference(des, model._XY, w, lams, v)
+    _assert_same(_factor_quantities(fast, lams, v), ref, "nested")
+    _assert_same(_factor_quantities(dense, lams, v), ref, "dense")
+    if reweighting:                  # new response and weights through the reused structure
+        XY = model._XY.copy()
+        XY[:, -1] = rng.normal(size=XY.shape[0])
+        w2 = rng.uniform(0.2, 3.0, XY.shape[0])
+        fast.reweight(XY, w2)
+        dense.reweight(XY, w2)
+        ref = _dense_reference(des, XY, w2, lams, v)
+        _assert_same(_factor_quantities(fast, lams, v), ref, "nested, reweighted")
+        _assert_same(_factor_quantities(dense, lams, v), ref, "dense, reweighted")
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | a/b/c)", "y ~ x + (x | a:b) + (1 | a:b:c) + (x | a)"])
+def test_random_effects_only_system(data, formula):
+    """p = 0 (a GLMM's PIRLS system, make_chol): XY is the working response alone."""
+    model, des, lams, w, v, rng = _setup(data, formula, seed=3)
+    XY = rng.normal(size=(model._XY.shape[0], 1))
+    fast = BlockedCholesky(des.blocks, np.ones_like(XY), np.ones(XY.shape[0]), reweighting=True)
+    fast.reweight(XY, w)
+    assert fast.p == 0 and fast.depth == 3
+    _assert_same(_factor_quantities(fast, lams, v), _dense_reference(des, XY, w, lams, v), "p = 0")
+
+
+@pytest.mark.parametrize("reweighting", [False, True], ids=["set_data", "reweight"])
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | a:b:c)", "y ~ x + (0 + z | a:b)"])
+def test_scalar_factor_matches_dense(data, formula, reweighting):
+    model, des, lams, w, v, rng = _setup(data, formula)
+    fast = BlockedCholesky(des.blocks, model._XY, w, reweighting=reweighting)
+    dense = BlockedCholesky(des.blocks, model._XY, w, reweighting=reweighting, nested=False)
+    assert isinstance(fast, ScalarFactor) and isinstance(dense, DenseFactor)
+    ref = _dense_reference(des, model._XY, w, lams, v)
+    _assert_same(_factor_quantities(fast, lams, v), ref, "scalar")
+    _assert_same(_factor_quantities(dense, lams, v), ref, "dense")
+    XY = rng.normal(size=(model._XY.shape[0], 1))          # p = 0, as PIRLS's system
+    fast = BlockedCholesky(des.blocks, np.ones_like(XY), reweighting=reweighting).reweight(XY, w)
+    _assert_same(_factor_quantities(fast, lams, v), _dense_reference(des, XY, w, lams, v), "scalar, p = 0")
+    # the factor PIRLS's scalar path wraps around its own diagonal gives the same pieces
+    diag = ScalarFactor.from_diagonal(des.blocks[0], lams, fast.M1)
+    t, rho = diag.local_inverse()
+    t0, rho0 = fast.local_inverse()
+    _assert_same({"logdet_zz": diag.logdet_zz, "solve_re": diag.solve_re(v), "condvar": _flat(diag.condvar_u()),
+                  "ibs": _flat(diag.inverse_block_sums(0)), "t": t[0], "rho": rho[0]},
+                 {"logdet_zz": fast.logdet_zz, "solve_re": fast.solve_re(v), "condvar": _flat(fast.condvar_u()),
+                  "ibs": _flat(fast.inverse_block_sums(0)), "t": t0[0], "rho": rho0[0]}, "from_diagonal")
+    with pytest.raises(RuntimeError, match="cross-products"):
+        diag.solve()
+
+
+def test_chain_detection(data):
+    des = mf.lmer("y ~ x + (1 | a/b/c/d) + (1 | item)", data).re_design
+    XY = np.column_stack([np.ones(len(data)), data["y"]])
+    ch = BlockedCholesky(des.blocks, XY)
+    assert ch.depth == 4 and ch.rz == des.blocks[4].nre and ch.r == ch.rz + 2
+    assert isinstance(BlockedCholesky(des.blocks, XY, nested=False), DenseFactor)
+    # a crossed first block: nothing nested, and nested=True says so
+    crossed = mf.lmer("y ~ x + (1 | item) + (1 | a)", data).re_design
+    assert isinstance(BlockedCholesky(crossed.blocks, XY), DenseFactor)
+    with pytest.raises(ValueError, match="not nested"):
+        BlockedCholesky(crossed.blocks, XY, nested=True)
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | a/b/c) + (1 | item)",          # nested chain
+                                     "y ~ x + (x | a:b:c) + (1 | a:b) + (x | a)",
+                                     "y ~ x + (1 | item) + (x | a)",               # dense storage
+                                     "y ~ x + (1 | a:b)"])                          # diagonal
+def test_workspaces_are_independent(data, formula):
+    """Two workspaces updated at different theta keep their own factor (and leave the original's)."""
+    model, des, lams0, w, v, rng = _setup(data, formula, seed=5)
+    ch = BlockedCholesky(des.blocks, model._XY, w)
+    thetas = [des.theta_start + 0.5 * rng.random(des.ntheta) for _ in range(2)]
+    lams1, lams2 = (des.lambdas(t) for t in thetas)
+    before = _factor_quantities(ch, lams0, v)
+    ws1, ws2 = ch.workspace(), ch.workspace()
+    assert type(ws1) is type(ch)
+    ws1.update(lams1)
+    ws2.update(lams2)                 # after ws1: a shared buffer would now hold theta 2 in both
+    got1 = {"logdet_zz": ws1.logdet_zz, "r2": ws1.r2, "solve": _flat(ws1.solve()),
+            "condvar": _flat(ws1.condvar_u())}
+    got2 = {"logdet_zz": ws2.logdet_zz, "r2": ws2.r2, "solve": _flat(ws2.solve()),
+            "condvar": _flat(ws2.condvar_u())}
+    for got, lams in ((got1, lams1), (got2, lams2)):
+        ref = _dense_reference(des, model._XY, w, lams, v)
+        _assert_same(got, {"logdet_zz": ref["logdet_zz"], "r2": ref["r2"],
+                           "solve": np.concatenate([ref["u"], ref["beta"]]),
+                           "condvar": ref["condvar"]}, "workspace")
+    # the original still holds its own factor at lams0
+    _assert_same({"logdet_zz": ch.logdet_zz, "r2": ch.r2, "u": ch.solve()[0]},
+                 {k: before[k] for k in ("logdet_zz", "r2", "u")}, "original")
+    # and concurrently, one workspace per thread
+    grid = [des.theta_start + 0.5 * rng.random(des.ntheta) for _ in range(6)]
+
+    def run(theta):
+        f = ch.workspace()
+        out = []
+        for _ in range(20):
+            f.update(des.lambdas(theta))
+            out.append((f.logdet_zz, f.r2))
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(3) as ex:
+        results = list(ex.map(run, grid))
+    for theta, res in zip(grid, results):
+        ref = _dense_reference(des, model._XY, w, des.lambdas(theta), v)
+        for ld, r2 in res:
+            assert ld == pytest.approx(ref["logdet_zz"], rel=RTOL)
+            assert r2 == pytest.approx(ref["r2"], rel=RTOL)
