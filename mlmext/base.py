@@ -21,6 +21,7 @@ from statsmodels.base.model import LikelihoodModel
 from ._args import reject_unknown
 from .design import match_levels
 from .frame import build_model_frame, display_name, evaluate, formula_manager, names_in
+from .laplace import make_chol
 
 __all__ = ["MixedModel", "cbind", "drop_rank_deficient"]
 
@@ -177,6 +178,16 @@ class MixedModel(LikelihoodModel):
                              f"{' ...' if len(cols) > 3 else ''}")
         return y.iloc[:, 0], drop_rank_deficient(X)
 
+    def _pirls_factor(self, with_x=False):
+        """The PIRLS factorization with its reweighting plan, built once and never reweighted
+        itself: each deviance takes its own :meth:`~mlmext.linalg.Factor.workspace` of it."""
+        key = "_pirls_x" if with_x else "_pirls_u"
+        fac = self.__dict__.get(key)
+        if fac is None:       # two threads may both build it: same value, either one is kept
+            fac = make_chol(self.re_design, self.endog.shape[0], X=self.exog if with_x else None)
+            setattr(self, key, fac)
+        return fac
+
     # ------------------------------------------------------------- new data
     def _new_design(self, data, re=True, offset=None):
         """Fixed design, per-term (Z, codes into fitted levels, -1 if new) and offset for new data.
@@ -266,8 +277,11 @@ class MixedModel(LikelihoodModel):
             Z = evaluate(mgr, t.lhs, info["data"], env, f"random-effects term ({t.lhs} | {t.name})")
             t.spec = mgr.get_model_spec(Z)
 
+    #: caches of the factorization's set-up (rebuilt on first use, not pickled)
+    _unpickled_caches = ("_xprod", "_pirls_u", "_pirls_x", "_scalar_lap_template")
+
     def __getstate__(self):
-        state = self.__dict__.copy()
+        state = {k: v for k, v in self.__dict__.items() if k not in self._unpickled_caches}
         info = dict(state.get("formula_info", {}))
         info["fixed_spec"] = None
         info["eval_env"] = _picklable_env(info.get("eval_env"), info.get("parsed"))

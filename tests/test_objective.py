@@ -4,6 +4,7 @@ import threading
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mlmext.formula import api as mf
@@ -230,3 +231,44 @@ def test_every_fit_keeps_an_opt_summary(sleep_model, cbpp_model, wine_model):
     np.testing.assert_allclose(lmm.final, fits[0].theta, rtol=1e-12)
     assert glmm.cov_method == "Hessian" and glmm.fmin == pytest.approx(-2 * fits[1].llf, abs=1e-6)
     assert clmm.extras["max_grad"] < 1e-3
+
+
+# ----------------------------------------------------------------------------- factor workspaces
+def _crossed_binary(n=3000, seed=4):
+    rng = np.random.default_rng(seed)
+    d = {"g": rng.integers(0, 200, n).astype(str), "h": rng.integers(0, 150, n).astype(str),
+         "x": rng.normal(size=n)}
+    d["y"] = (rng.uniform(size=n) < 0.4).astype(float)
+    return pd.DataFrame(d)
+
+
+@pytest.mark.parametrize("formula", ["r2 ~ Anger + Gender + (1 | id) + (1 | item)",
+                                     "r2 ~ Anger + (1 | id) + (Gender | item)",
+                                     "y ~ x + (1 | g) + (1 | h)"])
+def test_reweighting_workspaces_are_independent(formula):
+    """Workspaces of one PIRLS factor, reweighted differently and interleaved, equal factors
+    built from scratch for their own weights (the plan's values are each workspace's own);
+    the last case has a sparse Schur product (many crossed levels)."""
+    from mlmext.linalg import BlockedCholesky
+    data = _crossed_binary() if formula.startswith("y") else read_data("verbagg.csv").iloc[:1500]
+    m = mf.glmer(formula, data, family="binomial")
+    des, n = m.re_design, m.endog.shape[0]
+    template = m._pirls_factor(with_x=True)
+    rng = np.random.default_rng(3)
+    XYs = [np.column_stack([m.exog, rng.normal(size=n)]) for _ in range(2)]
+    ws = [rng.uniform(0.1, 2.0, n) for _ in range(2)]
+    lams = des.lambdas(np.r_[0.7, 0.4, 0.2, 0.5][:des.ntheta])
+    a, b = template.workspace(), template.workspace()
+    a.reweight(XYs[0], ws[0])
+    b.reweight(XYs[1], ws[1])
+    a.update(lams)
+    b.update(lams)
+    for fac, XY, w in ((a, XYs[0], ws[0]), (b, XYs[1], ws[1])):
+        ref = BlockedCholesky(des.blocks, XY, w).update(lams)
+        assert fac.logdet_zz == pytest.approx(ref.logdet_zz, rel=1e-12)
+        assert fac.r2 == pytest.approx(ref.r2, rel=1e-10)
+        np.testing.assert_allclose(fac.cov_beta_unscaled(), ref.cov_beta_unscaled(), rtol=1e-10)
+        for x, y in zip(fac.solve(), ref.solve()):
+            np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12)
+    fresh = template.workspace().reweight(XYs[0], ws[0]).update(lams)
+    assert fresh.r2 == a.r2 and fresh.logdet_zz == a.logdet_zz      # the template was not touched

@@ -48,15 +48,14 @@ class LaplaceDeviance:
     def chol_u(self):
         """The PIRLS factorization for ``u`` alone (at the last modes found)."""
         if self._chol_u is None:
-            self._chol_u = lp.make_chol(self.design, self.model.endog.shape[0])
+            self._chol_u = self.model._pirls_factor(with_x=False).workspace()
         return self._chol_u
 
     @property
     def chol_x(self):
         """The PIRLS factorization of lme4's first stage (``beta`` inside PIRLS)."""
         if self._chol_x is None:
-            m = self.model
-            self._chol_x = lp.make_chol(self.design, m.endog.shape[0], X=m.exog)
+            self._chol_x = self.model._pirls_factor(with_x=True).workspace()
         return self._chol_x
 
     # -- parameters: (theta, beta, extra)

@@ -111,6 +111,18 @@ class LeadBlockFactor(Factor):
         return self
 
     # -- fast re-weighting (PIRLS) ----------------------------------------------------
+    def workspace(self):
+        new = super().workspace()
+        plan = self.__dict__.get("_rw_plan")
+        if plan is not None:      # reweight writes A_r1's, A_1r's and the Schur product's values in place
+            own = dict(plan, A_r1=plan["A_r1"].copy(), A_1r=plan["A_1r"].copy(),
+                       schur=plan["schur"].own_copy())
+            new._rw_plan = own
+            if self.__dict__.get("_schur") is plan["schur"]:
+                new.A_r1, new.A_1r, new._schur = own["A_r1"], own["A_1r"], own["schur"]
+                new._set_operators()
+        return new
+
     def reweight(self, XY, weights=None):
         """:meth:`set_data` for new ``[X y]`` values and weights, reusing the structure.
 

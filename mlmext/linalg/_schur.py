@@ -10,6 +10,8 @@ needed at every theta with the same ``A_r1``; two classes precompute what does n
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 from scipy import sparse
 
@@ -133,6 +135,13 @@ class SchurProduct:
         self.P = sparse.csc_matrix((data, uniq % rr, indptr), shape=(rr, m1 * q1 * q1))
         self._plan = (perm, e1, e2, dbl, dest.ravel(), uniq.size)
 
+    def own_copy(self):
+        """A copy whose values :meth:`refresh` can overwrite without touching this one's."""
+        new = copy.copy(self)
+        if self.P is not None:
+            new.P = self.P.copy()
+        return new
+
     def refresh(self, A_r1):
         """New values of ``A_r1`` with the structure it had at construction (``refreshable=True``)."""
         if self.P is None:
@@ -185,6 +194,12 @@ class DenseSchur:
         self._flat = rows * (m1 * q1) + A.indices
         self.A = np.zeros((self.r, m1 * q1))
         self.refresh(A)
+
+    def own_copy(self):
+        """A copy whose values :meth:`refresh` can overwrite without touching this one's."""
+        new = copy.copy(self)
+        new.A = self.A.copy()
+        return new
 
     def refresh(self, A_r1):
         self.A.ravel()[self._flat] = A_r1.data

@@ -68,9 +68,9 @@ class Factor(abc.ABC):
 
         The cross-products (and any plan derived from them) are shared read-only; everything
         :meth:`update` writes is the copy's own: :meth:`update` rebinds its results, and the
-        arrays it writes in place (``_scratch``) are fresh in the copy.  Not for
-        :meth:`reweight`/:meth:`set_data`, which may overwrite the shared cross-products: a
-        reweighting factor is built per objective instead.
+        arrays it writes in place (``_scratch``) are fresh in the copy.  A factor set up for
+        :meth:`reweight` gives a copy that can reweight too (the values the reweighting plan
+        overwrites are copied, its structure is shared); :meth:`set_data` rebinds everything.
         """
         new = copy.copy(self)
         for name in self._scratch:

@@ -85,6 +85,11 @@ class NestedFactor(LeadBlockFactor):
         self._rest_plans = {}
         super().__init__(blocks, XY, weights, reweighting, depth=D)
 
+    def workspace(self):
+        new = super().workspace()
+        new._rest_plans = dict(self._rest_plans)        # a cache the copy may add to
+        return new
+
     # -- cross-products of the chain --------------------------------------------------
     def set_data(self, XY, weights=None):
         super().set_data(XY, weights)

@@ -7,6 +7,8 @@ Laplace log-likelihood with a single scalar term, :mod:`mlmext.ordinal.newton`).
 """
 from __future__ import annotations
 
+import copy
+
 from math import factorial
 
 import numpy as np
@@ -93,6 +95,14 @@ class CumulativeLinkConditional:
         self.thresholds = None
         if thresholds is not None:
             self.set_thresholds(thresholds)
+
+    def workspace(self):
+        """A copy for one deviance: the per-observation structure is shared (read-only), the
+        thresholds and the cache of the last evaluation are the copy's own."""
+        new = copy.copy(self)
+        new._key = None
+        new._cache = {"level": -1}
+        return new
 
     def set_thresholds(self, thresholds):
         """Set the ``K - 1`` thresholds (must be increasing)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import laplace as _laplace
-from .newton import _ScalarLaplace
 from .thresholds import _increasing
 
 __all__ = ["OrdinalDeviance"]
@@ -26,7 +25,7 @@ class OrdinalDeviance:
 
     def __init__(self, model):
         self.model = model
-        self.cond = model._make_conditional()
+        self.cond = model.cond.workspace()
         self._chol = None
         self._scalar_lap = None
 
@@ -39,13 +38,13 @@ class OrdinalDeviance:
     def chol(self):
         """The PIRLS factorization (at the last modes found)."""
         if self._chol is None:
-            self._chol = _laplace.make_chol(self.model.re_design)
+            self._chol = self.model._pirls_factor().workspace()
         return self._chol
 
     def _scalar_laplace(self):
-        """The exact-Hessian evaluator for a single scalar term (built once per deviance)."""
+        """The exact-Hessian evaluator for a single scalar term (a workspace of the model's)."""
         if self._scalar_lap is None:
-            self._scalar_lap = _ScalarLaplace(self)
+            self._scalar_lap = self.model._scalar_laplace_template().workspace()
         return self._scalar_lap
 
     def loglike_parts(self, alpha, beta, theta, nagq=1, u0=None, tol=None):

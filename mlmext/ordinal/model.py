@@ -17,6 +17,7 @@ from .conditional import CumulativeLinkConditional
 from .deviance import OrdinalDeviance
 from .fit import _fit_clmm
 from .links import get_link
+from .newton import _ScalarLaplace
 from .response import _drop_unused_levels, ordinal_response
 from .thresholds import Thresholds
 
@@ -182,6 +183,14 @@ class OrdinalMixedModel(MixedModel):
     def _make_conditional(self):
         w = self.weights if self._weighted else None
         return CumulativeLinkConditional(self.y_codes, self.n_cat, self.link, weights=w)
+
+    def _scalar_laplace_template(self):
+        """The exact-Hessian evaluator's precomputation for a single scalar term (built once;
+        deviances take workspaces of it)."""
+        sl = self.__dict__.get("_scalar_lap_template")
+        if sl is None:
+            sl = self._scalar_lap_template = _ScalarLaplace(self)
+        return sl
 
     def deviance(self):
         """A fresh :class:`~mlmext.ordinal.deviance.OrdinalDeviance`: the log-likelihood with

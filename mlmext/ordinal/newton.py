@@ -6,6 +6,7 @@ Hessian and its last Hessian gives the standard errors.
 """
 from __future__ import annotations
 
+import copy
 from math import comb
 
 import numpy as np
@@ -57,6 +58,13 @@ class _ScalarLaplace:
         self._order = None if np.array_equal(order, np.arange(n)) else order
         self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         self._reduceat = bool(counts.min() > 0)        # (empty levels: np.add.at)
+
+    def workspace(self):
+        """A copy for one deviance: the precomputed directions are shared (read-only); ``ET``,
+        whose theta row each call rewrites, is the copy's own."""
+        new = copy.copy(self)
+        new.ET = self.ET.copy()
+        return new
 
     def _level_sums(self, arr):
         """Sums over the observations of each level, along the last axis: (..., n) -> (..., m)."""
