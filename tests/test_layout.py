@@ -179,4 +179,4 @@ def test_modules_stay_small_or_say_why(name):
     src = open(MODULES[name], encoding="utf-8").read()
     n = src.count("\n")
     doc = ast.get_docstring(ast.parse(src)) or ""
-    assert n <= 550 or "Why this module is long" in doc, f"{name} has {n} lines"
+    assert n <= 520 or "Why this module is long" in doc, f"{name} has {n} lines (about 500 at most)"
