@@ -10,8 +10,11 @@ pieces and counts them, and runs lme4's sanity checks.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
+import pickle
 import sys
+import types
 import warnings
 
 import numpy as np
@@ -19,6 +22,7 @@ import pandas as pd
 from statsmodels.base.model import LikelihoodModel
 
 from ._args import reject_unknown
+from ._frames import as_dataframe
 from .design import match_levels
 from .frame import build_model_frame, display_name, evaluate, formula_manager, names_in
 from .laplace import make_chol
@@ -197,7 +201,6 @@ class MixedModel(LikelihoodModel):
         Rows with a missing value in a variable used give NaN in the design (and
         so a NaN prediction), as statsmodels and lme4 predict.
         """
-        from ._frames import as_dataframe
         mgr = formula_manager()
         data = as_dataframe(data, "new data").reset_index(drop=True)
         n = len(data)
@@ -301,8 +304,6 @@ def _picklable_env(env, parsed):
     (a lambda, an open file) are left out: new data then need no such name, or
     raise naming it.
     """
-    import pickle
-    import types
     out = {"np": _ModuleRef("numpy"), "cbind": cbind}
     if not env:
         return out
@@ -331,7 +332,6 @@ class _ModuleRef:
         self.name = name
 
     def __reduce__(self):
-        import importlib
         return (importlib.import_module, (self.name,))
 
 

@@ -3,7 +3,9 @@
 >>> res = mf.lmer("Reaction ~ Days + (Days | Subject)", data=df).fit()
 """
 from mlmext.gee import gee_select  # noqa: F401  (GEE working-correlation selection by QIC)
+from mlmext.glmm import GeneralizedLinearMixedModel, NegativeBinomialMixedModel
 from mlmext.lmm import LinearMixedModel
+from mlmext.ordinal import OrdinalMixedModel
 
 
 def lmer(formula, data, weights=None, offset=None, subset=None, missing="drop", eval_env=0, **kwargs):
@@ -67,7 +69,6 @@ def glmer(formula, data, family=None, weights=None, offset=None, subset=None, mi
         Gauss-Hermite quadrature, single grouping factor, up to three random
         effects per level).
     """
-    from mlmext.glmm import GeneralizedLinearMixedModel
     return GeneralizedLinearMixedModel.from_formula(formula, data, family=family, weights=weights,
                                                     offset=offset, subset=subset, missing=missing,
                                                     eval_env=eval_env + 1, **kwargs)
@@ -85,7 +86,6 @@ def glmer_nb(formula, data, weights=None, offset=None, subset=None, missing="dro
     -------
     mlmext.glmm.NegativeBinomialMixedModel
     """
-    from mlmext.glmm import NegativeBinomialMixedModel
     return NegativeBinomialMixedModel.from_formula(formula, data, weights=weights, offset=offset,
                                                    subset=subset, missing=missing,
                                                    eval_env=eval_env + 1, **kwargs)
@@ -133,7 +133,6 @@ def clmm(formula, data, link="logit", threshold="flexible", levels=None, weights
         Call ``.fit()`` (Laplace) or ``.fit(nagq=10)`` (adaptive
         Gauss-Hermite quadrature, single grouping factor).
     """
-    from mlmext.ordinal import OrdinalMixedModel
     return OrdinalMixedModel.from_formula(formula, data, link=link, threshold=threshold, levels=levels,
                                           weights=weights, offset=offset, subset=subset,
                                           missing=missing, eval_env=eval_env + 1, **kwargs)

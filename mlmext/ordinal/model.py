@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .._args import reject_unknown
 from .._blas import blas_threads
 from .._frames import as_dataframe
 from ..base import MixedModel, drop_rank_deficient
@@ -77,7 +78,6 @@ class OrdinalMixedModel(MixedModel):
     def __init__(self, endog, exog, re_design, weights=None, offset=None, link="logit",
                  threshold="flexible", levels=None, **kwargs):
         # arguments R users bring along are rejected before the data work (base rejects the rest)
-        from .._args import reject_unknown
         reject_unknown({k: kwargs.pop(k) for k in list(kwargs) if k in self._init_hints},
                        "clmm()", hints=self._init_hints)
         info = kwargs.get("formula_info", {}) or {}
