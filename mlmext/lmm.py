@@ -20,6 +20,11 @@ __all__ = ["LinearMixedModel"]
 _LOG2PI = np.log(2.0 * np.pi)
 
 
+def _check_reml(reml):
+    if not isinstance(reml, (bool, np.bool_)):
+        raise ValueError(f"reml must be True (REML) or False (ML); got {reml!r}")
+
+
 class LinearMixedModel(MixedModel):
     """Linear mixed model ``y = X beta + Z b + e``, ``b ~ N(0, sigma^2 Lambda Lambda')``.
 
@@ -82,6 +87,7 @@ class LinearMixedModel(MixedModel):
         ``value(theta)``, ``value_and_grad(theta)``, ``at(theta)`` (the fit state),
         and the deviance with sigma or a fixed effect held fixed.
         """
+        _check_reml(reml)          # bool("ML") would silently mean REML
         return LMMDeviance(self, reml=reml)
 
     def deviance_profiled(self, theta, reml=True):
@@ -202,8 +208,7 @@ class LinearMixedModel(MixedModel):
                              f"reml={method.upper() == 'REML'}")
         reject_unknown(kwargs, "fit()", accepted=["reml", "start_params", "method", "maxiter",
                                                   "tol", "disp"])
-        if not isinstance(reml, (bool, np.bool_)):
-            raise ValueError(f"reml must be True (REML) or False (ML); got {reml!r}")
+        _check_reml(reml)
         if start_params is not None and np.size(start_params) != self.re_design.ntheta:
             raise ValueError(f"start_params needs {self.re_design.ntheta} values (theta: "
                              f"{self.re_design.theta_names()}); got {np.size(start_params)}")

@@ -272,3 +272,18 @@ def test_reweighting_workspaces_are_independent(formula):
             np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12)
     fresh = template.workspace().reweight(XYs[0], ws[0]).update(lams)
     assert fresh.r2 == a.r2 and fresh.logdet_zz == a.logdet_zz      # the template was not touched
+
+
+def test_arguments_that_would_be_silently_misread_raise(sleep_model, cbpp_model):
+    with pytest.raises(ValueError, match="reml must be True"):
+        sleep_model.deviance("ML")               # bool("ML") is True: REML by accident
+    with pytest.raises(ValueError, match="reml must be True"):
+        sleep_model.loglike(np.r_[250.0, 10.0, 1.0, 0.0, 0.2, 25.0], reml="ML")
+    with pytest.raises(ValueError, match=r"needs 6 values"):   # another model's parameters
+        sleep_model.loglike(cbpp_model.fit().params_object)
+    crossed = mf.clmm("rating ~ temp + contact + (1 | judge) + (1 | bottle)", read_data("wine.csv"))
+    po = crossed.fit().params_object
+    with pytest.raises(NotImplementedError, match="single grouping factor"):
+        crossed.loglike(po, nagq=5)
+    with pytest.raises(ValueError, match="whole number"):
+        crossed.loglike(po, nagq=2.5)

@@ -104,12 +104,13 @@ class LaplaceDeviance:
         return modes, lams
 
     # -- the objective
-    def loglike(self, params, nagq=1):
+    def loglike(self, params, nagq=1, tol=1e-14):
         """Laplace (``nagq = 1``) or AGQ log-likelihood at ``params = (theta, beta[, log alpha])``,
-        less the constant ``cond.loglik_const`` (what the optimizer works on)."""
+        less the constant ``cond.loglik_const`` (what the optimizer works on).  ``tol``: PIRLS's
+        tolerance (the fit reports its final value at 1e-20)."""
         theta, beta, extra = self.split(params)
         self.set_extra(extra)
-        modes, lams = self.modes(theta, beta)
+        modes, lams = self.modes(theta, beta, tol=tol)
         if not modes.converged:
             return -np.inf
         if nagq == 1:

@@ -130,8 +130,7 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
     optim = optimize.OptimizeResult(x=x, fun=f, jac=g, success=converged, message=message,
                                     tried=tried, nfev=sum(t[2] for t in tried),
                                     method="L-BFGS-B + Newton")
-    optim.initial = tr.params(x0)
-    return _finish(model, dev, tr, x, nagq, optim, H)
+    return _finish(model, dev, tr, x, nagq, optim, H, initial=tr.params(x0))
 
 def _laplace_fg(dev, tr):
     def fg(x):
@@ -217,7 +216,7 @@ def _optimize_stage1(dev, theta0, m1):
     dev.stage1(state["theta"], best.beta, best.u)
     return state["theta"], best, state["nfev"]
 
-def _finish(model, dev, tr, x, nagq, optim, H):
+def _finish(model, dev, tr, x, nagq, optim, H, initial):
     des = dev.design
     params = tr.params(x)
     theta, beta, extra = dev.split(params)
@@ -257,8 +256,7 @@ def _finish(model, dev, tr, x, nagq, optim, H):
                 cov_joint = tr.R @ Vt @ tr.R.T
     if cov is None:
         cov = dev.cov_rx(theta, modes, lams)
-        dev.modes(theta, beta, tol=1e-20)          # factor at the modes again
-    optim = OptSummary.from_result(optim, initial=optim.pop("initial"), cov_method=cov_method)
+    optim = OptSummary.from_result(optim, initial=initial, cov_method=cov_method)
     extra_kw = {}
     if dev.k_extra:
         extra_kw["_alpha"] = float(np.exp(extra[0]))

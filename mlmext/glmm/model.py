@@ -269,7 +269,8 @@ class GeneralizedLinearMixedModel(MixedModel):
         nagq = lp.check_nagq(nagq)
         lp.check_agq(self.re_design, nagq)
         dev = self.deviance()
-        return dev.loglike(self._internal(params), nagq=nagq) + dev.cond.loglik_const
+        # the modes as tight as the fit's final evaluation, so that llf round-trips
+        return dev.loglike(self._internal(params), nagq=nagq, tol=1e-20) + dev.cond.loglik_const
 
     def score(self, params):
         """Gradient of the Laplace :meth:`loglike` in ``(beta, theta[, alpha])`` (exact)."""

@@ -103,9 +103,13 @@ class LMMDeviance:
         return self._factor.update(self.design.lambdas(np.asarray(theta, dtype=float)))
 
     def _from_factor(self, ch):
-        nu = self.n - (self.p if self.reml else 0)
-        logdet = ch.logdet_zz + (ch.logdet_xx if self.reml else 0.0)
-        return logdet + nu * (1.0 + _LOG2PI + np.log(ch.r2 / nu)) - self._logw
+        return self._profiled(ch, ch.r2, self.reml)
+
+    def _profiled(self, ch, r2, reml):
+        """The criterion profiled over sigma for a penalized residual sum of squares r2."""
+        nu = self.n - (self.p if reml else 0)
+        logdet = ch.logdet_zz + (ch.logdet_xx if reml else 0.0)
+        return logdet + nu * (1.0 + _LOG2PI + np.log(r2 / nu)) - self._logw
 
     def value(self, theta):
         """The criterion at theta (inf where the factor is numerically indefinite)."""
@@ -233,8 +237,7 @@ class LMMDeviance:
             return np.inf
         b = self._beta_hat(ch)
         cjj = self._cov_unscaled(ch)[j, j]
-        r2 = ch.r2 + (value - b[j]) ** 2 / cjj
-        return ch.logdet_zz + self.n * (1.0 + _LOG2PI + np.log(r2 / self.n)) - self._logw
+        return self._profiled(ch, ch.r2 + (value - b[j]) ** 2 / cjj, reml=False)
 
     # ------------------------------------------------------------------ full parameters
     def loglike(self, beta, theta, sigma):
@@ -243,12 +246,10 @@ class LMMDeviance:
             ch = self.factor(theta)
         except np.linalg.LinAlgError:
             return -np.inf
-        b = self._beta_hat(ch)
-        d = np.asarray(beta, dtype=float) - b
         r2 = ch.r2
-        if not self.reml and d.size:
-            Lxx = self._lxx(ch)              # r2(beta) = r2 + |L_XX' (beta - beta_hat)|^2
-            r2 = r2 + float(np.sum((Lxx.T @ d) ** 2))
+        if not self.reml and self.p:         # r2(beta) = r2 + |L_XX' (beta - beta_hat)|^2
+            d = np.asarray(beta, dtype=float) - self._beta_hat(ch)
+            r2 = r2 + float(np.sum((self._lxx(ch).T @ d) ** 2))
         return -0.5 * self._value_r2(ch, r2, sigma, self.reml)
 
     def _value_r2(self, ch, r2, sigma, reml):

@@ -55,9 +55,8 @@ class MixedParams:
     @classmethod
     def from_packed(cls, params, k_fe, k_theta, k_extra, names=None, what="the parameter vector"):
         """Split a packed vector; ValueError naming the layout (``names``) when its length is wrong."""
-        if isinstance(params, MixedParams):
-            return params
-        v = np.asarray(params, dtype=float).ravel()
+        v = params.get_packed() if isinstance(params, MixedParams) else \
+            np.asarray(params, dtype=float).ravel()
         k = k_fe + k_theta + k_extra
         if v.size != k:
             layout = (list(names) if names is not None else

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .. import laplace as _laplace
 from .._args import reject_unknown
 from .._blas import blas_threads
 from .._frames import as_dataframe
@@ -220,14 +221,22 @@ class OrdinalMixedModel(MixedModel):
         """
         pr = MixedParams.from_packed(params, self.k_params_fe, self.re_design.ntheta, 0,
                                      names=self.param_names)
+        nagq = self._check_nagq(nagq)
         k = self.thr.k
         return self.deviance().loglike_parts(pr.fe_params[:k], pr.fe_params[k:], pr.theta,
                                              nagq=nagq)[0]
+
+    def _check_nagq(self, nagq):
+        """The quadrature points, checked as the fit checks them (AGQ needs one grouping factor)."""
+        nagq = _laplace.check_nagq(nagq)
+        _laplace.check_agq(self.re_design, nagq)
+        return nagq
 
     def score(self, params, nagq=1):
         """Gradient of :meth:`loglike` in ``(alpha, beta, theta)`` (Richardson-refined differences)."""
         x = MixedParams.from_packed(params, self.k_params_fe, self.re_design.ntheta, 0,
                                     names=self.param_names).get_packed()
+        nagq = self._check_nagq(nagq)
         dev = self.deviance()
         k, p = self.thr.k, self.k_fe
 
