@@ -303,6 +303,38 @@ class RandomEffectsDesign:
             L[i, j] = theta[term.theta_index[k]]
         return L @ L.T
 
+    def theta_units(self):
+        """Per theta entry, the root mean square of its term's row column of Z.
+
+        Entry (i, j) of a template multiplies column i of the term's model matrix, so
+        ``theta * units`` does not depend on the units of the predictors: the optimizer's
+        scaling, and the scale-free test of a zero standard deviation.
+        """
+        units = np.ones(self.ntheta)
+        for t in self.terms:
+            rms = np.sqrt(np.mean(t.X ** 2, axis=0)) if len(t.X) else np.ones(t.q)
+            for k, (i, _) in enumerate(lower_tri(t.q)):
+                if np.isfinite(rms[i]) and rms[i] > 0:
+                    units[t.theta_index[k]] = rms[i]
+        return units
+
+    def canonical_theta(self, theta):
+        """The same model with every template diagonal >= 0.
+
+        Negating a column of a template (its diagonal and the entries below) leaves
+        ``Lambda Lambda'`` unchanged, so the deviance is defined and smooth for any sign of
+        a diagonal and each point has a mirror image with nonnegative diagonals: the
+        optimizer works without bounds and this maps its end point back.
+        """
+        theta = np.array(theta, dtype=float)
+        for t in self.terms:
+            pos = {ij: t.theta_index[k] for k, ij in enumerate(lower_tri(t.q))}
+            for j in range(t.q):
+                if theta[pos[(j, j)]] < 0:
+                    for i in range(j, t.q):
+                        theta[pos[(i, j)]] = -theta[pos[(i, j)]]
+        return theta
+
     def theta_names(self):
         names = []
         for t in self.terms:

@@ -151,10 +151,15 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         return MixedParams(self.params, self.theta, self._extra_params())
 
     def is_singular(self, tol=1e-4):
-        """True when a random-effects covariance is singular (lme4's ``isSingular``)."""
-        lower = self.model.re_design.lower
-        diag = np.isfinite(lower)
-        return bool(np.any(self.theta[diag] < tol))
+        """True when a random-effects covariance is singular (lme4's ``isSingular``).
+
+        Scale-free: a template diagonal counts as zero when it is below ``tol`` times the
+        root mean square of its predictor (theta of a slope on x is in units of 1/x: a
+        slope SD of 5e-5 per unit of a predictor in the thousands is not zero).
+        """
+        des = self.model.re_design
+        diag = np.isfinite(des.lower)
+        return bool(np.any((self.theta * des.theta_units())[diag] < tol))
 
     # ------------------------------------------------- variance components
     def _term_names(self):

@@ -251,7 +251,8 @@ def test_datasets_loader():
 
 def test_non_convergence_is_reported(sleep):
     with pytest.warns(ConvergenceWarning, match="did not converge.*tried"):
-        res = mf.lmer("Reaction ~ Days + (Days | Subject)", sleep).fit(maxiter=2)
+        # one iteration of each phase cannot reach the optimum (the checks say so)
+        res = mf.lmer("Reaction ~ Days + (Days | Subject)", sleep).fit(maxiter=1)
     assert not res.converged
     assert "did not converge" in str(res.summary())
 

@@ -123,7 +123,7 @@ class ConvergenceCheck:
     hessian : numpy.ndarray
         Hessian of the profiled deviance with respect to theta at the estimate.
     newton_step : numpy.ndarray
-        ``H^-1 g`` on the parameters not at a bound.
+        ``H^-1 g``.
     decrement : float
         The deviance decrease a Newton step would still achieve, ``g' H^-1 g / 2``
         (deviance units: independent of the sample size).
@@ -151,8 +151,8 @@ def check_convergence(res, tol=1e-5):
     sets raise false alarms.  This check uses the Newton decrement ``g' H^-1 g / 2``, the
     deviance decrease still available from the estimate, which has deviance units whatever
     the size of the data: the fit passes when it is below ``tol`` and H is positive
-    definite on the parameters that are not at a bound (a parameter at its bound with a
-    gradient pointing out of the feasible set is fine).  Derivatives are Richardson-
+    definite, with derivatives on both sides of a zero standard deviation (the deviance
+    extends smoothly across it).  Derivatives are Richardson-
     extrapolated central differences; no n-sized work per evaluation.
 
     Parameters
@@ -170,11 +170,13 @@ def check_convergence(res, tol=1e-5):
     model = r.model
     f = model.deviance(r.reml).value
     th = r.theta.copy()
-    lower = model.re_design.lower
     g = jacobian(lambda x: np.array([f(x)]), th)[0]
     H = hessian(f, th)
-    atb = np.isfinite(lower) & (th <= lower + 1e-10)
-    free = ~(atb & (g >= 0))
+    # no parameter is held at a bound: the deviance is smooth across a zero diagonal (a
+    # template column and its negative give the same model), so a zero standard deviation
+    # is a minimum only if the deviance rises on both sides: a gradient test at the bound
+    # cannot tell a saddle (gradient 0, negative curvature) or a mirror image's descent
+    free = np.ones(th.size, dtype=bool)
     messages = []
     Hf = H[np.ix_(free, free)]
     gf = g[free]
@@ -196,6 +198,7 @@ def check_convergence(res, tol=1e-5):
                         "not at a minimum")
     elif dec > tol:
         messages.append(f"a Newton step would lower the deviance by {dec:.3g} (> tol = {tol:g})")
+
     return ConvergenceCheck(converged=not messages, gradient=g, hessian=H, newton_step=full_step,
                             decrement=dec, lme4_maxgrad=lme4_stat, min_eigenvalue=mine,
                             messages=messages)

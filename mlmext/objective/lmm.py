@@ -135,7 +135,7 @@ class LMMDeviance:
 
         Both come from the factor plus one triangular inversion of the dense
         part: no n-sized work.  Entries of a block whose template has a (near)
-        zero diagonal use a one-sided finite difference away from the bound.
+        zero diagonal use central differences (steps in the predictors' units).
         """
         theta = np.asarray(theta, dtype=float)
         des = self.design
@@ -166,12 +166,23 @@ class LMMDeviance:
                 H = (blk.m * np.eye(blk.q) - Sb) @ np.linalg.inv(lam)
             dr2 = -2.0 * (Wb[:, blk.t_rows] * ub[:, blk.t_cols]).sum(axis=0)
             grad[blk.t_idx] = 2.0 * H[blk.t_cols, blk.t_rows] + nu * dr2 / r2
-        for k in fd:
-            h = 1e-6 * max(1.0, abs(theta[k]))
-            t2 = theta.copy()
-            t2[k] += h
-            grad[k] = (self.value(t2) - dev) / h
+        if fd:
+            # central differences: the deviance is smooth through a zero diagonal (it is even
+            # in a template's column), and the Newton checks difference this gradient again
+            units = self._units()
+            for k in fd:
+                h = 1e-4 * max(abs(theta[k]), 1.0 / units[k])
+                tp, tm = theta.copy(), theta.copy()
+                tp[k] += h
+                tm[k] -= h
+                grad[k] = (self.value(tp) - self.value(tm)) / (2.0 * h)
         return dev, grad
+
+    def _units(self):
+        u = self.__dict__.get("_theta_units")
+        if u is None:                  # computed once per deviance, then read only
+            u = self._theta_units = self.design.theta_units()
+        return u
 
     def at(self, theta):
         """The model at theta: an immutable :class:`LMMState`."""

@@ -3,6 +3,8 @@
 * :mod:`.theta` -- bounded minimization of a deviance in theta (LMM), bounded BFGS,
   probes off and onto bounds;
 * :mod:`.newton` -- quasi-Newton and Newton with exact or differenced gradients (GLMM);
+* :mod:`.polish` -- Newton polish and the second-order checks (decrement, saddles, bound
+  probes) that decide convergence;
 * :mod:`.linesearch` -- the backtracking line search of every Newton-type loop;
 * :mod:`.numdiff` -- numerical derivatives;
 * :mod:`.summary` -- :class:`OptSummary`, what a fit's optimization did.
@@ -11,9 +13,11 @@ from .linesearch import backtrack
 from .newton import newton, quasi_newton
 from .numdiff import (CountingGradient, central_gradient, gradient_hessian, hessian,
                       hessian_from_gradient, hessian_from_values, jacobian)
+from .polish import fd_hessian, newton_polish, probe_bounds
 from .summary import OptSummary
 from .theta import escape_bound, minimize_bfgs, minimize_theta, snap_to_bound
 
 __all__ = ["backtrack", "minimize_theta", "minimize_bfgs", "escape_bound", "snap_to_bound", "quasi_newton",
            "newton", "jacobian", "hessian", "hessian_from_gradient", "central_gradient",
-           "hessian_from_values", "CountingGradient", "gradient_hessian", "OptSummary"]
+           "hessian_from_values", "CountingGradient", "gradient_hessian", "OptSummary",
+           "newton_polish", "probe_bounds", "fd_hessian"]

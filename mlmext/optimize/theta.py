@@ -8,6 +8,7 @@ import numpy as np
 from scipy import optimize
 
 from .linesearch import backtrack
+from .polish import newton_polish
 
 __all__ = ["minimize_theta", "minimize_bfgs"]
 
@@ -16,8 +17,9 @@ def _bounds(lower):
     return optimize.Bounds(np.where(np.isfinite(lower), lower, -np.inf), np.full(len(lower), np.inf))
 
 
-def _run(method, fun, x0, lower, grad, maxiter, tol):
-    """One optimizer run; ``grad`` (if given) returns (value, gradient) in one call."""
+def _run(method, fun, x0, lower, grad, maxiter, tol, ftol=None):
+    """One optimizer run; ``grad`` (if given) returns (value, gradient) in one call; ``ftol``
+    overrides L-BFGS-B's relative-reduction stop."""
     bounds = _bounds(lower)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -29,7 +31,8 @@ def _run(method, fun, x0, lower, grad, maxiter, tol):
         if method == "L-BFGS-B":
             return optimize.minimize(grad, x0, method="L-BFGS-B", jac=True, bounds=bounds,
                                      options={"maxiter": maxiter, "maxfun": maxiter,
-                                              "ftol": tol * 1e-1, "gtol": 1e-5})
+                                              "ftol": tol * 1e-1 if ftol is None else ftol,
+                                              "gtol": 1e-5})
         if method == "Nelder-Mead":
             return optimize.minimize(fun, np.maximum(x0, np.where(np.isfinite(lower), lower, -np.inf)),
                                      method="Nelder-Mead", bounds=bounds,
@@ -40,7 +43,8 @@ def _run(method, fun, x0, lower, grad, maxiter, tol):
         return optimize.minimize(fun, x0, method=method, bounds=bounds, options={"maxiter": maxiter})
 
 
-def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, grad=None, scale=None):
+def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, grad=None, scale=None,
+                   check_tol=1e-7, reflect=None):
     """Minimize an objective of theta subject to ``theta >= lower``.
 
     Parameters
@@ -52,21 +56,39 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     lower : ndarray
         Lower bounds (0 for standard-deviation-like entries, -inf otherwise).
     method : str
-        ``"auto"``: L-BFGS-B when ``grad`` is given, else the quadratic-model
-        derivative-free trust-region method COBYQA (the analogue of lme4's
-        BOBYQA); if that fails, Nelder-Mead is tried from its last point.  Any
-        other name is passed to :func:`scipy.optimize.minimize`.
+        ``"auto"`` (needs ``grad``): L-BFGS-B, then Newton steps with the Hessian from
+        differences of the gradient until the Newton decrement is below ``tol``, every
+        entry at its bound probed inward; a probe that finds descent restarts L-BFGS-B
+        from the better point, and COBYQA is tried if Newton cannot finish.  Without
+        ``grad``, the derivative-free trust-region method COBYQA (lme4's BOBYQA's
+        analogue) and Nelder-Mead if it fails.  Any other name is passed to
+        :func:`scipy.optimize.minimize` as the only method.
+    tol : float
+        ``"auto"``: target of the Newton decrement (deviance units); other methods:
+        their own tolerance.
     grad : callable, optional
-        Returns ``(fun(x), gradient)`` in one call.
+        Returns ``(fun(x), gradient)`` in one call.  When given, every method's end point
+        is checked (:func:`~mlmext.optimize.polish.newton_polish`): ``success`` means the
+        Newton decrement is below ``check_tol``, the Hessian on the free entries is
+        positive definite and no inward probe from a bound finds descent.
     scale : ndarray, optional
-        Positive scale per entry: the optimizer works on ``x * scale`` (e.g. the
-        square root of the curvature, so that unit steps mean alike in every entry).
+        Positive scale per entry: the optimizer works on ``x * scale`` (so that unit
+        steps mean alike in every entry: units of the predictors, curvature).
+    check_tol : float
+        Largest Newton decrement (deviance units) at a converged point.
+    reflect : callable, optional
+        Maps any x to an equivalent point within the bounds (the LMM's
+        :meth:`~mlmext.design.RandomEffectsDesign.canonical_theta`): the objective is then
+        smooth across the bounds, ``"auto"`` minimizes without them and maps its end point
+        back, and the checks look at both sides of a bound.  Without it, entries at a bound
+        are probed inward (:func:`~mlmext.optimize.polish.probe_bounds`).
 
     Returns
     -------
     scipy.optimize.OptimizeResult
-        With extra fields ``tried`` (list of (method, success, nfev)) and
-        ``snapped`` (indices of theta set to their bound at the end).
+        With extra fields ``tried`` (list of (method, success, nfev)), ``snapped``
+        (indices of theta set to their bound at the end), ``decrement`` and
+        ``min_eigenvalue`` (of the Hessian on the free entries, scaled variables).
     """
     start = np.asarray(start, dtype=float)
     lower = np.asarray(lower, dtype=float)
@@ -78,16 +100,26 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
             f, g = grad(x / s)
             return f, g / s
 
+        rs = None if reflect is None else (lambda x: reflect(x / s) * s)
         res = minimize_theta(fs, start * s, lower * s, method=method, maxiter=maxiter, tol=tol,
-                             grad=None if grad is None else gs)
+                             grad=None if grad is None else gs, check_tol=check_tol, reflect=rs)
         res.x = res.x / s
+        return res
+    # where the objective extends smoothly across the bounds, the checks look across them
+    lower_check = lower if reflect is None else np.full(lower.size, -np.inf)
+    if method == "auto" and grad is not None:
+        res = _minimize_auto(fun, grad, start, lower_check, maxiter, tol, check_tol)
+        if reflect is not None:
+            x = np.asarray(reflect(res.x), dtype=float)
+            # a diagonal that Newton drove to (practically) zero is a zero standard deviation
+            x, res.fun, _, n_snap = snap_to_bound(fun, x, float(fun(x)), lower, 1e-9, width=1e-6)
+            res.x = x
+            res.nfev += n_snap + 1
+            res.snapped = [int(i) for i in np.flatnonzero(np.isfinite(lower) & (x <= lower))]
         return res
     nfev = 0
     tried = []
-    if method == "auto":
-        methods = (["L-BFGS-B"] if grad is not None else ["COBYQA"]) + ["Nelder-Mead"]
-    else:
-        methods = [method]
+    methods = ["COBYQA", "Nelder-Mead"] if method == "auto" else [method]
     x = start
     res = None
     for meth in methods:
@@ -121,10 +153,61 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     # entries practically at the bound set to it, at a cost of at most 1e-5 in deviance units
     res.x, res.fun, snapped, n_snap = snap_to_bound(fun, res.x, res.fun, lower, 1e-5)
     res.nfev = nfev + n_snap
-    res.tried = tried
     res.snapped = snapped
+    if grad is not None:                       # the same verdict as the default path, no moving
+        p = newton_polish(grad, res.x, lower_check, tol=check_tol, check_tol=check_tol, move=False)
+        res.nfev += p.nfev
+        tried.append(("check (Newton decrement, bound probes)", p.converged, p.nfev))
+        if res.success and not p.converged:
+            res.message = f"{res.message}; the second-order check failed: {p.message}"
+        res.success = bool(res.success and p.converged)
+        res.decrement, res.min_eigenvalue = p.decrement, p.min_eigenvalue
+    res.tried = tried
     res.method = methods[0] if len(tried) == 1 else " + ".join(m for m, _, _ in tried)
     return res
+
+
+def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5):
+    """L-BFGS-B, then Newton with the second-order checks; restarts where a check finds descent."""
+    tried, nfev = [], 0
+    x, best = start, None
+    label = "L-BFGS-B"
+    for rnd in range(rounds):
+        # a loose relative stop: Newton finishes faster than L-BFGS-B's last iterations
+        r = _run("L-BFGS-B", fun, x, lower, grad, maxiter, tol, ftol=1e-7)
+        nfev += int(r.nfev)
+        tried.append((label, bool(r.success), int(r.nfev)))
+        x1 = np.asarray(r.x, dtype=float)
+        f1, g1 = (float(r.fun), np.asarray(r.jac, dtype=float)) if np.all(x1 >= lower) else (None, None)
+        p = newton_polish(grad, x1, lower, f=f1, g=g1, tol=tol, check_tol=check_tol,
+                          maxit=min(30, maxiter))
+        nfev += p.nfev
+        tried.append(("Newton (Hessian from gradient differences), second-order checks", p.converged, p.nfev))
+        if best is None or p.f <= best.f:
+            best = p
+        if p.escape is None and not p.converged and rnd == 0:
+            # Newton could not finish from there: a derivative-free method from its point
+            c = _run("COBYQA", fun, p.x, lower, None, maxiter, tol)
+            nfev += int(c.nfev)
+            tried.append(("COBYQA", bool(c.success), int(c.nfev)))
+            p2 = newton_polish(grad, np.maximum(c.x, lower), lower, tol=tol, check_tol=check_tol,
+                               maxit=min(30, maxiter))
+            nfev += p2.nfev
+            tried.append(("Newton (Hessian from gradient differences), second-order checks",
+                          p2.converged, p2.nfev))
+            if p2.f <= best.f or p2.converged:
+                best = p2
+            p = p2
+        if p.escape is None:
+            break
+        x = p.escape[0]
+        label = "L-BFGS-B (restart: " + p.message + ")"
+    p = best
+    return optimize.OptimizeResult(
+        x=p.x, fun=float(p.f), success=bool(p.converged), message=p.message, nfev=nfev,
+        tried=tried, snapped=[int(i) for i in np.flatnonzero(np.isfinite(lower) & (p.x <= lower))],
+        decrement=p.decrement, min_eigenvalue=p.min_eigenvalue,
+        method=" + ".join(m for m, _, _ in tried))
 
 
 def escape_bound(fun, x, fx, lower, steps=(1e-3, 1e-2, 1e-1), tol=1e-8):

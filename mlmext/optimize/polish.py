@@ -1,0 +1,260 @@
+"""Newton polish and the second-order checks that decide whether a bound-constrained
+minimum has been reached.
+
+A quasi-Newton run stops on its own criteria (scipy's L-BFGS-B on a relative reduction of
+the objective, which on a deviance of 1e5 lets a step of 1e-5 pass for convergence).  The
+verdict here uses the exact gradient and a Hessian from its differences instead:
+
+* the Newton decrement ``g' H^-1 g / 2`` on the free parameters, the deviance decrease still
+  available, in deviance units whatever the size of the data;
+* the Hessian positive definite there (a saddle has a direction of descent);
+* every parameter at its bound probed inward.  A variance parameter's deviance is even in
+  it, so its gradient at 0 is exactly 0 at a saddle as at a minimum: the curvature along
+  the inward direction, with the free parameters following (the Schur complement of the
+  Hessian), and the deviance itself a few steps inward decide.
+
+When a probe finds descent the point it found is returned for a restart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .linesearch import backtrack
+
+__all__ = ["Polish", "newton_polish", "fd_hessian", "probe_bounds"]
+
+
+@dataclass
+class Polish:
+    """What :func:`newton_polish` found.
+
+    ``converged`` when the decrement is below tolerance, the Hessian on the free
+    parameters is positive (semi)definite and no probe found descent; ``escape`` is a
+    better point found by a probe (a restart is due), else None.
+    """
+
+    x: np.ndarray
+    f: float
+    g: np.ndarray
+    H: np.ndarray
+    converged: bool
+    decrement: float
+    min_eigenvalue: float
+    message: str
+    nfev: int
+    escape: tuple | None = None
+    probed: list = field(default_factory=list)
+
+
+def fd_hessian(fg, x, g, lower, rel=1e-5):
+    """Hessian from forward differences of the gradient (steps inward from a bound).
+
+    Returns ``(H, evaluations)``; ``H`` is symmetrized.  A step that lands on a non-finite
+    value is retried backwards (interior entries only).
+    """
+    n = x.size
+    H = np.zeros((n, n))
+    nfev = 0
+    for i in range(n):
+        h = rel * max(1.0, abs(x[i]))
+        col = None
+        for sgn in (1.0, -1.0):
+            if sgn < 0 and x[i] - h < lower[i]:
+                break
+            xi = x.copy()
+            xi[i] += sgn * h
+            fi, gi = fg(xi)
+            nfev += 1
+            if np.isfinite(fi):
+                col = (np.asarray(gi) - g) / (sgn * h)
+                break
+        H[:, i] = col if col is not None else np.nan
+    return 0.5 * (H + H.T), nfev
+
+
+def _noise(f):
+    """Rounding level of a deviance: decreases below it are not evidence of descent."""
+    return 1e-12 * abs(f) + 1e-10
+
+
+def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit=30,
+                  probe_steps=(1e-2, 1e-1, 0.5), move=True):
+    """Newton steps from ``x`` to a point passing the second-order checks, or an escape.
+
+    Parameters
+    ----------
+    fg : callable
+        ``x -> (f, gradient)``; ``f = inf`` marks an infeasible point.  Variables should be
+        scaled so that a unit step means alike in each (as the LMM fit's scaled theta).
+    x : ndarray
+        Start (a quasi-Newton method's end point); entries below ``lower`` are clipped.
+    lower : ndarray
+        Lower bounds (-inf for free entries).
+    f, g : optional
+        ``fg(x)`` when the caller has it.
+    tol : float
+        Newton iterations stop when the decrement is below it.
+    check_tol : float
+        ``converged`` requires the final decrement below it (deviance units).
+    maxit : int
+        Newton iterations.
+    probe_steps : tuple of float
+        Step lengths of the inward probes (in the scaled variables).
+    move : bool
+        False: judge ``x`` as it is (no Newton step; a probe's better point is still
+        returned as ``escape``).
+
+    Returns
+    -------
+    Polish
+    """
+    lower = np.asarray(lower, dtype=float)
+    x = np.maximum(np.asarray(x, dtype=float), lower)
+    nfev = 0
+    if f is None or g is None:
+        f, g = fg(x)
+        nfev += 1
+    g = np.asarray(g, dtype=float)
+    bounded = np.isfinite(lower)
+    if not np.isfinite(f):
+        return Polish(x, f, g, np.full((x.size, x.size), np.nan), False, np.inf, np.nan,
+                      "the objective is not finite at the optimizer's end point", nfev)
+    H, nh = fd_hessian(fg, x, g, lower)
+    nfev += nh
+    dec, mine, message = np.inf, np.nan, ""
+    fresh = True                                     # H computed at the current x
+    for _ in range(maxit):
+        if not np.all(np.isfinite(H)):
+            message = "the Hessian could not be computed (non-finite deviance next to the point)"
+            break
+        free = _free_set(x, g, H, lower, bounded)
+        Hf = H[np.ix_(free, free)]
+        w, V = np.linalg.eigh(Hf) if free.any() else (np.ones(1), np.zeros((0, 1)))
+        mine = float(w.min())
+        scale = max(1.0, float(np.abs(w).max()))
+        if mine <= -1e-8 * scale:                    # a saddle: move along negative curvature
+            esc, n_esc = _negative_curvature(fg, x, f, V[:, int(np.argmin(w))], free, lower,
+                                             probe_steps)
+            nfev += n_esc
+            if esc is not None:
+                return Polish(x, f, g, H, False, dec, mine, "saddle point: descent along "
+                              "negative curvature", nfev, escape=esc)
+            if not fresh:
+                H, nh = fd_hessian(fg, x, g, lower)
+                nfev += nh
+                fresh = True
+                continue
+        step = np.zeros_like(x)
+        wa = np.maximum(np.abs(w), 1e-10 * scale)
+        step[free] = -(V @ ((V.T @ g[free]) / wa))
+        dec = float(-g @ step) / 2.0
+        if dec < tol or not move:
+            break
+        ls = backtrack(lambda t: _trial(fg, np.maximum(x + t * step, lower)),
+                       lambda t, fn, p: fn <= f - 1e-4 * t * dec + _noise(f), maxtries=30)
+        nfev += ls.evaluations
+        if ls.t is None:
+            message = f"the Newton line search failed (decrement {dec:.3g})"
+            break
+        fn, (xn, gn) = ls.value, ls.payload
+        x, f, g = xn, fn, np.asarray(gn, dtype=float)
+        if dec > 1e-3 or ls.t < 1.0:                 # far from the optimum: new curvature
+            H, nh = fd_hessian(fg, x, g, lower)
+            nfev += nh
+            fresh = True
+        else:
+            fresh = False
+    else:
+        message = f"no convergence in {maxit} Newton iterations (decrement {dec:.3g})"
+    if dec < check_tol and mine > -1e-8 * max(1.0, np.abs(np.diag(H)).max()):
+        esc, probed, n_pr = probe_bounds(fg, x, f, g, H, lower, bounded, probe_steps)
+        nfev += n_pr
+        if esc is not None:
+            return Polish(x, f, g, H, False, dec, mine, "descent found inward from a bound",
+                          nfev, escape=esc, probed=probed)
+        return Polish(x, f, g, H, True, dec, mine, f"Newton decrement {dec:.3g}; "
+                      f"{len(probed)} bound(s) probed without descent" if probed else
+                      f"Newton decrement {dec:.3g}", nfev, probed=probed)
+    if not message:
+        message = (f"Newton decrement {dec:.3g} > {check_tol:g}" if dec >= check_tol else
+                   f"the Hessian is not positive definite (smallest eigenvalue {mine:.3g})")
+    return Polish(x, f, g, H, False, dec, mine, message, nfev)
+
+
+def _trial(fg, x):
+    f, g = fg(x)
+    return f, (x, g)
+
+
+def _free_set(x, g, H, lower, bounded):
+    """Entries not held at their bound: held are those at the bound whose Newton step
+    (on the other free entries) would leave the feasible set."""
+    atb = bounded & (x <= lower)
+    free = ~atb | (g < 0)
+    for _ in range(x.size):
+        if not free.any():
+            break
+        Hf = H[np.ix_(free, free)]
+        w, V = np.linalg.eigh(Hf)
+        w = np.maximum(np.abs(w), 1e-10 * max(1.0, np.abs(w).max()))
+        step = np.zeros_like(x)
+        step[free] = -(V @ ((V.T @ g[free]) / w))
+        out = free & atb & (step < 0)
+        if not out.any():
+            break
+        free &= ~out
+    return free
+
+
+def _negative_curvature(fg, x, f, v_free, free, lower, steps):
+    """The best point along +-v (negative curvature) projected onto the bounds, if lower."""
+    d = np.zeros_like(x)
+    d[free] = v_free
+    best, nfev = None, 0
+    for sgn in (1.0, -1.0):
+        for t in steps:
+            xt = np.maximum(x + sgn * t * d, lower)
+            ft = fg(xt)[0]
+            nfev += 1
+            if np.isfinite(ft) and ft < f - _noise(f) and (best is None or ft < best[1]):
+                best = (xt, float(ft))
+    return best, nfev
+
+
+def probe_bounds(fg, x, f, g, H, lower, bounded=None, steps=(1e-2, 1e-1, 0.5)):
+    """Probe each entry at its bound inward, the free entries following along
+    ``d_F = -H_FF^-1 H_Fi`` (the direction of the Schur complement of the Hessian ``H``).
+
+    ``fg`` returns a value or ``(value, gradient)``.  Returns ``(escape or None,
+    [(index, curvature along the direction)], evaluations)``; ``escape`` is the best point
+    found lower than ``f`` by more than rounding.
+    """
+    if bounded is None:
+        bounded = np.isfinite(lower)
+    atb = np.flatnonzero(bounded & (x <= lower))
+    probed, best, nfev = [], None, 0
+    interior = ~(bounded & (x <= lower))
+    for i in atb:
+        d = np.zeros_like(x)
+        d[i] = 1.0
+        if interior.any():
+            Hff = H[np.ix_(interior, interior)]
+            try:
+                d[interior] = -np.linalg.solve(Hff, H[interior, i])
+            except np.linalg.LinAlgError:
+                d[interior] = 0.0
+        curv = float(d @ H @ d)
+        probed.append((int(i), curv))
+        for t in steps:
+            xt = np.maximum(x + t * d, lower)
+            ft = _value(fg(xt))
+            nfev += 1
+            if np.isfinite(ft) and ft < f - _noise(f) and (best is None or ft < best[1]):
+                best = (xt, float(ft))
+    return best, probed, nfev
+
+
+def _value(out):
+    return float(out[0] if isinstance(out, tuple) else out)

@@ -1,0 +1,154 @@
+"""The default LMM fit reaches the optimum and says so honestly (issue 13).
+
+Each case compares the default fit with a derivative-free optimizer (or a known better
+point) in deviance units, the way optimizers' results can be compared: agreement to the
+convergence criterion, not to the bit.
+"""
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+from mlmext import datasets
+from mlmext.formula import api as mf
+from mlmext.optimize import minimize_theta, newton_polish, probe_bounds
+
+
+def _quiet(fn):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn()
+
+
+def test_nested_small_top_variance_reaches_the_optimum():
+    # the issue's reproducer: L-BFGS-B's relative stop left this 14 REML units short,
+    # at an interior point, with converged=True
+    r = np.random.default_rng(110)
+    A, B, n = 130, 18, 13
+    a = np.repeat(np.arange(A), B * n)
+    b = np.repeat(np.arange(A * B), n)
+    x = r.standard_normal(a.size)
+    y = (5 + 2.5 * x + 0.1 * r.standard_normal(A)[a] + r.standard_normal(A * B)[b]
+         + 2.3 * r.standard_normal(a.size))
+    m = mf.lmer("y ~ x + (1 | a/b)", pd.DataFrame(dict(y=y, x=x, a=a, b=b)))
+    res = m.fit()
+    ref = _quiet(lambda: m.fit(method="COBYQA"))
+    assert res.converged
+    assert res.llf - ref.llf >= -5e-5
+    assert res.optim.extras["decrement"] < 1e-7
+    np.testing.assert_allclose(res.theta, ref.theta, rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def three_by_three():
+    """A 3x3 covariance of rank about 1: two local optima at a zero diagonal."""
+    rng = np.random.default_rng(3)
+    G, n = 60, 20
+    g = np.repeat(np.arange(G), n)
+    x1, x2 = rng.standard_normal(G * n), rng.standard_normal(G * n)
+    z = rng.standard_normal(G)
+    b = np.column_stack([z, 0.5 * z + 0.01 * rng.standard_normal(G),
+                         -0.3 * z + 0.01 * rng.standard_normal(G)])
+    y = 1 + x1 + b[g, 0] + b[g, 1] * x1 + b[g, 2] * x2 + rng.standard_normal(G * n)
+    return mf.lmer("y ~ x1 + x2 + (1 + x1 + x2 | g)", pd.DataFrame(dict(y=y, x1=x1, x2=x2, g=g)))
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_boundary_point_with_a_better_mirror_image_is_left(three_by_three, reml):
+    # Bounded optimizers stop at theta = (.., 0, -0.096, 0): the x1 diagonal at its bound
+    # with a gradient pointing out of the box.  Its mirror image (the x1 column negated:
+    # the same covariance) has descent inward, to a point 0.5-1 deviance units lower.
+    m = three_by_three
+    stuck = np.array([1.0098, 0.5293, -0.3308, 0.0, -0.0964, 0.0])
+    res = _quiet(lambda: m.fit(reml=reml))
+    bounded = _quiet(lambda: m.fit(reml=reml, method="L-BFGS-B", start_params=stuck))
+    assert res.converged
+    assert -2 * bounded.llf - (-2 * res.llf) > 0.4          # the boundary point is worse ...
+    assert not bounded.converged                            # ... and the check says so
+    assert "second-order check failed" in bounded.optim.message
+    assert not bounded.check_convergence().converged
+    assert res.check_convergence().converged
+    assert res.theta[3] > 0.05 and res.theta[4] > 0.05      # the mirror image's optimum
+    cobyqa = _quiet(lambda: m.fit(reml=reml, method="COBYQA"))
+    assert res.llf - cobyqa.llf >= -1e-6
+    # started at the stuck point, the default path leaves it
+    again = _quiet(lambda: m.fit(reml=reml, start_params=stuck))
+    assert again.converged and again.llf - res.llf >= -1e-6
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e3])
+def test_predictor_units_do_not_matter(scale):
+    # ML: the REML criterion itself moves with the units of X (by log det X'X)
+    d = datasets.load("sleepstudy")
+    base = mf.lmer("Reaction ~ Days + (Days | Subject)", d).fit(reml=False)
+    res = mf.lmer("Reaction ~ D + (D | Subject)", d.assign(D=d.Days * scale)).fit(reml=False)
+    assert res.converged
+    assert abs(res.llf - base.llf) < 1e-6
+    # theta of the slope row is in units of 1/D
+    np.testing.assert_allclose(res.theta * np.array([1, scale, scale]), base.theta, rtol=1e-5)
+    assert res.optim.feval <= base.optim.feval + 2
+
+
+def test_singular_is_scale_free():
+    # with Days in units of 1e-4 days the slope's theta is 2.3e-5 per unit: not a zero SD
+    d = datasets.load("sleepstudy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        res = mf.lmer("Reaction ~ D + (D | Subject)", d.assign(D=d.Days * 1e4)).fit()
+    assert res.theta[2] < 1e-4
+    assert not res.is_singular()
+    # a variance that is zero is still reported: no group effect in the data, the REML
+    # optimum of its SD is 0 (the deviance rises on both sides)
+    rng = np.random.default_rng(7)
+    df = pd.DataFrame({"y": rng.standard_normal(200), "g": np.repeat(np.arange(20), 10)})
+    df["y"] -= df.groupby("g")["y"].transform("mean") * 0.5
+    with pytest.warns(ConvergenceWarning, match="singular"):
+        sing = mf.lmer("y ~ 1 + (1 | g)", df).fit()
+    assert sing.is_singular() and sing.converged and sing.theta[0] == 0.0
+
+
+def test_early_stop_reports_the_decrement():
+    d = datasets.load("sleepstudy")
+    with pytest.warns(ConvergenceWarning, match="decrement"):
+        res = mf.lmer("Reaction ~ Days + (Days | Subject)", d).fit(maxiter=1)
+    assert not res.converged
+
+
+# ---------------------------------------------------------------- the optimizer pieces
+def _saddle(z):
+    """Even in x with a maximum at x = 0 and minima at x = +-1: a gradient test at the bound
+    x = 0 cannot tell it from a minimum."""
+    x, y = z
+    f = (x * x - 1.0) ** 2 + (y - 0.5) ** 2 + 0.3 * x * x * y
+    g = np.array([4 * x * (x * x - 1.0) + 0.6 * x * y, 2 * (y - 0.5) + 0.3 * x * x])
+    return f, g
+
+
+def test_polish_escapes_a_saddle_on_the_bound():
+    lower = np.array([0.0, -np.inf])
+    z0 = np.array([0.0, 0.5])
+    p = newton_polish(_saddle, z0, lower)
+    assert not p.converged and p.escape is not None
+    assert p.escape[1] < _saddle(z0)[0] - 0.1
+    res = minimize_theta(lambda z: _saddle(z)[0], z0, lower, grad=_saddle)
+    assert res.success
+    fx, gx = _saddle(res.x)
+    assert res.x[0] > 0.9 and np.max(np.abs(gx)) < 1e-6
+    assert any("second-order" in t[0] for t in res.tried)
+
+
+def test_probe_bounds_finds_descent_only_where_there_is_some():
+    lower = np.array([0.0, -np.inf])
+    z = np.array([0.0, 0.5])
+    f, g = _saddle(z)
+    H = np.array([[-4.0 + 0.3, 0.0], [0.0, 2.0]])
+    esc, probed, nfev = probe_bounds(_saddle, z, f, g, H, lower)
+    assert esc is not None and esc[1] < f and probed[0][0] == 0 and probed[0][1] < 0
+    # a true boundary minimum: f = x^2 + (y - 0.5)^2 at x = 0
+    bowl = lambda v: (v[0] ** 2 + (v[1] - 0.5) ** 2, np.array([2 * v[0], 2 * (v[1] - 0.5)]))
+    esc, probed, _ = probe_bounds(bowl, z, 0.0, np.zeros(2), np.diag([2.0, 2.0]), lower)
+    assert esc is None and probed == [(0, 2.0)]
+    p = newton_polish(bowl, z, lower)
+    assert p.converged and p.decrement < 1e-12
