@@ -225,6 +225,9 @@ def test_newton_with_a_small_variance(seed):
     np.testing.assert_allclose(np.asarray(fast.bse), np.asarray(slow.bse), rtol=1e-4)
 
 
+CHECKS = "second-order checks (Newton polish, Hessian from gradient differences)"
+
+
 @pytest.mark.parametrize("seed", [0, 2])
 def test_newton_hands_a_singular_fit_over_early(seed):
     m = mf.clmm("y ~ x + (1 | g)", _small_variance_data(seed))
@@ -232,7 +235,9 @@ def test_newton_hands_a_singular_fit_over_early(seed):
         warnings.simplefilter("error")
         r = m.fit()
     assert r.is_singular() and r.converged
-    assert [t[0] for t in r.optim.tried] == ["Newton (Laplace, exact Hessian)", "BFGS (Laplace)"]
+    assert [t[0] for t in r.optim.tried] == ["Newton (Laplace, exact Hessian)", "BFGS (Laplace)",
+                                             CHECKS]
+    assert r.optim.tried[2][1]                          # the zero SD passed the inward probe
     assert r.optim.tried[0][2] <= 4                     # evaluations spent by Newton
     slow = _fit(m, 1, True)
     # each within CLMM_EPS / 2 of the optimum, plus up to 1e-8 for setting theta to its bound
@@ -248,7 +253,9 @@ def test_newton_hands_singular_fits_to_the_bounded_optimizer(wine):
         warnings.simplefilter("error")
         r = mf.clmm("rating ~ temp + contact + (1 | grp)", d).fit()
     assert r.is_singular() and r.theta[0] == 0.0 and r.converged
-    assert [t[0] for t in r.optim.tried] == ["Newton (Laplace, exact Hessian)", "BFGS (Laplace)"]
+    assert [t[0] for t in r.optim.tried] == ["Newton (Laplace, exact Hessian)", "BFGS (Laplace)",
+                                             CHECKS]
+    assert r.optim.tried[2][1]                          # the zero SD passed the inward probe
     assert not r.optim.tried[0][1]
     assert np.all(np.isfinite(np.asarray(r.bse)))
 

@@ -152,3 +152,15 @@ def test_probe_bounds_finds_descent_only_where_there_is_some():
     assert esc is None and probed == [(0, 2.0)]
     p = newton_polish(bowl, z, lower)
     assert p.converged and p.decrement < 1e-12
+
+
+def test_clmm_started_on_the_bound_reaches_the_interior_optimum():
+    # theta = 0: the gradient in theta is 0 there; the checks probe inward
+    wine = datasets.load("wine")
+    m = mf.clmm("rating ~ temp + contact + (1 | judge)", wine)
+    ref = m.fit()
+    start = np.concatenate([np.asarray(ref.params), [0.0]])
+    res = _quiet(lambda: m.fit(start_params=start))
+    assert res.converged and res.theta[0] > 0.5
+    assert abs(res.llf - ref.llf) < 1e-6
+    assert any(t[0].startswith("second-order checks") for t in res.optim.tried)

@@ -21,7 +21,7 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparatio
 
 from .. import laplace as _laplace
 from .._args import reject_unknown as _reject_unknown
-from ..optimize import OptSummary, escape_bound, minimize_bfgs, snap_to_bound
+from ..optimize import OptSummary, escape_bound, minimize_bfgs, newton_polish, snap_to_bound
 from ..results import MixedResultsWrapper
 from .clm import fit_clm
 from .newton import _laplace_by_newton
@@ -146,11 +146,18 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
         exact = None
     # variance parameters that are practically zero are set to zero (clean singular fits)
     x_hat = snap_to_bound(obj.fg_x, x_hat, opt.fun, lower_x, 1e-8)[0]
+    if exact is None:
+        # the quasi-Newton verdict is not enough: Newton decrement with a difference Hessian,
+        # saddles, and every variance at zero probed inward (its gradient is 0 there either way)
+        x_hat, converged = _second_order_checks(obj, x_hat, lower_x, B0 if nagq == 1 else B1,
+                                                gtol, maxiter, tried)
+        opt.fun, opt.jac = obj.fg_x(x_hat)        # (also leaves the modes at the estimate)
+    else:
+        converged = bool(opt.success)             # Newton with the exact Hessian: decrement, PD
     z_hat = exact.x_r if exact is not None else obj.to_r(x_hat)
     alpha, beta, theta = z_hat[:k], z_hat[k:k + p], z_hat[k + p:]
     pg = np.where(np.isfinite(lower_x) & (x_hat <= lower_x) & (opt.jac > 0), 0.0, opt.jac)
     max_grad = float(np.max(np.abs(pg))) if pg.size else 0.0
-    converged = bool(opt.success) or max_grad < 1e-3
     separated = _separation_message(model, alpha, beta)
     # ---- Hessian in R coordinates, without variance parameters at zero (as clmm)
     free = np.ones(z_hat.size, dtype=bool)
@@ -194,6 +201,25 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
                               cov_params_full=cov_full, hessian=H, hessian_free=free,
                               llf_no_re=ll_clm, modes=modes, max_grad=max_grad)
     return MixedResultsWrapper(res)
+
+
+def _second_order_checks(obj, x, lower, B0, gtol, maxiter, tried, restarts=2):
+    """Newton polish of a quasi-Newton end point (:func:`mlmext.optimize.newton_polish`), with
+    a restart of the quasi-Newton method where a probe finds descent.  Returns ``(x, passed)``."""
+    for _ in range(restarts + 1):
+        n0 = obj.nfev
+        pol = newton_polish(obj.fg_x, x, lower, tol=1e-10, check_tol=1e-7, maxit=min(20, maxiter))
+        tried.append(("second-order checks (Newton polish, Hessian from gradient differences)",
+                      pol.converged, obj.nfev - n0))
+        if pol.escape is None:
+            return (pol.x if np.isfinite(pol.f) else x), pol.converged
+        n0 = obj.nfev
+        f1, g1 = obj.fg_x(pol.escape[0])
+        opt = minimize_bfgs(obj.fg_x, pol.escape[0], lower, B0=B0, gtol=gtol, maxiter=maxiter,
+                            f0g0=(f1, g1))
+        tried.append((f"BFGS, restarted ({pol.message})", bool(opt.success), obj.nfev - n0))
+        x = opt.x
+    return x, False
 
 
 def _separation_message(model, alpha, beta, big=10.0):
