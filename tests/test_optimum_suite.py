@@ -52,7 +52,6 @@ def _issue13_data():
     return pd.DataFrame({"y": y, "x": x, "a": a, "b": b})
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13: default optimizer being fixed")
 def test_issue13_reproducer_default_fit_reaches_cobyqa():
     m = mf.lmer("y ~ x + (1 | a/b)", _issue13_data())
     with warnings.catch_warnings():
