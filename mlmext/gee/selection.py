@@ -366,7 +366,7 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
             if separated:
                 flags.append("perfect separation or prediction")
             if not row["converged"]:
-                flags.append(f"not converged in {res.maxiter} iterations")
+                flags.append(f"not converged in {res.n_iter} iterations")
             if not np.all(np.isfinite(np.asarray(res.bse, dtype=float))):
                 flags.append("NaN standard errors")
             if not np.isfinite(q["QIC"]):
