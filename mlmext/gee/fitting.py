@@ -136,7 +136,7 @@ class ScaleFreeGEE(GEE):
                 self._update_assoc(params)
                 n_dep_updates += 1
                 d_dep = dep_change(self.cov_struct, old, self.cov_struct.dep_params)
-        if not converged:
+        if not converged and n_iter == maxiter:
             warnings.warn("Iteration limit reached prior to convergence", IterationLimitWarning, stacklevel=2)
         # statsmodels builds the results (covariances, scale) at the final estimates: no iteration
         # runs with maxiter=0, and its own verdict is replaced below
