@@ -14,12 +14,23 @@ Vocabulary (lme4 / MixedModels.jl):
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
-__all__ = ["ReTerm", "ReBlock", "RandomEffectsDesign", "grouping_factor", "match_levels"]
+__all__ = ["ReTerm", "ReBlock", "RandomEffectsDesign", "grouping_factor", "match_levels",
+           "UnidentifiedSlopeWarning", "slopes_constant_within_levels", "warn_constant_slopes"]
+
+
+class UnidentifiedSlopeWarning(UserWarning):
+    """A random slope whose variable is constant within every level of its grouping factor.
+
+    A ``UserWarning`` (as the other warnings about the model as specified, such as a
+    rank-deficient fixed-effects design), not a ``ConvergenceWarning``: it is raised when
+    the model is built, before any fit, and says what the data cannot identify.
+    """
 
 
 def lower_tri(q):
@@ -162,6 +173,76 @@ def match_levels(data, term):
     out = pd.Index(fitted).get_indexer(combined).astype(np.int64)
     out[unseen] = -1
     return out
+
+
+def _level_constant(X, codes):
+    """Per column of ``X``: is it constant within every level of ``codes``?"""
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
+    Xs = X[order]
+    spread = np.maximum.reduceat(Xs, starts, axis=0) - np.minimum.reduceat(Xs, starts, axis=0)
+    scale = np.abs(X).max(axis=0)
+    return np.all(spread <= 1e-12 * np.where(scale > 0, scale, 1.0), axis=0)
+
+
+def slopes_constant_within_levels(X, codes, colnames):
+    """Random-effects columns whose effect cannot be told apart from another column's.
+
+    ``X`` holds the random-effects columns on one grouping factor (``codes``: the
+    level of each row).  A column (other than a column of ones, the intercept) is
+    reported when it is constant within every level and another column that is
+    constant within every level (usually the intercept) is non-zero in a level
+    where it is: in such a level the two columns are proportional, so their random
+    effects act as one.  Columns that never share a level (the dummies of a
+    group-level factor in ``(0 + f | g)``) are not reported: their variances are
+    identified, only a correlation that no level shows is not.
+
+    Returns
+    -------
+    list of str
+        The names of the reported columns, in their order.
+    """
+    X = np.asarray(X, dtype=float)
+    if X.shape[1] < 2:
+        return []
+    const = _level_constant(X, np.asarray(codes))
+    ones = np.all(X == 1.0, axis=0)
+    if const.sum() < 2 or not np.any(const & ~ones):
+        return []
+    nonzero = X != 0
+    out = []
+    for j in np.flatnonzero(const & ~ones):
+        others = [k for k in np.flatnonzero(const) if k != j]
+        if np.any(nonzero[:, [j]] & nonzero[:, others]):
+            out.append(colnames[j])
+    return out
+
+
+def warn_constant_slopes(design, stacklevel=2):
+    """Warn (:class:`UnidentifiedSlopeWarning`) for each grouping factor of ``design`` with random
+    slopes that :func:`slopes_constant_within_levels` reports (the terms on one factor are
+    taken together: ``(1 | g) + (0 + w | g)`` is ``(1 + w || g)``)."""
+    for block in design.blocks:
+        names = [c for t in block.terms for c in t.colnames]
+        cols = slopes_constant_within_levels(block.X, block.codes, names)
+        if not cols:
+            continue
+        written = " + ".join(dict.fromkeys(getattr(t, "source", "") or f"({t.lhs} | {t.name})"
+                                           for t in block.terms))
+        what = ", ".join(repr(c) for c in cols)
+        one = len(cols) == 1
+        # with (1 + w || g) the slope has no correlation parameter, only a variance
+        correlated = any(t.q > 1 and set(cols) & set(t.colnames) for t in block.terms)
+        params = "variance and correlation" if correlated else "variance"
+        warnings.warn(
+            f"random effects {written}: {what} {'is' if one else 'are'} constant within every level of "
+            f"{block.name!r}, so {'its random slope' if one else 'their random slopes'} cannot be told "
+            f"apart from the random intercept (each level gets one effect, b0 + b1 * "
+            f"{cols[0] if one else 'value'}): the {params} of {'this slope' if one else 'these slopes'} "
+            f"{'is' if params == 'variance' else 'are'} "
+            "not identified, only the covariance of the observations they imply. Drop the slope "
+            f"(its fixed effect stays), or group by a factor within which {what} var{'ies' if one else 'y'}",
+            UnidentifiedSlopeWarning, stacklevel=stacklevel + 1)
 
 
 class ReTerm:

@@ -86,7 +86,7 @@ PAIRS = [(c, s) for c in CASES for s in load_ref(c)["structures"]]
 
 # Tolerances against geepack.  geepack stops when no mean or correlation parameter changed by more
 # than epsilon = 1e-4 in the last iteration (geese.control), or after 25 iterations; gee_select
-# runs the same iterations to statsmodels' ctol.  So the estimates agree to geepack's 1e-4 only
+# runs the same iterations to its scale-free rule (mlmext.gee.fitting).  So the estimates agree to geepack's 1e-4 only
 # (and within the project's 0.002 SE), the correlation parameters to 1e-4.  What is computed from
 # them moves by less than the tolerances below when the estimates move by 1e-4 (measured by
 # stopping our iterations at the first change below 1e-4, every case: robust SEs, CIC and scale

@@ -28,7 +28,7 @@ import pandas as pd
 from statsmodels.formula._manager import FormulaManager
 
 from .._frames import as_dataframe
-from ..design import RandomEffectsDesign, ReTerm, grouping_factor
+from ..design import RandomEffectsDesign, ReTerm, grouping_factor, warn_constant_slopes
 from .terms import parse_formula
 
 __all__ = ["ModelFrame", "build_model_frame", "quote_names", "display_name", "apply_subset",
@@ -454,8 +454,11 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         t = ReTerm(bar.name, bar.factors, bar.lhs, Z.to_numpy(dtype=float),
                    [display_name(c) for c in Z.columns], codes, levels, keys, kinds)
         t.spec = spec
+        t.source = bar.source           # the term as written, for messages
         terms.append(t)
     design = RandomEffectsDesign(terms)
+    # lmer(), glmer() and clmm() call from_formula, which calls this: point at their caller
+    warn_constant_slopes(design, stacklevel=4)
     off = np.zeros(len(sub))
     for o in offs:
         off += o.to_numpy(dtype=float)

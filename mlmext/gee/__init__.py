@@ -17,8 +17,9 @@ The package, by module:
   :class:`PairwiseExchangeable`, :class:`PairwiseAR1`, :class:`PairwiseUnstructured`;
 * ``criteria``: :func:`qic` and the quasi-likelihood;
 * ``selection``: :func:`gee_select`, with ``inputs`` (checks of its columns, family and
-  formula), ``candidates`` (its ``cov_structs`` argument as named structures) and
-  ``diagnostics`` (the description, convergence and flags of each fit);
+  formula), ``candidates`` (its ``cov_structs`` argument as named structures),
+  ``fitting`` (:class:`ScaleFreeGEE`: statsmodels' GEE with a stopping rule that does not
+  depend on units) and ``diagnostics`` (the description and flags of each fit);
 * ``results``: :class:`GEESelection`.
 
 References
@@ -32,6 +33,7 @@ References
 """
 from .covstructs import PairwiseAR1, PairwiseCovStruct, PairwiseExchangeable, PairwiseUnstructured
 from .criteria import qic
+from .fitting import ScaleFreeGEE
 from .results import GEESelection
 from .selection import gee_select
 
@@ -39,6 +41,7 @@ __all__ = [
     "qic",
     "gee_select",
     "GEESelection",
+    "ScaleFreeGEE",
     "PairwiseCovStruct",
     "PairwiseExchangeable",
     "PairwiseAR1",

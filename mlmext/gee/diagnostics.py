@@ -1,8 +1,7 @@
 """What gee_select's table reports about each fit besides the criteria.
 
-The working-correlation estimate in words, its number of parameters, convergence by
-statsmodels' or geepack's criterion, and the problems of a working correlation that flag
-a fit (not positive definite, correlations outside [-1, 1], projected during the fit).
+The working-correlation estimate in words, its number of parameters, and the problems of a
+working correlation that flag a fit (not positive definite, correlations outside [-1, 1], projected during the fit).
 """
 from __future__ import annotations
 
@@ -73,18 +72,3 @@ def _correlation_problems(results):
     if adjusted:
         out.append("working correlation projected to positive definite during the fit")
     return out
-
-
-def _converged(results, tol=1e-4):
-    """statsmodels' criterion (score norm below ``ctol``) or geepack's: in the last iteration no
-    mean or working-correlation parameter changed by more than ``tol`` (geese.control's epsilon)."""
-    if results.converged:
-        return True
-    hist = results.fit_history
-    if len(hist["params"]) < 2 or not hist["dep_params"]:
-        return False
-    d_beta = np.abs(hist["params"][-1] - hist["params"][-2]).max()
-    last = hist["dep_params"][-1]
-    now = results.cov_struct.dep_params
-    d_alpha = 0.0 if last is None or now is None else np.abs(np.asarray(now) - np.asarray(last)).max()
-    return bool(d_beta <= tol and d_alpha <= tol)

@@ -14,7 +14,6 @@ import warnings
 import numpy as np
 import pandas as pd
 from statsmodels.genmod import families
-from statsmodels.genmod.generalized_estimating_equations import GEE
 from statsmodels.tools.sm_exceptions import (ConvergenceWarning, IterationLimitWarning, PerfectSeparationWarning,
                                              SingularMatrixWarning)
 
@@ -24,7 +23,8 @@ from ..base import caller_namespace
 from .candidates import _parse_structures
 from .covstructs import PairwiseCovStruct
 from .criteria import qic
-from .diagnostics import _converged, _correlation_problems, _describe, _n_corr_params
+from .fitting import ScaleFreeGEE
+from .diagnostics import _correlation_problems, _describe, _n_corr_params
 from .inputs import (_aliased, _check_finite, _check_label_kinds, _column,
                      _formula_rows, _label, _numeric, _outside_arrays, _resolve_family)
 from .results import GEESelection
@@ -32,7 +32,7 @@ from .results import GEESelection
 __all__ = ["gee_select"]
 
 
-_FIT_KEYS = set(inspect.signature(GEE.fit).parameters) - {"self"}
+_FIT_KEYS = set(inspect.signature(ScaleFreeGEE.fit).parameters) - {"self"}
 _MODEL_KEYS = ("weights", "offset", "exposure", "dep_data", "eval_env", "missing")
 _FLAGGED_WARNINGS = (ConvergenceWarning, IterationLimitWarning, SingularMatrixWarning)
 # arguments of GEE / geepack that mean something else here, or that gee_select cannot honour
@@ -95,7 +95,8 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
         Arguments of ``GEE.fit`` (``maxiter``, ``ctol``, ``scale``,
         ``ddof_scale``, ...) are passed to every fit; defaults here are
         ``maxiter=25`` and ``ddof_scale=0`` (geepack's iteration limit and
-        scale estimate).  ``weights``, ``offset`` and ``exposure`` (column
+        scale estimate) and ``ctol=1e-8``, the tolerance of the scale-free
+        stopping rule (see Notes), not statsmodels' absolute one.  ``weights``, ``offset`` and ``exposure`` (column
         names or arrays), ``dep_data`` for ``nested`` (column names or a
         formula) and ``eval_env`` (as in statsmodels; by default the caller's
         variables and functions are visible to the formula) go to
@@ -144,14 +145,17 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
     definite.  QIC is computed with :func:`qic`, with ``Omega_I`` from the
     independence fit in the table.
 
-    A fit counts as converged by statsmodels' criterion (score norm below
-    ``ctol``) or by geepack's (no mean or correlation parameter changed by more
-    than 1e-4 in the last iteration).  Each iteration is geepack's: a
-    Fisher-scoring step for the mean, then the moment estimates at the new
-    mean, both starting from the GLM fit with an identity working
-    correlation.  With geepack's limit of 25 iterations, a structure that does
-    not settle stops at the same iterate as ``geeglm`` (dietox's unstructured
-    fit, for one).
+    A fit counts as converged when its last mean step is below ``ctol``
+    standard errors and its last working-correlation update changed no
+    correlation by more than ``ctol`` (default 1e-8; see
+    :class:`mlmext.gee.fitting.ScaleFreeGEE`).  Neither depends on the units
+    of the response or the covariates, unlike statsmodels' rule (score norm
+    below an absolute ``ctol``) and geepack's (no parameter changed by more
+    than an absolute epsilon).  Each iteration is geepack's: a Fisher-scoring
+    step for the mean, then the moment estimates at the new mean, both starting
+    from the GLM fit with an identity working correlation.  With geepack's
+    limit of 25 iterations, a structure that does not settle stops at the same
+    iterate as ``geeglm`` (dietox's unstructured fit, for one).
     """
     data = as_dataframe(data, "data")
     if not isinstance(formula, str) or "~" not in formula:
@@ -321,7 +325,7 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
     def fit(make):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = GEE.from_formula(formula, groups=gcol, data=frame, time=tvals, family=family,
+            model = ScaleFreeGEE.from_formula(formula, groups=gcol, data=frame, time=tvals, family=family,
                                      cov_struct=make(), eval_env=eval_env, **model_kwargs)
             res = model.fit(**fit_kwargs)
         separated = any(issubclass(w.category, PerfectSeparationWarning) for w in caught)
@@ -358,11 +362,11 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
             cs = res.cov_struct
             row.update(QIC=q["QIC"], QICu=q["QICu"], CIC=q["CIC"], QuasiLik=q["QuasiLik"],
                        n_params=int(q["n_params"]), n_corr_params=_n_corr_params(cs),
-                       working_corr=_describe(cs), scale=float(res.scale), converged=_converged(res))
+                       working_corr=_describe(cs), scale=float(res.scale), converged=bool(res.converged))
             if separated:
                 flags.append("perfect separation or prediction")
             if not row["converged"]:
-                flags.append(f"not converged in {res.maxiter} iterations")
+                flags.append(f"not converged in {res.n_iter} iterations")
             if not np.all(np.isfinite(np.asarray(res.bse, dtype=float))):
                 flags.append("NaN standard errors")
             if not np.isfinite(q["QIC"]):

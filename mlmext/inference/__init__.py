@@ -14,10 +14,13 @@ which puts them on the results class as methods:
   simulation-based power;
 * :mod:`.diagnostics` -- :func:`influence`, :func:`cooks_distance` (group deletion, HLMdiag) and
   :func:`check_convergence`, a scale-free gradient check of the optimum;
+* :mod:`.allfit` -- :func:`allfit`: the model refitted with every available optimizer, side by
+  side (lme4's ``allFit``);
 * :mod:`.mixin` -- :class:`InferenceMixin`.
 
 Variance parameters are named as :func:`varpar_names` says (see :mod:`.intervals`).
 """
+from .allfit import AllFitTable, allfit
 from .anova import AnovaTable, anova
 from .ddf import kenward_roger, satterthwaite
 from .diagnostics import ConvergenceCheck, check_convergence, cooks_distance, influence
@@ -34,5 +37,5 @@ __all__ = [
     "anova", "AnovaTable", "satterthwaite", "kenward_roger", "profile", "conf_int_profile",
     "bootstrap", "conf_int_boot", "icc", "r2_nakagawa", "r2_snijders_bosker", "simulate",
     "power_sim", "PowerSimResults", "influence", "cooks_distance", "check_convergence",
-    "ConvergenceCheck", "varpar_names", "InferenceMixin",
+    "ConvergenceCheck", "allfit", "AllFitTable", "varpar_names", "InferenceMixin",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ._common import _fe_names
+from .allfit import allfit
 from .ddf import kenward_roger, params_table_ddf, satterthwaite, t_test_ddf
 from .diagnostics import check_convergence, cooks_distance, influence
 from .intervals import _wald_conf_int, bootstrap, conf_int_boot, conf_int_profile, profile
@@ -169,6 +170,24 @@ class InferenceMixin:
     def check_convergence(self, tol=1e-5):
         """Gradient check of the optimum; see :func:`mlmext.inference.check_convergence`."""
         return check_convergence(self, tol=tol)
+
+    def allfit(self, methods=None, maxfev=20000):
+        """Refit with every available optimizer and compare (lme4's ``allFit``).
+
+        Parameters
+        ----------
+        methods : sequence of str, optional
+            Optimizers besides the default fit (see :func:`mlmext.inference.allfit`).
+        maxfev : int
+            Evaluations allowed to each derivative-free minimizer (GLMMs, clmm).
+
+        Returns
+        -------
+        AllFitTable
+            One row per optimizer: deviance, estimates, ``converged``, ``seconds``, ``note``;
+            ``summary()`` gives the largest differences between the fits.
+        """
+        return allfit(self, methods=methods, maxfev=maxfev)
 
     def _ddf_params_table(self, ddf, alpha=0.05):
         """The fixed-effects table with t tests on ``ddf`` degrees of freedom (for ``summary``)."""
