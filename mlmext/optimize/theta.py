@@ -157,7 +157,7 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     if grad is not None:                       # the same verdict as the default path, no moving
         p = newton_polish(grad, res.x, lower_check, tol=check_tol, check_tol=check_tol, move=False)
         res.nfev += p.nfev
-        tried.append(("check (Newton decrement, bound probes)", p.converged, p.nfev))
+        tried.append(("second-order checks (Newton decrement, saddles, zero SDs)", p.converged, p.nfev))
         if res.success and not p.converged:
             res.message = f"{res.message}; the second-order check failed: {p.message}"
         res.success = bool(res.success and p.converged)
