@@ -495,14 +495,40 @@ def summarize(df):
     return lines, fam
 
 
+def time_defaults(todo, repeat, csv):
+    """Best-of-``repeat`` time of each design's default fit of a fresh model (the model's
+    construction outside the timing, its cached cross-products inside, as in run_design)."""
+    rows = []
+    for d in todo:
+        data = d.make_data()
+        t = np.inf
+        for _ in range(repeat):
+            model = d.model(data)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t = min(t, best_time(lambda: model.fit(**d.fit_kwargs()), 1)[0])
+        rows.append({"case": d.name, "seconds": t})
+        print(f"{d.name}: {t:.4f} s", flush=True)
+    out = pd.DataFrame(rows)
+    if csv:
+        out.to_csv(csv, index=False)
+    print(f"total: {out['seconds'].sum():.3f} s")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a small subset of the designs")
     ap.add_argument("--csv", help="write every design's row (and each alternative's gap) here")
     ap.add_argument("--only", help="run only designs whose name contains this")
     ap.add_argument("--repeat", type=int, default=1, help="default fits timed (best of)")
+    ap.add_argument("--timing-only", action="store_true",
+                    help="only time the default fits; --csv then gets (case, seconds), the format "
+                         "compare_revisions.py reads (--scripts optimum_suite.py --timing-only)")
     args = ap.parse_args(argv)
     todo = [d for d in designs(args.quick) if not args.only or args.only in d.name]
+    if args.timing_only:
+        return time_defaults(todo, args.repeat, args.csv)
     t0 = time.perf_counter()
     rows = []
     cols = ["design", "crit", "nobs", "gap", "converged", "warned", "t_default", "t_others",

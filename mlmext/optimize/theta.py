@@ -37,10 +37,10 @@ def _run(method, fun, x0, lower, grad, maxiter, tol, ftol=None):
             return optimize.minimize(fun, np.maximum(x0, np.where(np.isfinite(lower), lower, -np.inf)),
                                      method="Nelder-Mead", bounds=bounds,
                                      options={"maxfev": maxiter, "xatol": max(1e-6, tol), "fatol": tol})
+        opts = {"maxfun": maxiter} if method == "TNC" else {"maxiter": maxiter}   # TNC's name
         if grad is not None:
-            return optimize.minimize(grad, x0, method=method, jac=True, bounds=bounds,
-                                     options={"maxiter": maxiter})
-        return optimize.minimize(fun, x0, method=method, bounds=bounds, options={"maxiter": maxiter})
+            return optimize.minimize(grad, x0, method=method, jac=True, bounds=bounds, options=opts)
+        return optimize.minimize(fun, x0, method=method, bounds=bounds, options=opts)
 
 
 def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, grad=None, scale=None,
