@@ -164,3 +164,15 @@ def test_clmm_started_on_the_bound_reaches_the_interior_optimum():
     assert res.converged and res.theta[0] > 0.5
     assert abs(res.llf - ref.llf) < 1e-6
     assert any(t[0].startswith("second-order checks") for t in res.optim.tried)
+
+
+def test_rounding_in_a_flat_direction_is_not_a_saddle():
+    # the difference Hessian of a gradient with rounding-level wiggles has a small negative
+    # eigenvalue along a flat direction; the deviance along it shows no descent: converged
+    def fg(v):
+        x, y = v
+        return (x - 1.0) ** 2, np.array([2 * (x - 1.0), 1e-9 * np.sin(1e7 * y)])
+
+    p = newton_polish(fg, np.array([1.0, 0.0]), np.array([-np.inf, -np.inf]))
+    assert p.min_eigenvalue < 0
+    assert p.converged and p.escape is None

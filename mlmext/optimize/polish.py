@@ -125,6 +125,9 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
     nfev += nh
     dec, mine, message = np.inf, np.nan, ""
     fresh = True                                     # H computed at the current x
+    # a negative eigenvalue of a difference Hessian can be rounding (a flat direction); the
+    # deviance along its eigenvector decides: no descent there and x is not a saddle
+    clear = False
     for _ in range(maxit):
         if not np.all(np.isfinite(H)):
             message = "the Hessian could not be computed (non-finite deviance next to the point)"
@@ -141,6 +144,7 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
             if esc is not None:
                 return Polish(x, f, g, H, False, dec, mine, "saddle point: descent along "
                               "negative curvature", nfev, escape=esc)
+            clear = True
             if not fresh:
                 H, nh = fd_hessian(fg, x, g, lower)
                 nfev += nh
@@ -160,6 +164,7 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
             break
         fn, (xn, gn) = ls.value, ls.payload
         x, f, g = xn, fn, np.asarray(gn, dtype=float)
+        clear = False
         if dec > 1e-3 or ls.t < 1.0:                 # far from the optimum: new curvature
             H, nh = fd_hessian(fg, x, g, lower)
             nfev += nh
@@ -168,7 +173,7 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
             fresh = False
     else:
         message = f"no convergence in {maxit} Newton iterations (decrement {dec:.3g})"
-    if dec < check_tol and mine > -1e-8 * max(1.0, np.abs(np.diag(H)).max()):
+    if dec < check_tol and (clear or mine > -1e-8 * max(1.0, np.abs(np.diag(H)).max())):
         esc, probed, n_pr = probe_bounds(fg, x, f, g, H, lower, bounded, probe_steps)
         nfev += n_pr
         if esc is not None:
