@@ -230,33 +230,14 @@ def _finish(model, dev, tr, x, nagq, optim, H, initial):
     else:
         llf, _ = lp.agq_loglik(des, dev.chol_u, None, dev.cond, theta, nagq, modes=modes, lams=lams)
         llf += dev.cond.loglik_const
-    # covariance of beta as lme4: inverse Hessian of the deviance in (theta, beta), or RX
-    # when the fit is singular (lme4 does not compute the Hessian then)
-    nt, p = des.ntheta, model.k_fe
-    singular = bool(np.any(theta[np.isfinite(des.lower)] < 1e-4))
-    cov_method = "RX"
-    cov = None
-    cov_joint = None
-    if not singular and H is not None and np.all(np.isfinite(H)):
-        # lme4 (glmer.nb too) holds the negative binomial's alpha fixed here; the
-        # covariance that also allows for alpha's uncertainty is kept as cov_fe_joint
-        for k_h, name in ((nt + p, "cov"), (H.shape[0], "joint")):
-            try:
-                Hi = np.linalg.inv(H[:k_h, :k_h])
-            except np.linalg.LinAlgError:
-                continue
-            Vt = 2.0 * Hi[nt:nt + p, nt:nt + p]
-            Vt = 0.5 * (Vt + Vt.T)
-            if p and not np.all(np.linalg.eigvalsh(Vt) > 0):
-                continue
-            if name == "cov":
-                cov = tr.R @ Vt @ tr.R.T
-                cov_method = "Hessian"
-            elif dev.k_extra:
-                cov_joint = tr.R @ Vt @ tr.R.T
+    cov, cov_method, cov_joint = _fe_covariance(model, tr, H)
+    cov_note = ""
     if cov is None:
-        cov = dev.cov_rx(theta, modes, lams)
-    optim = OptSummary.from_result(optim, initial=initial, cov_method=cov_method)
+        cov, cov_method = dev.cov_rx(theta, modes, lams), "RX"
+        cov_note = ("the fixed-effects block of the inverse finite-difference Hessian is not "
+                    "positive definite")
+    optim = OptSummary.from_result(optim, initial=initial, cov_method=cov_method,
+                                   cov_note=cov_note)
     extra_kw = {}
     if dev.k_extra:
         extra_kw["_alpha"] = float(np.exp(extra[0]))
@@ -272,6 +253,34 @@ def _finish(model, dev, tr, x, nagq, optim, H, initial):
     model._warn_separation(beta)
     model._warn_link_not_monotone(modes.eta)
     return MixedResultsWrapper(res)
+
+
+def _fe_covariance(model, tr, H):
+    """Covariance of beta from the Hessian ``H`` of the deviance: ``(cov, method, cov_joint)``.
+
+    As lme4's ``vcov.merMod`` (1.1-31): ``2 H^-1`` in (theta, beta), its fixed-effects
+    block, whenever that block is positive definite -- singular fits included (lme4 computes
+    the Hessian by central differences across a theta at 0; ours, by forward differences of
+    the exact gradient, agrees there because the deviance is even in such a theta).  For the
+    negative binomial ``cov_joint`` also allows for alpha's uncertainty (the Hessian in
+    (theta, beta, log alpha)).  ``cov`` is None when the Hessian does not give one (then
+    lme4 uses RX).
+    """
+    nt, p = tr.nt, tr.p
+
+    def block(k):
+        if H is None or not np.all(np.isfinite(H[:k, :k])):
+            return None
+        try:
+            Hi = np.linalg.inv(H[:k, :k])
+        except np.linalg.LinAlgError:
+            return None
+        V = Hi[nt:nt + p, nt:nt + p] + Hi[nt:nt + p, nt:nt + p].T
+        if p and not np.all(np.linalg.eigvalsh(V) > 0):
+            return None
+        return tr.R @ V @ tr.R.T
+
+    return block(nt + p), "Hessian", block(nt + p + tr.ke) if tr.ke else None
 
 
 class _Transform:

@@ -159,9 +159,19 @@ class GLMMResults(MixedResults):
         if self.nagq > 1:
             notes.append(f"Log-likelihood on the full scale; lme4's nAGQ > 1 value is llf - "
                          f"loglike_saturated = {self.llf_lme4:.4f}.")
-        notes.append(f"Covariance of the fixed effects from the {self.optim.cov_method}"
-                     f"{' of the deviance' if self.optim.cov_method == 'Hessian' else ''}; z tests.")
+        notes.append(self._cov_description() + "; z tests.")
         add_notes(smry, notes)
+
+    def _cov_description(self):
+        """Which covariance of the fixed effects the fit uses, in words (a summary note)."""
+        if self.optim.cov_method == "Hessian":
+            return ("Covariance of the fixed effects: inverse Hessian of the deviance in (theta, "
+                    "beta) (lme4's default" + (", singular fits too" if self.is_singular() else "")
+                    + ("; alpha held fixed as glmer.nb does" if self.alpha is not None else "")
+                    + ")")
+        why = getattr(self.optim, "cov_note", "")
+        return ("Covariance of the fixed effects from RX (the PIRLS system at the estimates)"
+                + (f": {why}" if why else ""))
 
     def __repr__(self):
         return (f"<{type(self).__name__}: {self.model.formula_info.get('formula', '')}, "
