@@ -8,6 +8,7 @@ Reference fits from tools/r_reference/glmm_optimum_reference.R:
   intercept), not from RX (1.385).
 """
 import importlib
+import re
 import warnings
 
 import numpy as np
@@ -86,3 +87,26 @@ def test_covariance_from_the_hessian_block():
     Hnan = H.copy()
     Hnan[0, 0] = np.nan
     assert glmm_fit._fe_covariance(None, tr, Hnan)[0] is None
+
+
+# ------------------------------------------------------------------ the singular-fit warning
+def test_singular_fit_warns_like_lmer(imm10):
+    mod = mf.glmer(IMM10, imm10, family=B())
+    with pytest.warns(ConvergenceWarning) as rec:
+        mod.fit()
+    msgs = [str(w.message) for w in rec if issubclass(w.category, ConvergenceWarning)]
+    assert len(msgs) == 1
+    assert re.fullmatch(r"boundary \(singular\) fit: a random-effects covariance is singular "
+                        r"\(theta = \[4\.036\d*, -0\.2163\d*, [0-9.e-]+\]\); see "
+                        r"results\.is_singular\(\)", msgs[0]), msgs[0]
+    assert rec[0].filename == __file__                  # at the caller's fit()
+    # lmer's words for the same situation
+    with pytest.warns(ConvergenceWarning, match=r"^boundary \(singular\) fit: a random-effects "
+                      r"covariance is singular \(theta = \[0\.0\]\); see results\.is_singular\(\)$"):
+        mf.lmer("y ~ x + (1 | g)", read_data("singular.csv")).fit()
+
+
+def test_nonsingular_fit_does_not_warn():
+    res, warns = quiet_fit(mf.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                                    read_data("cbpp.csv"), family=B()))
+    assert warns == [] and not res.is_singular() and res.optim.converged

@@ -245,11 +245,16 @@ def _finish(model, dev, tr, x, nagq, optim, H, initial):
                       criterion=-2.0 * llf, optim=optim, reml=False, nagq=nagq,
                       pirls=modes, hessian=H, _transform=tr, _cov_joint=cov_joint,
                       **extra_kw)
+    # stacklevel 4: the user's fit() call (_finish <- fit_glmm <- model.fit)
     if not optim.success:
         warnings.warn(f"the optimizer did not converge: {optim.message} (tried: "
                       + "; ".join(f"{m} ({'ok' if ok else 'failed'}, {n} evaluations)"
                                   for m, ok, n in optim.tried) + ")",
-                      ConvergenceWarning, stacklevel=3)
+                      ConvergenceWarning, stacklevel=4)
+    if res.is_singular():                          # as lmer (and lme4) say it
+        warnings.warn("boundary (singular) fit: a random-effects covariance is singular "
+                      f"(theta = {np.round(theta, 6).tolist()}); see results.is_singular()",
+                      ConvergenceWarning, stacklevel=4)
     model._warn_separation(beta)
     model._warn_link_not_monotone(modes.eta)
     return MixedResultsWrapper(res)
