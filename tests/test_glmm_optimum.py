@@ -6,6 +6,11 @@ Reference fits from tools/r_reference/glmm_optimum_reference.R:
   (1 + homework | schid)``: a singular fit (the slope's theta at 0) whose Hessian is positive
   definite, where lme4 1.1-31 takes the standard errors from the Hessian (1.473 for the
   intercept), not from RX (1.385).
+* binsaddle_slope: binary data whose random effect is on (x - 10) with x in [9, 11], so the
+  intercept and slope variances are strongly negatively correlated.  Started at theta = 0 (or
+  just above it), quasi-Newton + Newton stop at a saddle near theta = 0 (deviance 663.88, where
+  mlmext 0.x stopped and said it had converged; Powell and Nelder-Mead started there stop too):
+  the gradient in a theta entry at 0 is 0 whatever the curvature.  The optimum is 645.21.
 """
 import importlib
 import re
@@ -14,14 +19,17 @@ import warnings
 import numpy as np
 import pytest
 import statsmodels.api as sm
+from scipy import optimize
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from mlmext.formula import api as mf
+from mlmext.glmm import optimum
 
 from refcases import by_name, load_ref, read_data
 
 B = sm.families.Binomial
 IMM10 = "white ~ homework + (1 + homework | schid)"
+SADDLE = "y ~ x + (1 + x | g)"
 glmm_fit = importlib.import_module("mlmext.glmm.fit")
 
 
@@ -102,7 +110,8 @@ def test_singular_fit_warns_like_lmer(imm10):
     assert rec[0].filename == __file__                  # at the caller's fit()
     # lmer's words for the same situation
     with pytest.warns(ConvergenceWarning, match=r"^boundary \(singular\) fit: a random-effects "
-                      r"covariance is singular \(theta = \[0\.0\]\); see results\.is_singular\(\)$"):
+                      r"covariance is singular \(theta = \[0\.0\]\); see "
+                      r"results\.is_singular\(\)$"):
         mf.lmer("y ~ x + (1 | g)", read_data("singular.csv")).fit()
 
 
@@ -110,3 +119,92 @@ def test_nonsingular_fit_does_not_warn():
     res, warns = quiet_fit(mf.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)",
                                     read_data("cbpp.csv"), family=B()))
     assert warns == [] and not res.is_singular() and res.optim.converged
+
+
+# ------------------------------------------------------------------ saddles at a variance's bound
+@pytest.fixture(scope="module")
+def saddle_model():
+    return mf.glmer(SADDLE, read_data("binsaddle.csv"), family=B())
+
+
+@pytest.fixture(scope="module")
+def dfo_best(saddle_model):
+    """The lowest -2 loglike a derivative-free minimizer (Nelder-Mead on (beta, theta), theta's
+    diagonal entries through |.|) finds from two generic starts (about 7 s)."""
+    mod = saddle_model
+
+    def dev(z):
+        ll = mod.loglike(np.r_[z[:2], abs(z[2]), z[3], abs(z[4])])
+        return -2.0 * ll if np.isfinite(ll) else 1e10
+
+    runs = [optimize.minimize(dev, s, method="Nelder-Mead",
+                              options={"xatol": 1e-5, "fatol": 1e-7, "maxfev": 2000,
+                                       "adaptive": True})
+            for s in ([0.0, 0.0, 3.0, -0.3, 0.3], [0.5, 0.0, 1.0, 0.5, 0.5])]
+    return min(r.fun for r in runs)
+
+
+@pytest.mark.parametrize("theta0", [[0.0, 0.0, 0.0], [1e-6, 0.0, 1e-6]],
+                         ids=["at the bound", "just above it"])
+def test_start_at_a_saddle_reaches_the_optimum(saddle_model, dfo_best, theta0):
+    ref = load_ref("glmm", "binsaddle_slope")
+    res, warns = quiet_fit(saddle_model, start_params=np.r_[0.0, 0.0, theta0])
+    dev = -2.0 * res.llf
+    assert dev <= dfo_best + 1e-4, (dev, dfo_best)
+    assert dev <= -2.0 * ref["loglik"] + 1e-4             # lme4 from its default start: 645.2143
+    assert dev < 663.0                                     # not the saddle (663.88)
+    np.testing.assert_allclose(res.theta[:2], ref["theta"][:2], rtol=2e-3)
+    assert res.optim.converged and res.converged
+    # it got there by a restart from a point the second-order check found
+    restarts = [m for m, _, _ in res.optim.tried if "restarted where" in m]
+    assert restarts and "lowered the deviance by" in restarts[0]
+    # singular (the slope's theta at 0): warned as lmer does, nothing else
+    assert len(warns) == 1 and warns[0].startswith("boundary (singular) fit")
+
+
+def test_default_start_checks_the_bound(saddle_model):
+    """From lme4's start the fit ends with the slope's theta at 0: probed, no descent."""
+    res, warns = quiet_fit(saddle_model)
+    o = res.optim
+    assert o.converged and o.decrement < 1e-8 and o.min_eigenvalue > 0
+    assert o.at_bound == ["g.x"] and res.theta[2] == 0.0
+    assert "g.x at its bound: one-sided curvature" in o.message and "no descent inward" in o.message
+    assert not any("restarted" in m for m, _, _ in o.tried)
+    assert any("second-order check" in m and ok for m, ok, _ in o.tried)
+
+
+def test_a_saddle_it_cannot_leave_is_reported(saddle_model, monkeypatch):
+    """Without restarts the fit stays at the saddle: not converged, and the warning says what was
+    tried and by how much a probe lowered the deviance."""
+    monkeypatch.setattr(optimum, "MAX_ROUNDS", 0)
+    res, warns = quiet_fit(saddle_model, start_params=np.zeros(5))
+    assert not res.optim.converged and not res.converged
+    assert -2.0 * res.llf > 663.0
+    msg = [w for w in warns if w.startswith("the optimizer did not converge")]
+    assert len(msg) == 1
+    m = re.search(r"a probe still lowers the deviance by (\d+\.\d+) \(.*\) after 0 restarts",
+                  msg[0])
+    assert m and float(m.group(1)) > 0.1, msg[0]
+    assert "Hessian on the free parameters NOT positive definite (smallest eigenvalue -2." in msg[0]
+    assert "tried:" in msg[0] and "second-order check (failed" in msg[0]
+
+
+def test_probe_finds_descent_through_the_schur_direction():
+    """At a bound where the deviance rises along e_i but falls once a free parameter follows
+    (d = e_i - H_ff^-1 H_fi), the probe reports descent; where it rises either way, none."""
+    # a >= 0 at its bound, b free: H = [[1, 2], [2, 2]] has H_aa = 1 > 0 and H_bb = 2 > 0 but
+    # the Schur complement 1 - 2^2 / 2 = -1 (a quartic term keeps f bounded below)
+    H = np.array([[1.0, 2.0], [2.0, 2.0]])
+    f = lambda z: 0.5 * float(z @ H @ z) + 0.01 * float(np.sum(z ** 4))
+    x = np.zeros(2)
+    chk = optimum._check(f, x, 0.0, np.zeros(2), H, np.array([0.0, -np.inf]),
+                         np.full(2, np.inf), ["a", "b"], 1e-8)
+    assert chk.min_eig == 2.0 and list(chk.at) == [True, False]
+    assert chk.best is not None and chk.best[1] < 0 and chk.best[0][0] > 0 > chk.best[0][1]
+    assert "one-sided curvature -1" in chk.notes[0] and "descent found" in chk.notes[0]
+    Hp = np.array([[3.0, 2.0], [2.0, 2.0]])                # Schur complement 1 > 0: a minimum
+    fp = lambda z: 0.5 * float(z @ Hp @ z)
+    chk = optimum._check(fp, x, 0.0, np.zeros(2), Hp, np.array([0.0, -np.inf]),
+                         np.full(2, np.inf), ["a", "b"], 1e-8)
+    assert chk.best is None
+    assert "one-sided curvature 1," in chk.notes[0] and "no descent" in chk.notes[0]

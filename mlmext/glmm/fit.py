@@ -3,9 +3,10 @@
 1. lme4's first stage (``nAGQ = 0``): theta with beta updated inside PIRLS; it
    gives starting values and the scale of beta (a few EM steps by default).
 2. theta, beta (and log alpha) jointly on the Laplace log-likelihood: quasi-Newton
-   with the exact gradient, a probe off the variance bounds, then Newton with the
-   Hessian from gradient differences.
-3. For ``nagq > 1``: the AGQ log-likelihood from the Laplace estimates.
+   with the exact gradient, then Newton with the Hessian from gradient differences,
+   then the second-order checks of :mod:`.optimum` (curvature on the free parameters,
+   probes off the variance bounds; a restart where they find descent).
+3. For ``nagq > 1``: the AGQ log-likelihood from the Laplace estimates, the same way.
 
 Everything runs on one :class:`~mlmext.glmm.deviance.LaplaceDeviance`; the model
 only supplies data, starting values and warnings.
@@ -20,9 +21,9 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from .. import laplace as lp
 from ..design import lower_tri
-from ..optimize import (CountingGradient, OptSummary, escape_bound, hessian_from_gradient,
-                        hessian_from_values, newton, quasi_newton)
+from ..optimize import CountingGradient, OptSummary, hessian_from_gradient, hessian_from_values
 from ..results import MixedResultsWrapper
+from .optimum import minimize_checked
 from .results import GLMMResults
 
 __all__ = ["fit_glmm"]
@@ -92,45 +93,45 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
     tr = _Transform(nt, p, ke, beta0, R)
     x0 = np.concatenate([theta0, np.zeros(p), extra0])
     bounds = tr.bounds(des.lower)
+    names = (list(des.theta_names()) + [f"{b} (scaled)" for b in model.exog_names]
+             + ["log alpha"] * ke)
     # ---- Laplace: all parameters jointly, exact gradient, then Newton with the Hessian
-    fg = _laplace_fg(dev, tr)
+    count = _Count(_laplace_fg(dev, tr))
     fd_idx = list(range(nt)) + list(range(nt + p, nt + p + ke))
-    x1, f1, g1, qinfo = quasi_newton(fg, x0, bounds, fd_idx, maxiter=maxiter, tol=1e-7)
-    tried.append(("Laplace: quasi-Newton (exact gradient)", qinfo["converged"], qinfo["nfev"]))
-    lower_x = np.full(x1.size, -np.inf)           # only the variance parameters (theta)
-    lower_x[:nt] = [-np.inf if b[0] is None else b[0] for b in bounds[:nt]]
-    esc = escape_bound(fg, x1, f1, lower_x)
-    if esc is not None:          # a variance stuck at zero although the optimum is inside
-        x2, f2, g2, qinfo = quasi_newton(fg, esc[0], bounds, fd_idx, maxiter=maxiter, tol=1e-7)
-        tried.append(("Laplace: quasi-Newton, restarted off the bound", qinfo["converged"],
-                      qinfo["nfev"]))
-        if f2 < f1:
-            x1, f1, g1 = x2, f2, g2
-    hess_fn = lambda x, g: hessian_from_gradient(fg, x, g, bounds)
-    x, f, g, H, info = newton(fg, x1, bounds, hess_fn, tol, maxit=min(50, maxiter),
-                               fgx=(f1, g1))
-    tried.append(("Laplace: Newton (Hessian from gradient differences)", info["converged"],
-                  info["nfev"]))
-    converged = info["converged"]
-    message = info["message"]
+    x, f, g, H, out = minimize_checked(
+        count, lambda z: count(z)[0], x0, bounds,
+        lambda z, gz: hessian_from_gradient(count, z, gz, bounds), tol=tol, maxiter=maxiter,
+        phase="Laplace", evals=lambda: count.n, names=names, fd_idx=fd_idx,
+        qn_label=" (exact gradient)", hess_label=" (Hessian from gradient differences)")
+    tried += out.tried
     if nagq > 1:
         # from the Laplace estimates, with the Laplace Hessian as the first curvature
-        fa = _agq_f(dev, tr, nagq)
+        fa = _Count(_agq_f(dev, tr, nagq))
         fga = CountingGradient(fa, bounds)
-        x1, f1, g1, qinfo = quasi_newton(fga, x, bounds, [], maxiter=maxiter, tol=1e-6, H0=H)
-        tried.append((f"AGQ({nagq}): quasi-Newton (gradient by differences)", qinfo["converged"],
-                      fga.nfev))
-        hess_fn = lambda z, gz: hessian_from_values(fa, z, bounds)
-        fga.nfev = 0
-        x, f, g, H, info = newton(fga, x1, bounds, hess_fn, tol, maxit=min(50, maxiter),
-                                   fgx=(f1, g1))
-        tried.append((f"AGQ({nagq}): Newton (Hessian from differences)", info["converged"],
-                      fga.nfev + info["nfev"]))
-        converged, message = info["converged"], info["message"]
-    optim = optimize.OptimizeResult(x=x, fun=f, jac=g, success=converged, message=message,
-                                    tried=tried, nfev=sum(t[2] for t in tried),
-                                    method="L-BFGS-B + Newton")
+        x, f, g, H, out = minimize_checked(
+            fga, fa, x, bounds, lambda z, gz: hessian_from_values(fa, z, bounds), tol=tol,
+            maxiter=maxiter, phase=f"AGQ({nagq})", evals=lambda: fa.n, names=names, H0=H,
+            qn_tol=1e-6, qn_label=" (gradient by differences)",
+            hess_label=" (Hessian from differences)")
+        tried += out.tried
+    optim = optimize.OptimizeResult(x=x, fun=f, jac=g, success=out.converged,
+                                    message=out.message, tried=tried,
+                                    nfev=sum(t[2] for t in tried), method="quasi-Newton + Newton",
+                                    decrement=out.decrement, min_eigenvalue=out.min_eigenvalue,
+                                    at_bound=[names[i] for i in out.at_bound])
     return _finish(model, dev, tr, x, nagq, optim, H, initial=tr.params(x0))
+
+
+class _Count:
+    """A function that counts its calls (the objective evaluations of a phase)."""
+
+    def __init__(self, fun):
+        self.fun, self.n = fun, 0
+
+    def __call__(self, x):
+        self.n += 1
+        return self.fun(x)
+
 
 def _laplace_fg(dev, tr):
     def fg(x):
