@@ -269,8 +269,9 @@ def _fe_covariance(model, tr, H):
     the Hessian by central differences across a theta at 0; ours, by forward differences of
     the exact gradient, agrees there because the deviance is even in such a theta).  For the
     negative binomial ``cov_joint`` also allows for alpha's uncertainty (the Hessian in
-    (theta, beta, log alpha)).  ``cov`` is None when the Hessian does not give one (then
-    lme4 uses RX).
+    (theta, beta, log alpha)); it is the covariance of glmmTMB-mode fits
+    (``information="observed"``: glmmTMB inverts the Hessian in all its parameters).
+    ``cov`` is None when the Hessian does not give one (then lme4 uses RX).
     """
     nt, p = tr.nt, tr.p
 
@@ -286,7 +287,10 @@ def _fe_covariance(model, tr, H):
             return None
         return tr.R @ V @ tr.R.T
 
-    return block(nt + p), "Hessian", block(nt + p + tr.ke) if tr.ke else None
+    joint = block(nt + p + tr.ke) if tr.ke else None
+    if getattr(model, "information", "expected") == "observed":
+        return joint, "Hessian (theta, beta, log alpha)", joint
+    return block(nt + p), "Hessian", joint
 
 
 class _Transform:
