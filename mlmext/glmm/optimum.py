@@ -13,8 +13,9 @@ the gradient is tiny even at a saddle.  So after Newton (:func:`minimize_checked
    there, and steps of several lengths along ``d`` also catch descent a curvature cannot see;
 3. a trial point that lowers the deviance restarts quasi-Newton and Newton from there.
 
-``converged`` then means: the final Newton decrement is below ``tol``, the Hessian on the free
-parameters is positive definite, and no probe lowered the deviance.
+``converged`` then means: the final Newton decrement is below ``tol`` (or below ``1e3 tol`` where
+no step along the Newton direction lowers the deviance, its rounding level), the Hessian on the
+free parameters is positive definite, and no probe lowered the deviance.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ class Outcome:
     Attributes
     ----------
     converged : bool
-        Decrement below ``tol``, Hessian on the free parameters positive definite, no descent.
+        Decrement below ``tol`` (see the module docstring), Hessian on the free parameters
+        positive definite, no probe descent.
     message : str
         The checks' verdict, with the numbers.
     tried : list of (str, bool, int)
@@ -140,8 +142,18 @@ def minimize_checked(fg, f, x0, bounds, hess_fn, *, tol, maxiter, phase, evals, 
     dec = float(ni.get("decrement", np.nan))
     pd_ok = chk.min_eig > 0
     descent = 0.0 if chk.best is None else fn - chk.best[1]
-    converged = bool(dec < tol and pd_ok and chk.best is None)
-    parts = [f"Newton decrement {dec:.3g} ({'<' if dec < tol else 'not below'} tol = {tol:g})"]
+    # Newton's own verdict: the decrement below tol, or below 1e3 tol where no step along the
+    # Newton direction lowers the deviance (then the decrement is at the deviance's rounding
+    # level: PIRLS leaves ~1e-11 relative noise in it)
+    dec_ok = bool(ni["converged"])
+    converged = bool(dec_ok and pd_ok and chk.best is None)
+    if dec < tol:
+        parts = [f"Newton decrement {dec:.3g} (< tol = {tol:g})"]
+    elif dec_ok:
+        parts = [f"Newton decrement {dec:.3g} (above tol = {tol:g}, but no step along the Newton "
+                 "direction lowers the deviance: its rounding level)"]
+    else:
+        parts = [f"Newton decrement {dec:.3g} (not below tol = {tol:g})"]
     if not np.isfinite(chk.min_eig):
         parts.append("no free parameters" if chk.min_eig == np.inf else
                      "the Hessian is not finite")
@@ -152,7 +164,7 @@ def minimize_checked(fg, f, x0, bounds, hess_fn, *, tol, maxiter, phase, evals, 
     if chk.best is not None:
         parts.append(f"a probe still lowers the deviance by {descent:.3g} ({chk.best[2]}) after "
                      f"{restarts} restart{'s' if restarts != 1 else ''}")
-    if not ni["converged"] and ni.get("message"):
+    if not dec_ok and ni.get("message"):
         parts.append(ni["message"])
     out = Outcome(converged=converged, message="; ".join(parts), tried=tried, decrement=dec,
                   min_eigenvalue=float(chk.min_eig),
