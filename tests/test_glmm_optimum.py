@@ -9,7 +9,7 @@ Reference fits from tools/r_reference/glmm_optimum_reference.R:
 * binsaddle_slope: binary data whose random effect is on (x - 10) with x in [9, 11], so the
   intercept and slope variances are strongly negatively correlated.  Started at theta = 0 (or
   just above it), quasi-Newton + Newton stop at a saddle near theta = 0 (deviance 663.88, where
-  mlmext 0.x stopped and said it had converged; Powell and Nelder-Mead started there stop too):
+  the fit stopped, "converged", before these checks; Powell and Nelder-Mead started there stop too):
   the gradient in a theta entry at 0 is 0 whatever the curvature.  The optimum is 645.21.
 * salamanders_nb_tmb: glmmTMB's nbinom2 fit of ``count ~ spp + mined + (1 | site)``, whose SEs
   invert the Hessian in (beta, theta, log dispersion): alpha held fixed they are up to 0.46 %

@@ -272,6 +272,9 @@ def _fe_covariance(model, tr, H):
     (theta, beta, log alpha)); it is the covariance of glmmTMB-mode fits
     (``information="observed"``: glmmTMB inverts the Hessian in all its parameters).
     ``cov`` is None when the Hessian does not give one (then lme4 uses RX).
+
+    lme4 1.1-38 and later skip the Hessian of singular fits unless ``calc.derivs = TRUE`` is
+    set, and so report RX there; the references here are lme4 1.1-31's (as 1.1-32 to 1.1-37).
     """
     nt, p = tr.nt, tr.p
 
