@@ -50,9 +50,10 @@ def exact(ref):
 
 
 def our_se(ref, res):
-    if ref["family"] == "nbinom2":       # glmmTMB's covariance includes the dispersion's uncertainty
-        cov = res.cov_fe_joint
-        return cov.index.to_series().map(lambda k: np.sqrt(cov.loc[k, k]))
+    if ref["family"] == "nbinom2":   # glmmTMB mode (information="observed"): alpha's uncertainty in
+        cov = res.cov_fe_joint        # the covariance, which is then cov_fe_joint
+        np.testing.assert_allclose(np.sqrt(np.diag(cov)), res.bse_fe, rtol=1e-12)
+        assert res.optim.cov_method == "Hessian (theta, beta, log alpha)"
     return res.bse_fe
 
 

@@ -3,9 +3,10 @@
 1. lme4's first stage (``nAGQ = 0``): theta with beta updated inside PIRLS; it
    gives starting values and the scale of beta (a few EM steps by default).
 2. theta, beta (and log alpha) jointly on the Laplace log-likelihood: quasi-Newton
-   with the exact gradient, a probe off the variance bounds, then Newton with the
-   Hessian from gradient differences.
-3. For ``nagq > 1``: the AGQ log-likelihood from the Laplace estimates.
+   with the exact gradient, then Newton with the Hessian from gradient differences,
+   then the second-order checks of :mod:`.optimum` (curvature on the free parameters,
+   probes off the variance bounds; a restart where they find descent).
+3. For ``nagq > 1``: the AGQ log-likelihood from the Laplace estimates, the same way.
 
 Everything runs on one :class:`~mlmext.glmm.deviance.LaplaceDeviance`; the model
 only supplies data, starting values and warnings.
@@ -20,9 +21,9 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from .. import laplace as lp
 from ..design import lower_tri
-from ..optimize import (CountingGradient, OptSummary, escape_bound, hessian_from_gradient,
-                        hessian_from_values, newton, quasi_newton)
+from ..optimize import CountingGradient, OptSummary, hessian_from_gradient, hessian_from_values
 from ..results import MixedResultsWrapper
+from .optimum import minimize_checked
 from .results import GLMMResults
 
 __all__ = ["fit_glmm"]
@@ -92,45 +93,45 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
     tr = _Transform(nt, p, ke, beta0, R)
     x0 = np.concatenate([theta0, np.zeros(p), extra0])
     bounds = tr.bounds(des.lower)
+    names = (list(des.theta_names()) + [f"{b} (scaled)" for b in model.exog_names]
+             + ["log alpha"] * ke)
     # ---- Laplace: all parameters jointly, exact gradient, then Newton with the Hessian
-    fg = _laplace_fg(dev, tr)
+    count = _Count(_laplace_fg(dev, tr))
     fd_idx = list(range(nt)) + list(range(nt + p, nt + p + ke))
-    x1, f1, g1, qinfo = quasi_newton(fg, x0, bounds, fd_idx, maxiter=maxiter, tol=1e-7)
-    tried.append(("Laplace: quasi-Newton (exact gradient)", qinfo["converged"], qinfo["nfev"]))
-    lower_x = np.full(x1.size, -np.inf)           # only the variance parameters (theta)
-    lower_x[:nt] = [-np.inf if b[0] is None else b[0] for b in bounds[:nt]]
-    esc = escape_bound(fg, x1, f1, lower_x)
-    if esc is not None:          # a variance stuck at zero although the optimum is inside
-        x2, f2, g2, qinfo = quasi_newton(fg, esc[0], bounds, fd_idx, maxiter=maxiter, tol=1e-7)
-        tried.append(("Laplace: quasi-Newton, restarted off the bound", qinfo["converged"],
-                      qinfo["nfev"]))
-        if f2 < f1:
-            x1, f1, g1 = x2, f2, g2
-    hess_fn = lambda x, g: hessian_from_gradient(fg, x, g, bounds)
-    x, f, g, H, info = newton(fg, x1, bounds, hess_fn, tol, maxit=min(50, maxiter),
-                               fgx=(f1, g1))
-    tried.append(("Laplace: Newton (Hessian from gradient differences)", info["converged"],
-                  info["nfev"]))
-    converged = info["converged"]
-    message = info["message"]
+    x, f, g, H, out = minimize_checked(
+        count, lambda z: count(z)[0], x0, bounds,
+        lambda z, gz: hessian_from_gradient(count, z, gz, bounds), tol=tol, maxiter=maxiter,
+        phase="Laplace", evals=lambda: count.n, names=names, fd_idx=fd_idx,
+        qn_label=" (exact gradient)", hess_label=" (Hessian from gradient differences)")
+    tried += out.tried
     if nagq > 1:
         # from the Laplace estimates, with the Laplace Hessian as the first curvature
-        fa = _agq_f(dev, tr, nagq)
+        fa = _Count(_agq_f(dev, tr, nagq))
         fga = CountingGradient(fa, bounds)
-        x1, f1, g1, qinfo = quasi_newton(fga, x, bounds, [], maxiter=maxiter, tol=1e-6, H0=H)
-        tried.append((f"AGQ({nagq}): quasi-Newton (gradient by differences)", qinfo["converged"],
-                      fga.nfev))
-        hess_fn = lambda z, gz: hessian_from_values(fa, z, bounds)
-        fga.nfev = 0
-        x, f, g, H, info = newton(fga, x1, bounds, hess_fn, tol, maxit=min(50, maxiter),
-                                   fgx=(f1, g1))
-        tried.append((f"AGQ({nagq}): Newton (Hessian from differences)", info["converged"],
-                      fga.nfev + info["nfev"]))
-        converged, message = info["converged"], info["message"]
-    optim = optimize.OptimizeResult(x=x, fun=f, jac=g, success=converged, message=message,
-                                    tried=tried, nfev=sum(t[2] for t in tried),
-                                    method="L-BFGS-B + Newton")
+        x, f, g, H, out = minimize_checked(
+            fga, fa, x, bounds, lambda z, gz: hessian_from_values(fa, z, bounds), tol=tol,
+            maxiter=maxiter, phase=f"AGQ({nagq})", evals=lambda: fa.n, names=names, H0=H,
+            qn_tol=1e-6, qn_label=" (gradient by differences)",
+            hess_label=" (Hessian from differences)")
+        tried += out.tried
+    optim = optimize.OptimizeResult(x=x, fun=f, jac=g, success=out.converged,
+                                    message=out.message, tried=tried,
+                                    nfev=sum(t[2] for t in tried), method="quasi-Newton + Newton",
+                                    decrement=out.decrement, min_eigenvalue=out.min_eigenvalue,
+                                    at_bound=[names[i] for i in out.at_bound])
     return _finish(model, dev, tr, x, nagq, optim, H, initial=tr.params(x0))
+
+
+class _Count:
+    """A function that counts its calls (the objective evaluations of a phase)."""
+
+    def __init__(self, fun):
+        self.fun, self.n = fun, 0
+
+    def __call__(self, x):
+        self.n += 1
+        return self.fun(x)
+
 
 def _laplace_fg(dev, tr):
     def fg(x):
@@ -230,33 +231,14 @@ def _finish(model, dev, tr, x, nagq, optim, H, initial):
     else:
         llf, _ = lp.agq_loglik(des, dev.chol_u, None, dev.cond, theta, nagq, modes=modes, lams=lams)
         llf += dev.cond.loglik_const
-    # covariance of beta as lme4: inverse Hessian of the deviance in (theta, beta), or RX
-    # when the fit is singular (lme4 does not compute the Hessian then)
-    nt, p = des.ntheta, model.k_fe
-    singular = bool(np.any(theta[np.isfinite(des.lower)] < 1e-4))
-    cov_method = "RX"
-    cov = None
-    cov_joint = None
-    if not singular and H is not None and np.all(np.isfinite(H)):
-        # lme4 (glmer.nb too) holds the negative binomial's alpha fixed here; the
-        # covariance that also allows for alpha's uncertainty is kept as cov_fe_joint
-        for k_h, name in ((nt + p, "cov"), (H.shape[0], "joint")):
-            try:
-                Hi = np.linalg.inv(H[:k_h, :k_h])
-            except np.linalg.LinAlgError:
-                continue
-            Vt = 2.0 * Hi[nt:nt + p, nt:nt + p]
-            Vt = 0.5 * (Vt + Vt.T)
-            if p and not np.all(np.linalg.eigvalsh(Vt) > 0):
-                continue
-            if name == "cov":
-                cov = tr.R @ Vt @ tr.R.T
-                cov_method = "Hessian"
-            elif dev.k_extra:
-                cov_joint = tr.R @ Vt @ tr.R.T
+    cov, cov_method, cov_joint = _fe_covariance(model, tr, H)
+    cov_note = ""
     if cov is None:
-        cov = dev.cov_rx(theta, modes, lams)
-    optim = OptSummary.from_result(optim, initial=initial, cov_method=cov_method)
+        cov, cov_method = dev.cov_rx(theta, modes, lams), "RX"
+        cov_note = ("the fixed-effects block of the inverse finite-difference Hessian is not "
+                    "positive definite")
+    optim = OptSummary.from_result(optim, initial=initial, cov_method=cov_method,
+                                   cov_note=cov_note)
     extra_kw = {}
     if dev.k_extra:
         extra_kw["_alpha"] = float(np.exp(extra[0]))
@@ -264,14 +246,54 @@ def _finish(model, dev, tr, x, nagq, optim, H, initial):
                       criterion=-2.0 * llf, optim=optim, reml=False, nagq=nagq,
                       pirls=modes, hessian=H, _transform=tr, _cov_joint=cov_joint,
                       **extra_kw)
+    # stacklevel 4: the user's fit() call (_finish <- fit_glmm <- model.fit)
     if not optim.success:
         warnings.warn(f"the optimizer did not converge: {optim.message} (tried: "
                       + "; ".join(f"{m} ({'ok' if ok else 'failed'}, {n} evaluations)"
                                   for m, ok, n in optim.tried) + ")",
-                      ConvergenceWarning, stacklevel=3)
+                      ConvergenceWarning, stacklevel=4)
+    if res.is_singular():                          # as lmer (and lme4) say it
+        warnings.warn("boundary (singular) fit: a random-effects covariance is singular "
+                      f"(theta = {np.round(theta, 6).tolist()}); see results.is_singular()",
+                      ConvergenceWarning, stacklevel=4)
     model._warn_separation(beta)
     model._warn_link_not_monotone(modes.eta)
     return MixedResultsWrapper(res)
+
+
+def _fe_covariance(model, tr, H):
+    """Covariance of beta from the Hessian ``H`` of the deviance: ``(cov, method, cov_joint)``.
+
+    As lme4's ``vcov.merMod`` (1.1-31): ``2 H^-1`` in (theta, beta), its fixed-effects
+    block, whenever that block is positive definite -- singular fits included (lme4 computes
+    the Hessian by central differences across a theta at 0; ours, by forward differences of
+    the exact gradient, agrees there because the deviance is even in such a theta).  For the
+    negative binomial ``cov_joint`` also allows for alpha's uncertainty (the Hessian in
+    (theta, beta, log alpha)); it is the covariance of glmmTMB-mode fits
+    (``information="observed"``: glmmTMB inverts the Hessian in all its parameters).
+    ``cov`` is None when the Hessian does not give one (then lme4 uses RX).
+
+    lme4 1.1-38 and later skip the Hessian of singular fits unless ``calc.derivs = TRUE`` is
+    set, and so report RX there; the references here are lme4 1.1-31's (as 1.1-32 to 1.1-37).
+    """
+    nt, p = tr.nt, tr.p
+
+    def block(k):
+        if H is None or not np.all(np.isfinite(H[:k, :k])):
+            return None
+        try:
+            Hi = np.linalg.inv(H[:k, :k])
+        except np.linalg.LinAlgError:
+            return None
+        V = Hi[nt:nt + p, nt:nt + p] + Hi[nt:nt + p, nt:nt + p].T
+        if p and not np.all(np.linalg.eigvalsh(V) > 0):
+            return None
+        return tr.R @ V @ tr.R.T
+
+    joint = block(nt + p + tr.ke) if tr.ke else None
+    if getattr(model, "information", "expected") == "observed":
+        return joint, "Hessian (theta, beta, log alpha)", joint
+    return block(nt + p), "Hessian", joint
 
 
 class _Transform:

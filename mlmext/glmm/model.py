@@ -23,9 +23,10 @@ Fitting (see :meth:`GeneralizedLinearMixedModel.fit`):
    log-likelihood, from the Laplace estimates.
 
 Standard errors are lme4's default: the fixed-effects block of the inverse
-Hessian of the deviance in (theta, beta), by central differences (of the
-analytic gradient for Laplace fits).  For boundary (singular) fits, lme4's
-fallback from the PIRLS system (``RX``) is used.
+Hessian of the deviance in (theta, beta), by differences (of the analytic
+gradient for Laplace fits), singular fits included; lme4's fallback from the
+PIRLS system (``RX``) only where that block is not positive definite.  The
+summary says which was used (``optim.cov_method``).
 
 Log-likelihoods are on the full scale (with the binomial coefficients,
 ``log y!`` etc.), for Laplace and AGQ alike.  lme4 reports the same number for

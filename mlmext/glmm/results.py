@@ -65,10 +65,13 @@ class GLMMResults(MixedResults):
     def cov_fe_joint(self):
         """Covariance of the fixed effects allowing for alpha's uncertainty (negative binomial).
 
-        ``cov_params()`` follows lme4's ``glmer.nb``, which treats alpha as
-        known (the fixed-effects block of the inverse Hessian in (theta,
-        beta)); this one inverts the Hessian in (theta, beta, log alpha), as
-        glmmTMB does.  None for other families or singular fits.
+        By default ``cov_params()`` follows lme4's ``glmer.nb``, which treats
+        alpha as known (the fixed-effects block of the inverse Hessian in
+        (theta, beta)); this one inverts the Hessian in (theta, beta, log
+        alpha), as glmmTMB does, and is ``cov_params()`` of fits with
+        ``information="observed"`` (glmmTMB's Laplace).  None for other
+        families, or where that Hessian's fixed-effects block is not
+        positive definite.
         """
         if self._cov_joint is None:
             return None
@@ -159,9 +162,23 @@ class GLMMResults(MixedResults):
         if self.nagq > 1:
             notes.append(f"Log-likelihood on the full scale; lme4's nAGQ > 1 value is llf - "
                          f"loglike_saturated = {self.llf_lme4:.4f}.")
-        notes.append(f"Covariance of the fixed effects from the {self.optim.cov_method}"
-                     f"{' of the deviance' if self.optim.cov_method == 'Hessian' else ''}; z tests.")
+        notes.append(self._cov_description() + "; z tests.")
         add_notes(smry, notes)
+
+    def _cov_description(self):
+        """Which covariance of the fixed effects the fit uses, in words (a summary note)."""
+        method = self.optim.cov_method
+        if method == "Hessian":
+            return ("Covariance of the fixed effects: inverse Hessian of the deviance in (theta, "
+                    "beta) (lme4's default" + (", singular fits too" if self.is_singular() else "")
+                    + ("; alpha held fixed as glmer.nb does" if self.alpha is not None else "")
+                    + ")")
+        if method.startswith("Hessian"):
+            return ("Covariance of the fixed effects: inverse Hessian of the deviance in (theta, "
+                    "beta, log alpha) (glmmTMB's)")
+        why = getattr(self.optim, "cov_note", "")
+        return ("Covariance of the fixed effects from RX (the PIRLS system at the estimates)"
+                + (f": {why}" if why else ""))
 
     def __repr__(self):
         return (f"<{type(self).__name__}: {self.model.formula_info.get('formula', '')}, "
