@@ -32,7 +32,8 @@ class Polish:
 
     ``converged`` when the decrement is below tolerance, the Hessian on the free
     parameters is positive (semi)definite and no probe found descent; ``escape`` is a
-    better point found by a probe (a restart is due), else None.
+    better point found by a probe (a restart is due), else None.  ``H`` was computed at
+    ``x`` when ``hessian_at_x`` (else at the previous Newton iterate, a small step away).
     """
 
     x: np.ndarray
@@ -46,6 +47,7 @@ class Polish:
     nfev: int
     escape: tuple | None = None
     probed: list = field(default_factory=list)
+    hessian_at_x: bool = True
 
 
 def fd_hessian(fg, x, g, lower, rel=1e-5):
@@ -181,11 +183,11 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
                           nfev, escape=esc, probed=probed)
         return Polish(x, f, g, H, True, dec, mine, f"Newton decrement {dec:.3g}; "
                       f"{len(probed)} bound(s) probed without descent" if probed else
-                      f"Newton decrement {dec:.3g}", nfev, probed=probed)
+                      f"Newton decrement {dec:.3g}", nfev, probed=probed, hessian_at_x=fresh)
     if not message:
         message = (f"Newton decrement {dec:.3g} > {check_tol:g}" if dec >= check_tol else
                    f"the Hessian is not positive definite (smallest eigenvalue {mine:.3g})")
-    return Polish(x, f, g, H, False, dec, mine, message, nfev)
+    return Polish(x, f, g, H, False, dec, mine, message, nfev, hessian_at_x=fresh)
 
 
 def _trial(fg, x):

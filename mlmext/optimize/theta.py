@@ -111,10 +111,14 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         res = _minimize_auto(fun, grad, start, lower_check, maxiter, tol, check_tol)
         if reflect is not None:
             x = np.asarray(reflect(res.x), dtype=float)
+            fx = res.fun
+            if np.any(x != res.x):             # mirrored: the same model, evaluated again
+                fx = float(fun(x))
+                res.nfev += 1
             # a diagonal that Newton drove to (practically) zero is a zero standard deviation
-            x, res.fun, _, n_snap = snap_to_bound(fun, x, float(fun(x)), lower, 1e-9, width=1e-6)
+            x, res.fun, _, n_snap = snap_to_bound(fun, x, fx, lower, 1e-9, width=1e-6)
             res.x = x
-            res.nfev += n_snap + 1
+            res.nfev += n_snap
             res.snapped = [int(i) for i in np.flatnonzero(np.isfinite(lower) & (x <= lower))]
         return res
     nfev = 0

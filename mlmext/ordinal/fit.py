@@ -149,8 +149,8 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
     if exact is None:
         # the quasi-Newton verdict is not enough: Newton decrement with a difference Hessian,
         # saddles, and every variance at zero probed inward (its gradient is 0 there either way)
-        x_hat, converged = _second_order_checks(obj, x_hat, lower_x, B0 if nagq == 1 else B1,
-                                                gtol, maxiter, tried)
+        x_hat, converged, H_x = _second_order_checks(obj, x_hat, lower_x, B0 if nagq == 1 else B1,
+                                                     gtol, maxiter, tried)
         opt.fun, opt.jac = obj.fg_x(x_hat)        # (also leaves the modes at the estimate)
     else:
         converged = bool(opt.success)             # Newton with the exact Hessian: decrement, PD
@@ -165,7 +165,16 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
     cov_full = None
     H = None
     if hessian:
-        H = exact.hess if exact is not None else obj.hessian_r(z_hat, free)
+        if exact is not None:
+            H = exact.hess
+        elif H_x is not None:       # the checks' Hessian at the estimate: no second one
+            J = np.eye(z_hat.size)  # d z / d x; at a stationary point H_z = J^-T H_x J^-1
+            J[:k, :k] = thr.jacobian(x_hat[:k])
+            Ji = np.linalg.inv(J)
+            H = (Ji.T @ H_x @ Ji)[np.ix_(free, free)]
+            obj.llf_at_hessian = (-opt.fun, obj.base[1])
+        else:
+            H = obj.hessian_r(z_hat, free)
         try:
             cov_free = np.linalg.inv(H)
             if not np.all(np.isfinite(cov_free)) or np.any(np.diag(cov_free) <= 0):
@@ -205,21 +214,30 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
 
 def _second_order_checks(obj, x, lower, B0, gtol, maxiter, tried, restarts=2):
     """Newton polish of a quasi-Newton end point (:func:`mlmext.optimize.newton_polish`), with
-    a restart of the quasi-Newton method where a probe finds descent.  Returns ``(x, passed)``."""
+    a restart of the quasi-Newton method where a probe finds descent.
+
+    Returns ``(x, passed, H)``: ``H`` is the Hessian at ``x`` in internal coordinates when the
+    checks computed it there (no Newton step was needed), else None.  A step is taken only
+    when the decrement exceeds the checks' tolerance (1e-7: the estimates within ~5e-4 SE),
+    so that this Hessian also serves the standard errors.
+    """
     for _ in range(restarts + 1):
         n0 = obj.nfev
-        pol = newton_polish(obj.fg_x, x, lower, tol=1e-10, check_tol=1e-7, maxit=min(20, maxiter))
+        pol = newton_polish(obj.fg_x, x, lower, tol=1e-7, check_tol=1e-7, maxit=min(20, maxiter))
         tried.append(("second-order checks (Newton polish, Hessian from gradient differences)",
                       pol.converged, obj.nfev - n0))
         if pol.escape is None:
-            return (pol.x if np.isfinite(pol.f) else x), pol.converged
+            if not np.isfinite(pol.f):
+                return x, False, None
+            H = pol.H if pol.hessian_at_x and np.all(np.isfinite(pol.H)) else None
+            return pol.x, pol.converged, H
         n0 = obj.nfev
         f1, g1 = obj.fg_x(pol.escape[0])
         opt = minimize_bfgs(obj.fg_x, pol.escape[0], lower, B0=B0, gtol=gtol, maxiter=maxiter,
                             f0g0=(f1, g1))
         tried.append((f"BFGS, restarted ({pol.message})", bool(opt.success), obj.nfev - n0))
         x = opt.x
-    return x, False
+    return x, False, None
 
 
 def _separation_message(model, alpha, beta, big=10.0):
