@@ -399,6 +399,17 @@ class RandomEffectsDesign:
                     units[t.theta_index[k]] = rms[i]
         return units
 
+    def column_mirrors(self):
+        """``{diagonal's theta index: theta indices below it in its template column}`` for
+        the columns that have entries below the diagonal: negating them with the diagonal
+        gives the same model (see :meth:`canonical_theta`)."""
+        out = {}
+        for t in self.terms:
+            pos = {ij: t.theta_index[k] for k, ij in enumerate(lower_tri(t.q))}
+            for j in range(t.q - 1):
+                out[int(pos[(j, j)])] = np.array([pos[(i, j)] for i in range(j + 1, t.q)])
+        return out
+
     def canonical_theta(self, theta):
         """The same model with every template diagonal >= 0.
 

@@ -20,6 +20,7 @@ import re
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import statsmodels.api as sm
 from scipy import optimize
@@ -230,3 +231,30 @@ def test_probe_finds_descent_through_the_schur_direction():
                          np.full(2, np.inf), ["a", "b"], 1e-8)
     assert chk.best is None
     assert "one-sided curvature 1," in chk.notes[0] and "no descent" in chk.notes[0]
+
+
+def test_zero_diagonal_is_probed_from_its_mirror_image():
+    """A 3x3 covariance near rank 1.  Started at theta[x1] = 0 with the entry below it
+    negated (the mirror image of a point near the optimum: bounded optimizers stop there,
+    the gradient of theta[x1] pointing out of the box), the fit must probe inward from the
+    mirror image too; without that it ended 0.086 deviance units short, reporting
+    convergence."""
+    rng = np.random.default_rng(7)
+    G, n = 80, 25
+    g = np.repeat(np.arange(G), n)
+    x1, x2 = rng.standard_normal(G * n), rng.standard_normal(G * n)
+    z, e1, e2 = rng.standard_normal(G), rng.standard_normal(G), rng.standard_normal(G)
+    b = np.column_stack([0.5 * z, 0.3 * z + 0.08 * e1, -0.2 * z + 0.02 * e2])
+    y = rng.poisson(np.exp(0.5 + 0.3 * x1 + b[g, 0] + b[g, 1] * x1 + b[g, 2] * x2))
+    m = mf.glmer("y ~ x1 + x2 + (1 + x1 + x2 | g)", pd.DataFrame(dict(y=y, x1=x1, x2=x2, g=g)),
+                 family=sm.families.Poisson())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = m.fit()
+        stuck = ref.theta.copy()
+        stuck[3], stuck[4] = 0.0, -ref.theta[4]
+        res = m.fit(start_params=np.concatenate([np.asarray(ref.params), stuck]))
+    assert ref.converged and res.converged
+    assert ref.theta[3] > 0.01
+    assert -2 * res.llf <= -2 * ref.llf + 1e-6
+    np.testing.assert_allclose(res.theta, ref.theta, atol=2e-3)

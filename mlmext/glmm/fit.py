@@ -102,7 +102,8 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
         count, lambda z: count(z)[0], x0, bounds,
         lambda z, gz: hessian_from_gradient(count, z, gz, bounds), tol=tol, maxiter=maxiter,
         phase="Laplace", evals=lambda: count.n, names=names, fd_idx=fd_idx,
-        qn_label=" (exact gradient)", hess_label=" (Hessian from gradient differences)")
+        qn_label=" (exact gradient)", hess_label=" (Hessian from gradient differences)",
+        mirror=des.column_mirrors())
     tried += out.tried
     if nagq > 1:
         # from the Laplace estimates, with the Laplace Hessian as the first curvature
@@ -112,7 +113,7 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
             fga, fa, x, bounds, lambda z, gz: hessian_from_values(fa, z, bounds), tol=tol,
             maxiter=maxiter, phase=f"AGQ({nagq})", evals=lambda: fa.n, names=names, H0=H,
             qn_tol=1e-6, qn_label=" (gradient by differences)",
-            hess_label=" (Hessian from differences)")
+            hess_label=" (Hessian from differences)", mirror=des.column_mirrors())
         tried += out.tried
     optim = optimize.OptimizeResult(x=x, fun=f, jac=g, success=out.converged,
                                     message=out.message, tried=tried,

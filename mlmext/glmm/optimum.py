@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..optimize import newton, quasi_newton
+from ..optimize import descent_along, newton, probe_bounds, quasi_newton
 
 __all__ = ["minimize_checked", "Outcome"]
 
@@ -74,7 +74,7 @@ class _Check:
 
 
 def minimize_checked(fg, f, x0, bounds, hess_fn, *, tol, maxiter, phase, evals, names,
-                     fd_idx=(), H0=None, qn_tol=1e-7, qn_label="", hess_label=""):
+                     fd_idx=(), H0=None, qn_tol=1e-7, qn_label="", hess_label="", mirror=None):
     """Quasi-Newton, Newton and the second-order checks, restarting where a probe finds descent.
 
     Parameters
@@ -108,6 +108,9 @@ def minimize_checked(fg, f, x0, bounds, hess_fn, *, tol, maxiter, phase, evals, 
     qn_label, hess_label : str
         How the quasi-Newton phase gets its gradient and ``hess_fn`` the Hessian (for the
         ``tried`` entries).
+    mirror : dict, optional
+        Template columns below a diagonal (:meth:`~mlmext.design.RandomEffectsDesign.column_mirrors`):
+        a diagonal at 0 is also probed from its mirror image.
 
     Returns
     -------
@@ -130,7 +133,7 @@ def minimize_checked(fg, f, x0, bounds, hess_fn, *, tol, maxiter, phase, evals, 
         if prev is not None and not fn < prev[1]:
             break                            # the restart did not improve: keep the last point
         n0 = evals()
-        chk = _check(f, xn, fn, gn, H, lo, hi, names, tol)
+        chk = _check(f, xn, fn, gn, H, lo, hi, names, tol, mirror)
         tried.append((f"{phase}: second-order check", chk.best is None, evals() - n0))
         prev = (xn, fn, gn, H, ni, chk)
         if chk.best is None or rnd == MAX_ROUNDS:
@@ -172,58 +175,33 @@ def minimize_checked(fg, f, x0, bounds, hess_fn, *, tol, maxiter, phase, evals, 
     return xn, fn, gn, H, out
 
 
-def _check(f, x, fx, g, H, lo, hi, names, tol):
-    """Curvature on the free parameters and probes off the bounds; the best descent found."""
+def _check(f, x, fx, g, H, lo, hi, names, tol, mirror=None):
+    """Curvature on the free parameters and probes off the bounds; the best descent found
+    (:func:`mlmext.optimize.descent_along`, :func:`mlmext.optimize.probe_bounds`)."""
     at = np.isfinite(lo) & (x <= lo)
     free = ~at
-    notes = []
     if not np.all(np.isfinite(H)):
         return _Check(np.nan, at, None, ["no probes (Hessian not finite)"])
     Hs = 0.5 * (H + H.T)
-    Hff = Hs[np.ix_(free, free)]
     if free.any():
-        w, V = np.linalg.eigh(Hff)
+        w, V = np.linalg.eigh(Hs[np.ix_(free, free)])
         min_eig = float(w[0])
     else:
-        w, V, min_eig = np.zeros(0), np.zeros((0, 0)), np.inf
-    thresh = max(10.0 * tol, 1e-10 * max(1.0, abs(fx)))   # a decrease above rounding
+        min_eig = np.inf
+    thresh = max(10.0 * tol, 1e-10 * max(1.0, abs(fx)))   # a decrease above PIRLS's rounding
     best = None
-
-    def trial(d, what, extra=()):
-        nonlocal best
-        found = None
-        for t in PROBE_STEPS + tuple(extra):
-            xt = np.clip(x + t * d, lo, hi)
-            ft = f(xt)
-            if np.isfinite(ft) and ft < fx - thresh and (found is None or ft < found[1]):
-                found = (xt, ft, f"{what} lowered the deviance by {fx - ft:.3g} at step {t:g}")
-        if found is not None and (best is None or found[1] < best[1]):
-            best = found
-        return found
-
     if free.any() and min_eig < 0:
         v = np.zeros(x.size)
         v[free] = V[:, 0]
         v /= np.max(np.abs(v))
-        for sgn in (1.0, -1.0):
-            trial(sgn * v, f"a step along the Hessian's negative-curvature direction "
-                           f"(eigenvalue {min_eig:.3g})")
-    # floored inverse on the free parameters: the Schur direction stays finite where H_ff is
-    # singular or indefinite (the indefinite case was probed above)
-    wf = np.maximum(np.abs(w), 1e-8 * max(1.0, np.abs(w).max())) if w.size else w
-    for i in np.flatnonzero(at):
-        d = np.zeros(x.size)
-        d[i] = 1.0
-        hfi = Hs[free, i]
-        if free.any():
-            d[free] = -(V @ ((V.T @ hfi) / wf))
-        curv = float(Hs[i, i] + hfi @ d[free])
-        slope = float(g @ d)
-        # where the quadratic model along d is back below its start, if it turns down
-        extra = (4.0 * max(slope, 0.0) / -curv,) if curv < 0 and slope > 0 else ()
-        scale = max(1.0, np.max(np.abs(d)))
-        found = trial(d / scale, f"the probe of {names[i]} off its bound",
-                      [t * scale for t in extra if t * scale < 50.0])
-        notes.append(f"{names[i]} at its bound: one-sided curvature {curv:.3g}, gradient "
-                     f"{g[i]:.3g}, {'descent found' if found else 'no descent'} inward")
+        what = f"a step along the Hessian's negative-curvature direction (eigenvalue {min_eig:.3g})"
+        best, _ = descent_along(f, x, fx, [(v, what), (-v, what)], lo, hi, steps=PROBE_STEPS,
+                                threshold=thresh)
+    found, probed, _ = probe_bounds(f, x, fx, g, Hs, lo, hi, steps=PROBE_STEPS, mirror=mirror,
+                                    threshold=thresh, names=names)
+    if found is not None and (best is None or found[1] < best[1]):
+        best = found
+    notes = [f"{names[p['index']]} at its bound{' (mirror image)' if p['mirrored'] else ''}: "
+             f"one-sided curvature {p['curvature']:.3g}, slope {p['slope']:.3g}, "
+             f"{'descent found' if p['descent'] else 'no descent'} inward" for p in probed]
     return _Check(min_eig, at, best, notes)

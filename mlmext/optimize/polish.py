@@ -23,7 +23,7 @@ import numpy as np
 
 from .linesearch import backtrack
 
-__all__ = ["Polish", "newton_polish", "fd_hessian", "probe_bounds"]
+__all__ = ["Polish", "newton_polish", "fd_hessian", "probe_bounds", "descent_along"]
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _noise(f):
 
 
 def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit=30,
-                  probe_steps=(1e-2, 1e-1, 0.5), move=True):
+                  probe_steps=(1e-2, 1e-1, 0.5), move=True, mirror=None):
     """Newton steps from ``x`` to a point passing the second-order checks, or an escape.
 
     Parameters
@@ -107,6 +107,9 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
     move : bool
         False: judge ``x`` as it is (no Newton step; a probe's better point is still
         returned as ``escape``).
+    mirror : dict, optional
+        Entries whose negation with a bounded entry gives the same model
+        (:func:`probe_bounds`).
 
     Returns
     -------
@@ -176,11 +179,11 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
     else:
         message = f"no convergence in {maxit} Newton iterations (decrement {dec:.3g})"
     if dec < check_tol and (clear or mine > -1e-8 * max(1.0, np.abs(np.diag(H)).max())):
-        esc, probed, n_pr = probe_bounds(fg, x, f, g, H, lower, bounded, probe_steps)
+        esc, probed, n_pr = probe_bounds(fg, x, f, g, H, lower, steps=probe_steps, mirror=mirror)
         nfev += n_pr
         if esc is not None:
-            return Polish(x, f, g, H, False, dec, mine, "descent found inward from a bound",
-                          nfev, escape=esc, probed=probed)
+            return Polish(x, f, g, H, False, dec, mine, esc[2], nfev, escape=esc[:2],
+                          probed=probed)
         return Polish(x, f, g, H, True, dec, mine, f"Newton decrement {dec:.3g}; "
                       f"{len(probed)} bound(s) probed without descent" if probed else
                       f"Newton decrement {dec:.3g}", nfev, probed=probed, hessian_at_x=fresh)
@@ -219,48 +222,110 @@ def _negative_curvature(fg, x, f, v_free, free, lower, steps):
     """The best point along +-v (negative curvature) projected onto the bounds, if lower."""
     d = np.zeros_like(x)
     d[free] = v_free
+    best, nfev = descent_along(fg, x, f, [(d, ""), (-d, "")], lower, steps=steps)
+    return (None if best is None else best[:2]), nfev
+
+
+def descent_along(fg, x, f, directions, lower, upper=None, steps=(1e-2, 1e-1, 0.5),
+                  threshold=None):
+    """The lowest point ``x + t d`` (clipped to the bounds) over ``(d, label)`` in
+    ``directions`` and ``t`` in ``steps`` (or the direction's own tuple of steps, as a third
+    item), if it is below ``f - threshold`` (default: the deviance's rounding level).
+
+    ``fg`` returns a value or ``(value, gradient)``.  Returns ``((x, value, label) or None,
+    evaluations)``.
+    """
+    thr = _noise(f) if threshold is None else threshold
+    hi = np.inf if upper is None else upper
     best, nfev = None, 0
-    for sgn in (1.0, -1.0):
-        for t in steps:
-            xt = np.maximum(x + sgn * t * d, lower)
-            ft = fg(xt)[0]
+    for item in directions:
+        d, label = item[0], item[1]
+        for t in (item[2] if len(item) > 2 else steps):
+            xt = np.clip(x + t * d, lower, hi)
+            ft = _value(fg(xt))
             nfev += 1
-            if np.isfinite(ft) and ft < f - _noise(f) and (best is None or ft < best[1]):
-                best = (xt, float(ft))
+            if np.isfinite(ft) and ft < f - thr and (best is None or ft < best[1]):
+                best = (xt, float(ft), f"{label} lowered the deviance by {f - ft:.3g} at step {t:g}")
     return best, nfev
 
 
-def probe_bounds(fg, x, f, g, H, lower, bounded=None, steps=(1e-2, 1e-1, 0.5)):
-    """Probe each entry at its bound inward, the free entries following along
+def probe_bounds(fg, x, f, g, H, lower, upper=None, steps=(1e-2, 1e-1, 0.5), mirror=None,
+                 threshold=None, names=None):
+    """Probe each entry at its lower bound inward, the free entries following along
     ``d_F = -H_FF^-1 H_Fi`` (the direction of the Schur complement of the Hessian ``H``).
 
-    ``fg`` returns a value or ``(value, gradient)``.  Returns ``(escape or None,
-    [(index, curvature along the direction)], evaluations)``; ``escape`` is the best point
-    found lower than ``f`` by more than rounding.
+    The deviance profiled over the free entries has the one-sided curvature
+    ``H_ii - H_iF H_FF^-1 H_Fi`` along that direction; steps of several lengths also catch
+    descent a curvature cannot see (and, where the quadratic model along it turns down, the
+    step where it is back at its start).
+
+    Parameters
+    ----------
+    fg : callable
+        Returns a value or ``(value, gradient)``.
+    x, f, g, H : the point, its value, gradient and Hessian.
+    lower, upper : ndarray
+        Bounds (``upper`` None: none).
+    steps : tuple of float
+        Step lengths along the direction scaled to a largest entry of 1.
+    mirror : dict, optional
+        ``{i: indices}``: negating these entries together with entry ``i`` gives the same
+        model (a covariance template's column below its diagonal ``i``).  At ``x_i = 0`` the
+        mirror image is the same point but its inward direction differs, so it is probed too.
+    threshold : float, optional
+        Decrease that counts as descent (default: the deviance's rounding level).
+    names : list of str, optional
+        Entry names for the messages.
+
+    Returns
+    -------
+    best : (x, value, what) or None
+        The lowest point found below ``f - threshold``.
+    probed : list of dict
+        Per probe: ``index``, ``curvature`` (one-sided, along the direction), ``slope``
+        (``g . d``), ``mirrored`` and ``descent``.
+    nfev : int
     """
-    if bounded is None:
-        bounded = np.isfinite(lower)
-    atb = np.flatnonzero(bounded & (x <= lower))
+    atb = np.isfinite(lower) & (x <= lower)
+    free = ~atb
+    Hs = 0.5 * (H + H.T)
     probed, best, nfev = [], None, 0
-    interior = ~(bounded & (x <= lower))
-    for i in atb:
-        d = np.zeros_like(x)
-        d[i] = 1.0
-        if interior.any():
-            Hff = H[np.ix_(interior, interior)]
-            try:
-                d[interior] = -np.linalg.solve(Hff, H[interior, i])
-            except np.linalg.LinAlgError:
-                d[interior] = 0.0
-        curv = float(d @ H @ d)
-        probed.append((int(i), curv))
-        for t in steps:
-            xt = np.maximum(x + t * d, lower)
-            ft = _value(fg(xt))
-            nfev += 1
-            if np.isfinite(ft) and ft < f - _noise(f) and (best is None or ft < best[1]):
-                best = (xt, float(ft))
+    for i in np.flatnonzero(atb):
+        sides = [(False, x, g, Hs)]
+        below = np.asarray((mirror or {}).get(int(i), ()), dtype=int)
+        if below.size and np.any(x[below] != 0):
+            sgn = np.ones(x.size)
+            sgn[below] = -1.0
+            sides.append((True, x * sgn, g * sgn, Hs * np.outer(sgn, sgn)))
+        for mirrored, xs, gs, Hm in sides:
+            d = np.zeros(x.size)
+            d[i] = 1.0
+            if free.any():
+                d[free] = -_floored_solve(Hm[np.ix_(free, free)], Hm[free, i])
+            curv = float(d @ Hm @ d)
+            slope = float(gs @ d)
+            scale = max(1.0, float(np.max(np.abs(d))))
+            extra = ()
+            if curv < 0 and slope > 0:          # the quadratic model back at its start
+                extra = tuple(t for t in (4.0 * slope / -curv * scale,) if t < 50.0)
+            what = (f"the probe of {names[i] if names else f'entry {i}'} off its bound"
+                    + (" (mirror image)" if mirrored else ""))
+            found, n = descent_along(fg, xs, f, [(d / scale, what, tuple(steps) + extra)],
+                                     lower, upper, threshold=threshold)
+            nfev += n
+            probed.append({"index": int(i), "curvature": curv, "slope": slope,
+                           "mirrored": mirrored, "descent": found is not None})
+            if found is not None and (best is None or found[1] < best[1]):
+                best = found
     return best, probed, nfev
+
+
+def _floored_solve(A, b):
+    """``A^-1 b`` with the eigenvalues' magnitudes floored: finite where ``A`` is singular or
+    indefinite (an indefinite ``A`` is a saddle, probed separately)."""
+    w, V = np.linalg.eigh(A)
+    w = np.maximum(np.abs(w), 1e-8 * max(1.0, np.abs(w).max()))
+    return V @ ((V.T @ b) / w)
 
 
 def _value(out):

@@ -221,9 +221,12 @@ def _second_order_checks(obj, x, lower, B0, gtol, maxiter, tried, restarts=2):
     when the decrement exceeds the checks' tolerance (1e-7: the estimates within ~5e-4 SE),
     so that this Hessian also serves the standard errors.
     """
+    off = obj.k + obj.p            # theta's place in the internal coordinates
+    mirror = {off + i: off + below for i, below in obj.model.re_design.column_mirrors().items()}
     for _ in range(restarts + 1):
         n0 = obj.nfev
-        pol = newton_polish(obj.fg_x, x, lower, tol=1e-7, check_tol=1e-7, maxit=min(20, maxiter))
+        pol = newton_polish(obj.fg_x, x, lower, tol=1e-7, check_tol=1e-7, maxit=min(20, maxiter),
+                            mirror=mirror)
         tried.append(("second-order checks (Newton polish, Hessian from gradient differences)",
                       pol.converged, obj.nfev - n0))
         if pol.escape is None:
