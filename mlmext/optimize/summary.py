@@ -115,7 +115,10 @@ class OptSummary:
     def describe(self):
         """One line: the methods tried, evaluations, and whether the checks passed."""
         steps = "; ".join(f"{m} ({'ok' if ok else 'failed'}, {n} evaluations)" for m, ok, n in self.tried)
-        state = "converged" if self.converged else f"did not converge: {self.message.rstrip('.')}"
+        dec = dict(self.extra_items).get("decrement")
+        checked = f" (Newton decrement {dec:.2g})" if dec is not None and np.isfinite(dec) else ""
+        state = ("converged" + checked if self.converged
+                 else f"did not converge: {self.message.rstrip('.')}")
         return f"Optimizer: {steps}; {self.feval} evaluations in all, {state}."
 
     def __repr__(self):
