@@ -185,17 +185,27 @@ def _level_constant(X, codes):
     return np.all(spread <= 1e-12 * np.where(scale > 0, scale, 1.0), axis=0)
 
 
-def slopes_constant_within_levels(X, codes, colnames):
-    """Random-effects columns whose effect cannot be told apart from another column's.
+def slopes_constant_within_levels(X, codes, colnames, pairs=None):
+    """Random-effects columns whose variance parameters the data cannot identify.
 
     ``X`` holds the random-effects columns on one grouping factor (``codes``: the
-    level of each row).  A column (other than a column of ones, the intercept) is
-    reported when it is constant within every level and another column that is
-    constant within every level (usually the intercept) is non-zero in a level
-    where it is: in such a level the two columns are proportional, so their random
-    effects act as one.  Columns that never share a level (the dummies of a
-    group-level factor in ``(0 + f | g)``) are not reported: their variances are
-    identified, only a correlation that no level shows is not.
+    level of each row).  A column (other than a column of ones, the intercept) is a
+    candidate when it is constant within every level and another column that is
+    constant within every level (usually the intercept) is non-zero in a level where
+    it is: in such a level the two columns are proportional, so their random effects
+    act as one, ``b0 + b1 w_g``.  The covariance parameters of the constant columns
+    then enter the model only through ``z_g' Sigma z_g`` per level (``z_g`` the
+    level's values): they are identified only if the products ``z_ga z_gb`` of the
+    parameters' column pairs ``(a, b)`` span their number of dimensions over the levels
+    (``(1 + w | g)``: ``w`` with three or more distinct values; ``(1 + w || g)``: two
+    distinct values of ``w^2``).  Candidates are reported when they do not.  Columns
+    that never share a level (the dummies of ``(0 + f | g)``) are not candidates.
+
+    Parameters
+    ----------
+    pairs : list of (int, int), optional
+        The column pairs that have a covariance parameter (``(a, a)``: a variance);
+        default all pairs (one correlated term).
 
     Returns
     -------
@@ -205,7 +215,8 @@ def slopes_constant_within_levels(X, codes, colnames):
     X = np.asarray(X, dtype=float)
     if X.shape[1] < 2:
         return []
-    const = _level_constant(X, np.asarray(codes))
+    codes = np.asarray(codes)
+    const = _level_constant(X, codes)
     ones = np.all(X == 1.0, axis=0)
     if const.sum() < 2 or not np.any(const & ~ones):
         return []
@@ -214,8 +225,22 @@ def slopes_constant_within_levels(X, codes, colnames):
     for j in np.flatnonzero(const & ~ones):
         others = [k for k in np.flatnonzero(const) if k != j]
         if np.any(nonzero[:, [j]] & nonzero[:, others]):
-            out.append(colnames[j])
-    return out
+            out.append(j)
+    if not out:
+        return []
+    q = X.shape[1]
+    if pairs is None:
+        pairs = [(a, b) for b in range(q) for a in range(b, q)]
+    cols = set(np.flatnonzero(const).tolist())
+    pairs = [(a, b) for a, b in pairs if a in cols and b in cols]
+    _, first = np.unique(codes, return_index=True)
+    Zg = X[first]                                   # each level's (constant) values
+    M = np.column_stack([Zg[:, a] * Zg[:, b] for a, b in pairs])
+    scale = np.abs(M).max(axis=0)
+    M = M / np.where(scale > 0, scale, 1.0)
+    if np.linalg.matrix_rank(M, tol=1e-8 * max(M.shape)) >= len(pairs):
+        return []                                   # identified by the spread of z_g
+    return [colnames[j] for j in out]
 
 
 def warn_constant_slopes(design, stacklevel=2):
@@ -224,7 +249,11 @@ def warn_constant_slopes(design, stacklevel=2):
     taken together: ``(1 | g) + (0 + w | g)`` is ``(1 + w || g)``)."""
     for block in design.blocks:
         names = [c for t in block.terms for c in t.colnames]
-        cols = slopes_constant_within_levels(block.X, block.codes, names)
+        pairs, off = [], 0
+        for t in block.terms:           # the (column, column) pairs with a parameter
+            pairs += [(off + i, off + j) for i, j in lower_tri(t.q)]
+            off += t.q
+        cols = slopes_constant_within_levels(block.X, block.codes, names, pairs)
         if not cols:
             continue
         written = " + ".join(dict.fromkeys(getattr(t, "source", "") or f"({t.lhs} | {t.name})"

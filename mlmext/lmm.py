@@ -192,12 +192,20 @@ class LinearMixedModel(MixedModel):
         start_params : array_like, optional
             Starting theta (lme4's order, see ``theta`` on the results).
         method : str
-            ``"auto"`` (bounded quasi-Newton, with a derivative-free restart
-            if it stalls), or any bounded method of ``scipy.optimize.minimize``.
+            ``"auto"``: L-BFGS-B in theta scaled by its predictors' units, then Newton
+            with a Hessian from gradient differences until the Newton decrement is below
+            ``tol``; theta is optimized without bounds (a template column and its negative
+            are one model) and mapped back, and saddles are left along negative
+            curvature.  Any bounded method of ``scipy.optimize.minimize`` (``"COBYQA"``,
+            ``"Nelder-Mead"``, ``"Powell"``, ``"L-BFGS-B"``, ...) runs alone instead.  Either
+            way ``converged`` means the second-order checks passed at the end point:
+            Newton decrement below 1e-7, Hessian positive definite, no descent across a
+            zero standard deviation (see ``docs/lmm.md``, "Reaching the optimum").
         maxiter : int
-            Iterations of the optimizer.
+            Iterations of the optimizer (and of the Newton phase, at most 30).
         tol : float
-            Convergence tolerance of the optimizer.
+            ``"auto"``: the Newton decrement to reach (deviance units; at most the checks'
+            1e-7); other methods: their own tolerance.
         disp : bool
             Print what the optimizer did (criterion, evaluations, methods tried).
 

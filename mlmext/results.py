@@ -153,8 +153,8 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     def is_singular(self, tol=1e-4):
         """True when a random-effects covariance is singular (lme4's ``isSingular``).
 
-        Scale-free: a template diagonal counts as zero when it is below ``tol`` times the
-        root mean square of its predictor (theta of a slope on x is in units of 1/x: a
+        Scale-free: a template diagonal counts as zero when it times the root mean square
+        of its predictor is below ``tol`` (theta of a slope on x is in units of 1/x: a
         slope SD of 5e-5 per unit of a predictor in the thousands is not zero).
         """
         des = self.model.re_design

@@ -178,3 +178,43 @@ def test_rounding_in_a_flat_direction_is_not_a_saddle():
     p = newton_polish(fg, np.array([1.0, 0.0]), np.array([-np.inf, -np.inf]))
     assert p.min_eigenvalue < 0
     assert p.converged and p.escape is None
+
+
+def test_mirror_probe_at_a_bounded_kkt_point():
+    # sleepstudy ML at theta = (0, -b, c) with (b, c) optimal given the zero intercept SD: a
+    # KKT point of the bounded problem (gradient +6.65 pushing into the bound) 22 deviance
+    # units above the optimum.  Probed inward directly and from its mirror image (the
+    # intercept's column negated: gradient S g, Hessian S H S), both find the descent.
+    from scipy import optimize
+    from mlmext.optimize import fd_hessian
+    m = mf.lmer("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy"))
+    dev = m.deviance(False)
+    r = optimize.minimize(lambda v: dev.value(np.r_[0.0, v]), [0.5, 0.2], method="Nelder-Mead",
+                          options={"xatol": 1e-10, "fatol": 1e-12})
+    x = np.r_[0.0, -r.x[0], r.x[1]]
+    f, g = dev.value_and_grad(x)
+    assert g[0] > 5 and np.all(np.abs(g[1:]) < 1e-2)
+    H, _ = fd_hessian(dev.value_and_grad, x, g, dev.lower)
+    best, probed, _ = probe_bounds(dev.value_and_grad, x, f, g, H, dev.lower,
+                                   mirror=m.re_design.column_mirrors())
+    assert [p["mirrored"] for p in probed] == [False, True]
+    assert probed[1]["slope"] == pytest.approx(-probed[0]["slope"], rel=1e-12) and probed[1]["slope"] < 0
+    assert all(p["descent"] for p in probed)
+    assert f - best[1] > 10
+    opt = m.fit(reml=False)
+    assert f - (-2 * opt.llf) > 20
+
+
+def test_clmm_converged_is_the_checks_verdict():
+    wine = datasets.load("wine")
+    m = mf.clmm("rating ~ temp + contact + (1 | judge) + (1 | bottle)", wine)
+    ref = m.fit()
+    for maxiter in (8, 12):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            res = m.fit(maxiter=maxiter)
+        warned = any("did not converge" in str(w.message) for w in rec)
+        assert res.converged == (not warned)
+        np.testing.assert_allclose(res.optim.final[-2:], res.theta)     # the judged point
+        if res.converged:
+            assert abs(res.llf - ref.llf) < 1e-6

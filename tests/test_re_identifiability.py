@@ -1,7 +1,9 @@
-"""A random slope of a variable that is constant within every level of its grouping factor warns.
+"""A random slope of a variable that is constant within every level of its grouping factor warns
+when its parameters are not identified.
 
-``(1 + w | g)`` with a group-level ``w``: each level has one random effect ``b0 + b1 * w``, so the
-slope's variance and correlation are not identified.  lmer, glmer and clmm warn when the model is
+``(1 + w | g)`` with a group-level ``w``: each level has one random effect ``b0 + b1 * w``, whose
+variance ``s0^2 + 2 s01 w + s1^2 w^2`` is all the data show: with ``w`` taking two values (here
+``+-1``) the three parameters are not identified; with three or more values they are.  lmer, glmer and clmm warn when the model is
 built (:class:`mlmext.UnidentifiedSlopeWarning`, a ``UserWarning``); no warning for the intercept,
 for variables that vary within at least one level, or for ``(0 + f | g)`` dummies that never share
 a level.
@@ -33,10 +35,11 @@ def read(name):
 
 
 def group_level(df, group, seed=0):
-    """A numeric and a two-level factor variable, constant within each level of ``group``."""
+    """A numeric variable with values +-1 and a two-level factor, constant within each level of
+    ``group``."""
     levels = df[group].astype(str).unique()
     rng = np.random.default_rng(seed)
-    w = dict(zip(levels, rng.normal(size=len(levels))))
+    w = dict(zip(levels, rng.choice([-1.0, 1.0], size=len(levels))))
     f = dict(zip(levels, ["a", "b"] * len(levels)))
     key = df[group].astype(str)
     return df.assign(w=key.map(w).astype(float), f=key.map(f))
@@ -121,15 +124,25 @@ def test_clmm_warns():
 def test_interaction_grouping_factor(sleep):
     """Constant within every level of Subject:half (but not within Subject alone)."""
     d = sleep.assign(half=np.where(sleep["Days"] < 5, "early", "late"))
-    d["u"] = np.where(d["half"] == "early", d["w"], 2 * d["w"] + 1)
+    d["u"] = np.where(d["half"] == "early", d["w"], -d["w"])      # two values: +-1
     rec = caught(lambda: mf.lmer("Reaction ~ Days + (1 + u | Subject:half)", d))
     assert len(rec) == 1 and "every level of 'Subject:half'" in str(rec[0].message)
     assert caught(lambda: mf.lmer("Reaction ~ Days + (1 + u | Subject)", d)) == []
 
 
+def test_identified_by_the_spread_of_a_group_level_variable(sleep):
+    """Three or more values of w: Var(b0 + b1 w) = s0^2 + 2 s01 w + s1^2 w^2 identifies all
+    three parameters (weakly: from the levels' variances only); no warning."""
+    levels = sleep["Subject"].astype(str).unique()
+    wc = dict(zip(levels, np.random.default_rng(1).normal(size=len(levels))))
+    d = sleep.assign(wc=sleep["Subject"].astype(str).map(wc).astype(float))
+    assert caught(lambda: mf.lmer("Reaction ~ Days + wc + (1 + wc | Subject)", d)) == []
+    assert caught(lambda: mf.lmer("Reaction ~ Days + wc + (1 + wc || Subject)", d)) == []
+
+
 def test_the_rule_on_arrays():
     codes = np.repeat(np.arange(4), 3)
-    w = np.repeat([0.5, -1.0, 2.0, 0.0], 3)
+    w = np.repeat([1.0, -1.0, 1.0, -1.0], 3)
     x = np.arange(12.0)
     ones = np.ones(12)
     assert slopes_constant_within_levels(np.column_stack([ones, w]), codes, ["(Intercept)", "w"]) == ["w"]
@@ -140,6 +153,15 @@ def test_the_rule_on_arrays():
     assert slopes_constant_within_levels(np.column_stack([a, 1 - a]), codes, ["fa", "fb"]) == []
     # two group-level variables that share levels: both reported, even without an intercept
     assert slopes_constant_within_levels(np.column_stack([w + 3, w ** 2 + 1]), codes, ["u", "v"]) == ["u", "v"]
+    # three distinct values identify (1 + w | g); two distinct squares identify (1 + w || g)
+    w3 = np.repeat([0.5, -1.0, 2.0, 0.0], 3)
+    assert slopes_constant_within_levels(np.column_stack([ones, w3]), codes, ["1", "w"]) == []
+    w2 = np.repeat([0.5, 2.0, 0.5, 2.0], 3)
+    assert slopes_constant_within_levels(np.column_stack([ones, w2]), codes, ["1", "w"]) == ["w"]
+    assert slopes_constant_within_levels(np.column_stack([ones, w2]), codes, ["1", "w"],
+                                         pairs=[(0, 0), (1, 1)]) == []
+    assert slopes_constant_within_levels(np.column_stack([ones, w]), codes, ["1", "w"],
+                                         pairs=[(0, 0), (1, 1)]) == ["w"]
     # within-level differences at rounding level count as constant
     assert slopes_constant_within_levels(np.column_stack([ones, w * (1 + 1e-15 * x)]), codes, ["1", "w"]) == ["w"]
     assert slopes_constant_within_levels(ones[:, None], codes, ["1"]) == []

@@ -268,7 +268,8 @@ def _fe_covariance(model, tr, H):
     As lme4's ``vcov.merMod`` (1.1-31): ``2 H^-1`` in (theta, beta), its fixed-effects
     block, whenever that block is positive definite -- singular fits included (lme4 computes
     the Hessian by central differences across a theta at 0; ours, by forward differences of
-    the exact gradient, agrees there because the deviance is even in such a theta).  For the
+    the exact gradient, agrees there where the deviance is even in such a theta: a scalar
+    term, or a template column with zeros below its diagonal).  For the
     negative binomial ``cov_joint`` also allows for alpha's uncertainty (the Hessian in
     (theta, beta, log alpha)); it is the covariance of glmmTMB-mode fits
     (``information="observed"``: glmmTMB inverts the Hessian in all its parameters).

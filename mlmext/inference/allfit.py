@@ -291,8 +291,10 @@ def allfit(res, methods=None, maxfev=20000):
             if err or not np.isfinite(out.fun):
                 add(m, nan, False, secs, err or "no finite log-likelihood reached")
                 continue
+            # 'converged' here is scipy's own verdict (no second-order checks on this row)
             add(m, lay.row_from_vector(out.x, float(out.fun)), bool(out.success), secs,
-                _note(f"{int(getattr(out, 'nfev', 0))} evaluations: {out.message}", *msgs))
+                _note(f"{int(getattr(out, 'nfev', 0))} evaluations: {out.message} (scipy's "
+                      "convergence test)", *msgs))
         title = f"{getattr(lay.model, 'formula', '')} ({'Laplace' if nagq == 1 else f'AGQ, {nagq} nodes'})"
 
     data = {"deviance": [v[0][0] for v in rows]}

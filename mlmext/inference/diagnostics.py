@@ -130,7 +130,8 @@ class ConvergenceCheck:
     lme4_maxgrad : float
         lme4's statistic ``max(min(|H^-1 g|, |g|))`` (its default tolerance is 0.002).
     min_eigenvalue : float
-        Smallest eigenvalue of the Hessian on the free parameters.
+        Smallest eigenvalue of the Hessian in theta times its predictor's root mean square
+        (the optimizer's scaled variables: unit-free).
     messages : list of str
     """
 
@@ -170,8 +171,12 @@ def check_convergence(res, tol=1e-5):
     model = r.model
     f = model.deviance(r.reml).value
     th = r.theta.copy()
-    g = jacobian(lambda x: np.array([f(x)]), th)[0]
-    H = hessian(f, th)
+    # differences in the predictors' units (theta * rms of its column of Z): the steps then
+    # mean alike for a slope on x and on x * 1e6; reported back in theta's units
+    units = model.re_design.theta_units()
+    fz = lambda z: f(z / units)
+    g = jacobian(lambda z: np.array([fz(z)]), th * units)[0] * units
+    H = hessian(fz, th * units) * np.outer(units, units)
     # no parameter is held at a bound: the deviance is smooth across a zero diagonal (a
     # template column and its negative give the same model), so a zero standard deviation
     # is a minimum only if the deviance rises on both sides: a gradient test at the bound
@@ -181,7 +186,8 @@ def check_convergence(res, tol=1e-5):
     Hf = H[np.ix_(free, free)]
     gf = g[free]
     if free.any():
-        ev = np.linalg.eigvalsh((Hf + Hf.T) / 2)
+        Hz = Hf / np.outer(units[free], units[free])       # eigenvalues in scaled units
+        ev = np.linalg.eigvalsh((Hz + Hz.T) / 2)
         mine = float(ev.min())
         try:
             step = np.linalg.solve(Hf, gf)

@@ -153,10 +153,10 @@ class LMMDeviance:
         grad = np.zeros_like(theta)
         fd = []
         off = 0
-        for blk, lam, Sb, Wb in zip(des.blocks, lams, S, W):
+        for blk, lam, Sb, Wb, rms in zip(des.blocks, lams, S, W, self._block_units()):
             ub = u[off:off + blk.nre].reshape(blk.m, blk.q)
             off += blk.nre
-            d = np.abs(np.diag(lam))
+            d = np.abs(np.diag(lam)) * rms           # in the predictors' units
             if d.min() <= 1e-6 * max(1.0, d.max()):
                 fd.extend(blk.t_idx)
                 continue
@@ -177,6 +177,13 @@ class LMMDeviance:
                 tm[k] -= h
                 grad[k] = (self.value(tp) - self.value(tm)) / (2.0 * h)
         return dev, grad
+
+    def _block_units(self):
+        u = self.__dict__.get("_blk_units")
+        if u is None:                  # root mean square of each block's columns of Z
+            u = self._blk_units = [np.where(r > 0, r, 1.0) for r in
+                                   (np.sqrt(np.mean(b.X * b.X, axis=0)) for b in self.design.blocks)]
+        return u
 
     def _units(self):
         u = self.__dict__.get("_theta_units")

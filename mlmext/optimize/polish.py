@@ -168,13 +168,20 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
             message = f"the Newton line search failed (decrement {dec:.3g})"
             break
         fn, (xn, gn) = ls.value, ls.payload
-        x, f, g = xn, fn, np.asarray(gn, dtype=float)
+        gn = np.asarray(gn, dtype=float)
+        sv, yv = xn - x, gn - g
+        x, f, g = xn, fn, gn
         clear = False
-        if dec > 1e-3 or ls.t < 1.0:                 # far from the optimum: new curvature
+        sy, Hs = float(sv @ yv), H @ sv
+        sHs = float(sv @ Hs)
+        # the curvature along the step says whether H still holds here: near a zero SD the
+        # deviance is far from quadratic and a Hessian from the last point can be 10x off
+        if dec > 1e-3 or ls.t < 1.0 or not (sHs > 0 and 0.5 <= sy / sHs <= 2.0):
             H, nh = fd_hessian(fg, x, g, lower)
             nfev += nh
             fresh = True
-        else:
+        else:                                        # close: BFGS update, exact along the step
+            H = H + np.outer(yv, yv) / sy - np.outer(Hs, Hs) / sHs
             fresh = False
     else:
         message = f"no convergence in {maxit} Newton iterations (decrement {dec:.3g})"
@@ -256,8 +263,8 @@ def probe_bounds(fg, x, f, g, H, lower, upper=None, steps=(1e-2, 1e-1, 0.5), mir
 
     The deviance profiled over the free entries has the one-sided curvature
     ``H_ii - H_iF H_FF^-1 H_Fi`` along that direction; steps of several lengths also catch
-    descent a curvature cannot see (and, where the quadratic model along it turns down, the
-    step where it is back at its start).
+    descent a curvature cannot see (and, where the quadratic model along it turns down,
+    twice the step where it is back at its start).  The entry is also moved alone.
 
     Parameters
     ----------
@@ -294,24 +301,31 @@ def probe_bounds(fg, x, f, g, H, lower, upper=None, steps=(1e-2, 1e-1, 0.5), mir
         sides = [(False, x, g, Hs)]
         below = np.asarray((mirror or {}).get(int(i), ()), dtype=int)
         if below.size and np.any(x[below] != 0):
+            # f(S z) = f(z) for S negating entry i and the entries below it: at the mirror
+            # image S x (= x with those below negated, x_i being 0) the gradient is S g and
+            # the Hessian S H S
             sgn = np.ones(x.size)
             sgn[below] = -1.0
+            sgn[i] = -1.0
             sides.append((True, x * sgn, g * sgn, Hs * np.outer(sgn, sgn)))
+        label = f"the probe of {names[i] if names else f'entry {i}'} off its bound"
         for mirrored, xs, gs, Hm in sides:
             d = np.zeros(x.size)
             d[i] = 1.0
             if free.any():
-                d[free] = -_floored_solve(Hm[np.ix_(free, free)], Hm[free, i])
+                d[free] = -_null_dropped_solve(Hm[np.ix_(free, free)], Hm[free, i])
             curv = float(d @ Hm @ d)
             slope = float(gs @ d)
             scale = max(1.0, float(np.max(np.abs(d))))
             extra = ()
-            if curv < 0 and slope > 0:          # the quadratic model back at its start
-                extra = tuple(t for t in (4.0 * slope / -curv * scale,) if t < 50.0)
-            what = (f"the probe of {names[i] if names else f'entry {i}'} off its bound"
-                    + (" (mirror image)" if mirrored else ""))
-            found, n = descent_along(fg, xs, f, [(d / scale, what, tuple(steps) + extra)],
-                                     lower, upper, threshold=threshold)
+            if curv < 0 and slope > 0:          # twice the step where the quadratic model
+                extra = tuple(t for t in (4.0 * slope / -curv * scale,) if t < 50.0)   # is back
+            what = label + (" (mirror image)" if mirrored else "")
+            e = np.zeros(x.size)
+            e[i] = 1.0                          # and the entry alone, the others held
+            found, n = descent_along(fg, xs, f, [(d / scale, what, tuple(steps) + extra),
+                                                 (e, what + " (alone)")],
+                                     lower, upper, steps=steps, threshold=threshold)
             nfev += n
             probed.append({"index": int(i), "curvature": curv, "slope": slope,
                            "mirrored": mirrored, "descent": found is not None})
@@ -320,12 +334,15 @@ def probe_bounds(fg, x, f, g, H, lower, upper=None, steps=(1e-2, 1e-1, 0.5), mir
     return best, probed, nfev
 
 
-def _floored_solve(A, b):
-    """``A^-1 b`` with the eigenvalues' magnitudes floored: finite where ``A`` is singular or
-    indefinite (an indefinite ``A`` is a saddle, probed separately)."""
+def _null_dropped_solve(A, b, rcond=1e-4):
+    """``A^+ b`` over the eigen-directions of ``A`` with ``|eigenvalue| > rcond * max``
+    (magnitudes: an indefinite ``A`` is a saddle, probed separately).  At a zero diagonal
+    with entries below it, turning those entries does not change the model, so ``A`` is
+    close to singular there; inverting that direction would swamp the probe."""
     w, V = np.linalg.eigh(A)
-    w = np.maximum(np.abs(w), 1e-8 * max(1.0, np.abs(w).max()))
-    return V @ ((V.T @ b) / w)
+    aw = np.abs(w)
+    keep = aw > rcond * max(aw.max(), 1e-300)
+    return V[:, keep] @ ((V[:, keep].T @ b) / aw[keep])
 
 
 def _value(out):

@@ -45,7 +45,10 @@ class OptSummary:
     optimizer : str
         The method(s) used.
     extra_items : tuple of (str, object)
-        Fit-specific facts (``extras`` as a read-only mapping; also attributes).
+        Fit-specific facts (``extras`` as a read-only mapping; also attributes), such as
+        ``decrement``: the Newton decrement at the end (LMM and clmm checks:
+        ``g' H^-1 g / 2``, the deviance decrease still available; the GLMM's Newton:
+        ``g' H^-1 g``, lme4's PIRLS convention).
     """
 
     initial: np.ndarray

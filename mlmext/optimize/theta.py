@@ -173,6 +173,7 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
 
 def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5):
     """L-BFGS-B, then Newton with the second-order checks; restarts where a check finds descent."""
+    tol = min(tol, check_tol)          # Newton goes at least as far as the checks require
     tried, nfev = [], 0
     x, best = start, None
     label = "L-BFGS-B"
@@ -199,13 +200,19 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5):
             nfev += p2.nfev
             tried.append(("Newton (Hessian from gradient differences), second-order checks",
                           p2.converged, p2.nfev))
-            if p2.f <= best.f or p2.converged:
+            if p2.f <= best.f:
                 best = p2
             p = p2
         if p.escape is None:
             break
         x = p.escape[0]
         label = "L-BFGS-B (restart: " + p.message + ")"
+    else:                              # restarts used up: keep the lowest point found
+        if p.escape[1] < best.f:
+            best = newton_polish(grad, p.escape[0], lower, tol=tol, check_tol=check_tol, maxit=0)
+            nfev += best.nfev
+            best.converged = False
+            best.message = f"{rounds} restarts used up and a probe still found descent"
     p = best
     return optimize.OptimizeResult(
         x=p.x, fun=float(p.f), success=bool(p.converged), message=p.message, nfev=nfev,

@@ -149,9 +149,11 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
     if exact is None:
         # the quasi-Newton verdict is not enough: Newton decrement with a difference Hessian,
         # saddles, and every variance at zero probed inward (its gradient is 0 there either way)
-        x_hat, converged, H_x = _second_order_checks(obj, x_hat, lower_x, B0 if nagq == 1 else B1,
-                                                     gtol, maxiter, tried)
+        x_hat, converged, H_x, message = _second_order_checks(
+            obj, x_hat, lower_x, B0 if nagq == 1 else B1, gtol, maxiter, tried)
         opt.fun, opt.jac = obj.fg_x(x_hat)        # (also leaves the modes at the estimate)
+        # the results report the checks' verdict, at the point they judged
+        opt.x, opt.success, opt.message = x_hat, converged, message
     else:
         converged = bool(opt.success)             # Newton with the exact Hessian: decrement, PD
     z_hat = exact.x_r if exact is not None else obj.to_r(x_hat)
@@ -161,7 +163,7 @@ def _fit_clmm(model, nagq=1, start_params=None, maxiter=500, gtol=1e-6, hessian=
     separated = _separation_message(model, alpha, beta)
     # ---- Hessian in R coordinates, without variance parameters at zero (as clmm)
     free = np.ones(z_hat.size, dtype=bool)
-    free[k + p:] = ~(np.isfinite(des.lower) & (theta <= des.lower + 1e-4))
+    free[k + p:] = ~(np.isfinite(des.lower) & (theta * des.theta_units() <= des.lower + 1e-4))
     cov_full = None
     H = None
     if hessian:
@@ -216,31 +218,48 @@ def _second_order_checks(obj, x, lower, B0, gtol, maxiter, tried, restarts=2):
     """Newton polish of a quasi-Newton end point (:func:`mlmext.optimize.newton_polish`), with
     a restart of the quasi-Newton method where a probe finds descent.
 
-    Returns ``(x, passed, H)``: ``H`` is the Hessian at ``x`` in internal coordinates when the
-    checks computed it there (no Newton step was needed), else None.  A step is taken only
+    Returns ``(x, passed, H, message)``: ``H`` is the Hessian at ``x`` in internal coordinates
+    when the checks computed it there (no Newton step was needed), else None.  A step is taken only
     when the decrement exceeds the checks' tolerance (1e-7: the estimates within ~5e-4 SE),
     so that this Hessian also serves the standard errors.
     """
+    des = obj.model.re_design
     off = obj.k + obj.p            # theta's place in the internal coordinates
-    mirror = {off + i: off + below for i, below in obj.model.re_design.column_mirrors().items()}
+    mirror = {off + i: off + below for i, below in des.column_mirrors().items()}
+    # the checks work on beta and theta in their predictors' units (root mean squares of
+    # the columns of X and Z): difference steps then mean alike at any scale
+    s = np.ones(x.size)
+    X = obj.model.exog
+    if obj.p:
+        rms = np.sqrt(np.mean(X * X, axis=0))
+        s[obj.k:off] = np.where(rms > 0, rms, 1.0)
+    s[off:] = des.theta_units()
+
+    def fg_s(z):
+        f, g = obj.fg_x(z / s)
+        return f, g / s
+
     for _ in range(restarts + 1):
         n0 = obj.nfev
-        pol = newton_polish(obj.fg_x, x, lower, tol=1e-7, check_tol=1e-7, maxit=min(20, maxiter),
-                            mirror=mirror)
+        pol = newton_polish(fg_s, x * s, lower * s, tol=1e-7, check_tol=1e-7,
+                            maxit=min(20, maxiter), mirror=mirror)
         tried.append(("second-order checks (Newton polish, Hessian from gradient differences)",
                       pol.converged, obj.nfev - n0))
         if pol.escape is None:
             if not np.isfinite(pol.f):
-                return x, False, None
-            H = pol.H if pol.hessian_at_x and np.all(np.isfinite(pol.H)) else None
-            return pol.x, pol.converged, H
+                return x, False, None, pol.message
+            H = (pol.H * np.outer(s, s) if pol.hessian_at_x and np.all(np.isfinite(pol.H))
+                 else None)
+            return pol.x / s, pol.converged, H, pol.message
         n0 = obj.nfev
-        f1, g1 = obj.fg_x(pol.escape[0])
-        opt = minimize_bfgs(obj.fg_x, pol.escape[0], lower, B0=B0, gtol=gtol, maxiter=maxiter,
+        x_esc = pol.escape[0] / s
+        f1, g1 = obj.fg_x(x_esc)
+        opt = minimize_bfgs(obj.fg_x, x_esc, lower, B0=B0, gtol=gtol, maxiter=maxiter,
                             f0g0=(f1, g1))
         tried.append((f"BFGS, restarted ({pol.message})", bool(opt.success), obj.nfev - n0))
         x = opt.x
-    return x, False, None
+    return x, False, None, (f"a probe still found descent after {restarts} restarts "
+                            f"({pol.message})")
 
 
 def _separation_message(model, alpha, beta, big=10.0):
