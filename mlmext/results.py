@@ -18,6 +18,7 @@ from functools import cached_property as cache_readonly
 from ._args import reject_unknown
 from .inference import InferenceMixin
 from .objective import MixedParams
+from .printing import fit_html, fit_text
 
 __all__ = ["MixedResults", "LMMResults", "MixedResultsWrapper"]
 
@@ -412,7 +413,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         ``ddf="satterthwaite"`` (or ``"kenward-roger"``) shows t tests with those df (lmerTest).
         """
         model = self.model
-        ngrps = ", ".join(f"{t.name}: {t.m}" for t in model.re_design.terms)
+        ngrps = ", ".join(f"{n}: {m}" for n, m in {t.name: t.m for t in model.re_design.terms}.items())
         top_left = [("Model:", [type(model).__name__]),
                     ("Dependent Variable:", [str(model.endog_names)]),
                     ("Family:", [self._family_name])] + self._summary_top() + \
@@ -458,11 +459,10 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         return np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
 
     def _repr_html_(self):
-        return self.summary().as_html()
+        return fit_html(self)
 
     def __repr__(self):
-        return (f"<{type(self).__name__}: {self.model.formula_info.get('formula', '')}, "
-                f"{'REML' if self.reml else 'ML'}, llf={self.llf:.4f}>")
+        return fit_text(self)          # lme4's print block (summary() has the full tables)
 
 
 class LMMResults(MixedResults):
@@ -500,6 +500,14 @@ class LMMResults(MixedResults):
 
 
 class MixedResultsWrapper(wrap.ResultsWrapper):
+    """statsmodels' wrapper (pandas-labelled attributes) that prints as the result does."""
+
+    def __repr__(self):
+        return repr(self._results)
+
+    def _repr_html_(self):
+        return self._results._repr_html_()
+
     _attrs = {"params": "columns", "bse": "columns", "tvalues": "columns", "pvalues": "columns"}
     _wrap_attrs = union_dicts(_attrs, wrap.ResultsWrapper._wrap_attrs)
     # conf_int labels its own rows: the profile / bootstrap intervals add the variance

@@ -1,4 +1,6 @@
 """Notebook display (``_repr_html_``) and the bundled datasets."""
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -59,3 +61,48 @@ def test_hsb82_and_dental_layouts():
     assert list(d["Sex"].cat.categories) == ["Male", "Female"] and (d["Sex"] == "Female").sum() == 11
     long = pd.wide_to_long(d, "distance", i="Subject", j="age", sep="_").reset_index()
     assert len(long) == 108 and long["distance"].mean() == pytest.approx(24.0231, abs=1e-4)
+
+
+def _block(res):
+    text = repr(res)
+    assert str(res) == text and "object at 0x" not in text
+    return text
+
+
+def test_print_shows_lme4s_block():
+    sleep = datasets.load("sleepstudy")
+    text = _block(mf.lmer("Reaction ~ Days + (Days | Subject)", sleep).fit())
+    lines = text.splitlines()
+    assert lines[:3] == ["Linear mixed model fit by REML",
+                         "Formula: Reaction ~ Days + (Days | Subject)",
+                         "REML criterion at convergence: 1743.6283"]
+    assert "Number of obs: 180, groups: Subject, 18" in lines
+    assert lines[-3:] == ["Fixed effects:", "Intercept   Days", "    251.4  10.47"]
+    assert "Days    35.07    5.922 0.07" in text                # the random-effects table
+    ml = _block(mf.lmer("Reaction ~ Days + (Days | Subject) + (1 | Subject)", sleep).fit(reml=False))
+    assert "Linear mixed model fit by maximum likelihood" in ml and "logLik: " in ml
+    assert "groups: Subject, 18\n" in ml                         # one entry per grouping factor
+
+
+def test_print_glmm_clmm_and_notes():
+    cbpp = datasets.load("cbpp")
+    g = mf.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp,
+                 family=sm.families.Binomial()).fit()
+    text = _block(g)
+    assert text.splitlines()[0] == ("Generalized linear mixed model fit by maximum likelihood "
+                                    "(Laplace approximation) [Binomial, logit]")
+    assert "logLik: -92.0263" in text and "Number of obs: 56, groups: herd, 15" in text
+    assert "-1.399      -0.9923" in text
+    html = g._repr_html_()
+    assert "<table" in html and "Fixed effects" in html and "-1.399" in html and "herd" in html
+    o = mf.clmm("rating ~ temp + contact + (1 | judge)", data=datasets.load("wine")).fit(nagq=5)
+    text = _block(o)
+    assert "(adaptive Gauss-Hermite quadrature, nAGQ = 5)" in text.splitlines()[0]
+    assert text.splitlines()[-2].split() == ["1|2", "2|3", "3|4", "4|5", "temp[T.warm]", "contact[T.yes]"]
+    rng = np.random.default_rng(7)
+    df = pd.DataFrame({"y": rng.standard_normal(200), "g": np.repeat(np.arange(20), 10)})
+    df["y"] -= df.groupby("g")["y"].transform("mean") * 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sing = mf.lmer("y ~ 1 + (1 | g)", df).fit()
+    assert _block(sing).splitlines()[-1] == "Note: boundary (singular) fit: see res.is_singular()"

@@ -179,7 +179,3 @@ class GLMMResults(MixedResults):
         why = getattr(self.optim, "cov_note", "")
         return ("Covariance of the fixed effects from RX (the PIRLS system at the estimates)"
                 + (f": {why}" if why else ""))
-
-    def __repr__(self):
-        return (f"<{type(self).__name__}: {self.model.formula_info.get('formula', '')}, "
-                f"{'Laplace' if self.nagq == 1 else f'AGQ({self.nagq})'}, llf={self.llf:.4f}>")

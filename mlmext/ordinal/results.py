@@ -207,7 +207,3 @@ class OrdinalMixedResults(MixedResults):
         notes.append(self.optim.describe())
         add_notes(smry, notes)
         return smry
-
-    def __repr__(self):
-        return (f"<{type(self).__name__}: {self.model.formula_info.get('formula', '')}, "
-                f"{self.model.link.name}, nagq={self.nagq}, llf={self.llf:.4f}>")

@@ -1,0 +1,101 @@
+"""What a fitted mixed model shows when printed: lme4's ``print.merMod`` block.
+
+``print(res)`` and the REPL show this short account (model, formula, criterion, random
+effects, number of observations and groups, fixed effects); ``res.summary()`` has the full
+tables and tests.  In a notebook the same block is rendered as HTML.
+"""
+from __future__ import annotations
+
+import html
+
+import numpy as np
+
+__all__ = ["fit_title", "fit_text", "fit_html"]
+
+
+def fit_title(res):
+    """lme4's first line: which model, fitted how."""
+    api = getattr(res.model, "_api_name", "")
+    nagq = getattr(res, "nagq", 1)
+    approx = ("Laplace approximation" if nagq == 1
+              else f"adaptive Gauss-Hermite quadrature, nAGQ = {nagq}")
+    if api == "lmer":
+        return f"Linear mixed model fit by {'REML' if res.reml else 'maximum likelihood'}"
+    if api == "clmm":
+        return f"Cumulative link mixed model fit by maximum likelihood ({approx}) [{res._family_name}]"
+    link = getattr(res, "link_name", "")
+    return (f"Generalized linear mixed model fit by maximum likelihood ({approx}) "
+            f"[{res._family_name}{', ' + link if link else ''}]")
+
+
+def _criterion(res):
+    if getattr(res, "reml", False):
+        return f"REML criterion at convergence: {res.criterion:.4f}"
+    return (f"AIC: {res.aic:.4f}  BIC: {res.bic:.4f}  logLik: {res.llf:.4f}  "
+            f"deviance: {-2.0 * res.llf:.4f}")
+
+
+def _groups(res):
+    seen = {}
+    for t in res.model.re_design.terms:          # one entry per grouping factor (lme4's ngrps)
+        seen.setdefault(t.name, t.m)
+    return ", ".join(f"{name}, {m}" for name, m in seen.items())
+
+
+def _coefs(res):
+    """(names, values) of the estimates ``params`` holds (clmm: thresholds, then beta)."""
+    data = getattr(res.model, "data", None)
+    names = getattr(data, "param_names", None) or res.model.exog_names   # what params is labelled by
+    return [str(n) for n in names], np.asarray(res.params, dtype=float)
+
+
+def _coef_rows(res, per_line=6):
+    """Names over values (4 significant digits, R's print digits), wrapped like R's print."""
+    names, v = _coefs(res)
+    vals = [f"{x:.4g}" if np.isfinite(x) else "NA" for x in v]
+    out = []
+    for k in range(0, len(names), per_line):
+        w = [max(len(n), len(v)) for n, v in zip(names[k:k + per_line], vals[k:k + per_line])]
+        out.append("  ".join(n.rjust(x) for n, x in zip(names[k:k + per_line], w)))
+        out.append("  ".join(v.rjust(x) for v, x in zip(vals[k:k + per_line], w)))
+    return out
+
+
+def _notes(res):
+    notes = []
+    if res.is_singular():
+        notes.append("boundary (singular) fit: see res.is_singular()")
+    if not res.converged:
+        notes.append(f"did not converge: {res.optim.message}")
+    dropped = getattr(res.model, "nrows_dropped", 0)
+    if dropped:
+        notes.append(f"{dropped} rows with missing values dropped")
+    return notes
+
+
+def fit_text(res):
+    """The block as plain text."""
+    formula = res.model.formula_info.get("formula", "")
+    lines = [fit_title(res), f"Formula: {formula}", _criterion(res), ""]
+    lines += str(res._re_table()).splitlines()
+    lines.append(f"Number of obs: {int(res.nobs)}, groups: {_groups(res)}")
+    lines += ["", "Fixed effects:" if getattr(res.model, "_api_name", "") != "clmm"
+              else "Coefficients (thresholds and fixed effects):"]
+    lines += _coef_rows(res)
+    lines += [f"Note: {n}" for n in _notes(res)]
+    return "\n".join(lines)
+
+
+def fit_html(res):
+    """The block for notebooks: the title lines, the random-effects table, the coefficients."""
+    formula = res.model.formula_info.get("formula", "")
+    head = "<br>".join(html.escape(s) for s in (fit_title(res), f"Formula: {formula}",
+                                                  _criterion(res)))
+    names, v = _coefs(res)
+    coefs = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    vals = "".join(f"<td>{x:.4g}</td>" for x in v)
+    notes = "".join(f"<p><i>Note: {html.escape(n)}</i></p>" for n in _notes(res))
+    return (f"<div><p>{head}</p>{res._re_table().as_html()}"
+            f"<p>Number of obs: {int(res.nobs)}, groups: {html.escape(_groups(res))}</p>"
+            f"<table><caption>Fixed effects</caption><tr>{coefs}</tr><tr>{vals}</tr></table>"
+            f"{notes}</div>")
