@@ -1,6 +1,10 @@
 """mlmext: multilevel (mixed-effects) models for statsmodels."""
-from .design import UnidentifiedSlopeWarning
-from .inference import anova
+from ._warnings import import_statsmodels_keeping_user_filters
+
+import_statsmodels_keeping_user_filters()        # before anything imports statsmodels
+
+from .design import UnidentifiedSlopeWarning  # noqa: E402
+from .inference import anova  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["anova", "UnidentifiedSlopeWarning", "__version__"]

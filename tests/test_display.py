@@ -106,3 +106,22 @@ def test_print_glmm_clmm_and_notes():
         warnings.simplefilter("ignore")
         sing = mf.lmer("y ~ 1 + (1 | g)", df).fit()
     assert _block(sing).splitlines()[-1] == "Note: boundary (singular) fit: see res.is_singular()"
+
+
+@pytest.mark.parametrize("before,expected", [("", 2), ("warnings.simplefilter('ignore')", 0)])
+def test_users_warning_filters_set_before_import_are_respected(before, expected):
+    # statsmodels installs "always" for ConvergenceWarning when first imported, in front of
+    # the user's filters; mlmext keeps the user's in front (a fresh interpreter: statsmodels
+    # is already imported here)
+    import subprocess
+    import sys
+    code = "\n".join([
+        "import warnings", before, "import mlmext",
+        "from mlmext.formula import api as mf", "from mlmext import datasets",
+        "d = datasets.load('sleepstudy')",
+        "with warnings.catch_warnings(record=True) as rec:",
+        "    for _ in range(2):",
+        "        mf.lmer('Reaction ~ Days + (Days | Subject)', d).fit(maxiter=1)",
+        "print(sum(type(w.message).__name__ == 'ConvergenceWarning' for w in rec))"])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) == expected
