@@ -9,8 +9,32 @@ from __future__ import annotations
 import html
 
 import numpy as np
+from statsmodels.iolib.table import SimpleTable
 
-__all__ = ["fit_title", "fit_text", "fit_html"]
+__all__ = ["fit_title", "fit_text", "fit_html", "re_table", "fmt"]
+
+
+def fmt(x, digits=4):
+    """A table cell: ``digits`` significant digits, empty for None or non-finite."""
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return ""
+    return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.1f}"
+
+
+def re_table(res):
+    """lme4's random-effects table: groups, names, variances, SDs and correlations."""
+    rows = []
+    for label, names, C, sd in res._re_cov_sd():
+        for i, nm in enumerate(names):
+            corr = []
+            for j in range(i):
+                d = sd[i] * sd[j]
+                corr.append(f"{C[i, j] / d:.2f}" if d > 0 else "NaN")
+            rows.append([label if i == 0 else "", nm, fmt(C[i, i]), fmt(sd[i]), " ".join(corr)])
+    if res._has_residual:
+        rows.append(["Residual", "", fmt(res.sigma ** 2), fmt(res.sigma), ""])
+    return SimpleTable(rows, headers=["Groups", "Name", "Variance", "Std.Dev.", "Corr"],
+                       title="Random effects")
 
 
 def fit_title(res):
@@ -77,7 +101,7 @@ def fit_text(res):
     """The block as plain text."""
     formula = res.model.formula_info.get("formula", "")
     lines = [fit_title(res), f"Formula: {formula}", _criterion(res), ""]
-    lines += str(res._re_table()).splitlines()
+    lines += str(re_table(res)).splitlines()
     lines.append(f"Number of obs: {int(res.nobs)}, groups: {_groups(res)}")
     lines += ["", "Fixed effects:" if getattr(res.model, "_api_name", "") != "clmm"
               else "Coefficients (thresholds and fixed effects):"]
@@ -95,7 +119,7 @@ def fit_html(res):
     coefs = "".join(f"<th>{html.escape(n)}</th>" for n in names)
     vals = "".join(f"<td>{x:.4g}</td>" for x in v)
     notes = "".join(f"<p><i>Note: {html.escape(n)}</i></p>" for n in _notes(res))
-    return (f"<div><p>{head}</p>{res._re_table().as_html()}"
+    return (f"<div><p>{head}</p>{re_table(res).as_html()}"
             f"<p>Number of obs: {int(res.nobs)}, groups: {html.escape(_groups(res))}</p>"
             f"<table><caption>Fixed effects</caption><tr>{coefs}</tr><tr>{vals}</tr></table>"
             f"{notes}</div>")

@@ -18,15 +18,9 @@ from functools import cached_property as cache_readonly
 from ._args import reject_unknown
 from .inference import InferenceMixin
 from .objective import MixedParams
-from .printing import fit_html, fit_text
+from .printing import fit_html, fit_text, fmt as _fmt, re_table
 
 __all__ = ["MixedResults", "LMMResults", "MixedResultsWrapper"]
-
-
-def _fmt(x, digits=4):
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return ""
-    return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.1f}"
 
 
 def add_notes(smry, notes):
@@ -189,20 +183,30 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         -------
         pandas.DataFrame
             Columns ``grp, var1, var2, vcov, sdcor``: for each term one row per
-            standard deviation, then one per correlation, then ``Residual``.
+            standard deviation, then one per correlation, then ``Residual``; cells
+            lme4 leaves ``NA`` are None.  Indexed by the parameters' names
+            (``sd_Days|Subject``, ``cor_Days.Intercept|Subject``, ``sigma``, as in
+            profiles and ``allfit``).
         """
-        rows = []
+        rows, index = [], []
         for label, names, C, sd in self._re_cov_sd():
             for i, nm in enumerate(names):
-                rows.append((label, nm, "", C[i, i], sd[i]))
+                rows.append((label, nm, None, C[i, i], sd[i]))
+                index.append(f"sd_{nm}|{label}")
             for j in range(len(names)):
                 for i in range(j + 1, len(names)):
                     denom = sd[i] * sd[j]
                     rows.append((label, names[j], names[i], C[i, j],
                                  C[i, j] / denom if denom > 0 else np.nan))
+                    index.append(f"cor_{names[i]}.{names[j]}|{label}")
         if self._has_residual:
-            rows.append(("Residual", "", "", self.sigma ** 2, self.sigma))
-        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
+            rows.append(("Residual", None, None, self.sigma ** 2, self.sigma))
+            index.append("sigma")
+        out = pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"],
+                           index=pd.Index(index, name="parameter"))
+        for c in ("var1", "var2"):               # None, not NaN (which is truthy)
+            out[c] = out[c].astype(object).where(out[c].notna(), None)
+        return out
 
     # -------------------------------------------------- conditional modes
     def _blocks_b(self):
@@ -391,18 +395,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
             yield label, list(cov.index), C, np.sqrt(np.diag(C))
 
     def _re_table(self):
-        rows = []
-        for label, names, C, sd in self._re_cov_sd():
-            for i, nm in enumerate(names):
-                corr = []
-                for j in range(i):
-                    d = sd[i] * sd[j]
-                    corr.append(f"{C[i, j] / d:.2f}" if d > 0 else "NaN")
-                rows.append([label if i == 0 else "", nm, _fmt(C[i, i]), _fmt(sd[i]), " ".join(corr)])
-        if self._has_residual:
-            rows.append(["Residual", "", _fmt(self.sigma ** 2), _fmt(self.sigma), ""])
-        return SimpleTable(rows, headers=["Groups", "Name", "Variance", "Std.Dev.", "Corr"],
-                           title="Random effects")
+        return re_table(self)
 
     def _summary_top(self):
         return [("Method:", ["REML" if self.reml else "ML"])]

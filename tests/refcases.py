@@ -109,7 +109,8 @@ def check_varcorr(vc, ref, strip_ref_suffix=False):
     ``g.1``, ``g.2`` (``(x || g)``); ``strip_ref_suffix`` drops that suffix from R's names."""
     mine = {}
     for _, r in vc.iterrows():
-        mine.setdefault((group_key(_no_suffix(r["grp"])), norm(r["var1"]), norm(r["var2"])), []).append(r["sdcor"])
+        mine.setdefault((group_key(_no_suffix(r["grp"])), norm(r["var1"] or ""), norm(r["var2"] or "")),
+                        []).append(r["sdcor"])
     for r in ref["varcorr"]:
         grp = _no_suffix(r["grp"]) if strip_ref_suffix else r["grp"]
         key = (group_key(grp), norm(r["var1"]), norm(r["var2"]))

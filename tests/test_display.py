@@ -125,3 +125,14 @@ def test_users_warning_filters_set_before_import_are_respected(before, expected)
         "print(sum(type(w.message).__name__ == 'ConvergenceWarning' for w in rec))"])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout.strip()) == expected
+
+
+def test_varcorr_is_indexed_by_parameter_with_none_for_na():
+    r = mf.lmer("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy")).fit()
+    vc = r.varcorr()
+    assert vc.index.name == "parameter"
+    assert list(vc.index) == ["sd_Intercept|Subject", "sd_Days|Subject",
+                              "cor_Days.Intercept|Subject", "sigma"]
+    assert list(vc["var2"]) == [None, None, "Days", None] and vc.loc["sigma", "var1"] is None
+    assert vc.loc["cor_Days.Intercept|Subject", "sdcor"] == pytest.approx(0.0655, abs=1e-4)
+    assert vc.loc["sigma", "sdcor"] == pytest.approx(r.sigma, rel=1e-12)

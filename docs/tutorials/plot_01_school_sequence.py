@@ -281,11 +281,11 @@ fig = plots.resid_fitted(m_e)
 
 def components(res):
     vc = res.varcorr()
-    slope = vc[(vc.grp == "school") & (vc.var1 == "cses") & (vc.var2 == "")]
+    slope = vc[(vc.grp == "school") & (vc.var1 == "cses") & vc.var2.isna()]
     corr = vc[(vc.grp == "school") & (vc.var2 == "cses")]
     return {
         "tau00 (intercept)": vc.loc[(vc.grp == "school") & (vc.var1 == "Intercept")
-                                    & (vc.var2 == ""), "vcov"].item(),
+                                    & vc.var2.isna(), "vcov"].item(),
         "tau11 (cses slope)": slope["vcov"].item() if len(slope) else np.nan,
         "corr": corr["sdcor"].item() if len(corr) else np.nan,
         "sigma2 (residual)": vc.loc[vc.grp == "Residual", "vcov"].item(),
