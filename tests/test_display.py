@@ -136,3 +136,19 @@ def test_varcorr_is_indexed_by_parameter_with_none_for_na():
     assert list(vc["var2"]) == [None, None, "Days", None] and vc.loc["sigma", "var1"] is None
     assert vc.loc["cor_Days.Intercept|Subject", "sdcor"] == pytest.approx(0.0655, abs=1e-4)
     assert vc.loc["sigma", "sdcor"] == pytest.approx(r.sigma, rel=1e-12)
+
+
+def test_anova_rows_named_after_the_callers_variables_and_printed_as_r():
+    sleep = datasets.load("sleepstudy")
+    fm0 = mf.lmer("Reaction ~ Days + (1 | Subject)", sleep).fit()
+    fm1 = mf.lmer("Reaction ~ Days + (Days | Subject)", sleep).fit()
+    tab = mlmext.anova(fm1, fm0)
+    assert list(tab.index) == ["fm0", "fm1"]
+    text = repr(tab)
+    assert "fm0: Reaction ~ Days + (1 | Subject)" in text and "NaN" not in text
+    row = text.splitlines()[-1].split()
+    assert row[0] == "fm1" and row[-2] == "2"               # Df a whole number, not 2.0
+    assert list(mlmext.anova(fm0, fm1, names=["a", "b"]).index) == ["a", "b"]
+    # the same object under two names: ambiguous, the default labels
+    alias = fm0  # noqa: F841
+    assert list(mlmext.anova(fm0, fm1).index) == ["m1", "m2"]

@@ -34,7 +34,10 @@ class AnovaTable(pd.DataFrame):
         return "\n".join(lines)
 
     def __repr__(self):
-        return self._header() + "\n" + pd.DataFrame(self).to_string()
+        # as R prints it: the first model's test cells empty, Df a whole number
+        df = lambda v: "" if pd.isna(v) else f"{v:g}"
+        return self._header() + "\n" + pd.DataFrame(self).to_string(
+            na_rep="", formatters={"Df": df} if "Df" in self.columns else None)
 
     def __str__(self):
         return self.__repr__()
@@ -45,6 +48,32 @@ class AnovaTable(pd.DataFrame):
         head = self._header()
         pre = f"<pre>{html.escape(head)}</pre>" if head else ""
         return pre + pd.DataFrame(self).to_html(float_format=lambda v: f"{v:.6g}", na_rep="")
+
+
+def _caller_names(results, depth=2):
+    """The names the calling code gave the results (R's ``deparse(substitute())``): each
+    result's variable in the caller's frame, where exactly one name refers to it and the
+    names differ; else ``m1, m2, ...``."""
+    import inspect
+    frame = inspect.currentframe()
+    try:
+        for _ in range(depth):
+            frame = frame.f_back if frame is not None else None
+        scopes = [] if frame is None else [frame.f_locals, frame.f_globals]
+        found = []
+        for r in results:
+            name = None
+            for scope in scopes:                 # the innermost scope that names it decides
+                hits = [k for k, v in scope.items() if v is r and not k.startswith("_")]
+                if hits:
+                    name = hits[0] if len(hits) == 1 else None
+                    break
+            found.append(name)
+    finally:
+        del frame
+    if all(found) and len(set(found)) == len(found):
+        return found
+    return [f"m{i + 1}" for i in range(len(results))]
 
 
 def _re_signature(res):
@@ -81,7 +110,9 @@ def anova(*results, names=None, refit=True):
     *results : MixedResults
         Two or more fits (LMM, GLMM or clmm) of models to the same rows of the same data.
     names : list of str, optional
-        Row labels; ``m1, m2, ...`` in the order given by default.
+        Row labels; by default the names of the variables that hold the results in the
+        calling code (as R's ``anova`` uses its arguments' names), where each is found
+        once and they differ, else ``m1, m2, ...`` in the order given.
     refit : bool
         Refit REML fits by maximum likelihood first, as lme4 does (REML likelihoods of
         models with different fixed effects are not comparable).
@@ -110,7 +141,7 @@ def anova(*results, names=None, refit=True):
     if len(results) < 2:
         raise ValueError("anova needs at least two fitted models to compare")
     if names is None:
-        names = [f"m{i + 1}" for i in range(len(results))]
+        names = _caller_names(results)
     names = [str(n) for n in names]
     if len(names) != len(results) or len(set(names)) != len(names):
         raise ValueError("names must give one distinct name per model")
