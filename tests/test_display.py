@@ -152,3 +152,17 @@ def test_anova_rows_named_after_the_callers_variables_and_printed_as_r():
     # the same object under two names: ambiguous, the default labels
     alias = fm0  # noqa: F841
     assert list(mlmext.anova(fm0, fm1).index) == ["m1", "m2"]
+
+
+def test_t_test_with_df_prints_the_hypotheses_and_their_df():
+    r = mf.lmer("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy")).fit()
+    t = r.t_test("Days = 0, Intercept = 250", df="satterthwaite")
+    text = str(t)
+    assert text == repr(t)
+    lines = text.splitlines()
+    assert "Satterthwaite df" in lines[0]
+    assert lines[2].split() == ["coef", "std", "err", "t", "df", "P>|t|", "[0.025", "0.975]"]
+    assert lines[4].startswith("Days = 0") and lines[4].split()[-4] == "17.00"
+    assert lines[5].startswith("Intercept = 250")
+    np.testing.assert_allclose(t.df_denom, 17.0, rtol=1e-6)       # lmerTest: 17
+    assert str(r.t_test(np.array([[0.0, 1.0]]), df="kenward-roger")).splitlines()[4].startswith("c0")

@@ -339,7 +339,48 @@ def t_test_ddf(res, r_matrix, df):
     effect = L @ beta
     sd = np.sqrt(np.einsum("ij,jk,ik->i", L, V, L))
     t = (effect - q) / sd
-    return ContrastResults(effect=effect, t=t, sd=sd, df_denom=dfs)
+    out = DdfContrastResults(effect=effect, t=t, sd=sd, df_denom=dfs)
+    out.method = method
+    out.c_names = _constraint_names(r_matrix, L.shape[0])
+    return out
+
+
+def _constraint_names(r_matrix, k):
+    """Row labels: the hypotheses as written (``"Days = 0"``), else ``c0, c1, ...``."""
+    if isinstance(r_matrix, str):
+        parts = [p.strip() for p in r_matrix.split(",")]
+    elif isinstance(r_matrix, (list, tuple)) and r_matrix and all(isinstance(p, str) for p in r_matrix):
+        parts = [p.strip() for p in r_matrix]
+    else:
+        parts = []
+    return parts if len(parts) == k else [f"c{i}" for i in range(k)]
+
+
+class DdfContrastResults(ContrastResults):
+    """statsmodels' ``ContrastResults`` of t tests on per-contrast df (lmerTest's ``contest``):
+    the printed table shows each row's hypothesis and its df."""
+
+    def summary(self, xname=None, alpha=0.05, title=None):
+        """The t tests as a table: estimate, SE, t, df, p-value and the confidence interval."""
+        names = list(xname) if xname is not None else list(self.c_names)
+        est = np.atleast_1d(self.effect)
+        se = np.atleast_1d(self.sd)
+        t = np.atleast_1d(self.tvalue).ravel()
+        dfs = np.atleast_1d(self.df_denom).ravel()
+        p = np.atleast_1d(self.pvalue).ravel()
+        ci = np.atleast_2d(self.conf_int(alpha))
+        rows = [[f"{e:.4f}", f"{s:.3f}", f"{tt:.3f}", f"{d:.2f}",
+                 f"{pp:.3f}" if pp >= 0.001 else f"{pp:.2e}", f"{lo:.3f}", f"{hi:.3f}"]
+                for e, s, tt, d, pp, (lo, hi) in zip(est, se, t, dfs, p, ci)]
+        lo, hi = f"[{alpha / 2:g}", f"{1 - alpha / 2:g}]"
+        return SimpleTable(rows, headers=["coef", "std err", "t", "df", "P>|t|", lo, hi],
+                           stubs=names, title=title or
+                           f"Test for constraints (t tests, {self.method.title()} df)")
+
+    def __str__(self):
+        return str(self.summary())
+
+    __repr__ = __str__
 
 
 def params_table_ddf(res, ddf, alpha=0.05):
