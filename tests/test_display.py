@@ -166,3 +166,11 @@ def test_t_test_with_df_prints_the_hypotheses_and_their_df():
     assert lines[5].startswith("Intercept = 250")
     np.testing.assert_allclose(t.df_denom, 17.0, rtol=1e-6)       # lmerTest: 17
     assert str(r.t_test(np.array([[0.0, 1.0]]), df="kenward-roger")).splitlines()[4].startswith("c0")
+
+
+def test_glmm_bootstrap_intervals_take_lme4_names():
+    g = mf.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", datasets.load("cbpp"),
+                 family=sm.families.Binomial()).fit()
+    ci = g.conf_int(method="boot", nsim=4, seed=1, names="lme4")
+    assert list(ci.index) == [".sig01", "Intercept", "period[T.2]", "period[T.3]", "period[T.4]"]
+    assert np.all(ci["lower"] <= ci["upper"])

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._common import _Progress, _beta, _fe_names, _is_lmm, _raw, _select
+from ._common import _Progress, _beta, _fe_names, _raw, _select
 from ..objective import sdcor_from_theta
 from ._profile import _Profiler
 from ._profile_common import varpar_names
@@ -275,8 +275,10 @@ def conf_int_boot(res, alpha=0.05, cols=None, nsim=500, seed=None, boot_type="pe
     """
     b = bootstrap(res, nsim=nsim, seed=seed, progress=progress)
     ci = boot_ci(b, alpha=alpha, boot_type=boot_type)
-    if names == "lme4" and _is_lmm(res):
-        ci.index = varpar_names(res, "lme4") + _fe_names(res)
+    if names == "lme4":                          # LMMs and GLMMs alike (.sig01, ..., [.sigma])
+        lme4 = varpar_names(res, "lme4") + _fe_names(res)
+        if len(lme4) == len(ci.index):
+            ci.index = lme4
     if cols is not None:
         ci = ci.iloc[_select(list(ci.index), cols)]
     ci.attrs["boot"] = b
