@@ -18,7 +18,7 @@ from functools import cached_property as cache_readonly
 from ._args import reject_unknown
 from .inference import InferenceMixin
 from .objective import MixedParams
-from .printing import fit_html, fit_text, fmt as _fmt, re_table
+from .printing import fit_html, fit_text, fixed_decimals, params_table, re_table
 
 __all__ = ["MixedResults", "LMMResults", "MixedResultsWrapper"]
 
@@ -425,12 +425,13 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         sr = self.__dict__.get("_kept_resid_quantiles") if model.endog is None \
             else self._scaled_resid_quantiles()
         if sr is not None:
-            smry.tables.append(SimpleTable([[_fmt(v) for v in sr]],
+            d = fixed_decimals(sr, sig=3, most=4)      # one count of decimals, as R prints them
+            smry.tables.append(SimpleTable([[f"{v:.{d}f}" for v in sr]],
                                            headers=["Min", "1Q", "Median", "3Q", "Max"],
                                            title="Scaled residuals"))
         smry.tables.append(self._re_table())
         if ddf is None:
-            smry.add_table_params(self, alpha=alpha, use_t=self.use_t)
+            smry.tables.append(params_table(self, alpha))
         else:
             smry.tables.append(self._ddf_params_table(ddf, alpha))
         self._add_extra_tables(smry)

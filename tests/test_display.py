@@ -174,3 +174,22 @@ def test_glmm_bootstrap_intervals_take_lme4_names():
     ci = g.conf_int(method="boot", nsim=4, seed=1, names="lme4")
     assert list(ci.index) == [".sig01", "Intercept", "period[T.2]", "period[T.3]", "period[T.4]"]
     assert np.all(ci["lower"] <= ci["upper"])
+
+
+def test_summary_digits_follow_the_columns():
+    # R's printCoefmat: one count of decimals per column, enough for the smallest SE to show
+    # four significant digits; scaled-residual quantiles share one count of decimals
+    rng = np.random.default_rng(5)
+    g = np.repeat(np.arange(30), 10)
+    x = rng.standard_normal(300)
+    y = 0.0009 * x * 1e3 + rng.standard_normal(30)[g] + rng.standard_normal(300)
+    res = mf.lmer("y ~ xs + (1 | g)", pd.DataFrame({"y": y, "xs": x * 1e3, "g": g})).fit()
+    tab = res.summary().tables[3].as_text().splitlines()
+    row = [r for r in tab if r.startswith("xs")][0].split()
+    se = float(res.bse["xs"])
+    assert se < 1e-4 and row[2] == f"{se:.{3 - int(np.floor(np.log10(se)))}f}"
+    assert float(row[1]) == pytest.approx(res.params["xs"], abs=se * 1e-3)   # not 0.0000
+    sleep = mf.lmer("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy")).fit()
+    text = str(sleep.summary())
+    assert "-3.9536 -0.4634 0.0231 0.4634 5.1793" in text               # lme4 prints these
+    assert "Days       10.467   1.546" in text and "<2e-16" in text
