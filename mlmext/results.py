@@ -434,7 +434,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
             smry.tables.append(params_table(self, alpha))
         else:
             smry.tables.append(self._ddf_params_table(ddf, alpha))
-        self._add_extra_tables(smry)
+        self._add_extra_tables(smry, ddf)
         notes = []
         if self.is_singular():
             notes.append("Boundary (singular) fit: a random-effects covariance is singular "
@@ -445,18 +445,15 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         add_notes(smry, notes)
         return smry
 
-    def _add_extra_tables(self, smry):
+    def _add_extra_tables(self, smry, ddf=None):
         pass
 
     def _scaled_resid_quantiles(self):
         r = np.asarray(self.resid) * np.sqrt(self.model.weights) / self.sigma
         return np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
 
-    def _repr_html_(self):
-        return fit_html(self)
-
-    def __repr__(self):
-        return fit_text(self)          # lme4's print block (summary() has the full tables)
+    __repr__ = fit_text                # lme4's print block (summary() has the full tables)
+    _repr_html_ = fit_html
 
 
 class LMMResults(MixedResults):
@@ -484,6 +481,14 @@ class LMMResults(MixedResults):
 
     def _extra_params(self):
         return [self.sigma]
+
+    def _add_extra_tables(self, smry, ddf=None):
+        cov = "sigma^2 (X' V^-1 X)^-1 at the estimated variance components (lme4's vcov)"
+        note = (f"{cov}; z tests (t tests on Satterthwaite or Kenward-Roger df: summary(ddf=...))"
+                if ddf is None else f"{cov}; t tests on Satterthwaite df (lmerTest)"
+                if not str(ddf).lower().startswith("k") else
+                "Kenward-Roger's adjusted covariance; t tests on Kenward-Roger df (lmerTest)")
+        add_notes(smry, [f"Covariance of the fixed effects: {note}."])
 
     @cache_readonly
     def _condvar(self):

@@ -193,3 +193,10 @@ def test_summary_digits_follow_the_columns():
     text = str(sleep.summary())
     assert "-3.9536 -0.4634 0.0231 0.4634 5.1793" in text               # lme4 prints these
     assert "Days       10.467   1.546" in text and "<2e-16" in text
+
+
+def test_lmm_summary_says_which_covariance_and_tests():
+    r = mf.lmer("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy")).fit()
+    assert "(lme4's vcov); z tests" in str(r.summary())
+    assert "t tests on Satterthwaite df" in str(r.summary(ddf="satterthwaite"))
+    assert "Kenward-Roger's adjusted covariance" in str(r.summary(ddf="kenward-roger"))

@@ -154,7 +154,7 @@ class GLMMResults(MixedResults):
         method = "Laplace" if self.nagq == 1 else f"Adaptive Gauss-Hermite ({self.nagq} points)"
         return [("Method:", [method]), ("Link:", [self.link_name])]
 
-    def _add_extra_tables(self, smry):
+    def _add_extra_tables(self, smry, ddf=None):
         notes = []
         if self.alpha is not None:
             notes.append(f"Negative binomial dispersion alpha = {self.alpha:.5g} (Var = mu + alpha mu^2; "
