@@ -325,3 +325,26 @@ def test_qic_failed_fit_left_out_with_note():
     assert any("ar1" in t.get_text() for t in ax.texts)
     with pytest.raises(ValueError, match="AIC"):
         plots.qic(types.SimpleNamespace(table=table, best=None), criteria=("AIC",))
+
+
+def test_caterpillar_of_many_levels_shows_the_extremes():
+    rng = np.random.default_rng(2)
+    g = np.repeat(np.arange(500), 2)
+    d = pd.DataFrame({"y": rng.standard_normal(500)[g] + rng.standard_normal(1000), "g": g})
+    res = mf.lmer("y ~ 1 + (1 | g)", d).fit()
+    fig = plots.caterpillar(res, max_levels=40)
+    ax = fig.axes[0]
+    assert fig.get_size_inches()[1] < 12                      # not a 60-inch figure
+    assert len(ax.get_yticks()) == 40
+    assert "(20 lowest, 20 highest of 500 levels)" in ax.get_title()
+    modes = res.ranef()["g"].iloc[:, 0]
+    shown = [t.get_text() for t in ax.get_yticklabels()]
+    lo, hi = modes.sort_values().index[:20], modes.sort_values().index[-20:]
+    assert shown == [str(v) for v in lo] + [str(v) for v in hi]
+    assert any(line.get_linestyle() == "--" for line in ax.get_lines())   # the gap
+    every = plots.caterpillar(res, max_levels=None, sort=False, figsize=(4, 8))
+    assert len(every.axes[0].get_yticks()) == 500
+    first = plots.caterpillar(res, sort=False, max_levels=30)
+    assert "(first 30 of 500 levels)" in first.axes[0].get_title()
+    for f in (fig, every, first):
+        plt.close(f)
