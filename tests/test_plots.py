@@ -348,3 +348,19 @@ def test_caterpillar_of_many_levels_shows_the_extremes():
     assert "(first 30 of 500 levels)" in first.axes[0].get_title()
     for f in (fig, every, first):
         plt.close(f)
+
+
+def test_qic_scale_kept_on_the_unflagged_fits():
+    table = pd.DataFrame({"QIC": [100.0, 5000.0, 102.0], "QICu": [99.0, 4990.0, 101.5],
+                          "flag": ["", "correlation outside [-1, 1]", ""]},
+                         index=["independence", "unstructured", "exchangeable"])
+    ax = plots.qic(types.SimpleNamespace(table=table, best="independence")).axes[0]
+    lo, hi = ax.get_ylim()
+    assert 98 < lo < 99.5 and 102 < hi < 104                  # the unflagged fits' range
+    assert any("off the scale (flagged): unstructured (5000)" in t.get_text() for t in ax.texts)
+    tri = [c for c in ax.collections[2:]]
+    assert len(tri) == 2 and all(c.get_offsets()[0, 1] == pytest.approx(hi) for c in tri)
+    # no flagged fit far away: the scale is left alone
+    near = table.assign(QIC=[100.0, 103.0, 102.0], QICu=[99.0, 102.0, 101.5])
+    ax2 = plots.qic(types.SimpleNamespace(table=near, best="independence")).axes[0]
+    assert not any("off the scale" in t.get_text() for t in ax2.texts)

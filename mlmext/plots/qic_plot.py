@@ -76,6 +76,9 @@ def qic(selection, criteria=("QIC", "QICu"), ax=None):
     notes = []
     if flagged.any():
         notes.append("hollow: flagged fit")
+    off = _flagged_off_scale(ax, vals.loc[ok, list(criteria)].to_numpy(), flagged, names)
+    if off:
+        notes.append("off the scale (flagged): " + ", ".join(off))
     if failed:
         notes.append("not shown (failed): " + ", ".join(failed))
     if notes:
@@ -84,5 +87,28 @@ def qic(selection, criteria=("QIC", "QICu"), ax=None):
     ax.set_xlabel("Working correlation")
     ax.set_ylabel(" / ".join(criteria))
     ax.legend(fontsize=8)
-    ax.margins(x=0.15, y=0.15)
+    ax.margins(x=0.15, y=0.15 if not off else 0)
     return fig
+
+
+def _flagged_off_scale(ax, v, flagged, names, far=3.0):
+    """Keep the scale on the unflagged fits: when a flagged fit lies more than ``far`` times
+    their spread away, the y axis shows the unflagged range and the far points sit at its edge
+    (triangles), named with their values.  Returns those names (empty: nothing moved)."""
+    good = v[~flagged]
+    if not flagged.any() or good.size == 0:
+        return []
+    lo, hi = float(good.min()), float(good.max())
+    span = max(hi - lo, 1e-6 * max(abs(lo), abs(hi), 1.0))
+    outside = flagged[:, None] & ((v > hi + far * span) | (v < lo - far * span))
+    if not outside.any():
+        return []
+    ylo, yhi = lo - 0.25 * span, hi + 0.25 * span
+    ax.set_ylim(ylo, yhi)
+    out = []
+    for i, j in zip(*np.nonzero(outside)):
+        up = v[i, j] > hi
+        ax.scatter([i], [yhi if up else ylo], marker="^" if up else "v", s=50, facecolors="none",
+                   edgecolors=f"C{j}", clip_on=False, zorder=4)
+        out.append(f"{names[i]} ({v[i, j]:.4g})")
+    return list(dict.fromkeys(out))
