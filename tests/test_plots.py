@@ -226,6 +226,17 @@ def test_effects_interaction_two_lines_inside_their_bands():
     ax = plots.effects(res, "sector", by="cses").axes[0]
     q = np.quantile(res.model.formula_info["data"]["cses"], [0.1, 0.5, 0.9])
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"cses = {v:.3g}" for v in q]
+    # chosen values of `by`: numbers, or some of its levels
+    ax = plots.effects(res, "sector", by="cses", at=[-1, 0, 1]).axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cses = -1", "cses = 0", "cses = 1"]
+    ax = plots.effects(res, "cses", by="sector", at=["Catholic"], n=5).axes[0]
+    assert len(ax.lines) == 1
+    np.testing.assert_allclose(np.diff(ax.lines[0].get_ydata()) / np.diff(ax.lines[0].get_xdata()),
+                               slopes[1])
+    with pytest.raises(ValueError, match="not levels of 'sector'"):
+        plots.effects(res, "cses", by="sector", at=["Private"])
+    with pytest.raises(ValueError, match="name the variable with by="):
+        plots.effects(res, "cses", at=[0, 1])
 
 
 def test_effects_clmm_category_probabilities_with_delta_intervals(wine):

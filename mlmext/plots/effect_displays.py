@@ -89,7 +89,8 @@ def _draw_effect(ax, xs, categorical, fit, lo, hi, color, label, slot, nslots):
         ax.fill_between(xs, lo, hi, color=color, alpha=0.2, lw=0)
 
 
-def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=None, ax=None):
+def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=None, ax=None,
+            at=None):
     """Effect plot: population-level predictions (random effects 0) along one variable.
 
     Predictions are made for a grid of the ``focal`` variable (``n`` points
@@ -135,6 +136,9 @@ def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=No
     ax : matplotlib.axes.Axes, optional
         Draw into this axes (not with ``by`` for ``clmm`` category
         probabilities, which need one panel per value of ``by``).
+    at : sequence, optional
+        The values of ``by`` to draw (numbers, or levels of a categorical ``by``)
+        instead of its quantiles or all its levels.
 
     Returns
     -------
@@ -167,8 +171,20 @@ def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=No
     focal_cat = focal in cats
     xs = _levels(data[focal]) if focal_cat else \
         np.linspace(float(data[focal].min()), float(data[focal].max()), int(n))
+    if at is not None and by is None:
+        raise ValueError("at= gives values of by=; name the variable with by=")
     if by is None:
         by_vals, by_labels = [None], [None]
+    elif at is not None:
+        by_vals = list(at)
+        if by in cats:
+            unknown = [v for v in by_vals if v not in list(_levels(data[by]))]
+            if unknown:
+                raise ValueError(f"at= has values that are not levels of {by!r}: {unknown}")
+            by_labels = [f"{by} = {v}" for v in by_vals]
+        else:
+            by_vals = [float(v) for v in by_vals]
+            by_labels = [f"{by} = {v:.3g}" for v in by_vals]
     elif by in cats:
         by_vals = _levels(data[by])
         by_labels = [f"{by} = {v}" for v in by_vals]
