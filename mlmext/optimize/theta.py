@@ -8,7 +8,7 @@ import numpy as np
 from scipy import optimize
 
 from .linesearch import backtrack
-from .polish import newton_polish
+from .polish import Polish, newton_polish
 
 __all__ = ["minimize_theta", "minimize_bfgs"]
 
@@ -208,11 +208,12 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5):
         x = p.escape[0]
         label = "L-BFGS-B (restart: " + p.message + ")"
     else:                              # restarts used up: keep the lowest point found
-        if p.escape[1] < best.f:
-            best = newton_polish(grad, p.escape[0], lower, tol=tol, check_tol=check_tol, maxit=0)
-            nfev += best.nfev
-            best.converged = False
-            best.message = f"{rounds} restarts used up and a probe still found descent"
+        if p.escape[1] < best.f:           # its value and gradient; no Hessian is needed
+            xe = p.escape[0]
+            fe, ge = grad(xe)
+            nfev += 1
+            best = Polish(xe, fe, np.asarray(ge, dtype=float), p.H, False, np.nan, np.nan,
+                          f"{rounds} restarts used up and a probe still found descent", 1)
     p = best
     return optimize.OptimizeResult(
         x=p.x, fun=float(p.f), success=bool(p.converged), message=p.message, nfev=nfev,
