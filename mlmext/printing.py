@@ -9,9 +9,18 @@ from __future__ import annotations
 import html
 
 import numpy as np
+import pandas as pd
 from statsmodels.iolib.table import SimpleTable
 
-__all__ = ["fit_title", "fit_text", "fit_html", "re_table", "fmt", "params_table", "fixed_decimals"]
+__all__ = ["fit_title", "fit_text", "fit_html", "re_table", "fmt", "params_table", "fixed_decimals",
+           "param_index"]
+
+
+def param_index(names):
+    """The row index of every table of estimates mlmext makes (``fe_params``, ``bse_fe``,
+    ``varcorr()``, ``conf_int()``): the parameters' names, the index named ``parameter``, so
+    ``reset_index()`` gives a ``parameter`` column and the tables join on it."""
+    return pd.Index(list(names), name="parameter")
 
 
 def fmt(x, digits=4):

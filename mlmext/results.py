@@ -18,7 +18,7 @@ from functools import cached_property as cache_readonly
 from ._args import reject_unknown
 from .inference import InferenceMixin
 from .objective import MixedParams
-from .printing import fit_html, fit_text, fixed_decimals, params_table, re_table
+from .printing import fit_html, fit_text, fixed_decimals, param_index, params_table, re_table
 
 __all__ = ["MixedResults", "LMMResults", "MixedResultsWrapper"]
 
@@ -93,13 +93,13 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     @property
     def fe_params(self):
         """Fixed-effects estimates (lme4's ``fixef``), a Series named by the design columns."""
-        return pd.Series(self.params, index=self.model.exog_names, name="fe_params")
+        return pd.Series(self.params, index=param_index(self.model.exog_names), name="fe_params")
 
     @property
     def bse_fe(self):
         """Standard errors of the fixed effects, a Series."""
-        return pd.Series(np.sqrt(np.diag(self.cov_params())), index=self.model.exog_names,
-                         name="bse_fe")
+        return pd.Series(np.sqrt(np.diag(self.cov_params())),
+                         index=param_index(self.model.exog_names), name="bse_fe")
 
     @property
     def k_params(self):
@@ -203,7 +203,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
             rows.append(("Residual", None, None, self.sigma ** 2, self.sigma))
             index.append("sigma")
         out = pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"],
-                           index=pd.Index(index, name="parameter"))
+                           index=param_index(index))
         for c in ("var1", "var2"):               # None, not NaN (which is truthy)
             out[c] = out[c].astype(object).where(out[c].notna(), None)
         return out

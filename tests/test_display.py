@@ -173,7 +173,25 @@ def test_glmm_bootstrap_intervals_take_lme4_names():
                  family=sm.families.Binomial()).fit()
     ci = g.conf_int(method="boot", nsim=4, seed=1, names="lme4")
     assert list(ci.index) == [".sig01", "Intercept", "period[T.2]", "period[T.3]", "period[T.4]"]
-    assert np.all(ci["lower"] <= ci["upper"])
+    assert np.all(ci[0] <= ci[1])
+
+
+def test_estimate_tables_share_one_labelling():
+    # every method's conf_int has statsmodels' columns 0 (lower), 1 (upper), and every table of
+    # estimates is indexed by parameter name under the index name "parameter"
+    r = mf.lmer("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy")).fit()
+    wald, prof = r.conf_int(), r.conf_int(method="profile", cols=["sigma", "Days"])
+    boot = r.conf_int(method="boot", nsim=3, seed=2, names="lme4")
+    for ci in (wald, prof, boot):
+        assert list(ci.columns) == [0, 1] and ci.index.name == "parameter"
+        assert np.all(ci[0] < ci[1])
+    assert list(prof.index) == ["sigma", "Days"] and list(boot.index)[-3:] == [".sigma", "Intercept", "Days"]
+    assert wald.loc["Days", 0] == pytest.approx(r.fe_params["Days"] - 1.959964 * r.bse_fe["Days"])
+    for s in (r.fe_params, r.bse_fe, r.varcorr()):
+        assert s.index.name == "parameter"
+    o = mf.clmm("rating ~ temp + (1 | judge)", datasets.load("wine")).fit()
+    assert o.fe_params.index.name == o.bse_fe.index.name == "parameter"
+    assert list(o.fe_params.index) == ["temp[T.warm]"]
 
 
 def test_summary_digits_follow_the_columns():

@@ -191,8 +191,8 @@ def test_profile_intervals(case, formula, data):
     assert len(ci) == len(r["rownames"])
     for name, (lo, hi) in r["confint"].items():
         row = named(ci, name)
-        assert abs(row["lower"] - lo) < 1e-3, (name, row["lower"], lo)
-        assert abs(row["upper"] - hi) < 1e-3, (name, row["upper"], hi)
+        assert abs(row[0] - lo) < 1e-3, (name, row[0], lo)
+        assert abs(row[1] - hi) < 1e-3, (name, row[1], hi)
     assert ci.attrs["boundary"] == []
 
 
@@ -222,11 +222,11 @@ def test_profile_boundary_sd_zero():
     res = fit("y ~ x + (1 | g)", "singular.csv")
     assert res.is_singular()
     ci = res.conf_int(method="profile")
-    assert ci.loc["sd_Intercept|g", "lower"] == 0.0
+    assert ci.loc["sd_Intercept|g", 0] == 0.0
     assert ("sd_Intercept|g", "lower") in ci.attrs["boundary"]
     for name, (lo, hi) in r["confint"].items():
         row = named(ci, name)
-        assert abs(row["lower"] - lo) < 1e-3 and abs(row["upper"] - hi) < 1e-3
+        assert abs(row[0] - lo) < 1e-3 and abs(row[1] - hi) < 1e-3
 
 
 @pytest.mark.slow
@@ -239,11 +239,11 @@ def test_profile_boundary_correlation():
     r = ref("profile_corbound")
     res = fit("y ~ x + (x | g)", "corbound.csv", reml=False)
     ci = res.conf_int(method="profile")
-    assert ci.loc["cor_x.Intercept|g", "upper"] == 1.0
+    assert ci.loc["cor_x.Intercept|g", 1] == 1.0
     assert ("cor_x.Intercept|g", "upper") in ci.attrs["boundary"]
     for name, (lo, hi) in r["confint"].items():
         row = named(ci, name)
-        assert abs(row["lower"] - lo) < 1e-3 and abs(row["upper"] - hi) < 1e-3
+        assert abs(row[0] - lo) < 1e-3 and abs(row[1] - hi) < 1e-3
 
 
 def test_profile_bad_parameter():
@@ -276,7 +276,7 @@ def test_bootstrap_replicates():
     # same seed, same replicates; the interval is boot.ci's on them
     ci = res.conf_int(method="boot", nsim=30, seed=3, boot_type="basic")
     pd.testing.assert_frame_equal(ci.attrs["boot"], b1)
-    assert list(ci.columns) == ["lower", "upper"]
+    assert list(ci.columns) == [0, 1]
     np.testing.assert_allclose(ci.loc["Days"].to_numpy(),
                                inf.boot_ci(b1, boot_type="basic").loc["Days"].to_numpy())
 
@@ -290,7 +290,7 @@ def test_bootstrap_against_bootmer():
     for name, (lo, hi) in r["confint_perc"].items():
         row = named(ci, name)
         width = hi - lo
-        assert abs(row["lower"] - lo) < 0.12 * width and abs(row["upper"] - hi) < 0.12 * width, name
+        assert abs(row[0] - lo) < 0.12 * width and abs(row[1] - hi) < 0.12 * width, name
 
 
 # ------------------------------------------------------------------ anova

@@ -18,10 +18,15 @@ from scipy import stats
 
 from ._common import _Progress, _beta, _fe_names, _raw, _select
 from ..objective import sdcor_from_theta
+from ..printing import param_index
 from ._profile import _Profiler
 from ._profile_common import varpar_names
 from ._refit import _rebuild_model, _refit
 from .simulation import simulate
+
+# Every conf_int method labels its columns as statsmodels' conf_int does (0 = lower, 1 = upper),
+# so code written for statsmodels results reads profile and bootstrap intervals unchanged.
+CI_COLUMNS = [0, 1]
 
 
 @contextlib.contextmanager
@@ -66,7 +71,7 @@ def conf_int_profile(res, alpha=0.05, cols=None, names="descriptive"):
     -------
     pandas.DataFrame
         Rows: variance parameters (``sd_...``, ``cor_...``, LMMs: ``sigma``) then fixed
-        effects; columns ``lower``, ``upper``; ``attrs["boundary"]`` lists the (row, side)
+        effects; columns ``0`` (lower) and ``1`` (upper) as statsmodels'; ``attrs["boundary"]`` lists the (row, side)
         pairs where the profile reached a parameter bound (SD 0, correlation +-1) before the
         cutoff: those intervals are one-sided and end at the bound (an SD's lower limit is
         then 0, as lme4 reports it).
@@ -88,7 +93,7 @@ def conf_int_profile(res, alpha=0.05, cols=None, names="descriptive"):
         warnings.warn(f"profiling found a deviance {-pr.low_dev:.3g} below the fit's: the fit had "
                       "not converged to the maximum", UserWarning, stacklevel=2)
     labels = pr.lme4_names if names == "lme4" else pr.names
-    out = pd.DataFrame(rows, index=[labels[w] for w in idx], columns=["lower", "upper"])
+    out = pd.DataFrame(rows, index=param_index(labels[w] for w in idx), columns=CI_COLUMNS)
     out.attrs["boundary"] = boundary
     out.attrs["method"] = "profile"
     return out
@@ -244,7 +249,7 @@ def boot_ci(boot, alpha=0.05, boot_type="perc"):
             rows.append(np.array([t0[c] - bias - merr, t0[c] - bias + merr]))
         else:
             raise ValueError("boot_type must be 'perc', 'basic' or 'norm'")
-    out = pd.DataFrame(rows, index=boot.columns, columns=["lower", "upper"])
+    out = pd.DataFrame(rows, index=param_index(boot.columns), columns=CI_COLUMNS)
     out.attrs["method"] = f"boot ({boot_type})"
     return out
 
@@ -270,7 +275,7 @@ def conf_int_boot(res, alpha=0.05, cols=None, nsim=500, seed=None, boot_type="pe
     Returns
     -------
     pandas.DataFrame
-        Columns ``lower``, ``upper``; rows as :func:`conf_int_profile`;
+        Columns ``0`` (lower), ``1`` (upper); rows as :func:`conf_int_profile`;
         ``attrs["boot"]`` holds the replicates.
     """
     b = bootstrap(res, nsim=nsim, seed=seed, progress=progress)
@@ -278,7 +283,7 @@ def conf_int_boot(res, alpha=0.05, cols=None, nsim=500, seed=None, boot_type="pe
     if names == "lme4":                          # LMMs and GLMMs alike (.sig01, ..., [.sigma])
         lme4 = varpar_names(res, "lme4") + _fe_names(res)
         if len(lme4) == len(ci.index):
-            ci.index = lme4
+            ci.index = param_index(lme4)
     if cols is not None:
         ci = ci.iloc[_select(list(ci.index), cols)]
     ci.attrs["boot"] = b
@@ -296,5 +301,5 @@ def _wald_conf_int(res, alpha, cols):
         idx = _select(names, cols)
         ci, names = ci[idx], [names[i] for i in idx]
     if isinstance(data, PandasData):
-        return pd.DataFrame(ci, index=names)
+        return pd.DataFrame(ci, index=param_index(names), columns=CI_COLUMNS)
     return ci

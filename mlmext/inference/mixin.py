@@ -88,11 +88,13 @@ class InferenceMixin:
         Returns
         -------
         pandas.DataFrame or numpy.ndarray
-            Wald: what statsmodels returns.  Profile / boot: a DataFrame with columns
-            ``lower``, ``upper`` and rows for the variance parameters (sd / correlation
-            scale, then ``sigma`` for LMMs) and the fixed effects; one-sided intervals at
-            a bound (an SD whose profile stays above the cutoff down to 0 gets the lower
-            limit 0, as in lme4) are listed in ``attrs["boundary"]`` (profile).
+            Columns ``0`` (lower) and ``1`` (upper) for every method, as statsmodels';
+            rows indexed by parameter name (index name ``parameter``).  Wald: the fixed
+            effects (an array for array data, as statsmodels).  Profile / boot: rows for the
+            variance parameters (sd / correlation scale, then ``sigma`` for LMMs) and the
+            fixed effects; one-sided intervals at a bound (an SD whose profile stays above
+            the cutoff down to 0 gets the lower limit 0, as in lme4) are listed in
+            ``attrs["boundary"]`` (profile).
         """
         m = str(method).lower()
         if m == "wald":

@@ -6,6 +6,7 @@ import pandas as pd
 from statsmodels.iolib.summary import Summary, summary_params
 
 from .. import laplace as _laplace
+from ..printing import param_index
 from ..results import MixedResults, add_notes, dropped_note
 from .links import category_probabilities
 
@@ -63,14 +64,15 @@ class OrdinalMixedResults(MixedResults):
     def fe_params(self):
         """The fixed effects alone (without the threshold parameters), a Series."""
         k = self.model.thr.k
-        return pd.Series(np.asarray(self.params)[k:], index=self.model.exog_names_fe, name="fe_params")
+        return pd.Series(np.asarray(self.params)[k:], index=param_index(self.model.exog_names_fe),
+                         name="fe_params")
 
     @property
     def bse_fe(self):
         """Standard errors of the fixed effects, a Series."""
         k = self.model.thr.k
         se = np.sqrt(np.diag(np.asarray(self.normalized_cov_params)))[k:]
-        return pd.Series(se, index=self.model.exog_names_fe, name="bse_fe")
+        return pd.Series(se, index=param_index(self.model.exog_names_fe), name="bse_fe")
 
     @property
     def threshold_params(self):
