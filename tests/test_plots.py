@@ -267,7 +267,7 @@ def test_effects_clmm_category_probabilities_with_delta_intervals(wine):
     assert [a.get_title() for a in fig.axes] == ["contact = no", "contact = yes"]
     np.testing.assert_allclose(fig.axes[1].containers[4].lines[0].get_ydata(),
                                wine.predict(data=grid.assign(contact="yes"), re=False)["5"])
-    with pytest.raises(ValueError, match="ax=None"):
+    with pytest.raises(ValueError, match="draws 2 panels"):
         plots.effects(wine, "temp", by="contact", ax=fig.axes[0])
     link_ax = plots.effects(wine, "temp", by="contact", scale="link").axes[0]
     assert len(link_ax.containers) == 2
@@ -375,3 +375,51 @@ def test_qic_scale_kept_on_the_unflagged_fits():
     near = table.assign(QIC=[100.0, 103.0, 102.0], QICu=[99.0, 102.0, 101.5])
     ax2 = plots.qic(types.SimpleNamespace(table=near, best="independence")).axes[0]
     assert not any("off the scale" in t.get_text() for t in ax2.texts)
+
+
+# ------------------------------------------------------------------ ax= on every plot
+def test_every_plot_takes_ax_and_returns_its_figure(sleep, cbpp, wine):
+    """Each function draws into the caller's axes (one per panel) and returns their figure."""
+    prof = mf.lmer("Yield ~ 1 + (1 | Batch)", datasets.load("dyestuff")).fit(reml=False).profile(npoints=2)
+    sel = mf.gee_select("Weight ~ Time + Cu", "Pig", datasets.load("dietox"),
+                        sm.families.Gaussian(), time="Time")
+    calls = {                                       # name -> (call, panels)
+        "caterpillar": (lambda ax: plots.caterpillar(sleep, ax=ax), 2),
+        "qqplot_ranef": (lambda ax: plots.qqplot_ranef(sleep, ax=ax), 2),
+        "resid_fitted": (lambda ax: plots.resid_fitted(cbpp, ax=ax), 1),
+        "qqplot_resid": (lambda ax: plots.qqplot_resid(sleep, ax=ax), 1),
+        "effects": (lambda ax: plots.effects(wine, "temp", by="contact", ax=ax), 2),
+        "predictor_effects": (lambda ax: plots.predictor_effects(wine, ax=ax), 2),
+        "profile": (lambda ax: plots.profile(prof, ax=ax), 3),
+        "qic": (lambda ax: plots.qic(sel, ax=ax), 1),
+    }
+    assert set(calls) == set(plots.__all__)
+    for name, (call, k) in calls.items():
+        fig, axes = plt.subplots(1, k + 1)          # one spare axes, which stays empty
+        got = call(axes[0] if k == 1 else axes[:k])
+        assert got is fig, name
+        assert len(fig.axes) == k + 1, name         # no axes added or removed
+        assert all(a.has_data() for a in axes[:k]) and not axes[k].has_data(), name
+        with pytest.raises(ValueError, match=f"draws {k} panel"):
+            call(list(axes) + [axes[0]] if k == 1 else axes[:k - 1])
+        plt.close(fig)
+
+
+def test_predictor_effects_one_panel_per_variable_by_its_partner():
+    hsb = datasets.load("hsb82")
+    fit = mf.lmer("mAch ~ cses * sector + np.exp(meanses) + (cses | school)", hsb).fit()
+    fig = plots.predictor_effects(fit)
+    assert [a.get_title() for a in fig.axes] == [
+        "Effect of cses by sector", "Effect of sector by cses", "Effect of meanses"]
+    # each panel is effects() of its predictor: the curves coincide
+    ref = plots.effects(fit, "cses", by="sector")
+    for got, want in zip(fig.axes[0].lines, ref.axes[0].lines):
+        np.testing.assert_array_equal(got.get_ydata(), want.get_ydata())
+    assert len(fig.axes[1].containers) == 3          # sector at three quantiles of cses
+    one = plots.predictor_effects(fit, predictors=["meanses"])
+    assert len(one.axes) == 1 and one.axes[0].get_xlabel() == "meanses"
+    with pytest.raises(ValueError, match="not variables of the fixed effects"):
+        plots.predictor_effects(fit, predictors=["school"])
+    null = mf.lmer("mAch ~ 1 + (1 | school)", hsb).fit()
+    with pytest.raises(ValueError, match="intercept only"):
+        plots.predictor_effects(null)

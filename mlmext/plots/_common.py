@@ -41,7 +41,8 @@ def _z(level):
 def _axes(ax, figsize=None):
     """(figure, axes): the given axes, or a new single-panel figure."""
     if ax is not None:
-        return ax.figure, ax
+        fig, axes = _panels(ax, 1, "one axes")
+        return fig, axes[0]
     return _pyplot().subplots(figsize=figsize)
 
 
@@ -56,6 +57,18 @@ def _grid(n, figsize=None, ncols=3, panel=(3.2, 2.8)):
     for extra in axes[n:]:
         fig.delaxes(extra)
     return fig, axes[:n]
+
+
+def _panels(ax, n, what, figsize=None, ncols=3, panel=(3.2, 2.8)):
+    """(figure, ``n`` axes): a new grid, or the caller's ``ax`` -- one Axes per panel, in
+    order (a single Axes when the plot has one panel, else a list or array of them)."""
+    if ax is None:
+        return _grid(n, figsize, ncols, panel)
+    axes = list(np.ravel(np.asarray(ax, dtype=object)))
+    if len(axes) != n:
+        raise ValueError(f"this plot draws {n} panel{'s' if n != 1 else ''} ({what}); "
+                         f"ax= has {len(axes)}")
+    return axes[0].figure, axes
 
 
 def _term_label(name):

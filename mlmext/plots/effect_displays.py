@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from ._common import (_axes, _grid, _is_glmm, _is_ordinal, _z)
+from ._common import _axes, _is_glmm, _is_ordinal, _panels, _z
 from ..ordinal import category_probabilities
 
 
@@ -133,9 +133,9 @@ def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=No
     data : pandas.DataFrame, optional
         Data giving the range of ``focal`` and the typical values (default:
         the rows used in the fit).  It needs every column the formula uses.
-    ax : matplotlib.axes.Axes, optional
-        Draw into this axes (not with ``by`` for ``clmm`` category
-        probabilities, which need one panel per value of ``by``).
+    ax : matplotlib.axes.Axes or sequence of Axes, optional
+        Draw into this axes; ``clmm`` category probabilities with ``by`` are drawn one
+        panel per value of ``by``, so they take that many axes.
     at : sequence, optional
         The values of ``by`` to draw (numbers, or levels of a categorical ``by``)
         instead of its quantiles or all its levels.
@@ -162,9 +162,6 @@ def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=No
         raise ValueError("by must differ from focal")
     glmm = _is_glmm(results)
     probs = _is_ordinal(results) and scale == "response"
-    if probs and by is not None and ax is not None:
-        raise ValueError("clmm category probabilities with by= need one panel per value of by: "
-                         "leave ax=None")
     cats = _categorical_vars(results, data)
     typical = {c: (_levels(data[c])[0] if c in cats else float(data[c].mean())) for c in data.columns}
 
@@ -193,9 +190,11 @@ def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=No
         by_labels = [f"{by} = {v:.3g}" for v in by_vals]
 
     if probs and by is not None:
-        fig, axes = _grid(len(by_vals), ncols=len(by_vals), panel=(3.6, 3.2))
-        for a in axes[1:]:
-            a.sharey(axes[0])
+        fig, axes = _panels(ax, len(by_vals), f"one per value of {by}", ncols=len(by_vals),
+                            panel=(3.6, 3.2))
+        if ax is None:
+            for a in axes[1:]:
+                a.sharey(axes[0])
     else:
         fig, ax = _axes(ax)
         axes = [ax] * len(by_vals)
@@ -248,3 +247,84 @@ def effects(results, focal, by=None, scale="response", level=0.95, n=50, data=No
     else:
         fig.suptitle(f"Effect of {focal} by {by}", fontsize=11)
     return fig
+
+
+def predictor_effects(results, predictors=None, scale="response", level=0.95, n=50, data=None,
+                      ncols=3, figsize=None, ax=None):
+    """Effect plots of every predictor, one panel each (R's ``plot(predictorEffects(fit))``).
+
+    Each panel is :func:`effects` of one predictor of the fixed-effects formula, the other
+    variables held at typical values.  A predictor in an interaction is drawn at values of
+    the first variable it interacts with (``by=``: its levels, or its 10 %, 50 % and 90 %
+    quantiles), as ``predictorEffects`` conditions on the interacting variables -- except
+    for ``clmm`` category probabilities, which already draw one curve per category.
+
+    Parameters
+    ----------
+    results : MixedResults
+        A fitted LMM, GLMM or ``clmm``.
+    predictors : list of str, optional
+        Columns of the data to show (default: every variable of the fixed effects, in the
+        formula's order; variables only in ``offset()`` are held at typical values).
+    scale, level, n, data
+        As in :func:`effects`.
+    ncols : int
+        Panels per row of a new figure.
+    figsize : tuple of float, optional
+    ax : sequence of matplotlib.axes.Axes, optional
+        Draw into these axes, one per predictor.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fit = mf.lmer("mAch ~ cses * sector + meanses + (cses | school)", hsb).fit()
+    >>> fig = plots.predictor_effects(fit)   # cses by sector, sector by cses, meanses
+    """
+    frame = results.model.formula_info["data"] if data is None else pd.DataFrame(data)
+    terms = _term_variables(results, frame)
+    rhs = str(results.model.formula_info["parsed"].fixed_rhs)
+
+    def first_use(v):            # the formula's order (the design may put factors first)
+        m = re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.])", rhs)
+        return m.start() if m else len(rhs)
+    found = sorted(dict.fromkeys(v for t in terms for v in t), key=first_use)
+    if predictors is None:
+        predictors = found
+    unknown = [p for p in predictors if p not in found]
+    if unknown:
+        raise ValueError(f"{unknown} are not variables of the fixed effects; they are {found}")
+    if not predictors:
+        raise ValueError("the fixed effects have no predictor to plot (intercept only)")
+    probs = _is_ordinal(results) and scale == "response"
+    fig, axes = _panels(ax, len(predictors), "one per predictor: " + ", ".join(predictors),
+                        figsize, ncols=ncols, panel=(3.6, 3.0))
+    for a, p in zip(axes, predictors):
+        partners = [v for t in terms if p in t for v in t if v != p]
+        by = None if probs or not partners else partners[0]
+        effects(results, p, by=by, scale=scale, level=level, n=n, data=data, ax=a)
+    return fig
+
+
+def _term_variables(results, data):
+    """The data columns each fixed-effects term uses (``C(x):np.log(z)`` -> ``(x, z)``),
+    found as names in the term's factors; the response and the intercept use none."""
+    spec = results.model._fixed_spec()
+    resp = str(results.model.endog_names)
+    columns = set(map(str, data.columns)) - {resp}
+    out = []
+    for term in spec.terms:
+        code = " ".join(_factor_code(f) for f in term.factors)
+        names = [w for w in dict.fromkeys(re.findall(r"[A-Za-z_][\w.]*", code)) if w in columns]
+        if names:
+            out.append(tuple(names))
+    return out
+
+
+def _factor_code(factor):
+    """A term factor's source text (patsy's ``EvalFactor.name()``, formulaic's ``str``)."""
+    name = getattr(factor, "name", None)
+    return name() if callable(name) else str(factor)
+

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ._common import (_grid, _z)
+from ._common import _panels, _z
 
 
 # --------------------------------------------------------------------- profile
-def profile(results, params=None, figsize=None, **profile_kwargs):
+def profile(results, params=None, figsize=None, ax=None, **profile_kwargs):
     """Profile zeta plots (lme4's ``xyplot(profile(fit))``), one panel per parameter.
 
     ``zeta = sign(x - x_hat) sqrt(deviance(x) - deviance(x_hat))`` is drawn
@@ -29,6 +29,8 @@ def profile(results, params=None, figsize=None, **profile_kwargs):
         Parameters to show (names as in the profile, e.g. ``"Days"``,
         ``"sd_Days|Subject"``, ``"sigma"``); all by default.
     figsize : tuple of float, optional
+    ax : matplotlib.axes.Axes or sequence of Axes, optional
+        Draw into these axes, one per parameter.
     **profile_kwargs
         Passed to ``results.profile`` (``alpha``, ``npoints``, ``names``).
 
@@ -52,15 +54,15 @@ def profile(results, params=None, figsize=None, **profile_kwargs):
     if not names:
         raise ValueError("the profile has no parameter to plot")
     z = _z(0.95)
-    fig, axes = _grid(len(names), figsize)
-    for i, (ax, name) in enumerate(zip(axes, names)):
+    fig, axes = _panels(ax, len(names), "one per parameter: " + ", ".join(names), figsize)
+    for i, (a, name) in enumerate(zip(axes, names)):
         d = prof[prof["parameter"] == name].sort_values("value")
-        ax.plot(d["value"], d["zeta"], "o-", ms=3.5, lw=1.2)
+        a.plot(d["value"], d["zeta"], "o-", ms=3.5, lw=1.2)
         for h in (-z, z):
-            ax.axhline(h, color="0.5", lw=0.8, ls="--")
-        ax.axhline(0.0, color="0.8", lw=0.6)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("value")
-        if i % 3 == 0:
-            ax.set_ylabel("zeta")
+            a.axhline(h, color="0.5", lw=0.8, ls="--")
+        a.axhline(0.0, color="0.8", lw=0.6)
+        a.set_title(name, fontsize=10)
+        a.set_xlabel("value")
+        if i % 3 == 0 or ax is not None:
+            a.set_ylabel("zeta")
     return fig
