@@ -41,29 +41,31 @@ def fixed_decimals(values, sig=3, most=8):
 
 
 def _pval(p):
+    """R's ``format.pval`` at printCoefmat's three significant digits (``<2e-16`` at eps)."""
     if not np.isfinite(p):
         return ""
     if p < 2.2e-16:
         return "<2e-16"
-    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3g}"
 
 
-def params_table(res, alpha=0.05):
+def params_table(res, alpha=0.05, rows=slice(None), title=None):
     """The coefficient table with R's ``printCoefmat`` digits: estimates, standard errors and
     interval bounds to one number of decimals that gives the smallest standard error four
-    significant digits (a coefficient of 0.0009 with SE 0.001 stays readable)."""
+    significant digits (a coefficient of 0.0009 with SE 0.001 stays readable).  ``rows``
+    picks the parameters (a clmm prints its fixed effects and thresholds as two tables)."""
     names, est = _coefs(res)
-    se = np.asarray(res.bse, dtype=float)
-    stat = np.asarray(res.tvalues, dtype=float)
-    p = np.asarray(res.pvalues, dtype=float)
-    ci = np.asarray(res.conf_int(alpha), dtype=float)
+    cols = [np.asarray(v, dtype=float)[rows] for v in (est, res.bse, res.tvalues, res.pvalues)]
+    est, se, stat, p = cols
+    ci = np.asarray(res.conf_int(alpha), dtype=float)[rows]
     d = fixed_decimals(se, sig=4)
     dz = max(2, fixed_decimals(stat, sig=3, most=3))
-    rows = [[f"{e:.{d}f}", f"{s:.{d}f}", f"{z:.{dz}f}", _pval(pp), f"{lo:.{d}f}", f"{hi:.{d}f}"]
-            for e, s, z, pp, (lo, hi) in zip(est, se, stat, p, ci)]
+    cells = [[f"{e:.{d}f}", f"{s:.{d}f}", f"{z:.{dz}f}", _pval(pp), f"{lo:.{d}f}", f"{hi:.{d}f}"]
+             for e, s, z, pp, (lo, hi) in zip(est, se, stat, p, ci)]
     kind = "t" if res.use_t else "z"
-    return SimpleTable(rows, headers=["coef", "std err", kind, f"P>|{kind}|",
-                                      f"[{alpha / 2:g}", f"{1 - alpha / 2:g}]"], stubs=names)
+    return SimpleTable(cells, headers=["coef", "std err", kind, f"P>|{kind}|",
+                                       f"[{alpha / 2:g}", f"{1 - alpha / 2:g}]"],
+                       stubs=names[rows], title=title)
 
 
 def re_table(res):

@@ -218,3 +218,16 @@ def test_lmm_summary_says_which_covariance_and_tests():
     assert "(lme4's vcov); z tests" in str(r.summary())
     assert "t tests on Satterthwaite df" in str(r.summary(ddf="satterthwaite"))
     assert "Kenward-Roger's adjusted covariance" in str(r.summary(ddf="kenward-roger"))
+
+
+def test_clmm_summary_uses_the_coefficient_digits():
+    # ordinal's summary(clmm): tempwarm 3.0630 0.5954 ... 2.68e-07; thresholds in their own table
+    o = mf.clmm("rating ~ temp + contact + (1 | judge)", datasets.load("wine")).fit()
+    smry = o.summary()
+    coefs, thresholds = smry.tables[2].as_text(), smry.tables[3].as_text()
+    row = [r for r in coefs.splitlines() if r.startswith("temp[T.warm]")][0].split()
+    assert row[1:3] == ["3.0630", "0.5954"] and row[4] == "2.68e-07"
+    assert "Threshold coefficients" in thresholds
+    row = [r for r in thresholds.splitlines() if r.startswith("1|2")][0].split()
+    assert row[1] == f"{o.params['1|2']:.4f}" and row[4] == f"{o.pvalues['1|2']:.3g}"
+    assert "judge: 9" in str(smry) and "judge: 9, judge" not in str(smry)

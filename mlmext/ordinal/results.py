@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from statsmodels.iolib.summary import Summary, summary_params
+from statsmodels.iolib.summary import Summary
 
 from .. import laplace as _laplace
-from ..printing import param_index
+from ..printing import param_index, params_table
 from ..results import MixedResults, add_notes, dropped_note
 from .links import category_probabilities
 
@@ -166,7 +166,7 @@ class OrdinalMixedResults(MixedResults):
     def summary(self, alpha=0.05, title=None):
         """Summary: fit information, random effects, coefficients and thresholds tables."""
         model = self.model
-        ngrps = ", ".join(f"{t.name}: {t.m}" for t in model.re_design.terms)
+        ngrps = ", ".join(f"{n}: {m}" for n, m in {t.name: t.m for t in model.re_design.terms}.items())
         method = "Laplace" if self.nagq == 1 else f"adaptive Gauss-Hermite ({self.nagq} nodes)"
         top_left = [("Model:", ["Cumulative link mixed model"]),
                     ("Dependent Variable:", [str(model.endog_names)]),
@@ -182,21 +182,10 @@ class OrdinalMixedResults(MixedResults):
         smry.add_table_2cols(self, gleft=top_left, gright=top_right,
                              title=title or f"Cumulative Link Mixed Model: {model.formula_info.get('formula', '')}")
         smry.tables.append(self._re_table())
-        params = np.asarray(self.params)
-        bse = np.asarray(self.bse)
-        z = np.asarray(self.tvalues)
-        pv = np.asarray(self.pvalues)
-        ci = np.asarray(self.conf_int(alpha))
         k = model.thr.k
         if model.k_fe:
-            sl = slice(k, None)
-            smry.tables.append(summary_params((self, params[sl], bse[sl], z[sl], pv[sl], ci[sl]),
-                                              yname=str(model.endog_names), xname=model.exog_names_fe,
-                                              alpha=alpha, use_t=False, title="Coefficients"))
-        sl = slice(0, k)
-        smry.tables.append(summary_params((self, params[sl], bse[sl], z[sl], pv[sl], ci[sl]),
-                                          yname=str(model.endog_names), xname=list(model.thr.names),
-                                          alpha=alpha, use_t=False, title="Threshold coefficients"))
+            smry.tables.append(params_table(self, alpha, slice(k, None), title="Coefficients"))
+        smry.tables.append(params_table(self, alpha, slice(0, k), title="Threshold coefficients"))
         notes = []
         if model.threshold != "flexible":
             th = self.thresholds
