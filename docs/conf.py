@@ -67,16 +67,22 @@ napoleon_use_ivar = True
 napoleon_preprocess_types = False
 
 # -- HTML ----------------------------------------------------------------------------------
-html_theme = "alabaster"
+html_theme = "pydata_sphinx_theme"
 html_title = f"mlmext {release}"
 html_show_sourcelink = False
 html_theme_options = {
-    "description": "Multilevel models for statsmodels",
-    "fixed_sidebar": False,
-    "page_width": "1100px",
-    "sidebar_width": "230px",
+    "logo": {"text": "mlmext"},
+    # The navbar lists the root toctree's pages: Getting started, User guide, Tutorials, API.
+    "navbar_align": "left",
+    "header_links_before_dropdown": 6,
+    "navbar_end": ["theme-switcher"],      # no icon links: no GitHub or other external URLs
+    "navbar_persistent": ["search-button-field"],
+    "secondary_sidebar_items": {"**": ["page-toc"], "index": []},
+    "show_toc_level": 2,
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version", "theme-version"],
 }
-html_sidebars = {"**": ["about.html", "navigation.html", "searchbox.html"]}
+html_sidebars = {"index": []}      # the front page has no section to navigate
 
 # -- Tutorials gallery (sphinx-gallery) ----------------------------------------------------
 sphinx_gallery_conf = {
