@@ -38,6 +38,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "myst_parser",
     "sphinx_gallery.gen_gallery",
+    "matplotlib.sphinxext.plot_directive",  # the Plots page runs each plot call
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -83,6 +84,12 @@ html_theme_options = {
     "footer_end": ["sphinx-version", "theme-version"],
 }
 html_sidebars = {"index": []}      # the front page has no section to navigate
+
+# -- Plots page (matplotlib's plot directive) --------------------------------------------
+plot_include_source = True        # every figure is shown with the call that drew it
+plot_html_show_source_link = False
+plot_html_show_formats = False
+plot_formats = [("png", 100)]
 
 # -- Tutorials gallery (sphinx-gallery) ----------------------------------------------------
 sphinx_gallery_conf = {
