@@ -23,6 +23,9 @@ if os.path.isfile(os.path.join(_ROOT, "mlmext", "__init__.py")):
 
 import mlmext  # noqa: E402
 
+# Local extensions (docs/_ext): the front page's example, run at build time.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ext"))
+
 # -- Project -------------------------------------------------------------------------------
 project = "mlmext"
 author = "mlmext developers"
@@ -38,12 +41,15 @@ extensions = [
     "sphinx.ext.mathjax",
     "myst_parser",
     "sphinx_gallery.gen_gallery",
+    "sphinx_design",                  # the front page's grid and cards
     "matplotlib.sphinxext.plot_directive",  # the Plots page runs each plot call
+    "frontpage",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "tutorials", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints",
+exclude_patterns = ["_build", "tutorials", "_frontpage", "_generated", "Thumbs.db", ".DS_Store",
+                    "**.ipynb_checkpoints",
                     "auto_tutorials/*.ipynb", "auto_tutorials/*.py", "auto_tutorials/*.zip"]
 templates_path = []
 
@@ -71,6 +77,8 @@ napoleon_preprocess_types = False
 html_theme = "pydata_sphinx_theme"
 html_title = f"mlmext {release}"
 html_show_sourcelink = False
+html_static_path = ["_static"]
+html_css_files = ["mlmext.css"]    # the front page's layout
 html_theme_options = {
     "logo": {"text": "mlmext"},
     # The navbar lists the root toctree's pages: Getting started, User guide, Tutorials, API.
@@ -104,4 +112,6 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
     "show_memory": False,
     "plot_gallery": "True",
+    # The front page's minigallery of tutorials warns without a backreferences directory.
+    "backreferences_dir": "generated/gallery_backreferences",
 }
