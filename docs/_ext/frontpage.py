@@ -10,6 +10,8 @@ import io
 import os
 import runpy
 
+import matplotlib.pyplot as plt
+
 SCRIPT = os.path.join("_frontpage", "sleepstudy.py")
 SUMMARY = os.path.join("_generated", "sleepstudy_summary.txt")
 FIGURE = os.path.join("_generated", "sleepstudy_caterpillar.png")
@@ -36,7 +38,6 @@ def run_example(app):
     # No timestamp or software metadata: the bytes change only when the figure does.
     fig.savefig(png, format="png", dpi=150, bbox_inches="tight", metadata={"Software": None})
     _write_if_changed(os.path.join(app.srcdir, FIGURE), png.getvalue())
-    import matplotlib.pyplot as plt
     plt.close(fig)
 
 
