@@ -5,7 +5,8 @@ Build (warnings are errors, as in CI)::
     python -m sphinx -W --keep-going -b html docs docs/_build/html
 
 Everything needed at build time is installed by ``pip install ".[docs]"``; the build needs no
-network (no intersphinx), and the tutorials run with matplotlib's Agg backend.
+network (no intersphinx; the theme's fonts and icons are bundled), and the tutorials, the front
+page's example and the Plots page run with matplotlib's Agg backend.
 """
 import os
 import sys

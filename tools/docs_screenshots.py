@@ -13,6 +13,12 @@ screen (a phone reader then has to scroll the whole page sideways, not just a co
 It needs only a Chromium binary (``apt-get install chromium``, or ``--browser PATH``): it
 drives the browser over the DevTools protocol on a pipe (``--remote-debugging-pipe``),
 so no Python package (playwright, selenium, websockets) is required.
+
+Formulas are typeset by MathJax, which pages load from a CDN; on a machine without network
+build the site for screenshots with a local copy (Debian's ``libjs-mathjax``)::
+
+    python -m sphinx -b html docs /tmp/html \
+        -D mathjax_path=file:///usr/share/javascript/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML
 """
 import argparse
 import base64
@@ -25,7 +31,8 @@ import subprocess
 import sys
 import time
 
-PAGES = ["index.html", "auto_tutorials/plot_01_school_sequence.html"]
+PAGES = ["index.html", "auto_tutorials/plot_01_school_sequence.html", "plots.html",
+         "auto_tutorials/index.html"]
 # name: (CSS width, CSS height, device pixel ratio, mobile)
 SIZES = {"desktop": (1366, 900, 1, False), "phone": (390, 844, 2, True)}
 
