@@ -92,7 +92,8 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version", "theme-version"],
 }
-html_sidebars = {"index": []}      # the front page has no section to navigate
+# The front page and the API reference (one page) have no section pages to navigate.
+html_sidebars = {"index": [], "api": []}
 
 # -- Plots page (matplotlib's plot directive) --------------------------------------------
 plot_include_source = True        # every figure is shown with the call that drew it
