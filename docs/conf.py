@@ -5,7 +5,8 @@ Build (warnings are errors, as in CI)::
     python -m sphinx -W --keep-going -b html docs docs/_build/html
 
 Everything needed at build time is installed by ``pip install ".[docs]"``; the build needs no
-network (no intersphinx), and the tutorials run with matplotlib's Agg backend.
+network (no intersphinx; the theme's fonts and icons are bundled), and the tutorials, the front
+page's example and the Plots page run with matplotlib's Agg backend.
 """
 import os
 import sys
@@ -23,6 +24,9 @@ if os.path.isfile(os.path.join(_ROOT, "mlmext", "__init__.py")):
 
 import mlmext  # noqa: E402
 
+# Local extensions (docs/_ext): the front page's example, run at build time.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ext"))
+
 # -- Project -------------------------------------------------------------------------------
 project = "mlmext"
 author = "mlmext developers"
@@ -38,11 +42,15 @@ extensions = [
     "sphinx.ext.mathjax",
     "myst_parser",
     "sphinx_gallery.gen_gallery",
+    "sphinx_design",                  # the front page's grid and cards
+    "matplotlib.sphinxext.plot_directive",  # the Plots page runs each plot call
+    "frontpage",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "tutorials", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints",
+exclude_patterns = ["_build", "tutorials", "_frontpage", "_generated", "Thumbs.db", ".DS_Store",
+                    "**.ipynb_checkpoints",
                     "auto_tutorials/*.ipynb", "auto_tutorials/*.py", "auto_tutorials/*.zip"]
 templates_path = []
 
@@ -67,16 +75,31 @@ napoleon_use_ivar = True
 napoleon_preprocess_types = False
 
 # -- HTML ----------------------------------------------------------------------------------
-html_theme = "alabaster"
+html_theme = "pydata_sphinx_theme"
 html_title = f"mlmext {release}"
 html_show_sourcelink = False
+html_static_path = ["_static"]
+html_css_files = ["mlmext.css"]    # the front page's layout
 html_theme_options = {
-    "description": "Multilevel models for statsmodels",
-    "fixed_sidebar": False,
-    "page_width": "1100px",
-    "sidebar_width": "230px",
+    "logo": {"text": "mlmext"},
+    # The navbar lists the root toctree's pages: Getting started, User guide, Tutorials, API.
+    "navbar_align": "left",
+    "header_links_before_dropdown": 6,
+    "navbar_end": ["theme-switcher"],      # no icon links: no GitHub or other external URLs
+    "navbar_persistent": ["search-button-field"],
+    "secondary_sidebar_items": {"**": ["page-toc"], "index": []},
+    "show_toc_level": 2,
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version", "theme-version"],
 }
-html_sidebars = {"**": ["about.html", "navigation.html", "searchbox.html"]}
+# The front page and the API reference (one page) have no section pages to navigate.
+html_sidebars = {"index": [], "api": []}
+
+# -- Plots page (matplotlib's plot directive) --------------------------------------------
+plot_include_source = True        # every figure is shown with the call that drew it
+plot_html_show_source_link = False
+plot_html_show_formats = False
+plot_formats = [("png", 100)]
 
 # -- Tutorials gallery (sphinx-gallery) ----------------------------------------------------
 sphinx_gallery_conf = {
@@ -91,4 +114,6 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
     "show_memory": False,
     "plot_gallery": "True",
+    # The front page's minigallery of tutorials warns without a backreferences directory.
+    "backreferences_dir": "generated/gallery_backreferences",
 }

@@ -261,6 +261,7 @@ lrt_e
 # higher ones.
 
 fig = plots.effects(m_e, "cses", by="sector")
+# sphinx_gallery_thumbnail_number = 2
 
 # %%
 # Residuals against fitted values (fitted values include the school effects) should show no

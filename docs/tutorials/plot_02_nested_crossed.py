@@ -165,6 +165,7 @@ print(share.round(3))
 # plate effects spread less, and the intervals of 14 of the 24 plates exclude zero.
 
 fig = plots.caterpillar(m_pen)
+# sphinx_gallery_thumbnail_number = 2
 
 # %%
 # Profile-likelihood intervals

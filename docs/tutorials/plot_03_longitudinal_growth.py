@@ -164,6 +164,7 @@ axes[0].legend(fontsize=8)
 for ax in axes:
     ax.set_xlabel("age (years)")
 axes[0].set_ylabel("distance (mm)")
+# sphinx_gallery_thumbnail_number = 2
 
 # %%
 # The effect plot draws the same population lines with 95 % confidence bands (``years`` is the

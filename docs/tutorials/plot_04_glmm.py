@@ -352,6 +352,7 @@ print(f"rate ratio per 10 m: {np.exp(10 * nb.fe_params['cHEIGHT']):.3f}")
 fig = plots.effects(nb, "cHEIGHT", by="YEAR")
 fig.axes[0].set_title("grouseticks: expected ticks per chick, typical location")
 plt.show()
+# sphinx_gallery_thumbnail_number = 4
 
 # %%
 # The curves differ by a constant factor between years, as the model has no

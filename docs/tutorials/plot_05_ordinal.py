@@ -179,6 +179,7 @@ probs.round(3)
 
 fig = plots.effects(res_agq, "temp", by="contact")
 plt.show()
+# sphinx_gallery_thumbnail_number = 1
 
 # %%
 # The judges

@@ -67,6 +67,7 @@ ax.set_ylabel("Weight (kg)")
 ax.set_title("dietox: weight of 72 pigs")
 ax.legend()
 plt.show()
+# sphinx_gallery_thumbnail_number = 1
 
 # %%
 # Growth is close to linear, the pigs fan out over time (they grow at
