@@ -160,13 +160,15 @@ def fit_text(res):
 def fit_html(res):
     """The block for notebooks: the title lines, the random-effects table, the coefficients."""
     formula = res.model.formula_info.get("formula", "")
-    head = "<br>".join(html.escape(s) for s in (fit_title(res), f"Formula: {formula}",
-                                                  _criterion(res)))
+    # monospace, as the printed block: in a notebook or the docs the title lines then read as
+    # output, not as a paragraph of body text
+    head = "\n".join(html.escape(s) for s in (fit_title(res), f"Formula: {formula}",
+                                                 _criterion(res)))
     names, v = _coefs(res)
     coefs = "".join(f"<th>{html.escape(n)}</th>" for n in names)
     vals = "".join(f"<td>{x:.4g}</td>" for x in v)
     notes = "".join(f"<p><i>Note: {html.escape(n)}</i></p>" for n in _notes(res))
-    return (f"<div><p>{head}</p>{re_table(res).as_html()}"
+    return (f"<div><pre>{head}</pre>{re_table(res).as_html()}"
             f"<p>Number of obs: {int(res.nobs)}, groups: {html.escape(_groups(res))}</p>"
             f"<table><caption>Fixed effects</caption><tr>{coefs}</tr><tr>{vals}</tr></table>"
             f"{notes}</div>")

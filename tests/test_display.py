@@ -95,6 +95,7 @@ def test_print_glmm_clmm_and_notes():
     assert "-1.399      -0.9923" in text
     html = g._repr_html_()
     assert "<table" in html and "Fixed effects" in html and "-1.399" in html and "herd" in html
+    assert html.startswith("<div><pre>Generalized linear mixed model fit by maximum likelihood")
     o = mf.clmm("rating ~ temp + contact + (1 | judge)", data=datasets.load("wine")).fit(nagq=5)
     text = _block(o)
     assert "(adaptive Gauss-Hermite quadrature, nAGQ = 5)" in text.splitlines()[0]

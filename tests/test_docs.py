@@ -145,7 +145,7 @@ def test_plots_page_has_an_image_per_function(built):
         code = text_of(block[block.index("<pre>"):block.index("</pre>")]).strip()
         img = re.search(r'<img[^>]+class="plot-directive"[^>]+src="(_images/[^"]+\.png)"',
                         block)
-        call = re.match(r"plots\.(\w+)\(", code)
+        call = re.search(r"^plots\.(\w+)\(", code, re.M)
         if call and img:
             shown[call.group(1)] = img.group(1)
     missing = [name for name in mlmext.plots.__all__ if name not in shown]

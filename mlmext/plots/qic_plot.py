@@ -86,7 +86,9 @@ def qic(selection, criteria=("QIC", "QICu"), ax=None):
                 color="0.35")
     ax.set_xlabel("Working correlation")
     ax.set_ylabel(" / ".join(criteria))
-    ax.legend(fontsize=8)
+    # above the axes, in a row: inside, it would cover points of some structure
+    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(criteria),
+              frameon=False, borderaxespad=0.2)
     ax.margins(x=0.15, y=0.15 if not off else 0)
     return fig
 
