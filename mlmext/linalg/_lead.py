@@ -20,7 +20,7 @@ import numpy as np
 from scipy import linalg, sparse
 
 from ._schur import SMALL_DENSE, DenseSchur, SchurProduct
-from ._stacks import block_cross, dense_Z, spd_inv_logdet
+from ._stacks import block_cross, dense_Z, sandwich, spd_inv_logdet
 from .base import Factor
 
 #: set_data forms the cross-products with dense matrices when that costs at most this many flops
@@ -296,11 +296,11 @@ class LeadBlockFactor(Factor):
             B = t2 / d
             self.M1inv = (1.0 / d)[:, None, None]
         else:
-            M = np.einsum("ji,gjk,kl->gil", lam1, self.A11, lam1)
+            M = sandwich(self.A11, lam1, lam1)
             M[:, np.arange(self.q1), np.arange(self.q1)] += 1.0
             self.M1 = M
             self.M1inv, self.logdet1 = spd_inv_logdet(M)       # closed forms for q1 = 2
-            B = lam1 @ self.M1inv @ lam1.T             # (m1, q1, q1)
+            B = sandwich(self.M1inv, lam1.T, lam1.T)           # Lambda_1 M1^-1 Lambda_1', (m1, q1, q1)
         self.lam1 = lam1
         S = self._S
         np.copyto(S, self.A_rr)

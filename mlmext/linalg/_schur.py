@@ -25,10 +25,32 @@ SMALL_DENSE = 20_000
 def _level_pairs(starts, T, it, chunk=1 << 18):
     """Entry pairs (e1 >= e2) within each level, in level order, in chunks of levels.
 
-    Level g owns entries ``starts[g]:starts[g+1]`` and ``T[g] = k(k+1)/2`` pairs; pair l of a
+    Level g owns entries ``starts[g]:starts[g] + k`` and ``T[g] = k(k+1)/2`` pairs; pair l of a
     level decodes as a = floor((sqrt(8 l + 1) - 1) / 2), b = l - a(a+1)/2.  Yields
     ``(first level, end level, e1, e2)``.
     """
+    for g0, g1, g, l in _chunks(T, it, chunk):
+        a = ((np.sqrt(8.0 * l + 1.0) - 1.0) * 0.5).astype(it)
+        b = l - a * (a + 1) // 2
+        bad = np.flatnonzero((b < 0) | (b > a))          # rounding of the square root (rare)
+        if bad.size:
+            a[bad] += np.where(b[bad] > a[bad], 1, -1).astype(it)
+            b[bad] = l[bad] - a[bad] * (a[bad] + 1) // 2
+        base = starts[g].astype(it)
+        yield g0, g1, a + base, b + base
+
+
+def _cross_pairs(starts1, starts2, k2, T, it, chunk=1 << 18):
+    """All pairs (e1, e2) of an entry of one column with an entry of another, per level
+    (``T[g] = k1[g] k2[g]``), in level order and chunks of levels."""
+    for g0, g1, g, l in _chunks(T, it, chunk):
+        kk = k2[g].astype(it)
+        yield g0, g1, starts1[g].astype(it) + l // kk, starts2[g].astype(it) + l % kk
+
+
+def _chunks(T, it, chunk):
+    """(first level, end level, level of each pair, its index within the level), for chunks
+    of levels holding about ``chunk`` pairs (the temporaries stay small)."""
     m = T.size
     cum = np.cumsum(T)
     g0 = 0
@@ -39,14 +61,7 @@ def _level_pairs(starts, T, it, chunk=1 << 18):
         n = int(Tc.sum())
         g = np.repeat(np.arange(g0, g1, dtype=it), Tc)
         l = np.arange(n, dtype=it) - np.repeat((np.cumsum(Tc) - Tc).astype(it), Tc)
-        a = ((np.sqrt(8.0 * l + 1.0) - 1.0) * 0.5).astype(it)
-        b = l - a * (a + 1) // 2
-        bad = np.flatnonzero((b < 0) | (b > a))          # rounding of the square root (rare)
-        if bad.size:
-            a[bad] += np.where(b[bad] > a[bad], 1, -1).astype(it)
-            b[bad] = l[bad] - a[bad] * (a[bad] + 1) // 2
-        base = starts[g].astype(it)
-        yield g0, g1, a + base, b + base
+        yield g0, g1, g, l
         g0 = g1
 
 
@@ -67,6 +82,7 @@ class SchurProduct:
         self.r = r = A_r1.shape[0]
         self.m1, self.q1 = m1, q1
         self._plan = None
+        self._ab = None               # column layout of P: None is (g, a, b), else blocks (a, b)
         if refreshable:                                  # remember where each csc entry comes from
             idx = A_r1.tocsr(copy=True)
             idx.data = np.arange(idx.nnz, dtype=float)
@@ -85,26 +101,13 @@ class SchurProduct:
             self.A_r1 = A_r1.tocsr()
             self.A_1r = self.A_r1.T.tocsr()
             return
-        comp = np.repeat(np.arange(m1 * q1) % q1, np.diff(A.indptr))   # component of each entry
         it = np.int32 if max(npairs, A.nnz, r * r) < 2**31 - 1 else np.int64
+        if not refreshable:
+            self._build_blocks(A, it)
+            return
+        comp = np.repeat(np.arange(m1 * q1) % q1, np.diff(A.indptr))   # component of each entry
         T = k.astype(np.int64) * (k + 1) // 2
         indices = A.indices.astype(it, copy=False)
-        if q1 == 1 and not refreshable:
-            # one component, sorted rows within a column: e1 >= e2 means i >= j; filled in
-            # chunks of levels so the temporaries stay small (fresh large arrays page-fault)
-            val = np.empty(npairs)
-            rows = np.empty(npairs, dtype=it)
-            p1 = 0
-            for _, _, e1, e2 in _level_pairs(starts, T, it):
-                p0, p1 = p1, p1 + e1.size
-                np.take(A.data, e1, out=val[p0:p1])
-                val[p0:p1] *= np.take(A.data, e2)
-                np.take(indices, e1, out=rows[p0:p1])
-                rows[p0:p1] *= it(r)
-                rows[p0:p1] += np.take(indices, e2)
-            indptr = np.concatenate([[0], np.cumsum(T)])
-            self.P = sparse.csc_matrix((val, rows, indptr), shape=(r * r, m1))
-            return
         chunks = list(_level_pairs(starts, T, it))
         e1 = np.concatenate([c[2] for c in chunks])
         e2 = np.concatenate([c[3] for c in chunks])
@@ -118,15 +121,7 @@ class SchurProduct:
             val = np.where(dbl, 2.0 * val, val)
         hi, lo = np.maximum(i, j).astype(np.int64), np.minimum(i, j).astype(np.int64)
         col = g if q1 == 1 else (g.astype(np.int64) * q1 + comp[e1]) * q1 + comp[e2]
-        if not refreshable:
-            rows = hi * r + lo
-            if q1 > 1:                                   # columns (g, a, b) must be grouped
-                order = np.argsort(col, kind="stable")
-                rows, val, col = rows[order], val[order], col[order]
-            indptr = np.searchsorted(col, np.arange(m1 * q1 * q1 + 1))
-            self.P = sparse.csc_matrix((val, rows, indptr), shape=(r * r, m1 * q1 * q1))
-            return
-        # same matrix, built so that new values for the same structure need one bincount
+        # columns (g, a, b), built so that new values for the same structure need one bincount
         rr = r * r
         key = col.astype(np.int64) * rr + (hi.astype(np.int64) * r + lo)
         uniq, dest = np.unique(key, return_inverse=True)
@@ -134,6 +129,63 @@ class SchurProduct:
         data = np.bincount(dest, weights=val, minlength=uniq.size)
         self.P = sparse.csc_matrix((data, uniq % rr, indptr), shape=(rr, m1 * q1 * q1))
         self._plan = (perm, e1, e2, dbl, dest.ravel(), uniq.size)
+
+    def _build_blocks(self, A, it):
+        """P with its columns in blocks, one per pair of components a >= b of the first block's
+        template, a column per level in each: every block is filled level by level, in chunks
+        of levels (small temporaries) and without a sort.
+
+        Block (a, a) pairs the entries of a level's column a with each other (rows sorted, so
+        e1 >= e2 is i >= j); block (a, b), a > b, pairs each entry of column a with each of
+        column b and stands for both orders (doubled on the diagonal, i = j).
+        """
+        r, m1, q1 = self.r, self.m1, self.q1
+        ptr = A.indptr
+        indices = A.indices.astype(it, copy=False)
+        starts = [ptr[a:m1 * q1:q1] for a in range(q1)]
+        counts = [(ptr[a + 1:m1 * q1 + 1:q1] - ptr[a:m1 * q1:q1]).astype(np.int64) for a in range(q1)]
+        self._ab = [(a, b) for a in range(q1) for b in range(a + 1)]
+        Ts = [counts[a] * (counts[a] + 1) // 2 if a == b else counts[a] * counts[b]
+              for a, b in self._ab]
+        total = int(sum(int(T.sum()) for T in Ts))
+        val = np.empty(total)
+        rows = np.empty(total, dtype=it)
+        p1 = 0
+        for (a, b), T in zip(self._ab, Ts):
+            pairs = (_level_pairs(starts[a], T, it) if a == b else
+                     _cross_pairs(starts[a], starts[b], counts[b], T, it))
+            for _, _, e1, e2 in pairs:
+                p0, p1 = p1, p1 + e1.size
+                v, rw = val[p0:p1], rows[p0:p1]
+                np.take(A.data, e1, out=v)
+                v *= np.take(A.data, e2)
+                i, j = np.take(indices, e1), np.take(indices, e2)
+                if a != b:
+                    v[i == j] *= 2.0
+                    i, j = np.maximum(i, j), np.minimum(i, j)
+                np.multiply(i, it(r), out=rw)
+                rw += j
+        indptr = np.concatenate([[0], np.cumsum(np.concatenate(Ts))])
+        self.P = sparse.csc_matrix((val, rows, indptr), shape=(r * r, m1 * len(self._ab)))
+
+    def _b_vector(self, B):
+        """B (m1, q1, q1) in the order of P's columns."""
+        if self._ab is None:
+            return B.ravel()
+        if self.q1 == 1:
+            return B.reshape(-1)
+        return np.concatenate([B[:, a, b] for a, b in self._ab])
+
+    def pair_sums(self, K):
+        """``P' vec(K)`` as an (m1, q1, q1) array (the lower triangle for the block layout):
+        the sums over a level's pairs of K at the pair's position times the pair's product."""
+        v = self.P.T @ K.ravel()
+        if self._ab is None or self.q1 == 1:
+            return v.reshape(self.m1, self.q1, self.q1)
+        V = np.zeros((self.m1, self.q1, self.q1))
+        for k, (a, b) in enumerate(self._ab):
+            V[:, a, b] = v[k * self.m1:(k + 1) * self.m1]
+        return V
 
     def own_copy(self):
         """A copy whose values :meth:`refresh` can overwrite without touching this one's."""
@@ -160,7 +212,7 @@ class SchurProduct:
         if self.P is not None:
             Kw = 2.0 * K
             Kw[np.diag_indices(self.r)] *= 0.5                 # off-diagonal pairs count twice
-            return (self.P.T @ Kw.ravel()).reshape(self.m1, self.q1, self.q1)
+            return self.pair_sums(Kw)
         F = np.asarray(self.A_1r @ K)                    # (m1 q1) x r
         D = self.A_1r.toarray()
         V = np.einsum("gar,gbr->gab", F.reshape(self.m1, self.q1, -1), D.reshape(self.m1, self.q1, -1))
@@ -169,7 +221,7 @@ class SchurProduct:
     def subtract_from(self, S, B):
         """S -= G(B) on the lower triangle (full matrix in the fallback)."""
         if self.P is not None:
-            S.ravel()[:] -= self.P @ B.ravel()
+            S.ravel()[:] -= self.P @ self._b_vector(B)
         else:
             G = self.A_r1 @ blockdiag_sparse(B.reshape(self.m1, self.q1, self.q1)) @ self.A_1r
             S -= G.toarray()

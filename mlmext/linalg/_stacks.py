@@ -53,10 +53,13 @@ def lmul(L, X):
 
 
 def sandwich(X, L, R):
-    """``L' X_g R`` for each matrix of the stack X."""
+    """``L' X_g R`` for each matrix of the stack X, as one matrix product:
+    ``vec(L' X R) = vec(X) kron(L, R)`` in row-major order (an einsum over the three operands
+    loops per level and costs ~6x more for 50k levels)."""
     if L.shape == (1, 1) and R.shape == (1, 1):
         return X * (L[0, 0] * R[0, 0])
-    return lmul(L.T, rmul(X, R))
+    m, a, b = X.shape
+    return (X.reshape(m, a * b) @ np.kron(L, R)).reshape(m, L.shape[1], R.shape[1])
 
 
 def spd_inv_logdet(M):

@@ -15,7 +15,7 @@ from scipy import linalg, sparse
 
 from .._blas import inverse_threads
 from ._lead import LeadBlockFactor
-from ._stacks import blockdiag_sparse, solve_lower_t
+from ._stacks import blockdiag_sparse, sandwich, solve_lower_t
 
 __all__ = ["DenseFactor"]
 
@@ -137,7 +137,7 @@ class DenseFactor(LeadBlockFactor):
             K *= (2.0 * lr)[:, None]
             K *= lr[None, :]
             K[np.diag_indices(r)] *= 0.5
-            V = (self._schur.P.T @ K.ravel()).reshape(self.m1, self.q1, self.q1)
+            V = self._schur.pair_sums(K)
         else:
             # symmetric from the lower triangle (the upper one holds leftovers): one pass, no sums
             X = np.where(np.tri(r, dtype=bool), X, X.T)
@@ -146,9 +146,14 @@ class DenseFactor(LeadBlockFactor):
             else:
                 K = np.asarray(lr @ np.asarray(lr @ X).T)         # Lambda_r X Lambda_r' (X symmetric)
             V = self._schur.trace_weights(K)
-        C = self.lam1 @ self.M1inv if self.q1 > 1 else self.lam1[0, 0] * self.M1inv
+        # sum_g C_g' Vs_g C_g with C_g = Lambda_1 M1_g^-1: M1_g^-1 (Lambda_1' Vs_g Lambda_1) M1_g^-1
         Vs = 0.5 * (V + np.swapaxes(V, 1, 2))
-        out.append(self.M1inv.sum(axis=0) + np.einsum("gia,gij,gjb->ab", C, Vs, C))
+        Mi = self.M1inv
+        X = sandwich(Vs, self.lam1, self.lam1) @ Mi if self.q1 > 1 else \
+            Vs * (self.lam1[0, 0] * Mi) ** 2
+        q, m = self.q1, self.m1
+        out.append(Mi.sum(axis=0) + np.swapaxes(Mi, 1, 2).reshape(m * q, q).T @ X.reshape(m * q, q)
+                   if q > 1 else Mi.sum(axis=0) + X.sum(axis=0))
         out.extend(blocks_rest)
         return out
 
