@@ -185,7 +185,7 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5):
         x1 = np.asarray(r.x, dtype=float)
         f1, g1 = (float(r.fun), np.asarray(r.jac, dtype=float)) if np.all(x1 >= lower) else (None, None)
         p = newton_polish(grad, x1, lower, f=f1, g=g1, tol=tol, check_tol=check_tol,
-                          maxit=min(30, maxiter))
+                          maxit=min(30, maxiter), value=fun)
         nfev += p.nfev
         tried.append(("Newton (Hessian from gradient differences), second-order checks", p.converged, p.nfev))
         if best is None or p.f <= best.f:
@@ -196,7 +196,7 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5):
             nfev += int(c.nfev)
             tried.append(("COBYQA", bool(c.success), int(c.nfev)))
             p2 = newton_polish(grad, np.maximum(c.x, lower), lower, tol=tol, check_tol=check_tol,
-                               maxit=min(30, maxiter))
+                               maxit=min(30, maxiter), value=fun)
             nfev += p2.nfev
             tried.append(("Newton (Hessian from gradient differences), second-order checks",
                           p2.converged, p2.nfev))
