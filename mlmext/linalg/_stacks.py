@@ -59,7 +59,9 @@ def sandwich(X, L, R):
     if L.shape == (1, 1) and R.shape == (1, 1):
         return X * (L[0, 0] * R[0, 0])
     m, a, b = X.shape
-    return (X.reshape(m, a * b) @ np.kron(L, R)).reshape(m, L.shape[1], R.shape[1])
+    c, d = L.shape[1], R.shape[1]
+    K = (L[:, None, :, None] * R[None, :, None, :]).reshape(a * b, c * d)   # np.kron: 70 us
+    return (X.reshape(m, a * b) @ K).reshape(m, c, d)
 
 
 def spd_inv_logdet(M):
