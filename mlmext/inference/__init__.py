@@ -11,7 +11,7 @@ which puts them on the results class as methods:
   and the Wald intervals;
 * :mod:`.variance_explained` -- :func:`icc`, :func:`r2_nakagawa`, :func:`r2_snijders_bosker`;
 * :mod:`.simulation` -- :func:`simulate`, :func:`power_sim`: simulation from a fit and
-  simulation-based power;
+  simulation-based power; :func:`refit` (``._refit``), a fit refitted to a new response;
 * :mod:`.diagnostics` -- :func:`influence`, :func:`cooks_distance` (group deletion, HLMdiag) and
   :func:`check_convergence`, a scale-free gradient check of the optimum;
 * :mod:`.allfit` -- :func:`allfit`: the model refitted with every available optimizer, side by
@@ -25,6 +25,7 @@ from .anova import AnovaTable, anova
 from .ddf import kenward_roger, satterthwaite
 from .diagnostics import ConvergenceCheck, check_convergence, cooks_distance, influence
 from .intervals import bootstrap, conf_int_boot, conf_int_profile, profile, varpar_names
+from ._refit import refit
 from .mixin import InferenceMixin
 from .simulation import PowerSimResults, power_sim, simulate
 from .variance_explained import icc, r2_nakagawa, r2_snijders_bosker
@@ -37,5 +38,5 @@ __all__ = [
     "anova", "AnovaTable", "satterthwaite", "kenward_roger", "profile", "conf_int_profile",
     "bootstrap", "conf_int_boot", "icc", "r2_nakagawa", "r2_snijders_bosker", "simulate",
     "power_sim", "PowerSimResults", "influence", "cooks_distance", "check_convergence",
-    "ConvergenceCheck", "allfit", "AllFitTable", "varpar_names", "InferenceMixin",
+    "ConvergenceCheck", "allfit", "AllFitTable", "varpar_names", "InferenceMixin", "refit",
 ]

@@ -96,6 +96,57 @@ def _refit(model, res, start=True, **override):
         return _raw(model.fit(**kw))
 
 
+def refit(res, endog, **fit_kwargs):
+    """The fitted model refitted to a new response (lme4's ``refit(fit, newresp)``).
+
+    Only the response changes: the fixed design, the random-effects design, weights and
+    offsets are reused as they are (no formula is evaluated again), and the fit starts at
+    this fit's theta (LMMs) with this fit's settings (REML/ML, ``nagq``); ``fit_kwargs``
+    override them.
+
+    Parameters
+    ----------
+    res : MixedResults
+    endog : array_like
+        One value per row of the fit (``res.nobs`` rows, after dropped rows), in the model's
+        response scale: for a binomial model the proportions (or, for a ``cbind(s, f)`` or
+        ``weights=`` model, a two-column array of successes and failures with the same
+        totals); for a clmm the category codes as :meth:`simulate` gives them.
+    **fit_kwargs
+        Passed to the model's ``fit``.
+
+    Returns
+    -------
+    MixedResults
+    """
+    r = _raw(res)
+    model = r.model
+    old = np.asarray(model.endog, dtype=float)
+    y = np.asarray(endog, dtype=float)
+    if y.ndim == 2 and y.shape[1] == 2 and old.ndim == 1 and _is_binomial(model):
+        trials = y.sum(axis=1)
+        if not np.allclose(trials, model.weights):
+            raise ValueError("the successes and failures must add up to the fit's numbers of "
+                             "trials (the binomial weights); refit changes the response only")
+        y = np.divide(y[:, 0], trials, out=np.zeros(len(y)), where=trials > 0)
+    if y.ndim == 2 and y.shape[1] == 1 and old.ndim == 1:
+        y = y[:, 0]
+    if y.shape != old.shape:
+        raise ValueError(f"endog has shape {y.shape}; the fit's response has shape {old.shape} "
+                         f"(one value per row used in the fit)")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("endog has missing or non-finite values; refit keeps the rows of the fit")
+    kw = _fit_kwargs(r)
+    if _is_lmm(r):
+        kw["start_params"] = r.theta
+    kw.update(fit_kwargs)
+    return _rebuild_model(model, endog=y).fit(**kw)
+
+
+def _is_binomial(model):
+    return type(getattr(model, "family", None)).__name__ == "Binomial"
+
+
 def _ml_fit(res):
     """The ML fit of a model (itself when it is not a REML fit); cached."""
     r = _raw(res)

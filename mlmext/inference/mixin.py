@@ -7,6 +7,7 @@ from ._common import _fe_names
 from .allfit import allfit
 from .ddf import kenward_roger, params_table_ddf, satterthwaite, t_test_ddf
 from .diagnostics import check_convergence, cooks_distance, influence
+from ._refit import refit
 from .intervals import _wald_conf_int, bootstrap, conf_int_boot, conf_int_profile, profile
 from .simulation import power_sim, simulate
 from .variance_explained import icc, r2_nakagawa, r2_snijders_bosker
@@ -150,6 +151,10 @@ class InferenceMixin:
         if m in ("snijders-bosker", "sb"):
             return r2_snijders_bosker(self, **kwargs)
         raise ValueError("method must be 'nakagawa' or 'snijders-bosker'")
+
+    def refit(self, endog, **fit_kwargs):
+        """The model refitted to a new response; see :func:`mlmext.inference.refit`."""
+        return refit(self, endog, **fit_kwargs)
 
     def simulate(self, nsim=1, seed=None, re=True, use_u=False):
         """Simulated responses; see :func:`mlmext.inference.simulate`."""
