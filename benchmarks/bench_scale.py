@@ -31,6 +31,9 @@ packages, so a burst of load on this shared machine does not hit one package's r
 Data are generated or read in the parent, stored in an .npz, and loaded in the child before
 any timing; imports happen before timing too.  Each child first fits the same model to its
 first ``--warmup`` rows (untimed), so lazy imports inside a package are not timed.
+Threads: each library's own setting unless ``--threads N`` (mlmext limits OpenBLAS to one
+thread during fits of small dense parts; glmm and mixedlm may use threads of their own); the
+second table shows CPU time / wall time of each best fit.
 
 * "formula to results" (all fit rows): from the formula string and the in-memory pandas
   DataFrame to the fixed effects, their standard errors and the log-likelihood as floats:
@@ -324,7 +327,9 @@ def agreement(res):
     for pkg, r in res.items():
         if r is None or r.get("fe") is None:
             continue
+        cpu = r.get("cpu_seconds")
         row = {"package": pkg, "rss_data": fmt_mem(r.get("rss_data_mb")),
+               "cpu/wall": f"{cpu / r['seconds']:.2f}" if cpu is not None and r.get("seconds") else "",
                "build": fmt_time(r.get("build_seconds")) if pkg == "mlmext" else ""}
         if pkg != "mlmext" and ours is not None and ours.get("fe") is not None:
             a, b, se = (np.asarray(v, float) for v in (r["fe"], ours["fe"], ours["se"]))
@@ -358,11 +363,18 @@ def main(argv=None):
                     help="glmm.fit's defaults on LMMs (Satterthwaite df, Hessian SEs)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per child process")
     ap.add_argument("--json", help="also write the raw results to this file")
+    ap.add_argument("--threads", type=int,
+                    help="OPENBLAS/OMP/MKL/RAYON_NUM_THREADS for every package's process "
+                         "(default: each library's own setting, as a user gets it)")
     args = ap.parse_args(argv)
 
     env_ours = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [CODE, HERE] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     env_peer = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLMEXT_CODE")}
+    if args.threads:
+        for env in (env_ours, env_peer):
+            env.update({k: str(args.threads) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                        "MKL_NUM_THREADS", "RAYON_NUM_THREADS")})
     pythons = {}
     for pkg in args.packages:
         py, env = (args.peers_python, env_peer) if pkg in PEERS else (sys.executable, env_ours)
@@ -374,7 +386,7 @@ def main(argv=None):
 
     print(f"mlmext scale benchmark (issue 14): best of {args.rounds} processes per cell "
           f"(x{args.small_repeats} fits per process on sleepstudy); time = formula to results, "
-          f"peak RSS of the process")
+          f"peak RSS of the process; threads: {args.threads or 'library defaults'}")
     print(f"{platform.node()} {platform.machine()} nproc={os.cpu_count()} "
           f"loadavg={' '.join(f'{v:.1f}' for v in os.getloadavg())} {time.strftime('%Y-%m-%d %H:%M')}")
     rows, raw = [], []
@@ -430,7 +442,8 @@ def main(argv=None):
     with pd.option_context("display.width", 250, "display.max_colwidth", 60, "display.max_columns", 20):
         print(pd.DataFrame(table).to_string(index=False))
         print("\nSame work? Each package against mlmext (max |fixed effect difference| / mlmext's SE; "
-              "llf difference, REML criterion on REML fits); mlmext's build step; RSS before the fit.")
+              "llf difference, REML criterion on REML fits); mlmext's build step; RSS before the fit; "
+              "CPU time / wall time of the best fit (above 1: threads).")
         agree = []
         for label, n, mode, res in rows:
             if mode != "fit":
