@@ -13,7 +13,6 @@ package are not timed; 0: none).
 """
 import gc
 import json
-import os
 import resource
 import sys
 import time

@@ -50,7 +50,8 @@ second table shows CPU time / wall time of each best fit.
     Binomial())``, then ``fixef()``, ``sqrt(diag(vcov()))``, ``logLik()``.
   - statsmodels: ``smf.mixedlm(fixed, df, groups=..., re_formula=...).fit(reml=...)``, then
     ``fe_params``, ``bse_fe``, ``llf``.
-  Best of ``--rounds`` processes; the ms-scale sleepstudy rows take the best of
+  Best of ``--rounds`` processes (a package whose fit took over ``--max-repeat-seconds`` is
+  not run again for that row); the ms-scale sleepstudy rows take the best of
   ``--small-repeats`` fits in each process as well.
 * "model build only": mlmext's ``mf.lmer(formula, df)`` (formula to a model ready to fit).
 * "refit(new_y), per refit": one fitted design refitted to ``--refits`` simulated responses of
@@ -362,6 +363,9 @@ def main(argv=None):
     ap.add_argument("--glmm-defaults", action="store_true",
                     help="glmm.fit's defaults on LMMs (Satterthwaite df, Hessian SEs)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per child process")
+    ap.add_argument("--max-repeat-seconds", type=float, default=240.0,
+                    help="a package whose fit took longer than this is not run again for that row")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every process's result")
     ap.add_argument("--json", help="also write the raw results to this file")
     ap.add_argument("--threads", type=int,
                     help="OPENBLAS/OMP/MKL/RAYON_NUM_THREADS for every package's process "
@@ -392,7 +396,8 @@ def main(argv=None):
     rows, raw = [], []
     with tempfile.TemporaryDirectory() as tmp:
         frames = {}
-        for label, key, spec, opt in todo:
+        # the quick rows first (their results are in hand early), the table in the order
+        for idx, (label, key, spec, opt) in sorted(enumerate(todo), key=lambda t: bool(t[1][3].get("large"))):
             if key not in frames:
                 path = os.path.join(tmp, key + ".npz")
                 data = DATA[key](args)
@@ -405,18 +410,27 @@ def main(argv=None):
             res = {p: None for p in pkgs}
             for _ in range(args.rounds):
                 for pkg in pkgs:
-                    if res[pkg] is not None and res[pkg].get("seconds") is None:
-                        continue                  # timed out or failed: not again
+                    if res[pkg] is not None and (res[pkg].get("seconds") is None
+                                                 or res[pkg]["seconds"] > args.max_repeat_seconds):
+                        continue                  # timed out, failed, or too slow to repeat
                     py, env = pythons[pkg]
                     s = dict(spec, package=pkg, data=path, rounds=opt.get("inner", 1),
                              glmm_defaults=args.glmm_defaults,
                              warmup=args.warmup if n > 4 * args.warmup else 0)
                     if spec["mode"] == "refit":
                         s["rounds"] = 1
-                    res[pkg] = merge(res[pkg], run_child(py, s, env, args.timeout, tmp))
-            raw.append({"model": label, "rows": n, "results": res})
-            rows.append((label, n, spec["mode"], res))
+                    one = run_child(py, s, env, args.timeout, tmp)
+                    res[pkg] = merge(res[pkg], one)
+                    if args.verbose:
+                        print(f"    {label} | {pkg}: {fmt_time(one.get('seconds')) if one.get('seconds') else one.get('note')}"
+                              f" peak {fmt_mem(one.get('rss_peak_mb'))}", flush=True)
+            raw.append({"model": label, "rows": n, "order": idx, "results": res})
+            rows.append((idx, label, n, spec["mode"], res))
             print_row_progress(label, res)
+            if args.json:
+                with open(args.json, "w") as fh:
+                    json.dump(raw, fh, indent=1, default=float)
+        rows = [r[1:] for r in sorted(rows, key=lambda r: r[0])]
         versions = {}
         for entry in raw:
             for pkg, r in entry["results"].items():
@@ -451,9 +465,6 @@ def main(argv=None):
             for r in agreement(res):
                 agree.append({"model": label[:40], **r})
         print(pd.DataFrame(agree).fillna("").to_string(index=False))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(raw, fh, indent=1, default=float)
 
 
 def print_row_progress(label, res):
