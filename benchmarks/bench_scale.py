@@ -304,7 +304,7 @@ def fmt_time(s):
 def fmt_mem(mb):
     if mb is None:
         return ""
-    return f"{mb / 1024:.2f} GB" if mb >= 1000 else f"{mb:.0f} MB"
+    return f"{mb / 1024:.2f} GiB" if mb >= 1000 else f"{mb:.0f} MiB"
 
 
 def cell(r, mode):
