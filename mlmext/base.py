@@ -24,7 +24,7 @@ from statsmodels.base.model import LikelihoodModel
 from ._args import reject_unknown
 from ._frames import as_dataframe
 from .design import match_levels
-from .frame import build_model_frame, display_name, evaluate, formula_manager, names_in
+from .frame import FixedParts, build_model_frame, display_name, evaluate, formula_manager, names_in
 from .laplace import make_chol
 
 __all__ = ["MixedModel", "cbind", "drop_rank_deficient"]
@@ -152,7 +152,7 @@ class MixedModel(LikelihoodModel):
         env = caller_namespace(eval_env + 1) if isinstance(eval_env, int) else eval_env
         frame = build_model_frame(formula, data, subset=subset, weights=weights, offset=offset,
                                   missing=missing, env=env, fixed_matrices=cls._fixed_matrices,
-                                  mgr=formula_manager())
+                                  mgr=formula_manager(), fixed_parts=cls._one_pass_parts())
         info = frame.info
         y, X = cls._prepare_endog_exog(frame.y, frame.X, info["data"], info)
         mod = cls(y, X, frame.design, weights=frame.weights, offset=frame.offset,
@@ -169,6 +169,19 @@ class MixedModel(LikelihoodModel):
     def _fixed_matrices(cls, mgr, parsed, data, env):
         y_df, X_df = evaluate(mgr, parsed.fixed_formula, data, env, f"the fixed-effects formula {parsed.fixed_formula!r}")
         return y_df, X_df
+
+    @classmethod
+    def _fixed_parts(cls, parsed):
+        """What :meth:`_fixed_matrices` evaluates, for the one-pass build: ``response ~ rhs``."""
+        return FixedParts(parsed.fixed_formula)
+
+    @classmethod
+    def _one_pass_parts(cls):
+        """``_fixed_parts`` when the class that defines it also defines ``_fixed_matrices`` (a
+        subclass overriding only ``_fixed_matrices`` gets the generic path)."""
+        def owner(name):
+            return next(k for k in cls.__mro__ if name in k.__dict__)
+        return cls._fixed_parts if owner("_fixed_parts") is owner("_fixed_matrices") else None
 
     @classmethod
     def _prepare_endog_exog(cls, y, X, data, info):

@@ -11,7 +11,7 @@ from .._args import reject_unknown
 from .._blas import blas_threads
 from .._frames import as_dataframe
 from ..base import MixedModel, drop_rank_deficient
-from ..frame import display_name, evaluate, parse_formula
+from ..frame import FixedParts, display_name, evaluate, parse_formula
 from ..objective import MixedParams
 from ..optimize import jacobian
 from .clm import _jacobians
@@ -151,6 +151,11 @@ class OrdinalMixedModel(MixedModel):
         X_df = evaluate(mgr, f"~ {rhs}", data, env, f"the fixed-effects formula {rhs!r}")
         y_df = data[[resp]].dropna()
         return y_df, X_df
+
+    @classmethod
+    def _fixed_parts(cls, parsed):
+        rhs = parsed.fixed_rhs.strip() or "1"
+        return FixedParts(f"~ {rhs}", response_column=display_name(parsed.response))
 
     @classmethod
     def _prepare_endog_exog(cls, y, X, data, info):
