@@ -348,28 +348,76 @@ class _ModuleRef:
         return (importlib.import_module, (self.name,))
 
 
-def drop_rank_deficient(X, tol=1e-7):
-    """Drop columns of a rank-deficient fixed-effects design, warning as lme4 does.
+def _r_factor(A, block=8192):
+    """The R of a QR decomposition of ``A`` (its columns' inner products, in min(n, p) rows),
+    by blocks of rows (TSQR): LAPACK's QR of a tall matrix in one piece is slow."""
+    n = A.shape[0]
+    if n <= 2 * block:
+        return np.linalg.qr(A, mode="r")
+    Rs = [np.linalg.qr(A[i:i + block], mode="r") for i in range(0, n, block)]
+    return np.linalg.qr(np.vstack(Rs), mode="r")
 
-    Columns are taken in order and a column is dropped when it lies (to
-    ``tol``, relative to its norm) in the span of the columns kept before it,
-    so the later of two collinear columns goes, as in lme4.
-    """
-    A = X.to_numpy(dtype=float)
-    if A.shape[1] == 0:
-        return X
-    if not np.all(np.isfinite(A)):
-        raise ValueError("the fixed-effects design has non-finite values")
-    Q = np.zeros((A.shape[0], 0))
+
+def _kept_in_order(V, tol):
+    """Columns of ``V`` kept by Gram-Schmidt in column order: a column goes when its residual
+    on the columns kept before it is at most ``tol`` times its norm (or it is zero)."""
+    Q = np.zeros((V.shape[0], 0))
     keep = []
-    for j in range(A.shape[1]):
-        v = A[:, j].copy()
+    for j in range(V.shape[1]):
+        v = V[:, j].copy()
         nv = np.linalg.norm(v)
         for _ in range(2):                      # Gram-Schmidt with reorthogonalization
             v -= Q @ (Q.T @ v)
         if nv > 0 and np.linalg.norm(v) > tol * nv:
             Q = np.column_stack([Q, v / np.linalg.norm(v)])
             keep.append(j)
+    return keep
+
+
+def _all_independent(A, tol):
+    """Whether every column of ``A`` is certainly kept: from the Cholesky factor of the
+    column-scaled cross-product, each column's residual ratio (its diagonal) exceeds ``tol``
+    by more than the factor's rounding error, bounded through the column's coefficients on
+    the columns before it."""
+    G = A.T @ A
+    d = np.diag(G)
+    if not np.all(np.isfinite(G)) or not np.all(d > 0):
+        return False
+    s = 1.0 / np.sqrt(d)
+    try:
+        R = np.linalg.cholesky(G * s[:, None] * s[None, :]).T
+    except np.linalg.LinAlgError:
+        return False
+    r = np.diag(R)
+    if not np.all(r > 0):
+        return False
+    p = len(r)
+    # coefficients of column j on the columns before it: -R_jj * (R^-1)[:j, j]
+    Rinv = np.linalg.solve(R, np.eye(p)) if p > 1 else 1.0 / R
+    coef = np.abs(np.triu(Rinv, 1)).sum(axis=0) * r
+    err = 8 * p * np.finfo(float).eps * (1.0 + coef) ** 2
+    return bool(np.all(r * r - err > 4 * tol * tol))
+
+
+def drop_rank_deficient(X, tol=1e-7):
+    """Drop columns of a rank-deficient fixed-effects design, warning as lme4 does.
+
+    Columns are taken in order and a column is dropped when it lies (to
+    ``tol``, relative to its norm) in the span of the columns kept before it,
+    so the later of two collinear columns goes, as in lme4.
+
+    One cross-product and its Cholesky factor decide a design whose columns are clearly
+    independent (the usual case); otherwise Gram-Schmidt runs on the R of a QR
+    decomposition of the design, whose columns have the design's inner products.
+    """
+    A = X.to_numpy(dtype=float)
+    if A.shape[1] == 0:
+        return X
+    if not np.all(np.isfinite(A)):
+        raise ValueError("the fixed-effects design has non-finite values")
+    if _all_independent(A, tol):
+        return X
+    keep = _kept_in_order(_r_factor(A), tol)
     if len(keep) == A.shape[1]:
         return X
     dropped = [X.columns[j] for j in range(A.shape[1]) if j not in keep]

@@ -314,3 +314,50 @@ def test_model_data_holds_the_used_columns():
     assert list(data["f"].cat.categories) == ["a", "b", "c"]
     res = m.fit()
     assert np.allclose(res.predict(data), res.fittedvalues)
+
+
+def _gram_schmidt_keep(A, tol=1e-7):
+    """The columns drop_rank_deficient kept before it decided from one factorization."""
+    Q = np.zeros((A.shape[0], 0))
+    keep = []
+    for j in range(A.shape[1]):
+        v = A[:, j].copy()
+        nv = np.linalg.norm(v)
+        for _ in range(2):
+            v -= Q @ (Q.T @ v)
+        if nv > 0 and np.linalg.norm(v) > tol * nv:
+            Q = np.column_stack([Q, v / np.linalg.norm(v)])
+            keep.append(j)
+    return keep
+
+
+def test_drop_rank_deficient_same_decisions():
+    """Random designs, independent, collinear, nearly collinear (around the tolerance), with
+    zero columns, dummies with an intercept, badly scaled polynomials: the same columns kept."""
+    from mlmext.base import drop_rank_deficient
+    rng = np.random.default_rng(11)
+    for _ in range(600):
+        n = int(rng.choice([3, 5, 20, 200, 20000]))
+        p = int(rng.integers(1, 8))
+        A = rng.normal(size=(n, p)) * 10.0 ** rng.integers(-8, 9, size=p)
+        kind = rng.integers(0, 6)
+        if kind == 1 and p > 1:
+            j = rng.integers(1, p)
+            A[:, j] = A[:, :j] @ rng.normal(size=j)
+        elif kind == 2 and p > 1:
+            j = rng.integers(1, p)
+            A[:, j] = A[:, :j] @ rng.normal(size=j) + rng.normal(size=n) * \
+                10.0 ** rng.uniform(-10, -4) * np.linalg.norm(A[:, j]) / np.sqrt(n)
+        elif kind == 3:
+            A[:, rng.integers(0, p)] = 0.0
+        elif kind == 4:
+            g = rng.integers(0, p, size=n)
+            A = np.column_stack([np.ones(n)] + [(g == k).astype(float) for k in range(p)])
+        elif kind == 5:
+            x = rng.uniform(1000, 1010, size=n)
+            A = np.column_stack([np.ones(n)] + [x ** k for k in range(1, p + 1)])
+        X = pd.DataFrame(A, columns=[f"c{i}" for i in range(A.shape[1])])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            kept = [int(c[1:]) for c in drop_rank_deficient(X).columns]
+        assert kept == _gram_schmidt_keep(A), (n, p, kind)
