@@ -99,15 +99,23 @@ def _level_label(key):
 
 def _factor_codes(values, name):
     """Integer codes, level keys and kind for one grouping column, in R's level order."""
-    s = pd.Series(values)
-    if isinstance(s.dtype, pd.CategoricalDtype):
-        s = s.cat.remove_unused_categories()
-    codes, keys, kind = column_keys(s, name)
-    if not isinstance(s.dtype, pd.CategoricalDtype):
-        # merge keys that are equal by value (1 and 1.0 in one object column) and sort
-        merged, uniq = pd.factorize(pd.Series(keys, dtype=object), sort=True)
-        codes = np.where(codes >= 0, merged[np.maximum(codes, 0)], -1)
-        keys = np.asarray(uniq, dtype=object)
+    if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+        # the categories in their order, unused ones dropped (R's drop.unused.levels)
+        cat = values.array if isinstance(values, pd.Series) else pd.Categorical(values)
+        codes = np.asarray(cat.codes, dtype=np.int64)
+        cats = cat.categories
+        used = np.bincount(codes[codes >= 0], minlength=len(cats)) > 0
+        if not used.all():
+            new = np.cumsum(used) - 1
+            codes = np.where(codes >= 0, new[np.maximum(codes, 0)], -1)
+            cats = cats[used]
+        keys, kind = _normalize_keys(cats.to_numpy(dtype=object), name)
+        return codes, list(keys), kind
+    codes, keys, kind = column_keys(values, name)
+    # merge keys that are equal by value (1 and 1.0 in one object column) and sort
+    merged, uniq = pd.factorize(pd.Series(keys, dtype=object), sort=True)
+    codes = np.where(codes >= 0, merged[np.maximum(codes, 0)], -1)
+    keys = np.asarray(uniq, dtype=object)
     return codes.astype(np.int64), list(keys), kind
 
 
