@@ -116,6 +116,14 @@ def _numeric_part(y_df):
     return y_df[num].to_numpy(dtype=float) if num else np.zeros((0, 1))
 
 
+def _nonfinite_columns(A):
+    """Per column of ``A``: has it a non-finite value?  (Column sums first: finite sums, the
+    usual case, need no n x p mask.)"""
+    if A.shape[0] == 0 or np.all(np.isfinite(A.sum(axis=0))):
+        return np.zeros(A.shape[1], dtype=bool)
+    return (~np.isfinite(A)).any(axis=0)
+
+
 def _check_finite(y_num, X, xnames, lhs, parsed):
     """Infinite values are not missing (R's lm: "NA/NaN/Inf in 'y'"): name where they are."""
     bad = ~np.isfinite(y_num)
@@ -124,12 +132,12 @@ def _check_finite(y_num, X, xnames, lhs, parsed):
         raise ValueError(f"the response {display_name(parsed.response)!r} has {rows.size} infinite "
                          f"value(s) (first at row {int(rows[0])}); infinite values are not missing "
                          "values: remove or recode them")
-    bad_cols = [display_name(c) for c, b in zip(xnames, (~np.isfinite(X)).any(axis=0)) if b]
+    bad_cols = [display_name(c) for c, b in zip(xnames, _nonfinite_columns(X)) if b]
     if bad_cols:
         raise ValueError(f"the fixed-effects design has infinite values in column(s) {bad_cols}; "
                          "remove or recode them")
     for lhs_expr, (Z, znames, _) in lhs.items():
-        bad_cols = [display_name(c) for c, b in zip(znames, (~np.isfinite(Z)).any(axis=0)) if b]
+        bad_cols = [display_name(c) for c, b in zip(znames, _nonfinite_columns(Z)) if b]
         if bad_cols:
             bars = [b.source for b in parsed.bars if b.lhs == lhs_expr]
             raise ValueError(f"random-effects term {bars[0]} has infinite values in column(s) "
