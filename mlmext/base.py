@@ -19,6 +19,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from scipy.linalg import lapack
 from statsmodels.base.model import LikelihoodModel
 
 from ._args import reject_unknown
@@ -348,6 +349,9 @@ class _ModuleRef:
         return (importlib.import_module, (self.name,))
 
 
+_EPS = np.finfo(float).eps
+
+
 def _r_factor(A, block=8192):
     """The R of a QR decomposition of ``A`` (its columns' inner products, in min(n, p) rows),
     by blocks of rows (TSQR): LAPACK's QR of a tall matrix in one piece is slow."""
@@ -380,23 +384,21 @@ def _all_independent(A, tol):
     by more than the factor's rounding error, bounded through the column's coefficients on
     the columns before it."""
     G = A.T @ A
-    d = np.diag(G)
-    if not np.all(np.isfinite(G)) or not np.all(d > 0):
+    d = G.diagonal()
+    if not (np.isfinite(G).all() and (d > 0).all()):
         return False
     s = 1.0 / np.sqrt(d)
-    try:
-        R = np.linalg.cholesky(G * s[:, None] * s[None, :]).T
-    except np.linalg.LinAlgError:
+    R, info = lapack.dpotrf(G * s[:, None] * s[None, :], lower=0)     # LAPACK: no overhead
+    if info != 0:
         return False
-    r = np.diag(R)
-    if not np.all(r > 0):
+    r = R.diagonal()
+    Rinv, info = lapack.dtrtri(R, lower=0)
+    if info != 0:
         return False
-    p = len(r)
     # coefficients of column j on the columns before it: -R_jj * (R^-1)[:j, j]
-    Rinv = np.linalg.solve(R, np.eye(p)) if p > 1 else 1.0 / R
-    coef = np.abs(np.triu(Rinv, 1)).sum(axis=0) * r
-    err = 8 * p * np.finfo(float).eps * (1.0 + coef) ** 2
-    return bool(np.all(r * r - err > 4 * tol * tol))
+    coef = (np.abs(Rinv).sum(axis=0) - np.abs(Rinv.diagonal())) * r
+    err = 8 * len(r) * _EPS * (1.0 + coef) ** 2
+    return bool((r * r - err > 4 * tol * tol).all())
 
 
 def drop_rank_deficient(X, tol=1e-7):

@@ -12,6 +12,7 @@ names the results show.
 from __future__ import annotations
 
 import difflib
+import functools
 import keyword
 import re
 
@@ -83,10 +84,15 @@ def display_name(name):
 
 def names_in(expr):
     """Identifiers an expression uses (quoted names included), in order."""
+    return list(_names_in(expr))
+
+
+@functools.lru_cache(maxsize=1024)
+def _names_in(expr):
     names = [m.group(2) or m.group(3) for m in _QUOTED.finditer(expr)]
     stripped = _QUOTED.sub(" ", re.sub(r"(['\"]).*?\1", " ", expr))
     names += [t for t in _IDENT_RUN.findall(stripped) if not t[0].isdigit()]
-    return list(dict.fromkeys(names))
+    return tuple(dict.fromkeys(names))
 
 
 def _resolves(dotted, env):

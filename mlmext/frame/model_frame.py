@@ -165,11 +165,11 @@ def _check_terms_have_columns(mgr, spec, where, data):
                          "needs at least 2 levels (remove the term)")
 
 
-def _check_column_types(parsed, data):
+def _check_column_types(parsed, dtypes):
     """Columns the formula engine would read wrongly: a datetime becomes one level per date."""
     exprs = [parsed.fixed_rhs] + [b.lhs for b in parsed.bars] + list(parsed.offsets)
     for name in dict.fromkeys(n for e in exprs for n in names_in(e)):
-        if name in data.columns and data[name].dtype.kind in "Mm":
+        if name in dtypes and dtypes[name].kind in "Mm":
             raise ValueError(f"column {name!r} holds dates or times; a formula needs numbers: "
                              f"convert it, e.g. (data[{name!r}] - data[{name!r}].min()).dt.days")
 
@@ -207,10 +207,11 @@ def _used_columns(parsed, data, weights, offset):
     return [c for c in data.columns if str(c) in names]
 
 
-def _model_data(data, used, kept, resp_col):
+def _model_data(data, used, kept, resp_col, dtypes):
     """The model frame kept for predictions: the used columns on the rows kept, a RangeIndex,
     unused categories dropped (the response's kept)."""
-    frame = data if len(used) == data.shape[1] else data[used]
+    frame = data if len(used) == data.shape[1] else \
+        data.take([data.columns.get_loc(c) for c in used], axis=1)      # data[used], faster
     if kept is not None:
         frame = frame.take(kept)
     idx = frame.index
@@ -218,7 +219,9 @@ def _model_data(data, used, kept, resp_col):
         frame = frame.reset_index(drop=True)
     elif frame is data:
         frame = data.copy(deep=False)
-    frame, _ = drop_unused_categories(frame, resp_col)
+    cats = [c for c in used if isinstance(dtypes[c], pd.CategoricalDtype)]
+    if cats:
+        frame, _ = drop_unused_categories(frame, resp_col, cats)
     return frame
 
 
@@ -265,7 +268,8 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     engine = getattr(mgr, "engine", "patsy")
     formula_q = quote_names(formula, data.columns, engine)
     parsed = parse_formula(formula_q)
-    _check_column_types(parsed, data)
+    dtypes = dict(zip(data.columns, data.dtypes))
+    _check_column_types(parsed, dtypes)
     for bar in parsed.bars:
         for f in bar.factors:
             if f not in data.columns:
@@ -293,7 +297,7 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
                                  missing, resp_col)
     used = _used_columns(parsed, data, weights, offset)
     if pieces.frame is None:
-        sub = _model_data(data, used, pieces.kept, resp_col)
+        sub = _model_data(data, used, pieces.kept, resp_col, dtypes)
     else:
         sub = pieces.frame if len(used) == pieces.frame.shape[1] else pieces.frame[used]
     kept, n_missing, n_zero = pieces.kept, pieces.n_missing, pieces.n_zero

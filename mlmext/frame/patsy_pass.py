@@ -290,13 +290,15 @@ class ColumnStore:
         self.pandas = pandas
         self.values = {}
         self.nrows = len(data) if rows is None else len(rows)
+        # patsy looks every name up here first (np, C, ...): a set answers faster than an Index
+        self.labels = set(data.columns)
 
     def __getitem__(self, key):
         v = self.values.get(key, _MISSING) if isinstance(key, str) else _MISSING
         if v is not _MISSING:
             return v
         try:
-            present = key in self.data.columns
+            present = key in self.labels
         except TypeError:
             present = False
         if not present:

@@ -81,14 +81,16 @@ def _complete_rows(pieces, data, parsed, extra):
     return keep.sort_values()
 
 
-def drop_unused_categories(df, keep_cols=()):
+def drop_unused_categories(df, keep_cols=(), columns=None):
     """``df`` with unused categories of its categorical columns removed (R's drop.unused.levels).
 
     Columns in ``keep_cols`` (the response) are left to the model, which warns about its
     unused categories (an ordinal response) or reads them (a binomial factor response).
+    ``columns``: the only columns to look at (default: all).
     """
     changed = {}
-    for c, dt in zip(df.columns, df.dtypes):
+    pairs = zip(df.columns, df.dtypes) if columns is None else ((c, df[c].dtype) for c in columns)
+    for c, dt in pairs:
         if c in keep_cols or not isinstance(dt, pd.CategoricalDtype):
             continue
         s = df[c]
@@ -101,6 +103,18 @@ def drop_unused_categories(df, keep_cols=()):
     for c, s in changed.items():
         df[c] = s
     return df, True
+
+
+def _isna(s):
+    """``s.isna()`` as an array, None when the dtype holds no missing value."""
+    dt = s.dtype
+    if isinstance(dt, pd.CategoricalDtype):
+        return np.asarray(s.array.codes) < 0
+    if isinstance(dt, np.dtype) and dt.kind in "iub":
+        return None
+    if isinstance(dt, np.dtype) and dt.kind == "f":
+        return np.isnan(s.to_numpy())
+    return s.isna().to_numpy()
 
 
 def generic_pieces(mgr, parsed, data, env, fixed_matrices, w_all, off_all, missing, resp_col):
@@ -157,8 +171,9 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
     # rows missing something outside the engine: a grouping factor, a weight, an offset
     other = None
     for f in gf_cols:
-        m = data[f].isna().to_numpy()
-        other = m if other is None else other | m
+        m = _isna(data[f])
+        if m is not None:
+            other = m if other is None else other | m
     for arr in (w_all, off_all):
         if arr is not None:
             m = ~np.isfinite(arr)
