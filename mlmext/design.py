@@ -184,7 +184,7 @@ def grouping_factor(data, factors):
         raise ValueError(f"the grouping factor {':'.join(factors)} has two levels labelled {dup!r} "
                          "(labels containing ':' are ambiguous in an interaction); replace ':' in "
                          "the labels of " + ", ".join(repr(f) for f in factors))
-    return codes.astype(np.int64), labels, keys, tuple(kinds)
+    return codes.astype(np.int64, copy=False), labels, keys, tuple(kinds)
 
 
 def match_levels(data, term):

@@ -124,6 +124,9 @@ def _assert_same(a, b, where="model"):
     elif isinstance(a, np.ndarray):
         assert isinstance(b, np.ndarray), where
         assert a.dtype == b.dtype, (where, a.dtype, b.dtype)
+        # the same memory layout too: products round alike
+        assert (a.flags["C_CONTIGUOUS"], a.flags["F_CONTIGUOUS"]) == \
+            (b.flags["C_CONTIGUOUS"], b.flags["F_CONTIGUOUS"]), (where, "layout")
         np.testing.assert_array_equal(a, b, err_msg=where)
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where

@@ -223,7 +223,10 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
         ys = data[fixed.response_column]
         y_df = (ys if kept is None else ys.take(kept)).reset_index(drop=True).to_frame()
         y_num = None
-    lhs = {k: (mats[i], infos[i].column_names, infos[i]) for k, i in plan.lhs.items()}
+    # column-major, as the generic path's DataFrame.to_numpy() gives them: the same layout,
+    # so that products with them round as before
+    lhs = {k: (np.asfortranarray(mats[i]), infos[i].column_names, infos[i])
+           for k, i in plan.lhs.items()}
     offs = [mats[i][:, 0] for i in plan.offsets]
     return Pieces(y=y_df, y_num=y_num, X=mats[plan.x], xnames=infos[plan.x].column_names,
                   fixed_spec=infos[plan.x], lhs=lhs, offs=offs, kept=kept,
