@@ -26,7 +26,8 @@ import numpy as np
 
 try:
     import patsy.builtins as _pb
-    from patsy.eval import _builtins_dict
+    # the names patsy adds to every formula's namespace (its own "from patsy.builtins import *")
+    _builtins_dict = {name: getattr(_pb, name) for name in _pb.__all__}
 except ImportError:  # pragma: no cover - the one-pass build needs patsy
     _pb = None
     _builtins_dict = {}

@@ -126,9 +126,8 @@ def _nonfinite_columns(A):
 
 def _check_finite(y_num, X, xnames, lhs, parsed):
     """Infinite values are not missing (R's lm: "NA/NaN/Inf in 'y'"): name where they are."""
-    bad = ~np.isfinite(y_num)
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
+    if _nonfinite_columns(y_num).any():
+        rows = np.flatnonzero((~np.isfinite(y_num)).any(axis=1))
         raise ValueError(f"the response {display_name(parsed.response)!r} has {rows.size} infinite "
                          f"value(s) (first at row {int(rows[0])}); infinite values are not missing "
                          "values: remove or recode them")

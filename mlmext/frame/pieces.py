@@ -95,7 +95,7 @@ def drop_unused_categories(df, keep_cols=(), columns=None):
             continue
         s = df[c]
         codes = np.asarray(s.array.codes)
-        if np.unique(codes[codes >= 0]).size < len(dt.categories):
+        if (np.bincount(codes[codes >= 0], minlength=len(dt.categories)) == 0).any():
             changed[c] = s.cat.remove_unused_categories()
     if not changed:
         return df, False
