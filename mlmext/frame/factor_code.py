@@ -27,12 +27,12 @@ import numpy as np
 try:
     import patsy.builtins as _pb
     # the names patsy adds to every formula's namespace (its own "from patsy.builtins import *")
-    _builtins_dict = {name: getattr(_pb, name) for name in _pb.__all__}
+    PATSY_BUILTINS = {name: getattr(_pb, name) for name in _pb.__all__}
 except ImportError:  # pragma: no cover - the one-pass build needs patsy
     _pb = None
-    _builtins_dict = {}
+    PATSY_BUILTINS = {}
 
-__all__ = ["CodeInfo", "code_info", "resolve", "kind_of", "bare_column", "MISSING"]
+__all__ = ["CodeInfo", "code_info", "resolve", "kind_of", "bare_column", "MISSING", "PATSY_BUILTINS"]
 
 _OK_NODES = (ast.Expression, ast.Load, ast.Constant, ast.BinOp, ast.UnaryOp, ast.Compare,
              ast.List, ast.Tuple, ast.keyword,
@@ -169,7 +169,7 @@ def resolve(path, columns, env):
     head = path[0]
     if head in columns:
         return "column" if len(path) == 1 else MISSING
-    for ns in (env, _builtins_dict, builtins.__dict__):
+    for ns in (env, PATSY_BUILTINS, builtins.__dict__):
         if head in ns:
             obj = ns[head]
             break

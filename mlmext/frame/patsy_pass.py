@@ -47,12 +47,13 @@ import functools
 import numpy as np
 import pandas as pd
 
-from .factor_code import MISSING as _MISSING, bare_column, code_info, kind_of, resolve
+from .factor_code import (MISSING as _MISSING, PATSY_BUILTINS, bare_column, code_info, kind_of,
+                          resolve)
 
 try:  # patsy is statsmodels' default engine; without it only the generic path exists
     from patsy.build import build_design_matrices, design_matrix_builders
     from patsy.desc import ModelDesc, Term
-    from patsy.eval import EvalEnvironment, EvalFactor
+    from patsy.eval import EvalEnvironment, EvalFactor, ast_names, replace_bare_funcalls
     from patsy.missing import NAAction
     HAVE_PATSY = True
 except ImportError:  # pragma: no cover - statsmodels installs patsy or formulaic
@@ -87,10 +88,73 @@ class FixedParts:
 
 
 # ------------------------------------------------------------------ the plan
+@functools.lru_cache(maxsize=1024)
+def _code_names(code):
+    return tuple(ast_names(code))
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_code(code):
+    return replace_bare_funcalls(code, lambda token: token)
+
+
+class QuickFactor(EvalFactor if HAVE_PATSY else object):
+    """patsy's ``EvalFactor``, whose set-up for a factor without a stateful transform reuses
+    the parse of its code: patsy tokenizes the code three times per factor and build.
+
+    The state is the one ``EvalFactor.memorize_passes_needed`` makes (no transforms, the
+    namespace subset to the code's names, the code as patsy rewrites it, no memorize pass);
+    a factor naming a stateful transform (``center``, ``bs``, ...) goes to patsy's own.
+    Equal to (and hashed as) the ``EvalFactor`` of the same code.
+    """
+
+    def memorize_passes_needed(self, state, eval_env):
+        env = eval_env.with_outer_namespace(PATSY_BUILTINS)
+        ns = env.namespace
+        names = [n for n in _code_names(self.code) if n in ns]
+        if any(hasattr(ns[n], "__patsy_stateful_transform__") for n in names):
+            return super().memorize_passes_needed(state, eval_env)
+        state["transforms"] = {}
+        state["eval_env"] = env.subset(names)
+        state["eval_code"] = _plain_code(self.code)
+        state["memorize_code"] = {}
+        state["pass_bins"] = []
+        return 0
+
+
+def _quick_agrees():
+    """Whether QuickFactor's set-up is patsy's own on this patsy (else EvalFactors are kept)."""
+    try:
+        env = EvalEnvironment([{"np": np, "k": 2.0}])
+        code = "np.log(x) + k * C(f)"
+        a, b = {}, {}
+        na = EvalFactor(code).memorize_passes_needed(a, env)
+        nb = QuickFactor(code).memorize_passes_needed(b, env)
+        same_env = all(a["eval_env"].namespace[n] is b["eval_env"].namespace[n]
+                       for n in ("np", "k", "C")) and a["eval_env"].flags == b["eval_env"].flags
+        return (na == nb and a.keys() == b.keys() and same_env
+                and all(a[k] == b[k] for k in ("transforms", "eval_code", "memorize_code",
+                                                "pass_bins")))
+    except Exception:  # noqa: BLE001 - a patsy that differs: keep its own factors
+        return False
+
+
+_QUICK = HAVE_PATSY and _quick_agrees()
+
+
+def _quick(termlist):
+    if not _QUICK:
+        return termlist
+    return [Term([QuickFactor(f.code, f.origin) if type(f) is EvalFactor else f
+                  for f in term.factors]) for term in termlist]
+
+
 @functools.lru_cache(maxsize=512)
 def _desc(text):
-    """patsy's parse of a formula (ModelDesc, Terms and EvalFactors are immutable)."""
-    return ModelDesc.from_formula(text)
+    """patsy's parse of a formula as (lhs termlist, rhs termlist), factors as QuickFactors
+    (terms and factors are immutable)."""
+    desc = ModelDesc.from_formula(text)
+    return _quick(desc.lhs_termlist), _quick(desc.rhs_termlist)
 
 
 class Plan:
@@ -146,25 +210,25 @@ def make_plan(parsed, fixed, columns, env, cbind=None):
         raise Fallback("no patsy, or a namespace / columns the one-pass build does not take")
     plan = Plan()
     try:
-        desc = _desc(fixed.formula)
+        lhs, rhs = _desc(fixed.formula)
         if fixed.response_column is None:
-            if not desc.lhs_termlist:
+            if not lhs:
                 raise Fallback("no response")
-            plan.y = plan._add(desc.lhs_termlist)
-        elif desc.lhs_termlist:
+            plan.y = plan._add(lhs)
+        elif lhs:
             raise Fallback("a response where none is expected")
-        plan.x = plan._add(desc.rhs_termlist)
+        plan.x = plan._add(rhs)
         for bar in parsed.bars:
             if bar.lhs not in plan.lhs:
-                d = _desc(bar.lhs)
-                if d.lhs_termlist:
+                lhs, rhs = _desc(bar.lhs)
+                if lhs:
                     raise Fallback("a response in a bar term")
-                plan.lhs[bar.lhs] = plan._add(d.rhs_termlist)
+                plan.lhs[bar.lhs] = plan._add(rhs)
         for expr in parsed.offsets:
-            d = _desc(f"0 + {expr}")
-            if d.lhs_termlist:
+            lhs, rhs = _desc(f"0 + {expr}")
+            if lhs:
                 raise Fallback("a response in an offset")
-            plan.offsets.append(plan._add(d.rhs_termlist))
+            plan.offsets.append(plan._add(rhs))
     except Fallback:
         raise
     except Exception as exc:  # noqa: BLE001 - a formula patsy cannot parse: the generic path says why
@@ -172,7 +236,7 @@ def make_plan(parsed, fixed, columns, env, cbind=None):
     factors = {f for tl in plan.termlists for term in tl for f in term.factors}
     plan.has_factors = bool(factors)
     for f in factors:
-        if type(f) is not EvalFactor:
+        if not isinstance(f, EvalFactor):
             raise Fallback("a factor that is not patsy code")
         info = code_info(f.code)
         if info is None:                # syntax the NumPy mode does not take
