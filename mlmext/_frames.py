@@ -51,10 +51,10 @@ def as_dataframe(data, where="data"):
     else:
         raise TypeError(f"{where} must be a table with named columns (a pandas or polars DataFrame, "
                         f"a pyarrow Table or a dict of columns); got {type(data).__name__}")
-    dup = df.columns[df.columns.duplicated()].unique().tolist()
-    if dup:
+    if not df.columns.is_unique:
+        dup = df.columns[df.columns.duplicated()].unique().tolist()
         raise ValueError(f"{where} has duplicated column names {dup}; a formula cannot tell them apart")
-    converted = {c: _numpy_backed(df[c]) for c, dt in df.dtypes.items() if _needs_conversion(dt)}
+    converted = {c: _numpy_backed(df[c]) for c, dt in zip(df.columns, df.dtypes) if _needs_conversion(dt)}
     if not converted:
         return df
     df = df.copy(deep=False)

@@ -19,12 +19,13 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from scipy.linalg import lapack
 from statsmodels.base.model import LikelihoodModel
 
 from ._args import reject_unknown
 from ._frames import as_dataframe
 from .design import match_levels
-from .frame import build_model_frame, display_name, evaluate, formula_manager, names_in
+from .frame import FixedParts, build_model_frame, display_name, evaluate, formula_manager, names_in
 from .laplace import make_chol
 
 __all__ = ["MixedModel", "cbind", "drop_rank_deficient"]
@@ -152,7 +153,7 @@ class MixedModel(LikelihoodModel):
         env = caller_namespace(eval_env + 1) if isinstance(eval_env, int) else eval_env
         frame = build_model_frame(formula, data, subset=subset, weights=weights, offset=offset,
                                   missing=missing, env=env, fixed_matrices=cls._fixed_matrices,
-                                  mgr=formula_manager())
+                                  mgr=formula_manager(), fixed_parts=cls._one_pass_parts())
         info = frame.info
         y, X = cls._prepare_endog_exog(frame.y, frame.X, info["data"], info)
         mod = cls(y, X, frame.design, weights=frame.weights, offset=frame.offset,
@@ -169,6 +170,19 @@ class MixedModel(LikelihoodModel):
     def _fixed_matrices(cls, mgr, parsed, data, env):
         y_df, X_df = evaluate(mgr, parsed.fixed_formula, data, env, f"the fixed-effects formula {parsed.fixed_formula!r}")
         return y_df, X_df
+
+    @classmethod
+    def _fixed_parts(cls, parsed):
+        """What :meth:`_fixed_matrices` evaluates, for the one-pass build: ``response ~ rhs``."""
+        return FixedParts(parsed.fixed_formula)
+
+    @classmethod
+    def _one_pass_parts(cls):
+        """``_fixed_parts`` when the class that defines it also defines ``_fixed_matrices`` (a
+        subclass overriding only ``_fixed_matrices`` gets the generic path)."""
+        def owner(name):
+            return next(k for k in cls.__mro__ if name in k.__dict__)
+        return cls._fixed_parts if owner("_fixed_parts") is owner("_fixed_matrices") else None
 
     @classmethod
     def _prepare_endog_exog(cls, y, X, data, info):
@@ -335,28 +349,77 @@ class _ModuleRef:
         return (importlib.import_module, (self.name,))
 
 
-def drop_rank_deficient(X, tol=1e-7):
-    """Drop columns of a rank-deficient fixed-effects design, warning as lme4 does.
+_EPS = np.finfo(float).eps
 
-    Columns are taken in order and a column is dropped when it lies (to
-    ``tol``, relative to its norm) in the span of the columns kept before it,
-    so the later of two collinear columns goes, as in lme4.
-    """
-    A = X.to_numpy(dtype=float)
-    if A.shape[1] == 0:
-        return X
-    if not np.all(np.isfinite(A)):
-        raise ValueError("the fixed-effects design has non-finite values")
-    Q = np.zeros((A.shape[0], 0))
+
+def _r_factor(A, block=8192):
+    """The R of a QR decomposition of ``A`` (its columns' inner products, in min(n, p) rows),
+    by blocks of rows (TSQR): LAPACK's QR of a tall matrix in one piece is slow."""
+    n = A.shape[0]
+    if n <= 2 * block:
+        return np.linalg.qr(A, mode="r")
+    Rs = [np.linalg.qr(A[i:i + block], mode="r") for i in range(0, n, block)]
+    return np.linalg.qr(np.vstack(Rs), mode="r")
+
+
+def _kept_in_order(V, tol):
+    """Columns of ``V`` kept by Gram-Schmidt in column order: a column goes when its residual
+    on the columns kept before it is at most ``tol`` times its norm (or it is zero)."""
+    Q = np.zeros((V.shape[0], 0))
     keep = []
-    for j in range(A.shape[1]):
-        v = A[:, j].copy()
+    for j in range(V.shape[1]):
+        v = V[:, j].copy()
         nv = np.linalg.norm(v)
         for _ in range(2):                      # Gram-Schmidt with reorthogonalization
             v -= Q @ (Q.T @ v)
         if nv > 0 and np.linalg.norm(v) > tol * nv:
             Q = np.column_stack([Q, v / np.linalg.norm(v)])
             keep.append(j)
+    return keep
+
+
+def _all_independent(A, tol):
+    """Whether every column of ``A`` is certainly kept: from the Cholesky factor of the
+    column-scaled cross-product, each column's residual ratio (its diagonal) exceeds ``tol``
+    by more than the factor's rounding error, bounded through the column's coefficients on
+    the columns before it."""
+    G = A.T @ A
+    d = G.diagonal()
+    if not (np.isfinite(G).all() and (d > 0).all()):
+        return False
+    s = 1.0 / np.sqrt(d)
+    R, info = lapack.dpotrf(G * s[:, None] * s[None, :], lower=0)     # LAPACK: no overhead
+    if info != 0:
+        return False
+    r = R.diagonal()
+    Rinv, info = lapack.dtrtri(R, lower=0)
+    if info != 0:
+        return False
+    # coefficients of column j on the columns before it: -R_jj * (R^-1)[:j, j]
+    coef = (np.abs(Rinv).sum(axis=0) - np.abs(Rinv.diagonal())) * r
+    err = 8 * len(r) * _EPS * (1.0 + coef) ** 2
+    return bool((r * r - err > 4 * tol * tol).all())
+
+
+def drop_rank_deficient(X, tol=1e-7):
+    """Drop columns of a rank-deficient fixed-effects design, warning as lme4 does.
+
+    Columns are taken in order and a column is dropped when it lies (to
+    ``tol``, relative to its norm) in the span of the columns kept before it,
+    so the later of two collinear columns goes, as in lme4.
+
+    One cross-product and its Cholesky factor decide a design whose columns are clearly
+    independent (the usual case); otherwise Gram-Schmidt runs on the R of a QR
+    decomposition of the design, whose columns have the design's inner products.
+    """
+    A = X.to_numpy(dtype=float)
+    if A.shape[1] == 0:
+        return X
+    if not np.all(np.isfinite(A)):
+        raise ValueError("the fixed-effects design has non-finite values")
+    if _all_independent(A, tol):
+        return X
+    keep = _kept_in_order(_r_factor(A), tol)
     if len(keep) == A.shape[1]:
         return X
     dropped = [X.columns[j] for j in range(A.shape[1]) if j not in keep]

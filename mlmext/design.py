@@ -50,6 +50,21 @@ def _normalize_keys(values, name):
     and strings raises: ``1`` and ``"1"`` would otherwise be merged or split
     depending on how they print.
     """
+    types = set(map(type, values))
+    if types and all(t is str for t in types):
+        return np.array(values, dtype=object), "string"
+    if types and all(issubclass(t, (int, float, np.integer, np.floating))
+                     and not issubclass(t, (bool, np.bool_)) for t in types):
+        try:
+            f = np.asarray(values, dtype=float)
+        except OverflowError:
+            f = None
+        if f is not None:                # the loop's float(v), None for NaN, in one pass
+            out = np.array(f.tolist(), dtype=object)
+            nan = np.isnan(f)
+            if nan.any():
+                out[nan] = None
+            return out, "number"
     out = np.empty(len(values), dtype=object)
     kinds = set()
     for i, v in enumerate(values):
@@ -97,17 +112,39 @@ def _level_label(key):
     return str(key)
 
 
+def _level_labels(keys):
+    """:func:`_level_label` of each key (integral floats converted in one pass)."""
+    if keys and all(type(k) is float for k in keys):
+        f = np.asarray(keys, dtype=float)
+        whole = np.isfinite(f) & (np.floor(f) == f) & (np.abs(f) < 1e15)
+        out = np.where(whole, f, 0).astype(np.int64).astype(str).tolist()
+        for i in np.flatnonzero(~whole).tolist():
+            out[i] = repr(keys[i])
+        return out
+    if all(type(k) is str for k in keys):
+        return list(keys)
+    return [_level_label(k) for k in keys]
+
+
 def _factor_codes(values, name):
     """Integer codes, level keys and kind for one grouping column, in R's level order."""
-    s = pd.Series(values)
-    if isinstance(s.dtype, pd.CategoricalDtype):
-        s = s.cat.remove_unused_categories()
-    codes, keys, kind = column_keys(s, name)
-    if not isinstance(s.dtype, pd.CategoricalDtype):
-        # merge keys that are equal by value (1 and 1.0 in one object column) and sort
-        merged, uniq = pd.factorize(pd.Series(keys, dtype=object), sort=True)
-        codes = np.where(codes >= 0, merged[np.maximum(codes, 0)], -1)
-        keys = np.asarray(uniq, dtype=object)
+    if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+        # the categories in their order, unused ones dropped (R's drop.unused.levels)
+        cat = values.array if isinstance(values, pd.Series) else pd.Categorical(values)
+        codes = np.asarray(cat.codes, dtype=np.int64)
+        cats = cat.categories
+        used = np.bincount(codes[codes >= 0], minlength=len(cats)) > 0
+        if not used.all():
+            new = np.cumsum(used) - 1
+            codes = np.where(codes >= 0, new[np.maximum(codes, 0)], -1)
+            cats = cats[used]
+        keys, kind = _normalize_keys(cats.to_numpy(dtype=object), name)
+        return codes, list(keys), kind
+    codes, keys, kind = column_keys(values, name)
+    # merge keys that are equal by value (1 and 1.0 in one object column) and sort
+    merged, uniq = pd.factorize(pd.Series(keys, dtype=object), sort=True)
+    codes = np.where(codes >= 0, merged[np.maximum(codes, 0)], -1)
+    keys = np.asarray(uniq, dtype=object)
     return codes.astype(np.int64), list(keys), kind
 
 
@@ -130,20 +167,24 @@ def grouping_factor(data, factors):
     """
     codes, keys0, kind = _factor_codes(data[factors[0]], factors[0])
     keys = [(k,) for k in keys0]
+    labels = _level_labels(keys0)
     kinds = [kind]
     for f in factors[1:]:
         c2, k2, kind2 = _factor_codes(data[f], f)
         kinds.append(kind2)
+        labels2 = _level_labels(k2)
         combined = codes * len(k2) + c2
         uniq, codes = np.unique(combined, return_inverse=True)
-        keys = [keys[u // len(k2)] + (k2[u % len(k2)],) for u in uniq]
-    labels = [":".join(_level_label(k) for k in key) for key in keys]
+        outer, inner = np.divmod(uniq, len(k2))
+        pairs = list(zip(outer.tolist(), inner.tolist()))
+        keys = [keys[a] + (k2[b],) for a, b in pairs]
+        labels = [labels[a] + ":" + labels2[b] for a, b in pairs]
     if len(set(labels)) < len(labels):
         dup = next(lab for lab in labels if labels.count(lab) > 1)
         raise ValueError(f"the grouping factor {':'.join(factors)} has two levels labelled {dup!r} "
                          "(labels containing ':' are ambiguous in an interaction); replace ':' in "
                          "the labels of " + ", ".join(repr(f) for f in factors))
-    return codes.astype(np.int64), labels, keys, tuple(kinds)
+    return codes.astype(np.int64, copy=False), labels, keys, tuple(kinds)
 
 
 def match_levels(data, term):
@@ -177,10 +218,15 @@ def match_levels(data, term):
 
 def _level_constant(X, codes):
     """Per column of ``X``: is it constant within every level of ``codes``?"""
-    order = np.argsort(codes, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
-    Xs = X[order]
-    spread = np.maximum.reduceat(Xs, starts, axis=0) - np.minimum.reduceat(Xs, starts, axis=0)
+    m = int(codes.max()) + 1 if len(codes) else 0
+    spread = np.empty((m, X.shape[1]))
+    for j in range(X.shape[1]):          # each level's max - min, without sorting the rows
+        hi = np.full(m, -np.inf)
+        lo = np.full(m, np.inf)
+        with np.errstate(invalid="ignore"):                 # NaN: NaN spread, not constant
+            np.maximum.at(hi, codes, X[:, j])
+            np.minimum.at(lo, codes, X[:, j])
+        spread[:, j] = hi - lo           # a level without rows: -inf, no objection
     scale = np.abs(X).max(axis=0)
     return np.all(spread <= 1e-12 * np.where(scale > 0, scale, 1.0), axis=0)
 

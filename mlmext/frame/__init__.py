@@ -2,15 +2,22 @@
 
 * :mod:`.terms` -- the formula parser: fixed part, bar terms ``(lhs | g)``,
   ``||``, nesting ``a/b``, ``offset()``;
-* :mod:`.model_frame` -- lme4's model frame: complete rows, unused levels
-  dropped and counted, each term's model matrix through statsmodels' formula
-  engine, the random-effects design.
+* :mod:`.engine` -- statsmodels' formula engine: names quoted for it, its
+  errors naming the unknown column;
+* :mod:`.model_frame` -- lme4's model frame: the random-effects design,
+  weights, offset, the checks; :mod:`.pieces` -- the matrices on the complete
+  rows (unused levels dropped, rows dropped counted), from :mod:`.patsy_pass`
+  (with patsy: every piece of the formula in one pass over the columns used,
+  as NumPy arrays when :mod:`.factor_code` finds the formula's code behaves
+  alike on them) or piece by piece through the engine.
 
 The formula api (:mod:`mlmext.formula.api`) sits on top of the models; this
 package sits below them.
 """
-from .model_frame import build_model_frame, display_name, evaluate, formula_manager, names_in
+from .engine import display_name, evaluate, formula_manager, names_in
+from .model_frame import build_model_frame
+from .patsy_pass import FixedParts
 from .terms import parse_formula
 
-__all__ = ["build_model_frame", "display_name", "evaluate", "formula_manager", "names_in",
-           "parse_formula"]
+__all__ = ["FixedParts", "build_model_frame", "display_name", "evaluate", "formula_manager",
+           "names_in", "parse_formula"]

@@ -5,94 +5,36 @@ used are dropped, unused factor levels are dropped) and only then its model
 matrices; we do the same, so that a level seen only in dropped rows, or an
 unused category of a pandas ``Categorical``, does not become a column (a
 variance for nothing, or a reference level with no data that silently
-relabels the contrasts).  Rows are evaluated once; when rows were dropped or
-categories are unused, the matrices are evaluated again on the complete rows
-(stateful transforms such as ``center(x)`` then see the rows lme4 sees).
+relabels the contrasts).
 
-Names that are not Python identifiers (R's ``Sepal.Length``, ``class``, a
-name with spaces written in backticks) are quoted for the formula engine here,
-and unquoted again in the names the results show.
+Two ways give the same frame.  With patsy (statsmodels' default engine) every
+piece of the formula is evaluated in one pass over the columns it uses
+(:mod:`.patsy_pass`); incomplete rows are found with boolean masks and, when
+the formula is row-wise and no level is lost, dropped by slicing the
+matrices.  Otherwise (formulaic, or a formula the one-pass build does not
+take) each piece goes through statsmodels' engine on its own
+(:func:`_generic_pieces`).  Either way, when rows were dropped or categories
+are unused and the matrices could depend on them, the matrices are evaluated
+again on the complete rows (stateful transforms such as ``center(x)`` then
+see the rows lme4 sees).
 """
 from __future__ import annotations
 
 import difflib
-import keyword
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-# statsmodels' formula engine (patsy, or formulaic when SM_FORMULA_ENGINE says so) sits behind a
-# private module: this is the one place in mlmext that imports it
-from statsmodels.formula._manager import FormulaManager
-
 from .._frames import as_dataframe
 from ..design import RandomEffectsDesign, ReTerm, grouping_factor, warn_constant_slopes
+from .engine import display_name, evaluate, formula_error, formula_manager, names_in, quote_names
+from .patsy_pass import Fallback, FixedParts, make_plan
+from .pieces import drop_unused_categories, generic_pieces, one_pass_pieces
 from .terms import parse_formula
 
-__all__ = ["ModelFrame", "build_model_frame", "quote_names", "display_name", "apply_subset",
-           "evaluate", "formula_error", "formula_manager"]
-
-
-def formula_manager():
-    """A fresh statsmodels ``FormulaManager`` (the formula engine statsmodels is set to use)."""
-    return FormulaManager()
-
-
-_IDENT_RUN = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
-
-
-def _quote(name, engine):
-    return f"`{name}`" if engine == "formulaic" else f"Q({name!r})"
-
-
-def quote_names(formula, columns, engine="patsy"):
-    """Quote column names the formula engine cannot read as Python names.
-
-    A backticked name (R's `` `my var` ``) and a bare name that is a column but
-    not a Python identifier (``Sepal.Length``, ``class``) become ``Q("...")``
-    (patsy) or `` `...` `` (formulaic).  String literals are left alone.
-    """
-    cols = {str(c) for c in columns}
-    out, i, n = [], 0, len(formula)
-    while i < n:
-        ch = formula[i]
-        if ch in "'\"":                                   # string literal: copy verbatim
-            j = i + 1
-            while j < n and formula[j] != ch:
-                j += 2 if formula[j] == "\\" else 1
-            out.append(formula[i:j + 1])
-            i = j + 1
-        elif ch == "`":
-            j = formula.find("`", i + 1)
-            if j < 0:
-                raise ValueError(f"unclosed backtick in formula {formula!r}")
-            out.append(_quote(formula[i + 1:j], engine))
-            i = j + 1
-        elif ch.isdigit():                                # a number such as 1.5e3
-            m = re.compile(r"[0-9][A-Za-z0-9_.]*").match(formula, i)
-            out.append(m.group(0))
-            i = m.end()
-        elif ch.isalpha() or ch in "_.":
-            m = _IDENT_RUN.match(formula, i)
-            tok = m.group(0)
-            needs = tok in cols and (not tok.isidentifier() or keyword.iskeyword(tok))
-            prev = formula[:i].rstrip()[-1:]
-            out.append(_quote(tok, engine) if needs and prev != "." else tok)
-            i = m.end()
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out)
-
-
-_QUOTED = re.compile(r"""Q\((["'])(.*?)\1\)|`([^`]*)`""")
-
-
-def display_name(name):
-    """A design column name without the quoting added by :func:`quote_names`."""
-    return _QUOTED.sub(lambda m: m.group(2) if m.group(2) is not None else m.group(3), str(name))
+__all__ = ["ModelFrame", "FixedParts", "build_model_frame", "quote_names", "display_name",
+           "apply_subset", "evaluate", "formula_error", "formula_manager"]
 
 
 def apply_subset(data, subset):
@@ -120,64 +62,6 @@ def apply_subset(data, subset):
         return data.loc[subset]
     except KeyError as exc:
         raise ValueError(f"subset has labels that are not in the data's index: {exc}") from exc
-
-
-def names_in(expr):
-    """Identifiers an expression uses (quoted names included), in order."""
-    names = [m.group(2) or m.group(3) for m in _QUOTED.finditer(expr)]
-    stripped = _QUOTED.sub(" ", re.sub(r"(['\"]).*?\1", " ", expr))
-    names += [t for t in _IDENT_RUN.findall(stripped) if not t[0].isdigit()]
-    return list(dict.fromkeys(names))
-
-
-def _resolves(dotted, env):
-    """Whether ``a.b.c`` is an attribute path in ``env`` (``np.log``), not a mistyped column."""
-    head, *rest = dotted.split(".")
-    obj = env.get(head)
-    for part in rest:
-        if obj is None or not part.isidentifier() or not hasattr(obj, part):
-            return False
-        obj = getattr(obj, part)
-    return obj is not None
-
-
-def formula_error(exc, where, data, env=None, formula=None):
-    """A ValueError for a formula engine's failure, naming the unknown column if there is one."""
-    msg = str(exc)
-    m = re.search(r"name '([^']+)' is not defined", msg) or re.search(r"'([^']+)' is not present", msg)
-    cols = [str(c) for c in data.columns]
-    if m:
-        name = m.group(1)
-        close = difflib.get_close_matches(name, cols, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        dotted = [c for c in cols if c.startswith(name + ".")]
-        if dotted:
-            hint = (f"; {dotted[0]!r} is a column: names with dots are read as Python attribute "
-                    f"access unless quoted, Q({dotted[0]!r}) or `{dotted[0]}`")
-        return ValueError(f"unknown column {name!r} in {where}{hint} (the data has columns {cols})")
-    first = msg.splitlines()[0] if msg else type(exc).__name__
-    hint = ""
-    if re.search(r"syntax|tokeniz|unexpected", msg, re.I):
-        hint = ("; column names that are not Python names (dots, spaces, keywords such as "
-                "'class') must be quoted, as Q(\"my name\") or `my name`")
-        env = env or {}
-        text = formula if isinstance(formula, str) else ""     # a stored spec has no text
-        odd = [t for t in names_in(text) if ("." in t or keyword.iskeyword(t))
-               and t not in cols and not _resolves(t, env)]
-        if odd:
-            close = difflib.get_close_matches(odd[0], cols, n=1)
-            hint = (f"; {odd[0]!r} is not a column" + (f" (did you mean {close[0]!r}?)" if close
-                                                        else f" (the data has columns {cols})"))
-    return ValueError(f"could not evaluate {where}: {first}{hint}")
-
-
-def evaluate(mgr, formula, data, env, where):
-    """The formula engine's matrices with rows holding a missing value dropped (pandas)."""
-    try:
-        return mgr.get_matrices(formula, data, eval_env=env, pandas=True,
-                                na_action=mgr.get_na_action("drop"))
-    except Exception as exc:  # noqa: BLE001 - re-raised with the column name
-        raise formula_error(exc, where, data, env, formula) from exc
 
 
 @dataclass
@@ -226,80 +110,33 @@ def _column_or_array(data, v, what):
     return arr
 
 
-def _evaluate_pieces(mgr, parsed, data, env, fixed_matrices):
-    """Response, fixed design, each bar term's model matrix and the offsets on ``data``."""
-    y_df, X_df = fixed_matrices(mgr, parsed, data, env)
-    spec = mgr.get_model_spec(X_df)                   # before slicing the frame loses it
-    lhs = {}
-    for bar in parsed.bars:
-        if bar.lhs not in lhs:
-            Z = evaluate(mgr, bar.lhs, data, env, f"random-effects term {bar.source}")
-            lhs[bar.lhs] = (Z, mgr.get_model_spec(Z))
-    offs = []
-    for expr in parsed.offsets:
-        o = evaluate(mgr, f"0 + {expr}", data, env, f"offset({expr})")
-        if o.shape[1] != 1:
-            raise ValueError(f"offset({expr}) must be a single numeric column")
-        offs.append(o.iloc[:, 0])
-    return y_df, X_df, lhs, offs, spec
-
-
-def _complete_rows(pieces, data, parsed, extra):
-    """Index of rows complete in every piece, and the count of rows dropped per reason."""
-    y_df, X_df, lhs, offs, _ = pieces
-    keep = pd.Index(y_df.index).intersection(X_df.index)
-    for Z, _ in lhs.values():
-        keep = keep.intersection(Z.index)
-    for o in offs:
-        keep = keep.intersection(o.index)
-    for bar in parsed.bars:
-        for f in bar.factors:
-            keep = keep.intersection(data.index[data[f].notna().to_numpy()])
-    for arr in extra:
-        if arr is not None:
-            keep = keep.intersection(data.index[np.isfinite(arr)])
-    return keep.sort_values()
-
-
-def _drop_unused_categories(df, keep_cols=()):
-    """``df`` with unused categories of its categorical columns removed (R's drop.unused.levels).
-
-    Columns in ``keep_cols`` (the response) are left to the model, which warns about its
-    unused categories (an ordinal response) or reads them (a binomial factor response).
-    """
-    changed = {}
-    for c in df.columns:
-        if c in keep_cols:
-            continue
-        if isinstance(df[c].dtype, pd.CategoricalDtype):
-            codes = df[c].cat.codes.to_numpy()
-            if np.unique(codes[codes >= 0]).size < len(df[c].cat.categories):
-                changed[c] = df[c].cat.remove_unused_categories()
-    if not changed:
-        return df, False
-    df = df.copy(deep=False)
-    for c, s in changed.items():
-        df[c] = s
-    return df, True
-
-
-def _check_finite(y_df, X_df, lhs, parsed):
-    """Infinite values are not missing (R's lm: "NA/NaN/Inf in 'y'"): name where they are."""
+def _numeric_part(y_df):
+    """The numeric columns of a response frame as floats (n x k, k may be 0)."""
     num = [c for c, dt in y_df.dtypes.items() if dt.kind in "iuf"]
-    bad = ~np.isfinite(y_df[num].to_numpy(dtype=float)) if num else np.zeros((0, 1), bool)
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
+    return y_df[num].to_numpy(dtype=float) if num else np.zeros((0, 1))
+
+
+def _nonfinite_columns(A):
+    """Per column of ``A``: has it a non-finite value?  (Column sums first: finite sums, the
+    usual case, need no n x p mask.)"""
+    if A.shape[0] == 0 or np.all(np.isfinite(A.sum(axis=0))):
+        return np.zeros(A.shape[1], dtype=bool)
+    return (~np.isfinite(A)).any(axis=0)
+
+
+def _check_finite(y_num, X, xnames, lhs, parsed):
+    """Infinite values are not missing (R's lm: "NA/NaN/Inf in 'y'"): name where they are."""
+    if _nonfinite_columns(y_num).any():
+        rows = np.flatnonzero((~np.isfinite(y_num)).any(axis=1))
         raise ValueError(f"the response {display_name(parsed.response)!r} has {rows.size} infinite "
                          f"value(s) (first at row {int(rows[0])}); infinite values are not missing "
                          "values: remove or recode them")
-    Xa = X_df.to_numpy(dtype=float)
-    bad_cols = [display_name(c) for c, b in zip(X_df.columns, (~np.isfinite(Xa)).any(axis=0)) if b]
+    bad_cols = [display_name(c) for c, b in zip(xnames, _nonfinite_columns(X)) if b]
     if bad_cols:
         raise ValueError(f"the fixed-effects design has infinite values in column(s) {bad_cols}; "
                          "remove or recode them")
-    for lhs_expr, (Z, _) in lhs.items():
-        Za = Z.to_numpy(dtype=float)
-        bad_cols = [display_name(c) for c, b in zip(Z.columns, (~np.isfinite(Za)).any(axis=0)) if b]
+    for lhs_expr, (Z, znames, _) in lhs.items():
+        bad_cols = [display_name(c) for c, b in zip(znames, _nonfinite_columns(Z)) if b]
         if bad_cols:
             bars = [b.source for b in parsed.bars if b.lhs == lhs_expr]
             raise ValueError(f"random-effects term {bars[0]} has infinite values in column(s) "
@@ -327,11 +164,11 @@ def _check_terms_have_columns(mgr, spec, where, data):
                          "needs at least 2 levels (remove the term)")
 
 
-def _check_column_types(parsed, data):
+def _check_column_types(parsed, dtypes):
     """Columns the formula engine would read wrongly: a datetime becomes one level per date."""
     exprs = [parsed.fixed_rhs] + [b.lhs for b in parsed.bars] + list(parsed.offsets)
     for name in dict.fromkeys(n for e in exprs for n in names_in(e)):
-        if name in data.columns and data[name].dtype.kind in "Mm":
+        if name in dtypes and dtypes[name].kind in "Mm":
             raise ValueError(f"column {name!r} holds dates or times; a formula needs numbers: "
                              f"convert it, e.g. (data[{name!r}] - data[{name!r}].min()).dt.days")
 
@@ -356,8 +193,43 @@ def _aligned(v, data, original_index, what):
     return v
 
 
+def _used_columns(parsed, data, weights, offset):
+    """The columns of ``data`` the model uses, in the data's order: names in the formula (and
+    the head of a dotted name, ``x`` of ``x.mean()``), grouping factors, weights and offset."""
+    names = set()
+    for e in [parsed.response, parsed.fixed_rhs] + [b.lhs for b in parsed.bars] + list(parsed.offsets):
+        for name in names_in(e):
+            names.add(name)
+            names.add(name.split(".")[0])
+    names.update(f for b in parsed.bars for f in b.factors)
+    names.update(v for v in (weights, offset) if isinstance(v, str))
+    return [c for c in data.columns if str(c) in names]
+
+
+def _model_data(data, used, kept, resp_col, dtypes):
+    """The model frame kept for predictions: the used columns on the rows kept, a RangeIndex,
+    unused categories dropped (the response's kept)."""
+    frame = data if len(used) == data.shape[1] else \
+        data.take([data.columns.get_loc(c) for c in used], axis=1)      # data[used], faster
+    if kept is not None:
+        frame = frame.take(kept)
+    idx = frame.index
+    if kept is not None or not (isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1):
+        frame = frame.reset_index(drop=True)
+    elif frame is data:
+        frame = data.copy(deep=False)
+    cats = [c for c in used if isinstance(dtypes[c], pd.CategoricalDtype)]
+    if cats:
+        frame, _ = drop_unused_categories(frame, resp_col, cats)
+    return frame
+
+
+#: the one-pass build (patsy); tests set it False to compare with the generic path
+_ONE_PASS = True
+
+
 def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, missing="drop",
-                      env=None, fixed_matrices, mgr):
+                      env=None, fixed_matrices, mgr, fixed_parts=None):
     """Evaluate an lme4-style formula on ``data``: the :class:`ModelFrame` of a mixed model.
 
     Parameters
@@ -377,6 +249,10 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         ``(mgr, parsed, data, env) -> (y_df, X_df)``, the model's own reading
         of the fixed part (a clmm has no intercept column, for one).
     mgr : statsmodels FormulaManager
+    fixed_parts : callable, optional
+        ``parsed -> FixedParts``: the same reading for the one-pass build
+        (:mod:`.patsy_pass`), used with patsy; without it every piece goes
+        through ``mgr`` on its own.
     """
     data = as_dataframe(data)
     original_index = data.index
@@ -388,11 +264,11 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     if len(data) == 0:
         raise ValueError("the data have no rows" + (" (after subset)" if subset is not None else ""))
     row_labels = data.index
-    data = data.reset_index(drop=True)
     engine = getattr(mgr, "engine", "patsy")
     formula_q = quote_names(formula, data.columns, engine)
     parsed = parse_formula(formula_q)
-    _check_column_types(parsed, data)
+    dtypes = dict(zip(data.columns, data.dtypes))
+    _check_column_types(parsed, dtypes)
     for bar in parsed.bars:
         for f in bar.factors:
             if f not in data.columns:
@@ -404,83 +280,74 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     off_all = _column_or_array(data, offset, "offset")
     if w_all is not None and np.any(w_all[np.isfinite(w_all)] < 0):
         raise ValueError(f"weights must be non-negative (min {np.nanmin(w_all):g})")
-
-    pieces = _evaluate_pieces(mgr, parsed, data, env, fixed_matrices)
-    keep = _complete_rows(pieces, data, parsed, (w_all, off_all))
-    n_missing = len(data) - len(keep)
-    if n_missing and missing == "raise":
-        raise ValueError(f"{n_missing} rows have missing values (missing='raise'); "
-                         "use missing='drop' to drop them")
-    n_zero = 0
-    if w_all is not None:
-        nz = keep[w_all[keep.to_numpy()] > 0]
-        n_zero = len(keep) - len(nz)
-        keep = nz
-    if len(keep) == 0:
-        why = "all weights are zero" if n_zero else "every row has a missing value in a variable used"
-        raise ValueError(f"no rows left to fit: {why}")
-    # lme4's model frame: complete rows, unused levels dropped, then the matrices
     resp_col = (display_name(parsed.response),)
-    all_rows = len(keep) == len(data)
-    sub, changed = _drop_unused_categories(data if all_rows else
-                                           data.loc[keep].reset_index(drop=True), resp_col)
-    kept_pos = keep.to_numpy()
-    second_pass = not all_rows or changed
-    for _ in range(3):
-        if not second_pass:
-            break
-        pieces = _evaluate_pieces(mgr, parsed, sub, env, fixed_matrices)
-        sub_w = None if w_all is None else w_all[kept_pos]
-        sub_o = None if off_all is None else off_all[kept_pos]
-        keep2 = _complete_rows(pieces, sub, parsed, (sub_w, sub_o)).to_numpy()
-        if len(keep2) == len(sub):
-            break
-        kept_pos, n_missing = kept_pos[keep2], n_missing + len(sub) - len(keep2)
-        sub, changed = _drop_unused_categories(sub.loc[keep2].reset_index(drop=True), resp_col)
+
+    pieces = plan = None
+    if _ONE_PASS and engine == "patsy" and fixed_parts is not None:
+        try:
+            fixed = fixed_parts(parsed)
+            plan = make_plan(parsed, fixed, data.columns, env, cbind=(env or {}).get("cbind"))
+            pieces = one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col)
+        except Fallback:
+            pieces = plan = None
+    if pieces is None:
+        data = data.reset_index(drop=True)
+        pieces = generic_pieces(mgr, parsed, data, env, fixed_matrices, w_all, off_all,
+                                 missing, resp_col)
+    used = _used_columns(parsed, data, weights, offset)
+    if pieces.frame is None:
+        sub = _model_data(data, used, pieces.kept, resp_col, dtypes)
     else:
-        raise RuntimeError("the model frame did not settle after dropping incomplete rows")
-    y_df, X_df, lhs, offs, fixed_spec = pieces
-    _check_finite(y_df, X_df, lhs, parsed)
-    _check_terms_have_columns(mgr, fixed_spec, "the fixed effects", sub)
+        sub = pieces.frame if len(used) == pieces.frame.shape[1] else pieces.frame[used]
+    kept, n_missing, n_zero = pieces.kept, pieces.n_missing, pieces.n_zero
+    y_num = _numeric_part(pieces.y) if pieces.y_num is None else pieces.y_num
+    _check_finite(y_num, pieces.X, pieces.xnames, pieces.lhs, parsed)
+    _check_terms_have_columns(mgr, pieces.fixed_spec, "the fixed effects", sub)
     for bar in parsed.bars:
-        _check_terms_have_columns(mgr, lhs[bar.lhs][1], f"random-effects term {bar.source}", sub)
-    y_df = y_df.reset_index(drop=True)
-    X_df = X_df.reset_index(drop=True)
+        _check_terms_have_columns(mgr, pieces.lhs[bar.lhs][2], f"random-effects term {bar.source}",
+                                  sub)
 
     terms = []
+    factors = {}
     for bar in parsed.bars:
-        Z, spec = lhs[bar.lhs]
-        codes, levels, keys, kinds = grouping_factor(sub, list(bar.factors))
-        t = ReTerm(bar.name, bar.factors, bar.lhs, Z.to_numpy(dtype=float),
-                   [display_name(c) for c in Z.columns], codes, levels, keys, kinds)
+        Z, znames, spec = pieces.lhs[bar.lhs]
+        key = tuple(bar.factors)
+        if key not in factors:
+            factors[key] = grouping_factor(sub, list(bar.factors))
+        codes, levels, keys, kinds = factors[key]
+        t = ReTerm(bar.name, bar.factors, bar.lhs, Z, [display_name(c) for c in znames],
+                   codes, levels, keys, kinds)
         t.spec = spec
         t.source = bar.source           # the term as written, for messages
         terms.append(t)
     design = RandomEffectsDesign(terms)
     # lmer(), glmer() and clmm() call from_formula, which calls this: point at their caller
     warn_constant_slopes(design, stacklevel=4)
-    off = np.zeros(len(sub))
-    for o in offs:
-        off += o.to_numpy(dtype=float)
+    nkept = len(sub)
+    off = np.zeros(nkept)
+    for o in pieces.offs:
+        off += o
     if off_all is not None:
-        off += off_all[kept_pos]
-    w = None if w_all is None else w_all[kept_pos]
+        off += off_all if kept is None else off_all[kept]
+    w = None if w_all is None else (w_all.copy() if kept is None else w_all[kept])
+    y_df = pieces.y
     y_df.columns = [display_name(c) for c in y_df.columns]
-    X_df.columns = [display_name(c) for c in X_df.columns]
+    X_df = pd.DataFrame(pieces.X, columns=[display_name(c) for c in pieces.xnames])
     dropped = {k: v for k, v in (("missing values", n_missing), ("zero weights", n_zero)) if v}
     info = {
         "formula": formula,
         "parsed": parsed,
-        "fixed_spec": fixed_spec,
+        "fixed_spec": pieces.fixed_spec,
         "nrows_dropped": n_missing + n_zero,
         "dropped": dropped,
-        "row_labels": row_labels[kept_pos],
+        "row_labels": row_labels if kept is None else row_labels[kept],
         "data": sub,
         "eval_env": env,
         "engine": engine,
         "has_offset": bool(parsed.offsets) or off_all is not None,
         "offset_arg": offset if isinstance(offset, str) else (None if offset is None else "array"),
         "has_weights": w_all is not None,
+        # how the matrices were made: "numpy" / "pandas" (the one-pass modes) or "generic"
+        "frame_path": "generic" if plan is None else ("pandas" if plan.pandas else "numpy"),
     }
     return ModelFrame(y=y_df, X=X_df, design=design, weights=w, offset=off, info=info)
-

@@ -11,7 +11,7 @@ from .._args import reject_unknown
 from .._blas import blas_threads
 from .._frames import as_dataframe
 from ..base import MixedModel, drop_rank_deficient
-from ..frame import display_name, evaluate, parse_formula
+from ..frame import FixedParts, display_name, evaluate, parse_formula
 from ..objective import MixedParams
 from ..optimize import jacobian
 from .clm import _jacobians
@@ -153,6 +153,11 @@ class OrdinalMixedModel(MixedModel):
         return y_df, X_df
 
     @classmethod
+    def _fixed_parts(cls, parsed):
+        rhs = parsed.fixed_rhs.strip() or "1"
+        return FixedParts(f"~ {rhs}", response_column=display_name(parsed.response))
+
+    @classmethod
     def _prepare_endog_exog(cls, y, X, data, info):
         resp = display_name(info["parsed"].response)
         col = y.iloc[:, 0]
@@ -161,18 +166,21 @@ class OrdinalMixedModel(MixedModel):
         codes, labels = _drop_unused_levels(codes, labels, resp)
         info["y_levels"] = labels
         yser = pd.Series(codes, index=y.index, name=resp)
-        if "Intercept" in X.columns:
-            X = X.drop(columns="Intercept")
+        names, A = list(X.columns), X.to_numpy(dtype=float)
+        if "Intercept" in names:
+            A = np.delete(A, names.index("Intercept"), axis=1)
+            names.remove("Intercept")
         else:
             warnings.warn("a cumulative link model needs an intercept and it is assumed (the "
                           "thresholds carry it); columns that duplicate it are dropped", UserWarning,
                           stacklevel=4)
-        if X.shape[1]:
+        if names:
             # drop columns that are collinear with each other or with the (implicit) intercept
-            Xc = X - X.mean(axis=0)
-            kept = drop_rank_deficient(Xc).columns
-            X = X.loc[:, kept]
-        return yser, X
+            Xc = pd.DataFrame(A - A.mean(axis=0), columns=names)
+            kept = list(drop_rank_deficient(Xc).columns)
+            if len(kept) < len(names):
+                A, names = A[:, [names.index(c) for c in kept]], kept
+        return yser, pd.DataFrame(A, index=X.index, columns=names)
 
     # --------------------------------------------------------------- pieces
     def _jacobians(self):
