@@ -313,4 +313,4 @@ def test_one_block_start_criterion_is_the_one_block_deviance(reml):
             lam = blk.lam(np.where(np.isfinite(m.re_design.lower), np.abs(th), th))
             c = ch.update([lam])
             want = c.logdet_zz + (c.logdet_xx if reml else 0.0) + nu * np.log(c.r2)
-            assert crit(lam) == pytest.approx(want, rel=1e-12, abs=1e-9)
+            assert crit(lam) == pytest.approx(want, rel=1e-10)         # two summation orders

@@ -28,7 +28,7 @@ def test_refit_equals_a_fresh_fit_to_the_new_response(sleep, reml):
     # the original result is untouched, and refitting its own response gives it back
     assert r.model.endog[0] == sleep.Reaction.iloc[0]
     same = r.refit(sleep.Reaction)
-    assert abs(same.criterion - r.criterion) < 1e-8
+    assert abs(same.criterion - r.criterion) < 1e-7                # within the checks' decrement
 
 
 def test_refit_binomial_counts_or_proportions():

@@ -170,10 +170,8 @@ class SchurProduct:
 
     def _b_vector(self, B):
         """B (m1, q1, q1) in the order of P's columns."""
-        if self._ab is None:
+        if self._ab is None or self.q1 == 1:
             return B.ravel()
-        if self.q1 == 1:
-            return B.reshape(-1)
         return np.concatenate([B[:, a, b] for a, b in self._ab])
 
     def pair_sums(self, K):

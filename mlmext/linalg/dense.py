@@ -148,12 +148,13 @@ class DenseFactor(LeadBlockFactor):
             V = self._schur.trace_weights(K)
         # sum_g C_g' Vs_g C_g with C_g = Lambda_1 M1_g^-1: M1_g^-1 (Lambda_1' Vs_g Lambda_1) M1_g^-1
         Vs = 0.5 * (V + np.swapaxes(V, 1, 2))
-        Mi = self.M1inv
-        X = sandwich(Vs, self.lam1, self.lam1) @ Mi if self.q1 > 1 else \
-            Vs * (self.lam1[0, 0] * Mi) ** 2
-        q, m = self.q1, self.m1
-        out.append(Mi.sum(axis=0) + np.swapaxes(Mi, 1, 2).reshape(m * q, q).T @ X.reshape(m * q, q)
-                   if q > 1 else Mi.sum(axis=0) + X.sum(axis=0))
+        Mi, q, m = self.M1inv, self.q1, self.m1
+        if q == 1:
+            quad = (Vs * (self.lam1[0, 0] * Mi) ** 2).sum(axis=0)
+        else:                        # sum over g as one product (M1_g^-1 is symmetric)
+            X = sandwich(Vs, self.lam1, self.lam1) @ Mi
+            quad = Mi.reshape(m * q, q).T @ X.reshape(m * q, q)
+        out.append(Mi.sum(axis=0) + quad)
         out.extend(blocks_rest)
         return out
 
