@@ -16,7 +16,7 @@ import pytest
 from scipy import sparse
 
 from mlmext.formula import api as mf
-from mlmext.linalg import BlockedCholesky, DenseFactor, NestedFactor, ScalarFactor
+from mlmext.linalg import BlockedCholesky, DenseFactor, NestedFactor, OneBlockFactor, ScalarFactor
 
 RTOL = 1e-10
 
@@ -210,6 +210,30 @@ def test_scalar_factor_matches_dense(data, formula, reweighting):
         diag.solve()
 
 
+@pytest.mark.parametrize("formula", ["y ~ x + (x | a:b)", "y ~ x + (x + z | a)",
+                                     "y ~ x + (x || a:b:c)", "y ~ x + (1 | a) + (0 + x | a)"])
+def test_one_block_factor_matches_dense(data, formula):
+    """One grouping factor with q >= 2: the stack storage gives every quantity of the interface
+    (with weights, at a theta away from the start), as the general storage and the dense matrix."""
+    model, des, lams, w, v, rng = _setup(data, formula)
+    fast = BlockedCholesky(des.blocks, model._XY, w)
+    dense = BlockedCholesky(des.blocks, model._XY, w, nested=False)
+    assert isinstance(fast, OneBlockFactor) and isinstance(dense, DenseFactor)
+    ref = _dense_reference(des, model._XY, w, lams, v)
+    _assert_same(_factor_quantities(fast, lams, v), ref, "one block")
+    _assert_same(_factor_quantities(dense, lams, v), ref, "dense")
+    # new data in place of the old (a refit's response): the cross-products follow
+    XY = np.column_stack([model._XY[:, :-1], rng.normal(size=model._XY.shape[0])])
+    fast.set_data(XY, w)
+    _assert_same(_factor_quantities(fast, lams, v), _dense_reference(des, XY, w, lams, v), "set_data")
+    # the PIRLS system (reweighting) keeps the general storage
+    assert isinstance(BlockedCholesky(des.blocks, model._XY, w, reweighting=True), DenseFactor)
+    # a system that is not positive definite (negative weights) is an error, not a value
+    fast.set_data(XY, -w)
+    with pytest.raises(np.linalg.LinAlgError):
+        fast.update([10.0 * lam for lam in lams])
+
+
 def test_chain_detection(data):
     des = mf.lmer("y ~ x + (1 | a/b/c/d) + (1 | item)", data).re_design
     XY = np.column_stack([np.ones(len(data)), data["y"]])
@@ -226,6 +250,7 @@ def test_chain_detection(data):
 @pytest.mark.parametrize("formula", ["y ~ x + (1 | a/b/c) + (1 | item)",          # nested chain
                                      "y ~ x + (x | a:b:c) + (1 | a:b) + (x | a)",
                                      "y ~ x + (1 | item) + (x | a)",               # dense storage
+                                     "y ~ x + (x | a:b)",                           # one block
                                      "y ~ x + (1 | a:b)"])                          # diagonal
 def test_workspaces_are_independent(data, formula):
     """Two workspaces updated at different theta keep their own factor (and leave the original's)."""

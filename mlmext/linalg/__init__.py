@@ -19,12 +19,14 @@ One interface, one implementation per storage (:class:`~mlmext.linalg.base.Facto
 * :class:`NestedFactor` -- a chain of nested blocks, each nested in the next (``(1 | a/b/c)``,
   ``(x | school) + (1 | school:cls)``): every block of the chain block-diagonal (its off-diagonal
   blocks one block per level), the remaining crossed blocks, X and y dense.
+* :class:`OneBlockFactor` -- one block of q >= 2 effects per level: ``M`` as a stack of q x q
+  blocks, the remainder X and y (small fits such as sleepstudy's ``(Days | Subject)``).
 * :class:`ScalarFactor` -- one scalar block: ``M`` diagonal, the remainder X and y.  The GLMM /
   ordinal PIRLS fast path wraps the diagonal it computes itself (``ScalarFactor.from_diagonal``).
 
 :func:`BlockedCholesky` picks the storage for a model's blocks.  Modules: ``base`` (the
 interface), ``_lead`` (cross-products and the elimination of the first block, shared by the
-factors with a dense remainder), ``dense``, ``nested``, ``scalar``, ``_schur`` (the Schur-complement
+factors with a dense remainder), ``dense``, ``nested``, ``oneblock``, ``scalar``, ``_schur`` (the Schur-complement
 product of the first block), ``_stacks`` (kernels on stacks of per-level blocks).
 """
 from __future__ import annotations
@@ -32,9 +34,11 @@ from __future__ import annotations
 from .base import Factor
 from .dense import DenseFactor
 from .nested import NestedFactor, nesting_chain
+from .oneblock import OneBlockFactor
 from .scalar import ScalarFactor
 
-__all__ = ["BlockedCholesky", "Factor", "DenseFactor", "NestedFactor", "ScalarFactor"]
+__all__ = ["BlockedCholesky", "Factor", "DenseFactor", "NestedFactor", "OneBlockFactor",
+           "ScalarFactor"]
 
 
 def BlockedCholesky(blocks, XY, weights=None, reweighting=False, nested=None):
@@ -65,7 +69,9 @@ def BlockedCholesky(blocks, XY, weights=None, reweighting=False, nested=None):
     -------
     Factor
         A :class:`NestedFactor` for a chain of nested blocks, a :class:`ScalarFactor` for
-        one scalar block, else a :class:`DenseFactor`.
+        one scalar block, a :class:`OneBlockFactor` for one block of several effects (not for
+        ``reweighting``: the GLMM's PIRLS keeps the general storage), else a
+        :class:`DenseFactor`.
     """
     parents = []
     if (BlockedCholesky.nested_default if nested is None else nested) and len(blocks) > 1:
@@ -76,6 +82,8 @@ def BlockedCholesky(blocks, XY, weights=None, reweighting=False, nested=None):
         return NestedFactor(blocks, XY, weights, reweighting, parents=parents)
     if nested is not False and len(blocks) == 1 and blocks[0].q == 1:
         return ScalarFactor(blocks, XY, weights, reweighting)
+    if nested is not False and len(blocks) == 1 and not reweighting:
+        return OneBlockFactor(blocks, XY, weights)
     return DenseFactor(blocks, XY, weights, reweighting)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import linalg
 
 from .params import sdcor_from_theta, theta_from_sdcor
 
@@ -150,22 +151,27 @@ class LMMDeviance:
         u, beta = ch.solve()
         S = ch.inverse_block_sums(self.p if self.reml else 0)
         W = ch.ztres(u, beta, lams)
-        grad = np.zeros_like(theta)
+        grad = np.empty_like(theta)
         fd = []
         off = 0
         for blk, lam, Sb, Wb, rms in zip(des.blocks, lams, S, W, self._block_units()):
             ub = u[off:off + blk.nre].reshape(blk.m, blk.q)
             off += blk.nre
-            d = np.abs(np.diag(lam)) * rms           # in the predictors' units
+            if blk.q == 1:                    # scalar block: no 1 x 1 arrays (numpy overhead)
+                l = lam[0, 0]
+                if abs(l) * rms[0] <= 1e-6 * max(1.0, abs(l) * rms[0]):
+                    fd.extend(blk.t_idx)
+                    continue
+                grad[blk.t_idx] = 2.0 * (blk.m - Sb[0, 0]) / l - 2.0 * nu * (Wb * ub).sum() / r2
+                continue
+            d = np.abs(lam.diagonal()) * rms           # in the predictors' units
             if d.min() <= 1e-6 * max(1.0, d.max()):
                 fd.extend(blk.t_idx)
                 continue
-            if blk.q == 1:                    # scalar block: no 1 x 1 inverse (numpy overhead)
-                H = (blk.m - Sb) / lam[0, 0]
-            else:
-                H = (blk.m * np.eye(blk.q) - Sb) @ np.linalg.inv(lam)
-            dr2 = -2.0 * (Wb[:, blk.t_rows] * ub[:, blk.t_cols]).sum(axis=0)
-            grad[blk.t_idx] = 2.0 * H[blk.t_cols, blk.t_rows] + nu * dr2 / r2
+            # (m I - S) lambda^-1, lambda lower triangular (its LAPACK inverse leaves 0 above)
+            H = (Sb - np.diag(np.full(blk.q, float(blk.m)))) @ linalg.lapack.dtrtri(lam, lower=1)[0]
+            dr2 = (Wb[:, blk.t_rows] * ub[:, blk.t_cols]).sum(axis=0)
+            grad[blk.t_idx] = -2.0 * (H[blk.t_cols, blk.t_rows] + nu * dr2 / r2)
         if fd:
             # central differences: the deviance is smooth through a zero diagonal (it is even
             # in a template's column), and the Newton checks difference this gradient again
