@@ -316,3 +316,82 @@ def test_crossed_schur_product_storages_match_dense(data, formula, storage, monk
             assert (ch._schur.P is None) == (storage == "direct")
         _assert_same(_factor_quantities(ch, lams, v), _dense_reference(des, model._XY, w, lams, v),
                      f"{storage}, reweighting={reweighting}")
+
+
+def _school_data(seed=5, n_sch=30, tch_per=10, pupils=900, movers=0.004):
+    """STAR's shape: pupils (the first block) each taught by four teachers of their school over
+    the years, a few pupils changing school; teachers within schools.  The remainder (teachers
+    and schools, 330 random effects) is sparse, so the sparse factorization takes it."""
+    rng = np.random.default_rng(seed)
+    sch = rng.integers(0, n_sch, pupils)
+    rows = []
+    for i in range(pupils):
+        s = sch[i]
+        for year in range(4):
+            if rng.random() < movers:
+                s = rng.integers(0, n_sch)
+            rows.append((i, s * tch_per + rng.integers(0, tch_per), s, year))
+    d = pd.DataFrame(rows, columns=["pupil", "tch", "sch", "year"])
+    n = len(d)
+    d["x"] = rng.normal(size=n)
+    d["y"] = (d["x"] + rng.normal(size=pupils)[d["pupil"]] + 0.5 * rng.normal(size=n_sch * tch_per)[d["tch"]]
+              + 0.7 * rng.normal(size=n_sch)[d["sch"]] + rng.normal(size=n))
+    for c in ("pupil", "tch", "sch"):
+        d[c] = pd.Categorical([f"{c[0]}{v}" for v in d[c]])
+    return d
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | pupil) + (1 | tch) + (1 | sch)",
+                                     "y ~ x + (x | pupil) + (1 | tch) + (1 | sch)"])   # q1 = 2
+def test_sparse_remainder_matches_dense(formula, monkeypatch):
+    """A sparse remainder is reordered and factored on its pattern (supernodes): every quantity
+    of the interface equals the dense matrix's, in the natural order of the random effects."""
+    from mlmext.linalg import _supernodal
+    data = _school_data()
+    model, des, lams, w, v, rng = _setup(data, formula)
+    ch = BlockedCholesky(des.blocks, model._XY, w, nested=False)
+    assert isinstance(ch, DenseFactor) and ch._sn is not None
+    plan = ch._sn
+    assert plan.nnz < 0.25 * ch.r * ch.r / 2                    # the pattern is sparse ...
+    assert not np.array_equal(plan.perm, np.arange(ch.rz))       # ... and the order not natural
+    ref = _dense_reference(des, model._XY, w, lams, v)
+    _assert_same(_factor_quantities(ch, lams, v), ref, "supernodal")
+    # nothing of the factor lies outside the stored pattern (the steps never wrote there)
+    mask = np.zeros((ch.r, ch.r), dtype=bool)
+    for a, b, R in plan.supernodes:
+        mask[a:b, a:b] = True
+        mask[R, a:b] = True
+    mask[ch.rz:, ch.rz:] = True
+    assert np.all(np.tril(ch.Lr)[~mask] == 0.0)
+    # the same object through the dense path
+    monkeypatch.setattr(DenseFactor, "sparse_rest", False)
+    dense = BlockedCholesky(des.blocks, model._XY, w, nested=False)
+    assert dense._sn is None
+    _assert_same(_factor_quantities(dense, lams, v), ref, "dense")
+    # merged supernodes of one column each: the pattern changes, the numbers do not
+    monkeypatch.setattr(DenseFactor, "sparse_rest", True)
+    monkeypatch.setattr(_supernodal, "MAX_COLS", 1)
+    single = BlockedCholesky(des.blocks, model._XY, w, nested=False)
+    assert len(single._sn.supernodes) == single.rz
+    _assert_same(_factor_quantities(single, lams, v), ref, "one column per supernode")
+    # an indefinite matrix is an error, as dpotrf's is in the dense path
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        single._sn.factor(-np.eye(single.r))
+
+
+def test_sparse_remainder_fit_equals_dense_fit(monkeypatch):
+    """The fit through the sparse remainder reaches the dense path's optimum."""
+    data = _school_data(seed=9)
+    f = "y ~ x + (1 | pupil) + (1 | tch) + (1 | sch)"
+    m = mf.lmer(f, data)
+    res = m.fit()
+    assert m._cross_products()._sn is not None
+    monkeypatch.setattr(DenseFactor, "sparse_rest", False)
+    m0 = mf.lmer(f, data)
+    res0 = m0.fit()
+    assert m0._cross_products()._sn is None
+    assert res.optim.converged and res0.optim.converged
+    # both stop on the checks' Newton decrement (1e-7 deviance units): objectives agree to that
+    assert abs(res.llf - res0.llf) < 1e-6
+    assert np.max(np.abs(res.fe_params - res0.fe_params) / res0.bse_fe) < 2e-3
+    assert np.allclose(res.theta, res0.theta, rtol=1e-3, atol=1e-4)

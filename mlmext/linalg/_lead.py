@@ -47,6 +47,9 @@ class LeadBlockFactor(Factor):
     """
 
     _scratch = ("_S",)
+    #: the sparse remainder's plan and the positions of its random effects (dense.py); None:
+    #: natural order, dense factorization
+    _sn = _rpos = None
 
     def __init__(self, blocks, XY, weights=None, reweighting=False, depth=1):
         self.blocks = blocks
@@ -100,6 +103,7 @@ class LeadBlockFactor(Factor):
             Z1 = (sw @ self._Z1).tocsc()
             self.A_r1 = (Zr.T @ Z1).tocsr()          # r x (m1 q1), sparse
             self.A_rr = (Zr.T @ Zr).toarray()        # r x r, dense
+        self._order_rest()
         self.A_1r = self.A_r1.T.tocsr()
         if self.r * m1q1 <= SMALL_DENSE:
             self._schur = DenseSchur(self.A_r1, self.m1, self.q1)
@@ -109,6 +113,11 @@ class LeadBlockFactor(Factor):
         self._a1y = self.A_r1[self.r - 1].toarray().ravel()      # A_1r[:, -1], for solve()
         self._S = np.empty_like(self.A_rr)
         return self
+
+    def _order_rest(self):
+        """Hook: reorder the remainder's random effects (rows of ``A_r1``, rows and columns of
+        ``A_rr``) for the factorization; the general storage's sparse path does."""
+        self._rpos = self._sn = None
 
     # -- fast re-weighting (PIRLS) ----------------------------------------------------
     def workspace(self):
@@ -139,6 +148,7 @@ class LeadBlockFactor(Factor):
                              f"with p = {self.p}); got shape {XY.shape}")
         n = XY.shape[0]
         w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+        self._rpos = self._sn = None                     # the PIRLS path keeps the natural order
         plan = getattr(self, "_rw_plan", None)
         if plan is None:
             plan = self._rw_plan = self._make_reweight_plan()
@@ -276,6 +286,8 @@ class LeadBlockFactor(Factor):
             for b, lam in zip(self._rest_blocks, lams[self._k0:]):
                 d[off:off + b.nre] = lam[0, 0]
                 off += b.nre
+            if self._rpos is not None:                   # the factorization's order
+                d[:self.rz] = d[:self.rz][self._rperm]
             return d
         mats = [sparse.kron(sparse.identity(b.m), sparse.csr_matrix(lam))
                 for b, lam in zip(self._rest_blocks, lams[self._k0:])]

@@ -7,6 +7,12 @@ remaining random-effects blocks, X and y share one dense factor ``Lr`` of the Sc
 ``(m1 q1) x r`` off-diagonal part of the inverse where they can: :meth:`inverse_block_sums`
 reduces it through the enumerated pairs of the Schur product, :meth:`local_inverse` works on the
 scalar arrays when every block is scalar.
+
+When the remainder's random effects are sparse (nearly nested factors after the first: STAR's
+teachers within schools), :meth:`_order_rest` reorders them once (minimum degree) and the
+remainder is factored and inverted on its pattern only (:mod:`~mlmext.linalg._supernodal`).
+``Lr`` then holds the factor in that order; ``_rpos[i]`` is the position of random effect i of
+the remainder, and every method that reads or returns per-block values maps through it.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from scipy import linalg, sparse
 from .._blas import inverse_threads
 from ._lead import LeadBlockFactor
 from ._stacks import blockdiag_sparse, sandwich, solve_lower_t
+from ._supernodal import SupernodalPlan
 
 __all__ = ["DenseFactor"]
 
@@ -30,6 +37,48 @@ class DenseFactor(LeadBlockFactor):
 
     def __init__(self, blocks, XY, weights=None, reweighting=False):
         super().__init__(blocks, XY, weights, reweighting, depth=1)
+
+    #: reorder a sparse remainder and factor it on its pattern (the tests set it to False to
+    #: check the sparse path against the dense one)
+    sparse_rest = True
+
+    def _order_rest(self):
+        """A fill-reducing order of the remainder's random effects when they are sparse enough;
+        ``A_r1`` and ``A_rr`` are permuted to it (X and y stay last)."""
+        self._rpos, self._sn = None, None
+        rz = self.rz
+        if not (self.sparse_rest and self._scalar_rest) or rz < 256:
+            return
+        A = self.A_r1[:rz].tocsc()
+        # pairs of rest effects sharing a first-block level: their number bounds the work
+        cnt = np.diff(A.indptr).astype(np.int64)
+        if int((cnt * cnt).sum()) > 8_000_000:
+            return
+        # rest effects x first-block levels (the q1 columns of a level are coupled by M1^-1)
+        level = np.repeat(np.arange(A.shape[1]) // self.q1, cnt)
+        Ab = sparse.csr_matrix((np.ones(A.nnz), (A.indices, level)), shape=(rz, self.m1))
+        G = (Ab @ Ab.T).tocsr() + sparse.csr_matrix(self.A_rr[:rz, :rz] != 0)
+        G.sort_indices()
+        plan = SupernodalPlan.for_pattern(G.indptr, G.indices, rz, self.r)
+        if plan is None:
+            return
+        full = np.concatenate([plan.perm, np.arange(rz, self.r)])
+        self.A_r1 = self.A_r1[full]
+        self.A_rr = self.A_rr[np.ix_(full, full)]
+        self._sn, self._rperm = plan, plan.perm
+        self._rpos = np.empty(rz, dtype=np.int64)
+        self._rpos[plan.perm] = np.arange(rz)
+
+    def _factor_rest(self, S):
+        if self._sn is None:
+            return super()._factor_rest(S)
+        idx = np.arange(self.rz)
+        S[idx, idx] += 1.0
+        self.Lr = self._sn.factor(S)
+
+    def _rest_index(self, idx):
+        """Positions in ``Lr`` of the remainder's random effects ``idx`` (natural order)."""
+        return idx if self._rpos is None else self._rpos[idx]
 
     def update(self, lams):
         """Factor for the block templates ``lams`` (from ``design.lambdas(theta)``)."""
@@ -51,7 +100,7 @@ class DenseFactor(LeadBlockFactor):
         t = self._apply_lam_rest(full)                 # Lambda_r v (y entry 0)
         rhs = self._apply_lam1T(self._a1y - self._a1r @ t)
         u1 = self._solve_M1(rhs)
-        u = np.concatenate([u1, v_rest[:self.rz]])
+        u = np.concatenate([u1, v_rest[:self.rz][self._rest_index(np.arange(self.rz))]])
         beta = v_rest[self.rz:]
         return u, beta
 
@@ -91,7 +140,7 @@ class DenseFactor(LeadBlockFactor):
             off = 0
             P = Linv
             for b in self.blocks[1:]:
-                cols = P[:, off:off + b.nre].reshape(rz, b.m, b.q)
+                cols = P[:, self._rest_index(np.arange(off, off + b.nre))].reshape(rz, b.m, b.q)
                 out.append(np.einsum("rgi,rgj->gij", cols, cols))
                 off += b.nre
         return out
@@ -108,25 +157,29 @@ class DenseFactor(LeadBlockFactor):
         rz, r = self.rz, self.r
         kk = rz + k
         out = []
-        # inverse of the leading kk x kk block, embedded in an r x r array (zero elsewhere):
-        # factor diag(L_P, I) -> potri gives diag(Omega_P^-1, I) in place (lower triangle)
-        X = self.Lr.copy()
-        X[kk:, :] = 0.0
-        X[np.arange(kk, r), np.arange(kk, r)] = 1.0
-        if kk:
-            with inverse_threads(kk):
-                _, info = linalg.lapack.dpotri(X.T, lower=0, overwrite_c=1)
-            if info:
-                raise np.linalg.LinAlgError("singular factor in gradient")
-        X[np.arange(kk, r), np.arange(kk, r)] = 0.0
+        if self._sn is not None:
+            # the entries on the factor's pattern: all that is read below
+            X = self._sn.selected_inverse(self.Lr, kk)
+        else:
+            # inverse of the leading kk x kk block, embedded in an r x r array (zero elsewhere):
+            # factor diag(L_P, I) -> potri gives diag(Omega_P^-1, I) in place (lower triangle)
+            X = self.Lr.copy()
+            X[kk:, :] = 0.0
+            X[np.arange(kk, r), np.arange(kk, r)] = 1.0
+            if kk:
+                with inverse_threads(kk):
+                    _, info = linalg.lapack.dpotri(X.T, lower=0, overwrite_c=1)
+                if info:
+                    raise np.linalg.LinAlgError("singular factor in gradient")
+            X[np.arange(kk, r), np.arange(kk, r)] = 0.0
         diagX = np.diagonal(X).copy()
         blocks_rest = []
         off = 0
         for b in self.blocks[1:]:
             if b.q == 1:
-                blocks_rest.append(diagX[off:off + b.m].sum().reshape(1, 1))
+                blocks_rest.append(diagX[self._rest_index(np.arange(off, off + b.m))].sum().reshape(1, 1))
             else:
-                idx = off + np.arange(b.m)[:, None] * b.q + np.arange(b.q)[None, :]
+                idx = self._rest_index(off + np.arange(b.m)[:, None] * b.q + np.arange(b.q)[None, :])
                 low = np.tril(X[idx[:, :, None], idx[:, None, :]]).sum(axis=0)
                 blocks_rest.append(low + np.tril(low, -1).T)
             off += b.nre
@@ -162,12 +215,16 @@ class DenseFactor(LeadBlockFactor):
         """Z' W (y - X beta - Z Lambda u) per block, as (m, q) arrays (no n-sized work)."""
         m1, q1 = self.m1, self.q1
         b1 = (u[:m1 * q1].reshape(m1, q1) @ lams[0].T)
-        b_rest = self._apply_lam_rest(np.concatenate([u[m1 * q1:], np.zeros(self.p + 1)]))[:self.rz]
+        u_rest = np.asarray(u[m1 * q1:], dtype=float)
+        if self._rpos is not None:
+            u_rest = u_rest[self._rperm]
+        b_rest = self._apply_lam_rest(np.concatenate([u_rest, np.zeros(self.p + 1)]))[:self.rz]
         c_r = np.concatenate([-b_rest, -np.asarray(beta, dtype=float), [1.0]])
         w1 = -np.einsum("gij,gj->gi", self.A11, b1).ravel() + self._a1r @ c_r
         # all rows, then the first rz: a row slice of a sparse matrix costs more than p + 1 rows
         wr = -(self._ar1 @ b1.ravel())[:self.rz] + self.A_rr[:self.rz] @ c_r
         out = [w1.reshape(m1, q1)]
+        wr = wr[self._rest_index(np.arange(self.rz))]
         off = 0
         for b in self.blocks[1:]:
             out.append(wr[off:off + b.nre].reshape(b.m, b.q))
@@ -190,13 +247,14 @@ class DenseFactor(LeadBlockFactor):
         full = np.zeros(self.r)
         t = self._ar1 @ self._apply_lam1(y1)
         full[:rz] = t[:rz]
-        rhs = v[m1q1:] - self._lam_rest_T(full)[:rz]
+        vr = v[m1q1:] if self._rpos is None else v[m1q1:][self._rperm]
+        rhs = vr - self._lam_rest_T(full)[:rz]
         Lzz = self.Lr[:rz, :rz]
         xr = linalg.cho_solve((Lzz, True), rhs, check_finite=False)
         full[:] = 0.0
         full[:rz] = xr
         x1 = self._solve_M1(v1 - self._apply_lam1T(self._a1r @ self._apply_lam_rest(full)))
-        return np.concatenate([x1, xr])
+        return np.concatenate([x1, xr[self._rest_index(np.arange(rz))]])
 
     def _a1z_index(self):
         """Entries of ``A_1r`` in the random-effects columns of the rest: (positions, cols, indptr, rows)."""
@@ -236,7 +294,7 @@ class DenseFactor(LeadBlockFactor):
         P_list, c_list = [], []
         off = 0
         for b, lam in zip(self.blocks[1:], lams[1:]):
-            P_list.append(off + b.codes[:, None] * b.q + np.arange(b.q)[None, :])
+            P_list.append(self._rest_index(off + b.codes[:, None] * b.q + np.arange(b.q)[None, :]))
             c_list.append(b.X @ lam)
             off += b.nre
         P = np.hstack(P_list)
