@@ -111,7 +111,7 @@ class LeadBlockFactor(Factor):
             self._schur = SchurProduct(self.A_r1, self.m1, self.q1)
         self._set_operators()
         self._a1y = self.A_r1[self.r - 1].toarray().ravel()      # A_1r[:, -1], for solve()
-        self._S = np.empty_like(self.A_rr)
+        self._S = np.zeros_like(self.A_rr)
         return self
 
     def _order_rest(self):
@@ -314,11 +314,15 @@ class LeadBlockFactor(Factor):
             self.M1inv, self.logdet1 = spd_inv_logdet(M)       # closed forms for q1 = 2
             B = sandwich(self.M1inv, lam1.T, lam1.T)           # Lambda_1 M1^-1 Lambda_1', (m1, q1, q1)
         self.lam1 = lam1
+        lr = self._lambda_rest(lams)
+        self.lam_rest = lr
+        return self._schur_complement(B, lr)
+
+    def _schur_complement(self, B, lr):
+        """``S = Lambda_r' (A_rr - A_r1 blockdiag(B) A_1r) Lambda_r`` in the scratch matrix."""
         S = self._S
         np.copyto(S, self.A_rr)
         self._schur.subtract_from(S, B)
-        lr = self._lambda_rest(lams)
-        self.lam_rest = lr
         if isinstance(lr, np.ndarray):
             S *= lr[:, None]
             S *= lr[None, :]

@@ -148,6 +148,18 @@ class SupernodalPlan:
             return None
         return plan
 
+    def stored_positions(self):
+        """Flat positions ``i r + j`` of the factor's lower-triangle pattern (what
+        :meth:`factor` writes below the diagonal and on it), sorted."""
+        r, out = self.r, []
+        for a, b, R in self.supernodes:
+            i, j = np.tril_indices(b - a)
+            out.append((a + i) * r + (a + j))
+            out.append((R[:, None] * r + np.arange(a, b)[None, :]).ravel())
+        i, j = np.tril_indices(r - self.rz)
+        out.append((self.rz + i) * r + (self.rz + j))
+        return np.sort(np.concatenate(out))
+
     # -- per theta ----------------------------------------------------------------------
     def factor(self, W):
         """Overwrite the lower triangle of ``W`` (r x r, permuted order) with its Cholesky

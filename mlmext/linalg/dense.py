@@ -41,6 +41,7 @@ class DenseFactor(LeadBlockFactor):
     #: reorder a sparse remainder and factor it on its pattern (the tests set it to False to
     #: check the sparse path against the dense one)
     sparse_rest = True
+    _compact = None
 
     def _order_rest(self):
         """A fill-reducing order of the remainder's random effects when they are sparse enough;
@@ -68,6 +69,32 @@ class DenseFactor(LeadBlockFactor):
         self._sn, self._rperm = plan, plan.perm
         self._rpos = np.empty(rz, dtype=np.int64)
         self._rpos[plan.perm] = np.arange(rz)
+
+    def set_data(self, XY, weights=None):
+        super().set_data(XY, weights)
+        self._compact = None
+        if self._sn is not None and self._schur.P is not None:
+            # the Schur complement and the gradient's sums on the pattern's positions alone
+            r, A = self.r, self.A_rr
+            lower = np.flatnonzero(np.tril(A != 0).ravel())
+            rdiag = np.arange(self.rz) * (r + 1)
+            pat = np.unique(np.concatenate([np.unique(self._schur.P.indices), lower, rdiag]))
+            pi, pj = np.divmod(pat, r)
+            self._compact = dict(pat=pat, pi=pi, pj=pj, a=A.ravel()[pat], schur=self._schur.compact(pat),
+                                 twice=np.where(pi == pj, 1.0, 2.0), stored=self._sn.stored_positions())
+        return self
+
+    def _schur_complement(self, B, lr):
+        c = self._compact
+        if c is None:
+            return super()._schur_complement(B, lr)
+        vals = c["a"].copy()
+        c["schur"].subtract_from(vals, B)
+        vals *= lr[c["pi"]] * lr[c["pj"]]
+        S = self._S                        # zero off the pattern: reset what the last factor wrote
+        S.ravel()[c["stored"]] = 0.0
+        S.ravel()[c["pat"]] = vals
+        return S
 
     def _factor_rest(self, S):
         if self._sn is None:
@@ -184,7 +211,10 @@ class DenseFactor(LeadBlockFactor):
                 blocks_rest.append(low + np.tril(low, -1).T)
             off += b.nre
         lr = self.lam_rest
-        if isinstance(lr, np.ndarray) and self._schur.P is not None:
+        if self._compact is not None:                 # the same sums on the pattern's positions
+            c = self._compact
+            V = c["schur"].pair_sums(X.ravel()[c["pat"]] * (lr[c["pi"]] * lr[c["pj"]] * c["twice"]))
+        elif isinstance(lr, np.ndarray) and self._schur.P is not None:
             # only the lower triangle is read: K = Lambda_r X Lambda_r', off-diagonal doubled
             K = X
             K *= (2.0 * lr)[:, None]
