@@ -270,15 +270,21 @@ def _lhs_terms(lhs):
     return [t for t in desc.rhs_termlist if t.factors]
 
 
+def _label(lhs, name):
+    from ..frame import display_name
+    return _bar(display_name(lhs), display_name(name))
+
+
 def _reduced_forms(terms, reduce_terms):
-    """(row label, list of (lhs, name) kept) for each reduced model (lmerTest's get_newforms)."""
+    """(row label, list of (lhs, name) kept) for each reduced model (lmerTest's get_newforms),
+    the terms as lme4's ``findbars`` lists them (as written; ``a/b`` as ``b:a``, ``a``)."""
     full = [(t.lhs.strip(), t.name) for t in terms]
     out = []
     for i, (lhs, name) in enumerate(full):
         rest = full[:i] + full[i + 1:]
         lterms = _lhs_terms(lhs) if reduce_terms else []
         if not lterms:
-            out.append((_bar(lhs, name), rest))
+            out.append((_label(lhs, name), rest))
             continue
         labels = [t.name() for t in lterms]
         scope = [a for a in labels
@@ -286,7 +292,7 @@ def _reduced_forms(terms, reduce_terms):
         for s in scope:
             keep = [a for a in labels if a != s]
             new = "1" if not keep else " + ".join(keep)
-            out.append((f"{s} in {_bar(lhs, name)}", rest + [(new, name)]))
+            out.append((f"{s} in {_label(lhs, name)}", rest + [(new, name)]))
     return out
 
 
@@ -336,7 +342,7 @@ def ranova(res, reduce_terms=True):
         raise NotImplementedError("ranova refits the model from its formula and model frame; "
                                   "this model has none (built from arrays, or remove_data())")
     reml = bool(r.reml)
-    terms = model.re_design.terms
+    terms = parsed.bars
     fixed = " + ".join([parsed.fixed_rhs] + [f"offset({o})" for o in parsed.offsets])
     kw = {}
     if info.get("has_weights"):
@@ -371,9 +377,10 @@ def ranova(res, reduce_terms=True):
     tab["Pr(>Chisq)"] = [np.nan if not (d > 0) else float(stats.chi2.sf(x, d))
                          for x, d in zip(tab["LRT"], tab["Df"])]
     out = LmerTestTable(tab)
-    full = " + ".join(_bar(t.lhs.strip(), t.name) for t in terms)
+    from ..frame import display_name
+    full = " + ".join(_label(t.lhs.strip(), t.name) for t in terms)
     out.attrs["heading"] = ("ANOVA-like table for random-effects: Single term deletions\n\n"
-                            f"Model:\n{parsed.response} ~ {fixed} + {full}")
+                            f"Model:\n{display_name(parsed.response)} ~ {fixed} + {full}")
     return out
 
 
