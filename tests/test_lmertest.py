@@ -232,6 +232,75 @@ def test_nested_grouping_written_differently_is_nested():
     assert tab["logLik"].iloc[0] == pytest.approx(r["table"]["n1"]["logLik"], rel=1e-8)
     # class labels that repeat across schools ("C1" in every school) make another grouping:
     # (1 | class) is then not within (1 | region/cid), and the warning stays
-    n3 = mf.lmer("y ~ x + (1 | class)", d).fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")           # (1 | class) is a singular fit here
+        n3 = mf.lmer("y ~ x + (1 | class)", d).fit()
     with pytest.warns(UserWarning, match="do not look nested"):
         mlmext.anova(n3, n2)
+
+
+# ------------------------------------------------------------------ coef() and corr_fe
+def _by_r_name(frame_columns, rname):
+    hits = [c for c in frame_columns if norm(c) == norm(rname)]
+    assert len(hits) == 1, (rname, list(frame_columns))
+    return hits[0]
+
+
+@pytest.mark.parametrize("name", ["ham", "sleepgrp", "hsb82"])
+def test_coef_matches_lme4(name):
+    res, r = case(name)
+    co = res.coef()
+    assert list(co) == list(r["coef"])                    # lme4's order of grouping factors
+    se = res.bse_fe
+    for g, rc in r["coef"].items():
+        df = co[g]
+        assert [str(x) for x in df.index] == [str(x) for x in rc["levels"]]
+        assert list(df.columns) == list(res.fe_params.index)     # the fixed effects' order
+        vals = np.array(rc["values"], dtype=float)
+        for j, rcol in enumerate(rc["columns"]):
+            c = _by_r_name(df.columns, rcol)
+            # fixed effect + conditional mode: the fixed-effect tolerance (0.002 SE) plus the
+            # modes' agreement with lme4 (same scale)
+            np.testing.assert_allclose(df[c].to_numpy(), vals[:, j], rtol=0,
+                                       atol=2e-3 * se[c] + 1e-4 * np.abs(vals[:, j]).max())
+    # the direct construction: columns without a random effect are the fixed effect itself
+    g0 = list(co)[0]
+    re0 = res.ranef()[g0]
+    for c in co[g0].columns:
+        expect = res.fe_params[c] + (re0[c].to_numpy() if c in re0.columns else 0.0)
+        np.testing.assert_allclose(co[g0][c].to_numpy(), expect, rtol=1e-14, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_corr_fe_matches_lme4_and_prints_like_it(name):
+    res, r = case(name)
+    cf = res.corr_fe
+    assert list(cf.index) == list(cf.columns) == list(res.fe_params.index)
+    rn = r["corr_fe"]["names"]
+    rv = np.array(r["corr_fe"]["values"], dtype=float)
+    if name != "sleepgrp_sum":                     # R's sum-coded names are grp1, not C(grp, Sum)[S.A]
+        pos = [list(cf.index).index(_by_r_name(cf.index, n)) for n in rn]
+        # a correlation of estimates: SEs agree to 0.2 %, so correlations to about 1e-3
+        np.testing.assert_allclose(cf.to_numpy()[np.ix_(pos, pos)], rv, atol=1e-3)
+    # the printed block, given R's names and values, is R's text line for line
+    from mlmext.inference.coefs import corr_fe_text
+    assert corr_fe_text(pd.DataFrame(rv, index=rn, columns=rn)).split("\n") == r["corr_printed"]
+    text = str(res.summary(correlation=True))
+    assert "Correlation of Fixed Effects:" in text
+    assert "Correlation of Fixed Effects:" not in str(res.summary())
+
+
+def test_corr_block_in_our_order_equals_lme4s_when_the_orders_agree():
+    res, r = case("ham")                     # patsy's column order is R's here
+    assert [norm(n) for n in res.fe_params.index] == [norm(n) for n in r["corr_fe"]["names"]]
+    from mlmext.inference.coefs import corr_fe_text
+    assert corr_fe_text(res.corr_fe).split("\n") == r["corr_printed"]
+
+
+def test_abbreviate_is_rs():
+    from mlmext.inference.coefs import abbreviate
+    # R 4.2: abbreviate(c("(Intercept)", "phaselate", "Days:grpB", "Information2",
+    #                     "grpB:phaselate:Days", "sectorCatholic:cses"), 6)
+    assert abbreviate(["(Intercept)", "phaselate", "Days:grpB", "Information2",
+                       "grpB:phaselate:Days", "sectorCatholic:cses"], 6) == \
+        ["(Intr)", "phaslt", "Dys:gB", "Infrm2", "grB::D", "sctrC:"]
