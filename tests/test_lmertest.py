@@ -259,10 +259,9 @@ def test_coef_matches_lme4(name):
         vals = np.array(rc["values"], dtype=float)
         for j, rcol in enumerate(rc["columns"]):
             c = _by_r_name(df.columns, rcol)
-            # fixed effect + conditional mode: the fixed-effect tolerance (0.002 SE) plus the
-            # modes' agreement with lme4 (same scale)
-            np.testing.assert_allclose(df[c].to_numpy(), vals[:, j], rtol=0,
-                                       atol=2e-3 * se[c] + 1e-4 * np.abs(vals[:, j]).max())
+            # fixed effect + conditional mode: within the fixed-effect tolerance, 0.002 SE
+            # (the largest difference seen is 4e-4 SE, hsb82)
+            np.testing.assert_allclose(df[c].to_numpy(), vals[:, j], rtol=0, atol=2e-3 * se[c])
     # the direct construction: columns without a random effect are the fixed effect itself
     g0 = list(co)[0]
     re0 = res.ranef()[g0]
@@ -280,8 +279,9 @@ def test_corr_fe_matches_lme4_and_prints_like_it(name):
     rv = np.array(r["corr_fe"]["values"], dtype=float)
     if name != "sleepgrp_sum":                     # R's sum-coded names are grp1, not C(grp, Sum)[S.A]
         pos = [list(cf.index).index(_by_r_name(cf.index, n)) for n in rn]
-        # a correlation of estimates: SEs agree to 0.2 %, so correlations to about 1e-3
-        np.testing.assert_allclose(cf.to_numpy()[np.ix_(pos, pos)], rv, atol=1e-3)
+        # correlations are ratios of vcov entries, smooth in theta, which agrees with lme4's to
+        # about 1e-5 relative: 1e-4 (the largest difference seen is 4e-6)
+        np.testing.assert_allclose(cf.to_numpy()[np.ix_(pos, pos)], rv, atol=1e-4)
     # the printed block, given R's names and values, is R's text line for line
     from mlmext.inference.coefs import corr_fe_text
     assert corr_fe_text(pd.DataFrame(rv, index=rn, columns=rn)).split("\n") == r["corr_printed"]
