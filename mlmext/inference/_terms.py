@@ -172,8 +172,16 @@ def fixed_terms(res):
             raise NotImplementedError(f"cannot rebuild the fixed design in R's order ({name}); "
                                       "lmerTest's tables are not available for this formula")
     ft.vars = term_vars
-    # lmerTest's term_contain: all variables of A in B, B has more, and the same numeric ones
+    # lmerTest's term_contain reads R's "factors" matrix where it is 1: a variable of a term
+    # of several variables counts only if the term without it is in the model (else R codes
+    # it 2, "no contrasts"): in Days + Days:grp, Days:grp's variables are {grp}, and Days is
+    # contained in no term
+    present = {frozenset(v) for v in term_vars.values()}
+    ones = {lab: {v for v in term_vars[lab]
+                  if len(term_vars[lab]) == 1 or frozenset(term_vars[lab] - {v}) in present}
+            for lab in ft.labels}
     for a in ft.labels:
-        ft.contains[a] = [b for b in ft.labels if term_vars[a] < term_vars[b]
-                          and numeric_vars[a] == numeric_vars[b]]
+        num = lambda lab: ones[lab] & numeric_vars[lab]
+        ft.contains[a] = [b for b in ft.labels if ones[a] <= ones[b] and ones[b] - ones[a]
+                          and num(a) == num(b)]
     return ft

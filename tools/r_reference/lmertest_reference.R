@@ -42,11 +42,12 @@ read_data("hsb82")
 nested3$cid <- paste(nested3$region, nested3$school, nested3$class, sep = "_")  # unique class ids
 
 ## ---- 1. lmerTest tables for one model ------------------------------------------------------
-lt_case <- function(name, formula, data, kr = TRUE, contrasts = NULL) {
+lt_case <- function(name, formula, data, kr = TRUE, contrasts = NULL, py_formula = formula) {
   call <- if (is.null(contrasts)) sprintf("lmerTest::lmer(%s, data = %s)", formula, data)
           else sprintf("lmerTest::lmer(%s, data = %s, contrasts = %s)", formula, data, contrasts)
   m <- eval(parse(text = call))
   out <- list(name = name, r_call = call, data = paste0(data, ".csv"), formula = formula,
+              py_formula = py_formula,
               fixef = as.list(fixef(m)), theta = unname(getME(m, "theta")), sigma = sigma(m),
               loglik = as.numeric(logLik(m)))
   an <- list()
@@ -74,6 +75,24 @@ lt_case("sleepgrp3", "Reaction ~ grp * phase * Days + (1 | Subject)", "sleepgrp"
 lt_case("sleepgrp_sum", "Reaction ~ Days * grp + phase + (Days | Subject)", "sleepgrp",
         contrasts = "list(grp = 'contr.sum', phase = 'contr.sum')")
 lt_case("hsb82", "mAch ~ sector * cses + meanses + (cses | school)", "hsb82", kr = FALSE)
+## edge cases: no intercept, numeric terms only, a transformed variable in an interaction, an
+## interaction without its main effects (one term: lmerTest falls back to Type I), a numeric
+## variable with its interaction but not the factor's main effect
+lt_case("sleepgrp_noint", "Reaction ~ 0 + grp + Days + (1 | Subject)", "sleepgrp")
+lt_case("sleepgrp_quad", "Reaction ~ Days + I(Days^2) + (Days | Subject)", "sleepgrp",
+        py_formula = "Reaction ~ Days + I(Days**2) + (Days | Subject)")
+lt_case("sleepgrp_log", "Reaction ~ log(Days + 1) * grp + (1 | Subject)", "sleepgrp",
+        py_formula = "Reaction ~ np.log(Days + 1) * grp + (1 | Subject)")
+lt_case("sleepgrp_inter", "Reaction ~ grp:Days + (1 | Subject)", "sleepgrp")
+lt_case("sleepgrp_nested", "Reaction ~ Days + Days:grp + (1 | Subject)", "sleepgrp")
+
+## ranova of a weighted fit with an offset in the formula (refits keep both)
+read_data("sleepstudy_aug")
+ra <- lmerTest::lmer(Reaction ~ Days + offset(off) + (Days | Subject), data = sleepstudy_aug, weights = w)
+write_lt_ref(list(name = "ranova_weighted", data = "sleepstudy_aug.csv",
+                  r_call = "lmer(Reaction ~ Days + offset(off) + (Days | Subject), data = sleepstudy_aug, weights = w)",
+                  ranova = tab_rows(ranova(ra)), ranova_complete = tab_rows(ranova(ra, reduce.terms = FALSE))),
+            "ranova_weighted")
 
 ## ---- 2. anova(lmer, lm) and nested grouping factors written differently ------------------------
 m_lmer <- lmerTest::lmer(Reaction ~ Days + (1 | Subject), data = sleepstudy)
