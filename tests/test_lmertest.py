@@ -233,6 +233,37 @@ def test_anova_against_ols_and_glm_matches_r():
     assert list(tabs[0].index) == ["m_lm", "m_lmer"]
 
 
+def test_anova_glmer_against_a_statsmodels_glm_matches_r():
+    import statsmodels.api as sm
+    r = load_ref("lmertest", "anova_glm")
+    d = read_data("cbpp.csv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g1 = mf.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", d,
+                      family=sm.families.Binomial()).fit()
+    g0 = smf.glm("incidence + I(size - incidence) ~ period", d, family=sm.families.Binomial()).fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tab = mlmext.anova(g1, g0)
+    assert list(tab.index) == ["g0", "g1"]
+    for (rname, rrow), (_, row) in zip(r["table"].items(), tab.iterrows()):
+        assert row["npar"] == rrow["npar"]
+        # the glm's likelihood is exact; glmer's Laplace fit agrees with lme4's to ~1e-6
+        assert abs(row["logLik"] - rrow["logLik"]) < 1e-5 * abs(rrow["logLik"])
+    assert tab["Chisq"].iloc[1] == pytest.approx(r["table"]["g_glmer"]["Chisq"], rel=1e-4)
+    d["p"] = d["incidence"] / d["size"]
+    g0w = smf.glm("p ~ period", d, family=sm.families.Binomial(), var_weights=d["size"]).fit()
+    with pytest.raises(ValueError, match="var_weights"):
+        mlmext.anova(g1, g0w)
+    with pytest.raises(ValueError, match="fitted model results; got object"):
+        mlmext.anova(g1, object())
+    # one model that is not an LMM: no lmerTest table
+    with pytest.raises(NotImplementedError, match="LMMs"):
+        mlmext.anova(g1)
+    with pytest.raises(NotImplementedError, match="LMMs"):
+        mlmext.ranova(g1)
+
+
 def test_nested_grouping_written_differently_is_nested():
     r = load_ref("lmertest", "anova_nested")
     d = read_data("nested3.csv")
@@ -318,3 +349,29 @@ def test_abbreviate_is_rs():
     assert abbreviate(["(Intercept)", "phaselate", "Days:grpB", "Information2",
                        "grpB:phaselate:Days", "sectorCatholic:cses"], 6) == \
         ["(Intr)", "phaslt", "Dys:gB", "Infrm2", "grB::D", "sctrC:"]
+
+
+def test_coef_of_a_glmm_and_clmm():
+    import statsmodels.api as sm
+    d = read_data("cbpp.csv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = mf.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", d,
+                     family=sm.families.Binomial()).fit()
+    co = g.coef()["herd"]
+    re = g.ranef()["herd"]["Intercept"].to_numpy()
+    np.testing.assert_allclose(co["Intercept"].to_numpy(), g.fe_params["Intercept"] + re, rtol=1e-14)
+    np.testing.assert_array_equal(co["period[T.2]"].to_numpy(), np.full(len(co), g.fe_params["period[T.2]"]))
+    w = read_data("wine.csv")
+    c = mf.clmm("rating ~ temp + contact + (1 | judge)", w).fit()
+    with pytest.raises(NotImplementedError, match="clmm"):
+        c.coef()
+    # the fixed-effects correlation of a clmm leaves the thresholds out
+    assert list(c.corr_fe.index) == list(c.fe_params.index)
+
+
+def test_coef_needs_the_random_effect_among_the_fixed_effects():
+    ss = read_data("sleepstudy.csv")
+    res = mf.lmer("Reaction ~ 1 + (Days | Subject)", ss).fit()
+    with pytest.raises(ValueError, match="unable to align"):
+        res.coef()

@@ -205,7 +205,15 @@ def anova(*results, names=None, refit=True, type=None, ddf=None):
     for r in results:
         for attr in ("llf", "params", "nobs", "model"):
             if not hasattr(r, attr):
-                raise ValueError(f"anova needs fitted model results; got {type(r).__name__} without {attr!r}")
+                raise ValueError(f"anova needs fitted model results; got {r.__class__.__name__} without {attr!r}")
+    for r in results:
+        fam = getattr(_raw(r).model, "family", None)
+        vw = getattr(_raw(r).model, "var_weights", None)
+        if (not _is_mixed(r) and fam is not None and vw is not None
+                and fam.__class__.__name__ in ("Binomial", "Poisson") and not np.allclose(vw, 1.0)):
+            raise ValueError("a statsmodels GLM with var_weights has no binomial / Poisson "
+                             "likelihood to compare; fit the binomial GLM with a two-column "
+                             "response (successes + I(n - successes) ~ ...) instead")
     for i in range(1, len(results)):
         ok, why = _same_rows(results[0], results[i])
         if not ok:

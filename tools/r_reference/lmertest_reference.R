@@ -101,6 +101,13 @@ write_lt_ref(list(name = "anova_lm", data = "sleepstudy.csv",
                   calls = list(m_lmer = "lmer(Reaction ~ Days + (1 | Subject), data = sleepstudy)",
                                m_lm = "lm(Reaction ~ Days, data = sleepstudy)"),
                   table = tab_rows(anova(m_lmer, m_lm))), "anova_lm")
+read_data("cbpp")
+g_glmer <- lme4::glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), data = cbpp, family = binomial)
+g_glm <- glm(cbind(incidence, size - incidence) ~ period, data = cbpp, family = binomial)
+write_lt_ref(list(name = "anova_glm", data = "cbpp.csv",
+                  calls = list(g_glmer = "glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), data = cbpp, family = binomial)",
+                               g_glm = "glm(cbind(incidence, size - incidence) ~ period, data = cbpp, family = binomial)"),
+                  table = tab_rows(anova(g_glmer, g_glm))), "anova_glm")
 n1 <- lme4::lmer(y ~ x + (1 | cid), data = nested3)
 n2 <- lme4::lmer(y ~ x + (1 | region/cid), data = nested3)
 write_lt_ref(list(name = "anova_nested", data = "nested3.csv",
