@@ -292,7 +292,11 @@ def _reduced_forms(terms, reduce_terms):
         for s in scope:
             keep = [a for a in labels if a != s]
             new = "1" if not keep else " + ".join(keep)
-            out.append((f"{s} in {_label(lhs, name)}", rest + [(new, name)]))
+            same = lambda a, b: a.replace(" ", "") == b.replace(" ", "")
+            # R's update.formula adds a term only once: (0 + Days | g) reduced next to (1 | g)
+            # is the model with (1 | g)
+            dup = any(same(a, new) and same(b, name) for a, b in rest)
+            out.append((f"{s} in {_label(lhs, name)}", rest + ([] if dup else [(new, name)])))
     return out
 
 

@@ -86,6 +86,21 @@ lt_case("sleepgrp_log", "Reaction ~ log(Days + 1) * grp + (1 | Subject)", "sleep
 lt_case("sleepgrp_inter", "Reaction ~ grp:Days + (1 | Subject)", "sleepgrp")
 lt_case("sleepgrp_nested", "Reaction ~ Days + Days:grp + (1 | Subject)", "sleepgrp")
 
+## ranova of other random-effects forms: || (its 0 + Days term reduces to a (1 | Subject) that
+## is already there: update.formula adds it once) and nesting a/b (two terms, b:a first)
+ranova_case <- function(name, formula, data, py_formula = formula) {
+  m <- eval(parse(text = sprintf("lmerTest::lmer(%s, data = %s)", formula, data)))
+  write_lt_ref(list(name = name, data = paste0(data, ".csv"), formula = formula, py_formula = py_formula,
+                    ranova = tab_rows(ranova(m)), ranova_complete = tab_rows(ranova(m, reduce.terms = FALSE))),
+               name)
+}
+read_data("pastes")
+ranova_case("ranova_uncorrelated", "Reaction ~ Days + (Days || Subject)", "sleepstudy")
+ranova_case("ranova_nested", "strength ~ 1 + (1 | batch/cask)", "pastes")
+## (lme4 warns that the full model failed to converge, max|grad| = 0.0165: its REML logLik is
+## 1e-4 below the optimum; the test checks that)
+ranova_case("ranova_two_slopes", "Reaction ~ Days * phase + (Days + phase | Subject)", "sleepgrp")
+
 ## ranova of a weighted fit with an offset in the formula (refits keep both)
 read_data("sleepstudy_aug")
 ra <- lmerTest::lmer(Reaction ~ Days + offset(off) + (Days | Subject), data = sleepstudy_aug, weights = w)
