@@ -392,3 +392,14 @@ def test_coef_needs_the_random_effect_among_the_fixed_effects():
     res = mf.lmer("Reaction ~ 1 + (Days | Subject)", ss).fit()
     with pytest.raises(ValueError, match="unable to align"):
         res.coef()
+
+
+def test_dotted_names_give_the_same_tables_under_their_own_names():
+    d = read_data("sleepgrp.csv")
+    d["Days.x"], d["my.grp"] = d["Days"], d["grp"]
+    a = mf.lmer("Reaction ~ Days * grp + (1 | Subject)", d).fit()
+    b = mf.lmer("Reaction ~ Days.x * my.grp + (1 | Subject)", d).fit()
+    for ty in (1, 2, 3):
+        ta, tb = mlmext.anova(a, type=ty), mlmext.anova(b, type=ty)
+        assert list(tb.index) == ["Days.x", "my.grp", "Days.x:my.grp"]
+        np.testing.assert_allclose(tb.to_numpy(), ta.to_numpy(), rtol=1e-6)

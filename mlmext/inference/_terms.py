@@ -93,7 +93,9 @@ def fixed_terms(res):
     data = info.get("data")
     X = np.asarray(model.exog, dtype=float)
     n = X.shape[0]
-    if data is None or len(data) != n or list(spec.column_names) != list(model.exog_names):
+    from ..frame import display_name
+    if data is None or len(data) != n or \
+            [display_name(c) for c in spec.column_names] != list(model.exog_names):
         raise NotImplementedError("lmerTest's tables need the fitted model frame and a full-rank "
                                   "design with the columns the formula makes (no dropped columns)")
     ordered, factor_order = _r_order(spec, str(info["parsed"].fixed_rhs))
@@ -107,7 +109,7 @@ def fixed_terms(res):
     pos = {"user": 0, "treat": 0, "rd": 0}
     for term in ordered:
         facs = factor_order(term)
-        label = ":".join(f.name() for f in facs) if facs else "(Intercept)"
+        label = ":".join(display_name(f.name()) for f in facs) if facs else "(Intercept)"
         if not facs:
             ft.has_intercept = True
         for f in facs:
