@@ -38,15 +38,15 @@ def coef(res):
                                   "effects shift the thresholds, not a fixed effect")
     fe = r.fe_params
     out = {}
-    for g, re in r.ranef().items():
-        missing = [c for c in re.columns if c not in fe.index]
+    for g, modes in r.ranef().items():
+        missing = [c for c in modes.columns if c not in fe.index]
         if missing:
             raise ValueError(f"unable to align random and fixed effects: the random effect(s) "
                              f"{missing} of {g!r} have no fixed effect of that name")
-        df = pd.DataFrame(np.tile(fe.to_numpy(dtype=float), (len(re), 1)), index=re.index,
+        df = pd.DataFrame(np.tile(fe.to_numpy(dtype=float), (len(modes), 1)), index=modes.index,
                           columns=fe.index)
-        for c in re.columns:
-            df[c] = df[c] + re[c].to_numpy(dtype=float)
+        for c in modes.columns:
+            df[c] = df[c] + modes[c].to_numpy(dtype=float)
         out[g] = df
     return out
 
