@@ -4,7 +4,7 @@ from ._warnings import import_statsmodels_keeping_user_filters
 import_statsmodels_keeping_user_filters()        # before anything imports statsmodels
 
 from .design import UnidentifiedSlopeWarning  # noqa: E402
-from .inference import anova  # noqa: E402
+from .inference import anova, drop1, ranova  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["anova", "UnidentifiedSlopeWarning", "__version__"]
+__all__ = ["anova", "drop1", "ranova", "UnidentifiedSlopeWarning", "__version__"]

@@ -400,11 +400,11 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     def _summary_top(self):
         return [("Method:", ["REML" if self.reml else "ML"])]
 
-    def summary(self, alpha=0.05, title=None, ddf=None):
+    def summary(self, alpha=0.05, title=None, ddf=None, correlation=False):
         """Summary in lme4's layout built from statsmodels ``Summary`` tables.
 
-        ``ddf="satterthwaite"`` (or ``"kenward-roger"``) shows t tests with those df (lmerTest).
-        """
+        ``ddf="satterthwaite"`` (or ``"kenward-roger"``) shows t tests with those df (lmerTest);
+        ``correlation=True`` adds lme4's ``Correlation of Fixed Effects:`` (see ``corr_fe``)."""
         model = self.model
         ngrps = ", ".join(f"{n}: {m}" for n, m in {t.name: t.m for t in model.re_design.terms}.items())
         top_left = [("Model:", [type(model).__name__]),
@@ -442,7 +442,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         if self.nrows_dropped:
             notes.append(dropped_note(self.model))
         notes.append(self.optim.describe())
-        add_notes(smry, notes)
+        add_notes(smry, notes + ([self._corr_fe_text()] if correlation else []))
         return smry
 
     def _add_extra_tables(self, smry, ddf=None):

@@ -391,3 +391,37 @@ def test_offset_shifts_the_thresholds(wine, wine_fit):
     np.testing.assert_allclose(r.llf, wine_fit.llf, atol=1e-7)
     np.testing.assert_allclose(np.asarray(r.thresholds), np.asarray(wine_fit.thresholds) + 0.75, atol=1e-4)
     np.testing.assert_allclose(np.asarray(r.fe_params), np.asarray(wine_fit.fe_params), atol=1e-4)
+
+
+# ------------------------------------------------------ responses written C(y) / factor(y)
+@pytest.mark.parametrize("lhs", ["C(rating)", "factor(rating)", "as.factor(rating)",
+                                 "ordered(rating)", "as.ordered( rating )"])
+def test_factor_wrapped_response_is_the_plain_response(wine, wine_fit, lhs):
+    res = mf.clmm(WINE_F.replace("rating", lhs, 1), wine).fit()
+    np.testing.assert_array_equal(np.asarray(res.params), np.asarray(wine_fit.params))
+    assert list(res.thresholds.index) == list(wine_fit.thresholds.index)
+
+
+def test_factor_wrapped_response_takes_rs_factor_order(wine, wine_fit):
+    d = wine.copy()
+    d["rs"] = d["rating"].astype(str)                       # strings: refused plain ...
+    with pytest.raises(ValueError, match=r"C\(rs\)"):
+        mf.clmm("rs ~ temp + contact + (1 | judge)", d)
+    res = mf.clmm("C(rs) ~ temp + contact + (1 | judge)", d).fit()   # ... sorted in C()
+    np.testing.assert_array_equal(np.asarray(res.params), np.asarray(wine_fit.params))
+    # sorted order reversed against the ratings: thresholds reversed and negated, beta negated
+    d["rl"] = d["rs"].map({"1": "e1", "2": "d2", "3": "c3", "4": "b4", "5": "a5"})
+    rev = mf.clmm("factor(rl) ~ temp + contact + (1 | judge)", d).fit()
+    assert list(rev.thresholds.index) == ["a5|b4", "b4|c3", "c3|d2", "d2|e1"]
+    np.testing.assert_allclose(rev.thresholds.to_numpy(), -wine_fit.thresholds.to_numpy()[::-1],
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(rev.fe_params), -np.asarray(wine_fit.fe_params), atol=1e-5)
+    # an unordered categorical keeps its category order (R's factor() of a factor)
+    d["ru"] = pd.Categorical(d["rs"], categories=["1", "2", "3", "4", "5"], ordered=False)
+    res_u = mf.clmm("C(ru) ~ temp + contact + (1 | judge)", d).fit()
+    np.testing.assert_array_equal(np.asarray(res_u.params), np.asarray(wine_fit.params))
+    # levels= still decides
+    res_l = mf.clmm("C(rl) ~ temp + contact + (1 | judge)", d, levels=["e1", "d2", "c3", "b4", "a5"]).fit()
+    np.testing.assert_array_equal(np.asarray(res_l.params), np.asarray(wine_fit.params))
+    with pytest.raises(ValueError, match="alone inside C"):
+        mf.clmm("C(rs, Treatment) ~ temp + (1 | judge)", d)

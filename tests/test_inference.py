@@ -341,8 +341,10 @@ def test_anova_three_ml_models():
 def test_anova_errors_and_warnings():
     ss = read_data("sleepstudy.csv")
     m1 = fit(SLEEP, "sleepstudy.csv")
-    with pytest.raises(ValueError, match="at least two"):
-        mlmext.anova(m1)
+    with pytest.raises(ValueError, match="needs a fitted model"):
+        mlmext.anova()
+    with pytest.raises(TypeError, match="one model"):
+        mlmext.anova(m1, m1, type=3)          # type= is read for one model only
     sub = mf.lmer(SLEEP, ss.iloc[:170]).fit()
     with pytest.raises(ValueError, match="not fitted to the same data"):
         mlmext.anova(m1, sub)

@@ -4,6 +4,8 @@ Functions that take a fitted mixed-model result, by module, and :class:`Inferenc
 which puts them on the results class as methods:
 
 * :mod:`.anova` -- :func:`anova`, likelihood-ratio tests between nested models (lme4's ``anova``);
+* :mod:`.lmertest` -- :func:`ranova`, :func:`drop1`, and one model's F tests (``anova(m)``,
+  :func:`anova_lmm`): lmerTest's tables;
 * :mod:`.ddf` -- :func:`satterthwaite`, :func:`kenward_roger`: denominator degrees of freedom
   for fixed effects and contrasts (lmerTest / pbkrtest), and t / F tests with them;
 * :mod:`.intervals` -- :func:`profile`, :func:`conf_int_profile` (lme4's ``profile`` /
@@ -23,6 +25,7 @@ Variance parameters are named as :func:`varpar_names` says (see :mod:`.intervals
 from .allfit import AllFitTable, allfit
 from .anova import AnovaTable, anova
 from .ddf import kenward_roger, satterthwaite
+from .lmertest import LmerTestTable, anova_lmm, drop1, ranova
 from .diagnostics import ConvergenceCheck, check_convergence, cooks_distance, influence
 from .intervals import bootstrap, conf_int_boot, conf_int_profile, profile, varpar_names
 from ._refit import refit
@@ -31,11 +34,11 @@ from .simulation import PowerSimResults, power_sim, simulate
 from .variance_explained import icc, r2_nakagawa, r2_snijders_bosker
 
 # public too, though never in __all__
-from .ddf import satterthwaite_ftest  # noqa: F401
+from .ddf import kenward_roger_ftest, satterthwaite_ftest  # noqa: F401
 from .intervals import boot_ci, profile_zeta  # noqa: F401
 
 __all__ = [
-    "anova", "AnovaTable", "satterthwaite", "kenward_roger", "profile", "conf_int_profile",
+    "anova", "AnovaTable", "anova_lmm", "ranova", "drop1", "LmerTestTable", "satterthwaite", "kenward_roger", "profile", "conf_int_profile",
     "bootstrap", "conf_int_boot", "icc", "r2_nakagawa", "r2_snijders_bosker", "simulate",
     "power_sim", "PowerSimResults", "influence", "cooks_distance", "check_convergence",
     "ConvergenceCheck", "allfit", "AllFitTable", "varpar_names", "InferenceMixin", "refit",

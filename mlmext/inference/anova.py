@@ -76,20 +76,45 @@ def _caller_names(results, depth=2):
     return [f"m{i + 1}" for i in range(len(results))]
 
 
+def _is_mixed(res):
+    return hasattr(_raw(res).model, "re_design")
+
+
+def _npar(res):
+    """Number of parameters as R's ``logLik(fit)`` counts them (``attr(, "df")``): for a
+    statsmodels OLS / WLS / GLM fit, the coefficients plus the scale where it is estimated."""
+    r = _raw(res)
+    if _is_mixed(r):
+        return float(r.k_params)
+    k = float(len(np.asarray(r.params)))
+    fam = getattr(r.model, "family", None)
+    if fam is None:                                   # OLS, WLS: sigma
+        return k + 1.0
+    return k + float(type(fam).__name__ in ("Gaussian", "Gamma", "InverseGaussian"))
+
+
+def _partition_key(codes):
+    """A canonical form of the grouping a level code per row defines (level names aside)."""
+    _, first, inv = np.unique(np.asarray(codes), return_index=True, return_inverse=True)
+    relabel = np.argsort(np.argsort(first))          # levels numbered by first appearance
+    return relabel[inv].tobytes()
+
+
 def _re_signature(res):
-    """{grouping factor: set of random-effect columns} of a mixed model."""
+    """{grouping partition: set of random-effect columns}: terms compared by the groups they
+    make, not their names, so ``(1 | child)`` and ``(1 | school/child)``'s ``child:school``
+    term are the same grouping when child ids are unique."""
     out = {}
-    model = _raw(res).model
-    des = getattr(model, "re_design", None)
-    if des is None:
+    if not _is_mixed(res):
         return out
-    for t in des.terms:
-        out.setdefault(tuple(sorted(t.factors)), set()).update(t.colnames)
+    for t in _raw(res).model.re_design.terms:
+        out.setdefault(_partition_key(t.codes), set()).update(t.colnames)
     return out
 
 
 def _nested(small, large):
-    """Whether ``small``'s parameters look like a subset of ``large``'s (names only)."""
+    """Whether ``small``'s parameters look like a subset of ``large``'s: fixed-effect names,
+    and each random-effect term's columns within the same grouping of the larger model."""
     fs, fl = set(_fe_names(small)), set(_fe_names(large))
     if not fs <= fl:
         return False
@@ -97,18 +122,33 @@ def _nested(small, large):
     for g, cols in rs.items():
         if g not in rl or not cols <= rl[g]:
             return False
-    if type(_raw(small).model) is not type(_raw(large).model):
+    ms, ml = _raw(small).model, _raw(large).model
+    if _is_mixed(small) and _is_mixed(large) and type(ms) is not type(ml):
+        return False
+    fa, fb = getattr(ms, "family", None), getattr(ml, "family", None)
+    if (fa is None) != (fb is None) and (_is_mixed(small) or _is_mixed(large)):
+        # an LMM and a Gaussian GLM of the same data are comparable
+        fam = fa if fa is not None else fb
+        return type(fam).__name__ == "Gaussian" and type(fam.link).__name__ == "Identity"
+    if fa is not None and fb is not None and type(fa) is not type(fb):
         return False
     return True
 
 
-def anova(*results, names=None, refit=True):
-    """Likelihood-ratio tests of nested mixed models (lme4's ``anova(m1, m2, ...)``).
+def anova(*results, names=None, refit=True, type=None, ddf=None):
+    """Likelihood-ratio tests of nested models (lme4's ``anova(m1, m2, ...)``), or lmerTest's
+    F tests of the terms of one LMM (``anova(m, type = 3)``).
+
+    With one LMM, returns :func:`~mlmext.inference.lmertest.anova_lmm` ``(m, type, ddf)``:
+    Type III (default), II or I F tests with Satterthwaite (default) or Kenward-Roger df.
 
     Parameters
     ----------
-    *results : MixedResults
-        Two or more fits (LMM, GLMM or clmm) of models to the same rows of the same data.
+    *results : MixedResults or statsmodels results
+        One LMM, or two or more fits (LMM, GLMM or clmm) of models to the same rows of the
+        same data; statsmodels OLS / WLS / GLM fits of the same data serve as models
+        without random effects (R's ``anova(lmer_fit, lm_fit)``): their ``llf`` is the
+        maximum-likelihood one, and REML mixed fits are refitted by ML.
     names : list of str, optional
         Row labels; by default the names of the variables that hold the results in the
         calling code (as R's ``anova`` uses its arguments' names), where each is found
@@ -116,6 +156,10 @@ def anova(*results, names=None, refit=True):
     refit : bool
         Refit REML fits by maximum likelihood first, as lme4 does (REML likelihoods of
         models with different fixed effects are not comparable).
+    type : {3, 2, 1}, optional
+        One model only: the type of the F tests (default 3).
+    ddf : {"satterthwaite", "kenward-roger"}, optional
+        One model only: the denominator degrees of freedom (default Satterthwaite).
 
     Returns
     -------
@@ -128,27 +172,48 @@ def anova(*results, names=None, refit=True):
     Raises
     ------
     ValueError
-        Fewer than two models, or models fitted to different rows or responses.
+        No model, or models fitted to different rows or responses.
+    TypeError
+        ``type`` or ``ddf`` with more than one model (they are read for one model only).
 
     Warns
     -----
     UserWarning
         When consecutive models are not nested in their parameters (fixed-effect names and
-        random-effect terms of the smaller model are not contained in the larger one's).
+        random-effect terms of the smaller model are not contained in the larger one's, a
+        term compared by the grouping it makes, not by its name).
     """
     if len(results) == 1 and isinstance(results[0], (list, tuple)):
         results = tuple(results[0])
+    if len(results) == 1:
+        if names is not None or refit is not True:
+            raise TypeError("names and refit are for comparing two or more models; one model "
+                            "gets F tests of its terms (type=, ddf=)")
+        from .lmertest import anova_lmm
+        return anova_lmm(results[0], type=3 if type is None else type,
+                         ddf="satterthwaite" if ddf is None else ddf)
+    if type is not None or ddf is not None:
+        raise TypeError("type and ddf are read for one model (lmerTest's F tests); a comparison "
+                        "of two or more models is a likelihood-ratio test")
     if len(results) < 2:
-        raise ValueError("anova needs at least two fitted models to compare")
+        raise ValueError("anova needs a fitted model, or two or more to compare")
     if names is None:
         names = _caller_names(results)
     names = [str(n) for n in names]
     if len(names) != len(results) or len(set(names)) != len(names):
         raise ValueError("names must give one distinct name per model")
     for r in results:
-        for attr in ("llf", "k_params", "nobs", "model"):
+        for attr in ("llf", "params", "nobs", "model"):
             if not hasattr(r, attr):
-                raise ValueError(f"anova needs fitted model results; got {type(r).__name__} without {attr!r}")
+                raise ValueError(f"anova needs fitted model results; got {r.__class__.__name__} without {attr!r}")
+    for r in results:
+        fam = getattr(_raw(r).model, "family", None)
+        vw = getattr(_raw(r).model, "var_weights", None)
+        if (not _is_mixed(r) and fam is not None and vw is not None
+                and fam.__class__.__name__ in ("Binomial", "Poisson") and not np.allclose(vw, 1.0)):
+            raise ValueError("a statsmodels GLM with var_weights has no binomial / Poisson "
+                             "likelihood to compare; fit the binomial GLM with a two-column "
+                             "response (successes + I(n - successes) ~ ...) instead")
     for i in range(1, len(results)):
         ok, why = _same_rows(results[0], results[i])
         if not ok:
@@ -167,19 +232,19 @@ def anova(*results, names=None, refit=True):
                 warnings.warn("comparing REML fits of models with different fixed effects: their "
                               "REML likelihoods are not comparable (use refit=True)", UserWarning,
                               stacklevel=2)
-    npar = np.array([float(r.k_params) for r in fits])
+    npar = np.array([_npar(r) for r in fits])
     order = np.argsort(npar, kind="stable")
     rows = []
     prev = None
     for i in order:
         r = fits[i]
-        llf, k, n = float(r.llf), float(r.k_params), float(r.nobs)
+        llf, k, n = float(r.llf), _npar(r), float(r.nobs)
         row = {"npar": int(k), "AIC": -2 * llf + 2 * k, "BIC": -2 * llf + np.log(n) * k,
                "logLik": llf, "deviance": -2 * llf, "Chisq": np.nan, "Df": np.nan,
                "Pr(>Chisq)": np.nan}
         if prev is not None:
             pr = fits[prev]
-            df = k - float(pr.k_params)
+            df = k - _npar(pr)
             chisq = 2.0 * max(0.0, llf - float(pr.llf))
             row["Chisq"] = chisq
             row["Df"] = df
@@ -194,7 +259,12 @@ def anova(*results, names=None, refit=True):
     tab = AnovaTable(rows, index=pd.Index([names[i] for i in order]))
     tab["npar"] = tab["npar"].astype(int)
     tab.attrs["refitted_ml"] = refitted
-    tab.attrs["formulas"] = {names[i]: _raw(results[i]).model.formula_info.get("formula", "")
-                             if hasattr(_raw(results[i]).model, "formula_info") else ""
-                             for i in order}
+    tab.attrs["formulas"] = {names[i]: _formula_of(results[i]) for i in order}
     return tab
+
+
+def _formula_of(res):
+    model = _raw(res).model
+    if hasattr(model, "formula_info"):
+        return model.formula_info.get("formula", "")
+    return getattr(model, "formula", None) or ""

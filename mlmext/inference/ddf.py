@@ -95,18 +95,42 @@ def satterthwaite(res, L=None):
     return out
 
 
+def _hypothesis(res, L, rhs):
+    """(L, rhs) from a matrix and rhs, or from the forms statsmodels' ``wald_test`` takes:
+    ``"x = 0, z = 0"``, a list of such strings, or a tuple ``(L, q)``."""
+    if isinstance(L, str) or isinstance(L, tuple) or (
+            isinstance(L, list) and L and all(isinstance(x, str) for x in L)):
+        if not (np.ndim(rhs) == 0 and float(rhs) == 0.0):
+            raise ValueError("rhs is given by the constraint itself (a string or an (L, q) "
+                             "tuple); leave rhs at 0")
+        return _contrast_matrix(res, L)
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    if L.shape[1] != len(_fe_names(res)):
+        raise ValueError(f"L has {L.shape[1]} columns for {len(_fe_names(res))} fixed effects")
+    return L, np.broadcast_to(np.asarray(rhs, float), (L.shape[0],)).astype(float)
+
+
 def satterthwaite_ftest(res, L, rhs=0.0):
     """Satterthwaite F test of ``L beta = rhs`` (lmerTest's ``contestMD``).
+
+    Parameters
+    ----------
+    res : LMM results
+    L : array_like, str, list of str, or tuple
+        The hypothesis matrix, or a constraint as statsmodels' ``wald_test`` takes it:
+        ``"Days = 0"``, ``"a = 0, b = 0"``, ``["a = 0", "b = 0"]`` or ``(L, q)``.
+    rhs : float or array_like
+        Right-hand side for a matrix ``L``.
 
     Returns
     -------
     dict
         ``F``, ``df_num``, ``df_denom``, ``pvalue``.
     """
+    L, rhs = _hypothesis(res, L, rhs)
     r = _raw(res)
     A, jac, C = _satt_pieces(r)
-    L = np.atleast_2d(np.asarray(L, dtype=float))
-    beta = _params(r) - np.linalg.pinv(L) @ np.broadcast_to(np.asarray(rhs, float), (L.shape[0],))
+    beta = _params(r) - np.linalg.pinv(L) @ rhs
     VL = L @ C @ L.T
     d, P = np.linalg.eigh(VL)
     idx = np.argsort(d)[::-1]
@@ -235,8 +259,8 @@ def _kr_pieces(res):
     return c["kr"]
 
 
-def _kr_ddf(L, V0, P, W):
-    """pbkrtest's ``Lb_ddf``: Kenward-Roger denominator df for the hypothesis L beta = 0."""
+def _kr_stats(L, V0, P, W):
+    """pbkrtest's ``.KR_adjust`` pieces for L beta = 0: (ddf, F scaling)."""
     L = np.atleast_2d(L)
     Theta = L.T @ np.linalg.solve(L @ V0 @ L.T, L)
     TV = Theta @ V0
@@ -260,7 +284,50 @@ def _kr_ddf(L, V0, P, W):
     x = 1 - A2 / q
     ratio = 1.0 if (abs(x) < 1e-14 and abs(V1) < 1e-14) else x / V1
     rho = ratio ** 2 * V0_ / V2 / q
-    return 4 + (q + 2) / (q * rho - 1)
+    df2 = 4 + (q + 2) / (q * rho - 1)
+    scaling = 1.0 if abs(df2 - 2) < 0.01 else df2 * (1 - A2 / q) / (df2 - 2)
+    return df2, scaling
+
+
+def _kr_ddf(L, V0, P, W):
+    """pbkrtest's ``Lb_ddf``: Kenward-Roger denominator df for the hypothesis L beta = 0."""
+    return _kr_stats(L, V0, P, W)[0]
+
+
+def kenward_roger_ftest(res, L, rhs=0.0):
+    """Kenward-Roger F test of ``L beta = rhs`` (pbkrtest's ``KRmodcomp``, lmerTest's
+    ``contestMD(ddf = "Kenward-Roger")``).
+
+    The Wald statistic uses the adjusted covariance; the F statistic is that statistic over
+    the number of rows, times pbkrtest's scaling factor.
+
+    Parameters
+    ----------
+    res : LMM results fitted by REML (unweighted)
+    L : array_like, str, list of str, or tuple
+        As in :func:`satterthwaite_ftest`.
+    rhs : float or array_like
+
+    Returns
+    -------
+    dict
+        ``F``, ``df_num``, ``df_denom``, ``pvalue``, ``F_unscaled``, ``F_scaling``.
+    """
+    L, rhs = _hypothesis(res, L, rhs)
+    PhiA, P, W, Phi = _kr_pieces(res)
+    q = np.linalg.matrix_rank(L)
+    if q == 0:
+        raise ValueError("the hypothesis matrix L is zero")
+    beta = _params(res) - np.linalg.pinv(L) @ rhs
+    if q < L.shape[0]:            # pbkrtest's force_full_rank: a basis of the rows
+        _, _, Vt = np.linalg.svd(L, full_matrices=False)
+        L = Vt[:q]
+    ddf, scaling = _kr_stats(L, Phi, P, W)
+    d = L @ beta
+    Fu = float(d @ np.linalg.solve(L @ PhiA @ L.T, d)) / q
+    F = scaling * Fu
+    return {"F": F, "df_num": q, "df_denom": ddf, "pvalue": float(stats.f.sf(F, q, ddf)),
+            "F_unscaled": Fu, "F_scaling": scaling}
 
 
 def kenward_roger(res, L=None):

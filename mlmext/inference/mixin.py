@@ -5,6 +5,7 @@ import pandas as pd
 
 from ._common import _fe_names
 from .allfit import allfit
+from .coefs import coef, corr_fe, corr_fe_text
 from .ddf import kenward_roger, params_table_ddf, satterthwaite, t_test_ddf
 from .diagnostics import check_convergence, cooks_distance, influence
 from ._refit import refit
@@ -39,6 +40,25 @@ class InferenceMixin:
         """pbkrtest's adjusted covariance of the fixed effects (``vcovAdj``)."""
         V = kenward_roger(self)[1]
         return pd.DataFrame(V, index=_fe_names(self), columns=_fe_names(self))
+
+    def coef(self):
+        """Per-level coefficients, fixed effects plus conditional modes (lme4's ``coef(fit)``).
+
+        Returns
+        -------
+        dict of pandas.DataFrame
+            Per grouping factor: levels x fixed effects.  See :func:`mlmext.inference.coefs.coef`.
+        """
+        return coef(self)
+
+    @property
+    def corr_fe(self):
+        """Correlation matrix of the fixed-effect estimates (a DataFrame; lme4's
+        ``cov2cor(vcov(fit))``, printed by ``summary(correlation=True)``)."""
+        return corr_fe(self)
+
+    def _corr_fe_text(self):
+        return corr_fe_text(self.corr_fe)
 
     def t_test(self, r_matrix, cov_p=None, use_t=None, df=None):
         """t tests of linear hypotheses ``R beta = q``, optionally with lmerTest's df.

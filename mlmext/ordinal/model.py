@@ -20,7 +20,7 @@ from .deviance import OrdinalDeviance
 from .fit import _fit_clmm
 from .links import get_link
 from .newton import _ScalarLaplace
-from .response import _drop_unused_levels, ordinal_response
+from .response import _drop_unused_levels, ordinal_response, unwrap_factor_response
 from .thresholds import Thresholds
 
 __all__ = ["OrdinalMixedModel"]
@@ -128,6 +128,8 @@ class OrdinalMixedModel(MixedModel):
                      eval_env=0, link="logit", threshold="flexible", levels=None, **kwargs):
         """Create a model from an lme4-style formula (see :func:`mlmext.formula.api.clmm`)."""
         data = as_dataframe(data)
+        if isinstance(formula, str):
+            formula, levels = unwrap_factor_response(formula, data, levels)
         resp = display_name(parse_formula(formula).response)
         if not resp:
             raise ValueError("the formula needs a response: 'y ~ x + (1 | g)'")

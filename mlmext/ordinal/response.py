@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import numbers
+import re
 import warnings
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["ordinal_response"]
+__all__ = ["ordinal_response", "unwrap_factor_response"]
 
 
 def ordinal_response(values, levels=None, name="response"):
@@ -67,7 +68,8 @@ def ordinal_response(values, levels=None, name="response"):
             raise ValueError(
                 f"the response {name!r} is an unordered categorical; declare the order of its "
                 f"categories, e.g. data[{name!r}] = data[{name!r}].cat.as_ordered() (to use the "
-                f"current category order {list(s.cat.categories)[:6]}) or pass levels=[lowest, ..., highest]")
+                f"current category order {list(s.cat.categories)[:6]}), pass levels=[lowest, ..., highest], "
+                f"or write the response as C({name}) in the formula (R's factor(): that order)")
         codes = s.cat.codes.to_numpy().astype(float)
         codes[codes < 0] = np.nan
         return codes, list(s.cat.categories)
@@ -86,7 +88,9 @@ def ordinal_response(values, levels=None, name="response"):
     raise ValueError(
         f"the response {name!r} holds unordered values such as {example}; an ordinal response needs "
         f"an order: make it a pandas ordered Categorical, e.g. "
-        f"pd.Categorical(data[{name!r}], categories=[...], ordered=True), or pass levels=[lowest, ..., highest]")
+        f"pd.Categorical(data[{name!r}], categories=[...], ordered=True), pass levels=[lowest, ..., "
+        f"highest], or write the response as C({name}) in the formula to take the values in sorted "
+        "order (R's factor())")
 
 
 def _value_keys(v):
@@ -154,3 +158,47 @@ def _drop_unused_levels(codes, labels, name, weights=None):
         new[ok] = remap[codes[ok].astype(int)]
         return new, [labels[i] for i in used]
     return codes, list(labels)
+
+
+_FACTOR_CALL = re.compile(r"^\s*(C|factor|as\.factor|ordered|as\.ordered)\s*\((.*)\)\s*$", re.S)
+
+
+def unwrap_factor_response(formula, data, levels):
+    """``C(score) ~ ...`` (or R's ``factor(score)``, ``as.factor``, ``ordered``,
+    ``as.ordered``): the formula with the bare column as response, and the categories.
+
+    The wrapper says "the values are categories"; their order is then R's ``factor()``'s:
+    a categorical column keeps its category order, numbers are sorted numerically and
+    other values sorted (``levels=`` still decides when given).
+
+    Returns
+    -------
+    formula : str
+    levels : list or None
+    """
+    lhs, sep, rhs = formula.partition("~")
+    m = _FACTOR_CALL.match(lhs)
+    if not sep or m is None:
+        return formula, levels
+    inner = m.group(2).strip()
+    if not inner or "," in inner or "(" in inner.replace("Q(", "", 1):
+        raise ValueError(f"the response {lhs.strip()!r}: write the column alone inside "
+                         f"{m.group(1)}() and give the category order with levels=[lowest, ..., "
+                         "highest]")
+    new = f"{inner} ~{rhs}"
+    if levels is not None:
+        return new, levels
+    from ..frame import display_name
+    col = display_name(inner)
+    if col not in data.columns:
+        return new, None                       # from_formula names the missing column
+    s = data[col]
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return new, list(s.cat.categories)
+    if pd.api.types.is_numeric_dtype(s.dtype):
+        return new, None                       # integers: sorted numerically already
+    vals = pd.unique(s.dropna().to_numpy(dtype=object))
+    try:
+        return new, sorted(vals)
+    except TypeError:                          # mixed types: as R, sort their text
+        return new, sorted(vals, key=str)
