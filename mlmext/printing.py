@@ -49,6 +49,23 @@ def _pval(p):
     return f"{p:.2e}" if p < 1e-3 else f"{p:.3g}"
 
 
+def anova_formatters(columns, whole=("npar", "Df", "NumDF")):
+    """Column formatters for R's anova-like tables: p values as ``format.pval`` prints them,
+    counts of parameters whole, other numbers at R's five significant digits (an empty cell
+    where a value is missing)."""
+    def num(fmt):
+        return lambda v: "" if pd.isna(v) else fmt(v)
+    out = {}
+    for c in columns:
+        if str(c).startswith("Pr("):
+            out[c] = num(_pval)
+        elif c in whole:
+            out[c] = num(lambda v: f"{v:g}")
+        else:
+            out[c] = num(lambda v: f"{v:.5g}")
+    return out
+
+
 def params_table(res, alpha=0.05, rows=slice(None), title=None):
     """The coefficient table with R's ``printCoefmat`` digits: estimates, standard errors and
     interval bounds to one number of decimals that gives the smallest standard error four

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..printing import anova_formatters
 from ._common import _fe_names, _raw, _same_rows
 from ._refit import _ml_fit
 
@@ -34,10 +35,9 @@ class AnovaTable(pd.DataFrame):
         return "\n".join(lines)
 
     def __repr__(self):
-        # as R prints it: the first model's test cells empty, Df a whole number
-        df = lambda v: "" if pd.isna(v) else f"{v:g}"
+        # as R prints it: the first model's test cells empty, Df a whole number, p format.pval
         return self._header() + "\n" + pd.DataFrame(self).to_string(
-            na_rep="", formatters={"Df": df} if "Df" in self.columns else None)
+            na_rep="", formatters=anova_formatters(self.columns))
 
     def __str__(self):
         return self.__repr__()

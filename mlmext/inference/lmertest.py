@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..printing import anova_formatters
 from ._common import _is_lmm, _raw
 from ._terms import fixed_terms
 from .ddf import _ddf_method, kenward_roger_ftest, satterthwaite_ftest
@@ -37,9 +38,7 @@ class LmerTestTable(pd.DataFrame):
 
     def __repr__(self):
         head = self.attrs.get("heading", "")
-        fmt = {c: (lambda v: "" if pd.isna(v) else f"{v:g}") for c in ("NumDF", "Df", "npar")
-               if c in self.columns}
-        body = pd.DataFrame(self).to_string(na_rep="", formatters=fmt or None)
+        body = pd.DataFrame(self).to_string(na_rep="", formatters=anova_formatters(self.columns))
         return f"{head}\n{body}" if head else body
 
     __str__ = __repr__
