@@ -111,7 +111,7 @@ class LeadBlockFactor(Factor):
             self._schur = SchurProduct(self.A_r1, self.m1, self.q1)
         self._set_operators()
         self._a1y = self.A_r1[self.r - 1].toarray().ravel()      # A_1r[:, -1], for solve()
-        self._S = np.zeros_like(self.A_rr)
+        self._S = np.zeros(self.A_rr.shape)             # calloc'd: pages zeroed when touched
         return self
 
     def _order_rest(self):

@@ -185,14 +185,15 @@ class SchurProduct:
             V[:, a, b] = v[k * self.m1:(k + 1) * self.m1]
         return V
 
-    def compact(self, rows):
-        """The product on the positions ``rows`` alone (sorted flat positions ``i r + j`` of the
-        lower triangle holding every row of P): :meth:`subtract_from` and :meth:`pair_sums` then
-        take and give vectors over ``rows`` instead of r x r arrays (the sparse remainder)."""
+    def compact(self, rows, index):
+        """The product on the positions ``rows`` alone (flat positions ``i r + j`` of the lower
+        triangle holding every row of P; ``index``: each entry of P's row in ``rows``):
+        :meth:`subtract_from` and :meth:`pair_sums` then take and give vectors over ``rows``
+        instead of r x r arrays (the sparse remainder)."""
         new = copy.copy(self)
         P = self.P
-        new.P = sparse.csc_matrix((P.data, np.searchsorted(rows, P.indices).astype(P.indices.dtype),
-                                   P.indptr), shape=(rows.size, P.shape[1]))
+        new.P = sparse.csc_matrix((P.data, index.astype(P.indices.dtype), P.indptr),
+                                  shape=(rows.size, P.shape[1]))
         new._plan = None                                  # not refreshable
         return new
 

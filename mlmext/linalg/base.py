@@ -76,7 +76,7 @@ class Factor(abc.ABC):
         for name in self._scratch:
             buf = getattr(self, name, None)
             if buf is not None:
-                setattr(new, name, np.zeros_like(buf))        # zeros: a sparse path reads them
+                setattr(new, name, np.zeros(buf.shape))       # zeros: a sparse path reads them
         return new
 
     # -- the profiled objective -------------------------------------------------------

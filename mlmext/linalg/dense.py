@@ -58,14 +58,15 @@ class DenseFactor(LeadBlockFactor):
         # rest effects x first-block levels (the q1 columns of a level are coupled by M1^-1)
         level = np.repeat(np.arange(A.shape[1]) // self.q1, cnt)
         Ab = sparse.csr_matrix((np.ones(A.nnz), (A.indices, level)), shape=(rz, self.m1))
-        G = (Ab @ Ab.T).tocsr() + sparse.csr_matrix(self.A_rr[:rz, :rz] != 0)
+        i, j = np.nonzero(self.A_rr[:rz, :rz])
+        G = (Ab @ Ab.T + sparse.csr_matrix((np.ones(i.size), (i, j)), shape=(rz, rz))).tocsr()
         G.sort_indices()
         plan = SupernodalPlan.for_pattern(G.indptr, G.indices, rz, self.r)
         if plan is None:
             return
         full = np.concatenate([plan.perm, np.arange(rz, self.r)])
         self.A_r1 = self.A_r1[full]
-        self.A_rr = self.A_rr[np.ix_(full, full)]
+        self.A_rr = np.take(np.take(self.A_rr, full, axis=0), full, axis=1)
         self._sn, self._rperm = plan, plan.perm
         self._rpos = np.empty(rz, dtype=np.int64)
         self._rpos[plan.perm] = np.arange(rz)
@@ -74,13 +75,18 @@ class DenseFactor(LeadBlockFactor):
         super().set_data(XY, weights)
         self._compact = None
         if self._sn is not None and self._schur.P is not None:
-            # the Schur complement and the gradient's sums on the pattern's positions alone
-            r, A = self.r, self.A_rr
-            lower = np.flatnonzero(np.tril(A != 0).ravel())
-            rdiag = np.arange(self.rz) * (r + 1)
-            pat = np.unique(np.concatenate([np.unique(self._schur.P.indices), lower, rdiag]))
+            # the Schur complement and the gradient's sums on the pattern's positions alone:
+            # the Schur product's pairs, A_rr's nonzeros (lower triangle) and the diagonal
+            r, A, P = self.r, self.A_rr, self._schur.P
+            on = np.tril(A != 0).ravel()
+            on[P.indices] = True
+            on[np.arange(self.rz) * (r + 1)] = True
+            pat = np.flatnonzero(on)
+            where = np.zeros(r * r, dtype=np.int64)
+            where[pat] = np.arange(pat.size)
             pi, pj = np.divmod(pat, r)
-            self._compact = dict(pat=pat, pi=pi, pj=pj, a=A.ravel()[pat], schur=self._schur.compact(pat),
+            self._compact = dict(pat=pat, pi=pi, pj=pj, a=A.ravel()[pat],
+                                 schur=self._schur.compact(pat, where[P.indices]),
                                  twice=np.where(pi == pj, 1.0, 2.0), stored=self._sn.stored_positions())
         return self
 
