@@ -131,6 +131,11 @@ class SupernodalPlan:
         self.perm = order[post]
         cols = [np.sort(newpos[cols[j]]) for j in post]
         self.supernodes = _supernodes(cols, rz, r)
+        # flat positions (i r + j) each step gathers and scatters, fixed with the pattern:
+        # the block of rows R below the columns, its transpose, and R x R
+        self._flat = [((R[:, None] * r + np.arange(a, b)[None, :]),
+                       (np.arange(a, b)[:, None] * r + R[None, :]),
+                       (R[:, None] * r + R[None, :])) for a, b, R in self.supernodes]
         nb = np.array([b - a for a, b, _ in self.supernodes])
         nR = np.array([R.size for _, _, R in self.supernodes])
         self.nnz = int((nb * (nb + 1) // 2 + nb * nR).sum())
@@ -165,15 +170,16 @@ class SupernodalPlan:
         """Overwrite the lower triangle of ``W`` (r x r, permuted order) with its Cholesky
         factor; entries outside the pattern are left as they are (zeros of ``W``)."""
         r = self.r
-        for a, b, R in self.supernodes:
+        Wf = W.reshape(-1)                                     # a view: W is C-contiguous
+        for (a, b, R), (cols, _, RR) in zip(self.supernodes, self._flat):
             Ls, info = linalg.lapack.dpotrf(W[a:b, a:b], lower=1, clean=1)
             if info:
                 raise np.linalg.LinAlgError(f"{a + info}-th leading minor is not positive definite")
             W[a:b, a:b] = Ls
             if R.size:
-                F = linalg.solve_triangular(Ls, W[R, a:b].T, lower=True, check_finite=False).T
-                W[R, a:b] = F
-                W[np.ix_(R, R)] -= F @ F.T
+                Ft, _ = linalg.lapack.dtrtrs(Ls, Wf[cols].T, lower=1)     # L_ss^-1 W_sR: F'
+                Wf[cols] = Ft.T
+                Wf[RR] -= Ft.T @ Ft
         # the dense rows at the end (X and y): what the rank updates left of them
         t0 = self.rz
         if t0 < r:
@@ -196,15 +202,17 @@ class SupernodalPlan:
             T = np.tril(L[rz:kk, rz:kk])
             Ti = linalg.lapack.dtrtri(T, lower=1)[0]
             X[rz:kk, rz:kk] = Ti.T @ Ti
-        for a, b, R in reversed(self.supernodes):
-            Li = linalg.lapack.dtrtri(np.tril(L[a:b, a:b]), lower=1)[0]
+        Lf, Xf = L.reshape(-1), X.reshape(-1)
+        for (a, b, R), (cols, colsT, RR) in zip(reversed(self.supernodes), reversed(self._flat)):
+            # the diagonal block is clean (factor wrote it whole), so no tril is needed
+            Li = linalg.lapack.dtrtri(L[a:b, a:b], lower=1)[0]
             Sss = Li.T @ Li
-            R = R[:np.searchsorted(R, kk)]            # rows inside the leading kk
-            if R.size:
-                Z = L[R, a:b] @ Li                    # L_Rs L_ss^-1
-                SRs = -(X[np.ix_(R, R)] @ Z)
-                X[R, a:b] = SRs
-                X[a:b, R] = SRs.T
+            k = int(np.searchsorted(R, kk))           # rows inside the leading kk
+            if k:
+                Z = Lf[cols[:k]] @ Li                 # L_Rs L_ss^-1
+                SRs = -(Xf[RR[:k, :k]] @ Z)
+                Xf[cols[:k]] = SRs
+                Xf[colsT[:, :k]] = SRs.T
                 Sss -= Z.T @ SRs
             X[a:b, a:b] = Sss
         return X
