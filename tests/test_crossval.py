@@ -140,11 +140,20 @@ def test_lmm_fold_equals_a_fit_by_hand(sleep, splitter):
     days, y = test["Days"].to_numpy(), test["Reaction"].to_numpy()
     fixed = fe["Intercept"] + fe["Days"] * days
     cond = fixed + b0 + b1 * days
+    # predictive variances: sigma^2 + z'Vz, V the level's conditional covariance (seen) or
+    # the random-effects covariance (unseen level, or no random effects)
+    z = np.column_stack([np.ones_like(days), days])
+    S = res.cov_re()["Subject"].loc[["Intercept", "Days"], ["Intercept", "Days"]].to_numpy()
+    C = b.attrs["condvar"] if "condvar" in b.attrs else res.ranef(condvar=True)["Subject"].attrs["condvar"]
+    pos = {str(k): i for i, k in enumerate(b.index)}
+    v_marg = res.sigma ** 2 + np.einsum("ij,jk,ik->i", z, S, z)
+    v_cond = np.array([res.sigma ** 2 + zi @ (C[pos[str(s)]] if ok else S) @ zi
+                       for zi, s, ok in zip(z, test["Subject"], seen)])
     row = cv.folds.loc[0]
-    for label, mu in (("re", cond), ("fixed", fixed)):
+    for label, mu, var in (("re", cond, v_cond), ("fixed", fixed, v_marg)):
         assert row[f"rmse_{label}"] == pytest.approx(np.sqrt(np.mean((y - mu) ** 2)), rel=1e-8)
         assert row[f"mae_{label}"] == pytest.approx(np.mean(np.abs(y - mu)), rel=1e-8)
-        assert row[f"log_score_{label}"] == pytest.approx(np.mean(_norm_logpdf(y, mu, res.sigma)),
+        assert row[f"log_score_{label}"] == pytest.approx(np.mean(_norm_logpdf(y, mu, np.sqrt(var))),
                                                           rel=1e-8)
     assert row["n_test"] == len(te) and row["n_train"] == len(tr)
     assert row["n_groups_unseen"] == len(set(test["Subject"][~seen]))
@@ -155,6 +164,32 @@ def test_lmm_fold_equals_a_fit_by_hand(sleep, splitter):
     np.testing.assert_allclose(cv.predictions.loc[test.index, "predicted_re"], cond, rtol=1e-10)
     assert cv.mean["rmse_re"] == pytest.approx(cv.folds["rmse_re"].mean(), rel=1e-14)
     assert len(cv.predictions) == len(sleep)                        # every row predicted once
+
+
+def test_predictive_variance_blocks_and_weights(sleep):
+    """Two terms on one factor form one block: its conditional covariance (with the
+    intercept-slope covariance between the terms) is used whole, level by level."""
+    from mlmext.inference import predictive_variance
+    train = sleep.iloc[20:].drop(index=sleep.index[[31, 33, 35, 37]])   # subject 330: 6 days
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = mf.lmer("Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", train).fit()
+    new = sleep.iloc[[0, 5, 25, 36]]                       # 308 unseen; 310 and 330 seen
+    C = res.ranef(condvar=True)["Subject"].attrs["condvar"]
+    levels = list(res.ranef()["Subject"].index.astype(str))
+    assert abs(C[0][0, 1]) > 0                              # the block's off-diagonal matters
+    cov = res.cov_re()
+    S = np.diag([cov["Subject"].iloc[0, 0], cov["Subject.1"].iloc[0, 0]])
+    z = np.column_stack([np.ones(4), new["Days"].to_numpy()])
+    w = np.array([1.0, 2.0, 1.0, 4.0])
+    got = predictive_variance(res, new, re=True, weights=w)
+    V = [S, S] + [C[levels.index(str(new["Subject"].iloc[i]))] for i in (2, 3)]
+    want = [res.sigma ** 2 / w[i] + z[i] @ V[i] @ z[i] for i in range(4)]
+    assert not np.allclose(V[2], V[3])                      # unbalanced: the levels differ
+    np.testing.assert_allclose(got.to_numpy(), want, rtol=1e-10)
+    assert list(got.index) == list(new.index)
+    marg = predictive_variance(res, new, re=False)
+    np.testing.assert_allclose(marg, res.sigma ** 2 + np.einsum("ij,jk,ik->i", z, S, z), rtol=1e-10)
 
 
 def test_binomial_scores_by_hand(cbpp):

@@ -9,6 +9,7 @@ from scipy import stats
 
 from ._common import _fe_names, _raw, _same_rows
 from ._refit import _ml_fit
+from .pbtest import pb_test
 
 
 class AnovaTable(pd.DataFrame):
@@ -102,8 +103,9 @@ def _nested(small, large):
     return True
 
 
-def anova(*results, names=None, refit=True):
-    """Likelihood-ratio tests of nested mixed models (lme4's ``anova(m1, m2, ...)``).
+def anova(*results, names=None, refit=True, test=None, nsim=None, rng=None, progress=None):
+    """Likelihood-ratio tests of nested mixed models (lme4's ``anova(m1, m2, ...)``), or a
+    parametric-bootstrap test of two of them (pbkrtest's ``PBmodcomp``).
 
     Parameters
     ----------
@@ -116,19 +118,49 @@ def anova(*results, names=None, refit=True):
     refit : bool
         Refit REML fits by maximum likelihood first, as lme4 does (REML likelihoods of
         models with different fixed effects are not comparable).
+    test : {None, "lrt", "pb"}
+        ``None`` / ``"lrt"``: the chi-square likelihood-ratio table.  ``"pb"``: a
+        parametric-bootstrap test of exactly two models (LMMs, binomial or Poisson GLMMs):
+        ``nsim`` responses are simulated from the smaller model's ML fit, one at a time
+        (``simulate(small, 1, seed=rng)``), both ML fits are refitted to each
+        (:func:`mlmext.inference.refit`, no formula evaluated again), and the observed
+        LRT is compared with the refits' LRTs (clipped at 0).
+    nsim : int, optional
+        ``test="pb"``: simulations (1000 when not given).
+    rng : int or numpy.random.Generator, optional
+        ``test="pb"``: the seed or generator of the simulations.
+    progress : bool, optional
+        ``test="pb"``: show a progress bar on stderr (off when not given).
 
     Returns
     -------
-    AnovaTable
-        One row per model, ordered by number of parameters: ``npar, AIC, BIC, logLik,
-        deviance, Chisq, Df, Pr(>Chisq)``.  ``Chisq`` compares each model with the one
-        above it (``2 * max(0, difference in logLik)``) on ``Df`` = the difference in
-        the number of parameters.
+    AnovaTable or PBTestTable
+        ``AnovaTable``: one row per model, ordered by number of parameters: ``npar, AIC,
+        BIC, logLik, deviance, Chisq, Df, Pr(>Chisq)``.  ``Chisq`` compares each model with
+        the one above it (``2 * max(0, difference in logLik)``) on ``Df`` = the difference
+        in the number of parameters.
+
+        ``PBTestTable`` (``test="pb"``): the rows of pbkrtest's ``summary(PBmodcomp())``,
+        ``LRT, PBtest, Gamma, Bartlett, F``, columns ``stat, df, ddf, p.value``;
+        ``PBtest``'s p-value is ``(1 + #{LRT* >= LRT}) / (1 + n_used)`` over the
+        simulations whose refits both converged; failed refits are counted in
+        ``attrs["n_failed"]`` and left out.  Unlike pbkrtest, bootstrap LRTs of 0 (the
+        larger model's extra variance estimated as 0, or an optimizer's last digits
+        making it slightly negative) are kept: they belong to the null distribution, and
+        dropping them (as ``PBmodcomp`` does) makes its p-value larger for tests of variance
+        components; ``attrs["n_nonpositive"]`` counts them.  ``Gamma``, ``Bartlett``
+        and ``F`` use the mean and variance of the same LRTs.
 
     Raises
     ------
     ValueError
-        Fewer than two models, or models fitted to different rows or responses.
+        Fewer than two models, or models fitted to different rows or responses; an
+        unknown ``test``; ``test="pb"`` with other than two models, models with the same
+        number of parameters, or ``refit=False``.
+    TypeError
+        ``nsim``, ``rng`` or ``progress`` without ``test="pb"``.
+    NotImplementedError
+        ``test="pb"`` for models other than LMMs and binomial / Poisson GLMMs.
 
     Warns
     -----
@@ -140,6 +172,19 @@ def anova(*results, names=None, refit=True):
         results = tuple(results[0])
     if len(results) < 2:
         raise ValueError("anova needs at least two fitted models to compare")
+    test = "lrt" if test is None else str(test).lower()
+    if test not in ("lrt", "pb"):
+        raise ValueError(f"unknown test {test!r}; use 'lrt' (chi-square) or 'pb' (parametric "
+                         f"bootstrap)")
+    if test == "lrt":
+        given = [k for k, v in (("nsim", nsim), ("rng", rng), ("progress", progress)) if v is not None]
+        if given:
+            raise TypeError(f"anova() uses {', '.join(given)} only with test='pb'")
+    elif len(results) != 2:
+        raise ValueError(f"test='pb' compares exactly two models; got {len(results)}")
+    elif not refit:
+        raise ValueError("test='pb' compares maximum-likelihood fits, as pbkrtest does; "
+                         "refit=False cannot be used with it")
     if names is None:
         names = _caller_names(results)
     names = [str(n) for n in names]
@@ -169,6 +214,11 @@ def anova(*results, names=None, refit=True):
                               stacklevel=2)
     npar = np.array([float(r.k_params) for r in fits])
     order = np.argsort(npar, kind="stable")
+    formulas = {names[i]: _raw(results[i]).model.formula_info.get("formula", "")
+                if hasattr(_raw(results[i]).model, "formula_info") else "" for i in order}
+    if test == "pb":
+        return _pb(results, fits, names, order, formulas, refitted,
+                   1000 if nsim is None else nsim, rng, bool(progress))
     rows = []
     prev = None
     for i in order:
@@ -194,7 +244,20 @@ def anova(*results, names=None, refit=True):
     tab = AnovaTable(rows, index=pd.Index([names[i] for i in order]))
     tab["npar"] = tab["npar"].astype(int)
     tab.attrs["refitted_ml"] = refitted
-    tab.attrs["formulas"] = {names[i]: _raw(results[i]).model.formula_info.get("formula", "")
-                             if hasattr(_raw(results[i]).model, "formula_info") else ""
-                             for i in order}
+    tab.attrs["formulas"] = formulas
+    return tab
+
+
+def _pb(results, fits, names, order, formulas, refitted, nsim, rng, progress):
+    i, j = order
+    if float(fits[j].k_params) <= float(fits[i].k_params):
+        raise ValueError(f"models {names[i]!r} and {names[j]!r} have the same number of "
+                         f"parameters; the bootstrap test needs a smaller (null) model")
+    if not _nested(results[i], results[j]):
+        warnings.warn(f"models {names[i]!r} and {names[j]!r} do not look nested (the parameters "
+                      f"of {names[i]!r} are not a subset of those of {names[j]!r}); the "
+                      f"likelihood-ratio test assumes nesting", UserWarning, stacklevel=3)
+    tab = pb_test(fits[i], fits[j], nsim=nsim, rng=rng, progress=progress)
+    tab.attrs["formulas"] = formulas
+    tab.attrs["refitted_ml"] = refitted
     return tab

@@ -9,6 +9,7 @@ from scipy import stats
 
 from .._progress import Progress
 from ..glmm import GeneralizedLinearMixedModel
+from ..inference import predictive_variance
 from ..lmm import LinearMixedModel
 from .splitters import GroupKFold
 
@@ -118,8 +119,9 @@ def _check_scoring(scoring, kind):
     return scoring
 
 
-def _scores(scoring, kind, y, mu, w, sigma):
-    """Scores of predictions ``mu`` of held-out responses ``y`` (weights / trials ``w``)."""
+def _scores(scoring, kind, y, mu, w, var):
+    """Scores of predictions ``mu`` of held-out responses ``y`` (weights / trials ``w``;
+    ``var``: an LMM's predictive variances)."""
     out = {}
     err = y - mu
     for s in scoring:
@@ -131,8 +133,8 @@ def _scores(scoring, kind, y, mu, w, sigma):
             # per Bernoulli trial: successes score (1 - p)^2, failures p^2
             succ = y * w
             out[s] = float(np.sum(succ * (1 - mu) ** 2 + (w - succ) * mu ** 2) / np.sum(w))
-        elif kind == "gaussian":              # log_score: plug-in N(mu, sigma^2 / w)
-            out[s] = float(np.mean(stats.norm.logpdf(y, mu, sigma / np.sqrt(w))))
+        elif kind == "gaussian":              # log_score: N(mu, predictive variance)
+            out[s] = float(np.mean(stats.norm.logpdf(y, mu, np.sqrt(var))))
         elif kind == "binomial":
             n = np.round(w)
             out[s] = float(np.mean(stats.binom.logpmf(np.round(y * w), n, mu)))
@@ -186,10 +188,13 @@ def cross_validate(model, data=None, groups=None, cv=5, scoring=None, re="both",
         From ``"rmse"``, ``"mae"``, ``"log_score"`` and (binomial) ``"brier"``; all that
         apply by default.  RMSE and MAE are on the response scale (proportions for binomial
         models); ``log_score`` is the mean log predictive density of a held-out row: LMM
-        the plug-in normal ``N(prediction, sigma^2 / weight)`` (the residual variance only:
-        the conditional variance of the random effects is not added), binomial the binomial
+        the normal density around the prediction with the variance of
+        :func:`mlmext.inference.predictive_variance` (``sigma^2 / weight`` plus the
+        conditional variance of the row's random effects for seen levels, their full
+        variance for unseen levels and for ``re=False``); binomial the binomial
         log-probability of the successes at the predicted probability, Poisson the Poisson
-        log-probability; ``brier`` is the mean squared error per Bernoulli trial.
+        log-probability at the predicted mean; ``brier`` is the mean squared error per
+        Bernoulli trial.
     re : {"both", True, False}
         Score predictions with random effects (columns ``*_re``), without (``*_fixed``), or
         both.
@@ -266,11 +271,13 @@ def cross_validate(model, data=None, groups=None, cv=5, scoring=None, re="both",
         row = {"n_train": int(tr.size), "n_test": int(te.size), "n_groups_test": len(gte),
                "n_groups_unseen": len(gte - gtr), "converged": bool(res.converged)}
         y, w = y_all[te], w_all[te]
-        sigma = getattr(res, "sigma", 1.0)
         for label, flag in modes:
             mu = np.asarray(res.predict(data=test_df, re=flag), dtype=float)
             pred[f"predicted_{label}"][te] = mu
-            for s, v in _scores(scoring, kind, y, mu, w, sigma).items():
+            var = None
+            if kind == "gaussian" and "log_score" in scoring:
+                var = predictive_variance(res, test_df, re=flag, weights=w).to_numpy()
+            for s, v in _scores(scoring, kind, y, mu, w, var).items():
                 row[f"{s}_{label}"] = v
         fold_of[te] = k
         rows.append(row)
