@@ -1,7 +1,7 @@
 ## R reference values for the parametric-bootstrap likelihood-ratio test (pbkrtest's PBmodcomp),
 ## tests/test_pb_cv.py.
 ##
-## Run from the repository root:   Rscript tools/r_reference/pb_reference.R   (about 8 minutes)
+## Run from the repository root:   Rscript tools/r_reference/pb_reference.R   (about 12 minutes)
 ##
 ## Writes tests/reference/pb/NAME.json and the simulated data set tests/data/pbsim.csv (with
 ## .levels.json).  Deterministic: the data are simulated after set.seed(), and each PBmodcomp
