@@ -5,6 +5,7 @@ import_statsmodels_keeping_user_filters()        # before anything imports stats
 
 from .design import UnidentifiedSlopeWarning  # noqa: E402
 from .inference import anova, drop1, ranova  # noqa: E402
+from .model_selection import cross_validate  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["anova", "drop1", "ranova", "UnidentifiedSlopeWarning", "__version__"]
+__all__ = ["anova", "drop1", "ranova", "cross_validate", "UnidentifiedSlopeWarning", "__version__"]

@@ -49,20 +49,21 @@ def _pval(p):
     return f"{p:.2e}" if p < 1e-3 else f"{p:.3g}"
 
 
-def anova_formatters(columns, whole=("npar", "Df", "NumDF")):
-    """Column formatters for R's anova-like tables: p values as ``format.pval`` prints them,
-    counts of parameters whole, other numbers at R's five significant digits (an empty cell
-    where a value is missing)."""
+def anova_formatters(table, whole=("npar", "Df", "NumDF")):
+    """Column formatters for R's anova-like tables (a DataFrame): p values as ``format.pval``
+    prints them, counts of parameters whole, other columns with one number of decimals each,
+    enough for five significant digits (R's ``format`` of a column); empty where missing."""
     def num(fmt):
         return lambda v: "" if pd.isna(v) else fmt(v)
     out = {}
-    for c in columns:
-        if str(c).startswith("Pr("):
+    for c in table.columns:
+        if str(c).startswith("Pr(") or c == "p.value":
             out[c] = num(_pval)
         elif c in whole:
             out[c] = num(lambda v: f"{v:g}")
-        else:
-            out[c] = num(lambda v: f"{v:.5g}")
+        elif pd.api.types.is_float_dtype(table[c]):
+            d = fixed_decimals(table[c].to_numpy(dtype=float), sig=5)
+            out[c] = num(lambda v, d=d: f"{v:.{d}f}")
     return out
 
 

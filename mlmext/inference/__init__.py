@@ -3,7 +3,8 @@
 Functions that take a fitted mixed-model result, by module, and :class:`InferenceMixin`,
 which puts them on the results class as methods:
 
-* :mod:`.anova` -- :func:`anova`, likelihood-ratio tests between nested models (lme4's ``anova``);
+* :mod:`.anova` -- :func:`anova`, likelihood-ratio tests between nested models (lme4's ``anova``),
+  and with ``test="pb"`` the parametric-bootstrap test of :mod:`.pbtest` (pbkrtest's ``PBmodcomp``);
 * :mod:`.lmertest` -- :func:`ranova`, :func:`drop1`, and one model's F tests (``anova(m)``,
   :func:`anova_lmm`): lmerTest's tables;
 * :mod:`.ddf` -- :func:`satterthwaite`, :func:`kenward_roger`: denominator degrees of freedom
@@ -16,6 +17,8 @@ which puts them on the results class as methods:
   simulation-based power; :func:`refit` (``._refit``), a fit refitted to a new response;
 * :mod:`.diagnostics` -- :func:`influence`, :func:`cooks_distance` (group deletion, HLMdiag) and
   :func:`check_convergence`, a scale-free gradient check of the optimum;
+* :mod:`.predictive` -- :func:`predictive_variance`, the variance of a new LMM observation
+  around its prediction (with or without the random effects);
 * :mod:`.allfit` -- :func:`allfit`: the model refitted with every available optimizer, side by
   side (lme4's ``allFit``);
 * :mod:`.mixin` -- :class:`InferenceMixin`.
@@ -27,6 +30,8 @@ from .anova import AnovaTable, anova
 from .ddf import kenward_roger, satterthwaite
 from .lmertest import LmerTestTable, anova_lmm, drop1, ranova
 from .diagnostics import ConvergenceCheck, check_convergence, cooks_distance, influence
+from .pbtest import PBTestTable, pb_table
+from .predictive import predictive_variance
 from .intervals import bootstrap, conf_int_boot, conf_int_profile, profile, varpar_names
 from ._refit import refit
 from .mixin import InferenceMixin
@@ -42,4 +47,5 @@ __all__ = [
     "bootstrap", "conf_int_boot", "icc", "r2_nakagawa", "r2_snijders_bosker", "simulate",
     "power_sim", "PowerSimResults", "influence", "cooks_distance", "check_convergence",
     "ConvergenceCheck", "allfit", "AllFitTable", "varpar_names", "InferenceMixin", "refit",
+    "PBTestTable", "pb_table", "predictive_variance",
 ]

@@ -10,6 +10,7 @@ from scipy import stats
 from ..printing import anova_formatters
 from ._common import _fe_names, _raw, _same_rows
 from ._refit import _ml_fit
+from .pbtest import pb_test
 
 
 class AnovaTable(pd.DataFrame):
@@ -37,7 +38,7 @@ class AnovaTable(pd.DataFrame):
     def __repr__(self):
         # as R prints it: the first model's test cells empty, Df a whole number, p format.pval
         return self._header() + "\n" + pd.DataFrame(self).to_string(
-            na_rep="", formatters=anova_formatters(self.columns))
+            na_rep="", formatters=anova_formatters(self))
 
     def __str__(self):
         return self.__repr__()
@@ -135,9 +136,11 @@ def _nested(small, large):
     return True
 
 
-def anova(*results, names=None, refit=True, type=None, ddf=None):
-    """Likelihood-ratio tests of nested models (lme4's ``anova(m1, m2, ...)``), or lmerTest's
-    F tests of the terms of one LMM (``anova(m, type = 3)``).
+def anova(*results, names=None, refit=True, type=None, ddf=None, test=None, nsim=None, rng=None,
+          progress=None):
+    """Likelihood-ratio tests of nested models (lme4's ``anova(m1, m2, ...)``), a
+    parametric-bootstrap test of two of them (pbkrtest's ``PBmodcomp``), or lmerTest's F tests
+    of the terms of one LMM (``anova(m, type = 3)``).
 
     With one LMM, returns :func:`~mlmext.inference.lmertest.anova_lmm` ``(m, type, ddf)``:
     Type III (default), II or I F tests with Satterthwaite (default) or Kenward-Roger df.
@@ -160,21 +163,51 @@ def anova(*results, names=None, refit=True, type=None, ddf=None):
         One model only: the type of the F tests (default 3).
     ddf : {"satterthwaite", "kenward-roger"}, optional
         One model only: the denominator degrees of freedom (default Satterthwaite).
+    test : {None, "lrt", "pb"}
+        ``None`` / ``"lrt"``: the chi-square likelihood-ratio table.  ``"pb"``: a
+        parametric-bootstrap test of exactly two models (LMMs, binomial or Poisson GLMMs):
+        ``nsim`` responses are simulated from the smaller model's ML fit, one at a time
+        (``simulate(small, 1, seed=rng)``), both ML fits are refitted to each
+        (:func:`mlmext.inference.refit`, no formula evaluated again), and the observed
+        LRT is compared with the refits' LRTs (clipped at 0).
+    nsim : int, optional
+        ``test="pb"``: simulations (1000 when not given).
+    rng : int or numpy.random.Generator, optional
+        ``test="pb"``: the seed or generator of the simulations.
+    progress : bool, optional
+        ``test="pb"``: show a progress bar on stderr (off when not given).
 
     Returns
     -------
-    AnovaTable
-        One row per model, ordered by number of parameters: ``npar, AIC, BIC, logLik,
-        deviance, Chisq, Df, Pr(>Chisq)``.  ``Chisq`` compares each model with the one
-        above it (``2 * max(0, difference in logLik)``) on ``Df`` = the difference in
-        the number of parameters.
+    AnovaTable or PBTestTable
+        ``AnovaTable``: one row per model, ordered by number of parameters: ``npar, AIC,
+        BIC, logLik, deviance, Chisq, Df, Pr(>Chisq)``.  ``Chisq`` compares each model with
+        the one above it (``2 * max(0, difference in logLik)``) on ``Df`` = the difference
+        in the number of parameters.
+
+        ``PBTestTable`` (``test="pb"``): the rows of pbkrtest's ``summary(PBmodcomp())``,
+        ``LRT, PBtest, Gamma, Bartlett, F``, columns ``stat, df, ddf, p.value``;
+        ``PBtest``'s p-value is ``(1 + #{LRT* >= LRT}) / (1 + n_used)`` over the
+        simulations whose refits both converged; failed refits are counted in
+        ``attrs["n_failed"]`` and left out.  Unlike pbkrtest, bootstrap LRTs of 0 (the
+        larger model's extra variance estimated as 0, or an optimizer's last digits
+        making it slightly negative) are kept: they belong to the null distribution, and
+        dropping them (as ``PBmodcomp`` does) makes its p-value larger for tests of variance
+        components; ``attrs["n_nonpositive"]`` counts them.  ``Gamma``, ``Bartlett``
+        and ``F`` use the mean and variance of the same LRTs.
 
     Raises
     ------
     ValueError
-        No model, or models fitted to different rows or responses.
+        No model, or models fitted to different rows or responses; an unknown ``test``;
+        ``test="pb"`` with other than two models, models with the same number of
+        parameters, or ``refit=False``.
     TypeError
-        ``type`` or ``ddf`` with more than one model (they are read for one model only).
+        ``type`` or ``ddf`` with more than one model (they are read for one model only);
+        ``test``, ``nsim``, ``rng`` or ``progress`` with one model, or ``nsim``, ``rng`` or
+        ``progress`` without ``test="pb"``.
+    NotImplementedError
+        ``test="pb"`` for models other than LMMs and binomial / Poisson GLMMs.
 
     Warns
     -----
@@ -186,8 +219,10 @@ def anova(*results, names=None, refit=True, type=None, ddf=None):
     if len(results) == 1 and isinstance(results[0], (list, tuple)):
         results = tuple(results[0])
     if len(results) == 1:
-        if names is not None or refit is not True:
-            raise TypeError("names and refit are for comparing two or more models; one model "
+        given = [k for k, v in (("names", names), ("test", test), ("nsim", nsim), ("rng", rng),
+                                ("progress", progress)) if v is not None] + ([] if refit is True else ["refit"])
+        if given:
+            raise TypeError(f"{', '.join(given)} are for comparing two or more models; one model "
                             "gets F tests of its terms (type=, ddf=)")
         from .lmertest import anova_lmm
         return anova_lmm(results[0], type=3 if type is None else type,
@@ -197,6 +232,19 @@ def anova(*results, names=None, refit=True, type=None, ddf=None):
                         "of two or more models is a likelihood-ratio test")
     if len(results) < 2:
         raise ValueError("anova needs a fitted model, or two or more to compare")
+    test = "lrt" if test is None else str(test).lower()
+    if test not in ("lrt", "pb"):
+        raise ValueError(f"unknown test {test!r}; use 'lrt' (chi-square) or 'pb' (parametric "
+                         f"bootstrap)")
+    if test == "lrt":
+        given = [k for k, v in (("nsim", nsim), ("rng", rng), ("progress", progress)) if v is not None]
+        if given:
+            raise TypeError(f"anova() uses {', '.join(given)} only with test='pb'")
+    elif len(results) != 2:
+        raise ValueError(f"test='pb' compares exactly two models; got {len(results)}")
+    elif not refit:
+        raise ValueError("test='pb' compares maximum-likelihood fits, as pbkrtest does; "
+                         "refit=False cannot be used with it")
     if names is None:
         names = _caller_names(results)
     names = [str(n) for n in names]
@@ -234,6 +282,10 @@ def anova(*results, names=None, refit=True, type=None, ddf=None):
                               stacklevel=2)
     npar = np.array([_npar(r) for r in fits])
     order = np.argsort(npar, kind="stable")
+    formulas = {names[i]: _formula_of(results[i]) for i in order}
+    if test == "pb":
+        return _pb(results, fits, names, order, formulas, refitted,
+                   1000 if nsim is None else nsim, rng, bool(progress))
     rows = []
     prev = None
     for i in order:
@@ -259,7 +311,22 @@ def anova(*results, names=None, refit=True, type=None, ddf=None):
     tab = AnovaTable(rows, index=pd.Index([names[i] for i in order]))
     tab["npar"] = tab["npar"].astype(int)
     tab.attrs["refitted_ml"] = refitted
-    tab.attrs["formulas"] = {names[i]: _formula_of(results[i]) for i in order}
+    tab.attrs["formulas"] = formulas
+    return tab
+
+
+def _pb(results, fits, names, order, formulas, refitted, nsim, rng, progress):
+    i, j = order
+    if float(fits[j].k_params) <= float(fits[i].k_params):
+        raise ValueError(f"models {names[i]!r} and {names[j]!r} have the same number of "
+                         f"parameters; the bootstrap test needs a smaller (null) model")
+    if not _nested(results[i], results[j]):
+        warnings.warn(f"models {names[i]!r} and {names[j]!r} do not look nested (the parameters "
+                      f"of {names[i]!r} are not a subset of those of {names[j]!r}); the "
+                      f"likelihood-ratio test assumes nesting", UserWarning, stacklevel=3)
+    tab = pb_test(fits[i], fits[j], nsim=nsim, rng=rng, progress=progress)
+    tab.attrs["formulas"] = formulas
+    tab.attrs["refitted_ml"] = refitted
     return tab
 
 

@@ -38,7 +38,7 @@ class LmerTestTable(pd.DataFrame):
 
     def __repr__(self):
         head = self.attrs.get("heading", "")
-        body = pd.DataFrame(self).to_string(na_rep="", formatters=anova_formatters(self.columns))
+        body = pd.DataFrame(self).to_string(na_rep="", formatters=anova_formatters(self))
         return f"{head}\n{body}" if head else body
 
     __str__ = __repr__
