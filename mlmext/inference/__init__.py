@@ -16,6 +16,8 @@ which puts them on the results class as methods:
   :func:`check_convergence`, a scale-free gradient check of the optimum;
 * :mod:`.allfit` -- :func:`allfit`: the model refitted with every available optimizer, side by
   side (lme4's ``allFit``);
+* :mod:`.robust` -- :func:`cluster_robust`: cluster-robust (sandwich) covariances of LMM fixed
+  effects with small-sample df (clubSandwich's CR0 / CR1 / CR2, ``coef_test``, ``Wald_test``);
 * :mod:`.mixin` -- :class:`InferenceMixin`.
 
 Variance parameters are named as :func:`varpar_names` says (see :mod:`.intervals`).
@@ -27,6 +29,7 @@ from .diagnostics import ConvergenceCheck, check_convergence, cooks_distance, in
 from .intervals import bootstrap, conf_int_boot, conf_int_profile, profile, varpar_names
 from ._refit import refit
 from .mixin import InferenceMixin
+from .robust import ClusterRobust, cluster_robust, robust_note
 from .simulation import PowerSimResults, power_sim, simulate
 from .variance_explained import icc, r2_nakagawa, r2_snijders_bosker
 
@@ -39,4 +42,5 @@ __all__ = [
     "bootstrap", "conf_int_boot", "icc", "r2_nakagawa", "r2_snijders_bosker", "simulate",
     "power_sim", "PowerSimResults", "influence", "cooks_distance", "check_convergence",
     "ConvergenceCheck", "allfit", "AllFitTable", "varpar_names", "InferenceMixin", "refit",
+    "cluster_robust", "ClusterRobust", "robust_note",
 ]
