@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 
-__all__ = ["reject_unknown"]
+__all__ = ["reject_unknown", "reject_robust_cov"]
 
 # R / lme4 / statsmodels spellings that mean something else here
 _HINTS = {
@@ -66,3 +66,18 @@ def reject_unknown(kwargs, where, accepted=(), hints=None):
         msgs.append(f"{key!r}" + (f" ({hint})" if hint else ""))
     word = "argument" if len(msgs) == 1 else "arguments"
     raise TypeError(f"{where} got an unexpected keyword {word} " + "; ".join(msgs))
+
+
+def reject_robust_cov(kwargs, what):
+    """``fit(cov_type=...)`` of a model without cluster-robust covariances: NotImplementedError
+    (not the TypeError of an unknown argument: statsmodels users expect it to exist)."""
+    cov_type = kwargs.pop("cov_type", "nonrobust")
+    cov_kwds = kwargs.pop("cov_kwds", None)
+    if str(cov_type).lower() not in ("nonrobust", "cluster"):
+        raise ValueError(f"unknown cov_type {cov_type!r}; {what} fits have cov_type='nonrobust' "
+                         "(the model-based covariance)")
+    if str(cov_type).lower() != "nonrobust" or cov_kwds:
+        raise NotImplementedError(
+            f"cluster-robust covariances (cov_type={cov_type!r}) are implemented for linear mixed "
+            f"models (lmer) only, not for {what} fits; the model-based covariance is "
+            "cov_type='nonrobust'")

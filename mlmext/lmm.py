@@ -10,6 +10,7 @@ from ._blas import blas_threads
 from ._args import reject_unknown
 from .base import MixedModel
 from .frame import display_name
+from .inference.robust import check_cov_args
 from .linalg import BlockedCholesky
 from .linalg._stacks import block_cross, sandwich, spd_inv_logdet
 from .objective import LMMDeviance, MixedParams
@@ -216,7 +217,7 @@ class LinearMixedModel(MixedModel):
         return start, scale
 
     def fit(self, reml=True, start_params=None, method="auto", maxiter=2000, tol=1e-9,
-            disp=False, **kwargs):
+            disp=False, cov_type="nonrobust", cov_kwds=None, **kwargs):
         """Fit by REML (default) or maximum likelihood.
 
         Parameters
@@ -242,6 +243,13 @@ class LinearMixedModel(MixedModel):
             1e-7); other methods: their own tolerance.
         disp : bool
             Print what the optimizer did (criterion, evaluations, methods tried).
+        cov_type : {"nonrobust", "cluster"}
+            The covariance of the fixed effects: model-based (lme4's ``vcov``), or
+            cluster-robust as R's clubSandwich (see ``get_robustcov_results``).
+        cov_kwds : dict, optional
+            For ``"cluster"``: ``type`` (``"CR2"`` default, ``"CR0"``, ``"CR1"``,
+            ``"CR1p"``, ``"CR1S"``), ``groups`` (default: the outermost grouping factor)
+            and ``df`` (``"satterthwaite"`` default, ``"z"``, ``"naive-t"``, ``"naive-tp"``).
 
         Returns
         -------
@@ -251,8 +259,9 @@ class LinearMixedModel(MixedModel):
             raise ValueError(f"method={method!r} names an optimizer here; choose the criterion with "
                              f"reml={method.upper() == 'REML'}")
         reject_unknown(kwargs, "fit()", accepted=["reml", "start_params", "method", "maxiter",
-                                                  "tol", "disp"])
+                                                  "tol", "disp", "cov_type", "cov_kwds"])
         _check_reml(reml)
+        cov_kwds = check_cov_args(cov_type, cov_kwds)     # before the fit: fail fast
         if start_params is not None and np.size(start_params) != self.re_design.ntheta:
             raise ValueError(f"start_params needs {self.re_design.ntheta} values (theta: "
                              f"{self.re_design.theta_names()}); got {np.size(start_params)}")
@@ -280,4 +289,6 @@ class LinearMixedModel(MixedModel):
             warnings.warn("boundary (singular) fit: a random-effects covariance is singular "
                           f"(theta = {np.round(theta, 6).tolist()}); see results.is_singular()",
                           ConvergenceWarning, stacklevel=2)
+        if cov_type.lower() == "cluster":
+            return res.get_robustcov_results("cluster", **cov_kwds)
         return MixedResultsWrapper(res)

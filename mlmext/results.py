@@ -1,8 +1,7 @@
 """Results of mixed-model fits: one class for LMMs, GLMMs and ordinal models.
 
-The fixed effects are the statsmodels ``params`` (so ``bse``, ``tvalues``,
-``pvalues``, ``conf_int``, ``t_test`` and ``wald_test`` work on them); the
-variance components, conditional modes and predictions follow lme4.
+The fixed effects are the statsmodels ``params`` (``bse``, ``tvalues``, ``pvalues``, ``conf_int``,
+``t_test``, ``wald_test`` work on them); variance components, modes and predictions follow lme4.
 """
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from statsmodels.iolib.table import SimpleTable
 from functools import cached_property as cache_readonly
 
 from ._args import reject_unknown
-from .inference import InferenceMixin
+from .inference import InferenceMixin, robust_note
 from .objective import MixedParams
 from .printing import fit_html, fit_text, fixed_decimals, param_index, params_table, re_table
 
@@ -483,6 +482,8 @@ class LMMResults(MixedResults):
         return [self.sigma]
 
     def _add_extra_tables(self, smry, ddf=None):
+        if self.cov_type != "nonrobust":          # cluster-robust: say which and how tested
+            return add_notes(smry, [robust_note(self)])
         cov = "sigma^2 (X' V^-1 X)^-1 at the estimated variance components (lme4's vcov)"
         note = (f"{cov}; z tests (t tests on Satterthwaite or Kenward-Roger df: summary(ddf=...))"
                 if ddf is None else f"{cov}; t tests on Satterthwaite df (lmerTest)"
@@ -516,3 +517,4 @@ class MixedResultsWrapper(wrap.ResultsWrapper):
 
 
 populate_wrapper(MixedResultsWrapper, MixedResults)
+MixedResults._results_wrapper = MixedResultsWrapper      # for get_robustcov_results

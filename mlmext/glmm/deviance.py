@@ -119,11 +119,13 @@ class LaplaceDeviance:
                                modes=modes, lams=lams)
         return llf
 
-    def loglike_and_score(self, params):
-        """Laplace log-likelihood, its exact gradient in ``(theta, beta[, log alpha])``, the modes."""
+    def loglike_and_score(self, params, tol=1e-14):
+        """Laplace log-likelihood, its exact gradient in ``(theta, beta[, log alpha])``, the modes.
+        ``tol``: PIRLS's tolerance (errors in the modes enter the log-determinant, so the
+        value and gradient to first order: ~1e-8 at 1e-14, ~1e-10 at 1e-20)."""
         theta, beta, extra = self.split(params)
         self.set_extra(extra)
-        modes, lams = self.modes(theta, beta)
+        modes, lams = self.modes(theta, beta, tol=tol)
         if not modes.converged:
             return -np.inf, np.zeros(len(params)), modes
         gt, gb, ge = lp.laplace_gradient(self.design, self.chol_u, self.cond, theta, modes,

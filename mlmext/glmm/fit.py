@@ -21,7 +21,8 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from .. import laplace as lp
 from ..design import lower_tri
-from ..optimize import CountingGradient, OptSummary, hessian_from_gradient, hessian_from_values
+from ..optimize import (CountingGradient, OptSummary, hessian_central_gradient,
+                        hessian_from_gradient, hessian_from_values)
 from ..results import MixedResultsWrapper
 from .optimum import minimize_checked
 from .results import GLMMResults
@@ -98,13 +99,27 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
     # ---- Laplace: all parameters jointly, exact gradient, then Newton with the Hessian
     count = _Count(_laplace_fg(dev, tr))
     fd_idx = list(range(nt)) + list(range(nt + p, nt + p + ke))
+    last = {}                                 # Newton's last Hessian: its point and columns
     x, f, g, H, out = minimize_checked(
         count, lambda z: count(z)[0], x0, bounds,
-        lambda z, gz: hessian_from_gradient(count, z, gz, bounds), tol=tol, maxiter=maxiter,
+        lambda z, gz: hessian_from_gradient(count, z, gz, bounds, keep=last), tol=tol,
+        maxiter=maxiter,
         phase="Laplace", evals=lambda: count.n, names=names, fd_idx=fd_idx,
         qn_label=" (exact gradient)", hess_label=" (Hessian from gradient differences)",
         mirror=des.column_mirrors())
     tried += out.tried
+    if nagq == 1:
+        # the covariance's Hessian at the end point by central differences of the exact
+        # gradient: Newton's (forward differences, at its last iterate) is good for steps but
+        # leaves O(h) ~ 1e-3 relative errors in the standard errors.  Its forward gradients
+        # are reused when it was computed at the end point (then k more gradients, else 2k);
+        # PIRLS to 1e-20 for the new ones, as the modes' error enters the gradient to first
+        # order (through the log-determinant)
+        fine = _Count(_laplace_fg(dev, tr, tol=1e-20))
+        plus = last["plus"] if "x" in last and np.array_equal(last["x"], x) else None
+        H = hessian_central_gradient(fine, x, g, plus=plus)[0]
+        tried.append(("Laplace: Hessian for the covariance (central differences of the "
+                      "exact gradient)", True, fine.n))
     if nagq > 1:
         # from the Laplace estimates, with the Laplace Hessian as the first curvature
         fa = _Count(_agq_f(dev, tr, nagq))
@@ -115,6 +130,11 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
             qn_tol=1e-6, qn_label=" (gradient by differences)",
             hess_label=" (Hessian from differences)", mirror=des.column_mirrors())
         tried += out.tried
+        # Newton's Hessian is from its last iterate; the covariance's, at the end point
+        n0 = fa.n
+        H = hessian_from_values(fa, x, bounds)[0]
+        tried.append((f"AGQ({nagq}): Hessian for the covariance (central differences)", True,
+                      fa.n - n0))
     optim = optimize.OptimizeResult(x=x, fun=f, jac=g, success=out.converged,
                                     message=out.message, tried=tried,
                                     nfev=sum(t[2] for t in tried), method="quasi-Newton + Newton",
@@ -134,9 +154,9 @@ class _Count:
         return self.fun(x)
 
 
-def _laplace_fg(dev, tr):
+def _laplace_fg(dev, tr, tol=1e-14):
     def fg(x):
-        ll, g, _ = dev.loglike_and_score(tr.params(x))
+        ll, g, _ = dev.loglike_and_score(tr.params(x), tol=tol)
         if not np.isfinite(ll):
             return np.inf, np.zeros_like(x)
         return -2.0 * ll, -2.0 * tr.grad(g)
@@ -267,9 +287,8 @@ def _fe_covariance(model, tr, H):
 
     As lme4's ``vcov.merMod`` (1.1-31): ``2 H^-1`` in (theta, beta), its fixed-effects
     block, whenever that block is positive definite -- singular fits included (lme4 computes
-    the Hessian by central differences across a theta at 0; ours, by forward differences of
-    the exact gradient, agrees there where the deviance is even in such a theta: a scalar
-    term, or a template column with zeros below its diagonal).  For the
+    the Hessian by central differences of the deviance across a theta at 0; ours, by central
+    differences of the exact gradient at the end point (AGQ: of the deviance), likewise).  For the
     negative binomial ``cov_joint`` also allows for alpha's uncertainty (the Hessian in
     (theta, beta, log alpha)); it is the covariance of glmmTMB-mode fits
     (``information="observed"``: glmmTMB inverts the Hessian in all its parameters).

@@ -42,7 +42,7 @@ from statsmodels.genmod import families
 from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
 
 from .. import laplace as lp
-from .._args import reject_unknown
+from .._args import reject_robust_cov, reject_unknown
 from .._blas import blas_threads
 from ..base import MixedModel, drop_rank_deficient
 from ..objective import MixedParams
@@ -370,6 +370,7 @@ class GeneralizedLinearMixedModel(MixedModel):
             For ``nagq`` outside ``1 .. 100`` or not a whole number, and
             ``start_params`` of the wrong length or not finite.
         """
+        reject_robust_cov(kwargs, "GLMM")
         reject_unknown(kwargs, "fit()", accepted=_FIT_ARGS, hints=_FIT_HINTS)
         lp.check_positive(maxiter=maxiter, integer=True)
         lp.check_positive(tol=tol)

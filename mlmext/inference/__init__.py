@@ -21,6 +21,8 @@ which puts them on the results class as methods:
   around its prediction (with or without the random effects);
 * :mod:`.allfit` -- :func:`allfit`: the model refitted with every available optimizer, side by
   side (lme4's ``allFit``);
+* :mod:`.robust` -- :func:`cluster_robust`: cluster-robust (sandwich) covariances of LMM fixed
+  effects with small-sample df (clubSandwich's CR0 / CR1 / CR2, ``coef_test``, ``Wald_test``);
 * :mod:`.mixin` -- :class:`InferenceMixin`.
 
 Variance parameters are named as :func:`varpar_names` says (see :mod:`.intervals`).
@@ -35,6 +37,7 @@ from .predictive import predictive_variance
 from .intervals import bootstrap, conf_int_boot, conf_int_profile, profile, varpar_names
 from ._refit import refit
 from .mixin import InferenceMixin
+from .robust import ClusterRobust, cluster_robust, robust_note
 from .simulation import PowerSimResults, power_sim, simulate
 from .variance_explained import icc, r2_nakagawa, r2_snijders_bosker
 
@@ -48,4 +51,5 @@ __all__ = [
     "power_sim", "PowerSimResults", "influence", "cooks_distance", "check_convergence",
     "ConvergenceCheck", "allfit", "AllFitTable", "varpar_names", "InferenceMixin", "refit",
     "PBTestTable", "pb_table", "predictive_variance",
+    "cluster_robust", "ClusterRobust", "robust_note",
 ]

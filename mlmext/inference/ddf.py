@@ -18,10 +18,18 @@ from ..optimize import hessian, jacobian
 from ._common import _cache, _fe_names, _params, _raw, _require_lmm
 
 
+def _require_model_based(r, what):
+    if r.cov_type != "nonrobust":
+        raise ValueError(f"{what} belong to the model-based covariance; this result's covariance "
+                         "is cluster-robust, and its tests use clubSandwich's df already (call "
+                         "t_test / wald_test / summary without ddf or df)")
+
+
 def _satt_pieces(res):
     """Asymptotic covariance of (theta, sigma) and the Jacobian of vcov(beta); cached (lmerTest)."""
     _require_lmm(res, "Satterthwaite's degrees of freedom")
     r = _raw(res)
+    _require_model_based(r, "lmerTest's Satterthwaite df")
     c = _cache(r)
     if "satt" in c:
         return c["satt"]
@@ -161,6 +169,7 @@ def _kr_pieces(res):
     """pbkrtest's adjusted covariance and its P, W pieces, computed in the random-effects space."""
     _require_lmm(res, "Kenward-Roger's method")
     r = _raw(res)
+    _require_model_based(r, "Kenward-Roger's covariance and df")
     c = _cache(r)
     if "kr" in c:
         return c["kr"]
@@ -441,8 +450,8 @@ class DdfContrastResults(ContrastResults):
                 for e, s, tt, d, pp, (lo, hi) in zip(est, se, t, dfs, p, ci)]
         lo, hi = f"[{alpha / 2:g}", f"{1 - alpha / 2:g}]"
         return SimpleTable(rows, headers=["coef", "std err", "t", "df", "P>|t|", lo, hi],
-                           stubs=names, title=title or
-                           f"Test for constraints (t tests, {self.method.title()} df)")
+                           stubs=names, title=title or "Test for constraints (t tests, "
+                           f"{getattr(self, 'method_label', self.method.title())} df)")
 
     def __str__(self):
         return str(self.summary())

@@ -10,12 +10,69 @@ from .ddf import kenward_roger, params_table_ddf, satterthwaite, t_test_ddf
 from .diagnostics import check_convergence, cooks_distance, influence
 from ._refit import refit
 from .intervals import _wald_conf_int, bootstrap, conf_int_boot, conf_int_profile, profile
+from .robust import get_robustcov_results, robust_t_test, robust_wald_test
 from .simulation import power_sim, simulate
 from .variance_explained import icc, r2_nakagawa, r2_snijders_bosker
 
 
 class InferenceMixin:
     """Inference methods of mixed-model results (first base class of ``MixedResults``)."""
+
+    cov_type = "nonrobust"      # "cluster" on the results of get_robustcov_results
+    cov_kwds = {}
+
+    def get_robustcov_results(self, cov_type="cluster", **kwargs):
+        """A NEW results object whose covariance of the fixed effects is cluster-robust.
+
+        As R's clubSandwich for ``lmer`` fits (``vcovCR``): the sandwich with the model's
+        marginal covariance ``V`` as working model, by cluster.  ``bse``, ``cov_params()``,
+        ``tvalues``, ``pvalues``, ``conf_int()``, ``t_test``, ``wald_test`` and ``summary()``
+        of the new object use it; this result is unchanged.
+
+        Parameters
+        ----------
+        cov_type : {"cluster", "nonrobust"}
+            ``"nonrobust"`` gives a copy with the model-based covariance.
+        type : {"CR2", "CR0", "CR1", "CR1p", "CR1S"}
+            Small-sample correction (clubSandwich's names; default CR2, Bell-McCaffrey /
+            Pustejovsky-Tipton).  CR1 is CR0 times ``J / (J - 1)`` for ``J`` clusters.
+        groups : None, str or array_like
+            The clusters.  Default: the grouping factor with the fewest levels (the outermost
+            one, as clubSandwich); a grouping factor or model-frame column by name; or one
+            value per fitted row.  Every grouping factor must be nested in the clusters.
+        df : {"satterthwaite", "z", "naive-t", "naive-tp"}
+            The tests' reference distribution (clubSandwich's ``coef_test`` tests):
+            ``"satterthwaite"`` (default) t tests on Pustejovsky-Tipton's df per
+            coefficient, and HTZ F tests in ``wald_test``; normal / chi-square; t on
+            ``J - 1`` or ``J - p`` df.
+
+        Returns
+        -------
+        MixedResultsWrapper
+            ``cov_type == "cluster"``, ``cov_kwds`` the settings used; ``df_resid_inference``
+            holds the df per coefficient.
+
+        Raises
+        ------
+        NotImplementedError
+            For GLMM and clmm fits, and models with prior weights.
+        ValueError
+            For unknown settings, and clusters that do not nest the random effects.
+        TypeError
+            For keyword arguments other than ``type``, ``groups`` and ``df``.
+        """
+        return self._results_wrapper(get_robustcov_results(self, cov_type, **kwargs))
+
+    def wald_test(self, r_matrix, cov_p=None, invcov=None, use_f=None, df_constraints=None,
+                  scalar=True):
+        """statsmodels' Wald test; on a cluster-robust result with Satterthwaite df
+        (the default), clubSandwich's HTZ F test (``use_f=False``: the chi-square test)."""
+        if self.cov_kwds.get("df") == "satterthwaite" and cov_p is None and invcov is None:
+            if use_f is False:
+                return super().wald_test(r_matrix, use_f=False, scalar=scalar)
+            return robust_wald_test(self, r_matrix)
+        return super().wald_test(r_matrix, cov_p=cov_p, invcov=invcov, use_f=use_f,
+                                 df_constraints=df_constraints, scalar=scalar)
 
     def df_satterthwaite(self):
         """Satterthwaite denominator df per fixed effect (lmerTest's ``summary`` df).
@@ -71,13 +128,17 @@ class InferenceMixin:
             As in statsmodels (used when ``df`` is None).
         df : {None, "satterthwaite", "kenward-roger"}
             Denominator degrees of freedom per contrast.  Kenward-Roger also uses the
-            adjusted covariance for the standard errors (as lmerTest).
+            adjusted covariance for the standard errors (as lmerTest).  On a cluster-robust
+            result (:meth:`get_robustcov_results`) leave it None: the tests then use the
+            robust covariance and its own df (clubSandwich's Satterthwaite df per contrast).
 
         Returns
         -------
         statsmodels.stats.contrast.ContrastResults
         """
         if df is None:
+            if self.cov_kwds.get("df") == "satterthwaite" and cov_p is None and use_t is not False:
+                return robust_t_test(self, r_matrix)        # a df per contrast
             return super().t_test(r_matrix, cov_p=cov_p, use_t=use_t)
         return t_test_ddf(self, r_matrix, df)
 

@@ -12,12 +12,14 @@
 from .linesearch import backtrack
 from .newton import newton, quasi_newton
 from .numdiff import (CountingGradient, central_gradient, gradient_hessian, hessian,
-                      hessian_from_gradient, hessian_from_values, jacobian)
+                      hessian_central_gradient, hessian_from_gradient, hessian_from_values,
+                      jacobian)
 from .polish import descent_along, fd_hessian, newton_polish, probe_bounds
 from .summary import OptSummary
 from .theta import escape_bound, minimize_bfgs, minimize_theta, snap_to_bound
 
 __all__ = ["backtrack", "minimize_theta", "minimize_bfgs", "escape_bound", "snap_to_bound", "quasi_newton",
-           "newton", "jacobian", "hessian", "hessian_from_gradient", "central_gradient",
+           "newton", "jacobian", "hessian", "hessian_from_gradient", "hessian_central_gradient",
+           "central_gradient",
            "hessian_from_values", "CountingGradient", "gradient_hessian", "OptSummary",
            "newton_polish", "probe_bounds", "fd_hessian", "descent_along"]

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .. import laplace as _laplace
-from .._args import reject_unknown
+from .._args import reject_robust_cov, reject_unknown
 from .._blas import blas_threads
 from .._frames import as_dataframe
 from ..base import MixedModel, drop_rank_deficient
@@ -298,6 +298,7 @@ class OrdinalMixedModel(MixedModel):
             When the optimizer did not converge or the Hessian is not positive
             definite.
         """
+        reject_robust_cov(kwargs, "clmm")
         des = self.re_design
         scalar = len(des.blocks) == 1 and des.blocks[0].q == 1
         # one BLAS thread for moderate dense parts (the shared helper of the LMM / GLMM fits)
