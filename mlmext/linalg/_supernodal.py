@@ -189,6 +189,20 @@ class SupernodalPlan:
             W[t0:, t0:] = Lt
         return W
 
+    def solve_t(self, L, b):
+        """Solve ``L_m' x = b`` for the leading ``m = len(b) >= rz`` rows and columns of ``L``
+        (the factor :meth:`factor` wrote) by back substitution over the supernodes."""
+        m, rz = b.size, self.rz
+        x = np.array(b, dtype=float)
+        Lf = L.reshape(-1)
+        if m > rz:                                     # the dense rows of X first
+            x[rz:m] = linalg.lapack.dtrtrs(np.tril(L[rz:m, rz:m]), x[rz:m], lower=1, trans=1)[0]
+        for (a, b_, R), (cols, _, _) in zip(reversed(self.supernodes), reversed(self._flat)):
+            k = int(np.searchsorted(R, m))
+            rhs = x[a:b_] - Lf[cols[:k]].T @ x[R[:k]] if k else x[a:b_]
+            x[a:b_] = linalg.lapack.dtrtrs(L[a:b_, a:b_], rhs, lower=1, trans=1)[0]
+        return x
+
     def selected_inverse(self, L, kk):
         """``(L_P L_P')^-1`` on the pattern of ``L``, ``L_P`` the leading ``kk`` rows and
         columns of ``L`` (all random effects and the first ``kk - rz`` fixed effects).

@@ -127,7 +127,10 @@ class DenseFactor(LeadBlockFactor):
     def solve(self):
         """Spherical modes ``u`` (all blocks, in block order) and fixed effects ``beta``."""
         r = self.r
-        v_rest = solve_lower_t(self.Lr[:r - 1, :r - 1], self.Lr[r - 1, :r - 1])
+        if self._sn is not None:                       # back substitution on the pattern
+            v_rest = self._sn.solve_t(self.Lr, self.Lr[r - 1, :r - 1])
+        else:
+            v_rest = solve_lower_t(self.Lr[:r - 1, :r - 1], self.Lr[r - 1, :r - 1])
         full = np.zeros(r)
         full[:r - 1] = v_rest
         t = self._apply_lam_rest(full)                 # Lambda_r v (y entry 0)
