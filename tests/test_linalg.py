@@ -318,7 +318,7 @@ def test_crossed_schur_product_storages_match_dense(data, formula, storage, monk
                      f"{storage}, reweighting={reweighting}")
 
 
-def _school_data(seed=5, n_sch=30, tch_per=10, pupils=900, movers=0.004):
+def _school_data(seed=5, n_sch=30, tch_per=10, pupils=500, movers=0.004):
     """STAR's shape: pupils (the first block) each taught by four teachers of their school over
     the years, a few pupils changing school; teachers within schools.  The remainder (teachers
     and schools, 330 random effects) is sparse, so the sparse factorization takes it."""
@@ -395,3 +395,30 @@ def test_sparse_remainder_fit_equals_dense_fit(monkeypatch):
     assert abs(res.llf - res0.llf) < 1e-6
     assert np.max(np.abs(res.fe_params - res0.fe_params) / res0.bse_fe) < 2e-3
     assert np.allclose(res.theta, res0.theta, rtol=1e-3, atol=1e-4)
+
+
+def test_sparse_remainder_workspaces_in_threads():
+    """Workspaces of a sparse-remainder factor share the plan and the compact Schur product
+    read-only: updated from several threads at different theta, each keeps its own numbers."""
+    data = _school_data()
+    model, des, lams0, w, v, rng = _setup(data, "y ~ x + (1 | pupil) + (1 | tch) + (1 | sch)", seed=4)
+    ch = BlockedCholesky(des.blocks, model._XY, w, nested=False)
+    assert ch._sn is not None and ch._compact is not None
+    grid = [des.theta_start + 0.5 * rng.random(des.ntheta) for _ in range(2)] * 2
+
+    def run(theta):
+        f = ch.workspace()
+        out = []
+        for _ in range(5):
+            f.update(des.lambdas(theta))
+            out.append((f.logdet_zz, f.r2, _flat(f.inverse_block_sums(f.p))))
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        results = list(ex.map(run, grid))
+    refs = [_dense_reference(des, model._XY, w, des.lambdas(t), v) for t in grid[:2]]
+    for ref, res in zip(refs * 2, results):
+        for ld, r2, ibs in res:
+            assert ld == pytest.approx(ref["logdet_zz"], rel=RTOL)
+            assert r2 == pytest.approx(ref["r2"], rel=RTOL)
+            np.testing.assert_allclose(ibs, ref["ibs_reml"], rtol=1e-9)
