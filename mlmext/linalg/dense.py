@@ -22,9 +22,13 @@ from scipy import linalg, sparse
 from .._blas import inverse_threads
 from ._lead import LeadBlockFactor
 from ._stacks import blockdiag_sparse, sandwich, solve_lower_t
-from ._supernodal import SupernodalPlan
+from ._supernodal import MIN_RZ, SupernodalPlan
 
 __all__ = ["DenseFactor"]
+
+#: the sparse remainder's pattern is looked for when the pairs of remainder effects sharing a
+#: first-block level number at most this (their sparse product costs ~0.1 s at 8e6)
+SPARSE_MAX_PAIRS = 8_000_000
 
 
 class DenseFactor(LeadBlockFactor):
@@ -48,12 +52,12 @@ class DenseFactor(LeadBlockFactor):
         ``A_r1`` and ``A_rr`` are permuted to it (X and y stay last)."""
         self._rpos, self._sn = None, None
         rz = self.rz
-        if not (self.sparse_rest and self._scalar_rest) or rz < 256:
+        if not (self.sparse_rest and self._scalar_rest) or rz < MIN_RZ:
             return
         A = self.A_r1[:rz].tocsc()
         # pairs of rest effects sharing a first-block level: their number bounds the work
         cnt = np.diff(A.indptr).astype(np.int64)
-        if int((cnt * cnt).sum()) > 8_000_000:
+        if int((cnt * cnt).sum()) > SPARSE_MAX_PAIRS:
             return
         # rest effects x first-block levels (the q1 columns of a level are coupled by M1^-1)
         level = np.repeat(np.arange(A.shape[1]) // self.q1, cnt)
