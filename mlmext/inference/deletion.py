@@ -109,6 +109,22 @@ class _GLS:
         sign, logdet = np.linalg.slogdet(np.eye(p) + KC)
         return d, d @ self.XVX @ d / p, d @ XNaX @ d / p, abs(np.trace(KC)), sign * np.exp(logdet)
 
+    def one_step_rows(self):
+        """:meth:`one_step` for every single row at once: with I = {j} the updates are rank
+        one (a = (V^-1 X)_j, h = a'Ca, P_jj = V^-1_jj - h): d = C a (V^-1 e)_j / P_jj,
+        covtrace = h / P_jj, covratio = 1 + h / P_jj (the determinant lemma) and
+        X_(j)'V_(j)^-1 X_(j) = X'V^-1X - a a' / V^-1_jj."""
+        p = self.C.shape[0]
+        A = self.VX
+        vjj = self.vinv_diag()
+        AC = A @ self.C
+        h = np.einsum("ij,ij->i", AC, A)
+        pjj = vjj - h
+        D = AC * (self.Ve / pjj)[:, None]
+        dxd = np.einsum("ij,ij->i", D @ self.XVX, D)
+        ad = np.einsum("ij,ij->i", A, D)
+        return D, dxd / p, (dxd - ad ** 2 / vjj) / p, np.abs(h / pjj), 1.0 + h / pjj
+
 
 def _varcomp(fit):
     """Variances and covariances (lme4's vcov column) named var_/cov_ as varcorr's sd_/cor_ rows,
@@ -177,7 +193,11 @@ def influence(res, group=None, method="one-step"):
     names = _fe_names(r)
     cols = ["cooks_d", "mdffits", "covtrace", "covratio"]
     rows = []
-    if method == "one-step":
+    by_row = not (group is None or isinstance(group, str))        # group=1 (validated above)
+    if method == "one-step" and by_row:
+        D, *stats = _GLS(r).one_step_rows()
+        rows = np.column_stack(stats + [D])
+    elif method == "one-step":
         gls = _GLS(r)
         for I in sets:
             d, cd, mdf, ct, cr = gls.one_step(I)
