@@ -4,8 +4,10 @@ HLMdiag is not installable here (not in Debian, CRAN unreachable), so each quant
 in the test from dense matrices built from the data, not from the model's design: Z from dummy
 columns, G from ``varcorr()``, ``V = Z G Z' + sigma^2 W^-1``; the one-step deletion estimates by
 explicit GLS on the remaining rows at the full-data variance components, the refit ones from a
-fresh ``lmer`` fit to the remaining rows.  Cook's distance and the fixed-effect changes are also
-checked against HLMdiag's own algorithm run in R (tests/test_inference.py, stored values).
+fresh ``lmer`` fit to the remaining rows.  The same definitions written out in R from lme4 fits
+(tools/r_reference/hlmdiag_reference.R) give a second check, at lme4's optimizer precision;
+Cook's distance and the fixed-effect changes are also checked against HLMdiag 0.5's algorithm in
+tests/test_inference.py.
 """
 import warnings
 
@@ -294,3 +296,74 @@ def test_not_built_for_glmm_and_clmm():
     for call in (lambda: g.influence("herd"), lambda: g.leverage(), lambda: inf.cooks_distance(g)):
         with pytest.raises(NotImplementedError, match="linear mixed models"):
             call()
+
+
+# ------------------------------------------------------------------ against lme4 fits (R)
+# tools/r_reference/hlmdiag_reference.R: HLMdiag's definitions written out in plain R with
+# dense matrices, at lme4's estimates and on lme4 refits (HLMdiag itself is not installable).
+R_CASES = {"hlmdiag_sleepstudy": SLEEP, "hlmdiag_sleepstudy_unbal": SLEEP, "hlmdiag_penicillin": PENI}
+R_STATS = {"cooksd": "cooks_d", "mdffits": "mdffits", "covtrace": "covtrace", "covratio": "covratio"}
+
+
+def r_data(name):
+    if name == "sleepstudy_unbal":                  # the rows the R script keeps
+        df = read_data("sleepstudy.csv")
+        return df.iloc[np.arange(len(df)) % 5 != 2].reset_index(drop=True)
+    return read_data(name + ".csv")
+
+
+def r_rows(rows, index):
+    out = pd.DataFrame(rows).set_index("label")
+    out.index = index
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(R_CASES))
+def test_against_lme4_estimates(case):
+    """One-step diagnostics and leverage are smooth functions of (theta, sigma): ours and R's
+    differ by what separates the two optima, delta = the largest relative difference in theta
+    (lme4's bobyqa stops at about 1e-5 .. 2e-4 here); the tolerance is 20 delta of each column's
+    size.  The fixed-effect changes are GLS solves: within 1e-4 SE."""
+    from refcases import load_ref
+    r = load_ref("inference", case)
+    df = r_data(r["data_name"])
+    res = lmer(R_CASES[case], df)
+    delta = float(np.max(np.abs(res.theta - r["theta"]) / np.abs(r["theta"])))
+    assert delta < 1e-3
+    names = res.model.exog_names
+    se = res.bse_fe.to_numpy()
+    for key, group in (("one_step_group", r["group"]), ("one_step_obs", 1)):
+        got = res.influence(group)
+        want = r_rows(r[key], got.index)
+        for rc, col in R_STATS.items():
+            w = want[rc].to_numpy()
+            np.testing.assert_allclose(got[col], w, rtol=20 * delta, atol=20 * delta * np.max(np.abs(w)))
+        rfe = want[[c for c in want.columns if c not in R_STATS]].to_numpy()
+        assert np.all(np.abs(got[names].to_numpy() - rfe) <= 1e-4 * se)
+    for key, group in (("leverage_obs", 1), ("leverage_group", r["group"])):
+        want = pd.DataFrame(r[key])
+        got = res.leverage(group)
+        np.testing.assert_allclose(got.to_numpy(), want[list(got.columns)].to_numpy(), rtol=20 * delta)
+
+
+@pytest.mark.parametrize("case", sorted(R_CASES))
+def test_refit_against_lme4_refits(case):
+    """Refit diagnostics against lme4 refits (update(m, data = without the level)); each side's
+    refits are at its own optimizer's precision, lme4's about 1e-4 .. 1e-3 relative in theta
+    (see above): statistics within 2e-3 (1 + |value|), relative variance changes within 5e-3
+    (1 + |value|), fixed-effect changes within 1e-3 SE."""
+    from refcases import load_ref
+    r = load_ref("inference", case)
+    df = r_data(r["data_name"])
+    res = lmer(R_CASES[case], df)
+    got = res.influence(r["group"], method="refit")
+    want = r_rows(r["refit_group"], got.index)
+    for rc, col in R_STATS.items():
+        w = want[rc].to_numpy()
+        assert np.all(np.abs(got[col].to_numpy() - w) <= 2e-3 * (1 + np.abs(w))), col
+    rvc_r = want[[c for c in want.columns if c.startswith("rvc")]].to_numpy()
+    rvc = got[[c for c in got.columns if c.startswith("rvc_")]].to_numpy()   # varcorr's row order
+    assert rvc.shape == rvc_r.shape
+    assert np.all(np.abs(rvc - rvc_r) <= 5e-3 * (1 + np.abs(rvc_r)))
+    rfe = want[[c for c in want.columns if c not in R_STATS and not c.startswith("rvc")]].to_numpy()
+    assert np.all(np.abs(got[res.model.exog_names].to_numpy() - rfe) <= 1e-3 * res.bse_fe.to_numpy())
