@@ -152,10 +152,11 @@ def influence(res, group=None, method="one-step"):
     * ``mdffits`` = ``d' V(beta_(I))^-1 d / p``;
     * ``covtrace`` = ``|tr(V(beta_hat)^-1 V(beta_(I))) - p|``;
     * ``covratio`` = ``det V(beta_(I)) / det V(beta_hat)``;
-    * ``rvc_<component>`` (``method="refit"`` only) = ``theta_(I) / theta - 1`` for
-      ``sigma2`` and each random-effect variance (``var_<term>|<group>``) and covariance
-      (``cov_<term>.<term>|<group>``), named as :meth:`varcorr` names their SDs and
-      correlations (HLMdiag's ``rvc.sigma2``, ``rvc.D11``, ...);
+    * ``rvc_<component>`` (``method="refit"`` only), the relative variance change
+      ``v_(I) / v - 1`` of ``sigma2`` and of each random-effect variance
+      (``var_<term>|<group>``) and covariance (``cov_<term>.<term>|<group>``), named as
+      :meth:`varcorr` names their SDs and correlations (HLMdiag's ``rvc.sigma2``,
+      ``rvc.D11``, ...); a component estimated at 0 gives ``inf`` or ``nan``;
     * one column per fixed effect: the change ``d``.
 
     ``method="one-step"`` (HLMdiag's default, ``approx = TRUE``) holds the variance
