@@ -392,6 +392,7 @@ def test_every_plot_takes_ax_and_returns_its_figure(sleep, cbpp, wine):
         "predictor_effects": (lambda ax: plots.predictor_effects(wine, ax=ax), 2),
         "profile": (lambda ax: plots.profile(prof, ax=ax), 3),
         "qic": (lambda ax: plots.qic(sel, ax=ax), 1),
+        "influence_plot": (lambda ax: plots.influence_plot(sleep, group="Subject", ax=ax), 1),
     }
     assert set(calls) == set(plots.__all__)
     for name, (call, k) in calls.items():
@@ -423,3 +424,64 @@ def test_predictor_effects_one_panel_per_variable_by_its_partner():
     null = mf.lmer("mAch ~ 1 + (1 | school)", hsb).fit()
     with pytest.raises(ValueError, match="intercept only"):
         plots.predictor_effects(null)
+
+
+# ------------------------------------------------------------------ influence dot plot
+def test_influence_plot_sorted_points_internal_cutoff_and_flags(sleep):
+    """HLMdiag's dotplot_diag: values sorted upwards, the internal cut-off Q3 + 3 IQR as a line,
+    the points beyond it red triangles."""
+    tab = sleep.influence(1)                        # 180 single-observation deletions
+    v = np.sort(tab["cooks_d"].to_numpy())
+    q1, q3 = np.quantile(v, [0.25, 0.75])
+    cut = q3 + 3 * (q3 - q1)
+    assert (v > cut).sum() >= 1                     # the plot has something to flag
+    ax = plots.influence_plot(tab, "cooks_d").axes[0]
+    pts = np.vstack([np.column_stack(line.get_data()) for line in ax.lines if line.get_marker() in "o^"])
+    np.testing.assert_allclose(np.sort(pts[:, 0]), v)
+    order = np.argsort(pts[:, 1])
+    np.testing.assert_allclose(pts[order, 0], v)     # position 1..n follows the sorted values
+    red = [line for line in ax.lines if line.get_marker() == "^"][0]
+    np.testing.assert_allclose(np.sort(red.get_xdata()), v[v > cut])
+    vlines = [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "-" and line.get_marker() in ("None", "")]
+    assert vlines == pytest.approx([cut])
+    # too many rows for tick labels: the five furthest beyond the line are named
+    top = tab["cooks_d"].sort_values(ascending=False).index[:5]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(str(i) for i in top)
+    assert ax.get_xlabel() == "cooks_d"
+
+
+def test_influence_plot_two_sided_covratio_numeric_cutoffs_and_labels(sleep):
+    tab = sleep.influence("Subject", method="refit")
+    v = tab["covratio"].to_numpy()
+    q1, q3 = np.quantile(v, [0.25, 0.75])
+    ax = plots.influence_plot(sleep, "covratio", group="Subject", method="refit").axes[0]
+    vlines = sorted(line.get_xdata()[0] for line in ax.lines if line.get_marker() in ("None", ""))
+    assert vlines == pytest.approx([q1 - 3 * (q3 - q1), q3 + 3 * (q3 - q1)])
+    # every subject named, smallest at the bottom
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    assert names == [str(s) for s in tab["covratio"].sort_values(kind="stable").index]
+    assert ax.get_ylabel() == "Subject"
+    # a numeric cut-off flags the values above it; a pair flags both tails; None draws no line
+    lev = sleep.leverage()["ranef"]
+    cut = float(np.median(lev))
+    ax2 = plots.influence_plot(lev, cutoff=cut).axes[0]
+    assert ax2.get_xlabel() == "ranef" and ax2.get_ylabel() == "observation"
+    red = [line for line in ax2.lines if line.get_marker() == "^"][0]
+    np.testing.assert_allclose(np.sort(red.get_xdata()), np.sort(lev[lev > cut]))
+    assert 0 < (lev > cut).sum() < len(lev)
+    ax3 = plots.influence_plot(tab, "rvc_sigma2", cutoff=(-0.1, 0.05)).axes[0]
+    red = [line for line in ax3.lines if line.get_marker() == "^"][0]
+    x = tab["rvc_sigma2"]
+    assert sorted(red.get_xdata()) == sorted(x[(x < -0.1) | (x > 0.05)])
+    ax4 = plots.influence_plot(tab, "mdffits", cutoff=None).axes[0]
+    assert all(line.get_marker() in "o^" for line in ax4.lines)
+
+
+def test_influence_plot_bad_arguments(sleep, wine):
+    tab = sleep.influence("Subject")
+    with pytest.raises(ValueError, match="unknown diagnostic"):
+        plots.influence_plot(tab, "cooksd")
+    with pytest.raises(ValueError, match="cutoff must be"):
+        plots.influence_plot(tab, cutoff="external")
+    with pytest.raises(NotImplementedError, match="linear mixed models"):
+        plots.influence_plot(wine, group="judge")

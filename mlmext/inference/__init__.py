@@ -15,8 +15,9 @@ which puts them on the results class as methods:
 * :mod:`.variance_explained` -- :func:`icc`, :func:`r2_nakagawa`, :func:`r2_snijders_bosker`;
 * :mod:`.simulation` -- :func:`simulate`, :func:`power_sim`: simulation from a fit and
   simulation-based power; :func:`refit` (``._refit``), a fit refitted to a new response;
-* :mod:`.diagnostics` -- :func:`influence`, :func:`cooks_distance` (group deletion, HLMdiag) and
-  :func:`check_convergence`, a scale-free gradient check of the optimum;
+* :mod:`.deletion` -- :func:`influence`, :func:`cooks_distance`, :func:`leverage`: case-deletion
+  diagnostics and leverage (HLMdiag), per observation or per level;
+* :mod:`.diagnostics` -- :func:`check_convergence`, a scale-free gradient check of the optimum;
 * :mod:`.predictive` -- :func:`predictive_variance`, the variance of a new LMM observation
   around its prediction (with or without the random effects);
 * :mod:`.allfit` -- :func:`allfit`: the model refitted with every available optimizer, side by
@@ -31,7 +32,8 @@ from .allfit import AllFitTable, allfit
 from .anova import AnovaTable, anova
 from .ddf import kenward_roger, satterthwaite
 from .lmertest import LmerTestTable, anova_lmm, drop1, ranova
-from .diagnostics import ConvergenceCheck, check_convergence, cooks_distance, influence
+from .deletion import cooks_distance, influence, leverage
+from .diagnostics import ConvergenceCheck, check_convergence
 from .pbtest import PBTestTable, pb_table
 from .predictive import predictive_variance
 from .intervals import bootstrap, conf_int_boot, conf_int_profile, profile, varpar_names
@@ -48,7 +50,7 @@ from .intervals import boot_ci, profile_zeta  # noqa: F401
 __all__ = [
     "anova", "AnovaTable", "anova_lmm", "ranova", "drop1", "LmerTestTable", "satterthwaite", "kenward_roger", "profile", "conf_int_profile",
     "bootstrap", "conf_int_boot", "icc", "r2_nakagawa", "r2_snijders_bosker", "simulate",
-    "power_sim", "PowerSimResults", "influence", "cooks_distance", "check_convergence",
+    "power_sim", "PowerSimResults", "influence", "cooks_distance", "leverage", "check_convergence",
     "ConvergenceCheck", "allfit", "AllFitTable", "varpar_names", "InferenceMixin", "refit",
     "PBTestTable", "pb_table", "predictive_variance",
     "cluster_robust", "ClusterRobust", "robust_note",

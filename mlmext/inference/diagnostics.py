@@ -1,115 +1,12 @@
-"""Diagnostics of a fit: group-deletion influence (HLMdiag) and a convergence check."""
+"""Diagnostics of a fit: case-deletion influence and leverage (HLMdiag, in :mod:`.deletion`) and a
+convergence check."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
-from scipy import linalg, sparse
 
-from ._common import _fe_names, _params, _raw, _require_lmm
+from ._common import _raw, _require_lmm
+from .deletion import cooks_distance, influence, leverage  # noqa: F401  (their documented home)
 from ..optimize import hessian, jacobian
-from ._refit import _rebuild_model, _refit
-
-
-def _group_block(model, group):
-    des = model.re_design
-    if group is None:
-        return des.terms[0]
-    for t in des.terms:
-        if t.name == group or ":".join(t.factors) == group or group in (t.factors if len(t.factors) == 1 else ()):
-            return t
-    raise ValueError(f"unknown grouping factor {group!r}; the model has {[t.name for t in des.terms]}")
-
-
-def influence(res, group=None, method="one-step"):
-    """Influence of each level of a grouping factor on the fixed effects.
-
-    ``method="one-step"`` is HLMdiag's ``cooks.distance(model, level = group)``: with the
-    variance components held at their estimates, deleting the rows I of a level changes
-    the GLS fixed effects by
-    ``d_I = (X'V^-1X)^-1 X' V^-1[:, I] P_II^-1 (V^-1 e)_I`` (``P = V^-1 - V^-1 X (X'V^-1X)^-1 X'V^-1``,
-    ``e = y - X beta``), and Cook's distance is ``D_I = d_I' (X'V^-1X) d_I / p``.  It is
-    computed through ``V^-1 = sigma^-2 (I - Z Lambda M^-1 Lambda' Z')`` without forming an
-    n x n matrix.  ``method="refit"`` refits the model without each level instead (the
-    variance components re-estimated) and uses the same distance.
-
-    Parameters
-    ----------
-    res : LMM results
-    group : str, optional
-        Grouping factor (the first in lme4's order by default).
-    method : {"one-step", "refit"}
-
-    Returns
-    -------
-    pandas.DataFrame
-        Index: the levels; columns ``cooks_d`` and one per fixed effect with the change
-        ``beta_hat - beta_hat(without the level)``.
-    """
-    _require_lmm(res, "Group-deletion influence")
-    r = _raw(res)
-    model = r.model
-    t = _group_block(model, group)
-    X = np.asarray(model.exog, dtype=float)
-    p = X.shape[1]
-    beta = _params(r)
-    names = _fe_names(r)
-    rows = []
-    if method == "one-step":
-        des = model.re_design
-        w = np.asarray(model.weights, dtype=float)
-        sw = np.sqrt(w)
-        ZL = sparse.diags(sw) @ (des.Z("csr") @ des.Lambda(r.theta))   # W^1/2 Z Lambda
-        ZL = ZL.tocsr()
-        q = ZL.shape[1]
-        M = (ZL.T @ ZL).toarray() + np.eye(q)
-        Mc = linalg.cho_factor(M, lower=True)
-        s2 = r.sigma ** 2
-
-        def Vinv(B):                                         # V = sigma^2 (W^-1 + Z Lam Lam' Z')
-            Bw = B * sw[:, None]
-            return (Bw - ZL @ linalg.cho_solve(Mc, np.asarray(ZL.T @ Bw))) * sw[:, None] / s2
-
-        y = np.asarray(model.endog, dtype=float) - np.asarray(model.offset, dtype=float)
-        VX = Vinv(X)
-        XVX = X.T @ VX
-        C = np.linalg.inv(XVX)
-        bgls = C @ (VX.T @ y)
-        e = y - X @ bgls
-        Ve = Vinv(e[:, None])[:, 0]
-        Minv = linalg.cho_solve(Mc, np.eye(q))
-        order = np.argsort(t.codes, kind="stable")
-        starts = np.searchsorted(t.codes[order], np.arange(t.m + 1))
-        for g in range(t.m):
-            I = order[starts[g]:starts[g + 1]]
-            F = ZL[I].toarray()
-            VII = (np.diag(np.ones(I.size)) - F @ Minv @ F.T) * np.outer(sw[I], sw[I]) / s2
-            PII = VII - VX[I] @ C @ VX[I].T
-            d = C @ (VX[I].T @ np.linalg.solve(PII, Ve[I]))
-            rows.append(np.concatenate([[d @ XVX @ d / p], d]))
-    elif method == "refit":
-        Vb = np.asarray(r.cov_params(), dtype=float)
-        Vbi = np.linalg.inv(Vb)
-        for g in range(t.m):
-            keep = t.codes != g
-            m = _rebuild_model(model, keep=keep)
-            fit = _refit(m, r, start=False)
-            d = beta - _params(fit)
-            rows.append(np.concatenate([[d @ Vbi @ d / p], d]))
-    else:
-        raise ValueError("method must be 'one-step' or 'refit'")
-    out = pd.DataFrame(rows, index=pd.Index(t.levels, name=t.name), columns=["cooks_d"] + names)
-    out.attrs["method"] = method
-    return out
-
-
-def cooks_distance(res, group=None, method="one-step"):
-    """Cook's distance per level of a grouping factor (see :func:`influence`).
-
-    Returns
-    -------
-    pandas.Series
-    """
-    return influence(res, group=group, method=method)["cooks_d"]
 
 
 class ConvergenceCheck:

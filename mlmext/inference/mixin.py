@@ -7,7 +7,8 @@ from ._common import _fe_names
 from .allfit import allfit
 from .coefs import coef, corr_fe, corr_fe_text
 from .ddf import kenward_roger, params_table_ddf, satterthwaite, t_test_ddf
-from .diagnostics import check_convergence, cooks_distance, influence
+from .deletion import cooks_distance, influence, leverage
+from .diagnostics import check_convergence
 from ._refit import refit
 from .intervals import _wald_conf_int, bootstrap, conf_int_boot, conf_int_profile, profile
 from .robust import get_robustcov_results, robust_t_test, robust_wald_test
@@ -248,12 +249,17 @@ class InferenceMixin:
                          progress=progress)
 
     def influence(self, group=None, method="one-step"):
-        """Group-deletion influence; see :func:`mlmext.inference.influence`."""
+        """Case-deletion influence (Cook's distance, MDFFITS, COVTRACE, COVRATIO, RVC) per level
+        or per observation; see :func:`mlmext.inference.influence`."""
         return influence(self, group=group, method=method)
 
     def cooks_distance(self, group=None, method="one-step"):
-        """Cook's distance per level; see :func:`mlmext.inference.cooks_distance`."""
+        """Cook's distance per level or observation; see :func:`mlmext.inference.cooks_distance`."""
         return cooks_distance(self, group=group, method=method)
+
+    def leverage(self, group=1):
+        """Leverage (overall, fixed and random parts); see :func:`mlmext.inference.leverage`."""
+        return leverage(self, group=group)
 
     def check_convergence(self, tol=1e-5):
         """Gradient check of the optimum; see :func:`mlmext.inference.check_convergence`."""
