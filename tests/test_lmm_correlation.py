@@ -197,9 +197,21 @@ def test_errors():
     res = _fit("ar1_sleep", True)
     for call in (lambda: res.profile(), lambda: res.conf_int(method="profile"),
                  lambda: res.df_kenward_roger(), lambda: res.simulate(),
-                 lambda: res.get_robustcov_results("cluster")):
+                 lambda: res.get_robustcov_results("cluster"), lambda: mlmext.ranova(res),
+                 lambda: res.model.loglike(res.params_object)):
         with pytest.raises(NotImplementedError, match="correlation structure"):
             call()
+
+
+def test_anova_refits_with_ml():
+    """anova() of REML fits refits them by ML: the LRT of the AR(1) model against the same
+    model with independent residuals uses nlme's ML log-likelihood."""
+    df = _data("sleepstudy")
+    plain = mf.lmer("Reaction ~ Days + (1 | Subject)", df).fit()
+    cor = _fit("ar1_sleep", True)
+    tab = mlmext.anova(plain, cor)
+    assert abs(tab["logLik"].iloc[1] - _ref("ar1_sleep", False)["loglik"]) < 1e-3
+    assert tab["npar"].tolist() == [4, 5]
 
 
 def test_default_group_is_the_models_factor():

@@ -255,12 +255,25 @@ class CorrelatedLinearMixedModel(LinearMixedModel):
             return memo[z]
         return fit_at, memo
 
-    def fit(self, reml=True, maxiter=200, disp=False, **kwargs):
+    def loglike(self, params, reml=True):
+        """Not implemented with a correlation structure (the fit's ``llf`` is the maximum)."""
+        raise NotImplementedError("loglike(params) is not implemented for a model with a residual "
+                                  "correlation structure; the fit's llf is its maximum")
+
+    def score(self, params, reml=True):
+        """Not implemented with a correlation structure."""
+        raise NotImplementedError("score(params) is not implemented for a model with a residual "
+                                  "correlation structure")
+
+    def fit(self, reml=True, start_params=None, maxiter=200, disp=False, **kwargs):
         """Fit by REML (default) or ML.
 
         Parameters
         ----------
         reml : bool
+        start_params : array_like, optional
+            Starting theta of the first fit in theta (as ``lmer``'s; e.g. a REML fit's theta
+            for its ML refit).
         maxiter : int
             Iterations of the search in the correlation parameter.
         disp : bool
@@ -278,11 +291,16 @@ class CorrelatedLinearMixedModel(LinearMixedModel):
         of that profile.  ``converged`` means the fit in theta passed its checks and the
         profile's Newton decrement is below 1e-7 with positive curvature.
         """
-        reject_unknown(kwargs, "fit()", accepted=["reml", "maxiter", "disp"])
+        reject_unknown(kwargs, "fit()", accepted=["reml", "start_params", "maxiter", "disp"])
         if not isinstance(reml, (bool, np.bool_)):
             raise ValueError(f"reml must be True (REML) or False (ML); got {reml!r}")
         cs, sizes = self._cor, self._sizes
-        fit_at, memo = self._profile(reml)
+        if start_params is not None:
+            start_params = np.asarray(start_params, dtype=float).ravel()
+            if start_params.size != self.re_design.ntheta:
+                raise ValueError(f"start_params needs {self.re_design.ntheta} values (theta: "
+                                 f"{self.re_design.theta_names()}); got {start_params.size}")
+        fit_at, memo = self._profile(reml, start_params)
         f = lambda z: fit_at(float(z))[0]
         z0 = cs.to_unconstrained(cs.start(sizes), sizes)
         with blas_threads(1):
