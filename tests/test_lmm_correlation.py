@@ -219,3 +219,19 @@ def test_default_group_is_the_models_factor():
     res = mf.lmer("Reaction ~ Days + (1 | Subject)", df,
                   correlation=mlmext.cor.AR1(time="Days")).fit()
     assert abs(res.llf - _fit("ar1_sleep", True).llf) < 1e-8
+
+
+def test_unidentified_correlation_is_not_converged():
+    """Compound symmetry within the levels of a random intercept: Rho trades off against
+    the intercept's variance along a flat ridge; the model warns when built and the fit
+    does not claim convergence."""
+    df = _data("sleepstudy")
+    with pytest.warns(UserWarning, match="not separately identified"):
+        mod = mf.lmer("Reaction ~ Days + (1 | Subject)", df, correlation=mlmext.cor.CompSymm())
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+    with pytest.warns(ConvergenceWarning, match="flat"):
+        res = mod.fit()
+    assert not res.converged
+    # on the ridge the marginal model is the plain one: the same REML criterion
+    plain = mf.lmer("Reaction ~ Days + (1 | Subject)", df).fit()
+    assert abs(res.criterion - plain.criterion) < 1e-6

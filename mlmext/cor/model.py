@@ -31,6 +31,16 @@ from .structs import CorStruct
 __all__ = ["CorrelatedLinearMixedModel", "CorrelatedDeviance"]
 
 _CHECK_TOL = 1e-7         # the largest Newton decrement (deviance units) at a converged fit
+# a second difference (deviance units, steps of 0.05 in the logit of the parameter) below this
+# is the rounding noise of the fits in theta: the profile is flat, the parameter not identified
+_FLAT = 1e-6
+
+
+def _same_partition(codes, starts):
+    """Whether sorted level codes change exactly where the correlation's groups start."""
+    change = np.ones(len(codes), dtype=bool)
+    change[1:] = codes[1:] != codes[:-1]
+    return bool(np.array_equal(change, starts))
 
 
 class _Whitened:
@@ -214,6 +224,13 @@ class CorrelatedLinearMixedModel(LinearMixedModel):
                     f"correlation's groups ({', '.join(self.cor_group)}): residual correlation is "
                     "implemented when each correlation group lies within one level of every "
                     "grouping factor (the same factor or one it is nested in), not for crossed ones")
+        if not cs.needs_time:
+            for term in self.re_design.terms:
+                if "Intercept" in term.colnames and _same_partition(term.codes[order], starts):
+                    warnings.warn(f"CompSymm within the levels of ({term.lhs} | {term.name}): its "
+                                  f"{cs.param_name} and the intercept's variance are not separately "
+                                  "identified (use it for groups nested in the random effects' "
+                                  "factor)", UserWarning, stacklevel=5)
         self._order, self._starts, self._lags = order, starts, lags
         self._sizes = np.bincount(np.cumsum(starts) - 1)
         if np.max(self._sizes) < 2:
@@ -306,7 +323,7 @@ class CorrelatedLinearMixedModel(LinearMixedModel):
         with blas_threads(1):
             f(z0)
             r = optimize.minimize_scalar(f, bounds=(-15.0, 15.0), method="bounded",
-                                         options={"xatol": 1e-7, "maxiter": maxiter})
+                                         options={"xatol": 1e-3, "maxiter": maxiter})
             z = float(r.x)
             h = 1e-3
             dec, curv, msg = np.inf, np.nan, ""
@@ -314,7 +331,7 @@ class CorrelatedLinearMixedModel(LinearMixedModel):
                 fz, fp, fm = f(z), f(z + h), f(z - h)
                 g, curv = (fp - fm) / (2 * h), (fp - 2 * fz + fm) / h ** 2
                 if not curv > 0:
-                    msg = "the profile in the correlation parameter is not convex at the end point"
+                    msg = f"the profile in {cs.param_name} is not convex at the end point"
                     break
                 dec = 0.5 * g * g / curv
                 step = -g / curv
@@ -325,13 +342,20 @@ class CorrelatedLinearMixedModel(LinearMixedModel):
                     z = zn
                 else:
                     break
+            d2 = f(z + 0.05) - 2.0 * f(z) + f(z - 0.05)     # a wider second difference: flat?
+            if not msg and not d2 > _FLAT:
+                msg = (f"the criterion is flat in {cs.param_name} around the end point (second "
+                       f"difference {d2:.2g}): the correlation parameter is not identified")
             fz, opt, rho, dev = fit_at(z)
             state = dev.at(opt.x)
         at_edge = abs(z) >= 15.0 - 1e-6
-        conv = bool(opt.success) and dec < _CHECK_TOL and not at_edge and curv > 0
+        conv = (bool(opt.success) and dec < _CHECK_TOL and not at_edge and curv > 0
+                and d2 > _FLAT)
         if not msg:
             msg = (f"{cs.param_name} at the edge of its interval" if at_edge else
                    f"profile Newton decrement {dec:.2g} in {cs.param_name}; theta: {opt.message}")
+        if disp:
+            print(f"profile in {cs.param_name}: second difference {d2:.3g} at steps of 0.05")
         nfits = len(memo)
         nfev = int(sum(m[1].nfev for m in memo.values()))
         res_opt = optimize.OptimizeResult(
