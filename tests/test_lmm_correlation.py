@@ -235,3 +235,43 @@ def test_unidentified_correlation_is_not_converged():
     # on the ridge the marginal model is the plain one: the same REML criterion
     plain = mf.lmer("Reaction ~ Days + (1 | Subject)", df).fit()
     assert abs(res.criterion - plain.criterion) < 1e-6
+
+
+def test_dropped_rows_keep_times_and_groups_aligned():
+    """Rows dropped for missing values (or by subset=) leave gaps in the times: the fit equals
+    nlme's on the data without those rows (sleepgaps), so the correlation's columns were read
+    for exactly the rows kept."""
+    full, gaps = _data("sleepstudy"), _data("sleepgaps")
+    key = lambda d: set(zip(d["Subject"].astype(str), d["Days"]))
+    drop = np.array([k not in key(gaps) for k in zip(full["Subject"].astype(str), full["Days"])])
+    assert drop.sum() == len(full) - len(gaps)
+    withna = full.assign(Reaction=np.where(drop, np.nan, full["Reaction"]))
+    withna.index = withna.index * 7 + 3                    # labels that are not positions
+    cor = mlmext.cor.AR1(time="Days", group="Subject")
+    ref = _ref("ar1_gaps", True)
+    a = mf.lmer("Reaction ~ Days + (1 | Subject)", withna, correlation=cor).fit()
+    b = mf.lmer("Reaction ~ Days + (1 | Subject)", full, subset=~drop, correlation=cor).fit()
+    for res in (a, b):
+        assert res.nobs == len(gaps)
+        assert abs(res.cor_params.iloc[0] - ref["cor_param"]) < 1e-3
+        assert res.llf > ref["loglik"] - 1e-3
+    assert a.nrows_dropped == drop.sum()
+    assert list(a.fittedvalues.index) == list(withna.index[~drop])
+    np.testing.assert_allclose(a.fittedvalues.to_numpy(), ref["fitted1"], rtol=1e-5)
+
+
+def test_missing_time_is_an_error():
+    df = _data("sleepstudy")
+    df.loc[4, "Days"] = np.nan
+    with pytest.raises(ValueError, match="'Days' needs finite numbers"):
+        mf.lmer("Reaction ~ 1 + (1 | Subject)", df,
+                correlation=mlmext.cor.CAR1(time="Days", group="Subject"))
+
+
+def test_pickle_round_trip():
+    import pickle
+    res = _fit("car1", True)
+    back = pickle.loads(pickle.dumps(res))
+    assert back.llf == res.llf and back.cor_params.equals(res.cor_params)
+    np.testing.assert_allclose(back.df_satterthwaite(), res.df_satterthwaite(), rtol=1e-8)
+    np.testing.assert_allclose(back.predict(data=_data("carsim").head()), res.fittedvalues.head())
