@@ -251,7 +251,8 @@ class CorrelatedLinearMixedModel(LinearMixedModel):
         return self.deviance(reml, rho).value(theta)
 
     def _profile(self, reml, start=None):
-        """``z -> (criterion minimized over theta, theta, optimizer result)`` with warm starts."""
+        """``z -> (criterion minimized over theta, optimizer result, phi, deviance)`` with warm
+        starts, the memo of its fits, and the best point so far (with the first start)."""
         cs, sizes = self._cor, self._sizes
         memo = {}
         best = {"theta": start}
@@ -264,13 +265,14 @@ class CorrelatedLinearMixedModel(LinearMixedModel):
             des = dev.design
             units = des.theta_units()
             x0 = des.theta_start / units if best["theta"] is None else best["theta"]
+            best.setdefault("initial", np.append(x0, rho))      # the first fit's start
             opt = minimize_theta(dev.value, x0, dev.lower, grad=dev.value_and_grad, scale=units,
                                  reflect=des.canonical_theta, tol=1e-10)
             memo[z] = (float(opt.fun), opt, rho, dev)
             if best.get("f") is None or opt.fun < best["f"]:
                 best["f"], best["theta"] = float(opt.fun), np.asarray(opt.x, dtype=float)
             return memo[z]
-        return fit_at, memo
+        return fit_at, memo, best
 
     def loglike(self, params, reml=True):
         """Not implemented with a correlation structure (the fit's ``llf`` is the maximum)."""
@@ -317,7 +319,7 @@ class CorrelatedLinearMixedModel(LinearMixedModel):
             if start_params.size != self.re_design.ntheta:
                 raise ValueError(f"start_params needs {self.re_design.ntheta} values (theta: "
                                  f"{self.re_design.theta_names()}); got {start_params.size}")
-        fit_at, memo = self._profile(reml, start_params)
+        fit_at, memo, best = self._profile(reml, start_params)
         f = lambda z: fit_at(float(z))[0]
         z0 = cs.to_unconstrained(cs.start(sizes), sizes)
         with blas_threads(1):
@@ -363,7 +365,7 @@ class CorrelatedLinearMixedModel(LinearMixedModel):
             nfev=nfev, tried=[(f"Brent + Newton in {cs.param_name}", conv, nfits),
                               ("fits in theta (L-BFGS-B + Newton, second-order checks)",
                                bool(opt.success), nfev)])
-        osum = OptSummary.from_result(res_opt, initial=np.append(np.zeros(len(opt.x)), np.nan),
+        osum = OptSummary.from_result(res_opt, initial=best["initial"],
                                       optimizer=f"profile in {cs.param_name} over fits in theta")
         res = CorrelatedLMMResults(self, state, optim=osum, rho=rho)
         if disp:
