@@ -3,7 +3,8 @@
 ##
 ## Run from the repository root:   Rscript tools/r_reference/corr_reference.R
 ##
-## Writes tests/reference/corr/NAME.json and the simulated data sets tests/data/carsim.csv
+## Writes tests/reference/corr/NAME.json, tests/data/sleepgaps.csv and orthodont.csv, and the
+## simulated data sets tests/data/carsim.csv
 ## (irregular times, for corCAR1) and tests/data/cssim.csv (pupils in classes in schools, for
 ## corCompSymm within classes).  Deterministic (set.seed); every model is fitted on the data as
 ## read back from the CSV the Python side reads.  Packages: nlme, jsonlite.
@@ -49,8 +50,8 @@ cs <- do.call(rbind, lapply(1:25, function(s) {
   do.call(rbind, lapply(1:4, function(k) {
     n <- sample(4:8, 1); x <- rnorm(n)
     e <- sqrt(0.35) * rnorm(1) + sqrt(0.65) * rnorm(n)
-    data.frame(school = sprintf("sc%02d", s), class = sprintf("c%d", k), x = round(x, 4),
-               y = rnd(1 + 0.5 * x + bs + e))
+    data.frame(school = sprintf("sc%02d", s), class = sprintf("c%d", k), pupil = seq_len(n),
+               x = round(x, 4), y = rnd(1 + 0.5 * x + bs + e))
   }))
 }))
 cs$school <- factor(cs$school); cs$class <- factor(cs$class)
@@ -68,12 +69,14 @@ fit_case <- function(name, data, fixed, random, cor_call, reml, control = "") {
     se = as.list(sqrt(diag(vcov(m)))),
     sigma = m$sigma,
     re_sd = unname(sqrt(diag(pdMatrix(m$modelStruct$reStruct)[[1]])) * m$sigma),
+    ## per grouping level (nested fits: nlme's names, e.g. "school", "class")
+    re_sd_levels = lapply(pdMatrix(m$modelStruct$reStruct), function(p) unname(sqrt(diag(p)) * m$sigma)),
     cor_param = unname(coef(m$modelStruct$corStruct, unconstrained = FALSE)),
     loglik = as.numeric(logLik(m)),
     df = attr(logLik(m), "df"),
     aic = AIC(m), bic = BIC(m),
     fitted0 = unname(fitted(m, level = 0)),
-    fitted1 = unname(fitted(m, level = 1)),
+    fitted1 = unname(fitted(m)),           # all levels of random effects (nlme's innermost)
     warnings = run$warnings, seconds = run$seconds)
   write_ref(out, name, REF_DIR, versions = R_VERSIONS)
   invisible(m)
@@ -91,6 +94,9 @@ for (reml in c(TRUE, FALSE)) {
            "corCAR1(form = ~ time | id)", reml)
   fit_case(paste0("cs_", tag), "cssim", "y ~ x", "~ 1 | school",
            "corCompSymm(form = ~ 1 | school/class)", reml)
+  ## two nested random intercepts; AR(1) along the pupils of a class (the inner level)
+  fit_case(paste0("ar1_nested_", tag), "cssim", "y ~ x", "~ 1 | school/class",
+           "corAR1(form = ~ pupil | school/class)", reml)
 }
 
 ## ---- timing (benchmark only; no test reads it) --------------------------------------------
