@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import mlmext
+import mlmext.inference
 from mlmext.formula import api as mf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -202,7 +203,8 @@ def test_errors():
     for call in (lambda: res.profile(), lambda: res.conf_int(method="profile"),
                  lambda: res.df_kenward_roger(), lambda: res.simulate(),
                  lambda: res.get_robustcov_results("cluster"), lambda: mlmext.ranova(res),
-                 lambda: res.model.loglike(res.params_object)):
+                 lambda: res.model.loglike(res.params_object),
+                 lambda: mlmext.inference.predictive_variance(res, df.head())):
         with pytest.raises(NotImplementedError, match="correlation structure"):
             call()
 
