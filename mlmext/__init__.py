@@ -3,9 +3,10 @@ from ._warnings import import_statsmodels_keeping_user_filters
 
 import_statsmodels_keeping_user_filters()        # before anything imports statsmodels
 
+from . import cor  # noqa: E402  (mlmext.cor.AR1, CAR1, CompSymm for lmer(correlation=))
 from .design import UnidentifiedSlopeWarning  # noqa: E402
 from .inference import anova, drop1, ranova  # noqa: E402
 from .model_selection import cross_validate  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["anova", "drop1", "ranova", "cross_validate", "UnidentifiedSlopeWarning", "__version__"]
+__all__ = ["cor", "anova", "drop1", "ranova", "cross_validate", "UnidentifiedSlopeWarning", "__version__"]

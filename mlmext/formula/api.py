@@ -4,11 +4,13 @@
 """
 from mlmext.gee import gee_select  # noqa: F401  (GEE working-correlation selection by QIC)
 from mlmext.glmm import GeneralizedLinearMixedModel, NegativeBinomialMixedModel
+from mlmext.cor import CorrelatedLinearMixedModel
 from mlmext.lmm import LinearMixedModel
 from mlmext.ordinal import OrdinalMixedModel
 
 
-def lmer(formula, data, weights=None, offset=None, subset=None, missing="drop", eval_env=0, **kwargs):
+def lmer(formula, data, weights=None, offset=None, subset=None, missing="drop", eval_env=0,
+         correlation=None, **kwargs):
     """Linear mixed model from an lme4-style formula (see :class:`mlmext.lmm.LinearMixedModel`).
 
     Parameters
@@ -22,12 +24,21 @@ def lmer(formula, data, weights=None, offset=None, subset=None, missing="drop", 
     subset : array_like, optional
     missing : {"drop", "raise"}
         Rows with missing values are dropped and counted, or raise.
+    correlation : mlmext.cor.CorStruct, optional
+        Residual correlation within groups, as nlme's ``lme(correlation=)``:
+        ``mlmext.cor.AR1(time="t", group="g")`` (nlme's ``corAR1(form = ~ t | g)``),
+        ``CAR1(time=, group=)`` (``corCAR1``) or ``CompSymm(group=)`` (``corCompSymm``).
 
     Returns
     -------
     LinearMixedModel
-        Call ``.fit(reml=True)`` on it.
+        Call ``.fit(reml=True)`` on it (a
+        :class:`~mlmext.cor.CorrelatedLinearMixedModel` with ``correlation``).
     """
+    if correlation is not None:
+        return CorrelatedLinearMixedModel.from_formula(
+            formula, data, weights=weights, offset=offset, subset=subset, missing=missing,
+            eval_env=eval_env + 1, correlation=correlation, **kwargs)
     return LinearMixedModel.from_formula(formula, data, weights=weights, offset=offset, subset=subset,
                                          missing=missing, eval_env=eval_env + 1, **kwargs)
 

@@ -124,7 +124,11 @@ def _nested(small, large):
         if g not in rl or not cols <= rl[g]:
             return False
     ms, ml = _raw(small).model, _raw(large).model
-    if _is_mixed(small) and _is_mixed(large) and type(ms) is not type(ml):
+    # independent residuals are a residual correlation at 0: an lmer fit nests in a correlated one
+    if _is_mixed(small) and _is_mixed(large) and not isinstance(ml, type(ms)):
+        return False
+    cs, cl = getattr(ms, "correlation", None), getattr(ml, "correlation", None)
+    if cs is not None and type(cs) is not type(cl):
         return False
     fa, fb = getattr(ms, "family", None), getattr(ml, "family", None)
     if (fa is None) != (fb is None) and (_is_mixed(small) or _is_mixed(large)):

@@ -26,7 +26,9 @@ def _require_model_based(r, what):
 
 
 def _satt_pieces(res):
-    """Asymptotic covariance of (theta, sigma) and the Jacobian of vcov(beta); cached (lmerTest)."""
+    """Asymptotic covariance of (theta, sigma) and the Jacobian of vcov(beta); cached (lmerTest).
+
+    With a residual correlation structure its parameter is a variance parameter beside theta."""
     _require_lmm(res, "Satterthwaite's degrees of freedom")
     r = _raw(res)
     _require_model_based(r, "lmerTest's Satterthwaite df")
@@ -34,8 +36,9 @@ def _satt_pieces(res):
     if "satt" in c:
         return c["satt"]
     reml = bool(r.reml)
-    obj = r.model.deviance(reml)
-    vp = np.append(r.theta, r.sigma)
+    cor = getattr(r, "cor_params", None)       # a residual correlation: one more parameter
+    obj = r.model.deviance(reml) if cor is None else r.model.deviance(reml, rho=float(cor.iloc[0]))
+    vp = np.concatenate([r.theta, [] if cor is None else cor.to_numpy(dtype=float), [r.sigma]])
     f = lambda x: obj.value_sigma(x[:-1], x[-1])
     H = hessian(f, vp)
     evals, evecs = np.linalg.eigh((H + H.T) / 2)

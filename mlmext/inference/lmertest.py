@@ -339,6 +339,9 @@ def ranova(res, reduce_terms=True):
         raise NotImplementedError(f"ranova is implemented for LMMs; this is a {type_name(res)}")
     r = _raw(res)
     model = r.model
+    if getattr(model, "correlation", None) is not None:
+        raise NotImplementedError("ranova is not implemented for models with a residual correlation "
+                                  "structure (its reduced models would be gls fits)")
     info = getattr(model, "formula_info", {}) or {}
     parsed, data = info.get("parsed"), info.get("data")
     if parsed is None or data is None:

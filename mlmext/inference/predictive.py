@@ -39,6 +39,10 @@ def predictive_variance(res, data, re=True, weights=None):
     r = _raw(res)
     _require_lmm(r, "predictive_variance")
     model = r.model
+    if getattr(model, "correlation", None) is not None:
+        # a new row of a seen group is correlated with that group's fitted residuals
+        raise NotImplementedError("predictive_variance is not implemented for models with a "
+                                  "residual correlation structure")
     des = model.re_design
     _, terms, _ = model._new_design(data, re=True)
     n = len(data)
