@@ -12,10 +12,12 @@ names how many are needed).  Nothing calls ``plt.show()``.
 >>> fig = plots.caterpillar(res)
 """
 from .effect_displays import effects, predictor_effects
+from .emmeans_plot import emmeans
 from .profiles import profile
 from .qic_plot import qic
 from .ranef import caterpillar, qqplot_ranef
 from .residuals import qqplot_resid, resid_fitted
 
 __all__ = ["caterpillar", "resid_fitted", "qqplot_resid", "qqplot_ranef", "effects",
-           "predictor_effects", "profile", "qic"]
+           "predictor_effects", "profile", "qic",
+           "emmeans"]
