@@ -198,7 +198,9 @@ def plot_emmeans(emm, ax=None, **kwargs):
     y = np.arange(len(emm))[::-1]
     lab = cell_labels(info.cells, info.specs)
     if info.by:
-        lab = [f"{a} | " + ", ".join(f"{v} = {info.cells[v].iloc[i]}" for v in info.by)
+        def fmt(x):
+            return f"{x:g}" if isinstance(x, (float, np.floating)) else str(x)
+        lab = [f"{a} | " + ", ".join(f"{v} = {fmt(info.cells[v].iloc[i])}" for v in info.by)
                for i, a in enumerate(lab)]
     est = emm[name].to_numpy()
     ax.errorbar(est, y, xerr=[est - lo, hi - est], fmt="o", ms=5, capsize=3, color="C0")

@@ -314,9 +314,11 @@ class EMMeans(pd.DataFrame):
             notes.append("Results are averaged over the levels of: " + ", ".join(info.averaged))
         if info.kind == "clmm":
             notes.append("Estimates are on the latent scale (x'beta minus the mean threshold)")
-        elif info.kind == "glmm":
-            notes.append("Results are given on the " + ("response" if info.type == "response"
-                         else f"{info.family.link.__class__.__name__.lower()} (link)") + " scale")
+        elif info.kind == "glmm":       # emmeans' wording
+            link = type(info.family.link).__name__.lower()
+            notes.append(f"Intervals are back-transformed from the {link} scale"
+                         if info.type == "response"
+                         else f"Results are given on the {link} (not the response) scale.")
         notes.append(f"Degrees-of-freedom method: {info.ddf}")
         notes.append(f"Confidence level used: {info.level:g}")
         self.attrs["notes"] = notes

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..inference import EMMeans
+from ._common import _axes
 
 
 def emmeans(emm, ax=None):
@@ -25,4 +26,6 @@ def emmeans(emm, ax=None):
     if not isinstance(emm, EMMeans):
         raise ValueError(f"emm must be the EMMeans table of res.emmeans(...), got "
                          f"{type(emm).__name__}")
+    if ax is not None:
+        _, ax = _axes(ax)          # one Axes (ValueError for a sequence of several)
     return emm.plot(ax=ax)
