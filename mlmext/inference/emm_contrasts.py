@@ -130,7 +130,7 @@ def contrast(info, method="pairwise", adjust=None, ref=0):
     n_spec = int(np.prod([cells[s].nunique() for s in specs]))
     n_groups = len(cells) // n_spec
     ratio = _ratio_kind(info)
-    rows, Ls, groups = [], [], []
+    rows, Ls, ests, groups = [], [], [], []
     for g in range(n_groups):
         idx = np.arange(g * n_spec, (g + 1) * n_spec)
         C, pairs = _coefficients(n_spec, method, ref)
@@ -139,9 +139,10 @@ def contrast(info, method="pairwise", adjust=None, ref=0):
             rows.append({"contrast": labels[idx[a]] + sep + labels[idx[b]],
                          **{v: cells[v].iloc[idx[0]] for v in by}})
         Ls.append(C @ info.L[idx])
+        ests.append(C @ info.est[idx])         # (offsets cancel in differences)
         groups.append(len(pairs))
     Lc = np.vstack(Ls)
-    est = Lc @ info.beta                      # offsets cancel in differences
+    est = np.concatenate(ests)
     se = np.sqrt(np.einsum("ij,jk,ik->i", Lc, info.V, Lc))
     df = info.df_of(Lc)
     t = est / se

@@ -23,6 +23,7 @@ from scipy import stats
 from .._args import reject_unknown
 from ._common import _raw
 from .ddf import _ddf_method, kenward_roger, satterthwaite
+from .emm_ordinal import probability_rows
 
 
 def _kind(res):
@@ -79,8 +80,11 @@ def _as_names(x, what):
     return names
 
 
-def reference_grid(res, specs, by=None, at=None):
+def reference_grid(res, specs, by=None, at=None, extra=None):
     """The reference grid and what is averaged.
+
+    ``extra`` adds factors that are not data columns (``{name: levels}``: a clmm's response
+    categories for emmeans' ``mode = "prob"``); they come first among the variables averaged.
 
     Returns
     -------
@@ -94,6 +98,8 @@ def reference_grid(res, specs, by=None, at=None):
         The factors (and covariates given several values in ``at``) averaged over.
     """
     data, variables, cats = model_variables(res)
+    extra = dict(extra or {})
+    variables, cats = list(extra) + variables, cats | set(extra)
     specs, by = _as_names(specs, "specs"), _as_names(by, "by")
     if not specs:
         raise ValueError("specs must name at least one variable of the fixed effects")
@@ -109,7 +115,7 @@ def reference_grid(res, specs, by=None, at=None):
     values = {}
     for v in variables:
         if v in cats:
-            levels = _levels(data[v])
+            levels = list(extra[v]) if v in extra else _levels(data[v])
             if v in at:
                 given = [at[v]] if np.ndim(at[v]) == 0 else list(at[v])
                 bad = [g for g in given if g not in levels]
@@ -131,6 +137,8 @@ def reference_grid(res, specs, by=None, at=None):
     rows = [tuple(reversed(r)) for r in product(*[values[v] for v in reversed(order)])]
     grid = pd.DataFrame(rows, columns=order)
     for v in order:
+        if v in extra:
+            continue
         if isinstance(data[v].dtype, pd.CategoricalDtype):   # the fitted categories and order
             grid[v] = pd.Categorical(grid[v], categories=data[v].cat.categories)
         elif v in cats:
@@ -190,9 +198,13 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
         clmm: asymptotic (z) only.
     level : float
         Confidence level of the intervals.
-    mode : {"latent"}, optional
-        clmm only: emmeans' ``mode = "latent"`` (default), ``x' beta`` minus the mean of the
-        thresholds.
+    mode : {"latent", "prob", "mean.class"}, optional
+        clmm only (emmeans' modes): ``"latent"`` (default), ``x' beta`` minus the mean of
+        the thresholds; ``"prob"``, the probability of each response category (the response
+        is then a factor of the grid, by its name: ``specs="rating"`` or ``by="rating"``;
+        averaged over when not named); ``"mean.class"``, the expected category number
+        ``sum_j j P_j``.  Both are computed at each grid point and then averaged, with
+        delta-method standard errors and symmetric intervals, as emmeans does.
     weights : {"equal"}
         Cells averaged over are weighted equally (emmeans' default).
 
@@ -219,14 +231,15 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
         raise NotImplementedError("emmeans of a cluster-robust result is not implemented; use "
                                   "the model-based result")
     if kind == "clmm":
-        if mode not in (None, "latent"):
-            raise NotImplementedError(f"clmm mode={mode!r}: only emmeans' mode='latent' is "
-                                      "implemented")
+        mode = "latent" if mode is None else mode
+        if mode not in ("latent", "prob", "mean.class"):
+            raise NotImplementedError(f"clmm mode={mode!r}: emmeans' modes 'latent', 'prob' and "
+                                      "'mean.class' are implemented")
         if type == "response":
-            raise NotImplementedError("clmm means on the response scale (emmeans' mode='prob') "
-                                      "are not implemented; use type='link' (the latent scale)")
+            raise ValueError("a clmm's scale is chosen by mode=: 'latent' (default), 'prob' "
+                             "(category probabilities) or 'mean.class'; type='response' is for GLMMs")
     elif mode is not None:
-        raise ValueError("mode= is for clmm fits (emmeans' mode='latent')")
+        raise ValueError("mode= is for clmm fits (emmeans' mode='latent', 'prob', 'mean.class')")
     if kind == "lmm":
         ddf = "kenward-roger" if ddf is None else ("asymptotic" if str(ddf).lower() in (
             "asymptotic", "z") else _ddf_method(ddf))
@@ -238,29 +251,41 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
         raise NotImplementedError(f"the response {r.model.endog_names!r} is transformed: "
                                   "back-transforming LMM means is not implemented (use type='link')")
 
-    grid, cells, averaged = reference_grid(r, specs, by, at)
-    X, _, off = r.model._new_design(grid, re=False)
+    resp = str(r.model.endog_names)
+    extra = {resp: list(r.model.levels)} if mode == "prob" else {}
+    grid, cells, averaged = reference_grid(r, specs, by, at, extra)
+    X, _, off = r.model._new_design(grid.drop(columns=list(extra)), re=False)
     n_cells = len(cells)
-    L = X.reshape(-1, n_cells, X.shape[1]).mean(axis=0)        # equal weights
-    offset = off.reshape(-1, n_cells).mean(axis=0) if np.ndim(off) else np.full(n_cells, off)
+
+    def average(A):                           # equal weights over the grid's other variables
+        return A.reshape(-1, n_cells, *A.shape[1:]).mean(axis=0)
+    off = np.broadcast_to(np.asarray(off, dtype=float), (len(grid),))
     beta = np.asarray(r.fe_params, dtype=float)
     V = np.asarray(r.cov_params(), dtype=float)
     k = V.shape[0] - beta.size                # clmm: the threshold parameters come first
-    if kind == "clmm":                        # latent: x' beta - mean(thresholds) (emmeans)
+    if kind == "clmm" and np.any(off != 0):
+        raise NotImplementedError("emmeans of a clmm with an offset is not implemented")
+    if mode in ("prob", "mean.class"):        # regridded before averaging, as emmeans
+        cat = None if mode != "prob" else [extra[resp].index(v) for v in grid[resp]]
+        value, G = probability_rows(r, X, cat, mode)
+        L, est = average(G), average(value)
+    elif kind == "clmm":                      # latent: x' beta - mean(thresholds) (emmeans)
         nom = np.asarray(r.model.thr.T, dtype=float).mean(axis=0)
-        L = np.hstack([np.tile(-nom, (n_cells, 1)), L])
+        L = np.hstack([np.tile(-nom, (n_cells, 1)), average(X)])
         beta = np.asarray(r.params, dtype=float)
+        est = L @ beta
     else:
         V = V[k:, k:]
-    info = EMMInfo(res=r, kind=kind, ddf=ddf, level=float(level), type=type, beta=beta,
+        L = average(X)
+        est = L @ beta + average(off)
+    info = EMMInfo(res=r, kind=kind, ddf=ddf, level=float(level), type=type, mode=mode,
                    specs=_as_names(specs, "specs"), by=_as_names(by, "by"), averaged=averaged,
                    cells=cells, family=getattr(r.model, "family", None))
     if ddf == "kenward-roger":
         df, V = kenward_roger(r, L)
     else:
         df = info.df_of(L)
-    info.V, info.L, info.offset = V, L, offset
-    est = L @ beta + offset
+    info.V, info.L = V, L
     se = np.sqrt(np.einsum("ij,jk,ik->i", L, V, L))
     info.est, info.se, info.df = est, se, df
     return EMMeans._build(info)
@@ -292,7 +317,7 @@ class EMMeans(pd.DataFrame):
         est, se, df = info.est, info.se, info.df
         q = _quantile(info.level, df)
         lo, hi = est - q * se, est + q * se
-        name = "emmean"
+        name = info.mode if info.mode in ("prob", "mean.class") else "emmean"
         if info.type == "response" and info.kind == "glmm":
             link = info.family.link
             name = _response_name(info.kind, info.family)
@@ -312,7 +337,7 @@ class EMMeans(pd.DataFrame):
         notes = []
         if info.averaged:
             notes.append("Results are averaged over the levels of: " + ", ".join(info.averaged))
-        if info.kind == "clmm":
+        if info.mode == "latent":
             notes.append("Estimates are on the latent scale (x'beta minus the mean threshold)")
         elif info.kind == "glmm":       # emmeans' wording
             link = type(info.family.link).__name__.lower()

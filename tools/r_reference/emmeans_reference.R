@@ -84,7 +84,7 @@ write_ref(list(name = "cbpp", data = "cbpp.csv", formula = gform, family = "bino
                fixef = as.list(fixef(g)), loglik = as.numeric(logLik(g)), tables = tables(calls)),
           "cbpp", REF_DIR, versions = R_VERSIONS)
 
-## ---- 3. clmm: wine, latent scale
+## ---- 3. clmm: wine, latent scale, category probabilities and mean class
 read_data("wine")
 cform <- "rating ~ temp * contact + (1 | judge)"
 cm <- clmm(as.formula(cform), data = wine)
@@ -92,7 +92,12 @@ calls <- c(
   temp_latent = "emmeans(cm, ~ temp, mode = 'latent')",
   temp_by_contact_latent = "emmeans(cm, ~ temp | contact, mode = 'latent')",
   temp_by_contact_latent_pairs = "pairs(emmeans(cm, ~ temp | contact, mode = 'latent'))",
-  temp_contact_latent_pairs_holm = "pairs(emmeans(cm, ~ temp * contact, mode = 'latent'), adjust = 'holm')"
+  temp_contact_latent_pairs_holm = "pairs(emmeans(cm, ~ temp * contact, mode = 'latent'), adjust = 'holm')",
+  rating_by_temp_prob = "emmeans(cm, ~ rating | temp, mode = 'prob')",
+  temp_by_rating_prob_pairs = "pairs(emmeans(cm, ~ temp | rating, mode = 'prob'))",
+  contact_prob = "emmeans(cm, ~ contact, mode = 'prob')",
+  temp_contact_meanclass = "emmeans(cm, ~ temp * contact, mode = 'mean.class')",
+  temp_meanclass_pairs = "pairs(emmeans(cm, ~ temp, mode = 'mean.class'))"
 )
 write_ref(list(name = "wine", data = "wine.csv", formula = cform,
                r_call = sprintf("clmm(%s, data = wine)", cform),
