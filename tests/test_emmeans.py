@@ -36,6 +36,9 @@ def _fit(name):
             return ref, mf.lmer(ref["formula"], data).fit()
         if name == "cbpp":
             return ref, mf.glmer(ref["formula"], data, family=sm.families.Binomial()).fit()
+        if name in ("grouseticks", "pois_offset"):
+            return ref, mf.glmer(ref.get("py_formula", ref["formula"]), data,
+                                 family=sm.families.Poisson()).fit()
         return ref, mf.clmm(ref["formula"], data).fit()
 
 
@@ -75,6 +78,8 @@ CASES = {
             lambda m: m.emmeans("Product").contrast("revpairwise", adjust="bonferroni"),
         "product_kr_trtvsctrl_holm":
             lambda m: m.emmeans("Product").contrast("trt.vs.ctrl", adjust="holm"),
+        "product_kr_trtvsctrl_dunnettx": lambda m: m.emmeans("Product").contrast("trt.vs.ctrl"),
+        "product_kr_pairs_sidak": lambda m: m.emmeans("Product").pairs(adjust="sidak"),
     },
     "cbpp": {
         "period_link": lambda m: m.emmeans("period"),
@@ -84,6 +89,14 @@ CASES = {
         "period_response_pairs_tukey": lambda m: m.emmeans("period", type="response").pairs(),
         "period_response_trtvsctrl_bonf":
             lambda m: m.emmeans("period", type="response").contrast("trt.vs.ctrl", adjust="bonferroni"),
+    },
+    "grouseticks": {
+        "year_response": lambda m: m.emmeans("YEAR", type="response"),
+        "year_response_pairs": lambda m: m.emmeans("YEAR", type="response").pairs(),
+        "year_link_at_height": lambda m: m.emmeans("YEAR", by="cHEIGHT", at={"cHEIGHT": [-10, 10]}),
+    },
+    "pois_offset": {       # the offset log(t) at the mean of t, as emmeans
+        "x_at_response": lambda m: m.emmeans("x", at={"x": [0, 0.5]}, type="response"),
     },
     "wine": {
         "temp_latent": lambda m: m.emmeans("temp"),
@@ -98,7 +111,7 @@ CASES = {
     },
 }
 PARAMS = [(d, t) for d, tabs in CASES.items() for t in tabs]
-ESTIMATES = ("emmean", "prob", "mean.class", "estimate", "odds.ratio")
+ESTIMATES = ("emmean", "prob", "rate", "mean.class", "estimate", "odds.ratio", "ratio")
 LIMITS = ("lower.CL", "upper.CL", "asymp.LCL", "asymp.UCL")
 
 
@@ -120,8 +133,9 @@ def test_against_emmeans(fits, data, table):
     # averaged over the categories: exactly 1 / K, SE 0 in R, 1e-18 here)
     est = next(c for c in ESTIMATES if c in rows)
     # the SE of the estimate on the scale it is linear in (link / log of a ratio)
-    lin_se = se_r / rows[est].to_numpy(float) if est == "odds.ratio" else se_r
-    lin = np.log if est == "odds.ratio" else (lambda v: v)
+    log_scale = est in ("odds.ratio", "ratio", "rate")
+    lin_se = se_r / rows[est].to_numpy(float) if log_scale else se_r
+    lin = np.log if log_scale else (lambda v: v)
     e_r, e = rows[est].to_numpy(float), got[est].to_numpy(float)
     assert np.all(np.abs(lin(e) - lin(e_r)) <= np.maximum(1e-6 * np.abs(lin(e_r)), 2e-3 * lin_se)
                   + 1e-15), (e, e_r)
@@ -134,6 +148,8 @@ def test_against_emmeans(fits, data, table):
             l_r, l = rows[c].to_numpy(float), got[c].to_numpy(float)
             if est == "prob" and data == "cbpp":
                 l_r, l, s = np.log(l_r / (1 - l_r)), np.log(l / (1 - l)), se_r / (e_r * (1 - e_r))
+            elif est == "rate":
+                l_r, l, s = np.log(l_r), np.log(l), se_r / e_r
             else:
                 s = se_r
             assert np.all(np.abs(l - l_r) <= 3e-3 * s + 1e-15), (c, l, l_r)
@@ -273,3 +289,20 @@ def test_plot(fits):
     fig2, ax2 = plt.subplots()
     assert plots.emmeans(e, ax=ax2) is fig2
     plt.close("all")
+
+
+def test_an_offset_argument_is_averaged_as_a_formula_offset(fits):
+    """emmeans puts the mean fitted offset on every grid point, for offset(log(t)) and for
+    glmer's offset= argument alike (checked in R: both give R's table)."""
+    ref, res = fits("pois_offset")
+    data = read_data(ref["data"]).assign(lt=lambda d: np.log(d["t"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        arg = mf.glmer("y ~ x + (1 | g)", data, offset="lt", family=sm.families.Poisson()).fit()
+    a = arg.emmeans("x", at={"x": [0, 0.5]}, type="response")
+    rows = pd.DataFrame(ref["tables"]["x_at_response"]["rows"])
+    log_se = rows["SE"] / rows["rate"]                # linear on the log scale
+    assert np.all(np.abs(np.log(a["rate"] / rows["rate"])) <= 2e-3 * log_se)
+    np.testing.assert_allclose(a["SE"], rows["SE"], rtol=2e-3)
+    with pytest.raises(ValueError, match="'t' is not a variable"):
+        res.emmeans("x", at={"x": [0], "t": [1.0]})

@@ -44,8 +44,9 @@ def _factor_code(factor):
 
 def model_variables(res):
     """(data, variables, categorical): the fitted rows, the data columns the fixed effects
-    (and offset terms) use, in the formula's order, and which of them are factors (non-numeric
-    columns, booleans and numeric columns wrapped in ``C()``)."""
+    use, in the formula's order, and which of them are factors (non-numeric columns, booleans
+    and numeric columns wrapped in ``C()``).  Variables only in ``offset()`` terms are not
+    grid variables: emmeans puts the mean of the fitted offsets on every grid point."""
     model = _raw(res).model
     info = getattr(model, "formula_info", None) or {}
     data, parsed = info.get("data"), info.get("parsed")
@@ -54,7 +55,6 @@ def model_variables(res):
                          "arrays, or a result after remove_data(), has none)")
     columns = set(map(str, data.columns)) - {str(model.endog_names)}
     codes = [_factor_code(f) for t in model._fixed_spec().terms for f in t.factors]
-    codes += [str(o) for o in parsed.offsets]
     found = [w for c in codes for w in re.findall(r"[A-Za-z_][\w.]*", c) if w in columns]
     variables = list(dict.fromkeys(found))
     in_c = set(re.findall(r"\bC\(\s*([A-Za-z_][\w.]*)", str(parsed.fixed_rhs)))
@@ -147,6 +147,19 @@ def reference_grid(res, specs, by=None, at=None, extra=None):
     cells = grid.iloc[:n_cells][specs + by].reset_index(drop=True)
     averaged = [v for v in order[len(specs + by):] if len(values[v]) > 1]
     return grid, cells, averaged
+
+
+def _design_frame(res, grid):
+    """The grid with the columns only ``offset()`` terms use (at their first fitted value; the
+    offsets computed from them are not used), so the model's formula can be evaluated on it."""
+    model = _raw(res).model
+    data = model.formula_info["data"]
+    codes = " ".join(str(o) for o in model.formula_info["parsed"].offsets)
+    out = grid.copy()
+    for w in dict.fromkeys(re.findall(r"[A-Za-z_][\w.]*", codes)):
+        if w in data.columns and w not in out.columns:
+            out[w] = data[w].iloc[[0] * len(out)].to_numpy()
+    return out
 
 
 # ----------------------------------------------------------------------- the means
@@ -254,16 +267,19 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
     resp = str(r.model.endog_names)
     extra = {resp: list(r.model.levels)} if mode == "prob" else {}
     grid, cells, averaged = reference_grid(r, specs, by, at, extra)
-    X, _, off = r.model._new_design(grid.drop(columns=list(extra)), re=False)
+    X = r.model._new_design(_design_frame(r, grid.drop(columns=list(extra))), re=False,
+                            offset=np.zeros(len(grid)))[0]
     n_cells = len(cells)
 
     def average(A):                           # equal weights over the grid's other variables
         return A.reshape(-1, n_cells, *A.shape[1:]).mean(axis=0)
-    off = np.broadcast_to(np.asarray(off, dtype=float), (len(grid),))
+    # emmeans (1.8.4) uses the mean of the fitted offsets, whatever the grid: offset(log(t))
+    # adds mean(log(t)), not log(mean(t))
+    offset = float(np.mean(np.asarray(r.model.offset, dtype=float)))
     beta = np.asarray(r.fe_params, dtype=float)
     V = np.asarray(r.cov_params(), dtype=float)
     k = V.shape[0] - beta.size                # clmm: the threshold parameters come first
-    if kind == "clmm" and np.any(off != 0):
+    if kind == "clmm" and np.any(np.asarray(r.model.offset) != 0):
         raise NotImplementedError("emmeans of a clmm with an offset is not implemented")
     if mode in ("prob", "mean.class"):        # regridded before averaging, as emmeans
         cat = None if mode != "prob" else [extra[resp].index(v) for v in grid[resp]]
@@ -277,7 +293,7 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
     else:
         V = V[k:, k:]
         L = average(X)
-        est = L @ beta + average(off)
+        est = L @ beta + offset
     info = EMMInfo(res=r, kind=kind, ddf=ddf, level=float(level), type=type, mode=mode,
                    specs=_as_names(specs, "specs"), by=_as_names(by, "by"), averaged=averaged,
                    cells=cells, family=getattr(r.model, "family", None))

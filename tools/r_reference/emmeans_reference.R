@@ -4,7 +4,7 @@
 ## Run from the repository root:   Rscript tools/r_reference/emmeans_reference.R
 ##
 ## Writes tests/reference/emmeans/NAME.json.  Uses the stored datasets tests/data/ham.csv
-## (lmerTest's `ham`), cbpp.csv and wine.csv as they are; no random numbers, so two runs give
+## (lmerTest's `ham`), cbpp.csv, grouseticks.csv, pois_offset.csv and wine.csv as they are; no random numbers, so two runs give
 ## the same files.  Each JSON holds the fit (fixef, sigma or thresholds, loglik) and, under
 ## "tables", every emmeans / contrast table as as.data.frame(summary(...)) rows, with the R call
 ## that made it.
@@ -57,7 +57,9 @@ calls <- c(
   info_by_age_kr = sprintf("emmeans(m, ~ Information | Age, at = list(Age = c(30, 50)), %s)", KR),
   gender_kr_level90 = sprintf("emmeans(m, ~ Gender, level = 0.9, %s)", KR),
   product_kr_revpairwise_bonf = sprintf("contrast(emmeans(m, ~ Product, %s), 'revpairwise', adjust = 'bonferroni')", KR),
-  product_kr_trtvsctrl_holm = sprintf("contrast(emmeans(m, ~ Product, %s), 'trt.vs.ctrl', adjust = 'holm')", KR)
+  product_kr_trtvsctrl_holm = sprintf("contrast(emmeans(m, ~ Product, %s), 'trt.vs.ctrl', adjust = 'holm')", KR),
+  product_kr_trtvsctrl_dunnettx = sprintf("contrast(emmeans(m, ~ Product, %s), 'trt.vs.ctrl')", KR),
+  product_kr_pairs_sidak = sprintf("pairs(emmeans(m, ~ Product, %s), adjust = 'sidak')", KR)
 )
 write_ref(list(name = "ham", data = "ham.csv", formula = form, r_call = sprintf("lmer(%s, data = ham)", form),
                fixef = as.list(fixef(m)), sigma = sigma(m), loglik = as.numeric(logLik(m)),
@@ -83,6 +85,32 @@ write_ref(list(name = "cbpp", data = "cbpp.csv", formula = gform, family = "bino
                r_call = sprintf("glmer(%s, data = cbpp, family = binomial, control = glmerControl(tolPwrss = 1e-12))", gform),
                fixef = as.list(fixef(g)), loglik = as.numeric(logLik(g)), tables = tables(calls)),
           "cbpp", REF_DIR, versions = R_VERSIONS)
+
+## ---- 2b. Poisson GLMMs: a factor (rate, ratios) and an offset term (at the covariate mean)
+read_data("grouseticks")
+pform <- "TICKS ~ YEAR + cHEIGHT + (1 | LOCATION)"
+pg <- glmer(as.formula(pform), data = grouseticks, family = poisson,
+            control = glmerControl(tolPwrss = 1e-12))
+calls <- c(
+  year_response = "emmeans(pg, ~ YEAR, type = 'response')",
+  year_response_pairs = "pairs(emmeans(pg, ~ YEAR, type = 'response'))",
+  year_link_at_height = "emmeans(pg, ~ YEAR | cHEIGHT, at = list(cHEIGHT = c(-10, 10)))"
+)
+write_ref(list(name = "grouseticks", data = "grouseticks.csv", formula = pform, family = "poisson",
+               r_call = sprintf("glmer(%s, data = grouseticks, family = poisson, control = glmerControl(tolPwrss = 1e-12))", pform),
+               fixef = as.list(fixef(pg)), loglik = as.numeric(logLik(pg)), tables = tables(calls)),
+          "grouseticks", REF_DIR, versions = R_VERSIONS)
+
+read_data("pois_offset")
+oform <- "y ~ x + offset(log(t)) + (1 | g)"
+po <- glmer(as.formula(oform), data = pois_offset, family = poisson,
+            control = glmerControl(tolPwrss = 1e-12))
+calls <- c(x_at_response = "emmeans(po, ~ x, at = list(x = c(0, 0.5)), type = 'response')")
+write_ref(list(name = "pois_offset", data = "pois_offset.csv", formula = oform,
+               py_formula = "y ~ x + offset(np.log(t)) + (1 | g)", family = "poisson",
+               r_call = sprintf("glmer(%s, data = pois_offset, family = poisson, control = glmerControl(tolPwrss = 1e-12))", oform),
+               fixef = as.list(fixef(po)), loglik = as.numeric(logLik(po)), tables = tables(calls)),
+          "pois_offset", REF_DIR, versions = R_VERSIONS)
 
 ## ---- 3. clmm: wine, latent scale, category probabilities and mean class
 read_data("wine")
