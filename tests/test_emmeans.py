@@ -249,6 +249,8 @@ def test_bad_input(fits):
         e.pairs(adjust="scheffe")
     with pytest.raises(ValueError, match="method"):
         e.contrast("poly")
+    with pytest.raises(ValueError, match="two means"):
+        res.emmeans("Product", at={"Product": ["2"]}).pairs()
     _, g = fits("cbpp")
     with pytest.raises(ValueError, match="ddf"):
         g.emmeans("period", ddf="satterthwaite")
@@ -306,3 +308,15 @@ def test_an_offset_argument_is_averaged_as_a_formula_offset(fits):
     np.testing.assert_allclose(a["SE"], rows["SE"], rtol=2e-3)
     with pytest.raises(ValueError, match="'t' is not a variable"):
         res.emmeans("x", at={"x": [0], "t": [1.0]})
+
+
+def test_an_ml_fit_defaults_to_satterthwaite(fits):
+    ref, _ = fits("ham")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ml = mf.lmer(ref["formula"], read_data(ref["data"])).fit(reml=False)
+    e = ml.emmeans("Gender")
+    np.testing.assert_array_equal(e["df"], ml.emmeans("Gender", ddf="satterthwaite")["df"])
+    assert any("REML" in n for n in e.attrs["notes"])
+    with pytest.raises(ValueError, match="reml"):
+        ml.emmeans("Gender", ddf="kenward-roger")

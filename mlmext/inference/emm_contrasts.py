@@ -129,6 +129,9 @@ def contrast(info, method="pairwise", adjust=None, ref=0):
     labels = cell_labels(cells, specs)
     n_spec = int(np.prod([cells[s].nunique() for s in specs]))
     n_groups = len(cells) // n_spec
+    if n_spec < 2:
+        raise ValueError(f"contrasts need at least two means per group; specs {specs} have "
+                         f"{n_spec} level here")
     ratio = _ratio_kind(info)
     rows, Ls, ests, groups = [], [], [], []
     for g in range(n_groups):

@@ -207,7 +207,8 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
         ``"link"`` only (the latent scale).
     ddf : {"kenward-roger", "satterthwaite", "asymptotic"}, optional
         LMM denominator df (emmeans' ``lmer.df``); default Kenward-Roger, emmeans' default
-        (its standard errors then use pbkrtest's adjusted covariance, as emmeans).  GLMM and
+        (its standard errors then use pbkrtest's adjusted covariance, as emmeans), for REML
+        fits; Satterthwaite for ML fits (with a note: our Kenward-Roger needs REML).  GLMM and
         clmm: asymptotic (z) only.
     level : float
         Confidence level of the intervals.
@@ -253,6 +254,10 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
                              "(category probabilities) or 'mean.class'; type='response' is for GLMMs")
     elif mode is not None:
         raise ValueError("mode= is for clmm fits (emmeans' mode='latent', 'prob', 'mean.class')")
+    ddf_note = None
+    if kind == "lmm" and ddf is None and not r.reml:
+        ddf, ddf_note = "satterthwaite", ("Kenward-Roger df need a REML fit: Satterthwaite df "
+                                          "are used for this ML fit")
     if kind == "lmm":
         ddf = "kenward-roger" if ddf is None else ("asymptotic" if str(ddf).lower() in (
             "asymptotic", "z") else _ddf_method(ddf))
@@ -294,7 +299,7 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
         V = V[k:, k:]
         L = average(X)
         est = L @ beta + offset
-    info = EMMInfo(res=r, kind=kind, ddf=ddf, level=float(level), type=type, mode=mode,
+    info = EMMInfo(res=r, kind=kind, ddf=ddf, ddf_note=ddf_note, level=float(level), type=type, mode=mode,
                    specs=_as_names(specs, "specs"), by=_as_names(by, "by"), averaged=averaged,
                    cells=cells, family=getattr(r.model, "family", None))
     if ddf == "kenward-roger":
@@ -361,6 +366,8 @@ class EMMeans(pd.DataFrame):
                          if info.type == "response"
                          else f"Results are given on the {link} (not the response) scale.")
         notes.append(f"Degrees-of-freedom method: {info.ddf}")
+        if info.ddf_note:
+            notes.append(info.ddf_note)
         notes.append(f"Confidence level used: {info.level:g}")
         self.attrs["notes"] = notes
         return self
