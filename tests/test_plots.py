@@ -393,6 +393,7 @@ def test_every_plot_takes_ax_and_returns_its_figure(sleep, cbpp, wine):
         "profile": (lambda ax: plots.profile(prof, ax=ax), 3),
         "qic": (lambda ax: plots.qic(sel, ax=ax), 1),
         "influence_plot": (lambda ax: plots.influence_plot(sleep, group="Subject", ax=ax), 1),
+        "emmeans": (lambda ax: plots.emmeans(wine.emmeans("temp", by="contact"), ax=ax), 1),
     }
     assert set(calls) == set(plots.__all__)
     for name, (call, k) in calls.items():

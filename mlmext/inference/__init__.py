@@ -24,6 +24,8 @@ which puts them on the results class as methods:
   side (lme4's ``allFit``);
 * :mod:`.robust` -- :func:`cluster_robust`: cluster-robust (sandwich) covariances of LMM fixed
   effects with small-sample df (clubSandwich's CR0 / CR1 / CR2, ``coef_test``, ``Wald_test``);
+* :mod:`.emmeans` -- :func:`emmeans`, estimated marginal means (R's ``emmeans``) as an
+  :class:`EMMeans` table, with contrasts and their adjustments in :mod:`.emm_contrasts`;
 * :mod:`.mixin` -- :class:`InferenceMixin`.
 
 Variance parameters are named as :func:`varpar_names` says (see :mod:`.intervals`).
@@ -34,6 +36,8 @@ from .ddf import kenward_roger, satterthwaite
 from .lmertest import LmerTestTable, anova_lmm, drop1, ranova
 from .deletion import cooks_distance, influence, leverage
 from .diagnostics import ConvergenceCheck, check_convergence
+from .emmeans import EMMeans, emmeans
+from .emm_contrasts import EMMContrasts
 from .pbtest import PBTestTable, pb_table
 from .predictive import predictive_variance
 from .intervals import bootstrap, conf_int_boot, conf_int_profile, profile, varpar_names
@@ -53,5 +57,5 @@ __all__ = [
     "power_sim", "PowerSimResults", "influence", "cooks_distance", "leverage", "check_convergence",
     "ConvergenceCheck", "allfit", "AllFitTable", "varpar_names", "InferenceMixin", "refit",
     "PBTestTable", "pb_table", "predictive_variance",
-    "cluster_robust", "ClusterRobust", "robust_note",
+    "cluster_robust", "ClusterRobust", "robust_note", "emmeans", "EMMeans", "EMMContrasts",
 ]

@@ -9,6 +9,7 @@ from .coefs import coef, corr_fe, corr_fe_text
 from .ddf import kenward_roger, params_table_ddf, satterthwaite, t_test_ddf
 from .deletion import cooks_distance, influence, leverage
 from .diagnostics import check_convergence
+from .emmeans import emmeans
 from ._refit import refit
 from .intervals import _wald_conf_int, bootstrap, conf_int_boot, conf_int_profile, profile
 from .robust import get_robustcov_results, robust_t_test, robust_wald_test
@@ -233,6 +234,18 @@ class InferenceMixin:
         if m in ("snijders-bosker", "sb"):
             return r2_snijders_bosker(self, **kwargs)
         raise ValueError("method must be 'nakagawa' or 'snijders-bosker'")
+
+    def emmeans(self, specs, by=None, at=None, type="link", ddf=None, level=0.95, mode=None,
+                weights="equal", **kwargs):
+        """Estimated marginal means (R's ``emmeans``): ``res.emmeans("sector", by="female")``.
+
+        Returns an :class:`~mlmext.inference.EMMeans` table (a DataFrame) with ``pairs()``,
+        ``contrast()`` and ``plot()``; see :func:`mlmext.inference.emmeans` for the arguments
+        (``type="response"`` back-transforms GLMM means; LMM df Kenward-Roger by default,
+        ``ddf="satterthwaite"``; clmm means on the latent scale).
+        """
+        return emmeans(self, specs, by=by, at=at, type=type, ddf=ddf, level=level, mode=mode,
+                       weights=weights, **kwargs)
 
     def refit(self, endog, **fit_kwargs):
         """The model refitted to a new response; see :func:`mlmext.inference.refit`."""

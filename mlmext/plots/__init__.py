@@ -13,10 +13,11 @@ names how many are needed).  Nothing calls ``plt.show()``.
 """
 from .effect_displays import effects, predictor_effects
 from .influence_plot import influence_plot
+from .emmeans_plot import emmeans
 from .profiles import profile
 from .qic_plot import qic
 from .ranef import caterpillar, qqplot_ranef
 from .residuals import qqplot_resid, resid_fitted
 
 __all__ = ["caterpillar", "resid_fitted", "qqplot_resid", "qqplot_ranef", "effects",
-           "predictor_effects", "profile", "qic", "influence_plot"]
+           "predictor_effects", "profile", "qic", "influence_plot", "emmeans"]

@@ -1,0 +1,134 @@
+## R reference values for estimated marginal means (emmeans) of LMM, GLMM and clmm fits
+## (tests/test_emmeans.py).
+##
+## Run from the repository root:   Rscript tools/r_reference/emmeans_reference.R
+##
+## Writes tests/reference/emmeans/NAME.json.  Uses the stored datasets tests/data/ham.csv
+## (lmerTest's `ham`), cbpp.csv, grouseticks.csv, pois_offset.csv and wine.csv as they are; no random numbers, so two runs give
+## the same files.  Each JSON holds the fit (fixef, sigma or thresholds, loglik) and, under
+## "tables", every emmeans / contrast table as as.data.frame(summary(...)) rows, with the R call
+## that made it.
+##
+## Packages: lme4, lmerTest, pbkrtest, ordinal, emmeans (Debian: r-cran-emmeans), jsonlite.
+
+suppressPackageStartupMessages({
+  library(lme4)
+  library(lmerTest)
+  library(pbkrtest)
+  library(ordinal)
+  library(emmeans)
+})
+source("tools/r_reference/common.R")
+REF_DIR <- "tests/reference/emmeans"
+start_script("emmeans_reference.R", REF_DIR)
+R_VERSIONS <- r_versions(c("lme4", "lmerTest", "pbkrtest", "ordinal", "emmeans"))
+emm_options(pbkrtest.limit = 1e5, lmerTest.limit = 1e5)
+
+## an emmeans / contrast table as rows, with the call (text) that made it
+tab <- function(call) {
+  x <- eval(parse(text = call))
+  df <- as.data.frame(summary(x))
+  for (col in names(df)) if (is.factor(df[[col]])) df[[col]] <- as.character(df[[col]])
+  list(call = call, rows = df)
+}
+tables <- function(calls) setNames(lapply(calls, tab), names(calls))
+
+## ---- 1. LMM: lmerTest's ham, two factors with their interaction, a factor and a covariate
+read_data("ham")
+form <- "Informed.liking ~ Product * Information + Gender + Age + (1 | Consumer) + (1 | Consumer:Product)"
+m <- lmer(as.formula(form), data = ham)
+KR <- "lmer.df = 'kenward-roger'"
+SA <- "lmer.df = 'satterthwaite'"
+calls <- c(
+  product_kr = sprintf("emmeans(m, ~ Product, %s)", KR),
+  product_satt = sprintf("emmeans(m, ~ Product, %s)", SA),
+  product_kr_pairs_tukey = sprintf("pairs(emmeans(m, ~ Product, %s), adjust = 'tukey')", KR),
+  product_kr_pairs_holm = sprintf("pairs(emmeans(m, ~ Product, %s), adjust = 'holm')", KR),
+  product_kr_pairs_bonferroni = sprintf("pairs(emmeans(m, ~ Product, %s), adjust = 'bonferroni')", KR),
+  product_kr_pairs_none = sprintf("pairs(emmeans(m, ~ Product, %s), adjust = 'none')", KR),
+  product_satt_pairs_tukey = sprintf("pairs(emmeans(m, ~ Product, %s), adjust = 'tukey')", SA),
+  product_by_info_kr = sprintf("emmeans(m, ~ Product | Information, %s)", KR),
+  product_by_info_satt = sprintf("emmeans(m, ~ Product | Information, %s)", SA),
+  product_by_info_kr_pairs_tukey = sprintf("pairs(emmeans(m, ~ Product | Information, %s))", KR),
+  product_by_info_satt_pairs_holm = sprintf("pairs(emmeans(m, ~ Product | Information, %s), adjust = 'holm')", SA),
+  product_info_kr = sprintf("emmeans(m, ~ Product * Information, %s)", KR),
+  product_info_kr_pairs_tukey = sprintf("pairs(emmeans(m, ~ Product * Information, %s))", KR),
+  info_age40_kr = sprintf("emmeans(m, ~ Information, at = list(Age = 40), %s)", KR),
+  info_by_age_kr = sprintf("emmeans(m, ~ Information | Age, at = list(Age = c(30, 50)), %s)", KR),
+  gender_kr_level90 = sprintf("emmeans(m, ~ Gender, level = 0.9, %s)", KR),
+  product_kr_revpairwise_bonf = sprintf("contrast(emmeans(m, ~ Product, %s), 'revpairwise', adjust = 'bonferroni')", KR),
+  product_kr_trtvsctrl_holm = sprintf("contrast(emmeans(m, ~ Product, %s), 'trt.vs.ctrl', adjust = 'holm')", KR),
+  product_kr_trtvsctrl_dunnettx = sprintf("contrast(emmeans(m, ~ Product, %s), 'trt.vs.ctrl')", KR),
+  product_kr_pairs_sidak = sprintf("pairs(emmeans(m, ~ Product, %s), adjust = 'sidak')", KR)
+)
+write_ref(list(name = "ham", data = "ham.csv", formula = form, r_call = sprintf("lmer(%s, data = ham)", form),
+               fixef = as.list(fixef(m)), sigma = sigma(m), loglik = as.numeric(logLik(m)),
+               age_mean = mean(ham$Age), tables = tables(calls)),
+          "ham", REF_DIR, versions = R_VERSIONS)
+
+## ---- 2. binomial GLMM: cbpp, link and response scale
+read_data("cbpp")
+gform <- "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+## lme4's default PIRLS tolerance leaves its finite-difference Hessian (so vcov) 0.5 % off here;
+## tolPwrss = 1e-12 gives the exact Laplace objective (as tests/reference/glmm's lme4_tight)
+g <- glmer(as.formula(gform), data = cbpp, family = binomial,
+           control = glmerControl(tolPwrss = 1e-12))
+calls <- c(
+  period_link = "emmeans(g, ~ period)",
+  period_response = "emmeans(g, ~ period, type = 'response')",
+  period_link_pairs_tukey = "pairs(emmeans(g, ~ period))",
+  period_link_pairs_holm = "pairs(emmeans(g, ~ period), adjust = 'holm')",
+  period_response_pairs_tukey = "pairs(emmeans(g, ~ period, type = 'response'))",
+  period_response_trtvsctrl_bonf = "contrast(emmeans(g, ~ period, type = 'response'), 'trt.vs.ctrl', adjust = 'bonferroni')"
+)
+write_ref(list(name = "cbpp", data = "cbpp.csv", formula = gform, family = "binomial",
+               r_call = sprintf("glmer(%s, data = cbpp, family = binomial, control = glmerControl(tolPwrss = 1e-12))", gform),
+               fixef = as.list(fixef(g)), loglik = as.numeric(logLik(g)), tables = tables(calls)),
+          "cbpp", REF_DIR, versions = R_VERSIONS)
+
+## ---- 2b. Poisson GLMMs: a factor (rate, ratios) and an offset term (at the covariate mean)
+read_data("grouseticks")
+pform <- "TICKS ~ YEAR + cHEIGHT + (1 | LOCATION)"
+pg <- glmer(as.formula(pform), data = grouseticks, family = poisson,
+            control = glmerControl(tolPwrss = 1e-12))
+calls <- c(
+  year_response = "emmeans(pg, ~ YEAR, type = 'response')",
+  year_response_pairs = "pairs(emmeans(pg, ~ YEAR, type = 'response'))",
+  year_link_at_height = "emmeans(pg, ~ YEAR | cHEIGHT, at = list(cHEIGHT = c(-10, 10)))"
+)
+write_ref(list(name = "grouseticks", data = "grouseticks.csv", formula = pform, family = "poisson",
+               r_call = sprintf("glmer(%s, data = grouseticks, family = poisson, control = glmerControl(tolPwrss = 1e-12))", pform),
+               fixef = as.list(fixef(pg)), loglik = as.numeric(logLik(pg)), tables = tables(calls)),
+          "grouseticks", REF_DIR, versions = R_VERSIONS)
+
+read_data("pois_offset")
+oform <- "y ~ x + offset(log(t)) + (1 | g)"
+po <- glmer(as.formula(oform), data = pois_offset, family = poisson,
+            control = glmerControl(tolPwrss = 1e-12))
+calls <- c(x_at_response = "emmeans(po, ~ x, at = list(x = c(0, 0.5)), type = 'response')")
+write_ref(list(name = "pois_offset", data = "pois_offset.csv", formula = oform,
+               py_formula = "y ~ x + offset(np.log(t)) + (1 | g)", family = "poisson",
+               r_call = sprintf("glmer(%s, data = pois_offset, family = poisson, control = glmerControl(tolPwrss = 1e-12))", oform),
+               fixef = as.list(fixef(po)), loglik = as.numeric(logLik(po)), tables = tables(calls)),
+          "pois_offset", REF_DIR, versions = R_VERSIONS)
+
+## ---- 3. clmm: wine, latent scale, category probabilities and mean class
+read_data("wine")
+cform <- "rating ~ temp * contact + (1 | judge)"
+cm <- clmm(as.formula(cform), data = wine)
+calls <- c(
+  temp_latent = "emmeans(cm, ~ temp, mode = 'latent')",
+  temp_by_contact_latent = "emmeans(cm, ~ temp | contact, mode = 'latent')",
+  temp_by_contact_latent_pairs = "pairs(emmeans(cm, ~ temp | contact, mode = 'latent'))",
+  temp_contact_latent_pairs_holm = "pairs(emmeans(cm, ~ temp * contact, mode = 'latent'), adjust = 'holm')",
+  rating_by_temp_prob = "emmeans(cm, ~ rating | temp, mode = 'prob')",
+  temp_by_rating_prob_pairs = "pairs(emmeans(cm, ~ temp | rating, mode = 'prob'))",
+  contact_prob = "emmeans(cm, ~ contact, mode = 'prob')",
+  temp_contact_meanclass = "emmeans(cm, ~ temp * contact, mode = 'mean.class')",
+  temp_meanclass_pairs = "pairs(emmeans(cm, ~ temp, mode = 'mean.class'))"
+)
+write_ref(list(name = "wine", data = "wine.csv", formula = cform,
+               r_call = sprintf("clmm(%s, data = wine)", cform),
+               beta = as.list(cm$beta), thresholds = as.list(cm$alpha),
+               loglik = as.numeric(logLik(cm)), tables = tables(calls)),
+          "wine", REF_DIR, versions = R_VERSIONS)
