@@ -318,7 +318,8 @@ def _fe_covariance(model, tr, H):
         return tr.R @ V @ tr.R.T
 
     joint = block(nt + p + tr.ke) if tr.ke else None
-    if getattr(model, "information", "expected") == "observed" or model._extra_name == "scale":
+    if getattr(model, "information", "expected") == "observed" or \
+            getattr(model, "_extra_name", "") == "scale":      # Gamma, inverse Gaussian: glmmTMB's
         return joint, "Hessian (theta, beta, log alpha)", joint
     return block(nt + p), "Hessian", joint
 
