@@ -97,11 +97,12 @@ def test_family_poisson_by_name_and_class(d, pois_fit):
 
 @pytest.mark.parametrize("fam, exc, match", [
     ("gaussian", NotImplementedError, "lmer"),
-    ("Gamma", NotImplementedError, "Gamma family.*not implemented"),
-    ("inverse.gaussian", NotImplementedError, "not implemented"),
+    ("Gamma", ValueError, "the Gamma response 'yb' must be positive; 66 values are <= 0"),
+    ("inverse.gaussian", ValueError, "the inverse Gaussian response 'yb' must be positive"),
+    ("tweedie", NotImplementedError, "tweedie family is not implemented"),
     ("negative.binomial", ValueError, "glmer_nb"),
     ("quasipoisson", NotImplementedError, "quasi families have no likelihood"),
-    ("bernoulli", ValueError, "unknown family 'bernoulli'; use 'binomial' or 'poisson'"),
+    ("bernoulli", ValueError, "unknown family 'bernoulli'; use 'binomial', 'poisson', 'Gamma'"),
     (sm.families.links.Logit(), TypeError, "is a link, not a family.*Binomial\\(link="),
     (sm.families.links.Logit, TypeError, "is a link, not a family"),
     (3, TypeError, "family must be a statsmodels family"),

@@ -66,8 +66,10 @@ def glmer(formula, data, family=None, weights=None, offset=None, subset=None, mi
         ``offset(np.log(t))`` adds a known offset.
     data : pandas.DataFrame
     family : statsmodels.genmod.families.Family
-        ``sm.families.Binomial()`` (default) or ``sm.families.Poisson()``,
-        with any link the family accepts.
+        ``sm.families.Binomial()`` (default), ``sm.families.Poisson()``, or
+        ``sm.families.Gamma()`` / ``sm.families.InverseGaussian()`` (positive
+        responses; the dispersion ``scale`` estimated jointly, glmmTMB's
+        Laplace), with any link the family accepts; or R's family name.
     weights, offset : str or array_like, optional
         Prior weights (binomial proportions: trials) and a known offset.
     subset : array_like, optional

@@ -1,6 +1,7 @@
 """Generalized linear mixed models (lme4's ``glmer`` and ``glmer.nb``).
 
 * :mod:`.conditional` -- ``y | eta`` for the binomial, Poisson and negative binomial;
+* :mod:`.scale` -- ``y | eta`` for the Gamma and inverse Gaussian (dispersion estimated);
 * :mod:`.response` -- response coercion and checks, family names;
 * :mod:`.model` -- :class:`GeneralizedLinearMixedModel` and its staged fit;
 * :mod:`.nb` -- :class:`NegativeBinomialMixedModel`;
@@ -10,6 +11,7 @@ from .conditional import GLMConditional, NegativeBinomialConditional
 from .model import GeneralizedLinearMixedModel
 from .nb import NegativeBinomialMixedModel
 from .results import GLMMResults
+from .scale import ScaleConditional
 
 __all__ = ["GeneralizedLinearMixedModel", "NegativeBinomialMixedModel", "GLMMResults",
-           "GLMConditional", "NegativeBinomialConditional"]
+           "GLMConditional", "NegativeBinomialConditional", "ScaleConditional"]

@@ -43,7 +43,7 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
             raise ValueError(f"start_params needs {nt + p + ke} values (theta {nt}: "
                              f"{des.theta_names() if hasattr(des, 'theta_names') else ''}"
                              f", beta {p}: {list(model.exog_names)}"
-                             f"{', log alpha 1' if ke else ''}); got {sp.size}")
+                             f"{f', log {model._extra_name} 1' if ke else ''}); got {sp.size}")
         if not np.all(np.isfinite(sp)):
             raise ValueError(f"start_params has non-finite values: {sp.tolist()}")
         if np.any(sp[:nt] < des.lower):
@@ -95,7 +95,7 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
     x0 = np.concatenate([theta0, np.zeros(p), extra0])
     bounds = tr.bounds(des.lower)
     names = (list(des.theta_names()) + [f"{b} (scaled)" for b in model.exog_names]
-             + ["log alpha"] * ke)
+             + [f"log {model._extra_name}"] * ke)
     # ---- Laplace: all parameters jointly, exact gradient, then Newton with the Hessian
     count = _Count(_laplace_fg(dev, tr))
     fd_idx = list(range(nt)) + list(range(nt + p, nt + p + ke))
@@ -253,6 +253,8 @@ def _finish(model, dev, tr, x, nagq, optim, H, initial):
         llf, _ = lp.agq_loglik(des, dev.chol_u, None, dev.cond, theta, nagq, modes=modes, lams=lams)
         llf += dev.cond.loglik_const
     cov, cov_method, cov_joint = _fe_covariance(model, tr, H)
+    if cov is not None and cov_method == "Hessian (theta, beta, log alpha)":
+        cov_method = f"Hessian (theta, beta, log {model._extra_name})"
     cov_note = ""
     if cov is None:
         cov, cov_method = dev.cov_rx(theta, modes, lams), "RX"
@@ -262,7 +264,11 @@ def _finish(model, dev, tr, x, nagq, optim, H, initial):
                                    cov_note=cov_note)
     extra_kw = {}
     if dev.k_extra:
-        extra_kw["_alpha"] = float(np.exp(extra[0]))
+        extra_kw["_alpha"] = float(np.exp(extra[0]))     # the family's own parameter
+    if model._extra_name == "scale":
+        # statsmodels' GLM convention: cov_params() = scale * normalized_cov_params
+        extra_kw["scale"] = extra_kw["_alpha"]
+        cov = np.asarray(cov) / extra_kw["scale"]
     res = GLMMResults(model, beta, cov, theta=theta, u=modes.u, sigma=1.0,
                       criterion=-2.0 * llf, optim=optim, reml=False, nagq=nagq,
                       pirls=modes, hessian=H, _transform=tr, _cov_joint=cov_joint,
@@ -312,7 +318,8 @@ def _fe_covariance(model, tr, H):
         return tr.R @ V @ tr.R.T
 
     joint = block(nt + p + tr.ke) if tr.ke else None
-    if getattr(model, "information", "expected") == "observed":
+    if getattr(model, "information", "expected") == "observed" or \
+            getattr(model, "_extra_name", "") == "scale":      # Gamma, inverse Gaussian: glmmTMB's
         return joint, "Hessian (theta, beta, log alpha)", joint
     return block(nt + p), "Hessian", joint
 

@@ -2,7 +2,8 @@
 
 ``y_i | u ~ F(mu_i)``, ``g(mu_i) = eta_i = x_i' beta + z_i' Lambda(theta) u + offset_i``,
 ``u ~ N(0, I)``, for the binomial and Poisson families of statsmodels (any
-link the family accepts) and the NB2 negative binomial
+link the family accepts), the Gamma and inverse Gaussian families (dispersion ``scale``
+estimated jointly, :mod:`.scale`) and the NB2 negative binomial
 (``Var = mu + alpha mu^2``, log link).
 
 The family-independent numerics (PIRLS, Laplace, adaptive Gauss-Hermite
@@ -47,6 +48,8 @@ from .._blas import blas_threads
 from ..base import MixedModel, drop_rank_deficient
 from ..objective import MixedParams
 from .conditional import GLMConditional
+from .scale import ScaleConditional, is_scale_family
+from . import scale as _scale
 from .response import _check_counts, _family_from_name, _response_from_frame
 from .deviance import LaplaceDeviance
 from .fit import fit_glmm
@@ -84,13 +87,27 @@ class GeneralizedLinearMixedModel(MixedModel):
         Prior weights (binomial proportions: the number of trials).
     offset : array_like, optional
         Known offset on the linear-predictor scale.
+    information : {None, "observed", "expected"}
+        Gamma and inverse Gaussian only: the information in the Laplace
+        determinant.  ``"observed"`` (glmmTMB's exact Laplace) is the default
+        where it is positive for every response (Gamma: log and inverse links;
+        inverse Gaussian: ``1/mu^2`` and inverse links); the other links
+        (identity, the inverse Gaussian's log) use ``"expected"`` (the GLM
+        working weights).  The dispersion (``scale``) is estimated jointly.
     """
 
     _check_nlev_vs_nobs = False
 
-    def __init__(self, endog, exog, re_design, family=None, weights=None, offset=None, **kwargs):
+    def __init__(self, endog, exog, re_design, family=None, weights=None, offset=None,
+                 information=None, **kwargs):
         self._reject_init_kwargs(kwargs)
         family = self._resolve_family(family)
+        if is_scale_family(family):
+            self.information = _scale.choose_information(family, information)
+        elif information is not None:
+            raise TypeError(f"{self._api_name}(): information= applies to the Gamma and inverse "
+                            "Gaussian families (and glmer_nb), not to "
+                            f"{type(family).__name__}")
         info = kwargs.get("formula_info") or {}
         trials = info.pop("trials", None)
         kind = info.get("response_kind", "numeric")
@@ -109,7 +126,8 @@ class GeneralizedLinearMixedModel(MixedModel):
         self.response_kind = kind
         self._check_response_kind(info)
         super().__init__(endog, exog, re_design, weights=weights, offset=offset, **kwargs)
-        self._init_keys = list(getattr(self, "_init_keys", [])) + ["family"]
+        self._init_keys = list(getattr(self, "_init_keys", [])) + ["family"] + \
+            (["information"] if is_scale_family(family) else [])
         self.endog = np.asarray(self.endog, dtype=float).ravel()
         self._check_response()
         self._setup()
@@ -161,10 +179,13 @@ class GeneralizedLinearMixedModel(MixedModel):
         if isinstance(family, families.NegativeBinomial):
             raise ValueError("for the negative binomial use glmer_nb (alpha is estimated with the "
                              "other parameters), not glmer with family=NegativeBinomial()")
+        if is_scale_family(family):
+            _scale.check_scale_family(family)
+            return
         if not isinstance(family, (families.Binomial, families.Poisson)):
-            raise NotImplementedError(f"the {type(family).__name__} family (it has a scale "
-                                      "parameter) is not implemented; binomial, Poisson and "
-                                      "negative binomial (glmer_nb) are")
+            raise NotImplementedError(f"the {type(family).__name__} family is not implemented; "
+                                      "binomial, Poisson, Gamma, inverse Gaussian and negative "
+                                      "binomial (glmer_nb) are")
 
     def _response_name(self):
         return str(self.formula_info["parsed"].response) if "parsed" in self.formula_info \
@@ -173,6 +194,8 @@ class GeneralizedLinearMixedModel(MixedModel):
     @property
     def _family_label(self):
         """The family as messages name it ("binomial", "Poisson", "negative binomial")."""
+        if is_scale_family(self.family):
+            return "Gamma" if isinstance(self.family, families.Gamma) else "inverse Gaussian"
         return "binomial" if isinstance(self.family, families.Binomial) else "Poisson"
 
     def _check_response_kind(self, info):
@@ -187,8 +210,9 @@ class GeneralizedLinearMixedModel(MixedModel):
                                  f"{levels}; a binomial response needs two levels (first level = "
                                  "failure) or 0/1 values")
             return
+        what = "positive numbers" if is_scale_family(self.family) else "numeric counts"
         raise ValueError(f"the response {name!r} is categorical (levels {levels[:6]}); the "
-                         f"{self._family_label} family needs numeric counts (convert the column "
+                         f"{self._family_label} family needs {what} (convert the column "
                          "with pd.to_numeric if it holds numbers as text)")
 
     def _check_response(self):
@@ -212,6 +236,8 @@ class GeneralizedLinearMixedModel(MixedModel):
                 warnings.warn(f"non-integer number of successes in the binomial response {name!r} "
                               "(proportion times weights); give weights = number of trials",
                               UserWarning, stacklevel=3)
+        elif is_scale_family(self.family):
+            _scale.check_response(self, y, name)
         else:
             if self.response_kind == "cbind":
                 raise ValueError(f"the response {name!r} is cbind(successes, failures), a binomial "
@@ -229,6 +255,8 @@ class GeneralizedLinearMixedModel(MixedModel):
         return y, drop_rank_deficient(X)
 
     def _make_conditional(self):
+        if is_scale_family(self.family):
+            return ScaleConditional(self.family, self.endog, information=self.information)
         return GLMConditional(self.family, self.endog, self.weights)
 
     def _setup(self):
@@ -246,14 +274,19 @@ class GeneralizedLinearMixedModel(MixedModel):
     def param_names(self):
         """Names of the full parameter vector ``(beta, theta[, alpha])`` :meth:`loglike` takes."""
         return (list(self.exog_names) + self.re_design.theta_names()
-                + (["alpha"] if self.k_extra else []))
+                + ([self._extra_name] if self.k_extra else []))
+
+    @property
+    def _extra_name(self):
+        """The family's own parameter: ``scale`` (Gamma, inverse Gaussian) or ``alpha`` (NB)."""
+        return "scale" if is_scale_family(self.family) else "alpha"
 
     def _internal(self, params, what="params"):
         """``(beta, theta[, alpha])`` (or MixedParams) -> the optimizer's ``(theta, beta[, log alpha])``."""
         pr = MixedParams.from_packed(params, self.k_fe, self.re_design.ntheta, self.k_extra,
                                      names=self.param_names, what=what)
         if self.k_extra and not pr.extra[0] > 0:
-            raise ValueError(f"{what}: alpha must be positive; got {pr.extra[0]}")
+            raise ValueError(f"{what}: {self._extra_name} must be positive; got {pr.extra[0]}")
         return np.concatenate([pr.theta, pr.fe_params, np.log(pr.extra)])
 
     def loglike(self, params, nagq=1):
@@ -283,7 +316,9 @@ class GeneralizedLinearMixedModel(MixedModel):
             out = np.append(out, g[nt + p:] / np.exp(x[nt + p:]))
         return out
 
-    def _start_extra(self, beta):
+    def _start_extra(self, modes):
+        if is_scale_family(self.family):
+            return _scale.start_log_scale(self, modes)
         return np.zeros(0)
 
     @property
@@ -297,8 +332,9 @@ class GeneralizedLinearMixedModel(MixedModel):
             return (f". With the {link} link the mean must stay in [0, 1] (not guaranteed for "
                     "every eta): the conditional modes may lie on that boundary, where PIRLS "
                     "cannot converge; the logit, probit or cloglog link avoids this")
-        if isinstance(self.family, families.Poisson) and link == "identity":
-            return (". With the identity link the mean must stay positive (not guaranteed for "
+        if (isinstance(self.family, families.Poisson) or is_scale_family(self.family)) and \
+                link in ("identity", "inversepower", "inversesquared"):
+            return (f". With the {link} link the mean must stay positive (not guaranteed for "
                     "every eta); the log link avoids this")
         return ""
 
@@ -307,6 +343,8 @@ class GeneralizedLinearMixedModel(MixedModel):
         y, w = self.endog, self.weights
         if isinstance(self.family, families.Binomial):
             return (w * y + 0.5) / (w + 1.0)
+        if is_scale_family(self.family):           # positive responses: glm's mustart = y
+            return y.copy()
         return y + 0.1
 
     def _start_beta(self):
@@ -400,7 +438,7 @@ class GeneralizedLinearMixedModel(MixedModel):
         as such fits end up: the optimizer stops once ``exp(-|eta|)`` is negligible); the
         linear program (:func:`mlmext.laplace.separation_direction`) then decides.
         """
-        if not self.k_fe:
+        if not self.k_fe or is_scale_family(self.family):
             return
         link = type(self.family.link).__name__
         binomial = isinstance(self.family, families.Binomial)

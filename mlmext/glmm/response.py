@@ -52,7 +52,8 @@ def _check_counts(y, name, what="counts"):
 
 
 # R's family names (and statsmodels' class names, any case; "." "_" " " ignored)
-_FAMILY_NAMES = {"binomial": families.Binomial, "poisson": families.Poisson}
+_FAMILY_NAMES = {"binomial": families.Binomial, "poisson": families.Poisson,
+                 "gamma": families.Gamma, "inversegaussian": families.InverseGaussian}
 _FAMILY_OTHER = {
     "gaussian": (NotImplementedError, "a Gaussian GLMM with an identity link is an LMM: use "
                  "mlmext.formula.api.lmer"),
@@ -83,11 +84,11 @@ def _family_from_name(name):
     if key in _FAMILY_OTHER:
         exc, msg = _FAMILY_OTHER[key]
         raise exc(f"family={name!r}: {msg}")
-    if key in ("gamma", "inversegaussian", "tweedie"):
-        raise NotImplementedError(f"the {name} family (it has a scale parameter) is not "
-                                  "implemented; binomial, Poisson and negative binomial "
-                                  "(glmer_nb) are")
-    raise ValueError(f"unknown family {name!r}; use 'binomial' or 'poisson' (or "
+    if key == "tweedie":
+        raise NotImplementedError(f"the {name} family is not implemented; binomial, Poisson, "
+                                  "Gamma, inverse Gaussian and negative binomial (glmer_nb) are")
+    raise ValueError(f"unknown family {name!r}; use 'binomial', 'poisson', 'Gamma' or "
+                     "'inverse.gaussian' (or "
                      "sm.families.Binomial() / sm.families.Poisson() with any link), and "
                      "glmer_nb for the negative binomial")
 

@@ -18,7 +18,10 @@ class GLMMResults(MixedResults):
     """Results of a GLMM fit (:class:`GeneralizedLinearMixedModel`).
 
     Besides :class:`~mlmext.results.MixedResults`: ``nagq``, ``family``,
-    ``alpha`` (negative binomial), ``loglike_saturated`` and ``llf_lme4``.
+    ``alpha`` (negative binomial), ``scale`` (the dispersion ``phi`` of the
+    Gamma and inverse Gaussian families, ``Var(y | u) = phi V(mu)``, as
+    statsmodels' GLM ``scale``; 1 for the other families),
+    ``loglike_saturated`` and ``llf_lme4``.
     """
 
     _has_residual = False
@@ -54,7 +57,7 @@ class GLMMResults(MixedResults):
         return None
 
     def _extra_params(self):
-        return [self.alpha] if self.model.k_extra else []
+        return [float(self._alpha)] if self.model.k_extra else []
 
     @property
     def k_params(self):
@@ -89,8 +92,12 @@ class GLMMResults(MixedResults):
 
         Equal to ``llf`` for the Laplace approximation; for ``nagq > 1`` lme4
         leaves out the saturated log-likelihood, so this is
-        ``llf - loglike_saturated``.
+        ``llf - loglike_saturated``.  None for the Gamma and inverse Gaussian
+        families: lme4's ``logLik`` there is not this model's likelihood (its
+        Laplace leaves the dispersion out and its value uses a moment estimate).
         """
+        if self.model._extra_name == "scale":
+            return None
         return self.llf if self.nagq == 1 else self.llf - self.loglike_saturated
 
     def _inverse_link(self, eta):
@@ -120,6 +127,12 @@ class GLMMResults(MixedResults):
             mu = np.exp(eta)
             a = float(self.alpha)
             return rng.poisson(rng.gamma(1.0 / a, a * mu)).astype(float)
+        if isinstance(model.family, families.Gamma):        # shape 1/phi, mean mu
+            mu = model.family.link.inverse(eta)
+            return rng.gamma(1.0 / self.scale, mu * self.scale)
+        if isinstance(model.family, families.InverseGaussian):  # Wald's lambda = 1/phi
+            mu = model.family.link.inverse(eta)
+            return rng.wald(mu, np.full(mu.shape, 1.0 / self.scale))
         return rng.poisson(model.family.link.inverse(eta)).astype(float)
 
     @cache_readonly
@@ -152,14 +165,22 @@ class GLMMResults(MixedResults):
 
     def _summary_top(self):
         method = "Laplace" if self.nagq == 1 else f"Adaptive Gauss-Hermite ({self.nagq} points)"
+        if self.nagq == 1 and self.model._extra_name == "scale":
+            method += f" ({self.model.information} information)"
         return [("Method:", [method]), ("Link:", [self.link_name])]
 
     def _add_extra_tables(self, smry, ddf=None):
         notes = []
+        if self.model._extra_name == "scale":
+            phi = self.scale
+            what = (f"Gamma shape 1/phi = {1.0 / phi:.5g}" if isinstance(self.model.family, families.Gamma)
+                    else f"lambda = 1/phi = {1.0 / phi:.5g}")
+            notes.append(f"Dispersion (scale) phi = {phi:.5g} (Var = phi mu^{2 if 'shape' in what else 3}"
+                         f"; {what}; glmmTMB's sigma = sqrt(phi) = {np.sqrt(phi):.5g}).")
         if self.alpha is not None:
             notes.append(f"Negative binomial dispersion alpha = {self.alpha:.5g} (Var = mu + alpha mu^2; "
                          f"lme4's theta = 1/alpha = {1.0 / self.alpha:.5g}).")
-        if self.nagq > 1:
+        if self.nagq > 1 and self.model._extra_name != "scale":
             notes.append(f"Log-likelihood on the full scale; lme4's nAGQ > 1 value is llf - "
                          f"loglike_saturated = {self.llf_lme4:.4f}.")
         notes.append(self._cov_description() + "; z tests.")
@@ -175,7 +196,7 @@ class GLMMResults(MixedResults):
                     + ")")
         if method.startswith("Hessian"):
             return ("Covariance of the fixed effects: inverse Hessian of the deviance in (theta, "
-                    "beta, log alpha) (glmmTMB's)")
+                    f"beta, log {self.model._extra_name}) (glmmTMB's)")
         why = getattr(self.optim, "cov_note", "")
         return ("Covariance of the fixed effects from RX (the PIRLS system at the estimates)"
                 + (f": {why}" if why else ""))
