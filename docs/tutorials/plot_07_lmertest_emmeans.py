@@ -77,8 +77,9 @@ mlmext.ranova(m)
 # %%
 # p = 0.27: once the sector difference in slopes is in the model, the remaining variation of
 # the SES slope between schools is small and not significant. (The test is conservative,
-# because a variance of zero lies on the boundary of its range; the tutorial on robust
-# standard errors and the bootstrap shows how to get an exact p-value by simulation.)
+# because a variance of zero lies on the boundary of its range; the tutorial
+# :ref:`sphx_glr_auto_tutorials_plot_08_robust_bootstrap_cv.py` gets a p-value by simulation
+# instead.)
 #
 # Is a mixed model needed at all? R's ``anova(lmer_fit, lm_fit)`` compares with the same
 # regression without random effects; mlmext accepts statsmodels' OLS (and GLM) fits in the
