@@ -293,6 +293,22 @@ def test_plot(fits):
     plt.close("all")
 
 
+def test_plot_keeps_long_labels_inside_the_figure(fits):
+    """A new figure is laid out so that the 'spec | by = value' labels are not cut off."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    _, res = fits("ham")
+    fig = res.emmeans("Product", by="Information").plot()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for label in fig.axes[0].get_yticklabels():
+        box = label.get_window_extent(renderer)
+        assert box.x0 >= 0, (label.get_text(), box.x0)
+    plt.close("all")
+
+
 def test_an_offset_argument_is_averaged_as_a_formula_offset(fits):
     """emmeans puts the mean fitted offset on every grid point, for offset(log(t)) and for
     glmer's offset= argument alike (checked in R: both give R's table)."""

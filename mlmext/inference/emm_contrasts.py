@@ -193,7 +193,8 @@ def plot_emmeans(emm, ax=None, **kwargs):
         raise ImportError("EMMeans.plot needs matplotlib: pip install 'mlmext[plots]'") from err
     info = emm._emm
     if ax is None:
-        fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(emm) + 1.4))
+        # constrained layout keeps the long 'spec | by = value' labels inside the figure
+        fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(emm) + 1.4), constrained_layout=True)
     else:
         fig = ax.figure
     cols = list(emm.columns)
