@@ -67,6 +67,33 @@ def anova_formatters(table, whole=("npar", "Df", "NumDF")):
     return out
 
 
+class HeadedTable(pd.DataFrame):
+    """A table of tests (a ``pandas.DataFrame``) printed as R prints anova-like tables: its
+    heading (:meth:`_header`; ``attrs["heading"]`` by default) above the columns formatted by
+    :func:`anova_formatters`, and the same in notebooks.  Operations on it give plain
+    DataFrames."""
+
+    @property
+    def _constructor(self):
+        return pd.DataFrame
+
+    def _header(self):
+        return self.attrs.get("heading", "")
+
+    def __repr__(self):
+        head = self._header()
+        body = pd.DataFrame(self).to_string(na_rep="", formatters=anova_formatters(self))
+        return f"{head}\n{body}" if head else body
+
+    def __str__(self):
+        return self.__repr__()
+
+    def _repr_html_(self):
+        head = self._header()
+        pre = f"<pre>{html.escape(head)}</pre>" if head else ""
+        return pre + pd.DataFrame(self).to_html(float_format=lambda v: f"{v:.6g}", na_rep="")
+
+
 def params_table(res, alpha=0.05, rows=slice(None), title=None):
     """The coefficient table with R's ``printCoefmat`` digits: estimates, standard errors and
     interval bounds to one number of decimals that gives the smallest standard error four

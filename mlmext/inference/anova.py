@@ -7,23 +7,19 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..printing import anova_formatters
+from ..printing import HeadedTable
 from ._common import _fe_names, _raw, _same_rows
 from ._refit import _ml_fit
 from .pbtest import pb_test
 
 
-class AnovaTable(pd.DataFrame):
+class AnovaTable(HeadedTable):
     """Likelihood-ratio table returned by :func:`anova` (a ``pandas.DataFrame``).
 
     Columns ``npar, AIC, BIC, logLik, deviance, Chisq, Df, Pr(>Chisq)`` as lme4 prints them;
     ``attrs["formulas"]`` holds the models' formulas and ``attrs["refitted_ml"]`` says
     whether REML fits were refitted by maximum likelihood (shown in the printout).
     """
-
-    @property
-    def _constructor(self):
-        return pd.DataFrame
 
     def _header(self):
         lines = []
@@ -34,21 +30,6 @@ class AnovaTable(pd.DataFrame):
             lines.append("Models:")
             lines += [f"{k}: {v}" for k, v in forms.items()]
         return "\n".join(lines)
-
-    def __repr__(self):
-        # as R prints it: the first model's test cells empty, Df a whole number, p format.pval
-        return self._header() + "\n" + pd.DataFrame(self).to_string(
-            na_rep="", formatters=anova_formatters(self))
-
-    def __str__(self):
-        return self.__repr__()
-
-    def _repr_html_(self):
-        # Notebooks: the refit note and the model formulas above pandas' own HTML table.
-        import html
-        head = self._header()
-        pre = f"<pre>{html.escape(head)}</pre>" if head else ""
-        return pre + pd.DataFrame(self).to_html(float_format=lambda v: f"{v:.6g}", na_rep="")
 
 
 def _caller_names(results, depth=2):

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..printing import anova_formatters
+from ..printing import HeadedTable
 from ._common import _is_lmm, _raw
 from ._terms import fixed_terms
 from .ddf import _ddf_method, kenward_roger_ftest, satterthwaite_ftest
@@ -25,29 +25,12 @@ from .ddf import _ddf_method, kenward_roger_ftest, satterthwaite_ftest
 _F_COLUMNS = ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
 
 
-class LmerTestTable(pd.DataFrame):
+class LmerTestTable(HeadedTable):
     """A table of lmerTest's (a ``pandas.DataFrame``) printed under its heading.
 
     ``attrs["heading"]`` holds the heading R prints above it and ``attrs["hypotheses"]``
     the hypothesis matrix of each row (on the fitted coefficients), where there is one.
     """
-
-    @property
-    def _constructor(self):
-        return pd.DataFrame
-
-    def __repr__(self):
-        head = self.attrs.get("heading", "")
-        body = pd.DataFrame(self).to_string(na_rep="", formatters=anova_formatters(self))
-        return f"{head}\n{body}" if head else body
-
-    __str__ = __repr__
-
-    def _repr_html_(self):
-        import html
-        head = self.attrs.get("heading", "")
-        pre = f"<pre>{html.escape(head)}</pre>" if head else ""
-        return pre + pd.DataFrame(self).to_html(float_format=lambda v: f"{v:.6g}", na_rep="")
 
 
 def _zapsmall(x, digits=7):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..printing import anova_formatters
+from ..printing import HeadedTable
 from ._common import _Progress, _family, _is_glmm, _is_lmm, _raw
 from ._refit import refit
 from .simulation import simulate
@@ -18,7 +18,7 @@ _ROWS = ["LRT", "PBtest", "Gamma", "Bartlett", "F"]
 _COLS = ["stat", "df", "ddf", "p.value"]
 
 
-class PBTestTable(pd.DataFrame):
+class PBTestTable(HeadedTable):
     """Parametric-bootstrap test table returned by ``anova(..., test="pb")``.
 
     Rows as ``summary(PBmodcomp(...))`` prints them: ``LRT`` (chi-square reference),
@@ -32,10 +32,6 @@ class PBTestTable(pd.DataFrame):
     that are 0, which pbkrtest would drop), ``seconds``, ``formulas`` and ``refitted_ml``.
     """
 
-    @property
-    def _constructor(self):
-        return pd.DataFrame
-
     def _header(self):
         a = self.attrs
         lines = []
@@ -47,18 +43,6 @@ class PBTestTable(pd.DataFrame):
         for role, (name, form) in zip(("small", "large"), a.get("formulas", {}).items()):
             lines.append(f"{role} : {name}: {form}")
         return "\n".join(lines)
-
-    def __repr__(self):
-        return self._header() + "\n" + pd.DataFrame(self).to_string(
-            na_rep="", formatters=anova_formatters(self))
-
-    def __str__(self):
-        return self.__repr__()
-
-    def _repr_html_(self):
-        import html
-        return (f"<pre>{html.escape(self._header())}</pre>"
-                + pd.DataFrame(self).to_html(float_format=lambda v: f"{v:.6g}", na_rep=""))
 
 
 def pb_table(tobs, df, ref):
