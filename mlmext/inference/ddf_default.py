@@ -56,13 +56,13 @@ def default_ddf_frame(res, alpha=0.05):
 
 def default_pvalues(res):
     """Two-sided p-values of the t tests on the fit's df (an array, as statsmodels')."""
-    return default_ddf_frame(res)["P>|t|"].to_numpy()
+    return default_ddf_frame(res)["P>|t|"].to_numpy(copy=True)      # the cache stays as it is
 
 
 def default_conf_int(res, alpha):
     """Wald intervals with t quantiles on the fit's df, as an (k, 2) array."""
     fr = default_ddf_frame(res, alpha)
-    return fr.iloc[:, -2:].to_numpy()
+    return fr.iloc[:, -2:].to_numpy(copy=True)
 
 
 def default_wald_test(res, r_matrix):
