@@ -202,6 +202,8 @@ def test_refit_keeps_the_method_and_robust_keeps_its_own():
     assert rr.cov_type == "cluster" and "Kenward" not in str(rr.summary())
     np.testing.assert_allclose(rr.pvalues, 2 * stats.t.sf(np.abs(rr.tvalues), rr.df_resid_inference),
                                rtol=1e-12)
+    np.testing.assert_array_equal(rr.df_inference, rr.df_resid_inference)
+    assert res.get_robustcov_results("cluster", type="CR2", df="z").df_inference is None
 
 
 def test_correlation_models_follow_the_default():

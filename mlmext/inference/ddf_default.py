@@ -88,8 +88,14 @@ def ddf_note(res, ddf):
 
 
 def df_series(res):
-    """The df per fixed effect of the default tests (None for z tests)."""
-    if not ddf_active(res):
+    """The df per fixed effect of the default tests (None for z tests); a cluster-robust
+    result's own (``df_resid_inference``)."""
+    r = _raw(res)
+    if r.cov_type != "nonrobust":
+        dfs = getattr(r, "df_resid_inference", None) if r.use_t else None
+        return None if dfs is None else pd.Series(np.broadcast_to(dfs, (r.k_fe,)).astype(float),
+                                                  index=list(r.model.exog_names), name="df")
+    if not ddf_active(r):
         return None
     fr = default_ddf_frame(res)
     return pd.Series(fr["df"].to_numpy(), index=fr.index, name="df")

@@ -78,7 +78,8 @@ class InferenceMixin:
     @property
     def df_inference(self):
         """The df of each fixed effect's t test (the ``df`` column of ``summary()``), a Series;
-        None for z tests.  Computed on first use, then cached."""
+        None for z tests.  Computed on first use, then cached.  Cluster-robust results: their
+        own df (``df_resid_inference``)."""
         return df_series(self)
 
     def wald_test(self, r_matrix, cov_p=None, invcov=None, use_f=None, df_constraints=None,
