@@ -270,6 +270,9 @@ class LinearMixedModel(MixedModel):
                                                   "tol", "disp", "cov_type", "cov_kwds", "ddf"])
         _check_reml(reml)
         ddf = check_fit_ddf(ddf, reml)                     # before the fit: fail fast
+        if ddf == "kenward-roger" and not np.allclose(self.weights, 1.0):
+            raise NotImplementedError("Kenward-Roger's method is not implemented for models with "
+                                      "prior weights; use ddf='satterthwaite'")
         cov_kwds = check_cov_args(cov_type, cov_kwds)     # before the fit: fail fast
         if start_params is not None and np.size(start_params) != self.re_design.ntheta:
             raise ValueError(f"start_params needs {self.re_design.ntheta} values (theta: "

@@ -181,6 +181,10 @@ def test_ddf_argument_errors():
         model.fit(ddf="containment")
     with pytest.raises(ValueError, match="ddf must be"):
         model.fit(ddf=None)
+    d = read_data("sleepstudy.csv").assign(w=lambda x: 1.0 + (x["Days"] % 2))
+    weighted = mf.lmer(SLEEP, d, weights="w")
+    with pytest.raises(NotImplementedError, match="prior weights"):
+        weighted.fit(ddf="kenward-roger")
 
 
 def test_df_computed_lazily_and_cached():

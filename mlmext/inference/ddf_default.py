@@ -71,7 +71,7 @@ def default_wald_test(res, r_matrix):
     r = _raw(res)
     f = satterthwaite_ftest if r.ddf == "satterthwaite" else kenward_roger_ftest
     out = f(r, r_matrix)
-    cr = ContrastResults(F=out["F"], df_num=out["df_num"], df_denom=out["df_denom"])
+    cr = ContrastResults(F=float(out["F"]), df_num=out["df_num"], df_denom=float(out["df_denom"]))
     cr.distribution = "F"
     return cr
 
