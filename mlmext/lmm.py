@@ -10,6 +10,7 @@ from ._blas import blas_threads
 from ._args import reject_unknown
 from .base import MixedModel
 from .frame import display_name
+from .inference.ddf_default import check_fit_ddf
 from .inference.robust import check_cov_args
 from .linalg import BlockedCholesky
 from .linalg._stacks import block_cross, sandwich, spd_inv_logdet
@@ -217,7 +218,7 @@ class LinearMixedModel(MixedModel):
         return start, scale
 
     def fit(self, reml=True, start_params=None, method="auto", maxiter=2000, tol=1e-9,
-            disp=False, cov_type="nonrobust", cov_kwds=None, **kwargs):
+            disp=False, cov_type="nonrobust", cov_kwds=None, ddf="satterthwaite", **kwargs):
         """Fit by REML (default) or maximum likelihood.
 
         Parameters
@@ -250,6 +251,13 @@ class LinearMixedModel(MixedModel):
             For ``"cluster"``: ``type`` (``"CR2"`` default, ``"CR0"``, ``"CR1"``,
             ``"CR1p"``, ``"CR1S"``), ``groups`` (default: the outermost grouping factor)
             and ``df`` (``"satterthwaite"`` default, ``"z"``, ``"naive-t"``, ``"naive-tp"``).
+        ddf : {"satterthwaite", "kenward-roger", "z"}
+            The tests of the fixed effects (model-based covariance): t tests on each
+            coefficient's (and contrast's) Satterthwaite df, as lmerTest's ``summary``
+            (default); on Kenward-Roger df with its adjusted standard errors (REML fits
+            only, as pbkrtest); or z tests.  ``pvalues``, ``conf_int()``, ``t_test``,
+            ``wald_test`` and ``summary()`` use it; the df are computed on first use, not
+            here.  Cluster-robust results use their own df (``cov_kwds["df"]``).
 
         Returns
         -------
@@ -259,8 +267,12 @@ class LinearMixedModel(MixedModel):
             raise ValueError(f"method={method!r} names an optimizer here; choose the criterion with "
                              f"reml={method.upper() == 'REML'}")
         reject_unknown(kwargs, "fit()", accepted=["reml", "start_params", "method", "maxiter",
-                                                  "tol", "disp", "cov_type", "cov_kwds"])
+                                                  "tol", "disp", "cov_type", "cov_kwds", "ddf"])
         _check_reml(reml)
+        ddf = check_fit_ddf(ddf, reml)                     # before the fit: fail fast
+        if ddf == "kenward-roger" and not np.allclose(self.weights, 1.0):
+            raise NotImplementedError("Kenward-Roger's method is not implemented for models with "
+                                      "prior weights; use ddf='satterthwaite'")
         cov_kwds = check_cov_args(cov_type, cov_kwds)     # before the fit: fail fast
         if start_params is not None and np.size(start_params) != self.re_design.ntheta:
             raise ValueError(f"start_params needs {self.re_design.ntheta} values (theta: "
@@ -277,7 +289,7 @@ class LinearMixedModel(MixedModel):
             state = dev.at(opt.x)
         theta, crit = state.theta, state.criterion
         opt = OptSummary.from_result(opt, initial=start)
-        res = LMMResults(self, state, optim=opt)
+        res = LMMResults(self, state, optim=opt, ddf=ddf)
         if disp:
             print(f"{'REML criterion' if reml else '-2 log-likelihood'} {crit:.6f} after "
                   f"{opt.nfev} evaluations: {opt.message} (tried {opt.tried})")

@@ -13,7 +13,7 @@ import pandas as pd
 from statsmodels.iolib.table import SimpleTable
 
 __all__ = ["fit_title", "fit_text", "fit_html", "re_table", "fmt", "params_table", "fixed_decimals",
-           "param_index"]
+           "param_index", "format_pval"]
 
 
 def param_index(names):
@@ -47,6 +47,9 @@ def _pval(p):
     if p < 2.2e-16:
         return "<2e-16"
     return f"{p:.2e}" if p < 1e-3 else f"{p:.3g}"
+
+
+format_pval = _pval          # for the tables of mlmext.inference
 
 
 def anova_formatters(table, whole=("npar", "Df", "NumDF")):

@@ -16,6 +16,7 @@ from functools import cached_property as cache_readonly
 
 from ._args import reject_unknown
 from .inference import InferenceMixin, robust_note
+from .inference.ddf_default import check_fit_ddf, ddf_note, summary_ddf, z_results
 from .objective import MixedParams
 from .printing import fit_html, fit_text, fixed_decimals, param_index, params_table, re_table
 
@@ -402,8 +403,10 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     def summary(self, alpha=0.05, title=None, ddf=None, correlation=False):
         """Summary in lme4's layout built from statsmodels ``Summary`` tables.
 
-        ``ddf="satterthwaite"`` (or ``"kenward-roger"``) shows t tests with those df (lmerTest);
-        ``correlation=True`` adds lme4's ``Correlation of Fixed Effects:`` (see ``corr_fe``)."""
+        LMMs show t tests on the df method of the fit (``fit(ddf=...)``, Satterthwaite by
+        default, as lmerTest); ``ddf="satterthwaite"``, ``"kenward-roger"`` or ``"z"`` here
+        overrides it for this table.  ``correlation=True`` adds lme4's ``Correlation of Fixed
+        Effects:`` (see ``corr_fe``)."""
         model = self.model
         ngrps = ", ".join(f"{n}: {m}" for n, m in {t.name: t.m for t in model.re_design.terms}.items())
         top_left = [("Model:", [type(model).__name__]),
@@ -429,10 +432,9 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
                                            headers=["Min", "1Q", "Median", "3Q", "Max"],
                                            title="Scaled residuals"))
         smry.tables.append(self._re_table())
-        if ddf is None:
-            smry.tables.append(params_table(self, alpha))
-        else:
-            smry.tables.append(self._ddf_params_table(ddf, alpha))
+        ddf = summary_ddf(self, ddf)          # None: the fit's own (z for GLMMs)
+        smry.tables.append(params_table(z_results(self), alpha) if ddf in (None, "z") else
+                           self._ddf_params_table(ddf, alpha))
         self._add_extra_tables(smry, ddf)
         notes = []
         if self.is_singular():
@@ -467,11 +469,13 @@ class LMMResults(MixedResults):
         What the optimizer did.
     """
 
-    def __init__(self, model, state, optim):
+    def __init__(self, model, state, optim, ddf="satterthwaite"):
         super().__init__(model, state.beta, state.cov_beta, theta=state.theta, u=state.u,
                          sigma=state.sigma, criterion=state.criterion, optim=optim,
                          reml=state.reml)
         self.state = state
+        self.ddf = check_fit_ddf(ddf, self.reml)     # the tests' df: computed on first use
+        self.use_t = self.ddf != "z"
 
     @property
     def reml_criterion(self):
@@ -484,12 +488,7 @@ class LMMResults(MixedResults):
     def _add_extra_tables(self, smry, ddf=None):
         if self.cov_type != "nonrobust":          # cluster-robust: say which and how tested
             return add_notes(smry, [robust_note(self)])
-        cov = "sigma^2 (X' V^-1 X)^-1 at the estimated variance components (lme4's vcov)"
-        note = (f"{cov}; z tests (t tests on Satterthwaite or Kenward-Roger df: summary(ddf=...))"
-                if ddf is None else f"{cov}; t tests on Satterthwaite df (lmerTest)"
-                if not str(ddf).lower().startswith("k") else
-                "Kenward-Roger's adjusted covariance; t tests on Kenward-Roger df (lmerTest)")
-        add_notes(smry, [f"Covariance of the fixed effects: {note}."])
+        add_notes(smry, [f"Covariance of the fixed effects: {ddf_note(self, ddf)}."])
 
     @cache_readonly
     def _condvar(self):

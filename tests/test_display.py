@@ -187,7 +187,8 @@ def test_estimate_tables_share_one_labelling():
         assert list(ci.columns) == [0, 1] and ci.index.name == "parameter"
         assert np.all(ci[0] < ci[1])
     assert list(prof.index) == ["sigma", "Days"] and list(boot.index)[-3:] == [".sigma", "Intercept", "Days"]
-    assert wald.loc["Days", 0] == pytest.approx(r.fe_params["Days"] - 1.959964 * r.bse_fe["Days"])
+    # t quantile on lmerTest's Satterthwaite df 16.99998 (qt(0.975, 16.99998) = 2.109816)
+    assert wald.loc["Days", 0] == pytest.approx(r.fe_params["Days"] - 2.109816 * r.bse_fe["Days"])
     for s in (r.fe_params, r.bse_fe, r.varcorr()):
         assert s.index.name == "parameter"
     o = mf.clmm("rating ~ temp + (1 | judge)", datasets.load("wine")).fit()
@@ -216,7 +217,9 @@ def test_summary_digits_follow_the_columns():
 
 def test_lmm_summary_says_which_covariance_and_tests():
     r = mf.lmer("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy")).fit()
-    assert "(lme4's vcov); z tests" in str(r.summary())
+    assert "(lme4's vcov); t tests on Satterthwaite df" in str(r.summary())
+    z = mf.lmer("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy")).fit(ddf="z")
+    assert "(lme4's vcov); z tests" in str(z.summary()) and "P>|z|" in str(z.summary())
     assert "t tests on Satterthwaite df" in str(r.summary(ddf="satterthwaite"))
     assert "Kenward-Roger's adjusted covariance" in str(r.summary(ddf="kenward-roger"))
 

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 import mlmext
 from mlmext import inference as inf
@@ -131,11 +132,15 @@ def test_contrasts_t_test():
             assert float(got.effect[0]) == pytest.approx(want["Estimate"],
                                                          abs=1e-5 * abs(want["Estimate"]) + k * want["Std. Error"])
             assert p_close(got.pvalue, want["Pr(>|t|)"], want["t value"], k)
-    # the same contrast written as a statsmodels string; and the default (z) t_test is unchanged
+    # the same contrast written as a statsmodels string; the default t_test is the fit's
+    # (Satterthwaite), df="z" and use_t=False give statsmodels' z test
     t1 = res.t_test("meanses + meanses:cses = 0", df="satterthwaite")
     assert float(t1.df_denom[0]) == pytest.approx(r["contrasts"][0]["satterthwaite"]["df"], rel=1e-3)
-    t0 = res.t_test("meanses = 0")
-    assert t0.distribution == "norm"
+    td = res.t_test("meanses + meanses:cses = 0")
+    assert td.method == "satterthwaite" and np.squeeze(td.pvalue) == np.squeeze(t1.pvalue)
+    t0 = res.t_test("meanses = 0", df="z")
+    assert t0.distribution == "norm" and res.t_test("meanses = 0", use_t=False).distribution == "norm"
+    assert np.squeeze(t0.pvalue) == pytest.approx(2 * stats.norm.sf(abs(np.squeeze(t0.tvalue))), rel=1e-12)
 
 
 def test_satterthwaite_ftest():
@@ -157,7 +162,9 @@ def test_summary_ddf():
     text = str(res.summary(ddf="satterthwaite"))
     assert "Satterthwaite df" in text and "153.70" in text and "168.89" in text
     assert "Kenward-Roger" in str(res.summary(ddf="kenward-roger"))
-    assert "P>|z|" in str(res.summary())          # the default table is unchanged
+    # the default table is the fit's (Satterthwaite); ddf="z" gives the old z table
+    assert str(res.summary()) == text
+    assert "P>|z|" in str(res.summary(ddf="z")) and "P>|z|" not in text
     with pytest.raises(ValueError, match="unknown ddf"):
         res.summary(ddf="containment")
 
@@ -169,14 +176,20 @@ def test_kr_needs_reml():
 
 
 # ------------------------------------------------------------------ confidence intervals
-def test_wald_conf_int_unchanged():
+def test_wald_conf_int():
     res = fit(SLEEP, "sleepstudy.csv")
     ci = res.conf_int()
     assert isinstance(ci, pd.DataFrame) and list(ci.columns) == [0, 1]
     assert list(ci.index) == list(res.fe_params.index)
+    # default: t quantiles on each coefficient's Satterthwaite df (lmerTest: 16.9997, 16.99998)
+    q = stats.t.ppf(0.975, [16.9997262884927, 16.9999837255917])
+    np.testing.assert_allclose(ci[0], res.fe_params - q * res.bse_fe, rtol=1e-7)
+    np.testing.assert_allclose(ci[1], res.fe_params + q * res.bse_fe, rtol=1e-7)
+    # fit(ddf="z"): statsmodels' normal intervals, as before
+    zres = mf.lmer(SLEEP, read_data("sleepstudy.csv")).fit(ddf="z")
     z = 1.959963984540054
-    np.testing.assert_allclose(ci[0], res.fe_params - z * res.bse_fe, rtol=1e-12)
-    np.testing.assert_allclose(ci[1], res.fe_params + z * res.bse_fe, rtol=1e-12)
+    np.testing.assert_allclose(zres.conf_int()[0], zres.fe_params - z * zres.bse_fe, rtol=1e-12)
+    np.testing.assert_allclose(zres.conf_int()[1], zres.fe_params + z * zres.bse_fe, rtol=1e-12)
     pd.testing.assert_frame_equal(res.conf_int(alpha=0.1, cols=[1]), res.conf_int(alpha=0.1).iloc[[1]])
     with pytest.raises(ValueError, match="unknown method"):
         res.conf_int(method="exact")

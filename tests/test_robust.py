@@ -174,11 +174,12 @@ def test_new_object_and_unchanged_original(fits):
     assert rr is not res and rr._results is not res._results
     np.testing.assert_array_equal(np.asarray(res.cov_params()), before)
     np.testing.assert_array_equal(np.asarray(res.bse), bse)
-    assert res.cov_type == "nonrobust" and not res.use_t
+    assert res.cov_type == "nonrobust" and res.use_t      # the LMM's t tests on Satterthwaite df
     assert not np.allclose(np.asarray(rr.bse), bse)
     back = rr.get_robustcov_results("nonrobust")          # the model-based covariance again
     np.testing.assert_allclose(np.asarray(back.cov_params()), before, rtol=1e-14)
-    assert back.cov_type == "nonrobust" and not back.use_t
+    assert back.cov_type == "nonrobust" and back.use_t and back.ddf == "satterthwaite"
+    np.testing.assert_array_equal(np.asarray(back.pvalues), np.asarray(res.pvalues))
     assert np.asarray(rr.bse)[0] != bse[0]                  # and rr was not changed by that
 
 

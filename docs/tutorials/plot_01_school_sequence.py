@@ -199,12 +199,12 @@ print(f"intercept variance explained by meanses and sector: {1 - tau00_d / tau00
 #                 + \gamma_{12}\,\text{Catholic}_j + u_{1j}.
 #
 # This is Raudenbush and Bryk's final model (lme4:
-# ``lmer(mAch ~ cses * (meanses + sector) + (cses | school), data = hsb82)``). With
-# ``ddf="satterthwaite"`` the summary shows t tests with lmerTest's Satterthwaite degrees of
-# freedom instead of z tests.
+# ``lmer(mAch ~ cses * (meanses + sector) + (cses | school), data = hsb82)``). As lmerTest's
+# summary, it shows t tests with Satterthwaite degrees of freedom (the default for LMMs;
+# ``fit(ddf="z")`` gives z tests).
 
 m_e = mf.lmer("mAch ~ cses * (meanses + sector) + (cses | school)", data=df).fit()
-print(m_e.summary(ddf="satterthwaite"))
+print(m_e.summary())
 
 # %%
 # Reading the fixed effects:

@@ -21,6 +21,7 @@ from ..design import RandomEffectsDesign, ReTerm, grouping_factor
 from ..lmm import LinearMixedModel
 from ..linalg import BlockedCholesky
 from ..objective import LMMDeviance
+from ..inference.ddf_default import check_fit_ddf
 from ..optimize import OptSummary, minimize_theta
 from .._args import reject_unknown
 from .._blas import blas_threads
@@ -284,7 +285,8 @@ class CorrelatedLinearMixedModel(LinearMixedModel):
         raise NotImplementedError("score(params) is not implemented for a model with a residual "
                                   "correlation structure")
 
-    def fit(self, reml=True, start_params=None, maxiter=200, disp=False, **kwargs):
+    def fit(self, reml=True, start_params=None, maxiter=200, disp=False, ddf="satterthwaite",
+            **kwargs):
         """Fit by REML (default) or ML.
 
         Parameters
@@ -297,6 +299,10 @@ class CorrelatedLinearMixedModel(LinearMixedModel):
             Iterations of the search in the correlation parameter.
         disp : bool
             Print the criterion and the number of fits in theta.
+        ddf : {"satterthwaite", "z"}
+            The tests of the fixed effects: t tests on Satterthwaite df with the correlation
+            parameter as one more variance parameter (default, as for ``lmer``), or z tests.
+            Kenward-Roger's method is not implemented with a correlation structure.
 
         Returns
         -------
@@ -310,9 +316,12 @@ class CorrelatedLinearMixedModel(LinearMixedModel):
         of that profile.  ``converged`` means the fit in theta passed its checks and the
         profile's Newton decrement is below 1e-7 with positive curvature.
         """
-        reject_unknown(kwargs, "fit()", accepted=["reml", "start_params", "maxiter", "disp"])
+        reject_unknown(kwargs, "fit()", accepted=["reml", "start_params", "maxiter", "disp", "ddf"])
         if not isinstance(reml, (bool, np.bool_)):
             raise ValueError(f"reml must be True (REML) or False (ML); got {reml!r}")
+        if check_fit_ddf(ddf, reml) == "kenward-roger":
+            raise NotImplementedError("Kenward-Roger's df are not implemented for models with a "
+                                      "residual correlation structure; use ddf='satterthwaite'")
         cs, sizes = self._cor, self._sizes
         if start_params is not None:
             start_params = np.asarray(start_params, dtype=float).ravel()
@@ -367,7 +376,7 @@ class CorrelatedLinearMixedModel(LinearMixedModel):
                                bool(opt.success), nfev)])
         osum = OptSummary.from_result(res_opt, initial=best["initial"],
                                       optimizer=f"profile in {cs.param_name} over fits in theta")
-        res = CorrelatedLMMResults(self, state, optim=osum, rho=rho)
+        res = CorrelatedLMMResults(self, state, optim=osum, rho=rho, ddf=ddf)
         if disp:
             print(f"{'REML criterion' if reml else '-2 log-likelihood'} {fz:.6f} after {nfits} "
                   f"fits in theta ({nfev} evaluations): {msg}")

@@ -35,8 +35,8 @@ class CorrelatedLMMResults(LMMResults):
     1, or level 0 with ``re=False``): the residual correlation is not used to predict.
     """
 
-    def __init__(self, model, state, optim, rho):
-        super().__init__(model, state, optim)
+    def __init__(self, model, state, optim, rho, ddf="satterthwaite"):
+        super().__init__(model, state, optim, ddf=ddf)
         self._rho = float(rho)
 
     @property

@@ -80,6 +80,7 @@ def _fit_kwargs(res):
     kw = {}
     if _is_lmm(r):
         kw["reml"] = bool(r.reml)
+        kw["ddf"] = getattr(r, "ddf", "satterthwaite")     # the refit tests as this fit does
     nagq = getattr(r, "nagq", None)
     if nagq is not None:
         kw["nagq"] = nagq
@@ -89,6 +90,8 @@ def _fit_kwargs(res):
 def _refit(model, res, start=True, **override):
     kw = _fit_kwargs(res)
     kw.update(override)
+    if kw.get("ddf") == "kenward-roger" and kw.get("reml") is False:
+        kw["ddf"] = "satterthwaite"      # an ML refit for a test or a profile: its df go unused
     if start and _is_lmm(res):
         kw.setdefault("start_params", _raw(res).theta)
     with warnings.catch_warnings():

@@ -15,6 +15,7 @@ from statsmodels.stats.contrast import ContrastResults
 from ..design import lower_tri
 from ..frame import formula_manager
 from ..optimize import hessian, jacobian
+from ..printing import fixed_decimals, format_pval
 from ._common import _cache, _fe_names, _params, _raw, _require_lmm
 
 
@@ -465,7 +466,10 @@ class DdfContrastResults(ContrastResults):
 def params_table_ddf(res, ddf, alpha=0.05):
     """The fixed-effects table of ``summary(ddf=...)``: t tests on ``ddf`` degrees of freedom."""
     fr = _ddf_frame(res, ddf, alpha)
-    data = [[f"{v:.4f}", f"{s:.3f}", f"{d:.2f}", f"{t:.3f}", f"{p:.3f}" if p >= 0.001 else f"{p:.2e}",
-             f"{lo:.3f}", f"{hi:.3f}"] for v, s, d, t, p, lo, hi in fr.to_numpy()]
+    est, se, dfs, t, p, lo, hi = fr.to_numpy().T
+    d = fixed_decimals(se, sig=4)                # R's printCoefmat digits, as params_table
+    dt = max(2, fixed_decimals(t, sig=3, most=3))
+    data = [[f"{v:.{d}f}", f"{s:.{d}f}", f"{n:.2f}", f"{z:.{dt}f}", format_pval(q),
+             f"{a:.{d}f}", f"{b:.{d}f}"] for v, s, n, z, q, a, b in zip(est, se, dfs, t, p, lo, hi)]
     return SimpleTable(data, headers=list(fr.columns), stubs=list(fr.index),
                        title=f"Fixed effects (t tests, {_ddf_method(ddf).title()} df)")

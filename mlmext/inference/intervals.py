@@ -22,6 +22,7 @@ from ..printing import param_index
 from ._profile import _Profiler
 from ._profile_common import varpar_names
 from ._refit import _rebuild_model, _refit
+from .ddf_default import ddf_active, default_conf_int
 from .simulation import simulate
 
 # Every conf_int method labels its columns as statsmodels' conf_int does (0 = lower, 1 = upper),
@@ -291,10 +292,14 @@ def conf_int_boot(res, alpha=0.05, cols=None, nsim=500, seed=None, boot_type="pe
 
 
 def _wald_conf_int(res, alpha, cols):
-    """statsmodels' Wald interval, with the parameter names as row labels for pandas data."""
+    """statsmodels' Wald interval (t on the fit's df for LMMs), with the parameter names as row
+    labels for pandas data."""
     from statsmodels.base.model import LikelihoodModelResults
     from statsmodels.base.data import PandasData
-    ci = np.asarray(LikelihoodModelResults.conf_int(_raw(res), alpha=alpha))
+    if ddf_active(res):             # t quantiles on the fit's df, as summary() shows
+        ci = default_conf_int(res, alpha)
+    else:
+        ci = np.asarray(LikelihoodModelResults.conf_int(_raw(res), alpha=alpha))
     data = getattr(_raw(res).model, "data", None)
     names = list(getattr(data, "param_names", None) or _fe_names(res))
     if cols is not None:

@@ -7,6 +7,7 @@ from ._common import _fe_names
 from .allfit import allfit
 from .coefs import coef, corr_fe, corr_fe_text
 from .ddf import kenward_roger, params_table_ddf, satterthwaite, t_test_ddf
+from .ddf_default import ddf_active, default_pvalues, default_wald_test, df_series
 from .deletion import cooks_distance, influence, leverage
 from .diagnostics import check_convergence
 from .emmeans import emmeans
@@ -65,13 +66,34 @@ class InferenceMixin:
         """
         return self._results_wrapper(get_robustcov_results(self, cov_type, **kwargs))
 
+    @property
+    def pvalues(self):
+        """Two-sided p-values of the fixed effects: for LMMs, t tests on the df method of the
+        fit (``fit(ddf=...)``: Satterthwaite by default, as lmerTest's ``summary``); z tests
+        for ``ddf="z"``, GLMMs and clmm; cluster-robust results: their own tests."""
+        if ddf_active(self):
+            return default_pvalues(self)
+        return super().pvalues
+
+    @property
+    def df_inference(self):
+        """The df of each fixed effect's t test (the ``df`` column of ``summary()``), a Series;
+        None for z tests.  Computed on first use, then cached.  Cluster-robust results: their
+        own df (``df_resid_inference``)."""
+        return df_series(self)
+
     def wald_test(self, r_matrix, cov_p=None, invcov=None, use_f=None, df_constraints=None,
                   scalar=True):
-        """statsmodels' Wald test; on a cluster-robust result with Satterthwaite df
-        (the default), clubSandwich's HTZ F test (``use_f=False``: the chi-square test)."""
-        if self.cov_kwds.get("df") == "satterthwaite" and cov_p is None and invcov is None:
+        """statsmodels' Wald test.  LMMs with t tests (``fit(ddf=...)``, default): an F test on
+        Satterthwaite's (lmerTest's ``contestMD``) or Kenward-Roger's (pbkrtest's) denominator
+        df; ``use_f=False`` gives the chi-square test.  On a cluster-robust result with
+        Satterthwaite df (the default), clubSandwich's HTZ F test."""
+        default = (self.cov_kwds.get("df") == "satterthwaite" or ddf_active(self))
+        if default and cov_p is None and invcov is None:
             if use_f is False:
                 return super().wald_test(r_matrix, use_f=False, scalar=scalar)
+            if ddf_active(self):
+                return default_wald_test(self, r_matrix)
             return robust_wald_test(self, r_matrix)
         return super().wald_test(r_matrix, cov_p=cov_p, invcov=invcov, use_f=use_f,
                                  df_constraints=df_constraints, scalar=scalar)
@@ -127,20 +149,29 @@ class InferenceMixin:
         r_matrix : array_like, str, or tuple
             As in statsmodels (``"Days = 0"``, a matrix, or ``(R, q)``).
         cov_p, use_t
-            As in statsmodels (used when ``df`` is None).
-        df : {None, "satterthwaite", "kenward-roger"}
-            Denominator degrees of freedom per contrast.  Kenward-Roger also uses the
-            adjusted covariance for the standard errors (as lmerTest).  On a cluster-robust
-            result (:meth:`get_robustcov_results`) leave it None: the tests then use the
-            robust covariance and its own df (clubSandwich's Satterthwaite df per contrast).
+            As in statsmodels: with ``cov_p``, or ``use_t=False`` (z tests), statsmodels'
+            own tests (``use_t=True`` with ``cov_p``: t on ``df_resid``).
+        df : {None, "satterthwaite", "kenward-roger", "z"}
+            Denominator degrees of freedom per contrast; None: the fit's method
+            (``fit(ddf=...)``, Satterthwaite by default for LMMs; z for GLMM / clmm);
+            ``"z"``: normal tests.  Kenward-Roger also uses the adjusted covariance for the
+            standard errors (as lmerTest).  On a cluster-robust result
+            (:meth:`get_robustcov_results`) leave it None: the tests then use the robust
+            covariance and its own df (clubSandwich's Satterthwaite df per contrast).
 
         Returns
         -------
         statsmodels.stats.contrast.ContrastResults
         """
+        if isinstance(df, str) and df.strip().lower() == "z":
+            return super().t_test(r_matrix, cov_p=cov_p, use_t=False)
         if df is None:
             if self.cov_kwds.get("df") == "satterthwaite" and cov_p is None and use_t is not False:
                 return robust_t_test(self, r_matrix)        # a df per contrast
+            if ddf_active(self):
+                if cov_p is None and use_t is not False:
+                    return t_test_ddf(self, r_matrix, self.ddf)
+                use_t = bool(use_t)           # statsmodels' df_resid is not the fit's df
             return super().t_test(r_matrix, cov_p=cov_p, use_t=use_t)
         return t_test_ddf(self, r_matrix, df)
 
@@ -156,7 +187,10 @@ class InferenceMixin:
             ``method="wald"``: as statsmodels (positions of fixed effects).  Otherwise the
             rows to compute (names or positions).
         method : {"wald", "profile", "boot"}
-            ``"wald"``: statsmodels' normal intervals for the fixed effects (unchanged).
+            ``"wald"``: Wald intervals for the fixed effects, with the quantiles of the
+            fit's tests (LMMs: t on each coefficient's Satterthwaite or Kenward-Roger df,
+            the latter with its adjusted standard errors, as ``summary()``; normal for
+            ``fit(ddf="z")``, GLMM and clmm).
             ``"profile"``: profile-likelihood intervals (lme4's
             ``confint(method = "profile")``, see :func:`conf_int_profile`) for LMMs (the
             profile of the ML fit) and GLMMs (the fit's own Laplace or adaptive

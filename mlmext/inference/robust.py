@@ -285,6 +285,7 @@ def get_robustcov_results(res, cov_type="cluster", **kwds):
     new.use_t = False
     if cov_type.lower() == "nonrobust":
         new.cov_type, new.cov_kwds = "nonrobust", {}
+        new.use_t = getattr(r, "ddf", "z") != "z"       # the fit's t tests on its df
         return new
     rc = cluster_robust(r, type=kw["type"], groups=kw["groups"])
     new.cov_type = "cluster"
