@@ -1,7 +1,6 @@
 """Results of LMMs with residual correlation within groups."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 from statsmodels.base import wrapper as wrap
 from functools import cached_property as cache_readonly
@@ -19,7 +18,7 @@ def _not_with_correlation(name):
             f"({self.model.correlation!r}); available: the Wald tests, df_satterthwaite(), "
             "summary(ddf='satterthwaite'), predict(), ranef(), llf / aic / bic")
     method.__name__ = name
-    method.__doc__ = f"Not implemented with a residual correlation structure (raises)."
+    method.__doc__ = "Not implemented with a residual correlation structure (raises)."
     return method
 
 

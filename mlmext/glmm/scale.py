@@ -214,7 +214,6 @@ class ScaleConditional(lp.ConditionalModel):
 
     def loglike_saturated(self):
         """Sum of the log-likelihood at ``mu = y`` (at this phi)."""
-        y = self.y
         if self.gamma:
             return float(np.sum(self._const + self.k * (-self.logy - 1.0)))
         return float(np.sum(self._const))
