@@ -138,6 +138,9 @@ def fit_title(res):
     nagq = getattr(res, "nagq", 1)
     approx = ("Laplace approximation" if nagq == 1
               else f"adaptive Gauss-Hermite quadrature, nAGQ = {nagq}")
+    if getattr(res, "specified", False):      # make_lmer: nothing was fitted
+        how = "REML" if res.reml else "ML"
+        return f"Linear mixed model at specified parameters (make_lmer, {how} refits), not fitted"
     if api == "lmer":
         return f"Linear mixed model fit by {'REML' if res.reml else 'maximum likelihood'}"
     if api == "clmm":
@@ -148,6 +151,9 @@ def fit_title(res):
 
 
 def _criterion(res):
+    if getattr(res, "specified", False):
+        what = "REML criterion" if res.reml else "-2 log-likelihood"
+        return f"{what} at the specified parameters: {res.criterion:.4f}"
     if getattr(res, "reml", False):
         return f"REML criterion at convergence: {res.criterion:.4f}"
     return (f"AIC: {res.aic:.4f}  BIC: {res.bic:.4f}  logLik: {res.llf:.4f}  "
@@ -184,7 +190,9 @@ def _notes(res):
     notes = []
     if res.is_singular():
         notes.append("boundary (singular) fit: see res.is_singular()")
-    if not res.converged:
+    if getattr(res, "specified", False):
+        notes.append("not fitted: " + res.optim.message)
+    elif not res.converged:
         notes.append(f"did not converge: {res.optim.message}")
     dropped = getattr(res.model, "nrows_dropped", 0)
     if dropped:
