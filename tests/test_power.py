@@ -197,3 +197,33 @@ def test_bad_input(sleep, fit):
                          varcorr={"Subject": G}, **kw)
     with pytest.raises(TypeError):
         mlmext.make_lmer(FORMULA, design, varcorr={"Subject": G}, VarCorr=G, **kw)
+
+
+def test_extend(sleep, fit):
+    ext = mlmext.extend(fit, along="Subject", n=40, seed=4)
+    d = ext.model.formula_info["data"]
+    levels = pd.unique(sleep["Subject"]).astype(str)
+    assert ext.nobs == 400 and d["Subject"].nunique() == 40 and ext.specified
+    np.testing.assert_array_equal(ext.fe_params.to_numpy(), fit.fe_params.to_numpy())
+    np.testing.assert_array_equal(ext.theta, fit.theta)
+    assert ext.sigma == fit.sigma and ext.reml == fit.reml
+    # the original design first, then level k copies level k mod 18 (its Days)
+    assert d["Subject"].iloc[:180].tolist() == sleep["Subject"].astype(str).tolist()
+    for k in (18, 30, 39):
+        rows = d.loc[d["Subject"] == f"Subject_new{k + 1}", "Days"].to_numpy()
+        orig = sleep.loc[sleep["Subject"].astype(str) == levels[k % 18], "Days"].to_numpy()
+        np.testing.assert_array_equal(rows, orig)
+    # fewer levels: the first n
+    small = mlmext.extend(fit, along="Subject", n=5)
+    assert small.nobs == 50
+    assert set(small.model.formula_info["data"]["Subject"].astype(str)) == set(levels[:5])
+    # the extended model's design is the one power_curve cuts down
+    pc = mlmext.power_curve(ext, "Days", along="Subject", breaks=[40], nsim=3, seed=1,
+                            test="z")
+    assert pc["nobs"].tolist() == [400]
+    with pytest.raises(ValueError, match="along='Patient'"):
+        mlmext.extend(fit, along="Patient", n=40)
+    with pytest.raises(ValueError, match="positive integer"):
+        mlmext.extend(fit, along="Subject", n=0)
+    with pytest.raises(ValueError, match="positive integer"):
+        mlmext.extend(fit, along="Subject", n=20.5)
