@@ -12,6 +12,7 @@ and reading one result never changes another (lme4's ``devfun``, MixedModels.jl'
 * :mod:`.lmm` -- the profiled (RE)ML deviance of a linear mixed model.
 """
 from .lmm import LMMDeviance, LMMState
-from .params import MixedParams, sdcor_from_theta, theta_from_sdcor
+from .params import MixedParams, sdcor_from_cov, sdcor_from_theta, theta_from_sdcor
 
-__all__ = ["LMMDeviance", "LMMState", "MixedParams", "sdcor_from_theta", "theta_from_sdcor"]
+__all__ = ["LMMDeviance", "LMMState", "MixedParams", "sdcor_from_cov", "sdcor_from_theta",
+           "theta_from_sdcor"]

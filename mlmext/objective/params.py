@@ -19,7 +19,7 @@ import numpy as np
 
 from ..design import lower_tri
 
-__all__ = ["MixedParams", "sdcor_from_theta", "theta_from_sdcor"]
+__all__ = ["MixedParams", "sdcor_from_theta", "sdcor_from_cov", "theta_from_sdcor"]
 
 
 @dataclass(frozen=True)
@@ -70,16 +70,22 @@ def sdcor_from_theta(design, theta, sigma=1.0):
 
     ``sigma`` scales theta to the response scale (LMMs); GLMMs use 1.
     """
+    return np.concatenate([sdcor_from_cov(sigma ** 2 * design.term_cov(theta, t))
+                           for t in design.terms])
+
+
+def sdcor_from_cov(C):
+    """A term's covariance matrix -> its sd / correlation parameters in lme4's order (lower
+    triangle, column by column; a correlation with a zero sd is 0)."""
+    C = np.asarray(C, dtype=float)
+    sd = np.sqrt(np.clip(np.diag(C), 0, None))
     out = []
-    for t in design.terms:
-        C = sigma ** 2 * design.term_cov(theta, t)
-        sd = np.sqrt(np.clip(np.diag(C), 0, None))
-        for i, j in lower_tri(t.q):
-            if i == j:
-                out.append(sd[i])
-            else:
-                den = sd[i] * sd[j]
-                out.append(C[i, j] / den if den > 0 else 0.0)
+    for i, j in lower_tri(C.shape[0]):
+        if i == j:
+            out.append(sd[i])
+        else:
+            den = sd[i] * sd[j]
+            out.append(C[i, j] / den if den > 0 else 0.0)
     return np.array(out)
 
 

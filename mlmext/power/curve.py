@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .._progress import Progress
 from ..inference import power_sim
-from .make import make_lmer
+from .make import formula_design, make_lmer
 
 __all__ = ["power_curve", "PowerCurve"]
 
@@ -88,15 +87,7 @@ def power_curve(res, term, along=None, within=None, breaks=None, effect=None, ns
     -------
     PowerCurve
     """
-    model = res.model
-    info = getattr(model, "formula_info", {})
-    data, formula = info.get("data"), info.get("formula")
-    if not isinstance(data, pd.DataFrame) or not formula or type(model).__name__ != "LinearMixedModel":
-        raise ValueError("power_curve needs a linear mixed model built from a formula and a "
-                         "DataFrame (mf.lmer or make_lmer)")
-    if not np.allclose(model.weights, 1.0) or np.any(np.asarray(model.offset) != 0):
-        raise NotImplementedError("power_curve does not carry prior weights or an offset over "
-                                  "to the subsets (make_lmer takes neither)")
+    model, data, formula = formula_design(res, "power_curve")
     names = list(model.exog_names)
     if term not in names:
         raise ValueError(f"unknown fixed effect {term!r}; the fixed effects are {names}")

@@ -6,7 +6,7 @@ import numbers
 import numpy as np
 import pandas as pd
 
-from .make import make_lmer
+from .make import formula_design, make_lmer
 
 __all__ = ["extend"]
 
@@ -37,15 +37,7 @@ def extend(res, along, n, seed=None):
     LMMResults
         As :func:`make_lmer` returns (not fitted).
     """
-    model = res.model
-    info = getattr(model, "formula_info", {})
-    data, formula = info.get("data"), info.get("formula")
-    if not isinstance(data, pd.DataFrame) or not formula or type(model).__name__ != "LinearMixedModel":
-        raise ValueError("extend needs a linear mixed model built from a formula and a "
-                         "DataFrame (mf.lmer or make_lmer)")
-    if not np.allclose(model.weights, 1.0) or np.any(np.asarray(model.offset) != 0):
-        raise NotImplementedError("extend does not carry prior weights or an offset over to "
-                                  "the new design (make_lmer takes neither)")
+    model, data, formula = formula_design(res, "extend")
     if along not in data.columns:
         raise ValueError(f"along={along!r} is not a column of the data ({list(data.columns)})")
     if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:

@@ -6,10 +6,9 @@ import numbers
 import numpy as np
 import pandas as pd
 
-from ..design import lower_tri
 from ..inference import simulate
 from ..lmm import LinearMixedModel
-from ..objective import LMMState, theta_from_sdcor
+from ..objective import LMMState, sdcor_from_cov, theta_from_sdcor
 from ..optimize import OptSummary
 from ..results import LMMResults, MixedResultsWrapper
 
@@ -68,7 +67,7 @@ def _sdcor_vector(varcorr, design):
                                  "covariance matrix")
             if not v >= 0:
                 raise ValueError(f"varcorr[{label!r}]: a standard deviation must be >= 0; got {v}")
-            out.append(float(v))
+            out.append(np.array([float(v)]))
             continue
         if isinstance(v, pd.DataFrame):
             if set(v.index) != set(t.colnames) or set(v.columns) != set(t.colnames):
@@ -82,14 +81,24 @@ def _sdcor_vector(varcorr, design):
         if not np.allclose(C, C.T, rtol=1e-12, atol=0) or \
                 np.linalg.eigvalsh(C).min() < -1e-10 * max(np.abs(C).max(), 1e-300):
             raise ValueError(f"varcorr[{label!r}] is not a symmetric positive semi-definite matrix")
-        sd = np.sqrt(np.diag(C))
-        for i, j in lower_tri(t.q):                # theta_from_sdcor's order
-            if i == j:
-                out.append(sd[i])
-            else:
-                den = sd[i] * sd[j]
-                out.append(C[i, j] / den if den > 0 else 0.0)
-    return np.array(out)
+        out.append(sdcor_from_cov(C))             # theta_from_sdcor's order
+    return np.concatenate(out)
+
+
+def formula_design(res, what):
+    """``(model, data, formula)`` of a linear mixed model built from a formula and a DataFrame
+    without weights or offsets: what :func:`power_curve` and :func:`extend` rebuild on a new
+    design (``what`` names the caller in the errors)."""
+    model = res.model
+    info = getattr(model, "formula_info", {})
+    data, formula = info.get("data"), info.get("formula")
+    if not isinstance(data, pd.DataFrame) or not formula or type(model).__name__ != "LinearMixedModel":
+        raise ValueError(f"{what} needs a linear mixed model built from a formula and a "
+                         "DataFrame (mf.lmer or make_lmer)")
+    if not np.allclose(model.weights, 1.0) or np.any(np.asarray(model.offset) != 0):
+        raise NotImplementedError(f"{what} does not carry prior weights or an offset over to a "
+                                  "new design (make_lmer takes neither)")
+    return model, data, formula
 
 
 def make_lmer(formula, data, fixef, varcorr=None, sigma=None, theta=None, reml=True,
