@@ -4,7 +4,7 @@ from ._warnings import import_statsmodels_keeping_user_filters
 import_statsmodels_keeping_user_filters()        # before anything imports statsmodels
 
 from . import cor  # noqa: E402  (mlmext.cor.AR1, CAR1, CompSymm for lmer(correlation=))
-from .design import UnidentifiedSlopeWarning  # noqa: E402
+from .identifiability import UnidentifiedSlopeWarning  # noqa: E402
 from .inference import anova, drop1, ranova  # noqa: E402
 from .model_selection import cross_validate  # noqa: E402
 from .power import extend, make_lmer, power_curve  # noqa: E402

@@ -283,16 +283,21 @@ class MixedModel(LikelihoodModel):
         rebuilt here, from the same rows, so stateful transforms learn the same state.
         """
         info = self.formula_info
-        if info.get("data") is None or info.get("parsed") is None:
+        frame = self._spec_frame()
+        if frame is None or info.get("parsed") is None:
             raise ValueError("this model has no formula and model frame to evaluate new data with "
                              "(a model built from arrays, or a result pickled after remove_data())")
         mgr = formula_manager()
         env = info.get("eval_env")
-        _, X_df = self._fixed_matrices(mgr, info["parsed"], info["data"], env)
+        _, X_df = self._fixed_matrices(mgr, info["parsed"], frame, env)
         info["fixed_spec"] = mgr.get_model_spec(X_df)
         for t in self.re_design.terms:
-            Z = evaluate(mgr, t.lhs, info["data"], env, f"random-effects term ({t.lhs} | {t.name})")
+            Z = evaluate(mgr, t.lhs, frame, env, f"random-effects term ({t.lhs} | {t.name})")
             t.spec = mgr.get_model_spec(Z)
+
+    def _spec_frame(self):
+        """The rows the formula engine's state was learned from (the model frame)."""
+        return self.formula_info.get("data")
 
     #: caches of the factorization's set-up (rebuilt on first use, not pickled)
     _unpickled_caches = ("_xprod", "_pirls_u", "_pirls_x", "_scalar_lap_template")

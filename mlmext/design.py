@@ -14,23 +14,13 @@ Vocabulary (lme4 / MixedModels.jl):
 from __future__ import annotations
 
 import numbers
-import warnings
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
 __all__ = ["ReTerm", "ReBlock", "RandomEffectsDesign", "grouping_factor", "match_levels",
-           "UnidentifiedSlopeWarning", "slopes_constant_within_levels", "warn_constant_slopes"]
-
-
-class UnidentifiedSlopeWarning(UserWarning):
-    """A random slope whose variable is constant within every level of its grouping factor.
-
-    A ``UserWarning`` (as the other warnings about the model as specified, such as a
-    rank-deficient fixed-effects design), not a ``ConvergenceWarning``: it is raised when
-    the model is built, before any fit, and says what the data cannot identify.
-    """
+           "lower_tri"]
 
 
 def lower_tri(q):
@@ -216,110 +206,6 @@ def match_levels(data, term):
     return out
 
 
-def _level_constant(X, codes):
-    """Per column of ``X``: is it constant within every level of ``codes``?"""
-    m = int(codes.max()) + 1 if len(codes) else 0
-    spread = np.empty((m, X.shape[1]))
-    for j in range(X.shape[1]):          # each level's max - min, without sorting the rows
-        hi = np.full(m, -np.inf)
-        lo = np.full(m, np.inf)
-        with np.errstate(invalid="ignore"):                 # NaN: NaN spread, not constant
-            np.maximum.at(hi, codes, X[:, j])
-            np.minimum.at(lo, codes, X[:, j])
-        spread[:, j] = hi - lo           # a level without rows: -inf, no objection
-    scale = np.abs(X).max(axis=0)
-    return np.all(spread <= 1e-12 * np.where(scale > 0, scale, 1.0), axis=0)
-
-
-def slopes_constant_within_levels(X, codes, colnames, pairs=None):
-    """Random-effects columns whose variance parameters the data cannot identify.
-
-    ``X`` holds the random-effects columns on one grouping factor (``codes``: the
-    level of each row).  A column (other than a column of ones, the intercept) is a
-    candidate when it is constant within every level and another column that is
-    constant within every level (usually the intercept) is non-zero in a level where
-    it is: in such a level the two columns are proportional, so their random effects
-    act as one, ``b0 + b1 w_g``.  The covariance parameters of the constant columns
-    then enter the model only through ``z_g' Sigma z_g`` per level (``z_g`` the
-    level's values): they are identified only if the products ``z_ga z_gb`` of the
-    parameters' column pairs ``(a, b)`` span their number of dimensions over the levels
-    (``(1 + w | g)``: ``w`` with three or more distinct values; ``(1 + w || g)``: two
-    distinct values of ``w^2``).  Candidates are reported when they do not.  Columns
-    that never share a level (the dummies of ``(0 + f | g)``) are not candidates.
-
-    Parameters
-    ----------
-    pairs : list of (int, int), optional
-        The column pairs that have a covariance parameter (``(a, a)``: a variance);
-        default all pairs (one correlated term).
-
-    Returns
-    -------
-    list of str
-        The names of the reported columns, in their order.
-    """
-    X = np.asarray(X, dtype=float)
-    if X.shape[1] < 2:
-        return []
-    codes = np.asarray(codes)
-    const = _level_constant(X, codes)
-    ones = np.all(X == 1.0, axis=0)
-    if const.sum() < 2 or not np.any(const & ~ones):
-        return []
-    nonzero = X != 0
-    out = []
-    for j in np.flatnonzero(const & ~ones):
-        others = [k for k in np.flatnonzero(const) if k != j]
-        if np.any(nonzero[:, [j]] & nonzero[:, others]):
-            out.append(j)
-    if not out:
-        return []
-    q = X.shape[1]
-    if pairs is None:
-        pairs = [(a, b) for b in range(q) for a in range(b, q)]
-    cols = set(np.flatnonzero(const).tolist())
-    pairs = [(a, b) for a, b in pairs if a in cols and b in cols]
-    _, first = np.unique(codes, return_index=True)
-    Zg = X[first]                                   # each level's (constant) values
-    M = np.column_stack([Zg[:, a] * Zg[:, b] for a, b in pairs])
-    scale = np.abs(M).max(axis=0)
-    M = M / np.where(scale > 0, scale, 1.0)
-    if np.linalg.matrix_rank(M, tol=1e-8 * max(M.shape)) >= len(pairs):
-        return []                                   # identified by the spread of z_g
-    return [colnames[j] for j in out]
-
-
-def warn_constant_slopes(design, stacklevel=2):
-    """Warn (:class:`UnidentifiedSlopeWarning`) for each grouping factor of ``design`` with random
-    slopes that :func:`slopes_constant_within_levels` reports (the terms on one factor are
-    taken together: ``(1 | g) + (0 + w | g)`` is ``(1 + w || g)``)."""
-    for block in design.blocks:
-        names = [c for t in block.terms for c in t.colnames]
-        pairs, off = [], 0
-        for t in block.terms:           # the (column, column) pairs with a parameter
-            pairs += [(off + i, off + j) for i, j in lower_tri(t.q)]
-            off += t.q
-        cols = slopes_constant_within_levels(block.X, block.codes, names, pairs)
-        if not cols:
-            continue
-        written = " + ".join(dict.fromkeys(getattr(t, "source", "") or f"({t.lhs} | {t.name})"
-                                           for t in block.terms))
-        what = ", ".join(repr(c) for c in cols)
-        one = len(cols) == 1
-        # with (1 + w || g) the slope has no correlation parameter, only a variance
-        correlated = any(t.q > 1 and set(cols) & set(t.colnames) for t in block.terms)
-        params = "variance and correlation" if correlated else "variance"
-        warnings.warn(
-            f"random effects {written}: {what} {'is' if one else 'are'} constant within every level of "
-            f"{block.name!r}, so {'its random slope' if one else 'their random slopes'} cannot be told "
-            f"apart from the random intercept (each level gets one effect, b0 + b1 * "
-            f"{cols[0] if one else 'value'}): the {params} of {'this slope' if one else 'these slopes'} "
-            f"{'is' if params == 'variance' else 'are'} "
-            "not identified, only the covariance of the observations they imply. Drop the slope "
-            f"(its fixed effect stays), or group by a factor within which {what} var{'ies' if one else 'y'}",
-            UnidentifiedSlopeWarning, stacklevel=stacklevel + 1)
-
-
 class ReTerm:
     """One random-effects term: grouping factor, model matrix and theta slice."""
 
@@ -328,6 +214,7 @@ class ReTerm:
         self.factors = tuple(factors)
         self.lhs = lhs
         self.X = np.asarray(X, dtype=float)
+        self._q, self.col_rms = self.X.shape[1], None
         self.colnames = list(colnames)
         self.codes = codes
         self.levels = list(levels)
@@ -338,11 +225,17 @@ class ReTerm:
 
     @property
     def q(self):
-        return self.X.shape[1]
+        return self._q
 
     @property
     def m(self):
         return len(self.levels)
+
+    def column_rms(self):
+        """Root mean square of each column of X (stored when the rows are not held: Dask)."""
+        if self.X is None:
+            return self.col_rms
+        return np.sqrt(np.mean(self.X ** 2, axis=0)) if len(self.X) else np.ones(self.q)
 
     @property
     def ntheta(self):
@@ -368,6 +261,7 @@ class ReBlock:
         self.codes = t0.codes
         self.levels = t0.levels
         self.X = np.hstack([t.X for t in self.terms]) if len(self.terms) > 1 else t0.X
+        self._q = self.X.shape[1]
         # template positions (row, col) in the q x q factor for each theta index
         rows, cols, idx = [], [], []
         off = 0
@@ -383,7 +277,7 @@ class ReBlock:
 
     @property
     def q(self):
-        return self.X.shape[1]
+        return self._q
 
     @property
     def m(self):
@@ -392,6 +286,9 @@ class ReBlock:
     @property
     def nre(self):
         return self.m * self.q
+
+    def column_rms(self):
+        return np.concatenate([t.column_rms() for t in self.terms])
 
     def lam(self, theta):
         """The block's q x q lower-triangular template Lambda for ``theta``."""
@@ -468,7 +365,7 @@ class RandomEffectsDesign:
         """
         units = np.ones(self.ntheta)
         for t in self.terms:
-            rms = np.sqrt(np.mean(t.X ** 2, axis=0)) if len(t.X) else np.ones(t.q)
+            rms = t.column_rms()
             for k, (i, _) in enumerate(lower_tri(t.q)):
                 if np.isfinite(rms[i]) and rms[i] > 0:
                     units[t.theta_index[k]] = rms[i]
@@ -511,3 +408,4 @@ class RandomEffectsDesign:
                 else:
                     names.append(f"{t.name}.{t.colnames[i]}.{t.colnames[j]}")
         return names
+

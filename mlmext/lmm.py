@@ -28,21 +28,29 @@ def _check_reml(reml):
         raise ValueError(f"reml must be True (REML) or False (ML); got {reml!r}")
 
 
-def _one_block_criterion(blk, XY, w, nu, reml):
-    """``lam -> criterion`` (up to a constant) of the model with this random-effects block alone.
+def block_alone_cross(blk, XY, w):
+    """Cross-products of the model with one random-effects block alone, from the rows:
+    ``Z_g' W Z_g`` (m, q, q), ``Z_g' W [X y]`` by component (q, m, p + 1), ``[X y]' W [X y]``.
 
     The start of a fit with several blocks optimizes each block alone; with one block the
     system is block-diagonal plus ``[X y]``, so its cross-products come from bincounts over
     the rows (no sparse factor to set up) and an evaluation costs O(levels), not O(n).
     """
     m, q, k = blk.m, blk.q, XY.shape[1]
-    A = block_cross(blk.X, blk.codes, m, w)                      # Z_g' W Z_g, (m, q, q)
+    A = block_cross(blk.X, blk.codes, m, w)
     WXY = XY * w[:, None]
-    C = np.empty((q, m, k))                                      # Z_g' W [X y] by component
+    C = np.empty((q, m, k))
     for a in range(q):
         for j in range(k):
             C[a, :, j] = np.bincount(blk.codes, weights=blk.X[:, a] * WXY[:, j], minlength=m)
-    G = XY.T @ WXY
+    return A, C, XY.T @ WXY
+
+
+def _one_block_criterion(cross, nu, reml):
+    """``lam -> criterion`` (up to a constant) of the model with one block alone, from its
+    cross-products (:func:`block_alone_cross`)."""
+    A, C, G = cross
+    q = A.shape[1]
     diag = np.arange(q)
 
     def crit(lam):
@@ -77,6 +85,7 @@ class LinearMixedModel(MixedModel):
     """
 
     _api_name = "lmer"
+    _results_class = LMMResults
     _init_hints = {
         "family": "lmer fits a Gaussian linear mixed model; use glmer(..., family=...) for "
                   "binomial or Poisson responses, glmer_nb for negative binomial counts",
@@ -120,6 +129,12 @@ class LinearMixedModel(MixedModel):
         if xp is None:        # two threads may both build it: same value, either one is kept
             xp = self._xprod = BlockedCholesky(self.re_design.blocks, self._XY, self.weights)
         return xp
+
+    def _has_prior_weights(self):
+        return not np.allclose(self.weights, 1.0)
+
+    def _block_alone_cross(self, blk):
+        return block_alone_cross(blk, self._XY, self.weights)
 
     def deviance(self, reml=True):
         """The profiled REML criterion (or -2 log-likelihood) as a function of theta.
@@ -193,7 +208,7 @@ class LinearMixedModel(MixedModel):
             return start, scale
         nu = self.nobs - (self.k_fe if reml else 0)
         for blk in des.blocks:
-            crit = _one_block_criterion(blk, self._XY, self.weights, nu, reml)
+            crit = _one_block_criterion(self._block_alone_cross(blk), nu, reml)
             idx = blk.t_idx
 
             def dev(th_b, crit=crit, blk=blk, idx=idx):
@@ -270,7 +285,7 @@ class LinearMixedModel(MixedModel):
                                                   "tol", "disp", "cov_type", "cov_kwds", "ddf"])
         _check_reml(reml)
         ddf = check_fit_ddf(ddf, reml)                     # before the fit: fail fast
-        if ddf == "kenward-roger" and not np.allclose(self.weights, 1.0):
+        if ddf == "kenward-roger" and self._has_prior_weights():
             raise NotImplementedError("Kenward-Roger's method is not implemented for models with "
                                       "prior weights; use ddf='satterthwaite'")
         cov_kwds = check_cov_args(cov_type, cov_kwds)     # before the fit: fail fast
@@ -289,7 +304,7 @@ class LinearMixedModel(MixedModel):
             state = dev.at(opt.x)
         theta, crit = state.theta, state.criterion
         opt = OptSummary.from_result(opt, initial=start)
-        res = LMMResults(self, state, optim=opt, ddf=ddf)
+        res = self._results_class(self, state, optim=opt, ddf=ddf)
         if disp:
             print(f"{'REML criterion' if reml else '-2 log-likelihood'} {crit:.6f} after "
                   f"{opt.nfev} evaluations: {opt.message} (tried {opt.tried})")

@@ -15,6 +15,7 @@ from statsmodels.iolib.table import SimpleTable
 from functools import cached_property as cache_readonly
 
 from ._args import reject_unknown
+from .prediction import re_contribution
 from .inference import InferenceMixin, robust_note
 from .inference.ddf_default import check_fit_ddf, ddf_note, summary_ddf, z_results
 from .objective import MixedParams
@@ -268,19 +269,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     # -------------------------------------------------------- prediction
     def _re_contribution(self, term_arrays):
         """Sum of Z_t b_t over terms for (X_t, codes) pairs; code -1 contributes 0."""
-        des = self.model.re_design
-        bs = self._blocks_b()
-        total = 0.0
-        for t, (Zt, codes) in zip(des.terms, term_arrays):
-            bi = next(i for i, b in enumerate(des.blocks) if t in b.terms)
-            blk = des.blocks[bi]
-            off = sum(tt.q for tt in blk.terms[:blk.terms.index(t)])
-            bt = bs[bi][:, off:off + t.q]
-            ok = codes >= 0
-            contrib = np.zeros(Zt.shape[0])
-            contrib[ok] = np.einsum("ij,ij->i", Zt[ok], bt[codes[ok]])
-            total = total + contrib
-        return total
+        return re_contribution(self.model.re_design, self._blocks_b(), term_arrays)
 
     def linear_predictor(self, data=None, re=True, offset=None):
         """X beta (+ Z b when ``re``) + offset, for the fitted rows or new ``data``; beta is

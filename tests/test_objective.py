@@ -295,7 +295,7 @@ def test_one_block_start_criterion_is_the_one_block_deviance(reml):
     criterion (no sparse factor, O(levels) per call): it must be the one-block model's
     profiled deviance, for scalar and vector blocks, with prior weights."""
     from mlmext.linalg import BlockedCholesky
-    from mlmext.lmm import _one_block_criterion
+    from mlmext.lmm import _one_block_criterion, block_alone_cross
     rng = np.random.default_rng(4)
     n, g, h = 600, 40, 12
     df = pd.DataFrame({"x": rng.normal(size=n), "z": rng.normal(size=n),
@@ -306,7 +306,7 @@ def test_one_block_start_criterion_is_the_one_block_deviance(reml):
     nu = m.nobs - (m.k_fe if reml else 0)
     assert sorted(b.q for b in m.re_design.blocks) == [1, 3]
     for blk in m.re_design.blocks:
-        crit = _one_block_criterion(blk, m._XY, m.weights, nu, reml)
+        crit = _one_block_criterion(block_alone_cross(blk, m._XY, m.weights), nu, reml)
         ch = BlockedCholesky([blk], m._XY, m.weights)
         for _ in range(3):
             th = m.re_design.theta_start + rng.uniform(-0.5, 1.0, m.re_design.ntheta)

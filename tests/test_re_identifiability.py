@@ -18,7 +18,7 @@ import pytest
 import statsmodels.api as sm
 
 from mlmext import UnidentifiedSlopeWarning
-from mlmext.design import slopes_constant_within_levels
+from mlmext.identifiability import slopes_constant_within_levels
 from mlmext.formula import api as mf
 
 DATA = Path(__file__).parent / "data"

@@ -5,6 +5,8 @@
 from mlmext.gee import gee_select  # noqa: F401  (GEE working-correlation selection by QIC)
 from mlmext.glmm import GeneralizedLinearMixedModel, NegativeBinomialMixedModel
 from mlmext.cor import CorrelatedLinearMixedModel
+from mlmext.dask import is_dask_frame
+from mlmext.dask.model import DaskLinearMixedModel
 from mlmext.lmm import LinearMixedModel
 from mlmext.ordinal import OrdinalMixedModel
 
@@ -18,7 +20,10 @@ def lmer(formula, data, weights=None, offset=None, subset=None, missing="drop", 
     formula : str
         ``"y ~ x + (x | g)"``; random-effects terms ``(expr | g)``,
         ``(expr || g)``, ``(1 | a/b)``, ``(1 | a:b)``; ``offset(expr)``.
-    data : pandas.DataFrame
+    data : pandas.DataFrame or dask.dataframe.DataFrame
+        A Dask DataFrame gives a :class:`~mlmext.dask.model.DaskLinearMixedModel`: the data
+        stay on the workers, the model holds their cross-products (see the user guide's
+        "Data beyond one machine").
     weights, offset : str or array_like, optional
         Prior weights and a known offset (column names or arrays).
     subset : array_like, optional
@@ -35,6 +40,12 @@ def lmer(formula, data, weights=None, offset=None, subset=None, missing="drop", 
         Call ``.fit(reml=True)`` on it (a
         :class:`~mlmext.cor.CorrelatedLinearMixedModel` with ``correlation``).
     """
+    if is_dask_frame(data):          # cross-products summed on the workers (mlmext.dask)
+        if correlation is not None:
+            raise NotImplementedError("correlation= is not available for Dask data")
+        return DaskLinearMixedModel.from_formula(formula, data, weights=weights, offset=offset,
+                                                 subset=subset, missing=missing,
+                                                 eval_env=eval_env + 1, **kwargs)
     if correlation is not None:
         return CorrelatedLinearMixedModel.from_formula(
             formula, data, weights=weights, offset=offset, subset=subset, missing=missing,

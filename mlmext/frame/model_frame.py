@@ -27,13 +27,14 @@ import numpy as np
 import pandas as pd
 
 from .._frames import as_dataframe
-from ..design import RandomEffectsDesign, ReTerm, grouping_factor, warn_constant_slopes
+from ..design import RandomEffectsDesign, ReTerm, grouping_factor
+from ..identifiability import warn_constant_slopes
 from .engine import display_name, evaluate, formula_error, formula_manager, names_in, quote_names
 from .patsy_pass import Fallback, FixedParts, make_plan
 from .pieces import drop_unused_categories, generic_pieces, one_pass_pieces
 from .terms import parse_formula
 
-__all__ = ["ModelFrame", "FixedParts", "build_model_frame", "quote_names", "display_name",
+__all__ = ["ModelFrame", "FixedParts", "build_model_frame", "used_columns", "quote_names", "display_name",
            "apply_subset", "evaluate", "formula_error", "formula_manager"]
 
 
@@ -193,7 +194,7 @@ def _aligned(v, data, original_index, what):
     return v
 
 
-def _used_columns(parsed, data, weights, offset):
+def used_columns(parsed, data, weights, offset):
     """The columns of ``data`` the model uses, in the data's order: names in the formula (and
     the head of a dotted name, ``x`` of ``x.mean()``), grouping factors, weights and offset."""
     names = set()
@@ -294,7 +295,7 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         data = data.reset_index(drop=True)
         pieces = generic_pieces(mgr, parsed, data, env, fixed_matrices, w_all, off_all,
                                  missing, resp_col)
-    used = _used_columns(parsed, data, weights, offset)
+    used = used_columns(parsed, data, weights, offset)
     if pieces.frame is None:
         sub = _model_data(data, used, pieces.kept, resp_col, dtypes)
     else:

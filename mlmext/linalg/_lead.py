@@ -27,6 +27,37 @@ from .base import Factor
 SMALL_DENSE_FLOPS = 2_000_000
 
 
+def row_cross_products(b1, rest, XY, weights=None, sparse_Z=None):
+    """``(A11, A_r1, A_rr)`` of rows: what :meth:`LeadBlockFactor.set_cross_products` takes.
+
+    The blocks hold the rows' model matrices and level codes (``X``, ``codes``); the first
+    block's (``b1``) cross-products are per level, the ``rest`` (and ``XY``, the response
+    last) enter ``A_r1`` and ``A_rr``.  Sums of these over row chunks are the cross-products of
+    all the rows (:mod:`mlmext.dask`).  ``sparse_Z``: ``() -> (Z_1, Z_rest)`` (csc) when
+    the caller caches them.
+    """
+    n = XY.shape[0]
+    w = np.ones(n) if weights is None else weights
+    A11 = block_cross(b1.X, b1.codes, b1.m, w)
+    r = sum(b.nre for b in rest) + XY.shape[1]
+    if n * (b1.nre + r) * r <= SMALL_DENSE_FLOPS:
+        # small: dense products (scipy.sparse construction would cost ~1 ms of overhead)
+        sw = np.sqrt(w)[:, None]
+        Zr = np.hstack([dense_Z(b) for b in rest] + [XY]) * sw
+        return A11, sparse.csr_matrix(Zr.T @ (dense_Z(b1) * sw)), Zr.T @ Zr
+    if sparse_Z is None:
+        Z1 = b1.Z().tocsc()
+        Zrest = sparse.hstack([b.Z() for b in rest], format="csc") if rest else None
+    else:
+        Z1, Zrest = sparse_Z()
+    sw = sparse.diags(np.sqrt(w))
+    XYs = sparse.csc_matrix(XY)
+    Zr = XYs if Zrest is None else sparse.hstack([Zrest, XYs], format="csc")
+    Zr = (sw @ Zr).tocsc()
+    Z1 = (sw @ Z1).tocsc()
+    return A11, (Zr.T @ Z1).tocsr(), (Zr.T @ Zr).toarray()      # A_r1 sparse, A_rr dense
+
+
 class LeadBlockFactor(Factor):
     """Base of the factors with a block-diagonal first block and a dense remainder.
 
@@ -52,6 +83,13 @@ class LeadBlockFactor(Factor):
     _sn = _rpos = None
 
     def __init__(self, blocks, XY, weights=None, reweighting=False, depth=1):
+        self._structure(blocks, XY.shape[1] - 1, depth)
+        if reweighting:             # set up for repeated reweight() calls (GLMM PIRLS) only
+            self.reweight(XY, weights)
+        else:
+            self.set_data(XY, weights)
+
+    def _structure(self, blocks, p, depth):
         self.blocks = blocks
         b1 = blocks[0]
         self.m1, self.q1 = b1.m, b1.q
@@ -60,14 +98,20 @@ class LeadBlockFactor(Factor):
         self._rest_blocks = rest
         self.rest_sizes = [b.nre for b in rest]
         self.rz = int(sum(self.rest_sizes))
-        self.p = XY.shape[1] - 1
+        self.p = p
         self.r = self.rz + self.p + 1
         self._scalar_rest = all(b.q == 1 for b in rest)
         self._schur = None
-        if reweighting:             # set up for repeated reweight() calls (GLMM PIRLS) only
-            self.reweight(XY, weights)
-        else:
-            self.set_data(XY, weights)
+
+    @classmethod
+    def from_cross_products(cls, blocks, A11, A_r1, A_rr):
+        """The factor of data seen only through their cross-products (see
+        :meth:`set_cross_products`); :meth:`set_data`, :meth:`reweight` and
+        :meth:`local_inverse` need the rows and are not available on it."""
+        self = cls.__new__(cls)
+        rz = sum(b.nre for b in blocks[1:])
+        self._structure(blocks, A_rr.shape[0] - rz - 1, 1)
+        return self.set_cross_products(A11, A_r1, A_rr)
 
     # sparse model matrices, built when first needed (small systems' set_data does without them)
     @functools.cached_property
@@ -84,25 +128,24 @@ class LeadBlockFactor(Factor):
         The random-effects structure is kept; a GLMM calls this once per
         PIRLS iteration with its working weights and response.
         """
-        n = XY.shape[0]
-        w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
-        b1 = self.blocks[0]
-        self.A11 = block_cross(b1.X, b1.codes, b1.m, w)
+        w = None if weights is None else np.asarray(weights, dtype=float)
+        # the sparse model matrices are cached for the next call (a GLMM's PIRLS steps)
+        A11, A_r1, A_rr = row_cross_products(self.blocks[0], self._rest_blocks, XY, w, lambda: (self._Z1, self._Zrest))
+        return self.set_cross_products(A11, A_r1, A_rr)
+
+    def set_cross_products(self, A11, A_r1, A_rr):
+        """Take the cross-products as given (summed over row chunks elsewhere: Dask).
+
+        ``A11`` (m1, q1, q1): the first block's per-level ``Z_1g' W Z_1g``; ``A_r1``
+        (r, m1 q1), sparse: ``[Z_rest X y]' W Z_1``; ``A_rr`` (r, r), dense:
+        ``[Z_rest X y]' W [Z_rest X y]`` (blocks in factor order, levels in each block's
+        order, the response last): what :func:`row_cross_products` gives.
+        """
         m1q1 = self.m1 * self.q1
-        if n * (m1q1 + self.r) * self.r <= SMALL_DENSE_FLOPS:
-            # small: dense products (scipy.sparse construction would cost ~1 ms of overhead)
-            sw = np.sqrt(w)[:, None]
-            Zr = np.hstack([dense_Z(b) for b in self._rest_blocks] + [XY]) * sw
-            self.A_r1 = sparse.csr_matrix(Zr.T @ (dense_Z(b1) * sw))
-            self.A_rr = Zr.T @ Zr
-        else:
-            sw = sparse.diags(np.sqrt(w))
-            XYs = sparse.csc_matrix(XY)
-            Zr = XYs if self._Zrest is None else sparse.hstack([self._Zrest, XYs], format="csc")
-            Zr = (sw @ Zr).tocsc()
-            Z1 = (sw @ self._Z1).tocsc()
-            self.A_r1 = (Zr.T @ Z1).tocsr()          # r x (m1 q1), sparse
-            self.A_rr = (Zr.T @ Zr).toarray()        # r x r, dense
+        if A_rr.shape != (self.r, self.r) or A_r1.shape != (self.r, m1q1) \
+                or A11.shape != (self.m1, self.q1, self.q1):
+            raise ValueError("the cross-products do not match the factor's blocks")
+        self.A11, self.A_r1, self.A_rr = A11, sparse.csr_matrix(A_r1), np.asarray(A_rr, dtype=float)
         self._order_rest()
         self.A_1r = self.A_r1.T.tocsr()
         if self.r * m1q1 <= SMALL_DENSE:

@@ -75,8 +75,8 @@ class DenseFactor(LeadBlockFactor):
         self._rpos = np.empty(rz, dtype=np.int64)
         self._rpos[plan.perm] = np.arange(rz)
 
-    def set_data(self, XY, weights=None):
-        super().set_data(XY, weights)
+    def set_cross_products(self, A11, A_r1, A_rr):
+        super().set_cross_products(A11, A_r1, A_rr)
         self._compact = None
         if self._sn is not None and self._schur.P is not None:
             # the Schur complement and the gradient's sums on the pattern's positions alone:

@@ -91,6 +91,11 @@ class NestedFactor(LeadBlockFactor):
         return new
 
     # -- cross-products of the chain --------------------------------------------------
+    @classmethod
+    def from_cross_products(cls, blocks, A11, A_r1, A_rr):
+        raise NotImplementedError("the nested storage needs the chain's own cross-products; "
+                                  "use DenseFactor.from_cross_products")
+
     def set_data(self, XY, weights=None):
         super().set_data(XY, weights)
         self._chain_cross(XY, self._weights(XY, weights))

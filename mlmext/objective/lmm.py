@@ -188,7 +188,7 @@ class LMMDeviance:
         u = self.__dict__.get("_blk_units")
         if u is None:                  # root mean square of each block's columns of Z
             u = self._blk_units = [np.where(r > 0, r, 1.0) for r in
-                                   (np.sqrt(np.mean(b.X * b.X, axis=0)) for b in self.design.blocks)]
+                                   (b.column_rms() for b in self.design.blocks)]
         return u
 
     def _units(self):

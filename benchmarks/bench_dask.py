@@ -1,0 +1,140 @@
+"""Linear mixed models of Parquet data through Dask: time per pass and per evaluation, the
+client's peak memory, and agreement with the in-memory fit.
+
+The ratings design of ``bench_scale.py`` (``y ~ x + grp + (1 + x | user) + (1 | item)``, ML,
+users uniform, items Zipf(1.3)) is written to Parquet in files of 250k rows (the writer never
+holds all rows), then fitted in a fresh process through a ``LocalCluster`` of 2 worker
+processes with a memory limit each: the client reads nothing but the cross-products.
+
+    python benchmarks/bench_dask.py                         # 1M rows, and the pandas fit to compare
+    python benchmarks/bench_dask.py --rows 10000000 --users 200000 --items 5000 --no-pandas
+    python benchmarks/bench_dask.py --rows 30000000 --worker-memory 400MB --no-pandas
+
+The last line is a larger-than-memory run: the rows in memory outweigh the two workers'
+limits together (the table prints both).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+FORMULA = "y ~ x + grp + (1 + x | user) + (1 | item)"
+CHUNK = 250_000
+
+
+def write_parquet(path, n_rows, n_users, n_items, seed=14):
+    """The ratings rows in files of CHUNK rows (user and item as integer codes)."""
+    import pandas as pd
+    os.makedirs(path, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    u0, u1, v = rng.normal(0, 0.6, n_users), rng.normal(0, 0.2, n_users), rng.normal(0, 0.9, n_items)
+    grp_user = rng.integers(0, 2, n_users).astype(float)
+    pop = np.arange(1, n_items + 1, dtype=float) ** -1.3
+    pop /= pop.sum()
+    for k, start in enumerate(range(0, n_rows, CHUNK)):
+        n = min(CHUNK, n_rows - start)
+        r = np.random.default_rng([seed, k])
+        user = r.integers(0, n_users, n)
+        item = r.choice(n_items, size=n, p=pop)
+        x = r.normal(size=n)
+        grp = grp_user[user]
+        y = 3.0 + 0.5 * x + 0.3 * grp + u0[user] + u1[user] * x + v[item] + r.normal(size=n)
+        pd.DataFrame({"y": y, "x": x, "grp": grp, "user": user, "item": item}).to_parquet(
+            os.path.join(path, f"part-{k:04d}.parquet"), index=False)
+
+
+def child_dask(path, worker_memory, out):
+    import dask.dataframe as dd
+    import distributed
+    from mlmext.formula import api as mf
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  memory_limit=worker_memory, dashboard_address=None) as cluster, \
+            distributed.Client(cluster):
+        ddf = dd.read_parquet(path)
+        mem_rows = None
+        t0 = time.perf_counter()
+        model = mf.lmer(FORMULA, ddf)
+        t1 = time.perf_counter()
+        res = model.fit(reml=False)
+        t2 = time.perf_counter()
+        mem_rows = float(ddf.memory_usage(deep=True).sum().compute()) / 2 ** 20
+    rec = {"build": t1 - t0, "fit": t2 - t1, "nfev": res.optim.nfev, "timings": model.timings,
+           "npartitions": model.npartitions, "rows_in_memory_mb": mem_rows,
+           "client_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "params": list(map(float, res.params)), "theta": list(map(float, res.theta)),
+           "llf": float(res.llf), "nobs": res.nobs, "r": int(model._cross_products().r)}
+    json.dump(rec, open(out, "w"))
+
+
+def child_pandas(path, out):
+    import pandas as pd
+    from mlmext.formula import api as mf
+    df = pd.read_parquet(path)
+    t0 = time.perf_counter()
+    res = mf.lmer(FORMULA, df).fit(reml=False)
+    rec = {"total": time.perf_counter() - t0, "params": list(map(float, res.params)),
+           "theta": list(map(float, res.theta)), "llf": float(res.llf),
+           "bse": list(map(float, res.bse)),
+           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    json.dump(rec, open(out, "w"))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--users", type=int, default=50_000)
+    ap.add_argument("--items", type=int, default=3_000)
+    ap.add_argument("--worker-memory", default="2GB", help="memory limit of each of the 2 workers")
+    ap.add_argument("--no-pandas", action="store_true", help="skip the in-memory fit")
+    ap.add_argument("--dir", default=None, help="where to write the Parquet files (default: a temp dir)")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        kind, path, out = args.child
+        return child_dask(path, args.worker_memory, out) if kind == "dask" else child_pandas(path, out)
+    tmp = args.dir or tempfile.mkdtemp(prefix="mlmext_dask_")
+    path = os.path.join(tmp, f"ratings_{args.rows}")
+    t0 = time.perf_counter()
+    if not os.path.isdir(path):
+        write_parquet(path, args.rows, args.users, args.items)
+    disk = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)) / 2 ** 20
+    print(f"{args.rows:,} rows, {args.users:,} users, {args.items:,} items: Parquet {disk:.0f} MiB "
+          f"on disk (written in {time.perf_counter() - t0:.1f} s)")
+    recs = {}
+    for kind in ["dask"] + ([] if args.no_pandas else ["pandas"]):
+        out = os.path.join(tmp, f"{kind}.json")
+        subprocess.run([sys.executable, __file__, "--worker-memory", args.worker_memory,
+                        "--child", kind, path, out], check=True)
+        recs[kind] = json.load(open(out))
+    d = recs["dask"]
+    t = d["timings"]
+    print(f"Dask, LocalCluster of 2 worker processes ({args.worker_memory} each), "
+          f"{d['npartitions']} partitions; rows in memory {d['rows_in_memory_mb']:.0f} MiB")
+    print(f"  pass 1 (levels)          {t['levels_pass']:8.2f} s")
+    print(f"  template model           {t['template']:8.2f} s")
+    print(f"  pass 2 (cross-products)  {t['cross_products_pass']:8.2f} s")
+    print(f"  factor set-up            {t['factor_setup']:8.2f} s")
+    print(f"  fit                      {d['fit']:8.2f} s  ({d['nfev']} evaluations, "
+          f"{d['fit'] / max(d['nfev'], 1):.3f} s each; dense remainder of order {d['r']})")
+    print(f"  total                    {d['build'] + d['fit']:8.2f} s; client peak RSS "
+          f"{d['client_peak_mb']:.0f} MiB")
+    if "pandas" in recs:
+        p = recs["pandas"]
+        se = np.asarray(p["bse"])
+        dpar = np.max(np.abs(np.subtract(d["params"], p["params"])) / se)
+        print(f"pandas in memory: {p['total']:.2f} s, peak RSS {p['peak_mb']:.0f} MiB")
+        print(f"  agreement: llf {d['llf']:.9f} vs {p['llf']:.9f} (diff {d['llf'] - p['llf']:.2e}); "
+              f"fixed effects {dpar:.2e} SE; theta max rel "
+              f"{np.max(np.abs(np.subtract(d['theta'], p['theta'])) / np.abs(p['theta'])):.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Linear mixed models of Dask DataFrames: the model holds cross-products, not rows.
+
+:class:`DaskLinearMixedModel` is a :class:`~mlmext.lmm.LinearMixedModel` whose factorization
+is set up from the summed cross-products (:meth:`~mlmext.linalg.DenseFactor.from_cross_products`)
+and which holds no row of the data: ``endog``, ``exog``, ``weights`` and the random-effects
+model matrices are None, so anything that would need the rows raises instead of reading the
+template frame's.  Everything that needs only the cross-products is the in-memory code
+unchanged: the fit and its convergence checks, ``summary``, ``varcorr``, ``ranef`` with
+conditional variances, Satterthwaite and Kenward-Roger df, ``t_test``, profiles.  The fitted
+values, residuals and predictions of Dask data are lazy Dask series.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import pandas as pd
+
+from ..base import caller_namespace
+from ..frame import display_name
+from ..linalg import DenseFactor
+from ..lmm import LinearMixedModel
+from ..prediction import re_contribution
+from ..results import LMMResults
+from .accumulate import accumulate, partition_rows
+from .learn import build_template, learn
+
+__all__ = ["DaskLinearMixedModel", "DaskLMMResults"]
+
+
+def _alone_cross(blocks, A11, A_r1, A_rr, p1):
+    """Per block, the cross-products of the model with that block alone (the fit's start):
+    the block's diagonal blocks and its rows against ``[X y]``, read off the sums."""
+    out = []
+    rz = A_rr.shape[0] - p1
+    b1 = blocks[0]
+    C1 = A_r1[rz:].toarray().reshape(p1, b1.m, b1.q).transpose(2, 1, 0)
+    G = A_rr[rz:, rz:]
+    out.append((A11, C1, G))
+    off = 0
+    for b in blocks[1:]:
+        idx = off + np.arange(b.nre).reshape(b.m, b.q)
+        A = A_rr[idx[:, :, None], idx[:, None, :]]
+        C = A_rr[idx.ravel(), rz:].reshape(b.m, b.q, p1).transpose(1, 0, 2)
+        out.append((A, C, G))
+        off += b.nre
+    return out
+
+
+class DaskLinearMixedModel(LinearMixedModel):
+    """A linear mixed model of a Dask DataFrame (see :mod:`mlmext.dask`).
+
+    Build it with ``mf.lmer(formula, data=ddf)`` or :meth:`from_formula`.  Two passes over
+    the partitions run on the workers (the formula's levels, then the cross-products); the
+    model then holds arrays of the size of the random effects, not of the rows.
+
+    Attributes
+    ----------
+    dask_data : dask.dataframe.DataFrame
+        The data (lazy: a reference to the graph, not the rows).
+    passes : int
+        Passes over the data made to build the model (2).
+    npartitions : int
+        Partitions of the data.
+    timings : dict
+        Seconds (wall clock) of each step of the build: ``levels_pass``, ``template``,
+        ``cross_products_pass``, ``factor_setup``.
+    """
+
+    @classmethod
+    def from_formula(cls, formula, data, subset=None, weights=None, offset=None,
+                     missing="drop", eval_env=0, **kwargs):
+        """Create the model of a Dask DataFrame from an lme4-style formula.
+
+        Parameters as :meth:`mlmext.lmm.LinearMixedModel.from_formula`, except: ``weights``
+        and ``offset`` name columns (arrays cannot be aligned with partitions); ``subset``
+        is not taken (select rows of the Dask DataFrame first); ``missing="drop"`` only.
+        """
+        if subset is not None:
+            raise NotImplementedError("subset= is not taken for Dask data; select the rows "
+                                      "first (ddf[ddf.x > 0])")
+        if missing != "drop":
+            raise NotImplementedError("missing='raise' is not taken for Dask data (rows with a "
+                                      "missing value are dropped and counted)")
+        env = caller_namespace(eval_env + 1) if isinstance(eval_env, int) else eval_env
+        clock = [time.perf_counter()]
+
+        def lap():
+            clock.append(time.perf_counter())
+            return clock[-1] - clock[-2]
+        state = learn(data, formula, weights=weights, offset=offset)
+        timings = {"levels_pass": lap()}
+        template = build_template(LinearMixedModel, state, env, kwargs)
+        self = cls.__new__(cls)
+        self.__dict__.update(template.__dict__)
+        self._hold_no_rows(state, data)
+        timings["template"] = lap()
+        sums = accumulate(data, self, state)          # the workers evaluate rows through self
+        timings["cross_products_pass"] = lap()
+        self._attach(sums)
+        timings["factor_setup"] = lap()
+        self.timings = timings
+        self.formula = formula
+        return self
+
+    # -- from the template to the model of the data ------------------------------------------
+    def _hold_no_rows(self, state, data):
+        """Drop the template frame's rows: what would read them fails instead of answering
+        for the template.  The formula state (specs, levels) stays."""
+        info = dict(self.formula_info)
+        info.update(data=None, template_frame=state.frame, row_labels=None)
+        self.formula_info = info
+        self._weighted = state.weights is not None
+        self._formula_state = state
+        self.dask_data = data
+        self.passes, self.npartitions = 2, data.npartitions
+        self.endog = self.exog = self._XY = self.weights = self.offset = None
+        for name in ("endog", "exog", "orig_endog", "orig_exog", "frame"):
+            if hasattr(self.data, name):
+                setattr(self.data, name, None)
+        des = copy.copy(self.re_design)
+        des.terms = [copy.copy(t) for t in des.terms]
+        new = dict(zip(map(id, self.re_design.terms), des.terms))
+        des.blocks = [copy.copy(b) for b in des.blocks]
+        for b in des.blocks:
+            b.terms = [new[id(t)] for t in b.terms]
+            b.X = b.codes = None
+        for t in des.terms:
+            t.X = t.codes = None
+        self.re_design = des
+
+    def _attach(self, sums):
+        """The data's counts, checks and cross-products (pass 2's sums)."""
+        n, p = sums["n"], self.k_fe
+        self._check_data(sums, n, p)
+        dropped = {k: v for k, v in (("missing values", sums["n_missing"]),
+                                     ("zero weights", sums["n_zero"])) if v}
+        self.nrows_dropped = sums["n_missing"] + sums["n_zero"]
+        self.formula_info.update(nrows_dropped=self.nrows_dropped, dropped=dropped)
+        self.nobs = float(n)
+        self._logw = sums["sumlogw"]
+        for t, zsq in zip(self.re_design.terms, sums["zsq"]):
+            t.col_rms = np.sqrt(zsq / max(n, 1))
+        A11, A_r1, A_rr = sums["A11"], sums["A_r1"], sums["A_rr"]
+        blocks = self.re_design.blocks
+        self._alone = _alone_cross(blocks, A11, A_r1, A_rr, p + 1)
+        self._xprod = DenseFactor.from_cross_products(blocks, A11, A_r1, A_rr)
+
+    def __getstate__(self):
+        # shipped to the workers (passes, predictions): the rows' graph and the client's
+        # cross-products stay behind
+        state = super().__getstate__()
+        for k in ("dask_data", "_alone"):
+            state.pop(k, None)
+        return state
+
+    def _check_data(self, sums, n, p):
+        """The in-memory model's checks of the data, on the cross-products."""
+        name = display_name(self.endog_names)
+        if n <= p:
+            raise ValueError(f"{n} observations for {p} fixed effects: a linear mixed model needs "
+                             "more observations than fixed effects")
+        if sums["ymax"] == sums["ymin"]:
+            raise ValueError(f"the response {name!r} is constant ({sums['ymin']:g}); there is "
+                             "nothing to model")
+        for t in self.re_design.terms:
+            if t.m >= n:
+                raise ValueError(f"grouping factor {t.name!r} has {t.m} levels for {n} "
+                                 "observations; the random effects and the residual are then "
+                                 "unidentifiable")
+        X = sums["XtX"]
+        d = np.sqrt(np.maximum(np.diag(X), 1e-300))
+        ev = np.linalg.eigvalsh(X / np.outer(d, d))
+        if ev[0] <= 1e-12 * ev[-1]:
+            raise ValueError("the fixed-effects design is rank deficient on the data (columns "
+                             f"{self.exog_names}); drop the redundant columns (a Dask fit does "
+                             "not drop them as lme4 does)")
+        rz = sums["A_rr"].shape[0] - p - 1
+        G = sums["A_rr"][rz:, rz:]
+        rss = G[-1, -1] - G[-1, :-1] @ np.linalg.solve(G[:-1, :-1], G[:-1, -1])
+        if rss <= 1e-20 * max(G[-1, -1], 1e-300):
+            raise ValueError(f"the fixed effects fit the response {name!r} exactly (residual sum "
+                             "of squares 0); a mixed model needs residual variation")
+
+    def _spec_frame(self):
+        return self.formula_info.get("template_frame")
+
+    def _has_prior_weights(self):
+        return self._weighted
+
+    def _block_alone_cross(self, blk):
+        return self._alone[self.re_design.blocks.index(blk)]
+
+    def _cross_products(self):
+        return self._xprod
+
+    def fit(self, *args, **kwargs):
+        """Fit as :meth:`mlmext.lmm.LinearMixedModel.fit` (same arguments); the fitted values,
+        residuals and predictions of the results are lazy Dask series."""
+        if kwargs.get("cov_type", "nonrobust") != "nonrobust":
+            raise NotImplementedError("cluster-robust covariances need the rows; not available "
+                                      "for Dask data")
+        return super().fit(*args, **kwargs)
+
+
+def _shipped(model):
+    """The model as one object of the task graph (sent once, not per partition)."""
+    import dask
+    return dask.delayed(model, pure=False, traverse=False)
+
+
+def _predict_partition(part, model, beta, bs, re):
+    """Linear predictor of one partition's rows (NaN where a row is incomplete)."""
+    X, terms, off = model._new_design(part, re=re)
+    eta = X @ beta + off
+    if re:
+        eta = eta + re_contribution(model.re_design, bs, terms)
+    return pd.Series(eta, index=part.index, name="predicted")
+
+
+def _fitted_partition(part, model, beta, bs, what):
+    """Fitted values (or residuals) of one partition's model rows (incomplete rows dropped)."""
+    XY, _, terms, rows = partition_rows(model, part, model._formula_state)
+    fit = XY[:, :-1] @ beta + re_contribution(model.re_design, bs, terms)
+    # XY's last column is y - offset: the offset cancels in the residual
+    out = fit + rows["offset"] if what == "fitted" else XY[:, -1] - fit
+    return pd.Series(out, index=rows["index"], name=what)
+
+
+class DaskLMMResults(LMMResults):
+    """Results of a :class:`DaskLinearMixedModel` fit: the in-memory results, with the
+    row-sized quantities lazy (Dask series computed on the workers when asked)."""
+
+    def _parts(self):
+        return self.model, np.asarray(self.fe_params), self._blocks_b()
+
+    @property
+    def fittedvalues(self):
+        """Fitted values with the conditional modes, a lazy Dask series over the model rows."""
+        return self._over_rows("fitted")
+
+    @property
+    def resid(self):
+        """Response residuals ``y - fittedvalues``, a lazy Dask series over the model rows."""
+        return self._over_rows("resid")
+
+    def _over_rows(self, what):
+        model, beta, bs = self._parts()
+        return model.dask_data.map_partitions(_fitted_partition, _shipped(model), beta, bs, what,
+                                              meta=(what, "f8"))
+
+    def predict(self, exog=None, data=None, re=True, which="mean", offset=None, **kwargs):
+        """Predictions as :meth:`MixedResults.predict`; for Dask ``data`` a lazy Dask series
+        (one value per row, NaN where a row has a missing value)."""
+        new = self._predict_args(exog, data, re, which, kwargs)
+        if new is None:
+            return self.fittedvalues
+        if type(new).__module__.split(".")[0] != "dask":
+            return super().predict(data=new, re=re, which=which, offset=offset)
+        if offset is not None:
+            raise TypeError("offset= is not taken with Dask data; the model's offset column is "
+                            "read from the new data")
+        model, beta, bs = self._parts()
+        return new.map_partitions(_predict_partition, _shipped(model), beta, bs, bool(re),
+                                  meta=("predicted", "f8"))
+
+
+DaskLinearMixedModel._results_class = DaskLMMResults
