@@ -150,7 +150,7 @@ def learn(ddf, formula, weights=None, offset=None):
         raise ValueError("no row of the data is complete (every row has a missing value in a "
                          f"column the model uses, {used}, or a zero weight)")
     sizes = [len(g) for g in summary["groups"]]
-    n = max([len(sample), 64] + [4 * s for s in sizes])
+    n = max([len(sample), 64] + sizes)
     rng = np.random.default_rng(0)
     frame = sample.iloc[np.resize(np.arange(len(sample)), n)].reset_index(drop=True)
     for cols, uniq in zip(groups, summary["groups"]):
@@ -174,9 +174,12 @@ def build_template(cls, state, env, kwargs):
     the template drops as collinear raises: whether the data's own column is collinear too
     is not known here, and a Dask fit does not drop columns.
     """
+    # the template frame has about one row per level: lme4's levels-versus-rows checks are
+    # for the data, and the model checks them on its counts
+    template_cls = type("Template" + cls.__name__, (cls,), {"_check_nlev_vs_nobs": False})
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        model = cls.from_formula(state.formula, state.frame, weights=state.weights,
+        model = template_cls.from_formula(state.formula, state.frame, weights=state.weights,
                                  offset=state.offset, eval_env=env, **kwargs)
     for w in seen:
         if "rank deficient" in str(w.message):

@@ -92,7 +92,7 @@ class DaskLinearMixedModel(LinearMixedModel):
         state = learn(data, formula, weights=weights, offset=offset)
         timings = {"levels_pass": lap()}
         template = build_template(LinearMixedModel, state, env, kwargs)
-        self = cls.__new__(cls)
+        self = cls.__new__(cls)                      # the template's state, then no rows
         self.__dict__.update(template.__dict__)
         self._hold_no_rows(state, data)
         timings["template"] = lap()
@@ -164,11 +164,14 @@ class DaskLinearMixedModel(LinearMixedModel):
         if sums["ymax"] == sums["ymin"]:
             raise ValueError(f"the response {name!r} is constant ({sums['ymin']:g}); there is "
                              "nothing to model")
-        for t in self.re_design.terms:
+        des = self.re_design
+        for t in des.terms:
             if t.m >= n:
                 raise ValueError(f"grouping factor {t.name!r} has {t.m} levels for {n} "
                                  "observations; the random effects and the residual are then "
                                  "unidentifiable")
+        if des.nre >= n and len(des.terms) == 1:
+            raise ValueError(f"the model has {des.nre} random effects for {n} observations")
         X = sums["XtX"]
         d = np.sqrt(np.maximum(np.diag(X), 1e-300))
         ev = np.linalg.eigvalsh(X / np.outer(d, d))
