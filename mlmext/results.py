@@ -413,7 +413,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         smry = Summary()
         smry.add_table_2cols(self, gleft=top_left, gright=top_right,
                              title=title or f"Mixed Model Results: {model.formula_info.get('formula', '')}")
-        sr = self.__dict__.get("_kept_resid_quantiles") if model.endog is None \
+        sr = self.__dict__.get("_kept_resid_quantiles") if getattr(model, "endog", None) is None \
             else self._scaled_resid_quantiles()
         if sr is not None:
             d = fixed_decimals(sr, sig=3, most=4)      # one count of decimals, as R prints them

@@ -15,6 +15,7 @@ import pytest
 dd = pytest.importorskip("dask.dataframe")
 dask = pytest.importorskip("dask")
 
+import mlmext                                      # noqa: E402
 from mlmext import datasets                        # noqa: E402
 from mlmext.formula import api as mf               # noqa: E402
 
@@ -63,12 +64,18 @@ def test_sleepstudy_partitions_split_subjects():
     rd, rp = mf.lmer(f, ddf).fit(), mf.lmer(f, df).fit()
     _same_fit(rd, rp)
     assert type(rd.model).__name__ == "DaskLinearMixedModel" and rd.model.passes == 2
-    assert rd.model.exog is None and rd.model.endog is None       # no row is held
-    # Satterthwaite t tests need only the cross-products
-    np.testing.assert_allclose(rd.df_ddf if hasattr(rd, "df_ddf") else rd.t_test("Days = 0").df_denom,
-                               rp.df_ddf if hasattr(rp, "df_ddf") else rp.t_test("Days = 0").df_denom,
-                               rtol=1e-5)
+    # no row is held: what needs them says so
+    from mlmext.dask.model import RowsNotHeldError
+    for name in ("exog", "endog", "weights", "offset"):
+        with pytest.raises(RowsNotHeldError, match="holds no rows"):
+            getattr(rd.model, name)
+        assert getattr(rd.model, name, None) is None
+    # Satterthwaite t tests and profiles need only the cross-products
+    assert rd.t_test("Days = 10").df_denom == pytest.approx(rp.t_test("Days = 10").df_denom, rel=1e-5)
+    assert rd.t_test("Days = 10").pvalue == pytest.approx(rp.t_test("Days = 10").pvalue, rel=1e-5)
     np.testing.assert_allclose(rd.pvalues, rp.pvalues, rtol=1e-5)
+    np.testing.assert_allclose(rd.conf_int(method="profile"), rp.conf_int(method="profile"),
+                               rtol=1e-4)
     rd_ranef, rp_ranef = rd.ranef(condvar=True), rp.ranef(condvar=True)
     pd.testing.assert_frame_equal(rd_ranef["Subject"], rp_ranef["Subject"], rtol=1e-5)
     # lazy row-sized results
@@ -148,6 +155,13 @@ def test_what_dask_data_do_not_take():
     m = mf.lmer("Reaction ~ Days + (1 | Subject)", ddf)
     with pytest.raises(NotImplementedError, match="cluster-robust"):
         m.fit(cov_type="cluster")
+    with pytest.raises(NotImplementedError, match="Kenward-Roger"):
+        m.fit(ddf="kenward-roger")
+    res = m.fit()
+    with pytest.raises(NotImplementedError, match="holds no rows"):
+        res.icc()
+    with pytest.raises(NotImplementedError):
+        mlmext.ranova(res)
     with pytest.raises(TypeError, match="unexpected|not take|unknown"):
         m.fit(bogus=1)
 

@@ -26,7 +26,7 @@ from ..results import LMMResults
 from .accumulate import accumulate, partition_rows
 from .learn import build_template, learn
 
-__all__ = ["DaskLinearMixedModel", "DaskLMMResults"]
+__all__ = ["DaskLinearMixedModel", "DaskLMMResults", "RowsNotHeldError"]
 
 
 def _alone_cross(blocks, A11, A_r1, A_rr, p1):
@@ -48,6 +48,19 @@ def _alone_cross(blocks, A11, A_r1, A_rr, p1):
     return out
 
 
+class RowsNotHeldError(NotImplementedError, AttributeError):
+    """A computation needs the rows of the data, which a model of Dask data does not hold
+    (an AttributeError too, so ``getattr(model, "exog", None)`` is None)."""
+
+
+def _rows(name):
+    def get(self):
+        raise RowsNotHeldError(f"model.{name}: a model of Dask data holds no rows, and this "
+                               "computation needs them (see the user guide, 'Data beyond one "
+                               "machine', for what works on the cross-products)")
+    return property(get)
+
+
 class DaskLinearMixedModel(LinearMixedModel):
     """A linear mixed model of a Dask DataFrame (see :mod:`mlmext.dask`).
 
@@ -67,6 +80,9 @@ class DaskLinearMixedModel(LinearMixedModel):
         Seconds (wall clock) of each step of the build: ``levels_pass``, ``template``,
         ``cross_products_pass``, ``factor_setup``.
     """
+
+    endog, exog, weights, offset, _XY = (_rows(n) for n in ("endog", "exog", "weights", "offset",
+                                                             "_XY"))
 
     @classmethod
     def from_formula(cls, formula, data, subset=None, weights=None, offset=None,
@@ -115,7 +131,8 @@ class DaskLinearMixedModel(LinearMixedModel):
         self._formula_state = state
         self.dask_data = data
         self.passes, self.npartitions = 2, data.npartitions
-        self.endog = self.exog = self._XY = self.weights = self.offset = None
+        for name in ("endog", "exog", "_XY", "weights", "offset"):
+            self.__dict__.pop(name, None)
         for name in ("endog", "exog", "orig_endog", "orig_exog", "frame"):
             if hasattr(self.data, name):
                 setattr(self.data, name, None)
@@ -204,6 +221,9 @@ class DaskLinearMixedModel(LinearMixedModel):
         if kwargs.get("cov_type", "nonrobust") != "nonrobust":
             raise NotImplementedError("cluster-robust covariances need the rows; not available "
                                       "for Dask data")
+        if kwargs.get("ddf") == "kenward-roger":
+            raise NotImplementedError("Kenward-Roger's df need the rows (n x q matrices); use "
+                                      "ddf='satterthwaite' (the default) for Dask data")
         return super().fit(*args, **kwargs)
 
 
