@@ -72,7 +72,7 @@ def _partition_sums(part, template, state):
     XY, w, terms, counts = partition_rows(template, part, state)
     n = XY.shape[0]
     blocks = _row_blocks(template, terms)
-    A11, A_r1, A_rr = row_cross_products(blocks[0], blocks[1:], XY, w)
+    A11, A_r1, A_rr = row_cross_products(blocks[0], blocks[1:], XY, w, dense_rr=False)
     ww = np.ones(n) if w is None else w
     y = XY[:, -1]
     return {

@@ -27,14 +27,15 @@ from .base import Factor
 SMALL_DENSE_FLOPS = 2_000_000
 
 
-def row_cross_products(b1, rest, XY, weights=None, sparse_Z=None):
+def row_cross_products(b1, rest, XY, weights=None, sparse_Z=None, dense_rr=True):
     """``(A11, A_r1, A_rr)`` of rows: what :meth:`LeadBlockFactor.set_cross_products` takes.
 
     The blocks hold the rows' model matrices and level codes (``X``, ``codes``); the first
     block's (``b1``) cross-products are per level, the ``rest`` (and ``XY``, the response
     last) enter ``A_r1`` and ``A_rr``.  Sums of these over row chunks are the cross-products of
     all the rows (:mod:`mlmext.dask`).  ``sparse_Z``: ``() -> (Z_1, Z_rest)`` (csc) when
-    the caller caches them.
+    the caller caches them.  ``dense_rr=False``: ``A_rr`` as a sparse matrix where it is
+    formed sparse (a chunk's share of a crossed factor's block is mostly zero).
     """
     n = XY.shape[0]
     w = np.ones(n) if weights is None else weights
@@ -55,7 +56,8 @@ def row_cross_products(b1, rest, XY, weights=None, sparse_Z=None):
     Zr = XYs if Zrest is None else sparse.hstack([Zrest, XYs], format="csc")
     Zr = (sw @ Zr).tocsc()
     Z1 = (sw @ Z1).tocsc()
-    return A11, (Zr.T @ Z1).tocsr(), (Zr.T @ Zr).toarray()      # A_r1 sparse, A_rr dense
+    A_rr = Zr.T @ Zr
+    return A11, (Zr.T @ Z1).tocsr(), A_rr.toarray() if dense_rr else A_rr.tocsr()
 
 
 class LeadBlockFactor(Factor):
