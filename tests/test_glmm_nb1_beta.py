@@ -1,0 +1,231 @@
+"""NB1 negative binomial and beta GLMMs (glmmTMB's ``nbinom1`` and ``beta_family()``).
+
+References (tests/reference/nb1beta, made by tools/r_reference/nb1_beta_reference.R): glmmTMB
+fits (Laplace with the observed information, the family's ``phi`` estimated with the other
+parameters, standard errors from central differences of glmmTMB's exact gradient) of glmmTMB's
+Salamanders (NB1) and of simulated proportions (beta).  glmmTMB reports "singular convergence
+(7)" for its rel.tol = 1e-14 runs: nlminb's stop at the rounding floor, at the optimum (the
+log-likelihoods agree to 1e-9).
+
+Tolerances (the project's): fixed effects within 0.002 SE, SEs, SDs and phi within 0.2 %, the
+log-likelihood not below glmmTMB's by more than 1e-3; conditional modes within 1e-4 (about
+5e-4 of their conditional SDs).  Agreement reached: fixed effects within 5e-5 SE, SEs within
+1e-5, log-likelihoods within 1e-9.  AGQ (no glmmTMB reference) is checked against a direct
+integration with scipy's quad and scipy.stats' densities.
+"""
+import warnings
+
+import numpy as np
+import pytest
+import statsmodels.api as sm
+from scipy import integrate, special, stats
+
+import mlmext
+from mlmext.formula import api as mf
+
+from refcases import by_name, load_ref, read_data
+
+NB1_F = "count ~ spp + mined + (1 | site)"
+BETA_F = "y ~ trt + x + (1 | g)"
+
+
+@pytest.fixture(scope="module")
+def sal():
+    return read_data("salamanders.csv")
+
+
+@pytest.fixture(scope="module")
+def bp():
+    return read_data("betaprop.csv")
+
+
+_FITS = {}
+
+
+def fit_of(name, data):
+    if name not in _FITS:
+        ref = load_ref("nb1beta", name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")          # a clean fit: no convergence warnings
+            if ref["family"] == "nbinom1":
+                model = mf.glmer_nb(ref["formula"], data, variance="nb1")
+            else:
+                model = mf.glmer(ref["formula"], data, family="beta")
+            _FITS[name] = model.fit()
+    return _FITS[name]
+
+
+@pytest.mark.parametrize("name", ["nb1_salamanders", "beta_g", "beta_slope"])
+def test_against_glmmtmb(name, sal, bp):
+    ref = load_ref("nb1beta", name)
+    res = fit_of(name, sal if ref["data"] == "salamanders.csv" else bp)
+    assert res.converged
+    fe, rfe = by_name(res.fe_params, ref["fixef"])
+    se, rse = by_name(res.bse_fe, ref["se"])
+    np.testing.assert_array_less(np.abs(fe - rfe) / rse, 0.002)
+    np.testing.assert_allclose(se, rse, rtol=2e-3)
+    np.testing.assert_allclose(res.phi, ref["sigma"], rtol=2e-3)
+    # SDs (and the correlation of beta_slope) in R's order (lme4's VarCorr layout)
+    vc = res.varcorr()
+    vc = vc[vc["grp"] != "Residual"]
+    assert list(vc["grp"]) == [r["grp"] for r in ref["varcorr"]]
+    np.testing.assert_allclose(vc["sdcor"].to_numpy(float), [r["sdcor"] for r in ref["varcorr"]],
+                               rtol=2e-3)
+    assert res.llf > ref["loglik"] - 1e-3
+    assert abs(res.llf - ref["loglik"]) < 1e-6          # reached: 4e-10
+    assert res.k_params == ref["df"]
+    np.testing.assert_allclose([res.aic, res.bic], [ref["aic"], ref["bic"]], atol=2e-3)
+    assert res.llf_lme4 is None
+    assert res.optim.cov_method == "Hessian (theta, beta, log phi)"
+    np.testing.assert_allclose(res.cov_params(), res.cov_fe_joint, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name, grp", [("nb1_salamanders", "site"), ("beta_g", "g")])
+def test_modes_fitted_residuals(name, grp, sal, bp):
+    ref = load_ref("nb1beta", name)
+    res = fit_of(name, sal if ref["data"] == "salamanders.csv" else bp)
+    re = res.random_effects[grp]
+    rr = ref["ranef"][grp]
+    mine = re.loc[rr["levels"]].iloc[:, 0].to_numpy()
+    np.testing.assert_allclose(mine, rr["values"]["(Intercept)"], atol=1e-4)
+    np.testing.assert_allclose(res.fittedvalues.to_numpy()[:10], ref["fitted_head"], rtol=1e-4)
+    # glmmTMB's beta_family()$variance (1.1.x) is mu (1 - mu), without phi: its "Pearson"
+    # residuals are not standardized; ours divide by the conditional SD (Var = mu (1-mu)/(1+phi))
+    scale = np.sqrt(1.0 + res.phi) if name.startswith("beta") else 1.0
+    np.testing.assert_allclose(res.resid_pearson.to_numpy()[:10] / scale, ref["pearson_head"],
+                               rtol=1e-4, atol=1e-6)
+    data = sal if ref["data"] == "salamanders.csv" else bp
+    np.testing.assert_allclose(res.predict(data.iloc[:10], which="linear").to_numpy(),
+                               ref["predict_link_head"], atol=1e-4)
+    np.testing.assert_allclose(res.predict(data.iloc[:10]).to_numpy(), ref["fitted_head"],
+                               rtol=1e-4)
+    note = "nbinom1 sigma() = phi" if name.startswith("nb1") else "beta_family sigma() = phi"
+    text = str(res.summary())
+    assert note in text and "(theta, beta, log phi) (glmmTMB's)" in text
+
+
+# ------------------------------------------------------------------ AGQ against direct integration
+def _direct_loglik(res, data, logpdf, grp):
+    """Sum over groups of log integral prod_i p(y_i | eta_i + b) N(b; 0, sd^2) db (scipy quad)."""
+    model = res.model
+    eta_f = model.exog @ res.fe_params.to_numpy()
+    sd = float(np.sqrt(res.cov_re()[grp].iloc[0, 0]))
+    codes = data[grp].cat.codes.to_numpy()
+    y = model.endog
+    total = 0.0
+    for g in np.unique(codes):
+        i = codes == g
+        f = lambda b: float(np.sum(logpdf(y[i], eta_f[i] + b))) + stats.norm.logpdf(b, 0.0, sd)
+        bs = np.linspace(-6 * sd, 6 * sd, 2001)
+        top = max(f(b) for b in bs[::50])
+        val, _ = integrate.quad(lambda b: np.exp(f(b) - top), -10 * sd, 10 * sd, epsabs=0,
+                                epsrel=1e-12, limit=400, points=[0.0])
+        total += top + np.log(val)
+    return total
+
+
+def test_nb1_agq_against_quad(sal):
+    res1 = fit_of("nb1_salamanders", sal)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = mf.glmer_nb(NB1_F, sal, variance="nb1").fit(nagq=12)
+    phi = res.phi
+
+    def logpdf(y, eta):
+        mu = np.exp(eta)
+        return stats.nbinom.logpmf(y, mu / phi, 1.0 / (1.0 + phi))
+
+    direct = _direct_loglik(res, sal, logpdf, "site")
+    assert abs(res.llf - direct) < 1e-6
+    # the AGQ fit maximizes the AGQ log-likelihood: not below it at the Laplace estimates
+    at_laplace = res1.model.loglike(res1.params_object, nagq=12)
+    assert res.llf >= at_laplace - 1e-8
+    assert res.nagq == 12 and "Adaptive Gauss-Hermite (12 points)" in str(res.summary())
+
+
+def test_beta_agq_loglike_against_quad(bp):
+    res = fit_of("beta_g", bp)
+    phi = res.phi
+    direct = _direct_loglik(res, bp, lambda y, eta: stats.beta.logpdf(
+        y, phi * special.expit(eta), phi * special.expit(-eta)), "g")
+    agq = res.model.loglike(res.params_object, nagq=25)
+    assert abs(agq - direct) < 1e-6
+    assert abs(res.model.loglike(res.params_object) - res.llf) < 1e-9     # Laplace round trip
+
+
+# ------------------------------------------------------------------ simulation and refits
+def test_simulate_moments(sal, bp):
+    nb = fit_of("nb1_salamanders", sal)
+    sim = nb.simulate(nsim=4000, seed=3, re=False).to_numpy()
+    mu = np.exp(nb.model.exog @ nb.fe_params.to_numpy())
+    # mean and the NB1 variance mu (1 + phi) of the 644 rows, averaged (Monte Carlo error ~1 %)
+    np.testing.assert_allclose(sim.mean(axis=1).mean(), mu.mean(), rtol=0.02)
+    np.testing.assert_allclose(sim.var(axis=1).mean(), (mu * (1 + nb.phi)).mean(), rtol=0.03)
+    be = fit_of("beta_g", bp)
+    sim = be.simulate(nsim=4000, seed=4, re=False).to_numpy()
+    mu = 1 / (1 + np.exp(-(be.model.exog @ be.fe_params.to_numpy())))
+    assert sim.min() > 0 and sim.max() < 1
+    np.testing.assert_allclose(sim.mean(axis=1), mu, atol=0.01)
+    np.testing.assert_allclose(sim.var(axis=1).mean(), (mu * (1 - mu) / (1 + be.phi)).mean(),
+                               rtol=0.03)
+
+
+def test_refit_simulated_response(bp):
+    """The parametric bootstrap's path: the model rebuilt with a simulated response."""
+    from mlmext.inference import refit
+    be = fit_of("beta_g", bp)
+    y = be.simulate(nsim=1, seed=5).to_numpy()[:, 0]
+    new = refit(be, y)
+    assert type(new.model).__name__ == "BetaMixedModel" and new.phi > 0
+    # the same data, refitted: the same fit
+    same = refit(be, be.model.endog)
+    np.testing.assert_allclose(same.fe_params, be.fe_params, atol=1e-6)
+
+
+# ------------------------------------------------------------------ inputs
+def test_beta_response_outside_unit_interval(bp):
+    for bad in (0.0, 1.0, 1.5):
+        d = bp.assign(prop=bp.y.where(bp.index != 7, bad))
+        with pytest.raises(ValueError, match=r"the beta response 'prop' must be in the open "
+                                             r"interval \(0, 1\); 1 value is 0 or 1.*Smithson"):
+            mf.glmer("prop ~ trt + (1 | g)", d, family="beta")
+
+
+def test_nb1_bad_counts(sal):
+    with pytest.raises(ValueError, match="'count' has negative values"):
+        mf.glmer_nb(NB1_F, sal.assign(count=sal["count"] - 1), variance="nb1")
+
+
+def test_spellings_and_unread_arguments(sal, bp):
+    assert isinstance(mf.glmer(BETA_F, bp, family=mlmext.glmm.Beta()).family, mlmext.glmm.Beta)
+    assert type(mf.glmer(BETA_F, bp, family="Beta")).__name__ == "BetaMixedModel"
+    with pytest.raises(TypeError, match="link"):
+        mf.glmer(BETA_F, bp, family="beta", link="probit")
+    with pytest.raises(TypeError, match="nAGQ"):
+        mf.glmer(BETA_F, bp, family="beta").fit(nAGQ=5)
+    with pytest.raises(TypeError, match="bogus"):
+        mf.glmer_nb(NB1_F, sal, variance="nb1", bogus=1)
+    with pytest.raises(TypeError, match="family"):
+        mf.glmer_nb(NB1_F, sal, variance="nb1", family="poisson")
+    with pytest.raises(ValueError, match="variance must be 'nb2'.*or 'nb1'"):
+        mf.glmer_nb(NB1_F, sal, variance="nb3")
+    with pytest.raises(NotImplementedError, match="NB1 negative binomial: its expected"):
+        mf.glmer_nb(NB1_F, sal, variance="nb1", information="expected")
+    with pytest.raises(NotImplementedError, match="Probit link of the beta family"):
+        mlmext.glmm.Beta(link=sm.families.links.Probit())
+    with pytest.raises(NotImplementedError, match="prior weights with the beta family"):
+        mf.glmer(BETA_F, bp.assign(w=2.0), family="beta", weights="w")
+
+
+def test_nb1_crossed_not_built(sal):
+    """glmmTMB's Laplace needs the observed information, negative for 46 of Salamanders' counts
+    here; the blocked factorization of two grouping factors cannot take that: said so."""
+    model = mf.glmer_nb("count ~ mined + cover + (1 | site) + (1 | spp)", sal, variance="nb1")
+    with pytest.raises(NotImplementedError, match="negative observed information.*NB2"):
+        model.fit()
+
+
+def test_profile_not_built(sal):
+    res = fit_of("nb1_salamanders", sal)
+    with pytest.raises(NotImplementedError, match=r"NB1 and beta GLMMs.*precision \(phi\)"):
+        res.conf_int(method="profile")
