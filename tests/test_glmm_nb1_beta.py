@@ -55,7 +55,7 @@ def fit_of(name, data):
     return _FITS[name]
 
 
-@pytest.mark.parametrize("name", ["nb1_salamanders", "beta_g", "beta_slope"])
+@pytest.mark.parametrize("name", ["nb1_salamanders", "nb1_crossed", "beta_g", "beta_slope"])
 def test_against_glmmtmb(name, sal, bp):
     ref = load_ref("nb1beta", name)
     res = fit_of(name, sal if ref["data"] == "salamanders.csv" else bp)
@@ -217,12 +217,28 @@ def test_spellings_and_unread_arguments(sal, bp):
         mf.glmer(BETA_F, bp.assign(w=2.0), family="beta", weights="w")
 
 
-def test_nb1_crossed_not_built(sal):
-    """glmmTMB's Laplace needs the observed information, negative for 46 of Salamanders' counts
-    here; the blocked factorization of two grouping factors cannot take that: said so."""
-    model = mf.glmer_nb("count ~ mined + cover + (1 | site) + (1 | spp)", sal, variance="nb1")
-    with pytest.raises(NotImplementedError, match="negative observed information.*NB2"):
-        model.fit()
+def test_dense_signed_system(sal, bp):
+    """Two grouping factors: glmmTMB's Laplace needs the observed information, negative for
+    some of Salamanders' counts, which the blocked factorization cannot take; the deviance
+    then switches to the dense system (mlmext.glmm.signed).  Checked: its value against the
+    blocked one where both apply (beta_slope), its exact gradient against differences."""
+    res = fit_of("beta_slope", bp)
+    x = res.model._internal(res.params_object)
+    blocked = res.model.deviance()
+    dense = res.model.deviance()
+    dense.dense = True
+    for dev in (blocked, dense):
+        dev.warm_start = None
+    v_b = blocked.loglike(x, tol=1e-20)
+    v_d, g_d, m_d = dense.loglike_and_score(x, tol=1e-20)
+    assert "factor" in m_d.extra and not blocked.dense
+    assert abs(v_b - v_d) < 1e-9
+    fd = np.array([(dense.loglike(x + e, tol=1e-20) - dense.loglike(x - e, tol=1e-20)) / 2e-5
+                   for e in 1e-5 * np.eye(len(x))])
+    np.testing.assert_allclose(g_d, fd, rtol=1e-5, atol=1e-6)
+    # the NB1 crossed fit (against glmmTMB above) has negative weights at its modes
+    nb = fit_of("nb1_crossed", sal)
+    assert np.sum(nb.pirls.w < 0) > 0 and nb.pirls.extra.get("factor") is not None
 
 
 def test_profile_not_built(sal):

@@ -3,8 +3,8 @@
 Both use the observed information in the Laplace determinant (glmmTMB's), which can be
 negative for single observations (an NB1 count far above its mean, a beta response far in
 the tail): one scalar random-effects term takes that (PIRLS level by level, each level's
-penalized information positive); the blocked factorization of other designs needs positive
-weights and says so when it meets a negative one.  lme4's first stage (beta inside PIRLS, only
+penalized information positive); other designs use the blocked factorization while the
+weights are positive and a dense one (:mod:`.signed`) once they are not.  lme4's first stage (beta inside PIRLS, only
 starting values) uses positive working weights.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import laplace as lp
+from . import signed
 from .deviance import LaplaceDeviance
 from ..results import add_notes
 from .results import GLMMResults
@@ -56,19 +57,50 @@ class PhiDeviance(LaplaceDeviance):
         self.scalar = _scalar_design(self.design)
         # the one-scalar-term PIRLS takes single negative weights (its factor is diagonal)
         self.pirls_kw = {"scalar_fast": True} if self.scalar else {}
+        #: other designs: the dense system once a negative weight was met (see modes())
+        self.dense = False
 
     def modes(self, theta, beta, tol=1e-14, warm=True, lams=None):
-        modes, lams = super().modes(theta, beta, tol=tol, warm=warm, lams=lams)
-        if not modes.converged and not self.scalar and "negative working weights" in modes.message:
+        """As :meth:`LaplaceDeviance.modes`; once the blocked PIRLS meets a negative weight (not
+        with one scalar term), this deviance switches to the dense system of :mod:`.signed`."""
+        if not self.dense:
+            modes, lams = super().modes(theta, beta, tol=tol, warm=warm, lams=lams)
+            if modes.converged or self.scalar or "negative working weights" not in modes.message:
+                return modes, lams
             with np.errstate(all="ignore"):
-                w = self.cond.derivatives(modes.eta)[1]
-            if np.any(w < 0):
+                neg = int(np.sum(self.cond.derivatives(modes.eta)[1] < 0))
+            if not neg:
+                return modes, lams
+            if not signed.dense_size_ok(self.design):
                 raise NotImplementedError(
-                    f"{int(np.sum(w < 0))} observations have a negative observed information "
-                    f"(glmmTMB's Laplace for the {self.model._family_label} family), which the "
-                    "factorization of a model with more than one scalar random-effects term "
-                    "cannot take (only a single (1 | g)-type term can)"
+                    f"{neg} observations have a negative observed information (glmmTMB's "
+                    f"Laplace for the {self.model._family_label} family): the sparse "
+                    "factorization cannot take that, and this model is too large for the dense "
+                    f"one (n x random effects > {signed.MAX_DENSE:.0e})"
                     + getattr(self.model, "_negative_weights_hint", ""))
+            self.dense = True
+        des, m = self.design, self.model
+        theta = np.asarray(theta, dtype=float)
+        lams = des.lambdas(theta) if lams is None else lams
+        eta_f = m.exog @ beta + m.offset
+        u0 = self.warm_start if warm else None
+        last = self._last if warm else None
+        if last is not None and u0 is not None and "factor" in last[2].extra:
+            th0, ef0, m0, lams0, extra0 = last
+            dd1 = None
+            dx = self._extra_now() - extra0
+            if np.any(dx) and np.all(np.isfinite(dx)):
+                dd1 = self.cond.param_derivatives(m0.eta)[1] @ dx
+            u0 = lp.predict_modes(des, None, m0, theta - th0, eta_f - ef0, lams=lams0, dd1=dd1)
+        modes = signed.dense_pirls(des, eta_f, self.cond, lams, u0=u0, tol=tol)
+        if not modes.converged and u0 is not None:
+            modes = signed.dense_pirls(des, eta_f, self.cond, lams, u0=None, tol=tol)
+            modes.message = "retried from u = 0; " + modes.message
+        if modes.converged:
+            self.warm_start = modes.u
+            self._last = (theta.copy(), eta_f, modes, lams, self._extra_now())
+        else:
+            self._last = None
         return modes, lams
 
     def stage1(self, theta, beta, u=None):
