@@ -245,3 +245,75 @@ def test_profile_not_built(sal):
     res = fit_of("nb1_salamanders", sal)
     with pytest.raises(NotImplementedError, match=r"NB1 and beta GLMMs.*precision \(phi\)"):
         res.conf_int(method="profile")
+
+
+# ------------------------------------------------------------------ the conditional models
+def _conditionals():
+    from mlmext.glmm import BetaConditional, NB1Conditional
+    rng = np.random.default_rng(1)
+    y = rng.poisson(3, size=60).astype(float)
+    y[:5], y[5], y[6], y[7] = 0, 40, 2.5, 250          # zeros, a large, a non-integer, > 64
+    yb = rng.beta(2, 3, size=60)
+    yb[0], yb[1] = 0.999, 1e-4
+    return [NB1Conditional(y, 1.7), BetaConditional(yb, 8.0),
+            BetaConditional(yb, 8.0, information="expected")], rng.normal(0.3, 1.5, size=60)
+
+
+def test_conditional_derivatives_against_differences():
+    """loglik, d1, w, hessian_terms and param_derivatives against central differences, and the
+    densities against scipy.stats (the log-likelihood of the fits rests on them)."""
+    conds, eta = _conditionals()
+    e = 1e-6
+    for c in conds:
+        d1, w = c.derivatives(eta)
+        np.testing.assert_allclose(d1, (c.loglik_obs(eta + e) - c.loglik_obs(eta - e)) / (2 * e),
+                                   rtol=1e-6, atol=1e-6)
+        h, dw = c.hessian_terms(eta)
+        np.testing.assert_allclose(h, -(c.derivatives(eta + e)[0] - c.derivatives(eta - e)[0])
+                                   / (2 * e), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(dw, (c.derivatives(eta + e)[1] - c.derivatives(eta - e)[1])
+                                   / (2 * e), rtol=1e-6, atol=1e-6)
+        s = c.get_params()
+        vals = []
+        for sign in (1, -1):
+            c.set_params(s + sign * e)
+            vals.append((c.loglik_obs(eta), *c.derivatives(eta)))
+        c.set_params(s)
+        for got, p, m in zip(c.param_derivatives(eta), *vals):
+            np.testing.assert_allclose(got[:, 0], (p - m) / (2 * e), rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(c.param_loglik_derivatives(eta)[:, 0],
+                                      c.param_derivatives(eta)[0][:, 0])
+        E = np.vstack([eta, eta + 0.5])                  # AGQ's nodes x rows
+        np.testing.assert_allclose(c.loglik_obs(E)[1], c.loglik_obs(eta + 0.5), rtol=1e-14)
+    nb, be = conds[0], conds[1]
+    mu = np.exp(eta)
+    whole = nb.y == np.round(nb.y)
+    np.testing.assert_allclose(nb.loglik_obs(eta)[whole], stats.nbinom.logpmf(
+        nb.y[whole], mu[whole] / nb.phi, 1 / (1 + nb.phi)), rtol=1e-12)
+    np.testing.assert_allclose(be.loglik_obs(eta), stats.beta.logpdf(
+        be.y, be.phi * special.expit(eta), be.phi * special.expit(-eta)), rtol=1e-11)
+    assert (conds[0].derivatives(eta)[1] < 0).any() and (conds[1].derivatives(eta)[1] < 0).any()
+    assert (conds[2].derivatives(eta)[1] > 0).all()
+
+
+def test_nb1_digamma_sums():
+    """The finite sums of NB1Conditional._abc against scipy's polygammas (and exact where those
+    cancel: k = 1e6)."""
+    from mlmext.glmm import NB1Conditional
+    y = np.array([0, 1, 2, 5, 63, 64, 65, 100, 3.5, 0.2, 3])
+    k = np.array([0.01, 0.5, 3, 2.0, 2, 7, 0.3, 4, 1.5, 2.0, 1e6])
+    c = NB1Conditional(y, 1.0)
+    A, B, C = c._abc(k, 3)
+    y0, k0 = y[:-1], k[:-1]
+    np.testing.assert_allclose(A[:-1], special.digamma(y0 + k0) - special.digamma(k0)
+                               - np.log(2.0), rtol=1e-13)
+    np.testing.assert_allclose(B[:-1], special.polygamma(1, y0 + k0) - special.polygamma(1, k0),
+                               rtol=1e-13)
+    np.testing.assert_allclose(C[:-1], special.polygamma(2, y0 + k0) - special.polygamma(2, k0),
+                               rtol=1e-13)
+    # k = 1e6, y = 3: the polygamma differences lose 1e-11 to cancellation; the sums are exact
+    j = 1e6 + np.arange(3)
+    assert abs(A[-1] - (np.sum(1 / j) - np.log(2.0))) < 2e-16          # A includes -log(1 + phi)
+    np.testing.assert_allclose([B[-1], C[-1]], [-np.sum(1 / j ** 2), np.sum(2 / j ** 3)],
+                               rtol=1e-15)
+    np.testing.assert_array_equal(c._abc(np.vstack([k, 2 * k]), 3)[1][1], c._abc(2 * k, 3)[1])

@@ -18,6 +18,16 @@ from .phifamily import PhiFamilyMixin, WorkingWeights, reject_weights
 __all__ = ["Beta", "BetaConditional", "BetaMixedModel", "is_beta_family"]
 
 
+def _trigamma(x):
+    """``psi'(x) = zeta(2, x)`` (scipy's polygamma adds a Python layer around the same zeta)."""
+    return special.zeta(2.0, x)
+
+
+def _tetragamma(x):
+    """``psi''(x) = -2 zeta(3, x)``."""
+    return -2.0 * special.zeta(3.0, x)
+
+
 class BetaConditional(lp.ConditionalModel):
     """Beta responses given eta (logit link), parameter ``log phi``.
 
@@ -89,11 +99,11 @@ class BetaConditional(lp.ConditionalModel):
         phi = self.phi
         a, b = mu * phi, nu * phi
         D = self.ystar - special.digamma(a) + special.digamma(b)
-        T = special.polygamma(1, a) + special.polygamma(1, b)
+        T = _trigamma(a) + _trigamma(b)
         g2 = g1 * (nu - mu)
         out = [mu, nu, g1, g2, a, b, D, T]
         if order >= 3:
-            out.append(special.polygamma(2, a) - special.polygamma(2, b))
+            out.append(_tetragamma(a) - _tetragamma(b))
         return out
 
     # -- the protocol
@@ -147,8 +157,8 @@ class BetaConditional(lp.ConditionalModel):
         mu, nu, g1, g2, a, b, D, T, P = self._terms(eta, 3)
         phi = self.phi
         dl = self.param_loglik_derivatives(eta)[:, 0]
-        dD = -a * special.polygamma(1, a) + b * special.polygamma(1, b)
-        dT = a * special.polygamma(2, a) + b * special.polygamma(2, b)
+        dD = -a * _trigamma(a) + b * _trigamma(b)
+        dT = a * _tetragamma(a) + b * _tetragamma(b)
         dd1 = phi * g1 * (D + dD)
         dw = phi * phi * g1 * g1 * (2.0 * T + dT)
         if self.observed:

@@ -18,6 +18,16 @@ from .phifamily import PhiFamilyMixin, WorkingWeights, reject_weights
 __all__ = ["NB1Conditional", "NB1Family", "NB1MixedModel"]
 
 
+def _trigamma(x):
+    """``psi'(x) = zeta(2, x)`` (scipy's polygamma adds a Python layer around the same zeta)."""
+    return special.zeta(2.0, x)
+
+
+def _tetragamma(x):
+    """``psi''(x) = -2 zeta(3, x)``."""
+    return -2.0 * special.zeta(3.0, x)
+
+
 class NB1Conditional(lp.ConditionalModel):
     """NB1 counts given eta (log link): ``Var = mu (1 + phi)``, parameter ``log phi``.
 
@@ -43,12 +53,22 @@ class NB1Conditional(lp.ConditionalModel):
     k_extra = 1
     vectorized_eta = True
     allow_negative_weights = True
+    _SUM_MAX = 64
 
     def __init__(self, endog, phi=1.0):
         self.y = np.asarray(endog, dtype=float)
         self.lgy1 = special.gammaln(self.y + 1.0)
         self.loglik_scale = float(np.sum(self.lgy1))
         self.ww = WorkingWeights()
+        # the rows of the finite sums of _abc: for each j, the whole counts above j (<= _SUM_MAX)
+        y = self.y
+        whole = (y == np.floor(y)) & (y <= self._SUM_MAX)
+        self._sum_rows = np.flatnonzero(whole & (y > 0))
+        counts = y[self._sum_rows].astype(np.int64)
+        self._pair_row = np.repeat(self._sum_rows, counts)
+        self._pair_start = np.cumsum(counts) - counts
+        self._pair_j = (np.arange(counts.sum()) - np.repeat(self._pair_start, counts)).astype(float)
+        self._big_idx = np.flatnonzero(~whole & (y > 0))
         self.set_phi(phi)
 
     @property
@@ -78,13 +98,32 @@ class NB1Conditional(lp.ConditionalModel):
         return np.exp(np.asarray(eta, dtype=float)) / self.phi
 
     def _abc(self, k, order=2):
-        y = self.y
-        yk = y + k
-        A = special.digamma(yk) - special.digamma(k) - self.c
-        B = special.polygamma(1, yk) - special.polygamma(1, k)
-        if order < 3:
-            return A, B
-        return A, B, special.polygamma(2, yk) - special.polygamma(2, k)
+        """``A = psi(y + k) - psi(k) - log(1 + phi)``, ``B``, ``C``: the trigamma and
+        tetragamma differences.  For whole counts up to ``_SUM_MAX`` the differences are the
+        finite sums ``sum_j 1 / (k + j)``, ``-1 / (k + j)^2``, ``2 / (k + j)^3`` (j < y): exact
+        where the polygammas cancel (k large) and ~10 times faster than scipy's zeta-based
+        polygamma; zero counts give zeros."""
+        A, B = np.zeros(k.shape), np.zeros(k.shape)
+        C = np.zeros(k.shape) if order >= 3 else None
+        pos = self._sum_rows
+        if pos.size:
+            # one term per (row, j < y) pair, rows grouped: sums by add.reduceat
+            inv = 1.0 / (k[..., self._pair_row] + self._pair_j)
+            inv2 = inv * inv
+            A[..., pos] = np.add.reduceat(inv, self._pair_start, axis=-1)
+            B[..., pos] = -np.add.reduceat(inv2, self._pair_start, axis=-1)
+            if C is not None:
+                C[..., pos] = 2.0 * np.add.reduceat(inv2 * inv, self._pair_start, axis=-1)
+        big = self._big_idx
+        if big.size:
+            kb = k[..., big]
+            yk = self.y[big] + kb
+            A[..., big] = special.digamma(yk) - special.digamma(kb)
+            B[..., big] = _trigamma(yk) - _trigamma(kb)
+            if C is not None:
+                C[..., big] = _tetragamma(yk) - _tetragamma(kb)
+        A -= self.c
+        return (A, B) if C is None else (A, B, C)
 
     # -- the protocol
     @np.errstate(all="ignore")
@@ -120,7 +159,7 @@ class NB1Conditional(lp.ConditionalModel):
     def param_loglik_derivatives(self, eta):
         """``d loglik_i / d log phi``: ``-k A - k phi / (1 + phi) + y / (1 + phi)``."""
         k = self._k(eta)
-        A = special.digamma(self.y + k) - special.digamma(k) - self.c
+        A = self._abc(k, 1)[0]
         return (-k * A - k * self.q + self.y / (1.0 + self.phi))[..., None]
 
     @np.errstate(all="ignore")
