@@ -250,6 +250,11 @@ class NB1MixedModel(PhiFamilyMixin, NegativeBinomialMixedModel):
     """
 
     _api_name = "glmer_nb"
+    _init_hints = {
+        **NegativeBinomialMixedModel._init_hints,
+        "family": "glmer_nb(..., variance='nb1')'s family is always the NB1 negative binomial "
+                  "(log link) with phi estimated with the other parameters: remove family=",
+    }
     _extra_name = "phi"
     _family_label = "NB1 negative binomial"
     _negative_weights_hint = ("; the NB2 negative binomial (glmer_nb's default variance='nb2') "
