@@ -17,6 +17,7 @@ integration with scipy's quad and scipy.stats' densities.
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import statsmodels.api as sm
 from scipy import integrate, special, stats
@@ -318,3 +319,20 @@ def test_nb1_digamma_sums():
     np.testing.assert_allclose([B[-1], C[-1]], [-np.sum(1 / j ** 2), np.sum(2 / j ** 3)],
                                rtol=1e-15)
     np.testing.assert_array_equal(c._abc(np.vstack([k, 2 * k]), 3)[1][1], c._abc(2 * k, 3)[1])
+
+
+def test_nb1_poisson_limit():
+    """Underdispersed counts: phi heads for 0 and the NB1 log-likelihood for the Poisson's
+    (the log-likelihood as sums of log(mu + j phi): no log-gamma cancellation as k -> inf)."""
+    rng = np.random.default_rng(5)
+    g = np.repeat(np.arange(40), 15)
+    x = rng.normal(size=600)
+    y = rng.binomial(20, special.expit(-1.5 + 0.3 * x + rng.normal(0, 0.3, 40)[g]))
+    d = pd.DataFrame({"y": y, "x": x, "g": pd.Categorical(g)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nb1 = mf.glmer_nb("y ~ x + (1 | g)", d, variance="nb1").fit()
+        pois = mf.glmer("y ~ x + (1 | g)", d, family="poisson").fit()
+    assert nb1.phi < 1e-6
+    assert abs(nb1.llf - pois.llf) < 1e-5
+    np.testing.assert_allclose(nb1.fe_params, pois.fe_params, atol=1e-4)

@@ -128,8 +128,21 @@ class NB1Conditional(lp.ConditionalModel):
     # -- the protocol
     @np.errstate(all="ignore")
     def loglik_obs(self, eta):
-        k = self._k(eta)
-        return special.gammaln(self.y + k) - special.gammaln(k) - self.lgy1 - k * self.c + self._ylp
+        mu = np.exp(np.asarray(eta, dtype=float))
+        k = mu / self.phi
+        ll = -k * self.c - self.lgy1
+        # lgamma(y + k) - lgamma(k) + y log phi = sum_j log(mu + j phi) for whole counts: no
+        # cancellation as phi -> 0 (k -> inf, Poisson-like data), where the log-gammas of ~k
+        # lose eps k log k
+        pos = self._sum_rows
+        if pos.size:
+            t = np.log(mu[..., self._pair_row] + self._pair_j * self.phi)
+            ll[..., pos] += np.add.reduceat(t, self._pair_start, axis=-1) - self.y[pos] * self.c
+        big = self._big_idx
+        if big.size:
+            kb = k[..., big]
+            ll[..., big] += special.gammaln(self.y[big] + kb) - special.gammaln(kb) + self._ylp[big]
+        return ll
 
     @np.errstate(all="ignore")
     def derivatives(self, eta):
