@@ -336,3 +336,18 @@ def test_nb1_poisson_limit():
     assert nb1.phi < 1e-6
     assert abs(nb1.llf - pois.llf) < 1e-5
     np.testing.assert_allclose(nb1.fe_params, pois.fe_params, atol=1e-4)
+
+
+def test_beta_expected_information(bp):
+    """information="expected": always-positive weights, a different (lme4-style) Laplace value;
+    said in the summary; its llf is the Laplace value at its own estimates."""
+    ref = load_ref("nb1beta", "beta_g")
+    res = mf.glmer(BETA_F, bp, family="beta", information="expected").fit()
+    assert res.converged and res.model.information == "expected"
+    assert "Laplace (expected information)" in str(res.summary())
+    assert (res.pirls.w > 0).all()
+    assert abs(res.llf - res.model.loglike(res.params_object)) < 1e-9
+    assert abs(res.llf - ref["loglik"]) > 1e-3          # not glmmTMB's approximation
+    fe, rfe = by_name(res.fe_params, ref["fixef"])
+    se = by_name(res.bse_fe, ref["se"])[1]
+    assert np.max(np.abs(fe - rfe) / se) < 0.2          # close to it all the same

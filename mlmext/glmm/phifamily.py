@@ -172,8 +172,12 @@ class PhiResults(GLMMResults):
         return self.model._simulate(self._cond.mean(eta), self.phi, rng)
 
     def _summary_top(self):
-        method = "Laplace (observed information, glmmTMB's)" if self.nagq == 1 else \
-            f"Adaptive Gauss-Hermite ({self.nagq} points)"
+        if self.nagq > 1:
+            method = f"Adaptive Gauss-Hermite ({self.nagq} points)"
+        elif self.model.information == "observed":
+            method = "Laplace (observed information, glmmTMB's)"
+        else:
+            method = "Laplace (expected information)"
         return [("Method:", [method]), ("Link:", [self.link_name])]
 
     def _add_extra_tables(self, smry, ddf=None):
