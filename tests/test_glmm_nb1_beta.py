@@ -257,8 +257,10 @@ def _conditionals():
     y[:5], y[5], y[6], y[7] = 0, 40, 2.5, 250          # zeros, a large, a non-integer, > 64
     yb = rng.beta(2, 3, size=60)
     yb[0], yb[1] = 0.999, 1e-4
+    pw = rng.uniform(0.0, 2.0, size=60)                 # e.g. a mixture's posterior weights
     return [NB1Conditional(y, 1.7), BetaConditional(yb, 8.0),
-            BetaConditional(yb, 8.0, information="expected")], rng.normal(0.3, 1.5, size=60)
+            BetaConditional(yb, 8.0, information="expected"),
+            NB1Conditional(y, 1.7, prior_weights=pw)], rng.normal(0.3, 1.5, size=60)
 
 
 def test_conditional_derivatives_against_differences():
@@ -296,6 +298,9 @@ def test_conditional_derivatives_against_differences():
         be.y, be.phi * special.expit(eta), be.phi * special.expit(-eta)), rtol=1e-11)
     assert (conds[0].derivatives(eta)[1] < 0).any() and (conds[1].derivatives(eta)[1] < 0).any()
     assert (conds[2].derivatives(eta)[1] > 0).all()
+    weighted = conds[3]
+    np.testing.assert_allclose(weighted.loglik_obs(eta), weighted.pw * nb.loglik_obs(eta))
+    np.testing.assert_allclose(weighted.hessian_terms(eta)[1], weighted.pw * nb.hessian_terms(eta)[1])
 
 
 def test_nb1_digamma_sums():

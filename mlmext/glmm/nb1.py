@@ -48,6 +48,9 @@ class NB1Conditional(lp.ConditionalModel):
         Counts.
     phi : float
         The dispersion.
+    prior_weights : ndarray, optional
+        Multipliers of each observation's log-likelihood (and so of all derivatives), e.g.
+        the posterior weights of a mixture; None for 1.
     """
 
     k_extra = 1
@@ -55,10 +58,11 @@ class NB1Conditional(lp.ConditionalModel):
     allow_negative_weights = True
     _SUM_MAX = 64
 
-    def __init__(self, endog, phi=1.0):
+    def __init__(self, endog, phi=1.0, prior_weights=None):
         self.y = np.asarray(endog, dtype=float)
+        self.pw = None if prior_weights is None else np.asarray(prior_weights, dtype=float)
         self.lgy1 = special.gammaln(self.y + 1.0)
-        self.loglik_scale = float(np.sum(self.lgy1))
+        self.loglik_scale = float(np.sum(self.lgy1 if self.pw is None else self.pw * self.lgy1))
         self.ww = WorkingWeights()
         # the rows of the finite sums of _abc: for each j, the whole counts above j (<= _SUM_MAX)
         y = self.y
@@ -94,6 +98,13 @@ class NB1Conditional(lp.ConditionalModel):
         return np.array([np.log(self.phi)])
 
     # -- pieces: k and the digamma differences A, B, C of y + k and k
+    def _wt(self, *arrays):
+        """The arrays times the prior weights (on the last, observation axis)."""
+        if self.pw is None:
+            return arrays if len(arrays) > 1 else arrays[0]
+        out = tuple(a * self.pw for a in arrays)
+        return out if len(out) > 1 else out[0]
+
     def _k(self, eta):
         return np.exp(np.asarray(eta, dtype=float)) / self.phi
 
@@ -142,7 +153,7 @@ class NB1Conditional(lp.ConditionalModel):
         if big.size:
             kb = k[..., big]
             ll[..., big] += special.gammaln(self.y[big] + kb) - special.gammaln(kb) + self._ylp[big]
-        return ll
+        return self._wt(ll)
 
     @np.errstate(all="ignore")
     def derivatives(self, eta):
@@ -151,8 +162,8 @@ class NB1Conditional(lp.ConditionalModel):
         d1 = k * A
         h = -d1 - k * k * B
         if self.ww.on:          # Newton where it can be, the GLM weight where h < 0
-            return d1, np.where(h > 0, h, k * self.phi / (1.0 + self.phi))
-        return d1, h
+            h = np.where(h > 0, h, k * self.phi / (1.0 + self.phi))
+        return self._wt(d1, h)
 
     def loglik_derivs(self, eta):
         d1, w = self.derivatives(eta)
@@ -165,15 +176,15 @@ class NB1Conditional(lp.ConditionalModel):
         h = -k * A - k * k * B
         dh = -(k * A + 3.0 * k * k * B + k ** 3 * C)
         if self.ww.on:          # (the first stage has no gradient: dw is not needed there)
-            return h, np.where(h > 0, dh, k * self.phi / (1.0 + self.phi))
-        return h, dh
+            dh = np.where(h > 0, dh, k * self.phi / (1.0 + self.phi))
+        return self._wt(h, dh)
 
     @np.errstate(all="ignore")
     def param_loglik_derivatives(self, eta):
         """``d loglik_i / d log phi``: ``-k A - k phi / (1 + phi) + y / (1 + phi)``."""
         k = self._k(eta)
         A = self._abc(k, 1)[0]
-        return (-k * A - k * self.q + self.y / (1.0 + self.phi))[..., None]
+        return self._wt(-k * A - k * self.q + self.y / (1.0 + self.phi))[..., None]
 
     @np.errstate(all="ignore")
     def param_derivatives(self, eta):
@@ -185,6 +196,7 @@ class NB1Conditional(lp.ConditionalModel):
         dw = k * A + 3.0 * k * k * B + k ** 3 * C + k * self.q
         if self.ww.on:                       # the GLM weight mu / (1 + phi) where h < 0
             dw = np.where(-k * A - k * k * B > 0, dw, -k * self.phi / (1.0 + self.phi) * self.q)
+        dl, dd1, dw = self._wt(dl, dd1, dw)
         return dl[:, None], dd1[:, None], dw[:, None]
 
     @np.errstate(all="ignore")
@@ -194,7 +206,7 @@ class NB1Conditional(lp.ConditionalModel):
         k = y / self.phi
         ll = special.gammaln(y + k) - special.gammaln(np.where(y > 0, k, 1.0)) - self.lgy1 \
             - k * self.c + self._ylp
-        return float(np.sum(np.where(y > 0, ll, 0.0)))
+        return float(np.sum(self._wt(np.where(y > 0, ll, 0.0))))
 
     def mean(self, eta):
         return np.exp(eta)
@@ -204,7 +216,10 @@ class NB1Conditional(lp.ConditionalModel):
 
     def pearson_resid(self, eta):
         mu = np.exp(np.asarray(eta, dtype=float))
-        return (self.y - mu) / np.sqrt(mu * (1.0 + self.phi))
+        v = mu * (1.0 + self.phi)
+        if self.pw is not None:
+            v = v / np.where(self.pw > 0, self.pw, 1.0)
+        return (self.y - mu) / np.sqrt(v)
 
 
 class _NB1Variance(families.varfuncs.VarianceFunction):
