@@ -3,7 +3,8 @@
 >>> res = mf.lmer("Reaction ~ Days + (Days | Subject)", data=df).fit()
 """
 from mlmext.gee import gee_select  # noqa: F401  (GEE working-correlation selection by QIC)
-from mlmext.glmm import GeneralizedLinearMixedModel, NegativeBinomialMixedModel
+from mlmext.glmm import (BetaMixedModel, GeneralizedLinearMixedModel, NB1MixedModel,
+                         NegativeBinomialMixedModel, is_beta_family)
 from mlmext.cor import CorrelatedLinearMixedModel
 from mlmext.dask import is_dask_frame
 from mlmext.dask.model import DaskLinearMixedModel
@@ -81,6 +82,8 @@ def glmer(formula, data, family=None, weights=None, offset=None, subset=None, mi
         ``sm.families.Gamma()`` / ``sm.families.InverseGaussian()`` (positive
         responses; the dispersion ``scale`` estimated jointly, glmmTMB's
         Laplace), with any link the family accepts; or R's family name.
+        ``"beta"`` or ``mlmext.glmm.Beta()``: responses in (0, 1), logit link,
+        the precision ``phi`` estimated jointly (glmmTMB's ``beta_family()``).
     weights, offset : str or array_like, optional
         Prior weights (binomial proportions: trials) and a known offset.
     subset : array_like, optional
@@ -93,23 +96,38 @@ def glmer(formula, data, family=None, weights=None, offset=None, subset=None, mi
         Gauss-Hermite quadrature, single grouping factor, up to three random
         effects per level).
     """
+    if is_beta_family(family):
+        return BetaMixedModel.from_formula(formula, data, family=family, weights=weights,
+                                           offset=offset, subset=subset, missing=missing,
+                                           eval_env=eval_env + 1, **kwargs)
     return GeneralizedLinearMixedModel.from_formula(formula, data, family=family, weights=weights,
                                                     offset=offset, subset=subset, missing=missing,
                                                     eval_env=eval_env + 1, **kwargs)
 
 
 def glmer_nb(formula, data, weights=None, offset=None, subset=None, missing="drop", eval_env=0,
-             **kwargs):
-    """Negative binomial (NB2, log link) mixed model (lme4's ``glmer.nb``).
+             variance="nb2", **kwargs):
+    """Negative binomial (log link) mixed model (lme4's ``glmer.nb``; glmmTMB's ``nbinom1``).
 
-    ``Var(y | b) = mu + alpha mu^2``; ``alpha`` is estimated jointly with the
-    other parameters (results: ``.alpha``; lme4's theta is ``1 / alpha``).
-    Arguments as :func:`glmer`.
+    ``variance="nb2"`` (default): ``Var(y | b) = mu + alpha mu^2``; ``alpha`` is
+    estimated jointly with the other parameters (results: ``.alpha``; lme4's
+    theta is ``1 / alpha``).  ``variance="nb1"``: ``Var(y | b) = mu (1 + phi)``
+    (glmmTMB's ``nbinom1``, statsmodels' ``loglike_method="nb1"``), ``phi``
+    estimated jointly (results: ``.phi``), glmmTMB's Laplace.  Other arguments
+    as :func:`glmer`.
 
     Returns
     -------
-    mlmext.glmm.NegativeBinomialMixedModel
+    mlmext.glmm.NegativeBinomialMixedModel or mlmext.glmm.NB1MixedModel
     """
+    key = str(variance).lower().replace(" ", "") if isinstance(variance, str) else variance
+    if key == "nb1":
+        return NB1MixedModel.from_formula(formula, data, weights=weights, offset=offset,
+                                          subset=subset, missing=missing,
+                                          eval_env=eval_env + 1, **kwargs)
+    if key != "nb2":
+        raise ValueError(f"variance must be 'nb2' (mu + alpha mu^2) or 'nb1' (mu (1 + phi)); "
+                         f"got {variance!r}")
     return NegativeBinomialMixedModel.from_formula(formula, data, weights=weights, offset=offset,
                                                    subset=subset, missing=missing,
                                                    eval_env=eval_env + 1, **kwargs)

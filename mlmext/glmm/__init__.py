@@ -5,13 +5,19 @@
 * :mod:`.response` -- response coercion and checks, family names;
 * :mod:`.model` -- :class:`GeneralizedLinearMixedModel` and its staged fit;
 * :mod:`.nb` -- :class:`NegativeBinomialMixedModel`;
+* :mod:`.nb1`, :mod:`.beta` -- the NB1 and beta families (glmmTMB's ``nbinom1``,
+  ``beta_family``), with what they share in :mod:`.phifamily`;
 * :mod:`.results` -- :class:`GLMMResults`.
 """
 from .conditional import GLMConditional, NegativeBinomialConditional
 from .model import GeneralizedLinearMixedModel
 from .nb import NegativeBinomialMixedModel
+from .nb1 import NB1Conditional, NB1Family, NB1MixedModel
+from .beta import Beta, BetaConditional, BetaMixedModel, is_beta_family
 from .results import GLMMResults
 from .scale import ScaleConditional
 
 __all__ = ["GeneralizedLinearMixedModel", "NegativeBinomialMixedModel", "GLMMResults",
-           "GLMConditional", "NegativeBinomialConditional", "ScaleConditional"]
+           "GLMConditional", "NegativeBinomialConditional", "ScaleConditional",
+           "NB1Conditional", "NB1Family", "NB1MixedModel",
+           "Beta", "BetaConditional", "BetaMixedModel", "is_beta_family"]

@@ -269,7 +269,8 @@ def _finish(model, dev, tr, x, nagq, optim, H, initial):
         # statsmodels' GLM convention: cov_params() = scale * normalized_cov_params
         extra_kw["scale"] = extra_kw["_alpha"]
         cov = np.asarray(cov) / extra_kw["scale"]
-    res = GLMMResults(model, beta, cov, theta=theta, u=modes.u, sigma=1.0,
+    cls = getattr(model, "_results_class", None) or GLMMResults     # NB1, beta: their own
+    res = cls(model, beta, cov, theta=theta, u=modes.u, sigma=1.0,
                       criterion=-2.0 * llf, optim=optim, reml=False, nagq=nagq,
                       pirls=modes, hessian=H, _transform=tr, _cov_joint=cov_joint,
                       **extra_kw)
@@ -319,7 +320,8 @@ def _fe_covariance(model, tr, H):
 
     joint = block(nt + p + tr.ke) if tr.ke else None
     if getattr(model, "information", "expected") == "observed" or \
-            getattr(model, "_extra_name", "") == "scale":      # Gamma, inverse Gaussian: glmmTMB's
+            getattr(model, "_extra_name", "") == "scale" or \
+            getattr(model, "_joint_cov", False):     # Gamma, inverse Gaussian, NB1, beta: glmmTMB's
         return joint, "Hessian (theta, beta, log alpha)", joint
     return block(nt + p), "Hessian", joint
 

@@ -184,8 +184,9 @@ class GeneralizedLinearMixedModel(MixedModel):
             return
         if not isinstance(family, (families.Binomial, families.Poisson)):
             raise NotImplementedError(f"the {type(family).__name__} family is not implemented; "
-                                      "binomial, Poisson, Gamma, inverse Gaussian and negative "
-                                      "binomial (glmer_nb) are")
+                                      "binomial, Poisson, Gamma, inverse Gaussian, negative "
+                                      "binomial (glmer_nb; NB1: variance='nb1') and beta "
+                                      "(glmer(family='beta'), BetaMixedModel) are")
 
     def _response_name(self):
         return str(self.formula_info["parsed"].response) if "parsed" in self.formula_info \

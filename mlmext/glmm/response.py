@@ -65,6 +65,8 @@ _FAMILY_OTHER = {
                "other parameters)"),
     "nb": (ValueError, "for the negative binomial use glmer_nb (alpha is estimated with the "
            "other parameters)"),
+    "beta": (ValueError, "the beta family is mlmext.glmm.BetaMixedModel (glmer(..., "
+             "family='beta') builds it)"),
     "quasibinomial": (NotImplementedError, "quasi families have no likelihood to maximize (lme4 "
                       "does not fit them either); for overdispersion add an observation-level "
                       "random effect (1 | obs)"),
@@ -86,11 +88,12 @@ def _family_from_name(name):
         raise exc(f"family={name!r}: {msg}")
     if key == "tweedie":
         raise NotImplementedError(f"the {name} family is not implemented; binomial, Poisson, "
-                                  "Gamma, inverse Gaussian and negative binomial (glmer_nb) are")
-    raise ValueError(f"unknown family {name!r}; use 'binomial', 'poisson', 'Gamma' or "
-                     "'inverse.gaussian' (or "
+                                  "Gamma, inverse Gaussian, negative binomial (glmer_nb, NB2 or "
+                                  "NB1) and beta are")
+    raise ValueError(f"unknown family {name!r}; use 'binomial', 'poisson', 'Gamma', "
+                     "'inverse.gaussian' or 'beta' (or "
                      "sm.families.Binomial() / sm.families.Poisson() with any link), and "
-                     "glmer_nb for the negative binomial")
+                     "glmer_nb for the negative binomial (NB2, or NB1 with variance='nb1')")
 
 
 # the keyword arguments of GeneralizedLinearMixedModel.fit, and hints for others

@@ -109,15 +109,15 @@ def _profile_objective(res):
     if _is_lmm(r):
         return _LMMProfile(r)
     if _is_glmm(r):
-        if getattr(r.model, "_extra_name", "") == "scale":
+        if getattr(r.model, "_extra_name", "") in ("scale", "phi"):
             # the GLMM profile holds the family's parameter at its estimate (as glmer.nb's):
             # for the dispersion of a Gamma / inverse Gaussian model that understates the
             # width; re-optimizing it at each point is not built
             raise NotImplementedError(
-                "profile likelihood (profile(), conf_int(method='profile')) for Gamma and "
-                "inverse Gaussian GLMMs: the profile would have to re-optimize the dispersion "
-                "(scale) at each point, which is not implemented; use the Wald intervals, "
-                "conf_int(), or conf_int(method='boot')")
+                "profile likelihood (profile(), conf_int(method='profile')) for Gamma, inverse "
+                "Gaussian, NB1 and beta GLMMs: the profile would have to re-optimize the "
+                f"family's dispersion or precision ({r.model._extra_name}) at each point, "
+                "which is not implemented; use the Wald intervals, conf_int(), or conf_int(method='boot')")
         return GLMMProfile(r)
     raise NotImplementedError(
         "profile likelihood (profile(), conf_int(method='profile')) is implemented for linear "
