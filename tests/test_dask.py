@@ -185,3 +185,20 @@ def test_collinear_in_the_data_but_not_in_the_first_pass_template():
     df["half2"] = np.where(df["Days"] < 5, "E", "L")
     with pytest.raises(ValueError, match="rank deficient on the data"):
         mf.lmer("Reaction ~ half + half2 + (1 | Subject)", dd.from_pandas(df, npartitions=3))
+
+
+def test_numeric_column_used_as_a_factor():
+    """``C(Days)`` makes a numeric column categorical: every level reaches the template, and
+    only that column's values are collected (not those of the numeric predictors after it)."""
+    from mlmext.dask.learn import _column_groups
+    from mlmext.frame import parse_formula
+    df = datasets.load("sleepstudy")
+    f = "Reaction ~ C(Days, Treatment(0)) + Days + (1 | Subject)"
+    parsed = parse_formula(f)
+    assert _column_groups(parsed, df, ["Reaction", "Days", "Subject"]) == [["Subject"], ["Days"]]
+    f = "Reaction ~ C(Days) + (1 | Subject)"
+    rd = mf.lmer(f, dd.from_pandas(df, npartitions=3)).fit()
+    rp = mf.lmer(f, df).fit()
+    _same_fit(rd, rp)
+    parsed = parse_formula("Reaction ~ C(Subject) + Days + (1 | Subject)")
+    assert _column_groups(parsed, df, ["Reaction", "Days", "Subject"]) == [["Subject"]]

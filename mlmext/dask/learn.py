@@ -63,6 +63,22 @@ class FormulaState:
         self.frame = None
 
 
+def _first_argument(expr, start):
+    """The first argument of the call whose parenthesis opens just before ``start``."""
+    depth = 0
+    for i in range(start, len(expr)):
+        ch = expr[i]
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            if depth == 0:
+                return expr[start:i]
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return expr[start:i]
+    return expr[start:]
+
+
 def _column_groups(parsed, meta, used):
     """Columns whose value combinations the template must hold: the factors of each grouping
     term joined (``a/b`` gives the ``a:b`` combinations), then each categorical predictor."""
@@ -76,7 +92,7 @@ def _column_groups(parsed, meta, used):
     in_c = set()
     for expr in [parsed.fixed_rhs] + [b.lhs for b in parsed.bars]:
         for m in _CATEGORICAL_CALL.finditer(expr):
-            in_c.update(names_in(expr[m.end():]))
+            in_c.update(names_in(_first_argument(expr, m.end())))
     grouped = set().union(*groups) if groups else set()
     for c in used:
         dt = meta[c].dtype
