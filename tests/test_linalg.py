@@ -422,3 +422,42 @@ def test_sparse_remainder_workspaces_in_threads():
             assert ld == pytest.approx(ref["logdet_zz"], rel=RTOL)
             assert r2 == pytest.approx(ref["r2"], rel=RTOL)
             np.testing.assert_allclose(ibs, ref["ibs_reml"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | pupil) + (1 | tch) + (1 | sch)",     # sparse rest
+                                     "y ~ x + (x | sch) + (1 | tch)",                   # q1 = 2
+                                     "y ~ x + (1 | tch)"])                              # one block
+def test_cross_products_summed_over_row_chunks(formula):
+    """The seam the Dask fit uses: the cross-products of row chunks, summed, set up the same
+    factor as the rows (every interface quantity that needs no rows)."""
+    from mlmext.linalg import row_cross_products
+    data = _school_data()
+    model, des, lams, w, v, rng = _setup(data, formula)
+    XY = model._XY
+    ref = DenseFactor(des.blocks, XY, w)
+    cuts = np.sort(rng.choice(np.arange(1, XY.shape[0]), 4, replace=False))
+    sums = None
+    for rows in np.split(np.arange(XY.shape[0]), cuts):      # chunks that split levels
+        blocks = []
+        for b in des.blocks:
+            c = b.__class__.__new__(b.__class__)
+            c.__dict__.update(b.__dict__, X=b.X[rows], codes=b.codes[rows])
+            blocks.append(c)
+        part = row_cross_products(blocks[0], blocks[1:], XY[rows], w[rows], dense_rr=False)
+        sums = part if sums is None else tuple(a + b for a, b in zip(sums, part))
+    A11, A_r1, A_rr = sums
+    got = DenseFactor.from_cross_products(des.blocks, A11, A_r1, A_rr.toarray())
+    assert (got._sn is None) == (ref._sn is None)
+    keys = ["logdet_zz", "logdet_xx", "r2", "u", "beta", "cov_beta", "ibs_ml", "ibs_reml",
+            "condvar", "ztres", "solve_re"]
+    want = {k: v_ for k, v_ in _factor_quantities(ref, lams, v).items() if k in keys}
+    got.update(lams)
+    u, beta = got.solve()
+    _assert_same({"logdet_zz": got.logdet_zz, "logdet_xx": got.logdet_xx, "r2": got.r2, "u": u,
+                  "beta": beta, "cov_beta": got.cov_beta_unscaled(),
+                  "ibs_ml": _flat(got.inverse_block_sums(0)),
+                  "ibs_reml": _flat(got.inverse_block_sums(got.p)),
+                  "condvar": _flat(got.condvar_u()), "ztres": _flat(got.ztres(u, beta, lams)),
+                  "solve_re": got.solve_re(v)}, want, "from summed cross-products")
+    with pytest.raises(NotImplementedError):
+        NestedFactor.from_cross_products(des.blocks, A11, A_r1, A_rr.toarray())

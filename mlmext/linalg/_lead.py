@@ -45,7 +45,9 @@ def row_cross_products(b1, rest, XY, weights=None, sparse_Z=None, dense_rr=True)
         # small: dense products (scipy.sparse construction would cost ~1 ms of overhead)
         sw = np.sqrt(w)[:, None]
         Zr = np.hstack([dense_Z(b) for b in rest] + [XY]) * sw
-        return A11, sparse.csr_matrix(Zr.T @ (dense_Z(b1) * sw)), Zr.T @ Zr
+        A_rr = Zr.T @ Zr
+        return A11, sparse.csr_matrix(Zr.T @ (dense_Z(b1) * sw)), \
+            A_rr if dense_rr else sparse.csr_matrix(A_rr)
     if sparse_Z is None:
         Z1 = b1.Z().tocsc()
         Zrest = sparse.hstack([b.Z() for b in rest], format="csc") if rest else None
