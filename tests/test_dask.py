@@ -6,6 +6,7 @@ sums in different orders (per partition, then in a tree), so the estimates agree
 optimizer's precision, not bit for bit: the objectives to 1e-9 relative, estimates within 1e-6
 of a standard error.
 """
+import pickle
 import warnings
 
 import numpy as np
@@ -87,6 +88,10 @@ def test_sleepstudy_partitions_split_subjects():
     np.testing.assert_allclose(rd.predict(data=dd.from_pandas(new, npartitions=2), re=False).compute(),
                                rp.predict(data=new, re=False), rtol=1e-7)
     np.testing.assert_allclose(rd.predict(data=new), rp.predict(data=new), rtol=1e-7)
+    rd.remove_data()                                     # no rows to remove: a no-op
+    got = pickle.loads(pickle.dumps(rd))
+    np.testing.assert_array_equal(got.params, rd.params)
+    np.testing.assert_allclose(got.predict(data=new), rp.predict(data=new), rtol=1e-7)
     assert "Scaled residuals" not in str(rd.summary())
     assert "DaskLinearMixedModel" in str(rd.summary())
 

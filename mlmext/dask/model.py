@@ -273,6 +273,10 @@ class DaskLMMResults(LMMResults):
         return model.dask_data.map_partitions(_fitted_partition, _shipped(model), beta, bs, what,
                                               meta=(what, "f8"))
 
+    def remove_data(self):
+        """Nothing to remove: the model holds no rows, and the results only a reference to the
+        lazy Dask DataFrame (dropped when the model is pickled)."""
+
     def predict(self, exog=None, data=None, re=True, which="mean", offset=None, **kwargs):
         """Predictions as :meth:`MixedResults.predict`; for Dask ``data`` a lazy Dask series
         (one value per row, NaN where a row has a missing value)."""
