@@ -56,7 +56,7 @@ def child_dask(path, worker_memory, out):
     import distributed
     from mlmext.formula import api as mf
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  memory_limit=worker_memory, dashboard_address=None) as cluster, \
+                                  memory_limit=worker_memory, dashboard_address=":0") as cluster, \
             distributed.Client(cluster):
         ddf = dd.read_parquet(path)
         mem_rows = None

@@ -131,7 +131,7 @@ def test_on_a_local_cluster_with_two_workers():
     df = _crossed(seed=5, n=1500)
     f = "y ~ x + grp + (1 + x | user) + (1 | item)"
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster):
         with dask.config.set(scheduler=None):
             ddf = dd.from_pandas(df, npartitions=4).persist()

@@ -17,7 +17,7 @@ from scipy import sparse
 
 from ..frame import evaluate, formula_manager
 from ..linalg import row_cross_products
-from .learn import tree_reduce
+from .learn import ship, tree_reduce
 
 __all__ = ["accumulate", "partition_rows"]
 
@@ -107,7 +107,7 @@ def accumulate(ddf, template, state):
     model being built, which holds the formula state and no rows.
     """
     import dask
-    tmpl = dask.delayed(template, pure=False, traverse=False)   # one object, shared by the tasks
+    tmpl = ship(template)                               # one object, shared by the tasks
     parts = [dask.delayed(_partition_sums)(p, tmpl, state) for p in ddf.to_delayed()]
     sums = tree_reduce(parts, _add).compute()
     sums["A_rr"] = sums["A_rr"].toarray()

@@ -23,13 +23,27 @@ import pandas as pd
 
 from ..frame import names_in, parse_formula, quote_names, used_columns
 
-__all__ = ["FormulaState", "learn", "tree_reduce"]
+__all__ = ["FormulaState", "learn", "ship", "tree_reduce"]
 
 #: rows of each partition kept as real values for the numeric columns of the template frame
 SAMPLE_ROWS = 2000
 #: patsy's stateful transforms: their state would come from the template frame
 _STATEFUL = re.compile(r"\b(center|standardize|scale|bs|cr|cc|te|CubicRegressionSpline)\s*\(")
 _CATEGORICAL_CALL = re.compile(r"\bC\(")
+
+
+def ship(obj):
+    """``obj`` as one object of the task graph, sent to the workers once (scattered when a
+    distributed client is running: not embedded in the graph)."""
+    try:
+        from distributed import default_client
+        client = default_client()
+    except (ImportError, ValueError):            # no distributed, or no client: local scheduler
+        client = None
+    if client is not None:
+        return client.scatter(obj, broadcast=True, hash=False)
+    import dask
+    return dask.delayed(obj, pure=False, traverse=False)
 
 
 def tree_reduce(parts, combine, fan_in=4):

@@ -24,7 +24,7 @@ from ..lmm import LinearMixedModel
 from ..prediction import re_contribution
 from ..results import LMMResults
 from .accumulate import accumulate, partition_rows
-from .learn import build_template, learn
+from .learn import build_template, learn, ship
 
 __all__ = ["DaskLinearMixedModel", "DaskLMMResults", "RowsNotHeldError"]
 
@@ -227,12 +227,6 @@ class DaskLinearMixedModel(LinearMixedModel):
         return super().fit(*args, **kwargs)
 
 
-def _shipped(model):
-    """The model as one object of the task graph (sent once, not per partition)."""
-    import dask
-    return dask.delayed(model, pure=False, traverse=False)
-
-
 def _predict_partition(part, model, beta, bs, re):
     """Linear predictor of one partition's rows (NaN where a row is incomplete)."""
     X, terms, off = model._new_design(part, re=re)
@@ -270,7 +264,7 @@ class DaskLMMResults(LMMResults):
 
     def _over_rows(self, what):
         model, beta, bs = self._parts()
-        return model.dask_data.map_partitions(_fitted_partition, _shipped(model), beta, bs, what,
+        return model.dask_data.map_partitions(_fitted_partition, ship(model), beta, bs, what,
                                               meta=(what, "f8"))
 
     def remove_data(self):
@@ -289,7 +283,7 @@ class DaskLMMResults(LMMResults):
             raise TypeError("offset= is not taken with Dask data; the model's offset column is "
                             "read from the new data")
         model, beta, bs = self._parts()
-        return new.map_partitions(_predict_partition, _shipped(model), beta, bs, bool(re),
+        return new.map_partitions(_predict_partition, ship(model), beta, bs, bool(re),
                                   meta=("predicted", "f8"))
 
 
