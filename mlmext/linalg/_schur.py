@@ -98,8 +98,10 @@ class SchurProduct:
         npairs = int((k.astype(np.int64) * (k + 1) // 2).sum())
         self.P = None
         if npairs > self.max_pairs:
+            # too many pairs to store: the products enumerate them chunk by chunk instead
             self.A_r1 = A_r1.tocsr()
             self.A_1r = self.A_r1.T.tocsr()
+            self._csc = (A, np.int64)
             return
         it = np.int32 if max(npairs, A.nnz, r * r) < 2**31 - 1 else np.int64
         if not refreshable:
@@ -130,10 +132,10 @@ class SchurProduct:
         self.P = sparse.csc_matrix((data, uniq % rr, indptr), shape=(rr, m1 * q1 * q1))
         self._plan = (perm, e1, e2, dbl, dest.ravel(), uniq.size)
 
-    def _build_blocks(self, A, it):
-        """P with its columns in blocks, one per pair of components a >= b of the first block's
-        template, a column per level in each: every block is filled level by level, in chunks
-        of levels (small temporaries) and without a sort.
+    def _pair_blocks(self, A, it, chunk=1 << 18):
+        """The pairs of P's columns in blocks, one per pair of components a >= b of the first
+        block's template, a column per level in each, level by level in chunks of levels:
+        yields ``(block, T, g0, g1, products, flat positions i r + j)``.
 
         Block (a, a) pairs the entries of a level's column a with each other (rows sorted, so
         e1 >= e2 is i >= j); block (a, b), a > b, pairs each entry of column a with each of
@@ -145,28 +147,31 @@ class SchurProduct:
         starts = [ptr[a:m1 * q1:q1] for a in range(q1)]
         counts = [(ptr[a + 1:m1 * q1 + 1:q1] - ptr[a:m1 * q1:q1]).astype(np.int64) for a in range(q1)]
         self._ab = [(a, b) for a in range(q1) for b in range(a + 1)]
-        Ts = [counts[a] * (counts[a] + 1) // 2 if a == b else counts[a] * counts[b]
-              for a, b in self._ab]
-        total = int(sum(int(T.sum()) for T in Ts))
-        val = np.empty(total)
-        rows = np.empty(total, dtype=it)
-        p1 = 0
-        for (a, b), T in zip(self._ab, Ts):
-            pairs = (_level_pairs(starts[a], T, it) if a == b else
-                     _cross_pairs(starts[a], starts[b], counts[b], T, it))
-            for _, _, e1, e2 in pairs:
-                p0, p1 = p1, p1 + e1.size
-                v, rw = val[p0:p1], rows[p0:p1]
-                np.take(A.data, e1, out=v)
+        for k, (a, b) in enumerate(self._ab):
+            T = counts[a] * (counts[a] + 1) // 2 if a == b else counts[a] * counts[b]
+            pairs = (_level_pairs(starts[a], T, it, chunk) if a == b else
+                     _cross_pairs(starts[a], starts[b], counts[b], T, it, chunk))
+            for g0, g1, e1, e2 in pairs:
+                v = np.take(A.data, e1)
                 v *= np.take(A.data, e2)
                 i, j = np.take(indices, e1), np.take(indices, e2)
                 if a != b:
                     v[i == j] *= 2.0
                     i, j = np.maximum(i, j), np.minimum(i, j)
-                np.multiply(i, it(r), out=rw)
+                rw = i * it(r)
                 rw += j
-        indptr = np.concatenate([[0], np.cumsum(np.concatenate(Ts))])
-        self.P = sparse.csc_matrix((val, rows, indptr), shape=(r * r, m1 * len(self._ab)))
+                yield k, T, g0, g1, v, rw
+
+    def _build_blocks(self, A, it):
+        """P from :meth:`_pair_blocks`, filled in order (no sort)."""
+        vals, rows, Ts = [], [], {}
+        for k, T, _, _, v, rw in self._pair_blocks(A, it):
+            vals.append(v)
+            rows.append(rw)
+            Ts[k] = T
+        indptr = np.concatenate([[0], np.cumsum(np.concatenate([Ts[k] for k in sorted(Ts)]))])
+        self.P = sparse.csc_matrix((np.concatenate(vals), np.concatenate(rows), indptr),
+                                   shape=(self.r * self.r, self.m1 * len(self._ab)))
 
     def _b_vector(self, B):
         """B (m1, q1, q1) in the order of P's columns."""
@@ -209,6 +214,9 @@ class SchurProduct:
         if self.P is None:
             self.A_r1 = A_r1.tocsr()
             self.A_1r = self.A_r1.T.tocsr()
+            A = A_r1.tocsc()
+            A.sort_indices()
+            self._csc = (A, np.int64)
             return
         perm, e1, e2, dbl, dest, nnz = self._plan
         v = A_r1.data[perm]
@@ -223,9 +231,15 @@ class SchurProduct:
             Kw = 2.0 * K
             Kw[np.diag_indices(self.r)] *= 0.5                 # off-diagonal pairs count twice
             return self.pair_sums(Kw)
-        F = np.asarray(self.A_1r @ K)                    # (m1 q1) x r
-        D = self.A_1r.toarray()
-        V = np.einsum("gar,gbr->gab", F.reshape(self.m1, self.q1, -1), D.reshape(self.m1, self.q1, -1))
+        # P too large to store: its pairs, chunk by chunk (memory of a chunk, time of P' K)
+        Kw = 2.0 * K
+        Kw[np.diag_indices(self.r)] *= 0.5
+        kflat = Kw.ravel()
+        V = np.zeros((self.m1, self.q1, self.q1))
+        for k, T, g0, g1, v, rw in self._pair_blocks(*self._csc, chunk=1 << 22):
+            a, b = self._ab[k]
+            level = np.repeat(np.arange(g1 - g0), T[g0:g1])
+            V[g0:g1, a, b] += np.bincount(level, weights=v * kflat[rw], minlength=g1 - g0)
         return V
 
     def subtract_from(self, S, B):
