@@ -287,9 +287,10 @@ class InferenceMixin:
         """Estimated marginal means (R's ``emmeans``): ``res.emmeans("sector", by="female")``.
 
         Returns an :class:`~mlmext.inference.EMMeans` table (a DataFrame) with ``pairs()``,
-        ``contrast()`` and ``plot()``; see :func:`mlmext.inference.emmeans` for the arguments
-        (``type="response"`` back-transforms GLMM means; LMM df Kenward-Roger by default,
-        ``ddf="satterthwaite"``; clmm means on the latent scale).
+        ``contrast()``, ``regrid()`` and ``plot()``; see :func:`mlmext.inference.emmeans` for
+        the arguments (``type="response"`` back-transforms GLMM means and those of a
+        transformed LMM response such as ``np.log(y)``; ``weights=`` as emmeans'; LMM df
+        Kenward-Roger by default, ``ddf="satterthwaite"``; clmm means on the latent scale).
         """
         return emmeans(self, specs, by=by, at=at, type=type, ddf=ddf, level=level, mode=mode,
                        weights=weights, **kwargs)
