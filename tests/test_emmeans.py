@@ -104,6 +104,8 @@ CASES = {
         "period_response_pairs_tukey": lambda m: m.emmeans("period", type="response").pairs(),
         "period_response_trtvsctrl_bonf":
             lambda m: m.emmeans("period", type="response").contrast("trt.vs.ctrl", adjust="bonferroni"),
+        "period_regrid": lambda m: m.emmeans("period").regrid(),
+        "period_regrid_pairs": lambda m: m.emmeans("period").regrid().pairs(),
     },
     "grouseticks": {
         "year_response": lambda m: m.emmeans("YEAR", type="response"),

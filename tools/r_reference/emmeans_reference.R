@@ -79,7 +79,9 @@ calls <- c(
   period_link_pairs_tukey = "pairs(emmeans(g, ~ period))",
   period_link_pairs_holm = "pairs(emmeans(g, ~ period), adjust = 'holm')",
   period_response_pairs_tukey = "pairs(emmeans(g, ~ period, type = 'response'))",
-  period_response_trtvsctrl_bonf = "contrast(emmeans(g, ~ period, type = 'response'), 'trt.vs.ctrl', adjust = 'bonferroni')"
+  period_response_trtvsctrl_bonf = "contrast(emmeans(g, ~ period, type = 'response'), 'trt.vs.ctrl', adjust = 'bonferroni')",
+  period_regrid = "regrid(emmeans(g, ~ period))",
+  period_regrid_pairs = "pairs(regrid(emmeans(g, ~ period)))"
 )
 write_ref(list(name = "cbpp", data = "cbpp.csv", formula = gform, family = "binomial",
                r_call = sprintf("glmer(%s, data = cbpp, family = binomial, control = glmerControl(tolPwrss = 1e-12))", gform),
