@@ -47,6 +47,9 @@ def _fit(name):
             assert len(sub) == ref["nobs"]
             return ref, {"m": mf.lmer(ref["formula"], sub).fit(),
                          "m2": mf.lmer(ref["formula2"], sub).fit()}
+        if name == "ham_binary_covariate":    # R: g01 = as.numeric(Gender == "2")
+            data = data.assign(g01=(data["Gender"].astype(str) == "2").astype(float))
+            return ref, mf.lmer(ref["formula"], data).fit()
         if name == "ham_transformed":      # R's log(y) is np.log(y) here
             return ref, {k: mf.lmer("np." + f, data).fit() for k, f in ref["formulas"].items()}
         if name == "cbpp":
@@ -131,6 +134,13 @@ CASES = {
         "product_cells_pairs": lambda m: m["m"].emmeans("Product", weights="cells", ddf=SA).pairs(),
         "product_outer_ig": lambda m: m["m2"].emmeans("Product", weights="outer"),
         "product_proportional_ig": lambda m: m["m2"].emmeans("Product", weights="proportional"),
+    },
+    "ham_binary_covariate": {      # emmeans' cov.keep = "2": a 0/1 covariate is a grid factor
+        "product_kr": lambda m: m.emmeans("Product"),
+        "g01_kr": lambda m: m.emmeans("g01"),
+        "g01_pairs": lambda m: m.emmeans("g01").pairs(),
+        "product_cells": lambda m: m.emmeans("Product", weights="cells"),
+        "product_mean": lambda m: m.emmeans("Product", cov_keep=0),
     },
     "ham_transformed": {
         "log_product_link": lambda m: m["log"].emmeans("Product"),
@@ -299,6 +309,8 @@ def test_bad_input(fits):
         res.emmeans("Product", adjust="tukey")
     with pytest.raises(ValueError, match="weights"):
         res.emmeans("Product", weights="proportionate")
+    with pytest.raises(ValueError, match="cov_keep"):
+        res.emmeans("Product", cov_keep=-1)
     with pytest.raises(ValueError, match="4 combinations"):
         res.emmeans("Product", weights=[1, 2])
     with pytest.raises(ValueError, match="regrid"):

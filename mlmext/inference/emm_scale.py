@@ -142,3 +142,13 @@ def regrid_df(df_means, C):
     if np.all(np.isinf(df_means)) or np.ptp(df_means) < 0.01:
         return np.full(C.shape[0], np.mean(df_means))
     return np.array([np.min(df_means[np.abs(c) > 1e-12]) for c in np.atleast_2d(C)])
+
+
+def regridded(info, tran):
+    """The fields of regridded means (emmeans' ``regrid``): ``g^-1(m)``, delta-method SEs, the
+    rows ``g'(m) L`` on beta for contrasts, and the df rule of :func:`regrid_df`."""
+    d = tran.inverse_deriv(info.est)
+    df = np.asarray(info.df, dtype=float)
+    return dict(est=tran.inverse(info.est), se=np.abs(d) * info.se, L=d[:, None] * info.L,
+                tran=tran, type="response", regridded=True, regrid_df=df,
+                df=regrid_df(df, np.eye(len(df))))

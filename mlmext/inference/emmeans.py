@@ -1,7 +1,8 @@
 """Estimated marginal means (R's ``emmeans``) of LMM, GLMM and clmm fits.
 
 The reference grid holds every factor of the fixed effects at all its levels and every numeric
-covariate at its mean over the fitted rows (or at the values given in ``at=``).  Its design
+covariate at its mean over the fitted rows (or at the values given in ``at=``); a numeric
+covariate with two distinct values enters with both, as emmeans' default ``cov.keep = "2"``.  Its design
 matrix is built by the model's own formula machinery (the path ``predict(data=...)`` takes), so
 codings, ``C()``, transformations and interactions are the fitted ones.  A marginal mean of a
 cell of the ``specs`` (and ``by``) variables is the equally weighted average of the grid's
@@ -25,8 +26,8 @@ from .._args import reject_unknown
 from ._common import _raw
 from .ddf import _ddf_method, kenward_roger, satterthwaite
 from .emm_ordinal import probability_rows
-from .emm_scale import (cell_counts, check_weights, link_transform, regrid_df, response_transform,
-                        weight_matrix)
+from .emm_scale import (cell_counts, check_weights, link_transform, regrid_df, regridded,
+                        response_transform, weight_matrix)
 
 
 def _kind(res):
@@ -83,9 +84,11 @@ def _as_names(x, what):
     return names
 
 
-def reference_grid(res, specs, by=None, at=None, extra=None):
+def reference_grid(res, specs, by=None, at=None, extra=None, cov_keep=2):
     """The reference grid and what is averaged.
 
+    A numeric covariate with at most ``cov_keep`` distinct values (emmeans' ``cov.keep``,
+    default ``"2"``: a 0/1 indicator) enters with its values, as a factor, not at its mean.
     ``extra`` adds factors that are not data columns (``{name: levels}``: a clmm's response
     categories for emmeans' ``mode = "prob"``); they come first among the variables averaged.
 
@@ -116,7 +119,7 @@ def reference_grid(res, specs, by=None, at=None, extra=None):
     dup = [n for n in specs if n in by] or [n for n in specs + by if (specs + by).count(n) > 1]
     if dup:
         raise ValueError(f"{dup[0]!r} is named twice in specs / by")
-    values = {}
+    values, kept = {}, set()
     for v in variables:
         if v in cats:
             levels = list(extra[v]) if v in extra else _levels(data[v])
@@ -133,10 +136,16 @@ def reference_grid(res, specs, by=None, at=None, extra=None):
                 raise ValueError(f"at: {v!r} needs finite numbers, got {at[v]!r}")
             values[v] = list(vals)
         else:
+            x = np.asarray(data[v], dtype=float)
+            distinct = np.unique(x[np.isfinite(x)])
+            if 1 < distinct.size <= cov_keep:      # emmeans' cov.keep: kept with its values
+                values[v] = list(distinct)
+                kept.add(v)
+                continue
             if v in specs or v in by:
                 raise ValueError(f"{v!r} is numeric: give the values to compare in at= "
                                  f"(e.g. at={{{v!r}: [..]}}), or wrap it in C() in the formula")
-            values[v] = [float(np.mean(np.asarray(data[v], dtype=float)))]   # emmeans' cov.reduce
+            values[v] = [float(np.mean(x))]       # emmeans' cov.reduce
     order = specs + by + [v for v in variables if v not in specs and v not in by]
     rows = [tuple(reversed(r)) for r in product(*[values[v] for v in reversed(order)])]
     grid = pd.DataFrame(rows, columns=order)
@@ -150,7 +159,7 @@ def reference_grid(res, specs, by=None, at=None, extra=None):
     n_cells = int(np.prod([len(values[v]) for v in specs + by]))
     cells = grid.iloc[:n_cells][specs + by].reset_index(drop=True)
     averaged = [v for v in order[len(specs + by):] if len(values[v]) > 1]
-    grid.attrs["factors"] = sorted(cats_data & set(order))     # what .wgt. counts
+    grid.attrs["factors"] = sorted((cats_data | kept) & set(order))   # what .wgt. counts
     grid.attrs["dims"] = [len(values[v]) for v in averaged]
     return grid, cells, averaged
 
@@ -193,7 +202,7 @@ def _response_name(kind, family):
 
 
 def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mode=None,
-            weights="equal", **kwargs):
+            weights="equal", cov_keep=2, **kwargs):
     """Estimated marginal means (R's ``emmeans``) and the table :class:`EMMeans` of them.
 
     Parameters
@@ -240,6 +249,12 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
         varying fastest); see :mod:`.emm_scale`.  Not for a clmm's ``"prob"`` /
         ``"mean.class"`` modes.
 
+    cov_keep : int
+        Numeric covariates with at most this many distinct values in the fitted rows (a 0/1
+        indicator) enter the grid with their values, like factors, and are averaged over
+        (or may be ``specs`` / ``by``), as emmeans' default ``cov.keep = "2"``; ``0`` puts
+        every numeric covariate at its mean.
+
     Returns
     -------
     EMMeans
@@ -249,7 +264,9 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
         :meth:`~EMMeans.pairs`, :meth:`~EMMeans.contrast` and :meth:`~EMMeans.plot`.
     """
     reject_unknown(kwargs, "emmeans()", accepted=["specs", "by", "at", "type", "ddf", "level",
-                                                  "mode", "weights"])
+                                                  "mode", "weights", "cov_keep"])
+    if isinstance(cov_keep, bool) or not isinstance(cov_keep, (int, np.integer)) or cov_keep < 0:
+        raise ValueError(f"cov_keep must be a whole number >= 0, got {cov_keep!r}")
     r = _raw(res)
     kind = _kind(r)
     if type not in ("link", "response"):
@@ -291,7 +308,7 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
 
     resp = str(r.model.endog_names)
     extra = {resp: list(r.model.levels)} if mode == "prob" else {}
-    grid, cells, averaged = reference_grid(r, specs, by, at, extra)
+    grid, cells, averaged = reference_grid(r, specs, by, at, extra, cov_keep=int(cov_keep))
     X = r.model._new_design(_design_frame(r, grid.drop(columns=list(extra))), re=False,
                             offset=np.zeros(len(grid)))[0]
     n_cells = len(cells)
@@ -446,14 +463,7 @@ class EMMeans(pd.DataFrame):
             raise ValueError("regrid needs a GLMM or a transformed LMM response; these means "
                              "are on their response scale already" if info.kind == "lmm" else
                              "regrid is not available for clmm means (use mode='prob')")
-        new = EMMInfo(**vars(info))
-        d = tran.inverse_deriv(info.est)
-        new.est, new.se = tran.inverse(info.est), np.abs(d) * info.se
-        new.L = d[:, None] * info.L
-        new.tran, new.type, new.regridded = tran, "response", True
-        new.regrid_df = np.asarray(info.df, dtype=float)
-        new.df = regrid_df(new.regrid_df, np.eye(len(info.est)))
-        return EMMeans._build(new)
+        return EMMeans._build(EMMInfo(**{**vars(info), **regridded(info, tran)}))
 
     def contrast(self, method="pairwise", adjust=None, ref=0):
         """Contrasts among the means within each ``by`` group (emmeans' ``contrast``).

@@ -283,7 +283,7 @@ class InferenceMixin:
                          f"or 'mitml'; got {method!r}")
 
     def emmeans(self, specs, by=None, at=None, type="link", ddf=None, level=0.95, mode=None,
-                weights="equal", **kwargs):
+                weights="equal", cov_keep=2, **kwargs):
         """Estimated marginal means (R's ``emmeans``): ``res.emmeans("sector", by="female")``.
 
         Returns an :class:`~mlmext.inference.EMMeans` table (a DataFrame) with ``pairs()``,
@@ -293,7 +293,7 @@ class InferenceMixin:
         Kenward-Roger by default, ``ddf="satterthwaite"``; clmm means on the latent scale).
         """
         return emmeans(self, specs, by=by, at=at, type=type, ddf=ddf, level=level, mode=mode,
-                       weights=weights, **kwargs)
+                       weights=weights, cov_keep=cov_keep, **kwargs)
 
     def refit(self, endog, **fit_kwargs):
         """The model refitted to a new response; see :func:`mlmext.inference.refit`."""

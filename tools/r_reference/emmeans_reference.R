@@ -194,3 +194,22 @@ write_ref(list(name = "ham_transformed", data = "ham.csv",
                              log10 = as.numeric(logLik(m10))),
                tables = tables(calls)),
           "ham_transformed", REF_DIR, versions = R_VERSIONS)
+
+## ---- 6. a numeric 0/1 covariate: emmeans' default cov.keep = "2" keeps it with its two values
+## (averaged over like a factor) instead of putting it at its mean; cov.keep = character(0)
+## puts it at its mean
+ham$g01 <- as.numeric(ham$Gender == "2")
+kform <- "Informed.liking ~ Product + g01 + Age + (1 | Consumer)"
+mk <- lmer(as.formula(kform), data = ham)
+calls <- c(
+  product_kr = sprintf("emmeans(mk, ~ Product, %s)", KR),
+  g01_kr = sprintf("emmeans(mk, ~ g01, %s)", KR),
+  g01_pairs = sprintf("pairs(emmeans(mk, ~ g01, %s))", KR),
+  product_cells = sprintf("emmeans(mk, ~ Product, weights = 'cells', %s)", KR),
+  product_mean = sprintf("emmeans(mk, ~ Product, cov.keep = character(0), %s)", KR)
+)
+write_ref(list(name = "ham_binary_covariate", data = "ham.csv", formula = kform,
+               derived = "g01 = as.numeric(Gender == '2')",
+               r_call = sprintf("lmer(%s, data = ham)", kform), g01_mean = mean(ham$g01),
+               fixef = as.list(fixef(mk)), loglik = as.numeric(logLik(mk)), tables = tables(calls)),
+          "ham_binary_covariate", REF_DIR, versions = R_VERSIONS)
