@@ -27,6 +27,14 @@ from mlmext.inference.emm_contrasts import adjust_pvalues
 from refcases import load_ref, read_data
 
 
+def _ham_unbalanced(data):
+    """The rows R keeps: tools/r_reference/emmeans_reference.R, section 4."""
+    odd = data["Consumer"].astype(str).astype(int) % 2 == 1
+    drop = (data["Information"].astype(str) == "1") & (data["Gender"].astype(str) == "2") & \
+        data["Product"].astype(str).isin(["1", "2"]) & odd
+    return data.loc[~drop]
+
+
 def _fit(name):
     ref = load_ref("emmeans", name)
     data = read_data(ref["data"])
@@ -34,6 +42,16 @@ def _fit(name):
         warnings.simplefilter("ignore")
         if name == "ham":
             return ref, mf.lmer(ref["formula"], data).fit()
+        if name == "ham_unbalanced":
+            sub = _ham_unbalanced(data)
+            assert len(sub) == ref["nobs"]
+            return ref, {"m": mf.lmer(ref["formula"], sub).fit(),
+                         "m2": mf.lmer(ref["formula2"], sub).fit()}
+        if name == "ham_binary_covariate":    # R: g01 = as.numeric(Gender == "2")
+            data = data.assign(g01=(data["Gender"].astype(str) == "2").astype(float))
+            return ref, mf.lmer(ref["formula"], data).fit()
+        if name == "ham_transformed":      # R's log(y) is np.log(y) here
+            return ref, {k: mf.lmer("np." + f, data).fit() for k, f in ref["formulas"].items()}
         if name == "cbpp":
             return ref, mf.glmer(ref["formula"], data, family=sm.families.Binomial()).fit()
         if name in ("grouseticks", "pois_offset"):
@@ -89,6 +107,8 @@ CASES = {
         "period_response_pairs_tukey": lambda m: m.emmeans("period", type="response").pairs(),
         "period_response_trtvsctrl_bonf":
             lambda m: m.emmeans("period", type="response").contrast("trt.vs.ctrl", adjust="bonferroni"),
+        "period_regrid": lambda m: m.emmeans("period").regrid(),
+        "period_regrid_pairs": lambda m: m.emmeans("period").regrid().pairs(),
     },
     "grouseticks": {
         "year_response": lambda m: m.emmeans("YEAR", type="response"),
@@ -97,6 +117,50 @@ CASES = {
     },
     "pois_offset": {       # the offset log(t) at the mean of t, as emmeans
         "x_at_response": lambda m: m.emmeans("x", at={"x": [0, 0.5]}, type="response"),
+    },
+    "ham_unbalanced": {
+        "product_equal": lambda m: m["m"].emmeans("Product"),
+        "product_proportional": lambda m: m["m"].emmeans("Product", weights="proportional"),
+        "product_outer": lambda m: m["m"].emmeans("Product", weights="outer"),
+        "product_cells": lambda m: m["m"].emmeans("Product", weights="cells"),
+        "product_flat": lambda m: m["m"].emmeans("Product", weights="flat"),
+        "product_numeric": lambda m: m["m"].emmeans("Product", weights=[1, 2, 3, 4]),
+        "info_by_gender_cells":
+            lambda m: m["m"].emmeans("Information", by="Gender", weights="cells", ddf=SA),
+        "product_age_proportional":
+            lambda m: m["m"].emmeans("Product", at={"Age": [30, 50]}, weights="proportional"),
+        "product_proportional_pairs":
+            lambda m: m["m"].emmeans("Product", weights="proportional").pairs(adjust="holm"),
+        "product_cells_pairs": lambda m: m["m"].emmeans("Product", weights="cells", ddf=SA).pairs(),
+        "product_outer_ig": lambda m: m["m2"].emmeans("Product", weights="outer"),
+        "product_proportional_ig": lambda m: m["m2"].emmeans("Product", weights="proportional"),
+    },
+    "ham_binary_covariate": {      # emmeans' cov.keep = "2": a 0/1 covariate is a grid factor
+        "product_kr": lambda m: m.emmeans("Product"),
+        "g01_kr": lambda m: m.emmeans("g01"),
+        "g01_pairs": lambda m: m.emmeans("g01").pairs(),
+        "product_cells": lambda m: m.emmeans("Product", weights="cells"),
+        "product_mean": lambda m: m.emmeans("Product", cov_keep=0),
+    },
+    "ham_transformed": {
+        "log_product_link": lambda m: m["log"].emmeans("Product"),
+        "log_product_response": lambda m: m["log"].emmeans("Product", type="response"),
+        "log_product_response_pairs":
+            lambda m: m["log"].emmeans("Product", type="response").pairs(),
+        "log_product_regrid": lambda m: m["log"].emmeans("Product").regrid(),
+        "log_product_regrid_pairs":
+            lambda m: m["log"].emmeans("Product").regrid().pairs(adjust="holm"),
+        "log_info_by_gender_response_satt":
+            lambda m: m["log"].emmeans("Information", by="Gender", type="response", ddf=SA),
+        "sqrt_product_response": lambda m: m["sqrt"].emmeans("Product", type="response"),
+        "sqrt_product_response_pairs":
+            lambda m: m["sqrt"].emmeans("Product", type="response").pairs(),
+        "sqrt_product_regrid": lambda m: m["sqrt"].emmeans("Product").regrid(),
+        "log10_product_response": lambda m: m["log10"].emmeans("Product", type="response"),
+        "log10_product_response_pairs":
+            lambda m: m["log10"].emmeans("Product", type="response").pairs(adjust="none"),
+        "log_info_gender_regrid_pairs":
+            lambda m: m["log"].emmeans(["Information", "Gender"], ddf=SA).regrid().pairs(adjust="none"),
     },
     "wine": {
         "temp_latent": lambda m: m.emmeans("temp"),
@@ -111,7 +175,8 @@ CASES = {
     },
 }
 PARAMS = [(d, t) for d, tabs in CASES.items() for t in tabs]
-ESTIMATES = ("emmean", "prob", "rate", "mean.class", "estimate", "odds.ratio", "ratio")
+ESTIMATES = ("emmean", "prob", "rate", "response", "mean.class", "estimate", "odds.ratio",
+             "ratio")
 LIMITS = ("lower.CL", "upper.CL", "asymp.LCL", "asymp.UCL")
 
 
@@ -242,8 +307,14 @@ def test_bad_input(fits):
         res.emmeans("Product", mode="latent")
     with pytest.raises(TypeError):
         res.emmeans("Product", adjust="tukey")
-    with pytest.raises(NotImplementedError, match="weights"):
-        res.emmeans("Product", weights="proportional")
+    with pytest.raises(ValueError, match="weights"):
+        res.emmeans("Product", weights="proportionate")
+    with pytest.raises(ValueError, match="cov_keep"):
+        res.emmeans("Product", cov_keep=-1)
+    with pytest.raises(ValueError, match="4 combinations"):
+        res.emmeans("Product", weights=[1, 2])
+    with pytest.raises(ValueError, match="regrid"):
+        res.emmeans("Product").regrid()
     e = res.emmeans("Product")
     with pytest.raises(ValueError, match="adjust"):
         e.pairs(adjust="scheffe")
@@ -259,6 +330,8 @@ def test_bad_input(fits):
         c.emmeans("temp", type="response")
     with pytest.raises(NotImplementedError, match="latent"):
         c.emmeans("temp", mode="cum.prob")
+    with pytest.raises(NotImplementedError, match="weights"):
+        c.emmeans("temp", mode="prob", weights="cells")
 
 
 def test_the_function_and_the_method_agree(fits):
@@ -336,3 +409,27 @@ def test_an_ml_fit_defaults_to_satterthwaite(fits):
     assert any("REML" in n for n in e.attrs["notes"])
     with pytest.raises(ValueError, match="reml"):
         ml.emmeans("Gender", ddf="kenward-roger")
+
+
+def test_cells_weights_average_the_cells_own_rows(fits):
+    """weights="cells": a mean is the plain average of the fixed-effects predictions of the
+    cell's fitted rows, with the covariate Age at its mean (the grid's value)."""
+    ref, res = fits("ham_unbalanced")
+    m = res["m"]
+    data = _ham_unbalanced(read_data(ref["data"])).copy()
+    data["Age"] = data["Age"].mean()
+    pred = np.asarray(m.predict(data=data, re=False))
+    emm = m.emmeans("Product", weights="cells")
+    for p, got in zip(emm["Product"], emm["emmean"]):
+        rows = (data["Product"].astype(str) == str(p)).to_numpy()
+        assert got == pytest.approx(pred[rows].mean(), rel=1e-12)
+    # "proportional": the marginal counts of (Information, Gender), the same in every cell
+    emm = m.emmeans("Product", weights="proportional")
+    counts = data.groupby(["Information", "Gender"], observed=True).size()
+    for p, got in zip(emm["Product"], emm["emmean"]):
+        d = pd.DataFrame([{"Product": p, "Information": i, "Gender": g, "Age": data["Age"].iloc[0]}
+                          for i, g in counts.index])
+        for c in ("Product", "Information", "Gender"):
+            d[c] = pd.Categorical(d[c].astype(str), categories=data[c].cat.categories)
+        want = np.average(np.asarray(m.predict(data=d, re=False)), weights=counts.to_numpy())
+        assert got == pytest.approx(want, rel=1e-12)

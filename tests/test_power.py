@@ -118,8 +118,10 @@ def _direct_power(sleep, fit, keep_fn, breaks, term, effect, nsim, seed):
 def test_power_curve_along_equals_a_direct_loop(sleep, fit):
     levels = pd.unique(sleep["Subject"])
     breaks, nsim = [5, 10], 12
-    pc = mlmext.power_curve(fit, "Days", along="Subject", breaks=breaks, nsim=nsim,
-                            effect=4.0, seed=11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # a refit's warnings are counted, not shown
+        pc = mlmext.power_curve(fit, "Days", along="Subject", breaks=breaks, nsim=nsim,
+                                effect=4.0, seed=11)
     direct = _direct_power(sleep, fit, lambda b: sleep["Subject"].isin(levels[:b]).to_numpy(),
                            breaks, "Days", 4.0, nsim, 11)
     assert pc["successes"].tolist() == direct
@@ -227,3 +229,35 @@ def test_extend(sleep, fit):
         mlmext.extend(fit, along="Subject", n=0)
     with pytest.raises(ValueError, match="positive integer"):
         mlmext.extend(fit, along="Subject", n=20.5)
+
+
+def test_power_sim_counts_warnings_of_refits(sleep, fit):
+    """A refit that stops short of its boundary minimum makes the Satterthwaite Hessian
+    indefinite: power_sim counts the simulation as warned (simr's warnings count) and keeps its
+    p-value, instead of repeating the warning on the console.  The same simulation, refitted
+    by hand, gives the same warning."""
+    rng = np.random.default_rng(11)
+    sub = sleep.loc[sleep["Subject"].isin(pd.unique(sleep["Subject"])[:5])]
+    made = mlmext.make_lmer(FORMULA, sub.drop(columns="Reaction"), fit.fe_params,
+                            theta=fit.theta, sigma=fit.sigma, seed=rng)
+    state = rng.bit_generator.state
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ps = made.power_sim("Days", effect=4.0, nsim=12, seed=rng)
+    assert ps.warned >= 1 and ps.nsim == 12 and ps.failed == 0
+    assert ps.warning_messages.sum() >= ps.warned
+    assert any("Hessian" in m for m in ps.warning_messages.index)
+    assert f"{ps.warned} with warnings" in repr(ps)
+    # by hand: the same responses, refitted from the model's theta as power_sim does
+    rng.bit_generator.state = state
+    beta = made.fe_params.to_numpy().copy()
+    beta[1] = 4.0
+    ys = simulate(made, nsim=12, seed=rng, params=beta)
+    warned = 0
+    for k in range(12):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            made.refit(ys.iloc[:, k].to_numpy()).df_satterthwaite()
+        warned += any("Hessian" in str(w.message) for w in caught)
+    hessian = ps.warning_messages[[m for m in ps.warning_messages.index if "Hessian" in m]]
+    assert warned == int(hessian.sum()) >= 1

@@ -13,6 +13,8 @@ which puts them on the results class as methods:
   ``confint(method = "profile")``), :func:`bootstrap`, :func:`conf_int_boot` (``bootMer``),
   and the Wald intervals;
 * :mod:`.variance_explained` -- :func:`icc`, :func:`r2_nakagawa`, :func:`r2_snijders_bosker`;
+* :mod:`.r2_multilevel` -- :func:`r2_rights_sterba` (r2mlm), :func:`r2_likelihood_ratio`
+  (MuMIn's ``r.squaredLR``), :func:`r2_mitml` (mitml's ``multilevelR2``);
 * :mod:`.simulation` -- :func:`simulate`, :func:`power_sim`: simulation from a fit and
   simulation-based power; :func:`refit` (``._refit``), a fit refitted to a new response;
 * :mod:`.deletion` -- :func:`influence`, :func:`cooks_distance`, :func:`leverage`: case-deletion
@@ -45,6 +47,7 @@ from ._refit import refit
 from .mixin import InferenceMixin
 from .robust import ClusterRobust, cluster_robust, robust_note
 from .simulation import PowerSimResults, power_sim, simulate
+from .r2_multilevel import R2Decomposition, r2_likelihood_ratio, r2_mitml, r2_rights_sterba
 from .variance_explained import icc, r2_nakagawa, r2_snijders_bosker
 
 # public too, though never in __all__
@@ -53,7 +56,8 @@ from .intervals import boot_ci, profile_zeta  # noqa: F401
 
 __all__ = [
     "anova", "AnovaTable", "anova_lmm", "ranova", "drop1", "LmerTestTable", "satterthwaite", "kenward_roger", "profile", "conf_int_profile",
-    "bootstrap", "conf_int_boot", "icc", "r2_nakagawa", "r2_snijders_bosker", "simulate",
+    "bootstrap", "conf_int_boot", "icc", "r2_nakagawa", "r2_snijders_bosker", "r2_rights_sterba",
+    "R2Decomposition", "r2_likelihood_ratio", "r2_mitml", "simulate",
     "power_sim", "PowerSimResults", "influence", "cooks_distance", "leverage", "check_convergence",
     "ConvergenceCheck", "allfit", "AllFitTable", "varpar_names", "InferenceMixin", "refit",
     "PBTestTable", "pb_table", "predictive_variance",

@@ -107,11 +107,12 @@ class EMMContrasts(pd.DataFrame):
 
 def _ratio_kind(info):
     """'odds.ratio' / 'ratio' when the contrasts are back-transformed (emmeans' regrid of
-    log / logit differences), else None."""
-    if info.kind != "glmm" or info.type != "response":
+    log / logit differences: a GLMM's link, a log-transformed LMM response), else None."""
+    tran = getattr(info, "tran", None)
+    if info.type != "response" or tran is None or getattr(info, "regridded", False) or \
+            tran.base is None:
         return None
-    link = type(info.family.link).__name__.lower()
-    return {"logit": "odds.ratio", "log": "ratio"}.get(link)
+    return "odds.ratio" if tran.name == "logit" else "ratio"
 
 
 def contrast(info, method="pairwise", adjust=None, ref=0):
@@ -133,10 +134,13 @@ def contrast(info, method="pairwise", adjust=None, ref=0):
         raise ValueError(f"contrasts need at least two means per group; specs {specs} have "
                          f"{n_spec} level here")
     ratio = _ratio_kind(info)
-    rows, Ls, ests, groups = [], [], [], []
+    rows, Ls, ests, groups, Cs = [], [], [], [], []
     for g in range(n_groups):
         idx = np.arange(g * n_spec, (g + 1) * n_spec)
         C, pairs = _coefficients(n_spec, method, ref)
+        Cg = np.zeros((C.shape[0], len(cells)))
+        Cg[:, idx] = C
+        Cs.append(Cg)
         for r, (a, b) in enumerate(pairs):
             sep = " / " if ratio else " - "
             rows.append({"contrast": labels[idx[a]] + sep + labels[idx[b]],
@@ -147,7 +151,7 @@ def contrast(info, method="pairwise", adjust=None, ref=0):
     Lc = np.vstack(Ls)
     est = np.concatenate(ests)
     se = np.sqrt(np.einsum("ij,jk,ik->i", Lc, info.V, Lc))
-    df = info.df_of(Lc)
+    df = info.df_of(Lc, np.vstack(Cs))
     t = est / se
     p = np.empty_like(t)
     start = 0
@@ -159,8 +163,9 @@ def contrast(info, method="pairwise", adjust=None, ref=0):
     for v in by:
         if isinstance(out[v].dtype, pd.CategoricalDtype):
             out[v] = out[v].astype(out[v].cat.categories.dtype)
-    if ratio:
-        out[ratio], out["SE"] = np.exp(est), np.exp(est) * se
+    if ratio:                   # b^d with SE b^d log(b) se (b: e, or a log2 / log10's base)
+        b = info.tran.base
+        out[ratio], out["SE"] = b ** est, b ** est * np.log(b) * se
     else:
         out["estimate"], out["SE"] = est, se
     out["df"] = df
@@ -172,8 +177,10 @@ def contrast(info, method="pairwise", adjust=None, ref=0):
     table = EMMContrasts(out)
     if ratio:
         notes.append("Tests are performed on the log scale")
-    elif info.kind == "glmm" and info.type == "response":
-        notes.append("Note: contrasts are still on the link scale")
+    elif info.type == "response" and getattr(info, "tran", None) is not None and \
+            not getattr(info, "regridded", False):
+        notes.append("Note: contrasts are still on the "
+                     f"{'link' if info.kind == 'glmm' else info.tran.name} scale")
     if groups[0] > 1 and adjust != "none":
         notes.append(f"P value adjustment: {adjust} method " + (
             f"for comparing a family of {n_spec} estimates" if adjust == "tukey"

@@ -1,11 +1,13 @@
 """Estimated marginal means (R's ``emmeans``) of LMM, GLMM and clmm fits.
 
 The reference grid holds every factor of the fixed effects at all its levels and every numeric
-covariate at its mean over the fitted rows (or at the values given in ``at=``).  Its design
+covariate at its mean over the fitted rows (or at the values given in ``at=``); a numeric
+covariate with two distinct values enters with both, as emmeans' default ``cov.keep = "2"``.  Its design
 matrix is built by the model's own formula machinery (the path ``predict(data=...)`` takes), so
 codings, ``C()``, transformations and interactions are the fitted ones.  A marginal mean of a
 cell of the ``specs`` (and ``by``) variables is the equally weighted average of the grid's
-predictions over the other variables (emmeans' default ``weights = "equal"``): a linear function
+predictions over the other variables (emmeans' default ``weights = "equal"``; the other
+weights are in :mod:`.emm_scale`): a linear function
 ``l' beta`` of the fixed effects, whose variance is ``l' V l`` and whose df is the
 Satterthwaite or Kenward-Roger df of the contrast ``l`` (LMMs; emmeans' ``lmer.df``), or
 infinite (GLMM, clmm: z tests, as emmeans).  Contrasts among the means are in
@@ -24,6 +26,8 @@ from .._args import reject_unknown
 from ._common import _raw
 from .ddf import _ddf_method, kenward_roger, satterthwaite
 from .emm_ordinal import probability_rows
+from .emm_scale import (cell_counts, check_weights, link_transform, regrid_df, regridded,
+                        response_transform, weight_matrix)
 
 
 def _kind(res):
@@ -80,9 +84,11 @@ def _as_names(x, what):
     return names
 
 
-def reference_grid(res, specs, by=None, at=None, extra=None):
+def reference_grid(res, specs, by=None, at=None, extra=None, cov_keep=2):
     """The reference grid and what is averaged.
 
+    A numeric covariate with at most ``cov_keep`` distinct values (emmeans' ``cov.keep``,
+    default ``"2"``: a 0/1 indicator) enters with its values, as a factor, not at its mean.
     ``extra`` adds factors that are not data columns (``{name: levels}``: a clmm's response
     categories for emmeans' ``mode = "prob"``); they come first among the variables averaged.
 
@@ -99,6 +105,7 @@ def reference_grid(res, specs, by=None, at=None, extra=None):
     """
     data, variables, cats = model_variables(res)
     extra = dict(extra or {})
+    cats_data = set(cats)
     variables, cats = list(extra) + variables, cats | set(extra)
     specs, by = _as_names(specs, "specs"), _as_names(by, "by")
     if not specs:
@@ -112,7 +119,7 @@ def reference_grid(res, specs, by=None, at=None, extra=None):
     dup = [n for n in specs if n in by] or [n for n in specs + by if (specs + by).count(n) > 1]
     if dup:
         raise ValueError(f"{dup[0]!r} is named twice in specs / by")
-    values = {}
+    values, kept = {}, set()
     for v in variables:
         if v in cats:
             levels = list(extra[v]) if v in extra else _levels(data[v])
@@ -129,10 +136,16 @@ def reference_grid(res, specs, by=None, at=None, extra=None):
                 raise ValueError(f"at: {v!r} needs finite numbers, got {at[v]!r}")
             values[v] = list(vals)
         else:
+            x = np.asarray(data[v], dtype=float)
+            distinct = np.unique(x[np.isfinite(x)])
+            if 1 < distinct.size <= cov_keep:      # emmeans' cov.keep: kept with its values
+                values[v] = list(distinct)
+                kept.add(v)
+                continue
             if v in specs or v in by:
                 raise ValueError(f"{v!r} is numeric: give the values to compare in at= "
                                  f"(e.g. at={{{v!r}: [..]}}), or wrap it in C() in the formula")
-            values[v] = [float(np.mean(np.asarray(data[v], dtype=float)))]   # emmeans' cov.reduce
+            values[v] = [float(np.mean(x))]       # emmeans' cov.reduce
     order = specs + by + [v for v in variables if v not in specs and v not in by]
     rows = [tuple(reversed(r)) for r in product(*[values[v] for v in reversed(order)])]
     grid = pd.DataFrame(rows, columns=order)
@@ -146,6 +159,8 @@ def reference_grid(res, specs, by=None, at=None, extra=None):
     n_cells = int(np.prod([len(values[v]) for v in specs + by]))
     cells = grid.iloc[:n_cells][specs + by].reset_index(drop=True)
     averaged = [v for v in order[len(specs + by):] if len(values[v]) > 1]
+    grid.attrs["factors"] = sorted((cats_data | kept) & set(order))   # what .wgt. counts
+    grid.attrs["dims"] = [len(values[v]) for v in averaged]
     return grid, cells, averaged
 
 
@@ -169,8 +184,11 @@ class EMMInfo:
     def __init__(self, **kw):
         self.__dict__.update(kw)
 
-    def df_of(self, L):
-        """Denominator df of the contrasts ``L`` (rows, on ``beta``), as the means used."""
+    def df_of(self, L, C=None):
+        """Denominator df of the contrasts ``L`` (rows, on ``beta``), as the means used;
+        regridded means: emmeans' rule from the means' df and the contrasts ``C`` of them."""
+        if getattr(self, "regrid_df", None) is not None:
+            return regrid_df(self.regrid_df, np.eye(len(self.regrid_df)) if C is None else C)
         if self.ddf == "kenward-roger":
             return kenward_roger(self.res, L)[0]
         if self.ddf == "satterthwaite":
@@ -184,7 +202,7 @@ def _response_name(kind, family):
 
 
 def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mode=None,
-            weights="equal", **kwargs):
+            weights="equal", cov_keep=2, **kwargs):
     """Estimated marginal means (R's ``emmeans``) and the table :class:`EMMeans` of them.
 
     Parameters
@@ -203,8 +221,12 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
     type : {"link", "response"}
         GLMM: the linear predictor, or back-transformed through the inverse link
         (``prob`` for binomial, ``rate`` for Poisson, else ``response``) with delta-method
-        standard errors and back-transformed confidence limits.  LMM: the same.  clmm:
-        ``"link"`` only (the latent scale).
+        standard errors and back-transformed confidence limits.  LMM: the same for a
+        transformed response (``np.log(y)``, ``np.log2``, ``np.log10``, ``np.log1p``,
+        ``np.sqrt``: emmeans' ``type = "response"``; contrasts of a log response become
+        ratios); an untransformed response is its own scale.  clmm: ``"link"`` only (the
+        latent scale).  :meth:`EMMeans.regrid` puts the means (and their contrasts) on the
+        response scale instead.
     ddf : {"kenward-roger", "satterthwaite", "asymptotic"}, optional
         LMM denominator df (emmeans' ``lmer.df``); default Kenward-Roger, emmeans' default
         (its standard errors then use pbkrtest's adjusted covariance, as emmeans), for REML
@@ -219,8 +241,19 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
         averaged over when not named); ``"mean.class"``, the expected category number
         ``sum_j j P_j``.  Both are computed at each grid point and then averaged, with
         delta-method standard errors and symmetric intervals, as emmeans does.
-    weights : {"equal"}
-        Cells averaged over are weighted equally (emmeans' default).
+    weights : {"equal", "proportional", "outer", "cells", "flat"} or sequence of float
+        How the grid points averaged over are weighted (emmeans' ``weights``): equally (the
+        default), by the marginal counts of the fitted rows, by the product of each
+        variable's marginal counts, by the cell's own counts, by 1 for the non-empty cells,
+        or by the given numbers (one per combination of the averaged variables, the first
+        varying fastest); see :mod:`.emm_scale`.  Not for a clmm's ``"prob"`` /
+        ``"mean.class"`` modes.
+
+    cov_keep : int
+        Numeric covariates with at most this many distinct values in the fitted rows (a 0/1
+        indicator) enter the grid with their values, like factors, and are averaged over
+        (or may be ``specs`` / ``by``), as emmeans' default ``cov.keep = "2"``; ``0`` puts
+        every numeric covariate at its mean.
 
     Returns
     -------
@@ -231,14 +264,15 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
         :meth:`~EMMeans.pairs`, :meth:`~EMMeans.contrast` and :meth:`~EMMeans.plot`.
     """
     reject_unknown(kwargs, "emmeans()", accepted=["specs", "by", "at", "type", "ddf", "level",
-                                                  "mode", "weights"])
+                                                  "mode", "weights", "cov_keep"])
+    if isinstance(cov_keep, bool) or not isinstance(cov_keep, (int, np.integer)) or cov_keep < 0:
+        raise ValueError(f"cov_keep must be a whole number >= 0, got {cov_keep!r}")
     r = _raw(res)
     kind = _kind(r)
     if type not in ("link", "response"):
         raise ValueError(f"type must be 'link' or 'response', got {type!r}")
-    if weights != "equal":
-        raise NotImplementedError(f"weights={weights!r}: only emmeans' default 'equal' is "
-                                  "implemented")
+    weights = check_weights(weights)
+    equal = isinstance(weights, str) and weights == "equal"
     if not 0 < level < 1:
         raise ValueError(f"level must be between 0 and 1, got {level!r}")
     if getattr(r, "cov_type", "nonrobust") != "nonrobust":
@@ -254,6 +288,8 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
                              "(category probabilities) or 'mean.class'; type='response' is for GLMMs")
     elif mode is not None:
         raise ValueError("mode= is for clmm fits (emmeans' mode='latent', 'prob', 'mean.class')")
+    if not equal and mode in ("prob", "mean.class"):
+        raise NotImplementedError(f"weights={weights!r} with mode={mode!r}: only equal weights")
     ddf_note = None
     if kind == "lmm" and ddf is None and not r.reml:
         ddf, ddf_note = "satterthwaite", ("Kenward-Roger df need a REML fit: Satterthwaite df "
@@ -265,19 +301,34 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
         raise ValueError(f"ddf={ddf!r}: {kind} means are asymptotic (z); ddf is for LMMs")
     else:
         ddf = "asymptotic"
-    if kind == "lmm" and type == "response" and not re.fullmatch(r"[\w.]+", str(r.model.endog_names)):
-        raise NotImplementedError(f"the response {r.model.endog_names!r} is transformed: "
-                                  "back-transforming LMM means is not implemented (use type='link')")
+    if kind == "lmm":
+        tran = response_transform(r.model.endog_names) if type == "response" else None
+    else:
+        tran = link_transform(r.model.family) if kind == "glmm" else None
 
     resp = str(r.model.endog_names)
     extra = {resp: list(r.model.levels)} if mode == "prob" else {}
-    grid, cells, averaged = reference_grid(r, specs, by, at, extra)
+    grid, cells, averaged = reference_grid(r, specs, by, at, extra, cov_keep=int(cov_keep))
     X = r.model._new_design(_design_frame(r, grid.drop(columns=list(extra))), re=False,
                             offset=np.zeros(len(grid)))[0]
     n_cells = len(cells)
+    W = None
+    if not equal:                             # emmeans' weights from the grid's cell counts
+        w = np.asarray(r.model.weights, dtype=float) if kind == "lmm" else np.ones(int(r.nobs))
+        if kind == "glmm" and np.any(np.asarray(r.model.weights) != 1) and \
+                not str(r.model.endog_names).startswith("cbind("):
+            raise NotImplementedError("emmeans weights for a GLMM with prior weights")
+        data = r.model.formula_info["data"]
+        if len(data) != w.size:
+            raise NotImplementedError("emmeans weights need the fitted rows of the data")
+        counts = cell_counts(data, grid, grid.attrs["factors"], w)
+        W = weight_matrix(weights, counts, n_cells, grid.attrs["dims"])
 
-    def average(A):                           # equal weights over the grid's other variables
-        return A.reshape(-1, n_cells, *A.shape[1:]).mean(axis=0)
+    def average(A):                           # over the grid's other variables
+        A = A.reshape(-1, n_cells, *A.shape[1:])
+        if W is None:
+            return A.mean(axis=0)
+        return np.einsum("ac,ac...->c...", W, A)
     # emmeans (1.8.4) uses the mean of the fitted offsets, whatever the grid: offset(log(t))
     # adds mean(log(t)), not log(mean(t))
     offset = float(np.mean(np.asarray(r.model.offset, dtype=float)))
@@ -300,6 +351,7 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
         L = average(X)
         est = L @ beta + offset
     info = EMMInfo(res=r, kind=kind, ddf=ddf, ddf_note=ddf_note, level=float(level), type=type, mode=mode,
+                   tran=tran, weights=weights if isinstance(weights, str) else "given",
                    specs=_as_names(specs, "specs"), by=_as_names(by, "by"), averaged=averaged,
                    cells=cells, family=getattr(r.model, "family", None))
     if ddf == "kenward-roger":
@@ -339,8 +391,11 @@ class EMMeans(pd.DataFrame):
         q = _quantile(info.level, df)
         lo, hi = est - q * se, est + q * se
         name = info.mode if info.mode in ("prob", "mean.class") else "emmean"
-        if info.type == "response" and info.kind == "glmm":
-            link = info.family.link
+        regridded = getattr(info, "regridded", False)
+        if regridded:           # on the response scale already: symmetric intervals
+            name = _response_name(info.kind, info.family)
+        elif info.type == "response" and info.tran is not None:
+            link = info.tran
             name = _response_name(info.kind, info.family)
             se = se * np.abs(link.inverse_deriv(est))
             a, b = link.inverse(lo), link.inverse(hi)
@@ -360,6 +415,11 @@ class EMMeans(pd.DataFrame):
             notes.append("Results are averaged over the levels of: " + ", ".join(info.averaged))
         if info.mode == "latent":
             notes.append("Estimates are on the latent scale (x'beta minus the mean threshold)")
+        elif regridded:
+            notes.append(f"Means and intervals are on the response scale (regridded from the "
+                         f"{info.tran.name} scale)")
+        elif info.kind == "lmm" and info.tran is not None:
+            notes.append(f"Intervals are back-transformed from the {info.tran.name} scale")
         elif info.kind == "glmm":       # emmeans' wording
             link = type(info.family.link).__name__.lower()
             notes.append(f"Intervals are back-transformed from the {link} scale"
@@ -385,6 +445,26 @@ class EMMeans(pd.DataFrame):
             f"<p>{notes}</p>"
 
     # ------------------------------------------------------------------ methods
+    def regrid(self):
+        """The means on the response scale (emmeans' ``regrid``): ``g^-1(m)`` with delta-method
+        SEs and symmetric intervals; contrasts of the result are differences on the response
+        scale (df: the means' df, or the smallest df of the means a contrast uses, as emmeans).
+
+        For GLMMs (the inverse link) and LMMs with a transformed response (``np.log(y)``,
+        ...); a result of ``regrid`` is returned as it is.
+        """
+        info = self._emm
+        if getattr(info, "regridded", False):
+            return self
+        tran = info.tran
+        if tran is None and info.kind == "lmm":
+            tran = response_transform(info.res.model.endog_names)
+        if tran is None:
+            raise ValueError("regrid needs a GLMM or a transformed LMM response; these means "
+                             "are on their response scale already" if info.kind == "lmm" else
+                             "regrid is not available for clmm means (use mode='prob')")
+        return EMMeans._build(EMMInfo(**{**vars(info), **regridded(info, tran)}))
+
     def contrast(self, method="pairwise", adjust=None, ref=0):
         """Contrasts among the means within each ``by`` group (emmeans' ``contrast``).
 

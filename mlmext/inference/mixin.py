@@ -15,6 +15,7 @@ from ._refit import refit
 from .intervals import _wald_conf_int, bootstrap, conf_int_boot, conf_int_profile, profile
 from .robust import get_robustcov_results, robust_t_test, robust_wald_test
 from .simulation import power_sim, simulate
+from .r2_multilevel import r2_likelihood_ratio, r2_mitml, r2_rights_sterba
 from .variance_explained import icc, r2_nakagawa, r2_snijders_bosker
 
 
@@ -258,28 +259,41 @@ class InferenceMixin:
 
         Parameters
         ----------
-        method : {"nakagawa", "snijders-bosker"}
-            Nakagawa & Schielzeth marginal / conditional (:func:`r2_nakagawa`) or
-            Snijders & Bosker level-1 / level-2 (:func:`r2_snijders_bosker`).
+        method : {"nakagawa", "snijders-bosker", "rights-sterba", "lr", "mitml"}
+            Nakagawa & Schielzeth marginal / conditional (:func:`r2_nakagawa`),
+            Snijders & Bosker level-1 / level-2 (:func:`r2_snijders_bosker`), Rights &
+            Sterba's decomposition as R's r2mlm (:func:`r2_rights_sterba`, also
+            ``"r2mlm"``), MuMIn's likelihood-ratio R² (:func:`r2_likelihood_ratio`) or
+            mitml's RB1 / RB2 / SB / MVP (:func:`r2_mitml`).
+        **kwargs
+            Passed on (``null=``, ``group_size=``, ``null_re=``).
         """
         m = method.lower().replace("_", "-")
         if m == "nakagawa":
-            return r2_nakagawa(self)
+            return r2_nakagawa(self, **kwargs)
         if m in ("snijders-bosker", "sb"):
             return r2_snijders_bosker(self, **kwargs)
-        raise ValueError("method must be 'nakagawa' or 'snijders-bosker'")
+        if m in ("rights-sterba", "r2mlm"):
+            return r2_rights_sterba(self, **kwargs)
+        if m in ("lr", "likelihood-ratio"):
+            return r2_likelihood_ratio(self, **kwargs)
+        if m in ("mitml", "multilevelr2"):
+            return r2_mitml(self, **kwargs)
+        raise ValueError("method must be 'nakagawa', 'snijders-bosker', 'rights-sterba', 'lr' "
+                         f"or 'mitml'; got {method!r}")
 
     def emmeans(self, specs, by=None, at=None, type="link", ddf=None, level=0.95, mode=None,
-                weights="equal", **kwargs):
+                weights="equal", cov_keep=2, **kwargs):
         """Estimated marginal means (R's ``emmeans``): ``res.emmeans("sector", by="female")``.
 
         Returns an :class:`~mlmext.inference.EMMeans` table (a DataFrame) with ``pairs()``,
-        ``contrast()`` and ``plot()``; see :func:`mlmext.inference.emmeans` for the arguments
-        (``type="response"`` back-transforms GLMM means; LMM df Kenward-Roger by default,
-        ``ddf="satterthwaite"``; clmm means on the latent scale).
+        ``contrast()``, ``regrid()`` and ``plot()``; see :func:`mlmext.inference.emmeans` for
+        the arguments (``type="response"`` back-transforms GLMM means and those of a
+        transformed LMM response such as ``np.log(y)``; ``weights=`` as emmeans'; LMM df
+        Kenward-Roger by default, ``ddf="satterthwaite"``; clmm means on the latent scale).
         """
         return emmeans(self, specs, by=by, at=at, type=type, ddf=ddf, level=level, mode=mode,
-                       weights=weights, **kwargs)
+                       weights=weights, cov_keep=cov_keep, **kwargs)
 
     def refit(self, endog, **fit_kwargs):
         """The model refitted to a new response; see :func:`mlmext.inference.refit`."""

@@ -1,6 +1,8 @@
 """Simulating responses from a fit, and simulation-based power (lme4's ``simulate``, simr)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -98,9 +100,15 @@ class PowerSimResults:
         Simulations whose refit failed.
     pvalues : numpy.ndarray
         One p-value per simulation (NaN for failed refits).
+    warned : int
+        Simulations whose refit or test raised a warning (simr's "warnings" count), e.g. a
+        refit that stopped short of a minimum (the Satterthwaite Hessian not positive
+        definite).  Their p-values are kept, as simr keeps them; look at ``warning_messages``.
+    warning_messages : pandas.Series
+        Each distinct warning message and the number of simulations that raised it.
     """
 
-    def __init__(self, term, effect, pvalues, alpha, test, conf_level):
+    def __init__(self, term, effect, pvalues, alpha, test, conf_level, sim_warnings=None):
         self.term, self.effect, self.alpha, self.test = term, effect, alpha, test
         self.pvalues = np.asarray(pvalues, dtype=float)
         ok = np.isfinite(self.pvalues)
@@ -111,13 +119,21 @@ class PowerSimResults:
         ci = stats.binomtest(self.successes, max(self.nsim, 1)).proportion_ci(conf_level, method="exact")
         self.conf_int = (float(ci.low), float(ci.high))
         self.conf_level = conf_level
+        sim_warnings = sim_warnings or {}
+        self.warned = len(sim_warnings)
+        counts = {}
+        for msgs in sim_warnings.values():
+            for m in dict.fromkeys(msgs):
+                counts[m] = counts.get(m, 0) + 1
+        self.warning_messages = pd.Series(counts, dtype=np.int64, name="simulations")
 
     def __repr__(self):
         lo, hi = self.conf_int
         return (f"Power for predictor {self.term!r} ({self.test} test, alpha = {self.alpha}, "
                 f"effect = {self.effect:g}), ({100 * self.conf_level:g}% confidence interval):\n"
                 f"      {100 * self.power:.2f}% ({100 * lo:.2f}, {100 * hi:.2f})\n"
-                f"Based on {self.nsim} simulations ({self.failed} failed).")
+                f"Based on {self.nsim} simulations ({self.failed} failed, {self.warned} with "
+                f"warnings).")
 
 
 def power_sim(res, term, effect=None, nsim=100, alpha=0.05, test="satterthwaite", seed=None,
@@ -173,27 +189,41 @@ def power_sim(res, term, effect=None, nsim=100, alpha=0.05, test="satterthwaite"
     X = getattr(r.model.data, "orig_exog", None)
     ml = {"reml": False} if _is_lmm(r) else {}          # likelihood-ratio tests compare ML fits
     contrast = np.eye(len(names))[j:j + 1]
+    sim_warnings = {}
     for k in range(nsim):
         y = ys.iloc[:, k].to_numpy() if isinstance(ys, pd.DataFrame) else ys[k]
-        try:
-            m = _rebuild_model(r.model, endog=y)
-            if test == "lrt":
-                full = _refit(m, r, **ml)
-                Xr = X.drop(columns=[term]) if isinstance(X, pd.DataFrame) else np.delete(r.model.exog, j, axis=1)
-                red = _refit(_rebuild_model(m, exog=Xr), r, **ml)
-                pv[k] = stats.chi2.sf(max(0.0, 2 * (full.llf - red.llf)), 1)
-            else:
-                fit = _refit(m, r)
-                est = _beta(fit)[j]
-                if test == "z":
-                    pv[k] = 2 * stats.norm.sf(abs(est / fit.bse_fe.iloc[j]))
-                elif test == "satterthwaite":
-                    df = satterthwaite(fit, contrast)[0]
-                    pv[k] = 2 * stats.t.sf(abs(est / fit.bse_fe.iloc[j]), df)
-                else:
-                    df, V = kenward_roger(fit, contrast)
-                    pv[k] = 2 * stats.t.sf(abs(est / np.sqrt(V[j, j])), df[0])
-        except (np.linalg.LinAlgError, ValueError, RuntimeError):
-            pass
+        # a refit's warnings (e.g. no minimum found, so the Satterthwaite Hessian is not positive
+        # definite) concern that simulation: count them per simulation, as simr does, instead of
+        # repeating them on the console; they are reported in the result
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _one_test(r, y, test, term, j, X, ml, contrast, pv, k)
+        if caught:
+            sim_warnings[k] = [f"{w.category.__name__}: {w.message}" for w in caught]
         bar.step()
-    return PowerSimResults(term, beta[j], pv, alpha, test, conf_level)
+    return PowerSimResults(term, beta[j], pv, alpha, test, conf_level, sim_warnings)
+
+
+def _one_test(r, y, test, term, j, X, ml, contrast, pv, k):
+    """Refit to one simulated response and store the test's p-value in ``pv[k]`` (left NaN
+    when the refit fails)."""
+    try:
+        m = _rebuild_model(r.model, endog=y)
+        if test == "lrt":
+            full = _refit(m, r, **ml)
+            Xr = X.drop(columns=[term]) if isinstance(X, pd.DataFrame) else np.delete(r.model.exog, j, axis=1)
+            red = _refit(_rebuild_model(m, exog=Xr), r, **ml)
+            pv[k] = stats.chi2.sf(max(0.0, 2 * (full.llf - red.llf)), 1)
+        else:
+            fit = _refit(m, r)
+            est = _beta(fit)[j]
+            if test == "z":
+                pv[k] = 2 * stats.norm.sf(abs(est / fit.bse_fe.iloc[j]))
+            elif test == "satterthwaite":
+                df = satterthwaite(fit, contrast)[0]
+                pv[k] = 2 * stats.t.sf(abs(est / fit.bse_fe.iloc[j]), df)
+            else:
+                df, V = kenward_roger(fit, contrast)
+                pv[k] = 2 * stats.t.sf(abs(est / np.sqrt(V[j, j])), df[0])
+    except (np.linalg.LinAlgError, ValueError, RuntimeError):
+        pass

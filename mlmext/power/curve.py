@@ -16,7 +16,8 @@ class PowerCurve(pd.DataFrame):
 
     Columns ``break``, ``n_levels`` (levels of ``along``; rows per level with ``within``),
     ``nobs``, ``power``, ``lower``, ``upper`` (Clopper-Pearson interval, as simr),
-    ``successes``, ``nsim`` (successful refits) and ``failed``.
+    ``successes``, ``nsim`` (successful refits), ``failed`` and ``warned`` (simulations whose
+    refit or test warned; see :class:`~mlmext.inference.PowerSimResults`).
     """
 
     _metadata = ["term", "along", "within", "test", "alpha", "conf_level"]
@@ -119,10 +120,10 @@ def power_curve(res, term, along=None, within=None, breaks=None, effect=None, ns
                        conf_level=conf_level)
         nlev = (len(pd.unique(sub[along])) if along is not None else b)
         rows.append((b, nlev, int(made.nobs), ps.power, *ps.conf_int, ps.successes, ps.nsim,
-                     ps.failed))
+                     ps.failed, ps.warned))
         bar.step()
     out = PowerCurve(rows, columns=["break", "n_levels", "nobs", "power", "lower", "upper",
-                                    "successes", "nsim", "failed"])
+                                    "successes", "nsim", "failed", "warned"])
     out.term, out.along, out.within, out.test = term, along, within, ps.test
     out.alpha, out.conf_level = alpha, conf_level
     return out

@@ -79,7 +79,9 @@ calls <- c(
   period_link_pairs_tukey = "pairs(emmeans(g, ~ period))",
   period_link_pairs_holm = "pairs(emmeans(g, ~ period), adjust = 'holm')",
   period_response_pairs_tukey = "pairs(emmeans(g, ~ period, type = 'response'))",
-  period_response_trtvsctrl_bonf = "contrast(emmeans(g, ~ period, type = 'response'), 'trt.vs.ctrl', adjust = 'bonferroni')"
+  period_response_trtvsctrl_bonf = "contrast(emmeans(g, ~ period, type = 'response'), 'trt.vs.ctrl', adjust = 'bonferroni')",
+  period_regrid = "regrid(emmeans(g, ~ period))",
+  period_regrid_pairs = "pairs(regrid(emmeans(g, ~ period)))"
 )
 write_ref(list(name = "cbpp", data = "cbpp.csv", formula = gform, family = "binomial",
                r_call = sprintf("glmer(%s, data = cbpp, family = binomial, control = glmerControl(tolPwrss = 1e-12))", gform),
@@ -132,3 +134,82 @@ write_ref(list(name = "wine", data = "wine.csv", formula = cform,
                beta = as.list(cm$beta), thresholds = as.list(cm$alpha),
                loglik = as.numeric(logLik(cm)), tables = tables(calls)),
           "wine", REF_DIR, versions = R_VERSIONS)
+
+## ---- 4. LMM: emmeans' weights on an unbalanced subset of ham (Product x Information x Gender
+## counts no longer proportional, so "equal", "proportional", "outer", "cells" and "flat" differ)
+ham_u <- subset(ham, !(Information == "1" & Gender == "2" & Product %in% c("1", "2") &
+                       as.integer(as.character(Consumer)) %% 2 == 1))
+mu <- lmer(as.formula(form), data = ham_u)
+form2 <- "Informed.liking ~ Product + Information * Gender + (1 | Consumer)"
+mu2 <- lmer(as.formula(form2), data = ham_u)
+calls <- c(
+  product_equal = sprintf("emmeans(mu, ~ Product, %s)", KR),
+  product_proportional = sprintf("emmeans(mu, ~ Product, weights = 'proportional', %s)", KR),
+  product_outer = sprintf("emmeans(mu, ~ Product, weights = 'outer', %s)", KR),
+  product_cells = sprintf("emmeans(mu, ~ Product, weights = 'cells', %s)", KR),
+  product_flat = sprintf("emmeans(mu, ~ Product, weights = 'flat', %s)", KR),
+  product_numeric = sprintf("emmeans(mu, ~ Product, weights = c(1, 2, 3, 4), %s)", KR),
+  info_by_gender_cells = sprintf("emmeans(mu, ~ Information | Gender, weights = 'cells', %s)", SA),
+  product_age_proportional = sprintf("emmeans(mu, ~ Product, at = list(Age = c(30, 50)), weights = 'proportional', %s)", KR),
+  product_proportional_pairs = sprintf("pairs(emmeans(mu, ~ Product, weights = 'proportional', %s), adjust = 'holm')", KR),
+  product_cells_pairs = sprintf("pairs(emmeans(mu, ~ Product, weights = 'cells', %s))", SA),
+  ## Information x Gender in the model: "outer" (product of the margins) and "proportional"
+  ## (the joint counts) now differ
+  product_outer_ig = sprintf("emmeans(mu2, ~ Product, weights = 'outer', %s)", KR),
+  product_proportional_ig = sprintf("emmeans(mu2, ~ Product, weights = 'proportional', %s)", KR)
+)
+write_ref(list(name = "ham_unbalanced", data = "ham.csv", formula = form, formula2 = form2,
+               subset = "!(Information == '1' & Gender == '2' & Product %in% c('1', '2') & Consumer odd)",
+               r_call = sprintf("lmer(%s, data = ham_u)", form), nobs = nrow(ham_u),
+               fixef = as.list(fixef(mu)), sigma = sigma(mu), loglik = as.numeric(logLik(mu)),
+               tables = tables(calls)),
+          "ham_unbalanced", REF_DIR, versions = R_VERSIONS)
+
+## ---- 5. LMM with a transformed response: type = "response" (back-transformed means, delta-
+## method SEs, back-transformed limits; ratios for log) and regrid() (means and contrasts on the
+## response scale)
+tform <- function(f) sprintf("%s(Informed.liking) ~ Product * Information + Gender + Age + (1 | Consumer) + (1 | Consumer:Product)", f)
+ml <- lmer(as.formula(tform("log")), data = ham)
+ms <- lmer(as.formula(tform("sqrt")), data = ham)
+m10 <- lmer(as.formula(tform("log10")), data = ham)
+calls <- c(
+  log_product_link = sprintf("emmeans(ml, ~ Product, %s)", KR),
+  log_product_response = sprintf("emmeans(ml, ~ Product, type = 'response', %s)", KR),
+  log_product_response_pairs = sprintf("pairs(emmeans(ml, ~ Product, type = 'response', %s))", KR),
+  log_product_regrid = sprintf("regrid(emmeans(ml, ~ Product, %s))", KR),
+  log_product_regrid_pairs = sprintf("pairs(regrid(emmeans(ml, ~ Product, %s)), adjust = 'holm')", KR),
+  log_info_by_gender_response_satt = sprintf("emmeans(ml, ~ Information | Gender, type = 'response', %s)", SA),
+  sqrt_product_response = sprintf("emmeans(ms, ~ Product, type = 'response', %s)", KR),
+  sqrt_product_response_pairs = sprintf("pairs(emmeans(ms, ~ Product, type = 'response', %s))", KR),
+  sqrt_product_regrid = sprintf("regrid(emmeans(ms, ~ Product, %s))", KR),
+  log10_product_response = sprintf("emmeans(m10, ~ Product, type = 'response', %s)", KR),
+  log10_product_response_pairs = sprintf("pairs(emmeans(m10, ~ Product, type = 'response', %s), adjust = 'none')", KR),
+  ## means with different df: a regridded contrast takes the smaller df of its two means
+  log_info_gender_regrid_pairs = sprintf("pairs(regrid(emmeans(ml, ~ Information * Gender, %s)), adjust = 'none')", SA)
+)
+write_ref(list(name = "ham_transformed", data = "ham.csv",
+               formulas = list(log = tform("log"), sqrt = tform("sqrt"), log10 = tform("log10")),
+               fixef = list(log = as.list(fixef(ml)), sqrt = as.list(fixef(ms)), log10 = as.list(fixef(m10))),
+               loglik = list(log = as.numeric(logLik(ml)), sqrt = as.numeric(logLik(ms)),
+                             log10 = as.numeric(logLik(m10))),
+               tables = tables(calls)),
+          "ham_transformed", REF_DIR, versions = R_VERSIONS)
+
+## ---- 6. a numeric 0/1 covariate: emmeans' default cov.keep = "2" keeps it with its two values
+## (averaged over like a factor) instead of putting it at its mean; cov.keep = character(0)
+## puts it at its mean
+ham$g01 <- as.numeric(ham$Gender == "2")
+kform <- "Informed.liking ~ Product + g01 + Age + (1 | Consumer)"
+mk <- lmer(as.formula(kform), data = ham)
+calls <- c(
+  product_kr = sprintf("emmeans(mk, ~ Product, %s)", KR),
+  g01_kr = sprintf("emmeans(mk, ~ g01, %s)", KR),
+  g01_pairs = sprintf("pairs(emmeans(mk, ~ g01, %s))", KR),
+  product_cells = sprintf("emmeans(mk, ~ Product, weights = 'cells', %s)", KR),
+  product_mean = sprintf("emmeans(mk, ~ Product, cov.keep = character(0), %s)", KR)
+)
+write_ref(list(name = "ham_binary_covariate", data = "ham.csv", formula = kform,
+               derived = "g01 = as.numeric(Gender == '2')",
+               r_call = sprintf("lmer(%s, data = ham)", kform), g01_mean = mean(ham$g01),
+               fixef = as.list(fixef(mk)), loglik = as.numeric(logLik(mk)), tables = tables(calls)),
+          "ham_binary_covariate", REF_DIR, versions = R_VERSIONS)
