@@ -3,7 +3,8 @@
 >>> res = mf.lmer("Reaction ~ Days + (Days | Subject)", data=df).fit()
 """
 from mlmext.gee import gee_select  # noqa: F401  (GEE working-correlation selection by QIC)
-from mlmext.glmm import GeneralizedLinearMixedModel, NegativeBinomialMixedModel
+from mlmext.glmm import GeneralizedLinearMixedModel, NegativeBinomialMixedModel, ZeroInflatedMixedModel
+from mlmext.glmm.response import NBFamily
 from mlmext.cor import CorrelatedLinearMixedModel
 from mlmext.lmm import LinearMixedModel
 from mlmext.ordinal import OrdinalMixedModel
@@ -54,7 +55,7 @@ def _not_yet(name, issue):
 
 
 def glmer(formula, data, family=None, weights=None, offset=None, subset=None, missing="drop",
-          eval_env=0, **kwargs):
+          eval_env=0, ziformula=None, hurdle=False, **kwargs):
     """Generalized linear mixed model from an lme4-style formula (lme4's ``glmer``).
 
     Parameters
@@ -74,6 +75,14 @@ def glmer(formula, data, family=None, weights=None, offset=None, subset=None, mi
         Prior weights (binomial proportions: trials) and a known offset.
     subset : array_like, optional
     missing : {"drop", "raise"}
+    ziformula : str, optional
+        Poisson family: a zero-inflated Poisson model (glmmTMB's ``ziformula``), the
+        zero-inflation probability ``logit(pi) = X_zi gamma`` from this one-sided formula
+        (``"~ 1"``, ``"~ x"``; fixed effects only).  Returns a
+        :class:`~mlmext.glmm.zimodel.ZeroInflatedMixedModel`.
+    hurdle : bool
+        With ``ziformula``: a hurdle model instead (glmmTMB's ``truncated_poisson``):
+        ``P(y = 0) = pi``, positive counts from the zero-truncated Poisson.
 
     Returns
     -------
@@ -82,23 +91,36 @@ def glmer(formula, data, family=None, weights=None, offset=None, subset=None, mi
         Gauss-Hermite quadrature, single grouping factor, up to three random
         effects per level).
     """
+    if ziformula is not None or hurdle is not False:
+        return ZeroInflatedMixedModel.from_formula(
+            formula, data, ziformula=ziformula, hurdle=hurdle, family=family, weights=weights,
+            offset=offset, subset=subset, missing=missing, eval_env=eval_env + 1, **kwargs)
     return GeneralizedLinearMixedModel.from_formula(formula, data, family=family, weights=weights,
                                                     offset=offset, subset=subset, missing=missing,
                                                     eval_env=eval_env + 1, **kwargs)
 
 
 def glmer_nb(formula, data, weights=None, offset=None, subset=None, missing="drop", eval_env=0,
-             **kwargs):
+             ziformula=None, hurdle=False, **kwargs):
     """Negative binomial (NB2, log link) mixed model (lme4's ``glmer.nb``).
 
     ``Var(y | b) = mu + alpha mu^2``; ``alpha`` is estimated jointly with the
     other parameters (results: ``.alpha``; lme4's theta is ``1 / alpha``).
-    Arguments as :func:`glmer`.
+    Arguments as :func:`glmer`; ``ziformula`` gives a zero-inflated NB2 model and, with
+    ``hurdle=True``, a hurdle NB2 model (glmmTMB's ``nbinom2`` / ``truncated_nbinom2`` with
+    ``ziformula``; a :class:`~mlmext.glmm.zimodel.ZeroInflatedMixedModel`).
 
     Returns
     -------
     mlmext.glmm.NegativeBinomialMixedModel
     """
+    if ziformula is not None or hurdle is not False:
+        if "family" in kwargs:
+            raise TypeError("glmer_nb's family is always the negative binomial: remove family=")
+        return ZeroInflatedMixedModel.from_formula(
+            formula, data, ziformula=ziformula, hurdle=hurdle, family=NBFamily(),
+            weights=weights, offset=offset, subset=subset, missing=missing,
+            eval_env=eval_env + 1, **kwargs)
     return NegativeBinomialMixedModel.from_formula(formula, data, weights=weights, offset=offset,
                                                    subset=subset, missing=missing,
                                                    eval_env=eval_env + 1, **kwargs)

@@ -5,13 +5,19 @@
 * :mod:`.response` -- response coercion and checks, family names;
 * :mod:`.model` -- :class:`GeneralizedLinearMixedModel` and its staged fit;
 * :mod:`.nb` -- :class:`NegativeBinomialMixedModel`;
-* :mod:`.results` -- :class:`GLMMResults`.
+* :mod:`.results` -- :class:`GLMMResults`;
+* :mod:`.zeroinfl`, :mod:`.zimodel`, :mod:`.ziresults` -- zero-inflated and hurdle Poisson /
+  NB2 models (glmmTMB's ``ziformula``): :class:`ZeroInflatedMixedModel`.
 """
 from .conditional import GLMConditional, NegativeBinomialConditional
 from .model import GeneralizedLinearMixedModel
 from .nb import NegativeBinomialMixedModel
 from .results import GLMMResults
 from .scale import ScaleConditional
+from .zeroinfl import ZeroInflatedConditional
+from .zimodel import ZeroInflatedMixedModel
+from .ziresults import ZeroInflatedResults
 
 __all__ = ["GeneralizedLinearMixedModel", "NegativeBinomialMixedModel", "GLMMResults",
-           "GLMConditional", "NegativeBinomialConditional", "ScaleConditional"]
+           "GLMConditional", "NegativeBinomialConditional", "ScaleConditional",
+           "ZeroInflatedMixedModel", "ZeroInflatedResults", "ZeroInflatedConditional"]
