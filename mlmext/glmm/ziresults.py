@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from functools import cached_property as cache_readonly
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 from scipy import special, stats
-from statsmodels.iolib.table import SimpleTable
 
-from ..printing import fixed_decimals
+from ..printing import params_table
 from .results import GLMMResults
 
 __all__ = ["ZeroInflatedResults"]
@@ -189,19 +189,19 @@ class ZeroInflatedResults(GLMMResults):
         return [("Method:", ["Laplace (observed information)"]), ("Link:", ["log / logit (zi)"])]
 
     def _zi_table(self, alpha=0.05):
+        """The zero-inflation coefficients in the layout (and digits) of the count table."""
         est = self._zi_params
         se = self.bse_zi.to_numpy()
         z = est / se
-        p = 2.0 * stats.norm.sf(np.abs(z))
         q = stats.norm.ppf(1.0 - alpha / 2.0)
-        d = fixed_decimals(se, sig=4)
-        cells = [[f"{e:.{d}f}", f"{s:.{d}f}", f"{zz:.2f}", f"{pp:.4g}" if pp >= 1e-4 else "<0.0001",
-                  f"{e - q * s:.{d}f}", f"{e + q * s:.{d}f}"] for e, s, zz, pp in zip(est, se, z, p)]
+        ci = np.column_stack([est - q * se, est + q * se])
+        view = SimpleNamespace(model=SimpleNamespace(exog_names=self.model.exog_zi_names),
+                               params=est, bse=se, tvalues=z,
+                               pvalues=2.0 * stats.norm.sf(np.abs(z)), use_t=False,
+                               conf_int=lambda a: ci)
         what = "Zero model (P(y = 0), logit)" if self.model.hurdle else \
             "Zero-inflation model (logit)"
-        return SimpleTable(cells, headers=["coef", "std err", "z", "P>|z|", f"[{alpha / 2:g}",
-                                           f"{1 - alpha / 2:g}]"],
-                           stubs=list(self.model.exog_zi_names), title=what)
+        return params_table(view, alpha, title=what)
 
     def _add_extra_tables(self, smry, ddf=None):
         smry.tables.append(self._zi_table())
