@@ -28,6 +28,7 @@ import warnings
 
 import numpy as np
 import pytest
+import statsmodels.api as sm
 from scipy import optimize, special, stats
 
 from mlmext import laplace as lp
@@ -263,6 +264,8 @@ def test_bad_input(data):
     pos = d[d["count"] > 0]
     with pytest.raises(ValueError, match="no zeros"):
         mf.glmer(FORMULA, pos, family="poisson", ziformula="~ 1")
+    with pytest.raises(ValueError, match="glmer_nb"):
+        mf.glmer(FORMULA, d, family=sm.families.NegativeBinomial(alpha=2.0), ziformula="~ 1")
     with pytest.raises(NotImplementedError, match="Binomial"):
         mf.glmer(FORMULA, d, family="binomial", ziformula="~ 1")
     with pytest.raises(NotImplementedError, match="one scalar random-effects term"):
@@ -300,3 +303,29 @@ def test_params_vector_and_start(fits, data):
         again = m.fit(start_params=r.params_object)
     assert again.llf == pytest.approx(r.llf, abs=1e-8)
     np.testing.assert_allclose(again.zi_params, r.zi_params, atol=1e-4 * r.bse_zi.min())
+
+
+def test_rows_subset_missing_and_labels(data, fits):
+    """The zero-inflation design follows the count model's rows: subset, rows dropped for a
+    missing count covariate, duplicated index labels (kept in the results' index)."""
+    ref = fits["zip_mined"]
+    keep = (data["DOY"] > -1).to_numpy()
+    a = mf.glmer(FORMULA, data, ziformula="~ mined", subset="DOY > -1").fit()
+    b = mf.glmer(FORMULA, data[keep], ziformula="~ mined").fit()
+    assert a.nobs == keep.sum() < ref.nobs
+    assert a.llf == pytest.approx(b.llf, abs=1e-9)
+    np.testing.assert_allclose(a.zi_params, b.zi_params, atol=1e-8)
+    d = data.copy()
+    d["mined2"] = d["mined"].astype(object)
+    d.loc[5, "mined2"] = np.nan                     # dropped by the count formula ...
+    c = mf.glmer("count ~ mined2 + (1 | site)", d, ziformula="~ mined").fit()
+    e = mf.glmer(FORMULA, data.drop(index=5), ziformula="~ mined").fit()
+    assert c.nobs == ref.nobs - 1 and c.nrows_dropped == 1
+    assert c.llf == pytest.approx(e.llf, abs=1e-9)
+    with pytest.raises(ValueError, match="ziformula '~ mined2' has missing values in 1"):
+        mf.glmer(FORMULA, d, ziformula="~ mined2")   # ... but not by the zi formula alone
+    dup = data.copy()
+    dup.index = np.repeat(np.arange(len(data) // 2), 2)
+    f = mf.glmer(FORMULA, dup, ziformula="~ mined").fit()
+    assert f.llf == pytest.approx(ref.llf, abs=1e-9)
+    assert list(f.fittedvalues.index[:4]) == [0, 0, 1, 1]

@@ -185,11 +185,16 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
             raise ValueError("ziformula is required (e.g. ziformula='~ 1' or '~ x')")
         zf = _check_ziformula(ziformula)
         df = as_dataframe(data)
-        if not df.index.is_unique:
-            df = df.reset_index(drop=True)
-        return super().from_formula(formula, df, subset=subset, weights=weights, offset=offset,
-                                    missing=missing, eval_env=eval_env + 1,
-                                    ziformula=_ZiSource(zf, df), hurdle=hurdle, **kwargs)
+        labels = None
+        if not df.index.is_unique:       # rows are matched by label: positions, then the labels
+            labels, df = df.index, df.reset_index(drop=True)
+        mod = super().from_formula(formula, df, subset=subset, weights=weights, offset=offset,
+                                   missing=missing, eval_env=eval_env + 1,
+                                   ziformula=_ZiSource(zf, df), hurdle=hurdle, **kwargs)
+        if labels is not None:
+            info = mod.formula_info
+            info["row_labels"] = labels[np.asarray(info["row_labels"], dtype=np.int64)]
+        return mod
 
     def _zi_from_formula(self, src, info):
         rows = info.get("row_labels")
@@ -228,8 +233,13 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
 
     # -- family and response
     def _resolve_family(self, family):
-        if isinstance(family, families.NegativeBinomial):
+        if isinstance(family, NBFamily):             # glmer_nb's (or a rebuilt model's)
             return NBFamily()
+        if isinstance(family, families.NegativeBinomial) or (
+                isinstance(family, type) and issubclass(family, families.NegativeBinomial)):
+            raise ValueError("for a zero-inflated / hurdle negative binomial use glmer_nb(..., "
+                             "ziformula=...) (alpha is estimated with the other parameters), not "
+                             "glmer with family=NegativeBinomial()")
         family = super()._resolve_family(family if family is not None else families.Poisson())
         if not isinstance(family, families.Poisson):
             raise NotImplementedError(
