@@ -47,10 +47,12 @@ zi_case <- function(name, formula, zi, family, modes = FALSE, data = "salamander
   if (modes) {
     re <- ranef(fit)$cond[[1]]
     out$ranef <- list(levels = rownames(re), values = re[["(Intercept)"]])
-    ## the three predict types of glmmTMB at the fitted rows (with the random effects)
+    ## the three predict types of glmmTMB at the fitted rows (with the random effects) and the
+  ## Pearson residuals (y - E[y]) / sqrt(Var[y]) of the full model
     out$predict <- list(conditional = predict(fit, type = "conditional"),
                         zprob = predict(fit, type = "zprob"),
                         response = predict(fit, type = "response"))
+    out$resid_pearson <- unname(residuals(fit, type = "pearson"))
   }
   write_ref(out, name, REF_DIR, R_VERSIONS)
   invisible(fit)
