@@ -4,7 +4,9 @@ References (tests/reference/zi, made by tools/r_reference/zi_hurdle_reference.R)
 Salamanders, ``count ~ mined + (1 | site)`` with ``ziformula = ~ mined`` (and ``~ 1``) for
 ``family = poisson``, ``nbinom2``, ``truncated_poisson`` and ``truncated_nbinom2``, and
 simulated counts (tests/data/zisim.csv) with an exposure offset and a continuous
-zero-inflation covariate (ZIP and hurdle NB2): the count
+zero-inflation covariate (ZIP and hurdle NB2); crossed ``(1 | site) + (1 | spp)`` (ZIP) and
+correlated slopes ``(x | g)`` (tests/data/zislope.csv: ZINB2, hurdle Poisson), whose modes use
+the engine's dense path: the count
 and zero-inflation coefficients with their standard errors (``vcov(fit)``: the inverse
 Hessian in all parameters), the RE SD, NB2's theta (``1 / alpha``), logLik, AIC/BIC, and for
 four of them the conditional modes and glmmTMB's three prediction types.
@@ -13,8 +15,8 @@ Tolerances (the project's): fixed effects (count and zero-inflation) within 0.00
 the SD and theta within 0.2 %; the log-likelihood not below glmmTMB's by more than 1e-3
 (reached: coefficients within 2e-4 SE (4e-5 on Salamanders; glmmTMB's own end point has a
 gradient of 4e-3 on the simulated hurdle NB2, and our log-likelihood is 2.4e-8 higher there),
-SEs within 5e-5, SDs and theta within 1.4e-5 relative, log-likelihoods within 3e-9 of glmmTMB's
-or above).  Conditional modes and predictions: 1e-4 (they move
+SEs within 5e-5, SDs and theta within 1.4e-5 relative, correlations within 1e-5,
+log-likelihoods within 3e-9 of glmmTMB's or above).  Conditional modes and predictions: 1e-4 (they move
 with the estimates by ~1e-5 here).
 
 Independent checks: the Laplace log-likelihood against a direct computation (scipy's
@@ -38,9 +40,14 @@ from refcases import by_name, load_ref, read_data
 CASES = {"zip_mined": ("~ mined", False, False), "zip_int": ("~ 1", False, False),
          "zinb_mined": ("~ mined", True, False), "hurdle_pois_mined": ("~ mined", False, True),
          "hurdle_nb_mined": ("~ mined", True, True),
-         "zisim_zip_offset": ("~ z", False, False), "zisim_hurdle_nb": ("~ z", True, True)}
+         "zisim_zip_offset": ("~ z", False, False), "zisim_hurdle_nb": ("~ z", True, True),
+         "zip_crossed": ("~ mined", False, False), "zislope_zinb": ("~ z", True, False),
+         "zislope_hurdle_pois": ("~ z", False, True)}
 FORMULA = "count ~ mined + (1 | site)"
-SIM_FORMULA = "y ~ x + offset(np.log(t)) + (1 | g)"
+FORMULAS = {"zisim": "y ~ x + offset(np.log(t)) + (1 | g)",
+            "zip_crossed": "count ~ mined + (1 | site) + (1 | spp)",
+            "zislope_zinb": "y ~ x + (x | g)", "zislope_hurdle_pois": "yp ~ x + (x | g)"}
+DENSE = ["zip_crossed", "zislope_zinb", "zislope_hurdle_pois"]
 
 
 @pytest.fixture(scope="module")
@@ -48,22 +55,18 @@ def data():
     return read_data("salamanders.csv")
 
 
-@pytest.fixture(scope="module")
-def sim():
-    return read_data("zisim.csv")
-
-
 def make(data, name):
     zf, nb, hurdle = CASES[name]
-    formula = SIM_FORMULA if name.startswith("zisim") else FORMULA
+    formula = FORMULAS.get(name, FORMULAS["zisim"] if name.startswith("zisim") else FORMULA)
     if nb:
         return mf.glmer_nb(formula, data, ziformula=zf, hurdle=hurdle)
     return mf.glmer(formula, data, family="poisson", ziformula=zf, hurdle=hurdle)
 
 
 @pytest.fixture(scope="module")
-def fits(data, sim):
-    return {name: make(sim if name.startswith("zisim") else data, name).fit() for name in CASES}
+def fits(data):
+    sets = {"zisim": read_data("zisim.csv"), "zislope": read_data("zislope.csv")}
+    return {name: make(sets.get(name.split("_")[0], data), name).fit() for name in CASES}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -77,8 +80,12 @@ def test_against_glmmTMB(name, fits):
         se, rse = by_name(se_mine, {k.replace("zi~", ""): v for k, v in ref["se" + key].items()})
         np.testing.assert_array_less(np.abs(est - rest) / rse, 0.002)
         np.testing.assert_allclose(se, rse, rtol=2e-3)
-    sd = float(np.sqrt(next(iter(r.cov_re().values())).to_numpy()[0, 0]))
-    np.testing.assert_allclose(sd, ref["re_sd"], rtol=2e-3)
+    for grp, vc in ref["varcorr"].items():
+        cov = r.cov_re()[grp].to_numpy()
+        sd = np.sqrt(np.diag(cov))
+        np.testing.assert_allclose(sd, vc["sd"], rtol=2e-3)
+        if vc.get("cor") is not None:            # correlations: within 0.002 (absolute)
+            assert abs(cov[1, 0] / (sd[0] * sd[1]) - vc["cor"]) < 2e-3
     if ref.get("theta") is not None:
         np.testing.assert_allclose(1.0 / r.alpha, ref["theta"], rtol=2e-3)
     else:
@@ -88,7 +95,8 @@ def test_against_glmmTMB(name, fits):
     np.testing.assert_allclose([r.aic, r.bic], [ref["aic"], ref["bic"]], atol=2e-3)
 
 
-@pytest.mark.parametrize("name", ["zip_mined", "zinb_mined", "hurdle_pois_mined", "hurdle_nb_mined"])
+@pytest.mark.parametrize("name", ["zip_mined", "zinb_mined", "hurdle_pois_mined", "hurdle_nb_mined",
+                                  "zip_crossed"])
 def test_modes_and_predict_types_against_glmmTMB(name, fits):
     ref = load_ref("zi", name)
     r = fits[name]
@@ -114,7 +122,7 @@ def _direct_density(y, mu, pi, alpha, hurdle):
         return np.log(np.where(y == 0, pi, 0.0) + (1.0 - pi) * f)
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [c for c in CASES if c not in DENSE])
 def test_laplace_loglik_direct(name, fits):
     """The Laplace log-likelihood at the estimates, each site's integral approximated directly:
     its mode by a scalar optimizer, the curvature there by differences."""
@@ -167,7 +175,8 @@ def test_negative_observed_information_and_fisher_fallback(fits):
     assert not bad.converged and "not positive definite" in bad.message
 
 
-@pytest.mark.parametrize("name", ["zip_mined", "zinb_mined", "hurdle_pois_mined", "hurdle_nb_mined"])
+@pytest.mark.parametrize("name", ["zip_mined", "zinb_mined", "hurdle_pois_mined", "hurdle_nb_mined",
+                                  "zip_crossed", "zislope_zinb"])
 def test_exact_score_matches_differences(name, fits):
     r = fits[name]
     m = r.model
@@ -268,8 +277,6 @@ def test_bad_input(data):
         mf.glmer(FORMULA, d, family=sm.families.NegativeBinomial(alpha=2.0), ziformula="~ 1")
     with pytest.raises(NotImplementedError, match="Binomial"):
         mf.glmer(FORMULA, d, family="binomial", ziformula="~ 1")
-    with pytest.raises(NotImplementedError, match="one scalar random-effects term"):
-        mf.glmer("count ~ mined + (1 | site) + (1 | spp)", d, family="poisson", ziformula="~ 1")
     with pytest.raises(NotImplementedError, match="prior weights"):
         mf.glmer(FORMULA, d, family="poisson", ziformula="~ 1", weights=np.full(len(d), 2.0))
 
@@ -381,3 +388,82 @@ def test_condvar_direct(fits):
     M = 1.0 + lam ** 2 * np.bincount(codes, weights=h)
     np.testing.assert_allclose(re.attrs["condsd"].iloc[:, 0].to_numpy(), lam / np.sqrt(M),
                                rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", DENSE)
+def test_laplace_loglik_direct_dense(name, fits):
+    """Crossed and correlated-slope designs (the dense path): the Laplace log-likelihood at the
+    estimates computed directly -- Z Lambda from the fitted SDs and correlation, the modes of
+    the joint penalized log-likelihood by BFGS, the observed information of each row by second
+    differences of scipy's density, log|I + A' H A| by numpy."""
+    r = fits[name]
+    m = r.model
+    y = m.endog
+    eta_f = m.exog @ r.params + m.offset
+    pi = special.expit(m.exog_zi @ r.zi_params.to_numpy())
+    cols = []
+    for t in m.re_design.terms:               # one term per grouping factor in these cases
+        C = r.cov_re()[t.name].to_numpy()
+        L = np.linalg.cholesky(C)
+        for gl in range(t.m):
+            rows = t.codes == gl
+            for k in range(L.shape[1]):
+                col = np.zeros(y.size)
+                col[rows] = t.X[rows] @ L[:, k]
+                cols.append(col)
+    A = np.column_stack(cols)
+    assert np.sum(np.isfinite(A)) == A.size and A.shape[1] == m.re_design.nre
+
+    def dens(eta):
+        return _direct_density(y, np.exp(eta), pi, r.alpha, m.hurdle)
+
+    e = 1e-4
+
+    def negobj(u):
+        return -(np.sum(dens(eta_f + A @ u)) - 0.5 * u @ u)
+
+    def grad(u):
+        eta = eta_f + A @ u
+        return -(A.T @ ((dens(eta + 1e-6) - dens(eta - 1e-6)) / 2e-6) - u)
+
+    u = optimize.minimize(negobj, np.zeros(A.shape[1]), jac=grad, method="BFGS",
+                          options={"gtol": 1e-9}).x
+    eta = eta_f + A @ u
+    h = -(dens(eta + e) - 2 * dens(eta) + dens(eta - e)) / e ** 2
+    assert np.sum(h < 0) > 0 or m.hurdle       # the zeros' negative information is exercised
+    M = np.eye(A.shape[1]) + A.T @ (h[:, None] * A)
+    total = -negobj(u) - 0.5 * np.linalg.slogdet(M)[1]
+    np.testing.assert_allclose(r.llf, total, atol=2e-6)
+
+
+def test_dense_limit(data, monkeypatch):
+    import mlmext.laplace
+    monkeypatch.setattr(mlmext.laplace, "MAX_DENSE_RE", 20)
+    with pytest.raises(NotImplementedError, match="implemented up to 20 random effects"):
+        mf.glmer("count ~ mined + (1 | site) + (1 | spp)", data, ziformula="~ 1")
+    mf.glmer(FORMULA, data, ziformula="~ 1")      # one scalar term: level by level, any size
+
+
+def test_dense_path_fisher_fallback(fits):
+    """The dense path from a start where M = I + A' H A is indefinite: Fisher-scoring steps
+    until it is positive definite, then Newton to the same modes as from u = 0."""
+    from mlmext.laplace.dense import dense_columns
+    r = fits["zip_crossed"]
+    m = r.model
+    dev = m.deviance()
+    dev.set_extra(r._extra_internal())
+    des, cond = m.re_design, dev.cond
+    eta_f = m.exog @ r.params
+    theta = np.array([1.0, 1.0])
+    A = dense_columns(des, des.lambdas(theta))
+    u0 = np.full(des.nre, 1.0)
+    M0 = np.eye(des.nre) + A.T @ (cond.derivatives(eta_f + A @ u0)[1][:, None] * A)
+    assert np.linalg.eigvalsh(M0).min() < 0
+    far = lp.pirls(des, dev.chol_u, eta_f, cond, theta, u0=u0, tol=1e-20, dense=True)
+    near = lp.pirls(des, dev.chol_u, eta_f, cond, theta, u0=None, tol=1e-20, dense=True)
+    assert far.converged and near.converged
+    np.testing.assert_allclose(far.u, near.u, atol=1e-9)
+    assert far.laplace == pytest.approx(near.laplace, abs=1e-9)
+    cond.fisher_weights = None
+    bad = lp.pirls(des, dev.chol_u, eta_f, cond, theta, u0=u0, tol=1e-20, dense=True)
+    assert not bad.converged and "not positive definite" in bad.message

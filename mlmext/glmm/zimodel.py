@@ -63,14 +63,15 @@ class _ZiDeviance(LaplaceDeviance):
     """The Laplace deviance of a zero-inflated model.
 
     The observed information of the zeros may be negative for single observations: the modes
-    use the engine's scalar path (which takes that); lme4's first stage (beta inside PIRLS,
+    use the engine's scalar path for one scalar term and its dense path otherwise (both take
+    that); lme4's first stage (beta inside PIRLS,
     the blocked factorization) and the RX covariance use the positive weights of
     :meth:`ZeroInflatedConditional.fisher_weights` instead (they only give starting values).
     """
 
     def __init__(self, model):
         super().__init__(model)
-        self.pirls_options = {"scalar_fast": True}
+        self.pirls_options = {"scalar_fast": True, "dense": True}
 
     def _positive(self, fun, *args):
         cond = self.cond
@@ -124,8 +125,9 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
 
     Notes
     -----
-    Laplace approximation with the observed information (glmmTMB's exact Laplace), for one
-    scalar random-effects term (``(1 | g)``, or ``(0 + x | g)``); standard errors of all
+    Laplace approximation with the observed information (glmmTMB's exact Laplace); the
+    conditional modes level by level for one scalar random-effects term, else with a dense
+    system (up to ``mlmext.laplace.MAX_DENSE_RE`` random effects); standard errors of all
     coefficients from the inverse Hessian in every parameter (glmmTMB's ``sdreport``).
     """
 
@@ -168,13 +170,15 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
             raise ValueError(f"exog_zi has {Xzi.shape[0]} rows for {self.endog.shape[0]} "
                              "observations")
         self._init_keys = list(self._init_keys) + ["exog_zi", "hurdle"]
-        des = self.re_design
-        if not (len(des.blocks) == 1 and des.blocks[0].q == 1):
+        nre = self.re_design.nre
+        if nre > lp.MAX_DENSE_RE and not (len(self.re_design.blocks) == 1 and
+                                         self.re_design.blocks[0].q == 1):
             raise NotImplementedError(
-                "zero-inflated and hurdle models are implemented for one scalar random-effects "
-                "term ((1 | g) or (0 + x | g)): the observed information of the zeros can be "
-                "negative for single observations, which only the engine's level-by-level "
-                "path takes")
+                f"zero-inflated and hurdle models with {nre} random effects: beyond one scalar "
+                f"term ((1 | g)) the conditional modes use a dense system, implemented up to "
+                f"{lp.MAX_DENSE_RE} random effects (the observed information of the zeros can "
+                "be negative for single observations, which the sparse factorization does not "
+                "take)")
 
     # -- the zero-inflation design
     @classmethod

@@ -40,12 +40,15 @@ zi_case <- function(name, formula, zi, family, modes = FALSE, data = "salamander
               fixef = as.list(fe$cond), se = as.list(sqrt(diag(V$cond))),
               fixef_zi = as.list(fe$zi), se_zi = as.list(sqrt(diag(V$zi))),
               re_sd = unname(attr(VarCorr(fit)$cond[[1]], "stddev")),
+              varcorr = lapply(VarCorr(fit)$cond, function(v)
+                list(sd = unname(attr(v, "stddev")),
+                     cor = if (ncol(v) > 1) attr(v, "correlation")[2, 1] else NULL)),
               loglik = as.numeric(logLik(fit)), df = attr(logLik(fit), "df"),
               aic = AIC(fit), bic = BIC(fit), nobs = nobs(fit),
               max_grad = max(abs(fit$sdr$gradient.fixed)),
               theta = if (grepl("nbinom2", family)) sigma(fit) else NULL)
   if (modes) {
-    re <- ranef(fit)$cond[[1]]
+    re <- ranef(fit)$cond[[1]]                 # the first grouping factor's intercepts
     out$ranef <- list(levels = rownames(re), values = re[["(Intercept)"]])
     ## the three predict types of glmmTMB at the fitted rows (with the random effects) and the
   ## Pearson residuals (y - E[y]) / sqrt(Var[y]) of the full model
@@ -82,3 +85,23 @@ zi_case("zisim_zip_offset", "y ~ x + offset(log(t)) + (1 | g)", "~ z", "poisson"
         data = "zisim")
 zi_case("zisim_hurdle_nb", "y ~ x + offset(log(t)) + (1 | g)", "~ z", "truncated_nbinom2",
         data = "zisim")
+
+## ---- other random-effects structures (the dense path of the conditional modes): crossed
+## ---- site and species intercepts (ZIP), a correlated random slope (ZINB2, hurdle Poisson)
+zi_case("zip_crossed", "count ~ mined + (1 | site) + (1 | spp)", "~ mined", "poisson",
+        modes = TRUE)
+## counts with correlated random intercepts and slopes (SDs 0.5 and 0.3, correlation 0.4)
+set.seed(20261207)
+n <- 1200; G <- 30
+g <- sample(G, n, replace = TRUE)
+x <- rnd(rnorm(n)); z <- rnd(rnorm(n))
+L <- t(chol(matrix(c(0.25, 0.06, 0.06, 0.09), 2)))
+bb <- t(L %*% matrix(rnorm(2 * G), 2))
+mu <- exp(0.6 + 0.4 * x + bb[g, 1] + bb[g, 2] * x)
+pz <- plogis(-0.7 + 0.8 * z)
+zislope <- save_data(data.frame(g = factor(sprintf("g%02d", g)), x = x, z = z,
+                                y = ifelse(runif(n) < pz, 0, rnbinom(n, size = 2, mu = mu)),
+                                yp = ifelse(runif(n) < pz, 0, rpois(n, mu))), "zislope")
+zi_case("zislope_zinb", "y ~ x + (x | g)", "~ z", "nbinom2", data = "zislope")
+zi_case("zislope_hurdle_pois", "yp ~ x + (x | g)", "~ z", "truncated_poisson",
+        data = "zislope")
