@@ -273,10 +273,11 @@ def _finish(model, dev, tr, x, nagq, optim, H, initial):
         cov = np.asarray(cov) / extra_kw["scale"]
     if hasattr(model, "_result_extras"):           # models with several own parameters
         extra_kw = model._result_extras(extra, H, tr)
-    res = getattr(model, "_results_class", GLMMResults)(model, beta, cov, theta=theta, u=modes.u, sigma=1.0,
-                      criterion=-2.0 * llf, optim=optim, reml=False, nagq=nagq,
-                      pirls=modes, hessian=H, _transform=tr, _cov_joint=cov_joint,
-                      **extra_kw)
+    results_class = getattr(model, "_results_class", GLMMResults)
+    res = results_class(model, beta, cov, theta=theta, u=modes.u, sigma=1.0,
+                        criterion=-2.0 * llf, optim=optim, reml=False, nagq=nagq,
+                        pirls=modes, hessian=H, _transform=tr, _cov_joint=cov_joint,
+                        **extra_kw)
     # stacklevel 4: the user's fit() call (_finish <- fit_glmm <- model.fit)
     if not optim.success:
         warnings.warn(f"the optimizer did not converge: {optim.message} (tried: "
