@@ -275,6 +275,10 @@ def test_bad_input(data):
         mf.glmer(FORMULA, pos, family="poisson", ziformula="~ 1")
     with pytest.raises(ValueError, match="glmer_nb"):
         mf.glmer(FORMULA, d, family=sm.families.NegativeBinomial(alpha=2.0), ziformula="~ 1")
+    with pytest.raises(ValueError, match="hurdle=True"):
+        mf.glmer(FORMULA, d, family="truncated_poisson")
+    with pytest.raises(ValueError, match="glmer_nb.*hurdle=True"):
+        mf.glmer(FORMULA, d, family="truncated_nbinom2", ziformula="~ 1")
     with pytest.raises(NotImplementedError, match="Binomial"):
         mf.glmer(FORMULA, d, family="binomial", ziformula="~ 1")
     with pytest.raises(NotImplementedError, match="prior weights"):
