@@ -471,3 +471,25 @@ def test_dense_path_fisher_fallback(fits):
     cond.fisher_weights = None
     bad = lp.pirls(des, dev.chol_u, eta_f, cond, theta, u0=u0, tol=1e-20, dense=True)
     assert not bad.converged and "not positive definite" in bad.message
+
+
+@pytest.mark.parametrize("name", ["hurdle_pois_mined", "hurdle_nb_mined"])
+def test_simulate_truncated_small_mean(name, fits):
+    """At a small count mean (mu = 0.05, where most draws of the count distribution are zero
+    and the sampler inverts the truncated distribution) the simulated positives follow the
+    zero-truncated probabilities, and the zeros the zero probability."""
+    r = fits[name]
+    n = r.model.endog.size
+    mu = 0.05
+    y = r._simulate_response(np.full((n, 300), np.log(mu)), np.random.default_rng(3))
+    pi = r.predict(which="zprob").to_numpy()
+    p0 = np.mean((y == 0), axis=1)
+    assert abs(p0.mean() - pi.mean()) < 5 * np.sqrt(np.mean(pi * (1 - pi)) / y.size)
+    pos = y[y > 0]
+    if r.alpha is None:
+        pmf = stats.poisson.pmf(np.arange(1, 3), mu) / -np.expm1(-mu)
+    else:
+        k = 1.0 / r.alpha
+        pmf = stats.nbinom.pmf(np.arange(1, 3), k, k / (k + mu)) / stats.nbinom.sf(0, k, k / (k + mu))
+    for v, p in zip((1, 2), pmf):
+        assert abs(np.mean(pos == v) - p) < 5 * np.sqrt(p * (1 - p) / pos.size)

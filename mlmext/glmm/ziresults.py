@@ -169,20 +169,36 @@ class ZeroInflatedResults(GLMMResults):
         model = self.model
         pi = special.expit(model.exog_zi @ self._zi_params)[:, None] * np.ones(eta.shape[1])
         mu = np.exp(eta)
-        if model._nb:
-            r = 1.0 / self.alpha
-            dist = stats.nbinom(r, r / (r + mu))
-        else:
-            dist = stats.poisson(mu)
+        nb = model._nb
+
+        def draw(m):                               # Poisson or gamma-Poisson (NB2) counts
+            if nb:
+                a = float(self.alpha)
+                return rng.poisson(rng.gamma(1.0 / a, a * m)).astype(float)
+            return rng.poisson(m).astype(float)
+
         zero = rng.random(eta.shape) < pi
-        if not model.hurdle:
-            y = np.where(zero, 0.0, dist.ppf(rng.random(eta.shape)))
-        else:
-            # positives by inversion of the zero-truncated distribution: U in (F(0), 1)
-            f0 = dist.cdf(0)
-            u = f0 + (1.0 - f0) * rng.random(eta.shape)
-            y = np.where(zero, 0.0, np.maximum(dist.ppf(np.minimum(u, 1.0 - 1e-16)), 1.0))
-        return y.astype(float)
+        y = draw(mu)
+        if model.hurdle:
+            # zero-truncated counts: redraw the zeros a few times, then invert the truncated
+            # distribution function for what is left (small means)
+            for _ in range(10):
+                redo = (y == 0) & ~zero
+                if not redo.any():
+                    break
+                y[redo] = draw(mu[redo])
+            redo = (y == 0) & ~zero
+            if redo.any():
+                m = mu[redo]
+                if nb:
+                    r = 1.0 / self.alpha
+                    dist = stats.nbinom(r, r / (r + m))
+                else:
+                    dist = stats.poisson(m)
+                f0 = dist.cdf(0)
+                u = f0 + (1.0 - f0) * rng.random(m.shape)
+                y[redo] = np.maximum(dist.ppf(np.minimum(u, 1.0 - 1e-16)), 1.0)
+        return np.where(zero, 0.0, y)
 
     # -- summary
     def _summary_top(self):
