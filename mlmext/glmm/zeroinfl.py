@@ -16,9 +16,9 @@ The Laplace approximation is glmmTMB's: the PIRLS weights ``w`` are the observed
 the random effects).  For the zeros of a zero-inflated model it is negative where
 ``mu (1 - r) > 1`` (Poisson; ``r`` the posterior probability of a count-process zero): the
 log-density is not concave in ``eta``.  ``allow_negative_weights`` lets the engine's
-scalar path take such observations as long as each level's penalized information stays
-positive; where it is not (away from the modes) :meth:`fisher_weights` gives the step a
-positive curvature instead (the expected information of those observations).
+scalar and dense paths take such observations as long as the penalized information stays
+positive definite; where it is not (away from the modes) :meth:`fisher_weights` gives the step
+a positive curvature instead (the expected information of those observations).
 """
 from __future__ import annotations
 

@@ -287,7 +287,7 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
         return ZeroInflatedConditional(self.endog, self.exog_zi, nb=self._nb, hurdle=self.hurdle)
 
     def deviance(self):
-        """A fresh Laplace deviance (the scalar path of the engine, see :class:`_ZiDeviance`)."""
+        """A fresh Laplace deviance (the engine's scalar or dense path, see :class:`_ZiDeviance`)."""
         return _ZiDeviance(self)
 
     # -- parameters: (beta, theta, gamma[, alpha])
