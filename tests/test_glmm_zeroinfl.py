@@ -451,7 +451,7 @@ def test_dense_limit(data, monkeypatch):
 def test_dense_path_fisher_fallback(fits):
     """The dense path from a start where M = I + A' H A is indefinite: Fisher-scoring steps
     until it is positive definite, then Newton to the same modes as from u = 0."""
-    from mlmext.laplace.dense import dense_columns
+    from mlmext.laplace.dense import z_lambda
     r = fits["zip_crossed"]
     m = r.model
     dev = m.deviance()
@@ -459,7 +459,7 @@ def test_dense_path_fisher_fallback(fits):
     des, cond = m.re_design, dev.cond
     eta_f = m.exog @ r.params
     theta = np.array([1.0, 1.0])
-    A = dense_columns(des, des.lambdas(theta))
+    A = z_lambda(des, des.lambdas(theta)).toarray()
     u0 = np.full(des.nre, 1.0)
     M0 = np.eye(des.nre) + A.T @ (cond.derivatives(eta_f + A @ u0)[1][:, None] * A)
     assert np.linalg.eigvalsh(M0).min() < 0

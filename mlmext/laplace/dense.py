@@ -5,8 +5,8 @@ conditional model whose log-density is not concave in ``eta`` (the zeros of a ze
 count model) has single observations with negative observed information, while the penalized
 information ``M = Lambda' Z' H Z Lambda + I`` of the whole system is positive definite at
 the modes.  For any random-effects design of moderate size (``nre`` up to
-:data:`MAX_DENSE_RE`), :func:`_pirls_dense` forms ``A = Z Lambda`` and ``M`` densely and
-takes Newton steps with it; where ``M`` is not positive definite (away from the modes) the
+:data:`MAX_DENSE_RE`), :func:`_pirls_dense` forms ``A = Z Lambda`` (sparse) and ``M``
+(dense: ``O(nre^3)`` per Cholesky) and takes Newton steps with it; where ``M`` is not positive definite (away from the modes) the
 step uses the model's ``fisher_weights`` (positive) instead.  The factor it returns
 (:class:`DenseFactor`) offers what the Laplace value, its gradient, the warm starts and the
 conditional variances read.
@@ -16,22 +16,29 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import linalg
+from scipy import linalg, sparse
 
 from .protocol import Modes
 from .steps import _at_rounding_floor, _final_message, _halving_failed, _halving_step
 from .zops import _zops
 
 #: the largest number of random effects the dense path takes (M is nre x nre)
-MAX_DENSE_RE = 3000
+MAX_DENSE_RE = 2000
 
 
-def dense_columns(design, lams):
-    """``A = Z Lambda`` as a dense (n, nre) array (one column per spherical random effect)."""
+def z_lambda(design, lams):
+    """``A = Z Lambda`` as a sparse (n, nre) CSR matrix (one column per spherical random
+    effect; a row's nonzeros are its own levels' ``Lambda_b' z_i``)."""
     ops = _zops(design)
-    nre = ops.offsets[-1]
-    cols = [ops.zlam(e, lams) for e in np.eye(nre)]
-    return np.column_stack(cols) if cols else np.zeros((0, 0))
+    n = ops.n
+    rows, cols, vals = [], [], []
+    for b, off, lam in zip(design.blocks, ops.offsets[:-1], lams):
+        t = b.X @ lam                                       # (n, q): Lambda_b' z_i
+        rows.append(np.repeat(np.arange(n), b.q))
+        cols.append((off + b.codes[:, None] * b.q + np.arange(b.q)[None, :]).ravel())
+        vals.append(t.ravel())
+    return sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                             shape=(n, int(ops.offsets[-1])))
 
 
 class DenseFactor:
@@ -41,8 +48,8 @@ class DenseFactor:
     :class:`~mlmext.linalg.ScalarFactor.from_diagonal` does.
     """
 
-    def __init__(self, design, lams, A, M, chol):
-        self.design, self.lams, self.A, self.M, self._c = design, lams, A, M, chol
+    def __init__(self, design, lams, M, chol):
+        self.design, self.lams, self.M, self._c = design, lams, M, chol
 
     @property
     def logdet_zz(self):
@@ -60,20 +67,22 @@ class DenseFactor:
     def _positions(self):
         """Per block: (n, q) column indices of each row's own level in the spherical vector."""
         ops = _zops(self.design)
-        out = []
-        for b, off in zip(self.design.blocks, ops.offsets[:-1]):
-            out.append(off + b.codes[:, None] * b.q + np.arange(b.q)[None, :])
-        return out
+        return [off + b.codes[:, None] * b.q + np.arange(b.q)[None, :]
+                for b, off in zip(self.design.blocks, ops.offsets[:-1])]
 
     def local_inverse(self):
         """``(t, rho)`` per block: ``t_i = Lambda_b' z_i`` at row i's level, ``rho_i`` the same
-        positions of ``M^-1 A_i'`` (see :meth:`mlmext.linalg.base.Factor.local_inverse`)."""
-        R = self.A @ self._inverse()
-        rows = np.arange(self.A.shape[0])[:, None]
-        ts, rhos = [], []
-        for pos in self._positions():
-            ts.append(self.A[rows, pos])
-            rhos.append(R[rows, pos])
+        positions of ``M^-1 A_i'`` (see :meth:`mlmext.linalg.base.Factor.local_inverse`);
+        O(n q^2) gathers from ``M^-1``, nothing of size n x nre."""
+        inv = self._inverse()
+        pos = self._positions()
+        ts = [b.X @ lam for b, lam in zip(self.design.blocks, self.lams)]
+        rhos = []
+        for pb in pos:
+            rho = np.zeros(pb.shape)
+            for pc, tc in zip(pos, ts):
+                rho += np.einsum("ijk,ik->ij", inv[pb[:, :, None], pc[:, None, :]], tc)
+            rhos.append(rho)
         return ts, rhos
 
     def condvar_u(self):
@@ -90,7 +99,8 @@ class DenseFactor:
 @np.errstate(all="ignore")     # failures are reported in the result, not as warnings
 def _pirls_dense(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100, maxhalf=30):
     """:func:`pirls` (no ``X``) with the dense system; ``w`` may be negative for single rows."""
-    A = dense_columns(design, lams)
+    A = z_lambda(design, lams)
+    At = A.T.tocsr()
     nre = A.shape[1]
     fisher = getattr(cond, "fisher_weights", None)
     fused = getattr(cond, "loglik_derivs", None)
@@ -108,7 +118,7 @@ def _pirls_dense(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100,
         return ll, d1, w
 
     def factor(w):
-        M = A.T @ (w[:, None] * A)
+        M = (At @ sparse.diags(w) @ A).toarray()           # sparse product, dense factor
         M[np.diag_indices(nre)] += 1.0
         try:
             return M, linalg.cho_factor(M, lower=True, check_finite=False)
@@ -138,7 +148,7 @@ def _pirls_dense(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100,
         if d1 is None or not math.isfinite(float(d1.sum()) + float(w.sum())):
             message = f"non-finite working weights at PIRLS iteration {it}"
             break
-        g = A.T @ d1 - u
+        g = At @ d1 - u
         M, c = factor(w)
         step_c = c
         if c is None:
@@ -177,7 +187,7 @@ def _pirls_dense(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100,
     message = _final_message(message, converged, restarted)
     extra, logdet = {}, np.nan
     if c is not None:
-        fac = DenseFactor(design, lams, A, M, c)
+        fac = DenseFactor(design, lams, M, c)
         extra["factor"] = fac
         logdet = fac.logdet_zz
     elif converged:
