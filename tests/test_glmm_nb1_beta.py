@@ -219,10 +219,10 @@ def test_spellings_and_unread_arguments(sal, bp):
         mf.glmer(BETA_F, bp.assign(w=2.0), family="beta", weights="w")
 
 
-def test_dense_signed_system(sal, bp):
+def test_dense_system_for_negative_information(sal, bp):
     """Two grouping factors: glmmTMB's Laplace needs the observed information, negative for
     some of Salamanders' counts, which the blocked factorization cannot take; the deviance
-    then switches to the dense system (mlmext.glmm.signed).  Checked: its value against the
+    then switches to the dense system (mlmext.laplace.dense).  Checked: its value against the
     blocked one where both apply (beta_slope), its exact gradient against differences."""
     res = fit_of("beta_slope", bp)
     x = res.model._internal(res.params_object)

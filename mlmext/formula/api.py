@@ -4,7 +4,8 @@
 """
 from mlmext.gee import gee_select  # noqa: F401  (GEE working-correlation selection by QIC)
 from mlmext.glmm import (BetaMixedModel, GeneralizedLinearMixedModel, NB1MixedModel,
-                         NegativeBinomialMixedModel, is_beta_family)
+                         NegativeBinomialMixedModel, ZeroInflatedMixedModel, is_beta_family)
+from mlmext.glmm.response import NBFamily
 from mlmext.cor import CorrelatedLinearMixedModel
 from mlmext.dask import is_dask_frame
 from mlmext.dask.model import DaskLinearMixedModel
@@ -66,7 +67,7 @@ def _not_yet(name, issue):
 
 
 def glmer(formula, data, family=None, weights=None, offset=None, subset=None, missing="drop",
-          eval_env=0, **kwargs):
+          eval_env=0, ziformula=None, hurdle=False, **kwargs):
     """Generalized linear mixed model from an lme4-style formula (lme4's ``glmer``).
 
     Parameters
@@ -88,6 +89,14 @@ def glmer(formula, data, family=None, weights=None, offset=None, subset=None, mi
         Prior weights (binomial proportions: trials) and a known offset.
     subset : array_like, optional
     missing : {"drop", "raise"}
+    ziformula : str, optional
+        Poisson family: a zero-inflated Poisson model (glmmTMB's ``ziformula``), the
+        zero-inflation probability ``logit(pi) = X_zi gamma`` from this one-sided formula
+        (``"~ 1"``, ``"~ x"``; fixed effects only).  Returns a
+        :class:`~mlmext.glmm.zimodel.ZeroInflatedMixedModel`.
+    hurdle : bool
+        With ``ziformula``: a hurdle model instead (glmmTMB's ``truncated_poisson``):
+        ``P(y = 0) = pi``, positive counts from the zero-truncated Poisson.
 
     Returns
     -------
@@ -96,6 +105,10 @@ def glmer(formula, data, family=None, weights=None, offset=None, subset=None, mi
         Gauss-Hermite quadrature, single grouping factor, up to three random
         effects per level).
     """
+    if ziformula is not None or hurdle is not False:
+        return ZeroInflatedMixedModel.from_formula(
+            formula, data, ziformula=ziformula, hurdle=hurdle, family=family, weights=weights,
+            offset=offset, subset=subset, missing=missing, eval_env=eval_env + 1, **kwargs)
     if is_beta_family(family):
         return BetaMixedModel.from_formula(formula, data, family=family, weights=weights,
                                            offset=offset, subset=subset, missing=missing,
@@ -106,28 +119,40 @@ def glmer(formula, data, family=None, weights=None, offset=None, subset=None, mi
 
 
 def glmer_nb(formula, data, weights=None, offset=None, subset=None, missing="drop", eval_env=0,
-             variance="nb2", **kwargs):
+             variance="nb2", ziformula=None, hurdle=False, **kwargs):
     """Negative binomial (log link) mixed model (lme4's ``glmer.nb``; glmmTMB's ``nbinom1``).
 
     ``variance="nb2"`` (default): ``Var(y | b) = mu + alpha mu^2``; ``alpha`` is
     estimated jointly with the other parameters (results: ``.alpha``; lme4's
     theta is ``1 / alpha``).  ``variance="nb1"``: ``Var(y | b) = mu (1 + phi)``
     (glmmTMB's ``nbinom1``, statsmodels' ``loglike_method="nb1"``), ``phi``
-    estimated jointly (results: ``.phi``), glmmTMB's Laplace.  Other arguments
-    as :func:`glmer`.
+    estimated jointly (results: ``.phi``), glmmTMB's Laplace.  ``ziformula`` gives a
+    zero-inflated NB2 model and, with ``hurdle=True``, a hurdle NB2 model (glmmTMB's
+    ``nbinom2`` / ``truncated_nbinom2`` with ``ziformula``; a
+    :class:`~mlmext.glmm.zimodel.ZeroInflatedMixedModel`).  Other arguments as :func:`glmer`.
 
     Returns
     -------
     mlmext.glmm.NegativeBinomialMixedModel or mlmext.glmm.NB1MixedModel
     """
     key = str(variance).lower().replace(" ", "") if isinstance(variance, str) else variance
+    if key not in ("nb1", "nb2"):
+        raise ValueError(f"variance must be 'nb2' (mu + alpha mu^2) or 'nb1' (mu (1 + phi)); "
+                         f"got {variance!r}")
+    if ziformula is not None or hurdle is not False:
+        if key == "nb1":
+            raise NotImplementedError("zero-inflated and hurdle models are NB2 (and Poisson); "
+                                      "NB1 with ziformula is not implemented")
+        if "family" in kwargs:
+            raise TypeError("glmer_nb's family is always the negative binomial: remove family=")
+        return ZeroInflatedMixedModel.from_formula(
+            formula, data, ziformula=ziformula, hurdle=hurdle, family=NBFamily(),
+            weights=weights, offset=offset, subset=subset, missing=missing,
+            eval_env=eval_env + 1, **kwargs)
     if key == "nb1":
         return NB1MixedModel.from_formula(formula, data, weights=weights, offset=offset,
                                           subset=subset, missing=missing,
                                           eval_env=eval_env + 1, **kwargs)
-    if key != "nb2":
-        raise ValueError(f"variance must be 'nb2' (mu + alpha mu^2) or 'nb1' (mu (1 + phi)); "
-                         f"got {variance!r}")
     return NegativeBinomialMixedModel.from_formula(formula, data, weights=weights, offset=offset,
                                                    subset=subset, missing=missing,
                                                    eval_env=eval_env + 1, **kwargs)

@@ -43,8 +43,9 @@ class LaplaceDeviance:
         self._chol_x = None
         self.warm_start = None
         self._last = None
-        #: extra keyword arguments of every PIRLS for u alone (e.g. ``scalar_fast``)
-        self.pirls_kw = {}
+        #: extra keyword arguments of :func:`mlmext.laplace.pirls` for the modes (e.g. the
+        #: scalar fast path, which takes negative observed information)
+        self.pirls_options = {}
 
     @property
     def chol_u(self):
@@ -95,10 +96,10 @@ class LaplaceDeviance:
                     dd1 = self.cond.param_derivatives(m0.eta)[1] @ dx
             u0 = lp.predict_modes(des, self.chol_u, m0, theta - th0, eta_f - ef0, lams=lams0, dd1=dd1)
         modes = lp.pirls(des, self.chol_u, eta_f, self.cond, theta, u0=u0, tol=tol, lams=lams,
-                         **self.pirls_kw)
+                         **self.pirls_options)
         if not modes.converged and u0 is not None:
             modes = lp.pirls(des, self.chol_u, eta_f, self.cond, theta, u0=None, tol=tol, lams=lams,
-                             **self.pirls_kw)
+                             **self.pirls_options)
             modes.message = "retried from u = 0; " + modes.message
         if modes.converged:
             self.warm_start = modes.u

@@ -94,6 +94,8 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
     tr = _Transform(nt, p, ke, beta0, R)
     x0 = np.concatenate([theta0, np.zeros(p), extra0])
     bounds = tr.bounds(des.lower)
+    if ke and hasattr(model, "_bounds_extra"):     # e.g. zero-inflation coefficients: unbounded
+        bounds[nt + p:] = model._bounds_extra()
     names = (list(des.theta_names()) + [f"{b} (scaled)" for b in model.exog_names]
              + [f"log {model._extra_name}"] * ke)
     # ---- Laplace: all parameters jointly, exact gradient, then Newton with the Hessian
@@ -269,11 +271,13 @@ def _finish(model, dev, tr, x, nagq, optim, H, initial):
         # statsmodels' GLM convention: cov_params() = scale * normalized_cov_params
         extra_kw["scale"] = extra_kw["_alpha"]
         cov = np.asarray(cov) / extra_kw["scale"]
-    cls = getattr(model, "_results_class", None) or GLMMResults     # NB1, beta: their own
-    res = cls(model, beta, cov, theta=theta, u=modes.u, sigma=1.0,
-                      criterion=-2.0 * llf, optim=optim, reml=False, nagq=nagq,
-                      pirls=modes, hessian=H, _transform=tr, _cov_joint=cov_joint,
-                      **extra_kw)
+    if hasattr(model, "_result_extras"):           # models with several own parameters
+        extra_kw = model._result_extras(extra, H, tr)
+    results_class = getattr(model, "_results_class", None) or GLMMResults   # NB1, beta, zi
+    res = results_class(model, beta, cov, theta=theta, u=modes.u, sigma=1.0,
+                        criterion=-2.0 * llf, optim=optim, reml=False, nagq=nagq,
+                        pirls=modes, hessian=H, _transform=tr, _cov_joint=cov_joint,
+                        **extra_kw)
     # stacklevel 4: the user's fit() call (_finish <- fit_glmm <- model.fit)
     if not optim.success:
         warnings.warn(f"the optimizer did not converge: {optim.message} (tried: "

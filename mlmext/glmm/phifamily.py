@@ -4,7 +4,7 @@ Both use the observed information in the Laplace determinant (glmmTMB's), which 
 negative for single observations (an NB1 count far above its mean, a beta response far in
 the tail): one scalar random-effects term takes that (PIRLS level by level, each level's
 penalized information positive); other designs use the blocked factorization while the
-weights are positive and a dense one (:mod:`.signed`) once they are not.  lme4's first stage (beta inside PIRLS, only
+weights are positive and a dense one (:mod:`mlmext.laplace.dense`) once they are not.  lme4's first stage (beta inside PIRLS, only
 starting values) uses positive working weights.
 """
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import laplace as lp
-from . import signed
 from .deviance import LaplaceDeviance
 from ..results import add_notes
 from .results import GLMMResults
@@ -56,13 +55,13 @@ class PhiDeviance(LaplaceDeviance):
         super().__init__(model)
         self.scalar = _scalar_design(self.design)
         # the one-scalar-term PIRLS takes single negative weights (its factor is diagonal)
-        self.pirls_kw = {"scalar_fast": True} if self.scalar else {}
+        self.pirls_options = {"scalar_fast": True} if self.scalar else {}
         #: other designs: the dense system once a negative weight was met (see modes())
         self.dense = False
 
     def modes(self, theta, beta, tol=1e-14, warm=True, lams=None):
         """As :meth:`LaplaceDeviance.modes`; once the blocked PIRLS meets a negative weight (not
-        with one scalar term), this deviance switches to the dense system of :mod:`.signed`."""
+        with one scalar term), this deviance switches to the dense system of :mod:`mlmext.laplace.dense`."""
         if not self.dense:
             modes, lams = super().modes(theta, beta, tol=tol, warm=warm, lams=lams)
             if modes.converged or self.scalar or "negative working weights" not in modes.message:
@@ -71,12 +70,12 @@ class PhiDeviance(LaplaceDeviance):
                 neg = int(np.sum(self.cond.derivatives(modes.eta)[1] < 0))
             if not neg:
                 return modes, lams
-            if not signed.dense_size_ok(self.design):
+            if self.design.nre > lp.MAX_DENSE_RE:
                 raise NotImplementedError(
                     f"{neg} observations have a negative observed information (glmmTMB's "
                     f"Laplace for the {self.model._family_label} family): the sparse "
                     "factorization cannot take that, and this model is too large for the dense "
-                    f"one (n x random effects > {signed.MAX_DENSE:.0e})"
+                    f"one (more than {lp.MAX_DENSE_RE} random effects)"
                     + getattr(self.model, "_negative_weights_hint", ""))
             self.dense = True
         des, m = self.design, self.model
@@ -92,9 +91,10 @@ class PhiDeviance(LaplaceDeviance):
             if np.any(dx) and np.all(np.isfinite(dx)):
                 dd1 = self.cond.param_derivatives(m0.eta)[1] @ dx
             u0 = lp.predict_modes(des, None, m0, theta - th0, eta_f - ef0, lams=lams0, dd1=dd1)
-        modes = signed.dense_pirls(des, eta_f, self.cond, lams, u0=u0, tol=tol)
+        modes = lp.pirls(des, None, eta_f, self.cond, theta, u0=u0, tol=tol, lams=lams, dense=True)
         if not modes.converged and u0 is not None:
-            modes = signed.dense_pirls(des, eta_f, self.cond, lams, u0=None, tol=tol)
+            modes = lp.pirls(des, None, eta_f, self.cond, theta, u0=None, tol=tol, lams=lams,
+                             dense=True)
             modes.message = "retried from u = 0; " + modes.message
         if modes.converged:
             self.warm_start = modes.u

@@ -67,6 +67,11 @@ _FAMILY_OTHER = {
            "other parameters)"),
     "beta": (ValueError, "the beta family is mlmext.glmm.BetaMixedModel (glmer(..., "
              "family='beta') builds it)"),
+    # glmmTMB's hurdle families: the zero part needs a ziformula
+    "truncatedpoisson": (ValueError, "a hurdle Poisson model is glmer(..., family='poisson', "
+                         "ziformula='~ 1', hurdle=True)"),
+    "truncatednbinom2": (ValueError, "a hurdle NB2 model is glmer_nb(..., ziformula='~ 1', "
+                         "hurdle=True)"),
     "quasibinomial": (NotImplementedError, "quasi families have no likelihood to maximize (lme4 "
                       "does not fit them either); for overdispersion add an observation-level "
                       "random effect (1 | obs)"),

@@ -42,7 +42,8 @@ with each other and with GLM fits.
 
 Modules: :mod:`.protocol` (the conditional-model protocol, modes), :mod:`.zops`
 (``Z Lambda u`` and the PIRLS factorization), :mod:`.pirls`, :mod:`.scalar`
-(one scalar term, level by level), :mod:`.agq`, :mod:`.gradient`,
+(one scalar term, level by level), :mod:`.dense` (a dense system that takes negative
+observed information), :mod:`.agq`, :mod:`.gradient`,
 :mod:`.separation`.
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ from __future__ import annotations
 from ..linalg import ScalarFactor
 from .agq import (MAX_AGQ_GRID, MAX_NAGQ, agq_loglik, agq_loglik_gradient, check_agq, check_agq_grid,
                   check_nagq, check_positive, gh_rule)
+from .dense import MAX_DENSE_RE
 from .gradient import laplace_gradient
 from .pirls import factor_at, laplace_loglik, pirls, predict_modes
 from .protocol import ConditionalModel, Modes, PIRLSError
@@ -60,4 +62,4 @@ __all__ = ["ConditionalModel", "Modes", "PIRLSError", "ScalarFactor", "make_chol
            "laplace_loglik", "agq_loglik", "laplace_gradient", "agq_loglik_gradient", "gh_rule",
            "random_effects_linear", "random_effects_transpose", "predict_modes", "check_nagq",
            "check_positive", "check_agq",
-           "check_agq_grid", "MAX_NAGQ", "MAX_AGQ_GRID", "separation_direction", "factor_at"]
+           "check_agq_grid", "MAX_NAGQ", "MAX_AGQ_GRID", "MAX_DENSE_RE", "separation_direction", "factor_at"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .dense import _pirls_dense
 from .protocol import Modes
 from .scalar import _is_scalar_design, _pirls_scalar
 from .steps import _at_rounding_floor, _final_message, _halving_failed, _halving_step, _solve_in_span
@@ -11,7 +12,7 @@ from .zops import _reweight, _zops
 
 # ----------------------------------------------------------------------------- PIRLS
 def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol=1e-12,
-          maxiter=100, maxhalf=30, lams=None, newton=None, scalar_fast=False):
+          maxiter=100, maxhalf=30, lams=None, newton=None, scalar_fast=False, dense=False):
     """Conditional modes of the random effects by penalized IRLS.
 
     Maximizes ``sum_i loglik_i(eta_i) - |u|^2 / 2`` over ``u`` (and over
@@ -62,6 +63,12 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
         :func:`agq_loglik`, :func:`laplace_gradient` and
         :func:`predict_modes` use in place of ``chol``.  Ignored for other
         designs.
+    dense : bool
+        Without ``X``, and unless the scalar fast path is taken: Newton steps with the dense
+        system ``M = Lambda' Z' W Z Lambda + I`` (:mod:`.dense`), which takes weights ``w``
+        that are negative for single observations (the observed information of a
+        log-density that is not concave) as long as ``M`` is positive definite at the
+        modes.  ``chol`` is not touched; the factor is ``modes.extra["factor"]``.
 
     Returns
     -------
@@ -74,6 +81,9 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
     if scalar_fast and X is None and _is_scalar_design(design):
         return _pirls_scalar(design, eta_fixed, cond, lams, u0=u0, tol=tol, maxiter=maxiter,
                              maxhalf=maxhalf)
+    if dense and X is None:
+        return _pirls_dense(design, eta_fixed, cond, lams, u0=u0, tol=tol, maxiter=maxiter,
+                            maxhalf=maxhalf)
     ops = _zops(design)
     nre = ops.offsets[-1]
     eta_fixed = np.asarray(eta_fixed, dtype=float)

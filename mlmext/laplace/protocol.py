@@ -62,8 +62,12 @@ class ConditionalModel:
     #
     # allow_negative_weights = False
     #     """True when single observations may have ``w < 0`` (observed information
-    #     of a log-density that is not concave); only PIRLS' ``scalar_fast`` path
-    #     accepts them, as long as the penalized information stays positive."""
+    #     of a log-density that is not concave); only PIRLS' ``scalar_fast`` and ``dense``
+    #     paths accept them, as long as the penalized information stays positive."""
+    #
+    # def fisher_weights(self, eta):
+    #     """(n,) positive weights for a PIRLS step where the penalized information with ``w``
+    #     is not positive definite (away from the modes): the expected information, say."""
 
 
 class PIRLSError(RuntimeError):

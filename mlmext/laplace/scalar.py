@@ -25,7 +25,9 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
     passes, so an iteration costs a few O(n) vector operations.  A
     conditional model with ``allow_negative_weights = True`` (a link whose
     log-density is not concave) may have observations with ``w < 0`` as
-    long as every ``M_g`` stays positive.
+    long as every ``M_g`` stays positive at the modes; where a level's ``M_g`` is not
+    positive, a model with ``fisher_weights(eta)`` (positive weights) takes a Fisher-scoring
+    step for that level instead.
     """
     ops = _zops(design)
     blk = design.blocks[0]
@@ -37,6 +39,7 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
     zx2 = None if ones else zx * zx
     eta_fixed = np.asarray(eta_fixed, dtype=float)
     neg_ok = bool(getattr(cond, "allow_negative_weights", False))
+    fisher = getattr(cond, "fisher_weights", None) if neg_ok else None
     fused = getattr(cond, "loglik_derivs", None)
 
     def evaluate(eta):
@@ -84,15 +87,23 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
         else:
             g = lam * np.bincount(codes, weights=d1 * zx, minlength=m) - u
             M = 1.0 + (lam * lam) * np.bincount(codes, weights=w * zx2, minlength=m)
+        M_step = M
         if M.min() <= 0:
-            message = f"the penalized information is not positive definite at PIRLS iteration {it}"
-            break
-        du = g / M
+            if fisher is None:
+                message = f"the penalized information is not positive definite at PIRLS iteration {it}"
+                break
+            # away from the modes the observed information of a non-concave log-density can
+            # make a level's curvature negative: Fisher scoring there (the modes are a maximum,
+            # so the Newton curvature is positive again near them)
+            wf = fisher(eta) if ones else fisher(eta) * zx2
+            M_step = np.where(M > 0, M, 1.0 + (lam * lam) * np.bincount(codes, weights=wf, minlength=m))
+        du = g / M_step
         dec = float(du @ g)
         if not math.isfinite(dec):
             message = f"non-finite PIRLS step at iteration {it}"
             break
-        if dec < tol or _at_rounding_floor(dec, dec_prev, obj, getattr(cond, "loglik_scale", 0.0)):
+        if M_step is M and (dec < tol or _at_rounding_floor(dec, dec_prev, obj,
+                                                            getattr(cond, "loglik_scale", 0.0))):
             converged = True
             break
         dec_prev = dec
