@@ -154,8 +154,10 @@ class LaplaceDeviance:
         """Conditional covariances of b = Lambda u per block, (m, q, q) arrays, at the modes."""
         self.set_extra(extra)
         self.warm_start = np.asarray(u, dtype=float)
-        _, lams = self.modes(np.asarray(theta, dtype=float), np.asarray(beta, dtype=float), tol=1e-20)
-        cv = self.chol_u.condvar_u()
+        modes, lams = self.modes(np.asarray(theta, dtype=float), np.asarray(beta, dtype=float),
+                                 tol=1e-20)
+        # the factor the modes were found with (PIRLS's scalar or dense path attach their own)
+        cv = lp.factor_at(self.chol_u, modes).condvar_u()
         return [np.einsum("ij,gjk,lk->gil", lam, c, lam) for lam, c in zip(lams, cv)]
 
     def cov_rx(self, theta, modes, lams):

@@ -111,14 +111,6 @@ class PhiDeviance(LaplaceDeviance):
         with self.cond.working():
             return super().cov_rx(theta, modes, lams)
 
-    def condvar(self, theta, beta, extra, u):
-        self.set_extra(extra)
-        self.warm_start = np.asarray(u, dtype=float)
-        modes, lams = self.modes(np.asarray(theta, dtype=float), np.asarray(beta, dtype=float),
-                                 tol=1e-20)
-        cv = lp.factor_at(self.chol_u, modes).condvar_u()
-        return [np.einsum("ij,gjk,lk->gil", lam, c, lam) for lam, c in zip(lams, cv)]
-
 
 class PhiFamilyMixin:
     """Model hooks of the NB1 and beta GLMMs (put first among the bases)."""

@@ -89,14 +89,6 @@ class _ZiDeviance(LaplaceDeviance):
     def cov_rx(self, theta, modes, lams):
         return self._positive(super().cov_rx, theta, modes, lams)
 
-    def condvar(self, theta, beta, extra, u):
-        self.set_extra(extra)
-        self.warm_start = np.asarray(u, dtype=float)
-        modes, lams = self.modes(np.asarray(theta, dtype=float), np.asarray(beta, dtype=float),
-                                 tol=1e-20)
-        cv = lp.factor_at(self.chol_u, modes).condvar_u()
-        return [np.einsum("ij,gjk,lk->gil", lam, c, lam) for lam, c in zip(lams, cv)]
-
 
 class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
     """Zero-inflated or hurdle Poisson / NB2 mixed model (glmmTMB's ``ziformula``).
