@@ -108,7 +108,9 @@ def accumulate(ddf, template, state):
     """
     import dask
     tmpl = ship(template)                               # one object, shared by the tasks
-    parts = [dask.delayed(_partition_sums)(p, tmpl, state) for p in ddf.to_delayed()]
+    light = copy.copy(state)
+    light.frame = None                                 # the workers read the columns' names only
+    parts = [dask.delayed(_partition_sums)(p, tmpl, light) for p in ddf.to_delayed()]
     sums = tree_reduce(parts, _add).compute()
     sums["A_rr"] = sums["A_rr"].toarray()
     sums["A_r1"] = sums["A_r1"].tocsr()
