@@ -8,10 +8,13 @@ processes with a memory limit each: the client reads nothing but the cross-produ
 
     python benchmarks/bench_dask.py                         # 1M rows, and the pandas fit to compare
     python benchmarks/bench_dask.py --rows 10000000 --users 200000 --items 5000 --no-pandas
-    python benchmarks/bench_dask.py --rows 30000000 --worker-memory 400MB --no-pandas
+    python benchmarks/bench_dask.py --rows 30000000 --users 500000 --worker-memory 400MB \
+        --no-pandas --formula "y ~ x + grp + (1 + x | user)"
 
 The last line is a larger-than-memory run: the rows in memory outweigh the two workers'
-limits together (the table prints both).
+limits together (the table prints both).  Its model has one grouping factor: with the crossed
+items the client's per-evaluation cost grows with rows x ratings per user (the Schur product's
+pairs; see the note in the user guide).
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ def write_parquet(path, n_rows, n_users, n_items, seed=14):
             os.path.join(path, f"part-{k:04d}.parquet"), index=False)
 
 
-def child_dask(path, worker_memory, out):
+def child_dask(path, worker_memory, out, formula=FORMULA):
     import dask.dataframe as dd
     import distributed
     from mlmext.formula import api as mf
@@ -61,7 +64,7 @@ def child_dask(path, worker_memory, out):
         ddf = dd.read_parquet(path)
         mem_rows = None
         t0 = time.perf_counter()
-        model = mf.lmer(FORMULA, ddf)
+        model = mf.lmer(formula, ddf)
         t1 = time.perf_counter()
         res = model.fit(reml=False)
         t2 = time.perf_counter()
@@ -74,12 +77,12 @@ def child_dask(path, worker_memory, out):
     json.dump(rec, open(out, "w"))
 
 
-def child_pandas(path, out):
+def child_pandas(path, out, formula=FORMULA):
     import pandas as pd
     from mlmext.formula import api as mf
     df = pd.read_parquet(path)
     t0 = time.perf_counter()
-    res = mf.lmer(FORMULA, df).fit(reml=False)
+    res = mf.lmer(formula, df).fit(reml=False)
     rec = {"total": time.perf_counter() - t0, "params": list(map(float, res.params)),
            "theta": list(map(float, res.theta)), "llf": float(res.llf),
            "bse": list(map(float, res.bse)),
@@ -94,25 +97,27 @@ def main(argv=None):
     ap.add_argument("--items", type=int, default=3_000)
     ap.add_argument("--worker-memory", default="2GB", help="memory limit of each of the 2 workers")
     ap.add_argument("--no-pandas", action="store_true", help="skip the in-memory fit")
+    ap.add_argument("--formula", default=FORMULA, help="the model (default: %(default)s)")
     ap.add_argument("--dir", default=None, help="where to write the Parquet files (default: a temp dir)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         kind, path, out = args.child
-        return child_dask(path, args.worker_memory, out) if kind == "dask" else child_pandas(path, out)
+        return (child_dask(path, args.worker_memory, out, args.formula) if kind == "dask"
+                else child_pandas(path, out, args.formula))
     tmp = args.dir or tempfile.mkdtemp(prefix="mlmext_dask_")
     path = os.path.join(tmp, f"ratings_{args.rows}")
     t0 = time.perf_counter()
     if not os.path.isdir(path):
         write_parquet(path, args.rows, args.users, args.items)
     disk = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)) / 2 ** 20
-    print(f"{args.rows:,} rows, {args.users:,} users, {args.items:,} items: Parquet {disk:.0f} MiB "
+    print(f"{args.formula}\n{args.rows:,} rows, {args.users:,} users, {args.items:,} items: Parquet {disk:.0f} MiB "
           f"on disk (written in {time.perf_counter() - t0:.1f} s)")
     recs = {}
     for kind in ["dask"] + ([] if args.no_pandas else ["pandas"]):
         out = os.path.join(tmp, f"{kind}.json")
         subprocess.run([sys.executable, __file__, "--worker-memory", args.worker_memory,
-                        "--child", kind, path, out], check=True)
+                        "--formula", args.formula, "--child", kind, path, out], check=True)
         recs[kind] = json.load(open(out))
     d = recs["dask"]
     t = d["timings"]
