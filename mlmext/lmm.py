@@ -1,9 +1,11 @@
 """Linear mixed models fitted by (RE)ML on the profiled objective (lme4's ``lmer``)."""
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
+import pandas as pd
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from ._blas import blas_threads
@@ -13,6 +15,7 @@ from .frame import display_name
 from .inference.ddf_default import check_fit_ddf
 from .inference.robust import check_cov_args
 from .linalg import BlockedCholesky
+from .linalg.small import SmallDenseFactor, small_dense_fits
 from .linalg._stacks import block_cross, sandwich, spd_inv_logdet
 from .objective import LMMDeviance, MixedParams
 from .optimize import OptSummary, jacobian, minimize_theta
@@ -113,6 +116,42 @@ class LinearMixedModel(MixedModel):
             raise ValueError(f"the fixed effects fit the response {name!r} exactly (residual sum "
                              "of squares 0); a mixed model needs residual variation")
 
+    #: :meth:`_with_response` gives this model with a new response (refits, simulations)
+    _response_refit = True
+
+    def _with_response(self, endog):
+        """This model with another response on the same rows (lme4's ``refit`` of a new
+        response): the formula, the designs, weights and offset are those of this model, and
+        nothing the response does not enter is computed again (no formula evaluation, no
+        design checks; the small-system cross-products other than the response's are shared).
+
+        ``endog`` has one finite value per row of the model (the caller checks its shape).
+        """
+        y = np.asarray(endog, dtype=float)
+        if y.shape != self.endog.shape:
+            raise ValueError(f"endog has shape {y.shape}; the model's response has shape "
+                             f"{self.endog.shape}")
+        new = copy.copy(self)
+        for k in self._unpickled_caches:               # caches of the old response's numbers
+            new.__dict__.pop(k, None)
+        new.formula_info = dict(self.formula_info)       # remove_data() of one leaves the other
+        data = copy.copy(self.data)
+        data._cache = {}
+        data.endog = y
+        old = getattr(self.data, "orig_endog", None)
+        data.orig_endog = pd.Series(y, index=old.index, name=old.name) \
+            if isinstance(old, pd.Series) else y
+        new.data, new.endog = data, y
+        yo = y - self.offset
+        new._check_response(yo)
+        XY = self._XY.copy()
+        XY[:, -1] = yo
+        new._XY = XY
+        sf = self.__dict__.get("_small")
+        if sf is not None and sf is not False:
+            new._small = sf.with_response(yo)
+        return new
+
     def _cross_products(self):
         """The factorization set up with the model's cross-products, never updated itself:
         each deviance takes its own :meth:`~mlmext.linalg.BlockedCholesky.workspace` of it."""
@@ -120,6 +159,22 @@ class LinearMixedModel(MixedModel):
         if xp is None:        # two threads may both build it: same value, either one is kept
             xp = self._xprod = BlockedCholesky(self.re_design.blocks, self._XY, self.weights)
         return xp
+
+    #: dense small-system factor (None: the model is too large for it); rebuilt after unpickling
+    _unpickled_caches = MixedModel._unpickled_caches + ("_small",)
+
+    def _small_factor(self):
+        """The cross-products in one dense matrix (:class:`~mlmext.linalg.small.SmallDenseFactor`)
+        when the whole system is small, else None: there one dense factorization per
+        evaluation is several times cheaper than the structured storage.  Built once, never
+        updated itself (each deviance takes a workspace of it)."""
+        sf = self.__dict__.get("_small", False)
+        if sf is False:       # two threads may both build it: same value, either one is kept
+            sf = None
+            if small_dense_fits(self.re_design.blocks, self.k_fe):
+                sf = SmallDenseFactor(self.re_design.blocks, self._XY, self.weights)
+            self._small = sf
+        return sf
 
     def deviance(self, reml=True):
         """The profiled REML criterion (or -2 log-likelihood) as a function of theta.
@@ -189,7 +244,8 @@ class LinearMixedModel(MixedModel):
         units = des.theta_units()            # lme4's start and unit steps in the predictors' units
         start = des.theta_start / units
         scale = units.copy()
-        if len(des.blocks) < 2 or self._cross_products().r < 200:   # cheap evaluations: lme4's start is fine
+        if len(des.blocks) < 2 or self._small_factor() is not None or \
+                self._cross_products().r < 200:          # cheap evaluations: lme4's start is fine
             return start, scale
         nu = self.nobs - (self.k_fe if reml else 0)
         for blk in des.blocks:

@@ -87,7 +87,10 @@ class LMMDeviance:
         self.n = float(model.nobs)
         self.p = int(model.k_fe)
         self._logw = model._logw
-        self._factor = model._cross_products().workspace()
+        # the dense storage of a small system where the model has one (not a whitened view)
+        small = getattr(model, "_small_factor", None)
+        fac = small() if small is not None else None
+        self._factor = (model._cross_products() if fac is None else fac).workspace()
 
     @property
     def nparams(self):

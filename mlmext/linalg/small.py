@@ -1,0 +1,238 @@
+"""Dense storage for small systems: every random effect, X and y in one dense factor.
+
+For a model with few random effects (sleepstudy's ``(Days | Subject)``: 36, Penicillin's crossed
+intercepts: 30) the whole of ``Lambda' [Z X y]' W [Z X y] Lambda + I_Z`` has order
+``N = nre + p + 1`` of a few dozen.  One LAPACK Cholesky factorization of it costs a few
+microseconds; the structured storages reach the same numbers through stacks of per-level blocks
+and Schur complements whose fixed cost per call (dozens of NumPy calls) dominates such small fits.
+Here an evaluation is one scaling by ``Lambda`` (two small matrix products), one ``potrf``, and
+the pieces of the gradient are one ``potri`` and one matrix-vector product.
+
+Only for small N: the work grows as N^3 (:data:`SMALL_ORDER` bounds it).  The cross-products
+are formed once (:meth:`SmallDenseFactor.set_data`); :meth:`SmallDenseFactor.with_response`
+gives a factor for a new response on the same design, recomputing only the response's row.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import linalg, sparse
+
+from ._stacks import dense_Z, solve_lower_t
+from .base import Factor
+
+__all__ = ["SmallDenseFactor", "SMALL_ORDER", "small_dense_fits"]
+
+#: largest order ``nre + p + 1`` held densely (measured: below it one dense factorization
+#: beats the structured storages on evaluation time; above it its N^3 work does not)
+SMALL_ORDER = 64
+
+
+def small_dense_fits(blocks, p):
+    """Whether :class:`SmallDenseFactor` takes a model with these blocks and ``p`` fixed effects."""
+    return sum(b.nre for b in blocks) + p + 1 <= SMALL_ORDER
+
+
+def _potri(L):
+    """``(L L')^-1`` (full symmetric) from a lower Cholesky factor ``L``."""
+    if L.shape[0] == 0:
+        return np.zeros((0, 0))
+    inv, info = linalg.lapack.dpotri(L, lower=1)
+    if info:
+        raise np.linalg.LinAlgError("singular triangular factor")
+    return np.tril(inv) + np.tril(inv, -1).T
+
+
+class SmallDenseFactor(Factor):
+    """Factor of ``Lambda' [Z X y]' W [Z X y] Lambda + I_Z`` held as one dense matrix.
+
+    ``SmallDenseFactor(blocks, XY, weights=None)``: any number of blocks (crossed or nested);
+    see :class:`~mlmext.linalg.base.Factor` for the interface.  ``Lr`` is the whole factor
+    (``rz`` = the number of random effects), so everything the base class reads off ``Lr``
+    (``logdet_xx``, ``r2``, ``cov_beta_unscaled``) applies as it is.
+    """
+
+    def __init__(self, blocks, XY, weights=None):
+        self.blocks = list(blocks)
+        self.p = XY.shape[1] - 1
+        self.rz = sum(b.nre for b in self.blocks)
+        self.r = self.rz + self.p + 1
+        self._offsets = np.cumsum([0] + [b.nre for b in self.blocks])
+        # positions of each block template's lower triangle in the (nre x nre) Lambda:
+        # entry (i, j) of block b at (off_b + g q + i, off_b + g q + j) for every level g
+        rows, cols, vals, base = [], [], [], 0
+        for b, off in zip(self.blocks, self._offsets):
+            ii, jj = np.tril_indices(b.q)
+            g = np.arange(b.m)[:, None] * b.q + off
+            rows.append((g + ii).ravel())
+            cols.append((g + jj).ravel())
+            vals.append(np.tile(base + ii * b.q + jj, b.m))
+            base += b.q * b.q
+        self._lam_pos = (np.concatenate(rows), np.concatenate(cols))
+        self._lam_val = np.concatenate(vals)
+        self.set_data(XY, weights)
+
+    # -- data and theta ---------------------------------------------------------------
+    def _design_Z(self, n):
+        """The random-effects model matrix: dense for small n (one BLAS product), else sparse."""
+        if n * self.rz <= 4_000_000:
+            return np.hstack([dense_Z(b) for b in self.blocks])
+        return sparse.hstack([b.Z() for b in self.blocks], format="csc")
+
+    def set_data(self, XY, weights=None):
+        """The cross-products ``A = [Z X y]' W [Z X y]`` (order N)."""
+        XY = np.asarray(XY, dtype=float)
+        if XY.ndim != 2 or XY.shape[1] != self.p + 1:
+            raise ValueError(f"XY must have {self.p + 1} columns; got shape {XY.shape}")
+        n = XY.shape[0]
+        w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+        Z = self._design_Z(n)
+        WZ = Z.multiply(w[:, None]).tocsc() if sparse.issparse(Z) else Z * w[:, None]
+        WXY = XY * w[:, None]
+        rz = self.rz
+        A = np.empty((self.r, self.r))
+        ZZ = WZ.T @ Z
+        A[:rz, :rz] = ZZ.toarray() if sparse.issparse(ZZ) else ZZ
+        A[:rz, rz:] = np.asarray(WZ.T @ XY)
+        A[rz:, :rz] = A[:rz, rz:].T
+        A[rz:, rz:] = XY.T @ WXY
+        self.A = A
+        self._Zw, self._xy = (Z, w), XY          # for a new response (with_response)
+        return self
+
+    def with_response(self, y):
+        """A factor over the same design and weights for the response ``y`` (the column of
+        ``[X y]`` after the offset): only the response's row and column of ``A`` change."""
+        Z, w = self._Zw
+        y = np.asarray(y, dtype=float)
+        new = self.workspace()
+        A = self.A.copy()
+        wy = w * y
+        rz, p = self.rz, self.p
+        col = np.empty(self.r)
+        col[:rz] = np.asarray(Z.T @ wy).ravel()
+        XY = self._xy.copy()
+        XY[:, p] = y
+        col[rz:] = XY.T @ wy
+        A[:, -1] = col
+        A[-1, :] = col
+        new.A, new._xy = A, XY
+        return new
+
+    def _lam_matrix(self, lams):
+        """The (nre x nre) Lambda of the block templates ``lams``."""
+        vals = np.concatenate([lam.ravel() for lam in lams])[self._lam_val] \
+            if len(lams) > 1 else lams[0].ravel()[self._lam_val]
+        Lam = np.zeros((self.rz, self.rz))
+        Lam[self._lam_pos] = vals
+        return Lam
+
+    def update(self, lams):
+        """Factor for the block templates ``lams`` (from ``design.lambdas(theta)``)."""
+        Lam = self._lam_matrix(lams)
+        rz = self.rz
+        A = self.A
+        Om = np.empty_like(A)
+        T = Lam.T @ A[:rz, :]                             # Lambda' [A_ZZ A_Zr]
+        Om[:rz, :rz] = T[:, :rz] @ Lam
+        Om[:rz, rz:] = T[:, rz:]
+        Om[rz:, :rz] = T[:, rz:].T
+        Om[rz:, rz:] = A[rz:, rz:]
+        Om.reshape(-1)[:rz * (self.r + 1):self.r + 1] += 1.0     # + I_Z (a view of the diagonal)
+        c, info = linalg.lapack.dpotrf(Om, lower=1, clean=1, overwrite_a=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"{info}-th leading minor is not positive definite")
+        d = np.diagonal(c)
+        if not np.isfinite(d.sum()):          # OpenBLAS's potrf lets a NaN through
+            raise np.linalg.LinAlgError("the system has non-finite values")
+        self.Lr, self.lams, self._Lam, self._logd = c, lams, Lam, None
+        return self
+
+    # -- the profiled objective -------------------------------------------------------
+    def _logdiag(self):
+        d = self._logd
+        if d is None:
+            d = self._logd = np.log(np.diagonal(self.Lr))
+        return d
+
+    @property
+    def logdet_zz(self):
+        return 2.0 * float(self._logdiag()[:self.rz].sum())
+
+    @property
+    def logdet_xx(self):
+        return 2.0 * float(self._logdiag()[self.rz:self.rz + self.p].sum())
+
+    @property
+    def M1(self):
+        """``Lambda_1' A_11 Lambda_1 + I`` of the first block, as the other storages give it."""
+        b, lam = self.blocks[0], self.lams[0]
+        A11 = self.A[:b.nre, :b.nre].reshape(b.m, b.q, b.m, b.q)
+        g = np.arange(b.m)
+        M = lam.T @ A11[g, :, g, :] @ lam + np.eye(b.q)
+        return M[:, 0, 0] if b.q == 1 else M
+
+    def cov_beta_unscaled(self):
+        rz, p = self.rz, self.p
+        return _potri(self.Lr[rz:rz + p, rz:rz + p])
+
+    # -- solutions and pieces of the inverse ----------------------------------------------
+    def solve(self):
+        """Spherical modes ``u`` and fixed effects ``beta``: ``L_11' [u; beta] = l_y``."""
+        x = solve_lower_t(self.Lr[:-1, :-1], self.Lr[-1, :-1])
+        return x[:self.rz], x[self.rz:]
+
+    def _zz_inverse(self):
+        return _potri(self.Lr[:self.rz, :self.rz])
+
+    def _diag_blocks(self, Minv):
+        """The level-diagonal (q x q) blocks of an (nre x nre) matrix, one (m, q, q) per block."""
+        out = []
+        for b, off in zip(self.blocks, self._offsets):
+            B = Minv[off:off + b.nre, off:off + b.nre].reshape(b.m, b.q, b.m, b.q)
+            g = np.arange(b.m)
+            out.append(B[g, :, g, :])
+        return out
+
+    def solve_re(self, v):
+        L = self.Lr[:self.rz, :self.rz]
+        return linalg.cho_solve((L, True), np.asarray(v, dtype=float), check_finite=False)
+
+    def condvar_u(self):
+        return self._diag_blocks(self._zz_inverse())
+
+    def inverse_block_sums(self, k):
+        """Sums over levels of the diagonal blocks of ``Omega_P^-1`` (``P``: the random effects
+        and the first ``k`` fixed effects): with ``R = L_P^-1``, ``Omega_P^-1 = R' R`` and the
+        block of level g is ``R_g' R_g`` (R_g: its q columns), so each block's sum is one
+        product of R's columns for that block, rows and levels stacked."""
+        P = self.rz + k
+        R, info = linalg.lapack.dtrtri(self.Lr[:P, :P], lower=1)
+        if info:
+            raise np.linalg.LinAlgError("singular triangular factor")
+        out = []                  # (Lr's upper triangle is 0, and dtrtri writes the lower only)
+        for b, off in zip(self.blocks, self._offsets):
+            Rb = np.ascontiguousarray(R[:, off:off + b.nre]).reshape(P * b.m, b.q)
+            out.append(Rb.T @ Rb)
+        return out
+
+    def ztres(self, u, beta, lams):
+        """``Z' W (y - X beta - Z Lambda u)`` per block: ``A_Z. [-Lambda u; -beta; 1]``."""
+        Lam = self._Lam if lams is self.lams else self._lam_matrix(lams)
+        c = np.concatenate([-(Lam @ np.asarray(u, dtype=float)), -np.asarray(beta, dtype=float), [1.0]])
+        v = self.A[:self.rz] @ c
+        return [v[off:off + b.nre].reshape(b.m, b.q) for b, off in zip(self.blocks, self._offsets)]
+
+    def local_inverse(self):
+        Minv = self._zz_inverse()
+        ts, idx = [], []
+        for b, lam, off in zip(self.blocks, self.lams, self._offsets):
+            ts.append(b.X @ lam)                                  # row i: (Lambda' x_i)'
+            idx.append(off + b.codes[:, None] * b.q + np.arange(b.q)[None, :])
+        rhos = []
+        for ib in range(len(self.blocks)):
+            rho = 0.0
+            for jb in range(len(self.blocks)):
+                blk = Minv[idx[ib][:, :, None], idx[jb][:, None, :]]   # (n, q_b, q_b')
+                rho = rho + np.einsum("iab,ib->ia", blk, ts[jb])
+            rhos.append(rho)
+        return ts, rhos

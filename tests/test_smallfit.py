@@ -1,0 +1,186 @@
+"""Small fits and refits (issue 14): the dense storage of small systems and the refit that
+rebuilds nothing, each against the path it replaces.
+
+* :class:`~mlmext.linalg.small.SmallDenseFactor` against the structured storage
+  (``BlockedCholesky``) at fixed thetas: every quantity of the factor interface, on one vector
+  block, one scalar block, crossed and nested blocks, with prior weights.  Deterministic
+  algebra: tight tolerances (rounding of different operation orders).
+* its response cache (``with_response``): the same cross-products as building it for the new
+  response; the original untouched.
+* ``model._with_response(y)`` (what ``refit`` and the simulations use) against a model built
+  from the formula on the data with the new response: same objective at the optimum (the
+  optimizer's tolerance) and the same state at a fixed theta (rounding).
+"""
+import concurrent.futures
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlmext.formula import api as mf
+from mlmext.linalg import BlockedCholesky
+from mlmext.linalg.small import SMALL_ORDER, SmallDenseFactor
+
+from refcases import read_data
+
+RTOL = 1e-9
+
+CASES = {
+    "sleepstudy": ("sleepstudy.csv", "Reaction ~ Days + (Days | Subject)"),
+    "dyestuff": ("dyestuff.csv", "Yield ~ 1 + (1 | Batch)"),
+    "penicillin": ("penicillin.csv", "diameter ~ 1 + (1 | plate) + (1 | sample)"),
+    "pastes": ("pastes.csv", "strength ~ 1 + (1 | batch/cask)"),
+    "uncorrelated": ("sleepstudy.csv", "Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)"),
+}
+
+
+def _model(case, weighted=False):
+    fname, formula = CASES[case]
+    d = read_data(fname)
+    if weighted:
+        d = d.assign(w=np.linspace(0.5, 2.0, len(d)))
+        return mf.lmer(formula, d, weights="w")
+    return mf.lmer(formula, d)
+
+
+def _theta(m, seed):
+    rng = np.random.default_rng(seed)
+    des = m.re_design
+    th = des.theta_start / des.theta_units() * rng.uniform(0.3, 1.5, des.ntheta)
+    off = ~np.isfinite(des.lower)
+    th[off] = rng.normal(0, 0.3, off.sum()) / des.theta_units()[off]
+    return th
+
+
+def _close(a, b, what):
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    scale = max(1.0, float(np.max(np.abs(b)))) if b.size else 1.0
+    assert a.shape == b.shape, what
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * scale, err_msg=what)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("case", list(CASES))
+def test_small_dense_factor_matches_the_structured_storage(case, weighted):
+    m = _model(case, weighted)
+    blocks, p = m.re_design.blocks, m.k_fe
+    assert m._small_factor() is not None                 # these models are small
+    for seed in (1, 2):
+        lams = m.re_design.lambdas(_theta(m, seed))
+        ref = BlockedCholesky(blocks, m._XY, m.weights).update(lams)
+        small = SmallDenseFactor(blocks, m._XY, m.weights).update(lams)
+        assert type(ref) is not SmallDenseFactor
+        for name in ("logdet_zz", "logdet_xx", "r2"):
+            _close(getattr(small, name), getattr(ref, name), name)
+        _close(small.cov_beta_unscaled(), ref.cov_beta_unscaled(), "cov_beta_unscaled")
+        u, beta = small.solve()
+        u0, beta0 = ref.solve()
+        _close(u, u0, "u")
+        _close(beta, beta0, "beta")
+        for k in (0, p):
+            for a, b in zip(small.inverse_block_sums(k), ref.inverse_block_sums(k)):
+                _close(a, b, f"inverse_block_sums({k})")
+        for a, b in zip(small.ztres(u0, beta0, lams), ref.ztres(u0, beta0, lams)):
+            _close(a, b, "ztres")
+        for a, b in zip(small.condvar_u(), ref.condvar_u()):
+            _close(a, b, "condvar_u")
+        v = np.random.default_rng(seed).normal(size=u.size)
+        _close(small.solve_re(v), ref.solve_re(v), "solve_re")
+        (ts, rs), (t0, r0) = small.local_inverse(), ref.local_inverse()
+        for a, b in zip(ts + rs, t0 + r0):
+            _close(a, b, "local_inverse")
+        _close(small.M1, ref.M1, "M1")
+
+
+def test_small_dense_factor_rejects_an_indefinite_system():
+    m = _model("sleepstudy")
+    lams = m.re_design.lambdas(np.array([np.nan, 0.0, 1.0]))
+    with pytest.raises(np.linalg.LinAlgError):
+        SmallDenseFactor(m.re_design.blocks, m._XY, m.weights).update(lams)
+    assert m.deviance().value(np.array([np.nan, 0.0, 1.0])) == np.inf
+
+
+def test_only_small_systems_are_held_dense():
+    m = _model("sleepstudy")
+    assert isinstance(m.deviance()._factor, SmallDenseFactor)
+    # 18 subjects x 2 effects + 2 + 1 = 39; 50 subjects x 2 effects is above the bound
+    rng = np.random.default_rng(5)
+    g = np.repeat(np.arange(50), 4)
+    x = np.tile(np.arange(4.0), 50)
+    y = 1 + 0.5 * x + rng.normal(size=50)[g] + rng.normal(size=50)[g] * 0.3 * x + rng.normal(size=200)
+    big = mf.lmer("y ~ x + (x | g)", pd.DataFrame({"y": y, "x": x, "g": g.astype(str)}))
+    assert big.re_design.nre + big.k_fe + 1 > SMALL_ORDER
+    assert big._small_factor() is None
+    assert not isinstance(big.deviance()._factor, SmallDenseFactor)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("case", ["sleepstudy", "penicillin", "pastes"])
+def test_response_cache_is_the_factor_of_the_new_response(case, weighted):
+    m = _model(case, weighted)
+    blocks = m.re_design.blocks
+    f = SmallDenseFactor(blocks, m._XY, m.weights)
+    A_before = f.A.copy()
+    y = m._XY[:, -1] + np.random.default_rng(3).normal(size=m._XY.shape[0]) * np.std(m._XY[:, -1])
+    XY = m._XY.copy()
+    XY[:, -1] = y
+    new = f.with_response(y)
+    fresh = SmallDenseFactor(blocks, XY, m.weights)
+    _close(new.A, fresh.A, "A")
+    assert np.array_equal(f.A, A_before)                  # the cached factor is untouched
+    assert not np.array_equal(new.A[-1], f.A[-1])         # the response's row changed
+    lams = m.re_design.lambdas(_theta(m, 4))
+    _close(new.update(lams).r2, fresh.update(lams).r2, "r2")
+
+
+@pytest.mark.filterwarnings("ignore:boundary")      # seed 7's ML fit of sleepstudy is singular
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("case", ["sleepstudy", "penicillin"])
+def test_model_with_a_new_response_equals_one_built_from_the_formula(case, reml):
+    fname, formula = CASES[case]
+    d = read_data(fname)
+    m = mf.lmer(formula, d)
+    r = m.fit(reml=reml)
+    resp = formula.split("~")[0].strip()
+    y = np.asarray(r.simulate(nsim=1, seed=7)).ravel()
+    clone = m._with_response(y)
+    built = mf.lmer(formula, d.assign(**{resp: y}))
+    np.testing.assert_array_equal(clone.endog, built.endog)
+    np.testing.assert_array_equal(clone._XY, built._XY)
+    assert clone.re_design is m.re_design                 # nothing rebuilt
+    # the same objective and state at a fixed theta (rounding), and at the optimum
+    th = np.asarray(r.theta)
+    a, b = clone.deviance(reml).at(th), built.deviance(reml).at(th)
+    assert a.criterion == pytest.approx(b.criterion, rel=1e-12, abs=1e-9)
+    _close(a.beta, b.beta, "beta")
+    _close(a.cov_beta, b.cov_beta, "cov_beta")
+    ra, rb = clone.fit(reml=reml, start_params=th), built.fit(reml=reml)
+    assert ra.converged and rb.converged
+    assert abs(ra.criterion - rb.criterion) < 1e-7          # both pass the checks (decrement 1e-7)
+    assert np.max(np.abs(ra.fe_params - rb.fe_params) / rb.bse_fe) < 1e-3
+    # the original model is untouched: its own response and fit
+    np.testing.assert_array_equal(m.endog, np.asarray(d[resp], dtype=float))
+    assert m.fit(reml=reml).criterion == pytest.approx(r.criterion, abs=1e-9)
+    assert r.model.data.orig_endog.iloc[0] == d[resp].iloc[0]
+    assert clone.data.orig_endog.iloc[0] == y[0]
+    assert list(clone.data.orig_endog.index) == list(m.data.orig_endog.index)
+
+
+def test_model_with_a_new_response_checks_it():
+    m = _model("sleepstudy")
+    with pytest.raises(ValueError, match="shape"):
+        m._with_response(np.ones(179))
+    with pytest.raises(ValueError, match="non-finite"):
+        m._with_response(np.full(180, np.nan))
+    with pytest.raises(ValueError, match="constant"):
+        m._with_response(np.ones(180))
+
+
+def test_refits_from_several_threads_agree_with_serial_ones():
+    m = _model("sleepstudy")
+    r = m.fit()
+    ys = [np.asarray(r.simulate(nsim=1, seed=s)).ravel() for s in range(6)]
+    serial = [r.refit(y).criterion for y in ys]
+    with concurrent.futures.ThreadPoolExecutor(3) as ex:
+        threaded = list(ex.map(lambda y: r.refit(y).criterion, ys))
+    np.testing.assert_array_equal(threaded, serial)
