@@ -219,16 +219,21 @@ def match_levels(data, term):
 def _level_constant(X, codes):
     """Per column of ``X``: is it constant within every level of ``codes``?"""
     m = int(codes.max()) + 1 if len(codes) else 0
-    spread = np.empty((m, X.shape[1]))
-    for j in range(X.shape[1]):          # each level's max - min, without sorting the rows
+    scale = np.abs(X).max(axis=0)
+    tol = 1e-12 * np.where(scale > 0, scale, 1.0)
+    ref = np.zeros(m, dtype=np.int64)
+    ref[codes] = np.arange(len(codes))             # a row of each level (any one will do)
+    # two values of a level further apart than tol: not constant (the usual slope); one value
+    # in every row (an intercept): constant; else each level's max - min decides
+    out = ~(np.abs(X - X[ref[codes]]) > tol).any(axis=0)
+    for j in np.flatnonzero(out & ~np.all(X == X[:1], axis=0)):
         hi = np.full(m, -np.inf)
         lo = np.full(m, np.inf)
         with np.errstate(invalid="ignore"):                 # NaN: NaN spread, not constant
             np.maximum.at(hi, codes, X[:, j])
             np.minimum.at(lo, codes, X[:, j])
-        spread[:, j] = hi - lo           # a level without rows: -inf, no objection
-    scale = np.abs(X).max(axis=0)
-    return np.all(spread <= 1e-12 * np.where(scale > 0, scale, 1.0), axis=0)
+        out[j] = np.all(hi - lo <= tol[j])          # a level without rows: -inf, no objection
+    return out
 
 
 def slopes_constant_within_levels(X, codes, colnames, pairs=None):
@@ -466,13 +471,15 @@ class RandomEffectsDesign:
         ``theta * units`` does not depend on the units of the predictors: the optimizer's
         scaling, and the scale-free test of a zero standard deviation.
         """
-        units = np.ones(self.ntheta)
-        for t in self.terms:
-            rms = np.sqrt(np.mean(t.X ** 2, axis=0)) if len(t.X) else np.ones(t.q)
-            for k, (i, _) in enumerate(lower_tri(t.q)):
-                if np.isfinite(rms[i]) and rms[i] > 0:
-                    units[t.theta_index[k]] = rms[i]
-        return units
+        if self.__dict__.get("_theta_units") is None:     # the terms never change: once
+            units = np.ones(self.ntheta)
+            for t in self.terms:
+                rms = np.sqrt(np.mean(t.X ** 2, axis=0)) if len(t.X) else np.ones(t.q)
+                for k, (i, _) in enumerate(lower_tri(t.q)):
+                    if np.isfinite(rms[i]) and rms[i] > 0:
+                        units[t.theta_index[k]] = rms[i]
+            self._theta_units = units
+        return self._theta_units.copy()
 
     def column_mirrors(self):
         """``{diagonal's theta index: theta indices below it in its template column}`` for

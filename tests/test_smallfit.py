@@ -184,3 +184,119 @@ def test_refits_from_several_threads_agree_with_serial_ones():
     with concurrent.futures.ThreadPoolExecutor(3) as ex:
         threaded = list(ex.map(lambda y: r.refit(y).criterion, ys))
     np.testing.assert_array_equal(threaded, serial)
+
+
+# ------------------------------------------------------------------ the design-info cache
+def _built(formula, data, cached, monkeypatch):
+    from mlmext.frame import design_cache
+    monkeypatch.setattr(design_cache, "ENABLED", cached)
+    return mf.lmer(formula, data)
+
+
+def _same_model(a, b):
+    np.testing.assert_array_equal(a.exog, b.exog)
+    np.testing.assert_array_equal(a.endog, b.endog)
+    assert a.exog_names == b.exog_names
+    for ta, tb in zip(a.re_design.terms, b.re_design.terms):
+        np.testing.assert_array_equal(ta.X, tb.X)
+        np.testing.assert_array_equal(ta.codes, tb.codes)
+        assert ta.colnames == tb.colnames and ta.levels == tb.levels
+    fa, fb = a.formula_info["fixed_spec"], b.formula_info["fixed_spec"]
+    assert fa.column_names == fb.column_names
+    assert [fi.categories for fi in fa.factor_infos.values()] == \
+        [fi.categories for fi in fb.factor_infos.values()]
+
+
+FORMULAS = ["Reaction ~ Days + (Days | Subject)",
+            "Reaction ~ Days * grp + (1 | Subject)",
+            "Reaction ~ Days + flag + (1 | Subject)",
+            "Reaction ~ np.log(Days + 1) + (1 | Subject)",   # a function: never cached
+            "Reaction ~ C(Days) + (1 | Subject)"]             # levels from the values: never
+
+
+@pytest.mark.parametrize("formula", FORMULAS)
+def test_design_cache_gives_patsys_own_design(formula, monkeypatch):
+    from mlmext.frame import design_cache
+    d = read_data("sleepstudy.csv")
+    d = d.assign(grp=pd.Categorical(np.where(d.Days < 5, "lo", "hi"), categories=["lo", "hi"]),
+                 flag=d.Days % 2 == 0)
+    design_cache.clear()
+    ref = _built(formula, d, False, monkeypatch)
+    first = _built(formula, d, True, monkeypatch)     # learned and kept (or not cacheable)
+    again = _built(formula, d, True, monkeypatch)     # from the cache
+    _same_model(first, ref)
+    _same_model(again, ref)
+    cacheable = "log" not in formula and "C(" not in formula
+    assert (again.formula_info["fixed_spec"] is first.formula_info["fixed_spec"]) == cacheable
+    assert again.fit().criterion == pytest.approx(ref.fit().criterion, abs=1e-12)
+
+
+def test_design_cache_is_keyed_by_what_patsy_learns(monkeypatch):
+    """A changed category set, order or column type gives other design infos."""
+    from mlmext.frame import design_cache
+    d = read_data("sleepstudy.csv")
+    d = d.assign(grp=pd.Categorical(np.where(d.Days < 5, "lo", "hi"), categories=["lo", "hi"]))
+    f = "Reaction ~ Days + grp + (1 | Subject)"
+    design_cache.clear()
+    a = _built(f, d, True, monkeypatch)
+    assert a.exog_names == ["Intercept", "grp[T.hi]", "Days"]
+    # categories in the other order: the other reference level
+    d2 = d.assign(grp=d.grp.cat.reorder_categories(["hi", "lo"]))
+    b = _built(f, d2, True, monkeypatch)
+    assert b.exog_names == ["Intercept", "grp[T.lo]", "Days"]
+    _same_model(b, _built(f, d2, False, monkeypatch))
+    # a third category, used: a third column; unused: dropped as before
+    d3 = d.assign(grp=pd.Categorical(np.where(d.Days < 3, "a", np.where(d.Days < 6, "lo", "hi")),
+                                     categories=["lo", "hi", "a"]))
+    c = _built(f, d3, True, monkeypatch)
+    assert c.exog_names == ["Intercept", "grp[T.hi]", "grp[T.a]", "Days"]
+    _same_model(c, _built(f, d3, False, monkeypatch))
+    d4 = d.assign(grp=d.grp.cat.add_categories(["unused"]))
+    assert _built(f, d4, True, monkeypatch).exog_names == a.exog_names
+    # a number column as strings: levels from the values, not cached
+    d5 = d.assign(Days=d.Days.astype(str))
+    e = _built("Reaction ~ Days + (1 | Subject)", d5, True, monkeypatch)
+    assert len(e.exog_names) == 10                    # intercept + 9 day levels
+    # the cache holds at most MAX_ENTRIES design infos
+    assert len(design_cache._cache) <= design_cache.MAX_ENTRIES
+
+
+def _level_constant_by_extremes(X, codes):
+    """The per-level max - min of every column (the definition, as the code did before)."""
+    m = int(codes.max()) + 1
+    scale = np.abs(X).max(axis=0)
+    out = []
+    for j in range(X.shape[1]):
+        hi = np.full(m, -np.inf)
+        lo = np.full(m, np.inf)
+        with np.errstate(invalid="ignore"):
+            np.maximum.at(hi, codes, X[:, j])
+            np.minimum.at(lo, codes, X[:, j])
+        out.append(np.all(hi - lo <= 1e-12 * (scale[j] if scale[j] > 0 else 1.0)))
+    return np.array(out)
+
+
+def test_level_constant_shortcuts_agree_with_the_extremes():
+    from mlmext.design import _level_constant
+    rng = np.random.default_rng(8)
+    codes = np.repeat(np.arange(6), 5)
+    rng.shuffle(codes)
+    per_level = rng.normal(size=6)
+    X = np.column_stack([np.ones(30), per_level[codes], rng.normal(size=30),
+                         per_level[codes] + 1e-14 * rng.normal(size=30),    # within rounding
+                         per_level[codes] + 1e-6 * rng.normal(size=30),     # not
+                         np.where(codes == 2, np.nan, per_level[codes]),    # NaN: not constant
+                         np.zeros(30)])
+    expect = _level_constant_by_extremes(X, codes)
+    np.testing.assert_array_equal(_level_constant(X, codes), expect)
+    np.testing.assert_array_equal(expect, [True, True, False, True, False, False, True])
+
+
+def test_theta_units_are_computed_once_and_handed_out_as_copies():
+    m = _model("sleepstudy")
+    des = m.re_design
+    u = des.theta_units()
+    rms = np.sqrt(np.mean(des.terms[0].X ** 2, axis=0))
+    np.testing.assert_allclose(u, [rms[0], rms[1], rms[1]], rtol=1e-15)
+    u[:] = -1.0                                        # a caller's copy
+    np.testing.assert_allclose(des.theta_units(), [rms[0], rms[1], rms[1]], rtol=1e-15)

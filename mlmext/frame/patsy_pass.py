@@ -47,6 +47,7 @@ import functools
 import numpy as np
 import pandas as pd
 
+from .design_cache import design_infos
 from .factor_code import (MISSING as _MISSING, PATSY_BUILTINS, bare_column, code_info, kind_of,
                           resolve)
 
@@ -433,7 +434,8 @@ def engine_pass(plan, store):
     """
     na = RecordingNA()
     try:
-        infos = design_matrix_builders(plan.termlists, lambda: iter([store]), plan.env, na)
+        infos = design_infos(plan, store, lambda: design_matrix_builders(
+            plan.termlists, lambda: iter([store]), plan.env, na))
         data = store if plan.has_factors else pd.DataFrame(index=pd.RangeIndex(store.nrows))
         mats = build_design_matrices(infos, data, NA_action=na)
     except Fallback:

@@ -167,14 +167,16 @@ class LMMDeviance:
                     continue
                 grad[blk.t_idx] = 2.0 * (blk.m - Sb[0, 0]) / l - 2.0 * nu * (Wb * ub).sum() / r2
                 continue
-            d = np.abs(lam.diagonal()) * rms           # in the predictors' units
-            if d.min() <= 1e-6 * max(1.0, d.max()):
+            d = (np.abs(lam.diagonal()) * rms).tolist()          # in the predictors' units
+            if min(d) <= 1e-6 * max(1.0, max(d)):
                 fd.extend(blk.t_idx)
                 continue
-            # (m I - S) lambda^-1, lambda lower triangular (its LAPACK inverse leaves 0 above)
-            H = (Sb - np.diag(np.full(blk.q, float(blk.m)))) @ linalg.lapack.dtrtri(lam, lower=1)[0]
-            dr2 = (Wb[:, blk.t_rows] * ub[:, blk.t_cols]).sum(axis=0)
-            grad[blk.t_idx] = -2.0 * (H[blk.t_cols, blk.t_rows] + nu * dr2 / r2)
+            # (m I - S) lambda^-1, lambda lower triangular (its LAPACK inverse leaves 0 above);
+            # entry (i, j) of the template: -2 [H_ji + nu/r2 sum_g Wb_gi u_gj]
+            Sb = Sb.copy()
+            Sb.flat[::blk.q + 1] -= blk.m
+            G = (Sb @ linalg.lapack.dtrtri(lam, lower=1)[0]).T + (nu / r2) * (Wb.T @ ub)
+            grad[blk.t_idx] = -2.0 * G[blk.t_rows, blk.t_cols]
         if fd:
             # central differences: the deviance is smooth through a zero diagonal (it is even
             # in a template's column), and the Newton checks difference this gradient again

@@ -140,7 +140,7 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
             message = "the Hessian could not be computed (non-finite deviance next to the point)"
             break
         free = _free_set(x, g, H, lower, bounded)
-        Hf = H[np.ix_(free, free)]
+        Hf = H if free.all() else H[np.ix_(free, free)]
         w, V = np.linalg.eigh(Hf) if free.any() else (np.ones(1), np.zeros((0, 1)))
         mine = float(w.min())
         scale = max(1.0, float(np.abs(w).max()))
@@ -224,6 +224,8 @@ def _free_set(x, g, H, lower, bounded):
     (on the other free entries) would leave the feasible set."""
     atb = bounded & (x <= lower)
     free = ~atb | (g < 0)
+    if not atb.any():                 # nothing at a bound (the LMM's reflected theta): all free
+        return free
     for _ in range(x.size):
         if not free.any():
             break
