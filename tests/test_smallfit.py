@@ -300,3 +300,53 @@ def test_theta_units_are_computed_once_and_handed_out_as_copies():
     np.testing.assert_allclose(u, [rms[0], rms[1], rms[1]], rtol=1e-15)
     u[:] = -1.0                                        # a caller's copy
     np.testing.assert_allclose(des.theta_units(), [rms[0], rms[1], rms[1]], rtol=1e-15)
+
+
+# ------------------------------------------------------------------ the lean L-BFGS-B driver
+def _rosen(x):
+    from scipy.optimize import rosen, rosen_der
+    return rosen(x), rosen_der(x)
+
+
+@pytest.mark.parametrize("lower", [np.full(4, -np.inf), np.array([0.0, -np.inf, 1.2, 0.0])])
+def test_lean_lbfgsb_is_scipys_lbfgsb(lower):
+    from scipy import optimize
+    from mlmext.optimize.lbfgsb import lbfgsb
+    calls = {"lean": [], "scipy": []}
+
+    def fg(who):
+        def f(x):
+            calls[who].append(x.copy())
+            return _rosen(x)
+        return f
+    x0 = np.array([-1.2, 1.0, 0.5, 2.0])
+    for ftol in (2.2e-9, 1e-7):
+        calls = {"lean": [], "scipy": []}
+        a = lbfgsb(fg("lean"), x0, lower, maxiter=200, maxfun=200, ftol=ftol, gtol=1e-5)
+        bounds = optimize.Bounds(np.where(np.isfinite(lower), lower, -np.inf), np.full(4, np.inf))
+        b = optimize.minimize(fg("scipy"), x0, method="L-BFGS-B", jac=True, bounds=bounds,
+                              options={"maxiter": 200, "maxfun": 200, "ftol": ftol, "gtol": 1e-5})
+        np.testing.assert_array_equal(a.x, b.x)            # the same iterates, bit for bit
+        assert a.fun == b.fun and a.nfev == b.nfev and a.nit == b.nit and a.success == b.success
+        np.testing.assert_array_equal(np.array(calls["lean"]), np.array(calls["scipy"]))
+    # an iteration limit stops both alike
+    a = lbfgsb(fg("lean"), x0, lower, maxiter=3, maxfun=200)
+    b = optimize.minimize(fg("scipy"), x0, method="L-BFGS-B", jac=True, bounds=bounds,
+                          options={"maxiter": 3, "maxfun": 200})
+    np.testing.assert_array_equal(a.x, b.x)
+    assert not a.success and not b.success and a.nit == b.nit == 3
+
+
+def test_lean_lbfgsb_on_the_deviance_is_scipys():
+    from scipy import optimize
+    from mlmext.optimize.lbfgsb import lbfgsb
+    m = _model("sleepstudy")
+    dev = m.deviance()
+    start = m.re_design.theta_start
+    lower = np.full(3, -np.inf)
+    a = lbfgsb(dev.value_and_grad, start, lower, ftol=1e-7, gtol=1e-5)
+    b = optimize.minimize(dev.value_and_grad, start, method="L-BFGS-B", jac=True,
+                          bounds=optimize.Bounds(lower, np.full(3, np.inf)),
+                          options={"ftol": 1e-7, "gtol": 1e-5})
+    np.testing.assert_array_equal(a.x, b.x)
+    assert a.fun == b.fun and a.nfev == b.nfev

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 from scipy import optimize
 
+from .lbfgsb import lbfgsb
 from .linesearch import backtrack
 from .polish import Polish, newton_polish
 
@@ -28,11 +29,9 @@ def _run(method, fun, x0, lower, grad, maxiter, tol, ftol=None):
             return optimize.minimize(fun, x0, method="COBYQA", bounds=bounds,
                                      options={"maxfev": maxiter, "initial_tr_radius": 0.5 * scale,
                                               "final_tr_radius": tol ** 0.5 * 1e-2 * scale})
-        if method == "L-BFGS-B":
-            return optimize.minimize(grad, x0, method="L-BFGS-B", jac=True, bounds=bounds,
-                                     options={"maxiter": maxiter, "maxfun": maxiter,
-                                              "ftol": tol * 1e-1 if ftol is None else ftol,
-                                              "gtol": 1e-5})
+        if method == "L-BFGS-B":          # scipy's L-BFGS-B core without minimize()'s wrapper
+            return lbfgsb(grad, x0, lower, maxiter=maxiter, maxfun=maxiter,
+                          ftol=tol * 1e-1 if ftol is None else ftol, gtol=1e-5)
         if method == "Nelder-Mead":
             return optimize.minimize(fun, np.maximum(x0, np.where(np.isfinite(lower), lower, -np.inf)),
                                      method="Nelder-Mead", bounds=bounds,
