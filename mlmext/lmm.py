@@ -1,6 +1,7 @@
 """Linear mixed models fitted by (RE)ML on the profiled objective (lme4's ``lmer``)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from ._blas import blas_threads
+from ._blas import TINY_ROWS, blas_threads
 from ._args import reject_unknown
 from .base import MixedModel
 from .frame import display_name
@@ -282,7 +283,10 @@ class LinearMixedModel(MixedModel):
         reml : bool
             Restricted maximum likelihood (lme4's default) or ML.
         start_params : array_like, optional
-            Starting theta (lme4's order, see ``theta`` on the results).
+            Starting theta (lme4's order, see ``theta`` on the results).  On a small system
+            (exact Hessian) a start is taken to be near the optimum (a refit, as lme4's
+            ``refit`` starts at the previous theta): Newton steps from it first, L-BFGS-B
+            only if they do not reach a point passing the checks.
         method : str
             ``"auto"``: L-BFGS-B in theta scaled by its predictors' units, then Newton
             with a Hessian from gradient differences until the Newton decrement is below
@@ -334,14 +338,18 @@ class LinearMixedModel(MixedModel):
             raise ValueError(f"start_params needs {self.re_design.ntheta} values (theta: "
                              f"{self.re_design.theta_names()}); got {np.size(start_params)}")
         dev = self.deviance(reml)
-        with blas_threads(dev.size):
+        # small systems: the exact Hessian for Newton and the checks (else differences)
+        hess = (lambda th: dev.value_grad_hess(th)[2]) if dev.has_hessian else None
+        # a dense part below TINY_ROWS runs on one BLAS thread anyway: no thread limit to set
+        with blas_threads(dev.size) if dev.size >= TINY_ROWS else contextlib.nullcontext():
             if start_params is None:
                 start, scale = self._start_theta(reml)
             else:
                 start, scale = np.asarray(start_params, dtype=float), self.re_design.theta_units()
             opt = minimize_theta(dev.value, start, dev.lower, method=method, maxiter=maxiter,
                                  tol=tol, grad=dev.value_and_grad, scale=scale,
-                                 reflect=self.re_design.canonical_theta)
+                                 reflect=self.re_design.canonical_theta, hess=hess,
+                                 warm=start_params is not None)
             state = dev.at(opt.x)
         theta, crit = state.theta, state.criterion
         opt = OptSummary.from_result(opt, initial=start)

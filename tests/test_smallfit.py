@@ -350,3 +350,70 @@ def test_lean_lbfgsb_on_the_deviance_is_scipys():
                           options={"ftol": 1e-7, "gtol": 1e-5})
     np.testing.assert_array_equal(a.x, b.x)
     assert a.fun == b.fun and a.nfev == b.nfev
+
+
+# ------------------------------------------------------------------ the exact Hessian
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("case", list(CASES))
+def test_exact_hessian_is_the_derivative_of_the_gradient(case, reml):
+    """value_grad_hess against value_and_grad (the tested gradient) and its central differences
+    (error ~h^2: relative 1e-6 and better at these steps)."""
+    m = _model(case)
+    dev = m.deviance(reml)
+    assert dev.has_hessian
+    for seed in (1, 2):
+        th = _theta(m, seed)
+        v, g, H = dev.value_grad_hess(th)
+        v0, g0 = dev.value_and_grad(th)
+        assert v == v0
+        np.testing.assert_allclose(g, g0, rtol=1e-9, atol=1e-9 * np.abs(g0).max())
+        Hfd = np.empty_like(H)
+        for i in range(th.size):
+            h = 1e-5 * max(1.0, abs(th[i]))
+            tp, tm = th.copy(), th.copy()
+            tp[i] += h
+            tm[i] -= h
+            Hfd[:, i] = (dev.value_and_grad(tp)[1] - dev.value_and_grad(tm)[1]) / (2 * h)
+        np.testing.assert_allclose(H, Hfd, rtol=1e-5, atol=1e-6 * np.abs(Hfd).max())
+        np.testing.assert_array_equal(H, H.T)
+
+
+def test_exact_hessian_at_a_zero_standard_deviation():
+    """Where the template has a zero diagonal the gradient formula of value_and_grad needs
+    differences; the dense derivatives need none and agree with them."""
+    m = _model("sleepstudy")
+    dev = m.deviance()
+    th = np.array([0.9, 0.05, 0.0])
+    v, g, H = dev.value_grad_hess(th)
+    g0 = dev.value_and_grad(th)[1]
+    np.testing.assert_allclose(g, g0, rtol=1e-5, atol=1e-5 * np.abs(g0).max())
+    assert abs(g[2]) < 1e-8 * np.abs(g).max()          # even in that diagonal: no slope
+    v, g, H = dev.value_grad_hess(np.array([np.nan, 0.0, 1.0]))
+    assert v == np.inf and np.isnan(H).all()
+
+
+def test_large_systems_have_no_exact_hessian():
+    rng = np.random.default_rng(5)
+    g = np.repeat(np.arange(50), 4)
+    x = np.tile(np.arange(4.0), 50)
+    y = 1 + 0.5 * x + rng.normal(size=50)[g] + rng.normal(size=200)
+    dev = mf.lmer("y ~ x + (x | g)", pd.DataFrame({"y": y, "x": x, "g": g.astype(str)})).deviance()
+    assert not dev.has_hessian
+    with pytest.raises(NotImplementedError, match="small systems"):
+        dev.value_grad_hess(np.ones(3))
+
+
+@pytest.mark.parametrize("case", ["sleepstudy", "penicillin", "pastes"])
+def test_warm_start_reaches_the_optimum_of_a_cold_start(case):
+    """A fit started at a theta (Newton first) ends where a fit from lme4's start ends, and says
+    how it got there; a poor start falls back to L-BFGS-B and still passes the checks."""
+    m = _model(case)
+    cold = m.fit(reml=False)
+    warm = m.fit(reml=False, start_params=m.fit().theta)        # an ML refit of the REML fit
+    assert cold.converged and warm.converged
+    assert abs(warm.criterion - cold.criterion) < 1e-7
+    assert warm.optim.tried[0][0].startswith("Newton from the start (exact Hessian)")
+    assert warm.optim.nfev < cold.optim.nfev
+    far = m.fit(start_params=np.full(m.re_design.ntheta, 5.0) * (np.isfinite(m.re_design.lower)))
+    assert far.converged
+    assert abs(far.criterion - m.fit().criterion) < 1e-7

@@ -32,6 +32,15 @@ def small_dense_fits(blocks, p):
     return sum(b.nre for b in blocks) + p + 1 <= SMALL_ORDER
 
 
+def _tri_inv(L):
+    """``L^-1`` of a lower-triangular ``L`` whose strict upper triangle is 0 (dtrtri writes the
+    lower triangle only)."""
+    R, info = linalg.lapack.dtrtri(L, lower=1)
+    if info:
+        raise np.linalg.LinAlgError("singular triangular factor")
+    return R
+
+
 def _potri(L):
     """``(L L')^-1`` (full symmetric) from a lower Cholesky factor ``L``."""
     if L.shape[0] == 0:
@@ -69,6 +78,17 @@ class SmallDenseFactor(Factor):
             base += b.q * b.q
         self._lam_pos = (np.concatenate(rows), np.concatenate(cols))
         self._lam_val = np.concatenate(vals)
+        # the theta entry at each of those positions (-1: a structural zero of a template
+        # holding several terms): d Lambda / d theta_k is 1 at its positions
+        th = []
+        for b in self.blocks:
+            tmap = np.full((b.q, b.q), -1, dtype=np.int64)
+            tmap[b.t_rows, b.t_cols] = b.t_idx
+            th.append(np.tile(tmap[np.tril_indices(b.q)], b.m))
+        th = np.concatenate(th)
+        keep = th >= 0
+        self._dpos = (self._lam_pos[0][keep], self._lam_pos[1][keep], th[keep])
+        self.ntheta = int(th.max()) + 1 if keep.any() else 0
         self.set_data(XY, weights)
 
     # -- data and theta ---------------------------------------------------------------
@@ -97,6 +117,7 @@ class SmallDenseFactor(Factor):
         A[rz:, rz:] = XY.T @ WXY
         self.A = A
         self._Zw, self._xy = (Z, w), XY          # for a new response (with_response)
+        self._patterns = self._dense_patterns()  # shared by workspaces and new responses
         return self
 
     def with_response(self, y):
@@ -173,7 +194,8 @@ class SmallDenseFactor(Factor):
 
     def cov_beta_unscaled(self):
         rz, p = self.rz, self.p
-        return _potri(self.Lr[rz:rz + p, rz:rz + p])
+        R = _tri_inv(self.Lr[rz:rz + p, rz:rz + p])
+        return R.T @ R
 
     # -- solutions and pieces of the inverse ----------------------------------------------
     def solve(self):
@@ -236,3 +258,64 @@ class SmallDenseFactor(Factor):
                 rho = rho + np.einsum("iab,ib->ia", blk, ts[jb])
             rhos.append(rho)
         return ts, rhos
+
+    # -- exact derivatives in theta (the dense storage has every piece at hand) ------------
+    def derivatives(self, k):
+        """First and second derivatives in theta of ``log det Omega_Q`` and of ``r2`` at the
+        current theta (``Q``: the random effects and the first ``k`` fixed effects; REML's
+        log-determinant has ``k = p``, ML's ``k = 0``).
+
+        With ``E_k = d Lambda / d theta_k`` (a 0/1 pattern: Lambda is linear in theta),
+        ``B = A Lambda`` and ``Omega_k = E_k' B + B' E_k``:
+
+        * ``d log det Omega_Q = tr(Omega_Q^-1 Omega_k)``, and its derivative
+          ``2 tr(Omega_Q^-1 E_k' A E_l) - tr(Omega_Q^-1 Omega_k Omega_Q^-1 Omega_l)``;
+        * with ``x = [u; beta]`` and ``res = A_Py - B x``: ``d r2 = -2 res' E_k x`` and
+          ``d2 r2 = -2 v_k' Omega_P^-1 v_l + 2 (E_k x)' A (E_l x)``,
+          ``v_k = E_k' res - B' E_k x``.
+
+        Returns ``(d logdet, d2 logdet, d r2, d2 r2)``: arrays (K,), (K, K), (K,), (K, K).
+        """
+        rz, p = self.rz, self.p
+        P, Q = rz + p, rz + k
+        EZ, ind, AA = self._patterns
+        rows, cols, _ = self._dpos
+        A = self.A
+        App = A[:P, :P]
+        B = App.copy()
+        B[:, :rz] = App[:, :rz] @ self._Lam
+        u, beta = self.solve()
+        x = np.concatenate([u, beta])
+        res = A[:P, -1] - B @ x
+        K = EZ.shape[0]
+        Ex = np.zeros((P, K))
+        Ex[:rz] = (EZ @ u).T                                 # column k: E_k x
+        V = -(B.T @ Ex)
+        V[:rz] += (np.swapaxes(EZ, 1, 2) @ res[:rz]).T       # + E_k' res
+        Rp = _tri_inv(self.Lr[:P, :P])
+        Oinv = Rp.T @ Rp                                     # Omega_P^-1
+        dr2 = -2.0 * (res @ Ex)
+        d2r2 = -2.0 * (V.T @ Oinv @ V) + 2.0 * (Ex.T @ App @ Ex)
+        if Q == P:
+            OQ = Oinv
+        else:
+            RQ = _tri_inv(self.Lr[:Q, :Q])
+            OQ = RQ.T @ RQ
+        T = np.zeros((K, Q, Q))
+        T[:, :rz, :] = np.swapaxes(EZ, 1, 2) @ B[:rz, :Q]    # T_k = E_k' B
+        G = OQ @ (T + np.swapaxes(T, 1, 2))                  # Omega_Q^-1 Omega_k
+        dld = np.trace(G, axis1=1, axis2=2)
+        trGG = G.reshape(K, -1) @ np.swapaxes(G, 1, 2).reshape(K, -1).T
+        S = ind.T @ (OQ[cols[:, None], cols[None, :]] * AA) @ ind
+        return dld, 2.0 * S - trGG, dr2, d2r2
+
+    def _dense_patterns(self):
+        """``E_k`` on the random effects as a dense (K, nre, nre) stack, the (positions x K)
+        indicator of each position's theta entry, and ``A`` at pairs of the positions' rows
+        (random effects only: the same for a new response)."""
+        rows, cols, th = self._dpos
+        EZ = np.zeros((self.ntheta, self.rz, self.rz))
+        EZ[th, rows, cols] = 1.0
+        ind = np.zeros((th.size, self.ntheta))
+        ind[np.arange(th.size), th] = 1.0
+        return EZ, ind, self.A[rows[:, None], rows[None, :]]

@@ -189,11 +189,42 @@ class LMMDeviance:
                 grad[k] = (self.value(tp) - self.value(tm)) / (2.0 * h)
         return dev, grad
 
+    @property
+    def has_hessian(self):
+        """Whether :meth:`value_grad_hess` is available (small systems: the dense storage)."""
+        return hasattr(self._factor, "derivatives")
+
+    def value_grad_hess(self, theta):
+        """The criterion, its gradient and its exact Hessian in theta (small systems).
+
+        From :meth:`~mlmext.linalg.small.SmallDenseFactor.derivatives`: with ``d`` the
+        log-determinant's derivatives and ``r2`` the penalized residual sum of squares,
+        ``grad = d' + nu r2' / r2`` and ``H = d'' + nu (r2'' / r2 - r2' r2'^T / r2^2)``
+        (``nu = n - p`` for REML, ``n`` for ML).  No difference quotients: exact at a zero
+        standard deviation too.  ``(inf, 0, NaN)`` where the system is indefinite.
+        """
+        if not self.has_hessian:
+            raise NotImplementedError("the exact Hessian is available for small systems only "
+                                      "(the dense storage); use a difference of value_and_grad")
+        theta = np.asarray(theta, dtype=float)
+        try:
+            ch = self._factor.update(self.design.lambdas(theta))
+        except np.linalg.LinAlgError:
+            k = theta.size
+            return np.inf, np.zeros(k), np.full((k, k), np.nan)
+        nu = self.n - self.p if self.reml else self.n
+        r2 = ch.r2
+        dld, d2ld, dr2, d2r2 = ch.derivatives(self.p if self.reml else 0)
+        grad = dld + nu * dr2 / r2
+        hess = d2ld + nu * (d2r2 / r2 - np.outer(dr2, dr2) / r2 ** 2)
+        return self._from_factor(ch), grad, 0.5 * (hess + hess.T)
+
     def _block_units(self):
-        u = self.__dict__.get("_blk_units")
-        if u is None:                  # root mean square of each block's columns of Z
-            u = self._blk_units = [np.where(r > 0, r, 1.0) for r in
-                                   (np.sqrt(np.mean(b.X * b.X, axis=0)) for b in self.design.blocks)]
+        u = self.design.__dict__.get("_lmm_block_units")
+        if u is None:                  # root mean square of each block's columns of Z (the
+            u = [np.where(r > 0, r, 1.0) for r in        # design never changes: once per design)
+                 (np.sqrt(np.mean(b.X * b.X, axis=0)) for b in self.design.blocks)]
+            self.design._lmm_block_units = u
         return u
 
     def _units(self):
