@@ -31,7 +31,14 @@ def fe_index(model):
     cache = model.__dict__.setdefault("_fe_index_cache", {})
     idx = cache.get(names)
     if idx is None:
-        idx = cache[names] = param_index(names)
+        # the design's own column index when it has these names (a rename shares its labels)
+        X = getattr(getattr(model, "data", None), "orig_exog", None)
+        cols = getattr(X, "columns", None)
+        if isinstance(cols, pd.Index) and tuple(cols) == names:
+            idx = cols.rename("parameter")
+        else:
+            idx = param_index(names)
+        cache[names] = idx
     return idx.copy()
 
 

@@ -417,3 +417,16 @@ def test_warm_start_reaches_the_optimum_of_a_cold_start(case):
     far = m.fit(start_params=np.full(m.re_design.ntheta, 5.0) * (np.isfinite(m.re_design.lower)))
     assert far.converged
     assert abs(far.criterion - m.fit().criterion) < 1e-7
+
+
+def test_fixed_effect_index_is_built_once_and_copied():
+    from mlmext.printing import param_index
+    m = _model("sleepstudy")
+    r = m.fit()
+    a, b = r.fe_params, r.bse_fe
+    ref = param_index(m.exog_names)
+    for s in (a, b):
+        assert s.index.equals(ref) and s.index.name == "parameter" and s.index.dtype == ref.dtype
+    a.index.name = "renamed"                     # a caller's copy
+    assert r.fe_params.index.name == "parameter" and r.bse_fe.index.name == "parameter"
+    assert a.index is not b.index

@@ -63,29 +63,31 @@ class SmallDenseFactor(Factor):
     def __init__(self, blocks, XY, weights=None):
         self.blocks = list(blocks)
         self.p = XY.shape[1] - 1
-        self.rz = sum(b.nre for b in self.blocks)
+        nres = [b.nre for b in self.blocks]
+        self.rz = sum(nres)
         self.r = self.rz + self.p + 1
-        self._offsets = np.cumsum([0] + [b.nre for b in self.blocks])
-        # positions of each block template's lower triangle in the (nre x nre) Lambda:
-        # entry (i, j) of block b at (off_b + g q + i, off_b + g q + j) for every level g
-        rows, cols, vals, base = [], [], [], 0
+        self._offsets = [sum(nres[:i]) for i in range(len(nres))]
+        # positions of each block template's lower triangle in the (nre x nre) Lambda: entry
+        # (i, j) of block b at (off_b + g q + i, off_b + g q + j) for every level g; and the
+        # theta entry there (-1: a structural zero of a template holding several terms):
+        # d Lambda / d theta_k is 1 at its positions
+        rows, cols, vals, th, base = [], [], [], [], 0
         for b, off in zip(self.blocks, self._offsets):
-            ii, jj = np.tril_indices(b.q)
-            g = np.arange(b.m)[:, None] * b.q + off
+            q = b.q
+            tri = [(i, j) for i in range(q) for j in range(i + 1)]
+            ii, jj = np.array(tri, dtype=np.int64).T
+            g = np.arange(b.m)[:, None] * q + off
             rows.append((g + ii).ravel())
             cols.append((g + jj).ravel())
-            vals.append(np.tile(base + ii * b.q + jj, b.m))
-            base += b.q * b.q
-        self._lam_pos = (np.concatenate(rows), np.concatenate(cols))
-        self._lam_val = np.concatenate(vals)
-        # the theta entry at each of those positions (-1: a structural zero of a template
-        # holding several terms): d Lambda / d theta_k is 1 at its positions
-        th = []
-        for b in self.blocks:
-            tmap = np.full((b.q, b.q), -1, dtype=np.int64)
-            tmap[b.t_rows, b.t_cols] = b.t_idx
-            th.append(np.tile(tmap[np.tril_indices(b.q)], b.m))
-        th = np.concatenate(th)
+            vals.append(np.broadcast_to(base + ii * q + jj, (b.m, ii.size)).ravel())
+            tmap = dict(zip(zip(b.t_rows.tolist(), b.t_cols.tolist()), b.t_idx.tolist()))
+            th.append(np.broadcast_to(np.array([tmap.get(ij, -1) for ij in tri], dtype=np.int64),
+                                      (b.m, len(tri))).ravel())
+            base += q * q
+        cat = (lambda a: a[0]) if len(rows) == 1 else np.concatenate
+        self._lam_pos = (cat(rows), cat(cols))
+        self._lam_val = cat(vals)
+        th = cat(th)
         keep = th >= 0
         self._dpos = (self._lam_pos[0][keep], self._lam_pos[1][keep], th[keep])
         self.ntheta = int(th.max()) + 1 if keep.any() else 0
