@@ -311,6 +311,25 @@ class SmallDenseFactor(Factor):
         S = ind.T @ (OQ[cols[:, None], cols[None, :]] * AA) @ ind
         return dld, 2.0 * S - trGG, dr2, d2r2
 
+    def first_derivatives(self, k):
+        """``(d log det Omega_Q, d r2)`` in theta at the current theta (:meth:`derivatives`'s
+        first derivatives alone): ``2 sum_(r,c) (B Omega_Q^-1)_rc`` and ``-2 sum_(r,c) res_r x_c``
+        over the positions (r, c) of each theta entry.  Exact at a zero diagonal too."""
+        rz, p = self.rz, self.p
+        P, Q = rz + p, rz + k
+        rows, cols, th = self._dpos
+        A = self.A
+        B = A[:P, :P].copy()
+        B[:, :rz] = A[:P, :rz] @ self._Lam
+        u, beta = self.solve()
+        x = np.concatenate([u, beta])
+        res = A[:P, -1] - B @ x
+        K = self.ntheta
+        dr2 = -2.0 * np.bincount(th, weights=res[rows] * x[cols], minlength=K)
+        RQ = _tri_inv(self.Lr[:Q, :Q])
+        dld = 2.0 * np.bincount(th, weights=(B[:Q, :Q] @ (RQ.T @ RQ))[rows, cols], minlength=K)
+        return dld, dr2
+
     def _dense_patterns(self):
         """``E_k`` on the random effects as a dense (K, nre, nre) stack, the (positions x K)
         indicator of each position's theta entry, and ``A`` at pairs of the positions' rows

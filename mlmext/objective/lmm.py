@@ -91,6 +91,7 @@ class LMMDeviance:
         small = getattr(model, "_small_factor", None)
         fac = small() if small is not None else None
         self._factor = (model._cross_products() if fac is None else fac).workspace()
+        self._last = None                 # the theta the workspace was last updated to
 
     @property
     def nparams(self):
@@ -102,9 +103,20 @@ class LMMDeviance:
         return self._factor.r
 
     # ------------------------------------------------------------------ the criterion
-    def factor(self, theta):
-        """The factor updated to theta (LinAlgError where numerically indefinite)."""
-        return self._factor.update(self.design.lambdas(np.asarray(theta, dtype=float)))
+    def factor(self, theta, lams=None):
+        """The factor updated to theta (LinAlgError where numerically indefinite).
+
+        The workspace is this deviance's own, so a theta equal to the last one's factor is
+        the factor as it stands (Newton's Hessian and the final state at a point whose value
+        and gradient were just computed)."""
+        theta = np.asarray(theta, dtype=float)
+        last = self._last
+        if last is not None and last.shape == theta.shape and np.array_equal(last, theta):
+            return self._factor
+        self._last = None
+        ch = self._factor.update(self.design.lambdas(theta) if lams is None else lams)
+        self._last = theta.copy()
+        return ch
 
     def _from_factor(self, ch):
         return self._profiled(ch, ch.r2, self.reml)
@@ -145,12 +157,15 @@ class LMMDeviance:
         des = self.design
         lams = des.lambdas(theta)
         try:
-            ch = self._factor.update(lams)
+            ch = self.factor(theta, lams)
         except np.linalg.LinAlgError:
             return np.inf, np.zeros_like(theta)
         nu = self.n - self.p if self.reml else self.n
         r2 = ch.r2
         dev = self._from_factor(ch)
+        if hasattr(ch, "first_derivatives"):       # the dense storage: exact, no differences
+            dld, dr2 = ch.first_derivatives(self.p if self.reml else 0)
+            return dev, dld + nu * dr2 / r2
         u, beta = ch.solve()
         S = ch.inverse_block_sums(self.p if self.reml else 0)
         W = ch.ztres(u, beta, lams)
@@ -208,7 +223,7 @@ class LMMDeviance:
                                       "(the dense storage); use a difference of value_and_grad")
         theta = np.asarray(theta, dtype=float)
         try:
-            ch = self._factor.update(self.design.lambdas(theta))
+            ch = self.factor(theta)
         except np.linalg.LinAlgError:
             k = theta.size
             return np.inf, np.zeros(k), np.full((k, k), np.nan)
@@ -246,7 +261,7 @@ class LMMDeviance:
     def condvar(self, theta, sigma):
         """Conditional covariances of b = Lambda u per block, (m, q, q) arrays (lme4's condVar)."""
         lams = self.design.lambdas(np.asarray(theta, dtype=float))
-        cv = self._factor.update(lams).condvar_u()
+        cv = self.factor(theta, lams).condvar_u()
         return [sigma ** 2 * np.einsum("ij,gjk,lk->gil", lam, c, lam) for lam, c in zip(lams, cv)]
 
     # ------------------------------------------------- with sigma or a fixed effect held fixed
