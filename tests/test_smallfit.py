@@ -441,3 +441,19 @@ def test_fixed_effect_index_is_built_once_and_copied():
     a.index.name = "renamed"                     # a caller's copy
     assert r.fe_params.index.name == "parameter" and r.bse_fe.index.name == "parameter"
     assert a.index is not b.index
+
+
+def test_model_with_a_new_response_keeps_weights_and_offset():
+    d = read_data("sleepstudy.csv")
+    d = d.assign(w=np.linspace(0.5, 2.0, len(d)), off=np.linspace(-3.0, 3.0, len(d)))
+    f = "Reaction ~ Days + (Days | Subject)"
+    m = mf.lmer(f, d, weights="w", offset="off")
+    y = np.asarray(m.fit().simulate(nsim=1, seed=2)).ravel()
+    clone = m._with_response(y)
+    built = mf.lmer(f, d.assign(Reaction=y), weights="w", offset="off")
+    np.testing.assert_array_equal(clone._XY, built._XY)           # y - offset, as built
+    th = np.asarray(m.fit().theta)
+    for reml in (True, False):
+        a, b = clone.deviance(reml).at(th), built.deviance(reml).at(th)
+        assert a.criterion == pytest.approx(b.criterion, rel=1e-12)
+        _close(a.beta, b.beta, "beta")

@@ -331,7 +331,9 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         off += off_all if kept is None else off_all[kept]
     w = None if w_all is None else (w_all.copy() if kept is None else w_all[kept])
     y_df = pieces.y
-    y_df.columns = [display_name(c) for c in y_df.columns]
+    ynames = [display_name(c) for c in y_df.columns]
+    if ynames != list(y_df.columns):       # (setting a frame's columns costs ~50 us)
+        y_df.columns = ynames
     X_df = pd.DataFrame(pieces.X, columns=[display_name(c) for c in pieces.xnames])
     dropped = {k: v for k, v in (("missing values", n_missing), ("zero weights", n_zero)) if v}
     info = {
