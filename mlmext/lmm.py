@@ -97,24 +97,26 @@ class LinearMixedModel(MixedModel):
 
     def _check_response(self, y):
         """A response the fixed effects fit exactly leaves no residual variance to estimate."""
-        name = display_name(self.endog_names)
-        if not np.all(np.isfinite(y)):
-            raise ValueError(f"the response {name!r} has non-finite values")
+        name = lambda: display_name(self.endog_names)        # noqa: E731 (for messages only)
+        if not np.isfinite(y.sum()) and not np.all(np.isfinite(y)):
+            raise ValueError(f"the response {name()!r} has non-finite values")
         w = self.weights
         pos = w > 0
         n, p = int(pos.sum()), self.exog.shape[1]
         if n <= p:
             raise ValueError(f"{n} observations for {p} fixed effects: a linear mixed model needs "
                              "more observations than fixed effects")
-        yp = y[pos]
-        if np.ptp(yp) == 0:
-            raise ValueError(f"the response {name!r} is constant ({yp[0]:g}); there is nothing to model")
-        sw = np.sqrt(w[pos])
-        Xw, yw = self.exog[pos] * sw[:, None], yp * sw
+        every = n == len(y)                  # all weights positive (the usual case): no copies
+        yp = y if every else y[pos]
+        if yp.max() == yp.min():
+            raise ValueError(f"the response {name()!r} is constant ({yp[0]:g}); there is nothing "
+                             "to model")
+        sw = np.sqrt(w if every else w[pos])
+        Xw, yw = (self.exog if every else self.exog[pos]) * sw[:, None], yp * sw
         coef = np.linalg.lstsq(Xw, yw, rcond=None)[0]
         rss = np.sum((yw - Xw @ coef) ** 2)
         if rss <= 1e-20 * max(np.sum(yw ** 2), 1e-300):
-            raise ValueError(f"the fixed effects fit the response {name!r} exactly (residual sum "
+            raise ValueError(f"the fixed effects fit the response {name()!r} exactly (residual sum "
                              "of squares 0); a mixed model needs residual variation")
 
     #: :meth:`_with_response` gives this model with a new response (refits, simulations)
