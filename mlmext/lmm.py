@@ -286,9 +286,9 @@ class LinearMixedModel(MixedModel):
             Restricted maximum likelihood (lme4's default) or ML.
         start_params : array_like, optional
             Starting theta (lme4's order, see ``theta`` on the results).  On a small system
-            (exact Hessian) a start is taken to be near the optimum (a refit, as lme4's
-            ``refit`` starts at the previous theta): Newton steps from it first, L-BFGS-B
-            only if they do not reach a point passing the checks.
+            (exact Hessian) a start near an optimum (Newton decrement at most 0.5, as the ML
+            refit of a REML fit) gets Newton steps first, L-BFGS-B only if they do not reach
+            a point passing the checks; other starts go to L-BFGS-B.
         method : str
             ``"auto"``: L-BFGS-B in theta scaled by its predictors' units, then Newton
             with a Hessian from gradient differences until the Newton decrement is below

@@ -457,3 +457,22 @@ def test_model_with_a_new_response_keeps_weights_and_offset():
         a, b = clone.deviance(reml).at(th), built.deviance(reml).at(th)
         assert a.criterion == pytest.approx(b.criterion, rel=1e-12)
         _close(a.beta, b.beta, "beta")
+
+
+def test_a_far_start_goes_to_lbfgsb():
+    """A refit to a simulated response starts far from its optimum (decrement > 0.5): L-BFGS-B
+    from there, the same optimum as a cold fit."""
+    from mlmext.optimize.theta import WARM_MAX_DECREMENT
+    m = _model("sleepstudy")
+    r = m.fit()
+    y = np.asarray(r.simulate(nsim=1, seed=11)).ravel()
+    new = m._with_response(y)
+    dev = new.deviance()
+    s = new.re_design.theta_units()
+    f, g, H = dev.value_grad_hess(r.theta)
+    gs, Hs = g / s, H / np.outer(s, s)
+    assert 0.5 * gs @ np.linalg.solve(Hs, gs) > WARM_MAX_DECREMENT
+    a = r.refit(y)
+    assert a.optim.tried[0][0].startswith("Newton decrement at the start above")
+    assert a.optim.tried[1][0] == "L-BFGS-B"
+    assert a.converged and abs(a.criterion - new.fit().criterion) < 1e-7

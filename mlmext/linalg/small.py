@@ -167,7 +167,7 @@ class SmallDenseFactor(Factor):
         d = np.diagonal(c)
         if not np.isfinite(d.sum()):          # OpenBLAS's potrf lets a NaN through
             raise np.linalg.LinAlgError("the system has non-finite values")
-        self.Lr, self.lams, self._Lam, self._logd = c, lams, Lam, None
+        self.Lr, self.lams, self._Lam, self._T, self._logd = c, lams, Lam, T, None
         return self
 
     # -- the profiled objective -------------------------------------------------------
@@ -284,10 +284,9 @@ class SmallDenseFactor(Factor):
         rows, cols, _ = self._dpos
         A = self.A
         App = A[:P, :P]
-        B = App.copy()
-        B[:, :rz] = App[:, :rz] @ self._Lam
-        u, beta = self.solve()
-        x = np.concatenate([u, beta])
+        B = self._b_matrix(P)
+        x = solve_lower_t(self.Lr[:-1, :-1], self.Lr[-1, :-1])     # [u; beta]
+        u = x[:rz]
         res = A[:P, -1] - B @ x
         K = EZ.shape[0]
         Ex = np.zeros((P, K))
@@ -311,6 +310,13 @@ class SmallDenseFactor(Factor):
         S = ind.T @ (OQ[cols[:, None], cols[None, :]] * AA) @ ind
         return dld, 2.0 * S - trGG, dr2, d2r2
 
+    def _b_matrix(self, P):
+        """``B = A_PP diag(Lambda, I)``: its random-effects columns are ``A_PZ Lambda``, the
+        transpose of the rows ``Lambda' A_ZP`` that :meth:`update` formed."""
+        B = self.A[:P, :P].copy()
+        B[:, :self.rz] = self._T[:, :P].T
+        return B
+
     def first_derivatives(self, k):
         """``(d log det Omega_Q, d r2)`` in theta at the current theta (:meth:`derivatives`'s
         first derivatives alone): ``2 sum_(r,c) (B Omega_Q^-1)_rc`` and ``-2 sum_(r,c) res_r x_c``
@@ -319,10 +325,8 @@ class SmallDenseFactor(Factor):
         P, Q = rz + p, rz + k
         rows, cols, th = self._dpos
         A = self.A
-        B = A[:P, :P].copy()
-        B[:, :rz] = A[:P, :rz] @ self._Lam
-        u, beta = self.solve()
-        x = np.concatenate([u, beta])
+        B = self._b_matrix(P)
+        x = solve_lower_t(self.Lr[:-1, :-1], self.Lr[-1, :-1])     # [u; beta]
         res = A[:P, -1] - B @ x
         K = self.ntheta
         dr2 = -2.0 * np.bincount(th, weights=res[rows] * x[cols], minlength=K)

@@ -90,7 +90,8 @@ def _hessian(fg, hess, x, g, lower):
 
 
 def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit=30,
-                  probe_steps=(1e-2, 1e-1, 0.5), move=True, mirror=None, value=None, hess=None):
+                  probe_steps=(1e-2, 1e-1, 0.5), move=True, mirror=None, value=None, hess=None,
+                  H0=None):
     """Newton steps from ``x`` to a point passing the second-order checks, or an escape.
 
     Parameters
@@ -122,6 +123,8 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
         ``x -> f`` alone, cheaper than ``fg``: shortened line-search steps use it.
     hess : callable, optional
         ``x -> H``, the exact Hessian (else differences of ``fg``: one evaluation per entry).
+    H0 : ndarray, optional
+        The Hessian at ``x`` when the caller has it (with ``f`` and ``g``).
 
     Returns
     -------
@@ -138,8 +141,11 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
     if not np.isfinite(f):
         return Polish(x, f, g, np.full((x.size, x.size), np.nan), False, np.inf, np.nan,
                       "the objective is not finite at the optimizer's end point", nfev)
-    H, nh = _hessian(fg, hess, x, g, lower)
-    nfev += nh
+    if H0 is None:
+        H, nh = _hessian(fg, hess, x, g, lower)
+        nfev += nh
+    else:
+        H = np.asarray(H0, dtype=float)
     dec, mine, message = np.inf, np.nan, ""
     fresh = True                                     # H computed at the current x
     # a negative eigenvalue of a difference Hessian can be rounding (a flat direction); the

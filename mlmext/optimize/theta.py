@@ -85,9 +85,10 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         ``x -> H``, the exact Hessian: the checks (and Newton) use it instead of differences
         of ``grad``.
     warm : bool
-        ``"auto"`` with ``hess``: the start is near the optimum (a refit of the design to a new
-        response, an ML refit of a REML fit): Newton steps from it first, L-BFGS-B only if
-        they do not end at a point passing the checks (the same checks either way).
+        ``"auto"`` with ``hess``: the start may be near the optimum (a refit, an ML refit of a
+        REML fit): where its Newton decrement is at most ``WARM_MAX_DECREMENT``, Newton steps
+        from it first, L-BFGS-B only if they do not end at a point passing the checks (the
+        same checks either way).
 
     Returns
     -------
@@ -185,6 +186,23 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
 
 #: Newton iterations from a warm start before L-BFGS-B takes over
 WARM_NEWTON_ITERATIONS = 8
+#: a warm start's largest Newton decrement (deviance units) for Newton to start there: the ML
+#: refit of a REML fit starts at ~0.05, a refit to a simulated response at 1.5-5, from where
+#: L-BFGS-B's cheaper steps get there first (sleepstudy, Penicillin, Pastes)
+WARM_MAX_DECREMENT = 0.5
+
+
+def _near(f, g, H):
+    """Whether Newton from a point with value f, gradient g and Hessian H (scaled theta) is
+    worth it: H positive definite and the decrement g'H^-1 g / 2 at most WARM_MAX_DECREMENT."""
+    if not (np.isfinite(f) and np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
+        return False
+    try:
+        L = np.linalg.cholesky(0.5 * (H + H.T))
+    except np.linalg.LinAlgError:
+        return False
+    z = np.linalg.solve(L, g)
+    return 0.5 * float(z @ z) <= WARM_MAX_DECREMENT
 
 
 def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, hess=None,
@@ -197,18 +215,25 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
     label = "L-BFGS-B"
     hname = "exact Hessian" if hess is not None else "Hessian from gradient differences"
     if warm:
-        p = newton_polish(grad, start, lower, tol=tol, check_tol=check_tol,
-                          maxit=min(WARM_NEWTON_ITERATIONS, maxiter), value=fun, hess=hess)
-        nfev += p.nfev
-        tried.append((f"Newton from the start ({hname}), second-order checks", p.converged,
-                      p.nfev))
-        if p.converged:
-            return _auto_result(p, nfev, tried, lower)
-        # L-BFGS-B from the lowest point Newton found (its steps only descend) or a probe's
-        if p.escape is not None:
-            x = p.escape[0]
-        elif np.isfinite(p.f) and np.all(np.isfinite(p.x)):
-            x = p.x
+        f0, g0 = grad(start)
+        H0 = hess(start)
+        nfev += 1
+        if _near(f0, g0, H0):
+            p = newton_polish(grad, start, lower, f=f0, g=g0, H0=H0, tol=tol, check_tol=check_tol,
+                              maxit=min(WARM_NEWTON_ITERATIONS, maxiter), value=fun, hess=hess)
+            nfev += p.nfev
+            tried.append((f"Newton from the start ({hname}), second-order checks", p.converged,
+                          p.nfev + 1))
+            if p.converged:
+                return _auto_result(p, nfev, tried, lower)
+            # L-BFGS-B from the lowest point Newton found (its steps only descend) or a probe's
+            if p.escape is not None:
+                x = p.escape[0]
+            elif np.isfinite(p.f) and np.all(np.isfinite(p.x)):
+                x = p.x
+        else:
+            tried.append((f"Newton decrement at the start above {WARM_MAX_DECREMENT:g}: "
+                          "L-BFGS-B from there", True, 1))
     for rnd in range(rounds):
         # a loose relative stop: Newton finishes faster than L-BFGS-B's last iterations
         r = _run("L-BFGS-B", fun, x, lower, grad, maxiter, tol, ftol=1e-7)
