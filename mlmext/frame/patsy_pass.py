@@ -356,7 +356,7 @@ class ColumnStore:
         self.values = {}
         self.nrows = len(data) if rows is None else len(rows)
         # patsy looks every name up here first (np, C, ...): a set answers faster than an Index
-        self.labels = set(data.columns)
+        self.labels = set(data.columns.tolist())
 
     def __getitem__(self, key):
         v = self.values.get(key, _MISSING) if isinstance(key, str) else _MISSING
