@@ -291,7 +291,8 @@ class LinearMixedModel(MixedModel):
             a point passing the checks; other starts go to L-BFGS-B.
         method : str
             ``"auto"``: L-BFGS-B in theta scaled by its predictors' units, then Newton
-            with a Hessian from gradient differences until the Newton decrement is below
+            with a Hessian from gradient differences (exact on a small system, see
+            ``docs/lmm.md``) until the Newton decrement is below
             ``tol``; theta is optimized without bounds (a template column and its negative
             are one model) and mapped back, and saddles are left along negative
             curvature.  Any bounded method of ``scipy.optimize.minimize`` (``"COBYQA"``,
