@@ -31,12 +31,16 @@ CASES = {
     "penicillin": ("penicillin.csv", "diameter ~ 1 + (1 | plate) + (1 | sample)"),
     "pastes": ("pastes.csv", "strength ~ 1 + (1 | batch/cask)"),
     "uncorrelated": ("sleepstudy.csv", "Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)"),
+    "machines": ("machines.csv", "score ~ Machine + (1 | Worker) + (1 | Worker:Machine)"),
+    "three_by_three": ("slopes3.csv", "y ~ x1 + x2 + (x1 + x2 | g)"),     # 15 groups: q = 3
 }
 
 
 def _model(case, weighted=False):
     fname, formula = CASES[case]
     d = read_data(fname)
+    if case == "three_by_three":
+        d = d[d.g.isin(sorted(set(d.g))[:15])].reset_index(drop=True)
     if weighted:
         d = d.assign(w=np.linspace(0.5, 2.0, len(d)))
         return mf.lmer(formula, d, weights="w")
@@ -476,3 +480,31 @@ def test_a_far_start_goes_to_lbfgsb():
     assert a.optim.tried[0][0].startswith("Newton decrement at the start above")
     assert a.optim.tried[1][0] == "L-BFGS-B"
     assert a.converged and abs(a.criterion - new.fit().criterion) < 1e-7
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_no_fixed_effects(reml):
+    """``y ~ 0 + (1 | g)``: p = 0, the dense storage's fixed-effects parts are empty."""
+    m = mf.lmer("Yield ~ 0 + (1 | Batch)", read_data("dyestuff.csv"))
+    r = m.fit(reml=reml)
+    assert r.converged and len(r.fe_params) == 0
+    ref = _structured(m, reml)
+    st = ref.at(r.theta)
+    assert r.criterion == pytest.approx(st.criterion, rel=1e-12)
+    v, g, H = m.deviance(reml).value_grad_hess(r.theta)
+    np.testing.assert_allclose(g, ref.value_and_grad(r.theta)[1], atol=1e-6)
+    lams = m.re_design.lambdas(r.theta)
+    f = SmallDenseFactor(m.re_design.blocks, m._XY, m.weights).update(lams)
+    assert f.cov_beta_unscaled().shape == (0, 0) and f.inverse_block_sums(0)[0].shape == (1, 1)
+
+
+def test_sparse_design_path_of_the_dense_storage(monkeypatch):
+    """Many rows: Z is kept sparse to form the cross-products; the same numbers."""
+    from mlmext.linalg import small
+    m = _model("penicillin", weighted=True)
+    dense = SmallDenseFactor(m.re_design.blocks, m._XY, m.weights)
+    monkeypatch.setattr(small, "DENSE_Z_MAX", 0)
+    sp = SmallDenseFactor(m.re_design.blocks, m._XY, m.weights)
+    _close(sp.A, dense.A, "A")
+    y = m._XY[:, -1] * 1.5 + 1.0
+    _close(sp.with_response(y).A, dense.with_response(y).A, "A (new response)")

@@ -27,6 +27,10 @@ __all__ = ["SmallDenseFactor", "SMALL_ORDER", "small_dense_fits"]
 SMALL_ORDER = 64
 
 
+#: largest n x nre for a dense Z when forming the cross-products (else sparse)
+DENSE_Z_MAX = 4_000_000
+
+
 def small_dense_fits(blocks, p):
     """Whether :class:`SmallDenseFactor` takes a model with these blocks and ``p`` fixed effects."""
     return sum(b.nre for b in blocks) + p + 1 <= SMALL_ORDER
@@ -35,6 +39,8 @@ def small_dense_fits(blocks, p):
 def _tri_inv(L):
     """``L^-1`` of a lower-triangular ``L`` whose strict upper triangle is 0 (dtrtri writes the
     lower triangle only)."""
+    if L.shape[0] == 0:                          # LAPACK rejects empty systems (no fixed effects)
+        return np.zeros((0, 0))
     R, info = linalg.lapack.dtrtri(L, lower=1)
     if info:
         raise np.linalg.LinAlgError("singular triangular factor")
@@ -96,7 +102,7 @@ class SmallDenseFactor(Factor):
     # -- data and theta ---------------------------------------------------------------
     def _design_Z(self, n):
         """The random-effects model matrix: dense for small n (one BLAS product), else sparse."""
-        if n * self.rz <= 4_000_000:
+        if n * self.rz <= DENSE_Z_MAX:
             return np.hstack([dense_Z(b) for b in self.blocks])
         return sparse.hstack([b.Z() for b in self.blocks], format="csc")
 
@@ -230,9 +236,7 @@ class SmallDenseFactor(Factor):
         block of level g is ``R_g' R_g`` (R_g: its q columns), so each block's sum is one
         product of R's columns for that block, rows and levels stacked."""
         P = self.rz + k
-        R, info = linalg.lapack.dtrtri(self.Lr[:P, :P], lower=1)
-        if info:
-            raise np.linalg.LinAlgError("singular triangular factor")
+        R = _tri_inv(self.Lr[:P, :P])
         out = []                  # (Lr's upper triangle is 0, and dtrtri writes the lower only)
         for b, off in zip(self.blocks, self._offsets):
             Rb = np.ascontiguousarray(R[:, off:off + b.nre]).reshape(P * b.m, b.q)
