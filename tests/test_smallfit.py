@@ -508,3 +508,33 @@ def test_sparse_design_path_of_the_dense_storage(monkeypatch):
     _close(sp.A, dense.A, "A")
     y = m._XY[:, -1] * 1.5 + 1.0
     _close(sp.with_response(y).A, dense.with_response(y).A, "A (new response)")
+
+
+def test_deviance_reuses_its_factor_only_at_the_same_theta():
+    """The deviance keeps the theta its workspace was last updated to: the same theta reads
+    the factor as it stands, any other updates it (values as a fresh deviance gives)."""
+    m = _model("sleepstudy")
+    dev = m.deviance()
+    th1, th2 = _theta(m, 1), _theta(m, 2)
+    for th in (th1, th2, th1, th1.copy(), th2):
+        fresh = m.deviance()
+        assert dev.value(th) == fresh.value(th)
+        np.testing.assert_array_equal(dev.value_and_grad(th)[1], fresh.value_and_grad(th)[1])
+        np.testing.assert_array_equal(dev.value_grad_hess(th)[2], fresh.value_grad_hess(th)[2])
+    assert dev.value(np.array([np.nan, 0.0, 1.0])) == np.inf       # a failed update forgets
+    assert dev.value(th1) == m.deviance().value(th1)
+
+
+def test_new_response_shares_the_hessian_patterns():
+    """The derivative patterns (A at the random effects' positions) do not involve the
+    response: a factor for a new response, sharing them, gives a fresh factor's Hessian."""
+    m = _model("penicillin", weighted=True)
+    f = SmallDenseFactor(m.re_design.blocks, m._XY, m.weights)
+    y = m._XY[:, -1] * 0.7 + 3.0
+    XY = m._XY.copy()
+    XY[:, -1] = y
+    lams = m.re_design.lambdas(_theta(m, 3))
+    a = f.with_response(y).update(lams).derivatives(m.k_fe)
+    b = SmallDenseFactor(m.re_design.blocks, XY, m.weights).update(lams).derivatives(m.k_fe)
+    for x, z in zip(a, b):
+        _close(x, z, "derivatives")
