@@ -55,7 +55,7 @@ second table shows CPU time / wall time of each best fit.
   ``--small-repeats`` fits in each process as well.
 * "model build only": mlmext's ``mf.lmer(formula, df)`` (formula to a model ready to fit).
 * "refit(new_y), per refit": one fitted design refitted to ``--refits`` simulated responses of
-  the same design (``results.refit(y)`` as lme4's ``refit``; mlmext has none yet: "n/a");
+  the same design (``results.refit(y)`` as lme4's ``refit``: the design is not rebuilt);
   the cell is the mean time per refit and, in brackets, how many times faster that is than a
   fresh formula-to-results fit of the same responses.  glmm has no refit: its cell is a fresh
   ``glmm.fit`` with ``warm_start`` (the previous fit's beta and theta).

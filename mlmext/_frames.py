@@ -59,7 +59,8 @@ def as_dataframe(data, where="data"):
     if not df.columns.is_unique:
         dup = df.columns[df.columns.duplicated()].unique().tolist()
         raise ValueError(f"{where} has duplicated column names {dup}; a formula cannot tell them apart")
-    converted = {c: _numpy_backed(df[c]) for c, dt in zip(df.columns, df.dtypes) if _needs_conversion(dt)}
+    converted = {c: _numpy_backed(df[c]) for c, dt in zip(df.columns.tolist(), df.dtypes.tolist())
+                 if _needs_conversion(dt)}
     if not converted:
         return df
     df = df.copy(deep=False)

@@ -363,13 +363,15 @@ class RandomEffectsDesign:
         ``theta * units`` does not depend on the units of the predictors: the optimizer's
         scaling, and the scale-free test of a zero standard deviation.
         """
-        units = np.ones(self.ntheta)
-        for t in self.terms:
-            rms = t.column_rms()
-            for k, (i, _) in enumerate(lower_tri(t.q)):
-                if np.isfinite(rms[i]) and rms[i] > 0:
-                    units[t.theta_index[k]] = rms[i]
-        return units
+        if self.__dict__.get("_theta_units") is None:     # the terms never change: once
+            units = np.ones(self.ntheta)
+            for t in self.terms:
+                rms = t.column_rms()
+                for k, (i, _) in enumerate(lower_tri(t.q)):
+                    if np.isfinite(rms[i]) and rms[i] > 0:
+                        units[t.theta_index[k]] = rms[i]
+            self._theta_units = units
+        return self._theta_units.copy()
 
     def column_mirrors(self):
         """``{diagonal's theta index: theta indices below it in its template column}`` for

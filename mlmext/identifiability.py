@@ -26,16 +26,21 @@ class UnidentifiedSlopeWarning(UserWarning):
 def _level_constant(X, codes):
     """Per column of ``X``: is it constant within every level of ``codes``?"""
     m = int(codes.max()) + 1 if len(codes) else 0
-    spread = np.empty((m, X.shape[1]))
-    for j in range(X.shape[1]):          # each level's max - min, without sorting the rows
+    scale = np.abs(X).max(axis=0)
+    tol = 1e-12 * np.where(scale > 0, scale, 1.0)
+    ref = np.zeros(m, dtype=np.int64)
+    ref[codes] = np.arange(len(codes))             # a row of each level (any one will do)
+    # two values of a level further apart than tol: not constant (the usual slope); one value
+    # in every row (an intercept): constant; else each level's max - min decides
+    out = ~(np.abs(X - X[ref[codes]]) > tol).any(axis=0)
+    for j in np.flatnonzero(out & ~np.all(X == X[:1], axis=0)):
         hi = np.full(m, -np.inf)
         lo = np.full(m, np.inf)
         with np.errstate(invalid="ignore"):                 # NaN: NaN spread, not constant
             np.maximum.at(hi, codes, X[:, j])
             np.minimum.at(lo, codes, X[:, j])
-        spread[:, j] = hi - lo           # a level without rows: -inf, no objection
-    scale = np.abs(X).max(axis=0)
-    return np.all(spread <= 1e-12 * np.where(scale > 0, scale, 1.0), axis=0)
+        out[j] = np.all(hi - lo <= tol[j])          # a level without rows: -inf, no objection
+    return out
 
 
 def slopes_constant_within_levels(X, codes, colnames, pairs=None):

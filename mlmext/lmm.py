@@ -1,18 +1,22 @@
 """Linear mixed models fitted by (RE)ML on the profiled objective (lme4's ``lmer``)."""
 from __future__ import annotations
 
+import contextlib
+import copy
 import warnings
 
 import numpy as np
+import pandas as pd
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from ._blas import blas_threads
+from ._blas import TINY_ROWS, blas_threads
 from ._args import reject_unknown
 from .base import MixedModel
 from .frame import display_name
 from .inference.ddf_default import check_fit_ddf
 from .inference.robust import check_cov_args
 from .linalg import BlockedCholesky
+from .linalg.small import SmallDenseFactor, small_dense_fits
 from .linalg._stacks import block_cross, sandwich, spd_inv_logdet
 from .objective import LMMDeviance, MixedParams
 from .optimize import OptSummary, jacobian, minimize_theta
@@ -102,25 +106,63 @@ class LinearMixedModel(MixedModel):
 
     def _check_response(self, y):
         """A response the fixed effects fit exactly leaves no residual variance to estimate."""
-        name = display_name(self.endog_names)
-        if not np.all(np.isfinite(y)):
-            raise ValueError(f"the response {name!r} has non-finite values")
+        name = lambda: display_name(self.endog_names)        # noqa: E731 (for messages only)
+        if not np.isfinite(y.sum()) and not np.all(np.isfinite(y)):
+            raise ValueError(f"the response {name()!r} has non-finite values")
         w = self.weights
         pos = w > 0
         n, p = int(pos.sum()), self.exog.shape[1]
         if n <= p:
             raise ValueError(f"{n} observations for {p} fixed effects: a linear mixed model needs "
                              "more observations than fixed effects")
-        yp = y[pos]
-        if np.ptp(yp) == 0:
-            raise ValueError(f"the response {name!r} is constant ({yp[0]:g}); there is nothing to model")
-        sw = np.sqrt(w[pos])
-        Xw, yw = self.exog[pos] * sw[:, None], yp * sw
+        every = n == len(y)                  # all weights positive (the usual case): no copies
+        yp = y if every else y[pos]
+        if yp.max() == yp.min():
+            raise ValueError(f"the response {name()!r} is constant ({yp[0]:g}); there is nothing "
+                             "to model")
+        sw = np.sqrt(w if every else w[pos])
+        Xw, yw = (self.exog if every else self.exog[pos]) * sw[:, None], yp * sw
         coef = np.linalg.lstsq(Xw, yw, rcond=None)[0]
         rss = np.sum((yw - Xw @ coef) ** 2)
         if rss <= 1e-20 * max(np.sum(yw ** 2), 1e-300):
-            raise ValueError(f"the fixed effects fit the response {name!r} exactly (residual sum "
+            raise ValueError(f"the fixed effects fit the response {name()!r} exactly (residual sum "
                              "of squares 0); a mixed model needs residual variation")
+
+    #: :meth:`_with_response` gives this model with a new response (refits, simulations)
+    _response_refit = True
+
+    def _with_response(self, endog):
+        """This model with another response on the same rows (lme4's ``refit`` of a new
+        response): the formula, the designs, weights and offset are those of this model, and
+        nothing the response does not enter is computed again (no formula evaluation, no
+        design checks; the small-system cross-products other than the response's are shared).
+
+        ``endog`` has one finite value per row of the model (the caller checks its shape).
+        """
+        y = np.asarray(endog, dtype=float)
+        if y.shape != self.endog.shape:
+            raise ValueError(f"endog has shape {y.shape}; the model's response has shape "
+                             f"{self.endog.shape}")
+        new = copy.copy(self)
+        for k in self._unpickled_caches:               # caches of the old response's numbers
+            new.__dict__.pop(k, None)
+        new.formula_info = dict(self.formula_info)       # remove_data() of one leaves the other
+        data = copy.copy(self.data)
+        data._cache = {}
+        data.endog = y
+        old = getattr(self.data, "orig_endog", None)
+        data.orig_endog = pd.Series(y, index=old.index, name=old.name) \
+            if isinstance(old, pd.Series) else y
+        new.data, new.endog = data, y
+        yo = y - self.offset
+        new._check_response(yo)
+        XY = self._XY.copy()
+        XY[:, -1] = yo
+        new._XY = XY
+        sf = self.__dict__.get("_small")
+        if sf is not None and sf is not False:
+            new._small = sf.with_response(yo)
+        return new
 
     def _cross_products(self):
         """The factorization set up with the model's cross-products, never updated itself:
@@ -135,6 +177,22 @@ class LinearMixedModel(MixedModel):
 
     def _block_alone_cross(self, blk):
         return block_alone_cross(blk, self._XY, self.weights)
+
+    #: dense small-system factor (None: the model is too large for it); rebuilt after unpickling
+    _unpickled_caches = MixedModel._unpickled_caches + ("_small",)
+
+    def _small_factor(self):
+        """The cross-products in one dense matrix (:class:`~mlmext.linalg.small.SmallDenseFactor`)
+        when the whole system is small, else None: there one dense factorization per
+        evaluation is several times cheaper than the structured storage.  Built once, never
+        updated itself (each deviance takes a workspace of it)."""
+        sf = self.__dict__.get("_small", False)
+        if sf is False:       # two threads may both build it: same value, either one is kept
+            sf = None
+            if small_dense_fits(self.re_design.blocks, self.k_fe):
+                sf = SmallDenseFactor(self.re_design.blocks, self._XY, self.weights)
+            self._small = sf
+        return sf
 
     def deviance(self, reml=True):
         """The profiled REML criterion (or -2 log-likelihood) as a function of theta.
@@ -204,7 +262,8 @@ class LinearMixedModel(MixedModel):
         units = des.theta_units()            # lme4's start and unit steps in the predictors' units
         start = des.theta_start / units
         scale = units.copy()
-        if len(des.blocks) < 2 or self._cross_products().r < 200:   # cheap evaluations: lme4's start is fine
+        if len(des.blocks) < 2 or self._small_factor() is not None or \
+                self._cross_products().r < 200:          # cheap evaluations: lme4's start is fine
             return start, scale
         nu = self.nobs - (self.k_fe if reml else 0)
         for blk in des.blocks:
@@ -241,10 +300,14 @@ class LinearMixedModel(MixedModel):
         reml : bool
             Restricted maximum likelihood (lme4's default) or ML.
         start_params : array_like, optional
-            Starting theta (lme4's order, see ``theta`` on the results).
+            Starting theta (lme4's order, see ``theta`` on the results).  On a small system
+            (exact Hessian) a start near an optimum (Newton decrement at most 0.5, as the ML
+            refit of a REML fit) gets Newton steps first, L-BFGS-B only if they do not reach
+            a point passing the checks; other starts go to L-BFGS-B.
         method : str
             ``"auto"``: L-BFGS-B in theta scaled by its predictors' units, then Newton
-            with a Hessian from gradient differences until the Newton decrement is below
+            with a Hessian from gradient differences (exact on a small system, see
+            ``docs/lmm.md``) until the Newton decrement is below
             ``tol``; theta is optimized without bounds (a template column and its negative
             are one model) and mapped back, and saddles are left along negative
             curvature.  Any bounded method of ``scipy.optimize.minimize`` (``"COBYQA"``,
@@ -293,14 +356,18 @@ class LinearMixedModel(MixedModel):
             raise ValueError(f"start_params needs {self.re_design.ntheta} values (theta: "
                              f"{self.re_design.theta_names()}); got {np.size(start_params)}")
         dev = self.deviance(reml)
-        with blas_threads(dev.size):
+        # small systems: the exact Hessian for Newton and the checks (else differences)
+        hess = (lambda th: dev.value_grad_hess(th)[2]) if dev.has_hessian else None
+        # a dense part below TINY_ROWS runs on one BLAS thread anyway: no thread limit to set
+        with blas_threads(dev.size) if dev.size >= TINY_ROWS else contextlib.nullcontext():
             if start_params is None:
                 start, scale = self._start_theta(reml)
             else:
                 start, scale = np.asarray(start_params, dtype=float), self.re_design.theta_units()
             opt = minimize_theta(dev.value, start, dev.lower, method=method, maxiter=maxiter,
                                  tol=tol, grad=dev.value_and_grad, scale=scale,
-                                 reflect=self.re_design.canonical_theta)
+                                 reflect=self.re_design.canonical_theta, hess=hess,
+                                 warm=start_params is not None)
             state = dev.at(opt.x)
         theta, crit = state.theta, state.criterion
         opt = OptSummary.from_result(opt, initial=start)

@@ -19,7 +19,8 @@ from .prediction import re_contribution
 from .inference import InferenceMixin, robust_note
 from .inference.ddf_default import check_fit_ddf, ddf_note, summary_ddf, z_results
 from .objective import MixedParams
-from .printing import fit_html, fit_text, fixed_decimals, param_index, params_table, re_table
+from .printing import (fe_index, fit_html, fit_text, fixed_decimals, param_index, params_table,
+                       re_table)
 
 __all__ = ["MixedResults", "LMMResults", "MixedResultsWrapper"]
 
@@ -94,13 +95,13 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     @property
     def fe_params(self):
         """Fixed-effects estimates (lme4's ``fixef``), a Series named by the design columns."""
-        return pd.Series(self.params, index=param_index(self.model.exog_names), name="fe_params")
+        return pd.Series(self.params, index=fe_index(self.model), name="fe_params")
 
     @property
     def bse_fe(self):
         """Standard errors of the fixed effects, a Series."""
-        return pd.Series(np.sqrt(np.diag(self.cov_params())),
-                         index=param_index(self.model.exog_names), name="bse_fe")
+        return pd.Series(np.sqrt(np.diag(self.cov_params())), index=fe_index(self.model),
+                         name="bse_fe")
 
     @property
     def k_params(self):

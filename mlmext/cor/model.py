@@ -133,6 +133,8 @@ class CorrelatedLinearMixedModel(LinearMixedModel):
         (``from_formula`` takes them from the data).
     """
 
+    _response_refit = False      # the whitening depends on more than the design
+
     _api_name = "lmer"
 
     def __init__(self, endog, exog, re_design, weights=None, offset=None, correlation=None,

@@ -137,6 +137,8 @@ class DaskLinearMixedModel(LinearMixedModel):
             if hasattr(self.data, name):
                 setattr(self.data, name, None)
         des = copy.copy(self.re_design)
+        for cache in ("_theta_units", "_lmm_block_units"):    # of the template frame's rows
+            des.__dict__.pop(cache, None)
         des.terms = [copy.copy(t) for t in des.terms]
         new = dict(zip(map(id, self.re_design.terms), des.terms))
         des.blocks = [copy.copy(b) for b in des.blocks]
@@ -214,6 +216,9 @@ class DaskLinearMixedModel(LinearMixedModel):
 
     def _cross_products(self):
         return self._xprod
+
+    def _small_factor(self):
+        return None                     # the small systems' dense storage is built from rows
 
     def fit(self, *args, **kwargs):
         """Fit as :meth:`mlmext.lmm.LinearMixedModel.fit` (same arguments); the fitted values,

@@ -204,7 +204,7 @@ def used_columns(parsed, data, weights, offset):
             names.add(name.split(".")[0])
     names.update(f for b in parsed.bars for f in b.factors)
     names.update(v for v in (weights, offset) if isinstance(v, str))
-    return [c for c in data.columns if str(c) in names]
+    return [c for c in data.columns.tolist() if str(c) in names]
 
 
 def _model_data(data, used, kept, resp_col, dtypes):
@@ -268,7 +268,7 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     engine = getattr(mgr, "engine", "patsy")
     formula_q = quote_names(formula, data.columns, engine)
     parsed = parse_formula(formula_q)
-    dtypes = dict(zip(data.columns, data.dtypes))
+    dtypes = dict(zip(data.columns.tolist(), data.dtypes.tolist()))   # lists: fast iteration
     _check_column_types(parsed, dtypes)
     for bar in parsed.bars:
         for f in bar.factors:
@@ -332,7 +332,10 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         off += off_all if kept is None else off_all[kept]
     w = None if w_all is None else (w_all.copy() if kept is None else w_all[kept])
     y_df = pieces.y
-    y_df.columns = [display_name(c) for c in y_df.columns]
+    ycols = y_df.columns.tolist()
+    ynames = [display_name(c) for c in ycols]
+    if ynames != ycols:       # (setting a frame's columns costs ~50 us)
+        y_df.columns = ynames
     X_df = pd.DataFrame(pieces.X, columns=[display_name(c) for c in pieces.xnames])
     dropped = {k: v for k, v in (("missing values", n_missing), ("zero weights", n_zero)) if v}
     info = {

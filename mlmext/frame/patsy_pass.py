@@ -47,6 +47,7 @@ import functools
 import numpy as np
 import pandas as pd
 
+from .design_cache import design_infos
 from .factor_code import (MISSING as _MISSING, PATSY_BUILTINS, bare_column, code_info, kind_of,
                           resolve)
 
@@ -355,7 +356,7 @@ class ColumnStore:
         self.values = {}
         self.nrows = len(data) if rows is None else len(rows)
         # patsy looks every name up here first (np, C, ...): a set answers faster than an Index
-        self.labels = set(data.columns)
+        self.labels = set(data.columns.tolist())
 
     def __getitem__(self, key):
         v = self.values.get(key, _MISSING) if isinstance(key, str) else _MISSING
@@ -433,7 +434,8 @@ def engine_pass(plan, store):
     """
     na = RecordingNA()
     try:
-        infos = design_matrix_builders(plan.termlists, lambda: iter([store]), plan.env, na)
+        infos = design_infos(plan, store, lambda: design_matrix_builders(
+            plan.termlists, lambda: iter([store]), plan.env, na))
         data = store if plan.has_factors else pd.DataFrame(index=pd.RangeIndex(store.nrows))
         mats = build_design_matrices(infos, data, NA_action=na)
     except Fallback:

@@ -40,6 +40,9 @@ def _rebuild_model(model, endog=None, exog=None, keep=None, design=None):
             y = pd.DataFrame(endog.reshape(y.shape), index=y.index, columns=y.columns)
         else:
             y = endog
+    if exog is None and keep is None and design is None and endog is not None and \
+            getattr(model, "_response_refit", False) and np.ndim(endog) == 1:
+        return model._with_response(endog)      # only the response changes: nothing rebuilt
     if exog is not None:
         X = exog
     w = np.asarray(model.weights, dtype=float)

@@ -87,7 +87,11 @@ class LMMDeviance:
         self.n = float(model.nobs)
         self.p = int(model.k_fe)
         self._logw = model._logw
-        self._factor = model._cross_products().workspace()
+        # the dense storage of a small system where the model has one (not a whitened view)
+        small = getattr(model, "_small_factor", None)
+        fac = small() if small is not None else None
+        self._factor = (model._cross_products() if fac is None else fac).workspace()
+        self._last = None                 # the theta the workspace was last updated to
 
     @property
     def nparams(self):
@@ -99,9 +103,20 @@ class LMMDeviance:
         return self._factor.r
 
     # ------------------------------------------------------------------ the criterion
-    def factor(self, theta):
-        """The factor updated to theta (LinAlgError where numerically indefinite)."""
-        return self._factor.update(self.design.lambdas(np.asarray(theta, dtype=float)))
+    def factor(self, theta, lams=None):
+        """The factor updated to theta (LinAlgError where numerically indefinite).
+
+        The workspace is this deviance's own, so a theta equal to the last one's factor is
+        the factor as it stands (Newton's Hessian and the final state at a point whose value
+        and gradient were just computed)."""
+        theta = np.asarray(theta, dtype=float)
+        last = self._last
+        if last is not None and last.shape == theta.shape and np.array_equal(last, theta):
+            return self._factor
+        self._last = None
+        ch = self._factor.update(self.design.lambdas(theta) if lams is None else lams)
+        self._last = theta.copy()
+        return ch
 
     def _from_factor(self, ch):
         return self._profiled(ch, ch.r2, self.reml)
@@ -142,12 +157,15 @@ class LMMDeviance:
         des = self.design
         lams = des.lambdas(theta)
         try:
-            ch = self._factor.update(lams)
+            ch = self.factor(theta, lams)
         except np.linalg.LinAlgError:
             return np.inf, np.zeros_like(theta)
         nu = self.n - self.p if self.reml else self.n
         r2 = ch.r2
         dev = self._from_factor(ch)
+        if hasattr(ch, "first_derivatives"):       # the dense storage: exact, no differences
+            dld, dr2 = ch.first_derivatives(self.p if self.reml else 0)
+            return dev, dld + nu * dr2 / r2
         u, beta = ch.solve()
         S = ch.inverse_block_sums(self.p if self.reml else 0)
         W = ch.ztres(u, beta, lams)
@@ -164,14 +182,16 @@ class LMMDeviance:
                     continue
                 grad[blk.t_idx] = 2.0 * (blk.m - Sb[0, 0]) / l - 2.0 * nu * (Wb * ub).sum() / r2
                 continue
-            d = np.abs(lam.diagonal()) * rms           # in the predictors' units
-            if d.min() <= 1e-6 * max(1.0, d.max()):
+            d = (np.abs(lam.diagonal()) * rms).tolist()          # in the predictors' units
+            if min(d) <= 1e-6 * max(1.0, max(d)):
                 fd.extend(blk.t_idx)
                 continue
-            # (m I - S) lambda^-1, lambda lower triangular (its LAPACK inverse leaves 0 above)
-            H = (Sb - np.diag(np.full(blk.q, float(blk.m)))) @ linalg.lapack.dtrtri(lam, lower=1)[0]
-            dr2 = (Wb[:, blk.t_rows] * ub[:, blk.t_cols]).sum(axis=0)
-            grad[blk.t_idx] = -2.0 * (H[blk.t_cols, blk.t_rows] + nu * dr2 / r2)
+            # (m I - S) lambda^-1, lambda lower triangular (its LAPACK inverse leaves 0 above);
+            # entry (i, j) of the template: -2 [H_ji + nu/r2 sum_g Wb_gi u_gj]
+            Sb = Sb.copy()
+            Sb.flat[::blk.q + 1] -= blk.m
+            G = (Sb @ linalg.lapack.dtrtri(lam, lower=1)[0]).T + (nu / r2) * (Wb.T @ ub)
+            grad[blk.t_idx] = -2.0 * G[blk.t_rows, blk.t_cols]
         if fd:
             # central differences: the deviance is smooth through a zero diagonal (it is even
             # in a template's column), and the Newton checks difference this gradient again
@@ -184,11 +204,42 @@ class LMMDeviance:
                 grad[k] = (self.value(tp) - self.value(tm)) / (2.0 * h)
         return dev, grad
 
+    @property
+    def has_hessian(self):
+        """Whether :meth:`value_grad_hess` is available (small systems: the dense storage)."""
+        return hasattr(self._factor, "derivatives")
+
+    def value_grad_hess(self, theta):
+        """The criterion, its gradient and its exact Hessian in theta (small systems).
+
+        From :meth:`~mlmext.linalg.small.SmallDenseFactor.derivatives`: with ``d`` the
+        log-determinant's derivatives and ``r2`` the penalized residual sum of squares,
+        ``grad = d' + nu r2' / r2`` and ``H = d'' + nu (r2'' / r2 - r2' r2'^T / r2^2)``
+        (``nu = n - p`` for REML, ``n`` for ML).  No difference quotients: exact at a zero
+        standard deviation too.  ``(inf, 0, NaN)`` where the system is indefinite.
+        """
+        if not self.has_hessian:
+            raise NotImplementedError("the exact Hessian is available for small systems only "
+                                      "(the dense storage); use a difference of value_and_grad")
+        theta = np.asarray(theta, dtype=float)
+        try:
+            ch = self.factor(theta)
+        except np.linalg.LinAlgError:
+            k = theta.size
+            return np.inf, np.zeros(k), np.full((k, k), np.nan)
+        nu = self.n - self.p if self.reml else self.n
+        r2 = ch.r2
+        dld, d2ld, dr2, d2r2 = ch.derivatives(self.p if self.reml else 0)
+        grad = dld + nu * dr2 / r2
+        hess = d2ld + nu * (d2r2 / r2 - np.outer(dr2, dr2) / r2 ** 2)
+        return self._from_factor(ch), grad, 0.5 * (hess + hess.T)
+
     def _block_units(self):
-        u = self.__dict__.get("_blk_units")
-        if u is None:                  # root mean square of each block's columns of Z
-            u = self._blk_units = [np.where(r > 0, r, 1.0) for r in
-                                   (b.column_rms() for b in self.design.blocks)]
+        u = self.design.__dict__.get("_lmm_block_units")
+        if u is None:                  # root mean square of each block's columns of Z (the
+            u = [np.where(r > 0, r, 1.0) for r in        # design never changes: once per design)
+                 (b.column_rms() for b in self.design.blocks)]
+            self.design._lmm_block_units = u
         return u
 
     def _units(self):
@@ -210,7 +261,7 @@ class LMMDeviance:
     def condvar(self, theta, sigma):
         """Conditional covariances of b = Lambda u per block, (m, q, q) arrays (lme4's condVar)."""
         lams = self.design.lambdas(np.asarray(theta, dtype=float))
-        cv = self._factor.update(lams).condvar_u()
+        cv = self.factor(theta, lams).condvar_u()
         return [sigma ** 2 * np.einsum("ij,gjk,lk->gil", lam, c, lam) for lam, c in zip(lams, cv)]
 
     # ------------------------------------------------- with sigma or a fixed effect held fixed

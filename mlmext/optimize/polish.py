@@ -81,8 +81,17 @@ def _noise(f):
     return 1e-12 * abs(f) + 1e-10
 
 
+def _hessian(fg, hess, x, g, lower):
+    """``(H, evaluations)``: the exact Hessian where the objective has one, else differences."""
+    if hess is None:
+        return fd_hessian(fg, x, g, lower)
+    H = np.asarray(hess(x), dtype=float)
+    return 0.5 * (H + H.T), 1
+
+
 def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit=30,
-                  probe_steps=(1e-2, 1e-1, 0.5), move=True, mirror=None, value=None):
+                  probe_steps=(1e-2, 1e-1, 0.5), move=True, mirror=None, value=None, hess=None,
+                  H0=None):
     """Newton steps from ``x`` to a point passing the second-order checks, or an escape.
 
     Parameters
@@ -112,6 +121,10 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
         (:func:`probe_bounds`).
     value : callable, optional
         ``x -> f`` alone, cheaper than ``fg``: shortened line-search steps use it.
+    hess : callable, optional
+        ``x -> H``, the exact Hessian (else differences of ``fg``: one evaluation per entry).
+    H0 : ndarray, optional
+        The Hessian at ``x`` when the caller has it (with ``f`` and ``g``).
 
     Returns
     -------
@@ -128,8 +141,11 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
     if not np.isfinite(f):
         return Polish(x, f, g, np.full((x.size, x.size), np.nan), False, np.inf, np.nan,
                       "the objective is not finite at the optimizer's end point", nfev)
-    H, nh = fd_hessian(fg, x, g, lower)
-    nfev += nh
+    if H0 is None:
+        H, nh = _hessian(fg, hess, x, g, lower)
+        nfev += nh
+    else:
+        H = np.asarray(H0, dtype=float)
     dec, mine, message = np.inf, np.nan, ""
     fresh = True                                     # H computed at the current x
     # a negative eigenvalue of a difference Hessian can be rounding (a flat direction); the
@@ -140,7 +156,7 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
             message = "the Hessian could not be computed (non-finite deviance next to the point)"
             break
         free = _free_set(x, g, H, lower, bounded)
-        Hf = H[np.ix_(free, free)]
+        Hf = H if free.all() else H[np.ix_(free, free)]
         w, V = np.linalg.eigh(Hf) if free.any() else (np.ones(1), np.zeros((0, 1)))
         mine = float(w.min())
         scale = max(1.0, float(np.abs(w).max()))
@@ -153,7 +169,7 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
                               "negative curvature", nfev, escape=esc)
             clear = True
             if not fresh:
-                H, nh = fd_hessian(fg, x, g, lower)
+                H, nh = _hessian(fg, hess, x, g, lower)
                 nfev += nh
                 fresh = True
                 continue
@@ -187,7 +203,7 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
         # the curvature along the step says whether H still holds here: near a zero SD the
         # deviance is far from quadratic and a Hessian from the last point can be 10x off
         if dec > 1e-3 or ls.t < 1.0 or not (sHs > 0 and 0.5 <= sy / sHs <= 2.0):
-            H, nh = fd_hessian(fg, x, g, lower)
+            H, nh = _hessian(fg, hess, x, g, lower)
             nfev += nh
             fresh = True
         else:                                        # close: BFGS update, exact along the step
@@ -224,6 +240,8 @@ def _free_set(x, g, H, lower, bounded):
     (on the other free entries) would leave the feasible set."""
     atb = bounded & (x <= lower)
     free = ~atb | (g < 0)
+    if not atb.any():                 # nothing at a bound (the LMM's reflected theta): all free
+        return free
     for _ in range(x.size):
         if not free.any():
             break

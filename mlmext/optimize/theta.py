@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 from scipy import optimize
 
+from .lbfgsb import lbfgsb
 from .linesearch import backtrack
 from .polish import Polish, newton_polish
 
@@ -28,11 +29,9 @@ def _run(method, fun, x0, lower, grad, maxiter, tol, ftol=None):
             return optimize.minimize(fun, x0, method="COBYQA", bounds=bounds,
                                      options={"maxfev": maxiter, "initial_tr_radius": 0.5 * scale,
                                               "final_tr_radius": tol ** 0.5 * 1e-2 * scale})
-        if method == "L-BFGS-B":
-            return optimize.minimize(grad, x0, method="L-BFGS-B", jac=True, bounds=bounds,
-                                     options={"maxiter": maxiter, "maxfun": maxiter,
-                                              "ftol": tol * 1e-1 if ftol is None else ftol,
-                                              "gtol": 1e-5})
+        if method == "L-BFGS-B":          # scipy's L-BFGS-B core without minimize()'s wrapper
+            return lbfgsb(grad, x0, lower, maxiter=maxiter, maxfun=maxiter,
+                          ftol=tol * 1e-1 if ftol is None else ftol, gtol=1e-5)
         if method == "Nelder-Mead":
             return optimize.minimize(fun, np.maximum(x0, np.where(np.isfinite(lower), lower, -np.inf)),
                                      method="Nelder-Mead", bounds=bounds,
@@ -44,7 +43,7 @@ def _run(method, fun, x0, lower, grad, maxiter, tol, ftol=None):
 
 
 def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, grad=None, scale=None,
-                   check_tol=1e-7, reflect=None):
+                   check_tol=1e-7, reflect=None, hess=None, warm=False):
     """Minimize an objective of theta subject to ``theta >= lower``.
 
     Parameters
@@ -82,6 +81,14 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         smooth across the bounds, ``"auto"`` minimizes without them and maps its end point
         back, and the checks look at both sides of a bound.  Without it, entries at a bound
         are probed inward (:func:`~mlmext.optimize.polish.probe_bounds`).
+    hess : callable, optional
+        ``x -> H``, the exact Hessian: the checks (and Newton) use it instead of differences
+        of ``grad``.
+    warm : bool
+        ``"auto"`` with ``hess``: the start may be near the optimum (a refit, an ML refit of a
+        REML fit): where its Newton decrement is at most ``WARM_MAX_DECREMENT``, Newton steps
+        from it first, L-BFGS-B only if they do not end at a point passing the checks (the
+        same checks either way).
 
     Returns
     -------
@@ -92,7 +99,8 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     """
     start = np.asarray(start, dtype=float)
     lower = np.asarray(lower, dtype=float)
-    if scale is not None and not np.allclose(scale, 1.0):
+    # (np.allclose's test, without its overhead: this runs on every fit)
+    if scale is not None and np.max(np.abs(np.asarray(scale, dtype=float) - 1.0)) > 1.00001e-5:
         s = np.asarray(scale, dtype=float)
         fs = lambda x: fun(x / s)
 
@@ -100,15 +108,19 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
             f, g = grad(x / s)
             return f, g / s
 
+        hs = None if hess is None else (lambda x: hess(x / s) / np.outer(s, s))
+
         rs = None if reflect is None else (lambda x: reflect(x / s) * s)
         res = minimize_theta(fs, start * s, lower * s, method=method, maxiter=maxiter, tol=tol,
-                             grad=None if grad is None else gs, check_tol=check_tol, reflect=rs)
+                             grad=None if grad is None else gs, check_tol=check_tol, reflect=rs,
+                             hess=hs, warm=warm)
         res.x = res.x / s
         return res
     # where the objective extends smoothly across the bounds, the checks look across them
     lower_check = lower if reflect is None else np.full(lower.size, -np.inf)
     if method == "auto" and grad is not None:
-        res = _minimize_auto(fun, grad, start, lower_check, maxiter, tol, check_tol)
+        res = _minimize_auto(fun, grad, start, lower_check, maxiter, tol, check_tol, hess=hess,
+                             warm=warm and hess is not None)
         if reflect is not None:
             x = np.asarray(reflect(res.x), dtype=float)
             fx = res.fun
@@ -159,7 +171,8 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     res.nfev = nfev + n_snap
     res.snapped = snapped
     if grad is not None:                       # the same verdict as the default path, no moving
-        p = newton_polish(grad, res.x, lower_check, tol=check_tol, check_tol=check_tol, move=False)
+        p = newton_polish(grad, res.x, lower_check, tol=check_tol, check_tol=check_tol, move=False,
+                          hess=hess)
         res.nfev += p.nfev
         tried.append(("second-order checks (Newton decrement, saddles, zero SDs)", p.converged, p.nfev))
         if res.success and not p.converged:
@@ -171,12 +184,56 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     return res
 
 
-def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5):
-    """L-BFGS-B, then Newton with the second-order checks; restarts where a check finds descent."""
+#: Newton iterations from a warm start before L-BFGS-B takes over
+WARM_NEWTON_ITERATIONS = 8
+#: a warm start's largest Newton decrement (deviance units) for Newton to start there: the ML
+#: refit of a REML fit starts at ~0.05, a refit to a simulated response at 1.5-5, from where
+#: L-BFGS-B's cheaper steps get there first (sleepstudy, Penicillin, Pastes)
+WARM_MAX_DECREMENT = 0.5
+
+
+def _near(f, g, H):
+    """Whether Newton from a point with value f, gradient g and Hessian H (scaled theta) is
+    worth it: H positive definite and the decrement g'H^-1 g / 2 at most WARM_MAX_DECREMENT."""
+    if not (np.isfinite(f) and np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
+        return False
+    try:
+        L = np.linalg.cholesky(0.5 * (H + H.T))
+    except np.linalg.LinAlgError:
+        return False
+    z = np.linalg.solve(L, g)
+    return 0.5 * float(z @ z) <= WARM_MAX_DECREMENT
+
+
+def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, hess=None,
+                   warm=False):
+    """L-BFGS-B, then Newton with the second-order checks; restarts where a check finds descent.
+    ``warm``: Newton from the start first (L-BFGS-B only when it does not pass the checks)."""
     tol = min(tol, check_tol)          # Newton goes at least as far as the checks require
     tried, nfev = [], 0
     x, best = start, None
     label = "L-BFGS-B"
+    hname = "exact Hessian" if hess is not None else "Hessian from gradient differences"
+    if warm:
+        f0, g0 = grad(start)
+        H0 = hess(start)
+        nfev += 1
+        if _near(f0, g0, H0):
+            p = newton_polish(grad, start, lower, f=f0, g=g0, H0=H0, tol=tol, check_tol=check_tol,
+                              maxit=min(WARM_NEWTON_ITERATIONS, maxiter), value=fun, hess=hess)
+            nfev += p.nfev
+            tried.append((f"Newton from the start ({hname}), second-order checks", p.converged,
+                          p.nfev + 1))
+            if p.converged:
+                return _auto_result(p, nfev, tried, lower)
+            # L-BFGS-B from the lowest point Newton found (its steps only descend) or a probe's
+            if p.escape is not None:
+                x = p.escape[0]
+            elif np.isfinite(p.f) and np.all(np.isfinite(p.x)):
+                x = p.x
+        else:
+            tried.append((f"Newton decrement at the start above {WARM_MAX_DECREMENT:g}: "
+                          "L-BFGS-B from there", True, 1))
     for rnd in range(rounds):
         # a loose relative stop: Newton finishes faster than L-BFGS-B's last iterations
         r = _run("L-BFGS-B", fun, x, lower, grad, maxiter, tol, ftol=1e-7)
@@ -185,9 +242,9 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5):
         x1 = np.asarray(r.x, dtype=float)
         f1, g1 = (float(r.fun), np.asarray(r.jac, dtype=float)) if np.all(x1 >= lower) else (None, None)
         p = newton_polish(grad, x1, lower, f=f1, g=g1, tol=tol, check_tol=check_tol,
-                          maxit=min(30, maxiter), value=fun)
+                          maxit=min(30, maxiter), value=fun, hess=hess)
         nfev += p.nfev
-        tried.append(("Newton (Hessian from gradient differences), second-order checks", p.converged, p.nfev))
+        tried.append((f"Newton ({hname}), second-order checks", p.converged, p.nfev))
         if best is None or p.f <= best.f:
             best = p
         if p.escape is None and not p.converged and rnd == 0:
@@ -196,10 +253,9 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5):
             nfev += int(c.nfev)
             tried.append(("COBYQA", bool(c.success), int(c.nfev)))
             p2 = newton_polish(grad, np.maximum(c.x, lower), lower, tol=tol, check_tol=check_tol,
-                               maxit=min(30, maxiter), value=fun)
+                               maxit=min(30, maxiter), value=fun, hess=hess)
             nfev += p2.nfev
-            tried.append(("Newton (Hessian from gradient differences), second-order checks",
-                          p2.converged, p2.nfev))
+            tried.append((f"Newton ({hname}), second-order checks", p2.converged, p2.nfev))
             if p2.f <= best.f:
                 best = p2
             p = p2
@@ -214,7 +270,10 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5):
             nfev += 1
             best = Polish(xe, fe, np.asarray(ge, dtype=float), p.H, False, np.nan, np.nan,
                           f"{rounds} restarts used up and a probe still found descent", 1)
-    p = best
+    return _auto_result(best, nfev, tried, lower)
+
+
+def _auto_result(p, nfev, tried, lower):
     return optimize.OptimizeResult(
         x=p.x, fun=float(p.f), success=bool(p.converged), message=p.message, nfev=nfev,
         tried=tried, snapped=[int(i) for i in np.flatnonzero(np.isfinite(lower) & (p.x <= lower))],
