@@ -232,14 +232,16 @@ def test_extend(sleep, fit):
 
 
 def test_power_sim_counts_warnings_of_refits(sleep, fit):
-    """A refit that stops short of its boundary minimum makes the Satterthwaite Hessian
-    indefinite: power_sim counts the simulation as warned (simr's warnings count) and keeps its
-    p-value, instead of repeating the warning on the console.  The same simulation, refitted
-    by hand, gives the same warning."""
+    """A simulation whose refit or test warns is counted as warned (simr's warnings count) and
+    keeps its p-value, instead of repeating the warning on the console.  Here the slope's SD is
+    almost zero, so refits of simulated responses end on the boundary, where the Satterthwaite
+    Hessian in (theta, sigma) can be indefinite (a curvature of -1.6 in one of these).  The
+    same simulations, refitted by hand, warn as often."""
     rng = np.random.default_rng(11)
     sub = sleep.loc[sleep["Subject"].isin(pd.unique(sleep["Subject"])[:5])]
+    theta = np.array([fit.theta[0], 0.0, 1e-3])
     made = mlmext.make_lmer(FORMULA, sub.drop(columns="Reaction"), fit.fe_params,
-                            theta=fit.theta, sigma=fit.sigma, seed=rng)
+                            theta=theta, sigma=fit.sigma, seed=rng)
     state = rng.bit_generator.state
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -258,6 +260,6 @@ def test_power_sim_counts_warnings_of_refits(sleep, fit):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             made.refit(ys.iloc[:, k].to_numpy()).df_satterthwaite()
-        warned += any("Hessian" in str(w.message) for w in caught)
-    hessian = ps.warning_messages[[m for m in ps.warning_messages.index if "Hessian" in m]]
-    assert warned == int(hessian.sum()) >= 1
+        # a boundary fit is not a warning here (lme4 says it in a message, simr does not count it)
+        warned += any("singular" not in str(w.message) for w in caught)
+    assert warned == ps.warned
