@@ -207,3 +207,19 @@ def test_numeric_column_used_as_a_factor():
     _same_fit(rd, rp)
     parsed = parse_formula("Reaction ~ C(Subject) + Days + (1 | Subject)")
     assert _column_groups(parsed, df, ["Reaction", "Days", "Subject"]) == [["Subject"]]
+
+
+def test_specs_rebuilt_from_a_few_rows():
+    """After unpickling (on a worker) the formula's specs are rebuilt from the rows that hold
+    every level of the categorical predictors, not from one row per grouping level."""
+    df = _crossed(seed=2, n=1200)
+    f = "y ~ x + grp + (1 + x | user) + (1 | item)"
+    rd = mf.lmer(f, dd.from_pandas(df, npartitions=3), weights="w").fit()
+    frame = rd.model._spec_frame()
+    assert len(frame) <= 64 + 3 and set(frame["grp"]) == {"a", "b", "c"}
+    new = df.dropna().iloc[::50]
+    again = pickle.loads(pickle.dumps(rd))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rp = mf.lmer(f, df, weights="w").fit()
+    np.testing.assert_allclose(again.predict(data=new), rp.predict(data=new), rtol=1e-6)

@@ -74,7 +74,7 @@ class FormulaState:
         self.groups = groups
         self.weights = weights
         self.offset = offset
-        self.frame = None
+        self.frame = self.spec_frame = None
 
 
 def _first_argument(expr, start):
@@ -103,17 +103,41 @@ def _column_groups(parsed, meta, used):
             groups.remove(g)
             cols |= g
         groups.append(cols)
+    grouped = set().union(*groups) if groups else set()
+    for c in _categorical_predictors(parsed, meta, used):
+        if c not in grouped:
+            groups.append({c})
+    return [[c for c in used if c in g] for g in groups]
+
+
+def _categorical_predictors(parsed, meta, used):
+    """Used columns the formula engine reads as categorical (their levels shape the design):
+    non-numeric and boolean columns, and any column inside ``C(...)``."""
     in_c = set()
     for expr in [parsed.fixed_rhs] + [b.lhs for b in parsed.bars]:
         for m in _CATEGORICAL_CALL.finditer(expr):
             in_c.update(names_in(_first_argument(expr, m.end())))
-    grouped = set().union(*groups) if groups else set()
+    out = []
     for c in used:
         dt = meta[c].dtype
-        categorical = not pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt)
-        if (categorical or str(c) in in_c) and c not in grouped:
-            groups.append({c})
-    return [[c for c in used if c in g] for g in groups]
+        if not pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt) or str(c) in in_c:
+            out.append(c)
+    return out
+
+
+def _spec_frame(parsed, frame, used):
+    """The rows of the template frame the formula engine's specs can be rebuilt from (after
+    unpickling, on a worker): every value of each column in the fixed part or a term's model
+    matrix that is read as categorical, and a few more rows; the grouping levels are not in
+    the specs.  A handful of rows instead of one per level of the largest grouping factor."""
+    names = set()
+    for expr in [parsed.response, parsed.fixed_rhs] + [b.lhs for b in parsed.bars]:
+        names.update(names_in(expr))
+    rows = set(range(min(64, len(frame))))
+    for c in _categorical_predictors(parsed, frame, used):
+        if str(c) in names:
+            rows.update(frame.drop_duplicates(subset=[c]).index.tolist())
+    return frame.loc[sorted(rows)].reset_index(drop=True)
 
 
 def _check_args(ddf, meta, formula, weights, offset):
@@ -193,6 +217,7 @@ def learn(ddf, formula, weights=None, offset=None):
         for c in cols:
             frame[c] = uniq[c].iloc[pick].reset_index(drop=True)
     state.frame = frame
+    state.spec_frame = _spec_frame(parsed, frame, used)
     return state
 
 

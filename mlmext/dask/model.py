@@ -125,7 +125,8 @@ class DaskLinearMixedModel(LinearMixedModel):
         """Drop the template frame's rows: what would read them fails instead of answering
         for the template.  The formula state (specs, levels) stays."""
         info = dict(self.formula_info)
-        info.update(data=None, template_frame=state.frame, row_labels=None)
+        info.update(data=None, template_frame=state.spec_frame, row_labels=None)
+        state.frame = None                # built the template; its rows are not needed again
         self.formula_info = info
         self._weighted = state.weights is not None
         self._formula_state = state
