@@ -75,8 +75,12 @@ def _partition_sums(part, template, state):
     A11, A_r1, A_rr = row_cross_products(blocks[0], blocks[1:], XY, w, dense_rr=False)
     ww = np.ones(n) if w is None else w
     y = XY[:, -1]
+    m1, q1 = A11.shape[:2]
     return {
-        "A11": A11, "A_r1": sparse.csr_matrix(A_r1), "A_rr": sparse.csr_matrix(A_rr),
+        # sparse: a partition touches some of the first block's levels (the tree's partial
+        # sums wait in the workers' memory)
+        "A11": sparse.csr_matrix(A11.reshape(m1, q1 * q1)),
+        "A_r1": sparse.csr_matrix(A_r1), "A_rr": sparse.csr_matrix(A_rr),
         "XtX": XY[:, :-1].T @ XY[:, :-1],
         "zsq": [np.sum(Z * Z, axis=0) for Z, _ in terms],
         "n": n, "n_rows": counts["n_rows"], "n_missing": counts["n_missing"],
@@ -112,6 +116,8 @@ def accumulate(ddf, template, state):
     light.frame = None                                 # the workers read the columns' names only
     parts = [dask.delayed(_partition_sums)(p, tmpl, light) for p in ddf.to_delayed()]
     sums = tree_reduce(parts, _add).compute()
+    m1, q1 = template.re_design.blocks[0].m, template.re_design.blocks[0].q
+    sums["A11"] = sums["A11"].toarray().reshape(m1, q1, q1)
     sums["A_rr"] = sums["A_rr"].toarray()
     sums["A_r1"] = sums["A_r1"].tocsr()
     return sums
