@@ -8,7 +8,7 @@ processes with a memory limit each: the client reads nothing but the cross-produ
 
     python benchmarks/bench_dask.py                         # 1M rows, and the pandas fit to compare
     python benchmarks/bench_dask.py --rows 10000000 --users 200000 --items 5000 --no-pandas
-    python benchmarks/bench_dask.py --rows 40000000 --users 500000 --worker-memory 700MB \
+    python benchmarks/bench_dask.py --rows 60000000 --users 500000 --worker-memory 1GB \
         --no-pandas --formula "y ~ x + grp + (1 + x | user)"
 
 The last line is a larger-than-memory run: the rows in memory outweigh the two workers'
