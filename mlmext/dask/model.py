@@ -132,8 +132,8 @@ class DaskLinearMixedModel(LinearMixedModel):
         self._formula_state = state
         self.dask_data = data
         self.passes, self.npartitions = 2, data.npartitions
-        for name in ("endog", "exog", "_XY", "weights", "offset"):
-            self.__dict__.pop(name, None)
+        for name in ("endog", "exog", "_XY", "weights", "offset") + self._unpickled_caches:
+            self.__dict__.pop(name, None)             # rows, and factors built from them
         for name in ("endog", "exog", "orig_endog", "orig_exog", "frame"):
             if hasattr(self.data, name):
                 setattr(self.data, name, None)
