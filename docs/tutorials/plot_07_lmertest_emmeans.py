@@ -164,6 +164,35 @@ cells.pairs(adjust="tukey")
 # for GLMMs (``type="response"`` gives probabilities, odds ratios or rate ratios) and for
 # ordinal ``clmm`` fits.
 #
+# The sector means above average over ``sx`` with equal weights (emmeans' default): the mean
+# of a population half boys, half girls. ``weights="proportional"`` weights the cells by
+# their numbers of students instead (``"cells"``, ``"outer"`` and ``"flat"`` are emmeans'
+# other schemes):
+
+m.emmeans("sector", weights="proportional")
+
+# %%
+# Variance explained: R² for multilevel models
+# --------------------------------------------
+#
+# Rights and Sterba's decomposition (R's r2mlm) splits the outcome's variance into what the
+# fixed effects explain within schools (``f1``) and between them (``f2``), what the random
+# slopes (``v``) and intercepts (``m``) add, and the residual. It needs the level-1
+# predictors centred at their school means, as ``cses`` is (``sx`` is not: with it only the
+# total measures are given), so we fit the model with ``cses`` and ``meanses``:
+
+m_rs = mf.lmer("mAch ~ cses + meanses + (cses | school)", data=hsb).fit()
+m_rs.r2(method="rights-sterba")
+
+# %%
+# School mean SES explains 69 % of the variance between schools (``f2``, between), SES within
+# a school 5 % of the variance within them. MuMIn's likelihood-ratio R²
+# (``method="lr"``) and mitml's RB1/RB2/SB/MVP (``method="mitml"``) are the other common
+# summaries; ``r2()`` alone gives Nakagawa's marginal and conditional R².
+
+m.r2(method="mitml")
+
+# %%
 # Influence: would one school change the answer?
 # ----------------------------------------------
 #
