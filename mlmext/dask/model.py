@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
 
-from ..base import caller_namespace
+from ..base import caller_namespace, drop_rank_deficient
 from ..frame import display_name
 from ..linalg import DenseFactor
 from ..lmm import LinearMixedModel
@@ -192,13 +193,18 @@ class DaskLinearMixedModel(LinearMixedModel):
                                  "unidentifiable")
         if des.nre >= n and len(des.terms) == 1:
             raise ValueError(f"the model has {des.nre} random effects for {n} observations")
-        X = sums["XtX"]
-        d = np.sqrt(np.maximum(np.diag(X), 1e-300))
-        ev = np.linalg.eigvalsh(X / np.outer(d, d))
-        if ev[0] <= 1e-12 * ev[-1]:
-            raise ValueError("the fixed-effects design is rank deficient on the data (columns "
-                             f"{self.exog_names}); drop the redundant columns (a Dask fit does "
-                             "not drop them as lme4 does)")
+        # the in-memory criterion (drop_rank_deficient) on a square root S of X'X: it reads
+        # the design only through X'X and the R of its QR, which S shares with X
+        e, V = np.linalg.eigh(sums["XtX"])
+        S = np.sqrt(np.clip(e, 0.0, None))[:, None] * V.T
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            kept = drop_rank_deficient(pd.DataFrame(S, columns=self.exog_names))
+        if kept.shape[1] < p:
+            dropped = [c for c in self.exog_names if c not in kept.columns]
+            raise ValueError(f"the fixed-effects design is rank deficient on the data (lme4 would "
+                             f"drop {dropped}); drop the redundant columns (a Dask fit does not "
+                             "drop them as lme4 does)")
         rz = sums["A_rr"].shape[0] - p - 1
         G = sums["A_rr"][rz:, rz:]
         rss = G[-1, -1] - G[-1, :-1] @ np.linalg.solve(G[:-1, :-1], G[:-1, -1])
