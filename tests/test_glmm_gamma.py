@@ -193,12 +193,6 @@ def test_inverse_gaussian_simulate(data):
     assert abs(z.var() - 1.0) < 0.05
 
 
-def test_profile_not_implemented(data):
-    res = fit_of("gamma_subject", data)
-    with pytest.raises(NotImplementedError, match="dispersion"):
-        res.conf_int(method="profile")
-
-
 def test_family_names(data):
     m = mf.glmer("rt ~ cond + (1 | subject)", data, family="Gamma")
     assert isinstance(m.family, sm.families.Gamma)

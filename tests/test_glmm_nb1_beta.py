@@ -243,12 +243,6 @@ def test_dense_system_for_negative_information(sal, bp):
     assert np.sum(nb.pirls.w < 0) > 0 and nb.pirls.extra.get("factor") is not None
 
 
-def test_profile_not_built(sal):
-    res = fit_of("nb1_salamanders", sal)
-    with pytest.raises(NotImplementedError, match=r"NB1 and beta GLMMs.*precision \(phi\)"):
-        res.conf_int(method="profile")
-
-
 # ------------------------------------------------------------------ the conditional models
 def _conditionals():
     from mlmext.glmm import BetaConditional, NB1Conditional

@@ -92,22 +92,6 @@ class ZeroInflatedResults(GLMMResults):
         return np.exp(eta)
 
     # -- what is not built for these models (rather than answers that ignore the zero part)
-    def conf_int(self, alpha=0.05, cols=None, method="wald", **kwargs):
-        """Wald (default) or bootstrap intervals of the count model's parameters, as
-        :meth:`mlmext.inference.InferenceMixin.conf_int`; profile intervals raise
-        ``NotImplementedError`` (the zero-inflation coefficients would have to be
-        re-optimized at every profile point)."""
-        if method == "profile":
-            self.profile()
-        return super().conf_int(alpha=alpha, cols=cols, method=method, **kwargs)
-
-    def profile(self, *args, **kwargs):
-        """Not implemented for zero-inflated / hurdle models (``NotImplementedError``)."""
-        raise NotImplementedError("likelihood profiles of zero-inflated / hurdle models are not "
-                                  "implemented (the zero-inflation coefficients are not "
-                                  "re-optimized along the profile); use the Wald intervals "
-                                  "(conf_int()) or conf_int(method='boot')")
-
     def _not_built(self, what):
         raise NotImplementedError(f"{what} is not implemented for zero-inflated / hurdle models "
                                   "(the count model's formulas would ignore the zero part)")

@@ -13,12 +13,15 @@ step) and how to minimize over the others:
   effects in closed form and over theta numerically (lme4's fixed-effect profiles);
 * :class:`~._profile_glmm.GLMMProfile` -- a GLMM on the (sd/cor, beta) scale: the model's own deviance at
   its ``nagq`` (Laplace or adaptive Gauss-Hermite), every other parameter re-optimized at
-  each point (lme4's GLMM ``devfun2``).  The negative binomial's alpha is held at its
-  estimate, as lme4's profile of a ``glmer.nb`` fit holds its theta.
+  each point (lme4's GLMM ``devfun2``).  The conditional model's own parameters (a
+  dispersion, zero-inflation coefficients) are re-optimized and profiled too, as glmmTMB
+  does; a ``glmer_nb`` fit's alpha is held at its estimate, as lme4's profile of a
+  ``glmer.nb`` fit holds its theta.
 """
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 
@@ -102,23 +105,32 @@ class _LMMProfile:
         return _bmin(f, _best_start(f, cands, lo, hi), lo, hi, sc)
 
 
+def _profile_objective(res, nb_alpha=None):
+    """The objective for a fitted model, or NotImplementedError naming what is supported.
 
-def _profile_objective(res):
-    """The objective for a fitted model, or NotImplementedError naming what is supported."""
+    ``nb_alpha``: for ``glmer_nb`` fits, ``"fixed"`` (None: lme4's) or ``"free"`` (glmmTMB's).
+    """
     r = _raw(res)
+    m = r.model
+    is_nb2 = _is_glmm(r) and getattr(m, "k_extra", 0) == 1 and m._extra_name == "alpha" \
+        and not hasattr(m, "exog_zi")
+    zi_nb = _is_glmm(r) and hasattr(m, "exog_zi") and bool(m._nb)
+    if nb_alpha is not None:
+        if not (is_nb2 or zi_nb):
+            raise TypeError("nb_alpha applies to the profiles of glmer_nb fits only; other "
+                            "families' own parameters are always re-optimized")
+        if nb_alpha not in ("fixed", "free"):
+            raise ValueError(f"nb_alpha must be 'fixed' (lme4's) or 'free' (glmmTMB's); "
+                             f"got {nb_alpha!r}")
+        if zi_nb and nb_alpha == "fixed":
+            raise NotImplementedError(
+                "nb_alpha='fixed' for a zero-inflated / hurdle negative binomial: its profile "
+                "re-optimizes alpha with the zero-inflation coefficients (glmmTMB's); holding "
+                "alpha at its estimate is not implemented (leave nb_alpha out)")
     if _is_lmm(r):
         return _LMMProfile(r)
     if _is_glmm(r):
-        if getattr(r.model, "_extra_name", "") in ("scale", "phi"):
-            # the GLMM profile holds the family's parameter at its estimate (as glmer.nb's):
-            # for the dispersion of a Gamma / inverse Gaussian model that understates the
-            # width; re-optimizing it at each point is not built
-            raise NotImplementedError(
-                "profile likelihood (profile(), conf_int(method='profile')) for Gamma, inverse "
-                "Gaussian, NB1 and beta GLMMs: the profile would have to re-optimize the "
-                f"family's dispersion or precision ({r.model._extra_name}) at each point, "
-                "which is not implemented; use the Wald intervals, conf_int(), or conf_int(method='boot')")
-        return GLMMProfile(r)
+        return GLMMProfile(r, free_extra=(nb_alpha == "free") if is_nb2 else None)
     raise NotImplementedError(
         "profile likelihood (profile(), conf_int(method='profile')) is implemented for linear "
         "and generalized linear mixed models (lmer, glmer, glmer_nb fits); this is a "
@@ -129,8 +141,8 @@ def _profile_objective(res):
 class _Profiler:
     """Profile zeta functions on lme4's scale (sd/cor[, sigma], beta), for any objective."""
 
-    def __init__(self, res):
-        self.obj = _profile_objective(res)
+    def __init__(self, res, nb_alpha=None):
+        self.obj = _profile_objective(res, nb_alpha)
         o = self.obj
         self.names, self.lme4_names, self.est = o.names, o.lme4_names, o.est
         self._starts = {}                 # per parameter: (value, optimum of the others)
@@ -141,6 +153,16 @@ class _Profiler:
 
     def context(self):
         return self.obj.context()
+
+    def report(self, w, x):
+        """Parameter w's value x on the scale the results report (a dispersion: exp of its log)."""
+        f = getattr(self.obj, "to_report", None)
+        return float(x) if f is None else f(w, x)
+
+    def internal(self, w, v):
+        """The inverse of :meth:`report`."""
+        f = getattr(self.obj, "from_report", None)
+        return float(v) if f is None else f(w, v)
 
     def bounds(self, w):
         return self.obj.lower[w], self.obj.upper[w]
@@ -213,7 +235,9 @@ class _Profiler:
             zs = np.array([q[1] for q in last])
             xs = np.array([q[0] for q in last])
             if np.all(np.diff(zs) > 0) or (above is not None and len(set(zs)) == len(zs)):
-                nxt = float(np.polyval(np.polyfit(zs - z, xs, len(zs) - 1), 0.0))
+                with warnings.catch_warnings():      # nearly flat zeta (NB's Poisson limit)
+                    warnings.simplefilter("ignore", np.exceptions.RankWarning)
+                    nxt = float(np.polyval(np.polyfit(zs - z, xs, len(zs) - 1), 0.0))
             else:                           # zeta not increasing outwards: go further
                 nxt = x + side * 2 * abs(x - pts[-2][0])
             if above is None:               # outwards, at most 10 times the last step

@@ -3,6 +3,13 @@
 At each profile point all other parameters are re-optimized, with the model's own deviance
 object (:class:`~mlmext.glmm.deviance.LaplaceDeviance`): the profile never touches the model
 or the fit.
+
+The conditional model's own parameters are coordinates too (glmmTMB's profiles): the
+dispersion of Gamma / inverse Gaussian models (``scale``), NB1's and beta's ``phi``, and the
+zero-inflation coefficients (``zi_...``) and NB2 ``alpha`` of zero-inflated / hurdle models,
+re-optimized at each point and profiled themselves -- a dispersion on the log scale inside
+(zeta is close to linear there), reported on the results' scale.  A plain ``glmer_nb`` fit
+keeps lme4's profile: alpha held at its estimate, not profiled (``free_extra=True`` frees it).
 """
 from __future__ import annotations
 
@@ -18,19 +25,51 @@ from ._profile_common import _best_start, _box_steps, _varpar_kinds, varpar_name
 __all__ = ["GLMMProfile"]
 
 
+def _extra_internal(r):
+    """The conditional model's own parameters at the estimates, as its deviance takes them
+    (log dispersion; zero-inflated: the zi coefficients then NB2's log alpha)."""
+    if hasattr(r, "_extra_internal"):
+        return np.asarray(r._extra_internal(), dtype=float)
+    return np.array([np.log(r._alpha)]) if r.model.k_extra else np.zeros(0)
+
+
 class GLMMProfile:
-    """A GLMM's deviance (Laplace or AGQ, as fitted) on the (sd/cor, beta) scale.
+    """A GLMM's deviance (Laplace or AGQ, as fitted) on the (sd/cor, [log dispersion], beta,
+    [zi]) scale.
 
     At each profile point all other parameters are re-optimized: by quasi-Newton steps
     started from the curvature at the estimate, with the exact Laplace gradient (the
     chain rule through the sd/cor -> theta map) or, for AGQ, central differences.
+
+    Parameters
+    ----------
+    res : GLMMResults
+    free_extra : bool, optional
+        Whether the conditional model's own parameters are coordinates (re-optimized and
+        profiled) or held at their estimates.  Default: held for a plain ``glmer_nb`` fit
+        (lme4's), free otherwise (glmmTMB's); zero-inflated models are always free.
     """
 
-    def __init__(self, res):
+    def __init__(self, res, free_extra=None):
         r = _raw(res)
         self.res = r
         m = r.model
         self.model = m
+        ex = _extra_internal(r)
+        zi = getattr(m, "exog_zi", None)
+        nz = 0 if zi is None else zi.shape[1]          # zero-inflation coefficients
+        nd = ex.size - nz                              # a log dispersion: 0 or 1
+        if free_extra is None:                         # lme4's glmer.nb holds its theta
+            free_extra = not (nd and nz == 0 and m._extra_name == "alpha")
+        if not free_extra and nz:
+            raise NotImplementedError("the profile of a zero-inflated / hurdle model re-optimizes "
+                                      "its zero-inflation coefficients: free_extra=False is not "
+                                      "implemented for it")
+        self.free_extra = bool(free_extra) and ex.size > 0
+        if not self.free_extra:
+            nd = 0
+        self.nd, self.nz = nd, nz
+        self.extra = np.zeros(0) if self.free_extra else ex    # held at the estimate
         # its own deviance: the profile's evaluations leave the model and the fit untouched
         self.objective = m.deviance()
         self.objective.warm_start = np.array(r._u, dtype=float)
@@ -38,19 +77,32 @@ class GLMMProfile:
         self.des = des
         self.nagq = int(getattr(r, "nagq", 1) or 1)
         self.nt, self.p = des.ntheta, int(m.k_fe)
-        self.extra = np.array([np.log(r._alpha)]) if m.k_extra else np.zeros(0)
         kinds = _varpar_kinds(r)
         self.nvp = len(kinds)
-        self.kinds = kinds + ["beta"] * self.p
+        # the profile's coordinates: sd/cor, log dispersion, beta, zero-inflation coefficients
+        self.kinds = kinds + ["disp"] * nd + ["beta"] * self.p + ["zi"] * nz
         self.scalar_only = all(t.q == 1 for t in des.terms)
         vp = sdcor_from_theta(des, r.theta, 1.0)
-        self.est = np.concatenate([vp, _beta(r)])
+        self.est = np.concatenate([vp, ex[nz:nz + nd], _beta(r), ex[:nz]])
         self.lower = np.array([0.0 if k == "sd" else (-1.0 if k == "cor" else -np.inf)
                                for k in self.kinds])
         self.upper = np.array([1.0 if k == "cor" else np.inf for k in self.kinds])
-        self.names = varpar_names(r) + _fe_names(r)
-        self.lme4_names = varpar_names(r, "lme4") + _fe_names(r)
+        # a log dispersion within e^{+-30} of its estimate, a zi coefficient within +-30 (NB's
+        # alpha -> 0 is the Poisson limit, a zi intercept -> -inf no zero inflation, where
+        # the deviance stays finite: the profile may end there, one-sided)
+        jd = np.flatnonzero(np.isin(self.kinds, ["disp", "zi"]))
+        self.lower[jd], self.upper[jd] = self.est[jd] - 30.0, self.est[jd] + 30.0
+        extra_names = [m._extra_name] * nd + [f"zi_{n}" for n in getattr(m, "exog_zi_names", [])]
+        vpn, vpl = varpar_names(r), varpar_names(r, "lme4")
+        fe = _fe_names(r)
+        self.names = vpn + extra_names[:nd] + fe + extra_names[nd:]
+        self.lme4_names = vpl + extra_names[:nd] + fe + extra_names[nd:]
         self.se_beta = r.bse_fe.to_numpy()
+        self._ib = np.arange(self.nvp + nd, self.nvp + nd + self.p)     # beta's positions
+        # the model's (theta, beta, extra = [zi, log dispersion]) gradient -> the profile's order
+        o = self.nt + self.p
+        self._from_model = np.concatenate([o + nz + np.arange(nd), self.nt + np.arange(self.p),
+                                           o + np.arange(nz)])
         self._dense_rows = des.nre - des.blocks[0].nre + self.p + 1
         self.nfev = 0
         with self.context():
@@ -76,13 +128,34 @@ class GLMMProfile:
     def context(self):
         return blas_threads(self._dense_rows)
 
+    # -- what is reported: a dispersion on the results' scale (exp of its log); at the
+    # profile's bounds the limit there (0 or inf; a zi coefficient -inf or inf)
+    def to_report(self, w, x):
+        k = self.kinds[w]
+        if k not in ("disp", "zi"):
+            return x
+        if x <= self.lower[w]:
+            return 0.0 if k == "disp" else -np.inf
+        if x >= self.upper[w]:
+            return np.inf
+        return float(np.exp(x)) if k == "disp" else x
+
+    def from_report(self, w, v):
+        if self.kinds[w] != "disp":
+            return v
+        if not v > 0:
+            raise ValueError(f"{self.names[w]} must be positive; got {v}")
+        return float(np.log(v))
+
     # -- the deviance and its gradient on the (sd/cor, beta) scale
     def _model_params(self, pv):
-        theta = theta_from_sdcor(self.des, pv[:self.nvp], 1.0)
-        return np.concatenate([theta, pv[self.nvp:], self.extra])
+        nvp, nd, p = self.nvp, self.nd, self.p
+        theta = theta_from_sdcor(self.des, pv[:nvp], 1.0)
+        b0 = nvp + nd
+        return np.concatenate([theta, pv[b0:b0 + p], pv[b0 + p:], pv[nvp:b0], self.extra])
 
     def dev(self, pv):
-        """-2 log-likelihood (the model's, at its nagq) at (sd/cor, beta); alpha held fixed."""
+        """-2 log-likelihood (the model's, at its nagq) at the profile's coordinates."""
         self.nfev += 1
         try:
             with np.errstate(all="ignore"):
@@ -126,10 +199,10 @@ class GLMMProfile:
                 ll = -np.inf
             if not np.isfinite(ll):
                 return np.inf, np.zeros(len(idx))
-            gt, gb = g[:self.nt], g[self.nt:self.nt + self.p]
+            gt = g[:self.nt]
             J = self._theta_jac(pv)
             gv = gt if J is None else J.T @ gt
-            return -2.0 * ll, -2.0 * np.concatenate([gv, gb])[idx]
+            return -2.0 * ll, -2.0 * np.concatenate([gv, g[self._from_model]])[idx]
         f0 = self.dev(pv)
         if not np.isfinite(f0):
             return np.inf, np.zeros(len(idx))
@@ -213,7 +286,9 @@ class GLMMProfile:
         se = self.se[w]
         k, v = self.kinds[w], self.est[w]
         if k == "beta":
-            return se if np.isfinite(se) and se > 0 else self.se_beta[w - self.nvp]
+            return se if np.isfinite(se) and se > 0 else self.se_beta[w - self._ib[0]]
+        if k in ("disp", "zi"):
+            return se if np.isfinite(se) and se > 0 else 0.2
         if k == "cor":
             return min(se, 0.2) if np.isfinite(se) and se > 0 else 0.1
         cap = max(abs(v), 0.25)

@@ -31,14 +31,14 @@ CI_COLUMNS = [0, 1]
 
 
 @contextlib.contextmanager
-def _profiling(res):
+def _profiling(res, nb_alpha=None):
     """A profiler for ``res``, run with the fit's BLAS threading (it has its own deviance)."""
-    pr = _Profiler(res)
+    pr = _Profiler(res, nb_alpha)
     with pr.context():
         yield pr
 
 
-def conf_int_profile(res, alpha=0.05, cols=None, names="descriptive"):
+def conf_int_profile(res, alpha=0.05, cols=None, names="descriptive", nb_alpha=None):
     """Profile-likelihood confidence intervals (lme4's ``confint(method = "profile")``).
 
     For each parameter, the deviance minimized over all other parameters is computed with
@@ -53,8 +53,14 @@ def conf_int_profile(res, alpha=0.05, cols=None, names="descriptive"):
     * GLMMs (``glmer``, ``glmer_nb``): the deviance is the fit's own -- Laplace, or
       adaptive Gauss-Hermite for ``nagq > 1`` -- and every other variance parameter and
       fixed effect is re-optimized at each profile point (lme4's ``devfun2``).  There is no
-      ``sigma``.  For ``glmer_nb`` fits the dispersion ``alpha`` is held at its estimate
-      and not profiled, as lme4 holds ``glmer.nb``'s theta.
+      ``sigma``.  The family's own parameter is re-optimized at each point and profiled
+      itself, as glmmTMB does: ``scale`` (Gamma, inverse Gaussian), ``phi`` (NB1, beta;
+      glmmTMB's ``sigma``), and for zero-inflated / hurdle models the zero-inflation
+      coefficients ``zi_...`` and NB2's ``alpha`` -- a dispersion profiled on its log scale
+      and reported on its own (the interval is the same: zeta is invariant under monotone
+      transformations).  For ``glmer_nb`` fits the dispersion ``alpha`` is held at its
+      estimate and not profiled, as lme4 holds ``glmer.nb``'s theta, unless
+      ``nb_alpha="free"``.
 
     clmm fits raise ``NotImplementedError``.
 
@@ -67,25 +73,34 @@ def conf_int_profile(res, alpha=0.05, cols=None, names="descriptive"):
         Parameters to profile (names as in the output, or positions); all by default.
     names : {"descriptive", "lme4"}
         Row names, see :func:`varpar_names`.
+    nb_alpha : {None, "fixed", "free"}
+        ``glmer_nb`` fits only: ``"fixed"`` (the default, lme4's) holds alpha at its
+        estimate; ``"free"`` re-optimizes it at each point and adds a row for it (glmmTMB's
+        profile of ``nbinom2``).  Other models: ``TypeError``.
 
     Returns
     -------
     pandas.DataFrame
-        Rows: variance parameters (``sd_...``, ``cor_...``, LMMs: ``sigma``) then fixed
-        effects; columns ``0`` (lower) and ``1`` (upper) as statsmodels'; ``attrs["boundary"]`` lists the (row, side)
-        pairs where the profile reached a parameter bound (SD 0, correlation +-1) before the
-        cutoff: those intervals are one-sided and end at the bound (an SD's lower limit is
-        then 0, as lme4 reports it).
+        Rows: variance parameters (``sd_...``, ``cor_...``, LMMs: ``sigma``), the family's
+        dispersion (``scale``, ``phi`` or ``alpha``), the fixed effects, then zero-inflation
+        coefficients; columns ``0`` (lower) and ``1`` (upper) as statsmodels';
+        ``attrs["boundary"]`` lists the (row, side) pairs where the profile reached a
+        parameter bound (SD 0, correlation +-1) before the cutoff: those intervals are
+        one-sided and end at the bound (an SD's lower limit is then 0, as lme4 reports it).
+        A dispersion or zero-inflation coefficient whose profile stays below the cutoff
+        within a factor e^30 (30 on the logit scale) of its estimate -- NB's alpha towards
+        the Poisson limit, a zero-inflation intercept towards no zero inflation -- gets the
+        limit 0 (dispersion) or -inf / inf there (glmmTMB reports NA).
     """
     z = stats.norm.ppf(1 - alpha / 2)
-    with _profiling(res) as pr:
+    with _profiling(res, nb_alpha) as pr:
         idx = _select(pr.names, cols) if not (cols is not None and names == "lme4") else \
             _select(pr.lme4_names, cols)
         rows, boundary = [], []
         for w in idx:
             lo, blo = pr.limit(w, -1, z)
             hi, bhi = pr.limit(w, +1, z)
-            rows.append((lo, hi))
+            rows.append((pr.report(w, lo), pr.report(w, hi)))
             if blo:
                 boundary.append((pr.names[w], "lower"))
             if bhi:
@@ -100,7 +115,7 @@ def conf_int_profile(res, alpha=0.05, cols=None, names="descriptive"):
     return out
 
 
-def profile(res, cols=None, alpha=0.01, npoints=6, names="descriptive"):
+def profile(res, cols=None, alpha=0.01, npoints=6, names="descriptive", nb_alpha=None):
     """Profile zeta traces (lme4's ``profile``), for plotting and checking.
 
     LMMs and GLMMs, with the profiles of :func:`conf_int_profile`.
@@ -117,38 +132,43 @@ def profile(res, cols=None, alpha=0.01, npoints=6, names="descriptive"):
         Points per side.
     names : {"descriptive", "lme4"}
         Parameter names, see :func:`varpar_names`.
+    nb_alpha : {None, "fixed", "free"}
+        As :func:`conf_int_profile`.
 
     Returns
     -------
     pandas.DataFrame
         Long format: ``parameter``, ``value``, ``zeta`` (sorted by parameter and value);
-        one row per parameter at its estimate, with zeta 0.
+        one row per parameter at its estimate, with zeta 0.  A dispersion's points are
+        equally spaced on its log scale.
     """
     z = stats.norm.ppf(1 - alpha / 2)
-    with _profiling(res) as pr:
+    with _profiling(res, nb_alpha) as pr:
         labels = pr.lme4_names if names == "lme4" else pr.names
         idx = _select(labels, cols)
         rows = []
         for w in idx:
-            rows.append((labels[w], pr.est[w], 0.0))
+            rows.append((labels[w], pr.report(w, pr.est[w]), 0.0))
             for side in (-1, 1):
                 lim, _ = pr.limit(w, side, z)
                 for x in np.linspace(pr.est[w], lim, npoints + 1)[1:]:
                     if x != pr.est[w]:
-                        rows.append((labels[w], x, pr.zeta(w, x)))
+                        rows.append((labels[w], pr.report(w, x), pr.zeta(w, x)))
     out = pd.DataFrame(rows, columns=["parameter", "value", "zeta"])
     return out.sort_values(["parameter", "value"], kind="stable").reset_index(drop=True)
 
 
-def profile_zeta(res, param, values):
+def profile_zeta(res, param, values, nb_alpha=None):
     """zeta of the profile of one parameter at given values (lme4's ``.zeta``).
 
-    ``param`` is a name (descriptive or lme4's ``.sig01``) or a position.
+    ``param`` is a name (descriptive or lme4's ``.sig01``) or a position; ``values`` are
+    on the scale of :func:`conf_int_profile` (a dispersion on its own, positive, scale);
+    ``nb_alpha`` as there.
     """
-    with _profiling(res) as pr:
+    with _profiling(res, nb_alpha) as pr:
         w = _select(pr.names, param)[0] if not str(param).startswith(".") else \
             _select(pr.lme4_names, param)[0]
-        return np.array([pr.zeta(w, float(x)) for x in np.atleast_1d(values)])
+        return np.array([pr.zeta(w, pr.internal(w, float(x))) for x in np.atleast_1d(values)])
 
 
 def _boot_statistic(r, names="descriptive"):

@@ -177,7 +177,7 @@ class InferenceMixin:
         return t_test_ddf(self, r_matrix, df)
 
     def conf_int(self, alpha=0.05, cols=None, method="wald", nsim=500, seed=None,
-                 boot_type="perc", progress=False, names="descriptive"):
+                 boot_type="perc", progress=False, names="descriptive", nb_alpha=None):
         """Confidence intervals for the fixed effects, and variance parameters.
 
         Parameters
@@ -195,7 +195,9 @@ class InferenceMixin:
             ``"profile"``: profile-likelihood intervals (lme4's
             ``confint(method = "profile")``, see :func:`conf_int_profile`) for LMMs (the
             profile of the ML fit) and GLMMs (the fit's own Laplace or adaptive
-            Gauss-Hermite deviance; ``glmer_nb``: alpha held at its estimate); not for clmm.
+            Gauss-Hermite deviance; a family's dispersion and zero-inflation coefficients
+            re-optimized and profiled as in glmmTMB; ``glmer_nb``: alpha held at its
+            estimate as in lme4, see ``nb_alpha``); not for clmm.
             ``"boot"``: parametric bootstrap (:func:`conf_int_boot`).
         nsim, seed, boot_type, progress
             Bootstrap settings: replicates, seed, ``"perc"``/``"basic"``/``"norm"``,
@@ -203,6 +205,10 @@ class InferenceMixin:
         names : {"descriptive", "lme4"}
             Row names of the variance parameters: ``sd_Days|Subject``,
             ``cor_Days.Intercept|Subject``, ``sigma`` -- or lme4's ``.sig01``, ``.sigma``.
+        nb_alpha : {None, "fixed", "free"}
+            Profile intervals of ``glmer_nb`` fits: alpha held at its estimate
+            (``"fixed"``, the default: lme4's) or re-optimized and profiled (``"free"``:
+            glmmTMB's); ``TypeError`` for other models and methods.
 
         Returns
         -------
@@ -216,16 +222,18 @@ class InferenceMixin:
             ``attrs["boundary"]`` (profile).
         """
         m = str(method).lower()
+        if nb_alpha is not None and m != "profile":
+            raise TypeError(f"nb_alpha applies to method='profile' only (got method={method!r})")
         if m == "wald":
             return _wald_conf_int(self, alpha, cols)
         if m == "profile":
-            return conf_int_profile(self, alpha=alpha, cols=cols, names=names)
+            return conf_int_profile(self, alpha=alpha, cols=cols, names=names, nb_alpha=nb_alpha)
         if m in ("boot", "bootstrap"):
             return conf_int_boot(self, alpha=alpha, cols=cols, nsim=nsim, seed=seed,
                                  boot_type=boot_type, progress=progress, names=names)
         raise ValueError(f"unknown method {method!r}; use 'wald', 'profile' or 'boot'")
 
-    def profile(self, cols=None, alpha=0.01, npoints=6, names="descriptive"):
+    def profile(self, cols=None, alpha=0.01, npoints=6, names="descriptive", nb_alpha=None):
         """Profile zeta traces (lme4's ``profile``) for LMMs and GLMMs.
 
         Parameters
@@ -237,6 +245,9 @@ class InferenceMixin:
         npoints : int
             Points per side.
         names : {"descriptive", "lme4"}
+        nb_alpha : {None, "fixed", "free"}
+            ``glmer_nb`` fits: alpha held at its estimate (lme4's, the default) or
+            re-optimized and profiled (glmmTMB's); see :meth:`conf_int`.
 
         Returns
         -------
@@ -244,7 +255,8 @@ class InferenceMixin:
             ``parameter``, ``value``, ``zeta``; :func:`mlmext.plots.profile` draws it.
             See :func:`mlmext.inference.profile`.
         """
-        return profile(self, cols=cols, alpha=alpha, npoints=npoints, names=names)
+        return profile(self, cols=cols, alpha=alpha, npoints=npoints, names=names,
+                       nb_alpha=nb_alpha)
 
     def bootstrap(self, func=None, nsim=100, seed=None, re=True, progress=False):
         """Parametric bootstrap replicates; see :func:`mlmext.inference.bootstrap`."""
