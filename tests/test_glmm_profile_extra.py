@@ -220,3 +220,17 @@ def test_arguments():
         lmm.profile(nb_alpha="free")
     with pytest.raises(NotImplementedError, match="Laplace"):     # no AGQ for zi models
         _model("zip_int").fit(nagq=3)
+
+
+def test_trace_to_a_bound_and_results_unchanged():
+    """The zi intercept's trace ends at the profile's bound (30 below the estimate on the logit
+    scale), with finite values; profiling leaves the fit as it was."""
+    sal = read_data("salamanders.csv")
+    zinb = mf.glmer_nb("count ~ mined + (1 | site)", sal, ziformula="~ 1").fit()
+    before = (zinb.llf, zinb.alpha, zinb.zi_params.copy(), zinb.params.copy())
+    tr = zinb.profile(cols=["zi_Intercept"], npoints=2)
+    assert np.all(np.isfinite(tr["value"])) and np.all(np.isfinite(tr["zeta"]))
+    assert tr["value"].min() == pytest.approx(zinb.zi_params.iloc[0] - 30.0, abs=1e-6)
+    assert -1.96 < tr["zeta"].min() < 0
+    assert (zinb.llf, zinb.alpha) == before[:2]
+    assert zinb.zi_params.equals(before[2]) and zinb.params.equals(before[3])

@@ -154,10 +154,12 @@ class _Profiler:
     def context(self):
         return self.obj.context()
 
-    def report(self, w, x):
-        """Parameter w's value x on the scale the results report (a dispersion: exp of its log)."""
+    def report(self, w, x, limit=False):
+        """Parameter w's value x on the scale the results report (a dispersion: exp of its log);
+        ``limit``: x is an interval's end (at a dispersion's or zi coefficient's bound: the
+        limit there, 0 or +-inf)."""
         f = getattr(self.obj, "to_report", None)
-        return float(x) if f is None else f(w, x)
+        return float(x) if f is None else f(w, x, limit)
 
     def internal(self, w, v):
         """The inverse of :meth:`report`."""

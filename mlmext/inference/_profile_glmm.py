@@ -128,12 +128,14 @@ class GLMMProfile:
     def context(self):
         return blas_threads(self._dense_rows)
 
-    # -- what is reported: a dispersion on the results' scale (exp of its log); at the
-    # profile's bounds the limit there (0 or inf; a zi coefficient -inf or inf)
-    def to_report(self, w, x):
+    # -- what is reported: a dispersion on the results' scale (exp of its log); an interval's
+    # end at the profile's bounds is the limit there (0 or inf; a zi coefficient -inf or inf)
+    def to_report(self, w, x, limit=False):
         k = self.kinds[w]
         if k not in ("disp", "zi"):
             return x
+        if not limit:
+            return float(np.exp(x)) if k == "disp" else x
         if x <= self.lower[w]:
             return 0.0 if k == "disp" else -np.inf
         if x >= self.upper[w]:

@@ -100,7 +100,7 @@ def conf_int_profile(res, alpha=0.05, cols=None, names="descriptive", nb_alpha=N
         for w in idx:
             lo, blo = pr.limit(w, -1, z)
             hi, bhi = pr.limit(w, +1, z)
-            rows.append((pr.report(w, lo), pr.report(w, hi)))
+            rows.append((pr.report(w, lo, limit=True), pr.report(w, hi, limit=True)))
             if blo:
                 boundary.append((pr.names[w], "lower"))
             if bhi:
