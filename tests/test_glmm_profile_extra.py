@@ -10,15 +10,20 @@ transformed interval).  ``tight``: the root of the profile found in R with uniro
 and nlminb(rel.tol = 1e-14) over the other parameters of glmmTMB's objective -- the quantity
 mlmext computes, to ~1e-8.
 
+Where glmmTMB has no end (NA: the profile stays below the cutoff -- the hurdle NB2's SD down to
+0, the ZINB's zi slope towards -inf) mlmext's interval is one-sided, ending at the bound (0,
+-inf) and listed in ``attrs["boundary"]``.
+
 Tolerance: each endpoint within 1e-5 of the parameter's standard error (glmmTMB's, on its
 internal scale) of the tight root.  The endpoints are roots of zeta(x) = +-1.96, whose slope is
 about 1 / SE, so an error e in the deviance moves an endpoint by about e / (2 z) SE: mlmext's
 inner minimizations (Newton decrement 1e-9, so e ~ 5e-10) and R's (nlminb rel.tol 1e-14) put
-both roots within ~1e-9 SE of the exact one; the agreement reached is 8e-9 SE (2e-9 relative),
-and 1e-5 SE leaves room for other BLAS / platforms while staying far inside the project's
+both roots within ~1e-9 SE of the exact one; the agreement reached is 2e-8 SE (5e-7 SE for the
+ZINB, whose zi slope runs off towards -inf along some profiles), and 1e-5 SE leaves room for other BLAS / platforms while staying far inside the project's
 0.002 SE.  glmmTMB's default ``uniroot`` method (uniroot's tol 1.2e-4 on the parameter) is
 within 2.2e-4 SE (checked at 1e-3 SE), its ``profile`` method (a spline through a grid of
-profile points) within 2e-3 SE (checked at 5e-3 SE).
+profile points) within 2e-3 SE (checked at 5e-3 SE) except in one case where it is wrong
+(``SPLINE_OFF``).
 """
 import warnings
 
@@ -47,13 +52,20 @@ def _model(name):
         return mf.glmer_nb(f, sal, information="observed")
     hurdle = ref["family"].startswith("truncated")
     zf = ref["ziformula"]
+    if ref["family"].endswith("nbinom2"):
+        return mf.glmer_nb(f, sal, ziformula=zf, hurdle=hurdle)
     return mf.glmer(f, sal, family="poisson", ziformula=zf, hurdle=hurdle)
 
 
 # glmmTMB's betad -> mlmext's dispersion: (sign of the log, name)
 DISP = {"gamma_subject": (-1, "scale"), "nb1_mined": (1, "phi"), "beta_g": (1, "phi"),
-        "nb2_mined": (-1, "alpha")}
-CASES = ["gamma_subject", "nb1_mined", "beta_g", "zip_int", "hurdle_pois", "nb2_mined"]
+        "nb2_mined": (-1, "alpha"), "hurdle_nb": (-1, "alpha"), "zinb_mined": (-1, "alpha")}
+CASES = ["gamma_subject", "nb1_mined", "beta_g", "zip_int", "hurdle_pois", "nb2_mined",
+         "hurdle_nb", "zinb_mined"]
+# glmmTMB's confint(method = "profile") is wrong here: the ZINB's zi slope jumps towards -inf
+# along alpha's profile and the spline through tmbprofile's points puts alpha's upper limit at
+# 2.58 (1.3 SE out); zeta there is 4.7 (its own uniroot method and the tight root: 1.728, ours)
+SPLINE_OFF = {("zinb_mined", "alpha")}
 _FITS = {}
 
 
@@ -70,7 +82,9 @@ def _expected(name, p):
     ref = load_ref(SUBDIR, name)
     se = ref["se_internal"][p["name"]]
     kind = p["kind"]
-    tr = {m: np.array(p[m], dtype=float) for m in ("tight", "uniroot", "profile")}
+    # (null: glmmTMB's NA, no end within its search range)
+    tr = {m: np.array([np.nan if v is None else v for v in p[m]], dtype=float)
+          for m in ("tight", "uniroot", "profile")}
     if kind == "beta":
         row = norm(p["name"])
     elif kind == "zi":
@@ -80,16 +94,19 @@ def _expected(name, p):
         tr = {m: np.exp(v) for m, v in tr.items()}
     else:
         sign, row = DISP[name]
-        tr = {m: np.sort(np.exp(sign * v)) for m, v in tr.items()}
+        tr = {m: np.exp(sign * v)[::sign] for m, v in tr.items()}
     return row, tr, se, kind
 
 
-def _row(ci, row):
+def _label(ci, row):
     if row == "sd":
         [k] = [k for k in ci.index if k.startswith("sd_")]
-        return ci.loc[k].to_numpy()
-    mine = {norm(k): k for k in ci.index}
-    return ci.loc[mine[row]].to_numpy()
+        return k
+    return {norm(k): k for k in ci.index}[row]
+
+
+def _row(ci, row):
+    return ci.loc[_label(ci, row)].to_numpy()
 
 
 def _in_se(ours, theirs, kind, se):
@@ -106,14 +123,30 @@ def test_against_glmmtmb(name):
     assert res.llf == pytest.approx(ref["loglik"], abs=1e-6)          # the same optimum
     kw = {"nb_alpha": "free"} if name == "nb2_mined" else {}
     ci = res.conf_int(method="profile", **kw)
-    assert not ci.attrs["boundary"]
     assert len(ci) == len(ref["params"])          # every parameter glmmTMB profiles, no other
+    one_sided = set()
     for p in ref["params"]:
         row, want, se, kind = _expected(name, p)
         got = _row(ci, row)
+        na = np.isnan(want["tight"])
+        if na.any():
+            # glmmTMB: NA (the profile stays below the cutoff within 7 SE); mlmext: the limit
+            # at the parameter's bound, a one-sided interval
+            [side] = np.flatnonzero(na)
+            assert side == 0 and got[0] == {"log_sd": 0.0, "zi": -np.inf}[kind], (row, got)
+            assert np.all(np.isnan(want["uniroot"][na]))
+            one_sided.add(_label(ci, row))
+            got, want = got[~na], {m: v[~na] for m, v in want.items()}
         assert np.all(_in_se(got, want["tight"], kind, se) < 1e-5), (row, got, want["tight"])
         assert np.all(_in_se(got, want["uniroot"], kind, se) < 1e-3), (row, got, want["uniroot"])
-        assert np.all(_in_se(got, want["profile"], kind, se) < 5e-3), (row, got, want["profile"])
+        # glmmTMB's spline: NA where its profile had NA points (an error, kept in the file)
+        ok = np.isfinite(want["profile"])
+        off = _in_se(got[ok], want["profile"][ok], kind, se)
+        if (name, row) in SPLINE_OFF:
+            assert np.max(off) > 0.5, (row, got, want["profile"])
+        else:
+            assert np.all(off < 5e-3), (row, got, want["profile"])
+    assert {r for r, _ in ci.attrs["boundary"]} == one_sided
 
 
 # ------------------------------------------------------------------ independent checks

@@ -19,7 +19,7 @@
 ## the quantity mlmext computes; the tests compare with it closely, with the others loosely.
 ##
 ## Cases (data written by other scripts, read back): gamma_subject (gammart), nb1_mined,
-## zip_int, hurdle_pois and nb2_mined (salamanders), beta_g (betaprop).  nb2_mined is
+## zip_int, hurdle_pois, nb2_mined, hurdle_nb and zinb_mined (salamanders), beta_g (betaprop).  nb2_mined is
 ## mlmext's glmer_nb(..., information="observed") profiled with nb_alpha="free".  glmmTMB has no inverse Gaussian
 ## family: no case here.
 ##
@@ -65,13 +65,19 @@ tight_root <- function(fit, i, level = 0.95) {
   target <- 0.5 * qchisq(level, 1)
   side <- function(d) {
     start <<- par0[-i]
-    uniroot(function(x) prof(x) - v0 - target, sort(par0[[i]] + c(0, d * 7 * sd0)),
-            tol = 1e-10)$root
+    far <- par0[[i]] + d * 7 * sd0
+    if (!(prof(far) - v0 - target > 0)) return(NA_real_)   # no end within 7 SE (as glmmTMB: NA)
+    start <<- par0[-i]
+    uniroot(function(x) prof(x) - v0 - target, sort(c(par0[[i]], far)), tol = 1e-10)$root
   }
   c(side(-1), side(1))
 }
 
+## Rscript glmm_profile_extra_reference.R NAME ...: only those cases (all by default)
+ONLY <- commandArgs(trailingOnly = TRUE)
+
 case <- function(name, formula, data, family, zi = NULL, note = NULL) {
+  if (length(ONLY) && !name %in% ONLY) return(invisible(NULL))
   call_txt <- sprintf("glmmTMB::glmmTMB(%s, %sdata = %s, family = %s, control = %s)", formula,
                       if (is.null(zi)) "" else sprintf("ziformula = %s, ", zi), data, family,
                       TMB_CTRL)
@@ -83,16 +89,22 @@ case <- function(name, formula, data, family, zi = NULL, note = NULL) {
   kinds <- kinds_of(fit)
   full <- rownames(vcov(fit, full = TRUE))
   est <- fit$obj$env$last.par.best[-fit$obj$env$random]
-  t_prof <- system.time(ci_prof <- confint(fit, method = "profile", full = TRUE,
-                                           parm = seq_along(kinds), estimate = FALSE))[["elapsed"]]
-  t_root <- system.time(ci_root <- confint(fit, method = "uniroot", full = TRUE,
-                                           parm = seq_along(kinds), estimate = FALSE))[["elapsed"]]
+  ## one parameter at a time: glmmTMB's spline fails (an error) where a profile has NA points
+  errors <- character(0)
+  ci_of <- function(method) t(vapply(seq_along(kinds), function(i) tryCatch(
+    unname(confint(fit, method = method, full = TRUE, parm = i, estimate = FALSE)[1, 1:2]),
+    error = function(e) {
+      errors <<- c(errors, sprintf("%s, %s: %s", method, full[i], conditionMessage(e)))
+      c(NA_real_, NA_real_)
+    }), numeric(2)))
+  t_prof <- system.time(ci_prof <- ci_of("profile"))[["elapsed"]]
+  t_root <- system.time(ci_root <- ci_of("uniroot"))[["elapsed"]]
   tight <- lapply(seq_along(kinds), function(i) tight_root(fit, i))
   fe <- fixef(fit)
   out <- list(
     name = name, r_call = call_txt, formula = formula, ziformula = zi, family = family,
     data = paste0(data, ".csv"), notes = I(as.character(note)),
-    warnings = I(unique(res$warnings)), r_fit_seconds = res$seconds,
+    warnings = I(unique(res$warnings)), glmmTMB_errors = I(errors), r_fit_seconds = res$seconds,
     r_profile_seconds = t_prof, r_uniroot_seconds = t_root,
     optimizer_message = fit$fit$message, max_grad = max(abs(fit$sdr$gradient.fixed)),
     loglik = as.numeric(logLik(fit)), fixef = as.list(fe$cond),
@@ -123,3 +135,9 @@ case("hurdle_pois", "count ~ mined + (1 | site)", "salamanders", "truncated_pois
      zi = "~ mined")
 case("nb2_mined", "count ~ mined + (1 | site)", "salamanders", "nbinom2",
      note = "betad = log theta: mlmext's alpha = 1 / sigma() = exp(-betad), the interval reversed")
+## zero-inflated / hurdle NB2: log theta and the zi coefficients both free; one end each is NA
+## (hurdle: the SD's profile reaches SD = 0 below the cutoff; ZINB: the zi slope's stays below it
+## towards -inf), where mlmext reports a one-sided interval (0, -inf)
+case("hurdle_nb", "count ~ mined + (1 | site)", "salamanders", "truncated_nbinom2",
+     zi = "~ mined")
+case("zinb_mined", "count ~ mined + (1 | site)", "salamanders", "nbinom2", zi = "~ mined")
