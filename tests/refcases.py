@@ -20,7 +20,9 @@ def read_data(name):
     base = os.path.join(DATA, name[:-4] if name.endswith(".csv") else name)
     lv = base + ".levels.json"
     if os.path.exists(lv):
-        for col, spec in json.load(open(lv)).items():
+        with open(lv) as fh:
+            levels_spec = json.load(fh)
+        for col, spec in levels_spec.items():
             levels = [str(v) for v in spec["levels"]]
             ordered = bool(spec.get("ordered", [False])[0])
             df[col] = pd.Categorical(df[col].astype(str), categories=levels, ordered=ordered)

@@ -11,24 +11,19 @@ import json
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import mlmext
 import mlmext.inference
 from mlmext.formula import api as mf
+from refcases import read_data
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REF = os.path.join(HERE, "reference", "corr")
 
 
 def _data(name):
-    df = pd.read_csv(os.path.join(HERE, "data", name + ".csv"))
-    lv = os.path.join(HERE, "data", name + ".levels.json")
-    if os.path.exists(lv):
-        for col, spec in json.load(open(lv)).items():
-            df[col] = pd.Categorical(df[col].astype(str), categories=[str(x) for x in spec["levels"]])
-    return df
+    return read_data(name + ".csv")
 
 
 CASES = {
@@ -56,7 +51,8 @@ def _fit(case, reml):
 
 
 def _ref(case, reml):
-    return json.load(open(os.path.join(REF, f"{case}_{'reml' if reml else 'ml'}.json")))
+    with open(os.path.join(REF, f"{case}_{'reml' if reml else 'ml'}.json")) as fh:
+        return json.load(fh)
 
 
 def _r_name(name):
