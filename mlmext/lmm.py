@@ -57,7 +57,7 @@ def _one_block_criterion(cross, nu, reml):
     q = A.shape[1]
     diag = np.arange(q)
 
-    def parts(lam):
+    def crit(lam):
         # per level: S = G - sum_g T_g' M_g^-1 T_g with T_g = Lambda' C_g; by component, so
         # each step is an operation on (m, p + 1) arrays (no stacks of tiny matrix products)
         M = sandwich(A, lam, lam)
@@ -71,41 +71,11 @@ def _one_block_criterion(cross, nu, reml):
                 S -= U.T @ T[a]
             L = np.linalg.cholesky(S)
         except np.linalg.LinAlgError:
-            return np.inf, np.nan
+            return np.inf
         d = np.diagonal(L)
         ld = logdet + (2.0 * np.log(d[:-1]).sum() if reml else 0.0)
-        return ld, d[-1] ** 2
-
-    def crit(lam):
-        ld, r2 = parts(lam)
-        return ld + nu * np.log(r2) if np.isfinite(ld) else np.inf
-
-    # the residual variance of the block-alone model (its sigma^2 estimate) at lam
-    crit.sigma2 = lambda lam: parts(lam)[1] / nu
+        return ld + nu * np.log(d[-1] ** 2)
     return crit
-
-
-def _pooled_start(fits, start):
-    """A second start from the block-alone fits: each block's variance added back to the
-    others' residuals (crossed factors' models put the other factors' variance there), or None.
-
-    ``fits``: per block ``(theta indices, its theta, the block-alone model's residual
-    variance, the block's mean per-row ``z z'``, the block's Lambda)``.  Each block alone
-    estimates ``sigma_b^2 = sigma^2 + sum_{c != b} v_c`` with ``v_c = sigma_c^2
-    tr(Lambda_c Lambda_c' mean(z z'))`` the variance block c adds to a row; the mean of
-    ``sigma_b^2 - sum_{c != b} v_c`` estimates sigma^2, and each block's Lambda scales by
-    ``sigma_b / sigma``.  A moment argument for crossed factors only: the caller keeps
-    whichever start has the lower deviance.
-    """
-    v = np.array([s2 * np.trace(lam @ lam.T @ zz) for _, _, s2, zz, lam in fits])
-    s2b = np.array([f[2] for f in fits])
-    s2 = float(np.mean(s2b - (v.sum() - v)))
-    if not (np.all(np.isfinite(v)) and np.isfinite(s2) and s2 > 0.05 * s2b.min()):
-        return None
-    alt = start.copy()
-    for (idx, x, s2_b, _, _) in fits:
-        alt[idx] = x * np.sqrt(s2_b / s2)
-    return alt
 
 
 class LinearMixedModel(MixedModel):
@@ -287,8 +257,6 @@ class LinearMixedModel(MixedModel):
         deviance's curvature: the one-factor problems cost O(levels) per
         evaluation, and the start and scaling (the factors' curvatures differ by
         orders of magnitude) cut the joint iterations from ~20 to ~7 on InstEval.
-        The third value is a second start pooled from the block-alone fits
-        (:func:`_pooled_start`, or None); :meth:`fit` keeps the lower of the two.
         """
         des = self.re_design
         units = des.theta_units()            # lme4's start and unit steps in the predictors' units
@@ -296,12 +264,10 @@ class LinearMixedModel(MixedModel):
         scale = units.copy()
         if len(des.blocks) < 2 or self._small_factor() is not None or \
                 self._cross_products().r < 200:          # cheap evaluations: lme4's start is fine
-            return start, scale, None
+            return start, scale
         nu = self.nobs - (self.k_fe if reml else 0)
-        fits = []
         for blk in des.blocks:
-            cross = self._block_alone_cross(blk)
-            crit = _one_block_criterion(cross, nu, reml)
+            crit = _one_block_criterion(self._block_alone_cross(blk), nu, reml)
             idx = blk.t_idx
 
             def dev(th_b, crit=crit, blk=blk, idx=idx):
@@ -323,12 +289,7 @@ class LinearMixedModel(MixedModel):
                 c2 = (dev(x + e) - 2.0 * f0 + dev(x - e)) / h ** 2
                 if np.isfinite(c2) and c2 > 0:
                     scale[idx[k]] = np.sqrt(c2)
-            th = start.copy()
-            lam = blk.lam(th)
-            # mean over rows (weighted) of z z', from the per-level sums of Z' W Z
-            fits.append((idx, x, crit.sigma2(lam), cross[0].sum(axis=0) / self.nobs, lam))
-        alt = _pooled_start(fits, start) if len(fits) == len(des.blocks) else None
-        return start, scale, alt
+        return start, scale
 
     def fit(self, reml=True, start_params=None, method="auto", maxiter=2000, tol=1e-9,
             disp=False, cov_type="nonrobust", cov_kwds=None, ddf="satterthwaite", **kwargs):
@@ -400,11 +361,7 @@ class LinearMixedModel(MixedModel):
         # a dense part below TINY_ROWS runs on one BLAS thread anyway: no thread limit to set
         with blas_threads(dev.size) if dev.size >= TINY_ROWS else contextlib.nullcontext():
             if start_params is None:
-                start, scale, alt = self._start_theta(reml)
-                # the pooled start where it is lower (evaluated last: its factor is kept for
-                # the optimizer's first evaluation, the likelier one to be used)
-                if alt is not None and dev.value(start) > dev.value(alt):
-                    start = alt
+                start, scale = self._start_theta(reml)
             else:
                 start, scale = np.asarray(start_params, dtype=float), self.re_design.theta_units()
             opt = minimize_theta(dev.value, start, dev.lower, method=method, maxiter=maxiter,
