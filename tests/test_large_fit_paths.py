@@ -150,3 +150,43 @@ def test_newton_step_whose_value_rises_beyond_the_noise_is_refused():
     p = newton_polish(fg, x0, np.full(2, -np.inf), tol=1e-12, check_tol=1e-7, value=f)
     assert 1e-3 > NOISY_DECREMENT
     assert f(p.x) <= f(x0) + NOISY_DECREMENT           # never moved onto the bump
+
+
+@pytest.mark.parametrize("q1", [1, 2, 3])
+@pytest.mark.parametrize("same_rows", [True, False])
+@pytest.mark.parametrize("reorder", [True, False])
+def test_level_gather_matches_the_dense_products(q1, same_rows, reorder, monkeypatch):
+    """LevelGather (the too-many-pairs storage) against the dense products
+    ``A blockdiag(B) A'`` and ``A_g' K A_g``: components sharing their rows (the fast union)
+    or not (a slope zero on some rows), rows renumbered or not, refreshed values."""
+    from mlmext.linalg import _levels
+    monkeypatch.setattr(_levels, "CHUNK", 50)                  # many batches
+    monkeypatch.setattr(_levels.LevelGather, "reorder", reorder)
+    rng = np.random.default_rng(q1 + 10 * same_rows)
+    r, m1 = 40, 60
+    rows, cols, vals = [], [], []
+    for g in range(m1):
+        R = np.sort(rng.choice(r, size=rng.integers(0, 9), replace=False))
+        for a in range(q1):
+            Ra = R if same_rows or a == 0 else R[rng.random(R.size) < 0.6]
+            rows.extend(Ra)
+            cols.extend([g * q1 + a] * Ra.size)
+            vals.extend(rng.normal(size=Ra.size))
+    A = sparse.csr_matrix((vals, (rows, cols)), shape=(r, m1 * q1))
+    lg = _levels.LevelGather(A, m1, q1, refreshable=True)
+    for _ in range(2):
+        Ad = A.toarray()
+        B = rng.normal(size=(m1, q1, q1))
+        B = B @ np.swapaxes(B, 1, 2)
+        G = sum(Ad[:, g * q1:(g + 1) * q1] @ B[g] @ Ad[:, g * q1:(g + 1) * q1].T for g in range(m1))
+        S = np.ones((r, r))
+        lg.subtract_from(S, B)
+        np.testing.assert_allclose(S, 1.0 - G, atol=1e-12 * np.abs(G).max())
+        K = rng.normal(size=(r, r))
+        K = K + K.T
+        want = np.stack([Ad[:, g * q1:(g + 1) * q1].T @ K @ Ad[:, g * q1:(g + 1) * q1]
+                         for g in range(m1)])
+        np.testing.assert_allclose(lg.trace_weights(K), want, atol=1e-12 * np.abs(want).max())
+        A = A.copy()                                       # new values, same structure
+        A.data = rng.normal(size=A.nnz)
+        lg.refresh(A)

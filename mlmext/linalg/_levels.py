@@ -56,11 +56,20 @@ class LevelGather:
         cnt = np.diff(A.indptr)
         col = np.repeat(np.arange(m1 * q1, dtype=np.int64), cnt)
         key = (col // q1) * r + A.indices
+        comp = col % q1
         if q1 == 1:                                   # already sorted by (level, row), unique
             uniq, inv = key, np.arange(key.size)
+        elif self._same_rows(cnt, key, comp):
+            # every component of a level has the same rows (a slope nonzero on every row):
+            # the first component's entries are the union, in order (no sort)
+            first = comp == 0
+            uniq = key[first]
+            inv = np.empty(key.size, dtype=np.int64)
+            for a in range(q1):
+                inv[comp == a] = np.arange(uniq.size)
         else:
             uniq, inv = np.unique(key, return_inverse=True)
-        self._inv, self._comp = inv.ravel(), (col % q1).astype(np.int32)
+        self._inv, self._comp = inv.ravel(), comp.astype(np.int32)
         lev = uniq // r
         rows = uniq - lev * r
         # rows renumbered by how many levels touch them, most first: the popular rows' pairs,
@@ -88,6 +97,14 @@ class LevelGather:
             step = max(1, CHUNK // (k * k))
             for b in range(0, lv.size, step):
                 self._batches.append((k, lv[b:b + step]))
+
+    def _same_rows(self, cnt, key, comp):
+        """Whether each level's ``q1`` columns hold the same rows (``key``: level r + row)."""
+        c = cnt.reshape(self.m1, self.q1)
+        if not np.all(c == c[:, :1]):
+            return False
+        k0 = key[comp == 0]
+        return all(np.array_equal(k0, key[comp == a]) for a in range(1, self.q1))
 
     def own_copy(self):
         """A copy whose values :meth:`refresh` can overwrite without touching this one's."""
