@@ -295,25 +295,30 @@ def test_workspaces_are_independent(data, formula):
             assert r2 == pytest.approx(ref["r2"], rel=RTOL)
 
 
-@pytest.mark.parametrize("storage", ["pairs", "direct"])
+@pytest.mark.parametrize("storage", ["pairs", "levels", "levels-natural-bincount"])
 @pytest.mark.parametrize("formula", ["y ~ x + (1 | a:b:c) + (x | item)",           # q1 = 1
                                      "y ~ x + (x | a:b:c) + (1 | item)",           # q1 = 2
                                      "y ~ x + (x + z | a:b:c) + (x | item)"])      # q1 = 3
 def test_crossed_schur_product_storages_match_dense(data, formula, storage, monkeypatch):
     """Large crossed systems keep A_r1 sparse and enumerate its pairs per level (one block of
-    P per pair of template components), or form the product directly when P would be too
-    large; both must give the dense reference, by set_data and by reweight."""
-    from mlmext.linalg import _lead, _schur
+    P per pair of template components), or, when P would be too large, work level by level
+    (dense blocks per level, rows renumbered by popularity or not, summed by np.add.at or
+    bincount); each must give the dense reference, by set_data and by reweight."""
+    from mlmext.linalg import _lead, _levels, _schur
     monkeypatch.setattr(_lead, "SMALL_DENSE", 0)            # small data: force the sparse path
-    if storage == "direct":
+    if storage != "pairs":
         monkeypatch.setattr(_schur.SchurProduct, "max_pairs", 0)
+        monkeypatch.setattr(_levels, "CHUNK", 64)           # several batches per group of levels
+    if storage == "levels-natural-bincount":
+        monkeypatch.setattr(_levels.LevelGather, "reorder", False)
+        monkeypatch.setattr(_levels.LevelGather, "use_add_at", False)
     model, des, lams, w, v, rng = _setup(data, formula)
     for reweighting in (False, True):
         ch = BlockedCholesky(des.blocks, model._XY, w, reweighting=reweighting, nested=False)
         assert isinstance(ch, DenseFactor)
         if not reweighting:
             assert isinstance(ch._schur, _schur.SchurProduct)
-            assert (ch._schur.P is None) == (storage == "direct")
+            assert (ch._schur.P is None) == (storage != "pairs")
         _assert_same(_factor_quantities(ch, lams, v), _dense_reference(des, model._XY, w, lams, v),
                      f"{storage}, reweighting={reweighting}")
 

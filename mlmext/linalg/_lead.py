@@ -53,13 +53,31 @@ def row_cross_products(b1, rest, XY, weights=None, sparse_Z=None, dense_rr=True)
         Zrest = sparse.hstack([b.Z() for b in rest], format="csc") if rest else None
     else:
         Z1, Zrest = sparse_Z()
-    sw = sparse.diags(np.sqrt(w))
-    XYs = sparse.csc_matrix(XY)
-    Zr = XYs if Zrest is None else sparse.hstack([Zrest, XYs], format="csc")
-    Zr = (sw @ Zr).tocsc()
-    Z1 = (sw @ Z1).tocsc()
-    A_rr = Zr.T @ Zr
-    return A11, (Zr.T @ Z1).tocsr(), A_rr.toarray() if dense_rr else A_rr.tocsr()
+    # by blocks of [Z_rest, [X y]]: stacking the dense n x (p + 1) columns into a sparse matrix
+    # and scaling it by sqrt(W) cost more than all the products (1.5 s of 1.9 s at 1M rows)
+    WXY = XY * w[:, None]
+    W = None if weights is None or np.all(w == 1.0) else sparse.diags(w)
+    A_y1 = sparse.csr_matrix(np.asarray(Z1.T @ WXY).T)            # [X y]' W Z_1
+    A_yy = XY.T @ WXY
+    if Zrest is None:
+        return A11, A_y1, A_yy if dense_rr else sparse.csr_matrix(A_yy)
+    ZrT = Zrest.T.tocsr()
+    WZ1 = Z1 if W is None else (W @ Z1).tocsc()
+    A_z1 = ZrT @ WZ1                                               # Z_rest' W Z_1
+    A_zz = ZrT @ (Zrest if W is None else (W @ Zrest).tocsc())
+    A_zy = np.asarray(ZrT @ WXY)                                   # Z_rest' W [X y]
+    A_r1 = sparse.vstack([A_z1, A_y1], format="csr")
+    if dense_rr:
+        rz = A_zz.shape[0]
+        A_rr = np.empty((r, r))
+        A_rr[:rz, :rz] = A_zz.toarray()
+        A_rr[:rz, rz:] = A_zy
+        A_rr[rz:, :rz] = A_zy.T
+        A_rr[rz:, rz:] = A_yy
+    else:
+        A_rr = sparse.bmat([[A_zz, sparse.csr_matrix(A_zy)],
+                            [sparse.csr_matrix(A_zy.T), sparse.csr_matrix(A_yy)]], format="csr")
+    return A11, A_r1, A_rr
 
 
 class LeadBlockFactor(Factor):

@@ -5,7 +5,8 @@ dense remainder, ``B = Lambda_1 M_1^-1 Lambda_1'`` one ``q1 x q1`` block per lev
 needed at every theta with the same ``A_r1``; two classes precompute what does not change:
 
 * :class:`SchurProduct` enumerates, once, the pairs of nonzeros of ``A_r1`` that share a level,
-  so that a theta costs one sparse matrix-vector product (large, sparse systems: InstEval);
+  so that a theta costs one sparse matrix-vector product (large, sparse systems: InstEval), or
+  where they are too many to store, works level by level (:mod:`~mlmext.linalg._levels`);
 * :class:`DenseSchur` holds ``A_r1`` dense (few rows, or a first factor crossed with a small one).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import copy
 import numpy as np
 from scipy import sparse
 
-from ._stacks import blockdiag_sparse
+from ._levels import LevelGather
 
 #: systems with ``A_r1`` (r x m1 q1) of at most this many entries hold it dense for the
 #: per-theta products (scipy.sparse's per-call overhead outweighs the arithmetic there)
@@ -73,10 +74,12 @@ class SchurProduct:
     ``G[i, j]``.  The pairs are enumerated once into a sparse matrix P (rows:
     positions ``i*r + j`` with i >= j, columns: (g, a, b)), so each theta costs
     one sparse matrix-vector product ``P @ B.ravel()``.  When P would be too
-    large (levels touching very many rows) the product is formed directly.
+    large (more than ``max_pairs`` pairs) the products go level by level
+    (:class:`~mlmext.linalg._levels.LevelGather`: full matrices).
     """
 
     max_pairs = 30_000_000
+    _levels = None
 
     def __init__(self, A_r1, m1, q1, refreshable=False):
         self.r = r = A_r1.shape[0]
@@ -98,10 +101,8 @@ class SchurProduct:
         npairs = int((k.astype(np.int64) * (k + 1) // 2).sum())
         self.P = None
         if npairs > self.max_pairs:
-            # too many pairs to store: the products enumerate them chunk by chunk instead
-            self.A_r1 = A_r1.tocsr()
-            self.A_1r = self.A_r1.T.tocsr()
-            self._csc = (A, np.int64)
+            # too many pairs to store: the products go level by level (dense blocks per level)
+            self._levels = LevelGather(A, m1, q1, refreshable=refreshable)
             return
         it = np.int32 if max(npairs, A.nnz, r * r) < 2**31 - 1 else np.int64
         if not refreshable:
@@ -163,15 +164,23 @@ class SchurProduct:
                 yield k, T, g0, g1, v, rw
 
     def _build_blocks(self, A, it):
-        """P from :meth:`_pair_blocks`, filled in order (no sort)."""
-        vals, rows, Ts = [], [], {}
-        for k, T, _, _, v, rw in self._pair_blocks(A, it):
-            vals.append(v)
-            rows.append(rw)
-            Ts[k] = T
-        indptr = np.concatenate([[0], np.cumsum(np.concatenate([Ts[k] for k in sorted(Ts)]))])
-        self.P = sparse.csc_matrix((np.concatenate(vals), np.concatenate(rows), indptr),
-                                   shape=(self.r * self.r, self.m1 * len(self._ab)))
+        """P from :meth:`_pair_blocks`, filled in order into arrays of its final size (no sort,
+        no concatenation: at 1M ratings P holds 27M pairs)."""
+        m1, q1, ptr = self.m1, self.q1, A.indptr
+        counts = [(ptr[a + 1:m1 * q1 + 1:q1] - ptr[a:m1 * q1:q1]).astype(np.int64) for a in range(q1)]
+        Ts = [counts[a] * (counts[a] + 1) // 2 if a == b else counts[a] * counts[b]
+              for a in range(q1) for b in range(a + 1)]             # the blocks' order
+        indptr = np.zeros(m1 * len(Ts) + 1, dtype=np.int64)
+        np.cumsum(np.concatenate(Ts), out=indptr[1:])
+        data = np.empty(int(indptr[-1]))
+        rows = np.empty(int(indptr[-1]), dtype=it)
+        off = 0
+        for _, _, _, _, v, rw in self._pair_blocks(A, it):
+            data[off:off + v.size] = v
+            rows[off:off + v.size] = rw
+            off += v.size
+        self.P = sparse.csc_matrix((data, rows, indptr.astype(it)),
+                                   shape=(self.r * self.r, m1 * len(Ts)), copy=False)
 
     def _b_vector(self, B):
         """B (m1, q1, q1) in the order of P's columns."""
@@ -207,16 +216,14 @@ class SchurProduct:
         new = copy.copy(self)
         if self.P is not None:
             new.P = self.P.copy()
+        else:
+            new._levels = self._levels.own_copy()
         return new
 
     def refresh(self, A_r1):
         """New values of ``A_r1`` with the structure it had at construction (``refreshable=True``)."""
         if self.P is None:
-            self.A_r1 = A_r1.tocsr()
-            self.A_1r = self.A_r1.T.tocsr()
-            A = A_r1.tocsc()
-            A.sort_indices()
-            self._csc = (A, np.int64)
+            self._levels.refresh(A_r1)
             return
         perm, e1, e2, dbl, dest, nnz = self._plan
         v = A_r1.data[perm]
@@ -231,24 +238,14 @@ class SchurProduct:
             Kw = 2.0 * K
             Kw[np.diag_indices(self.r)] *= 0.5                 # off-diagonal pairs count twice
             return self.pair_sums(Kw)
-        # P too large to store: its pairs, chunk by chunk (memory of a chunk, time of P' K)
-        Kw = 2.0 * K
-        Kw[np.diag_indices(self.r)] *= 0.5
-        kflat = Kw.ravel()
-        V = np.zeros((self.m1, self.q1, self.q1))
-        for k, T, g0, g1, v, rw in self._pair_blocks(*self._csc, chunk=1 << 22):
-            a, b = self._ab[k]
-            level = np.repeat(np.arange(g1 - g0), T[g0:g1])
-            V[g0:g1, a, b] += np.bincount(level, weights=v * kflat[rw], minlength=g1 - g0)
-        return V
+        return self._levels.trace_weights(K)          # P too large to store: level by level
 
     def subtract_from(self, S, B):
         """S -= G(B) on the lower triangle (full matrix in the fallback)."""
         if self.P is not None:
             S.ravel()[:] -= self.P @ self._b_vector(B)
         else:
-            G = self.A_r1 @ blockdiag_sparse(B.reshape(self.m1, self.q1, self.q1)) @ self.A_1r
-            S -= G.toarray()
+            self._levels.subtract_from(S, B)
         return S
 
 

@@ -109,6 +109,26 @@ def solve_lower_t(L, b):
     return x
 
 
+def solve_last_row_t(L):
+    """``x`` with ``L[:-1, :-1]' x = L[-1, :-1]`` (``L`` lower triangular, the response's row
+    last): the fixed effects and modes of a factor.
+
+    The leading block of a C-ordered ``L`` is not contiguous, so LAPACK would get a copy of it
+    (72 MB at 3,000 rows, ~50 ms).  With the right-hand side extended by a zero the back
+    substitution on the whole ``L`` gives a zero last entry and ``x`` unchanged above it, and
+    the transposed view is passed in place.
+    """
+    r = L.shape[0]
+    if r < 2 or not L.flags.c_contiguous or not L[-1, -1] != 0.0:
+        return solve_lower_t(L[:-1, :-1], L[-1, :-1])
+    b = np.zeros(r)
+    b[:-1] = L[-1, :-1]
+    x, info = linalg.lapack.dtrtrs(L.T, b, lower=0, trans=0)
+    if info:
+        raise np.linalg.LinAlgError("singular triangular factor")
+    return x[:-1]
+
+
 def level_gram(E):
     """``sum_g E_g E_g'`` for a stack E (m, q, k): ``np.tensordot(E, E, ([0, 2], [0, 2]))`` as
     one matrix product, without tensordot's overhead."""

@@ -21,7 +21,7 @@ from scipy import linalg, sparse
 
 from .._blas import inverse_threads
 from ._lead import LeadBlockFactor
-from ._stacks import blockdiag_sparse, sandwich, solve_lower_t
+from ._stacks import blockdiag_sparse, sandwich, solve_last_row_t
 from ._supernodal import MIN_RZ, SupernodalPlan
 
 __all__ = ["DenseFactor"]
@@ -134,7 +134,7 @@ class DenseFactor(LeadBlockFactor):
         if self._sn is not None:                       # back substitution on the pattern
             v_rest = self._sn.solve_t(self.Lr, self.Lr[r - 1, :r - 1])
         else:
-            v_rest = solve_lower_t(self.Lr[:r - 1, :r - 1], self.Lr[r - 1, :r - 1])
+            v_rest = solve_last_row_t(self.Lr)
         full = np.zeros(r)
         full[:r - 1] = v_rest
         t = self._apply_lam_rest(full)                 # Lambda_r v (y entry 0)

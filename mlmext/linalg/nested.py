@@ -27,7 +27,7 @@ import numpy as np
 from scipy import linalg
 
 from ._lead import LeadBlockFactor
-from ._stacks import (LevelMap, block_cross, bmm, level_gram, lmul, rmul, sandwich, solve_lower_t,
+from ._stacks import (LevelMap, block_cross, bmm, level_gram, lmul, rmul, sandwich, solve_last_row_t,
                       spd_inv_logdet, tr, tri_inv)
 
 __all__ = ["NestedFactor", "nesting_parent", "nesting_chain"]
@@ -330,7 +330,7 @@ class NestedFactor(LeadBlockFactor):
     def solve(self):
         """Spherical modes ``u`` (all blocks, in block order) and fixed effects ``beta``."""
         r, rz, m1, q1 = self.r, self.rz, self.m1, self.q1
-        v_rest = solve_lower_t(self.Lr[:r - 1, :r - 1], self.Lr[r - 1, :r - 1])
+        v_rest = solve_last_row_t(self.Lr)
         t = self._apply_lam_rest(np.append(v_rest, 0.0))
         c = [self._apply_lam1T(self._a1y - self._a1r @ t).reshape(m1, q1, 1)]
         for k in range(1, self.depth):
