@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from ..linalg import row_cross_products
+from .chunkplan import chunk_cross_products
 from .steps import _solve_in_span
 from .zops import _reweight, _zops
 
@@ -286,7 +286,7 @@ def _point_sums(chunk, ops, req):
     out["nz"] = int(np.count_nonzero(z))
     # X always: the gradient's X' W Z Lambda s reads it (the factor of u alone drops it)
     XY = np.column_stack([X, z])
-    A11, A_r1, A_rr = row_cross_products(blocks[0], blocks[1:], XY, w, dense_rr=False)
+    A11, A_r1, A_rr = chunk_cross_products(chunk, XY, w)
     m1, q1 = A11.shape[:2]
     out.update(A11=sparse.csr_matrix(A11.reshape(m1, q1 * q1)), A_r1=sparse.csr_matrix(A_r1),
                A_rr=sparse.csr_matrix(A_rr))
@@ -446,7 +446,9 @@ class SummedRows:
         """The gradient's pass: the chunks' leverages from the factor's row-independent part
         of ``M^-1`` (:meth:`~mlmext.linalg.DenseFactor.local_inverse_parts`, sent to them)."""
         req = {"kind": "gradient", "u": np.asarray(u, dtype=float), "beta": self.beta_fixed,
-               "lams": lams, "theta": theta, "local": chol.local_inverse_parts()}
+               "lams": lams, "theta": theta,
+               # K only where the rows read it, not the dense levels x levels coupling
+               "local": chol.local_inverse_parts().compact()}
         self._u = np.asarray(u, dtype=float)
         return self.mapper(req)
 

@@ -355,7 +355,8 @@ class DenseFactor(LeadBlockFactor):
             else:
                 K = np.asarray(sparse.csr_matrix((cdata, cols, indptr), shape=(m1, rz)) @ G)
             J = np.bincount(rows, weights=cdata * K[rows, cols], minlength=m1)
-            return LocalInverse(lams, "scalar", base=Minv[:, 0, 0] + J, K=K, G=G, rpos=rpos)
+            return LocalInverse(lams, "scalar", base=Minv[:, 0, 0] + J, K=K, G=G, rpos=rpos,
+                                pattern=self._local_pattern(rows, cols))
         keep, cols, indptr, rows = self._a1z_index()
         A1z = sparse.csr_matrix((self.A_1r.data[keep], cols, indptr), shape=(m1 * q1, rz))
         if isinstance(lr, np.ndarray):
@@ -370,4 +371,22 @@ class DenseFactor(LeadBlockFactor):
         Cd = C.toarray().reshape(m1, q1, rz)
         K3 = K.reshape(m1, q1, rz)
         J = np.einsum("gar,gbr->gab", K3, Cd)
-        return LocalInverse(lams, "general", Minv=Minv + J, K=K3, G=G, rpos=rpos)
+        return LocalInverse(lams, "general", Minv=Minv + J, K=K3, G=G, rpos=rpos,
+                            pattern=self._local_pattern(rows, cols))
+
+    def _local_pattern(self, rows, cols):
+        """(first-block level, rest position) of the nonzeros of ``A_1r``'s rest columns, with
+        every effect of a vector block's level (a zero column leaves a gap in the pattern)."""
+        lvl = rows // self.q1
+        if all(b.q == 1 for b in self._rest_blocks):
+            return lvl, cols
+        # vector blocks in the rest: natural order (only scalar rests are reordered)
+        start, q, off = [], [], 0
+        for b in self._rest_blocks:
+            start.append(off + np.repeat(np.arange(b.m) * b.q, b.q))
+            q.append(np.full(b.nre, b.q))
+            off += b.nre
+        s0, qq = np.concatenate(start)[cols], np.concatenate(q)[cols]
+        rep = np.repeat(np.arange(cols.size), qq)
+        within = np.arange(rep.size) - np.repeat(np.cumsum(qq) - qq, qq)
+        return lvl[rep], s0[rep] + within
