@@ -167,11 +167,16 @@ class DaskLaplaceDeviance(LaplaceDeviance):
         return lp.SummedRows(self.design, self.model._passes, beta, has_x, self.p)
 
     def modes(self, theta, beta, tol=1e-14, warm=True, lams=None):
-        """As :meth:`LaplaceDeviance.modes`; the warm start is the last modes as they are (their
-        first-order move would cost a pass, as much as the PIRLS iteration it saves)."""
+        """As :meth:`LaplaceDeviance.modes`: the warm start is the last modes moved to first
+        order (from the last pass's sums: no pass of its own)."""
         des = self.design
         lams = des.lambdas(theta) if lams is None else lams
         u0 = self.warm_start if warm else None
+        last = self._last if warm else None
+        if last is not None and u0 is not None:
+            th0, b0, m0, lams0, rows0 = last
+            u0 = lp.predict_modes(des, self.chol_u, m0, theta - th0, lams=lams0, rows=rows0,
+                                  dbeta=np.asarray(beta, dtype=float) - b0)
         rows = self._summed(beta, False)
         modes = lp.pirls(des, self.chol_u, None, self.cond, theta, u0=u0, tol=tol, lams=lams,
                          rows=rows)
@@ -183,7 +188,10 @@ class DaskLaplaceDeviance(LaplaceDeviance):
         self._rows = rows
         if modes.converged:
             self.warm_start = modes.u
-        self._last = None
+            self._last = (np.array(theta, dtype=float), np.array(beta, dtype=float), modes, lams,
+                          rows)
+        else:
+            self._last = None
         return modes, lams
 
     def loglike_and_score(self, params, tol=1e-14):

@@ -183,7 +183,8 @@ def factor_at(chol, modes):
     return extra.get("factor", chol) if extra else chol
 
 
-def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None, dd1=None):
+def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None, dd1=None, rows=None,
+                  dbeta=None):
     """First-order prediction of the conditional modes after a change of the parameters.
 
     With ``chol`` still holding the factor at ``modes`` (weights ``w``), the
@@ -205,6 +206,9 @@ def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None, dd1=N
         Change of the fixed part of the linear predictor.
     lams : list of ndarray, optional
         ``design.lambdas`` at the old theta.
+    rows, dbeta : SummedRows and ndarray, optional
+        Rows held elsewhere, still at ``modes`` (their cross-products and ``Z' d1``), and the
+        change of beta (in place of ``deta_fixed = X dbeta``): no pass over the rows.
     dd1 : ndarray, optional
         Change of ``d1`` at the modes caused by a change ``dpsi`` of the
         conditional model's own parameters (``param_derivatives()[1] @ dpsi``);
@@ -215,18 +219,22 @@ def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None, dd1=N
     ndarray
         Predicted ``u``.
     """
-    if modes.d1 is None or modes.w is None:
+    if rows is None and (modes.d1 is None or modes.w is None):
         return modes.u
     chol = factor_at(chol, modes)
-    ops = _zops(design)
     lams = getattr(chol, "lams", None) if lams is None else lams
     dl = design.lambdas(np.asarray(dtheta, dtype=float))
-    v = ops.zlam(modes.u, dl)
-    if deta_fixed is not None:
-        v = v + deta_fixed
-    rhs = ops.ztv(modes.d1, dl) - ops.ztv(modes.w * v, lams)
-    if dd1 is not None:
-        rhs += ops.ztv(dd1, lams)
+    if rows is not None:
+        # summed rows at the modes: the same right-hand side from their cross-products
+        rhs = rows.predict_rhs(modes.u, dl, lams, dbeta)
+    else:
+        ops = _zops(design)
+        v = ops.zlam(modes.u, dl)
+        if deta_fixed is not None:
+            v = v + deta_fixed
+        rhs = ops.ztv(modes.d1, dl) - ops.ztv(modes.w * v, lams)
+        if dd1 is not None:
+            rhs += ops.ztv(dd1, lams)
     du = chol.solve_re(rhs)
     out = modes.u + du
     return out if np.all(np.isfinite(out)) else modes.u

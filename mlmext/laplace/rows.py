@@ -426,6 +426,22 @@ class SummedRows:
         val += float(xr @ (A_r1 @ y1.ravel())) + float(yr @ (A_r1 @ x1.ravel()))
         return val + float(xr @ (A_rr @ yr))
 
+    def predict_rhs(self, u, dl, lams, dbeta):
+        """``Lambda(dtheta)' Z' d1 - Lambda' Z' W (Z Lambda(dtheta) u + X dbeta)`` at the
+        current point (:func:`~mlmext.laplace.predict_modes`), from the sums."""
+        A11, A_r1, A_rr = self.A
+        c1, cr = self._coords(u, dbeta, dl)
+        blocks = self.design.blocks
+        b1 = blocks[0]
+        z = [np.einsum("gab,gb->ga", A11, c1) + (A_r1.T @ cr).reshape(b1.m, b1.q)]
+        zr = A_r1 @ c1.ravel() + A_rr @ cr
+        off = 0
+        for b in blocks[1:]:
+            z.append(zr[off:off + b.nre].reshape(b.m, b.q))
+            off += b.nre
+        return np.concatenate([(zd @ d).ravel() - (zb @ lam).ravel()
+                               for zd, d, zb, lam in zip(self.sums["ztd1"], dl, z, lams)])
+
     def step(self, u_new, b_new, lams):
         du = u_new - self._u
         db = (b_new - self._beta) if self.has_x else None
