@@ -44,7 +44,8 @@ The n-sized work of a PIRLS iteration and of the gradient goes through a *rows* 
 (:mod:`.rows`): the rows in memory, or summed rows held elsewhere (Dask workers), one pass
 over them per iteration.
 
-Modules: :mod:`.protocol` (the conditional-model protocol, modes), :mod:`.rows`, :mod:`.zops`
+Modules: :mod:`.protocol` (the conditional-model protocol, modes), :mod:`.rows` and
+:mod:`.summed` (with :mod:`.chunkplan`), :mod:`.zops`
 (``Z Lambda u`` and the PIRLS factorization), :mod:`.pirls`, :mod:`.scalar`
 (one scalar term, level by level), :mod:`.dense` (a dense system that takes negative
 observed information), :mod:`.agq`, :mod:`.gradient`,
@@ -59,7 +60,8 @@ from .dense import MAX_DENSE_RE
 from .gradient import laplace_gradient
 from .pirls import factor_at, laplace_loglik, pirls, predict_modes
 from .protocol import ConditionalModel, Modes, PIRLSError
-from .rows import MemoryRows, RowChunk, SummedRows, add_sums, chunk_sums
+from .rows import MemoryRows
+from .summed import RowChunk, SummedRows, add_sums, chunk_sums
 from .separation import separation_direction
 from .zops import make_chol, random_effects_linear, random_effects_transpose
 
