@@ -37,10 +37,11 @@ def as_dataframe(data, where="data"):
     if isinstance(data, pd.DataFrame):
         df = data
     elif type(data).__module__.split(".")[0] == "dask":
-        # computing it here would pull all of it into memory: only lmer takes Dask data
-        raise TypeError(f"{where}: a Dask collection is taken by mf.lmer only (linear mixed "
-                        "models, through their cross-products); GLMMs, ordinal models and new "
-                        "data for this method need a pandas DataFrame")
+        # computing it here would pull all of it into memory: only the formula API's lmer
+        # and glmer take Dask data
+        raise TypeError(f"{where}: a Dask collection is taken by mf.lmer and mf.glmer only "
+                        "(binomial and Poisson); other models, the statsmodels-style "
+                        "constructors and new data for this method need a pandas DataFrame")
     elif hasattr(data, "to_pandas") and callable(data.to_pandas):   # polars, pyarrow, narwhals
         try:
             df = data.to_pandas()

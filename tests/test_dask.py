@@ -153,8 +153,8 @@ def test_what_dask_data_do_not_take():
         mf.lmer("Reaction ~ Days + (1 | Subject)", ddf, weights=np.ones(180))
     with pytest.raises(NotImplementedError, match="subset"):
         mf.lmer("Reaction ~ Days + (1 | Subject)", ddf, subset="Days > 2")
-    with pytest.raises(TypeError, match="mf.lmer only"):
-        mf.glmer("Reaction ~ Days + (1 | Subject)", ddf, family=__import__("statsmodels.api").api.families.Poisson())
+    with pytest.raises(NotImplementedError, match="negative binomial GLMMs of Dask"):
+        mf.glmer_nb("Reaction ~ Days + (1 | Subject)", ddf)
     with pytest.raises(ValueError, match="unknown column 'Dayz'"):
         mf.lmer("Reaction ~ Dayz + (1 | Subject)", ddf)
     m = mf.lmer("Reaction ~ Days + (1 | Subject)", ddf)

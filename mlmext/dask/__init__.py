@@ -9,9 +9,13 @@ costs what it costs in memory.
   partition, and the model that holds it (built on a small frame with those levels);
 * :mod:`.accumulate` -- pass 2: each partition's cross-products, summed in a tree on the workers;
 * :mod:`.model` -- :class:`DaskLinearMixedModel` and its results, whose row-sized parts
-  (fitted values, residuals, predictions) are lazy Dask series.
+  (fitted values, residuals, predictions) are lazy Dask series;
+* :mod:`.glmm` -- binomial and Poisson GLMMs: the rows persisted on the workers, one pass over
+  them per PIRLS iteration and per gradient (:class:`mlmext.laplace.SummedRows`).
 
-``mf.lmer(formula, data=<dask DataFrame>)`` builds a :class:`DaskLinearMixedModel`.  Dask is an
+``mf.lmer(formula, data=<dask DataFrame>)`` builds a :class:`DaskLinearMixedModel`,
+``mf.glmer(formula, data=<dask DataFrame>, family=...)`` a
+:class:`~mlmext.dask.glmm.DaskGeneralizedLinearMixedModel`.  Dask is an
 optional dependency (``pip install "mlmext[dask]"``): nothing here imports it before a Dask
 DataFrame is passed.
 """

@@ -51,7 +51,7 @@ def partition_rows(template, part, state):
     XY = np.column_stack([X, y - off])
     return XY, w, terms, dict(n_rows=n_rows, n_missing=n_missing,
                               n_zero=int(n_rows - n_missing - ok.sum()), index=sub.index,
-                              offset=off)
+                              offset=off, response=y)
 
 
 def _row_blocks(template, terms):

@@ -8,6 +8,7 @@ from mlmext.glmm import (BetaMixedModel, GeneralizedLinearMixedModel, NB1MixedMo
 from mlmext.glmm.response import NBFamily
 from mlmext.cor import CorrelatedLinearMixedModel
 from mlmext.dask import is_dask_frame
+from mlmext.dask.glmm import DaskGeneralizedLinearMixedModel
 from mlmext.dask.model import DaskLinearMixedModel
 from mlmext.lmm import LinearMixedModel
 from mlmext.ordinal import OrdinalMixedModel
@@ -105,6 +106,13 @@ def glmer(formula, data, family=None, weights=None, offset=None, subset=None, mi
         Gauss-Hermite quadrature, single grouping factor, up to three random
         effects per level).
     """
+    if is_dask_frame(data):          # PIRLS passes over rows persisted on the workers
+        if ziformula is not None or hurdle is not False or is_beta_family(family):
+            raise NotImplementedError("zero-inflated, hurdle and beta models of Dask data are not "
+                                      "implemented (binomial and Poisson GLMMs are)")
+        return DaskGeneralizedLinearMixedModel.from_formula(
+            formula, data, family=family, weights=weights, offset=offset, subset=subset,
+            missing=missing, eval_env=eval_env + 1, **kwargs)
     if ziformula is not None or hurdle is not False:
         return ZeroInflatedMixedModel.from_formula(
             formula, data, ziformula=ziformula, hurdle=hurdle, family=family, weights=weights,
@@ -135,6 +143,10 @@ def glmer_nb(formula, data, weights=None, offset=None, subset=None, missing="dro
     -------
     mlmext.glmm.NegativeBinomialMixedModel or mlmext.glmm.NB1MixedModel
     """
+    if is_dask_frame(data):
+        raise NotImplementedError("negative binomial GLMMs of Dask data are not implemented "
+                                  "(alpha's gradient needs its own pass); glmer with the "
+                                  "binomial or Poisson family takes a Dask DataFrame")
     key = str(variance).lower().replace(" ", "") if isinstance(variance, str) else variance
     if key not in ("nb1", "nb2"):
         raise ValueError(f"variance must be 'nb2' (mu + alpha mu^2) or 'nb1' (mu (1 + phi)); "
@@ -200,6 +212,10 @@ def clmm(formula, data, link="logit", threshold="flexible", levels=None, weights
         Call ``.fit()`` (Laplace) or ``.fit(nagq=10)`` (adaptive
         Gauss-Hermite quadrature, single grouping factor).
     """
+    if is_dask_frame(data):
+        raise NotImplementedError("cumulative link mixed models of Dask data are not implemented "
+                                  "(lmer, and glmer with the binomial or Poisson family, take a "
+                                  "Dask DataFrame)")
     return OrdinalMixedModel.from_formula(formula, data, link=link, threshold=threshold, levels=levels,
                                           weights=weights, offset=offset, subset=subset,
                                           missing=missing, eval_env=eval_env + 1, **kwargs)

@@ -40,7 +40,12 @@ Log-likelihoods are on the full scale less the conditional model's
 saturated log-likelihood of large counts), so Laplace and AGQ values compare
 with each other and with GLM fits.
 
-Modules: :mod:`.protocol` (the conditional-model protocol, modes), :mod:`.zops`
+The n-sized work of a PIRLS iteration and of the gradient goes through a *rows* object
+(:mod:`.rows`): the rows in memory, or summed rows held elsewhere (Dask workers), one pass
+over them per iteration.
+
+Modules: :mod:`.protocol` (the conditional-model protocol, modes), :mod:`.rows` and
+:mod:`.summed` (with :mod:`.chunkplan`), :mod:`.zops`
 (``Z Lambda u`` and the PIRLS factorization), :mod:`.pirls`, :mod:`.scalar`
 (one scalar term, level by level), :mod:`.dense` (a dense system that takes negative
 observed information), :mod:`.agq`, :mod:`.gradient`,
@@ -55,6 +60,8 @@ from .dense import MAX_DENSE_RE
 from .gradient import laplace_gradient
 from .pirls import factor_at, laplace_loglik, pirls, predict_modes
 from .protocol import ConditionalModel, Modes, PIRLSError
+from .rows import MemoryRows
+from .summed import RowChunk, SummedRows, add_sums, chunk_sums
 from .separation import separation_direction
 from .zops import make_chol, random_effects_linear, random_effects_transpose
 
@@ -62,4 +69,5 @@ __all__ = ["ConditionalModel", "Modes", "PIRLSError", "ScalarFactor", "make_chol
            "laplace_loglik", "agq_loglik", "laplace_gradient", "agq_loglik_gradient", "gh_rule",
            "random_effects_linear", "random_effects_transpose", "predict_modes", "check_nagq",
            "check_positive", "check_agq",
-           "check_agq_grid", "MAX_NAGQ", "MAX_AGQ_GRID", "MAX_DENSE_RE", "separation_direction", "factor_at"]
+           "check_agq_grid", "MAX_NAGQ", "MAX_AGQ_GRID", "MAX_DENSE_RE", "separation_direction", "factor_at",
+           "MemoryRows", "SummedRows", "RowChunk", "chunk_sums", "add_sums"]

@@ -5,37 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from .pirls import factor_at
-from .zops import _zops
+from .rows import MemoryRows
 
 
 # ----------------------------------------------------------------------------- gradient
-def _solve_md(chol, ops, lams, h, w, v, tol=1e-13, maxiter=200):
-    """Solve ``(Lambda' Z' H Z Lambda + I) x = v`` (observed information ``h``) by conjugate
-    gradients preconditioned with the factor for the weights ``w`` held by ``chol``."""
-    x = chol.solve_re(v)
-    if h is w:
-        return x
-    apply = lambda y: y + ops.ztv(h * ops.zlam(y, lams), lams)
-    r = v - apply(x)
-    z = chol.solve_re(r)
-    pvec = z.copy()
-    rz = float(r @ z)
-    vnorm = max(float(np.sqrt(v @ v)), 1e-300)
-    for _ in range(maxiter):
-        if np.sqrt(abs(rz)) <= tol * vnorm or not np.isfinite(rz):
-            break
-        Ap = apply(pvec)
-        alpha = rz / float(pvec @ Ap)
-        x += alpha * pvec
-        r -= alpha * Ap
-        z = chol.solve_re(r)
-        rz_new = float(r @ z)
-        pvec = z + (rz_new / rz) * pvec
-        rz = rz_new
-    return x
-
-
-def laplace_gradient(design, chol, cond, theta, modes, X=None):
+def laplace_gradient(design, chol, cond, theta, modes, X=None, rows=None):
     """Exact gradient of the Laplace log-likelihood at converged modes.
 
     The Laplace log-likelihood ``F = sum_i l_i(eta~) - |u~|^2/2 - log|M|/2``,
@@ -64,7 +38,11 @@ def laplace_gradient(design, chol, cond, theta, modes, X=None):
     modes : Modes
         Converged modes at ``theta`` (and the fixed part used to find them).
     X : ndarray, optional
-        Fixed-effects design; the gradient in ``beta`` is returned when given.
+        Fixed-effects design; the gradient in ``beta`` is returned when given (for summed
+        rows: anything not None, the design is on the chunks).
+    rows : SummedRows, optional
+        Rows held elsewhere (:mod:`.rows`): one pass for the leverages' sums, the rest from
+        the cross-products at the modes (canonical links).  Default: the rows in memory.
 
     Returns
     -------
@@ -78,39 +56,27 @@ def laplace_gradient(design, chol, cond, theta, modes, X=None):
     chol = factor_at(chol, modes)
     theta = np.asarray(theta, dtype=float)
     lams = getattr(chol, "lams", None) or design.lambdas(theta)
-    ops = _zops(design)
-    eta = modes.eta
-    if modes.d1 is not None and modes.w is not None:
-        d1, w = modes.d1, modes.w
+    if rows is None:
+        rows = MemoryRows.at_modes(design, cond, modes, X)
+        h, dw = cond.hessian_terms(rows.eta)
+        if getattr(cond, "canonical", False):
+            h = rows.w
+    elif not getattr(cond, "canonical", False):
+        raise NotImplementedError("the gradient on summed rows needs a canonical link")
     else:
-        d1, w = cond.derivatives(eta)
-    h, dw = cond.hessian_terms(eta)
-    if getattr(cond, "canonical", False):
-        h = w
-    t_list, rho_list = chol.local_inverse()
-    lev = np.zeros(eta.shape[0])
-    for tb, rb in zip(t_list, rho_list):
-        lev += np.einsum("ij,ij->i", tb, rb)
-    a = dw * lev
-    s = _solve_md(chol, ops, lams, h, w, ops.ztv(a, lams))
-    zs = ops.zlam(s, lams)
-    hzs = h * zs
-    # theta
-    Ku = ops.dtheta_cols(modes.u, design, theta)          # (n, ntheta): Z dLambda_k u~
-    Ks = ops.dtheta_cols(s, design, theta)
-    T = np.zeros(design.ntheta)
-    for kb, (b, rb) in enumerate(zip(design.blocks, rho_list)):
-        if ops.all_ones[kb]:
-            T[b.t_idx[0]] += w @ rb[:, 0]
-            continue
-        for r, c, k in zip(b.t_rows, b.t_cols, b.t_idx):
-            T[k] += w @ (b.X[:, r] * rb[:, c])
-    g_theta = Ku.T @ d1 - T - 0.5 * (Ku.T @ a + Ks.T @ d1 - Ku.T @ hzs)
+        h = dw = None                        # on the chunks (h = w: canonical)
+    # the rows' part: the leverages a = dw * lev and their sums, then s = H^-1 Lambda' Z' a
+    # and the sums with Z Lambda s
+    first = rows.gradient_sums(chol, lams, theta, modes.u, dw, X)
+    s, second = rows.gradient_second(chol, lams, theta, h, first["ztva"], X)
+    g_theta = first["Kud1"] - first["T"] - 0.5 * (first["Kua"] + second["Ksd1"] - second["Kuhzs"])
     g_beta = None
     if X is not None:
-        g_beta = np.asarray(X).T @ (d1 - 0.5 * a + 0.5 * hzs)
+        g_beta = first["Xd1"] - 0.5 * first["Xa"] + 0.5 * second["Xhzs"]
     g_extra = None
     if getattr(cond, "k_extra", 0) and hasattr(cond, "param_derivatives"):
+        eta = rows.eta
         dl, dd1, dwp = cond.param_derivatives(eta)
-        g_extra = dl.sum(axis=0) - 0.5 * (lev @ dwp + zs @ dd1)
+        lev = first["lev"]
+        g_extra = dl.sum(axis=0) - 0.5 * (lev @ dwp + second["zs"] @ dd1)
     return g_theta, g_beta, g_extra

@@ -6,13 +6,15 @@ import numpy as np
 from .dense import _pirls_dense
 from .protocol import Modes
 from .scalar import _is_scalar_design, _pirls_scalar
-from .steps import _at_rounding_floor, _final_message, _halving_failed, _halving_step, _solve_in_span
-from .zops import _reweight, _zops
+from .rows import MemoryRows
+from .steps import _at_rounding_floor, _final_message, _halving_failed, _halving_step
+from .zops import _zops
 
 
 # ----------------------------------------------------------------------------- PIRLS
 def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol=1e-12,
-          maxiter=100, maxhalf=30, lams=None, newton=None, scalar_fast=False, dense=False):
+          maxiter=100, maxhalf=30, lams=None, newton=None, scalar_fast=False, dense=False,
+          rows=None):
     """Conditional modes of the random effects by penalized IRLS.
 
     Maximizes ``sum_i loglik_i(eta_i) - |u|^2 / 2`` over ``u`` (and over
@@ -78,57 +80,32 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
     """
     theta = np.asarray(theta, dtype=float)
     lams = design.lambdas(theta) if lams is None else lams
-    if scalar_fast and X is None and _is_scalar_design(design):
+    if rows is None and scalar_fast and X is None and _is_scalar_design(design):
         return _pirls_scalar(design, eta_fixed, cond, lams, u0=u0, tol=tol, maxiter=maxiter,
                              maxhalf=maxhalf)
-    if dense and X is None:
+    if rows is None and dense and X is None:
         return _pirls_dense(design, eta_fixed, cond, lams, u0=u0, tol=tol, maxiter=maxiter,
                             maxhalf=maxhalf)
-    ops = _zops(design)
-    nre = ops.offsets[-1]
-    eta_fixed = np.asarray(eta_fixed, dtype=float)
-    has_x = X is not None
+    nre = sum(b.nre for b in design.blocks)
+    if rows is None:
+        rows = MemoryRows(design, eta_fixed, cond, X)
+    has_x = rows.has_x
+    p = rows.p if getattr(rows, "summed", False) else (X.shape[1] if has_x else 0)
     if has_x:
-        X = np.asarray(X, dtype=float)
-        beta = np.zeros(X.shape[1]) if beta0 is None else np.array(beta0, dtype=float)
+        beta = np.zeros(p) if beta0 is None else np.array(beta0, dtype=float)
     else:
         beta = None
     u = np.zeros(nre) if u0 is None else np.array(u0, dtype=float)
     if newton is None:
         newton = hasattr(cond, "hessian_terms") and not getattr(cond, "canonical", False)
-    fused = getattr(cond, "loglik_derivs", None)
-
-    def linear(u, beta):
-        lin = ops.zlam(u, lams)
-        if has_x:
-            lin += X @ beta
-        return lin
-
-    def evaluate(eta):
-        """(sum loglik, d1, w) at eta; d1, w are None when the value is not finite."""
-        with np.errstate(all="ignore"):
-            if fused is not None:
-                lo, d1, w = fused(eta)
-                ll = float(np.sum(lo))
-            else:
-                ll = float(np.sum(cond.loglik_obs(eta)))
-                d1 = w = None
-                if np.isfinite(ll):
-                    d1, w = cond.derivatives(eta)
-        return ll, d1, w
-
-    lin = linear(u, beta)
-    eta = eta_fixed + lin
-    ll, d1, w = evaluate(eta)
+    ll = rows.point(u, beta, lams)
     obj = ll - 0.5 * float(u @ u)
     restarted = False
     if not np.isfinite(obj) and (u0 is not None or beta0 is not None):
         u = np.zeros(nre)
         if has_x:
-            beta = np.zeros(X.shape[1])
-        lin = linear(u, beta)
-        eta = eta_fixed + lin
-        ll, d1, w = evaluate(eta)
+            beta = np.zeros(p)
+        ll = rows.point(u, beta, lams)
         obj = ll - 0.5 * float(u @ u)
         restarted = True
     factor_weights_are_w = True
@@ -145,46 +122,23 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
     else:
         maxiter_run = maxiter
     for it in range(1, maxiter_run + 1):
-        if d1 is None or not (np.isfinite(d1.sum()) and np.isfinite(w.sum())) or w.min() < 0:
-            message = (f"non-finite or negative working weights at PIRLS iteration {it} "
-                       f"(max |eta| = {np.max(np.abs(eta)):.3g})")
+        problem = rows.weights_problem()
+        if problem is not None:
+            message = f"non-finite or negative working weights at PIRLS iteration {it} ({problem})"
             break
-        wt = w
-        factor_weights_are_w = True
         # Newton weights far from the modes, the weights w once the last step was small: if
         # that check converges, the factor is already the one the Laplace determinant needs
-        if newton and not dec < 1e-9:
-            with np.errstate(all="ignore"):
-                hobs = cond.hessian_terms(eta)[0]
-            if np.all(np.isfinite(hobs)) and hobs.min() > 0:
-                wt = hobs
-                factor_weights_are_w = False
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = lin + np.where(wt > 0, d1 / wt, 0.0)
-        exact = not np.any(z)                      # zero working response: nothing to move
-        if exact:                                  # any response outside the span gives the factor
-            z = np.random.default_rng(0).standard_normal(z.shape[0])
-        XY = np.column_stack([X, z]) if has_x else z[:, None]
-        _reweight(chol, XY, wt)
-        try:
-            chol.update(lams)
-            solved = None
-        except np.linalg.LinAlgError:
-            # a working response in the span of [Z Lambda, X] (a constant response: the fit is
-            # exact) leaves no residual for the last pivot; the solution is linear in the
-            # response, so solve for z + e and for e (e outside the span) and subtract
-            solved = _solve_in_span(chol, X, z, wt, lams) if not exact else None
-            if solved is None:
-                message = f"factorization failed at PIRLS iteration {it}"
-                break
-        if exact:
+        status, solved = rows.factor(chol, lams, bool(newton and not dec < 1e-9))
+        factor_weights_are_w = rows.wt_is_w
+        if status == "failed":
+            message = f"factorization failed at PIRLS iteration {it}"
+            break
+        if status == "exact":
             converged, dec = True, 0.0
             break
         u_new, b_new = chol.solve() if solved is None else solved
         du = u_new - u
-        dlin = linear(u_new, b_new if has_x else None)
-        dlin -= lin
-        dec = float(wt @ (dlin * dlin) + du @ du)
+        dec = rows.step(u_new, b_new, lams) + float(du @ du)
         if not np.isfinite(dec):
             message = f"non-finite PIRLS step at iteration {it}"
             break
@@ -193,36 +147,24 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
             break
         dec_prev = dec
         db = (b_new - beta) if has_x else None
-        lin_at = lambda t: lin + t * dlin if t != 1.0 else lin + dlin
-        t, u_t, eta_t, ll_t, obj_t, d1_t, w_t, nh = _halving_step(
-            evaluate, lambda t: u + t * du, lambda t: eta_fixed + lin_at(t), obj, maxhalf)
+        t, u_t, _, ll_t, obj_t, _, _, nh = _halving_step(
+            lambda t: (rows.trial(t, u + t * du, beta + t * db if has_x else None, lams), None,
+                       None),
+            lambda t: u + t * du, lambda t: t, obj, maxhalf)
         nhalf_total += nh
         if t is None:
             converged, message = _halving_failed(dec, obj, it, maxhalf)
             break
-        u, lin, eta, ll, obj, d1, w = u_t, lin_at(t), eta_t, ll_t, obj_t, d1_t, w_t
+        rows.accept()
+        u, ll, obj = u_t, ll_t, obj_t
         if has_x:
             beta = beta + t * db
-        if d1 is None:
-            with np.errstate(all="ignore"):
-                d1, w = cond.derivatives(eta)
     else:
         if maxiter_run:
             message = f"PIRLS did not converge in {maxiter} iterations (last decrement {dec:.3g})"
     message = _final_message(message, converged, restarted)
     if converged and not factor_weights_are_w:        # the Laplace factor uses w, not the Newton weights
-        # the response column does not enter log|L_ZZ|; it only has to be outside the span
-        with np.errstate(divide="ignore", invalid="ignore"):
-            zf = lin + np.where(w > 0, d1 / w, 0.0)
-        for resp in (zf, np.random.default_rng(0).standard_normal(lin.shape[0])):
-            XY = np.column_stack([X, resp]) if has_x else resp[:, None]
-            _reweight(chol, XY, w)
-            try:
-                chol.update(lams)
-                break
-            except np.linalg.LinAlgError:
-                continue
-        else:
+        if not rows.factor_with_w(chol, lams):
             converged, message = False, "factorization with the working weights failed at the modes"
     logdet = np.nan
     if it:
@@ -230,9 +172,9 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
             logdet = float(chol.logdet_zz)
         except Exception:  # noqa: BLE001
             logdet = np.nan
-    return Modes(u=u, eta=eta, beta=beta, loglik_cond=ll, sqr_u=float(u @ u),
+    return Modes(u=u, eta=rows.eta, beta=beta, loglik_cond=ll, sqr_u=float(u @ u),
                  logdet=logdet, converged=converged, niter=it, nhalf=nhalf_total,
-                 message=message, decrement=dec, d1=d1, w=w)
+                 message=message, decrement=dec, d1=rows.d1, w=rows.w)
 
 
 def factor_at(chol, modes):
@@ -241,7 +183,8 @@ def factor_at(chol, modes):
     return extra.get("factor", chol) if extra else chol
 
 
-def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None, dd1=None):
+def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None, dd1=None, rows=None,
+                  dbeta=None):
     """First-order prediction of the conditional modes after a change of the parameters.
 
     With ``chol`` still holding the factor at ``modes`` (weights ``w``), the
@@ -263,6 +206,9 @@ def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None, dd1=N
         Change of the fixed part of the linear predictor.
     lams : list of ndarray, optional
         ``design.lambdas`` at the old theta.
+    rows, dbeta : SummedRows and ndarray, optional
+        Rows held elsewhere, still at ``modes`` (their cross-products and ``Z' d1``), and the
+        change of beta (in place of ``deta_fixed = X dbeta``): no pass over the rows.
     dd1 : ndarray, optional
         Change of ``d1`` at the modes caused by a change ``dpsi`` of the
         conditional model's own parameters (``param_derivatives()[1] @ dpsi``);
@@ -273,18 +219,22 @@ def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None, dd1=N
     ndarray
         Predicted ``u``.
     """
-    if modes.d1 is None or modes.w is None:
+    if rows is None and (modes.d1 is None or modes.w is None):
         return modes.u
     chol = factor_at(chol, modes)
-    ops = _zops(design)
     lams = getattr(chol, "lams", None) if lams is None else lams
     dl = design.lambdas(np.asarray(dtheta, dtype=float))
-    v = ops.zlam(modes.u, dl)
-    if deta_fixed is not None:
-        v = v + deta_fixed
-    rhs = ops.ztv(modes.d1, dl) - ops.ztv(modes.w * v, lams)
-    if dd1 is not None:
-        rhs += ops.ztv(dd1, lams)
+    if rows is not None:
+        # summed rows at the modes: the same right-hand side from their cross-products
+        rhs = rows.predict_rhs(modes.u, dl, lams, dbeta)
+    else:
+        ops = _zops(design)
+        v = ops.zlam(modes.u, dl)
+        if deta_fixed is not None:
+            v = v + deta_fixed
+        rhs = ops.ztv(modes.d1, dl) - ops.ztv(modes.w * v, lams)
+        if dd1 is not None:
+            rhs += ops.ztv(dd1, lams)
     du = chol.solve_re(rhs)
     out = modes.u + du
     return out if np.all(np.isfinite(out)) else modes.u

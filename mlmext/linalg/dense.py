@@ -21,6 +21,7 @@ from scipy import linalg, sparse
 
 from .._blas import inverse_threads
 from ._lead import LeadBlockFactor
+from ._local import LocalInverse
 from ._stacks import blockdiag_sparse, sandwich, solve_last_row_t
 from ._supernodal import MIN_RZ, SupernodalPlan
 
@@ -326,22 +327,18 @@ class DenseFactor(LeadBlockFactor):
             O(n k^2) gathers for k random effects per row outside the first
             block; nothing of size n^2.
         """
-        b1 = self.blocks[0]
-        g = b1.codes
+        return self.local_inverse_parts().rows(self.blocks)
+
+    def local_inverse_parts(self):
+        """What :meth:`local_inverse` needs of the factor, apart from the rows: a
+        :class:`~mlmext.linalg._local.LocalInverse` whose ``rows(blocks)`` gives the row-wise
+        pieces of any rows with these blocks' levels (a chunk of the data on a worker)."""
         q1, m1, rz = self.q1, self.m1, self.rz
         lams = self.lams
-        a = b1.X @ lams[0]                                 # row i: (Lambda_1' x_i)'
         Minv = self.M1inv if self.q1 > 1 else (1.0 / self.M1)[:, None, None]
+        rpos = self._rpos
         if rz == 0:
-            return [a], [np.einsum("iab,ib->ia", Minv[g], a)]
-        P_list, c_list = [], []
-        off = 0
-        for b, lam in zip(self.blocks[1:], lams[1:]):
-            P_list.append(self._rest_index(off + b.codes[:, None] * b.q + np.arange(b.q)[None, :]))
-            c_list.append(b.X @ lam)
-            off += b.nre
-        P = np.hstack(P_list)
-        c = np.hstack(c_list)
+            return LocalInverse(lams, "one", Minv=Minv, rpos=rpos)
         Ginv, info = linalg.lapack.dpotri(self.Lr[:rz, :rz], lower=1)
         if info:
             raise np.linalg.LinAlgError("singular factor in local_inverse")
@@ -358,15 +355,8 @@ class DenseFactor(LeadBlockFactor):
             else:
                 K = np.asarray(sparse.csr_matrix((cdata, cols, indptr), shape=(m1, rz)) @ G)
             J = np.bincount(rows, weights=cdata * K[rows, cols], minlength=m1)
-            base = Minv[:, 0, 0] + J
-            KP = K[g[:, None], P]                          # (n, k)
-            rho1 = (base[g] * a[:, 0] - np.einsum("ik,ik->i", KP, c))[:, None]
-            if P.shape[1] == 1:
-                rhor = G[P[:, 0], P[:, 0]][:, None] * c - KP * a
-            else:
-                GPP = G[P[:, :, None], P[:, None, :]]
-                rhor = np.einsum("ikl,il->ik", GPP, c) - KP * a
-            return self._split_local(a, rho1, c_list, rhor)
+            return LocalInverse(lams, "scalar", base=Minv[:, 0, 0] + J, K=K, G=G, rpos=rpos,
+                                pattern=self._local_pattern(rows, cols))
         keep, cols, indptr, rows = self._a1z_index()
         A1z = sparse.csr_matrix((self.A_1r.data[keep], cols, indptr), shape=(m1 * q1, rz))
         if isinstance(lr, np.ndarray):
@@ -381,17 +371,22 @@ class DenseFactor(LeadBlockFactor):
         Cd = C.toarray().reshape(m1, q1, rz)
         K3 = K.reshape(m1, q1, rz)
         J = np.einsum("gar,gbr->gab", K3, Cd)
-        KP = K3[g[:, None, None], np.arange(q1)[None, :, None], P[:, None, :]]     # (n, q1, k)
-        GPP = G[P[:, :, None], P[:, None, :]]                                    # (n, k, k)
-        rho1 = np.einsum("iab,ib->ia", Minv[g] + J[g], a) - np.einsum("iak,ik->ia", KP, c)
-        rhor = np.einsum("ikl,il->ik", GPP, c) - np.einsum("iak,ia->ik", KP, a)
-        return self._split_local(a, rho1, c_list, rhor)
+        return LocalInverse(lams, "general", Minv=Minv + J, K=K3, G=G, rpos=rpos,
+                            pattern=self._local_pattern(rows, cols))
 
-    def _split_local(self, a, rho1, c_list, rhor):
-        t_out, rho_out = [a], [rho1]
-        off = 0
-        for b, cb in zip(self.blocks[1:], c_list):
-            t_out.append(cb)
-            rho_out.append(rhor[:, off:off + b.q])
-            off += b.q
-        return t_out, rho_out
+    def _local_pattern(self, rows, cols):
+        """(first-block level, rest position) of the nonzeros of ``A_1r``'s rest columns, with
+        every effect of a vector block's level (a zero column leaves a gap in the pattern)."""
+        lvl = rows // self.q1
+        if all(b.q == 1 for b in self._rest_blocks):
+            return lvl, cols
+        # vector blocks in the rest: natural order (only scalar rests are reordered)
+        start, q, off = [], [], 0
+        for b in self._rest_blocks:
+            start.append(off + np.repeat(np.arange(b.m) * b.q, b.q))
+            q.append(np.full(b.nre, b.q))
+            off += b.nre
+        s0, qq = np.concatenate(start)[cols], np.concatenate(q)[cols]
+        rep = np.repeat(np.arange(cols.size), qq)
+        within = np.arange(rep.size) - np.repeat(np.cumsum(qq) - qq, qq)
+        return lvl[rep], s0[rep] + within

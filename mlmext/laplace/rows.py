@@ -1,0 +1,234 @@
+"""The rows of a PIRLS problem: the n-sized work of an iteration, behind one interface.
+
+:func:`~mlmext.laplace.pirls` (its blocked path) and :func:`~mlmext.laplace.laplace_gradient`
+touch the rows only through a *rows* object, which returns sums of the size of the random
+effects and the fixed effects:
+
+* :class:`MemoryRows` -- the rows as numpy arrays (the in-memory models);
+* :class:`~mlmext.laplace.summed.SummedRows` -- rows in chunks that are evaluated elsewhere
+  (on Dask workers): each call of its ``mapper`` is one pass over the chunks, each chunk
+  evaluated by :func:`~mlmext.laplace.summed.chunk_sums` and the sums added.  One pass per PIRLS iteration
+  (the evaluation at the new point gives the next iteration's cross-products too), one for
+  the gradient.  Canonical links only (the weights are then the observed information).
+
+The protocol (what ``pirls`` calls): ``point(u, beta, lams)`` and ``trial(t, u, beta, lams)``
+(then ``accept()``) evaluate the conditional log-likelihood at a point; ``weights_problem()``;
+``factor(chol, lams, newton)`` puts the weighted cross-products of ``[Z X z]`` into the factor
+and factors; ``step(u_new, beta_new, lams)`` gives ``dlin' W dlin`` of the step;
+``eta``, ``d1``, ``w`` (None when the rows are not held); ``has_x``.  The gradient
+(:func:`~mlmext.laplace.laplace_gradient`) calls ``gradient_sums`` and ``gradient_second``;
+summed rows also give :func:`~mlmext.laplace.predict_modes` its right-hand side
+(``predict_rhs``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .steps import _solve_in_span
+from .zops import _reweight, _zops
+
+__all__ = ["MemoryRows"]
+
+
+class MemoryRows:
+    """Rows held in memory: ``eta_fixed`` (n,), the conditional model, ``X`` when beta is
+    updated inside PIRLS.  The arrays of the current point are attributes (``lin``, ``eta``,
+    ``d1``, ``w``)."""
+
+    summed = False
+
+    def __init__(self, design, eta_fixed, cond, X=None):
+        self.design = design
+        self.ops = _zops(design)
+        self.eta_fixed = np.asarray(eta_fixed, dtype=float)
+        self.cond = cond
+        self.has_x = X is not None
+        self.X = np.asarray(X, dtype=float) if self.has_x else None
+        self.fused = getattr(cond, "loglik_derivs", None)
+        self.d1 = self.w = self.eta = None
+
+    @classmethod
+    def at_modes(cls, design, cond, modes, X=None):
+        """The rows at converged modes (for the gradient): ``eta``, ``d1``, ``w`` of ``modes``."""
+        self = cls(design, modes.eta, cond, X)
+        self.eta = modes.eta
+        if modes.d1 is not None and modes.w is not None:
+            self.d1, self.w = modes.d1, modes.w
+        else:
+            self.d1, self.w = cond.derivatives(modes.eta)
+        return self
+
+    def linear(self, u, beta, lams):
+        lin = self.ops.zlam(u, lams)
+        if self.has_x:
+            lin += self.X @ beta
+        return lin
+
+    def _evaluate(self, eta):
+        """(sum loglik, d1, w) at eta; d1, w are None when the value is not finite."""
+        cond = self.cond
+        with np.errstate(all="ignore"):
+            if self.fused is not None:
+                lo, d1, w = self.fused(eta)
+                ll = float(np.sum(lo))
+            else:
+                ll = float(np.sum(cond.loglik_obs(eta)))
+                d1 = w = None
+                if np.isfinite(ll):
+                    d1, w = cond.derivatives(eta)
+        return ll, d1, w
+
+    # -- the PIRLS protocol
+    def point(self, u, beta, lams):
+        self.lin = self.linear(u, beta, lams)
+        self.eta = self.eta_fixed + self.lin
+        self.ll, self.d1, self.w = self._evaluate(self.eta)
+        return self.ll
+
+    def weights_problem(self):
+        d1, w = self.d1, self.w
+        if d1 is None or not (np.isfinite(d1.sum()) and np.isfinite(w.sum())) or w.min() < 0:
+            return f"max |eta| = {np.max(np.abs(self.eta)):.3g}"
+        return None
+
+    def factor(self, chol, lams, newton):
+        """The factor for the step from the current point (Newton weights when ``newton`` and
+        the observed information is positive).  Returns ``(status, solved)``: status "ok",
+        "exact" (zero working response: nothing to move) or "failed"; ``solved`` the step's
+        ``(u, beta)`` when the factorization needed the solve in the span."""
+        cond, X, lin, d1 = self.cond, self.X, self.lin, self.d1
+        wt = self.w
+        self.wt_is_w = True
+        if newton:
+            with np.errstate(all="ignore"):
+                hobs = cond.hessian_terms(self.eta)[0]
+            if np.all(np.isfinite(hobs)) and hobs.min() > 0:
+                wt = hobs
+                self.wt_is_w = False
+        self.wt = wt
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = lin + np.where(wt > 0, d1 / wt, 0.0)
+        exact = not np.any(z)                      # zero working response: nothing to move
+        if exact:                                  # any response outside the span gives the factor
+            z = np.random.default_rng(0).standard_normal(z.shape[0])
+        XY = np.column_stack([X, z]) if self.has_x else z[:, None]
+        _reweight(chol, XY, wt)
+        try:
+            chol.update(lams)
+            solved = None
+        except np.linalg.LinAlgError:
+            # a working response in the span of [Z Lambda, X] (a constant response: the fit is
+            # exact) leaves no residual for the last pivot; the solution is linear in the
+            # response, so solve for z + e and for e (e outside the span) and subtract
+            solved = _solve_in_span(chol, X, z, wt, lams) if not exact else None
+            if solved is None:
+                return "failed", None
+        return ("exact" if exact else "ok"), solved
+
+    def step(self, u_new, b_new, lams):
+        dlin = self.linear(u_new, b_new if self.has_x else None, lams)
+        dlin -= self.lin
+        self.dlin = dlin
+        return float(self.wt @ (dlin * dlin))
+
+    def trial(self, t, u_t, b_t, lams):
+        lin_t = self.lin + t * self.dlin if t != 1.0 else self.lin + self.dlin
+        eta_t = self.eta_fixed + lin_t
+        ll, d1, w = self._evaluate(eta_t)
+        self._trial = (lin_t, eta_t, ll, d1, w)
+        return ll
+
+    def accept(self):
+        self.lin, self.eta, self.ll, self.d1, self.w = self._trial
+        if self.d1 is None:
+            with np.errstate(all="ignore"):
+                self.d1, self.w = self.cond.derivatives(self.eta)
+
+    def factor_with_w(self, chol, lams):
+        """The factor with the weights ``w`` at the current point (after Newton steps); False
+        when it fails.  The response column does not enter ``log|L_ZZ|``: it only has to be
+        outside the span."""
+        lin, d1, w, X = self.lin, self.d1, self.w, self.X
+        with np.errstate(divide="ignore", invalid="ignore"):
+            zf = lin + np.where(w > 0, d1 / w, 0.0)
+        for resp in (zf, np.random.default_rng(0).standard_normal(lin.shape[0])):
+            XY = np.column_stack([X, resp]) if self.has_x else resp[:, None]
+            _reweight(chol, XY, w)
+            try:
+                chol.update(lams)
+                return True
+            except np.linalg.LinAlgError:
+                continue
+        return False
+
+    # -- the gradient's sums (rows at the modes: at_modes)
+    def gradient_sums(self, chol, lams, theta, u, dw, X=None):
+        """Sums of the gradient's first part: ``Lambda' Z' a`` (a = dw * leverage), and per
+        theta ``Ku' d1``, ``T``, ``Ku' a``; per beta ``X' d1``, ``X' a``."""
+        design, ops, d1, w = self.design, self.ops, self.d1, self.w
+        t_list, rho_list = chol.local_inverse()
+        keep = {}
+        out = _gradient_sums(design, ops, lams, theta, u, d1, w, dw, X, t_list, rho_list,
+                             design.blocks, keep)
+        self._Ku = keep["Ku"]
+        out["lev"] = keep["lev"]
+        return out
+
+    def gradient_second(self, chol, lams, theta, h, v, X=None):
+        """``s = H^-1 v`` (``H`` with the observed information ``h``) and the sums
+        ``Ks' d1``, ``Ku' h Z Lambda s``, ``X' h Z Lambda s``."""
+        ops, design = self.ops, self.design
+        s = _solve_md(chol, ops, lams, h, self.w, v)
+        zs = ops.zlam(s, lams)
+        hzs = h * zs
+        Ks = ops.dtheta_cols(s, design, theta)
+        Ku = self._Ku
+        return s, {"Ksd1": Ks.T @ self.d1, "Kuhzs": Ku.T @ hzs,
+                   "Xhzs": None if X is None else np.asarray(X).T @ hzs, "zs": zs}
+
+
+def _gradient_sums(design, ops, lams, theta, u, d1, w, dw, X, t_list, rho_list, blocks, keep=None):
+    lev = np.zeros(d1.shape[0])
+    for tb, rb in zip(t_list, rho_list):
+        lev += np.einsum("ij,ij->i", tb, rb)
+    a = dw * lev
+    Ku = ops.dtheta_cols(u, design, theta)          # (n, ntheta): Z dLambda_k u~
+    T = np.zeros(design.ntheta)
+    for kb, (b, rb) in enumerate(zip(blocks, rho_list)):
+        if ops.all_ones[kb]:
+            T[b.t_idx[0]] += w @ rb[:, 0]
+            continue
+        for r, c, k in zip(b.t_rows, b.t_cols, b.t_idx):
+            T[k] += w @ (b.X[:, r] * rb[:, c])
+    out = {"ztva": ops.ztv(a, lams), "Kud1": Ku.T @ d1, "T": T, "Kua": Ku.T @ a,
+           "Xd1": None if X is None else np.asarray(X).T @ d1,
+           "Xa": None if X is None else np.asarray(X).T @ a}
+    if keep is not None:
+        keep.update(lev=lev, a=a, Ku=Ku)
+    return out
+
+
+def _solve_md(chol, ops, lams, h, w, v, tol=1e-13, maxiter=200):
+    """Solve ``(Lambda' Z' H Z Lambda + I) x = v`` (observed information ``h``) by conjugate
+    gradients preconditioned with the factor for the weights ``w`` held by ``chol``."""
+    x = chol.solve_re(v)
+    if h is w:
+        return x
+    apply = lambda y: y + ops.ztv(h * ops.zlam(y, lams), lams)
+    r = v - apply(x)
+    z = chol.solve_re(r)
+    pvec = z.copy()
+    rz = float(r @ z)
+    vnorm = max(float(np.sqrt(v @ v)), 1e-300)
+    for _ in range(maxiter):
+        if np.sqrt(abs(rz)) <= tol * vnorm or not np.isfinite(rz):
+            break
+        Ap = apply(pvec)
+        alpha = rz / float(pvec @ Ap)
+        x += alpha * pvec
+        r -= alpha * Ap
+        z = chol.solve_re(r)
+        rz_new = float(r @ z)
+        pvec = z + (rz_new / rz) * pvec
+        rz = rz_new
+    return x
