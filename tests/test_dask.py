@@ -223,3 +223,15 @@ def test_specs_rebuilt_from_a_few_rows():
         warnings.simplefilter("ignore")
         rp = mf.lmer(f, df, weights="w").fit()
     np.testing.assert_allclose(again.predict(data=new), rp.predict(data=new), rtol=1e-6)
+
+
+def test_lmm_rows_sorted_by_the_response():
+    # a 0/1 response sorted by value: its first 2000 rows (the first pass's sample) are all 0,
+    # and the template frame must still hold the data's range, or its checks would call the
+    # response constant
+    df = _crossed().dropna()
+    df["y"] = (df["y"] > df["y"].quantile(0.85)).astype(float)
+    df = df.sort_values("y", kind="stable").reset_index(drop=True)
+    assert df["y"].head(2000).max() == 0.0
+    f = "y ~ x + (1 | user) + (1 | item)"
+    _same_fit(mf.lmer(f, dd.from_pandas(df, npartitions=3)).fit(), mf.lmer(f, df).fit())

@@ -208,3 +208,17 @@ def test_what_a_dask_glmm_does_not_take():
         res.resid_pearson
     with pytest.raises(TypeError):
         m.fit(bogus=1)
+
+
+def test_rows_sorted_by_the_response():
+    # the first rows of every partition are failures only: the template frame must still hold
+    # the data's range of the response, or its checks would call the response constant
+    df = _data(n=6000).dropna().sort_values("y", kind="stable").reset_index(drop=True)
+    df = df[["y", "x", "user"]]
+    assert df["y"].head(2000).max() == 0.0          # the first pass's sample
+    rp = mf.glmer("y ~ x + (1 | user)", df, family="binomial").fit()
+    rd = mf.glmer("y ~ x + (1 | user)", dd.from_pandas(df, npartitions=2),
+                  family="binomial").fit()
+    assert rd.llf == pytest.approx(rp.llf, rel=1e-10)
+    np.testing.assert_allclose(np.asarray(rd.params), np.asarray(rp.params),
+                               atol=1e-6 * float(np.min(rp.bse)))

@@ -168,7 +168,21 @@ def _partition_summary(part, used, groups, weights, nsample):
     if weights is not None:
         ok &= part[weights] != 0                 # zero-weight rows are not observations
     part = part.loc[ok]
-    return {"groups": [part[g].drop_duplicates() for g in groups], "sample": part.head(nsample)}
+    return {"groups": [part[g].drop_duplicates() for g in groups], "sample": part.head(nsample),
+            "extremes": _extreme_rows(part)}
+
+
+def _extreme_rows(part):
+    """The rows holding each numeric column's smallest and largest value: the template frame
+    then has the data's range (a 0/1 response sorted by its value has both values in it, so
+    the template's response checks are the data's)."""
+    cols = [c for c in part.columns if pd.api.types.is_numeric_dtype(part[c])
+            and not isinstance(part[c].dtype, pd.CategoricalDtype)]
+    if not cols or len(part) == 0:
+        return part.iloc[:0]
+    pos = np.unique(np.concatenate([[np.argmin(part[c].to_numpy()), np.argmax(part[c].to_numpy())]
+                                    for c in cols]))
+    return part.iloc[pos]
 
 
 def _merge_summaries(a, b):
@@ -176,7 +190,8 @@ def _merge_summaries(a, b):
     sample = a["sample"]
     if len(sample) < SAMPLE_ROWS:
         sample = pd.concat([sample, b["sample"].head(SAMPLE_ROWS - len(sample))], ignore_index=True)
-    return {"groups": groups, "sample": sample}
+    extremes = _extreme_rows(pd.concat([a["extremes"], b["extremes"]], ignore_index=True))
+    return {"groups": groups, "sample": sample, "extremes": extremes}
 
 
 def learn(ddf, formula, weights=None, offset=None):
@@ -199,7 +214,8 @@ def learn(ddf, formula, weights=None, offset=None):
     parts = [dask.delayed(_partition_summary)(p, used, groups, weights, SAMPLE_ROWS)
              for p in ddf.to_delayed()]
     summary = tree_reduce(parts, _merge_summaries).compute()
-    sample = summary["sample"].reset_index(drop=True)
+    # the extreme rows first: the frame below keeps every sample row
+    sample = pd.concat([summary["extremes"], summary["sample"]], ignore_index=True)
     if len(sample) == 0:
         raise ValueError("no row of the data is complete (every row has a missing value in a "
                          f"column the model uses, {used}, or a zero weight)")
