@@ -159,3 +159,21 @@ def test_refit_many_rejects_what_refit_rejects(sleep):
         r.refit_many(const)
     with pytest.raises(TypeError):
         r.refit_many(Y, bogus=1)
+
+
+def test_bootstrap_refits_in_lockstep_as_one_by_one(sleep):
+    """bootstrap (conf_int(method="boot")) refits its simulated responses with refit_many:
+    the replicates are those of single refits of the same simulations."""
+    from mlmext.inference import bootstrap, simulate
+    r = mf.lmer(SLEEP, sleep).fit()
+    boot = bootstrap(r, nsim=8, seed=21)
+    ys = simulate(r, nsim=8, seed=np.random.default_rng(21), re=True, use_u=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fits = [r.refit(ys.iloc[:, k]) for k in range(8)]
+    assert boot.attrs["failed"] == 0
+    se = np.asarray(boot.std())
+    for k, fit in enumerate(fits):
+        row = boot.iloc[k].to_numpy()
+        assert row[-2:] == pytest.approx(np.asarray(fit.fe_params), abs=1e-4 * se[-2:].max())
+        assert row[3] == pytest.approx(fit.sigma, rel=1e-5)          # sigma after the sd/cor

@@ -14,6 +14,8 @@ fit snaps, probes and warns), is refitted on its own by :func:`~mlmext.inference
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -25,8 +27,9 @@ from ._refit import refit
 
 __all__ = ["refit_many"]
 
-#: Newton iterations of the lockstep phase before a member is refitted on its own
-MAX_ITERATIONS = 12
+#: Newton iterations of the lockstep phase before a member is refitted on its own (from the
+#: point it reached): a few slow members would keep the whole batch's rounds going
+MAX_ITERATIONS = 8
 #: the Newton decrement the lockstep phase iterates to (the single fit's tolerance) and the
 #: checks' bound (deviance units)
 TOL, CHECK_TOL = 1e-9, 1e-7
@@ -119,13 +122,39 @@ def refit_many(res, Y, **fit_kwargs):
     out = [None] * Y.shape[1]
     for lo in range(0, Y.shape[1], CHUNK):
         hi = min(lo + CHUNK, Y.shape[1])
-        for b, fit in zip(range(lo, hi), _lockstep(r, sf, Y[:, lo:hi], Yo[:, lo:hi])):
-            out[b] = fit if fit is not None else refit(res, Y[:, b])
+        fits, starts = _lockstep(r, sf, Y[:, lo:hi], Yo[:, lo:hi])
+        for b, fit, start in zip(range(lo, hi), fits, starts):
+            if fit is None:          # a single refit, from the lowest point the lockstep found
+                fit = refit(res, Y[:, b]) if start is None else \
+                    refit(res, Y[:, b], start_params=start)
+            out[b] = fit
     return out
 
 
+def _batched_or_none(res, Y):
+    """For the bootstrap: each column's refit, warnings silenced and failures None (as its
+    loop of single refits has them), in lockstep where the design allows; None (all of it)
+    where it does not, and the caller refits one by one."""
+    if _batchable(_raw(res)) is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return refit_many(res, Y)
+        except (np.linalg.LinAlgError, ValueError, RuntimeError):
+            pass                        # one response that fails: each refit on its own
+        out = []
+        for b in range(Y.shape[1]):
+            try:
+                out.append(refit(res, Y[:, b]))
+            except (np.linalg.LinAlgError, ValueError, RuntimeError):
+                out.append(None)
+        return out
+
+
 def _lockstep(r, sf, Y, Yo):
-    """Results of the members that pass the checks in lockstep Newton, None for the others."""
+    """Results of the members that pass the checks in lockstep Newton (None for the others),
+    and for the others the lowest point found (None: the fit's theta), as a start."""
     model, des = r.model, r.model.re_design
     reml = bool(r.reml)
     batch = OneBlockBatch(sf, Yo, reml, model.nobs, model._logw)
@@ -191,8 +220,10 @@ def _lockstep(r, sf, Y, Yo):
     near = ((Tc * s)[:, diag] < NEAR_ZERO).any(axis=1) if diag.any() else np.zeros(conv.size, bool)
     conv, Tc = conv[~near], Tc[~near]
     out = [None] * nb
+    moved = np.isfinite(f) & np.any(T != theta0, axis=1)
+    starts = [des.canonical_theta(T[b]) if moved[b] else None for b in range(nb)]
     if conv.size == 0:
-        return out
+        return out, starts
     beta, u, sigma, crit, cov = batch.estimates(Tc, conv)
     ddf = getattr(r, "ddf", "satterthwaite")
     tried = (f"Newton from the fit's theta, {nb} responses in lockstep (exact Hessian), "
@@ -208,7 +239,7 @@ def _lockstep(r, sf, Y, Yo):
                          extra_items=(("snapped", []), ("decrement", float(dec[b])),
                                       ("min_eigenvalue", float(mineig[b]))))
         out[b] = new._results_from_state(state, opt, ddf)
-    return out
+    return out, starts
 
 
 def _frozen(a):

@@ -45,10 +45,18 @@ def _mv(a, v):
     return (a * v[None]).sum(axis=1)
 
 
-def _trmm(a, b):
-    """``tr(a_k b_l)`` for component-major stacks ``a`` (i, j, K, ...) and ``b`` (j, i, K, ...):
-    a (K, K, ...) array."""
-    return (a[:, :, :, None] * _T(b)[:, :, None, :]).sum(axis=(0, 1))
+def _pair(a, b):
+    """``sum_(i, j, g) a[i, j, k, :, g] b[i, j, l, :, g]`` for stacks (q1, q2, K, B, m): the
+    traces of products summed over the levels, (K, K, B), as B small matrix products."""
+    q1, q2, K1, nb, m = a.shape
+    A = a.transpose(3, 2, 0, 1, 4).reshape(nb, K1, -1)
+    Bm = b.transpose(3, 0, 1, 4, 2).reshape(nb, -1, b.shape[2])
+    return np.moveaxis(A @ Bm, 0, 2)
+
+
+def _flat(a):
+    """(q, q, B, m) -> (q q m, B) rows in the order (i, j, g), for products with constants."""
+    return a.transpose(0, 1, 3, 2).reshape(-1, a.shape[2])
 
 
 def _spd_inv(M):
@@ -123,7 +131,11 @@ class OneBlockBatch:
         # d2 M_kl = e_k' A_g e_l + e_l' A_g e_k: free of theta (lambda is linear in it)
         eAe = _mm(_mm(_T(E)[:, :, :, None, None, None], self.Ag[:, :, None, None]),
                   E[:, :, None, :, None, None])                          # (q, q, K, K, 1, m)
-        self.d2M = eAe + _T(np.swapaxes(eAe, 2, 3))
+        d2M = eAe + _T(np.swapaxes(eAe, 2, 3))
+        self.d2M = d2M[..., 0, :].transpose(2, 3, 0, 1, 4).reshape(K * K, -1)   # (K K, q q m)
+        Cm = self.Cg[:, :, 0]                                            # (q, p, m)
+        # C_g' N C_g summed over levels, for any (q, q) stack N: one product with this
+        self.CC = np.einsum("iag,jcg->acijg", Cm, Cm).reshape(p * p, -1)     # (p p, q q m)
 
     # -- pieces -----------------------------------------------------------------------
     def _core(self, T, idx):
@@ -143,7 +155,8 @@ class OneBlockBatch:
         fv = _mv(_T(L4), cg)                                             # lambda' c_g (q, B, m)
         PF = _mm(P, F)
         Pf = _mv(P, fv)
-        S = self.XX - np.moveaxis((F[:, :, None] * PF[:, None]).sum(axis=(0, 4)), 2, 0)
+        N = _mm(_mm(L4, P), _T(L4))                                      # lambda P lambda'
+        S = self.XX - (self.CC @ _flat(N)).T.reshape(nb, p, p)
         Xys = self.Xy[idx] - (F * Pf[:, None]).sum(axis=(0, 3)).T
         yys = self.yy[idx] - (fv * Pf).sum(axis=(0, 2))
         try:
@@ -187,27 +200,28 @@ class OneBlockBatch:
         dM = eAl + _T(eAl)
         PdM = _mm(P5, dM)
         dld = np.trace(PdM).sum(axis=-1)                                 # (K, B)
-        d2ld = ((P[:, :, None, None] * _T(self.d2M)).sum(axis=(0, 1)) - _trmm(PdM, PdM)).sum(axis=-1)
+        K, nb, p = self.K, lam.shape[2], self.p
+        d2ld = (self.d2M @ _flat(P)).reshape(K, K, nb) - _pair(PdM, _T(PdM))
         if self.reml:                      # + log det S, S = XX - sum_g C' lambda P lambda' C
             lam5 = lam[:, :, None, :, None]
             dP = -_mm(PdM, P5)                                           # -P dM_k P
             Gk = _mm(_mm(E5, P5), lamT5)                                 # e_k P lambda'
             dN = Gk + _T(Gk) + _mm(_mm(lam5, dP), lamT5)
-            Cg5 = Cg[:, :, None]
-            dS = _mm(_mm(_T(Cg5), dN), Cg5).sum(axis=-1)                 # -dS (p, p, K, B)
+            dS = (self.CC @ dN.transpose(0, 1, 4, 2, 3).reshape(-1, K * nb)).reshape(p, p, K, nb)
             SdS = -(Sinv[:, None] @ np.moveaxis(dS, (2, 3), (1, 0)))     # (B, K, p, p)
             dld = dld + np.trace(SdS, axis1=2, axis2=3).T
             # tr(S^-1 d2S_kl) = -2 sum_g tr(D_g H_kl), D_g = C_g S^-1 C_g', and
             # H_kl = e_k dP_l lambda' + e_k P e_l' + e_l dP_k lambda' + lambda d2P_kl lambda' / 2
-            D = _mm(_mm(Cg, np.moveaxis(Sinv, 0, 2)[:, :, :, None]), _T(Cg))   # (q, q, B, m)
+            q, m = self.q, self.m                                        # D (q, q, B, m):
+            D = (self.CC.T @ Sinv.reshape(nb, -1).T).reshape(q, q, m, nb).transpose(0, 1, 3, 2)
             U = _mm(_mm(_T(lam)[:, :, :, None], D)[:, :, None], E5)      # lambda' D e_k
-            t1 = (U[:, :, :, None] * dP[:, :, None]).sum(axis=(0, 1)).sum(axis=-1)
+            t1 = _pair(U, dP)
             DY = _mm(_mm(D[:, :, None], E5), P5)                         # D e_k P
-            t2 = (DY[:, :, :, None] * E5[:, :, None]).sum(axis=(0, 1)).sum(axis=-1)
+            t2 = np.einsum("ijkb,ijl->klb", DY.sum(axis=-1), self.E5[..., 0, 0])
             J = _mm(_mm(P, _mm(_mm(_T(lam)[:, :, :, None], D), lam[:, :, :, None])), P)
             JdM = _mm(J[:, :, None], dM)
-            T1 = (_T(PdM)[:, :, :, None] * JdM[:, :, None]).sum(axis=(0, 1)).sum(axis=-1)
-            T3 = (J[:, :, None, None] * _T(self.d2M)).sum(axis=(0, 1)).sum(axis=-1)
+            T1 = _pair(_T(PdM), JdM)                                     # tr(J dM_l P dM_k)
+            T3 = (self.d2M @ _flat(J)).reshape(K, K, nb)
             tK = lambda a: np.swapaxes(a, 0, 1)                          # noqa: E731
             trX = t1 + t2 + tK(t1) + 0.5 * (T1 + tK(T1) - T3)
             d2ld = d2ld - 2.0 * trX - np.moveaxis(
