@@ -36,6 +36,9 @@ TOL, CHECK_TOL = 1e-9, 1e-7
 #: a standard deviation (theta diagonal times its predictor's root mean square) below this
 #: sends the member to a single refit: there a single fit snaps to zero and tests the bound
 NEAR_ZERO = 1e-3
+#: longest Newton step (largest entry, theta in its predictors' units: the parent's diagonals
+#: are ~1 there)
+MAX_STEP = 0.5
 #: members evaluated together (bounds the batch's arrays: B x levels x K^2 x q^2 numbers)
 CHUNK = 256
 
@@ -170,6 +173,7 @@ def _lockstep(r, sf, Y, Yo):
     dec = np.full(nb, np.inf)
     mineig = np.full(nb, np.nan)
     step = np.zeros_like(T)
+    slope = np.zeros(nb)                              # gradient . step (the Armijo condition)
     t = np.ones(nb)
     iters = np.zeros(nb, dtype=int)
     need = idx                                        # members at a new point: a Newton step
@@ -190,6 +194,10 @@ def _lockstep(r, sf, Y, Yo):
             st = -np.einsum("bij,bj->bi", V, np.einsum("bji,bj->bi", V, gs) / wa)
             d = -0.5 * np.einsum("bi,bi->b", gs, st)
             dec[a], mineig[a] = d, w.min(axis=1)
+            # far from the optimum a full step overshoots: at most MAX_STEP in the scaled theta
+            big = np.abs(st).max(axis=1)
+            st *= np.minimum(1.0, MAX_STEP / np.maximum(big, 1e-300))[:, None]
+            slope[a] = np.einsum("bi,bi->b", gs, st)
             done = pdef & (d < TOL)
             status[a[done]] = 1
             over = ~done & (iters[a] >= MAX_ITERATIONS)
@@ -204,11 +212,16 @@ def _lockstep(r, sf, Y, Yo):
         Tt = T[run] + t[run, None] * step[run]
         ft, gt, Ht = batch.value_grad_hess(Tt, run)
         nfev[run] += 1
-        ok = ft <= f[run] - 1e-4 * t[run] * dec[run] + 1e-12 * np.abs(f[run]) + 1e-10
+        ok = ft <= f[run] + 1e-4 * t[run] * slope[run] + 1e-12 * np.abs(f[run]) + 1e-10
         acc = run[ok]
         T[acc], f[acc], g[acc], H[acc] = Tt[ok], ft[ok], gt[ok], Ht[ok]
         rej = run[~ok]
-        t[rej] *= 0.5
+        # the next trial at the minimum of the quadratic through f(0), f'(0) and f(t), kept
+        # within [t / 10, t / 2] (a non-finite value: t / 4)
+        tr, s0, dfr = t[rej], slope[rej], ft[~ok] - f[rej]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            tq = -s0 * tr ** 2 / (2.0 * (dfr - s0 * tr))
+        t[rej] = np.where(np.isfinite(tq), np.clip(tq, 0.1 * tr, 0.5 * tr), 0.25 * tr)
         status[rej[t[rej] < 1e-9]] = -1               # the line search failed
         need = acc
     status[status == 0] = -1
