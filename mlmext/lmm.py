@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import warnings
 
 import numpy as np
@@ -146,11 +145,15 @@ class LinearMixedModel(MixedModel):
         if y.shape != self.endog.shape:
             raise ValueError(f"endog has shape {y.shape}; the model's response has shape "
                              f"{self.endog.shape}")
-        new = copy.copy(self)
+        # a shallow copy of the attributes (copy.copy would go through __getstate__, which
+        # prepares a pickle: 30 us, and __setstate__ resets the shared design's specs)
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
         for k in self._unpickled_caches:               # caches of the old response's numbers
             new.__dict__.pop(k, None)
         new.formula_info = dict(self.formula_info)       # remove_data() of one leaves the other
-        data = copy.copy(self.data)
+        data = object.__new__(type(self.data))          # (as the model: no pickle round)
+        data.__dict__.update(self.data.__dict__)
         data._cache = {}
         data.endog = y
         old = getattr(self.data, "orig_endog", None)

@@ -177,3 +177,16 @@ def test_bootstrap_refits_in_lockstep_as_one_by_one(sleep):
         row = boot.iloc[k].to_numpy()
         assert row[-2:] == pytest.approx(np.asarray(fit.fe_params), abs=1e-4 * se[-2:].max())
         assert row[3] == pytest.approx(fit.sigma, rel=1e-5)          # sigma after the sd/cor
+
+
+def test_the_batched_mirror_image_is_the_designs():
+    from mlmext.inference.refit_batch import _canonical
+    rng = np.random.default_rng(1)
+    g = np.repeat(np.arange(12), 8)
+    d = pd.DataFrame({"y": rng.normal(size=96), "x": rng.normal(size=96), "z": rng.normal(size=96),
+                      "g": pd.Categorical(g)})
+    for f in ["y ~ x + (x + z | g)", "y ~ x + (x || g)", "y ~ x + (1 | g)"]:
+        des = mf.lmer(f, d).re_design
+        T = rng.normal(size=(30, des.ntheta))
+        np.testing.assert_array_equal(_canonical(des.blocks[0], T),
+                                      np.array([des.canonical_theta(t) for t in T]))

@@ -229,11 +229,11 @@ def _lockstep(r, sf, Y, Yo):
     # snaps and tests the bound, so those members go to single refits
     conv = np.flatnonzero(status == 1)
     diag = np.isfinite(des.lower)
-    Tc = np.array([des.canonical_theta(T[b]) for b in conv]).reshape(conv.size, -1)
+    Tc = _canonical(sf.blocks[0], T[conv])
     near = ((Tc * s)[:, diag] < NEAR_ZERO).any(axis=1) if diag.any() else np.zeros(conv.size, bool)
     conv, Tc = conv[~near], Tc[~near]
     out = [None] * nb
-    moved = np.isfinite(f) & np.any(T != theta0, axis=1)
+    moved = np.isfinite(f) & np.any(T != theta0, axis=1) & (status != 1)
     starts = [des.canonical_theta(T[b]) if moved[b] else None for b in range(nb)]
     if conv.size == 0:
         return out, starts
@@ -253,6 +253,17 @@ def _lockstep(r, sf, Y, Yo):
                                       ("min_eigenvalue", float(mineig[b]))))
         out[b] = new._results_from_state(state, opt, ddf)
     return out, starts
+
+
+def _canonical(blk, T):
+    """``design.canonical_theta`` of each row of ``T`` (one block): every template column
+    whose diagonal is negative negated (the same model)."""
+    diag_of = {int(c): k for r, c, k in zip(blk.t_rows, blk.t_cols, blk.t_idx) if r == c}
+    dcol = np.array([diag_of[int(c)] for c in blk.t_cols])      # each entry's column diagonal
+    sign = np.where(T[:, dcol] < 0, -1.0, 1.0)
+    Tc = T.copy()
+    Tc[:, blk.t_idx] = T[:, blk.t_idx] * sign
+    return Tc
 
 
 def _frozen(a):

@@ -37,12 +37,12 @@ def _T(a):
 
 def _mm(a, b):
     """Products of component-major matrices ``a`` (i, j, ...) and ``b`` (j, k, ...)."""
-    return (a[:, :, None] * b[None]).sum(axis=1)
+    return np.einsum("ij...,jk...->ik...", a, b)
 
 
 def _mv(a, v):
     """Products of component-major matrices ``a`` (i, j, ...) and vectors ``v`` (j, ...)."""
-    return (a * v[None]).sum(axis=1)
+    return np.einsum("ij...,j...->i...", a, v)
 
 
 def _pair(a, b):
