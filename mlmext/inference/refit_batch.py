@@ -144,13 +144,13 @@ def _batched_or_none(res, Y):
         warnings.simplefilter("ignore")
         try:
             return refit_many(res, Y)
-        except (np.linalg.LinAlgError, ValueError, RuntimeError):
+        except (np.linalg.LinAlgError, ValueError, RuntimeError, FloatingPointError):
             pass                        # one response that fails: each refit on its own
         out = []
         for b in range(Y.shape[1]):
             try:
                 out.append(refit(res, Y[:, b]))
-            except (np.linalg.LinAlgError, ValueError, RuntimeError):
+            except (np.linalg.LinAlgError, ValueError, RuntimeError, FloatingPointError):
                 out.append(None)
         return out
 
