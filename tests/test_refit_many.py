@@ -190,3 +190,19 @@ def test_the_batched_mirror_image_is_the_designs():
         T = rng.normal(size=(30, des.ntheta))
         np.testing.assert_array_equal(_canonical(des.blocks[0], T),
                                       np.array([des.canonical_theta(t) for t in T]))
+
+
+@pytest.mark.parametrize("q", [1, 2, 3])
+def test_stacked_spd_inverse(q):
+    """The level blocks' inverses and log-determinants (closed forms for q <= 2, Gauss-Jordan
+    above), and the members that are not positive definite, against numpy.linalg."""
+    from mlmext.linalg.small_batch import _spd_inv
+    rng = np.random.default_rng(q)
+    A = rng.normal(size=(40, q, q))
+    M = A @ A.transpose(0, 2, 1) + 0.1 * np.eye(q)
+    M[7] = -M[7]                                       # negative definite
+    inv, ld, ok = _spd_inv(M.transpose(1, 2, 0).copy())
+    good = np.arange(40) != 7
+    assert ok.tolist() == good.tolist()
+    np.testing.assert_allclose(inv.transpose(2, 0, 1)[good], np.linalg.inv(M[good]), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(ld[good], np.linalg.slogdet(M[good])[1], rtol=1e-12, atol=1e-12)

@@ -64,6 +64,16 @@ def _spd_inv(M):
     matrices (q, q, ...): Gauss-Jordan without pivoting (positive pivots are what a
     positive-definite matrix has), q steps over the whole stack."""
     q = M.shape[0]
+    if q <= 2:                          # closed forms (intercepts, intercept and slope)
+        det = M[0, 0] if q == 1 else M[0, 0] * M[1, 1] - M[0, 1] * M[1, 0]
+        ok = (M[0, 0] > 0) & (det > 0)
+        det = np.where(ok, det, 1.0)
+        if q == 1:
+            return (1.0 / det)[None, None], np.log(det), ok
+        inv = np.empty_like(M)
+        inv[0, 0], inv[1, 1] = M[1, 1] / det, M[0, 0] / det
+        inv[0, 1], inv[1, 0] = -M[0, 1] / det, -M[1, 0] / det
+        return inv, np.log(det), ok
     W = np.zeros((q, 2 * q) + M.shape[2:])
     W[:, :q] = M
     for j in range(q):
