@@ -32,7 +32,10 @@ _LOG2PI = np.log(2.0 * np.pi)
 
 def _T(a):
     """Transpose of component-major matrices (the first two axes)."""
-    return np.swapaxes(a, 0, 1)
+    return a.swapaxes(0, 1)
+
+
+_sum = np.add.reduce      # (ndarray.sum goes through two Python frames)
 
 
 def _mm(a, b):
@@ -51,7 +54,7 @@ def _pair(a, b):
     q1, q2, K1, nb, m = a.shape
     A = a.transpose(3, 2, 0, 1, 4).reshape(nb, K1, -1)
     Bm = b.transpose(3, 0, 1, 4, 2).reshape(nb, -1, b.shape[2])
-    return np.moveaxis(A @ Bm, 0, 2)
+    return (A @ Bm).transpose(1, 2, 0)
 
 
 def _flat(a):
@@ -167,8 +170,8 @@ class OneBlockBatch:
         Pf = _mv(P, fv)
         N = _mm(_mm(L4, P), _T(L4))                                      # lambda P lambda'
         S = self.XX - (self.CC @ _flat(N)).T.reshape(nb, p, p)
-        Xys = self.Xy[idx] - (F * Pf[:, None]).sum(axis=(0, 3)).T
-        yys = self.yy[idx] - (fv * Pf).sum(axis=(0, 2))
+        Xys = self.Xy[idx] - _sum(F * Pf[:, None], axis=(0, 3)).T
+        yys = self.yy[idx] - _sum(fv * Pf, axis=(0, 2))
         try:
             Ls = np.linalg.cholesky(S)
         except np.linalg.LinAlgError:
@@ -179,11 +182,11 @@ class OneBlockBatch:
                 except np.linalg.LinAlgError:
                     ok[b] = False
                     Ls[b] = S[b] = np.eye(p)
-        ldx = 2.0 * np.log(np.diagonal(Ls, axis1=1, axis2=2)).sum(axis=1)
+        ldx = 2.0 * _sum(np.log(np.diagonal(Ls, axis1=1, axis2=2)), axis=1)
         Sinv = np.linalg.inv(S)
         beta = np.einsum("bij,bj->bi", Sinv, Xys)
         r2 = yys - np.einsum("bi,bi->b", Xys, beta)
-        u = Pf - (PF * beta.T[None, :, :, None]).sum(axis=1)             # (q, B, m)
+        u = Pf - _sum(PF * beta.T[None, :, :, None], axis=1)             # (q, B, m)
         logdet = ldg.sum(axis=-1) + (ldx if self.reml else 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             f = logdet + self.nu * (1.0 + _LOG2PI + np.log(r2 / self.nu)) - self.logw
@@ -209,7 +212,7 @@ class OneBlockBatch:
         eAl = _mm(_T(E5), Al[:, :, None])
         dM = eAl + _T(eAl)
         PdM = _mm(P5, dM)
-        dld = np.trace(PdM).sum(axis=-1)                                 # (K, B)
+        dld = _sum(PdM.diagonal(0, 0, 1), axis=(2, 3))                   # (K, B)
         K, nb, p = self.K, lam.shape[2], self.p
         d2ld = (self.d2M @ _flat(P)).reshape(K, K, nb) - _pair(PdM, _T(PdM))
         if self.reml:                      # + log det S, S = XX - sum_g C' lambda P lambda' C
@@ -218,8 +221,8 @@ class OneBlockBatch:
             Gk = _mm(_mm(E5, P5), lamT5)                                 # e_k P lambda'
             dN = Gk + _T(Gk) + _mm(_mm(lam5, dP), lamT5)
             dS = (self.CC @ dN.transpose(0, 1, 4, 2, 3).reshape(-1, K * nb)).reshape(p, p, K, nb)
-            SdS = -(Sinv[:, None] @ np.moveaxis(dS, (2, 3), (1, 0)))     # (B, K, p, p)
-            dld = dld + np.trace(SdS, axis1=2, axis2=3).T
+            SdS = -(Sinv[:, None] @ dS.transpose(3, 2, 0, 1))     # (B, K, p, p)
+            dld = dld + _sum(SdS.diagonal(0, 2, 3), axis=-1).T
             # tr(S^-1 d2S_kl) = -2 sum_g tr(D_g H_kl), D_g = C_g S^-1 C_g', and
             # H_kl = e_k dP_l lambda' + e_k P e_l' + e_l dP_k lambda' + lambda d2P_kl lambda' / 2
             q, m = self.q, self.m                                        # D (q, q, B, m):
@@ -232,28 +235,28 @@ class OneBlockBatch:
             JdM = _mm(J[:, :, None], dM)
             T1 = _pair(_T(PdM), JdM)                                     # tr(J dM_l P dM_k)
             T3 = (self.d2M @ _flat(J)).reshape(K, K, nb)
-            tK = lambda a: np.swapaxes(a, 0, 1)                          # noqa: E731
+            tK = lambda a: a.swapaxes(0, 1)                          # noqa: E731
             trX = t1 + t2 + tK(t1) + 0.5 * (T1 + tK(T1) - T3)
             d2ld = d2ld - 2.0 * trX - np.moveaxis(
                 np.einsum("bkij,blji->bkl", SdS, SdS), 0, 2)
         # r2: with x = [u; beta], per level res_g = Z_g' W (y - X beta - Z_g lambda u_g)
         Eu = _mv(E5, u[:, None])                                         # e_k u_g (q, K, B, m)
-        resZ = c["cg"] - _mv(Al, u) - (Cg * beta.T[None, :, :, None]).sum(axis=1)
-        dr2 = -2.0 * (resZ[:, None] * Eu).sum(axis=(0, 3))               # (K, B)
+        resZ = c["cg"] - _mv(Al, u) - _sum(Cg * beta.T[None, :, :, None], axis=1)
+        dr2 = -2.0 * _sum(resZ[:, None] * Eu, axis=(0, 3))               # (K, B)
         AEu = _mv(Ag[:, :, None], Eu)
         vZ = _mv(_T(E5), resZ[:, None]) - _mv(lamT5, AEu)                # E_k' res - B' E_k x
-        vX = -(Cg[:, :, None] * Eu[:, None]).sum(axis=(0, 4))            # (p, K, B)
+        vX = -_sum(Cg[:, :, None] * Eu[:, None], axis=(0, 4))            # (p, K, B)
         # V' Omega^-1 V blockwise: t = P vZ, wX = S^-1 (vX - sum_g F' t), wZ = t - P F wX
         tZ = _mv(P5, vZ)
-        FtZ = (F[:, :, None] * tZ[:, None]).sum(axis=(0, 4))
+        FtZ = _sum(F[:, :, None] * tZ[:, None], axis=(0, 4))
         wX = np.einsum("bij,jkb->ikb", Sinv, vX - FtZ)
-        wZ = tZ - (PF[:, :, None] * wX[None, :, :, :, None]).sum(axis=1)
-        quad = (vZ[:, :, None] * wZ[:, None]).sum(axis=(0, 4)) + (vX[:, :, None] * wX[:, None]).sum(axis=0)
-        d2r2 = -2.0 * quad + 2.0 * (Eu[:, :, None] * AEu[:, None]).sum(axis=(0, 4))
+        wZ = tZ - _sum(PF[:, :, None] * wX[None, :, :, :, None], axis=1)
+        quad = _sum(vZ[:, :, None] * wZ[:, None], axis=(0, 4)) + _sum(vX[:, :, None] * wX[:, None], axis=0)
+        d2r2 = -2.0 * quad + 2.0 * _sum(Eu[:, :, None] * AEu[:, None], axis=(0, 4))
         nu = self.nu
         grad = (dld + nu * dr2 / r2).T
-        H = np.moveaxis(d2ld + nu * (d2r2 / r2 - dr2[:, None] * dr2[None] / r2 ** 2), 2, 0)
-        H = 0.5 * (H + np.swapaxes(H, 1, 2))
+        H = (d2ld + nu * (d2r2 / r2 - dr2[:, None] * dr2[None] / r2 ** 2)).transpose(2, 0, 1)
+        H = 0.5 * (H + H.swapaxes(1, 2))
         f, ok = c["f"], c["ok"]
         if not ok.all():
             grad[~ok] = 0.0
