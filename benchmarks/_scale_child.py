@@ -7,7 +7,8 @@ nothing of the project.  The last line printed is a JSON record of the result.
 
 SPEC keys: package (mlmext | glmm | mixedlm | statsmodels), mode (fit | build | refit),
 data (an .npz written by bench_scale.py), formula, family (gaussian | binomial), reml,
-rounds (best of, in this process), refits (refit mode: how many new responses), glmm_defaults,
+rounds (best of, in this process), refits (refit mode: how many new responses), batched (refit
+mode, mlmext: all responses in one ``refit_many`` call), glmm_defaults,
 warmup (fit mode: rows of an untimed first fit, so lazy imports and first-call setup inside a
 package are not timed; 0: none).
 """
@@ -220,9 +221,15 @@ def run_refit(spec, df):
         return statsmodels_fit(spec, d)
 
     base, _ = fresh(df)
+    batched = None
     if pkg == "mlmext":
         if not hasattr(base, "refit"):
             return {"seconds": None, "note": "n/a (no refit)"}
+        if spec.get("batched"):
+            if not hasattr(base, "refit_many"):
+                return {"seconds": None, "note": "n/a (no refit_many)"}
+            Y = np.column_stack(ys)
+            batched = lambda: [float(r.llf) for r in base.refit_many(Y)]   # noqa: E731
 
         def refit(k):
             r = base.refit(ys[k])
@@ -248,7 +255,7 @@ def run_refit(spec, df):
         t_fresh = min(t_fresh, (time.perf_counter() - t0) / len(frames))
         gc.collect()
         t0 = time.perf_counter()
-        llf_refit = [refit(k) for k in range(len(frames))]
+        llf_refit = batched() if batched is not None else [refit(k) for k in range(len(frames))]
         t_refit = min(t_refit, (time.perf_counter() - t0) / len(frames))
     return {"seconds": t_refit, "fresh_seconds": t_fresh,
             "max_abs_dllf_refit_vs_fresh": float(np.max(np.abs(np.subtract(llf_refit, llf_fresh)))),

@@ -59,6 +59,9 @@ second table shows CPU time / wall time of each best fit.
   the cell is the mean time per refit and, in brackets, how many times faster that is than a
   fresh formula-to-results fit of the same responses.  glmm has no refit: its cell is a fresh
   ``glmm.fit`` with ``warm_start`` (the previous fit's beta and theta).
+* "refit, batched (per refit)": the same responses refitted in one call,
+  ``results.refit_many(Y)`` (one result per column, equal to the refits one by one; on a small
+  one-factor design they run in lockstep), its time divided by the number of responses.
 
 Estimation: lme4's defaults, REML for sleepstudy, STAR and InstEval; ML for the ratings
 design (as in the issue); Laplace for the binomial GLMMs.
@@ -218,6 +221,9 @@ def cases(args):
         ("sleepstudy refit(new_y), per refit [fresh/refit]", "sleepstudy_refit",
          dict(formula=SLEEP, family="gaussian", reml=True, mode="refit", refits=args.refits),
          dict(only=["mlmext", "glmm", "mixedlm"])),
+        ("sleepstudy refit, batched (per refit) [fresh/refit]", "sleepstudy_refit",
+         dict(formula=SLEEP, family="gaussian", reml=True, mode="refit", refits=args.refits,
+              batched=True), dict(only=["mlmext"])),
         ("ratings 100k refit(new_y), per refit [fresh/refit]", "ratings_100k_refit",
          dict(formula=RATINGS, family="gaussian", reml=False, mode="refit", refits=3),
          dict(only=["mlmext", "glmm", "mixedlm"])),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import warnings
 
 import numpy as np
@@ -131,23 +130,30 @@ class LinearMixedModel(MixedModel):
     #: :meth:`_with_response` gives this model with a new response (refits, simulations)
     _response_refit = True
 
-    def _with_response(self, endog):
+    def _with_response(self, endog, checked=False, factor=True):
         """This model with another response on the same rows (lme4's ``refit`` of a new
         response): the formula, the designs, weights and offset are those of this model, and
         nothing the response does not enter is computed again (no formula evaluation, no
         design checks; the small-system cross-products other than the response's are shared).
 
         ``endog`` has one finite value per row of the model (the caller checks its shape).
+        ``checked``: the caller has run :meth:`_check_response` on it (batched refits check
+        all responses at once); ``factor=False`` leaves the small-system storage to be built
+        on first use (a batched refit's results read none of it unless asked).
         """
         y = np.asarray(endog, dtype=float)
         if y.shape != self.endog.shape:
             raise ValueError(f"endog has shape {y.shape}; the model's response has shape "
                              f"{self.endog.shape}")
-        new = copy.copy(self)
+        # a shallow copy of the attributes (copy.copy would go through __getstate__, which
+        # prepares a pickle: 30 us, and __setstate__ resets the shared design's specs)
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
         for k in self._unpickled_caches:               # caches of the old response's numbers
             new.__dict__.pop(k, None)
         new.formula_info = dict(self.formula_info)       # remove_data() of one leaves the other
-        data = copy.copy(self.data)
+        data = object.__new__(type(self.data))          # (as the model: no pickle round)
+        data.__dict__.update(self.data.__dict__)
         data._cache = {}
         data.endog = y
         old = getattr(self.data, "orig_endog", None)
@@ -155,14 +161,20 @@ class LinearMixedModel(MixedModel):
             if isinstance(old, pd.Series) else y
         new.data, new.endog = data, y
         yo = y - self.offset
-        new._check_response(yo)
+        if not checked:
+            new._check_response(yo)
         XY = self._XY.copy()
         XY[:, -1] = yo
         new._XY = XY
         sf = self.__dict__.get("_small")
-        if sf is not None and sf is not False:
+        if factor and sf is not None and sf is not False:
             new._small = sf.with_response(yo)
         return new
+
+    def _results_from_state(self, state, optim, ddf="satterthwaite"):
+        """The results of this model at ``state`` (an :class:`~mlmext.objective.LMMState`)
+        found by ``optim``, as :meth:`fit` returns them (batched refits)."""
+        return MixedResultsWrapper(self._results_class(self, state, optim=optim, ddf=ddf))
 
     def _cross_products(self):
         """The factorization set up with the model's cross-products, never updated itself:

@@ -163,6 +163,7 @@ def test_failed_refits_are_counted_and_left_out(monkeypatch):
             out._results.converged = False
         return out
 
+    monkeypatch.setattr(pbt, "_batched_or_none", lambda res, Y: None)    # refits one by one
     monkeypatch.setattr(pbt, "refit", flaky)
     tab = mlmext.anova(small, large, test="pb", nsim=5, rng=3)
     monkeypatch.setattr(pbt, "refit", real)
@@ -172,6 +173,33 @@ def test_failed_refits_are_counted_and_left_out(monkeypatch):
     k = np.sum(tab.attrs["ref"] >= tab.loc["LRT", "stat"])
     assert tab.loc["PBtest", "p.value"] == pytest.approx((1 + k) / 4, rel=1e-12)
     assert "failed refits: 2" in repr(tab)
+
+
+def test_failed_batched_refits_are_counted_and_left_out(monkeypatch):
+    """The same accounting when the refits run together (refit_many): a member that failed
+    (None) and one that did not converge are left out; the others equal single refits."""
+    import mlmext.inference.pbtest as pbt
+    _, _, small, large = fits("pb_sleepstudy_quad")
+    real = pbt._batched_or_none
+    seen = []
+
+    def flaky(res, Y):
+        out = real(res, Y)
+        assert out is not None                   # sleepstudy: both designs batched
+        seen.append(len(seen))
+        if len(seen) == 1:
+            out[1] = None                        # the smaller model's refit of the second
+        else:
+            out[3]._results.converged = False    # the larger model's refit of the fourth
+        return out
+
+    monkeypatch.setattr(pbt, "_batched_or_none", flaky)
+    tab = mlmext.anova(small, large, test="pb", nsim=5, rng=3)
+    monkeypatch.setattr(pbt, "_batched_or_none", lambda res, Y: None)
+    one = mlmext.anova(small, large, test="pb", nsim=5, rng=3)
+    assert tab.attrs["n_failed"] == 2 and tab.attrs["n_used"] == 3
+    # batched and single refits reach the same optima (LRTs to the optimizer's tolerance)
+    np.testing.assert_allclose(tab.attrs["ref"], np.delete(one.attrs["ref"], [1, 3]), atol=1e-6)
 
 
 def test_progress_bar(capsys):

@@ -44,6 +44,7 @@ from .pbtest import PBTestTable, pb_table
 from .predictive import predictive_variance
 from .intervals import bootstrap, conf_int_boot, conf_int_profile, profile, varpar_names
 from ._refit import refit
+from .refit_batch import refit_many
 from .mixin import InferenceMixin
 from .robust import ClusterRobust, cluster_robust, robust_note
 from .simulation import PowerSimResults, power_sim, simulate
@@ -59,7 +60,7 @@ __all__ = [
     "bootstrap", "conf_int_boot", "icc", "r2_nakagawa", "r2_snijders_bosker", "r2_rights_sterba",
     "R2Decomposition", "r2_likelihood_ratio", "r2_mitml", "simulate",
     "power_sim", "PowerSimResults", "influence", "cooks_distance", "leverage", "check_convergence",
-    "ConvergenceCheck", "allfit", "AllFitTable", "varpar_names", "InferenceMixin", "refit",
+    "ConvergenceCheck", "allfit", "AllFitTable", "varpar_names", "InferenceMixin", "refit", "refit_many",
     "PBTestTable", "pb_table", "predictive_variance",
     "cluster_robust", "ClusterRobust", "robust_note", "emmeans", "EMMeans", "EMMContrasts",
 ]

@@ -23,6 +23,7 @@ from ._profile import _Profiler
 from ._profile_common import varpar_names
 from ._refit import _rebuild_model, _refit
 from .ddf_default import ddf_active, default_conf_int
+from .refit_batch import _batched_or_none
 from .simulation import simulate
 
 # Every conf_int method labels its columns as statsmodels' conf_int does (0 = lower, 1 = upper),
@@ -180,6 +181,10 @@ def _boot_statistic(r, names="descriptive"):
     return np.concatenate([vp, _beta(r)])
 
 
+#: simulated responses refitted together (and between two steps of the progress bar)
+_BOOT_CHUNK = 64
+
+
 def bootstrap(res, func=None, nsim=100, seed=None, re=True, progress=False):
     """Parametric bootstrap (lme4's ``bootMer(type = "parametric")``).
 
@@ -218,14 +223,23 @@ def bootstrap(res, func=None, nsim=100, seed=None, re=True, progress=False):
     bar = _Progress(nsim, progress, "bootstrap ")
     out = np.full((nsim, t0.size), np.nan)
     failed = 0
-    for k in range(nsim):
-        try:
-            m = _rebuild_model(r.model, endog=np.asarray(ys.iloc[:, k]) if isinstance(ys, pd.DataFrame) else ys[..., k])
-            fit = _refit(m, r)
-            out[k] = np.asarray(fn(fit), dtype=float)
-        except (np.linalg.LinAlgError, ValueError, RuntimeError):
-            failed += 1
-        bar.step()
+    Y = np.asarray(ys, dtype=float) if isinstance(ys, pd.DataFrame) else None
+    for lo in range(0, nsim, _BOOT_CHUNK):
+        # an LMM on a small one-factor design: the chunk's refits in lockstep (refit_many)
+        fits = _batched_or_none(r, Y[:, lo:lo + _BOOT_CHUNK]) if Y is not None and Y.ndim == 2 else None
+        for k in range(lo, min(lo + _BOOT_CHUNK, nsim)):
+            try:
+                if fits is None:
+                    m = _rebuild_model(r.model, endog=np.asarray(ys.iloc[:, k]) if isinstance(ys, pd.DataFrame) else ys[..., k])
+                    fit = _refit(m, r)
+                else:
+                    fit = fits[k - lo]
+                    if fit is None:
+                        raise ValueError("the refit failed")
+                out[k] = np.asarray(fn(fit), dtype=float)
+            except (np.linalg.LinAlgError, ValueError, RuntimeError):
+                failed += 1
+            bar.step()
     df = pd.DataFrame(out, columns=names)
     df.attrs["t0"] = pd.Series(t0, index=names)
     df.attrs["failed"] = failed

@@ -12,6 +12,7 @@ from .deletion import cooks_distance, influence, leverage
 from .diagnostics import check_convergence
 from .emmeans import emmeans
 from ._refit import refit
+from .refit_batch import refit_many
 from .intervals import _wald_conf_int, bootstrap, conf_int_boot, conf_int_profile, profile
 from .robust import get_robustcov_results, robust_t_test, robust_wald_test
 from .simulation import power_sim, simulate
@@ -310,6 +311,12 @@ class InferenceMixin:
     def refit(self, endog, **fit_kwargs):
         """The model refitted to a new response; see :func:`mlmext.inference.refit`."""
         return refit(self, endog, **fit_kwargs)
+
+    def refit_many(self, Y, **fit_kwargs):
+        """The model refitted to each column of ``Y`` (one result per column, as
+        ``[self.refit(y) for y in Y.T]``, batched where the design allows); see
+        :func:`mlmext.inference.refit_many`."""
+        return refit_many(self, Y, **fit_kwargs)
 
     def simulate(self, nsim=1, seed=None, re=True, use_u=False):
         """Simulated responses; see :func:`mlmext.inference.simulate`."""

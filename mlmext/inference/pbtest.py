@@ -12,6 +12,7 @@ from scipy import stats
 from ..printing import HeadedTable
 from ._common import _Progress, _family, _is_glmm, _is_lmm, _raw
 from ._refit import refit
+from .refit_batch import _batched_or_none
 from .simulation import simulate
 
 _ROWS = ["LRT", "PBtest", "Gamma", "Bartlett", "F"]
@@ -104,6 +105,10 @@ def _as_generator(rng):
     raise ValueError(f"rng must be None, an int seed or a numpy.random.Generator; got {rng!r}")
 
 
+#: simulated responses refitted together
+_CHUNK = 64
+
+
 def _lrt(large, small):
     return 2.0 * max(0.0, float(large.llf) - float(small.llf))
 
@@ -113,8 +118,9 @@ def pb_test(small, large, nsim=1000, rng=None, progress=False):
 
     Responses are simulated one at a time from ``small`` (``simulate(small, 1, seed=rng)``,
     new random effects), both models are refitted to each (:func:`mlmext.inference.refit`:
-    the designs are reused, each fit starts from the observed fit), and the LRT of every
-    pair is the bootstrap distribution.  Use :func:`mlmext.anova` (``test="pb"``), which
+    the designs are reused, each fit starts from the observed fit; on a small one-factor
+    design 64 responses are refitted together, :func:`mlmext.inference.refit_many`), and the
+    LRT of every pair is the bootstrap distribution.  Use :func:`mlmext.anova` (``test="pb"``), which
     checks the models and refits REML fits by ML first.
 
     Returns
@@ -132,17 +138,23 @@ def pb_test(small, large, nsim=1000, rng=None, progress=False):
     bar = _Progress(nsim, progress, "PB test ")
     ref = np.full(nsim, np.nan)
     t0 = time.perf_counter()
-    for k in range(nsim):
-        y = simulate(small, 1, seed=gen).iloc[:, 0].to_numpy()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")   # singular refits are expected under the null
-                s, g = _raw(refit(small, y)), _raw(refit(large, y))
-            if s.converged and g.converged:
-                ref[k] = _lrt(g, s)
-        except (np.linalg.LinAlgError, ValueError, RuntimeError, FloatingPointError):
-            pass                                   # counted below as a failed refit
-        bar.step()
+    for lo in range(0, nsim, _CHUNK):
+        # the responses drawn one at a time (the generator's sequence does not depend on the
+        # chunks), then each model's refits together where its design allows (refit_many)
+        Y = np.column_stack([simulate(small, 1, seed=gen).iloc[:, 0].to_numpy()
+                             for _ in range(lo, min(lo + _CHUNK, nsim))])
+        S, G = _batched_or_none(small, Y), _batched_or_none(large, Y)
+        for j in range(Y.shape[1]):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")   # singular refits are expected under the null
+                    s = _raw(refit(small, Y[:, j])) if S is None else S[j]
+                    g = _raw(refit(large, Y[:, j])) if G is None else G[j]
+                if s is not None and g is not None and s.converged and g.converged:
+                    ref[lo + j] = _lrt(g, s)
+            except (np.linalg.LinAlgError, ValueError, RuntimeError, FloatingPointError):
+                pass                                   # counted below as a failed refit
+            bar.step()
     seconds = time.perf_counter() - t0
     used = ref[np.isfinite(ref)]
     used.setflags(write=False)

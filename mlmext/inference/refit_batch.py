@@ -1,0 +1,272 @@
+"""Refits of one fitted LMM design to many responses at once (bootstrap, simulation, power).
+
+:func:`refit_many` gives what ``[res.refit(y) for y in Y]`` gives.  For a small design with
+one grouping factor (the dense small-system storage, one random-effects block) the B fits
+run in lockstep: Newton with the exact Hessian from the fit's theta, every member's
+criterion, gradient and Hessian from one batched evaluation
+(:class:`~mlmext.linalg.small_batch.OneBlockBatch`), each member stopping when its own
+checks pass -- the checks of a single fit: Newton decrement below 1e-7 (iterated to
+below 1e-9) and the Hessian positive definite in the scaled theta.  A member that does not
+get there (a non-positive-definite Hessian, a failed line search, no convergence in
+:data:`MAX_ITERATIONS`), or whose estimate is near a zero standard deviation (where a single
+fit snaps, probes and warns), is refitted on its own by :func:`~mlmext.inference.refit`, so
+``converged``, the warnings and boundary fits are those of single refits.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from ..linalg.small_batch import OneBlockBatch
+from ..objective import LMMState
+from ..optimize import OptSummary
+from ._common import _is_lmm, _raw
+from ._refit import refit
+
+__all__ = ["refit_many"]
+
+#: Newton iterations of the lockstep phase before a member is refitted on its own (from the
+#: point it reached): a few slow members would keep the whole batch's rounds going
+MAX_ITERATIONS = 8
+#: the Newton decrement the lockstep phase iterates to (the single fit's tolerance) and the
+#: checks' bound (deviance units)
+TOL, CHECK_TOL = 1e-9, 1e-7
+#: a standard deviation (theta diagonal times its predictor's root mean square) below this
+#: sends the member to a single refit: there a single fit snaps to zero and tests the bound
+NEAR_ZERO = 1e-3
+#: longest Newton step (largest entry, theta in its predictors' units: the parent's diagonals
+#: are ~1 there)
+MAX_STEP = 0.5
+#: members evaluated together (bounds the batch's arrays: B x levels x K^2 x q^2 numbers)
+CHUNK = 256
+
+
+def _responses(res, Y):
+    """The responses as an (n, B) float array (columns), checked as refit checks one."""
+    old = np.asarray(_raw(res).model.endog, dtype=float)
+    if isinstance(Y, pd.DataFrame):
+        Y = Y.to_numpy(dtype=float)
+    elif isinstance(Y, (list, tuple)):
+        Y = np.column_stack([np.asarray(y, dtype=float).ravel() for y in Y]) if len(Y) else \
+            np.empty((old.size, 0))
+    Y = np.asarray(Y, dtype=float)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    if Y.ndim != 2 or Y.shape[0] != old.size:
+        raise ValueError(f"Y must have one row per observation of the fit ({old.size} rows, one "
+                         f"column per response); got shape {Y.shape}")
+    return Y
+
+
+def _batchable(r):
+    """The one-block small-system LMM fits the lockstep refits handle."""
+    if not _is_lmm(r) or not getattr(r.model, "_response_refit", False):
+        return None
+    sf = r.model._small_factor() if hasattr(r.model, "_small_factor") else None
+    if sf is None or len(sf.blocks) != 1 or sf.ntheta == 0 or sf.p == 0:
+        return None
+    return sf
+
+
+def _passes_checks(model, Yo):
+    """Which columns certainly pass the model's response check (finite, not constant,
+    residual variation after the fixed effects): the others go through the check itself."""
+    w = np.asarray(model.weights, dtype=float)
+    pos = w > 0
+    every = bool(pos.all())
+    Yp = Yo if every else Yo[pos]
+    X = model.exog if every else model.exog[pos]
+    sw = np.sqrt(w if every else w[pos])
+    ok = np.isfinite(Yp).all(axis=0) & (Yp.max(axis=0) > Yp.min(axis=0))
+    Yw = np.where(np.isfinite(Yp), Yp, 0.0) * sw[:, None]
+    Q, _ = np.linalg.qr(X * sw[:, None])
+    R = Yw - Q @ (Q.T @ Yw)
+    # 1e3 x the single check's bound: a column near it is judged by the check itself
+    return ok & (np.einsum("ij,ij->j", R, R) > 1e-17 * np.maximum(np.einsum("ij,ij->j", Yw, Yw), 1e-300))
+
+
+def refit_many(res, Y, **fit_kwargs):
+    """The fitted model refitted to each of several responses (lme4's ``refit``, many times).
+
+    Equal to ``[res.refit(y) for y in Y.T]`` (to the optimizer's tolerance), faster: on a
+    small design with one grouping factor the refits run together (Newton with the exact
+    Hessian from this fit's theta, one batched evaluation for all of them); members that
+    do not pass the checks there, or end near a zero standard deviation, are refitted one
+    by one as :meth:`refit` does.  Other models (several grouping factors, large systems,
+    GLMMs, clmm) and any ``fit_kwargs`` refit one by one.
+
+    Parameters
+    ----------
+    res : MixedResults
+    Y : array_like or DataFrame
+        One column per response, one row per observation of the fit (as :meth:`simulate`
+        returns them); a list of vectors is taken as columns.
+    **fit_kwargs
+        Passed to each fit (then every response is refitted one by one).
+
+    Returns
+    -------
+    list of MixedResults
+        One per column of ``Y``, in order.
+    """
+    r = _raw(res)
+    Y = _responses(res, Y)
+    sf = None if fit_kwargs else _batchable(r)
+    if sf is None:
+        return [refit(res, Y[:, b], **fit_kwargs) for b in range(Y.shape[1])]
+    model = r.model
+    if not np.all(np.isfinite(Y)):
+        raise ValueError("endog has missing or non-finite values; refit keeps the rows of the fit")
+    Yo = Y - np.asarray(model.offset, dtype=float)[:, None]
+    for b in np.flatnonzero(~_passes_checks(model, Yo)):
+        model._check_response(Yo[:, b])          # raises the single refit's error, if any
+    out = [None] * Y.shape[1]
+    for lo in range(0, Y.shape[1], CHUNK):
+        hi = min(lo + CHUNK, Y.shape[1])
+        fits, starts = _lockstep(r, sf, Y[:, lo:hi], Yo[:, lo:hi])
+        for b, fit, start in zip(range(lo, hi), fits, starts):
+            if fit is None:          # a single refit, from the lowest point the lockstep found
+                fit = refit(res, Y[:, b]) if start is None else \
+                    refit(res, Y[:, b], start_params=start)
+            out[b] = fit
+    return out
+
+
+def _batched_or_none(res, Y):
+    """For the bootstrap: each column's refit, warnings silenced and failures None (as its
+    loop of single refits has them), in lockstep where the design allows; None (all of it)
+    where it does not, and the caller refits one by one."""
+    if _batchable(_raw(res)) is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return refit_many(res, Y)
+        except (np.linalg.LinAlgError, ValueError, RuntimeError, FloatingPointError):
+            pass                        # one response that fails: each refit on its own
+        out = []
+        for b in range(Y.shape[1]):
+            try:
+                out.append(refit(res, Y[:, b]))
+            except (np.linalg.LinAlgError, ValueError, RuntimeError, FloatingPointError):
+                out.append(None)
+        return out
+
+
+def _lockstep(r, sf, Y, Yo):
+    """Results of the members that pass the checks in lockstep Newton (None for the others),
+    and for the others the lowest point found (None: the fit's theta), as a start."""
+    model, des = r.model, r.model.re_design
+    reml = bool(r.reml)
+    batch = OneBlockBatch(sf, Yo, reml, model.nobs, model._logw)
+    nb = Y.shape[1]
+    theta0 = np.asarray(r.theta, dtype=float)
+    s = des.theta_units()                                   # the fit's scaling of theta
+    ss = np.outer(s, s)
+    T = np.tile(theta0, (nb, 1))
+    idx = np.arange(nb)
+    f, g, H = batch.value_grad_hess(T, idx)
+    nfev = np.ones(nb, dtype=int)
+    status = np.zeros(nb, dtype=int)                  # 0 running, 1 converged, -1 single refit
+    dec = np.full(nb, np.inf)
+    mineig = np.full(nb, np.nan)
+    step = np.zeros_like(T)
+    slope = np.zeros(nb)                              # gradient . step (the Armijo condition)
+    t = np.ones(nb)
+    iters = np.zeros(nb, dtype=int)
+    need = idx                                        # members at a new point: a Newton step
+    # One batched evaluation per round for every running member: at a new point its Newton
+    # step (the full step is tried next round), in a line search the shortened step.
+    for _ in range(4 * MAX_ITERATIONS):
+        if need.size:
+            a = need
+            good = np.isfinite(f[a]) & np.isfinite(H[a]).all(axis=(1, 2))
+            status[a[~good]] = -1
+            a = a[good]
+            w, V = np.linalg.eigh(H[a] / ss)          # the Hessian in the scaled theta
+            wmax = np.maximum(1.0, np.abs(w).max(axis=1))
+            pdef = w.min(axis=1) > 1e-8 * wmax
+            gs = g[a] / s
+            # where H is not positive definite, |eigenvalues| give a descent direction
+            wa = np.maximum(np.abs(w), 1e-6 * wmax[:, None])
+            st = -np.einsum("bij,bj->bi", V, np.einsum("bji,bj->bi", V, gs) / wa)
+            d = -0.5 * np.einsum("bi,bi->b", gs, st)
+            dec[a], mineig[a] = d, w.min(axis=1)
+            # far from the optimum a full step overshoots: at most MAX_STEP in the scaled theta
+            big = np.abs(st).max(axis=1)
+            st *= np.minimum(1.0, MAX_STEP / np.maximum(big, 1e-300))[:, None]
+            slope[a] = np.einsum("bi,bi->b", gs, st)
+            done = pdef & (d < TOL)
+            status[a[done]] = 1
+            over = ~done & (iters[a] >= MAX_ITERATIONS)
+            status[a[over]] = -1
+            go = ~done & ~over
+            a = a[go]
+            step[a], t[a] = st[go] / s, 1.0
+            iters[a] += 1
+        run = np.flatnonzero(status == 0)
+        if run.size == 0:
+            break
+        Tt = T[run] + t[run, None] * step[run]
+        ft, gt, Ht = batch.value_grad_hess(Tt, run)
+        nfev[run] += 1
+        ok = ft <= f[run] + 1e-4 * t[run] * slope[run] + 1e-12 * np.abs(f[run]) + 1e-10
+        acc = run[ok]
+        T[acc], f[acc], g[acc], H[acc] = Tt[ok], ft[ok], gt[ok], Ht[ok]
+        rej = run[~ok]
+        # the next trial at the minimum of the quadratic through f(0), f'(0) and f(t), kept
+        # within [t / 10, t / 2] (a non-finite value: t / 4)
+        tr, s0, dfr = t[rej], slope[rej], ft[~ok] - f[rej]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            tq = -s0 * tr ** 2 / (2.0 * (dfr - s0 * tr))
+        t[rej] = np.where(np.isfinite(tq), np.clip(tq, 0.1 * tr, 0.5 * tr), 0.25 * tr)
+        status[rej[t[rej] < 1e-9]] = -1               # the line search failed
+        need = acc
+    status[status == 0] = -1
+    # the single fit's end: the mirror image with nonnegative diagonals; near a zero SD it
+    # snaps and tests the bound, so those members go to single refits
+    conv = np.flatnonzero(status == 1)
+    diag = np.isfinite(des.lower)
+    Tc = _canonical(sf.blocks[0], T[conv])
+    near = ((Tc * s)[:, diag] < NEAR_ZERO).any(axis=1) if diag.any() else np.zeros(conv.size, bool)
+    conv, Tc = conv[~near], Tc[~near]
+    out = [None] * nb
+    moved = np.isfinite(f) & np.any(T != theta0, axis=1) & (status != 1)
+    starts = [des.canonical_theta(T[b]) if moved[b] else None for b in range(nb)]
+    if conv.size == 0:
+        return out, starts
+    beta, u, sigma, crit, cov = batch.estimates(Tc, conv)
+    ddf = getattr(r, "ddf", "satterthwaite")
+    tried = (f"Newton from the fit's theta, {nb} responses in lockstep (exact Hessian), "
+             "second-order checks")
+    for j, b in enumerate(conv):
+        new = model._with_response(Y[:, b], checked=True, factor=False)
+        state = LMMState(theta=_frozen(Tc[j]), beta=_frozen(beta[j]), u=_frozen(u[j]),
+                         sigma=float(sigma[j]), criterion=float(crit[j]), cov_beta=_frozen(cov[j]),
+                         reml=reml)
+        opt = OptSummary(initial=theta0, final=state.theta, fmin=state.criterion,
+                         feval=int(nfev[b]), tried=((tried, True, int(nfev[b])),), converged=True,
+                         message=f"Newton decrement {dec[b]:.3g}", optimizer=tried,
+                         extra_items=(("snapped", []), ("decrement", float(dec[b])),
+                                      ("min_eigenvalue", float(mineig[b]))))
+        out[b] = new._results_from_state(state, opt, ddf)
+    return out, starts
+
+
+def _canonical(blk, T):
+    """``design.canonical_theta`` of each row of ``T`` (one block): every template column
+    whose diagonal is negative negated (the same model)."""
+    diag_of = {int(c): k for r, c, k in zip(blk.t_rows, blk.t_cols, blk.t_idx) if r == c}
+    dcol = np.array([diag_of[int(c)] for c in blk.t_cols])      # each entry's column diagonal
+    sign = np.where(T[:, dcol] < 0, -1.0, 1.0)
+    Tc = T.copy()
+    Tc[:, blk.t_idx] = T[:, blk.t_idx] * sign
+    return Tc
+
+
+def _frozen(a):
+    a = np.array(a, dtype=float)
+    a.setflags(write=False)
+    return a

@@ -1,0 +1,208 @@
+"""res.refit_many(Y): many refits of one design (batched in lockstep on small one-factor designs)
+equal to one refit per response.
+
+Both paths stop at a Newton decrement below 1e-9 with the exact Hessian (the checks require
+1e-7), so criteria agree to ~1e-9 and estimates to ~sqrt(decrement / curvature): the
+tolerances below (criterion 1e-7, fixed effects 1e-4 SE, theta 1e-4) are those of two runs
+of the optimizer to the same optimum.
+"""
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+from mlmext import datasets
+from mlmext.formula import api as mf
+from mlmext.linalg.small_batch import OneBlockBatch
+
+SLEEP = "Reaction ~ Days + (Days | Subject)"
+BATCHED = "Newton from the fit's theta"
+
+
+@pytest.fixture(scope="module")
+def sleep():
+    return datasets.load("sleepstudy")
+
+
+def _same(a, b):
+    assert a.reml == b.reml and a.converged == b.converged
+    assert abs(a.criterion - b.criterion) < 1e-7
+    assert np.max(np.abs(a.fe_params - b.fe_params) / b.bse_fe) < 1e-4
+    np.testing.assert_allclose(a.theta, b.theta, atol=1e-4)
+    np.testing.assert_allclose(a.bse_fe, b.bse_fe, rtol=1e-5)
+    assert a.sigma == pytest.approx(b.sigma, rel=1e-6)
+    np.testing.assert_allclose(a._u, b._u, atol=1e-4 * max(1.0, np.abs(b._u).max()))
+    assert a.llf == pytest.approx(b.llf, abs=1e-7)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_refit_many_equals_one_refit_per_response(sleep, reml):
+    r = mf.lmer(SLEEP, sleep).fit(reml=reml)
+    Y = r.simulate(nsim=12, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        many = r.refit_many(Y)
+        single = [r.refit(Y.iloc[:, b]) for b in range(Y.shape[1])]
+    assert len(many) == 12
+    batched = [a for a in many if a.optim.optimizer.startswith(BATCHED)]
+    assert len(batched) >= 9                  # most members finish in lockstep
+    for a, b in zip(many, single):
+        _same(a, b)
+        assert a.model.endog is not r.model.endog and abs(a.criterion - r.criterion) > 1e-3
+    a = batched[0]
+    assert a.converged and a.optim.decrement < 1e-7 and a.optim.min_eigenvalue > 0
+    # the results of a batched member work as any fit's: their own model and response
+    np.testing.assert_allclose(a.model.endog, Y.iloc[:, many.index(a)])
+    assert a.refit(a.model.endog).criterion == pytest.approx(a.criterion, abs=1e-7)
+    assert "Days" in str(a.summary())
+    with pytest.raises(ValueError, match="read-only"):
+        a.theta[0] = 0.0                      # results never change after they are made
+
+
+def test_a_boundary_member_is_refitted_alone_with_its_warning(sleep):
+    """A response without slope variation: its fit is singular (slope SD 0) -- the single
+    refit's snapping, bound probes and warning, not the lockstep's."""
+    r = mf.lmer(SLEEP, sleep).fit()
+    rng = np.random.default_rng(1)
+    subj = sleep.Subject.cat.codes.to_numpy()
+    flat = 250 + 10 * sleep.Days.to_numpy() + rng.normal(0, 30, 18)[subj] + rng.normal(0, 25, 180)
+    Y = np.column_stack([np.asarray(r.simulate(nsim=3, seed=1)), flat])
+    with pytest.warns(ConvergenceWarning, match="singular"):
+        many = r.refit_many(Y)
+    with pytest.warns(ConvergenceWarning, match="singular"):
+        one = r.refit(flat)
+    assert one.is_singular() and many[3].is_singular()
+    assert not many[3].optim.optimizer.startswith(BATCHED)
+    _same(many[3], one)
+    for b in range(3):
+        assert many[b].optim.optimizer.startswith(BATCHED)
+
+
+def test_batched_derivatives_match_the_dense_storage(sleep):
+    """The blockwise (Schur complement) criterion, gradient and Hessian against the dense
+    small-system factor's exact ones, with prior weights and an offset, REML and ML."""
+    d = sleep.assign(w=np.linspace(0.5, 2.0, 180), off=np.sin(np.arange(180.0)))
+    m = mf.lmer(SLEEP, d, weights="w", offset="off")
+    rng = np.random.default_rng(2)
+    Y = m.endog[:, None] + rng.normal(0, 30, (180, 4))
+    T = np.abs(rng.normal(1.0, 0.4, (4, 3))) * np.array([1, 0.1, 0.2])
+    T[1, 1] = -T[1, 1]
+    for reml in (True, False):
+        batch = OneBlockBatch(m._small_factor(), Y - m.offset[:, None], reml, m.nobs, m._logw)
+        f, g, H = batch.value_grad_hess(T, np.arange(4))
+        np.testing.assert_allclose(batch.values(T, np.arange(4)), f, rtol=1e-12)
+        for b in range(4):
+            dev = m._with_response(Y[:, b]).deviance(reml)
+            f1, g1, H1 = dev.value_grad_hess(T[b])
+            assert f[b] == pytest.approx(f1, rel=1e-11)
+            np.testing.assert_allclose(g[b], g1, rtol=1e-7, atol=1e-7 * np.abs(g1).max())
+            np.testing.assert_allclose(H[b], H1, rtol=1e-7, atol=1e-7 * np.abs(H1).max())
+            st = dev.at(T[b])
+            beta, u, sigma, crit, cov = batch.estimates(T[b:b + 1], np.array([b]))
+            np.testing.assert_allclose(beta[0], st.beta, rtol=1e-9)
+            np.testing.assert_allclose(u[0], st.u, rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(cov[0], st.cov_beta, rtol=1e-9)
+            assert sigma[0] == pytest.approx(st.sigma, rel=1e-10)
+            assert crit[0] == pytest.approx(st.criterion, rel=1e-11)
+
+
+def test_refit_many_with_weights_offset_and_three_effects():
+    """A weighted, offset model with a 3 x 3 template on a small design (Orthodont-like):
+    batched members against single refits."""
+    rng = np.random.default_rng(11)
+    g = np.repeat(np.arange(12), 8)
+    x, z = rng.normal(size=96), rng.normal(size=96)
+    y = 2 + x + rng.normal(0, 1, 12)[g] + 0.5 * rng.normal(size=12)[g] * x + \
+        0.4 * rng.normal(size=12)[g] * z + rng.normal(0, 0.7, 96)
+    d = pd.DataFrame({"y": y, "x": x, "z": z, "g": pd.Categorical(g), "w": rng.uniform(0.5, 2, 96),
+                      "off": 0.1 * x})
+    r = mf.lmer("y ~ x + (x + z | g)", d, weights="w", offset="off").fit()
+    Y = np.asarray(r.simulate(nsim=6, seed=5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        many = r.refit_many(Y)
+        single = [r.refit(Y[:, b]) for b in range(6)]
+    assert any(a.optim.optimizer.startswith(BATCHED) for a in many)
+    for a, b in zip(many, single):
+        _same(a, b)
+
+
+def test_other_designs_and_fit_arguments_refit_one_by_one(sleep):
+    pen = datasets.load("Penicillin")
+    r = mf.lmer("diameter ~ 1 + (1 | plate) + (1 | sample)", pen).fit()
+    Y = r.simulate(nsim=2, seed=4)
+    many = r.refit_many(Y)                       # two grouping factors: single refits
+    for b, a in enumerate(many):
+        assert not a.optim.optimizer.startswith(BATCHED)
+        _same(a, r.refit(Y.iloc[:, b]))
+    s = mf.lmer(SLEEP, sleep).fit()
+    y = np.asarray(s.simulate(nsim=1, seed=2))
+    (ml,) = s.refit_many(y, reml=False)          # fit arguments: the single refit's path
+    assert ml.reml is False and not ml.optim.optimizer.startswith(BATCHED)
+    _same(ml, s.refit(y[:, 0], reml=False))
+
+
+def test_refit_many_rejects_what_refit_rejects(sleep):
+    r = mf.lmer(SLEEP, sleep).fit()
+    Y = np.asarray(r.simulate(nsim=2, seed=1))
+    with pytest.raises(ValueError, match="one row per observation"):
+        r.refit_many(Y[:-1])
+    bad = Y.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        r.refit_many(bad)
+    const = Y.copy()
+    const[:, 1] = 5.0
+    with pytest.raises(ValueError, match="is constant"):
+        r.refit_many(const)
+    with pytest.raises(TypeError):
+        r.refit_many(Y, bogus=1)
+
+
+def test_bootstrap_refits_in_lockstep_as_one_by_one(sleep):
+    """bootstrap (conf_int(method="boot")) refits its simulated responses with refit_many:
+    the replicates are those of single refits of the same simulations."""
+    from mlmext.inference import bootstrap, simulate
+    r = mf.lmer(SLEEP, sleep).fit()
+    boot = bootstrap(r, nsim=8, seed=21)
+    ys = simulate(r, nsim=8, seed=np.random.default_rng(21), re=True, use_u=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fits = [r.refit(ys.iloc[:, k]) for k in range(8)]
+    assert boot.attrs["failed"] == 0
+    se = np.asarray(boot.std())
+    for k, fit in enumerate(fits):
+        row = boot.iloc[k].to_numpy()
+        assert row[-2:] == pytest.approx(np.asarray(fit.fe_params), abs=1e-4 * se[-2:].max())
+        assert row[3] == pytest.approx(fit.sigma, rel=1e-5)          # sigma after the sd/cor
+
+
+def test_the_batched_mirror_image_is_the_designs():
+    from mlmext.inference.refit_batch import _canonical
+    rng = np.random.default_rng(1)
+    g = np.repeat(np.arange(12), 8)
+    d = pd.DataFrame({"y": rng.normal(size=96), "x": rng.normal(size=96), "z": rng.normal(size=96),
+                      "g": pd.Categorical(g)})
+    for f in ["y ~ x + (x + z | g)", "y ~ x + (x || g)", "y ~ x + (1 | g)"]:
+        des = mf.lmer(f, d).re_design
+        T = rng.normal(size=(30, des.ntheta))
+        np.testing.assert_array_equal(_canonical(des.blocks[0], T),
+                                      np.array([des.canonical_theta(t) for t in T]))
+
+
+@pytest.mark.parametrize("q", [1, 2, 3])
+def test_stacked_spd_inverse(q):
+    """The level blocks' inverses and log-determinants (closed forms for q <= 2, Gauss-Jordan
+    above), and the members that are not positive definite, against numpy.linalg."""
+    from mlmext.linalg.small_batch import _spd_inv
+    rng = np.random.default_rng(q)
+    A = rng.normal(size=(40, q, q))
+    M = A @ A.transpose(0, 2, 1) + 0.1 * np.eye(q)
+    M[7] = -M[7]                                       # negative definite
+    inv, ld, ok = _spd_inv(M.transpose(1, 2, 0).copy())
+    good = np.arange(40) != 7
+    assert ok.tolist() == good.tolist()
+    np.testing.assert_allclose(inv.transpose(2, 0, 1)[good], np.linalg.inv(M[good]), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(ld[good], np.linalg.slogdet(M[good])[1], rtol=1e-12, atol=1e-12)
