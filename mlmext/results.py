@@ -414,8 +414,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         smry = Summary()
         smry.add_table_2cols(self, gleft=top_left, gright=top_right,
                              title=title or f"Mixed Model Results: {model.formula_info.get('formula', '')}")
-        sr = self.__dict__.get("_kept_resid_quantiles") if getattr(model, "endog", None) is None \
-            else self._scaled_resid_quantiles()
+        sr = self._summary_resid_quantiles()
         if sr is not None:
             d = fixed_decimals(sr, sig=3, most=4)      # one count of decimals, as R prints them
             smry.tables.append(SimpleTable([[f"{v:.{d}f}" for v in sr]],
@@ -438,6 +437,12 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
 
     def _add_extra_tables(self, smry, ddf=None):
         pass
+
+    def _summary_resid_quantiles(self):
+        """The summary's quantiles: kept by ``remove_data()`` once the rows are gone."""
+        if getattr(self.model, "endog", None) is None:
+            return self.__dict__.get("_kept_resid_quantiles")
+        return self._scaled_resid_quantiles()
 
     def _scaled_resid_quantiles(self):
         r = np.asarray(self.resid) * np.sqrt(self.model.weights) / self.sigma

@@ -92,7 +92,10 @@ def test_sleepstudy_partitions_split_subjects():
     got = pickle.loads(pickle.dumps(rd))
     np.testing.assert_array_equal(got.params, rd.params)
     np.testing.assert_allclose(got.predict(data=new), rp.predict(data=new), rtol=1e-7)
-    assert "Scaled residuals" not in str(rd.summary())
+    assert "Scaled residuals" in str(rd.summary())      # exact quantiles, more passes
+    assert rd.model.passes > 2
+    np.testing.assert_allclose(rd._summary_resid_quantiles(), rp._scaled_resid_quantiles(),
+                               atol=1e-8)
     assert "DaskLinearMixedModel" in str(rd.summary())
 
 
@@ -235,3 +238,36 @@ def test_lmm_rows_sorted_by_the_response():
     assert df["y"].head(2000).max() == 0.0
     f = "y ~ x + (1 | user) + (1 | item)"
     _same_fit(mf.lmer(f, dd.from_pandas(df, npartitions=3)).fit(), mf.lmer(f, df).fit())
+
+
+@pytest.mark.parametrize("fetch", [200_000, 10])
+def test_exact_quantiles_without_sorting(monkeypatch, fetch):
+    # fetch=10 forces the histogram passes; the values must equal numpy's on the whole series
+    from mlmext.dask import quantiles as Q
+    monkeypatch.setattr(Q, "FETCH", fetch)
+    rng = np.random.default_rng(5)
+    probs = [0, 0.1, 0.25, 0.5, 0.75, 0.9, 1]
+    cases = {"normal": rng.normal(size=20001),
+             "ties": rng.integers(0, 3, 9000).astype(float),
+             "heavy tails": np.concatenate([rng.standard_cauchy(9000) * 1e6, np.zeros(7)]),
+             "three": np.array([3.0, 1.0, 2.0]), "one": np.array([5.0])}
+    for name, v in cases.items():
+        q, passes = Q.exact_quantiles(dd.from_pandas(pd.Series(v), npartitions=4), probs)
+        np.testing.assert_array_equal(q, np.quantile(v, probs), err_msg=name)
+        assert passes <= (6 if fetch == 10 else 2), name
+    with pytest.raises(ValueError, match="empty"):
+        Q.exact_quantiles(dd.from_pandas(pd.Series([], dtype=float), npartitions=1), probs)
+
+
+def test_summary_scaled_residuals_are_the_pandas_fits():
+    df = _crossed()
+    f = "y ~ x + grp + (1 + x | user) + (1 | item)"
+    rd = mf.lmer(f, dd.from_pandas(df, npartitions=4), weights="w").fit()
+    rp = mf.lmer(f, df, weights=df["w"].to_numpy()).fit()
+    np.testing.assert_allclose(rd._summary_resid_quantiles(), rp._scaled_resid_quantiles(),
+                               atol=1e-8)
+    text = rd.summary().as_text()
+    assert "Scaled residuals" in text
+    # kept through pickling (an unpickled result has no data to compute them from)
+    r2 = pickle.loads(pickle.dumps(rd))
+    np.testing.assert_array_equal(r2._summary_resid_quantiles(), rd._summary_resid_quantiles())

@@ -205,7 +205,7 @@ def test_what_a_dask_glmm_does_not_take():
         m.fit(nagq=3)
     res = m.fit()
     with pytest.raises(RowsNotHeldError):
-        res.resid_pearson
+        res.linear_predictor()
     with pytest.raises(TypeError):
         m.fit(bogus=1)
 
@@ -222,3 +222,19 @@ def test_rows_sorted_by_the_response():
     assert rd.llf == pytest.approx(rp.llf, rel=1e-10)
     np.testing.assert_allclose(np.asarray(rd.params), np.asarray(rp.params),
                                atol=1e-6 * float(np.min(rp.bse)))
+
+
+@pytest.mark.parametrize("formula, weights", [("y ~ x + (1 | user) + (1 | item)", None),
+                                              ("prop ~ x + (1 | user)", "trials")])
+def test_pearson_residuals_and_their_summary_quantiles(formula, weights):
+    df = _data().dropna().reset_index(drop=True)
+    kw = dict(family="binomial")
+    rp = mf.glmer(formula, df, weights=None if weights is None else df[weights].to_numpy(),
+                  **kw).fit()
+    rd = mf.glmer(formula, dd.from_pandas(df, npartitions=3), weights=weights, **kw).fit()
+    np.testing.assert_allclose(rd.resid_pearson.compute().to_numpy(),
+                               rp.resid_pearson.to_numpy(), atol=1e-8)
+    # the summary's "Scaled residuals": exact quantiles of the Pearson residuals
+    np.testing.assert_allclose(rd._summary_resid_quantiles(), rp._scaled_resid_quantiles(),
+                               atol=1e-8)
+    assert "Scaled residuals" in rd.summary().as_text()

@@ -36,6 +36,7 @@ from ..prediction import re_contribution
 from .accumulate import _row_blocks, partition_rows
 from .learn import build_template, learn, ship, tree_reduce
 from .model import DaskLinearMixedModel, RowsNotHeldError, _rows
+from .quantiles import SummaryQuantilesMixin
 
 __all__ = ["DaskGeneralizedLinearMixedModel", "DaskGLMMResults"]
 
@@ -443,14 +444,16 @@ def _predict_partition(part, model, beta, bs, re, which):
 
 
 def _fitted_partition(part, model, beta, bs, what):
-    XY, _, terms, rows = partition_rows(model, part, model._formula_state)
+    XY, w, terms, rows = partition_rows(model, part, model._formula_state)
     eta = XY[:, :-1] @ beta + re_contribution(model.re_design, bs, terms) + rows["offset"]
     mu = model.family.link.inverse(eta)
     out = mu if what == "fitted" else rows["response"] - mu
+    if what == "pearson":                      # prior weights: the binomial's trials
+        out = out / np.sqrt(model.family.variance(mu) / (1.0 if w is None else w))
     return pd.Series(out, index=rows["index"], name=what)
 
 
-class DaskGLMMResults(GLMMResults):
+class DaskGLMMResults(SummaryQuantilesMixin, GLMMResults):
     """Results of a :class:`DaskGeneralizedLinearMixedModel` fit: the in-memory results, with
     the row-sized quantities lazy Dask series; ``passes``: the fit's passes over the data."""
 
@@ -471,8 +474,10 @@ class DaskGLMMResults(GLMMResults):
 
     @property
     def resid_pearson(self):
-        raise RowsNotHeldError("Pearson residuals of Dask data are not implemented (use resid "
-                               "and fittedvalues, lazy Dask series)")
+        """Pearson residuals with the conditional modes, a lazy Dask series over the model rows."""
+        return self._over_rows("pearson")
+
+    _scaled_resid_series = resid_pearson.fget
 
     def _over_rows(self, what):
         model, beta, bs = self._parts()

@@ -26,6 +26,7 @@ from ..prediction import re_contribution
 from ..results import LMMResults
 from .accumulate import accumulate, partition_rows
 from .learn import build_template, learn, ship
+from .quantiles import SummaryQuantilesMixin
 
 __all__ = ["DaskLinearMixedModel", "DaskLMMResults", "RowsNotHeldError"]
 
@@ -74,7 +75,8 @@ class DaskLinearMixedModel(LinearMixedModel):
     dask_data : dask.dataframe.DataFrame
         The data (lazy: a reference to the graph, not the rows).
     passes : int
-        Passes over the data made to build the model (2).
+        Passes over the data so far: 2 to build the model, and those of the first
+        ``summary()`` of its results (the exact quantiles of the scaled residuals).
     npartitions : int
         Partitions of the data.
     timings : dict
@@ -248,16 +250,19 @@ def _predict_partition(part, model, beta, bs, re):
     return pd.Series(eta, index=part.index, name="predicted")
 
 
-def _fitted_partition(part, model, beta, bs, what):
-    """Fitted values (or residuals) of one partition's model rows (incomplete rows dropped)."""
-    XY, _, terms, rows = partition_rows(model, part, model._formula_state)
+def _fitted_partition(part, model, beta, bs, what, sigma=None):
+    """Fitted values, residuals or scaled residuals (``sigma`` given) of one partition's model
+    rows (incomplete rows dropped)."""
+    XY, w, terms, rows = partition_rows(model, part, model._formula_state)
     fit = XY[:, :-1] @ beta + re_contribution(model.re_design, bs, terms)
     # XY's last column is y - offset: the offset cancels in the residual
     out = fit + rows["offset"] if what == "fitted" else XY[:, -1] - fit
+    if what == "scaled":
+        out = out * (1.0 if w is None else np.sqrt(w)) / sigma
     return pd.Series(out, index=rows["index"], name=what)
 
 
-class DaskLMMResults(LMMResults):
+class DaskLMMResults(SummaryQuantilesMixin, LMMResults):
     """Results of a :class:`DaskLinearMixedModel` fit: the in-memory results, with the
     row-sized quantities lazy (Dask series computed on the workers when asked)."""
 
@@ -274,10 +279,13 @@ class DaskLMMResults(LMMResults):
         """Response residuals ``y - fittedvalues``, a lazy Dask series over the model rows."""
         return self._over_rows("resid")
 
-    def _over_rows(self, what):
+    def _over_rows(self, what, *args):
         model, beta, bs = self._parts()
         return model.dask_data.map_partitions(_fitted_partition, ship(model), beta, bs, what,
-                                              meta=(what, "f8"))
+                                              *args, meta=(what, "f8"))
+
+    def _scaled_resid_series(self):
+        return self._over_rows("scaled", self.sigma)
 
     def remove_data(self):
         """Nothing to remove: the model holds no rows, and the results only a reference to the
