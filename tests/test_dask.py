@@ -271,3 +271,22 @@ def test_summary_scaled_residuals_are_the_pandas_fits():
     # kept through pickling (an unpickled result has no data to compute them from)
     r2 = pickle.loads(pickle.dumps(rd))
     np.testing.assert_array_equal(r2._summary_resid_quantiles(), rd._summary_resid_quantiles())
+
+
+def test_likelihood_ratio_comparison_of_two_dask_fits():
+    from mlmext.inference import anova
+    df = _crossed()
+    ddf = dd.from_pandas(df, npartitions=4)
+    f1, f2 = "y ~ x + (1 | user) + (1 | item)", "y ~ x + grp + (1 + x | user) + (1 | item)"
+    m1, m2 = mf.lmer(f1, ddf), mf.lmer(f2, ddf)
+    got = anova(m1.fit(), m2.fit(), names=["m1", "m2"])           # REML: refitted by ML
+    want = anova(mf.lmer(f1, df).fit(), mf.lmer(f2, df).fit(), names=["m1", "m2"])
+    np.testing.assert_allclose(got["logLik"], want["logLik"], rtol=1e-9)
+    np.testing.assert_allclose(got["Chisq"].iloc[1], want["Chisq"].iloc[1], rtol=1e-6)
+    assert m1.passes == 3 and m2.passes == 3                     # + the rows' comparison
+    # not the same rows: another response, or a pandas fit
+    other = mf.lmer(f2, dd.from_pandas(df.assign(y=df.y + 1), npartitions=4)).fit()
+    with pytest.raises(ValueError, match="different rows or responses"):
+        anova(m1.fit(), other)
+    with pytest.raises(ValueError, match="Dask DataFrame and the other"):
+        anova(m1.fit(), mf.lmer(f2, df).fit())

@@ -250,6 +250,8 @@ class DaskGeneralizedLinearMixedModel(GeneralizedLinearMixedModel):
     endog, exog, weights, offset, _XY = (_rows(n) for n in ("endog", "exog", "weights", "offset",
                                                              "_XY"))
 
+    same_rows = DaskLinearMixedModel.same_rows
+
     @classmethod
     def from_formula(cls, formula, data, family=None, subset=None, weights=None, offset=None,
                      missing="drop", eval_env=0, **kwargs):

@@ -178,6 +178,29 @@ class DaskLinearMixedModel(LinearMixedModel):
             state.pop(k, None)
         return state
 
+    def same_rows(self, other):
+        """``(True, "")`` when ``other`` (a Dask model) was fitted to the same rows with the same
+        response, else ``(False, how they differ)``: likelihood-ratio comparisons need it.
+
+        One pass over both models' data, partition by partition (counted in both models'
+        ``passes``): the model rows' labels and responses must be equal.
+        """
+        import dask
+        if getattr(other, "_formula_state", None) is None:
+            return False, "one model's data are a Dask DataFrame and the other's are not"
+        a, b = getattr(self, "dask_data", None), getattr(other, "dask_data", None)
+        if a is None or b is None:
+            return False, "an unpickled Dask model's data are not attached"
+        if a.npartitions != b.npartitions:
+            return False, (f"Dask DataFrames of {a.npartitions} and {b.npartitions} "
+                           "partitions (compare models of one Dask DataFrame)")
+        checks = [dask.delayed(_same_partition_rows)(pa, pb, ship(self), ship(other))
+                  for pa, pb in zip(a.to_delayed(), b.to_delayed())]
+        ok = all(dask.compute(*checks))
+        self.passes += 1
+        other.passes += 1
+        return (True, "") if ok else (False, "different rows or responses")
+
     def _check_data(self, sums, n, p):
         """The in-memory model's checks of the data, on the cross-products."""
         name = display_name(self.endog_names)
@@ -239,6 +262,12 @@ class DaskLinearMixedModel(LinearMixedModel):
             raise NotImplementedError("Kenward-Roger's df need the rows (n x q matrices); use "
                                       "ddf='satterthwaite' (the default) for Dask data")
         return super().fit(*args, **kwargs)
+
+
+def _same_partition_rows(pa, pb, ma, mb):
+    ra, rb = (partition_rows(m, p, m._formula_state)[3] for m, p in ((ma, pa), (mb, pb)))
+    return bool(ra["index"].equals(rb["index"])
+                and np.allclose(ra["response"], rb["response"], rtol=1e-10, atol=0))
 
 
 def _predict_partition(part, model, beta, bs, re):

@@ -80,6 +80,9 @@ def _same_rows(a, b):
     ra, rb = _raw(a), _raw(b)
     if int(ra.nobs) != int(rb.nobs):
         return False, f"{int(ra.nobs)} and {int(rb.nobs)} observations"
+    for m, other in ((ra.model, rb.model), (rb.model, ra.model)):
+        if hasattr(m, "same_rows"):            # a Dask model: it holds no rows to compare
+            return m.same_rows(other)
     la = ra.model.formula_info.get("row_labels") if hasattr(ra.model, "formula_info") else None
     lb = rb.model.formula_info.get("row_labels") if hasattr(rb.model, "formula_info") else None
     if la is not None and lb is not None and not pd.Index(la).equals(pd.Index(lb)):
