@@ -36,7 +36,7 @@ from ..prediction import re_contribution
 from .accumulate import _row_blocks, partition_rows
 from .learn import build_template, learn, ship, tree_reduce
 from .model import DaskLinearMixedModel, RowsNotHeldError, _rows
-from .quantiles import SummaryQuantilesMixin
+from .results import DaskResultsMixin
 
 __all__ = ["DaskGeneralizedLinearMixedModel", "DaskGLMMResults"]
 
@@ -455,24 +455,13 @@ def _fitted_partition(part, model, beta, bs, what):
     return pd.Series(out, index=rows["index"], name=what)
 
 
-class DaskGLMMResults(SummaryQuantilesMixin, GLMMResults):
+class DaskGLMMResults(DaskResultsMixin, GLMMResults):
     """Results of a :class:`DaskGeneralizedLinearMixedModel` fit: the in-memory results, with
     the row-sized quantities lazy Dask series; ``passes``: the fit's passes over the data."""
 
     passes = None
-
-    def _parts(self):
-        return self.model, np.asarray(self.fe_params), self._blocks_b()
-
-    @property
-    def fittedvalues(self):
-        """Fitted means with the conditional modes, a lazy Dask series over the model rows."""
-        return self._over_rows("fitted")
-
-    @property
-    def resid(self):
-        """Response residuals ``y - fittedvalues``, a lazy Dask series over the model rows."""
-        return self._over_rows("resid")
+    _fitted_partition = staticmethod(_fitted_partition)
+    _predict_partition = staticmethod(_predict_partition)
 
     @property
     def resid_pearson(self):
@@ -481,34 +470,15 @@ class DaskGLMMResults(SummaryQuantilesMixin, GLMMResults):
 
     _scaled_resid_series = resid_pearson.fget
 
-    def _over_rows(self, what):
-        model, beta, bs = self._parts()
-        return model.dask_data.map_partitions(_fitted_partition, ship(model), beta, bs, what,
-                                              meta=(what, "f8"))
-
     def linear_predictor(self, data=None, re=True, offset=None):
         raise RowsNotHeldError("the linear predictor of the fitted rows is not held; use "
                                "predict(data=ddf, which='linear') (a lazy Dask series)")
 
-    def remove_data(self):
-        """Nothing to remove: the model holds no rows."""
-
-    def predict(self, exog=None, data=None, re=True, which="mean", offset=None, **kwargs):
-        """Predictions as :meth:`MixedResults.predict`; for Dask ``data`` a lazy Dask series."""
-        new = self._predict_args(exog, data, re, which, kwargs)
-        if new is None:
-            if which != "mean":
-                raise RowsNotHeldError("predict(which='linear') of the fitted rows: give the "
-                                       "Dask DataFrame as data=")
-            return self.fittedvalues
-        if type(new).__module__.split(".")[0] != "dask":
-            return super().predict(data=new, re=re, which=which, offset=offset)
-        if offset is not None:
-            raise TypeError("offset= is not taken with Dask data; the model's offset column is "
-                            "read from the new data")
-        model, beta, bs = self._parts()
-        return new.map_partitions(_predict_partition, ship(model), beta, bs, bool(re), which,
-                                  meta=("predicted", "f8"))
+    def _fitted_rows(self, which):
+        if which != "mean":
+            raise RowsNotHeldError("predict(which='linear') of the fitted rows: give the "
+                                   "Dask DataFrame as data=")
+        return self.fittedvalues
 
 
 DaskGeneralizedLinearMixedModel._results_class = DaskGLMMResults

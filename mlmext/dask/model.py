@@ -26,7 +26,7 @@ from ..prediction import re_contribution
 from ..results import LMMResults
 from .accumulate import accumulate, partition_rows
 from .learn import build_template, learn, ship
-from .quantiles import SummaryQuantilesMixin
+from .results import DaskResultsMixin
 
 __all__ = ["DaskLinearMixedModel", "DaskLMMResults", "RowsNotHeldError"]
 
@@ -270,8 +270,9 @@ def _same_partition_rows(pa, pb, ma, mb):
                 and np.allclose(ra["response"], rb["response"], rtol=1e-10, atol=0))
 
 
-def _predict_partition(part, model, beta, bs, re):
-    """Linear predictor of one partition's rows (NaN where a row is incomplete)."""
+def _predict_partition(part, model, beta, bs, re, which="mean"):
+    """Predictions of one partition's rows (NaN where a row is incomplete): the linear
+    predictor, whatever ``which`` (the link is the identity)."""
     X, terms, off = model._new_design(part, re=re)
     eta = X @ beta + off
     if re:
@@ -291,49 +292,15 @@ def _fitted_partition(part, model, beta, bs, what, sigma=None):
     return pd.Series(out, index=rows["index"], name=what)
 
 
-class DaskLMMResults(SummaryQuantilesMixin, LMMResults):
+class DaskLMMResults(DaskResultsMixin, LMMResults):
     """Results of a :class:`DaskLinearMixedModel` fit: the in-memory results, with the
     row-sized quantities lazy (Dask series computed on the workers when asked)."""
 
-    def _parts(self):
-        return self.model, np.asarray(self.fe_params), self._blocks_b()
-
-    @property
-    def fittedvalues(self):
-        """Fitted values with the conditional modes, a lazy Dask series over the model rows."""
-        return self._over_rows("fitted")
-
-    @property
-    def resid(self):
-        """Response residuals ``y - fittedvalues``, a lazy Dask series over the model rows."""
-        return self._over_rows("resid")
-
-    def _over_rows(self, what, *args):
-        model, beta, bs = self._parts()
-        return model.dask_data.map_partitions(_fitted_partition, ship(model), beta, bs, what,
-                                              *args, meta=(what, "f8"))
+    _fitted_partition = staticmethod(_fitted_partition)
+    _predict_partition = staticmethod(_predict_partition)
 
     def _scaled_resid_series(self):
         return self._over_rows("scaled", self.sigma)
-
-    def remove_data(self):
-        """Nothing to remove: the model holds no rows, and the results only a reference to the
-        lazy Dask DataFrame (dropped when the model is pickled)."""
-
-    def predict(self, exog=None, data=None, re=True, which="mean", offset=None, **kwargs):
-        """Predictions as :meth:`MixedResults.predict`; for Dask ``data`` a lazy Dask series
-        (one value per row, NaN where a row has a missing value)."""
-        new = self._predict_args(exog, data, re, which, kwargs)
-        if new is None:
-            return self.fittedvalues
-        if type(new).__module__.split(".")[0] != "dask":
-            return super().predict(data=new, re=re, which=which, offset=offset)
-        if offset is not None:
-            raise TypeError("offset= is not taken with Dask data; the model's offset column is "
-                            "read from the new data")
-        model, beta, bs = self._parts()
-        return new.map_partitions(_predict_partition, ship(model), beta, bs, bool(re),
-                                  meta=("predicted", "f8"))
 
 
 DaskLinearMixedModel._results_class = DaskLMMResults

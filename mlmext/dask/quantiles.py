@@ -12,13 +12,11 @@ series.  With equal-width bins each histogram pass divides an interval's count b
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from .learn import tree_reduce
 
-__all__ = ["exact_quantiles", "SUMMARY_PROBS", "SummaryQuantilesMixin"]
+__all__ = ["exact_quantiles", "SUMMARY_PROBS"]
 
 #: the summary's "Scaled residuals" (Min, 1Q, Median, 3Q, Max)
 SUMMARY_PROBS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -139,20 +137,3 @@ def exact_quantiles(series, probs):
     b = np.array([value[int(k)] for k in hi_k])
     return a + (h - lo_k) * (b - a), passes
 
-
-class SummaryQuantilesMixin:
-    """The summary's "Scaled residuals" of Dask results: exact quantiles of the lazy series
-    ``_scaled_resid_series()``, computed by the first ``summary()`` (a few passes) and kept
-    (also through pickling; an unpickled result without them has no data to compute them)."""
-
-    @functools.cached_property
-    def _dask_resid_quantiles(self):
-        q, passes = exact_quantiles(self._scaled_resid_series(), SUMMARY_PROBS)
-        self.model.passes += passes                  # the model counts every pass it made
-        return q
-
-    def _summary_resid_quantiles(self):
-        if "_dask_resid_quantiles" not in self.__dict__ \
-                and getattr(self.model, "dask_data", None) is None:
-            return None
-        return self._dask_resid_quantiles
