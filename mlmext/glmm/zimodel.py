@@ -117,7 +117,8 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
 
     Notes
     -----
-    Laplace approximation with the observed information (glmmTMB's exact Laplace); the
+    Laplace approximation with the observed information (glmmTMB's exact Laplace), or
+    adaptive Gauss-Hermite quadrature (``fit(nagq=...)``, one grouping factor); the
     conditional modes level by level for one scalar random-effects term, else with a dense
     system (up to ``mlmext.laplace.MAX_DENSE_RE`` random effects); standard errors of all
     coefficients from the inverse Hessian in every parameter (glmmTMB's ``sdreport``).
@@ -366,12 +367,11 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
     _results_class = ZeroInflatedResults
 
     def fit(self, nagq=1, **kwargs):
-        """Laplace fit (glmmTMB's); arguments as :meth:`GeneralizedLinearMixedModel.fit`.
+        """Laplace fit (glmmTMB's), or adaptive Gauss-Hermite quadrature with ``nagq > 1``;
+        arguments as :meth:`GeneralizedLinearMixedModel.fit`.
 
-        ``nagq > 1`` raises ``NotImplementedError`` (glmmTMB fits these models by the
-        Laplace approximation only)."""
-        if nagq != 1:
-            raise NotImplementedError("adaptive Gauss-Hermite quadrature (nagq > 1) is not "
-                                      "implemented for zero-inflated / hurdle models; glmmTMB "
-                                      "fits them by the Laplace approximation (nagq=1)")
-        return super().fit(nagq=1, **kwargs)
+        AGQ needs a single grouping factor (at most three random effects per level); it is
+        centred and scaled at the conditional modes and the observed information of the
+        Laplace fit (positive definite per level there, though single zeros' may be
+        negative).  glmmTMB fits these models by the Laplace approximation only."""
+        return super().fit(nagq=nagq, **kwargs)

@@ -186,7 +186,9 @@ class ZeroInflatedResults(GLMMResults):
 
     # -- summary
     def _summary_top(self):
-        return [("Method:", ["Laplace (observed information)"]), ("Link:", ["log / logit (zi)"])]
+        method = ("Laplace (observed information)" if self.nagq == 1
+                  else f"Adaptive Gauss-Hermite ({self.nagq} points)")
+        return [("Method:", [method]), ("Link:", ["log / logit (zi)"])]
 
     def _zi_table(self, alpha=0.05):
         """The zero-inflation coefficients in the layout (and digits) of the count table."""
