@@ -219,3 +219,20 @@ def test_profile_against_direct_maximization(fits):
                                   jac=lambda v: -m.score(full(v))[free], method="BFGS",
                                   options={"gtol": 1e-8})
             assert 2.0 * (r.llf + o.fun) == pytest.approx(z2, abs=1e-5), (row, end)
+
+
+def test_predict_new_data_direct_and_pickle(fits):
+    """Hurdle NB1 on new rows: the truncated count mean ``mu / (1 - (1 + phi)^(-mu / phi))``
+    and ``E[y] = (1 - pi)`` times it, from the formulas; unchanged after pickling."""
+    import pickle
+    r = fits["hurdle_nb1_spp"]
+    new = read_data("salamanders.csv").iloc[[0, 5, 300, 643]]
+    mu = np.exp(r.predict(data=new, which="linear").to_numpy())
+    pi = special.expit(r.predict(data=new, which="zlink").to_numpy())
+    cond = mu / (1.0 - (1.0 + r.phi) ** (-mu / r.phi))
+    np.testing.assert_allclose(r.predict(data=new, which="conditional").to_numpy(), cond,
+                               rtol=1e-12)
+    np.testing.assert_allclose(r.predict(data=new).to_numpy(), (1.0 - pi) * cond, rtol=1e-12)
+    again = pickle.loads(pickle.dumps(r))
+    assert again.phi == r.phi
+    np.testing.assert_array_equal(again.predict(data=new).to_numpy(), r.predict(data=new).to_numpy())
