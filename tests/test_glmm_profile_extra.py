@@ -251,8 +251,6 @@ def test_arguments():
     lmm = mf.lmer("Reaction ~ Days + (1 | Subject)", read_data("sleepstudy.csv")).fit()
     with pytest.raises(TypeError, match="glmer_nb fits only"):
         lmm.profile(nb_alpha="free")
-    with pytest.raises(NotImplementedError, match="Laplace"):     # no AGQ for zi models
-        _model("zip_int").fit(nagq=3)
 
 
 def test_trace_to_a_bound_and_results_unchanged():

@@ -293,8 +293,8 @@ def test_unread_arguments(data, fits):
     m = make(data, "zip_int")
     with pytest.raises(TypeError, match="optimizer"):
         m.fit(optimizer="nlminb")
-    with pytest.raises(NotImplementedError, match="Laplace"):
-        m.fit(nagq=5)
+    with pytest.raises(ValueError, match="nagq"):
+        m.fit(nagq=2.5)
     r = fits["zip_mined"]
     with pytest.raises(TypeError, match="type"):
         r.predict(type="zprob")

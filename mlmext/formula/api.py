@@ -5,6 +5,7 @@
 from mlmext.gee import gee_select  # noqa: F401  (GEE working-correlation selection by QIC)
 from mlmext.glmm import (BetaMixedModel, GeneralizedLinearMixedModel, NB1MixedModel,
                          NegativeBinomialMixedModel, ZeroInflatedMixedModel, is_beta_family)
+from mlmext.glmm.nb1 import NB1Family
 from mlmext.glmm.response import NBFamily
 from mlmext.cor import CorrelatedLinearMixedModel
 from mlmext.dask import is_dask_frame
@@ -135,9 +136,10 @@ def glmer_nb(formula, data, weights=None, offset=None, subset=None, missing="dro
     theta is ``1 / alpha``).  ``variance="nb1"``: ``Var(y | b) = mu (1 + phi)``
     (glmmTMB's ``nbinom1``, statsmodels' ``loglike_method="nb1"``), ``phi``
     estimated jointly (results: ``.phi``), glmmTMB's Laplace.  ``ziformula`` gives a
-    zero-inflated NB2 model and, with ``hurdle=True``, a hurdle NB2 model (glmmTMB's
-    ``nbinom2`` / ``truncated_nbinom2`` with ``ziformula``; a
-    :class:`~mlmext.glmm.zimodel.ZeroInflatedMixedModel`).  Other arguments as :func:`glmer`.
+    zero-inflated NB2 (NB1) model and, with ``hurdle=True``, a hurdle NB2 (NB1) model (glmmTMB's
+    ``nbinom2`` / ``truncated_nbinom2``, ``nbinom1`` / ``truncated_nbinom1`` with
+    ``ziformula``; a :class:`~mlmext.glmm.zimodel.ZeroInflatedMixedModel`).  Other arguments as
+    :func:`glmer`.
 
     Returns
     -------
@@ -152,13 +154,11 @@ def glmer_nb(formula, data, weights=None, offset=None, subset=None, missing="dro
         raise ValueError(f"variance must be 'nb2' (mu + alpha mu^2) or 'nb1' (mu (1 + phi)); "
                          f"got {variance!r}")
     if ziformula is not None or hurdle is not False:
-        if key == "nb1":
-            raise NotImplementedError("zero-inflated and hurdle models are NB2 (and Poisson); "
-                                      "NB1 with ziformula is not implemented")
         if "family" in kwargs:
             raise TypeError("glmer_nb's family is always the negative binomial: remove family=")
         return ZeroInflatedMixedModel.from_formula(
-            formula, data, ziformula=ziformula, hurdle=hurdle, family=NBFamily(),
+            formula, data, ziformula=ziformula, hurdle=hurdle,
+            family=NB1Family() if key == "nb1" else NBFamily(),
             weights=weights, offset=offset, subset=subset, missing=missing,
             eval_env=eval_env + 1, **kwargs)
     if key == "nb1":

@@ -180,7 +180,7 @@ class GLMMResults(MixedResults):
         if self.alpha is not None:
             notes.append(f"Negative binomial dispersion alpha = {self.alpha:.5g} (Var = mu + alpha mu^2; "
                          f"lme4's theta = 1/alpha = {1.0 / self.alpha:.5g}).")
-        if self.nagq > 1 and self.model._extra_name != "scale":
+        if self.nagq > 1 and self.llf_lme4 is not None:       # None: lme4 has no such fit
             notes.append(f"Log-likelihood on the full scale; lme4's nAGQ > 1 value is llf - "
                          f"loglike_saturated = {self.llf_lme4:.4f}.")
         notes.append(self._cov_description() + "; z tests.")

@@ -8,8 +8,9 @@ linear predictor of the count part (which carries the random effects) and
 * hurdle (``hurdle=True``, glmmTMB's ``truncated_poisson`` / ``truncated_nbinom2``):
   ``P(y = 0) = pi``; the positives follow the zero-truncated ``f(mu)``;
 
-``f`` the Poisson or NB2 (``Var = mu + alpha mu^2``) distribution.  The model's own
-parameters (``k_extra``) are ``gamma`` and, for NB2, ``log alpha``.
+``f`` the Poisson, NB2 (``Var = mu + alpha mu^2``) or NB1 (``Var = mu (1 + phi)``, glmmTMB's
+``nbinom1``) distribution.  The model's own parameters (``k_extra``) are ``gamma`` and, for
+NB2 / NB1, ``log alpha`` / ``log phi``.
 
 The Laplace approximation is glmmTMB's: the PIRLS weights ``w`` are the observed information
 ``-d^2 l / d eta^2`` (so PIRLS is Newton's method and the determinant is the exact Hessian in
@@ -27,6 +28,7 @@ from scipy import special
 
 from .. import laplace as lp
 from .conditional import _lgamma_ratio
+from .nb1 import NB1Conditional
 
 __all__ = ["ZeroInflatedConditional"]
 
@@ -36,7 +38,7 @@ def _softplus(x):
 
 
 class ZeroInflatedConditional(lp.ConditionalModel):
-    """``y | eta`` for zero-inflated or hurdle Poisson / NB2 counts (log link).
+    """``y | eta`` for zero-inflated or hurdle Poisson / NB2 / NB1 counts (log link).
 
     Parameters
     ----------
@@ -48,11 +50,15 @@ class ZeroInflatedConditional(lp.ConditionalModel):
         NB2 counts (parameter ``log alpha`` after the zero-inflation coefficients).
     hurdle : bool
         Hurdle model (zero-truncated counts) instead of zero inflation.
+    nb1 : bool
+        NB1 counts (parameter ``log phi`` after the zero-inflation coefficients); ``nb`` is
+        then ignored.
 
     Notes
     -----
     Per observation, with ``s = logit pi``, ``L0 = log f(0 | mu)`` (Poisson ``-mu``, NB2
-    ``-log(1 + alpha mu) / alpha``) and ``log f`` the count log-density:
+    ``-log(1 + alpha mu) / alpha``, NB1 ``-mu log(1 + phi) / phi``) and ``log f`` the count
+    log-density:
 
     * zero-inflated, ``y = 0``: ``l = logaddexp(s, L0) - softplus(s)``;
       ``y > 0``: ``l = -softplus(s) + log f(y)``;
@@ -66,12 +72,15 @@ class ZeroInflatedConditional(lp.ConditionalModel):
     canonical = True                  # w is the observed information: h = w
     allow_negative_weights = True
 
-    def __init__(self, endog, exog_zi, nb=False, hurdle=False):
+    def __init__(self, endog, exog_zi, nb=False, hurdle=False, nb1=False):
         self.y = np.asarray(endog, dtype=float)
         self.Xzi = np.asarray(exog_zi, dtype=float)
-        self.nb, self.hurdle = bool(nb), bool(hurdle)
+        self.nb1 = bool(nb1)
+        self.nb, self.hurdle = bool(nb) and not self.nb1, bool(hurdle)
+        # NB1's count part (its log-density and derivatives in eta and log phi)
+        self._nb1c = NB1Conditional(self.y) if self.nb1 else None
         self.k_zi = self.Xzi.shape[1]
-        self.k_extra = self.k_zi + int(self.nb)
+        self.k_extra = self.k_zi + int(self.nb or self.nb1)
         self.zero = self.y == 0
         self.lgy1 = special.gammaln(self.y + 1.0)
         self.loglik_scale = float(np.sum(self.lgy1)) + self.y.size
@@ -87,9 +96,13 @@ class ZeroInflatedConditional(lp.ConditionalModel):
             self.alpha = float(np.exp(extra[self.k_zi]))
             self.r = 1.0 / self.alpha
             self._lg = _lgamma_ratio(self.y, self.r) - self.lgy1
+        if self.nb1:
+            self.phi = float(np.exp(extra[self.k_zi]))
+            self._nb1c.set_phi(self.phi)
 
     def get_params(self):
-        return np.concatenate([self.gamma, [np.log(self.alpha)] if self.nb else []])
+        disp = [np.log(self.alpha)] if self.nb else [np.log(self.phi)] if self.nb1 else []
+        return np.concatenate([self.gamma, disp])
 
     # -- the count distribution: log f and its derivatives; L0 = log f(0) and its derivatives
     def _count(self, eta, third=True):
@@ -97,6 +110,8 @@ class ZeroInflatedConditional(lp.ConditionalModel):
         ``fdh = fh'``; ``Lk`` the k-th derivative of ``L0`` in eta."""
         y = self.y
         mu = np.exp(eta)
+        if self.nb1:
+            return self._count_nb1(eta)
         if not self.nb:
             logf = y * eta - mu - self.lgy1
             return logf, y - mu, mu, mu, -mu, -mu, -mu, -mu
@@ -113,8 +128,36 @@ class ZeroInflatedConditional(lp.ConditionalModel):
         L3 = L2 * (1.0 - am) / den
         return logf, f1, fh, fdh, -r * lam, L1, L2, L3
 
+    def _count_nb1(self, eta):
+        """:meth:`_count` for NB1: with ``k = mu / phi`` and ``A, B, C`` the digamma, trigamma
+        and tetragamma differences of ``y + k`` and ``k`` (less ``log(1 + phi)`` in ``A``),
+        ``(log f)' = k A``, ``-(log f)'' = -k A - k^2 B``, its derivative
+        ``-(k A + 3 k^2 B + k^3 C)``; ``L0 = -k log(1 + phi)`` is linear in ``mu``, so all its
+        derivatives in eta equal it."""
+        c = self._nb1c
+        k = c._k(eta)
+        A, B, C = c._abc(k, 3)
+        L0 = -k * c.c
+        fh = -k * A - k * k * B
+        fdh = -(k * A + 3.0 * k * k * B + k ** 3 * C)
+        return c.loglik_obs(eta), k * A, fh, fdh, L0, L0, L0, L0
+
+    def _count_nb1_phi(self, eta):
+        """:meth:`_count_alpha` for NB1, in ``log phi`` (``dk / d log phi = -k``,
+        ``d log(1 + phi) / d log phi = q = phi / (1 + phi)``)."""
+        c = self._nb1c
+        k = c._k(eta)
+        A, B, C = c._abc(k, 3)
+        logf_t = -k * A - k * c.q + self.y / (1.0 + c.phi)
+        f1_t = -k * A - k * k * B - k * c.q
+        fh_t = k * A + 3.0 * k * k * B + k ** 3 * C + k * c.q
+        L0_t = k * (c.c - c.q)
+        return logf_t, f1_t, fh_t, L0_t, L0_t, L0_t
+
     def _count_alpha(self, eta):
         """Derivatives in ``log alpha``: ``(logf_t, f1_t, fh_t, L0_t, L1_t, L2_t)``."""
+        if self.nb1:
+            return self._count_nb1_phi(eta)
         a, r, y = self.alpha, self.r, self.y
         mu = np.exp(eta)
         am = a * mu
@@ -186,6 +229,8 @@ class ZeroInflatedConditional(lp.ConditionalModel):
             if self.nb:
                 den = 1.0 + self.alpha * mu
                 ic = mu / den
+            elif self.nb1:                    # the GLM weight (a positive step weight only)
+                den, ic = 1.0, mu / (1.0 + self.phi)
             else:
                 den, ic = 1.0, mu
             f0 = np.exp(L0)
@@ -197,6 +242,8 @@ class ZeroInflatedConditional(lp.ConditionalModel):
                 g = 1.0 / np.expm1(-L0)
                 ey = mu / (-np.expm1(L0))
                 efh = mu * (1.0 + (self.alpha if self.nb else 0.0) * ey) / den ** 2
+                if self.nb1:              # E_trunc of -(log f)'' from the GLM weight: positive
+                    efh = (ic + f0 * L0) / (-np.expm1(L0))
                 info = (1.0 - pi) * (efh - g * L2 - g * (1.0 + g) * L1 * L1)
         return np.where(h > 0, h, np.maximum(info, 1e-12 * np.maximum(mu, 1e-300)))
 
@@ -216,7 +263,7 @@ class ZeroInflatedConditional(lp.ConditionalModel):
                 dd1_s = dh_s = np.zeros_like(pi)
             X = self.Xzi
             dl, dd1, dh = dl_s[:, None] * X, dd1_s[:, None] * X, dh_s[:, None] * X
-            if self.nb:
+            if self.nb or self.nb1:
                 logf_t, f1_t, fh_t, L0_t, L1_t, L2_t = self._count_alpha(eta)
                 if not self.hurdle:
                     lt = np.where(z, r0 * L0_t, logf_t)
@@ -246,13 +293,15 @@ class ZeroInflatedConditional(lp.ConditionalModel):
         return (1.0 - self.pi) * mu / -np.expm1(self._log_f0(mu))
 
     def _log_f0(self, mu):
+        if self.nb1:
+            return -mu * np.log1p(self.phi) / self.phi
         return -np.log1p(self.alpha * mu) / self.alpha if self.nb else -mu
 
     def variance(self, eta):
         """``Var[y]`` of the full model (for Pearson residuals)."""
         mu = np.exp(np.asarray(eta, dtype=float))
         pi = self.pi
-        vc = mu + (self.alpha * mu * mu if self.nb else 0.0)      # count variance
+        vc = mu + (self.alpha * mu * mu if self.nb else self.phi * mu if self.nb1 else 0.0)
         if not self.hurdle:
             return (1.0 - pi) * (vc + pi * mu * mu)
         p = 1.0 - pi

@@ -1,9 +1,10 @@
-"""Zero-inflated and hurdle Poisson / NB2 mixed models (glmmTMB's ``ziformula``).
+"""Zero-inflated and hurdle Poisson / NB2 / NB1 mixed models (glmmTMB's ``ziformula``).
 
 :class:`ZeroInflatedMixedModel` is made by ``glmer(..., ziformula=...)`` (Poisson counts)
-and ``glmer_nb(..., ziformula=...)`` (NB2), with ``hurdle=True`` for glmmTMB's
-``truncated_poisson`` / ``truncated_nbinom2``.  The random effects are in the count part;
-the zero-inflation coefficients (and NB2's ``log alpha``) are the conditional model's own
+and ``glmer_nb(..., ziformula=...)`` (NB2; NB1 with ``variance="nb1"``), with ``hurdle=True``
+for glmmTMB's ``truncated_poisson`` / ``truncated_nbinom2`` / ``truncated_nbinom1``.  The
+random effects are in the count part; the zero-inflation coefficients (and NB2's
+``log alpha`` or NB1's ``log phi``) are the conditional model's own
 parameters (:class:`~mlmext.glmm.zeroinfl.ZeroInflatedConditional`), estimated jointly with
 theta and beta on the Laplace log-likelihood, as glmmTMB does.  Results:
 :class:`~mlmext.glmm.ziresults.ZeroInflatedResults`.
@@ -21,6 +22,7 @@ from ..frame import display_name, evaluate, formula_manager
 from ..objective import MixedParams
 from .deviance import LaplaceDeviance
 from .model import GeneralizedLinearMixedModel
+from .nb1 import NB1Family
 from .response import NBFamily
 from .zeroinfl import ZeroInflatedConditional
 from .ziresults import ZeroInflatedResults
@@ -91,14 +93,15 @@ class _ZiDeviance(LaplaceDeviance):
 
 
 class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
-    """Zero-inflated or hurdle Poisson / NB2 mixed model (glmmTMB's ``ziformula``).
+    """Zero-inflated or hurdle Poisson / NB2 / NB1 mixed model (glmmTMB's ``ziformula``).
 
     Usually created with :func:`mlmext.formula.api.glmer` (Poisson) or
-    :func:`~mlmext.formula.api.glmer_nb` (NB2) and ``ziformula=``.
+    :func:`~mlmext.formula.api.glmer_nb` (NB2, or NB1 with ``variance="nb1"``) and
+    ``ziformula=``.
 
-    Zero-inflated: ``y = 0`` with probability ``pi``, else ``y ~ Poisson(mu)`` or
-    ``NB2(mu, alpha)``; hurdle (``hurdle=True``): ``P(y = 0) = pi`` and the positive counts
-    follow the zero-truncated distribution.  ``log mu = X beta + Z b + offset`` (the random
+    Zero-inflated: ``y = 0`` with probability ``pi``, else ``y ~ Poisson(mu)``,
+    ``NB2(mu, alpha)`` or ``NB1(mu, phi)``; hurdle (``hurdle=True``): ``P(y = 0) = pi`` and
+    the positive counts follow the zero-truncated distribution.  ``log mu = X beta + Z b + offset`` (the random
     effects are in the count part), ``logit pi = X_zi gamma``.
 
     Parameters
@@ -106,7 +109,7 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
     endog, exog, re_design, offset
         As :class:`GeneralizedLinearMixedModel`; ``endog`` non-negative integer counts.
     family : statsmodels family
-        ``Poisson()`` (log link) or the negative binomial of ``glmer_nb``.
+        ``Poisson()`` (log link), or the NB2 / NB1 family of ``glmer_nb``.
     exog_zi : array_like, optional
         Design of the zero-inflation model (with the array interface).
     ziformula : str, optional
@@ -117,7 +120,8 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
 
     Notes
     -----
-    Laplace approximation with the observed information (glmmTMB's exact Laplace); the
+    Laplace approximation with the observed information (glmmTMB's exact Laplace), or
+    adaptive Gauss-Hermite quadrature (``fit(nagq=...)``, one grouping factor); the
     conditional modes level by level for one scalar random-effects term, else with a dense
     system (up to ``mlmext.laplace.MAX_DENSE_RE`` random effects); standard errors of all
     coefficients from the inverse Hessian in every parameter (glmmTMB's ``sdreport``).
@@ -231,6 +235,8 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
     def _resolve_family(self, family):
         if isinstance(family, NBFamily):             # glmer_nb's (or a rebuilt model's)
             return NBFamily()
+        if isinstance(family, NB1Family):            # glmer_nb(variance="nb1")'s
+            return NB1Family()
         if isinstance(family, families.NegativeBinomial) or (
                 isinstance(family, type) and issubclass(family, families.NegativeBinomial)):
             raise ValueError("for a zero-inflated / hurdle negative binomial use glmer_nb(..., "
@@ -249,12 +255,24 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
 
     @property
     def _nb(self):
+        """NB2 counts (``alpha``)."""
         return isinstance(self.family, families.NegativeBinomial)
+
+    @property
+    def _nb1(self):
+        """NB1 counts (``phi``)."""
+        return isinstance(self.family, NB1Family)
+
+    @property
+    def _disp_name(self):
+        """The count distribution's dispersion parameter: ``"alpha"``, ``"phi"`` or None."""
+        return "alpha" if self._nb else "phi" if self._nb1 else None
 
     @property
     def _family_label(self):
         kind = "hurdle" if self.hurdle else "zero-inflated"
-        return f"{kind} {'negative binomial' if self._nb else 'Poisson'}"
+        what = "negative binomial" if self._nb else "NB1" if self._nb1 else "Poisson"
+        return f"{kind} {what}"
 
     def _check_response(self):
         y, name = self.endog, self._response_name()
@@ -276,44 +294,46 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
                              "no finite estimates")
 
     def _make_conditional(self):
-        return ZeroInflatedConditional(self.endog, self.exog_zi, nb=self._nb, hurdle=self.hurdle)
+        return ZeroInflatedConditional(self.endog, self.exog_zi, nb=self._nb, hurdle=self.hurdle,
+                                       nb1=self._nb1)
 
     def deviance(self):
         """A fresh Laplace deviance (the engine's scalar or dense path, see :class:`_ZiDeviance`)."""
         return _ZiDeviance(self)
 
-    # -- parameters: (beta, theta, gamma[, alpha])
+    # -- parameters: (beta, theta, gamma[, alpha or phi])
     @property
     def param_names(self):
         return (list(self.exog_names) + self.re_design.theta_names()
-                + [f"zi_{n}" for n in self.exog_zi_names] + (["alpha"] if self._nb else []))
+                + [f"zi_{n}" for n in self.exog_zi_names]
+                + ([self._disp_name] if self._disp_name else []))
 
     @property
     def _extra_name(self):
-        return "alpha" if self._nb else "zi"
+        return self._disp_name or "zi"
 
     def _internal(self, params, what="params"):
         pr = MixedParams.from_packed(params, self.k_fe, self.re_design.ntheta, self.k_extra,
                                      names=self.param_names, what=what)
         ex = np.asarray(pr.extra, dtype=float).copy()
-        if self._nb:
+        if self._disp_name:
             if not ex[-1] > 0:
-                raise ValueError(f"{what}: alpha must be positive; got {ex[-1]}")
+                raise ValueError(f"{what}: {self._disp_name} must be positive; got {ex[-1]}")
             ex[-1] = np.log(ex[-1])
         return np.concatenate([pr.theta, pr.fe_params, ex])
 
     def score(self, params):
-        """Gradient of the Laplace :meth:`loglike` in ``(beta, theta, gamma[, alpha])``."""
+        """Gradient of the Laplace :meth:`loglike` in ``(beta, theta, gamma[, alpha or phi])``."""
         x = self._internal(params)
         _, g, _ = self.deviance().loglike_and_score(x)
         nt, p = self.re_design.ntheta, self.k_fe
         ge = g[nt + p:].copy()
-        if self._nb:
+        if self._disp_name:
             ge[-1] /= np.exp(x[-1])
         return np.concatenate([g[nt:nt + p], g[:nt], ge])
 
     def _bounds_extra(self):
-        return [(None, None)] * self.exog_zi.shape[1] + ([(-25.0, 10.0)] if self._nb else [])
+        return [(None, None)] * self.exog_zi.shape[1] + ([(-25.0, 10.0)] if self._disp_name else [])
 
     def _start_extra(self, modes):
         """gamma: hurdle -- the logistic regression of ``y == 0`` (its estimate); zero-inflated --
@@ -334,14 +354,16 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
             excess = zero.mean() - np.mean(np.exp(-mu))
             pi0 = min(max(excess, 0.05), 0.9)
             gamma = np.linalg.lstsq(X, np.full(y.size, special.logit(pi0)), rcond=None)[0]
-        if not self._nb:
+        if not self._disp_name:
             return gamma
         if modes is None:
             la = 0.0
         else:
             mu = np.exp(modes.eta)
             pos = y > 0
-            a = np.sum((y[pos] - mu[pos]) ** 2 - y[pos]) / max(np.sum(mu[pos] ** 2), 1e-12)
+            # Var - mu = alpha mu^2 (NB2), phi mu (NB1)
+            den = mu[pos] ** 2 if self._nb else mu[pos]
+            a = np.sum((y[pos] - mu[pos]) ** 2 - y[pos]) / max(np.sum(den), 1e-12)
             la = float(np.log(min(max(a, 1e-2), 1e2)))
         return np.concatenate([gamma, [la]])
 
@@ -350,7 +372,7 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
         coefficients, alpha, and their covariance from the inverse Hessian in all parameters."""
         k = self.exog_zi.shape[1]
         out = {"_zi_params": np.asarray(extra[:k], dtype=float).copy()}
-        if self._nb:
+        if self._disp_name:                 # alpha (NB2) or phi (NB1)
             out["_alpha"] = float(np.exp(extra[k]))
         cov = np.full((len(extra), len(extra)), np.nan)
         if H is not None and np.all(np.isfinite(H)):
@@ -366,12 +388,11 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
     _results_class = ZeroInflatedResults
 
     def fit(self, nagq=1, **kwargs):
-        """Laplace fit (glmmTMB's); arguments as :meth:`GeneralizedLinearMixedModel.fit`.
+        """Laplace fit (glmmTMB's), or adaptive Gauss-Hermite quadrature with ``nagq > 1``;
+        arguments as :meth:`GeneralizedLinearMixedModel.fit`.
 
-        ``nagq > 1`` raises ``NotImplementedError`` (glmmTMB fits these models by the
-        Laplace approximation only)."""
-        if nagq != 1:
-            raise NotImplementedError("adaptive Gauss-Hermite quadrature (nagq > 1) is not "
-                                      "implemented for zero-inflated / hurdle models; glmmTMB "
-                                      "fits them by the Laplace approximation (nagq=1)")
-        return super().fit(nagq=1, **kwargs)
+        AGQ needs a single grouping factor (at most three random effects per level); it is
+        centred and scaled at the conditional modes and the observed information of the
+        Laplace fit (positive definite per level there, though single zeros' may be
+        negative).  glmmTMB fits these models by the Laplace approximation only."""
+        return super().fit(nagq=nagq, **kwargs)

@@ -10,6 +10,8 @@ import pandas as pd
 from scipy import special, stats
 
 from ..printing import params_table
+from ..results import add_notes
+from .nb1 import NB1Family
 from .results import GLMMResults
 
 __all__ = ["ZeroInflatedResults"]
@@ -20,8 +22,8 @@ class ZeroInflatedResults(GLMMResults):
 
     Besides :class:`GLMMResults`: ``zi_params`` and ``bse_zi`` (the zero-inflation
     coefficients, logit scale, with glmmTMB's standard errors), ``cov_params_zi()``, ``alpha``
-    (NB2), and :meth:`predict` with glmmTMB's types.  ``params`` and ``cov_params()`` are the
-    count model's, as ``fixef(fit)$cond`` and ``vcov(fit)$cond``.
+    (NB2) or ``phi`` (NB1), and :meth:`predict` with glmmTMB's types.  ``params`` and
+    ``cov_params()`` are the count model's, as ``fixef(fit)$cond`` and ``vcov(fit)$cond``.
     """
 
     _which = {"mean": "the mean of y (glmmTMB's type='response')",
@@ -35,7 +37,8 @@ class ZeroInflatedResults(GLMMResults):
     @property
     def _family_name(self):
         m = self.model
-        base = (f"Negative Binomial [alpha = {self.alpha:.4g}]" if m._nb else "Poisson")
+        base = (f"Negative Binomial [alpha = {self.alpha:.4g}]" if m._nb else
+                f"NB1 [phi = {self.phi:.4g}]" if m._nb1 else "Poisson")
         return f"{base}, {'hurdle' if m.hurdle else 'zero-inflated'}"
 
     @property
@@ -60,11 +63,32 @@ class ZeroInflatedResults(GLMMResults):
         """Standard error of log alpha (NB2; glmmTMB's of ``log theta``); None otherwise."""
         return float(np.sqrt(self._cov_extra[-1, -1])) if self.model._nb else None
 
+    @property
+    def phi(self):
+        """NB1 dispersion (``Var = mu (1 + phi)`` of the count part; glmmTMB's ``sigma()``);
+        None otherwise."""
+        return float(self._alpha) if self.model._nb1 else None
+
+    @property
+    def bse_log_phi(self):
+        """Standard error of log phi (NB1; glmmTMB's of its ``betadisp``); None otherwise."""
+        return float(np.sqrt(self._cov_extra[-1, -1])) if self.model._nb1 else None
+
+    @property
+    def family(self):
+        """The count part's family: Poisson, NB2 (``NegativeBinomial`` with ``alpha``) or NB1
+        (with ``phi``)."""
+        if self.model._nb1:
+            return NB1Family(phi=self.phi)
+        return super().family
+
     def _extra_params(self):
-        return list(self._zi_params) + ([float(self._alpha)] if self.model._nb else [])
+        disp = self.model._disp_name
+        return list(self._zi_params) + ([float(self._alpha)] if disp else [])
 
     def _extra_internal(self):
-        return np.concatenate([self._zi_params, [np.log(self._alpha)] if self.model._nb else []])
+        disp = self.model._disp_name
+        return np.concatenate([self._zi_params, [np.log(self._alpha)] if disp else []])
 
     @property
     def llf_lme4(self):
@@ -138,7 +162,7 @@ class ZeroInflatedResults(GLMMResults):
             if which == "linear":
                 out = eta
             else:
-                out = _count_mean(self.model, eta, self.alpha)
+                out = _count_mean(self.model, eta, self._cond)
                 if which == "mean":
                     Xzi = self.model.exog_zi if data is None else self.model._new_exog_zi(data)
                     out = (1.0 - special.expit(Xzi @ self._zi_params)) * out
@@ -153,12 +177,14 @@ class ZeroInflatedResults(GLMMResults):
         model = self.model
         pi = special.expit(model.exog_zi @ self._zi_params)[:, None] * np.ones(eta.shape[1])
         mu = np.exp(eta)
-        nb = model._nb
+        nb, nb1 = model._nb, model._nb1
 
-        def draw(m):                               # Poisson or gamma-Poisson (NB2) counts
+        def draw(m):                               # Poisson or gamma-Poisson (NB2, NB1) counts
             if nb:
                 a = float(self.alpha)
                 return rng.poisson(rng.gamma(1.0 / a, a * m)).astype(float)
+            if nb1:                                # gamma mean m, variance m phi
+                return rng.poisson(rng.gamma(m / self.phi, self.phi)).astype(float)
             return rng.poisson(m).astype(float)
 
         zero = rng.random(eta.shape) < pi
@@ -177,6 +203,8 @@ class ZeroInflatedResults(GLMMResults):
                 if nb:
                     r = 1.0 / self.alpha
                     dist = stats.nbinom(r, r / (r + m))
+                elif nb1:
+                    dist = stats.nbinom(m / self.phi, 1.0 / (1.0 + self.phi))
                 else:
                     dist = stats.poisson(m)
                 f0 = dist.cdf(0)
@@ -186,7 +214,9 @@ class ZeroInflatedResults(GLMMResults):
 
     # -- summary
     def _summary_top(self):
-        return [("Method:", ["Laplace (observed information)"]), ("Link:", ["log / logit (zi)"])]
+        method = ("Laplace (observed information)" if self.nagq == 1
+                  else f"Adaptive Gauss-Hermite ({self.nagq} points)")
+        return [("Method:", [method]), ("Link:", ["log / logit (zi)"])]
 
     def _zi_table(self, alpha=0.05):
         """The zero-inflation coefficients in the layout (and digits) of the count table."""
@@ -205,21 +235,24 @@ class ZeroInflatedResults(GLMMResults):
 
     def _add_extra_tables(self, smry, ddf=None):
         smry.tables.append(self._zi_table())
+        if self.model._nb1:
+            add_notes(smry, [f"NB1 dispersion phi = {self.phi:.5g} (Var = mu (1 + phi) of the "
+                             "count part; glmmTMB's nbinom1 sigma() = phi)."])
         super()._add_extra_tables(smry, ddf)
 
     def _cov_description(self):
         if self.optim.cov_method.startswith("Hessian"):
             return ("Covariances: inverse Hessian of the deviance in all parameters (theta, "
-                    "beta, zero-inflation" + (", log alpha" if self.model._nb else "")
+                    "beta, zero-inflation"
+                    + (f", log {self.model._disp_name}" if self.model._disp_name else "")
                     + ") (glmmTMB's)")
         return super()._cov_description()
 
 
-def _count_mean(model, eta, alpha):
+def _count_mean(model, eta, cond):
     """The mean of the count part: ``mu`` (zero-inflated), the zero-truncated mean
     ``mu / (1 - f(0 | mu))`` (hurdle), as glmmTMB's ``type = "conditional"``."""
     mu = np.exp(eta)
     if not model.hurdle:
         return mu
-    log_f0 = -np.log1p(alpha * mu) / alpha if model._nb else -mu
-    return mu / -np.expm1(log_f0)
+    return mu / -np.expm1(cond._log_f0(mu))

@@ -45,7 +45,8 @@ class DenseFactor:
     """``M = A' H A + I`` (dense) and its Cholesky factor, at the conditional modes.
 
     Offers ``logdet_zz``, ``solve_re``, ``local_inverse``, ``condvar_u`` and ``lams``, as
-    :class:`~mlmext.linalg.ScalarFactor.from_diagonal` does.
+    :class:`~mlmext.linalg.ScalarFactor.from_diagonal` does, and ``M1`` (the per-level blocks,
+    for adaptive quadrature) with one grouping factor.
     """
 
     def __init__(self, design, lams, M, chol):
@@ -63,6 +64,16 @@ class DenseFactor:
         if inv is None:
             inv = self._inv = linalg.cho_solve(self._c, np.eye(self.M.shape[0]))
         return inv
+
+    @property
+    def M1(self):
+        """With a single grouping factor, the (m, q, q) diagonal blocks of ``M`` (``M`` is
+        block diagonal then: a row has one level); what adaptive quadrature centres on."""
+        if len(self.design.blocks) != 1:
+            raise AttributeError("M1: the dense factor of a design with one grouping factor")
+        b = self.design.blocks[0]
+        idx = np.arange(b.m)[:, None] * b.q + np.arange(b.q)[None, :]
+        return self.M[idx[:, :, None], idx[:, None, :]]
 
     def _positions(self):
         """Per block: (n, q) column indices of each row's own level in the spherical vector."""
