@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LocalInverse"]
+__all__ = ["LocalInverse", "coupling_on_pattern"]
+
+#: pairs per batch of :func:`coupling_on_pattern`
+CHUNK = 1 << 21
 
 
 class LocalInverse:
@@ -20,38 +23,23 @@ class LocalInverse:
     per level, ``K`` (m1, rz)) or "general" (``Minv`` (m1, q1, q1) with the rest's share
     added, ``K`` (m1, q1, rz)); ``G`` is the rest's inverse, ``rpos`` the positions of the
     rest's random effects in it (None: natural order).
+
+    ``K`` is dense, or compact (``K`` None): ``Kp`` holds it only at ``keys``, the (first-block
+    level, rest position) pairs where rows of the data have both (the cross-products'
+    pattern; about one number per distinct pair, :func:`coupling_on_pattern`).  A pair all of
+    whose rows have weight 0 or a zero column may be missing from it: its rows then read 0,
+    and enter the sums only multiplied by that weight or column.
     """
 
-    def __init__(self, lams, kind, Minv=None, base=None, K=None, G=None, rpos=None, pattern=None):
+    def __init__(self, lams, kind, Minv=None, base=None, K=None, G=None, rpos=None,
+                 keys=None, Kp=None):
         self.lams, self.kind = lams, kind
         self.Minv, self.base, self.K, self.G, self.rpos = Minv, base, K, G, rpos
-        #: (first-block levels, rest positions) where rows of the data have both
-        self._pattern = pattern
-        self.keys = self.Kp = None
+        #: the compact K (no dense K): sorted ``level * rz + position`` and K's values there
+        self.keys, self.Kp = keys, Kp
 
     def _index(self, idx):
         return idx if self.rpos is None else self.rpos[idx]
-
-    def compact(self):
-        """A copy holding ``K`` only where the data's rows read it (the levels of the first
-        block and of the rest that occur together): what is sent to the workers that hold
-        the rows, instead of the dense ``K`` (first-block levels x the rest's effects).
-
-        The pattern is the cross-products' (a pair no row has is not read); a pair all of
-        whose rows have weight 0 or a zero column may be missing from it: its rows then
-        read 0, and enter the sums only multiplied by that weight or column.
-        """
-        if self.K is None or self._pattern is None:
-            return self
-        lvl, pos = self._pattern
-        rz = self.G.shape[0]
-        keys, first = np.unique(lvl.astype(np.int64) * rz + pos, return_index=True)
-        lvl, pos = lvl[first], pos[first]
-        new = LocalInverse(self.lams, self.kind, Minv=self.Minv, base=self.base, G=self.G,
-                           rpos=self.rpos)
-        new.keys = keys
-        new.Kp = self.K[lvl, pos] if self.kind == "scalar" else self.K[lvl, :, pos]
-        return new
 
     def _gather(self, g, P):
         """``K[g, P]`` (scalar: (n, k); general: (n, q1, k)) from ``K`` or its compact values."""
@@ -61,6 +49,9 @@ class LocalInverse:
             q1 = self.K.shape[1]
             return self.K[g[:, None, None], np.arange(q1)[None, :, None], P[:, None, :]]
         key = g[:, None].astype(np.int64) * self.G.shape[0] + P
+        if not self.keys.size:                              # no coupling at all
+            return np.zeros(key.shape if self.kind == "scalar" else
+                            (key.shape[0], self.Kp.shape[1], key.shape[1]))
         idx = np.minimum(np.searchsorted(self.keys, key), self.keys.size - 1)
         found = self.keys[idx] == key
         if self.kind == "scalar":
@@ -99,6 +90,51 @@ class LocalInverse:
         rho1 = np.einsum("iab,ib->ia", self.Minv[g], a) - np.einsum("iak,ik->ia", KP, c)
         rhor = np.einsum("ikl,il->ik", GPP, c) - np.einsum("iak,ia->ik", KP, a)
         return _split(blocks, a, rho1, c_list, rhor)
+
+
+def coupling_on_pattern(indptr, cols, data, G, q1, lvl, pos):
+    """``K = C G`` only where the pattern ``(lvl, pos)`` reads it, never the dense ``K``.
+
+    ``C`` (``m1 q1`` x ``rz``, row ``g q1 + a``) is given by its CSR arrays, ``G`` is the
+    rest's inverse (rz x rz).  ``K[g q1 + a, p] = sum_r C[g q1 + a, r] G[r, p]`` is summed over
+    the pairs (nonzero r of a row of level g, pattern position p of g): ``sum_g k_g^2`` pairs
+    for ``k_g`` effects per level (20 items per user: 20 x 20 per user), where the dense
+    product costs ``nnz(C) rz``; about ``CHUNK`` pairs at a time.
+
+    Returns
+    -------
+    keys : ndarray of int64
+        Sorted unique ``lvl * rz + pos``.
+    Kp : ndarray, shape (nkeys, q1)
+        ``K`` at the keys.
+    """
+    rz = G.shape[0]
+    keys = np.unique(np.asarray(lvl, dtype=np.int64) * rz + pos)
+    klvl, kpos = np.divmod(keys, rz)
+    nrow = indptr.size - 1
+    kptr = np.searchsorted(klvl, np.arange(nrow // q1 + 1))     # level g's keys: kptr[g]:kptr[g+1]
+    row_lvl = np.arange(nrow) // q1
+    npat = np.diff(kptr)[row_lvl]                               # pattern positions per row
+    row_of = np.repeat(np.arange(nrow), np.diff(indptr))        # row of each nonzero
+    reps = npat[row_of]                                         # pairs per nonzero
+    Kp = np.zeros(keys.size * q1)
+    cum = np.concatenate([[0], np.cumsum(reps)])
+    start, nnz = 0, cols.size
+    Gf = G.ravel()
+    chunk = CHUNK
+    while start < nnz:
+        stop = max(int(np.searchsorted(cum, cum[start] + chunk, side="right")) - 1, start + 1)
+        j = np.repeat(np.arange(start, stop), reps[start:stop])
+        within = np.arange(j.size) - np.repeat(cum[start:stop] - cum[start], reps[start:stop])
+        rows = row_of[j]
+        kidx = kptr[row_lvl[rows]] + within
+        vals = data[j] * Gf[cols[j].astype(np.int64) * rz + kpos[kidx]]
+        tgt = kidx * q1 + rows % q1
+        lo = int(tgt.min())
+        part = np.bincount(tgt - lo, weights=vals)
+        Kp[lo:lo + part.size] += part
+        start = stop
+    return keys, Kp.reshape(-1, q1)
 
 
 def _split(blocks, a, rho1, c_list, rhor):
