@@ -43,8 +43,11 @@ def test_compact_gradient_equals_dense(formula, chunk, monkeypatch):
     th = np.linspace(0.5, 0.9, des.ntheta)
     x = np.concatenate([th, [-0.2, 0.4]])
     dev = mod.deviance()
+    x2 = x + 0.05
     ll, g, modes = dev.loglike_and_score(x)
     assert modes.converged and isinstance(dev.chol_u, DenseFactor)
+    # a second point: the pattern and the rows' positions in it come from the factor's cache
+    ll2, g2, _ = dev.loglike_and_score(x2)
     # the compact parts: K's values at the distinct (user, item effect) pairs only
     local = dev.chol_u.local_inverse_parts(compact=True)
     q_item = des.blocks[1].q
@@ -52,9 +55,11 @@ def test_compact_gradient_equals_dense(formula, chunk, monkeypatch):
     assert local.K is None and local.keys.size == npairs
     assert npairs < des.blocks[0].m * des.blocks[1].nre / 4
     monkeypatch.setattr(DenseFactor, "local_inverse", _dense_local_inverse)
-    ll0, g0, _ = mod.deviance().loglike_and_score(x)
-    assert ll == ll0
-    np.testing.assert_allclose(g, g0, rtol=1e-11, atol=1e-11 * np.abs(g0).max())
+    dev0 = mod.deviance()
+    for x_, ll_, g_ in ((x, ll, g), (x2, ll2, g2)):
+        ll0, g0, _ = dev0.loglike_and_score(x_)
+        assert ll_ == ll0
+        np.testing.assert_allclose(g_, g0, rtol=1e-11, atol=1e-11 * np.abs(g0).max())
 
 
 @pytest.mark.parametrize("formula", ["y ~ x + (1 | pupil) + (1 | tch) + (1 | sch)",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LocalInverse", "coupling_on_pattern"]
+__all__ = ["LocalInverse", "coupling_on_pattern", "pattern_keys"]
 
 #: pairs per batch of :func:`coupling_on_pattern`
 CHUNK = 1 << 21
@@ -32,16 +32,38 @@ class LocalInverse:
     """
 
     def __init__(self, lams, kind, Minv=None, base=None, K=None, G=None, rpos=None,
-                 keys=None, Kp=None):
+                 keys=None, Kp=None, cache=None):
         self.lams, self.kind = lams, kind
         self.Minv, self.base, self.K, self.G, self.rpos = Minv, base, K, G, rpos
         #: the compact K (no dense K): sorted ``level * rz + position`` and K's values there
         self.keys, self.Kp = keys, Kp
+        #: a dict the factor keeps across evaluations: the rows' positions in ``keys`` (the
+        #: same rows and keys at every evaluation of a fit)
+        self._cache = cache
+
+    def _key_positions(self, key, blocks):
+        """``(idx, found)``: positions of ``key`` in ``keys``, from the cache when the keys and
+        the rows' codes are the same objects as when it was filled."""
+        tag = [self.keys, self.rpos] + [b.codes for b in blocks]
+        c = self._cache
+        got = None if c is None else c.get("rows")
+        if got is not None and len(got[0]) == len(tag) and all(x is y for x, y in zip(got[0], tag)):
+            return got[1], got[2]
+        idx = np.minimum(np.searchsorted(self.keys, key), self.keys.size - 1)
+        found = self.keys[idx] == key
+        if c is not None:
+            c["rows"] = (tag, idx, found)          # one assignment: consistent for other threads
+        return idx, found
+
+    def __getstate__(self):                        # sent to workers: not the factor's cache
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
 
     def _index(self, idx):
         return idx if self.rpos is None else self.rpos[idx]
 
-    def _gather(self, g, P):
+    def _gather(self, g, P, blocks):
         """``K[g, P]`` (scalar: (n, k); general: (n, q1, k)) from ``K`` or its compact values."""
         if self.K is not None:
             if self.kind == "scalar":
@@ -52,8 +74,7 @@ class LocalInverse:
         if not self.keys.size:                              # no coupling at all
             return np.zeros(key.shape if self.kind == "scalar" else
                             (key.shape[0], self.Kp.shape[1], key.shape[1]))
-        idx = np.minimum(np.searchsorted(self.keys, key), self.keys.size - 1)
-        found = self.keys[idx] == key
+        idx, found = self._key_positions(key, blocks)
         if self.kind == "scalar":
             return np.where(found, self.Kp[idx], 0.0)
         vals = self.Kp[idx]                                 # (n, k, q1)
@@ -77,7 +98,7 @@ class LocalInverse:
         P = np.hstack(P_list)
         c = np.hstack(c_list)
         G = self.G
-        KP = self._gather(g, P)
+        KP = self._gather(g, P, blocks)
         if self.kind == "scalar":                          # KP (n, k)
             rho1 = (self.base[g] * a[:, 0] - np.einsum("ik,ik->i", KP, c))[:, None]
             if P.shape[1] == 1:
@@ -92,24 +113,26 @@ class LocalInverse:
         return _split(blocks, a, rho1, c_list, rhor)
 
 
-def coupling_on_pattern(indptr, cols, data, G, q1, lvl, pos):
+def pattern_keys(lvl, pos, rz):
+    """Sorted unique ``lvl * rz + pos`` (the keys of :func:`coupling_on_pattern`)."""
+    return np.unique(np.asarray(lvl, dtype=np.int64) * rz + pos)
+
+
+def coupling_on_pattern(indptr, cols, data, G, q1, keys):
     """``K = C G`` only where the pattern ``(lvl, pos)`` reads it, never the dense ``K``.
 
     ``C`` (``m1 q1`` x ``rz``, row ``g q1 + a``) is given by its CSR arrays, ``G`` is the
-    rest's inverse (rz x rz).  ``K[g q1 + a, p] = sum_r C[g q1 + a, r] G[r, p]`` is summed over
+    rest's inverse (rz x rz), ``keys`` the pattern (:func:`pattern_keys`).  ``K[g q1 + a, p] = sum_r C[g q1 + a, r] G[r, p]`` is summed over
     the pairs (nonzero r of a row of level g, pattern position p of g): ``sum_g k_g^2`` pairs
     for ``k_g`` effects per level (20 items per user: 20 x 20 per user), where the dense
     product costs ``nnz(C) rz``; about ``CHUNK`` pairs at a time.
 
     Returns
     -------
-    keys : ndarray of int64
-        Sorted unique ``lvl * rz + pos``.
     Kp : ndarray, shape (nkeys, q1)
         ``K`` at the keys.
     """
     rz = G.shape[0]
-    keys = np.unique(np.asarray(lvl, dtype=np.int64) * rz + pos)
     klvl, kpos = np.divmod(keys, rz)
     nrow = indptr.size - 1
     kptr = np.searchsorted(klvl, np.arange(nrow // q1 + 1))     # level g's keys: kptr[g]:kptr[g+1]
@@ -134,7 +157,7 @@ def coupling_on_pattern(indptr, cols, data, G, q1, lvl, pos):
         part = np.bincount(tgt - lo, weights=vals)
         Kp[lo:lo + part.size] += part
         start = stop
-    return keys, Kp.reshape(-1, q1)
+    return Kp.reshape(-1, q1)
 
 
 def _split(blocks, a, rho1, c_list, rhor):
