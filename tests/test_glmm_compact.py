@@ -34,7 +34,7 @@ def _dense_local_inverse(self):
 @pytest.mark.parametrize("formula", ["y ~ x + (1 | user) + (1 | item)",
                                      "y ~ x + (1 + x | user) + (1 | item)",
                                      "y ~ x + (1 | user) + (1 + x | item)"])
-@pytest.mark.parametrize("chunk", [1 << 21, 37])
+@pytest.mark.parametrize("chunk", [1 << 19, 37])
 def test_compact_gradient_equals_dense(formula, chunk, monkeypatch):
     monkeypatch.setattr(_local, "CHUNK", chunk)          # 37: many batches, split levels
     d = _sparse_crossed()

@@ -13,7 +13,7 @@ import numpy as np
 __all__ = ["LocalInverse", "coupling_on_pattern", "pattern_keys"]
 
 #: pairs per batch of :func:`coupling_on_pattern`
-CHUNK = 1 << 21
+CHUNK = 1 << 19
 
 
 class LocalInverse:
