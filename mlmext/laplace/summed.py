@@ -250,7 +250,7 @@ class SummedRows:
         req = {"kind": "gradient", "u": np.asarray(u, dtype=float), "beta": self.beta_fixed,
                "lams": lams, "theta": theta,
                # K only where the rows read it, not the dense levels x levels coupling
-               "local": chol.local_inverse_parts().compact()}
+               "local": chol.local_inverse_parts(compact=True)}
         self._u = np.asarray(u, dtype=float)
         return self.mapper(req)
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LocalInverse"]
+__all__ = ["LocalInverse", "coupling_on_pattern", "pattern_keys"]
+
+#: pairs per batch of :func:`coupling_on_pattern`
+CHUNK = 1 << 19
 
 
 class LocalInverse:
@@ -20,40 +23,47 @@ class LocalInverse:
     per level, ``K`` (m1, rz)) or "general" (``Minv`` (m1, q1, q1) with the rest's share
     added, ``K`` (m1, q1, rz)); ``G`` is the rest's inverse, ``rpos`` the positions of the
     rest's random effects in it (None: natural order).
+
+    ``K`` is dense, or compact (``K`` None): ``Kp`` holds it only at ``keys``, the (first-block
+    level, rest position) pairs where rows of the data have both (the cross-products'
+    pattern; about one number per distinct pair, :func:`coupling_on_pattern`).  A pair all of
+    whose rows have weight 0 or a zero column may be missing from it: its rows then read 0,
+    and enter the sums only multiplied by that weight or column.
     """
 
-    def __init__(self, lams, kind, Minv=None, base=None, K=None, G=None, rpos=None, pattern=None):
+    def __init__(self, lams, kind, Minv=None, base=None, K=None, G=None, rpos=None,
+                 keys=None, Kp=None, cache=None):
         self.lams, self.kind = lams, kind
         self.Minv, self.base, self.K, self.G, self.rpos = Minv, base, K, G, rpos
-        #: (first-block levels, rest positions) where rows of the data have both
-        self._pattern = pattern
-        self.keys = self.Kp = None
+        #: the compact K (no dense K): sorted ``level * rz + position`` and K's values there
+        self.keys, self.Kp = keys, Kp
+        #: a dict the factor keeps across evaluations: the rows' positions in ``keys`` (the
+        #: same rows and keys at every evaluation of a fit)
+        self._cache = cache
+
+    def _key_positions(self, key, blocks):
+        """``(idx, found)``: positions of ``key`` in ``keys``, from the cache when the keys and
+        the rows' codes are the same objects as when it was filled."""
+        tag = [self.keys, self.rpos] + [b.codes for b in blocks]
+        c = self._cache
+        got = None if c is None else c.get("rows")
+        if got is not None and len(got[0]) == len(tag) and all(x is y for x, y in zip(got[0], tag)):
+            return got[1], got[2]
+        idx = np.minimum(np.searchsorted(self.keys, key), self.keys.size - 1)
+        found = self.keys[idx] == key
+        if c is not None:
+            c["rows"] = (tag, idx, found)          # one assignment: consistent for other threads
+        return idx, found
+
+    def __getstate__(self):                        # sent to workers: not the factor's cache
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
 
     def _index(self, idx):
         return idx if self.rpos is None else self.rpos[idx]
 
-    def compact(self):
-        """A copy holding ``K`` only where the data's rows read it (the levels of the first
-        block and of the rest that occur together): what is sent to the workers that hold
-        the rows, instead of the dense ``K`` (first-block levels x the rest's effects).
-
-        The pattern is the cross-products' (a pair no row has is not read); a pair all of
-        whose rows have weight 0 or a zero column may be missing from it: its rows then
-        read 0, and enter the sums only multiplied by that weight or column.
-        """
-        if self.K is None or self._pattern is None:
-            return self
-        lvl, pos = self._pattern
-        rz = self.G.shape[0]
-        keys, first = np.unique(lvl.astype(np.int64) * rz + pos, return_index=True)
-        lvl, pos = lvl[first], pos[first]
-        new = LocalInverse(self.lams, self.kind, Minv=self.Minv, base=self.base, G=self.G,
-                           rpos=self.rpos)
-        new.keys = keys
-        new.Kp = self.K[lvl, pos] if self.kind == "scalar" else self.K[lvl, :, pos]
-        return new
-
-    def _gather(self, g, P):
+    def _gather(self, g, P, blocks):
         """``K[g, P]`` (scalar: (n, k); general: (n, q1, k)) from ``K`` or its compact values."""
         if self.K is not None:
             if self.kind == "scalar":
@@ -61,8 +71,10 @@ class LocalInverse:
             q1 = self.K.shape[1]
             return self.K[g[:, None, None], np.arange(q1)[None, :, None], P[:, None, :]]
         key = g[:, None].astype(np.int64) * self.G.shape[0] + P
-        idx = np.minimum(np.searchsorted(self.keys, key), self.keys.size - 1)
-        found = self.keys[idx] == key
+        if not self.keys.size:                              # no coupling at all
+            return np.zeros(key.shape if self.kind == "scalar" else
+                            (key.shape[0], self.Kp.shape[1], key.shape[1]))
+        idx, found = self._key_positions(key, blocks)
         if self.kind == "scalar":
             return np.where(found, self.Kp[idx], 0.0)
         vals = self.Kp[idx]                                 # (n, k, q1)
@@ -86,7 +98,7 @@ class LocalInverse:
         P = np.hstack(P_list)
         c = np.hstack(c_list)
         G = self.G
-        KP = self._gather(g, P)
+        KP = self._gather(g, P, blocks)
         if self.kind == "scalar":                          # KP (n, k)
             rho1 = (self.base[g] * a[:, 0] - np.einsum("ik,ik->i", KP, c))[:, None]
             if P.shape[1] == 1:
@@ -99,6 +111,53 @@ class LocalInverse:
         rho1 = np.einsum("iab,ib->ia", self.Minv[g], a) - np.einsum("iak,ik->ia", KP, c)
         rhor = np.einsum("ikl,il->ik", GPP, c) - np.einsum("iak,ia->ik", KP, a)
         return _split(blocks, a, rho1, c_list, rhor)
+
+
+def pattern_keys(lvl, pos, rz):
+    """Sorted unique ``lvl * rz + pos`` (the keys of :func:`coupling_on_pattern`)."""
+    return np.unique(np.asarray(lvl, dtype=np.int64) * rz + pos)
+
+
+def coupling_on_pattern(indptr, cols, data, G, q1, keys):
+    """``K = C G`` only where the pattern ``(lvl, pos)`` reads it, never the dense ``K``.
+
+    ``C`` (``m1 q1`` x ``rz``, row ``g q1 + a``) is given by its CSR arrays, ``G`` is the
+    rest's inverse (rz x rz), ``keys`` the pattern (:func:`pattern_keys`).  ``K[g q1 + a, p] = sum_r C[g q1 + a, r] G[r, p]`` is summed over
+    the pairs (nonzero r of a row of level g, pattern position p of g): ``sum_g k_g^2`` pairs
+    for ``k_g`` effects per level (20 items per user: 20 x 20 per user), where the dense
+    product costs ``nnz(C) rz``; about ``CHUNK`` pairs at a time.
+
+    Returns
+    -------
+    Kp : ndarray, shape (nkeys, q1)
+        ``K`` at the keys.
+    """
+    rz = G.shape[0]
+    klvl, kpos = np.divmod(keys, rz)
+    nrow = indptr.size - 1
+    kptr = np.searchsorted(klvl, np.arange(nrow // q1 + 1))     # level g's keys: kptr[g]:kptr[g+1]
+    row_lvl = np.arange(nrow) // q1
+    npat = np.diff(kptr)[row_lvl]                               # pattern positions per row
+    row_of = np.repeat(np.arange(nrow), np.diff(indptr))        # row of each nonzero
+    reps = npat[row_of]                                         # pairs per nonzero
+    Kp = np.zeros(keys.size * q1)
+    cum = np.concatenate([[0], np.cumsum(reps)])
+    start, nnz = 0, cols.size
+    Gf = G.ravel()
+    chunk = CHUNK
+    while start < nnz:
+        stop = max(int(np.searchsorted(cum, cum[start] + chunk, side="right")) - 1, start + 1)
+        j = np.repeat(np.arange(start, stop), reps[start:stop])
+        within = np.arange(j.size) - np.repeat(cum[start:stop] - cum[start], reps[start:stop])
+        rows = row_of[j]
+        kidx = kptr[row_lvl[rows]] + within
+        vals = data[j] * Gf[cols[j].astype(np.int64) * rz + kpos[kidx]]
+        tgt = kidx * q1 + rows % q1
+        lo = int(tgt.min())
+        part = np.bincount(tgt - lo, weights=vals)
+        Kp[lo:lo + part.size] += part
+        start = stop
+    return Kp.reshape(-1, q1)
 
 
 def _split(blocks, a, rho1, c_list, rhor):

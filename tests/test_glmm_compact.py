@@ -1,0 +1,79 @@
+"""The Laplace gradient with the compact coupling of the first block with the rest.
+
+:meth:`DenseFactor.local_inverse` holds ``K = C G`` (first-block levels x the rest's effects)
+only where rows of the data read it (:func:`mlmext.linalg._local.coupling_on_pattern`); the
+gradient from it must equal the one from the dense ``K`` (the same sums in another order:
+rounding only).
+"""
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+from scipy import special
+
+from mlmext.formula import api as mf
+from mlmext.linalg import BlockedCholesky, DenseFactor, _local
+
+
+def _sparse_crossed(seed=2, nu=150, ni=40, per=7):
+    """Each user sees ``per`` of ``ni`` items: most (user, item) pairs have no row."""
+    rng = np.random.default_rng(seed)
+    user = np.repeat(np.arange(nu), per)
+    item = np.concatenate([rng.choice(ni, per, replace=False) for _ in range(nu)])
+    x = rng.normal(size=user.size)
+    eta = -0.3 + 0.5 * x + rng.normal(size=nu)[user] + 0.7 * rng.normal(size=ni)[item] \
+        + 0.4 * rng.normal(size=ni)[item] * x
+    return pd.DataFrame({"user": [f"u{i}" for i in user], "item": [f"i{i}" for i in item], "x": x,
+                         "y": rng.binomial(1, special.expit(eta))})
+
+
+def _dense_local_inverse(self):
+    return self.local_inverse_parts(compact=False).rows(self.blocks)
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | user) + (1 | item)",
+                                     "y ~ x + (1 + x | user) + (1 | item)",
+                                     "y ~ x + (1 | user) + (1 + x | item)"])
+@pytest.mark.parametrize("chunk", [1 << 19, 37])
+def test_compact_gradient_equals_dense(formula, chunk, monkeypatch):
+    monkeypatch.setattr(_local, "CHUNK", chunk)          # 37: many batches, split levels
+    d = _sparse_crossed()
+    mod = mf.glmer(formula, d, family=sm.families.Binomial())
+    des = mod.re_design
+    th = np.linspace(0.5, 0.9, des.ntheta)
+    x = np.concatenate([th, [-0.2, 0.4]])
+    dev = mod.deviance()
+    x2 = x + 0.05
+    ll, g, modes = dev.loglike_and_score(x)
+    assert modes.converged and isinstance(dev.chol_u, DenseFactor)
+    # a second point: the pattern and the rows' positions in it come from the factor's cache
+    ll2, g2, _ = dev.loglike_and_score(x2)
+    # the compact parts: K's values at the distinct (user, item effect) pairs only
+    local = dev.chol_u.local_inverse_parts(compact=True)
+    q_item = des.blocks[1].q
+    npairs = len(d[["user", "item"]].drop_duplicates()) * q_item
+    assert local.K is None and local.keys.size == npairs
+    assert npairs < des.blocks[0].m * des.blocks[1].nre / 4
+    monkeypatch.setattr(DenseFactor, "local_inverse", _dense_local_inverse)
+    dev0 = mod.deviance()
+    for x_, ll_, g_ in ((x, ll, g), (x2, ll2, g2)):
+        ll0, g0, _ = dev0.loglike_and_score(x_)
+        assert ll_ == ll0
+        np.testing.assert_allclose(g_, g0, rtol=1e-11, atol=1e-11 * np.abs(g0).max())
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | pupil) + (1 | tch) + (1 | sch)",
+                                     "y ~ x + (x | pupil) + (1 | tch) + (1 | sch)"])
+def test_compact_rows_equal_dense_with_reordered_rest(formula):
+    """A sparse remainder reordered by the factor: positions mapped through ``rpos``."""
+    from test_linalg import _school_data, _setup
+    model, des, lams, w, v, rng = _setup(_school_data(), formula)
+    ch = BlockedCholesky(des.blocks, model._XY, w, nested=False).update(lams)
+    assert isinstance(ch, DenseFactor) and ch._rpos is not None
+    dense, comp = ch.local_inverse_parts(), ch.local_inverse_parts(compact=True)
+    assert comp.K is None and comp.keys.size < dense.K.size / 10
+    np.testing.assert_allclose(comp.Minv if comp.base is None else comp.base,
+                               dense.Minv if dense.base is None else dense.base, rtol=1e-12)
+    (t0, rho0), (t1, rho1) = dense.rows(des.blocks), comp.rows(des.blocks)
+    for a, b in zip(rho0, rho1):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
