@@ -106,7 +106,7 @@ class MemoryRows:
                 wt = hobs
                 self.wt_is_w = False
         self.wt = wt
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             z = lin + np.where(wt > 0, d1 / wt, 0.0)
         exact = not np.any(z)                      # zero working response: nothing to move
         if exact:                                  # any response outside the span gives the factor
@@ -129,7 +129,8 @@ class MemoryRows:
         dlin = self.linear(u_new, b_new if self.has_x else None, lams)
         dlin -= self.lin
         self.dlin = dlin
-        return float(self.wt @ (dlin * dlin))
+        with np.errstate(all="ignore"):          # a non-finite step: PIRLS says so
+            return float(self.wt @ (dlin * dlin))
 
     def trial(self, t, u_t, b_t, lams):
         lin_t = self.lin + t * self.dlin if t != 1.0 else self.lin + self.dlin

@@ -86,7 +86,8 @@ class ScalarFactor(Factor):
         if not M.min() > 0:                              # negative working weights can do this
             raise np.linalg.LinAlgError("the random-effects block is not positive definite")
         A = self.A_r1
-        S = self.A_rr - (A * ((lam * lam) / M)) @ A.T    # Schur complement of the diagonal block
+        with np.errstate(invalid="ignore", over="ignore"):   # non-finite: potrf fails below
+            S = self.A_rr - (A * ((lam * lam) / M)) @ A.T    # Schur complement of the diagonal block
         c, info = linalg.lapack.dpotrf(S, lower=1, clean=1, overwrite_a=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"{info}-th leading minor is not positive definite")
