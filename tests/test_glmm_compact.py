@@ -13,6 +13,7 @@ from scipy import special
 
 from mlmext.formula import api as mf
 from mlmext.linalg import BlockedCholesky, DenseFactor, _local
+from mlmext.linalg import dense as dense_module
 
 
 def _sparse_crossed(seed=2, nu=150, ni=40, per=7):
@@ -37,6 +38,8 @@ def _dense_local_inverse(self):
 @pytest.mark.parametrize("chunk", [1 << 19, 37])
 def test_compact_gradient_equals_dense(formula, chunk, monkeypatch):
     monkeypatch.setattr(_local, "CHUNK", chunk)          # 37: many batches, split levels
+    # the compact coupling on this small design too (by default only for large ones)
+    monkeypatch.setattr(dense_module, "COMPACT_ABOVE", 0)
     d = _sparse_crossed()
     mod = mf.glmer(formula, d, family=sm.families.Binomial())
     des = mod.re_design
@@ -77,3 +80,25 @@ def test_compact_rows_equal_dense_with_reordered_rest(formula):
     (t0, rho0), (t1, rho1) = dense.rows(des.blocks), comp.rows(des.blocks)
     for a, b in zip(rho0, rho1):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+
+
+def test_compact_only_where_the_dense_coupling_is_large(monkeypatch):
+    # VerbAgg-like: every user reads every item, so the dense coupling is both small and fully
+    # read; the compact one is chosen only above COMPACT_ABOVE entries
+    d = _sparse_crossed(nu=60, ni=12, per=12)
+    mod = mf.glmer("y ~ x + (1 | user) + (1 | item)", d, family=sm.families.Binomial())
+    dev = mod.deviance()
+    x = np.array([0.7, 0.6, -0.2, 0.4])
+    chosen = []
+    real = DenseFactor.local_inverse_parts
+
+    def spy(self, compact=False):
+        chosen.append(compact)
+        return real(self, compact)
+    monkeypatch.setattr(DenseFactor, "local_inverse_parts", spy)
+    ll, g, _ = dev.loglike_and_score(x)
+    monkeypatch.setattr(dense_module, "COMPACT_ABOVE", 0)
+    ll_c, g_c, _ = mod.deviance().loglike_and_score(x)
+    assert chosen == [False, True]
+    assert ll_c == ll
+    np.testing.assert_allclose(g_c, g, rtol=1e-11, atol=1e-11 * np.abs(g).max())

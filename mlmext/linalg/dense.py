@@ -27,6 +27,10 @@ from ._supernodal import MIN_RZ, SupernodalPlan
 
 __all__ = ["DenseFactor"]
 
+#: entries of the dense coupling K (first-block effects x rest effects) above which the
+#: GLMM gradient holds it compact (only where rows read it): 32 MB
+COMPACT_ABOVE = 4_000_000
+
 #: the sparse remainder's pattern is looked for when the pairs of remainder effects sharing a
 #: first-block level number at most this (their sparse product costs ~0.1 s at 8e6)
 SPARSE_MAX_PAIRS = 8_000_000
@@ -329,7 +333,11 @@ class DenseFactor(LeadBlockFactor):
             level g) and O(n k^2) gathers for k random effects per row outside the first
             block; nothing of size n^2 or (first-block levels x rest effects).
         """
-        return self.local_inverse_parts(compact=True).rows(self.blocks)
+        # compact only where the dense coupling would be large: on small designs whose rows
+        # read most of it (VerbAgg: every person answers every item) the dense product is
+        # several times faster than the per-level products
+        return self.local_inverse_parts(
+            compact=self.m1 * self.q1 * self.rz > COMPACT_ABOVE).rows(self.blocks)
 
     def local_inverse_parts(self, compact=False):
         """What :meth:`local_inverse` needs of the factor, apart from the rows: a
