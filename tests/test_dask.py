@@ -193,6 +193,11 @@ def test_collinear_in_the_data_but_not_in_the_first_pass_template():
     df["half2"] = np.where(df["Days"] < 5, "E", "L")
     with pytest.raises(ValueError, match="rank deficient on the data"):
         mf.lmer("Reaction ~ half + half2 + (1 | Subject)", dd.from_pandas(df, npartitions=3))
+    # the GLMM's check is the same function
+    df["hi"] = (df["Reaction"] > df["Reaction"].median()).astype(float)
+    with pytest.raises(ValueError, match=r"rank deficient on the data \(lme4 would drop \['half2"):
+        mf.glmer("hi ~ half + half2 + (1 | Subject)", dd.from_pandas(df, npartitions=3),
+                 family="binomial")
 
 
 def test_numeric_column_used_as_a_factor():

@@ -25,7 +25,7 @@ import pandas as pd
 from statsmodels.genmod import families
 
 from .. import laplace as lp
-from ..base import caller_namespace, drop_rank_deficient
+from ..base import caller_namespace
 from ..frame import display_name
 from ..glmm.conditional import GLMConditional
 from ..glmm.deviance import LaplaceDeviance
@@ -35,7 +35,7 @@ from ..linalg import DenseFactor
 from ..prediction import re_contribution
 from .accumulate import _row_blocks, partition_rows
 from .learn import build_template, learn, ship, tree_reduce
-from .model import DaskLinearMixedModel, RowsNotHeldError, _rows
+from .model import DaskLinearMixedModel, RowsNotHeldError, _rows, check_full_rank
 from .results import DaskResultsMixin
 
 __all__ = ["DaskGeneralizedLinearMixedModel", "DaskGLMMResults"]
@@ -347,16 +347,7 @@ class DaskGeneralizedLinearMixedModel(GeneralizedLinearMixedModel):
             if t.m >= n:
                 raise ValueError(f"grouping factor {t.name!r} has {t.m} levels for {n} "
                                  "observations")
-        e, V = np.linalg.eigh(s["XtX"])
-        S = np.sqrt(np.clip(e, 0.0, None))[:, None] * V.T
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            kept = drop_rank_deficient(pd.DataFrame(S, columns=self.exog_names))
-        if kept.shape[1] < p:
-            dropped = [c for c in self.exog_names if c not in kept.columns]
-            raise ValueError(f"the fixed-effects design is rank deficient on the data (lme4 would "
-                             f"drop {dropped}); drop the redundant columns (a Dask fit does not "
-                             "drop them as lme4 does)")
+        check_full_rank(s["XtX"], self.exog_names)
 
     def __getstate__(self):
         state = super().__getstate__()

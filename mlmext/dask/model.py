@@ -218,18 +218,7 @@ class DaskLinearMixedModel(LinearMixedModel):
                                  "unidentifiable")
         if des.nre >= n and len(des.terms) == 1:
             raise ValueError(f"the model has {des.nre} random effects for {n} observations")
-        # the in-memory criterion (drop_rank_deficient) on a square root S of X'X: it reads
-        # the design only through X'X and the R of its QR, which S shares with X
-        e, V = np.linalg.eigh(sums["XtX"])
-        S = np.sqrt(np.clip(e, 0.0, None))[:, None] * V.T
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            kept = drop_rank_deficient(pd.DataFrame(S, columns=self.exog_names))
-        if kept.shape[1] < p:
-            dropped = [c for c in self.exog_names if c not in kept.columns]
-            raise ValueError(f"the fixed-effects design is rank deficient on the data (lme4 would "
-                             f"drop {dropped}); drop the redundant columns (a Dask fit does not "
-                             "drop them as lme4 does)")
+        check_full_rank(sums["XtX"], self.exog_names)
         rz = sums["A_rr"].shape[0] - p - 1
         G = sums["A_rr"][rz:, rz:]
         rss = G[-1, -1] - G[-1, :-1] @ np.linalg.solve(G[:-1, :-1], G[:-1, -1])
@@ -268,6 +257,23 @@ def _same_partition_rows(pa, pb, ma, mb):
     ra, rb = (partition_rows(m, p, m._formula_state)[3] for m, p in ((ma, pa), (mb, pb)))
     return bool(ra["index"].equals(rb["index"])
                 and np.allclose(ra["response"], rb["response"], rtol=1e-10, atol=0))
+
+
+def check_full_rank(XtX, names):
+    """``ValueError`` naming the columns lme4 would drop when the data's fixed-effects design
+    is rank deficient.  The in-memory criterion (``drop_rank_deficient``) runs on a square root
+    ``S`` of ``X'X``: it reads the design only through ``X'X`` and the R of its QR, which ``S``
+    shares with ``X``."""
+    e, V = np.linalg.eigh(XtX)
+    S = np.sqrt(np.clip(e, 0.0, None))[:, None] * V.T
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kept = drop_rank_deficient(pd.DataFrame(S, columns=names))
+    if kept.shape[1] < len(names):
+        dropped = [c for c in names if c not in kept.columns]
+        raise ValueError(f"the fixed-effects design is rank deficient on the data (lme4 would "
+                         f"drop {dropped}); drop the redundant columns (a Dask fit does not "
+                         "drop them as lme4 does)")
 
 
 def _predict_partition(part, model, beta, bs, re, which="mean"):
