@@ -164,3 +164,25 @@ def no_warning(category, f):
     with warnings.catch_warnings():
         warnings.simplefilter("error", category)
         return f()
+
+
+def assert_zi_matches_glmmtmb(r, ref):
+    """A zero-inflated / hurdle fit against glmmTMB's stored one: conditional and zi
+    coefficients within 0.002 SE, their SEs and the SDs within 0.2 %, correlations within
+    0.002, llf not below glmmTMB's by 1e-3, the parameter count and AIC/BIC."""
+    assert r.converged
+    for mine, se_mine, key in ((r.fe_params, r.bse_fe, ""), (r.zi_params, r.bse_zi, "_zi")):
+        est, rest = by_name(mine, ref["fixef" + key])
+        # vcov(fit)$zi names its rows "zi~(Intercept)"
+        se, rse = by_name(se_mine, {k.replace("zi~", ""): v for k, v in ref["se" + key].items()})
+        np.testing.assert_array_less(np.abs(est - rest) / rse, 0.002)
+        np.testing.assert_allclose(se, rse, rtol=2e-3)
+    for grp, vc in ref["varcorr"].items():
+        cov = r.cov_re()[grp].to_numpy()
+        sd = np.sqrt(np.diag(cov))
+        np.testing.assert_allclose(sd, vc["sd"], rtol=2e-3)
+        if vc.get("cor") is not None:
+            assert abs(cov[1, 0] / (sd[0] * sd[1]) - vc["cor"]) < 2e-3
+    assert r.llf > ref["loglik"] - 1e-3
+    assert r.k_params == ref["df"]
+    np.testing.assert_allclose([r.aic, r.bic], [ref["aic"], ref["bic"]], atol=2e-3)
