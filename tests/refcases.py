@@ -186,3 +186,30 @@ def assert_zi_matches_glmmtmb(r, ref):
     assert r.llf > ref["loglik"] - 1e-3
     assert r.k_params == ref["df"]
     np.testing.assert_allclose([r.aic, r.bic], [ref["aic"], ref["bic"]], atol=2e-3)
+
+
+def level_integrals(codes, sd, loglik_level):
+    """``sum_g log int exp(loglik_level(rows of g, b)) N(b; 0, sd^2) db`` by ``quad``, each
+    integral centred at its mode: the direct value AGQ and Laplace approximate (one scalar
+    random effect per level)."""
+    from scipy import integrate, optimize, stats
+    total = 0.0
+    for g in np.unique(codes):
+        i = codes == g
+
+        def f(b):
+            return float(loglik_level(i, b)) + stats.norm.logpdf(b, 0.0, sd)
+        bh = optimize.minimize_scalar(lambda b: -f(b), bracket=(-sd, sd), tol=1e-10).x
+        top = f(bh)
+        val, _ = integrate.quad(lambda b: np.exp(f(b) - top), bh - 12 * sd, bh + 12 * sd,
+                                epsabs=0, epsrel=1e-12, limit=400, points=[bh])
+        total += top + np.log(val)
+    return total
+
+
+def assert_score_matches_differences(model, p, atol=2e-6):
+    """``model.score(p)`` against central differences of ``model.loglike`` (step 1e-6)."""
+    g = model.score(p)
+    e = 1e-6
+    fd = [(model.loglike(p + e * v) - model.loglike(p - e * v)) / (2 * e) for v in np.eye(p.size)]
+    np.testing.assert_allclose(g, fd, atol=atol)

@@ -16,7 +16,7 @@ from scipy import integrate, optimize, special, stats
 
 from mlmext import laplace as lp
 from mlmext.formula import api as mf
-from refcases import read_data
+from refcases import level_integrals, read_data
 
 SAL = "count ~ mined + (1 | site)"
 CASES = {"zip_mined": (False, False), "zinb_mined": (True, False),
@@ -60,19 +60,8 @@ def _direct_scalar(res):
     pi = special.expit(m.exog_zi @ res.zi_params.to_numpy())
     sd = float(res.theta[0])
     codes = m.re_design.blocks[0].codes
-    total = 0.0
-    for g in np.unique(codes):
-        i = codes == g
-
-        def f(b):
-            return (float(np.sum(_logdens(y[i], np.exp(eta_f[i] + b), pi[i], res.alpha, m.hurdle)))
-                    + stats.norm.logpdf(b, 0.0, sd))
-        bh = optimize.minimize_scalar(lambda b: -f(b), bracket=(-sd, sd), tol=1e-10).x
-        top = f(bh)
-        val, _ = integrate.quad(lambda b: np.exp(f(b) - top), bh - 12 * sd, bh + 12 * sd,
-                                epsabs=0, epsrel=1e-12, limit=400, points=[bh])
-        total += top + np.log(val)
-    return total
+    return level_integrals(codes, sd, lambda i, b: np.sum(
+        _logdens(y[i], np.exp(eta_f[i] + b), pi[i], res.alpha, m.hurdle)))
 
 
 @pytest.mark.parametrize("name", list(CASES))

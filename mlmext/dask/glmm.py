@@ -17,7 +17,6 @@ checks and the start's ``X' W X``), then per objective evaluation one per PIRLS 
 from __future__ import annotations
 
 import copy
-import time
 import warnings
 
 import numpy as np
@@ -34,7 +33,7 @@ from ..glmm.results import GLMMResults
 from ..linalg import DenseFactor
 from ..prediction import re_contribution
 from .accumulate import _row_blocks, partition_rows
-from .learn import build_template, learn, ship, tree_reduce
+from .learn import Laps, build_template, learn, ship, tree_reduce
 from .model import DaskLinearMixedModel, RowsNotHeldError, _rows, check_full_rank
 from .results import DaskResultsMixin
 
@@ -272,13 +271,9 @@ class DaskGeneralizedLinearMixedModel(GeneralizedLinearMixedModel):
                 f"Poisson family with the log link (canonical links: each PIRLS iteration and "
                 f"each gradient is one pass); got {type(fam).__name__} with the {link} link")
         env = caller_namespace(eval_env + 1) if isinstance(eval_env, int) else eval_env
-        clock = [time.perf_counter()]
-
-        def lap():
-            clock.append(time.perf_counter())
-            return clock[-1] - clock[-2]
+        laps = Laps()
         state = learn(data, formula, weights=weights, offset=offset)
-        timings = {"levels_pass": lap()}
+        laps.lap("levels_pass")
         template = build_template(GeneralizedLinearMixedModel, state, env, dict(kwargs, family=fam))
         if template.response_kind != "numeric":
             raise NotImplementedError(
@@ -288,11 +283,10 @@ class DaskGeneralizedLinearMixedModel(GeneralizedLinearMixedModel):
         self = cls.__new__(cls)
         self.__dict__.update(template.__dict__)
         DaskLinearMixedModel._hold_no_rows(self, state, data)
-        self._weighted = state.weights is not None
-        timings["template"] = lap()
+        laps.lap("template")
         self._persist(data, state)
-        timings["rows_pass"] = lap()
-        self.timings = timings
+        laps.lap("rows_pass")
+        self.timings = laps.times
         self.formula = formula
         return self
 

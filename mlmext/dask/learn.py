@@ -16,6 +16,7 @@ their state from the small frame, so they raise; transform the columns first.
 from __future__ import annotations
 
 import re
+import time
 import warnings
 
 import numpy as np
@@ -23,7 +24,7 @@ import pandas as pd
 
 from ..frame import names_in, parse_formula, quote_names, used_columns
 
-__all__ = ["FormulaState", "learn", "ship", "tree_reduce"]
+__all__ = ["FormulaState", "Laps", "learn", "ship", "tree_reduce"]
 
 #: rows of each partition kept as real values for the numeric columns of the template frame
 SAMPLE_ROWS = 2000
@@ -44,6 +45,18 @@ def ship(obj):
         return client.scatter(obj, broadcast=True, hash=False)
     import dask
     return dask.delayed(obj, pure=False, traverse=False)
+
+
+class Laps:
+    """Wall-clock seconds of each step of a model's build (``times``: step name -> seconds)."""
+
+    def __init__(self):
+        self.times = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name):
+        now = time.perf_counter()
+        self.times[name], self._last = now - self._last, now
 
 
 def tree_reduce(parts, combine, fan_in=4):

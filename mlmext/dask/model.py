@@ -12,7 +12,6 @@ values, residuals and predictions of Dask data are lazy Dask series.
 from __future__ import annotations
 
 import copy
-import time
 import warnings
 
 import numpy as np
@@ -25,7 +24,7 @@ from ..lmm import LinearMixedModel
 from ..prediction import re_contribution
 from ..results import LMMResults
 from .accumulate import accumulate, partition_rows
-from .learn import build_template, learn, ship
+from .learn import Laps, build_template, learn, ship
 from .results import DaskResultsMixin
 
 __all__ = ["DaskLinearMixedModel", "DaskLMMResults", "RowsNotHeldError"]
@@ -103,23 +102,19 @@ class DaskLinearMixedModel(LinearMixedModel):
             raise NotImplementedError("missing='raise' is not taken for Dask data (rows with a "
                                       "missing value are dropped and counted)")
         env = caller_namespace(eval_env + 1) if isinstance(eval_env, int) else eval_env
-        clock = [time.perf_counter()]
-
-        def lap():
-            clock.append(time.perf_counter())
-            return clock[-1] - clock[-2]
+        laps = Laps()
         state = learn(data, formula, weights=weights, offset=offset)
-        timings = {"levels_pass": lap()}
+        laps.lap("levels_pass")
         template = build_template(LinearMixedModel, state, env, kwargs)
         self = cls.__new__(cls)                      # the template's state, then no rows
         self.__dict__.update(template.__dict__)
         self._hold_no_rows(state, data)
-        timings["template"] = lap()
+        laps.lap("template")
         sums = accumulate(data, self, state)          # the workers evaluate rows through self
-        timings["cross_products_pass"] = lap()
+        laps.lap("cross_products_pass")
         self._attach(sums)
-        timings["factor_setup"] = lap()
-        self.timings = timings
+        laps.lap("factor_setup")
+        self.timings = laps.times
         self.formula = formula
         return self
 
