@@ -143,7 +143,7 @@ def coupling_on_pattern(indptr, cols, data, G, q1, keys):
     Kp = np.zeros(keys.size * q1)
     cum = np.concatenate([[0], np.cumsum(reps)])
     start, nnz = 0, cols.size
-    Gf = G.ravel()
+    Gf, ld = _flat(G)
     chunk = CHUNK
     while start < nnz:
         stop = max(int(np.searchsorted(cum, cum[start] + chunk, side="right")) - 1, start + 1)
@@ -151,13 +151,30 @@ def coupling_on_pattern(indptr, cols, data, G, q1, keys):
         within = np.arange(j.size) - np.repeat(cum[start:stop] - cum[start], reps[start:stop])
         rows = row_of[j]
         kidx = kptr[row_lvl[rows]] + within
-        vals = data[j] * Gf[cols[j].astype(np.int64) * rz + kpos[kidx]]
+        vals = data[j] * Gf[cols[j].astype(np.int64) * ld + kpos[kidx]]
         tgt = kidx * q1 + rows % q1
         lo = int(tgt.min())
         part = np.bincount(tgt - lo, weights=vals)
         Kp[lo:lo + part.size] += part
         start = stop
     return Kp.reshape(-1, q1)
+
+
+def _flat(G):
+    """``(flat, ld)`` with ``G[i, j] = flat[i * ld + j]`` for the symmetric ``G``, without a copy
+    when ``G`` is C- or F-contiguous (symmetric: the transpose) or a block of rows and leading
+    columns of a C-contiguous array (the factor's inverse, :meth:`DenseFactor._rest_inverse`)."""
+    if G.flags.c_contiguous:
+        return G.reshape(-1), G.shape[1]
+    if G.flags.f_contiguous:
+        return G.T.reshape(-1), G.shape[0]
+    s0, s1 = G.strides
+    if s1 == G.itemsize and s0 % G.itemsize == 0 and s0 >= s1 * G.shape[1] and G.size:
+        ld = s0 // G.itemsize
+        # the span from G[0, 0] to G[-1, -1]: inside the array G is a view of
+        return np.lib.stride_tricks.as_strided(G, shape=((G.shape[0] - 1) * ld + G.shape[1],),
+                                               strides=(G.itemsize,), writeable=False), ld
+    return np.ascontiguousarray(G).reshape(-1), G.shape[1]
 
 
 def _split(blocks, a, rho1, c_list, rhor):
