@@ -61,6 +61,10 @@ class LaplaceDeviance:
             self._chol_x = self.model._pirls_factor(with_x=True).workspace()
         return self._chol_x
 
+    def release_stage1(self):
+        """Drop the first stage's factorization (:attr:`chol_x` makes a new one when asked)."""
+        self._chol_x = None
+
     # -- parameters: (theta, beta, extra)
     def split(self, params):
         params = np.asarray(params, dtype=float)

@@ -133,8 +133,15 @@ def coupling_on_pattern(indptr, cols, data, G, q1, keys):
         ``K`` at the keys.
     """
     rz = G.shape[0]
-    klvl, kpos = np.divmod(keys, rz)
     nrow = indptr.size - 1
+    Gf, ld = _flat(G)
+    if q1 == 1 and keys.size == cols.size:
+        row_of = np.repeat(np.arange(nrow, dtype=np.int64), np.diff(indptr))
+        if np.array_equal(keys, row_of * rz + cols):
+            # the pattern is C's own (scalar blocks): per level the k x k block of G on its
+            # columns times its values, levels grouped by k (no index per pair)
+            return _coupling_by_count(indptr, cols, data, Gf, ld)[:, None]
+    klvl, kpos = np.divmod(keys, rz)
     kptr = np.searchsorted(klvl, np.arange(nrow // q1 + 1))     # level g's keys: kptr[g]:kptr[g+1]
     row_lvl = np.arange(nrow) // q1
     npat = np.diff(kptr)[row_lvl]                               # pattern positions per row
@@ -143,7 +150,6 @@ def coupling_on_pattern(indptr, cols, data, G, q1, keys):
     Kp = np.zeros(keys.size * q1)
     cum = np.concatenate([[0], np.cumsum(reps)])
     start, nnz = 0, cols.size
-    Gf, ld = _flat(G)
     chunk = CHUNK
     while start < nnz:
         stop = max(int(np.searchsorted(cum, cum[start] + chunk, side="right")) - 1, start + 1)
@@ -158,6 +164,28 @@ def coupling_on_pattern(indptr, cols, data, G, q1, keys):
         Kp[lo:lo + part.size] += part
         start = stop
     return Kp.reshape(-1, q1)
+
+
+def _coupling_by_count(indptr, cols, data, Gf, ld, chunk=CHUNK):
+    """``K[g, c] = sum_r C[g, r] G[r, c]`` at C's nonzeros (row g's columns ``R_g``:
+    ``G[R_g, R_g] @ C[g, R_g]``), rows with the same number of nonzeros together."""
+    k = np.diff(indptr)
+    out = np.zeros(cols.size)
+    order = np.argsort(k, kind="stable")
+    ks = k[order]
+    bounds = np.flatnonzero(np.diff(ks)) + 1
+    for c0, c1 in zip(np.r_[0, bounds], np.r_[bounds, ks.size]):
+        kv = int(ks[c0])
+        if kv == 0:
+            continue
+        step = max(1, chunk // (kv * kv))
+        for s0 in range(int(c0), int(c1), step):
+            rows = order[s0:min(s0 + step, int(c1))]
+            ent = indptr[rows][:, None] + np.arange(kv)           # (levels, k) entries
+            I = cols[ent].astype(np.int64)
+            GG = Gf[(I * ld)[:, :, None] + I[:, None, :]]          # (levels, k, k)
+            out[ent] = np.einsum("gkl,gl->gk", GG, data[ent])
+    return out
 
 
 def _flat(G):
