@@ -179,9 +179,13 @@ class SchurProduct:
     def _fill_by_count(self, values):
         """P's values from ``A_r1``'s (CSR order) for the plan of :meth:`_build_by_count`."""
         data = self.P.data
-        for a, b, ent, ta, tb in self._plan[1]:
+        for a, b, ent, ta, _ in self._plan[1]:
             V = values[ent]
-            np.multiply(V[:, ta], V[:, tb], out=data[a:b].reshape(ent.shape[0], ta.size))
+            out = data[a:b].reshape(ent.shape[0], ta.size)
+            # row i of the lower triangle: V_i V_0..i, written in place (no pair-sized gathers)
+            for i in range(ent.shape[1]):
+                o = i * (i + 1) // 2
+                np.multiply(V[:, i:i + 1], V[:, :i + 1], out=out[:, o:o + i + 1])
 
     def _pair_blocks(self, A, it, chunk=1 << 18):
         """The pairs of P's columns in blocks, one per pair of components a >= b of the first

@@ -310,11 +310,14 @@ class DenseFactor(LeadBlockFactor):
         place (the leading block is a strided view that it would copy: 72 MB and 0.2 s
         for 3,000 items): the forward step's first rz entries only involve L_zz; with the
         rest set to 0 the backward step leaves them 0 and gives L_zz^-T on the first rz."""
-        rz = self.rz
-        y = linalg.solve_triangular(self.Lr, v, lower=True, check_finite=False)
-        y[rz:] = 0.0
-        return linalg.solve_triangular(self.Lr, y, lower=True, trans=1, check_finite=False,
-                                       overwrite_b=True)
+        U = self.Lr.T                      # Fortran-ordered upper: LAPACK takes it as it is
+        y, info = linalg.lapack.dtrtrs(U, v, lower=0, trans=1)
+        if info == 0:
+            y[self.rz:] = 0.0
+            y, info = linalg.lapack.dtrtrs(U, y, lower=0, trans=0, overwrite_b=1)
+        if info:
+            raise np.linalg.LinAlgError("singular factor in solve_re")
+        return y
 
     def _a1z_index(self):
         """Entries of ``A_1r`` in the random-effects columns of the rest: (positions, cols, indptr, rows)."""
