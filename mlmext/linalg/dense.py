@@ -99,6 +99,38 @@ class DenseFactor(LeadBlockFactor):
                                  twice=np.where(pi == pj, 1.0, 2.0), stored=self._sn.stored_positions())
         return self
 
+    def refresh_cross_products(self, A11, A_r1, A_rr):
+        """:meth:`set_cross_products` for new values: when ``A_r1`` and ``A_rr`` have the
+        nonzeros of the last call's, the remainder's order, the Schur product's pairs and the
+        compact positions are kept and only refilled (the structure is worked out again
+        otherwise).  The path of the cross-products summed at every PIRLS iteration of a
+        Dask GLMM, whose pattern does not change between iterations."""
+        A_r1 = sparse.csr_matrix(A_r1)
+        A_rr = np.asarray(A_rr, dtype=float)
+        last = self.__dict__.get("_last_structure")
+        if last is None or not (A_r1.shape == last[0].shape
+                                and np.array_equal(A_r1.indptr, last[0].indptr)
+                                and np.array_equal(A_r1.indices, last[0].indices)
+                                and np.array_equal(A_rr != 0, last[1])):
+            self._refreshable_schur = True
+            self.set_cross_products(A11, A_r1, A_rr)
+            self._last_structure = (A_r1, A_rr != 0)
+            return self
+        if A11.shape != (self.m1, self.q1, self.q1):
+            raise ValueError("the cross-products do not match the factor's blocks")
+        if self._sn is not None:                   # the remainder's order, as _order_rest
+            full = np.concatenate([self._rperm, np.arange(self.rz, self.r)])
+            A_r1 = A_r1[full]
+            A_rr = np.take(np.take(A_rr, full, axis=0), full, axis=1)
+        self.A11, self.A_r1, self.A_rr = A11, A_r1, A_rr
+        self.A_1r = A_r1.T.tocsr()
+        self._schur.refresh(A_r1)
+        self._set_operators()
+        self._a1y = A_r1[self.r - 1].toarray().ravel()
+        if self._compact is not None:              # its product shares the pairs' values
+            self._compact["a"] = A_rr.ravel()[self._compact["pat"]]
+        return self
+
     def _schur_complement(self, B, lr):
         c = self._compact
         if c is None:
