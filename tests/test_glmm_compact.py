@@ -102,3 +102,49 @@ def test_compact_only_where_the_dense_coupling_is_large(monkeypatch):
     assert chosen == [False, True]
     assert ll_c == ll
     np.testing.assert_allclose(g_c, g, rtol=1e-11, atol=1e-11 * np.abs(g).max())
+
+
+@pytest.mark.parametrize("case", ["reordered rest", "crossed"])
+def test_refreshed_cross_products_equal_a_new_factor(case):
+    """A Dask GLMM's factor gets new cross-products of the same pattern at every PIRLS
+    iteration: refresh_cross_products keeps the remainder's order, the Schur pairs and the
+    compact positions and refills them; everything the PIRLS and the gradient read must equal
+    a factor set up from scratch for the new values."""
+    from mlmext.linalg import row_cross_products
+    if case == "reordered rest":
+        from test_linalg import _school_data, _setup
+        model, des, lams, w, v, rng = _setup(_school_data(), "y ~ x + (1 | pupil) + (1 | tch) + (1 | sch)")
+        XY = model._XY
+    else:
+        d = _sparse_crossed(nu=500, ni=60, per=6)
+        mod = mf.glmer("y ~ x + (1 | user) + (1 | item)", d, family=sm.families.Binomial())
+        des = mod.re_design
+        rng = np.random.default_rng(3)
+        lams = des.lambdas(np.array([0.8, 0.6]))
+        XY = np.column_stack([mod.exog, rng.normal(size=len(d))])
+        v = rng.normal(size=des.nre)
+    n = XY.shape[0]
+    b = des.blocks
+
+    def xp(seed):
+        r = np.random.default_rng(seed)
+        return row_cross_products(b[0], b[1:], XY + 0.1 * r.normal(size=XY.shape),
+                                  r.uniform(0.2, 2.0, n))
+
+    fac = DenseFactor.from_cross_products(b, *xp(0))
+    fac.refresh_cross_products(*xp(1))                   # a new structure: set up anew
+    schur = fac._schur
+    fac.refresh_cross_products(*xp(2)).update(lams)      # the same structure: refilled
+    assert fac._schur is schur and schur.P is not None
+    assert (fac._rpos is not None) == (case == "reordered rest")
+    new = DenseFactor.from_cross_products(b, *xp(2)).update(lams)
+    assert fac.logdet_zz == pytest.approx(new.logdet_zz, rel=1e-13)
+    for x, y in zip(fac.solve(), new.solve()):
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fac.solve_re(v), new.solve_re(v), rtol=1e-10, atol=1e-12)
+    for x, y in zip(fac.inverse_block_sums(0), new.inverse_block_sums(0)):
+        np.testing.assert_allclose(x, y, rtol=1e-10)
+    rows_f = fac.local_inverse_parts(compact=True).rows(b)
+    rows_n = new.local_inverse_parts(compact=True).rows(b)
+    for x, y in zip(rows_f[1], rows_n[1]):
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-13)

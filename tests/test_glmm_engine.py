@@ -82,6 +82,56 @@ def test_reweight_solve_re_local_inverse(formula, p):
         np.testing.assert_allclose(a, b, atol=1e-9)
 
 
+def _sparse_crossed(seed=2, ns=400, ni=60, per=5):
+    """Each subject on ``per`` of ``ni`` items: the Schur product by enumerated pairs."""
+    rng = np.random.default_rng(seed)
+    subj = np.repeat(np.arange(ns), per)
+    item = np.concatenate([rng.choice(ni, per - (s % 3), replace=False).tolist() + [s % ni] * (s % 3)
+                           for s in range(ns)])           # repeated items: fewer levels per subject
+    d = pd.DataFrame({"subj": [f"s{s:03d}" for s in subj], "item": [f"i{i:02d}" for i in item]})
+    d["x"] = rng.normal(size=len(d))
+    d["y"] = rng.normal(size=len(d))
+    return d
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | subj) + (1 | item)",
+                                     "y ~ x + (1 + x | subj) + (1 | item)"])
+def test_reweight_pairs_plan_matches_dense_algebra(formula):
+    """The refreshable Schur product of the PIRLS path (pairs grouped by the subject's number of
+    items for a scalar first block) against set_data and the dense system, after new weights,
+    and a workspace's reweighting leaves the template's factor as it was."""
+    from mlmext.linalg._schur import SchurProduct
+    rng = np.random.default_rng(4)
+    d = _sparse_crossed()
+    des = _LMM.from_formula(formula, d).re_design
+    n = len(d)
+    lams = des.lambdas(rng.uniform(0.3, 1.5, des.ntheta))
+    XY = rng.normal(size=(n, 1))
+    w = rng.uniform(0.1, 3, n)
+    tmpl = BlockedCholesky(des.blocks, np.ones((n, 1)), np.ones(n), reweighting=True)
+    c2 = tmpl.workspace()
+    assert isinstance(c2._schur, SchurProduct) and c2._schur.P is not None
+    c2.reweight(XY, w)
+    c2.update(lams)
+    c1 = BlockedCholesky(des.blocks, XY, w).update(lams)
+    ZL, M = _dense_M(des, lams, w)
+    assert np.linalg.slogdet(M)[1] == pytest.approx(c2.logdet_zz, abs=1e-9)
+    assert c1.logdet_zz == pytest.approx(c2.logdet_zz, abs=1e-9)
+    u1, u2 = c1.solve()[0], c2.solve()[0]
+    np.testing.assert_allclose(u2, u1, atol=1e-9)
+    v = rng.normal(size=M.shape[0])
+    np.testing.assert_allclose(M @ c2.solve_re(v), v, atol=1e-9)
+    t, rho = c2.local_inverse()
+    lev = sum(np.einsum("ij,ij->i", tb, rb) for tb, rb in zip(t, rho))
+    np.testing.assert_allclose(lev, np.einsum("ij,jk,ik->i", ZL, np.linalg.inv(M), ZL), atol=1e-9)
+    for a, b in zip(c1.inverse_block_sums(0), c2.inverse_block_sums(0)):
+        np.testing.assert_allclose(b, a, atol=1e-8)
+    # the template still holds unit weights and a unit response
+    tmpl.update(lams)
+    _, M1 = _dense_M(des, lams, np.ones(n))
+    assert np.linalg.slogdet(M1)[1] == pytest.approx(tmpl.logdet_zz, abs=1e-9)
+
+
 def test_lmm_gradient_with_vector_term_outside_first_block():
     """Regression: Lambda_r X Lambda_r' in inverse_block_sums (vector term in a later block)."""
     d = _crossed(3, ns=60, ni=8)
@@ -227,3 +277,24 @@ def test_agq_vector_fit_improves_on_laplace():
     assert agq.nagq == 7 and "7 points" in str(agq.summary())
     assert abs(agq.llf - lap.llf) < 1.0
     np.testing.assert_allclose(agq.fe_params, lap.fe_params, atol=0.5 * lap.bse_fe.max())
+
+
+def test_large_data_stage1_factor_is_the_fits_own(monkeypatch):
+    """From OWN_STAGE1_ROWS rows on, the first stage's factorization is built for the fit and
+    released after the first stage (not cached on the model): the same fit to the last digit,
+    and the model holds no stage-1 template afterwards."""
+    from mlmext.glmm import deviance as gdev
+    rng = np.random.default_rng(8)
+    d = _sparse_crossed(seed=8)
+    eta = (0.3 * d["x"] + rng.normal(size=400)[d["subj"].str[1:].astype(int)]
+           + rng.normal(size=60)[d["item"].str[1:].astype(int)])
+    d["yb"] = (rng.random(len(d)) < special.expit(eta)).astype(float)
+    f = "yb ~ x + (1 | subj) + (1 | item)"
+    r0 = mf.glmer(f, d, family=sm.families.Binomial()).fit()
+    monkeypatch.setattr(gdev, "OWN_STAGE1_ROWS", 0)
+    m = mf.glmer(f, d, family=sm.families.Binomial())
+    r1 = m.fit()
+    assert "_pirls_x" not in m.__dict__ and "_pirls_u" in m.__dict__
+    assert r1.llf == r0.llf
+    np.testing.assert_array_equal(np.asarray(r1.params), np.asarray(r0.params))
+    np.testing.assert_array_equal(np.asarray(r1.bse), np.asarray(r0.bse))

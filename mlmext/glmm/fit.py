@@ -90,6 +90,9 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
         R = np.linalg.cholesky(cov0) if p else np.zeros((0, 0))
     except np.linalg.LinAlgError:
         R = np.diag(np.sqrt(np.maximum(np.diag(cov0), 1e-8)))
+    # the first stage's factor is done with (cov_rx rebuilds it where the Hessian fails): its
+    # workspace holds a Schur product, a dense system and its factor (300 MB at 1M ratings)
+    dev.release_stage1()
     dev.warm_start = m1.u if m1.converged else None
     tr = _Transform(nt, p, ke, beta0, R)
     x0 = np.concatenate([theta0, np.zeros(p), extra0])

@@ -183,7 +183,8 @@ class SummedRows:
             A_rr[-1, :] = A_rr[:, -1] = 0.0
             A_rr[-1, -1] = 1.0
         try:
-            chol.set_cross_products(A11, A_r1, A_rr)
+            # the pattern is the same at every iteration: refill the factor's structure
+            getattr(chol, "refresh_cross_products", chol.set_cross_products)(A11, A_r1, A_rr)
             chol.update(lams)
         except np.linalg.LinAlgError:
             return "failed", None

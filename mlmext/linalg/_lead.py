@@ -103,6 +103,9 @@ class LeadBlockFactor(Factor):
     #: the sparse remainder's plan and the positions of its random effects (dense.py); None:
     #: natural order, dense factorization
     _sn = _rpos = None
+    #: set_cross_products keeps what the Schur product needs for new values of the same
+    #: structure (DenseFactor.refresh_cross_products: a Dask GLMM's PIRLS iterations)
+    _refreshable_schur = False
 
     def __init__(self, blocks, XY, weights=None, reweighting=False, depth=1):
         self._structure(blocks, XY.shape[1] - 1, depth)
@@ -173,7 +176,8 @@ class LeadBlockFactor(Factor):
         if self.r * m1q1 <= SMALL_DENSE:
             self._schur = DenseSchur(self.A_r1, self.m1, self.q1)
         else:
-            self._schur = SchurProduct(self.A_r1, self.m1, self.q1)
+            self._schur = SchurProduct(self.A_r1, self.m1, self.q1,
+                                       refreshable=self._refreshable_schur)
         self._set_operators()
         self._a1y = self.A_r1[self.r - 1].toarray().ravel()      # A_1r[:, -1], for solve()
         self._S = np.zeros(self.A_rr.shape)             # calloc'd: pages zeroed when touched

@@ -133,8 +133,15 @@ def coupling_on_pattern(indptr, cols, data, G, q1, keys):
         ``K`` at the keys.
     """
     rz = G.shape[0]
-    klvl, kpos = np.divmod(keys, rz)
     nrow = indptr.size - 1
+    Gf, ld = _flat(G)
+    if q1 == 1 and keys.size == cols.size:
+        row_of = np.repeat(np.arange(nrow, dtype=np.int64), np.diff(indptr))
+        if np.array_equal(keys, row_of * rz + cols):
+            # the pattern is C's own (scalar blocks): per level the k x k block of G on its
+            # columns times its values, levels grouped by k (no index per pair)
+            return _coupling_by_count(indptr, cols, data, Gf, ld)[:, None]
+    klvl, kpos = np.divmod(keys, rz)
     kptr = np.searchsorted(klvl, np.arange(nrow // q1 + 1))     # level g's keys: kptr[g]:kptr[g+1]
     row_lvl = np.arange(nrow) // q1
     npat = np.diff(kptr)[row_lvl]                               # pattern positions per row
@@ -143,7 +150,6 @@ def coupling_on_pattern(indptr, cols, data, G, q1, keys):
     Kp = np.zeros(keys.size * q1)
     cum = np.concatenate([[0], np.cumsum(reps)])
     start, nnz = 0, cols.size
-    Gf = G.ravel()
     chunk = CHUNK
     while start < nnz:
         stop = max(int(np.searchsorted(cum, cum[start] + chunk, side="right")) - 1, start + 1)
@@ -151,13 +157,52 @@ def coupling_on_pattern(indptr, cols, data, G, q1, keys):
         within = np.arange(j.size) - np.repeat(cum[start:stop] - cum[start], reps[start:stop])
         rows = row_of[j]
         kidx = kptr[row_lvl[rows]] + within
-        vals = data[j] * Gf[cols[j].astype(np.int64) * rz + kpos[kidx]]
+        vals = data[j] * Gf[cols[j].astype(np.int64) * ld + kpos[kidx]]
         tgt = kidx * q1 + rows % q1
         lo = int(tgt.min())
         part = np.bincount(tgt - lo, weights=vals)
         Kp[lo:lo + part.size] += part
         start = stop
     return Kp.reshape(-1, q1)
+
+
+def _coupling_by_count(indptr, cols, data, Gf, ld, chunk=CHUNK):
+    """``K[g, c] = sum_r C[g, r] G[r, c]`` at C's nonzeros (row g's columns ``R_g``:
+    ``G[R_g, R_g] @ C[g, R_g]``), rows with the same number of nonzeros together."""
+    k = np.diff(indptr)
+    out = np.zeros(cols.size)
+    order = np.argsort(k, kind="stable")
+    ks = k[order]
+    bounds = np.flatnonzero(np.diff(ks)) + 1
+    for c0, c1 in zip(np.r_[0, bounds], np.r_[bounds, ks.size]):
+        kv = int(ks[c0])
+        if kv == 0:
+            continue
+        step = max(1, chunk // (kv * kv))
+        for s0 in range(int(c0), int(c1), step):
+            rows = order[s0:min(s0 + step, int(c1))]
+            ent = indptr[rows][:, None] + np.arange(kv)           # (levels, k) entries
+            I = cols[ent].astype(np.int64)
+            GG = Gf[(I * ld)[:, :, None] + I[:, None, :]]          # (levels, k, k)
+            out[ent] = np.einsum("gkl,gl->gk", GG, data[ent])
+    return out
+
+
+def _flat(G):
+    """``(flat, ld)`` with ``G[i, j] = flat[i * ld + j]`` for the symmetric ``G``, without a copy
+    when ``G`` is C- or F-contiguous (symmetric: the transpose) or a block of rows and leading
+    columns of a C-contiguous array (the factor's inverse, :meth:`DenseFactor._rest_inverse`)."""
+    if G.flags.c_contiguous:
+        return G.reshape(-1), G.shape[1]
+    if G.flags.f_contiguous:
+        return G.T.reshape(-1), G.shape[0]
+    s0, s1 = G.strides
+    if s1 == G.itemsize and s0 % G.itemsize == 0 and s0 >= s1 * G.shape[1] and G.size:
+        ld = s0 // G.itemsize
+        # the span from G[0, 0] to G[-1, -1]: inside the array G is a view of
+        return np.lib.stride_tricks.as_strided(G, shape=((G.shape[0] - 1) * ld + G.shape[1],),
+                                               strides=(G.itemsize,), writeable=False), ld
+    return np.ascontiguousarray(G).reshape(-1), G.shape[1]
 
 
 def _split(blocks, a, rho1, c_list, rhor):

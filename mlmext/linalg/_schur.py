@@ -80,6 +80,8 @@ class SchurProduct:
 
     max_pairs = 30_000_000
     _levels = None
+    #: P's columns in this order of the levels (None: level order)
+    _order = None
 
     def __init__(self, A_r1, m1, q1, refreshable=False):
         self.r = r = A_r1.shape[0]
@@ -108,6 +110,9 @@ class SchurProduct:
         if not refreshable:
             self._build_blocks(A, it)
             return
+        if q1 == 1:
+            self._build_by_count(A, perm, starts, k, it)
+            return
         comp = np.repeat(np.arange(m1 * q1) % q1, np.diff(A.indptr))   # component of each entry
         T = k.astype(np.int64) * (k + 1) // 2
         indices = A.indices.astype(it, copy=False)
@@ -132,6 +137,55 @@ class SchurProduct:
         data = np.bincount(dest, weights=val, minlength=uniq.size)
         self.P = sparse.csc_matrix((data, uniq % rr, indptr), shape=(rr, m1 * q1 * q1))
         self._plan = (perm, e1, e2, dbl, dest.ravel(), uniq.size)
+
+    def _build_by_count(self, A, perm, starts, k, it, chunk=1 << 20):
+        """The refreshable P of a scalar first block, its columns (levels) grouped by their
+        number of entries k: a group's pairs are the lower triangle of each level's k x k
+        outer product, the same positions for all of its levels, so :meth:`refresh` needs
+        only the group's entries (``nnz`` positions in all) and no index per pair (the pairs
+        and their merge by sort cost 5 times P's size: 1 GB at 1M ratings)."""
+        r, m1 = self.r, self.m1
+        order = np.argsort(k, kind="stable")
+        kk = k[order].astype(np.int64)
+        T = kk * (kk + 1) // 2
+        indptr = np.zeros(m1 + 1, dtype=np.int64)
+        np.cumsum(T, out=indptr[1:])
+        rows = np.empty(int(indptr[-1]), dtype=it)
+        groups = []
+        bounds = np.flatnonzero(np.diff(kk)) + 1
+        for c0, c1 in zip(np.r_[0, bounds], np.r_[bounds, m1]):
+            kv = int(kk[c0])
+            if kv == 0:
+                continue
+            ta, tb = np.tril_indices(kv)
+            step = max(1, chunk // (kv * (kv + 1) // 2))
+            for s0 in range(int(c0), int(c1), step):                # bounded temporaries
+                s1 = min(s0 + step, int(c1))
+                ent = starts[order[s0:s1]][:, None].astype(it) + np.arange(kv, dtype=it)
+                I = A.indices[ent].astype(it, copy=False)              # sorted in each level
+                pos = I[:, ta] * it(r)
+                pos += I[:, tb]
+                rows[indptr[s0]:indptr[s1]] = pos.ravel()
+                # the entries' positions in A_r1's (CSR) values, which refresh takes
+                groups.append((int(indptr[s0]), int(indptr[s1]), perm[ent].astype(it), ta, tb))
+        self.P = sparse.csc_matrix((np.empty(rows.size), rows, indptr.astype(it)),
+                                   shape=(r * r, m1), copy=False)
+        self._order = order
+        self._plan = ("count", groups)
+        values = np.empty(A.nnz)                              # A's values in CSR order
+        values[perm] = A.data
+        self._fill_by_count(values)
+
+    def _fill_by_count(self, values):
+        """P's values from ``A_r1``'s (CSR order) for the plan of :meth:`_build_by_count`."""
+        data = self.P.data
+        for a, b, ent, ta, _ in self._plan[1]:
+            V = values[ent]
+            out = data[a:b].reshape(ent.shape[0], ta.size)
+            # row i of the lower triangle: V_i V_0..i, written in place (no pair-sized gathers)
+            for i in range(ent.shape[1]):
+                o = i * (i + 1) // 2
+                np.multiply(V[:, i:i + 1], V[:, :i + 1], out=out[:, o:o + i + 1])
 
     def _pair_blocks(self, A, it, chunk=1 << 18):
         """The pairs of P's columns in blocks, one per pair of components a >= b of the first
@@ -184,6 +238,8 @@ class SchurProduct:
 
     def _b_vector(self, B):
         """B (m1, q1, q1) in the order of P's columns."""
+        if self._order is not None:
+            return B.ravel()[self._order]
         if self._ab is None or self.q1 == 1:
             return B.ravel()
         return np.concatenate([B[:, a, b] for a, b in self._ab])
@@ -192,6 +248,10 @@ class SchurProduct:
         """``P' vec(K)`` as an (m1, q1, q1) array (the lower triangle for the block layout):
         the sums over a level's pairs of K at the pair's position times the pair's product."""
         v = self.P.T @ K.ravel()
+        if self._order is not None:
+            out = np.empty(self.m1)
+            out[self._order] = v
+            return out.reshape(self.m1, 1, 1)
         if self._ab is None or self.q1 == 1:
             return v.reshape(self.m1, self.q1, self.q1)
         V = np.zeros((self.m1, self.q1, self.q1))
@@ -214,8 +274,10 @@ class SchurProduct:
     def own_copy(self):
         """A copy whose values :meth:`refresh` can overwrite without touching this one's."""
         new = copy.copy(self)
-        if self.P is not None:
-            new.P = self.P.copy()
+        if self.P is not None:                      # new values, the structure shared
+            P = self.P
+            new.P = sparse.csc_matrix((P.data.copy(), P.indices, P.indptr), shape=P.shape,
+                                      copy=False)
         else:
             new._levels = self._levels.own_copy()
         return new
@@ -224,6 +286,9 @@ class SchurProduct:
         """New values of ``A_r1`` with the structure it had at construction (``refreshable=True``)."""
         if self.P is None:
             self._levels.refresh(A_r1)
+            return
+        if isinstance(self._plan[0], str):
+            self._fill_by_count(A_r1.data)
             return
         perm, e1, e2, dbl, dest, nnz = self._plan
         v = A_r1.data[perm]
