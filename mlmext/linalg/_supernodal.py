@@ -22,6 +22,7 @@ every entry a step reads was computed by an earlier step; entries outside it sta
 from __future__ import annotations
 
 import heapq
+import itertools
 
 import numpy as np
 from scipy import linalg
@@ -127,18 +128,30 @@ class SupernodalPlan:
         pos[order] = np.arange(rz)
         # column structures in the elimination order, then an elimination-tree postorder, which
         # keeps the pattern and puts each subtree's columns next to each other
-        cols = [np.sort(pos[np.fromiter(s, dtype=np.int64, count=len(s))]) for s in structs]
-        post = _postorder(np.array([c[0] if c.size else -1 for c in cols], dtype=np.int64))
+        # (as flat arrays: a numpy call per column costs more than the work at STAR's 1,454)
+        lens = np.fromiter(map(len, structs), dtype=np.int64, count=rz)
+        rows = pos[np.fromiter(itertools.chain.from_iterable(structs), dtype=np.int64,
+                               count=int(lens.sum()))]
+        first = np.cumsum(lens) - lens
+        parent = np.full(rz, -1, dtype=np.int64)          # the first row below each column
+        full = lens > 0
+        if full.any():
+            parent[full] = np.minimum.reduceat(rows, first[full])
+        post = _postorder(parent)
         newpos = np.empty(rz, dtype=np.int64)
         newpos[post] = np.arange(rz)
         self.perm = order[post]
-        cols = [np.sort(newpos[cols[j]]) for j in post]
+        newcol = np.repeat(newpos, lens)
+        newrow = newpos[rows]
+        newrow = newrow[np.argsort(newcol * rz + newrow, kind="stable")]
+        cols = np.split(newrow, np.cumsum(lens[post])[:-1])
         self.supernodes = _supernodes(cols, rz, r)
         # flat positions (i r + j) each step gathers and scatters, fixed with the pattern:
         # the block of rows R below the columns, its transpose, and R x R
         self._flat = [((R[:, None] * r + np.arange(a, b)[None, :]),
                        (np.arange(a, b)[:, None] * r + R[None, :]),
                        (R[:, None] * r + R[None, :])) for a, b, R in self.supernodes]
+        self._both = None              # both triangles of the pattern (selected_inverse's out)
         nb = np.array([b - a for a, b, _ in self.supernodes])
         nR = np.array([R.size for _, _, R in self.supernodes])
         self.nnz = int((nb * (nb + 1) // 2 + nb * nR).sum())
@@ -158,7 +171,7 @@ class SupernodalPlan:
 
     def stored_positions(self):
         """Flat positions ``i r + j`` of the factor's lower-triangle pattern (what
-        :meth:`factor` writes below the diagonal and on it), sorted."""
+        :meth:`factor` writes below the diagonal and on it), each once, not sorted."""
         r, out = self.r, []
         for a, b, R in self.supernodes:
             i, j = np.tril_indices(b - a)
@@ -166,12 +179,16 @@ class SupernodalPlan:
             out.append((R[:, None] * r + np.arange(a, b)[None, :]).ravel())
         i, j = np.tril_indices(r - self.rz)
         out.append((self.rz + i) * r + (self.rz + j))
-        return np.sort(np.concatenate(out))
+        return np.concatenate(out)
 
     # -- per theta ----------------------------------------------------------------------
-    def factor(self, W):
+    def factor(self, W, inverses=None):
         """Overwrite the lower triangle of ``W`` (r x r, permuted order) with its Cholesky
-        factor; entries outside the pattern are left as they are (zeros of ``W``)."""
+        factor; entries outside the pattern are left as they are (zeros of ``W``).
+
+        ``inverses``: a list that receives the inverse of each supernode's diagonal block of
+        the factor (what :meth:`selected_inverse` needs; the rows below are then found by a
+        product with it instead of a triangular solve)."""
         r = self.r
         Wf = W.reshape(-1)                                     # a view: W is C-contiguous
         for (a, b, R), (cols, _, RR) in zip(self.supernodes, self._flat):
@@ -179,7 +196,16 @@ class SupernodalPlan:
             if info:
                 raise np.linalg.LinAlgError(f"{a + info}-th leading minor is not positive definite")
             W[a:b, a:b] = Ls
-            if R.size:
+            if inverses is not None:
+                Li, info = linalg.lapack.dtrtri(Ls, lower=1)
+                if info:
+                    raise np.linalg.LinAlgError("singular triangular factor")
+                inverses.append(Li)
+                if R.size:
+                    F = Wf[cols] @ Li.T                        # W_Rs L_ss^-T
+                    Wf[cols] = F
+                    Wf[RR] -= F @ F.T
+            elif R.size:
                 Ft, _ = linalg.lapack.dtrtrs(Ls, Wf[cols].T, lower=1)     # L_ss^-1 W_sR: F'
                 Wf[cols] = Ft.T
                 Wf[RR] -= Ft.T @ Ft
@@ -206,23 +232,34 @@ class SupernodalPlan:
             x[a:b_] = linalg.lapack.dtrtrs(L[a:b_, a:b_], rhs, lower=1, trans=1)[0]
         return x
 
-    def selected_inverse(self, L, kk):
+    def selected_inverse(self, L, kk, out=None, inverses=None):
         """``(L_P L_P')^-1`` on the pattern of ``L``, ``L_P`` the leading ``kk`` rows and
         columns of ``L`` (all random effects and the first ``kk - rz`` fixed effects).
 
         Returns an ``r x r`` array holding those entries in both triangles (zeros elsewhere,
-        and in rows and columns from ``kk`` on).
+        and in rows and columns from ``kk`` on): ``out`` if given (an r x r array zero off
+        the pattern, as the last call left it; the pattern's positions are reset here), else
+        a new one.  ``inverses``: those :meth:`factor` gave for ``L`` (else computed here).
         """
         r, rz = self.r, self.rz
-        X = np.zeros((r, r))
+        if out is None:
+            X = np.zeros((r, r))
+        else:                          # a fresh r x r array costs ~2 ms of page faults at r = 1,467
+            X = out
+            if self._both is None:
+                low = self.stored_positions()
+                self._both = np.union1d(low, (low % r) * r + low // r)
+            X.reshape(-1)[self._both] = 0.0
         if kk > rz:                                  # the dense fixed-effects rows first
             T = np.tril(L[rz:kk, rz:kk])
             Ti = linalg.lapack.dtrtri(T, lower=1)[0]
             X[rz:kk, rz:kk] = Ti.T @ Ti
         Lf, Xf = L.reshape(-1), X.reshape(-1)
-        for (a, b, R), (cols, colsT, RR) in zip(reversed(self.supernodes), reversed(self._flat)):
+        for s, ((a, b, R), (cols, colsT, RR)) in enumerate(zip(reversed(self.supernodes),
+                                                               reversed(self._flat))):
             # the diagonal block is clean (factor wrote it whole), so no tril is needed
-            Li = linalg.lapack.dtrtri(L[a:b, a:b], lower=1)[0]
+            Li = linalg.lapack.dtrtri(L[a:b, a:b], lower=1)[0] if inverses is None \
+                else inverses[len(inverses) - 1 - s]
             Sss = Li.T @ Li
             k = int(np.searchsorted(R, kk))           # rows inside the leading kk
             if k:

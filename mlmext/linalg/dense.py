@@ -50,14 +50,21 @@ class DenseFactor(LeadBlockFactor):
     #: reorder a sparse remainder and factor it on its pattern (the tests set it to False to
     #: check the sparse path against the dense one)
     sparse_rest = True
-    _compact = None
+    _compact = _A_zr = _rr_sparse = _Xsel = _sn_inv = None
+    #: written in place per evaluation: the Schur complement and the sparse path's selected inverse
+    _scratch = ("_S", "_Xsel")
+
+    def _sparse_rr_wanted(self):
+        return self.sparse_rest and self._scalar_rest and self.rz >= MIN_RZ
 
     def _order_rest(self):
         """A fill-reducing order of the remainder's random effects when they are sparse enough;
-        ``A_r1`` and ``A_rr`` are permuted to it (X and y stay last)."""
-        self._rpos, self._sn = None, None
+        ``A_r1`` and ``A_rr`` are permuted to it (X and y stay last).  ``_rr_sparse``: the
+        permuted ``A_rr`` as a sparse matrix where it came sparse (its pattern and the
+        random-effects rows' products are read from it), else None."""
+        self._rpos, self._sn, self._rr_sparse = None, None, None
         rz = self.rz
-        if not (self.sparse_rest and self._scalar_rest) or rz < MIN_RZ:
+        if not self._sparse_rr_wanted():
             return
         A = self.A_r1[:rz].tocsc()
         # pairs of rest effects sharing a first-block level: their number bounds the work
@@ -67,7 +74,10 @@ class DenseFactor(LeadBlockFactor):
         # rest effects x first-block levels (the q1 columns of a level are coupled by M1^-1)
         level = np.repeat(np.arange(A.shape[1]) // self.q1, cnt)
         Ab = sparse.csr_matrix((np.ones(A.nnz), (A.indices, level)), shape=(rz, self.m1))
-        i, j = np.nonzero(self.A_rr[:rz, :rz])
+        Arr = self.A_rr
+        rr_sparse = sparse.issparse(Arr)
+        # (a scan of the dense r x r array costs ~10 ms at STAR's 1,467 rows)
+        i, j = Arr[:rz, :rz].nonzero() if rr_sparse else np.nonzero(Arr[:rz, :rz])
         G = (Ab @ Ab.T + sparse.csr_matrix((np.ones(i.size), (i, j)), shape=(rz, rz))).tocsr()
         G.sort_indices()
         plan = SupernodalPlan.for_pattern(G.indptr, G.indices, rz, self.r)
@@ -75,7 +85,10 @@ class DenseFactor(LeadBlockFactor):
             return
         full = np.concatenate([plan.perm, np.arange(rz, self.r)])
         self.A_r1 = self.A_r1[full]
-        self.A_rr = np.take(np.take(self.A_rr, full, axis=0), full, axis=1)
+        if rr_sparse:
+            self.A_rr = self._rr_sparse = Arr[full][:, full].tocsr()
+        else:
+            self.A_rr = np.take(np.take(Arr, full, axis=0), full, axis=1)
         self._sn, self._rperm = plan, plan.perm
         self._rpos = np.empty(rz, dtype=np.int64)
         self._rpos[plan.perm] = np.arange(rz)
@@ -83,15 +96,23 @@ class DenseFactor(LeadBlockFactor):
     def set_cross_products(self, A11, A_r1, A_rr):
         super().set_cross_products(A11, A_r1, A_rr)
         self._compact = None
+        self._A_zr = None if self._rr_sparse is None else self._rr_sparse[:self.rz].tocsr()
+        self._Xsel = None if self._sn is None else np.zeros((self.r, self.r))
         if self._sn is not None and self._schur.P is not None:
             # the Schur complement and the gradient's sums on the pattern's positions alone:
             # the Schur product's pairs, A_rr's nonzeros (lower triangle) and the diagonal
             r, A, P = self.r, self.A_rr, self._schur.P
-            on = np.tril(A != 0).ravel()
+            if self._rr_sparse is not None:             # A_rr's pattern from its sparse form
+                sp = self._rr_sparse.tocoo()
+                low = sp.row >= sp.col
+                on = np.zeros(r * r, dtype=bool)
+                on[sp.row[low].astype(np.int64) * r + sp.col[low]] = True
+            else:
+                on = np.tril(A != 0).ravel()
             on[P.indices] = True
             on[np.arange(self.rz) * (r + 1)] = True
             pat = np.flatnonzero(on)
-            where = np.zeros(r * r, dtype=np.int64)
+            where = np.zeros(r * r, dtype=np.int32 if pat.size < 2**31 else np.int64)
             where[pat] = np.arange(pat.size)
             pi, pj = np.divmod(pat, r)
             self._compact = dict(pat=pat, pi=pi, pj=pj, a=A.ravel()[pat],
@@ -99,10 +120,25 @@ class DenseFactor(LeadBlockFactor):
                                  twice=np.where(pi == pj, 1.0, 2.0), stored=self._sn.stored_positions())
         return self
 
+    def _block_bounds(self, lr):
+        """Bounds of the remainder's blocks (its random-effects blocks, then X and y) when
+        ``lr`` is constant on each (scalar blocks in their natural order), else None: the
+        scalings by ``lr`` then go block by block over the lower triangle, one pass."""
+        if self._rpos is not None or not isinstance(lr, np.ndarray) or self._schur.P is None:
+            return None
+        return np.concatenate([[0], np.cumsum(self.rest_sizes, dtype=np.int64), [self.r]])
+
     def _schur_complement(self, B, lr):
         c = self._compact
         if c is None:
-            return super()._schur_complement(B, lr)
+            bounds = self._block_bounds(lr)
+            if bounds is None:
+                return super()._schur_complement(B, lr)
+            S = self._S                    # the lower triangle only: P holds positions i >= j
+            np.copyto(S, self.A_rr)
+            self._schur.subtract_from(S, B)
+            _scale_lower_blocks(S, bounds, lr)
+            return S
         vals = c["a"].copy()
         c["schur"].subtract_from(vals, B)
         vals *= lr[c["pi"]] * lr[c["pj"]]
@@ -116,7 +152,9 @@ class DenseFactor(LeadBlockFactor):
             return super()._factor_rest(S)
         idx = np.arange(self.rz)
         S[idx, idx] += 1.0
-        self.Lr = self._sn.factor(S)
+        inv = []                     # the diagonal blocks' inverses, for the selected inverse
+        self.Lr = self._sn.factor(S, inverses=inv)
+        self._sn_inv = inv
 
     def _rest_index(self, idx):
         """Positions in ``Lr`` of the remainder's random effects ``idx`` (natural order)."""
@@ -204,7 +242,7 @@ class DenseFactor(LeadBlockFactor):
         out = []
         if self._sn is not None:
             # the entries on the factor's pattern: all that is read below
-            X = self._sn.selected_inverse(self.Lr, kk)
+            X = self._sn.selected_inverse(self.Lr, kk, out=self._Xsel, inverses=self._sn_inv)
         else:
             # inverse of the leading kk x kk block, embedded in an r x r array (zero elsewhere):
             # factor diag(L_P, I) -> potri gives diag(Omega_P^-1, I) in place (lower triangle)
@@ -235,8 +273,12 @@ class DenseFactor(LeadBlockFactor):
         elif isinstance(lr, np.ndarray) and self._schur.P is not None:
             # only the lower triangle is read: K = Lambda_r X Lambda_r', off-diagonal doubled
             K = X
-            K *= (2.0 * lr)[:, None]
-            K *= lr[None, :]
+            bounds = self._block_bounds(lr)
+            if bounds is None:
+                K *= (2.0 * lr)[:, None]
+                K *= lr[None, :]
+            else:
+                _scale_lower_blocks(K, bounds, lr, 2.0)
             K[np.diag_indices(r)] *= 0.5
             V = self._schur.pair_sums(K)
         else:
@@ -270,7 +312,10 @@ class DenseFactor(LeadBlockFactor):
         c_r = np.concatenate([-b_rest, -np.asarray(beta, dtype=float), [1.0]])
         w1 = -np.einsum("gij,gj->gi", self.A11, b1).ravel() + self._a1r @ c_r
         # all rows, then the first rz: a row slice of a sparse matrix costs more than p + 1 rows
-        wr = -(self._ar1 @ b1.ravel())[:self.rz] + self.A_rr[:self.rz] @ c_r
+        # (the sparse remainder's rows from A_rr's sparse form: a dense r x r product costs more
+        # than the rest of this)
+        Azr = self._A_zr if self._sn is not None and self._A_zr is not None else self.A_rr[:self.rz]
+        wr = -(self._ar1 @ b1.ravel())[:self.rz] + Azr @ c_r
         out = [w1.reshape(m1, q1)]
         wr = wr[self._rest_index(np.arange(self.rz))]
         off = 0
@@ -422,6 +467,19 @@ class DenseFactor(LeadBlockFactor):
         rep = np.repeat(np.arange(cols.size), qq)
         within = np.arange(rep.size) - np.repeat(np.cumsum(qq) - qq, qq)
         return lvl[rep], s0[rep] + within
+
+
+def _scale_lower_blocks(S, bounds, lr, factor=1.0):
+    """``S_ij *= factor lr_i lr_j`` on the lower triangle (and on the upper triangles of the
+    diagonal blocks), for ``lr`` constant between consecutive ``bounds``: one pass over the
+    blocks instead of two over the whole array."""
+    vals = lr[bounds[:-1]]
+    for b in range(bounds.size - 1):
+        rows = slice(bounds[b], bounds[b + 1])
+        for c in range(b + 1):
+            f = factor * vals[b] * vals[c]
+            if f != 1.0:
+                S[rows, bounds[c]:bounds[c + 1]] *= f
 
 
 def _symmetrize_lower(A, step=512):
