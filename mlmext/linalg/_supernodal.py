@@ -152,6 +152,7 @@ class SupernodalPlan:
                        (np.arange(a, b)[:, None] * r + R[None, :]),
                        (R[:, None] * r + R[None, :])) for a, b, R in self.supernodes]
         self._both = None              # both triangles of the pattern (selected_inverse's out)
+        self._steps = {}               # kk -> selected_inverse's positions
         nb = np.array([b - a for a, b, _ in self.supernodes])
         nR = np.array([R.size for _, _, R in self.supernodes])
         self.nnz = int((nb * (nb + 1) // 2 + nb * nR).sum())
@@ -246,30 +247,47 @@ class SupernodalPlan:
             X = np.zeros((r, r))
         else:                          # a fresh r x r array costs ~2 ms of page faults at r = 1,467
             X = out
-            if self._both is None:
+            if self._both is None:     # (the diagonal twice: no sort to make them unique)
                 low = self.stored_positions()
-                self._both = np.union1d(low, (low % r) * r + low // r)
+                self._both = np.concatenate([low, (low % r) * r + low // r])
             X.reshape(-1)[self._both] = 0.0
         if kk > rz:                                  # the dense fixed-effects rows first
             T = np.tril(L[rz:kk, rz:kk])
             Ti = linalg.lapack.dtrtri(T, lower=1)[0]
             X[rz:kk, rz:kk] = Ti.T @ Ti
         Lf, Xf = L.reshape(-1), X.reshape(-1)
-        for s, ((a, b, R), (cols, colsT, RR)) in enumerate(zip(reversed(self.supernodes),
-                                                               reversed(self._flat))):
+        steps = self._inverse_steps(kk)
+        for s, (a, b, cols, colsT, RR) in enumerate(steps):
             # the diagonal block is clean (factor wrote it whole), so no tril is needed
             Li = linalg.lapack.dtrtri(L[a:b, a:b], lower=1)[0] if inverses is None \
                 else inverses[len(inverses) - 1 - s]
             Sss = Li.T @ Li
-            k = int(np.searchsorted(R, kk))           # rows inside the leading kk
-            if k:
-                Z = Lf[cols[:k]] @ Li                 # L_Rs L_ss^-1
-                SRs = -(Xf[RR[:k, :k]] @ Z)
-                Xf[cols[:k]] = SRs
-                Xf[colsT[:, :k]] = SRs.T
+            if cols is not None:                       # rows inside the leading kk
+                Z = Lf[cols] @ Li                      # L_Rs L_ss^-1
+                SRs = Xf[RR] @ Z
+                SRs *= -1.0
+                Xf[cols] = SRs
+                Xf[colsT] = SRs.T
                 Sss -= Z.T @ SRs
             X[a:b, a:b] = Sss
         return X
+
+    def _inverse_steps(self, kk):
+        """The supernodes last first with the flat positions :meth:`selected_inverse` reads
+        and writes for this ``kk`` (the rows inside the leading kk), contiguous: once per kk
+        (a gather through a sliced index array costs several times one through its copy)."""
+        steps = self._steps.get(kk)
+        if steps is None:
+            steps = []
+            for (a, b, R), (cols, colsT, RR) in zip(reversed(self.supernodes), reversed(self._flat)):
+                k = int(np.searchsorted(R, kk))
+                if k:
+                    steps.append((a, b, np.ascontiguousarray(cols[:k]),
+                                  np.ascontiguousarray(colsT[:, :k]), np.ascontiguousarray(RR[:k, :k])))
+                else:
+                    steps.append((a, b, None, None, None))
+            self._steps[kk] = steps            # (threads racing here build the same list)
+        return steps
 
 
 def _postorder(parent):
