@@ -219,18 +219,21 @@ class SupernodalPlan:
             W[t0:, t0:] = Lt
         return W
 
-    def solve_t(self, L, b):
+    def solve_t(self, L, b, inverses=None):
         """Solve ``L_m' x = b`` for the leading ``m = len(b) >= rz`` rows and columns of ``L``
-        (the factor :meth:`factor` wrote) by back substitution over the supernodes."""
+        (the factor :meth:`factor` wrote) by back substitution over the supernodes
+        (``inverses``: those :meth:`factor` gave for ``L``: products instead of solves)."""
         m, rz = b.size, self.rz
         x = np.array(b, dtype=float)
         Lf = L.reshape(-1)
         if m > rz:                                     # the dense rows of X first
             x[rz:m] = linalg.lapack.dtrtrs(np.tril(L[rz:m, rz:m]), x[rz:m], lower=1, trans=1)[0]
-        for (a, b_, R), (cols, _, _) in zip(reversed(self.supernodes), reversed(self._flat)):
-            k = int(np.searchsorted(R, m))
-            rhs = x[a:b_] - Lf[cols[:k]].T @ x[R[:k]] if k else x[a:b_]
-            x[a:b_] = linalg.lapack.dtrtrs(L[a:b_, a:b_], rhs, lower=1, trans=1)[0]
+        for s, (a, b_, cols, _, _, R) in enumerate(self._inverse_steps(m)):
+            rhs = x[a:b_] - Lf[cols].T @ x[R] if cols is not None else x[a:b_]
+            if inverses is None:
+                x[a:b_] = linalg.lapack.dtrtrs(L[a:b_, a:b_], rhs, lower=1, trans=1)[0]
+            else:
+                x[a:b_] = inverses[len(inverses) - 1 - s].T @ rhs
         return x
 
     def selected_inverse(self, L, kk, out=None, inverses=None):
@@ -257,7 +260,7 @@ class SupernodalPlan:
             X[rz:kk, rz:kk] = Ti.T @ Ti
         Lf, Xf = L.reshape(-1), X.reshape(-1)
         steps = self._inverse_steps(kk)
-        for s, (a, b, cols, colsT, RR) in enumerate(steps):
+        for s, (a, b, cols, colsT, RR, _) in enumerate(steps):
             # the diagonal block is clean (factor wrote it whole), so no tril is needed
             Li = linalg.lapack.dtrtri(L[a:b, a:b], lower=1)[0] if inverses is None \
                 else inverses[len(inverses) - 1 - s]
@@ -273,8 +276,9 @@ class SupernodalPlan:
         return X
 
     def _inverse_steps(self, kk):
-        """The supernodes last first with the flat positions :meth:`selected_inverse` reads
-        and writes for this ``kk`` (the rows inside the leading kk), contiguous: once per kk
+        """The supernodes last first with the flat positions :meth:`selected_inverse` (and
+        :meth:`solve_t`) read and write for this ``kk`` (the rows inside the leading kk), and
+        those rows, contiguous: once per kk
         (a gather through a sliced index array costs several times one through its copy)."""
         steps = self._steps.get(kk)
         if steps is None:
@@ -282,10 +286,10 @@ class SupernodalPlan:
             for (a, b, R), (cols, colsT, RR) in zip(reversed(self.supernodes), reversed(self._flat)):
                 k = int(np.searchsorted(R, kk))
                 if k:
-                    steps.append((a, b, np.ascontiguousarray(cols[:k]),
-                                  np.ascontiguousarray(colsT[:, :k]), np.ascontiguousarray(RR[:k, :k])))
+                    steps.append((a, b, np.ascontiguousarray(cols[:k]), np.ascontiguousarray(colsT[:, :k]),
+                                  np.ascontiguousarray(RR[:k, :k]), R[:k].copy()))
                 else:
-                    steps.append((a, b, None, None, None))
+                    steps.append((a, b, None, None, None, None))
             self._steps[kk] = steps            # (threads racing here build the same list)
         return steps
 

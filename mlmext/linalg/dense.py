@@ -175,7 +175,7 @@ class DenseFactor(LeadBlockFactor):
         """Spherical modes ``u`` (all blocks, in block order) and fixed effects ``beta``."""
         r = self.r
         if self._sn is not None:                       # back substitution on the pattern
-            v_rest = self._sn.solve_t(self.Lr, self.Lr[r - 1, :r - 1])
+            v_rest = self._sn.solve_t(self.Lr, self.Lr[r - 1, :r - 1], inverses=self._sn_inv)
         else:
             v_rest = solve_last_row_t(self.Lr)
         full = np.zeros(r)
