@@ -144,8 +144,8 @@ class SupernodalPlan:
         newcol = np.repeat(newpos, lens)
         newrow = newpos[rows]
         newrow = newrow[np.argsort(newcol * rz + newrow, kind="stable")]
-        cols = np.split(newrow, np.cumsum(lens[post])[:-1])
-        self.supernodes = _supernodes(cols, rz, r)
+        ptr = np.concatenate([[0], np.cumsum(lens[post])])
+        self.supernodes = _supernodes(newrow, ptr, rz, r)
         # flat positions (i r + j) each step gathers and scatters, fixed with the pattern:
         # the block of rows R below the columns, its transpose, and R x R
         self._flat = [((R[:, None] * r + np.arange(a, b)[None, :]),
@@ -312,8 +312,9 @@ def _postorder(parent):
     return np.array(out, dtype=np.int64)
 
 
-def _supernodes(cols, rz, r):
-    """Runs of consecutive columns merged into supernodes, with their row patterns.
+def _supernodes(flat, ptr, rz, r):
+    """Runs of consecutive columns merged into supernodes, with their row patterns (column j's
+    rows below it: ``flat[ptr[j]:ptr[j + 1]]``, sorted).
 
     A column joins the current run while the run stays within ``MAX_COLS`` columns and the
     union of the row patterns grows by at most ``MAX_EXTRA_ROWS`` rows beyond the larger of
@@ -324,17 +325,19 @@ def _supernodes(cols, rz, r):
     part of the pattern.
     """
     runs, a = [], 0
-    R = set(cols[0].tolist()) if rz else set()
+    rows_list, bounds = flat.tolist(), ptr.tolist()         # (Python sets per column below)
+    R = set(rows_list[bounds[0]:bounds[1]]) if rz else set()
     for j in range(1, rz + 1):
         if j < rz and j - a < MAX_COLS:
-            own = set(cols[j].tolist())
-            merged = (R - {j}) | own
-            if len(merged) <= max(len(R - {j}), len(own)) + MAX_EXTRA_ROWS:
+            own = set(rows_list[bounds[j]:bounds[j + 1]])
+            R.discard(j)
+            merged = R | own
+            if len(merged) <= max(len(R), len(own)) + MAX_EXTRA_ROWS:
                 R = merged
                 continue
         runs.append((a, j))
         if j < rz:
-            a, R = j, set(cols[j].tolist())
+            a, R = j, set(rows_list[bounds[j]:bounds[j + 1]])
     owner = np.empty(rz, dtype=np.int64)
     for s, (a, b) in enumerate(runs):
         owner[a:b] = s
@@ -342,8 +345,8 @@ def _supernodes(cols, rz, r):
     tail = np.arange(rz, r, dtype=np.int64)
     out = []
     for s, (a, b) in enumerate(runs):
-        rows = [c[c >= b] for c in cols[a:b]] + pending[s]
-        R = np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+        own = flat[ptr[a]:ptr[b]]                 # the run's columns are contiguous in flat
+        R = np.unique(np.concatenate([own[own >= b]] + pending[s]))
         R = R[R >= b]
         if R.size:
             pending[owner[R[0]]].append(R)

@@ -112,7 +112,8 @@ class DenseFactor(LeadBlockFactor):
             on[P.indices] = True
             on[np.arange(self.rz) * (r + 1)] = True
             pat = np.flatnonzero(on)
-            where = np.zeros(r * r, dtype=np.int32 if pat.size < 2**31 else np.int64)
+            # read only at P's positions, all in pat: no need to zero the rest
+            where = np.empty(r * r, dtype=np.int32 if pat.size < 2**31 else np.int64)
             where[pat] = np.arange(pat.size)
             pi, pj = np.divmod(pat, r)
             self._compact = dict(pat=pat, pi=pi, pj=pj, a=A.ravel()[pat],
