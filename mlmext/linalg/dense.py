@@ -23,7 +23,7 @@ from .._blas import inverse_threads
 from ._lead import LeadBlockFactor
 from ._local import LocalInverse, coupling_on_pattern, pattern_keys
 from ._stacks import blockdiag_sparse, sandwich, solve_last_row_t
-from ._supernodal import MIN_RZ, SupernodalPlan
+from ._supernodal import MAX_DENSITY, MIN_RZ, SupernodalPlan
 
 __all__ = ["DenseFactor"]
 
@@ -34,6 +34,8 @@ COMPACT_ABOVE = 4_000_000
 #: the sparse remainder's pattern is looked for when the pairs of remainder effects sharing a
 #: first-block level number at most this (their sparse product costs ~0.1 s at 8e6)
 SPARSE_MAX_PAIRS = 8_000_000
+#: rows of the pattern sampled to reject a remainder far denser than the sparse path allows
+DENSITY_SAMPLE = 64
 
 
 class DenseFactor(LeadBlockFactor):
@@ -74,6 +76,11 @@ class DenseFactor(LeadBlockFactor):
         # rest effects x first-block levels (the q1 columns of a level are coupled by M1^-1)
         level = np.repeat(np.arange(A.shape[1]) // self.q1, cnt)
         Ab = sparse.csr_matrix((np.ones(A.nnz), (A.indices, level)), shape=(rz, self.m1))
+        # a sample of the pattern's rows first: where it is clearly too dense for the sparse path
+        # (InstEval's lecturers: ~50 %) the whole product (~25 ms there) is not formed
+        rows = np.unique(np.linspace(0, rz - 1, min(rz, DENSITY_SAMPLE)).astype(np.int64))
+        if (Ab[rows] @ Ab.T).nnz > 2.0 * MAX_DENSITY * rows.size * rz:
+            return
         Arr = self.A_rr
         rr_sparse = sparse.issparse(Arr)
         # (a scan of the dense r x r array costs ~10 ms at STAR's 1,467 rows)
