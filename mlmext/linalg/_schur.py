@@ -69,8 +69,9 @@ class SchurProduct:
     For each level g of the first block, every pair of nonzeros of
     ``A_r1[:, g-columns]`` contributes ``A[i, (g,a)] B_g[a, b] A[j, (g, b)]`` to
     ``G[i, j]``.  The pairs are enumerated once into a sparse matrix P (rows:
-    positions ``i*r + j`` with i >= j, columns: (g, a, b)), so each theta costs
-    one sparse matrix-vector product ``P @ B.ravel()``.  When P would be too
+    positions ``i*r + j`` with i >= j, columns: (g, a, b); in blocks (a, b) with the levels
+    grouped by their counts, ``_order``, unless refreshable), so each theta costs one
+    sparse matrix-vector product ``P @ b`` (accumulated into S in place).  When P would be too
     large (more than ``max_pairs`` pairs) the products go level by level
     (:class:`~mlmext.linalg._levels.LevelGather`: full matrices).
     """
