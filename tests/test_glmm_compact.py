@@ -13,7 +13,7 @@ from scipy import special
 
 from mlmext.formula import api as mf
 from mlmext.linalg import BlockedCholesky, DenseFactor, _local
-from mlmext.linalg import dense as dense_module
+from mlmext.linalg import _dense_inverse as dense_module
 
 
 def _sparse_crossed(seed=2, nu=150, ni=40, per=7):

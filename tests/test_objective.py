@@ -302,11 +302,18 @@ def test_one_block_start_criterion_is_the_one_block_deviance(reml):
                        "g": rng.integers(0, g, n), "h": rng.integers(0, h, n)})
     df["y"] = df.x + rng.normal(size=g)[df.g] + rng.normal(size=h)[df.h] + rng.normal(size=n)
     df["w"] = rng.uniform(0.5, 2.0, n)
+    # weighted: the general path (q = 3) and the per-level path of a scalar block; unweighted:
+    # the closed form of two effects and a scalar intercept's levels grouped by their counts
     m = mf.lmer("y ~ x + (1 + x + z | g) + (0 + x | h)", df, weights="w")
-    nu = m.nobs - (m.k_fe if reml else 0)
+    df["b"] = np.arange(n) % 60                      # balanced: one count for all 60 levels
+    m2 = mf.lmer("y ~ x + (1 + x | g) + (1 | b)", df)
     assert sorted(b.q for b in m.re_design.blocks) == [1, 3]
-    for blk in m.re_design.blocks:
+    assert sorted(b.q for b in m2.re_design.blocks) == [1, 2]
+    names = set()
+    for m, blk in [(m, b) for b in m.re_design.blocks] + [(m2, b) for b in m2.re_design.blocks]:
+        nu = m.nobs - (m.k_fe if reml else 0)
         crit = _one_block_criterion(block_alone_cross(blk, m._XY, m.weights), nu, reml)
+        names.add(crit.__name__)
         ch = BlockedCholesky([blk], m._XY, m.weights)
         for _ in range(3):
             th = m.re_design.theta_start + rng.uniform(-0.5, 1.0, m.re_design.ntheta)
@@ -314,3 +321,4 @@ def test_one_block_start_criterion_is_the_one_block_deviance(reml):
             c = ch.update([lam])
             want = c.logdet_zz + (c.logdet_xx if reml else 0.0) + nu * np.log(c.r2)
             assert crit(lam) == pytest.approx(want, rel=1e-10)         # two summation orders
+    assert names == {"crit_gram", "crit_two", "crit_grouped"}

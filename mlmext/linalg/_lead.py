@@ -155,8 +155,15 @@ class LeadBlockFactor(Factor):
         """
         w = None if weights is None else np.asarray(weights, dtype=float)
         # the sparse model matrices are cached for the next call (a GLMM's PIRLS steps)
-        A11, A_r1, A_rr = row_cross_products(self.blocks[0], self._rest_blocks, XY, w, lambda: (self._Z1, self._Zrest))
+        A11, A_r1, A_rr = row_cross_products(self.blocks[0], self._rest_blocks, XY, w,
+                                             lambda: (self._Z1, self._Zrest),
+                                             dense_rr=not self._sparse_rr_wanted())
         return self.set_cross_products(A11, A_r1, A_rr)
+
+    def _sparse_rr_wanted(self):
+        """Hook: whether :meth:`set_data` hands ``A_rr`` over sparse (the reordering of a sparse
+        remainder reads its pattern and permutes it sparse, then makes it dense)."""
+        return False
 
     def set_cross_products(self, A11, A_r1, A_rr):
         """Take the cross-products as given (summed over row chunks elsewhere: Dask).
@@ -164,14 +171,19 @@ class LeadBlockFactor(Factor):
         ``A11`` (m1, q1, q1): the first block's per-level ``Z_1g' W Z_1g``; ``A_r1``
         (r, m1 q1), sparse: ``[Z_rest X y]' W Z_1``; ``A_rr`` (r, r), dense:
         ``[Z_rest X y]' W [Z_rest X y]`` (blocks in factor order, levels in each block's
-        order, the response last): what :func:`row_cross_products` gives.
+        order, the response last): what :func:`row_cross_products` gives (``A_rr`` may be
+        sparse: it is made dense here).
         """
         m1q1 = self.m1 * self.q1
         if A_rr.shape != (self.r, self.r) or A_r1.shape != (self.r, m1q1) \
                 or A11.shape != (self.m1, self.q1, self.q1):
             raise ValueError("the cross-products do not match the factor's blocks")
-        self.A11, self.A_r1, self.A_rr = A11, sparse.csr_matrix(A_r1), np.asarray(A_rr, dtype=float)
+        self.A11, self.A_r1 = A11, sparse.csr_matrix(A_r1)
+        self.A_rr = sparse.csr_matrix(A_rr, dtype=float) if sparse.issparse(A_rr) \
+            else np.asarray(A_rr, dtype=float)
         self._order_rest()
+        if sparse.issparse(self.A_rr):
+            self.A_rr = self.A_rr.toarray()
         self.A_1r = self.A_r1.T.tocsr()
         if self.r * m1q1 <= SMALL_DENSE:
             self._schur = DenseSchur(self.A_r1, self.m1, self.q1)
@@ -185,7 +197,8 @@ class LeadBlockFactor(Factor):
 
     def _order_rest(self):
         """Hook: reorder the remainder's random effects (rows of ``A_r1``, rows and columns of
-        ``A_rr``) for the factorization; the general storage's sparse path does."""
+        ``A_rr``, dense or sparse) for the factorization; the general storage's sparse path
+        does."""
         self._rpos = self._sn = None
 
     # -- fast re-weighting (PIRLS) ----------------------------------------------------

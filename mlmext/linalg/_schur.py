@@ -18,6 +18,11 @@ from scipy import sparse
 
 from ._levels import LevelGather
 
+try:       # y += A x for a csc A, into y (scipy's kernel behind csc_matrix @ vector)
+    from scipy.sparse._sparsetools import csc_matvec as _matvec_into
+except ImportError:  # pragma: no cover - a scipy without it: the allocating product
+    _matvec_into = None
+
 #: systems with ``A_r1`` (r x m1 q1) of at most this many entries hold it dense for the
 #: per-theta products (scipy.sparse's per-call overhead outweighs the arithmetic there)
 SMALL_DENSE = 20_000
@@ -39,14 +44,6 @@ def _level_pairs(starts, T, it, chunk=1 << 18):
             b[bad] = l[bad] - a[bad] * (a[bad] + 1) // 2
         base = starts[g].astype(it)
         yield g0, g1, a + base, b + base
-
-
-def _cross_pairs(starts1, starts2, k2, T, it, chunk=1 << 18):
-    """All pairs (e1, e2) of an entry of one column with an entry of another, per level
-    (``T[g] = k1[g] k2[g]``), in level order and chunks of levels."""
-    for g0, g1, g, l in _chunks(T, it, chunk):
-        kk = k2[g].astype(it)
-        yield g0, g1, starts1[g].astype(it) + l // kk, starts2[g].astype(it) + l % kk
 
 
 def _chunks(T, it, chunk):
@@ -72,15 +69,16 @@ class SchurProduct:
     For each level g of the first block, every pair of nonzeros of
     ``A_r1[:, g-columns]`` contributes ``A[i, (g,a)] B_g[a, b] A[j, (g, b)]`` to
     ``G[i, j]``.  The pairs are enumerated once into a sparse matrix P (rows:
-    positions ``i*r + j`` with i >= j, columns: (g, a, b)), so each theta costs
-    one sparse matrix-vector product ``P @ B.ravel()``.  When P would be too
+    positions ``i*r + j`` with i >= j, columns: (g, a, b); in blocks (a, b) with the levels
+    grouped by their counts, ``_order``, unless refreshable), so each theta costs one
+    sparse matrix-vector product ``P @ b`` (accumulated into S in place).  When P would be too
     large (more than ``max_pairs`` pairs) the products go level by level
     (:class:`~mlmext.linalg._levels.LevelGather`: full matrices).
     """
 
     max_pairs = 30_000_000
     _levels = None
-    #: P's columns in this order of the levels (None: level order)
+    #: per block of P's columns, the levels in their column order (None: level order)
     _order = None
 
     def __init__(self, A_r1, m1, q1, refreshable=False):
@@ -170,7 +168,7 @@ class SchurProduct:
                 groups.append((int(indptr[s0]), int(indptr[s1]), perm[ent].astype(it), ta, tb))
         self.P = sparse.csc_matrix((np.empty(rows.size), rows, indptr.astype(it)),
                                    shape=(r * r, m1), copy=False)
-        self._order = order
+        self._ab, self._order = [(0, 0)], [order]         # (the layout of _build_blocks)
         self._plan = ("count", groups)
         values = np.empty(A.nnz)                              # A's values in CSR order
         values[perm] = A.data
@@ -187,76 +185,96 @@ class SchurProduct:
                 o = i * (i + 1) // 2
                 np.multiply(V[:, i:i + 1], V[:, :i + 1], out=out[:, o:o + i + 1])
 
-    def _pair_blocks(self, A, it, chunk=1 << 18):
-        """The pairs of P's columns in blocks, one per pair of components a >= b of the first
-        block's template, a column per level in each, level by level in chunks of levels:
-        yields ``(block, T, g0, g1, products, flat positions i r + j)``.
-
-        Block (a, a) pairs the entries of a level's column a with each other (rows sorted, so
-        e1 >= e2 is i >= j); block (a, b), a > b, pairs each entry of column a with each of
-        column b and stands for both orders (doubled on the diagonal, i = j).
-        """
-        r, m1, q1 = self.r, self.m1, self.q1
-        ptr = A.indptr
-        indices = A.indices.astype(it, copy=False)
-        starts = [ptr[a:m1 * q1:q1] for a in range(q1)]
-        counts = [(ptr[a + 1:m1 * q1 + 1:q1] - ptr[a:m1 * q1:q1]).astype(np.int64) for a in range(q1)]
-        self._ab = [(a, b) for a in range(q1) for b in range(a + 1)]
-        for k, (a, b) in enumerate(self._ab):
-            T = counts[a] * (counts[a] + 1) // 2 if a == b else counts[a] * counts[b]
-            pairs = (_level_pairs(starts[a], T, it, chunk) if a == b else
-                     _cross_pairs(starts[a], starts[b], counts[b], T, it, chunk))
-            for g0, g1, e1, e2 in pairs:
-                v = np.take(A.data, e1)
-                v *= np.take(A.data, e2)
-                i, j = np.take(indices, e1), np.take(indices, e2)
-                if a != b:
-                    v[i == j] *= 2.0
-                    i, j = np.maximum(i, j), np.minimum(i, j)
-                rw = i * it(r)
-                rw += j
-                yield k, T, g0, g1, v, rw
-
-    def _build_blocks(self, A, it):
-        """P from :meth:`_pair_blocks`, filled in order into arrays of its final size (no sort,
-        no concatenation: at 1M ratings P holds 27M pairs)."""
+    def _build_blocks(self, A, it, chunk=1 << 20):
+        """P in blocks, one per pair of components a >= b of the first block's template, a column
+        per level in each: block (a, a) pairs the entries of a level's column a with each other
+        (rows sorted, so e1 >= e2 is i >= j); block (a, b), a > b, pairs each entry of column a
+        with each of column b and stands for both orders (doubled on the diagonal, i = j).
+        Each block's columns (levels) are ordered by their number of pairs:
+        the levels with the same counts pair their entries by one pattern, so each group is
+        a few whole-array operations written contiguously into arrays of P's final size (no
+        decoding of pair numbers, no sort, no concatenation: at 1M ratings P holds 27M pairs).
+        ``_order[k]``: the levels in block k's column order."""
         m1, q1, ptr = self.m1, self.q1, A.indptr
         counts = [(ptr[a + 1:m1 * q1 + 1:q1] - ptr[a:m1 * q1:q1]).astype(np.int64) for a in range(q1)]
-        Ts = [counts[a] * (counts[a] + 1) // 2 if a == b else counts[a] * counts[b]
-              for a in range(q1) for b in range(a + 1)]             # the blocks' order
-        indptr = np.zeros(m1 * len(Ts) + 1, dtype=np.int64)
-        np.cumsum(np.concatenate(Ts), out=indptr[1:])
-        data = np.empty(int(indptr[-1]))
-        rows = np.empty(int(indptr[-1]), dtype=it)
+        starts = [ptr[a:m1 * q1:q1].astype(np.int64) for a in range(q1)]
+        self._ab = [(a, b) for a in range(q1) for b in range(a + 1)]
+        plans, total = [], 0
+        for a, b in self._ab:
+            ka, kb = counts[a], counts[b]
+            key = ka if a == b else ka * (int(kb.max(initial=0)) + 1) + kb
+            order = np.argsort(key, kind="stable")
+            ks = key[order]
+            cut = np.flatnonzero(np.diff(ks)) + 1
+            groups = np.split(order, cut)
+            T = ka * (ka + 1) // 2 if a == b else ka * kb
+            plans.append((a, b, order, groups, T[order]))
+            total += int(T.sum())
+        indptr = np.zeros(m1 * len(self._ab) + 1, dtype=np.int64)
+        np.cumsum(np.concatenate([p[4] for p in plans]), out=indptr[1:])
+        data = np.empty(total)
+        rows = np.empty(total, dtype=it)
+        ind = A.indices.astype(np.int64)
         off = 0
-        for _, _, _, _, v, rw in self._pair_blocks(A, it):
-            data[off:off + v.size] = v
-            rows[off:off + v.size] = rw
-            off += v.size
+        for a, b, order, groups, _ in plans:
+            for lv_all in groups:
+                na, nb = int(counts[a][lv_all[0]]), int(counts[b][lv_all[0]])
+                if a == b:
+                    pa, pb = np.tril_indices(na)              # rows sorted: e1 >= e2 is i >= j
+                else:
+                    pa, pb = np.repeat(np.arange(na), nb), np.tile(np.arange(nb), na)
+                if pa.size == 0:
+                    continue
+                step = max(1, chunk // pa.size)               # temporaries of ~chunk entries
+                for s0 in range(0, lv_all.size, step):
+                    lv = lv_all[s0:s0 + step]
+                    off = self._fill_group(A.data, ind, starts[a][lv], starts[b][lv], pa, pb,
+                                           a != b, data, rows, off)
+        self._order = [p[2] for p in plans]
         self.P = sparse.csc_matrix((data, rows, indptr.astype(it)),
-                                   shape=(self.r * self.r, m1 * len(Ts)), copy=False)
+                                   shape=(self.r * self.r, m1 * len(self._ab)), copy=False)
+
+    def _fill_group(self, vals, ind, sa, sb, pa, pb, cross, data, rows, off):
+        """The pairs of levels with entries starting at ``sa`` (component a) and ``sb`` (b),
+        paired by the pattern ``(pa, pb)``, written into ``data`` and ``rows`` from ``off``."""
+        e1 = sa[:, None] + pa[None, :]
+        e2 = sb[:, None] + pb[None, :]
+        n = e1.size
+        v = data[off:off + n].reshape(e1.shape)
+        np.multiply(vals[e1], vals[e2], out=v)
+        i, j = ind[e1], ind[e2]
+        if cross:                                             # stands for both orders
+            v[i == j] *= 2.0
+            i, j = np.maximum(i, j), np.minimum(i, j)
+        i *= self.r
+        i += j
+        rows[off:off + n] = i.reshape(-1)
+        return off + n
 
     def _b_vector(self, B):
         """B (m1, q1, q1) in the order of P's columns."""
-        if self._order is not None:
-            return B.ravel()[self._order]
-        if self._ab is None or self.q1 == 1:
+        if self._ab is None:
             return B.ravel()
-        return np.concatenate([B[:, a, b] for a, b in self._ab])
+        if self._order is None:
+            return B.ravel() if self.q1 == 1 else np.concatenate([B[:, a, b] for a, b in self._ab])
+        B = B.reshape(self.m1, self.q1, self.q1)
+        if self.q1 == 1:
+            return B.reshape(-1).take(self._order[0])
+        return np.concatenate([B[o, a, b] for o, (a, b) in zip(self._order, self._ab)])
 
     def pair_sums(self, K):
         """``P' vec(K)`` as an (m1, q1, q1) array (the lower triangle for the block layout):
         the sums over a level's pairs of K at the pair's position times the pair's product."""
         v = self.P.T @ K.ravel()
-        if self._order is not None:
-            out = np.empty(self.m1)
-            out[self._order] = v
-            return out.reshape(self.m1, 1, 1)
-        if self._ab is None or self.q1 == 1:
+        if self._ab is None:
             return v.reshape(self.m1, self.q1, self.q1)
         V = np.zeros((self.m1, self.q1, self.q1))
+        m1 = self.m1
         for k, (a, b) in enumerate(self._ab):
-            V[:, a, b] = v[k * self.m1:(k + 1) * self.m1]
+            if self._order is None:
+                V[:, a, b] = v[k * m1:(k + 1) * m1]
+            else:
+                V[self._order[k], a, b] = v[k * m1:(k + 1) * m1]
         return V
 
     def compact(self, rows, index):
@@ -308,7 +326,16 @@ class SchurProduct:
     def subtract_from(self, S, B):
         """S -= G(B) on the lower triangle (full matrix in the fallback)."""
         if self.P is not None:
-            S.ravel()[:] -= self.P @ self._b_vector(B)
+            P, out = self.P, S.reshape(-1)
+            if _matvec_into is not None and np.shares_memory(out, S) \
+                    and P.indptr.dtype == P.indices.dtype and P.data.dtype == np.float64:
+                # accumulated in place: P @ b would allocate (and page in) an r^2 vector per call
+                _matvec_into(P.shape[0], P.shape[1], P.indptr, P.indices, P.data,
+                             -np.ascontiguousarray(self._b_vector(B), dtype=float), out)
+            else:
+                out -= P @ self._b_vector(B)
+                if not np.shares_memory(out, S):
+                    S[...] = out.reshape(S.shape)
         else:
             self._levels.subtract_from(S, B)
         return S

@@ -22,6 +22,7 @@ every entry a step reads was computed by an earlier step; entries outside it sta
 from __future__ import annotations
 
 import heapq
+import itertools
 
 import numpy as np
 from scipy import linalg
@@ -127,18 +128,31 @@ class SupernodalPlan:
         pos[order] = np.arange(rz)
         # column structures in the elimination order, then an elimination-tree postorder, which
         # keeps the pattern and puts each subtree's columns next to each other
-        cols = [np.sort(pos[np.fromiter(s, dtype=np.int64, count=len(s))]) for s in structs]
-        post = _postorder(np.array([c[0] if c.size else -1 for c in cols], dtype=np.int64))
+        # (as flat arrays: a numpy call per column costs more than the work at STAR's 1,454)
+        lens = np.fromiter(map(len, structs), dtype=np.int64, count=rz)
+        rows = pos[np.fromiter(itertools.chain.from_iterable(structs), dtype=np.int64,
+                               count=int(lens.sum()))]
+        first = np.cumsum(lens) - lens
+        parent = np.full(rz, -1, dtype=np.int64)          # the first row below each column
+        full = lens > 0
+        if full.any():
+            parent[full] = np.minimum.reduceat(rows, first[full])
+        post = _postorder(parent)
         newpos = np.empty(rz, dtype=np.int64)
         newpos[post] = np.arange(rz)
         self.perm = order[post]
-        cols = [np.sort(newpos[cols[j]]) for j in post]
-        self.supernodes = _supernodes(cols, rz, r)
+        newcol = np.repeat(newpos, lens)
+        newrow = newpos[rows]
+        newrow = newrow[np.argsort(newcol * rz + newrow, kind="stable")]
+        ptr = np.concatenate([[0], np.cumsum(lens[post])])
+        self.supernodes = _supernodes(newrow, ptr, rz, r)
         # flat positions (i r + j) each step gathers and scatters, fixed with the pattern:
         # the block of rows R below the columns, its transpose, and R x R
         self._flat = [((R[:, None] * r + np.arange(a, b)[None, :]),
                        (np.arange(a, b)[:, None] * r + R[None, :]),
                        (R[:, None] * r + R[None, :])) for a, b, R in self.supernodes]
+        self._both = None              # both triangles of the pattern (selected_inverse's out)
+        self._steps = {}               # kk -> selected_inverse's positions
         nb = np.array([b - a for a, b, _ in self.supernodes])
         nR = np.array([R.size for _, _, R in self.supernodes])
         self.nnz = int((nb * (nb + 1) // 2 + nb * nR).sum())
@@ -158,7 +172,7 @@ class SupernodalPlan:
 
     def stored_positions(self):
         """Flat positions ``i r + j`` of the factor's lower-triangle pattern (what
-        :meth:`factor` writes below the diagonal and on it), sorted."""
+        :meth:`factor` writes below the diagonal and on it), each once, not sorted."""
         r, out = self.r, []
         for a, b, R in self.supernodes:
             i, j = np.tril_indices(b - a)
@@ -166,12 +180,16 @@ class SupernodalPlan:
             out.append((R[:, None] * r + np.arange(a, b)[None, :]).ravel())
         i, j = np.tril_indices(r - self.rz)
         out.append((self.rz + i) * r + (self.rz + j))
-        return np.sort(np.concatenate(out))
+        return np.concatenate(out)
 
     # -- per theta ----------------------------------------------------------------------
-    def factor(self, W):
+    def factor(self, W, inverses=None):
         """Overwrite the lower triangle of ``W`` (r x r, permuted order) with its Cholesky
-        factor; entries outside the pattern are left as they are (zeros of ``W``)."""
+        factor; entries outside the pattern are left as they are (zeros of ``W``).
+
+        ``inverses``: a list that receives the inverse of each supernode's diagonal block of
+        the factor (what :meth:`selected_inverse` needs; the rows below are then found by a
+        product with it instead of a triangular solve)."""
         r = self.r
         Wf = W.reshape(-1)                                     # a view: W is C-contiguous
         for (a, b, R), (cols, _, RR) in zip(self.supernodes, self._flat):
@@ -179,7 +197,16 @@ class SupernodalPlan:
             if info:
                 raise np.linalg.LinAlgError(f"{a + info}-th leading minor is not positive definite")
             W[a:b, a:b] = Ls
-            if R.size:
+            if inverses is not None:
+                Li, info = linalg.lapack.dtrtri(Ls, lower=1)
+                if info:
+                    raise np.linalg.LinAlgError("singular triangular factor")
+                inverses.append(Li)
+                if R.size:
+                    F = Wf[cols] @ Li.T                        # W_Rs L_ss^-T
+                    Wf[cols] = F
+                    Wf[RR] -= F @ F.T
+            elif R.size:
                 Ft, _ = linalg.lapack.dtrtrs(Ls, Wf[cols].T, lower=1)     # L_ss^-1 W_sR: F'
                 Wf[cols] = Ft.T
                 Wf[RR] -= Ft.T @ Ft
@@ -192,47 +219,79 @@ class SupernodalPlan:
             W[t0:, t0:] = Lt
         return W
 
-    def solve_t(self, L, b):
+    def solve_t(self, L, b, inverses=None):
         """Solve ``L_m' x = b`` for the leading ``m = len(b) >= rz`` rows and columns of ``L``
-        (the factor :meth:`factor` wrote) by back substitution over the supernodes."""
+        (the factor :meth:`factor` wrote) by back substitution over the supernodes
+        (``inverses``: those :meth:`factor` gave for ``L``: products instead of solves)."""
         m, rz = b.size, self.rz
         x = np.array(b, dtype=float)
         Lf = L.reshape(-1)
         if m > rz:                                     # the dense rows of X first
             x[rz:m] = linalg.lapack.dtrtrs(np.tril(L[rz:m, rz:m]), x[rz:m], lower=1, trans=1)[0]
-        for (a, b_, R), (cols, _, _) in zip(reversed(self.supernodes), reversed(self._flat)):
-            k = int(np.searchsorted(R, m))
-            rhs = x[a:b_] - Lf[cols[:k]].T @ x[R[:k]] if k else x[a:b_]
-            x[a:b_] = linalg.lapack.dtrtrs(L[a:b_, a:b_], rhs, lower=1, trans=1)[0]
+        for s, (a, b_, cols, _, _, R) in enumerate(self._inverse_steps(m)):
+            rhs = x[a:b_] - Lf[cols].T @ x[R] if cols is not None else x[a:b_]
+            if inverses is None:
+                x[a:b_] = linalg.lapack.dtrtrs(L[a:b_, a:b_], rhs, lower=1, trans=1)[0]
+            else:
+                x[a:b_] = inverses[len(inverses) - 1 - s].T @ rhs
         return x
 
-    def selected_inverse(self, L, kk):
+    def selected_inverse(self, L, kk, out=None, inverses=None):
         """``(L_P L_P')^-1`` on the pattern of ``L``, ``L_P`` the leading ``kk`` rows and
         columns of ``L`` (all random effects and the first ``kk - rz`` fixed effects).
 
         Returns an ``r x r`` array holding those entries in both triangles (zeros elsewhere,
-        and in rows and columns from ``kk`` on).
+        and in rows and columns from ``kk`` on): ``out`` if given (an r x r array zero off
+        the pattern, as the last call left it; the pattern's positions are reset here), else
+        a new one.  ``inverses``: those :meth:`factor` gave for ``L`` (else computed here).
         """
         r, rz = self.r, self.rz
-        X = np.zeros((r, r))
+        if out is None:
+            X = np.zeros((r, r))
+        else:                          # a fresh r x r array costs ~2 ms of page faults at r = 1,467
+            X = out
+            if self._both is None:     # (the diagonal twice: no sort to make them unique)
+                low = self.stored_positions()
+                self._both = np.concatenate([low, (low % r) * r + low // r])
+            X.reshape(-1)[self._both] = 0.0
         if kk > rz:                                  # the dense fixed-effects rows first
             T = np.tril(L[rz:kk, rz:kk])
             Ti = linalg.lapack.dtrtri(T, lower=1)[0]
             X[rz:kk, rz:kk] = Ti.T @ Ti
         Lf, Xf = L.reshape(-1), X.reshape(-1)
-        for (a, b, R), (cols, colsT, RR) in zip(reversed(self.supernodes), reversed(self._flat)):
+        steps = self._inverse_steps(kk)
+        for s, (a, b, cols, colsT, RR, _) in enumerate(steps):
             # the diagonal block is clean (factor wrote it whole), so no tril is needed
-            Li = linalg.lapack.dtrtri(L[a:b, a:b], lower=1)[0]
+            Li = linalg.lapack.dtrtri(L[a:b, a:b], lower=1)[0] if inverses is None \
+                else inverses[len(inverses) - 1 - s]
             Sss = Li.T @ Li
-            k = int(np.searchsorted(R, kk))           # rows inside the leading kk
-            if k:
-                Z = Lf[cols[:k]] @ Li                 # L_Rs L_ss^-1
-                SRs = -(Xf[RR[:k, :k]] @ Z)
-                Xf[cols[:k]] = SRs
-                Xf[colsT[:, :k]] = SRs.T
+            if cols is not None:                       # rows inside the leading kk
+                Z = Lf[cols] @ Li                      # L_Rs L_ss^-1
+                SRs = Xf[RR] @ Z
+                SRs *= -1.0
+                Xf[cols] = SRs
+                Xf[colsT] = SRs.T
                 Sss -= Z.T @ SRs
             X[a:b, a:b] = Sss
         return X
+
+    def _inverse_steps(self, kk):
+        """The supernodes last first with the flat positions :meth:`selected_inverse` (and
+        :meth:`solve_t`) read and write for this ``kk`` (the rows inside the leading kk), and
+        those rows, contiguous: once per kk
+        (a gather through a sliced index array costs several times one through its copy)."""
+        steps = self._steps.get(kk)
+        if steps is None:
+            steps = []
+            for (a, b, R), (cols, colsT, RR) in zip(reversed(self.supernodes), reversed(self._flat)):
+                k = int(np.searchsorted(R, kk))
+                if k:
+                    steps.append((a, b, np.ascontiguousarray(cols[:k]), np.ascontiguousarray(colsT[:, :k]),
+                                  np.ascontiguousarray(RR[:k, :k]), R[:k].copy()))
+                else:
+                    steps.append((a, b, None, None, None, None))
+            self._steps[kk] = steps            # (threads racing here build the same list)
+        return steps
 
 
 def _postorder(parent):
@@ -253,8 +312,9 @@ def _postorder(parent):
     return np.array(out, dtype=np.int64)
 
 
-def _supernodes(cols, rz, r):
-    """Runs of consecutive columns merged into supernodes, with their row patterns.
+def _supernodes(flat, ptr, rz, r):
+    """Runs of consecutive columns merged into supernodes, with their row patterns (column j's
+    rows below it: ``flat[ptr[j]:ptr[j + 1]]``, sorted).
 
     A column joins the current run while the run stays within ``MAX_COLS`` columns and the
     union of the row patterns grows by at most ``MAX_EXTRA_ROWS`` rows beyond the larger of
@@ -265,17 +325,19 @@ def _supernodes(cols, rz, r):
     part of the pattern.
     """
     runs, a = [], 0
-    R = set(cols[0].tolist()) if rz else set()
+    rows_list, bounds = flat.tolist(), ptr.tolist()         # (Python sets per column below)
+    R = set(rows_list[bounds[0]:bounds[1]]) if rz else set()
     for j in range(1, rz + 1):
         if j < rz and j - a < MAX_COLS:
-            own = set(cols[j].tolist())
-            merged = (R - {j}) | own
-            if len(merged) <= max(len(R - {j}), len(own)) + MAX_EXTRA_ROWS:
+            own = set(rows_list[bounds[j]:bounds[j + 1]])
+            R.discard(j)
+            merged = R | own
+            if len(merged) <= max(len(R), len(own)) + MAX_EXTRA_ROWS:
                 R = merged
                 continue
         runs.append((a, j))
         if j < rz:
-            a, R = j, set(cols[j].tolist())
+            a, R = j, set(rows_list[bounds[j]:bounds[j + 1]])
     owner = np.empty(rz, dtype=np.int64)
     for s, (a, b) in enumerate(runs):
         owner[a:b] = s
@@ -283,8 +345,8 @@ def _supernodes(cols, rz, r):
     tail = np.arange(rz, r, dtype=np.int64)
     out = []
     for s, (a, b) in enumerate(runs):
-        rows = [c[c >= b] for c in cols[a:b]] + pending[s]
-        R = np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+        own = flat[ptr[a]:ptr[b]]                 # the run's columns are contiguous in flat
+        R = np.unique(np.concatenate([own[own >= b]] + pending[s]))
         R = R[R >= b]
         if R.size:
             pending[owner[R[0]]].append(R)

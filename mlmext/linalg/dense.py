@@ -20,28 +20,27 @@ import numpy as np
 from scipy import linalg, sparse
 
 from .._blas import inverse_threads
+from ._dense_inverse import ReInverseMixin
 from ._lead import LeadBlockFactor
-from ._local import LocalInverse, coupling_on_pattern, pattern_keys
-from ._stacks import blockdiag_sparse, sandwich, solve_last_row_t
-from ._supernodal import MIN_RZ, SupernodalPlan
+from ._stacks import sandwich, solve_last_row_t
+from ._supernodal import MAX_DENSITY, MIN_RZ, SupernodalPlan
 
 __all__ = ["DenseFactor"]
-
-#: entries of the dense coupling K (first-block effects x rest effects) above which the
-#: GLMM gradient holds it compact (only where rows read it): 32 MB
-COMPACT_ABOVE = 4_000_000
 
 #: the sparse remainder's pattern is looked for when the pairs of remainder effects sharing a
 #: first-block level number at most this (their sparse product costs ~0.1 s at 8e6)
 SPARSE_MAX_PAIRS = 8_000_000
+#: rows of the pattern sampled to reject a remainder far denser than the sparse path allows
+DENSITY_SAMPLE = 64
 
 
-class DenseFactor(LeadBlockFactor):
+class DenseFactor(ReInverseMixin, LeadBlockFactor):
     """Blocked Cholesky factor with the first block block-diagonal and the rest dense.
 
     ``DenseFactor(blocks, XY, weights=None, reweighting=False)``; see
     :class:`~mlmext.linalg._lead.LeadBlockFactor` for the parameters and
-    :class:`~mlmext.linalg.base.Factor` for the interface.
+    :class:`~mlmext.linalg.base.Factor` for the interface; the GLMM gradient's solves and
+    inverse entries are :class:`~mlmext.linalg._dense_inverse.ReInverseMixin`'s.
     """
 
     def __init__(self, blocks, XY, weights=None, reweighting=False):
@@ -50,14 +49,21 @@ class DenseFactor(LeadBlockFactor):
     #: reorder a sparse remainder and factor it on its pattern (the tests set it to False to
     #: check the sparse path against the dense one)
     sparse_rest = True
-    _compact = None
+    _compact = _A_zr = _rr_sparse = _Xsel = _sn_inv = None
+    #: written in place per evaluation: the Schur complement and the sparse path's selected inverse
+    _scratch = ("_S", "_Xsel")
+
+    def _sparse_rr_wanted(self):
+        return self.sparse_rest and self._scalar_rest and self.rz >= MIN_RZ
 
     def _order_rest(self):
         """A fill-reducing order of the remainder's random effects when they are sparse enough;
-        ``A_r1`` and ``A_rr`` are permuted to it (X and y stay last)."""
-        self._rpos, self._sn = None, None
+        ``A_r1`` and ``A_rr`` are permuted to it (X and y stay last).  ``_rr_sparse``: the
+        permuted ``A_rr`` as a sparse matrix where it came sparse (its pattern and the
+        random-effects rows' products are read from it), else None."""
+        self._rpos, self._sn, self._rr_sparse = None, None, None
         rz = self.rz
-        if not (self.sparse_rest and self._scalar_rest) or rz < MIN_RZ:
+        if not self._sparse_rr_wanted():
             return
         A = self.A_r1[:rz].tocsc()
         # pairs of rest effects sharing a first-block level: their number bounds the work
@@ -67,7 +73,15 @@ class DenseFactor(LeadBlockFactor):
         # rest effects x first-block levels (the q1 columns of a level are coupled by M1^-1)
         level = np.repeat(np.arange(A.shape[1]) // self.q1, cnt)
         Ab = sparse.csr_matrix((np.ones(A.nnz), (A.indices, level)), shape=(rz, self.m1))
-        i, j = np.nonzero(self.A_rr[:rz, :rz])
+        # a sample of the pattern's rows first: where it is clearly too dense for the sparse path
+        # (InstEval's lecturers: ~50 %) the whole product (~25 ms there) is not formed
+        rows = np.unique(np.linspace(0, rz - 1, min(rz, DENSITY_SAMPLE)).astype(np.int64))
+        if (Ab[rows] @ Ab.T).nnz > 2.0 * MAX_DENSITY * rows.size * rz:
+            return
+        Arr = self.A_rr
+        rr_sparse = sparse.issparse(Arr)
+        # (a scan of the dense r x r array costs ~10 ms at STAR's 1,467 rows)
+        i, j = Arr[:rz, :rz].nonzero() if rr_sparse else np.nonzero(Arr[:rz, :rz])
         G = (Ab @ Ab.T + sparse.csr_matrix((np.ones(i.size), (i, j)), shape=(rz, rz))).tocsr()
         G.sort_indices()
         plan = SupernodalPlan.for_pattern(G.indptr, G.indices, rz, self.r)
@@ -75,7 +89,10 @@ class DenseFactor(LeadBlockFactor):
             return
         full = np.concatenate([plan.perm, np.arange(rz, self.r)])
         self.A_r1 = self.A_r1[full]
-        self.A_rr = np.take(np.take(self.A_rr, full, axis=0), full, axis=1)
+        if rr_sparse:
+            self.A_rr = self._rr_sparse = Arr[full][:, full].tocsr()
+        else:
+            self.A_rr = np.take(np.take(Arr, full, axis=0), full, axis=1)
         self._sn, self._rperm = plan, plan.perm
         self._rpos = np.empty(rz, dtype=np.int64)
         self._rpos[plan.perm] = np.arange(rz)
@@ -83,15 +100,24 @@ class DenseFactor(LeadBlockFactor):
     def set_cross_products(self, A11, A_r1, A_rr):
         super().set_cross_products(A11, A_r1, A_rr)
         self._compact = None
+        self._A_zr = None if self._rr_sparse is None else self._rr_sparse[:self.rz].tocsr()
+        self._Xsel = None if self._sn is None else np.zeros((self.r, self.r))
         if self._sn is not None and self._schur.P is not None:
             # the Schur complement and the gradient's sums on the pattern's positions alone:
             # the Schur product's pairs, A_rr's nonzeros (lower triangle) and the diagonal
             r, A, P = self.r, self.A_rr, self._schur.P
-            on = np.tril(A != 0).ravel()
+            if self._rr_sparse is not None:             # A_rr's pattern from its sparse form
+                sp = self._rr_sparse.tocoo()
+                low = sp.row >= sp.col
+                on = np.zeros(r * r, dtype=bool)
+                on[sp.row[low].astype(np.int64) * r + sp.col[low]] = True
+            else:
+                on = np.tril(A != 0).ravel()
             on[P.indices] = True
             on[np.arange(self.rz) * (r + 1)] = True
             pat = np.flatnonzero(on)
-            where = np.zeros(r * r, dtype=np.int64)
+            # read only at P's positions, all in pat: no need to zero the rest
+            where = np.empty(r * r, dtype=np.int32 if pat.size < 2**31 else np.int64)
             where[pat] = np.arange(pat.size)
             pi, pj = np.divmod(pat, r)
             self._compact = dict(pat=pat, pi=pi, pj=pj, a=A.ravel()[pat],
@@ -106,7 +132,7 @@ class DenseFactor(LeadBlockFactor):
         otherwise).  The path of the cross-products summed at every PIRLS iteration of a
         Dask GLMM, whose pattern does not change between iterations."""
         A_r1 = sparse.csr_matrix(A_r1)
-        A_rr = np.asarray(A_rr, dtype=float)
+        A_rr = A_rr.toarray() if sparse.issparse(A_rr) else np.asarray(A_rr, dtype=float)
         last = self.__dict__.get("_last_structure")
         if last is None or not (A_r1.shape == last[0].shape
                                 and np.array_equal(A_r1.indptr, last[0].indptr)
@@ -123,6 +149,7 @@ class DenseFactor(LeadBlockFactor):
             A_r1 = A_r1[full]
             A_rr = np.take(np.take(A_rr, full, axis=0), full, axis=1)
         self.A11, self.A_r1, self.A_rr = A11, A_r1, A_rr
+        self._A_zr = self._rr_sparse = None            # (their rows are read from A_rr now)
         self.A_1r = A_r1.T.tocsr()
         self._schur.refresh(A_r1)
         self._set_operators()
@@ -131,10 +158,25 @@ class DenseFactor(LeadBlockFactor):
             self._compact["a"] = A_rr.ravel()[self._compact["pat"]]
         return self
 
+    def _block_bounds(self, lr):
+        """Bounds of the remainder's blocks (its random-effects blocks, then X and y) when
+        ``lr`` is constant on each (scalar blocks in their natural order), else None: the
+        scalings by ``lr`` then go block by block over the lower triangle, one pass."""
+        if self._rpos is not None or not isinstance(lr, np.ndarray) or self._schur.P is None:
+            return None
+        return np.concatenate([[0], np.cumsum(self.rest_sizes, dtype=np.int64), [self.r]])
+
     def _schur_complement(self, B, lr):
         c = self._compact
         if c is None:
-            return super()._schur_complement(B, lr)
+            bounds = self._block_bounds(lr)
+            if bounds is None:
+                return super()._schur_complement(B, lr)
+            S = self._S                    # the lower triangle only: P holds positions i >= j
+            np.copyto(S, self.A_rr)
+            self._schur.subtract_from(S, B)
+            _scale_lower_blocks(S, bounds, lr)
+            return S
         vals = c["a"].copy()
         c["schur"].subtract_from(vals, B)
         vals *= lr[c["pi"]] * lr[c["pj"]]
@@ -148,7 +190,9 @@ class DenseFactor(LeadBlockFactor):
             return super()._factor_rest(S)
         idx = np.arange(self.rz)
         S[idx, idx] += 1.0
-        self.Lr = self._sn.factor(S)
+        inv = []                     # the diagonal blocks' inverses, for the selected inverse
+        self.Lr = self._sn.factor(S, inverses=inv)
+        self._sn_inv = inv
 
     def _rest_index(self, idx):
         """Positions in ``Lr`` of the remainder's random effects ``idx`` (natural order)."""
@@ -169,7 +213,7 @@ class DenseFactor(LeadBlockFactor):
         """Spherical modes ``u`` (all blocks, in block order) and fixed effects ``beta``."""
         r = self.r
         if self._sn is not None:                       # back substitution on the pattern
-            v_rest = self._sn.solve_t(self.Lr, self.Lr[r - 1, :r - 1])
+            v_rest = self._sn.solve_t(self.Lr, self.Lr[r - 1, :r - 1], inverses=self._sn_inv)
         else:
             v_rest = solve_last_row_t(self.Lr)
         full = np.zeros(r)
@@ -236,7 +280,7 @@ class DenseFactor(LeadBlockFactor):
         out = []
         if self._sn is not None:
             # the entries on the factor's pattern: all that is read below
-            X = self._sn.selected_inverse(self.Lr, kk)
+            X = self._sn.selected_inverse(self.Lr, kk, out=self._Xsel, inverses=self._sn_inv)
         else:
             # inverse of the leading kk x kk block, embedded in an r x r array (zero elsewhere):
             # factor diag(L_P, I) -> potri gives diag(Omega_P^-1, I) in place (lower triangle)
@@ -267,8 +311,12 @@ class DenseFactor(LeadBlockFactor):
         elif isinstance(lr, np.ndarray) and self._schur.P is not None:
             # only the lower triangle is read: K = Lambda_r X Lambda_r', off-diagonal doubled
             K = X
-            K *= (2.0 * lr)[:, None]
-            K *= lr[None, :]
+            bounds = self._block_bounds(lr)
+            if bounds is None:
+                K *= (2.0 * lr)[:, None]
+                K *= lr[None, :]
+            else:
+                _scale_lower_blocks(K, bounds, lr, 2.0)
             K[np.diag_indices(r)] *= 0.5
             V = self._schur.pair_sums(K)
         else:
@@ -302,7 +350,10 @@ class DenseFactor(LeadBlockFactor):
         c_r = np.concatenate([-b_rest, -np.asarray(beta, dtype=float), [1.0]])
         w1 = -np.einsum("gij,gj->gi", self.A11, b1).ravel() + self._a1r @ c_r
         # all rows, then the first rz: a row slice of a sparse matrix costs more than p + 1 rows
-        wr = -(self._ar1 @ b1.ravel())[:self.rz] + self.A_rr[:self.rz] @ c_r
+        # (the sparse remainder's rows from A_rr's sparse form: a dense r x r product costs more
+        # than the rest of this)
+        Azr = self._A_zr if self._sn is not None and self._A_zr is not None else self.A_rr[:self.rz]
+        wr = -(self._ar1 @ b1.ravel())[:self.rz] + Azr @ c_r
         out = [w1.reshape(m1, q1)]
         wr = wr[self._rest_index(np.arange(self.rz))]
         off = 0
@@ -311,197 +362,15 @@ class DenseFactor(LeadBlockFactor):
             off += b.nre
         return out
 
-    # -- pieces of the inverse for GLMM gradients (at the current factor) -----------------
-    def solve_re(self, v):
-        """Solve ``(Lambda' Z' W Z Lambda + I) x = v`` for the random effects.
 
-        ``v`` and ``x`` hold all random effects in block order (as ``u`` from
-        :meth:`solve`); the fixed-effects columns play no part.
-        """
-        v = np.asarray(v, dtype=float)
-        m1q1, rz = self.m1 * self.q1, self.rz
-        v1 = v[:m1q1]
-        y1 = self._solve_M1(v1)
-        if rz == 0:
-            return y1
-        full = np.zeros(self.r)
-        t = self._ar1 @ self._apply_lam1(y1)
-        full[:rz] = t[:rz]
-        vr = v[m1q1:] if self._rpos is None else v[m1q1:][self._rperm]
-        full[:rz] = vr - self._lam_rest_T(full)[:rz]
-        full[rz:] = 0.0
-        xr = self._solve_zz(full)[:rz]
-        full[:] = 0.0
-        full[:rz] = xr
-        x1 = self._solve_M1(v1 - self._apply_lam1T(self._a1r @ self._apply_lam_rest(full)))
-        return np.concatenate([x1, xr[self._rest_index(np.arange(rz))]])
-
-    def _solve_zz(self, v):
-        """``(L_zz L_zz')^-1 v[:rz]`` in the first rz entries of an r-vector ``v`` whose other
-        entries are 0 (overwritten).  Through the whole factor, so LAPACK reads ``Lr`` in
-        place (the leading block is a strided view that it would copy: 72 MB and 0.2 s
-        for 3,000 items): the forward step's first rz entries only involve L_zz; with the
-        rest set to 0 the backward step leaves them 0 and gives L_zz^-T on the first rz."""
-        U = self.Lr.T                      # Fortran-ordered upper: LAPACK takes it as it is
-        y, info = linalg.lapack.dtrtrs(U, v, lower=0, trans=1)
-        if info == 0:
-            y[self.rz:] = 0.0
-            y, info = linalg.lapack.dtrtrs(U, y, lower=0, trans=0, overwrite_b=1)
-        if info:
-            raise np.linalg.LinAlgError("singular factor in solve_re")
-        return y
-
-    def _a1z_index(self):
-        """Entries of ``A_1r`` in the random-effects columns of the rest: (positions, cols, indptr, rows)."""
-        A = self.A_1r
-        cache = getattr(self, "_a1z_cache", None)
-        if cache is None or cache[0] is not A.indices or cache[1] != A.nnz:
-            keep = np.flatnonzero(A.indices < self.rz)
-            rows = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))[keep]
-            indptr = np.searchsorted(rows, np.arange(A.shape[0] + 1))
-            # the last item: what the compact local inverse derives from the structure
-            cache = (A.indices, A.nnz, keep, A.indices[keep], indptr, rows, {})
-            self._a1z_cache = cache
-        return cache[2:6]
-
-    def local_inverse(self):
-        """Row-wise pieces of ``M^-1``, ``M = Lambda' Z' W Z Lambda + I``, at the current factor.
-
-        For row i let ``t_i = Lambda' z_i`` (nonzero only at the row's own level
-        of each block) and ``rho_i = M^-1 t_i`` restricted to those positions.
-
-        Returns
-        -------
-        t, rho : list of ndarray
-            One (n, q_b) array per block.  ``sum_b (t_b * rho_b).sum(1)`` is the
-            leverage ``z_i' Lambda M^-1 Lambda' z_i``.  Cost: the dense inverse
-            of the rest of the factor, the coupling ``K`` of the first block with the rest
-            where the rows read it (``sum_g k_g^2`` products for ``k_g`` rest effects of
-            level g) and O(n k^2) gathers for k random effects per row outside the first
-            block; nothing of size n^2 or (first-block levels x rest effects).
-        """
-        # compact only where the dense coupling would be large: on small designs whose rows
-        # read most of it (VerbAgg: every person answers every item) the dense product is
-        # several times faster than the per-level products
-        return self.local_inverse_parts(
-            compact=self.m1 * self.q1 * self.rz > COMPACT_ABOVE).rows(self.blocks)
-
-    def local_inverse_parts(self, compact=False):
-        """What :meth:`local_inverse` needs of the factor, apart from the rows: a
-        :class:`~mlmext.linalg._local.LocalInverse` whose ``rows(blocks)`` gives the row-wise
-        pieces of any rows with these blocks' levels (a chunk of the data on a worker).
-
-        ``compact``: hold the coupling ``K`` of the first block with the rest only where rows
-        of the data read it (:func:`~mlmext.linalg._local.coupling_on_pattern`); else dense
-        (first-block levels x rest effects: 1.2 GB for 50,000 users x 3,000 items)."""
-        q1, m1, rz = self.q1, self.m1, self.rz
-        lams = self.lams
-        Minv = self.M1inv if self.q1 > 1 else (1.0 / self.M1)[:, None, None]
-        rpos = self._rpos
-        if rz == 0:
-            return LocalInverse(lams, "one", Minv=Minv, rpos=rpos)
-        G = self._rest_inverse()                            # S^-1 (rest random effects)
-        lr = self.lam_rest
-        keep, cols, indptr, rows = self._a1z_index()
-        if compact:                     # the pattern and C's positions in it: once per structure
-            cache = self._a1z_cache[-1]
-            if "keys" not in cache:
-                cache["keys"] = pattern_keys(*self._local_pattern(rows, cols), rz)
-            keys = cache["keys"]
-        if q1 == 1 and isinstance(lr, np.ndarray):        # scalar blocks: work on the arrays
-            A = self.A_1r
-            cdata = A.data[keep] * (lams[0][0, 0] * Minv[rows, 0, 0]) * lr[cols]
-            if compact:
-                Kp = coupling_on_pattern(indptr, cols, cdata, G, 1, keys)[:, 0]
-                if "c_index" not in cache:
-                    cache["c_index"] = _key_index(keys, rows, cols, rz)
-                J = np.bincount(rows, weights=cdata * Kp[cache["c_index"]], minlength=m1)
-                return LocalInverse(lams, "scalar", base=Minv[:, 0, 0] + J, G=G, rpos=rpos,
-                                    keys=keys, Kp=Kp, cache=cache)
-            if m1 * rz <= 4_000_000:
-                Cd = np.zeros((m1, rz))
-                Cd[rows, cols] = cdata
-                K = Cd @ G
-            else:
-                K = np.asarray(sparse.csr_matrix((cdata, cols, indptr), shape=(m1, rz)) @ G)
-            J = np.bincount(rows, weights=cdata * K[rows, cols], minlength=m1)
-            return LocalInverse(lams, "scalar", base=Minv[:, 0, 0] + J, K=K, G=G, rpos=rpos)
-        A1z = sparse.csr_matrix((self.A_1r.data[keep], cols, indptr), shape=(m1 * q1, rz))
-        if isinstance(lr, np.ndarray):
-            A1z = A1z @ sparse.diags(lr[:rz])
-        else:
-            A1z = A1z @ lr[:rz, :rz]
-        A1z = sparse.csr_matrix(A1z)
-        # C = M11^-1 Lambda_1' A_1z Lambda_z (sparse, level blocks of rows)
-        C = blockdiag_sparse(np.einsum("gab,cb->gac", Minv, lams[0])) @ A1z
-        C = sparse.csr_matrix(C)
-        if compact:
-            Kp = coupling_on_pattern(C.indptr, C.indices, C.data, G, q1, keys)
-            crow = np.repeat(np.arange(m1 * q1), np.diff(C.indptr))
-            # J[g, a, b] = sum_r K[g q1 + a, r] C[g q1 + b, r], over C's nonzeros
-            KC = Kp[_key_index(keys, crow // q1, C.indices, rz)] * C.data[:, None]
-            J = np.stack([np.bincount(crow, weights=KC[:, a], minlength=m1 * q1).reshape(m1, q1)
-                          for a in range(q1)], axis=1)
-            return LocalInverse(lams, "general", Minv=Minv + J, G=G, rpos=rpos, keys=keys, Kp=Kp,
-                                cache=cache)
-        K = np.asarray(C @ G)                              # (m1 q1) x rz, dense
-        Cd = C.toarray().reshape(m1, q1, rz)
-        K3 = K.reshape(m1, q1, rz)
-        J = np.einsum("gar,gbr->gab", K3, Cd)
-        return LocalInverse(lams, "general", Minv=Minv + J, K=K3, G=G, rpos=rpos)
-
-    def _rest_inverse(self):
-        """``(L_zz L_zz')^-1``, symmetric: the leading rz x rz view of an r x r array.
-
-        potri runs on a copy of the whole factor with identity rows after rz (a C-ordered
-        lower factor is a Fortran-ordered upper one: no transposing copy, which for the
-        strided leading block costs as much as half the inversion)."""
-        rz, r = self.rz, self.r
-        X = self.Lr.copy()
-        X[rz:, :] = 0.0
-        X[np.arange(rz, r), np.arange(rz, r)] = 1.0
-        with inverse_threads(rz):
-            _, info = linalg.lapack.dpotri(X.T, lower=0, overwrite_c=1)
-        if info:
-            raise np.linalg.LinAlgError("singular factor in local_inverse")
-        return _symmetrize_lower(X)[:rz, :rz]
-
-    def _local_pattern(self, rows, cols):
-        """(first-block level, rest position) of the nonzeros of ``A_1r``'s rest columns, with
-        every effect of a vector block's level (a zero column leaves a gap in the pattern)."""
-        lvl = rows // self.q1
-        if all(b.q == 1 for b in self._rest_blocks):
-            return lvl, cols
-        # vector blocks in the rest: natural order (only scalar rests are reordered)
-        start, q, off = [], [], 0
-        for b in self._rest_blocks:
-            start.append(off + np.repeat(np.arange(b.m) * b.q, b.q))
-            q.append(np.full(b.nre, b.q))
-            off += b.nre
-        s0, qq = np.concatenate(start)[cols], np.concatenate(q)[cols]
-        rep = np.repeat(np.arange(cols.size), qq)
-        within = np.arange(rep.size) - np.repeat(np.cumsum(qq) - qq, qq)
-        return lvl[rep], s0[rep] + within
-
-
-def _symmetrize_lower(A, step=512):
-    """``A`` (its lower triangle, as dpotri leaves it) made symmetric in place, by blocks of
-    columns (``np.tril(A) + np.tril(A, -1).T`` makes three n x n temporaries and costs as
-    much as dpotri itself for n = 3000)."""
-    n = A.shape[0]
-    for s in range(0, n, step):
-        e = min(s + step, n)
-        blk = A[s:e, s:e]
-        blk[np.triu_indices(e - s, 1)] = blk.T[np.triu_indices(e - s, 1)]
-        A[s:e, e:] = A[e:, s:e].T
-    return A
-
-
-def _key_index(keys, lvl, pos, rz):
-    """Positions in ``keys`` of ``lvl * rz + pos`` (all must be there: C's nonzeros lie in the
-    pattern)."""
-    key = np.asarray(lvl, dtype=np.int64) * rz + pos
-    idx = np.searchsorted(keys, key)
-    if key.size and (idx.max() >= keys.size or not np.array_equal(keys[idx], key)):
-        raise RuntimeError("a nonzero of the coupling lies outside the rows' pattern")
-    return idx
+def _scale_lower_blocks(S, bounds, lr, factor=1.0):
+    """``S_ij *= factor lr_i lr_j`` on the lower triangle (and on the upper triangles of the
+    diagonal blocks), for ``lr`` constant between consecutive ``bounds``: one pass over the
+    blocks instead of two over the whole array."""
+    vals = lr[bounds[:-1]]
+    for b in range(bounds.size - 1):
+        rows = slice(bounds[b], bounds[b + 1])
+        for c in range(b + 1):
+            f = factor * vals[b] * vals[c]
+            if f != 1.0:
+                S[rows, bounds[c]:bounds[c + 1]] *= f
