@@ -22,6 +22,8 @@ from collections import OrderedDict
 import numpy as np
 import pandas as pd
 
+from ..immutable_cache import per_object
+
 __all__ = ["design_infos", "clear", "MAX_ENTRIES", "MAX_CATEGORIES"]
 
 #: formulas x data kinds kept
@@ -41,13 +43,18 @@ def clear():
         _cache.clear()
 
 
+def _categories_key(cats):
+    return str(cats.dtype), tuple(cats.tolist())
+
+
 def _column_kind(v):
     """What patsy learns from a plain column, as a hashable key, or None (from its values)."""
     if isinstance(v, pd.Categorical):
         cats = v.categories
         if len(cats) > MAX_CATEGORIES:
             return None
-        return ("categorical", v.ordered, str(cats.dtype), tuple(cats.tolist()))
+        # (the categories' labels read once per Index object: it is immutable)
+        return ("categorical", v.ordered) + per_object(_categories_key, cats)
     if isinstance(v, np.ndarray) and v.ndim == 1:
         if v.dtype.kind == "b":
             return ("bool",)

@@ -21,18 +21,20 @@ see the rows lme4 sees).
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
-from .._frames import as_dataframe
+from .._frames import as_dataframe_dtypes, column_labels
+from ..immutable_cache import names_index, per_object
 from ..design import RandomEffectsDesign, ReTerm, grouping_factor
 from ..identifiability import warn_constant_slopes
 from .engine import display_name, evaluate, formula_error, formula_manager, names_in, quote_names
 from .patsy_pass import Fallback, FixedParts, make_plan
 from .pieces import drop_unused_categories, generic_pieces, one_pass_pieces
-from .terms import parse_formula
+from .terms import ParsedFormula, parse_formula
 
 __all__ = ["ModelFrame", "FixedParts", "build_model_frame", "used_columns", "quote_names", "display_name",
            "apply_subset", "evaluate", "formula_error", "formula_manager"]
@@ -195,8 +197,9 @@ def _aligned(v, data, original_index, what):
 
 
 def used_columns(parsed, data, weights, offset):
-    """The columns of ``data`` the model uses, in the data's order: names in the formula (and
-    the head of a dotted name, ``x`` of ``x.mean()``), grouping factors, weights and offset."""
+    """The columns of ``data`` (a table, or its column labels) the model uses, in the data's
+    order: names in the formula (and the head of a dotted name, ``x`` of ``x.mean()``),
+    grouping factors, weights and offset."""
     names = set()
     for e in [parsed.response, parsed.fixed_rhs] + [b.lhs for b in parsed.bars] + list(parsed.offsets):
         for name in names_in(e):
@@ -204,7 +207,8 @@ def used_columns(parsed, data, weights, offset):
             names.add(name.split(".")[0])
     names.update(f for b in parsed.bars for f in b.factors)
     names.update(v for v in (weights, offset) if isinstance(v, str))
-    return [c for c in data.columns.tolist() if str(c) in names]
+    labels = data if isinstance(data, tuple) else column_labels(data.columns)
+    return [c for c in labels if str(c) in names]
 
 
 def _model_data(data, used, kept, resp_col, dtypes):
@@ -223,6 +227,23 @@ def _model_data(data, used, kept, resp_col, dtypes):
     if cats:
         frame, _ = drop_unused_categories(frame, resp_col, cats)
     return frame
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed_formula(formula, columns, engine):
+    formula_q = quote_names(formula, columns, engine)
+    return formula_q, parse_formula(formula_q)
+
+
+def parsed_formula(formula, columns, engine):
+    """The formula quoted for the engine (:func:`quote_names`) and parsed (:func:`parse_formula`),
+    once per (formula, frozenset of column labels, engine): both are functions of these only.
+    The parse is handed out as a copy (callers may keep it)."""
+    if not isinstance(formula, str):
+        return formula, parse_formula(formula)        # parse_formula raises the TypeError
+    formula_q, p = _parsed_formula(formula, columns, engine)
+    return formula_q, ParsedFormula(p.response, p.fixed_rhs, [replace(b) for b in p.bars],
+                                    list(p.offsets))
 
 
 #: the one-pass build (patsy); tests set it False to compare with the generic path
@@ -255,7 +276,7 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         (:mod:`.patsy_pass`), used with patsy; without it every piece goes
         through ``mgr`` on its own.
     """
-    data = as_dataframe(data)
+    data, dtype_list = as_dataframe_dtypes(data)
     original_index = data.index
     data = apply_subset(data, subset)
     weights = _aligned(weights, data, original_index, "weights")
@@ -266,13 +287,13 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         raise ValueError("the data have no rows" + (" (after subset)" if subset is not None else ""))
     row_labels = data.index
     engine = getattr(mgr, "engine", "patsy")
-    formula_q = quote_names(formula, data.columns, engine)
-    parsed = parse_formula(formula_q)
-    dtypes = dict(zip(data.columns.tolist(), data.dtypes.tolist()))   # lists: fast iteration
+    labels = column_labels(data.columns)
+    formula_q, parsed = parsed_formula(formula, per_object(frozenset, labels), engine)
+    dtypes = dict(zip(labels, dtype_list))      # (a subset keeps the columns and their dtypes)
     _check_column_types(parsed, dtypes)
     for bar in parsed.bars:
         for f in bar.factors:
-            if f not in data.columns:
+            if f not in dtypes:
                 close = difflib.get_close_matches(f, [str(c) for c in data.columns], n=1)
                 raise ValueError(f"unknown column {f!r} in random-effects term {bar.source}"
                                  + (f"; did you mean {close[0]!r}?" if close else "")
@@ -295,7 +316,7 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         data = data.reset_index(drop=True)
         pieces = generic_pieces(mgr, parsed, data, env, fixed_matrices, w_all, off_all,
                                  missing, resp_col)
-    used = used_columns(parsed, data, weights, offset)
+    used = used_columns(parsed, labels, weights, offset)
     if pieces.frame is None:
         sub = _model_data(data, used, pieces.kept, resp_col, dtypes)
     else:
@@ -336,7 +357,7 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     ynames = [display_name(c) for c in ycols]
     if ynames != ycols:       # (setting a frame's columns costs ~50 us)
         y_df.columns = ynames
-    X_df = pd.DataFrame(pieces.X, columns=[display_name(c) for c in pieces.xnames])
+    X_df = pd.DataFrame(pieces.X, columns=names_index([display_name(c) for c in pieces.xnames]))
     dropped = {k: v for k, v in (("missing values", n_missing), ("zero weights", n_zero)) if v}
     info = {
         "formula": formula,

@@ -47,6 +47,8 @@ import functools
 import numpy as np
 import pandas as pd
 
+from .._frames import column_labels
+from ..immutable_cache import per_object
 from .design_cache import design_infos
 from .factor_code import (MISSING as _MISSING, PATSY_BUILTINS, bare_column, code_info, kind_of,
                           resolve)
@@ -356,7 +358,7 @@ class ColumnStore:
         self.values = {}
         self.nrows = len(data) if rows is None else len(rows)
         # patsy looks every name up here first (np, C, ...): a set answers faster than an Index
-        self.labels = set(data.columns.tolist())
+        self.labels = per_object(frozenset, column_labels(data.columns))
 
     def __getitem__(self, key):
         v = self.values.get(key, _MISSING) if isinstance(key, str) else _MISSING

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..immutable_cache import names_index
 from .engine import evaluate
 from .patsy_pass import ColumnStore, engine_pass, levels_kept
 
@@ -218,7 +219,7 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
             raise RuntimeError("the model frame did not settle after dropping incomplete rows")
     if fixed.response_column is None:
         y_num = mats[plan.y]
-        y_df = pd.DataFrame(y_num, columns=infos[plan.y].column_names)
+        y_df = pd.DataFrame(y_num, columns=names_index(infos[plan.y].column_names))
     else:
         ys = data[fixed.response_column]
         y_df = (ys if kept is None else ys.take(kept)).reset_index(drop=True).to_frame()
