@@ -27,12 +27,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from .._frames import as_dataframe_dtypes, column_labels
+from .._frames import as_dataframe, column_labels, convert_columns, pandas_table
 from ..immutable_cache import names_index, per_object
 from ..design import RandomEffectsDesign, ReTerm, grouping_factor
 from ..identifiability import warn_constant_slopes
 from .engine import display_name, evaluate, formula_error, formula_manager, names_in, quote_names
-from .patsy_pass import Fallback, FixedParts, make_plan
+from .patsy_pass import Fallback, FixedParts, FrameColumns, make_plan
 from .pieces import drop_unused_categories, generic_pieces, one_pass_pieces
 from .terms import ParsedFormula, parse_formula
 
@@ -211,9 +211,10 @@ def used_columns(parsed, data, weights, offset):
     return [c for c in labels if str(c) in names]
 
 
-def _model_data(data, used, kept, resp_col, dtypes):
+def _model_data(data, used, kept, resp_col, dtypes, columns):
     """The model frame kept for predictions: the used columns on the rows kept, a RangeIndex,
-    unused categories dropped (the response's kept)."""
+    unused categories dropped (the response's kept); and its :class:`FrameColumns` (those of
+    ``data``, ``columns``, while the rows and columns are ``data``'s)."""
     frame = data if len(used) == data.shape[1] else \
         data.take([data.columns.get_loc(c) for c in used], axis=1)      # data[used], faster
     if kept is not None:
@@ -223,10 +224,12 @@ def _model_data(data, used, kept, resp_col, dtypes):
         frame = frame.reset_index(drop=True)
     elif frame is data:
         frame = data.copy(deep=False)
+    same = kept is None           # the same rows: data's columns are the frame's
     cats = [c for c in used if isinstance(dtypes[c], pd.CategoricalDtype)]
+    changed = False
     if cats:
-        frame, _ = drop_unused_categories(frame, resp_col, cats)
-    return frame
+        frame, changed = drop_unused_categories(frame, resp_col, cats, columns if same else None)
+    return frame, (columns if same and not changed else FrameColumns(frame))
 
 
 @functools.lru_cache(maxsize=512)
@@ -276,7 +279,9 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         (:mod:`.patsy_pass`), used with patsy; without it every piece goes
         through ``mgr`` on its own.
     """
-    data, dtype_list = as_dataframe_dtypes(data)
+    data = pandas_table(data)
+    if isinstance(subset, str):         # an expression may read any column: all converted
+        data = as_dataframe(data)
     original_index = data.index
     data = apply_subset(data, subset)
     weights = _aligned(weights, data, original_index, "weights")
@@ -289,11 +294,18 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     engine = getattr(mgr, "engine", "patsy")
     labels = column_labels(data.columns)
     formula_q, parsed = parsed_formula(formula, per_object(frozenset, labels), engine)
-    dtypes = dict(zip(labels, dtype_list))      # (a subset keeps the columns and their dtypes)
+    used = used_columns(parsed, labels, weights, offset)
+    # nullable and Arrow-backed columns the model reads as NumPy-backed ones (as_dataframe's
+    # conversions); the others are not read
+    columns = FrameColumns(data)
+    data, used_dtypes = convert_columns(data, used, [columns[c].dtype for c in used], columns)
+    if columns.data is not data:
+        columns = FrameColumns(data)
+    dtypes = dict(zip(used, used_dtypes))
     _check_column_types(parsed, dtypes)
     for bar in parsed.bars:
         for f in bar.factors:
-            if f not in dtypes:
+            if f not in data.columns:
                 close = difflib.get_close_matches(f, [str(c) for c in data.columns], n=1)
                 raise ValueError(f"unknown column {f!r} in random-effects term {bar.source}"
                                  + (f"; did you mean {close[0]!r}?" if close else "")
@@ -309,18 +321,19 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         try:
             fixed = fixed_parts(parsed)
             plan = make_plan(parsed, fixed, data.columns, env, cbind=(env or {}).get("cbind"))
-            pieces = one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col)
+            pieces = one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col,
+                                     columns)
         except Fallback:
             pieces = plan = None
     if pieces is None:
         data = data.reset_index(drop=True)
         pieces = generic_pieces(mgr, parsed, data, env, fixed_matrices, w_all, off_all,
                                  missing, resp_col)
-    used = used_columns(parsed, labels, weights, offset)
     if pieces.frame is None:
-        sub = _model_data(data, used, pieces.kept, resp_col, dtypes)
+        sub, sub_columns = _model_data(data, used, pieces.kept, resp_col, dtypes, columns)
     else:
         sub = pieces.frame if len(used) == pieces.frame.shape[1] else pieces.frame[used]
+        sub_columns = FrameColumns(sub)
     kept, n_missing, n_zero = pieces.kept, pieces.n_missing, pieces.n_zero
     y_num = _numeric_part(pieces.y) if pieces.y_num is None else pieces.y_num
     _check_finite(y_num, pieces.X, pieces.xnames, pieces.lhs, parsed)
@@ -335,7 +348,7 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         Z, znames, spec = pieces.lhs[bar.lhs]
         key = tuple(bar.factors)
         if key not in factors:
-            factors[key] = grouping_factor(sub, list(bar.factors))
+            factors[key] = grouping_factor(sub_columns, list(bar.factors))
         codes, levels, keys, kinds = factors[key]
         t = ReTerm(bar.name, bar.factors, bar.lhs, Z, [display_name(c) for c in znames],
                    codes, levels, keys, kinds)

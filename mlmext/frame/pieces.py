@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..immutable_cache import names_index
 from .engine import evaluate
-from .patsy_pass import ColumnStore, engine_pass, levels_kept
+from .patsy_pass import ColumnStore, FrameColumns, engine_pass, levels_kept
 
 __all__ = ["Pieces", "generic_pieces", "one_pass_pieces", "drop_unused_categories"]
 
@@ -82,19 +82,22 @@ def _complete_rows(pieces, data, parsed, extra):
     return keep.sort_values()
 
 
-def drop_unused_categories(df, keep_cols=(), columns=None):
+def drop_unused_categories(df, keep_cols=(), columns=None, series=None):
     """``df`` with unused categories of its categorical columns removed (R's drop.unused.levels).
 
     Columns in ``keep_cols`` (the response) are left to the model, which warns about its
     unused categories (an ordinal response) or reads them (a binomial factor response).
-    ``columns``: the only columns to look at (default: all).
+    ``columns``: the only columns to look at (default: all); ``series``: where to read
+    ``df``'s columns from (a :class:`~.patsy_pass.FrameColumns` of ``df`` or of a frame
+    with the same columns and rows; default ``df`` itself).
     """
     changed = {}
-    pairs = zip(df.columns, df.dtypes) if columns is None else ((c, df[c].dtype) for c in columns)
+    get = df.__getitem__ if series is None else series.__getitem__
+    pairs = zip(df.columns, df.dtypes) if columns is None else ((c, get(c).dtype) for c in columns)
     for c, dt in pairs:
         if c in keep_cols or not isinstance(dt, pd.CategoricalDtype):
             continue
-        s = df[c]
+        s = get(c)
         codes = np.asarray(s.array.codes)
         if (np.bincount(codes[codes >= 0], minlength=len(dt.categories)) == 0).any():
             changed[c] = s.cat.remove_unused_categories()
@@ -102,7 +105,8 @@ def drop_unused_categories(df, keep_cols=(), columns=None):
         return df, False
     df = df.copy(deep=False)
     for c, s in changed.items():
-        df[c] = s
+        # (values: a Series read through ``series`` may carry another frame's row labels)
+        df[c] = s if series is None else s.array
     return df, True
 
 
@@ -160,19 +164,22 @@ def generic_pieces(mgr, parsed, data, env, fixed_matrices, w_all, off_all, missi
                   n_missing=n_missing, n_zero=n_zero, frame=sub)
 
 
-def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col):
+def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col, columns=None):
     """:mod:`.patsy_pass`: one engine pass over the columns used; incomplete rows found with
     boolean masks and, for a row-wise formula whose categorical factors keep their levels,
     dropped by slicing the matrices (else the engine runs again on the complete rows, as the
-    generic path does).  Raises :class:`~.patsy_pass.Fallback` for the generic path."""
+    generic path does).  Raises :class:`~.patsy_pass.Fallback` for the generic path.
+    ``columns``: the build's :class:`~.patsy_pass.FrameColumns` of ``data``."""
     n = len(data)
+    cols = FrameColumns(data) if columns is None else columns
     gf_cols = list(dict.fromkeys(f for bar in parsed.bars for f in bar.factors))
-    store = ColumnStore(data, drop_unused=plan.rowwise, keep=resp_col, pandas=plan.pandas)
+    store = ColumnStore(data, drop_unused=plan.rowwise, keep=resp_col, pandas=plan.pandas,
+                        columns=cols)
     infos, mats, na = engine_pass(plan, store)
     # rows missing something outside the engine: a grouping factor, a weight, an offset
     other = None
     for f in gf_cols:
-        m = _isna(data[f])
+        m = _isna(cols[f])
         if m is not None:
             other = m if other is None else other | m
     for arr in (w_all, off_all):
@@ -180,7 +187,7 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
             m = ~np.isfinite(arr)
             other = m if other is None else other | m
     if fixed.response_column is not None:
-        m = data[fixed.response_column].isna().to_numpy()
+        m = cols[fixed.response_column].isna().to_numpy()
         other = m if other is None else other | m
     bad = na if other is None else na | other
     n_missing = int(np.count_nonzero(bad))
@@ -208,7 +215,8 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
         # as the generic path: the engine again on the complete rows, unused levels dropped,
         # until no row is incomplete
         for _ in range(3):
-            sub = ColumnStore(data, rows=kept, drop_unused=True, keep=resp_col, pandas=plan.pandas)
+            sub = ColumnStore(data, rows=kept, drop_unused=True, keep=resp_col, pandas=plan.pandas,
+                              columns=cols)
             infos, mats, na = engine_pass(plan, sub)
             bad = na if other is None or kept is None else na | other[kept]
             if not bad.any():
@@ -221,7 +229,7 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
         y_num = mats[plan.y]
         y_df = pd.DataFrame(y_num, columns=names_index(infos[plan.y].column_names))
     else:
-        ys = data[fixed.response_column]
+        ys = cols[fixed.response_column]
         y_df = (ys if kept is None else ys.take(kept)).reset_index(drop=True).to_frame()
         y_num = None
     # column-major, as the generic path's DataFrame.to_numpy() gives them: the same layout,
