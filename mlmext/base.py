@@ -93,12 +93,13 @@ class MixedModel(LikelihoodModel):
         self.offset = np.zeros(n) if offset is None else np.asarray(offset, dtype=float).ravel()
         if self.weights.shape[0] != n or self.offset.shape[0] != n:
             raise ValueError("weights and offset must have one value per row")
-        if np.any(~np.isfinite(self.weights)) or np.any(self.weights < 0):
+        # (the ones and zeros made here need no checks)
+        if weights is not None and (np.any(~np.isfinite(self.weights)) or np.any(self.weights < 0)):
             raise ValueError("weights must be finite and non-negative")
-        if np.any(~np.isfinite(self.offset)):
+        if offset is not None and np.any(~np.isfinite(self.offset)):
             raise ValueError("offset has non-finite values")
         # rows with zero weight carry no information: they are not observations (R's glm)
-        self.nobs = float(np.count_nonzero(self.weights))
+        self.nobs = float(n if weights is None else np.count_nonzero(self.weights))
         self.k_fe = self.exog.shape[1]
         self.nrows_dropped = self.formula_info.get("nrows_dropped", 0)
         self._check_design()

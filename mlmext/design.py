@@ -142,6 +142,13 @@ def _factor_codes(values, name):
         codes = np.where(codes >= 0, new[np.maximum(codes, 0)], -1)
         keys, kind, labels = _category_levels(cats[used], name)
         return codes, list(keys), kind, list(labels)
+    if isinstance(getattr(values, "dtype", None), pd.StringDtype):
+        # strings only: the sorted distinct values are the keys (what the general path
+        # below finds, without its object arrays)
+        codes, uniq = pd.factorize(values, sort=True)
+        if len(uniq):
+            keys = uniq.tolist()
+            return np.asarray(codes, dtype=np.int64), keys, "string", list(keys)
     codes, keys, kind = column_keys(values, name)
     # merge keys that are equal by value (1 and 1.0 in one object column) and sort
     merged, uniq = pd.factorize(pd.Series(keys, dtype=object), sort=True)

@@ -366,7 +366,7 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         off += off_all if kept is None else off_all[kept]
     w = None if w_all is None else (w_all.copy() if kept is None else w_all[kept])
     y_df = pieces.y
-    ycols = y_df.columns.tolist()
+    ycols = y_df.columns.tolist() if pieces.ycols is None else pieces.ycols
     ynames = [display_name(c) for c in ycols]
     if ynames != ycols:       # (setting a frame's columns costs ~50 us)
         y_df.columns = ynames

@@ -35,6 +35,7 @@ class Pieces:
     n_missing: int
     n_zero: int
     frame: pd.DataFrame        # the data on the rows kept, unused categories dropped
+    ycols: list | None = None  # y's column names (None: read from y)
 
 
 def _no_rows(n_zero):
@@ -119,7 +120,10 @@ def _isna(s):
         return None
     if isinstance(dt, np.dtype) and dt.kind == "f":
         return np.isnan(s.to_numpy())
-    return s.isna().to_numpy()
+    # (what s.isna() holds, without making a Series of it)
+    if isinstance(dt, pd.api.extensions.ExtensionDtype):
+        return np.asarray(s.array.isna(), dtype=bool)
+    return pd.isna(s.to_numpy())
 
 
 def generic_pieces(mgr, parsed, data, env, fixed_matrices, w_all, off_all, missing, resp_col):
@@ -227,11 +231,12 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
             raise RuntimeError("the model frame did not settle after dropping incomplete rows")
     if fixed.response_column is None:
         y_num = mats[plan.y]
-        y_df = pd.DataFrame(y_num, columns=names_index(infos[plan.y].column_names))
+        ycols = infos[plan.y].column_names
+        y_df = pd.DataFrame(y_num, columns=names_index(ycols))
     else:
         ys = cols[fixed.response_column]
         y_df = (ys if kept is None else ys.take(kept)).reset_index(drop=True).to_frame()
-        y_num = None
+        y_num = ycols = None
     # column-major, as the generic path's DataFrame.to_numpy() gives them: the same layout,
     # so that products with them round as before
     lhs = {k: (np.asfortranarray(mats[i]), infos[i].column_names, infos[i])
@@ -239,4 +244,5 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
     offs = [mats[i][:, 0] for i in plan.offsets]
     return Pieces(y=y_df, y_num=y_num, X=mats[plan.x], xnames=infos[plan.x].column_names,
                   fixed_spec=infos[plan.x], lhs=lhs, offs=offs, kept=kept,
-                  n_missing=n_missing, n_zero=n_zero, frame=None)
+                  n_missing=n_missing, n_zero=n_zero, frame=None,
+                  ycols=None if ycols is None else list(ycols))
