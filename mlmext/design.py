@@ -144,8 +144,8 @@ def _factor_codes(values, name):
         return codes, list(keys), kind, list(labels)
     if isinstance(getattr(values, "dtype", None), pd.StringDtype):
         # strings only: the sorted distinct values are the keys (what the general path
-        # below finds, without its object arrays)
-        codes, uniq = pd.factorize(values, sort=True)
+        # below finds, in one factorize; of objects: sorting Arrow strings costs 4x more)
+        codes, uniq = pd.factorize(np.asarray(values.to_numpy(dtype=object)), sort=True)
         if len(uniq):
             keys = uniq.tolist()
             return np.asarray(codes, dtype=np.int64), keys, "string", list(keys)
