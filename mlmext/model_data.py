@@ -42,4 +42,8 @@ def frame_data(endog, exog):
     data._handle_constant(None)
     data._check_integrity()
     data._cache = {}
+    if xarr.shape[1] and not isinstance(exog.columns, pd.MultiIndex):
+        # the names statsmodels reads from the frame on first use (list(exog.columns): slower
+        # than tolist on an Index of Arrow strings)
+        data._cache["xnames"] = exog.columns.tolist()
     return data

@@ -129,6 +129,9 @@ def _nonfinite_columns(A):
 
 def _check_finite(y_num, X, xnames, lhs, parsed):
     """Infinite values are not missing (R's lm: "NA/NaN/Inf in 'y'"): name where they are."""
+    # one finite total: every value finite (an inf or an overflow of the sum: look closer)
+    if np.isfinite(y_num.sum() + X.sum() + sum(Z.sum() for Z, _, _ in lhs.values())):
+        return
     if _nonfinite_columns(y_num).any():
         rows = np.flatnonzero((~np.isfinite(y_num)).any(axis=1))
         raise ValueError(f"the response {display_name(parsed.response)!r} has {rows.size} infinite "
