@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .immutable_cache import per_object
+from .immutable_cache import column_labels
 
 __all__ = ["as_dataframe", "as_series", "column_labels", "convert_columns", "pandas_table"]
 
@@ -85,16 +85,6 @@ def convert_columns(df, names, dtypes, series=None):
     for c, s in converted.items():
         df[c] = s
     return df, [converted[c].dtype if c in converted else dt for c, dt in zip(names, dtypes)]
-
-
-def _labels(index):
-    return tuple(index.tolist())
-
-
-def column_labels(index):
-    """``tuple(index.tolist())``, once per Index object (an Index is immutable; a list of
-    Arrow-backed strings costs ~7 us to make)."""
-    return per_object(_labels, index)
 
 
 def as_series(values):

@@ -23,7 +23,7 @@ import weakref
 
 import pandas as pd
 
-__all__ = ["per_object", "names_index", "clear", "MAX_OBJECTS"]
+__all__ = ["per_object", "column_labels", "names_index", "clear", "MAX_OBJECTS"]
 
 #: objects remembered per function (the oldest half is forgotten when full)
 MAX_OBJECTS = 256
@@ -66,6 +66,29 @@ def per_object(func, obj, *args):
     return value
 
 
+def _remember(func, obj, value):
+    """Keep ``value`` as ``func(obj)`` (the caller knows it already)."""
+    table = _tables.get(func)
+    if table is None:
+        with _lock:
+            table = _tables.setdefault(func, {})
+    with _lock:
+        if len(table) >= MAX_OBJECTS:
+            for k in list(table)[: MAX_OBJECTS // 2]:
+                del table[k]
+        table[id(obj)] = (weakref.ref(obj), value)
+
+
+def _labels(index):
+    return tuple(index.tolist())
+
+
+def column_labels(index):
+    """``tuple(index.tolist())``, once per Index object (an Index is immutable; a list of
+    Arrow-backed strings costs ~7 us to make)."""
+    return per_object(_labels, index)
+
+
 @functools.lru_cache(maxsize=512)
 def _names_index(names):
     return pd.Index(list(names))
@@ -77,4 +100,6 @@ def names_index(names):
     names = tuple(names)
     if not all(type(n) is str for n in names):
         return pd.Index(list(names))
-    return _names_index(names).view()
+    view = _names_index(names).view()
+    _remember(_labels, view, names)      # its labels are known: column_labels(view) is free
+    return view
