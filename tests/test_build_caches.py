@@ -176,16 +176,19 @@ def test_per_object_is_keyed_by_the_object_not_its_address():
     assert immutable_cache.per_object(labels, a) == ("a", "b") and len(calls) == 1
     assert immutable_cache.per_object(labels, pd.Index(["a", "b"])) == ("a", "b")
     assert len(calls) == 2                               # an equal Index: another object
-    reused = 0
-    for k in range(300):   # dead objects whose address is reused by new Indexes: never a hit
-        old = id(a)
+    # an entry under the address of a new object (as when an Index dies and another is made
+    # where it was) is not that object's: a miss
+    c = pd.Index(["c", "d"])
+    table = immutable_cache._tables[labels]
+    table[id(c)] = table.pop(id(a))
+    assert immutable_cache.per_object(labels, c) == ("c", "d") and len(calls) == 3
+    for k in range(300):   # dead objects, addresses reused or not: never a stale value
         del a
         if k % 100 == 0:
             gc.collect()
-        a = pd.Index(["c", str(len(calls))])
-        reused += id(a) == old
-        assert immutable_cache.per_object(labels, a) == ("c", str(len(calls) - 1))
-    assert reused > 0 and len(calls) == 302              # addresses were reused: no stale hit
+        a = pd.Index(["e", str(len(calls))])
+        assert immutable_cache.per_object(labels, a) == ("e", str(len(calls) - 1))
+    assert len(calls) == 303
     assert len(immutable_cache._tables[labels]) <= immutable_cache.MAX_OBJECTS
 
 
@@ -231,3 +234,25 @@ def test_builds_from_several_threads_agree_with_serial_ones(sleep):
         threaded = list(ex.map(lambda d: mf.lmer(F, d), frames * 3))
     for d, m in zip(frames * 3, threaded):
         _same(m, _fresh(F, d))
+
+
+def test_plans_that_read_the_namespace_are_made_afresh(sleep):
+    """A formula naming a variable of the caller's namespace sees its value at each build; a
+    plan decided by the columns alone is kept, without the namespace of the call that made it."""
+    from mlmext.frame import plan_cache
+    plan_cache.clear()
+    k = 2.0
+    f = "Reaction ~ I(Days * k) + (1 | Subject)"
+    a = mf.lmer(f, sleep)
+    k = 3.0     # noqa: F841 (read by the formula)
+    b = mf.lmer(f, sleep)
+    np.testing.assert_array_equal(b.exog[:, 1], 3.0 * sleep["Days"].to_numpy())
+    np.testing.assert_array_equal(a.exog[:, 1], 2.0 * sleep["Days"].to_numpy())
+    assert len(plan_cache._plans) == 0
+    mf.lmer(F, sleep)
+    mf.lmer(F, sleep.assign(extra=1.0))                  # other columns: another plan
+    assert len(plan_cache._plans) == 2
+    assert all(p.env is None for p in plan_cache._plans.values())
+    # a column named like the namespace's variable: the column, and a plan of its own
+    c = mf.lmer(f, sleep.assign(k=10.0))
+    np.testing.assert_array_equal(c.exog[:, 1], 10.0 * sleep["Days"].to_numpy())

@@ -68,7 +68,7 @@ def _key(plan, store):
     if plan.pandas or not plan.rowwise:
         return None
     kinds = []
-    for code in sorted({f.code for tl in plan.termlists for term in tl for f in term.factors}):
+    for code in plan.codes:
         col = plan.bare.get(code)
         if col is None or code != col:          # a function of the column, C(x), Q("x") ...
             return None
@@ -76,7 +76,8 @@ def _key(plan, store):
         if kind is None:
             return None
         kinds.append((col, kind))
-    return (tuple(tuple(tl) for tl in plan.termlists), tuple(kinds))
+    # (the termlists are a function of the plan's source texts: cheaper to hash)
+    return (plan.source, tuple(kinds))
 
 
 def design_infos(plan, store, learn):

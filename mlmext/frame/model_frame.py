@@ -32,7 +32,9 @@ from ..immutable_cache import names_index, per_object
 from ..design import RandomEffectsDesign, ReTerm, grouping_factor
 from ..identifiability import warn_constant_slopes
 from .engine import display_name, evaluate, formula_error, formula_manager, names_in, quote_names
-from .patsy_pass import Fallback, FixedParts, FrameColumns, make_plan
+from .columns import FrameColumns
+from .patsy_pass import Fallback, FixedParts
+from .plan_cache import plan_for
 from .pieces import drop_unused_categories, generic_pieces, one_pass_pieces
 from .terms import ParsedFormula, parse_formula
 
@@ -323,7 +325,7 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     if _ONE_PASS and engine == "patsy" and fixed_parts is not None:
         try:
             fixed = fixed_parts(parsed)
-            plan = make_plan(parsed, fixed, data.columns, env, cbind=(env or {}).get("cbind"))
+            plan = plan_for(parsed, fixed, data.columns, env, cbind=(env or {}).get("cbind"))
             pieces = one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col,
                                      columns)
         except Fallback:

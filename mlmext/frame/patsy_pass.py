@@ -50,6 +50,7 @@ import pandas as pd
 
 from .._frames import column_labels
 from ..immutable_cache import per_object
+from .columns import FrameColumns
 from .design_cache import design_infos
 from .factor_code import (MISSING as _MISSING, PATSY_BUILTINS, bare_column, code_info, kind_of,
                           resolve)
@@ -64,7 +65,7 @@ except ImportError:  # pragma: no cover - statsmodels installs patsy or formulai
     HAVE_PATSY = False
     NAAction = object
 
-__all__ = ["Fallback", "FixedParts", "ColumnStore", "FrameColumns", "SeriesLikeArray", "Plan", "make_plan",
+__all__ = ["Fallback", "FixedParts", "ColumnStore", "SeriesLikeArray", "Plan", "make_plan",
            "engine_pass", "levels_kept", "HAVE_PATSY"]
 
 
@@ -201,6 +202,8 @@ class Plan:
         self.bare = {}
         self.env = None
         self.has_factors = False
+        self.env_free = True      # nothing but the columns decided it (no name of the namespace)
+        self.source = self.codes = None
 
     def _add(self, termlist):
         self.termlists.append(termlist)
@@ -249,6 +252,9 @@ def make_plan(parsed, fixed, columns, env, cbind=None):
         raise Fallback(str(exc)) from exc
     factors = {f for tl in plan.termlists for term in tl for f in term.factors}
     plan.has_factors = bool(factors)
+    # what the termlists are made of (they are a function of these texts), and their codes
+    plan.source = (fixed.formula, fixed.response_column, tuple(plan.lhs), tuple(parsed.offsets))
+    plan.codes = tuple(sorted({f.code for f in factors}))
     for f in factors:
         if not isinstance(f, EvalFactor):
             raise Fallback("a factor that is not patsy code")
@@ -259,6 +265,7 @@ def make_plan(parsed, fixed, columns, env, cbind=None):
         if info.c_levels:
             plan.rowwise = False
         for path, called in info.refs:
+            plan.env_free &= path[0] in columns
             obj = resolve(path, columns, env)
             if obj is _MISSING:
                 if path[0] in columns:  # x.mean(): a Series' method
@@ -272,6 +279,7 @@ def make_plan(parsed, fixed, columns, env, cbind=None):
                 plan.pandas = True
             elif kind != "rowwise":
                 plan.rowwise = False
+        plan.env_free &= info.bare is None or info.bare[0] not in ("C", "Q")
         col = bare_column(info.bare, columns, env)
         if col is not None:
             plan.bare[f.code] = col
@@ -347,25 +355,6 @@ def _categorical(v):
     if isinstance(v, pd.Series) and isinstance(v.dtype, pd.CategoricalDtype):
         return v.array
     return None
-
-
-class FrameColumns:
-    """``data[name]`` for one build, each column fetched once: a DataFrame's column access
-    costs ~15 us (the label is looked up through the columns Index), and a build reads the
-    grouping columns three times.  Lives as long as the build (the frame is not changed
-    during it)."""
-
-    __slots__ = ("data", "series")
-
-    def __init__(self, data, series=None):
-        self.data = data
-        self.series = {} if series is None else series
-
-    def __getitem__(self, name):
-        s = self.series.get(name)
-        if s is None:
-            s = self.series[name] = self.data[name]
-        return s
 
 
 class ColumnStore:

@@ -15,7 +15,8 @@ import pandas as pd
 
 from ..immutable_cache import names_index
 from .engine import evaluate
-from .patsy_pass import ColumnStore, FrameColumns, engine_pass, levels_kept
+from .columns import FrameColumns
+from .patsy_pass import ColumnStore, engine_pass, levels_kept
 
 __all__ = ["Pieces", "generic_pieces", "one_pass_pieces", "drop_unused_categories"]
 
