@@ -5,8 +5,9 @@ laying out the columns) is most of the one-pass build of a small model (sleepstu
 ~2.4 ms).  When every factor of a formula is a plain column name, what patsy learns depends only
 on each column's kind: a number column gives one numerical column whatever its values, a boolean
 the levels (False, True), a pandas ``Categorical`` its categories (the store has dropped the
-unused ones already).  The infos are then a function of (the termlists, those kinds), and
-:func:`design_infos` keeps them for the next model of the same formula on data of the same kinds
+unused ones already).  The infos are then a function of (the termlists, those kinds) -- the
+termlists keyed by the formula texts they are parsed from (:attr:`.patsy_pass.Plan.source`) --
+and :func:`design_infos` keeps them for the next model of the same formula on data of the same kinds
 (a simulation, a bootstrap, a refit through the formula, a second model on one data set).
 
 Anything else -- a function or transform of a column (``np.log(x)``, ``center(x)``, ``C(x)``,
@@ -65,7 +66,7 @@ def _column_kind(v):
 
 def _key(plan, store):
     """The cache key of a plan on a store, or None when the design infos could depend on values."""
-    if plan.pandas or not plan.rowwise:
+    if plan.pandas or not plan.rowwise or plan.source is None:
         return None
     kinds = []
     for code in plan.codes:
