@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["as_dataframe", "as_series"]
+from .immutable_cache import column_labels
+
+__all__ = ["as_dataframe", "as_series", "column_labels", "convert_columns", "pandas_table"]
 
 
 def as_dataframe(data, where="data"):
@@ -34,6 +36,13 @@ def as_dataframe(data, where="data"):
         ``int64`` (no missing values) or ``float64`` with NaN, booleans to
         ``bool`` or ``object`` with None, strings to ``object`` with None.
     """
+    df = pandas_table(data, where)
+    return convert_columns(df, column_labels(df.columns), df.dtypes.tolist())[0]
+
+
+def pandas_table(data, where="data"):
+    """``data`` as a pandas DataFrame, its columns as they are (:func:`as_dataframe` without
+    the conversions)."""
     if isinstance(data, pd.DataFrame):
         df = data
     elif type(data).__module__.split(".")[0] == "dask":
@@ -60,14 +69,22 @@ def as_dataframe(data, where="data"):
     if not df.columns.is_unique:
         dup = df.columns[df.columns.duplicated()].unique().tolist()
         raise ValueError(f"{where} has duplicated column names {dup}; a formula cannot tell them apart")
-    converted = {c: _numpy_backed(df[c]) for c, dt in zip(df.columns.tolist(), df.dtypes.tolist())
-                 if _needs_conversion(dt)}
+    return df
+
+
+def convert_columns(df, names, dtypes, series=None):
+    """:func:`as_dataframe`'s conversions of the columns ``names`` (with their ``dtypes``) of a
+    pandas DataFrame: ``(df, dtypes)``, ``df`` itself when none needed converting, else a
+    shallow copy with those columns converted, and the dtypes after.  ``series``: where to
+    read ``df``'s columns (default ``df``)."""
+    get = df.__getitem__ if series is None else series.__getitem__
+    converted = {c: _numpy_backed(get(c)) for c, dt in zip(names, dtypes) if _needs_conversion(dt)}
     if not converted:
-        return df
+        return df, list(dtypes)
     df = df.copy(deep=False)
     for c, s in converted.items():
         df[c] = s
-    return df
+    return df, [converted[c].dtype if c in converted else dt for c, dt in zip(names, dtypes)]
 
 
 def as_series(values):

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .immutable_cache import per_object
+
 __all__ = ["ReTerm", "ReBlock", "RandomEffectsDesign", "grouping_factor", "match_levels",
            "lower_tri"]
 
@@ -116,26 +118,43 @@ def _level_labels(keys):
     return [_level_label(k) for k in keys]
 
 
+def _category_levels(cats, name):
+    """Keys, kind and labels of a categorical's categories (all used)."""
+    keys, kind = _normalize_keys(cats.to_numpy(dtype=object), name)
+    keys = list(keys)
+    return tuple(keys), kind, tuple(_level_labels(keys))
+
+
 def _factor_codes(values, name):
-    """Integer codes, level keys and kind for one grouping column, in R's level order."""
+    """Integer codes, level keys, kind and level labels for one grouping column, in R's level
+    order."""
     if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
         # the categories in their order, unused ones dropped (R's drop.unused.levels)
         cat = values.array if isinstance(values, pd.Series) else pd.Categorical(values)
         codes = np.asarray(cat.codes, dtype=np.int64)
         cats = cat.categories
         used = np.bincount(codes[codes >= 0], minlength=len(cats)) > 0
-        if not used.all():
-            new = np.cumsum(used) - 1
-            codes = np.where(codes >= 0, new[np.maximum(codes, 0)], -1)
-            cats = cats[used]
-        keys, kind = _normalize_keys(cats.to_numpy(dtype=object), name)
-        return codes, list(keys), kind
+        if used.all():
+            # the categories' keys and labels once per Index object (it is immutable)
+            keys, kind, labels = per_object(_category_levels, cats, name)
+            return codes, list(keys), kind, list(labels)
+        new = np.cumsum(used) - 1
+        codes = np.where(codes >= 0, new[np.maximum(codes, 0)], -1)
+        keys, kind, labels = _category_levels(cats[used], name)
+        return codes, list(keys), kind, list(labels)
+    if isinstance(getattr(values, "dtype", None), pd.StringDtype):
+        # strings only: the sorted distinct values are the keys (what the general path
+        # below finds, in one factorize; of objects: sorting Arrow strings costs 4x more)
+        codes, uniq = pd.factorize(np.asarray(values.to_numpy(dtype=object)), sort=True)
+        if len(uniq):
+            keys = uniq.tolist()
+            return np.asarray(codes, dtype=np.int64), keys, "string", list(keys)
     codes, keys, kind = column_keys(values, name)
     # merge keys that are equal by value (1 and 1.0 in one object column) and sort
     merged, uniq = pd.factorize(pd.Series(keys, dtype=object), sort=True)
     codes = np.where(codes >= 0, merged[np.maximum(codes, 0)], -1)
-    keys = np.asarray(uniq, dtype=object)
-    return codes.astype(np.int64), list(keys), kind
+    keys = list(np.asarray(uniq, dtype=object))
+    return codes.astype(np.int64), keys, kind, _level_labels(keys)
 
 
 def grouping_factor(data, factors):
@@ -155,14 +174,12 @@ def grouping_factor(data, factors):
     kinds : tuple of str
         Per factor, the kind of its values ("number", "string", ...).
     """
-    codes, keys0, kind = _factor_codes(data[factors[0]], factors[0])
+    codes, keys0, kind, labels = _factor_codes(data[factors[0]], factors[0])
     keys = [(k,) for k in keys0]
-    labels = _level_labels(keys0)
     kinds = [kind]
     for f in factors[1:]:
-        c2, k2, kind2 = _factor_codes(data[f], f)
+        c2, k2, kind2, labels2 = _factor_codes(data[f], f)
         kinds.append(kind2)
-        labels2 = _level_labels(k2)
         combined = codes * len(k2) + c2
         uniq, codes = np.unique(combined, return_inverse=True)
         outer, inner = np.divmod(uniq, len(k2))

@@ -43,6 +43,16 @@ def _level_constant(X, codes):
     return out
 
 
+def _spread_in_first_level(X, codes):
+    """Per column of ``X``: does it spread by more than :func:`_level_constant`'s tolerance
+    within the level of the first row?  Such a column is not constant within every level (a
+    cheap look at one level that usually settles the question for every slope)."""
+    scale = np.abs(X).max(axis=0)
+    tol = 1e-12 * np.where(scale > 0, scale, 1.0)
+    rows = X[codes == codes[0]]
+    return rows.max(axis=0) - rows.min(axis=0) > tol
+
+
 def slopes_constant_within_levels(X, codes, colnames, pairs=None):
     """Random-effects columns whose variance parameters the data cannot identify.
 
@@ -74,6 +84,8 @@ def slopes_constant_within_levels(X, codes, colnames, pairs=None):
     if X.shape[1] < 2:
         return []
     codes = np.asarray(codes)
+    if len(codes) and X.shape[1] - np.count_nonzero(_spread_in_first_level(X, codes)) < 2:
+        return []           # at most one column constant within levels: nothing to report
     const = _level_constant(X, codes)
     ones = np.all(X == 1.0, axis=0)
     if const.sum() < 2 or not np.any(const & ~ones):

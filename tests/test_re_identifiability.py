@@ -165,3 +165,37 @@ def test_the_rule_on_arrays():
     # within-level differences at rounding level count as constant
     assert slopes_constant_within_levels(np.column_stack([ones, w * (1 + 1e-15 * x)]), codes, ["1", "w"]) == ["w"]
     assert slopes_constant_within_levels(ones[:, None], codes, ["1"]) == []
+
+
+def test_first_level_look_gives_the_full_answer(monkeypatch):
+    """The early exit (at most one column constant, judged from the first row's level) reports
+    exactly what the level-by-level computation reports, on designs where it applies and
+    where it does not (group-level slopes, single-row levels, spreads at the tolerance)."""
+    from mlmext import identifiability
+    rng = np.random.default_rng(14)
+    cases = []
+    for _ in range(200):
+        m = int(rng.integers(2, 8))
+        codes = rng.integers(0, m, int(rng.integers(m, 40)))
+        codes[:m] = np.arange(m)
+        codes = np.unique(codes, return_inverse=True)[1]
+        cols = [np.ones(len(codes))]
+        for _ in range(int(rng.integers(1, 4))):
+            kind = rng.integers(0, 4)
+            if kind == 0:       # varies within levels
+                cols.append(rng.normal(size=len(codes)))
+            elif kind == 1:     # group level, two or three values
+                cols.append(rng.integers(0, int(rng.integers(2, 4)), m)[codes].astype(float))
+            elif kind == 2:     # group level plus a spread at the tolerance
+                cols.append(rng.normal(size=m)[codes] * (1 + 1e-13 * rng.integers(0, 3, len(codes))))
+            else:               # varies in some levels only
+                cols.append(np.where(codes == rng.integers(0, m), rng.normal(size=len(codes)), 1.0))
+        X = np.column_stack(cols)
+        names = [f"c{j}" for j in range(X.shape[1])]
+        cases.append((X, codes, names))
+    fast = [identifiability.slopes_constant_within_levels(X, c, n) for X, c, n in cases]
+    monkeypatch.setattr(identifiability, "_spread_in_first_level",
+                        lambda X, codes: np.zeros(X.shape[1], dtype=bool))
+    full = [identifiability.slopes_constant_within_levels(X, c, n) for X, c, n in cases]
+    assert fast == full
+    assert sum(map(bool, full)) > 10 and sum(not f for f in full) > 10   # both answers seen

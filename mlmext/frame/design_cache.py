@@ -5,8 +5,9 @@ laying out the columns) is most of the one-pass build of a small model (sleepstu
 ~2.4 ms).  When every factor of a formula is a plain column name, what patsy learns depends only
 on each column's kind: a number column gives one numerical column whatever its values, a boolean
 the levels (False, True), a pandas ``Categorical`` its categories (the store has dropped the
-unused ones already).  The infos are then a function of (the termlists, those kinds), and
-:func:`design_infos` keeps them for the next model of the same formula on data of the same kinds
+unused ones already).  The infos are then a function of (the termlists, those kinds) -- the
+termlists keyed by the formula texts they are parsed from (:attr:`.patsy_pass.Plan.source`) --
+and :func:`design_infos` keeps them for the next model of the same formula on data of the same kinds
 (a simulation, a bootstrap, a refit through the formula, a second model on one data set).
 
 Anything else -- a function or transform of a column (``np.log(x)``, ``center(x)``, ``C(x)``,
@@ -21,6 +22,8 @@ from collections import OrderedDict
 
 import numpy as np
 import pandas as pd
+
+from ..immutable_cache import per_object
 
 __all__ = ["design_infos", "clear", "MAX_ENTRIES", "MAX_CATEGORIES"]
 
@@ -41,13 +44,18 @@ def clear():
         _cache.clear()
 
 
+def _categories_key(cats):
+    return str(cats.dtype), tuple(cats.tolist())
+
+
 def _column_kind(v):
     """What patsy learns from a plain column, as a hashable key, or None (from its values)."""
     if isinstance(v, pd.Categorical):
         cats = v.categories
         if len(cats) > MAX_CATEGORIES:
             return None
-        return ("categorical", v.ordered, str(cats.dtype), tuple(cats.tolist()))
+        # (the categories' labels read once per Index object: it is immutable)
+        return ("categorical", v.ordered) + per_object(_categories_key, cats)
     if isinstance(v, np.ndarray) and v.ndim == 1:
         if v.dtype.kind == "b":
             return ("bool",)
@@ -58,10 +66,10 @@ def _column_kind(v):
 
 def _key(plan, store):
     """The cache key of a plan on a store, or None when the design infos could depend on values."""
-    if plan.pandas or not plan.rowwise:
+    if plan.pandas or not plan.rowwise or plan.source is None:
         return None
     kinds = []
-    for code in sorted({f.code for tl in plan.termlists for term in tl for f in term.factors}):
+    for code in plan.codes:
         col = plan.bare.get(code)
         if col is None or code != col:          # a function of the column, C(x), Q("x") ...
             return None
@@ -69,7 +77,8 @@ def _key(plan, store):
         if kind is None:
             return None
         kinds.append((col, kind))
-    return (tuple(tuple(tl) for tl in plan.termlists), tuple(kinds))
+    # (the termlists are a function of the plan's source texts: cheaper to hash)
+    return (plan.source, tuple(kinds))
 
 
 def design_infos(plan, store, learn):

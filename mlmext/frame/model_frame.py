@@ -21,18 +21,22 @@ see the rows lme4 sees).
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
-from .._frames import as_dataframe
+from .._frames import as_dataframe, column_labels, convert_columns, pandas_table
+from ..immutable_cache import names_index, per_object
 from ..design import RandomEffectsDesign, ReTerm, grouping_factor
 from ..identifiability import warn_constant_slopes
 from .engine import display_name, evaluate, formula_error, formula_manager, names_in, quote_names
-from .patsy_pass import Fallback, FixedParts, make_plan
+from .columns import FrameColumns
+from .patsy_pass import Fallback, FixedParts
+from .plan_cache import plan_for
 from .pieces import drop_unused_categories, generic_pieces, one_pass_pieces
-from .terms import parse_formula
+from .terms import ParsedFormula, parse_formula
 
 __all__ = ["ModelFrame", "FixedParts", "build_model_frame", "used_columns", "quote_names", "display_name",
            "apply_subset", "evaluate", "formula_error", "formula_manager"]
@@ -127,6 +131,9 @@ def _nonfinite_columns(A):
 
 def _check_finite(y_num, X, xnames, lhs, parsed):
     """Infinite values are not missing (R's lm: "NA/NaN/Inf in 'y'"): name where they are."""
+    # one finite total: every value finite (an inf or an overflow of the sum: look closer)
+    if np.isfinite(y_num.sum() + X.sum() + sum(Z.sum() for Z, _, _ in lhs.values())):
+        return
     if _nonfinite_columns(y_num).any():
         rows = np.flatnonzero((~np.isfinite(y_num)).any(axis=1))
         raise ValueError(f"the response {display_name(parsed.response)!r} has {rows.size} infinite "
@@ -195,8 +202,9 @@ def _aligned(v, data, original_index, what):
 
 
 def used_columns(parsed, data, weights, offset):
-    """The columns of ``data`` the model uses, in the data's order: names in the formula (and
-    the head of a dotted name, ``x`` of ``x.mean()``), grouping factors, weights and offset."""
+    """The columns of ``data`` (a table, or its column labels) the model uses, in the data's
+    order: names in the formula (and the head of a dotted name, ``x`` of ``x.mean()``),
+    grouping factors, weights and offset."""
     names = set()
     for e in [parsed.response, parsed.fixed_rhs] + [b.lhs for b in parsed.bars] + list(parsed.offsets):
         for name in names_in(e):
@@ -204,12 +212,14 @@ def used_columns(parsed, data, weights, offset):
             names.add(name.split(".")[0])
     names.update(f for b in parsed.bars for f in b.factors)
     names.update(v for v in (weights, offset) if isinstance(v, str))
-    return [c for c in data.columns.tolist() if str(c) in names]
+    labels = data if isinstance(data, tuple) else column_labels(data.columns)
+    return [c for c in labels if str(c) in names]
 
 
-def _model_data(data, used, kept, resp_col, dtypes):
+def _model_data(data, used, kept, resp_col, dtypes, columns):
     """The model frame kept for predictions: the used columns on the rows kept, a RangeIndex,
-    unused categories dropped (the response's kept)."""
+    unused categories dropped (the response's kept); and its :class:`FrameColumns` (those of
+    ``data``, ``columns``, while the rows and columns are ``data``'s)."""
     frame = data if len(used) == data.shape[1] else \
         data.take([data.columns.get_loc(c) for c in used], axis=1)      # data[used], faster
     if kept is not None:
@@ -219,10 +229,29 @@ def _model_data(data, used, kept, resp_col, dtypes):
         frame = frame.reset_index(drop=True)
     elif frame is data:
         frame = data.copy(deep=False)
+    same = kept is None           # the same rows: data's columns are the frame's
     cats = [c for c in used if isinstance(dtypes[c], pd.CategoricalDtype)]
+    changed = False
     if cats:
-        frame, _ = drop_unused_categories(frame, resp_col, cats)
-    return frame
+        frame, changed = drop_unused_categories(frame, resp_col, cats, columns if same else None)
+    return frame, (columns if same and not changed else FrameColumns(frame))
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed_formula(formula, columns, engine):
+    formula_q = quote_names(formula, columns, engine)
+    return formula_q, parse_formula(formula_q)
+
+
+def parsed_formula(formula, columns, engine):
+    """The formula quoted for the engine (:func:`quote_names`) and parsed (:func:`parse_formula`),
+    once per (formula, frozenset of column labels, engine): both are functions of these only.
+    The parse is handed out as a copy (callers may keep it)."""
+    if not isinstance(formula, str):
+        return formula, parse_formula(formula)        # parse_formula raises the TypeError
+    formula_q, p = _parsed_formula(formula, columns, engine)
+    return formula_q, ParsedFormula(p.response, p.fixed_rhs, [replace(b) for b in p.bars],
+                                    list(p.offsets))
 
 
 #: the one-pass build (patsy); tests set it False to compare with the generic path
@@ -255,7 +284,9 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         (:mod:`.patsy_pass`), used with patsy; without it every piece goes
         through ``mgr`` on its own.
     """
-    data = as_dataframe(data)
+    data = pandas_table(data)
+    if isinstance(subset, str):         # an expression may read any column: all converted
+        data = as_dataframe(data)
     original_index = data.index
     data = apply_subset(data, subset)
     weights = _aligned(weights, data, original_index, "weights")
@@ -266,9 +297,16 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         raise ValueError("the data have no rows" + (" (after subset)" if subset is not None else ""))
     row_labels = data.index
     engine = getattr(mgr, "engine", "patsy")
-    formula_q = quote_names(formula, data.columns, engine)
-    parsed = parse_formula(formula_q)
-    dtypes = dict(zip(data.columns.tolist(), data.dtypes.tolist()))   # lists: fast iteration
+    labels = column_labels(data.columns)
+    formula_q, parsed = parsed_formula(formula, per_object(frozenset, labels), engine)
+    used = used_columns(parsed, labels, weights, offset)
+    # nullable and Arrow-backed columns the model reads as NumPy-backed ones (as_dataframe's
+    # conversions); the others are not read
+    columns = FrameColumns(data)
+    data, used_dtypes = convert_columns(data, used, [columns[c].dtype for c in used], columns)
+    if columns.data is not data:
+        columns = FrameColumns(data)
+    dtypes = dict(zip(used, used_dtypes))
     _check_column_types(parsed, dtypes)
     for bar in parsed.bars:
         for f in bar.factors:
@@ -287,19 +325,20 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     if _ONE_PASS and engine == "patsy" and fixed_parts is not None:
         try:
             fixed = fixed_parts(parsed)
-            plan = make_plan(parsed, fixed, data.columns, env, cbind=(env or {}).get("cbind"))
-            pieces = one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col)
+            plan = plan_for(parsed, fixed, data.columns, env, cbind=(env or {}).get("cbind"))
+            pieces = one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col,
+                                     columns)
         except Fallback:
             pieces = plan = None
     if pieces is None:
         data = data.reset_index(drop=True)
         pieces = generic_pieces(mgr, parsed, data, env, fixed_matrices, w_all, off_all,
                                  missing, resp_col)
-    used = used_columns(parsed, data, weights, offset)
     if pieces.frame is None:
-        sub = _model_data(data, used, pieces.kept, resp_col, dtypes)
+        sub, sub_columns = _model_data(data, used, pieces.kept, resp_col, dtypes, columns)
     else:
         sub = pieces.frame if len(used) == pieces.frame.shape[1] else pieces.frame[used]
+        sub_columns = FrameColumns(sub)
     kept, n_missing, n_zero = pieces.kept, pieces.n_missing, pieces.n_zero
     y_num = _numeric_part(pieces.y) if pieces.y_num is None else pieces.y_num
     _check_finite(y_num, pieces.X, pieces.xnames, pieces.lhs, parsed)
@@ -314,7 +353,7 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         Z, znames, spec = pieces.lhs[bar.lhs]
         key = tuple(bar.factors)
         if key not in factors:
-            factors[key] = grouping_factor(sub, list(bar.factors))
+            factors[key] = grouping_factor(sub_columns, list(bar.factors))
         codes, levels, keys, kinds = factors[key]
         t = ReTerm(bar.name, bar.factors, bar.lhs, Z, [display_name(c) for c in znames],
                    codes, levels, keys, kinds)
@@ -332,11 +371,11 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         off += off_all if kept is None else off_all[kept]
     w = None if w_all is None else (w_all.copy() if kept is None else w_all[kept])
     y_df = pieces.y
-    ycols = y_df.columns.tolist()
+    ycols = y_df.columns.tolist() if pieces.ycols is None else pieces.ycols
     ynames = [display_name(c) for c in ycols]
     if ynames != ycols:       # (setting a frame's columns costs ~50 us)
         y_df.columns = ynames
-    X_df = pd.DataFrame(pieces.X, columns=[display_name(c) for c in pieces.xnames])
+    X_df = pd.DataFrame(pieces.X, columns=names_index([display_name(c) for c in pieces.xnames]))
     dropped = {k: v for k, v in (("missing values", n_missing), ("zero weights", n_zero)) if v}
     info = {
         "formula": formula,

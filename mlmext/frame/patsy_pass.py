@@ -43,10 +43,14 @@ by slicing instead of evaluating again (:func:`levels_kept` says when it may).
 from __future__ import annotations
 
 import functools
+import keyword
 
 import numpy as np
 import pandas as pd
 
+from .._frames import column_labels
+from ..immutable_cache import per_object
+from .columns import FrameColumns
 from .design_cache import design_infos
 from .factor_code import (MISSING as _MISSING, PATSY_BUILTINS, bare_column, code_info, kind_of,
                           resolve)
@@ -122,6 +126,16 @@ class QuickFactor(EvalFactor if HAVE_PATSY else object):
         state["pass_bins"] = []
         return 0
 
+    def eval(self, memorize_state, data):
+        # a bare name: what patsy's eval of it finds first, the data's column (no compile)
+        code = memorize_state["eval_code"]
+        if code.isidentifier() and not keyword.iskeyword(code):
+            try:
+                return data[code]
+            except KeyError:
+                pass
+        return super().eval(memorize_state, data)
+
 
 def _quick_agrees():
     """Whether QuickFactor's set-up is patsy's own on this patsy (else EvalFactors are kept)."""
@@ -188,6 +202,8 @@ class Plan:
         self.bare = {}
         self.env = None
         self.has_factors = False
+        self.env_free = True      # nothing but the columns decided it (no name of the namespace)
+        self.source = self.codes = None
 
     def _add(self, termlist):
         self.termlists.append(termlist)
@@ -236,6 +252,9 @@ def make_plan(parsed, fixed, columns, env, cbind=None):
         raise Fallback(str(exc)) from exc
     factors = {f for tl in plan.termlists for term in tl for f in term.factors}
     plan.has_factors = bool(factors)
+    # what the termlists are made of (they are a function of these texts), and their codes
+    plan.source = (fixed.formula, fixed.response_column, tuple(plan.lhs), tuple(parsed.offsets))
+    plan.codes = tuple(sorted({f.code for f in factors}))
     for f in factors:
         if not isinstance(f, EvalFactor):
             raise Fallback("a factor that is not patsy code")
@@ -246,6 +265,7 @@ def make_plan(parsed, fixed, columns, env, cbind=None):
         if info.c_levels:
             plan.rowwise = False
         for path, called in info.refs:
+            plan.env_free &= path[0] in columns
             obj = resolve(path, columns, env)
             if obj is _MISSING:
                 if path[0] in columns:  # x.mean(): a Series' method
@@ -259,6 +279,7 @@ def make_plan(parsed, fixed, columns, env, cbind=None):
                 plan.pandas = True
             elif kind != "rowwise":
                 plan.rowwise = False
+        plan.env_free &= info.bare is None or info.bare[0] not in ("C", "Q")
         col = bare_column(info.bare, columns, env)
         if col is not None:
             plan.bare[f.code] = col
@@ -347,8 +368,9 @@ class ColumnStore:
     unused levels.
     """
 
-    def __init__(self, data, rows=None, drop_unused=False, keep=(), pandas=False):
+    def __init__(self, data, rows=None, drop_unused=False, keep=(), pandas=False, columns=None):
         self.data = data
+        self.columns = FrameColumns(data) if columns is None else columns
         self.rows = rows
         self.drop_unused = drop_unused
         self.keep = keep
@@ -356,7 +378,7 @@ class ColumnStore:
         self.values = {}
         self.nrows = len(data) if rows is None else len(rows)
         # patsy looks every name up here first (np, C, ...): a set answers faster than an Index
-        self.labels = set(data.columns.tolist())
+        self.labels = per_object(frozenset, column_labels(data.columns))
 
     def __getitem__(self, key):
         v = self.values.get(key, _MISSING) if isinstance(key, str) else _MISSING
@@ -372,9 +394,9 @@ class ColumnStore:
                 return v
             raise KeyError(key)
         if self.pandas:
-            v = _series_values(self.data[key], self.rows)
+            v = _series_values(self.columns[key], self.rows)
         else:
-            v = _numpy_values(self.data[key])
+            v = _numpy_values(self.columns[key])
             if self.rows is not None:
                 v = v[self.rows]
         cat = _categorical(v)

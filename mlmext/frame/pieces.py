@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..immutable_cache import names_index
 from .engine import evaluate
+from .columns import FrameColumns
 from .patsy_pass import ColumnStore, engine_pass, levels_kept
 
 __all__ = ["Pieces", "generic_pieces", "one_pass_pieces", "drop_unused_categories"]
@@ -34,6 +36,7 @@ class Pieces:
     n_missing: int
     n_zero: int
     frame: pd.DataFrame        # the data on the rows kept, unused categories dropped
+    ycols: list | None = None  # y's column names (None: read from y)
 
 
 def _no_rows(n_zero):
@@ -81,19 +84,22 @@ def _complete_rows(pieces, data, parsed, extra):
     return keep.sort_values()
 
 
-def drop_unused_categories(df, keep_cols=(), columns=None):
+def drop_unused_categories(df, keep_cols=(), columns=None, series=None):
     """``df`` with unused categories of its categorical columns removed (R's drop.unused.levels).
 
     Columns in ``keep_cols`` (the response) are left to the model, which warns about its
     unused categories (an ordinal response) or reads them (a binomial factor response).
-    ``columns``: the only columns to look at (default: all).
+    ``columns``: the only columns to look at (default: all); ``series``: where to read
+    ``df``'s columns from (a :class:`~.patsy_pass.FrameColumns` of ``df`` or of a frame
+    with the same columns and rows; default ``df`` itself).
     """
     changed = {}
-    pairs = zip(df.columns, df.dtypes) if columns is None else ((c, df[c].dtype) for c in columns)
+    get = df.__getitem__ if series is None else series.__getitem__
+    pairs = zip(df.columns, df.dtypes) if columns is None else ((c, get(c).dtype) for c in columns)
     for c, dt in pairs:
         if c in keep_cols or not isinstance(dt, pd.CategoricalDtype):
             continue
-        s = df[c]
+        s = get(c)
         codes = np.asarray(s.array.codes)
         if (np.bincount(codes[codes >= 0], minlength=len(dt.categories)) == 0).any():
             changed[c] = s.cat.remove_unused_categories()
@@ -101,7 +107,8 @@ def drop_unused_categories(df, keep_cols=(), columns=None):
         return df, False
     df = df.copy(deep=False)
     for c, s in changed.items():
-        df[c] = s
+        # (values: a Series read through ``series`` may carry another frame's row labels)
+        df[c] = s if series is None else s.array
     return df, True
 
 
@@ -114,7 +121,10 @@ def _isna(s):
         return None
     if isinstance(dt, np.dtype) and dt.kind == "f":
         return np.isnan(s.to_numpy())
-    return s.isna().to_numpy()
+    # (what s.isna() holds, without making a Series of it)
+    if isinstance(dt, pd.api.extensions.ExtensionDtype):
+        return np.asarray(s.array.isna(), dtype=bool)
+    return pd.isna(s.to_numpy())
 
 
 def generic_pieces(mgr, parsed, data, env, fixed_matrices, w_all, off_all, missing, resp_col):
@@ -159,19 +169,22 @@ def generic_pieces(mgr, parsed, data, env, fixed_matrices, w_all, off_all, missi
                   n_missing=n_missing, n_zero=n_zero, frame=sub)
 
 
-def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col):
+def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col, columns=None):
     """:mod:`.patsy_pass`: one engine pass over the columns used; incomplete rows found with
     boolean masks and, for a row-wise formula whose categorical factors keep their levels,
     dropped by slicing the matrices (else the engine runs again on the complete rows, as the
-    generic path does).  Raises :class:`~.patsy_pass.Fallback` for the generic path."""
+    generic path does).  Raises :class:`~.patsy_pass.Fallback` for the generic path.
+    ``columns``: the build's :class:`~.patsy_pass.FrameColumns` of ``data``."""
     n = len(data)
+    cols = FrameColumns(data) if columns is None else columns
     gf_cols = list(dict.fromkeys(f for bar in parsed.bars for f in bar.factors))
-    store = ColumnStore(data, drop_unused=plan.rowwise, keep=resp_col, pandas=plan.pandas)
+    store = ColumnStore(data, drop_unused=plan.rowwise, keep=resp_col, pandas=plan.pandas,
+                        columns=cols)
     infos, mats, na = engine_pass(plan, store)
     # rows missing something outside the engine: a grouping factor, a weight, an offset
     other = None
     for f in gf_cols:
-        m = _isna(data[f])
+        m = _isna(cols[f])
         if m is not None:
             other = m if other is None else other | m
     for arr in (w_all, off_all):
@@ -179,7 +192,7 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
             m = ~np.isfinite(arr)
             other = m if other is None else other | m
     if fixed.response_column is not None:
-        m = data[fixed.response_column].isna().to_numpy()
+        m = cols[fixed.response_column].isna().to_numpy()
         other = m if other is None else other | m
     bad = na if other is None else na | other
     n_missing = int(np.count_nonzero(bad))
@@ -207,7 +220,8 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
         # as the generic path: the engine again on the complete rows, unused levels dropped,
         # until no row is incomplete
         for _ in range(3):
-            sub = ColumnStore(data, rows=kept, drop_unused=True, keep=resp_col, pandas=plan.pandas)
+            sub = ColumnStore(data, rows=kept, drop_unused=True, keep=resp_col, pandas=plan.pandas,
+                              columns=cols)
             infos, mats, na = engine_pass(plan, sub)
             bad = na if other is None or kept is None else na | other[kept]
             if not bad.any():
@@ -218,11 +232,12 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
             raise RuntimeError("the model frame did not settle after dropping incomplete rows")
     if fixed.response_column is None:
         y_num = mats[plan.y]
-        y_df = pd.DataFrame(y_num, columns=infos[plan.y].column_names)
+        ycols = infos[plan.y].column_names
+        y_df = pd.DataFrame(y_num, columns=names_index(ycols))
     else:
-        ys = data[fixed.response_column]
+        ys = cols[fixed.response_column]
         y_df = (ys if kept is None else ys.take(kept)).reset_index(drop=True).to_frame()
-        y_num = None
+        y_num = ycols = None
     # column-major, as the generic path's DataFrame.to_numpy() gives them: the same layout,
     # so that products with them round as before
     lhs = {k: (np.asfortranarray(mats[i]), infos[i].column_names, infos[i])
@@ -230,4 +245,5 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
     offs = [mats[i][:, 0] for i in plan.offsets]
     return Pieces(y=y_df, y_num=y_num, X=mats[plan.x], xnames=infos[plan.x].column_names,
                   fixed_spec=infos[plan.x], lhs=lhs, offs=offs, kept=kept,
-                  n_missing=n_missing, n_zero=n_zero, frame=None)
+                  n_missing=n_missing, n_zero=n_zero, frame=None,
+                  ycols=None if ycols is None else list(ycols))
