@@ -7,13 +7,21 @@ more than the arithmetic (measured here: an InstEval fit 1.2 s with one thread a
 1.8-37 s with two on a shared 2-core machine).  Fits therefore run with one BLAS thread
 unless the dense part is large enough for threads to pay; the dense inverse of the
 gradient (``potri``, which does gain from threads from ~600 rows) asks for them back.
+
+Threads also need idle cores: OpenBLAS's threads wait for each other by spinning, so with
+another process busy on a core a threaded inverse of 1,000 rows ran 5-6 times slower than
+on one thread (InstEval 0.65 s quiet, 3.5-4.3 s beside one busy process, 0.8 s on one thread
+there).  The count asked for is therefore capped by the cores the load average leaves free
+(:func:`free_cores`).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 
-__all__ = ["blas_threads", "inverse_threads", "THREADED_MIN_ROWS", "INVERSE_THREADED_MIN_ROWS"]
+__all__ = ["blas_threads", "inverse_threads", "free_cores", "THREADED_MIN_ROWS",
+           "INVERSE_THREADED_MIN_ROWS"]
 
 _state = {"controller": None, "default": None, "original": None}
 
@@ -35,9 +43,20 @@ def _controller():
     return _state["controller"]
 
 
+def free_cores():
+    """Cores not busy with other work, at least 1: the CPU count less the 1-minute load
+    average, this process's own share (up to one core) counted as free."""
+    ncpu = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):          # (not on every platform)
+        return ncpu
+    return max(1, min(ncpu, int(ncpu + 1.5 - max(load, 1.0))))
+
+
 class blas_threads:
     """Context manager: one BLAS thread for a dense part of fewer than ``min_rows`` rows,
-    the library's default number of threads otherwise.
+    the library's default number of threads otherwise, at most :func:`free_cores`.
 
     Uses threadpoolctl; does nothing if it is unavailable.  The BLAS thread count
     is process state: active contexts (of any thread) form a stack whose newest
@@ -62,6 +81,7 @@ class blas_threads:
             n = 1 if self.small else _state["default"]
             if n is None:
                 return self
+            n = min(n, free_cores())
             with _lock:
                 self._entry = [n]                        # a fresh object: removed by identity
                 _active.append(self._entry)

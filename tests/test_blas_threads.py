@@ -1,0 +1,51 @@
+"""BLAS threads during fits: capped by the cores the load average leaves free."""
+import pytest
+
+from mlmext import _blas
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+
+def _fake_machine(monkeypatch, ncpu, load):
+    monkeypatch.setattr(_blas.os, "cpu_count", lambda: ncpu)
+    monkeypatch.setattr(_blas.os, "getloadavg", lambda: (load, load, load))
+
+
+@pytest.mark.parametrize("ncpu, load, free", [
+    (2, 0.0, 2), (2, 1.0, 2), (2, 1.3, 2),      # idle, or this process alone
+    (2, 1.6, 1), (2, 2.0, 1), (2, 9.0, 1),      # another process busy on a core
+    (8, 1.0, 8), (8, 3.0, 6), (8, 20.0, 1),
+])
+def test_free_cores_from_load_average(monkeypatch, ncpu, load, free):
+    _fake_machine(monkeypatch, ncpu, load)
+    assert _blas.free_cores() == free
+
+
+def test_free_cores_without_load_average(monkeypatch):
+    def missing():
+        raise OSError("no load average")
+    monkeypatch.setattr(_blas.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(_blas.os, "getloadavg", missing)
+    assert _blas.free_cores() == 4
+
+
+def _blas_threads_now():
+    return max(lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+               if lib.get("user_api") == "blas")
+
+
+def test_threaded_inverse_capped_by_busy_cores(monkeypatch):
+    _blas._controller()
+    default = _blas._state["default"]
+    if default is None or default < 2:
+        pytest.skip("a BLAS with one thread: nothing to cap")
+    before = _blas_threads_now()
+    _fake_machine(monkeypatch, default, 0.0)
+    with _blas.inverse_threads(5000):
+        assert _blas_threads_now() == default
+    _fake_machine(monkeypatch, default, default + 3.0)      # every core busy elsewhere
+    with _blas.inverse_threads(5000):
+        assert _blas_threads_now() == 1
+    with _blas.inverse_threads(100):                          # small: one thread anyway
+        assert _blas_threads_now() == 1
+    assert _blas_threads_now() == before
