@@ -26,6 +26,12 @@ __all__ = ["LinearMixedModel"]
 _LOG2PI = np.log(2.0 * np.pi)
 
 
+def _frozen(a):
+    a = np.array(a, dtype=float)
+    a.setflags(write=False)
+    return a
+
+
 def _check_reml(reml):
     if not isinstance(reml, (bool, np.bool_)):
         raise ValueError(f"reml must be True (REML) or False (ML); got {reml!r}")
@@ -303,6 +309,16 @@ class LinearMixedModel(MixedModel):
                     scale[idx[k]] = np.sqrt(c2)
         return start, scale
 
+    def _warm_scale(self, reml):
+        """The optimizer's scale of theta for a start given as ``start_params``: the scale the
+        fit this model was made for refitting used (:func:`mlmext.inference.refit` sets it;
+        on several grouping factors it comes from each factor's curvature, and the units of
+        the predictors alone cost a refit twice the evaluations), else those units."""
+        warm = self.__dict__.get("_refit_scale")
+        if warm is not None and warm[0] == bool(reml) and warm[1].size == self.re_design.ntheta:
+            return warm[1]
+        return self.re_design.theta_units()
+
     def fit(self, reml=True, start_params=None, method="auto", maxiter=2000, tol=1e-9,
             disp=False, cov_type="nonrobust", cov_kwds=None, ddf="satterthwaite", **kwargs):
         """Fit by REML (default) or maximum likelihood.
@@ -375,14 +391,14 @@ class LinearMixedModel(MixedModel):
             if start_params is None:
                 start, scale = self._start_theta(reml)
             else:
-                start, scale = np.asarray(start_params, dtype=float), self.re_design.theta_units()
+                start, scale = np.asarray(start_params, dtype=float), self._warm_scale(reml)
             opt = minimize_theta(dev.value, start, dev.lower, method=method, maxiter=maxiter,
                                  tol=tol, grad=dev.value_and_grad, scale=scale,
                                  reflect=self.re_design.canonical_theta, hess=hess,
                                  warm=start_params is not None)
             state = dev.at(opt.x)
         theta, crit = state.theta, state.criterion
-        opt = OptSummary.from_result(opt, initial=start)
+        opt = OptSummary.from_result(opt, initial=start, scale=_frozen(scale))
         res = self._results_class(self, state, optim=opt, ddf=ddf)
         if disp:
             print(f"{'REML criterion' if reml else '-2 log-likelihood'} {crit:.6f} after "

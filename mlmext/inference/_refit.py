@@ -146,7 +146,12 @@ def refit(res, endog, **fit_kwargs):
     if _is_lmm(r):
         kw["start_params"] = r.theta
     kw.update(fit_kwargs)
-    return _rebuild_model(model, endog=y).fit(**kw)
+    new = _rebuild_model(model, endog=y)
+    scale = getattr(getattr(r, "optim", None), "extras", {}).get("scale")
+    if _is_lmm(r) and scale is not None and new is not model:
+        # the start is this fit's theta: so is the optimizer's scale (a private copy's setting)
+        new._refit_scale = (bool(r.reml), scale)
+    return new.fit(**kw)
 
 
 def _is_binomial(model):
