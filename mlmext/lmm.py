@@ -319,6 +319,18 @@ class LinearMixedModel(MixedModel):
             return warm[1]
         return self.re_design.theta_units()
 
+    def _warm_hessian(self, reml, start_params, scale):
+        """The Hessian (the optimizer's scaled theta) of the fit this model refits, when the
+        start is that fit's theta in the same scale (:func:`mlmext.inference.refit` sets it)."""
+        warm = self.__dict__.get("_refit_hessian")
+        if start_params is None or warm is None or warm[0] != bool(reml):
+            return None
+        theta, s, H = warm[1:]
+        if np.shape(start_params) != theta.shape or np.any(np.asarray(start_params) != theta) or \
+                s.shape != np.shape(scale) or np.any(s != scale):
+            return None
+        return H
+
     def fit(self, reml=True, start_params=None, method="auto", maxiter=2000, tol=1e-9,
             disp=False, cov_type="nonrobust", cov_kwds=None, ddf="satterthwaite", **kwargs):
         """Fit by REML (default) or maximum likelihood.
@@ -395,7 +407,8 @@ class LinearMixedModel(MixedModel):
             opt = minimize_theta(dev.value, start, dev.lower, method=method, maxiter=maxiter,
                                  tol=tol, grad=dev.value_and_grad, scale=scale,
                                  reflect=self.re_design.canonical_theta, hess=hess,
-                                 warm=start_params is not None)
+                                 warm=start_params is not None,
+                                 warm_hessian=self._warm_hessian(reml, start_params, scale))
             state = dev.at(opt.x)
         theta, crit = state.theta, state.criterion
         opt = OptSummary.from_result(opt, initial=start, scale=_frozen(scale))

@@ -147,10 +147,16 @@ def refit(res, endog, **fit_kwargs):
         kw["start_params"] = r.theta
     kw.update(fit_kwargs)
     new = _rebuild_model(model, endog=y)
-    scale = getattr(getattr(r, "optim", None), "extras", {}).get("scale")
+    extras = getattr(getattr(r, "optim", None), "extras", {})
+    scale = extras.get("scale")
     if _is_lmm(r) and scale is not None and new is not model:
-        # the start is this fit's theta: so is the optimizer's scale (a private copy's setting)
+        # the start is this fit's theta: so is the optimizer's scale, and this fit's Hessian
+        # there tells a start far from the new optimum (settings of the private copy)
         new._refit_scale = (bool(r.reml), scale)
+        H = extras.get("hessian")
+        if H is not None:
+            new._refit_hessian = (bool(r.reml), np.asarray(r.theta, dtype=float), scale,
+                                  np.asarray(H, dtype=float))
     return new.fit(**kw)
 
 

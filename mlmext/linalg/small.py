@@ -27,7 +27,7 @@ __all__ = ["SmallDenseFactor", "SMALL_ORDER", "small_dense_fits"]
 SMALL_ORDER = 64
 
 
-_potrf, _trtri, _trtrs = linalg.lapack.dpotrf, linalg.lapack.dtrtri, linalg.lapack.dtrtrs
+_potrf, _trtri = linalg.lapack.dpotrf, linalg.lapack.dtrtri
 
 #: largest n x nre for a dense Z when forming the cross-products (else sparse)
 DENSE_Z_MAX = 4_000_000
@@ -43,7 +43,7 @@ def _tri_inv(L):
     lower triangle only)."""
     if L.shape[0] == 0:                          # LAPACK rejects empty systems (no fixed effects)
         return np.zeros((0, 0))
-    R, info = linalg.lapack.dtrtri(L, lower=1)
+    R, info = _trtri(L, lower=1)
     if info:
         raise np.linalg.LinAlgError("singular triangular factor")
     return R
