@@ -412,7 +412,10 @@ class LinearMixedModel(MixedModel):
                                  warm_hessian=self._warm_hessian(reml, start_params, scale))
             state = dev.at(opt.x)
         theta, crit = state.theta, state.criterion
-        opt = OptSummary.from_result(opt, initial=start, scale=_frozen(scale))
+        extra = {"scale": _frozen(scale)}            # read-only: refits read them
+        if opt.get("hessian") is not None:
+            extra["hessian"] = _frozen(opt["hessian"])
+        opt = OptSummary.from_result(opt, initial=start, **extra)
         res = self._results_class(self, state, optim=opt, ddf=ddf)
         if disp:
             print(f"{'REML criterion' if reml else '-2 log-likelihood'} {crit:.6f} after "
