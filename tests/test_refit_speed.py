@@ -5,8 +5,6 @@
 * a refit whose start the parent fit's Hessian puts far from the new optimum goes to L-BFGS-B
   without the exact Hessian there; every refit still passes the same checks and ends where a
   cold fit of the same response ends (the optimizer's criterion: 1e-7 deviance units).
-* the small dense factor's solutions and leading triangular inverses, taken from LAPACK on the
-  whole factor in place, equal the ones from the leading slices (rounding).
 * small fits run under one BLAS thread whatever the library's setting.
 """
 import warnings
@@ -14,7 +12,6 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import linalg
 
 from mlmext.formula import api as mf
 
@@ -101,23 +98,6 @@ def test_refit_hessian_is_used_only_for_its_own_start():
     other = new.fit(start_params=np.asarray(res.theta) * 1.01)
     assert "estimated with the fit's Hessian" not in other.optim.tried[0][0]
     assert abs(other.criterion - r.criterion) < CRIT_TOL
-
-
-def test_small_factor_solutions_from_the_whole_factor():
-    from mlmext.linalg.small import _leading_inv, _solve_xy
-    for fname, formula in [("sleepstudy.csv", "Reaction ~ Days + (Days | Subject)"),
-                           ("dyestuff.csv", "Yield ~ 0 + (1 | Batch)")]:
-        m = mf.lmer(formula, read_data(fname))
-        dev = m.deviance(True)
-        f = dev.factor(np.asarray(m.fit().theta) * 1.1)
-        Lr = f.Lr
-        x = linalg.solve_triangular(Lr[:-1, :-1], Lr[-1, :-1], lower=True, trans=1)
-        np.testing.assert_allclose(_solve_xy(Lr), x, rtol=1e-12, atol=1e-12 * np.abs(x).max())
-        for k in (0, f.rz, f.rz + f.p):
-            R = _leading_inv(Lr, k)
-            assert R.shape == (k, k)
-            if k:
-                np.testing.assert_allclose(R @ Lr[:k, :k], np.eye(k), atol=1e-10)
 
 
 def test_small_fits_run_under_one_blas_thread():

@@ -27,7 +27,7 @@ __all__ = ["SmallDenseFactor", "SMALL_ORDER", "small_dense_fits"]
 SMALL_ORDER = 64
 
 
-_potrf, _trtri, _trtrs = linalg.lapack.dpotrf, linalg.lapack.dtrtri, linalg.lapack.dtrtrs
+_potrf, _trtri = linalg.lapack.dpotrf, linalg.lapack.dtrtri
 
 #: largest n x nre for a dense Z when forming the cross-products (else sparse)
 DENSE_Z_MAX = 4_000_000
@@ -47,30 +47,6 @@ def _tri_inv(L):
     if info:
         raise np.linalg.LinAlgError("singular triangular factor")
     return R
-
-
-def _leading_inv(Lr, k):
-    """``L_k^-1`` of the leading k x k block of the lower factor ``Lr`` (Fortran order, strict
-    upper triangle 0): the leading block of ``Lr^-1`` (a triangular inverse's leading block
-    depends on the leading block alone), without copying a strided slice for LAPACK."""
-    if k == 0:
-        return np.zeros((0, 0))
-    R, info = _trtri(Lr, lower=1)
-    if info:
-        raise np.linalg.LinAlgError("singular triangular factor")
-    return R[:k, :k]
-
-
-def _solve_xy(Lr):
-    """``[u; beta]`` from ``L_11' x = l_y`` (``l_y``: the last row of the lower factor ``Lr``
-    before its diagonal): the system ``Lr' [x; 0] = [l_y; 0]`` on the whole factor, so that
-    LAPACK reads ``Lr`` in place (a leading slice's transpose was copied: 10 us a call)."""
-    rhs = Lr[-1].copy()
-    rhs[-1] = 0.0
-    x, info = _trtrs(Lr, rhs, lower=1, trans=1)
-    if info:
-        raise np.linalg.LinAlgError("singular triangular factor")
-    return x[:-1]
 
 
 def _potri(L):
@@ -234,7 +210,7 @@ class SmallDenseFactor(Factor):
     # -- solutions and pieces of the inverse ----------------------------------------------
     def solve(self):
         """Spherical modes ``u`` and fixed effects ``beta``: ``L_11' [u; beta] = l_y``."""
-        x = _solve_xy(self.Lr)
+        x = solve_lower_t(self.Lr[:-1, :-1], self.Lr[-1, :-1])
         return x[:self.rz], x[self.rz:]
 
     def _zz_inverse(self):
@@ -262,7 +238,7 @@ class SmallDenseFactor(Factor):
         block of level g is ``R_g' R_g`` (R_g: its q columns), so each block's sum is one
         product of R's columns for that block, rows and levels stacked."""
         P = self.rz + k
-        R = _leading_inv(self.Lr, P)
+        R = _tri_inv(self.Lr[:P, :P])
         out = []                  # (Lr's upper triangle is 0, and dtrtri writes the lower only)
         for b, off in zip(self.blocks, self._offsets):
             Rb = np.ascontiguousarray(R[:, off:off + b.nre]).reshape(P * b.m, b.q)
@@ -315,7 +291,7 @@ class SmallDenseFactor(Factor):
         A = self.A
         App = A[:P, :P]
         B = self._b_matrix(P)
-        x = _solve_xy(self.Lr)                                     # [u; beta]
+        x = solve_lower_t(self.Lr[:-1, :-1], self.Lr[-1, :-1])     # [u; beta]
         u = x[:rz]
         res = A[:P, -1] - B @ x
         K = EZ.shape[0]
@@ -323,14 +299,14 @@ class SmallDenseFactor(Factor):
         Ex[:rz] = (EZ @ u).T                                 # column k: E_k x
         V = -(B.T @ Ex)
         V[:rz] += (np.swapaxes(EZ, 1, 2) @ res[:rz]).T       # + E_k' res
-        Rp = _leading_inv(self.Lr, P)
+        Rp = _tri_inv(self.Lr[:P, :P])
         Oinv = Rp.T @ Rp                                     # Omega_P^-1
         dr2 = -2.0 * (res @ Ex)
         d2r2 = -2.0 * (V.T @ Oinv @ V) + 2.0 * (Ex.T @ App @ Ex)
         if Q == P:
             OQ = Oinv
         else:
-            RQ = Rp[:Q, :Q]
+            RQ = _tri_inv(self.Lr[:Q, :Q])
             OQ = RQ.T @ RQ
         T = np.zeros((K, Q, Q))
         T[:, :rz, :] = np.swapaxes(EZ, 1, 2) @ B[:rz, :Q]    # T_k = E_k' B
@@ -358,14 +334,14 @@ class SmallDenseFactor(Factor):
         Q = rz + k
         rows, cols, th = self._dpos
         A, C, Lr = self.A, self._C, self.Lr
-        x = _solve_xy(Lr)                                # [u; beta]
+        x = solve_lower_t(Lr[:-1, :-1], Lr[-1, :-1])     # [u; beta]
         v = np.empty(p + 1)
         v[:p] = -x[rz:]
         v[p] = 1.0
         res = A[:rz, rz:] @ v - C[:rz] @ x[:rz]           # (A_Py - B x) on the random effects
         K = self.ntheta
         dr2 = -2.0 * np.bincount(th, weights=res[rows] * x[cols], minlength=K)
-        RQ = _leading_inv(Lr, Q)
+        RQ = _tri_inv(Lr[:Q, :Q])
         Oinv = RQ.T @ RQ
         BO = C[:rz] @ Oinv[:rz] if k == 0 else C[:rz] @ Oinv[:rz] + A[:rz, rz:Q] @ Oinv[rz:]
         dld = 2.0 * np.bincount(th, weights=BO[rows, cols], minlength=K)
