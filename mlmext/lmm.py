@@ -1,14 +1,13 @@
 """Linear mixed models fitted by (RE)ML on the profiled objective (lme4's ``lmer``)."""
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import numpy as np
 import pandas as pd
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from ._blas import TINY_ROWS, blas_threads
+from ._blas import blas_threads
 from ._args import reject_unknown
 from .base import MixedModel
 from .frame import display_name
@@ -24,6 +23,12 @@ from .results import LMMResults, MixedResultsWrapper
 __all__ = ["LinearMixedModel"]
 
 _LOG2PI = np.log(2.0 * np.pi)
+
+
+def _frozen(a):
+    a = np.array(a, dtype=float)
+    a.setflags(write=False)
+    return a
 
 
 def _check_reml(reml):
@@ -395,6 +400,28 @@ class LinearMixedModel(MixedModel):
                     scale[idx[k]] = np.sqrt(c2)
         return start, scale
 
+    def _warm_scale(self, reml):
+        """The optimizer's scale of theta for a start given as ``start_params``: the scale the
+        fit this model was made for refitting used (:func:`mlmext.inference.refit` sets it;
+        on several grouping factors it comes from each factor's curvature, and the units of
+        the predictors alone cost a refit twice the evaluations), else those units."""
+        warm = self.__dict__.get("_refit_scale")
+        if warm is not None and warm[0] == bool(reml) and warm[1].size == self.re_design.ntheta:
+            return warm[1]
+        return self.re_design.theta_units()
+
+    def _warm_hessian(self, reml, start_params, scale):
+        """The Hessian (the optimizer's scaled theta) of the fit this model refits, when the
+        start is that fit's theta in the same scale (:func:`mlmext.inference.refit` sets it)."""
+        warm = self.__dict__.get("_refit_hessian")
+        if start_params is None or warm is None or warm[0] != bool(reml):
+            return None
+        theta, s, H = warm[1:]
+        if np.shape(start_params) != theta.shape or np.any(np.asarray(start_params) != theta) or \
+                s.shape != np.shape(scale) or np.any(s != scale):
+            return None
+        return H
+
     def fit(self, reml=True, start_params=None, method="auto", maxiter=2000, tol=1e-9,
             disp=False, cov_type="nonrobust", cov_kwds=None, ddf="satterthwaite", **kwargs):
         """Fit by REML (default) or maximum likelihood.
@@ -462,19 +489,25 @@ class LinearMixedModel(MixedModel):
         dev = self.deviance(reml)
         # small systems: the exact Hessian for Newton and the checks (else differences)
         hess = (lambda th: dev.value_grad_hess(th)[2]) if dev.has_hessian else None
-        # a dense part below TINY_ROWS runs on one BLAS thread anyway: no thread limit to set
-        with blas_threads(dev.size) if dev.size >= TINY_ROWS else contextlib.nullcontext():
+        # one BLAS thread for a small dense part, the tiniest too: OpenBLAS threads the 40 x 40
+        # products of sleepstudy's factor, and with the cores busy its threads' handoffs made
+        # that fit 10x slower (22 ms against 2.2 ms) -- the limit costs ~30 us
+        with blas_threads(dev.size):
             if start_params is None:
                 start, scale = self._start_theta(reml)
             else:
-                start, scale = np.asarray(start_params, dtype=float), self.re_design.theta_units()
+                start, scale = np.asarray(start_params, dtype=float), self._warm_scale(reml)
             opt = minimize_theta(dev.value, start, dev.lower, method=method, maxiter=maxiter,
                                  tol=tol, grad=dev.value_and_grad, scale=scale,
                                  reflect=self.re_design.canonical_theta, hess=hess,
-                                 warm=start_params is not None)
+                                 warm=start_params is not None,
+                                 warm_hessian=self._warm_hessian(reml, start_params, scale))
             state = dev.at(opt.x)
         theta, crit = state.theta, state.criterion
-        opt = OptSummary.from_result(opt, initial=start)
+        extra = {"scale": _frozen(scale)}            # read-only: refits read them
+        if opt.get("hessian") is not None:
+            extra["hessian"] = _frozen(opt["hessian"])
+        opt = OptSummary.from_result(opt, initial=start, **extra)
         res = self._results_class(self, state, optim=opt, ddf=ddf)
         if disp:
             print(f"{'REML criterion' if reml else '-2 log-likelihood'} {crit:.6f} after "

@@ -146,7 +146,18 @@ def refit(res, endog, **fit_kwargs):
     if _is_lmm(r):
         kw["start_params"] = r.theta
     kw.update(fit_kwargs)
-    return _rebuild_model(model, endog=y).fit(**kw)
+    new = _rebuild_model(model, endog=y)
+    extras = getattr(getattr(r, "optim", None), "extras", {})
+    scale = extras.get("scale")
+    if _is_lmm(r) and scale is not None and new is not model:
+        # the start is this fit's theta: so is the optimizer's scale, and this fit's Hessian
+        # there tells a start far from the new optimum (settings of the private copy)
+        new._refit_scale = (bool(r.reml), scale)
+        H = extras.get("hessian")
+        if H is not None:
+            new._refit_hessian = (bool(r.reml), np.asarray(r.theta, dtype=float), scale,
+                                  np.asarray(H, dtype=float))
+    return new.fit(**kw)
 
 
 def _is_binomial(model):

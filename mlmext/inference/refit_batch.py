@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .._blas import blas_threads
 from ..linalg.small_batch import OneBlockBatch
 from ..objective import LMMState
 from ..optimize import OptSummary
@@ -125,7 +126,8 @@ def refit_many(res, Y, **fit_kwargs):
     out = [None] * Y.shape[1]
     for lo in range(0, Y.shape[1], CHUNK):
         hi = min(lo + CHUNK, Y.shape[1])
-        fits, starts = _lockstep(r, sf, Y[:, lo:hi], Yo[:, lo:hi])
+        with blas_threads(sf.r):          # small products: one BLAS thread (as a single fit)
+            fits, starts = _lockstep(r, sf, Y[:, lo:hi], Yo[:, lo:hi])
         for b, fit, start in zip(range(lo, hi), fits, starts):
             if fit is None:          # a single refit, from the lowest point the lockstep found
                 fit = refit(res, Y[:, b]) if start is None else \

@@ -27,6 +27,8 @@ __all__ = ["SmallDenseFactor", "SMALL_ORDER", "small_dense_fits"]
 SMALL_ORDER = 64
 
 
+_potrf, _trtri = linalg.lapack.dpotrf, linalg.lapack.dtrtri
+
 #: largest n x nre for a dense Z when forming the cross-products (else sparse)
 DENSE_Z_MAX = 4_000_000
 
@@ -41,7 +43,7 @@ def _tri_inv(L):
     lower triangle only)."""
     if L.shape[0] == 0:                          # LAPACK rejects empty systems (no fixed effects)
         return np.zeros((0, 0))
-    R, info = linalg.lapack.dtrtri(L, lower=1)
+    R, info = _trtri(L, lower=1)
     if info:
         raise np.linalg.LinAlgError("singular triangular factor")
     return R
@@ -158,22 +160,22 @@ class SmallDenseFactor(Factor):
     def update(self, lams):
         """Factor for the block templates ``lams`` (from ``design.lambdas(theta)``)."""
         Lam = self._lam_matrix(lams)
-        rz = self.rz
+        rz, r = self.rz, self.r
         A = self.A
-        Om = np.empty_like(A)
-        T = Lam.T @ A[:rz, :]                             # Lambda' [A_ZZ A_Zr]
-        Om[:rz, :rz] = T[:, :rz] @ Lam
-        Om[:rz, rz:] = T[:, rz:]
-        Om[rz:, :rz] = T[:, rz:].T
+        # potrf reads the lower triangle only: [Lambda' A_ZZ Lambda, .; A_rZ Lambda, A_rr]
+        C = A[:, :rz] @ Lam                               # [A_ZZ; A_rZ] Lambda (r x rz)
+        Om = np.empty((r, r), order="F")                  # LAPACK's order: no copy in potrf
+        Om[:rz, :rz] = Lam.T @ C[:rz]
+        Om[rz:, :rz] = C[rz:]
         Om[rz:, rz:] = A[rz:, rz:]
-        Om.reshape(-1)[:rz * (self.r + 1):self.r + 1] += 1.0     # + I_Z (a view of the diagonal)
-        c, info = linalg.lapack.dpotrf(Om, lower=1, clean=1, overwrite_a=1)
+        Om.T.reshape(-1)[:rz * (r + 1):r + 1] += 1.0     # + I_Z (a view of the diagonal)
+        c, info = _potrf(Om, lower=1, clean=1, overwrite_a=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"{info}-th leading minor is not positive definite")
-        d = np.diagonal(c)
-        if not np.isfinite(d.sum()):          # OpenBLAS's potrf lets a NaN through
+        d = np.log(np.diagonal(c))           # (a NaN stays NaN: OpenBLAS's potrf lets one through)
+        if not np.isfinite(d.sum()):
             raise np.linalg.LinAlgError("the system has non-finite values")
-        self.Lr, self.lams, self._Lam, self._T, self._logd = c, lams, Lam, T, None
+        self.Lr, self.lams, self._Lam, self._C, self._logd = c, lams, Lam, C, d
         return self
 
     # -- the profiled objective -------------------------------------------------------
@@ -315,27 +317,34 @@ class SmallDenseFactor(Factor):
         return dld, 2.0 * S - trGG, dr2, d2r2
 
     def _b_matrix(self, P):
-        """``B = A_PP diag(Lambda, I)``: its random-effects columns are ``A_PZ Lambda``, the
-        transpose of the rows ``Lambda' A_ZP`` that :meth:`update` formed."""
+        """``B = A_PP diag(Lambda, I)``: its random-effects columns are ``A_PZ Lambda``, which
+        :meth:`update` formed."""
         B = self.A[:P, :P].copy()
-        B[:, :self.rz] = self._T[:, :P].T
+        B[:, :self.rz] = self._C[:P]
         return B
 
     def first_derivatives(self, k):
         """``(d log det Omega_Q, d r2)`` in theta at the current theta (:meth:`derivatives`'s
         first derivatives alone): ``2 sum_(r,c) (B Omega_Q^-1)_rc`` and ``-2 sum_(r,c) res_r x_c``
-        over the positions (r, c) of each theta entry.  Exact at a zero diagonal too."""
+        over the positions (r, c) of each theta entry.  Exact at a zero diagonal too.
+
+        The positions' rows are random effects, so only B's first ``rz`` rows enter:
+        ``B_Z = [A_ZZ Lambda, A_ZX]`` (:meth:`update` formed ``A_ZZ Lambda``)."""
         rz, p = self.rz, self.p
-        P, Q = rz + p, rz + k
+        Q = rz + k
         rows, cols, th = self._dpos
-        A = self.A
-        B = self._b_matrix(P)
-        x = solve_lower_t(self.Lr[:-1, :-1], self.Lr[-1, :-1])     # [u; beta]
-        res = A[:P, -1] - B @ x
+        A, C, Lr = self.A, self._C, self.Lr
+        x = solve_lower_t(Lr[:-1, :-1], Lr[-1, :-1])     # [u; beta]
+        v = np.empty(p + 1)
+        v[:p] = -x[rz:]
+        v[p] = 1.0
+        res = A[:rz, rz:] @ v - C[:rz] @ x[:rz]           # (A_Py - B x) on the random effects
         K = self.ntheta
         dr2 = -2.0 * np.bincount(th, weights=res[rows] * x[cols], minlength=K)
-        RQ = _tri_inv(self.Lr[:Q, :Q])
-        dld = 2.0 * np.bincount(th, weights=(B[:Q, :Q] @ (RQ.T @ RQ))[rows, cols], minlength=K)
+        RQ = _tri_inv(Lr[:Q, :Q])
+        Oinv = RQ.T @ RQ
+        BO = C[:rz] @ Oinv[:rz] if k == 0 else C[:rz] @ Oinv[:rz] + A[:rz, rz:Q] @ Oinv[rz:]
+        dld = 2.0 * np.bincount(th, weights=BO[rows, cols], minlength=K)
         return dld, dr2
 
     def _dense_patterns(self):

@@ -91,7 +91,7 @@ class LMMDeviance:
         small = getattr(model, "_small_factor", None)
         fac = small() if small is not None else None
         self._factor = (model._cross_products() if fac is None else fac).workspace()
-        self._last = None                 # the theta the workspace was last updated to
+        self._last = None                 # the theta (bytes) the workspace was last updated to
 
     @property
     def nparams(self):
@@ -110,12 +110,12 @@ class LMMDeviance:
         the factor as it stands (Newton's Hessian and the final state at a point whose value
         and gradient were just computed)."""
         theta = np.asarray(theta, dtype=float)
-        last = self._last
-        if last is not None and last.shape == theta.shape and np.array_equal(last, theta):
+        key = theta.tobytes()             # (bytes: np.array_equal costs more than a small update's
+        if key == self._last:             # share; -0.0 and 0.0 differ and are just recomputed)
             return self._factor
         self._last = None
         ch = self._factor.update(self.design.lambdas(theta) if lams is None else lams)
-        self._last = theta.copy()
+        self._last = key
         return ch
 
     def _from_factor(self, ch):

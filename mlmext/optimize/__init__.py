@@ -1,7 +1,7 @@
 """The optimizers and numerical derivatives of the fits.
 
-* :mod:`.theta` -- bounded minimization of a deviance in theta (LMM), bounded BFGS,
-  probes off and onto bounds;
+* :mod:`.theta` -- bounded minimization of a deviance in theta (LMM), probes off and onto
+  bounds; :mod:`.bfgs` -- bounded BFGS (clmm); :mod:`.lbfgsb` -- scipy's L-BFGS-B core;
 * :mod:`.newton` -- quasi-Newton and Newton with exact or differenced gradients (GLMM);
 * :mod:`.polish` -- Newton polish and the second-order checks (decrement, saddles, bound
   probes) that decide convergence;

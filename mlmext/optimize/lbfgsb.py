@@ -62,22 +62,23 @@ def lbfgsb(fg, x0, lower, maxiter=15000, maxfun=15000, ftol=2.2e-9, gtol=1e-5, m
     up = np.zeros(n, dtype=np.float64)
     nfev = nit = 0
     last = None                                       # scipy evaluates a repeated point once
+    setulb = _lbfgsb.setulb
     while True:
-        g = g.astype(np.float64)
+        g = np.array(g, dtype=np.float64)             # setulb writes it: the caller's stays
         try:
-            _lbfgsb.setulb(m, x, low, up, nbd, f, g, factr, gtol, wa, iwa, task, lsave, isave,
-                           dsave, maxls, ln_task)
+            setulb(m, x, low, up, nbd, f, g, factr, gtol, wa, iwa, task, lsave, isave,
+                   dsave, maxls, ln_task)
         except (TypeError, ValueError):
             if nfev == 0:                             # another core's signature: scipy's way
                 _usable[0] = False
                 return _scipy(fg, x0, lower, maxiter, maxfun, ftol, gtol)
             raise
         if task[0] == _FG:
-            if last is None or not np.array_equal(x, last[0]):
-                xe = x.copy()
-                fv, gv = fg(xe.copy())
+            key = x.tobytes()                         # (np.array_equal's test, cheaper)
+            if last is None or key != last[0]:
+                fv, gv = fg(x.copy())
                 fv = float(np.asarray(fv).item()) if not np.isscalar(fv) else fv
-                last = (xe, fv, np.atleast_1d(np.asarray(gv, dtype=float)).copy())
+                last = (key, fv, np.atleast_1d(np.asarray(gv, dtype=float)).copy())
                 nfev += 1
             f, g = last[1], last[2]
         elif task[0] == _NEW_X:

@@ -48,7 +48,10 @@ class OptSummary:
         Fit-specific facts (``extras`` as a read-only mapping; also attributes), such as
         ``decrement``: the Newton decrement at the end (LMM and clmm checks:
         ``g' H^-1 g / 2``, the deviance decrease still available; the GLMM's Newton:
-        ``g' H^-1 g``, lme4's PIRLS convention).
+        ``g' H^-1 g``, lme4's PIRLS convention); on LMM fits ``scale``, the optimizer's
+        scale of theta (it works on ``theta * scale``), and ``hessian``, the deviance's
+        Hessian in that scaled theta at (or a Newton step before) the end, which a refit
+        from this fit's theta uses to tell a far start.
     """
 
     initial: np.ndarray

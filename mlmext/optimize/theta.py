@@ -1,5 +1,5 @@
-"""Bounded minimizers of the deviances: theta (bounded below on the diagonals) and bounded BFGS,
-with the probes that move a fit off a bound or onto it."""
+"""Bounded minimizers of the deviances: theta (bounded below on the diagonals), with the probes
+that move a fit off a bound or onto it (bounded BFGS: :mod:`.bfgs`)."""
 from __future__ import annotations
 
 import warnings
@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 from scipy import optimize
 
+from .bfgs import minimize_bfgs
 from .lbfgsb import lbfgsb
-from .linesearch import backtrack
 from .polish import Polish, newton_polish
 
 __all__ = ["minimize_theta", "minimize_bfgs"]
@@ -21,7 +21,12 @@ def _bounds(lower):
 def _run(method, fun, x0, lower, grad, maxiter, tol, ftol=None):
     """One optimizer run; ``grad`` (if given) returns (value, gradient) in one call; ``ftol``
     overrides L-BFGS-B's relative-reduction stop."""
-    bounds = _bounds(lower)
+    if method == "L-BFGS-B":              # scipy's L-BFGS-B core without minimize()'s wrapper
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return lbfgsb(grad, x0, lower, maxiter=maxiter, maxfun=maxiter,
+                          ftol=tol * 1e-1 if ftol is None else ftol, gtol=1e-5)
+    bounds = _bounds(lower)               # (scipy's Bounds: only for the other methods)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         if method == "COBYQA":
@@ -29,9 +34,6 @@ def _run(method, fun, x0, lower, grad, maxiter, tol, ftol=None):
             return optimize.minimize(fun, x0, method="COBYQA", bounds=bounds,
                                      options={"maxfev": maxiter, "initial_tr_radius": 0.5 * scale,
                                               "final_tr_radius": tol ** 0.5 * 1e-2 * scale})
-        if method == "L-BFGS-B":          # scipy's L-BFGS-B core without minimize()'s wrapper
-            return lbfgsb(grad, x0, lower, maxiter=maxiter, maxfun=maxiter,
-                          ftol=tol * 1e-1 if ftol is None else ftol, gtol=1e-5)
         if method == "Nelder-Mead":
             return optimize.minimize(fun, np.maximum(x0, np.where(np.isfinite(lower), lower, -np.inf)),
                                      method="Nelder-Mead", bounds=bounds,
@@ -43,7 +45,7 @@ def _run(method, fun, x0, lower, grad, maxiter, tol, ftol=None):
 
 
 def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, grad=None, scale=None,
-                   check_tol=1e-7, reflect=None, hess=None, warm=False):
+                   check_tol=1e-7, reflect=None, hess=None, warm=False, warm_hessian=None):
     """Minimize an objective of theta subject to ``theta >= lower``.
 
     Parameters
@@ -89,6 +91,11 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         REML fit): where its Newton decrement is at most ``WARM_MAX_DECREMENT``, Newton steps
         from it first, L-BFGS-B only if they do not end at a point passing the checks (the
         same checks either way).
+    warm_hessian : ndarray, optional
+        With ``warm``: the Hessian (in the scaled variables) of the fit whose end point is
+        the start (a refit's parent).  A start whose Newton decrement estimated with it is
+        above ``FAR_FACTOR * WARM_MAX_DECREMENT`` goes to L-BFGS-B without the exact Hessian
+        there (a refit to a new response usually starts that far).
 
     Returns
     -------
@@ -113,14 +120,14 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         rs = None if reflect is None else (lambda x: reflect(x / s) * s)
         res = minimize_theta(fs, start * s, lower * s, method=method, maxiter=maxiter, tol=tol,
                              grad=None if grad is None else gs, check_tol=check_tol, reflect=rs,
-                             hess=hs, warm=warm)
+                             hess=hs, warm=warm, warm_hessian=warm_hessian)
         res.x = res.x / s
         return res
     # where the objective extends smoothly across the bounds, the checks look across them
     lower_check = lower if reflect is None else np.full(lower.size, -np.inf)
     if method == "auto" and grad is not None:
         res = _minimize_auto(fun, grad, start, lower_check, maxiter, tol, check_tol, hess=hess,
-                             warm=warm and hess is not None)
+                             warm=warm and hess is not None, warm_hessian=warm_hessian)
         if reflect is not None:
             x = np.asarray(reflect(res.x), dtype=float)
             fx = res.fun
@@ -190,6 +197,9 @@ WARM_NEWTON_ITERATIONS = 8
 #: refit of a REML fit starts at ~0.05, a refit to a simulated response at 1.5-5, from where
 #: L-BFGS-B's cheaper steps get there first (sleepstudy, Penicillin, Pastes)
 WARM_MAX_DECREMENT = 0.5
+#: a start whose decrement estimated with the parent fit's Hessian exceeds this multiple of
+#: WARM_MAX_DECREMENT is far: the exact Hessian there (~1.7 gradients) would only confirm it
+FAR_FACTOR = 2.0
 
 
 def _near(f, g, H):
@@ -205,8 +215,18 @@ def _near(f, g, H):
     return 0.5 * float(z @ z) <= WARM_MAX_DECREMENT
 
 
+def _estimated_decrement(g, H):
+    """``g' H^-1 g / 2`` with a Hessian from elsewhere (inf where it is unusable)."""
+    try:
+        L = np.linalg.cholesky(0.5 * (H + H.T))
+    except np.linalg.LinAlgError:
+        return np.inf
+    z = np.linalg.solve(L, g)
+    return 0.5 * float(z @ z)
+
+
 def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, hess=None,
-                   warm=False):
+                   warm=False, warm_hessian=None):
     """L-BFGS-B, then Newton with the second-order checks; restarts where a check finds descent.
     ``warm``: Newton from the start first (L-BFGS-B only when it does not pass the checks)."""
     tol = min(tol, check_tol)          # Newton goes at least as far as the checks require
@@ -214,11 +234,27 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
     x, best = start, None
     label = "L-BFGS-B"
     hname = "exact Hessian" if hess is not None else "Hessian from gradient differences"
+    first = None                       # the start's value and gradient, when computed here
+    metric = None                      # a Hessian to run the first L-BFGS-B in (whitened)
     if warm:
         f0, g0 = grad(start)
-        H0 = hess(start)
         nfev += 1
-        if _near(f0, g0, H0):
+        g0 = np.asarray(g0, dtype=float)
+        first = (f0, g0)
+        Hp = None if warm_hessian is None else np.asarray(warm_hessian, dtype=float)
+        if Hp is not None and Hp.shape == (g0.size, g0.size) and np.all(np.isfinite(Hp)) and \
+                np.all(np.isfinite(g0)) and \
+                _estimated_decrement(g0, Hp) > FAR_FACTOR * WARM_MAX_DECREMENT:
+            H0 = None
+            metric = Hp if not np.isfinite(lower).any() else None
+            tried.append((f"Newton decrement at the start above {FAR_FACTOR * WARM_MAX_DECREMENT:g} "
+                          "(estimated with the fit's Hessian): L-BFGS-B from there", True, 1))
+        else:
+            H0 = hess(start)
+        if H0 is None:
+            pass
+        elif _near(f0, g0, H0):
+            first = None
             p = newton_polish(grad, start, lower, f=f0, g=g0, H0=H0, tol=tol, check_tol=check_tol,
                               maxit=min(WARM_NEWTON_ITERATIONS, maxiter), value=fun, hess=hess)
             nfev += p.nfev
@@ -236,9 +272,12 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
                           "L-BFGS-B from there", True, 1))
     for rnd in range(rounds):
         # a loose relative stop: Newton finishes faster than L-BFGS-B's last iterations
-        r = _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol) if rnd == 0 else \
-            _run("L-BFGS-B", fun, x, lower, grad, maxiter, tol, ftol=1e-7)
-        nfev += int(r.nfev)
+        if rnd == 0 and metric is not None:
+            r = _run_lbfgsb_whitened(grad, x, metric, maxiter, tol, first)
+        else:
+            r = _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first) if rnd == 0 else \
+                _run("L-BFGS-B", fun, x, lower, grad, maxiter, tol, ftol=1e-7)
+        nfev += int(r.nfev) - (rnd == 0 and first is not None)     # (the start's, counted)
         tried.append((label, bool(r.success), int(r.nfev)))
         x1 = np.asarray(r.x, dtype=float)
         f1, g1 = (float(r.fun), np.asarray(r.jac, dtype=float)) if np.all(x1 >= lower) else (None, None)
@@ -279,7 +318,7 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
 FIRST_STEP_MIN_GRADIENT = 10.0
 
 
-def _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol):
+def _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first=None):
     """The first L-BFGS-B run, its first trial step the full gradient step.
 
     The variables are scaled so that a unit step means alike in each and the curvature is
@@ -288,9 +327,9 @@ def _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol):
     of 4, one evaluation each (a large fit starting 25 gradient-lengths away paid 2-3 of
     them).  Working on ``x |g|`` makes the first trial the full step; later iterations are
     unaffected (the quasi-Newton scaling is invariant).  The start's value and gradient are
-    computed here and handed to L-BFGS-B's first evaluation.
+    computed here (unless given as ``first``) and handed to L-BFGS-B's first evaluation.
     """
-    f0, g0 = grad(x)
+    f0, g0 = grad(x) if first is None else first
     g0 = np.asarray(g0, dtype=float)
     pg = np.where(np.isfinite(lower) & (x <= lower) & (g0 > 0), 0.0, g0)   # projected
     gn = float(np.sqrt(pg @ pg))
@@ -313,9 +352,34 @@ def _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol):
     return r
 
 
+def _run_lbfgsb_whitened(grad, x0, H, maxiter, tol, first):
+    """The first L-BFGS-B run of a refit (no bounds) in ``z = L' (x - x0)``, ``H = L L'`` the
+    parent fit's Hessian: the curvature there is about 1 in every direction, so the quasi-
+    Newton method starts with the right metric instead of learning it (about two evaluations
+    fewer from a far start).  Returns the result in ``x`` (``x``, ``jac`` mapped back)."""
+    try:
+        L = np.linalg.cholesky(0.5 * (H + H.T))
+        Li = np.linalg.inv(L)                    # x = x0 + Li' z, gradient in z: Li g
+    except np.linalg.LinAlgError:
+        return _run_lbfgsb_scaled(None, grad, x0, np.full(x0.size, -np.inf), maxiter, tol, first)
+    start = [] if first is None else [(first[0], Li @ np.asarray(first[1], dtype=float))]
+
+    def fz(z):
+        if start:
+            return start.pop()
+        f, g = grad(x0 + Li.T @ z)
+        return f, Li @ np.asarray(g, dtype=float)
+
+    r = _run("L-BFGS-B", None, np.zeros(x0.size), np.full(x0.size, -np.inf), fz, maxiter, tol,
+             ftol=1e-7)
+    r.x = x0 + Li.T @ np.asarray(r.x, dtype=float)
+    r.jac = L @ np.asarray(r.jac, dtype=float)
+    return r
+
+
 def _auto_result(p, nfev, tried, lower):
     return optimize.OptimizeResult(
-        x=p.x, fun=float(p.f), success=bool(p.converged), message=p.message, nfev=nfev,
+        x=p.x, fun=float(p.f), success=bool(p.converged), message=p.message, nfev=nfev, hessian=p.H,
         tried=tried, snapped=[int(i) for i in np.flatnonzero(np.isfinite(lower) & (p.x <= lower))],
         decrement=p.decrement, min_eigenvalue=p.min_eigenvalue,
         method=" + ".join(m for m, _, _ in tried))
@@ -375,108 +439,3 @@ def snap_to_bound(fun, x, fx, lower, tol, width=1e-4):
                 x, fx = trial, ft
                 snapped.append(int(i))
     return x, fx, snapped, nfev
-
-
-def minimize_bfgs(fg, x0, lower, B0=None, gtol=1e-6, maxiter=500, f0g0=None, dec_tol=1e-10):
-    """Quasi-Newton (BFGS) minimization with lower bounds on some variables.
-
-    Projected BFGS with an active set: a variable at its bound whose gradient
-    points outwards is held there; the search direction solves the BFGS model
-    on the free variables; steps are projected onto the bounds with
-    backtracking (Armijo).  Small and dense: meant for the handful of
-    parameters of a mixed model, where the cost of an evaluation (inner
-    iterations for the conditional modes) dominates.
-
-    Parameters
-    ----------
-    fg : callable
-        ``x -> (f, g)``; ``f = inf`` marks an infeasible point.
-    x0 : ndarray
-    lower : ndarray
-        Lower bounds (``-inf`` for free variables).
-    B0 : ndarray, optional
-        Initial Hessian approximation (identity scaled after the first step
-        when not given).
-    f0g0 : tuple, optional
-        ``fg(x0)`` when the caller has it already.
-    gtol : float
-        Convergence when the largest projected-gradient entry is below it.
-    dec_tol : float
-        Convergence when the decrease the quasi-Newton model predicts for the
-        next step, ``g' B^-1 g / 2``, is below it (in units of the objective:
-        for a negative log-likelihood, 1e-10 puts the estimates within about
-        1e-5 standard errors of the optimum).
-
-    Returns
-    -------
-    scipy.optimize.OptimizeResult
-        ``x, fun, jac, nit, nfev, success, message``.
-
-    Notes
-    -----
-    The clmm fit's minimizer.  The GLMM fit keeps its own (``mlmext.optimize.quasi_newton``:
-    Powell-damped updates, eigenvalue-modified directions, theta steps capped at 1): swapped,
-    each reaches the same optima along other iterates, so merging would change fits.
-    """
-    lower = np.asarray(lower, dtype=float)
-    x = np.maximum(np.asarray(x0, dtype=float), lower)
-    f, g = fg(x) if f0g0 is None else f0g0
-    nfev = 1
-    if not np.isfinite(f):
-        return optimize.OptimizeResult(x=x, fun=f, jac=g, nit=0, nfev=nfev, success=False,
-                              message="non-finite objective at the starting point")
-    n = x.size
-    B = np.eye(n) if B0 is None else np.array(B0, dtype=float)
-    scaled = B0 is not None
-    bounded = np.isfinite(lower)
-    message = "maximum number of iterations reached"
-    success = False
-    it = 0
-    for it in range(1, maxiter + 1):
-        at_bound = bounded & (x <= lower)
-        active = at_bound & (g > 0)
-        free = ~active
-        pg = np.where(active, 0.0, g)
-        if np.max(np.abs(pg)) < gtol:
-            success, message = True, "projected gradient below tolerance"
-            break
-        d = np.zeros(n)
-        try:
-            if active.any():
-                d[free] = -np.linalg.solve(B[np.ix_(free, free)], g[free])
-            else:
-                d = -np.linalg.solve(B, g)
-        except np.linalg.LinAlgError:
-            d[free] = -g[free]
-        slope = float(g @ d)
-        if not np.isfinite(slope) or slope >= 0:        # not a descent direction: reset
-            B = np.eye(n) * max(1.0, np.abs(np.diag(B)).max())
-            d = -pg / np.diag(B)
-            slope = float(g @ d)
-        if -0.5 * slope < dec_tol:
-            success, message = True, "predicted decrease below tolerance"
-            break
-        def trial(t):
-            xt = np.maximum(x + t * d, lower)
-            ft, gt = fg(xt)
-            return ft, (xt, gt)
-
-        ls = backtrack(trial, lambda t, ft, p: ft <= f + 1e-4 * float(g @ (p[0] - x)),
-                       nonfinite_shrink=0.25)
-        nfev += ls.evaluations
-        ft, (xt, gt) = ls.value, ls.payload
-        if ls.t is None:
-            message = "line search failed to decrease the objective"
-            success = bool(np.max(np.abs(pg)) < 1e3 * gtol)
-            break
-        s = xt - x
-        y = gt - g
-        sy = float(s @ y)
-        if not scaled and sy > 0:
-            B = np.eye(n) * (float(y @ y) / sy)
-            scaled = True
-        if sy > 1e-12 * np.sqrt(float(s @ s) * float(y @ y)):
-            Bs = B @ s
-            B = B + np.outer(y, y) / sy - np.outer(Bs, Bs) / float(s @ Bs)
-        x, f, g = xt, ft, gt
-    return optimize.OptimizeResult(x=x, fun=f, jac=g, nit=it, nfev=nfev, success=success, message=message)
