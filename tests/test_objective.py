@@ -295,7 +295,7 @@ def test_one_block_start_criterion_is_the_one_block_deviance(reml):
     criterion (no sparse factor, O(levels) per call): it must be the one-block model's
     profiled deviance, for scalar and vector blocks, with prior weights."""
     from mlmext.linalg import BlockedCholesky
-    from mlmext.lmm import _one_block_criterion, block_alone_cross
+    from mlmext.objective.start import block_alone_cross, one_block_criterion
     rng = np.random.default_rng(4)
     n, g, h = 600, 40, 12
     df = pd.DataFrame({"x": rng.normal(size=n), "z": rng.normal(size=n),
@@ -312,7 +312,7 @@ def test_one_block_start_criterion_is_the_one_block_deviance(reml):
     names = set()
     for m, blk in [(m, b) for b in m.re_design.blocks] + [(m2, b) for b in m2.re_design.blocks]:
         nu = m.nobs - (m.k_fe if reml else 0)
-        crit = _one_block_criterion(block_alone_cross(blk, m._XY, m.weights), nu, reml)
+        crit = one_block_criterion(block_alone_cross(blk, m._XY, m.weights), nu, reml)
         names.add(crit.__name__)
         ch = BlockedCholesky([blk], m._XY, m.weights)
         for _ in range(3):

@@ -9,7 +9,8 @@ and reading one result never changes another (lme4's ``devfun``, MixedModels.jl'
 
 * :mod:`.params` -- the full parameter vector (:class:`MixedParams`) and lme4's
   sd / correlation scale of theta;
-* :mod:`.lmm` -- the profiled (RE)ML deviance of a linear mixed model.
+* :mod:`.lmm` -- the profiled (RE)ML deviance of a linear mixed model;
+* :mod:`.start` -- the start of a fit with several grouping factors (each factor alone).
 """
 from .lmm import LMMDeviance, LMMState
 from .params import MixedParams, sdcor_from_cov, sdcor_from_theta, theta_from_sdcor
