@@ -78,29 +78,23 @@ def one_block_criterion(cross, nu, reml):
         if q == 2:
             return _two_effect_criterion(A, E.reshape(npairs * m, k * k), G, nu, reml)
         E = np.ascontiguousarray(np.swapaxes(E, 0, 1)).reshape(m * npairs, k * k)
-        diag = np.arange(q)
 
         def crit_gram(lam):
-            M = sandwich(A, lam, lam)
-            M[:, diag, diag] += 1.0
-            try:
-                Minv, logdet = spd_inv_logdet(M)
-            except np.linalg.LinAlgError:
+            inv = _level_inverses(A, lam)
+            if inv is None:
                 return np.inf
+            Minv, logdet = inv
             B = sandwich(Minv, lam.T, lam.T)                 # Lambda M_g^-1 Lambda'
             return _profiled_tail(G - (B[:, a_idx, b_idx].ravel() @ E).reshape(k, k), logdet, nu, reml)
         return crit_gram
-    diag = np.arange(q)
 
     def crit(lam):
         # per level: S = G - sum_g T_g' M_g^-1 T_g with T_g = Lambda' C_g; by component, so
         # each step is an operation on (m, p + 1) arrays (no stacks of tiny matrix products)
-        M = sandwich(A, lam, lam)
-        M[:, diag, diag] += 1.0
-        try:
-            Minv, logdet = spd_inv_logdet(M)
-        except np.linalg.LinAlgError:
+        inv = _level_inverses(A, lam)
+        if inv is None:
             return np.inf
+        Minv, logdet = inv
         T = [sum(lam[b, a] * C[b] for b in range(q)) for a in range(q)]
         S = G.copy()
         for a in range(q):
@@ -108,6 +102,18 @@ def one_block_criterion(cross, nu, reml):
             S -= U.T @ T[a]
         return _profiled_tail(S, logdet, nu, reml)
     return crit
+
+
+def _level_inverses(A, lam):
+    """``M_g^-1`` and ``sum_g log|M_g|`` for ``M_g = Lambda' A_g Lambda + I``, or None where
+    an ``M_g`` is not positive definite."""
+    M = sandwich(A, lam, lam)
+    q = lam.shape[0]
+    M[:, np.arange(q), np.arange(q)] += 1.0
+    try:
+        return spd_inv_logdet(M)
+    except np.linalg.LinAlgError:
+        return None
 
 
 def _two_effect_criterion(A, E, G, nu, reml):
