@@ -181,12 +181,16 @@ def main(argv=None):
           f"{d['client_peak_mb']:.0f} MiB")
     if "pandas" in recs:
         p = recs["pandas"]
-        se = np.asarray(p["bse"])
-        dpar = np.max(np.abs(np.subtract(d["params"], p["params"])) / se)
         print(f"pandas in memory: {p['total']:.2f} s, peak RSS {p['peak_mb']:.0f} MiB")
-        print(f"  agreement: llf {d['llf']:.9f} vs {p['llf']:.9f} (diff {d['llf'] - p['llf']:.2e}); "
-              f"fixed effects {dpar:.2e} SE; theta max rel "
-              f"{np.max(np.abs(np.subtract(d['theta'], p['theta'])) / np.abs(p['theta'])):.2e}")
+        print_agreement(d, p)
+
+
+def print_agreement(d, p):
+    """The Dask fit ``d`` against the pandas fit ``p``: llf, fixed effects in SEs, theta."""
+    dpar = np.max(np.abs(np.subtract(d["params"], p["params"])) / np.asarray(p["bse"]))
+    print(f"  agreement: llf {d['llf']:.9f} vs {p['llf']:.9f} (diff {d['llf'] - p['llf']:.2e}); "
+          f"fixed effects {dpar:.2e} SE; theta max rel "
+          f"{np.max(np.abs(np.subtract(d['theta'], p['theta'])) / np.abs(p['theta'])):.2e}")
 
 
 def report_glmm(args, recs):
@@ -203,13 +207,9 @@ def report_glmm(args, recs):
           f"{d['client_peak_mb']:.0f} MiB")
     if "pandas" in recs:
         p = recs["pandas"]
-        se = np.asarray(p["bse"])
-        dpar = np.max(np.abs(np.subtract(d["params"], p["params"])) / se)
         print(f"pandas in memory: {p['total']:.2f} s ({p['nfev']} evaluations), peak RSS "
               f"{p['peak_mb']:.0f} MiB")
-        print(f"  agreement: llf {d['llf']:.9f} vs {p['llf']:.9f} (diff {d['llf'] - p['llf']:.2e}); "
-              f"fixed effects {dpar:.2e} SE; theta max rel "
-              f"{np.max(np.abs(np.subtract(d['theta'], p['theta'])) / np.abs(p['theta'])):.2e}")
+        print_agreement(d, p)
 
 
 if __name__ == "__main__":

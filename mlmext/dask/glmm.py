@@ -33,7 +33,7 @@ from ..glmm.results import GLMMResults
 from ..linalg import DenseFactor
 from ..prediction import re_contribution
 from .accumulate import _row_blocks, partition_rows
-from .learn import Laps, build_template, learn, ship, tree_reduce
+from .learn import Laps, build_template, check_rows_args, learn, ship, tree_reduce
 from .model import DaskLinearMixedModel, RowsNotHeldError, _rows, check_full_rank
 from .results import DaskResultsMixin
 
@@ -256,12 +256,7 @@ class DaskGeneralizedLinearMixedModel(GeneralizedLinearMixedModel):
                      missing="drop", eval_env=0, **kwargs):
         """Create the model of a Dask DataFrame (arguments as :func:`mlmext.formula.api.glmer`;
         ``weights`` and ``offset`` name columns; no ``subset``; ``missing="drop"``)."""
-        if subset is not None:
-            raise NotImplementedError("subset= is not taken for Dask data; select the rows "
-                                      "first (ddf[ddf.x > 0])")
-        if missing != "drop":
-            raise NotImplementedError("missing='raise' is not taken for Dask data (rows with a "
-                                      "missing value are dropped and counted)")
+        check_rows_args(subset, missing)
         fam = cls.__new__(cls)._resolve_family(family)
         link = type(fam.link).__name__
         if not ((isinstance(fam, families.Binomial) and link == "Logit")

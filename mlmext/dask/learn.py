@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..frame import names_in, parse_formula, quote_names, used_columns
 
-__all__ = ["FormulaState", "Laps", "learn", "ship", "tree_reduce"]
+__all__ = ["FormulaState", "Laps", "learn", "ship", "tree_reduce", "check_rows_args"]
 
 #: rows of each partition kept as real values for the numeric columns of the template frame
 SAMPLE_ROWS = 2000
@@ -270,3 +270,13 @@ def build_template(cls, state, env, kwargs):
             raise ValueError(f"the fixed-effects design is rank deficient ({w.message}); drop "
                              "the redundant columns (a Dask fit does not drop them as lme4 does)")
     return model
+
+
+def check_rows_args(subset, missing):
+    """The row arguments a Dask model's ``from_formula`` does not take (the LMM's and GLMM's)."""
+    if subset is not None:
+        raise NotImplementedError("subset= is not taken for Dask data; select the rows "
+                                  "first (ddf[ddf.x > 0])")
+    if missing != "drop":
+        raise NotImplementedError("missing='raise' is not taken for Dask data (rows with a "
+                                  "missing value are dropped and counted)")

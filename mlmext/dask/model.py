@@ -24,7 +24,7 @@ from ..lmm import LinearMixedModel
 from ..prediction import re_contribution
 from ..results import LMMResults
 from .accumulate import accumulate, partition_rows
-from .learn import Laps, build_template, learn, ship
+from .learn import Laps, build_template, check_rows_args, learn, ship
 from .results import DaskResultsMixin
 
 __all__ = ["DaskLinearMixedModel", "DaskLMMResults", "RowsNotHeldError"]
@@ -95,12 +95,7 @@ class DaskLinearMixedModel(LinearMixedModel):
         and ``offset`` name columns (arrays cannot be aligned with partitions); ``subset``
         is not taken (select rows of the Dask DataFrame first); ``missing="drop"`` only.
         """
-        if subset is not None:
-            raise NotImplementedError("subset= is not taken for Dask data; select the rows "
-                                      "first (ddf[ddf.x > 0])")
-        if missing != "drop":
-            raise NotImplementedError("missing='raise' is not taken for Dask data (rows with a "
-                                      "missing value are dropped and counted)")
+        check_rows_args(subset, missing)
         env = caller_namespace(eval_env + 1) if isinstance(eval_env, int) else eval_env
         laps = Laps()
         state = learn(data, formula, weights=weights, offset=offset)
