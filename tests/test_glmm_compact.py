@@ -134,6 +134,9 @@ def test_refreshed_cross_products_equal_a_new_factor(case):
     fac = DenseFactor.from_cross_products(b, *xp(0))
     fac.refresh_cross_products(*xp(1))                   # a new structure: set up anew
     schur = fac._schur
+    fac.update(lams).local_inverse_parts(compact=True)
+    positions = fac._a1z_cache[-1]                       # the compact positions of this pattern
+    assert "keys" in positions
     fac.refresh_cross_products(*xp(2)).update(lams)      # the same structure: refilled
     assert fac._schur is schur and schur.P is not None
     assert (fac._rpos is not None) == (case == "reordered rest")
@@ -148,3 +151,5 @@ def test_refreshed_cross_products_equal_a_new_factor(case):
     rows_n = new.local_inverse_parts(compact=True).rows(b)
     for x, y in zip(rows_f[1], rows_n[1]):
         np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-13)
+    # an equal pattern in new arrays (rebuilt by every Dask iteration) keeps the positions
+    assert fac._a1z_cache[-1] is positions

@@ -68,12 +68,16 @@ class ReInverseMixin:
         """Entries of ``A_1r`` in the random-effects columns of the rest: (positions, cols, indptr, rows)."""
         A = self.A_1r
         cache = getattr(self, "_a1z_cache", None)
-        if cache is None or cache[0] is not A.indices or cache[1] != A.nnz:
+        # keyed on the pattern's content, not its identity: the Dask GLMM rebuilds an equal
+        # pattern at every iteration, and an O(nnz) comparison is far cheaper than the keys
+        if cache is None or not (cache[0] is A.indices and cache[1] is A.indptr) and not (
+                cache[0].shape == A.indices.shape and cache[1].shape == A.indptr.shape
+                and np.array_equal(cache[1], A.indptr) and np.array_equal(cache[0], A.indices)):
             keep = np.flatnonzero(A.indices < self.rz)
             rows = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))[keep]
             indptr = np.searchsorted(rows, np.arange(A.shape[0] + 1))
             # the last item: what the compact local inverse derives from the structure
-            cache = (A.indices, A.nnz, keep, A.indices[keep], indptr, rows, {})
+            cache = (A.indices, A.indptr, keep, A.indices[keep], indptr, rows, {})
             self._a1z_cache = cache
         return cache[2:6]
 
