@@ -379,9 +379,16 @@ def test_sparse_remainder_matches_dense(formula, monkeypatch):
     single = BlockedCholesky(des.blocks, model._XY, w, nested=False)
     assert len(single._sn.supernodes) == single.rz
     _assert_same(_factor_quantities(single, lams, v), ref, "one column per supernode")
-    # an indefinite matrix is an error, as dpotrf's is in the dense path
+    # an indefinite matrix is an error, as dpotrf's is in the dense path (-I in the storage)
+    minus_eye = np.zeros(single._sn.size)
+    minus_eye[single._sn.diag] = -1.0
     with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
-        single._sn.factor(-np.eye(single.r))
+        single._sn.factor(minus_eye, [])
+    # the storage's positions: the diagonal's are where dense() puts them; none above it
+    dense_eye = single._sn.dense(-minus_eye)
+    np.testing.assert_array_equal(dense_eye, np.eye(single.r))
+    with pytest.raises(ValueError, match="lower triangle"):
+        single._sn.positions(0, 1)
 
 
 def test_sparse_remainder_reused_buffers_across_kk_and_theta():

@@ -49,9 +49,24 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
     #: reorder a sparse remainder and factor it on its pattern (the tests set it to False to
     #: check the sparse path against the dense one)
     sparse_rest = True
-    _compact = _A_zr = _rr_sparse = _Xsel = _sn_inv = None
-    #: written in place per evaluation: the Schur complement and the sparse path's selected inverse
-    _scratch = ("_S", "_Xsel")
+    _compact = _A_zr = _rr_sparse = _Xsel = _Lv = _sn_inv = _Lr_dense = None
+    #: written in place per evaluation: the Schur complement, and the sparse path's factor and
+    #: selected inverse (flat storage vectors of the plan's layout)
+    _scratch = ("_S", "_Xsel", "_Lv")
+
+    @property
+    def Lr(self):
+        """The dense factor of the remainder (r x r, lower triangle); on the sparse path made
+        from the flat storage when first read after an update (the objective and its gradient
+        read the storage itself)."""
+        L = self._Lr_dense
+        if L is None and self._sn is not None and self._sn_inv is not None:
+            L = self._Lr_dense = self._sn.dense(self._Lv)
+        return L
+
+    @Lr.setter
+    def Lr(self, value):
+        self._Lr_dense = value
 
     def _sparse_rr_wanted(self):
         return self.sparse_rest and self._scalar_rest and self.rz >= MIN_RZ
@@ -101,7 +116,8 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         super().set_cross_products(A11, A_r1, A_rr)
         self._compact = None
         self._A_zr = None if self._rr_sparse is None else self._rr_sparse[:self.rz].tocsr()
-        self._Xsel = None if self._sn is None else np.zeros((self.r, self.r))
+        if self._sn is not None:
+            self._Xsel, self._Lv = np.zeros(self._sn.size), np.zeros(self._sn.size)
         if self._sn is not None and self._schur.P is not None:
             # the Schur complement and the gradient's sums on the pattern's positions alone:
             # the Schur product's pairs, A_rr's nonzeros (lower triangle) and the diagonal
@@ -122,7 +138,7 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
             pi, pj = np.divmod(pat, r)
             self._compact = dict(pat=pat, pi=pi, pj=pj, a=A.ravel()[pat],
                                  schur=self._schur.compact(pat, where[P.indices]),
-                                 twice=np.where(pi == pj, 1.0, 2.0), stored=self._sn.stored_positions())
+                                 twice=np.where(pi == pj, 1.0, 2.0), dst=self._sn.positions(pi, pj))
         return self
 
     def refresh_cross_products(self, A11, A_r1, A_rr):
@@ -180,19 +196,46 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         vals = c["a"].copy()
         c["schur"].subtract_from(vals, B)
         vals *= lr[c["pi"]] * lr[c["pj"]]
-        S = self._S                        # zero off the pattern: reset what the last factor wrote
-        S.ravel()[c["stored"]] = 0.0
-        S.ravel()[c["pat"]] = vals
-        return S
+        L = self._Lv                       # the plan's storage: zero off the Schur pattern
+        L.fill(0.0)
+        L[c["dst"]] = vals
+        return L
 
     def _factor_rest(self, S):
         if self._sn is None:
             return super()._factor_rest(S)
-        idx = np.arange(self.rz)
-        S[idx, idx] += 1.0
+        sn, L = self._sn, self._Lv
+        if S is not L:               # a full r x r Schur complement (no compact product)
+            flat, src = sn.dense_map()
+            L.fill(0.0)
+            L[src] = S.reshape(-1)[flat]
+        L[sn.diag[:self.rz]] += 1.0
+        self._sn_inv = self._Lr_dense = None
         inv = []                     # the diagonal blocks' inverses, for the selected inverse
-        self.Lr = self._sn.factor(S, inverses=inv)
+        sn.factor(L, inv)
         self._sn_inv = inv
+
+    # the objective's pieces read off the sparse path's storage (its tail block: X and y)
+    @property
+    def diag_rest(self):
+        return np.diagonal(self.Lr) if self._sn is None else self._Lv[self._sn.diag]
+
+    def _tail(self):
+        return self.Lr[self.rz:, self.rz:] if self._sn is None else self._sn.tail(self._Lv)
+
+    @property
+    def logdet_xx(self):
+        return 2.0 * np.log(np.diagonal(self._tail())[:self.p]).sum()
+
+    @property
+    def r2(self):
+        return self._tail()[-1, -1] ** 2
+
+    def cov_beta_unscaled(self):
+        """``(X' V^-1 X)^-1 / sigma^2``: the inverse of ``L_XX L_XX'``."""
+        Lxx = self._tail()[:self.p, :self.p]
+        Li = linalg.solve_triangular(Lxx, np.eye(self.p), lower=True, check_finite=False)
+        return Li.T @ Li
 
     def _rest_index(self, idx):
         """Positions in ``Lr`` of the remainder's random effects ``idx`` (natural order)."""
@@ -213,7 +256,11 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         """Spherical modes ``u`` (all blocks, in block order) and fixed effects ``beta``."""
         r = self.r
         if self._sn is not None:                       # back substitution on the pattern
-            v_rest = self._sn.solve_t(self.Lr, self.Lr[r - 1, :r - 1], inverses=self._sn_inv)
+            sn, L = self._sn, self._Lv
+            last = sn.__dict__.get("_last_row")
+            if last is None:                           # (racing threads compute the same)
+                last = sn._last_row = sn.positions(np.full(r - 1, r - 1), np.arange(r - 1))
+            v_rest = sn.solve_t(L, L[last], self._sn_inv)
         else:
             v_rest = solve_last_row_t(self.Lr)
         full = np.zeros(r)
@@ -280,7 +327,9 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         out = []
         if self._sn is not None:
             # the entries on the factor's pattern: all that is read below
-            X = self._sn.selected_inverse(self.Lr, kk, out=self._Xsel, inverses=self._sn_inv)
+            X = self._sn.selected_inverse(self._Lv, kk, self._Xsel, self._sn_inv)
+            if self._compact is None:                 # (no compact product: the r x r array)
+                X = self._sn.dense(X)
         else:
             # inverse of the leading kk x kk block, embedded in an r x r array (zero elsewhere):
             # factor diag(L_P, I) -> potri gives diag(Omega_P^-1, I) in place (lower triangle)
@@ -293,7 +342,7 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
                 if info:
                     raise np.linalg.LinAlgError("singular factor in gradient")
             X[np.arange(kk, r), np.arange(kk, r)] = 0.0
-        diagX = np.diagonal(X).copy()
+        diagX = X[self._sn.diag] if X.ndim == 1 else np.diagonal(X).copy()
         blocks_rest = []
         off = 0
         for b in self.blocks[1:]:
@@ -307,7 +356,7 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         lr = self.lam_rest
         if self._compact is not None:                 # the same sums on the pattern's positions
             c = self._compact
-            V = c["schur"].pair_sums(X.ravel()[c["pat"]] * (lr[c["pi"]] * lr[c["pj"]] * c["twice"]))
+            V = c["schur"].pair_sums(X[c["dst"]] * (lr[c["pi"]] * lr[c["pj"]] * c["twice"]))
         elif isinstance(lr, np.ndarray) and self._schur.P is not None:
             # only the lower triangle is read: K = Lambda_r X Lambda_r', off-diagonal doubled
             K = X
