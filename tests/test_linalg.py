@@ -379,6 +379,13 @@ def test_sparse_remainder_matches_dense(formula, monkeypatch):
     single = BlockedCholesky(des.blocks, model._XY, w, nested=False)
     assert len(single._sn.supernodes) == single.rz
     _assert_same(_factor_quantities(single, lams, v), ref, "one column per supernode")
+    # too many pairs for the compact product: the storage is filled from r x r arrays
+    from mlmext.linalg import _schur
+    monkeypatch.setattr(_schur.SchurProduct, "max_pairs", 10)
+    levels = BlockedCholesky(des.blocks, model._XY, w, nested=False)
+    assert levels._sn is not None and levels._rest is None and levels._schur.P is None
+    _assert_same(_factor_quantities(levels, lams, v), ref, "pairs level by level")
+    monkeypatch.undo()
     # an indefinite matrix is an error, as dpotrf's is in the dense path (-I in the storage)
     minus_eye = np.zeros(single._sn.size)
     minus_eye[single._sn.diag] = -1.0
@@ -434,7 +441,7 @@ def test_sparse_remainder_workspaces_in_threads():
     data = _school_data()
     model, des, lams0, w, v, rng = _setup(data, "y ~ x + (1 | pupil) + (1 | tch) + (1 | sch)", seed=4)
     ch = BlockedCholesky(des.blocks, model._XY, w, nested=False)
-    assert ch._sn is not None and ch._compact is not None
+    assert ch._sn is not None and ch._rest is not None
     grid = [des.theta_start + 0.5 * rng.random(des.ntheta) for _ in range(2)] * 2
 
     def run(theta):

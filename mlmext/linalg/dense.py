@@ -23,6 +23,7 @@ from .._blas import inverse_threads
 from ._dense_inverse import ReInverseMixin
 from ._lead import LeadBlockFactor
 from ._stacks import sandwich, solve_last_row_t
+from ._sparse_rest import SparseRest
 from ._supernodal import MAX_DENSITY, MIN_RZ, SupernodalPlan
 
 __all__ = ["DenseFactor"]
@@ -49,7 +50,7 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
     #: reorder a sparse remainder and factor it on its pattern (the tests set it to False to
     #: check the sparse path against the dense one)
     sparse_rest = True
-    _compact = _A_zr = _rr_sparse = _Xsel = _Lv = _sn_inv = _Lr_dense = None
+    _rest = _A_zr = _rr_sparse = _Xsel = _Lv = _sn_inv = _Lr_dense = None
     #: written in place per evaluation: the Schur complement, and the sparse path's factor and
     #: selected inverse (flat storage vectors of the plan's layout)
     _scratch = ("_S", "_Xsel", "_Lv")
@@ -112,33 +113,22 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         self._rpos = np.empty(rz, dtype=np.int64)
         self._rpos[plan.perm] = np.arange(rz)
 
+    def _set_sparse_rest(self):
+        self._rest = None
+        if self._sn is None:
+            return False
+        rest = SparseRest(self._sn, self.A_r1, self.A_rr, self.m1, self.q1,
+                          refreshable=self._refreshable_schur)
+        if not rest.ok:            # too many pairs to hold: the general product, r x r arrays
+            return False
+        self._rest, self._schur = rest, rest.schur
+        return True
+
     def set_cross_products(self, A11, A_r1, A_rr):
         super().set_cross_products(A11, A_r1, A_rr)
-        self._compact = None
         self._A_zr = None if self._rr_sparse is None else self._rr_sparse[:self.rz].tocsr()
         if self._sn is not None:
             self._Xsel, self._Lv = np.zeros(self._sn.size), np.zeros(self._sn.size)
-        if self._sn is not None and self._schur.P is not None:
-            # the Schur complement and the gradient's sums on the pattern's positions alone:
-            # the Schur product's pairs, A_rr's nonzeros (lower triangle) and the diagonal
-            r, A, P = self.r, self.A_rr, self._schur.P
-            if self._rr_sparse is not None:             # A_rr's pattern from its sparse form
-                sp = self._rr_sparse.tocoo()
-                low = sp.row >= sp.col
-                on = np.zeros(r * r, dtype=bool)
-                on[sp.row[low].astype(np.int64) * r + sp.col[low]] = True
-            else:
-                on = np.tril(A != 0).ravel()
-            on[P.indices] = True
-            on[np.arange(self.rz) * (r + 1)] = True
-            pat = np.flatnonzero(on)
-            # read only at P's positions, all in pat: no need to zero the rest
-            where = np.empty(r * r, dtype=np.int32 if pat.size < 2**31 else np.int64)
-            where[pat] = np.arange(pat.size)
-            pi, pj = np.divmod(pat, r)
-            self._compact = dict(pat=pat, pi=pi, pj=pj, a=A.ravel()[pat],
-                                 schur=self._schur.compact(pat, where[P.indices]),
-                                 twice=np.where(pi == pj, 1.0, 2.0), dst=self._sn.positions(pi, pj))
         return self
 
     def refresh_cross_products(self, A11, A_r1, A_rr):
@@ -167,11 +157,12 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         self.A11, self.A_r1, self.A_rr = A11, A_r1, A_rr
         self._A_zr = self._rr_sparse = None            # (their rows are read from A_rr now)
         self.A_1r = A_r1.T.tocsr()
-        self._schur.refresh(A_r1)
+        if self._rest is not None:
+            self._rest.refresh(A_r1, A_rr)
+        else:
+            self._schur.refresh(A_r1)
         self._set_operators()
         self._a1y = A_r1[self.r - 1].toarray().ravel()
-        if self._compact is not None:              # its product shares the pairs' values
-            self._compact["a"] = A_rr.ravel()[self._compact["pat"]]
         return self
 
     def _block_bounds(self, lr):
@@ -183,23 +174,16 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         return np.concatenate([[0], np.cumsum(self.rest_sizes, dtype=np.int64), [self.r]])
 
     def _schur_complement(self, B, lr):
-        c = self._compact
-        if c is None:
-            bounds = self._block_bounds(lr)
-            if bounds is None:
-                return super()._schur_complement(B, lr)
-            S = self._S                    # the lower triangle only: P holds positions i >= j
-            np.copyto(S, self.A_rr)
-            self._schur.subtract_from(S, B)
-            _scale_lower_blocks(S, bounds, lr)
-            return S
-        vals = c["a"].copy()
-        c["schur"].subtract_from(vals, B)
-        vals *= lr[c["pi"]] * lr[c["pj"]]
-        L = self._Lv                       # the plan's storage: zero off the Schur pattern
-        L.fill(0.0)
-        L[c["dst"]] = vals
-        return L
+        if self._rest is not None:                 # into the sparse path's storage
+            return self._rest.assemble(self._Lv, B, lr)
+        bounds = self._block_bounds(lr)
+        if bounds is None:
+            return super()._schur_complement(B, lr)
+        S = self._S                        # the lower triangle only: P holds positions i >= j
+        np.copyto(S, self.A_rr)
+        self._schur.subtract_from(S, B)
+        _scale_lower_blocks(S, bounds, lr)
+        return S
 
     def _factor_rest(self, S):
         if self._sn is None:
@@ -328,7 +312,7 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         if self._sn is not None:
             # the entries on the factor's pattern: all that is read below
             X = self._sn.selected_inverse(self._Lv, kk, self._Xsel, self._sn_inv)
-            if self._compact is None:                 # (no compact product: the r x r array)
+            if self._rest is None:                    # (no compact product: the r x r array)
                 X = self._sn.dense(X)
         else:
             # inverse of the leading kk x kk block, embedded in an r x r array (zero elsewhere):
@@ -354,9 +338,8 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
                 blocks_rest.append(low + np.tril(low, -1).T)
             off += b.nre
         lr = self.lam_rest
-        if self._compact is not None:                 # the same sums on the pattern's positions
-            c = self._compact
-            V = c["schur"].pair_sums(X[c["dst"]] * (lr[c["pi"]] * lr[c["pj"]] * c["twice"]))
+        if self._rest is not None:                    # the same sums on the storage's pattern
+            V = self._rest.pair_sums(X, lr, kk)
         elif isinstance(lr, np.ndarray) and self._schur.P is not None:
             # only the lower triangle is read: K = Lambda_r X Lambda_r', off-diagonal doubled
             K = X
