@@ -499,3 +499,31 @@ def test_cross_products_summed_over_row_chunks(formula):
                   "solve_re": got.solve_re(v)}, want, "from summed cross-products")
     with pytest.raises(NotImplementedError):
         NestedFactor.from_cross_products(des.blocks, A11, A_r1, A_rr.toarray())
+
+
+def test_supernodal_postorder_is_the_depth_first_order():
+    """The elimination tree's postorder computed from subtree sizes equals the order a
+    depth-first search emits (children in index order), on random forests."""
+    from mlmext.linalg._supernodal import _postorder
+
+    def dfs(parent):
+        children = [[] for _ in parent]
+        roots = []
+        for j, p in enumerate(parent):
+            (children[p] if p >= 0 else roots).append(j)
+        out = []
+
+        def visit(v):
+            for c in children[v]:
+                visit(c)
+            out.append(v)
+        for v in roots:
+            visit(v)
+        return out
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(1, 40))
+        parent = np.array([int(rng.integers(j + 1, n)) if j < n - 1 and rng.random() < 0.8 else -1
+                           for j in range(n)])
+        assert _postorder(parent).tolist() == dfs(parent)

@@ -167,10 +167,15 @@ class SupernodalPlan:
         self._rfirst = np.concatenate([[0], np.cumsum(nR)])
         # per supernode, the rank update's targets (R x R, lower triangle) and their sources
         # in the R x R product, fixed with the pattern
-        self._upd = []
-        for a, b, R in sn:
-            k, l = np.tril_indices(R.size)
-            self._upd.append((self.positions(R[k], R[l]), k * R.size + l))
+        # (one call of positions for all: per supernode it costs more than the work)
+        tri = {}
+        for n in set(nR.tolist()):
+            k, l = np.tril_indices(n)
+            tri[n] = (k, l, k * n + l)
+        rows_k = np.concatenate([R[tri[R.size][0]] for _, _, R in sn])
+        rows_l = np.concatenate([R[tri[R.size][1]] for _, _, R in sn])
+        dst = np.split(self.positions(rows_k, rows_l), np.cumsum(nR * (nR + 1) // 2)[:-1])
+        self._upd = [(d, tri[R.size][2]) for d, (_, _, R) in zip(dst, sn)]
         self.diag = self.positions(np.arange(r), np.arange(r))
         self._steps = {}               # kk -> selected_inverse's (and solve_t's) steps
         self._dense_map = None
@@ -343,21 +348,34 @@ class SupernodalPlan:
 
 
 def _postorder(parent):
-    """Postorder of the forest given by ``parent`` (-1 at roots), children in index order."""
+    """Postorder of the forest given by ``parent`` (-1 at roots, else ``parent[j] > j``, as an
+    elimination tree's), children in index order: the order a depth-first search emits.
+
+    Without the search: node j's subtree takes the positions ``start[j] .. start[j] +
+    size[j] - 1`` of the postorder, itself the last of them; ``start`` of a child is its
+    parent's plus the sizes of its earlier siblings."""
     n = parent.size
-    children = [[] for _ in range(n)]
-    roots = []
-    for j in range(n):
-        (children[parent[j]] if parent[j] >= 0 else roots).append(j)
-    out, stack = [], [(v, False) for v in reversed(roots)]
-    while stack:
-        v, seen = stack.pop()
-        if seen:
-            out.append(v)
-            continue
-        stack.append((v, True))
-        stack.extend((c, False) for c in reversed(children[v]))
-    return np.array(out, dtype=np.int64)
+    size = np.ones(n, dtype=np.int64)
+    par = parent.tolist()
+    sz = size.tolist()
+    for j in range(n):                        # children before parents (parent[j] > j)
+        if par[j] >= 0:
+            sz[par[j]] += sz[j]
+    size = np.array(sz, dtype=np.int64)
+    # siblings in index order, grouped by parent (roots: parent n): offsets within the group
+    key = np.where(parent >= 0, parent, n)
+    sib = np.argsort(key, kind="stable")
+    csum = np.cumsum(size[sib]) - size[sib]
+    first = np.searchsorted(key[sib], key[sib], side="left")
+    off = np.empty(n, dtype=np.int64)
+    off[sib] = csum - csum[first]
+    start = off.tolist()
+    for j in range(n - 1, -1, -1):            # parents before children
+        if par[j] >= 0:
+            start[j] += start[par[j]]
+    post = np.empty(n, dtype=np.int64)
+    post[np.array(start, dtype=np.int64) + size - 1] = np.arange(n)
+    return post
 
 
 def _supernodes(flat, ptr, rz, r):
@@ -374,9 +392,18 @@ def _supernodes(flat, ptr, rz, r):
     """
     runs, a = [], 0
     rows_list, bounds = flat.tolist(), ptr.tolist()         # (Python sets per column below)
-    R = set(rows_list[bounds[0]:bounds[1]]) if rz else set()
+    # the run's rows R as a set, or (while lazy is not None) those of column lazy = j - 1: when
+    # j is that column's parent (its first row), R - {j} lies in column j's rows (an
+    # elimination tree's property), so j joins the run and R becomes j's rows, with no sets
+    parent = [rows_list[bounds[j]] if bounds[j] < bounds[j + 1] else -1 for j in range(rz)]
+    lazy, R = 0, None
     for j in range(1, rz + 1):
         if j < rz and j - a < MAX_COLS:
+            if lazy is not None:
+                if parent[lazy] == j:
+                    lazy = j
+                    continue
+                R, lazy = set(rows_list[bounds[lazy]:bounds[lazy + 1]]), None
             own = set(rows_list[bounds[j]:bounds[j + 1]])
             R.discard(j)
             merged = R | own
@@ -385,7 +412,7 @@ def _supernodes(flat, ptr, rz, r):
                 continue
         runs.append((a, j))
         if j < rz:
-            a, R = j, set(rows_list[bounds[j]:bounds[j + 1]])
+            a, lazy = j, j
     owner = np.empty(rz, dtype=np.int64)
     for s, (a, b) in enumerate(runs):
         owner[a:b] = s
