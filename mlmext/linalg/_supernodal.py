@@ -40,7 +40,7 @@ MAX_FILL = 0.08
 #: ... and when the merged supernodes' blocks hold at most this fraction of it
 MAX_STORED = 0.25
 #: merged supernodes: at most this many columns, and a merge may add this many rows to ``R``
-MAX_COLS = 64
+MAX_COLS = 48
 MAX_EXTRA_ROWS = 8
 
 
@@ -275,10 +275,15 @@ class SupernodalPlan:
             if info:
                 raise np.linalg.LinAlgError("singular triangular factor")
             inverses.append(Ui.T)
-            F = P[nb:] @ Ui                                    # W_Rs L_ss^-T
-            P[nb:] = F
+            # F = W_Rs L_ss^-T in place (as F' = L_ss^-1 W_sR: the transpose of the C-ordered
+            # rows is Fortran-ordered), then F F' by its upper triangle (half the product)
+            Ft = P[nb:].T
+            F2 = linalg.blas.dtrmm(1.0, Ui, Ft, side=0, lower=0, trans_a=1, overwrite_b=1)
+            if not np.shares_memory(F2, Ft):                   # (a BLAS that copied)
+                Ft[...] = F2
+            G = linalg.blas.dsyrk(1.0, Ft, trans=1, lower=0)   # Fortran-ordered, upper
             dst, src = self._upd[s]
-            L[dst] -= (F @ F.T).reshape(-1)[src]
+            L[dst] -= G.T.reshape(-1)[src]                     # G[l, k], l <= k: the lower (k, l)
         # the dense rows at the end (X and y): what the rank updates left of them
         _, info = linalg.lapack.dpotrf(self.tail(L).T, lower=0, clean=0, overwrite_a=1)
         if info:
@@ -307,7 +312,8 @@ class SupernodalPlan:
         Takahashi's recurrence, last supernode first.
 
         Written into ``out`` (a storage vector, overwritten) and returned: the diagonal blocks
-        whole (both triangles), the rows below them, zeros in rows and columns from ``kk`` on.
+        (their lower triangles; the X rows' block whole), the rows below them, zeros in rows and
+        columns from ``kk`` on.
         """
         rz, X = self.rz, out
         X.fill(0.0)
@@ -316,15 +322,18 @@ class SupernodalPlan:
             self.tail(X)[:kk - rz, :kk - rz] = Ti.T @ Ti
         for s, a, b, k, sq in self._inverse_steps(kk):
             nb = b - a
-            Li = inverses[s]
-            Sss = Li.T @ Li
+            Ui = inverses[s].T                       # L_ss^-T: Fortran-ordered, upper
+            # L_ss^-T L_ss^-1 by LAPACK's triangular product: its lower triangle (C order) is
+            # all that is read of a diagonal block (positions map (i, j) and (j, i) to i >= j)
+            Sss = linalg.lapack.dlauum(Ui, lower=0)[0].T
             XP = self._panel(X, s)
             if k:                                    # rows inside the leading kk
-                Z = self._panel(L, s)[nb:nb + k] @ Li            # L_Rs L_ss^-1
-                SRs = X[sq].reshape(k, k) @ Z
+                # Z = L_Rs L_ss^-1, as Z' = L_ss^-T L_sR (Fortran-ordered)
+                Zt = linalg.blas.dtrmm(1.0, Ui, self._panel(L, s)[nb:nb + k].T, side=0, lower=0)
+                SRs = X[sq].reshape(k, k) @ Zt.T
                 SRs *= -1.0
                 XP[nb:nb + k] = SRs
-                Sss -= Z.T @ SRs
+                Sss = Sss - Zt @ SRs
             XP[:nb] = Sss
         return X
 
