@@ -68,7 +68,7 @@ class SparseRest:
         self.pi, self.pj = np.divmod(keys, rz)
         self.dst = plan.positions(self.pi, self.pj)
         self.twice = np.where(self.pi == self.pj, 1.0, 2.0)
-        self.compact = self.schur.compact(keys, np.searchsorted(keys, P.indices))
+        self.compact = self.schur.compact(keys, _index_of(keys, P.indices, rz * rz))
         # the X and y rows below every random effect: positions of (rz + x, j), as (rz, t)
         t = r - rz
         self.tail_dst = plan.positions(rz + np.arange(t)[None, :], np.arange(rz)[:, None])
@@ -141,3 +141,13 @@ class SparseRest:
         A3 = AxT.reshape(m1, q1, k)
         C = np.einsum("gak,gbk->gab", Mz.reshape(m1, q1, k), A3)
         return V + C + np.swapaxes(C, 1, 2) + np.einsum("gak,gbk->gab", Nx.reshape(m1, q1, k), A3)
+
+
+def _index_of(keys, values, n):
+    """Positions in the sorted ``keys`` (all < n) of ``values`` (each one of them): a lookup
+    table where it is small (a binary search per value costs ~20x more: 7 ms for STAR's pairs)."""
+    if n > 1 << 26:
+        return np.searchsorted(keys, values)
+    table = np.empty(n, dtype=np.int32)
+    table[keys] = np.arange(keys.size, dtype=np.int32)
+    return table[values]

@@ -210,10 +210,17 @@ class SupernodalPlan:
         below = row >= nb
         if below.any():
             key = s[below] * r + iz[below]
-            k = np.minimum(np.searchsorted(self._rkeys, key), self._rkeys.size - 1)
-            if not np.array_equal(self._rkeys[k], key):
+            within = np.arange(self._rkeys.size) - np.repeat(self._rfirst[:-1], np.diff(self._rfirst))
+            if len(self.supernodes) * r <= 1 << 22:   # a table: row k of R_s at s r + R_s[k]
+                table = np.full(len(self.supernodes) * r, -1, dtype=np.int64)
+                table[self._rkeys] = within
+                k = table[key]
+            else:                                      # (binary searches: ~20x slower)
+                at = np.minimum(np.searchsorted(self._rkeys, key), self._rkeys.size - 1)
+                k = np.where(self._rkeys[at] == key, within[at], -1)
+            if k.size and k.min() < 0:
                 raise ValueError("an entry lies outside the factor's pattern")
-            row[below] = nb[below] + (k - self._rfirst[s[below]])
+            row[below] = nb[below] + k
         if np.any(iz < jz) or np.any(i[tail] < j[tail]):
             raise ValueError("positions are for the lower triangle (i >= j)")
         out[z] = self._off[s] + row * nb + (jz - a)
