@@ -527,3 +527,56 @@ def test_supernodal_postorder_is_the_depth_first_order():
         parent = np.array([int(rng.integers(j + 1, n)) if j < n - 1 and rng.random() < 0.8 else -1
                            for j in range(n)])
         assert _postorder(parent).tolist() == dfs(parent)
+
+
+def _minimum_degree_reference(n, indptr, indices):
+    """Minimum degree with mass elimination, by a full scan for the minimum at every step
+    (ties to the smallest index, as the heap's order breaks them)."""
+    adj = [set(indices[indptr[i]:indptr[i + 1]].tolist()) - {i} for i in range(n)]
+    live, order, structs = set(range(n)), [], []
+    while live:
+        v = min(live, key=lambda i: (len(adj[i]), i))
+        nb = adj[v]
+        live.discard(v)
+        order.append(v)
+        structs.append(set(nb))
+        mass = []
+        for u in sorted(nb):
+            adj[u] = (adj[u] | nb) - {u, v}
+            if len(adj[u]) == len(nb) - 1:
+                mass.append(u)
+        rest = set(nb)
+        for u in mass:                          # in the order the neighbours were visited
+            rest.discard(u)
+            live.discard(u)
+            order.append(u)
+            structs.append(set(rest))
+        for u in rest:
+            adj[u] -= set(mass)
+    return order, structs
+
+
+def test_minimum_degree_order():
+    """The heap-driven minimum degree (entries re-keyed lazily) eliminates a node of minimum
+    degree at every step: the same fill as a full scan for the minimum on random patterns,
+    and every column's rows are the eliminated node's neighbours then."""
+    from mlmext.linalg._supernodal import minimum_degree
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        n = int(rng.integers(5, 120))
+        A = sparse.random(n, n, density=float(rng.uniform(0.01, 0.08)), random_state=int(rng.integers(1e9)))
+        G = ((A + A.T) != 0).astype(float).tocsr()
+        G.sort_indices()
+        order, structs = minimum_degree(n, G.indptr, G.indices)
+        ref_order, ref_structs = _minimum_degree_reference(n, G.indptr, G.indices)
+        assert sorted(order.tolist()) == list(range(n))
+        assert sum(map(len, structs)) == sum(map(len, ref_structs))
+        # the rows of each column are those of the symbolic elimination in this order
+        pos = np.empty(n, dtype=np.int64)
+        pos[order] = np.arange(n)
+        adj = [set(G.indices[G.indptr[i]:G.indptr[i + 1]].tolist()) - {i} for i in range(n)]
+        for k, v in enumerate(order):
+            later = {u for u in adj[v] if pos[u] > k}
+            assert later == set(structs[k])
+            for u in later:
+                adj[u] |= later - {u}

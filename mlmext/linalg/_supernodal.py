@@ -55,48 +55,66 @@ def minimum_degree(n, indptr, indices, max_fill=None):
     column of the factor, in original numbering); or None once the fill passes ``max_fill``
     entries (the pattern is too dense for a sparse factorization to pay).
     """
-    adj = [set(indices[indptr[i]:indptr[i + 1]].tolist()) for i in range(n)]
+    flat, ptr = indices.tolist(), indptr.tolist()
+    adj = [set(flat[ptr[i]:ptr[i + 1]]) for i in range(n)]
     for i in range(n):
         adj[i].discard(i)
-    heap = [(len(a), i) for i, a in enumerate(adj)]
+    # the heap holds, for each node, an entry keyed at most its degree (key: the smallest): a
+    # degree that grew is re-keyed when its entry comes up, one that fell gets a new entry
+    # (an entry per neighbour and elimination, as plain lazy deletion pushes, costs 4x the pops)
+    key = [len(a) for a in adj]
+    heap = [(k, i) for i, k in enumerate(key)]
     heapq.heapify(heap)
-    done = np.zeros(n, dtype=bool)
+    pop, push = heapq.heappop, heapq.heappush
+    done = bytearray(n)
     order, structs, fill = [], [], 0
     while heap:
-        d, v = heapq.heappop(heap)
-        if done[v] or d != len(adj[v]):
-            continue                     # stale entry: v's degree changed since it was pushed
-        done[v] = True
+        d, v = pop(heap)
+        if done[v]:
+            continue
+        t = len(adj[v])
+        if t > d:                      # grew since pushed: back in at its degree
+            key[v] = t
+            push(heap, (t, v))
+            continue
+        if t < d:                      # an older, higher entry (the lower one came first)
+            continue
+        done[v] = 1
         nb = adj[v]
         adj[v] = None
         order.append(v)
         structs.append(nb)
-        fill += len(nb)
+        fill += t
         if max_fill is not None and fill > max_fill:
             return None
         mass = []
+        m1 = t - 1
         for u in nb:
             a = adj[u]
             a.discard(v)
             a |= nb
             a.discard(u)
-            if len(a) == len(nb) - 1:    # adjacent to the clique only
+            if len(a) == m1:
                 mass.append(u)
-        rest = set(nb)
-        for u in mass:                   # each one's column: the clique less those before it
-            rest.discard(u)
-            done[u] = True
-            adj[u] = None
-            order.append(u)
-            structs.append(set(rest))
-            fill += len(rest)
         if mass:
+            rest = set(nb)
+            for u in mass:
+                rest.discard(u)
+                done[u] = 1
+                adj[u] = None
+                order.append(u)
+                structs.append(set(rest))
+                fill += len(rest)
             for u in rest:
                 adj[u].difference_update(mass)
-        if max_fill is not None and fill > max_fill:
-            return None
-        for u in rest:
-            heapq.heappush(heap, (len(adj[u]), u))
+            if max_fill is not None and fill > max_fill:
+                return None
+            nb = rest
+        for u in nb:                   # degrees that fell below their key: a lower entry
+            k = len(adj[u])
+            if k < key[u]:
+                key[u] = k
+                push(heap, (k, u))
     return np.array(order, dtype=np.int64), structs
 
 
