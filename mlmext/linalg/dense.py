@@ -10,9 +10,12 @@ scalar arrays when every block is scalar.
 
 When the remainder's random effects are sparse (nearly nested factors after the first: STAR's
 teachers within schools), :meth:`_order_rest` reorders them once (minimum degree) and the
-remainder is factored and inverted on its pattern only (:mod:`~mlmext.linalg._supernodal`).
-``Lr`` then holds the factor in that order; ``_rpos[i]`` is the position of random effect i of
-the remainder, and every method that reads or returns per-block values maps through it.
+remainder is factored and inverted on its pattern only (:mod:`~mlmext.linalg._supernodal`),
+in the plan's flat storage (``_Lv``; the Schur complement is assembled into it by
+:mod:`~mlmext.linalg._sparse_rest`).  The objective and its gradient read that storage; ``Lr``
+(the factor in that order, r x r) is made from it only when another reader asks for it.
+``_rpos[i]`` is the position of random effect i of the remainder, and every method that reads
+or returns per-block values maps through it.
 """
 from __future__ import annotations
 
