@@ -379,9 +379,23 @@ def test_sparse_remainder_matches_dense(formula, monkeypatch):
     single = BlockedCholesky(des.blocks, model._XY, w, nested=False)
     assert len(single._sn.supernodes) == single.rz
     _assert_same(_factor_quantities(single, lams, v), ref, "one column per supernode")
-    # an indefinite matrix is an error, as dpotrf's is in the dense path
+    # too many pairs for the compact product: the storage is filled from r x r arrays
+    from mlmext.linalg import _schur
+    monkeypatch.setattr(_schur.SchurProduct, "max_pairs", 10)
+    levels = BlockedCholesky(des.blocks, model._XY, w, nested=False)
+    assert levels._sn is not None and levels._rest is None and levels._schur.P is None
+    _assert_same(_factor_quantities(levels, lams, v), ref, "pairs level by level")
+    monkeypatch.undo()
+    # an indefinite matrix is an error, as dpotrf's is in the dense path (-I in the storage)
+    minus_eye = np.zeros(single._sn.size)
+    minus_eye[single._sn.diag] = -1.0
     with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
-        single._sn.factor(-np.eye(single.r))
+        single._sn.factor(minus_eye, [])
+    # the storage's positions: the diagonal's are where dense() puts them; none above it
+    dense_eye = single._sn.dense(-minus_eye)
+    np.testing.assert_array_equal(dense_eye, np.eye(single.r))
+    with pytest.raises(ValueError, match="lower triangle"):
+        single._sn.positions(0, 1)
 
 
 def test_sparse_remainder_reused_buffers_across_kk_and_theta():
@@ -427,7 +441,7 @@ def test_sparse_remainder_workspaces_in_threads():
     data = _school_data()
     model, des, lams0, w, v, rng = _setup(data, "y ~ x + (1 | pupil) + (1 | tch) + (1 | sch)", seed=4)
     ch = BlockedCholesky(des.blocks, model._XY, w, nested=False)
-    assert ch._sn is not None and ch._compact is not None
+    assert ch._sn is not None and ch._rest is not None
     grid = [des.theta_start + 0.5 * rng.random(des.ntheta) for _ in range(2)] * 2
 
     def run(theta):
@@ -485,3 +499,84 @@ def test_cross_products_summed_over_row_chunks(formula):
                   "solve_re": got.solve_re(v)}, want, "from summed cross-products")
     with pytest.raises(NotImplementedError):
         NestedFactor.from_cross_products(des.blocks, A11, A_r1, A_rr.toarray())
+
+
+def test_supernodal_postorder_is_the_depth_first_order():
+    """The elimination tree's postorder computed from subtree sizes equals the order a
+    depth-first search emits (children in index order), on random forests."""
+    from mlmext.linalg._supernodal import _postorder
+
+    def dfs(parent):
+        children = [[] for _ in parent]
+        roots = []
+        for j, p in enumerate(parent):
+            (children[p] if p >= 0 else roots).append(j)
+        out = []
+
+        def visit(v):
+            for c in children[v]:
+                visit(c)
+            out.append(v)
+        for v in roots:
+            visit(v)
+        return out
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(1, 40))
+        parent = np.array([int(rng.integers(j + 1, n)) if j < n - 1 and rng.random() < 0.8 else -1
+                           for j in range(n)])
+        assert _postorder(parent).tolist() == dfs(parent)
+
+
+def _minimum_degree_reference(n, indptr, indices):
+    """Minimum degree with mass elimination, by a full scan for the minimum at every step
+    (ties to the smallest index, as the heap's order breaks them)."""
+    adj = [set(indices[indptr[i]:indptr[i + 1]].tolist()) - {i} for i in range(n)]
+    live, order, structs = set(range(n)), [], []
+    while live:
+        v = min(live, key=lambda i: (len(adj[i]), i))
+        nb = adj[v]
+        live.discard(v)
+        order.append(v)
+        structs.append(set(nb))
+        mass = []
+        for u in sorted(nb):
+            adj[u] = (adj[u] | nb) - {u, v}
+            if len(adj[u]) == len(nb) - 1:
+                mass.append(u)
+        rest = set(nb)
+        for u in mass:                          # in the order the neighbours were visited
+            rest.discard(u)
+            live.discard(u)
+            order.append(u)
+            structs.append(set(rest))
+        for u in rest:
+            adj[u] -= set(mass)
+    return order, structs
+
+
+def test_minimum_degree_order():
+    """The heap-driven minimum degree (entries re-keyed lazily) eliminates a node of minimum
+    degree at every step: the same fill as a full scan for the minimum on random patterns,
+    and every column's rows are the eliminated node's neighbours then."""
+    from mlmext.linalg._supernodal import minimum_degree
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        n = int(rng.integers(5, 120))
+        A = sparse.random(n, n, density=float(rng.uniform(0.01, 0.08)), random_state=int(rng.integers(1e9)))
+        G = ((A + A.T) != 0).astype(float).tocsr()
+        G.sort_indices()
+        order, structs = minimum_degree(n, G.indptr, G.indices)
+        ref_order, ref_structs = _minimum_degree_reference(n, G.indptr, G.indices)
+        assert sorted(order.tolist()) == list(range(n))
+        assert sum(map(len, structs)) == sum(map(len, ref_structs))
+        # the rows of each column are those of the symbolic elimination in this order
+        pos = np.empty(n, dtype=np.int64)
+        pos[order] = np.arange(n)
+        adj = [set(G.indices[G.indptr[i]:G.indptr[i + 1]].tolist()) - {i} for i in range(n)]
+        for k, v in enumerate(order):
+            later = {u for u in adj[v] if pos[u] > k}
+            assert later == set(structs[k])
+            for u in later:
+                adj[u] |= later - {u}

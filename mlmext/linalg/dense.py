@@ -10,9 +10,12 @@ scalar arrays when every block is scalar.
 
 When the remainder's random effects are sparse (nearly nested factors after the first: STAR's
 teachers within schools), :meth:`_order_rest` reorders them once (minimum degree) and the
-remainder is factored and inverted on its pattern only (:mod:`~mlmext.linalg._supernodal`).
-``Lr`` then holds the factor in that order; ``_rpos[i]`` is the position of random effect i of
-the remainder, and every method that reads or returns per-block values maps through it.
+remainder is factored and inverted on its pattern only (:mod:`~mlmext.linalg._supernodal`),
+in the plan's flat storage (``_Lv``; the Schur complement is assembled into it by
+:mod:`~mlmext.linalg._sparse_rest`).  The objective and its gradient read that storage; ``Lr``
+(the factor in that order, r x r) is made from it only when another reader asks for it.
+``_rpos[i]`` is the position of random effect i of the remainder, and every method that reads
+or returns per-block values maps through it.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from .._blas import inverse_threads
 from ._dense_inverse import ReInverseMixin
 from ._lead import LeadBlockFactor
 from ._stacks import sandwich, solve_last_row_t
+from ._sparse_rest import SparseRest
 from ._supernodal import MAX_DENSITY, MIN_RZ, SupernodalPlan
 
 __all__ = ["DenseFactor"]
@@ -49,9 +53,24 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
     #: reorder a sparse remainder and factor it on its pattern (the tests set it to False to
     #: check the sparse path against the dense one)
     sparse_rest = True
-    _compact = _A_zr = _rr_sparse = _Xsel = _sn_inv = None
-    #: written in place per evaluation: the Schur complement and the sparse path's selected inverse
-    _scratch = ("_S", "_Xsel")
+    _rest = _A_zr = _rr_sparse = _Xsel = _Lv = _sn_inv = _Lr_dense = None
+    #: written in place per evaluation: the Schur complement, and the sparse path's factor and
+    #: selected inverse (flat storage vectors of the plan's layout)
+    _scratch = ("_S", "_Xsel", "_Lv")
+
+    @property
+    def Lr(self):
+        """The dense factor of the remainder (r x r, lower triangle); on the sparse path made
+        from the flat storage when first read after an update (the objective and its gradient
+        read the storage itself)."""
+        L = self._Lr_dense
+        if L is None and self._sn is not None and self._sn_inv is not None:
+            L = self._Lr_dense = self._sn.dense(self._Lv)
+        return L
+
+    @Lr.setter
+    def Lr(self, value):
+        self._Lr_dense = value
 
     def _sparse_rr_wanted(self):
         return self.sparse_rest and self._scalar_rest and self.rz >= MIN_RZ
@@ -97,32 +116,22 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         self._rpos = np.empty(rz, dtype=np.int64)
         self._rpos[plan.perm] = np.arange(rz)
 
+    def _set_sparse_rest(self):
+        self._rest = None
+        if self._sn is None:
+            return False
+        rest = SparseRest(self._sn, self.A_r1, self.A_rr, self.m1, self.q1,
+                          refreshable=self._refreshable_schur)
+        if not rest.ok:            # too many pairs to hold: the general product, r x r arrays
+            return False
+        self._rest, self._schur = rest, rest.schur
+        return True
+
     def set_cross_products(self, A11, A_r1, A_rr):
         super().set_cross_products(A11, A_r1, A_rr)
-        self._compact = None
         self._A_zr = None if self._rr_sparse is None else self._rr_sparse[:self.rz].tocsr()
-        self._Xsel = None if self._sn is None else np.zeros((self.r, self.r))
-        if self._sn is not None and self._schur.P is not None:
-            # the Schur complement and the gradient's sums on the pattern's positions alone:
-            # the Schur product's pairs, A_rr's nonzeros (lower triangle) and the diagonal
-            r, A, P = self.r, self.A_rr, self._schur.P
-            if self._rr_sparse is not None:             # A_rr's pattern from its sparse form
-                sp = self._rr_sparse.tocoo()
-                low = sp.row >= sp.col
-                on = np.zeros(r * r, dtype=bool)
-                on[sp.row[low].astype(np.int64) * r + sp.col[low]] = True
-            else:
-                on = np.tril(A != 0).ravel()
-            on[P.indices] = True
-            on[np.arange(self.rz) * (r + 1)] = True
-            pat = np.flatnonzero(on)
-            # read only at P's positions, all in pat: no need to zero the rest
-            where = np.empty(r * r, dtype=np.int32 if pat.size < 2**31 else np.int64)
-            where[pat] = np.arange(pat.size)
-            pi, pj = np.divmod(pat, r)
-            self._compact = dict(pat=pat, pi=pi, pj=pj, a=A.ravel()[pat],
-                                 schur=self._schur.compact(pat, where[P.indices]),
-                                 twice=np.where(pi == pj, 1.0, 2.0), stored=self._sn.stored_positions())
+        if self._sn is not None:
+            self._Xsel, self._Lv = np.zeros(self._sn.size), np.zeros(self._sn.size)
         return self
 
     def refresh_cross_products(self, A11, A_r1, A_rr):
@@ -151,11 +160,12 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         self.A11, self.A_r1, self.A_rr = A11, A_r1, A_rr
         self._A_zr = self._rr_sparse = None            # (their rows are read from A_rr now)
         self.A_1r = A_r1.T.tocsr()
-        self._schur.refresh(A_r1)
+        if self._rest is not None:
+            self._rest.refresh(A_r1, A_rr)
+        else:
+            self._schur.refresh(A_r1)
         self._set_operators()
         self._a1y = A_r1[self.r - 1].toarray().ravel()
-        if self._compact is not None:              # its product shares the pairs' values
-            self._compact["a"] = A_rr.ravel()[self._compact["pat"]]
         return self
 
     def _block_bounds(self, lr):
@@ -167,32 +177,52 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         return np.concatenate([[0], np.cumsum(self.rest_sizes, dtype=np.int64), [self.r]])
 
     def _schur_complement(self, B, lr):
-        c = self._compact
-        if c is None:
-            bounds = self._block_bounds(lr)
-            if bounds is None:
-                return super()._schur_complement(B, lr)
-            S = self._S                    # the lower triangle only: P holds positions i >= j
-            np.copyto(S, self.A_rr)
-            self._schur.subtract_from(S, B)
-            _scale_lower_blocks(S, bounds, lr)
-            return S
-        vals = c["a"].copy()
-        c["schur"].subtract_from(vals, B)
-        vals *= lr[c["pi"]] * lr[c["pj"]]
-        S = self._S                        # zero off the pattern: reset what the last factor wrote
-        S.ravel()[c["stored"]] = 0.0
-        S.ravel()[c["pat"]] = vals
+        if self._rest is not None:                 # into the sparse path's storage
+            return self._rest.assemble(self._Lv, B, lr)
+        bounds = self._block_bounds(lr)
+        if bounds is None:
+            return super()._schur_complement(B, lr)
+        S = self._S                        # the lower triangle only: P holds positions i >= j
+        np.copyto(S, self.A_rr)
+        self._schur.subtract_from(S, B)
+        _scale_lower_blocks(S, bounds, lr)
         return S
 
     def _factor_rest(self, S):
         if self._sn is None:
             return super()._factor_rest(S)
-        idx = np.arange(self.rz)
-        S[idx, idx] += 1.0
+        sn, L = self._sn, self._Lv
+        if S is not L:               # a full r x r Schur complement (no compact product)
+            flat, src = sn.dense_map()
+            L.fill(0.0)
+            L[src] = S.reshape(-1)[flat]
+        L[sn.diag[:self.rz]] += 1.0
+        self._sn_inv = self._Lr_dense = None
         inv = []                     # the diagonal blocks' inverses, for the selected inverse
-        self.Lr = self._sn.factor(S, inverses=inv)
+        sn.factor(L, inv)
         self._sn_inv = inv
+
+    # the objective's pieces read off the sparse path's storage (its tail block: X and y)
+    @property
+    def diag_rest(self):
+        return np.diagonal(self.Lr) if self._sn is None else self._Lv[self._sn.diag]
+
+    def _tail(self):
+        return self.Lr[self.rz:, self.rz:] if self._sn is None else self._sn.tail(self._Lv)
+
+    @property
+    def logdet_xx(self):
+        return 2.0 * np.log(np.diagonal(self._tail())[:self.p]).sum()
+
+    @property
+    def r2(self):
+        return self._tail()[-1, -1] ** 2
+
+    def cov_beta_unscaled(self):
+        """``(X' V^-1 X)^-1 / sigma^2``: the inverse of ``L_XX L_XX'``."""
+        Lxx = self._tail()[:self.p, :self.p]
+        Li = linalg.solve_triangular(Lxx, np.eye(self.p), lower=True, check_finite=False)
+        return Li.T @ Li
 
     def _rest_index(self, idx):
         """Positions in ``Lr`` of the remainder's random effects ``idx`` (natural order)."""
@@ -213,7 +243,11 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         """Spherical modes ``u`` (all blocks, in block order) and fixed effects ``beta``."""
         r = self.r
         if self._sn is not None:                       # back substitution on the pattern
-            v_rest = self._sn.solve_t(self.Lr, self.Lr[r - 1, :r - 1], inverses=self._sn_inv)
+            sn, L = self._sn, self._Lv
+            last = sn.__dict__.get("_last_row")
+            if last is None:                           # (racing threads compute the same)
+                last = sn._last_row = sn.positions(np.full(r - 1, r - 1), np.arange(r - 1))
+            v_rest = sn.solve_t(L, L[last], self._sn_inv)
         else:
             v_rest = solve_last_row_t(self.Lr)
         full = np.zeros(r)
@@ -280,7 +314,9 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         out = []
         if self._sn is not None:
             # the entries on the factor's pattern: all that is read below
-            X = self._sn.selected_inverse(self.Lr, kk, out=self._Xsel, inverses=self._sn_inv)
+            X = self._sn.selected_inverse(self._Lv, kk, self._Xsel, self._sn_inv)
+            if self._rest is None:                    # (no compact product: the r x r array)
+                X = self._sn.dense(X)
         else:
             # inverse of the leading kk x kk block, embedded in an r x r array (zero elsewhere):
             # factor diag(L_P, I) -> potri gives diag(Omega_P^-1, I) in place (lower triangle)
@@ -293,7 +329,7 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
                 if info:
                     raise np.linalg.LinAlgError("singular factor in gradient")
             X[np.arange(kk, r), np.arange(kk, r)] = 0.0
-        diagX = np.diagonal(X).copy()
+        diagX = X[self._sn.diag] if X.ndim == 1 else np.diagonal(X).copy()
         blocks_rest = []
         off = 0
         for b in self.blocks[1:]:
@@ -305,9 +341,8 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
                 blocks_rest.append(low + np.tril(low, -1).T)
             off += b.nre
         lr = self.lam_rest
-        if self._compact is not None:                 # the same sums on the pattern's positions
-            c = self._compact
-            V = c["schur"].pair_sums(X.ravel()[c["pat"]] * (lr[c["pi"]] * lr[c["pj"]] * c["twice"]))
+        if self._rest is not None:                    # the same sums on the storage's pattern
+            V = self._rest.pair_sums(X, lr, kk)
         elif isinstance(lr, np.ndarray) and self._schur.P is not None:
             # only the lower triangle is read: K = Lambda_r X Lambda_r', off-diagonal doubled
             K = X
