@@ -279,10 +279,10 @@ def test_agq_vector_fit_improves_on_laplace():
     np.testing.assert_allclose(agq.fe_params, lap.fe_params, atol=0.5 * lap.bse_fe.max())
 
 
-def test_large_data_stage1_factor_is_the_fits_own(monkeypatch):
-    """From OWN_STAGE1_ROWS rows on, the first stage's factorization is built for the fit and
-    released after the first stage (not cached on the model): the same fit to the last digit,
-    and the model holds no stage-1 template afterwards."""
+def test_large_data_factors_are_the_fits_own(monkeypatch):
+    """From OWN_FACTOR_ROWS rows on, the PIRLS factorizations are built for the fit (the first
+    stage's released after the first stage), not cached on the model: the same fit to the last
+    digit, and the model holds no template afterwards."""
     from mlmext.glmm import deviance as gdev
     rng = np.random.default_rng(8)
     d = _sparse_crossed(seed=8)
@@ -291,10 +291,10 @@ def test_large_data_stage1_factor_is_the_fits_own(monkeypatch):
     d["yb"] = (rng.random(len(d)) < special.expit(eta)).astype(float)
     f = "yb ~ x + (1 | subj) + (1 | item)"
     r0 = mf.glmer(f, d, family=sm.families.Binomial()).fit()
-    monkeypatch.setattr(gdev, "OWN_STAGE1_ROWS", 0)
+    monkeypatch.setattr(gdev, "OWN_FACTOR_ROWS", 0)
     m = mf.glmer(f, d, family=sm.families.Binomial())
     r1 = m.fit()
-    assert "_pirls_x" not in m.__dict__ and "_pirls_u" in m.__dict__
+    assert "_pirls_x" not in m.__dict__ and "_pirls_u" not in m.__dict__
     assert r1.llf == r0.llf
     np.testing.assert_array_equal(np.asarray(r1.params), np.asarray(r0.params))
     np.testing.assert_array_equal(np.asarray(r1.bse), np.asarray(r0.bse))

@@ -204,6 +204,7 @@ class LeadBlockFactor(Factor):
     # -- fast re-weighting (PIRLS) ----------------------------------------------------
     def workspace(self):
         new = super().workspace()
+        new._rr_buf = None                      # reweight's A_rr: written in place, each its own
         plan = self.__dict__.get("_rw_plan")
         if plan is not None:      # reweight writes A_r1's, A_1r's and the Schur product's values in place
             own = dict(plan, A_r1=plan["A_r1"].copy(), A_1r=plan["A_1r"].copy(),
@@ -248,7 +249,8 @@ class LeadBlockFactor(Factor):
         WXY = XY * w[:, None]
         if nnz1:
             wr = w if plan["row1"] is None else w[plan["row1"]]
-            A_r1.data[:nnz1] = np.bincount(plan["dest1"], weights=wr * plan["val1"], minlength=nnz1)
+            A_r1.data[:nnz1] = np.bincount(plan["dest1"], weights=_times(wr, plan["val1"]),
+                                           minlength=nnz1)
         if plan["x1sq"] is not None:
             x1 = plan["x1"]
             tail = A_r1.data[nnz1:].reshape(self.p + 1, m1q1)
@@ -259,15 +261,20 @@ class LeadBlockFactor(Factor):
             A_r1.data[nnz1:] = np.asarray(plan["Z1T"] @ WXY).T.ravel()
         A_1r.data[:] = A_r1.data[plan["tperm"]]
         self._a1y = A_r1.data[A_r1.data.size - m1q1:].copy()      # A_1r[:, -1], for solve()
-        Arr = np.zeros((self.r, self.r))
+        # written in place (an r x r array per call would double it while the last is alive:
+        # 72 MB at 3,000 items); the positions off the pattern stay 0 from the first call
+        Arr = self.__dict__.get("_rr_buf")
+        if Arr is None or Arr.shape != (self.r, self.r):
+            Arr = self._rr_buf = np.zeros((self.r, self.r))
         if rz:
             wr = w if plan["row_rr"] is None else w[plan["row_rr"]]
-            Arr.ravel()[plan["uniq_rr"]] = np.bincount(plan["dest_rr"], weights=wr * plan["val_rr"],
+            Arr.ravel()[plan["uniq_rr"]] = np.bincount(plan["dest_rr"],
+                                                       weights=_times(wr, plan["val_rr"]),
                                                        minlength=plan["uniq_rr"].size)
             ZtW = np.empty((rz, self.p + 1))
             rows, cols, vals = plan["rest_nz"]
             for j in range(self.p + 1):
-                ZtW[:, j] = np.bincount(cols, weights=vals * (WXY[:, j] if rows is None else WXY[rows, j]),
+                ZtW[:, j] = np.bincount(cols, weights=_times(WXY[:, j] if rows is None else WXY[rows, j], vals),
                                         minlength=rz)
             Arr[:rz, rz:] = ZtW
             Arr[rz:, :rz] = ZtW.T
@@ -306,7 +313,8 @@ class LeadBlockFactor(Factor):
             row1 = np.repeat(rows, q1)
             key = np.repeat(cols, q1) * m1q1 + b1.codes[row1] * q1 + comp
             uniq1, dest1 = np.unique(key, return_inverse=True)
-            plan.update(row1=row1, val1=np.repeat(vals, q1) * b1.X[row1, comp], dest1=dest1.ravel())
+            plan.update(row1=row1, val1=_unless_ones(np.repeat(vals, q1) * b1.X[row1, comp]),
+                        dest1=_small_index(dest1.ravel()))
             # rest x rest: all ordered pairs of a row's entries
             e1s, e2s = [], []
             for kv in np.unique(cnt):
@@ -318,14 +326,16 @@ class LeadBlockFactor(Factor):
                 e2s.append((st[:, None] + b.ravel()[None, :]).ravel())
             e1, e2 = np.concatenate(e1s), np.concatenate(e2s)
             uniq_rr, dest_rr = np.unique(cols[e1] * r + cols[e2], return_inverse=True)
-            plan.update(row_rr=rows[e1], val_rr=vals[e1] * vals[e2], uniq_rr=uniq_rr,
-                        dest_rr=dest_rr.ravel(), rest_nz=(rows, cols, vals))
+            plan.update(row_rr=rows[e1], val_rr=_unless_ones(vals[e1] * vals[e2]), uniq_rr=uniq_rr,
+                        dest_rr=_small_index(dest_rr.ravel()),
+                        rest_nz=(rows, _small_index(cols), _unless_ones(vals)))
+            del key, dest1, dest_rr, e1, e2, row1, comp
             ident = np.arange(n)
             for key in ("row1", "row_rr"):                # skip the gather when it is the identity
                 if plan[key].size == n and np.array_equal(plan[key], ident):
                     plan[key] = None
             if rows.size == n and np.array_equal(rows, ident):
-                plan["rest_nz"] = (None, cols, vals)
+                plan["rest_nz"] = (None,) + plan["rest_nz"][1:]
         else:
             uniq1 = np.zeros(0, dtype=np.int64)
         plan["nnz1"] = nnz1 = uniq1.size
@@ -334,7 +344,7 @@ class LeadBlockFactor(Factor):
             x1 = b1.X[:, 0]
             ones = bool(np.all(x1 == 1.0))
             plan["x1"] = None if ones else x1.copy()
-            plan["x1sq"] = x1 * x1
+            plan["x1sq"] = True if ones else x1 * x1
         row_all = np.concatenate([uniq1 // m1q1, np.repeat(np.arange(rz, r), m1q1)])
         col_all = np.concatenate([uniq1 % m1q1, np.tile(np.arange(m1q1), p1)])
         indptr = np.searchsorted(row_all, np.arange(r + 1))
@@ -347,7 +357,11 @@ class LeadBlockFactor(Factor):
         plan["tperm"] = T.data.astype(np.int64) - 1
         plan["A_1r"] = sparse.csr_matrix((np.zeros(nnz), T.indices, T.indptr), shape=(m1q1, r))
         plan["A_r1"] = A_r1
-        plan["Z1T"] = self._Z1.T.tocsr()
+        plan["Z1T"] = self._Z1.T.tocsr() if q1 > 1 else None     # (scalar: by bincount)
+        del idx, T, row_all, col_all
+        # the plan has what reweight reads of the model matrices (set_data builds them again)
+        self.__dict__.pop("_Z1", None)
+        self.__dict__.pop("_Zrest", None)
         # dense Schur product when it costs less than the enumerated pairs
         csc = A_r1.tocsc()
         kk = np.diff(csc.indptr[0:m1q1 + 1:q1]).astype(np.int64)
@@ -452,3 +466,16 @@ class LeadBlockFactor(Factor):
         lr = self.lam_rest
         return lr * v if isinstance(lr, np.ndarray) else lr.T @ v
 
+
+# the reweighting plan's per-row arrays: intercepts' values (all ones) are not stored, indices
+# are 32-bit where they fit (at 1M rows each stored array is 8 MB)
+def _unless_ones(v):
+    return None if np.all(v == 1.0) else v
+
+
+def _times(a, v):
+    return a if v is None else a * v
+
+
+def _small_index(i):
+    return i.astype(np.int32) if i.size and i.max() < 2**31 - 1 else i

@@ -283,8 +283,14 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
             X = self._sn.selected_inverse(self.Lr, kk, out=self._Xsel, inverses=self._sn_inv)
         else:
             # inverse of the leading kk x kk block, embedded in an r x r array (zero elsewhere):
-            # factor diag(L_P, I) -> potri gives diag(Omega_P^-1, I) in place (lower triangle)
-            X = self.Lr.copy()
+            # factor diag(L_P, I) -> potri gives diag(Omega_P^-1, I) in place (lower triangle);
+            # with inverse_in_place in the factor's own scratch array (then no factor is left:
+            # Lr is None until the next update)
+            X = self.Lr
+            if self.inverse_in_place and np.shares_memory(X, self._S):
+                self.Lr = self._inv = None
+            else:
+                X = X.copy()
             X[kk:, :] = 0.0
             X[np.arange(kk, r), np.arange(kk, r)] = 1.0
             if kk:
