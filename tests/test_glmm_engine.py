@@ -132,6 +132,33 @@ def test_reweight_pairs_plan_matches_dense_algebra(formula):
     assert np.linalg.slogdet(M1)[1] == pytest.approx(tmpl.logdet_zz, abs=1e-9)
 
 
+def test_fused_schur_product_equals_the_stored_one():
+    """The PIRLS path's fused Schur product (pair values computed per product, not stored)
+    gives the stored product's numbers exactly, before and after new values of A_r1."""
+    from scipy import sparse
+    from mlmext.linalg._schur import SchurProduct
+    rng = np.random.default_rng(0)
+    r, m1 = 40, 300
+    A = sparse.random(r, m1, density=0.15, random_state=1, format="csr")
+    A.data = rng.normal(size=A.nnz)
+    stored = SchurProduct(A, m1, 1, refreshable=True)
+    fused = SchurProduct(A, m1, 1, refreshable=True, fused=True)
+    assert fused.P.data is None and stored.P.data is not None
+    B = rng.uniform(0.1, 2, (m1, 1, 1))
+    S0, K = rng.normal(size=(r, r)), rng.normal(size=(r, r))
+    for _ in range(2):
+        S1, S2 = S0.copy(), S0.copy()
+        stored.subtract_from(S1, B)
+        fused.subtract_from(S2, B)
+        assert np.abs(S1 - S0).max() > 1.0
+        np.testing.assert_array_equal(S2, S1)
+        np.testing.assert_array_equal(fused.pair_sums(K), stored.pair_sums(K))
+        np.testing.assert_array_equal(fused.trace_weights(K), stored.trace_weights(K))
+        A.data = rng.normal(size=A.nnz)
+        stored.refresh(A)
+        fused.refresh(A)
+
+
 def test_lmm_gradient_with_vector_term_outside_first_block():
     """Regression: Lambda_r X Lambda_r' in inverse_block_sums (vector term in a later block)."""
     d = _crossed(3, ns=60, ni=8)

@@ -204,7 +204,6 @@ class LeadBlockFactor(Factor):
     # -- fast re-weighting (PIRLS) ----------------------------------------------------
     def workspace(self):
         new = super().workspace()
-        new._rr_buf = None                      # reweight's A_rr: written in place, each its own
         plan = self.__dict__.get("_rw_plan")
         if plan is not None:      # reweight writes A_r1's, A_1r's and the Schur product's values in place
             own = dict(plan, A_r1=plan["A_r1"].copy(), A_1r=plan["A_1r"].copy(),
@@ -261,31 +260,57 @@ class LeadBlockFactor(Factor):
             A_r1.data[nnz1:] = np.asarray(plan["Z1T"] @ WXY).T.ravel()
         A_1r.data[:] = A_r1.data[plan["tperm"]]
         self._a1y = A_r1.data[A_r1.data.size - m1q1:].copy()      # A_1r[:, -1], for solve()
-        # written in place (an r x r array per call would double it while the last is alive:
-        # 72 MB at 3,000 items); the positions off the pattern stay 0 from the first call
-        Arr = self.__dict__.get("_rr_buf")
-        if Arr is None or Arr.shape != (self.r, self.r):
-            Arr = self._rr_buf = np.zeros((self.r, self.r))
+        # A_rr by its parts (its nonzeros, the rest x [X y] block, [X y]' W [X y]): the Schur
+        # complement is formed from them (_rr_into), no r x r array is kept (72 MB at 3,000 items)
+        vals_rr = ZtW = None
         if rz:
             wr = w if plan["row_rr"] is None else w[plan["row_rr"]]
-            Arr.ravel()[plan["uniq_rr"]] = np.bincount(plan["dest_rr"],
-                                                       weights=_times(wr, plan["val_rr"]),
-                                                       minlength=plan["uniq_rr"].size)
+            vals_rr = np.bincount(plan["dest_rr"], weights=_times(wr, plan["val_rr"]),
+                                  minlength=plan["uniq_rr"].size)
             ZtW = np.empty((rz, self.p + 1))
             rows, cols, vals = plan["rest_nz"]
             for j in range(self.p + 1):
                 ZtW[:, j] = np.bincount(cols, weights=_times(WXY[:, j] if rows is None else WXY[rows, j], vals),
                                         minlength=rz)
-            Arr[:rz, rz:] = ZtW
-            Arr[rz:, :rz] = ZtW.T
-        Arr[rz:, rz:] = XY.T @ WXY
-        self.A_r1, self.A_1r, self.A_rr = A_r1, A_1r, Arr
+        self.A_r1, self.A_1r = A_r1, A_1r
+        self._A_rr, self._rr_parts = None, (plan.get("uniq_rr"), vals_rr, ZtW, XY.T @ WXY)
         plan["schur"].refresh(A_r1)
         self._schur = plan["schur"]
         self._set_operators()
-        if getattr(self, "_S", None) is None or self._S.shape != Arr.shape:
-            self._S = np.empty_like(Arr)
+        if getattr(self, "_S", None) is None or self._S.shape != (self.r, self.r):
+            self._S = np.empty((self.r, self.r))
         return self
+
+    _A_rr = _rr_parts = None
+
+    @property
+    def A_rr(self):
+        """``[Z_rest X y]' W [Z_rest X y]`` (r x r, dense).  After :meth:`reweight` it is held
+        by its parts and made when asked (the factorization forms the Schur complement from
+        the parts directly)."""
+        if self._A_rr is None and self._rr_parts is not None:
+            A = np.empty((self.r, self.r))
+            self._A_rr = self._rr_into(A)
+        return self._A_rr
+
+    @A_rr.setter
+    def A_rr(self, value):
+        self._A_rr, self._rr_parts = value, None
+
+    def _rr_into(self, S):
+        """``A_rr`` written into ``S`` (from :meth:`reweight`'s parts when it left them)."""
+        if self._A_rr is not None or self._rr_parts is None:
+            np.copyto(S, self._A_rr)
+            return S
+        uniq, vals, ZtW, YY = self._rr_parts
+        rz = self.rz
+        S.fill(0.0)
+        if rz:
+            S.ravel()[uniq] = vals
+            S[:rz, rz:] = ZtW
+            S[rz:, :rz] = ZtW.T
+        S[rz:, rz:] = YY
+        return S
 
     def _set_operators(self):
         """``_ar1`` / ``_a1r``: ``A_r1`` / ``A_1r`` for the per-theta products.  Small systems
@@ -369,7 +394,7 @@ class LeadBlockFactor(Factor):
         if r * r * m1q1 <= 4 * npairs and r * m1q1 <= 50_000_000:
             plan["schur"] = DenseSchur(A_r1, self.m1, q1)
         else:
-            plan["schur"] = SchurProduct(A_r1, self.m1, q1, refreshable=True)
+            plan["schur"] = SchurProduct(A_r1, self.m1, q1, refreshable=True, fused=True)
         del nnz1
         return plan
 
@@ -416,8 +441,7 @@ class LeadBlockFactor(Factor):
 
     def _schur_complement(self, B, lr):
         """``S = Lambda_r' (A_rr - A_r1 blockdiag(B) A_1r) Lambda_r`` in the scratch matrix."""
-        S = self._S
-        np.copyto(S, self.A_rr)
+        S = self._rr_into(self._S)
         self._schur.subtract_from(S, B)
         if isinstance(lr, np.ndarray):
             S *= lr[:, None]

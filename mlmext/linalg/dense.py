@@ -172,8 +172,7 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
             bounds = self._block_bounds(lr)
             if bounds is None:
                 return super()._schur_complement(B, lr)
-            S = self._S                    # the lower triangle only: P holds positions i >= j
-            np.copyto(S, self.A_rr)
+            S = self._rr_into(self._S)     # the lower triangle only: P holds positions i >= j
             self._schur.subtract_from(S, B)
             _scale_lower_blocks(S, bounds, lr)
             return S
