@@ -6,6 +6,8 @@ LMM's objective needs none of it.  A mixin, so the storage keeps one class.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import linalg, sparse
 
@@ -236,9 +238,20 @@ def symmetrize_lower(A, step=512):
     for s in range(0, n, step):
         e = min(s + step, n)
         blk = A[s:e, s:e]
-        blk[np.triu_indices(e - s, 1)] = blk.T[np.triu_indices(e - s, 1)]
+        iu = _upper_indices(e - s)
+        blk[iu] = blk.T[iu]
         A[s:e, e:] = A[e:, s:e].T
     return A
+
+
+@functools.lru_cache(maxsize=8)
+def _upper_indices(n):
+    """``np.triu_indices(n, 1)`` (read-only), made once per size: on small systems (VerbAgg's
+    24 items) making them cost more than the inversion."""
+    iu = np.triu_indices(n, 1)
+    for a in iu:
+        a.flags.writeable = False
+    return iu
 
 
 def _key_index(keys, lvl, pos, rz):
