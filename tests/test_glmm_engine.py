@@ -267,7 +267,8 @@ def _brute_force(mod, theta, beta, npts):
         B = mesh @ lam.T                                   # b = Lambda u
         eta = eta_f[rows][None, :] + B @ blk.X[rows].T     # (grid, n_j)
         k, n = cond.k[rows], cond.pw[rows]
-        ll = (k * eta - n * np.logaddexp(0.0, eta)).sum(1) + cond.const[rows].sum()
+        const = np.broadcast_to(cond.const, cond.pw.shape)      # (a scalar where all 0)
+        ll = (k * eta - n * np.logaddexp(0.0, eta)).sum(1) + const[rows].sum()
         f = ll - 0.5 * (mesh ** 2).sum(1) - 0.5 * q * np.log(2 * np.pi) + logw_mesh
         total += special.logsumexp(f)
     return total
