@@ -209,3 +209,20 @@ class LevelMap:
     def then(self, other):
         """The composed map: this one followed by ``other`` (nesting is transitive)."""
         return LevelMap(other.idx[self.idx], other.m)
+
+
+# the reweighting plan's per-row arrays (_lead): intercepts' values (all ones) are not stored,
+# indices are 32-bit where they fit (at 1M rows each stored array is 8 MB)
+def unless_ones(v):
+    """``v``, or None where it is all ones."""
+    return None if np.all(v == 1.0) else v
+
+
+def times_or_same(a, v):
+    """``a * v``, or ``a`` for ``v`` None (all ones)."""
+    return a if v is None else a * v
+
+
+def small_index(i):
+    """Indices as 32-bit integers where they fit."""
+    return i.astype(np.int32) if i.size and i.max() < 2**31 - 1 else i
