@@ -132,10 +132,12 @@ class GLMConditional(lp.ConditionalModel):
             ai = a * inv
             mu = np.where(eta >= 0, inv, ai)
             np.multiply(ai, inv, out=ai)                      # w / pw = a inv inv
+            del inv
             w = np.multiply(self.pw, ai, out=ai)
             np.log1p(a, out=a)
             b = np.maximum(eta, 0.0)
             b += a                                            # max(eta, 0) + log1p(a)
+            del a
             b *= self.pw
             ll = self.k * eta
             if not np.isscalar(self.const) or self.const != 0.0:

@@ -112,15 +112,11 @@ class LaplaceDeviance:
         lams = des.lambdas(theta) if lams is None else lams
         eta_f = m.exog @ beta + m.offset
         u0 = self.warm_start if warm else None
-        last = self._last if warm else None
-        if last is not None and u0 is not None:
-            th0, ef0, m0, lams0, extra0 = last
-            dd1 = None
-            if extra0 is not None:                       # e.g. log alpha moved too
-                dx = self._extra_now() - extra0
-                if np.any(dx) and np.all(np.isfinite(dx)):
-                    dd1 = self.cond.param_derivatives(m0.eta)[1] @ dx
-            u0 = lp.predict_modes(des, self.chol_u, m0, theta - th0, eta_f - ef0, lams=lams0, dd1=dd1)
+        if warm and self._last is not None and u0 is not None:
+            u0 = self._predicted_start(theta, eta_f)
+        # the last modes' rows (eta, d1, w, X beta: 32 MB at 1M rows) are done with: not held
+        # through PIRLS, which makes its own
+        self._last = None
         modes = lp.pirls(des, self.chol_u, eta_f, self.cond, theta, u0=u0, tol=tol, lams=lams,
                          **self.pirls_options)
         if not modes.converged and u0 is not None:
@@ -133,6 +129,17 @@ class LaplaceDeviance:
         else:
             self._last = None
         return modes, lams
+
+    def _predicted_start(self, theta, eta_f):
+        """The last modes moved to first order to ``(theta, eta_f)`` and the current extra."""
+        th0, ef0, m0, lams0, extra0 = self._last
+        dd1 = None
+        if extra0 is not None:                       # e.g. log alpha moved too
+            dx = self._extra_now() - extra0
+            if np.any(dx) and np.all(np.isfinite(dx)):
+                dd1 = self.cond.param_derivatives(m0.eta)[1] @ dx
+        return lp.predict_modes(self.design, self.chol_u, m0, theta - th0, eta_f - ef0,
+                                lams=lams0, dd1=dd1)
 
     # -- the objective
     def loglike(self, params, nagq=1, tol=1e-14):

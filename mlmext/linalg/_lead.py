@@ -385,7 +385,7 @@ class LeadBlockFactor(Factor):
         idx.data = np.arange(1.0, nnz + 1.0)
         T = idx.T.tocsr()
         T.sort_indices()
-        plan["tperm"] = T.data.astype(np.int64) - 1
+        plan["tperm"] = small_index(T.data.astype(np.int64) - 1)
         plan["A_1r"] = sparse.csr_matrix((np.zeros(nnz), T.indices, T.indptr), shape=(m1q1, r))
         plan["A_r1"] = A_r1
         # [X y]'s sums per level of the first block and per rest effect: one sparse product
