@@ -159,6 +159,35 @@ def test_fused_schur_product_equals_the_stored_one():
         fused.refresh(A)
 
 
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | subj) + (1 | item)",
+                                     "y ~ x + (x | item) + (1 | subj)"])
+def test_reweight_large_data_paths_agree(monkeypatch, formula):
+    """reweight's paths for large data (W [X y] a column at a time, sums by bincount) and for
+    small data (sparse products) give the same cross-products and factor."""
+    from mlmext.linalg import _lead
+    rng = np.random.default_rng(6)
+    d = _sparse_crossed(seed=6)
+    mod = _LMM.from_formula(formula, d)
+    des, n = mod.re_design, len(d)
+    lams = des.lambdas(rng.uniform(0.3, 1.5, des.ntheta))
+    XY = np.column_stack([mod.exog, rng.normal(size=n)])
+    w = rng.uniform(0.1, 3, n)
+    small = BlockedCholesky(des.blocks, np.ones_like(XY), np.ones(n), reweighting=True)
+    monkeypatch.setattr(_lead, "SPARSE_SUMS_ROWS", 0)
+    large = BlockedCholesky(des.blocks, np.ones_like(XY), np.ones(n), reweighting=True)
+    # a scalar first block both times: sparse products for the small data, columns for large
+    assert des.blocks[0].q == 1
+    assert small._rw_plan["Z1T"] is not None and large._rw_plan["Z1T"] is None
+    for c in (small, large):
+        c.reweight(XY, w)
+        c.update(lams)
+    np.testing.assert_allclose(large.A_r1.toarray(), small.A_r1.toarray(), rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(large.A_rr, small.A_rr, rtol=1e-13, atol=1e-12)
+    assert large.logdet_zz == pytest.approx(small.logdet_zz, rel=1e-13)
+    for a, b in zip(large.solve(), small.solve()):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_lmm_gradient_with_vector_term_outside_first_block():
     """Regression: Lambda_r X Lambda_r' in inverse_block_sums (vector term in a later block)."""
     d = _crossed(3, ns=60, ni=8)

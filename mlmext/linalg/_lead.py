@@ -20,8 +20,8 @@ import numpy as np
 from scipy import linalg, sparse
 
 from ._schur import SMALL_DENSE, DenseSchur, SchurProduct
-from ._stacks import (block_cross, dense_Z, sandwich, small_index, spd_inv_logdet,
-                      times_or_same, unless_ones)
+from ._stacks import (block_cross, colwise_sums, dense_Z, rest_sums, sandwich, small_index,
+                      spd_inv_logdet, times_or_same, unless_ones)
 from .base import Factor
 
 #: set_data forms the cross-products with dense matrices when that costs at most this many flops
@@ -248,12 +248,18 @@ class LeadBlockFactor(Factor):
             self.A11 = block_cross(b1.X, b1.codes, b1.m, w)
         A_r1, A_1r = plan["A_r1"], plan["A_1r"]
         nnz1 = plan["nnz1"]
-        WXY = XY * w[:, None]
+        # large data with X (lme4's first stage): W [X y] a column at a time, not n x (p + 1)
+        # at once (32 MB at 1M rows, at the fit's peak of memory)
+        colwise = self.p > 0 and plan["Z1T"] is None and XY.shape[0] > SPARSE_SUMS_ROWS
+        WXY = None if colwise else XY * w[:, None]
         if nnz1:
             wr = w if plan["row1"] is None else w[plan["row1"]]
             A_r1.data[:nnz1] = np.bincount(plan["dest1"], weights=times_or_same(wr, plan["val1"]),
                                            minlength=nnz1)
-        if plan["x1sq"] is not None and plan["Z1T"] is None:
+        if colwise:
+            ZtW, YY = colwise_sums(XY, w, g1, plan["x1"], plan["rest_nz"] if rz else None, rz,
+                                   A_r1.data[nnz1:].reshape(self.p + 1, m1q1))
+        elif plan["x1sq"] is not None and plan["Z1T"] is None:
             x1 = plan["x1"]
             tail = A_r1.data[nnz1:].reshape(self.p + 1, m1q1)
             for j in range(self.p + 1):
@@ -265,21 +271,16 @@ class LeadBlockFactor(Factor):
         self._a1y = A_r1.data[A_r1.data.size - m1q1:].copy()      # A_1r[:, -1], for solve()
         # A_rr by its parts (its nonzeros, the rest x [X y] block, [X y]' W [X y]): the Schur
         # complement is formed from them (_rr_into), no r x r array is kept (72 MB at 3,000 items)
-        vals_rr = ZtW = None
+        vals_rr = None
         if rz:
             wr = w if plan["row_rr"] is None else w[plan["row_rr"]]
             vals_rr = np.bincount(plan["dest_rr"], weights=times_or_same(wr, plan["val_rr"]),
                                   minlength=plan["uniq_rr"].size)
-            if plan.get("ZrT") is not None:
-                ZtW = plan["ZrT"] @ WXY
-            else:
-                ZtW = np.empty((rz, self.p + 1))
-                rows, cols, vals = plan["rest_nz"]
-                for j in range(self.p + 1):
-                    ZtW[:, j] = np.bincount(cols, weights=times_or_same(WXY[:, j] if rows is None else WXY[rows, j], vals),
-                                            minlength=rz)
+        if not colwise:
+            ZtW = rest_sums(plan.get("rest_nz"), plan.get("ZrT"), WXY, rz) if rz else None
+            YY = XY.T @ WXY
         self.A_r1, self.A_1r = A_r1, A_1r
-        self._A_rr, self._rr_parts = None, (plan.get("uniq_rr"), vals_rr, ZtW, XY.T @ WXY)
+        self._A_rr, self._rr_parts = None, (plan.get("uniq_rr"), vals_rr, ZtW, YY)
         plan["schur"].refresh(A_r1)
         self._schur = plan["schur"]
         self._set_operators()
