@@ -132,6 +132,62 @@ def test_reweight_pairs_plan_matches_dense_algebra(formula):
     assert np.linalg.slogdet(M1)[1] == pytest.approx(tmpl.logdet_zz, abs=1e-9)
 
 
+def test_fused_schur_product_equals_the_stored_one():
+    """The PIRLS path's fused Schur product (pair values computed per product, not stored)
+    gives the stored product's numbers exactly, before and after new values of A_r1."""
+    from scipy import sparse
+    from mlmext.linalg._schur import SchurProduct
+    rng = np.random.default_rng(0)
+    r, m1 = 40, 300
+    A = sparse.random(r, m1, density=0.15, random_state=1, format="csr")
+    A.data = rng.normal(size=A.nnz)
+    stored = SchurProduct(A, m1, 1, refreshable=True)
+    fused = SchurProduct(A, m1, 1, refreshable=True, fused=True)
+    assert fused.P.data is None and stored.P.data is not None
+    B = rng.uniform(0.1, 2, (m1, 1, 1))
+    S0, K = rng.normal(size=(r, r)), rng.normal(size=(r, r))
+    for _ in range(2):
+        S1, S2 = S0.copy(), S0.copy()
+        stored.subtract_from(S1, B)
+        fused.subtract_from(S2, B)
+        assert np.abs(S1 - S0).max() > 1.0
+        np.testing.assert_array_equal(S2, S1)
+        np.testing.assert_array_equal(fused.pair_sums(K), stored.pair_sums(K))
+        np.testing.assert_array_equal(fused.trace_weights(K), stored.trace_weights(K))
+        A.data = rng.normal(size=A.nnz)
+        stored.refresh(A)
+        fused.refresh(A)
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | subj) + (1 | item)",
+                                     "y ~ x + (x | item) + (1 | subj)"])
+def test_reweight_large_data_paths_agree(monkeypatch, formula):
+    """reweight's paths for large data (W [X y] a column at a time, sums by bincount) and for
+    small data (sparse products) give the same cross-products and factor."""
+    from mlmext.linalg import _lead
+    rng = np.random.default_rng(6)
+    d = _sparse_crossed(seed=6)
+    mod = _LMM.from_formula(formula, d)
+    des, n = mod.re_design, len(d)
+    lams = des.lambdas(rng.uniform(0.3, 1.5, des.ntheta))
+    XY = np.column_stack([mod.exog, rng.normal(size=n)])
+    w = rng.uniform(0.1, 3, n)
+    small = BlockedCholesky(des.blocks, np.ones_like(XY), np.ones(n), reweighting=True)
+    monkeypatch.setattr(_lead, "SPARSE_SUMS_ROWS", 0)
+    large = BlockedCholesky(des.blocks, np.ones_like(XY), np.ones(n), reweighting=True)
+    # a scalar first block both times: sparse products for the small data, columns for large
+    assert des.blocks[0].q == 1
+    assert small._rw_plan["Z1T"] is not None and large._rw_plan["Z1T"] is None
+    for c in (small, large):
+        c.reweight(XY, w)
+        c.update(lams)
+    np.testing.assert_allclose(large.A_r1.toarray(), small.A_r1.toarray(), rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(large.A_rr, small.A_rr, rtol=1e-13, atol=1e-12)
+    assert large.logdet_zz == pytest.approx(small.logdet_zz, rel=1e-13)
+    for a, b in zip(large.solve(), small.solve()):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_lmm_gradient_with_vector_term_outside_first_block():
     """Regression: Lambda_r X Lambda_r' in inverse_block_sums (vector term in a later block)."""
     d = _crossed(3, ns=60, ni=8)
@@ -240,7 +296,8 @@ def _brute_force(mod, theta, beta, npts):
         B = mesh @ lam.T                                   # b = Lambda u
         eta = eta_f[rows][None, :] + B @ blk.X[rows].T     # (grid, n_j)
         k, n = cond.k[rows], cond.pw[rows]
-        ll = (k * eta - n * np.logaddexp(0.0, eta)).sum(1) + cond.const[rows].sum()
+        const = np.broadcast_to(cond.const, cond.pw.shape)      # (a scalar where all 0)
+        ll = (k * eta - n * np.logaddexp(0.0, eta)).sum(1) + const[rows].sum()
         f = ll - 0.5 * (mesh ** 2).sum(1) - 0.5 * q * np.log(2 * np.pi) + logw_mesh
         total += special.logsumexp(f)
     return total
@@ -279,10 +336,10 @@ def test_agq_vector_fit_improves_on_laplace():
     np.testing.assert_allclose(agq.fe_params, lap.fe_params, atol=0.5 * lap.bse_fe.max())
 
 
-def test_large_data_stage1_factor_is_the_fits_own(monkeypatch):
-    """From OWN_STAGE1_ROWS rows on, the first stage's factorization is built for the fit and
-    released after the first stage (not cached on the model): the same fit to the last digit,
-    and the model holds no stage-1 template afterwards."""
+def test_large_data_factors_are_the_fits_own(monkeypatch):
+    """From OWN_FACTOR_ROWS rows on, the PIRLS factorizations are built for the fit (the first
+    stage's released after the first stage), not cached on the model: the same fit to the last
+    digit, and the model holds no template afterwards."""
     from mlmext.glmm import deviance as gdev
     rng = np.random.default_rng(8)
     d = _sparse_crossed(seed=8)
@@ -291,10 +348,10 @@ def test_large_data_stage1_factor_is_the_fits_own(monkeypatch):
     d["yb"] = (rng.random(len(d)) < special.expit(eta)).astype(float)
     f = "yb ~ x + (1 | subj) + (1 | item)"
     r0 = mf.glmer(f, d, family=sm.families.Binomial()).fit()
-    monkeypatch.setattr(gdev, "OWN_STAGE1_ROWS", 0)
+    monkeypatch.setattr(gdev, "OWN_FACTOR_ROWS", 0)
     m = mf.glmer(f, d, family=sm.families.Binomial())
     r1 = m.fit()
-    assert "_pirls_x" not in m.__dict__ and "_pirls_u" in m.__dict__
+    assert "_pirls_x" not in m.__dict__ and "_pirls_u" not in m.__dict__
     assert r1.llf == r0.llf
     np.testing.assert_array_equal(np.asarray(r1.params), np.asarray(r0.params))
     np.testing.assert_array_equal(np.asarray(r1.bse), np.asarray(r0.bse))

@@ -54,12 +54,16 @@ class GLMConditional(lp.ConditionalModel):
         #: canonical link: w is the observed information (PIRLS is Newton's method)
         self.canonical = self.kind != "generic"
         y, pw = self.y, self.pw
+        # per-row constants: k = y and const = 0 are not stored as n-vectors for 0/1
+        # responses with unit weights (each deviance holds its own copy: 8 MB each at 1M rows)
         if self.binomial:
-            k = pw * y
-            self.k, self.nk = k, pw - k
+            k = y if np.all(pw == 1.0) else pw * y
+            self.k = k
             self.const = special.gammaln(pw + 1) - special.gammaln(k + 1) - special.gammaln(pw - k + 1)
         else:
             self.const = -pw * special.gammaln(y + 1)
+        if not np.any(self.const):
+            self.const = 0.0
         self.loglik_scale = float(np.sum(np.abs(self.const)))
         if self.kind == "poisson-log":
             # loglik_obs is relative to the saturated model: y log(mu / y) - (mu - y) with
@@ -69,6 +73,11 @@ class GLMConditional(lp.ConditionalModel):
             self._logy = np.where(pos, np.log(np.where(pos, y, 1.0)), 0.0)
             self._pwy = pw * y
             self.loglik_const = float(np.sum(self.const + np.where(pos, self._pwy * (self._logy - 1.0), 0.0)))
+
+    @property
+    def nk(self):
+        """Failures ``pw - k`` (binomial)."""
+        return self.pw - self.k
 
     # -- pieces
     def _mu(self, eta):
@@ -113,11 +122,30 @@ class GLMConditional(lp.ConditionalModel):
         """``(loglik_obs, d1, w)`` in one pass."""
         eta = np.asarray(eta, dtype=float)
         if self.kind == "binomial-logit":
-            a = np.exp(-np.abs(eta))
-            inv = 1.0 / (1.0 + a)
-            mu = np.where(eta >= 0, inv, a * inv)
-            ll = self.const + self.k * eta - self.pw * (np.maximum(eta, 0.0) + np.log1p(a))
-            return ll, self.k - self.pw * mu, self.pw * (a * inv * inv)
+            # the same operations as the expressions in the comments, in place: fewer
+            # n-sized temporaries alive at once (PIRLS's peak memory on large data)
+            a = np.abs(eta)
+            np.negative(a, out=a)
+            np.exp(a, out=a)                                  # a = exp(-|eta|)
+            inv = a + 1.0
+            np.divide(1.0, inv, out=inv)                      # inv = 1 / (1 + a)
+            ai = a * inv
+            mu = np.where(eta >= 0, inv, ai)
+            np.multiply(ai, inv, out=ai)                      # w / pw = a inv inv
+            del inv
+            w = np.multiply(self.pw, ai, out=ai)
+            np.log1p(a, out=a)
+            b = np.maximum(eta, 0.0)
+            b += a                                            # max(eta, 0) + log1p(a)
+            del a
+            b *= self.pw
+            ll = self.k * eta
+            if not np.isscalar(self.const) or self.const != 0.0:
+                ll = np.add(self.const, ll, out=ll)
+            ll -= b                                           # const + k eta - pw (...)
+            np.multiply(self.pw, mu, out=mu)
+            np.subtract(self.k, mu, out=mu)                   # d1 = k - pw mu
+            return ll, mu, w
         if self.kind == "poisson-log":
             pmu = self.pw * np.exp(eta)
             return self._poisson_rel(eta), self._pwy - pmu, pmu

@@ -19,11 +19,13 @@ from .. import laplace as lp
 
 __all__ = ["LaplaceDeviance"]
 
-#: data of at least this many rows: the first stage's factorization is built for the fit alone
-#: and dropped after its first stage, not kept on the model for later fits (its Schur pairs
-#: and reweighting plan hold 260 MB at 1M ratings through the Laplace phase; building it
-#: again costs about 3% of a fit there)
-OWN_STAGE1_ROWS = 200_000
+#: data of at least this many rows: the PIRLS factorizations are the deviance's own, not
+#: workspaces of a template cached on the model.  The first stage's is dropped after its first
+#: stage (its Schur pairs and reweighting plan hold 260 MB at 1M ratings through the Laplace
+#: phase); a template of the Laplace one would hold a second copy of the cross-products and
+#: the Schur pairs' values (160 MB at 1M rows).  Building one costs about 1 s at 1M rows (3%
+#: of a fit), paid again by each deviance of the model (profiles, conditional variances).
+OWN_FACTOR_ROWS = 200_000
 
 
 class LaplaceDeviance:
@@ -57,7 +59,14 @@ class LaplaceDeviance:
     def chol_u(self):
         """The PIRLS factorization for ``u`` alone (at the last modes found)."""
         if self._chol_u is None:
-            self._chol_u = self.model._pirls_factor(with_x=False).workspace()
+            m = self.model
+            if m.endog.shape[0] >= OWN_FACTOR_ROWS and "_pirls_u" not in m.__dict__:
+                self._chol_u = lp.make_chol(self.design, m.endog.shape[0])
+            else:
+                self._chol_u = m._pirls_factor(with_x=False).workspace()
+            # the gradient inverts the factor where it lies (one r x r array less): everything
+            # after it until the next PIRLS needs only solves, which the inverse gives
+            self._chol_u.inverse_in_place = True
         return self._chol_u
 
     @property
@@ -66,10 +75,12 @@ class LaplaceDeviance:
         if self._chol_x is None:
             m = self.model
             n = m.endog.shape[0]
-            if n >= OWN_STAGE1_ROWS and "_pirls_x" not in m.__dict__:
+            if n >= OWN_FACTOR_ROWS and "_pirls_x" not in m.__dict__:
                 self._chol_x = lp.make_chol(self.design, n, X=m.exog)
             else:
                 self._chol_x = m._pirls_factor(with_x=True).workspace()
+            # the EM start's inverse in the factor's place: PIRLS factors again next
+            self._chol_x.inverse_in_place = True
         return self._chol_x
 
     def release_stage1(self):
@@ -101,15 +112,11 @@ class LaplaceDeviance:
         lams = des.lambdas(theta) if lams is None else lams
         eta_f = m.exog @ beta + m.offset
         u0 = self.warm_start if warm else None
-        last = self._last if warm else None
-        if last is not None and u0 is not None:
-            th0, ef0, m0, lams0, extra0 = last
-            dd1 = None
-            if extra0 is not None:                       # e.g. log alpha moved too
-                dx = self._extra_now() - extra0
-                if np.any(dx) and np.all(np.isfinite(dx)):
-                    dd1 = self.cond.param_derivatives(m0.eta)[1] @ dx
-            u0 = lp.predict_modes(des, self.chol_u, m0, theta - th0, eta_f - ef0, lams=lams0, dd1=dd1)
+        if warm and self._last is not None and u0 is not None:
+            u0 = self._predicted_start(theta, eta_f)
+        # the last modes' rows (eta, d1, w, X beta: 32 MB at 1M rows) are done with: not held
+        # through PIRLS, which makes its own
+        self._last = None
         modes = lp.pirls(des, self.chol_u, eta_f, self.cond, theta, u0=u0, tol=tol, lams=lams,
                          **self.pirls_options)
         if not modes.converged and u0 is not None:
@@ -122,6 +129,17 @@ class LaplaceDeviance:
         else:
             self._last = None
         return modes, lams
+
+    def _predicted_start(self, theta, eta_f):
+        """The last modes moved to first order to ``(theta, eta_f)`` and the current extra."""
+        th0, ef0, m0, lams0, extra0 = self._last
+        dd1 = None
+        if extra0 is not None:                       # e.g. log alpha moved too
+            dx = self._extra_now() - extra0
+            if np.any(dx) and np.all(np.isfinite(dx)):
+                dd1 = self.cond.param_derivatives(m0.eta)[1] @ dx
+        return lp.predict_modes(self.design, self.chol_u, m0, theta - th0, eta_f - ef0,
+                                lams=lams0, dd1=dd1)
 
     # -- the objective
     def loglike(self, params, nagq=1, tol=1e-14):

@@ -186,8 +186,9 @@ def _em_start(dev, theta, m1, nsteps):
     for _ in range(nsteps):
         ch = dev.chol_x
         try:
-            S = ch.inverse_block_sums(0)
+            S = ch.inverse_block_sums(0)           # (the factor is spent: stage1 factors again)
         except np.linalg.LinAlgError:
+            dev.stage1(theta, m1.beta, m1.u)       # the factor at the current point again
             break
         lams = des.lambdas(theta)
         new = theta.copy()

@@ -32,7 +32,7 @@ product of the first block), ``_stacks`` (kernels on stacks of per-level blocks)
 from __future__ import annotations
 
 from .base import Factor
-from ._lead import row_cross_products
+from ._row_products import row_cross_products
 from .dense import DenseFactor
 from .nested import NestedFactor, nesting_chain
 from .oneblock import OneBlockFactor

@@ -6,6 +6,8 @@ LMM's objective needs none of it.  A mixin, so the storage keeps one class.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import linalg, sparse
 
@@ -23,6 +25,14 @@ COMPACT_ABOVE = 4_000_000
 class ReInverseMixin:
     """Solves with the random-effects part of a :class:`DenseFactor` and the inverse's
     entries the GLMM gradient reads."""
+
+    #: ``(S^-1, diagonal of the factor)`` once the factor was inverted in place (``Lr`` None)
+    _inv = None
+    #: let :meth:`local_inverse` invert the factor in its own scratch array instead of a copy:
+    #: until the next :meth:`update` only :meth:`solve_re`, ``logdet_zz`` and the inverse's
+    #: pieces are then available (what a GLMM's gradient and the next PIRLS start need;
+    #: :class:`~mlmext.glmm.deviance.LaplaceDeviance` sets it on its own factor)
+    inverse_in_place = False
 
     # -- pieces of the inverse for GLMM gradients (at the current factor) -----------------
     def solve_re(self, v):
@@ -55,6 +65,10 @@ class ReInverseMixin:
         place (the leading block is a strided view that it would copy: 72 MB and 0.2 s
         for 3,000 items): the forward step's first rz entries only involve L_zz; with the
         rest set to 0 the backward step leaves them 0 and gives L_zz^-T on the first rz."""
+        if self.Lr is None:                # the factor was inverted in place: S^-1 itself
+            y = np.zeros_like(v)
+            y[:self.rz] = self._inv[0] @ v[:self.rz]
+            return y
         U = self.Lr.T                      # Fortran-ordered upper: LAPACK takes it as it is
         y, info = linalg.lapack.dtrtrs(U, v, lower=0, trans=1)
         if info == 0:
@@ -170,18 +184,37 @@ class ReInverseMixin:
     def _rest_inverse(self):
         """``(L_zz L_zz')^-1``, symmetric: the leading rz x rz view of an r x r array.
 
-        potri runs on a copy of the whole factor with identity rows after rz (a C-ordered
-        lower factor is a Fortran-ordered upper one: no transposing copy, which for the
-        strided leading block costs as much as half the inversion)."""
+        potri runs on the whole factor with identity rows after rz (a C-ordered lower factor
+        is a Fortran-ordered upper one: no transposing copy, which for the strided leading
+        block costs as much as half the inversion).  With ``inverse_in_place``, where the
+        factor lives in the factor's own scratch array (the dense path: the next
+        :meth:`update` overwrites it anyway), it is inverted there, not copied (72 MB at 3,000
+        items): ``Lr`` is then None, the inverse and the factor's diagonal are kept in
+        ``_inv`` for :meth:`solve_re` and ``diag_rest`` until the next factorization;
+        anything else that reads ``Lr`` fails loudly."""
         rz, r = self.rz, self.r
-        X = self.Lr.copy()
+        if self.Lr is None:
+            return self._inv[0]
+        in_place = (self.inverse_in_place and self._sn is None
+                    and getattr(self, "_S", None) is not None and np.shares_memory(self.Lr, self._S))
+        X = self.Lr if in_place else self.Lr.copy()
+        diag = np.diagonal(X).copy()
         X[rz:, :] = 0.0
         X[np.arange(rz, r), np.arange(rz, r)] = 1.0
         with inverse_threads(rz):
             _, info = linalg.lapack.dpotri(X.T, lower=0, overwrite_c=1)
         if info:
+            if in_place:                                   # neither factor nor inverse now
+                self.Lr, self._inv = None, None
             raise np.linalg.LinAlgError("singular factor in local_inverse")
-        return symmetrize_lower(X)[:rz, :rz]
+        G = symmetrize_lower(X)[:rz, :rz]
+        if in_place:
+            self.Lr, self._inv = None, (G, diag)
+        return G
+
+    @property
+    def diag_rest(self):
+        return self._inv[1] if self.Lr is None else np.diagonal(self.Lr)
 
     def _local_pattern(self, rows, cols):
         """(first-block level, rest position) of the nonzeros of ``A_1r``'s rest columns, with
@@ -209,9 +242,20 @@ def symmetrize_lower(A, step=512):
     for s in range(0, n, step):
         e = min(s + step, n)
         blk = A[s:e, s:e]
-        blk[np.triu_indices(e - s, 1)] = blk.T[np.triu_indices(e - s, 1)]
+        iu = _upper_indices(e - s)
+        blk[iu] = blk.T[iu]
         A[s:e, e:] = A[e:, s:e].T
     return A
+
+
+@functools.lru_cache(maxsize=8)
+def _upper_indices(n):
+    """``np.triu_indices(n, 1)`` (read-only), made once per size: on small systems (VerbAgg's
+    24 items) making them cost more than the inversion."""
+    iu = np.triu_indices(n, 1)
+    for a in iu:
+        a.flags.writeable = False
+    return iu
 
 
 def _key_index(keys, lvl, pos, rz):

@@ -19,75 +19,14 @@ import functools
 import numpy as np
 from scipy import linalg, sparse
 
+from ._row_products import row_cross_products
 from ._schur import SMALL_DENSE, DenseSchur, SchurProduct
-from ._stacks import block_cross, dense_Z, sandwich, spd_inv_logdet
+from ._stacks import (block_cross, colwise_sums, rest_sums, sandwich, small_index,
+                      spd_inv_logdet, times_or_same, unless_ones)
 from .base import Factor
 
-#: set_data forms the cross-products with dense matrices when that costs at most this many flops
-SMALL_DENSE_FLOPS = 2_000_000
-
-
-def row_cross_products(b1, rest, XY, weights=None, sparse_Z=None, dense_rr=True):
-    """``(A11, A_r1, A_rr)`` of rows: what :meth:`LeadBlockFactor.set_cross_products` takes.
-
-    The blocks hold the rows' model matrices and level codes (``X``, ``codes``); the first
-    block's (``b1``) cross-products are per level, the ``rest`` (and ``XY``, the response
-    last) enter ``A_r1`` and ``A_rr``.  Sums of these over row chunks are the cross-products of
-    all the rows (:mod:`mlmext.dask`).  ``sparse_Z``: ``() -> (Z_1, Z_rest)`` (csc) when
-    the caller caches them.  ``dense_rr=False``: ``A_rr`` as a sparse matrix where it is
-    formed sparse (a chunk's share of a crossed factor's block is mostly zero).
-    """
-    n = XY.shape[0]
-    w = np.ones(n) if weights is None else weights
-    A11 = block_cross(b1.X, b1.codes, b1.m, w)
-    r = sum(b.nre for b in rest) + XY.shape[1]
-    if n * (b1.nre + r) * r <= SMALL_DENSE_FLOPS:
-        # small: dense products (scipy.sparse construction would cost ~1 ms of overhead)
-        sw = np.sqrt(w)[:, None]
-        Zr = np.hstack([dense_Z(b) for b in rest] + [XY]) * sw
-        A_rr = Zr.T @ Zr
-        return A11, sparse.csr_matrix(Zr.T @ (dense_Z(b1) * sw)), \
-            A_rr if dense_rr else sparse.csr_matrix(A_rr)
-    if sparse_Z is None:
-        Z1 = b1.Z().tocsc()
-        Zrest = sparse.hstack([b.Z() for b in rest], format="csc") if rest else None
-    else:
-        Z1, Zrest = sparse_Z()
-    # by blocks of [Z_rest, [X y]]: stacking the dense n x (p + 1) columns into a sparse matrix
-    # and scaling it by sqrt(W) cost more than all the products (1.5 s of 1.9 s at 1M rows)
-    WXY = XY * w[:, None]
-    W = None if weights is None or np.all(w == 1.0) else sparse.diags(w)
-    A_y1 = _csr_of_dense(np.asarray(Z1.T @ WXY).T)                 # [X y]' W Z_1
-    A_yy = XY.T @ WXY
-    if Zrest is None:
-        return A11, A_y1, A_yy if dense_rr else sparse.csr_matrix(A_yy)
-    ZrT = Zrest.T.tocsr()
-    WZ1 = Z1 if W is None else (W @ Z1).tocsc()
-    A_z1 = ZrT @ WZ1                                               # Z_rest' W Z_1
-    A_zz = ZrT @ (Zrest if W is None else (W @ Zrest).tocsc())
-    A_zy = np.asarray(ZrT @ WXY)                                   # Z_rest' W [X y]
-    A_r1 = sparse.vstack([A_z1, A_y1], format="csr")
-    if dense_rr:
-        rz = A_zz.shape[0]
-        A_rr = np.empty((r, r))
-        A_rr[:rz, :rz] = A_zz.toarray()
-        A_rr[:rz, rz:] = A_zy
-        A_rr[rz:, :rz] = A_zy.T
-        A_rr[rz:, rz:] = A_yy
-    else:
-        A_rr = sparse.bmat([[A_zz, _csr_of_dense(A_zy)],
-                            [_csr_of_dense(A_zy.T), _csr_of_dense(A_yy)]], format="csr")
-    return A11, A_r1, A_rr
-
-
-def _csr_of_dense(D):
-    """``csr_matrix(D)`` of a dense 2-d array, its nonzeros only, without scipy's detour
-    through COO (2 ms for STAR's 14 x 10,732 [X y]' Z_1, against 0.2 ms)."""
-    D = np.asarray(D, dtype=float)
-    nz = D != 0
-    indptr = np.zeros(D.shape[0] + 1, dtype=np.int64)
-    np.cumsum(nz.sum(axis=1), out=indptr[1:])
-    return sparse.csr_matrix((D[nz], np.nonzero(nz)[1], indptr), shape=D.shape)
+#: reweight sums several columns of [X y] by levels with sparse products up to this many rows
+SPARSE_SUMS_ROWS = 200_000
 
 
 class LeadBlockFactor(Factor):
@@ -261,11 +200,18 @@ class LeadBlockFactor(Factor):
             self.A11 = block_cross(b1.X, b1.codes, b1.m, w)
         A_r1, A_1r = plan["A_r1"], plan["A_1r"]
         nnz1 = plan["nnz1"]
-        WXY = XY * w[:, None]
+        # large data with X (lme4's first stage): W [X y] a column at a time, not n x (p + 1)
+        # at once (32 MB at 1M rows, at the fit's peak of memory)
+        colwise = self.p > 0 and plan["Z1T"] is None and XY.shape[0] > SPARSE_SUMS_ROWS
+        WXY = None if colwise else XY * w[:, None]
         if nnz1:
             wr = w if plan["row1"] is None else w[plan["row1"]]
-            A_r1.data[:nnz1] = np.bincount(plan["dest1"], weights=wr * plan["val1"], minlength=nnz1)
-        if plan["x1sq"] is not None:
+            A_r1.data[:nnz1] = np.bincount(plan["dest1"], weights=times_or_same(wr, plan["val1"]),
+                                           minlength=nnz1)
+        if colwise:
+            ZtW, YY = colwise_sums(XY, w, g1, plan["x1"], plan["rest_nz"] if rz else None, rz,
+                                   A_r1.data[nnz1:].reshape(self.p + 1, m1q1))
+        elif plan["x1sq"] is not None and plan["Z1T"] is None:
             x1 = plan["x1"]
             tail = A_r1.data[nnz1:].reshape(self.p + 1, m1q1)
             for j in range(self.p + 1):
@@ -275,26 +221,55 @@ class LeadBlockFactor(Factor):
             A_r1.data[nnz1:] = np.asarray(plan["Z1T"] @ WXY).T.ravel()
         A_1r.data[:] = A_r1.data[plan["tperm"]]
         self._a1y = A_r1.data[A_r1.data.size - m1q1:].copy()      # A_1r[:, -1], for solve()
-        Arr = np.zeros((self.r, self.r))
+        # A_rr by its parts (its nonzeros, the rest x [X y] block, [X y]' W [X y]): the Schur
+        # complement is formed from them (_rr_into), no r x r array is kept (72 MB at 3,000 items)
+        vals_rr = None
         if rz:
             wr = w if plan["row_rr"] is None else w[plan["row_rr"]]
-            Arr.ravel()[plan["uniq_rr"]] = np.bincount(plan["dest_rr"], weights=wr * plan["val_rr"],
-                                                       minlength=plan["uniq_rr"].size)
-            ZtW = np.empty((rz, self.p + 1))
-            rows, cols, vals = plan["rest_nz"]
-            for j in range(self.p + 1):
-                ZtW[:, j] = np.bincount(cols, weights=vals * (WXY[:, j] if rows is None else WXY[rows, j]),
-                                        minlength=rz)
-            Arr[:rz, rz:] = ZtW
-            Arr[rz:, :rz] = ZtW.T
-        Arr[rz:, rz:] = XY.T @ WXY
-        self.A_r1, self.A_1r, self.A_rr = A_r1, A_1r, Arr
+            vals_rr = np.bincount(plan["dest_rr"], weights=times_or_same(wr, plan["val_rr"]),
+                                  minlength=plan["uniq_rr"].size)
+        if not colwise:
+            ZtW = rest_sums(plan.get("rest_nz"), plan.get("ZrT"), WXY, rz) if rz else None
+            YY = XY.T @ WXY
+        self.A_r1, self.A_1r = A_r1, A_1r
+        self._A_rr, self._rr_parts = None, (plan.get("uniq_rr"), vals_rr, ZtW, YY)
         plan["schur"].refresh(A_r1)
         self._schur = plan["schur"]
         self._set_operators()
-        if getattr(self, "_S", None) is None or self._S.shape != Arr.shape:
-            self._S = np.empty_like(Arr)
+        if getattr(self, "_S", None) is None or self._S.shape != (self.r, self.r):
+            self._S = np.empty((self.r, self.r))
         return self
+
+    _A_rr = _rr_parts = None
+
+    @property
+    def A_rr(self):
+        """``[Z_rest X y]' W [Z_rest X y]`` (r x r, dense).  After :meth:`reweight` it is held
+        by its parts and made when asked (the factorization forms the Schur complement from
+        the parts directly)."""
+        if self._A_rr is None and self._rr_parts is not None:
+            A = np.empty((self.r, self.r))
+            self._A_rr = self._rr_into(A)
+        return self._A_rr
+
+    @A_rr.setter
+    def A_rr(self, value):
+        self._A_rr, self._rr_parts = value, None
+
+    def _rr_into(self, S):
+        """``A_rr`` written into ``S`` (from :meth:`reweight`'s parts when it left them)."""
+        if self._A_rr is not None or self._rr_parts is None:
+            np.copyto(S, self._A_rr)
+            return S
+        uniq, vals, ZtW, YY = self._rr_parts
+        rz = self.rz
+        S.fill(0.0)
+        if rz:
+            S.ravel()[uniq] = vals
+            S[:rz, rz:] = ZtW
+            S[rz:, :rz] = ZtW.T
+        S[rz:, rz:] = YY
+        return S
 
     def _set_operators(self):
         """``_ar1`` / ``_a1r``: ``A_r1`` / ``A_1r`` for the per-theta products.  Small systems
@@ -322,7 +297,8 @@ class LeadBlockFactor(Factor):
             row1 = np.repeat(rows, q1)
             key = np.repeat(cols, q1) * m1q1 + b1.codes[row1] * q1 + comp
             uniq1, dest1 = np.unique(key, return_inverse=True)
-            plan.update(row1=row1, val1=np.repeat(vals, q1) * b1.X[row1, comp], dest1=dest1.ravel())
+            plan.update(row1=row1, val1=unless_ones(np.repeat(vals, q1) * b1.X[row1, comp]),
+                        dest1=small_index(dest1.ravel()))
             # rest x rest: all ordered pairs of a row's entries
             e1s, e2s = [], []
             for kv in np.unique(cnt):
@@ -334,14 +310,16 @@ class LeadBlockFactor(Factor):
                 e2s.append((st[:, None] + b.ravel()[None, :]).ravel())
             e1, e2 = np.concatenate(e1s), np.concatenate(e2s)
             uniq_rr, dest_rr = np.unique(cols[e1] * r + cols[e2], return_inverse=True)
-            plan.update(row_rr=rows[e1], val_rr=vals[e1] * vals[e2], uniq_rr=uniq_rr,
-                        dest_rr=dest_rr.ravel(), rest_nz=(rows, cols, vals))
+            plan.update(row_rr=rows[e1], val_rr=unless_ones(vals[e1] * vals[e2]), uniq_rr=uniq_rr,
+                        dest_rr=small_index(dest_rr.ravel()),
+                        rest_nz=(rows, small_index(cols), unless_ones(vals)))
+            del key, dest1, dest_rr, e1, e2, row1, comp
             ident = np.arange(n)
             for key in ("row1", "row_rr"):                # skip the gather when it is the identity
                 if plan[key].size == n and np.array_equal(plan[key], ident):
                     plan[key] = None
             if rows.size == n and np.array_equal(rows, ident):
-                plan["rest_nz"] = (None, cols, vals)
+                plan["rest_nz"] = (None,) + plan["rest_nz"][1:]
         else:
             uniq1 = np.zeros(0, dtype=np.int64)
         plan["nnz1"] = nnz1 = uniq1.size
@@ -350,7 +328,7 @@ class LeadBlockFactor(Factor):
             x1 = b1.X[:, 0]
             ones = bool(np.all(x1 == 1.0))
             plan["x1"] = None if ones else x1.copy()
-            plan["x1sq"] = x1 * x1
+            plan["x1sq"] = True if ones else x1 * x1
         row_all = np.concatenate([uniq1 // m1q1, np.repeat(np.arange(rz, r), m1q1)])
         col_all = np.concatenate([uniq1 % m1q1, np.tile(np.arange(m1q1), p1)])
         indptr = np.searchsorted(row_all, np.arange(r + 1))
@@ -360,10 +338,29 @@ class LeadBlockFactor(Factor):
         idx.data = np.arange(1.0, nnz + 1.0)
         T = idx.T.tocsr()
         T.sort_indices()
-        plan["tperm"] = T.data.astype(np.int64) - 1
+        plan["tperm"] = small_index(T.data.astype(np.int64) - 1)
         plan["A_1r"] = sparse.csr_matrix((np.zeros(nnz), T.indices, T.indptr), shape=(m1q1, r))
         plan["A_r1"] = A_r1
-        plan["Z1T"] = self._Z1.T.tocsr()
+        # [X y]'s sums per level of the first block and per rest effect: one sparse product
+        # for all columns (the same sums in the same order as a bincount per column, several
+        # times faster for lme4's first stage with X); by bincount on large scalar data (the
+        # product's matrices cost 12 bytes per row)
+        sums_by_product = p1 > 1 and n <= SPARSE_SUMS_ROWS
+        plan["Z1T"] = None
+        if q1 > 1 or sums_by_product:
+            plan["Z1T"] = self._Z1.T.tocsr()
+            plan["Z1T"].sort_indices()
+        if rz and sums_by_product:
+            rows_, cols_, vals_ = plan["rest_nz"]
+            order = np.argsort(cols_, kind="stable")
+            plan["ZrT"] = sparse.csr_matrix(
+                (np.ones(order.size) if vals_ is None else vals_[order],
+                 order if rows_ is None else rows_[order],
+                 np.searchsorted(cols_[order], np.arange(rz + 1))), shape=(rz, n))
+        del idx, T, row_all, col_all
+        # the plan has what reweight reads of the model matrices (set_data builds them again)
+        self.__dict__.pop("_Z1", None)
+        self.__dict__.pop("_Zrest", None)
         # dense Schur product when it costs less than the enumerated pairs
         csc = A_r1.tocsc()
         kk = np.diff(csc.indptr[0:m1q1 + 1:q1]).astype(np.int64)
@@ -371,7 +368,7 @@ class LeadBlockFactor(Factor):
         if r * r * m1q1 <= 4 * npairs and r * m1q1 <= 50_000_000:
             plan["schur"] = DenseSchur(A_r1, self.m1, q1)
         else:
-            plan["schur"] = SchurProduct(A_r1, self.m1, q1, refreshable=True)
+            plan["schur"] = SchurProduct(A_r1, self.m1, q1, refreshable=True, fused=True)
         del nnz1
         return plan
 
@@ -418,8 +415,7 @@ class LeadBlockFactor(Factor):
 
     def _schur_complement(self, B, lr):
         """``S = Lambda_r' (A_rr - A_r1 blockdiag(B) A_1r) Lambda_r`` in the scratch matrix."""
-        S = self._S
-        np.copyto(S, self.A_rr)
+        S = self._rr_into(self._S)
         self._schur.subtract_from(S, B)
         if isinstance(lr, np.ndarray):
             S *= lr[:, None]

@@ -95,14 +95,14 @@ class LocalInverse:
             P_list.append(self._index(off + b.codes[:, None] * b.q + np.arange(b.q)[None, :]))
             c_list.append(b.X @ lam)
             off += b.nre
-        P = np.hstack(P_list)
-        c = np.hstack(c_list)
+        P = P_list[0] if len(P_list) == 1 else np.hstack(P_list)
+        c = c_list[0] if len(c_list) == 1 else np.hstack(c_list)
         G = self.G
         KP = self._gather(g, P, blocks)
         if self.kind == "scalar":                          # KP (n, k)
             rho1 = (self.base[g] * a[:, 0] - np.einsum("ik,ik->i", KP, c))[:, None]
             if P.shape[1] == 1:
-                rhor = G[P[:, 0], P[:, 0]][:, None] * c - KP * a
+                rhor = np.diagonal(G)[P[:, 0]][:, None] * c - KP * a
             else:
                 GPP = G[P[:, :, None], P[:, None, :]]
                 rhor = np.einsum("ikl,il->ik", GPP, c) - KP * a

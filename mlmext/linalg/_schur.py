@@ -18,10 +18,11 @@ from scipy import sparse
 
 from ._levels import LevelGather
 
-try:       # y += A x for a csc A, into y (scipy's kernel behind csc_matrix @ vector)
+try:       # y += A x for a csc A, into y (scipy's kernel behind csc_matrix @ vector); A' x
     from scipy.sparse._sparsetools import csc_matvec as _matvec_into
+    from scipy.sparse._sparsetools import csr_matvec as _matvec_t_into
 except ImportError:  # pragma: no cover - a scipy without it: the allocating product
-    _matvec_into = None
+    _matvec_into = _matvec_t_into = None
 
 #: systems with ``A_r1`` (r x m1 q1) of at most this many entries hold it dense for the
 #: per-theta products (scipy.sparse's per-call overhead outweighs the arithmetic there)
@@ -81,7 +82,7 @@ class SchurProduct:
     #: per block of P's columns, the levels in their column order (None: level order)
     _order = None
 
-    def __init__(self, A_r1, m1, q1, refreshable=False):
+    def __init__(self, A_r1, m1, q1, refreshable=False, fused=False):
         self.r = r = A_r1.shape[0]
         self.m1, self.q1 = m1, q1
         self._plan = None
@@ -109,7 +110,8 @@ class SchurProduct:
             self._build_blocks(A, it)
             return
         if q1 == 1:
-            self._build_by_count(A, perm, starts, k, it)
+            self._build_by_count(A, perm, starts, k, it,
+                                 fused=fused and _matvec_t_into is not None)
             return
         comp = np.repeat(np.arange(m1 * q1) % q1, np.diff(A.indptr))   # component of each entry
         T = k.astype(np.int64) * (k + 1) // 2
@@ -136,12 +138,17 @@ class SchurProduct:
         self.P = sparse.csc_matrix((data, uniq % rr, indptr), shape=(rr, m1 * q1 * q1))
         self._plan = (perm, e1, e2, dbl, dest.ravel(), uniq.size)
 
-    def _build_by_count(self, A, perm, starts, k, it, chunk=1 << 20):
+    def _build_by_count(self, A, perm, starts, k, it, chunk=1 << 20, fused=False):
         """The refreshable P of a scalar first block, its columns (levels) grouped by their
         number of entries k: a group's pairs are the lower triangle of each level's k x k
         outer product, the same positions for all of its levels, so :meth:`refresh` needs
         only the group's entries (``nnz`` positions in all) and no index per pair (the pairs
-        and their merge by sort cost 5 times P's size: 1 GB at 1M ratings)."""
+        and their merge by sort cost 5 times P's size: 1 GB at 1M ratings).
+
+        ``fused``: P's values are not stored (41 MB at 1M binomial rows); each product
+        computes them group by group from ``A_r1``'s values into a buffer of one group
+        (:meth:`_fused_groups`), the same numbers in the same order.  P is then a
+        :class:`_PairPattern` (no ``data``)."""
         r, m1 = self.r, self.m1
         order = np.argsort(k, kind="stable")
         kk = k[order].astype(np.int64)
@@ -165,25 +172,34 @@ class SchurProduct:
                 pos += I[:, tb]
                 rows[indptr[s0]:indptr[s1]] = pos.ravel()
                 # the entries' positions in A_r1's (CSR) values, which refresh takes
-                groups.append((int(indptr[s0]), int(indptr[s1]), perm[ent].astype(it), ta, tb))
-        self.P = sparse.csc_matrix((np.empty(rows.size), rows, indptr.astype(it)),
-                                   shape=(r * r, m1), copy=False)
+                groups.append((int(indptr[s0]), int(indptr[s1]), perm[ent].astype(it), ta, tb,
+                               s0, s1))
         self._ab, self._order = [(0, 0)], [order]         # (the layout of _build_blocks)
-        self._plan = ("count", groups)
         values = np.empty(A.nnz)                              # A's values in CSR order
         values[perm] = A.data
+        if fused:
+            self.P = _PairPattern(rows, indptr.astype(it), (r * r, m1))
+            self._plan = ("fused", groups)
+            self._values = values
+            return
+        self.P = sparse.csc_matrix((np.empty(rows.size), rows, indptr.astype(it)),
+                                   shape=(r * r, m1), copy=False)
+        self._plan = ("count", groups)
         self._fill_by_count(values)
 
     def _fill_by_count(self, values):
         """P's values from ``A_r1``'s (CSR order) for the plan of :meth:`_build_by_count`."""
         data = self.P.data
-        for a, b, ent, ta, _ in self._plan[1]:
-            V = values[ent]
-            out = data[a:b].reshape(ent.shape[0], ta.size)
-            # row i of the lower triangle: V_i V_0..i, written in place (no pair-sized gathers)
-            for i in range(ent.shape[1]):
-                o = i * (i + 1) // 2
-                np.multiply(V[:, i:i + 1], V[:, :i + 1], out=out[:, o:o + i + 1])
+        for a, b, ent, ta, *_ in self._plan[1]:
+            _group_values(values, ent, ta, data[a:b])
+
+    def _fused_groups(self):
+        """``(a, b, s0, s1, values)`` per group of the fused P: its pairs ``a:b`` (columns
+        ``s0:s1``) and their values, computed into one buffer reused by the groups."""
+        groups = self._plan[1]
+        buf = np.empty(max((g[1] - g[0] for g in groups), default=0))
+        for a, b, ent, ta, _, s0, s1 in groups:
+            yield a, b, s0, s1, _group_values(self._values, ent, ta, buf[:b - a])
 
     def _build_blocks(self, A, it, chunk=1 << 20):
         """P in blocks, one per pair of components a >= b of the first block's template, a column
@@ -265,7 +281,14 @@ class SchurProduct:
     def pair_sums(self, K):
         """``P' vec(K)`` as an (m1, q1, q1) array (the lower triangle for the block layout):
         the sums over a level's pairs of K at the pair's position times the pair's product."""
-        v = self.P.T @ K.ravel()
+        if isinstance(self.P, _PairPattern):
+            P, x = self.P, np.ascontiguousarray(K.ravel(), dtype=float)
+            v = np.zeros(P.shape[1])
+            for a, b, s0, s1, data in self._fused_groups():
+                _matvec_t_into(s1 - s0, P.shape[0], P.indptr[s0:s1 + 1] - P.indptr[s0],
+                               P.indices[a:b], data, x, v[s0:s1])
+        else:
+            v = self.P.T @ K.ravel()
         if self._ab is None:
             return v.reshape(self.m1, self.q1, self.q1)
         V = np.zeros((self.m1, self.q1, self.q1))
@@ -292,7 +315,9 @@ class SchurProduct:
     def own_copy(self):
         """A copy whose values :meth:`refresh` can overwrite without touching this one's."""
         new = copy.copy(self)
-        if self.P is not None:                      # new values, the structure shared
+        if isinstance(self.P, _PairPattern):        # values read from A_r1's at each product
+            pass
+        elif self.P is not None:                    # new values, the structure shared
             P = self.P
             new.P = sparse.csc_matrix((P.data.copy(), P.indices, P.indptr), shape=P.shape,
                                       copy=False)
@@ -304,6 +329,9 @@ class SchurProduct:
         """New values of ``A_r1`` with the structure it had at construction (``refreshable=True``)."""
         if self.P is None:
             self._levels.refresh(A_r1)
+            return
+        if isinstance(self._plan[0], str) and self._plan[0] == "fused":
+            self._values = A_r1.data
             return
         if isinstance(self._plan[0], str):
             self._fill_by_count(A_r1.data)
@@ -325,7 +353,15 @@ class SchurProduct:
 
     def subtract_from(self, S, B):
         """S -= G(B) on the lower triangle (full matrix in the fallback)."""
-        if self.P is not None:
+        if isinstance(self.P, _PairPattern):
+            P, out = self.P, S.reshape(-1)
+            if not np.shares_memory(out, S):
+                raise ValueError("the fused Schur product accumulates into a contiguous S")
+            x = -np.ascontiguousarray(self._b_vector(B), dtype=float)
+            for a, b, s0, s1, data in self._fused_groups():
+                _matvec_into(P.shape[0], s1 - s0, P.indptr[s0:s1 + 1] - P.indptr[s0],
+                             P.indices[a:b], data, x[s0:s1], out)
+        elif self.P is not None:
             P, out = self.P, S.reshape(-1)
             if _matvec_into is not None and np.shares_memory(out, S) \
                     and P.indptr.dtype == P.indices.dtype and P.data.dtype == np.float64:
@@ -339,6 +375,28 @@ class SchurProduct:
         else:
             self._levels.subtract_from(S, B)
         return S
+
+
+class _PairPattern:
+    """The pairs' positions of a fused :class:`SchurProduct` (a csc pattern, no values)."""
+
+    data = None
+
+    def __init__(self, indices, indptr, shape):
+        self.indices, self.indptr, self.shape = indices, indptr, shape
+
+
+def _group_values(values, ent, ta, out):
+    """The pair products of a group of levels with ``ent.shape[1]`` entries each (``ent``:
+    their positions in ``values``), the lower triangle of each level's outer product by rows,
+    written into ``out`` (flat, levels x pairs)."""
+    V = values[ent]
+    out = out.reshape(ent.shape[0], ta.size)
+    # row i of the lower triangle: V_i V_0..i, written in place (no pair-sized gathers)
+    for i in range(ent.shape[1]):
+        o = i * (i + 1) // 2
+        np.multiply(V[:, i:i + 1], V[:, :i + 1], out=out[:, o:o + i + 1])
+    return out.reshape(-1)
 
 
 class DenseSchur:

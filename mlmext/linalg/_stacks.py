@@ -209,3 +209,52 @@ class LevelMap:
     def then(self, other):
         """The composed map: this one followed by ``other`` (nesting is transitive)."""
         return LevelMap(other.idx[self.idx], other.m)
+
+
+# the reweighting plan's per-row arrays (_lead): intercepts' values (all ones) are not stored,
+# indices are 32-bit where they fit (at 1M rows each stored array is 8 MB)
+def unless_ones(v):
+    """``v``, or None where it is all ones."""
+    return None if np.all(v == 1.0) else v
+
+
+def times_or_same(a, v):
+    """``a * v``, or ``a`` for ``v`` None (all ones)."""
+    return a if v is None else a * v
+
+
+def small_index(i):
+    """Indices as 32-bit integers where they fit."""
+    return i.astype(np.int32) if i.size and i.max() < 2**31 - 1 else i
+
+
+def rest_sums(rest_nz, ZrT, WXY, rz):
+    """``Z_r' W [X y]`` (rz, p + 1) from the rest's nonzeros ``(rows, cols, vals)`` (rows or
+    vals None: the identity, all ones): by ``ZrT`` (the same sums by one sparse product)
+    when given, else a bincount per column."""
+    if ZrT is not None:
+        return ZrT @ WXY
+    rows, cols, vals = rest_nz
+    out = np.empty((rz, WXY.shape[1]))
+    for j in range(WXY.shape[1]):
+        out[:, j] = np.bincount(cols, weights=times_or_same(WXY[:, j] if rows is None else
+                                                             WXY[rows, j], vals), minlength=rz)
+    return out
+
+
+def colwise_sums(XY, w, g1, x1, rest_nz, rz, tail):
+    """The sums of ``W [X y]`` a column at a time (no n x (p + 1) product): per level of a
+    scalar first block (codes ``g1``, values ``x1`` or None for ones) into ``tail`` (p + 1,
+    m1); returns ``Z_r' W [X y]`` (None without a rest) and ``[X y]' W [X y]``."""
+    p1 = XY.shape[1]
+    ZtW = np.empty((rz, p1)) if rz else None
+    YY = np.empty((p1, p1))
+    for j in range(p1):
+        wc = XY[:, j] * w
+        tail[j] = np.bincount(g1, weights=wc if x1 is None else wc * x1, minlength=tail.shape[1])
+        if rz:
+            rows, cols, vals = rest_nz
+            ZtW[:, j] = np.bincount(cols, weights=times_or_same(wc if rows is None else wc[rows],
+                                                                vals), minlength=rz)
+        YY[:, j] = XY.T @ wc
+    return ZtW, YY

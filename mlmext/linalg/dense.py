@@ -182,8 +182,7 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         bounds = self._block_bounds(lr)
         if bounds is None:
             return super()._schur_complement(B, lr)
-        S = self._S                        # the lower triangle only: P holds positions i >= j
-        np.copyto(S, self.A_rr)
+        S = self._rr_into(self._S)         # the lower triangle only: P holds positions i >= j
         self._schur.subtract_from(S, B)
         _scale_lower_blocks(S, bounds, lr)
         return S
@@ -319,8 +318,14 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
                 X = self._sn.dense(X)
         else:
             # inverse of the leading kk x kk block, embedded in an r x r array (zero elsewhere):
-            # factor diag(L_P, I) -> potri gives diag(Omega_P^-1, I) in place (lower triangle)
-            X = self.Lr.copy()
+            # factor diag(L_P, I) -> potri gives diag(Omega_P^-1, I) in place (lower triangle);
+            # with inverse_in_place in the factor's own scratch array (then no factor is left:
+            # Lr is None until the next update)
+            X = self.Lr
+            if self.inverse_in_place and np.shares_memory(X, self._S):
+                self.Lr = self._inv = None
+            else:
+                X = X.copy()
             X[kk:, :] = 0.0
             X[np.arange(kk, r), np.arange(kk, r)] = 1.0
             if kk:
