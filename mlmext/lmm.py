@@ -130,7 +130,7 @@ class LinearMixedModel(MixedModel):
         if factor and sf is not None and sf is not False:
             new._small = sf.with_response(yo)
         lv = self.__dict__.get("_levels")
-        if lv is not None and lv is not False:
+        if factor and lv is not None and lv is not False:
             new._levels = lv.with_response(yo)
         return new
 

@@ -9,6 +9,7 @@ from scipy import optimize
 
 from .bfgs import minimize_bfgs
 from .lbfgsb import lbfgsb
+from .newton_exact import newton_exact
 from .polish import Polish, newton_polish
 
 __all__ = ["minimize_theta", "minimize_bfgs"]
@@ -274,9 +275,14 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
             its = NEWTON_FIRST_ITERATIONS if newton_first else WARM_NEWTON_ITERATIONS
             # (Newton's last steps are cheap: it goes on to a decrement far below tol, which
             # also takes an estimate at a zero standard deviation to within the snap's width)
-            p = newton_polish(grad, start, lower, f=f0, g=g0, H0=H0,
-                              tol=min(tol, NEWTON_FIRST_TOL) if newton_first else tol,
-                              check_tol=check_tol, maxit=min(its, maxiter), value=fun, hess=hess)
+            if newton_first and not np.isfinite(lower).any():
+                p = newton_exact(grad, hess, start, f0, g0, H0, lower, min(tol, NEWTON_FIRST_TOL),
+                                 check_tol, min(its, maxiter), value=fun)
+            else:
+                p = newton_polish(grad, start, lower, f=f0, g=g0, H0=H0,
+                                  tol=min(tol, NEWTON_FIRST_TOL) if newton_first else tol,
+                                  check_tol=check_tol, maxit=min(its, maxiter), value=fun,
+                                  hess=hess)
             nfev += p.nfev
             tried.append((f"Newton from the start ({hname}), second-order checks", p.converged,
                           p.nfev + 1))

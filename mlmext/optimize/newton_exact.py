@@ -1,0 +1,81 @@
+"""Newton's method with the exact Hessian at every iterate, for objectives whose Hessian costs
+about a gradient (the small one-grouping-factor LMMs) and have no bounds (the LMM's reflected
+theta).
+
+The iterations of :func:`~mlmext.optimize.polish.newton_polish` carry what a Hessian from
+differences needs (BFGS updates near the end, saddle probes, noisy-decrement rules); with an
+exact Hessian at hand most of that is bookkeeping, about as costly as the evaluations on
+these models.  :func:`newton_exact` takes plain Newton steps with a backtracking line search
+while the Hessian is positive definite and the steps are accepted, and ends either at a
+point passing :func:`newton_polish`'s checks (there, without bounds: the decrement
+``g' H^-1 g / 2`` below ``check_tol`` and the smallest eigenvalue above ``-1e-8`` of the
+largest, with ``H`` the exact Hessian at that point) or by handing the point it reached to
+:func:`newton_polish`, whose full machinery then decides.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .polish import Polish, newton_polish
+
+__all__ = ["newton_exact"]
+
+
+def _noise(f):
+    """Rounding level of a deviance (as :mod:`.polish` has it)."""
+    return 1e-12 * abs(f) + 1e-10
+
+
+def newton_exact(fg, hess, x, f, g, H, lower, tol, check_tol, maxit, value=None):
+    """Newton from ``x`` (value ``f``, gradient ``g``, exact Hessian ``H``) without bounds.
+
+    Returns a :class:`~mlmext.optimize.polish.Polish`: converged where the checks pass,
+    else :func:`newton_polish`'s verdict from the last point reached (which may restart
+    from an escape, as usual).  ``nfev`` counts gradients and Hessians as
+    :func:`newton_polish` does.
+    """
+    nfev = used = 0
+    for used in range(maxit):
+        if not (np.isfinite(f) and np.all(np.isfinite(H))):
+            break
+        w, V = np.linalg.eigh(H)
+        mine = float(w[0])
+        scale = max(1.0, float(np.abs(w).max()))
+        if mine <= -1e-8 * scale:
+            break                                    # a saddle: newton_polish's probes
+        wa = np.maximum(np.abs(w), 1e-10 * scale)
+        step = -(V @ ((V.T @ g) / wa))
+        dec = float(-g @ step) / 2.0
+        if dec < tol:
+            if dec < check_tol and mine > -1e-8 * max(1.0, float(np.abs(np.diag(H)).max())):
+                return Polish(x, f, g, H, True, dec, mine, f"Newton decrement {dec:.3g}", nfev)
+            break
+        # the full step with its gradient (usually accepted), shortened ones by value alone
+        t, xn, fn, gn = 1.0, None, np.inf, None
+        for _ in range(30):
+            xt = x + t * step
+            if t == 1.0 or value is None:
+                ft, gt = fg(xt)
+            else:
+                ft, gt = value(xt), None
+            nfev += 1
+            if np.isfinite(ft) and ft <= f - 1e-4 * t * dec + _noise(f):
+                xn, fn, gn = xt, ft, gt
+                break
+            t *= 0.5
+        if xn is None:
+            break                                    # newton_polish's line search decides
+        if gn is None:
+            fn, gn = fg(xn)
+            nfev += 1
+        x, f, g = xn, float(fn), np.asarray(gn, dtype=float)
+        H = np.asarray(hess(x), dtype=float)
+        H = 0.5 * (H + H.T)
+        nfev += 1
+    else:
+        used = maxit
+    # (the iterations left: maxit bounds Newton's iterations here and there together)
+    p = newton_polish(fg, x, lower, f=f, g=g, H0=H, tol=tol, check_tol=check_tol,
+                      maxit=maxit - used, value=value, hess=hess)
+    p.nfev += nfev
+    return p
