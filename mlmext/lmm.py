@@ -382,7 +382,7 @@ class LinearMixedModel(MixedModel):
                                  reflect=self.re_design.canonical_theta, hess=hess,
                                  warm=start_params is not None,
                                  warm_hessian=self._warm_hessian(reml, start_params, scale),
-                                 newton_first=start_params is None and dev.cheap_hessian)
+                                 newton_first=dev.cheap_hessian)
             state = dev.at(opt.x)
         theta, crit = state.theta, state.criterion
         extra = {"scale": _frozen(scale)}            # read-only: refits read them

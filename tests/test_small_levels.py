@@ -162,9 +162,10 @@ def test_fit_runs_newton_first_to_the_lbfgsb_optimum(case, monkeypatch):
         assert np.all(np.abs(np.asarray(r.fe_params) - np.asarray(r0.fe_params)) < 2e-3 * se)
 
 
-def test_a_start_without_positive_curvature_goes_to_lbfgsb():
+def test_a_start_without_positive_curvature():
     """lme4's start where the Hessian is not positive definite (a fit that ends at a zero
-    standard deviation): L-BFGS-B from there, as before, and the boundary estimate."""
+    standard deviation): Newton along the |eigenvalues| from there, to the boundary estimate
+    R has (theta 0), which passes the checks (positive curvature there)."""
     m = mf.lmer("y ~ x + (1 | g)", read_data("singular.csv"))
     dev = m.deviance()
     start, s = m._start_theta(True)
@@ -172,5 +173,20 @@ def test_a_start_without_positive_curvature_goes_to_lbfgsb():
     assert np.linalg.eigvalsh(H).min() < 0
     with pytest.warns(UserWarning, match="singular"):
         r = m.fit()
-    assert r.optim.tried[0][0].startswith("the Hessian at the start is not positive definite")
+    assert r.optim.tried[0][0].startswith("Newton from the start (exact Hessian)")
     assert r.converged and r.theta[0] == 0.0
+    assert r.criterion == pytest.approx(284.530772606086, abs=1e-6)      # lme4's REML criterion
+
+
+@pytest.mark.filterwarnings("ignore:boundary")
+def test_a_refit_runs_newton_from_the_fits_theta():
+    """A refit to a simulated response (its start far from the new optimum) runs Newton with
+    the exact Hessian from the fit's theta and ends where a fresh fit ends."""
+    m = _model("sleepstudy")
+    r = m.fit()
+    Y = np.asarray(r.simulate(nsim=6, seed=3))
+    for k in range(Y.shape[1]):
+        a = r.refit(Y[:, k])
+        fresh = m._with_response(Y[:, k]).fit()
+        assert a.converged and a.optim.tried[0][0].startswith("Newton from the start")
+        assert abs(a.criterion - fresh.criterion) < 1e-7

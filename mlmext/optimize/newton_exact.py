@@ -21,6 +21,15 @@ from .polish import Polish, newton_polish
 __all__ = ["newton_exact"]
 
 
+#: longest Newton step (largest entry, in the optimizer's scaled variables: theta in its
+#: predictors' units, where lme4's start has diagonals 1) where the Hessian is not positive
+#: definite, and where it is: far from the optimum a full step overshoots
+MAX_STEP, MAX_STEP_PD = 0.5, 1.0
+#: Newton steps taken at most once the decrement is below check_tol (quadratic convergence
+#: needs one or two to go from there to any useful tol)
+CERTIFIED_STEPS = 2
+
+
 def _noise(f):
     """Rounding level of a deviance (as :mod:`.polish` has it)."""
     return 1e-12 * abs(f) + 1e-10
@@ -34,22 +43,32 @@ def newton_exact(fg, hess, x, f, g, H, lower, tol, check_tol, maxit, value=None)
     from an escape, as usual).  ``nfev`` counts gradients and Hessians as
     :func:`newton_polish` does.
     """
-    nfev = used = 0
+    nfev = used = extra = 0
     for used in range(maxit):
         if not (np.isfinite(f) and np.all(np.isfinite(H))):
             break
         w, V = np.linalg.eigh(H)
         mine = float(w[0])
         scale = max(1.0, float(np.abs(w).max()))
-        if mine <= -1e-8 * scale:
-            break                                    # a saddle: newton_polish's probes
-        wa = np.maximum(np.abs(w), 1e-10 * scale)
+        pdef = mine > -1e-8 * scale
+        # not positive definite: the |eigenvalues| give a descent direction (a saddle's
+        # region is left along it; the checks still need a positive-definite end)
+        wa = np.maximum(np.abs(w), (1e-10 if pdef else 1e-6) * scale)
         step = -(V @ ((V.T @ g) / wa))
         dec = float(-g @ step) / 2.0
+        # below check_tol the point passes; steps go on to tol, at most CERTIFIED_STEPS of them
+        # (the decrement's rounding can stay above a tiny tol on large data)
+        certified = pdef and dec < check_tol and \
+            mine > -1e-8 * max(1.0, float(np.abs(np.diag(H)).max()))
+        if certified and (dec < tol or extra >= CERTIFIED_STEPS):
+            return Polish(x, f, g, H, True, dec, mine, f"Newton decrement {dec:.3g}", nfev)
+        extra += certified
         if dec < tol:
-            if dec < check_tol and mine > -1e-8 * max(1.0, float(np.abs(np.diag(H)).max())):
-                return Polish(x, f, g, H, True, dec, mine, f"Newton decrement {dec:.3g}", nfev)
-            break
+            break                 # (not positive definite: a saddle, newton_polish probes it)
+        big = float(np.abs(step).max())
+        if big > MAX_STEP if not pdef else big > MAX_STEP_PD:
+            step *= (MAX_STEP if not pdef else MAX_STEP_PD) / big      # far from the optimum
+            dec = float(-g @ step) / 2.0
         # the full step with its gradient (usually accepted), shortened ones by value alone
         t, xn, fn, gn = 1.0, None, np.inf, None
         for _ in range(30):

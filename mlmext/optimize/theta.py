@@ -204,10 +204,10 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
 WARM_NEWTON_ITERATIONS = 8
 #: Newton iterations from any start (``newton_first``: a cheap exact Hessian) before L-BFGS-B
 NEWTON_FIRST_ITERATIONS = 20
-#: the Newton decrement those iterations go to (the checks' bound is 1e-7): an estimate whose
-#: standard deviation tends to zero reaches ~1e-7 (in the predictors' units) there, within
-#: the width at which the fit sets it to zero
-NEWTON_FIRST_TOL = 1e-12
+#: the Newton decrement those iterations go to (the checks' bound is 1e-7; each step squares
+#: it): theta then is within ~1e-8 of the optimum, and an estimate whose standard deviation
+#: tends to zero is well within the width at which the fit sets it to zero
+NEWTON_FIRST_TOL = 1e-15
 #: a warm start's largest Newton decrement (deviance units) for Newton to start there: the ML
 #: refit of a REML fit starts at ~0.05, a refit to a simulated response at 1.5-5, from where
 #: L-BFGS-B's cheaper steps get there first (sleepstudy, Penicillin, Pastes)
@@ -270,7 +270,8 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
             H0 = hess(start)
         if H0 is None:
             pass
-        elif _near(f0, g0, H0, np.inf if newton_first else None):
+        elif (newton_first and not np.isfinite(lower).any()) or \
+                _near(f0, g0, H0, np.inf if newton_first else None):
             first = None
             its = NEWTON_FIRST_ITERATIONS if newton_first else WARM_NEWTON_ITERATIONS
             # (Newton's last steps are cheap: it goes on to a decrement far below tol, which
