@@ -15,11 +15,14 @@ largest, with ``H`` the exact Hessian at that point) or by handing the point it 
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import lapack
 
 from .polish import Polish, newton_polish
 
 __all__ = ["newton_exact"]
 
+
+_syevd = lapack.dsyevd
 
 #: longest Newton step (largest entry, in the optimizer's scaled variables: theta in its
 #: predictors' units, where lme4's start has diagonals 1) where the Hessian is not positive
@@ -45,9 +48,11 @@ def newton_exact(fg, hess, x, f, g, H, lower, tol, check_tol, maxit, value=None)
     """
     nfev = used = extra = 0
     for used in range(maxit):
-        if not (np.isfinite(f) and np.all(np.isfinite(H))):
+        if not (np.isfinite(f) and np.isfinite(H.sum())):
             break
-        w, V = np.linalg.eigh(H)
+        w, V, info = _syevd(H)                       # (LAPACK: eigh's checks cost as much)
+        if info:
+            break
         mine = float(w[0])
         scale = max(1.0, float(np.abs(w).max()))
         pdef = mine > -1e-8 * scale

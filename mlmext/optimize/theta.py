@@ -121,7 +121,8 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
             f, g = grad(x / s)
             return f, g / s
 
-        hs = None if hess is None else (lambda x: hess(x / s) / np.outer(s, s))
+        ss = np.outer(s, s)
+        hs = None if hess is None else (lambda x: hess(x / s) / ss)
 
         rs = None if reflect is None else (lambda x: reflect(x / s) * s)
         res = minimize_theta(fs, start * s, lower * s, method=method, maxiter=maxiter, tol=tol,
