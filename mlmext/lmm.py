@@ -15,6 +15,7 @@ from .inference.ddf_default import check_fit_ddf
 from .inference.robust import check_cov_args
 from .linalg import BlockedCholesky
 from .linalg.small import SmallDenseFactor, small_dense_fits
+from .linalg.small_levels import OneBlockLevels
 from .objective import LMMDeviance, MixedParams
 from .objective.start import block_alone_cross, one_block_criterion
 from .optimize import OptSummary, jacobian, minimize_theta
@@ -128,6 +129,9 @@ class LinearMixedModel(MixedModel):
         sf = self.__dict__.get("_small")
         if factor and sf is not None and sf is not False:
             new._small = sf.with_response(yo)
+        lv = self.__dict__.get("_levels")
+        if factor and lv is not None and lv is not False:
+            new._levels = lv.with_response(yo)
         return new
 
     def _results_from_state(self, state, optim, ddf="satterthwaite"):
@@ -149,8 +153,22 @@ class LinearMixedModel(MixedModel):
     def _block_alone_cross(self, blk):
         return block_alone_cross(blk, self._XY, self.weights)
 
-    #: dense small-system factor (None: the model is too large for it); rebuilt after unpickling
-    _unpickled_caches = MixedModel._unpickled_caches + ("_small",)
+    #: dense small-system factor (None: the model is too large for it) and the level-by-level
+    #: evaluator of a one-block small system; rebuilt after unpickling
+    _unpickled_caches = MixedModel._unpickled_caches + ("_small", "_levels")
+
+    def _small_levels(self):
+        """The level-by-level cross-products (:class:`~mlmext.linalg.small_levels.OneBlockLevels`)
+        of a small system with one grouping factor, else None: the fit's criterion and its
+        exact derivatives from them cost a fraction of the dense factor's.  Built once."""
+        lv = self.__dict__.get("_levels", False)
+        if lv is False:       # two threads may both build it: same value, either one is kept
+            des = self.re_design
+            lv = None
+            if len(des.blocks) == 1 and small_dense_fits(des.blocks, self.k_fe):
+                lv = OneBlockLevels.from_rows(des.blocks[0], self._XY, self.weights, des.ntheta)
+            self._levels = lv
+        return lv
 
     def _small_factor(self):
         """The cross-products in one dense matrix (:class:`~mlmext.linalg.small.SmallDenseFactor`)
@@ -363,7 +381,8 @@ class LinearMixedModel(MixedModel):
                                  tol=tol, grad=dev.value_and_grad, scale=scale,
                                  reflect=self.re_design.canonical_theta, hess=hess,
                                  warm=start_params is not None,
-                                 warm_hessian=self._warm_hessian(reml, start_params, scale))
+                                 warm_hessian=self._warm_hessian(reml, start_params, scale),
+                                 newton_first=dev.cheap_hessian)
             state = dev.at(opt.x)
         theta, crit = state.theta, state.criterion
         extra = {"scale": _frozen(scale)}            # read-only: refits read them

@@ -20,6 +20,8 @@ import pandas as pd
 from ..base import caller_namespace, drop_rank_deficient
 from ..frame import display_name
 from ..linalg import DenseFactor
+from ..linalg.small import small_dense_fits
+from ..linalg.small_levels import OneBlockLevels
 from ..lmm import LinearMixedModel
 from ..prediction import re_contribution
 from ..results import LMMResults
@@ -230,6 +232,21 @@ class DaskLinearMixedModel(LinearMixedModel):
 
     def _small_factor(self):
         return None                     # the small systems' dense storage is built from rows
+
+    def _small_levels(self):
+        """The level-by-level evaluator of a small one-factor system, from the cross-products
+        (as the model of the rows has it: the same fit)."""
+        lv = self.__dict__.get("_levels", False)
+        if lv is False:
+            des, lv = self.re_design, None
+            if len(des.blocks) == 1 and small_dense_fits(des.blocks, self.k_fe):
+                b = des.blocks[0]
+                A, C, V = self._alone[0]
+                lv = OneBlockLevels(b, np.array(A, dtype=float).reshape(b.m, b.q, b.q),
+                                    np.ascontiguousarray(np.transpose(C, (1, 0, 2))),
+                                    np.array(V, dtype=float), des.ntheta)
+            self._levels = lv
+        return lv
 
     def fit(self, *args, **kwargs):
         """Fit as :meth:`mlmext.lmm.LinearMixedModel.fit` (same arguments); the fitted values,

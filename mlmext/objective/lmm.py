@@ -87,11 +87,29 @@ class LMMDeviance:
         self.n = float(model.nobs)
         self.p = int(model.k_fe)
         self._logw = model._logw
-        # the dense storage of a small system where the model has one (not a whitened view)
-        small = getattr(model, "_small_factor", None)
-        fac = small() if small is not None else None
-        self._factor = (model._cross_products() if fac is None else fac).workspace()
         self._last = None                 # the theta (bytes) the workspace was last updated to
+        # a small system with one grouping factor: the criterion, its derivatives and the state
+        # level by level (a fraction of the dense storage's cost); the factor is made on first
+        # use (the inference's pieces with sigma or a fixed effect held fixed)
+        levels = getattr(model, "_small_levels", None)
+        lv = levels() if levels is not None else None
+        self._levels = None if lv is None else lv.criterion(self.reml, self.n, self._logw)
+
+    @property
+    def _factor(self):
+        """This deviance's own workspace of the model's factor (made on first use)."""
+        f = self.__dict__.get("_workspace")
+        if f is None:
+            # the dense storage of a small system where the model has one (not a whitened view)
+            small = getattr(self.model, "_small_factor", None)
+            fac = small() if small is not None else None
+            f = self._workspace = (self.model._cross_products() if fac is None else fac).workspace()
+        return f
+
+    @_factor.setter
+    def _factor(self, factor):
+        """Evaluate on ``factor`` (a storage of the model's cross-products) alone."""
+        self._workspace, self._levels, self._last = factor, None, None
 
     @property
     def nparams(self):
@@ -100,6 +118,8 @@ class LMMDeviance:
     @property
     def size(self):
         """Order of the dense part of the factor (what a BLAS call works on)."""
+        if self._levels is not None:          # (the small system's order: no factor made)
+            return self._levels.m * self._levels.q + self.p + 1
         return self._factor.r
 
     # ------------------------------------------------------------------ the criterion
@@ -129,6 +149,8 @@ class LMMDeviance:
 
     def value(self, theta):
         """The criterion at theta (inf where the factor is numerically indefinite)."""
+        if self._levels is not None:
+            return self._levels.value(theta)
         try:
             ch = self.factor(theta)
         except np.linalg.LinAlgError:
@@ -153,6 +175,8 @@ class LMMDeviance:
         part: no n-sized work.  Entries of a block whose template has a (near)
         zero diagonal use central differences (steps in the predictors' units).
         """
+        if self._levels is not None:
+            return self._levels.value_and_grad(theta)
         theta = np.asarray(theta, dtype=float)
         des = self.design
         lams = des.lambdas(theta)
@@ -205,9 +229,15 @@ class LMMDeviance:
         return dev, grad
 
     @property
+    def cheap_hessian(self):
+        """Whether the exact Hessian costs about a gradient (one grouping factor, small system):
+        Newton then starts the fit (:func:`~mlmext.optimize.minimize_theta`'s ``newton_first``)."""
+        return self._levels is not None
+
+    @property
     def has_hessian(self):
         """Whether :meth:`value_grad_hess` is available (small systems: the dense storage)."""
-        return hasattr(self._factor, "derivatives")
+        return self._levels is not None or hasattr(self._factor, "derivatives")
 
     def value_grad_hess(self, theta):
         """The criterion, its gradient and its exact Hessian in theta (small systems).
@@ -221,6 +251,8 @@ class LMMDeviance:
         if not self.has_hessian:
             raise NotImplementedError("the exact Hessian is available for small systems only "
                                       "(the dense storage); use a difference of value_and_grad")
+        if self._levels is not None:
+            return self._levels.value_grad_hess(theta)
         theta = np.asarray(theta, dtype=float)
         try:
             ch = self.factor(theta)
@@ -251,9 +283,16 @@ class LMMDeviance:
     def at(self, theta):
         """The model at theta: an immutable :class:`LMMState`."""
         theta = np.asarray(theta, dtype=float)
+        nu = self.n - self.p if self.reml else self.n
+        if self._levels is not None:
+            beta, u, r2, crit, cov = self._levels.estimates(theta)
+            sigma2 = r2 / nu
+            return LMMState(theta=_frozen(theta), beta=_frozen(beta), u=_frozen(u),
+                            sigma=float(np.sqrt(sigma2)), criterion=float(crit),
+                            cov_beta=_frozen(sigma2 * cov), reml=self.reml)
         ch = self.factor(theta)
         u, beta = ch.solve()
-        sigma2 = ch.r2 / (self.n - self.p if self.reml else self.n)
+        sigma2 = ch.r2 / nu
         return LMMState(theta=_frozen(theta), beta=_frozen(beta), u=_frozen(u),
                         sigma=float(np.sqrt(sigma2)), criterion=float(self._from_factor(ch)),
                         cov_beta=_frozen(sigma2 * ch.cov_beta_unscaled()), reml=self.reml)

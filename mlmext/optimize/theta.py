@@ -9,6 +9,7 @@ from scipy import optimize
 
 from .bfgs import minimize_bfgs
 from .lbfgsb import lbfgsb
+from .newton_exact import newton_exact
 from .polish import Polish, newton_polish
 
 __all__ = ["minimize_theta", "minimize_bfgs"]
@@ -45,7 +46,8 @@ def _run(method, fun, x0, lower, grad, maxiter, tol, ftol=None):
 
 
 def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, grad=None, scale=None,
-                   check_tol=1e-7, reflect=None, hess=None, warm=False, warm_hessian=None):
+                   check_tol=1e-7, reflect=None, hess=None, warm=False, warm_hessian=None,
+                   newton_first=False):
     """Minimize an objective of theta subject to ``theta >= lower``.
 
     Parameters
@@ -96,6 +98,10 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         the start (a refit's parent).  A start whose Newton decrement estimated with it is
         above ``FAR_FACTOR * WARM_MAX_DECREMENT`` goes to L-BFGS-B without the exact Hessian
         there (a refit to a new response usually starts that far).
+    newton_first : bool
+        ``"auto"`` with ``hess``: the exact Hessian costs about a gradient, so Newton steps
+        start from any start (no decrement test), L-BFGS-B only if they do not end at a point
+        passing the checks (the same checks either way).
 
     Returns
     -------
@@ -115,19 +121,23 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
             f, g = grad(x / s)
             return f, g / s
 
-        hs = None if hess is None else (lambda x: hess(x / s) / np.outer(s, s))
+        ss = np.outer(s, s)
+        hs = None if hess is None else (lambda x: hess(x / s) / ss)
 
         rs = None if reflect is None else (lambda x: reflect(x / s) * s)
         res = minimize_theta(fs, start * s, lower * s, method=method, maxiter=maxiter, tol=tol,
                              grad=None if grad is None else gs, check_tol=check_tol, reflect=rs,
-                             hess=hs, warm=warm, warm_hessian=warm_hessian)
+                             hess=hs, warm=warm, warm_hessian=warm_hessian,
+                             newton_first=newton_first)
         res.x = res.x / s
         return res
     # where the objective extends smoothly across the bounds, the checks look across them
     lower_check = lower if reflect is None else np.full(lower.size, -np.inf)
     if method == "auto" and grad is not None:
+        first = newton_first and hess is not None
         res = _minimize_auto(fun, grad, start, lower_check, maxiter, tol, check_tol, hess=hess,
-                             warm=warm and hess is not None, warm_hessian=warm_hessian)
+                             warm=(warm or first) and hess is not None,
+                             warm_hessian=None if first else warm_hessian, newton_first=first)
         if reflect is not None:
             x = np.asarray(reflect(res.x), dtype=float)
             fx = res.fun
@@ -193,6 +203,12 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
 
 #: Newton iterations from a warm start before L-BFGS-B takes over
 WARM_NEWTON_ITERATIONS = 8
+#: Newton iterations from any start (``newton_first``: a cheap exact Hessian) before L-BFGS-B
+NEWTON_FIRST_ITERATIONS = 20
+#: the Newton decrement those iterations go to (the checks' bound is 1e-7; each step squares
+#: it): theta then is within ~1e-8 of the optimum, and an estimate whose standard deviation
+#: tends to zero is well within the width at which the fit sets it to zero
+NEWTON_FIRST_TOL = 1e-15
 #: a warm start's largest Newton decrement (deviance units) for Newton to start there: the ML
 #: refit of a REML fit starts at ~0.05, a refit to a simulated response at 1.5-5, from where
 #: L-BFGS-B's cheaper steps get there first (sleepstudy, Penicillin, Pastes)
@@ -202,9 +218,10 @@ WARM_MAX_DECREMENT = 0.5
 FAR_FACTOR = 2.0
 
 
-def _near(f, g, H):
+def _near(f, g, H, max_decrement=None):
     """Whether Newton from a point with value f, gradient g and Hessian H (scaled theta) is
-    worth it: H positive definite and the decrement g'H^-1 g / 2 at most WARM_MAX_DECREMENT."""
+    worth it: H positive definite and the decrement g'H^-1 g / 2 at most ``max_decrement``
+    (default WARM_MAX_DECREMENT)."""
     if not (np.isfinite(f) and np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
         return False
     try:
@@ -212,7 +229,7 @@ def _near(f, g, H):
     except np.linalg.LinAlgError:
         return False
     z = np.linalg.solve(L, g)
-    return 0.5 * float(z @ z) <= WARM_MAX_DECREMENT
+    return 0.5 * float(z @ z) <= (WARM_MAX_DECREMENT if max_decrement is None else max_decrement)
 
 
 def _estimated_decrement(g, H):
@@ -226,9 +243,10 @@ def _estimated_decrement(g, H):
 
 
 def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, hess=None,
-                   warm=False, warm_hessian=None):
+                   warm=False, warm_hessian=None, newton_first=False):
     """L-BFGS-B, then Newton with the second-order checks; restarts where a check finds descent.
-    ``warm``: Newton from the start first (L-BFGS-B only when it does not pass the checks)."""
+    ``warm``: Newton from the start first (L-BFGS-B only when it does not pass the checks),
+    where the start is near (``newton_first``: from any start)."""
     tol = min(tol, check_tol)          # Newton goes at least as far as the checks require
     tried, nfev = [], 0
     x, best = start, None
@@ -253,10 +271,20 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
             H0 = hess(start)
         if H0 is None:
             pass
-        elif _near(f0, g0, H0):
+        elif (newton_first and not np.isfinite(lower).any()) or \
+                _near(f0, g0, H0, np.inf if newton_first else None):
             first = None
-            p = newton_polish(grad, start, lower, f=f0, g=g0, H0=H0, tol=tol, check_tol=check_tol,
-                              maxit=min(WARM_NEWTON_ITERATIONS, maxiter), value=fun, hess=hess)
+            its = NEWTON_FIRST_ITERATIONS if newton_first else WARM_NEWTON_ITERATIONS
+            # (Newton's last steps are cheap: it goes on to a decrement far below tol, which
+            # also takes an estimate at a zero standard deviation to within the snap's width)
+            if newton_first and not np.isfinite(lower).any():
+                p = newton_exact(grad, hess, start, f0, g0, H0, lower, min(tol, NEWTON_FIRST_TOL),
+                                 check_tol, min(its, maxiter), value=fun)
+            else:
+                p = newton_polish(grad, start, lower, f=f0, g=g0, H0=H0,
+                                  tol=min(tol, NEWTON_FIRST_TOL) if newton_first else tol,
+                                  check_tol=check_tol, maxit=min(its, maxiter), value=fun,
+                                  hess=hess)
             nfev += p.nfev
             tried.append((f"Newton from the start ({hname}), second-order checks", p.converged,
                           p.nfev + 1))
@@ -267,6 +295,9 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
                 x = p.escape[0]
             elif np.isfinite(p.f) and np.all(np.isfinite(p.x)):
                 x = p.x
+        elif newton_first:
+            tried.append(("the Hessian at the start is not positive definite: L-BFGS-B from "
+                          "there", True, 1))
         else:
             tried.append((f"Newton decrement at the start above {WARM_MAX_DECREMENT:g}: "
                           "L-BFGS-B from there", True, 1))
