@@ -363,7 +363,8 @@ class LinearMixedModel(MixedModel):
                                  tol=tol, grad=dev.value_and_grad, scale=scale,
                                  reflect=self.re_design.canonical_theta, hess=hess,
                                  warm=start_params is not None,
-                                 warm_hessian=self._warm_hessian(reml, start_params, scale))
+                                 warm_hessian=self._warm_hessian(reml, start_params, scale),
+                                 hess_part=None if hess is not None else dev.hessian_part)
             state = dev.at(opt.x)
         theta, crit = state.theta, state.criterion
         extra = {"scale": _frozen(scale)}            # read-only: refits read them

@@ -45,7 +45,8 @@ def _run(method, fun, x0, lower, grad, maxiter, tol, ftol=None):
 
 
 def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, grad=None, scale=None,
-                   check_tol=1e-7, reflect=None, hess=None, warm=False, warm_hessian=None):
+                   check_tol=1e-7, reflect=None, hess=None, warm=False, warm_hessian=None,
+                   hess_part=None):
     """Minimize an objective of theta subject to ``theta >= lower``.
 
     Parameters
@@ -96,6 +97,10 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         the start (a refit's parent).  A start whose Newton decrement estimated with it is
         above ``FAR_FACTOR * WARM_MAX_DECREMENT`` goes to L-BFGS-B without the exact Hessian
         there (a refit to a new response usually starts that far).
+    hess_part : callable, optional
+        ``x -> (idx, H_idx)`` or None: the exact Hessian in the entries ``idx``, available at
+        the point of the last ``grad`` call (the LMM's dense remainder); the Newton polish
+        then differences the gradient along the other entries only.  Unused with ``hess``.
 
     Returns
     -------
@@ -118,16 +123,23 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         hs = None if hess is None else (lambda x: hess(x / s) / np.outer(s, s))
 
         rs = None if reflect is None else (lambda x: reflect(x / s) * s)
+
+        def ps(x):
+            got = hess_part(x / s)
+            return None if got is None else (got[0], got[1] / np.outer(s[got[0]], s[got[0]]))
+
         res = minimize_theta(fs, start * s, lower * s, method=method, maxiter=maxiter, tol=tol,
                              grad=None if grad is None else gs, check_tol=check_tol, reflect=rs,
-                             hess=hs, warm=warm, warm_hessian=warm_hessian)
+                             hess=hs, warm=warm, warm_hessian=warm_hessian,
+                             hess_part=None if hess_part is None else ps)
         res.x = res.x / s
         return res
     # where the objective extends smoothly across the bounds, the checks look across them
     lower_check = lower if reflect is None else np.full(lower.size, -np.inf)
     if method == "auto" and grad is not None:
         res = _minimize_auto(fun, grad, start, lower_check, maxiter, tol, check_tol, hess=hess,
-                             warm=warm and hess is not None, warm_hessian=warm_hessian)
+                             warm=warm and hess is not None, warm_hessian=warm_hessian,
+                             hess_part=hess_part)
         if reflect is not None:
             x = np.asarray(reflect(res.x), dtype=float)
             fx = res.fun
@@ -179,7 +191,7 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     res.snapped = snapped
     if grad is not None:                       # the same verdict as the default path, no moving
         p = newton_polish(grad, res.x, lower_check, tol=check_tol, check_tol=check_tol, move=False,
-                          hess=hess)
+                          hess=hess, hess_part=hess_part)
         res.nfev += p.nfev
         tried.append(("second-order checks (Newton decrement, saddles, zero SDs)", p.converged, p.nfev))
         if res.success and not p.converged:
@@ -226,7 +238,7 @@ def _estimated_decrement(g, H):
 
 
 def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, hess=None,
-                   warm=False, warm_hessian=None):
+                   warm=False, warm_hessian=None, hess_part=None):
     """L-BFGS-B, then Newton with the second-order checks; restarts where a check finds descent.
     ``warm``: Newton from the start first (L-BFGS-B only when it does not pass the checks)."""
     tol = min(tol, check_tol)          # Newton goes at least as far as the checks require
@@ -256,7 +268,8 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
         elif _near(f0, g0, H0):
             first = None
             p = newton_polish(grad, start, lower, f=f0, g=g0, H0=H0, tol=tol, check_tol=check_tol,
-                              maxit=min(WARM_NEWTON_ITERATIONS, maxiter), value=fun, hess=hess)
+                              maxit=min(WARM_NEWTON_ITERATIONS, maxiter), value=fun, hess=hess,
+                          hess_part=hess_part)
             nfev += p.nfev
             tried.append((f"Newton from the start ({hname}), second-order checks", p.converged,
                           p.nfev + 1))
@@ -282,7 +295,8 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
         x1 = np.asarray(r.x, dtype=float)
         f1, g1 = (float(r.fun), np.asarray(r.jac, dtype=float)) if np.all(x1 >= lower) else (None, None)
         p = newton_polish(grad, x1, lower, f=f1, g=g1, tol=tol, check_tol=check_tol,
-                          maxit=min(30, maxiter), value=fun, hess=hess)
+                          maxit=min(30, maxiter), value=fun, hess=hess,
+                          hess_part=hess_part)
         nfev += p.nfev
         tried.append((f"Newton ({hname}), second-order checks", p.converged, p.nfev))
         if best is None or p.f <= best.f:
@@ -293,7 +307,8 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
             nfev += int(c.nfev)
             tried.append(("COBYQA", bool(c.success), int(c.nfev)))
             p2 = newton_polish(grad, np.maximum(c.x, lower), lower, tol=tol, check_tol=check_tol,
-                               maxit=min(30, maxiter), value=fun, hess=hess)
+                               maxit=min(30, maxiter), value=fun, hess=hess,
+                          hess_part=hess_part)
             nfev += p2.nfev
             tried.append((f"Newton ({hname}), second-order checks", p2.converged, p2.nfev))
             if p2.f <= best.f:
