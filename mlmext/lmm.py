@@ -128,6 +128,13 @@ class LinearMixedModel(MixedModel):
         sf = self.__dict__.get("_small")
         if factor and sf is not None and sf is not False:
             new._small = sf.with_response(yo)
+        xp = self.__dict__.get("_xprod")
+        if factor and xp is not None and hasattr(xp, "with_response"):
+            # the large storage: the response's cross-products alone (the Schur product's
+            # pairs, most of the set-up, are the design's)
+            xn = xp.with_response(XY, self.weights)
+            if xn is not None:
+                new._xprod = xn
         return new
 
     def _results_from_state(self, state, optim, ddf="satterthwaite"):

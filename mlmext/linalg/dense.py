@@ -22,6 +22,7 @@ from scipy import linalg, sparse
 from .._blas import inverse_threads
 from ._dense_inverse import ReInverseMixin
 from ._lead import LeadBlockFactor
+from ._response import factor_with_response
 from ._stacks import sandwich, solve_last_row_t
 from ._supernodal import MAX_DENSITY, MIN_RZ, SupernodalPlan
 
@@ -342,6 +343,13 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         out.append(Mi.sum(axis=0) + quad)
         out.extend(blocks_rest)
         return out
+
+    def with_response(self, XY, weights=None):
+        """This factor's cross-products for a new response (``XY``: the design's ``[X y]``
+        with the new ``y``; the same weights): only the response's products are formed
+        (:func:`~mlmext.linalg._response.factor_with_response`), or None where the storage
+        needs a full :meth:`set_data` (the sparse remainder)."""
+        return factor_with_response(self, XY, weights)
 
     def rest_inverse_squares(self, k):
         """Per pair of the remainder's (scalar) random-effects blocks, the sums of squares of
