@@ -16,7 +16,7 @@ from .inference.robust import check_cov_args
 from .linalg import BlockedCholesky
 from .linalg.small import SmallDenseFactor, small_dense_fits
 from .objective import LMMDeviance, MixedParams
-from .objective.start import block_alone_cross, one_block_criterion
+from .objective.start import block_alone_cross, fit_block_alone, one_block_criterion
 from .optimize import OptSummary, jacobian, minimize_theta
 from .results import LMMResults, MixedResultsWrapper
 
@@ -253,11 +253,18 @@ class LinearMixedModel(MixedModel):
                 th[idx] = th_b
                 return crit(blk.lam(th))
 
-            r = minimize_theta(dev, start[idx], des.lower[idx], method="Nelder-Mead", maxiter=200, tol=1e-3)
-            if not np.all(np.isfinite(r.x)):
+            xb = fit_block_alone(dev, start[idx])
+            if xb is not None:                           # its equivalent within the bounds
+                th = start.copy()
+                th[idx] = xb
+                xb = des.canonical_theta(th)[idx]
+            else:
+                xb = minimize_theta(dev, start[idx], des.lower[idx], method="Nelder-Mead",
+                                    maxiter=200, tol=1e-3).x
+            if not np.all(np.isfinite(xb)):
                 continue
             # keep diagonals off the bound: the gradient vanishes there
-            x = np.where(np.isfinite(des.lower[idx]), np.maximum(r.x, 0.1 / units[idx]), r.x)
+            x = np.where(np.isfinite(des.lower[idx]), np.maximum(xb, 0.1 / units[idx]), xb)
             start[idx] = x
             f0 = dev(x)
             for k in range(idx.size):                    # curvature along each entry
