@@ -124,14 +124,20 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
 
         hs = None if hess is None else (lambda x: hess(x / s) / np.outer(s, s))
 
-        rs = None if reflect is None else (lambda x: reflect(x / s) * s)
+        def rs(x):
+            # entries the reflection leaves as they are stay bit for bit (x / s * s may not
+            # be x: the end point would count as mirrored and be evaluated again)
+            t = x / s
+            c = np.asarray(reflect(t), dtype=float)
+            return np.where(c == t, x, c * s)
 
         def ps(x):
             got = hess_part(x / s)
             return None if got is None else (got[0], got[1] / np.outer(s[got[0]], s[got[0]]))
 
         res = minimize_theta(fs, start * s, lower * s, method=method, maxiter=maxiter, tol=tol,
-                             grad=None if grad is None else gs, check_tol=check_tol, reflect=rs,
+                             grad=None if grad is None else gs, check_tol=check_tol,
+                             reflect=None if reflect is None else rs,
                              hess=hs, warm=warm, warm_hessian=warm_hessian,
                              hess_part=None if hess_part is None else ps)
         res.x = res.x / s
@@ -140,7 +146,8 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     lower_check = lower if reflect is None else np.full(lower.size, -np.inf)
     if method == "auto" and grad is not None:
         res = _minimize_auto(fun, grad, start, lower_check, maxiter, tol, check_tol, hess=hess,
-                             warm=warm and hess is not None, warm_hessian=warm_hessian,
+                             warm=warm and (hess is not None or warm_hessian is not None),
+                             warm_hessian=warm_hessian,
                              hess_part=hess_part)
         if reflect is not None:
             x = np.asarray(reflect(res.x), dtype=float)
@@ -256,9 +263,15 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
         g0 = np.asarray(g0, dtype=float)
         first = (f0, g0)
         Hp = None if warm_hessian is None else np.asarray(warm_hessian, dtype=float)
-        if Hp is not None and Hp.shape == (g0.size, g0.size) and np.all(np.isfinite(Hp)) and \
-                np.all(np.isfinite(g0)) and \
-                _estimated_decrement(g0, Hp) > FAR_FACTOR * WARM_MAX_DECREMENT:
+        usable = Hp is not None and Hp.shape == (g0.size, g0.size) and np.all(np.isfinite(Hp)) \
+            and np.all(np.isfinite(g0))
+        if usable and hess is None:
+            # no exact Hessian here (a large model's refit): L-BFGS-B in the fit's metric; the
+            # polish differences the gradient where it ends
+            H0 = None
+            metric = Hp if not np.isfinite(lower).any() else None
+            tried.append(("L-BFGS-B from the start in the metric of the fit's Hessian", True, 1))
+        elif usable and _estimated_decrement(g0, Hp) > FAR_FACTOR * WARM_MAX_DECREMENT:
             H0 = None
             metric = Hp if not np.isfinite(lower).any() else None
             tried.append((f"Newton decrement at the start above {FAR_FACTOR * WARM_MAX_DECREMENT:g} "
@@ -392,17 +405,23 @@ def _run_lbfgsb_whitened(grad, x0, H, maxiter, tol, first):
     except np.linalg.LinAlgError:
         return _run_lbfgsb_scaled(None, grad, x0, np.full(x0.size, -np.inf), maxiter, tol, first)
     start = [] if first is None else [(first[0], Li @ np.asarray(first[1], dtype=float))]
+    # with H about the identity in z, the Newton step is -g_z; L-BFGS-B's first trial step has
+    # length 1: in z |g_z| it is the full Newton step (as in _run_lbfgsb_scaled)
+    gn = float(np.linalg.norm(start[0][1])) if start else 0.0
+    c = 1.0 / gn if np.isfinite(gn) and gn > 1.0 else 1.0
+    if start:
+        start = [(start[0][0], start[0][1] / c)]
 
-    def fz(z):
+    def fz(w):
         if start:
             return start.pop()
-        f, g = grad(x0 + Li.T @ z)
-        return f, Li @ np.asarray(g, dtype=float)
+        f, g = grad(x0 + Li.T @ (w / c))
+        return f, (Li @ np.asarray(g, dtype=float)) / c
 
     r = _run("L-BFGS-B", None, np.zeros(x0.size), np.full(x0.size, -np.inf), fz, maxiter, tol,
              ftol=1e-7, decrement_stop=NEWTON_SWITCH_DECREMENT)
-    r.x = x0 + Li.T @ np.asarray(r.x, dtype=float)
-    r.jac = L @ np.asarray(r.jac, dtype=float)
+    r.x = x0 + Li.T @ (np.asarray(r.x, dtype=float) / c)
+    r.jac = L @ (np.asarray(r.jac, dtype=float) * c)
     return r
 
 
