@@ -36,6 +36,11 @@ def _check_reml(reml):
         raise ValueError(f"reml must be True (REML) or False (ML); got {reml!r}")
 
 
+#: a dense part of at least this many rows makes an evaluation costly (a factorization and its
+#: inverse of O(rows^3)): the fit starts from each grouping factor's fit alone and counts gradients
+COSTLY_DENSE_ROWS = 200
+
+
 class LinearMixedModel(MixedModel):
     """Linear mixed model ``y = X beta + Z b + e``, ``b ~ N(0, sigma^2 Lambda Lambda')``.
 
@@ -241,7 +246,7 @@ class LinearMixedModel(MixedModel):
         start = des.theta_start / units
         scale = units.copy()
         if len(des.blocks) < 2 or self._small_factor() is not None or \
-                self._cross_products().r < 200:          # cheap evaluations: lme4's start is fine
+                self._cross_products().r < COSTLY_DENSE_ROWS:   # cheap evaluations: lme4's start
             return start, scale
         nu = self.nobs - (self.k_fe if reml else 0)
         for blk in des.blocks:
@@ -365,6 +370,9 @@ class LinearMixedModel(MixedModel):
         dev = self.deviance(reml)
         # small systems: the exact Hessian for Newton and the checks (else differences)
         hess = (lambda th: dev.value_grad_hess(th)[2]) if dev.has_hessian else None
+        # a large dense part: gradients counted (exact Hessian entries where the terms allow,
+        # L-BFGS-B handing over to Newton early); cheap evaluations keep the plain path
+        costly = hess is None and dev.size >= COSTLY_DENSE_ROWS
         # one BLAS thread for a small dense part, the tiniest too: OpenBLAS threads the 40 x 40
         # products of sleepstudy's factor, and with the cores busy its threads' handoffs made
         # that fit 10x slower (22 ms against 2.2 ms) -- the limit costs ~30 us
@@ -378,7 +386,7 @@ class LinearMixedModel(MixedModel):
                                  reflect=self.re_design.canonical_theta, hess=hess,
                                  warm=start_params is not None,
                                  warm_hessian=self._warm_hessian(reml, start_params, scale),
-                                 hess_part=None if hess is not None else dev.hessian_part)
+                                 hess_part=dev.hessian_part if costly else None, costly=costly)
             state = dev.at(opt.x)
         theta, crit = state.theta, state.criterion
         extra = {"scale": _frozen(scale)}            # read-only: refits read them

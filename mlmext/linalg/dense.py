@@ -376,8 +376,7 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
             Kbb = K[rb, rb]
             d = np.diagonal(Kbb) / lb ** 2
             tr[b] = d.sum()
-            low = np.tril(Kbb, -1)
-            F[b, b] = 2.0 * float(np.vdot(low, low)) / (4.0 * lb ** 4) + float(d @ d)
+            F[b, b] = 2.0 * _strict_lower_sumsq(Kbb) / (4.0 * lb ** 4) + float(d @ d)
             for c in range(b):
                 lc = lr[bounds[c]]
                 blk = K[rb, bounds[c]:bounds[c + 1]]
@@ -406,6 +405,18 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
             out.append(wr[off:off + b.nre].reshape(b.m, b.q))
             off += b.nre
         return out
+
+
+def _strict_lower_sumsq(K, rows=256):
+    """Sum of squares of the strict lower triangle of the square ``K`` (its upper triangle may
+    hold anything), by bands of rows: no r x r temporary."""
+    n = K.shape[0]
+    total = 0.0
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        band = np.tril(K[r0:r1, :r1], r0 - 1)           # row i keeps columns j < i
+        total += float(np.vdot(band, band))
+    return total
 
 
 def _scale_lower_blocks(S, bounds, lr, factor=1.0):

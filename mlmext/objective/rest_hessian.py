@@ -63,7 +63,13 @@ def rest_hessian(ch, blocks, theta, nu, k, units):
         seg = v[bounds[b]:bounds[b + 1]]
         Zb[bounds[b]:bounds[b + 1], b] = seg
         vv[b] = seg @ seg
-    W = linalg.solve_triangular(Lr[:r - 1, :r - 1], Zb, lower=True, check_finite=False)
+    # L_QQ w = z on the whole factor (the response's row last, right-hand side 0 there): the
+    # transposed view goes to LAPACK in place, no copy of the leading block
+    Zb = np.vstack([Zb, np.zeros((1, nb))])
+    W, info = linalg.lapack.dtrtrs(Lr.T, Zb, lower=0, trans=1)
+    if info:
+        return None
+    W = W[:r - 1]
     d1 = -2.0 * vv / th
     d2 = 2.0 * (3.0 * np.diag(vv) - 4.0 * (W.T @ W)) / outer
     H += nu * (d2 / r2 - np.outer(d1, d1) / r2 ** 2)

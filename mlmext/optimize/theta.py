@@ -48,7 +48,7 @@ def _run(method, fun, x0, lower, grad, maxiter, tol, ftol=None, decrement_stop=N
 
 def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, grad=None, scale=None,
                    check_tol=1e-7, reflect=None, hess=None, warm=False, warm_hessian=None,
-                   hess_part=None):
+                   hess_part=None, costly=False):
     """Minimize an objective of theta subject to ``theta >= lower``.
 
     Parameters
@@ -103,6 +103,11 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         ``x -> (idx, H_idx)`` or None: the exact Hessian in the entries ``idx``, available at
         the point of the last ``grad`` call (the LMM's dense remainder); the Newton polish
         then differences the gradient along the other entries only.  Unused with ``hess``.
+    costly : bool
+        ``"auto"``: an evaluation costs a dense factorization and inverse of hundreds of rows
+        or more (a large LMM): the first L-BFGS-B run hands over to Newton by its quasi-Newton
+        decrement (:data:`NEWTON_SWITCH_DECREMENT`), and a warm start in the metric of
+        ``warm_hessian`` takes the full Newton step first.
 
     Returns
     -------
@@ -139,16 +144,16 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
                              grad=None if grad is None else gs, check_tol=check_tol,
                              reflect=None if reflect is None else rs,
                              hess=hs, warm=warm, warm_hessian=warm_hessian,
-                             hess_part=None if hess_part is None else ps)
+                             hess_part=None if hess_part is None else ps, costly=costly)
         res.x = res.x / s
         return res
     # where the objective extends smoothly across the bounds, the checks look across them
     lower_check = lower if reflect is None else np.full(lower.size, -np.inf)
     if method == "auto" and grad is not None:
         res = _minimize_auto(fun, grad, start, lower_check, maxiter, tol, check_tol, hess=hess,
-                             warm=warm and (hess is not None or warm_hessian is not None),
+                             warm=warm and (hess is not None or costly and warm_hessian is not None),
                              warm_hessian=warm_hessian,
-                             hess_part=hess_part)
+                             hess_part=hess_part, costly=costly)
         if reflect is not None:
             x = np.asarray(reflect(res.x), dtype=float)
             fx = res.fun
@@ -247,7 +252,7 @@ def _estimated_decrement(g, H):
 
 
 def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, hess=None,
-                   warm=False, warm_hessian=None, hess_part=None):
+                   warm=False, warm_hessian=None, hess_part=None, costly=False):
     """L-BFGS-B, then Newton with the second-order checks; restarts where a check finds descent.
     ``warm``: Newton from the start first (L-BFGS-B only when it does not pass the checks)."""
     tol = min(tol, check_tol)          # Newton goes at least as far as the checks require
@@ -301,9 +306,12 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
     for rnd in range(rounds):
         # a loose relative stop: Newton finishes faster than L-BFGS-B's last iterations
         if rnd == 0 and metric is not None:
-            r = _run_lbfgsb_whitened(grad, x, metric, maxiter, tol, first)
+            r = _run_lbfgsb_whitened(grad, x, metric, maxiter, tol, first, costly=costly)
         else:
-            r = _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first) if rnd == 0 else \
+            # (the hand-over to Newton saves a gradient where it costs a dense inverse; cheap
+            # fits keep L-BFGS-B's own stops)
+            r = _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first,
+                                   NEWTON_SWITCH_DECREMENT if costly else None) if rnd == 0 else \
                 _run("L-BFGS-B", fun, x, lower, grad, maxiter, tol, ftol=1e-7)
         nfev += int(r.nfev) - (rnd == 0 and first is not None)     # (the start's, counted)
         tried.append((label, bool(r.success), int(r.nfev)))
@@ -394,20 +402,23 @@ def _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first=None,
     return r
 
 
-def _run_lbfgsb_whitened(grad, x0, H, maxiter, tol, first):
+def _run_lbfgsb_whitened(grad, x0, H, maxiter, tol, first, costly=False):
     """The first L-BFGS-B run of a refit (no bounds) in ``z = L' (x - x0)``, ``H = L L'`` the
     parent fit's Hessian: the curvature there is about 1 in every direction, so the quasi-
     Newton method starts with the right metric instead of learning it (about two evaluations
-    fewer from a far start).  Returns the result in ``x`` (``x``, ``jac`` mapped back)."""
+    fewer from a far start).  ``costly``: evaluations cost a dense inverse (no exact Hessian):
+    the first step is the full Newton step in that metric and L-BFGS-B hands over to Newton
+    by its quasi-Newton decrement.  Returns the result in ``x`` (``x``, ``jac`` mapped back)."""
     try:
         L = np.linalg.cholesky(0.5 * (H + H.T))
         Li = np.linalg.inv(L)                    # x = x0 + Li' z, gradient in z: Li g
     except np.linalg.LinAlgError:
-        return _run_lbfgsb_scaled(None, grad, x0, np.full(x0.size, -np.inf), maxiter, tol, first)
+        return _run_lbfgsb_scaled(None, grad, x0, np.full(x0.size, -np.inf), maxiter, tol, first,
+                                  NEWTON_SWITCH_DECREMENT if costly else None)
     start = [] if first is None else [(first[0], Li @ np.asarray(first[1], dtype=float))]
     # with H about the identity in z, the Newton step is -g_z; L-BFGS-B's first trial step has
     # length 1: in z |g_z| it is the full Newton step (as in _run_lbfgsb_scaled)
-    gn = float(np.linalg.norm(start[0][1])) if start else 0.0
+    gn = float(np.linalg.norm(start[0][1])) if start and costly else 0.0
     c = 1.0 / gn if np.isfinite(gn) and gn > 1.0 else 1.0
     if start:
         start = [(start[0][0], start[0][1] / c)]
@@ -419,7 +430,7 @@ def _run_lbfgsb_whitened(grad, x0, H, maxiter, tol, first):
         return f, (Li @ np.asarray(g, dtype=float)) / c
 
     r = _run("L-BFGS-B", None, np.zeros(x0.size), np.full(x0.size, -np.inf), fz, maxiter, tol,
-             ftol=1e-7, decrement_stop=NEWTON_SWITCH_DECREMENT)
+             ftol=1e-7, decrement_stop=NEWTON_SWITCH_DECREMENT if costly else None)
     r.x = x0 + Li.T @ (np.asarray(r.x, dtype=float) / c)
     r.jac = L @ (np.asarray(r.jac, dtype=float) * c)
     return r
