@@ -61,3 +61,21 @@ def test_refit_of_a_large_model_equals_a_fresh_fit():
     # the parent is untouched
     assert r.model._xprod is not a.model._xprod
     np.testing.assert_array_equal(r.model.endog, df["y"].to_numpy())
+
+
+def test_refit_of_a_refit_keeps_the_designs_pairs():
+    """A refit's factor refitted again: the correction is to the design's pairs (the original
+    response's row), not stacked."""
+    new, fresh = _pair(FORMULA, False)
+    y3 = fresh.endog * 0.5 + 1.0
+    again = new._with_response(y3)
+    third = mf.lmer(FORMULA, _three_factors().assign(y=y3))
+    assert type(again._xprod._schur) is _response.ResponseSchur
+    assert again._xprod._schur.base is new._xprod._schur.base
+    for reml in (False, True):
+        a, b = again.deviance(reml), third.deviance(reml)
+        theta = a.design.theta_start * 0.6 + 0.1
+        fa, ga = a.value_and_grad(theta)
+        fb, gb = b.value_and_grad(theta)
+        assert abs(fa - fb) < 1e-9 * abs(fb)
+        np.testing.assert_allclose(ga, gb, rtol=1e-9, atol=1e-9 * np.abs(gb).max())

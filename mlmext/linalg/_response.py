@@ -88,6 +88,9 @@ def factor_with_response(f, XY, weights):
     if f._sn is not None or f._rpos is not None or f.__dict__.get("_compact") is not None \
             or f.__dict__.get("_rw_plan") is not None or schur is None:
         return None
+    a_old = f._a1y
+    if isinstance(schur, ResponseSchur):           # a refit's factor: from the design's pairs
+        schur, a_old = schur.base, schur.a_old.ravel()
     if isinstance(schur, SchurProduct):
         if schur.P is None or schur._ab is None:
             return None
@@ -115,7 +118,7 @@ def factor_with_response(f, XY, weights):
         ns = schur.own_copy()
         ns.A[-1] = a_new
     else:
-        ns = ResponseSchur(schur, A_z.tocsr(), f._a1y, a_new)
+        ns = ResponseSchur(schur, A_z.tocsr(), a_old, a_new)
     new._schur = ns
     new._set_operators()
     new._S = np.zeros((r, r))
