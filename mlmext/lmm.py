@@ -17,7 +17,7 @@ from .linalg import BlockedCholesky
 from .linalg.small import SmallDenseFactor, small_dense_fits
 from .linalg.small_levels import OneBlockLevels
 from .objective import LMMDeviance, MixedParams
-from .objective.start import block_alone_cross, one_block_criterion
+from .objective.start import block_alone_cross, fit_block_alone, one_block_criterion
 from .optimize import OptSummary, jacobian, minimize_theta
 from .results import LMMResults, MixedResultsWrapper
 
@@ -35,6 +35,11 @@ def _frozen(a):
 def _check_reml(reml):
     if not isinstance(reml, (bool, np.bool_)):
         raise ValueError(f"reml must be True (REML) or False (ML); got {reml!r}")
+
+
+#: a dense part of at least this many rows makes an evaluation costly (a factorization and its
+#: inverse of O(rows^3)): the fit starts from each grouping factor's fit alone and counts gradients
+COSTLY_DENSE_ROWS = 200
 
 
 class LinearMixedModel(MixedModel):
@@ -132,6 +137,13 @@ class LinearMixedModel(MixedModel):
         lv = self.__dict__.get("_levels")
         if factor and lv is not None and lv is not False:
             new._levels = lv.with_response(yo)
+        xp = self.__dict__.get("_xprod")
+        if factor and xp is not None and hasattr(xp, "with_response"):
+            # the large storage: the response's cross-products alone (the Schur product's
+            # pairs, most of the set-up, are the design's)
+            xn = xp.with_response(XY, self.weights)
+            if xn is not None:
+                new._xprod = xn
         return new
 
     def _results_from_state(self, state, optim, ddf="satterthwaite"):
@@ -252,7 +264,7 @@ class LinearMixedModel(MixedModel):
         start = des.theta_start / units
         scale = units.copy()
         if len(des.blocks) < 2 or self._small_factor() is not None or \
-                self._cross_products().r < 200:          # cheap evaluations: lme4's start is fine
+                self._cross_products().r < COSTLY_DENSE_ROWS:   # cheap evaluations: lme4's start
             return start, scale
         nu = self.nobs - (self.k_fe if reml else 0)
         for blk in des.blocks:
@@ -264,11 +276,18 @@ class LinearMixedModel(MixedModel):
                 th[idx] = th_b
                 return crit(blk.lam(th))
 
-            r = minimize_theta(dev, start[idx], des.lower[idx], method="Nelder-Mead", maxiter=200, tol=1e-3)
-            if not np.all(np.isfinite(r.x)):
+            xb = fit_block_alone(dev, start[idx])
+            if xb is not None:                           # its equivalent within the bounds
+                th = start.copy()
+                th[idx] = xb
+                xb = des.canonical_theta(th)[idx]
+            else:
+                xb = minimize_theta(dev, start[idx], des.lower[idx], method="Nelder-Mead",
+                                    maxiter=200, tol=1e-3).x
+            if not np.all(np.isfinite(xb)):
                 continue
             # keep diagonals off the bound: the gradient vanishes there
-            x = np.where(np.isfinite(des.lower[idx]), np.maximum(r.x, 0.1 / units[idx]), r.x)
+            x = np.where(np.isfinite(des.lower[idx]), np.maximum(xb, 0.1 / units[idx]), xb)
             start[idx] = x
             f0 = dev(x)
             for k in range(idx.size):                    # curvature along each entry
@@ -369,6 +388,9 @@ class LinearMixedModel(MixedModel):
         dev = self.deviance(reml)
         # small systems: the exact Hessian for Newton and the checks (else differences)
         hess = (lambda th: dev.value_grad_hess(th)[2]) if dev.has_hessian else None
+        # a large dense part: gradients counted (exact Hessian entries where the terms allow,
+        # L-BFGS-B handing over to Newton early); cheap evaluations keep the plain path
+        costly = hess is None and dev.size >= COSTLY_DENSE_ROWS
         # one BLAS thread for a small dense part, the tiniest too: OpenBLAS threads the 40 x 40
         # products of sleepstudy's factor, and with the cores busy its threads' handoffs made
         # that fit 10x slower (22 ms against 2.2 ms) -- the limit costs ~30 us
@@ -382,7 +404,8 @@ class LinearMixedModel(MixedModel):
                                  reflect=self.re_design.canonical_theta, hess=hess,
                                  warm=start_params is not None,
                                  warm_hessian=self._warm_hessian(reml, start_params, scale),
-                                 newton_first=dev.cheap_hessian)
+                                 newton_first=dev.cheap_hessian,
+                                 hess_part=dev.hessian_part if costly else None, costly=costly)
             state = dev.at(opt.x)
         theta, crit = state.theta, state.criterion
         extra = {"scale": _frozen(scale)}            # read-only: refits read them

@@ -41,7 +41,7 @@ def test_lbfgsb_scaled_first_step_same_end_point_fewer_evaluations():
 
     lower = np.array([0.0, -np.inf, 0.0])
     x0 = np.array([80.0, 60.0, 90.0])
-    r1 = th._run_lbfgsb_scaled(None, fg, x0, lower, 200, 1e-10)
+    r1 = th._run_lbfgsb_scaled(None, fg, x0, lower, 200, 1e-10, decrement_stop=None)
     n1 = len(calls)
     calls.clear()
     r0 = th._run("L-BFGS-B", None, x0, lower, fg, 200, 1e-10, ftol=1e-7)
@@ -52,7 +52,7 @@ def test_lbfgsb_scaled_first_step_same_end_point_fewer_evaluations():
     assert n1 < n0
     # near the minimum (gradient below the threshold) nothing is rescaled
     calls.clear()
-    r2 = th._run_lbfgsb_scaled(None, fg, xs + 0.5, lower, 200, 1e-10)
+    r2 = th._run_lbfgsb_scaled(None, fg, xs + 0.5, lower, 200, 1e-10, decrement_stop=None)
     np.testing.assert_allclose(r2.x, xs, atol=1e-3)
 
 
@@ -190,3 +190,33 @@ def test_level_gather_matches_the_dense_products(q1, same_rows, reorder, monkeyp
         A = A.copy()                                       # new values, same structure
         A.data = rng.normal(size=A.nnz)
         lg.refresh(A)
+
+
+def test_lbfgsb_quasi_newton_decrement_stop():
+    """L-BFGS-B's hand-over to Newton: it stops at an iterate whose quasi-Newton estimate of
+    the decrease left is below ``decrement_stop`` (a quadratic: the true decrease there is
+    of that size), not later than its own relative stop, and never with a bound active."""
+    from mlmext.optimize.lbfgsb import lbfgsb, qn_decrement
+    # one pair on a 1-D quadratic: the estimate is exact
+    s, y = np.array([0.5]), np.array([1.5])          # curvature 3
+    assert qn_decrement([(s, y, 1.0 / float(s @ y))], np.array([0.6])) == pytest.approx(0.06)
+    H = np.array([[4.0, 1.0, 0.0], [1.0, 3.0, 0.5], [0.0, 0.5, 2.0]])
+    xs = np.array([1.0, -2.0, 0.5])
+
+    def fg(x):
+        d = x - xs
+        return 1e5 + 0.5 * d @ H @ d, H @ d          # a deviance's size: the relative stop is late
+
+    lower = np.full(3, -np.inf)
+    x0 = np.array([5.0, 3.0, -4.0])
+    full = lbfgsb(fg, x0, lower, ftol=1e-10)
+    stop = lbfgsb(fg, x0, lower, ftol=1e-10, decrement_stop=1e-3)
+    assert stop.success and "QUASI-NEWTON" in stop.message
+    assert stop.nfev < full.nfev
+    d = stop.x - xs
+    true_dec = 0.5 * d @ H @ d
+    assert 0.0 < true_dec < 1e-2                      # the estimate tracks the decrease
+    # a bound active at the iterate: no early stop (the projected problem differs)
+    lb = np.array([2.0, -np.inf, -np.inf])            # the minimum's x_0 = 1 is cut off
+    r = lbfgsb(fg, x0, lb, ftol=1e-10, decrement_stop=1e-3)
+    assert "QUASI-NEWTON" not in r.message and r.x[0] == 2.0

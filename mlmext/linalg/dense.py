@@ -25,8 +25,9 @@ from scipy import linalg, sparse
 from .._blas import inverse_threads
 from ._dense_inverse import ReInverseMixin
 from ._lead import LeadBlockFactor
-from ._stacks import sandwich, solve_last_row_t
+from ._response import factor_with_response
 from ._sparse_rest import SparseRest
+from ._stacks import sandwich, solve_last_row_t
 from ._supernodal import MAX_DENSITY, MIN_RZ, SupernodalPlan
 
 __all__ = ["DenseFactor"]
@@ -54,6 +55,8 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
     #: check the sparse path against the dense one)
     sparse_rest = True
     _rest = _A_zr = _rr_sparse = _Xsel = _Lv = _sn_inv = _Lr_dense = None
+    #: the scaled inverse of the last gradient (see :meth:`rest_inverse_squares`)
+    _inverse_kept = None
     #: written in place per evaluation: the Schur complement, and the sparse path's factor and
     #: selected inverse (flat storage vectors of the plan's layout)
     _scratch = ("_S", "_Xsel", "_Lv")
@@ -229,6 +232,7 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
 
     def update(self, lams):
         """Factor for the block templates ``lams`` (from ``design.lambdas(theta)``)."""
+        self._inverse_kept = None                      # (it was for the last theta)
         self._factor_rest(self._eliminate_first(lams))
         self.lams = lams
         return self
@@ -359,6 +363,7 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
                 _scale_lower_blocks(K, bounds, lr, 2.0)
             K[np.diag_indices(r)] *= 0.5
             V = self._schur.pair_sums(K)
+            self._inverse_kept = (K, lr, kk)         # (a fresh array: the Hessian's sums read it)
         else:
             # symmetric from the lower triangle (the upper one holds leftovers): one pass, no sums
             X = np.where(np.tri(r, dtype=bool), X, X.T)
@@ -378,6 +383,45 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         out.append(Mi.sum(axis=0) + quad)
         out.extend(blocks_rest)
         return out
+
+    def with_response(self, XY, weights=None):
+        """This factor's cross-products for a new response (``XY``: the design's ``[X y]``
+        with the new ``y``; the same weights): only the response's products are formed
+        (:func:`~mlmext.linalg._response.factor_with_response`), or None where the storage
+        needs a full :meth:`set_data` (the sparse remainder)."""
+        return factor_with_response(self, XY, weights)
+
+    def rest_inverse_squares(self, k):
+        """Per pair of the remainder's (scalar) random-effects blocks, the sums of squares of
+        the entries of ``X = Omega_P^-1`` (its remainder part) over their rows x columns, and
+        per block the trace of ``X``: what the exact Hessian in the remainder's theta needs
+        (:mod:`mlmext.objective.rest_hessian`), from the inverse the last
+        :meth:`inverse_block_sums` formed (``k`` as there).  ``(F, tr)``, or None where that
+        inverse is not kept (the sparse remainder, a non-diagonal Lambda) or was for another
+        ``k``.  Valid for the factor's current theta only when the caller's last gradient
+        was computed there."""
+        kept = self._inverse_kept
+        if kept is None or kept[2] != self.rz + k or self._rpos is not None:
+            return None
+        K, lr, _ = kept                      # lower triangle: 2 lr_i lr_j X_ij, diagonal lr_i^2 X_ii
+        bounds = np.concatenate([[0], np.cumsum(self.rest_sizes, dtype=np.int64)])
+        nb = bounds.size - 1
+        F = np.zeros((nb, nb))
+        tr = np.zeros(nb)
+        for b in range(nb):
+            rb = slice(bounds[b], bounds[b + 1])
+            lb = lr[bounds[b]]
+            if lb == 0.0:
+                return None
+            Kbb = K[rb, rb]
+            d = np.diagonal(Kbb) / lb ** 2
+            tr[b] = d.sum()
+            F[b, b] = 2.0 * _strict_lower_sumsq(Kbb) / (4.0 * lb ** 4) + float(d @ d)
+            for c in range(b):
+                lc = lr[bounds[c]]
+                blk = K[rb, bounds[c]:bounds[c + 1]]
+                F[b, c] = F[c, b] = float(np.vdot(blk, blk)) / (4.0 * lb ** 2 * lc ** 2)
+        return F, tr
 
     def ztres(self, u, beta, lams):
         """Z' W (y - X beta - Z Lambda u) per block, as (m, q) arrays (no n-sized work)."""
@@ -401,6 +445,18 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
             out.append(wr[off:off + b.nre].reshape(b.m, b.q))
             off += b.nre
         return out
+
+
+def _strict_lower_sumsq(K, rows=256):
+    """Sum of squares of the strict lower triangle of the square ``K`` (its upper triangle may
+    hold anything), by bands of rows: no r x r temporary."""
+    n = K.shape[0]
+    total = 0.0
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        band = np.tril(K[r0:r1, :r1], r0 - 1)           # row i keeps columns j < i
+        total += float(np.vdot(band, band))
+    return total
 
 
 def _scale_lower_blocks(S, bounds, lr, factor=1.0):

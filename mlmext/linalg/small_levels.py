@@ -224,7 +224,7 @@ class OneBlockLevels:
         """
         if "grad" in c:
             return c["grad"]
-        m, q, p = self.m, self.q, self.p
+        m, q = self.m, self.q
         lam, Ls = c["lam"], c["Ls"]
         Mi = c["Mi"].reshape(m, q, q)
         Li, info = _trtri(Ls, lower=1)       # (potrf zeroed Ls's upper triangle: so is Li's)

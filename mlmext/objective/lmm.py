@@ -20,6 +20,7 @@ import numpy as np
 from scipy import linalg
 
 from .params import sdcor_from_theta, theta_from_sdcor
+from .rest_hessian import rest_hessian
 
 __all__ = ["LMMDeviance", "LMMState"]
 
@@ -227,6 +228,18 @@ class LMMDeviance:
                 tm[k] -= h
                 grad[k] = (self.value(tp) - self.value(tm)) / (2.0 * h)
         return dev, grad
+
+    def hessian_part(self, theta):
+        """``(idx, H)``: the exact Hessian in the entries ``idx`` of theta (the dense
+        remainder's scalar blocks, :func:`~mlmext.objective.rest_hessian.rest_hessian`) from
+        the inverse of the last :meth:`value_and_grad`, which must have been at ``theta``;
+        None where it is not available (the Newton polish then differences every entry)."""
+        theta = np.asarray(theta, dtype=float)
+        if self._last != theta.tobytes() or hasattr(self._factor, "first_derivatives"):
+            return None
+        nu = self.n - self.p if self.reml else self.n
+        return rest_hessian(self._factor, self.design.blocks, theta, nu,
+                            self.p if self.reml else 0, self._block_units())
 
     @property
     def cheap_hessian(self):

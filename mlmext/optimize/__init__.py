@@ -1,7 +1,8 @@
 """The optimizers and numerical derivatives of the fits.
 
 * :mod:`.theta` -- bounded minimization of a deviance in theta (LMM), probes off and onto
-  bounds; :mod:`.bfgs` -- bounded BFGS (clmm); :mod:`.lbfgsb` -- scipy's L-BFGS-B core;
+  bounds (:mod:`.bound_steps`: the probes' steps); :mod:`.bfgs` -- bounded BFGS (clmm);
+  :mod:`.lbfgsb` -- scipy's L-BFGS-B core;
 * :mod:`.newton` -- quasi-Newton and Newton with exact or differenced gradients (GLMM);
 * :mod:`.polish` -- Newton polish and the second-order checks (decrement, saddles, bound
   probes) that decide convergence;
@@ -9,6 +10,7 @@
 * :mod:`.numdiff` -- numerical derivatives;
 * :mod:`.summary` -- :class:`OptSummary`, what a fit's optimization did.
 """
+from .bound_steps import escape_bound, snap_to_bound
 from .linesearch import backtrack
 from .newton import newton, quasi_newton
 from .numdiff import (CountingGradient, central_gradient, gradient_hessian, hessian,
@@ -16,7 +18,7 @@ from .numdiff import (CountingGradient, central_gradient, gradient_hessian, hess
                       jacobian)
 from .polish import descent_along, fd_hessian, newton_polish, probe_bounds
 from .summary import OptSummary
-from .theta import escape_bound, minimize_bfgs, minimize_theta, snap_to_bound
+from .theta import minimize_bfgs, minimize_theta
 
 __all__ = ["backtrack", "minimize_theta", "minimize_bfgs", "escape_bound", "snap_to_bound", "quasi_newton",
            "newton", "jacobian", "hessian", "hessian_from_gradient", "hessian_central_gradient",

@@ -32,12 +32,18 @@ def _scipy(fg, x0, lower, maxiter, maxfun, ftol, gtol):
                                       "gtol": gtol})
 
 
-def lbfgsb(fg, x0, lower, maxiter=15000, maxfun=15000, ftol=2.2e-9, gtol=1e-5, maxcor=10, maxls=20):
+def lbfgsb(fg, x0, lower, maxiter=15000, maxfun=15000, ftol=2.2e-9, gtol=1e-5, maxcor=10, maxls=20,
+           decrement_stop=None):
     """Minimize ``fg`` (returning value and gradient) subject to ``x >= lower`` by L-BFGS-B.
 
     The arguments mean what ``scipy.optimize.minimize(method="L-BFGS-B")``'s options do (no
-    upper bounds).  Returns an ``OptimizeResult`` with ``x, fun, jac, nfev, nit, success,
-    message`` (no ``hess_inv``).
+    upper bounds).  ``decrement_stop``: also stop (successfully) at an iterate where the
+    quasi-Newton estimate of the decrease still available, ``g' H g / 2`` with ``H`` the
+    limited-memory inverse Hessian of the iterates' steps (:func:`qn_decrement`), is below it
+    and no bound is active: for a caller that finishes with Newton steps (the LMM fit's
+    polish), the iteration that would only confirm the relative-reduction stop is saved.
+    Returns an ``OptimizeResult`` with ``x, fun, jac, nfev, nit, success, message`` (no
+    ``hess_inv``).
     """
     x0 = np.asarray(x0, dtype=float).ravel()
     lower = np.asarray(lower, dtype=float)
@@ -62,6 +68,7 @@ def lbfgsb(fg, x0, lower, maxiter=15000, maxfun=15000, ftol=2.2e-9, gtol=1e-5, m
     up = np.zeros(n, dtype=np.float64)
     nfev = nit = 0
     last = None                                       # scipy evaluates a repeated point once
+    pairs, prev = [], (x.copy(), None)                # (decrement_stop) steps and their iterates
     setulb = _lbfgsb.setulb
     while True:
         g = np.array(g, dtype=np.float64)             # setulb writes it: the caller's stays
@@ -80,6 +87,8 @@ def lbfgsb(fg, x0, lower, maxiter=15000, maxfun=15000, ftol=2.2e-9, gtol=1e-5, m
                 fv = float(np.asarray(fv).item()) if not np.isscalar(fv) else fv
                 last = (key, fv, np.atleast_1d(np.asarray(gv, dtype=float)).copy())
                 nfev += 1
+                if nfev == 1:                         # the start: the first step's origin
+                    prev = (x.copy(), last[2])
             f, g = last[1], last[2]
         elif task[0] == _NEW_X:
             nit += 1
@@ -87,6 +96,13 @@ def lbfgsb(fg, x0, lower, maxiter=15000, maxfun=15000, ftol=2.2e-9, gtol=1e-5, m
                 task[0], task[1] = 5, 504
             elif nfev > maxfun:
                 task[0], task[1] = 5, 502
+            elif decrement_stop is not None and last is not None and last[0] == x.tobytes():
+                pairs = _remember(pairs, prev, x, last[2], m)
+                prev = (x.copy(), last[2])
+                if pairs and not np.any(bounded & (x <= low)) and \
+                        qn_decrement(pairs, prev[1]) < decrement_stop:
+                    task[0], task[1] = _CONVERGED, _QN_STOP
+                    break
         else:
             break
     success = task[0] == _CONVERGED
@@ -95,8 +111,43 @@ def lbfgsb(fg, x0, lower, maxiter=15000, maxfun=15000, ftol=2.2e-9, gtol=1e-5, m
                                    message=_message(task))
 
 
+#: the message code of a stop by ``decrement_stop``
+_QN_STOP = 901
+
+
+def _remember(pairs, prev, x, g, m):
+    """The last ``m`` (step, gradient change) pairs with positive curvature, with the step
+    from ``prev`` (iterate, its gradient; None before the first gradient) to ``x``."""
+    if prev[1] is None:
+        return pairs
+    s = x - prev[0]
+    y = np.asarray(g, dtype=float) - prev[1]
+    sy = float(s @ y)
+    if sy > 1e-10 * float(np.sqrt((s @ s) * (y @ y))):
+        pairs = (pairs + [(s, y, 1.0 / sy)])[-m:]
+    return pairs
+
+
+def qn_decrement(pairs, g):
+    """``g' H g / 2``, ``H`` the limited-memory BFGS inverse Hessian of ``pairs`` ((s, y,
+    1 / s'y), oldest first) with the initial scaling ``s'y / y'y`` of the newest (two-loop
+    recursion)."""
+    q = np.array(g, dtype=float)
+    alphas = []
+    for s, y, rho in reversed(pairs):
+        a = rho * float(s @ q)
+        alphas.append(a)
+        q -= a * y
+    s, y, _ = pairs[-1]
+    q *= float(s @ y) / float(y @ y)
+    for (s, y, rho), a in zip(pairs, reversed(alphas)):
+        q += s * (a - rho * float(y @ q))
+    return 0.5 * float(np.asarray(g, dtype=float) @ q)
+
+
 def _message(task):
     text = {401: "NORM OF PROJECTED GRADIENT <= PGTOL", 402: "RELATIVE REDUCTION OF F <= FACTR*EPSMCH",
+            _QN_STOP: "QUASI-NEWTON DECREMENT <= DECREMENT_STOP",
             502: "TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT", 504: "TOTAL NO. OF ITERATIONS REACHED LIMIT"}
     state = {4: "CONVERGENCE", 5: "STOP", 6: "WARNING", 7: "ERROR", 8: "ABNORMAL"}
     return f"{state.get(int(task[0]), str(int(task[0])))}: {text.get(int(task[1]), str(int(task[1])))}"

@@ -50,16 +50,21 @@ class Polish:
     hessian_at_x: bool = True
 
 
-def fd_hessian(fg, x, g, lower, rel=1e-5):
+def fd_hessian(fg, x, g, lower, rel=1e-5, known=None):
     """Hessian from forward differences of the gradient (steps inward from a bound).
 
     Returns ``(H, evaluations)``; ``H`` is symmetrized.  A step that lands on a non-finite
-    value is retried backwards (interior entries only).
+    value is retried backwards (interior entries only).  ``known``: ``(idx, H_idx)``, the
+    exact Hessian in the entries ``idx``; only the other columns are differenced (their
+    rows ``idx`` give the mixed entries).
     """
     n = x.size
     H = np.zeros((n, n))
     nfev = 0
-    for i in range(n):
+    skip = np.zeros(n, dtype=bool)
+    if known is not None:
+        skip[known[0]] = True
+    for i in np.flatnonzero(~skip):
         h = rel * max(1.0, abs(x[i]))
         col = None
         for sgn in (1.0, -1.0):
@@ -73,7 +78,14 @@ def fd_hessian(fg, x, g, lower, rel=1e-5):
                 col = (np.asarray(gi) - g) / (sgn * h)
                 break
         H[:, i] = col if col is not None else np.nan
-    return 0.5 * (H + H.T), nfev
+    if known is None:
+        return 0.5 * (H + H.T), nfev
+    idx, Hk = known
+    H[np.ix_(idx, idx)] = Hk
+    mixed = H[np.ix_(idx, ~skip)]
+    H = np.where(skip[:, None] | skip[None, :], H, 0.5 * (H + H.T))
+    H[np.ix_(~skip, idx)] = mixed.T                  # the differenced columns' rows idx
+    return H, nfev
 
 
 def _noise(f):
@@ -81,17 +93,18 @@ def _noise(f):
     return 1e-12 * abs(f) + 1e-10
 
 
-def _hessian(fg, hess, x, g, lower):
-    """``(H, evaluations)``: the exact Hessian where the objective has one, else differences."""
+def _hessian(fg, hess, x, g, lower, part=None):
+    """``(H, evaluations)``: the exact Hessian where the objective has one, else differences
+    (of the gradient along the entries ``part`` does not give exactly, see :func:`fd_hessian`)."""
     if hess is None:
-        return fd_hessian(fg, x, g, lower)
+        return fd_hessian(fg, x, g, lower, known=None if part is None else part(x))
     H = np.asarray(hess(x), dtype=float)
     return 0.5 * (H + H.T), 1
 
 
 def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit=30,
                   probe_steps=(1e-2, 1e-1, 0.5), move=True, mirror=None, value=None, hess=None,
-                  H0=None):
+                  H0=None, hess_part=None):
     """Newton steps from ``x`` to a point passing the second-order checks, or an escape.
 
     Parameters
@@ -125,6 +138,9 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
         ``x -> H``, the exact Hessian (else differences of ``fg``: one evaluation per entry).
     H0 : ndarray, optional
         The Hessian at ``x`` when the caller has it (with ``f`` and ``g``).
+    hess_part : callable, optional
+        ``x -> (idx, H_idx)`` or None: the exact Hessian in some entries, at the point of the
+        last ``fg`` call (only the other entries are differenced).
 
     Returns
     -------
@@ -142,7 +158,7 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
         return Polish(x, f, g, np.full((x.size, x.size), np.nan), False, np.inf, np.nan,
                       "the objective is not finite at the optimizer's end point", nfev)
     if H0 is None:
-        H, nh = _hessian(fg, hess, x, g, lower)
+        H, nh = _hessian(fg, hess, x, g, lower, hess_part)
         nfev += nh
     else:
         H = np.asarray(H0, dtype=float)
@@ -169,7 +185,7 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
                               "negative curvature", nfev, escape=esc)
             clear = True
             if not fresh:
-                H, nh = _hessian(fg, hess, x, g, lower)
+                H, nh = _hessian(fg, hess, x, g, lower, hess_part)
                 nfev += nh
                 fresh = True
                 continue
@@ -214,7 +230,7 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
         # the curvature along the step says whether H still holds here: near a zero SD the
         # deviance is far from quadratic and a Hessian from the last point can be 10x off
         if dec > 1e-3 or ls.t < 1.0 or not (sHs > 0 and 0.5 <= sy / sHs <= 2.0):
-            H, nh = _hessian(fg, hess, x, g, lower)
+            H, nh = _hessian(fg, hess, x, g, lower, hess_part)
             nfev += nh
             fresh = True
         else:                                        # close: BFGS update, exact along the step

@@ -8,6 +8,7 @@ import numpy as np
 from scipy import optimize
 
 from .bfgs import minimize_bfgs
+from .bound_steps import escape_bound, snap_to_bound
 from .lbfgsb import lbfgsb
 from .newton_exact import newton_exact
 from .polish import Polish, newton_polish
@@ -19,14 +20,16 @@ def _bounds(lower):
     return optimize.Bounds(np.where(np.isfinite(lower), lower, -np.inf), np.full(len(lower), np.inf))
 
 
-def _run(method, fun, x0, lower, grad, maxiter, tol, ftol=None):
+def _run(method, fun, x0, lower, grad, maxiter, tol, ftol=None, decrement_stop=None):
     """One optimizer run; ``grad`` (if given) returns (value, gradient) in one call; ``ftol``
-    overrides L-BFGS-B's relative-reduction stop."""
+    overrides L-BFGS-B's relative-reduction stop; ``decrement_stop``: L-BFGS-B's quasi-Newton
+    stop (:func:`~mlmext.optimize.lbfgsb.lbfgsb`)."""
     if method == "L-BFGS-B":              # scipy's L-BFGS-B core without minimize()'s wrapper
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             return lbfgsb(grad, x0, lower, maxiter=maxiter, maxfun=maxiter,
-                          ftol=tol * 1e-1 if ftol is None else ftol, gtol=1e-5)
+                          ftol=tol * 1e-1 if ftol is None else ftol, gtol=1e-5,
+                          decrement_stop=decrement_stop)
     bounds = _bounds(lower)               # (scipy's Bounds: only for the other methods)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -47,7 +50,7 @@ def _run(method, fun, x0, lower, grad, maxiter, tol, ftol=None):
 
 def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, grad=None, scale=None,
                    check_tol=1e-7, reflect=None, hess=None, warm=False, warm_hessian=None,
-                   newton_first=False):
+                   newton_first=False, hess_part=None, costly=False):
     """Minimize an objective of theta subject to ``theta >= lower``.
 
     Parameters
@@ -102,6 +105,15 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         ``"auto"`` with ``hess``: the exact Hessian costs about a gradient, so Newton steps
         start from any start (no decrement test), L-BFGS-B only if they do not end at a point
         passing the checks (the same checks either way).
+    hess_part : callable, optional
+        ``x -> (idx, H_idx)`` or None: the exact Hessian in the entries ``idx``, available at
+        the point of the last ``grad`` call (the LMM's dense remainder); the Newton polish
+        then differences the gradient along the other entries only.  Unused with ``hess``.
+    costly : bool
+        ``"auto"``: an evaluation costs a dense factorization and inverse of hundreds of rows
+        or more (a large LMM): the first L-BFGS-B run hands over to Newton by its quasi-Newton
+        decrement (:data:`NEWTON_SWITCH_DECREMENT`), and a warm start in the metric of
+        ``warm_hessian`` takes the full Newton step first.
 
     Returns
     -------
@@ -124,11 +136,23 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         ss = np.outer(s, s)
         hs = None if hess is None else (lambda x: hess(x / s) / ss)
 
-        rs = None if reflect is None else (lambda x: reflect(x / s) * s)
+        def rs(x):
+            # entries the reflection leaves as they are stay bit for bit (x / s * s may not
+            # be x: the end point would count as mirrored and be evaluated again)
+            t = x / s
+            c = np.asarray(reflect(t), dtype=float)
+            return np.where(c == t, x, c * s)
+
+        def ps(x):
+            got = hess_part(x / s)
+            return None if got is None else (got[0], got[1] / np.outer(s[got[0]], s[got[0]]))
+
         res = minimize_theta(fs, start * s, lower * s, method=method, maxiter=maxiter, tol=tol,
-                             grad=None if grad is None else gs, check_tol=check_tol, reflect=rs,
+                             grad=None if grad is None else gs, check_tol=check_tol,
+                             reflect=None if reflect is None else rs,
                              hess=hs, warm=warm, warm_hessian=warm_hessian,
-                             newton_first=newton_first)
+                             newton_first=newton_first,
+                             hess_part=None if hess_part is None else ps, costly=costly)
         res.x = res.x / s
         return res
     # where the objective extends smoothly across the bounds, the checks look across them
@@ -136,8 +160,10 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     if method == "auto" and grad is not None:
         first = newton_first and hess is not None
         res = _minimize_auto(fun, grad, start, lower_check, maxiter, tol, check_tol, hess=hess,
-                             warm=(warm or first) and hess is not None,
-                             warm_hessian=None if first else warm_hessian, newton_first=first)
+                             warm=(warm or first) and (hess is not None
+                                                       or (costly and warm_hessian is not None)),
+                             warm_hessian=None if first else warm_hessian, newton_first=first,
+                             hess_part=hess_part, costly=costly)
         if reflect is not None:
             x = np.asarray(reflect(res.x), dtype=float)
             fx = res.fun
@@ -189,7 +215,7 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     res.snapped = snapped
     if grad is not None:                       # the same verdict as the default path, no moving
         p = newton_polish(grad, res.x, lower_check, tol=check_tol, check_tol=check_tol, move=False,
-                          hess=hess)
+                          hess=hess, hess_part=hess_part)
         res.nfev += p.nfev
         tried.append(("second-order checks (Newton decrement, saddles, zero SDs)", p.converged, p.nfev))
         if res.success and not p.converged:
@@ -243,7 +269,8 @@ def _estimated_decrement(g, H):
 
 
 def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, hess=None,
-                   warm=False, warm_hessian=None, newton_first=False):
+                   warm=False, warm_hessian=None, newton_first=False, hess_part=None,
+                   costly=False):
     """L-BFGS-B, then Newton with the second-order checks; restarts where a check finds descent.
     ``warm``: Newton from the start first (L-BFGS-B only when it does not pass the checks),
     where the start is near (``newton_first``: from any start)."""
@@ -260,9 +287,15 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
         g0 = np.asarray(g0, dtype=float)
         first = (f0, g0)
         Hp = None if warm_hessian is None else np.asarray(warm_hessian, dtype=float)
-        if Hp is not None and Hp.shape == (g0.size, g0.size) and np.all(np.isfinite(Hp)) and \
-                np.all(np.isfinite(g0)) and \
-                _estimated_decrement(g0, Hp) > FAR_FACTOR * WARM_MAX_DECREMENT:
+        usable = Hp is not None and Hp.shape == (g0.size, g0.size) and np.all(np.isfinite(Hp)) \
+            and np.all(np.isfinite(g0))
+        if usable and hess is None:
+            # no exact Hessian here (a large model's refit): L-BFGS-B in the fit's metric; the
+            # polish differences the gradient where it ends
+            H0 = None
+            metric = Hp if not np.isfinite(lower).any() else None
+            tried.append(("L-BFGS-B from the start in the metric of the fit's Hessian", True, 1))
+        elif usable and _estimated_decrement(g0, Hp) > FAR_FACTOR * WARM_MAX_DECREMENT:
             H0 = None
             metric = Hp if not np.isfinite(lower).any() else None
             tried.append((f"Newton decrement at the start above {FAR_FACTOR * WARM_MAX_DECREMENT:g} "
@@ -284,7 +317,7 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
                 p = newton_polish(grad, start, lower, f=f0, g=g0, H0=H0,
                                   tol=min(tol, NEWTON_FIRST_TOL) if newton_first else tol,
                                   check_tol=check_tol, maxit=min(its, maxiter), value=fun,
-                                  hess=hess)
+                                  hess=hess, hess_part=hess_part)
             nfev += p.nfev
             tried.append((f"Newton from the start ({hname}), second-order checks", p.converged,
                           p.nfev + 1))
@@ -304,16 +337,19 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
     for rnd in range(rounds):
         # a loose relative stop: Newton finishes faster than L-BFGS-B's last iterations
         if rnd == 0 and metric is not None:
-            r = _run_lbfgsb_whitened(grad, x, metric, maxiter, tol, first)
+            r = _run_lbfgsb_whitened(grad, x, metric, maxiter, tol, first, costly=costly)
         else:
-            r = _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first) if rnd == 0 else \
+            # (the hand-over to Newton saves a gradient where it costs a dense inverse; cheap
+            # fits keep L-BFGS-B's own stops)
+            r = _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first,
+                                   NEWTON_SWITCH_DECREMENT if costly else None) if rnd == 0 else \
                 _run("L-BFGS-B", fun, x, lower, grad, maxiter, tol, ftol=1e-7)
         nfev += int(r.nfev) - (rnd == 0 and first is not None)     # (the start's, counted)
         tried.append((label, bool(r.success), int(r.nfev)))
         x1 = np.asarray(r.x, dtype=float)
         f1, g1 = (float(r.fun), np.asarray(r.jac, dtype=float)) if np.all(x1 >= lower) else (None, None)
         p = newton_polish(grad, x1, lower, f=f1, g=g1, tol=tol, check_tol=check_tol,
-                          maxit=min(30, maxiter), value=fun, hess=hess)
+                          maxit=min(30, maxiter), value=fun, hess=hess, hess_part=hess_part)
         nfev += p.nfev
         tried.append((f"Newton ({hname}), second-order checks", p.converged, p.nfev))
         if best is None or p.f <= best.f:
@@ -324,7 +360,8 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
             nfev += int(c.nfev)
             tried.append(("COBYQA", bool(c.success), int(c.nfev)))
             p2 = newton_polish(grad, np.maximum(c.x, lower), lower, tol=tol, check_tol=check_tol,
-                               maxit=min(30, maxiter), value=fun, hess=hess)
+                               maxit=min(30, maxiter), value=fun, hess=hess,
+                               hess_part=hess_part)
             nfev += p2.nfev
             tried.append((f"Newton ({hname}), second-order checks", p2.converged, p2.nfev))
             if p2.f <= best.f:
@@ -344,12 +381,20 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
     return _auto_result(best, nfev, tried, lower)
 
 
+#: the first L-BFGS-B run hands over to the Newton polish at an iterate whose quasi-Newton
+#: estimate of the decrease still available is below this (deviance units): half the polish's
+#: 1e-3 under which its Hessian is kept along a Newton step (the estimate tracked the decrement
+#: within a factor of 0.6-1.2 on ratings, InstEval and STAR); L-BFGS-B's own relative stop
+#: (1e-7 of a deviance of 1e5-1e6) otherwise takes one more iteration to see the last one's gain
+NEWTON_SWITCH_DECREMENT = 5e-4
+
 #: L-BFGS-B's first trial step has length 1; from a start whose (projected) gradient is longer
 #: than this, the variables are shrunk uniformly so that the first trial is the full gradient step
 FIRST_STEP_MIN_GRADIENT = 10.0
 
 
-def _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first=None):
+def _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first=None,
+                       decrement_stop=NEWTON_SWITCH_DECREMENT):
     """The first L-BFGS-B run, its first trial step the full gradient step.
 
     The variables are scaled so that a unit step means alike in each and the curvature is
@@ -359,6 +404,8 @@ def _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first=None):
     them).  Working on ``x |g|`` makes the first trial the full step; later iterations are
     unaffected (the quasi-Newton scaling is invariant).  The start's value and gradient are
     computed here (unless given as ``first``) and handed to L-BFGS-B's first evaluation.
+    ``decrement_stop``: the quasi-Newton stop handing over to Newton (None: L-BFGS-B's own
+    stops only).
     """
     f0, g0 = grad(x) if first is None else first
     g0 = np.asarray(g0, dtype=float)
@@ -367,7 +414,8 @@ def _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first=None):
     if not (np.isfinite(f0) and np.isfinite(gn) and gn > FIRST_STEP_MIN_GRADIENT):
         first = [(f0, g0)]
         return _run("L-BFGS-B", fun, x, lower,
-                    lambda z: first.pop() if first else grad(z), maxiter, tol, ftol=1e-7)
+                    lambda z: first.pop() if first else grad(z), maxiter, tol, ftol=1e-7,
+                    decrement_stop=decrement_stop)
     c = 1.0 / gn
     first = [(f0, g0 / c)]
 
@@ -377,34 +425,44 @@ def _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first=None):
         f, g = grad(z / c)
         return f, np.asarray(g, dtype=float) / c
 
-    r = _run("L-BFGS-B", None, x * c, lower * c, fc, maxiter, tol, ftol=1e-7)
+    r = _run("L-BFGS-B", None, x * c, lower * c, fc, maxiter, tol, ftol=1e-7,
+             decrement_stop=decrement_stop)
     r.x = np.asarray(r.x, dtype=float) / c
     r.jac = np.asarray(r.jac, dtype=float) * c
     return r
 
 
-def _run_lbfgsb_whitened(grad, x0, H, maxiter, tol, first):
+def _run_lbfgsb_whitened(grad, x0, H, maxiter, tol, first, costly=False):
     """The first L-BFGS-B run of a refit (no bounds) in ``z = L' (x - x0)``, ``H = L L'`` the
     parent fit's Hessian: the curvature there is about 1 in every direction, so the quasi-
     Newton method starts with the right metric instead of learning it (about two evaluations
-    fewer from a far start).  Returns the result in ``x`` (``x``, ``jac`` mapped back)."""
+    fewer from a far start).  ``costly``: evaluations cost a dense inverse (no exact Hessian):
+    the first step is the full Newton step in that metric and L-BFGS-B hands over to Newton
+    by its quasi-Newton decrement.  Returns the result in ``x`` (``x``, ``jac`` mapped back)."""
     try:
         L = np.linalg.cholesky(0.5 * (H + H.T))
         Li = np.linalg.inv(L)                    # x = x0 + Li' z, gradient in z: Li g
     except np.linalg.LinAlgError:
-        return _run_lbfgsb_scaled(None, grad, x0, np.full(x0.size, -np.inf), maxiter, tol, first)
+        return _run_lbfgsb_scaled(None, grad, x0, np.full(x0.size, -np.inf), maxiter, tol, first,
+                                  NEWTON_SWITCH_DECREMENT if costly else None)
     start = [] if first is None else [(first[0], Li @ np.asarray(first[1], dtype=float))]
+    # with H about the identity in z, the Newton step is -g_z; L-BFGS-B's first trial step has
+    # length 1: in z |g_z| it is the full Newton step (as in _run_lbfgsb_scaled)
+    gn = float(np.linalg.norm(start[0][1])) if start and costly else 0.0
+    c = 1.0 / gn if np.isfinite(gn) and gn > 1.0 else 1.0
+    if start:
+        start = [(start[0][0], start[0][1] / c)]
 
-    def fz(z):
+    def fz(w):
         if start:
             return start.pop()
-        f, g = grad(x0 + Li.T @ z)
-        return f, Li @ np.asarray(g, dtype=float)
+        f, g = grad(x0 + Li.T @ (w / c))
+        return f, (Li @ np.asarray(g, dtype=float)) / c
 
     r = _run("L-BFGS-B", None, np.zeros(x0.size), np.full(x0.size, -np.inf), fz, maxiter, tol,
-             ftol=1e-7)
-    r.x = x0 + Li.T @ np.asarray(r.x, dtype=float)
-    r.jac = L @ np.asarray(r.jac, dtype=float)
+             ftol=1e-7, decrement_stop=NEWTON_SWITCH_DECREMENT if costly else None)
+    r.x = x0 + Li.T @ (np.asarray(r.x, dtype=float) / c)
+    r.jac = L @ (np.asarray(r.jac, dtype=float) * c)
     return r
 
 
@@ -414,59 +472,3 @@ def _auto_result(p, nfev, tried, lower):
         tried=tried, snapped=[int(i) for i in np.flatnonzero(np.isfinite(lower) & (p.x <= lower))],
         decrement=p.decrement, min_eigenvalue=p.min_eigenvalue,
         method=" + ".join(m for m, _, _ in tried))
-
-
-def escape_bound(fun, x, fx, lower, steps=(1e-3, 1e-2, 1e-1), tol=1e-8):
-    """A better point off the lower bound for entries sitting on it, or None.
-
-    A variance parameter at zero has zero gradient whether or not moving off
-    zero lowers the objective (the deviance is even in it), so a gradient
-    method that reaches the bound (a projected step can land there) stays.
-    This probes each such entry at a few small positive offsets.
-
-    Parameters
-    ----------
-    fun : callable
-        Objective; may return ``(value, gradient)``.
-    x, fx : ndarray, float
-        The converged point and its value.
-    lower : ndarray
-        Lower bounds (-inf where there is none).
-
-    Returns
-    -------
-    (x_new, f_new) or None
-    """
-    best = None
-    for i in np.flatnonzero(np.isfinite(lower) & (x <= lower + 1e-10)):
-        for h in steps:
-            trial = np.array(x, dtype=float)
-            trial[i] = lower[i] + h
-            out = fun(trial)                   # a value, or (value, gradient)
-            ft = float(out[0] if isinstance(out, tuple) else out)
-            if ft < fx - tol and (best is None or ft < best[1]):
-                best = (trial, ft)
-    return best
-
-
-def snap_to_bound(fun, x, fx, lower, tol, width=1e-4):
-    """Entries less than ``width`` above their lower bound set to it where the objective rises
-    by at most ``tol``: a variance parameter that is practically zero becomes zero (clean
-    singular fits).
-
-    ``fun`` may return ``(value, gradient)``.  Returns ``(x, fx, snapped, nfev)``: the new point
-    and value, the indices set to their bound and the number of evaluations.
-    """
-    snapped = []
-    nfev = 0
-    for i in np.flatnonzero(np.isfinite(lower)):
-        if lower[i] < x[i] < lower[i] + width:
-            trial = x.copy()
-            trial[i] = lower[i]
-            out = fun(trial)                   # a value, or (value, gradient)
-            ft = float(out[0] if isinstance(out, tuple) else out)
-            nfev += 1
-            if ft <= fx + tol:
-                x, fx = trial, ft
-                snapped.append(int(i))
-    return x, fx, snapped, nfev
