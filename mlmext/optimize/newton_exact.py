@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import lapack
 
-from .polish import Polish, newton_polish
+from .polish import Polish, _noise, newton_polish
 
 __all__ = ["newton_exact"]
 
@@ -31,11 +31,6 @@ MAX_STEP, MAX_STEP_PD = 0.5, 1.0
 #: Newton steps taken at most once the decrement is below check_tol (quadratic convergence
 #: needs one or two to go from there to any useful tol)
 CERTIFIED_STEPS = 2
-
-
-def _noise(f):
-    """Rounding level of a deviance (as :mod:`.polish` has it)."""
-    return 1e-12 * abs(f) + 1e-10
 
 
 def newton_exact(fg, hess, x, f, g, H, lower, tol, check_tol, maxit, value=None):
@@ -70,9 +65,9 @@ def newton_exact(fg, hess, x, f, g, H, lower, tol, check_tol, maxit, value=None)
         extra += certified
         if dec < tol:
             break                 # (not positive definite: a saddle, newton_polish probes it)
-        big = float(np.abs(step).max())
-        if big > MAX_STEP if not pdef else big > MAX_STEP_PD:
-            step *= (MAX_STEP if not pdef else MAX_STEP_PD) / big      # far from the optimum
+        big, cap = float(np.abs(step).max()), MAX_STEP_PD if pdef else MAX_STEP
+        if big > cap:                                # far from the optimum
+            step *= cap / big
             dec = float(-g @ step) / 2.0
         # the full step with its gradient (usually accepted), shortened ones by value alone
         t, xn, fn, gn = 1.0, None, np.inf, None
