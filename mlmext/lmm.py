@@ -66,7 +66,8 @@ class LinearMixedModel(MixedModel):
         self._check_response(y)
         self._XY = np.column_stack([self.exog, y])
         self._chol = None
-        self._logw = np.log(self.weights[self.weights > 0]).sum()
+        w = self.weights
+        self._logw = 0.0 if np.all(w == 1.0) else np.log(w[w > 0]).sum()
 
     def _check_response(self, y):
         """A response the fixed effects fit exactly leaves no residual variance to estimate."""
@@ -74,18 +75,22 @@ class LinearMixedModel(MixedModel):
         if not np.isfinite(y.sum()) and not np.all(np.isfinite(y)):
             raise ValueError(f"the response {name()!r} has non-finite values")
         w = self.weights
-        pos = w > 0
-        n, p = int(pos.sum()), self.exog.shape[1]
+        unit = bool(np.all(w == 1.0))        # the usual case: no weighted copies
+        pos = None if unit else w > 0
+        n, p = len(y) if unit else int(pos.sum()), self.exog.shape[1]
         if n <= p:
             raise ValueError(f"{n} observations for {p} fixed effects: a linear mixed model needs "
                              "more observations than fixed effects")
-        every = n == len(y)                  # all weights positive (the usual case): no copies
+        every = n == len(y)                  # all weights positive: no copies of the rows
         yp = y if every else y[pos]
         if yp.max() == yp.min():
             raise ValueError(f"the response {name()!r} is constant ({yp[0]:g}); there is nothing "
                              "to model")
-        sw = np.sqrt(w if every else w[pos])
-        Xw, yw = (self.exog if every else self.exog[pos]) * sw[:, None], yp * sw
+        if unit:
+            Xw, yw = self.exog, yp
+        else:
+            sw = np.sqrt(w if every else w[pos])
+            Xw, yw = (self.exog if every else self.exog[pos]) * sw[:, None], yp * sw
         coef = np.linalg.lstsq(Xw, yw, rcond=None)[0]
         rss = np.sum((yw - Xw @ coef) ** 2)
         if rss <= 1e-20 * max(np.sum(yw ** 2), 1e-300):

@@ -138,8 +138,11 @@ class LeadBlockFactor(Factor):
             if self.r * m1q1 <= SMALL_DENSE:
                 self._schur = DenseSchur(self.A_r1, self.m1, self.q1)
             else:
-                self._schur = SchurProduct(self.A_r1, self.m1, self.q1,
-                                           refreshable=self._refreshable_schur)
+                # A_1r' is A_r1 in CSC (the transposition made once, for both); refresh
+                # takes values in A_r1's own (CSR) order, which its construction reads
+                rf = self._refreshable_schur
+                self._schur = SchurProduct(self.A_r1 if rf else self.A_1r.T, self.m1, self.q1,
+                                           refreshable=rf)
         self._set_operators()
         self._a1y = self.A_r1[self.r - 1].toarray().ravel()      # A_1r[:, -1], for solve()
         self._S = np.zeros(self.A_rr.shape)             # calloc'd: pages zeroed when touched

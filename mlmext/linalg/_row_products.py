@@ -56,8 +56,10 @@ def row_cross_products(b1, rest, XY, weights=None, sparse_Z=None, dense_rr=True)
     A_r1 = sparse.vstack([A_z1, A_y1], format="csr")
     if dense_rr:
         rz = A_zz.shape[0]
-        A_rr = np.empty((r, r))
-        A_rr[:rz, :rz] = A_zz.toarray()
+        A_rr = np.zeros((r, r))        # calloc'd: A_zz's entries only (toarray: 3 passes of r^2)
+        A_zz = A_zz.tocoo()
+        A_zz.sum_duplicates()
+        A_rr[A_zz.row, A_zz.col] = A_zz.data
         A_rr[:rz, rz:] = A_zy
         A_rr[rz:, :rz] = A_zy.T
         A_rr[rz:, rz:] = A_yy

@@ -201,7 +201,7 @@ class SchurProduct:
         for a, b, ent, ta, _, s0, s1 in groups:
             yield a, b, s0, s1, _group_values(self._values, ent, ta, buf[:b - a])
 
-    def _build_blocks(self, A, it, chunk=1 << 20):
+    def _build_blocks(self, A, it, chunk=1 << 16):
         """P in blocks, one per pair of components a >= b of the first block's template, a column
         per level in each: block (a, a) pairs the entries of a level's column a with each other
         (rows sorted, so e1 >= e2 is i >= j); block (a, b), a > b, pairs each entry of column a
@@ -230,42 +230,30 @@ class SchurProduct:
         np.cumsum(np.concatenate([p[4] for p in plans]), out=indptr[1:])
         data = np.empty(total)
         rows = np.empty(total, dtype=it)
-        ind = A.indices.astype(np.int64)
+        vals, ind, r = A.data, A.indices.astype(it, copy=False), it(self.r)
         off = 0
         for a, b, order, groups, _ in plans:
             for lv_all in groups:
                 na, nb = int(counts[a][lv_all[0]]), int(counts[b][lv_all[0]])
-                if a == b:
-                    pa, pb = np.tril_indices(na)              # rows sorted: e1 >= e2 is i >= j
-                else:
-                    pa, pb = np.repeat(np.arange(na), nb), np.tile(np.arange(nb), na)
-                if pa.size == 0:
+                T = na * (na + 1) // 2 if a == b else na * nb
+                if T == 0:
                     continue
-                step = max(1, chunk // pa.size)               # temporaries of ~chunk entries
+                step = max(1, chunk // T)                     # temporaries of ~chunk entries
                 for s0 in range(0, lv_all.size, step):
                     lv = lv_all[s0:s0 + step]
-                    off = self._fill_group(A.data, ind, starts[a][lv], starts[b][lv], pa, pb,
-                                           a != b, data, rows, off)
+                    n = lv.size * T
+                    out = data[off:off + n].reshape(lv.size, T)
+                    pos = rows[off:off + n].reshape(lv.size, T)
+                    Va, Ia = _level_entries(vals, ind, starts[a][lv], na)
+                    if a == b:
+                        _pairs_within(Va, Ia, r, out, pos)
+                    else:
+                        _pairs_across(Va, Ia, *_level_entries(vals, ind, starts[b][lv], nb),
+                                      r, out, pos)
+                    off += n
         self._order = [p[2] for p in plans]
         self.P = sparse.csc_matrix((data, rows, indptr.astype(it)),
                                    shape=(self.r * self.r, m1 * len(self._ab)), copy=False)
-
-    def _fill_group(self, vals, ind, sa, sb, pa, pb, cross, data, rows, off):
-        """The pairs of levels with entries starting at ``sa`` (component a) and ``sb`` (b),
-        paired by the pattern ``(pa, pb)``, written into ``data`` and ``rows`` from ``off``."""
-        e1 = sa[:, None] + pa[None, :]
-        e2 = sb[:, None] + pb[None, :]
-        n = e1.size
-        v = data[off:off + n].reshape(e1.shape)
-        np.multiply(vals[e1], vals[e2], out=v)
-        i, j = ind[e1], ind[e2]
-        if cross:                                             # stands for both orders
-            v[i == j] *= 2.0
-            i, j = np.maximum(i, j), np.minimum(i, j)
-        i *= self.r
-        i += j
-        rows[off:off + n] = i.reshape(-1)
-        return off + n
 
     def _b_vector(self, B):
         """B (m1, q1, q1) in the order of P's columns."""
@@ -384,6 +372,50 @@ class _PairPattern:
 
     def __init__(self, indices, indptr, shape):
         self.indices, self.indptr, self.shape = indices, indptr, shape
+
+
+def _level_entries(vals, ind, start, k):
+    """Values and rows of ``k`` entries from each of ``start`` (levels x k arrays)."""
+    ent = start[:, None] + np.arange(k)
+    return vals[ent], ind[ent]
+
+
+def _pairs_within(V, I, r, out, pos):
+    """The lower triangle of each level's outer product by rows, ``V_p V_q`` at ``I_p r + I_q``
+    for q <= p (rows sorted in a level: ``I_p >= I_q``), into ``out`` and ``pos`` (levels x
+    pairs): gathers from the levels' few entries (cache-resident), not from all of A's."""
+    pa, pb = _tril(V.shape[1])
+    np.multiply(V.take(pa, axis=1), V.take(pb, axis=1), out=out)
+    np.add((I * r).take(pa, axis=1), I.take(pb, axis=1), out=pos)
+
+
+def _pairs_across(Va, Ia, Vb, Ib, r, out, pos):
+    """Each entry of column a with each of column b (levels x ka x kb, by rows of a), at the
+    lower-triangle position ``max(i, j) r + min(i, j)``; a pair on the diagonal (i = j) stands
+    for both orders, doubled."""
+    L, ka, kb = Va.shape[0], Va.shape[1], Vb.shape[1]
+    out3, pos3 = out.reshape(L, ka, kb), pos.reshape(L, ka, kb)
+    np.multiply(Va[:, :, None], Vb[:, None, :], out=out3)
+    if ka == kb and np.array_equal(Ia, Ib) and (Ia[:, 1:] > Ia[:, :-1]).all():
+        # the same (strictly increasing) rows in both columns, as a slope and its intercept:
+        # the positions are a symmetric pattern of the level's rows, i = j on the diagonal
+        p = np.arange(ka)
+        hi = np.maximum(p[:, None], p[None, :]).ravel()
+        lo = np.minimum(p[:, None], p[None, :]).ravel()
+        np.add((Ia * r).take(hi, axis=1), Ia.take(lo, axis=1), out=pos)
+        out[:, ::ka + 1] *= 2.0
+        return
+    i, j = Ia[:, :, None], Ib[:, None, :]
+    np.maximum(i, j, out=pos3)
+    pos3 *= r
+    pos3 += np.minimum(i, j)
+    np.multiply(out3, 2.0, out=out3, where=i == j)
+
+
+def _tril(k):
+    """``np.tril_indices(k)`` (rows, then columns) without its k x k mask."""
+    pa = np.repeat(np.arange(k), np.arange(1, k + 1))
+    return pa, np.arange(pa.size) - np.repeat(np.cumsum(np.arange(k)), np.arange(1, k + 1))
 
 
 def _group_values(values, ent, ta, out):

@@ -27,7 +27,7 @@ def block_cross(X, codes, m, w):
     """Per-level cross-products sum_i w_i x_i x_i' as an (m, q, q) array."""
     n, q = X.shape
     out = np.empty((m, q, q))
-    Xw = X * w[:, None]
+    Xw = X if np.all(w == 1.0) else X * w[:, None]           # unit weights: no copy
     for j in range(q):
         for k in range(j, q):
             v = np.bincount(codes, weights=Xw[:, j] * X[:, k], minlength=m)

@@ -25,7 +25,7 @@ def block_alone_cross(blk, XY, w):
     """
     m, q, k = blk.m, blk.q, XY.shape[1]
     A = block_cross(blk.X, blk.codes, m, w)
-    WXY = XY * w[:, None]
+    WXY = XY if np.all(w == 1.0) else XY * w[:, None]      # unit weights: no n x (p + 1) copy
     C = np.empty((q, m, k))
     for a in range(q):
         for j in range(k):
