@@ -253,7 +253,7 @@ def test_a_batch_members_model_is_made_on_first_use(sleep):
     """A lockstep member's results hold the fit's model until ``model`` is read: llf,
     params (labelled), theta, sigma do not make it; then it is the member's own."""
     import pickle
-    from mlmext.inference._batch_results import BatchLMMResults
+    from mlmext._batch_results import BatchLMMResults
     r = mf.lmer(SLEEP, sleep).fit()
     Y = np.asarray(r.simulate(nsim=3, seed=6))
     a = r.refit_many(Y)[1]

@@ -23,7 +23,6 @@ from .._blas import blas_threads
 from ..linalg.small_batch import OneBlockBatch
 from ..objective import LMMState
 from ..optimize import OptSummary
-from ..optimize.polish import _noise
 from ._common import _is_lmm, _raw
 from ._refit import refit
 
@@ -70,6 +69,11 @@ def _batchable(r):
     if sf is None or len(sf.blocks) != 1 or sf.ntheta == 0 or sf.p == 0:
         return None
     return sf
+
+
+def _noise(f):
+    """Rounding level of deviances ``f``: rises below it are not evidence of ascent."""
+    return 1e-12 * np.abs(f) + 1e-10
 
 
 def _passes_checks(model, Yo):
@@ -274,9 +278,9 @@ def _lockstep(r, sf, Y, Yo):
     ddf = getattr(r, "ddf", "satterthwaite")
     tried = (f"Newton from the fit's theta, {nb} responses in lockstep (exact Hessian), "
              "second-order checks")
-    from ._batch_results import LMMResults, lazy_results     # (results import this module)
-    make = lazy_results if model._results_class is LMMResults else \
-        (lambda m, y, st, op, df: m._with_response(y, checked=True, factor=False)
+    lazy = getattr(model, "_lazy_results", None)          # (the member's model on first use)
+    make = lazy if lazy is not None else \
+        (lambda y, st, op, df: model._with_response(y, checked=True, factor=False)
          ._results_from_state(st, op, df))
     for j, b in enumerate(conv):
         state = LMMState(theta=_frozen(Tc[j]), beta=_frozen(beta[j]), u=_frozen(u[j]),
@@ -287,7 +291,7 @@ def _lockstep(r, sf, Y, Yo):
                          message=f"Newton decrement {dec[b]:.3g}", optimizer=tried,
                          extra_items=(("snapped", []), ("decrement", float(dec[b])),
                                       ("min_eigenvalue", float(mineig[b]))))
-        out[b] = make(model, Y[:, b], state, opt, ddf)
+        out[b] = make(Y[:, b], state, opt, ddf)
     return out, starts
 
 

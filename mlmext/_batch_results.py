@@ -11,7 +11,7 @@ them does not make it either.  Everything else is an :class:`~mlmext.results.LMM
 """
 from __future__ import annotations
 
-from ..results import LMMResults, MixedResultsWrapper
+from .results import LMMResults, MixedResultsWrapper
 
 __all__ = ["BatchLMMResults", "BatchResultsWrapper", "lazy_results"]
 
@@ -66,7 +66,10 @@ class BatchResultsWrapper(MixedResultsWrapper):
 def lazy_results(model, endog, state, optim, ddf):
     """Wrapped results of ``model`` refitted to ``endog`` (checked) at ``state``, as
     ``model._with_response(endog)._results_from_state(state, optim, ddf)`` but with that
-    model made on first use."""
+    model made on first use (models whose results are not :class:`LMMResults`: made now)."""
+    if model._results_class is not LMMResults:
+        return model._with_response(endog, checked=True, factor=False)._results_from_state(
+            state, optim, ddf)
     res = BatchLMMResults.__new__(BatchLMMResults)
     res.__dict__["_lazy_endog"] = endog
     LMMResults.__init__(res, model, state, optim, ddf)
