@@ -11,6 +11,8 @@ them does not make it either.  Everything else is an :class:`~mlmext.results.LMM
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .results import LMMResults, MixedResultsWrapper
 
 __all__ = ["BatchLMMResults", "BatchResultsWrapper", "lazy_results"]
@@ -23,25 +25,24 @@ class BatchLMMResults(LMMResults):
     def model(self):
         """The model refitted: the fit's model with this member's response."""
         d = self.__dict__
-        m = d.get("_model")
-        if m is None:
-            m = d["_model"] = d["_template"]._with_response(d.pop("_lazy_endog"), checked=True,
-                                                            factor=False)
-        return m
+        if "_model" not in d:
+            d["_model"] = d["_template"]._with_response(d.pop("_lazy_endog"), checked=True,
+                                                        factor=False)
+        return d["_model"]
 
     @model.setter
     def model(self, value):
         d = self.__dict__
-        if d.get("_lazy_endog") is not None and "_model" not in d:
+        if "_template" not in d and "_model" not in d:
             d["_template"] = value          # (construction) the fit's model
-        else:
+        else:                               # a model set later is the model
             d["_model"] = value
+            d.pop("_lazy_endog", None)
 
     def _labels(self):
         """The model data that labels wrapped attributes (the fit's: the same names)."""
         d = self.__dict__
-        m = d.get("_model")
-        return (m if m is not None else d["_template"]).data
+        return (d["_model"] if "_model" in d else d["_template"]).data
 
 
 class BatchResultsWrapper(MixedResultsWrapper):
@@ -71,6 +72,6 @@ def lazy_results(model, endog, state, optim, ddf):
         return model._with_response(endog, checked=True, factor=False)._results_from_state(
             state, optim, ddf)
     res = BatchLMMResults.__new__(BatchLMMResults)
-    res.__dict__["_lazy_endog"] = endog
+    res.__dict__["_lazy_endog"] = np.array(endog, dtype=float)      # (a copy: Y may change)
     LMMResults.__init__(res, model, state, optim, ddf)
     return BatchResultsWrapper(res)

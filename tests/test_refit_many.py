@@ -255,7 +255,7 @@ def test_a_batch_members_model_is_made_on_first_use(sleep):
     import pickle
     from mlmext._batch_results import BatchLMMResults
     r = mf.lmer(SLEEP, sleep).fit()
-    Y = np.asarray(r.simulate(nsim=3, seed=6))
+    Y = np.array(r.simulate(nsim=3, seed=6))
     a = r.refit_many(Y)[1]
     raw = a._results
     assert isinstance(raw, BatchLMMResults) and "_model" not in raw.__dict__
@@ -263,12 +263,17 @@ def test_a_batch_members_model_is_made_on_first_use(sleep):
     a.theta, a.sigma, a.criterion, a.converged
     assert "_model" not in raw.__dict__
     back = pickle.loads(pickle.dumps(a))
+    y1 = Y[:, 1].copy()
+    Y[:, 1] = 0.0                             # the caller's array changes: the results do not
     m = a.model
     assert a.model is m and m is not r.model and "_model" in raw.__dict__
-    np.testing.assert_array_equal(m.endog, Y[:, 1])
-    np.testing.assert_array_equal(back.model.endog, Y[:, 1])
+    np.testing.assert_array_equal(m.endog, y1)
+    np.testing.assert_array_equal(back.model.endog, y1)
     assert back.llf == a.llf
-    np.testing.assert_allclose(a.resid, Y[:, 1] - a.fittedvalues)
+    np.testing.assert_allclose(a.resid, y1 - a.fittedvalues)
+    b = r.refit_many(np.column_stack([y1, y1]))[0]
+    b._results.model = r.model                # a model set later is the model
+    assert b.model is r.model
 
 
 def test_power_sim_refits_in_lockstep_as_one_by_one(sleep, monkeypatch):
