@@ -5,12 +5,15 @@ one grouping factor (the dense small-system storage, one random-effects block) t
 run in lockstep: Newton with the exact Hessian from the fit's theta, every member's
 criterion, gradient and Hessian from one batched evaluation
 (:class:`~mlmext.linalg.small_batch.OneBlockBatch`), each member stopping when its own
-checks pass -- the checks of a single fit: Newton decrement below 1e-7 (iterated to
-below 1e-9) and the Hessian positive definite in the scaled theta.  A member that does not
+checks pass -- the checks of a single fit: Newton decrement below 1e-7 and the Hessian
+positive definite in the scaled theta; there it ends, below 1e-9, or after one more full
+Newton step (the decrement squared: the single fit's iterations past the checks), whose
+criterion the estimates compute.  A member that does not
 get there (a non-positive-definite Hessian, a failed line search, no convergence in
 :data:`MAX_ITERATIONS`), or whose estimate is near a zero standard deviation (where a single
 fit snaps, probes and warns), is refitted on its own by :func:`~mlmext.inference.refit`, so
-``converged``, the warnings and boundary fits are those of single refits.
+``converged``, the warnings and boundary fits are those of single refits.  The members'
+results make their model on first use (:mod:`mlmext._batch_results`).
 """
 from __future__ import annotations
 
