@@ -20,6 +20,7 @@ from .objective import LMMDeviance, MixedParams
 from .objective.start import block_alone_cross, fit_block_alone, one_block_criterion
 from .optimize import OptSummary, jacobian, minimize_theta
 from .results import LMMResults, MixedResultsWrapper
+from ._batch_results import lazy_results
 
 __all__ = ["LinearMixedModel"]
 
@@ -155,6 +156,11 @@ class LinearMixedModel(MixedModel):
         """The results of this model at ``state`` (an :class:`~mlmext.objective.LMMState`)
         found by ``optim``, as :meth:`fit` returns them (batched refits)."""
         return MixedResultsWrapper(self._results_class(self, state, optim=optim, ddf=ddf))
+
+    def _lazy_results(self, endog, state, optim, ddf="satterthwaite"):
+        """:meth:`_results_from_state` of this model with the response ``endog`` (checked),
+        that model made on first use (batched refits; :mod:`mlmext._batch_results`)."""
+        return lazy_results(self, endog, state, optim, ddf)
 
     def _cross_products(self):
         """The factorization set up with the model's cross-products, never updated itself:

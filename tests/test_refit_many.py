@@ -206,3 +206,84 @@ def test_stacked_spd_inverse(q):
     assert ok.tolist() == good.tolist()
     np.testing.assert_allclose(inv.transpose(2, 0, 1)[good], np.linalg.inv(M[good]), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(ld[good], np.linalg.slogdet(M[good])[1], rtol=1e-12, atol=1e-12)
+
+
+def _flat_responses(sleep, k, seed):
+    """Responses without slope variation between subjects: singular fits (slope SD 0)."""
+    rng = np.random.default_rng(seed)
+    subj = sleep.Subject.cat.codes.to_numpy()
+    return np.column_stack([250 + 10 * sleep.Days.to_numpy() + rng.normal(0, 30, 18)[subj]
+                            + rng.normal(0, 25, 180) for _ in range(k)])
+
+
+def test_every_attribute_of_a_batch_is_a_single_refits(sleep):
+    """Members in lockstep, members at the boundary and members that fall back: fe_params,
+    bse_fe, llf, theta, scale, sigma, ranef, the summary -- as refit(y) one by one."""
+    r = mf.lmer(SLEEP, sleep).fit()
+    Y = np.column_stack([np.asarray(r.simulate(nsim=40, seed=8)), _flat_responses(sleep, 3, 4)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        many = r.refit_many(Y)
+        single = [r.refit(Y[:, b]) for b in range(Y.shape[1])]
+    alone = [a for a in many if not a.optim.optimizer.startswith(BATCHED)]
+    assert 1 <= len(alone) < 10 and any(a.is_singular() for a in alone)
+    for a, b in zip(many, single):
+        _same(a, b)
+        assert a.scale == b.scale and a.is_singular() == b.is_singular()
+        for g in b.ranef():
+            rb = np.asarray(b.ranef()[g])             # (as _same's u: the optimizer's tolerance)
+            np.testing.assert_allclose(a.ranef()[g], rb, atol=1e-4 * max(1.0, np.abs(rb).max()))
+        assert list(a.fe_params.index) == list(b.fe_params.index)
+        for ta, tb in zip(a.summary().tables, b.summary().tables):
+            for ca, cb in zip(np.ravel(ta.data), np.ravel(tb.data)):
+                _same_cell(ca, cb)
+
+
+def _same_cell(ca, cb):
+    """Printed numbers that agree to their last digit's rounding; all else equal."""
+    try:
+        x, y = float(ca), float(cb)
+    except ValueError:
+        assert ca == cb
+        return
+    assert x == pytest.approx(y, rel=2e-3, abs=2e-3)
+
+
+def test_a_batch_members_model_is_made_on_first_use(sleep):
+    """A lockstep member's results hold the fit's model until ``model`` is read: llf,
+    params (labelled), theta, sigma do not make it; then it is the member's own."""
+    import pickle
+    from mlmext._batch_results import BatchLMMResults
+    r = mf.lmer(SLEEP, sleep).fit()
+    Y = np.array(r.simulate(nsim=3, seed=6))
+    a = r.refit_many(Y)[1]
+    raw = a._results
+    assert isinstance(raw, BatchLMMResults) and "_model" not in raw.__dict__
+    assert a.llf == raw.llf and list(a.params.index) == ["Intercept", "Days"]
+    a.theta, a.sigma, a.criterion, a.converged
+    assert "_model" not in raw.__dict__
+    back = pickle.loads(pickle.dumps(a))
+    y1 = Y[:, 1].copy()
+    Y[:, 1] = 0.0                             # the caller's array changes: the results do not
+    m = a.model
+    assert a.model is m and m is not r.model and "_model" in raw.__dict__
+    np.testing.assert_array_equal(m.endog, y1)
+    np.testing.assert_array_equal(back.model.endog, y1)
+    assert back.llf == a.llf
+    np.testing.assert_allclose(a.resid, y1 - a.fittedvalues)
+    b = r.refit_many(np.column_stack([y1, y1]))[0]
+    b._results.model = r.model                # a model set later is the model
+    assert b.model is r.model
+
+
+def test_power_sim_refits_in_lockstep_as_one_by_one(sleep, monkeypatch):
+    """power_sim's t and z tests on lockstep refits: the p-values of single refits."""
+    import mlmext.inference.simulation as sim
+    r = mf.lmer(SLEEP, sleep).fit()
+    for test in ("z", "satterthwaite"):
+        batched = r.power_sim("Days", effect=3.0, nsim=10, seed=2, test=test)
+        with monkeypatch.context() as mp:
+            mp.setattr(sim, "_lockstep_fits", lambda r, Y: None)
+            alone = r.power_sim("Days", effect=3.0, nsim=10, seed=2, test=test)
+        np.testing.assert_allclose(batched.pvalues, alone.pvalues, rtol=1e-4, atol=1e-12)
+        assert batched.failed == alone.failed == 0

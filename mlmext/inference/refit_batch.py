@@ -5,12 +5,15 @@ one grouping factor (the dense small-system storage, one random-effects block) t
 run in lockstep: Newton with the exact Hessian from the fit's theta, every member's
 criterion, gradient and Hessian from one batched evaluation
 (:class:`~mlmext.linalg.small_batch.OneBlockBatch`), each member stopping when its own
-checks pass -- the checks of a single fit: Newton decrement below 1e-7 (iterated to
-below 1e-9) and the Hessian positive definite in the scaled theta.  A member that does not
+checks pass -- the checks of a single fit: Newton decrement below 1e-7 and the Hessian
+positive definite in the scaled theta; there it ends, below 1e-9, or after one more full
+Newton step (the decrement squared: the single fit's iterations past the checks), whose
+criterion the estimates compute.  A member that does not
 get there (a non-positive-definite Hessian, a failed line search, no convergence in
 :data:`MAX_ITERATIONS`), or whose estimate is near a zero standard deviation (where a single
 fit snaps, probes and warns), is refitted on its own by :func:`~mlmext.inference.refit`, so
-``converged``, the warnings and boundary fits are those of single refits.
+``converged``, the warnings and boundary fits are those of single refits.  The members'
+results make their model on first use (:mod:`mlmext._batch_results`).
 """
 from __future__ import annotations
 
@@ -38,8 +41,8 @@ TOL, CHECK_TOL = 1e-9, 1e-7
 #: sends the member to a single refit: there a single fit snaps to zero and tests the bound
 NEAR_ZERO = 1e-3
 #: longest Newton step (largest entry, theta in its predictors' units: the parent's diagonals
-#: are ~1 there)
-MAX_STEP = 0.5
+#: are ~1 there) where the Hessian is not positive definite and where it is (a single fit's)
+MAX_STEP, MAX_STEP_PD = 0.5, 0.5
 #: members evaluated together (bounds the batch's arrays: B x levels x K^2 x q^2 numbers)
 CHUNK = 256
 
@@ -69,6 +72,11 @@ def _batchable(r):
     if sf is None or len(sf.blocks) != 1 or sf.ntheta == 0 or sf.p == 0:
         return None
     return sf
+
+
+def _noise(f):
+    """Rounding level of deviances ``f``: rises below it are not evidence of ascent."""
+    return 1e-12 * np.abs(f) + 1e-10
 
 
 def _passes_checks(model, Yo):
@@ -114,26 +122,39 @@ def refit_many(res, Y, **fit_kwargs):
     """
     r = _raw(res)
     Y = _responses(res, Y)
-    sf = None if fit_kwargs else _batchable(r)
-    if sf is None:
+    both = None if fit_kwargs else _lockstep_fits(r, Y)
+    if both is None:
         return [refit(res, Y[:, b], **fit_kwargs) for b in range(Y.shape[1])]
+    out = []
+    for b, (fit, start) in enumerate(zip(*both)):
+        if fit is None:          # a single refit, from the lowest point the lockstep found
+            fit = refit(res, Y[:, b]) if start is None else refit(res, Y[:, b], start_params=start)
+        out.append(fit)
+    return out
+
+
+def _lockstep_fits(r, Y):
+    """``(fits, starts)`` of the responses ``Y`` (n, B) refitted in lockstep: a member that
+    needs a single refit has fit None and the theta to start it from (None: the fit's);
+    None where the design is not one the lockstep handles.  Raises the single refit's
+    ``ValueError`` for a response it rejects."""
+    sf = _batchable(r)
+    if sf is None:
+        return None
     model = r.model
     if not np.all(np.isfinite(Y)):
         raise ValueError("endog has missing or non-finite values; refit keeps the rows of the fit")
     Yo = Y - np.asarray(model.offset, dtype=float)[:, None]
     for b in np.flatnonzero(~_passes_checks(model, Yo)):
         model._check_response(Yo[:, b])          # raises the single refit's error, if any
-    out = [None] * Y.shape[1]
+    fits, starts = [], []
     for lo in range(0, Y.shape[1], CHUNK):
         hi = min(lo + CHUNK, Y.shape[1])
         with blas_threads(sf.r):          # small products: one BLAS thread (as a single fit)
-            fits, starts = _lockstep(r, sf, Y[:, lo:hi], Yo[:, lo:hi])
-        for b, fit, start in zip(range(lo, hi), fits, starts):
-            if fit is None:          # a single refit, from the lowest point the lockstep found
-                fit = refit(res, Y[:, b]) if start is None else \
-                    refit(res, Y[:, b], start_params=start)
-            out[b] = fit
-    return out
+            f, s = _lockstep(r, sf, Y[:, lo:hi], Yo[:, lo:hi])
+        fits += f
+        starts += s
+    return fits, starts
 
 
 def _batched_or_none(res, Y):
@@ -171,7 +192,8 @@ def _lockstep(r, sf, Y, Yo):
     idx = np.arange(nb)
     f, g, H = batch.value_grad_hess(T, idx)
     nfev = np.ones(nb, dtype=int)
-    status = np.zeros(nb, dtype=int)                  # 0 running, 1 converged, -1 single refit
+    # 0 running, 1 converged (at T), 2 converged at T + step (below), -1 single refit
+    status = np.zeros(nb, dtype=int)
     dec = np.full(nb, np.inf)
     mineig = np.full(nb, np.nan)
     step = np.zeros_like(T)
@@ -189,32 +211,37 @@ def _lockstep(r, sf, Y, Yo):
             a = a[good]
             w, V = np.linalg.eigh(H[a] / ss)          # the Hessian in the scaled theta
             wmax = np.maximum(1.0, np.abs(w).max(axis=1))
-            pdef = w.min(axis=1) > 1e-8 * wmax
+            mineig[a] = w[:, 0]
+            pdef = w[:, 0] > 1e-8 * wmax
             gs = g[a] / s
             # where H is not positive definite, |eigenvalues| give a descent direction
             wa = np.maximum(np.abs(w), 1e-6 * wmax[:, None])
             st = -np.einsum("bij,bj->bi", V, np.einsum("bji,bj->bi", V, gs) / wa)
             d = -0.5 * np.einsum("bi,bi->b", gs, st)
-            dec[a], mineig[a] = d, w.min(axis=1)
-            # far from the optimum a full step overshoots: at most MAX_STEP in the scaled theta
+            dec[a] = d
+            # a point passing the checks ends the member: at its point below TOL, else after
+            # one more full Newton step (quadratic convergence: from a decrement d below
+            # CHECK_TOL the step lands at ~d^2), whose value the estimates compute
+            cert = pdef & (d < CHECK_TOL)
+            status[a[cert]] = np.where(d[cert] < TOL, 1, 2)
+            # far from the optimum a full step overshoots: at most MAX_STEP in the scaled
+            # theta (MAX_STEP_PD where H is positive definite, as a single fit)
             big = np.abs(st).max(axis=1)
-            st *= np.minimum(1.0, MAX_STEP / np.maximum(big, 1e-300))[:, None]
+            cap = np.where(pdef, MAX_STEP_PD, MAX_STEP)
+            st *= np.minimum(1.0, cap / np.maximum(big, 1e-300))[:, None]
             slope[a] = np.einsum("bi,bi->b", gs, st)
-            done = pdef & (d < TOL)
-            status[a[done]] = 1
-            over = ~done & (iters[a] >= MAX_ITERATIONS)
+            over = ~cert & (iters[a] >= MAX_ITERATIONS)
             status[a[over]] = -1
-            go = ~done & ~over
-            a = a[go]
-            step[a], t[a] = st[go] / s, 1.0
-            iters[a] += 1
+            keep = ~over
+            step[a[keep]], t[a[keep]] = st[keep] / s, 1.0
+            iters[a[~cert & keep]] += 1
         run = np.flatnonzero(status == 0)
         if run.size == 0:
             break
         Tt = T[run] + t[run, None] * step[run]
         ft, gt, Ht = batch.value_grad_hess(Tt, run)
         nfev[run] += 1
-        ok = ft <= f[run] + 1e-4 * t[run] * slope[run] + 1e-12 * np.abs(f[run]) + 1e-10
+        ok = ft <= f[run] + 1e-4 * t[run] * slope[run] + _noise(f[run])
         acc = run[ok]
         T[acc], f[acc], g[acc], H[acc] = Tt[ok], ft[ok], gt[ok], Ht[ok]
         rej = run[~ok]
@@ -227,24 +254,38 @@ def _lockstep(r, sf, Y, Yo):
         status[rej[t[rej] < 1e-9]] = -1               # the line search failed
         need = acc
     status[status == 0] = -1
-    # the single fit's end: the mirror image with nonnegative diagonals; near a zero SD it
-    # snaps and tests the bound, so those members go to single refits
-    conv = np.flatnonzero(status == 1)
-    diag = np.isfinite(des.lower)
-    Tc = _canonical(sf.blocks[0], T[conv])
-    near = ((Tc * s)[:, diag] < NEAR_ZERO).any(axis=1) if diag.any() else np.zeros(conv.size, bool)
-    conv, Tc = conv[~near], Tc[~near]
     out = [None] * nb
-    moved = np.isfinite(f) & np.any(T != theta0, axis=1) & (status != 1)
+    moved = np.isfinite(f) & np.any(T != theta0, axis=1) & (status < 1)
     starts = [des.canonical_theta(T[b]) if moved[b] else None for b in range(nb)]
+    conv = np.flatnonzero(status >= 1)
     if conv.size == 0:
         return out, starts
-    beta, u, sigma, crit, cov = batch.estimates(Tc, conv)
+    # the members' ends: the last step taken where it does not rise above the point's value
+    Te = T[conv] + (status[conv] == 2)[:, None] * step[conv]
+    est = batch.estimates(Te, conv)
+    back = np.flatnonzero(est[3] > f[conv] + _noise(f[conv]))
+    if back.size:
+        Te[back] = T[conv[back]]
+        for e, eb in zip(est, batch.estimates(Te[back], conv[back])):
+            e[back] = eb
+    # the single fit's end: the mirror image with nonnegative diagonals; near a zero SD it
+    # snaps and tests the bound, so those members go to single refits
+    diag = np.isfinite(des.lower)
+    Tc = _canonical(sf.blocks[0], Te)
+    near = ((Tc * s)[:, diag] < NEAR_ZERO).any(axis=1) if diag.any() else np.zeros(conv.size, bool)
+    keep = np.flatnonzero(~near)
+    for j in np.flatnonzero(near):        # (from there a single fit needs a third fewer steps)
+        starts[conv[j]] = des.canonical_theta(Te[j])
+    beta, u, sigma, crit, cov = (e[keep] for e in est)
+    conv, Tc = conv[keep], Tc[keep]
     ddf = getattr(r, "ddf", "satterthwaite")
     tried = (f"Newton from the fit's theta, {nb} responses in lockstep (exact Hessian), "
              "second-order checks")
+    lazy = getattr(model, "_lazy_results", None)          # (the member's model on first use)
+    make = lazy if lazy is not None else \
+        (lambda y, st, op, df: model._with_response(y, checked=True, factor=False)
+         ._results_from_state(st, op, df))
     for j, b in enumerate(conv):
-        new = model._with_response(Y[:, b], checked=True, factor=False)
         state = LMMState(theta=_frozen(Tc[j]), beta=_frozen(beta[j]), u=_frozen(u[j]),
                          sigma=float(sigma[j]), criterion=float(crit[j]), cov_beta=_frozen(cov[j]),
                          reml=reml)
@@ -253,7 +294,7 @@ def _lockstep(r, sf, Y, Yo):
                          message=f"Newton decrement {dec[b]:.3g}", optimizer=tried,
                          extra_items=(("snapped", []), ("decrement", float(dec[b])),
                                       ("min_eigenvalue", float(mineig[b]))))
-        out[b] = new._results_from_state(state, opt, ddf)
+        out[b] = make(Y[:, b], state, opt, ddf)
     return out, starts
 
 

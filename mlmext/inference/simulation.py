@@ -9,6 +9,7 @@ from scipy import stats
 
 from ._common import _Progress, _beta, _family, _fe_names, _is_lmm, _raw, _require_lmm
 from ._refit import _rebuild_model, _refit
+from .refit_batch import _lockstep_fits
 from .ddf import _ddf_method, kenward_roger, satterthwaite
 
 
@@ -190,6 +191,7 @@ def power_sim(res, term, effect=None, nsim=100, alpha=0.05, test="satterthwaite"
     ml = {"reml": False} if _is_lmm(r) else {}          # likelihood-ratio tests compare ML fits
     contrast = np.eye(len(names))[j:j + 1]
     sim_warnings = {}
+    fits = _lockstep_or_none(r, ys, test)
     for k in range(nsim):
         y = ys.iloc[:, k].to_numpy() if isinstance(ys, pd.DataFrame) else ys[k]
         # a refit's warnings (e.g. no minimum found, so the Satterthwaite Hessian is not positive
@@ -197,25 +199,42 @@ def power_sim(res, term, effect=None, nsim=100, alpha=0.05, test="satterthwaite"
         # repeating them on the console; they are reported in the result
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _one_test(r, y, test, term, j, X, ml, contrast, pv, k)
+            _one_test(r, y, test, term, j, X, ml, contrast, pv, k, fits[k])
         if caught:
             sim_warnings[k] = [f"{w.category.__name__}: {w.message}" for w in caught]
         bar.step()
     return PowerSimResults(term, beta[j], pv, alpha, test, conf_level, sim_warnings)
 
 
-def _one_test(r, y, test, term, j, X, ml, contrast, pv, k):
-    """Refit to one simulated response and store the test's p-value in ``pv[k]`` (left NaN
-    when the refit fails)."""
+def _lockstep_or_none(r, ys, test):
+    """The refits of the simulations in lockstep where the design allows (small one-factor
+    LMMs, tests on the fit itself: :func:`~mlmext.inference.refit_many`'s path), one per
+    simulation; None for those refitted one by one (all, or the members the lockstep leaves
+    to single refits)."""
+    nsim = ys.shape[1] if isinstance(ys, pd.DataFrame) else len(ys)
+    if test == "lrt" or not isinstance(ys, pd.DataFrame):
+        return [None] * nsim
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                   # (as _refit's)
+        try:
+            both = _lockstep_fits(r, np.asarray(ys, dtype=float))
+        except (np.linalg.LinAlgError, ValueError, RuntimeError, FloatingPointError):
+            both = None                                   # each simulation on its own
+    return [None] * nsim if both is None else [_raw(f) if f is not None else None for f in both[0]]
+
+
+def _one_test(r, y, test, term, j, X, ml, contrast, pv, k, fit=None):
+    """Refit to one simulated response (unless ``fit`` is its refit) and store the test's
+    p-value in ``pv[k]`` (left NaN when the refit fails)."""
     try:
-        m = _rebuild_model(r.model, endog=y)
+        m = _rebuild_model(r.model, endog=y) if fit is None else None
         if test == "lrt":
             full = _refit(m, r, **ml)
             Xr = X.drop(columns=[term]) if isinstance(X, pd.DataFrame) else np.delete(r.model.exog, j, axis=1)
             red = _refit(_rebuild_model(m, exog=Xr), r, **ml)
             pv[k] = stats.chi2.sf(max(0.0, 2 * (full.llf - red.llf)), 1)
         else:
-            fit = _refit(m, r)
+            fit = _refit(m, r) if fit is None else fit
             est = _beta(fit)[j]
             if test == "z":
                 pv[k] = 2 * stats.norm.sf(abs(est / fit.bse_fe.iloc[j]))

@@ -1,0 +1,77 @@
+"""Results of batched refits whose model is made on first use.
+
+A refit's results hold the model with the new response (:meth:`_with_response`: a copy of
+the fit's model, its data and a pandas Series of the response; ~35 us, more than the rest of
+a lockstep member's results).  Most uses of many refits -- a bootstrap statistic, ``llf``,
+``fe_params``, ``theta`` -- read none of it.  :class:`BatchLMMResults` keeps the fit's model
+and the response and makes the member's model when ``model`` is first read (then it is that
+object, as a single refit's); :class:`BatchResultsWrapper` labels ``params`` and the other
+wrapped attributes from the fit's model's data (the same names as the member's), so reading
+them does not make it either.  Everything else is an :class:`~mlmext.results.LMMResults`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .results import LMMResults, MixedResultsWrapper
+
+__all__ = ["BatchLMMResults", "BatchResultsWrapper", "lazy_results"]
+
+
+class BatchLMMResults(LMMResults):
+    """:class:`~mlmext.results.LMMResults` of one member of a batched refit (see the module)."""
+
+    @property
+    def model(self):
+        """The model refitted: the fit's model with this member's response."""
+        d = self.__dict__
+        if "_model" not in d:
+            d["_model"] = d["_template"]._with_response(d.pop("_lazy_endog"), checked=True,
+                                                        factor=False)
+        return d["_model"]
+
+    @model.setter
+    def model(self, value):
+        d = self.__dict__
+        if "_template" not in d and "_model" not in d:
+            d["_template"] = value          # (construction) the fit's model
+        else:                               # a model set later is the model
+            d["_model"] = value
+            d.pop("_lazy_endog", None)
+
+    def _labels(self):
+        """The model data that labels wrapped attributes (the fit's: the same names)."""
+        d = self.__dict__
+        return (d["_model"] if "_model" in d else d["_template"]).data
+
+
+class BatchResultsWrapper(MixedResultsWrapper):
+    """statsmodels' wrapper, labelling from :meth:`BatchLMMResults._labels` (no model made)."""
+
+    def __getattribute__(self, attr):
+        get = object.__getattribute__
+        try:
+            return get(self, attr)
+        except AttributeError:
+            pass
+        results = get(self, "_results")
+        obj = getattr(results, attr)
+        how = get(self, "_wrap_attrs").get(attr)
+        if how:
+            data = results._labels()
+            obj = data.wrap_output(obj, how[0], *how[1:]) if isinstance(how, tuple) else \
+                data.wrap_output(obj, how=how)
+        return obj
+
+
+def lazy_results(model, endog, state, optim, ddf):
+    """Wrapped results of ``model`` refitted to ``endog`` (checked) at ``state``, as
+    ``model._with_response(endog)._results_from_state(state, optim, ddf)`` but with that
+    model made on first use (models whose results are not :class:`LMMResults`: made now)."""
+    if model._results_class is not LMMResults:
+        return model._with_response(endog, checked=True, factor=False)._results_from_state(
+            state, optim, ddf)
+    res = BatchLMMResults.__new__(BatchLMMResults)
+    res.__dict__["_lazy_endog"] = np.array(endog, dtype=float)      # (a copy: Y may change)
+    LMMResults.__init__(res, model, state, optim, ddf)
+    return BatchResultsWrapper(res)
