@@ -11,11 +11,16 @@ them does not make it either.  Everything else is an :class:`~mlmext.results.LMM
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .results import LMMResults, MixedResultsWrapper
 
 __all__ = ["BatchLMMResults", "BatchResultsWrapper", "lazy_results"]
+
+#: held while a member's model is made (see :attr:`BatchLMMResults.model`)
+_MAKE_MODEL = threading.Lock()
 
 
 class BatchLMMResults(LMMResults):
@@ -25,10 +30,16 @@ class BatchLMMResults(LMMResults):
     def model(self):
         """The model refitted: the fit's model with this member's response."""
         d = self.__dict__
-        if "_model" not in d:
-            d["_model"] = d["_template"]._with_response(d.pop("_lazy_endog"), checked=True,
-                                                        factor=False)
-        return d["_model"]
+        m = d.get("_model")
+        if m is None:
+            # one model per result, whichever thread reads it first (two would differ in
+            # identity, and the second pop would fail)
+            with _MAKE_MODEL:
+                m = d.get("_model")
+                if m is None:
+                    m = d["_model"] = d["_template"]._with_response(
+                        d.pop("_lazy_endog"), checked=True, factor=False)
+        return m
 
     @model.setter
     def model(self, value):

@@ -287,3 +287,25 @@ def test_power_sim_refits_in_lockstep_as_one_by_one(sleep, monkeypatch):
             alone = r.power_sim("Days", effect=3.0, nsim=10, seed=2, test=test)
         np.testing.assert_allclose(batched.pvalues, alone.pvalues, rtol=1e-4, atol=1e-12)
         assert batched.failed == alone.failed == 0
+
+
+def test_batched_member_model_made_once_across_threads():
+    """Threads reading a batched member's model at once get one and the same model."""
+    import threading
+    df = datasets.load("sleepstudy")
+    res = mf.lmer("Reaction ~ Days + (Days | Subject)", df).fit()
+    rng = np.random.default_rng(3)
+    Y = np.asarray(res.fittedvalues)[:, None] + rng.normal(0, 25.0, (len(df), 4))
+    for member in res.refit_many(Y):
+        got, barrier = [], threading.Barrier(4)
+
+        def read():
+            barrier.wait()
+            got.append(member.model)
+        threads = [threading.Thread(target=read) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(got) == 4 and all(m is got[0] for m in got)
+        np.testing.assert_array_equal(np.asarray(got[0].endog), np.asarray(member.model.endog))
