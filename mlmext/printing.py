@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from statsmodels.iolib.table import SimpleTable
 
+from .immutable_cache import column_labels
+
 __all__ = ["fe_index", "fit_title", "fit_text", "fit_html", "re_table", "fmt", "params_table",
            "fixed_decimals", "param_index", "format_pval"]
 
@@ -25,21 +27,24 @@ def param_index(names):
 
 def fe_index(model):
     """``param_index(model.exog_names)``, built once per model (a string index costs ~60 us
-    with pandas' Arrow strings) and copied for each table: a caller renaming its copy leaves the
-    others alone."""
+    with pandas' Arrow strings) and handed out as a view for each table: the labels of an
+    Index cannot change, and a caller renaming its view leaves the others alone."""
     names = tuple(model.exog_names)
     cache = model.__dict__.setdefault("_fe_index_cache", {})
     idx = cache.get(names)
     if idx is None:
-        # the design's own column index when it has these names (a rename shares its labels)
+        # the design's own column index when it has these names (its labels read once per
+        # Index object; a view of it shares its labels)
         X = getattr(getattr(model, "data", None), "orig_exog", None)
         cols = getattr(X, "columns", None)
-        if isinstance(cols, pd.Index) and tuple(cols) == names:
-            idx = cols.rename("parameter")
+        if isinstance(cols, pd.Index) and not isinstance(cols, pd.MultiIndex) and \
+                column_labels(cols) == names:
+            idx = cols.view()
+            idx.name = "parameter"
         else:
             idx = param_index(names)
         cache[names] = idx
-    return idx.copy()
+    return idx.view()
 
 
 def fmt(x, digits=4):

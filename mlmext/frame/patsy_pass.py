@@ -52,6 +52,7 @@ from .._frames import column_labels
 from ..immutable_cache import per_object
 from .columns import FrameColumns
 from .design_cache import design_infos
+from .numeric_build import numeric_matrices
 from .factor_code import (MISSING as _MISSING, PATSY_BUILTINS, bare_column, code_info, kind_of,
                           resolve)
 
@@ -458,8 +459,11 @@ def engine_pass(plan, store):
     try:
         infos = design_infos(plan, store, lambda: design_matrix_builders(
             plan.termlists, lambda: iter([store]), plan.env, na))
-        data = store if plan.has_factors else pd.DataFrame(index=pd.RangeIndex(store.nrows))
-        mats = build_design_matrices(infos, data, NA_action=na)
+        mats = numeric_matrices(infos, store, na, plan.bare) \
+            if plan.has_factors and not plan.pandas else None
+        if mats is None:
+            data = store if plan.has_factors else pd.DataFrame(index=pd.RangeIndex(store.nrows))
+            mats = build_design_matrices(infos, data, NA_action=na)
     except Fallback:
         raise
     except Exception as exc:  # noqa: BLE001 - the generic path raises its own message

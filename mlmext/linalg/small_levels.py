@@ -33,6 +33,8 @@ state at the end (``beta``, ``u``, ``cov_beta``) comes from the dense factor it 
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy.linalg import lapack
 
@@ -81,6 +83,35 @@ def _level_sums(codes, m, F, ind=None):
                             for j in range(F.shape[1])]) if F.shape[1] else np.zeros((m, 0))
 
 
+def _read_only(*arrays):
+    for a in arrays:
+        a.setflags(write=False)
+    return arrays
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(q, p, K, t_idx, t_rows, t_cols):
+    """The index arrays of a template (read-only, shared by every evaluator of that layout):
+    theta -> the flat template, and the flat positions of the gradient's and Hessian's
+    entries in the level sums of products."""
+    qq = q * q
+    t_idx, t_rows, t_cols = (np.array(t, dtype=np.int64) for t in (t_idx, t_rows, t_cols))
+    Eb = np.zeros((K, qq))                        # theta -> the flat template
+    Eb[t_idx, t_rows * q + t_cols] = 1.0
+    ik, jk = np.empty(K, dtype=np.int64), np.empty(K, dtype=np.int64)
+    ik[t_idx], jk[t_idx] = t_rows, t_cols
+    # flat positions in the (q^2 x q^2) level sums of products of the Hessian
+    h1 = (ik[:, None] * q + ik[None, :]) * qq + jk[:, None] * q + jk[None, :]
+    h2 = (jk[:, None] * q + ik[None, :]) * qq + ik[:, None] * q + jk[None, :]
+    qjk = ik * q + jk
+    # (Li T_k Li')[a, b] in the (2q (p+1))-square level sum of products of Y (see _first)
+    r1 = p + 1
+    ar = np.arange(r1)
+    tk = (((q + ik)[:, None, None] * r1 + ar[None, :, None]) * (2 * q * r1)
+          + jk[:, None, None] * r1 + ar[None, None, :])
+    return _read_only(Eb, h1, h2, qjk, tk, np.eye(q).ravel())
+
+
 class OneBlockLevels:
     """Criterion, gradient and Hessian in theta of an LMM with one random-effects block.
 
@@ -95,27 +126,15 @@ class OneBlockLevels:
     def __init__(self, blk, Ag, Cg, V, ntheta, rows=None):
         m, q = Ag.shape[0], Ag.shape[1]
         p = Cg.shape[2] - 1
-        qq = q * q
         self.blk, self.m, self.q, self.p = blk, m, q, p
         self.Ag, self.Cg, self.V = Ag, Cg, V
-        self.Af = Ag.reshape(m, qq)
+        self.Af = Ag.reshape(m, q * q)
         self.Cf = Cg.reshape(m * q, p + 1)
         self._rows = rows
-        K = self.K = int(ntheta)
-        self._Eb = np.zeros((K, qq))                 # theta -> the flat template
-        self._Eb[blk.t_idx, blk.t_rows * q + blk.t_cols] = 1.0
-        ik, jk = np.empty(K, dtype=np.int64), np.empty(K, dtype=np.int64)
-        ik[blk.t_idx], jk[blk.t_idx] = blk.t_rows, blk.t_cols
-        # flat positions in the (q^2 x q^2) level sums of products of the Hessian
-        self._h1 = (ik[:, None] * q + ik[None, :]) * qq + jk[:, None] * q + jk[None, :]
-        self._h2 = (jk[:, None] * q + ik[None, :]) * qq + ik[:, None] * q + jk[None, :]
-        self._qjk = ik * q + jk
-        # (Li T_k Li')[a, b] in the (2q (p+1))-square level sum of products of Y (see _first)
-        r1 = p + 1
-        ar = np.arange(r1)
-        self._tk = (((q + ik)[:, None, None] * r1 + ar[None, :, None]) * (2 * q * r1)
-                    + jk[:, None, None] * r1 + ar[None, None, :])
-        self._I = np.eye(q).ravel()
+        self.K = int(ntheta)
+        (self._Eb, self._h1, self._h2, self._qjk, self._tk,
+         self._I) = _layout(q, p, self.K, tuple(blk.t_idx.tolist()), tuple(blk.t_rows.tolist()),
+                            tuple(blk.t_cols.tolist()))
         self.criterion(True, 0.0, 0.0)
 
     @classmethod

@@ -14,6 +14,8 @@ largest, with ``H`` the exact Hessian at that point) or by handing the point it 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.linalg import lapack
 
@@ -43,13 +45,15 @@ def newton_exact(fg, hess, x, f, g, H, lower, tol, check_tol, maxit, value=None)
     """
     nfev = used = extra = 0
     for used in range(maxit):
-        if not (np.isfinite(f) and np.isfinite(H.sum())):
+        # (the few entries' tests and maxima in Python: a NumPy call each costs more)
+        if not (math.isfinite(f) and math.isfinite(H.sum())):
             break
         w, V, info = _syevd(H)                       # (LAPACK: eigh's checks cost as much)
         if info:
             break
-        mine = float(w[0])
-        scale = max(1.0, float(np.abs(w).max()))
+        wl = w.tolist()
+        mine = wl[0]
+        scale = max(1.0, max(map(abs, wl)))
         pdef = mine > -1e-8 * scale
         # not positive definite: the |eigenvalues| give a descent direction (a saddle's
         # region is left along it; the checks still need a positive-definite end)
@@ -59,13 +63,13 @@ def newton_exact(fg, hess, x, f, g, H, lower, tol, check_tol, maxit, value=None)
         # below check_tol the point passes; steps go on to tol, at most CERTIFIED_STEPS of them
         # (the decrement's rounding can stay above a tiny tol on large data)
         certified = pdef and dec < check_tol and \
-            mine > -1e-8 * max(1.0, float(np.abs(np.diag(H)).max()))
+            mine > -1e-8 * max(1.0, max(map(abs, H.diagonal().tolist())))
         if certified and (dec < tol or extra >= CERTIFIED_STEPS):
             return Polish(x, f, g, H, True, dec, mine, f"Newton decrement {dec:.3g}", nfev)
         extra += certified
         if dec < tol:
             break                 # (not positive definite: a saddle, newton_polish probes it)
-        big, cap = float(np.abs(step).max()), MAX_STEP_PD if pdef else MAX_STEP
+        big, cap = max(map(abs, step.tolist())), MAX_STEP_PD if pdef else MAX_STEP
         if big > cap:                                # far from the optimum
             step *= cap / big
             dec = float(-g @ step) / 2.0
@@ -78,7 +82,7 @@ def newton_exact(fg, hess, x, f, g, H, lower, tol, check_tol, maxit, value=None)
             else:
                 ft, gt = value(xt), None
             nfev += 1
-            if np.isfinite(ft) and ft <= f - 1e-4 * t * dec + _noise(f):
+            if math.isfinite(ft) and ft <= f - 1e-4 * t * dec + _noise(f):
                 xn, fn, gn = xt, ft, gt
                 break
             t *= 0.5
