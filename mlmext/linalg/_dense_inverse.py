@@ -111,11 +111,15 @@ class ReInverseMixin:
             level g) and O(n k^2) gathers for k random effects per row outside the first
             block; nothing of size n^2 or (first-block levels x rest effects).
         """
+        return self.local_parts().rows(self.blocks)
+
+    def local_parts(self):
+        """:meth:`local_inverse_parts` as :meth:`local_inverse` takes them (its rows in
+        chunks: the in-memory GLMM gradient on large data)."""
         # compact only where the dense coupling would be large: on small designs whose rows
         # read most of it (VerbAgg: every person answers every item) the dense product is
         # several times faster than the per-level products
-        return self.local_inverse_parts(
-            compact=self.m1 * self.q1 * self.rz > COMPACT_ABOVE).rows(self.blocks)
+        return self.local_inverse_parts(compact=self.m1 * self.q1 * self.rz > COMPACT_ABOVE)
 
     def local_inverse_parts(self, compact=False):
         """What :meth:`local_inverse` needs of the factor, apart from the rows: a

@@ -310,9 +310,12 @@ class LeadBlockFactor(Factor):
                 e2s.append((st[:, None] + b.ravel()[None, :]).ravel())
             e1, e2 = np.concatenate(e1s), np.concatenate(e2s)
             uniq_rr, dest_rr = np.unique(cols[e1] * r + cols[e2], return_inverse=True)
+            cols32, dest_rr = small_index(cols), small_index(dest_rr.ravel())
+            if dest_rr.dtype == cols32.dtype and np.array_equal(dest_rr, cols32):
+                # one scalar rest block with every level used: the same index array (4 MB at 1M)
+                dest_rr = cols32
             plan.update(row_rr=rows[e1], val_rr=unless_ones(vals[e1] * vals[e2]), uniq_rr=uniq_rr,
-                        dest_rr=small_index(dest_rr.ravel()),
-                        rest_nz=(rows, small_index(cols), unless_ones(vals)))
+                        dest_rr=dest_rr, rest_nz=(rows, cols32, unless_ones(vals)))
             del key, dest1, dest_rr, e1, e2, row1, comp
             ident = np.arange(n)
             for key in ("row1", "row_rr"):                # skip the gather when it is the identity
