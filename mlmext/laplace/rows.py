@@ -88,10 +88,26 @@ class MemoryRows:
                     d1, w = cond.derivatives(eta)
         return ll, d1, w
 
+    def _evaluate_lin(self, lin):
+        """:meth:`_evaluate` at ``eta_fixed + lin``; on large data, with a conditional model that
+        takes slices of its rows (``row_slices``), in chunks of :data:`ROW_CHUNK` rows: no
+        n-sized eta and temporaries (three arrays fewer at PIRLS's peak of memory), the same
+        ``d1``, ``w`` and the log-likelihood summed in chunks."""
+        n = lin.shape[0]
+        if self.fused is None or not getattr(self.cond, "row_slices", False) or n <= ROW_CHUNK:
+            return self._evaluate(self.eta_fixed + lin)
+        d1, w, ll = np.empty(n), np.empty(n), 0.0
+        with np.errstate(all="ignore"):
+            for a in range(0, n, ROW_CHUNK):
+                sl = slice(a, min(a + ROW_CHUNK, n))
+                lo, d1[sl], w[sl] = self.fused(self.eta_fixed[sl] + lin[sl], rows=sl)
+                ll += float(np.sum(lo))
+        return ll, d1, w
+
     # -- the PIRLS protocol
     def point(self, u, beta, lams):
         self.lin = self.linear(u, beta, lams)
-        self.ll, self.d1, self.w = self._evaluate(self.eta_fixed + self.lin)
+        self.ll, self.d1, self.w = self._evaluate_lin(self.lin)
         return self.ll
 
     def weights_problem(self):
@@ -122,8 +138,7 @@ class MemoryRows:
         exact = not np.any(z)                      # zero working response: nothing to move
         if exact:                                  # any response outside the span gives the factor
             z = np.random.default_rng(0).standard_normal(z.shape[0])
-        XY = np.column_stack([X, z]) if self.has_x else z[:, None]
-        _reweight(chol, XY, wt)
+        _reweight(chol, (X, z) if self.has_x else z[:, None], wt)
         try:
             chol.update(lams)
             solved = None
@@ -146,7 +161,7 @@ class MemoryRows:
     def trial(self, t, u_t, b_t, lams):
         self._trial = None                 # a rejected trial's rows: not held through this one
         lin_t = self.lin + t * self.dlin if t != 1.0 else self.lin + self.dlin
-        ll, d1, w = self._evaluate(self.eta_fixed + lin_t)
+        ll, d1, w = self._evaluate_lin(lin_t)
         self._trial = (lin_t, ll, d1, w)
         return ll
 
@@ -164,8 +179,7 @@ class MemoryRows:
         with np.errstate(divide="ignore", invalid="ignore"):
             zf = lin + np.where(w > 0, d1 / w, 0.0)
         for resp in (zf, np.random.default_rng(0).standard_normal(lin.shape[0])):
-            XY = np.column_stack([X, resp]) if self.has_x else resp[:, None]
-            _reweight(chol, XY, w)
+            _reweight(chol, (X, resp) if self.has_x else resp[:, None], w)
             try:
                 chol.update(lams)
                 return True
@@ -179,7 +193,7 @@ class MemoryRows:
         theta ``Ku' d1``, ``T``, ``Ku' a``; per beta ``X' d1``, ``X' a``.
 
         On a factor that gives the row-independent part of the local inverse
-        (``local_parts``), large data go in chunks of :data:`GRADIENT_CHUNK` rows: the
+        (``local_parts``), large data go in chunks of :data:`ROW_CHUNK` rows: the
         gradient's dozen n-sized temporaries are then chunk-sized (100 MB less at 1M rows);
         the sums add in another order (one chunk: the same arithmetic)."""
         design, ops, d1, w = self.design, self.ops, self.d1, self.w
@@ -238,8 +252,9 @@ class MemoryRows:
         return s, out
 
 
-#: rows per chunk of the in-memory gradient (its temporaries: 1 MB per n-sized array)
-GRADIENT_CHUNK = 1 << 17
+#: rows per chunk of the in-memory gradient and PIRLS evaluations (their temporaries: 1 MB
+#: per n-sized array)
+ROW_CHUNK = 1 << 17
 
 
 class _ChunkBlock:
@@ -264,12 +279,12 @@ def _row_chunks(design, n):
     """``(a, b, design of rows a:b)`` covering the rows; the design itself when they fit in one
     chunk.  Made once per design, so what is cached on the chunks (their ``_zops``, the local
     inverse's positions of their rows) lasts across evaluations."""
-    if n <= GRADIENT_CHUNK:
+    if n <= ROW_CHUNK:
         return [(0, n, design)]
     got = _CHUNKS.get(design)
     if got is None or got[-1][1] != n:
-        got = [(a, min(a + GRADIENT_CHUNK, n), _ChunkDesign(design, a, min(a + GRADIENT_CHUNK, n)))
-               for a in range(0, n, GRADIENT_CHUNK)]
+        got = [(a, min(a + ROW_CHUNK, n), _ChunkDesign(design, a, min(a + ROW_CHUNK, n)))
+               for a in range(0, n, ROW_CHUNK)]
         _CHUNKS[design] = got
     return got
 

@@ -101,7 +101,10 @@ def make_chol(design, n=None, X=None):
 
 
 def _reweight(chol, XY, w):
-    """New working response and weights in the factorization (fast path when available)."""
+    """New working response and weights in the factorization (fast path when available).
+    ``XY``: ``[X y]``, or the pair ``(X, y)`` (stacked here for a factor that needs it)."""
+    if isinstance(XY, tuple) and not getattr(chol, "reweight_columns", False):
+        XY = np.column_stack(XY)
     f = getattr(chol, "reweight", None)
     if f is not None:
         f(XY, w)

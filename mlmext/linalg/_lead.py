@@ -49,6 +49,9 @@ class LeadBlockFactor(Factor):
     """
 
     _scratch = ("_S",)
+    #: :meth:`reweight` takes ``[X y]`` as the pair ``(X, y)`` too (large data with X: its
+    #: columns are read one at a time, no n x (p + 1) array is made)
+    reweight_columns = True
     #: the sparse remainder's plan and the positions of its random effects (dense.py); None:
     #: natural order, dense factorization
     _sn = _rpos = None
@@ -179,11 +182,18 @@ class LeadBlockFactor(Factor):
         construction.  This is the path for a GLMM's PIRLS iterations, where
         only the working response and weights change.
         """
-        XY = np.asarray(XY, dtype=float)
-        if XY.ndim != 2 or XY.shape[1] != self.p + 1:
+        cols = None
+        if isinstance(XY, tuple):        # (X, y): [X y]'s columns, stacked only where needed
+            X_ = np.asarray(XY[0], dtype=float)
+            cols = [X_[:, j] for j in range(X_.shape[1])] + [np.asarray(XY[1], dtype=float)]
+            shape = (cols[-1].shape[0], len(cols))
+        else:
+            XY = np.asarray(XY, dtype=float)
+            shape = XY.shape
+        if len(shape) != 2 or shape[1] != self.p + 1:
             raise ValueError(f"XY must have {self.p + 1} columns (the factorization was set up "
-                             f"with p = {self.p}); got shape {XY.shape}")
-        n = XY.shape[0]
+                             f"with p = {self.p}); got shape {shape}")
+        n = shape[0]
         w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
         self._rpos = self._sn = None                     # the PIRLS path keeps the natural order
         plan = getattr(self, "_rw_plan", None)
@@ -202,14 +212,17 @@ class LeadBlockFactor(Factor):
         nnz1 = plan["nnz1"]
         # large data with X (lme4's first stage): W [X y] a column at a time, not n x (p + 1)
         # at once (32 MB at 1M rows, at the fit's peak of memory)
-        colwise = self.p > 0 and plan["Z1T"] is None and XY.shape[0] > SPARSE_SUMS_ROWS
+        colwise = self.p > 0 and plan["Z1T"] is None and n > SPARSE_SUMS_ROWS
+        if cols is not None and not colwise:
+            XY = np.column_stack(cols)
         WXY = None if colwise else XY * w[:, None]
         if nnz1:
             wr = w if plan["row1"] is None else w[plan["row1"]]
             A_r1.data[:nnz1] = np.bincount(plan["dest1"], weights=times_or_same(wr, plan["val1"]),
                                            minlength=nnz1)
         if colwise:
-            ZtW, YY = colwise_sums(XY, w, g1, plan["x1"], plan["rest_nz"] if rz else None, rz,
+            ZtW, YY = colwise_sums(XY if cols is None else cols, w, g1, plan["x1"],
+                                   plan["rest_nz"] if rz else None, rz,
                                    A_r1.data[nnz1:].reshape(self.p + 1, m1q1))
         elif plan["x1sq"] is not None and plan["Z1T"] is None:
             x1 = plan["x1"]
