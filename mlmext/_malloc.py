@@ -32,7 +32,13 @@ def _malloc_trim():
 _TRIM = _malloc_trim()
 
 
-def trim_heap():
-    """Give the heap's free pages back to the system (glibc's ``malloc_trim(0)``)."""
-    if _TRIM is not None:
+#: constructions over fewer rows than this free too little to be worth trimming (the pages
+#: given back are faulted in again by the next allocations: on small models a cost, no gain)
+TRIM_ROWS = 200_000
+
+
+def trim_heap(rows):
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim(0)``) after a
+    construction over ``rows`` rows (nothing below :data:`TRIM_ROWS`)."""
+    if _TRIM is not None and rows >= TRIM_ROWS:
         _TRIM(0)

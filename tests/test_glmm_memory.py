@@ -89,3 +89,12 @@ def test_reweight_takes_the_columns(colwise, monkeypatch):
     np.testing.assert_allclose(u2, u1, rtol=1e-10, atol=1e-12)
     if not colwise:                  # stacked again: the same arithmetic
         assert l1 == l2 and np.array_equal(c1, c2) and np.array_equal(u1, u2)
+
+
+def test_trim_heap_is_safe():
+    """``trim_heap`` only hands free pages back (nothing below its row threshold)."""
+    from mlmext import _malloc
+    before = np.arange(10.0)
+    _malloc.trim_heap(0)
+    _malloc.trim_heap(_malloc.TRIM_ROWS)
+    assert np.array_equal(before, np.arange(10.0))

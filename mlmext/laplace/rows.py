@@ -209,7 +209,8 @@ class MemoryRows:
             return out
         local = chol.local_parts()
         out, levs = None, []
-        for a, b, cdes in _row_chunks(design, d1.shape[0]):
+        chunks = _row_chunks(design, d1.shape[0])
+        for a, b, cdes in chunks:
             t_list, rho_list = local.rows(cdes.blocks)
             keep = {}
             part = _gradient_sums(cdes, _zops(cdes), lams, theta, u, d1[a:b], w[a:b], dw[a:b],
@@ -219,7 +220,9 @@ class MemoryRows:
             if keep_lev:
                 levs.append(keep["lev"])
             out = _add(out, part)
-        self._Ku = None                           # recomputed by chunks in gradient_second
+        # one chunk: Z dLambda u~ kept for gradient_second (as without chunks); else recomputed
+        # there chunk by chunk
+        self._Ku = keep["Ku"] if len(chunks) == 1 else None
         out["lev"] = (levs[0] if len(levs) == 1 else np.concatenate(levs)) if keep_lev else None
         return out
 

@@ -143,7 +143,7 @@ class ReInverseMixin:
             cache = self._a1z_cache[-1]
             if "keys" not in cache:
                 cache["keys"] = pattern_keys(*self._local_pattern(rows, cols), rz)
-                trim_heap()                  # (once per structure: the sort's temporaries)
+                trim_heap(rows.size)         # (once per structure: the sort's temporaries)
             keys = cache["keys"]
         if q1 == 1 and isinstance(lr, np.ndarray):        # scalar blocks: work on the arrays
             A = self.A_1r

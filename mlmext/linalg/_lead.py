@@ -201,7 +201,7 @@ class LeadBlockFactor(Factor):
         plan = getattr(self, "_rw_plan", None)
         if plan is None:
             plan = self._rw_plan = self._make_reweight_plan()
-            trim_heap()            # its temporaries (100 MB at 1M rows): not kept resident
+            trim_heap(n)           # its temporaries (100 MB at 1M rows): not kept resident
         w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
         b1 = self.blocks[0]
         rz, m1q1 = self.rz, self.m1 * self.q1
@@ -349,7 +349,7 @@ class LeadBlockFactor(Factor):
             # in a function of its own: its n-sized temporaries are freed before the Schur
             # product's pairs are built (60 MB at 1M rows)
             uniq1 = self._rest_plan(plan, b1, n, q1, m1q1, r)
-            trim_heap()
+            trim_heap(n)
         else:
             uniq1 = np.zeros(0, dtype=np.int64)
         plan["nnz1"] = nnz1 = uniq1.size
