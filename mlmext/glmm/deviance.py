@@ -89,7 +89,7 @@ class LaplaceDeviance:
         give its memory back (its plan's arrays: 100 MB at 1M rows, not kept resident for the
         Laplace phase to reuse only in part)."""
         self._chol_x = None
-        trim_heap(self.model.endog.shape[0])
+        trim_heap(int(getattr(self.model, "nobs", 0)))      # (a Dask model holds no rows)
 
     # -- parameters: (theta, beta, extra)
     def split(self, params):
