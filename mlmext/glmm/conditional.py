@@ -53,6 +53,8 @@ class GLMConditional(lp.ConditionalModel):
             self.kind = "generic"
         #: canonical link: w is the observed information (PIRLS is Newton's method)
         self.canonical = self.kind != "generic"
+        #: loglik_derivs takes a slice of the rows
+        self.row_slices = self.kind == "binomial-logit"
         y, pw = self.y, self.pw
         # per-row constants: k = y and const = 0 are not stored as n-vectors for 0/1
         # responses with unit weights (each deviance holds its own copy: 8 MB each at 1M rows)
@@ -118,10 +120,15 @@ class GLMConditional(lp.ConditionalModel):
         d = eta - self._logy
         return np.where(self.y > 0, self._pwy * (d - np.expm1(d)), -self.pw * np.exp(eta))
 
-    def loglik_derivs(self, eta):
-        """``(loglik_obs, d1, w)`` in one pass."""
+    def loglik_derivs(self, eta, rows=None):
+        """``(loglik_obs, d1, w)`` in one pass.  ``rows``: a slice, ``eta`` being those rows'
+        (binomial logit only, :attr:`row_slices`: PIRLS evaluates large data in chunks)."""
         eta = np.asarray(eta, dtype=float)
         if self.kind == "binomial-logit":
+            pw, k, const = self.pw, self.k, self.const
+            if rows is not None:
+                pw, k = pw[rows], k[rows]
+                const = const if np.isscalar(const) else const[rows]
             # the same operations as the expressions in the comments, in place: fewer
             # n-sized temporaries alive at once (PIRLS's peak memory on large data)
             a = np.abs(eta)
@@ -133,18 +140,18 @@ class GLMConditional(lp.ConditionalModel):
             mu = np.where(eta >= 0, inv, ai)
             np.multiply(ai, inv, out=ai)                      # w / pw = a inv inv
             del inv
-            w = np.multiply(self.pw, ai, out=ai)
+            w = np.multiply(pw, ai, out=ai)
             np.log1p(a, out=a)
             b = np.maximum(eta, 0.0)
             b += a                                            # max(eta, 0) + log1p(a)
             del a
-            b *= self.pw
-            ll = self.k * eta
-            if not np.isscalar(self.const) or self.const != 0.0:
-                ll = np.add(self.const, ll, out=ll)
+            b *= pw
+            ll = k * eta
+            if not np.isscalar(const) or const != 0.0:
+                ll = np.add(const, ll, out=ll)
             ll -= b                                           # const + k eta - pw (...)
-            np.multiply(self.pw, mu, out=mu)
-            np.subtract(self.k, mu, out=mu)                   # d1 = k - pw mu
+            np.multiply(pw, mu, out=mu)
+            np.subtract(k, mu, out=mu)                   # d1 = k - pw mu
             return ll, mu, w
         if self.kind == "poisson-log":
             pmu = self.pw * np.exp(eta)

@@ -94,6 +94,9 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
     # workspace holds a Schur product, a dense system and its factor (300 MB at 1M ratings)
     dev.release_stage1()
     dev.warm_start = m1.u if m1.converged else None
+    # nor are the first stage's modes: their rows (eta, d1, w: 24 MB at 1M rows) would stay
+    # alive through the Laplace phase, at its peak of memory
+    del m1
     tr = _Transform(nt, p, ke, beta0, R)
     x0 = np.concatenate([theta0, np.zeros(p), extra0])
     bounds = tr.bounds(des.lower)
@@ -184,6 +187,9 @@ def _em_start(dev, theta, m1, nsteps):
     des = dev.design
     done = 0
     for _ in range(nsteps):
+        # the modes' rows are not read here: not held through the next PIRLS (24 MB at 1M
+        # rows, at the first stage's peak of memory)
+        m1.eta = m1.d1 = m1.w = None
         ch = dev.chol_x
         try:
             S = ch.inverse_block_sums(0)           # (the factor is spent: stage1 factors again)

@@ -22,6 +22,8 @@ summed rows also give :func:`~mlmext.laplace.predict_modes` its right-hand side
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from .steps import _solve_in_span
@@ -45,18 +47,26 @@ class MemoryRows:
         self.has_x = X is not None
         self.X = np.asarray(X, dtype=float) if self.has_x else None
         self.fused = getattr(cond, "loglik_derivs", None)
-        self.d1 = self.w = self.eta = None
+        self.d1 = self.w = self.lin = self._eta = None
 
     @classmethod
     def at_modes(cls, design, cond, modes, X=None):
         """The rows at converged modes (for the gradient): ``eta``, ``d1``, ``w`` of ``modes``."""
         self = cls(design, modes.eta, cond, X)
-        self.eta = modes.eta
+        self._eta = modes.eta
         if modes.d1 is not None and modes.w is not None:
             self.d1, self.w = modes.d1, modes.w
         else:
             self.d1, self.w = cond.derivatives(modes.eta)
         return self
+
+    @property
+    def eta(self):
+        """The linear predictor at the current point: ``eta_fixed + lin``, made when asked (not
+        held beside ``lin`` through PIRLS: one n-sized array less at its peak of memory)."""
+        if self._eta is not None or self.lin is None:
+            return self._eta
+        return self.eta_fixed + self.lin
 
     def linear(self, u, beta, lams):
         lin = self.ops.zlam(u, lams)
@@ -78,11 +88,26 @@ class MemoryRows:
                     d1, w = cond.derivatives(eta)
         return ll, d1, w
 
+    def _evaluate_lin(self, lin):
+        """:meth:`_evaluate` at ``eta_fixed + lin``; on large data, with a conditional model that
+        takes slices of its rows (``row_slices``), in chunks of :data:`ROW_CHUNK` rows: no
+        n-sized eta and temporaries (three arrays fewer at PIRLS's peak of memory), the same
+        ``d1``, ``w`` and the log-likelihood summed in chunks."""
+        n = lin.shape[0]
+        if self.fused is None or not getattr(self.cond, "row_slices", False) or n <= ROW_CHUNK:
+            return self._evaluate(self.eta_fixed + lin)
+        d1, w, ll = np.empty(n), np.empty(n), 0.0
+        with np.errstate(all="ignore"):
+            for a in range(0, n, ROW_CHUNK):
+                sl = slice(a, min(a + ROW_CHUNK, n))
+                lo, d1[sl], w[sl] = self.fused(self.eta_fixed[sl] + lin[sl], rows=sl)
+                ll += float(np.sum(lo))
+        return ll, d1, w
+
     # -- the PIRLS protocol
     def point(self, u, beta, lams):
         self.lin = self.linear(u, beta, lams)
-        self.eta = self.eta_fixed + self.lin
-        self.ll, self.d1, self.w = self._evaluate(self.eta)
+        self.ll, self.d1, self.w = self._evaluate_lin(self.lin)
         return self.ll
 
     def weights_problem(self):
@@ -107,12 +132,13 @@ class MemoryRows:
                 self.wt_is_w = False
         self.wt = wt
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            z = lin + np.where(wt > 0, d1 / wt, 0.0)
+            # lin + where(wt > 0, d1 / wt, 0), the same numbers with one n-sized array
+            z = np.divide(d1, wt, out=np.zeros_like(d1), where=wt > 0)
+            z += lin
         exact = not np.any(z)                      # zero working response: nothing to move
         if exact:                                  # any response outside the span gives the factor
             z = np.random.default_rng(0).standard_normal(z.shape[0])
-        XY = np.column_stack([X, z]) if self.has_x else z[:, None]
-        _reweight(chol, XY, wt)
+        _reweight(chol, (X, z) if self.has_x else z[:, None], wt)
         try:
             chol.update(lams)
             solved = None
@@ -133,14 +159,14 @@ class MemoryRows:
             return float(self.wt @ (dlin * dlin))
 
     def trial(self, t, u_t, b_t, lams):
+        self._trial = None                 # a rejected trial's rows: not held through this one
         lin_t = self.lin + t * self.dlin if t != 1.0 else self.lin + self.dlin
-        eta_t = self.eta_fixed + lin_t
-        ll, d1, w = self._evaluate(eta_t)
-        self._trial = (lin_t, eta_t, ll, d1, w)
+        ll, d1, w = self._evaluate_lin(lin_t)
+        self._trial = (lin_t, ll, d1, w)
         return ll
 
     def accept(self):
-        self.lin, self.eta, self.ll, self.d1, self.w = self._trial
+        self.lin, self.ll, self.d1, self.w = self._trial
         if self.d1 is None:
             with np.errstate(all="ignore"):
                 self.d1, self.w = self.cond.derivatives(self.eta)
@@ -153,8 +179,7 @@ class MemoryRows:
         with np.errstate(divide="ignore", invalid="ignore"):
             zf = lin + np.where(w > 0, d1 / w, 0.0)
         for resp in (zf, np.random.default_rng(0).standard_normal(lin.shape[0])):
-            XY = np.column_stack([X, resp]) if self.has_x else resp[:, None]
-            _reweight(chol, XY, w)
+            _reweight(chol, (X, resp) if self.has_x else resp[:, None], w)
             try:
                 chol.update(lams)
                 return True
@@ -165,27 +190,113 @@ class MemoryRows:
     # -- the gradient's sums (rows at the modes: at_modes)
     def gradient_sums(self, chol, lams, theta, u, dw, X=None):
         """Sums of the gradient's first part: ``Lambda' Z' a`` (a = dw * leverage), and per
-        theta ``Ku' d1``, ``T``, ``Ku' a``; per beta ``X' d1``, ``X' a``."""
+        theta ``Ku' d1``, ``T``, ``Ku' a``; per beta ``X' d1``, ``X' a``.
+
+        On a factor that gives the row-independent part of the local inverse
+        (``local_parts``), large data go in chunks of :data:`ROW_CHUNK` rows: the
+        gradient's dozen n-sized temporaries are then chunk-sized (100 MB less at 1M rows);
+        the sums add in another order (one chunk: the same arithmetic)."""
         design, ops, d1, w = self.design, self.ops, self.d1, self.w
-        t_list, rho_list = chol.local_inverse()
-        keep = {}
-        out = _gradient_sums(design, ops, lams, theta, u, d1, w, dw, X, t_list, rho_list,
-                             design.blocks, keep)
-        self._Ku = keep["Ku"]
-        out["lev"] = keep["lev"]
+        self._u = u
+        keep_lev = bool(getattr(self.cond, "k_extra", 0))     # g_extra reads the leverages
+        if not hasattr(chol, "local_parts"):
+            t_list, rho_list = chol.local_inverse()
+            keep = {}
+            out = _gradient_sums(design, ops, lams, theta, u, d1, w, dw, X, t_list, rho_list,
+                                 design.blocks, keep)
+            self._Ku = keep["Ku"]
+            out["lev"] = keep["lev"]
+            return out
+        local = chol.local_parts()
+        out, levs = None, []
+        chunks = _row_chunks(design, d1.shape[0])
+        for a, b, cdes in chunks:
+            t_list, rho_list = local.rows(cdes.blocks)
+            keep = {}
+            part = _gradient_sums(cdes, _zops(cdes), lams, theta, u, d1[a:b], w[a:b], dw[a:b],
+                                  None if X is None else X[a:b], t_list, rho_list, cdes.blocks,
+                                  keep)
+            del t_list, rho_list
+            if keep_lev:
+                levs.append(keep["lev"])
+            out = _add(out, part)
+        # one chunk: Z dLambda u~ kept for gradient_second (as without chunks); else recomputed
+        # there chunk by chunk
+        self._Ku = keep["Ku"] if len(chunks) == 1 else None
+        out["lev"] = (levs[0] if len(levs) == 1 else np.concatenate(levs)) if keep_lev else None
         return out
 
     def gradient_second(self, chol, lams, theta, h, v, X=None):
         """``s = H^-1 v`` (``H`` with the observed information ``h``) and the sums
-        ``Ks' d1``, ``Ku' h Z Lambda s``, ``X' h Z Lambda s``."""
+        ``Ks' d1``, ``Ku' h Z Lambda s``, ``X' h Z Lambda s`` (``zs = Z Lambda s`` when the
+        conditional model has parameters of its own)."""
         ops, design = self.ops, self.design
         s = _solve_md(chol, ops, lams, h, self.w, v)
-        zs = ops.zlam(s, lams)
-        hzs = h * zs
-        Ks = ops.dtheta_cols(s, design, theta)
-        Ku = self._Ku
-        return s, {"Ksd1": Ks.T @ self.d1, "Kuhzs": Ku.T @ hzs,
-                   "Xhzs": None if X is None else np.asarray(X).T @ hzs, "zs": zs}
+        if self._Ku is not None:
+            zs = ops.zlam(s, lams)
+            hzs = h * zs
+            Ks = ops.dtheta_cols(s, design, theta)
+            Ku = self._Ku
+            return s, {"Ksd1": Ks.T @ self.d1, "Kuhzs": Ku.T @ hzs,
+                       "Xhzs": None if X is None else np.asarray(X).T @ hzs, "zs": zs}
+        keep_zs = bool(getattr(self.cond, "k_extra", 0))
+        out, zss = None, []
+        for a, b, cdes in _row_chunks(design, self.d1.shape[0]):
+            cops = _zops(cdes)
+            zs = cops.zlam(s, lams)
+            hzs = h[a:b] * zs
+            part = {"Ksd1": cops.dtheta_cols(s, cdes, theta).T @ self.d1[a:b],
+                    "Kuhzs": cops.dtheta_cols(self._u, cdes, theta).T @ hzs,
+                    "Xhzs": None if X is None else np.asarray(X[a:b]).T @ hzs}
+            if keep_zs:
+                zss.append(zs)
+            out = _add(out, part)
+        out["zs"] = (zss[0] if len(zss) == 1 else np.concatenate(zss)) if keep_zs else None
+        return s, out
+
+
+#: rows per chunk of the in-memory gradient and PIRLS evaluations (their temporaries: 1 MB
+#: per n-sized array)
+ROW_CHUNK = 1 << 17
+
+
+class _ChunkBlock:
+    """A block's rows ``a:b`` (views of its model matrix and codes), for the row-wise code."""
+
+    def __init__(self, block, a, b):
+        self.X, self.codes = block.X[a:b], block.codes[a:b]
+        self.q, self.m, self.nre = block.q, block.m, block.nre
+        self.t_rows, self.t_cols, self.t_idx = block.t_rows, block.t_cols, block.t_idx
+
+
+class _ChunkDesign:
+    def __init__(self, design, a, b):
+        self.blocks = [_ChunkBlock(blk, a, b) for blk in design.blocks]
+        self.ntheta = design.ntheta
+
+
+_CHUNKS = weakref.WeakKeyDictionary()
+
+
+def _row_chunks(design, n):
+    """``(a, b, design of rows a:b)`` covering the rows; the design itself when they fit in one
+    chunk.  Made once per design, so what is cached on the chunks (their ``_zops``, the local
+    inverse's positions of their rows) lasts across evaluations."""
+    if n <= ROW_CHUNK:
+        return [(0, n, design)]
+    got = _CHUNKS.get(design)
+    if got is None or got[-1][1] != n:
+        got = [(a, min(a + ROW_CHUNK, n), _ChunkDesign(design, a, min(a + ROW_CHUNK, n)))
+               for a in range(0, n, ROW_CHUNK)]
+        _CHUNKS[design] = got
+    return got
+
+
+def _add(total, part):
+    """The sum of two dicts of sums (None entries stay None)."""
+    if total is None:
+        return part
+    return {k: None if v is None else v + part[k] for k, v in total.items()}
 
 
 def _gradient_sums(design, ops, lams, theta, u, d1, w, dw, X, t_list, rho_list, blocks, keep=None):

@@ -90,18 +90,21 @@ def make_chol(design, n=None, X=None):
     design ``X`` (n, p) it is the joint system of lme4's ``nAGQ = 0`` stage.
     """
     n = design.blocks[0].X.shape[0] if n is None else n
-    if X is None:
-        XY = np.ones((n, 1))
-    else:
-        XY = np.column_stack([np.asarray(X, dtype=float), np.ones(n)])
+    # (the values only set up the structure: PIRLS reweights before any solve; X and the
+    # response column are not stacked where the factor takes them apart)
+    XY = np.ones((n, 1)) if X is None else (np.asarray(X, dtype=float), np.ones(n))
     try:
-        return BlockedCholesky(design.blocks, XY, np.ones(n), reweighting=True)
+        return BlockedCholesky(design.blocks, XY, None, reweighting=True)
     except TypeError:                      # a BlockedCholesky without the reweighting path
-        return BlockedCholesky(design.blocks, XY, np.ones(n))
+        return BlockedCholesky(design.blocks, np.column_stack(XY) if X is not None else XY,
+                               np.ones(n))
 
 
 def _reweight(chol, XY, w):
-    """New working response and weights in the factorization (fast path when available)."""
+    """New working response and weights in the factorization (fast path when available).
+    ``XY``: ``[X y]``, or the pair ``(X, y)`` (stacked here for a factor that needs it)."""
+    if isinstance(XY, tuple) and not getattr(chol, "reweight_columns", False):
+        XY = np.column_stack(XY)
     f = getattr(chol, "reweight", None)
     if f is not None:
         f(XY, w)

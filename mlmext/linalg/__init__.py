@@ -31,6 +31,8 @@ product of the first block), ``_stacks`` (kernels on stacks of per-level blocks)
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .base import Factor
 from ._row_products import row_cross_products
 from .dense import DenseFactor
@@ -51,9 +53,10 @@ def BlockedCholesky(blocks, XY, weights=None, reweighting=False, nested=None):
     ----------
     blocks : list of ReBlock
         Random-effects blocks, the first one with the most random effects.
-    XY : ndarray, shape (n, p + 1)
+    XY : ndarray, shape (n, p + 1), or tuple
         Fixed-effects design with the response as its last column
-        (``p`` may be 0, as in the penalized least squares step of a GLMM).
+        (``p`` may be 0, as in the penalized least squares step of a GLMM), or the pair
+        ``(X, y)`` (the general storage's reweighting reads large data by columns).
     weights : ndarray, shape (n,), optional
         Prior (or working) weights.
     reweighting : bool
@@ -80,6 +83,8 @@ def BlockedCholesky(blocks, XY, weights=None, reweighting=False, nested=None):
         parents = nesting_chain(blocks)
     if nested and not parents and len(blocks) > 1:
         raise ValueError(f"the levels of {blocks[0].name!r} are not nested in those of {blocks[1].name!r}")
+    if isinstance(XY, tuple) and (parents or len(blocks) == 1 or not reweighting):
+        XY = np.column_stack(XY)          # (X, y) is for the general storage's reweighting
     if parents:
         return NestedFactor(blocks, XY, weights, reweighting, parents=parents)
     if nested is not False and len(blocks) == 1 and blocks[0].q == 1:

@@ -12,6 +12,7 @@ import numpy as np
 from scipy import linalg, sparse
 
 from .._blas import inverse_threads
+from .._malloc import trim_heap
 from ._local import LocalInverse, coupling_on_pattern, pattern_keys
 from ._stacks import blockdiag_sparse
 
@@ -111,11 +112,15 @@ class ReInverseMixin:
             level g) and O(n k^2) gathers for k random effects per row outside the first
             block; nothing of size n^2 or (first-block levels x rest effects).
         """
+        return self.local_parts().rows(self.blocks)
+
+    def local_parts(self):
+        """:meth:`local_inverse_parts` as :meth:`local_inverse` takes them (its rows in
+        chunks: the in-memory GLMM gradient on large data)."""
         # compact only where the dense coupling would be large: on small designs whose rows
         # read most of it (VerbAgg: every person answers every item) the dense product is
         # several times faster than the per-level products
-        return self.local_inverse_parts(
-            compact=self.m1 * self.q1 * self.rz > COMPACT_ABOVE).rows(self.blocks)
+        return self.local_inverse_parts(compact=self.m1 * self.q1 * self.rz > COMPACT_ABOVE)
 
     def local_inverse_parts(self, compact=False):
         """What :meth:`local_inverse` needs of the factor, apart from the rows: a
@@ -138,6 +143,7 @@ class ReInverseMixin:
             cache = self._a1z_cache[-1]
             if "keys" not in cache:
                 cache["keys"] = pattern_keys(*self._local_pattern(rows, cols), rz)
+                trim_heap(rows.size)         # (once per structure: the sort's temporaries)
             keys = cache["keys"]
         if q1 == 1 and isinstance(lr, np.ndarray):        # scalar blocks: work on the arrays
             A = self.A_1r

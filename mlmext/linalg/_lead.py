@@ -19,6 +19,7 @@ import functools
 import numpy as np
 from scipy import linalg, sparse
 
+from .._malloc import trim_heap
 from ._row_products import row_cross_products
 from ._schur import SMALL_DENSE, DenseSchur, SchurProduct
 from ._stacks import (block_cross, colwise_sums, rest_sums, sandwich, small_index,
@@ -49,6 +50,9 @@ class LeadBlockFactor(Factor):
     """
 
     _scratch = ("_S",)
+    #: :meth:`reweight` takes ``[X y]`` as the pair ``(X, y)`` too (large data with X: its
+    #: columns are read one at a time, no n x (p + 1) array is made)
+    reweight_columns = True
     #: the sparse remainder's plan and the positions of its random effects (dense.py); None:
     #: natural order, dense factorization
     _sn = _rpos = None
@@ -57,7 +61,9 @@ class LeadBlockFactor(Factor):
     _refreshable_schur = False
 
     def __init__(self, blocks, XY, weights=None, reweighting=False, depth=1):
-        self._structure(blocks, XY.shape[1] - 1, depth)
+        # XY: [X y], or (X, y) with reweighting on a factor that reweights by columns
+        self._structure(blocks, XY[0].shape[1] if isinstance(XY, tuple) else XY.shape[1] - 1,
+                        depth)
         if reweighting:             # set up for repeated reweight() calls (GLMM PIRLS) only
             self.reweight(XY, weights)
         else:
@@ -182,16 +188,24 @@ class LeadBlockFactor(Factor):
         construction.  This is the path for a GLMM's PIRLS iterations, where
         only the working response and weights change.
         """
-        XY = np.asarray(XY, dtype=float)
-        if XY.ndim != 2 or XY.shape[1] != self.p + 1:
+        cols = None
+        if isinstance(XY, tuple):        # (X, y): [X y]'s columns, stacked only where needed
+            X_ = np.asarray(XY[0], dtype=float)
+            cols = [X_[:, j] for j in range(X_.shape[1])] + [np.asarray(XY[1], dtype=float)]
+            shape = (cols[-1].shape[0], len(cols))
+        else:
+            XY = np.asarray(XY, dtype=float)
+            shape = XY.shape
+        if len(shape) != 2 or shape[1] != self.p + 1:
             raise ValueError(f"XY must have {self.p + 1} columns (the factorization was set up "
-                             f"with p = {self.p}); got shape {XY.shape}")
-        n = XY.shape[0]
-        w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+                             f"with p = {self.p}); got shape {shape}")
+        n = shape[0]
         self._rpos = self._sn = None                     # the PIRLS path keeps the natural order
         plan = getattr(self, "_rw_plan", None)
         if plan is None:
             plan = self._rw_plan = self._make_reweight_plan()
+            trim_heap(n)           # its temporaries (100 MB at 1M rows): not kept resident
+        w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
         b1 = self.blocks[0]
         rz, m1q1 = self.rz, self.m1 * self.q1
         g1 = b1.codes
@@ -205,14 +219,17 @@ class LeadBlockFactor(Factor):
         nnz1 = plan["nnz1"]
         # large data with X (lme4's first stage): W [X y] a column at a time, not n x (p + 1)
         # at once (32 MB at 1M rows, at the fit's peak of memory)
-        colwise = self.p > 0 and plan["Z1T"] is None and XY.shape[0] > SPARSE_SUMS_ROWS
+        colwise = self.p > 0 and plan["Z1T"] is None and n > SPARSE_SUMS_ROWS
+        if cols is not None and not colwise:
+            XY = np.column_stack(cols)
         WXY = None if colwise else XY * w[:, None]
         if nnz1:
             wr = w if plan["row1"] is None else w[plan["row1"]]
             A_r1.data[:nnz1] = np.bincount(plan["dest1"], weights=times_or_same(wr, plan["val1"]),
                                            minlength=nnz1)
         if colwise:
-            ZtW, YY = colwise_sums(XY, w, g1, plan["x1"], plan["rest_nz"] if rz else None, rz,
+            ZtW, YY = colwise_sums(XY if cols is None else cols, w, g1, plan["x1"],
+                                   plan["rest_nz"] if rz else None, rz,
                                    A_r1.data[nnz1:].reshape(self.p + 1, m1q1))
         elif plan["x1sq"] is not None and plan["Z1T"] is None:
             x1 = plan["x1"]
@@ -285,44 +302,57 @@ class LeadBlockFactor(Factor):
             self._ar1, self._a1r = self.A_r1, self.A_1r
 
 
+    def _rest_plan(self, plan, b1, n, q1, m1q1, r):
+        """The reweighting plan's entries for the rest's random effects (into ``plan``): where
+        each row's products go in ``A_r1`` and in the rest x rest part of ``A_rr``; returns the
+        positions of ``A_r1``'s nonzeros in the rest's rows."""
+        Zr = self._Zrest.tocsr()
+        Zr.sort_indices()
+        cnt = np.diff(Zr.indptr)
+        rows = np.repeat(np.arange(n), cnt)
+        cols, vals = Zr.indices.astype(np.int64), Zr.data
+        comp = np.tile(np.arange(q1), rows.size)
+        row1 = np.repeat(rows, q1)
+        key = np.repeat(cols, q1) * m1q1 + b1.codes[row1] * q1 + comp
+        uniq1, dest1 = np.unique(key, return_inverse=True)
+        plan.update(row1=row1, val1=unless_ones(np.repeat(vals, q1) * b1.X[row1, comp]),
+                    dest1=small_index(dest1.ravel()))
+        # rest x rest: all ordered pairs of a row's entries
+        e1s, e2s = [], []
+        for kv in np.unique(cnt):
+            if kv == 0:
+                continue
+            st = Zr.indptr[:-1][cnt == kv]
+            a, b = np.meshgrid(np.arange(kv), np.arange(kv), indexing="ij")
+            e1s.append((st[:, None] + a.ravel()[None, :]).ravel())
+            e2s.append((st[:, None] + b.ravel()[None, :]).ravel())
+        e1, e2 = np.concatenate(e1s), np.concatenate(e2s)
+        uniq_rr, dest_rr = np.unique(cols[e1] * r + cols[e2], return_inverse=True)
+        cols32, dest_rr = small_index(cols), small_index(dest_rr.ravel())
+        if dest_rr.dtype == cols32.dtype and np.array_equal(dest_rr, cols32):
+            # one scalar rest block with every level used: the same index array (4 MB at 1M)
+            dest_rr = cols32
+        plan.update(row_rr=rows[e1], val_rr=unless_ones(vals[e1] * vals[e2]), uniq_rr=uniq_rr,
+                    dest_rr=dest_rr, rest_nz=(rows, cols32, unless_ones(vals)))
+        del key, dest1, dest_rr, e1, e2, row1, comp
+        ident = np.arange(n)
+        for key in ("row1", "row_rr"):                # skip the gather when it is the identity
+            if plan[key].size == n and np.array_equal(plan[key], ident):
+                plan[key] = None
+        if rows.size == n and np.array_equal(rows, ident):
+            plan["rest_nz"] = (None,) + plan["rest_nz"][1:]
+        return uniq1
+
     def _make_reweight_plan(self):
         b1 = self.blocks[0]
         n = b1.X.shape[0]
         q1, m1q1, rz, r, p1 = self.q1, self.m1 * self.q1, self.rz, self.r, self.p + 1
         plan = {}
         if rz:
-            Zr = self._Zrest.tocsr()
-            Zr.sort_indices()
-            cnt = np.diff(Zr.indptr)
-            rows = np.repeat(np.arange(n), cnt)
-            cols, vals = Zr.indices.astype(np.int64), Zr.data
-            comp = np.tile(np.arange(q1), rows.size)
-            row1 = np.repeat(rows, q1)
-            key = np.repeat(cols, q1) * m1q1 + b1.codes[row1] * q1 + comp
-            uniq1, dest1 = np.unique(key, return_inverse=True)
-            plan.update(row1=row1, val1=unless_ones(np.repeat(vals, q1) * b1.X[row1, comp]),
-                        dest1=small_index(dest1.ravel()))
-            # rest x rest: all ordered pairs of a row's entries
-            e1s, e2s = [], []
-            for kv in np.unique(cnt):
-                if kv == 0:
-                    continue
-                st = Zr.indptr[:-1][cnt == kv]
-                a, b = np.meshgrid(np.arange(kv), np.arange(kv), indexing="ij")
-                e1s.append((st[:, None] + a.ravel()[None, :]).ravel())
-                e2s.append((st[:, None] + b.ravel()[None, :]).ravel())
-            e1, e2 = np.concatenate(e1s), np.concatenate(e2s)
-            uniq_rr, dest_rr = np.unique(cols[e1] * r + cols[e2], return_inverse=True)
-            plan.update(row_rr=rows[e1], val_rr=unless_ones(vals[e1] * vals[e2]), uniq_rr=uniq_rr,
-                        dest_rr=small_index(dest_rr.ravel()),
-                        rest_nz=(rows, small_index(cols), unless_ones(vals)))
-            del key, dest1, dest_rr, e1, e2, row1, comp
-            ident = np.arange(n)
-            for key in ("row1", "row_rr"):                # skip the gather when it is the identity
-                if plan[key].size == n and np.array_equal(plan[key], ident):
-                    plan[key] = None
-            if rows.size == n and np.array_equal(rows, ident):
-                plan["rest_nz"] = (None,) + plan["rest_nz"][1:]
+            # in a function of its own: its n-sized temporaries are freed before the Schur
+            # product's pairs are built (60 MB at 1M rows)
+            uniq1 = self._rest_plan(plan, b1, n, q1, m1q1, r)
+            trim_heap(n)
         else:
             uniq1 = np.zeros(0, dtype=np.int64)
         plan["nnz1"] = nnz1 = uniq1.size

@@ -42,17 +42,23 @@ class LocalInverse:
         self._cache = cache
 
     def _key_positions(self, key, blocks):
-        """``(idx, found)``: positions of ``key`` in ``keys``, from the cache when the keys and
-        the rows' codes are the same objects as when it was filled."""
+        """``(idx, found)``: positions of ``key`` in ``keys`` (``found`` None: all found), from
+        the cache when the keys and the rows' codes are the same objects as when it was filled
+        (one entry per set of rows: the chunks of the in-memory gradient)."""
         tag = [self.keys, self.rpos] + [b.codes for b in blocks]
         c = self._cache
-        got = None if c is None else c.get("rows")
+        slot = ("rows", id(blocks[0].codes))
+        got = None if c is None else c.get(slot)
         if got is not None and len(got[0]) == len(tag) and all(x is y for x, y in zip(got[0], tag)):
             return got[1], got[2]
         idx = np.minimum(np.searchsorted(self.keys, key), self.keys.size - 1)
         found = self.keys[idx] == key
+        if found.all():
+            found = None
+        if self.keys.size < 2**31:                 # kept across evaluations: half the bytes
+            idx = idx.astype(np.int32)
         if c is not None:
-            c["rows"] = (tag, idx, found)          # one assignment: consistent for other threads
+            c[slot] = (tag, idx, found)            # one assignment: consistent for other threads
         return idx, found
 
     def __getstate__(self):                        # sent to workers: not the factor's cache
@@ -76,9 +82,11 @@ class LocalInverse:
                             (key.shape[0], self.Kp.shape[1], key.shape[1]))
         idx, found = self._key_positions(key, blocks)
         if self.kind == "scalar":
-            return np.where(found, self.Kp[idx], 0.0)
+            return self.Kp[idx] if found is None else np.where(found, self.Kp[idx], 0.0)
         vals = self.Kp[idx]                                 # (n, k, q1)
-        return np.where(found[:, :, None], vals, 0.0).transpose(0, 2, 1)
+        if found is not None:
+            vals = np.where(found[:, :, None], vals, 0.0)
+        return vals.transpose(0, 2, 1)
 
     def rows(self, blocks):
         """``(t, rho)`` of :meth:`~mlmext.linalg.base.Factor.local_inverse` for the rows whose

@@ -245,16 +245,18 @@ def rest_sums(rest_nz, ZrT, WXY, rz):
 def colwise_sums(XY, w, g1, x1, rest_nz, rz, tail):
     """The sums of ``W [X y]`` a column at a time (no n x (p + 1) product): per level of a
     scalar first block (codes ``g1``, values ``x1`` or None for ones) into ``tail`` (p + 1,
-    m1); returns ``Z_r' W [X y]`` (None without a rest) and ``[X y]' W [X y]``."""
-    p1 = XY.shape[1]
+    m1); returns ``Z_r' W [X y]`` (None without a rest) and ``[X y]' W [X y]``.  ``XY``: the
+    n x (p + 1) array, or the list of its columns."""
+    columns = XY if isinstance(XY, list) else None
+    p1 = len(columns) if columns is not None else XY.shape[1]
     ZtW = np.empty((rz, p1)) if rz else None
     YY = np.empty((p1, p1))
     for j in range(p1):
-        wc = XY[:, j] * w
+        wc = (XY[:, j] if columns is None else columns[j]) * w
         tail[j] = np.bincount(g1, weights=wc if x1 is None else wc * x1, minlength=tail.shape[1])
         if rz:
             rows, cols, vals = rest_nz
             ZtW[:, j] = np.bincount(cols, weights=times_or_same(wc if rows is None else wc[rows],
                                                                 vals), minlength=rz)
-        YY[:, j] = XY.T @ wc
+        YY[:, j] = XY.T @ wc if columns is None else [c @ wc for c in columns]
     return ZtW, YY

@@ -101,6 +101,8 @@ class NestedFactor(LeadBlockFactor):
         self._chain_cross(XY, self._weights(XY, weights))
         return self
 
+    reweight_columns = False          # the chain's cross-products read [X y] as one array
+
     def reweight(self, XY, weights=None):
         super().reweight(XY, weights)
         self._chain_cross(np.asarray(XY, dtype=float), self._weights(XY, weights))
