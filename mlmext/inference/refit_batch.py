@@ -25,7 +25,7 @@ import pandas as pd
 from .._blas import blas_threads
 from ..linalg.small_batch import OneBlockBatch
 from ..objective import LMMState
-from ..optimize import OptSummary
+from ..optimize import OptSummary, rounding_level
 from ._common import _is_lmm, _raw
 from ._refit import refit
 
@@ -41,8 +41,8 @@ TOL, CHECK_TOL = 1e-9, 1e-7
 #: sends the member to a single refit: there a single fit snaps to zero and tests the bound
 NEAR_ZERO = 1e-3
 #: longest Newton step (largest entry, theta in its predictors' units: the parent's diagonals
-#: are ~1 there) where the Hessian is not positive definite and where it is (a single fit's)
-MAX_STEP, MAX_STEP_PD = 0.5, 0.5
+#: are ~1 there)
+MAX_STEP = 0.5
 #: members evaluated together (bounds the batch's arrays: B x levels x K^2 x q^2 numbers)
 CHUNK = 256
 
@@ -72,11 +72,6 @@ def _batchable(r):
     if sf is None or len(sf.blocks) != 1 or sf.ntheta == 0 or sf.p == 0:
         return None
     return sf
-
-
-def _noise(f):
-    """Rounding level of deviances ``f``: rises below it are not evidence of ascent."""
-    return 1e-12 * np.abs(f) + 1e-10
 
 
 def _passes_checks(model, Yo):
@@ -224,11 +219,9 @@ def _lockstep(r, sf, Y, Yo):
             # CHECK_TOL the step lands at ~d^2), whose value the estimates compute
             cert = pdef & (d < CHECK_TOL)
             status[a[cert]] = np.where(d[cert] < TOL, 1, 2)
-            # far from the optimum a full step overshoots: at most MAX_STEP in the scaled
-            # theta (MAX_STEP_PD where H is positive definite, as a single fit)
+            # far from the optimum a full step overshoots: at most MAX_STEP in the scaled theta
             big = np.abs(st).max(axis=1)
-            cap = np.where(pdef, MAX_STEP_PD, MAX_STEP)
-            st *= np.minimum(1.0, cap / np.maximum(big, 1e-300))[:, None]
+            st *= np.minimum(1.0, MAX_STEP / np.maximum(big, 1e-300))[:, None]
             slope[a] = np.einsum("bi,bi->b", gs, st)
             over = ~cert & (iters[a] >= MAX_ITERATIONS)
             status[a[over]] = -1
@@ -241,7 +234,7 @@ def _lockstep(r, sf, Y, Yo):
         Tt = T[run] + t[run, None] * step[run]
         ft, gt, Ht = batch.value_grad_hess(Tt, run)
         nfev[run] += 1
-        ok = ft <= f[run] + 1e-4 * t[run] * slope[run] + _noise(f[run])
+        ok = ft <= f[run] + 1e-4 * t[run] * slope[run] + rounding_level(f[run])
         acc = run[ok]
         T[acc], f[acc], g[acc], H[acc] = Tt[ok], ft[ok], gt[ok], Ht[ok]
         rej = run[~ok]
@@ -263,7 +256,7 @@ def _lockstep(r, sf, Y, Yo):
     # the members' ends: the last step taken where it does not rise above the point's value
     Te = T[conv] + (status[conv] == 2)[:, None] * step[conv]
     est = batch.estimates(Te, conv)
-    back = np.flatnonzero(est[3] > f[conv] + _noise(f[conv]))
+    back = np.flatnonzero(est[3] > f[conv] + rounding_level(f[conv]))
     if back.size:
         Te[back] = T[conv[back]]
         for e, eb in zip(est, batch.estimates(Te[back], conv[back])):
@@ -281,10 +274,6 @@ def _lockstep(r, sf, Y, Yo):
     ddf = getattr(r, "ddf", "satterthwaite")
     tried = (f"Newton from the fit's theta, {nb} responses in lockstep (exact Hessian), "
              "second-order checks")
-    lazy = getattr(model, "_lazy_results", None)          # (the member's model on first use)
-    make = lazy if lazy is not None else \
-        (lambda y, st, op, df: model._with_response(y, checked=True, factor=False)
-         ._results_from_state(st, op, df))
     for j, b in enumerate(conv):
         state = LMMState(theta=_frozen(Tc[j]), beta=_frozen(beta[j]), u=_frozen(u[j]),
                          sigma=float(sigma[j]), criterion=float(crit[j]), cov_beta=_frozen(cov[j]),
@@ -294,7 +283,7 @@ def _lockstep(r, sf, Y, Yo):
                          message=f"Newton decrement {dec[b]:.3g}", optimizer=tried,
                          extra_items=(("snapped", []), ("decrement", float(dec[b])),
                                       ("min_eigenvalue", float(mineig[b]))))
-        out[b] = make(Y[:, b], state, opt, ddf)
+        out[b] = model._lazy_results(Y[:, b], state, opt, ddf)   # (its model on first use)
     return out, starts
 
 

@@ -16,11 +16,11 @@ from .newton import newton, quasi_newton
 from .numdiff import (CountingGradient, central_gradient, gradient_hessian, hessian,
                       hessian_central_gradient, hessian_from_gradient, hessian_from_values,
                       jacobian)
-from .polish import descent_along, fd_hessian, newton_polish, probe_bounds
+from .polish import descent_along, fd_hessian, newton_polish, probe_bounds, rounding_level
 from .summary import OptSummary
 from .theta import minimize_bfgs, minimize_theta
 
-__all__ = ["backtrack", "minimize_theta", "minimize_bfgs", "escape_bound", "snap_to_bound", "quasi_newton",
+__all__ = ["backtrack", "rounding_level", "minimize_theta", "minimize_bfgs", "escape_bound", "snap_to_bound", "quasi_newton",
            "newton", "jacobian", "hessian", "hessian_from_gradient", "hessian_central_gradient",
            "central_gradient",
            "hessian_from_values", "CountingGradient", "gradient_hessian", "OptSummary",

@@ -19,7 +19,7 @@ import math
 import numpy as np
 from scipy.linalg import lapack
 
-from .polish import Polish, _noise, newton_polish
+from .polish import Polish, newton_polish, rounding_level
 
 __all__ = ["newton_exact"]
 
@@ -82,7 +82,7 @@ def newton_exact(fg, hess, x, f, g, H, lower, tol, check_tol, maxit, value=None)
             else:
                 ft, gt = value(xt), None
             nfev += 1
-            if math.isfinite(ft) and ft <= f - 1e-4 * t * dec + _noise(f):
+            if math.isfinite(ft) and ft <= f - 1e-4 * t * dec + rounding_level(f):
                 xn, fn, gn = xt, ft, gt
                 break
             t *= 0.5

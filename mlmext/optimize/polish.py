@@ -88,8 +88,9 @@ def fd_hessian(fg, x, g, lower, rel=1e-5, known=None):
     return H, nfev
 
 
-def _noise(f):
-    """Rounding level of a deviance: decreases below it are not evidence of descent."""
+def rounding_level(f):
+    """Rounding level of a deviance (or an array of them): decreases below it are not
+    evidence of descent, nor rises evidence of ascent."""
     return 1e-12 * abs(f) + 1e-10
 
 
@@ -199,13 +200,13 @@ def newton_polish(fg, x, lower, f=None, g=None, tol=1e-10, check_tol=1e-7, maxit
         # rounding level (1e-11 relative on large data): one full step, no search in the noise
         certified = dec < check_tol
         # a predicted gain below NOISY_DECREMENT can drown in the deviance's rounding (STAR's,
-        # 2.4e5, is accurate to ~2e-6, above _noise's estimate): the full step is then also
+        # 2.4e5, is accurate to ~2e-6, above rounding_level's estimate): the full step is then also
         # taken when its gradient's decrement under H fell to a quarter and its value rose by
         # no more than that (the checks below still require the decrement under check_tol)
         unresolved = dec < NOISY_DECREMENT
 
         def accept(t, fn, p, f=f, dec=dec, V=V, wa=wa, free=free, unresolved=unresolved):
-            if fn <= f - 1e-4 * t * dec + _noise(f):
+            if fn <= f - 1e-4 * t * dec + rounding_level(f):
                 return True
             return (unresolved and t == 1.0 and p[1] is not None and fn <= f + NOISY_DECREMENT
                     and _decrement(V, wa, free, p[1]) < 0.25 * dec)
@@ -311,7 +312,7 @@ def descent_along(fg, x, f, directions, lower, upper=None, steps=(1e-2, 1e-1, 0.
     ``fg`` returns a value or ``(value, gradient)``.  Returns ``((x, value, label) or None,
     evaluations)``.
     """
-    thr = _noise(f) if threshold is None else threshold
+    thr = rounding_level(f) if threshold is None else threshold
     hi = np.inf if upper is None else upper
     best, nfev = None, 0
     for item in directions:
