@@ -14,6 +14,7 @@ from statsmodels.stats.contrast import ContrastResults
 
 from ..design import lower_tri
 from ..frame import formula_manager
+from ..objective.sigma_hessian import exact_satt_derivatives
 from ..optimize import hessian, jacobian
 from ..printing import fixed_decimals, format_pval
 from ._common import _cache, _fe_names, _params, _raw, _require_lmm
@@ -40,8 +41,11 @@ def _satt_pieces(res):
     cor = getattr(r, "cor_params", None)       # a residual correlation: one more parameter
     obj = r.model.deviance(reml) if cor is None else r.model.deviance(reml, rho=float(cor.iloc[0]))
     vp = np.concatenate([r.theta, [] if cor is None else cor.to_numpy(dtype=float), [r.sigma]])
-    f = lambda x: obj.value_sigma(x[:-1], x[-1])
-    H = hessian(f, vp)
+    exact = exact_satt_derivatives(obj, r.theta, r.sigma) if cor is None else None
+    if exact is None:
+        H = hessian(lambda x: obj.value_sigma(x[:-1], x[-1]), vp)
+    else:
+        H, jac = exact
     evals, evecs = np.linalg.eigh((H + H.T) / 2)
     tol = 1e-8
     if np.any(evals < -tol):
@@ -50,9 +54,10 @@ def _satt_pieces(res):
                       stacklevel=3)
     pos = evals > tol
     A = 2.0 * (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
-    p = r.k_fe
-    J = jacobian(lambda x: obj.cov_beta(x[:-1], x[-1]), vp)
-    jac = [J[:, i].reshape(p, p) for i in range(vp.size)]
+    if exact is None:
+        p = r.k_fe
+        J = jacobian(lambda x: obj.cov_beta(x[:-1], x[-1]), vp)
+        jac = [J[:, i].reshape(p, p) for i in range(vp.size)]
     c["satt"] = (A, jac, np.asarray(r.cov_params(), dtype=float))
     return c["satt"]
 

@@ -347,6 +347,19 @@ class SmallDenseFactor(Factor):
         dld = 2.0 * np.bincount(th, weights=BO[rows, cols], minlength=K)
         return dld, dr2
 
+    def cov_beta_derivatives(self):
+        """``(Omega_P^-1)_XX`` (``vcov(beta) / sigma^2``) and its derivatives in theta, one (p, p)
+        array per theta entry: ``-[Omega_P^-1 Omega_k Omega_P^-1]_XX`` with ``Omega_k = E_k' B +
+        B' E_k``; with ``W = Omega_P^-1[:, X]`` that is ``-(T_k + T_k')``, ``T_k = (E_k W_Z)'
+        (B W)_Z`` (``E_k`` lives on the random effects' rows)."""
+        rz, p = self.rz, self.p
+        P = rz + p
+        Rp = _tri_inv(self.Lr[:P, :P])                    # Omega_P^-1 = Rp' Rp
+        W = Rp.T @ Rp[:, rz:]
+        BW = self._b_matrix(P) @ W
+        T = np.swapaxes(self._patterns[0] @ W[:rz], 1, 2) @ BW[:rz]
+        return W[rz:], [-(Tk + Tk.T) for Tk in T]
+
     def _dense_patterns(self):
         """``E_k`` on the random effects as a dense (K, nre, nre) stack, the (positions x K)
         indicator of each position's theta entry, and ``A`` at pairs of the positions' rows
