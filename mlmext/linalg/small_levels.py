@@ -44,26 +44,45 @@ _LOG2PI = np.log(2.0 * np.pi)
 _potrf, _trtri = lapack.dpotrf, lapack.dtrtri
 
 
+def _spd_stack(M, q):
+    """Inverses (flat, (m, q q)), log-determinants (m,) and positive definiteness (m,) of the
+    level blocks ``M`` (flat); a block that is not (numerically) positive definite, or has a
+    NaN, is replaced by the identity."""
+    if q == 1:
+        det = M[:, 0]
+        ok = det > 0
+        if not ok.all():
+            det = np.where(ok, det, 1.0)
+        return 1.0 / det[:, None], np.log(det), ok
+    if q == 2:                       # closed form: a stacked inverse costs ~4x the arithmetic
+        det = M[:, 0] * M[:, 3] - M[:, 1] * M[:, 1]
+        ok = (det > 0) & (M[:, 0] > 0)
+        if not ok.all():
+            det = np.where(ok, det, 1.0)
+            M = np.where(ok[:, None], M, np.eye(2).ravel())
+        return (M @ _ADJ2) / det[:, None], np.log(det), ok
+    M3 = M.reshape(-1, q, q)
+    ok = np.ones(M3.shape[0], dtype=bool)
+    try:
+        L = np.linalg.cholesky(M3)
+    except np.linalg.LinAlgError:
+        L = np.empty_like(M3)
+        for g in range(M3.shape[0]):
+            try:
+                L[g] = np.linalg.cholesky(M3[g])
+            except np.linalg.LinAlgError:
+                ok[g] = False
+                L[g] = np.eye(q)
+    Li = np.linalg.inv(L)
+    Mi = np.swapaxes(Li, 1, 2) @ Li
+    return Mi.reshape(-1, q * q), 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1), ok
+
+
 def _spd_inverse(M, q):
     """Inverses (flat, (m, q q)) and log-determinants (m,) of the level blocks ``M`` (flat);
     None where one is not (numerically) positive definite."""
-    if q == 1:
-        det = M[:, 0]
-        if not det.min() > 0:                    # (a NaN fails too)
-            return None
-        return 1.0 / M, np.log(det)
-    if q == 2:                       # closed form: a stacked inverse costs ~4x the arithmetic
-        det = M[:, 0] * M[:, 3] - M[:, 1] * M[:, 1]
-        if not (det.min() > 0 and M[:, 0].min() > 0):
-            return None
-        return (M @ _ADJ2) / det[:, None], np.log(det)
-    try:
-        L = np.linalg.cholesky(M.reshape(-1, q, q))
-    except np.linalg.LinAlgError:
-        return None
-    Li = np.linalg.inv(L)
-    Mi = np.swapaxes(Li, 1, 2) @ Li
-    return Mi.reshape(-1, q * q), 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+    Mi, ld, ok = _spd_stack(M, q)
+    return (Mi, ld) if ok.all() else None
 
 
 #: the adjugate of a symmetric 2 x 2 matrix, flat: [a, b, b, c] -> [c, -b, -b, a]
