@@ -111,8 +111,10 @@ class LevelsBatch:
         Q = Al @ Mi                                              # A_g N_g
         lC = (self.CgT[c["idx"]].reshape(nb, -1, q) @ lam).reshape(nb, m, p + 1, q)
         Vv = Mi @ lC.transpose(0, 1, 3, 2)                       # N_g' C_g (B, m, q, p+1)
-        Ut = Cg - lv.Ag @ (lam4 @ Vv)                            # P_g' C_g
-        Y = np.concatenate([Vv, Ut], axis=2) @ Li.transpose(0, 2, 1)[:, None]
+        Ut = Cg - Al @ Vv                                        # P_g' C_g
+        # (one product per member: Li is the member's, the same for every level)
+        Y = (np.concatenate([Vv, Ut], axis=2).reshape(nb, -1, p + 1)
+             @ Li.transpose(0, 2, 1)).reshape(nb, m, 2 * q, p + 1)
         Yf = Y.reshape(nb, Y.shape[1], -1)
         KY = Yf.transpose(0, 2, 1) @ Yf
         Tt = KY.reshape(nb, -1)[:, lv._tk]                       # (B, K, p+1, p+1)

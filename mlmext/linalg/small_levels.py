@@ -271,7 +271,7 @@ class OneBlockLevels:
         Al = self.Ag @ lam
         Q = Al @ Mi                                              # A_g N_g
         Vv = Mi @ (lam.T @ self.Cg)                              # N_g' C_g (m, q, p+1)
-        Ut = self.Cg - self.Ag @ (lam @ Vv)                      # P_g' C_g = C_g - A_g G_g C_g
+        Ut = self.Cg - Al @ Vv                                   # P_g' C_g = C_g - A_g G_g C_g
         Y = np.concatenate([Vv, Ut], axis=1) @ Li.T              # (m, 2q, p+1)
         Yf = Y.reshape(m, -1)
         KY = Yf.T @ Yf
