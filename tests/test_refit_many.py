@@ -115,6 +115,23 @@ def test_batched_derivatives_match_the_dense_storage(sleep):
             assert crit[0] == pytest.approx(st.criterion, rel=1e-11)
 
 
+def test_batched_indefinite_member_leaves_the_others_alone(sleep):
+    """A member whose system is not positive definite gets (inf, 0, NaN); the others get
+    exactly what they get without it."""
+    m = mf.lmer(SLEEP, sleep)
+    Y = m.endog[:, None] + np.random.default_rng(4).normal(0, 30, (180, 3))
+    batch = LevelsBatch(m._small_levels().criterion(True, m.nobs, m._logw), Y)
+    T = np.array([[1.0, 0.01, 0.2], [np.nan, 0.0, 0.2], [0.8, -0.02, 0.3]])
+    f, g, H = batch.value_grad_hess(T, np.arange(3))
+    assert f[1] == np.inf and not g[1].any() and np.isnan(H[1]).all()
+    good = np.array([0, 2])
+    f2, g2, H2 = batch.value_grad_hess(T[good], good)
+    np.testing.assert_array_equal(f[good], f2)
+    np.testing.assert_array_equal(g[good], g2)
+    np.testing.assert_array_equal(H[good], H2)
+    assert np.isfinite(f2).all() and np.isfinite(H2).all()
+
+
 def test_refit_many_with_weights_offset_and_three_effects():
     """A weighted, offset model with a 3 x 3 template on a small design (Orthodont-like):
     batched members against single refits."""

@@ -13,28 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .small_levels import _level_sums, _spd_stack
+from .small_levels import _level_sums, _spd_stack, _stacked_cholesky
 
 __all__ = ["LevelsBatch"]
 
 _LOG2PI = np.log(2.0 * np.pi)
-
-
-def _cholesky(S, ok):
-    """Stacked lower Cholesky factors of ``S`` (B, r, r); a member that is not positive
-    definite gets the identity and ``ok`` False (set in place)."""
-    try:
-        return np.linalg.cholesky(S)
-    except np.linalg.LinAlgError:
-        pass
-    L = np.empty_like(S)
-    for b in range(S.shape[0]):
-        try:
-            L[b] = np.linalg.cholesky(S[b])
-        except np.linalg.LinAlgError:
-            ok[b] = False
-            L[b] = np.eye(S.shape[1])
-    return L
 
 
 class LevelsBatch:
@@ -87,7 +70,7 @@ class LevelsBatch:
         Cg, V = self.Cg[idx], self.V[idx]
         Cf = Cg.reshape(nb, -1, p + 1)
         S = V - Cf.transpose(0, 2, 1) @ (G.reshape(nb, -1, q, q) @ Cg).reshape(nb, -1, p + 1)
-        Ls = _cholesky(S, ok)
+        Ls = _stacked_cholesky(S, ok)
         d = np.log(Ls.diagonal(0, 1, 2))
         r2 = Ls[:, p, p] ** 2
         nu = lv.nu

@@ -44,6 +44,23 @@ _LOG2PI = np.log(2.0 * np.pi)
 _potrf, _trtri = lapack.dpotrf, lapack.dtrtri
 
 
+def _stacked_cholesky(S, ok):
+    """Lower Cholesky factors of the stack ``S`` (k, r, r); a matrix that is not positive
+    definite gets the identity and ``ok`` False (set in place)."""
+    try:
+        return np.linalg.cholesky(S)
+    except np.linalg.LinAlgError:
+        pass
+    L = np.empty_like(S)
+    for b in range(S.shape[0]):
+        try:
+            L[b] = np.linalg.cholesky(S[b])
+        except np.linalg.LinAlgError:
+            ok[b] = False
+            L[b] = np.eye(S.shape[1])
+    return L
+
+
 def _spd_stack(M, q):
     """Inverses (flat, (m, q q)), log-determinants (m,) and positive definiteness (m,) of the
     level blocks ``M`` (flat); a block that is not (numerically) positive definite, or has a
@@ -63,16 +80,7 @@ def _spd_stack(M, q):
         return (M @ _ADJ2) / det[:, None], np.log(det), ok
     M3 = M.reshape(-1, q, q)
     ok = np.ones(M3.shape[0], dtype=bool)
-    try:
-        L = np.linalg.cholesky(M3)
-    except np.linalg.LinAlgError:
-        L = np.empty_like(M3)
-        for g in range(M3.shape[0]):
-            try:
-                L[g] = np.linalg.cholesky(M3[g])
-            except np.linalg.LinAlgError:
-                ok[g] = False
-                L[g] = np.eye(q)
+    L = _stacked_cholesky(M3, ok)
     Li = np.linalg.inv(L)
     Mi = np.swapaxes(Li, 1, 2) @ Li
     return Mi.reshape(-1, q * q), 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1), ok
