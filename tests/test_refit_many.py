@@ -15,7 +15,7 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from mlmext import datasets
 from mlmext.formula import api as mf
-from mlmext.linalg.small_batch import OneBlockBatch
+from mlmext.linalg.levels_batch import LevelsBatch
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 BATCHED = "Newton from the fit's theta"
@@ -81,8 +81,9 @@ def test_a_boundary_member_is_refitted_alone_with_its_warning(sleep):
 
 
 def test_batched_derivatives_match_the_dense_storage(sleep):
-    """The blockwise (Schur complement) criterion, gradient and Hessian against the dense
-    small-system factor's exact ones, with prior weights and an offset, REML and ML."""
+    """The batched level-by-level criterion, gradient and Hessian (members in any order, each
+    at its own theta) against the dense small-system factor's exact ones, with prior weights
+    and an offset, REML and ML."""
     d = sleep.assign(w=np.linspace(0.5, 2.0, 180), off=np.sin(np.arange(180.0)))
     m = mf.lmer(SLEEP, d, weights="w", offset="off")
     rng = np.random.default_rng(2)
@@ -90,9 +91,15 @@ def test_batched_derivatives_match_the_dense_storage(sleep):
     T = np.abs(rng.normal(1.0, 0.4, (4, 3))) * np.array([1, 0.1, 0.2])
     T[1, 1] = -T[1, 1]
     for reml in (True, False):
-        batch = OneBlockBatch(m._small_factor(), Y - m.offset[:, None], reml, m.nobs, m._logw)
+        lv = m._small_levels().criterion(reml, m.nobs, m._logw)
+        batch = LevelsBatch(lv, Y - m.offset[:, None])
         f, g, H = batch.value_grad_hess(T, np.arange(4))
         np.testing.assert_allclose(batch.values(T, np.arange(4)), f, rtol=1e-12)
+        order = np.array([2, 0, 3])                  # a subset of the members, in another order
+        f2, g2, H2 = batch.value_grad_hess(T[order], order)
+        np.testing.assert_allclose(f2, f[order], rtol=1e-13)
+        np.testing.assert_allclose(g2, g[order], rtol=1e-10, atol=1e-10 * np.abs(g).max())
+        np.testing.assert_allclose(H2, H[order], rtol=1e-10, atol=1e-10 * np.abs(H).max())
         for b in range(4):
             dev = m._with_response(Y[:, b]).deviance(reml)
             f1, g1, H1 = dev.value_grad_hess(T[b])
@@ -106,6 +113,23 @@ def test_batched_derivatives_match_the_dense_storage(sleep):
             np.testing.assert_allclose(cov[0], st.cov_beta, rtol=1e-9)
             assert sigma[0] == pytest.approx(st.sigma, rel=1e-10)
             assert crit[0] == pytest.approx(st.criterion, rel=1e-11)
+
+
+def test_batched_indefinite_member_leaves_the_others_alone(sleep):
+    """A member whose system is not positive definite gets (inf, 0, NaN); the others get
+    exactly what they get without it."""
+    m = mf.lmer(SLEEP, sleep)
+    Y = m.endog[:, None] + np.random.default_rng(4).normal(0, 30, (180, 3))
+    batch = LevelsBatch(m._small_levels().criterion(True, m.nobs, m._logw), Y)
+    T = np.array([[1.0, 0.01, 0.2], [np.nan, 0.0, 0.2], [0.8, -0.02, 0.3]])
+    f, g, H = batch.value_grad_hess(T, np.arange(3))
+    assert f[1] == np.inf and not g[1].any() and np.isnan(H[1]).all()
+    good = np.array([0, 2])
+    f2, g2, H2 = batch.value_grad_hess(T[good], good)
+    np.testing.assert_array_equal(f[good], f2)
+    np.testing.assert_array_equal(g[good], g2)
+    np.testing.assert_array_equal(H[good], H2)
+    assert np.isfinite(f2).all() and np.isfinite(H2).all()
 
 
 def test_refit_many_with_weights_offset_and_three_effects():
@@ -194,17 +218,19 @@ def test_the_batched_mirror_image_is_the_designs():
 
 @pytest.mark.parametrize("q", [1, 2, 3])
 def test_stacked_spd_inverse(q):
-    """The level blocks' inverses and log-determinants (closed forms for q <= 2, Gauss-Jordan
-    above), and the members that are not positive definite, against numpy.linalg."""
-    from mlmext.linalg.small_batch import _spd_inv
+    """The level blocks' inverses and log-determinants (closed forms for q <= 2, Cholesky
+    above), and the blocks that are not positive definite, against numpy.linalg."""
+    from mlmext.linalg.small_levels import _spd_inverse, _spd_stack
     rng = np.random.default_rng(q)
     A = rng.normal(size=(40, q, q))
     M = A @ A.transpose(0, 2, 1) + 0.1 * np.eye(q)
     M[7] = -M[7]                                       # negative definite
-    inv, ld, ok = _spd_inv(M.transpose(1, 2, 0).copy())
+    inv, ld, ok = _spd_stack(M.reshape(40, -1), q)
     good = np.arange(40) != 7
     assert ok.tolist() == good.tolist()
-    np.testing.assert_allclose(inv.transpose(2, 0, 1)[good], np.linalg.inv(M[good]), rtol=1e-9, atol=1e-9)
+    assert _spd_inverse(M.reshape(40, -1), q) is None
+    assert _spd_inverse(M[good].reshape(39, -1), q)[0].tolist() == inv[good].tolist()
+    np.testing.assert_allclose(inv.reshape(40, q, q)[good], np.linalg.inv(M[good]), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(ld[good], np.linalg.slogdet(M[good])[1], rtol=1e-12, atol=1e-12)
 
 

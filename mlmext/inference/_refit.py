@@ -25,6 +25,9 @@ def _subset_design(des, keep):
 
 def _rebuild_model(model, endog=None, exog=None, keep=None, design=None):
     """A new model of the same class with a new response, fixed design, or a subset of rows."""
+    if exog is None and keep is None and design is None and endog is not None and \
+            getattr(model, "_response_refit", False) and np.ndim(endog) == 1:
+        return model._with_response(endog)      # only the response changes: nothing rebuilt
     data = getattr(model, "data", None)
     y = getattr(data, "orig_endog", None)
     if y is None:
@@ -40,9 +43,6 @@ def _rebuild_model(model, endog=None, exog=None, keep=None, design=None):
             y = pd.DataFrame(endog.reshape(y.shape), index=y.index, columns=y.columns)
         else:
             y = endog
-    if exog is None and keep is None and design is None and endog is not None and \
-            getattr(model, "_response_refit", False) and np.ndim(endog) == 1:
-        return model._with_response(endog)      # only the response changes: nothing rebuilt
     if exog is not None:
         X = exog
     w = np.asarray(model.weights, dtype=float)

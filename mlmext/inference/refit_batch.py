@@ -4,7 +4,7 @@
 one grouping factor (the dense small-system storage, one random-effects block) the B fits
 run in lockstep: Newton with the exact Hessian from the fit's theta, every member's
 criterion, gradient and Hessian from one batched evaluation
-(:class:`~mlmext.linalg.small_batch.OneBlockBatch`), each member stopping when its own
+(:class:`~mlmext.linalg.levels_batch.LevelsBatch`), each member stopping when its own
 checks pass -- the checks of a single fit: Newton decrement below 1e-7 and the Hessian
 positive definite in the scaled theta; there it ends, below 1e-9, or after one more full
 Newton step (the decrement squared: the single fit's iterations past the checks), whose
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .._blas import blas_threads
-from ..linalg.small_batch import OneBlockBatch
+from ..linalg.levels_batch import LevelsBatch
 from ..objective import LMMState
 from ..optimize import OptSummary, rounding_level
 from ._common import _is_lmm, _raw
@@ -65,13 +65,14 @@ def _responses(res, Y):
 
 
 def _batchable(r):
-    """The one-block small-system LMM fits the lockstep refits handle."""
+    """The level-by-level evaluator of the one-block small-system LMM fits the lockstep
+    refits handle (else None)."""
     if not _is_lmm(r) or not getattr(r.model, "_response_refit", False):
         return None
-    sf = r.model._small_factor() if hasattr(r.model, "_small_factor") else None
-    if sf is None or len(sf.blocks) != 1 or sf.ntheta == 0 or sf.p == 0:
+    lv = r.model._small_levels() if hasattr(r.model, "_small_levels") else None
+    if lv is None or lv.K == 0 or lv.p == 0:
         return None
-    return sf
+    return lv
 
 
 def _passes_checks(model, Yo):
@@ -133,8 +134,8 @@ def _lockstep_fits(r, Y):
     needs a single refit has fit None and the theta to start it from (None: the fit's);
     None where the design is not one the lockstep handles.  Raises the single refit's
     ``ValueError`` for a response it rejects."""
-    sf = _batchable(r)
-    if sf is None:
+    lv = _batchable(r)
+    if lv is None:
         return None
     model = r.model
     if not np.all(np.isfinite(Y)):
@@ -145,8 +146,9 @@ def _lockstep_fits(r, Y):
     fits, starts = [], []
     for lo in range(0, Y.shape[1], CHUNK):
         hi = min(lo + CHUNK, Y.shape[1])
-        with blas_threads(sf.r):          # small products: one BLAS thread (as a single fit)
-            f, s = _lockstep(r, sf, Y[:, lo:hi], Yo[:, lo:hi])
+        # small products: one BLAS thread (as a single fit)
+        with blas_threads(lv.m * lv.q + lv.p + 1):
+            f, s = _lockstep(r, lv, Y[:, lo:hi], Yo[:, lo:hi])
         fits += f
         starts += s
     return fits, starts
@@ -173,12 +175,12 @@ def _batched_or_none(res, Y):
         return out
 
 
-def _lockstep(r, sf, Y, Yo):
+def _lockstep(r, lv, Y, Yo):
     """Results of the members that pass the checks in lockstep Newton (None for the others),
     and for the others the lowest point found (None: the fit's theta), as a start."""
     model, des = r.model, r.model.re_design
     reml = bool(r.reml)
-    batch = OneBlockBatch(sf, Yo, reml, model.nobs, model._logw)
+    batch = LevelsBatch(lv.criterion(reml, model.nobs, model._logw), Yo)
     nb = Y.shape[1]
     theta0 = np.asarray(r.theta, dtype=float)
     s = des.theta_units()                                   # the fit's scaling of theta
@@ -264,7 +266,7 @@ def _lockstep(r, sf, Y, Yo):
     # the single fit's end: the mirror image with nonnegative diagonals; near a zero SD it
     # snaps and tests the bound, so those members go to single refits
     diag = np.isfinite(des.lower)
-    Tc = _canonical(sf.blocks[0], Te)
+    Tc = _canonical(des.blocks[0], Te)
     near = ((Tc * s)[:, diag] < NEAR_ZERO).any(axis=1) if diag.any() else np.zeros(conv.size, bool)
     keep = np.flatnonzero(~near)
     for j in np.flatnonzero(near):        # (from there a single fit needs a third fewer steps)

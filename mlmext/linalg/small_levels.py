@@ -44,26 +44,53 @@ _LOG2PI = np.log(2.0 * np.pi)
 _potrf, _trtri = lapack.dpotrf, lapack.dtrtri
 
 
+def _stacked_cholesky(S, ok):
+    """Lower Cholesky factors of the stack ``S`` (k, r, r); a matrix that is not positive
+    definite gets the identity and ``ok`` False (set in place)."""
+    try:
+        return np.linalg.cholesky(S)
+    except np.linalg.LinAlgError:
+        pass
+    L = np.empty_like(S)
+    for b in range(S.shape[0]):
+        try:
+            L[b] = np.linalg.cholesky(S[b])
+        except np.linalg.LinAlgError:
+            ok[b] = False
+            L[b] = np.eye(S.shape[1])
+    return L
+
+
+def _spd_stack(M, q):
+    """Inverses (flat, (m, q q)), log-determinants (m,) and positive definiteness (m,) of the
+    level blocks ``M`` (flat); a block that is not (numerically) positive definite, or has a
+    NaN, is replaced by the identity."""
+    if q == 1:
+        det = M[:, 0]
+        ok = det > 0
+        if not ok.all():
+            det = np.where(ok, det, 1.0)
+        return 1.0 / det[:, None], np.log(det), ok
+    if q == 2:                       # closed form: a stacked inverse costs ~4x the arithmetic
+        det = M[:, 0] * M[:, 3] - M[:, 1] * M[:, 1]
+        ok = (det > 0) & (M[:, 0] > 0)
+        if not ok.all():
+            det = np.where(ok, det, 1.0)
+            M = np.where(ok[:, None], M, np.eye(2).ravel())
+        return (M @ _ADJ2) / det[:, None], np.log(det), ok
+    M3 = M.reshape(-1, q, q)
+    ok = np.ones(M3.shape[0], dtype=bool)
+    L = _stacked_cholesky(M3, ok)
+    Li = np.linalg.inv(L)
+    Mi = np.swapaxes(Li, 1, 2) @ Li
+    return Mi.reshape(-1, q * q), 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1), ok
+
+
 def _spd_inverse(M, q):
     """Inverses (flat, (m, q q)) and log-determinants (m,) of the level blocks ``M`` (flat);
     None where one is not (numerically) positive definite."""
-    if q == 1:
-        det = M[:, 0]
-        if not det.min() > 0:                    # (a NaN fails too)
-            return None
-        return 1.0 / M, np.log(det)
-    if q == 2:                       # closed form: a stacked inverse costs ~4x the arithmetic
-        det = M[:, 0] * M[:, 3] - M[:, 1] * M[:, 1]
-        if not (det.min() > 0 and M[:, 0].min() > 0):
-            return None
-        return (M @ _ADJ2) / det[:, None], np.log(det)
-    try:
-        L = np.linalg.cholesky(M.reshape(-1, q, q))
-    except np.linalg.LinAlgError:
-        return None
-    Li = np.linalg.inv(L)
-    Mi = np.swapaxes(Li, 1, 2) @ Li
-    return Mi.reshape(-1, q * q), 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+    Mi, ld, ok = _spd_stack(M, q)
+    return (Mi, ld) if ok.all() else None
 
 
 #: the adjugate of a symmetric 2 x 2 matrix, flat: [a, b, b, c] -> [c, -b, -b, a]
@@ -252,7 +279,7 @@ class OneBlockLevels:
         Al = self.Ag @ lam
         Q = Al @ Mi                                              # A_g N_g
         Vv = Mi @ (lam.T @ self.Cg)                              # N_g' C_g (m, q, p+1)
-        Ut = self.Cg - self.Ag @ (lam @ Vv)                      # P_g' C_g = C_g - A_g G_g C_g
+        Ut = self.Cg - Al @ Vv                                   # P_g' C_g = C_g - A_g G_g C_g
         Y = np.concatenate([Vv, Ut], axis=1) @ Li.T              # (m, 2q, p+1)
         Yf = Y.reshape(m, -1)
         KY = Yf.T @ Yf

@@ -1,0 +1,161 @@
+"""The profiled LMM deviance of many responses on one design with one grouping factor, each at
+its own theta, evaluated together (batched refits: bootstrap, simulation, power).
+
+:class:`~mlmext.linalg.small_levels.OneBlockLevels`' criterion, gradient and Hessian with a
+leading axis over the members: the B responses differ only in the response's column of the
+level cross-products ``C_g`` and of ``[X y]' W [X y]``, so every step of the single
+evaluator is one NumPy call over (B, m, ...) stacks (the (p+1)-square Schur complement's
+factor and its inverse by stacked ``cholesky`` and ``inv``).  The formulas are the single
+evaluator's (its module docstring): each evaluation costs about as many NumPy calls as one
+single evaluation, whatever B.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .small_levels import _level_sums, _spd_stack, _stacked_cholesky
+
+__all__ = ["LevelsBatch"]
+
+_LOG2PI = np.log(2.0 * np.pi)
+
+
+class LevelsBatch:
+    """The responses ``Y`` (n, B), offsets removed, on the design of ``levels``.
+
+    Parameters
+    ----------
+    levels : OneBlockLevels
+        The model's level-by-level evaluator, with its criterion set
+        (:meth:`~mlmext.linalg.small_levels.OneBlockLevels.criterion`); its cross-products are
+        read, never written.
+    Y : ndarray (n, B)
+        The responses minus the offset.
+    """
+
+    def __init__(self, levels, Y):
+        lv = levels
+        codes, ind, Wq, XY, w = lv._rows
+        m, q, p = lv.m, lv.q, lv.p
+        Y = np.asarray(Y, dtype=float)
+        n, nb = Y.shape
+        self.lv, self.m, self.q, self.p, self.K = lv, m, q, p, lv.K
+        # the response's column of C_g per member: (B, m, q)
+        cy = _level_sums(codes, m, (Wq[:, :, None] * Y[:, None, :]).reshape(n, q * nb), ind)
+        Cg = np.empty((nb, m, q, p + 1))
+        Cg[...] = lv.Cg
+        Cg[..., p] = cy.reshape(m, q, nb).transpose(2, 0, 1)
+        WY = Y * w[:, None]
+        V = np.empty((nb, p + 1, p + 1))
+        V[:] = lv.V
+        V[:, :p, p] = V[:, p, :p] = (XY[:, :p].T @ WY).T
+        V[:, p, p] = np.einsum("ij,ij->j", Y, WY)
+        self.Cg, self.V = Cg, V
+        # (products with a member's lambda as one matrix product per member, not per level)
+        self.CgT = np.ascontiguousarray(Cg.swapaxes(2, 3))        # C_g' (B, m, p+1, q)
+        self.Ag2 = lv.Ag.reshape(-1, q)                           # A_g stacked (m q, q)
+
+    # -- the pieces at the members' thetas ------------------------------------------------
+    def _core(self, T, idx):
+        """The criterion's pieces at thetas ``T`` (B, K) of members ``idx``."""
+        lv, q, p = self.lv, self.q, self.p
+        nb, qq = T.shape[0], q * q
+        lam = (T @ lv._Eb).reshape(nb, q, q)
+        KK = (lam[:, :, None, :, None] * lam[:, None, :, None, :]).reshape(nb, qq, qq)
+        M = lv.Af @ KK + lv._I                                   # (B, m, q q)
+        Mi, ldm, ok = _spd_stack(M.reshape(-1, qq), q)
+        Mi = Mi.reshape(nb, -1, qq)
+        ok = ok.reshape(nb, -1).all(axis=1)
+        G = Mi @ KK.transpose(0, 2, 1)                           # lambda M_g^-1 lambda'
+        Cg, V = self.Cg[idx], self.V[idx]
+        Cf = Cg.reshape(nb, -1, p + 1)
+        S = V - Cf.transpose(0, 2, 1) @ (G.reshape(nb, -1, q, q) @ Cg).reshape(nb, -1, p + 1)
+        Ls = _stacked_cholesky(S, ok)
+        d = np.log(Ls.diagonal(0, 1, 2))
+        r2 = Ls[:, p, p] ** 2
+        nu = lv.nu
+        f = ldm.reshape(nb, -1).sum(axis=1) + nu * (1.0 + _LOG2PI + np.log(r2 / nu)) - lv.logw
+        if lv.reml:
+            f += 2.0 * d[:, :p].sum(axis=1)
+        ok &= np.isfinite(f)
+        return dict(f=np.where(ok, f, np.inf), ok=ok, lam=lam, Mi=Mi, Ls=Ls, r2=r2, Cg=Cg,
+                    idx=idx)
+
+    def _first(self, c):
+        """The gradients (B, K), as :meth:`OneBlockLevels._first` member by member."""
+        lv, q, p = self.lv, self.q, self.p
+        lam, Cg = c["lam"], c["Cg"]
+        nb = lam.shape[0]
+        Li = np.linalg.inv(c["Ls"])
+        lam4 = lam[:, None]
+        Mi = c["Mi"].reshape(nb, -1, q, q)
+        m = Mi.shape[1]
+        Al = (self.Ag2 @ lam).reshape(nb, m, q, q)               # A_g lambda
+        Q = Al @ Mi                                              # A_g N_g
+        lC = (self.CgT[c["idx"]].reshape(nb, -1, q) @ lam).reshape(nb, m, p + 1, q)
+        Vv = Mi @ lC.transpose(0, 1, 3, 2)                       # N_g' C_g (B, m, q, p+1)
+        Ut = Cg - Al @ Vv                                        # P_g' C_g
+        # (one product per member: Li is the member's, the same for every level)
+        Y = (np.concatenate([Vv, Ut], axis=2).reshape(nb, -1, p + 1)
+             @ Li.transpose(0, 2, 1)).reshape(nb, m, 2 * q, p + 1)
+        Yf = Y.reshape(nb, Y.shape[1], -1)
+        KY = Yf.transpose(0, 2, 1) @ Yf
+        Tt = KY.reshape(nb, -1)[:, lv._tk]                       # (B, K, p+1, p+1)
+        grad = 2.0 * (Q.reshape(nb, -1, q * q).sum(axis=1)[:, lv._qjk]
+                      - Tt.diagonal(0, 2, 3) @ lv._w)
+        c.update(Li=Li, Al=Al, Q=Q, Y=Y, Tt=Tt)
+        return grad
+
+    def _hessian(self, c):
+        """The Hessians (B, K, K), as :meth:`OneBlockLevels._hessian` member by member."""
+        lv, q, K = self.lv, self.q, self.K
+        qq = q * q
+        Al, Q, Y, Tt = c["Al"], c["Q"], c["Y"], c["Tt"]
+        nb = Y.shape[0]
+        Mi = c["Mi"].reshape(nb, -1, q, q)
+        Z = (Y * lv._w) @ Y.transpose(0, 1, 3, 2)                # [N'DN, N'DP; ., P'DP]
+        NDN, NDP, PDP = Z[..., :q, :q], Z[..., :q, q:], Z[..., q:, q:]
+        AW = lv.Ag - Q @ Al.transpose(0, 1, 3, 2)                # A - A G A
+        X1 = np.concatenate([AW, -PDP], axis=1).reshape(nb, -1, qq)
+        Y1 = np.concatenate([Mi + NDN, Mi], axis=1).reshape(nb, -1, qq)
+        H = (X1.transpose(0, 2, 1) @ Y1).reshape(nb, -1)[:, lv._h1]
+        R = NDP - 0.5 * Q.transpose(0, 1, 3, 2)
+        X2 = (R.reshape(nb, -1, qq).transpose(0, 2, 1) @ Q.reshape(nb, -1, qq)).reshape(nb, -1)
+        X2 = X2[:, lv._h2]
+        H += X2 + X2.transpose(0, 2, 1)
+        F = (Tt + Tt.transpose(0, 1, 3, 2)).reshape(nb, K, -1)   # -(Li dS_k Li')
+        H = 2.0 * H - (F * lv._w2) @ F.transpose(0, 2, 1)
+        return 0.5 * (H + H.transpose(0, 2, 1))
+
+    # -- the objective ------------------------------------------------------------------
+    def values(self, T, idx):
+        """The criterion of members ``idx`` at thetas ``T`` (inf where indefinite)."""
+        return self._core(np.asarray(T, dtype=float), idx)["f"]
+
+    def value_grad_hess(self, T, idx):
+        """Criterion (B,), exact gradient (B, K) and Hessian (B, K, K) of members ``idx`` at
+        thetas ``T`` (B, K); members whose system is indefinite get inf, 0, NaN."""
+        c = self._core(np.asarray(T, dtype=float), idx)
+        grad = self._first(c)
+        H = self._hessian(c)
+        ok = c["ok"]
+        if not ok.all():
+            grad[~ok] = 0.0
+            H[~ok] = np.nan
+        return c["f"], grad, H
+
+    def estimates(self, T, idx):
+        """``(beta, u, sigma, criterion, cov_beta)`` of members ``idx`` at thetas ``T``, stacked
+        (as :meth:`mlmext.objective.LMMDeviance.at`); ``u`` in the levels' order."""
+        c = self._core(np.asarray(T, dtype=float), idx)
+        lv, q, p = self.lv, self.q, self.p
+        Ls, lam = c["Ls"], c["lam"]
+        nb = Ls.shape[0]
+        Lxi = np.linalg.inv(Ls[:, :p, :p])
+        beta = np.einsum("bji,bj->bi", Lxi, Ls[:, p, :p])       # L_XX' beta = l_yX
+        cov = Lxi.transpose(0, 2, 1) @ Lxi
+        bt = np.concatenate([-beta, np.ones((nb, 1))], axis=1)
+        wg = c["Cg"] @ bt[:, None, :, None]                      # c_gy - C_gX beta (B, m, q, 1)
+        u = (c["Mi"].reshape(nb, -1, q, q) @ (lam.transpose(0, 2, 1)[:, None] @ wg))
+        sigma2 = c["r2"] / lv.nu
+        return beta, u.reshape(nb, -1), np.sqrt(sigma2), c["f"], sigma2[:, None, None] * cov
