@@ -305,6 +305,7 @@ def test_crossed_schur_product_storages_match_dense(data, formula, storage, monk
     (dense blocks per level, rows renumbered by popularity or not, summed by np.add.at or
     bincount); each must give the dense reference, by set_data and by reweight."""
     from mlmext.linalg import _lead, _levels, _schur
+    from mlmext.linalg._schur_rows import SplitSchur
     monkeypatch.setattr(_lead, "SMALL_DENSE", 0)            # small data: force the sparse path
     if storage != "pairs":
         monkeypatch.setattr(_schur.SchurProduct, "max_pairs", 0)
@@ -317,7 +318,8 @@ def test_crossed_schur_product_storages_match_dense(data, formula, storage, monk
         ch = BlockedCholesky(des.blocks, model._XY, w, reweighting=reweighting, nested=False)
         assert isinstance(ch, DenseFactor)
         if not reweighting:
-            assert isinstance(ch._schur, _schur.SchurProduct)
+            assert isinstance(ch._schur, SplitSchur)
+            assert isinstance(ch._schur.pairs, _schur.SchurProduct)
             assert (ch._schur.P is None) == (storage != "pairs")
         _assert_same(_factor_quantities(ch, lams, v), _dense_reference(des, model._XY, w, lams, v),
                      f"{storage}, reweighting={reweighting}")

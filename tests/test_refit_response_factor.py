@@ -1,5 +1,5 @@
 """A refit's large factor for a new response (issue 14): only the response's cross-products are
-formed, the Schur product's pairs are the parent's with the response's row corrected.  Checked
+formed, the Schur product's pairs are the parent's (the response's row is held dense apart).  Checked
 against a factor built from scratch for that response, value, gradient, fixed effects and the
 gradient's pair sums, and the refit against a fresh fit."""
 import numpy as np
@@ -37,7 +37,7 @@ def test_new_response_factor_equals_a_fresh_one(formula, weights, dense, monkeyp
         monkeypatch.setattr(_lead, "SMALL_DENSE", 10 ** 9)
     new, fresh = _pair(formula, weights)
     kind = type(new._xprod._schur)
-    assert kind is (_response.DenseSchur if dense else _response.ResponseSchur)
+    assert kind is (_response.DenseSchur if dense else _response.SplitSchur)
     for reml in (False, True):
         a, b = new.deviance(reml), fresh.deviance(reml)
         theta = a.design.theta_start * 0.7 + 0.05
@@ -56,7 +56,7 @@ def test_refit_of_a_large_model_equals_a_fresh_fit():
     y2 = df["y"].to_numpy() + 0.3 * np.random.default_rng(5).normal(size=len(df))
     a = r.refit(y2)
     b = mf.lmer(FORMULA, df.assign(y=y2)).fit(reml=False)
-    assert type(a.model._xprod._schur) is _response.ResponseSchur
+    assert type(a.model._xprod._schur) is _response.SplitSchur
     # no exact Hessian on this storage: L-BFGS-B from the parent's theta in its Hessian's metric
     assert a.optim.tried[0][0] == "L-BFGS-B from the start in the metric of the fit's Hessian"
     assert a.optim.nfev < b.optim.nfev
@@ -70,14 +70,14 @@ def test_refit_of_a_large_model_equals_a_fresh_fit():
 
 
 def test_refit_of_a_refit_keeps_the_designs_pairs():
-    """A refit's factor refitted again: the correction is to the design's pairs (the original
-    response's row), not stacked."""
+    """A refit's factor refitted again: the design's pairs are shared, the response's row
+    replaced (not stacked)."""
     new, fresh = _pair(FORMULA, False)
     y3 = fresh.endog * 0.5 + 1.0
     again = new._with_response(y3)
     third = mf.lmer(FORMULA, _three_factors().assign(y=y3))
-    assert type(again._xprod._schur) is _response.ResponseSchur
-    assert again._xprod._schur.base is new._xprod._schur.base
+    assert type(again._xprod._schur) is _response.SplitSchur
+    assert again._xprod._schur.pairs is new._xprod._schur.pairs
     for reml in (False, True):
         a, b = again.deviance(reml), third.deviance(reml)
         theta = a.design.theta_start * 0.6 + 0.1

@@ -22,6 +22,7 @@ from scipy import linalg, sparse
 from .._malloc import trim_heap
 from ._row_products import row_cross_products
 from ._schur import SMALL_DENSE, DenseSchur, SchurProduct
+from ._schur_rows import SplitSchur
 from ._stacks import (block_cross, colwise_sums, rest_sums, sandwich, small_index,
                       spd_inv_logdet, times_or_same, unless_ones)
 from .base import Factor
@@ -144,11 +145,9 @@ class LeadBlockFactor(Factor):
             if self.r * m1q1 <= SMALL_DENSE:
                 self._schur = DenseSchur(self.A_r1, self.m1, self.q1)
             else:
-                # A_1r' is A_r1 in CSC (the transposition made once, for both); refresh
-                # takes values in A_r1's own (CSR) order, which its construction reads
-                rf = self._refreshable_schur
-                self._schur = SchurProduct(self.A_r1 if rf else self.A_1r.T, self.m1, self.q1,
-                                           refreshable=rf)
+                # the pairs of the random-effects rows; the X and y rows by dense products
+                self._schur = SplitSchur(self.A_r1, self.rz, self.m1, self.q1,
+                                         refreshable=self._refreshable_schur)
         self._set_operators()
         self._a1y = self.A_r1[self.r - 1].toarray().ravel()      # A_1r[:, -1], for solve()
         self._S = np.zeros(self.A_rr.shape)             # calloc'd: pages zeroed when touched

@@ -10,9 +10,10 @@ is assembled straight into the plan's flat storage, in two parts:
 * the random effects (``rz x rz``): a :class:`~mlmext.linalg._schur.SchurProduct` of the pairs
   of ``A_z1`` (the rows of ``A_r1`` that are random effects) that share a first-block level, on
   the positions of its pattern only (with ``A_zz``'s nonzeros and the diagonal);
-* the ``t = p + 1`` rows of X and y: ``A_x1 B A_1r`` by dense products (``A_x1`` is dense-ish:
-  every level has rows in X), instead of enumerating the pairs of X rows with everything else
-  (at STAR they are 85 % of the pairs, and what makes the product slow to set up).
+* the ``t = p + 1`` rows of X and y: ``A_x1 B A_1r`` by dense products
+  (:class:`~mlmext.linalg._schur_rows.DenseRows`; ``A_x1`` is dense-ish: every level has rows
+  in X), instead of enumerating the pairs of X rows with everything else (at STAR they are
+  85 % of the pairs, and what makes the product slow to set up).
 
 The gradient's sums ``sum_g A_g' K A_g`` (``K = Lambda_r X Lambda_r``, X the selected inverse)
 split the same way.
@@ -23,6 +24,7 @@ import numpy as np
 from scipy import sparse
 
 from ._schur import SchurProduct
+from ._schur_rows import DenseRows
 
 __all__ = ["SparseRest"]
 
@@ -77,9 +79,7 @@ class SparseRest:
 
     def _values(self, A_r1, A_rr, zval=None):
         rz = self.plan.rz
-        self.A_z1 = A_r1[:rz].tocsr()
-        self.A_1z = self.A_z1.T.tocsr()
-        self.AxT = np.ascontiguousarray(A_r1[rz:].toarray().T)     # (m1 q1, t)
+        self.rows = DenseRows(A_r1, rz, self.m1, self.q1)
         if sparse.issparse(A_rr):
             self.A_rx = A_rr[:, rz:].toarray()
             if zval is None:
@@ -97,14 +97,6 @@ class SparseRest:
         self.schur.refresh(A_r1[:self.plan.rz])     # (the compact product shares its values)
         self._values(A_r1, A_rr)
 
-    def _times_b(self, B, cols=None):
-        """``blockdiag(B) A_1x`` (m1 q1, t), or its first ``cols`` columns."""
-        AxT = self.AxT if cols is None else self.AxT[:, :cols]
-        if self.q1 == 1:
-            return B.reshape(-1, 1) * AxT
-        m1, q1 = self.m1, self.q1
-        return np.einsum("gab,gbt->gat", B, AxT.reshape(m1, q1, -1)).reshape(m1 * q1, -1)
-
     def assemble(self, L, B, lr):
         """Write ``S`` (lower triangle) into the storage ``L``, zeros off its pattern."""
         rz = self.plan.rz
@@ -113,13 +105,12 @@ class SparseRest:
         vals *= lr[self.pi] * lr[self.pj]
         L.fill(0.0)
         L[self.dst] = vals
-        H = self._times_b(B)
-        Cz = self.A_z1 @ H                                    # A_z1 B A_1x, (rz, t)
+        Cz, Cxx = self.rows.products(B)                       # A_z1 B A_1x, A_x1 B A_1x
         Cz -= self.A_rx[:rz]
         Cz *= -lr[:rz, None]
         L[self.tail_dst] = Cz
         T = self.plan.tail(L)
-        T[...] = np.tril(self.A_rx[rz:] - self.AxT.T @ H)     # (the upper triangle stays 0)
+        T[...] = np.tril(self.A_rx[rz:] - Cxx)                # (the upper triangle stays 0)
         return L
 
     def pair_sums(self, X, lr, kk):
@@ -127,20 +118,13 @@ class SparseRest:
         with X the selected inverse of the leading ``kk`` rows (the plan's storage)."""
         V = self.compact.pair_sums(X[self.dst] * (lr[self.pi] * lr[self.pj] * self.twice))
         V = 0.5 * (V + np.swapaxes(V, 1, 2))
-        rz, m1, q1 = self.plan.rz, self.m1, self.q1
+        rz = self.plan.rz
         k = kk - rz
         if k <= 0:                         # the X rows are outside the leading kk: X is 0 there
             return V
-        AxT = self.AxT[:, :k]
-        Mz = self.A_1z @ (X[self.tail_dst[:, :k]] * lr[:rz, None])     # A_1z K_zx, (m1 q1, k)
-        Nx = AxT @ self.plan.tail(X)[:k, :k]       # A_1x K_xx (K_xx is written whole)
-        if q1 == 1:
-            V[:, 0, 0] += np.einsum("gk,gk->g", 2.0 * Mz + Nx, AxT)
-            return V
-        # A_zg' K_zx A_xg and its transpose, and A_xg' K_xx A_xg
-        A3 = AxT.reshape(m1, q1, k)
-        C = np.einsum("gak,gbk->gab", Mz.reshape(m1, q1, k), A3)
-        return V + C + np.swapaxes(C, 1, 2) + np.einsum("gak,gbk->gab", Nx.reshape(m1, q1, k), A3)
+        # K_zx and K_xx (the latter written whole in the storage's tail)
+        return self.rows.add_pair_sums(V, X[self.tail_dst[:, :k]] * lr[:rz, None],
+                                       self.plan.tail(X)[:k, :k])
 
 
 def _index_of(keys, values, n):
