@@ -27,7 +27,8 @@ One interface, one implementation per storage (:class:`~mlmext.linalg.base.Facto
 :func:`BlockedCholesky` picks the storage for a model's blocks.  Modules: ``base`` (the
 interface), ``_lead`` (cross-products and the elimination of the first block, shared by the
 factors with a dense remainder), ``dense``, ``nested``, ``oneblock``, ``scalar``, ``_schur`` (the Schur-complement
-product of the first block), ``_stacks`` (kernels on stacks of per-level blocks).
+product of the first block), ``_schur_rows`` (the same with the X/y rows as dense products:
+pairs among the random effects only), ``_stacks`` (kernels on stacks of per-level blocks).
 """
 from __future__ import annotations
 
