@@ -48,6 +48,33 @@ class MemoryRows:
         self.X = np.asarray(X, dtype=float) if self.has_x else None
         self.fused = getattr(cond, "loglik_derivs", None)
         self.d1 = self.w = self.lin = self._eta = None
+        self._dropped = False
+
+    # d1 and w of the current point: dropped while a trial point is evaluated (see trial) and
+    # made again from ``lin`` when read before a trial is accepted
+    @property
+    def d1(self):
+        if self._dropped:
+            self._restore()
+        return self._d1
+
+    @d1.setter
+    def d1(self, value):
+        self._d1 = value
+
+    @property
+    def w(self):
+        if self._dropped:
+            self._restore()
+        return self._w
+
+    @w.setter
+    def w(self, value):
+        self._w = value
+
+    def _restore(self):
+        self._dropped = False
+        _, self._d1, self._w = self._evaluate_lin(self.lin)
 
     @classmethod
     def at_modes(cls, design, cond, modes, X=None):
@@ -107,6 +134,7 @@ class MemoryRows:
     # -- the PIRLS protocol
     def point(self, u, beta, lams):
         self.lin = self.linear(u, beta, lams)
+        self._dropped = False
         self.ll, self.d1, self.w = self._evaluate_lin(self.lin)
         return self.ll
 
@@ -160,12 +188,19 @@ class MemoryRows:
 
     def trial(self, t, u_t, b_t, lams):
         self._trial = None                 # a rejected trial's rows: not held through this one
+        # nor the current point's d1, w (and the step's weights): read again only when no trial
+        # is accepted, then made again from lin (the same numbers); two n-sized arrays fewer
+        # at PIRLS's peak of memory
+        if self._d1 is not None:
+            self._d1 = self._w = self.wt = None
+            self._dropped = True
         lin_t = self.lin + t * self.dlin if t != 1.0 else self.lin + self.dlin
         ll, d1, w = self._evaluate_lin(lin_t)
         self._trial = (lin_t, ll, d1, w)
         return ll
 
     def accept(self):
+        self._dropped = False
         self.lin, self.ll, self.d1, self.w = self._trial
         if self.d1 is None:
             with np.errstate(all="ignore"):
