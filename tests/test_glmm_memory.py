@@ -152,11 +152,14 @@ def test_kept_modes_predict_as_the_full_ones():
     assert ll_warm == pytest.approx(ll_cold, rel=1e-12)
 
 
+@pytest.mark.parametrize("chunk", [1 << 17, 97])
 @pytest.mark.parametrize("family", [sm.families.Binomial(), sm.families.Poisson()])
-def test_trial_drops_and_restores_the_point_derivatives(family):
+def test_trial_drops_and_restores_the_point_derivatives(family, chunk, monkeypatch):
     """A trial point drops the current point's d1 and w; read before a trial is accepted they
-    are made again, the same numbers."""
+    are made again, the same numbers.  In chunks (binomial logit, large data) the trial's lin
+    is not made: accepting moves lin in place, to the numbers of ``lin + t dlin``."""
     from mlmext.laplace.rows import MemoryRows
+    monkeypatch.setattr(rows_module, "ROW_CHUNK", chunk)
     d = _crossed()
     resp = "y" if isinstance(family, sm.families.Binomial) else "k"
     model = mf.glmer(f"{resp} ~ x + (1 | user) + (1 | item)", d, family=family)
@@ -171,6 +174,14 @@ def test_trial_drops_and_restores_the_point_derivatives(family):
     assert rows._d1 is None and rows._w is None         # not held beside the trial's
     np.testing.assert_array_equal(rows.d1, d1)          # made again from lin
     np.testing.assert_array_equal(rows.w, w)
-    rows.trial(0.5, 0.75 * u, None, lams)
+    lin_t = rows.lin + 0.5 * rows.dlin
+    ll_t = rows.trial(0.5, 0.75 * u, None, lams)
+    chunked = chunk < len(d) and isinstance(family, sm.families.Binomial)
+    assert isinstance(rows._trial[0], float) == chunked
     rows.accept()
     assert not rows._dropped and rows.d1 is rows._trial[2]
+    np.testing.assert_array_equal(rows.lin, lin_t)
+    ll, d1_t, w_t = rows._evaluate(rows.eta_fixed + lin_t)
+    assert ll_t == pytest.approx(ll, rel=1e-13)
+    np.testing.assert_array_equal(rows.d1, d1_t)
+    np.testing.assert_array_equal(rows.w, w_t)
