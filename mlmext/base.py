@@ -24,7 +24,7 @@ from statsmodels.base.model import LikelihoodModel
 
 from ._args import reject_unknown
 from ._frames import as_dataframe
-from .design import match_levels
+from .design import constant_rows, match_levels
 from .frame import FixedParts, build_model_frame, display_name, evaluate, formula_manager, names_in
 from .laplace import make_chol
 from .model_data import frame_data
@@ -89,8 +89,10 @@ class MixedModel(LikelihoodModel):
         self._names = (self.data.ynames, list(self.data.xnames or []))
         self.re_design = re_design
         n = self.endog.shape[0]
-        self.weights = np.ones(n) if weights is None else np.asarray(weights, dtype=float).ravel()
-        self.offset = np.zeros(n) if offset is None else np.asarray(offset, dtype=float).ravel()
+        self.weights = constant_rows(1.0, n) if weights is None else \
+            np.asarray(weights, dtype=float).ravel()
+        self.offset = constant_rows(0.0, n) if offset is None else \
+            np.asarray(offset, dtype=float).ravel()
         if self.weights.shape[0] != n or self.offset.shape[0] != n:
             raise ValueError("weights and offset must have one value per row")
         # (the ones and zeros made here need no checks)

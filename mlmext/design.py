@@ -22,7 +22,17 @@ from scipy import sparse
 from .immutable_cache import per_object
 
 __all__ = ["ReTerm", "ReBlock", "RandomEffectsDesign", "grouping_factor", "match_levels",
-           "lower_tri"]
+           "lower_tri", "constant_rows"]
+
+
+def constant_rows(value, shape):
+    """An array of ``shape`` whose entries all equal ``value``, without memory of that size.
+
+    A read-only broadcast of one number (zero strides): unit prior weights, a zero offset, the
+    ones of an intercept-only random-effects term.  Numpy reads it like the full array (the same
+    results); writing into it raises.  At 1M rows each is 8 MB less for the model to hold.
+    """
+    return np.broadcast_to(np.array(value, dtype=float), shape)
 
 
 def lower_tri(q):
@@ -231,6 +241,8 @@ class ReTerm:
         self.factors = tuple(factors)
         self.lhs = lhs
         self.X = np.asarray(X, dtype=float)
+        if self.X.shape[1:] == (1,) and self.X.strides[0] and np.all(self.X == 1.0):
+            self.X = constant_rows(1.0, self.X.shape)      # an intercept: ones, not stored
         self._q, self.col_rms = self.X.shape[1], None
         self.colnames = list(colnames)
         self.codes = codes

@@ -98,3 +98,90 @@ def test_trim_heap_is_safe():
     _malloc.trim_heap(0)
     _malloc.trim_heap(_malloc.TRIM_ROWS)
     assert np.array_equal(before, np.arange(10.0))
+
+
+# -- the model's constant rows, the deviance's kept modes, PIRLS's dropped derivatives
+
+def test_constant_rows_equal_explicit_arrays():
+    """Unit weights, a zero offset and an intercept's ones are held as zero-stride broadcasts:
+    the fit equals the one with the same values given as full arrays (the same arithmetic)."""
+    d = _crossed()
+    lean = mf.glmer("y ~ x + (1 | user) + (1 | item)", d, family=sm.families.Binomial())
+    assert lean.weights.strides == (0,) and lean.offset.strides == (0,)
+    for t in lean.re_design.terms:
+        assert t.X.strides == (0, 0) and t.X.shape == (len(d), 1) and np.all(t.X == 1.0)
+    with pytest.raises(ValueError):
+        lean.weights[0] = 2.0                 # read-only: never silently shared and changed
+    full = mf.glmer("y ~ x + (1 | user) + (1 | item)", d, family=sm.families.Binomial(),
+                    weights=np.ones(len(d)), offset=np.zeros(len(d)))
+    assert full.weights.strides == (8,) and full.offset.strides == (8,)
+    x = np.array([0.6, 0.8, -0.2, 0.4])
+    a = lean.deviance().loglike_and_score(x)
+    b = full.deviance().loglike_and_score(x)
+    assert a[0] == b[0]
+    np.testing.assert_array_equal(a[1], b[1])
+    ra, rb = lean.fit(), full.fit()
+    assert ra.llf == pytest.approx(rb.llf, rel=1e-12)
+    np.testing.assert_allclose(ra.params, rb.params, rtol=1e-8, atol=1e-10)
+    # the Z matrix of a broadcast intercept is the one of ones
+    b0 = lean.re_design.blocks[0]
+    np.testing.assert_array_equal(b0.Z().toarray().sum(axis=1), np.ones(len(d)))
+
+
+def test_kept_modes_predict_as_the_full_ones():
+    """Between evaluations the deviance keeps beta and the modes without eta (not X beta +
+    offset and eta): the predicted start is the one from the full arrays."""
+    from mlmext import laplace as lp
+    d = _crossed()
+    model = mf.glmer("y ~ x + (1 | user) + (1 | item)", d, family=sm.families.Binomial())
+    dev = model.deviance()
+    x0 = np.array([0.6, 0.8, -0.2, 0.4])
+    dev.loglike_and_score(x0)
+    th0, b0, m0, lams0, extra0 = dev._last
+    assert m0.eta is None and m0.d1 is not None and extra0 is None
+    theta, beta = np.array([0.65, 0.75]), np.array([-0.1, 0.45])
+    got = dev._predicted_start(theta, beta, dev.chol_u)
+    X = model.exog
+    want = lp.predict_modes(model.re_design, dev.chol_u, m0, theta - th0,
+                            (X @ beta + model.offset) - (X @ b0 + model.offset), lams=lams0)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    assert not np.array_equal(got, m0.u)
+    # the next evaluation from the kept modes: the value of a cold start
+    ll_warm = dev.loglike(np.concatenate([theta, beta]))
+    ll_cold = model.deviance().loglike(np.concatenate([theta, beta]))
+    assert ll_warm == pytest.approx(ll_cold, rel=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1 << 17, 97])
+@pytest.mark.parametrize("family", [sm.families.Binomial(), sm.families.Poisson()])
+def test_trial_drops_and_restores_the_point_derivatives(family, chunk, monkeypatch):
+    """A trial point drops the current point's d1 and w; read before a trial is accepted they
+    are made again, the same numbers.  In chunks (binomial logit, large data) the trial's lin
+    is not made: accepting moves lin in place, to the numbers of ``lin + t dlin``."""
+    from mlmext.laplace.rows import MemoryRows
+    monkeypatch.setattr(rows_module, "ROW_CHUNK", chunk)
+    d = _crossed()
+    resp = "y" if isinstance(family, sm.families.Binomial) else "k"
+    model = mf.glmer(f"{resp} ~ x + (1 | user) + (1 | item)", d, family=family)
+    des, cond = model.re_design, model._make_conditional()
+    lams = des.lambdas(np.array([0.7, 0.9]))
+    rows = MemoryRows(des, model.exog @ np.array([-0.2, 0.4]), cond)
+    u = np.random.default_rng(1).normal(size=des.nre) * 0.3
+    rows.point(u, None, lams)
+    d1, w = rows.d1.copy(), rows.w.copy()
+    rows.dlin = rows.linear(-0.5 * u, None, lams)
+    rows.trial(1.0, 0.5 * u, None, lams)
+    assert rows._d1 is None and rows._w is None         # not held beside the trial's
+    np.testing.assert_array_equal(rows.d1, d1)          # made again from lin
+    np.testing.assert_array_equal(rows.w, w)
+    lin_t = rows.lin + 0.5 * rows.dlin
+    ll_t = rows.trial(0.5, 0.75 * u, None, lams)
+    chunked = chunk < len(d) and isinstance(family, sm.families.Binomial)
+    assert isinstance(rows._trial[0], float) == chunked
+    rows.accept()
+    assert not rows._dropped and rows.d1 is rows._trial[2]
+    np.testing.assert_array_equal(rows.lin, lin_t)
+    ll, d1_t, w_t = rows._evaluate(rows.eta_fixed + lin_t)
+    assert ll_t == pytest.approx(ll, rel=1e-13)
+    np.testing.assert_array_equal(rows.d1, d1_t)
+    np.testing.assert_array_equal(rows.w, w_t)

@@ -364,11 +364,13 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     # lmer(), glmer() and clmm() call from_formula, which calls this: point at their caller
     warn_constant_slopes(design, stacklevel=4)
     nkept = len(sub)
-    off = np.zeros(nkept)
-    for o in pieces.offs:
-        off += o
-    if off_all is not None:
-        off += off_all if kept is None else off_all[kept]
+    off = None                         # no offset: the model's zeros (no n-sized array)
+    if pieces.offs or off_all is not None:
+        off = np.zeros(nkept)
+        for o in pieces.offs:
+            off += o
+        if off_all is not None:
+            off += off_all if kept is None else off_all[kept]
     w = None if w_all is None else (w_all.copy() if kept is None else w_all[kept])
     y_df = pieces.y
     ycols = y_df.columns.tolist() if pieces.ycols is None else pieces.ycols

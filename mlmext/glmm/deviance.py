@@ -13,6 +13,8 @@ from its documented order ``(beta, theta[, alpha])``.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from .. import laplace as lp
@@ -114,36 +116,55 @@ class LaplaceDeviance:
         """
         des, m = self.design, self.model
         lams = des.lambdas(theta) if lams is None else lams
-        eta_f = m.exog @ beta + m.offset
         u0 = self.warm_start if warm else None
         if warm and self._last is not None and u0 is not None:
-            u0 = self._predicted_start(theta, eta_f)
-        # the last modes' rows (eta, d1, w, X beta: 32 MB at 1M rows) are done with: not held
-        # through PIRLS, which makes its own
+            u0 = self._predicted_start(theta, beta, self.chol_u)
+        # the last modes' rows (d1, w: 16 MB at 1M rows) are done with: not held through
+        # PIRLS, which makes its own
         self._last = None
+        eta_f = m.exog @ beta + m.offset
         modes = lp.pirls(des, self.chol_u, eta_f, self.cond, theta, u0=u0, tol=tol, lams=lams,
                          **self.pirls_options)
         if not modes.converged and u0 is not None:
             modes = lp.pirls(des, self.chol_u, eta_f, self.cond, theta, u0=None, tol=tol, lams=lams,
                              **self.pirls_options)
             modes.message = "retried from u = 0; " + modes.message
-        if modes.converged:
-            self.warm_start = modes.u
-            self._last = (np.array(theta, dtype=float), eta_f, modes, lams, self._extra_now())
-        else:
-            self._last = None
+        self._remember(theta, beta, modes, lams)
         return modes, lams
 
-    def _predicted_start(self, theta, eta_f):
-        """The last modes moved to first order to ``(theta, eta_f)`` and the current extra."""
-        th0, ef0, m0, lams0, extra0 = self._last
+    def _remember(self, theta, beta, modes, lams):
+        """Keep what the next evaluation's predicted start needs (converged modes only).
+
+        Not the fixed part ``X beta + offset`` (its change is ``X dbeta``) nor the modes' eta
+        unless the conditional model has parameters of its own (their derivatives read it):
+        two n-sized arrays fewer between evaluations, at the gradient's and the next
+        prediction's peaks of memory.
+        """
+        if not modes.converged:
+            self._last = None
+            return
+        self.warm_start = modes.u
+        extra = self._extra_now()
+        kept = modes if extra is not None else replace(modes, eta=None)
+        self._last = (np.array(theta, dtype=float), np.array(beta, dtype=float), kept, lams,
+                      extra)
+
+    def _predicted_start(self, theta, beta, chol):
+        """The last modes moved to first order to ``(theta, beta)`` and the current extra."""
+        th0, b0, m0, lams0, extra0 = self._last
         dd1 = None
         if extra0 is not None:                       # e.g. log alpha moved too
             dx = self._extra_now() - extra0
             if np.any(dx) and np.all(np.isfinite(dx)):
                 dd1 = self.cond.param_derivatives(m0.eta)[1] @ dx
-        return lp.predict_modes(self.design, self.chol_u, m0, theta - th0, eta_f - ef0,
-                                lams=lams0, dd1=dd1)
+        deta = None
+        if np.any(np.asarray(beta, dtype=float) != b0):
+            # X beta - X beta0: with a zero offset, the numbers of (X beta + offset) minus the
+            # last (X beta0 + offset), which is not held between evaluations
+            X = self.model.exog
+            deta = X @ beta
+            deta -= X @ b0
+        return lp.predict_modes(self.design, chol, m0, theta - th0, deta, lams=lams0, dd1=dd1)
 
     # -- the objective
     def loglike(self, params, nagq=1, tol=1e-14):

@@ -85,22 +85,13 @@ class PhiDeviance(LaplaceDeviance):
         u0 = self.warm_start if warm else None
         last = self._last if warm else None
         if last is not None and u0 is not None and "factor" in last[2].extra:
-            th0, ef0, m0, lams0, extra0 = last
-            dd1 = None
-            dx = self._extra_now() - extra0
-            if np.any(dx) and np.all(np.isfinite(dx)):
-                dd1 = self.cond.param_derivatives(m0.eta)[1] @ dx
-            u0 = lp.predict_modes(des, None, m0, theta - th0, eta_f - ef0, lams=lams0, dd1=dd1)
+            u0 = self._predicted_start(theta, beta, None)
         modes = lp.pirls(des, None, eta_f, self.cond, theta, u0=u0, tol=tol, lams=lams, dense=True)
         if not modes.converged and u0 is not None:
             modes = lp.pirls(des, None, eta_f, self.cond, theta, u0=None, tol=tol, lams=lams,
                              dense=True)
             modes.message = "retried from u = 0; " + modes.message
-        if modes.converged:
-            self.warm_start = modes.u
-            self._last = (theta.copy(), eta_f, modes, lams, self._extra_now())
-        else:
-            self._last = None
+        self._remember(theta, beta, modes, lams)
         return modes, lams
 
     def stage1(self, theta, beta, u=None):

@@ -48,6 +48,33 @@ class MemoryRows:
         self.X = np.asarray(X, dtype=float) if self.has_x else None
         self.fused = getattr(cond, "loglik_derivs", None)
         self.d1 = self.w = self.lin = self._eta = None
+        self._dropped = False
+
+    # d1 and w of the current point: dropped while a trial point is evaluated (see trial) and
+    # made again from ``lin`` when read before a trial is accepted
+    @property
+    def d1(self):
+        if self._dropped:
+            self._restore()
+        return self._d1
+
+    @d1.setter
+    def d1(self, value):
+        self._d1 = value
+
+    @property
+    def w(self):
+        if self._dropped:
+            self._restore()
+        return self._w
+
+    @w.setter
+    def w(self, value):
+        self._w = value
+
+    def _restore(self):
+        self._dropped = False
+        _, self._d1, self._w = self._evaluate_lin(self.lin)
 
     @classmethod
     def at_modes(cls, design, cond, modes, X=None):
@@ -88,25 +115,31 @@ class MemoryRows:
                     d1, w = cond.derivatives(eta)
         return ll, d1, w
 
-    def _evaluate_lin(self, lin):
-        """:meth:`_evaluate` at ``eta_fixed + lin``; on large data, with a conditional model that
-        takes slices of its rows (``row_slices``), in chunks of :data:`ROW_CHUNK` rows: no
-        n-sized eta and temporaries (three arrays fewer at PIRLS's peak of memory), the same
-        ``d1``, ``w`` and the log-likelihood summed in chunks."""
+    def _chunked(self, n):
+        return self.fused is not None and getattr(self.cond, "row_slices", False) and n > ROW_CHUNK
+
+    def _evaluate_lin(self, lin, t=None):
+        """:meth:`_evaluate` at ``eta_fixed + lin`` (``t``: at ``lin + t dlin``); on large data,
+        with a conditional model that takes slices of its rows (``row_slices``), in chunks of
+        :data:`ROW_CHUNK` rows: no n-sized eta, trial ``lin`` and temporaries (four arrays fewer
+        at PIRLS's peak of memory), the same ``d1``, ``w`` and the log-likelihood summed in
+        chunks."""
         n = lin.shape[0]
-        if self.fused is None or not getattr(self.cond, "row_slices", False) or n <= ROW_CHUNK:
-            return self._evaluate(self.eta_fixed + lin)
+        if not self._chunked(n):
+            return self._evaluate(self.eta_fixed + (lin if t is None else _moved(lin, t, self.dlin)))
         d1, w, ll = np.empty(n), np.empty(n), 0.0
         with np.errstate(all="ignore"):
             for a in range(0, n, ROW_CHUNK):
                 sl = slice(a, min(a + ROW_CHUNK, n))
-                lo, d1[sl], w[sl] = self.fused(self.eta_fixed[sl] + lin[sl], rows=sl)
+                lc = lin[sl] if t is None else _moved(lin[sl], t, self.dlin[sl])
+                lo, d1[sl], w[sl] = self.fused(self.eta_fixed[sl] + lc, rows=sl)
                 ll += float(np.sum(lo))
         return ll, d1, w
 
     # -- the PIRLS protocol
     def point(self, u, beta, lams):
         self.lin = self.linear(u, beta, lams)
+        self._dropped = False
         self.ll, self.d1, self.w = self._evaluate_lin(self.lin)
         return self.ll
 
@@ -160,13 +193,32 @@ class MemoryRows:
 
     def trial(self, t, u_t, b_t, lams):
         self._trial = None                 # a rejected trial's rows: not held through this one
-        lin_t = self.lin + t * self.dlin if t != 1.0 else self.lin + self.dlin
-        ll, d1, w = self._evaluate_lin(lin_t)
-        self._trial = (lin_t, ll, d1, w)
+        # nor the current point's d1, w (and the step's weights): read again only when no trial
+        # is accepted, then made again from lin (the same numbers); two n-sized arrays fewer
+        # at PIRLS's peak of memory
+        if self._d1 is not None:
+            self._d1 = self._w = self.wt = None
+            self._dropped = True
+        if self._chunked(self.lin.shape[0]):
+            # the trial's lin is not made: lin moves in place when the trial is accepted
+            ll, d1, w = self._evaluate_lin(self.lin, t)
+            self._trial = (t, ll, d1, w)
+        else:
+            lin_t = _moved(self.lin, t, self.dlin)
+            ll, d1, w = self._evaluate_lin(lin_t)
+            self._trial = (lin_t, ll, d1, w)
         return ll
 
     def accept(self):
-        self.lin, self.ll, self.d1, self.w = self._trial
+        self._dropped = False
+        lin_t, self.ll, self.d1, self.w = self._trial
+        if not isinstance(lin_t, np.ndarray):           # lin + t dlin, in place, by chunks
+            lin, dlin, n = self.lin, self.dlin, self.lin.shape[0]
+            for a in range(0, n, ROW_CHUNK):
+                sl = slice(a, min(a + ROW_CHUNK, n))
+                lin[sl] += dlin[sl] if lin_t == 1.0 else lin_t * dlin[sl]
+        else:
+            self.lin = lin_t
         if self.d1 is None:
             with np.errstate(all="ignore"):
                 self.d1, self.w = self.cond.derivatives(self.eta)
@@ -253,6 +305,11 @@ class MemoryRows:
             out = _add(out, part)
         out["zs"] = (zss[0] if len(zss) == 1 else np.concatenate(zss)) if keep_zs else None
         return s, out
+
+
+def _moved(lin, t, dlin):
+    """``lin + t dlin`` (``t = 1``: ``lin + dlin``)."""
+    return lin + t * dlin if t != 1.0 else lin + dlin
 
 
 #: rows per chunk of the in-memory gradient and PIRLS evaluations (their temporaries: 1 MB

@@ -17,8 +17,10 @@ class _ZOps:
         self.n = self.blocks[0].X.shape[0]
         self.offsets = np.concatenate([[0], np.cumsum([b.nre for b in self.blocks])]).astype(int)
         self.scalar = [b.q == 1 for b in self.blocks]
-        self.x0 = [np.ascontiguousarray(b.X[:, 0]) if b.q == 1 else None for b in self.blocks]
         self.all_ones = [bool(b.q == 1 and np.all(b.X[:, 0] == 1.0)) for b in self.blocks]
+        # (no copy of a column of ones: it is not read)
+        self.x0 = [np.ascontiguousarray(b.X[:, 0]) if b.q == 1 and not ones else None
+                   for b, ones in zip(self.blocks, self.all_ones)]
 
     def zlam(self, u, lams):
         """``Z Lambda u`` (n,)."""

@@ -14,7 +14,7 @@ from scipy import linalg, sparse
 from .._blas import inverse_threads
 from .._malloc import trim_heap
 from ._local import LocalInverse, coupling_on_pattern, pattern_keys
-from ._stacks import blockdiag_sparse
+from ._stacks import blockdiag_sparse, small_index
 
 __all__ = ["ReInverseMixin", "symmetrize_lower"]
 
@@ -88,8 +88,9 @@ class ReInverseMixin:
         if cache is None or not (cache[0] is A.indices and cache[1] is A.indptr) and not (
                 cache[0].shape == A.indices.shape and cache[1].shape == A.indptr.shape
                 and np.array_equal(cache[1], A.indptr) and np.array_equal(cache[0], A.indices)):
-            keep = np.flatnonzero(A.indices < self.rz)
-            rows = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))[keep]
+            # kept across evaluations: 32-bit where they fit (7 MB less at 1M rows)
+            keep = small_index(np.flatnonzero(A.indices < self.rz))
+            rows = small_index(np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))[keep])
             indptr = np.searchsorted(rows, np.arange(A.shape[0] + 1))
             # the last item: what the compact local inverse derives from the structure
             cache = (A.indices, A.indptr, keep, A.indices[keep], indptr, rows, {})
@@ -151,7 +152,7 @@ class ReInverseMixin:
             if compact:
                 Kp = coupling_on_pattern(indptr, cols, cdata, G, 1, keys)[:, 0]
                 if "c_index" not in cache:
-                    cache["c_index"] = _key_index(keys, rows, cols, rz)
+                    cache["c_index"] = small_index(_key_index(keys, rows, cols, rz))
                 J = np.bincount(rows, weights=cdata * Kp[cache["c_index"]], minlength=m1)
                 return LocalInverse(lams, "scalar", base=Minv[:, 0, 0] + J, G=G, rpos=rpos,
                                     keys=keys, Kp=Kp, cache=cache)
