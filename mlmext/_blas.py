@@ -83,6 +83,8 @@ class blas_threads:
                 return self
             if n > 1:                  # (one thread needs no count of the free cores)
                 n = min(n, free_cores())
+            if not _active and _in_force(ctl, n):
+                return self            # nothing to set or give back (one get: ~3 us, a set ~15)
             with _lock:
                 self._entry = [n]                        # a fresh object: removed by identity
                 _active.append(self._entry)
@@ -112,13 +114,24 @@ _lock = threading.Lock()
 _active = []
 
 
+def _blas_libs(ctl):
+    libs = _state.get("libs")
+    if libs is None:
+        libs = _state["libs"] = [lib for lib in ctl.lib_controllers if lib.user_api == "blas"]
+    return libs
+
+
+def _in_force(ctl, n):
+    """Whether every BLAS library runs ``n`` threads now (a one-thread process: every fit)."""
+    libs = _blas_libs(ctl)
+    return bool(libs) and all(lib.get_num_threads() == n for lib in libs)
+
+
 def _set_limit(ctl, n):
     """Set the BLAS thread count; the first limit remembers the libraries' own settings.
     Each library is set directly (one C call each): threadpoolctl's ``limit`` queries and
     wraps every library first, ~30 us, a tenth of a small fit."""
-    libs = _state.get("libs")
-    if libs is None:
-        libs = _state["libs"] = [lib for lib in ctl.lib_controllers if lib.user_api == "blas"]
+    libs = _blas_libs(ctl)
     if _state["original"] is None:
         _state["original"] = [(lib, lib.num_threads) for lib in libs]
     for lib in libs:

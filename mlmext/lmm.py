@@ -66,14 +66,15 @@ class LinearMixedModel(MixedModel):
     def __init__(self, endog, exog, re_design, weights=None, offset=None, **kwargs):
         super().__init__(endog, exog, re_design, weights=weights, offset=offset, **kwargs)
         y = np.asarray(self.endog, dtype=float) - self.offset
-        self._check_response(y)
         self._XY = np.column_stack([self.exog, y])
+        self._check_response(y, self._XY)
         self._chol = None
         w = self.weights
         self._logw = 0.0 if np.all(w == 1.0) else np.log(w[w > 0]).sum()
 
-    def _check_response(self, y):
-        """A response the fixed effects fit exactly leaves no residual variance to estimate."""
+    def _check_response(self, y, xy=None):
+        """A response the fixed effects fit exactly leaves no residual variance to estimate.
+        ``xy``: ``[exog y]`` when the caller has it (the QR below factors a copy of it)."""
         name = lambda: display_name(self.endog_names)        # noqa: E731 (for messages only)
         if not np.isfinite(y.sum()) and not np.all(np.isfinite(y)):
             raise ValueError(f"the response {name()!r} has non-finite values")
@@ -91,14 +92,16 @@ class LinearMixedModel(MixedModel):
                              "to model")
         if unit:
             Xw, yw = self.exog, yp
+            xy = np.column_stack([Xw, yw]) if xy is None else xy
         else:
             sw = np.sqrt(w if every else w[pos])
             Xw, yw = (self.exog if every else self.exog[pos]) * sw[:, None], yp * sw
+            xy = np.column_stack([Xw, yw])
         # the residual sum of squares of the least-squares fit: the last diagonal entry of
         # the R of [Xw yw]'s QR decomposition, squared (LAPACK's QR: a sixth of lstsq's cost);
         # only where Xw has full rank (rows of zero weight left out can make it deficient,
         # and then R[p, p] misses part of the residual): else lstsq's
-        R, _, _, info = _geqrf(np.column_stack([Xw, yw]))
+        R, _, _, info = _geqrf(xy)
         d = np.abs(np.diagonal(R)[:p])
         if info == 0 and (p == 0 or d.min() > 1e-10 * d.max()):
             rss = float(R[p, p]) ** 2

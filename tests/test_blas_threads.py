@@ -49,3 +49,28 @@ def test_threaded_inverse_capped_by_busy_cores(monkeypatch):
     with _blas.inverse_threads(100):                          # small: one thread anyway
         assert _blas_threads_now() == 1
     assert _blas_threads_now() == before
+
+
+def test_one_thread_already_in_force_is_left_alone(monkeypatch):
+    """A small fit in a process already on one BLAS thread sets nothing and restores nothing;
+    a threaded context inside it still gives the one thread back."""
+    _blas._controller()
+    default = _blas._state["default"]
+    if default is None:
+        pytest.skip("no BLAS found by threadpoolctl")
+    before = _blas_threads_now()
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        with _blas.blas_threads(10) as ctx:
+            assert ctx._entry is None and not _blas._active
+            assert _blas_threads_now() == 1
+            if default > 1:
+                _fake_machine(monkeypatch, default, 0.0)
+                with _blas.inverse_threads(5000):
+                    assert _blas_threads_now() == default
+            assert _blas_threads_now() == 1
+        assert _blas_threads_now() == 1
+    assert _blas_threads_now() == before
+    if before > 1:                       # not in force: set for the context, given back after
+        with _blas.blas_threads(10) as ctx:
+            assert ctx._entry is not None and _blas_threads_now() == 1
+        assert _blas_threads_now() == before and not _blas._active
