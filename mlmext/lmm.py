@@ -154,6 +154,8 @@ class LinearMixedModel(MixedModel):
         sf = self.__dict__.get("_small")
         if factor and sf is not None and sf is not False:
             new._small = sf.with_response(yo)
+        elif small_dense_fits(self.re_design.blocks, self.k_fe):
+            new._small_parent = self          # (_small_factor: this one's storage, new response)
         lv = self.__dict__.get("_levels")
         if factor and lv is not None and lv is not False:
             new._levels = lv.with_response(yo)
@@ -192,7 +194,7 @@ class LinearMixedModel(MixedModel):
 
     #: dense small-system factor (None: the model is too large for it) and the level-by-level
     #: evaluator of a one-block small system; rebuilt after unpickling
-    _unpickled_caches = MixedModel._unpickled_caches + ("_small", "_levels")
+    _unpickled_caches = MixedModel._unpickled_caches + ("_small", "_levels", "_small_parent")
 
     def _small_levels(self):
         """The level-by-level cross-products (:class:`~mlmext.linalg.small_levels.OneBlockLevels`)
@@ -216,7 +218,12 @@ class LinearMixedModel(MixedModel):
         if sf is False:       # two threads may both build it: same value, either one is kept
             sf = None
             if small_dense_fits(self.re_design.blocks, self.k_fe):
-                sf = SmallDenseFactor(self.re_design.blocks, self._XY, self.weights)
+                # a model made by _with_response shares its parent's cross-products but the
+                # response's (Satterthwaite df of simulated fits: no rebuild per simulation)
+                parent = self.__dict__.get("_small_parent")
+                psf = parent._small_factor() if parent is not None else None
+                sf = SmallDenseFactor(self.re_design.blocks, self._XY, self.weights) \
+                    if psf is None else psf.with_response(self._XY[:, -1])
             self._small = sf
         return sf
 

@@ -1,5 +1,6 @@
 """Satterthwaite's pieces in closed form on the dense storage against lmerTest's numerical
 differences (:mod:`mlmext.objective.sigma_hessian`)."""
+import pickle
 import warnings
 
 import numpy as np
@@ -121,3 +122,22 @@ def test_singular_fit_matches_numerical():
     assert np.abs(H - Hn).max() <= 5e-6 * np.abs(Hn).max()
     for a, b in zip(jac, jn):
         assert np.abs(a - b).max() <= 1e-6 * np.abs(jn[-1]).max()
+
+
+def test_refitted_model_shares_the_small_storage():
+    """A model with a new response (refits, simulations) makes its dense storage from its
+    parent's (only the response's row anew): the same numbers as one built from its rows, and
+    the same Satterthwaite df as a fit of a fresh model of that response."""
+    fit = mf.lmer("Reaction ~ Days + (Days | Subject)", SL).fit()
+    y = np.asarray(fit.simulate(nsim=1, seed=4)).ravel()
+    model = ddf._raw(fit).model
+    new = model._with_response(y, factor=False)
+    assert "_small" not in new.__dict__ and new.__dict__["_small_parent"] is model
+    sf = new._small_factor()
+    fresh = mf.lmer("Reaction ~ Days + (Days | Subject)", SL.assign(Reaction=y))
+    ref = fresh._small_factor()
+    assert np.allclose(sf.A, ref.A, rtol=1e-13, atol=1e-9)
+    batch = fit.refit_many(np.column_stack([y, y[::-1]]))
+    assert ddf.satterthwaite(batch[0]) == pytest.approx(ddf.satterthwaite(fresh.fit()), rel=1e-7)
+    # the parent is not pickled with the model
+    assert "_small_parent" not in pickle.loads(pickle.dumps(new)).__dict__
