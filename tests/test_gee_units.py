@@ -155,8 +155,9 @@ def test_poisson_exchangeable_numbers():
 
 
 def test_absolute_rules_fail_on_the_poisson_panel():
-    """Why it was flagged: after 25 iterations statsmodels' score norm is 6e-4 (rounding of sums
-    of counts times years) and x's coefficient (2e9) still moves by ~1e-4 at rounding level."""
+    """Why it was flagged: after 25 iterations statsmodels' score norm is ~1e-3 (rounding of sums
+    of counts times years) and x's coefficient (2e9) still moves, by 1e-5 to 1e-4 depending on
+    the CPU: rounding level, relatively."""
     d = panel("panel_pois")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -164,7 +165,7 @@ def test_absolute_rules_fail_on_the_poisson_panel():
                                cov_struct=PairwiseExchangeable()).fit(maxiter=25, ddof_scale=0)
     assert not old.converged and old.score_norm > 1e-4
     last = np.abs(old.fit_history["params"][-1] - old.fit_history["params"][-2])
-    assert last.max() > 1e-4 and last.max() < 1e-12 * abs(old.params.iloc[2])     # noise, relatively
+    assert 0 < last.max() < 1e-12 * abs(old.params.iloc[2])     # still moving, by noise only
     assert float(old.cov_struct.dep_params) == pytest.approx(0.893608499345, abs=1e-9)
 
 

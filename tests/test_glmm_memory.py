@@ -87,8 +87,8 @@ def test_reweight_takes_the_columns(colwise, monkeypatch):
     np.testing.assert_allclose(l2, l1, rtol=1e-13)
     np.testing.assert_allclose(c2, c1, rtol=1e-12)
     np.testing.assert_allclose(u2, u1, rtol=1e-10, atol=1e-12)
-    if not colwise:                  # stacked again: the same arithmetic
-        assert l1 == l2 and np.array_equal(c1, c2) and np.array_equal(u1, u2)
+    # no bit-level claim for the stacked path: the same values in another array can take
+    # another BLAS kernel path (alignment), one ulp apart on some CPUs
 
 
 def test_trim_heap_is_safe():
