@@ -185,3 +185,83 @@ def test_trial_drops_and_restores_the_point_derivatives(family, chunk, monkeypat
     assert ll_t == pytest.approx(ll, rel=1e-13)
     np.testing.assert_array_equal(rows.d1, d1_t)
     np.testing.assert_array_equal(rows.w, w_t)
+
+
+def test_zlam_in_chunks_equals_one_pass(monkeypatch):
+    """``Z Lambda u`` of scalar blocks a chunk of rows at a time (no n-sized gathered values):
+    the numbers of the whole-array expression, bit for bit (with an intercept's ones and a
+    scalar slope block)."""
+    from mlmext.laplace import zops
+    d = _crossed()
+    model = mf.glmer("y ~ x + (1 | user) + (0 + x | item)", d, family=sm.families.Binomial())
+    des = model.re_design
+    assert [b.q for b in des.blocks] == [1, 1]
+    lams = des.lambdas(np.array([0.7, 0.3]))
+    u = np.random.default_rng(2).normal(size=des.nre)
+    want = np.zeros(len(d))                       # the whole-array expression
+    off = 0
+    for b, lam in zip(des.blocks, lams):
+        v = (lam[0, 0] * u[off:off + b.nre])[b.codes]
+        want += v * np.asarray(b.X[:, 0])
+        off += b.nre
+    whole = zops._ZOps(des).zlam(u, lams)
+    monkeypatch.setattr(zops, "ZLAM_CHUNK", 97)    # 12 chunks, the last one short
+    chunked = zops._ZOps(des).zlam(u, lams)
+    np.testing.assert_array_equal(whole, want)
+    np.testing.assert_array_equal(chunked, want)
+
+
+def test_pirls_drops_the_step_and_working_response(monkeypatch):
+    """The working response is not held through the factorization (the solution in the span
+    makes it again: the step of the plain solve), and the step's ``dlin`` neither beside the
+    next step's nor past its acceptance; the modes still solve ``Lambda' Z' d1 = u``."""
+    import weakref
+    from mlmext import laplace as lp
+    from mlmext.laplace import rows as rows_mod
+    from mlmext.laplace.rows import MemoryRows
+    d = _crossed()
+    model = mf.glmer("y ~ x + (1 | user) + (1 | item)", d, family=sm.families.Binomial())
+    des, cond = model.re_design, model._make_conditional()
+    theta = np.array([0.7, 0.9])
+    lams = des.lambdas(theta)
+    eta_f = model.exog @ np.array([-0.2, 0.4])
+    rows = MemoryRows(des, eta_f, cond)
+    chol = lp.make_chol(des)
+    rows.point(np.zeros(des.nre), None, lams)
+    seen = []
+    real = rows_mod._reweight
+
+    def spy(ch, XY, w):
+        seen.append(weakref.ref(XY.base if XY.base is not None else XY))
+        return real(ch, XY, w)
+
+    monkeypatch.setattr(rows_mod, "_reweight", spy)
+    status, solved = rows.factor(chol, lams, False)
+    assert status == "ok" and solved is None and seen[0]() is None
+    u1 = chol.solve()[0]
+    # the solution in the span, from the working response made again
+    real_update = type(chol).update
+    calls = []
+
+    def failing_once(self, lams_):
+        calls.append(1)
+        if len(calls) == 1:
+            raise np.linalg.LinAlgError("forced")
+        return real_update(self, lams_)
+
+    monkeypatch.setattr(type(chol), "update", failing_once)
+    status, solved = rows.factor(chol, lams, False)
+    monkeypatch.setattr(type(chol), "update", real_update)
+    assert status == "ok" and solved is not None and len(calls) == 3
+    np.testing.assert_allclose(solved[0], u1, rtol=1e-8, atol=1e-10 * np.abs(u1).max())
+    rows.step(u1, None, lams)
+    first = weakref.ref(rows.dlin)
+    rows.step(u1, None, lams)
+    assert first() is None                             # not held beside the new step
+    rows.trial(1.0, u1, None, lams)
+    rows.accept()
+    assert rows.dlin is None
+    modes = lp.pirls(des, lp.make_chol(des), eta_f, cond, theta, tol=1e-14)
+    assert modes.converged
+    score = lp.random_effects_transpose(des, modes.d1, lams) - modes.u
+    assert np.abs(score).max() < 1e-8 * max(1.0, np.abs(modes.u).max())

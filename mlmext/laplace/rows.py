@@ -154,7 +154,7 @@ class MemoryRows:
         the observed information is positive).  Returns ``(status, solved)``: status "ok",
         "exact" (zero working response: nothing to move) or "failed"; ``solved`` the step's
         ``(u, beta)`` when the factorization needed the solve in the span."""
-        cond, X, lin, d1 = self.cond, self.X, self.lin, self.d1
+        cond, X = self.cond, self.X
         wt = self.w
         self.wt_is_w = True
         if newton:
@@ -164,14 +164,12 @@ class MemoryRows:
                 wt = hobs
                 self.wt_is_w = False
         self.wt = wt
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            # lin + where(wt > 0, d1 / wt, 0), the same numbers with one n-sized array
-            z = np.divide(d1, wt, out=np.zeros_like(d1), where=wt > 0)
-            z += lin
+        z = self._working_response(wt)
         exact = not np.any(z)                      # zero working response: nothing to move
         if exact:                                  # any response outside the span gives the factor
             z = np.random.default_rng(0).standard_normal(z.shape[0])
         _reweight(chol, (X, z) if self.has_x else z[:, None], wt)
+        del z          # not held through the factorization (made again where it is read below)
         try:
             chol.update(lams)
             solved = None
@@ -179,12 +177,21 @@ class MemoryRows:
             # a working response in the span of [Z Lambda, X] (a constant response: the fit is
             # exact) leaves no residual for the last pivot; the solution is linear in the
             # response, so solve for z + e and for e (e outside the span) and subtract
-            solved = _solve_in_span(chol, X, z, wt, lams) if not exact else None
+            solved = _solve_in_span(chol, X, self._working_response(wt), wt, lams) \
+                if not exact else None
             if solved is None:
                 return "failed", None
         return ("exact" if exact else "ok"), solved
 
+    def _working_response(self, wt):
+        """``lin + where(wt > 0, d1 / wt, 0)`` (the same numbers with one n-sized array)."""
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            z = np.divide(self.d1, wt, out=np.zeros_like(self.d1), where=wt > 0)
+            z += self.lin
+        return z
+
     def step(self, u_new, b_new, lams):
+        self.dlin = None                   # the last step's: not held beside the new one
         dlin = self.linear(u_new, b_new if self.has_x else None, lams)
         dlin -= self.lin
         self.dlin = dlin
@@ -219,6 +226,7 @@ class MemoryRows:
                 lin[sl] += dlin[sl] if lin_t == 1.0 else lin_t * dlin[sl]
         else:
             self.lin = lin_t
+        self.dlin = None                   # taken: not held through the next factorization
         if self.d1 is None:
             with np.errstate(all="ignore"):
                 self.d1, self.w = self.cond.derivatives(self.eta)

@@ -9,6 +9,10 @@ from ..linalg import BlockedCholesky
 
 
 # ----------------------------------------------------------------------------- Z Lambda u
+#: rows per chunk of :meth:`_ZOps.zlam`'s scalar blocks
+ZLAM_CHUNK = 1 << 17
+
+
 class _ZOps:
     """Products with ``Z Lambda`` for a design, with per-block arrays cached."""
 
@@ -28,8 +32,13 @@ class _ZOps:
         for k, (b, lam) in enumerate(zip(self.blocks, lams)):
             ub = u[self.offsets[k]:self.offsets[k + 1]]
             if self.scalar[k]:
-                v = (lam[0, 0] * ub)[b.codes]
-                out += v if self.all_ones[k] else v * self.x0[k]
+                vals = lam[0, 0] * ub
+                # a chunk of rows at a time: no n-sized gathered values beside out (8 MB at
+                # 1M rows, at PIRLS's step); the same numbers, element by element
+                for a in range(0, self.n, ZLAM_CHUNK):
+                    sl = slice(a, a + ZLAM_CHUNK)
+                    v = vals[b.codes[sl]]
+                    out[sl] += v if self.all_ones[k] else v * self.x0[k][sl]
             else:
                 bb = ub.reshape(b.m, b.q) @ lam.T
                 out += np.einsum("ij,ij->i", b.X, bb[b.codes])
