@@ -25,6 +25,7 @@ from scipy import linalg, sparse
 from .._blas import inverse_threads
 from ._dense_inverse import ReInverseMixin
 from ._lead import LeadBlockFactor
+from ._potri import potri_upper
 from ._response import factor_with_response
 from ._sparse_rest import SparseRest
 from ._stacks import sandwich, solve_last_row_t
@@ -334,7 +335,7 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
             X[np.arange(kk, r), np.arange(kk, r)] = 1.0
             if kk:
                 with inverse_threads(kk):
-                    _, info = linalg.lapack.dpotri(X.T, lower=0, overwrite_c=1)
+                    info = potri_upper(X.T)
                 if info:
                     raise np.linalg.LinAlgError("singular factor in gradient")
             X[np.arange(kk, r), np.arange(kk, r)] = 0.0
