@@ -16,6 +16,12 @@ def _spd(n, seed):
     return A @ A.T / n + np.eye(n)
 
 
+def test_the_pointers_are_found():
+    """SciPy's Cython BLAS/LAPACK give dtrtri and dtrmm with the expected prototypes (else the
+    recursion is silently off and every inverse goes to dpotri)."""
+    assert _potri._pointers() is not None
+
+
 @pytest.mark.parametrize("n", [1, 5, _potri.LEAF, _potri.LEAF + 1, 2 * _potri.LEAF + 3, 700])
 def test_potri_upper_is_the_inverse(n):
     S = _spd(n, n)

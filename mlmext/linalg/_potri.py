@@ -17,6 +17,7 @@ wrappers would copy every non-contiguous block).  Without those pointers, or for
 from __future__ import annotations
 
 import ctypes
+import re
 
 import numpy as np
 from scipy.linalg import lapack
@@ -42,14 +43,21 @@ def _pointers():
             name = ctypes.pythonapi.PyCapsule_GetName
             name.restype, name.argtypes = ctypes.c_char_p, [ctypes.py_object]
 
-            def fn(mod, key, args):
+            def fn(mod, key, sig, args):
                 cap = mod.__pyx_capi__[key]
+                # the C signature Cython records (its double typedef spelled "d"): the
+                # prototype below must be the one called (32-bit ints, doubles)
+                got = re.sub(r"__pyx_t_\w+_d\b", "d", name(cap).decode())
+                if got != sig:
+                    raise TypeError(f"{key}: unexpected signature {got}")
                 return ctypes.CFUNCTYPE(None, *args)(get(cap, name(cap)))
 
             c, i, d, p = (ctypes.c_char_p, ctypes.POINTER(ctypes.c_int),
                           ctypes.POINTER(ctypes.c_double), ctypes.c_void_p)
-            trtri = fn(cl, "dtrtri", [c, c, i, p, i, i])
-            trmm = fn(cb, "dtrmm", [c, c, c, c, i, i, d, p, i, p, i])
+            trtri = fn(cl, "dtrtri", "void (char *, char *, int *, d *, int *, int *)",
+                       [c, c, i, p, i, i])
+            trmm = fn(cb, "dtrmm", "void (char *, char *, char *, char *, int *, int *, d *, "
+                      "d *, int *, d *, int *)", [c, c, c, c, i, i, d, p, i, p, i])
             _fns["ok"] = (trtri, trmm)
         except Exception:  # noqa: BLE001 - an optimization only: dpotri does the same
             pass
