@@ -333,8 +333,6 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
             X = self.Lr
             if self.inverse_in_place and np.shares_memory(X, self._S):
                 self.Lr = self._inv = None
-            elif isinstance(self.lam_rest, np.ndarray) and self._schur.P is not None:
-                X = _copy_lower(np.empty_like(X), X)       # (only its lower triangle is read)
             else:
                 X = X.copy()
             X[kk:, :] = 0.0
