@@ -189,8 +189,11 @@ class DenseFactor(ReInverseMixin, LeadBlockFactor):
         bounds = self._block_bounds(lr)
         if bounds is None:
             return super()._schur_complement(B, lr)
-        # the lower triangle only: P holds positions i >= j, and potrf reads no other
-        S = self._rr_into(self._S) if self._A_rr is None else _copy_lower(self._S, self._A_rr)
+        # the lower triangle only: P holds positions i >= j, and potrf reads no other (the
+        # upper one keeps finite leftovers: set_cross_products' scratch is zeroed; reweight's
+        # is not, and its A_rr is written whole from its parts)
+        S = self._rr_into(self._S) if self._rr_parts is not None or self._A_rr is None \
+            else _copy_lower(self._S, self._A_rr)
         self._schur.subtract_from(S, B)
         _scale_lower_blocks(S, bounds, lr)
         return S
