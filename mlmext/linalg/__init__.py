@@ -28,7 +28,8 @@ One interface, one implementation per storage (:class:`~mlmext.linalg.base.Facto
 interface), ``_lead`` (cross-products and the elimination of the first block, shared by the
 factors with a dense remainder), ``dense``, ``nested``, ``oneblock``, ``scalar``, ``_schur`` (the Schur-complement
 product of the first block), ``_schur_rows`` (the same with the X/y rows as dense products:
-pairs among the random effects only), ``_stacks`` (kernels on stacks of per-level blocks).
+pairs among the random effects only), ``_stacks`` (kernels on stacks of per-level blocks),
+``_potri`` (the dense inverse from a Cholesky factor, its triangular inverse by halves).
 """
 from __future__ import annotations
 

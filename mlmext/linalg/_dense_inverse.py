@@ -14,6 +14,7 @@ from scipy import linalg, sparse
 from .._blas import inverse_threads
 from .._malloc import trim_heap
 from ._local import LocalInverse, coupling_on_pattern, pattern_keys
+from ._potri import potri_upper
 from ._stacks import blockdiag_sparse, small_index
 
 __all__ = ["ReInverseMixin", "symmetrize_lower"]
@@ -209,7 +210,7 @@ class ReInverseMixin:
         X[rz:, :] = 0.0
         X[np.arange(rz, r), np.arange(rz, r)] = 1.0
         with inverse_threads(rz):
-            _, info = linalg.lapack.dpotri(X.T, lower=0, overwrite_c=1)
+            info = potri_upper(X.T)
         if info:
             if in_place:                                   # neither factor nor inverse now
                 self.Lr, self._inv = None, None
