@@ -13,8 +13,12 @@ log-likelihood difference (REML criterion on REML fits), per package and row.
 Packages
 --------
 * mlmext and statsmodels (``MixedLM``, only where it can express the model: one grouping
-  factor, i.e. sleepstudy) run with this interpreter; ``PYTHONPATH`` or ``MLMEXT_CODE``
-  decides which mlmext (the header prints its path).
+  factor, i.e. sleepstudy) run with this interpreter, or ``--mlmext-python``; ``PYTHONPATH``
+  or ``MLMEXT_CODE`` decides which mlmext (the header prints its path).  Memory depends on
+  what is installed: with pyarrow and polars present (the project's ``test`` extra), pandas
+  and statsmodels import them and every process starts ~50-70 MiB larger.  A venv with the
+  runtime dependencies only (``pip install .``), like the peers' venv, measures what a user
+  who installs mlmext alone gets.
 * glmm and mixedlm (Rust-backed lme4 clones on PyPI) run with ``--peers-python`` (default
   ``$MLMEXT_PEERS_PYTHON`` or /work/peers/bin/python), a separate venv made with
   ``python -m venv PEERS && PEERS/bin/pip install -r benchmarks/requirements-peers.txt``.
@@ -366,6 +370,9 @@ def main(argv=None):
     ap.add_argument("--only", nargs="*", help="rows whose label contains any of these strings")
     ap.add_argument("--packages", nargs="*", default=PACKAGES)
     ap.add_argument("--peers-python", default=os.environ.get("MLMEXT_PEERS_PYTHON", "/work/peers/bin/python"))
+    ap.add_argument("--mlmext-python", default=sys.executable,
+                    help="interpreter for mlmext's and statsmodels' processes (default: this one); "
+                         "e.g. a venv with the runtime dependencies only, as the peers' venv")
     ap.add_argument("--glmm-defaults", action="store_true",
                     help="glmm.fit's defaults on LMMs (Satterthwaite df, Hessian SEs)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per child process")
@@ -387,7 +394,7 @@ def main(argv=None):
                                                         "MKL_NUM_THREADS", "RAYON_NUM_THREADS")})
     pythons = {}
     for pkg in args.packages:
-        py, env = (args.peers_python, env_peer) if pkg in PEERS else (sys.executable, env_ours)
+        py, env = (args.peers_python, env_peer) if pkg in PEERS else (args.mlmext_python, env_ours)
         if os.path.exists(py) and available(py, pkg, env):
             pythons[pkg] = (py, env)
     todo = [c for c in cases(args) if args.large or not c[3].get("large")]
@@ -445,7 +452,8 @@ def main(argv=None):
 
     print()
     for pkg in args.packages:
-        print(f"  {pkg:12s} {versions.get(pkg, 'not available' if pkg not in pythons else '')}")
+        print(f"  {pkg:12s} {versions.get(pkg, 'not available' if pkg not in pythons else '')}"
+              + (f"  [{pythons[pkg][0]}]" if pkg in pythons else ""))
     print()
     table = []
     for label, n, mode, res in rows:
