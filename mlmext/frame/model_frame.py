@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import difflib
 import functools
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -69,7 +69,6 @@ def apply_subset(data, subset):
         raise ValueError(f"subset has labels that are not in the data's index: {exc}") from exc
 
 
-@dataclass
 class ModelFrame:
     """What a formula and a data frame give a mixed model.
 
@@ -78,6 +77,9 @@ class ModelFrame:
     y, X : pandas.DataFrame
         Response (one or more columns, e.g. ``cbind(s, f)``) and fixed design,
         on the complete rows, columns named as the results show them.
+    y_column : pandas.Series or None
+        A one-column response as a Series (the column of ``y``, whose frame is then made
+        on first use: the usual model reads only this), else None.
     design : RandomEffectsDesign
     weights, offset : ndarray or None
     info : dict
@@ -87,12 +89,18 @@ class ModelFrame:
         ``engine``.
     """
 
-    y: pd.DataFrame
-    X: pd.DataFrame
-    design: RandomEffectsDesign
-    weights: np.ndarray | None
-    offset: np.ndarray
-    info: dict = field(default_factory=dict)
+    def __init__(self, y, X, design, weights, offset, info=None, y_column=None):
+        if y is None and y_column is None:
+            raise ValueError("a model frame needs its response (y or y_column)")
+        self._y, self.y_column = y, y_column
+        self.X, self.design, self.weights, self.offset = X, design, weights, offset
+        self.info = {} if info is None else info
+
+    @property
+    def y(self):
+        if self._y is None:
+            self._y = self.y_column.to_frame()
+        return self._y
 
 
 def _column_or_array(data, v, what):
@@ -372,10 +380,16 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         if off_all is not None:
             off += off_all if kept is None else off_all[kept]
     w = None if w_all is None else (w_all.copy() if kept is None else w_all[kept])
-    y_df = pieces.y
+    y_df, y_column = pieces.y, None
     ycols = y_df.columns.tolist() if pieces.ycols is None else pieces.ycols
     ynames = [display_name(c) for c in ycols]
-    if ynames != ycols:       # (setting a frame's columns costs ~50 us)
+    if y_df is None and len(ynames) == 1:
+        # the engine's response column as a Series: its one-column frame, and the column read
+        # back from it, cost ~20 us more and the usual model reads only the Series
+        y_column = pd.Series(pieces.y_num[:, 0], name=ynames[0])
+    elif y_df is None:
+        y_df = pd.DataFrame(pieces.y_num, columns=names_index(ynames))
+    elif ynames != ycols:       # (setting a frame's columns costs ~50 us)
         y_df.columns = ynames
     X_df = pd.DataFrame(pieces.X, columns=names_index([display_name(c) for c in pieces.xnames]))
     dropped = {k: v for k, v in (("missing values", n_missing), ("zero weights", n_zero)) if v}
@@ -395,4 +409,5 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         # how the matrices were made: "numpy" / "pandas" (the one-pass modes) or "generic"
         "frame_path": "generic" if plan is None else ("pandas" if plan.pandas else "numpy"),
     }
-    return ModelFrame(y=y_df, X=X_df, design=design, weights=w, offset=off, info=info)
+    return ModelFrame(y=y_df, X=X_df, design=design, weights=w, offset=off, info=info,
+                      y_column=y_column)
