@@ -33,7 +33,12 @@ def constant_rows(value, shape):
     ones of an intercept-only random-effects term.  Numpy reads it like the full array (the same
     results); writing into it raises.  At 1M rows each is 8 MB less for the model to hold.
     """
-    return np.broadcast_to(np.array(value, dtype=float), shape)
+    shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+    # np.broadcast_to's array, made directly (its checks and iterator cost 2x a model's two)
+    out = np.ndarray(shape, dtype=float, buffer=np.array(value, dtype=float),
+                     strides=(0,) * len(shape))
+    out.flags.writeable = False
+    return out
 
 
 def lower_tri(q):
