@@ -161,9 +161,10 @@ class MixedModel(LikelihoodModel):
         eval_env : int
             Frames above the caller whose variables formulas may use.
         """
-        accepted = set(cls._init_accepted())       # fail before the (costly) frame is built
-        reject_unknown({k: v for k, v in kwargs.items() if k not in accepted},
-                       f"{cls._api_name}()", accepted=sorted(accepted), hints=cls._init_hints)
+        if kwargs:                                  # fail before the (costly) frame is built
+            accepted = set(cls._init_accepted())
+            reject_unknown({k: v for k, v in kwargs.items() if k not in accepted},
+                           f"{cls._api_name}()", accepted=sorted(accepted), hints=cls._init_hints)
         env = caller_namespace(eval_env + 1) if isinstance(eval_env, int) else eval_env
         frame = build_model_frame(formula, data, subset=subset, weights=weights, offset=offset,
                                   missing=missing, env=env, fixed_matrices=cls._fixed_matrices,
