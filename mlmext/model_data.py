@@ -60,7 +60,7 @@ def _handle_constant(data, X):
         mx, mn = X.max(axis=0), X.min(axis=0)
         const = (mx == mn).nonzero()[0]
         # (a column of equal values has a nonzero mean exactly when its value is nonzero)
-        if const.size == 1 and mx[const[0]] != 0 and np.isfinite(mx.sum()):
+        if const.size == 1 and mx[const[0]] != 0 and np.isfinite(mx).all():
             data.k_constant, data.const_idx = 1, int(const[0])
             return
     data._handle_constant(None)

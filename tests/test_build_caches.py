@@ -10,6 +10,7 @@ data in a new DataFrame, caches emptied.  Deterministic: exact equality.
 """
 import concurrent.futures
 import gc
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -273,7 +274,9 @@ def test_frame_data_constant_as_statsmodels(cols):
     fast path decides and on those it hands to statsmodels."""
     X = pd.DataFrame(cols, index=range(50))
     endog = pd.Series(np.linspace(0, 1, 50), name="y")
-    ref, ours = handle_data(endog, X, "none", None), frame_data(endog, X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # (no warning of its own: huge values too)
+        ref, ours = handle_data(endog, X, "none", None), frame_data(endog, X)
     assert (ref.k_constant, ref.const_idx) == (ours.k_constant, ours.const_idx)
 
 
