@@ -161,15 +161,19 @@ class MixedModel(LikelihoodModel):
         eval_env : int
             Frames above the caller whose variables formulas may use.
         """
-        accepted = set(cls._init_accepted())       # fail before the (costly) frame is built
-        reject_unknown({k: v for k, v in kwargs.items() if k not in accepted},
-                       f"{cls._api_name}()", accepted=sorted(accepted), hints=cls._init_hints)
+        if kwargs:                                  # fail before the (costly) frame is built
+            accepted = set(cls._init_accepted())
+            reject_unknown({k: v for k, v in kwargs.items() if k not in accepted},
+                           f"{cls._api_name}()", accepted=sorted(accepted), hints=cls._init_hints)
         env = caller_namespace(eval_env + 1) if isinstance(eval_env, int) else eval_env
         frame = build_model_frame(formula, data, subset=subset, weights=weights, offset=offset,
                                   missing=missing, env=env, fixed_matrices=cls._fixed_matrices,
                                   mgr=formula_manager(), fixed_parts=cls._one_pass_parts())
         info = frame.info
-        y, X = cls._prepare_endog_exog(frame.y, frame.X, info["data"], info)
+        # the base hook reads a one-column response as the Series itself (no frame made)
+        base_hook = cls._prepare_endog_exog.__func__ is MixedModel._prepare_endog_exog.__func__
+        y = frame.y_column if base_hook and frame.y_column is not None else frame.y
+        y, X = cls._prepare_endog_exog(y, frame.X, info["data"], info)
         mod = cls(y, X, frame.design, weights=frame.weights, offset=frame.offset,
                   formula_info=info, **kwargs)
         mod.formula = formula
@@ -200,7 +204,11 @@ class MixedModel(LikelihoodModel):
 
     @classmethod
     def _prepare_endog_exog(cls, y, X, data, info):
-        """Hook for subclasses: check and transform the response (default: one numeric column)."""
+        """Hook for subclasses: check and transform the response (default: one numeric column).
+        ``y``: the response frame, or its one column as a Series (the model frame's
+        ``y_column``, which only this default reads)."""
+        if isinstance(y, pd.Series):
+            return y, drop_rank_deficient(X)
         if y.shape[1] != 1:
             name = display_name(info["parsed"].response)
             kind = f" (it has dtype {data[name].dtype})" if name in data.columns else ""

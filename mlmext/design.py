@@ -13,6 +13,7 @@ Vocabulary (lme4 / MixedModels.jl):
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -32,7 +33,12 @@ def constant_rows(value, shape):
     ones of an intercept-only random-effects term.  Numpy reads it like the full array (the same
     results); writing into it raises.  At 1M rows each is 8 MB less for the model to hold.
     """
-    return np.broadcast_to(np.array(value, dtype=float), shape)
+    shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+    # np.broadcast_to's array, made directly (its checks and iterator cost 2x a model's two)
+    out = np.ndarray(shape, dtype=float, buffer=np.array(value, dtype=float),
+                     strides=(0,) * len(shape))
+    out.flags.writeable = False
+    return out
 
 
 def lower_tri(q):
@@ -264,7 +270,9 @@ class ReTerm:
         """Root mean square of each column of X (stored when the rows are not held: Dask)."""
         if self.X is None:
             return self.col_rms
-        return np.sqrt(np.mean(self.X ** 2, axis=0)) if len(self.X) else np.ones(self.q)
+        # (np.mean's sum and division without its wrappers: the same rounding)
+        return np.sqrt(np.add.reduce(self.X ** 2, axis=0) / len(self.X)) if len(self.X) \
+            else np.ones(self.q)
 
     @property
     def ntheta(self):
@@ -396,10 +404,10 @@ class RandomEffectsDesign:
         if self.__dict__.get("_theta_units") is None:     # the terms never change: once
             units = np.ones(self.ntheta)
             for t in self.terms:
-                rms = t.column_rms()
-                for k, (i, _) in enumerate(lower_tri(t.q)):
-                    if np.isfinite(rms[i]) and rms[i] > 0:
-                        units[t.theta_index[k]] = rms[i]
+                rms, idx = t.column_rms().tolist(), t.theta_index.tolist()   # (Python floats:
+                for k, (i, _) in enumerate(lower_tri(t.q)):                 # no NumPy scalars)
+                    if math.isfinite(rms[i]) and rms[i] > 0:
+                        units[idx[k]] = rms[i]
             self._theta_units = units
         return self._theta_units.copy()
 
@@ -432,6 +440,14 @@ class RandomEffectsDesign:
         return theta
 
     def theta_names(self):
+        """Names of the entries of theta (``group.column``, ``group.row.column`` below the
+        diagonals), lme4's order; a new list each call (made once: the terms never change)."""
+        names = self.__dict__.get("_theta_names")
+        if names is None:
+            names = self._theta_names = tuple(self._make_theta_names())
+        return list(names)
+
+    def _make_theta_names(self):
         names = []
         for t in self.terms:
             for i, j in lower_tri(t.q):

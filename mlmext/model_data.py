@@ -41,7 +41,7 @@ def frame_data(endog, exog):
     data.exog = xarr[:, None] if xarr.ndim == 1 else xarr
     data.const_idx = None
     data.k_constant = 0
-    data._handle_constant(None)
+    _handle_constant(data, data.exog)
     data._check_integrity()
     data._cache = {}
     if xarr.shape[1] and not isinstance(exog.columns, pd.MultiIndex):
@@ -49,3 +49,18 @@ def frame_data(endog, exog):
         # ~2 us a label on an Index of Arrow strings; the build's Index comes with its labels)
         data._cache["xnames"] = list(column_labels(exog.columns))
     return data
+
+
+def _handle_constant(data, X):
+    """statsmodels' ``_handle_constant(None)`` on ``data``: ``k_constant`` and ``const_idx``
+    of the design ``X``.  The usual design (finite, exactly one constant column, not zero: an
+    intercept) is decided here with four array methods (statsmodels' own pass costs ~35 us of
+    NumPy wrappers on a small model); any other design goes through statsmodels' code."""
+    if X.shape[0] and X.shape[1]:
+        mx, mn = X.max(axis=0), X.min(axis=0)
+        const = (mx == mn).nonzero()[0]
+        # (a column of equal values has a nonzero mean exactly when its value is nonzero)
+        if const.size == 1 and mx[const[0]] != 0 and np.isfinite(mx).all():
+            data.k_constant, data.const_idx = 1, int(const[0])
+            return
+    data._handle_constant(None)

@@ -10,11 +10,13 @@ data in a new DataFrame, caches emptied.  Deterministic: exact equality.
 """
 import concurrent.futures
 import gc
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 from statsmodels.base.data import handle_data
+from statsmodels.tools.sm_exceptions import MissingDataError
 
 from mlmext import immutable_cache
 from mlmext.formula import api as mf
@@ -256,3 +258,33 @@ def test_plans_that_read_the_namespace_are_made_afresh(sleep):
     # a column named like the namespace's variable: the column, and a plan of its own
     c = mf.lmer(f, sleep.assign(k=10.0))
     np.testing.assert_array_equal(c.exog[:, 1], 10.0 * sleep["Days"].to_numpy())
+
+
+@pytest.mark.parametrize("cols", [
+    {"Intercept": 1.0, "a": np.linspace(-1, 1, 50)},                   # an intercept (fast path)
+    {"a": np.linspace(-1, 1, 50), "three": 3.0},                        # a constant, not ones
+    {"zero": 0.0, "a": np.linspace(-1, 1, 50)},                         # a zero column only
+    {"one": 1.0, "two": 2.0, "a": np.linspace(-1, 1, 50)},              # two constants
+    {"d1": np.r_[np.ones(25), np.zeros(25)], "d2": np.r_[np.zeros(25), np.ones(25)]},  # implicit
+    {"a": np.linspace(-1, 1, 50), "b": np.arange(50.0)},                # none
+    {"Intercept": 1.0, "big": np.r_[1e308, np.zeros(49)], "big2": np.r_[1e308, np.zeros(49)]},
+])
+def test_frame_data_constant_as_statsmodels(cols):
+    """k_constant and const_idx as statsmodels' _handle_constant gives them, on designs the
+    fast path decides and on those it hands to statsmodels."""
+    X = pd.DataFrame(cols, index=range(50))
+    endog = pd.Series(np.linspace(0, 1, 50), name="y")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # (no warning of its own: huge values too)
+        ref, ours = handle_data(endog, X, "none", None), frame_data(endog, X)
+    assert (ref.k_constant, ref.const_idx) == (ours.k_constant, ours.const_idx)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_frame_data_nonfinite_design_raises_as_statsmodels(bad):
+    X = pd.DataFrame({"Intercept": 1.0, "a": np.r_[bad, np.linspace(-1, 1, 49)]})
+    endog = pd.Series(np.linspace(0, 1, 50), name="y")
+    with pytest.raises(MissingDataError):
+        handle_data(endog, X, "none", None)
+    with pytest.raises(MissingDataError):
+        frame_data(endog, X)

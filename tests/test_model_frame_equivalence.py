@@ -364,3 +364,22 @@ def test_drop_rank_deficient_same_decisions():
             warnings.simplefilter("ignore")
             kept = [int(c[1:]) for c in drop_rank_deficient(X).columns]
         assert kept == _gram_schmidt_keep(A), (n, p, kind)
+
+
+@pytest.mark.parametrize("missing", ["none", "y", "x"])
+def test_one_column_response_frame_made_on_first_use(monkeypatch, missing):
+    """The one-pass build hands a one-column response over as a Series (``y_column``, what
+    the base model reads); the frame made from it on first use is the generic path's."""
+    from mlmext.frame import build_model_frame, formula_manager
+    from mlmext.lmm import LinearMixedModel as M
+
+    def frame(one_pass):
+        monkeypatch.setattr(model_frame, "_ONE_PASS", one_pass)
+        return build_model_frame("y ~ x + (1 | g)", _missing(missing, _data()), env={},
+                                 fixed_matrices=M._fixed_matrices, mgr=formula_manager(),
+                                 fixed_parts=M._one_pass_parts())
+    new, old = frame(True), frame(False)
+    assert new.y_column is not None and old.y_column is None
+    pd.testing.assert_series_equal(new.y_column, old.y.iloc[:, 0])
+    pd.testing.assert_frame_equal(new.y, old.y)
+    assert new.y is new.y                       # made once

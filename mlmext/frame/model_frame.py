@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -36,7 +35,7 @@ from .columns import FrameColumns
 from .patsy_pass import Fallback, FixedParts
 from .plan_cache import plan_for
 from .pieces import drop_unused_categories, generic_pieces, one_pass_pieces
-from .terms import ParsedFormula, parse_formula
+from .terms import BarTerm, ParsedFormula, parse_formula
 
 __all__ = ["ModelFrame", "FixedParts", "build_model_frame", "used_columns", "quote_names", "display_name",
            "apply_subset", "evaluate", "formula_error", "formula_manager"]
@@ -69,7 +68,6 @@ def apply_subset(data, subset):
         raise ValueError(f"subset has labels that are not in the data's index: {exc}") from exc
 
 
-@dataclass
 class ModelFrame:
     """What a formula and a data frame give a mixed model.
 
@@ -78,6 +76,9 @@ class ModelFrame:
     y, X : pandas.DataFrame
         Response (one or more columns, e.g. ``cbind(s, f)``) and fixed design,
         on the complete rows, columns named as the results show them.
+    y_column : pandas.Series or None
+        A one-column response as a Series (the column of ``y``, whose frame is then made
+        on first use: the usual model reads only this), else None.
     design : RandomEffectsDesign
     weights, offset : ndarray or None
     info : dict
@@ -87,12 +88,18 @@ class ModelFrame:
         ``engine``.
     """
 
-    y: pd.DataFrame
-    X: pd.DataFrame
-    design: RandomEffectsDesign
-    weights: np.ndarray | None
-    offset: np.ndarray
-    info: dict = field(default_factory=dict)
+    def __init__(self, y, X, design, weights, offset, info=None, y_column=None):
+        if y is None and y_column is None:
+            raise ValueError("a model frame needs its response (y or y_column)")
+        self._y, self.y_column = y, y_column
+        self.X, self.design, self.weights, self.offset = X, design, weights, offset
+        self.info = {} if info is None else info
+
+    @property
+    def y(self):
+        if self._y is None:
+            self._y = self.y_column.to_frame()
+        return self._y
 
 
 def _column_or_array(data, v, what):
@@ -250,7 +257,10 @@ def parsed_formula(formula, columns, engine):
     if not isinstance(formula, str):
         return formula, parse_formula(formula)        # parse_formula raises the TypeError
     formula_q, p = _parsed_formula(formula, columns, engine)
-    return formula_q, ParsedFormula(p.response, p.fixed_rhs, [replace(b) for b in p.bars],
+    # (each bar made by its constructor, as dataclasses.replace does, without replace's
+    # inspection of the fields: it cost ~5 us a bar)
+    return formula_q, ParsedFormula(p.response, p.fixed_rhs,
+                                    [BarTerm(b.lhs, b.factors, b.name, b.source) for b in p.bars],
                                     list(p.offsets))
 
 
@@ -372,10 +382,16 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         if off_all is not None:
             off += off_all if kept is None else off_all[kept]
     w = None if w_all is None else (w_all.copy() if kept is None else w_all[kept])
-    y_df = pieces.y
+    y_df, y_column = pieces.y, None
     ycols = y_df.columns.tolist() if pieces.ycols is None else pieces.ycols
     ynames = [display_name(c) for c in ycols]
-    if ynames != ycols:       # (setting a frame's columns costs ~50 us)
+    if y_df is None and len(ynames) == 1:
+        # the engine's response column as a Series: its one-column frame, and the column read
+        # back from it, cost ~20 us more and the usual model reads only the Series
+        y_column = pd.Series(pieces.y_num[:, 0], name=ynames[0])
+    elif y_df is None:
+        y_df = pd.DataFrame(pieces.y_num, columns=names_index(ynames))
+    elif ynames != ycols:       # (setting a frame's columns costs ~50 us)
         y_df.columns = ynames
     X_df = pd.DataFrame(pieces.X, columns=names_index([display_name(c) for c in pieces.xnames]))
     dropped = {k: v for k, v in (("missing values", n_missing), ("zero weights", n_zero)) if v}
@@ -395,4 +411,5 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         # how the matrices were made: "numpy" / "pandas" (the one-pass modes) or "generic"
         "frame_path": "generic" if plan is None else ("pandas" if plan.pandas else "numpy"),
     }
-    return ModelFrame(y=y_df, X=X_df, design=design, weights=w, offset=off, info=info)
+    return ModelFrame(y=y_df, X=X_df, design=design, weights=w, offset=off, info=info,
+                      y_column=y_column)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..immutable_cache import names_index
 from .engine import evaluate
 from .columns import FrameColumns
 from .patsy_pass import ColumnStore, engine_pass, levels_kept
@@ -25,7 +24,7 @@ __all__ = ["Pieces", "generic_pieces", "one_pass_pieces", "drop_unused_categorie
 class Pieces:
     """The model's matrices on the rows kept, before names and checks (both paths give these)."""
 
-    y: pd.DataFrame            # response, the engine's column names
+    y: pd.DataFrame | None     # response, the engine's column names (None: from y_num)
     y_num: np.ndarray | None   # its numeric columns (None: to be found from y)
     X: np.ndarray
     xnames: list
@@ -233,7 +232,7 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
     if fixed.response_column is None:
         y_num = mats[plan.y]
         ycols = infos[plan.y].column_names
-        y_df = pd.DataFrame(y_num, columns=names_index(ycols))
+        y_df = None                  # (made by build_model_frame, on first use when one column)
     else:
         ys = cols[fixed.response_column]
         y_df = (ys if kept is None else ys.take(kept)).reset_index(drop=True).to_frame()
