@@ -175,6 +175,37 @@ def _batched_or_none(res, Y):
         return out
 
 
+def _newton(g, H, s, ss):
+    """Modified Newton steps at gradients ``g`` (n, K) and Hessians ``H`` (n, K, K) in theta:
+    ``(step, decrement, smallest eigenvalue, positive definite, scaled gradient)``, the step
+    and the eigenvalues in the scaled theta (the fit's: the checks' units)."""
+    w, V = np.linalg.eigh(H / ss)
+    mine = w[:, 0]
+    wmax = np.maximum(1.0, np.maximum(-mine, w[:, -1]))     # (eigh's are ascending)
+    gs = g / s
+    # where H is not positive definite, |eigenvalues| give a descent direction
+    wa = np.maximum(np.abs(w), 1e-6 * wmax[:, None])
+    st = -(V @ ((gs[:, None, :] @ V)[:, 0] / wa)[:, :, None])[:, :, 0]
+    return st, -0.5 * (gs * st).sum(axis=1), mine, mine > 1e-8 * wmax, gs
+
+
+def _starts(batch, blk, theta0, idx):
+    """Each member's start: the moment estimate of its theta
+    (:meth:`~mlmext.linalg.levels_batch.LevelsBatch.moment_thetas`) where its criterion is
+    below the fit's theta's, else the fit's theta."""
+    nb = idx.size
+    T = np.tile(theta0, (nb, 1))
+    Tm = batch.moment_thetas(blk)
+    has = np.isfinite(Tm).all(axis=1)
+    if not has.any():
+        return T
+    Tm[~has] = theta0
+    f = batch.values(np.concatenate([T, Tm]), np.concatenate([idx, idx]))
+    lower = f[nb:] < f[:nb]
+    T[lower] = Tm[lower]
+    return T
+
+
 def _lockstep(r, lv, Y, Yo):
     """Results of the members that pass the checks in lockstep Newton (None for the others),
     and for the others the lowest point found (None: the fit's theta), as a start."""
@@ -185,9 +216,10 @@ def _lockstep(r, lv, Y, Yo):
     theta0 = np.asarray(r.theta, dtype=float)
     s = des.theta_units()                                   # the fit's scaling of theta
     ss = np.outer(s, s)
-    T = np.tile(theta0, (nb, 1))
-    idx = np.arange(nb)
-    f, g, H = batch.value_grad_hess(T, idx)
+    new = np.arange(nb)                                     # members at a new point
+    T = _starts(batch, des.blocks[0], theta0, new)
+    T0 = T.copy()
+    f, gn, Hn = batch.value_grad_hess(T, new)
     nfev = np.ones(nb, dtype=int)
     # 0 running, 1 converged (at T), 2 converged at T + step (below), -1 single refit
     status = np.zeros(nb, dtype=int)
@@ -197,57 +229,53 @@ def _lockstep(r, lv, Y, Yo):
     slope = np.zeros(nb)                              # gradient . step (the Armijo condition)
     t = np.ones(nb)
     iters = np.zeros(nb, dtype=int)
-    need = idx                                        # members at a new point: a Newton step
     # One batched evaluation per round for every running member: at a new point its Newton
     # step (the full step is tried next round), in a line search the shortened step.
     for _ in range(4 * MAX_ITERATIONS):
-        if need.size:
-            a = need
-            good = np.isfinite(f[a]) & np.isfinite(H[a]).all(axis=(1, 2))
-            status[a[~good]] = -1
-            a = a[good]
-            w, V = np.linalg.eigh(H[a] / ss)          # the Hessian in the scaled theta
-            wmax = np.maximum(1.0, np.abs(w).max(axis=1))
-            mineig[a] = w[:, 0]
-            pdef = w[:, 0] > 1e-8 * wmax
-            gs = g[a] / s
-            # where H is not positive definite, |eigenvalues| give a descent direction
-            wa = np.maximum(np.abs(w), 1e-6 * wmax[:, None])
-            st = -np.einsum("bij,bj->bi", V, np.einsum("bji,bj->bi", V, gs) / wa)
-            d = -0.5 * np.einsum("bi,bi->b", gs, st)
-            dec[a] = d
+        if new.size:
+            good = np.isfinite(Hn.sum(axis=(1, 2)))       # (an indefinite system: NaN)
+            if not good.all():
+                status[new[~good]] = -1
+                new, gn, Hn = new[good], gn[good], Hn[good]
+            st, d, mine, pdef, gs = _newton(gn, Hn, s, ss)
+            dec[new], mineig[new] = d, mine
             # a point passing the checks ends the member: at its point below TOL, else after
             # one more full Newton step (quadratic convergence: from a decrement d below
             # CHECK_TOL the step lands at ~d^2), whose value the estimates compute
             cert = pdef & (d < CHECK_TOL)
-            status[a[cert]] = np.where(d[cert] < TOL, 1, 2)
+            if cert.any():
+                status[new[cert]] = np.where(d[cert] < TOL, 1, 2)
             # far from the optimum a full step overshoots: at most MAX_STEP in the scaled theta
-            big = np.abs(st).max(axis=1)
-            st *= np.minimum(1.0, MAX_STEP / np.maximum(big, 1e-300))[:, None]
-            slope[a] = np.einsum("bi,bi->b", gs, st)
-            over = ~cert & (iters[a] >= MAX_ITERATIONS)
-            status[a[over]] = -1
-            keep = ~over
-            step[a[keep]], t[a[keep]] = st[keep] / s, 1.0
-            iters[a[~cert & keep]] += 1
+            st *= np.minimum(1.0, MAX_STEP / np.maximum(np.abs(st).max(axis=1), 1e-300))[:, None]
+            slope[new] = (gs * st).sum(axis=1)
+            step[new], t[new] = st / s, 1.0
+            it = iters[new] + 1
+            iters[new] = it
+            over = (it > MAX_ITERATIONS) & ~cert
+            if over.any():
+                status[new[over]] = -1
         run = np.flatnonzero(status == 0)
         if run.size == 0:
             break
-        Tt = T[run] + t[run, None] * step[run]
+        tr, fr = t[run], f[run]
+        Tt = T[run] + tr[:, None] * step[run]
         ft, gt, Ht = batch.value_grad_hess(Tt, run)
         nfev[run] += 1
-        ok = ft <= f[run] + 1e-4 * t[run] * slope[run] + rounding_level(f[run])
-        acc = run[ok]
-        T[acc], f[acc], g[acc], H[acc] = Tt[ok], ft[ok], gt[ok], Ht[ok]
+        ok = ft <= fr + 1e-4 * tr * slope[run] + rounding_level(fr)
+        if ok.all():                                  # (the usual round: every step taken)
+            new, gn, Hn = run, gt, Ht
+            T[run], f[run] = Tt, ft
+            continue
+        new, gn, Hn = run[ok], gt[ok], Ht[ok]
+        T[new], f[new] = Tt[ok], ft[ok]
         rej = run[~ok]
         # the next trial at the minimum of the quadratic through f(0), f'(0) and f(t), kept
         # within [t / 10, t / 2] (a non-finite value: t / 4)
-        tr, s0, dfr = t[rej], slope[rej], ft[~ok] - f[rej]
+        tr, s0, dfr = tr[~ok], slope[rej], ft[~ok] - fr[~ok]
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             tq = -s0 * tr ** 2 / (2.0 * (dfr - s0 * tr))
         t[rej] = np.where(np.isfinite(tq), np.clip(tq, 0.1 * tr, 0.5 * tr), 0.25 * tr)
         status[rej[t[rej] < 1e-9]] = -1               # the line search failed
-        need = acc
     status[status == 0] = -1
     out = [None] * nb
     moved = np.isfinite(f) & np.any(T != theta0, axis=1) & (status < 1)
@@ -274,13 +302,13 @@ def _lockstep(r, lv, Y, Yo):
     beta, u, sigma, crit, cov = (e[keep] for e in est)
     conv, Tc = conv[keep], Tc[keep]
     ddf = getattr(r, "ddf", "satterthwaite")
-    tried = (f"Newton from the fit's theta, {nb} responses in lockstep (exact Hessian), "
-             "second-order checks")
+    tried = (f"Newton from the fit's theta or a moment estimate (the lower), {nb} responses "
+             "in lockstep (exact Hessian), second-order checks")
     for j, b in enumerate(conv):
         state = LMMState(theta=_frozen(Tc[j]), beta=_frozen(beta[j]), u=_frozen(u[j]),
                          sigma=float(sigma[j]), criterion=float(crit[j]), cov_beta=_frozen(cov[j]),
                          reml=reml)
-        opt = OptSummary(initial=theta0, final=state.theta, fmin=state.criterion,
+        opt = OptSummary(initial=T0[b], final=state.theta, fmin=state.criterion,
                          feval=int(nfev[b]), tried=((tried, True, int(nfev[b])),), converged=True,
                          message=f"Newton decrement {dec[b]:.3g}", optimizer=tried,
                          extra_items=(("snapped", []), ("decrement", float(dec[b])),
