@@ -219,7 +219,9 @@ def _lockstep(r, lv, Y, Yo):
     new = np.arange(nb)                                     # members at a new point
     T = _starts(batch, des.blocks[0], theta0, new)
     T0 = T.copy()
-    f, gn, Hn = batch.value_grad_hess(T, new)
+    f, gn, Hn, cn = batch.value_grad_hess(T, new, pieces=True)
+    posn = new                                        # the new points' rows in cn's pieces
+    done = []                      # (members, thetas, estimates) of the members that end
     nfev = np.ones(nb, dtype=int)
     # 0 running, 1 converged (at T), 2 converged at T + step (below), -1 single refit
     status = np.zeros(nb, dtype=int)
@@ -236,7 +238,7 @@ def _lockstep(r, lv, Y, Yo):
             good = np.isfinite(Hn.sum(axis=(1, 2)))       # (an indefinite system: NaN)
             if not good.all():
                 status[new[~good]] = -1
-                new, gn, Hn = new[good], gn[good], Hn[good]
+                new, gn, Hn, posn = new[good], gn[good], Hn[good], posn[good]
             st, d, mine, pdef, gs = _newton(gn, Hn, s, ss)
             dec[new], mineig[new] = d, mine
             # a point passing the checks ends the member: at its point below TOL, else after
@@ -244,7 +246,10 @@ def _lockstep(r, lv, Y, Yo):
             # CHECK_TOL the step lands at ~d^2), whose value the estimates compute
             cert = pdef & (d < CHECK_TOL)
             if cert.any():
-                status[new[cert]] = np.where(d[cert] < TOL, 1, 2)
+                at = cert & (d < TOL)
+                status[new[cert]] = np.where(at[cert], 1, 2)
+                if at.any():      # ending here: the estimates from this point's evaluation
+                    done.append((new[at], T[new[at]], batch.estimates(None, posn[at], cn)))
             # far from the optimum a full step overshoots: at most MAX_STEP in the scaled theta
             st *= np.minimum(1.0, MAX_STEP / np.maximum(np.abs(st).max(axis=1), 1e-300))[:, None]
             slope[new] = (gs * st).sum(axis=1)
@@ -259,13 +264,14 @@ def _lockstep(r, lv, Y, Yo):
             break
         tr, fr = t[run], f[run]
         Tt = T[run] + tr[:, None] * step[run]
-        ft, gt, Ht = batch.value_grad_hess(Tt, run)
+        ft, gt, Ht, cn = batch.value_grad_hess(Tt, run, pieces=True)
         nfev[run] += 1
         ok = ft <= fr + 1e-4 * tr * slope[run] + rounding_level(fr)
         if ok.all():                                  # (the usual round: every step taken)
-            new, gn, Hn = run, gt, Ht
+            new, gn, Hn, posn = run, gt, Ht, np.arange(run.size)
             T[run], f[run] = Tt, ft
             continue
+        posn = np.flatnonzero(ok)
         new, gn, Hn = run[ok], gt[ok], Ht[ok]
         T[new], f[new] = Tt[ok], ft[ok]
         rej = run[~ok]
@@ -280,17 +286,22 @@ def _lockstep(r, lv, Y, Yo):
     out = [None] * nb
     moved = np.isfinite(f) & np.any(T != theta0, axis=1) & (status < 1)
     starts = [des.canonical_theta(T[b]) if moved[b] else None for b in range(nb)]
-    conv = np.flatnonzero(status >= 1)
-    if conv.size == 0:
+    # the ends one step on: that step's point where its value does not rise above the last
+    two = np.flatnonzero(status == 2)
+    if two.size:
+        Te = T[two] + step[two]
+        est = batch.estimates(Te, two)
+        back = np.flatnonzero(est[3] > f[two] + rounding_level(f[two]))
+        if back.size:
+            Te[back] = T[two[back]]
+            for e, eb in zip(est, batch.estimates(Te[back], two[back])):
+                e[back] = eb
+        done.append((two, Te, est))
+    if not done:
         return out, starts
-    # the members' ends: the last step taken where it does not rise above the point's value
-    Te = T[conv] + (status[conv] == 2)[:, None] * step[conv]
-    est = batch.estimates(Te, conv)
-    back = np.flatnonzero(est[3] > f[conv] + rounding_level(f[conv]))
-    if back.size:
-        Te[back] = T[conv[back]]
-        for e, eb in zip(est, batch.estimates(Te[back], conv[back])):
-            e[back] = eb
+    conv = np.concatenate([c[0] for c in done])
+    Te = np.concatenate([c[1] for c in done])
+    est = [np.concatenate([c[2][k] for c in done]) for k in range(5)]
     # the single fit's end: the mirror image with nonnegative diagonals; near a zero SD it
     # snaps and tests the bound, so those members go to single refits
     diag = np.isfinite(des.lower)

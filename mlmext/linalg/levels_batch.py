@@ -146,18 +146,20 @@ class LevelsBatch:
         dof = lv.n_obs - p - m * q                 # (n less the two stages' coefficients)
         if dof <= 0 or m < 2:
             return T
-        Ai = np.linalg.pinv(lv.Ag)                 # (a level with fewer rows than q: singular)
+        Ai, _, ok = _spd_stack(lv.Af, q)            # (closed forms for q <= 2)
+        # a level with fewer rows than q (or collinear ones) is singular: the pseudo-inverse
+        Ai = Ai.reshape(m, q, q) if ok.all() else np.linalg.pinv(lv.Ag)
         try:
             beta = np.linalg.solve(V[:, :p, :p], V[:, :p, p:])[..., 0]
         except np.linalg.LinAlgError:
             return T
         bt = np.concatenate([-beta, np.ones((nb, 1))], axis=1)
-        c = (Cg @ bt[:, None, :, None])[..., 0]                 # Z_g' W (y - X beta) (B, m, q)
+        c = (Cg.reshape(nb, m * q, p + 1) @ bt[:, :, None]).reshape(nb, m, q)  # Z_g'W(y - X beta)
         b = (Ai @ c[..., None])[..., 0]                         # each level's own effects
         rss = np.einsum("bi,bij,bj->b", bt, V, bt) - np.einsum("bgi,bgi->b", c, b)
         s2 = rss / dof
-        b -= b.mean(axis=1, keepdims=True)
-        R = (b.transpose(0, 2, 1) @ b / (m - 1) - s2[:, None, None] * Ai.mean(axis=0)) / \
+        b -= b.sum(axis=1, keepdims=True) / m
+        R = (b.transpose(0, 2, 1) @ b / (m - 1) - s2[:, None, None] * (Ai.sum(axis=0) / m)) / \
             s2[:, None, None]
         with np.errstate(invalid="ignore"):
             w, U = np.linalg.eigh(np.where(np.isfinite(R), R, 0.0))
@@ -171,7 +173,10 @@ class LevelsBatch:
             L = np.linalg.cholesky(np.where(good[:, None, None], R, np.eye(q)))
         except np.linalg.LinAlgError:
             return T
-        T[np.ix_(good, blk.t_idx)] = L[good][:, blk.t_rows, blk.t_cols]
+        if good.all():
+            T[:, blk.t_idx] = L[:, blk.t_rows, blk.t_cols]
+        else:
+            T[np.ix_(good, blk.t_idx)] = L[good][:, blk.t_rows, blk.t_cols]
         return T
 
     # -- the objective ------------------------------------------------------------------
@@ -179,9 +184,10 @@ class LevelsBatch:
         """The criterion of members ``idx`` at thetas ``T`` (inf where indefinite)."""
         return self._core(np.asarray(T, dtype=float), idx)["f"]
 
-    def value_grad_hess(self, T, idx):
+    def value_grad_hess(self, T, idx, pieces=False):
         """Criterion (B,), exact gradient (B, K) and Hessian (B, K, K) of members ``idx`` at
-        thetas ``T`` (B, K); members whose system is indefinite get inf, 0, NaN."""
+        thetas ``T`` (B, K); members whose system is indefinite get inf, 0, NaN.  ``pieces``:
+        the criterion's pieces as a fourth item, for :meth:`estimates` at these thetas."""
         c = self._core(np.asarray(T, dtype=float), idx)
         grad = self._first(c)
         H = self._hessian(c)
@@ -189,20 +195,26 @@ class LevelsBatch:
         if not ok.all():
             grad[~ok] = 0.0
             H[~ok] = np.nan
-        return c["f"], grad, H
+        return (c["f"], grad, H, c) if pieces else (c["f"], grad, H)
 
-    def estimates(self, T, idx):
+    def estimates(self, T, idx, pieces=None):
         """``(beta, u, sigma, criterion, cov_beta)`` of members ``idx`` at thetas ``T``, stacked
-        (as :meth:`mlmext.objective.LMMDeviance.at`); ``u`` in the levels' order."""
-        c = self._core(np.asarray(T, dtype=float), idx)
-        lv, q, p = self.lv, self.q, self.p
+        (as :meth:`mlmext.objective.LMMDeviance.at`); ``u`` in the levels' order.  With
+        ``pieces`` (:meth:`value_grad_hess`'s, at those thetas) ``idx`` are rows of them and
+        ``T`` is not used: nothing is evaluated again."""
+        if pieces is None:
+            c = self._core(np.asarray(T, dtype=float), idx)
+        else:
+            c = {k: pieces[k][idx] for k in ("Ls", "lam", "Mi", "Cg", "r2", "f")}
+        lv, m, q, p = self.lv, self.m, self.q, self.p
         Ls, lam = c["Ls"], c["lam"]
         nb = Ls.shape[0]
         Lxi = np.linalg.inv(Ls[:, :p, :p])
         beta = np.einsum("bji,bj->bi", Lxi, Ls[:, p, :p])       # L_XX' beta = l_yX
         cov = Lxi.transpose(0, 2, 1) @ Lxi
         bt = np.concatenate([-beta, np.ones((nb, 1))], axis=1)
-        wg = c["Cg"] @ bt[:, None, :, None]                      # c_gy - C_gX beta (B, m, q, 1)
-        u = (c["Mi"].reshape(nb, -1, q, q) @ (lam.transpose(0, 2, 1)[:, None] @ wg))
+        wg = c["Cg"].reshape(nb, m * q, p + 1) @ bt[:, :, None]   # c_gy - C_gX beta (B, m q, 1)
+        # u_g = M_g^-1 lambda' w_g (lambda' w_g for all levels: one product per member)
+        u = c["Mi"].reshape(nb, m, q, q) @ (wg.reshape(nb, m, q) @ lam)[..., None]
         sigma2 = c["r2"] / lv.nu
         return beta, u.reshape(nb, -1), np.sqrt(sigma2), c["f"], sigma2[:, None, None] * cov
