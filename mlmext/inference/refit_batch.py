@@ -311,20 +311,30 @@ def _lockstep(r, lv, Y, Yo):
     for j in np.flatnonzero(near):        # (from there a single fit needs a third fewer steps)
         starts[conv[j]] = des.canonical_theta(Te[j])
     beta, u, sigma, crit, cov = (e[keep] for e in est)
-    conv, Tc = conv[keep], Tc[keep]
-    ddf = getattr(r, "ddf", "satterthwaite")
+    conv = conv[keep]
     tried = (f"Newton from the fit's theta or a moment estimate (the lower), {nb} responses "
              "in lockstep (exact Hessian), second-order checks")
-    for j, b in enumerate(conv):
-        state = LMMState(theta=_frozen(Tc[j]), beta=_frozen(beta[j]), u=_frozen(u[j]),
-                         sigma=float(sigma[j]), criterion=float(crit[j]), cov_beta=_frozen(cov[j]),
-                         reml=reml)
-        opt = OptSummary(initial=T0[b], final=state.theta, fmin=state.criterion,
-                         feval=int(nfev[b]), tried=((tried, True, int(nfev[b])),), converged=True,
-                         message=f"Newton decrement {dec[b]:.3g}", optimizer=tried,
-                         extra_items=(("snapped", []), ("decrement", float(dec[b])),
-                                      ("min_eigenvalue", float(mineig[b]))))
-        out[b] = model._lazy_results(Y[:, b], state, opt, ddf)   # (its model on first use)
+    # each member's numbers as read-only rows of read-only stacks (a view each, no copies)
+    Tc, beta, u, cov = (_frozen(a) for a in (Tc[keep], beta, u, cov))
+    states = [LMMState(theta=Tc[j], beta=beta[j], u=u[j], sigma=sg, criterion=cr,
+                       cov_beta=cov[j], reml=reml)
+              for j, (sg, cr) in enumerate(zip(sigma.tolist(), crit.tolist()))]
+    first = None
+    optims = []
+    for b, st, n, d, e in zip(conv.tolist(), states, nfev[conv].tolist(), dec[conv].tolist(),
+                              mineig[conv].tolist()):
+        fields = dict(final=st.theta, fmin=st.criterion, feval=n, tried=((tried, True, n),),
+                      message=f"Newton decrement {d:.3g}",
+                      extra_items=(("snapped", []), ("decrement", d), ("min_eigenvalue", e)))
+        if first is None:
+            first = OptSummary(initial=T0[b], converged=True, optimizer=tried, **fields)
+            optims.append(first)
+        else:                    # (the fields in OptSummary's own form: no __post_init__)
+            optims.append(first.replaced(initial=_frozen(T0[b]), **fields))
+    from .._batch_results import lazy_results_many      # (it imports the results: not at the top)
+    for b, res in zip(conv.tolist(), lazy_results_many(model, Y[:, conv].T, states, optims,
+                                                        getattr(r, "ddf", "satterthwaite"))):
+        out[b] = res                                    # (their models made on first use)
     return out, starts
 
 
