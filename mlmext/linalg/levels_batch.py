@@ -131,39 +131,55 @@ class LevelsBatch:
     def moment_thetas(self, blk):
         """Starting thetas (B, K) by the method of moments (Swamy's two-stage estimator), from
         the members' cross-products alone: each level's least-squares random effects after the
-        fixed effects' least squares, their covariance between levels less their mean sampling
-        covariance, relative to the residual variance within the levels, mapped to ``blk``'s
-        template (terms the template keeps independent stay so).  On a balanced design it is
-        within a few percent of REML's estimate (sleepstudy: 1 %), so Newton from it needs two
-        or three evaluations where from the fit's theta it needs four or five; elsewhere it is
-        a start only (the caller keeps the fit's theta where that is lower).  A row is NaN
-        where the estimate does not exist (no residual degrees of freedom, a residual variance
-        or a largest variance that is not positive)."""
+        fixed effects' least squares, their covariance between the levels less their mean
+        sampling covariance, relative to the residual variance within the levels (on
+        ``n - rank [X Z]`` degrees of freedom), mapped to ``blk``'s template (terms the
+        template keeps independent stay so).  On a balanced design (the same ``Z_g`` in every
+        level, ``X`` in their span) this is REML's estimate, and ML's with ``m`` for ``m - 1``,
+        where that is inside the bounds: Newton from it passes the checks at its first
+        evaluation where from the fit's theta it needs four or five (sleepstudy); elsewhere it
+        is a start only (the caller keeps the fit's theta where that is lower).  A row is NaN
+        where the estimate does not exist (no residual degrees of freedom, no residual
+        variation within the levels, no positive variance)."""
         lv, m, q, p, K = self.lv, self.m, self.q, self.p, self.K
         Cg, V = self.Cg, self.V
         nb = Cg.shape[0]
         T = np.full((nb, K), np.nan)
-        dof = lv.n_obs - p - m * q                 # (n less the two stages' coefficients)
-        if dof <= 0 or m < 2:
+        if m < 2:
             return T
         Ai, _, ok = _spd_stack(lv.Af, q)            # (closed forms for q <= 2)
-        # a level with fewer rows than q (or collinear ones) is singular: the pseudo-inverse
-        Ai = Ai.reshape(m, q, q) if ok.all() else np.linalg.pinv(lv.Ag)
+        if ok.all():
+            Ai, rank = Ai.reshape(m, q, q), m * q
+        else:       # a level with fewer rows than q (or collinear ones): the pseudo-inverse
+            Ai, rank = np.linalg.pinv(lv.Ag), int(np.linalg.matrix_rank(lv.Ag).sum())
+        # the residual within the levels: of [X y] after each level's Z, S = [X y]' W [X y] -
+        # sum_g C_g' A_g^+ C_g, then of y after what X adds to Z (S_XX, the same for all
+        # members, is ~0 where Z's columns span X's); its degrees of freedom n - rank [X Z]
+        S = V - Cg.reshape(nb, m * q, p + 1).transpose(0, 2, 1) @ \
+            (Ai @ Cg).reshape(nb, m * q, p + 1)
+        e, E = np.linalg.eigh(S[0, :p, :p])
+        big = e > 1e-9 * np.abs(np.diagonal(V[0, :p, :p])).max()
+        dof = lv.n_obs - rank - int(big.sum())
+        if dof <= 0:
+            return T
+        sxy = S[:, :p, p] @ E[:, big]
+        rss = S[:, p, p] - ((sxy * sxy) / e[big]).sum(axis=1)
+        # each level's effects: its least squares after the fixed effects' (their spread)
         try:
             beta = np.linalg.solve(V[:, :p, :p], V[:, :p, p:])[..., 0]
         except np.linalg.LinAlgError:
             return T
         bt = np.concatenate([-beta, np.ones((nb, 1))], axis=1)
         c = (Cg.reshape(nb, m * q, p + 1) @ bt[:, :, None]).reshape(nb, m, q)  # Z_g'W(y - X beta)
-        b = (Ai @ c[..., None])[..., 0]                         # each level's own effects
-        rss = np.einsum("bi,bij,bj->b", bt, V, bt) - np.einsum("bgi,bgi->b", c, b)
+        b = (Ai @ c[..., None])[..., 0]
         s2 = rss / dof
         b -= b.sum(axis=1, keepdims=True) / m
-        R = (b.transpose(0, 2, 1) @ b / (m - 1) - s2[:, None, None] * (Ai.sum(axis=0) / m)) / \
+        R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2[:, None, None] * (Ai.sum(axis=0) / m)) / \
             s2[:, None, None]
         with np.errstate(invalid="ignore"):
             w, U = np.linalg.eigh(np.where(np.isfinite(R), R, 0.0))
-            good = np.isfinite(s2) & (s2 > 0) & np.isfinite(R).all(axis=(1, 2)) & (w[:, -1] > 0)
+            good = np.isfinite(s2) & (rss > 1e-12 * V[:, p, p]) & np.isfinite(R).all(axis=(1, 2)) & \
+                (w[:, -1] > 0)
         # variances estimated negative: a small fraction of the largest (Newton takes them on)
         w = np.maximum(w, 1e-2 * np.abs(w[:, -1:]))
         E = np.zeros((q, q))
