@@ -95,6 +95,9 @@ def test_batched_derivatives_match_the_dense_storage(sleep):
         batch = LevelsBatch(lv, Y - m.offset[:, None])
         f, g, H = batch.value_grad_hess(T, np.arange(4))
         np.testing.assert_allclose(batch.values(T, np.arange(4)), f, rtol=1e-12)
+        # one theta for every member (its level blocks once): each member's value there
+        np.testing.assert_allclose(batch.values(T[2:3], np.arange(4)),
+                                   batch.values(np.tile(T[2], (4, 1)), np.arange(4)), rtol=1e-13)
         order = np.array([2, 0, 3])                  # a subset of the members, in another order
         f2, g2, H2 = batch.value_grad_hess(T[order], order)
         np.testing.assert_allclose(f2, f[order], rtol=1e-13)
@@ -374,7 +377,7 @@ def test_batched_members_start_from_the_lower_of_the_fit_and_the_moment_estimate
     for b, a in enumerate(many):
         assert a.optim.optimizer.startswith(BATCHED)
         np.testing.assert_array_equal(a.optim.initial, Tm[b] if fm[b] < f0[b] else r.theta)
-        assert a.optim.nfev == 1
+        assert a.optim.nfev == 2                 # the start's evaluation, the fit theta's value
         _same(a, r.refit(Y[:, b]))
 
 
@@ -414,3 +417,26 @@ def test_batch_members_are_what_the_constructors_make(sleep):
             if b and isinstance(v, (list, dict)):
                 assert raw.__dict__[k] is not many[0]._results.__dict__[k]
         assert not raw.theta.flags.writeable and not raw._u.flags.writeable
+
+
+def test_a_moment_start_above_the_fits_theta_is_not_taken(sleep, monkeypatch):
+    """Members whose moment start has a higher criterion than the fit's theta start from the
+    fit's theta (evaluated there in the first round) and still equal single refits."""
+    r = mf.lmer(SLEEP, sleep).fit()
+    Y = np.asarray(r.simulate(nsim=6, seed=13))
+    good = LevelsBatch.moment_thetas
+
+    def spoiled(self, blk):
+        T = good(self, blk)
+        T[::2] *= 3.0                            # far from every member's optimum
+        return T
+    monkeypatch.setattr(LevelsBatch, "moment_thetas", spoiled)
+    many = r.refit_many(Y)
+    for b, a in enumerate(many):
+        assert a.optim.optimizer.startswith(BATCHED)
+        if b % 2 == 0:
+            np.testing.assert_array_equal(a.optim.initial, r.theta)
+            assert a.optim.nfev > 2
+        else:
+            assert a.optim.nfev == 2
+        _same(a, r.refit(Y[:, b]))

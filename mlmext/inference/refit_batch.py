@@ -189,21 +189,15 @@ def _newton(g, H, s, ss):
     return st, -0.5 * (gs * st).sum(axis=1), mine, mine > 1e-8 * wmax, gs
 
 
-def _starts(batch, blk, theta0, idx):
-    """Each member's start: the moment estimate of its theta
-    (:meth:`~mlmext.linalg.levels_batch.LevelsBatch.moment_thetas`) where its criterion is
-    below the fit's theta's, else the fit's theta."""
-    nb = idx.size
-    T = np.tile(theta0, (nb, 1))
-    Tm = batch.moment_thetas(blk)
-    has = np.isfinite(Tm).all(axis=1)
-    if not has.any():
-        return T
-    Tm[~has] = theta0
-    f = batch.values(np.concatenate([T, Tm]), np.concatenate([idx, idx]))
-    lower = f[nb:] < f[:nb]
-    T[lower] = Tm[lower]
-    return T
+def _moment_starts(batch, blk, theta0):
+    """The members' thetas to start from: the moment estimate
+    (:meth:`~mlmext.linalg.levels_batch.LevelsBatch.moment_thetas`) where it exists, else the
+    fit's theta; and which rows are moment estimates (the caller keeps the fit's theta where
+    its criterion is lower)."""
+    T = batch.moment_thetas(blk)
+    has = np.isfinite(T).all(axis=1)
+    T[~has] = theta0
+    return T, has
 
 
 def _lockstep(r, lv, Y, Yo):
@@ -217,8 +211,7 @@ def _lockstep(r, lv, Y, Yo):
     s = des.theta_units()                                   # the fit's scaling of theta
     ss = np.outer(s, s)
     new = np.arange(nb)                                     # members at a new point
-    T = _starts(batch, des.blocks[0], theta0, new)
-    T0 = T.copy()
+    T, has = _moment_starts(batch, des.blocks[0], theta0)
     f, gn, Hn, cn = batch.value_grad_hess(T, new, pieces=True)
     posn = new                                        # the new points' rows in cn's pieces
     done = []                      # (members, thetas, estimates) of the members that end
@@ -231,6 +224,17 @@ def _lockstep(r, lv, Y, Yo):
     slope = np.zeros(nb)                              # gradient . step (the Armijo condition)
     t = np.ones(nb)
     iters = np.zeros(nb, dtype=int)
+    if has.any():
+        # a moment start whose criterion is not below the fit's theta's: from the fit's theta
+        # (evaluated there in the first round, as a step of zero)
+        f0 = batch.values(theta0[None], new)
+        nfev[has] += 1
+        worse = has & ~(f < f0)
+        if worse.any():
+            T[worse], f[worse] = theta0, f0[worse]
+            keep = ~worse
+            new, gn, Hn, posn = new[keep], gn[keep], Hn[keep], posn[keep]
+    T0 = T.copy()
     # One batched evaluation per round for every running member: at a new point its Newton
     # step (the full step is tried next round), in a line search the shortened step.
     for _ in range(4 * MAX_ITERATIONS):

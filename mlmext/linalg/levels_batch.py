@@ -57,24 +57,27 @@ class LevelsBatch:
 
     # -- the pieces at the members' thetas ------------------------------------------------
     def _core(self, T, idx):
-        """The criterion's pieces at thetas ``T`` (B, K) of members ``idx``."""
+        """The criterion's pieces at thetas ``T`` (B, K) of members ``idx``; ``T`` of one row:
+        that theta for every member (its level blocks once; for :meth:`values` only)."""
         lv, q, p = self.lv, self.q, self.p
-        nb, qq = T.shape[0], q * q
-        lam = (T @ lv._Eb).reshape(nb, q, q)
-        KK = (lam[:, :, None, :, None] * lam[:, None, :, None, :]).reshape(nb, qq, qq)
+        nt, nb, qq = T.shape[0], len(idx), q * q
+        lam = (T @ lv._Eb).reshape(nt, q, q)
+        KK = (lam[:, :, None, :, None] * lam[:, None, :, None, :]).reshape(nt, qq, qq)
         M = lv.Af @ KK + lv._I                                   # (B, m, q q)
         Mi, ldm, ok = _spd_stack(M.reshape(-1, qq), q)
-        Mi = Mi.reshape(nb, -1, qq)
-        ok = ok.reshape(nb, -1).all(axis=1)
+        Mi = Mi.reshape(nt, -1, qq)
+        ok = ok.reshape(nt, -1).all(axis=1)
+        if nt != nb:
+            ok = np.repeat(ok, nb)
         G = Mi @ KK.transpose(0, 2, 1)                           # lambda M_g^-1 lambda'
         Cg, V = self.Cg[idx], self.V[idx]
         Cf = Cg.reshape(nb, -1, p + 1)
-        S = V - Cf.transpose(0, 2, 1) @ (G.reshape(nb, -1, q, q) @ Cg).reshape(nb, -1, p + 1)
+        S = V - Cf.transpose(0, 2, 1) @ (G.reshape(nt, -1, q, q) @ Cg).reshape(nb, -1, p + 1)
         Ls = _stacked_cholesky(S, ok)
         d = np.log(Ls.diagonal(0, 1, 2))
         r2 = Ls[:, p, p] ** 2
         nu = lv.nu
-        f = ldm.reshape(nb, -1).sum(axis=1) + nu * (1.0 + _LOG2PI + np.log(r2 / nu)) - lv.logw
+        f = ldm.reshape(nt, -1).sum(axis=1) + nu * (1.0 + _LOG2PI + np.log(r2 / nu)) - lv.logw
         if lv.reml:
             f += 2.0 * d[:, :p].sum(axis=1)
         ok &= np.isfinite(f)
@@ -197,7 +200,8 @@ class LevelsBatch:
 
     # -- the objective ------------------------------------------------------------------
     def values(self, T, idx):
-        """The criterion of members ``idx`` at thetas ``T`` (inf where indefinite)."""
+        """The criterion of members ``idx`` at thetas ``T`` (inf where indefinite); ``T`` of
+        one row: that theta for every member (a fraction of the cost)."""
         return self._core(np.asarray(T, dtype=float), idx)["f"]
 
     def value_grad_hess(self, T, idx, pieces=False):
