@@ -90,7 +90,6 @@ class LevelsBatch:
         lam, Cg = c["lam"], c["Cg"]
         nb = lam.shape[0]
         Li = np.linalg.inv(c["Ls"])
-        lam4 = lam[:, None]
         Mi = c["Mi"].reshape(nb, -1, q, q)
         m = Mi.shape[1]
         Al = (self.Ag2 @ lam).reshape(nb, m, q, q)               # A_g lambda
@@ -155,43 +154,48 @@ class LevelsBatch:
             Ai, rank = Ai.reshape(m, q, q), m * q
         else:       # a level with fewer rows than q (or collinear ones): the pseudo-inverse
             Ai, rank = np.linalg.pinv(lv.Ag), int(np.linalg.matrix_rank(lv.Ag).sum())
-        # the residual within the levels: of [X y] after each level's Z, S = [X y]' W [X y] -
-        # sum_g C_g' A_g^+ C_g, then of y after what X adds to Z (S_XX, the same for all
-        # members, is ~0 where Z's columns span X's); its degrees of freedom n - rank [X Z]
-        S = V - Cg.reshape(nb, m * q, p + 1).transpose(0, 2, 1) @ \
-            (Ai @ Cg).reshape(nb, m * q, p + 1)
-        e, E = np.linalg.eigh(S[0, :p, :p])
-        big = e > 1e-9 * np.abs(np.diagonal(V[0, :p, :p])).max()
+        # the residual within the levels: of [X y] after each level's Z (S = [X y]' W [X y] -
+        # sum_g C_g' A_g^+ C_g), then of y after what X adds to Z (S_XX, the same for every
+        # member, is ~0 where Z's columns span X's), on n - rank [X Z] degrees of freedom
+        CX = lv.Cg[:, :, :p].reshape(m * q, p)                  # (X's columns: every member's)
+        AiCX = (Ai @ lv.Cg[:, :, :p]).reshape(m * q, p)
+        e, Ux = np.linalg.eigh(lv.V[:p, :p] - CX.T @ AiCX)
+        big = e > 1e-9 * np.abs(np.diagonal(lv.V)[:p]).max()
         dof = lv.n_obs - rank - int(big.sum())
         if dof <= 0:
             return T
-        sxy = S[:, :p, p] @ E[:, big]
-        rss = S[:, p, p] - ((sxy * sxy) / e[big]).sum(axis=1)
+        cy = Cg[..., p]                                         # Z_g' W y (B, m, q)
+        ay = (Ai @ cy[..., None]).reshape(nb, m * q)            # A_g^+ Z_g' W y
+        sxy = (V[:, :p, p] - ay @ CX) @ Ux[:, big]
+        rss = V[:, p, p] - np.einsum("bi,bi->b", cy.reshape(nb, -1), ay) - \
+            ((sxy * sxy) / e[big]).sum(axis=1)
+        s2 = rss / dof
         # each level's effects: its least squares after the fixed effects' (their spread)
         try:
-            beta = np.linalg.solve(V[:, :p, :p], V[:, :p, p:])[..., 0]
+            beta = np.linalg.solve(lv.V[:p, :p], V[:, :p, p].T)  # (p, B)
         except np.linalg.LinAlgError:
             return T
-        bt = np.concatenate([-beta, np.ones((nb, 1))], axis=1)
-        c = (Cg.reshape(nb, m * q, p + 1) @ bt[:, :, None]).reshape(nb, m, q)  # Z_g'W(y - X beta)
-        b = (Ai @ c[..., None])[..., 0]
-        s2 = rss / dof
+        b = (ay - (AiCX @ beta).T).reshape(nb, m, q)
         b -= b.sum(axis=1, keepdims=True) / m
         R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2[:, None, None] * (Ai.sum(axis=0) / m)) / \
             s2[:, None, None]
         with np.errstate(invalid="ignore"):
-            w, U = np.linalg.eigh(np.where(np.isfinite(R), R, 0.0))
-            good = np.isfinite(s2) & (rss > 1e-12 * V[:, p, p]) & np.isfinite(R).all(axis=(1, 2)) & \
-                (w[:, -1] > 0)
-        # variances estimated negative: a small fraction of the largest (Newton takes them on)
-        w = np.maximum(w, 1e-2 * np.abs(w[:, -1:]))
+            good = np.isfinite(s2) & (rss > 1e-12 * V[:, p, p]) & np.isfinite(R).all(axis=(1, 2))
         E = np.zeros((q, q))
         E[blk.t_rows, blk.t_cols] = 1.0
-        R = ((U * w[:, None, :]) @ U.transpose(0, 2, 1)) * ((E @ E.T) != 0)
+        keep = (E @ E.T) != 0                      # (the template's independent terms)
+        R = np.where(good[:, None, None], R, np.eye(q))
         try:
-            L = np.linalg.cholesky(np.where(good[:, None, None], R, np.eye(q)))
+            L = np.linalg.cholesky(R * keep)
         except np.linalg.LinAlgError:
-            return T
+            # variances estimated negative: a small fraction of the largest (Newton takes them
+            # on); a largest that is not positive: no estimate
+            w, U = np.linalg.eigh(R)
+            good &= w[:, -1] > 0
+            w = np.maximum(w, 1e-2 * np.abs(w[:, -1:]))
+            L = np.linalg.cholesky(np.where(good[:, None, None],
+                                            ((U * w[:, None, :]) @ U.transpose(0, 2, 1)) * keep,
+                                            np.eye(q)))
         if good.all():
             T[:, blk.t_idx] = L[:, blk.t_rows, blk.t_cols]
         else:
