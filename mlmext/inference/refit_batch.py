@@ -76,20 +76,22 @@ def _batchable(r):
 
 
 def _passes_checks(model, Yo):
-    """Which columns certainly pass the model's response check (finite, not constant,
-    residual variation after the fixed effects): the others go through the check itself."""
+    """Which columns (finite: the caller checked) certainly pass the model's response check
+    (not constant, residual variation after the fixed effects): the others go through the
+    check itself."""
     w = np.asarray(model.weights, dtype=float)
     pos = w > 0
     every = bool(pos.all())
     Yp = Yo if every else Yo[pos]
     X = model.exog if every else model.exog[pos]
-    sw = np.sqrt(w if every else w[pos])
-    ok = np.isfinite(Yp).all(axis=0) & (Yp.max(axis=0) > Yp.min(axis=0))
-    Yw = np.where(np.isfinite(Yp), Yp, 0.0) * sw[:, None]
-    Q, _ = np.linalg.qr(X * sw[:, None])
-    R = Yw - Q @ (Q.T @ Yw)
+    ok = Yp.max(axis=0) > Yp.min(axis=0)
+    if not (w == 1.0).all():
+        sw = np.sqrt(w if every else w[pos])[:, None]
+        Yp, X = Yp * sw, X * sw
+    Q, _ = np.linalg.qr(X)
+    R = Yp - Q @ (Q.T @ Yp)
     # 1e3 x the single check's bound: a column near it is judged by the check itself
-    return ok & (np.einsum("ij,ij->j", R, R) > 1e-17 * np.maximum(np.einsum("ij,ij->j", Yw, Yw), 1e-300))
+    return ok & (np.einsum("ij,ij->j", R, R) > 1e-17 * np.maximum(np.einsum("ij,ij->j", Yp, Yp), 1e-300))
 
 
 def refit_many(res, Y, **fit_kwargs):
@@ -319,7 +321,7 @@ def _lockstep(r, lv, Y, Yo):
     tried = (f"Newton from the fit's theta or a moment estimate (the lower), {nb} responses "
              "in lockstep (exact Hessian), second-order checks")
     # each member's numbers as read-only rows of read-only stacks (a view each, no copies)
-    Tc, beta, u, cov = (_frozen(a) for a in (Tc[keep], beta, u, cov))
+    Tc, beta, u, cov, T0 = (_frozen(a) for a in (Tc[keep], beta, u, cov, T0))
     states = [LMMState(theta=Tc[j], beta=beta[j], u=u[j], sigma=sg, criterion=cr,
                        cov_beta=cov[j], reml=reml)
               for j, (sg, cr) in enumerate(zip(sigma.tolist(), crit.tolist()))]
@@ -334,7 +336,7 @@ def _lockstep(r, lv, Y, Yo):
             first = OptSummary(initial=T0[b], converged=True, optimizer=tried, **fields)
             optims.append(first)
         else:                    # (the fields in OptSummary's own form: no __post_init__)
-            optims.append(first.replaced(initial=_frozen(T0[b]), **fields))
+            optims.append(first.replaced(initial=T0[b], **fields))
     from .._batch_results import lazy_results_many      # (it imports the results: not at the top)
     for b, res in zip(conv.tolist(), lazy_results_many(model, Y[:, conv].T, states, optims,
                                                         getattr(r, "ddf", "satterthwaite"))):
