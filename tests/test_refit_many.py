@@ -26,6 +26,12 @@ def sleep():
     return datasets.load("sleepstudy")
 
 
+def _alone(r, y):
+    """The single refit from the fit's theta (refit's own start is the batch's moment
+    estimate: this is the path independent of the batch's)."""
+    return r.refit(y, start_params=r.theta)
+
+
 def _same(a, b):
     assert a.reml == b.reml and a.converged == b.converged
     assert abs(a.criterion - b.criterion) < 1e-7
@@ -44,7 +50,7 @@ def test_refit_many_equals_one_refit_per_response(sleep, reml):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         many = r.refit_many(Y)
-        single = [r.refit(Y.iloc[:, b]) for b in range(Y.shape[1])]
+        single = [_alone(r, Y.iloc[:, b]) for b in range(Y.shape[1])]
     assert len(many) == 12
     batched = [a for a in many if a.optim.optimizer.startswith(BATCHED)]
     assert len(batched) >= 9                  # most members finish in lockstep
@@ -72,7 +78,7 @@ def test_a_boundary_member_is_refitted_alone_with_its_warning(sleep):
     with pytest.warns(ConvergenceWarning, match="singular"):
         many = r.refit_many(Y)
     with pytest.warns(ConvergenceWarning, match="singular"):
-        one = r.refit(flat)
+        one = _alone(r, flat)
     assert one.is_singular() and many[3].is_singular()
     assert not many[3].optim.optimizer.startswith(BATCHED)
     _same(many[3], one)
@@ -150,7 +156,7 @@ def test_refit_many_with_weights_offset_and_three_effects():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         many = r.refit_many(Y)
-        single = [r.refit(Y[:, b]) for b in range(6)]
+        single = [_alone(r, Y[:, b]) for b in range(6)]
     assert any(a.optim.optimizer.startswith(BATCHED) for a in many)
     for a, b in zip(many, single):
         _same(a, b)
@@ -197,7 +203,7 @@ def test_bootstrap_refits_in_lockstep_as_one_by_one(sleep):
     ys = simulate(r, nsim=8, seed=np.random.default_rng(21), re=True, use_u=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        fits = [r.refit(ys.iloc[:, k]) for k in range(8)]
+        fits = [_alone(r, ys.iloc[:, k]) for k in range(8)]
     assert boot.attrs["failed"] == 0
     se = np.asarray(boot.std())
     for k, fit in enumerate(fits):
@@ -253,7 +259,7 @@ def test_every_attribute_of_a_batch_is_a_single_refits(sleep):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         many = r.refit_many(Y)
-        single = [r.refit(Y[:, b]) for b in range(Y.shape[1])]
+        single = [_alone(r, Y[:, b]) for b in range(Y.shape[1])]
     alone = [a for a in many if not a.optim.optimizer.startswith(BATCHED)]
     assert 1 <= len(alone) < 10 and any(a.is_singular() for a in alone)
     for a, b in zip(many, single):
@@ -378,7 +384,7 @@ def test_batched_members_start_from_the_lower_of_the_fit_and_the_moment_estimate
         assert a.optim.optimizer.startswith(BATCHED)
         np.testing.assert_array_equal(a.optim.initial, Tm[b] if fm[b] < f0[b] else r.theta)
         assert a.optim.nfev == 2                 # the start's evaluation, the fit theta's value
-        _same(a, r.refit(Y[:, b]))
+        _same(a, _alone(r, Y[:, b]))
 
 
 def _equal_attr(w, v):
@@ -439,4 +445,27 @@ def test_a_moment_start_above_the_fits_theta_is_not_taken(sleep, monkeypatch):
             assert a.optim.nfev > 2
         else:
             assert a.optim.nfev == 2
-        _same(a, r.refit(Y[:, b]))
+        _same(a, _alone(r, Y[:, b]))
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_a_single_refit_starts_at_the_moment_estimate(sleep, reml):
+    """refit(y) on a small one-factor design starts at the response's moment estimate where
+    its criterion is lower (balanced sleepstudy: the optimum, one evaluation) and ends where
+    the refit from the fit's theta ends; an unbalanced design too."""
+    r = mf.lmer(SLEEP, sleep).fit(reml=reml)
+    Y = np.asarray(r.simulate(nsim=4, seed=17))
+    m = r.model
+    lv = m._small_levels().criterion(reml, m.nobs, m._logw)
+    Tm = LevelsBatch(lv, Y - m.offset[:, None]).moment_thetas(m.re_design.blocks[0])
+    for b in range(4):
+        a = r.refit(Y[:, b])
+        np.testing.assert_allclose(a.optim.initial, Tm[b], rtol=1e-10)   # (alone: other rounding)
+        assert a.converged and a.optim.nfev == 1
+        _same(a, r.refit(Y[:, b], start_params=r.theta))
+    part = sleep.iloc[np.random.default_rng(3).choice(180, 120, replace=False)]
+    r2 = mf.lmer(SLEEP, part.reset_index(drop=True)).fit(reml=reml)
+    for y in np.asarray(r2.simulate(nsim=3, seed=5)).T:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            _same(r2.refit(y), r2.refit(y, start_params=r2.theta))

@@ -202,6 +202,25 @@ def _moment_starts(batch, blk, theta0):
     return T, has
 
 
+def moment_start(r, y, reml):
+    """The start of a single refit of ``r`` to the response ``y`` (finite, one value per row)
+    by REML or ML: its moment estimate of theta where its criterion is below the fit's
+    theta's (a small design with one grouping factor: on a balanced one the optimum itself,
+    Newton's first evaluation passes the checks), else the fit's theta."""
+    theta0 = np.asarray(r.theta, dtype=float)
+    lv = _batchable(r)
+    if lv is None:
+        return theta0
+    model = r.model
+    batch = LevelsBatch(lv.criterion(bool(reml), model.nobs, model._logw),
+                        (np.asarray(y, dtype=float) - np.asarray(model.offset, dtype=float))[:, None])
+    T, has = _moment_starts(batch, model.re_design.blocks[0], theta0)
+    if not has[0]:
+        return theta0
+    f = batch.values(np.concatenate([T, theta0[None]]), np.zeros(2, dtype=int))
+    return T[0] if f[0] < f[1] else theta0
+
+
 def _lockstep(r, lv, Y, Yo):
     """Results of the members that pass the checks in lockstep Newton (None for the others),
     and for the others the lowest point found (None: the fit's theta), as a start."""
