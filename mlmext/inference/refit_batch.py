@@ -2,8 +2,9 @@
 
 :func:`refit_many` gives what ``[res.refit(y) for y in Y]`` gives.  For a small design with
 one grouping factor (the dense small-system storage, one random-effects block) the B fits
-run in lockstep: Newton with the exact Hessian from the fit's theta, every member's
-criterion, gradient and Hessian from one batched evaluation
+run in lockstep: Newton with the exact Hessian from each member's moment estimate of theta
+(:meth:`~mlmext.linalg.levels_batch.LevelsBatch.moment_thetas`; the fit's theta where that
+is lower), every member's criterion, gradient and Hessian from one batched evaluation
 (:class:`~mlmext.linalg.levels_batch.LevelsBatch`), each member stopping when its own
 checks pass -- the checks of a single fit: Newton decrement below 1e-7 and the Hessian
 positive definite in the scaled theta; there it ends, below 1e-9, or after one more full
@@ -99,7 +100,8 @@ def refit_many(res, Y, **fit_kwargs):
 
     Equal to ``[res.refit(y) for y in Y.T]`` (to the optimizer's tolerance), faster: on a
     small design with one grouping factor the refits run together (Newton with the exact
-    Hessian from this fit's theta, one batched evaluation for all of them); members that
+    Hessian from each response's moment estimate of theta or this fit's theta, the lower;
+    one batched evaluation for all of them); members that
     do not pass the checks there, or end near a zero standard deviation, are refitted one
     by one as :meth:`refit` does.  Other models (several grouping factors, large systems,
     GLMMs, clmm) and any ``fit_kwargs`` refit one by one.
