@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..design import RandomEffectsDesign, ReTerm
 from ._common import _cache, _is_lmm, _raw
+from ._refit_start import moment_start
 
 
 def _subset_design(des, keep):
@@ -150,7 +151,6 @@ def refit(res, endog, **fit_kwargs):
     kw.update(fit_kwargs)
     new = _rebuild_model(model, endog=y)
     if _is_lmm(r) and "start_params" not in fit_kwargs:
-        from .refit_batch import moment_start      # (it imports this module)
         kw["start_params"] = moment_start(r, y, kw.get("reml", True))
     extras = getattr(getattr(r, "optim", None), "extras", {})
     scale = extras.get("scale")

@@ -27,8 +27,9 @@ from .._blas import blas_threads
 from ..linalg.levels_batch import LevelsBatch
 from ..objective import LMMState
 from ..optimize import OptSummary, rounding_level
-from ._common import _is_lmm, _raw
+from ._common import _raw
 from ._refit import refit
+from ._refit_start import _batchable, moment_starts
 
 __all__ = ["refit_many"]
 
@@ -63,17 +64,6 @@ def _responses(res, Y):
         raise ValueError(f"Y must have one row per observation of the fit ({old.size} rows, one "
                          f"column per response); got shape {Y.shape}")
     return Y
-
-
-def _batchable(r):
-    """The level-by-level evaluator of the one-block small-system LMM fits the lockstep
-    refits handle (else None)."""
-    if not _is_lmm(r) or not getattr(r.model, "_response_refit", False):
-        return None
-    lv = r.model._small_levels() if hasattr(r.model, "_small_levels") else None
-    if lv is None or lv.K == 0 or lv.p == 0:
-        return None
-    return lv
 
 
 def _passes_checks(model, Yo):
@@ -193,36 +183,6 @@ def _newton(g, H, s, ss):
     return st, -0.5 * (gs * st).sum(axis=1), mine, mine > 1e-8 * wmax, gs
 
 
-def _moment_starts(batch, blk, theta0):
-    """The members' thetas to start from: the moment estimate
-    (:meth:`~mlmext.linalg.levels_batch.LevelsBatch.moment_thetas`) where it exists, else the
-    fit's theta; and which rows are moment estimates (the caller keeps the fit's theta where
-    its criterion is lower)."""
-    T = batch.moment_thetas(blk)
-    has = np.isfinite(T).all(axis=1)
-    T[~has] = theta0
-    return T, has
-
-
-def moment_start(r, y, reml):
-    """The start of a single refit of ``r`` to the response ``y`` (finite, one value per row)
-    by REML or ML: its moment estimate of theta where its criterion is below the fit's
-    theta's (a small design with one grouping factor: on a balanced one the optimum itself,
-    Newton's first evaluation passes the checks), else the fit's theta."""
-    theta0 = np.asarray(r.theta, dtype=float)
-    lv = _batchable(r)
-    if lv is None:
-        return theta0
-    model = r.model
-    batch = LevelsBatch(lv.criterion(bool(reml), model.nobs, model._logw),
-                        (np.asarray(y, dtype=float) - np.asarray(model.offset, dtype=float))[:, None])
-    T, has = _moment_starts(batch, model.re_design.blocks[0], theta0)
-    if not has[0]:
-        return theta0
-    f = batch.values(np.concatenate([T, theta0[None]]), np.zeros(2, dtype=int))
-    return T[0] if f[0] < f[1] else theta0
-
-
 def _lockstep(r, lv, Y, Yo):
     """Results of the members that pass the checks in lockstep Newton (None for the others),
     and for the others the lowest point found (None: the fit's theta), as a start."""
@@ -234,7 +194,7 @@ def _lockstep(r, lv, Y, Yo):
     s = des.theta_units()                                   # the fit's scaling of theta
     ss = np.outer(s, s)
     new = np.arange(nb)                                     # members at a new point
-    T, has = _moment_starts(batch, des.blocks[0], theta0)
+    T, has = moment_starts(batch, des.blocks[0], theta0)
     f, gn, Hn, cn = batch.value_grad_hess(T, new, pieces=True)
     posn = new                                        # the new points' rows in cn's pieces
     done = []                      # (members, thetas, estimates) of the members that end
@@ -358,9 +318,8 @@ def _lockstep(r, lv, Y, Yo):
             optims.append(first)
         else:                    # (the fields in OptSummary's own form: no __post_init__)
             optims.append(first.replaced(initial=T0[b], **fields))
-    from .._batch_results import lazy_results_many      # (it imports the results: not at the top)
-    for b, res in zip(conv.tolist(), lazy_results_many(model, Y[:, conv].T, states, optims,
-                                                        getattr(r, "ddf", "satterthwaite"))):
+    for b, res in zip(conv.tolist(), model._lazy_results_many(
+            Y[:, conv].T, states, optims, getattr(r, "ddf", "satterthwaite"))):
         out[b] = res                                    # (their models made on first use)
     return out, starts
 
