@@ -17,7 +17,7 @@ import numpy as np
 
 from .results import LMMResults, MixedResultsWrapper
 
-__all__ = ["BatchLMMResults", "BatchResultsWrapper", "lazy_results"]
+__all__ = ["BatchLMMResults", "BatchResultsWrapper", "lazy_results", "lazy_results_many"]
 
 #: held while a member's model is made (see :attr:`BatchLMMResults.model`)
 _MAKE_MODEL = threading.Lock()
@@ -86,3 +86,39 @@ def lazy_results(model, endog, state, optim, ddf):
     res.__dict__["_lazy_endog"] = np.array(endog, dtype=float)      # (a copy: Y may change)
     LMMResults.__init__(res, model, state, optim, ddf)
     return BatchResultsWrapper(res)
+
+
+#: what :meth:`LMMResults.__init__` sets from the state and the optimizer (the rest is the
+#: model's, the same for every member of a batch): ``lazy_results_many`` sets these itself
+_MEMBER_KEYS = ("params", "normalized_cov_params", "theta", "_u", "sigma", "criterion",
+                "optim", "converged", "state", "_lazy_endog")
+
+
+def lazy_results_many(model, endogs, states, optims, ddf):
+    """``[lazy_results(model, y, s, o, ddf) for y, s, o in zip(endogs, states, optims)]``:
+    the first made so, the others as copies of it with their own numbers (the constructor's
+    per-model work -- statsmodels' set-up, the theta names, the df method's check -- done
+    once).  ``tests/test_refit_many.py`` checks that every attribute equals the
+    constructor's, so a new one in :class:`LMMResults` that depends on the fit shows there."""
+    out = []
+    if model._results_class is not LMMResults:
+        return [lazy_results(model, y, s, o, ddf) for y, s, o in zip(endogs, states, optims)]
+    base = None
+    for y, s, o in zip(endogs, states, optims):
+        if base is None:
+            first = lazy_results(model, y, s, o, ddf)
+            base = {k: v for k, v in first._results.__dict__.items() if k not in _MEMBER_KEYS}
+            lists = [k for k, v in base.items() if isinstance(v, (list, dict, set))]
+            out.append(first)
+            continue
+        res = BatchLMMResults.__new__(BatchLMMResults)
+        d = res.__dict__
+        d.update(base)
+        for k in lists:                            # (mutable: each result its own)
+            d[k] = base[k].copy()
+        d.update(params=s.beta, normalized_cov_params=s.cov_beta, theta=s.theta, _u=s.u,
+                 sigma=float(s.sigma), criterion=float(s.criterion), optim=o,
+                 converged=bool(o.success), state=s,
+                 _lazy_endog=np.array(y, dtype=float))     # (a copy: Y may change)
+        out.append(BatchResultsWrapper(res))
+    return out

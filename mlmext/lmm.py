@@ -21,7 +21,7 @@ from .objective import LMMDeviance, MixedParams
 from .objective.start import block_alone_cross, fit_block_alone, one_block_criterion
 from .optimize import OptSummary, jacobian, minimize_theta
 from .results import LMMResults, MixedResultsWrapper
-from ._batch_results import lazy_results
+from ._batch_results import lazy_results, lazy_results_many
 
 __all__ = ["LinearMixedModel"]
 
@@ -177,6 +177,12 @@ class LinearMixedModel(MixedModel):
         """:meth:`_results_from_state` of this model with the response ``endog`` (checked),
         that model made on first use (batched refits; :mod:`mlmext._batch_results`)."""
         return lazy_results(self, endog, state, optim, ddf)
+
+    def _lazy_results_many(self, endogs, states, optims, ddf="satterthwaite"):
+        """:meth:`_lazy_results` of each response in ``endogs`` with its state and optimizer
+        summary (the constructors' per-model work once:
+        :func:`~mlmext._batch_results.lazy_results_many`)."""
+        return lazy_results_many(self, endogs, states, optims, ddf)
 
     def _cross_products(self):
         """The factorization set up with the model's cross-products, never updated itself:

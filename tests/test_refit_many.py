@@ -26,6 +26,12 @@ def sleep():
     return datasets.load("sleepstudy")
 
 
+def _alone(r, y):
+    """The single refit from the fit's theta (refit's own start is the batch's moment
+    estimate: this is the path independent of the batch's)."""
+    return r.refit(y, start_params=r.theta)
+
+
 def _same(a, b):
     assert a.reml == b.reml and a.converged == b.converged
     assert abs(a.criterion - b.criterion) < 1e-7
@@ -44,7 +50,7 @@ def test_refit_many_equals_one_refit_per_response(sleep, reml):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         many = r.refit_many(Y)
-        single = [r.refit(Y.iloc[:, b]) for b in range(Y.shape[1])]
+        single = [_alone(r, Y.iloc[:, b]) for b in range(Y.shape[1])]
     assert len(many) == 12
     batched = [a for a in many if a.optim.optimizer.startswith(BATCHED)]
     assert len(batched) >= 9                  # most members finish in lockstep
@@ -72,7 +78,7 @@ def test_a_boundary_member_is_refitted_alone_with_its_warning(sleep):
     with pytest.warns(ConvergenceWarning, match="singular"):
         many = r.refit_many(Y)
     with pytest.warns(ConvergenceWarning, match="singular"):
-        one = r.refit(flat)
+        one = _alone(r, flat)
     assert one.is_singular() and many[3].is_singular()
     assert not many[3].optim.optimizer.startswith(BATCHED)
     _same(many[3], one)
@@ -95,6 +101,9 @@ def test_batched_derivatives_match_the_dense_storage(sleep):
         batch = LevelsBatch(lv, Y - m.offset[:, None])
         f, g, H = batch.value_grad_hess(T, np.arange(4))
         np.testing.assert_allclose(batch.values(T, np.arange(4)), f, rtol=1e-12)
+        # one theta for every member (its level blocks once): each member's value there
+        np.testing.assert_allclose(batch.values(T[2:3], np.arange(4)),
+                                   batch.values(np.tile(T[2], (4, 1)), np.arange(4)), rtol=1e-13)
         order = np.array([2, 0, 3])                  # a subset of the members, in another order
         f2, g2, H2 = batch.value_grad_hess(T[order], order)
         np.testing.assert_allclose(f2, f[order], rtol=1e-13)
@@ -147,7 +156,7 @@ def test_refit_many_with_weights_offset_and_three_effects():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         many = r.refit_many(Y)
-        single = [r.refit(Y[:, b]) for b in range(6)]
+        single = [_alone(r, Y[:, b]) for b in range(6)]
     assert any(a.optim.optimizer.startswith(BATCHED) for a in many)
     for a, b in zip(many, single):
         _same(a, b)
@@ -194,7 +203,7 @@ def test_bootstrap_refits_in_lockstep_as_one_by_one(sleep):
     ys = simulate(r, nsim=8, seed=np.random.default_rng(21), re=True, use_u=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        fits = [r.refit(ys.iloc[:, k]) for k in range(8)]
+        fits = [_alone(r, ys.iloc[:, k]) for k in range(8)]
     assert boot.attrs["failed"] == 0
     se = np.asarray(boot.std())
     for k, fit in enumerate(fits):
@@ -250,7 +259,7 @@ def test_every_attribute_of_a_batch_is_a_single_refits(sleep):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         many = r.refit_many(Y)
-        single = [r.refit(Y[:, b]) for b in range(Y.shape[1])]
+        single = [_alone(r, Y[:, b]) for b in range(Y.shape[1])]
     alone = [a for a in many if not a.optim.optimizer.startswith(BATCHED)]
     assert 1 <= len(alone) < 10 and any(a.is_singular() for a in alone)
     for a, b in zip(many, single):
@@ -335,3 +344,128 @@ def test_batched_member_model_made_once_across_threads():
             t.join()
         assert len(got) == 4 and all(m is got[0] for m in got)
         np.testing.assert_array_equal(np.asarray(got[0].endog), np.asarray(member.model.endog))
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("formula", [SLEEP, "Reaction ~ 1 + (1 | Subject)",
+                                     "Reaction ~ Days + (Days || Subject)"])
+def test_moment_start_on_a_balanced_design(sleep, formula, reml):
+    """The batched refits' start (Swamy's moment estimator from the members' cross-products):
+    on balanced sleepstudy REML's (and ML's) theta itself where the template is the full
+    covariance, within 3 % with a diagonal template (the estimator's covariance is not
+    mapped); none (NaN) for a response the levels' own lines fit exactly."""
+    r = mf.lmer(formula, sleep).fit(reml=reml)
+    m = r.model
+    lv = m._small_levels().criterion(reml, m.nobs, m._logw)
+    Y = np.column_stack([m.endog, np.asarray(r.simulate(nsim=1, seed=1))[:, 0]])
+    T = LevelsBatch(lv, Y - m.offset[:, None]).moment_thetas(m.re_design.blocks[0])
+    assert T.shape == (2, len(r.theta)) and np.isfinite(T).all()
+    np.testing.assert_allclose(T[0], r.theta, rtol=1e-5 if "||" not in formula else 0.03)
+    lines = np.asarray(r.fittedvalues)                 # Z b + X beta: no residual
+    T2 = LevelsBatch(lv, lines[:, None]).moment_thetas(m.re_design.blocks[0])
+    assert np.isnan(T2).all()
+
+
+def test_batched_members_start_from_the_lower_of_the_fit_and_the_moment_estimate(sleep):
+    """Each member starts where its criterion is lower (the moment estimate on a balanced
+    design: the optimum, the checks passed at its first evaluation); members equal single
+    refits either way."""
+    r = mf.lmer(SLEEP, sleep).fit()
+    Y = np.asarray(r.simulate(nsim=10, seed=12))
+    many = r.refit_many(Y)
+    m = r.model
+    lv = m._small_levels().criterion(True, m.nobs, m._logw)
+    batch = LevelsBatch(lv, Y - m.offset[:, None])
+    Tm = batch.moment_thetas(m.re_design.blocks[0])
+    idx = np.arange(10)
+    fm = batch.values(Tm, idx)
+    f0 = batch.values(np.tile(r.theta, (10, 1)), idx)
+    for b, a in enumerate(many):
+        assert a.optim.optimizer.startswith(BATCHED)
+        np.testing.assert_array_equal(a.optim.initial, Tm[b] if fm[b] < f0[b] else r.theta)
+        assert a.optim.nfev == 2                 # the start's evaluation, the fit theta's value
+        _same(a, _alone(r, Y[:, b]))
+
+
+def _equal_attr(w, v):
+    if w is v:
+        return
+    assert type(w) is type(v)
+    if isinstance(v, np.ndarray):
+        np.testing.assert_array_equal(w, v)
+        assert w.dtype == v.dtype and w.flags.writeable == v.flags.writeable
+    else:
+        assert w == v
+
+
+def test_batch_members_are_what_the_constructors_make(sleep):
+    """lazy_results_many copies the first member's results for the others and
+    OptSummary.replaced copies the first summary: every attribute of every member is what
+    LMMResults' and OptSummary's constructors make of its numbers (a new attribute that
+    depends on the fit shows here), and mutable ones are not shared."""
+    import dataclasses
+    from mlmext._batch_results import lazy_results
+    from mlmext.optimize import OptSummary
+    r = mf.lmer(SLEEP, sleep).fit()
+    Y = np.asarray(r.simulate(nsim=4, seed=9))
+    many = r.refit_many(Y)
+    for b, a in enumerate(many):
+        raw = a._results
+        assert a.optim.optimizer.startswith(BATCHED)
+        o = raw.optim
+        made = OptSummary(**{f.name: getattr(o, f.name) for f in dataclasses.fields(OptSummary)})
+        for f in dataclasses.fields(OptSummary):
+            _equal_attr(getattr(o, f.name), getattr(made, f.name))
+        ref = lazy_results(r.model, Y[:, b], raw.state, o, raw.ddf)._results
+        assert raw.__dict__.keys() == ref.__dict__.keys()
+        for k, v in ref.__dict__.items():
+            _equal_attr(raw.__dict__[k], v)
+            if b and isinstance(v, (list, dict)):
+                assert raw.__dict__[k] is not many[0]._results.__dict__[k]
+        assert not raw.theta.flags.writeable and not raw._u.flags.writeable
+
+
+def test_a_moment_start_above_the_fits_theta_is_not_taken(sleep, monkeypatch):
+    """Members whose moment start has a higher criterion than the fit's theta start from the
+    fit's theta (evaluated there in the first round) and still equal single refits."""
+    r = mf.lmer(SLEEP, sleep).fit()
+    Y = np.asarray(r.simulate(nsim=6, seed=13))
+    good = LevelsBatch.moment_thetas
+
+    def spoiled(self, blk):
+        T = good(self, blk)
+        T[::2] *= 3.0                            # far from every member's optimum
+        return T
+    monkeypatch.setattr(LevelsBatch, "moment_thetas", spoiled)
+    many = r.refit_many(Y)
+    for b, a in enumerate(many):
+        assert a.optim.optimizer.startswith(BATCHED)
+        if b % 2 == 0:
+            np.testing.assert_array_equal(a.optim.initial, r.theta)
+            assert a.optim.nfev > 2
+        else:
+            assert a.optim.nfev == 2
+        _same(a, _alone(r, Y[:, b]))
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_a_single_refit_starts_at_the_moment_estimate(sleep, reml):
+    """refit(y) on a small one-factor design starts at the response's moment estimate where
+    its criterion is lower (balanced sleepstudy: the optimum, one evaluation) and ends where
+    the refit from the fit's theta ends; an unbalanced design too."""
+    r = mf.lmer(SLEEP, sleep).fit(reml=reml)
+    Y = np.asarray(r.simulate(nsim=4, seed=17))
+    m = r.model
+    lv = m._small_levels().criterion(reml, m.nobs, m._logw)
+    Tm = LevelsBatch(lv, Y - m.offset[:, None]).moment_thetas(m.re_design.blocks[0])
+    for b in range(4):
+        a = r.refit(Y[:, b])
+        np.testing.assert_allclose(a.optim.initial, Tm[b], rtol=1e-10)   # (alone: other rounding)
+        assert a.converged and a.optim.nfev == 1
+        _same(a, r.refit(Y[:, b], start_params=r.theta))
+    part = sleep.iloc[np.random.default_rng(3).choice(180, 120, replace=False)]
+    r2 = mf.lmer(SLEEP, part.reset_index(drop=True)).fit(reml=reml)
+    for y in np.asarray(r2.simulate(nsim=3, seed=5)).T:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            _same(r2.refit(y), r2.refit(y, start_params=r2.theta))

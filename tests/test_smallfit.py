@@ -479,7 +479,7 @@ def test_a_far_start_goes_to_lbfgsb(monkeypatch):
     f, g, H = dev.value_grad_hess(r.theta)
     gs, Hs = g / s, H / np.outer(s, s)
     assert 0.5 * gs @ np.linalg.solve(Hs, gs) > WARM_MAX_DECREMENT
-    a = r.refit(y)
+    a = r.refit(y, start_params=r.theta)   # (the fit's theta: refit's own start is nearer)
     assert a.optim.tried[0][0].startswith("Newton decrement at the start above")
     assert a.optim.tried[1][0] == "L-BFGS-B"
     assert a.converged and abs(a.criterion - new.fit().criterion) < 1e-7

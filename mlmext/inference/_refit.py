@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..design import RandomEffectsDesign, ReTerm
 from ._common import _cache, _is_lmm, _raw
+from ._refit_start import moment_start
 
 
 def _subset_design(des, keep):
@@ -107,8 +108,10 @@ def refit(res, endog, **fit_kwargs):
 
     Only the response changes: the fixed design, the random-effects design, weights and
     offsets are reused as they are (no formula is evaluated again), and the fit starts at
-    this fit's theta (LMMs) with this fit's settings (REML/ML, ``nagq``); ``fit_kwargs``
-    override them.
+    this fit's theta (LMMs: on a small design with one grouping factor at the response's
+    moment estimate of theta where its criterion is lower, see
+    :meth:`~mlmext.linalg.levels_batch.LevelsBatch.moment_thetas`) with this fit's settings
+    (REML/ML, ``nagq``); ``fit_kwargs`` override them.
 
     Parameters
     ----------
@@ -147,6 +150,8 @@ def refit(res, endog, **fit_kwargs):
         kw["start_params"] = r.theta
     kw.update(fit_kwargs)
     new = _rebuild_model(model, endog=y)
+    if _is_lmm(r) and "start_params" not in fit_kwargs:
+        kw["start_params"] = moment_start(r, y, kw.get("reml", True))
     extras = getattr(getattr(r, "optim", None), "extras", {})
     scale = extras.get("scale")
     if _is_lmm(r) and scale is not None and new is not model:

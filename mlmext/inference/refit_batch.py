@@ -2,8 +2,9 @@
 
 :func:`refit_many` gives what ``[res.refit(y) for y in Y]`` gives.  For a small design with
 one grouping factor (the dense small-system storage, one random-effects block) the B fits
-run in lockstep: Newton with the exact Hessian from the fit's theta, every member's
-criterion, gradient and Hessian from one batched evaluation
+run in lockstep: Newton with the exact Hessian from each member's moment estimate of theta
+(:meth:`~mlmext.linalg.levels_batch.LevelsBatch.moment_thetas`; the fit's theta where that
+is lower), every member's criterion, gradient and Hessian from one batched evaluation
 (:class:`~mlmext.linalg.levels_batch.LevelsBatch`), each member stopping when its own
 checks pass -- the checks of a single fit: Newton decrement below 1e-7 and the Hessian
 positive definite in the scaled theta; there it ends, below 1e-9, or after one more full
@@ -26,8 +27,9 @@ from .._blas import blas_threads
 from ..linalg.levels_batch import LevelsBatch
 from ..objective import LMMState
 from ..optimize import OptSummary, rounding_level
-from ._common import _is_lmm, _raw
+from ._common import _raw
 from ._refit import refit
+from ._refit_start import _batchable, moment_starts
 
 __all__ = ["refit_many"]
 
@@ -64,32 +66,23 @@ def _responses(res, Y):
     return Y
 
 
-def _batchable(r):
-    """The level-by-level evaluator of the one-block small-system LMM fits the lockstep
-    refits handle (else None)."""
-    if not _is_lmm(r) or not getattr(r.model, "_response_refit", False):
-        return None
-    lv = r.model._small_levels() if hasattr(r.model, "_small_levels") else None
-    if lv is None or lv.K == 0 or lv.p == 0:
-        return None
-    return lv
-
-
 def _passes_checks(model, Yo):
-    """Which columns certainly pass the model's response check (finite, not constant,
-    residual variation after the fixed effects): the others go through the check itself."""
+    """Which columns (finite: the caller checked) certainly pass the model's response check
+    (not constant, residual variation after the fixed effects): the others go through the
+    check itself."""
     w = np.asarray(model.weights, dtype=float)
     pos = w > 0
     every = bool(pos.all())
     Yp = Yo if every else Yo[pos]
     X = model.exog if every else model.exog[pos]
-    sw = np.sqrt(w if every else w[pos])
-    ok = np.isfinite(Yp).all(axis=0) & (Yp.max(axis=0) > Yp.min(axis=0))
-    Yw = np.where(np.isfinite(Yp), Yp, 0.0) * sw[:, None]
-    Q, _ = np.linalg.qr(X * sw[:, None])
-    R = Yw - Q @ (Q.T @ Yw)
+    ok = Yp.max(axis=0) > Yp.min(axis=0)
+    if not (w == 1.0).all():
+        sw = np.sqrt(w if every else w[pos])[:, None]
+        Yp, X = Yp * sw, X * sw
+    Q, _ = np.linalg.qr(X)
+    R = Yp - Q @ (Q.T @ Yp)
     # 1e3 x the single check's bound: a column near it is judged by the check itself
-    return ok & (np.einsum("ij,ij->j", R, R) > 1e-17 * np.maximum(np.einsum("ij,ij->j", Yw, Yw), 1e-300))
+    return ok & (np.einsum("ij,ij->j", R, R) > 1e-17 * np.maximum(np.einsum("ij,ij->j", Yp, Yp), 1e-300))
 
 
 def refit_many(res, Y, **fit_kwargs):
@@ -97,7 +90,8 @@ def refit_many(res, Y, **fit_kwargs):
 
     Equal to ``[res.refit(y) for y in Y.T]`` (to the optimizer's tolerance), faster: on a
     small design with one grouping factor the refits run together (Newton with the exact
-    Hessian from this fit's theta, one batched evaluation for all of them); members that
+    Hessian from each response's moment estimate of theta or this fit's theta, the lower;
+    one batched evaluation for all of them); members that
     do not pass the checks there, or end near a zero standard deviation, are refitted one
     by one as :meth:`refit` does.  Other models (several grouping factors, large systems,
     GLMMs, clmm) and any ``fit_kwargs`` refit one by one.
@@ -175,6 +169,20 @@ def _batched_or_none(res, Y):
         return out
 
 
+def _newton(g, H, s, ss):
+    """Modified Newton steps at gradients ``g`` (n, K) and Hessians ``H`` (n, K, K) in theta:
+    ``(step, decrement, smallest eigenvalue, positive definite, scaled gradient)``, the step
+    and the eigenvalues in the scaled theta (the fit's: the checks' units)."""
+    w, V = np.linalg.eigh(H / ss)
+    mine = w[:, 0]
+    wmax = np.maximum(1.0, np.maximum(-mine, w[:, -1]))     # (eigh's are ascending)
+    gs = g / s
+    # where H is not positive definite, |eigenvalues| give a descent direction
+    wa = np.maximum(np.abs(w), 1e-6 * wmax[:, None])
+    st = -(V @ ((gs[:, None, :] @ V)[:, 0] / wa)[:, :, None])[:, :, 0]
+    return st, -0.5 * (gs * st).sum(axis=1), mine, mine > 1e-8 * wmax, gs
+
+
 def _lockstep(r, lv, Y, Yo):
     """Results of the members that pass the checks in lockstep Newton (None for the others),
     and for the others the lowest point found (None: the fit's theta), as a start."""
@@ -185,9 +193,11 @@ def _lockstep(r, lv, Y, Yo):
     theta0 = np.asarray(r.theta, dtype=float)
     s = des.theta_units()                                   # the fit's scaling of theta
     ss = np.outer(s, s)
-    T = np.tile(theta0, (nb, 1))
-    idx = np.arange(nb)
-    f, g, H = batch.value_grad_hess(T, idx)
+    new = np.arange(nb)                                     # members at a new point
+    T, has = moment_starts(batch, des.blocks[0], theta0)
+    f, gn, Hn, cn = batch.value_grad_hess(T, new, pieces=True)
+    posn = new                                        # the new points' rows in cn's pieces
+    done = []                      # (members, thetas, estimates) of the members that end
     nfev = np.ones(nb, dtype=int)
     # 0 running, 1 converged (at T), 2 converged at T + step (below), -1 single refit
     status = np.zeros(nb, dtype=int)
@@ -197,72 +207,88 @@ def _lockstep(r, lv, Y, Yo):
     slope = np.zeros(nb)                              # gradient . step (the Armijo condition)
     t = np.ones(nb)
     iters = np.zeros(nb, dtype=int)
-    need = idx                                        # members at a new point: a Newton step
+    if has.any():
+        # a moment start whose criterion is not below the fit's theta's: from the fit's theta
+        # (evaluated there in the first round, as a step of zero)
+        f0 = batch.values(theta0[None], new)
+        nfev[has] += 1
+        worse = has & ~(f < f0)
+        if worse.any():
+            T[worse], f[worse] = theta0, f0[worse]
+            keep = ~worse
+            new, gn, Hn, posn = new[keep], gn[keep], Hn[keep], posn[keep]
+    T0 = T.copy()
     # One batched evaluation per round for every running member: at a new point its Newton
     # step (the full step is tried next round), in a line search the shortened step.
     for _ in range(4 * MAX_ITERATIONS):
-        if need.size:
-            a = need
-            good = np.isfinite(f[a]) & np.isfinite(H[a]).all(axis=(1, 2))
-            status[a[~good]] = -1
-            a = a[good]
-            w, V = np.linalg.eigh(H[a] / ss)          # the Hessian in the scaled theta
-            wmax = np.maximum(1.0, np.abs(w).max(axis=1))
-            mineig[a] = w[:, 0]
-            pdef = w[:, 0] > 1e-8 * wmax
-            gs = g[a] / s
-            # where H is not positive definite, |eigenvalues| give a descent direction
-            wa = np.maximum(np.abs(w), 1e-6 * wmax[:, None])
-            st = -np.einsum("bij,bj->bi", V, np.einsum("bji,bj->bi", V, gs) / wa)
-            d = -0.5 * np.einsum("bi,bi->b", gs, st)
-            dec[a] = d
+        if new.size:
+            good = np.isfinite(Hn.sum(axis=(1, 2)))       # (an indefinite system: NaN)
+            if not good.all():
+                status[new[~good]] = -1
+                new, gn, Hn, posn = new[good], gn[good], Hn[good], posn[good]
+            st, d, mine, pdef, gs = _newton(gn, Hn, s, ss)
+            dec[new], mineig[new] = d, mine
             # a point passing the checks ends the member: at its point below TOL, else after
             # one more full Newton step (quadratic convergence: from a decrement d below
             # CHECK_TOL the step lands at ~d^2), whose value the estimates compute
             cert = pdef & (d < CHECK_TOL)
-            status[a[cert]] = np.where(d[cert] < TOL, 1, 2)
+            if cert.any():
+                at = cert & (d < TOL)
+                status[new[cert]] = np.where(at[cert], 1, 2)
+                if at.any():      # ending here: the estimates from this point's evaluation
+                    done.append((new[at], T[new[at]], batch.estimates(None, posn[at], cn)))
             # far from the optimum a full step overshoots: at most MAX_STEP in the scaled theta
-            big = np.abs(st).max(axis=1)
-            st *= np.minimum(1.0, MAX_STEP / np.maximum(big, 1e-300))[:, None]
-            slope[a] = np.einsum("bi,bi->b", gs, st)
-            over = ~cert & (iters[a] >= MAX_ITERATIONS)
-            status[a[over]] = -1
-            keep = ~over
-            step[a[keep]], t[a[keep]] = st[keep] / s, 1.0
-            iters[a[~cert & keep]] += 1
+            st *= np.minimum(1.0, MAX_STEP / np.maximum(np.abs(st).max(axis=1), 1e-300))[:, None]
+            slope[new] = (gs * st).sum(axis=1)
+            step[new], t[new] = st / s, 1.0
+            it = iters[new] + 1
+            iters[new] = it
+            over = (it > MAX_ITERATIONS) & ~cert
+            if over.any():
+                status[new[over]] = -1
         run = np.flatnonzero(status == 0)
         if run.size == 0:
             break
-        Tt = T[run] + t[run, None] * step[run]
-        ft, gt, Ht = batch.value_grad_hess(Tt, run)
+        tr, fr = t[run], f[run]
+        Tt = T[run] + tr[:, None] * step[run]
+        ft, gt, Ht, cn = batch.value_grad_hess(Tt, run, pieces=True)
         nfev[run] += 1
-        ok = ft <= f[run] + 1e-4 * t[run] * slope[run] + rounding_level(f[run])
-        acc = run[ok]
-        T[acc], f[acc], g[acc], H[acc] = Tt[ok], ft[ok], gt[ok], Ht[ok]
+        ok = ft <= fr + 1e-4 * tr * slope[run] + rounding_level(fr)
+        if ok.all():                                  # (the usual round: every step taken)
+            new, gn, Hn, posn = run, gt, Ht, np.arange(run.size)
+            T[run], f[run] = Tt, ft
+            continue
+        posn = np.flatnonzero(ok)
+        new, gn, Hn = run[ok], gt[ok], Ht[ok]
+        T[new], f[new] = Tt[ok], ft[ok]
         rej = run[~ok]
         # the next trial at the minimum of the quadratic through f(0), f'(0) and f(t), kept
         # within [t / 10, t / 2] (a non-finite value: t / 4)
-        tr, s0, dfr = t[rej], slope[rej], ft[~ok] - f[rej]
+        tr, s0, dfr = tr[~ok], slope[rej], ft[~ok] - fr[~ok]
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             tq = -s0 * tr ** 2 / (2.0 * (dfr - s0 * tr))
         t[rej] = np.where(np.isfinite(tq), np.clip(tq, 0.1 * tr, 0.5 * tr), 0.25 * tr)
         status[rej[t[rej] < 1e-9]] = -1               # the line search failed
-        need = acc
     status[status == 0] = -1
     out = [None] * nb
     moved = np.isfinite(f) & np.any(T != theta0, axis=1) & (status < 1)
     starts = [des.canonical_theta(T[b]) if moved[b] else None for b in range(nb)]
-    conv = np.flatnonzero(status >= 1)
-    if conv.size == 0:
+    # the ends one step on: that step's point where its value does not rise above the last
+    two = np.flatnonzero(status == 2)
+    if two.size:
+        Te = T[two] + step[two]
+        est = batch.estimates(Te, two)
+        back = np.flatnonzero(est[3] > f[two] + rounding_level(f[two]))
+        if back.size:
+            Te[back] = T[two[back]]
+            for e, eb in zip(est, batch.estimates(Te[back], two[back])):
+                e[back] = eb
+        done.append((two, Te, est))
+    if not done:
         return out, starts
-    # the members' ends: the last step taken where it does not rise above the point's value
-    Te = T[conv] + (status[conv] == 2)[:, None] * step[conv]
-    est = batch.estimates(Te, conv)
-    back = np.flatnonzero(est[3] > f[conv] + rounding_level(f[conv]))
-    if back.size:
-        Te[back] = T[conv[back]]
-        for e, eb in zip(est, batch.estimates(Te[back], conv[back])):
-            e[back] = eb
+    conv = np.concatenate([c[0] for c in done])
+    Te = np.concatenate([c[1] for c in done])
+    est = [np.concatenate([c[2][k] for c in done]) for k in range(5)]
     # the single fit's end: the mirror image with nonnegative diagonals; near a zero SD it
     # snaps and tests the bound, so those members go to single refits
     diag = np.isfinite(des.lower)
@@ -272,20 +298,29 @@ def _lockstep(r, lv, Y, Yo):
     for j in np.flatnonzero(near):        # (from there a single fit needs a third fewer steps)
         starts[conv[j]] = des.canonical_theta(Te[j])
     beta, u, sigma, crit, cov = (e[keep] for e in est)
-    conv, Tc = conv[keep], Tc[keep]
-    ddf = getattr(r, "ddf", "satterthwaite")
-    tried = (f"Newton from the fit's theta, {nb} responses in lockstep (exact Hessian), "
-             "second-order checks")
-    for j, b in enumerate(conv):
-        state = LMMState(theta=_frozen(Tc[j]), beta=_frozen(beta[j]), u=_frozen(u[j]),
-                         sigma=float(sigma[j]), criterion=float(crit[j]), cov_beta=_frozen(cov[j]),
-                         reml=reml)
-        opt = OptSummary(initial=theta0, final=state.theta, fmin=state.criterion,
-                         feval=int(nfev[b]), tried=((tried, True, int(nfev[b])),), converged=True,
-                         message=f"Newton decrement {dec[b]:.3g}", optimizer=tried,
-                         extra_items=(("snapped", []), ("decrement", float(dec[b])),
-                                      ("min_eigenvalue", float(mineig[b]))))
-        out[b] = model._lazy_results(Y[:, b], state, opt, ddf)   # (its model on first use)
+    conv = conv[keep]
+    tried = (f"Newton from the fit's theta or a moment estimate (the lower), {nb} responses "
+             "in lockstep (exact Hessian), second-order checks")
+    # each member's numbers as read-only rows of read-only stacks (a view each, no copies)
+    Tc, beta, u, cov, T0 = (_frozen(a) for a in (Tc[keep], beta, u, cov, T0))
+    states = [LMMState(theta=Tc[j], beta=beta[j], u=u[j], sigma=sg, criterion=cr,
+                       cov_beta=cov[j], reml=reml)
+              for j, (sg, cr) in enumerate(zip(sigma.tolist(), crit.tolist()))]
+    first = None
+    optims = []
+    for b, st, n, d, e in zip(conv.tolist(), states, nfev[conv].tolist(), dec[conv].tolist(),
+                              mineig[conv].tolist()):
+        fields = dict(final=st.theta, fmin=st.criterion, feval=n, tried=((tried, True, n),),
+                      message=f"Newton decrement {d:.3g}",
+                      extra_items=(("snapped", []), ("decrement", d), ("min_eigenvalue", e)))
+        if first is None:
+            first = OptSummary(initial=T0[b], converged=True, optimizer=tried, **fields)
+            optims.append(first)
+        else:                    # (the fields in OptSummary's own form: no __post_init__)
+            optims.append(first.replaced(initial=T0[b], **fields))
+    for b, res in zip(conv.tolist(), model._lazy_results_many(
+            Y[:, conv].T, states, optims, getattr(r, "ddf", "satterthwaite"))):
+        out[b] = res                                    # (their models made on first use)
     return out, starts
 
 

@@ -57,24 +57,27 @@ class LevelsBatch:
 
     # -- the pieces at the members' thetas ------------------------------------------------
     def _core(self, T, idx):
-        """The criterion's pieces at thetas ``T`` (B, K) of members ``idx``."""
+        """The criterion's pieces at thetas ``T`` (B, K) of members ``idx``; ``T`` of one row:
+        that theta for every member (its level blocks once; for :meth:`values` only)."""
         lv, q, p = self.lv, self.q, self.p
-        nb, qq = T.shape[0], q * q
-        lam = (T @ lv._Eb).reshape(nb, q, q)
-        KK = (lam[:, :, None, :, None] * lam[:, None, :, None, :]).reshape(nb, qq, qq)
+        nt, nb, qq = T.shape[0], len(idx), q * q
+        lam = (T @ lv._Eb).reshape(nt, q, q)
+        KK = (lam[:, :, None, :, None] * lam[:, None, :, None, :]).reshape(nt, qq, qq)
         M = lv.Af @ KK + lv._I                                   # (B, m, q q)
         Mi, ldm, ok = _spd_stack(M.reshape(-1, qq), q)
-        Mi = Mi.reshape(nb, -1, qq)
-        ok = ok.reshape(nb, -1).all(axis=1)
+        Mi = Mi.reshape(nt, -1, qq)
+        ok = ok.reshape(nt, -1).all(axis=1)
+        if nt != nb:
+            ok = np.repeat(ok, nb)
         G = Mi @ KK.transpose(0, 2, 1)                           # lambda M_g^-1 lambda'
         Cg, V = self.Cg[idx], self.V[idx]
         Cf = Cg.reshape(nb, -1, p + 1)
-        S = V - Cf.transpose(0, 2, 1) @ (G.reshape(nb, -1, q, q) @ Cg).reshape(nb, -1, p + 1)
+        S = V - Cf.transpose(0, 2, 1) @ (G.reshape(nt, -1, q, q) @ Cg).reshape(nb, -1, p + 1)
         Ls = _stacked_cholesky(S, ok)
         d = np.log(Ls.diagonal(0, 1, 2))
         r2 = Ls[:, p, p] ** 2
         nu = lv.nu
-        f = ldm.reshape(nb, -1).sum(axis=1) + nu * (1.0 + _LOG2PI + np.log(r2 / nu)) - lv.logw
+        f = ldm.reshape(nt, -1).sum(axis=1) + nu * (1.0 + _LOG2PI + np.log(r2 / nu)) - lv.logw
         if lv.reml:
             f += 2.0 * d[:, :p].sum(axis=1)
         ok &= np.isfinite(f)
@@ -87,7 +90,6 @@ class LevelsBatch:
         lam, Cg = c["lam"], c["Cg"]
         nb = lam.shape[0]
         Li = np.linalg.inv(c["Ls"])
-        lam4 = lam[:, None]
         Mi = c["Mi"].reshape(nb, -1, q, q)
         m = Mi.shape[1]
         Al = (self.Ag2 @ lam).reshape(nb, m, q, q)               # A_g lambda
@@ -127,14 +129,89 @@ class LevelsBatch:
         H = 2.0 * H - (F * lv._w2) @ F.transpose(0, 2, 1)
         return 0.5 * (H + H.transpose(0, 2, 1))
 
+    # -- a start ------------------------------------------------------------------------
+    def moment_thetas(self, blk):
+        """Starting thetas (B, K) by the method of moments (Swamy's two-stage estimator), from
+        the members' cross-products alone: each level's least-squares random effects after the
+        fixed effects' least squares, their covariance between the levels less their mean
+        sampling covariance, relative to the residual variance within the levels (on
+        ``n - rank [X Z]`` degrees of freedom), mapped to ``blk``'s template (terms the
+        template keeps independent stay so).  On a balanced design (the same ``Z_g`` in every
+        level, ``X`` in their span) this is REML's estimate, and ML's with ``m`` for ``m - 1``,
+        where that is inside the bounds: Newton from it passes the checks at its first
+        evaluation where from the fit's theta it needs four or five (sleepstudy); elsewhere it
+        is a start only (the caller keeps the fit's theta where that is lower).  A row is NaN
+        where the estimate does not exist (no residual degrees of freedom, no residual
+        variation within the levels, no positive variance)."""
+        lv, m, q, p, K = self.lv, self.m, self.q, self.p, self.K
+        Cg, V = self.Cg, self.V
+        nb = Cg.shape[0]
+        T = np.full((nb, K), np.nan)
+        if m < 2:
+            return T
+        Ai, _, ok = _spd_stack(lv.Af, q)            # (closed forms for q <= 2)
+        if ok.all():
+            Ai, rank = Ai.reshape(m, q, q), m * q
+        else:       # a level with fewer rows than q (or collinear ones): the pseudo-inverse
+            Ai, rank = np.linalg.pinv(lv.Ag), int(np.linalg.matrix_rank(lv.Ag).sum())
+        # the residual within the levels: of [X y] after each level's Z (S = [X y]' W [X y] -
+        # sum_g C_g' A_g^+ C_g), then of y after what X adds to Z (S_XX, the same for every
+        # member, is ~0 where Z's columns span X's), on n - rank [X Z] degrees of freedom
+        CX = lv.Cg[:, :, :p].reshape(m * q, p)                  # (X's columns: every member's)
+        AiCX = (Ai @ lv.Cg[:, :, :p]).reshape(m * q, p)
+        e, Ux = np.linalg.eigh(lv.V[:p, :p] - CX.T @ AiCX)
+        big = e > 1e-9 * np.abs(np.diagonal(lv.V)[:p]).max()
+        dof = lv.n_obs - rank - int(big.sum())
+        if dof <= 0:
+            return T
+        cy = Cg[..., p]                                         # Z_g' W y (B, m, q)
+        ay = (Ai @ cy[..., None]).reshape(nb, m * q)            # A_g^+ Z_g' W y
+        sxy = (V[:, :p, p] - ay @ CX) @ Ux[:, big]
+        rss = V[:, p, p] - np.einsum("bi,bi->b", cy.reshape(nb, -1), ay) - \
+            ((sxy * sxy) / e[big]).sum(axis=1)
+        s2 = rss / dof
+        # each level's effects: its least squares after the fixed effects' (their spread)
+        try:
+            beta = np.linalg.solve(lv.V[:p, :p], V[:, :p, p].T)  # (p, B)
+        except np.linalg.LinAlgError:
+            return T
+        b = (ay - (AiCX @ beta).T).reshape(nb, m, q)
+        b -= b.sum(axis=1, keepdims=True) / m
+        R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2[:, None, None] * (Ai.sum(axis=0) / m)) / \
+            s2[:, None, None]
+        with np.errstate(invalid="ignore"):
+            good = np.isfinite(s2) & (rss > 1e-12 * V[:, p, p]) & np.isfinite(R).all(axis=(1, 2))
+        E = np.zeros((q, q))
+        E[blk.t_rows, blk.t_cols] = 1.0
+        keep = (E @ E.T) != 0                      # (the template's independent terms)
+        R = np.where(good[:, None, None], R, np.eye(q))
+        try:
+            L = np.linalg.cholesky(R * keep)
+        except np.linalg.LinAlgError:
+            # variances estimated negative: a small fraction of the largest (Newton takes them
+            # on); a largest that is not positive: no estimate
+            w, U = np.linalg.eigh(R)
+            good &= w[:, -1] > 0
+            w = np.maximum(w, 1e-2 * np.abs(w[:, -1:]))
+            L = np.linalg.cholesky(np.where(good[:, None, None],
+                                            ((U * w[:, None, :]) @ U.transpose(0, 2, 1)) * keep,
+                                            np.eye(q)))
+        if good.all():
+            T[:, blk.t_idx] = L[:, blk.t_rows, blk.t_cols]
+        else:
+            T[np.ix_(good, blk.t_idx)] = L[good][:, blk.t_rows, blk.t_cols]
+        return T
+
     # -- the objective ------------------------------------------------------------------
     def values(self, T, idx):
-        """The criterion of members ``idx`` at thetas ``T`` (inf where indefinite)."""
+        """The criterion of members ``idx`` at thetas ``T`` (inf where indefinite); ``T`` of
+        one row: that theta for every member (a fraction of the cost)."""
         return self._core(np.asarray(T, dtype=float), idx)["f"]
 
-    def value_grad_hess(self, T, idx):
+    def value_grad_hess(self, T, idx, pieces=False):
         """Criterion (B,), exact gradient (B, K) and Hessian (B, K, K) of members ``idx`` at
-        thetas ``T`` (B, K); members whose system is indefinite get inf, 0, NaN."""
+        thetas ``T`` (B, K); members whose system is indefinite get inf, 0, NaN.  ``pieces``:
+        the criterion's pieces as a fourth item, for :meth:`estimates` at these thetas."""
         c = self._core(np.asarray(T, dtype=float), idx)
         grad = self._first(c)
         H = self._hessian(c)
@@ -142,20 +219,26 @@ class LevelsBatch:
         if not ok.all():
             grad[~ok] = 0.0
             H[~ok] = np.nan
-        return c["f"], grad, H
+        return (c["f"], grad, H, c) if pieces else (c["f"], grad, H)
 
-    def estimates(self, T, idx):
+    def estimates(self, T, idx, pieces=None):
         """``(beta, u, sigma, criterion, cov_beta)`` of members ``idx`` at thetas ``T``, stacked
-        (as :meth:`mlmext.objective.LMMDeviance.at`); ``u`` in the levels' order."""
-        c = self._core(np.asarray(T, dtype=float), idx)
-        lv, q, p = self.lv, self.q, self.p
+        (as :meth:`mlmext.objective.LMMDeviance.at`); ``u`` in the levels' order.  With
+        ``pieces`` (:meth:`value_grad_hess`'s, at those thetas) ``idx`` are rows of them and
+        ``T`` is not used: nothing is evaluated again."""
+        if pieces is None:
+            c = self._core(np.asarray(T, dtype=float), idx)
+        else:
+            c = {k: pieces[k][idx] for k in ("Ls", "lam", "Mi", "Cg", "r2", "f")}
+        lv, m, q, p = self.lv, self.m, self.q, self.p
         Ls, lam = c["Ls"], c["lam"]
         nb = Ls.shape[0]
         Lxi = np.linalg.inv(Ls[:, :p, :p])
         beta = np.einsum("bji,bj->bi", Lxi, Ls[:, p, :p])       # L_XX' beta = l_yX
         cov = Lxi.transpose(0, 2, 1) @ Lxi
         bt = np.concatenate([-beta, np.ones((nb, 1))], axis=1)
-        wg = c["Cg"] @ bt[:, None, :, None]                      # c_gy - C_gX beta (B, m, q, 1)
-        u = (c["Mi"].reshape(nb, -1, q, q) @ (lam.transpose(0, 2, 1)[:, None] @ wg))
+        wg = c["Cg"].reshape(nb, m * q, p + 1) @ bt[:, :, None]   # c_gy - C_gX beta (B, m q, 1)
+        # u_g = M_g^-1 lambda' w_g (lambda' w_g for all levels: one product per member)
+        u = c["Mi"].reshape(nb, m, q, q) @ (wg.reshape(nb, m, q) @ lam)[..., None]
         sigma2 = c["r2"] / lv.nu
         return beta, u.reshape(nb, -1), np.sqrt(sigma2), c["f"], sigma2[:, None, None] * cov
