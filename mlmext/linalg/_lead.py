@@ -221,11 +221,13 @@ class LeadBlockFactor(Factor):
         colwise = self.p > 0 and plan["Z1T"] is None and n > SPARSE_SUMS_ROWS
         if cols is not None and not colwise:
             XY = np.column_stack(cols)
-        WXY = None if colwise else XY * w[:, None]
         if nnz1:
             wr = w if plan["row1"] is None else w[plan["row1"]]
             A_r1.data[:nnz1] = np.bincount(plan["dest1"], weights=times_or_same(wr, plan["val1"]),
                                            minlength=nnz1)
+            del wr
+        # after that bincount (its int64 copy of dest1 and its weights): not beside them
+        WXY = None if colwise else XY * w[:, None]
         if colwise:
             ZtW, YY = colwise_sums(XY if cols is None else cols, w, g1, plan["x1"],
                                    plan["rest_nz"] if rz else None, rz,
@@ -306,34 +308,66 @@ class LeadBlockFactor(Factor):
         each row's products go in ``A_r1`` and in the rest x rest part of ``A_rr``; returns the
         positions of ``A_r1``'s nonzeros in the rest's rows."""
         Zr = self._Zrest.tocsr()
+        # the CSC copy is not read again (made anew if set_data asks): not beside the sorts
+        self.__dict__.pop("_Zrest", None)
         Zr.sort_indices()
         cnt = np.diff(Zr.indptr)
         rows = np.repeat(np.arange(n), cnt)
         cols, vals = Zr.indices.astype(np.int64), Zr.data
-        comp = np.tile(np.arange(q1), rows.size)
-        row1 = np.repeat(rows, q1)
-        key = np.repeat(cols, q1) * m1q1 + b1.codes[row1] * q1 + comp
+        # key = cols * m1q1 + codes[row] * q1 + comp per (rest entry, first-block component),
+        # built in place, without the all-zero comp nor a copy of rows for q1 = 1: the plan's
+        # temporaries are its phase's peak of memory
+        row1 = rows if q1 == 1 else np.repeat(rows, q1)
+        key = np.repeat(cols, q1)
+        key *= m1q1
+        c1 = b1.codes[row1]
+        if q1 > 1:
+            c1 *= q1
+            c1 += np.tile(np.arange(q1), rows.size)
+        key += c1
+        del c1
         uniq1, dest1 = np.unique(key, return_inverse=True)
-        plan.update(row1=row1, val1=unless_ones(np.repeat(vals, q1) * b1.X[row1, comp]),
-                    dest1=small_index(dest1.ravel()))
-        # rest x rest: all ordered pairs of a row's entries
+        del key
+        plan["dest1"] = small_index(dest1.ravel())
+        del dest1
+        x1 = np.asarray(b1.X[row1, 0] if q1 == 1
+                        else b1.X[row1, np.tile(np.arange(q1), rows.size)], dtype=float)
+        x1 *= vals if q1 == 1 else np.repeat(vals, q1)
+        plan.update(row1=row1, val1=unless_ones(x1))
+        del x1
+        # rest x rest: all ordered pairs of a row's entries (a row of one entry: the entry
+        # itself, one index array for both ends)
         e1s, e2s = [], []
         for kv in np.unique(cnt):
             if kv == 0:
                 continue
             st = Zr.indptr[:-1][cnt == kv]
+            if kv == 1:
+                e1s.append(st)
+                e2s.append(st)
+                continue
             a, b = np.meshgrid(np.arange(kv), np.arange(kv), indexing="ij")
             e1s.append((st[:, None] + a.ravel()[None, :]).ravel())
             e2s.append((st[:, None] + b.ravel()[None, :]).ravel())
-        e1, e2 = np.concatenate(e1s), np.concatenate(e2s)
-        uniq_rr, dest_rr = np.unique(cols[e1] * r + cols[e2], return_inverse=True)
+        del cnt
+        e1 = e1s[0] if len(e1s) == 1 else np.concatenate(e1s)
+        e2 = e2s[0] if len(e2s) == 1 else np.concatenate(e2s)
+        del e1s, e2s
+        pair = cols[e1]
+        pair *= r
+        pair += cols[e2]
+        uniq_rr, dest_rr = np.unique(pair, return_inverse=True)
+        del pair
         cols32, dest_rr = small_index(cols), small_index(dest_rr.ravel())
+        del cols
         if dest_rr.dtype == cols32.dtype and np.array_equal(dest_rr, cols32):
             # one scalar rest block with every level used: the same index array (4 MB at 1M)
             dest_rr = cols32
-        plan.update(row_rr=rows[e1], val_rr=unless_ones(vals[e1] * vals[e2]), uniq_rr=uniq_rr,
+        val_rr = vals[e1]
+        val_rr *= vals[e2]
+        plan.update(row_rr=rows[e1], val_rr=unless_ones(val_rr), uniq_rr=uniq_rr,
                     dest_rr=dest_rr, rest_nz=(rows, cols32, unless_ones(vals)))
-        del key, dest1, dest_rr, e1, e2, row1, comp
+        del dest_rr, e1, e2, row1, val_rr
         ident = np.arange(n)
         for key in ("row1", "row_rr"):                # skip the gather when it is the identity
             if plan[key].size == n and np.array_equal(plan[key], ident):
