@@ -240,7 +240,7 @@ class LeadBlockFactor(Factor):
                                       minlength=m1q1)
         else:
             A_r1.data[nnz1:] = np.asarray(plan["Z1T"] @ WXY).T.ravel()
-        A_1r.data[:] = A_r1.data[plan["tperm"]]
+        np.take(A_r1.data, plan["tperm"], out=A_1r.data)       # no nnz-sized temporary
         self._a1y = A_r1.data[A_r1.data.size - m1q1:].copy()      # A_1r[:, -1], for solve()
         # A_rr by its parts (its nonzeros, the rest x [X y] block, [X y]' W [X y]): the Schur
         # complement is formed from them (_rr_into), no r x r array is kept (72 MB at 3,000 items)
