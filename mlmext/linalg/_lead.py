@@ -308,66 +308,44 @@ class LeadBlockFactor(Factor):
         each row's products go in ``A_r1`` and in the rest x rest part of ``A_rr``; returns the
         positions of ``A_r1``'s nonzeros in the rest's rows."""
         Zr = self._Zrest.tocsr()
-        # the CSC copy is not read again (made anew if set_data asks): not beside the sorts
-        self.__dict__.pop("_Zrest", None)
+        self.__dict__.pop("_Zrest", None)         # not beside the sorts (made anew if asked)
         Zr.sort_indices()
         cnt = np.diff(Zr.indptr)
         rows = np.repeat(np.arange(n), cnt)
         cols, vals = Zr.indices.astype(np.int64), Zr.data
-        # key = cols * m1q1 + codes[row] * q1 + comp per (rest entry, first-block component),
-        # built in place, without the all-zero comp nor a copy of rows for q1 = 1: the plan's
-        # temporaries are its phase's peak of memory
-        row1 = rows if q1 == 1 else np.repeat(rows, q1)
-        key = np.repeat(cols, q1)
-        key *= m1q1
-        c1 = b1.codes[row1]
-        if q1 > 1:
-            c1 *= q1
-            c1 += np.tile(np.arange(q1), rows.size)
-        key += c1
-        del c1
+        # key = cols m1q1 + codes[row] q1 + comp in place, without an all-zero comp nor a copy
+        # of rows for q1 = 1: the plan's temporaries are its phase's peak of memory
+        comp = np.tile(np.arange(q1), rows.size) if q1 > 1 else 0
+        row1 = np.repeat(rows, q1) if q1 > 1 else rows
+        key = np.repeat(cols, q1) * m1q1
+        key += b1.codes[row1] * q1 + comp if q1 > 1 else b1.codes[row1]
         uniq1, dest1 = np.unique(key, return_inverse=True)
-        del key
         plan["dest1"] = small_index(dest1.ravel())
-        del dest1
-        x1 = np.asarray(b1.X[row1, 0] if q1 == 1
-                        else b1.X[row1, np.tile(np.arange(q1), rows.size)], dtype=float)
-        x1 *= vals if q1 == 1 else np.repeat(vals, q1)
+        del key, dest1
+        x1 = np.asarray(b1.X[row1, comp], dtype=float)
+        x1 *= np.repeat(vals, q1) if q1 > 1 else vals
         plan.update(row1=row1, val1=unless_ones(x1))
-        del x1
-        # rest x rest: all ordered pairs of a row's entries (a row of one entry: the entry
-        # itself, one index array for both ends)
+        del x1, comp
+        # rest x rest: all ordered pairs of a row's entries (one entry: itself at both ends)
         e1s, e2s = [], []
-        for kv in np.unique(cnt):
-            if kv == 0:
-                continue
+        for kv in np.unique(cnt[cnt > 0]):
             st = Zr.indptr[:-1][cnt == kv]
-            if kv == 1:
-                e1s.append(st)
-                e2s.append(st)
-                continue
             a, b = np.meshgrid(np.arange(kv), np.arange(kv), indexing="ij")
-            e1s.append((st[:, None] + a.ravel()[None, :]).ravel())
-            e2s.append((st[:, None] + b.ravel()[None, :]).ravel())
-        del cnt
-        e1 = e1s[0] if len(e1s) == 1 else np.concatenate(e1s)
-        e2 = e2s[0] if len(e2s) == 1 else np.concatenate(e2s)
-        del e1s, e2s
-        pair = cols[e1]
-        pair *= r
+            e1s.append(st if kv == 1 else (st[:, None] + a.ravel()[None, :]).ravel())
+            e2s.append(st if kv == 1 else (st[:, None] + b.ravel()[None, :]).ravel())
+        e1, e2 = (e[0] if len(e) == 1 else np.concatenate(e) for e in (e1s, e2s))
+        del cnt, e1s, e2s
+        pair = cols[e1] * r
         pair += cols[e2]
         uniq_rr, dest_rr = np.unique(pair, return_inverse=True)
-        del pair
         cols32, dest_rr = small_index(cols), small_index(dest_rr.ravel())
-        del cols
+        del pair, cols
         if dest_rr.dtype == cols32.dtype and np.array_equal(dest_rr, cols32):
             # one scalar rest block with every level used: the same index array (4 MB at 1M)
             dest_rr = cols32
-        val_rr = vals[e1]
-        val_rr *= vals[e2]
-        plan.update(row_rr=rows[e1], val_rr=unless_ones(val_rr), uniq_rr=uniq_rr,
+        plan.update(row_rr=rows[e1], val_rr=unless_ones(vals[e1] * vals[e2]), uniq_rr=uniq_rr,
                     dest_rr=dest_rr, rest_nz=(rows, cols32, unless_ones(vals)))
-        del dest_rr, e1, e2, row1, val_rr
+        del dest_rr, e1, e2, row1
         ident = np.arange(n)
         for key in ("row1", "row_rr"):                # skip the gather when it is the identity
             if plan[key].size == n and np.array_equal(plan[key], ident):
