@@ -265,3 +265,38 @@ def test_pirls_drops_the_step_and_working_response(monkeypatch):
     assert modes.converged
     score = lp.random_effects_transpose(des, modes.d1, lams) - modes.u
     assert np.abs(score).max() < 1e-8 * max(1.0, np.abs(modes.u).max())
+
+
+def test_binomial_hessian_terms_in_place_equal_the_formulas():
+    """The in-place binomial logit Hessian terms are the formulas' numbers, bit for bit."""
+    from mlmext.glmm.conditional import GLMConditional
+    rng = np.random.default_rng(8)
+    eta = np.concatenate([rng.normal(scale=4.0, size=500), [-40.0, 0.0, 40.0]])
+    for pw in (np.ones(eta.size), rng.integers(1, 9, eta.size).astype(float)):
+        y = rng.binomial(pw.astype(int), 0.4) / pw
+        c = GLMConditional(sm.families.Binomial(), y, pw)
+        h, dw = c.hessian_terms(eta)
+        mu = special.expit(eta)
+        w = pw * mu * (1.0 - mu)
+        np.testing.assert_array_equal(h, w)
+        np.testing.assert_array_equal(dw, w * (1.0 - 2.0 * mu))
+
+
+def test_score_drops_the_modes_eta_only_without_own_parameters():
+    """loglike_and_score drops the modes' eta in the gradient (the same value and gradient
+    as the gradient on modes that keep it); a model with parameters of its own keeps it."""
+    from mlmext.laplace import laplace_gradient
+    d = _crossed()
+    mod = mf.glmer("y ~ x + (1 | user) + (1 | item)", d, family=sm.families.Binomial())
+    dev = mod.deviance()
+    x = np.array([0.7, 0.5, -0.2, 0.4])
+    ll, g, modes = dev.loglike_and_score(x)
+    assert modes.eta is None
+    kept, _ = dev.modes(x[:2], x[2:], tol=1e-14, warm=False)
+    assert kept.eta is not None
+    gt, gb, _ = laplace_gradient(dev.design, dev.chol_u, dev.cond, x[:2], kept, X=mod.exog)
+    assert kept.eta is not None                              # not released unless asked
+    np.testing.assert_allclose(np.concatenate([gt, gb]), g, rtol=1e-7, atol=1e-9)
+    nb = mf.glmer_nb("k ~ x + (1 | user) + (1 | item)", d)
+    dnb = nb.deviance()
+    assert dnb.loglike_and_score(np.array([0.6, 0.4, 0.9, 0.3, 0.0]))[2].eta is not None

@@ -175,9 +175,16 @@ class GLMConditional(lp.ConditionalModel):
     def hessian_terms(self, eta):
         eta = np.asarray(eta, dtype=float)
         if self.kind == "binomial-logit":
+            # w = pw mu (1 - mu), dw = w (1 - 2 mu) with the same operations in place: three
+            # n-sized arrays alive at once, not five (the gradient's peak of memory)
             mu = special.expit(eta)
-            w = self.pw * mu * (1.0 - mu)
-            return w, w * (1.0 - 2.0 * mu)
+            w = self.pw * mu
+            t = np.subtract(1.0, mu)
+            w *= t
+            np.multiply(2.0, mu, out=t)
+            del mu
+            np.subtract(1.0, t, out=t)
+            return w, np.multiply(w, t, out=t)
         if self.kind == "poisson-log":
             w = self.pw * np.exp(eta)
             return w, w

@@ -183,7 +183,9 @@ class LaplaceDeviance:
         return llf
 
     def loglike_and_score(self, params, tol=1e-14):
-        """Laplace log-likelihood, its exact gradient in ``(theta, beta[, log alpha])``, the modes.
+        """Laplace log-likelihood, its exact gradient in ``(theta, beta[, log alpha])``, the modes
+        (their ``eta`` None when the model has no parameters of its own: not held through the
+        gradient).
         ``tol``: PIRLS's tolerance (errors in the modes enter the log-determinant, so the
         value and gradient to first order: ~1e-8 at 1e-14, ~1e-10 at 1e-20)."""
         theta, beta, extra = self.split(params)
@@ -191,8 +193,10 @@ class LaplaceDeviance:
         modes, lams = self.modes(theta, beta, tol=tol)
         if not modes.converged:
             return -np.inf, np.zeros(len(params)), modes
+        # the modes' eta is not read after the gradient's Hessian terms (without parameters of
+        # the conditional model's own): dropped there, the returned modes have eta None then
         gt, gb, ge = lp.laplace_gradient(self.design, self.chol_u, self.cond, theta, modes,
-                                         X=self.model.exog)
+                                         X=self.model.exog, release_eta=True)
         g = np.concatenate([gt, gb] + ([ge] if self.k_extra else []))
         return modes.laplace, g, modes
 

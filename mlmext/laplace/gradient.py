@@ -9,7 +9,7 @@ from .rows import MemoryRows
 
 
 # ----------------------------------------------------------------------------- gradient
-def laplace_gradient(design, chol, cond, theta, modes, X=None, rows=None):
+def laplace_gradient(design, chol, cond, theta, modes, X=None, rows=None, release_eta=False):
     """Exact gradient of the Laplace log-likelihood at converged modes.
 
     The Laplace log-likelihood ``F = sum_i l_i(eta~) - |u~|^2/2 - log|M|/2``,
@@ -43,6 +43,11 @@ def laplace_gradient(design, chol, cond, theta, modes, X=None, rows=None):
     rows : SummedRows, optional
         Rows held elsewhere (:mod:`.rows`): one pass for the leverages' sums, the rest from
         the cross-products at the modes (canonical links).  Default: the rows in memory.
+    release_eta : bool
+        The caller reads ``modes.eta`` no more and holds it nowhere else: it is dropped
+        (``modes.eta`` set to None) once the Hessian terms are made, when the gradient does not
+        read it again (no parameters of the conditional model's own): one n-sized array fewer
+        through the gradient's peak of memory.
 
     Returns
     -------
@@ -61,6 +66,8 @@ def laplace_gradient(design, chol, cond, theta, modes, X=None, rows=None):
         h, dw = cond.hessian_terms(rows.eta)
         if getattr(cond, "canonical", False):
             h = rows.w
+        if release_eta and not getattr(cond, "k_extra", 0):
+            modes.eta = rows.eta_fixed = rows._eta = None
     elif not getattr(cond, "canonical", False):
         raise NotImplementedError("the gradient on summed rows needs a canonical link")
     else:

@@ -221,11 +221,13 @@ class LeadBlockFactor(Factor):
         colwise = self.p > 0 and plan["Z1T"] is None and n > SPARSE_SUMS_ROWS
         if cols is not None and not colwise:
             XY = np.column_stack(cols)
-        WXY = None if colwise else XY * w[:, None]
         if nnz1:
             wr = w if plan["row1"] is None else w[plan["row1"]]
             A_r1.data[:nnz1] = np.bincount(plan["dest1"], weights=times_or_same(wr, plan["val1"]),
                                            minlength=nnz1)
+            del wr
+        # after that bincount (its int64 copy of dest1 and its weights): not beside them
+        WXY = None if colwise else XY * w[:, None]
         if colwise:
             ZtW, YY = colwise_sums(XY if cols is None else cols, w, g1, plan["x1"],
                                    plan["rest_nz"] if rz else None, rz,
@@ -238,7 +240,7 @@ class LeadBlockFactor(Factor):
                                       minlength=m1q1)
         else:
             A_r1.data[nnz1:] = np.asarray(plan["Z1T"] @ WXY).T.ravel()
-        A_1r.data[:] = A_r1.data[plan["tperm"]]
+        np.take(A_r1.data, plan["tperm"], out=A_1r.data)       # no nnz-sized temporary
         self._a1y = A_r1.data[A_r1.data.size - m1q1:].copy()      # A_1r[:, -1], for solve()
         # A_rr by its parts (its nonzeros, the rest x [X y] block, [X y]' W [X y]): the Schur
         # complement is formed from them (_rr_into), no r x r array is kept (72 MB at 3,000 items)
@@ -306,34 +308,44 @@ class LeadBlockFactor(Factor):
         each row's products go in ``A_r1`` and in the rest x rest part of ``A_rr``; returns the
         positions of ``A_r1``'s nonzeros in the rest's rows."""
         Zr = self._Zrest.tocsr()
+        self.__dict__.pop("_Zrest", None)         # not beside the sorts (made anew if asked)
         Zr.sort_indices()
         cnt = np.diff(Zr.indptr)
         rows = np.repeat(np.arange(n), cnt)
         cols, vals = Zr.indices.astype(np.int64), Zr.data
-        comp = np.tile(np.arange(q1), rows.size)
-        row1 = np.repeat(rows, q1)
-        key = np.repeat(cols, q1) * m1q1 + b1.codes[row1] * q1 + comp
+        # key = cols m1q1 + codes[row] q1 + comp in place, without an all-zero comp nor a copy
+        # of rows for q1 = 1: the plan's temporaries are its phase's peak of memory
+        comp = np.tile(np.arange(q1), rows.size) if q1 > 1 else 0
+        row1 = np.repeat(rows, q1) if q1 > 1 else rows
+        key = np.repeat(cols, q1) * m1q1
+        key += b1.codes[row1] * q1 + comp if q1 > 1 else b1.codes[row1]
         uniq1, dest1 = np.unique(key, return_inverse=True)
-        plan.update(row1=row1, val1=unless_ones(np.repeat(vals, q1) * b1.X[row1, comp]),
-                    dest1=small_index(dest1.ravel()))
-        # rest x rest: all ordered pairs of a row's entries
+        plan["dest1"] = small_index(dest1.ravel())
+        del key, dest1
+        x1 = np.asarray(b1.X[row1, comp], dtype=float)
+        x1 *= np.repeat(vals, q1) if q1 > 1 else vals
+        plan.update(row1=row1, val1=unless_ones(x1))
+        del x1, comp
+        # rest x rest: all ordered pairs of a row's entries (one entry: itself at both ends)
         e1s, e2s = [], []
-        for kv in np.unique(cnt):
-            if kv == 0:
-                continue
+        for kv in np.unique(cnt[cnt > 0]):
             st = Zr.indptr[:-1][cnt == kv]
             a, b = np.meshgrid(np.arange(kv), np.arange(kv), indexing="ij")
-            e1s.append((st[:, None] + a.ravel()[None, :]).ravel())
-            e2s.append((st[:, None] + b.ravel()[None, :]).ravel())
-        e1, e2 = np.concatenate(e1s), np.concatenate(e2s)
-        uniq_rr, dest_rr = np.unique(cols[e1] * r + cols[e2], return_inverse=True)
+            e1s.append(st if kv == 1 else (st[:, None] + a.ravel()[None, :]).ravel())
+            e2s.append(st if kv == 1 else (st[:, None] + b.ravel()[None, :]).ravel())
+        e1, e2 = (e[0] if len(e) == 1 else np.concatenate(e) for e in (e1s, e2s))
+        del cnt, e1s, e2s
+        pair = cols[e1] * r
+        pair += cols[e2]
+        uniq_rr, dest_rr = np.unique(pair, return_inverse=True)
         cols32, dest_rr = small_index(cols), small_index(dest_rr.ravel())
+        del pair, cols
         if dest_rr.dtype == cols32.dtype and np.array_equal(dest_rr, cols32):
             # one scalar rest block with every level used: the same index array (4 MB at 1M)
             dest_rr = cols32
         plan.update(row_rr=rows[e1], val_rr=unless_ones(vals[e1] * vals[e2]), uniq_rr=uniq_rr,
                     dest_rr=dest_rr, rest_nz=(rows, cols32, unless_ones(vals)))
-        del key, dest1, dest_rr, e1, e2, row1, comp
+        del dest_rr, e1, e2, row1
         ident = np.arange(n)
         for key in ("row1", "row_rr"):                # skip the gather when it is the identity
             if plan[key].size == n and np.array_equal(plan[key], ident):
