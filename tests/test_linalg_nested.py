@@ -111,6 +111,25 @@ def test_factor_matches_dense(syn, data, formula, reweighting):
             _close(a[key], b[key], what=key)
 
 
+
+def test_local_inverse_large_crossed_rest():
+    """A crossed block of more effects than the recursive inverse's leaf (``_potri.LEAF``): the
+    nested factor's local inverse goes through the recursive ``potri_upper`` and must equal the
+    dense path's."""
+    from mlmext.linalg._potri import LEAF
+    # the chain sorts first (blocks by size): classes > schools > items > LEAF
+    df = _synthetic(n_school=LEAF + 30, n_cls=2, n_pupil=3, n_item=LEAF + 12)
+    model = mf.lmer("y ~ x + (1 | school/cls) + (1 | item)", df)
+    des = model.re_design
+    lams = des.lambdas(des.theta_start + 0.3)
+    fast = BlockedCholesky(des.blocks, model._XY).update(lams)
+    dense = BlockedCholesky(des.blocks, model._XY, nested=False).update(lams)
+    assert fast.nested and fast.rz > LEAF
+    (tf, rf), (td, rd) = fast.local_inverse(), dense.local_inverse()
+    _close(_flat(tf), _flat(td), what="local_t")
+    _close(_flat(rf), _flat(rd), what="local_rho")
+
+
 def test_detection(syn):
     des = mf.lmer("y ~ x + (1 | school/cls) + (1 | item)", syn).re_design
     XY = np.column_stack([np.ones(len(syn)), syn["y"]])

@@ -27,6 +27,7 @@ import numpy as np
 from scipy import linalg
 
 from ._lead import LeadBlockFactor
+from ._potri import potri_upper
 from ._stacks import (LevelMap, block_cross, bmm, level_gram, lmul, rmul, sandwich, solve_last_row_t,
                       spd_inv_logdet, tr, tri_inv)
 
@@ -463,8 +464,9 @@ class NestedFactor(LeadBlockFactor):
             c_list.append(b.X @ lam)
             off += b.nre
         P, c = np.hstack(P_list), np.hstack(c_list)
-        Ginv, info = linalg.lapack.dpotri(self.Lr[:rz, :rz], lower=1)
-        if info:
+        # the C-ordered lower factor is a Fortran upper one: the recursive inverse in place
+        Ginv = np.array(self.Lr[:rz, :rz], order="C")
+        if potri_upper(Ginv.T):
             raise np.linalg.LinAlgError("singular factor in local_inverse")
         G = np.tril(Ginv) + np.tril(Ginv, -1).T                    # S^-1 (rest random effects)
         Cs = self._chain_solve(self._chain_rest(self._rest_lam_cols(np.eye(rz), rz)))
