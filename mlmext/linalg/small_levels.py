@@ -158,6 +158,9 @@ class OneBlockLevels:
         self.Af = Ag.reshape(m, q * q)
         self.Cf = Cg.reshape(m * q, p + 1)
         self._rows = rows
+        # what depends on the design alone, computed on first use (moment starts): one dict
+        # for this evaluator and its copies for a criterion or another response
+        self._shared = {}
         self.K = int(ntheta)
         (self._Eb, self._h1, self._h2, self._qjk, self._tk,
          self._I) = _layout(q, p, self.K, tuple(blk.t_idx.tolist()), tuple(blk.t_rows.tolist()),
