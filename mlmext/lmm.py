@@ -8,7 +8,7 @@ import pandas as pd
 from scipy.linalg import lapack
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from ._blas import blas_threads
+from ._blas import fit_threads
 from ._args import reject_unknown
 from .base import MixedModel
 from .frame import display_name
@@ -431,8 +431,9 @@ class LinearMixedModel(MixedModel):
         costly = hess is None and dev.size >= COSTLY_DENSE_ROWS
         # one BLAS thread for a small dense part, the tiniest too: OpenBLAS threads the 40 x 40
         # products of sleepstudy's factor, and with the cores busy its threads' handoffs made
-        # that fit 10x slower (22 ms against 2.2 ms) -- the limit costs ~30 us
-        with blas_threads(dev.size):
+        # that fit 10x slower (22 ms against 2.2 ms) -- the limit costs ~30 us; the tiniest
+        # evaluated level by level make no product OpenBLAS threads: the setting is left alone
+        with fit_threads(dev.size, dev.cheap_hessian):
             if start_params is None:
                 start, scale = self._start_theta(reml)
             else:

@@ -74,3 +74,28 @@ def test_one_thread_already_in_force_is_left_alone(monkeypatch):
         with _blas.blas_threads(10) as ctx:
             assert ctx._entry is not None and _blas_threads_now() == 1
         assert _blas_threads_now() == before and not _blas._active
+
+
+def test_tiny_level_by_level_fit_leaves_the_setting_alone(monkeypatch):
+    """A one-factor fit of a system under TINY_ROWS rows (sleepstudy: 39) evaluates level by
+    level, with no product OpenBLAS threads: it neither sets nor restores the thread count
+    (the library scan is made all the same, once), and gives the estimates of a fit under
+    the one-thread limit bit for bit."""
+    import numpy as np
+    from mlmext import datasets
+    from mlmext.formula.api import lmer
+
+    m = lmer("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy"))
+    assert m.deviance().cheap_hessian and m.deviance().size < _blas.TINY_ROWS
+    calls = []
+    orig = _blas.blas_threads
+    monkeypatch.setattr(_blas, "blas_threads", lambda rows: calls.append(rows) or orig(rows))
+    monkeypatch.setitem(_blas._state, "controller", None)
+    r = m.fit()
+    assert calls == []
+    assert _blas._state["controller"] is not None
+    monkeypatch.setattr(_blas, "TINY_ROWS", 0)           # the limited path: the same numbers
+    r1 = m.fit()
+    assert calls == [m.deviance().size]
+    assert np.array_equal(r.fe_params, r1.fe_params) and r.llf == r1.llf
+    assert np.array_equal(r.theta, r1.theta)

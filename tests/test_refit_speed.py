@@ -104,10 +104,16 @@ def test_refit_hessian_is_used_only_for_its_own_start():
     assert abs(other.criterion - r.criterion) < CRIT_TOL
 
 
-def test_small_fits_run_under_one_blas_thread():
+@pytest.mark.parametrize("data, formula, threads", [
+    # a small dense system (two grouping factors): one thread
+    ("penicillin.csv", "diameter ~ 1 + (1 | plate) + (1 | sample)", 1),
+    # a tiny one evaluated level by level (39 rows): no product OpenBLAS threads, the
+    # caller's setting is left alone
+    ("sleepstudy.csv", "Reaction ~ Days + (Days | Subject)", 2)])
+def test_small_fits_run_under_one_blas_thread(data, formula, threads):
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    d = read_data("sleepstudy.csv")
-    m = mf.lmer("Reaction ~ Days + (Days | Subject)", d)
+    d = read_data(data)
+    m = mf.lmer(formula, d)
     seen = []
     orig = m.deviance
 
@@ -128,5 +134,5 @@ def test_small_fits_run_under_one_blas_thread():
         res = m.fit()
         after = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
                  if lib.get("user_api") == "blas"]
-    assert res.converged and seen and set(seen) == {1}
+    assert res.converged and seen and set(seen) == {threads}
     assert set(after) <= {2}                     # the caller's setting comes back

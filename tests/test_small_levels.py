@@ -190,3 +190,26 @@ def test_a_refit_runs_newton_from_the_fits_theta():
         fresh = m._with_response(Y[:, k]).fit()
         assert a.converged and a.optim.tried[0][0].startswith("Newton from the start")
         assert abs(a.criterion - fresh.criterion) < 1e-7
+
+
+def test_two_by_two_inverse_agrees_with_the_stacked_path():
+    """_spd_inverse's q = 2 test by minima: the inverses and log-determinants of
+    _spd_stack's closed form bit for bit where every block is positive definite, None where
+    one is not (a negative determinant, a negative diagonal, a NaN)."""
+    from mlmext.linalg.small_levels import _spd_inverse, _spd_stack
+    rng = np.random.default_rng(3)
+    B = rng.normal(size=(30, 2, 2))
+    M = (B @ B.transpose(0, 2, 1) + 0.1 * np.eye(2)).reshape(30, 4)
+    Mi, ld = _spd_inverse(M, 2)
+    Mi0, ld0, ok = _spd_stack(M, 2)
+    assert ok.all()
+    np.testing.assert_array_equal(Mi, Mi0)
+    np.testing.assert_array_equal(ld, ld0)
+    np.testing.assert_allclose(Mi.reshape(30, 2, 2), np.linalg.inv(M.reshape(30, 2, 2)),
+                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ld, np.linalg.slogdet(M.reshape(30, 2, 2))[1], rtol=1e-12)
+    for bad in ([1.0, 2.0, 2.0, 1.0], [-1.0, 0.0, 0.0, -1.0], [np.nan, 0.0, 0.0, 1.0]):
+        M2 = M.copy()
+        M2[7] = bad
+        assert _spd_inverse(M2, 2) is None
+        assert not _spd_stack(M2, 2)[2][7]

@@ -20,6 +20,43 @@ __all__ = ["LevelsBatch"]
 _LOG2PI = np.log(2.0 * np.pi)
 
 
+def _moment_design(lv, blk):
+    """The design's pieces of :meth:`LevelsBatch.moment_thetas`, free of the response: the
+    level blocks' (pseudo-)inverses ``Ai`` (m, q, q) and the rank of ``Z``, ``C_gX`` (m q, p)
+    and ``A_g^+ C_gX``, the number of eigenvalues of ``X``'s residual cross-products after
+    ``Z`` that count and those eigenvalues ``e`` and vectors ``Ux``, ``Ai``'s mean and the
+    template's independent terms ``keep`` (q, q).  Read-only, computed once per design (on block
+    ``lv.blk``): the evaluators of a design share the dict ``lv._shared`` (their copies for a
+    criterion or a response share it), so single refits of one fit compute them once."""
+    shared = lv.__dict__.get("_shared") if blk is lv.blk else None
+    got = None if shared is None else shared.get("moment_design")
+    if got is not None:
+        return got
+    m, q, p = lv.m, lv.q, lv.p
+    Ai, _, ok = _spd_stack(lv.Af, q)            # (closed forms for q <= 2)
+    if ok.all():
+        Ai, rank = Ai.reshape(m, q, q), m * q
+    else:       # a level with fewer rows than q (or collinear ones): the pseudo-inverse
+        Ai, rank = np.linalg.pinv(lv.Ag), int(np.linalg.matrix_rank(lv.Ag).sum())
+    # the residual within the levels: of [X y] after each level's Z (S = [X y]' W [X y] -
+    # sum_g C_g' A_g^+ C_g), then of y after what X adds to Z (S_XX, the same for every
+    # member, is ~0 where Z's columns span X's), on n - rank [X Z] degrees of freedom
+    CX = lv.Cg[:, :, :p].reshape(m * q, p)                  # (X's columns: every member's)
+    AiCX = (Ai @ lv.Cg[:, :, :p]).reshape(m * q, p)
+    e, Ux = np.linalg.eigh(lv.V[:p, :p] - CX.T @ AiCX)
+    big = e > 1e-9 * np.abs(np.diagonal(lv.V)[:p]).max()
+    E = np.zeros((q, q))
+    E[blk.t_rows, blk.t_cols] = 1.0
+    keep = (E @ E.T) != 0                      # (the template's independent terms)
+    arrays = (Ai, CX, AiCX, e[big], Ux[:, big], Ai.sum(axis=0) / m, keep)
+    for a in arrays:
+        a.setflags(write=False)
+    got = (Ai, rank) + arrays[1:3] + (int(big.sum()),) + arrays[3:]
+    if shared is not None:      # two threads may both compute it: same value, either one kept
+        shared["moment_design"] = got
+    return got
+
+
 class LevelsBatch:
     """The responses ``Y`` (n, B), offsets removed, on the design of ``levels``.
 
@@ -149,26 +186,15 @@ class LevelsBatch:
         T = np.full((nb, K), np.nan)
         if m < 2:
             return T
-        Ai, _, ok = _spd_stack(lv.Af, q)            # (closed forms for q <= 2)
-        if ok.all():
-            Ai, rank = Ai.reshape(m, q, q), m * q
-        else:       # a level with fewer rows than q (or collinear ones): the pseudo-inverse
-            Ai, rank = np.linalg.pinv(lv.Ag), int(np.linalg.matrix_rank(lv.Ag).sum())
-        # the residual within the levels: of [X y] after each level's Z (S = [X y]' W [X y] -
-        # sum_g C_g' A_g^+ C_g), then of y after what X adds to Z (S_XX, the same for every
-        # member, is ~0 where Z's columns span X's), on n - rank [X Z] degrees of freedom
-        CX = lv.Cg[:, :, :p].reshape(m * q, p)                  # (X's columns: every member's)
-        AiCX = (Ai @ lv.Cg[:, :, :p]).reshape(m * q, p)
-        e, Ux = np.linalg.eigh(lv.V[:p, :p] - CX.T @ AiCX)
-        big = e > 1e-9 * np.abs(np.diagonal(lv.V)[:p]).max()
-        dof = lv.n_obs - rank - int(big.sum())
+        Ai, rank, CX, AiCX, nbig, e, Ux, Aim, keep = _moment_design(lv, blk)
+        dof = lv.n_obs - rank - nbig
         if dof <= 0:
             return T
         cy = Cg[..., p]                                         # Z_g' W y (B, m, q)
         ay = (Ai @ cy[..., None]).reshape(nb, m * q)            # A_g^+ Z_g' W y
-        sxy = (V[:, :p, p] - ay @ CX) @ Ux[:, big]
+        sxy = (V[:, :p, p] - ay @ CX) @ Ux
         rss = V[:, p, p] - np.einsum("bi,bi->b", cy.reshape(nb, -1), ay) - \
-            ((sxy * sxy) / e[big]).sum(axis=1)
+            ((sxy * sxy) / e).sum(axis=1)
         s2 = rss / dof
         # each level's effects: its least squares after the fixed effects' (their spread)
         try:
@@ -177,13 +203,9 @@ class LevelsBatch:
             return T
         b = (ay - (AiCX @ beta).T).reshape(nb, m, q)
         b -= b.sum(axis=1, keepdims=True) / m
-        R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2[:, None, None] * (Ai.sum(axis=0) / m)) / \
-            s2[:, None, None]
+        R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2[:, None, None] * Aim) / s2[:, None, None]
         with np.errstate(invalid="ignore"):
             good = np.isfinite(s2) & (rss > 1e-12 * V[:, p, p]) & np.isfinite(R).all(axis=(1, 2))
-        E = np.zeros((q, q))
-        E[blk.t_rows, blk.t_cols] = 1.0
-        keep = (E @ E.T) != 0                      # (the template's independent terms)
         R = np.where(good[:, None, None], R, np.eye(q))
         try:
             L = np.linalg.cholesky(R * keep)

@@ -72,12 +72,12 @@ def _spd_stack(M, q):
             det = np.where(ok, det, 1.0)
         return 1.0 / det[:, None], np.log(det), ok
     if q == 2:                       # closed form: a stacked inverse costs ~4x the arithmetic
-        det = M[:, 0] * M[:, 3] - M[:, 1] * M[:, 1]
+        det = _det2(M)
         ok = (det > 0) & (M[:, 0] > 0)
         if not ok.all():
             det = np.where(ok, det, 1.0)
             M = np.where(ok[:, None], M, np.eye(2).ravel())
-        return (M @ _ADJ2) / det[:, None], np.log(det), ok
+        return _inv2(M, det), np.log(det), ok
     M3 = M.reshape(-1, q, q)
     ok = np.ones(M3.shape[0], dtype=bool)
     L = _stacked_cholesky(M3, ok)
@@ -89,12 +89,30 @@ def _spd_stack(M, q):
 def _spd_inverse(M, q):
     """Inverses (flat, (m, q q)) and log-determinants (m,) of the level blocks ``M`` (flat);
     None where one is not (numerically) positive definite."""
+    if q == 2:      # (every evaluation: _spd_stack's test by two minima, a NaN failing it)
+        det = _det2(M)
+        if not (_min(det) > 0 and _min(M[:, 0]) > 0):
+            return None
+        return _inv2(M, det), np.log(det)
     Mi, ld, ok = _spd_stack(M, q)
     return (Mi, ld) if ok.all() else None
 
 
+_min, _sum = np.minimum.reduce, np.add.reduce     # (the ndarray methods' Python wrappers: ~1 us)
+
+
 #: the adjugate of a symmetric 2 x 2 matrix, flat: [a, b, b, c] -> [c, -b, -b, a]
 _ADJ2 = np.array([[0.0, 0, 0, 1], [0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0]])
+
+
+def _det2(M):
+    """Determinants of the symmetric 2 x 2 blocks ``M`` (flat, (m, 4))."""
+    return M[:, 0] * M[:, 3] - M[:, 1] * M[:, 1]
+
+
+def _inv2(M, det):
+    """Inverses of the symmetric 2 x 2 blocks ``M`` (flat) with determinants ``det``."""
+    return (M @ _ADJ2) / det[:, None]
 
 
 #: largest levels x rows for the level sums as one product with a dense 0/1 indicator
@@ -158,6 +176,9 @@ class OneBlockLevels:
         self.Af = Ag.reshape(m, q * q)
         self.Cf = Cg.reshape(m * q, p + 1)
         self._rows = rows
+        # what depends on the design alone, computed on first use (moment starts): one dict
+        # for this evaluator and its copies for a criterion or another response
+        self._shared = {}
         self.K = int(ntheta)
         (self._Eb, self._h1, self._h2, self._qjk, self._tk,
          self._I) = _layout(q, p, self.K, tuple(blk.t_idx.tolist()), tuple(blk.t_rows.tolist()),
@@ -245,11 +266,11 @@ class OneBlockLevels:
             Ls, info = _potrf(S, lower=1)
             if info == 0:
                 d = np.log(Ls.diagonal())
-                ld = d.sum()
+                ld = _sum(d)
                 if ld == ld and abs(ld) != np.inf:
                     r2 = float(Ls[p, p]) ** 2
                     nu = self.nu
-                    f = float(ldm.sum()) + (2.0 * float(ld - d[p]) if self.reml else 0.0) \
+                    f = float(_sum(ldm)) + (2.0 * float(ld - d[p]) if self.reml else 0.0) \
                         + nu * (1.0 + _LOG2PI + np.log(r2 / nu)) - self.logw
                     c = {"f": f, "lam": lam, "Mi": Mi, "G": G, "Ls": Ls}
         self._key, self._c = key, c
@@ -284,7 +305,7 @@ class OneBlockLevels:
         Yf = Y.reshape(m, -1)
         KY = Yf.T @ Yf
         Tt = KY.take(self._tk)                                   # Li T_k Li' (K, p+1, p+1)
-        grad = 2.0 * (Q.reshape(-1, q * q).sum(axis=0).take(self._qjk)
+        grad = 2.0 * (_sum(Q.reshape(-1, q * q), axis=0).take(self._qjk)
                       - Tt.diagonal(0, 1, 2) @ self._w)
         c.update(grad=grad, Al=Al, Q=Q, Y=Y, Tt=Tt)
         return grad
