@@ -32,6 +32,20 @@ from .zops import _reweight, _zops
 __all__ = ["MemoryRows"]
 
 
+def _restored_on_read(name):
+    """A property stored as ``name`` that :meth:`MemoryRows._restore` makes again when it was
+    dropped (``_dropped``) before it is read."""
+    def get(self):
+        if self._dropped:
+            self._restore()
+        return getattr(self, name)
+
+    def set(self, value):
+        setattr(self, name, value)
+
+    return property(get, set)
+
+
 class MemoryRows:
     """Rows held in memory: ``eta_fixed`` (n,), the conditional model, ``X`` when beta is
     updated inside PIRLS.  The arrays of the current point are attributes (``lin``, ``eta``,
@@ -52,25 +66,8 @@ class MemoryRows:
 
     # d1 and w of the current point: dropped while a trial point is evaluated (see trial) and
     # made again from ``lin`` when read before a trial is accepted
-    @property
-    def d1(self):
-        if self._dropped:
-            self._restore()
-        return self._d1
-
-    @d1.setter
-    def d1(self, value):
-        self._d1 = value
-
-    @property
-    def w(self):
-        if self._dropped:
-            self._restore()
-        return self._w
-
-    @w.setter
-    def w(self, value):
-        self._w = value
+    d1 = _restored_on_read("_d1")
+    w = _restored_on_read("_w")
 
     def _restore(self):
         self._dropped = False
