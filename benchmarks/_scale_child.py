@@ -10,7 +10,8 @@ data (an .npz written by bench_scale.py), formula, family (gaussian | binomial),
 rounds (best of, in this process), refits (refit mode: how many new responses), batched (refit
 mode, mlmext: all responses in one ``refit_many`` call), glmm_defaults,
 warmup (fit mode: rows of an untimed first fit, so lazy imports and first-call setup inside a
-package are not timed; 0: none).
+package are not timed; 0: none), collect (fit mode, default true: ``gc.collect()`` before each
+round; false: rounds back to back, the interpreter's own collections only).
 """
 import gc
 import json
@@ -166,7 +167,8 @@ def run_fit(spec, df):
             pass
     for _ in range(spec["rounds"]):
         m = res = None               # the last round's model and results are freed first:
-        gc.collect()                 # the peak RSS is one fit's, not two
+        if spec.get("collect", True):
+            gc.collect()             # the peak RSS is one fit's, not two
         c0 = time.process_time()
         t0 = time.perf_counter()
         if pkg == "mlmext":
