@@ -92,6 +92,8 @@ Models
 * InstEval ``y ~ service + (1 | s) + (1 | d) + (1 | dept)``, REML (73,421 rows; tests/data).
 * VerbAgg ``r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)``, binomial Laplace
   (7,584 rows; r2 as 0/1).
+* cbpp (lme4's ``cbpp``, 56 herd-periods): ``cbind(incidence, fail) ~ period + (1 | herd)``,
+  binomial Laplace, ``fail = size - incidence`` (glmm's ``cbind`` takes two column names).
 * binomial 1M (``--large``): ``y ~ x + grp + (1 | user) + (1 | item)`` on the 1M-row ratings
   design, logit eta = -0.5 + 0.5 x + 0.3 grp + user (SD 0.6) + item (SD 0.9).
 
@@ -199,6 +201,12 @@ def verbagg():
     return d
 
 
+def cbpp():
+    d = read_data("cbpp.csv")
+    d["fail"] = d["size"] - d["incidence"]      # glmm's cbind() takes two column names
+    return d
+
+
 def save_frame(df, path):
     arrays = {}
     for c in df.columns:
@@ -247,6 +255,9 @@ def cases(args):
         ("VerbAgg crossed binomial, Laplace", "verbagg",
          dict(formula="r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)", family="binomial",
               reml=False, mode="fit"), dict(inner=max(1, small // 20))),
+        ("cbpp binomial cbind(incidence, fail) ~ period + (1|herd), Laplace", "cbpp",
+         dict(formula="cbind(incidence, fail) ~ period + (1 | herd)", family="binomial",
+              reml=False, mode="fit"), dict(inner=max(1, small // 5))),
         ("binomial 1M: y ~ x + grp + (1|user) + (1|item), Laplace", "binom_1m",
          dict(formula="y ~ x + grp + (1 | user) + (1 | item)", family="binomial", reml=False,
               mode="fit"), dict(large=True)),
@@ -263,6 +274,7 @@ DATA = {
     "sleepstudy_refit": lambda a: sleepstudy(refits=a.refits),
     "insteval": lambda a: insteval(),
     "verbagg": lambda a: verbagg(),
+    "cbpp": lambda a: cbpp(),
     "binom_1m": lambda a: ratings(1_000_000, 50_000, 3_000, seed=41, family="binomial"),
 }
 
