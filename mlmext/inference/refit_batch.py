@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 
 from .._blas import blas_threads
-from ..linalg.levels_batch import LevelsBatch
+from ..linalg.levels_batch import LevelsBatch, design_piece
 from ..objective import LMMState
 from ..optimize import OptSummary, rounding_level
-from ._common import _raw
+from ._common import _cache, _raw
 from ._refit import refit
 from ._refit_start import _batchable, moment_starts
 
@@ -66,23 +66,37 @@ def _responses(res, Y):
     return Y
 
 
-def _passes_checks(model, Yo):
+def _passes_checks(model, lv, Yo):
     """Which columns (finite: the caller checked) certainly pass the model's response check
     (not constant, residual variation after the fixed effects): the others go through the
-    check itself."""
-    w = np.asarray(model.weights, dtype=float)
-    pos = w > 0
-    every = bool(pos.all())
-    Yp = Yo if every else Yo[pos]
-    X = model.exog if every else model.exog[pos]
+    check itself.  The fixed design's orthonormal basis is computed once per design."""
+    pos, sw, Q = design_piece(lv, "response_check", lambda: _check_basis(model))
+    Yp = Yo if pos is None else Yo[pos]
     ok = Yp.max(axis=0) > Yp.min(axis=0)
-    if not (w == 1.0).all():
-        sw = np.sqrt(w if every else w[pos])[:, None]
-        Yp, X = Yp * sw, X * sw
-    Q, _ = np.linalg.qr(X)
+    if sw is not None:
+        Yp = Yp * sw
     R = Yp - Q @ (Q.T @ Yp)
     # 1e3 x the single check's bound: a column near it is judged by the check itself
     return ok & (np.einsum("ij,ij->j", R, R) > 1e-17 * np.maximum(np.einsum("ij,ij->j", Yp, Yp), 1e-300))
+
+
+def _check_basis(model):
+    """``(rows, sqrt weights, Q)`` of :func:`_passes_checks`: the rows of positive weight
+    (None: all), their square-root weights as a column (None: all 1) and the Q of the
+    weighted fixed design's QR decomposition, read-only."""
+    w = np.asarray(model.weights, dtype=float)
+    pos = w > 0
+    every = bool(pos.all())
+    X = model.exog if every else model.exog[pos]
+    sw = None
+    if not (w == 1.0).all():
+        sw = np.sqrt(w if every else w[pos])[:, None]
+        X = X * sw
+    Q, _ = np.linalg.qr(X)
+    for a in (pos, sw, Q):
+        if a is not None:
+            a.setflags(write=False)
+    return (None if every else pos), sw, Q
 
 
 def refit_many(res, Y, **fit_kwargs):
@@ -135,7 +149,7 @@ def _lockstep_fits(r, Y):
     if not np.all(np.isfinite(Y)):
         raise ValueError("endog has missing or non-finite values; refit keeps the rows of the fit")
     Yo = Y - np.asarray(model.offset, dtype=float)[:, None]
-    for b in np.flatnonzero(~_passes_checks(model, Yo)):
+    for b in np.flatnonzero(~_passes_checks(model, lv, Yo)):
         model._check_response(Yo[:, b])          # raises the single refit's error, if any
     fits, starts = [], []
     for lo in range(0, Y.shape[1], CHUNK):
@@ -292,7 +306,7 @@ def _lockstep(r, lv, Y, Yo):
     # the single fit's end: the mirror image with nonnegative diagonals; near a zero SD it
     # snaps and tests the bound, so those members go to single refits
     diag = np.isfinite(des.lower)
-    Tc = _canonical(des.blocks[0], Te)
+    Tc = _canonical(lv, Te)
     near = ((Tc * s)[:, diag] < NEAR_ZERO).any(axis=1) if diag.any() else np.zeros(conv.size, bool)
     keep = np.flatnonzero(~near)
     for j in np.flatnonzero(near):        # (from there a single fit needs a third fewer steps)
@@ -306,33 +320,43 @@ def _lockstep(r, lv, Y, Yo):
     states = [LMMState(theta=Tc[j], beta=beta[j], u=u[j], sigma=sg, criterion=cr,
                        cov_beta=cov[j], reml=reml)
               for j, (sg, cr) in enumerate(zip(sigma.tolist(), crit.tolist()))]
-    first = None
+    cache = _cache(r)
+    first = cache.get("lockstep_optim")
     optims = []
     for b, st, n, d, e in zip(conv.tolist(), states, nfev[conv].tolist(), dec[conv].tolist(),
                               mineig[conv].tolist()):
-        fields = dict(final=st.theta, fmin=st.criterion, feval=n, tried=((tried, True, n),),
+        fields = dict(initial=T0[b], final=st.theta, fmin=st.criterion, feval=n,
+                      tried=((tried, True, n),), converged=True, optimizer=tried,
                       message=f"Newton decrement {d:.3g}",
                       extra_items=(("snapped", []), ("decrement", d), ("min_eigenvalue", e)))
         if first is None:
-            first = OptSummary(initial=T0[b], converged=True, optimizer=tried, **fields)
+            first = cache["lockstep_optim"] = OptSummary(**fields)
             optims.append(first)
-        else:                    # (the fields in OptSummary's own form: no __post_init__)
-            optims.append(first.replaced(initial=T0[b], **fields))
+        else:    # (every field, in OptSummary's own form: no __post_init__ needed)
+            optims.append(first.replaced(**fields))
     for b, res in zip(conv.tolist(), model._lazy_results_many(
-            Y[:, conv].T, states, optims, getattr(r, "ddf", "satterthwaite"))):
+            Y[:, conv].T, states, optims, getattr(r, "ddf", "satterthwaite"), cache)):
         out[b] = res                                    # (their models made on first use)
     return out, starts
 
 
-def _canonical(blk, T):
-    """``design.canonical_theta`` of each row of ``T`` (one block): every template column
-    whose diagonal is negative negated (the same model)."""
-    diag_of = {int(c): k for r, c, k in zip(blk.t_rows, blk.t_cols, blk.t_idx) if r == c}
-    dcol = np.array([diag_of[int(c)] for c in blk.t_cols])      # each entry's column diagonal
+def _canonical(lv, T):
+    """``design.canonical_theta`` of each row of ``T`` (the one block ``lv.blk``): every
+    template column whose diagonal is negative negated (the same model)."""
+    blk = lv.blk
+    dcol = design_piece(lv, "diagonal_of_column", lambda: _diagonal_of_column(blk))
     sign = np.where(T[:, dcol] < 0, -1.0, 1.0)
     Tc = T.copy()
     Tc[:, blk.t_idx] = T[:, blk.t_idx] * sign
     return Tc
+
+
+def _diagonal_of_column(blk):
+    """Each template entry's column's diagonal (its index in theta), read-only."""
+    diag_of = {int(c): k for r, c, k in zip(blk.t_rows, blk.t_cols, blk.t_idx) if r == c}
+    dcol = np.array([diag_of[int(c)] for c in blk.t_cols])
+    dcol.setflags(write=False)
+    return dcol
 
 
 def _frozen(a):

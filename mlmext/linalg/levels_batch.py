@@ -15,9 +15,22 @@ import numpy as np
 
 from .small_levels import _level_sums, _spd_stack, _stacked_cholesky
 
-__all__ = ["LevelsBatch"]
+__all__ = ["LevelsBatch", "design_piece"]
 
 _LOG2PI = np.log(2.0 * np.pi)
+
+
+def design_piece(lv, key, make):
+    """``make()`` (read-only: never written), computed once per design: kept under ``key`` in
+    the dict ``lv._shared`` that the evaluators of a design share (their copies for a
+    criterion or a response: single and batched refits of one fit compute it once)."""
+    shared = lv.__dict__.get("_shared")
+    got = None if shared is None else shared.get(key)
+    if got is None:
+        got = make()
+        if shared is not None:   # two threads may both compute it: same value, either one kept
+            shared[key] = got
+    return got
 
 
 def _moment_design(lv, blk):
@@ -25,13 +38,14 @@ def _moment_design(lv, blk):
     level blocks' (pseudo-)inverses ``Ai`` (m, q, q) and the rank of ``Z``, ``C_gX`` (m q, p)
     and ``A_g^+ C_gX``, the number of eigenvalues of ``X``'s residual cross-products after
     ``Z`` that count and those eigenvalues ``e`` and vectors ``Ux``, ``Ai``'s mean and the
-    template's independent terms ``keep`` (q, q).  Read-only, computed once per design (on block
-    ``lv.blk``): the evaluators of a design share the dict ``lv._shared`` (their copies for a
-    criterion or a response share it), so single refits of one fit compute them once."""
-    shared = lv.__dict__.get("_shared") if blk is lv.blk else None
-    got = None if shared is None else shared.get("moment_design")
-    if got is not None:
-        return got
+    template's independent terms ``keep`` (q, q).  Read-only, computed once per design on
+    block ``lv.blk`` (:func:`design_piece`)."""
+    if blk is lv.blk:
+        return design_piece(lv, "moment_design", lambda: _moment_design_of(lv, blk))
+    return _moment_design_of(lv, blk)
+
+
+def _moment_design_of(lv, blk):
     m, q, p = lv.m, lv.q, lv.p
     Ai, _, ok = _spd_stack(lv.Af, q)            # (closed forms for q <= 2)
     if ok.all():
@@ -51,10 +65,7 @@ def _moment_design(lv, blk):
     arrays = (Ai, CX, AiCX, e[big], Ux[:, big], Ai.sum(axis=0) / m, keep)
     for a in arrays:
         a.setflags(write=False)
-    got = (Ai, rank) + arrays[1:3] + (int(big.sum()),) + arrays[3:]
-    if shared is not None:      # two threads may both compute it: same value, either one kept
-        shared["moment_design"] = got
-    return got
+    return (Ai, rank) + arrays[1:3] + (int(big.sum()),) + arrays[3:]
 
 
 class LevelsBatch:
