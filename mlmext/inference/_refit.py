@@ -111,7 +111,11 @@ def refit(res, endog, **fit_kwargs):
     this fit's theta (LMMs: on a small design with one grouping factor at the response's
     moment estimate of theta where its criterion is lower, see
     :meth:`~mlmext.linalg.levels_batch.LevelsBatch.moment_thetas`) with this fit's settings
-    (REML/ML, ``nagq``); ``fit_kwargs`` override them.
+    (REML/ML, ``nagq``); ``fit_kwargs`` override them.  Without ``fit_kwargs``, on such a
+    design the refit is :func:`~mlmext.inference.refit_many`'s with one response: its
+    lockstep Newton (the same checks, the results' model made on first use), and this
+    function's own fit where that does not pass the checks or ends near a zero standard
+    deviation (so ``converged``, the warnings and boundary fits are a single fit's).
 
     Parameters
     ----------
@@ -145,6 +149,11 @@ def refit(res, endog, **fit_kwargs):
                          f"(one value per row used in the fit)")
     if not np.all(np.isfinite(y)):
         raise ValueError("endog has missing or non-finite values; refit keeps the rows of the fit")
+    if not fit_kwargs and _is_lmm(r):
+        from .refit_batch import lockstep_refit     # (that module imports this one)
+        fit = lockstep_refit(r, y)
+        if fit is not None:
+            return fit
     kw = _fit_kwargs(r)
     if _is_lmm(r):
         kw["start_params"] = r.theta

@@ -31,7 +31,7 @@ from ._common import _cache, _raw
 from ._refit import refit
 from ._refit_start import _batchable, moment_starts
 
-__all__ = ["refit_many"]
+__all__ = ["lockstep_refit", "refit_many"]
 
 #: Newton iterations of the lockstep phase before a member is refitted on its own (from the
 #: point it reached): a few slow members would keep the whole batch's rounds going
@@ -162,6 +162,15 @@ def _lockstep_fits(r, Y):
     return fits, starts
 
 
+def lockstep_refit(r, y):
+    """:func:`~mlmext.inference.refit` of the fit ``r`` to the response ``y`` (checked: one
+    finite value per row) in lockstep with one member (no model made, no optimizer set up),
+    or None where the design is not one the lockstep handles or the member needs a single
+    refit (the caller's own path: its start, its warnings)."""
+    both = _lockstep_fits(r, y[:, None])
+    return None if both is None else both[0][0]
+
+
 def _batched_or_none(res, Y):
     """For the bootstrap: each column's refit, warnings silenced and failures None (as its
     loop of single refits has them), in lockstep where the design allows; None (all of it)
@@ -224,7 +233,7 @@ def _lockstep(r, lv, Y, Yo):
     if has.any():
         # a moment start whose criterion is not below the fit's theta's: from the fit's theta
         # (evaluated there in the first round, as a step of zero)
-        f0 = batch.values(theta0[None], new)
+        f0 = batch.values(theta0[None], new, _theta0_pieces(r, batch, theta0))
         nfev[has] += 1
         worse = has & ~(f < f0)
         if worse.any():
@@ -251,6 +260,8 @@ def _lockstep(r, lv, Y, Yo):
                 status[new[cert]] = np.where(at[cert], 1, 2)
                 if at.any():      # ending here: the estimates from this point's evaluation
                     done.append((new[at], T[new[at]], batch.estimates(None, posn[at], cn)))
+                    if at.size == nb and at.all():
+                        break     # (the usual first round: every member ends at its start)
             # far from the optimum a full step overshoots: at most MAX_STEP in the scaled theta
             st *= np.minimum(1.0, MAX_STEP / np.maximum(np.abs(st).max(axis=1), 1e-300))[:, None]
             slope[new] = (gs * st).sum(axis=1)
@@ -300,9 +311,12 @@ def _lockstep(r, lv, Y, Yo):
         done.append((two, Te, est))
     if not done:
         return out, starts
-    conv = np.concatenate([c[0] for c in done])
-    Te = np.concatenate([c[1] for c in done])
-    est = [np.concatenate([c[2][k] for c in done]) for k in range(5)]
+    if len(done) == 1:
+        conv, Te, est = done[0]
+    else:
+        conv = np.concatenate([c[0] for c in done])
+        Te = np.concatenate([c[1] for c in done])
+        est = [np.concatenate([c[2][k] for c in done]) for k in range(5)]
     # the single fit's end: the mirror image with nonnegative diagonals; near a zero SD it
     # snaps and tests the bound, so those members go to single refits
     diag = np.isfinite(des.lower)
@@ -313,8 +327,8 @@ def _lockstep(r, lv, Y, Yo):
         starts[conv[j]] = des.canonical_theta(Te[j])
     beta, u, sigma, crit, cov = (e[keep] for e in est)
     conv = conv[keep]
-    tried = (f"Newton from the fit's theta or a moment estimate (the lower), {nb} responses "
-             "in lockstep (exact Hessian), second-order checks")
+    tried = (f"Newton from the fit's theta or a moment estimate (the lower), {nb} response"
+             f"{'s' if nb > 1 else ''} in lockstep (exact Hessian), second-order checks")
     # each member's numbers as read-only rows of read-only stacks (a view each, no copies)
     Tc, beta, u, cov, T0 = (_frozen(a) for a in (Tc[keep], beta, u, cov, T0))
     states = [LMMState(theta=Tc[j], beta=beta[j], u=u[j], sigma=sg, criterion=cr,
@@ -338,6 +352,19 @@ def _lockstep(r, lv, Y, Yo):
             Y[:, conv].T, states, optims, getattr(r, "ddf", "satterthwaite"), cache)):
         out[b] = res                                    # (their models made on first use)
     return out, starts
+
+
+def _theta0_pieces(r, batch, theta0):
+    """:meth:`~mlmext.linalg.levels_batch.LevelsBatch.theta_pieces` of the fit's theta, which
+    every batch of its refits evaluates (design pieces: computed once per fit, read-only)."""
+    c = _cache(r)
+    got = c.get("lockstep_theta0")
+    if got is None:
+        got = batch.theta_pieces(theta0[None])
+        for a in got:
+            a.setflags(write=False)
+        c["lockstep_theta0"] = got
+    return got
 
 
 def _canonical(lv, T):

@@ -104,20 +104,30 @@ class LevelsBatch:
         self.Ag2 = lv.Ag.reshape(-1, q)                           # A_g stacked (m q, q)
 
     # -- the pieces at the members' thetas ------------------------------------------------
-    def _core(self, T, idx):
-        """The criterion's pieces at thetas ``T`` (B, K) of members ``idx``; ``T`` of one row:
-        that theta for every member (its level blocks once; for :meth:`values` only)."""
-        lv, q, p = self.lv, self.q, self.p
-        nt, nb, qq = T.shape[0], len(idx), q * q
+    def theta_pieces(self, T):
+        """What the criterion at thetas ``T`` (nt, K) takes from the design alone (no response,
+        no criterion): ``lambda``, ``M_g^-1``, the sums of ``log det M_g``, whether every
+        ``M_g`` is positive definite and ``G_g = lambda M_g^-1 lambda'``; for :meth:`values`
+        at a theta evaluated again and again (the fit's, by every batch of its refits)."""
+        lv, q = self.lv, self.q
+        nt, qq = T.shape[0], q * q
         lam = (T @ lv._Eb).reshape(nt, q, q)
         KK = (lam[:, :, None, :, None] * lam[:, None, :, None, :]).reshape(nt, qq, qq)
         M = lv.Af @ KK + lv._I                                   # (B, m, q q)
         Mi, ldm, ok = _spd_stack(M.reshape(-1, qq), q)
         Mi = Mi.reshape(nt, -1, qq)
-        ok = ok.reshape(nt, -1).all(axis=1)
-        if nt != nb:
-            ok = np.repeat(ok, nb)
         G = Mi @ KK.transpose(0, 2, 1)                           # lambda M_g^-1 lambda'
+        return lam, Mi, ldm.reshape(nt, -1).sum(axis=1), ok.reshape(nt, -1).all(axis=1), G
+
+    def _core(self, T, idx, design=None):
+        """The criterion's pieces at thetas ``T`` (B, K) of members ``idx``; ``T`` of one row:
+        that theta for every member (its level blocks once; for :meth:`values` only, whose
+        ``design`` may give :meth:`theta_pieces` of it)."""
+        lv, q, p = self.lv, self.q, self.p
+        nt, nb = T.shape[0], len(idx)
+        lam, Mi, ldm, ok, G = self.theta_pieces(T) if design is None else design
+        if nt != nb or design is not None:
+            ok = np.repeat(ok, nb // nt)      # (a new array: set in place below)
         Cg, V = self.Cg[idx], self.V[idx]
         Cf = Cg.reshape(nb, -1, p + 1)
         S = V - Cf.transpose(0, 2, 1) @ (G.reshape(nt, -1, q, q) @ Cg).reshape(nb, -1, p + 1)
@@ -125,7 +135,7 @@ class LevelsBatch:
         d = np.log(Ls.diagonal(0, 1, 2))
         r2 = Ls[:, p, p] ** 2
         nu = lv.nu
-        f = ldm.reshape(nt, -1).sum(axis=1) + nu * (1.0 + _LOG2PI + np.log(r2 / nu)) - lv.logw
+        f = ldm + nu * (1.0 + _LOG2PI + np.log(r2 / nu)) - lv.logw
         if lv.reml:
             f += 2.0 * d[:, :p].sum(axis=1)
         ok &= np.isfinite(f)
@@ -236,10 +246,11 @@ class LevelsBatch:
         return T
 
     # -- the objective ------------------------------------------------------------------
-    def values(self, T, idx):
+    def values(self, T, idx, design=None):
         """The criterion of members ``idx`` at thetas ``T`` (inf where indefinite); ``T`` of
-        one row: that theta for every member (a fraction of the cost)."""
-        return self._core(np.asarray(T, dtype=float), idx)["f"]
+        one row: that theta for every member (a fraction of the cost), and ``design`` may be
+        its :meth:`theta_pieces` (computed before, on this design)."""
+        return self._core(np.asarray(T, dtype=float), idx, design)["f"]
 
     def value_grad_hess(self, T, idx, pieces=False):
         """Criterion (B,), exact gradient (B, K) and Hessian (B, K, K) of members ``idx`` at
