@@ -23,13 +23,13 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .._blas import blas_threads
+from .._blas import fit_threads
 from ..linalg.levels_batch import LevelsBatch, design_piece
 from ..objective import LMMState
 from ..optimize import OptSummary, rounding_level
 from ._common import _cache, _raw
 from ._refit import refit
-from ._refit_start import _batchable, moment_starts
+from ._refit_start import _batchable, criterion, moment_starts
 
 __all__ = ["lockstep_refit", "refit_many"]
 
@@ -137,16 +137,17 @@ def refit_many(res, Y, **fit_kwargs):
     return out
 
 
-def _lockstep_fits(r, Y):
+def _lockstep_fits(r, Y, finite=False):
     """``(fits, starts)`` of the responses ``Y`` (n, B) refitted in lockstep: a member that
     needs a single refit has fit None and the theta to start it from (None: the fit's);
     None where the design is not one the lockstep handles.  Raises the single refit's
-    ``ValueError`` for a response it rejects."""
+    ``ValueError`` for a response it rejects (``finite``: the caller checked that ``Y`` is
+    finite)."""
     lv = _batchable(r)
     if lv is None:
         return None
     model = r.model
-    if not np.all(np.isfinite(Y)):
+    if not finite and not np.all(np.isfinite(Y)):
         raise ValueError("endog has missing or non-finite values; refit keeps the rows of the fit")
     Yo = Y - np.asarray(model.offset, dtype=float)[:, None]
     for b in np.flatnonzero(~_passes_checks(model, lv, Yo)):
@@ -154,8 +155,9 @@ def _lockstep_fits(r, Y):
     fits, starts = [], []
     for lo in range(0, Y.shape[1], CHUNK):
         hi = min(lo + CHUNK, Y.shape[1])
-        # small products: one BLAS thread (as a single fit)
-        with blas_threads(lv.m * lv.q + lv.p + 1):
+        # small products: one BLAS thread (as a single fit); one member's are a single
+        # fit's, which leaves the setting alone (setting it costs more than its products)
+        with fit_threads(lv.m * lv.q + lv.p + 1, level_by_level=hi - lo == 1):
             f, s = _lockstep(r, lv, Y[:, lo:hi], Yo[:, lo:hi])
         fits += f
         starts += s
@@ -167,7 +169,7 @@ def lockstep_refit(r, y):
     finite value per row) in lockstep with one member (no model made, no optimizer set up),
     or None where the design is not one the lockstep handles or the member needs a single
     refit (the caller's own path: its start, its warnings)."""
-    both = _lockstep_fits(r, y[:, None])
+    both = _lockstep_fits(r, y[:, None], finite=True)
     return None if both is None else both[0][0]
 
 
@@ -211,17 +213,29 @@ def _lockstep(r, lv, Y, Yo):
     and for the others the lowest point found (None: the fit's theta), as a start."""
     model, des = r.model, r.model.re_design
     reml = bool(r.reml)
-    batch = LevelsBatch(lv.criterion(reml, model.nobs, model._logw), Yo)
+    batch = LevelsBatch(criterion(r), Yo)
     nb = Y.shape[1]
     theta0 = np.asarray(r.theta, dtype=float)
-    s = des.theta_units()                                   # the fit's scaling of theta
-    ss = np.outer(s, s)
+    s, ss = _scales(r)                                      # the fit's scaling of theta
     new = np.arange(nb)                                     # members at a new point
     T, has = moment_starts(batch, des.blocks[0], theta0)
-    f, gn, Hn, cn = batch.value_grad_hess(T, new, pieces=True)
+    f, gn, Hn, cn = batch.value_grad_hess(T, None, pieces=True)
+    nfev = has + 1                                    # (the fit's theta evaluated: two)
+    worse = None
+    if has.any():
+        # a moment start whose criterion is not below the fit's theta's: from the fit's theta
+        # (evaluated there in the first round, as a step of zero)
+        f0 = batch.values(theta0[None], None, _theta0_pieces(r, batch, theta0))
+        worse = has & ~(f < f0)
+    if worse is None or not worse.any():
+        _, d, mine, pdef, _ = _newton(gn, Hn, s, ss)
+        if (pdef & (d < TOL)).all():
+            # the usual case (a balanced design: the moment estimate is the optimum): every
+            # member ends at its start, as the first round below would end it
+            return _finish(r, lv, Y, new, T, batch.estimates(None, None, cn), T, nfev, d, mine,
+                           [None] * nb)
     posn = new                                        # the new points' rows in cn's pieces
     done = []                      # (members, thetas, estimates) of the members that end
-    nfev = np.ones(nb, dtype=int)
     # 0 running, 1 converged (at T), 2 converged at T + step (below), -1 single refit
     status = np.zeros(nb, dtype=int)
     dec = np.full(nb, np.inf)
@@ -230,16 +244,10 @@ def _lockstep(r, lv, Y, Yo):
     slope = np.zeros(nb)                              # gradient . step (the Armijo condition)
     t = np.ones(nb)
     iters = np.zeros(nb, dtype=int)
-    if has.any():
-        # a moment start whose criterion is not below the fit's theta's: from the fit's theta
-        # (evaluated there in the first round, as a step of zero)
-        f0 = batch.values(theta0[None], new, _theta0_pieces(r, batch, theta0))
-        nfev[has] += 1
-        worse = has & ~(f < f0)
-        if worse.any():
-            T[worse], f[worse] = theta0, f0[worse]
-            keep = ~worse
-            new, gn, Hn, posn = new[keep], gn[keep], Hn[keep], posn[keep]
+    if worse is not None and worse.any():
+        T[worse], f[worse] = theta0, f0[worse]
+        keep = ~worse
+        new, gn, Hn, posn = new[keep], gn[keep], Hn[keep], posn[keep]
     T0 = T.copy()
     # One batched evaluation per round for every running member: at a new point its Newton
     # step (the full step is tried next round), in a line search the shortened step.
@@ -260,8 +268,6 @@ def _lockstep(r, lv, Y, Yo):
                 status[new[cert]] = np.where(at[cert], 1, 2)
                 if at.any():      # ending here: the estimates from this point's evaluation
                     done.append((new[at], T[new[at]], batch.estimates(None, posn[at], cn)))
-                    if at.size == nb and at.all():
-                        break     # (the usual first round: every member ends at its start)
             # far from the optimum a full step overshoots: at most MAX_STEP in the scaled theta
             st *= np.minimum(1.0, MAX_STEP / np.maximum(np.abs(st).max(axis=1), 1e-300))[:, None]
             slope[new] = (gs * st).sum(axis=1)
@@ -317,28 +323,42 @@ def _lockstep(r, lv, Y, Yo):
         conv = np.concatenate([c[0] for c in done])
         Te = np.concatenate([c[1] for c in done])
         est = [np.concatenate([c[2][k] for c in done]) for k in range(5)]
+    return _finish(r, lv, Y, conv, Te, est, T0, nfev, dec[conv], mineig[conv], starts)
+
+
+def _finish(r, lv, Y, conv, Te, est, T0, nfev, dec, mineig, starts):
+    """``(fits, starts)`` of :func:`_lockstep` from its members that end, ``conv``, at thetas
+    ``Te`` with estimates ``est`` (:meth:`~mlmext.linalg.levels_batch.LevelsBatch.estimates`'),
+    their Newton decrements and smallest eigenvalues there; ``T0`` and ``nfev`` of all
+    members, ``starts`` (updated) those of the members refitted alone."""
+    model, des = r.model, r.model.re_design
+    nb = Y.shape[1]
+    out = [None] * nb
     # the single fit's end: the mirror image with nonnegative diagonals; near a zero SD it
     # snaps and tests the bound, so those members go to single refits
-    diag = np.isfinite(des.lower)
+    s, diag = _scales(r)[0], np.isfinite(des.lower)
     Tc = _canonical(lv, Te)
     near = ((Tc * s)[:, diag] < NEAR_ZERO).any(axis=1) if diag.any() else np.zeros(conv.size, bool)
-    keep = np.flatnonzero(~near)
-    for j in np.flatnonzero(near):        # (from there a single fit needs a third fewer steps)
-        starts[conv[j]] = des.canonical_theta(Te[j])
-    beta, u, sigma, crit, cov = (e[keep] for e in est)
-    conv = conv[keep]
+    if near.any():
+        for j in np.flatnonzero(near):    # (from there a single fit needs a third fewer steps)
+            starts[conv[j]] = des.canonical_theta(Te[j])
+        keep = np.flatnonzero(~near)
+        est, conv, Tc, dec, mineig = [e[keep] for e in est], conv[keep], Tc[keep], dec[keep], \
+            mineig[keep]
+    beta, u, sigma, crit, cov = est
     tried = (f"Newton from the fit's theta or a moment estimate (the lower), {nb} response"
              f"{'s' if nb > 1 else ''} in lockstep (exact Hessian), second-order checks")
     # each member's numbers as read-only rows of read-only stacks (a view each, no copies)
-    Tc, beta, u, cov, T0 = (_frozen(a) for a in (Tc[keep], beta, u, cov, T0))
+    Tc, beta, u, cov, T0 = (_frozen(a) for a in (Tc, beta, u, cov, T0))
+    reml = bool(r.reml)
     states = [LMMState(theta=Tc[j], beta=beta[j], u=u[j], sigma=sg, criterion=cr,
                        cov_beta=cov[j], reml=reml)
               for j, (sg, cr) in enumerate(zip(sigma.tolist(), crit.tolist()))]
     cache = _cache(r)
     first = cache.get("lockstep_optim")
     optims = []
-    for b, st, n, d, e in zip(conv.tolist(), states, nfev[conv].tolist(), dec[conv].tolist(),
-                              mineig[conv].tolist()):
+    for b, st, n, d, e in zip(conv.tolist(), states, nfev[conv].tolist(), dec.tolist(),
+                              mineig.tolist()):
         fields = dict(initial=T0[b], final=st.theta, fmin=st.criterion, feval=n,
                       tried=((tried, True, n),), converged=True, optimizer=tried,
                       message=f"Newton decrement {d:.3g}",
@@ -352,6 +372,19 @@ def _lockstep(r, lv, Y, Yo):
             Y[:, conv].T, states, optims, getattr(r, "ddf", "satterthwaite"), cache)):
         out[b] = res                                    # (their models made on first use)
     return out, starts
+
+
+def _scales(r):
+    """The fit's scaling of theta ``s`` (its predictors' units, the checks' units) and
+    ``outer(s, s)``, read-only: computed once per fit."""
+    c = _cache(r)
+    got = c.get("lockstep_scales")
+    if got is None:
+        s = r.model.re_design.theta_units()
+        got = c["lockstep_scales"] = (s, np.outer(s, s))
+        for a in got:
+            a.setflags(write=False)
+    return got
 
 
 def _theta0_pieces(r, batch, theta0):
@@ -372,7 +405,10 @@ def _canonical(lv, T):
     template column whose diagonal is negative negated (the same model)."""
     blk = lv.blk
     dcol = design_piece(lv, "diagonal_of_column", lambda: _diagonal_of_column(blk))
-    sign = np.where(T[:, dcol] < 0, -1.0, 1.0)
+    neg = T[:, dcol] < 0
+    if not neg.any():
+        return T.copy()
+    sign = np.where(neg, -1.0, 1.0)
     Tc = T.copy()
     Tc[:, blk.t_idx] = T[:, blk.t_idx] * sign
     return Tc

@@ -120,15 +120,15 @@ class LevelsBatch:
         return lam, Mi, ldm.reshape(nt, -1).sum(axis=1), ok.reshape(nt, -1).all(axis=1), G
 
     def _core(self, T, idx, design=None):
-        """The criterion's pieces at thetas ``T`` (B, K) of members ``idx``; ``T`` of one row:
-        that theta for every member (its level blocks once; for :meth:`values` only, whose
-        ``design`` may give :meth:`theta_pieces` of it)."""
+        """The criterion's pieces at thetas ``T`` (B, K) of members ``idx`` (None: all, in
+        order); ``T`` of one row: that theta for every member (its level blocks once; for
+        :meth:`values` only, whose ``design`` may give :meth:`theta_pieces` of it)."""
         lv, q, p = self.lv, self.q, self.p
-        nt, nb = T.shape[0], len(idx)
+        Cg, V = (self.Cg, self.V) if idx is None else (self.Cg[idx], self.V[idx])
+        nt, nb = T.shape[0], Cg.shape[0]
         lam, Mi, ldm, ok, G = self.theta_pieces(T) if design is None else design
         if nt != nb or design is not None:
             ok = np.repeat(ok, nb // nt)      # (a new array: set in place below)
-        Cg, V = self.Cg[idx], self.V[idx]
         Cf = Cg.reshape(nb, -1, p + 1)
         S = V - Cf.transpose(0, 2, 1) @ (G.reshape(nt, -1, q, q) @ Cg).reshape(nb, -1, p + 1)
         Ls = _stacked_cholesky(S, ok)
@@ -152,7 +152,8 @@ class LevelsBatch:
         m = Mi.shape[1]
         Al = (self.Ag2 @ lam).reshape(nb, m, q, q)               # A_g lambda
         Q = Al @ Mi                                              # A_g N_g
-        lC = (self.CgT[c["idx"]].reshape(nb, -1, q) @ lam).reshape(nb, m, p + 1, q)
+        CgT = self.CgT if c["idx"] is None else self.CgT[c["idx"]]
+        lC = (CgT.reshape(nb, -1, q) @ lam).reshape(nb, m, p + 1, q)
         Vv = Mi @ lC.transpose(0, 1, 3, 2)                       # N_g' C_g (B, m, q, p+1)
         Ut = Cg - Al @ Vv                                        # P_g' C_g
         # (one product per member: Li is the member's, the same for every level)
@@ -224,10 +225,12 @@ class LevelsBatch:
             return T
         b = (ay - (AiCX @ beta).T).reshape(nb, m, q)
         b -= b.sum(axis=1, keepdims=True) / m
-        R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2[:, None, None] * Aim) / s2[:, None, None]
+        s2b = s2[:, None, None]
+        R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2b * Aim) / s2b
         with np.errstate(invalid="ignore"):
             good = np.isfinite(s2) & (rss > 1e-12 * V[:, p, p]) & np.isfinite(R).all(axis=(1, 2))
-        R = np.where(good[:, None, None], R, np.eye(q))
+        if not good.all():
+            R = np.where(good[:, None, None], R, np.eye(q))
         try:
             L = np.linalg.cholesky(R * keep)
         except np.linalg.LinAlgError:
@@ -247,13 +250,15 @@ class LevelsBatch:
 
     # -- the objective ------------------------------------------------------------------
     def values(self, T, idx, design=None):
-        """The criterion of members ``idx`` at thetas ``T`` (inf where indefinite); ``T`` of
+        """The criterion of members ``idx`` (None: all) at thetas ``T`` (inf where
+        indefinite); ``T`` of
         one row: that theta for every member (a fraction of the cost), and ``design`` may be
         its :meth:`theta_pieces` (computed before, on this design)."""
         return self._core(np.asarray(T, dtype=float), idx, design)["f"]
 
     def value_grad_hess(self, T, idx, pieces=False):
-        """Criterion (B,), exact gradient (B, K) and Hessian (B, K, K) of members ``idx`` at
+        """Criterion (B,), exact gradient (B, K) and Hessian (B, K, K) of members ``idx``
+        (None: all) at
         thetas ``T`` (B, K); members whose system is indefinite get inf, 0, NaN.  ``pieces``:
         the criterion's pieces as a fourth item, for :meth:`estimates` at these thetas."""
         c = self._core(np.asarray(T, dtype=float), idx)
@@ -268,12 +273,14 @@ class LevelsBatch:
     def estimates(self, T, idx, pieces=None):
         """``(beta, u, sigma, criterion, cov_beta)`` of members ``idx`` at thetas ``T``, stacked
         (as :meth:`mlmext.objective.LMMDeviance.at`); ``u`` in the levels' order.  With
-        ``pieces`` (:meth:`value_grad_hess`'s, at those thetas) ``idx`` are rows of them and
+        ``pieces`` (:meth:`value_grad_hess`'s, at those thetas) ``idx`` are rows of them
+        (None: all) and
         ``T`` is not used: nothing is evaluated again."""
         if pieces is None:
             c = self._core(np.asarray(T, dtype=float), idx)
         else:
-            c = {k: pieces[k][idx] for k in ("Ls", "lam", "Mi", "Cg", "r2", "f")}
+            c = pieces if idx is None else \
+                {k: pieces[k][idx] for k in ("Ls", "lam", "Mi", "Cg", "r2", "f")}
         lv, m, q, p = self.lv, self.m, self.q, self.p
         Ls, lam = c["Ls"], c["lam"]
         nb = Ls.shape[0]
