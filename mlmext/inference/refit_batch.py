@@ -211,8 +211,7 @@ def _newton(g, H, s, ss):
 def _lockstep(r, lv, Y, Yo):
     """Results of the members that pass the checks in lockstep Newton (None for the others),
     and for the others the lowest point found (None: the fit's theta), as a start."""
-    model, des = r.model, r.model.re_design
-    reml = bool(r.reml)
+    des = r.model.re_design
     batch = LevelsBatch(criterion(r), Yo)
     nb = Y.shape[1]
     theta0 = np.asarray(r.theta, dtype=float)
