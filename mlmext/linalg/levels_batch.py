@@ -154,7 +154,8 @@ class LevelsBatch:
         Q = Al @ Mi                                              # A_g N_g
         CgT = self.CgT if c["idx"] is None else self.CgT[c["idx"]]
         lC = (CgT.reshape(nb, -1, q) @ lam).reshape(nb, m, p + 1, q)
-        Vv = Mi @ lC.transpose(0, 1, 3, 2)                       # N_g' C_g (B, m, q, p+1)
+        # (stacks of tiny products: NumPy's are faster on contiguous operands, a copy is not)
+        Vv = Mi @ np.ascontiguousarray(lC.transpose(0, 1, 3, 2))  # N_g' C_g (B, m, q, p+1)
         Ut = Cg - Al @ Vv                                        # P_g' C_g
         # (one product per member: Li is the member's, the same for every level)
         Y = (np.concatenate([Vv, Ut], axis=2).reshape(nb, -1, p + 1)
@@ -174,9 +175,9 @@ class LevelsBatch:
         Al, Q, Y, Tt = c["Al"], c["Q"], c["Y"], c["Tt"]
         nb = Y.shape[0]
         Mi = c["Mi"].reshape(nb, -1, q, q)
-        Z = (Y * lv._w) @ Y.transpose(0, 1, 3, 2)                # [N'DN, N'DP; ., P'DP]
+        Z = (Y * lv._w) @ np.ascontiguousarray(Y.transpose(0, 1, 3, 2))  # [N'DN, N'DP; ., P'DP]
         NDN, NDP, PDP = Z[..., :q, :q], Z[..., :q, q:], Z[..., q:, q:]
-        AW = lv.Ag - Q @ Al.transpose(0, 1, 3, 2)                # A - A G A
+        AW = lv.Ag - Q @ np.ascontiguousarray(Al.transpose(0, 1, 3, 2))   # A - A G A
         X1 = np.concatenate([AW, -PDP], axis=1).reshape(nb, -1, qq)
         Y1 = np.concatenate([Mi + NDN, Mi], axis=1).reshape(nb, -1, qq)
         H = (X1.transpose(0, 2, 1) @ Y1).reshape(nb, -1)[:, lv._h1]
