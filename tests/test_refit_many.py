@@ -213,7 +213,7 @@ def test_bootstrap_refits_in_lockstep_as_one_by_one(sleep):
 
 
 def test_the_batched_mirror_image_is_the_designs():
-    from mlmext.inference.refit_batch import _canonical
+    from mlmext.inference._lockstep import _canonical
     rng = np.random.default_rng(1)
     g = np.repeat(np.arange(12), 8)
     d = pd.DataFrame({"y": rng.normal(size=96), "x": rng.normal(size=96), "z": rng.normal(size=96),

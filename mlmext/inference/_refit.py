@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..design import RandomEffectsDesign, ReTerm
 from ._common import _cache, _is_lmm, _raw
+from ._lockstep import lockstep_refit
 from ._refit_start import moment_start
 
 
@@ -115,7 +116,8 @@ def refit(res, endog, **fit_kwargs):
     design the refit is :func:`~mlmext.inference.refit_many`'s with one response: its
     lockstep Newton (the same checks, the results' model made on first use), and this
     function's own fit where that does not pass the checks or ends near a zero standard
-    deviation (so ``converged``, the warnings and boundary fits are a single fit's).
+    deviation (from the lowest point the lockstep found; so ``converged``, the warnings and
+    boundary fits are a single fit's): ``refit(y)`` is ``refit_many([y])[0]``.
 
     Parameters
     ----------
@@ -150,10 +152,21 @@ def refit(res, endog, **fit_kwargs):
     if not np.all(np.isfinite(y)):
         raise ValueError("endog has missing or non-finite values; refit keeps the rows of the fit")
     if not fit_kwargs and _is_lmm(r):
-        from .refit_batch import lockstep_refit     # (that module imports this one)
-        fit = lockstep_refit(r, y)
+        fit, start = lockstep_refit(r, y)
         if fit is not None:
             return fit
+        return refit_alone(r, y, start)
+    return refit_alone(r, y, fit_kwargs=fit_kwargs)
+
+
+def refit_alone(r, y, start=None, fit_kwargs=None):
+    """:func:`refit` of the fit ``r`` to the checked response ``y`` by the model's own fit
+    (no lockstep), from ``start`` (None: :func:`refit`'s own start; members the lockstep
+    leaves to a single refit start from the lowest point it found) with ``fit_kwargs``."""
+    fit_kwargs = dict(fit_kwargs or {})
+    if start is not None:
+        fit_kwargs["start_params"] = start
+    model = r.model
     kw = _fit_kwargs(r)
     if _is_lmm(r):
         kw["start_params"] = r.theta
