@@ -94,21 +94,29 @@ _MEMBER_KEYS = ("params", "normalized_cov_params", "theta", "_u", "sigma", "crit
                 "optim", "converged", "state", "_lazy_endog")
 
 
-def lazy_results_many(model, endogs, states, optims, ddf):
+def lazy_results_many(model, endogs, states, optims, ddf, cache=None):
     """``[lazy_results(model, y, s, o, ddf) for y, s, o in zip(endogs, states, optims)]``:
     the first made so, the others as copies of it with their own numbers (the constructor's
     per-model work -- statsmodels' set-up, the theta names, the df method's check -- done
-    once).  ``tests/test_refit_many.py`` checks that every attribute equals the
+    once).  ``cache``: a dict of the fit refitted (its results' cache) that keeps that
+    per-model part for the next call on ``model``, which then makes no member by the
+    constructor.  ``tests/test_refit_many.py`` checks that every attribute equals the
     constructor's, so a new one in :class:`LMMResults` that depends on the fit shows there."""
     out = []
     if model._results_class is not LMMResults:
         return [lazy_results(model, y, s, o, ddf) for y, s, o in zip(endogs, states, optims)]
-    base = None
+    key = ("lazy_results_base", ddf)
+    got = None if cache is None else cache.get(key)
+    base, lists = (None, None) if got is None or got[0] is not model else got[1:]
     for y, s, o in zip(endogs, states, optims):
         if base is None:
             first = lazy_results(model, y, s, o, ddf)
             base = {k: v for k, v in first._results.__dict__.items() if k not in _MEMBER_KEYS}
             lists = [k for k, v in base.items() if isinstance(v, (list, dict, set))]
+            if cache is not None:
+                # (copies of its mutable values: the first member's own may change)
+                cache[key] = (model, {k: v.copy() if k in lists else v
+                                      for k, v in base.items()}, lists)
             out.append(first)
             continue
         res = BatchLMMResults.__new__(BatchLMMResults)

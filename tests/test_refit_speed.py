@@ -82,7 +82,9 @@ def test_far_refits_skip_the_hessian_and_pass_the_same_checks(case):
             assert first.startswith("Newton decrement at the start above")
             assert r.optim.tried[1][0] == "L-BFGS-B"
         if one_factor:     # the exact Hessian costs about a gradient: Newton from any start
-            assert first.startswith("Newton from the start (exact Hessian)")
+            # (refit_many's lockstep with one member, or where it does not pass, the fit's)
+            assert first.startswith(("Newton from the start (exact Hessian)",
+                                     "Newton from the fit's theta or a moment estimate"))
     if not one_factor:
         assert skipped >= ys.shape[1] // 3                          # far starts are the rule
 
@@ -94,7 +96,7 @@ def test_refit_hessian_is_used_only_for_its_own_start():
     m = mf.lmer("Reaction ~ Days + (Days | Subject)", d)
     res = m.fit()
     y = np.asarray(res.simulate(nsim=1, seed=11)).ravel()
-    r = res.refit(y)
+    r = res.refit(y, start_params=res.theta)          # (the fit's own path, not the lockstep)
     new = r.model
     assert new._warm_hessian(True, res.theta, res.optim.scale) is not None
     assert new._warm_hessian(False, res.theta, res.optim.scale) is None

@@ -186,7 +186,7 @@ def test_a_refit_runs_newton_from_the_fits_theta():
     r = m.fit()
     Y = np.asarray(r.simulate(nsim=6, seed=3))
     for k in range(Y.shape[1]):
-        a = r.refit(Y[:, k])
+        a = r.refit(Y[:, k], start_params=r.theta)     # (the fit's path: not the lockstep's)
         fresh = m._with_response(Y[:, k]).fit()
         assert a.converged and a.optim.tried[0][0].startswith("Newton from the start")
         assert abs(a.criterion - fresh.criterion) < 1e-7

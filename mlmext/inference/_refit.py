@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..design import RandomEffectsDesign, ReTerm
 from ._common import _cache, _is_lmm, _raw
+from ._lockstep import lockstep_refit
 from ._refit_start import moment_start
 
 
@@ -111,7 +112,12 @@ def refit(res, endog, **fit_kwargs):
     this fit's theta (LMMs: on a small design with one grouping factor at the response's
     moment estimate of theta where its criterion is lower, see
     :meth:`~mlmext.linalg.levels_batch.LevelsBatch.moment_thetas`) with this fit's settings
-    (REML/ML, ``nagq``); ``fit_kwargs`` override them.
+    (REML/ML, ``nagq``); ``fit_kwargs`` override them.  Without ``fit_kwargs``, on such a
+    design the refit is :func:`~mlmext.inference.refit_many`'s with one response: its
+    lockstep Newton (the same checks, the results' model made on first use), and this
+    function's own fit where that does not pass the checks or ends near a zero standard
+    deviation (from the lowest point the lockstep found; so ``converged``, the warnings and
+    boundary fits are a single fit's): ``refit(y)`` is ``refit_many([y])[0]``.
 
     Parameters
     ----------
@@ -145,6 +151,22 @@ def refit(res, endog, **fit_kwargs):
                          f"(one value per row used in the fit)")
     if not np.all(np.isfinite(y)):
         raise ValueError("endog has missing or non-finite values; refit keeps the rows of the fit")
+    if not fit_kwargs and _is_lmm(r):
+        fit, start = lockstep_refit(r, y)
+        if fit is not None:
+            return fit
+        return refit_alone(r, y, start)
+    return refit_alone(r, y, fit_kwargs=fit_kwargs)
+
+
+def refit_alone(r, y, start=None, fit_kwargs=None):
+    """:func:`refit` of the fit ``r`` to the checked response ``y`` by the model's own fit
+    (no lockstep), from ``start`` (None: :func:`refit`'s own start; members the lockstep
+    leaves to a single refit start from the lowest point it found) with ``fit_kwargs``."""
+    fit_kwargs = dict(fit_kwargs or {})
+    if start is not None:
+        fit_kwargs["start_params"] = start
+    model = r.model
     kw = _fit_kwargs(r)
     if _is_lmm(r):
         kw["start_params"] = r.theta

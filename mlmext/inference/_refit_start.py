@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..linalg.levels_batch import LevelsBatch
-from ._common import _is_lmm
+from ._common import _cache, _is_lmm
 
-__all__ = ["moment_start", "moment_starts"]
+__all__ = ["criterion", "moment_start", "moment_starts"]
 
 
 def _batchable(r):
@@ -21,6 +21,19 @@ def _batchable(r):
     lv = r.model._small_levels() if hasattr(r.model, "_small_levels") else None
     if lv is None or lv.K == 0 or lv.p == 0:
         return None
+    return lv
+
+
+def criterion(r):
+    """The level-by-level evaluator of the LMM fit ``r`` (batchable: :func:`_batchable`) set to
+    its criterion (REML or ML), for :class:`~mlmext.linalg.levels_batch.LevelsBatch`, which
+    only reads it: made once per fit."""
+    c = _cache(r)
+    lv = c.get("levels_criterion")
+    if lv is None:
+        model = r.model
+        lv = c["levels_criterion"] = model._small_levels().criterion(bool(r.reml), model.nobs,
+                                                                     model._logw)
     return lv
 
 

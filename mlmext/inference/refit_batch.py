@@ -1,20 +1,13 @@
 """Refits of one fitted LMM design to many responses at once (bootstrap, simulation, power).
 
 :func:`refit_many` gives what ``[res.refit(y) for y in Y]`` gives.  For a small design with
-one grouping factor (the dense small-system storage, one random-effects block) the B fits
-run in lockstep: Newton with the exact Hessian from each member's moment estimate of theta
-(:meth:`~mlmext.linalg.levels_batch.LevelsBatch.moment_thetas`; the fit's theta where that
-is lower), every member's criterion, gradient and Hessian from one batched evaluation
-(:class:`~mlmext.linalg.levels_batch.LevelsBatch`), each member stopping when its own
-checks pass -- the checks of a single fit: Newton decrement below 1e-7 and the Hessian
-positive definite in the scaled theta; there it ends, below 1e-9, or after one more full
-Newton step (the decrement squared: the single fit's iterations past the checks), whose
-criterion the estimates compute.  A member that does not
-get there (a non-positive-definite Hessian, a failed line search, no convergence in
-:data:`MAX_ITERATIONS`), or whose estimate is near a zero standard deviation (where a single
-fit snaps, probes and warns), is refitted on its own by :func:`~mlmext.inference.refit`, so
-``converged``, the warnings and boundary fits are those of single refits.  The members'
-results make their model on first use (:mod:`mlmext._batch_results`).
+one grouping factor the B fits run in lockstep (:mod:`._lockstep`: Newton with the exact
+Hessian from each member's moment estimate of theta, one batched evaluation for all of
+them, each member stopping when the single fit's checks pass); a member that does not pass
+them there, or ends near a zero standard deviation, is refitted on its own by
+:func:`~mlmext.inference.refit`, so ``converged``, the warnings and boundary fits are those
+of single refits.  The members' results make their model on first use
+(:mod:`mlmext._batch_results`).
 """
 from __future__ import annotations
 
@@ -23,30 +16,12 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .._blas import blas_threads
-from ..linalg.levels_batch import LevelsBatch
-from ..objective import LMMState
-from ..optimize import OptSummary, rounding_level
 from ._common import _raw
-from ._refit import refit
-from ._refit_start import _batchable, moment_starts
+from ._lockstep import _lockstep_fits
+from ._refit import refit, refit_alone
+from ._refit_start import _batchable
 
 __all__ = ["refit_many"]
-
-#: Newton iterations of the lockstep phase before a member is refitted on its own (from the
-#: point it reached): a few slow members would keep the whole batch's rounds going
-MAX_ITERATIONS = 8
-#: the Newton decrement the lockstep phase iterates to (the single fit's tolerance) and the
-#: checks' bound (deviance units)
-TOL, CHECK_TOL = 1e-9, 1e-7
-#: a standard deviation (theta diagonal times its predictor's root mean square) below this
-#: sends the member to a single refit: there a single fit snaps to zero and tests the bound
-NEAR_ZERO = 1e-3
-#: longest Newton step (largest entry, theta in its predictors' units: the parent's diagonals
-#: are ~1 there)
-MAX_STEP = 0.5
-#: members evaluated together (bounds the batch's arrays: B x levels x K^2 x q^2 numbers)
-CHUNK = 256
 
 
 def _responses(res, Y):
@@ -64,25 +39,6 @@ def _responses(res, Y):
         raise ValueError(f"Y must have one row per observation of the fit ({old.size} rows, one "
                          f"column per response); got shape {Y.shape}")
     return Y
-
-
-def _passes_checks(model, Yo):
-    """Which columns (finite: the caller checked) certainly pass the model's response check
-    (not constant, residual variation after the fixed effects): the others go through the
-    check itself."""
-    w = np.asarray(model.weights, dtype=float)
-    pos = w > 0
-    every = bool(pos.all())
-    Yp = Yo if every else Yo[pos]
-    X = model.exog if every else model.exog[pos]
-    ok = Yp.max(axis=0) > Yp.min(axis=0)
-    if not (w == 1.0).all():
-        sw = np.sqrt(w if every else w[pos])[:, None]
-        Yp, X = Yp * sw, X * sw
-    Q, _ = np.linalg.qr(X)
-    R = Yp - Q @ (Q.T @ Yp)
-    # 1e3 x the single check's bound: a column near it is judged by the check itself
-    return ok & (np.einsum("ij,ij->j", R, R) > 1e-17 * np.maximum(np.einsum("ij,ij->j", Yp, Yp), 1e-300))
 
 
 def refit_many(res, Y, **fit_kwargs):
@@ -118,34 +74,9 @@ def refit_many(res, Y, **fit_kwargs):
     out = []
     for b, (fit, start) in enumerate(zip(*both)):
         if fit is None:          # a single refit, from the lowest point the lockstep found
-            fit = refit(res, Y[:, b]) if start is None else refit(res, Y[:, b], start_params=start)
+            fit = refit_alone(_raw(res), Y[:, b], start)
         out.append(fit)
     return out
-
-
-def _lockstep_fits(r, Y):
-    """``(fits, starts)`` of the responses ``Y`` (n, B) refitted in lockstep: a member that
-    needs a single refit has fit None and the theta to start it from (None: the fit's);
-    None where the design is not one the lockstep handles.  Raises the single refit's
-    ``ValueError`` for a response it rejects."""
-    lv = _batchable(r)
-    if lv is None:
-        return None
-    model = r.model
-    if not np.all(np.isfinite(Y)):
-        raise ValueError("endog has missing or non-finite values; refit keeps the rows of the fit")
-    Yo = Y - np.asarray(model.offset, dtype=float)[:, None]
-    for b in np.flatnonzero(~_passes_checks(model, Yo)):
-        model._check_response(Yo[:, b])          # raises the single refit's error, if any
-    fits, starts = [], []
-    for lo in range(0, Y.shape[1], CHUNK):
-        hi = min(lo + CHUNK, Y.shape[1])
-        # small products: one BLAS thread (as a single fit)
-        with blas_threads(lv.m * lv.q + lv.p + 1):
-            f, s = _lockstep(r, lv, Y[:, lo:hi], Yo[:, lo:hi])
-        fits += f
-        starts += s
-    return fits, starts
 
 
 def _batched_or_none(res, Y):
@@ -167,175 +98,3 @@ def _batched_or_none(res, Y):
             except (np.linalg.LinAlgError, ValueError, RuntimeError, FloatingPointError):
                 out.append(None)
         return out
-
-
-def _newton(g, H, s, ss):
-    """Modified Newton steps at gradients ``g`` (n, K) and Hessians ``H`` (n, K, K) in theta:
-    ``(step, decrement, smallest eigenvalue, positive definite, scaled gradient)``, the step
-    and the eigenvalues in the scaled theta (the fit's: the checks' units)."""
-    w, V = np.linalg.eigh(H / ss)
-    mine = w[:, 0]
-    wmax = np.maximum(1.0, np.maximum(-mine, w[:, -1]))     # (eigh's are ascending)
-    gs = g / s
-    # where H is not positive definite, |eigenvalues| give a descent direction
-    wa = np.maximum(np.abs(w), 1e-6 * wmax[:, None])
-    st = -(V @ ((gs[:, None, :] @ V)[:, 0] / wa)[:, :, None])[:, :, 0]
-    return st, -0.5 * (gs * st).sum(axis=1), mine, mine > 1e-8 * wmax, gs
-
-
-def _lockstep(r, lv, Y, Yo):
-    """Results of the members that pass the checks in lockstep Newton (None for the others),
-    and for the others the lowest point found (None: the fit's theta), as a start."""
-    model, des = r.model, r.model.re_design
-    reml = bool(r.reml)
-    batch = LevelsBatch(lv.criterion(reml, model.nobs, model._logw), Yo)
-    nb = Y.shape[1]
-    theta0 = np.asarray(r.theta, dtype=float)
-    s = des.theta_units()                                   # the fit's scaling of theta
-    ss = np.outer(s, s)
-    new = np.arange(nb)                                     # members at a new point
-    T, has = moment_starts(batch, des.blocks[0], theta0)
-    f, gn, Hn, cn = batch.value_grad_hess(T, new, pieces=True)
-    posn = new                                        # the new points' rows in cn's pieces
-    done = []                      # (members, thetas, estimates) of the members that end
-    nfev = np.ones(nb, dtype=int)
-    # 0 running, 1 converged (at T), 2 converged at T + step (below), -1 single refit
-    status = np.zeros(nb, dtype=int)
-    dec = np.full(nb, np.inf)
-    mineig = np.full(nb, np.nan)
-    step = np.zeros_like(T)
-    slope = np.zeros(nb)                              # gradient . step (the Armijo condition)
-    t = np.ones(nb)
-    iters = np.zeros(nb, dtype=int)
-    if has.any():
-        # a moment start whose criterion is not below the fit's theta's: from the fit's theta
-        # (evaluated there in the first round, as a step of zero)
-        f0 = batch.values(theta0[None], new)
-        nfev[has] += 1
-        worse = has & ~(f < f0)
-        if worse.any():
-            T[worse], f[worse] = theta0, f0[worse]
-            keep = ~worse
-            new, gn, Hn, posn = new[keep], gn[keep], Hn[keep], posn[keep]
-    T0 = T.copy()
-    # One batched evaluation per round for every running member: at a new point its Newton
-    # step (the full step is tried next round), in a line search the shortened step.
-    for _ in range(4 * MAX_ITERATIONS):
-        if new.size:
-            good = np.isfinite(Hn.sum(axis=(1, 2)))       # (an indefinite system: NaN)
-            if not good.all():
-                status[new[~good]] = -1
-                new, gn, Hn, posn = new[good], gn[good], Hn[good], posn[good]
-            st, d, mine, pdef, gs = _newton(gn, Hn, s, ss)
-            dec[new], mineig[new] = d, mine
-            # a point passing the checks ends the member: at its point below TOL, else after
-            # one more full Newton step (quadratic convergence: from a decrement d below
-            # CHECK_TOL the step lands at ~d^2), whose value the estimates compute
-            cert = pdef & (d < CHECK_TOL)
-            if cert.any():
-                at = cert & (d < TOL)
-                status[new[cert]] = np.where(at[cert], 1, 2)
-                if at.any():      # ending here: the estimates from this point's evaluation
-                    done.append((new[at], T[new[at]], batch.estimates(None, posn[at], cn)))
-            # far from the optimum a full step overshoots: at most MAX_STEP in the scaled theta
-            st *= np.minimum(1.0, MAX_STEP / np.maximum(np.abs(st).max(axis=1), 1e-300))[:, None]
-            slope[new] = (gs * st).sum(axis=1)
-            step[new], t[new] = st / s, 1.0
-            it = iters[new] + 1
-            iters[new] = it
-            over = (it > MAX_ITERATIONS) & ~cert
-            if over.any():
-                status[new[over]] = -1
-        run = np.flatnonzero(status == 0)
-        if run.size == 0:
-            break
-        tr, fr = t[run], f[run]
-        Tt = T[run] + tr[:, None] * step[run]
-        ft, gt, Ht, cn = batch.value_grad_hess(Tt, run, pieces=True)
-        nfev[run] += 1
-        ok = ft <= fr + 1e-4 * tr * slope[run] + rounding_level(fr)
-        if ok.all():                                  # (the usual round: every step taken)
-            new, gn, Hn, posn = run, gt, Ht, np.arange(run.size)
-            T[run], f[run] = Tt, ft
-            continue
-        posn = np.flatnonzero(ok)
-        new, gn, Hn = run[ok], gt[ok], Ht[ok]
-        T[new], f[new] = Tt[ok], ft[ok]
-        rej = run[~ok]
-        # the next trial at the minimum of the quadratic through f(0), f'(0) and f(t), kept
-        # within [t / 10, t / 2] (a non-finite value: t / 4)
-        tr, s0, dfr = tr[~ok], slope[rej], ft[~ok] - fr[~ok]
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            tq = -s0 * tr ** 2 / (2.0 * (dfr - s0 * tr))
-        t[rej] = np.where(np.isfinite(tq), np.clip(tq, 0.1 * tr, 0.5 * tr), 0.25 * tr)
-        status[rej[t[rej] < 1e-9]] = -1               # the line search failed
-    status[status == 0] = -1
-    out = [None] * nb
-    moved = np.isfinite(f) & np.any(T != theta0, axis=1) & (status < 1)
-    starts = [des.canonical_theta(T[b]) if moved[b] else None for b in range(nb)]
-    # the ends one step on: that step's point where its value does not rise above the last
-    two = np.flatnonzero(status == 2)
-    if two.size:
-        Te = T[two] + step[two]
-        est = batch.estimates(Te, two)
-        back = np.flatnonzero(est[3] > f[two] + rounding_level(f[two]))
-        if back.size:
-            Te[back] = T[two[back]]
-            for e, eb in zip(est, batch.estimates(Te[back], two[back])):
-                e[back] = eb
-        done.append((two, Te, est))
-    if not done:
-        return out, starts
-    conv = np.concatenate([c[0] for c in done])
-    Te = np.concatenate([c[1] for c in done])
-    est = [np.concatenate([c[2][k] for c in done]) for k in range(5)]
-    # the single fit's end: the mirror image with nonnegative diagonals; near a zero SD it
-    # snaps and tests the bound, so those members go to single refits
-    diag = np.isfinite(des.lower)
-    Tc = _canonical(des.blocks[0], Te)
-    near = ((Tc * s)[:, diag] < NEAR_ZERO).any(axis=1) if diag.any() else np.zeros(conv.size, bool)
-    keep = np.flatnonzero(~near)
-    for j in np.flatnonzero(near):        # (from there a single fit needs a third fewer steps)
-        starts[conv[j]] = des.canonical_theta(Te[j])
-    beta, u, sigma, crit, cov = (e[keep] for e in est)
-    conv = conv[keep]
-    tried = (f"Newton from the fit's theta or a moment estimate (the lower), {nb} responses "
-             "in lockstep (exact Hessian), second-order checks")
-    # each member's numbers as read-only rows of read-only stacks (a view each, no copies)
-    Tc, beta, u, cov, T0 = (_frozen(a) for a in (Tc[keep], beta, u, cov, T0))
-    states = [LMMState(theta=Tc[j], beta=beta[j], u=u[j], sigma=sg, criterion=cr,
-                       cov_beta=cov[j], reml=reml)
-              for j, (sg, cr) in enumerate(zip(sigma.tolist(), crit.tolist()))]
-    first = None
-    optims = []
-    for b, st, n, d, e in zip(conv.tolist(), states, nfev[conv].tolist(), dec[conv].tolist(),
-                              mineig[conv].tolist()):
-        fields = dict(final=st.theta, fmin=st.criterion, feval=n, tried=((tried, True, n),),
-                      message=f"Newton decrement {d:.3g}",
-                      extra_items=(("snapped", []), ("decrement", d), ("min_eigenvalue", e)))
-        if first is None:
-            first = OptSummary(initial=T0[b], converged=True, optimizer=tried, **fields)
-            optims.append(first)
-        else:                    # (the fields in OptSummary's own form: no __post_init__)
-            optims.append(first.replaced(initial=T0[b], **fields))
-    for b, res in zip(conv.tolist(), model._lazy_results_many(
-            Y[:, conv].T, states, optims, getattr(r, "ddf", "satterthwaite"))):
-        out[b] = res                                    # (their models made on first use)
-    return out, starts
-
-
-def _canonical(blk, T):
-    """``design.canonical_theta`` of each row of ``T`` (one block): every template column
-    whose diagonal is negative negated (the same model)."""
-    diag_of = {int(c): k for r, c, k in zip(blk.t_rows, blk.t_cols, blk.t_idx) if r == c}
-    dcol = np.array([diag_of[int(c)] for c in blk.t_cols])      # each entry's column diagonal
-    sign = np.where(T[:, dcol] < 0, -1.0, 1.0)
-    Tc = T.copy()
-    Tc[:, blk.t_idx] = T[:, blk.t_idx] * sign
-    return Tc
-
-
-def _frozen(a):
-    a = np.array(a, dtype=float)
-    a.setflags(write=False)
-    return a

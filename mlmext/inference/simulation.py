@@ -9,7 +9,7 @@ from scipy import stats
 
 from ._common import _Progress, _beta, _family, _fe_names, _is_lmm, _raw, _require_lmm
 from ._refit import _rebuild_model, _refit
-from .refit_batch import _lockstep_fits
+from ._lockstep import _lockstep_fits
 from .ddf import _ddf_method, kenward_roger, satterthwaite
 
 

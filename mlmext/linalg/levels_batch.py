@@ -15,9 +15,22 @@ import numpy as np
 
 from .small_levels import _level_sums, _spd_stack, _stacked_cholesky
 
-__all__ = ["LevelsBatch"]
+__all__ = ["LevelsBatch", "design_piece"]
 
 _LOG2PI = np.log(2.0 * np.pi)
+
+
+def design_piece(lv, key, make):
+    """``make()`` (read-only: never written), computed once per design: kept under ``key`` in
+    the dict ``lv._shared`` that the evaluators of a design share (their copies for a
+    criterion or a response: single and batched refits of one fit compute it once)."""
+    shared = lv.__dict__.get("_shared")
+    got = None if shared is None else shared.get(key)
+    if got is None:
+        got = make()
+        if shared is not None:   # two threads may both compute it: same value, either one kept
+            shared[key] = got
+    return got
 
 
 def _moment_design(lv, blk):
@@ -25,13 +38,14 @@ def _moment_design(lv, blk):
     level blocks' (pseudo-)inverses ``Ai`` (m, q, q) and the rank of ``Z``, ``C_gX`` (m q, p)
     and ``A_g^+ C_gX``, the number of eigenvalues of ``X``'s residual cross-products after
     ``Z`` that count and those eigenvalues ``e`` and vectors ``Ux``, ``Ai``'s mean and the
-    template's independent terms ``keep`` (q, q).  Read-only, computed once per design (on block
-    ``lv.blk``): the evaluators of a design share the dict ``lv._shared`` (their copies for a
-    criterion or a response share it), so single refits of one fit compute them once."""
-    shared = lv.__dict__.get("_shared") if blk is lv.blk else None
-    got = None if shared is None else shared.get("moment_design")
-    if got is not None:
-        return got
+    template's independent terms ``keep`` (q, q).  Read-only, computed once per design on
+    block ``lv.blk`` (:func:`design_piece`)."""
+    if blk is lv.blk:
+        return design_piece(lv, "moment_design", lambda: _moment_design_of(lv, blk))
+    return _moment_design_of(lv, blk)
+
+
+def _moment_design_of(lv, blk):
     m, q, p = lv.m, lv.q, lv.p
     Ai, _, ok = _spd_stack(lv.Af, q)            # (closed forms for q <= 2)
     if ok.all():
@@ -51,10 +65,7 @@ def _moment_design(lv, blk):
     arrays = (Ai, CX, AiCX, e[big], Ux[:, big], Ai.sum(axis=0) / m, keep)
     for a in arrays:
         a.setflags(write=False)
-    got = (Ai, rank) + arrays[1:3] + (int(big.sum()),) + arrays[3:]
-    if shared is not None:      # two threads may both compute it: same value, either one kept
-        shared["moment_design"] = got
-    return got
+    return (Ai, rank) + arrays[1:3] + (int(big.sum()),) + arrays[3:]
 
 
 class LevelsBatch:
@@ -93,28 +104,38 @@ class LevelsBatch:
         self.Ag2 = lv.Ag.reshape(-1, q)                           # A_g stacked (m q, q)
 
     # -- the pieces at the members' thetas ------------------------------------------------
-    def _core(self, T, idx):
-        """The criterion's pieces at thetas ``T`` (B, K) of members ``idx``; ``T`` of one row:
-        that theta for every member (its level blocks once; for :meth:`values` only)."""
-        lv, q, p = self.lv, self.q, self.p
-        nt, nb, qq = T.shape[0], len(idx), q * q
+    def theta_pieces(self, T):
+        """What the criterion at thetas ``T`` (nt, K) takes from the design alone (no response,
+        no criterion): ``lambda``, ``M_g^-1``, the sums of ``log det M_g``, whether every
+        ``M_g`` is positive definite and ``G_g = lambda M_g^-1 lambda'``; for :meth:`values`
+        at a theta evaluated again and again (the fit's, by every batch of its refits)."""
+        lv, q = self.lv, self.q
+        nt, qq = T.shape[0], q * q
         lam = (T @ lv._Eb).reshape(nt, q, q)
         KK = (lam[:, :, None, :, None] * lam[:, None, :, None, :]).reshape(nt, qq, qq)
         M = lv.Af @ KK + lv._I                                   # (B, m, q q)
         Mi, ldm, ok = _spd_stack(M.reshape(-1, qq), q)
         Mi = Mi.reshape(nt, -1, qq)
-        ok = ok.reshape(nt, -1).all(axis=1)
-        if nt != nb:
-            ok = np.repeat(ok, nb)
         G = Mi @ KK.transpose(0, 2, 1)                           # lambda M_g^-1 lambda'
-        Cg, V = self.Cg[idx], self.V[idx]
+        return lam, Mi, ldm.reshape(nt, -1).sum(axis=1), ok.reshape(nt, -1).all(axis=1), G
+
+    def _core(self, T, idx, design=None):
+        """The criterion's pieces at thetas ``T`` (B, K) of members ``idx`` (None: all, in
+        order); ``T`` of one row: that theta for every member (its level blocks once; for
+        :meth:`values` only, whose ``design`` may give :meth:`theta_pieces` of it)."""
+        lv, q, p = self.lv, self.q, self.p
+        Cg, V = (self.Cg, self.V) if idx is None else (self.Cg[idx], self.V[idx])
+        nt, nb = T.shape[0], Cg.shape[0]
+        lam, Mi, ldm, ok, G = self.theta_pieces(T) if design is None else design
+        if nt != nb or design is not None:
+            ok = np.repeat(ok, nb // nt)      # (a new array: set in place below)
         Cf = Cg.reshape(nb, -1, p + 1)
         S = V - Cf.transpose(0, 2, 1) @ (G.reshape(nt, -1, q, q) @ Cg).reshape(nb, -1, p + 1)
         Ls = _stacked_cholesky(S, ok)
         d = np.log(Ls.diagonal(0, 1, 2))
         r2 = Ls[:, p, p] ** 2
         nu = lv.nu
-        f = ldm.reshape(nt, -1).sum(axis=1) + nu * (1.0 + _LOG2PI + np.log(r2 / nu)) - lv.logw
+        f = ldm + nu * (1.0 + _LOG2PI + np.log(r2 / nu)) - lv.logw
         if lv.reml:
             f += 2.0 * d[:, :p].sum(axis=1)
         ok &= np.isfinite(f)
@@ -131,8 +152,10 @@ class LevelsBatch:
         m = Mi.shape[1]
         Al = (self.Ag2 @ lam).reshape(nb, m, q, q)               # A_g lambda
         Q = Al @ Mi                                              # A_g N_g
-        lC = (self.CgT[c["idx"]].reshape(nb, -1, q) @ lam).reshape(nb, m, p + 1, q)
-        Vv = Mi @ lC.transpose(0, 1, 3, 2)                       # N_g' C_g (B, m, q, p+1)
+        CgT = self.CgT if c["idx"] is None else self.CgT[c["idx"]]
+        lC = (CgT.reshape(nb, -1, q) @ lam).reshape(nb, m, p + 1, q)
+        # (stacks of tiny products: NumPy's are faster on contiguous operands, a copy is not)
+        Vv = Mi @ np.ascontiguousarray(lC.transpose(0, 1, 3, 2))  # N_g' C_g (B, m, q, p+1)
         Ut = Cg - Al @ Vv                                        # P_g' C_g
         # (one product per member: Li is the member's, the same for every level)
         Y = (np.concatenate([Vv, Ut], axis=2).reshape(nb, -1, p + 1)
@@ -152,9 +175,9 @@ class LevelsBatch:
         Al, Q, Y, Tt = c["Al"], c["Q"], c["Y"], c["Tt"]
         nb = Y.shape[0]
         Mi = c["Mi"].reshape(nb, -1, q, q)
-        Z = (Y * lv._w) @ Y.transpose(0, 1, 3, 2)                # [N'DN, N'DP; ., P'DP]
+        Z = (Y * lv._w) @ np.ascontiguousarray(Y.transpose(0, 1, 3, 2))  # [N'DN, N'DP; ., P'DP]
         NDN, NDP, PDP = Z[..., :q, :q], Z[..., :q, q:], Z[..., q:, q:]
-        AW = lv.Ag - Q @ Al.transpose(0, 1, 3, 2)                # A - A G A
+        AW = lv.Ag - Q @ np.ascontiguousarray(Al.transpose(0, 1, 3, 2))   # A - A G A
         X1 = np.concatenate([AW, -PDP], axis=1).reshape(nb, -1, qq)
         Y1 = np.concatenate([Mi + NDN, Mi], axis=1).reshape(nb, -1, qq)
         H = (X1.transpose(0, 2, 1) @ Y1).reshape(nb, -1)[:, lv._h1]
@@ -203,10 +226,12 @@ class LevelsBatch:
             return T
         b = (ay - (AiCX @ beta).T).reshape(nb, m, q)
         b -= b.sum(axis=1, keepdims=True) / m
-        R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2[:, None, None] * Aim) / s2[:, None, None]
+        s2b = s2[:, None, None]
+        R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2b * Aim) / s2b
         with np.errstate(invalid="ignore"):
             good = np.isfinite(s2) & (rss > 1e-12 * V[:, p, p]) & np.isfinite(R).all(axis=(1, 2))
-        R = np.where(good[:, None, None], R, np.eye(q))
+        if not good.all():
+            R = np.where(good[:, None, None], R, np.eye(q))
         try:
             L = np.linalg.cholesky(R * keep)
         except np.linalg.LinAlgError:
@@ -225,13 +250,16 @@ class LevelsBatch:
         return T
 
     # -- the objective ------------------------------------------------------------------
-    def values(self, T, idx):
-        """The criterion of members ``idx`` at thetas ``T`` (inf where indefinite); ``T`` of
-        one row: that theta for every member (a fraction of the cost)."""
-        return self._core(np.asarray(T, dtype=float), idx)["f"]
+    def values(self, T, idx, design=None):
+        """The criterion of members ``idx`` (None: all) at thetas ``T`` (inf where
+        indefinite); ``T`` of
+        one row: that theta for every member (a fraction of the cost), and ``design`` may be
+        its :meth:`theta_pieces` (computed before, on this design)."""
+        return self._core(np.asarray(T, dtype=float), idx, design)["f"]
 
     def value_grad_hess(self, T, idx, pieces=False):
-        """Criterion (B,), exact gradient (B, K) and Hessian (B, K, K) of members ``idx`` at
+        """Criterion (B,), exact gradient (B, K) and Hessian (B, K, K) of members ``idx``
+        (None: all) at
         thetas ``T`` (B, K); members whose system is indefinite get inf, 0, NaN.  ``pieces``:
         the criterion's pieces as a fourth item, for :meth:`estimates` at these thetas."""
         c = self._core(np.asarray(T, dtype=float), idx)
@@ -246,12 +274,14 @@ class LevelsBatch:
     def estimates(self, T, idx, pieces=None):
         """``(beta, u, sigma, criterion, cov_beta)`` of members ``idx`` at thetas ``T``, stacked
         (as :meth:`mlmext.objective.LMMDeviance.at`); ``u`` in the levels' order.  With
-        ``pieces`` (:meth:`value_grad_hess`'s, at those thetas) ``idx`` are rows of them and
+        ``pieces`` (:meth:`value_grad_hess`'s, at those thetas) ``idx`` are rows of them
+        (None: all) and
         ``T`` is not used: nothing is evaluated again."""
         if pieces is None:
             c = self._core(np.asarray(T, dtype=float), idx)
         else:
-            c = {k: pieces[k][idx] for k in ("Ls", "lam", "Mi", "Cg", "r2", "f")}
+            c = pieces if idx is None else \
+                {k: pieces[k][idx] for k in ("Ls", "lam", "Mi", "Cg", "r2", "f")}
         lv, m, q, p = self.lv, self.m, self.q, self.p
         Ls, lam = c["Ls"], c["lam"]
         nb = Ls.shape[0]
