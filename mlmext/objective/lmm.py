@@ -279,6 +279,13 @@ class LMMDeviance:
         hess = d2ld + nu * (d2r2 / r2 - np.outer(dr2, dr2) / r2 ** 2)
         return self._from_factor(ch), grad, 0.5 * (hess + hess.T)
 
+    def hessian(self, theta):
+        """The exact Hessian in theta: :meth:`value_grad_hess`'s third item (small systems),
+        without the copies of the value and gradient on the level-by-level evaluator."""
+        if self._levels is not None:
+            return self._levels.hessian(theta)
+        return self.value_grad_hess(theta)[2]
+
     def _block_units(self):
         u = self.design.__dict__.get("_lmm_block_units")
         if u is None:                  # root mean square of each block's columns of Z (the

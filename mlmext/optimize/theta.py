@@ -8,7 +8,7 @@ import numpy as np
 from scipy import optimize
 
 from .bfgs import minimize_bfgs
-from .bound_steps import escape_bound, snap_to_bound
+from .bound_steps import at_bound, escape_bound, snap_to_bound
 from .lbfgsb import lbfgsb
 from .newton_exact import newton_exact
 from .polish import Polish, newton_polish
@@ -84,7 +84,8 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         Largest Newton decrement (deviance units) at a converged point.
     reflect : callable, optional
         Maps any x to an equivalent point within the bounds (the LMM's
-        :meth:`~mlmext.design.RandomEffectsDesign.canonical_theta`): the objective is then
+        :meth:`~mlmext.design.RandomEffectsDesign.canonical_theta`; x itself, not a copy,
+        where nothing is mirrored, saves the comparisons): the objective is then
         smooth across the bounds, ``"auto"`` minimizes without them and maps its end point
         back, and the checks look at both sides of a bound.  Without it, entries at a bound
         are probed inward (:func:`~mlmext.optimize.polish.probe_bounds`).
@@ -140,7 +141,10 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
             # entries the reflection leaves as they are stay bit for bit (x / s * s may not
             # be x: the end point would count as mirrored and be evaluated again)
             t = x / s
-            c = np.asarray(reflect(t), dtype=float)
+            c = reflect(t)
+            if c is t:                         # (not mirrored: x as it is)
+                return x
+            c = np.asarray(c, dtype=float)
             return np.where(c == t, x, c * s)
 
         def ps(x):
@@ -167,14 +171,14 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         if reflect is not None:
             x = np.asarray(reflect(res.x), dtype=float)
             fx = res.fun
-            if np.any(x != res.x):             # mirrored: the same model, evaluated again
+            if x is not res.x and np.any(x != res.x):   # mirrored: the same model, evaluated again
                 fx = float(fun(x))
                 res.nfev += 1
             # a diagonal that Newton drove to (practically) zero is a zero standard deviation
             x, res.fun, _, n_snap = snap_to_bound(fun, x, fx, lower, 1e-9, width=1e-6)
             res.x = x
             res.nfev += n_snap
-            res.snapped = [int(i) for i in np.flatnonzero(np.isfinite(lower) & (x <= lower))]
+            res.snapped = at_bound(x, lower)
         return res
     nfev = 0
     tried = []
@@ -469,6 +473,6 @@ def _run_lbfgsb_whitened(grad, x0, H, maxiter, tol, first, costly=False):
 def _auto_result(p, nfev, tried, lower):
     return optimize.OptimizeResult(
         x=p.x, fun=float(p.f), success=bool(p.converged), message=p.message, nfev=nfev, hessian=p.H,
-        tried=tried, snapped=[int(i) for i in np.flatnonzero(np.isfinite(lower) & (p.x <= lower))],
+        tried=tried, snapped=at_bound(p.x, lower),
         decrement=p.decrement, min_eigenvalue=p.min_eigenvalue,
         method=" + ".join(m for m, _, _ in tried))
