@@ -380,6 +380,9 @@ class OneBlockLevels:
             cov = Lxi.T @ Lxi
         else:
             beta, cov = np.zeros(0), np.zeros((0, 0))
-        wg = self.Cg @ np.append(-beta, 1.0)                      # c_gy - C_gX beta (m, q)
+        bw = np.empty(p + 1)                                      # [-beta, 1] (np.append's
+        bw[:p] = -beta                                            # wrapper costs more)
+        bw[p] = 1.0
+        wg = self.Cg @ bw                                         # c_gy - C_gX beta (m, q)
         u = (c["Mi"].reshape(m, q, q) @ (wg @ c["lam"])[:, :, None]).ravel()
         return beta, u, float(Ls[p, p]) ** 2, c["f"], cov
