@@ -93,7 +93,8 @@ class OptSummary:
     def from_result(cls, res, initial, *, optimizer=None, **extras):
         """From a scipy-style ``OptimizeResult`` (with ``tried``) and the starting point;
         its other fields, and ``extras``, become read-only ``extras``."""
-        ex = {k: v for k, v in (res if isinstance(res, dict) else dict(res)).items() if k not in _KNOWN}
+        items = (res if isinstance(res, dict) else dict(res)).items()
+        ex = {k: v for k, v in items if k not in _KNOWN}
         ex.update(extras)
         tried = getattr(res, "tried", None) or [(optimizer or getattr(res, "method", "?"),
                                                  bool(res.success), int(getattr(res, "nfev", 0)))]
