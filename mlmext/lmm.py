@@ -458,7 +458,8 @@ class LinearMixedModel(MixedModel):
                                  tol=tol, grad=dev.value_and_grad, scale=scale,
                                  reflect=_canonical(self.re_design), hess=hess,
                                  warm=start_params is not None,
-                                 warm_hessian=self._warm_hessian(reml, start_params, scale),
+                                 warm_hessian=None if start_params is None else
+                                 self._warm_hessian(reml, start_params, scale),
                                  newton_first=dev.cheap_hessian,
                                  hess_part=dev.hessian_part if costly else None, costly=costly)
             state = dev.at(opt.x)

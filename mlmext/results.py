@@ -102,7 +102,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     @property
     def bse_fe(self):
         """Standard errors of the fixed effects, a Series."""
-        return pd.Series(np.sqrt(np.diag(self.cov_params())), index=fe_index(self.model),
+        return pd.Series(np.sqrt(self.cov_params().diagonal()), index=fe_index(self.model),
                          name="bse_fe")
 
     @property

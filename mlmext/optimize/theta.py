@@ -15,6 +15,8 @@ from .polish import Polish, newton_polish
 
 __all__ = ["minimize_theta", "minimize_bfgs"]
 
+_max = np.maximum.reduce
+
 
 def _bounds(lower):
     return optimize.Bounds(np.where(np.isfinite(lower), lower, -np.inf), np.full(len(lower), np.inf))
@@ -125,8 +127,10 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     """
     start = np.asarray(start, dtype=float)
     lower = np.asarray(lower, dtype=float)
-    # (np.allclose's test, without its overhead: this runs on every fit)
-    if scale is not None and np.max(np.abs(np.asarray(scale, dtype=float) - 1.0)) > 1.00001e-5:
+    # (np.allclose's test, without its overhead: this runs on every fit; the reductions
+    # without np.max's and np.outer's Python wrappers)
+    if scale is not None and \
+            _max(np.abs(np.asarray(scale, dtype=float) - 1.0), None) > 1.00001e-5:
         s = np.asarray(scale, dtype=float)
         fs = lambda x: fun(x / s)
 
@@ -134,7 +138,7 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
             f, g = grad(x / s)
             return f, g / s
 
-        ss = np.outer(s, s)
+        ss = s[:, None] * s[None, :]
         hs = None if hess is None else (lambda x: hess(x / s) / ss)
 
         def rs(x):
@@ -285,6 +289,7 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
     hname = "exact Hessian" if hess is not None else "Hessian from gradient differences"
     first = None                       # the start's value and gradient, when computed here
     metric = None                      # a Hessian to run the first L-BFGS-B in (whitened)
+    bounded = bool(np.isfinite(lower).any())
     if warm:
         f0, g0 = grad(start)
         nfev += 1
@@ -297,24 +302,24 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
             # no exact Hessian here (a large model's refit): L-BFGS-B in the fit's metric; the
             # polish differences the gradient where it ends
             H0 = None
-            metric = Hp if not np.isfinite(lower).any() else None
+            metric = Hp if not bounded else None
             tried.append(("L-BFGS-B from the start in the metric of the fit's Hessian", True, 1))
         elif usable and _estimated_decrement(g0, Hp) > FAR_FACTOR * WARM_MAX_DECREMENT:
             H0 = None
-            metric = Hp if not np.isfinite(lower).any() else None
+            metric = Hp if not bounded else None
             tried.append((f"Newton decrement at the start above {FAR_FACTOR * WARM_MAX_DECREMENT:g} "
                           "(estimated with the fit's Hessian): L-BFGS-B from there", True, 1))
         else:
             H0 = hess(start)
         if H0 is None:
             pass
-        elif (newton_first and not np.isfinite(lower).any()) or \
+        elif (newton_first and not bounded) or \
                 _near(f0, g0, H0, np.inf if newton_first else None):
             first = None
             its = NEWTON_FIRST_ITERATIONS if newton_first else WARM_NEWTON_ITERATIONS
             # (Newton's last steps are cheap: it goes on to a decrement far below tol, which
             # also takes an estimate at a zero standard deviation to within the snap's width)
-            if newton_first and not np.isfinite(lower).any():
+            if newton_first and not bounded:
                 p = newton_exact(grad, hess, start, f0, g0, H0, lower, min(tol, NEWTON_FIRST_TOL),
                                  check_tol, min(its, maxiter), value=fun)
             else:
