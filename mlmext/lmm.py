@@ -1,6 +1,7 @@
 """Linear mixed models fitted by (RE)ML on the profiled objective (lme4's ``lmer``)."""
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -33,6 +34,21 @@ def _frozen(a):
     a = np.array(a, dtype=float)
     a.setflags(write=False)
     return a
+
+
+def _canonical(des):
+    """``des.canonical_theta`` that hands back theta itself where no template diagonal is
+    negative (canonical_theta would return an equal copy): every fit maps its end point, and
+    checking the diagonals in Python floats costs a fraction of building the templates'
+    positions; the optimizer then sees at once that the point was not mirrored."""
+    diag = [i for i, lo in enumerate(des.lower.tolist()) if math.isfinite(lo)]
+
+    def reflect(theta):
+        t = theta.tolist() if isinstance(theta, np.ndarray) and theta.dtype == float else None
+        if t is not None and not any(t[i] < 0 for i in diag):
+            return theta
+        return des.canonical_theta(theta)
+    return reflect
 
 
 def _check_reml(reml):
@@ -425,7 +441,7 @@ class LinearMixedModel(MixedModel):
                              f"{self.re_design.theta_names()}); got {np.size(start_params)}")
         dev = self.deviance(reml)
         # small systems: the exact Hessian for Newton and the checks (else differences)
-        hess = (lambda th: dev.value_grad_hess(th)[2]) if dev.has_hessian else None
+        hess = dev.hessian if dev.has_hessian else None
         # a large dense part: gradients counted (exact Hessian entries where the terms allow,
         # L-BFGS-B handing over to Newton early); cheap evaluations keep the plain path
         costly = hess is None and dev.size >= COSTLY_DENSE_ROWS
@@ -440,9 +456,10 @@ class LinearMixedModel(MixedModel):
                 start, scale = np.asarray(start_params, dtype=float), self._warm_scale(reml)
             opt = minimize_theta(dev.value, start, dev.lower, method=method, maxiter=maxiter,
                                  tol=tol, grad=dev.value_and_grad, scale=scale,
-                                 reflect=self.re_design.canonical_theta, hess=hess,
+                                 reflect=_canonical(self.re_design), hess=hess,
                                  warm=start_params is not None,
-                                 warm_hessian=self._warm_hessian(reml, start_params, scale),
+                                 warm_hessian=None if start_params is None else
+                                 self._warm_hessian(reml, start_params, scale),
                                  newton_first=dev.cheap_hessian,
                                  hess_part=dev.hessian_part if costly else None, costly=costly)
             state = dev.at(opt.x)

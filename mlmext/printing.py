@@ -6,13 +6,13 @@ tables and tests.  In a notebook the same block is rendered as HTML.
 """
 from __future__ import annotations
 
+import functools
 import html
 
 import numpy as np
 import pandas as pd
 from statsmodels.iolib.table import SimpleTable
 
-from .immutable_cache import column_labels
 
 __all__ = ["fe_index", "fit_title", "fit_text", "fit_html", "re_table", "fmt", "params_table",
            "fixed_decimals", "param_index", "format_pval"]
@@ -26,25 +26,18 @@ def param_index(names):
 
 
 def fe_index(model):
-    """``param_index(model.exog_names)``, built once per model (a string index costs ~60 us
-    with pandas' Arrow strings) and handed out as a view for each table: the labels of an
-    Index cannot change, and a caller renaming its view leaves the others alone."""
-    names = tuple(model.exog_names)
-    cache = model.__dict__.setdefault("_fe_index_cache", {})
-    idx = cache.get(names)
-    if idx is None:
-        # the design's own column index when it has these names (its labels read once per
-        # Index object; a view of it shares its labels)
-        X = getattr(getattr(model, "data", None), "orig_exog", None)
-        cols = getattr(X, "columns", None)
-        if isinstance(cols, pd.Index) and not isinstance(cols, pd.MultiIndex) and \
-                column_labels(cols) == names:
-            idx = cols.view()
-            idx.name = "parameter"
-        else:
-            idx = param_index(names)
-        cache[names] = idx
-    return idx.view()
+    """``param_index(model.exog_names)`` as a view of one Index per tuple of names, shared by
+    every model and result of the process: a string Index costs ~60 us to make with pandas'
+    Arrow strings, and its lookup table (built on first use: ``np.asarray(fe_params)`` asks
+    it for ``__array_interface__``) is then built once, not once per fit.  The labels of an
+    Index cannot change; each caller gets a view of its own, so renaming one leaves the
+    others alone."""
+    return _fe_index(tuple(model.exog_names)).view()
+
+
+@functools.lru_cache(maxsize=256)
+def _fe_index(names):
+    return param_index(names)
 
 
 def fmt(x, digits=4):

@@ -5,6 +5,8 @@ The fixed effects are the statsmodels ``params`` (``bse``, ``tvalues``, ``pvalue
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 from statsmodels.base.model import LikelihoodModelResults
@@ -100,7 +102,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     @property
     def bse_fe(self):
         """Standard errors of the fixed effects, a Series."""
-        return pd.Series(np.sqrt(np.diag(self.cov_params())), index=fe_index(self.model),
+        return pd.Series(np.sqrt(self.cov_params().diagonal()), index=fe_index(self.model),
                          name="bse_fe")
 
     @property
@@ -155,8 +157,10 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         slope SD of 5e-5 per unit of a predictor in the thousands is not zero).
         """
         des = self.model.re_design
-        diag = np.isfinite(des.lower)
-        return bool(np.any((self.theta * des.theta_units())[diag] < tol))
+        # (Python floats over a handful of entries: the same products and comparisons; every
+        # fit asks, and np.any's wrapper alone cost more)
+        scaled = (self.theta * des.theta_units()).tolist()
+        return any(v < tol for v, lo in zip(scaled, des.lower.tolist()) if math.isfinite(lo))
 
     # ------------------------------------------------- variance components
     def _term_names(self):

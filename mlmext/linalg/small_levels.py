@@ -326,11 +326,23 @@ class OneBlockLevels:
         K = self.K
         if c is None:
             return np.inf, np.zeros(K), np.full((K, K), np.nan)
-        grad = self._first(c).copy()
+        return c["f"], self._first(c).copy(), self._hess(c)
+
+    def hessian(self, theta):
+        """The exact Hessian alone at theta (NaN where the system is indefinite): Newton's
+        iterations ask for it at the point whose gradient they just have."""
+        theta = np.asarray(theta, dtype=float)
+        c = self._core(theta)
+        if c is None:
+            return np.full((self.K, self.K), np.nan)
+        self._first(c)
+        return self._hess(c)
+
+    def _hess(self, c):
         H = c.get("hess")
         if H is None:
             H = c["hess"] = self._hessian(c)
-        return c["f"], grad, H.copy()
+        return H.copy()
 
     def _hessian(self, c):
         m, q, K = self.m, self.q, self.K
@@ -368,6 +380,9 @@ class OneBlockLevels:
             cov = Lxi.T @ Lxi
         else:
             beta, cov = np.zeros(0), np.zeros((0, 0))
-        wg = self.Cg @ np.append(-beta, 1.0)                      # c_gy - C_gX beta (m, q)
+        bw = np.empty(p + 1)                                      # [-beta, 1] (np.append's
+        bw[:p] = -beta                                            # wrapper costs more)
+        bw[p] = 1.0
+        wg = self.Cg @ bw                                         # c_gy - C_gX beta (m, q)
         u = (c["Mi"].reshape(m, q, q) @ (wg @ c["lam"])[:, :, None]).ravel()
         return beta, u, float(Ls[p, p]) ** 2, c["f"], cov

@@ -14,6 +14,7 @@ profile deviance in (sd/cor, sigma) and the deviance at a given fixed effect.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,20 @@ class LMMState:
     criterion: float
     cov_beta: np.ndarray
     reml: bool
+
+
+def _read_only(a):
+    a.setflags(write=False)
+    return a
+
+
+def _state(**fields):
+    """An :class:`LMMState` of fields in their final form, set as one dict: the frozen
+    dataclass's __init__ (a guarded setattr per field) costs more than the rest of ``at``'s
+    bookkeeping on a small model."""
+    new = object.__new__(LMMState)
+    new.__dict__.update(fields)
+    return new
 
 
 class LMMDeviance:
@@ -279,6 +294,13 @@ class LMMDeviance:
         hess = d2ld + nu * (d2r2 / r2 - np.outer(dr2, dr2) / r2 ** 2)
         return self._from_factor(ch), grad, 0.5 * (hess + hess.T)
 
+    def hessian(self, theta):
+        """The exact Hessian in theta: :meth:`value_grad_hess`'s third item (small systems),
+        without the copies of the value and gradient on the level-by-level evaluator."""
+        if self._levels is not None:
+            return self._levels.hessian(theta)
+        return self.value_grad_hess(theta)[2]
+
     def _block_units(self):
         u = self.design.__dict__.get("_lmm_block_units")
         if u is None:                  # root mean square of each block's columns of Z (the
@@ -300,9 +322,11 @@ class LMMDeviance:
         if self._levels is not None:
             beta, u, r2, crit, cov = self._levels.estimates(theta)
             sigma2 = r2 / nu
-            return LMMState(theta=_frozen(theta), beta=_frozen(beta), u=_frozen(u),
-                            sigma=float(np.sqrt(sigma2)), criterion=float(crit),
-                            cov_beta=_frozen(sigma2 * cov), reml=self.reml)
+            # (the estimates are fresh arrays: made read-only, not copied; math.sqrt and
+            # np.sqrt are both the correctly rounded square root)
+            return _state(theta=_frozen(theta), beta=_read_only(beta), u=_read_only(u),
+                          sigma=math.sqrt(sigma2), criterion=float(crit),
+                          cov_beta=_read_only(sigma2 * cov), reml=self.reml)
         ch = self.factor(theta)
         u, beta = ch.solve()
         sigma2 = ch.r2 / nu

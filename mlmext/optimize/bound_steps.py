@@ -3,9 +3,21 @@ zero gradient whether or not moving off zero lowers the deviance, and one practi
 is set to it (clean singular fits)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["escape_bound", "snap_to_bound"]
+__all__ = ["escape_bound", "snap_to_bound", "at_bound"]
+
+
+def at_bound(x, lower):
+    """Indices (ints) of the entries of ``x`` at or below a finite lower bound.
+
+    ``np.flatnonzero(np.isfinite(lower) & (x <= lower))`` as a list, compared in Python floats
+    (the same comparisons): every fit ends with it, on a handful of entries, where the two
+    NumPy calls and their wrappers cost several times the loop."""
+    return [i for i, (xi, lo) in enumerate(zip(x.tolist(), lower.tolist()))
+            if math.isfinite(lo) and xi <= lo]
 
 
 def escape_bound(fun, x, fx, lower, steps=(1e-3, 1e-2, 1e-1), tol=1e-8):
@@ -51,10 +63,11 @@ def snap_to_bound(fun, x, fx, lower, tol, width=1e-4):
     """
     snapped = []
     nfev = 0
-    for i in np.flatnonzero(np.isfinite(lower)):
-        if lower[i] < x[i] < lower[i] + width:
+    # (Python floats: the same comparisons, without NumPy calls on a handful of entries)
+    for i, (xi, lo) in enumerate(zip(x.tolist(), lower.tolist())):
+        if math.isfinite(lo) and lo < xi < lo + width:
             trial = x.copy()
-            trial[i] = lower[i]
+            trial[i] = lo
             out = fun(trial)                   # a value, or (value, gradient)
             ft = float(out[0] if isinstance(out, tuple) else out)
             nfev += 1

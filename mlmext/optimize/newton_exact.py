@@ -25,6 +25,7 @@ __all__ = ["newton_exact"]
 
 
 _syevd = lapack.dsyevd
+_sum = np.add.reduce          # (ndarray.sum's Python wrapper costs as much as the sum here)
 
 #: longest Newton step (largest entry, in the optimizer's scaled variables: theta in its
 #: predictors' units, where lme4's start has diagonals 1) where the Hessian is not positive
@@ -38,6 +39,10 @@ CERTIFIED_STEPS = 2
 def newton_exact(fg, hess, x, f, g, H, lower, tol, check_tol, maxit, value=None):
     """Newton from ``x`` (value ``f``, gradient ``g``, exact Hessian ``H``) without bounds.
 
+    ``hess`` (and ``H``) must give symmetric matrices, as the LMM's exact Hessians are (each
+    is symmetrized where it is computed, and scaled by the symmetric ``outer(s, s)``):
+    symmetrizing them again here changed no bit and cost three NumPy calls per iteration.
+
     Returns a :class:`~mlmext.optimize.polish.Polish`: converged where the checks pass,
     else :func:`newton_polish`'s verdict from the last point reached (which may restart
     from an escape, as usual).  ``nfev`` counts gradients and Hessians as
@@ -46,7 +51,7 @@ def newton_exact(fg, hess, x, f, g, H, lower, tol, check_tol, maxit, value=None)
     nfev = used = extra = 0
     for used in range(maxit):
         # (the few entries' tests and maxima in Python: a NumPy call each costs more)
-        if not (math.isfinite(f) and math.isfinite(H.sum())):
+        if not (math.isfinite(f) and math.isfinite(_sum(H, None))):
             break
         w, V, info = _syevd(H)                       # (LAPACK: eigh's checks cost as much)
         if info:
@@ -92,8 +97,7 @@ def newton_exact(fg, hess, x, f, g, H, lower, tol, check_tol, maxit, value=None)
             fn, gn = fg(xn)
             nfev += 1
         x, f, g = xn, float(fn), np.asarray(gn, dtype=float)
-        H = np.asarray(hess(x), dtype=float)
-        H = 0.5 * (H + H.T)
+        H = hess(x)
         nfev += 1
     else:
         used = maxit

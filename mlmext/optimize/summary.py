@@ -24,6 +24,10 @@ def _frozen(a):
     return a
 
 
+#: the ``OptimizeResult`` fields that are OptSummary's own (the others become ``extras``)
+_KNOWN = frozenset(("x", "fun", "nfev", "tried", "success", "message", "method"))
+
+
 @dataclass(frozen=True, eq=False)
 class OptSummary:
     """An optimizer's account of a fit.
@@ -89,15 +93,23 @@ class OptSummary:
     def from_result(cls, res, initial, *, optimizer=None, **extras):
         """From a scipy-style ``OptimizeResult`` (with ``tried``) and the starting point;
         its other fields, and ``extras``, become read-only ``extras``."""
-        known = {"x", "fun", "nfev", "tried", "success", "message", "method"}
-        ex = {k: v for k, v in dict(res).items() if k not in known}
+        items = (res if isinstance(res, dict) else dict(res)).items()
+        ex = {k: v for k, v in items if k not in _KNOWN}
         ex.update(extras)
         tried = getattr(res, "tried", None) or [(optimizer or getattr(res, "method", "?"),
                                                  bool(res.success), int(getattr(res, "nfev", 0)))]
-        return cls(initial=initial, final=res.x, fmin=float(res.fun), feval=int(getattr(res, "nfev", 0)),
-                   tried=tried, converged=bool(res.success), message=str(getattr(res, "message", "")),
-                   optimizer=optimizer or str(getattr(res, "method", "") or " + ".join(t[0] for t in tried)),
-                   extra_items=tuple(ex.items()))
+        # the fields in their normal form, set as ``replaced`` does: the frozen dataclass's
+        # __init__ and __post_init__ (a guarded setattr per field) cost as much again, and
+        # every fit makes one
+        new = object.__new__(cls)
+        new.__dict__.update(
+            initial=_frozen(initial), final=_frozen(res.x), fmin=float(res.fun),
+            feval=int(getattr(res, "nfev", 0)),
+            tried=tuple((str(m), bool(ok), int(n)) for m, ok, n in tried),
+            converged=bool(res.success), message=str(getattr(res, "message", "")),
+            optimizer=optimizer or str(getattr(res, "method", "") or " + ".join(t[0] for t in tried)),
+            extra_items=tuple(ex.items()))
+        return new
 
     # scipy's names
     @property

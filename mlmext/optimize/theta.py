@@ -8,12 +8,14 @@ import numpy as np
 from scipy import optimize
 
 from .bfgs import minimize_bfgs
-from .bound_steps import escape_bound, snap_to_bound
+from .bound_steps import at_bound, escape_bound, snap_to_bound
 from .lbfgsb import lbfgsb
 from .newton_exact import newton_exact
 from .polish import Polish, newton_polish
 
 __all__ = ["minimize_theta", "minimize_bfgs"]
+
+_max = np.maximum.reduce
 
 
 def _bounds(lower):
@@ -84,7 +86,8 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         Largest Newton decrement (deviance units) at a converged point.
     reflect : callable, optional
         Maps any x to an equivalent point within the bounds (the LMM's
-        :meth:`~mlmext.design.RandomEffectsDesign.canonical_theta`): the objective is then
+        :meth:`~mlmext.design.RandomEffectsDesign.canonical_theta`; x itself, not a copy,
+        where nothing is mirrored, saves the comparisons): the objective is then
         smooth across the bounds, ``"auto"`` minimizes without them and maps its end point
         back, and the checks look at both sides of a bound.  Without it, entries at a bound
         are probed inward (:func:`~mlmext.optimize.polish.probe_bounds`).
@@ -124,8 +127,10 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
     """
     start = np.asarray(start, dtype=float)
     lower = np.asarray(lower, dtype=float)
-    # (np.allclose's test, without its overhead: this runs on every fit)
-    if scale is not None and np.max(np.abs(np.asarray(scale, dtype=float) - 1.0)) > 1.00001e-5:
+    # (np.allclose's test, without its overhead: this runs on every fit; the reductions
+    # without np.max's and np.outer's Python wrappers)
+    if scale is not None and \
+            _max(np.abs(np.asarray(scale, dtype=float) - 1.0), None) > 1.00001e-5:
         s = np.asarray(scale, dtype=float)
         fs = lambda x: fun(x / s)
 
@@ -133,14 +138,17 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
             f, g = grad(x / s)
             return f, g / s
 
-        ss = np.outer(s, s)
+        ss = s[:, None] * s[None, :]
         hs = None if hess is None else (lambda x: hess(x / s) / ss)
 
         def rs(x):
             # entries the reflection leaves as they are stay bit for bit (x / s * s may not
             # be x: the end point would count as mirrored and be evaluated again)
             t = x / s
-            c = np.asarray(reflect(t), dtype=float)
+            c = reflect(t)
+            if c is t:                         # (not mirrored: x as it is)
+                return x
+            c = np.asarray(c, dtype=float)
             return np.where(c == t, x, c * s)
 
         def ps(x):
@@ -167,14 +175,14 @@ def minimize_theta(fun, start, lower, method="auto", maxiter=2000, tol=1e-9, gra
         if reflect is not None:
             x = np.asarray(reflect(res.x), dtype=float)
             fx = res.fun
-            if np.any(x != res.x):             # mirrored: the same model, evaluated again
+            if x is not res.x and np.any(x != res.x):   # mirrored: the same model, evaluated again
                 fx = float(fun(x))
                 res.nfev += 1
             # a diagonal that Newton drove to (practically) zero is a zero standard deviation
             x, res.fun, _, n_snap = snap_to_bound(fun, x, fx, lower, 1e-9, width=1e-6)
             res.x = x
             res.nfev += n_snap
-            res.snapped = [int(i) for i in np.flatnonzero(np.isfinite(lower) & (x <= lower))]
+            res.snapped = at_bound(x, lower)
         return res
     nfev = 0
     tried = []
@@ -281,6 +289,7 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
     hname = "exact Hessian" if hess is not None else "Hessian from gradient differences"
     first = None                       # the start's value and gradient, when computed here
     metric = None                      # a Hessian to run the first L-BFGS-B in (whitened)
+    bounded = bool(np.isfinite(lower).any())
     if warm:
         f0, g0 = grad(start)
         nfev += 1
@@ -293,24 +302,24 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
             # no exact Hessian here (a large model's refit): L-BFGS-B in the fit's metric; the
             # polish differences the gradient where it ends
             H0 = None
-            metric = Hp if not np.isfinite(lower).any() else None
+            metric = Hp if not bounded else None
             tried.append(("L-BFGS-B from the start in the metric of the fit's Hessian", True, 1))
         elif usable and _estimated_decrement(g0, Hp) > FAR_FACTOR * WARM_MAX_DECREMENT:
             H0 = None
-            metric = Hp if not np.isfinite(lower).any() else None
+            metric = Hp if not bounded else None
             tried.append((f"Newton decrement at the start above {FAR_FACTOR * WARM_MAX_DECREMENT:g} "
                           "(estimated with the fit's Hessian): L-BFGS-B from there", True, 1))
         else:
             H0 = hess(start)
         if H0 is None:
             pass
-        elif (newton_first and not np.isfinite(lower).any()) or \
+        elif (newton_first and not bounded) or \
                 _near(f0, g0, H0, np.inf if newton_first else None):
             first = None
             its = NEWTON_FIRST_ITERATIONS if newton_first else WARM_NEWTON_ITERATIONS
             # (Newton's last steps are cheap: it goes on to a decrement far below tol, which
             # also takes an estimate at a zero standard deviation to within the snap's width)
-            if newton_first and not np.isfinite(lower).any():
+            if newton_first and not bounded:
                 p = newton_exact(grad, hess, start, f0, g0, H0, lower, min(tol, NEWTON_FIRST_TOL),
                                  check_tol, min(its, maxiter), value=fun)
             else:
@@ -469,6 +478,6 @@ def _run_lbfgsb_whitened(grad, x0, H, maxiter, tol, first, costly=False):
 def _auto_result(p, nfev, tried, lower):
     return optimize.OptimizeResult(
         x=p.x, fun=float(p.f), success=bool(p.converged), message=p.message, nfev=nfev, hessian=p.H,
-        tried=tried, snapped=[int(i) for i in np.flatnonzero(np.isfinite(lower) & (p.x <= lower))],
+        tried=tried, snapped=at_bound(p.x, lower),
         decrement=p.decrement, min_eigenvalue=p.min_eigenvalue,
         method=" + ".join(m for m, _, _ in tried))
