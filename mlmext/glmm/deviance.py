@@ -55,8 +55,12 @@ class LaplaceDeviance:
         self.warm_start = None
         self._last = None
         #: extra keyword arguments of :func:`mlmext.laplace.pirls` for the modes (e.g. the
-        #: scalar fast path, which takes negative observed information)
-        self.pirls_options = {}
+        #: scalar fast path, which takes negative observed information).  One scalar term with
+        #: a canonical link (``w`` the observed information, so both paths take Newton steps):
+        #: the diagonal path, a third less time per evaluation than the blocked factor's
+        #: Python overhead on small data (lme4's cbpp: 56 rows, 15 herds)
+        self.pirls_options = ({"scalar_fast": True} if getattr(self.cond, "canonical", False)
+                              and lp.is_scalar_design(self.design) else {})
 
     @property
     def chol_u(self):
