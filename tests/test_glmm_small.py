@@ -63,3 +63,25 @@ def test_cbpp_fit_values(cbpp):
     # (the Hessian's: lme4's vcov from RX gives 0.2312 0.3032 0.3228 0.4220)
     np.testing.assert_allclose(r.bse_fe, [0.23247199, 0.3066425, 0.32663785, 0.42743659],
                                rtol=1e-6)
+
+
+def test_refit_near_the_saddle_at_theta_zero(cbpp):
+    # the quasi-Newton phase stops at theta = 1.6e-4, where the deviance's slope in theta
+    # vanishes (it is even in theta): Newton's Hessian has negative curvature there, and its
+    # modified step only doubled theta (8 Hessians, 44 evaluations); the longer steps along it
+    # reach the optimum at 0.084 with 3 Hessians
+    r = _fit(CBPP, cbpp, family=sm.families.Binomial())
+    y = r.simulate(1, seed=1).to_numpy()[:, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = refit(r, y)
+    assert b.optim.success
+    assert abs(b.llf - (-81.25498751248062)) < 1e-8
+    np.testing.assert_allclose(b.theta, [0.0839697], atol=2e-5)
+    # (the values of the fit before the longer steps: its end point's decrement was 8e-11)
+    np.testing.assert_allclose(b.fe_params, [-1.25204148, -0.95833982, -0.87769182, -1.42474481],
+                               atol=2e-6)
+    np.testing.assert_allclose(b.bse_fe, [0.14912029, 0.27190359, 0.27255773, 0.35793916],
+                               rtol=1e-5)
+    newton = [n for what, ok, n in b.optim.tried if what.startswith("Laplace: Newton")]
+    assert newton and newton[0] <= 30
