@@ -85,3 +85,34 @@ def test_refit_near_the_saddle_at_theta_zero(cbpp):
                                rtol=1e-5)
     newton = [n for what, ok, n in b.optim.tried if what.startswith("Laplace: Newton")]
     assert newton and newton[0] <= 30
+
+
+@pytest.mark.parametrize("formula,family", [
+    ("cbind(incidence, size - incidence) ~ period + (1 | herd)", sm.families.Binomial),
+    ("incidence ~ period + x + (1 | herd)", sm.families.Poisson),
+    ("cbind(incidence, size - incidence) ~ period + (0 + x | herd)", sm.families.Binomial)])
+def test_scalar_gradient_equals_the_general_one(cbpp, formula, family):
+    from mlmext import laplace as lp
+    from mlmext.laplace import gradient
+    d = cbpp.copy()
+    d["x"] = np.random.default_rng(1).normal(size=len(d))
+    mod = mf.glmer(formula, d, family=family())
+    dev = mod.deviance()
+    k = dev.nt + mod.k_fe
+    for x in ([0.6, -1.4, -1.0, -1.1, -1.6, 0.2], [1.3, 0.2, -0.3, 0.1, 0.4, 0.1]):
+        x = np.array(x[:k])
+        modes, _ = dev.modes(x[:1], x[1:], tol=1e-20)
+        fac = lp.factor_at(dev.chol_u, modes)
+        assert isinstance(fac, lp.ScalarFactor) and fac.a11 is None
+        gt, gb, ge = gradient.laplace_gradient(dev.design, dev.chol_u, dev.cond, x[:1],
+                                               lp.Modes(**vars(modes)), X=mod.exog)
+        assert ge is None
+        # the general path (local inverse, solve with H) on the same factor
+        fac.a11 = 0.0
+        try:
+            gt0, gb0, _ = gradient.laplace_gradient(dev.design, dev.chol_u, dev.cond, x[:1],
+                                                    lp.Modes(**vars(modes)), X=mod.exog)
+        finally:
+            fac.a11 = None
+        np.testing.assert_allclose(np.r_[gt, gb], np.r_[gt0, gb0], rtol=1e-12,
+                                   atol=1e-12 * np.abs(np.r_[gt0, gb0]).max())
