@@ -116,3 +116,43 @@ def test_scalar_gradient_equals_the_general_one(cbpp, formula, family):
             fac.a11 = None
         np.testing.assert_allclose(np.r_[gt, gb], np.r_[gt0, gb0], rtol=1e-12,
                                    atol=1e-12 * np.abs(np.r_[gt0, gb0]).max())
+
+
+@pytest.mark.parametrize("formula,family", [
+    ("cbind(incidence, size - incidence) ~ period + (1 | herd)", sm.families.Binomial),
+    ("incidence ~ period + x + (1 | herd)", sm.families.Poisson),
+    ("cbind(incidence, size - incidence) ~ period + (0 + x | herd)", sm.families.Binomial)])
+def test_first_stage_scalar_path_equals_the_blocked_one(cbpp, formula, family):
+    d = cbpp.copy()
+    d["x"] = np.random.default_rng(1).normal(size=len(d))
+    mod = mf.glmer(formula, d, family=family())
+    fast, blocked = mod.deviance(), mod.deviance()
+    blocked.pirls_options = {}
+    for th, warm in ((1.0, False), (0.3, True), (0.0, False)):
+        b0 = mod._start_beta()
+        v, m = fast.stage1(np.array([th]), b0)
+        v0, m0 = blocked.stage1(np.array([th]), b0)
+        assert "cov_beta" in m.extra and "cov_beta" not in m0.extra
+        assert m.converged and m0.converged and m.niter == m0.niter
+        assert abs(v - v0) < 1e-10
+        np.testing.assert_allclose(m.beta, m0.beta, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(m.u, m0.u, rtol=1e-12, atol=1e-12)
+        # what the fit reads from the first stage: the scale of beta and the EM sums
+        np.testing.assert_allclose(fast.stage1_cov_beta(m), blocked.stage1_cov_beta(m0),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(fast.stage1_factor(m).inverse_block_sums(0)[0],
+                                   blocked.stage1_factor(m0).inverse_block_sums(0)[0],
+                                   rtol=1e-12)
+
+
+def test_first_stage_scalar_path_leaves_a_singular_system_to_the_blocked_one(cbpp):
+    from mlmext import laplace as lp
+    from mlmext.laplace.scalar import _pirls_scalar_x
+    mod = mf.glmer(CBPP, cbpp)
+    dev = mod.deviance()
+    X = np.column_stack([mod.exog, mod.exog[:, 1]])       # a repeated column: X'WX singular
+    lams = mod.re_design.lambdas(np.array([0.5]))
+    assert _pirls_scalar_x(mod.re_design, mod.offset, dev.cond, lams, X) is None
+    m = lp.pirls(mod.re_design, dev.chol_x, mod.offset, dev.cond, np.array([0.5]), X=mod.exog,
+                 scalar_fast=True, tol=1e-10)
+    assert m.converged and "cov_beta" in m.extra
