@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import linalg
+from scipy.linalg import lapack
 
 from .linesearch import backtrack
 from .numdiff import fd_steps
@@ -125,11 +126,10 @@ def newton(fg, x, bounds, hess_fn, tol, maxit=20, fgx=None):
         Hf = H[np.ix_(free, free)]
         indefinite = False
         try:
-            c = linalg.cho_factor(Hf)
-            step[free] = -linalg.cho_solve(c, g[free])
+            step[free] = -_cho_solve(Hf, g[free])
         except (linalg.LinAlgError, ValueError):
             w, V = np.linalg.eigh(Hf)
-            indefinite = bool(w[0] < 0)
+            indefinite = bool(w.size and w[0] < 0)
             w = np.maximum(np.abs(w), 1e-8 * max(1.0, np.abs(w).max()))
             step[free] = -(V @ ((V.T @ g[free]) / w))
         dec = float(-g @ step)
@@ -162,6 +162,24 @@ def newton(fg, x, bounds, hess_fn, tol, maxit=20, fgx=None):
     info["nfev"] = nfev
     info["decrement"] = dec
     return x, f, g, H, info
+
+
+def _cho_solve(A, b):
+    """``A^-1 b`` by Cholesky: LAPACK's potrf / potrs, as ``scipy.linalg.cho_factor`` and
+    ``cho_solve`` call them (the same numbers) without their wrappers' checks, which cost more
+    than the factorization of a 5 x 5 Hessian.  ``LinAlgError`` where ``A`` is not positive
+    definite, ``ValueError`` where it is not finite."""
+    if not A.size:
+        return np.zeros(0)
+    if not np.all(np.isfinite(A)):
+        raise ValueError("the Hessian is not finite")
+    c, info = lapack.dpotrf(A, lower=0, clean=0)
+    if info != 0:
+        raise linalg.LinAlgError(f"{info}-th leading minor not positive definite")
+    x, info = lapack.dpotrs(c, b, lower=0)
+    if info != 0:
+        raise ValueError(f"potrs: illegal value in argument {-info}")
+    return x
 
 
 def _extend(fg, x, step, fn, xn, gn, lo, hi, factor=4.0, most=10):
