@@ -158,6 +158,8 @@ def _pirls_scalar_x(design, eta_fixed, cond, lams, X, u0=None, beta0=None, tol=1
     lz = lam if zx is None else lam * zx
     X = np.asarray(X, dtype=float)
     p = X.shape[1]
+    if not p:
+        return None
     fused = cond.loglik_derivs
 
     def sums(v):                               # S_g(v z)
@@ -197,12 +199,12 @@ def _pirls_scalar_x(design, eta_fixed, cond, lams, X, u0=None, beta0=None, tol=1
         gu = lam * sums(d1) - u
         gb = X.T @ d1
         K = X.T @ (w[:, None] * X) - (lam * lam) * (B.T @ (B / M[:, None]))
-        try:
-            # (numpy's: scipy's cho_factor / cho_solve cost 10x more on a p x p system)
-            L = np.linalg.cholesky(K)
-        except np.linalg.LinAlgError:
+        # LAPACK's Cholesky directly: the wrappers of scipy's cho_factor / cho_solve and of
+        # numpy's cholesky / solve cost several times more than a p x p factorization
+        L, info = linalg.lapack.dpotrf(K, lower=1, clean=1)
+        if info != 0 or not np.all(np.isfinite(L)):
             return None
-        db = np.linalg.solve(K, gb - lam * (B.T @ (gu / M)))
+        db = linalg.lapack.dpotrs(L, gb - lam * (B.T @ (gu / M)), lower=1)[0]
         du = (gu - lam * (B @ db)) / M
         dec = float(du @ gu + db @ gb)
         if not math.isfinite(dec):
@@ -229,8 +231,8 @@ def _pirls_scalar_x(design, eta_fixed, cond, lams, X, u0=None, beta0=None, tol=1
     if M is not None:
         extra["factor"] = ScalarFactor.from_diagonal(blk, lams, M)
         logdet = extra["factor"].logdet_zz
-        Li = linalg.solve_triangular(L, np.eye(p), lower=True, check_finite=False)
-        extra["cov_beta"] = Li.T @ Li
+        cov = linalg.lapack.dpotri(L, lower=1)[0]          # K^-1 in the lower triangle
+        extra["cov_beta"] = np.tril(cov) + np.tril(cov, -1).T
     return Modes(u=u, eta=eta, beta=beta, loglik_cond=ll, sqr_u=float(u @ u), logdet=logdet,
                  converged=converged, niter=it, nhalf=nhalf_total, message=message, decrement=dec,
                  extra=extra, d1=d1, w=w)
