@@ -55,8 +55,12 @@ class LaplaceDeviance:
         self.warm_start = None
         self._last = None
         #: extra keyword arguments of :func:`mlmext.laplace.pirls` for the modes (e.g. the
-        #: scalar fast path, which takes negative observed information)
-        self.pirls_options = {}
+        #: scalar fast path, which takes negative observed information).  One scalar term with
+        #: a canonical link (``w`` the observed information, so both paths take Newton steps):
+        #: the diagonal path, a third less time per evaluation than the blocked factor's
+        #: Python overhead on small data (lme4's cbpp: 56 rows, 15 herds)
+        self.pirls_options = ({"scalar_fast": True} if getattr(self.cond, "canonical", False)
+                              and lp.is_scalar_design(self.design) else {})
 
     @property
     def chol_u(self):
@@ -203,13 +207,25 @@ class LaplaceDeviance:
     def stage1(self, theta, beta, u=None):
         """lme4's nAGQ = 0 objective at theta: beta inside PIRLS. Returns (deviance, modes)."""
         des, m = self.design, self.model
+        fast = self.pirls_options.get("scalar_fast", False)
         modes = lp.pirls(des, self.chol_x, m.offset, self.cond, theta, u0=u, X=m.exog,
-                         beta0=beta, tol=1e-10)
+                         beta0=beta, tol=1e-10, scalar_fast=fast)
         if not modes.converged and (u is not None):
             modes = lp.pirls(des, self.chol_x, m.offset, self.cond, theta, X=m.exog,
-                             beta0=None, tol=1e-10)
+                             beta0=None, tol=1e-10, scalar_fast=fast)
         value = -2.0 * modes.laplace if modes.converged else np.inf
         return value, modes
+
+    def stage1_factor(self, modes):
+        """The first stage's factor at its ``modes``: the diagonal one PIRLS's scalar path
+        attached (without cross-products), else :attr:`chol_x`."""
+        fac = modes.extra.get("factor")
+        return self.chol_x if fac is None else fac
+
+    def stage1_cov_beta(self, modes):
+        """``(X' V^-1 X)^-1`` of the first stage at its ``modes`` (the scale of beta)."""
+        cov = modes.extra.get("cov_beta")
+        return self.chol_x.cov_beta_unscaled() if cov is None else cov
 
     # -- quantities at the estimates
     def condvar(self, theta, beta, extra, u):

@@ -85,7 +85,7 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
             tried.append(("stage 1 (theta; beta in PIRLS): EM steps", True, nem))
         beta0 = m1.beta
     # scale for beta: Cholesky factor of the stage-1 (X' V^-1 X)^-1
-    cov0 = dev.chol_x.cov_beta_unscaled() if (m1.converged and p) else np.eye(p)
+    cov0 = dev.stage1_cov_beta(m1) if (m1.converged and p) else np.eye(p)
     try:
         R = np.linalg.cholesky(cov0) if p else np.zeros((0, 0))
     except np.linalg.LinAlgError:
@@ -190,7 +190,7 @@ def _em_start(dev, theta, m1, nsteps):
         # the modes' rows are not read here: not held through the next PIRLS (24 MB at 1M
         # rows, at the first stage's peak of memory)
         m1.eta = m1.d1 = m1.w = None
-        ch = dev.chol_x
+        ch = dev.stage1_factor(m1)
         try:
             S = ch.inverse_block_sums(0)           # (the factor is spent: stage1 factors again)
         except np.linalg.LinAlgError:

@@ -44,16 +44,12 @@ def reject_weights(model):
                                   "not implemented; fit without weights=")
 
 
-def _scalar_design(design):
-    return len(design.blocks) == 1 and design.blocks[0].q == 1
-
-
 class PhiDeviance(LaplaceDeviance):
     """:class:`LaplaceDeviance` with glmmTMB's observed information (see the module)."""
 
     def __init__(self, model):
         super().__init__(model)
-        self.scalar = _scalar_design(self.design)
+        self.scalar = lp.is_scalar_design(self.design)
         # the one-scalar-term PIRLS takes single negative weights (its factor is diagonal)
         self.pirls_options = {"scalar_fast": True} if self.scalar else {}
         #: other designs: the dense system once a negative weight was met (see modes())

@@ -60,6 +60,7 @@ from .dense import MAX_DENSE_RE
 from .gradient import laplace_gradient
 from .pirls import factor_at, laplace_loglik, pirls, predict_modes
 from .protocol import ConditionalModel, Modes, PIRLSError
+from .scalar import _is_scalar_design as is_scalar_design
 from .rows import MemoryRows
 from .summed import RowChunk, SummedRows, add_sums, chunk_sums
 from .separation import separation_direction
@@ -70,4 +71,4 @@ __all__ = ["ConditionalModel", "Modes", "PIRLSError", "ScalarFactor", "make_chol
            "random_effects_linear", "random_effects_transpose", "predict_modes", "check_nagq",
            "check_positive", "check_agq",
            "check_agq_grid", "MAX_NAGQ", "MAX_AGQ_GRID", "MAX_DENSE_RE", "separation_direction", "factor_at",
-           "MemoryRows", "SummedRows", "RowChunk", "chunk_sums", "add_sums"]
+           "MemoryRows", "SummedRows", "RowChunk", "chunk_sums", "add_sums", "is_scalar_design"]

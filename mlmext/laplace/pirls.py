@@ -5,7 +5,7 @@ import numpy as np
 
 from .dense import _pirls_dense
 from .protocol import Modes
-from .scalar import _is_scalar_design, _pirls_scalar
+from .scalar import _is_scalar_design, _pirls_scalar, _pirls_scalar_x
 from .rows import MemoryRows
 from .steps import _at_rounding_floor, _final_message, _halving_failed, _halving_step
 from .zops import _zops
@@ -63,8 +63,11 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
         is then not touched; the returned modes carry the diagonal factor as
         ``modes.extra["factor"]`` (a :class:`ScalarFactor`), which
         :func:`agq_loglik`, :func:`laplace_gradient` and
-        :func:`predict_modes` use in place of ``chol``.  Ignored for other
-        designs.
+        :func:`predict_modes` use in place of ``chol``.  With ``X`` and a
+        canonical link (lme4's first stage): joint Newton steps from per-level
+        sums (:func:`_pirls_scalar_x`), ``chol`` not touched either; the
+        modes carry the diagonal factor and ``extra["cov_beta"]`` (the
+        fixed-effects block of the inverse).  Ignored for other designs.
     dense : bool
         Without ``X``, and unless the scalar fast path is taken: Newton steps with the dense
         system ``M = Lambda' Z' W Z Lambda + I`` (:mod:`.dense`), which takes weights ``w``
@@ -83,6 +86,15 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
     if rows is None and scalar_fast and X is None and _is_scalar_design(design):
         return _pirls_scalar(design, eta_fixed, cond, lams, u0=u0, tol=tol, maxiter=maxiter,
                              maxhalf=maxhalf)
+    if (rows is None and scalar_fast and X is not None and _is_scalar_design(design)
+            and getattr(cond, "canonical", False) and not getattr(cond, "k_extra", 0)
+            and hasattr(cond, "loglik_derivs")):
+        # beta inside PIRLS by per-level sums; None: a Schur complement that is not positive
+        # definite, left to the blocked path below (its solve in the span, its messages)
+        modes = _pirls_scalar_x(design, eta_fixed, cond, lams, X, u0=u0, beta0=beta0,
+                                tol=tol, maxiter=maxiter, maxhalf=maxhalf)
+        if modes is not None:
+            return modes
     if rows is None and dense and X is None:
         return _pirls_dense(design, eta_fixed, cond, lams, u0=u0, tol=tol, maxiter=maxiter,
                             maxhalf=maxhalf)

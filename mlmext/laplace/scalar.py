@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from scipy import linalg
+
 from ..linalg import ScalarFactor
 from .protocol import Modes
 from .steps import _at_rounding_floor, _final_message, _halving_failed, _halving_step
@@ -129,5 +131,108 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
         extra["factor"] = fac
         logdet = fac.logdet_zz
     return Modes(u=u, eta=eta, beta=None, loglik_cond=ll, sqr_u=float(u @ u), logdet=logdet,
+                 converged=converged, niter=it, nhalf=nhalf_total, message=message, decrement=dec,
+                 extra=extra, d1=d1, w=w)
+
+
+@np.errstate(all="ignore")
+def _pirls_scalar_x(design, eta_fixed, cond, lams, X, u0=None, beta0=None, tol=1e-12,
+                    maxiter=100, maxhalf=30):
+    """:func:`pirls` with ``X`` (beta inside PIRLS, lme4's first stage) for one scalar term and a
+    canonical link: Newton steps on ``(u, beta)`` from per-level sums.
+
+    The Hessian of the penalized log-likelihood is ``[[M, lambda B], [lambda B', X'WX]]`` with
+    ``M`` diagonal and ``B_gj = S_g(w z x_j)``, so a step is a ``p``-order Schur complement
+    ``K`` and a division.  Same iteration, halving, convergence test (the step's quadratic
+    form) and return value as the blocked path, which leaves its factor at the modes in
+    ``chol``; here ``modes.extra`` holds what the first stage's callers read from it: the
+    diagonal ``"factor"`` (:func:`factor_at`) and ``"cov_beta"`` (``K^-1``, the blocked
+    factor's ``cov_beta_unscaled``).  None where ``K`` is not positive definite (the blocked
+    path handles those cases: its solve in the span, its messages).
+    """
+    blk = design.blocks[0]
+    codes, m = blk.codes, blk.m
+    ops = _zops(design)
+    zx = None if ops.all_ones[0] else ops.x0[0]
+    lam = float(lams[0][0, 0])
+    lz = lam if zx is None else lam * zx
+    X = np.asarray(X, dtype=float)
+    p = X.shape[1]
+    if not p:
+        return None
+    fused = cond.loglik_derivs
+
+    def sums(v):                               # S_g(v z)
+        return np.bincount(codes, weights=v if zx is None else v * zx, minlength=m)
+
+    def evaluate(eta):
+        lo, d1, w = fused(eta)
+        return float(lo.sum()), d1, w
+
+    u = np.zeros(m) if u0 is None else np.array(u0, dtype=float)
+    beta = np.zeros(p) if beta0 is None else np.array(beta0, dtype=float)
+    eta = eta_fixed + X @ beta + lz * u[codes]
+    ll, d1, w = evaluate(eta)
+    obj = ll - 0.5 * float(u @ u)
+    restarted = False
+    if not math.isfinite(obj) and (u0 is not None or beta0 is not None):
+        u, beta = np.zeros(m), np.zeros(p)
+        eta = eta_fixed.copy()
+        ll, d1, w = evaluate(eta)
+        obj = ll
+        restarted = True
+    converged, message, dec, dec_prev, nhalf_total, M, L, it = \
+        False, "", np.nan, np.inf, 0, None, None, 0
+    maxiter_run = maxiter if math.isfinite(obj) else 0
+    if not maxiter_run:
+        message = ("the log-likelihood is not finite at the starting values (before the "
+                   "first iteration)")
+    for it in range(1, maxiter_run + 1):
+        if not math.isfinite(float(d1.sum()) + float(w.sum())) or w.min() < 0:
+            message = (f"non-finite or negative working weights at PIRLS iteration {it} "
+                       f"(max |eta| = {np.max(np.abs(eta)):.3g})")
+            break
+        wz = w if zx is None else w * zx
+        M = 1.0 + (lam * lam) * sums(wz)
+        B = np.column_stack([np.bincount(codes, weights=wz * X[:, j], minlength=m)
+                             for j in range(p)])
+        gu = lam * sums(d1) - u
+        gb = X.T @ d1
+        K = X.T @ (w[:, None] * X) - (lam * lam) * (B.T @ (B / M[:, None]))
+        # LAPACK's Cholesky directly: the wrappers of scipy's cho_factor / cho_solve and of
+        # numpy's cholesky / solve cost several times more than a p x p factorization
+        L, info = linalg.lapack.dpotrf(K, lower=1, clean=1)
+        if info != 0 or not np.all(np.isfinite(L)):
+            return None
+        db = linalg.lapack.dpotrs(L, gb - lam * (B.T @ (gu / M)), lower=1)[0]
+        du = (gu - lam * (B @ db)) / M
+        dec = float(du @ gu + db @ gb)
+        if not math.isfinite(dec):
+            message = f"non-finite PIRLS step at iteration {it}"
+            break
+        if dec < tol or _at_rounding_floor(dec, dec_prev, obj, getattr(cond, "loglik_scale", 0.0)):
+            converged = True
+            break
+        dec_prev = dec
+        dlin = lz * du[codes] + X @ db
+        t, u_t, eta_t, ll_t, obj_t, d1_t, w_t, nh = _halving_step(
+            evaluate, lambda t: u + t * du, lambda t: eta + t * dlin, obj, maxhalf)
+        nhalf_total += nh
+        if t is None:
+            converged, message = _halving_failed(dec, obj, it, maxhalf)
+            break
+        u, eta, ll, obj, d1, w = u_t, eta_t, ll_t, obj_t, d1_t, w_t
+        beta = beta + t * db
+    else:
+        if maxiter_run:
+            message = f"PIRLS did not converge in {maxiter} iterations (last decrement {dec:.3g})"
+    message = _final_message(message, converged, restarted)
+    extra, logdet = {}, np.nan
+    if M is not None:
+        extra["factor"] = ScalarFactor.from_diagonal(blk, lams, M)
+        logdet = extra["factor"].logdet_zz
+        cov = linalg.lapack.dpotri(L, lower=1)[0]          # K^-1 in the lower triangle
+        extra["cov_beta"] = np.tril(cov) + np.tril(cov, -1).T
+    return Modes(u=u, eta=eta, beta=beta, loglik_cond=ll, sqr_u=float(u @ u), logdet=logdet,
                  converged=converged, niter=it, nhalf=nhalf_total, message=message, decrement=dec,
                  extra=extra, d1=d1, w=w)
