@@ -49,7 +49,7 @@ def _frame(group_kind, nan=False):
 
 def _no_stored_arrays(monkeypatch):
     """Every column read through its Series (pandas' public path)."""
-    monkeypatch.setattr(columns_mod, "_stored_array", lambda data, name: None)
+    monkeypatch.setattr(columns_mod, "_stored_array", lambda data, name, n: None)
 
 
 def _eager(monkeypatch):
@@ -79,7 +79,7 @@ def test_column_arrays_are_the_series_arrays(kind):
 def test_column_arrays_repeated_label_through_series():
     df = pd.DataFrame(np.arange(6.0).reshape(3, 2), columns=["a", "a"])
     df["b"] = [1.0, 2.0, 3.0]
-    assert columns_mod._stored_array(df, "a") is None          # two columns: not one array
+    assert columns_mod._stored_array(df, "a", 3) is None          # two columns: not one array
     np.testing.assert_array_equal(FrameColumns(df).array("b"), [1.0, 2.0, 3.0])
 
 

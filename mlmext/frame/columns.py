@@ -17,11 +17,12 @@ def _positions(index):
     return {k: v for k, v in pos.items() if v >= 0}
 
 
-def _stored_array(data, name):
+def _stored_array(data, name, n):
     """The values of column ``name`` as the frame stores them (what ``data[name].array`` holds;
     a NumPy column as the read-only array ``data[name].to_numpy()`` gives), read without making
     a Series, or None.  pandas' ``_get_column_array`` is private: anything unexpected (no such
-    method, a repeated label, a wrong length) gives None and the caller reads the Series."""
+    method, a repeated label, a length other than the frame's ``n`` rows) gives None and the
+    caller reads the Series."""
     get = getattr(data, "_get_column_array", None)
     if get is None or not isinstance(data, pd.DataFrame):
         return None
@@ -31,12 +32,12 @@ def _stored_array(data, name):
     except Exception:  # noqa: BLE001 - a pandas without it: the public path
         return None
     if isinstance(a, np.ndarray):
-        if a.ndim != 1 or a.shape[0] != data.shape[0]:
+        if a.ndim != 1 or a.shape[0] != n:
             return None
         a = a.view()
         a.flags.writeable = False        # (as Series.to_numpy() under copy-on-write)
         return a
-    if isinstance(a, pd.api.extensions.ExtensionArray) and len(a) == data.shape[0]:
+    if isinstance(a, pd.api.extensions.ExtensionArray) and len(a) == n:
         return a
     return None
 
@@ -49,12 +50,13 @@ class FrameColumns:
     costs ~150 us (pandas' code and objects come back from memory).  Lives as long as the
     build (the frame is not changed during it)."""
 
-    __slots__ = ("data", "series", "arrays")
+    __slots__ = ("data", "series", "arrays", "nrows")
 
     def __init__(self, data, series=None):
         self.data = data
         self.series = {} if series is None else series
         self.arrays = {}
+        self.nrows = None
 
     def __getitem__(self, name):
         s = self.series.get(name)
@@ -68,7 +70,9 @@ class FrameColumns:
         a = self.arrays.get(name)
         if a is None:
             s = self.series.get(name)
-            a = _stored_array(self.data, name) if s is None else None
+            if s is None and self.nrows is None:
+                self.nrows = len(self.data)
+            a = _stored_array(self.data, name, self.nrows) if s is None else None
             if a is None:
                 s = self[name]
                 a = s.to_numpy() if isinstance(s.dtype, np.dtype) else s.array

@@ -206,6 +206,13 @@ class Plan:
         self.env_free = True      # nothing but the columns decided it (no name of the namespace)
         self.source = self.codes = None
 
+    def copy(self):
+        """A shallow copy (``copy.copy``'s, without its reduce protocol: ~25 us less after a
+        garbage collection, when that code is out of the CPU caches)."""
+        new = Plan.__new__(Plan)
+        new.__dict__.update(self.__dict__)
+        return new
+
     def _add(self, termlist):
         self.termlists.append(termlist)
         return len(self.termlists) - 1
