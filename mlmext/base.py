@@ -436,12 +436,27 @@ def _all_independent(A, tol):
     return bool((r * r - err > 4 * tol * tol).all())
 
 
+def _two_clearly_independent(A, tol):
+    """Whether the two columns of ``A`` are so far from collinear (squared sine of their angle
+    above 1e-6, norms far from under- and overflow) that :func:`_all_independent` certainly
+    keeps both (its test is at ``4 tol**2`` <= 4e-14, its rounding bound below 2e-14): three
+    dot products decide, without the LAPACK calls, whose code is out of the CPU caches after
+    a garbage collection."""
+    a, b = A[:, 0], A[:, 1]
+    gaa, gbb, gab = float(a.dot(a)), float(b.dot(b)), float(a.dot(b))
+    if not (1e-200 < gaa < 1e200 and 1e-200 < gbb < 1e200 and abs(gab) < 1e200) or tol > 1e-7:
+        return False
+    return 1.0 - (gab / gaa) * (gab / gbb) > 1e-6
+
+
 def _columns_kept(A, tol=1e-7):
     """The columns of the design ``A`` that :func:`drop_rank_deficient` keeps, None for all."""
     if A.shape[1] == 0:
         return None
     if not np.all(np.isfinite(A)):
         raise ValueError("the fixed-effects design has non-finite values")
+    if A.shape[1] == 2 and _two_clearly_independent(A, tol):
+        return None
     if _all_independent(A, tol):
         return None
     keep = _kept_in_order(_r_factor(A), tol)

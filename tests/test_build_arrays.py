@@ -172,3 +172,25 @@ def test_rank_deficient_design_still_warns_and_drops():
     assert m.exog_names == ["Intercept", "Days"]
     assert any("rank deficient" in str(x.message) for x in w)
     assert m.data.orig_exog.shape == (N, 2)
+
+
+def test_two_column_shortcut_agrees_with_the_certificate():
+    """Two columns clearly apart are kept without LAPACK; whenever the shortcut says so the
+    Cholesky certificate says so too, and near-collinear pairs go to it."""
+    from mlmext.base import _all_independent, _columns_kept, _two_clearly_independent
+    rng = np.random.default_rng(5)
+    taken = 0
+    for n in (3, 180, 5000):
+        for eps in (1.0, 1e-2, 1e-3, 1e-4, 1e-6, 1e-9, 0.0):
+            x = rng.normal(size=n)
+            A = np.asfortranarray(np.column_stack([x, 3.0 * x + eps * rng.normal(size=n)]))
+            short = _two_clearly_independent(A, 1e-7)
+            taken += short
+            if short:
+                assert _all_independent(A, 1e-7)
+            assert short is (eps >= 1e-2)          # sine^2 ~ eps^2 / 10 against 1e-6
+    assert taken == 6
+    ones = np.column_stack([np.ones(4), [0.0, 1.0, 2.0, 3.0]])
+    assert _two_clearly_independent(ones, 1e-7) and _columns_kept(ones) is None
+    assert not _two_clearly_independent(np.column_stack([np.full(4, 1e-160), np.ones(4)]), 1e-7)
+    assert _columns_kept(np.column_stack([np.ones(4), np.full(4, 2.0)])) == [0]
