@@ -71,13 +71,12 @@ def _read_only(a):
 
 
 def formula_arrays(y, y_name, X, x_names):
-    """A :class:`FormulaResponse` and a :class:`FormulaDesign` holding the arrays that
-    ``pd.Series(y, name=y_name).to_numpy()`` and ``pd.DataFrame(X, columns=x_names)
-    .to_numpy(dtype=float)`` give where :data:`LAZY_FRAMES` (read-only copies, the design's
-    Fortran-ordered): the model then reads the same arrays, and the pandas objects made
-    from them on first use hold them."""
-    return (FormulaResponse(_read_only(np.array(y)), y_name),
-            FormulaDesign(_read_only(np.array(X, dtype=float, order="F")), list(x_names)))
+    """A :class:`FormulaResponse` and a :class:`FormulaDesign` holding the copies that
+    ``pd.Series(y, name=y_name)`` and ``pd.DataFrame(X, columns=x_names)`` hold where
+    :data:`LAZY_FRAMES` (the design's Fortran-ordered): the model reads read-only views of
+    them, as ``to_numpy()`` gives, and the pandas objects made on first use own them."""
+    return (FormulaResponse(np.array(y), y_name),
+            FormulaDesign(np.array(X, dtype=float, order="F"), list(x_names)))
 
 
 def design_columns(data):
@@ -164,7 +163,7 @@ def _formula_data(endog, exog):
     :func:`formula_arrays`), the pandas objects left to :class:`FormulaData`."""
     data = FormulaData.__new__(FormulaData)
     data._formula_sources = (endog, exog)
-    y, X = endog.values, exog.values
+    y, X = _read_only(endog.values.view()), _read_only(exog.values.view())
     data.endog, data.exog = y, X
     data.const_idx = None
     data.k_constant = 0

@@ -194,3 +194,19 @@ def test_two_column_shortcut_agrees_with_the_certificate():
     assert _two_clearly_independent(ones, 1e-7) and _columns_kept(ones) is None
     assert not _two_clearly_independent(np.column_stack([np.full(4, 1e-160), np.ones(4)]), 1e-7)
     assert _columns_kept(np.column_stack([np.ones(4), np.full(4, 2.0)])) == [0]
+
+
+@pytest.mark.skipif(not model_data.LAZY_FRAMES, reason="this pandas shares arrays with frames")
+def test_lazy_frames_own_their_arrays_as_eager_ones(monkeypatch):
+    """As with the eager frames, the model's arrays are read-only views of the frames' own
+    (writable) arrays."""
+    df = _frame("categorical")
+    f = "Reaction ~ Days + (1 | Subject)"
+    lazy = mf.lmer(f, df)
+    _eager(monkeypatch)
+    eager = mf.lmer(f, df)
+    for m in (lazy, eager):
+        X, y = m.data.orig_exog, m.data.orig_endog
+        X.iloc[0, 1] = 99.0
+        y.iloc[0] = 1.0
+        assert m.exog[0, 1] == 99.0 and m.endog[0] == 1.0
