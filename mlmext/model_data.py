@@ -16,8 +16,7 @@ from statsmodels.base.data import PandasData
 
 from .immutable_cache import column_labels, names_index
 
-__all__ = ["frame_data", "formula_arrays", "design_columns", "FormulaResponse", "FormulaDesign",
-           "LAZY_FRAMES"]
+__all__ = ["frame_data", "formula_arrays", "FormulaResponse", "FormulaDesign", "LAZY_FRAMES"]
 
 
 class FormulaResponse:
@@ -77,15 +76,6 @@ def formula_arrays(y, y_name, X, x_names):
     them, as ``to_numpy()`` gives, and the pandas objects made on first use own them."""
     return (FormulaResponse(np.array(y), y_name),
             FormulaDesign(np.array(X, dtype=float, order="F"), list(x_names)))
-
-
-def design_columns(data):
-    """The columns Index of a model data object's ``orig_exog`` (None if it has none), without
-    making a :class:`FormulaData`'s frame for it."""
-    src = getattr(data, "__dict__", {}).get("_formula_sources")
-    if src is not None and "orig_exog" not in data.__dict__:
-        return names_index(src[1].names)
-    return getattr(getattr(data, "orig_exog", None), "columns", None)
 
 
 class FormulaData(PandasData):

