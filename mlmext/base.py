@@ -27,7 +27,7 @@ from ._frames import as_dataframe
 from .design import constant_rows, match_levels
 from .frame import FixedParts, build_model_frame, display_name, evaluate, formula_manager, names_in
 from .laplace import make_chol
-from .model_data import frame_data
+from .model_data import LAZY_FRAMES, formula_arrays, frame_data
 
 __all__ = ["MixedModel", "cbind", "drop_rank_deficient"]
 
@@ -172,8 +172,16 @@ class MixedModel(LikelihoodModel):
         info = frame.info
         # the base hook reads a one-column response as the Series itself (no frame made)
         base_hook = cls._prepare_endog_exog.__func__ is MixedModel._prepare_endog_exog.__func__
-        y = frame.y_column if base_hook and frame.y_column is not None else frame.y
-        y, X = cls._prepare_endog_exog(y, frame.X, info["data"], info)
+        y = X = None
+        if base_hook and LAZY_FRAMES and frame.y_values is not None and len(frame.y_values) >= 2:
+            # the base hook's work on the arrays: the Series and DataFrame it would hand the
+            # model are made when first read (model_data.FormulaData)
+            y, X = formula_arrays(frame.y_values, frame.y_name, frame.x_values, frame.x_names)
+            if _columns_kept(X.values) is not None:
+                y = X = None                # columns to drop (and a warning): the frames' way
+        if y is None:
+            y = frame.y_column if base_hook and frame.y_column is not None else frame.y
+            y, X = cls._prepare_endog_exog(y, frame.X, info["data"], info)
         mod = cls(y, X, frame.design, weights=frame.weights, offset=frame.offset,
                   formula_info=info, **kwargs)
         mod.formula = formula
@@ -428,6 +436,33 @@ def _all_independent(A, tol):
     return bool((r * r - err > 4 * tol * tol).all())
 
 
+def _two_clearly_independent(A, tol):
+    """Whether the two columns of ``A`` are so far from collinear (squared sine of their angle
+    above 1e-6, norms far from under- and overflow) that :func:`_all_independent` certainly
+    keeps both (its test is at ``4 tol**2`` <= 4e-14, its rounding bound below 2e-14): three
+    dot products decide, without the LAPACK calls, whose code is out of the CPU caches after
+    a garbage collection."""
+    a, b = A[:, 0], A[:, 1]
+    gaa, gbb, gab = float(a.dot(a)), float(b.dot(b)), float(a.dot(b))
+    if not (1e-200 < gaa < 1e200 and 1e-200 < gbb < 1e200 and abs(gab) < 1e200) or tol > 1e-7:
+        return False
+    return 1.0 - (gab / gaa) * (gab / gbb) > 1e-6
+
+
+def _columns_kept(A, tol=1e-7):
+    """The columns of the design ``A`` that :func:`drop_rank_deficient` keeps, None for all."""
+    if A.shape[1] == 0:
+        return None
+    if not np.all(np.isfinite(A)):
+        raise ValueError("the fixed-effects design has non-finite values")
+    if A.shape[1] == 2 and _two_clearly_independent(A, tol):
+        return None
+    if _all_independent(A, tol):
+        return None
+    keep = _kept_in_order(_r_factor(A), tol)
+    return None if len(keep) == A.shape[1] else keep
+
+
 def drop_rank_deficient(X, tol=1e-7):
     """Drop columns of a rank-deficient fixed-effects design, warning as lme4 does.
 
@@ -440,14 +475,8 @@ def drop_rank_deficient(X, tol=1e-7):
     decomposition of the design, whose columns have the design's inner products.
     """
     A = X.to_numpy(dtype=float)
-    if A.shape[1] == 0:
-        return X
-    if not np.all(np.isfinite(A)):
-        raise ValueError("the fixed-effects design has non-finite values")
-    if _all_independent(A, tol):
-        return X
-    keep = _kept_in_order(_r_factor(A), tol)
-    if len(keep) == A.shape[1]:
+    keep = _columns_kept(A, tol)
+    if keep is None:
         return X
     dropped = [X.columns[j] for j in range(A.shape[1]) if j not in keep]
     warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "

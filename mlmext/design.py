@@ -146,7 +146,8 @@ def _factor_codes(values, name):
     order."""
     if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
         # the categories in their order, unused ones dropped (R's drop.unused.levels)
-        cat = values.array if isinstance(values, pd.Series) else pd.Categorical(values)
+        cat = values.array if isinstance(values, pd.Series) else \
+            values if isinstance(values, pd.Categorical) else pd.Categorical(values)
         codes = np.asarray(cat.codes, dtype=np.int64)
         cats = cat.categories
         used = np.bincount(codes[codes >= 0], minlength=len(cats)) > 0
@@ -176,7 +177,8 @@ def _factor_codes(values, name):
 def grouping_factor(data, factors):
     """Codes and labels of the interaction of ``factors`` (R's ``a:b``, unused levels dropped).
 
-    The first factor varies slowest, as in R, and labels read ``"a1:b1"``.
+    The first factor varies slowest, as in R, and labels read ``"a1:b1"``.  ``data``: a
+    DataFrame, or a callable giving a column's values (a Series or an array) by name.
 
     Returns
     -------
@@ -190,11 +192,12 @@ def grouping_factor(data, factors):
     kinds : tuple of str
         Per factor, the kind of its values ("number", "string", ...).
     """
-    codes, keys0, kind, labels = _factor_codes(data[factors[0]], factors[0])
+    get = data if callable(data) else data.__getitem__
+    codes, keys0, kind, labels = _factor_codes(get(factors[0]), factors[0])
     keys = [(k,) for k in keys0]
     kinds = [kind]
     for f in factors[1:]:
-        c2, k2, kind2, labels2 = _factor_codes(data[f], f)
+        c2, k2, kind2, labels2 = _factor_codes(get(f), f)
         kinds.append(kind2)
         combined = codes * len(k2) + c2
         uniq, codes = np.unique(combined, return_inverse=True)

@@ -89,3 +89,23 @@ def test_taken_only_for_bare_numeric_columns(sleep, monkeypatch):
         m = _build(f, sleep, True)
         assert (bool(calls) and calls[0]) is taken, f       # (pandas mode: not asked)
         _same(m, _build(f, sleep, False))
+
+
+def test_recipe_kept_per_design_infos(sleep, monkeypatch):
+    """The layout read off patsy's design infos is kept per (infos, plan) pair and gives the
+    same matrices on new data of the same kinds, NaN rows dropped as patsy drops them."""
+    made = []
+    orig = numeric_build._make_recipe
+    monkeypatch.setattr(numeric_build, "_make_recipe", lambda *a: made.append(1) or orig(*a))
+    numeric_build._recipes.clear()
+    f = "Reaction ~ Days * z + (Days | Subject)"
+    a = mf.lmer(f, sleep)
+    other = sleep.assign(z=sleep["z"] * 2.0)
+    other.loc[[4, 9], "z"] = np.nan
+    b = mf.lmer(f, other)
+    assert len(made) == 1                                # the second build reused it
+    assert b.nrows_dropped == 2
+    assert a.exog_names == ["Intercept", "Days", "z", "Days:z"]
+    np.testing.assert_array_equal(b.exog[:, 3], (other["Days"] * other["z"]).dropna())
+    _same(b, _build(f, other, False))
+    numeric_build._recipes.clear()

@@ -79,6 +79,11 @@ class ModelFrame:
     y_column : pandas.Series or None
         A one-column response as a Series (the column of ``y``, whose frame is then made
         on first use: the usual model reads only this), else None.
+    y_values, y_name : ndarray and str, or None
+        That response's values and name (the Series is made on first use).
+    x_values, x_names : ndarray and list
+        The fixed design's values and column names (``X`` is made on first use: a model
+        built from these arrays may never need it).
     design : RandomEffectsDesign
     weights, offset : ndarray or None
     info : dict
@@ -88,18 +93,32 @@ class ModelFrame:
         ``engine``.
     """
 
-    def __init__(self, y, X, design, weights, offset, info=None, y_column=None):
-        if y is None and y_column is None:
-            raise ValueError("a model frame needs its response (y or y_column)")
-        self._y, self.y_column = y, y_column
-        self.X, self.design, self.weights, self.offset = X, design, weights, offset
+    def __init__(self, y, X, design, weights, offset, info=None, y_column=None, *,
+                 y_values=None, y_name=None, x_values=None, x_names=None):
+        if y is None and y_column is None and y_values is None:
+            raise ValueError("a model frame needs its response (y, y_column or y_values)")
+        self._y, self._y_column, self.y_values, self.y_name = y, y_column, y_values, y_name
+        self._X, self.x_values, self.x_names = X, x_values, x_names
+        self.design, self.weights, self.offset = design, weights, offset
         self.info = {} if info is None else info
 
     @property
     def y(self):
-        if self._y is None:
+        if self._y is None and self.y_column is not None:
             self._y = self.y_column.to_frame()
         return self._y
+
+    @property
+    def y_column(self):
+        if self._y_column is None and self.y_values is not None:
+            self._y_column = pd.Series(self.y_values, name=self.y_name)
+        return self._y_column
+
+    @property
+    def X(self):
+        if self._X is None:
+            self._X = pd.DataFrame(self.x_values, columns=names_index(self.x_names))
+        return self._X
 
 
 def _column_or_array(data, v, what):
@@ -313,7 +332,7 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     # nullable and Arrow-backed columns the model reads as NumPy-backed ones (as_dataframe's
     # conversions); the others are not read
     columns = FrameColumns(data)
-    data, used_dtypes = convert_columns(data, used, [columns[c].dtype for c in used], columns)
+    data, used_dtypes = convert_columns(data, used, [columns.dtype(c) for c in used], columns)
     if columns.data is not data:
         columns = FrameColumns(data)
     dtypes = dict(zip(used, used_dtypes))
@@ -363,7 +382,7 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         Z, znames, spec = pieces.lhs[bar.lhs]
         key = tuple(bar.factors)
         if key not in factors:
-            factors[key] = grouping_factor(sub_columns, list(bar.factors))
+            factors[key] = grouping_factor(sub_columns.array, list(bar.factors))
         codes, levels, keys, kinds = factors[key]
         t = ReTerm(bar.name, bar.factors, bar.lhs, Z, [display_name(c) for c in znames],
                    codes, levels, keys, kinds)
@@ -382,18 +401,18 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         if off_all is not None:
             off += off_all if kept is None else off_all[kept]
     w = None if w_all is None else (w_all.copy() if kept is None else w_all[kept])
-    y_df, y_column = pieces.y, None
+    y_df, y_values = pieces.y, None
     ycols = y_df.columns.tolist() if pieces.ycols is None else pieces.ycols
     ynames = [display_name(c) for c in ycols]
     if y_df is None and len(ynames) == 1:
-        # the engine's response column as a Series: its one-column frame, and the column read
-        # back from it, cost ~20 us more and the usual model reads only the Series
-        y_column = pd.Series(pieces.y_num[:, 0], name=ynames[0])
+        # the engine's response column, its Series made on first use (ModelFrame.y_column):
+        # its one-column frame, and the column read back from it, cost ~20 us more and the
+        # usual model reads only the array
+        y_values = pieces.y_num[:, 0]
     elif y_df is None:
         y_df = pd.DataFrame(pieces.y_num, columns=names_index(ynames))
     elif ynames != ycols:       # (setting a frame's columns costs ~50 us)
         y_df.columns = ynames
-    X_df = pd.DataFrame(pieces.X, columns=names_index([display_name(c) for c in pieces.xnames]))
     dropped = {k: v for k, v in (("missing values", n_missing), ("zero weights", n_zero)) if v}
     info = {
         "formula": formula,
@@ -411,5 +430,7 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         # how the matrices were made: "numpy" / "pandas" (the one-pass modes) or "generic"
         "frame_path": "generic" if plan is None else ("pandas" if plan.pandas else "numpy"),
     }
-    return ModelFrame(y=y_df, X=X_df, design=design, weights=w, offset=off, info=info,
-                      y_column=y_column)
+    return ModelFrame(y=y_df, X=None, design=design, weights=w, offset=off, info=info,
+                      y_values=y_values, y_name=None if y_values is None else ynames[0],
+                      x_values=pieces.X,
+                      x_names=[display_name(c) for c in pieces.xnames])

@@ -14,19 +14,25 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["numeric_matrices", "ENABLED"]
+__all__ = ["numeric_matrices", "ENABLED", "MAX_RECIPES"]
 
 #: tests turn it off to compare with patsy's own build
 ENABLED = True
 
 
-def _values(infos, store, bare):
-    """factor -> its values (1-D numeric arrays, from ``store``), or None when a factor is not a
-    bare numeric column patsy would read as one."""
-    values = {}
+#: recipes kept (see :func:`_recipe`)
+MAX_RECIPES = 64
+_recipes = {}
+
+
+def _make_recipe(infos, bare):
+    """``(factors, layouts)``: each factor with its column (every factor a bare numeric column
+    patsy reads as one, else None), and per matrix its number of columns and each column's
+    factors in the subterm's order (None when a subterm has other than one column)."""
+    factors = {}
     for info in infos:
         for factor, fi in info.factor_infos.items():
-            if factor in values:
+            if factor in factors:
                 continue
             code = getattr(factor, "code", None)
             state = fi.state or {}
@@ -34,11 +40,34 @@ def _values(infos, store, bare):
                     bare.get(code) != code or state.get("eval_code") != code or \
                     state.get("transforms"):
                 return None
-            v = store[code]
-            if not (isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "iuf"):
-                return None
-            values[factor] = v
-    return values
+            factors[factor] = code
+    layouts = []
+    for info in infos:
+        cols = []
+        for subterms in info.term_codings.values():
+            for sub in subterms:
+                if sub.num_columns != 1:
+                    return tuple(factors.items()), None
+                cols.append(tuple(sub.factors))
+        if len(cols) != len(info.column_names):
+            return tuple(factors.items()), None
+        layouts.append((len(cols), tuple(cols)))
+    return tuple(factors.items()), tuple(layouts)
+
+
+def _recipe(infos, bare):
+    """:func:`_make_recipe`, once per (infos, bare) pair of objects: both are the design cache's
+    and the plan cache's, never changed, and reading patsy's objects again costs ~30 us of a
+    build after a garbage collection (their memory is out of the CPU caches)."""
+    key = (id(infos), id(bare))
+    hit = _recipes.get(key)
+    if hit is not None and hit[0] is infos and hit[1] is bare:
+        return hit[2]
+    recipe = _make_recipe(infos, bare)
+    if len(_recipes) >= MAX_RECIPES:
+        _recipes.clear()
+    _recipes[key] = (infos, bare, recipe)         # (the objects kept: their ids stay theirs)
+    return recipe
 
 
 def numeric_matrices(infos, store, na, bare):
@@ -48,9 +77,16 @@ def numeric_matrices(infos, store, na, bare):
     with a NaN in some factor, as patsy's NA handling gives it."""
     if not ENABLED:
         return None
-    values = _values(infos, store, bare)
-    if not values:
+    recipe = _recipe(infos, bare)
+    if recipe is None or not recipe[0]:
         return None
+    factors, layouts = recipe
+    values = {}
+    for factor, code in factors:
+        v = store[code]
+        if not (isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "iuf"):
+            return None
+        values[factor] = v
     n = store.nrows
     if any(v.shape[0] != n for v in values.values()):
         return None
@@ -59,24 +95,19 @@ def numeric_matrices(infos, store, na, bare):
         if v.dtype.kind == "f":
             mask |= np.isnan(v)
     na.mask = mask
+    if layouts is None:
+        return None
     if mask.any():
         good = ~mask
         values = {f: v[good] for f, v in values.items()}
         n = int(np.count_nonzero(good))
     mats = []
-    for info in infos:
-        m = np.empty((n, len(info.column_names)))
-        j = 0
-        for subterms in info.term_codings.values():
-            for sub in subterms:
-                if sub.num_columns != 1:
-                    return None
-                col = m[:, j]
-                col[...] = 1
-                for f in sub.factors:
-                    col *= values[f]
-                j += 1
-        if j != m.shape[1]:
-            return None
+    for ncols, cols in layouts:
+        m = np.empty((n, ncols))
+        for j, fs in enumerate(cols):
+            col = m[:, j]
+            col[...] = 1
+            for f in fs:
+                col *= values[f]
         mats.append(m)
     return mats

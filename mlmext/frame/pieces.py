@@ -89,41 +89,41 @@ def drop_unused_categories(df, keep_cols=(), columns=None, series=None):
     Columns in ``keep_cols`` (the response) are left to the model, which warns about its
     unused categories (an ordinal response) or reads them (a binomial factor response).
     ``columns``: the only columns to look at (default: all); ``series``: where to read
-    ``df``'s columns from (a :class:`~.patsy_pass.FrameColumns` of ``df`` or of a frame
+    ``df``'s columns from (a :class:`~.columns.FrameColumns` of ``df`` or of a frame
     with the same columns and rows; default ``df`` itself).
     """
     changed = {}
-    get = df.__getitem__ if series is None else series.__getitem__
+    # (the columns' arrays: no Series made)
+    get = (lambda c: df[c].array) if series is None else series.array
     pairs = zip(df.columns, df.dtypes) if columns is None else ((c, get(c).dtype) for c in columns)
     for c, dt in pairs:
         if c in keep_cols or not isinstance(dt, pd.CategoricalDtype):
             continue
-        s = get(c)
-        codes = np.asarray(s.array.codes)
+        cat = get(c)
+        codes = np.asarray(cat.codes)
         if (np.bincount(codes[codes >= 0], minlength=len(dt.categories)) == 0).any():
-            changed[c] = s.cat.remove_unused_categories()
+            changed[c] = cat.remove_unused_categories()
     if not changed:
         return df, False
     df = df.copy(deep=False)
-    for c, s in changed.items():
-        # (values: a Series read through ``series`` may carry another frame's row labels)
-        df[c] = s if series is None else s.array
+    for c, cat in changed.items():
+        df[c] = cat
     return df, True
 
 
-def _isna(s):
-    """``s.isna()`` as an array, None when the dtype holds no missing value."""
-    dt = s.dtype
+def _isna(a):
+    """``Series(a).isna()`` of a column's array (:meth:`FrameColumns.array`) as an array, None
+    when the dtype holds no missing value."""
+    dt = a.dtype
     if isinstance(dt, pd.CategoricalDtype):
-        return np.asarray(s.array.codes) < 0
+        return np.asarray(a.codes) < 0
     if isinstance(dt, np.dtype) and dt.kind in "iub":
         return None
     if isinstance(dt, np.dtype) and dt.kind == "f":
-        return np.isnan(s.to_numpy())
-    # (what s.isna() holds, without making a Series of it)
+        return np.isnan(a)
     if isinstance(dt, pd.api.extensions.ExtensionDtype):
-        return np.asarray(s.array.isna(), dtype=bool)
-    return pd.isna(s.to_numpy())
+        return np.asarray(a.isna(), dtype=bool)
+    return pd.isna(a)
 
 
 def generic_pieces(mgr, parsed, data, env, fixed_matrices, w_all, off_all, missing, resp_col):
@@ -183,7 +183,7 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
     # rows missing something outside the engine: a grouping factor, a weight, an offset
     other = None
     for f in gf_cols:
-        m = _isna(cols[f])
+        m = _isna(cols.array(f))
         if m is not None:
             other = m if other is None else other | m
     for arr in (w_all, off_all):

@@ -12,7 +12,6 @@ not changed once made).  At most :data:`MAX_ENTRIES` are kept; safe across threa
 """
 from __future__ import annotations
 
-import copy
 import threading
 from collections import OrderedDict
 
@@ -53,13 +52,13 @@ def plan_for(parsed, fixed, columns, env, cbind=None):
     if kept is None:
         plan = make_plan(parsed, fixed, columns, env, cbind)
         if plan.env_free:
-            kept = copy.copy(plan)
+            kept = plan.copy()
             kept.env = None                # (the caller's namespace is not kept)
             with _lock:
                 _plans[key] = kept
                 while len(_plans) > MAX_ENTRIES:
                     _plans.popitem(last=False)
         return plan
-    plan = copy.copy(kept)
+    plan = kept.copy()
     plan.env = EvalEnvironment([env])
     return plan
