@@ -11,7 +11,7 @@ from .bfgs import minimize_bfgs
 from .bound_steps import escape_bound, snap_to_bound
 from .lbfgsb import lbfgsb
 from .newton_exact import newton_exact
-from .polish import Polish, newton_polish
+from .polish import Polish, newton_polish, secant_completed
 
 __all__ = ["minimize_theta", "minimize_bfgs"]
 
@@ -350,8 +350,10 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
         tried.append((label, bool(r.success), int(r.nfev)))
         x1 = np.asarray(r.x, dtype=float)
         f1, g1 = (float(r.fun), np.asarray(r.jac, dtype=float)) if np.all(x1 >= lower) else (None, None)
+        part = secant_completed(hess_part, x1, r.get("last_step")) if f1 is not None \
+            else hess_part
         p = newton_polish(grad, x1, lower, f=f1, g=g1, tol=tol, check_tol=check_tol,
-                          maxit=min(30, maxiter), value=fun, hess=hess, hess_part=hess_part)
+                          maxit=min(30, maxiter), value=fun, hess=hess, hess_part=part)
         nfev += p.nfev
         tried.append((f"Newton ({hname}), second-order checks", p.converged, p.nfev))
         if best is None or p.f <= best.f:
@@ -437,6 +439,8 @@ def _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first=None,
              decrement_stop=decrement_stop)
     r.x = np.asarray(r.x, dtype=float) / c
     r.jac = np.asarray(r.jac, dtype=float) * c
+    if r.get("last_step") is not None:
+        r.last_step = (r.last_step[0] / c, r.last_step[1] * c)
     return r
 
 
@@ -471,6 +475,8 @@ def _run_lbfgsb_whitened(grad, x0, H, maxiter, tol, first, costly=False):
              ftol=1e-7, decrement_stop=NEWTON_SWITCH_DECREMENT if costly else None)
     r.x = x0 + Li.T @ (np.asarray(r.x, dtype=float) / c)
     r.jac = L @ (np.asarray(r.jac, dtype=float) * c)
+    if r.get("last_step") is not None:
+        r.last_step = (Li.T @ (r.last_step[0] / c), L @ (r.last_step[1] * c))
     return r
 
 
