@@ -220,3 +220,75 @@ def test_lbfgsb_quasi_newton_decrement_stop():
     lb = np.array([2.0, -np.inf, -np.inf])            # the minimum's x_0 = 1 is cut off
     r = lbfgsb(fg, x0, lb, ftol=1e-10, decrement_stop=1e-3)
     assert "QUASI-NEWTON" not in r.message and r.x[0] == 2.0
+
+
+def test_lbfgsb_last_step_in_the_callers_units():
+    """With ``decrement_stop`` L-BFGS-B reports its last step and change of gradient when the
+    step ends at its end point: on a quadratic ``y = H s`` exactly, also after the scaled
+    first step's and a refit's whitening change of variables."""
+    from mlmext.optimize import theta as th
+    from mlmext.optimize.lbfgsb import lbfgsb
+    H = np.array([[4.0, 1.0, 0.0], [1.0, 3.0, 0.5], [0.0, 0.5, 2.0]])
+    xs = np.array([1.0, -2.0, 0.5])
+
+    def fg(x):
+        d = x - xs
+        return 1e5 + 0.5 * d @ H @ d, H @ d
+
+    lower = np.full(3, -np.inf)
+    x0 = np.array([50.0, 30.0, -40.0])
+    metric = np.array([[5.0, 0.5, 0.0], [0.5, 2.0, 0.0], [0.0, 0.0, 3.0]])   # a refit's
+    for r in (lbfgsb(fg, x0, lower, ftol=1e-10, decrement_stop=1e-3),
+              th._run_lbfgsb_scaled(None, fg, x0, lower, 200, 1e-10, decrement_stop=1e-3),
+              th._run_lbfgsb_whitened(fg, x0, metric, 200, 1e-10, None, costly=True)):
+        assert "QUASI-NEWTON" in r.message
+        s, y = r.last_step
+        assert np.linalg.norm(s) > 0
+        np.testing.assert_allclose(y, H @ s, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(r.jac, H @ (r.x - xs), rtol=1e-9, atol=1e-12)
+    assert lbfgsb(fg, x0, lower, ftol=1e-10).last_step is None     # (no decrement_stop)
+
+
+def test_secant_completes_the_one_missing_hessian_column():
+    """The exact Hessian lacking one column (the LMM's first block) is completed from the last
+    step: exact on a quadratic; left as it is at another point, for a step nearly
+    orthogonal to the missing entry, or with two entries missing."""
+    from mlmext.optimize.polish import secant_completed
+    H = np.array([[5.0, -0.4, 0.3], [-0.4, 2.0, 0.1], [0.3, 0.1, 1.5]])
+    x1 = np.array([0.3, 0.4, 0.1])
+    known = (np.array([1, 2]), H[1:, 1:])
+    part = lambda x: known
+    s = np.array([-0.02, 0.01, 0.03])
+    idx, Hc = secant_completed(part, x1, (s, H @ s))(x1.copy())
+    np.testing.assert_array_equal(idx, [0, 1, 2])
+    np.testing.assert_allclose(Hc, H, rtol=1e-12)
+    assert secant_completed(part, x1, (s, H @ s))(x1 + 1e-9) is known
+    flat = np.array([1e-4, 0.01, 0.03])                   # 0.3 % of the step along entry 0
+    assert secant_completed(part, x1, (flat, H @ flat))(x1) is known
+    two = (np.array([2]), H[2:, 2:])
+    assert secant_completed(lambda x: two, x1, (s, H @ s))(x1) is two
+    assert secant_completed(None, x1, (s, H @ s)) is None
+    assert secant_completed(part, x1, None) is part
+
+
+def test_crossed_fit_completes_the_hessian_by_the_last_step(monkeypatch):
+    """Three crossed scalar factors with a dense part of over 200 rows: the Newton polish takes
+    the first factor's Hessian column from L-BFGS-B's last step instead of a gradient
+    difference; same optimum as with the difference, fewer evaluations."""
+    from mlmext.optimize import polish
+    rng = np.random.default_rng(11)
+    n, users, items, groups = 6000, 400, 230, 12
+    u, it, g = rng.integers(0, users, n), rng.integers(0, items, n), rng.integers(0, groups, n)
+    y = (1.0 + 0.6 * rng.normal(size=users)[u] + 0.9 * rng.normal(size=items)[it]
+         + 0.3 * rng.normal(size=groups)[g] + rng.normal(size=n))
+    df = pd.DataFrame({"y": y, "user": [f"u{v}" for v in u], "item": [f"i{v}" for v in it],
+                       "g": [f"g{v}" for v in g]})
+    formula = "y ~ 1 + (1 | user) + (1 | item) + (1 | g)"
+    fit = mf.lmer(formula, df).fit()
+    monkeypatch.setattr(polish, "SECANT_MIN_SHARE", np.inf)     # the gradient difference
+    ref = mf.lmer(formula, df).fit()
+    assert fit.converged and ref.converged
+    assert fit.optim.nfev < ref.optim.nfev
+    assert abs(fit.llf - ref.llf) < 1e-7
+    np.testing.assert_allclose(fit.theta, ref.theta, rtol=1e-5)
+    np.testing.assert_allclose(fit.fe_params, ref.fe_params, atol=1e-5 * fit.bse_fe.max())

@@ -43,7 +43,8 @@ def lbfgsb(fg, x0, lower, maxiter=15000, maxfun=15000, ftol=2.2e-9, gtol=1e-5, m
     and no bound is active: for a caller that finishes with Newton steps (the LMM fit's
     polish), the iteration that would only confirm the relative-reduction stop is saved.
     Returns an ``OptimizeResult`` with ``x, fun, jac, nfev, nit, success, message`` (no
-    ``hess_inv``).
+    ``hess_inv``) and ``last_step``: with ``decrement_stop``, the last step ``s`` and its change
+    of gradient ``y`` when it ends at ``x`` (else None).
     """
     x0 = np.asarray(x0, dtype=float).ravel()
     lower = np.asarray(lower, dtype=float)
@@ -69,6 +70,7 @@ def lbfgsb(fg, x0, lower, maxiter=15000, maxfun=15000, ftol=2.2e-9, gtol=1e-5, m
     nfev = nit = 0
     last = None                                       # scipy evaluates a repeated point once
     pairs, prev = [], (x.copy(), None)                # (decrement_stop) steps and their iterates
+    step = None
     setulb = _lbfgsb.setulb
     while True:
         g = np.array(g, dtype=np.float64)             # setulb writes it: the caller's stays
@@ -98,6 +100,8 @@ def lbfgsb(fg, x0, lower, maxiter=15000, maxfun=15000, ftol=2.2e-9, gtol=1e-5, m
                 task[0], task[1] = 5, 502
             elif decrement_stop is not None and last is not None and last[0] == x.tobytes():
                 pairs = _remember(pairs, prev, x, last[2], m)
+                if prev[1] is not None:               # the last step, ending at x
+                    step = (x - prev[0], last[2] - prev[1], x.copy())
                 prev = (x.copy(), last[2])
                 if pairs and not np.any(bounded & (x <= low)) and \
                         qn_decrement(pairs, prev[1]) < decrement_stop:
@@ -106,9 +110,11 @@ def lbfgsb(fg, x0, lower, maxiter=15000, maxfun=15000, ftol=2.2e-9, gtol=1e-5, m
         else:
             break
     success = task[0] == _CONVERGED
+    # (decrement_stop) the last step and its change of gradient when it ends at the end point
+    last_step = step[:2] if step is not None and np.array_equal(step[2], x) else None
     return optimize.OptimizeResult(x=x, fun=f, jac=g, nfev=nfev, njev=nfev, nit=nit,
                                    success=bool(success), status=0 if success else 1,
-                                   message=_message(task))
+                                   message=_message(task), last_step=last_step)
 
 
 #: the message code of a stop by ``decrement_stop``

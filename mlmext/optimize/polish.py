@@ -23,7 +23,8 @@ import numpy as np
 
 from .linesearch import backtrack
 
-__all__ = ["Polish", "newton_polish", "fd_hessian", "probe_bounds", "descent_along"]
+__all__ = ["Polish", "newton_polish", "fd_hessian", "secant_completed", "probe_bounds",
+           "descent_along"]
 
 
 @dataclass
@@ -86,6 +87,45 @@ def fd_hessian(fg, x, g, lower, rel=1e-5, known=None):
     H = np.where(skip[:, None] | skip[None, :], H, 0.5 * (H + H.T))
     H[np.ix_(~skip, idx)] = mixed.T                  # the differenced columns' rows idx
     return H, nfev
+
+
+def secant_completed(part, x1, step):
+    """``hess_part`` at the end point ``x1`` of L-BFGS-B completed by its last step, where the
+    exact part lacks one entry only (the LMM's first block: the dense remainder's are exact).
+
+    With ``s`` the step and ``y`` its change of gradient, ``H s = y`` gives the missing column
+    ``i`` from the known block ``K``: ``H_Ki = (y_K - H_KK s_K) / s_i`` and ``H_ii = (y_i -
+    H_iK s_K) / s_i``; the polish then needs no gradient difference for it (one evaluation of
+    seven on InstEval).  The step must move that entry by at least ``SECANT_MIN_SHARE`` of its
+    length; elsewhere, and at any other point, ``part`` as it is."""
+    if part is None or step is None:
+        return part
+    s, y = (np.asarray(v, dtype=float) for v in step)
+
+    def completed(x):
+        got = part(x)
+        if got is None or not np.array_equal(x, x1):
+            return got
+        idx, Hk = got
+        rest = np.setdiff1d(np.arange(x.size), idx)
+        if rest.size != 1 or not abs(s[rest[0]]) >= SECANT_MIN_SHARE * np.linalg.norm(s):
+            return got
+        i = int(rest[0])
+        col = (y[idx] - Hk @ s[idx]) / s[i]
+        hii = (y[i] - col @ s[idx]) / s[i]
+        if not (np.all(np.isfinite(col)) and hii > 0):
+            return got
+        H = np.zeros((x.size, x.size))
+        H[np.ix_(idx, idx)] = Hk
+        H[idx, i] = H[i, idx] = col
+        H[i, i] = hii
+        return np.arange(x.size), H
+    return completed
+
+
+#: the share of the last L-BFGS-B step's length along the missing entry of the exact Hessian
+#: below which :func:`secant_completed` leaves it to a gradient difference
+SECANT_MIN_SHARE = 0.2
 
 
 def rounding_level(f):

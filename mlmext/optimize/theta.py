@@ -11,7 +11,7 @@ from .bfgs import minimize_bfgs
 from .bound_steps import at_bound, escape_bound, snap_to_bound
 from .lbfgsb import lbfgsb
 from .newton_exact import newton_exact
-from .polish import Polish, newton_polish
+from .polish import Polish, newton_polish, secant_completed
 
 __all__ = ["minimize_theta", "minimize_bfgs"]
 
@@ -351,14 +351,18 @@ def _minimize_auto(fun, grad, start, lower, maxiter, tol, check_tol, rounds=5, h
             # (the hand-over to Newton saves a gradient where it costs a dense inverse; cheap
             # fits keep L-BFGS-B's own stops)
             r = _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first,
-                                   NEWTON_SWITCH_DECREMENT if costly else None) if rnd == 0 else \
+                                   NEWTON_SWITCH_DECREMENT if costly else None,
+                                   COSTLY_FIRST_STEP_MIN_GRADIENT if costly else
+                                   FIRST_STEP_MIN_GRADIENT) if rnd == 0 else \
                 _run("L-BFGS-B", fun, x, lower, grad, maxiter, tol, ftol=1e-7)
         nfev += int(r.nfev) - (rnd == 0 and first is not None)     # (the start's, counted)
         tried.append((label, bool(r.success), int(r.nfev)))
         x1 = np.asarray(r.x, dtype=float)
         f1, g1 = (float(r.fun), np.asarray(r.jac, dtype=float)) if np.all(x1 >= lower) else (None, None)
+        part = secant_completed(hess_part, x1, r.get("last_step")) if f1 is not None \
+            else hess_part
         p = newton_polish(grad, x1, lower, f=f1, g=g1, tol=tol, check_tol=check_tol,
-                          maxit=min(30, maxiter), value=fun, hess=hess, hess_part=hess_part)
+                          maxit=min(30, maxiter), value=fun, hess=hess, hess_part=part)
         nfev += p.nfev
         tried.append((f"Newton ({hname}), second-order checks", p.converged, p.nfev))
         if best is None or p.f <= best.f:
@@ -400,10 +404,15 @@ NEWTON_SWITCH_DECREMENT = 5e-4
 #: L-BFGS-B's first trial step has length 1; from a start whose (projected) gradient is longer
 #: than this, the variables are shrunk uniformly so that the first trial is the full gradient step
 FIRST_STEP_MIN_GRADIENT = 10.0
+#: ... and where evaluations are costly (the scale is then each block's curvature, so the full
+#: gradient step is about the Newton step): InstEval's start has a gradient of 8.6 there, and
+#: a unit first trial (1/8.6 of the step) cost one evaluation of eight
+COSTLY_FIRST_STEP_MIN_GRADIENT = 1.0
 
 
 def _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first=None,
-                       decrement_stop=NEWTON_SWITCH_DECREMENT):
+                       decrement_stop=NEWTON_SWITCH_DECREMENT,
+                       min_gradient=FIRST_STEP_MIN_GRADIENT):
     """The first L-BFGS-B run, its first trial step the full gradient step.
 
     The variables are scaled so that a unit step means alike in each and the curvature is
@@ -414,13 +423,14 @@ def _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first=None,
     unaffected (the quasi-Newton scaling is invariant).  The start's value and gradient are
     computed here (unless given as ``first``) and handed to L-BFGS-B's first evaluation.
     ``decrement_stop``: the quasi-Newton stop handing over to Newton (None: L-BFGS-B's own
-    stops only).
+    stops only).  ``min_gradient``: the gradient length above which the first trial is
+    the full gradient step (below it, L-BFGS-B's unit step).
     """
     f0, g0 = grad(x) if first is None else first
     g0 = np.asarray(g0, dtype=float)
     pg = np.where(np.isfinite(lower) & (x <= lower) & (g0 > 0), 0.0, g0)   # projected
     gn = float(np.sqrt(pg @ pg))
-    if not (np.isfinite(f0) and np.isfinite(gn) and gn > FIRST_STEP_MIN_GRADIENT):
+    if not (np.isfinite(f0) and np.isfinite(gn) and gn > min_gradient):
         first = [(f0, g0)]
         return _run("L-BFGS-B", fun, x, lower,
                     lambda z: first.pop() if first else grad(z), maxiter, tol, ftol=1e-7,
@@ -438,6 +448,8 @@ def _run_lbfgsb_scaled(fun, grad, x, lower, maxiter, tol, first=None,
              decrement_stop=decrement_stop)
     r.x = np.asarray(r.x, dtype=float) / c
     r.jac = np.asarray(r.jac, dtype=float) * c
+    if r.get("last_step") is not None:
+        r.last_step = (r.last_step[0] / c, r.last_step[1] * c)
     return r
 
 
@@ -472,6 +484,8 @@ def _run_lbfgsb_whitened(grad, x0, H, maxiter, tol, first, costly=False):
              ftol=1e-7, decrement_stop=NEWTON_SWITCH_DECREMENT if costly else None)
     r.x = x0 + Li.T @ (np.asarray(r.x, dtype=float) / c)
     r.jac = L @ (np.asarray(r.jac, dtype=float) * c)
+    if r.get("last_step") is not None:
+        r.last_step = (Li.T @ (r.last_step[0] / c), L @ (r.last_step[1] * c))
     return r
 
 
