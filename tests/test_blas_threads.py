@@ -99,3 +99,37 @@ def test_tiny_level_by_level_fit_leaves_the_setting_alone(monkeypatch):
     assert calls == [m.deviance().size]
     assert np.array_equal(r.fe_params, r1.fe_params) and r.llf == r1.llf
     assert np.array_equal(r.theta, r1.theta)
+
+
+def test_dense_factor_threaded_on_free_cores(monkeypatch):
+    """The dense remainder's Cholesky factorization takes the library's threads from
+    INVERSE_THREADED_MIN_ROWS rows on free cores, as its inverse does, inside a fit's one-thread
+    setting; smaller orders stay on one thread.  The factor is S + I's either way."""
+    import numpy as np
+
+    from mlmext.linalg import _lead
+    from mlmext.linalg.dense import DenseFactor
+    _blas._controller()
+    default = _blas._state["default"]
+    if default is None or default < 2:
+        pytest.skip("a BLAS with one thread: nothing to thread")
+    real, seen = _lead.linalg.lapack.dpotrf, []
+
+    def spy(*args, **kwargs):
+        seen.append(_blas_threads_now())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_lead.linalg.lapack, "dpotrf", spy)
+    _fake_machine(monkeypatch, default, 0.0)
+    rng = np.random.default_rng(5)
+    for r in (_blas.INVERSE_THREADED_MIN_ROWS + 50, 100):
+        f = DenseFactor.__new__(DenseFactor)
+        f.r = f.rz = r
+        A = rng.normal(size=(r, r))
+        S = A @ A.T / r
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):        # the fit's setting
+            f._factor_rest(S.copy())
+            assert _blas_threads_now() == 1
+        L = np.tril(f.Lr)
+        np.testing.assert_allclose(L @ L.T, S + np.eye(r), rtol=1e-10, atol=1e-10)
+    assert seen == [default, 1]

@@ -15,10 +15,12 @@ theta; which blocks belong to the dense remainder is the subclass's choice (``de
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 
 import numpy as np
 from scipy import linalg, sparse
 
+from .._blas import INVERSE_THREADED_MIN_ROWS, inverse_threads
 from .._malloc import trim_heap
 from ._row_products import row_cross_products
 from ._schur import SMALL_DENSE, DenseSchur, SchurProduct
@@ -477,7 +479,10 @@ class LeadBlockFactor(Factor):
         # In-place LAPACK on the transposed view: a C-ordered lower factor is a Fortran-ordered
         # upper one, so nothing is copied.  Only the lower triangle of Lr is meaningful.
         S = np.ascontiguousarray(S)
-        c, info = linalg.lapack.dpotrf(S.T, lower=0, clean=0, overwrite_a=1)
+        # the library's threads on free cores as for the inverse of this order (the fit runs
+        # one thread below THREADED_MIN_ROWS); smaller orders skip the limit's ~30 us
+        with inverse_threads(self.r) if self.r >= INVERSE_THREADED_MIN_ROWS else nullcontext():
+            c, info = linalg.lapack.dpotrf(S.T, lower=0, clean=0, overwrite_a=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"{info}-th leading minor is not positive definite")
         self.Lr = c.T
