@@ -19,7 +19,7 @@ import numpy as np
 from scipy import linalg, sparse
 
 from .protocol import Modes
-from .steps import _at_rounding_floor, _final_message, _halving_failed, _halving_step
+from .steps import _decrement_stop, _final_message, _halving_failed, _halving_step
 from .zops import _zops
 
 #: the largest number of random effects the dense path takes (M is nre x nre)
@@ -174,12 +174,9 @@ def _pirls_dense(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100,
                 break
         du = linalg.cho_solve(step_c, g)
         dec = float(du @ g)
-        if not math.isfinite(dec):
-            message = f"non-finite PIRLS step at iteration {it}"
-            break
-        if c is not None and (dec < tol or _at_rounding_floor(
-                dec, dec_prev, obj, getattr(cond, "loglik_scale", 0.0))):
-            converged = True
+        stop = _decrement_stop(dec, dec_prev, obj, tol, it, cond, c is not None)
+        if stop is not None:
+            converged, message = stop
             break
         dec_prev = dec
         dlin = A @ du

@@ -7,7 +7,7 @@ from .dense import _pirls_dense
 from .protocol import Modes
 from .scalar import _is_scalar_design, _pirls_scalar, _pirls_scalar_x
 from .rows import MemoryRows
-from .steps import _at_rounding_floor, _final_message, _halving_failed, _halving_step
+from .steps import _decrement_stop, _final_message, _halving_failed, _halving_step
 from .zops import _zops
 
 
@@ -151,11 +151,9 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
         u_new, b_new = chol.solve() if solved is None else solved
         du = u_new - u
         dec = rows.step(u_new, b_new, lams) + float(du @ du)
-        if not np.isfinite(dec):
-            message = f"non-finite PIRLS step at iteration {it}"
-            break
-        if dec < tol or _at_rounding_floor(dec, dec_prev, obj, getattr(cond, "loglik_scale", 0.0)):
-            converged = True
+        stop = _decrement_stop(dec, dec_prev, obj, tol, it, cond)
+        if stop is not None:
+            converged, message = stop
             break
         dec_prev = dec
         db = (b_new - beta) if has_x else None

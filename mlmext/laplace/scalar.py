@@ -9,7 +9,7 @@ from scipy import linalg
 
 from ..linalg import ScalarFactor
 from .protocol import Modes
-from .steps import _at_rounding_floor, _final_message, _halving_failed, _halving_step
+from .steps import _decrement_stop, _final_message, _halving_failed, _halving_step
 from .zops import _zops
 
 
@@ -101,12 +101,9 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
             M_step = np.where(M > 0, M, 1.0 + (lam * lam) * np.bincount(codes, weights=wf, minlength=m))
         du = g / M_step
         dec = float(du @ g)
-        if not math.isfinite(dec):
-            message = f"non-finite PIRLS step at iteration {it}"
-            break
-        if M_step is M and (dec < tol or _at_rounding_floor(dec, dec_prev, obj,
-                                                            getattr(cond, "loglik_scale", 0.0))):
-            converged = True
+        stop = _decrement_stop(dec, dec_prev, obj, tol, it, cond, M_step is M)
+        if stop is not None:
+            converged, message = stop
             break
         dec_prev = dec
         dlin = lz * du[codes]
@@ -207,11 +204,9 @@ def _pirls_scalar_x(design, eta_fixed, cond, lams, X, u0=None, beta0=None, tol=1
         db = linalg.lapack.dpotrs(L, gb - lam * (B.T @ (gu / M)), lower=1)[0]
         du = (gu - lam * (B @ db)) / M
         dec = float(du @ gu + db @ gb)
-        if not math.isfinite(dec):
-            message = f"non-finite PIRLS step at iteration {it}"
-            break
-        if dec < tol or _at_rounding_floor(dec, dec_prev, obj, getattr(cond, "loglik_scale", 0.0)):
-            converged = True
+        stop = _decrement_stop(dec, dec_prev, obj, tol, it, cond)
+        if stop is not None:
+            converged, message = stop
             break
         dec_prev = dec
         dlin = lz * du[codes] + X @ db

@@ -47,6 +47,19 @@ def _at_rounding_floor(dec, dec_prev, obj, scale=0.0):
     return dec > 0.5 * dec_prev and dec < _ROUNDING_RTOL * (1.0 + abs(obj) + scale)
 
 
+def _decrement_stop(dec, dec_prev, obj, tol, it, cond, certifies=True):
+    """Whether PIRLS stops at iteration ``it`` on its Newton decrement ``dec`` (shared by the
+    blocked, dense and scalar iterations): None to go on, else ``(converged, message)`` -- a
+    non-finite decrement fails; one below ``tol`` or at the rounding floor converges when the
+    step ``certifies`` the modes (a Fisher-scoring step or one without a factor does not)."""
+    if not math.isfinite(dec):
+        return False, f"non-finite PIRLS step at iteration {it}"
+    if certifies and (dec < tol or _at_rounding_floor(dec, dec_prev, obj,
+                                                      getattr(cond, "loglik_scale", 0.0))):
+        return True, ""
+    return None
+
+
 def _solve_in_span(chol, X, z, w, lams):
     """PIRLS solution for a working response ``z`` whose factorization fails (see :func:`pirls`).
 
