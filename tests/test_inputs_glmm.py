@@ -378,6 +378,7 @@ def test_quasi_separation_by_a_factor_level_warns(d):
         mf.glmer("y ~ f + x + (1 | g)", dd, family=B()).fit()
 
 
+@pytest.mark.filterwarnings("ignore::statsmodels.tools.sm_exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("nb", [False, True])
 def test_counts_all_zero_at_a_factor_level_warn(d, nb):
     rng = np.random.default_rng(4)
