@@ -50,10 +50,14 @@ class BatchLMMResults(LMMResults):
             d["_model"] = value
             d.pop("_lazy_endog", None)
 
+    def _design_model(self):
+        """The member's model once made, else the fit's (the same names and design)."""
+        d = self.__dict__
+        return d["_model"] if "_model" in d else d["_template"]
+
     def _labels(self):
         """The model data that labels wrapped attributes (the fit's: the same names)."""
-        d = self.__dict__
-        return (d["_model"] if "_model" in d else d["_template"]).data
+        return self._design_model().data
 
 
 class BatchResultsWrapper(MixedResultsWrapper):

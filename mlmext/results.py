@@ -97,13 +97,22 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     @property
     def fe_params(self):
         """Fixed-effects estimates (lme4's ``fixef``), a Series named by the design columns."""
-        return pd.Series(self.params, index=fe_index(self.model), name="fe_params")
+        return pd.Series(self.params, index=fe_index(self._design_model()), name="fe_params")
 
     @property
     def bse_fe(self):
         """Standard errors of the fixed effects, a Series."""
-        return pd.Series(np.sqrt(self.cov_params().diagonal()), index=fe_index(self.model),
-                         name="bse_fe")
+        return pd.Series(np.sqrt(self.cov_params().diagonal()),
+                         index=fe_index(self._design_model()), name="bse_fe")
+
+    def _fe_values(self):
+        """The fixed effects as a float array (``fe_params`` without making its Series)."""
+        return np.asarray(self.params, dtype=float)
+
+    def _design_model(self):
+        """A model with this fit's design (names, random-effects design): ``model`` (a batched
+        refit's member answers with the fit's model, without making its own)."""
+        return self.model
 
     @property
     def k_params(self):

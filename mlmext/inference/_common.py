@@ -49,6 +49,8 @@ def _params(res):
 def _beta(res):
     """The fixed effects (``fe_params``: ``params`` may also hold e.g. clmm's thresholds)."""
     r = _raw(res)
+    if hasattr(r, "_fe_values"):
+        return r._fe_values()
     fe = getattr(r, "fe_params", None)
     return np.asarray(fe if fe is not None else r.params, dtype=float)
 

@@ -174,10 +174,12 @@ def profile_zeta(res, param, values, nb_alpha=None):
 
 def _boot_statistic(r, names="descriptive"):
     r = _raw(r)
+    # (a batched refit's member reads the fit's design: its own model is not made)
+    des = (r._design_model() if hasattr(r, "_design_model") else r.model).re_design
     if getattr(r, "_has_residual", True):
-        vp = np.append(sdcor_from_theta(r.model.re_design, r.theta, r.sigma), r.sigma)
+        vp = np.append(sdcor_from_theta(des, r.theta, r.sigma), r.sigma)
     else:                                       # GLMM: theta is on the random effects' own scale
-        vp = sdcor_from_theta(r.model.re_design, r.theta, 1.0)
+        vp = sdcor_from_theta(des, r.theta, 1.0)
     return np.concatenate([vp, _beta(r)])
 
 

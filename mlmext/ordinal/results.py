@@ -63,9 +63,11 @@ class OrdinalMixedResults(MixedResults):
     @property
     def fe_params(self):
         """The fixed effects alone (without the threshold parameters), a Series."""
-        k = self.model.thr.k
-        return pd.Series(np.asarray(self.params)[k:], index=param_index(self.model.exog_names_fe),
+        return pd.Series(self._fe_values(), index=param_index(self.model.exog_names_fe),
                          name="fe_params")
+
+    def _fe_values(self):
+        return np.asarray(self.params, dtype=float)[self.model.thr.k:]
 
     @property
     def bse_fe(self):
