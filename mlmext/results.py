@@ -43,9 +43,9 @@ def dropped_note(model):
 class MixedResults(InferenceMixin, LikelihoodModelResults):
     """Results of a mixed model fit.
 
-    ``params``, ``bse``, ``cov_params()``, ``t_test()`` and ``wald_test()``
-    refer to the fixed effects (``fe_params``, ``bse_fe``); ``llf``, ``aic``,
-    ``bic`` and ``deviance`` are as lme4 reports them.
+    ``params``, ``bse``, ``cov_params()``, ``t_test()`` and ``wald_test()`` refer to the fixed
+    effects (``fe_params``, ``bse_fe``); ``llf``, ``aic``, ``bic`` and ``deviance`` are as lme4
+    reports them.
 
     Attributes
     ----------
@@ -62,10 +62,9 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     nrows_dropped : int
         Rows dropped for missing values.
     converged : bool
-        Whether the optimizer reported success.
+        Whether the convergence checks passed (``optim.message`` says which).
     optim : mlmext.optimize.OptSummary
-        What the optimizer did: start, end, evaluations, the methods tried,
-        the convergence checks.
+        What the optimizer did: start, end, evaluations, methods tried, the checks.
     """
 
     _has_residual = True
@@ -106,13 +105,10 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
                          index=fe_index(self._design_model()), name="bse_fe")
 
     def _fe_values(self):
-        """The fixed effects as a float array (``fe_params`` without making its Series)."""
-        return np.asarray(self.params, dtype=float)
+        return np.asarray(self.params, dtype=float)      # fe_params without its Series
 
     def _design_model(self):
-        """A model with this fit's design (names, random-effects design): ``model`` (a batched
-        refit's member answers with the fit's model, without making its own)."""
-        return self.model
+        return self.model       # one with this fit's design (a batched refit's: the fit's)
 
     @property
     def k_params(self):
@@ -151,10 +147,9 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     def params_object(self):
         """All estimates, as :meth:`model.loglike` takes them (statsmodels' ``MixedLMParams``).
 
-        A :class:`~mlmext.objective.MixedParams`: ``fe_params`` (this result's
-        ``params``), ``theta`` and ``extra`` (``[sigma]`` for an LMM, ``[alpha]``
-        for the negative binomial); ``get_packed()`` gives the vector in the
-        order of ``model.param_names``.
+        A :class:`~mlmext.objective.MixedParams`: ``fe_params`` (this result's ``params``),
+        ``theta`` and ``extra`` (``[sigma]`` for an LMM, ``[alpha]`` for the negative
+        binomial); ``get_packed()`` gives the vector in the order of ``model.param_names``.
         """
         return MixedParams(self.params, self.theta, self._extra_params())
 
@@ -166,8 +161,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         slope SD of 5e-5 per unit of a predictor in the thousands is not zero).
         """
         des = self.model.re_design
-        # (Python floats over a handful of entries: the same products and comparisons; every
-        # fit asks, and np.any's wrapper alone cost more)
+        # (Python floats over a handful of entries: every fit asks, np.any's wrapper cost more)
         scaled = (self.theta * des.theta_units()).tolist()
         return any(v < tol for v, lo in zip(scaled, des.lower.tolist()) if math.isfinite(lo))
 
@@ -197,11 +191,10 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
         Returns
         -------
         pandas.DataFrame
-            Columns ``grp, var1, var2, vcov, sdcor``: for each term one row per
-            standard deviation, then one per correlation, then ``Residual``; cells
-            lme4 leaves ``NA`` are None.  Indexed by the parameters' names
-            (``sd_Days|Subject``, ``cor_Days.Intercept|Subject``, ``sigma``, as in
-            profiles and ``allfit``).
+            Columns ``grp, var1, var2, vcov, sdcor``: for each term one row per standard
+            deviation, then one per correlation, then ``Residual``; cells lme4 leaves ``NA``
+            are None.  Indexed by the parameters' names (``sd_Days|Subject``,
+            ``cor_Days.Intercept|Subject``, ``sigma``, as in profiles and ``allfit``).
         """
         rows, index = [], []
         for label, names, C, sd in self._re_cov_sd():
