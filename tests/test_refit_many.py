@@ -400,28 +400,36 @@ def _equal_attr(w, v):
         assert w == v
 
 
+def _assert_as_constructed(raw, model, y):
+    """Every attribute of the member ``raw`` (and of its OptSummary) is what LMMResults' and
+    OptSummary's constructors make of its numbers; the constructors' results returned."""
+    import dataclasses
+    from mlmext._batch_results import lazy_results
+    from mlmext.optimize import OptSummary
+    o = raw.optim
+    made = OptSummary(**{f.name: getattr(o, f.name) for f in dataclasses.fields(OptSummary)})
+    for f in dataclasses.fields(OptSummary):
+        _equal_attr(getattr(o, f.name), getattr(made, f.name))
+    ref = lazy_results(model, y, raw.state, o, raw.ddf)._results
+    assert raw.__dict__.keys() == ref.__dict__.keys()
+    for k, v in ref.__dict__.items():
+        _equal_attr(raw.__dict__[k], v)
+    return ref
+
+
 def test_batch_members_are_what_the_constructors_make(sleep):
     """lazy_results_many copies the first member's results for the others and
     OptSummary.replaced copies the first summary: every attribute of every member is what
     LMMResults' and OptSummary's constructors make of its numbers (a new attribute that
     depends on the fit shows here), and mutable ones are not shared."""
-    import dataclasses
-    from mlmext._batch_results import lazy_results
-    from mlmext.optimize import OptSummary
     r = mf.lmer(SLEEP, sleep).fit()
     Y = np.asarray(r.simulate(nsim=4, seed=9))
     many = r.refit_many(Y)
     for b, a in enumerate(many):
         raw = a._results
         assert a.optim.optimizer.startswith(BATCHED)
-        o = raw.optim
-        made = OptSummary(**{f.name: getattr(o, f.name) for f in dataclasses.fields(OptSummary)})
-        for f in dataclasses.fields(OptSummary):
-            _equal_attr(getattr(o, f.name), getattr(made, f.name))
-        ref = lazy_results(r.model, Y[:, b], raw.state, o, raw.ddf)._results
-        assert raw.__dict__.keys() == ref.__dict__.keys()
+        ref = _assert_as_constructed(raw, r.model, Y[:, b])
         for k, v in ref.__dict__.items():
-            _equal_attr(raw.__dict__[k], v)
             if b and isinstance(v, (list, dict)):
                 assert raw.__dict__[k] is not many[0]._results.__dict__[k]
         assert not raw.theta.flags.writeable and not raw._u.flags.writeable

@@ -5,7 +5,6 @@ pieces the lockstep keeps change nothing from one call to the next.
 
 Tolerances as in ``test_refit_many.py``: two runs of the optimizer to the same optimum.
 """
-import dataclasses
 import warnings
 
 import numpy as np
@@ -13,12 +12,11 @@ import pytest
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from mlmext import datasets
-from mlmext._batch_results import BatchLMMResults, lazy_results
+from mlmext._batch_results import BatchLMMResults
 from mlmext.formula import api as mf
 from mlmext.inference._common import _cache
-from mlmext.optimize import OptSummary
 
-from test_refit_many import BATCHED, SLEEP, _alone, _equal_attr, _same
+from test_refit_many import BATCHED, SLEEP, _alone, _assert_as_constructed, _equal_attr, _same
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +38,7 @@ def test_a_single_refit_is_the_lockstep_with_one_member(fit):
         assert a.optim.optimizer.startswith(BATCHED) and "1 response in lockstep" in a.optim.optimizer
         assert a.converged and a.optim.decrement < 1e-7 and a.optim.min_eigenvalue > 0
         # every attribute is what the constructors make of its numbers
-        o = raw.optim
-        made = OptSummary(**{f.name: getattr(o, f.name) for f in dataclasses.fields(OptSummary)})
-        for f in dataclasses.fields(OptSummary):
-            _equal_attr(getattr(o, f.name), getattr(made, f.name))
-        ref = lazy_results(fit.model, Y[:, b], raw.state, o, raw.ddf)._results
-        assert raw.__dict__.keys() == ref.__dict__.keys()
-        for k, v in ref.__dict__.items():
-            _equal_attr(raw.__dict__[k], v)
+        _assert_as_constructed(raw, fit.model, Y[:, b])
         # the same numbers as refit_many's member and as the single fit's own path
         m = fit.refit_many(Y[:, b:b + 1])[0]
         assert m.criterion == a.criterion and np.array_equal(m.theta, a.theta)

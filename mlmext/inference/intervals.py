@@ -172,7 +172,7 @@ def profile_zeta(res, param, values, nb_alpha=None):
         return np.array([pr.zeta(w, pr.internal(w, float(x))) for x in np.atleast_1d(values)])
 
 
-def _boot_statistic(r, names="descriptive"):
+def _boot_statistic(r):
     r = _raw(r)
     # (a batched refit's member reads the fit's design: its own model is not made)
     des = (r._design_model() if hasattr(r, "_design_model") else r.model).re_design
