@@ -65,10 +65,13 @@ class BatchResultsWrapper(MixedResultsWrapper):
 
     def __getattribute__(self, attr):
         get = object.__getattribute__
-        try:
-            return get(self, attr)
-        except AttributeError:
-            pass
+        # a name of neither the wrapper's class nor the instance is the results': read there
+        # directly (the wrapper's own lookup would fail first, an exception per read of llf)
+        if attr in _WRAPPER_NAMES or attr in get(self, "__dict__"):
+            try:
+                return get(self, attr)
+            except AttributeError:
+                pass
         results = get(self, "_results")
         obj = getattr(results, attr)
         how = get(self, "_wrap_attrs").get(attr)
@@ -77,6 +80,17 @@ class BatchResultsWrapper(MixedResultsWrapper):
             obj = data.wrap_output(obj, how[0], *how[1:]) if isinstance(how, tuple) else \
                 data.wrap_output(obj, how=how)
         return obj
+
+
+#: the names the wrapper's class has (its own, statsmodels' wrapped methods, object's)
+_WRAPPER_NAMES = frozenset(dir(BatchResultsWrapper))
+
+
+def _wrapper(res):
+    """``BatchResultsWrapper(res)`` without the constructor's guarded attribute sets."""
+    w = object.__new__(BatchResultsWrapper)
+    w.__dict__.update(_results=res, __doc__=res.__doc__)
+    return w
 
 
 def lazy_results(model, endog, state, optim, ddf):
@@ -89,7 +103,7 @@ def lazy_results(model, endog, state, optim, ddf):
     res = BatchLMMResults.__new__(BatchLMMResults)
     res.__dict__["_lazy_endog"] = np.array(endog, dtype=float)      # (a copy: Y may change)
     LMMResults.__init__(res, model, state, optim, ddf)
-    return BatchResultsWrapper(res)
+    return _wrapper(res)
 
 
 #: what :meth:`LMMResults.__init__` sets from the state and the optimizer (the rest is the
@@ -112,6 +126,7 @@ def lazy_results_many(model, endogs, states, optims, ddf, cache=None):
     key = ("lazy_results_base", ddf)
     got = None if cache is None else cache.get(key)
     base, lists = (None, None) if got is None or got[0] is not model else got[1:]
+    new = object.__new__
     for y, s, o in zip(endogs, states, optims):
         if base is None:
             first = lazy_results(model, y, s, o, ddf)
@@ -123,7 +138,7 @@ def lazy_results_many(model, endogs, states, optims, ddf, cache=None):
                                       for k, v in base.items()}, lists)
             out.append(first)
             continue
-        res = BatchLMMResults.__new__(BatchLMMResults)
+        res = new(BatchLMMResults)
         d = res.__dict__
         d.update(base)
         for k in lists:                            # (mutable: each result its own)
@@ -132,5 +147,5 @@ def lazy_results_many(model, endogs, states, optims, ddf, cache=None):
                  sigma=float(s.sigma), criterion=float(s.criterion), optim=o,
                  converged=bool(o.success), state=s,
                  _lazy_endog=np.array(y, dtype=float))     # (a copy: Y may change)
-        out.append(BatchResultsWrapper(res))
+        out.append(_wrapper(res))
     return out

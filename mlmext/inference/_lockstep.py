@@ -25,7 +25,7 @@ import numpy as np
 
 from .._blas import fit_threads
 from ..linalg.levels_batch import LevelsBatch, design_piece
-from ..objective import LMMState
+from ..objective.lmm import _state
 from ..optimize import OptSummary, rounding_level
 from ._common import _cache
 from ._refit_start import _batchable, criterion, moment_starts
@@ -46,6 +46,10 @@ NEAR_ZERO = 1e-3
 MAX_STEP = 0.5
 #: members evaluated together (bounds the batch's arrays: B x levels x K^2 x q^2 numbers)
 CHUNK = 256
+#: OpenBLAS multiplies matrices of at most this many multiply-adds (m n k) on one thread
+#: (65536 x its GEMM_MULTITHREAD_THRESHOLD, 4): a batch whose largest product, the level
+#: sums of the responses (levels x q by rows by members), is below it runs on one thread
+ONE_THREAD_MNK = 65536 * 4
 
 
 def _passes_checks(model, lv, Yo):
@@ -97,11 +101,13 @@ def _lockstep_fits(r, Y, finite=False):
     for b in np.flatnonzero(~_passes_checks(model, lv, Yo)):
         model._check_response(Yo[:, b])          # raises the single refit's error, if any
     fits, starts = [], []
+    rows = lv.m * lv.q + lv.p + 1
     for lo in range(0, Y.shape[1], CHUNK):
         hi = min(lo + CHUNK, Y.shape[1])
-        # small products: one BLAS thread (as a single fit); one member's are a single
-        # fit's, which leaves the setting alone (setting it costs more than its products)
-        with fit_threads(lv.m * lv.q + lv.p + 1, level_by_level=hi - lo == 1):
+        # small products: one BLAS thread (as a single fit); products all below OpenBLAS's
+        # threading size (one member's, or the level sums of a small batch) leave the
+        # setting alone, as a single fit does (setting it costs more than its products)
+        with fit_threads(rows, level_by_level=rows * Y.shape[0] * (hi - lo) <= ONE_THREAD_MNK):
             f, s = _lockstep(r, lv, Y[:, lo:hi], Yo[:, lo:hi])
         fits += f
         starts += s
@@ -274,9 +280,10 @@ def _finish(r, lv, Y, conv, Te, est, T0, nfev, dec, mineig, starts):
     # each member's numbers as read-only rows of read-only stacks (a view each, no copies)
     Tc, beta, u, cov, T0 = (_frozen(a) for a in (Tc, beta, u, cov, T0))
     reml = bool(r.reml)
-    states = [LMMState(theta=Tc[j], beta=beta[j], u=u[j], sigma=sg, criterion=cr,
-                       cov_beta=cov[j], reml=reml)
-              for j, (sg, cr) in enumerate(zip(sigma.tolist(), crit.tolist()))]
+    # (fields in their final form set at once: the frozen dataclass's guarded setattrs cost
+    # more than the rest of a member's state)
+    states = [_state(theta=t, beta=bt, u=uj, sigma=sg, criterion=cr, cov_beta=cv, reml=reml)
+              for t, bt, uj, sg, cr, cv in zip(Tc, beta, u, sigma.tolist(), crit.tolist(), cov)]
     cache = _cache(r)
     first = cache.get("lockstep_optim")
     optims = []

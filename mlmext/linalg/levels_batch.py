@@ -37,8 +37,8 @@ def _moment_design(lv, blk):
     """The design's pieces of :meth:`LevelsBatch.moment_thetas`, free of the response: the
     level blocks' (pseudo-)inverses ``Ai`` (m, q, q) and the rank of ``Z``, ``C_gX`` (m q, p)
     and ``A_g^+ C_gX``, the number of eigenvalues of ``X``'s residual cross-products after
-    ``Z`` that count and those eigenvalues ``e`` and vectors ``Ux``, ``Ai``'s mean and the
-    template's independent terms ``keep`` (q, q).  Read-only, computed once per design on
+    ``Z`` that count and those eigenvalues ``e`` and vectors ``Ux``, ``Ai``'s mean, the
+    template's independent terms ``keep`` (q, q) and ``(X' W X)^-1`` (None: singular).  Read-only, computed once per design on
     block ``lv.blk`` (:func:`design_piece`)."""
     if blk is lv.blk:
         return design_piece(lv, "moment_design", lambda: _moment_design_of(lv, blk))
@@ -62,9 +62,14 @@ def _moment_design_of(lv, blk):
     E = np.zeros((q, q))
     E[blk.t_rows, blk.t_cols] = 1.0
     keep = (E @ E.T) != 0                      # (the template's independent terms)
-    arrays = (Ai, CX, AiCX, e[big], Ux[:, big], Ai.sum(axis=0) / m, keep)
+    try:            # (X' W X)^-1: the fixed effects' least squares of every member
+        XXi = np.linalg.inv(lv.V[:p, :p])
+    except np.linalg.LinAlgError:
+        XXi = None
+    arrays = (Ai, CX, AiCX, e[big], Ux[:, big], Ai.sum(axis=0) / m, keep, XXi)
     for a in arrays:
-        a.setflags(write=False)
+        if a is not None:
+            a.setflags(write=False)
     return (Ai, rank) + arrays[1:3] + (int(big.sum()),) + arrays[3:]
 
 
@@ -209,21 +214,19 @@ class LevelsBatch:
         T = np.full((nb, K), np.nan)
         if m < 2:
             return T
-        Ai, rank, CX, AiCX, nbig, e, Ux, Aim, keep = _moment_design(lv, blk)
+        Ai, rank, CX, AiCX, nbig, e, Ux, Aim, keep, XXi = _moment_design(lv, blk)
         dof = lv.n_obs - rank - nbig
-        if dof <= 0:
+        if dof <= 0 or XXi is None:
             return T
         cy = Cg[..., p]                                         # Z_g' W y (B, m, q)
         ay = (Ai @ cy[..., None]).reshape(nb, m * q)            # A_g^+ Z_g' W y
-        sxy = (V[:, :p, p] - ay @ CX) @ Ux
-        rss = V[:, p, p] - np.einsum("bi,bi->b", cy.reshape(nb, -1), ay) - \
+        xy = V[:, :p, p]
+        sxy = (xy - ay @ CX) @ Ux
+        rss = V[:, p, p] - (cy.reshape(nb, 1, -1) @ ay[:, :, None])[:, 0, 0] - \
             ((sxy * sxy) / e).sum(axis=1)
         s2 = rss / dof
         # each level's effects: its least squares after the fixed effects' (their spread)
-        try:
-            beta = np.linalg.solve(lv.V[:p, :p], V[:, :p, p].T)  # (p, B)
-        except np.linalg.LinAlgError:
-            return T
+        beta = XXi @ xy.T                                       # (p, B)
         b = (ay - (AiCX @ beta).T).reshape(nb, m, q)
         b -= b.sum(axis=1, keepdims=True) / m
         s2b = s2[:, None, None]
@@ -281,15 +284,19 @@ class LevelsBatch:
             c = self._core(np.asarray(T, dtype=float), idx)
         else:
             c = pieces if idx is None else \
-                {k: pieces[k][idx] for k in ("Ls", "lam", "Mi", "Cg", "r2", "f")}
+                {k: pieces[k][idx] for k in ("Ls", "lam", "Mi", "Cg", "r2", "f", "Li")
+                 if k in pieces}
         lv, m, q, p = self.lv, self.m, self.q, self.p
         Ls, lam = c["Ls"], c["lam"]
         nb = Ls.shape[0]
-        Lxi = np.linalg.inv(Ls[:, :p, :p])
-        beta = np.einsum("bji,bj->bi", Lxi, Ls[:, p, :p])       # L_XX' beta = l_yX
+        # L_XX^-1: the leading block of the gradient's L^-1 where it was made (L is lower
+        # triangular), else its own inverse
+        Li = c.get("Li")
+        Lxi = np.linalg.inv(Ls[:, :p, :p]) if Li is None else Li[:, :p, :p]
+        beta = (Ls[:, p:, :p] @ Lxi)[:, 0]                      # L_XX' beta = l_yX
         cov = Lxi.transpose(0, 2, 1) @ Lxi
-        bt = np.concatenate([-beta, np.ones((nb, 1))], axis=1)
-        wg = c["Cg"].reshape(nb, m * q, p + 1) @ bt[:, :, None]   # c_gy - C_gX beta (B, m q, 1)
+        Cg = c["Cg"].reshape(nb, m * q, p + 1)
+        wg = Cg[..., p] - (Cg[..., :p] @ beta[:, :, None])[..., 0]   # c_gy - C_gX beta (B, m q)
         # u_g = M_g^-1 lambda' w_g (lambda' w_g for all levels: one product per member)
         u = c["Mi"].reshape(nb, m, q, q) @ (wg.reshape(nb, m, q) @ lam)[..., None]
         sigma2 = c["r2"] / lv.nu
