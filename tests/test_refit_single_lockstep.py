@@ -83,7 +83,7 @@ def test_the_pieces_kept_per_design_and_fit_change_nothing(fit):
     Y = np.asarray(fit.simulate(nsim=6, seed=23))
     first = fit.refit_many(Y)
     kept = set(_cache(fit))
-    assert {"lockstep_theta0", "lockstep_scales", "levels_criterion", "lockstep_optim"} <= kept
+    assert {"lockstep_theta0", "lockstep_scales", "levels_criterion"} <= kept
     assert all(not a.flags.writeable for a in _cache(fit)["lockstep_theta0"])
     shared = fit.model._small_levels()._shared
     assert {"response_check", "diagonal_of_column", "moment_design"} <= set(shared)

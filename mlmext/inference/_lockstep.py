@@ -22,6 +22,7 @@ check's basis, the fit's theta's level blocks, the criterion's evaluator) is com
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import lapack
 
 from .._blas import fit_threads
 from ..linalg.levels_batch import LevelsBatch, design_piece
@@ -44,6 +45,8 @@ NEAR_ZERO = 1e-3
 #: longest Newton step (largest entry, theta in its predictors' units: the parent's diagonals
 #: are ~1 there)
 MAX_STEP = 0.5
+_geqrf, _orgqr = lapack.dgeqrf, lapack.dorgqr
+
 #: members evaluated together (bounds the batch's arrays: B x levels x K^2 x q^2 numbers)
 CHUNK = 256
 #: OpenBLAS multiplies matrices of at most this many multiply-adds (m n k) on one thread
@@ -58,12 +61,15 @@ def _passes_checks(model, lv, Yo):
     check itself.  The fixed design's orthonormal basis is computed once per design."""
     pos, sw, Q = design_piece(lv, "response_check", lambda: _check_basis(model))
     Yp = Yo if pos is None else Yo[pos]
-    ok = Yp.max(axis=0) > Yp.min(axis=0)
+    ok = _max(Yp, axis=0) > _min(Yp, axis=0)
     if sw is not None:
         Yp = Yp * sw
     R = Yp - Q @ (Q.T @ Yp)
     # 1e3 x the single check's bound: a column near it is judged by the check itself
-    return ok & (np.einsum("ij,ij->j", R, R) > 1e-17 * np.maximum(np.einsum("ij,ij->j", Yp, Yp), 1e-300))
+    return ok & (_sum(R * R, axis=0) > 1e-17 * np.maximum(_sum(Yp * Yp, axis=0), 1e-300))
+
+
+_max, _min, _sum = np.maximum.reduce, np.minimum.reduce, np.add.reduce
 
 
 def _check_basis(model):
@@ -78,7 +84,11 @@ def _check_basis(model):
     if not (w == 1.0).all():
         sw = np.sqrt(w if every else w[pos])[:, None]
         X = X * sw
-    Q, _ = np.linalg.qr(X)
+    # (LAPACK's QR directly: NumPy's wrapper costs more than the factorization here)
+    qr, tau, _, info = _geqrf(X)
+    Q, _, info2 = _orgqr(qr, tau) if info == 0 else (None, None, 1)
+    if info2 != 0:
+        Q, _ = np.linalg.qr(X)
     for a in (pos, sw, Q):
         if a is not None:
             a.setflags(write=False)
@@ -284,24 +294,22 @@ def _finish(r, lv, Y, conv, Te, est, T0, nfev, dec, mineig, starts):
     # more than the rest of a member's state)
     states = [_state(theta=t, beta=bt, u=uj, sigma=sg, criterion=cr, cov_beta=cv, reml=reml)
               for t, bt, uj, sg, cr, cv in zip(Tc, beta, u, sigma.tolist(), crit.tolist(), cov)]
-    cache = _cache(r)
-    first = cache.get("lockstep_optim")
-    optims = []
-    for b, st, n, d, e in zip(conv.tolist(), states, nfev[conv].tolist(), dec.tolist(),
-                              mineig.tolist()):
-        fields = dict(initial=T0[b], final=st.theta, fmin=st.criterion, feval=n,
-                      tried=((tried, True, n),), converged=True, optimizer=tried,
-                      message=f"Newton decrement {d:.3g}",
-                      extra_items=(("snapped", []), ("decrement", d), ("min_eigenvalue", e)))
-        if first is None:
-            first = cache["lockstep_optim"] = OptSummary(**fields)
-            optims.append(first)
-        else:    # (every field, in OptSummary's own form: no __post_init__ needed)
-            optims.append(first.replaced(**fields))
+    # every field in OptSummary's own form (read-only float arrays, tuples): no __post_init__
+    make = _NO_FIELDS.replaced
+    optims = [make(initial=T0[b], final=st.theta, fmin=st.criterion, feval=n,
+                   tried=((tried, True, n),), converged=True, optimizer=tried,
+                   message=f"Newton decrement {d:.3g}",
+                   extra_items=(("snapped", []), ("decrement", d), ("min_eigenvalue", e)))
+              for b, st, n, d, e in zip(conv.tolist(), states, nfev[conv].tolist(),
+                                        dec.tolist(), mineig.tolist())]
     for b, res in zip(conv.tolist(), model._lazy_results_many(
-            Y[:, conv].T, states, optims, getattr(r, "ddf", "satterthwaite"), cache)):
+            Y[:, conv].T, states, optims, getattr(r, "ddf", "satterthwaite"), _cache(r))):
         out[b] = res                                    # (their models made on first use)
     return out, starts
+
+
+#: an OptSummary without fields, whose ``replaced`` makes one of the fields given (all)
+_NO_FIELDS = object.__new__(OptSummary)
 
 
 def _scales(r):

@@ -102,7 +102,7 @@ class LevelsBatch:
         V = np.empty((nb, p + 1, p + 1))
         V[:] = lv.V
         V[:, :p, p] = V[:, p, :p] = (XY[:, :p].T @ WY).T
-        V[:, p, p] = np.einsum("ij,ij->j", Y, WY)
+        V[:, p, p] = np.add.reduce(Y * WY, axis=0)
         self.Cg, self.V = Cg, V
         # (products with a member's lambda as one matrix product per member, not per level)
         self.CgT = np.ascontiguousarray(Cg.swapaxes(2, 3))        # C_g' (B, m, p+1, q)
@@ -230,8 +230,8 @@ class LevelsBatch:
         b = (ay - (AiCX @ beta).T).reshape(nb, m, q)
         b -= b.sum(axis=1, keepdims=True) / m
         s2b = s2[:, None, None]
-        R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2b * Aim) / s2b
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"):    # (no residual: no estimate)
+            R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2b * Aim) / s2b
             good = np.isfinite(s2) & (rss > 1e-12 * V[:, p, p]) & np.isfinite(R).all(axis=(1, 2))
         if not good.all():
             R = np.where(good[:, None, None], R, np.eye(q))
