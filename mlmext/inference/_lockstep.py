@@ -164,7 +164,7 @@ def _lockstep(r, lv, Y, Yo):
     if has.any():
         # a moment start whose criterion is not below the fit's theta's: from the fit's theta
         # (evaluated there in the first round, as a step of zero)
-        f0 = batch.values(theta0[None], None, _theta0_pieces(r, batch, theta0))
+        f0 = batch.fixed_values(_theta0_pieces(r, batch, theta0))
         worse = has & ~(f < f0)
     if worse is None or not worse.any():
         _, d, mine, pdef, _ = _newton(gn, Hn, s, ss)
@@ -326,16 +326,12 @@ def _scales(r):
 
 
 def _theta0_pieces(r, batch, theta0):
-    """:meth:`~mlmext.linalg.levels_batch.LevelsBatch.theta_pieces` of the fit's theta, which
-    every batch of its refits evaluates (design pieces: computed once per fit, read-only)."""
+    """:meth:`~mlmext.linalg.levels_batch.LevelsBatch.fixed_theta` of the fit's theta, which
+    every batch of its refits evaluates (computed once per fit, read-only)."""
     c = _cache(r)
-    got = c.get("lockstep_theta0")
-    if got is None:
-        got = batch.theta_pieces(theta0[None])
-        for a in got:
-            a.setflags(write=False)
-        c["lockstep_theta0"] = got
-    return got
+    if "lockstep_theta0" not in c:
+        c["lockstep_theta0"] = batch.fixed_theta(theta0)
+    return c["lockstep_theta0"]
 
 
 def _canonical(lv, T):

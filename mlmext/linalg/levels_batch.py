@@ -18,6 +18,12 @@ from .small_levels import _level_sums, _spd_stack, _stacked_cholesky
 __all__ = ["LevelsBatch", "design_piece"]
 
 _LOG2PI = np.log(2.0 * np.pi)
+_sum = np.add.reduce            # (the ndarray method's Python wrapper: ~1 us a call)
+
+
+def _read_only(a):
+    a.setflags(write=False)
+    return a
 
 
 def design_piece(lv, key, make):
@@ -95,17 +101,22 @@ class LevelsBatch:
         self.lv, self.m, self.q, self.p, self.K = lv, m, q, p, lv.K
         # the response's column of C_g per member: (B, m, q)
         cy = _level_sums(codes, m, (Wq[:, :, None] * Y[:, None, :]).reshape(n, q * nb), ind)
+        self.cy = cy = cy.reshape(m, q, nb)                       # (levels first: moment_thetas)
+        cyb = cy.transpose(2, 0, 1)
         Cg = np.empty((nb, m, q, p + 1))
         Cg[...] = lv.Cg
-        Cg[..., p] = cy.reshape(m, q, nb).transpose(2, 0, 1)
+        Cg[..., p] = cyb
+        # C_g' (B, m, p+1, q) for products with a member's lambda as one matrix product per
+        # member, not per level (filled as C_g: a transposed copy of C_g is a slow strided one)
+        CgT = np.empty((nb, m, p + 1, q))
+        CgT[...] = design_piece(lv, "CgT", lambda: _read_only(lv.Cg.transpose(0, 2, 1).copy()))
+        CgT[:, :, p] = cyb
         WY = Y * w[:, None]
         V = np.empty((nb, p + 1, p + 1))
         V[:] = lv.V
         V[:, :p, p] = V[:, p, :p] = (XY[:, :p].T @ WY).T
         V[:, p, p] = np.add.reduce(Y * WY, axis=0)
-        self.Cg, self.V = Cg, V
-        # (products with a member's lambda as one matrix product per member, not per level)
-        self.CgT = np.ascontiguousarray(Cg.swapaxes(2, 3))        # C_g' (B, m, p+1, q)
+        self.Cg, self.V, self.CgT = Cg, V, CgT
         self.Ag2 = lv.Ag.reshape(-1, q)                           # A_g stacked (m q, q)
 
     # -- the pieces at the members' thetas ------------------------------------------------
@@ -218,21 +229,23 @@ class LevelsBatch:
         dof = lv.n_obs - rank - nbig
         if dof <= 0 or XXi is None:
             return T
-        cy = Cg[..., p]                                         # Z_g' W y (B, m, q)
-        ay = (Ai @ cy[..., None]).reshape(nb, m * q)            # A_g^+ Z_g' W y
+        cy = self.cy                                            # Z_g' W y (m, q, B)
+        ay = Ai @ cy                                            # A_g^+ Z_g' W y (m, q, B)
+        cay = _sum((cy * ay).reshape(m * q, nb), axis=0)
+        ay = ay.reshape(m * q, nb)
         xy = V[:, :p, p]
-        sxy = (xy - ay @ CX) @ Ux
-        rss = V[:, p, p] - (cy.reshape(nb, 1, -1) @ ay[:, :, None])[:, 0, 0] - \
-            ((sxy * sxy) / e).sum(axis=1)
+        sxy = (xy - (CX.T @ ay).T) @ Ux
+        rss = V[:, p, p] - cay - _sum((sxy * sxy) / e, axis=1)
         s2 = rss / dof
         # each level's effects: its least squares after the fixed effects' (their spread)
         beta = XXi @ xy.T                                       # (p, B)
-        b = (ay - (AiCX @ beta).T).reshape(nb, m, q)
-        b -= b.sum(axis=1, keepdims=True) / m
+        b = (ay - AiCX @ beta).T.reshape(nb, m, q)
+        b -= _sum(b, axis=1, keepdims=True) / m
         s2b = s2[:, None, None]
         with np.errstate(invalid="ignore", divide="ignore"):    # (no residual: no estimate)
             R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2b * Aim) / s2b
-            good = np.isfinite(s2) & (rss > 1e-12 * V[:, p, p]) & np.isfinite(R).all(axis=(1, 2))
+            good = np.isfinite(s2) & (rss > 1e-12 * V[:, p, p]) & \
+                np.isfinite(_sum(R.reshape(nb, -1), axis=1))
         if not good.all():
             R = np.where(good[:, None, None], R, np.eye(q))
         try:
@@ -259,6 +272,49 @@ class LevelsBatch:
         one row: that theta for every member (a fraction of the cost), and ``design`` may be
         its :meth:`theta_pieces` (computed before, on this design)."""
         return self._core(np.asarray(T, dtype=float), idx, design)["f"]
+
+    def fixed_theta(self, theta):
+        """What :meth:`fixed_values` takes from the design alone at one ``theta`` (the fit's,
+        evaluated by every batch of its refits): ``G_g`` (m, q, q), ``G_g C_gX`` stacked
+        (m q, p), ``L_XX^-1`` of ``S_XX = L_XX L_XX'`` (the same for every response) and the
+        criterion's terms free of the response; None where ``S_XX`` or a level block is not
+        positive definite.  Read-only."""
+        lv, m, q, p = self.lv, self.m, self.q, self.p
+        _, _, ldm, ok, G = self.theta_pieces(np.asarray(theta, dtype=float)[None])
+        if not ok[0]:
+            return None
+        G = G.reshape(m, q, q)
+        CX = lv.Cg[:, :, :p]
+        GCX = (G @ CX).reshape(m * q, p)
+        try:
+            Lxx = np.linalg.cholesky(lv.V[:p, :p] - CX.reshape(m * q, p).T @ GCX)
+        except np.linalg.LinAlgError:
+            return None
+        const = ldm[0] - lv.logw
+        if lv.reml:
+            const += 2.0 * np.log(np.diagonal(Lxx)).sum()
+        return tuple(_read_only(a) for a in (G, GCX, np.linalg.inv(Lxx))) + (float(const),)
+
+    def fixed_values(self, fixed):
+        """The criterion of every member at the theta of ``fixed`` (:meth:`fixed_theta`'s;
+        None: inf), as :meth:`values` gives it (to rounding) from the response's row of ``S``
+        alone: ``s_Xy = c_Xy - sum_g C_gX' G_g c_gy``, ``s_yy = y'Wy - sum_g c_gy' G_g c_gy``
+        and ``r^2 = s_yy - |L_XX^-1 s_Xy|^2``."""
+        nb = self.V.shape[0]
+        if fixed is None:
+            return np.full(nb, np.inf)
+        G, GCX, Lxxi, const = fixed
+        m, q, p, V, cy = self.m, self.q, self.p, self.V, self.cy
+        cyf = cy.reshape(m * q, nb)
+        l = (V[:, :p, p] - (GCX.T @ cyf).T) @ Lxxi.T
+        r2 = V[:, p, p] - _sum((G @ cy).reshape(m * q, nb) * cyf, axis=0) - _sum(l * l, axis=1)
+        nu = self.lv.nu
+        pos = r2 > 0
+        if pos.all():
+            return const + nu * (1.0 + _LOG2PI + np.log(r2 / nu))
+        f = np.full(nb, np.inf)
+        f[pos] = const + nu * (1.0 + _LOG2PI + np.log(r2[pos] / nu))
+        return f
 
     def value_grad_hess(self, T, idx, pieces=False):
         """Criterion (B,), exact gradient (B, K) and Hessian (B, K, K) of members ``idx``
