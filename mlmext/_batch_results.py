@@ -127,6 +127,7 @@ def lazy_results_many(model, endogs, states, optims, ddf, cache=None):
     got = None if cache is None else cache.get(key)
     base, lists = (None, None) if got is None or got[0] is not model else got[1:]
     new = object.__new__
+    endogs = np.array(endogs, dtype=float)      # (one copy of them all: Y may change)
     for y, s, o in zip(endogs, states, optims):
         if base is None:
             first = lazy_results(model, y, s, o, ddf)
@@ -143,9 +144,10 @@ def lazy_results_many(model, endogs, states, optims, ddf, cache=None):
         d.update(base)
         for k in lists:                            # (mutable: each result its own)
             d[k] = base[k].copy()
-        d.update(params=s.beta, normalized_cov_params=s.cov_beta, theta=s.theta, _u=s.u,
-                 sigma=float(s.sigma), criterion=float(s.criterion), optim=o,
-                 converged=bool(o.success), state=s,
-                 _lazy_endog=np.array(y, dtype=float))     # (a copy: Y may change)
+        d["params"], d["normalized_cov_params"], d["theta"], d["_u"] = \
+            s.beta, s.cov_beta, s.theta, s.u
+        d["sigma"], d["criterion"], d["optim"], d["converged"] = \
+            float(s.sigma), float(s.criterion), o, bool(o.success)
+        d["state"], d["_lazy_endog"] = s, y
         out.append(_wrapper(res))
     return out

@@ -153,10 +153,11 @@ class LevelsBatch:
         nu = lv.nu
         f = ldm + nu * (1.0 + _LOG2PI + np.log(r2 / nu)) - lv.logw
         if lv.reml:
-            f += 2.0 * d[:, :p].sum(axis=1)
+            f += 2.0 * _sum(d[:, :p], axis=1)
         ok &= np.isfinite(f)
-        return dict(f=np.where(ok, f, np.inf), ok=ok, lam=lam, Mi=Mi, Ls=Ls, r2=r2, Cg=Cg,
-                    idx=idx)
+        if not ok.all():
+            f = np.where(ok, f, np.inf)
+        return dict(f=f, ok=ok, lam=lam, Mi=Mi, Ls=Ls, r2=r2, Cg=Cg, idx=idx)
 
     def _first(self, c):
         """The gradients (B, K), as :meth:`OneBlockLevels._first` member by member."""
@@ -179,7 +180,7 @@ class LevelsBatch:
         Yf = Y.reshape(nb, Y.shape[1], -1)
         KY = Yf.transpose(0, 2, 1) @ Yf
         Tt = KY.reshape(nb, -1)[:, lv._tk]                       # (B, K, p+1, p+1)
-        grad = 2.0 * (Q.reshape(nb, -1, q * q).sum(axis=1)[:, lv._qjk]
+        grad = 2.0 * (_sum(Q.reshape(nb, -1, q * q), axis=1)[:, lv._qjk]
                       - Tt.diagonal(0, 2, 3) @ lv._w)
         c.update(Li=Li, Al=Al, Q=Q, Y=Y, Tt=Tt)
         return grad
