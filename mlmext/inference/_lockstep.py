@@ -70,6 +70,7 @@ def _passes_checks(model, lv, Yo):
 
 
 _max, _min, _sum = np.maximum.reduce, np.minimum.reduce, np.add.reduce
+_all, _any = np.logical_and.reduce, np.logical_or.reduce
 
 
 def _check_basis(model):
@@ -105,7 +106,7 @@ def _lockstep_fits(r, Y, finite=False):
     if lv is None:
         return None
     model = r.model
-    if not finite and not np.all(np.isfinite(Y)):
+    if not finite and not _all(np.isfinite(Y), axis=None):
         raise ValueError("endog has missing or non-finite values; refit keeps the rows of the fit")
     Yo = Y - np.asarray(model.offset, dtype=float)[:, None]
     for b in np.flatnonzero(~_passes_checks(model, lv, Yo)):
@@ -145,7 +146,7 @@ def _newton(g, H, s, ss):
     # where H is not positive definite, |eigenvalues| give a descent direction
     wa = np.maximum(np.abs(w), 1e-6 * wmax[:, None])
     st = -(V @ ((gs[:, None, :] @ V)[:, 0] / wa)[:, :, None])[:, :, 0]
-    return st, -0.5 * (gs * st).sum(axis=1), mine, mine > 1e-8 * wmax, gs
+    return st, -0.5 * _sum(gs * st, axis=1), mine, mine > 1e-8 * wmax, gs
 
 
 def _lockstep(r, lv, Y, Yo):
@@ -155,20 +156,20 @@ def _lockstep(r, lv, Y, Yo):
     batch = LevelsBatch(criterion(r), Yo)
     nb = Y.shape[1]
     theta0 = np.asarray(r.theta, dtype=float)
-    s, ss = _scales(r)                                      # the fit's scaling of theta
+    s, ss, _ = _scales(r)                                   # the fit's scaling of theta
     new = np.arange(nb)                                     # members at a new point
     T, has = moment_starts(batch, des.blocks[0], theta0)
     f, gn, Hn, cn = batch.value_grad_hess(T, None, pieces=True)
     nfev = has + 1                                    # (the fit's theta evaluated: two)
     worse = None
-    if has.any():
+    if _any(has):
         # a moment start whose criterion is not below the fit's theta's: from the fit's theta
         # (evaluated there in the first round, as a step of zero)
         f0 = batch.fixed_values(_theta0_pieces(r, batch, theta0))
         worse = has & ~(f < f0)
-    if worse is None or not worse.any():
+    if worse is None or not _any(worse):
         _, d, mine, pdef, _ = _newton(gn, Hn, s, ss)
-        if (pdef & (d < TOL)).all():
+        if _all(pdef & (d < TOL)):
             # the usual case (a balanced design: the moment estimate is the optimum): every
             # member ends at its start, as the first round below would end it
             return _finish(r, lv, Y, new, T, batch.estimates(None, None, cn), T, nfev, d, mine,
@@ -275,10 +276,10 @@ def _finish(r, lv, Y, conv, Te, est, T0, nfev, dec, mineig, starts):
     out = [None] * nb
     # the single fit's end: the mirror image with nonnegative diagonals; near a zero SD it
     # snaps and tests the bound, so those members go to single refits
-    s, diag = _scales(r)[0], np.isfinite(des.lower)
+    s, _, diag = _scales(r)
     Tc = _canonical(lv, Te)
-    near = ((Tc * s)[:, diag] < NEAR_ZERO).any(axis=1) if diag.any() else np.zeros(conv.size, bool)
-    if near.any():
+    near = _any((Tc * s)[:, diag] < NEAR_ZERO, axis=1) if diag is not None else None
+    if near is not None and _any(near):
         for j in np.flatnonzero(near):    # (from there a single fit needs a third fewer steps)
             starts[conv[j]] = des.canonical_theta(Te[j])
         keep = np.flatnonzero(~near)
@@ -313,15 +314,18 @@ _NO_FIELDS = object.__new__(OptSummary)
 
 
 def _scales(r):
-    """The fit's scaling of theta ``s`` (its predictors' units, the checks' units) and
-    ``outer(s, s)``, read-only: computed once per fit."""
+    """The fit's scaling of theta ``s`` (its predictors' units, the checks' units),
+    ``outer(s, s)`` and which entries of theta are standard deviations (bounded below;
+    None: none), read-only: computed once per fit."""
     c = _cache(r)
     got = c.get("lockstep_scales")
     if got is None:
-        s = r.model.re_design.theta_units()
-        got = c["lockstep_scales"] = (s, np.outer(s, s))
+        des = r.model.re_design
+        s, diag = des.theta_units(), np.isfinite(des.lower)
+        got = c["lockstep_scales"] = (s, np.outer(s, s), diag if diag.any() else None)
         for a in got:
-            a.setflags(write=False)
+            if a is not None:
+                a.setflags(write=False)
     return got
 
 
@@ -340,7 +344,7 @@ def _canonical(lv, T):
     blk = lv.blk
     dcol = design_piece(lv, "diagonal_of_column", lambda: _diagonal_of_column(blk))
     neg = T[:, dcol] < 0
-    if not neg.any():
+    if not _any(neg, axis=None):
         return T.copy()
     sign = np.where(neg, -1.0, 1.0)
     Tc = T.copy()

@@ -43,7 +43,7 @@ def moment_starts(batch, blk, theta0):
     fit's theta; and which rows are moment estimates (the caller keeps the fit's theta where
     its criterion is lower)."""
     T = batch.moment_thetas(blk)
-    has = np.isfinite(T).all(axis=1)
+    has = np.logical_and.reduce(np.isfinite(T), axis=1)
     T[~has] = theta0
     return T, has
 

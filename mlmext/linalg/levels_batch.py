@@ -18,7 +18,8 @@ from .small_levels import _level_sums, _spd_stack, _stacked_cholesky
 __all__ = ["LevelsBatch", "design_piece"]
 
 _LOG2PI = np.log(2.0 * np.pi)
-_sum = np.add.reduce            # (the ndarray method's Python wrapper: ~1 us a call)
+# (the ndarray methods' Python wrappers: ~1 us a call, and more code to bring into the caches)
+_sum, _all = np.add.reduce, np.logical_and.reduce
 
 
 def _read_only(a):
@@ -133,7 +134,7 @@ class LevelsBatch:
         Mi, ldm, ok = _spd_stack(M.reshape(-1, qq), q)
         Mi = Mi.reshape(nt, -1, qq)
         G = Mi @ KK.transpose(0, 2, 1)                           # lambda M_g^-1 lambda'
-        return lam, Mi, ldm.reshape(nt, -1).sum(axis=1), ok.reshape(nt, -1).all(axis=1), G
+        return lam, Mi, _sum(ldm.reshape(nt, -1), axis=1), _all(ok.reshape(nt, -1), axis=1), G
 
     def _core(self, T, idx, design=None):
         """The criterion's pieces at thetas ``T`` (B, K) of members ``idx`` (None: all, in
@@ -155,7 +156,7 @@ class LevelsBatch:
         if lv.reml:
             f += 2.0 * _sum(d[:, :p], axis=1)
         ok &= np.isfinite(f)
-        if not ok.all():
+        if not _all(ok):
             f = np.where(ok, f, np.inf)
         return dict(f=f, ok=ok, lam=lam, Mi=Mi, Ls=Ls, r2=r2, Cg=Cg, idx=idx)
 
@@ -247,7 +248,7 @@ class LevelsBatch:
             R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2b * Aim) / s2b
             good = np.isfinite(s2) & (rss > 1e-12 * V[:, p, p]) & \
                 np.isfinite(_sum(R.reshape(nb, -1), axis=1))
-        if not good.all():
+        if not _all(good):
             R = np.where(good[:, None, None], R, np.eye(q))
         try:
             L = np.linalg.cholesky(R * keep)
@@ -260,7 +261,7 @@ class LevelsBatch:
             L = np.linalg.cholesky(np.where(good[:, None, None],
                                             ((U * w[:, None, :]) @ U.transpose(0, 2, 1)) * keep,
                                             np.eye(q)))
-        if good.all():
+        if _all(good):
             T[:, blk.t_idx] = L[:, blk.t_rows, blk.t_cols]
         else:
             T[np.ix_(good, blk.t_idx)] = L[good][:, blk.t_rows, blk.t_cols]
@@ -311,7 +312,7 @@ class LevelsBatch:
         r2 = V[:, p, p] - _sum((G @ cy).reshape(m * q, nb) * cyf, axis=0) - _sum(l * l, axis=1)
         nu = self.lv.nu
         pos = r2 > 0
-        if pos.all():
+        if _all(pos):
             return const + nu * (1.0 + _LOG2PI + np.log(r2 / nu))
         f = np.full(nb, np.inf)
         f[pos] = const + nu * (1.0 + _LOG2PI + np.log(r2[pos] / nu))
@@ -326,7 +327,7 @@ class LevelsBatch:
         grad = self._first(c)
         H = self._hessian(c)
         ok = c["ok"]
-        if not ok.all():
+        if not _all(ok):
             grad[~ok] = 0.0
             H[~ok] = np.nan
         return (c["f"], grad, H, c) if pieces else (c["f"], grad, H)
