@@ -1,0 +1,113 @@
+"""The batched refits' shortcuts (mlmext.inference._lockstep, mlmext.linalg.levels_batch),
+each against the computation it replaces: the fit's theta's criterion from the response's
+row of S alone, the estimates from the gradient's L^-1, the response check's basis from
+LAPACK's QR, the members' wrapper reading the results directly, and the BLAS setting left
+alone for a batch of small products."""
+import numpy as np
+import pytest
+
+from mlmext import datasets
+from mlmext._batch_results import BatchResultsWrapper
+from mlmext.formula import api as mf
+from mlmext.inference import _lockstep
+from mlmext.linalg.levels_batch import LevelsBatch
+from mlmext.results import MixedResultsWrapper
+
+SLEEP = "Reaction ~ Days + (Days | Subject)"
+
+
+@pytest.fixture(scope="module")
+def sleep():
+    return datasets.load("sleepstudy")
+
+
+def _batch(r, nsim=5, seed=2):
+    m = r.model
+    lv = m._small_levels().criterion(bool(r.reml), m.nobs, m._logw)
+    Y = np.asarray(r.simulate(nsim=nsim, seed=seed)) - m.offset[:, None]
+    return LevelsBatch(lv, Y)
+
+
+@pytest.mark.parametrize("formula", [SLEEP, "Reaction ~ Days + (1 | Subject)",
+                                     "Reaction ~ Days + (Days || Subject)"])
+@pytest.mark.parametrize("reml", [True, False])
+def test_fixed_theta_values_are_the_criterion_at_that_theta(sleep, formula, reml):
+    r = mf.lmer(formula, sleep).fit(reml=reml)
+    batch = _batch(r)
+    for theta in (r.theta, 2.0 * r.theta, np.full(r.theta.size, 0.1)):
+        f = batch.fixed_values(batch.fixed_theta(theta))
+        np.testing.assert_allclose(f, batch.values(theta[None], None), rtol=1e-13)
+        assert np.all(np.isfinite(f)) and f.shape == (5,)
+    assert np.all(batch.fixed_values(None) == np.inf)      # (no factor at that theta)
+    G, GCX, Lxxi, const = batch.fixed_theta(r.theta)
+    assert not (G.flags.writeable or GCX.flags.writeable or Lxxi.flags.writeable)
+
+
+def test_estimates_from_the_gradients_inverse_equal_their_own(sleep):
+    """value_grad_hess's pieces carry L^-1: the estimates take L_XX^-1 from it, the same
+    numbers (to rounding) as estimates evaluated afresh."""
+    r = mf.lmer(SLEEP, sleep).fit()
+    batch = _batch(r, nsim=6)
+    T = batch.moment_thetas(r.model.re_design.blocks[0])
+    _, _, _, c = batch.value_grad_hess(T, None, pieces=True)
+    assert "Li" in c
+    idx = np.array([1, 4])
+    for got, ref in ((batch.estimates(None, None, c), batch.estimates(T, None)),
+                     (batch.estimates(None, idx, c), batch.estimates(T[idx], idx))):
+        for a, b in zip(got, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * np.abs(b).max())
+    beta = batch.estimates(None, None, c)[0]
+    Y = np.asarray(r.simulate(nsim=6, seed=2))
+    ols = np.linalg.lstsq(r.model.exog, Y, rcond=None)[0].T
+    np.testing.assert_allclose(beta, ols, rtol=1e-10)      # (balanced: GLS is OLS)
+
+
+def test_the_response_checks_basis_is_an_orthonormal_basis_of_the_fixed_design(sleep):
+    d = sleep.assign(w=np.where(np.arange(180) % 7 == 0, 0.0, 1.0 + (np.arange(180) % 3)))
+    r = mf.lmer(SLEEP, d, weights=d["w"].to_numpy()).fit()
+    pos, sw, Q = _lockstep._check_basis(r.model)
+    X = r.model.exog[pos] * sw
+    np.testing.assert_allclose(Q.T @ Q, np.eye(2), atol=1e-14)
+    np.testing.assert_allclose(Q @ (Q.T @ X), X, atol=1e-12 * np.abs(X).max())
+    y = np.asarray(r.simulate(nsim=2, seed=5))
+    exact = np.column_stack([y, r.model.exog @ [250.0, 10.0]])     # the last: X fits it
+    assert _lockstep._passes_checks(r.model, r.model._small_levels(), exact).tolist() == \
+        [True, True, False]
+
+
+def test_members_wrapper_reads_the_results_as_statsmodels_wrapper_does(sleep):
+    r = mf.lmer(SLEEP, sleep).fit()
+    a = r.refit_many(np.asarray(r.simulate(nsim=2, seed=8)))[1]
+    assert isinstance(a, BatchResultsWrapper)
+    names = ("llf", "theta", "sigma", "converged", "nobs", "reml", "params")
+    got = {k: getattr(a, k) for k in names}
+    assert "_model" not in a._results.__dict__          # (no read made the member's model)
+    assert list(got["params"].index) == ["Intercept", "Days"]
+    assert got["llf"] == -0.5 * a._results.criterion and a.__doc__ == a._results.__doc__
+    a.note = "mine"                                 # the wrapper's own attribute comes first
+    assert a.note == "mine" and not hasattr(a._results, "note")
+    with pytest.raises(AttributeError):
+        a.no_such_attribute
+    ref = MixedResultsWrapper(a._results)           # (statsmodels' wrapper: makes the model)
+    for k in names:
+        v, w = got[k], getattr(ref, k)
+        assert v is w or np.array_equal(v, w)
+    np.testing.assert_array_equal(a.cov_params(), ref.cov_params())
+
+
+def test_a_small_batch_leaves_the_blas_setting_alone(sleep, monkeypatch):
+    """sleepstudy: 39 rows x 180 observations x members; 20 members (140,400 multiply-adds
+    in the level sums) stay below OpenBLAS's threading size, 40 do not."""
+    r = mf.lmer(SLEEP, sleep).fit()
+    seen = []
+    real = _lockstep.fit_threads
+
+    def spy(rows, level_by_level=False):
+        seen.append((rows, level_by_level))
+        return real(rows, level_by_level)
+    monkeypatch.setattr(_lockstep, "fit_threads", spy)
+    Y = np.asarray(r.simulate(nsim=40, seed=4))
+    small, large = r.refit_many(Y[:, :20]), r.refit_many(Y)
+    assert seen == [(39, True), (39, False)]
+    for a, b in zip(small, large):
+        assert a.criterion == pytest.approx(b.criterion, abs=1e-9)
