@@ -1,10 +1,11 @@
 """The batched refits' shortcuts (mlmext.inference._lockstep, mlmext.linalg.levels_batch),
 each against the computation it replaces: the fit's theta's criterion from the response's
 row of S alone, the estimates from the gradient's L^-1, the response check's basis from
-LAPACK's QR, the members' wrapper reading the results directly, and the BLAS setting left
-alone for a batch of small products."""
+LAPACK's QR, the members' wrapper reading the results directly, the BLAS setting left
+alone for a batch of small products, and the parametric bootstrap's one-at-a-time draws."""
 import numpy as np
 import pytest
+import statsmodels.api as sm
 
 from mlmext import datasets
 from mlmext._batch_results import BatchResultsWrapper
@@ -111,3 +112,28 @@ def test_a_small_batch_leaves_the_blas_setting_alone(sleep, monkeypatch):
     assert seen == [(39, True), (39, False)]
     for a, b in zip(small, large):
         assert a.criterion == pytest.approx(b.criterion, abs=1e-9)
+
+
+def test_one_at_a_time_draws_are_simulates_bit_for_bit(sleep):
+    """pb_test's draws: simulate(res, 1, seed=gen)'s responses, the generator's sequence
+    unchanged, with weights (some zero), an offset, two grouping factors and a GLMM."""
+    from mlmext.inference.simulation import one_at_a_time, simulate
+    rng = np.random.default_rng(3)
+    d = sleep.assign(w=rng.uniform(0.5, 2.0, 180), off=rng.normal(0.0, 5.0, 180))
+    d.loc[::11, "w"] = 0.0
+    pen = datasets.load("penicillin")
+    cbpp = datasets.load("cbpp")
+    fits = [mf.lmer(SLEEP, sleep).fit(reml=False),
+            mf.lmer("Reaction ~ Days + (1 | Subject)", d, weights=d["w"].to_numpy(),
+                    offset=d["off"].to_numpy()).fit(),
+            mf.lmer("diameter ~ 1 + (1 | plate) + (1 | sample)", pen).fit(),
+            mf.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp,
+                     family=sm.families.Binomial()).fit()]
+    for r in fits:
+        draw = one_at_a_time(r)
+        g1, g2 = np.random.default_rng(9), np.random.default_rng(9)
+        a = np.column_stack([draw(g1) for _ in range(4)])
+        b = np.column_stack([simulate(r, 1, seed=g2).iloc[:, 0].to_numpy() for _ in range(4)])
+        np.testing.assert_array_equal(a, b)
+        assert a.shape == (r.model.exog.shape[0], 4) and np.isfinite(a).all()
+    assert g1.random() == g2.random()                  # (the same draws taken from both)

@@ -13,7 +13,7 @@ from ..printing import HeadedTable
 from ._common import _Progress, _family, _is_glmm, _is_lmm, _raw
 from ._refit import refit
 from .refit_batch import _batched_or_none
-from .simulation import simulate
+from .simulation import one_at_a_time
 
 _ROWS = ["LRT", "PBtest", "Gamma", "Bartlett", "F"]
 _COLS = ["stat", "df", "ddf", "p.value"]
@@ -136,13 +136,13 @@ def pb_test(small, large, nsim=1000, rng=None, progress=False):
     df = float(large.k_params) - float(small.k_params)
     tobs = _lrt(large, small)
     bar = _Progress(nsim, progress, "PB test ")
+    draw = one_at_a_time(small)     # (simulate(small, 1, seed=gen)'s draws, its set-up once)
     ref = np.full(nsim, np.nan)
     t0 = time.perf_counter()
     for lo in range(0, nsim, _CHUNK):
         # the responses drawn one at a time (the generator's sequence does not depend on the
         # chunks), then each model's refits together where its design allows (refit_many)
-        Y = np.column_stack([simulate(small, 1, seed=gen).iloc[:, 0].to_numpy()
-                             for _ in range(lo, min(lo + _CHUNK, nsim))])
+        Y = np.column_stack([draw(gen) for _ in range(lo, min(lo + _CHUNK, nsim))])
         S, G = _batched_or_none(small, Y), _batched_or_none(large, Y)
         for j in range(Y.shape[1]):
             try:

@@ -84,6 +84,35 @@ def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
     return pd.DataFrame(y, index=index, columns=[f"sim_{k + 1}" for k in range(nsim)])
 
 
+def one_at_a_time(res):
+    """A function of a generator ``gen`` that gives ``simulate(res, 1, seed=gen)``'s response
+    as an array, the same draws bit for bit, with what does not depend on them made once
+    (the fixed part, each block's ``Z`` and template, the residual SDs): simulations drawn
+    one at a time for a sequence that does not depend on how they are grouped
+    (:func:`~mlmext.inference.pbtest.pb_test`).  An LMM's Gaussian responses; other models
+    call :func:`simulate`."""
+    r = _raw(res)
+    model = r.model
+    fam = _family(r)
+    if not (_is_lmm(r) and (fam is None or type(fam).__name__ == "Gaussian")):
+        return lambda gen: simulate(res, 1, seed=gen).iloc[:, 0].to_numpy()
+    n = model.exog.shape[0]
+    eta0 = np.asarray(model.exog, dtype=float) @ _beta(r) + np.asarray(model.offset, dtype=float)
+    des, scale = model.re_design, r.sigma
+    blocks = [(blk.m, blk.q, lam, blk.Z()) for blk, lam in zip(des.blocks, des.lambdas(r.theta))]
+    w = np.asarray(model.weights, dtype=float)
+    with np.errstate(divide="ignore"):
+        sd = np.where(w > 0, r.sigma / np.sqrt(w), 0.0)[:, None]
+
+    def draw(gen):                      # (simulate's steps with nsim = 1, in its order)
+        eta = np.repeat(eta0[:, None], 1, axis=1)
+        for m, q, lam, Z in blocks:
+            u = gen.standard_normal((m, q, 1))
+            eta += Z @ (np.einsum("ij,gjs->gis", lam, u).reshape(m * q, 1) * scale)
+        return (eta + sd * gen.standard_normal((n, 1)))[:, 0]
+    return draw
+
+
 class PowerSimResults:
     """Result of :func:`power_sim` (simr's ``powerSim``).
 
