@@ -26,7 +26,7 @@ from scipy.linalg import lapack
 
 from .._blas import fit_threads
 from ..linalg.levels_batch import LevelsBatch, design_piece
-from ..objective.lmm import _state
+from ..objective.lmm import state_of
 from ..optimize import OptSummary, rounding_level
 from ._common import _cache
 from ._refit_start import _batchable, criterion, moment_starts
@@ -293,7 +293,7 @@ def _finish(r, lv, Y, conv, Te, est, T0, nfev, dec, mineig, starts):
     reml = bool(r.reml)
     # (fields in their final form set at once: the frozen dataclass's guarded setattrs cost
     # more than the rest of a member's state)
-    states = [_state(theta=t, beta=bt, u=uj, sigma=sg, criterion=cr, cov_beta=cv, reml=reml)
+    states = [state_of(theta=t, beta=bt, u=uj, sigma=sg, criterion=cr, cov_beta=cv, reml=reml)
               for t, bt, uj, sg, cr, cv in zip(Tc, beta, u, sigma.tolist(), crit.tolist(), cov)]
     # every field in OptSummary's own form (read-only float arrays, tuples): no __post_init__
     make = _NO_FIELDS.replaced

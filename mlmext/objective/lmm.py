@@ -66,13 +66,16 @@ def _read_only(a):
     return a
 
 
-def _state(**fields):
+def state_of(**fields):
     """An :class:`LMMState` of fields in their final form, set as one dict: the frozen
     dataclass's __init__ (a guarded setattr per field) costs more than the rest of ``at``'s
-    bookkeeping on a small model."""
+    bookkeeping on a small model (and than a batched refit member's state)."""
     new = object.__new__(LMMState)
     new.__dict__.update(fields)
     return new
+
+
+_state = state_of
 
 
 class LMMDeviance:
