@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 
-from mlmext import laplace as lp
 from mlmext.formula import api as mf
 from mlmext.glmm.fit import fit_glmm
 from mlmext.optimize import hessian_central_gradient
@@ -162,3 +161,20 @@ def test_fit_agrees_with_the_differenced_hessians(data, formula, family, kw):
     np.testing.assert_allclose(r.bse_fe, se, rtol=1e-4)
     np.testing.assert_allclose(r.theta, r0.theta, rtol=1e-4)
     assert isinstance(r.fe_params, pd.Series)
+
+
+def test_level_sums_dense_and_by_bincount(data, monkeypatch):
+    from mlmext.laplace import zops
+    mod = mf.glmer("incidence ~ x + (0 + z | herd)", data, family=sm.families.Poisson())
+    V = np.random.default_rng(2).normal(size=(len(data), 4))
+    ops = zops._zops(mod.re_design)
+    dense = ops.level_sums(V)
+    codes = mod.re_design.blocks[0].codes
+    expect = np.stack([np.bincount(codes, weights=V[:, j], minlength=15) for j in range(4)], 1)
+    np.testing.assert_allclose(dense, expect, rtol=1e-13, atol=1e-13)
+    dev = mod.deviance()
+    x = np.array([0.4, 0.2, 0.3])
+    H = _exact(dev, x)
+    monkeypatch.setattr(zops, "DENSE_INDICATOR", 0)
+    np.testing.assert_array_equal(ops.level_sums(V), expect)
+    np.testing.assert_allclose(_exact(dev, x), H, rtol=1e-13, atol=1e-13 * np.abs(H).max())

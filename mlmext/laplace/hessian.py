@@ -70,42 +70,47 @@ def scalar_laplace_hessian(design, chol, cond, modes, X):
     w, w1, w2 = cond.weight_derivatives(modes.eta)
     ops = _zops(design)
     z = None if ops.all_ones[0] else ops.x0[0]
-
-    def zt(v, k=1):                                      # v z^k
-        return v if z is None else v * z ** k
-
-    def sums(v):                                         # S_g(v), per level
-        return np.bincount(codes, weights=v, minlength=m)
-
-    def col_sums(v):                                     # S_g(v X), (m, p)
-        return np.column_stack([sums(v * X[:, j]) for j in range(p)]) if p else np.zeros((m, 0))
-
-    S2, s3 = sums(zt(w, 2)), sums(zt(w1, 3))
-    zu = zt(u[codes])
-    P = np.column_stack([zu, X])
-    A = np.column_stack([u * S2, col_sums(zt(w))])      # S(w z P)
-    C = -lam * A
-    C[:, 0] += sums(zt(modes.d1))
-    U = C / M[:, None]                                   # d u / d psi
-    E = lam * U[codes]                                   # d eta / d psi
+    w0 = w
+    if z is not None:                                   # w z^2, w' z^2, w'' z^2, w' z
+        wz, w1z, w = w * z, w1 * z, w * (z * z)
+        w1, w2 = w1 * (z * z), w2 * (z * z)
+    else:
+        wz, w1z = w, w1
+    # the per-level sums S2 = S(w z^2), s3 = S(w' z^3), S(d1 z), S(w z X), S(w' z^2 X)
+    V = np.empty((codes.size, 3 + 2 * p))
+    V[:, 0], V[:, 2] = w, modes.d1 if z is None else modes.d1 * z
+    np.multiply(w1, 1.0 if z is None else z, out=V[:, 1])
+    np.multiply(X, wz[:, None], out=V[:, 3:3 + p])
+    np.multiply(X, w1[:, None], out=V[:, 3 + p:])
+    Ls = ops.level_sums(V)
+    S2, s3 = Ls[:, 0], Ls[:, 1]
+    P = np.empty((codes.size, 1 + p))                  # d eta / d psi at fixed modes
+    P[:, 0] = u[codes] if z is None else u[codes] * z
+    P[:, 1:] = X
+    A = np.empty((m, 1 + p))                            # S(w z P)
+    A[:, 0], A[:, 1:] = u * S2, Ls[:, 3:3 + p]
+    C = -lam * A                                        # d2 h / du dpsi
+    C[:, 0] += Ls[:, 2]
+    U = C / M[:, None]                                  # d u / d psi
+    E = (lam * U)[codes]                                # d eta / d psi
     if z is not None:
         E *= z[:, None]
     E += P
-    T = A + (lam * S2)[:, None] * U                      # S(w z E)
-    B = np.column_stack([u * s3, col_sums(zt(w1, 2))])  # S(w' z^2 P)
-    Sw1E = B + (lam * s3)[:, None] * U                   # S(w' z^2 E)
-    Mk = (lam * lam) * Sw1E
-    Mk[:, 0] += 2.0 * lam * S2
-    G = Mk / M[:, None]
+    B = np.empty((m, 1 + p))                            # S(w' z^2 P)
+    B[:, 0], B[:, 1:] = u * s3, Ls[:, 3 + p:]
+    lS2U = (lam * S2)[:, None] * U
+    Sw1E = B + lam * s3[:, None] * U                    # S(w' z^2 E)
+    G = (lam * lam) * Sw1E                              # d M / d psi, over M
+    G[:, 0] += 2.0 * lam * S2
+    G /= M[:, None]
     q = s3 / (M * M)
     # E' diag(v) E: lambda^2 S(w'' z^2 E_k E_l) / M and the modes' second derivatives'
-    # lambda^4 S(w' z E_k E_l) s3 / M^2
-    v = (lam * lam) * zt(w2, 2) / M[codes] - lam ** 4 * zt(w1) * q[codes]
-    sum_Mkl = E.T @ (v[:, None] * E)
+    # -lambda^4 S(w' z E_k E_l) s3 / M^2
+    Mkl = E.T @ (((lam * lam) * w2 / M[codes] - lam ** 4 * w1z * q[codes])[:, None] * E)
     r = (2.0 * lam * (Sw1E / M[:, None]).sum(axis=0) + (lam * lam) * ((s3 / M) @ U)
-         - lam ** 3 * (q @ (T + (lam * S2)[:, None] * U)))
-    sum_Mkl[0, :] += r
-    sum_Mkl[:, 0] += r
-    sum_Mkl[0, 0] += 2.0 * np.sum(S2 / M)
-    H = -(P.T @ (w[:, None] * P)) + C.T @ U - 0.5 * sum_Mkl + 0.5 * (G.T @ G)
+         - lam ** 3 * (q @ (A + 2.0 * lS2U)))
+    Mkl[0, :] += r
+    Mkl[:, 0] += r
+    Mkl[0, 0] += 2.0 * np.sum(S2 / M)
+    H = C.T @ U - (P.T * w0) @ P - 0.5 * Mkl + 0.5 * (G.T @ G)
     return 0.5 * (H + H.T)
