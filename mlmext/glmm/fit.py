@@ -13,6 +13,7 @@ only supplies data, starting values and warnings.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -249,6 +250,10 @@ def _em_start(dev, theta, m1, nsteps):
             for t in blk.terms:
                 Ct = C[start:start + t.q, start:start + t.q]
                 start += t.q
+                if t.q == 1:                   # the 1 x 1 Cholesky factor (LAPACK's sqrt)
+                    c = float(Ct[0, 0])
+                    new[t.theta_index] = math.sqrt(c + 1e-12 if c + 1e-12 > 0 else max(c, 0.0))
+                    continue
                 try:
                     Lt = np.linalg.cholesky(Ct + 1e-12 * np.eye(t.q))
                 except np.linalg.LinAlgError:

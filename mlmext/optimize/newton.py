@@ -125,7 +125,7 @@ def newton(fg, x, bounds, hess_fn, tol, maxit=20, fgx=None, fresh=False):
     for it in range(maxit):
         free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0)))
         step = np.zeros_like(x)
-        Hf = H[np.ix_(free, free)]
+        Hf = H if free.all() else H[np.ix_(free, free)]
         indefinite = False
         try:
             step[free] = -_cho_solve(Hf, g[free])
