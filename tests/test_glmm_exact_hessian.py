@@ -20,6 +20,8 @@ from mlmext.optimize import hessian_central_gradient
 from refcases import read_data
 
 CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+#: prior weights on top of the trials: non-integer successes, the model warns (on purpose here)
+pytestmark = pytest.mark.filterwarnings("ignore:non-integer number of successes")
 
 
 @pytest.fixture(scope="module")

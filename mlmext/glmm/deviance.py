@@ -62,9 +62,11 @@ class LaplaceDeviance:
         self.pirls_options = ({"scalar_fast": True} if getattr(self.cond, "canonical", False)
                               and lp.is_scalar_design(self.design) else {})
         #: the exact Laplace Hessian (:meth:`hessian`) applies: one scalar term on that path,
-        #: a canonical link with the weights' derivatives
-        self.exact_hessian = bool(self.pirls_options) and lp.has_scalar_hessian(self.design,
-                                                                               self.cond)
+        #: a canonical link with the weights' derivatives, the rows in memory (it reads the
+        #: modes' eta; not a subclass that evaluates elsewhere, as Dask's summed rows)
+        self.exact_hessian = (bool(self.pirls_options)
+                              and type(self).loglike_and_score is LaplaceDeviance.loglike_and_score
+                              and lp.has_scalar_hessian(self.design, self.cond))
 
     @property
     def chol_u(self):

@@ -5,7 +5,9 @@
 2. theta, beta (and log alpha) jointly on the Laplace log-likelihood: quasi-Newton
    with the exact gradient, then Newton with the Hessian from gradient differences,
    then the second-order checks of :mod:`.optimum` (curvature on the free parameters,
-   probes off the variance bounds; a restart where they find descent).
+   probes off the variance bounds; a restart where they find descent).  One scalar term
+   with a canonical link: Newton alone with the exact Hessian
+   (:func:`mlmext.laplace.scalar_laplace_hessian`), which is also the covariance's.
 3. For ``nagq > 1``: the AGQ log-likelihood from the Laplace estimates, the same way.
 
 Everything runs on one :class:`~mlmext.glmm.deviance.LaplaceDeviance`; the model

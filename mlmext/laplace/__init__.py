@@ -48,8 +48,8 @@ Modules: :mod:`.protocol` (the conditional-model protocol, modes), :mod:`.rows` 
 :mod:`.summed` (with :mod:`.chunkplan`), :mod:`.zops`
 (``Z Lambda u`` and the PIRLS factorization), :mod:`.pirls`, :mod:`.scalar`
 (one scalar term, level by level), :mod:`.dense` (a dense system that takes negative
-observed information), :mod:`.agq`, :mod:`.gradient`,
-:mod:`.separation`.
+observed information), :mod:`.agq`, :mod:`.gradient`, :mod:`.hessian` (the exact Hessian
+of one scalar term with a canonical link), :mod:`.separation`.
 """
 from __future__ import annotations
 
