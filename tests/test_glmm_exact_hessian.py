@@ -180,3 +180,15 @@ def test_level_sums_dense_and_by_bincount(data, monkeypatch):
     monkeypatch.setattr(zops, "DENSE_INDICATOR", 0)
     np.testing.assert_array_equal(ops.level_sums(V), expect)
     np.testing.assert_allclose(_exact(dev, x), H, rtol=1e-13, atol=1e-13 * np.abs(H).max())
+
+
+@pytest.mark.parametrize("formula", ["incidence ~ x + (0 + z | herd)", "incidence ~ x + (1 | herd)"])
+def test_exact_hessian_in_row_blocks(data, formula, monkeypatch):
+    """Large data: the row-wise products a block of rows at a time (per-level sums by
+    bincount), the same Hessian."""
+    from mlmext.laplace import hessian
+    dev = mf.glmer(formula, data, family=sm.families.Poisson()).deviance()
+    x = np.array([0.4, 0.2, 0.3])
+    H = _exact(dev, x)
+    monkeypatch.setattr(hessian, "HESSIAN_CHUNK", 10)          # 6 blocks, the last of 6 rows
+    np.testing.assert_allclose(_exact(dev, x), H, rtol=1e-13, atol=1e-13 * np.abs(H).max())

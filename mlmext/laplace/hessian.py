@@ -7,7 +7,10 @@ from ..linalg import ScalarFactor
 from .pirls import factor_at
 from .zops import _zops
 
-__all__ = ["has_scalar_hessian", "scalar_laplace_hessian"]
+__all__ = ["has_scalar_hessian", "scalar_laplace_hessian", "HESSIAN_CHUNK"]
+
+#: rows per block of the Hessian's row-wise products (a few (rows, 1 + p) arrays at a time)
+HESSIAN_CHUNK = 1 << 16
 
 
 def has_scalar_hessian(design, cond):
@@ -76,26 +79,30 @@ def scalar_laplace_hessian(design, chol, cond, modes, X):
         w1, w2 = w1 * (z * z), w2 * (z * z)
     else:
         wz, w1z = w, w1
+    d1z = modes.d1 if z is None else modes.d1 * z
+    w1z3 = w1z if z is None else w1 * z
+    n = codes.size
+    # row blocks of at most HESSIAN_CHUNK rows: the (rows, 1 + p) arrays below stay small on
+    # large data (one block on small data: the same operations)
+    blocks = [slice(a, min(a + HESSIAN_CHUNK, n)) for a in range(0, n, HESSIAN_CHUNK)]
     # the per-level sums S2 = S(w z^2), s3 = S(w' z^3), S(d1 z), S(w z X), S(w' z^2 X)
-    V = np.empty((codes.size, 3 + 2 * p))
-    V[:, 0], V[:, 2] = w, modes.d1 if z is None else modes.d1 * z
-    np.multiply(w1, 1.0 if z is None else z, out=V[:, 1])
-    np.multiply(X, wz[:, None], out=V[:, 3:3 + p])
-    np.multiply(X, w1[:, None], out=V[:, 3 + p:])
-    Ls = ops.level_sums(V)
+    Ls = np.zeros((m, 3 + 2 * p))
+    for sl in blocks:
+        V = np.empty((sl.stop - sl.start, 3 + 2 * p))
+        V[:, 0], V[:, 1], V[:, 2] = w[sl], w1z3[sl], d1z[sl]
+        np.multiply(X[sl], wz[sl, None], out=V[:, 3:3 + p])
+        np.multiply(X[sl], w1[sl, None], out=V[:, 3 + p:])
+        if len(blocks) == 1:
+            Ls = ops.level_sums(V)
+        else:
+            for k in range(V.shape[1]):
+                Ls[:, k] += np.bincount(codes[sl], weights=V[:, k], minlength=m)
     S2, s3 = Ls[:, 0], Ls[:, 1]
-    P = np.empty((codes.size, 1 + p))                  # d eta / d psi at fixed modes
-    P[:, 0] = u[codes] if z is None else u[codes] * z
-    P[:, 1:] = X
-    A = np.empty((m, 1 + p))                            # S(w z P)
-    A[:, 0], A[:, 1:] = u * S2, Ls[:, 3:3 + p]
+    A = np.empty((m, 1 + p))                            # S(w z P), P = d eta / d psi at
+    A[:, 0], A[:, 1:] = u * S2, Ls[:, 3:3 + p]         # fixed modes = [z u, X]
     C = -lam * A                                        # d2 h / du dpsi
     C[:, 0] += Ls[:, 2]
     U = C / M[:, None]                                  # d u / d psi
-    E = (lam * U)[codes]                                # d eta / d psi
-    if z is not None:
-        E *= z[:, None]
-    E += P
     B = np.empty((m, 1 + p))                            # S(w' z^2 P)
     B[:, 0], B[:, 1:] = u * s3, Ls[:, 3 + p:]
     lS2U = (lam * S2)[:, None] * U
@@ -105,12 +112,26 @@ def scalar_laplace_hessian(design, chol, cond, modes, X):
     G /= M[:, None]
     q = s3 / (M * M)
     # E' diag(v) E: lambda^2 S(w'' z^2 E_k E_l) / M and the modes' second derivatives'
-    # -lambda^4 S(w' z E_k E_l) s3 / M^2
-    Mkl = E.T @ (((lam * lam) * w2 / M[codes] - lam ** 4 * w1z * q[codes])[:, None] * E)
+    # -lambda^4 S(w' z E_k E_l) s3 / M^2; and P' W P
+    vl = (lam * lam) / M
+    ql = lam ** 4 * q
+    Mkl = np.zeros((1 + p, 1 + p))
+    PWP = np.zeros((1 + p, 1 + p))
+    for sl in blocks:
+        c = codes[sl]
+        P = np.empty((sl.stop - sl.start, 1 + p))
+        P[:, 0] = u[c] if z is None else u[c] * z[sl]
+        P[:, 1:] = X[sl]
+        E = (lam * U)[c]                                # d eta / d psi
+        if z is not None:
+            E *= z[sl, None]
+        E += P
+        Mkl += E.T @ ((w2[sl] * vl[c] - w1z[sl] * ql[c])[:, None] * E)
+        PWP += (P.T * w0[sl]) @ P
     r = (2.0 * lam * (Sw1E / M[:, None]).sum(axis=0) + (lam * lam) * ((s3 / M) @ U)
          - lam ** 3 * (q @ (A + 2.0 * lS2U)))
     Mkl[0, :] += r
     Mkl[:, 0] += r
     Mkl[0, 0] += 2.0 * np.sum(S2 / M)
-    H = C.T @ U - (P.T * w0) @ P - 0.5 * Mkl + 0.5 * (G.T @ G)
+    H = C.T @ U - PWP - 0.5 * Mkl + 0.5 * (G.T @ G)
     return 0.5 * (H + H.T)
