@@ -76,3 +76,32 @@ def test_cbind_names():
                  "cbind(s, np.log(f))", "rbind(s, f)", "cbind(s, 'f')", "cbind(s, f ** 2)",
                  "cbind(s, True)", "s", "cbind(", "cbind(s, f[0])"):
         assert _cbind_names(code) is None, code
+
+
+@pytest.mark.filterwarnings("ignore:boundary \\(singular\\) fit")
+@pytest.mark.parametrize("formula,family", [
+    ("cbind(incidence, fail) ~ period + (1 | herd)", "binomial"),
+    ("incidence ~ period + (1 | herd)", "poisson"),
+    ("hit ~ period + (1 | herd)", "binomial"),                  # a 0/1 column
+    ("sick ~ period + (1 | herd)", "binomial")])                # a two-level factor: frames
+def test_array_response_is_the_frames_one(cbpp, formula, family, monkeypatch):
+    """A GLMM's numeric or cbind response reaches the model as an array (its Series and the
+    design's DataFrame made when first read, as an LMM's): the model the frames give."""
+    import mlmext.base
+    from mlmext.model_data import FormulaResponse
+    d = cbpp.assign(hit=(cbpp["incidence"] > 0).astype(float),
+                    sick=pd.Categorical(np.where(cbpp["incidence"] > 0, "yes", "no")))
+    lazy = mf.glmer(formula, d, family=family)
+    monkeypatch.setattr(mlmext.base, "LAZY_FRAMES", False)
+    frames = mf.glmer(formula, d, family=family)
+    for attr in ("endog", "exog", "weights", "offset"):
+        np.testing.assert_array_equal(getattr(lazy, attr), getattr(frames, attr))
+    assert lazy.exog_names == frames.exog_names and lazy.endog_names == frames.endog_names
+    assert lazy.response_kind == frames.response_kind
+    pd.testing.assert_series_equal(lazy.data.orig_endog, frames.data.orig_endog)
+    pd.testing.assert_frame_equal(lazy.data.orig_exog, frames.data.orig_exog)
+    assert isinstance(lazy.data.__dict__.get("_formula_sources", (None,))[0],
+                      FormulaResponse) == ("sick" not in formula)
+    a, b = lazy.fit(), frames.fit()
+    assert a.llf == b.llf
+    np.testing.assert_array_equal(a.bse_fe, b.bse_fe)
