@@ -173,10 +173,14 @@ class MixedModel(LikelihoodModel):
         # the base hook reads a one-column response as the Series itself (no frame made)
         base_hook = cls._prepare_endog_exog.__func__ is MixedModel._prepare_endog_exog.__func__
         y = X = None
-        if base_hook and LAZY_FRAMES and frame.y_values is not None and len(frame.y_values) >= 2:
+        arrays = None
+        if LAZY_FRAMES:        # (a subclass's hook may give the response as an array too)
+            arrays = ((frame.y_values, frame.y_name) if frame.y_values is not None else None) \
+                if base_hook else cls._response_arrays(frame, info)
+        if arrays is not None and len(arrays[0]) >= 2:
             # the base hook's work on the arrays: the Series and DataFrame it would hand the
             # model are made when first read (model_data.FormulaData)
-            y, X = formula_arrays(frame.y_values, frame.y_name, frame.x_values, frame.x_names)
+            y, X = formula_arrays(arrays[0], arrays[1], frame.x_values, frame.x_names)
             if _columns_kept(X.values) is not None:
                 y = X = None                # columns to drop (and a warning): the frames' way
         if y is None:
@@ -209,6 +213,13 @@ class MixedModel(LikelihoodModel):
         def owner(name):
             return next(k for k in cls.__mro__ if name in k.__dict__)
         return cls._fixed_parts if owner("_fixed_parts") is owner("_fixed_matrices") else None
+
+    @classmethod
+    def _response_arrays(cls, frame, info):
+        """Hook for subclasses with their own :meth:`_prepare_endog_exog`: its response as
+        ``(values, name)`` from the model frame without pandas objects, or None (then the
+        hook runs on the frames)."""
+        return None
 
     @classmethod
     def _prepare_endog_exog(cls, y, X, data, info):

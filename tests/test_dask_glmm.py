@@ -7,7 +7,10 @@ memory or through :class:`mlmext.laplace.SummedRows`), the same warm starts
 another order (per partition, then in a tree).  So the two fits take the same steps and agree
 to rounding: the log-likelihoods to 1e-10 relative, the estimates to 1e-6 of a standard error
 and the standard errors (central differences of the gradient) to 1e-6 relative (measured:
-~1e-13 SE and ~1e-10 relative).
+~1e-13 SE and ~1e-10 relative).  One scalar term in memory would take the exact Hessian
+(:func:`mlmext.laplace.scalar_laplace_hessian`, which reads the rows): the pandas fits here take
+the differenced Hessians as the Dask ones do, and one test compares with the exact path to the
+optimizer's tolerance.
 """
 import numpy as np
 import pandas as pd
@@ -43,7 +46,9 @@ def _data(seed=3, n=2400, users=120, items=40):
 
 
 @pytest.fixture(autouse=True)
-def _sync_scheduler():
+def _sync_scheduler(monkeypatch):
+    # the in-memory fits on the Dask fits' path (no exact Hessian), see the module docstring
+    monkeypatch.setattr(lp, "has_scalar_hessian", lambda design, cond: False)
     with dask.config.set(scheduler="synchronous"):
         yield
 
@@ -238,3 +243,22 @@ def test_pearson_residuals_and_their_summary_quantiles(formula, weights):
     np.testing.assert_allclose(rd._summary_resid_quantiles(), rp._scaled_resid_quantiles(),
                                atol=1e-8)
     assert "Scaled residuals" in rd.summary().as_text()
+
+
+def test_against_the_exact_hessian_in_memory(monkeypatch):
+    """The in-memory fit of one scalar term with its exact Hessian (Newton to ~1e-6 SE of the
+    optimum) and the Dask fit (Newton's decrement below 1e-8: up to ~7e-5 SE away) agree to
+    the optimizer's tolerance."""
+    df = _data().dropna().reset_index(drop=True)
+    f = "y ~ x + (1 | user)"
+    rd = mf.glmer(f, dd.from_pandas(df, npartitions=3), family="binomial").fit()
+    monkeypatch.undo()
+    m = mf.glmer(f, df, family="binomial")
+    assert m.deviance().exact_hessian
+    rp = m.fit()
+    assert any("exact Hessian" in t[0] for t in rp.optim.tried)
+    assert not any("exact Hessian" in t[0] for t in rd.optim.tried)
+    assert abs(rd.llf - rp.llf) < 1e-8 and rp.llf >= rd.llf - 1e-10
+    se = np.asarray(rp.bse)
+    assert np.max(np.abs(np.asarray(rd.params) - np.asarray(rp.params)) / se) < 1e-4
+    np.testing.assert_allclose(np.asarray(rd.bse), se, rtol=1e-4)

@@ -17,6 +17,8 @@ The infos are immutable (patsy's ``DesignInfo``); the cache holds at most :data:
 """
 from __future__ import annotations
 
+import ast
+import functools
 import threading
 from collections import OrderedDict
 
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..immutable_cache import per_object
+from .factor_code import resolve
 
 __all__ = ["design_infos", "clear", "MAX_ENTRIES", "MAX_CATEGORIES"]
 
@@ -64,6 +67,59 @@ def _column_kind(v):
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def _cbind_names(code):
+    """The column names of each argument of ``cbind(a, b - a, ...)``: a tuple per argument, or
+    None for any other code.  Arguments are names, numbers and ``+ - * /`` of them, each with
+    a name (so one value per row)."""
+    try:
+        node = ast.parse(code, mode="eval").body
+    except SyntaxError:
+        return None
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id == "cbind" and node.args and not node.keywords):
+        return None
+    out = []
+    for arg in node.args:
+        names = []
+        for sub in ast.walk(arg):
+            if isinstance(sub, ast.Name):
+                names.append(sub.id)
+            elif isinstance(sub, ast.Constant):
+                if not isinstance(sub.value, (int, float)) or isinstance(sub.value, bool):
+                    return None
+            elif not isinstance(sub, (ast.BinOp, ast.UnaryOp, ast.Load, ast.Add, ast.Sub,
+                                      ast.Mult, ast.Div, ast.USub, ast.UAdd)):
+                return None
+        if not names:
+            return None
+        out.append(tuple(names))
+    return tuple(out)
+
+
+def _cbind_kind(plan, code, store):
+    """mlmext's ``cbind`` of number columns (:func:`_cbind_names`): a float matrix with one
+    column per argument whatever the values, so patsy learns one numerical factor of that many
+    columns; None otherwise (``cbind`` a column or the caller's, a name not a column)."""
+    args = _cbind_names(code)
+    if args is None:
+        return None
+    # mlmext.base.cbind (named, not imported: base imports this package)
+    obj = resolve(("cbind",), store.labels, plan.env.namespace)
+    if (getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)) != \
+            ("mlmext.base", "cbind"):
+        return None
+    kinds = []
+    for name in sorted({n for names in args for n in names}):
+        if name not in store.labels:
+            return None
+        kind = _column_kind(store[name])
+        if kind is None or kind[0] != "number":
+            return None
+        kinds.append((name, kind))
+    return ("cbind", len(args), tuple(kinds))
+
+
 def _key(plan, store):
     """The cache key of a plan on a store, or None when the design infos could depend on values."""
     if plan.pandas or not plan.rowwise or plan.source is None:
@@ -72,7 +128,11 @@ def _key(plan, store):
     for code in plan.codes:
         col = plan.bare.get(code)
         if col is None or code != col:          # a function of the column, C(x), Q("x") ...
-            return None
+            kind = _cbind_kind(plan, code, store)
+            if kind is None:
+                return None
+            kinds.append((code, kind))
+            continue
         kind = _column_kind(store[col])
         if kind is None:
             return None

@@ -198,6 +198,21 @@ class GLMConditional(lp.ConditionalModel):
         dw = self.pw * (2.0 * d * d2 / v - d ** 3 * dv / (v * v))
         return h, dw
 
+    @property
+    def weight_derivatives(self):
+        """``eta -> (w, dw/deta, d2w/deta2)`` for a canonical link (the exact Laplace Hessian
+        of :func:`mlmext.laplace.scalar_laplace_hessian`), None for other links."""
+        return self._weight_derivatives if self.canonical else None
+
+    def _weight_derivatives(self, eta):
+        if self.kind == "poisson-log":
+            w = self.pw * np.exp(eta)                 # every derivative of pw exp(eta)
+            return w, w, w
+        mu = special.expit(eta)
+        v = mu * (1.0 - mu)
+        w = self.pw * v                               # pw b''; b''' = b'' (1 - 2 mu),
+        return w, w * (1.0 - 2.0 * mu), w * (1.0 - 6.0 * v)   # b'''' = b'' (1 - 6 mu (1 - mu))
+
     def loglike_saturated(self):
         """Sum of the saturated log-likelihood (mu = y), full scale."""
         y, pw = self.y, self.pw

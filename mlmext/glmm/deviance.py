@@ -61,6 +61,12 @@ class LaplaceDeviance:
         #: Python overhead on small data (lme4's cbpp: 56 rows, 15 herds)
         self.pirls_options = ({"scalar_fast": True} if getattr(self.cond, "canonical", False)
                               and lp.is_scalar_design(self.design) else {})
+        #: the exact Laplace Hessian (:meth:`hessian`) applies: one scalar term on that path,
+        #: a canonical link with the weights' derivatives, the rows in memory (it reads the
+        #: modes' eta; not a subclass that evaluates elsewhere, as Dask's summed rows)
+        self.exact_hessian = (bool(self.pirls_options)
+                              and type(self).loglike_and_score is LaplaceDeviance.loglike_and_score
+                              and lp.has_scalar_hessian(self.design, self.cond))
 
     @property
     def chol_u(self):
@@ -186,10 +192,10 @@ class LaplaceDeviance:
                                modes=modes, lams=lams)
         return llf
 
-    def loglike_and_score(self, params, tol=1e-14):
+    def loglike_and_score(self, params, tol=1e-14, keep_eta=False):
         """Laplace log-likelihood, its exact gradient in ``(theta, beta[, log alpha])``, the modes
-        (their ``eta`` None when the model has no parameters of its own: not held through the
-        gradient).
+        (their ``eta`` None when the model has no parameters of its own and not ``keep_eta``:
+        not held through the gradient; :meth:`hessian` reads it).
         ``tol``: PIRLS's tolerance (errors in the modes enter the log-determinant, so the
         value and gradient to first order: ~1e-8 at 1e-14, ~1e-10 at 1e-20)."""
         theta, beta, extra = self.split(params)
@@ -200,9 +206,15 @@ class LaplaceDeviance:
         # the modes' eta is not read after the gradient's Hessian terms (without parameters of
         # the conditional model's own): dropped there, the returned modes have eta None then
         gt, gb, ge = lp.laplace_gradient(self.design, self.chol_u, self.cond, theta, modes,
-                                         X=self.model.exog, release_eta=True)
+                                         X=self.model.exog, release_eta=not keep_eta)
         g = np.concatenate([gt, gb] + ([ge] if self.k_extra else []))
         return modes.laplace, g, modes
+
+    def hessian(self, modes):
+        """The exact Hessian of the Laplace log-likelihood in ``(theta, beta)`` at converged
+        ``modes`` with their ``eta`` (:func:`mlmext.laplace.scalar_laplace_hessian`; only where
+        :attr:`exact_hessian`)."""
+        return lp.scalar_laplace_hessian(self.design, None, self.cond, modes, self.model.exog)
 
     def stage1(self, theta, beta, u=None):
         """lme4's nAGQ = 0 objective at theta: beta inside PIRLS. Returns (deviance, modes)."""

@@ -5,7 +5,9 @@
 2. theta, beta (and log alpha) jointly on the Laplace log-likelihood: quasi-Newton
    with the exact gradient, then Newton with the Hessian from gradient differences,
    then the second-order checks of :mod:`.optimum` (curvature on the free parameters,
-   probes off the variance bounds; a restart where they find descent).
+   probes off the variance bounds; a restart where they find descent).  One scalar term
+   with a canonical link: Newton alone with the exact Hessian
+   (:func:`mlmext.laplace.scalar_laplace_hessian`), which is also the covariance's.
 3. For ``nagq > 1``: the AGQ log-likelihood from the Laplace estimates, the same way.
 
 Everything runs on one :class:`~mlmext.glmm.deviance.LaplaceDeviance`; the model
@@ -13,6 +15,7 @@ only supplies data, starting values and warnings.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -104,19 +107,33 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
         bounds[nt + p:] = model._bounds_extra()
     names = (list(des.theta_names()) + [f"{b} (scaled)" for b in model.exog_names]
              + [f"log {model._extra_name}"] * ke)
-    # ---- Laplace: all parameters jointly, exact gradient, then Newton with the Hessian
-    count = _Count(_laplace_fg(dev, tr))
-    fd_idx = list(range(nt)) + list(range(nt + p, nt + p + ke))
+    # ---- Laplace: all parameters jointly, exact gradient, then Newton with the Hessian; where
+    # the exact Hessian is at hand (one scalar term, canonical link), Newton alone with it
+    exact = dev.exact_hessian and nagq == 1
     last = {}                                 # Newton's last Hessian: its point and columns
+    if exact:
+        ex = _ExactLaplace(dev, tr)
+        count = _Count(ex.fg)
+        hess_fn = lambda z, gz: ex.hessian(z, count)              # noqa: E731
+    else:
+        count = _Count(_laplace_fg(dev, tr))
+        hess_fn = lambda z, gz: hessian_from_gradient(count, z, gz, bounds, keep=last)  # noqa: E731
+    fd_idx = list(range(nt)) + list(range(nt + p, nt + p + ke))
     x, f, g, H, out = minimize_checked(
-        count, lambda z: count(z)[0], x0, bounds,
-        lambda z, gz: hessian_from_gradient(count, z, gz, bounds, keep=last), tol=tol,
-        maxiter=maxiter,
+        count, lambda z: count(z)[0], x0, bounds, hess_fn, tol=tol, maxiter=maxiter,
         phase="Laplace", evals=lambda: count.n, names=names, fd_idx=fd_idx,
-        qn_label=" (exact gradient)", hess_label=" (Hessian from gradient differences)",
-        mirror=des.column_mirrors())
+        qn_label=" (exact gradient)", mirror=des.column_mirrors(), exact=exact,
+        hess_label=" (exact Hessian)" if exact else " (Hessian from gradient differences)")
     tried += out.tried
-    if nagq == 1:
+    fine_modes = None
+    if exact:
+        # the covariance's Hessian at the modes to PIRLS's 1e-20, as _finish reports llf at:
+        # one PIRLS solve from the end point's modes, no differences
+        fine_modes = dev.modes(*dev.split(tr.params(x))[:2], tol=1e-20)
+        if fine_modes[0].converged:
+            H = tr.hess(-2.0 * dev.hessian(fine_modes[0]))
+        tried.append(("Laplace: exact Hessian for the covariance", True, 1))
+    elif nagq == 1:
         # the covariance's Hessian at the end point by central differences of the exact
         # gradient: Newton's (forward differences, at its last iterate) is good for steps but
         # leaves O(h) ~ 1e-3 relative errors in the standard errors.  Its forward gradients
@@ -148,7 +165,7 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
                                     nfev=sum(t[2] for t in tried), method="quasi-Newton + Newton",
                                     decrement=out.decrement, min_eigenvalue=out.min_eigenvalue,
                                     at_bound=[names[i] for i in out.at_bound])
-    return _finish(model, dev, tr, x, nagq, optim, H, initial=tr.params(x0))
+    return _finish(model, dev, tr, x, nagq, optim, H, initial=tr.params(x0), fine_modes=fine_modes)
 
 
 class _Count:
@@ -160,6 +177,34 @@ class _Count:
     def __call__(self, x):
         self.n += 1
         return self.fun(x)
+
+
+class _ExactLaplace:
+    """The Laplace deviance and its gradient in the optimizer's coordinates (:meth:`fg`), and
+    its exact Hessian (:meth:`hessian`) from the modes of the last evaluation when it was at
+    the same point (Newton asks for it where it has just evaluated the deviance)."""
+
+    def __init__(self, dev, tr):
+        self.dev, self.tr, self.last = dev, tr, None
+
+    def fg(self, x):
+        ll, g, modes = self.dev.loglike_and_score(self.tr.params(x), keep_eta=True)
+        if not np.isfinite(ll):
+            self.last = None
+            return np.inf, np.zeros_like(x)
+        self.last = (np.array(x, dtype=float), modes)
+        return -2.0 * ll, -2.0 * self.tr.grad(g)
+
+    def hessian(self, x, count):
+        """``(H, evaluations)``: ``count`` evaluates the deviance at ``x`` when the last
+        evaluation was elsewhere."""
+        n = 0
+        if self.last is None or not np.array_equal(self.last[0], x):
+            count(x)
+            n = 1
+        if self.last is None:
+            return np.full((x.size, x.size), np.nan), n
+        return self.tr.hess(-2.0 * self.dev.hessian(self.last[1])), n
 
 
 def _laplace_fg(dev, tr, tol=1e-14):
@@ -207,6 +252,10 @@ def _em_start(dev, theta, m1, nsteps):
             for t in blk.terms:
                 Ct = C[start:start + t.q, start:start + t.q]
                 start += t.q
+                if t.q == 1:                   # the 1 x 1 Cholesky factor (LAPACK's sqrt)
+                    c = float(Ct[0, 0])
+                    new[t.theta_index] = math.sqrt(c + 1e-12 if c + 1e-12 > 0 else max(c, 0.0))
+                    continue
                 try:
                     Lt = np.linalg.cholesky(Ct + 1e-12 * np.eye(t.q))
                 except np.linalg.LinAlgError:
@@ -250,12 +299,13 @@ def _optimize_stage1(dev, theta0, m1):
     dev.stage1(state["theta"], best.beta, best.u)
     return state["theta"], best, state["nfev"]
 
-def _finish(model, dev, tr, x, nagq, optim, H, initial):
+def _finish(model, dev, tr, x, nagq, optim, H, initial, fine_modes=None):
     des = dev.design
     params = tr.params(x)
     theta, beta, extra = dev.split(params)
     dev.set_extra(extra)
-    modes, lams = dev.modes(theta, beta, tol=1e-20)
+    # fine_modes: (modes, lams) at x to 1e-20 already found (with the exact Hessian)
+    modes, lams = dev.modes(theta, beta, tol=1e-20) if fine_modes is None else fine_modes
     if not modes.converged:
         raise lp.PIRLSError(f"PIRLS failed at the estimates: {modes.message}"
                             + model._range_hint())
@@ -356,6 +406,15 @@ class _Transform:
     def grad(self, g):
         nt, p = self.nt, self.p
         return np.concatenate([g[:nt], self.R.T @ g[nt:nt + p], g[nt + p:]])
+
+    def hess(self, H):
+        """A Hessian in ``(theta, beta)`` taken to the optimizer's coordinates (``R' H R`` in
+        the fixed effects' block and rows)."""
+        nt, p = self.nt, self.p
+        out = np.array(H, dtype=float)
+        out[nt:nt + p] = self.R.T @ out[nt:nt + p]
+        out[:, nt:nt + p] = out[:, nt:nt + p] @ self.R
+        return out
 
     def bounds(self, lower):
         lo = [(float(l), None) if np.isfinite(l) else (None, None) for l in lower]

@@ -74,7 +74,8 @@ class _Check:
 
 
 def minimize_checked(fg, f, x0, bounds, hess_fn, *, tol, maxiter, phase, evals, names,
-                     fd_idx=(), H0=None, qn_tol=1e-7, qn_label="", hess_label="", mirror=None):
+                     fd_idx=(), H0=None, qn_tol=1e-7, qn_label="", hess_label="", mirror=None,
+                     exact=False):
     """Quasi-Newton, Newton and the second-order checks, restarting where a probe finds descent.
 
     Parameters
@@ -111,6 +112,11 @@ def minimize_checked(fg, f, x0, bounds, hess_fn, *, tol, maxiter, phase, evals, 
     mirror : dict, optional
         Template columns below a diagonal (:meth:`~mlmext.design.RandomEffectsDesign.column_mirrors`):
         a diagonal at 0 is also probed from its mirror image.
+    exact : bool
+        ``hess_fn`` gives the exact Hessian, at the cost of no objective evaluation when ``x``
+        is the last point ``fg`` was called at: Newton from ``x0`` without the quasi-Newton
+        phase, with a new Hessian at every point it accepts (so the checks see the Hessian at
+        the end point).
 
     Returns
     -------
@@ -123,13 +129,18 @@ def minimize_checked(fg, f, x0, bounds, hess_fn, *, tol, maxiter, phase, evals, 
     prev, restarts = None, 0
     for rnd in range(MAX_ROUNDS + 1):
         n0 = evals()
-        xq, fq, gq, qi = quasi_newton(fg, x, bounds, list(fd_idx) if h0 is None else [],
-                                      maxiter=maxiter, tol=qn_tol, H0=h0)
-        tried.append((f"{phase}: quasi-Newton{qn_label}{why}", qi["converged"], evals() - n0))
-        n0 = evals()
+        if exact:
+            xq, fgx = x, None
+        else:
+            xq, fq, gq, qi = quasi_newton(fg, x, bounds, list(fd_idx) if h0 is None else [],
+                                          maxiter=maxiter, tol=qn_tol, H0=h0)
+            tried.append((f"{phase}: quasi-Newton{qn_label}{why}", qi["converged"],
+                          evals() - n0))
+            n0, fgx = evals(), (fq, gq)
         xn, fn, gn, H, ni = newton(fg, xq, bounds, hess_fn, tol, maxit=min(50, maxiter),
-                                   fgx=(fq, gq))
-        tried.append((f"{phase}: Newton{hess_label}", ni["converged"], evals() - n0))
+                                   fgx=fgx, fresh=exact)
+        tried.append((f"{phase}: Newton{hess_label}{why if exact else ''}", ni["converged"],
+                      evals() - n0))
         if prev is not None and not fn < prev[1]:
             break                            # the restart did not improve: keep the last point
         n0 = evals()

@@ -48,8 +48,8 @@ Modules: :mod:`.protocol` (the conditional-model protocol, modes), :mod:`.rows` 
 :mod:`.summed` (with :mod:`.chunkplan`), :mod:`.zops`
 (``Z Lambda u`` and the PIRLS factorization), :mod:`.pirls`, :mod:`.scalar`
 (one scalar term, level by level), :mod:`.dense` (a dense system that takes negative
-observed information), :mod:`.agq`, :mod:`.gradient`,
-:mod:`.separation`.
+observed information), :mod:`.agq`, :mod:`.gradient`, :mod:`.hessian` (the exact Hessian
+of one scalar term with a canonical link), :mod:`.separation`.
 """
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ from .agq import (MAX_AGQ_GRID, MAX_NAGQ, agq_loglik, agq_loglik_gradient, check
                   check_nagq, check_positive, gh_rule)
 from .dense import MAX_DENSE_RE
 from .gradient import laplace_gradient
+from .hessian import has_scalar_hessian, scalar_laplace_hessian
 from .pirls import factor_at, laplace_loglik, pirls, predict_modes
 from .protocol import ConditionalModel, Modes, PIRLSError
 from .scalar import _is_scalar_design as is_scalar_design
@@ -71,4 +72,5 @@ __all__ = ["ConditionalModel", "Modes", "PIRLSError", "ScalarFactor", "make_chol
            "random_effects_linear", "random_effects_transpose", "predict_modes", "check_nagq",
            "check_positive", "check_agq",
            "check_agq_grid", "MAX_NAGQ", "MAX_AGQ_GRID", "MAX_DENSE_RE", "separation_direction", "factor_at",
-           "MemoryRows", "SummedRows", "RowChunk", "chunk_sums", "add_sums", "is_scalar_design"]
+           "MemoryRows", "SummedRows", "RowChunk", "chunk_sums", "add_sums", "is_scalar_design",
+           "has_scalar_hessian", "scalar_laplace_hessian"]

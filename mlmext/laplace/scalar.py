@@ -191,15 +191,14 @@ def _pirls_scalar_x(design, eta_fixed, cond, lams, X, u0=None, beta0=None, tol=1
             break
         wz = w if zx is None else w * zx
         M = 1.0 + (lam * lam) * sums(wz)
-        B = np.column_stack([np.bincount(codes, weights=wz * X[:, j], minlength=m)
-                             for j in range(p)])
+        B = ops.level_sums(X * wz[:, None])                 # S_g(w z x_j)
         gu = lam * sums(d1) - u
         gb = X.T @ d1
         K = X.T @ (w[:, None] * X) - (lam * lam) * (B.T @ (B / M[:, None]))
         # LAPACK's Cholesky directly: the wrappers of scipy's cho_factor / cho_solve and of
         # numpy's cholesky / solve cost several times more than a p x p factorization
         L, info = linalg.lapack.dpotrf(K, lower=1, clean=1)
-        if info != 0 or not np.all(np.isfinite(L)):
+        if info != 0 or not math.isfinite(float(L.sum())):    # (a sum: NaN and inf stay)
             return None
         db = linalg.lapack.dpotrs(L, gb - lam * (B.T @ (gu / M)), lower=1)[0]
         du = (gu - lam * (B @ db)) / M
@@ -226,8 +225,12 @@ def _pirls_scalar_x(design, eta_fixed, cond, lams, X, u0=None, beta0=None, tol=1
     if M is not None:
         extra["factor"] = ScalarFactor.from_diagonal(blk, lams, M)
         logdet = extra["factor"].logdet_zz
-        cov = linalg.lapack.dpotri(L, lower=1)[0]          # K^-1 in the lower triangle
-        extra["cov_beta"] = np.tril(cov) + np.tril(cov, -1).T
+        # K^-1 in the lower triangle, zeros above (potrf's clean factor): the lower triangle
+        # mirrored, the diagonal doubled and halved exactly (np.tril's copies cost more)
+        cov = linalg.lapack.dpotri(L, lower=1)[0]
+        cov += cov.T
+        cov.flat[::p + 1] *= 0.5
+        extra["cov_beta"] = cov
     return Modes(u=u, eta=eta, beta=beta, loglik_cond=ll, sqr_u=float(u @ u), logdet=logdet,
                  converged=converged, niter=it, nhalf=nhalf_total, message=message, decrement=dec,
                  extra=extra, d1=d1, w=w)

@@ -11,6 +11,8 @@ from ..linalg import BlockedCholesky
 # ----------------------------------------------------------------------------- Z Lambda u
 #: rows per chunk of :meth:`_ZOps.zlam`'s scalar blocks
 ZLAM_CHUNK = 1 << 17
+#: levels x rows up to which :meth:`_ZOps.level_sums` keeps a dense indicator matrix (512 KB)
+DENSE_INDICATOR = 1 << 16
 
 
 class _ZOps:
@@ -25,6 +27,21 @@ class _ZOps:
         # (no copy of a column of ones: it is not read)
         self.x0 = [np.ascontiguousarray(b.X[:, 0]) if b.q == 1 and not ones else None
                    for b, ones in zip(self.blocks, self.all_ones)]
+        self._indicators = {}
+
+    def level_sums(self, V, k=0):
+        """Sums of the rows of ``V`` (n, c) per level of block ``k``: (m, c).  One product with
+        the dense level indicator on small data (a ``bincount`` per column costs more in
+        calls than in work there), else a ``bincount`` per column."""
+        b = self.blocks[k]
+        if b.m * self.n <= DENSE_INDICATOR:
+            G = self._indicators.get(k)
+            if G is None:
+                G = self._indicators[k] = np.zeros((b.m, self.n))
+                G[b.codes, np.arange(self.n)] = 1.0
+            return G @ V
+        return np.column_stack([np.bincount(b.codes, weights=V[:, j], minlength=b.m)
+                                for j in range(V.shape[1])])
 
     def zlam(self, u, lams):
         """``Z Lambda u`` (n,)."""
