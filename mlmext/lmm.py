@@ -83,19 +83,22 @@ class LinearMixedModel(MixedModel):
         super().__init__(endog, exog, re_design, weights=weights, offset=offset, **kwargs)
         y = np.asarray(self.endog, dtype=float) - self.offset
         self._XY = np.column_stack([self.exog, y])
-        self._check_response(y, self._XY)
-        self._chol = None
         w = self.weights
-        self._logw = 0.0 if np.all(w == 1.0) else np.log(w[w > 0]).sum()
+        unit = bool(np.all(w == 1.0))
+        self._check_response(y, self._XY, unit)
+        self._chol = None
+        self._logw = 0.0 if unit else np.log(w[w > 0]).sum()
 
-    def _check_response(self, y, xy=None):
+    def _check_response(self, y, xy=None, unit=None):
         """A response the fixed effects fit exactly leaves no residual variance to estimate.
-        ``xy``: ``[exog y]`` when the caller has it (the QR below factors a copy of it)."""
+        ``xy``: ``[exog y]`` when the caller has it (the QR below factors a copy of it);
+        ``unit``: whether every weight is 1, when the caller knows."""
         name = lambda: display_name(self.endog_names)        # noqa: E731 (for messages only)
         if not np.isfinite(y.sum()) and not np.all(np.isfinite(y)):
             raise ValueError(f"the response {name()!r} has non-finite values")
         w = self.weights
-        unit = bool(np.all(w == 1.0))        # the usual case: no weighted copies
+        if unit is None:
+            unit = bool(np.all(w == 1.0))    # the usual case: no weighted copies
         pos = None if unit else w > 0
         n, p = len(y) if unit else int(pos.sum()), self.exog.shape[1]
         if n <= p:
