@@ -62,8 +62,10 @@ def _spread_in_first_two_rows(X, codes):
     if X.shape[0] < 2 or codes[0] != codes[1]:
         return 0
     scale = np.maximum.reduce(np.abs(X), axis=0).tolist()
-    a, b = X[0].tolist(), X[1].tolist()
-    return sum(abs(u - v) > 1e-12 * (s if s > 0 else 1.0) for u, v, s in zip(a, b, scale))
+    count = 0
+    for u, v, s in zip(X[0].tolist(), X[1].tolist(), scale):
+        count += abs(u - v) > 1e-12 * (s if s > 0 else 1.0)
+    return count
 
 
 def slopes_constant_within_levels(X, codes, colnames, pairs=None):
