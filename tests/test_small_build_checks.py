@@ -1,5 +1,5 @@
-"""The response check's least-squares residual (LAPACK's QR), its unit-weight test and the fixed effects' index views
-(issue 14's small-fit work): the same decisions and names as before."""
+"""The response check's least-squares residual (LAPACK's QR), its unit-weight test and the fixed
+effects' index views (issue 14's small-fit work): the same decisions and names as before."""
 import numpy as np
 import pandas as pd
 import pytest
