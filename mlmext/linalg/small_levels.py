@@ -356,8 +356,10 @@ class OneBlockLevels:
         Z = (Y * self._w) @ Y.transpose(0, 2, 1)                 # [N'DN, N'DP; ., P'DP]
         NDN, NDP, PDP = Z[:, :q, :q], Z[:, :q, q:], Z[:, q:, q:]
         AW = self.Ag - Q @ Al.transpose(0, 2, 1)                 # A - A G A
-        X1 = np.concatenate([AW, -PDP]).reshape(2 * m, qq)
-        Y1 = np.concatenate([Mi + NDN, Mi]).reshape(2 * m, qq)
+        # sum_g (A - W) (x) (M^-1 + N'DN) - P'DP (x) M^-1, as ((A - W) - P'DP) (x) M^-1 +
+        # (A - W) (x) N'DN: one stacked operation fewer
+        X1 = np.concatenate([AW - PDP, AW]).reshape(2 * m, qq)
+        Y1 = np.concatenate([Mi, NDN]).reshape(2 * m, qq)
         H = (X1.T @ Y1).take(self._h1)
         R = NDP - 0.5 * Q.transpose(0, 2, 1)
         X2 = (R.reshape(m, qq).T @ Q.reshape(m, qq)).take(self._h2)
