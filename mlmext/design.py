@@ -23,7 +23,7 @@ from scipy import sparse
 from .immutable_cache import per_object
 
 __all__ = ["ReTerm", "ReBlock", "RandomEffectsDesign", "grouping_factor", "match_levels",
-           "lower_tri", "constant_rows"]
+           "lower_tri", "constant_rows", "used_categories"]
 
 
 def constant_rows(value, shape):
@@ -141,6 +141,15 @@ def _category_levels(cats, name):
     return tuple(keys), kind, tuple(_level_labels(keys))
 
 
+def used_categories(codes, k):
+    """Per category of ``k``, whether some row has it (``codes``: a categorical's codes, -1
+    where missing): the counts of the codes present, without the mask and its copy when none
+    is missing (the usual case; the same counts)."""
+    if len(codes) and np.minimum.reduce(codes) >= 0:
+        return np.bincount(codes, minlength=k) > 0
+    return np.bincount(codes[codes >= 0], minlength=k) > 0
+
+
 def _factor_codes(values, name):
     """Integer codes, level keys, kind and level labels for one grouping column, in R's level
     order."""
@@ -150,8 +159,8 @@ def _factor_codes(values, name):
             values if isinstance(values, pd.Categorical) else pd.Categorical(values)
         codes = np.asarray(cat.codes, dtype=np.int64)
         cats = cat.categories
-        used = np.bincount(codes[codes >= 0], minlength=len(cats)) > 0
-        if used.all():
+        used = used_categories(codes, len(cats))
+        if np.logical_and.reduce(used):
             # the categories' keys and labels once per Index object (it is immutable)
             keys, kind, labels = per_object(_category_levels, cats, name)
             return codes, list(keys), kind, list(labels)

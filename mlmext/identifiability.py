@@ -53,6 +53,21 @@ def _spread_in_first_level(X, codes):
     return rows.max(axis=0) - rows.min(axis=0) > tol
 
 
+def _spread_in_first_two_rows(X, codes):
+    """How many columns of ``X`` the first two rows, when they are in one level, show to
+    spread by more than :func:`_level_constant`'s tolerance within it (0 otherwise): a
+    lower bound of :func:`_spread_in_first_level`'s count (a level's max - min is at least
+    any two of its values' difference, in floating point too) that settles the usual
+    sorted data with a few Python floats instead of ~10 NumPy reductions."""
+    if X.shape[0] < 2 or codes[0] != codes[1]:
+        return 0
+    scale = np.maximum.reduce(np.abs(X), axis=0).tolist()
+    count = 0
+    for u, v, s in zip(X[0].tolist(), X[1].tolist(), scale):
+        count += abs(u - v) > 1e-12 * (s if s > 0 else 1.0)
+    return count
+
+
 def slopes_constant_within_levels(X, codes, colnames, pairs=None):
     """Random-effects columns whose variance parameters the data cannot identify.
 
@@ -84,7 +99,8 @@ def slopes_constant_within_levels(X, codes, colnames, pairs=None):
     if X.shape[1] < 2:
         return []
     codes = np.asarray(codes)
-    if len(codes) and X.shape[1] - np.count_nonzero(_spread_in_first_level(X, codes)) < 2:
+    if len(codes) and (X.shape[1] - _spread_in_first_two_rows(X, codes) < 2 or
+                       X.shape[1] - np.count_nonzero(_spread_in_first_level(X, codes)) < 2):
         return []           # at most one column constant within levels: nothing to report
     const = _level_constant(X, codes)
     ones = np.all(X == 1.0, axis=0)

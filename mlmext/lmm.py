@@ -51,6 +51,17 @@ def _canonical(des):
     return reflect
 
 
+_sum, _max, _min = np.add.reduce, np.maximum.reduce, np.minimum.reduce
+
+
+def _all_ones(w):
+    """``np.all(w == 1.0)``, read off the one number a broadcast array stores (zero stride:
+    ``constant_rows``' unit weights of a model without weights)."""
+    if w.ndim == 1 and w.size and w.strides[0] == 0:
+        return float(w[0]) == 1.0
+    return bool(np.all(w == 1.0))
+
+
 def _check_reml(reml):
     if not isinstance(reml, (bool, np.bool_)):
         raise ValueError(f"reml must be True (REML) or False (ML); got {reml!r}")
@@ -83,19 +94,23 @@ class LinearMixedModel(MixedModel):
         super().__init__(endog, exog, re_design, weights=weights, offset=offset, **kwargs)
         y = np.asarray(self.endog, dtype=float) - self.offset
         self._XY = np.column_stack([self.exog, y])
-        self._check_response(y, self._XY)
-        self._chol = None
         w = self.weights
-        self._logw = 0.0 if np.all(w == 1.0) else np.log(w[w > 0]).sum()
+        unit = _all_ones(w)
+        self._check_response(y, self._XY, unit)
+        self._chol = None
+        self._logw = 0.0 if unit else np.log(w[w > 0]).sum()
 
-    def _check_response(self, y, xy=None):
+    def _check_response(self, y, xy=None, unit=None):
         """A response the fixed effects fit exactly leaves no residual variance to estimate.
-        ``xy``: ``[exog y]`` when the caller has it (the QR below factors a copy of it)."""
+        ``xy``: ``[exog y]`` when the caller has it (the QR below factors a copy of it);
+        ``unit``: whether every weight is 1, when the caller knows."""
         name = lambda: display_name(self.endog_names)        # noqa: E731 (for messages only)
-        if not np.isfinite(y.sum()) and not np.all(np.isfinite(y)):
+        # (the reductions without the ndarray methods' Python wrappers: every build runs this)
+        if not math.isfinite(_sum(y)) and not np.all(np.isfinite(y)):
             raise ValueError(f"the response {name()!r} has non-finite values")
         w = self.weights
-        unit = bool(np.all(w == 1.0))        # the usual case: no weighted copies
+        if unit is None:
+            unit = _all_ones(w)              # the usual case: no weighted copies
         pos = None if unit else w > 0
         n, p = len(y) if unit else int(pos.sum()), self.exog.shape[1]
         if n <= p:
@@ -103,7 +118,7 @@ class LinearMixedModel(MixedModel):
                              "more observations than fixed effects")
         every = n == len(y)                  # all weights positive: no copies of the rows
         yp = y if every else y[pos]
-        if yp.max() == yp.min():
+        if _max(yp) == _min(yp):
             raise ValueError(f"the response {name()!r} is constant ({yp[0]:g}); there is nothing "
                              "to model")
         if unit:
@@ -119,7 +134,7 @@ class LinearMixedModel(MixedModel):
         # and then R[p, p] misses part of the residual): else lstsq's
         R, _, _, info = _geqrf(xy)
         d = np.abs(np.diagonal(R)[:p])
-        if info == 0 and (p == 0 or d.min() > 1e-10 * d.max()):
+        if info == 0 and (p == 0 or _min(d) > 1e-10 * _max(d)):
             rss = float(R[p, p]) ** 2
         else:
             coef = np.linalg.lstsq(Xw, yw, rcond=None)[0]

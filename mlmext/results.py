@@ -21,7 +21,7 @@ from .prediction import re_contribution
 from .inference import InferenceMixin, robust_note
 from .inference.ddf_default import check_fit_ddf, ddf_note, summary_ddf, z_results
 from .objective import MixedParams
-from .printing import (fe_index, fit_html, fit_text, fixed_decimals, param_index, params_table,
+from .printing import (fe_series, fit_html, fit_text, fixed_decimals, param_index, params_table,
                        re_table)
 
 __all__ = ["MixedResults", "LMMResults", "MixedResultsWrapper"]
@@ -96,13 +96,12 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     @property
     def fe_params(self):
         """Fixed-effects estimates (lme4's ``fixef``), a Series named by the design columns."""
-        return pd.Series(self.params, index=fe_index(self._design_model()), name="fe_params")
+        return fe_series(np.array(self.params, dtype=float), self._design_model(), "fe_params")
 
     @property
     def bse_fe(self):
         """Standard errors of the fixed effects, a Series."""
-        return pd.Series(np.sqrt(self.cov_params().diagonal()),
-                         index=fe_index(self._design_model()), name="bse_fe")
+        return fe_series(np.sqrt(self.cov_params().diagonal()), self._design_model(), "bse_fe")
 
     def _fe_values(self):
         return np.asarray(self.params, dtype=float)      # fe_params without its Series

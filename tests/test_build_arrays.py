@@ -208,3 +208,16 @@ def test_lazy_frames_own_their_arrays_as_eager_ones(monkeypatch):
         X.iloc[0, 1] = 99.0
         y.iloc[0] = 1.0
         assert m.exog[0, 1] == 99.0 and m.endog[0] == 1.0
+
+
+def test_used_categories_as_the_masked_count():
+    """design.used_categories: the categories some row has, as the bincount of the codes that
+    are not -1 gives them (missing codes, empty codes, small integer codes)."""
+    from mlmext.design import used_categories
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        k = int(rng.integers(1, 6))
+        codes = rng.integers(-1 if rng.random() < 0.5 else 0, k, int(rng.integers(0, 12)))
+        for c in (codes, codes.astype(np.int8)):
+            want = np.bincount(c[c >= 0], minlength=k) > 0
+            np.testing.assert_array_equal(used_categories(c, k), want)

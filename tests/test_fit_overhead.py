@@ -9,7 +9,8 @@ shortcut against the general code it stands for.
   and on the dense small system;
 * ``OptSummary.from_result`` against the dataclass's own constructor;
 * the state ``at`` gives (read-only arrays, float sigma) and the fitted values of sleepstudy;
-* ``fe_params`` / ``bse_fe`` indexes shared per names across models, each a view of its own.
+* ``fe_params`` / ``bse_fe`` indexes shared per names across models, each a view of its own;
+  their Series made through pandas' manager (``printing.fe_series``) as the constructor makes them.
 """
 import numpy as np
 import pytest
@@ -151,3 +152,27 @@ def test_is_singular_matches_the_scaled_test(sleep):
         res.theta = np.array(th)
         diag = np.isfinite(r.model.re_design.lower)
         assert res.is_singular() == bool(np.any((res.theta * units)[diag] < 1e-4))
+
+
+def test_fe_series_as_the_constructor_makes_them(sleep, monkeypatch):
+    """fe_params and bse_fe through pandas' manager path (printing.fe_series) equal the
+    constructor's Series exactly (values, dtype, index, name), own their values, and the
+    constructor's path (a pandas without the private API) gives the same."""
+    import pandas as pd
+    from mlmext import printing
+    r = mf.lmer("Reaction ~ Days + (Days | Subject)", sleep).fit()
+    fe, se = r.fe_params, r.bse_fe
+    assert printing._make_series is not None           # this pandas has the fast path
+    idx = pd.Index(["Intercept", "Days"], name="parameter")
+    pd.testing.assert_series_equal(fe, pd.Series(r.params, index=idx, name="fe_params"))
+    pd.testing.assert_series_equal(
+        se, pd.Series(np.sqrt(np.diag(r.cov_params())), index=idx, name="bse_fe"))
+    np.testing.assert_allclose(fe, [251.405105, 10.467286], rtol=1e-6)
+    fe.iloc[0] = 0.0                                   # the Series owns its values
+    se.iloc[0] = 0.0
+    assert np.asarray(r.params)[0] != 0.0 and r.fe_params.iloc[0] == np.asarray(r.params)[0]
+    assert r.bse_fe.iloc[0] > 6.8
+    monkeypatch.setattr(printing, "_make_series", None)
+    pd.testing.assert_series_equal(r.fe_params, pd.Series(r.params, index=idx, name="fe_params"))
+    pd.testing.assert_series_equal(r.bse_fe, pd.Series(np.sqrt(np.diag(r.cov_params())),
+                                                       index=idx, name="bse_fe"))

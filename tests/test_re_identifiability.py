@@ -168,9 +168,10 @@ def test_the_rule_on_arrays():
 
 
 def test_first_level_look_gives_the_full_answer(monkeypatch):
-    """The early exit (at most one column constant, judged from the first row's level) reports
-    exactly what the level-by-level computation reports, on designs where it applies and
-    where it does not (group-level slopes, single-row levels, spreads at the tolerance)."""
+    """The early exits (at most one column constant, judged from the first two rows when they
+    share a level, else from the first row's level) report exactly what the level-by-level
+    computation reports, on designs where they apply and where they do not (group-level
+    slopes, single-row levels, spreads at the tolerance), unsorted and sorted by level."""
     from mlmext import identifiability
     rng = np.random.default_rng(14)
     cases = []
@@ -193,9 +194,16 @@ def test_first_level_look_gives_the_full_answer(monkeypatch):
         X = np.column_stack(cols)
         names = [f"c{j}" for j in range(X.shape[1])]
         cases.append((X, codes, names))
+        order = np.argsort(codes, kind="stable")        # sorted by level: the first two
+        cases.append((X[order], codes[order], names))   # rows' look applies
     fast = [identifiability.slopes_constant_within_levels(X, c, n) for X, c, n in cases]
+    two = [identifiability._spread_in_first_two_rows(X, c) for X, c, _ in cases]
+    first = [np.count_nonzero(identifiability._spread_in_first_level(X, c)) for X, c, _ in cases]
+    assert all(t <= f for t, f in zip(two, first))     # a lower bound of the first level's count
+    assert sum(t > 0 for t in two) > 50 and sum(t == f for t, f in zip(two, first)) > 100
     monkeypatch.setattr(identifiability, "_spread_in_first_level",
                         lambda X, codes: np.zeros(X.shape[1], dtype=bool))
+    monkeypatch.setattr(identifiability, "_spread_in_first_two_rows", lambda X, codes: 0)
     full = [identifiability.slopes_constant_within_levels(X, c, n) for X, c, n in cases]
     assert fast == full
     assert sum(map(bool, full)) > 10 and sum(not f for f in full) > 10   # both answers seen

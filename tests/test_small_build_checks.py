@@ -1,5 +1,5 @@
-"""The response check's least-squares residual (LAPACK's QR) and the fixed effects' index views
-(issue 14's small-fit work): the same decisions and names as before."""
+"""The response check's least-squares residual (LAPACK's QR), its unit-weight test and the fixed
+effects' index views (issue 14's small-fit work): the same decisions and names as before."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -42,3 +42,18 @@ def test_fe_index_views_are_independent(d):
     assert b.index.name == "parameter" and r.fe_params.index.name == "parameter"
     assert r.model.exog_names == ["Intercept", "x"]
     assert r.model.data.orig_exog.columns.name is None
+
+
+def test_unit_weights_read_off_a_broadcast(d):
+    """lmm._all_ones answers np.all(w == 1.0): from the one stored number of a zero-stride
+    array (a model without weights), else over the entries; the models agree on it."""
+    from mlmext.design import constant_rows
+    from mlmext.lmm import _all_ones
+    for w in (constant_rows(1.0, 5), constant_rows(2.0, 5), constant_rows(np.nan, 3), np.ones(4),
+              np.array([1.0, 1.0, 0.5]), np.array([1.0, np.nan]), np.ones(0)):
+        assert _all_ones(w) == bool(np.all(w == 1.0))
+    plain, ones = mf.lmer("y ~ x + (1 | g)", d), mf.lmer("y ~ x + (1 | g)", d.assign(w=1.0),
+                                                         weights="w")
+    assert plain.weights.strides == (0,) and ones.weights.strides != (0,)
+    assert plain._logw == ones._logw == 0.0
+    assert plain.fit().llf == pytest.approx(ones.fit().llf, rel=1e-12)

@@ -5,10 +5,11 @@ When every factor of every piece of a formula is a numeric column named as it is
 matrix is the intercept's ones or a product of such columns, and patsy's general machinery
 (factor evaluation, NA handling over pandas-aware checks, subterm column combinations) costs
 ~0.25 ms of a ~1 ms build.  :func:`numeric_matrices` makes the same matrices from the same
-values with the same operations (a column set to 1 and multiplied in place by each factor's
-values in the subterm's order, rows with a NaN in any factor dropped), so they are equal bit
-for bit; anything else (a categorical, a function or transform of a column, a factor of more
-than one column) is left to patsy.
+values with patsy's operations (a column set to 1 and multiplied in place by each factor's
+values in the subterm's order -- here set to the first factor's values, which 1 times them is
+bit for bit -- rows with a NaN in any factor dropped), so they are equal bit for bit; anything
+else (a categorical, a function or transform of a column, a factor of more than one column) is
+left to patsy.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ __all__ = ["numeric_matrices", "ENABLED", "MAX_RECIPES"]
 #: tests turn it off to compare with patsy's own build
 ENABLED = True
 
+
+_any = np.logical_or.reduce      # (ndarray.any's Python wrapper costs as much as the test)
 
 #: recipes kept (see :func:`_recipe`)
 MAX_RECIPES = 64
@@ -90,14 +93,19 @@ def numeric_matrices(infos, store, na, bare):
     n = store.nrows
     if any(v.shape[0] != n for v in values.values()):
         return None
-    mask = np.zeros(n, dtype=bool)
+    mask = None
     for v in values.values():
         if v.dtype.kind == "f":
-            mask |= np.isnan(v)
+            if mask is None:
+                mask = np.isnan(v)
+            else:
+                mask |= np.isnan(v)
+    if mask is None:
+        mask = np.zeros(n, dtype=bool)
     na.mask = mask
     if layouts is None:
         return None
-    if mask.any():
+    if _any(mask):
         good = ~mask
         values = {f: v[good] for f, v in values.items()}
         n = int(np.count_nonzero(good))
@@ -106,8 +114,11 @@ def numeric_matrices(infos, store, na, bare):
         m = np.empty((n, ncols))
         for j, fs in enumerate(cols):
             col = m[:, j]
-            col[...] = 1
-            for f in fs:
+            if not fs:
+                col[...] = 1                 # the intercept
+                continue
+            col[...] = values[fs[0]]         # (what 1 times them is, bit for bit)
+            for f in fs[1:]:
                 col *= values[f]
         mats.append(m)
     return mats

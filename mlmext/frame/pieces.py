@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..design import used_categories
 from .engine import evaluate
 from .columns import FrameColumns
 from .patsy_pass import ColumnStore, engine_pass, levels_kept
@@ -100,8 +101,7 @@ def drop_unused_categories(df, keep_cols=(), columns=None, series=None):
         if c in keep_cols or not isinstance(dt, pd.CategoricalDtype):
             continue
         cat = get(c)
-        codes = np.asarray(cat.codes)
-        if (np.bincount(codes[codes >= 0], minlength=len(dt.categories)) == 0).any():
+        if not np.logical_and.reduce(used_categories(np.asarray(cat.codes), len(dt.categories))):
             changed[c] = cat.remove_unused_categories()
     if not changed:
         return df, False

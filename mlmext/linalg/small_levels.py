@@ -34,6 +34,7 @@ state at the end (``beta``, ``u``, ``cov_beta``) comes from the dense factor it 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from scipy.linalg import lapack
@@ -89,9 +90,9 @@ def _spd_stack(M, q):
 def _spd_inverse(M, q):
     """Inverses (flat, (m, q q)) and log-determinants (m,) of the level blocks ``M`` (flat);
     None where one is not (numerically) positive definite."""
-    if q == 2:      # (every evaluation: _spd_stack's test by two minima, a NaN failing it)
+    if q == 2:      # (every evaluation: _spd_stack's test by one minimum, a NaN failing it)
         det = _det2(M)
-        if not (_min(det) > 0 and _min(M[:, 0]) > 0):
+        if not _min(np.minimum(det, M[:, 0])) > 0:
             return None
         return _inv2(M, det), np.log(det)
     Mi, ld, ok = _spd_stack(M, q)
@@ -252,27 +253,33 @@ class OneBlockLevels:
         key = theta.tobytes()
         if key == self._key:
             return self._c
-        q, p = self.q, self.p
-        qq = q * q
+        m, q, p = self.m, self.q, self.p
         lam = (theta @ self._Eb).reshape(q, q)
-        KK = (lam[:, None, :, None] * lam[None, :, None, :]).reshape(qq, qq)
-        M = self.Af @ KK + self._I                               # lambda' A_g lambda + I
-        inv = _spd_inverse(M, q)
+        Al = self.Ag @ lam                                       # A_g lambda
+        # lambda' A_g lambda + I; with B_g = lambda' C_g and N_g' C_g = M_g^-1 B_g, the Schur
+        # complement's sum is sum_g B_g' M_g^-1 B_g (no G_g = lambda M_g^-1 lambda' formed:
+        # the gradient reads Al and N_g' C_g too)
+        inv = _spd_inverse((lam.T @ Al).reshape(m, q * q) + self._I, q)
         c = None
         if inv is not None:
             Mi, ldm = inv
-            G = Mi @ KK.T                                        # lambda M_g^-1 lambda'
-            S = self.V - self.Cf.T @ (G.reshape(-1, q, q) @ self.Cg).reshape(-1, p + 1)
+            B = lam.T @ self.Cg                                  # (m, q, p+1)
+            Vv = Mi.reshape(m, q, q) @ B                         # N_g' C_g
+            S = self.V - B.reshape(-1, p + 1).T @ Vv.reshape(-1, p + 1)
             Ls, info = _potrf(S, lower=1)
             if info == 0:
-                d = np.log(Ls.diagonal())
-                ld = _sum(d)
-                if ld == ld and abs(ld) != np.inf:
-                    r2 = float(Ls[p, p]) ** 2
+                # (the p + 1 diagonal entries in Python floats: NumPy calls cost more; potrf's
+                # success means each is positive, or NaN or inf that the test below rejects)
+                d = Ls.diagonal().tolist()
+                r2 = d[p] * d[p]
+                ldx = 0.0
+                for v in d[:p]:
+                    ldx += math.log(v)
+                if math.isfinite(ldx) and math.isfinite(r2) and r2 > 0.0:
                     nu = self.nu
-                    f = float(_sum(ldm)) + (2.0 * float(ld - d[p]) if self.reml else 0.0) \
-                        + nu * (1.0 + _LOG2PI + np.log(r2 / nu)) - self.logw
-                    c = {"f": f, "lam": lam, "Mi": Mi, "G": G, "Ls": Ls}
+                    f = float(_sum(ldm)) + (2.0 * ldx if self.reml else 0.0) \
+                        + nu * (1.0 + _LOG2PI + math.log(r2 / nu)) - self.logw
+                    c = {"f": f, "lam": lam, "Mi": Mi, "Ls": Ls, "Al": Al, "Vv": Vv}
         self._key, self._c = key, c
         return c
 
@@ -292,14 +299,11 @@ class OneBlockLevels:
         if "grad" in c:
             return c["grad"]
         m, q = self.m, self.q
-        lam, Ls = c["lam"], c["Ls"]
-        Mi = c["Mi"].reshape(m, q, q)
+        Ls, Al, Vv = c["Ls"], c["Al"], c["Vv"]
         Li, info = _trtri(Ls, lower=1)       # (potrf zeroed Ls's upper triangle: so is Li's)
         if info:
             raise np.linalg.LinAlgError("singular triangular factor")
-        Al = self.Ag @ lam
-        Q = Al @ Mi                                              # A_g N_g
-        Vv = Mi @ (lam.T @ self.Cg)                              # N_g' C_g (m, q, p+1)
+        Q = Al @ c["Mi"].reshape(m, q, q)                        # A_g N_g
         Ut = self.Cg - Al @ Vv                                   # P_g' C_g = C_g - A_g G_g C_g
         Y = np.concatenate([Vv, Ut], axis=1) @ Li.T              # (m, 2q, p+1)
         Yf = Y.reshape(m, -1)
@@ -307,7 +311,7 @@ class OneBlockLevels:
         Tt = KY.take(self._tk)                                   # Li T_k Li' (K, p+1, p+1)
         grad = 2.0 * (_sum(Q.reshape(-1, q * q), axis=0).take(self._qjk)
                       - Tt.diagonal(0, 1, 2) @ self._w)
-        c.update(grad=grad, Al=Al, Q=Q, Y=Y, Tt=Tt)
+        c.update(grad=grad, Q=Q, Y=Y, Tt=Tt)
         return grad
 
     def value_and_grad(self, theta):
@@ -352,8 +356,10 @@ class OneBlockLevels:
         Z = (Y * self._w) @ Y.transpose(0, 2, 1)                 # [N'DN, N'DP; ., P'DP]
         NDN, NDP, PDP = Z[:, :q, :q], Z[:, :q, q:], Z[:, q:, q:]
         AW = self.Ag - Q @ Al.transpose(0, 2, 1)                 # A - A G A
-        X1 = np.concatenate([AW, -PDP]).reshape(2 * m, qq)
-        Y1 = np.concatenate([Mi + NDN, Mi]).reshape(2 * m, qq)
+        # sum_g (A - W) (x) (M^-1 + N'DN) - P'DP (x) M^-1, as ((A - W) - P'DP) (x) M^-1 +
+        # (A - W) (x) N'DN: one stacked operation fewer
+        X1 = np.concatenate([AW - PDP, AW]).reshape(2 * m, qq)
+        Y1 = np.concatenate([Mi, NDN]).reshape(2 * m, qq)
         H = (X1.T @ Y1).take(self._h1)
         R = NDP - 0.5 * Q.transpose(0, 2, 1)
         X2 = (R.reshape(m, qq).T @ Q.reshape(m, qq)).take(self._h2)

@@ -62,8 +62,11 @@ def newton_exact(fg, hess, x, f, g, H, lower, tol, check_tol, maxit, value=None)
         pdef = mine > -1e-8 * scale
         # not positive definite: the |eigenvalues| give a descent direction (a saddle's
         # region is left along it; the checks still need a positive-definite end)
-        wa = np.maximum(np.abs(w), (1e-10 if pdef else 1e-6) * scale)
-        step = -(V @ ((V.T @ g) / wa))
+        # (the K coefficients -(V'g)_i / max(|w_i|, floor) in Python floats: the same divisions
+        # as NumPy's, and V @ (-c) is -(V @ c) bit for bit)
+        floor = (1e-10 if pdef else 1e-6) * scale
+        step = V @ np.array([-(z / (a if a > floor else floor))
+                             for z, a in zip((V.T @ g).tolist(), map(abs, wl))])
         dec = float(-g @ step) / 2.0
         # below check_tol the point passes; steps go on to tol, at most CERTIFIED_STEPS of them
         # (the decrement's rounding can stay above a tiny tol on large data)
