@@ -192,3 +192,24 @@ def test_exact_hessian_in_row_blocks(data, formula, monkeypatch):
     H = _exact(dev, x)
     monkeypatch.setattr(hessian, "HESSIAN_CHUNK", 10)          # 6 blocks, the last of 6 rows
     np.testing.assert_allclose(_exact(dev, x), H, rtol=1e-13, atol=1e-13 * np.abs(H).max())
+
+
+def test_polishing_step_is_not_taken_on_the_last_iteration(data):
+    """A point that passes Newton's check on its last allowed iteration is converged (the extra
+    full step would have ended the loop without a verdict), and at the optimum: the same
+    log-likelihood as with one iteration more."""
+    mod = mf.glmer(CBPP, data, family=sm.families.Binomial())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # no ConvergenceWarning
+        last = mod.fit(tol=1e-5, maxiter=3)
+        more = mod.fit(tol=1e-5, maxiter=4)
+    assert last.converged and more.converged
+    assert "decrement" in last.optim.message and "did not converge" not in last.optim.message
+    # agreement to the convergence criterion: the deviance within the decrement (< tol), the
+    # estimates within ~sqrt(decrement) of their standard errors
+    dec = last.optim.decrement
+    assert 0 < dec < 1e-5
+    assert abs(last.llf - more.llf) <= dec
+    se = np.asarray(more.bse_fe)
+    assert np.max(np.abs(np.asarray(last.fe_params) - np.asarray(more.fe_params)) / se) \
+        <= 2 * np.sqrt(dec)

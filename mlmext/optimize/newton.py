@@ -136,10 +136,11 @@ def newton(fg, x, bounds, hess_fn, tol, maxit=20, fgx=None, fresh=False):
             step[free] = -(V @ ((V.T @ g[free]) / w))
         dec = float(-g @ step)
         if dec < tol:
-            if fresh and not polished and not indefinite and dec > 1e-3 * tol:
+            if fresh and not polished and not indefinite and dec > 1e-3 * tol and it < maxit - 1:
                 # an exact Hessian's step converges quadratically: one full step more (one
                 # evaluation) takes the estimates from ~sqrt(dec) of their standard errors to
-                # ~dec, kept where it lowers the deviance
+                # ~dec, kept where it lowers the deviance (not on the last iteration: this
+                # point passes already, and the loop would end without its verdict)
                 polished = True
                 xn = np.clip(x + step, lo, hi)
                 fn, gn = fg(xn)
