@@ -214,7 +214,7 @@ class LaplaceDeviance:
         """The exact Hessian of the Laplace log-likelihood in ``(theta, beta)`` at converged
         ``modes`` with their ``eta`` (:func:`mlmext.laplace.scalar_laplace_hessian`; only where
         :attr:`exact_hessian`)."""
-        return lp.scalar_laplace_hessian(self.design, None, self.cond, modes, self.model.exog)
+        return lp.scalar_laplace_hessian(self.design, self.cond, modes, self.model.exog)
 
     def stage1(self, theta, beta, u=None):
         """lme4's nAGQ = 0 objective at theta: beta inside PIRLS. Returns (deviance, modes)."""

@@ -22,7 +22,7 @@ def has_scalar_hessian(design, cond):
             and callable(getattr(cond, "weight_derivatives", None)))
 
 
-def scalar_laplace_hessian(design, chol, cond, modes, X):
+def scalar_laplace_hessian(design, cond, modes, X):
     """Exact Hessian in ``(theta, beta)`` of the Laplace log-likelihood at converged modes.
 
     One scalar term (``lambda = theta``), canonical link (``w = -d2 l / d eta2``, the observed
@@ -48,8 +48,6 @@ def scalar_laplace_hessian(design, chol, cond, modes, X):
     ----------
     design : RandomEffectsDesign
         One scalar term (:func:`has_scalar_hessian`).
-    chol : Factor
-        The PIRLS factorization; the modes' own diagonal factor is used (``factor_at``).
     cond : ConditionalModel
         Canonical link, with ``weight_derivatives(eta) -> (w, dw/deta, d2w/deta2)``.
     modes : Modes
@@ -62,7 +60,7 @@ def scalar_laplace_hessian(design, chol, cond, modes, X):
     ndarray
         (1 + p, 1 + p): second derivatives of the Laplace log-likelihood (not the deviance).
     """
-    fac = factor_at(chol, modes)
+    fac = factor_at(None, modes)                        # (the scalar path's own factor)
     if not isinstance(fac, ScalarFactor):
         raise ValueError("the exact Hessian needs the diagonal factor of PIRLS's scalar path")
     blk = design.blocks[0]
