@@ -67,6 +67,8 @@ class LaplaceDeviance:
         self.exact_hessian = (bool(self.pirls_options)
                               and type(self).loglike_and_score is LaplaceDeviance.loglike_and_score
                               and lp.has_scalar_hessian(self.design, self.cond))
+        #: PIRLS's tolerance in :meth:`stage1`
+        self.stage1_tol = 1e-10
 
     @property
     def chol_u(self):
@@ -221,10 +223,10 @@ class LaplaceDeviance:
         des, m = self.design, self.model
         fast = self.pirls_options.get("scalar_fast", False)
         modes = lp.pirls(des, self.chol_x, m.offset, self.cond, theta, u0=u, X=m.exog,
-                         beta0=beta, tol=1e-10, scalar_fast=fast)
+                         beta0=beta, tol=self.stage1_tol, scalar_fast=fast)
         if not modes.converged and (u is not None):
             modes = lp.pirls(des, self.chol_x, m.offset, self.cond, theta, X=m.exog,
-                             beta0=None, tol=1e-10, scalar_fast=fast)
+                             beta0=None, tol=self.stage1_tol, scalar_fast=fast)
         value = -2.0 * modes.laplace if modes.converged else np.inf
         return value, modes
 

@@ -32,6 +32,9 @@ from .results import GLMMResults
 
 __all__ = ["fit_glmm"]
 
+#: PIRLS's tolerance in the first stage where it only starts Newton with the exact Hessian
+START_TOL = 1e-4
+
 
 def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
     """The staged fit (see the package docstring); a GLMMResults wrapper."""
@@ -39,6 +42,12 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
     nt, p, ke = des.ntheta, model.k_fe, dev.k_extra
     tried = []
     dev.warm_start = None
+    exact = dev.exact_hessian and nagq == 1
+    if exact and start_params is None and not stage1:
+        # the first stage only starts Newton with the exact Hessian (which converges
+        # quadratically from near the optimum): its PIRLS to a decrement of 1e-4 (beta within
+        # ~1e-2 of its standard error), not 1e-10, three iterations fewer on cbpp
+        dev.stage1_tol = START_TOL
     # ---- stage 1: beta inside PIRLS
     if start_params is not None:
         sp = np.asarray(start_params, dtype=float).ravel()
@@ -109,7 +118,6 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
              + [f"log {model._extra_name}"] * ke)
     # ---- Laplace: all parameters jointly, exact gradient, then Newton with the Hessian; where
     # the exact Hessian is at hand (one scalar term, canonical link), Newton alone with it
-    exact = dev.exact_hessian and nagq == 1
     last = {}                                 # Newton's last Hessian: its point and columns
     if exact:
         ex = _ExactLaplace(dev, tr)
