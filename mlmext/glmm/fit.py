@@ -93,7 +93,7 @@ def fit_glmm(model, dev, nagq, start_params, maxiter, tol, stage1, em_steps=2):
             theta0, m1, nfev1 = _optimize_stage1(dev, theta0, m1)
             tried.append(("stage 1 (theta; beta in PIRLS): Nelder-Mead", True, nfev1))
         elif em_steps:
-            theta0, m1, nem = _em_start(dev, theta0, m1, em_steps)
+            theta0, m1, nem = _em_start(dev, theta0, m1, em_steps, solve_last=not exact)
             tried.append(("stage 1 (theta; beta in PIRLS): EM steps", True, nem))
         beta0 = m1.beta
     # scale for beta: Cholesky factor of the stage-1 (X' V^-1 X)^-1
@@ -243,13 +243,16 @@ def _agq_f(dev, tr, nagq):
         return -2.0 * ll if np.isfinite(ll) else np.inf
     return f
 
-def _em_start(dev, theta, m1, nsteps):
+def _em_start(dev, theta, m1, nsteps, solve_last=True):
     """A few Laplace-EM updates of theta on lme4's first-stage system (beta inside PIRLS).
 
     For each term, ``Sigma_new = Lambda (U'U + S) Lambda' / m`` with ``U``
     the conditional modes and ``S`` the summed conditional covariances of
     the spherical effects; theta is the Cholesky factor of ``Sigma_new``.
-    A cheap way to start the joint optimization near the optimum.
+    A cheap way to start the joint optimization near the optimum.  Not
+    ``solve_last``: the last update's theta with the previous modes (beta, u and the
+    scale of beta), without the first stage's PIRLS at it, when they carry their own
+    ``cov_beta`` (the scalar path's: the blocked factor is spent by the inverse).
     """
     des = dev.design
     done = 0
@@ -283,6 +286,9 @@ def _em_start(dev, theta, m1, nsteps):
                 except np.linalg.LinAlgError:
                     Lt = np.diag(np.sqrt(np.maximum(np.diag(Ct), 0.0)))
                 new[t.theta_index] = [Lt[i, j] for i, j in lower_tri(t.q)]
+        if not solve_last and done == nsteps - 1 and "cov_beta" in m1.extra:
+            # Newton with the exact Hessian starts from there (and checks its own steps)
+            return new, m1, done + 1
         _, m_new = dev.stage1(new, m1.beta, m1.u)
         done += 1
         if not m_new.converged or m_new.laplace < m1.laplace - 1.0:
