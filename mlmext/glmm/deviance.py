@@ -181,7 +181,7 @@ class LaplaceDeviance:
             if np.any(dx) and np.all(np.isfinite(dx)):
                 dd1 = self.cond.param_derivatives(m0.eta)[1] @ dx
         deta = None
-        if np.any(np.asarray(beta, dtype=float) != b0):
+        if np.logical_or.reduce(np.asarray(beta, dtype=float) != b0):     # (np.any, unwrapped)
             # X beta - X beta0: with a zero offset, the numbers of (X beta + offset) minus the
             # last (X beta0 + offset), which is not held between evaluations
             X = self.model.exog

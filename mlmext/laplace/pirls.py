@@ -253,7 +253,7 @@ def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None, dd1=N
             rhs += ops.ztv(dd1, lams)
     du = chol.solve_re(rhs)
     out = modes.u + du
-    return out if np.all(np.isfinite(out)) else modes.u
+    return out if np.logical_and.reduce(np.isfinite(out)) else modes.u    # (np.all, unwrapped)
 
 
 def laplace_loglik(design, chol, eta_fixed, cond, theta, u0=None, **kwargs):

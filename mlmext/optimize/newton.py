@@ -187,7 +187,7 @@ def _cho_solve(A, b):
     definite, ``ValueError`` where it is not finite."""
     if not A.size:
         return np.zeros(0)
-    if not np.all(np.isfinite(A)):
+    if not np.logical_and.reduce(np.isfinite(A), axis=None):     # (np.all without its wrapper)
         raise ValueError("the Hessian is not finite")
     c, info = lapack.dpotrf(A, lower=0, clean=0)
     if info != 0:
