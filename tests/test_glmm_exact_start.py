@@ -185,3 +185,20 @@ def test_pirls_takes_a_function_for_the_blocked_factor(cbpp):
     m = lp.pirls(scalar.re_design, lambda: pytest.fail("made"), eta,
                  scalar.deviance().cond, theta[:1], tol=1e-20, scalar_fast=True)
     assert m.converged
+
+
+def test_increasing_links_skip_the_monotonicity_check(cbpp, monkeypatch):
+    from mlmext.glmm import model as glmm_model
+    L = sm.families.links
+    eta = np.linspace(-30.0, 30.0, 601)
+    for link in (L.Logit(), L.Log(), L.Probit(), L.CLogLog(), L.LogLog(), L.Cauchy()):
+        assert type(link).__name__.lower() in glmm_model._INCREASING_LINKS
+        with np.errstate(all="ignore"):
+            assert not np.any(np.asarray(link.inverse_deriv(eta)) < 0)
+    assert "sqrt" not in glmm_model._INCREASING_LINKS
+    mod = mf.glmer(CBPP, cbpp, family=sm.families.Binomial())
+    monkeypatch.setattr(type(mod.family.link), "inverse_deriv",
+                        lambda self, e: pytest.fail("not read for the logit link"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mod._warn_link_not_monotone(eta)
