@@ -102,7 +102,7 @@ def test_simulated_cbpp_responses_reach_the_tight_optimum(cbpp):
         assert r.optim.success == tight.optim.success and r.is_singular() == tight.is_singular()
         assert r.llf - tight.llf > -1e-10
         se = np.asarray(tight.bse_fe)
-        assert np.max(np.abs(np.asarray(r.fe_params) - np.asarray(tight.fe_params)) / se) < 2e-6
+        assert np.max(np.abs(np.asarray(r.fe_params) - np.asarray(tight.fe_params)) / se) < 1e-6
 
 
 def test_first_stage_tolerance_and_em_start(cbpp, monkeypatch):
