@@ -56,6 +56,9 @@ from .deviance import LaplaceDeviance
 from .fit import fit_glmm
 
 
+#: links whose mean increases with eta everywhere (:meth:`_warn_link_not_monotone` has nothing
+#: to find: their inverse's derivative is never negative)
+_INCREASING_LINKS = frozenset({"logit", "log", "probit", "cloglog", "loglog", "cauchy"})
 _FIT_ARGS = ("nagq", "start_params", "maxiter", "tol", "stage1", "disp")
 _FIT_HINTS = {
     "method": "the GLMM fit has one method (quasi-Newton with the exact Laplace gradient, then "
@@ -490,7 +493,8 @@ class GeneralizedLinearMixedModel(MixedModel):
 
     def _warn_link_not_monotone(self, eta):
         """Warn when the mean is not monotone in eta over the fitted linear predictors."""
-        if isinstance(self.family, families.NegativeBinomial):
+        if isinstance(self.family, families.NegativeBinomial) or \
+                self._link_label in _INCREASING_LINKS:       # d mu / d eta >= 0 everywhere
             return
         with np.errstate(all="ignore"):
             d = np.asarray(self.family.link.inverse_deriv(np.asarray(eta, dtype=float)))

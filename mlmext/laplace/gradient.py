@@ -128,7 +128,8 @@ def _scalar_gradient(design, fac, cond, modes, X, release_eta):
     a = dw * lev
     saz = per_level(a)
     du = (sd1 - lam * u * swz2) / M
-    g_theta = np.array([u @ sd1 - lam * np.sum(swz2 / M) - 0.5 * (saz @ (u + lam * du))])
+    # (np.add.reduce: np.sum's sum, without its wrapper)
+    g_theta = np.array([u @ sd1 - lam * np.add.reduce(swz2 / M) - 0.5 * (saz @ (u + lam * du))])
     g_beta = None
     if X is not None:
         c = ((lam * lam) * saz / M)[codes] * w

@@ -130,6 +130,6 @@ def scalar_laplace_hessian(design, cond, modes, X):
          - lam ** 3 * (q @ (A + 2.0 * lS2U)))
     Mkl[0, :] += r
     Mkl[:, 0] += r
-    Mkl[0, 0] += 2.0 * np.sum(S2 / M)
+    Mkl[0, 0] += 2.0 * np.add.reduce(S2 / M)          # (np.sum's sum, without its wrapper)
     H = C.T @ U - PWP - 0.5 * Mkl + 0.5 * (G.T @ G)
     return 0.5 * (H + H.T)

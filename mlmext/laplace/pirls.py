@@ -26,9 +26,11 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
     Parameters
     ----------
     design : mlmext.design.RandomEffectsDesign
-    chol : mlmext.linalg.BlockedCholesky
+    chol : mlmext.linalg.BlockedCholesky or callable
         Made by :func:`make_chol` (``p = 0``, or ``p = X.shape[1]`` with ``X``).
-        On return it holds the factor at the modes (weights ``w(eta~)``).
+        On return it holds the factor at the modes (weights ``w(eta~)``).  Or a
+        function of no arguments that gives it, called only where the blocked path
+        runs (the scalar and dense paths do not read it).
     eta_fixed : ndarray
         Fixed part of the linear predictor (``X beta + offset``; just the
         offset when ``X`` is given).
@@ -98,6 +100,8 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
     if rows is None and dense and X is None:
         return _pirls_dense(design, eta_fixed, cond, lams, u0=u0, tol=tol, maxiter=maxiter,
                             maxhalf=maxhalf)
+    if callable(chol):
+        chol = chol()
     nre = sum(b.nre for b in design.blocks)
     if rows is None:
         rows = MemoryRows(design, eta_fixed, cond, X)
@@ -249,7 +253,7 @@ def predict_modes(design, chol, modes, dtheta, deta_fixed=None, lams=None, dd1=N
             rhs += ops.ztv(dd1, lams)
     du = chol.solve_re(rhs)
     out = modes.u + du
-    return out if np.all(np.isfinite(out)) else modes.u
+    return out if np.logical_and.reduce(np.isfinite(out)) else modes.u    # (np.all, unwrapped)
 
 
 def laplace_loglik(design, chol, eta_fixed, cond, theta, u0=None, **kwargs):

@@ -12,6 +12,10 @@ from .protocol import Modes
 from .steps import _decrement_stop, _final_message, _halving_failed, _halving_step
 from .zops import _zops
 
+# the reductions of 1-D arrays by the ufuncs (the ndarray methods' Python wrappers cost more
+# than the sums of a small model's rows; the same sums)
+_sum, _min = np.add.reduce, np.minimum.reduce
+
 
 # ----------------------------------------------------------------------------- one scalar term
 def _is_scalar_design(design):
@@ -47,7 +51,7 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
     def evaluate(eta):
         if fused is not None:
             lo, d1, w = fused(eta)
-            ll = float(lo.sum())
+            ll = float(_sum(lo))
         else:
             ll = float(np.sum(cond.loglik_obs(eta)))
             d1 = w = None
@@ -78,8 +82,8 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
         message = ("the log-likelihood is not finite at the starting values (before the "
                    "first iteration)")
     for it in range(1, maxiter_run + 1):
-        if d1 is None or not math.isfinite(float(d1.sum()) + float(w.sum())) or \
-                (not neg_ok and w.min() < 0):
+        if d1 is None or not math.isfinite(float(_sum(d1)) + float(_sum(w))) or \
+                (not neg_ok and _min(w) < 0):
             message = (f"non-finite or negative working weights at PIRLS iteration {it} "
                        f"(max |eta| = {np.max(np.abs(eta)):.3g})")
             break
@@ -90,7 +94,7 @@ def _pirls_scalar(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100
             g = lam * np.bincount(codes, weights=d1 * zx, minlength=m) - u
             M = 1.0 + (lam * lam) * np.bincount(codes, weights=w * zx2, minlength=m)
         M_step = M
-        if M.min() <= 0:
+        if _min(M) <= 0:
             if fisher is None:
                 message = f"the penalized information is not positive definite at PIRLS iteration {it}"
                 break
@@ -164,7 +168,7 @@ def _pirls_scalar_x(design, eta_fixed, cond, lams, X, u0=None, beta0=None, tol=1
 
     def evaluate(eta):
         lo, d1, w = fused(eta)
-        return float(lo.sum()), d1, w
+        return float(_sum(lo)), d1, w
 
     u = np.zeros(m) if u0 is None else np.array(u0, dtype=float)
     beta = np.zeros(p) if beta0 is None else np.array(beta0, dtype=float)
@@ -185,20 +189,22 @@ def _pirls_scalar_x(design, eta_fixed, cond, lams, X, u0=None, beta0=None, tol=1
         message = ("the log-likelihood is not finite at the starting values (before the "
                    "first iteration)")
     for it in range(1, maxiter_run + 1):
-        if not math.isfinite(float(d1.sum()) + float(w.sum())) or w.min() < 0:
+        if not math.isfinite(float(_sum(d1)) + float(_sum(w))) or _min(w) < 0:
             message = (f"non-finite or negative working weights at PIRLS iteration {it} "
                        f"(max |eta| = {np.max(np.abs(eta)):.3g})")
             break
         wz = w if zx is None else w * zx
         M = 1.0 + (lam * lam) * sums(wz)
-        B = ops.level_sums(X * wz[:, None])                 # S_g(w z x_j)
+        XW = X * wz[:, None]
+        B = ops.level_sums(XW)                              # S_g(w z x_j)
         gu = lam * sums(d1) - u
         gb = X.T @ d1
-        K = X.T @ (w[:, None] * X) - (lam * lam) * (B.T @ (B / M[:, None]))
+        # X' W X: with z all ones, X * w (w x_ij is x_ij w, bit for bit)
+        K = X.T @ (XW if zx is None else w[:, None] * X) - (lam * lam) * (B.T @ (B / M[:, None]))
         # LAPACK's Cholesky directly: the wrappers of scipy's cho_factor / cho_solve and of
         # numpy's cholesky / solve cost several times more than a p x p factorization
         L, info = linalg.lapack.dpotrf(K, lower=1, clean=1)
-        if info != 0 or not math.isfinite(float(L.sum())):    # (a sum: NaN and inf stay)
+        if info != 0 or not math.isfinite(float(_sum(L, axis=None))):   # (NaN and inf stay)
             return None
         db = linalg.lapack.dpotrs(L, gb - lam * (B.T @ (gu / M)), lower=1)[0]
         du = (gu - lam * (B @ db)) / M
