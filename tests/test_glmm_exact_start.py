@@ -202,3 +202,20 @@ def test_increasing_links_skip_the_monotonicity_check(cbpp, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mod._warn_link_not_monotone(eta)
+
+
+@pytest.mark.parametrize("link", [None, sm.families.links.Probit()])
+def test_stage1_nelder_mead_start(cbpp, link):
+    """``fit(stage1=True)`` (lme4's nAGQ = 0 stage by Nelder-Mead first) reaches the default
+    fit's optimum, on the exact path (logit) and the quasi-Newton one (probit)."""
+    fam = sm.families.Binomial() if link is None else sm.families.Binomial(link)
+    mod = mf.glmer(CBPP, cbpp, family=fam)
+    r0, r1 = _fit(mod), _fit(mod, stage1=True)
+    assert r1.converged
+    label, ok, nfev = r1.optim.tried[0]
+    assert label == "stage 1 (theta; beta in PIRLS): Nelder-Mead" and ok and nfev > 3
+    # both to the optimizer's criterion (decrement 1e-8): llf within it, estimates ~1e-4 SE
+    assert abs(r1.llf - r0.llf) < 1e-7
+    se = np.asarray(r0.bse_fe)
+    assert np.max(np.abs(np.asarray(r1.fe_params) - np.asarray(r0.fe_params)) / se) < 1e-3
+    np.testing.assert_allclose(r1.bse_fe, r0.bse_fe, rtol=1e-3)

@@ -307,9 +307,9 @@ def _optimize_stage1(dev, theta0, m1):
         value, mm = dev.stage1(th, m.beta, m.u)
         state["nfev"] += 1
         if mm.converged:
-            if dev <= state.get("best", np.inf):
-                state["best"], state["modes"], state["theta"] = dev, mm, th.copy()
-            return dev
+            if value <= state.get("best", np.inf):
+                state["best"], state["modes"], state["theta"] = value, mm, th.copy()
+            return value
         return 1e100
 
     state["best"] = -2.0 * m1.laplace
