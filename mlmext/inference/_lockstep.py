@@ -25,8 +25,7 @@ import numpy as np
 from scipy.linalg import lapack
 
 from .._blas import fit_threads
-from ..linalg.levels_batch import LevelsBatch, design_piece
-from ..objective.lmm import state_of
+from ..linalg.levels_batch import LevelsBatch, design_piece, eigh_finite
 from ..optimize import OptSummary, rounding_level
 from ._common import _cache
 from ._refit_start import _batchable, criterion, moment_starts
@@ -139,7 +138,7 @@ def _newton(g, H, s, ss):
     """Modified Newton steps at gradients ``g`` (n, K) and Hessians ``H`` (n, K, K) in theta:
     ``(step, decrement, smallest eigenvalue, positive definite, scaled gradient)``, the step
     and the eigenvalues in the scaled theta (the fit's: the checks' units)."""
-    w, V = np.linalg.eigh(H / ss)
+    w, V = eigh_finite(H / ss)
     mine = w[:, 0]
     wmax = np.maximum(1.0, np.maximum(-mine, w[:, -1]))     # (eigh's are ascending)
     gs = g / s
@@ -288,29 +287,30 @@ def _finish(r, lv, Y, conv, Te, est, T0, nfev, dec, mineig, starts):
     beta, u, sigma, crit, cov = est
     tried = (f"Newton from the fit's theta or a moment estimate (the lower), {nb} response"
              f"{'s' if nb > 1 else ''} in lockstep (exact Hessian), second-order checks")
-    # each member's numbers as read-only rows of read-only stacks (a view each, no copies)
+    # each member's numbers as read-only rows of read-only stacks (a view each, no copies);
+    # its state and optimizer summary made when read (_member_optim)
     Tc, beta, u, cov, T0 = (_frozen(a) for a in (Tc, beta, u, cov, T0))
-    reml = bool(r.reml)
-    # (fields in their final form set at once: the frozen dataclass's guarded setattrs cost
-    # more than the rest of a member's state)
-    states = [state_of(theta=t, beta=bt, u=uj, sigma=sg, criterion=cr, cov_beta=cv, reml=reml)
-              for t, bt, uj, sg, cr, cv in zip(Tc, beta, u, sigma.tolist(), crit.tolist(), cov)]
-    # every field in OptSummary's own form (read-only float arrays, tuples): no __post_init__
-    make = _NO_FIELDS.replaced
-    optims = [make(initial=T0[b], final=st.theta, fmin=st.criterion, feval=n,
-                   tried=((tried, True, n),), converged=True, optimizer=tried,
-                   message=f"Newton decrement {d:.3g}",
-                   extra_items=(("snapped", []), ("decrement", d), ("min_eigenvalue", e)))
-              for b, st, n, d, e in zip(conv.tolist(), states, nfev[conv].tolist(),
-                                        dec.tolist(), mineig.tolist())]
+    args = [(T0[b], n, d, e, tried) for b, n, d, e in zip(conv.tolist(), nfev[conv].tolist(),
+                                                          dec.tolist(), mineig.tolist())]
     for b, res in zip(conv.tolist(), model._lazy_results_many(
-            Y[:, conv].T, states, optims, getattr(r, "ddf", "satterthwaite"), _cache(r))):
+            Y[:, conv].T, (Tc, beta, u, sigma.tolist(), crit.tolist(), cov, bool(r.reml)),
+            (_member_optim, args), getattr(r, "ddf", "satterthwaite"), _cache(r))):
         out[b] = res                                    # (their models made on first use)
     return out, starts
 
 
 #: an OptSummary without fields, whose ``replaced`` makes one of the fields given (all)
 _NO_FIELDS = object.__new__(OptSummary)
+
+
+def _member_optim(theta, criterion, initial, nfev, decrement, min_eigenvalue, tried):
+    """A lockstep member's :class:`~mlmext.optimize.OptSummary` (every field in its own
+    form: read-only float arrays, tuples; no ``__post_init__``)."""
+    return _NO_FIELDS.replaced(
+        initial=initial, final=theta, fmin=criterion, feval=nfev, tried=((tried, True, nfev),),
+        converged=True, optimizer=tried, message=f"Newton decrement {decrement:.3g}",
+        extra_items=(("snapped", []), ("decrement", decrement),
+                     ("min_eigenvalue", min_eigenvalue)))
 
 
 def _scales(r):
