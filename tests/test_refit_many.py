@@ -313,6 +313,37 @@ def test_a_batch_members_model_is_made_on_first_use(sleep):
     assert b.model is r.model
 
 
+def test_a_batch_members_state_and_optim_are_made_when_read(sleep):
+    """A lockstep member's ``state`` and ``optim`` are made on first read (llf, params, theta
+    do not make them): the state of the results' own arrays, the summary of the batch's
+    numbers (also after pickling unread), made once."""
+    import pickle
+    r = mf.lmer(SLEEP, sleep).fit()
+    Y = np.array(r.simulate(nsim=3, seed=7))
+    many = r.refit_many(Y)
+    raw = many[2]._results
+    many[2].llf, many[2].params, many[2].theta, many[2].converged
+    assert "state" not in raw.__dict__ and "optim" not in raw.__dict__
+    back = pickle.loads(pickle.dumps(many[2]))
+    st = raw.state
+    assert raw.state is st and st.theta is raw.theta and st.beta is raw.params
+    assert st.u is raw._u and st.cov_beta is raw.normalized_cov_params
+    assert (st.sigma, st.criterion, st.reml) == (raw.sigma, raw.criterion, True)
+    o = raw.optim
+    assert raw.optim is o and "_lazy_optim" not in raw.__dict__
+    assert o.final is raw.theta and o.fmin == raw.criterion and o.converged and o.feval == 2
+    assert o.optimizer.startswith(BATCHED) and "3 responses" in o.optimizer
+    assert o.tried == ((o.optimizer, True, 2),) and o.message.startswith("Newton decrement")
+    assert o.extras["decrement"] < 1e-9 and o.extras["min_eigenvalue"] > 0
+    assert o.extras["snapped"] == [] and o.extras["snapped"] is not many[1].optim.extras["snapped"]
+    ob = back.optim
+    assert (ob.message, ob.feval, ob.fmin, ob.extra_items) == (o.message, o.feval, o.fmin,
+                                                               o.extra_items)
+    np.testing.assert_array_equal(ob.initial, o.initial)
+    np.testing.assert_array_equal(back.state.theta, st.theta)
+    _same(many[2], _alone(r, Y[:, 2]))
+
+
 def test_power_sim_refits_in_lockstep_as_one_by_one(sleep, monkeypatch):
     """power_sim's t and z tests on lockstep refits: the p-values of single refits."""
     import mlmext.inference.simulation as sim
@@ -480,3 +511,24 @@ def test_a_single_refit_starts_at_the_moment_estimate(sleep, reml):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             _same(r2.refit(y), r2.refit(y, start_params=r2.theta))
+
+
+def test_batch_linalg_by_numpys_gufuncs():
+    """inv_of_factor and eigh_finite are np.linalg's inv and eigh (the gufuncs they call,
+    the same numbers); eigh_finite of a stack with a NaN raises as np.linalg.eigh does."""
+    from mlmext.linalg.levels_batch import eigh_finite, inv_of_factor
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((5, 3, 3))
+    A = A @ A.transpose(0, 2, 1) + np.eye(3)
+    L = np.linalg.cholesky(A)
+    np.testing.assert_array_equal(inv_of_factor(L), np.linalg.inv(L))
+    np.testing.assert_array_equal(inv_of_factor(L[0]), np.linalg.inv(L[0]))
+    w, V = eigh_finite(A[:, ::-1, ::-1])                     # (strided: as np.linalg)
+    w0, V0 = np.linalg.eigh(A[:, ::-1, ::-1])
+    np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(V, V0)
+    np.testing.assert_allclose((V * w[:, None, :]) @ V.transpose(0, 2, 1), A[:, ::-1, ::-1],
+                               rtol=1e-12, atol=1e-12)
+    A[2, 1, 0] = np.nan
+    with pytest.raises(np.linalg.LinAlgError):
+        eigh_finite(A)
