@@ -63,9 +63,12 @@ def _passes_checks(model, lv, Yo):
     ok = _max(Yp, axis=0) > _min(Yp, axis=0)
     if sw is not None:
         Yp = Yp * sw
-    R = Yp - Q @ (Q.T @ Yp)
-    # 1e3 x the single check's bound: a column near it is judged by the check itself
-    return ok & (_sum(R * R, axis=0) > 1e-17 * np.maximum(_sum(Yp * Yp, axis=0), 1e-300))
+    yy, QY = _sum(Yp * Yp, axis=0), Q.T @ Yp
+    # the residual's sum of squares as |y|^2 - |Q'y|^2 (Q orthonormal: off by ~n ulps of
+    # |y|^2, where the residual itself would cost a product and a copy of Y): above 1e-10
+    # |y|^2, far above that error and the single check's bound (1e-20 |y|^2); a column
+    # below is judged by the check itself
+    return ok & (yy - _sum(QY * QY, axis=0) > 1e-10 * yy)
 
 
 _max, _min, _sum = np.maximum.reduce, np.minimum.reduce, np.add.reduce
