@@ -19,7 +19,7 @@ __all__ = ["LevelsBatch", "design_piece", "eigh_finite", "inv_of_factor"]
 
 _LOG2PI = np.log(2.0 * np.pi)
 # (the ndarray methods' Python wrappers: ~1 us a call, and more code to bring into the caches)
-_sum, _all = np.add.reduce, np.logical_and.reduce
+_sum, _all, _max = np.add.reduce, np.logical_and.reduce, np.maximum.reduce
 
 try:        # the gufuncs np.linalg's inv and eigh call (private; else np.linalg)
     from numpy.linalg import _umath_linalg as _gu
@@ -78,7 +78,7 @@ def _moment_design(lv, blk):
 def _moment_design_of(lv, blk):
     m, q, p = lv.m, lv.q, lv.p
     Ai, _, ok = _spd_stack(lv.Af, q)            # (closed forms for q <= 2)
-    if ok.all():
+    if _all(ok):
         Ai, rank = Ai.reshape(m, q, q), m * q
     else:       # a level with fewer rows than q (or collinear ones): the pseudo-inverse
         Ai, rank = np.linalg.pinv(lv.Ag), int(np.linalg.matrix_rank(lv.Ag).sum())
@@ -88,7 +88,7 @@ def _moment_design_of(lv, blk):
     CX = lv.Cg[:, :, :p].reshape(m * q, p)                  # (X's columns: every member's)
     AiCX = (Ai @ lv.Cg[:, :, :p]).reshape(m * q, p)
     e, Ux = eigh_finite(lv.V[:p, :p] - CX.T @ AiCX)
-    big = e > 1e-9 * np.abs(np.diagonal(lv.V)[:p]).max()
+    big = e > 1e-9 * _max(np.abs(np.diagonal(lv.V)[:p]))
     E = np.zeros((q, q))
     E[blk.t_rows, blk.t_cols] = 1.0
     keep = (E @ E.T) != 0                      # (the template's independent terms)
@@ -96,11 +96,11 @@ def _moment_design_of(lv, blk):
         XXi = np.linalg.inv(lv.V[:p, :p])
     except np.linalg.LinAlgError:
         XXi = None
-    arrays = (Ai, CX, AiCX, e[big], Ux[:, big], Ai.sum(axis=0) / m, keep, XXi)
+    arrays = (Ai, CX, AiCX, e[big], Ux[:, big], _sum(Ai, axis=0) / m, keep, XXi)
     for a in arrays:
         if a is not None:
             a.setflags(write=False)
-    return (Ai, rank) + arrays[1:3] + (int(big.sum()),) + arrays[3:]
+    return (Ai, rank) + arrays[1:3] + (int(_sum(big)),) + arrays[3:]
 
 
 class LevelsBatch:
@@ -266,11 +266,12 @@ class LevelsBatch:
         beta = XXi @ xy.T                                       # (p, B)
         b = (ay - AiCX @ beta).T.reshape(nb, m, q)
         b -= _sum(b, axis=1, keepdims=True) / m
-        s2b = s2[:, None, None]
-        with np.errstate(invalid="ignore", divide="ignore"):    # (no residual: no estimate)
-            R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2b * Aim) / s2b
-            good = np.isfinite(s2) & (rss > 1e-12 * V[:, p, p]) & \
-                np.isfinite(_sum(R.reshape(nb, -1), axis=1))
+        # no residual variation: no estimate (NaN there, not a division by ~0: no error state
+        # to set, ~30 us with cold caches)
+        good = np.isfinite(s2) & (rss > 1e-12 * V[:, p, p])
+        s2b = (s2 if _all(good) else np.where(good, s2, np.nan))[:, None, None]
+        R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2b * Aim) / s2b
+        good &= np.isfinite(_sum(R.reshape(nb, -1), axis=1))
         if not _all(good):
             R = np.where(good[:, None, None], R, np.eye(q))
         try:
@@ -317,7 +318,7 @@ class LevelsBatch:
             return None
         const = ldm[0] - lv.logw
         if lv.reml:
-            const += 2.0 * np.log(np.diagonal(Lxx)).sum()
+            const += 2.0 * _sum(np.log(np.diagonal(Lxx)))
         return tuple(_read_only(a) for a in (G, GCX, inv_of_factor(Lxx))) + (float(const),)
 
     def fixed_values(self, fixed):
