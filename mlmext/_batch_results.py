@@ -148,7 +148,7 @@ def lazy_results(model, endog, state, optim, ddf):
 #: what :meth:`LMMResults.__init__` sets from the state and the optimizer (the rest is the
 #: model's, the same for every member of a batch): ``lazy_results_many`` sets these itself
 _MEMBER_KEYS = ("params", "normalized_cov_params", "theta", "_u", "sigma", "criterion",
-                "optim", "converged", "state", "_lazy_endog", "_lazy_optim")
+                "optim", "converged", "state", "_lazy_endog", "_lazy_optim", "llf")
 
 
 def lazy_results_many(model, endogs, fields, optims, ddf, cache=None):
@@ -199,6 +199,7 @@ def lazy_results_many(model, endogs, fields, optims, ddf, cache=None):
                                                          cov, args)):
         if base is None:
             first = lazy_results(model, y, *made(j), ddf)
+            first._results.__dict__["llf"] = -0.5 * cr      # (as every member: below)
             base = {k: v for k, v in first._results.__dict__.items() if k not in _MEMBER_KEYS}
             lists = [k for k, v in base.items() if isinstance(v, (list, dict, set))]
             if cache is not None:
@@ -213,7 +214,9 @@ def lazy_results_many(model, endogs, fields, optims, ddf, cache=None):
         for k in lists:                            # (mutable: each result its own)
             d[k] = base[k].copy()
         d["params"], d["normalized_cov_params"], d["theta"], d["_u"] = b, cv, t, uj
-        d["sigma"], d["criterion"], d["converged"] = sg, cr, True
+        # llf, the cached property's value, set now: the property's lock and lookups cost ~1 us
+        # a read, and most uses of many refits read it (a parametric bootstrap's statistic)
+        d["sigma"], d["criterion"], d["converged"], d["llf"] = sg, cr, True, -0.5 * cr
         d["_lazy_optim"], d["_lazy_endog"] = (make, a), y
         out.append(_wrapper(res))
     return out

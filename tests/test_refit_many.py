@@ -446,6 +446,7 @@ def _assert_as_constructed(raw, model, y):
     for f in dataclasses.fields(OptSummary):
         _equal_attr(getattr(o, f.name), getattr(made, f.name))
     ref = lazy_results(model, y, raw.state, o, raw.ddf)._results
+    assert raw.__dict__["llf"] == ref.llf           # (a member's: the cached property's value)
     assert raw.__dict__.keys() == ref.__dict__.keys()
     for k, v in ref.__dict__.items():
         _equal_attr(raw.__dict__[k], v)

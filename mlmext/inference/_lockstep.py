@@ -357,8 +357,13 @@ def _canonical(lv, T):
 
 def _diagonal_of_column(blk):
     """Each template entry's column's diagonal (its index in theta), read-only."""
-    diag_of = {int(c): k for r, c, k in zip(blk.t_rows, blk.t_cols, blk.t_idx) if r == c}
-    dcol = np.array([diag_of[int(c)] for c in blk.t_cols])
+    rows, cols, idx = (np.asarray(a) for a in (blk.t_rows, blk.t_cols, blk.t_idx))
+    on = rows == cols
+    diag_of = np.full(int(_max(cols)) + 1, -1)
+    diag_of[cols[on]] = idx[on]
+    dcol = diag_of[cols]
+    if not _all(dcol >= 0):                 # (a template column without its diagonal)
+        raise KeyError("a template column without a diagonal entry")
     dcol.setflags(write=False)
     return dcol
 
