@@ -128,8 +128,12 @@ _WRAPPER_NAMES = frozenset(dir(BatchResultsWrapper))
 def _wrapper(res):
     """``BatchResultsWrapper(res)`` without the constructor's guarded attribute sets."""
     w = object.__new__(BatchResultsWrapper)
-    w.__dict__.update(_results=res, __doc__=res.__doc__)
+    # (its dict by object's lookup: the wrapper's own is a Python call)
+    _getattribute(w, "__dict__").update(_results=res, __doc__=res.__doc__)
     return w
+
+
+_getattribute = object.__getattribute__
 
 
 def lazy_results(model, endog, state, optim, ddf):
