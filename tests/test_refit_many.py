@@ -182,10 +182,21 @@ def test_refit_many_rejects_what_refit_rejects(sleep):
     Y = np.asarray(r.simulate(nsim=2, seed=1))
     with pytest.raises(ValueError, match="one row per observation"):
         r.refit_many(Y[:-1])
-    bad = Y.copy()
-    bad[3, 1] = np.nan
-    with pytest.raises(ValueError, match="non-finite"):
-        r.refit_many(bad)
+    for v in (np.nan, np.inf, -np.inf):
+        bad = Y.copy()
+        bad[3, 1] = v
+        with pytest.raises(ValueError, match="non-finite"):
+            r.refit_many(bad)
+    # with an offset and weights (the response less the offset is what is checked)
+    d = sleep.assign(off=np.linspace(-1.0, 1.0, 180), w=1.0 + np.arange(180) % 3)
+    rw = mf.lmer(SLEEP + " + offset(off)", d, weights=d["w"].to_numpy()).fit()
+    Yw = np.asarray(rw.simulate(nsim=2, seed=1))
+    assert len(rw.refit_many(Yw)) == 2
+    for v in (np.nan, np.inf):
+        bad = Yw.copy()
+        bad[7, 0] = v
+        with pytest.raises(ValueError, match="non-finite"):
+            rw.refit_many(bad)
     const = Y.copy()
     const[:, 1] = 5.0
     with pytest.raises(ValueError, match="is constant"):

@@ -25,7 +25,7 @@ import numpy as np
 from scipy.linalg import lapack
 
 from .._blas import fit_threads
-from ..linalg.levels_batch import LevelsBatch, design_piece, eigh_finite
+from ..linalg.levels_batch import LevelsBatch, constant_value, design_piece, eigh_finite
 from ..optimize import OptSummary, rounding_level
 from ._common import _cache
 from ._refit_start import _batchable, criterion, moment_starts
@@ -54,13 +54,20 @@ CHUNK = 256
 ONE_THREAD_MNK = 65536 * 4
 
 
-def _passes_checks(model, lv, Yo):
-    """Which columns (finite: the caller checked) certainly pass the model's response check
-    (not constant, residual variation after the fixed effects): the others go through the
-    check itself.  The fixed design's orthonormal basis is computed once per design."""
+def _passes_checks(model, lv, Yo, finite):
+    """Which columns certainly pass the model's response check (not constant, residual
+    variation after the fixed effects): the others go through the check itself.  Raises
+    refit's ``ValueError`` where a column is not finite (``finite``: the caller checked).
+    The fixed design's orthonormal basis is computed once per design."""
     pos, sw, Q = design_piece(lv, "response_check", lambda: _check_basis(model))
     Yp = Yo if pos is None else Yo[pos]
-    ok = _max(Yp, axis=0) > _min(Yp, axis=0)
+    mx, mn = _max(Yp, axis=0), _min(Yp, axis=0)
+    # a NaN or infinity makes its column's maximum or minimum so (all rows: no finiteness
+    # test of its own, an n x B pass over Y)
+    if not finite and not (pos is None and _all(np.isfinite(mx) & np.isfinite(mn))) and \
+            not _all(np.isfinite(Yo), axis=None):
+        raise ValueError("endog has missing or non-finite values; refit keeps the rows of the fit")
+    ok = mx > mn
     if sw is not None:
         Yp = Yp * sw
     yy, QY = _sum(Yp * Yp, axis=0), Q.T @ Yp
@@ -108,10 +115,10 @@ def _lockstep_fits(r, Y, finite=False):
     if lv is None:
         return None
     model = r.model
-    if not finite and not _all(np.isfinite(Y), axis=None):
-        raise ValueError("endog has missing or non-finite values; refit keeps the rows of the fit")
-    Yo = Y - np.asarray(model.offset, dtype=float)[:, None]
-    for b in np.flatnonzero(~_passes_checks(model, lv, Yo)):
+    off = np.asarray(model.offset, dtype=float)
+    # (no offset: Y itself, Y - 0 bit for bit; a non-finite value goes through as it is)
+    Yo = Y if constant_value(off) == 0.0 else Y - off[:, None]
+    for b in np.flatnonzero(~_passes_checks(model, lv, Yo, finite)):
         model._check_response(Yo[:, b])          # raises the single refit's error, if any
     fits, starts = [], []
     rows = lv.m * lv.q + lv.p + 1

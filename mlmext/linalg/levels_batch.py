@@ -15,7 +15,7 @@ import numpy as np
 
 from .small_levels import _level_sums, _spd_stack, _stacked_cholesky
 
-__all__ = ["LevelsBatch", "design_piece", "eigh_finite", "inv_of_factor"]
+__all__ = ["LevelsBatch", "constant_value", "design_piece", "eigh_finite", "inv_of_factor"]
 
 _LOG2PI = np.log(2.0 * np.pi)
 # (the ndarray methods' Python wrappers: ~1 us a call, and more code to bring into the caches)
@@ -48,6 +48,12 @@ def eigh_finite(A):
 def _read_only(a):
     a.setflags(write=False)
     return a
+
+
+def constant_value(a):
+    """The one number of a broadcast array of zero stride (``design.constant_rows``: a
+    model's zero offset, its unit weights), else None."""
+    return float(a[0]) if a.ndim == 1 and a.size and a.strides[0] == 0 else None
 
 
 def design_piece(lv, key, make):
@@ -135,7 +141,7 @@ class LevelsBatch:
         CgT = np.empty((nb, m, p + 1, q))
         CgT[...] = design_piece(lv, "CgT", lambda: _read_only(lv.Cg.transpose(0, 2, 1).copy()))
         CgT[:, :, p] = cyb
-        WY = Y * w[:, None]
+        WY = Y if constant_value(w) == 1.0 else Y * w[:, None]        # (Y * 1: Y bit for bit)
         V = np.empty((nb, p + 1, p + 1))
         V[:] = lv.V
         V[:, :p, p] = V[:, p, :p] = (XY[:, :p].T @ WY).T
