@@ -87,11 +87,12 @@ def _check_basis(model):
     (None: all), their square-root weights as a column (None: all 1) and the Q of the
     weighted fixed design's QR decomposition, read-only."""
     w = np.asarray(model.weights, dtype=float)
-    pos = w > 0
-    every = bool(pos.all())
+    unit = constant_value(w) == 1.0                 # (no weights: no tests over the rows)
+    pos = None if unit else w > 0
+    every = unit or bool(_all(pos))
     X = model.exog if every else model.exog[pos]
     sw = None
-    if not (w == 1.0).all():
+    if not (unit or _all(w == 1.0)):
         sw = np.sqrt(w if every else w[pos])[:, None]
         X = X * sw
     # (LAPACK's QR directly: NumPy's wrapper costs more than the factorization here)
