@@ -298,8 +298,8 @@ def _finish(r, lv, Y, conv, Te, est, T0, nfev, dec, mineig, starts):
     beta, u, sigma, crit, cov = est
     tried = (f"Newton from the fit's theta or a moment estimate (the lower), {nb} response"
              f"{'s' if nb > 1 else ''} in lockstep (exact Hessian), second-order checks")
-    # each member's numbers as read-only rows of read-only stacks (a view each, no copies);
-    # its state and optimizer summary made when read (_member_optim)
+    # each member's numbers as read-only rows of the batch's read-only stacks (a view each,
+    # no copies); its state and optimizer summary made when read (_member_optim)
     Tc, beta, u, cov, T0 = (_frozen(a) for a in (Tc, beta, u, cov, T0))
     args = [(T0[b], n, d, e, tried) for b, n, d, e in zip(conv.tolist(), nfev[conv].tolist(),
                                                           dec.tolist(), mineig.tolist())]
@@ -377,6 +377,8 @@ def _diagonal_of_column(blk):
 
 
 def _frozen(a):
-    a = np.array(a, dtype=float)
+    """``a`` (a float array this batch made, held by nothing else) made read-only in place."""
+    if a.dtype != np.float64:
+        a = np.array(a, dtype=float)
     a.setflags(write=False)
     return a
