@@ -203,10 +203,14 @@ class LevelsBatch:
         lC = (CgT.reshape(nb, -1, q) @ lam).reshape(nb, m, p + 1, q)
         # (stacks of tiny products: NumPy's are faster on contiguous operands, a copy is not)
         Vv = Mi @ np.ascontiguousarray(lC.transpose(0, 1, 3, 2))  # N_g' C_g (B, m, q, p+1)
+        del lC              # (each stack freed when done: the batch's peak memory, whose new
+        #                     pages a first batch after a collection pays a fault each, ~3 us)
         Ut = Cg - Al @ Vv                                        # P_g' C_g
         # (one product per member: Li is the member's, the same for every level)
-        Y = (np.concatenate([Vv, Ut], axis=2).reshape(nb, -1, p + 1)
-             @ Li.transpose(0, 2, 1)).reshape(nb, m, 2 * q, p + 1)
+        VU = np.concatenate([Vv, Ut], axis=2)
+        del Vv, Ut
+        Y = (VU.reshape(nb, -1, p + 1) @ Li.transpose(0, 2, 1)).reshape(nb, m, 2 * q, p + 1)
+        del VU
         Yf = Y.reshape(nb, Y.shape[1], -1)
         KY = Yf.transpose(0, 2, 1) @ Yf
         Tt = KY.reshape(nb, -1)[:, lv._tk]                       # (B, K, p+1, p+1)
@@ -226,9 +230,12 @@ class LevelsBatch:
         NDN, NDP, PDP = Z[..., :q, :q], Z[..., :q, q:], Z[..., q:, q:]
         AW = lv.Ag - Q @ np.ascontiguousarray(Al.transpose(0, 1, 3, 2))   # A - A G A
         X1 = np.concatenate([AW, -PDP], axis=1).reshape(nb, -1, qq)
+        del AW, PDP                                   # (freed when done: see _first)
         Y1 = np.concatenate([Mi + NDN, Mi], axis=1).reshape(nb, -1, qq)
         H = (X1.transpose(0, 2, 1) @ Y1).reshape(nb, -1)[:, lv._h1]
+        del X1, Y1, NDN
         R = NDP - 0.5 * Q.transpose(0, 1, 3, 2)
+        del Z, NDP
         X2 = (R.reshape(nb, -1, qq).transpose(0, 2, 1) @ Q.reshape(nb, -1, qq)).reshape(nb, -1)
         X2 = X2[:, lv._h2]
         H += X2 + X2.transpose(0, 2, 1)
@@ -356,6 +363,8 @@ class LevelsBatch:
         c = self._core(np.asarray(T, dtype=float), idx)
         grad = self._first(c)
         H = self._hessian(c)
+        for k in ("Al", "Q", "Y", "Tt"):        # (the Hessian's alone: not kept in the pieces)
+            del c[k]
         ok = c["ok"]
         if not _all(ok):
             grad[~ok] = 0.0
