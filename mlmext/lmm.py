@@ -209,11 +209,12 @@ class LinearMixedModel(MixedModel):
         that model made on first use (batched refits; :mod:`mlmext._batch_results`)."""
         return lazy_results(self, endog, state, optim, ddf)
 
-    def _lazy_results_many(self, endogs, states, optims, ddf="satterthwaite", cache=None):
-        """:meth:`_lazy_results` of each response in ``endogs`` with its state and optimizer
-        summary (the constructors' per-model work once, kept in ``cache`` for the next call:
+    def _lazy_results_many(self, endogs, fields, optims, ddf="satterthwaite", cache=None):
+        """:meth:`_lazy_results` of each response in ``endogs`` with its state's stacked
+        ``fields`` and optimizer summary's maker ``optims`` (the constructors' per-model work
+        once, kept in ``cache`` for the next call; state and summary made on first read:
         :func:`~mlmext._batch_results.lazy_results_many`)."""
-        return lazy_results_many(self, endogs, states, optims, ddf, cache)
+        return lazy_results_many(self, endogs, fields, optims, ddf, cache)
 
     def _cross_products(self):
         """The factorization set up with the model's cross-products, never updated itself:

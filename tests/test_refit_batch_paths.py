@@ -71,9 +71,14 @@ def test_the_response_checks_basis_is_an_orthonormal_basis_of_the_fixed_design(s
     np.testing.assert_allclose(Q.T @ Q, np.eye(2), atol=1e-14)
     np.testing.assert_allclose(Q @ (Q.T @ X), X, atol=1e-12 * np.abs(X).max())
     y = np.asarray(r.simulate(nsim=2, seed=5))
-    exact = np.column_stack([y, r.model.exog @ [250.0, 10.0]])     # the last: X fits it
-    assert _lockstep._passes_checks(r.model, r.model._small_levels(), exact).tolist() == \
-        [True, True, False]
+    fitted = r.model.exog @ [250.0, 10.0]
+    # X fits the third exactly; the fourth to ~1e-13 of its square sum: not certain to pass
+    # (|y|^2 - |Q'y|^2 below 1e-10 |y|^2), the check itself passes it
+    near = fitted + 1e-4 * np.random.default_rng(0).standard_normal(fitted.size)
+    exact = np.column_stack([y, fitted, near])
+    assert _lockstep._passes_checks(r.model, r.model._small_levels(), exact, True).tolist() == \
+        [True, True, False, False]
+    r.model._check_response(near)
 
 
 def test_members_wrapper_reads_the_results_as_statsmodels_wrapper_does(sleep):
@@ -137,3 +142,16 @@ def test_one_at_a_time_draws_are_simulates_bit_for_bit(sleep):
         np.testing.assert_array_equal(a, b)
         assert a.shape == (r.model.exog.shape[0], 4) and np.isfinite(a).all()
     assert g1.random() == g2.random()                  # (the same draws taken from both)
+
+
+def test_constant_value_reads_a_models_broadcast_offset_and_weights(sleep):
+    """The batch takes Y itself for ``Y - offset`` and ``Y * w`` of a model without offset
+    or weights (their zero-stride broadcasts), and the arithmetic of a model with them."""
+    from mlmext.linalg.levels_batch import constant_value
+    m = mf.lmer(SLEEP, sleep).fit().model
+    assert constant_value(m.offset) == 0.0 and constant_value(m.weights) == 1.0
+    d = sleep.assign(off=np.linspace(-1.0, 1.0, 180))
+    mo = mf.lmer(SLEEP + " + offset(off)", d, weights=np.full(180, 2.0)).fit().model
+    assert constant_value(np.asarray(mo.offset, dtype=float)) is None
+    assert constant_value(np.asarray(mo.weights, dtype=float)) is None
+    assert constant_value(np.zeros(0)) is None

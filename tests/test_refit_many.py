@@ -182,10 +182,21 @@ def test_refit_many_rejects_what_refit_rejects(sleep):
     Y = np.asarray(r.simulate(nsim=2, seed=1))
     with pytest.raises(ValueError, match="one row per observation"):
         r.refit_many(Y[:-1])
-    bad = Y.copy()
-    bad[3, 1] = np.nan
-    with pytest.raises(ValueError, match="non-finite"):
-        r.refit_many(bad)
+    for v in (np.nan, np.inf, -np.inf):
+        bad = Y.copy()
+        bad[3, 1] = v
+        with pytest.raises(ValueError, match="non-finite"):
+            r.refit_many(bad)
+    # with an offset and weights (the response less the offset is what is checked)
+    d = sleep.assign(off=np.linspace(-1.0, 1.0, 180), w=1.0 + np.arange(180) % 3)
+    rw = mf.lmer(SLEEP + " + offset(off)", d, weights=d["w"].to_numpy()).fit()
+    Yw = np.asarray(rw.simulate(nsim=2, seed=1))
+    assert len(rw.refit_many(Yw)) == 2
+    for v in (np.nan, np.inf):
+        bad = Yw.copy()
+        bad[7, 0] = v
+        with pytest.raises(ValueError, match="non-finite"):
+            rw.refit_many(bad)
     const = Y.copy()
     const[:, 1] = 5.0
     with pytest.raises(ValueError, match="is constant"):
@@ -313,6 +324,37 @@ def test_a_batch_members_model_is_made_on_first_use(sleep):
     assert b.model is r.model
 
 
+def test_a_batch_members_state_and_optim_are_made_when_read(sleep):
+    """A lockstep member's ``state`` and ``optim`` are made on first read (llf, params, theta
+    do not make them): the state of the results' own arrays, the summary of the batch's
+    numbers (also after pickling unread), made once."""
+    import pickle
+    r = mf.lmer(SLEEP, sleep).fit()
+    Y = np.array(r.simulate(nsim=3, seed=7))
+    many = r.refit_many(Y)
+    raw = many[2]._results
+    many[2].llf, many[2].params, many[2].theta, many[2].converged
+    assert "state" not in raw.__dict__ and "optim" not in raw.__dict__
+    back = pickle.loads(pickle.dumps(many[2]))
+    st = raw.state
+    assert raw.state is st and st.theta is raw.theta and st.beta is raw.params
+    assert st.u is raw._u and st.cov_beta is raw.normalized_cov_params
+    assert (st.sigma, st.criterion, st.reml) == (raw.sigma, raw.criterion, True)
+    o = raw.optim
+    assert raw.optim is o and "_lazy_optim" not in raw.__dict__
+    assert o.final is raw.theta and o.fmin == raw.criterion and o.converged and o.feval == 2
+    assert o.optimizer.startswith(BATCHED) and "3 responses" in o.optimizer
+    assert o.tried == ((o.optimizer, True, 2),) and o.message.startswith("Newton decrement")
+    assert o.extras["decrement"] < 1e-9 and o.extras["min_eigenvalue"] > 0
+    assert o.extras["snapped"] == [] and o.extras["snapped"] is not many[1].optim.extras["snapped"]
+    ob = back.optim
+    assert (ob.message, ob.feval, ob.fmin, ob.extra_items) == (o.message, o.feval, o.fmin,
+                                                               o.extra_items)
+    np.testing.assert_array_equal(ob.initial, o.initial)
+    np.testing.assert_array_equal(back.state.theta, st.theta)
+    _same(many[2], _alone(r, Y[:, 2]))
+
+
 def test_power_sim_refits_in_lockstep_as_one_by_one(sleep, monkeypatch):
     """power_sim's t and z tests on lockstep refits: the p-values of single refits."""
     import mlmext.inference.simulation as sim
@@ -364,8 +406,12 @@ def test_moment_start_on_a_balanced_design(sleep, formula, reml):
     assert T.shape == (2, len(r.theta)) and np.isfinite(T).all()
     np.testing.assert_allclose(T[0], r.theta, rtol=1e-5 if "||" not in formula else 0.03)
     lines = np.asarray(r.fittedvalues)                 # Z b + X beta: no residual
-    T2 = LevelsBatch(lv, lines[:, None]).moment_thetas(m.re_design.blocks[0])
-    assert np.isnan(T2).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                 # (no division warning either)
+        T2 = LevelsBatch(lv, np.column_stack([lines, Y[:, 1]])).moment_thetas(
+            m.re_design.blocks[0])
+    assert np.isnan(T2[0]).all()
+    np.testing.assert_array_equal(T2[1], T[1])         # (the other member's: its own)
 
 
 def test_batched_members_start_from_the_lower_of_the_fit_and_the_moment_estimate(sleep):
@@ -411,6 +457,7 @@ def _assert_as_constructed(raw, model, y):
     for f in dataclasses.fields(OptSummary):
         _equal_attr(getattr(o, f.name), getattr(made, f.name))
     ref = lazy_results(model, y, raw.state, o, raw.ddf)._results
+    assert raw.__dict__["llf"] == ref.llf           # (a member's: the cached property's value)
     assert raw.__dict__.keys() == ref.__dict__.keys()
     for k, v in ref.__dict__.items():
         _equal_attr(raw.__dict__[k], v)
@@ -480,3 +527,24 @@ def test_a_single_refit_starts_at_the_moment_estimate(sleep, reml):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             _same(r2.refit(y), r2.refit(y, start_params=r2.theta))
+
+
+def test_batch_linalg_by_numpys_gufuncs():
+    """inv_of_factor and eigh_finite are np.linalg's inv and eigh (the gufuncs they call,
+    the same numbers); eigh_finite of a stack with a NaN raises as np.linalg.eigh does."""
+    from mlmext.linalg.levels_batch import eigh_finite, inv_of_factor
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((5, 3, 3))
+    A = A @ A.transpose(0, 2, 1) + np.eye(3)
+    L = np.linalg.cholesky(A)
+    np.testing.assert_array_equal(inv_of_factor(L), np.linalg.inv(L))
+    np.testing.assert_array_equal(inv_of_factor(L[0]), np.linalg.inv(L[0]))
+    w, V = eigh_finite(A[:, ::-1, ::-1])                     # (strided: as np.linalg)
+    w0, V0 = np.linalg.eigh(A[:, ::-1, ::-1])
+    np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(V, V0)
+    np.testing.assert_allclose((V * w[:, None, :]) @ V.transpose(0, 2, 1), A[:, ::-1, ::-1],
+                               rtol=1e-12, atol=1e-12)
+    A[2, 1, 0] = np.nan
+    with pytest.raises(np.linalg.LinAlgError):
+        eigh_finite(A)

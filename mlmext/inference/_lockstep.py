@@ -25,8 +25,7 @@ import numpy as np
 from scipy.linalg import lapack
 
 from .._blas import fit_threads
-from ..linalg.levels_batch import LevelsBatch, design_piece
-from ..objective.lmm import state_of
+from ..linalg.levels_batch import LevelsBatch, constant_value, design_piece, eigh_finite
 from ..optimize import OptSummary, rounding_level
 from ._common import _cache
 from ._refit_start import _batchable, criterion, moment_starts
@@ -55,18 +54,28 @@ CHUNK = 256
 ONE_THREAD_MNK = 65536 * 4
 
 
-def _passes_checks(model, lv, Yo):
-    """Which columns (finite: the caller checked) certainly pass the model's response check
-    (not constant, residual variation after the fixed effects): the others go through the
-    check itself.  The fixed design's orthonormal basis is computed once per design."""
+def _passes_checks(model, lv, Yo, finite):
+    """Which columns certainly pass the model's response check (not constant, residual
+    variation after the fixed effects): the others go through the check itself.  Raises
+    refit's ``ValueError`` where a column is not finite (``finite``: the caller checked).
+    The fixed design's orthonormal basis is computed once per design."""
     pos, sw, Q = design_piece(lv, "response_check", lambda: _check_basis(model))
     Yp = Yo if pos is None else Yo[pos]
-    ok = _max(Yp, axis=0) > _min(Yp, axis=0)
+    mx, mn = _max(Yp, axis=0), _min(Yp, axis=0)
+    # a NaN or infinity makes its column's maximum or minimum so (all rows: no finiteness
+    # test of its own, an n x B pass over Y)
+    if not finite and not (pos is None and _all(np.isfinite(mx) & np.isfinite(mn))) and \
+            not _all(np.isfinite(Yo), axis=None):
+        raise ValueError("endog has missing or non-finite values; refit keeps the rows of the fit")
+    ok = mx > mn
     if sw is not None:
         Yp = Yp * sw
-    R = Yp - Q @ (Q.T @ Yp)
-    # 1e3 x the single check's bound: a column near it is judged by the check itself
-    return ok & (_sum(R * R, axis=0) > 1e-17 * np.maximum(_sum(Yp * Yp, axis=0), 1e-300))
+    yy, QY = _sum(Yp * Yp, axis=0), Q.T @ Yp
+    # the residual's sum of squares as |y|^2 - |Q'y|^2 (Q orthonormal: off by ~n ulps of
+    # |y|^2, where the residual itself would cost a product and a copy of Y): above 1e-10
+    # |y|^2, far above that error and the single check's bound (1e-20 |y|^2); a column
+    # below is judged by the check itself
+    return ok & (yy - _sum(QY * QY, axis=0) > 1e-10 * yy)
 
 
 _max, _min, _sum = np.maximum.reduce, np.minimum.reduce, np.add.reduce
@@ -78,11 +87,12 @@ def _check_basis(model):
     (None: all), their square-root weights as a column (None: all 1) and the Q of the
     weighted fixed design's QR decomposition, read-only."""
     w = np.asarray(model.weights, dtype=float)
-    pos = w > 0
-    every = bool(pos.all())
+    unit = constant_value(w) == 1.0                 # (no weights: no tests over the rows)
+    pos = None if unit else w > 0
+    every = unit or bool(_all(pos))
     X = model.exog if every else model.exog[pos]
     sw = None
-    if not (w == 1.0).all():
+    if not (unit or _all(w == 1.0)):
         sw = np.sqrt(w if every else w[pos])[:, None]
         X = X * sw
     # (LAPACK's QR directly: NumPy's wrapper costs more than the factorization here)
@@ -106,10 +116,10 @@ def _lockstep_fits(r, Y, finite=False):
     if lv is None:
         return None
     model = r.model
-    if not finite and not _all(np.isfinite(Y), axis=None):
-        raise ValueError("endog has missing or non-finite values; refit keeps the rows of the fit")
-    Yo = Y - np.asarray(model.offset, dtype=float)[:, None]
-    for b in np.flatnonzero(~_passes_checks(model, lv, Yo)):
+    off = np.asarray(model.offset, dtype=float)
+    # (no offset: Y itself, Y - 0 bit for bit; a non-finite value goes through as it is)
+    Yo = Y if constant_value(off) == 0.0 else Y - off[:, None]
+    for b in np.flatnonzero(~_passes_checks(model, lv, Yo, finite)):
         model._check_response(Yo[:, b])          # raises the single refit's error, if any
     fits, starts = [], []
     rows = lv.m * lv.q + lv.p + 1
@@ -139,7 +149,7 @@ def _newton(g, H, s, ss):
     """Modified Newton steps at gradients ``g`` (n, K) and Hessians ``H`` (n, K, K) in theta:
     ``(step, decrement, smallest eigenvalue, positive definite, scaled gradient)``, the step
     and the eigenvalues in the scaled theta (the fit's: the checks' units)."""
-    w, V = np.linalg.eigh(H / ss)
+    w, V = eigh_finite(H / ss)
     mine = w[:, 0]
     wmax = np.maximum(1.0, np.maximum(-mine, w[:, -1]))     # (eigh's are ascending)
     gs = g / s
@@ -288,29 +298,30 @@ def _finish(r, lv, Y, conv, Te, est, T0, nfev, dec, mineig, starts):
     beta, u, sigma, crit, cov = est
     tried = (f"Newton from the fit's theta or a moment estimate (the lower), {nb} response"
              f"{'s' if nb > 1 else ''} in lockstep (exact Hessian), second-order checks")
-    # each member's numbers as read-only rows of read-only stacks (a view each, no copies)
+    # each member's numbers as read-only rows of the batch's read-only stacks (a view each,
+    # no copies); its state and optimizer summary made when read (_member_optim)
     Tc, beta, u, cov, T0 = (_frozen(a) for a in (Tc, beta, u, cov, T0))
-    reml = bool(r.reml)
-    # (fields in their final form set at once: the frozen dataclass's guarded setattrs cost
-    # more than the rest of a member's state)
-    states = [state_of(theta=t, beta=bt, u=uj, sigma=sg, criterion=cr, cov_beta=cv, reml=reml)
-              for t, bt, uj, sg, cr, cv in zip(Tc, beta, u, sigma.tolist(), crit.tolist(), cov)]
-    # every field in OptSummary's own form (read-only float arrays, tuples): no __post_init__
-    make = _NO_FIELDS.replaced
-    optims = [make(initial=T0[b], final=st.theta, fmin=st.criterion, feval=n,
-                   tried=((tried, True, n),), converged=True, optimizer=tried,
-                   message=f"Newton decrement {d:.3g}",
-                   extra_items=(("snapped", []), ("decrement", d), ("min_eigenvalue", e)))
-              for b, st, n, d, e in zip(conv.tolist(), states, nfev[conv].tolist(),
-                                        dec.tolist(), mineig.tolist())]
+    args = [(T0[b], n, d, e, tried) for b, n, d, e in zip(conv.tolist(), nfev[conv].tolist(),
+                                                          dec.tolist(), mineig.tolist())]
     for b, res in zip(conv.tolist(), model._lazy_results_many(
-            Y[:, conv].T, states, optims, getattr(r, "ddf", "satterthwaite"), _cache(r))):
+            Y[:, conv].T, (Tc, beta, u, sigma.tolist(), crit.tolist(), cov, bool(r.reml)),
+            (_member_optim, args), getattr(r, "ddf", "satterthwaite"), _cache(r))):
         out[b] = res                                    # (their models made on first use)
     return out, starts
 
 
 #: an OptSummary without fields, whose ``replaced`` makes one of the fields given (all)
 _NO_FIELDS = object.__new__(OptSummary)
+
+
+def _member_optim(theta, criterion, initial, nfev, decrement, min_eigenvalue, tried):
+    """A lockstep member's :class:`~mlmext.optimize.OptSummary` (every field in its own
+    form: read-only float arrays, tuples; no ``__post_init__``)."""
+    return _NO_FIELDS.replaced(
+        initial=initial, final=theta, fmin=criterion, feval=nfev, tried=((tried, True, nfev),),
+        converged=True, optimizer=tried, message=f"Newton decrement {decrement:.3g}",
+        extra_items=(("snapped", []), ("decrement", decrement),
+                     ("min_eigenvalue", min_eigenvalue)))
 
 
 def _scales(r):
@@ -354,13 +365,20 @@ def _canonical(lv, T):
 
 def _diagonal_of_column(blk):
     """Each template entry's column's diagonal (its index in theta), read-only."""
-    diag_of = {int(c): k for r, c, k in zip(blk.t_rows, blk.t_cols, blk.t_idx) if r == c}
-    dcol = np.array([diag_of[int(c)] for c in blk.t_cols])
+    rows, cols, idx = (np.asarray(a) for a in (blk.t_rows, blk.t_cols, blk.t_idx))
+    on = rows == cols
+    diag_of = np.full(int(_max(cols)) + 1, -1)
+    diag_of[cols[on]] = idx[on]
+    dcol = diag_of[cols]
+    if not _all(dcol >= 0):                 # (a template column without its diagonal)
+        raise KeyError("a template column without a diagonal entry")
     dcol.setflags(write=False)
     return dcol
 
 
 def _frozen(a):
-    a = np.array(a, dtype=float)
+    """``a`` (a float array this batch made, held by nothing else) made read-only in place."""
+    if a.dtype != np.float64:
+        a = np.array(a, dtype=float)
     a.setflags(write=False)
     return a

@@ -15,16 +15,45 @@ import numpy as np
 
 from .small_levels import _level_sums, _spd_stack, _stacked_cholesky
 
-__all__ = ["LevelsBatch", "design_piece"]
+__all__ = ["LevelsBatch", "constant_value", "design_piece", "eigh_finite", "inv_of_factor"]
 
 _LOG2PI = np.log(2.0 * np.pi)
 # (the ndarray methods' Python wrappers: ~1 us a call, and more code to bring into the caches)
-_sum, _all = np.add.reduce, np.logical_and.reduce
+_sum, _all, _max = np.add.reduce, np.logical_and.reduce, np.maximum.reduce
+
+try:        # the gufuncs np.linalg's inv and eigh call (private; else np.linalg)
+    from numpy.linalg import _umath_linalg as _gu
+    _gu_inv, _gu_eigh = _gu.inv, _gu.eigh_lo
+except (ImportError, AttributeError):           # pragma: no cover
+    _gu_inv = _gu_eigh = None
+
+
+def inv_of_factor(L):
+    """``np.linalg.inv`` of a stack of float Cholesky factors (finite, positive diagonals:
+    never singular), by its gufunc directly: the same LAPACK call and numbers without the
+    wrapper's type checks and error state (~5 us a call warm, ~45 us with cold caches, as a
+    batch's first refit after ``gc.collect()`` has them), which only matter on errors."""
+    return np.linalg.inv(L) if _gu_inv is None else _gu_inv(L, signature="d->d")
+
+
+def eigh_finite(A):
+    """``np.linalg.eigh(A)`` (lower triangle) of a float stack: by its gufunc directly (as
+    :func:`inv_of_factor`) where ``A`` is finite, else by ``np.linalg.eigh`` (its error on
+    NaN)."""
+    if _gu_eigh is None or not _all(np.isfinite(A), axis=None):
+        return np.linalg.eigh(A)
+    return _gu_eigh(A, signature="d->dd")
 
 
 def _read_only(a):
     a.setflags(write=False)
     return a
+
+
+def constant_value(a):
+    """The one number of a broadcast array of zero stride (``design.constant_rows``: a
+    model's zero offset, its unit weights), else None."""
+    return float(a[0]) if a.ndim == 1 and a.size and a.strides[0] == 0 else None
 
 
 def design_piece(lv, key, make):
@@ -55,7 +84,7 @@ def _moment_design(lv, blk):
 def _moment_design_of(lv, blk):
     m, q, p = lv.m, lv.q, lv.p
     Ai, _, ok = _spd_stack(lv.Af, q)            # (closed forms for q <= 2)
-    if ok.all():
+    if _all(ok):
         Ai, rank = Ai.reshape(m, q, q), m * q
     else:       # a level with fewer rows than q (or collinear ones): the pseudo-inverse
         Ai, rank = np.linalg.pinv(lv.Ag), int(np.linalg.matrix_rank(lv.Ag).sum())
@@ -64,8 +93,8 @@ def _moment_design_of(lv, blk):
     # member, is ~0 where Z's columns span X's), on n - rank [X Z] degrees of freedom
     CX = lv.Cg[:, :, :p].reshape(m * q, p)                  # (X's columns: every member's)
     AiCX = (Ai @ lv.Cg[:, :, :p]).reshape(m * q, p)
-    e, Ux = np.linalg.eigh(lv.V[:p, :p] - CX.T @ AiCX)
-    big = e > 1e-9 * np.abs(np.diagonal(lv.V)[:p]).max()
+    e, Ux = eigh_finite(lv.V[:p, :p] - CX.T @ AiCX)
+    big = e > 1e-9 * _max(np.abs(np.diagonal(lv.V)[:p]))
     E = np.zeros((q, q))
     E[blk.t_rows, blk.t_cols] = 1.0
     keep = (E @ E.T) != 0                      # (the template's independent terms)
@@ -73,11 +102,11 @@ def _moment_design_of(lv, blk):
         XXi = np.linalg.inv(lv.V[:p, :p])
     except np.linalg.LinAlgError:
         XXi = None
-    arrays = (Ai, CX, AiCX, e[big], Ux[:, big], Ai.sum(axis=0) / m, keep, XXi)
+    arrays = (Ai, CX, AiCX, e[big], Ux[:, big], _sum(Ai, axis=0) / m, keep, XXi)
     for a in arrays:
         if a is not None:
             a.setflags(write=False)
-    return (Ai, rank) + arrays[1:3] + (int(big.sum()),) + arrays[3:]
+    return (Ai, rank) + arrays[1:3] + (int(_sum(big)),) + arrays[3:]
 
 
 class LevelsBatch:
@@ -112,7 +141,7 @@ class LevelsBatch:
         CgT = np.empty((nb, m, p + 1, q))
         CgT[...] = design_piece(lv, "CgT", lambda: _read_only(lv.Cg.transpose(0, 2, 1).copy()))
         CgT[:, :, p] = cyb
-        WY = Y * w[:, None]
+        WY = Y if constant_value(w) == 1.0 else Y * w[:, None]        # (Y * 1: Y bit for bit)
         V = np.empty((nb, p + 1, p + 1))
         V[:] = lv.V
         V[:, :p, p] = V[:, p, :p] = (XY[:, :p].T @ WY).T
@@ -165,7 +194,7 @@ class LevelsBatch:
         lv, q, p = self.lv, self.q, self.p
         lam, Cg = c["lam"], c["Cg"]
         nb = lam.shape[0]
-        Li = np.linalg.inv(c["Ls"])
+        Li = inv_of_factor(c["Ls"])            # (failed members' factors: the identity)
         Mi = c["Mi"].reshape(nb, -1, q, q)
         m = Mi.shape[1]
         Al = (self.Ag2 @ lam).reshape(nb, m, q, q)               # A_g lambda
@@ -174,10 +203,14 @@ class LevelsBatch:
         lC = (CgT.reshape(nb, -1, q) @ lam).reshape(nb, m, p + 1, q)
         # (stacks of tiny products: NumPy's are faster on contiguous operands, a copy is not)
         Vv = Mi @ np.ascontiguousarray(lC.transpose(0, 1, 3, 2))  # N_g' C_g (B, m, q, p+1)
+        del lC              # (each stack freed when done: the batch's peak memory, whose new
+        #                     pages a first batch after a collection pays a fault each, ~3 us)
         Ut = Cg - Al @ Vv                                        # P_g' C_g
         # (one product per member: Li is the member's, the same for every level)
-        Y = (np.concatenate([Vv, Ut], axis=2).reshape(nb, -1, p + 1)
-             @ Li.transpose(0, 2, 1)).reshape(nb, m, 2 * q, p + 1)
+        VU = np.concatenate([Vv, Ut], axis=2)
+        del Vv, Ut
+        Y = (VU.reshape(nb, -1, p + 1) @ Li.transpose(0, 2, 1)).reshape(nb, m, 2 * q, p + 1)
+        del VU
         Yf = Y.reshape(nb, Y.shape[1], -1)
         KY = Yf.transpose(0, 2, 1) @ Yf
         Tt = KY.reshape(nb, -1)[:, lv._tk]                       # (B, K, p+1, p+1)
@@ -197,9 +230,12 @@ class LevelsBatch:
         NDN, NDP, PDP = Z[..., :q, :q], Z[..., :q, q:], Z[..., q:, q:]
         AW = lv.Ag - Q @ np.ascontiguousarray(Al.transpose(0, 1, 3, 2))   # A - A G A
         X1 = np.concatenate([AW, -PDP], axis=1).reshape(nb, -1, qq)
+        del AW, PDP                                   # (freed when done: see _first)
         Y1 = np.concatenate([Mi + NDN, Mi], axis=1).reshape(nb, -1, qq)
         H = (X1.transpose(0, 2, 1) @ Y1).reshape(nb, -1)[:, lv._h1]
+        del X1, Y1, NDN
         R = NDP - 0.5 * Q.transpose(0, 1, 3, 2)
+        del Z, NDP
         X2 = (R.reshape(nb, -1, qq).transpose(0, 2, 1) @ Q.reshape(nb, -1, qq)).reshape(nb, -1)
         X2 = X2[:, lv._h2]
         H += X2 + X2.transpose(0, 2, 1)
@@ -243,11 +279,12 @@ class LevelsBatch:
         beta = XXi @ xy.T                                       # (p, B)
         b = (ay - AiCX @ beta).T.reshape(nb, m, q)
         b -= _sum(b, axis=1, keepdims=True) / m
-        s2b = s2[:, None, None]
-        with np.errstate(invalid="ignore", divide="ignore"):    # (no residual: no estimate)
-            R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2b * Aim) / s2b
-            good = np.isfinite(s2) & (rss > 1e-12 * V[:, p, p]) & \
-                np.isfinite(_sum(R.reshape(nb, -1), axis=1))
+        # no residual variation: no estimate (NaN there, not a division by ~0: no error state
+        # to set, ~30 us with cold caches)
+        good = np.isfinite(s2) & (rss > 1e-12 * V[:, p, p])
+        s2b = (s2 if _all(good) else np.where(good, s2, np.nan))[:, None, None]
+        R = (b.transpose(0, 2, 1) @ b / (m - lv.reml) - s2b * Aim) / s2b
+        good &= np.isfinite(_sum(R.reshape(nb, -1), axis=1))
         if not _all(good):
             R = np.where(good[:, None, None], R, np.eye(q))
         try:
@@ -294,8 +331,8 @@ class LevelsBatch:
             return None
         const = ldm[0] - lv.logw
         if lv.reml:
-            const += 2.0 * np.log(np.diagonal(Lxx)).sum()
-        return tuple(_read_only(a) for a in (G, GCX, np.linalg.inv(Lxx))) + (float(const),)
+            const += 2.0 * _sum(np.log(np.diagonal(Lxx)))
+        return tuple(_read_only(a) for a in (G, GCX, inv_of_factor(Lxx))) + (float(const),)
 
     def fixed_values(self, fixed):
         """The criterion of every member at the theta of ``fixed`` (:meth:`fixed_theta`'s;
@@ -326,6 +363,8 @@ class LevelsBatch:
         c = self._core(np.asarray(T, dtype=float), idx)
         grad = self._first(c)
         H = self._hessian(c)
+        for k in ("Al", "Q", "Y", "Tt"):        # (the Hessian's alone: not kept in the pieces)
+            del c[k]
         ok = c["ok"]
         if not _all(ok):
             grad[~ok] = 0.0
