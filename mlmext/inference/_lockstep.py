@@ -71,11 +71,16 @@ def _passes_checks(model, lv, Yo, finite):
     if sw is not None:
         Yp = Yp * sw
     yy, QY = _sum(Yp * Yp, axis=0), Q.T @ Yp
-    # the residual's sum of squares as |y|^2 - |Q'y|^2 (Q orthonormal: off by ~n ulps of
-    # |y|^2, where the residual itself would cost a product and a copy of Y): above 1e-10
-    # |y|^2, far above that error and the single check's bound (1e-20 |y|^2); a column
-    # below is judged by the check itself
-    return ok & (yy - _sum(QY * QY, axis=0) > 1e-10 * yy)
+    # the residual's sum of squares as |y|^2 - |Q'y|^2 (Q orthonormal, p columns: off by at
+    # most ~(2p + 1) n ulps of |y|^2, the dot products' worst case, where the residual itself
+    # would cost a product and a copy of Y): certain above 1e-10 |y|^2 or 4 (p + 1) n ulps,
+    # far above the single check's bound (1e-20 |y|^2); a column below is judged by the
+    # check itself
+    n, p = Q.shape
+    return ok & (yy - _sum(QY * QY, axis=0) > max(1e-10, 4.0 * (p + 1) * n * _EPS) * yy)
+
+
+_EPS = float(np.finfo(float).eps)
 
 
 _max, _min, _sum = np.maximum.reduce, np.minimum.reduce, np.add.reduce
