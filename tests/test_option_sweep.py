@@ -43,3 +43,30 @@ def test_bootstrap_func_gets_labelled_results(which, request):
     assert set(seen) == {"Series"}
     assert boot.attrs["t0"].iloc[0] == res.params[name]
     np.testing.assert_allclose(boot["t1"], want, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def wine_fit():
+    return mf.clmm("rating ~ temp + contact + (1|judge)", datasets.load("wine")).fit()
+
+
+def test_clmm_refit_categorical_response(wine_fit):
+    # the response as fitted (a categorical with levels '1'..'5') was read as codes 1..5:
+    # an IndexError; now mapped by the fit's levels, as a fresh fit to that column
+    wine = datasets.load("wine")
+    same = wine_fit.refit(wine["rating"])
+    np.testing.assert_allclose(same.params, wine_fit.params, atol=1e-6)
+    y2 = wine["rating"].iloc[np.roll(np.arange(len(wine)), 5)].reset_index(drop=True)
+    fresh = mf.clmm("rating ~ temp + contact + (1|judge)", wine.assign(rating=y2)).fit()
+    np.testing.assert_allclose(wine_fit.refit(y2).llf, fresh.llf, rtol=1e-8)
+    # the codes 0..4 in the order of the levels are the same response
+    codes = wine["rating"].cat.codes.to_numpy()[np.roll(np.arange(len(wine)), 5)]
+    np.testing.assert_allclose(wine_fit.refit(codes).llf, fresh.llf, rtol=1e-8)
+
+
+@pytest.mark.parametrize("shift", [1.0, 0.5, -1.0])
+def test_clmm_refit_rejects_non_codes(wine_fit, shift):
+    # codes 1..5 (labels), 0.5..4.5 (was truncated to the same categories), -1..3
+    codes = datasets.load("wine")["rating"].cat.codes.to_numpy() + shift
+    with pytest.raises(ValueError, match="category codes"):
+        wine_fit.refit(codes)
