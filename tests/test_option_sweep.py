@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import statsmodels.api as sm
+from scipy import stats
 
 import mlmext.formula.api as mf
 from mlmext import datasets
@@ -70,3 +71,26 @@ def test_clmm_refit_rejects_non_codes(wine_fit, shift):
     codes = datasets.load("wine")["rating"].cat.codes.to_numpy() + shift
     with pytest.raises(ValueError, match="category codes"):
         wine_fit.refit(codes)
+
+
+@pytest.mark.parametrize("method,kwargs,unread", [
+    ("wald", {"boot_type": "basic"}, "boot_type"),
+    ("wald", {"nsim": 50, "seed": 1}, "nsim, seed"),
+    ("wald", {"names": "lme4"}, "names"),
+    ("profile", {"nsim": 50}, "nsim"),
+    ("profile", {"progress": True}, "progress"),
+])
+def test_conf_int_rejects_settings_of_other_methods(sleep_fit, method, kwargs, unread):
+    # these were ignored: conf_int(boot_type="basic") gave the Wald intervals
+    with pytest.raises(TypeError, match=f"does not read {unread}"):
+        sleep_fit.conf_int(method=method, cols=[1] if method == "wald" else ["Days"], **kwargs)
+
+
+def test_conf_int_defaults_and_read_settings_still_accepted(sleep_fit):
+    # the defaults spelt out, and each method's own settings, still work
+    wald = sleep_fit.conf_int(nsim=500, boot_type="perc", names="descriptive")
+    half = stats.t.ppf(0.975, 17) * sleep_fit.bse_fe["Days"]          # Satterthwaite df 17
+    np.testing.assert_allclose(wald.loc["Days"], sleep_fit.params["Days"] + np.array([-half, half]),
+                               rtol=1e-6)
+    prof = sleep_fit.conf_int(method="profile", cols=[".sigma"], names="lme4")
+    assert list(prof.index) == [".sigma"]
