@@ -115,3 +115,20 @@ def test_qic_independence_fit_checked():
         qic(ex, independence=_gee(d.iloc[:-10]))
     with pytest.raises(ValueError, match="same rows"):
         qic(ex, independence=_gee(d, "Weight ~ Time + Evit"))
+
+
+def test_emmeans_contrast_ref(cbpp_fit):
+    # ref with pairwise contrasts was ignored; with trt.vs.ctrl it is checked by hand
+    e = cbpp_fit.emmeans("period")
+    with pytest.raises(TypeError, match="ref is for method='trt.vs.ctrl'"):
+        e.contrast("pairwise", ref=2)
+    got = e.contrast("trt.vs.ctrl", ref=2, adjust="none")
+    b = np.asarray(cbpp_fit.fe_params)
+    V = np.asarray(cbpp_fit.cov_params())[:4, :4]
+    L = np.vstack([np.eye(4)[i] - np.eye(4)[2] for i in (0, 1, 3)])
+    L[:, 0] = 0.0                              # the intercept cancels in each difference
+    est, se = L @ b, np.sqrt(np.diag(L @ V @ L.T))
+    np.testing.assert_allclose(got["estimate"].astype(float), est, rtol=1e-8)
+    np.testing.assert_allclose(got["SE"].astype(float), se, rtol=1e-6)
+    np.testing.assert_allclose(got["p.value"].astype(float), 2 * stats.norm.sf(np.abs(est / se)),
+                               rtol=1e-6)
