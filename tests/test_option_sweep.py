@@ -132,3 +132,13 @@ def test_emmeans_contrast_ref(cbpp_fit):
     np.testing.assert_allclose(got["SE"].astype(float), se, rtol=1e-6)
     np.testing.assert_allclose(got["p.value"].astype(float), 2 * stats.norm.sf(np.abs(est / se)),
                                rtol=1e-6)
+
+
+def test_simulate_use_u(sleep_fit):
+    # use_u=True with re=False was ignored (population-level draws); lme4 refuses it too
+    with pytest.raises(TypeError, match="use_u=True"):
+        sleep_fit.simulate(2, seed=1, re=False, use_u=True)
+    # use_u=True: the fitted values (with the modes) plus N(0, sigma^2) noise of the same seed
+    got = sleep_fit.simulate(2, seed=3, use_u=True).to_numpy()
+    noise = np.random.default_rng(3).standard_normal((len(got), 2)) * sleep_fit.sigma
+    np.testing.assert_allclose(got, np.asarray(sleep_fit.fittedvalues)[:, None] + noise, rtol=1e-10)
