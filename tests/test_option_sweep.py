@@ -142,3 +142,15 @@ def test_simulate_use_u(sleep_fit):
     got = sleep_fit.simulate(2, seed=3, use_u=True).to_numpy()
     noise = np.random.default_rng(3).standard_normal((len(got), 2)) * sleep_fit.sigma
     np.testing.assert_allclose(got, np.asarray(sleep_fit.fittedvalues)[:, None] + noise, rtol=1e-10)
+
+
+def test_allfit_maxfev(sleep_fit, cbpp_fit):
+    # maxfev is the GLMM / clmm minimizers' limit: an LMM's allfit ignored it in silence
+    with pytest.raises(TypeError, match="maxfev is read for GLMMs"):
+        sleep_fit.allfit(methods=["Powell"], maxfev=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tab = cbpp_fit.allfit(methods=["Nelder-Mead"], maxfev=7)
+    assert tab.loc["Nelder-Mead", "note"].startswith("7 evaluations")
+    assert not tab.loc["Nelder-Mead", "converged"]
+    assert tab.loc["Nelder-Mead", "deviance"] > tab.loc["default", "deviance"] + 1.0
