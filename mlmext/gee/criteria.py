@@ -11,6 +11,7 @@ from scipy.special import xlog1py, xlogy
 from statsmodels.genmod import families
 from statsmodels.genmod.generalized_estimating_equations import GEE
 from statsmodels.genmod.generalized_linear_model import GLM
+from statsmodels.genmod.cov_struct import Independence
 
 __all__ = ["qic"]
 
@@ -47,6 +48,28 @@ def _fit_independence(model):
                var_weights=model.weights).fit().params
 
 
+def _independence_params(model, independence):
+    """The estimates of a given independence fit, checked to be one of ``model`` on its rows:
+    only its estimates are read, so another working correlation, other rows or weights gave
+    a QIC near the right one in silence (and another design a matmul error)."""
+    other = getattr(independence, "model", None)
+    cs = getattr(other, "cov_struct", None)
+    if cs is not None and not isinstance(cs, Independence):
+        raise ValueError(f"qic: independence= is a fit with the {type(cs).__name__} working "
+                         "correlation; give an Independence fit (or leave it out: refitted)")
+    same = other is not None and type(getattr(other, "family", None)) is type(model.family)
+    for a, b in ((model.endog, getattr(other, "endog", None)),
+                 (model.exog, getattr(other, "exog", None)),
+                 (model.weights, getattr(other, "weights", None)),
+                 (_offset_exposure(model), _offset_exposure(other) if same else None)):
+        same = same and (a is None) == (b is None) and (a is None or (
+            np.shape(a) == np.shape(b) and np.array_equal(np.asarray(a, float), np.asarray(b, float))))
+    if not same:
+        raise ValueError("qic: independence= must be a fit of the same model (family, response, "
+                         "fixed effects, weights, offset) on the same rows")
+    return independence.params
+
+
 def qic(results, scale=None, independence=None):
     """
     QIC, QICu, CIC and quasi-likelihood of a fitted GEE (Pan 2001).
@@ -64,7 +87,8 @@ def qic(results, scale=None, independence=None):
         Poisson without overdispersion is ``scale=1``.
     independence : GEEResults, optional
         An independence fit of the same model and rows whose estimates give
-        ``Omega_I``.  Refitted (as a GLM) when not given.
+        ``Omega_I`` (checked: ValueError for another working correlation, model or
+        rows).  Refitted (as a GLM) when not given.
 
     Returns
     -------
@@ -108,7 +132,8 @@ def qic(results, scale=None, independence=None):
     mu_r = family.link.inverse(model.exog @ np.asarray(results.params, dtype=float) + offset)
     quasi = _quasi_likelihood(family, endog, mu_r, weights)
 
-    params_i = _fit_independence(model) if independence is None else independence.params
+    params_i = _fit_independence(model) if independence is None else \
+        _independence_params(model, independence)
     eta_i = model.exog @ np.asarray(params_i, dtype=float) + offset
     mu_i = family.link.inverse(eta_i)
     var_i = family.variance(mu_i)

@@ -126,7 +126,8 @@ def refit(res, endog, **fit_kwargs):
         One value per row of the fit (``res.nobs`` rows, after dropped rows), in the model's
         response scale: for a binomial model the proportions (or, for a ``cbind(s, f)`` or
         ``weights=`` model, a two-column array of successes and failures with the same
-        totals); for a clmm the category codes as :meth:`simulate` gives them.
+        totals); for a clmm the category codes ``0 .. K-1`` (the order of
+        ``model.levels``) or a categorical (or labels) with the fit's categories.
     **fit_kwargs
         Passed to the model's ``fit``.
 
@@ -137,7 +138,7 @@ def refit(res, endog, **fit_kwargs):
     r = _raw(res)
     model = r.model
     old = np.asarray(model.endog, dtype=float)
-    y = np.asarray(endog, dtype=float)
+    y = _ordinal_codes(model, endog) if hasattr(model, "y_codes") else np.asarray(endog, dtype=float)
     if y.ndim == 2 and y.shape[1] == 2 and old.ndim == 1 and _is_binomial(model):
         trials = y.sum(axis=1)
         if not np.allclose(trials, model.weights):
@@ -157,6 +158,28 @@ def refit(res, endog, **fit_kwargs):
             return fit
         return refit_alone(r, y, start)
     return refit_alone(r, y, fit_kwargs=fit_kwargs)
+
+
+def _ordinal_codes(model, endog):
+    """A clmm's new response as the codes ``0 .. K-1`` of its categories: a categorical or
+    labels mapped by the fit's levels, numbers checked to be such codes (labels 1..5 read as
+    codes were a category off: an IndexError, or with labels 0..K-1 in another order, a silent
+    refit to other categories; 1.5 was truncated to 1)."""
+    y = pd.Series(np.asarray(endog).ravel()) if not isinstance(endog, pd.Series) else endog
+    labels = [str(v) for v in model.levels]
+    if isinstance(y.dtype, pd.CategoricalDtype) or y.dtype == object:
+        codes = y.astype(str).map({v: float(k) for k, v in enumerate(labels)})
+        if codes.isna().any():
+            bad = sorted(set(y.astype(str)[codes.isna()]))[:5]
+            raise ValueError(f"endog has values {bad} that are not categories of the fit "
+                             f"({labels})")
+        return codes.to_numpy(dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(y)
+    if np.any((y[ok] != np.round(y[ok])) | (y[ok] < 0) | (y[ok] > len(labels) - 1)):
+        raise ValueError(f"endog must be the category codes 0 .. {len(labels) - 1} (in the "
+                         f"order {labels}) or a categorical with those levels")
+    return y
 
 
 def refit_alone(r, y, start=None, fit_kwargs=None):

@@ -216,7 +216,7 @@ def allfit(res, methods=None, maxfev=20000):
         :data:`DERIVATIVE_FREE`: COBYQA, Nelder-Mead, Powell).
     maxfev : int
         Largest number of evaluations of each derivative-free minimizer
-        (GLMMs and clmm).
+        (GLMMs and clmm; TypeError for an LMM when not the default).
 
     Returns
     -------
@@ -256,6 +256,10 @@ def allfit(res, methods=None, maxfev=20000):
 
     nan = (np.nan, np.full(len(lay.fe_names), np.nan), np.full(len(lay.vp_names), np.nan))
     if lay.lmm:
+        if maxfev != 20000:
+            # (was ignored: each LMM method runs with its fit's own limits, fit(maxiter=...))
+            raise TypeError("maxfev is read for GLMMs and clmm (their derivative-free "
+                            "minimizers); an LMM's methods run as fit(method=m)")
         todo = [("default", {})] + [(m, {"method": m}) for m in (LMM_METHODS if methods is None else methods)]
         for name, extra in todo:
             fit, secs, msgs, err = _timed(lambda extra=extra: lay.model.fit(**kw, **extra))

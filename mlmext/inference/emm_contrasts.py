@@ -38,6 +38,9 @@ def cell_labels(cells, names):
 
 def _coefficients(k, method, ref):
     """(rows of contrast coefficients over ``k`` means, their (a, b) pairs): ``a - b``."""
+    if method in ("pairwise", "revpairwise") and not (isinstance(ref, (int, np.integer)) and ref == 0):
+        # (was ignored: contrast("pairwise", ref=2) gave all pairs without a word)
+        raise TypeError(f"ref is for method='trt.vs.ctrl'; method={method!r} does not read it")
     if method == "pairwise":
         pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
     elif method == "revpairwise":

@@ -183,6 +183,14 @@ def _boot_statistic(r):
     return np.concatenate([vp, _beta(r)])
 
 
+def _wrapped(fit):
+    """``fit`` as ``fit()`` returns it: its statsmodels wrapper (unchanged if it is one)."""
+    if hasattr(fit, "_results"):
+        return fit
+    wrapper = getattr(fit, "_results_wrapper", None)
+    return fit if wrapper is None else wrapper(fit)
+
+
 #: simulated responses refitted together (and between two steps of the progress bar)
 _BOOT_CHUNK = 64
 
@@ -198,7 +206,8 @@ def bootstrap(res, func=None, nsim=100, seed=None, re=True, progress=False):
     ----------
     res : MixedResults
     func : callable, optional
-        ``func(results) -> array_like``; by default the variance parameters on the sd /
+        ``func(results) -> array_like``, called with results as ``fit()`` returns them
+        (``params`` a labelled Series) for the fit and each refit; by default the variance parameters on the sd /
         correlation scale, sigma and the fixed effects (the rows of ``conf_int``).
     nsim : int
     seed : int or numpy.random.Generator, optional
@@ -216,7 +225,9 @@ def bootstrap(res, func=None, nsim=100, seed=None, re=True, progress=False):
     """
     r = _raw(res)
     rng = np.random.default_rng(seed)
-    fn = func if func is not None else _boot_statistic
+    # func sees what fit() returns (pandas-labelled params) for this fit and every refit:
+    # this fit and single refits are raw results here, lockstep members wrappers
+    fn = _boot_statistic if func is None else (lambda fit: func(_wrapped(fit)))
     t0 = np.atleast_1d(np.asarray(fn(r), dtype=float))
     names = (varpar_names(r) + _fe_names(r)) if func is None else [f"t{i + 1}" for i in range(t0.size)]
     if len(names) != t0.size:

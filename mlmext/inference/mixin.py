@@ -225,6 +225,16 @@ class InferenceMixin:
         m = str(method).lower()
         if nb_alpha is not None and m != "profile":
             raise TypeError(f"nb_alpha applies to method='profile' only (got method={method!r})")
+        # settings another method would read: not dropped in silence (boot_type="basic"
+        # with the default Wald method gave the Wald intervals)
+        unread = {"nsim": nsim != 500, "seed": seed is not None, "boot_type": boot_type != "perc",
+                  "progress": bool(progress)} if m not in ("boot", "bootstrap") else {}
+        unread["names"] = m == "wald" and names != "descriptive"
+        unread = [k for k, given in unread.items() if given]
+        if unread:
+            raise TypeError(f"conf_int(method={method!r}) does not read {', '.join(unread)} "
+                            "(bootstrap settings are for method='boot', names for 'profile' "
+                            "and 'boot': Wald rows are the fixed effects' names)")
         if m == "wald":
             return _wald_conf_int(self, alpha, cols)
         if m == "profile":

@@ -27,7 +27,7 @@ def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
         level plus residual noise).
     use_u : bool
         With ``re=True``, use the conditional modes instead of new draws (lme4's
-        ``use.u = TRUE``).
+        ``use.u = TRUE``); with ``re=False`` a TypeError.
     params : array_like, optional
         Fixed effects to simulate with instead of the estimates.
 
@@ -36,6 +36,10 @@ def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
     pandas.DataFrame
         One column per simulation (``sim_1``, ...), rows as the fitted data.
     """
+    if use_u and not re:
+        # (use_u was ignored: the population level; lme4 refuses use.u with re.form = NA)
+        raise TypeError("use_u=True conditions on the random effects' modes, re=False leaves "
+                        "them out: give one of them")
     r = _raw(res)
     model = r.model
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
