@@ -3,6 +3,7 @@ independent computation."""
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import statsmodels.api as sm
 from scipy import stats
@@ -60,17 +61,40 @@ def test_clmm_refit_categorical_response(wine_fit):
     y2 = wine["rating"].iloc[np.roll(np.arange(len(wine)), 5)].reset_index(drop=True)
     fresh = mf.clmm("rating ~ temp + contact + (1|judge)", wine.assign(rating=y2)).fit()
     np.testing.assert_allclose(wine_fit.refit(y2).llf, fresh.llf, rtol=1e-8)
-    # the codes 0..4 in the order of the levels are the same response
+    # the codes 0..4 as a categorical with the fit's levels are the same response
     codes = wine["rating"].cat.codes.to_numpy()[np.roll(np.arange(len(wine)), 5)]
-    np.testing.assert_allclose(wine_fit.refit(codes).llf, fresh.llf, rtol=1e-8)
+    cat = pd.Categorical.from_codes(codes, wine_fit.model.levels)
+    np.testing.assert_allclose(wine_fit.refit(cat).llf, fresh.llf, rtol=1e-8)
+    # the labels as strings (pandas' str dtype or object)
+    np.testing.assert_allclose(wine_fit.refit(y2.astype(str)).llf, fresh.llf, rtol=1e-8)
+    np.testing.assert_allclose(wine_fit.refit(y2.astype(object)).llf, fresh.llf, rtol=1e-8)
 
 
-@pytest.mark.parametrize("shift", [1.0, 0.5, -1.0])
-def test_clmm_refit_rejects_non_codes(wine_fit, shift):
-    # codes 1..5 (labels), 0.5..4.5 (was truncated to the same categories), -1..3
+@pytest.mark.parametrize("shift", [0.0, 1.0, 0.5, -1.0])
+def test_clmm_refit_rejects_ambiguous_numbers(wine_fit, shift):
+    # the categories are the numbers 1..5: numbers 0..4 (codes?) or 1..5 (labels?) could be
+    # either, and 1..4 alone would be read a category off in silence
     codes = datasets.load("wine")["rating"].cat.codes.to_numpy() + shift
-    with pytest.raises(ValueError, match="category codes"):
+    with pytest.raises(ValueError, match="ambiguous"):
         wine_fit.refit(codes)
+    with pytest.raises(ValueError, match="not categories of the fit"):
+        wine_fit.refit(pd.Series(codes).astype(str).where(codes != 2, "7"))
+
+
+def test_clmm_refit_codes_where_the_categories_are_not_numbers(wine_fit):
+    wine = datasets.load("wine")
+    lab = {"1": "a", "2": "b", "3": "c", "4": "d", "5": "e"}
+    w2 = wine.assign(rating=pd.Categorical(wine["rating"].astype(str).map(lab),
+                                           categories=list("abcde"), ordered=True))
+    fit = mf.clmm("rating ~ temp + contact + (1|judge)", w2).fit()
+    np.testing.assert_allclose(fit.llf, wine_fit.llf, rtol=1e-10)
+    codes = w2["rating"].cat.codes.to_numpy()[::-1].copy()
+    want = mf.clmm("rating ~ temp + contact + (1|judge)",
+                   w2.assign(rating=pd.Categorical.from_codes(codes, list("abcde"),
+                                                                 ordered=True))).fit()
+    np.testing.assert_allclose(fit.refit(codes).llf, want.llf, rtol=1e-8)
+    with pytest.raises(ValueError, match="category codes 0 .. 4"):
+        fit.refit(codes + 0.5)
 
 
 @pytest.mark.parametrize("method,kwargs,unread", [

@@ -126,8 +126,9 @@ def refit(res, endog, **fit_kwargs):
         One value per row of the fit (``res.nobs`` rows, after dropped rows), in the model's
         response scale: for a binomial model the proportions (or, for a ``cbind(s, f)`` or
         ``weights=`` model, a two-column array of successes and failures with the same
-        totals); for a clmm the category codes ``0 .. K-1`` (the order of
-        ``model.levels``) or a categorical (or labels) with the fit's categories.
+        totals); for a clmm a categorical (or labels) with the fit's categories, or the
+        category codes ``0 .. K-1`` (the order of ``model.levels``) where the categories are
+        not numbers other than those (ValueError: ambiguous).
     **fit_kwargs
         Passed to the model's ``fit``.
 
@@ -167,19 +168,35 @@ def _ordinal_codes(model, endog):
     refit to other categories; 1.5 was truncated to 1)."""
     y = pd.Series(np.asarray(endog).ravel()) if not isinstance(endog, pd.Series) else endog
     labels = [str(v) for v in model.levels]
-    if isinstance(y.dtype, pd.CategoricalDtype) or y.dtype == object:
+    if isinstance(y.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(y.dtype):
         codes = y.astype(str).map({v: float(k) for k, v in enumerate(labels)})
         if codes.isna().any():
             bad = sorted(set(y.astype(str)[codes.isna()]))[:5]
             raise ValueError(f"endog has values {bad} that are not categories of the fit "
                              f"({labels})")
         return codes.to_numpy(dtype=float)
+    nums = _numbers(labels)
+    if nums is not None and nums != list(range(len(labels))):
+        # categories that are numbers other than 0 .. K-1 (a fit to a column of 1..5): numbers
+        # could be either those labels or the codes (the same column refitted, or codes
+        # 0..3, would be read a category off in silence)
+        raise ValueError(f"endog as numbers is ambiguous for this fit, whose categories are "
+                         f"the numbers {labels}: give a categorical (or the labels as strings), "
+                         f"e.g. pd.Categorical.from_codes(category codes, {labels})")
     y = np.asarray(y, dtype=float)
     ok = np.isfinite(y)
     if np.any((y[ok] != np.round(y[ok])) | (y[ok] < 0) | (y[ok] > len(labels) - 1)):
         raise ValueError(f"endog must be the category codes 0 .. {len(labels) - 1} (in the "
                          f"order {labels}) or a categorical with those levels")
     return y
+
+
+def _numbers(labels):
+    """``labels`` as numbers (a list), or None where one is not a number."""
+    try:
+        return [float(v) for v in labels]
+    except ValueError:
+        return None
 
 
 def refit_alone(r, y, start=None, fit_kwargs=None):
