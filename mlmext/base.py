@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import math
 import pickle
 import sys
 import types
@@ -82,8 +83,9 @@ class MixedModel(LikelihoodModel):
     def __init__(self, endog, exog, re_design, weights=None, offset=None, **kwargs):
         self.formula_info = kwargs.pop("formula_info", {})
         missing = kwargs.pop("missing", "none")
-        reject_unknown(kwargs, f"{self._api_name}()", accepted=self._init_accepted(),
-                       hints=self._init_hints)
+        if kwargs:
+            reject_unknown(kwargs, f"{self._api_name}()", accepted=self._init_accepted(),
+                           hints=self._init_hints)
         super().__init__(endog, exog, missing=missing)
         # kept apart from statsmodels' data object, which remove_data() empties
         self._names = (self.data.ynames, list(self.data.xnames or []))
@@ -464,7 +466,8 @@ def _columns_kept(A, tol=1e-7):
     """The columns of the design ``A`` that :func:`drop_rank_deficient` keeps, None for all."""
     if A.shape[1] == 0:
         return None
-    if not np.all(np.isfinite(A)):
+    # (a finite sum first, by the ufunc: every value is then finite; np.all's wrappers cost more)
+    if not math.isfinite(np.add.reduce(A, None)) and not np.isfinite(A).all():
         raise ValueError("the fixed-effects design has non-finite values")
     if A.shape[1] == 2 and _two_clearly_independent(A, tol):
         return None

@@ -62,6 +62,15 @@ def _all_ones(w):
     return bool(np.all(w == 1.0))
 
 
+def _with_column(X, y):
+    """``np.column_stack([X, y])`` (C order, the same numbers) without its Python wrappers."""
+    n, p = X.shape
+    out = np.empty((n, p + 1))
+    out[:, :p] = X
+    out[:, p] = y
+    return out
+
+
 def _check_reml(reml):
     if not isinstance(reml, (bool, np.bool_)):
         raise ValueError(f"reml must be True (REML) or False (ML); got {reml!r}")
@@ -93,7 +102,7 @@ class LinearMixedModel(MixedModel):
     def __init__(self, endog, exog, re_design, weights=None, offset=None, **kwargs):
         super().__init__(endog, exog, re_design, weights=weights, offset=offset, **kwargs)
         y = np.asarray(self.endog, dtype=float) - self.offset
-        self._XY = np.column_stack([self.exog, y])
+        self._XY = _with_column(self.exog, y)
         w = self.weights
         unit = _all_ones(w)
         self._check_response(y, self._XY, unit)
@@ -123,17 +132,17 @@ class LinearMixedModel(MixedModel):
                              "to model")
         if unit:
             Xw, yw = self.exog, yp
-            xy = np.column_stack([Xw, yw]) if xy is None else xy
+            xy = _with_column(Xw, yw) if xy is None else xy
         else:
             sw = np.sqrt(w if every else w[pos])
             Xw, yw = (self.exog if every else self.exog[pos]) * sw[:, None], yp * sw
-            xy = np.column_stack([Xw, yw])
+            xy = _with_column(Xw, yw)
         # the residual sum of squares of the least-squares fit: the last diagonal entry of
         # the R of [Xw yw]'s QR decomposition, squared (LAPACK's QR: a sixth of lstsq's cost);
         # only where Xw has full rank (rows of zero weight left out can make it deficient,
         # and then R[p, p] misses part of the residual): else lstsq's
         R, _, _, info = _geqrf(xy)
-        d = np.abs(np.diagonal(R)[:p])
+        d = np.abs(R.diagonal()[:p])
         if info == 0 and (p == 0 or _min(d) > 1e-10 * _max(d)):
             rss = float(R[p, p]) ** 2
         else:

@@ -479,7 +479,7 @@ def engine_pass(plan, store):
     if mask.shape != (store.nrows,):
         raise Fallback("factors with a number of rows other than the data's")
     mats = [np.asarray(m) for m in mats]
-    nkeep = store.nrows - int(mask.sum())
+    nkeep = store.nrows - int(np.add.reduce(mask))      # (no ndarray.sum wrapper)
     if any(m.shape[0] != nkeep for m in mats):
         raise Fallback("matrices with a number of rows other than the data's")
     if plan.y is not None and mats[plan.y].shape[1] == 0:

@@ -39,6 +39,9 @@ class Pieces:
     ycols: list | None = None  # y's column names (None: read from y)
 
 
+_count = np.add.reduce          # (of a boolean mask: the number of its True entries)
+
+
 def _no_rows(n_zero):
     why = "all weights are zero" if n_zero else "every row has a missing value in a variable used"
     return ValueError(f"no rows left to fit: {why}")
@@ -194,7 +197,7 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
         m = cols[fixed.response_column].isna().to_numpy()
         other = m if other is None else other | m
     bad = na if other is None else na | other
-    n_missing = int(np.count_nonzero(bad))
+    n_missing = int(_count(bad))          # (np.count_nonzero's Python wrappers cost more)
     if n_missing and missing == "raise":
         raise _too_many_missing(n_missing)
     keep = None if not n_missing else ~bad
