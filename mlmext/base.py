@@ -55,6 +55,16 @@ def _accepted_names(cls):
         names |= {p for p in inspect.signature(f).parameters if p not in ("self", "cls", "kwargs")}
     return tuple(sorted(names))
 
+
+@functools.lru_cache(maxsize=None)
+def _one_owner(cls, a, b):
+    """Whether one class of ``cls``'s MRO defines both attributes ``a`` and ``b`` (per class:
+    a class's methods do not change)."""
+    def owner(name):
+        return next(k for k in cls.__mro__ if name in k.__dict__)
+    return owner(a) is owner(b)
+
+
 class MixedModel(LikelihoodModel):
     """Base class of the mixed models: holds y, X, the random-effects design and row bookkeeping.
 
@@ -212,9 +222,7 @@ class MixedModel(LikelihoodModel):
     def _one_pass_parts(cls):
         """``_fixed_parts`` when the class that defines it also defines ``_fixed_matrices`` (a
         subclass overriding only ``_fixed_matrices`` gets the generic path)."""
-        def owner(name):
-            return next(k for k in cls.__mro__ if name in k.__dict__)
-        return cls._fixed_parts if owner("_fixed_parts") is owner("_fixed_matrices") else None
+        return cls._fixed_parts if _one_owner(cls, "_fixed_parts", "_fixed_matrices") else None
 
     @classmethod
     def _response_arrays(cls, frame, info):

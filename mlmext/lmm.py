@@ -13,6 +13,7 @@ from ._blas import fit_threads
 from ._args import reject_unknown
 from .base import MixedModel
 from .frame import display_name
+from .identifiability import clearly_not_fit_exactly
 from .inference.ddf_default import check_fit_ddf
 from .inference.robust import check_cov_args
 from .linalg import BlockedCholesky
@@ -137,6 +138,8 @@ class LinearMixedModel(MixedModel):
             sw = np.sqrt(w if every else w[pos])
             Xw, yw = (self.exog if every else self.exog[pos]) * sw[:, None], yp * sw
             xy = _with_column(Xw, yw)
+        if clearly_not_fit_exactly(xy):
+            return                           # (the usual case: no QR decomposition)
         # the residual sum of squares of the least-squares fit: the last diagonal entry of
         # the R of [Xw yw]'s QR decomposition, squared (LAPACK's QR: a sixth of lstsq's cost);
         # only where Xw has full rank (rows of zero weight left out can make it deficient,
