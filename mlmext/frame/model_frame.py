@@ -31,7 +31,7 @@ from ..immutable_cache import names_index, per_object
 from ..design import RandomEffectsDesign, ReTerm, grouping_factor
 from ..identifiability import warn_constant_slopes
 from .engine import display_name, evaluate, formula_error, formula_manager, names_in, quote_names
-from .columns import FrameColumns
+from .columns import FrameColumns, shallow_copy
 from .patsy_pass import HAVE_PATSY, Fallback, FixedParts
 from .plan_cache import plan_for
 from .pieces import drop_unused_categories, generic_pieces, one_pass_pieces
@@ -267,7 +267,7 @@ def _model_data(data, used, kept, resp_col, dtypes, columns):
     if kept is not None or not (isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1):
         frame = frame.reset_index(drop=True)
     elif frame is data:
-        frame = data.copy(deep=False)
+        frame = shallow_copy(data)
     same = kept is None           # the same rows: data's columns are the frame's
     cats = [c for c in used if isinstance(dtypes[c], pd.CategoricalDtype)]
     changed = False
