@@ -282,8 +282,9 @@ class ReTerm:
         """Root mean square of each column of X (stored when the rows are not held: Dask)."""
         if self.X is None:
             return self.col_rms
-        # (np.mean's sum and division without its wrappers: the same rounding)
-        return np.sqrt(np.add.reduce(self.X ** 2, axis=0) / len(self.X)) if len(self.X) \
+        # (np.mean's sum and division without its wrappers: the same rounding; X * X is
+        # X ** 2 bit for bit, without the power ufunc no other step of a fit uses)
+        return np.sqrt(np.add.reduce(self.X * self.X, axis=0) / len(self.X)) if len(self.X) \
             else np.ones(self.q)
 
     @property
