@@ -63,15 +63,6 @@ def _all_ones(w):
     return bool(np.all(w == 1.0))
 
 
-def _with_column(X, y):
-    """``np.column_stack([X, y])`` (C order, the same numbers) without its Python wrappers."""
-    n, p = X.shape
-    out = np.empty((n, p + 1))
-    out[:, :p] = X
-    out[:, p] = y
-    return out
-
-
 def _check_reml(reml):
     if not isinstance(reml, (bool, np.bool_)):
         raise ValueError(f"reml must be True (REML) or False (ML); got {reml!r}")
@@ -103,7 +94,7 @@ class LinearMixedModel(MixedModel):
     def __init__(self, endog, exog, re_design, weights=None, offset=None, **kwargs):
         super().__init__(endog, exog, re_design, weights=weights, offset=offset, **kwargs)
         y = np.asarray(self.endog, dtype=float) - self.offset
-        self._XY = _with_column(self.exog, y)
+        self._XY = np.column_stack([self.exog, y])
         w = self.weights
         unit = _all_ones(w)
         self._check_response(y, self._XY, unit)
@@ -133,11 +124,11 @@ class LinearMixedModel(MixedModel):
                              "to model")
         if unit:
             Xw, yw = self.exog, yp
-            xy = _with_column(Xw, yw) if xy is None else xy
+            xy = np.column_stack([Xw, yw]) if xy is None else xy
         else:
             sw = np.sqrt(w if every else w[pos])
             Xw, yw = (self.exog if every else self.exog[pos]) * sw[:, None], yp * sw
-            xy = _with_column(Xw, yw)
+            xy = np.column_stack([Xw, yw])
         if clearly_not_fit_exactly(xy):
             return                           # (the usual case: no QR decomposition)
         # the residual sum of squares of the least-squares fit: the last diagonal entry of

@@ -1,7 +1,7 @@
 """The build's shortcuts for a fit right after a garbage collection (issue 14, cold2): the
 exact-fit check from the cross-products, the blocks' shallow copy of the model frame, no row
-masks on complete data, the level products column by column and the design's theta bounds
-in Python lists -- each against what it replaces, values and decisions alike."""
+masks on complete data and the design's theta bounds in Python lists -- each against what it
+replaces, values and decisions alike."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +11,6 @@ from mlmext.formula import api as mf
 from mlmext.frame import columns as frame_columns
 from mlmext.frame.numeric_build import numeric_matrices
 from mlmext.identifiability import clearly_not_fit_exactly
-from mlmext.linalg.small_levels import OneBlockLevels
 
 
 @pytest.fixture
@@ -123,23 +122,6 @@ def test_complete_data_make_no_mask_and_missing_values_are_dropped(d):
     keep = np.setdiff1d(np.arange(len(d)), [3, 7, 10])
     assert np.array_equal(mm.exog[:, 1], d.x.to_numpy()[keep])
     assert np.array_equal(mm.endog, d.y.to_numpy()[keep])
-
-
-@pytest.mark.parametrize("lhs", ["1", "x", "x + z"])
-def test_level_products_as_broadcast(d, lhs):
-    m = mf.lmer(f"y ~ x + ({lhs} | g)", d, weights="w")
-    blk = m.re_design.blocks[0]
-    X, XY, w = blk.X, m._XY, m.weights
-    n, q = X.shape
-    Wq = X * w[:, None]
-    F = np.concatenate([(Wq[:, :, None] * X[:, None, :]).reshape(n, q * q),
-                        (Wq[:, :, None] * XY[:, None, :]).reshape(n, -1)], axis=1)
-    ind = np.zeros((blk.m, n))
-    ind[blk.codes, np.arange(n)] = 1.0
-    L = ind @ F
-    lv = OneBlockLevels.from_rows(blk, XY, w, m.re_design.ntheta)
-    assert np.array_equal(lv.Ag.reshape(blk.m, -1), L[:, :q * q])
-    assert np.array_equal(lv.Cg.reshape(blk.m, -1), L[:, q * q:])
 
 
 def test_design_bounds_and_theta_positions():

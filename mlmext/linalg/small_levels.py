@@ -197,16 +197,8 @@ class OneBlockLevels:
         if n * m <= INDICATOR_MAX:
             ind = np.zeros((m, n))
             ind[codes, np.arange(n)] = 1.0
-        # F = [(w x_i x_j)_ij, (w x_i xy_c)_ic] row by row, one column product at a time (the
-        # broadcast (n, q, 1) * (n, 1, k) products and their concatenation: 5x the time)
-        k1 = XY.shape[1]
-        F = np.empty((n, q * (q + k1)))
-        for i in range(q):
-            wi = Wq[:, i]
-            for j, col in enumerate(range(i * q, i * q + q)):
-                np.multiply(wi, X[:, j], out=F[:, col])
-            for c, col in enumerate(range(q * q + i * k1, q * q + i * k1 + k1)):
-                np.multiply(wi, XY[:, c], out=F[:, col])
+        F = np.concatenate([(Wq[:, :, None] * X[:, None, :]).reshape(n, q * q),
+                            (Wq[:, :, None] * XY[:, None, :]).reshape(n, -1)], axis=1)
         L = _level_sums(codes, m, F, ind)
         Ag = np.ascontiguousarray(L[:, :q * q]).reshape(m, q, q)
         Cg = np.ascontiguousarray(L[:, q * q:]).reshape(m, q, -1)
