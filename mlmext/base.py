@@ -26,7 +26,8 @@ from statsmodels.base.model import LikelihoodModel
 from ._args import reject_unknown
 from ._frames import as_dataframe
 from .design import constant_rows, match_levels
-from .frame import FixedParts, build_model_frame, display_name, evaluate, formula_manager, names_in
+from .frame import (FixedParts, build_model_frame, display_name, evaluate, formula_manager,
+                    name_heads, names_in)
 from .laplace import make_chol
 from .model_data import LAZY_FRAMES, formula_arrays, frame_data
 
@@ -38,11 +39,17 @@ def cbind(*cols):
     return np.column_stack([np.asarray(c, dtype=float) for c in cols])
 
 
-def caller_namespace(depth):
-    """Variables visible ``depth`` frames up, plus the formula helpers, for formula evaluation."""
+def caller_namespace(depth, names=None):
+    """Variables visible ``depth`` frames up, plus the formula helpers, for formula evaluation;
+    ``names``: only these (a formula's names, all its evaluation looks up, now or on new data),
+    not a copy of the caller's whole namespace (a pass over a notebook's globals per build)."""
     frame = sys._getframe(depth + 1)
-    ns = dict(frame.f_globals)
-    ns.update(frame.f_locals)
+    if names is None:
+        ns = dict(frame.f_globals)
+        ns.update(frame.f_locals)
+    else:
+        loc, glob = frame.f_locals, frame.f_globals
+        ns = {n: loc[n] if n in loc else glob[n] for n in names if n in loc or n in glob}
     ns.setdefault("np", np)
     ns["cbind"] = cbind
     return ns
@@ -177,7 +184,8 @@ class MixedModel(LikelihoodModel):
             accepted = set(cls._init_accepted())
             reject_unknown({k: v for k, v in kwargs.items() if k not in accepted},
                            f"{cls._api_name}()", accepted=sorted(accepted), hints=cls._init_hints)
-        env = caller_namespace(eval_env + 1) if isinstance(eval_env, int) else eval_env
+        env = caller_namespace(eval_env + 1, name_heads(formula)) if isinstance(eval_env, int) \
+            else eval_env
         frame = build_model_frame(formula, data, subset=subset, weights=weights, offset=offset,
                                   missing=missing, env=env, fixed_matrices=cls._fixed_matrices,
                                   mgr=formula_manager(), fixed_parts=cls._one_pass_parts())

@@ -140,3 +140,27 @@ def test_design_bounds_and_theta_positions():
     a = des.blocks[1]
     assert a.t_idx.tolist() == [3, 4] and a.t_rows.tolist() == [0, 1] and a.t_cols.tolist() == [0, 1]
     assert a.t_idx.dtype == np.int64
+
+
+_SHIFT = 0.5                      # a module global a formula reads
+
+
+def _shifted(v):
+    return v + _SHIFT
+
+
+def test_formula_namespace_holds_the_formulas_names(d):
+    scale = 3.0                   # a local the formula reads
+    unused = object()             # noqa: F841 - a local it does not read: not kept
+    m = mf.lmer("y ~ _shifted(x) + I(scale * z) + np.log(z) + (1 | g)", d)
+    env = m.formula_info["eval_env"]
+    assert sorted(env) == ["_shifted", "cbind", "np", "scale"] and env["scale"] == 3.0
+    r = m.fit()
+    X = np.column_stack([np.ones(len(d)), d.x + 0.5, 3.0 * d.z, np.log(d.z)])
+    assert np.array_equal(m.exog, X)
+    new = d.iloc[:5].copy()
+    fixed = r.predict(new, re=False)
+    assert np.allclose(fixed, X[:5] @ r.fe_params.to_numpy(), rtol=1e-12)
+    import pickle
+    back = pickle.loads(pickle.dumps(r))
+    assert np.allclose(back.predict(new, re=False), fixed, rtol=1e-12)
