@@ -151,9 +151,10 @@ def _shifted(v):
 
 def test_formula_namespace_holds_the_formulas_names(d):
     scale = 3.0                   # a local the formula reads
-    unused = object()             # noqa: F841 - a local it does not read: not kept
+    unused = object()             # a local it does not read: not kept
     m = mf.lmer("y ~ _shifted(x) + I(scale * z) + np.log(z) + (1 | g)", d)
     env = m.formula_info["eval_env"]
+    assert unused not in env.values() and env.get("scale") == scale
     assert sorted(env) == ["_shifted", "cbind", "np", "scale"] and env["scale"] == 3.0
     r = m.fit()
     X = np.column_stack([np.ones(len(d)), d.x + 0.5, 3.0 * d.z, np.log(d.z)])
