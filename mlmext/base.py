@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import math
 import pickle
 import sys
 import types
@@ -25,7 +26,8 @@ from statsmodels.base.model import LikelihoodModel
 from ._args import reject_unknown
 from ._frames import as_dataframe
 from .design import constant_rows, match_levels
-from .frame import FixedParts, build_model_frame, display_name, evaluate, formula_manager, names_in
+from .frame import (FixedParts, build_model_frame, display_name, evaluate, formula_manager,
+                    name_heads, names_in)
 from .laplace import make_chol
 from .model_data import LAZY_FRAMES, formula_arrays, frame_data
 
@@ -37,11 +39,17 @@ def cbind(*cols):
     return np.column_stack([np.asarray(c, dtype=float) for c in cols])
 
 
-def caller_namespace(depth):
-    """Variables visible ``depth`` frames up, plus the formula helpers, for formula evaluation."""
+def caller_namespace(depth, names=None):
+    """Variables visible ``depth`` frames up, plus the formula helpers, for formula evaluation;
+    ``names``: only these (a formula's names, all its evaluation looks up, now or on new data),
+    not a copy of the caller's whole namespace (a pass over a notebook's globals per build)."""
     frame = sys._getframe(depth + 1)
-    ns = dict(frame.f_globals)
-    ns.update(frame.f_locals)
+    if names is None:
+        ns = dict(frame.f_globals)
+        ns.update(frame.f_locals)
+    else:
+        loc, glob = frame.f_locals, frame.f_globals
+        ns = {n: loc[n] if n in loc else glob[n] for n in names if n in loc or n in glob}
     ns.setdefault("np", np)
     ns["cbind"] = cbind
     return ns
@@ -53,6 +61,16 @@ def _accepted_names(cls):
     for f in (cls.__init__, cls.from_formula):
         names |= {p for p in inspect.signature(f).parameters if p not in ("self", "cls", "kwargs")}
     return tuple(sorted(names))
+
+
+@functools.lru_cache(maxsize=None)
+def _one_owner(cls, a, b):
+    """Whether one class of ``cls``'s MRO defines both attributes ``a`` and ``b`` (per class:
+    a class's methods do not change)."""
+    def owner(name):
+        return next(k for k in cls.__mro__ if name in k.__dict__)
+    return owner(a) is owner(b)
+
 
 class MixedModel(LikelihoodModel):
     """Base class of the mixed models: holds y, X, the random-effects design and row bookkeeping.
@@ -82,8 +100,9 @@ class MixedModel(LikelihoodModel):
     def __init__(self, endog, exog, re_design, weights=None, offset=None, **kwargs):
         self.formula_info = kwargs.pop("formula_info", {})
         missing = kwargs.pop("missing", "none")
-        reject_unknown(kwargs, f"{self._api_name}()", accepted=self._init_accepted(),
-                       hints=self._init_hints)
+        if kwargs:
+            reject_unknown(kwargs, f"{self._api_name}()", accepted=self._init_accepted(),
+                           hints=self._init_hints)
         super().__init__(endog, exog, missing=missing)
         # kept apart from statsmodels' data object, which remove_data() empties
         self._names = (self.data.ynames, list(self.data.xnames or []))
@@ -165,7 +184,8 @@ class MixedModel(LikelihoodModel):
             accepted = set(cls._init_accepted())
             reject_unknown({k: v for k, v in kwargs.items() if k not in accepted},
                            f"{cls._api_name}()", accepted=sorted(accepted), hints=cls._init_hints)
-        env = caller_namespace(eval_env + 1) if isinstance(eval_env, int) else eval_env
+        env = caller_namespace(eval_env + 1, name_heads(formula)) if isinstance(eval_env, int) \
+            else eval_env
         frame = build_model_frame(formula, data, subset=subset, weights=weights, offset=offset,
                                   missing=missing, env=env, fixed_matrices=cls._fixed_matrices,
                                   mgr=formula_manager(), fixed_parts=cls._one_pass_parts())
@@ -210,9 +230,7 @@ class MixedModel(LikelihoodModel):
     def _one_pass_parts(cls):
         """``_fixed_parts`` when the class that defines it also defines ``_fixed_matrices`` (a
         subclass overriding only ``_fixed_matrices`` gets the generic path)."""
-        def owner(name):
-            return next(k for k in cls.__mro__ if name in k.__dict__)
-        return cls._fixed_parts if owner("_fixed_parts") is owner("_fixed_matrices") else None
+        return cls._fixed_parts if _one_owner(cls, "_fixed_parts", "_fixed_matrices") else None
 
     @classmethod
     def _response_arrays(cls, frame, info):
@@ -464,7 +482,8 @@ def _columns_kept(A, tol=1e-7):
     """The columns of the design ``A`` that :func:`drop_rank_deficient` keeps, None for all."""
     if A.shape[1] == 0:
         return None
-    if not np.all(np.isfinite(A)):
+    # (a finite sum first, by the ufunc: every value is then finite; np.all's wrappers cost more)
+    if not math.isfinite(np.add.reduce(A, None)) and not np.isfinite(A).all():
         raise ValueError("the fixed-effects design has non-finite values")
     if A.shape[1] == 2 and _two_clearly_independent(A, tol):
         return None

@@ -282,8 +282,9 @@ class ReTerm:
         """Root mean square of each column of X (stored when the rows are not held: Dask)."""
         if self.X is None:
             return self.col_rms
-        # (np.mean's sum and division without its wrappers: the same rounding)
-        return np.sqrt(np.add.reduce(self.X ** 2, axis=0) / len(self.X)) if len(self.X) \
+        # (np.mean's sum and division without its wrappers: the same rounding; X * X is
+        # X ** 2 bit for bit, without the power ufunc no other step of a fit uses)
+        return np.sqrt(np.add.reduce(self.X * self.X, axis=0) / len(self.X)) if len(self.X) \
             else np.ones(self.q)
 
     @property
@@ -315,10 +316,10 @@ class ReBlock:
         rows, cols, idx = [], [], []
         off = 0
         for t in self.terms:
-            for k, (i, j) in enumerate(lower_tri(t.q)):
+            for (i, j), k in zip(lower_tri(t.q), t.theta_index.tolist()):   # (Python ints)
                 rows.append(off + i)
                 cols.append(off + j)
-                idx.append(t.theta_index[k])
+                idx.append(k)
             off += t.q
         self.t_rows = np.array(rows, dtype=np.int64)
         self.t_cols = np.array(cols, dtype=np.int64)
@@ -361,27 +362,26 @@ class RandomEffectsDesign:
         if not terms:
             raise ValueError("the formula has no random-effects term such as (1 | g)")
         # lme4 orders terms by decreasing number of levels (stable)
-        order = sorted(range(len(terms)), key=lambda i: -terms[i].m)
-        self.terms = [terms[i] for i in order]
+        self.terms = terms = sorted(terms, key=lambda t: -t.m) if len(terms) > 1 else list(terms)
+        # theta's entries term by term, each template's lower triangle column by column: the
+        # diagonals (standard deviations) bounded by 0 and started at 1, in Python lists
         k = 0
-        for t in self.terms:
-            t.theta_index = np.arange(k, k + t.ntheta)
-            k += t.ntheta
+        lower, start = [], []
+        for t in terms:
+            tri = lower_tri(t.q)
+            t.theta_index = np.arange(k, k + len(tri))
+            k += len(tri)
+            for i, j in tri:
+                lower.append(0.0 if i == j else -np.inf)
+                start.append(1.0 if i == j else 0.0)
         self.ntheta = k
         groups = {}
-        for t in self.terms:
+        for t in terms:
             groups.setdefault(tuple(sorted(t.factors)), []).append(t)
         blocks = [ReBlock(ts) for ts in groups.values()]
-        self.blocks = sorted(blocks, key=lambda b: -b.nre)
-        lower = np.full(self.ntheta, -np.inf)
-        start = np.zeros(self.ntheta)
-        for t in self.terms:
-            for k, (i, j) in enumerate(lower_tri(t.q)):
-                if i == j:               # diagonals of the templates: standard deviations
-                    lower[t.theta_index[k]] = 0.0
-                    start[t.theta_index[k]] = 1.0
-        self.lower = lower
-        self.theta_start = start
+        self.blocks = sorted(blocks, key=lambda b: -b.nre) if len(blocks) > 1 else blocks
+        self.lower = np.array(lower, dtype=float)
+        self.theta_start = np.array(start, dtype=float)
 
     @property
     def nre(self):

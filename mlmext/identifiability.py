@@ -5,13 +5,57 @@ frame warns (:class:`UnidentifiedSlopeWarning`) as the design is built.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
 
 from .design import lower_tri
 
-__all__ = ["UnidentifiedSlopeWarning", "slopes_constant_within_levels", "warn_constant_slopes"]
+__all__ = ["UnidentifiedSlopeWarning", "slopes_constant_within_levels", "warn_constant_slopes",
+           "clearly_not_fit_exactly"]
+
+_EPS = np.finfo(float).eps
+
+
+def clearly_not_fit_exactly(XY, max_columns=4):
+    """Whether the last column ``y`` of ``XY = [X y]`` (``n x (p + 1)``, at most
+    ``max_columns`` columns) is certainly left with a residual sum of squares on the columns
+    of ``X`` above ``1e-6 y'y`` (so far above any exact-fit threshold), ``X``'s columns far
+    from collinear; False: undecided (a QR decomposition decides).
+
+    From the cross-products in one product and their column-scaled Cholesky factor in Python
+    floats: the last pivot squared is that ratio.  The products' rounding moves the scaled
+    cross-products by at most ``(n + p + 1) eps`` each, and the ratio (a Schur complement)
+    by at most that times ``(1 + sum |b|)^2`` to first order (``b``: y's coefficients on the
+    scaled columns); the test asks for a thousandth of the ratio with a factor 16 to spare.
+    LAPACK's QR is then not needed: its code is out of the CPU caches after a garbage
+    collection, and no fit uses it.
+    """
+    n, k = XY.shape
+    if not 2 <= k <= max_columns or n < k:
+        return False
+    G = (XY.T @ XY).tolist()
+    d = [G[i][i] for i in range(k)]
+    if not all(1e-150 < v < 1e150 for v in d):
+        return False
+    s = [1.0 / math.sqrt(v) for v in d]
+    L = [[0.0] * k for _ in range(k)]
+    for j in range(k):
+        for i in range(j, k):
+            v = G[i][j] * s[i] * s[j] - sum(L[i][t] * L[j][t] for t in range(j))
+            if i > j:
+                L[i][j] = v / L[j][j]
+            elif v > (1e-2 if j < k - 1 else 1e-6):
+                L[j][j] = math.sqrt(v)
+            else:
+                return False           # collinear columns or a near fit: the QR decides
+    p = k - 1
+    b = [0.0] * p                     # L_XX' b = L[p][:p]: y's coefficients, scaled
+    for i in reversed(range(p)):
+        b[i] = (L[p][i] - sum(L[t][i] * b[t] for t in range(i + 1, p))) / L[i][i]
+    err = (n + k) * _EPS * (1.0 + sum(map(abs, b))) ** 2
+    return 16.0 * err < 1e-3 * L[p][p] ** 2
 
 
 class UnidentifiedSlopeWarning(UserWarning):

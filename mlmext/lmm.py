@@ -13,6 +13,7 @@ from ._blas import fit_threads
 from ._args import reject_unknown
 from .base import MixedModel
 from .frame import display_name
+from .identifiability import clearly_not_fit_exactly
 from .inference.ddf_default import check_fit_ddf
 from .inference.robust import check_cov_args
 from .linalg import BlockedCholesky
@@ -128,12 +129,14 @@ class LinearMixedModel(MixedModel):
             sw = np.sqrt(w if every else w[pos])
             Xw, yw = (self.exog if every else self.exog[pos]) * sw[:, None], yp * sw
             xy = np.column_stack([Xw, yw])
+        if clearly_not_fit_exactly(xy):
+            return                           # (the usual case: no QR decomposition)
         # the residual sum of squares of the least-squares fit: the last diagonal entry of
         # the R of [Xw yw]'s QR decomposition, squared (LAPACK's QR: a sixth of lstsq's cost);
         # only where Xw has full rank (rows of zero weight left out can make it deficient,
         # and then R[p, p] misses part of the residual): else lstsq's
         R, _, _, info = _geqrf(xy)
-        d = np.abs(np.diagonal(R)[:p])
+        d = np.abs(R.diagonal()[:p])
         if info == 0 and (p == 0 or _min(d) > 1e-10 * _max(d)):
             rss = float(R[p, p]) ** 2
         else:

@@ -139,10 +139,11 @@ def _handle_constant(data, X):
     intercept) is decided here with four array methods (statsmodels' own pass costs ~35 us of
     NumPy wrappers on a small model); any other design goes through statsmodels' code."""
     if X.shape[0] and X.shape[1]:
-        mx, mn = X.max(axis=0), X.min(axis=0)
+        # (the reductions by the ufuncs: ndarray.max's and .all's Python wrappers cost more here)
+        mx, mn = np.maximum.reduce(X, axis=0), np.minimum.reduce(X, axis=0)
         const = (mx == mn).nonzero()[0]
         # (a column of equal values has a nonzero mean exactly when its value is nonzero)
-        if const.size == 1 and mx[const[0]] != 0 and np.isfinite(mx).all():
+        if const.size == 1 and mx[const[0]] != 0 and np.logical_and.reduce(np.isfinite(mx)):
             data.k_constant, data.const_idx = 1, int(const[0])
             return
     data._handle_constant(None)

@@ -14,10 +14,10 @@
 The formula api (:mod:`mlmext.formula.api`) sits on top of the models; this
 package sits below them.
 """
-from .engine import display_name, evaluate, formula_manager, names_in, quote_names
+from .engine import display_name, evaluate, formula_manager, name_heads, names_in, quote_names
 from .model_frame import build_model_frame, used_columns
 from .patsy_pass import FixedParts
 from .terms import parse_formula
 
 __all__ = ["FixedParts", "build_model_frame", "display_name", "evaluate", "formula_manager",
-           "names_in", "parse_formula", "quote_names", "used_columns"]
+           "name_heads", "names_in", "parse_formula", "quote_names", "used_columns"]

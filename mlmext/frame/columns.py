@@ -6,7 +6,48 @@ import pandas as pd
 
 from ..immutable_cache import per_object
 
-__all__ = ["FrameColumns"]
+__all__ = ["FrameColumns", "shallow_copy"]
+
+
+def _block_copy(df):
+    """``df.copy(deep=False)`` from its blocks' own shallow copies (pandas' ``Block.copy``,
+    which registers each new block with the old one's references: copy-on-write keeps both
+    frames apart) in a new manager of views of the axes, without the manager's generic
+    ``apply`` and the frame's constructors: half the time, and after a garbage collection
+    ~30 us of a ~0.9 ms build less (pandas' code comes back from memory).  Private pandas
+    API: :data:`shallow_copy` checks it at import."""
+    mgr = df._mgr
+    new = type(mgr)(tuple(b.copy(deep=False) for b in mgr.blocks), [ax.view() for ax in mgr.axes],
+                    verify_integrity=False)
+    return pd.DataFrame._from_mgr(new, new.axes).__finalize__(df, method="copy")
+
+
+def _checked_block_copy():
+    """:func:`_block_copy` where this pandas gives with it what ``copy(deep=False)`` gives (equal
+    frame, own axes, copy-on-write in both directions), else None."""
+    try:
+        src = pd.DataFrame({"a": [1.5, 2.5], "b": pd.Categorical(["x", "y"]), "c": [1, 2]})
+        src.attrs["k"] = 1
+        got, want = _block_copy(src), src.copy(deep=False)
+        ok = type(got) is pd.DataFrame and got.equals(want) and got.dtypes.equals(want.dtypes) \
+            and got.attrs == want.attrs and got.columns is not src.columns \
+            and got.index is not src.index and len(got._mgr.blocks) == len(src._mgr.blocks)
+        src.iloc[0, 0] = -1.0
+        got.iloc[1, 2] = -2
+        ok = ok and got["a"].tolist() == [1.5, 2.5] and src["c"].tolist() == [1, 2]
+        return _block_copy if ok else None
+    except Exception:  # noqa: BLE001 - any difference: pandas' own copy
+        return None
+
+
+_fast_copy = _checked_block_copy()
+
+
+def shallow_copy(df):
+    """``df.copy(deep=False)`` (a DataFrame): a frame of its own sharing ``df``'s data until
+    either is written to."""
+    return df.copy(deep=False) if _fast_copy is None or type(df) is not pd.DataFrame \
+        else _fast_copy(df)
 
 
 def _positions(index):

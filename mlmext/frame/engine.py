@@ -18,8 +18,8 @@ import re
 
 from statsmodels.formula._manager import FormulaManager
 
-__all__ = ["formula_manager", "quote_names", "display_name", "names_in", "formula_error",
-           "evaluate"]
+__all__ = ["formula_manager", "quote_names", "display_name", "names_in", "name_heads",
+           "formula_error", "evaluate"]
 
 
 def formula_manager():
@@ -86,6 +86,12 @@ def display_name(name):
 def names_in(expr):
     """Identifiers an expression uses (quoted names included), in order."""
     return list(_names_in(expr))
+
+
+def name_heads(formula):
+    """The names a formula string can look up in its namespace (``np`` of ``np.log``), or None
+    (not a string: the whole namespace)."""
+    return {n.split(".")[0] for n in _names_in(formula)} if isinstance(formula, str) else None
 
 
 @functools.lru_cache(maxsize=1024)

@@ -31,11 +31,16 @@ from ..immutable_cache import names_index, per_object
 from ..design import RandomEffectsDesign, ReTerm, grouping_factor
 from ..identifiability import warn_constant_slopes
 from .engine import display_name, evaluate, formula_error, formula_manager, names_in, quote_names
-from .columns import FrameColumns
-from .patsy_pass import Fallback, FixedParts
+from .columns import FrameColumns, shallow_copy
+from .patsy_pass import HAVE_PATSY, Fallback, FixedParts
 from .plan_cache import plan_for
 from .pieces import drop_unused_categories, generic_pieces, one_pass_pieces
 from .terms import BarTerm, ParsedFormula, parse_formula
+
+if HAVE_PATSY:
+    from patsy import DesignInfo
+else:  # pragma: no cover - formulaic only
+    DesignInfo = None
 
 __all__ = ["ModelFrame", "FixedParts", "build_model_frame", "used_columns", "quote_names", "display_name",
            "apply_subset", "evaluate", "formula_error", "formula_manager"]
@@ -147,6 +152,9 @@ def _numeric_part(y_df):
     return y_df[num].to_numpy(dtype=float) if num else np.zeros((0, 1))
 
 
+_sum = np.add.reduce
+
+
 def _nonfinite_columns(A):
     """Per column of ``A``: has it a non-finite value?  (Column sums first: finite sums, the
     usual case, need no n x p mask.)"""
@@ -158,7 +166,9 @@ def _nonfinite_columns(A):
 def _check_finite(y_num, X, xnames, lhs, parsed):
     """Infinite values are not missing (R's lm: "NA/NaN/Inf in 'y'"): name where they are."""
     # one finite total: every value finite (an inf or an overflow of the sum: look closer)
-    if np.isfinite(y_num.sum() + X.sum() + sum(Z.sum() for Z, _, _ in lhs.values())):
+    # (the sums without ndarray.sum's Python wrapper: the same reduction)
+    if np.isfinite(_sum(y_num, None) + _sum(X, None)
+                   + sum(_sum(Z, None) for Z, _, _ in lhs.values())):
         return
     if _nonfinite_columns(y_num).any():
         rows = np.flatnonzero((~np.isfinite(y_num)).any(axis=1))
@@ -181,10 +191,13 @@ def _check_terms_have_columns(mgr, spec, where, data):
     """A term with no columns is a factor with one level in the rows used: R refuses it
     ("contrasts can be applied only to factors with 2 or more levels"); dropping it
     silently would fit a different model than the one written."""
-    try:
-        slices = mgr.get_term_name_slices(spec)
-    except Exception:  # noqa: BLE001 - an engine without term slices: nothing to check
-        return
+    # (patsy's own slices when the spec is its DesignInfo: what the manager returns a copy of)
+    slices = spec.term_name_slices if type(spec) is DesignInfo else None
+    if slices is None:
+        try:
+            slices = mgr.get_term_name_slices(spec)
+        except Exception:  # noqa: BLE001 - an engine without term slices: nothing to check
+            return
     for name, sl in slices.items():
         if name in ("Intercept", "1") or sl.stop > sl.start:
             continue
@@ -254,7 +267,7 @@ def _model_data(data, used, kept, resp_col, dtypes, columns):
     if kept is not None or not (isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1):
         frame = frame.reset_index(drop=True)
     elif frame is data:
-        frame = data.copy(deep=False)
+        frame = shallow_copy(data)
     same = kept is None           # the same rows: data's columns are the frame's
     cats = [c for c in used if isinstance(dtypes[c], pd.CategoricalDtype)]
     changed = False
@@ -327,7 +340,8 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     row_labels = data.index
     engine = getattr(mgr, "engine", "patsy")
     labels = column_labels(data.columns)
-    formula_q, parsed = parsed_formula(formula, per_object(frozenset, labels), engine)
+    label_set = per_object(frozenset, labels)
+    formula_q, parsed = parsed_formula(formula, label_set, engine)
     used = used_columns(parsed, labels, weights, offset)
     # nullable and Arrow-backed columns the model reads as NumPy-backed ones (as_dataframe's
     # conversions); the others are not read
@@ -339,7 +353,7 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     _check_column_types(parsed, dtypes)
     for bar in parsed.bars:
         for f in bar.factors:
-            if f not in data.columns:
+            if f not in label_set:       # (the conversions keep the labels; a set, not the Index)
                 close = difflib.get_close_matches(f, [str(c) for c in data.columns], n=1)
                 raise ValueError(f"unknown column {f!r} in random-effects term {bar.source}"
                                  + (f"; did you mean {close[0]!r}?" if close else "")

@@ -13,6 +13,8 @@ left to patsy.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["numeric_matrices", "ENABLED", "MAX_RECIPES"]
@@ -22,6 +24,7 @@ ENABLED = True
 
 
 _any = np.logical_or.reduce      # (ndarray.any's Python wrapper costs as much as the test)
+_sum = np.add.reduce
 
 #: recipes kept (see :func:`_recipe`)
 MAX_RECIPES = 64
@@ -77,7 +80,7 @@ def numeric_matrices(infos, store, na, bare):
     """The matrices ``build_design_matrices(infos, store, NA_action=na)`` gives (as plain
     arrays), or None where a factor is not a bare numeric column (``bare``: the plan's factor
     code -> column).  ``na`` (:class:`~.patsy_pass.RecordingNA`) gets the mask of rows
-    with a NaN in some factor, as patsy's NA handling gives it."""
+    with a NaN in some factor, as patsy's NA handling gives it, or None when no row has one."""
     if not ENABLED:
         return None
     recipe = _recipe(infos, bare)
@@ -95,17 +98,13 @@ def numeric_matrices(infos, store, na, bare):
         return None
     mask = None
     for v in values.values():
-        if v.dtype.kind == "f":
-            if mask is None:
-                mask = np.isnan(v)
-            else:
-                mask |= np.isnan(v)
-    if mask is None:
-        mask = np.zeros(n, dtype=bool)
-    na.mask = mask
+        # (a NaN shows in the column's sum: complete columns, the usual case, make no mask)
+        if v.dtype.kind == "f" and math.isnan(_sum(v)):
+            mask = np.isnan(v) if mask is None else mask | np.isnan(v)
+    na.mask = mask                           # (None: no row has a NaN)
     if layouts is None:
         return None
-    if _any(mask):
+    if mask is not None and _any(mask):
         good = ~mask
         values = {f: v[good] for f, v in values.items()}
         n = int(np.count_nonzero(good))

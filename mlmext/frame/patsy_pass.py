@@ -459,8 +459,8 @@ def engine_pass(plan, store):
     infos : list of patsy DesignInfo
     mats : list of ndarray
         On the rows not in ``mask``.
-    mask : ndarray of bool
-        Rows with a missing value in some factor.
+    mask : ndarray of bool or None
+        Rows with a missing value in some factor (None: none has one).
     """
     na = RecordingNA()
     try:
@@ -475,11 +475,11 @@ def engine_pass(plan, store):
         raise
     except Exception as exc:  # noqa: BLE001 - the generic path raises its own message
         raise Fallback(str(exc)) from exc
-    mask = na.mask if na.mask is not None else np.zeros(store.nrows, dtype=bool)
-    if mask.shape != (store.nrows,):
+    mask = na.mask
+    if mask is not None and mask.shape != (store.nrows,):
         raise Fallback("factors with a number of rows other than the data's")
     mats = [np.asarray(m) for m in mats]
-    nkeep = store.nrows - int(mask.sum())
+    nkeep = store.nrows - (0 if mask is None else int(np.add.reduce(mask)))
     if any(m.shape[0] != nkeep for m in mats):
         raise Fallback("matrices with a number of rows other than the data's")
     if plan.y is not None and mats[plan.y].shape[1] == 0:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..design import used_categories
 from .engine import evaluate
-from .columns import FrameColumns
+from .columns import FrameColumns, shallow_copy
 from .patsy_pass import ColumnStore, engine_pass, levels_kept
 
 __all__ = ["Pieces", "generic_pieces", "one_pass_pieces", "drop_unused_categories"]
@@ -37,6 +37,9 @@ class Pieces:
     n_zero: int
     frame: pd.DataFrame        # the data on the rows kept, unused categories dropped
     ycols: list | None = None  # y's column names (None: read from y)
+
+
+_count = np.add.reduce          # (of a boolean mask: the number of its True entries)
 
 
 def _no_rows(n_zero):
@@ -105,7 +108,7 @@ def drop_unused_categories(df, keep_cols=(), columns=None, series=None):
             changed[c] = cat.remove_unused_categories()
     if not changed:
         return df, False
-    df = df.copy(deep=False)
+    df = shallow_copy(df)
     for c, cat in changed.items():
         df[c] = cat
     return df, True
@@ -113,10 +116,11 @@ def drop_unused_categories(df, keep_cols=(), columns=None, series=None):
 
 def _isna(a):
     """``Series(a).isna()`` of a column's array (:meth:`FrameColumns.array`) as an array, None
-    when the dtype holds no missing value."""
+    when the dtype holds no missing value (or a categorical has none)."""
     dt = a.dtype
     if isinstance(dt, pd.CategoricalDtype):
-        return np.asarray(a.codes) < 0
+        codes = np.asarray(a.codes)           # (no code below 0, the usual case: no mask)
+        return codes < 0 if len(codes) and np.minimum.reduce(codes) < 0 else None
     if isinstance(dt, np.dtype) and dt.kind in "iub":
         return None
     if isinstance(dt, np.dtype) and dt.kind == "f":
@@ -193,8 +197,9 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
     if fixed.response_column is not None:
         m = cols[fixed.response_column].isna().to_numpy()
         other = m if other is None else other | m
-    bad = na if other is None else na | other
-    n_missing = int(np.count_nonzero(bad))
+    # (no mask where nothing is missing: na and other are None then)
+    bad = na if other is None else other if na is None else na | other
+    n_missing = 0 if bad is None else int(_count(bad))    # (no np.count_nonzero wrappers)
     if n_missing and missing == "raise":
         raise _too_many_missing(n_missing)
     keep = None if not n_missing else ~bad
@@ -211,7 +216,7 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
     if keep is None:
         again = not plan.rowwise and store.has_unused()
     elif plan.rowwise and levels_kept(plan, infos, store, keep):
-        sel = keep[~na] if na.any() else keep
+        sel = keep[~na] if na is not None and na.any() else keep
         mats = [m[sel] for m in mats]
     else:
         again = True
@@ -222,8 +227,9 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
             sub = ColumnStore(data, rows=kept, drop_unused=True, keep=resp_col, pandas=plan.pandas,
                               columns=cols)
             infos, mats, na = engine_pass(plan, sub)
-            bad = na if other is None or kept is None else na | other[kept]
-            if not bad.any():
+            bad = na if other is None or kept is None else \
+                other[kept] if na is None else na | other[kept]
+            if bad is None or not bad.any():
                 break
             n_missing += int(np.count_nonzero(bad))
             kept = np.flatnonzero(~bad) if kept is None else kept[~bad]
