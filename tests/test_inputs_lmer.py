@@ -389,6 +389,23 @@ def test_dotted_grouping_factor(d):
     assert "grp.id" in r.ranef()
 
 
+def test_names_in_any_script(d):
+    # Python names of any script (German, Greek): an AttributeError in the formula scanner
+    dn = d.rename(columns={"x": "größe", "g": "gruppe_ä", "f": "λ"})
+    r = _fit("y ~ größe + λ + (größe | gruppe_ä)", dn)
+    ref = _fit("y ~ x + f + (x | g)", d)
+    assert r.llf == ref.llf
+    np.testing.assert_array_equal(r.fe_params.to_numpy(), ref.fe_params.to_numpy())
+    names = {"x": "größe", "f[T.b]": "λ[T.b]", "f[T.c]": "λ[T.c]"}
+    assert list(r.fe_params.index) == [names.get(k, k) for k in ref.fe_params.index]
+    assert "gruppe_ä" in r.ranef()
+    np.testing.assert_allclose(r.predict(dn.head(4)), r.fittedvalues.head(4), rtol=1e-12)
+    hälfte = lambda v: v / 2                       # noqa: E731 - a caller's function
+    r2 = mf.lmer("y ~ hälfte(größe) + (1 | gruppe_ä)", dn).fit()    # (this frame's names)
+    np.testing.assert_allclose(r2.fe_params.iloc[1],
+                               _fit("y ~ x + (1 | g)", d).fe_params.iloc[1] * 2, rtol=1e-9)
+
+
 # ----------------------------------------------------------------- pickling and copies
 def test_results_pickle_and_deepcopy(d):
     r = _fit("y ~ center(x) + (1 | g)", d)

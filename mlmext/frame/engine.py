@@ -27,7 +27,9 @@ def formula_manager():
     return FormulaManager()
 
 
-_IDENT_RUN = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+# (names as Python's: letters of any script, ``größe``, as patsy's tokenizer reads them)
+_IDENT_RUN = re.compile(r"(?:[^\W\d]|\.)[\w.]*")
+_NUMBER_RUN = re.compile(r"[0-9][\w.]*")
 
 
 def _quote(name, engine):
@@ -58,12 +60,11 @@ def quote_names(formula, columns, engine="patsy"):
                 raise ValueError(f"unclosed backtick in formula {formula!r}")
             out.append(_quote(formula[i + 1:j], engine))
             i = j + 1
-        elif ch.isdigit():                                # a number such as 1.5e3
-            m = re.compile(r"[0-9][A-Za-z0-9_.]*").match(formula, i)
+        elif ch in "0123456789":                          # a number such as 1.5e3
+            m = _NUMBER_RUN.match(formula, i)
             out.append(m.group(0))
             i = m.end()
-        elif ch.isalpha() or ch in "_.":
-            m = _IDENT_RUN.match(formula, i)
+        elif (m := _IDENT_RUN.match(formula, i)) is not None:
             tok = m.group(0)
             needs = tok in cols and (not tok.isidentifier() or keyword.iskeyword(tok))
             prev = formula[:i].rstrip()[-1:]

@@ -108,7 +108,7 @@ def _find_bar(s):
     return None
 
 
-_NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$|^`[^`]+`$|^Q\(['\"][^'\"]+['\"]\)$")
+_NAME = re.compile(r"^(?:[^\W\d]|\.)[\w.]*$|^`[^`]+`$|^Q\(['\"][^'\"]+['\"]\)$")
 
 
 def _clean_name(tok):
@@ -186,7 +186,7 @@ def _r_powers_in_I(expr):
     """R's ``I(x^2)`` means a power; in Python ``^`` is XOR, so rewrite it inside ``I()``."""
     out, i = [], 0
     while i < len(expr):
-        m = re.compile(r"(?<![A-Za-z0-9_.])I\(").search(expr, i)
+        m = re.compile(r"(?<![\w.])I\(").search(expr, i)
         if not m:
             out.append(expr[i:])
             break
