@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import statsmodels.api as sm
 from scipy import stats
 
 import mlmext
@@ -408,6 +409,38 @@ def test_r2_glmm():
     assert out["marginal"] == pytest.approx(r["r2_marginal"], rel=2e-3)
     assert out["conditional"] == pytest.approx(r["r2_conditional"], rel=2e-3)
     assert ic["adjusted"] == pytest.approx(r["icc_adjusted"], rel=2e-3)
+
+
+@pytest.mark.parametrize("name,formula", [
+    ("r2_grouseticks_poisson", "TICKS ~ YEAR + (1 | BROOD)"),
+    ("r2_grouseticks_poisson2", "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)")])
+def test_r2_glmm_poisson(name, formula):
+    """The Poisson branch: the distribution-specific variance log1p(1 / mu), mu the exp of the
+    null model's intercept (insight 0.19's; the same random effects, intercept only)."""
+    from mlmext.inference.variance_explained import _null_model_fit
+    r = ref(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = mf.glmer(formula, read_data("grouseticks.csv"), family=sm.families.Poisson()).fit()
+        out = res.r2()
+        null = _null_model_fit(res)
+    assert res.llf >= r["fit"]["loglik"] - 1e-4
+    # R's own numbers follow that formula
+    assert r["var_residual"] == pytest.approx(np.log1p(np.exp(-r["null"]["intercept"])), rel=1e-12)
+    # our null fit is at least as good as glmer's (grouseticks: +0.0085 and +1e-6 in llf), so
+    # its intercept, and with it the residual variance, differ from R's by what that implies
+    assert null.llf >= r["null"]["loglik"] - 1e-6
+    b0 = float(np.asarray(null.params)[0])
+    assert out["var_residual"] == pytest.approx(np.log1p(np.exp(-b0)), rel=1e-12)
+    assert b0 == pytest.approx(r["null"]["intercept"], abs=5e-3)
+    assert out["var_residual"] == pytest.approx(r["var_residual"], rel=5e-3)
+    assert out["var_fixed"] == pytest.approx(r["var_fixed"], rel=2e-3)
+    assert out["var_random"] == pytest.approx(r["var_random"], rel=2e-3)
+    vf, vr, ve = out["var_fixed"], out["var_random"], out["var_residual"]
+    assert out["marginal"] == pytest.approx(vf / (vf + vr + ve), rel=1e-12)
+    assert out["conditional"] == pytest.approx((vf + vr) / (vf + vr + ve), rel=1e-12)
+    assert out["marginal"] == pytest.approx(r["r2_marginal"], rel=2e-3)
+    assert out["conditional"] == pytest.approx(r["r2_conditional"], rel=2e-3)
 
 
 def test_glmm_simulate_and_bootstrap():
