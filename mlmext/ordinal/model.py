@@ -277,7 +277,10 @@ class OrdinalMixedModel(MixedModel):
             scalar term; else quasi-Newton).
         gtol : float
             Tolerance on the largest projected-gradient entry of the negative
-            log-likelihood.
+            log-likelihood, for the quasi-Newton phases.  Newton's method with the
+            exact Hessian (a single scalar term) stops at a Newton decrement of
+            1e-12 instead, tighter than any ``gtol``; it reads ``gtol`` only where it
+            hands over to quasi-Newton.
         hessian : bool
             Compute the Hessian (and so the standard errors); ``clmm``'s
             ``Hess``.
