@@ -1,5 +1,6 @@
 """res.refit(new_y): the same model refitted to a new response (lme4's refit(fit, newresp))."""
 import numpy as np
+import pandas as pd
 import pytest
 import statsmodels.api as sm
 
@@ -48,7 +49,10 @@ def test_refit_binomial_counts_or_proportions():
 
 def test_refit_clmm_keeps_its_settings():
     o = mf.clmm("rating ~ temp + (1 | judge)", datasets.load("wine")).fit(nagq=5)
-    o2 = o.refit(o.model.endog)
+    # (its categories are the numbers 1..5: the codes, model.endog, as a categorical)
+    o2 = o.refit(pd.Categorical.from_codes(o.model.endog.astype(int), o.model.levels))
+    with pytest.raises(ValueError, match="ambiguous"):
+        o.refit(o.model.endog)
     assert o2.nagq == 5
     np.testing.assert_allclose(o2.params, o.params, atol=1e-8)
 
