@@ -292,7 +292,7 @@ def _finish(r, lv, Y, conv, Te, est, T0, nfev, dec, mineig, starts):
     # the single fit's end: the mirror image with nonnegative diagonals; near a zero SD it
     # snaps and tests the bound, so those members go to single refits
     s, _, diag = _scales(r)
-    Tc = _canonical(lv, Te)
+    Tc = _canonical(lv, Te, diag)
     near = _any((Tc * s)[:, diag] < NEAR_ZERO, axis=1) if diag is not None else None
     if near is not None and _any(near):
         for j in np.flatnonzero(near):    # (from there a single fit needs a third fewer steps)
@@ -354,9 +354,12 @@ def _theta0_pieces(r, batch, theta0):
     return c["lockstep_theta0"]
 
 
-def _canonical(lv, T):
+def _canonical(lv, T, diag=None):
     """``design.canonical_theta`` of each row of ``T`` (the one block ``lv.blk``): every
-    template column whose diagonal is negative negated (the same model)."""
+    template column whose diagonal is negative negated (the same model).  ``diag``: which
+    entries of theta are the template's diagonals (:func:`_scales`'), where given."""
+    if diag is not None and not _any(T[:, diag] < 0, axis=None):
+        return T.copy()             # (the usual end: no column to negate, no map to make)
     blk = lv.blk
     dcol = design_piece(lv, "diagonal_of_column", lambda: _diagonal_of_column(blk))
     neg = T[:, dcol] < 0

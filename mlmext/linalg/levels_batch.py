@@ -23,9 +23,9 @@ _sum, _all, _max = np.add.reduce, np.logical_and.reduce, np.maximum.reduce
 
 try:        # the gufuncs np.linalg's inv and eigh call (private; else np.linalg)
     from numpy.linalg import _umath_linalg as _gu
-    _gu_inv, _gu_eigh = _gu.inv, _gu.eigh_lo
+    _gu_inv, _gu_eigh, _gu_chol = _gu.inv, _gu.eigh_lo, _gu.cholesky_lo
 except (ImportError, AttributeError):           # pragma: no cover
-    _gu_inv = _gu_eigh = None
+    _gu_inv = _gu_eigh = _gu_chol = None
 
 
 def inv_of_factor(L):
@@ -34,6 +34,22 @@ def inv_of_factor(L):
     wrapper's type checks and error state (~5 us a call warm, ~45 us with cold caches, as a
     batch's first refit after ``gc.collect()`` has them), which only matter on errors."""
     return np.linalg.inv(L) if _gu_inv is None else _gu_inv(L, signature="d->d")
+
+
+def _factor_or_none(A, gufunc, fallback):
+    """``fallback(A)`` (``np.linalg.cholesky`` or ``inv``) of a finite float stack by its
+    gufunc directly: the same LAPACK call and numbers without the wrapper (~40 us with the
+    cold caches of a fit's first batch of refits, once per wrapper); None where it fails
+    (where the wrapper raises ``LinAlgError``: the gufunc's output is NaN there, and finite
+    elsewhere from finite input)."""
+    if gufunc is None:                          # pragma: no cover
+        try:
+            return fallback(A)
+        except np.linalg.LinAlgError:
+            return None
+    with np.errstate(all="ignore"):             # (a failure's flags: the wrapper's error)
+        F = gufunc(A, signature="d->d")
+    return F if _all(np.isfinite(F), axis=None) else None
 
 
 def eigh_finite(A):
@@ -74,8 +90,9 @@ def _moment_design(lv, blk):
     level blocks' (pseudo-)inverses ``Ai`` (m, q, q) and the rank of ``Z``, ``C_gX`` (m q, p)
     and ``A_g^+ C_gX``, the number of eigenvalues of ``X``'s residual cross-products after
     ``Z`` that count and those eigenvalues ``e`` and vectors ``Ux``, ``Ai``'s mean, the
-    template's independent terms ``keep`` (q, q) and ``(X' W X)^-1`` (None: singular).  Read-only, computed once per design on
-    block ``lv.blk`` (:func:`design_piece`)."""
+    template's independent terms ``keep`` (q, q; None: all of them, a full lower triangle)
+    and ``(X' W X)^-1`` (None: singular).  Read-only, computed once per design on block
+    ``lv.blk`` (:func:`design_piece`)."""
     if blk is lv.blk:
         return design_piece(lv, "moment_design", lambda: _moment_design_of(lv, blk))
     return _moment_design_of(lv, blk)
@@ -95,13 +112,13 @@ def _moment_design_of(lv, blk):
     AiCX = (Ai @ lv.Cg[:, :, :p]).reshape(m * q, p)
     e, Ux = eigh_finite(lv.V[:p, :p] - CX.T @ AiCX)
     big = e > 1e-9 * _max(np.abs(np.diagonal(lv.V)[:p]))
-    E = np.zeros((q, q))
-    E[blk.t_rows, blk.t_cols] = 1.0
-    keep = (E @ E.T) != 0                      # (the template's independent terms)
-    try:            # (X' W X)^-1: the fixed effects' least squares of every member
-        XXi = np.linalg.inv(lv.V[:p, :p])
-    except np.linalg.LinAlgError:
-        XXi = None
+    keep = None             # (a full lower triangle: every term free, no mask to apply)
+    if len(blk.t_rows) != q * (q + 1) // 2:
+        E = np.zeros((q, q))
+        E[blk.t_rows, blk.t_cols] = 1.0
+        keep = (E @ E.T) != 0                  # (the template's independent terms)
+    # (X' W X)^-1: the fixed effects' least squares of every member (None: singular)
+    XXi = _factor_or_none(lv.V[:p, :p], _gu_inv, np.linalg.inv)
     arrays = (Ai, CX, AiCX, e[big], Ux[:, big], _sum(Ai, axis=0) / m, keep, XXi)
     for a in arrays:
         if a is not None:
@@ -287,17 +304,16 @@ class LevelsBatch:
         good &= np.isfinite(_sum(R.reshape(nb, -1), axis=1))
         if not _all(good):
             R = np.where(good[:, None, None], R, np.eye(q))
-        try:
-            L = np.linalg.cholesky(R * keep)
-        except np.linalg.LinAlgError:
+        L = _factor_or_none(R if keep is None else R * keep, _gu_chol, np.linalg.cholesky)
+        if L is None:
             # variances estimated negative: a small fraction of the largest (Newton takes them
             # on); a largest that is not positive: no estimate
             w, U = np.linalg.eigh(R)
             good &= w[:, -1] > 0
             w = np.maximum(w, 1e-2 * np.abs(w[:, -1:]))
+            Rp = (U * w[:, None, :]) @ U.transpose(0, 2, 1)
             L = np.linalg.cholesky(np.where(good[:, None, None],
-                                            ((U * w[:, None, :]) @ U.transpose(0, 2, 1)) * keep,
-                                            np.eye(q)))
+                                            Rp if keep is None else Rp * keep, np.eye(q)))
         if _all(good):
             T[:, blk.t_idx] = L[:, blk.t_rows, blk.t_cols]
         else:
@@ -325,9 +341,9 @@ class LevelsBatch:
         G = G.reshape(m, q, q)
         CX = lv.Cg[:, :, :p]
         GCX = (G @ CX).reshape(m * q, p)
-        try:
-            Lxx = np.linalg.cholesky(lv.V[:p, :p] - CX.reshape(m * q, p).T @ GCX)
-        except np.linalg.LinAlgError:
+        Lxx = _factor_or_none(lv.V[:p, :p] - CX.reshape(m * q, p).T @ GCX, _gu_chol,
+                              np.linalg.cholesky)
+        if Lxx is None:
             return None
         const = ldm[0] - lv.logw
         if lv.reml:
