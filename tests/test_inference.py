@@ -590,6 +590,9 @@ def test_check_convergence(case, formula, data):
         bad = mf.lmer(formula, read_data(data)).fit(reml=r["reml"], method="L-BFGS-B", maxiter=3)
     c2 = bad.check_convergence()
     assert not c2.converged and c2.messages
+    for tol in (-1.0, 0.0, float("nan")):        # (no fit could pass, or every fit would)
+        with pytest.raises(ValueError, match="tol must be a positive number"):
+            res.check_convergence(tol=tol)
 
 
 # ------------------------------------------------------------------ simulation and power
