@@ -273,6 +273,10 @@ def test_bad_input(sleep, cbpp):
         cross_validate(SLEEP, sleep, groups="Subject", cv=GroupKFold(3), rng=1)
     with pytest.raises(ValueError, match="data is required"):
         cross_validate(SLEEP, groups="Subject")
+    for kw in ({"weights": np.ones(len(sleep))}, {"offset": np.zeros(len(sleep))}):
+        # (an array has every row; each fold's fit takes a subset: was a length mismatch)
+        with pytest.raises(ValueError, match=f"{list(kw)[0]} must be a column name"):
+            cross_validate(SLEEP, sleep, groups="Subject", **kw)
     with pytest.raises(TypeError, match="family"):
         cross_validate(mf.lmer(SLEEP, sleep), groups="Subject", family=sm.families.Poisson())
     nb = mf.glmer_nb("incidence ~ period + (1 | herd)", cbpp)

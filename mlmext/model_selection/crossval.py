@@ -238,6 +238,11 @@ def cross_validate(model, data=None, groups=None, cv=5, scoring=None, re="both",
         glabels = np.asarray(groups)
         if glabels.shape != (len(data),):
             raise ValueError(f"groups has {glabels.size} labels for {len(data)} rows of data")
+    for name, v in (("weights", weights), ("offset", offset)):
+        if v is not None and not isinstance(v, str):
+            # (an array has the whole data's rows: each fold's fit takes a subset of them)
+            raise ValueError(f"{name} must be a column name of data in cross_validate (the "
+                             f"folds refit subsets of the rows); got {type(v).__name__}")
     index = data.index
     data = data.reset_index(drop=True)       # positions are the row labels from here on
     kw = dict(cls_kw, weights=weights, offset=offset)
