@@ -65,23 +65,8 @@ def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
         with np.errstate(divide="ignore"):
             sd = np.where(w > 0, r.sigma / np.sqrt(w), 0.0)
         y = eta + sd[:, None] * rng.standard_normal((n, nsim))
-    elif hasattr(r, "_simulate_response"):
+    elif hasattr(r, "_simulate_response"):   # every GLMM result: its family's draws
         y = r._simulate_response(eta, rng)
-    elif fam is not None:
-        mu = fam.link.inverse(eta)
-        name = type(fam).__name__
-        if name == "Poisson":
-            y = rng.poisson(mu).astype(float)
-        elif name == "Binomial":
-            # the response is a proportion of `weights` trials (1 for 0/1 data), as glmer stores it
-            ntr = np.round(w).astype(np.int64)
-            if np.any(np.abs(w - ntr) > 1e-8):
-                raise NotImplementedError("simulating a binomial response needs integer trials "
-                                          "(weights)")
-            succ = rng.binomial(ntr[:, None], np.clip(mu, 0.0, 1.0)).astype(float)
-            y = np.divide(succ, ntr[:, None], out=np.zeros_like(succ), where=ntr[:, None] > 0)
-        else:
-            raise NotImplementedError(f"simulation from a {name} mixed model is not implemented")
     else:
         raise NotImplementedError(f"simulation from a {type(model).__name__} is not implemented")
     index = model.formula_info.get("row_labels") if hasattr(model, "formula_info") else None
