@@ -1,0 +1,131 @@
+"""Public options no other test passed (the second option sweep), each checked against R
+(tools/r_reference/sweep2_reference.R, stored in tests/reference/sweep2/sweep2.json)."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+
+import mlmext
+import mlmext.formula.api as mf
+from mlmext import datasets
+
+with open(os.path.join(os.path.dirname(__file__), "reference", "sweep2", "sweep2.json")) as fh:
+    REF = json.load(fh)
+
+
+def ref_table(key):
+    """An emmeans table stored by jsonlite (a list of rows) as a DataFrame."""
+    return pd.DataFrame(REF[key])
+
+
+@pytest.fixture(scope="module")
+def dietox():
+    dx = datasets.load("dietox")
+    return dx.assign(Time3=np.minimum(dx["Time"], 3))       # a covariate with 3 values
+
+
+@pytest.fixture(scope="module")
+def pig_fit(dietox):
+    return mf.lmer("Weight ~ Evit * Cu + Time + (1 | Pig)", dietox).fit()
+
+
+@pytest.mark.parametrize("type_", [1, 2, 3])
+@pytest.mark.parametrize("ddf", ["Satterthwaite", "Kenward-Roger"])
+def test_anova_types_and_ddf(pig_fit, type_, ddf):
+    a = mlmext.anova(pig_fit, type=type_, ddf=ddf.lower())
+    want = REF[f"anova_{type_}_{ddf}"]
+    np.testing.assert_allclose(a["NumDF"], want["NumDF"])
+    np.testing.assert_allclose(a["F value"], want["F"], rtol=1e-4)
+    np.testing.assert_allclose(a["DenDF"], want["DenDF"], rtol=1e-3)
+
+
+def _same_means(got, key, col="emmean"):
+    want = ref_table(key)
+    np.testing.assert_allclose(got[col], want[col], rtol=1e-5)
+    np.testing.assert_allclose(got["SE"], want["SE"], rtol=1e-4)
+    np.testing.assert_allclose(got["df"], want["df"], rtol=1e-3)
+
+
+def test_emmeans_weights_at_by(pig_fit):
+    _same_means(pig_fit.emmeans("Evit", weights="proportional"), "emm_prop")
+    _same_means(pig_fit.emmeans("Cu", at={"Time": [2, 8]}), "emm_at")
+    emm = pig_fit.emmeans("Evit", by="Cu")
+    _same_means(emm, "emm_by")
+    assert list(emm["Cu"].astype(str)) == list(ref_table("emm_by")["Cu"])
+
+
+@pytest.mark.parametrize("key,by,call", [
+    ("pairs_by", "Cu", lambda e: e.pairs()),
+    ("trt_holm", None, lambda e: e.contrast("trt.vs.ctrl", adjust="holm")),
+    ("trt_ref2", None, lambda e: e.contrast("trt.vs.ctrl", adjust="none", ref=1)),
+    ("rev_bonf", None, lambda e: e.contrast("revpairwise", adjust="bonferroni")),
+    ("pairs_sidak", None, lambda e: e.pairs(adjust="sidak"))])
+def test_emmeans_contrast_methods_and_adjustments(pig_fit, key, by, call):
+    got = call(pig_fit.emmeans("Evit" if by else "Cu", by=by))
+    want = ref_table(key)
+    assert list(got["contrast"]) == list(want["contrast"])
+    np.testing.assert_allclose(got["estimate"], want["estimate"], rtol=1e-5)
+    np.testing.assert_allclose(got["p.value"], want["p.value"], rtol=1e-3, atol=1e-10)
+
+
+def test_emmeans_cov_keep(dietox):
+    # Time3 has 3 distinct values: at its mean by default, kept (and averaged over) with
+    # cov_keep=3, as emmeans' cov.keep = 3; the weights then count its values too
+    fit = mf.lmer("Weight ~ Evit + Time3 + (1 | Pig)", dietox).fit()
+    _same_means(fit.emmeans("Evit"), "cov_keep_default")
+    _same_means(fit.emmeans("Evit", cov_keep=3), "cov_keep_3")
+    _same_means(fit.emmeans("Evit", cov_keep=3, weights="proportional"), "cov_keep_3_prop")
+    assert not np.allclose(fit.emmeans("Evit", cov_keep=3, weights="proportional")["emmean"],
+                           fit.emmeans("Evit", cov_keep=3)["emmean"])
+
+
+def test_drop1_kenward_roger(pig_fit):
+    d = mlmext.drop1(pig_fit, ddf="kenward-roger")
+    np.testing.assert_allclose(d["F value"], REF["drop1"]["F"], rtol=1e-4)
+    np.testing.assert_allclose(d["DenDF"], REF["drop1"]["DenDF"], rtol=1e-3)
+
+
+@pytest.mark.parametrize("reduce_terms,key", [(True, "ranova"), (False, "ranova_full")])
+def test_ranova_reduce_terms(dietox, reduce_terms, key):
+    fit = mf.lmer("Weight ~ Time + (Time | Pig)", dietox).fit()
+    r = mlmext.ranova(fit, reduce_terms=reduce_terms)
+    np.testing.assert_allclose(r["logLik"], REF[key]["logLik"], rtol=1e-7)
+    np.testing.assert_allclose(r["Df"].iloc[1:].astype(float), REF[key]["Df"][1:])
+
+
+@pytest.fixture(scope="module")
+def cbpp():
+    cb = datasets.load("cbpp")
+    return cb.assign(lsize=np.log(cb["size"]))
+
+
+@pytest.mark.parametrize("how", ["array", "column", "term"])
+def test_poisson_offset_forms(cbpp, how):
+    # offset= as an array, as a column name, and offset() in the formula: one model (R's, with
+    # a tight tolerance), and predictions on new rows (a new herd: the population value) use it
+    kw = {"array": {"offset": np.log(cbpp["size"])}, "column": {"offset": "lsize"}}.get(how, {})
+    form = "incidence ~ period + (1|herd)" + (" + offset(np.log(size))" if how == "term" else "")
+    g = mf.glmer(form, cbpp, family="poisson", **kw).fit()
+    want = REF["pois_offset"]
+    assert g.llf == pytest.approx(want["logLik"], abs=1e-3)
+    np.testing.assert_allclose(g.fe_params, want["beta"], atol=1e-3)
+    np.testing.assert_allclose(g.theta, want["theta"], atol=1e-3)
+    new = pd.DataFrame({"period": pd.Categorical(["1", "3"], categories=cbpp["period"].cat.categories),
+                        "herd": ["1", "zz"], "size": [10.0, 20.0], "lsize": np.log([10.0, 20.0])})
+    pred = g.predict(new, offset=np.log([10.0, 20.0])) if how == "array" else g.predict(new)
+    np.testing.assert_allclose(pred, want["pred_new"], rtol=2e-3)
+
+
+def test_binomial_links_and_quadrature(cbpp):
+    form = "cbind(incidence, size - incidence) ~ period + (1|herd)"
+    g = mf.glmer(form, cbpp, family=sm.families.Binomial(link=sm.families.links.Probit())).fit()
+    assert g.llf == pytest.approx(REF["binom_probit"]["logLik"], abs=1e-4)
+    np.testing.assert_allclose(g.fe_params, REF["binom_probit"]["beta"], atol=1e-3)
+    g = mf.glmer(form, cbpp, family=sm.families.Binomial(link=sm.families.links.CLogLog())
+                 ).fit(nagq=9)
+    assert g.llf_lme4 == pytest.approx(REF["binom_cloglog_agq9"]["logLik"], abs=1e-4)
+    np.testing.assert_allclose(g.fe_params, REF["binom_cloglog_agq9"]["beta"], atol=1e-3)
+    np.testing.assert_allclose(g.theta, REF["binom_cloglog_agq9"]["theta"], atol=1e-3)
