@@ -1,6 +1,7 @@
 """Public options no other test passed (the second option sweep), each checked against R
 (tools/r_reference/sweep2_reference.R, stored in tests/reference/sweep2/sweep2.json)."""
 import json
+import warnings
 import os
 
 import numpy as np
@@ -129,3 +130,31 @@ def test_binomial_links_and_quadrature(cbpp):
     assert g.llf_lme4 == pytest.approx(REF["binom_cloglog_agq9"]["logLik"], abs=1e-4)
     np.testing.assert_allclose(g.fe_params, REF["binom_cloglog_agq9"]["beta"], atol=1e-3)
     np.testing.assert_allclose(g.theta, REF["binom_cloglog_agq9"]["theta"], atol=1e-3)
+
+
+def test_emmeans_poisson_offset(cbpp):
+    # emmeans adds the mean of the fitted offsets (mean(log(size)), not log(mean(size)));
+    # type="response" back-transforms to rates with delta-method SEs
+    g = mf.glmer("incidence ~ period + offset(np.log(size)) + (1|herd)", cbpp, family="poisson").fit()
+    for got, key, col in [(g.emmeans("period"), "pois_offset_emm", "emmean"),
+                          (g.emmeans("period", type="response"), "pois_offset_emm_rate", "rate")]:
+        want = ref_table(key)
+        np.testing.assert_allclose(got[col], want[col], rtol=1e-4)
+        np.testing.assert_allclose(got["SE"], want["SE"], rtol=1e-3)
+        np.testing.assert_allclose(got["asymp.UCL"], want["asymp.UCL"], rtol=1e-3)
+
+
+@pytest.mark.parametrize("how", ["offset column", "offset array", "exposure"])
+def test_gee_select_offset_and_exposure(cbpp, how):
+    from mlmext.gee.selection import gee_select
+    kw = {"offset column": {"offset": "lsize"}, "offset array": {"offset": cbpp["lsize"]},
+          "exposure": {"exposure": "size"}}[how]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sel = gee_select("incidence ~ period", "herd", cbpp, "poisson",
+                         cov_structs=["exchangeable", "ar1"], ctol=1e-10, maxiter=200, **kw)
+    for cs in ["independence", "exchangeable", "ar1"]:
+        want = REF[f"gee_offset_{cs}"]
+        np.testing.assert_allclose(sel.results[cs].params, want["coef"], atol=1e-6)
+        for crit in ["QIC", "QICu", "CIC"]:
+            assert sel.table.loc[cs, crit] == pytest.approx(want[crit], rel=1e-6)

@@ -1,7 +1,8 @@
 ## Reference values for tests/test_option_sweep2.py (options no other test passed).
 ##   Rscript tools/r_reference/sweep2_reference.R      (from the repository root)
 ## Writes tests/reference/sweep2/sweep2.json.  Data: the bundled datasets (mlmext/datasets/data).
-suppressPackageStartupMessages({ library(lme4); library(lmerTest); library(emmeans) })
+suppressPackageStartupMessages({ library(lme4); library(lmerTest); library(emmeans)
+  library(geepack) })
 source("tools/r_reference/common.R")
 start_script("sweep2_reference.R", "tests/reference/sweep2")
 dd <- "mlmext/datasets/data"
@@ -44,9 +45,20 @@ g <- glmer(incidence ~ period + offset(log(size)) + (1 | herd), cbpp, family = p
 out$pois_offset <- list(logLik = as.numeric(logLik(g)), beta = unname(fixef(g)),
                         theta = unname(getME(g, "theta")),
                         pred_new = unname(predict(g, newdata = data.frame(period = factor(c("1", "3"), levels = levels(cbpp$period)), herd = c("1", "zz"), size = c(10, 20)), allow.new.levels = TRUE, type = "response")))
+out$pois_offset_emm <- emm_df(emmeans(g, ~ period))          # the mean of the fitted offsets
+out$pois_offset_emm_rate <- emm_df(emmeans(g, ~ period, type = "response"))
 gp <- glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), cbpp, family = binomial(link = "probit"))
 out$binom_probit <- list(logLik = as.numeric(logLik(gp)), beta = unname(fixef(gp)), theta = unname(getME(gp, "theta")))
 gc <- glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), cbpp, family = binomial(link = "cloglog"), nAGQ = 9)
 out$binom_cloglog_agq9 <- list(logLik = as.numeric(logLik(gc)), beta = unname(fixef(gc)), theta = unname(getME(gc, "theta")))
+## GEE with an offset: QIC of geepack's fits for each working correlation
+cb <- cbpp[order(cbpp$herd), ]
+for (cs in c("independence", "exchangeable", "ar1")) {
+  f <- geeglm(incidence ~ period + offset(log(size)), id = herd, family = poisson, data = cb,
+              corstr = cs, control = geese.control(epsilon = 1e-10, maxit = 200))
+  q <- QIC(f)
+  out[[paste0("gee_offset_", cs)]] <- list(coef = unname(coef(f)), QIC = q[["QIC"]],
+                                            QICu = q[["QICu"]], CIC = q[["CIC"]])
+}
 write_ref(out, "sweep2", "tests/reference/sweep2",
-          r_versions(c("lme4", "lmerTest", "emmeans", "pbkrtest")))
+          r_versions(c("lme4", "lmerTest", "emmeans", "pbkrtest", "geepack")))
