@@ -158,3 +158,18 @@ def test_gee_select_offset_and_exposure(cbpp, how):
         np.testing.assert_allclose(sel.results[cs].params, want["coef"], atol=1e-6)
         for crit in ["QIC", "QICu", "CIC"]:
             assert sel.table.loc[cs, crit] == pytest.approx(want[crit], rel=1e-6)
+
+
+def test_dask_fit_influence_and_emmeans_say_why_not():
+    # influence() on a model of Dask data failed with "TypeError: 'NoneType' object is not
+    # subscriptable" (its grouping codes); now the model's own "holds no rows" error
+    dd = pytest.importorskip("dask.dataframe")
+    dask = pytest.importorskip("dask")
+    from mlmext.dask.model import RowsNotHeldError
+    sl = datasets.load("sleepstudy")
+    with dask.config.set(scheduler="synchronous"):
+        fit = mf.lmer("Reaction ~ Days + (Days | Subject)", dd.from_pandas(sl, npartitions=3)).fit()
+        for call in (lambda: fit.influence(), lambda: fit.influence("Subject", method="refit"),
+                     lambda: fit.cooks_distance()):
+            with pytest.raises(RowsNotHeldError, match="holds no rows"):
+                call()
