@@ -162,7 +162,8 @@ def test_gee_select_offset_and_exposure(cbpp, how):
 
 def test_dask_fit_influence_and_emmeans_say_why_not():
     # influence() on a model of Dask data failed with "TypeError: 'NoneType' object is not
-    # subscriptable" (its grouping codes); now the model's own "holds no rows" error
+    # subscriptable" (its grouping codes), emmeans() blamed a model built from arrays: both
+    # now say the model holds no rows
     dd = pytest.importorskip("dask.dataframe")
     dask = pytest.importorskip("dask")
     from mlmext.dask.model import RowsNotHeldError
@@ -173,3 +174,5 @@ def test_dask_fit_influence_and_emmeans_say_why_not():
                      lambda: fit.cooks_distance()):
             with pytest.raises(RowsNotHeldError, match="holds no rows"):
                 call()
+        with pytest.raises(NotImplementedError, match="Dask data"):
+            fit.emmeans("Days", at={"Days": [0, 5]})

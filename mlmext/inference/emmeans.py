@@ -54,6 +54,10 @@ def model_variables(res):
     model = _raw(res).model
     info = getattr(model, "formula_info", None) or {}
     data, parsed = info.get("data"), info.get("parsed")
+    if data is None and type(model).__module__.startswith("mlmext.dask"):   # no rows held
+        raise NotImplementedError("emmeans of a model of Dask data is not implemented: the "
+                                  "reference grid is built from the fitted rows, which it does "
+                                  "not hold")
     if data is None or parsed is None:
         raise ValueError("emmeans needs the model's formula and fitted data (a model built from "
                          "arrays, or a result after remove_data(), has none)")
