@@ -176,3 +176,17 @@ def test_dask_fit_influence_and_emmeans_say_why_not():
                 call()
         with pytest.raises(NotImplementedError, match="Dask data"):
             fit.emmeans("Days", at={"Days": [0, 5]})
+
+
+def test_simulate_params_checked_and_used():
+    # simulate(params=) of the wrong length failed in a matmul naming no argument
+    from mlmext.inference import simulate
+    fit = mf.lmer("Reaction ~ Days + (Days|Subject)", datasets.load("sleepstudy")).fit()
+    for bad in ([1.0, 2.0, 3.0], [250.0], [250.0, np.nan]):
+        with pytest.raises(ValueError, match="params must be 2 finite fixed effects"):
+            simulate(fit, 1, params=bad)
+    # given params: the same draws shifted by X (params - beta_hat)
+    a = simulate(fit, 2, seed=7)
+    b = simulate(fit, 2, seed=7, params=fit.fe_params.to_numpy() + [0.0, 1.5])
+    np.testing.assert_allclose(b - a, np.repeat(1.5 * fit.model.exog[:, [1]], 2, axis=1),
+                               atol=1e-9)

@@ -45,6 +45,10 @@ def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     n = model.exog.shape[0]          # rows (nobs leaves out zero-weight rows)
     beta = _beta(r) if params is None else np.asarray(params, dtype=float)
+    if params is not None and (beta.shape != _beta(r).shape or not np.all(np.isfinite(beta))):
+        # (was a matmul error naming no argument)
+        raise ValueError(f"params must be {_beta(r).size} finite fixed effects "
+                         f"({_fe_names(r)}); got {np.shape(params)}: {params!r}")
     eta = np.asarray(model.exog, dtype=float) @ beta + np.asarray(model.offset, dtype=float)
     eta = np.repeat(eta[:, None], nsim, axis=1)
     lmm = _is_lmm(r)
