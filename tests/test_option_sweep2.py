@@ -190,3 +190,22 @@ def test_simulate_params_checked_and_used():
     b = simulate(fit, 2, seed=7, params=fit.fe_params.to_numpy() + [0.0, 1.5])
     np.testing.assert_allclose(b - a, np.repeat(1.5 * fit.model.exog[:, [1]], 2, axis=1),
                                atol=1e-9)
+
+
+def test_influence_plot_table_refuses_group_and_method():
+    # with a table (or one column of it) group= and method= were ignored in silence: a
+    # refit-method request drew the one-step table it was given
+    mpl = pytest.importorskip("matplotlib")
+    mpl.use("Agg")
+    from mlmext import plots
+    fit = mf.lmer("Reaction ~ Days + (Days|Subject)", datasets.load("sleepstudy")).fit()
+    tab = fit.influence()
+    for table in (tab, tab["cooks_d"]):
+        with pytest.raises(TypeError, match="table already"):
+            plots.influence_plot(table, method="refit")
+        with pytest.raises(TypeError, match="table already"):
+            plots.influence_plot(table, group="Subject")
+    ax = plots.influence_plot(tab, "cooks_d").axes[0]       # the table alone still draws
+    assert sorted(ax.lines[0].get_xdata().tolist() + (ax.lines[1].get_xdata().tolist()
+                  if len(ax.lines) > 1 and ax.lines[1].get_linestyle() == "None" else [])) \
+        == pytest.approx(sorted(tab["cooks_d"]))
