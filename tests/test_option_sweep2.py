@@ -209,3 +209,16 @@ def test_influence_plot_table_refuses_group_and_method():
     assert sorted(ax.lines[0].get_xdata().tolist() + (ax.lines[1].get_xdata().tolist()
                   if len(ax.lines) > 1 and ax.lines[1].get_linestyle() == "None" else [])) \
         == pytest.approx(sorted(tab["cooks_d"]))
+
+
+def test_emmeans_weights_of_a_weighted_lmm(dietox):
+    # .wgt. counted an LMM's prior weights always; emmeans counts rows for a plain formula
+    # (lme4's frame, without the weights) and the prior weights only when the fixed part calls
+    # a function (model.frame keeps them): proportional / cells means were off by ~0.01
+    dx = dietox.assign(w=dietox["Start"] / 20)
+    plain = mf.lmer("Weight ~ Evit + Cu + Time + (1 | Pig)", dx, weights="w").fit()
+    sa = "satterthwaite"                 # (Kenward-Roger: not for weighted fits)
+    _same_means(plain.emmeans("Evit", weights="proportional", ddf=sa), "wt_plain_prop")
+    _same_means(plain.emmeans("Evit", weights="cells", ddf=sa), "wt_plain_cells")
+    fn = mf.lmer("Weight ~ Evit + Cu + np.log(Time) + (1 | Pig)", dx, weights="w").fit()
+    _same_means(fn.emmeans("Evit", weights="proportional", ddf=sa), "wt_fn_prop")

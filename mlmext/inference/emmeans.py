@@ -27,7 +27,7 @@ from ._common import _raw
 from .ddf import _ddf_method, kenward_roger, satterthwaite
 from .emm_ordinal import probability_rows
 from .emm_scale import (cell_counts, check_weights, link_transform, regrid_df, regridded,
-                        response_transform, weight_matrix)
+                        response_transform, row_counts, weight_matrix)
 
 
 def _kind(res):
@@ -318,7 +318,7 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
     n_cells = len(cells)
     W = None
     if not equal:                             # emmeans' weights from the grid's cell counts
-        w = np.asarray(r.model.weights, dtype=float) if kind == "lmm" else np.ones(int(r.nobs))
+        w = row_counts(r.model) if kind == "lmm" else np.ones(int(r.nobs))
         if kind == "glmm" and np.any(np.asarray(r.model.weights) != 1) and \
                 not str(r.model.endog_names).startswith("cbind("):
             raise NotImplementedError("emmeans weights for a GLMM with prior weights")

@@ -30,6 +30,15 @@ m3 <- lmer(Weight ~ Evit + Time3 + (1 | Pig), dietox, REML = TRUE)
 out$cov_keep_default <- emm_df(emmeans(m3, ~ Evit))
 out$cov_keep_3 <- emm_df(emmeans(m3, ~ Evit, cov.keep = 3))
 out$cov_keep_3_prop <- emm_df(emmeans(m3, ~ Evit, cov.keep = 3, weights = "proportional"))
+## emmeans' .wgt. of a weighted lmer: row counts for a plain formula, the prior weights when the
+## fixed part calls a function (recover_data then rebuilds the rows with model.frame);
+## Satterthwaite df (Kenward-Roger is not implemented here for weighted fits)
+dietox$w <- dietox$Start / 20
+mw <- lmer(Weight ~ Evit + Cu + Time + (1 | Pig), dietox, weights = w)
+out$wt_plain_prop <- emm_df(emmeans(mw, ~ Evit, weights = "proportional", lmer.df = "satterthwaite"))
+out$wt_plain_cells <- emm_df(emmeans(mw, ~ Evit, weights = "cells", lmer.df = "satterthwaite"))
+mf <- lmer(Weight ~ Evit + Cu + log(Time) + (1 | Pig), dietox, weights = w)
+out$wt_fn_prop <- emm_df(emmeans(mf, ~ Evit, weights = "proportional", lmer.df = "satterthwaite"))
 out$drop1 <- { d <- drop1(m, ddf = "Kenward-Roger"); list(F = d[["F value"]], DenDF = d$DenDF) }
 mr <- lmer(Weight ~ Time + (Time | Pig), dietox, REML = TRUE)
 out$ranova <- { r <- ranova(mr); list(logLik = r$logLik, LRT = r$LRT, Df = r$Df, npar = r$npar) }
