@@ -222,3 +222,14 @@ def test_emmeans_weights_of_a_weighted_lmm(dietox):
     _same_means(plain.emmeans("Evit", weights="cells", ddf=sa), "wt_plain_cells")
     fn = mf.lmer("Weight ~ Evit + Cu + np.log(Time) + (1 | Pig)", dx, weights="w").fit()
     _same_means(fn.emmeans("Evit", weights="proportional", ddf=sa), "wt_fn_prop")
+
+
+@pytest.mark.parametrize("key,formula,data,reml", [
+    ("ranova_uncorr", "Reaction ~ Days + (Days || Subject)", "sleepstudy", True),
+    ("ranova_two_ml", "Weight ~ Time + (Time | Pig) + (1 | Litter)", "dietox", False),
+    ("ranova_nested", "Weight ~ Time + (1 | Litter/Pig)", "dietox", True)])
+def test_ranova_term_forms(key, formula, data, reml):
+    fit = mf.lmer(formula, datasets.load(data)).fit(reml=reml)
+    r = mlmext.ranova(fit, reduce_terms=key != "ranova_uncorr")
+    np.testing.assert_allclose(r["logLik"], REF[key]["logLik"], rtol=1e-7)
+    np.testing.assert_allclose(r["Df"].iloc[1:].astype(float), REF[key]["Df"][1:])

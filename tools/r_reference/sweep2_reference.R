@@ -42,6 +42,11 @@ out$wt_fn_prop <- emm_df(emmeans(mf, ~ Evit, weights = "proportional", lmer.df =
 out$drop1 <- { d <- drop1(m, ddf = "Kenward-Roger"); list(F = d[["F value"]], DenDF = d$DenDF) }
 mr <- lmer(Weight ~ Time + (Time | Pig), dietox, REML = TRUE)
 out$ranova <- { r <- ranova(mr); list(logLik = r$logLik, LRT = r$LRT, Df = r$Df, npar = r$npar) }
+read_data("sleepstudy", dd)
+rv <- function(r) list(logLik = r$logLik, Df = r$Df)
+out$ranova_uncorr <- rv(ranova(lmer(Reaction ~ Days + (Days || Subject), sleepstudy), reduce.terms = FALSE))
+out$ranova_two_ml <- rv(ranova(lmer(Weight ~ Time + (Time | Pig) + (1 | Litter), dietox, REML = FALSE)))
+out$ranova_nested <- rv(ranova(lmer(Weight ~ Time + (1 | Litter/Pig), dietox)))
 out$ranova_full <- { r <- ranova(mr, reduce.terms = FALSE); list(logLik = r$logLik, LRT = r$LRT, Df = r$Df) }
 
 ## GLMM: Poisson with an offset
