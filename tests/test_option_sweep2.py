@@ -233,3 +233,36 @@ def test_ranova_term_forms(key, formula, data, reml):
     r = mlmext.ranova(fit, reduce_terms=key != "ranova_uncorr")
     np.testing.assert_allclose(r["logLik"], REF[key]["logLik"], rtol=1e-7)
     np.testing.assert_allclose(r["Df"].iloc[1:].astype(float), REF[key]["Df"][1:])
+
+
+@pytest.fixture(scope="module")
+def ar1_fit():
+    from mlmext import cor
+    return mf.lmer("Reaction ~ Days + (1|Subject)", datasets.load("sleepstudy"),
+                   correlation=cor.AR1("Days", "Subject")).fit()
+
+
+def test_kenward_roger_and_leverage_refused_with_residual_correlation(ar1_fit):
+    # df_kenward_roger() refused an AR1 fit, but KR was reached through anova(ddf=), drop1,
+    # summary(ddf=) and emmeans' default, with a V of independent residuals: another model's
+    # df and SEs (emmeans SE 10.51 vs 10.94); leverage() used that V too
+    with pytest.raises(NotImplementedError, match="residual correlation"):
+        mlmext.anova(ar1_fit, ddf="kenward-roger")
+    with pytest.raises(NotImplementedError, match="residual correlation"):
+        mlmext.drop1(ar1_fit, ddf="kenward-roger")
+    with pytest.raises(NotImplementedError, match="residual correlation"):
+        ar1_fit.summary(ddf="kenward-roger")
+    with pytest.raises(NotImplementedError, match="residual correlation"):
+        ar1_fit.emmeans("Days", at={"Days": [0, 5]}, ddf="kenward-roger")
+    with pytest.raises(NotImplementedError, match="residual correlation"):
+        ar1_fit.leverage()
+    # emmeans' default falls back to Satterthwaite with a note, as for ML fits
+    emm = ar1_fit.emmeans("Days", at={"Days": [0, 5]})
+    sat = ar1_fit.emmeans("Days", at={"Days": [0, 5]}, ddf="satterthwaite")
+    np.testing.assert_allclose(emm["SE"], sat["SE"])
+    np.testing.assert_allclose(emm["df"], sat["df"])
+    assert any("Satterthwaite" in n for n in emm.attrs["notes"])
+    # the Satterthwaite means are the Wald ones: L beta, sqrt(L V L') with the fit's V
+    L = np.array([[1.0, 0.0], [1.0, 5.0]])
+    np.testing.assert_allclose(sat["emmean"], L @ ar1_fit.fe_params.to_numpy())
+    np.testing.assert_allclose(sat["SE"], np.sqrt(np.diag(L @ np.asarray(ar1_fit.cov_params()) @ L.T)))

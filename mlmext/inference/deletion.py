@@ -22,6 +22,10 @@ def _require(res, what):
         raise NotImplementedError(f"{what} is implemented for linear mixed models (lmer fits) only; "
                                   f"this is a {type(_raw(res).model).__name__}: case-deletion "
                                   "diagnostics of GLMMs and clmm are not built")
+    cor = getattr(_raw(res).model, "correlation", None)
+    if cor is not None:          # V here has independent residuals (leverage was reachable)
+        raise NotImplementedError(f"{what} is not implemented for models with a residual "
+                                  f"correlation structure ({cor!r})")
 
 
 def _group_block(model, group):

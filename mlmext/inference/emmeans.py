@@ -234,8 +234,8 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
     ddf : {"kenward-roger", "satterthwaite", "asymptotic"}, optional
         LMM denominator df (emmeans' ``lmer.df``); default Kenward-Roger, emmeans' default
         (its standard errors then use pbkrtest's adjusted covariance, as emmeans), for REML
-        fits; Satterthwaite for ML fits (with a note: our Kenward-Roger needs REML).  GLMM and
-        clmm: asymptotic (z) only.
+        fits; Satterthwaite (with a note) for ML fits and fits with ``correlation=``, where our
+        Kenward-Roger is not implemented.  GLMM and clmm: asymptotic (z) only.
     level : float
         Confidence level of the intervals.
     mode : {"latent", "prob", "mean.class"}, optional
@@ -295,9 +295,11 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
     if not equal and mode in ("prob", "mean.class"):
         raise NotImplementedError(f"weights={weights!r} with mode={mode!r}: only equal weights")
     ddf_note = None
-    if kind == "lmm" and ddf is None and not r.reml:
-        ddf, ddf_note = "satterthwaite", ("Kenward-Roger df need a REML fit: Satterthwaite df "
-                                          "are used for this ML fit")
+    cor = getattr(r.model, "correlation", None)       # (KR: independent residuals only)
+    if kind == "lmm" and ddf is None and (not r.reml or cor is not None):
+        ddf, ddf_note = "satterthwaite", ("Kenward-Roger df need a REML fit: Satterthwaite df are "
+                                          "used for this ML fit" if cor is None else "Kenward-"
+                                          f"Roger df are not implemented with {cor!r}: Satterthwaite df")
     if kind == "lmm":
         ddf = "kenward-roger" if ddf is None else ("asymptotic" if str(ddf).lower() in (
             "asymptotic", "z") else _ddf_method(ddf))
