@@ -266,3 +266,21 @@ def test_kenward_roger_and_leverage_refused_with_residual_correlation(ar1_fit):
     L = np.array([[1.0, 0.0], [1.0, 5.0]])
     np.testing.assert_allclose(sat["emmean"], L @ ar1_fit.fe_params.to_numpy())
     np.testing.assert_allclose(sat["SE"], np.sqrt(np.diag(L @ np.asarray(ar1_fit.cov_params()) @ L.T)))
+
+
+@pytest.mark.parametrize("name", ["simulate", "icc", "r2_nakagawa", "r2_rights_sterba",
+                                  "bootstrap", "allfit", "cluster_robust", "check_convergence",
+                                  "profile", "r2_likelihood_ratio"])
+def test_module_functions_refuse_residual_correlation(ar1_fit, name):
+    # the results' methods of these names refuse a fit with correlation=, the module functions
+    # answered for a model with independent residuals: simulate() drew independent
+    # residuals, icc() / r2_nakagawa() / r2_rights_sterba() returned numbers, bootstrap()
+    # NaN rows; others failed with "give rho=" or an IndexError
+    import mlmext.inference as inf
+    with pytest.raises(NotImplementedError, match="residual correlation structure"):
+        getattr(inf, name)(ar1_fit)
+    method = {"cluster_robust": lambda f: f.get_robustcov_results(),
+              "r2_nakagawa": lambda f: f.r2(), "r2_rights_sterba": lambda f: f.r2("r2mlm"),
+              "r2_likelihood_ratio": lambda f: f.r2("lr")}.get(name, lambda f: getattr(f, name)())
+    with pytest.raises(NotImplementedError, match="residual correlation structure"):
+        method(ar1_fit)

@@ -38,6 +38,17 @@ def _require_lmm(res, what):
                                   "conf_int(method='boot') or the Wald intervals)")
 
 
+def _require_independent(res, what):
+    """NotImplementedError for a fit with ``correlation=`` (residuals correlated within groups):
+    for what reads the model as if its residuals were independent (the results' methods of
+    these names refuse it too; the module functions were reachable and answered for another
+    model)."""
+    cor = getattr(_raw(res).model, "correlation", None)
+    if cor is not None:
+        raise NotImplementedError(f"{what} is not implemented for models with a residual "
+                                  f"correlation structure ({cor!r})")
+
+
 def _fe_names(res):
     return list(_raw(res).model.exog_names)
 

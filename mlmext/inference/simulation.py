@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._common import _Progress, _beta, _family, _fe_names, _is_lmm, _raw, _require_lmm
+from ._common import (_beta, _family, _fe_names, _is_lmm, _Progress, _raw, _require_independent,
+                      _require_lmm)
 from ._refit import _rebuild_model, _refit
 from ._lockstep import _lockstep_fits
 from .ddf import _ddf_method, kenward_roger, satterthwaite
@@ -36,6 +37,7 @@ def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
     pandas.DataFrame
         One column per simulation (``sim_1``, ...), rows as the fitted data.
     """
+    _require_independent(res, "simulate()")
     if use_u and not re:
         # (use_u was ignored: the population level; lme4 refuses use.u with re.form = NA)
         raise TypeError("use_u=True conditions on the random effects' modes, re=False leaves "
@@ -84,6 +86,7 @@ def one_at_a_time(res):
     one at a time for a sequence that does not depend on how they are grouped
     (:func:`~mlmext.inference.pbtest.pb_test`).  An LMM's Gaussian responses; other models
     call :func:`simulate`."""
+    _require_independent(res, "one_at_a_time()")
     r = _raw(res)
     model = r.model
     fam = _family(r)
