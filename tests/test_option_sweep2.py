@@ -56,6 +56,9 @@ def test_emmeans_weights_at_by(pig_fit):
     emm = pig_fit.emmeans("Evit", by="Cu")
     _same_means(emm, "emm_by")
     assert list(emm["Cu"].astype(str)) == list(ref_table("emm_by")["Cu"])
+    emm = pig_fit.emmeans("Evit", level=0.9)
+    np.testing.assert_allclose(emm[["lower.CL", "upper.CL"]],
+                               ref_table("emm_level90")[["lower.CL", "upper.CL"]], rtol=1e-5)
 
 
 @pytest.mark.parametrize("key,by,call", [
@@ -63,9 +66,12 @@ def test_emmeans_weights_at_by(pig_fit):
     ("trt_holm", None, lambda e: e.contrast("trt.vs.ctrl", adjust="holm")),
     ("trt_ref2", None, lambda e: e.contrast("trt.vs.ctrl", adjust="none", ref=1)),
     ("rev_bonf", None, lambda e: e.contrast("revpairwise", adjust="bonferroni")),
-    ("pairs_sidak", None, lambda e: e.pairs(adjust="sidak"))])
+    ("pairs_sidak", None, lambda e: e.pairs(adjust="sidak")),
+    ("trt_by_dunnettx", "Cu", lambda e: e.contrast("trt.vs.ctrl")),
+    ("pairs_9_tukey", None, lambda e: e.pairs())])
 def test_emmeans_contrast_methods_and_adjustments(pig_fit, key, by, call):
-    got = call(pig_fit.emmeans("Evit" if by else "Cu", by=by))
+    specs = ["Evit", "Cu"] if key == "pairs_9_tukey" else "Evit" if by else "Cu"
+    got = call(pig_fit.emmeans(specs, by=by))
     want = ref_table(key)
     assert list(got["contrast"]) == list(want["contrast"])
     np.testing.assert_allclose(got["estimate"], want["estimate"], rtol=1e-5)
