@@ -290,3 +290,15 @@ def test_module_functions_refuse_residual_correlation(ar1_fit, name):
               "r2_likelihood_ratio": lambda f: f.r2("lr")}.get(name, lambda f: getattr(f, name)())
     with pytest.raises(NotImplementedError, match="residual correlation structure"):
         method(ar1_fit)
+
+
+@pytest.mark.parametrize("name", ["icc", "r2_nakagawa", "r2_likelihood_ratio", "allfit"])
+def test_module_functions_refuse_zero_inflated(name):
+    # the results' icc / r2 / allfit refuse a zero-inflated fit; the module functions gave
+    # the count part's ICC and R2 (r2_likelihood_ratio 0.99999 on grouseticks) or, allfit,
+    # an AttributeError 'zi_Intercept'
+    import mlmext.inference as inf
+    gt = datasets.load("grouseticks")
+    z = mf.glmer("TICKS ~ YEAR + cHEIGHT + (1|BROOD)", gt, family="poisson", ziformula="~ 1").fit()
+    with pytest.raises(NotImplementedError, match="zero-inflated / hurdle"):
+        getattr(inf, name)(z)

@@ -49,6 +49,14 @@ def _require_independent(res, what):
                                   f"correlation structure ({cor!r})")
 
 
+def _require_no_zero_part(res, what):
+    """NotImplementedError for a zero-inflated / hurdle fit, whose results' ``icc`` / ``r2`` /
+    ``allfit`` refuse it: the count model's formulas would ignore the zero part."""
+    if hasattr(_raw(res).model, "exog_zi"):
+        raise NotImplementedError(f"{what} is not implemented for zero-inflated / hurdle models "
+                                  "(the count model's formulas would ignore the zero part)")
+
+
 def _fe_names(res):
     return list(_raw(res).model.exog_names)
 

@@ -18,7 +18,7 @@ from scipy import stats
 from statsmodels.genmod import families
 
 from ._common import (_beta, _family, _fe_names, _is_lmm, _raw, _require_independent,
-                      _require_lmm, _same_rows)
+                      _require_lmm, _require_no_zero_part, _same_rows)
 from .variance_explained import _null_model_fit
 
 _R2_ROWS = ["f1", "f2", "v", "m", "f", "fv", "fvm"]
@@ -287,6 +287,7 @@ def r2_likelihood_ratio(res, null=None, null_re=False):
         ``r2``, ``adjusted``, ``loglik``, ``loglik_null``, ``nobs``.
     """
     _require_independent(res, "r2_likelihood_ratio()")
+    _require_no_zero_part(res, "r2_likelihood_ratio()")
     r = _raw(res)
     if hasattr(r.model, "thr"):
         raise NotImplementedError("the likelihood-ratio R2 of a clmm fit (MuMIn has no null "
