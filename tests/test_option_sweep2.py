@@ -302,3 +302,19 @@ def test_module_functions_refuse_zero_inflated(name):
     z = mf.glmer("TICKS ~ YEAR + cHEIGHT + (1|BROOD)", gt, family="poisson", ziformula="~ 1").fit()
     with pytest.raises(NotImplementedError, match="zero-inflated / hurdle"):
         getattr(inf, name)(z)
+
+
+@pytest.mark.parametrize("key", ["r2_clmm_logit", "r2_clmm_probit", "r2_glmm_probit"])
+def test_icc_r2_latent_scale_against_performance(cbpp, key):
+    # the link's distribution variance on the latent scale (pi^2/3 logit, 1 probit)
+    if key == "r2_glmm_probit":
+        fit = mf.glmer("cbind(incidence, size - incidence) ~ period + (1|herd)", cbpp,
+                       family=sm.families.Binomial(link=sm.families.links.Probit())).fit()
+    else:
+        fit = mf.clmm("rating ~ temp + contact + (1|judge)", datasets.load("wine"),
+                      link=key.rsplit("_", 1)[1]).fit()
+    want, icc, r2 = REF[key], fit.icc(), fit.r2()
+    assert icc["adjusted"] == pytest.approx(want["icc_adjusted"], rel=1e-4)
+    assert icc["conditional"] == pytest.approx(want["icc_conditional"], rel=1e-4)
+    assert r2["marginal"] == pytest.approx(want["r2_marginal"], rel=1e-4)
+    assert r2["conditional"] == pytest.approx(want["r2_conditional"], rel=1e-4)

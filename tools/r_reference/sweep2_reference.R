@@ -2,7 +2,7 @@
 ##   Rscript tools/r_reference/sweep2_reference.R      (from the repository root)
 ## Writes tests/reference/sweep2/sweep2.json.  Data: the bundled datasets (mlmext/datasets/data).
 suppressPackageStartupMessages({ library(lme4); library(lmerTest); library(emmeans)
-  library(geepack) })
+  library(geepack); library(ordinal); library(performance) })
 source("tools/r_reference/common.R")
 start_script("sweep2_reference.R", "tests/reference/sweep2")
 dd <- "mlmext/datasets/data"
@@ -77,5 +77,14 @@ for (cs in c("independence", "exchangeable", "ar1")) {
   out[[paste0("gee_offset_", cs)]] <- list(coef = unname(coef(f)), QIC = q[["QIC"]],
                                             QICu = q[["QICu"]], CIC = q[["CIC"]])
 }
+## performance's ICC and Nakagawa R2 of a clmm (latent scale: the link's variance) and of a
+## probit GLMM
+read_data("wine", dd)
+r2icc <- function(f) list(icc_adjusted = icc(f)$ICC_adjusted, icc_conditional = icc(f)$ICC_conditional,
+                          r2_marginal = r2_nakagawa(f)$R2_marginal[[1]],
+                          r2_conditional = r2_nakagawa(f)$R2_conditional[[1]])
+for (lk in c("logit", "probit"))
+  out[[paste0("r2_clmm_", lk)]] <- r2icc(clmm(rating ~ temp + contact + (1 | judge), data = wine, link = lk))
+out$r2_glmm_probit <- r2icc(gp)
 write_ref(out, "sweep2", "tests/reference/sweep2",
-          r_versions(c("lme4", "lmerTest", "emmeans", "pbkrtest", "geepack")))
+          r_versions(c("lme4", "lmerTest", "emmeans", "pbkrtest", "geepack", "ordinal", "performance")))
