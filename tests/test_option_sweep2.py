@@ -318,3 +318,17 @@ def test_icc_r2_latent_scale_against_performance(cbpp, key):
     assert icc["conditional"] == pytest.approx(want["icc_conditional"], rel=1e-4)
     assert r2["marginal"] == pytest.approx(want["r2_marginal"], rel=1e-4)
     assert r2["conditional"] == pytest.approx(want["r2_conditional"], rel=1e-4)
+
+
+def test_profile_plot_table_refuses_profile_arguments():
+    # with a profile table, alpha= / npoints= were ignored in silence
+    mpl = pytest.importorskip("matplotlib")
+    mpl.use("Agg")
+    from mlmext import plots
+    fit = mf.lmer("Yield ~ 1 + (1 | Batch)", datasets.load("dyestuff")).fit()
+    prof = fit.profile(cols=["sigma"])
+    with pytest.raises(TypeError, match="profile already"):
+        plots.profile(prof, npoints=12)
+    ax = plots.profile(prof).axes[0]                 # the table alone still draws
+    np.testing.assert_allclose(np.sort(ax.lines[0].get_xdata()),
+                               np.sort(prof.loc[prof["parameter"] == "sigma", "value"]))
