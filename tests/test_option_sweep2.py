@@ -332,3 +332,19 @@ def test_profile_plot_table_refuses_profile_arguments():
     ax = plots.profile(prof).axes[0]                 # the table alone still draws
     np.testing.assert_allclose(np.sort(ax.lines[0].get_xdata()),
                                np.sort(prof.loc[prof["parameter"] == "sigma", "value"]))
+
+
+def test_plots_figsize_with_ax_refused():
+    # figsize= with ax= was ignored in silence (the caller's figure kept its size)
+    mpl = pytest.importorskip("matplotlib")
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+    from mlmext import plots
+    fit = mf.lmer("Reaction ~ Days + (Days|Subject)", datasets.load("sleepstudy")).fit()
+    fig, axes = plt.subplots(1, 2)
+    for call in (lambda: plots.caterpillar(fit, ax=axes, figsize=(8, 8)),
+                 lambda: plots.qqplot_ranef(fit, ax=axes, figsize=(8, 8))):
+        with pytest.raises(TypeError, match="figsize"):
+            call()
+    assert plots.caterpillar(fit, ax=axes) is fig            # without figsize: drawn there
+    plt.close("all")
