@@ -38,6 +38,25 @@ def _require_lmm(res, what):
                                   "conf_int(method='boot') or the Wald intervals)")
 
 
+def _require_independent(res, what):
+    """NotImplementedError for a fit with ``correlation=`` (residuals correlated within groups):
+    for what reads the model as if its residuals were independent (the results' methods of
+    these names refuse it too; the module functions were reachable and answered for another
+    model)."""
+    cor = getattr(_raw(res).model, "correlation", None)
+    if cor is not None:
+        raise NotImplementedError(f"{what} is not implemented for models with a residual "
+                                  f"correlation structure ({cor!r})")
+
+
+def _require_no_zero_part(res, what):
+    """NotImplementedError for a zero-inflated / hurdle fit, whose results' ``icc`` / ``r2`` /
+    ``allfit`` refuse it: the count model's formulas would ignore the zero part."""
+    if hasattr(_raw(res).model, "exog_zi"):
+        raise NotImplementedError(f"{what} is not implemented for zero-inflated / hurdle models "
+                                  "(the count model's formulas would ignore the zero part)")
+
+
 def _fe_names(res):
     return list(_raw(res).model.exog_names)
 

@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import optimize
 
 from ..objective import sdcor_from_theta
-from ._common import _is_lmm, _raw
+from ._common import _is_lmm, _raw, _require_independent, _require_no_zero_part
 from ._profile_common import varpar_names
 from ._refit import _fit_kwargs
 
@@ -245,6 +245,8 @@ def allfit(res, methods=None, maxfev=20000):
     >>> fits = res.allfit()
     >>> print(fits.summary())     # largest disagreements between the optimizers
     """
+    _require_independent(res, "allfit()")
+    _require_no_zero_part(res, "allfit()")
     r = _raw(res)
     lay = _Layout(r)
     kw = _fit_kwargs(r)

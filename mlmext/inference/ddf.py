@@ -186,6 +186,12 @@ def _kr_pieces(res):
         raise ValueError("Kenward-Roger's method is only available for REML fits (as in pbkrtest "
                          "and lmerTest); refit with reml=True")
     model = r.model
+    if getattr(model, "correlation", None) is not None:
+        # V below is sigma^2 (I + Z Lambda Lambda' Z'): independent residuals; emmeans' and
+        # anova's KR defaults reached it for an AR1 fit and gave df and SEs of another model
+        raise NotImplementedError("Kenward-Roger's method is not implemented for models with a "
+                                  f"residual correlation structure ({model.correlation!r}); "
+                                  "use ddf='satterthwaite'")
     w = np.asarray(model.weights, dtype=float)
     if not np.allclose(w, 1.0):
         raise NotImplementedError("Kenward-Roger's method is not implemented for weighted models")

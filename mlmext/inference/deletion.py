@@ -22,6 +22,10 @@ def _require(res, what):
         raise NotImplementedError(f"{what} is implemented for linear mixed models (lmer fits) only; "
                                   f"this is a {type(_raw(res).model).__name__}: case-deletion "
                                   "diagnostics of GLMMs and clmm are not built")
+    cor = getattr(_raw(res).model, "correlation", None)
+    if cor is not None:          # V here has independent residuals (leverage was reachable)
+        raise NotImplementedError(f"{what} is not implemented for models with a residual "
+                                  f"correlation structure ({cor!r})")
 
 
 def _group_block(model, group):
@@ -39,13 +43,15 @@ def _deletion_sets(model, group, what):
     if isinstance(group, (bool, np.bool_)) or not (group is None or isinstance(group, str) or group == 1):
         raise ValueError(f"group must be the name of a grouping factor or 1 (single observations, "
                          f"HLMdiag's level = 1) for {what}; got {group!r}")
+    # the rows first: a model that holds none (Dask data) raises its own clear error here,
+    # not a TypeError from its grouping codes (None) below
+    n = np.asarray(model.endog).shape[0]
     if group is None or isinstance(group, str):
         t = _group_block(model, group)
         order = np.argsort(t.codes, kind="stable")
         starts = np.searchsorted(t.codes[order], np.arange(t.m + 1))
         sets = [order[starts[g]:starts[g + 1]] for g in range(t.m)]
         return pd.Index(t.levels, name=t.name), sets, t.codes
-    n = np.asarray(model.endog).shape[0]
     labels = getattr(model, "formula_info", {}).get("row_labels")
     index = pd.Index(labels if labels is not None and len(labels) == n else np.arange(n), name="observation")
     return index, [np.array([i]) for i in range(n)], np.arange(n)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import _raw, _require_lmm
+from ._common import _raw, _require_independent, _require_lmm
 from .deletion import cooks_distance, influence, leverage  # noqa: F401  (their documented home)
 from ..laplace import check_positive
 from ..optimize import hessian, jacobian
@@ -64,6 +64,7 @@ def check_convergence(res, tol=1e-5):
     -------
     ConvergenceCheck
     """
+    _require_independent(res, "check_convergence()")
     _require_lmm(res, "check_convergence")
     check_positive(tol=tol)          # (0 or below: no fit could pass, a NaN every fit would)
     r = _raw(res)

@@ -3,8 +3,11 @@ grid, the back-transformation of a transformed LMM response (``np.log(y) ~ ...``
 ``type = "response"``) and ``regrid`` (means and contrasts on the response scale).
 
 Weights (emmeans' ``weights =``) use the grid's cell counts ``.wgt.``: the number of fitted rows
-(the sum of an LMM's prior weights) with each combination of the grid's factor levels (numeric
-covariates are not counted; a covariate given several values in ``at=`` repeats the counts).
+with each combination of the grid's factor levels (numeric covariates are not counted; a
+covariate given several values in ``at=`` repeats the counts).  An LMM's prior weights count
+only where emmeans (1.8.4) counts them: when its fixed part calls a function (``np.log(x)``,
+``C(g)``, ``offset()``), emmeans rebuilds the rows with ``model.frame``, which keeps them; a
+plain formula's rows come from lme4's frame without them (:func:`row_counts`).
 With ``n[a, c]`` the count of the combination ``a`` of the variables averaged over within the
 cell ``c`` of the ``specs`` / ``by`` variables, the mean of ``c`` weights ``a`` by
 
@@ -22,6 +25,16 @@ import re
 import numpy as np
 
 WEIGHTS = ("equal", "proportional", "outer", "cells", "flat")
+
+
+def row_counts(model):
+    """What each fitted row of an LMM adds to ``.wgt.``: its prior weight where the fixed part
+    has a function call or an offset (emmeans' ``.has.fcns``), else 1."""
+    parsed = model.formula_info["parsed"]
+    w = np.asarray(model.weights, dtype=float)
+    if parsed.offsets or re.search(r"[A-Za-z_][\w.]*\s*\(", str(parsed.fixed_rhs)):
+        return w
+    return np.ones(w.size)
 
 
 def cell_counts(data, grid, cats, wts):

@@ -27,7 +27,7 @@ from ._common import _raw
 from .ddf import _ddf_method, kenward_roger, satterthwaite
 from .emm_ordinal import probability_rows
 from .emm_scale import (cell_counts, check_weights, link_transform, regrid_df, regridded,
-                        response_transform, weight_matrix)
+                        response_transform, row_counts, weight_matrix)
 
 
 def _kind(res):
@@ -54,6 +54,10 @@ def model_variables(res):
     model = _raw(res).model
     info = getattr(model, "formula_info", None) or {}
     data, parsed = info.get("data"), info.get("parsed")
+    if data is None and type(model).__module__.startswith("mlmext.dask"):   # no rows held
+        raise NotImplementedError("emmeans of a model of Dask data is not implemented: the "
+                                  "reference grid is built from the fitted rows, which it does "
+                                  "not hold")
     if data is None or parsed is None:
         raise ValueError("emmeans needs the model's formula and fitted data (a model built from "
                          "arrays, or a result after remove_data(), has none)")
@@ -230,8 +234,8 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
     ddf : {"kenward-roger", "satterthwaite", "asymptotic"}, optional
         LMM denominator df (emmeans' ``lmer.df``); default Kenward-Roger, emmeans' default
         (its standard errors then use pbkrtest's adjusted covariance, as emmeans), for REML
-        fits; Satterthwaite for ML fits (with a note: our Kenward-Roger needs REML).  GLMM and
-        clmm: asymptotic (z) only.
+        fits; Satterthwaite (with a note) for ML fits and fits with ``correlation=``, where our
+        Kenward-Roger is not implemented.  GLMM and clmm: asymptotic (z) only.
     level : float
         Confidence level of the intervals.
     mode : {"latent", "prob", "mean.class"}, optional
@@ -291,9 +295,11 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
     if not equal and mode in ("prob", "mean.class"):
         raise NotImplementedError(f"weights={weights!r} with mode={mode!r}: only equal weights")
     ddf_note = None
-    if kind == "lmm" and ddf is None and not r.reml:
-        ddf, ddf_note = "satterthwaite", ("Kenward-Roger df need a REML fit: Satterthwaite df "
-                                          "are used for this ML fit")
+    cor = getattr(r.model, "correlation", None)       # (KR: independent residuals only)
+    if kind == "lmm" and ddf is None and (not r.reml or cor is not None):
+        ddf, ddf_note = "satterthwaite", ("Kenward-Roger df need a REML fit: Satterthwaite df are "
+                                          "used for this ML fit" if cor is None else "Kenward-"
+                                          f"Roger df are not implemented with {cor!r}: Satterthwaite df")
     if kind == "lmm":
         ddf = "kenward-roger" if ddf is None else ("asymptotic" if str(ddf).lower() in (
             "asymptotic", "z") else _ddf_method(ddf))
@@ -314,7 +320,7 @@ def emmeans(res, specs, by=None, at=None, type="link", ddf=None, level=0.95, mod
     n_cells = len(cells)
     W = None
     if not equal:                             # emmeans' weights from the grid's cell counts
-        w = np.asarray(r.model.weights, dtype=float) if kind == "lmm" else np.ones(int(r.nobs))
+        w = row_counts(r.model) if kind == "lmm" else np.ones(int(r.nobs))
         if kind == "glmm" and np.any(np.asarray(r.model.weights) != 1) and \
                 not str(r.model.endog_names).startswith("cbind("):
             raise NotImplementedError("emmeans weights for a GLMM with prior weights")

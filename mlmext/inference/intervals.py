@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._common import _Progress, _beta, _fe_names, _raw, _select
+from ._common import _beta, _fe_names, _Progress, _raw, _require_independent, _select
 from ..objective import sdcor_from_theta
 from ..printing import param_index
 from ._profile import _Profiler
@@ -93,6 +93,7 @@ def conf_int_profile(res, alpha=0.05, cols=None, names="descriptive", nb_alpha=N
         the Poisson limit, a zero-inflation intercept towards no zero inflation -- gets the
         limit 0 (dispersion) or -inf / inf there (glmmTMB reports NA).
     """
+    _require_independent(res, "conf_int_profile()")
     z = stats.norm.ppf(1 - alpha / 2)
     with _profiling(res, nb_alpha) as pr:
         idx = _select(pr.names, cols) if not (cols is not None and names == "lme4") else \
@@ -143,6 +144,7 @@ def profile(res, cols=None, alpha=0.01, npoints=6, names="descriptive", nb_alpha
         one row per parameter at its estimate, with zeta 0.  A dispersion's points are
         equally spaced on its log scale.
     """
+    _require_independent(res, "profile()")
     z = stats.norm.ppf(1 - alpha / 2)
     with _profiling(res, nb_alpha) as pr:
         labels = pr.lme4_names if names == "lme4" else pr.names
@@ -223,6 +225,7 @@ def bootstrap(res, func=None, nsim=100, seed=None, re=True, progress=False):
         ``nsim`` rows; ``attrs["t0"]`` holds the statistic of the original fit and
         ``attrs["failed"]`` the number of failed refits (rows of NaN).
     """
+    _require_independent(res, "bootstrap()")
     r = _raw(res)
     rng = np.random.default_rng(seed)
     # func sees what fit() returns (pandas-labelled params) for this fit and every refit:
@@ -326,6 +329,7 @@ def conf_int_boot(res, alpha=0.05, cols=None, nsim=500, seed=None, boot_type="pe
         Columns ``0`` (lower), ``1`` (upper); rows as :func:`conf_int_profile`;
         ``attrs["boot"]`` holds the replicates.
     """
+    _require_independent(res, "conf_int_boot()")
     b = bootstrap(res, nsim=nsim, seed=seed, progress=progress)
     ci = boot_ci(b, alpha=alpha, boot_type=boot_type)
     if names == "lme4":                          # LMMs and GLMMs alike (.sig01, ..., [.sigma])

@@ -17,7 +17,8 @@ import pandas as pd
 from scipy import stats
 from statsmodels.genmod import families
 
-from ._common import _beta, _family, _fe_names, _is_lmm, _raw, _require_lmm, _same_rows
+from ._common import (_beta, _family, _fe_names, _is_lmm, _raw, _require_independent,
+                      _require_lmm, _require_no_zero_part, _same_rows)
 from .variance_explained import _null_model_fit
 
 _R2_ROWS = ["f1", "f2", "v", "m", "f", "fv", "fvm"]
@@ -201,6 +202,7 @@ def r2_rights_sterba(res):
     R2Decomposition
         ``.r2`` and ``.decomposition`` (DataFrames, r2mlm's ``R2s`` and ``Decompositions``).
     """
+    _require_independent(res, "r2_rights_sterba()")
     _require_lmm(res, "Rights & Sterba's R2")
     r = _raw(res)
     terms = _one_grouping_factor(r, "Rights & Sterba's R2")
@@ -284,6 +286,8 @@ def r2_likelihood_ratio(res, null=None, null_re=False):
     pandas.Series
         ``r2``, ``adjusted``, ``loglik``, ``loglik_null``, ``nobs``.
     """
+    _require_independent(res, "r2_likelihood_ratio()")
+    _require_no_zero_part(res, "r2_likelihood_ratio()")
     r = _raw(res)
     if hasattr(r.model, "thr"):
         raise NotImplementedError("the likelihood-ratio R2 of a clmm fit (MuMIn has no null "
@@ -337,6 +341,7 @@ def r2_mitml(res, null=None):
     pandas.Series
         ``RB1``, ``RB2``, ``SB``, ``MVP``.
     """
+    _require_independent(res, "r2_mitml()")
     _require_lmm(res, "multilevelR2")
     r = _raw(res)
     terms = _one_grouping_factor(r, "multilevelR2")

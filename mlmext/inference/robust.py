@@ -24,7 +24,7 @@ from scipy import linalg
 from statsmodels.stats.contrast import ContrastResults
 
 from .._args import reject_unknown
-from ._common import _params, _raw
+from ._common import _params, _raw, _require_independent
 from .ddf import DdfContrastResults, _constraint_names, _contrast_matrix
 
 __all__ = ["CR_TYPES", "ROBUST_DFS", "ClusterRobust", "cluster_robust", "check_cov_args",
@@ -211,6 +211,7 @@ def cluster_robust(res, type="CR2", groups=None, theta=None, beta=None):
     -------
     ClusterRobust
     """
+    _require_independent(res, "cluster_robust()")
     r = _raw(res)
     model = r.model
     if not hasattr(model, "deviance_profiled"):

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._common import _Progress, _beta, _family, _fe_names, _is_lmm, _raw, _require_lmm
+from ._common import (_beta, _family, _fe_names, _is_lmm, _Progress, _raw, _require_independent,
+                      _require_lmm)
 from ._refit import _rebuild_model, _refit
 from ._lockstep import _lockstep_fits
 from .ddf import _ddf_method, kenward_roger, satterthwaite
@@ -36,6 +37,7 @@ def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
     pandas.DataFrame
         One column per simulation (``sim_1``, ...), rows as the fitted data.
     """
+    _require_independent(res, "simulate()")
     if use_u and not re:
         # (use_u was ignored: the population level; lme4 refuses use.u with re.form = NA)
         raise TypeError("use_u=True conditions on the random effects' modes, re=False leaves "
@@ -45,6 +47,10 @@ def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     n = model.exog.shape[0]          # rows (nobs leaves out zero-weight rows)
     beta = _beta(r) if params is None else np.asarray(params, dtype=float)
+    if params is not None and (beta.shape != _beta(r).shape or not np.all(np.isfinite(beta))):
+        # (was a matmul error naming no argument)
+        raise ValueError(f"params must be {_beta(r).size} finite fixed effects "
+                         f"({_fe_names(r)}); got {np.shape(params)}: {params!r}")
     eta = np.asarray(model.exog, dtype=float) @ beta + np.asarray(model.offset, dtype=float)
     eta = np.repeat(eta[:, None], nsim, axis=1)
     lmm = _is_lmm(r)
@@ -65,23 +71,8 @@ def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
         with np.errstate(divide="ignore"):
             sd = np.where(w > 0, r.sigma / np.sqrt(w), 0.0)
         y = eta + sd[:, None] * rng.standard_normal((n, nsim))
-    elif hasattr(r, "_simulate_response"):
+    elif hasattr(r, "_simulate_response"):   # every GLMM result: its family's draws
         y = r._simulate_response(eta, rng)
-    elif fam is not None:
-        mu = fam.link.inverse(eta)
-        name = type(fam).__name__
-        if name == "Poisson":
-            y = rng.poisson(mu).astype(float)
-        elif name == "Binomial":
-            # the response is a proportion of `weights` trials (1 for 0/1 data), as glmer stores it
-            ntr = np.round(w).astype(np.int64)
-            if np.any(np.abs(w - ntr) > 1e-8):
-                raise NotImplementedError("simulating a binomial response needs integer trials "
-                                          "(weights)")
-            succ = rng.binomial(ntr[:, None], np.clip(mu, 0.0, 1.0)).astype(float)
-            y = np.divide(succ, ntr[:, None], out=np.zeros_like(succ), where=ntr[:, None] > 0)
-        else:
-            raise NotImplementedError(f"simulation from a {name} mixed model is not implemented")
     else:
         raise NotImplementedError(f"simulation from a {type(model).__name__} is not implemented")
     index = model.formula_info.get("row_labels") if hasattr(model, "formula_info") else None
@@ -95,6 +86,7 @@ def one_at_a_time(res):
     one at a time for a sequence that does not depend on how they are grouped
     (:func:`~mlmext.inference.pbtest.pb_test`).  An LMM's Gaussian responses; other models
     call :func:`simulate`."""
+    _require_independent(res, "one_at_a_time()")
     r = _raw(res)
     model = r.model
     fam = _family(r)

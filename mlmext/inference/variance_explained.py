@@ -8,7 +8,8 @@ import pandas as pd
 from statsmodels.genmod import families
 
 from ..design import RandomEffectsDesign, ReTerm
-from ._common import _beta, _cache, _family, _fe_names, _is_lmm, _params, _raw, _require_lmm, _same_rows
+from ._common import (_beta, _cache, _family, _fe_names, _is_lmm, _params, _raw,
+                      _require_independent, _require_lmm, _require_no_zero_part, _same_rows)
 from ._refit import _rebuild_model, _refit
 
 # variance of the standard logistic, normal and Gumbel distributions: the residual variance on
@@ -106,6 +107,8 @@ def r2_nakagawa(res):
     pandas.Series
         ``marginal``, ``conditional``, and the three variances.
     """
+    _require_independent(res, "r2_nakagawa()")
+    _require_no_zero_part(res, "r2_nakagawa()")
     vf, vr, ve = _variance_components(res)
     tot = vf + vr + ve
     return pd.Series({"marginal": vf / tot, "conditional": (vf + vr) / tot, "var_fixed": vf,
@@ -122,6 +125,8 @@ def icc(res):
     pandas.Series
         ``adjusted``, ``conditional``.
     """
+    _require_independent(res, "icc()")
+    _require_no_zero_part(res, "icc()")
     vf, vr, ve = _variance_components(res)
     return pd.Series({"adjusted": vr / (vr + ve), "conditional": vr / (vf + vr + ve)}, name="icc")
 
@@ -148,6 +153,7 @@ def r2_snijders_bosker(res, null=None, group_size="mean"):
     pandas.Series
         ``level1``, ``level2``, ``nbar``.
     """
+    _require_independent(res, "r2_snijders_bosker()")
     _require_lmm(res, "Snijders-Bosker R2")
     r = _raw(res)
     des = r.model.re_design

@@ -64,6 +64,9 @@ def _panels(ax, n, what, figsize=None, ncols=3, panel=(3.2, 2.8)):
     order (a single Axes when the plot has one panel, else a list or array of them)."""
     if ax is None:
         return _grid(n, figsize, ncols, panel)
+    if figsize is not None:            # (it was ignored: the caller's axes keep their figure's)
+        raise TypeError("figsize= sizes a new figure; with ax= the axes' figure is drawn into: "
+                        "give one of them")
     axes = list(np.ravel(np.asarray(ax, dtype=object)))
     if len(axes) != n:
         raise ValueError(f"this plot draws {n} panel{'s' if n != 1 else ''} ({what}); "

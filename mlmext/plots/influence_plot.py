@@ -49,7 +49,7 @@ def influence_plot(results, which="cooks_d", cutoff="internal", group=None, meth
         (values outside either line are unusual).  A number is an upper cut-off, a pair
         (lower, upper) two; None draws no line.
     group, method
-        Passed to :meth:`influence` when ``results`` is a fit.
+        Passed to :meth:`influence` when ``results`` is a fit; with a table, TypeError.
     ax : matplotlib.axes.Axes, optional
         Draw into this axes.
 
@@ -62,6 +62,10 @@ def influence_plot(results, which="cooks_d", cutoff="internal", group=None, meth
     >>> fig = plots.influence_plot(res, "cooks_d", group="Subject")
     >>> fig = plots.influence_plot(res.leverage("Subject"), "overall")
     """
+    if isinstance(results, (pd.Series, pd.DataFrame)) and (group is not None or method != "one-step"):
+        # (they were ignored: the table was drawn as it came)
+        raise TypeError("group= and method= are for a fit (they compute its influence table); "
+                        "this is a table already: give the fit, or compute the table with them")
     if isinstance(results, pd.Series):
         values = results
         which = results.name if results.name is not None else which

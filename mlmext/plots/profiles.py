@@ -32,7 +32,8 @@ def profile(results, params=None, figsize=None, ax=None, **profile_kwargs):
     ax : matplotlib.axes.Axes or sequence of Axes, optional
         Draw into these axes, one per parameter.
     **profile_kwargs
-        Passed to ``results.profile`` (``alpha``, ``npoints``, ``names``).
+        Passed to ``results.profile`` (``alpha``, ``npoints``, ``names``); with a profile
+        table, TypeError.
 
     Returns
     -------
@@ -44,6 +45,9 @@ def profile(results, params=None, figsize=None, ax=None, **profile_kwargs):
     >>> fig = plots.profile(fit)                   # Intercept, sd_Intercept|Batch, sigma
     """
     if isinstance(results, pd.DataFrame):
+        if profile_kwargs:             # (they were ignored: the table was drawn as it came)
+            raise TypeError(f"{sorted(profile_kwargs)} are for results.profile(); this is a "
+                            "profile already: give the fit, or compute the profile with them")
         prof = results
         if params is not None:
             prof = prof[prof["parameter"].isin(list(params))]

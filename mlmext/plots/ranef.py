@@ -35,7 +35,7 @@ def caterpillar(results, group=None, level=0.95, sort=True, figsize=None, max_le
         the panel title says how many of how many are shown.  None: all of them.
     ax : matplotlib.axes.Axes or sequence of Axes, optional
         Draw into these axes, one per panel (grouping factor and term, in the order of
-        ``results.ranef()``); ``figsize`` is then ignored.
+        ``results.ranef()``); not with ``figsize`` (TypeError).
 
     Returns
     -------
@@ -53,7 +53,7 @@ def caterpillar(results, group=None, level=0.95, sort=True, figsize=None, max_le
     if ax is None:
         fig, axes = _caterpillar_grid(frames, shown, figsize)
     else:
-        fig, axes = _panels(ax, len(panels), "one per grouping factor and term")
+        fig, axes = _panels(ax, len(panels), "one per grouping factor and term", figsize)
     for a, (name, j) in zip(axes, panels):
         df = frames[name]
         sd = df.attrs.get("condsd")
