@@ -348,3 +348,28 @@ def test_plots_figsize_with_ax_refused():
             call()
     assert plots.caterpillar(fit, ax=axes) is fig            # without figsize: drawn there
     plt.close("all")
+
+
+def test_t_test_and_wald_test_options_not_ignored():
+    # t_test(df=..., cov_p=) used the fit's covariance, t_test(df=..., use_t=False) still tested
+    # t, and wald_test(df_constraints=, scalar=False) kept the default F test: all in silence
+    fit = mf.lmer("Reaction ~ Days + (Days|Subject)", datasets.load("sleepstudy")).fit()
+    cov4 = 4 * np.asarray(fit.cov_params())
+    for kw in ({"cov_p": cov4}, {"use_t": False}):
+        with pytest.raises(TypeError, match="df='satterthwaite'"):
+            fit.t_test("Days = 0", df="satterthwaite", **kw)
+    with pytest.raises(TypeError, match="use_t=True"):
+        fit.t_test("Days = 0", df="z", use_t=True)
+    # what the options mean where they are read: statsmodels' own tests
+    z = fit.t_test("Days = 0", cov_p=cov4, use_t=False)
+    assert np.squeeze(z.sd) == pytest.approx(2 * float(fit.bse_fe["Days"]), rel=1e-12)
+    assert np.squeeze(fit.t_test("Days = 0", df="satterthwaite", use_t=True).df_denom) == \
+        pytest.approx(np.squeeze(fit.t_test("Days = 0").df_denom), rel=1e-12)
+    for kw in ({"df_constraints": 5}, {"scalar": False}):
+        with pytest.raises(TypeError, match="statsmodels' own Wald"):
+            fit.wald_test("Days = 0", **kw)
+    chi1 = fit.wald_test("Days = 0", use_f=False)
+    chi5 = fit.wald_test("Days = 0", use_f=False, df_constraints=5)
+    assert chi5.statistic == pytest.approx(chi1.statistic, rel=1e-12)
+    assert chi5.df_denom == 5 and chi1.df_denom == 1
+    assert chi5.pvalue > chi1.pvalue

@@ -93,7 +93,14 @@ class InferenceMixin:
         default = (self.cov_kwds.get("df") == "satterthwaite" or ddf_active(self))
         if default and cov_p is None and invcov is None:
             if use_f is False:
-                return super().wald_test(r_matrix, use_f=False, scalar=scalar)
+                return super().wald_test(r_matrix, use_f=False, df_constraints=df_constraints,
+                                         scalar=scalar)
+            if df_constraints is not None or scalar is not True:
+                # (both were ignored: the F test below has its own numerator df and scalars)
+                raise TypeError("df_constraints= and scalar=False apply to statsmodels' own Wald "
+                                "test: pass cov_p=res.cov_params() (with use_f) for it, or "
+                                "use_f=False for the chi-square test; the default F test uses "
+                                "the fit's denominator df")
             if ddf_active(self):
                 return default_wald_test(self, r_matrix)
             return robust_wald_test(self, r_matrix)
@@ -152,7 +159,7 @@ class InferenceMixin:
             As in statsmodels (``"Days = 0"``, a matrix, or ``(R, q)``).
         cov_p, use_t
             As in statsmodels: with ``cov_p``, or ``use_t=False`` (z tests), statsmodels'
-            own tests (``use_t=True`` with ``cov_p``: t on ``df_resid``).
+            own tests (``use_t=True`` with ``cov_p``: t on ``df_resid``); not with ``df``.
         df : {None, "satterthwaite", "kenward-roger", "z"}
             Denominator degrees of freedom per contrast; None: the fit's method
             (``fit(ddf=...)``, Satterthwaite by default for LMMs; z for GLMM / clmm);
@@ -166,7 +173,13 @@ class InferenceMixin:
         statsmodels.stats.contrast.ContrastResults
         """
         if isinstance(df, str) and df.strip().lower() == "z":
+            if use_t:
+                raise TypeError("df='z' gives normal tests: use_t=True contradicts it")
             return super().t_test(r_matrix, cov_p=cov_p, use_t=False)
+        if df is not None and (cov_p is not None or use_t is False):
+            # (both were ignored: the df and, for Kenward-Roger, the covariance are the fit's)
+            raise TypeError(f"df={df!r} tests with the fit's own covariance and t distribution: "
+                            "cov_p= and use_t=False apply with df=None (statsmodels' tests)")
         if df is None:
             if self.cov_kwds.get("df") == "satterthwaite" and cov_p is None and use_t is not False:
                 return robust_t_test(self, r_matrix)        # a df per contrast
