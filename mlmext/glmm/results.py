@@ -163,6 +163,28 @@ class GLMMResults(MixedResults):
         return pd.Series(self._cond.pearson_resid(eta),
                          index=self.model.formula_info.get("row_labels"), name="resid_pearson")
 
+    @property
+    def resid_response(self):
+        """Response residuals ``y - mu`` with the conditional modes (lme4's
+        ``residuals(fit, type = "response")``), a Series; binomial ``y`` is the proportion of
+        successes."""
+        return self.resid.rename("resid_response")
+
+    @property
+    def resid_deviance(self):
+        """Deviance residuals with the conditional modes, ``sign(y - mu) sqrt(w d(y, mu))``
+        with ``w`` the prior weights (binomial: the trials) and ``d`` the family's unit deviance
+        (lme4's ``residuals(fit)``, its default type), a Series.  Unscaled: a Gamma or inverse
+        Gaussian fit's dispersion is not divided out, as in lme4."""
+        if hasattr(self.model, "exog_zi"):
+            raise NotImplementedError("deviance residuals of a zero-inflated / hurdle fit are not "
+                                      "implemented; use resid_pearson")
+        fitted = self.fittedvalues
+        r = self.family.resid_dev(np.asarray(self.model.endog, dtype=float),
+                                  np.asarray(fitted, dtype=float),
+                                  var_weights=np.asarray(self.model.weights, dtype=float))
+        return pd.Series(r, index=fitted.index, name="resid_deviance")
+
     def _summary_top(self):
         method = "Laplace" if self.nagq == 1 else f"Adaptive Gauss-Hermite ({self.nagq} points)"
         if self.nagq == 1 and self.model._extra_name == "scale":
