@@ -65,10 +65,10 @@ class _ZiDeviance(LaplaceDeviance):
     """The Laplace deviance of a zero-inflated model.
 
     The observed information of the zeros may be negative for single observations: the modes
-    use the engine's scalar path for one scalar term and its dense path otherwise (both take
-    that); lme4's first stage (beta inside PIRLS,
-    the blocked factorization) and the RX covariance use the positive weights of
-    :meth:`ZeroInflatedConditional.fisher_weights` instead (they only give starting values).
+    and lme4's first stage (beta inside PIRLS) use the engine's scalar path for one scalar
+    term and its dense path otherwise (both take that); the RX covariance (and the first
+    stage where those paths do not apply) use the blocked factorization with the positive
+    weights of :meth:`ZeroInflatedConditional.fisher_weights` instead.
     """
 
     def __init__(self, model):
@@ -86,6 +86,29 @@ class _ZiDeviance(LaplaceDeviance):
             del cond.derivatives, cond.loglik_derivs
 
     def stage1(self, theta, beta, u=None):
+        """lme4's first stage with Newton steps in ``(u, beta)``: the engine's scalar path (one
+        scalar term, per-level sums) or its dense path (up to ``MAX_DENSE_RE``), which take
+        the negative observed information.  With the Fisher weights of the blocked path (its
+        factorization needs positive weights) PIRLS converges only linearly, at a rate near 1
+        where the penalized Hessian is small in one direction (grouseticks' zero-inflated and
+        hurdle Poisson: no convergence in 100 iterations); that path is left for the cases
+        the others do not take or where they fail."""
+        des, m = self.design, self.model
+        dense = des.nre + self.p <= lp.MAX_DENSE_RE
+        scalar = lp.is_scalar_design(des)
+        if dense or scalar:
+            kw = dict(X=m.exog, tol=self.stage1_tol, scalar_fast=True, dense=dense)
+            chol = lambda: self.chol_x              # noqa: E731 (the blocked path's, if reached)
+            modes = lp.pirls(des, chol, m.offset, self.cond, theta, u0=u, beta0=beta, **kw)
+            if not modes.converged and u is not None:
+                modes = lp.pirls(des, chol, m.offset, self.cond, theta, **kw)
+            if modes.converged:
+                return -2.0 * modes.laplace, modes
+            value, fb = self._positive(super().stage1, theta, beta, u)
+            if not fb.converged:                     # the message says what was tried
+                fb.message = (f"with Newton steps ({'per-level' if scalar else 'dense'} path): "
+                              f"{modes.message}; with Fisher weights: {fb.message}")
+            return value, fb
         return self._positive(super().stage1, theta, beta, u)
 
     def cov_rx(self, theta, modes, lams):

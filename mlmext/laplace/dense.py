@@ -10,6 +10,12 @@ the modes.  For any random-effects design of moderate size (``nre`` up to
 step uses the model's ``fisher_weights`` (positive) instead.  The factor it returns
 (:class:`DenseFactor`) offers what the Laplace value, its gradient, the warm starts and the
 conditional variances read.
+
+With ``X`` (lme4's first stage, beta inside PIRLS) the same Newton steps are taken in
+``(u, beta)`` jointly, ``M = [A X]' H [A X] + diag(1, 0)``: the blocked factorization's Fisher
+weights there (positive in place of the negative observed information) are not the Hessian, and
+PIRLS then converges linearly, at a rate of ``1 - 0.02`` on grouseticks' zero-inflated Poisson
+(its decrement 5e-7 after 100 iterations).
 """
 from __future__ import annotations
 
@@ -96,6 +102,13 @@ class DenseFactor:
             rhos.append(rho)
         return ts, rhos
 
+    def inverse_block_sums(self, k):
+        """Per block, the sum over levels of the (q, q) diagonal blocks of ``M^-1`` (the EM
+        start's; ``k = 0`` only: the factor holds no fixed effects' block)."""
+        if k:
+            raise NotImplementedError("DenseFactor.inverse_block_sums: k = 0 only")
+        return [c.sum(axis=0) for c in self.condvar_u()]
+
     def condvar_u(self):
         """Per block, the (m, q, q) diagonal blocks of ``M^-1``."""
         inv = self._inverse()
@@ -108,11 +121,21 @@ class DenseFactor:
 
 
 @np.errstate(all="ignore")     # failures are reported in the result, not as warnings
-def _pirls_dense(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100, maxhalf=30):
-    """:func:`pirls` (no ``X``) with the dense system; ``w`` may be negative for single rows."""
+def _pirls_dense(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100, maxhalf=30,
+                 X=None, beta0=None):
+    """:func:`pirls` with the dense system; ``w`` may be negative for single rows.
+
+    With ``X``: beta is updated inside PIRLS (unpenalized), the modes carry ``beta`` and
+    ``extra["cov_beta"]`` (the fixed-effects block of ``M^-1``) beside the factor of the
+    random effects' block (the leading block of ``M``'s Cholesky factor).
+    """
     A = z_lambda(design, lams)
-    At = A.T.tocsr()
     nre = A.shape[1]
+    p = 0 if X is None else X.shape[1]
+    if p:
+        A = sparse.hstack([A, sparse.csr_matrix(np.asarray(X, dtype=float))]).tocsr()
+    At = A.T.tocsr()
+    pen = np.r_[np.ones(nre), np.zeros(p)]             # |u|^2 / 2; beta unpenalized
     fisher = getattr(cond, "fisher_weights", None)
     fused = getattr(cond, "loglik_derivs", None)
     eta_fixed = np.asarray(eta_fixed, dtype=float)
@@ -136,13 +159,21 @@ def _pirls_dense(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100,
         except linalg.LinAlgError:
             return M, None
 
-    u = np.zeros(nre) if u0 is None else np.array(u0, dtype=float)
-    eta = eta_fixed + A @ u
+    def start(u, beta):
+        v = np.zeros(nre + p)
+        if u is not None:
+            v[:nre] = u
+        if p and beta is not None:
+            v[nre:] = beta
+        return v
+
+    v = start(u0, beta0)
+    eta = eta_fixed + A @ v
     ll, d1, w = evaluate(eta)
-    obj = ll - 0.5 * float(u @ u)
+    obj = ll - 0.5 * float(v[:nre] @ v[:nre])
     restarted = False
-    if not math.isfinite(obj) and u0 is not None:
-        u = np.zeros(nre)
+    if not math.isfinite(obj) and (u0 is not None or beta0 is not None):
+        v = start(None, None)
         eta = eta_fixed.copy()
         ll, d1, w = evaluate(eta)
         obj = ll
@@ -159,7 +190,7 @@ def _pirls_dense(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100,
         if d1 is None or not math.isfinite(float(d1.sum()) + float(w.sum())):
             message = f"non-finite working weights at PIRLS iteration {it}"
             break
-        g = At @ d1 - u
+        g = At @ d1 - pen * v
         M, c = factor(w)
         step_c = c
         if c is None:
@@ -172,21 +203,22 @@ def _pirls_dense(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100,
             if step_c is None:
                 message = f"factorization failed at PIRLS iteration {it}"
                 break
-        du = linalg.cho_solve(step_c, g)
-        dec = float(du @ g)
+        dv = linalg.cho_solve(step_c, g)
+        dec = float(dv @ g)
         stop = _decrement_stop(dec, dec_prev, obj, tol, it, cond, c is not None)
         if stop is not None:
             converged, message = stop
             break
         dec_prev = dec
-        dlin = A @ du
-        t, u_t, eta_t, ll_t, obj_t, d1_t, w_t, nh = _halving_step(
-            evaluate, lambda t: u + t * du, lambda t: eta + t * dlin, obj, maxhalf)
+        dlin = A @ dv
+        t, v_t, eta_t, ll_t, obj_t, d1_t, w_t, nh = _halving_step(
+            evaluate, lambda t: v + t * dv, lambda t: eta + t * dlin, obj, maxhalf,
+            penalized=nre)
         nhalf_total += nh
         if t is None:
             converged, message = _halving_failed(dec, obj, it, maxhalf)
             break
-        u, eta, ll, obj, d1, w = u_t, eta_t, ll_t, obj_t, d1_t, w_t
+        v, eta, ll, obj, d1, w = v_t, eta_t, ll_t, obj_t, d1_t, w_t
         if d1 is None:
             d1, w = cond.derivatives(eta)
     else:
@@ -194,12 +226,17 @@ def _pirls_dense(design, eta_fixed, cond, lams, u0=None, tol=1e-12, maxiter=100,
             message = f"PIRLS did not converge in {maxiter} iterations (last decrement {dec:.3g})"
     message = _final_message(message, converged, restarted)
     extra, logdet = {}, np.nan
+    u, beta = v[:nre], (v[nre:] if X is not None else None)
     if c is not None:
-        fac = DenseFactor(design, lams, M, c)
+        # the leading nre x nre block of the joint factor is the factor of M_zz
+        Lz = (np.ascontiguousarray(c[0][:nre, :nre]), True)
+        fac = DenseFactor(design, lams, M[:nre, :nre], Lz)
         extra["factor"] = fac
         logdet = fac.logdet_zz
+        if p:
+            extra["cov_beta"] = linalg.cho_solve(c, np.eye(nre + p)[:, nre:])[nre:]
     elif converged:
         converged = False
-    return Modes(u=u, eta=eta, beta=None, loglik_cond=ll, sqr_u=float(u @ u), logdet=logdet,
+    return Modes(u=u, eta=eta, beta=beta, loglik_cond=ll, sqr_u=float(u @ u), logdet=logdet,
                  converged=converged, niter=it, nhalf=nhalf_total, message=message, decrement=dec,
                  extra=extra, d1=d1, w=w)

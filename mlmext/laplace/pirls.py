@@ -71,11 +71,12 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
         modes carry the diagonal factor and ``extra["cov_beta"]`` (the
         fixed-effects block of the inverse).  Ignored for other designs.
     dense : bool
-        Without ``X``, and unless the scalar fast path is taken: Newton steps with the dense
-        system ``M = Lambda' Z' W Z Lambda + I`` (:mod:`.dense`), which takes weights ``w``
-        that are negative for single observations (the observed information of a
-        log-density that is not concave) as long as ``M`` is positive definite at the
-        modes.  ``chol`` is not touched; the factor is ``modes.extra["factor"]``.
+        Unless the scalar fast path is taken: Newton steps with the dense system
+        ``M = Lambda' Z' W Z Lambda + I`` (:mod:`.dense`; with ``X``, in ``(u, beta)``
+        jointly), which takes weights ``w`` that are negative for single observations (the
+        observed information of a log-density that is not concave) as long as ``M`` is
+        positive definite at the modes.  ``chol`` is not touched; the factor is
+        ``modes.extra["factor"]`` (with ``X`` also ``extra["cov_beta"]``).
 
     Returns
     -------
@@ -89,17 +90,17 @@ def pirls(design, chol, eta_fixed, cond, theta, u0=None, X=None, beta0=None, tol
         return _pirls_scalar(design, eta_fixed, cond, lams, u0=u0, tol=tol, maxiter=maxiter,
                              maxhalf=maxhalf)
     if (rows is None and scalar_fast and X is not None and _is_scalar_design(design)
-            and getattr(cond, "canonical", False) and not getattr(cond, "k_extra", 0)
-            and hasattr(cond, "loglik_derivs")):
+            and getattr(cond, "canonical", False) and hasattr(cond, "loglik_derivs")
+            and (not getattr(cond, "k_extra", 0) or getattr(cond, "allow_negative_weights", False))):
         # beta inside PIRLS by per-level sums; None: a Schur complement that is not positive
         # definite, left to the blocked path below (its solve in the span, its messages)
         modes = _pirls_scalar_x(design, eta_fixed, cond, lams, X, u0=u0, beta0=beta0,
                                 tol=tol, maxiter=maxiter, maxhalf=maxhalf)
         if modes is not None:
             return modes
-    if rows is None and dense and X is None:
+    if rows is None and dense:
         return _pirls_dense(design, eta_fixed, cond, lams, u0=u0, tol=tol, maxiter=maxiter,
-                            maxhalf=maxhalf)
+                            maxhalf=maxhalf, X=X, beta0=beta0)
     if callable(chol):
         chol = chol()
     nre = sum(b.nre for b in design.blocks)

@@ -150,6 +150,11 @@ def _pirls_scalar_x(design, eta_fixed, cond, lams, X, u0=None, beta0=None, tol=1
     diagonal ``"factor"`` (:func:`factor_at`) and ``"cov_beta"`` (``K^-1``, the blocked
     factor's ``cov_beta_unscaled``).  None where ``K`` is not positive definite (the blocked
     path handles those cases: its solve in the span, its messages).
+
+    A conditional model with ``allow_negative_weights`` (the zeros of a zero-inflated count
+    model) may have ``w < 0`` for single rows: the step is Newton's where ``M > 0`` and ``K``
+    is positive definite, else a Fisher-scoring step with its ``fisher_weights`` (which does
+    not certify convergence); None where that fails too.
     """
     blk = design.blocks[0]
     codes, m = blk.codes, blk.m
@@ -162,9 +167,27 @@ def _pirls_scalar_x(design, eta_fixed, cond, lams, X, u0=None, beta0=None, tol=1
     if not p:
         return None
     fused = cond.loglik_derivs
+    neg_ok = bool(getattr(cond, "allow_negative_weights", False))
+    fisher = getattr(cond, "fisher_weights", None) if neg_ok else None
 
     def sums(v):                               # S_g(v z)
         return np.bincount(codes, weights=v if zx is None else v * zx, minlength=m)
+
+    def system(w):
+        """``(M, B, K's factor)`` with the weights ``w``; the factor None where ``M`` or ``K``
+        is not positive definite."""
+        wz = w if zx is None else w * zx
+        M = 1.0 + (lam * lam) * sums(wz)
+        XW = X * wz[:, None]
+        B = ops.level_sums(XW)                              # S_g(w z x_j)
+        # X' W X: with z all ones, X * w (w x_ij is x_ij w, bit for bit)
+        K = X.T @ (XW if zx is None else w[:, None] * X) - (lam * lam) * (B.T @ (B / M[:, None]))
+        # LAPACK's Cholesky directly: the wrappers of scipy's cho_factor / cho_solve and of
+        # numpy's cholesky / solve cost several times more than a p x p factorization
+        L, info = linalg.lapack.dpotrf(K, lower=1, clean=1)
+        if info != 0 or not math.isfinite(float(_sum(L, axis=None))) or _min(M) <= 0:
+            return M, B, None                                # (NaN and inf stay)
+        return M, B, L
 
     def evaluate(eta):
         lo, d1, w = fused(eta)
@@ -189,27 +212,26 @@ def _pirls_scalar_x(design, eta_fixed, cond, lams, X, u0=None, beta0=None, tol=1
         message = ("the log-likelihood is not finite at the starting values (before the "
                    "first iteration)")
     for it in range(1, maxiter_run + 1):
-        if not math.isfinite(float(_sum(d1)) + float(_sum(w))) or _min(w) < 0:
+        if not math.isfinite(float(_sum(d1)) + float(_sum(w))) or (not neg_ok and _min(w) < 0):
             message = (f"non-finite or negative working weights at PIRLS iteration {it} "
                        f"(max |eta| = {np.max(np.abs(eta)):.3g})")
             break
-        wz = w if zx is None else w * zx
-        M = 1.0 + (lam * lam) * sums(wz)
-        XW = X * wz[:, None]
-        B = ops.level_sums(XW)                              # S_g(w z x_j)
+        M, B, L = system(w)
+        newton = L is not None
+        if not newton:
+            if fisher is None:
+                return None
+            # away from the modes: a Fisher-scoring step (positive weights)
+            Mf, B, L = system(fisher(eta))
+            if L is None:
+                return None
+        Ms = M if newton else Mf
         gu = lam * sums(d1) - u
         gb = X.T @ d1
-        # X' W X: with z all ones, X * w (w x_ij is x_ij w, bit for bit)
-        K = X.T @ (XW if zx is None else w[:, None] * X) - (lam * lam) * (B.T @ (B / M[:, None]))
-        # LAPACK's Cholesky directly: the wrappers of scipy's cho_factor / cho_solve and of
-        # numpy's cholesky / solve cost several times more than a p x p factorization
-        L, info = linalg.lapack.dpotrf(K, lower=1, clean=1)
-        if info != 0 or not math.isfinite(float(_sum(L, axis=None))):   # (NaN and inf stay)
-            return None
-        db = linalg.lapack.dpotrs(L, gb - lam * (B.T @ (gu / M)), lower=1)[0]
-        du = (gu - lam * (B @ db)) / M
+        db = linalg.lapack.dpotrs(L, gb - lam * (B.T @ (gu / Ms)), lower=1)[0]
+        du = (gu - lam * (B @ db)) / Ms
         dec = float(du @ gu + db @ gb)
-        stop = _decrement_stop(dec, dec_prev, obj, tol, it, cond)
+        stop = _decrement_stop(dec, dec_prev, obj, tol, it, cond, newton)
         if stop is not None:
             converged, message = stop
             break

@@ -9,9 +9,11 @@ import numpy as np
 from .zops import _reweight
 
 
-def _halving_step(evaluate, u_at, eta_at, obj, maxhalf):
+def _halving_step(evaluate, u_at, eta_at, obj, maxhalf, penalized=None):
     """PIRLS line search: the first t in 1, 1/2, 1/4, ... whose penalized log-likelihood
-    ``loglik(eta_at(t)) - |u_at(t)|^2 / 2`` is not below ``obj`` (to rounding).
+    ``loglik(eta_at(t)) - |u_at(t)|^2 / 2`` is not below ``obj`` (to rounding).  With
+    ``penalized``, only the first ``penalized`` entries of ``u_at(t)`` are penalized (the
+    dense path's ``(u, beta)``).
 
     Returns ``(t, u, eta, loglik, objective, d1, w, failed trials)``; ``t`` is None (and the
     rest is None too) when ``maxhalf`` halvings do not give such a step.
@@ -20,7 +22,8 @@ def _halving_step(evaluate, u_at, eta_at, obj, maxhalf):
     for k in range(maxhalf + 1):
         u_t, eta_t = u_at(t), eta_at(t)
         ll_t, d1_t, w_t = evaluate(eta_t)
-        obj_t = ll_t - 0.5 * float(u_t @ u_t)
+        up = u_t if penalized is None else u_t[:penalized]
+        obj_t = ll_t - 0.5 * float(up @ up)
         if math.isfinite(obj_t) and obj_t >= obj - 1e-10 * (1.0 + abs(obj)):
             return t, u_t, eta_t, ll_t, obj_t, d1_t, w_t, k
         t *= 0.5
