@@ -3,6 +3,8 @@ each against the computation it replaces: the fit's theta's criterion from the r
 row of S alone, the estimates from the gradient's L^-1, the response check's basis from
 LAPACK's QR, the members' wrapper reading the results directly, the BLAS setting left
 alone for a batch of small products, and the parametric bootstrap's one-at-a-time draws."""
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -173,3 +175,23 @@ def test_the_response_checks_certain_pass_grows_with_the_rows():
     cols = [fitted + np.sqrt(ratio * (fitted @ fitted) / (e @ e)) * e for ratio in (1.3e-10, 1e-9)]
     got = _lockstep._passes_checks(r.model, r.model._small_levels(), np.column_stack(cols), True)
     assert got.tolist() == [False, True]
+
+
+def test_a_zero_response_is_refused_as_a_single_refit_refuses_it(sleep, monkeypatch):
+    """A column of zeros (constant): the single refit's error, without warnings; a later
+    chunk's column too."""
+    r = mf.lmer(SLEEP, sleep).fit()
+    Y = np.array(r.simulate(nsim=3, seed=2))
+    Y[:, 1] = 0.0
+    with pytest.raises(ValueError) as single:
+        r.refit(Y[:, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError) as many:
+            r.refit_many(Y)
+    assert str(many.value) == str(single.value)
+    monkeypatch.setattr(_lockstep, "CHUNK", 2)       # (the third column: a second chunk's)
+    Y[:, 1], Y[:, 2] = Y[:, 0], 0.0
+    with pytest.raises(ValueError) as later:
+        r.refit_many(Y)
+    assert str(later.value) == str(single.value)
