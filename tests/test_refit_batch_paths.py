@@ -195,3 +195,37 @@ def test_a_zero_response_is_refused_as_a_single_refit_refuses_it(sleep, monkeypa
     with pytest.raises(ValueError) as later:
         r.refit_many(Y)
     assert str(later.value) == str(single.value)
+
+
+def test_sdcor_of_stacked_thetas_row_by_row_and_by_definition(sleep):
+    from mlmext.objective import sdcor_from_cov, sdcor_from_theta, sdcor_from_thetas
+    d = sleep.assign(g2=(np.arange(len(sleep)) % 7).astype(str))
+    des = mf.lmer("Reaction ~ Days + (Days | Subject) + (1 | g2)", d).re_design
+    rng = np.random.default_rng(4)
+    T = rng.normal(size=(50, des.ntheta))
+    T[::5, 0] = 0.0                    # a zero intercept sd: its correlation is 0
+    T[2::5, 2] = 0.0                   # L[1, 1] = 0: a correlation of +-1
+    S = rng.uniform(0.5, 30.0, 50)
+    got = sdcor_from_thetas(des, T, S)
+    # each row the same bits as one theta at a time (the bootstrap's batch and its loop)
+    assert np.array_equal(got, np.array([sdcor_from_theta(des, T[b], S[b]) for b in range(50)]))
+    want = np.array([np.concatenate([sdcor_from_cov(S[b] ** 2 * des.term_cov(T[b], t))
+                                     for t in des.terms]) for b in range(50)])
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
+    assert np.all(got[::5, 0] == 0.0) and np.all(got[::5, 1] == 0.0)
+    np.testing.assert_allclose(np.abs(got[2::5, 1]), 1.0, rtol=1e-15)
+    assert np.all(np.abs(got[1::5, 1]) < 1.0)
+
+
+def test_bootstrap_default_statistic_of_a_batch_is_the_per_fit_one(sleep):
+    # bootstrap() computes its default statistic for a batch of refits at once; a func= gets
+    # each refit one at a time: the same refits, so the same bits
+    from mlmext.inference.intervals import _boot_statistic
+    r = mf.lmer(SLEEP, sleep).fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = r.bootstrap(nsim=300, seed=8)
+        b = r.bootstrap(nsim=300, seed=8, func=_boot_statistic)
+    assert np.array_equal(a.to_numpy(), b.to_numpy()) and a.attrs["failed"] == 0
+    assert list(a.columns) == ["sd_Intercept|Subject", "cor_Days.Intercept|Subject",
+                               "sd_Days|Subject", "sigma", "Intercept", "Days"]

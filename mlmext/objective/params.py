@@ -70,8 +70,39 @@ def sdcor_from_theta(design, theta, sigma=1.0):
 
     ``sigma`` scales theta to the response scale (LMMs); GLMMs use 1.
     """
-    return np.concatenate([sdcor_from_cov(sigma ** 2 * design.term_cov(theta, t))
-                           for t in design.terms])
+    return sdcor_from_thetas(design, np.asarray(theta, dtype=float)[None, :], [sigma])[0]
+
+
+def sdcor_from_thetas(design, thetas, sigmas):
+    """:func:`sdcor_from_theta` of each row of ``thetas`` (B x ntheta) with its ``sigmas[b]``,
+    as a (B x ntheta) array: the bootstrap's statistic of a batch of refits in one pass.
+
+    Column by column with ufuncs (no matrix product, whose kernel may fuse a multiply-add), so
+    a row's values are the same bits whatever B is.
+    """
+    T = np.asarray(thetas, dtype=float)
+    s2 = np.square(np.asarray(sigmas, dtype=float))
+    out = np.empty(T.shape)
+    for t in design.terms:
+        tri = lower_tri(t.q)
+        L = {ij: T[:, t.theta_index[k]] for k, ij in enumerate(tri)}
+
+        def cov(i, j):                     # sigma^2 (L L')_ij, the sum over k <= min(i, j)
+            acc = L[i, 0] * L[j, 0]
+            for k in range(1, min(i, j) + 1):
+                acc = acc + L[i, k] * L[j, k]
+            return s2 * acc
+
+        sd = [np.sqrt(np.maximum(cov(i, i), 0.0)) for i in range(t.q)]
+        for k, (i, j) in enumerate(tri):
+            if i == j:
+                v = sd[i]
+            else:                          # a correlation with a zero sd is 0
+                den = sd[i] * sd[j]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    v = np.where(den > 0, cov(i, j) / den, 0.0)
+            out[:, t.theta_index[k]] = v
+    return out
 
 
 def sdcor_from_cov(C):
