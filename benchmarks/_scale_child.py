@@ -8,7 +8,8 @@ nothing of the project.  The last line printed is a JSON record of the result.
 SPEC keys: package (mlmext | glmm | mixedlm | statsmodels), mode (fit | build | refit),
 data (an .npz written by bench_scale.py), formula, family (gaussian | binomial), reml,
 rounds (best of, in this process), refits (refit mode: how many new responses), batched (refit
-mode, mlmext: all responses in one ``refit_many`` call), glmm_defaults,
+mode, mlmext: all responses in one ``refit_many`` call), bootstrap (refit mode, mlmext: that
+many refits of ``res.bootstrap(nsim=...)``, lme4's ``bootMer``, per refit), glmm_defaults,
 warmup (fit mode: rows of an untimed first fit, so lazy imports and first-call setup inside a
 package are not timed; 0: none), collect (fit mode, default true: ``gc.collect()`` before each
 round; false: rounds back to back, the interpreter's own collections only).
@@ -224,10 +225,15 @@ def run_refit(spec, df):
 
     base, _ = fresh(df)
     batched = None
+    nboot = spec.get("bootstrap")
     if pkg == "mlmext":
         if not hasattr(base, "refit"):
             return {"seconds": None, "note": "n/a (no refit)"}
-        if spec.get("batched"):
+        if nboot:               # simulate nboot responses, refit, the statistic of each refit
+            if not hasattr(base, "bootstrap"):
+                return {"seconds": None, "note": "n/a (no bootstrap)"}
+            batched = lambda: base.bootstrap(nsim=nboot, seed=1)        # noqa: E731
+        elif spec.get("batched"):
             if not hasattr(base, "refit_many"):
                 return {"seconds": None, "note": "n/a (no refit_many)"}
             Y = np.column_stack(ys)
@@ -258,7 +264,9 @@ def run_refit(spec, df):
         gc.collect()
         t0 = time.perf_counter()
         llf_refit = batched() if batched is not None else [refit(k) for k in range(len(frames))]
-        t_refit = min(t_refit, (time.perf_counter() - t0) / len(frames))
+        t_refit = min(t_refit, (time.perf_counter() - t0) / (nboot or len(frames)))
+    if nboot:                   # (other responses than the fresh fits': no llf to compare)
+        return {"seconds": t_refit, "fresh_seconds": t_fresh, "note": f"bootstrap({nboot})"}
     return {"seconds": t_refit, "fresh_seconds": t_fresh,
             "max_abs_dllf_refit_vs_fresh": float(np.max(np.abs(np.subtract(llf_refit, llf_fresh)))),
             "note": "warm_start" if pkg == "glmm" else ""}

@@ -73,6 +73,10 @@ second table shows CPU time / wall time of each best fit.
 * "refit, batched (per refit)": the same responses refitted in one call,
   ``results.refit_many(Y)`` (one result per column, equal to the refits one by one; on a small
   one-factor design they run in lockstep), its time divided by the number of responses.
+* "parametric bootstrap, 500 refits": ``results.bootstrap(nsim=500)`` (lme4's ``bootMer``:
+  simulate 500 responses, refit each, the variance parameters and fixed effects of each
+  refit) on a fresh fit after ``gc.collect()``, its time divided by 500; the bracket compares
+  with the same fresh fits as the rows above.
 
 Estimation: lme4's defaults, REML for sleepstudy, STAR and InstEval; ML for the ratings
 design (as in the issue); Laplace for the binomial GLMMs.
@@ -246,6 +250,9 @@ def cases(args):
         ("sleepstudy refit, batched (per refit) [fresh/refit]", "sleepstudy_refit",
          dict(formula=SLEEP, family="gaussian", reml=True, mode="refit", refits=args.refits,
               batched=True), dict(only=["mlmext"])),
+        ("sleepstudy parametric bootstrap, 500 refits (per refit) [fresh/refit]", "sleepstudy_refit",
+         dict(formula=SLEEP, family="gaussian", reml=True, mode="refit", refits=args.refits,
+              bootstrap=500), dict(only=["mlmext"])),
         ("ratings 100k refit(new_y), per refit [fresh/refit]", "ratings_100k_refit",
          dict(formula=RATINGS, family="gaussian", reml=False, mode="refit", refits=3),
          dict(only=["mlmext", "glmm", "mixedlm"])),
