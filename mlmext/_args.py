@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import difflib
 
-__all__ = ["reject_unknown", "reject_robust_cov"]
+__all__ = ["RE_HINT", "reject_unknown", "reject_robust_cov"]
+
+#: lme4's ``re.form``: our predict()'s ``re`` (also for MixedLM users' ``re_formula`` there)
+RE_HINT = "use re=False for population-level predictions, re=True (default) with the random effects"
 
 # R / lme4 / statsmodels spellings that mean something else here
 _HINTS = {
@@ -18,10 +21,8 @@ _HINTS = {
     "nAGQ": "use .fit(nagq=...) (1 = Laplace, up to 100 quadrature nodes)",
     "newdata": "pass the new rows as data= (or exog=)",
     "new_data": "pass the new rows as data= (or exog=)",
-    "re_form": "use re=False for population-level predictions, re=True (default) with the "
-               "random effects",
-    "re.form": "use re=False for population-level predictions, re=True (default) with the "
-               "random effects",
+    "re_form": RE_HINT,
+    "re.form": RE_HINT,
     "type": "use which='mean' (response scale) or which='linear' (link scale)",
     "allow_new_levels": "levels not seen in fitting always get the population value "
                         "(random effect 0)",

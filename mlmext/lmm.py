@@ -402,8 +402,9 @@ class LinearMixedModel(MixedModel):
         ----------
         reml : bool
             Restricted maximum likelihood (lme4's default) or ML.
-        start_params : array_like, optional
-            Starting theta (lme4's order, see ``theta`` on the results).  On a small system
+        start_params : array_like or MixedParams, optional
+            Starting theta (lme4's order, see ``theta`` on the results), or a fit's
+            ``params_object`` (its theta is read).  On a small system
             (exact Hessian) a start near an optimum (Newton decrement at most 0.5, as the ML
             refit of a REML fit) gets Newton steps first, L-BFGS-B only if they do not reach
             a point passing the checks; other starts go to L-BFGS-B.
@@ -455,6 +456,8 @@ class LinearMixedModel(MixedModel):
             raise NotImplementedError("Kenward-Roger's method is not implemented for models with "
                                       "prior weights; use ddf='satterthwaite'")
         cov_kwds = check_cov_args(cov_type, cov_kwds)     # before the fit: fail fast
+        if isinstance(start_params, MixedParams):    # (results.params_object, as GLMMs take)
+            start_params = start_params.theta
         if start_params is not None and np.size(start_params) != self.re_design.ntheta:
             raise ValueError(f"start_params needs {self.re_design.ntheta} values (theta: "
                              f"{self.re_design.theta_names()}); got {np.size(start_params)}")

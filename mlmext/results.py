@@ -16,7 +16,7 @@ from statsmodels.iolib.summary import Summary
 from statsmodels.iolib.table import SimpleTable
 from functools import cached_property as cache_readonly
 
-from ._args import reject_unknown
+from ._args import RE_HINT, reject_unknown
 from .prediction import re_contribution
 from .inference import InferenceMixin, robust_note
 from .inference.ddf_default import check_fit_ddf, ddf_note, summary_ddf, z_results
@@ -302,7 +302,8 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
 
     def _predict_args(self, exog, data, re, which, kwargs):
         """Check predict()'s arguments (nothing is silently ignored); return the new data."""
-        reject_unknown(kwargs, "predict()", accepted=["exog", "data", "re", "which", "offset"])
+        reject_unknown(kwargs, "predict()", accepted=["exog", "data", "re", "which", "offset"],
+                       hints={"re_formula": RE_HINT})   # (R's re.form, not MixedLM's)
         if exog is not None and data is not None:
             raise TypeError("predict() takes the new rows as exog= or data=, not both")
         if not isinstance(re, (bool, np.bool_)):

@@ -373,3 +373,14 @@ def test_t_test_and_wald_test_options_not_ignored():
     assert chi5.statistic == pytest.approx(chi1.statistic, rel=1e-12)
     assert chi5.df_denom == 5 and chi1.df_denom == 1
     assert chi5.pvalue > chi1.pvalue
+
+
+def test_lmm_start_params_takes_a_params_object_and_predict_re_formula_hint():
+    sl = datasets.load("sleepstudy")
+    fit = mf.lmer("Reaction ~ Days + (Days|Subject)", sl).fit()
+    # a fit's params_object as the start (GLMMs took it; the LMM said "needs 3 values, got 1")
+    again = mf.lmer("Reaction ~ Days + (Days|Subject)", sl).fit(start_params=fit.params_object)
+    np.testing.assert_allclose(again.theta, fit.theta, rtol=1e-6)
+    assert again.llf == pytest.approx(fit.llf, abs=1e-8)
+    with pytest.raises(TypeError, match=r"re_formula.*re=False"):
+        fit.predict(sl, re_formula=None)
