@@ -68,9 +68,13 @@ def test_emmeans_weights_at_by(pig_fit):
     ("rev_bonf", None, lambda e: e.contrast("revpairwise", adjust="bonferroni")),
     ("pairs_sidak", None, lambda e: e.pairs(adjust="sidak")),
     ("trt_by_dunnettx", "Cu", lambda e: e.contrast("trt.vs.ctrl")),
-    ("pairs_9_tukey", None, lambda e: e.pairs())])
+    ("pairs_9_tukey", None, lambda e: e.pairs()),
+    ("pairs_9_fdr", None, lambda e: e.pairs(adjust="fdr")),
+    ("pairs_9_BH", None, lambda e: e.pairs(adjust="BH")),
+    ("pairs_9_BY", None, lambda e: e.pairs(adjust="BY")),
+    ("pairs_9_hochberg", None, lambda e: e.pairs(adjust="hochberg"))])
 def test_emmeans_contrast_methods_and_adjustments(pig_fit, key, by, call):
-    specs = ["Evit", "Cu"] if key == "pairs_9_tukey" else "Evit" if by else "Cu"
+    specs = ["Evit", "Cu"] if key.startswith("pairs_9_") else "Evit" if by else "Cu"
     got = call(pig_fit.emmeans(specs, by=by))
     want = ref_table(key)
     assert list(got["contrast"]) == list(want["contrast"])
@@ -384,3 +388,12 @@ def test_lmm_start_params_takes_a_params_object_and_predict_re_formula_hint():
     assert again.llf == pytest.approx(fit.llf, abs=1e-8)
     with pytest.raises(TypeError, match=r"re_formula.*re=False"):
         fit.predict(sl, re_formula=None)
+
+
+def test_emmeans_adjust_methods_not_implemented_say_so(pig_fit):
+    e = pig_fit.emmeans("Cu")
+    for a in ("hommel", "mvt", "scheffe"):
+        with pytest.raises(NotImplementedError, match=a):
+            e.pairs(adjust=a)
+    with pytest.raises(ValueError, match="adjust must be one of"):
+        e.pairs(adjust="fdrr")

@@ -68,6 +68,23 @@ def _holm(p):
     return out
 
 
+def _step_up(p, factor):
+    """R's ``p.adjust`` step-up methods: over ``p`` in decreasing order (ties in their order,
+    as R's ``order``), the running minimum of ``factor(i) p`` with ``i = m, ..., 1``."""
+    m = len(p)
+    o = np.argsort(-p, kind="stable")
+    adj = np.minimum(1.0, np.minimum.accumulate(factor(np.arange(m, 0, -1.0), m) * p[o]))
+    out = np.empty(m)
+    out[o] = adj
+    return out
+
+
+#: R's p.adjust step-up factors (emmeans passes these names on to it); "BH" is "fdr"
+_STEP_UP = {"fdr": lambda i, m: m / i, "bh": lambda i, m: m / i,
+            "by": lambda i, m: np.sum(1.0 / np.arange(1, m + 1)) * m / i,
+            "hochberg": lambda i, m: m - i + 1}
+
+
 def adjust_pvalues(t, df, adjust, n_means):
     """Two-sided p-values of one family of contrasts, adjusted as emmeans adjusts them."""
     t, df = np.abs(np.asarray(t, dtype=float)), np.asarray(df, dtype=float)
@@ -83,14 +100,20 @@ def adjust_pvalues(t, df, adjust, n_means):
         return 1 - (1 - p) ** m
     if adjust == "holm":
         return _holm(p)
+    if adjust in _STEP_UP:
+        return _step_up(p, _STEP_UP[adjust])
     if adjust == "dunnettx":     # emmeans' .pdunnx: a weighted Tukey / Sidak mixture
         kk = (1 + np.sqrt(1 + 8 * m)) / 2
         tukey = 1 - stats.studentized_range.sf(np.sqrt(2) * t, kk, df)
         sidak = stats.f.cdf(t ** 2, 1, df) ** m
         w = (m - 1) / m
         return 1 - (w * tukey + (1 - w) * sidak)
-    raise ValueError(f"adjust must be one of 'tukey', 'holm', 'bonferroni', 'sidak', "
-                     f"'dunnettx', 'none'; got {adjust!r}")
+    if adjust in ("hommel", "mvt", "scheffe"):
+        raise NotImplementedError(f"adjust={adjust!r} is not implemented; use 'tukey', 'holm', "
+                                  "'hochberg', 'fdr' (BH), 'BY', 'bonferroni', 'sidak' or "
+                                  "'dunnettx'")
+    raise ValueError(f"adjust must be one of 'tukey', 'holm', 'hochberg', 'fdr' ('BH'), 'BY', "
+                     f"'bonferroni', 'sidak', 'dunnettx', 'none'; got {adjust!r}")
 
 
 class EMMContrasts(pd.DataFrame):

@@ -479,8 +479,9 @@ class EMMeans(pd.DataFrame):
         method : {"pairwise", "revpairwise", "trt.vs.ctrl"}
             Every difference ``a - b`` for ``a`` before ``b``; the reverse ``b - a``; or
             each mean minus the reference mean ``ref``.
-        adjust : {"tukey", "holm", "bonferroni", "sidak", "dunnettx", "none"}, optional
-            Multiplicity adjustment of the p-values within each ``by`` group.  Default as
+        adjust : {"tukey", "holm", "hochberg", "fdr", "BY", "bonferroni", "sidak", ...}
+            p-value adjustment within each ``by`` group ("dunnettx", "none"; "BH" is "fdr",
+            R's ``p.adjust`` methods; "hommel", "mvt", "scheffe" raise).  Default as
             emmeans: Tukey (studentized range) for pairwise families, ``"dunnettx"``
             (emmeans' approximation to Dunnett) for ``trt.vs.ctrl``.  Tukey for a family
             that is not all pairwise differences becomes Sidak (as emmeans).

@@ -23,6 +23,8 @@ out$emm_at <- emm_df(emmeans(m, ~ Cu, at = list(Time = c(2, 8))))
 out$emm_by <- emm_df(emmeans(m, ~ Evit | Cu))
 out$pairs_by <- emm_df(pairs(emmeans(m, ~ Evit | Cu)))
 out$trt_holm <- emm_df(contrast(emmeans(m, ~ Cu), "trt.vs.ctrl", adjust = "holm"))
+for (a in c("fdr", "BH", "BY", "hochberg"))        # R's p.adjust step-up methods, 36 tests
+  out[[paste0("pairs_9_", a)]] <- emm_df(pairs(emmeans(m, ~ Evit * Cu), adjust = a))
 out$trt_ref2 <- emm_df(contrast(emmeans(m, ~ Cu), "trt.vs.ctrl", ref = 2, adjust = "none"))
 out$trt_by_dunnettx <- emm_df(contrast(emmeans(m, ~ Evit | Cu), "trt.vs.ctrl"))   # default adjust
 out$pairs_9_tukey <- emm_df(pairs(emmeans(m, ~ Evit * Cu)))
