@@ -232,6 +232,9 @@ def test_emmeans_weights_of_a_weighted_lmm(dietox):
     _same_means(plain.emmeans("Evit", weights="cells", ddf=sa), "wt_plain_cells")
     fn = mf.lmer("Weight ~ Evit + Cu + np.log(Time) + (1 | Pig)", dx, weights="w").fit()
     _same_means(fn.emmeans("Evit", weights="proportional", ddf=sa), "wt_fn_prop")
+    # R's ^ (our **) is one of the operators emmeans counts as a function: prior weights
+    pw = mf.lmer("Weight ~ (Evit + Cu)**2 + Time + (1 | Pig)", dx, weights="w").fit()
+    _same_means(pw.emmeans("Evit", weights="proportional", ddf=sa), "wt_pow_prop")
 
 
 @pytest.mark.parametrize("key,formula,data,reml", [
@@ -397,3 +400,12 @@ def test_emmeans_adjust_methods_not_implemented_say_so(pig_fit):
             e.pairs(adjust=a)
     with pytest.raises(ValueError, match="adjust must be one of"):
         e.pairs(adjust="fdrr")
+
+
+def test_sdcor_from_theta_needs_the_designs_theta():
+    # a longer theta gave uninitialised numbers for its extra entries (np.empty)
+    from mlmext.objective import sdcor_from_theta
+    des = mf.lmer("Reaction ~ Days + (Days|Subject)", datasets.load("sleepstudy")).re_design
+    with pytest.raises(ValueError, match="theta needs 3 values"):
+        sdcor_from_theta(des, [1.0, 0.5, 0.2, 9.0])
+    np.testing.assert_allclose(sdcor_from_theta(des, [2.0, 0.0, 1.0], 3.0), [6.0, 0.0, 3.0])

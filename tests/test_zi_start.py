@@ -195,6 +195,36 @@ def test_failed_start_says_what_was_tried(grouse, monkeypatch):
     with pytest.raises(lp.PIRLSError) as err:
         m.fit()
     msg = str(err.value)
-    assert msg.count("with Newton steps (per-level path): PIRLS did not converge in 1 iterations") == 2
+    assert msg.count("with Newton steps: PIRLS did not converge in 1 iterations") == 2
     assert msg.count("with Fisher weights: PIRLS did not converge in 1 iterations") == 2
     assert "from the GLM-style start g(mu0)" in msg and "from beta = 0" in msg
+
+
+def test_a_fisher_step_never_certifies_the_modes(grouse, monkeypatch):
+    """At the modes, with the observed information made negative (so the per-level path takes a
+    Fisher-scoring step) and a line search that cannot improve: the tiny decrement of a Fisher
+    step is no certificate (a Newton step's would count as convergence to rounding level)."""
+    from mlmext.laplace import scalar
+    m = mf.glmer("TICKS ~ YEAR + (1 | LOCATION)", grouse, family="poisson", ziformula="~ 1")
+    dev = m.deviance()
+    dev.set_extra(m._start_extra(None))
+    theta = np.array([0.9])
+    at = lp.pirls(dev.design, None, m.offset, dev.cond, theta, X=m.exog, beta0=m._start_beta(),
+                  tol=1e-14, scalar_fast=True)
+    assert at.converged
+
+    class NegativeInformation:
+        def __init__(self, cond):
+            self.cond = cond
+
+        def __getattr__(self, name):
+            return getattr(self.cond, name)
+
+        def loglik_derivs(self, eta):
+            lo, d1, w = self.cond.loglik_derivs(eta)
+            return lo, d1, -1e3 * np.abs(w) - 1.0
+
+    monkeypatch.setattr(scalar, "_halving_step", lambda *a, **k: (None,) * 7 + (30,))
+    r = lp.pirls(dev.design, None, m.offset, NegativeInformation(dev.cond), theta, u0=at.u,
+                 X=m.exog, beta0=at.beta, tol=1e-14, scalar_fast=True)
+    assert not r.converged and "Fisher-scoring" in r.message

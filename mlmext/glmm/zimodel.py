@@ -66,9 +66,10 @@ class _ZiDeviance(LaplaceDeviance):
 
     The observed information of the zeros may be negative for single observations: the modes
     and lme4's first stage (beta inside PIRLS) use the engine's scalar path for one scalar
-    term and its dense path otherwise (both take that); the RX covariance (and the first
-    stage where those paths do not apply) use the blocked factorization with the positive
-    weights of :meth:`ZeroInflatedConditional.fisher_weights` instead.
+    term and its dense path otherwise (both take that; the first stage's dense path needs
+    ``nre + p`` within ``MAX_DENSE_RE``); the RX covariance (and the first stage where those
+    paths do not apply) use the blocked factorization with the positive weights of
+    :meth:`ZeroInflatedConditional.fisher_weights` instead.
     """
 
     def __init__(self, model):
@@ -106,8 +107,8 @@ class _ZiDeviance(LaplaceDeviance):
                 return -2.0 * modes.laplace, modes
             value, fb = self._positive(super().stage1, theta, beta, u)
             if not fb.converged:                     # the message says what was tried
-                fb.message = (f"with Newton steps ({'per-level' if scalar else 'dense'} path): "
-                              f"{modes.message}; with Fisher weights: {fb.message}")
+                fb.message = (f"with Newton steps: {modes.message}; with Fisher weights: "
+                              f"{fb.message}")
             return value, fb
         return self._positive(super().stage1, theta, beta, u)
 

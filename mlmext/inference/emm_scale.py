@@ -6,7 +6,7 @@ Weights (emmeans' ``weights =``) use the grid's cell counts ``.wgt.``: the numbe
 with each combination of the grid's factor levels (numeric covariates are not counted; a
 covariate given several values in ``at=`` repeats the counts).  An LMM's prior weights count
 only where emmeans (1.8.4) counts them: when its fixed part calls a function (``np.log(x)``,
-``C(g)``, ``offset()``), emmeans rebuilds the rows with ``model.frame``, which keeps them; a
+``C(g)``, ``offset()``) or has ``**`` (R's ``^``), emmeans rebuilds the rows with ``model.frame``, which keeps them; a
 plain formula's rows come from lme4's frame without them (:func:`row_counts`).
 With ``n[a, c]`` the count of the combination ``a`` of the variables averaged over within the
 cell ``c`` of the ``specs`` / ``by`` variables, the mean of ``c`` weights ``a`` by
@@ -32,7 +32,9 @@ def row_counts(model):
     has a function call or an offset (emmeans' ``.has.fcns``), else 1."""
     parsed = model.formula_info["parsed"]
     w = np.asarray(model.weights, dtype=float)
-    if parsed.offsets or re.search(r"[A-Za-z_][\w.]*\s*\(", str(parsed.fixed_rhs)):
+    # (emmeans' .has.fcns: any name( call and any operator but ~ + - * / : ( |, so R's ^ (our
+    # **) and %in% count too)
+    if parsed.offsets or re.search(r"[A-Za-z_][\w.]*\s*\(|\*\*|%in%", str(parsed.fixed_rhs)):
         return w
     return np.ones(w.size)
 

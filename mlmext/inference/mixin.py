@@ -95,7 +95,7 @@ class InferenceMixin:
             if use_f is False:
                 return super().wald_test(r_matrix, use_f=False, df_constraints=df_constraints,
                                          scalar=scalar)
-            if df_constraints is not None or scalar is not True:
+            if df_constraints is not None or not scalar:
                 # (both were ignored: the F test below has its own numerator df and scalars)
                 raise TypeError("df_constraints= and scalar=False apply to statsmodels' own Wald "
                                 "test: pass cov_p=res.cov_params() (with use_f) for it, or "

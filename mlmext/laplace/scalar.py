@@ -242,6 +242,9 @@ def _pirls_scalar_x(design, eta_fixed, cond, lams, X, u0=None, beta0=None, tol=1
         nhalf_total += nh
         if t is None:
             converged, message = _halving_failed(dec, obj, it, maxhalf)
+            if converged and not newton:      # (a Fisher step's decrement certifies nothing)
+                converged, message = False, ("step halving could not improve a Fisher-scoring "
+                                             f"step at iteration {it}: modes not certified")
             break
         u, eta, ll, obj, d1, w = u_t, eta_t, ll_t, obj_t, d1_t, w_t
         beta = beta + t * db

@@ -81,6 +81,9 @@ def sdcor_from_thetas(design, thetas, sigmas):
     a row's values are the same bits whatever B is.
     """
     T = np.asarray(thetas, dtype=float)
+    if T.ndim != 2 or T.shape[1] != design.ntheta:
+        raise ValueError(f"theta needs {design.ntheta} values ({design.theta_names()}) per "
+                         f"row; got shape {T.shape[1:] if T.ndim == 2 else T.shape}")
     s2 = np.square(np.asarray(sigmas, dtype=float))
     out = np.empty(T.shape)
     for t in design.terms:

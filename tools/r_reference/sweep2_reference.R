@@ -44,6 +44,8 @@ out$wt_plain_prop <- emm_df(emmeans(mw, ~ Evit, weights = "proportional", lmer.d
 out$wt_plain_cells <- emm_df(emmeans(mw, ~ Evit, weights = "cells", lmer.df = "satterthwaite"))
 mf <- lmer(Weight ~ Evit + Cu + log(Time) + (1 | Pig), dietox, weights = w)
 out$wt_fn_prop <- emm_df(emmeans(mf, ~ Evit, weights = "proportional", lmer.df = "satterthwaite"))
+mp <- lmer(Weight ~ (Evit + Cu)^2 + Time + (1 | Pig), dietox, weights = w)   # ^ counts as a function
+out$wt_pow_prop <- emm_df(emmeans(mp, ~ Evit, weights = "proportional", lmer.df = "satterthwaite"))
 out$drop1 <- { d <- drop1(m, ddf = "Kenward-Roger"); list(F = d[["F value"]], DenDF = d$DenDF) }
 mr <- lmer(Weight ~ Time + (Time | Pig), dietox, REML = TRUE)
 out$ranova <- { r <- ranova(mr); list(logLik = r$logLik, LRT = r$LRT, Df = r$Df, npar = r$npar) }
