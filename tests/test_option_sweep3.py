@@ -1,0 +1,40 @@
+"""Public options and promises no other test exercised (the third option sweep): results that
+cannot be changed through what they hand out, and options checked against R or by hand."""
+
+import numpy as np
+import pytest
+
+import mlmext.formula.api as mf
+from mlmext import datasets
+
+
+@pytest.fixture(scope="module")
+def cbpp():
+    cb = datasets.load("cbpp")
+    return cb.assign(prop=cb["incidence"] / cb["size"])
+
+
+def _cbpp_fit(cbpp):
+    return mf.glmer("prop ~ period + (1 | herd)", cbpp, family="binomial", weights="size").fit()
+
+
+def _sleep_fit():
+    return mf.lmer("Reaction ~ Days + (Days | Subject)", datasets.load("sleepstudy")).fit()
+
+
+@pytest.mark.parametrize("which", ["lmm", "glmm"])
+def test_result_arrays_and_series_cannot_change_the_result(which, cbpp):
+    # a GLMM's theta was the fit's own writeable array: res.theta[0] = 5 moved predict() and
+    # ranef() (herd 1's mode 0.59 -> 4.59); a cached fittedvalues Series, once edited, was what
+    # fittedvalues and resid (y - that Series) gave from then on
+    res, ref = (_cbpp_fit(cbpp), _cbpp_fit(cbpp)) if which == "glmm" else (_sleep_fit(), _sleep_fit())
+    with pytest.raises(ValueError, match="read-only"):
+        res.theta[0] = 5.0
+    fitted = res.fittedvalues
+    fitted.iloc[0] = 999.0
+    np.testing.assert_array_equal(res.fittedvalues, ref.fittedvalues)
+    np.testing.assert_array_equal(res.resid, ref.resid)
+    np.testing.assert_allclose(res.resid.iloc[0], res.model.endog[0] - ref.predict().iloc[0])
+    np.testing.assert_array_equal(res.predict(), ref.predict())
+    first = next(iter(res.ranef()))
+    np.testing.assert_array_equal(res.ranef()[first], ref.ranef()[first])
