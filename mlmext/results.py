@@ -73,7 +73,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     def __init__(self, model, fe_params, cov_fe, theta, u, sigma, criterion, optim,
                  reml=False, **extra):
         super().__init__(model, np.asarray(fe_params, dtype=float),
-                         normalized_cov_params=np.asarray(cov_fe, dtype=float), scale=1.0)
+                         normalized_cov_params=read_only(cov_fe), scale=1.0)
         self.theta = read_only(theta)     # a caller's edit must not move predict() or ranef()
         self.theta_names = model.re_design.theta_names()
         self._u = read_only(u)

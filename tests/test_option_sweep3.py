@@ -38,3 +38,12 @@ def test_result_arrays_and_series_cannot_change_the_result(which, cbpp):
     np.testing.assert_array_equal(res.predict(), ref.predict())
     first = next(iter(res.ranef()))
     np.testing.assert_array_equal(res.ranef()[first], ref.ranef()[first])
+
+
+def test_fixed_effects_covariance_read_only(cbpp):
+    # GLMM and clmm results kept the fit's writeable matrix: an edit before the first read of
+    # bse changed the standard errors (an LMM's was read-only already)
+    clmm = mf.clmm("rating ~ temp + contact + (1 | judge)", datasets.load("wine")).fit()
+    for res in (_cbpp_fit(cbpp), clmm):
+        with pytest.raises(ValueError, match="read-only"):
+            res.normalized_cov_params[0, 0] = 1e6
