@@ -47,3 +47,18 @@ def test_fixed_effects_covariance_read_only(cbpp):
     for res in (_cbpp_fit(cbpp), clmm):
         with pytest.raises(ValueError, match="read-only"):
             res.normalized_cov_params[0, 0] = 1e6
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    ((), {"ddf": "KR"}, "Kenward-Roger's df need the rows"),
+    ((), {"ddf": "kenward_roger"}, "Kenward-Roger's df need the rows"),
+    ((True, None, "auto", 2000, 1e-9, False, "cluster"), {}, "cluster-robust covariances need")])
+def test_dask_fit_refusals_read_arguments_as_fit_does(args, kwargs, match):
+    # the guard compared ddf with the exact string 'kenward-roger' and read cov_type by keyword
+    # only: fit() itself accepts 'KR' and positional arguments, and then failed on
+    # 'model.weights: a model of Dask data holds no rows', naming neither argument
+    dd = pytest.importorskip("dask.dataframe")
+    sl = datasets.load("sleepstudy")
+    model = mf.lmer("Reaction ~ Days + (Days | Subject)", dd.from_pandas(sl, npartitions=3))
+    with pytest.raises(NotImplementedError, match=match):
+        model.fit(*args, **kwargs)
