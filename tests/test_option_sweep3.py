@@ -62,3 +62,25 @@ def test_dask_fit_refusals_read_arguments_as_fit_does(args, kwargs, match):
     model = mf.lmer("Reaction ~ Days + (Days | Subject)", dd.from_pandas(sl, npartitions=3))
     with pytest.raises(NotImplementedError, match=match):
         model.fit(*args, **kwargs)
+
+
+def test_result_methods_take_every_option_of_their_functions():
+    # res.power_sim had no conf_level= and res.simulate no params= (the functions did):
+    # TypeError from the method form of a documented option
+    from scipy import stats
+    from mlmext import inference as inf
+    res = _sleep_fit()
+    ps = res.power_sim("Days", effect=3.0, nsim=12, seed=4, conf_level=0.8)
+    k, n = ps.successes, ps.nsim
+    # Clopper-Pearson at 80% by its definition
+    lo = stats.beta.ppf(0.1, k, n - k + 1) if k > 0 else 0.0
+    hi = stats.beta.ppf(0.9, k + 1, n - k) if k < n else 1.0
+    np.testing.assert_allclose(ps.conf_int, [lo, hi], rtol=1e-10)
+    assert ps.power == inf.power_sim(res, "Days", effect=3.0, nsim=12, seed=4).power
+    beta = np.array([250.0, 0.0])
+    sims = res.simulate(nsim=2, seed=3, params=beta)
+    np.testing.assert_array_equal(sims, inf.simulate(res, nsim=2, seed=3, params=beta))
+    # the same draws around another fixed part: the difference is X (beta - beta_hat)
+    shift = res.model.exog @ (beta - np.asarray(res.fe_params))
+    np.testing.assert_allclose(sims.to_numpy() - res.simulate(nsim=2, seed=3).to_numpy(),
+                               np.column_stack([shift, shift]), atol=1e-8)
