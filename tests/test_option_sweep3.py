@@ -84,3 +84,23 @@ def test_result_methods_take_every_option_of_their_functions():
     shift = res.model.exog @ (beta - np.asarray(res.fe_params))
     np.testing.assert_allclose(sims.to_numpy() - res.simulate(nsim=2, seed=3).to_numpy(),
                                np.column_stack([shift, shift]), atol=1e-8)
+
+
+@pytest.mark.parametrize("call", [
+    lambda r: r.conf_int(method="profile", names="LME4"),
+    lambda r: r.conf_int(method="boot", names="oldNames", nsim=3, seed=1),
+    lambda r: r.profile(names="bogus")])
+def test_interval_row_names_checked(call):
+    # any value other than 'lme4' gave the descriptive names in silence
+    with pytest.raises(ValueError, match="names must be 'descriptive' or 'lme4'"):
+        call(_sleep_fit())
+
+
+def test_interval_row_names_lme4_with_boot_and_profile():
+    res = _sleep_fit()
+    want = [".sig01", ".sig02", ".sig03", ".sigma", "Intercept", "Days"]
+    assert list(res.conf_int(method="boot", names="lme4", nsim=3, seed=1).index) == want
+    prof = res.conf_int(method="profile", names="lme4", cols=[".sig01", "Days"])
+    desc = res.conf_int(method="profile", cols=["sd_Intercept|Subject", "Days"])
+    np.testing.assert_array_equal(prof.to_numpy(), desc.to_numpy())
+    assert list(prof.index) == [".sig01", "Days"]

@@ -20,7 +20,7 @@ from ._common import _beta, _fe_names, _Progress, _raw, _require_independent, _s
 from ..objective import sdcor_from_theta, sdcor_from_thetas
 from ..printing import param_index
 from ._profile import _Profiler
-from ._profile_common import varpar_names
+from ._profile_common import check_names, varpar_names
 from ._refit import _rebuild_model, _refit
 from .ddf_default import ddf_active, default_conf_int
 from .refit_batch import _batched_or_none
@@ -94,6 +94,7 @@ def conf_int_profile(res, alpha=0.05, cols=None, names="descriptive", nb_alpha=N
         limit 0 (dispersion) or -inf / inf there (glmmTMB reports NA).
     """
     _require_independent(res, "conf_int_profile()")
+    check_names(names)
     z = stats.norm.ppf(1 - alpha / 2)
     with _profiling(res, nb_alpha) as pr:
         idx = _select(pr.names, cols) if not (cols is not None and names == "lme4") else \
@@ -145,6 +146,7 @@ def profile(res, cols=None, alpha=0.01, npoints=6, names="descriptive", nb_alpha
         equally spaced on its log scale.
     """
     _require_independent(res, "profile()")
+    check_names(names)
     z = stats.norm.ppf(1 - alpha / 2)
     with _profiling(res, nb_alpha) as pr:
         labels = pr.lme4_names if names == "lme4" else pr.names
@@ -353,6 +355,7 @@ def conf_int_boot(res, alpha=0.05, cols=None, nsim=500, seed=None, boot_type="pe
         ``attrs["boot"]`` holds the replicates.
     """
     _require_independent(res, "conf_int_boot()")
+    check_names(names)              # before the refits
     b = bootstrap(res, nsim=nsim, seed=seed, progress=progress)
     ci = boot_ci(b, alpha=alpha, boot_type=boot_type)
     if names == "lme4":                          # LMMs and GLMMs alike (.sig01, ..., [.sigma])
