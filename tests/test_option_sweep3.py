@@ -104,3 +104,14 @@ def test_interval_row_names_lme4_with_boot_and_profile():
     desc = res.conf_int(method="profile", cols=["sd_Intercept|Subject", "Days"])
     np.testing.assert_array_equal(prof.to_numpy(), desc.to_numpy())
     assert list(prof.index) == [".sig01", "Days"]
+
+
+@pytest.mark.parametrize("call", [
+    lambda r: r.simulate(re="False"),
+    lambda r: r.simulate(use_u="False"),
+    lambda r: r.bootstrap(nsim=2, re="False")])
+def test_simulation_flags_are_bools(call):
+    # read by their truth: simulate(re="False") and bootstrap(re="False") drew new random
+    # effects, simulate(use_u="False") conditioned on the modes, in silence (predict refused)
+    with pytest.raises(ValueError, match="must be True or False"):
+        call(_sleep_fit())

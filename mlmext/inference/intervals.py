@@ -24,7 +24,7 @@ from ._profile_common import check_names, varpar_names
 from ._refit import _rebuild_model, _refit
 from .ddf_default import ddf_active, default_conf_int
 from .refit_batch import _batched_or_none
-from .simulation import simulate
+from .simulation import check_flag, simulate
 
 # Every conf_int method labels its columns as statsmodels' conf_int does (0 = lower, 1 = upper),
 # so code written for statsmodels results reads profile and bootstrap intervals unchanged.
@@ -243,6 +243,7 @@ def bootstrap(res, func=None, nsim=100, seed=None, re=True, progress=False):
         ``attrs["failed"]`` the number of failed refits (rows of NaN).
     """
     _require_independent(res, "bootstrap()")
+    check_flag("re", re)
     r = _raw(res)
     rng = np.random.default_rng(seed)
     # func sees what fit() returns (pandas-labelled params) for this fit and every refit:
