@@ -3,13 +3,17 @@ cannot be changed through what they hand out, and options checked against R
 (tools/r_reference/sweep3_reference.R, stored in tests/reference/sweep3/sweep3.json) or by hand."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
+import statsmodels.api as sm
 
 import mlmext
 import mlmext.formula.api as mf
 from mlmext import datasets
+from mlmext.gee.criteria import qic
+from refcases import read_data
 
 with open(os.path.join(os.path.dirname(__file__), "reference", "sweep3", "sweep3.json")) as fh:
     REF = json.load(fh)
@@ -152,3 +156,41 @@ def test_clmm_link_threshold_and_quadrature_against_ordinal(key, kwargs, nagq):
     # R's names: tempwarm, contactyes; ours temp[T.warm], contact[T.yes] (same order)
     np.testing.assert_allclose(res.params.to_numpy(), want, atol=2e-4)
     assert res.theta[0] == pytest.approx(ref["sd"], abs=2e-4)        # clmm: theta is the SD
+    # threshold SEs through theta = T alpha, by hand from the covariance of alpha
+    k = len(res.threshold_params)
+    C, T = res.cov_params().to_numpy()[:k, :k], np.asarray(res.model.thr.T)
+    np.testing.assert_allclose(res.bse_thresholds, np.sqrt(np.diag(T @ C @ T.T)), rtol=1e-12)
+    if kwargs.get("threshold") == "equidistant":      # theta_j = theta_1 + (j - 1) spacing
+        j = np.arange(4)
+        np.testing.assert_allclose(res.bse_thresholds, np.sqrt(C[0, 0] + j**2 * C[1, 1] + 2 * j * C[0, 1]))
+    np.testing.assert_allclose(res.bse_fe, res.bse.to_numpy()[k:], rtol=1e-12)
+
+
+# geepack with epsilon = 1e-10 against the same equations solved to convergence here: observed
+# 2e-10 (estimates, SEs, alpha) and 2e-12 relative (quasi-likelihood, CIC); asserted 1e-6
+@pytest.mark.parametrize("key", ["gee_epil_weighted", "gee_dietox_gamma_weighted"])
+def test_gee_select_prior_weights_poisson_and_gamma_against_geepack(key):
+    F = sm.families
+    if key == "gee_epil_weighted":
+        d = read_data("epil.csv")
+        args = ("y ~ lbase * trt + lage + V4", "subject", d, F.Poisson())
+        w, time = 1.0 + (d["trt"] == "progabide").to_numpy(float), "period"
+    else:
+        d = read_data("dietox.csv")
+        args = ("Feed ~ Time + Cu", "Pig", d, F.Gamma(F.links.Log()))
+        w, time = (d["Start"] / 20).to_numpy(), "Time"
+    ref = REF[key]
+    sel = mf.gee_select(*args, cov_structs=list(ref), time=time, weights=w)
+    for struct, r in ref.items():
+        res, row = sel.results[struct], sel.table.loc[struct]
+        # R's names and order: trtprogabide for trt[T.progabide], (Intercept) for Intercept
+        names = {re.sub(r"\[T\.([^\]]+)\]", r"\1", k).replace("Intercept", "(Intercept)"): k
+                 for k in res.params.index}
+        order = [names[k] for k in r["coef"]]
+        np.testing.assert_allclose(res.params[order], list(r["coef"].values()), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(res.bse[order], r["robust_se"], rtol=1e-6)
+        if r["alpha"] is not None:
+            assert float(res.cov_struct.dep_params) == pytest.approx(r["alpha"], abs=1e-6)
+        assert row["QuasiLik"] == pytest.approx(r["QuasiLik_pan"], rel=1e-6)
+        # geepack's CIC with its own independence scale (our default divides by rows, not sum(w))
+        assert qic(res, scale=ref["independence"]["scale"])["CIC"] == pytest.approx(r["CIC"], rel=1e-6)
