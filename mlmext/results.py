@@ -20,7 +20,7 @@ from ._args import RE_HINT, reject_unknown
 from .prediction import re_contribution
 from .inference import InferenceMixin, robust_note
 from .inference.ddf_default import check_fit_ddf, ddf_note, summary_ddf, z_results
-from .objective import MixedParams
+from .objective import MixedParams, read_only
 from .printing import (fe_series, fit_html, fit_text, fixed_decimals, param_index, params_table,
                        re_table)
 
@@ -73,10 +73,10 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     def __init__(self, model, fe_params, cov_fe, theta, u, sigma, criterion, optim,
                  reml=False, **extra):
         super().__init__(model, np.asarray(fe_params, dtype=float),
-                         normalized_cov_params=np.asarray(cov_fe, dtype=float), scale=1.0)
-        self.theta = np.asarray(theta, dtype=float)
+                         normalized_cov_params=read_only(cov_fe), scale=1.0)
+        self.theta = read_only(theta)     # a caller's edit must not move predict() or ranef()
         self.theta_names = model.re_design.theta_names()
-        self._u = np.asarray(u, dtype=float)
+        self._u = read_only(u)
         self.sigma = float(sigma)
         self.scale = 1.0
         self.reml = bool(reml)
@@ -167,8 +167,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     # ------------------------------------------------- variance components
     def _term_names(self):
         """lme4's group labels: repeated grouping factors become g, g.1, ..."""
-        seen = {}
-        out = []
+        seen, out = {}, []
         for t in self.model.re_design.terms:
             k = seen.get(t.name, 0)
             out.append(t.name if k == 0 else f"{t.name}.{k}")
@@ -178,11 +177,8 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     def cov_re(self):
         """Covariance matrix of each term's random effects (dict by group label)."""
         des = self.model.re_design
-        out = {}
-        for label, t in zip(self._term_names(), des.terms):
-            out[label] = pd.DataFrame(self.sigma ** 2 * des.term_cov(self.theta, t),
-                                      index=t.colnames, columns=t.colnames)
-        return out
+        return {label: pd.DataFrame(self.sigma ** 2 * des.term_cov(self.theta, t), index=t.colnames,
+                                    columns=t.colnames) for label, t in zip(self._term_names(), des.terms)}
 
     def varcorr(self):
         """Variance components as lme4's ``as.data.frame(VarCorr(fit))``.
@@ -219,8 +215,7 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     def _blocks_b(self):
         """Conditional modes b = Lambda u per block, as (m, q) arrays (block order)."""
         des = self.model.re_design
-        out = []
-        off = 0
+        out, off = [], 0
         for b, lam in zip(des.blocks, des.lambdas(self.theta)):
             u = self._u[off:off + b.nre].reshape(b.m, b.q)
             out.append(u @ lam.T)
@@ -372,15 +367,19 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
             model._XY = None
 
     @cache_readonly
-    def fittedvalues(self):
-        """Fitted values with the conditional modes (``predict()`` on the fitted rows)."""
+    def _fitted(self):
         return self.predict()
 
-    @cache_readonly
+    @property
+    def fittedvalues(self):
+        """Fitted values with the conditional modes (``predict()`` on the fitted rows)."""
+        return self._fitted.copy()   # a copy: a caller's edit must change neither it nor resid
+
+    @property
     def resid(self):
         """Response residuals ``y - fittedvalues``, a Series indexed like the fitted rows."""
-        return pd.Series(np.asarray(self.model.endog, dtype=float) - np.asarray(self.fittedvalues),
-                         index=self.fittedvalues.index, name="resid")
+        f = self._fitted
+        return pd.Series(np.asarray(self.model.endog, dtype=float) - f.to_numpy(), index=f.index, name="resid")
 
     # ------------------------------------------------------------ summary
     def _re_cov_sd(self):

@@ -12,6 +12,7 @@ values, residuals and predictions of Dask data are lazy Dask series.
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 
 import numpy as np
@@ -251,10 +252,14 @@ class DaskLinearMixedModel(LinearMixedModel):
     def fit(self, *args, **kwargs):
         """Fit as :meth:`mlmext.lmm.LinearMixedModel.fit` (same arguments); the fitted values,
         residuals and predictions of the results are lazy Dask series."""
-        if kwargs.get("cov_type", "nonrobust") != "nonrobust":
+        # read as fit() reads them: positional, and ddf's spellings ("KR", "kenward_roger")
+        got = inspect.signature(LinearMixedModel.fit).bind(self, *args, **kwargs).arguments
+        if got.get("cov_type", "nonrobust") != "nonrobust":
             raise NotImplementedError("cluster-robust covariances need the rows; not available "
                                       "for Dask data")
-        if kwargs.get("ddf") == "kenward-roger":
+        ddf = got.get("ddf", "satterthwaite")
+        if isinstance(ddf, str) and ddf.lower().replace("_", "-").replace(" ", "-") in (
+                "kenward-roger", "kr", "kenwardroger"):
             raise NotImplementedError("Kenward-Roger's df need the rows (n x q matrices); use "
                                       "ddf='satterthwaite' (the default) for Dask data")
         return super().fit(*args, **kwargs)

@@ -13,6 +13,13 @@ from ._common import _raw
 __all__ = ["varpar_names"]
 
 
+def check_names(names):
+    """ValueError unless ``names`` is one of the row-name styles (any other value gave the
+    descriptive names in silence: ``names="LME4"``)."""
+    if not (isinstance(names, str) and names in ("descriptive", "lme4")):
+        raise ValueError(f"names must be 'descriptive' or 'lme4'; got {names!r}")
+
+
 def varpar_names(res, names="descriptive"):
     """Names of the variance parameters on the sd / correlation scale (plus ``sigma``).
 

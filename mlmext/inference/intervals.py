@@ -20,11 +20,11 @@ from ._common import _beta, _fe_names, _Progress, _raw, _require_independent, _s
 from ..objective import sdcor_from_theta, sdcor_from_thetas
 from ..printing import param_index
 from ._profile import _Profiler
-from ._profile_common import varpar_names
+from ._profile_common import check_names, varpar_names
 from ._refit import _rebuild_model, _refit
 from .ddf_default import ddf_active, default_conf_int
 from .refit_batch import _batched_or_none
-from .simulation import simulate
+from .simulation import check_flag, simulate
 
 # Every conf_int method labels its columns as statsmodels' conf_int does (0 = lower, 1 = upper),
 # so code written for statsmodels results reads profile and bootstrap intervals unchanged.
@@ -94,6 +94,7 @@ def conf_int_profile(res, alpha=0.05, cols=None, names="descriptive", nb_alpha=N
         limit 0 (dispersion) or -inf / inf there (glmmTMB reports NA).
     """
     _require_independent(res, "conf_int_profile()")
+    check_names(names)
     z = stats.norm.ppf(1 - alpha / 2)
     with _profiling(res, nb_alpha) as pr:
         idx = _select(pr.names, cols) if not (cols is not None and names == "lme4") else \
@@ -145,6 +146,7 @@ def profile(res, cols=None, alpha=0.01, npoints=6, names="descriptive", nb_alpha
         equally spaced on its log scale.
     """
     _require_independent(res, "profile()")
+    check_names(names)
     z = stats.norm.ppf(1 - alpha / 2)
     with _profiling(res, nb_alpha) as pr:
         labels = pr.lme4_names if names == "lme4" else pr.names
@@ -241,6 +243,7 @@ def bootstrap(res, func=None, nsim=100, seed=None, re=True, progress=False):
         ``attrs["failed"]`` the number of failed refits (rows of NaN).
     """
     _require_independent(res, "bootstrap()")
+    check_flag("re", re)
     r = _raw(res)
     rng = np.random.default_rng(seed)
     # func sees what fit() returns (pandas-labelled params) for this fit and every refit:
@@ -353,6 +356,7 @@ def conf_int_boot(res, alpha=0.05, cols=None, nsim=500, seed=None, boot_type="pe
         ``attrs["boot"]`` holds the replicates.
     """
     _require_independent(res, "conf_int_boot()")
+    check_names(names)              # before the refits
     b = bootstrap(res, nsim=nsim, seed=seed, progress=progress)
     ci = boot_ci(b, alpha=alpha, boot_type=boot_type)
     if names == "lme4":                          # LMMs and GLMMs alike (.sig01, ..., [.sigma])

@@ -341,15 +341,15 @@ class InferenceMixin:
         :func:`mlmext.inference.refit_many`."""
         return refit_many(self, Y, **fit_kwargs)
 
-    def simulate(self, nsim=1, seed=None, re=True, use_u=False):
+    def simulate(self, nsim=1, seed=None, re=True, use_u=False, params=None):
         """Simulated responses; see :func:`mlmext.inference.simulate`."""
-        return simulate(self, nsim=nsim, seed=seed, re=re, use_u=use_u)
+        return simulate(self, nsim=nsim, seed=seed, re=re, use_u=use_u, params=params)
 
     def power_sim(self, term, effect=None, nsim=100, alpha=0.05, test="satterthwaite", seed=None,
-                  progress=False):
+                  conf_level=0.95, progress=False):
         """Simulation-based power for a fixed effect; see :func:`mlmext.inference.power_sim`."""
         return power_sim(self, term, effect=effect, nsim=nsim, alpha=alpha, test=test, seed=seed,
-                         progress=progress)
+                         conf_level=conf_level, progress=progress)
 
     def influence(self, group=None, method="one-step"):
         """Case-deletion influence (Cook's distance, MDFFITS, COVTRACE, COVRATIO, RVC) per level

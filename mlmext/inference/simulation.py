@@ -14,6 +14,13 @@ from ._lockstep import _lockstep_fits
 from .ddf import _ddf_method, kenward_roger, satterthwaite
 
 
+def check_flag(name, value):
+    """ValueError unless ``value`` is a bool, as predict(re=) (a string was read by its truth:
+    ``re="False"`` drew new random effects)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
+
+
 def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
     """Simulate responses from a fitted model (lme4's ``simulate``).
 
@@ -38,6 +45,8 @@ def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
         One column per simulation (``sim_1``, ...), rows as the fitted data.
     """
     _require_independent(res, "simulate()")
+    check_flag("re", re)
+    check_flag("use_u", use_u)
     if use_u and not re:
         # (use_u was ignored: the population level; lme4 refuses use.u with re.form = NA)
         raise TypeError("use_u=True conditions on the random effects' modes, re=False leaves "

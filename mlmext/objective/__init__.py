@@ -13,8 +13,8 @@ and reading one result never changes another (lme4's ``devfun``, MixedModels.jl'
 * :mod:`.start` -- the start of a fit with several grouping factors (each factor alone).
 """
 from .lmm import LMMDeviance, LMMState
-from .params import (MixedParams, sdcor_from_cov, sdcor_from_theta, sdcor_from_thetas,
+from .params import (MixedParams, read_only, sdcor_from_cov, sdcor_from_theta, sdcor_from_thetas,
                      theta_from_sdcor)
 
-__all__ = ["LMMDeviance", "LMMState", "MixedParams", "sdcor_from_cov", "sdcor_from_theta",
+__all__ = ["LMMDeviance", "LMMState", "MixedParams", "read_only", "sdcor_from_cov", "sdcor_from_theta",
            "sdcor_from_thetas", "theta_from_sdcor"]

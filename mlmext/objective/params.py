@@ -19,7 +19,17 @@ import numpy as np
 
 from ..design import lower_tri
 
-__all__ = ["MixedParams", "sdcor_from_theta", "sdcor_from_cov", "theta_from_sdcor"]
+__all__ = ["MixedParams", "read_only", "sdcor_from_theta", "sdcor_from_cov", "theta_from_sdcor"]
+
+
+def read_only(a):
+    """``a`` as a read-only float array: itself when it is one already, else a frozen copy
+    (a result's arrays: what a caller writes into them must not reach the fit)."""
+    a = np.asarray(a, dtype=float)
+    if a.flags.writeable:
+        a = a.copy()
+        a.setflags(write=False)
+    return a
 
 
 @dataclass(frozen=True)
