@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 
-__all__ = ["RE_HINT", "reject_unknown", "reject_robust_cov"]
+import numpy as np
+
+__all__ = ["RE_HINT", "check_flag", "reject_unknown", "reject_robust_cov"]
 
 #: lme4's ``re.form``: our predict()'s ``re`` (also for MixedLM users' ``re_formula`` there)
 RE_HINT = "use re=False for population-level predictions, re=True (default) with the random effects"
@@ -82,3 +84,11 @@ def reject_robust_cov(kwargs, what):
             f"cluster-robust covariances (cov_type={cov_type!r}) are implemented for linear mixed "
             f"models (lmer) only, not for {what} fits; the model-based covariance is "
             "cov_type='nonrobust'")
+
+
+def check_flag(name, value):
+    """``value`` if it is a bool, else ValueError (a string was read by its truth:
+    ``re="False"`` drew new random effects)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
+    return bool(value)

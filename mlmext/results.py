@@ -16,7 +16,7 @@ from statsmodels.iolib.summary import Summary
 from statsmodels.iolib.table import SimpleTable
 from functools import cached_property as cache_readonly
 
-from ._args import RE_HINT, reject_unknown
+from ._args import RE_HINT, check_flag, reject_unknown
 from .prediction import re_contribution
 from .inference import InferenceMixin, robust_note
 from .inference.ddf_default import check_fit_ddf, ddf_note, summary_ddf, z_results
@@ -242,11 +242,9 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
             Keyed by grouping factor in lme4's order, rows = levels, columns =
             the terms' column names.
         """
-        des = self.model.re_design
-        bs = self._blocks_b()
-        cvs = self._block_condvar() if condvar else None
-        out = {}
-        order = []
+        des, bs = self.model.re_design, self._blocks_b()
+        cvs = self._block_condvar() if check_flag("condvar", condvar) else None
+        out, order = {}, []
         for t in des.terms:                 # lme4's order of grouping factors
             bi = next(i for i, b in enumerate(des.blocks) if t in b.terms)
             if bi not in order:
@@ -275,8 +273,8 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
     def linear_predictor(self, data=None, re=True, offset=None):
         """X beta (+ Z b when ``re``) + offset, for the fitted rows or new ``data``; beta is
         ``fe_params`` (for a clmm the fixed effects without the thresholds)."""
-        model = self.model
-        beta = np.asarray(self.fe_params)
+        model, beta = self.model, np.asarray(self.fe_params)
+        check_flag("re", re)
         if data is None:
             if offset is not None:
                 raise TypeError("offset= is for new data: the fitted rows use the fitted offset")

@@ -194,3 +194,15 @@ def test_gee_select_prior_weights_poisson_and_gamma_against_geepack(key):
         assert row["QuasiLik"] == pytest.approx(r["QuasiLik_pan"], rel=1e-6)
         # geepack's CIC with its own independence scale (our default divides by rows, not sum(w))
         assert qic(res, scale=ref["independence"]["scale"])["CIC"] == pytest.approx(r["CIC"], rel=1e-6)
+
+
+def test_ranef_condvar_and_linear_predictor_re_take_true_or_false():
+    # a string was read by its truth ('False' gave the conditional variances / random effects)
+    fit = mf.lmer("Reaction ~ Days + (Days|Subject)", datasets.load("sleepstudy")).fit()
+    with pytest.raises(ValueError, match="condvar must be True or False"):
+        fit.ranef(condvar="False")
+    with pytest.raises(ValueError, match="re must be True or False"):
+        fit.linear_predictor(re="False")
+    assert "condvar" in fit.ranef(condvar=np.bool_(True))["Subject"].attrs
+    np.testing.assert_allclose(fit.linear_predictor(re=False),
+                               fit.model.exog @ np.asarray(fit.fe_params), rtol=1e-14)

@@ -24,7 +24,8 @@ from ._profile_common import check_names, varpar_names
 from ._refit import _rebuild_model, _refit
 from .ddf_default import ddf_active, default_conf_int
 from .refit_batch import _batched_or_none
-from .simulation import check_flag, simulate
+from .._args import check_flag
+from .simulation import simulate
 
 # Every conf_int method labels its columns as statsmodels' conf_int does (0 = lower, 1 = upper),
 # so code written for statsmodels results reads profile and bootstrap intervals unchanged.

@@ -7,18 +7,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .._args import check_flag
 from ._common import (_beta, _family, _fe_names, _is_lmm, _Progress, _raw, _require_independent,
                       _require_lmm)
 from ._refit import _rebuild_model, _refit
 from ._lockstep import _lockstep_fits
 from .ddf import _ddf_method, kenward_roger, satterthwaite
-
-
-def check_flag(name, value):
-    """ValueError unless ``value`` is a bool, as predict(re=) (a string was read by its truth:
-    ``re="False"`` drew new random effects)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False; got {value!r}")
 
 
 def simulate(res, nsim=1, seed=None, re=True, use_u=False, params=None):
