@@ -21,6 +21,7 @@ from .prediction import re_contribution
 from .inference import InferenceMixin, robust_note
 from .inference.ddf_default import check_fit_ddf, ddf_note, summary_ddf, z_results
 from .objective import MixedParams, read_only
+from .results_rows import FittedRowsMixin
 from .printing import (fe_series, fit_html, fit_text, fixed_decimals, param_index, params_table,
                        re_table)
 
@@ -40,7 +41,7 @@ def dropped_note(model):
     return " and ".join(parts) + (" were" if model.nrows_dropped != 1 else " was") + " dropped."
 
 
-class MixedResults(InferenceMixin, LikelihoodModelResults):
+class MixedResults(FittedRowsMixin, InferenceMixin, LikelihoodModelResults):
     """Results of a mixed model fit.
 
     ``params``, ``bse``, ``cov_params()``, ``t_test()`` and ``wald_test()`` refer to the fixed
@@ -345,39 +346,6 @@ class MixedResults(InferenceMixin, LikelihoodModelResults):
 
     def _inverse_link(self, eta):
         return eta
-
-    def remove_data(self):
-        """Remove the data arrays (statsmodels' ``remove_data``), e.g. before pickling.
-
-        ``predict`` on new data keeps working in this session; the fitted values,
-        residuals and anything else that needs the fitted rows do not.  A result
-        pickled after ``remove_data()`` cannot evaluate the formula on new data
-        (the formula engine's state is rebuilt from the fitted rows when unpickling).
-        """
-        model = self.model
-        model._fixed_spec()
-        for t in model.re_design.terms:
-            model._term_spec(t)
-        self._kept_resid_quantiles = self._scaled_resid_quantiles()    # for summary()
-        super().remove_data()
-        model.formula_info["data"] = None
-        if getattr(model, "_chol", None) is not None:      # the factor holds the cross-products
-            model._XY = None
-
-    @cache_readonly
-    def _fitted(self):
-        return self.predict()
-
-    @property
-    def fittedvalues(self):
-        """Fitted values with the conditional modes (``predict()`` on the fitted rows)."""
-        return self._fitted.copy()   # a copy: a caller's edit must change neither it nor resid
-
-    @property
-    def resid(self):
-        """Response residuals ``y - fittedvalues``, a Series indexed like the fitted rows."""
-        f = self._fitted
-        return pd.Series(np.asarray(self.model.endog, dtype=float) - f.to_numpy(), index=f.index, name="resid")
 
     # ------------------------------------------------------------ summary
     def _re_cov_sd(self):

@@ -1,7 +1,9 @@
 """Public options and promises no other test exercised (the third option sweep): results that
 cannot be changed through what they hand out, and options checked against R
 (tools/r_reference/sweep3_reference.R, stored in tests/reference/sweep3/sweep3.json) or by hand."""
+import copy
 import json
+import pickle
 import os
 import re
 
@@ -206,3 +208,51 @@ def test_ranef_condvar_and_linear_predictor_re_take_true_or_false():
     assert "condvar" in fit.ranef(condvar=np.bool_(True))["Subject"].attrs
     np.testing.assert_allclose(fit.linear_predictor(re=False),
                                fit.model.exog @ np.asarray(fit.fe_params), rtol=1e-14)
+
+
+def test_dask_fit_reads_cov_type_and_ddf_as_the_in_memory_fit():
+    # cov_type="NONROBUST" was refused as cluster-robust, "bogus" got the Dask refusal instead
+    # of the fit's ValueError; "z" df and the in-memory fit's spellings go through
+    dd = pytest.importorskip("dask.dataframe")
+    sl = datasets.load("sleepstudy")
+    model = mf.lmer("Reaction ~ Days + (Days | Subject)", dd.from_pandas(sl, npartitions=3))
+    mem = mf.lmer("Reaction ~ Days + (Days | Subject)", sl).fit()
+    got = model.fit(cov_type="NONROBUST")
+    np.testing.assert_allclose(got.fe_params, mem.fe_params, rtol=1e-8)
+    with pytest.raises(ValueError, match="unknown cov_type"):
+        model.fit(cov_type="bogus")
+    with pytest.raises(ValueError, match="ddf must be"):
+        model.fit(ddf="bogus")
+    with pytest.raises(TypeError, match="positional"):
+        model.fit(*([None] * 15))
+
+
+def test_resid_kept_through_remove_data_and_frozen_arrays_through_pickle(cbpp):
+    sl = datasets.load("sleepstudy")
+    r = mf.lmer("Reaction ~ Days + (Days | Subject)", sl).fit()
+    want = r.resid.to_numpy()
+    r2 = mf.lmer("Reaction ~ Days + (Days | Subject)", sl).fit()
+    r2.remove_data()                 # resid was recomputed from endog = None: all NaN
+    np.testing.assert_allclose(r2.resid.to_numpy(), want, rtol=1e-12)
+    np.testing.assert_allclose(r2.fittedvalues.to_numpy(), sl["Reaction"].to_numpy() - want,
+                               rtol=1e-12)
+    # pickle and deepcopy gave the read-only arrays back writeable
+    for res in (copy.deepcopy(r), pickle.loads(pickle.dumps(_cbpp_fit(cbpp)))):
+        for name in ("theta", "_u", "normalized_cov_params"):
+            with pytest.raises(ValueError, match="read-only"):
+                getattr(res._results, name)[0] = 5.0
+
+
+def test_more_flags_take_true_or_false():
+    # strings read by their truth: re='False' gave the re=True variances, reduce_terms='False'
+    # and reverse='False' acted as True
+    from mlmext.inference import predictive_variance
+    sl = datasets.load("sleepstudy")
+    fit = mf.lmer("Reaction ~ Days + (Days|Subject)", sl).fit()
+    with pytest.raises(ValueError, match="re must be True or False"):
+        predictive_variance(fit, sl.head(3), re="False")
+    with pytest.raises(ValueError, match="reduce_terms must be True or False"):
+        mlmext.ranova(fit, reduce_terms="False")
+    d = sl.assign(f=np.where(sl["Days"] < 5, "a", "b"))
+    with pytest.raises(ValueError, match="reverse must be True or False"):
+        mf.lmer("Reaction ~ f + (1|Subject)", d).fit().emmeans("f").pairs(reverse="False")

@@ -20,6 +20,8 @@ import pandas as pd
 
 from ..base import caller_namespace, drop_rank_deficient
 from ..frame import display_name
+from ..inference.ddf_default import check_fit_ddf
+from ..inference.robust import check_cov_args
 from ..linalg import DenseFactor
 from ..linalg.small import small_dense_fits
 from ..linalg.small_levels import OneBlockLevels
@@ -252,14 +254,17 @@ class DaskLinearMixedModel(LinearMixedModel):
     def fit(self, *args, **kwargs):
         """Fit as :meth:`mlmext.lmm.LinearMixedModel.fit` (same arguments); the fitted values,
         residuals and predictions of the results are lazy Dask series."""
-        # read as fit() reads them: positional, and ddf's spellings ("KR", "kenward_roger")
-        got = inspect.signature(LinearMixedModel.fit).bind(self, *args, **kwargs).arguments
-        if got.get("cov_type", "nonrobust") != "nonrobust":
+        # read as fit() reads them: positional, any case, ddf's spellings ("KR", "kenward_roger")
+        try:
+            got = inspect.signature(LinearMixedModel.fit).bind(self, *args, **kwargs).arguments
+        except TypeError:                       # (too many arguments: the fit's own message)
+            return super().fit(*args, **kwargs)
+        cov_type = got.get("cov_type", "nonrobust")
+        check_cov_args(cov_type, got.get("cov_kwds"))     # (an unknown value: the fit's error)
+        if cov_type.lower() != "nonrobust":
             raise NotImplementedError("cluster-robust covariances need the rows; not available "
                                       "for Dask data")
-        ddf = got.get("ddf", "satterthwaite")
-        if isinstance(ddf, str) and ddf.lower().replace("_", "-").replace(" ", "-") in (
-                "kenward-roger", "kr", "kenwardroger"):
+        if check_fit_ddf(got.get("ddf", "satterthwaite"), got.get("reml", True)) == "kenward-roger":
             raise NotImplementedError("Kenward-Roger's df need the rows (n x q matrices); use "
                                       "ddf='satterthwaite' (the default) for Dask data")
         return super().fit(*args, **kwargs)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .._args import reject_unknown
+from .._args import check_flag, reject_unknown
 from ._common import _raw
 from .ddf import _ddf_method, kenward_roger, satterthwaite
 from .emm_ordinal import probability_rows
@@ -502,7 +502,7 @@ class EMMeans(pd.DataFrame):
     def pairs(self, adjust="tukey", reverse=False):
         """Pairwise differences within each ``by`` group (emmeans' ``pairs``); see
         :meth:`contrast`.  ``reverse=True`` gives ``b - a`` (emmeans' ``revpairwise``)."""
-        return self.contrast("revpairwise" if reverse else "pairwise", adjust=adjust)
+        return self.contrast("revpairwise" if check_flag("reverse", reverse) else "pairwise", adjust=adjust)
 
     def plot(self, ax=None, **kwargs):
         """The means with their confidence intervals (emmeans' ``plot``): one row per mean.

@@ -18,6 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from ..printing import HeadedTable
+from .._args import check_flag
 from ._common import _is_lmm, _raw
 from ._terms import fixed_terms
 from .ddf import _ddf_method, kenward_roger_ftest, satterthwaite_ftest
@@ -320,6 +321,7 @@ def ranova(res, reduce_terms=True):
     """
     if not _is_lmm(res):
         raise NotImplementedError(f"ranova is implemented for LMMs; this is a {type_name(res)}")
+    check_flag("reduce_terms", reduce_terms)
     r = _raw(res)
     model = r.model
     if getattr(model, "correlation", None) is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._args import check_flag
 from ._common import _raw, _require_lmm
 
 
@@ -36,6 +37,7 @@ def predictive_variance(res, data, re=True, weights=None):
     pandas.Series
         Indexed like ``data``; NaN where a variable is missing.
     """
+    check_flag("re", re)             # (re='False' gave the re=True variances)
     r = _raw(res)
     _require_lmm(r, "predictive_variance")
     model = r.model
