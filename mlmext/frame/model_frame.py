@@ -394,6 +394,9 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     factors = {}
     for bar in parsed.bars:
         Z, znames, spec = pieces.lhs[bar.lhs]
+        if Z.shape[1] == 0:         # (0 | g): no theta (lme4 stops: "length(theta) > 0L")
+            raise ValueError(f"random-effects term {bar.source} has no columns; give it an "
+                             "intercept or a slope, e.g. (1 | g), or remove it")
         key = tuple(bar.factors)
         if key not in factors:
             factors[key] = grouping_factor(sub_columns.array, list(bar.factors))
