@@ -41,3 +41,49 @@ def test_a_term_without_columns_raises_naming_it(d, formula):
 def test_a_term_without_columns_raises_for_glmms_and_clmm(d, build):
     with pytest.raises(ValueError, match=r"\(0 \| g\) has no columns"):
         build(d)
+
+
+# ------------------------------------ an infinite weight or offset is not a missing value
+def _with_inf(d, col):
+    e = d.assign(w=np.linspace(0.5, 2.0, len(d)), off=np.linspace(-0.2, 0.2, len(d)))
+    e.loc[[3, 7], col] = np.inf
+    return e
+
+
+@pytest.mark.parametrize("col, kw, what", [("w", {"weights": "w"}, "weights"),
+                                           ("off", {"offset": "off"}, "offset")])
+@pytest.mark.parametrize("build", [
+    lambda e, kw: mf.lmer("y ~ x + (1 | g)", e, **kw),
+    lambda e, kw: mf.lmer("y ~ x + (1 | g)", e, missing="raise", **kw),
+    lambda e, kw: mf.lmer("y ~ x + (1 | g)", e, **{k: e[v].to_numpy() for k, v in kw.items()}),
+    lambda e, kw: mf.glmer("cnt ~ x + (1 | g)", e, family="poisson", **kw),
+    lambda e, kw: mf.glmer_nb("cnt ~ x + (1 | g)", e, **kw),
+    lambda e, kw: mf.clmm("ord ~ x + (1 | g)", e, **kw),
+])
+def test_infinite_weights_and_offsets_raise(d, col, kw, what, build):
+    # lme4 stops ("objective in x0 returns NA", "PIRLS loop resulted in NaN value"); they
+    # were dropped as missing values (counted as such), or called missing by missing="raise"
+    with pytest.raises(ValueError, match=rf"the {what} (has|have) 2 infinite value\(s\) "
+                                         r"\(first at row 3\); infinite values are not missing"):
+        build(_with_inf(d, col), kw)
+
+
+@pytest.mark.parametrize("col, kw, what", [("w", {"weights": "w"}, "weights"),
+                                           ("off", {"offset": "off"}, "offset")])
+def test_infinite_weights_and_offsets_raise_for_dask(d, col, kw, what):
+    dd = pytest.importorskip("dask.dataframe")
+    e = dd.from_pandas(_with_inf(d, col), npartitions=2)
+    # the weights crashed in a Cholesky factor ("not positive definite")
+    with pytest.raises(ValueError, match=rf"the {what} column '{col}' has infinite values"):
+        mf.lmer("y ~ x + (1 | g)", e, **kw).fit()
+
+
+def test_nan_weights_and_offsets_are_still_dropped_and_counted(d):
+    e = d.assign(w=np.linspace(0.5, 2.0, len(d)), off=np.linspace(-0.2, 0.2, len(d)))
+    e.loc[[3], "w"] = np.nan
+    e.loc[[7], "off"] = np.nan
+    res = mf.lmer("y ~ x + (1 | g)", e, weights="w", offset="off").fit()
+    ref = mf.lmer("y ~ x + (1 | g)", e.drop(index=[3, 7]), weights="w", offset="off").fit()
+    assert res.nobs == len(d) - 2 and res.model.nrows_dropped == 2
+    assert res.llf == pytest.approx(ref.llf, rel=1e-12)
+    np.testing.assert_allclose(res.fe_params, ref.fe_params, rtol=1e-10)

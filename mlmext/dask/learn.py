@@ -174,13 +174,19 @@ def _check_args(ddf, meta, formula, weights, offset):
                              f"ddf.categorize(columns=[{c!r}]) first (or convert it to strings)")
 
 
-def _partition_summary(part, used, groups, weights, nsample):
+def _partition_summary(part, used, groups, weights, nsample, offset=None):
     """Combinations of each column group and the first rows, on the partition's complete rows."""
     part = part[used]
     ok = part.notna().all(axis=1)
     if weights is not None:
         ok &= part[weights] != 0                 # zero-weight rows are not observations
     part = part.loc[ok]
+    for what, col in (("weights", weights), ("offset", offset)):
+        # (here, before the template frame's extreme rows carry them: not missing, refused)
+        if col is not None and pd.api.types.is_float_dtype(part[col]) \
+                and not np.isfinite(part[col].to_numpy()).all():
+            raise ValueError(f"the {what} column {col!r} has infinite values; infinite values "
+                             "are not missing values: remove or recode them")
     return {"groups": [part[g].drop_duplicates() for g in groups], "sample": part.head(nsample),
             "extremes": _extreme_rows(part)}
 
@@ -224,7 +230,7 @@ def learn(ddf, formula, weights=None, offset=None):
     used = used_columns(parsed, meta, weights, offset)
     groups = _column_groups(parsed, meta, used)
     state = FormulaState(formula, parsed, used, groups, weights, offset)
-    parts = [dask.delayed(_partition_summary)(p, used, groups, weights, SAMPLE_ROWS)
+    parts = [dask.delayed(_partition_summary)(p, used, groups, weights, SAMPLE_ROWS, offset)
              for p in ddf.to_delayed()]
     summary = tree_reduce(parts, _merge_summaries).compute()
     # the extreme rows first: the frame below keeps every sample row

@@ -418,6 +418,12 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         if off_all is not None:
             off += off_all if kept is None else off_all[kept]
     w = None if w_all is None else (w_all.copy() if kept is None else w_all[kept])
+    for what, v in (("the weights have", w), ("the offset has", off)):
+        if v is not None and not np.isfinite(v).all():   # as R: lmer / glmer stop
+            rows = np.flatnonzero(~np.isfinite(v))
+            raise ValueError(f"{what} {rows.size} infinite value(s) (first at row "
+                             f"{int(rows[0])}); infinite values are not missing values: remove "
+                             "or recode them")
     y_df, y_values = pieces.y, None
     ycols = y_df.columns.tolist() if pieces.ycols is None else pieces.ycols
     ynames = [display_name(c) for c in ycols]
