@@ -87,3 +87,49 @@ def test_nan_weights_and_offsets_are_still_dropped_and_counted(d):
     assert res.nobs == len(d) - 2 and res.model.nrows_dropped == 2
     assert res.llf == pytest.approx(ref.llf, rel=1e-12)
     np.testing.assert_allclose(res.fe_params, ref.fe_params, rtol=1e-10)
+
+
+# --------------------- new data: a categorical is matched to the fitted levels by value
+@pytest.fixture(scope="module")
+def cat_fit(d):
+    e = d.assign(f=pd.Categorical(np.array(["p", "q", "r"])[d["a"].to_numpy()]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return e, mf.lmer("y ~ x + f + (1 | g)", e).fit()
+
+
+@pytest.mark.parametrize("cats", [["q", "r"], ["r", "q", "p"], ["p", "q", "r", "unused"]])
+def test_new_categorical_with_other_categories_predicts_by_value(cat_fit, cats):
+    # R's model.frame(xlev=) matches by label; patsy refused ("mismatching levels") a subset
+    # of the categories, another order, or an unused extra category
+    e, res = cat_fit
+    nd = e[e["f"] != "p"].head(6)
+    ref = res.predict(data=nd.assign(f=nd["f"].astype(str)))
+    new = nd.assign(f=pd.Categorical(nd["f"].astype(str), categories=cats))
+    np.testing.assert_allclose(res.predict(data=new), ref, rtol=1e-12)
+    # and by hand: X beta + the group's random effect
+    beta = res.fe_params
+    b = res.ranef()["g"].iloc[:, 0]          # (indexed by level labels, as R: strings)
+    by_hand = (beta["Intercept"] + beta["x"] * nd["x"] + np.where(nd["f"] == "q", beta["f[T.q]"], 0)
+               + np.where(nd["f"] == "r", beta["f[T.r]"], 0) + b.loc[nd["g"].astype(str)].to_numpy())
+    np.testing.assert_allclose(ref, by_hand, rtol=1e-10)
+
+
+def test_new_categorical_with_an_unseen_value_names_it(cat_fit):
+    e, res = cat_fit
+    nd = e.head(3).assign(f=pd.Categorical(["p", "zz", "q"]))
+    with pytest.raises(ValueError, match=r"value 'zz' does not match any of the expected levels"):
+        res.predict(data=nd)
+
+
+def test_clmm_new_categorical_with_one_category():
+    from mlmext.datasets import load
+    wine = load("wine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = mf.clmm("rating ~ temp + contact + (1 | judge)", wine).fit()
+    nd = wine.iloc[[0, 1, 2, 3]]
+    one = nd.assign(temp=pd.Categorical(nd["temp"].astype(str)),
+                    contact=pd.Categorical(nd["contact"].astype(str), categories=["yes", "no"]))
+    np.testing.assert_allclose(np.asarray(res.predict(data=one)),
+                               np.asarray(res.predict(data=nd)), rtol=1e-12)
