@@ -3,6 +3,7 @@
 Each case either raises the exception a user needs (naming the term) or checks a number
 against lme4 (values in the comments come from R 4.2, lme4 1.1).
 """
+import re
 import warnings
 
 import numpy as np
@@ -133,3 +134,16 @@ def test_clmm_new_categorical_with_one_category():
                     contact=pd.Categorical(nd["contact"].astype(str), categories=["yes", "no"]))
     np.testing.assert_allclose(np.asarray(res.predict(data=one)),
                                np.asarray(res.predict(data=nd)), rtol=1e-12)
+
+
+# ----------------------------- Dask: an unknown column's message lists the data's columns
+@pytest.mark.parametrize("formula, where", [("y ~ nope + (1 | g)", "the fixed-effects formula"),
+                                            ("y ~ x + (nope | g)", r"random-effects term \(nope"),
+                                            ("y ~ x + (1 | nope)", r"random-effects term \(1")])
+def test_dask_unknown_column_lists_the_data_columns(d, formula, where):
+    dd = pytest.importorskip("dask.dataframe")
+    # the message listed the pass-1 template's columns (those used: ['y', 'g']) as the data's
+    cols = [str(c) for c in d.columns]
+    with pytest.raises(ValueError, match=rf"unknown column 'nope' in {where}.*\(the data has "
+                                         rf"columns {re.escape(str(cols))}\)"):
+        mf.lmer(formula, dd.from_pandas(d, npartitions=2))
