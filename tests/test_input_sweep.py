@@ -147,3 +147,15 @@ def test_dask_unknown_column_lists_the_data_columns(d, formula, where):
     with pytest.raises(ValueError, match=rf"unknown column 'nope' in {where}.*\(the data has "
                                          rf"columns {re.escape(str(cols))}\)"):
         mf.lmer(formula, dd.from_pandas(d, npartitions=2))
+
+
+# ------------------------------------- gee_select: a one-level factor is not dropped silently
+@pytest.mark.parametrize("formula, term", [("y ~ C(f) + x", "C(f)"), ("y ~ x + f", "f"),
+                                           ("y ~ x + x:f", "x:f")])
+def test_gee_one_level_factor_raises(d, formula, term):
+    # geepack stops ("contrasts can be applied only to factors with 2 or more levels"); the
+    # term had no columns and gee_select fitted y ~ x without saying so
+    e = d.assign(f="p")
+    with pytest.raises(ValueError, match=rf"term '{re.escape(term)}' of .* has no columns"):
+        mf.gee_select(formula, "g", e, "gaussian", cov_structs=["exchangeable"])
+

@@ -25,8 +25,8 @@ from .covstructs import PairwiseCovStruct
 from .criteria import qic
 from .fitting import ScaleFreeGEE
 from .diagnostics import _correlation_problems, _describe, _n_corr_params
-from .inputs import (_aliased, _check_finite, _check_label_kinds, _column,
-                     _formula_rows, _label, _numeric, _outside_arrays, _resolve_family)
+from .inputs import (_aliased, _check_finite, _check_label_kinds, _check_terms_have_columns,
+                     _column, _formula_rows, _label, _numeric, _outside_arrays, _resolve_family)
 from .results import GEESelection
 
 __all__ = ["gee_select"]
@@ -212,6 +212,7 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
                 "e.g. 'I(k / n) ~ x' with weights='n'" if isinstance(family, families.Binomial) else "")
         raise ValueError(f"the response of {formula!r} must be one numeric column "
                          f"(got {list(y.columns)}); code it as 0/1 or a number{hint}")
+    _check_terms_have_columns(X, formula)
     keep = data.index.isin(y.index)
     n_missing = {"formula": int((~keep).sum())}
     for key, v in aux.items():
