@@ -159,3 +159,34 @@ def test_gee_one_level_factor_raises(d, formula, term):
     with pytest.raises(ValueError, match=rf"term '{re.escape(term)}' of .* has no columns"):
         mf.gee_select(formula, "g", e, "gaussian", cov_structs=["exchangeable"])
 
+
+
+# ------------------------------------------------- R's ^ and %in% are not read as Python's
+@pytest.mark.parametrize("formula", ["y ~ x + a^2 + (1 | g)", "y ~ x + (1 + a^2 | g)",
+                                     "y ~ (x + a)^2 + (1 | g)"])
+def test_caret_outside_I_raises(d, formula):
+    # a^2 of the integer column a was Python's exclusive or (0, 1, 2 -> 2, 3, 0), fitted
+    # silently as a predictor 'a ^ 2'; lme4 reads a^2 as a (and (x + a)^2 as x * a)
+    with pytest.raises(ValueError, match=r"uses '\^' outside I\(\).*\(a \+ b\)\*\*2"):
+        mf.lmer(formula, d)
+
+
+def test_caret_inside_I_is_a_power_as_in_r(d):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r1 = mf.lmer("y ~ I(a^2) + (1 | g)", d).fit()
+        r2 = mf.lmer("y ~ I(a**2) + (1 | g)", d).fit()
+        r3 = mf.lmer("y ~ a2 + (1 | g)", d.assign(a2=d["a"] ** 2)).fit()
+    np.testing.assert_allclose(r1.fe_params.to_numpy(), r3.fe_params.to_numpy(), rtol=1e-10)
+    assert r1.llf == pytest.approx(r2.llf, rel=1e-12) == pytest.approx(r3.llf, rel=1e-12)
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + a^2", "y ~ I(a^2)"])
+def test_gee_caret_raises(d, formula):
+    with pytest.raises(ValueError, match=r"uses '\^': write a power as I\(x\*\*2\)"):
+        mf.gee_select(formula, "g", d, "gaussian", cov_structs=["exchangeable"])
+
+
+def test_r_in_operator_says_how_to_write_it(d):
+    with pytest.raises(ValueError, match=r"R's b %in% a is written a:b here"):
+        mf.lmer("y ~ x + x %in% a + (1 | g)", d)

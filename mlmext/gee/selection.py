@@ -161,6 +161,10 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
     if not isinstance(formula, str) or "~" not in formula:
         raise ValueError(f"gee_select: formula must be a string with a response, such as 'y ~ x', "
                          f"got {formula!r}")
+    if "^" in re.sub(r"`[^`]*`|(['\"]).*?\1", " ", formula):
+        # patsy would evaluate Python's exclusive or: a^2 of an integer column is another column
+        raise ValueError(f"formula {formula!r} uses '^': write a power as I(x**2) and R's "
+                         "crossing (a + b)^2 as (a + b)**2 (in Python '^' is the exclusive or)")
     if re.search(r"\boffset\s*\(", formula):
         raise ValueError(f"formula {formula!r}: gee_select takes the offset as an argument, not in the "
                          "formula: offset='column' or offset=<array>, or exposure='column' for log(exposure)")
