@@ -14,7 +14,8 @@ import pandas as pd
 
 from .immutable_cache import column_labels
 
-__all__ = ["as_dataframe", "as_series", "column_labels", "convert_columns", "pandas_table"]
+__all__ = ["as_dataframe", "as_series", "categoricals_as_values", "column_labels", "convert_columns",
+           "pandas_table"]
 
 
 def as_dataframe(data, where="data"):
@@ -119,3 +120,20 @@ def _numpy_backed(s):
     if kind == "M":
         return pd.to_datetime(s)
     return s.astype(object).where(~na, None)
+
+
+def categoricals_as_values(df):
+    """``df`` with its pandas categorical columns as their values (``object``), for new data.
+
+    The formula engine learned each factor's levels in fitting and matches new values to them
+    by value, as R's ``model.frame(xlev=)``; a categorical column would instead have to carry
+    exactly the fitted categories in the fitted order (patsy: "mismatching levels"), which
+    new data made from a subset of rows, or with categories in another order, do not.
+    """
+    cats = [c for c, dt in zip(df.columns, df.dtypes) if isinstance(dt, pd.CategoricalDtype)]
+    if not cats:
+        return df
+    df = df.copy(deep=False)
+    for c in cats:
+        df[c] = df[c].astype(object)
+    return df

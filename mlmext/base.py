@@ -24,7 +24,7 @@ from scipy.linalg import lapack
 from statsmodels.base.model import LikelihoodModel
 
 from ._args import reject_unknown
-from ._frames import as_dataframe
+from ._frames import as_dataframe, categoricals_as_values
 from .design import constant_rows, match_levels
 from .frame import (FixedParts, build_model_frame, display_name, evaluate, formula_manager,
                     name_heads, names_in)
@@ -279,9 +279,10 @@ class MixedModel(LikelihoodModel):
         n = len(data)
         info = self.formula_info
         env = info.get("eval_env")
+        values = categoricals_as_values(data)     # factors matched to the fitted levels by value
 
         def matrix(spec_or_formula, what):
-            M = evaluate(mgr, spec_or_formula, data, env, what)
+            M = evaluate(mgr, spec_or_formula, values, env, what)
             M.columns = [display_name(c) for c in M.columns]
             return M.reindex(index=range(n))            # dropped (incomplete) rows -> NaN
 

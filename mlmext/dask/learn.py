@@ -88,6 +88,7 @@ class FormulaState:
         self.weights = weights
         self.offset = offset
         self.frame = self.spec_frame = None
+        self.columns = None            # the data's column names, for messages
 
 
 def _first_argument(expr, start):
@@ -174,13 +175,19 @@ def _check_args(ddf, meta, formula, weights, offset):
                              f"ddf.categorize(columns=[{c!r}]) first (or convert it to strings)")
 
 
-def _partition_summary(part, used, groups, weights, nsample):
+def _partition_summary(part, used, groups, weights, nsample, offset=None):
     """Combinations of each column group and the first rows, on the partition's complete rows."""
     part = part[used]
     ok = part.notna().all(axis=1)
     if weights is not None:
         ok &= part[weights] != 0                 # zero-weight rows are not observations
     part = part.loc[ok]
+    for what, col in (("weights", weights), ("offset", offset)):
+        # (here, before the template frame's extreme rows carry them: not missing, refused)
+        if col is not None and pd.api.types.is_float_dtype(part[col]) \
+                and not np.isfinite(part[col].to_numpy()).all():
+            raise ValueError(f"the {what} column {col!r} has infinite values; infinite values "
+                             "are not missing values: remove or recode them")
     return {"groups": [part[g].drop_duplicates() for g in groups], "sample": part.head(nsample),
             "extremes": _extreme_rows(part)}
 
@@ -224,7 +231,8 @@ def learn(ddf, formula, weights=None, offset=None):
     used = used_columns(parsed, meta, weights, offset)
     groups = _column_groups(parsed, meta, used)
     state = FormulaState(formula, parsed, used, groups, weights, offset)
-    parts = [dask.delayed(_partition_summary)(p, used, groups, weights, SAMPLE_ROWS)
+    state.columns = [str(c) for c in meta.columns]      # (for messages)
+    parts = [dask.delayed(_partition_summary)(p, used, groups, weights, SAMPLE_ROWS, offset)
              for p in ddf.to_delayed()]
     summary = tree_reduce(parts, _merge_summaries).compute()
     # the extreme rows first: the frame below keeps every sample row
@@ -263,8 +271,16 @@ def build_template(cls, state, env, kwargs):
     template_cls = type("Template" + cls.__name__, (cls,), {"_check_nlev_vs_nobs": False})
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        model = template_cls.from_formula(state.formula, state.frame, weights=state.weights,
-                                 offset=state.offset, eval_env=env, **kwargs)
+        try:
+            model = template_cls.from_formula(state.formula, state.frame, weights=state.weights,
+                                              offset=state.offset, eval_env=env, **kwargs)
+        except ValueError as e:
+            # the template frame holds the used columns only: name the data's own columns
+            listed = f"(the data has columns {[str(c) for c in state.frame.columns]})"
+            if listed not in str(e) or getattr(state, "columns", None) is None:
+                raise
+            raise ValueError(str(e).replace(listed, f"(the data has columns {state.columns})")) \
+                from None
     for w in seen:
         if "rank deficient" in str(w.message):
             raise ValueError(f"the fixed-effects design is rank deficient ({w.message}); drop "

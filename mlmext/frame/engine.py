@@ -141,6 +141,9 @@ def formula_error(exc, where, data, env=None, formula=None):
             close = difflib.get_close_matches(odd[0], cols, n=1)
             hint = (f"; {odd[0]!r} is not a column" + (f" (did you mean {close[0]!r}?)" if close
                                                         else f" (the data has columns {cols})"))
+    text = re.sub(r"(['\"`]).*?\1", " ", formula if isinstance(formula, str) else "")
+    if "%in%" in text:      # R's nesting operator (patsy reads % as the modulo)
+        hint = "; R's b %in% a is written a:b here (a/b, a + a:b, is as in R)"
     return ValueError(f"could not evaluate {where}: {first}{hint}")
 
 

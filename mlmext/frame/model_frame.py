@@ -394,6 +394,9 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
     factors = {}
     for bar in parsed.bars:
         Z, znames, spec = pieces.lhs[bar.lhs]
+        if Z.shape[1] == 0:         # (0 | g): no theta (lme4 stops: "length(theta) > 0L")
+            raise ValueError(f"random-effects term {bar.source} has no columns; give it an "
+                             "intercept or a slope, e.g. (1 | g), or remove it")
         key = tuple(bar.factors)
         if key not in factors:
             factors[key] = grouping_factor(sub_columns.array, list(bar.factors))
@@ -415,6 +418,12 @@ def build_model_frame(formula, data, *, subset=None, weights=None, offset=None, 
         if off_all is not None:
             off += off_all if kept is None else off_all[kept]
     w = None if w_all is None else (w_all.copy() if kept is None else w_all[kept])
+    for what, v in (("the weights have", w), ("the offset has", off)):
+        if v is not None and not np.isfinite(v).all():   # as R: lmer / glmer stop
+            rows = np.flatnonzero(~np.isfinite(v))
+            raise ValueError(f"{what} {rows.size} infinite value(s) (first at row "
+                             f"{int(rows[0])}); infinite values are not missing values: remove "
+                             "or recode them")
     y_df, y_values = pieces.y, None
     ycols = y_df.columns.tolist() if pieces.ycols is None else pieces.ycols
     ynames = [display_name(c) for c in ycols]

@@ -81,9 +81,9 @@ def _complete_rows(pieces, data, parsed, extra):
     for bar in parsed.bars:
         for f in bar.factors:
             keep = keep.intersection(data.index[data[f].notna().to_numpy()])
-    for arr in extra:
+    for arr in extra:           # (NaN is missing; an infinite value is kept, and refused)
         if arr is not None:
-            keep = keep.intersection(data.index[np.isfinite(arr)])
+            keep = keep.intersection(data.index[~np.isnan(arr)])
     return keep.sort_values()
 
 
@@ -190,9 +190,9 @@ def one_pass_pieces(plan, fixed, parsed, data, w_all, off_all, missing, resp_col
         m = _isna(cols.array(f))
         if m is not None:
             other = m if other is None else other | m
-    for arr in (w_all, off_all):
+    for arr in (w_all, off_all):   # (NaN is missing; an infinite value is kept, and refused)
         if arr is not None:
-            m = ~np.isfinite(arr)
+            m = np.isnan(arr)
             other = m if other is None else other | m
     if fixed.response_column is not None:
         m = cols[fixed.response_column].isna().to_numpy()

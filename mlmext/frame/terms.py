@@ -200,6 +200,19 @@ def _r_powers_in_I(expr):
     return "".join(out)
 
 
+def reject_xor(formula):
+    """``ValueError`` for a ``^`` left outside ``I()`` (after :func:`_r_powers_in_I`).
+
+    R's ``(a + b)^2`` crosses terms and ``x^2`` alone is ``x``; Python's ``^``, which the
+    formula engine would evaluate, is the exclusive or: ``a^2`` of an integer column is a
+    silently different column.  (Quoted names and strings may hold a ``^``.)"""
+    text = re.sub(r"`[^`]*`|(['\"]).*?\1", " ", formula)
+    if "^" in text:
+        raise ValueError(f"formula {formula!r} uses '^' outside I(): R's (a + b)^2 is written "
+                         "(a + b)**2 here and a power I(x^2) or I(x**2); in Python '^' is the "
+                         "exclusive or of integers")
+
+
 def parse_formula(formula):
     """Split an lme4-style formula into its fixed part, bar terms and offsets.
 
@@ -217,6 +230,7 @@ def parse_formula(formula):
     if "~" not in formula:
         raise ValueError(f"formula {formula!r} has no '~'")
     formula = _r_powers_in_I(formula)
+    reject_xor(formula)
     response, rhs = formula.split("~", 1)
     response = response.strip()
     if not response:

@@ -145,6 +145,18 @@ def _formula_rows(formula, data, eval_env, what):
     return evaluate(formula_manager(), formula, data, eval_env, f"{what} {formula!r}")
 
 
+def _check_terms_have_columns(X, formula):
+    """``ValueError`` for a term the formula engine gave no columns: a factor with one level
+    (geepack and glm stop: "contrasts can be applied only to factors with 2 or more levels");
+    dropping it would fit another model than the one written."""
+    info = getattr(X, "design_info", None)          # (patsy's; another engine: not checked)
+    slices = getattr(info, "term_name_slices", None) or {}
+    empty = [name for name, sl in slices.items() if name != "Intercept" and sl.stop == sl.start]
+    if empty:
+        raise ValueError(f"term {empty[0]!r} of {formula!r} has no columns: a factor needs at "
+                         "least 2 levels in the rows used (remove the term)")
+
+
 def _check_label_kinds(values, name):
     """``ValueError`` if the labels ``values`` mix numbers, strings, ... (e.g. ``1`` and ``"1"``):
     the rule the mixed models apply to their grouping columns (:func:`mlmext.design.column_keys`)."""

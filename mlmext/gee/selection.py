@@ -25,8 +25,8 @@ from .covstructs import PairwiseCovStruct
 from .criteria import qic
 from .fitting import ScaleFreeGEE
 from .diagnostics import _correlation_problems, _describe, _n_corr_params
-from .inputs import (_aliased, _check_finite, _check_label_kinds, _column,
-                     _formula_rows, _label, _numeric, _outside_arrays, _resolve_family)
+from .inputs import (_aliased, _check_finite, _check_label_kinds, _check_terms_have_columns,
+                     _column, _formula_rows, _label, _numeric, _outside_arrays, _resolve_family)
 from .results import GEESelection
 
 __all__ = ["gee_select"]
@@ -161,6 +161,10 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
     if not isinstance(formula, str) or "~" not in formula:
         raise ValueError(f"gee_select: formula must be a string with a response, such as 'y ~ x', "
                          f"got {formula!r}")
+    if "^" in re.sub(r"`[^`]*`|(['\"]).*?\1", " ", formula):
+        # patsy would evaluate Python's exclusive or: a^2 of an integer column is another column
+        raise ValueError(f"formula {formula!r} uses '^': write a power as I(x**2) and R's "
+                         "crossing (a + b)^2 as (a + b)**2 (in Python '^' is the exclusive or)")
     if re.search(r"\boffset\s*\(", formula):
         raise ValueError(f"formula {formula!r}: gee_select takes the offset as an argument, not in the "
                          "formula: offset='column' or offset=<array>, or exposure='column' for log(exposure)")
@@ -212,6 +216,7 @@ def gee_select(formula, groups, data, family, cov_structs=None, time=None, **kwa
                 "e.g. 'I(k / n) ~ x' with weights='n'" if isinstance(family, families.Binomial) else "")
         raise ValueError(f"the response of {formula!r} must be one numeric column "
                          f"(got {list(y.columns)}); code it as 0/1 or a number{hint}")
+    _check_terms_have_columns(X, formula)
     keep = data.index.isin(y.index)
     n_missing = {"formula": int((~keep).sum())}
     for key, v in aux.items():

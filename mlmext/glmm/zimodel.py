@@ -17,7 +17,7 @@ from scipy import special
 from statsmodels.genmod import families
 
 from .. import laplace as lp
-from .._frames import as_dataframe
+from .._frames import as_dataframe, categoricals_as_values
 from ..frame import display_name, evaluate, formula_manager
 from ..objective import MixedParams
 from .deviance import LaplaceDeviance
@@ -242,7 +242,8 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
             self._zi_from_formula(_ZiSource(self._zi_source.formula, self._zi_frame),
                                   {"eval_env": self.formula_info.get("eval_env")})
         d = as_dataframe(data, "new data").reset_index(drop=True)
-        M = evaluate(formula_manager(), self._zi_spec, d, self.formula_info.get("eval_env") or {},
+        M = evaluate(formula_manager(), self._zi_spec, categoricals_as_values(d),
+                     self.formula_info.get("eval_env") or {},
                      "the ziformula (new data)")
         M.columns = [display_name(c) for c in M.columns]
         return M.reindex(index=range(len(d)), columns=self.exog_zi_names).to_numpy(dtype=float)
