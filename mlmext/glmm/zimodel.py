@@ -17,6 +17,7 @@ from scipy import special
 from statsmodels.genmod import families
 
 from .. import laplace as lp
+from .._args import check_flag
 from .._frames import as_dataframe, categoricals_as_values
 from ..frame import display_name, evaluate, formula_manager
 from ..objective import MixedParams
@@ -156,8 +157,7 @@ class ZeroInflatedMixedModel(GeneralizedLinearMixedModel):
 
     def __init__(self, endog, exog, re_design, family=None, weights=None, offset=None,
                  exog_zi=None, ziformula=None, hurdle=False, **kwargs):
-        if not isinstance(hurdle, (bool, np.bool_)):
-            raise ValueError(f"hurdle must be True or False; got {hurdle!r}")
+        check_flag("hurdle", hurdle)
         self.hurdle = bool(hurdle)
         info = kwargs.get("formula_info") or {}
         names = None

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import linalg, sparse
 
-from ._common import _fe_names, _is_lmm, _params, _raw
+from ._common import _fe_names, _is_lmm, _params, _raw, _require_independent
 from ._refit import _rebuild_model, _refit
 
 _METHODS = ("one-step", "refit", "exact")
@@ -22,10 +22,7 @@ def _require(res, what):
         raise NotImplementedError(f"{what} is implemented for linear mixed models (lmer fits) only; "
                                   f"this is a {type(_raw(res).model).__name__}: case-deletion "
                                   "diagnostics of GLMMs and clmm are not built")
-    cor = getattr(_raw(res).model, "correlation", None)
-    if cor is not None:          # V here has independent residuals (leverage was reachable)
-        raise NotImplementedError(f"{what} is not implemented for models with a residual "
-                                  f"correlation structure ({cor!r})")
+    _require_independent(res, what)     # V here has independent residuals (leverage was reachable)
 
 
 def _group_block(model, group):

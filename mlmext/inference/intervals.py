@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from ._common import _beta, _fe_names, _Progress, _raw, _require_independent, _select
-from ..objective import sdcor_from_theta, sdcor_from_thetas
+from ..objective import sdcor_from_thetas
 from ..printing import param_index
 from ._profile import _Profiler
 from ._profile_common import check_names, varpar_names
@@ -178,26 +178,24 @@ def profile_zeta(res, param, values, nb_alpha=None):
 
 
 def _boot_statistic(r):
+    """The bootstrap's default statistic of one fit: its variance parameters on the sd /
+    correlation scale (and sigma), then its fixed effects."""
     r = _raw(r)
     # (a batched refit's member reads the fit's design: its own model is not made)
-    des = (r._design_model() if hasattr(r, "_design_model") else r.model).re_design
-    if getattr(r, "_has_residual", True):
-        vp = np.append(sdcor_from_theta(des, r.theta, r.sigma), r.sigma)
-    else:                                       # GLMM: theta is on the random effects' own scale
-        vp = sdcor_from_theta(des, r.theta, 1.0)
-    return np.concatenate([vp, _beta(r)])
+    return _boot_statistics(r._design_model() if hasattr(r, "_design_model") else r.model,
+                            [r])[0]
 
 
-def _boot_statistics(r, fits):
-    """:func:`_boot_statistic` of each fit of a batch of refits of ``r`` (its design), in one
-    pass over the stacked estimates (the same bits as one fit at a time)."""
+def _boot_statistics(model, fits):
+    """:func:`_boot_statistic` of each of ``fits`` (results of ``model``'s design), in one pass
+    over the stacked estimates: a row's bits do not depend on the batch."""
     fits = [_raw(f) for f in fits]
-    des = r.model.re_design
+    des = model.re_design
     thetas = np.array([f.theta for f in fits], dtype=float).reshape(len(fits), des.ntheta)
-    if getattr(r, "_has_residual", True):
+    if getattr(fits[0], "_has_residual", True):
         sig = np.array([f.sigma for f in fits], dtype=float)
         vp = np.column_stack([sdcor_from_thetas(des, thetas, sig), sig])
-    else:
+    else:                                       # GLMM: theta is on the random effects' own scale
         vp = sdcor_from_thetas(des, thetas, np.ones(len(fits)))
     return np.column_stack([vp, np.array([_beta(f) for f in fits], dtype=float).reshape(len(fits), -1)])
 
@@ -265,7 +263,7 @@ def bootstrap(res, func=None, nsim=100, seed=None, re=True, progress=False):
         if fits is not None and func is None:       # the default statistic: the batch at once
             ok = np.array([f is not None for f in fits])
             if ok.any():
-                out[lo:lo + ok.size][ok] = _boot_statistics(r, [f for f in fits if f is not None])
+                out[lo:lo + ok.size][ok] = _boot_statistics(r.model, [f for f in fits if f is not None])
             failed += int(ok.size - ok.sum())
             for _ in range(ok.size):
                 bar.step()

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from .._args import check_flag
-from ._common import _raw, _require_lmm
+from ._common import _raw, _require_independent, _require_lmm
 
 
 def predictive_variance(res, data, re=True, weights=None):
@@ -40,11 +40,9 @@ def predictive_variance(res, data, re=True, weights=None):
     check_flag("re", re)             # (re='False' gave the re=True variances)
     r = _raw(res)
     _require_lmm(r, "predictive_variance")
+    # (a new row of a seen group is correlated with that group's fitted residuals)
+    _require_independent(r, "predictive_variance")
     model = r.model
-    if getattr(model, "correlation", None) is not None:
-        # a new row of a seen group is correlated with that group's fitted residuals
-        raise NotImplementedError("predictive_variance is not implemented for models with a "
-                                  "residual correlation structure")
     des = model.re_design
     _, terms, _ = model._new_design(data, re=True)
     n = len(data)

@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.genmod import families
 
+from .._args import check_flag
 from ._common import (_beta, _family, _fe_names, _is_lmm, _raw, _require_independent,
                       _require_lmm, _require_no_zero_part, _same_rows)
 from .variance_explained import _null_model_fit
@@ -292,8 +293,7 @@ def r2_likelihood_ratio(res, null=None, null_re=False):
     if hasattr(r.model, "thr"):
         raise NotImplementedError("the likelihood-ratio R2 of a clmm fit (MuMIn has no null "
                                   "model for it)")
-    if not isinstance(null_re, (bool, np.bool_)):
-        raise ValueError(f"null_re must be True or False, got {null_re!r}")
+    check_flag("null_re", null_re)
     if null is not None:
         n0 = _raw(null)
         if hasattr(n0, "model") and hasattr(n0.model, "re_design"):
